@@ -1,0 +1,74 @@
+package kern
+
+import "fmt"
+
+// impl is one instruction-set path. Kernels take raw pointers so the asm and Go versions share
+// one signature; see kernelF32Go for the contract.
+type impl struct {
+	name string
+	mr   int // rows of x per micro-kernel call (register block height)
+	// f32 computes c[i, 0:32] = Σ_kk a[kk*mr'+i]·b[kk*32+j] for i < mr' (mr' <= mr rows),
+	// a: packed x block [k][mr'], b: one fp32 panel [k][32], c: row stride ldc floats.
+	f32 func(a, b, c *float32, k, mr, ldc int)
+	// b16 is f32 with a bf16 panel [k][32].
+	b16 func(a *float32, b *uint16, c *float32, k, mr, ldc int)
+	// widen converts n bf16 values to fp32 (n multiple of 32).
+	widen func(dst *float32, src *uint16, n int)
+	dot   func(a, b []float32) float32
+	axpy  func(alpha float32, x, y []float32)
+	// fmaLoop runs iters iterations of independent FMAs; returns the flops per iteration.
+	fmaLoop func(iters int) int
+	// triad computes a[i] = b[i] + s*c[i].
+	triad func(a, b, c []float32, s float32)
+}
+
+var (
+	impls = buildImpls()
+	order = []string{"avx512", "avx2", "generic"} // best first
+	cur   = best()
+)
+
+// buildImpls collects the generic path and the ones archImpls (per GOARCH) finds usable.
+func buildImpls() map[string]*impl {
+	m := map[string]*impl{"generic": &genericImpl}
+	for _, im := range archImpls() {
+		m[im.name] = im
+	}
+	return m
+}
+
+func best() *impl {
+	for _, name := range order {
+		if im, ok := impls[name]; ok {
+			return im
+		}
+	}
+	return &genericImpl
+}
+
+// ISA names the active kernel path: "avx512", "avx2" or "generic".
+func ISA() string { return cur.name }
+
+// ISAs lists the paths this CPU supports, best first.
+func ISAs() []string {
+	var s []string
+	for _, name := range order {
+		if _, ok := impls[name]; ok {
+			s = append(s, name)
+		}
+	}
+	return s
+}
+
+// SetISA forces the kernel path name (one of ISAs()) and returns a function restoring the
+// previous one. It panics on a path the CPU lacks. Meant for tests and benchmarks: it must not
+// race with running kernels.
+func SetISA(name string) (restore func()) {
+	im, ok := impls[name]
+	if !ok {
+		panic(fmt.Sprintf("kern: ISA %q not supported on this CPU (have %v)", name, ISAs()))
+	}
+	prev := cur
+	cur = im
+	return func() { cur = prev }
+}

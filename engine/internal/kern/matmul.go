@@ -1,0 +1,153 @@
+package kern
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+)
+
+// maxMR bounds the register block height of every path (AVX-512 uses 14).
+const maxMR = 16
+
+// MatMul computes y[m,n] = x[m,k]·Wᵀ (x row-major stride k, y row-major stride n, y
+// overwritten) on all cores. Every output is one fp32 FMA chain over k in order, so a row's
+// result does not depend on m or on how the work is split across threads (it may differ in
+// the last bits between ISA paths).
+//
+// Plan: x is packed into blocks of mr rows ([ceil(m/mr)] blocks of [k][rows], m == 1 uses x as
+// is); the work items are (panel of 32 columns, group of row blocks); each item streams its
+// panel once per row block (from L1/L2 after the first) with the mr×32 micro-kernel over the
+// whole of k.
+func MatMul(y, x []float32, m int, w *Weight) {
+	n, k := w.n, w.k
+	if m < 0 || len(x) < m*k || len(y) < m*n {
+		panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d]", m, len(x), len(y), n, k))
+	}
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 {
+		clear(y[:m*n])
+		return
+	}
+	im := cur
+	mr := im.mr
+	nrb := (m + mr - 1) / mr
+
+	ap := x[:k] // packed x: row block r at offset r*mr*k, layout [k][rows of block r]
+	if m > 1 {
+		bp := getBuf(m * k)
+		defer putBuf(bp)
+		ap = *bp
+		Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				rows := min(mr, m-r*mr)
+				dst := ap[r*mr*k : r*mr*k+rows*k]
+				src := x[r*mr*k : r*mr*k+rows*k]
+				for i := 0; i < rows; i++ {
+					xi := src[i*k : i*k+k]
+					for kk, v := range xi {
+						dst[kk*rows+i] = v
+					}
+				}
+			}
+		})
+	}
+
+	// Split rows into groups only when there are too few panels to keep every core busy.
+	p := runtime.GOMAXPROCS(0)
+	nrg := 1
+	if w.np < 4*p && nrb > 1 {
+		nrg = min(nrb, (4*p+w.np-1)/w.np)
+	}
+	edge := n % nr // valid columns of the last panel, 0 if full
+	Parallel(w.np*nrg, 1, func(lo, hi int) {
+		var tile [maxMR * nr]float32 // [mr][32] output tile for the partial last panel
+		var wide *[]float32
+		for it := lo; it < hi; it++ {
+			pn, g := it/nrg, it%nrg
+			rb0, rb1 := g*nrb/nrg, (g+1)*nrb/nrg
+			var bf *float32
+			var bh *uint16
+			if w.b16 != nil {
+				bh = &w.b16[pn*k*nr]
+				if rb1-rb0 > 1 { // widen the panel once, reuse it for every row block
+					if wide == nil {
+						wide = getBuf(k * nr)
+						defer putBuf(wide)
+					}
+					im.widen(&(*wide)[0], bh, k*nr)
+					bf, bh = &(*wide)[0], nil
+				}
+			} else {
+				bf = &w.f32[pn*k*nr]
+			}
+			for r := rb0; r < rb1; r++ {
+				rows := min(mr, m-r*mr)
+				a := &ap[r*mr*k]
+				c, ldc := &tile[0], nr
+				last := edge != 0 && pn == w.np-1
+				if !last {
+					c, ldc = &y[r*mr*n+pn*nr], n
+				}
+				if bh != nil {
+					im.b16(a, bh, c, k, rows, ldc)
+				} else {
+					im.f32(a, bf, c, k, rows, ldc)
+				}
+				if last {
+					for i := 0; i < rows; i++ {
+						row := (r*mr + i) * n
+						copy(y[row+pn*nr:row+n], tile[i*nr:i*nr+edge])
+					}
+				}
+			}
+		}
+	})
+}
+
+var bufPool sync.Pool // *[]float32 scratch
+
+func getBuf(n int) *[]float32 {
+	if b, ok := bufPool.Get().(*[]float32); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]float32, n, n+n/4)
+	return &b
+}
+
+func putBuf(b *[]float32) { bufPool.Put(b) }
+
+// MatMulRef is the pure-Go oracle for MatMul (same contract): plain loops over the row-major
+// unpacked weight, accumulating in float64. Never optimised.
+func MatMulRef(y, x []float32, m int, w *Weight) {
+	n, k := w.n, w.k
+	wr := make([]float32, n*k)
+	w.Unpack(wr)
+	for i := 0; i < m; i++ {
+		for j := 0; j < n; j++ {
+			var s float64
+			for kk := 0; kk < k; kk++ {
+				s += float64(x[i*k+kk]) * float64(wr[j*k+kk])
+			}
+			y[i*n+j] = float32(s)
+		}
+	}
+}
+
+// Dot returns Σ a[i]·b[i] (SIMD; len(b) >= len(a)).
+func Dot(a, b []float32) float32 {
+	if len(b) < len(a) {
+		panic("kern: Dot length mismatch")
+	}
+	return cur.dot(a, b[:len(a)])
+}
+
+// Axpy computes y[i] += alpha·x[i] (SIMD; len(y) >= len(x)).
+func Axpy(alpha float32, x, y []float32) {
+	if len(y) < len(x) {
+		panic("kern: Axpy length mismatch")
+	}
+	cur.axpy(alpha, x, y[:len(x)])
+}

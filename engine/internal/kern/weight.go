@@ -1,0 +1,103 @@
+// Package kern holds the CPU compute kernels of Prolong: packed linear-layer weights and the
+// matmul that reads them (AVX-512, AVX2+FMA or pure Go, chosen at run time), SIMD vector
+// helpers, bf16 conversion, a persistent worker pool, and machine peak measurements.
+package kern
+
+import "fmt"
+
+// nr is the panel width: the number of W rows (= output columns) packed side by side. Every ISA
+// uses the same packed layout, so SetISA can switch paths on existing weights.
+const nr = 32
+
+// Weight is a linear layer weight W[N,K] (row-major, Hugging Face nn.Linear layout) for
+// y = x·Wᵀ, stored packed in column panels of nr=32 rows of W, k-major:
+//
+//	panel p, element (kk, j) = W[p*32+j, kk] at index (p*K + kk)*32 + j   ([ceil(N/32)][K][32], zero padded)
+//
+// so the kernels stream each panel as one contiguous block. fp32 weights live in f32; bf16
+// weights live in b16 (bit patterns, half the bytes) and are widened to fp32 in the kernel.
+// A Weight is immutable after construction and safe for concurrent use.
+type Weight struct {
+	n, k int
+	np   int       // number of panels, ceil(n/nr)
+	f32  []float32 // [np][k][nr] or nil
+	b16  []uint16  // [np][k][nr] or nil
+}
+
+// NewWeightF32 packs the row-major fp32 matrix w[n,k] (copied) into a Weight.
+func NewWeightF32(w []float32, n, k int) *Weight {
+	checkShape(len(w), n, k)
+	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
+	wt.f32 = make([]float32, wt.np*k*nr)
+	packPanels(wt.f32, w, n, k)
+	return wt
+}
+
+// NewWeightBF16 packs the row-major bf16 matrix w[n,k] (bit patterns, copied) into a Weight that
+// keeps bf16 in memory.
+func NewWeightBF16(w []uint16, n, k int) *Weight {
+	checkShape(len(w), n, k)
+	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
+	wt.b16 = make([]uint16, wt.np*k*nr)
+	packPanels(wt.b16, w, n, k)
+	return wt
+}
+
+func checkShape(l, n, k int) {
+	if n < 0 || k < 0 || l != n*k {
+		panic(fmt.Sprintf("kern: weight of %d values for shape [%d,%d]", l, n, k))
+	}
+}
+
+// packPanels writes row-major src[n,k] into dst [ceil(n/nr)][k][nr] (dst pre-zeroed).
+func packPanels[T float32 | uint16](dst, src []T, n, k int) {
+	Parallel(n, 64, func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			p, jj := j/nr, j%nr
+			row := src[j*k : j*k+k]
+			base := p*k*nr + jj
+			for kk, v := range row {
+				dst[base+kk*nr] = v
+			}
+		}
+	})
+}
+
+// N is the number of output features (rows of W).
+func (w *Weight) N() int { return w.n }
+
+// K is the number of input features (columns of W).
+func (w *Weight) K() int { return w.k }
+
+// BF16 reports whether the weight is stored as bf16.
+func (w *Weight) BF16() bool { return w.b16 != nil }
+
+// Bytes is the number of bytes of weight storage MatMul streams per call (padding included).
+func (w *Weight) Bytes() int64 {
+	if w.b16 != nil {
+		return int64(len(w.b16)) * 2
+	}
+	return int64(len(w.f32)) * 4
+}
+
+// Unpack writes W as row-major fp32 [n,k] into dst (len(dst) >= n*k).
+func (w *Weight) Unpack(dst []float32) {
+	n, k := w.n, w.k
+	if len(dst) < n*k {
+		panic(fmt.Sprintf("kern: Unpack into %d values, need %d", len(dst), n*k))
+	}
+	for j := 0; j < n; j++ {
+		p, jj := j/nr, j%nr
+		base := p*k*nr + jj
+		row := dst[j*k : j*k+k]
+		if w.b16 != nil {
+			for kk := range row {
+				row[kk] = bf16ToF32(w.b16[base+kk*nr])
+			}
+		} else {
+			for kk := range row {
+				row[kk] = w.f32[base+kk*nr]
+			}
+		}
+	}
+}
