@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// DType is the element type of a tensor.
+type DType uint8
+
+// Element types. Activations are F32 on every backend; weights may be F32 or BF16.
+const (
+	F32 DType = iota
+	BF16
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "F32"
+	case BF16:
+		return "BF16"
+	}
+	return fmt.Sprintf("DType(%d)", d)
+}
+
+// Tensor is a dense row-major array that lives on a Backend. Its storage is opaque to the
+// engine: each backend keeps what it needs in Buf (the CPU backend a []float32 or a packed
+// weight; a GPU backend a device pointer).
+type Tensor struct {
+	Shape []int
+	DType DType
+	// Buf is the backend's storage handle.
+	Buf any
+}
+
+// Len is the number of elements.
+func (t *Tensor) Len() int {
+	n := 1
+	for _, d := range t.Shape {
+		n *= d
+	}
+	return n
+}
+
+// Rows is the product of all dimensions but the last.
+func (t *Tensor) Rows() int { return t.Len() / t.Shape[len(t.Shape)-1] }
+
+// Cols is the last dimension.
+func (t *Tensor) Cols() int { return t.Shape[len(t.Shape)-1] }
+
+// SampleRow says how to draw one token from one row of logits.
+type SampleRow struct {
+	// Temperature divides the logits; 0 means greedy (argmax).
+	Temperature float32
+	// TopK keeps the K most likely tokens; 0 keeps all.
+	TopK int
+	// TopP keeps the smallest set of most likely tokens whose mass reaches TopP; 0 or 1 keeps all.
+	TopP float32
+	// U is a uniform random number in [0,1) drawn by the host: the backend samples by inverse
+	// CDF, so a given U picks the same token on every backend.
+	U float64
+}
+
+// AttnBatch describes a ragged batch for attention over the paged KV cache. Sequence s owns
+// query rows SeqStart[s]..SeqStart[s+1]-1 of the batch; those tokens sit at the last
+// (SeqStart[s+1]-SeqStart[s]) positions of its context of CtxLen[s] tokens, whose keys and values
+// are in the cache blocks Blocks[s] (block b holds positions b*BlockSize .. b*BlockSize+BlockSize-1).
+type AttnBatch struct {
+	SeqStart []int32   // [S+1] query row offsets
+	CtxLen   []int32   // [S] context length including the new tokens
+	Blocks   [][]int32 // [S][ceil(CtxLen/BlockSize)] block table
+	Slots    []int32   // [T] cache slot (block*BlockSize + offset) of each new token
+}
+
+// KVStore is a backend's storage for the paged KV cache: for every layer, keys and values of
+// numBlocks blocks, each [num_key_value_heads, BlockSize, head_dim].
+type KVStore interface {
+	// NumBlocks is the number of blocks allocated so far.
+	NumBlocks() int
+	// Grow adds blocks so that NumBlocks() == n.
+	Grow(n int) error
+	// CopyBlock copies block src to block dst in every layer (copy on write of shared blocks).
+	CopyBlock(dst, src int)
+	// Free releases the storage.
+	Free()
+}
+
+// Backend runs the fused ops of the decoder on one device. Tensors are created by and live on
+// their backend. Ops are enqueued in order; only Download, Sample and LogProbs return data to
+// the host (a CPU backend simply runs each op at once). Host slices passed to ops ([]int32
+// metadata) are small and may be copied asynchronously.
+//
+// Shapes use T for the tokens of a ragged batch, D hidden size, H/KV query/key-value heads, Dh
+// head dim. Linear weights are [N, K] (nn.Linear layout) and MatMul computes x·Wᵀ.
+type Backend interface {
+	// Name identifies the backend ("cpu", "cuda").
+	Name() string
+	// Alloc returns a zeroed F32 tensor.
+	Alloc(shape ...int) *Tensor
+	// Upload copies host data into a new tensor of the given dtype. For a 2-D weight that
+	// MatMul will use, set linear so the backend may store it in its matmul layout.
+	Upload(dt DType, data []float32, linear bool, shape ...int) (*Tensor, error)
+	// Download copies a tensor to the host (waiting for queued work).
+	Download(t *Tensor, dst []float32) error
+	// Free returns a tensor's storage; t must not be used afterwards.
+	Free(t *Tensor)
+
+	// Embedding: out[T,D] = table[ids[t], :].
+	Embedding(out, table *Tensor, ids []int32)
+	// MatMul: out[M,N] = x[M,K]·w[N,K]ᵀ.
+	MatMul(out, x, w *Tensor)
+	// AddBias: x[M,N] += b[N].
+	AddBias(x, b *Tensor)
+	// RMSNorm normalises each group of len(w) consecutive elements of x (a row, or one head of
+	// a row): out = x / sqrt(mean(x²)+eps) * w. out may be x.
+	RMSNorm(out, x, w *Tensor, eps float32)
+	// RoPE rotates x[T, heads*Dh] in place, HF rotate-half convention, pairs (i, i+Dh/2), with
+	// angle pos[t]*invFreq[i] given by the tables cos, sin [P, Dh/2].
+	RoPE(x *Tensor, headDim int, pos []int32, cos, sin *Tensor)
+	// Attention writes k, v [T, KV*Dh] of the new tokens into the cache at layer and then
+	// computes causal GQA attention of q [T, H*Dh] over each sequence's context into out.
+	Attention(out, q, k, v *Tensor, kv KVStore, layer int, b *AttnBatch)
+	// SwiGLU: out = silu(gate) * up, elementwise. out may alias gate.
+	SwiGLU(out, gate, up *Tensor)
+	// Add: out = a + b, elementwise. out may alias a or b.
+	Add(out, a, b *Tensor)
+	// GatherRows: out[R,C] = x[rows[r], :].
+	GatherRows(out, x *Tensor, rows []int32)
+
+	// NewKVStore allocates KV storage for layers x blocks of [kvHeads, blockSize, headDim].
+	NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (KVStore, error)
+
+	// Sample draws one token from each row of logits [R, V] and returns the ids and the
+	// log-prob of each under the distribution sampled from (after temperature, top-k and
+	// top-p; for greedy rows, under the untempered softmax).
+	Sample(logits *Tensor, rows []SampleRow) (ids []int32, logprobs []float32, err error)
+	// LogProbs returns, for each row r of logits [R, V], log softmax(logits[r]/temperature)
+	// at targets[r] and the entropy of that distribution.
+	LogProbs(logits *Tensor, targets []int32, temperature float32) (logp, entropy []float32, err error)
+}
+
+var (
+	backendsMu sync.Mutex
+	backends   = map[string]func() (Backend, error){}
+)
+
+// RegisterBackend makes a backend available by name (database/sql style), so that the engine
+// never imports a backend package: package cuda registers itself in its init.
+func RegisterBackend(name string, open func() (Backend, error)) {
+	backendsMu.Lock()
+	defer backendsMu.Unlock()
+	backends[name] = open
+}
+
+// OpenBackend opens a registered backend by name ("cpu" is always there).
+func OpenBackend(name string) (Backend, error) {
+	backendsMu.Lock()
+	open, ok := backends[name]
+	var names []string
+	for n := range backends {
+		names = append(names, n)
+	}
+	backendsMu.Unlock()
+	if !ok {
+		sort.Strings(names)
+		return nil, fmt.Errorf("backend %q is not available (have %v)", name, names)
+	}
+	return open()
+}
+
+func init() {
+	RegisterBackend("cpu", func() (Backend, error) { return NewCPU(), nil })
+}

@@ -1,0 +1,125 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prolong-rl/prolong/engine/internal/kern"
+)
+
+var (
+	benchOnce sync.Once
+	benchPeak float64 // GFLOP/s
+	benchBW   float64 // GB/s
+	benchMu   sync.Mutex
+	benchMods = map[DType]*Model{}
+)
+
+func benchRefs() (peak, bw float64) {
+	benchOnce.Do(func() {
+		benchPeak = kern.PeakFMA(500 * time.Millisecond)
+		benchBW = kern.TriadBandwidth(time.Second)
+	})
+	return benchPeak, benchBW
+}
+
+func benchModel(b *testing.B, dt DType) *Model {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if m := benchMods[dt]; m != nil {
+		return m
+	}
+	c := Bench122M()
+	m, err := NewModel(c, NewCPU(), RandomWeights(c, 1, 0.02), dt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchMods[dt] = m
+	return m
+}
+
+// BenchmarkDecode measures decode tokens/s of the ~122M Qwen2-shaped model at batch 1 and 16
+// (prompt of 32 tokens, 64 new tokens), and the weight bytes streamed per second as a ratio of
+// the machine's triad bandwidth measured in the same run.
+func BenchmarkDecode(b *testing.B) {
+	_, bw := benchRefs()
+	for _, dt := range []DType{F32, BF16} {
+		for _, batch := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%v/batch=%d", dt, batch), func(b *testing.B) {
+				m := benchModel(b, dt)
+				gen, err := NewGenerator(m, GeneratorOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer gen.Close()
+				reqs := func(n int) []Request {
+					var rs []Request
+					for i := 0; i < batch; i++ {
+						p := make([]int32, 32)
+						for j := range p {
+							p[j] = int32((i*131 + j*7) % 32000)
+						}
+						rs = append(rs, Request{Prompt: p, Params: SamplingParams{MaxNewTokens: n, Temperature: 1, Seed: uint64(i)}})
+					}
+					return rs
+				}
+				const steps = 64
+				var decode time.Duration
+				for b.Loop() {
+					t0 := time.Now()
+					if _, err := gen.Generate(context.Background(), reqs(1)); err != nil {
+						b.Fatal(err)
+					}
+					t1 := time.Now()
+					if _, err := gen.Generate(context.Background(), reqs(steps+1)); err != nil {
+						b.Fatal(err)
+					}
+					decode += time.Since(t1) - t1.Sub(t0)
+				}
+				sec := decode.Seconds() / float64(b.N)
+				b.ReportMetric(float64(batch*steps)/sec, "tok/s")
+				gbs := float64(m.LinearBytes()) * steps / sec / 1e9
+				b.ReportMetric(gbs, "weightGB/s")
+				b.ReportMetric(100*gbs/bw, "%triad")
+			})
+		}
+	}
+}
+
+// BenchmarkPrefill measures prefill tokens/s (prompt of 256 tokens) at batch 1 and 16, and
+// the model FLOP/s (2 x params x tokens) as a ratio of measured FMA peak.
+func BenchmarkPrefill(b *testing.B) {
+	peak, _ := benchRefs()
+	for _, batch := range []int{1, 16} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			m := benchModel(b, F32)
+			gen, err := NewGenerator(m, GeneratorOptions{MaxBatchTokens: 1 << 16})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer gen.Close()
+			var rs []Request
+			for i := 0; i < batch; i++ {
+				p := make([]int32, 256)
+				for j := range p {
+					p[j] = int32((i*131 + j*7) % 32000)
+				}
+				rs = append(rs, Request{Prompt: p, Params: SamplingParams{MaxNewTokens: 1}})
+			}
+			for b.Loop() {
+				if _, err := gen.Generate(context.Background(), rs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			sec := b.Elapsed().Seconds() / float64(b.N)
+			toks := float64(batch * 256)
+			b.ReportMetric(toks/sec, "tok/s")
+			flops := 2 * float64(m.Config.NumParams()-int64(m.Config.VocabSize*m.Config.HiddenSize)) * toks / sec / 1e9
+			b.ReportMetric(flops, "GFLOP/s")
+			b.ReportMetric(100*flops/peak, "%peak")
+		})
+	}
+}

@@ -1,0 +1,347 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/prolong-rl/prolong/engine/internal/kern"
+)
+
+// CPU is the reference backend: fp32 compute, weights in fp32 or bf16, all cores used.
+// Matmuls run in the SIMD kernels of package kern (AVX-512, AVX2 or pure Go, chosen from the
+// CPU's features); every other op is plain Go parallelised over rows.
+type CPU struct {
+	mu   sync.Mutex
+	pool map[int][][]float32 // free activation buffers by length
+}
+
+// NewCPU returns a CPU backend.
+func NewCPU() *CPU { return &CPU{pool: map[int][][]float32{}} }
+
+// Name implements Backend.
+func (c *CPU) Name() string { return "cpu (" + kern.ISA() + ")" }
+
+func f32(t *Tensor) []float32 {
+	s, ok := t.Buf.([]float32)
+	if !ok {
+		panic(fmt.Sprintf("engine/cpu: tensor %v of dtype %v is not an fp32 activation", t.Shape, t.DType))
+	}
+	return s
+}
+
+// Alloc implements Backend. Buffers are recycled through Free.
+func (c *CPU) Alloc(shape ...int) *Tensor {
+	t := &Tensor{Shape: append([]int(nil), shape...), DType: F32}
+	n := t.Len()
+	c.mu.Lock()
+	if free := c.pool[n]; len(free) > 0 {
+		buf := free[len(free)-1]
+		c.pool[n] = free[:len(free)-1]
+		c.mu.Unlock()
+		clear(buf)
+		t.Buf = buf
+		return t
+	}
+	c.mu.Unlock()
+	t.Buf = make([]float32, n)
+	return t
+}
+
+// Free implements Backend.
+func (c *CPU) Free(t *Tensor) {
+	if t == nil {
+		return
+	}
+	if buf, ok := t.Buf.([]float32); ok {
+		c.mu.Lock()
+		if len(c.pool[len(buf)]) < 8 {
+			c.pool[len(buf)] = append(c.pool[len(buf)], buf)
+		}
+		c.mu.Unlock()
+	}
+	t.Buf = nil
+}
+
+// Upload implements Backend. Linear weights become packed kern.Weights (bf16 ones keep half
+// the bytes); other tensors are fp32 whatever dt says, since only matmul reads bf16.
+func (c *CPU) Upload(dt DType, data []float32, linear bool, shape ...int) (*Tensor, error) {
+	t := &Tensor{Shape: append([]int(nil), shape...), DType: dt}
+	if t.Len() != len(data) {
+		return nil, fmt.Errorf("upload: %d values for shape %v", len(data), shape)
+	}
+	if !linear {
+		t.DType = F32
+		t.Buf = append([]float32(nil), data...)
+		return t, nil
+	}
+	if len(shape) != 2 {
+		return nil, fmt.Errorf("upload: linear weight must be 2-D, got shape %v", shape)
+	}
+	switch dt {
+	case F32:
+		t.Buf = kern.NewWeightF32(data, shape[0], shape[1])
+	case BF16:
+		bits := make([]uint16, len(data))
+		kern.F32ToBF16(bits, data)
+		t.Buf = kern.NewWeightBF16(bits, shape[0], shape[1])
+	default:
+		return nil, fmt.Errorf("upload: dtype %v not supported", dt)
+	}
+	return t, nil
+}
+
+// Download implements Backend.
+func (c *CPU) Download(t *Tensor, dst []float32) error {
+	if len(dst) != t.Len() {
+		return fmt.Errorf("download: destination has %d values, tensor %v has %d", len(dst), t.Shape, t.Len())
+	}
+	switch b := t.Buf.(type) {
+	case []float32:
+		copy(dst, b)
+	case *kern.Weight:
+		b.Unpack(dst)
+	default:
+		return fmt.Errorf("download: unknown storage %T", t.Buf)
+	}
+	return nil
+}
+
+// Embedding implements Backend.
+func (c *CPU) Embedding(out, table *Tensor, ids []int32) {
+	o, tab, d := f32(out), f32(table), table.Cols()
+	for t, id := range ids {
+		copy(o[t*d:(t+1)*d], tab[int(id)*d:(int(id)+1)*d])
+	}
+}
+
+// MatMul implements Backend.
+func (c *CPU) MatMul(out, x, w *Tensor) {
+	wt := w.Buf.(*kern.Weight)
+	if x.Cols() != wt.K() || out.Cols() != wt.N() || out.Rows() != x.Rows() {
+		panic(fmt.Sprintf("engine/cpu: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
+	}
+	kern.MatMul(f32(out), f32(x), x.Rows(), wt)
+}
+
+// AddBias implements Backend.
+func (c *CPU) AddBias(x, b *Tensor) {
+	xs, bs := f32(x), f32(b)
+	n := len(bs)
+	for r := 0; r < len(xs); r += n {
+		row := xs[r : r+n]
+		for i, v := range bs {
+			row[i] += v
+		}
+	}
+}
+
+// RMSNorm implements Backend.
+func (c *CPU) RMSNorm(out, x, w *Tensor, eps float32) {
+	o, xs, ws := f32(out), f32(x), f32(w)
+	n := len(ws)
+	groups := len(xs) / n
+	kern.Parallel(groups, 64, func(lo, hi int) {
+		for g := lo; g < hi; g++ {
+			row, dst := xs[g*n:(g+1)*n], o[g*n:(g+1)*n]
+			var ss float64
+			for _, v := range row {
+				ss += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(ss/float64(n)+float64(eps)))
+			for i, v := range row {
+				dst[i] = v * inv * ws[i]
+			}
+		}
+	})
+}
+
+// RoPE implements Backend.
+func (c *CPU) RoPE(x *Tensor, headDim int, pos []int32, cos, sin *Tensor) {
+	xs, cs, sn := f32(x), f32(cos), f32(sin)
+	half := headDim / 2
+	width := x.Cols()
+	kern.Parallel(len(pos), 16, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			p := int(pos[t])
+			cr, sr := cs[p*half:(p+1)*half], sn[p*half:(p+1)*half]
+			row := xs[t*width : (t+1)*width]
+			for h := 0; h < width; h += headDim {
+				a, b := row[h:h+half], row[h+half:h+headDim]
+				for i := range a {
+					x1, x2 := a[i], b[i]
+					a[i] = x1*cr[i] - x2*sr[i]
+					b[i] = x2*cr[i] + x1*sr[i]
+				}
+			}
+		}
+	})
+}
+
+// SwiGLU implements Backend.
+func (c *CPU) SwiGLU(out, gate, up *Tensor) {
+	o, g, u := f32(out), f32(gate), f32(up)
+	kern.Parallel(len(o), 4096, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			o[i] = silu(g[i]) * u[i]
+		}
+	})
+}
+
+// Add implements Backend.
+func (c *CPU) Add(out, a, b *Tensor) {
+	o, as, bs := f32(out), f32(a), f32(b)
+	for i := range o {
+		o[i] = as[i] + bs[i]
+	}
+}
+
+// GatherRows implements Backend.
+func (c *CPU) GatherRows(out, x *Tensor, rows []int32) {
+	o, xs, n := f32(out), f32(x), x.Cols()
+	for r, src := range rows {
+		copy(o[r*n:(r+1)*n], xs[int(src)*n:(int(src)+1)*n])
+	}
+}
+
+// cpuKV is the CPU KV store: per layer, per block, K and V of [kvHeads, blockSize, headDim].
+type cpuKV struct {
+	layers, kvHeads, blockSize, headDim int
+	k, v                                [][][]float32 // [layer][block] -> [kvHeads*blockSize*headDim]
+}
+
+// NewKVStore implements Backend.
+func (c *CPU) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (KVStore, error) {
+	s := &cpuKV{layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim,
+		k: make([][][]float32, layers), v: make([][][]float32, layers)}
+	return s, s.Grow(blocks)
+}
+
+func (s *cpuKV) NumBlocks() int { return len(s.k[0]) }
+
+func (s *cpuKV) Grow(n int) error {
+	size := s.kvHeads * s.blockSize * s.headDim
+	for l := range s.k {
+		for len(s.k[l]) < n {
+			s.k[l] = append(s.k[l], make([]float32, size))
+			s.v[l] = append(s.v[l], make([]float32, size))
+		}
+	}
+	return nil
+}
+
+func (s *cpuKV) CopyBlock(dst, src int) {
+	for l := range s.k {
+		copy(s.k[l][dst], s.k[l][src])
+		copy(s.v[l][dst], s.v[l][src])
+	}
+}
+
+func (s *cpuKV) Free() { s.k, s.v = nil, nil }
+
+// Attention implements Backend: store the new keys/values, then for every query token and
+// head, softmax(q·K/sqrt(Dh)) V over positions 0..pos of its sequence (causal).
+func (c *CPU) Attention(out, q, k, v *Tensor, store KVStore, layer int, b *AttnBatch) {
+	s := store.(*cpuKV)
+	bs, dh, nkv := s.blockSize, s.headDim, s.kvHeads
+	kv, qs, ks, vs, os := s, f32(q), f32(k), f32(v), f32(out)
+	kvw := nkv * dh
+	// 1. write k, v of the new tokens: token t goes to slot Slots[t].
+	for t, slot := range b.Slots {
+		blk, off := int(slot)/bs, int(slot)%bs
+		kb, vb := kv.k[layer][blk], kv.v[layer][blk]
+		for h := 0; h < nkv; h++ {
+			copy(kb[(h*bs+off)*dh:(h*bs+off+1)*dh], ks[t*kvw+h*dh:t*kvw+(h+1)*dh])
+			copy(vb[(h*bs+off)*dh:(h*bs+off+1)*dh], vs[t*kvw+h*dh:t*kvw+(h+1)*dh])
+		}
+	}
+	// 2. attention, parallel over (token, head).
+	nh := q.Cols() / dh
+	group := nh / nkv
+	scale := float32(1 / math.Sqrt(float64(dh)))
+	nseq := len(b.CtxLen)
+	// seqOf[t] and the position of each token.
+	T := int(b.SeqStart[nseq])
+	seqOf := make([]int32, T)
+	for sq := 0; sq < nseq; sq++ {
+		for t := b.SeqStart[sq]; t < b.SeqStart[sq+1]; t++ {
+			seqOf[t] = int32(sq)
+		}
+	}
+	kern.Parallel(T*nh, 1, func(lo, hi int) {
+		var scores []float32
+		for i := lo; i < hi; i++ {
+			t, h := i/nh, i%nh
+			sq := int(seqOf[t])
+			nNew := int(b.SeqStart[sq+1] - b.SeqStart[sq])
+			pos := int(b.CtxLen[sq]) - nNew + (t - int(b.SeqStart[sq]))
+			n := pos + 1
+			if cap(scores) < n {
+				scores = make([]float32, n+64)
+			}
+			sc := scores[:n]
+			qv := qs[t*nh*dh+h*dh : t*nh*dh+(h+1)*dh]
+			kvh := h / group
+			blocks := b.Blocks[sq]
+			maxv := float32(math.Inf(-1))
+			for p := 0; p < n; p++ {
+				kb := kv.k[layer][blocks[p/bs]]
+				off := (kvh*bs + p%bs) * dh
+				d := kern.Dot(qv, kb[off:off+dh]) * scale
+				sc[p] = d
+				if d > maxv {
+					maxv = d
+				}
+			}
+			var sum float32
+			for p := range sc {
+				e := expf(sc[p] - maxv)
+				sc[p] = e
+				sum += e
+			}
+			o := os[t*nh*dh+h*dh : t*nh*dh+(h+1)*dh]
+			clear(o)
+			inv := 1 / sum
+			for p := 0; p < n; p++ {
+				vb := kv.v[layer][blocks[p/bs]]
+				off := (kvh*bs + p%bs) * dh
+				kern.Axpy(sc[p]*inv, vb[off:off+dh], o)
+			}
+		}
+	})
+}
+
+// Sample implements Backend.
+func (c *CPU) Sample(logits *Tensor, rows []SampleRow) ([]int32, []float32, error) {
+	ls, v := f32(logits), logits.Cols()
+	if len(rows) != logits.Rows() {
+		return nil, nil, fmt.Errorf("sample: %d rows of parameters for %d rows of logits", len(rows), logits.Rows())
+	}
+	ids := make([]int32, len(rows))
+	lps := make([]float32, len(rows))
+	kern.Parallel(len(rows), 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			ids[r], lps[r] = SampleLogits(ls[r*v:(r+1)*v], rows[r])
+		}
+	})
+	return ids, lps, nil
+}
+
+// LogProbs implements Backend.
+func (c *CPU) LogProbs(logits *Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
+	ls, v := f32(logits), logits.Cols()
+	if len(targets) != logits.Rows() {
+		return nil, nil, fmt.Errorf("logprobs: %d targets for %d rows of logits", len(targets), logits.Rows())
+	}
+	if !(temperature > 0) {
+		return nil, nil, fmt.Errorf("logprobs: temperature must be positive, got %g", temperature)
+	}
+	lp := make([]float32, len(targets))
+	ent := make([]float32, len(targets))
+	kern.Parallel(len(targets), 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			lp[r], ent[r] = logProbEntropy(ls[r*v:(r+1)*v], int(targets[r]), temperature)
+		}
+	})
+	return lp, ent, nil
+}

@@ -1,0 +1,339 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+)
+
+// SamplingParams control generation for one prompt.
+type SamplingParams struct {
+	// N is the number of samples drawn for the prompt (default 1). They share the prompt's KV
+	// cache: the prompt is prefilled once and forked.
+	N int
+	// Temperature divides the logits; 0 is greedy decoding.
+	Temperature float32
+	// TopK keeps the K most likely tokens (0: all).
+	TopK int
+	// TopP keeps the smallest most likely set with mass >= TopP (0 or 1: all).
+	TopP float32
+	// MaxNewTokens bounds the response length (required, >= 1).
+	MaxNewTokens int
+	// StopTokens end a sample; the stop token is included in its output, as RL needs its
+	// log-prob.
+	StopTokens []int32
+	// Seed makes sampling reproducible: sample j of a request draws from its own stream
+	// seeded by (Seed, j), whatever else runs in the batch.
+	Seed uint64
+}
+
+// Request is one prompt to complete.
+type Request struct {
+	Prompt []int32
+	Params SamplingParams
+}
+
+// FinishReason says why a sample ended.
+type FinishReason string
+
+// Finish reasons, as in the OpenAI API.
+const (
+	FinishStop   FinishReason = "stop"   // a stop token was sampled
+	FinishLength FinishReason = "length" // MaxNewTokens reached
+)
+
+// Sample is one generated response.
+type Sample struct {
+	Tokens   []int32   // sampled token ids
+	LogProbs []float32 // log-prob of each token under the distribution it was drawn from
+	Finish   FinishReason
+}
+
+// Result holds the N samples of one request.
+type Result struct {
+	Samples []Sample
+}
+
+// GeneratorOptions size the scheduler.
+type GeneratorOptions struct {
+	// KVBudgetBytes bounds the KV cache (default 1 GiB).
+	KVBudgetBytes int64
+	// MaxBatchTokens bounds the prompt tokens prefilled in one step (default 4096); a longer
+	// prompt is still admitted alone.
+	MaxBatchTokens int
+	// MaxSeqs bounds the sequences decoded together (default 256).
+	MaxSeqs int
+}
+
+// Generator schedules generation with continuous batching: every step is one forward pass over
+// a ragged batch mixing the prompts of newly admitted requests (prefill) and one token of each
+// running sample (decode). A request is admitted when the KV blocks it may need at most (its
+// prompt plus N x MaxNewTokens) fit in the budget, so running samples never run out of cache.
+type Generator struct {
+	model *Model
+	cache *KVCache
+	opts  GeneratorOptions
+
+	waiting  []*genRequest
+	running  []*genSample
+	reserved int // KV blocks reserved by admitted requests
+}
+
+type genRequest struct {
+	req     Request
+	blocks  int // reservation
+	seq     *Seq
+	result  Result
+	pending int // samples still running
+	done    bool
+}
+
+type genSample struct {
+	r      *genRequest
+	idx    int
+	seq    *Seq
+	rng    *rand.Rand
+	next   int32 // sampled token not yet in the cache
+	active bool
+}
+
+// NewGenerator creates a generator with its own KV cache.
+func NewGenerator(m *Model, opts GeneratorOptions) (*Generator, error) {
+	if opts.KVBudgetBytes == 0 {
+		opts.KVBudgetBytes = 1 << 30
+	}
+	if opts.MaxBatchTokens == 0 {
+		opts.MaxBatchTokens = 4096
+	}
+	if opts.MaxSeqs == 0 {
+		opts.MaxSeqs = 256
+	}
+	cache, err := NewKVCache(m, opts.KVBudgetBytes)
+	if err != nil {
+		return nil, err
+	}
+	return &Generator{model: m, cache: cache, opts: opts}, nil
+}
+
+// Close frees the KV cache.
+func (g *Generator) Close() { g.cache.Free() }
+
+// Cache returns the generator's KV cache (for metrics and tests).
+func (g *Generator) Cache() *KVCache { return g.cache }
+
+// validate checks a request and returns the KV blocks it reserves.
+func (g *Generator) validate(i int, r *Request) (int, error) {
+	c := g.model.Config
+	p := &r.Params
+	switch {
+	case len(r.Prompt) == 0:
+		return 0, fmt.Errorf("request %d: empty prompt", i)
+	case p.N < 0:
+		return 0, fmt.Errorf("request %d: n must be >= 1, got %d", i, p.N)
+	case p.MaxNewTokens < 1:
+		return 0, fmt.Errorf("request %d: max_new_tokens must be >= 1, got %d", i, p.MaxNewTokens)
+	case p.Temperature < 0:
+		return 0, fmt.Errorf("request %d: temperature must be >= 0, got %g", i, p.Temperature)
+	case p.TopK < 0:
+		return 0, fmt.Errorf("request %d: top_k must be >= 0, got %d", i, p.TopK)
+	case p.TopP < 0 || p.TopP > 1:
+		return 0, fmt.Errorf("request %d: top_p must be in [0,1], got %g", i, p.TopP)
+	case len(r.Prompt)+p.MaxNewTokens > c.MaxPositionEmbeddings:
+		return 0, fmt.Errorf("request %d: prompt (%d) + max_new_tokens (%d) exceed max_position_embeddings (%d)",
+			i, len(r.Prompt), p.MaxNewTokens, c.MaxPositionEmbeddings)
+	}
+	for _, id := range append(slices.Clone(r.Prompt), p.StopTokens...) {
+		if id < 0 || int(id) >= c.VocabSize {
+			return 0, fmt.Errorf("request %d: token id %d outside vocabulary [0,%d)", i, id, c.VocabSize)
+		}
+	}
+	if p.N == 0 {
+		p.N = 1
+	}
+	if p.N > g.opts.MaxSeqs {
+		return 0, fmt.Errorf("request %d: n=%d exceeds the %d sequences decoded together", i, p.N, g.opts.MaxSeqs)
+	}
+	// Each sample may copy the shared last prompt block and grows by MaxNewTokens.
+	blocks := g.cache.BlocksFor(len(r.Prompt)) + p.N*(g.cache.BlocksFor(p.MaxNewTokens)+1)
+	if blocks > g.cache.Capacity() {
+		mib := func(b int) float64 { return float64(int64(b)*g.cache.blockBytes) / (1 << 20) }
+		return 0, fmt.Errorf("request %d: needs up to %.1f MiB of KV cache (%d blocks), more than the budget of %.1f MiB: %w",
+			i, mib(blocks), blocks, mib(g.cache.Capacity()), ErrKVBudget)
+	}
+	return blocks, nil
+}
+
+// Generate completes every request and returns their results in order. Requests that do not
+// fit in the KV budget together wait for earlier ones to finish.
+func (g *Generator) Generate(ctx context.Context, reqs []Request) ([]Result, error) {
+	all := make([]*genRequest, len(reqs))
+	for i := range reqs {
+		r := reqs[i]
+		r.Params.StopTokens = slices.Clone(r.Params.StopTokens)
+		blocks, err := g.validate(i, &r)
+		if err != nil {
+			return nil, err
+		}
+		all[i] = &genRequest{req: r, blocks: blocks}
+	}
+	g.waiting = append(g.waiting, all...)
+	defer g.abort()
+	for !allDone(all) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := g.step(); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]Result, len(all))
+	for i, r := range all {
+		out[i] = r.result
+	}
+	return out, nil
+}
+
+func allDone(rs []*genRequest) bool {
+	for _, r := range rs {
+		if !r.done {
+			return false
+		}
+	}
+	return true
+}
+
+// abort drops everything queued or running (after an error or cancellation).
+func (g *Generator) abort() {
+	for _, s := range g.running {
+		if s.seq != nil {
+			s.seq.Release()
+		}
+	}
+	for _, r := range g.waiting {
+		if r.seq != nil {
+			r.seq.Release()
+		}
+	}
+	g.running, g.waiting, g.reserved = nil, nil, 0
+}
+
+// step runs one forward pass: admit what fits, prefill it, decode one token of every running
+// sample, sample the next tokens.
+func (g *Generator) step() error {
+	var steps []step
+	var rows []int32
+	type target struct {
+		r *genRequest // prefill: the request whose N samples draw from this row
+		s *genSample  // decode: the sample
+	}
+	var targets []target
+	var prefill int
+	running := 0
+	for _, s := range g.running {
+		if s.active {
+			running++
+		}
+	}
+	for len(g.waiting) > 0 {
+		r := g.waiting[0]
+		n := r.req.Params.N
+		fits := g.reserved+r.blocks <= g.cache.Capacity() && running+n <= g.opts.MaxSeqs &&
+			(prefill == 0 || prefill+len(r.req.Prompt) <= g.opts.MaxBatchTokens)
+		if !fits {
+			break
+		}
+		g.waiting = g.waiting[1:]
+		g.reserved += r.blocks
+		running += n
+		prefill += len(r.req.Prompt)
+		r.seq = g.cache.NewSeq()
+		r.pending = n
+		steps = append(steps, step{seq: r.seq, tokens: r.req.Prompt})
+		targets = append(targets, target{r: r})
+	}
+	for _, s := range g.running {
+		if s.active {
+			steps = append(steps, step{seq: s.seq, tokens: []int32{s.next}})
+			targets = append(targets, target{s: s})
+		}
+	}
+	if len(steps) == 0 {
+		return errors.New("generate: nothing to run (scheduler stalled)")
+	}
+	// One logits row per sample: a prefill row is repeated N times.
+	var samples []*genSample
+	off := int32(0)
+	for i, st := range steps {
+		off += int32(len(st.tokens))
+		t := targets[i]
+		if t.r != nil {
+			for j := 0; j < t.r.req.Params.N; j++ {
+				seed := t.r.req.Params.Seed
+				samples = append(samples, &genSample{r: t.r, idx: j, rng: rand.New(rand.NewPCG(seed, uint64(j)))})
+				rows = append(rows, off-1)
+			}
+			t.r.result.Samples = make([]Sample, t.r.req.Params.N)
+		} else {
+			samples = append(samples, t.s)
+			rows = append(rows, off-1)
+		}
+	}
+	ids := make([]int32, len(rows))
+	lps := make([]float32, len(rows))
+	err := g.model.forward(steps, rows, 256, func(first int, logits *Tensor) error {
+		sr := make([]SampleRow, logits.Rows())
+		for i := range sr {
+			p := samples[first+i].r.req.Params
+			sr[i] = SampleRow{Temperature: p.Temperature, TopK: p.TopK, TopP: p.TopP}
+			if p.Temperature > 0 {
+				sr[i].U = samples[first+i].rng.Float64()
+			}
+		}
+		id, lp, err := g.model.Backend.Sample(logits, sr)
+		copy(ids[first:], id)
+		copy(lps[first:], lp)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// Fork the prefilled prompts: sample 0 keeps the prompt's sequence.
+	for _, s := range samples {
+		if s.seq == nil {
+			if s.idx == 0 {
+				s.seq = s.r.seq
+			} else {
+				s.seq = s.r.seq.Fork()
+			}
+			s.active = true
+			g.running = append(g.running, s)
+		}
+	}
+	for i, s := range samples {
+		out := &s.r.result.Samples[s.idx]
+		out.Tokens = append(out.Tokens, ids[i])
+		out.LogProbs = append(out.LogProbs, lps[i])
+		s.next = ids[i]
+		p := s.r.req.Params
+		switch {
+		case slices.Contains(p.StopTokens, ids[i]):
+			out.Finish = FinishStop
+		case len(out.Tokens) >= p.MaxNewTokens:
+			out.Finish = FinishLength
+		default:
+			continue
+		}
+		s.active = false
+		s.seq.Release()
+		s.seq = nil
+		s.r.pending--
+		if s.r.pending == 0 {
+			s.r.done = true
+			g.reserved -= s.r.blocks
+		}
+	}
+	g.running = slices.DeleteFunc(g.running, func(s *genSample) bool { return !s.active })
+	return nil
+}

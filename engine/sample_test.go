@@ -1,0 +1,133 @@
+package engine
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+	"testing"
+)
+
+// exactDist is the reference sampling distribution, written the obvious way: softmax at the
+// temperature, sort all tokens, keep the top k, then the shortest prefix reaching mass top_p,
+// renormalise.
+func exactDist(logits []float32, r SampleRow) []float64 {
+	v := len(logits)
+	p := make([]float64, v)
+	var z float64
+	for i, l := range logits {
+		p[i] = math.Exp(float64(l) / float64(r.Temperature))
+		z += p[i]
+	}
+	order := make([]int, v)
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return p[order[a]] > p[order[b]] })
+	keep := v
+	if r.TopK > 0 && r.TopK < v {
+		keep = r.TopK
+	}
+	if r.TopP > 0 && r.TopP < 1 {
+		var mass float64
+		for _, i := range order[:keep] {
+			mass += p[i]
+		}
+		var c float64
+		for j, i := range order[:keep] {
+			c += p[i]
+			if c >= float64(r.TopP)*mass {
+				keep = j + 1
+				break
+			}
+		}
+	}
+	out := make([]float64, v)
+	var s float64
+	for _, i := range order[:keep] {
+		s += p[i]
+	}
+	for _, i := range order[:keep] {
+		out[i] = p[i] / s
+	}
+	return out
+}
+
+// TestSamplingDistribution draws many tokens with top-k / top-p / temperature and compares the
+// frequencies with the exact distribution (chi-square), and each returned log-prob with it.
+func TestSamplingDistribution(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	logits := make([]float32, 300)
+	for i := range logits {
+		logits[i] = float32(rng.NormFloat64() * 2)
+	}
+	tests := []SampleRow{
+		{Temperature: 1},
+		{Temperature: 0.7, TopK: 20},
+		{Temperature: 1.2, TopP: 0.9},
+		{Temperature: 1, TopK: 40, TopP: 0.8},
+		{Temperature: 0.5, TopP: 0.5},
+		{Temperature: 2, TopK: 1},
+	}
+	const draws = 200000
+	for _, tt := range tests {
+		want := exactDist(logits, tt)
+		counts := make([]int, len(logits))
+		for d := 0; d < draws; d++ {
+			tt.U = rng.Float64()
+			id, lp := SampleLogits(logits, tt)
+			if want[id] == 0 {
+				t.Fatalf("%+v: drew token %d outside the kept set", tt, id)
+			}
+			if math.Abs(float64(lp)-math.Log(want[id])) > 1e-5 {
+				t.Fatalf("%+v: log-prob %g, exact %g", tt, lp, math.Log(want[id]))
+			}
+			counts[id]++
+		}
+		// chi-square over tokens with expected count >= 5, the rest pooled.
+		var chi2, pooledE, pooledO float64
+		dof := -1
+		for i, p := range want {
+			e := p * draws
+			if e < 5 {
+				pooledE += e
+				pooledO += float64(counts[i])
+				continue
+			}
+			chi2 += (float64(counts[i]) - e) * (float64(counts[i]) - e) / e
+			dof++
+		}
+		if pooledE >= 5 {
+			chi2 += (pooledO - pooledE) * (pooledO - pooledE) / pooledE
+			dof++
+		}
+		// 99.99th percentile of chi-square ~ dof + 3.72*sqrt(2 dof) + 8 (Wilson-Hilferty bound, loose).
+		limit := float64(dof) + 3.72*math.Sqrt(2*float64(max(dof, 1))) + 8
+		if chi2 > limit {
+			t.Errorf("%+v: chi2 = %.1f over %d dof (limit %.1f)", tt, chi2, dof, limit)
+		}
+	}
+}
+
+// TestGreedyAndLogProbs checks greedy picks and the log-prob/entropy helper against values
+// worked by hand for logits [0, ln 2, ln 3]/… : softmax = [1/6, 2/6, 3/6].
+func TestGreedyAndLogProbs(t *testing.T) {
+	l := []float32{0, float32(math.Log(2)), float32(math.Log(3))}
+	id, lp := SampleLogits(l, SampleRow{})
+	if id != 2 || math.Abs(float64(lp)-math.Log(0.5)) > 1e-6 {
+		t.Errorf("greedy: %d %g", id, lp)
+	}
+	lp, ent := logProbEntropy(l, 0, 1)
+	wantEnt := -(1.0/6*math.Log(1.0/6) + 2.0/6*math.Log(2.0/6) + 3.0/6*math.Log(3.0/6))
+	if math.Abs(float64(lp)-math.Log(1.0/6)) > 1e-6 || math.Abs(float64(ent)-wantEnt) > 1e-6 {
+		t.Errorf("logprob %g entropy %g, want %g %g", lp, ent, math.Log(1.0/6), wantEnt)
+	}
+	// temperature 0.5 squares the probabilities: [1, 4, 9]/14.
+	lp, _ = logProbEntropy(l, 1, 0.5)
+	if math.Abs(float64(lp)-math.Log(4.0/14)) > 1e-6 {
+		t.Errorf("tempered logprob %g, want %g", lp, math.Log(4.0/14))
+	}
+	// U picks by inverse CDF in id order: with [1/6, 2/6, 3/6], U=0.4 lands on id 1.
+	if id, _ := SampleLogits(l, SampleRow{Temperature: 1, U: 0.4}); id != 1 {
+		t.Errorf("inverse CDF picked %d, want 1", id)
+	}
+}
