@@ -342,3 +342,11 @@ func (c *Config) NumParams() int64 {
 	}
 	return n
 }
+
+// LayerMatmulParams counts the weights of the decoder layers' linear projections (q, k, v, o,
+// gate, up, down): a token's forward pass costs about 2 FLOPs per such weight, plus attention
+// and the LM head.
+func (c *Config) LayerMatmulParams() int64 {
+	d, q, kv, in := int64(c.HiddenSize), int64(c.QDim()), int64(c.KVDim()), int64(c.IntermediateSize)
+	return int64(c.NumHiddenLayers) * (d*q + 2*d*kv + q*d + 3*d*in)
+}

@@ -89,7 +89,7 @@ func run(quick bool, decodeSteps, promptLen int) error {
 		if err != nil {
 			return err
 		}
-		layerFlops := 2 * float64(layerParams(c)) // per token, linear layers only
+		layerFlops := 2 * float64(c.LayerMatmulParams()) // per token, linear layers only
 		for _, batch := range []int{1, 16} {
 			sec, err := bestOf(reps, func() (float64, error) { return timeGen(m, batch, promptLen, 1) })
 			if err != nil {
@@ -119,12 +119,6 @@ func run(quick bool, decodeSteps, promptLen int) error {
 	}
 	w.Flush()
 	return nil
-}
-
-// layerParams counts the parameters of the linear layers of all decoder layers.
-func layerParams(c *engine.Config) int64 {
-	d, q, kv, in := int64(c.HiddenSize), int64(c.QDim()), int64(c.KVDim()), int64(c.IntermediateSize)
-	return int64(c.NumHiddenLayers) * (d*q + 2*d*kv + q*d + 3*d*in)
 }
 
 func bestOf(n int, f func() (float64, error)) (float64, error) {
