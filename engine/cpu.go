@@ -22,12 +22,15 @@ func NewCPU() *CPU { return &CPU{pool: map[int][][]float32{}} }
 // Name implements Backend.
 func (c *CPU) Name() string { return "cpu (" + kern.ISA() + ")" }
 
+// f32 returns the fp32 row-major storage of an activation or a trainable parameter.
 func f32(t *Tensor) []float32 {
-	s, ok := t.Buf.([]float32)
-	if !ok {
-		panic(fmt.Sprintf("engine/cpu: tensor %v of dtype %v is not an fp32 activation", t.Shape, t.DType))
+	switch b := t.Buf.(type) {
+	case []float32:
+		return b
+	case *cpuParam:
+		return b.data
 	}
-	return s
+	panic(fmt.Sprintf("engine/cpu: tensor %v of dtype %v is not fp32 row-major (%T)", t.Shape, t.DType, t.Buf))
 }
 
 // Alloc implements Backend. Buffers are recycled through Free.
@@ -101,6 +104,8 @@ func (c *CPU) Download(t *Tensor, dst []float32) error {
 		copy(dst, b)
 	case *kern.Weight:
 		b.Unpack(dst)
+	case *cpuParam:
+		copy(dst, b.data)
 	default:
 		return fmt.Errorf("download: unknown storage %T", t.Buf)
 	}
@@ -117,7 +122,7 @@ func (c *CPU) Embedding(out, table *Tensor, ids []int32) {
 
 // MatMul implements Backend.
 func (c *CPU) MatMul(out, x, w *Tensor) {
-	wt := w.Buf.(*kern.Weight)
+	wt := packed(w)
 	if x.Cols() != wt.K() || out.Cols() != wt.N() || out.Rows() != x.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
 	}

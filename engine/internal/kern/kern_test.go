@@ -296,3 +296,34 @@ func TestParallelNestedConcurrent(t *testing.T) {
 		t.Fatalf("nested total %d, want %d", got, 8*20*16*16*4)
 	}
 }
+
+// TestTransposedWeight checks NewWeightF32T/RepackT against packing the explicit transpose,
+// and Repack against a fresh weight, on shapes around the panel width.
+func TestTransposedWeight(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, k := range []int{1, 5, 64} {
+		for _, n := range []int{1, 31, 32, 33, 70} {
+			a := randF32(r, k*n) // [k,n]
+			at := make([]float32, n*k)
+			for i := 0; i < k; i++ {
+				for j := 0; j < n; j++ {
+					at[j*k+i] = a[i*n+j]
+				}
+			}
+			want := NewWeightF32(at, n, k)
+			got := NewWeightF32T(a, k, n)
+			if fmt.Sprint(got.f32) != fmt.Sprint(want.f32) {
+				t.Fatalf("NewWeightF32T k=%d n=%d differs from packing the transpose", k, n)
+			}
+			b := randF32(r, n*k)
+			got.Repack(b)
+			if fmt.Sprint(got.f32) != fmt.Sprint(NewWeightF32(b, n, k).f32) {
+				t.Fatalf("Repack k=%d n=%d differs from a fresh weight", k, n)
+			}
+			got.RepackT(a)
+			if fmt.Sprint(got.f32) != fmt.Sprint(want.f32) {
+				t.Fatalf("RepackT k=%d n=%d differs from packing the transpose", k, n)
+			}
+		}
+	}
+}

@@ -101,3 +101,45 @@ func (w *Weight) Unpack(dst []float32) {
 		}
 	}
 }
+
+// NewWeightF32T packs the transpose of the row-major fp32 matrix a[k,n] as a Weight of shape
+// [n,k] (W = aᵀ), without materialising the transpose: panel rows are contiguous runs of a.
+// The training path uses it for x·Wᵀ products whose right operand is an activation or a
+// weight read the other way round (dX = dY·W, dW = dYᵀ·X).
+func NewWeightF32T(a []float32, k, n int) *Weight {
+	checkShape(len(a), k, n)
+	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
+	wt.f32 = make([]float32, wt.np*k*nr)
+	wt.RepackT(a)
+	return wt
+}
+
+// Repack overwrites an fp32 Weight [n,k] with the row-major matrix w[n,k] (same shape),
+// reusing its storage. It must not run concurrently with a MatMul reading the weight.
+func (w *Weight) Repack(src []float32) {
+	if w.f32 == nil {
+		panic("kern: Repack of a bf16 weight")
+	}
+	checkShape(len(src), w.n, w.k)
+	packPanels(w.f32, src, w.n, w.k)
+}
+
+// RepackT overwrites an fp32 Weight [n,k] with the transpose of the row-major matrix a[k,n],
+// reusing its storage (see NewWeightF32T).
+func (w *Weight) RepackT(a []float32) {
+	if w.f32 == nil {
+		panic("kern: RepackT of a bf16 weight")
+	}
+	n, k := w.n, w.k
+	checkShape(len(a), k, n)
+	Parallel(w.np*k, 256, func(lo, hi int) {
+		for it := lo; it < hi; it++ {
+			p, kk := it/k, it%k
+			j0 := p * nr
+			cols := min(nr, n-j0)
+			dst := w.f32[it*nr : it*nr+nr]
+			copy(dst, a[kk*n+j0:kk*n+j0+cols])
+			clear(dst[cols:])
+		}
+	})
+}

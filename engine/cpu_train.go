@@ -1,0 +1,441 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/prolong-rl/prolong/engine/internal/kern"
+)
+
+// cpuParam is a trainable parameter on the CPU: fp32 row-major data, plus the packed copies
+// the matmul kernels read (W for the forward, Wᵀ for the input gradient), rebuilt lazily after
+// every write.
+type cpuParam struct {
+	data []float32 // row-major, the tensor's shape
+	n, k int       // [N, K] when 2-D, else 0
+
+	mu             sync.Mutex
+	ver            int // bumped by every write
+	fwdVer, bwdVer int
+	fwd, bwd       *kern.Weight // packed W [N,K] and Wᵀ [K,N]
+}
+
+func (p *cpuParam) touch() {
+	p.mu.Lock()
+	p.ver++
+	p.mu.Unlock()
+}
+
+func (p *cpuParam) packedW() *kern.Weight {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		panic("engine/cpu: matmul with a parameter that is not 2-D")
+	}
+	switch {
+	case p.fwd == nil:
+		p.fwd = kern.NewWeightF32(p.data, p.n, p.k)
+	case p.fwdVer != p.ver:
+		p.fwd.Repack(p.data)
+	}
+	p.fwdVer = p.ver
+	return p.fwd
+}
+
+func (p *cpuParam) packedWT() *kern.Weight {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.bwd == nil:
+		p.bwd = kern.NewWeightF32T(p.data, p.n, p.k)
+	case p.bwdVer != p.ver:
+		p.bwd.RepackT(p.data)
+	}
+	p.bwdVer = p.ver
+	return p.bwd
+}
+
+// packed returns the matmul layout of a weight: an inference weight as uploaded, or a
+// parameter's packed copy.
+func packed(w *Tensor) *kern.Weight {
+	switch b := w.Buf.(type) {
+	case *kern.Weight:
+		return b
+	case *cpuParam:
+		return b.packedW()
+	}
+	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
+}
+
+// packedT returns Wᵀ [K,N] packed for dX = dY·W.
+func packedT(w *Tensor) *kern.Weight {
+	switch b := w.Buf.(type) {
+	case *kern.Weight:
+		full := make([]float32, b.N()*b.K())
+		b.Unpack(full)
+		return kern.NewWeightF32T(full, b.N(), b.K())
+	case *cpuParam:
+		return b.packedWT()
+	}
+	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
+}
+
+// UploadParam implements TrainBackend.
+func (c *CPU) UploadParam(data []float32, shape ...int) (*Tensor, error) {
+	t := &Tensor{Shape: append([]int(nil), shape...), DType: F32}
+	if t.Len() != len(data) {
+		return nil, fmt.Errorf("upload param: %d values for shape %v", len(data), shape)
+	}
+	p := &cpuParam{data: append([]float32(nil), data...)}
+	if len(shape) == 2 {
+		p.n, p.k = shape[0], shape[1]
+	}
+	t.Buf = p
+	return t, nil
+}
+
+// written marks a parameter as changed so its packed copies are rebuilt.
+func written(t *Tensor) {
+	if p, ok := t.Buf.(*cpuParam); ok {
+		p.touch()
+	}
+}
+
+// MatMulDX implements TrainBackend.
+func (c *CPU) MatMulDX(dx, dy, w *Tensor) {
+	wt := packedT(w) // [K, N]
+	if dy.Cols() != wt.K() || dx.Cols() != wt.N() || dx.Rows() != dy.Rows() {
+		panic(fmt.Sprintf("engine/cpu: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
+	}
+	kern.MatMul(f32(dx), f32(dy), dy.Rows(), wt)
+}
+
+// MatMulDW implements TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMul of dYᵀ [N,M] against X
+// packed as the weight Xᵀ [K,M].
+func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
+	m, n, k := dy.Rows(), dy.Cols(), x.Cols()
+	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
+		panic(fmt.Sprintf("engine/cpu: matmul dw shapes dw %v dy %v x %v", dw.Shape, dy.Shape, x.Shape))
+	}
+	if m == 0 {
+		return
+	}
+	ys := f32(dy)
+	dyT := make([]float32, n*m) // [N, M]
+	kern.Parallel(n, 16, func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			row := dyT[j*m : (j+1)*m]
+			for i := range row {
+				row[i] = ys[i*n+j]
+			}
+		}
+	})
+	xw := kern.NewWeightF32T(f32(x), m, k) // Xᵀ [K, M]
+	tmp := make([]float32, n*k)            // [N, K]
+	kern.MatMul(tmp, dyT, n, xw)
+	g := f32(dw)
+	kern.Parallel(len(g), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			g[i] += tmp[i]
+		}
+	})
+	written(dw)
+}
+
+// BiasDW implements TrainBackend.
+func (c *CPU) BiasDW(db, dy *Tensor) {
+	b, ys, n := f32(db), f32(dy), db.Len()
+	for r := 0; r < len(ys); r += n {
+		for i, v := range ys[r : r+n] {
+			b[i] += v
+		}
+	}
+	written(db)
+}
+
+// RMSNormBackward implements TrainBackend. With r = 1/sqrt(mean(x²)+eps) and g = dy·w:
+// dx = r·g - x·r³·Σ(g·x)/n, dw += Σ_groups dy·x·r. dx may alias dy.
+func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
+	dxs, dys, xs, ws := f32(dx), f32(dy), f32(x), f32(w)
+	n := len(ws)
+	groups := len(xs) / n
+	var mu sync.Mutex
+	var dws []float32
+	if dw != nil {
+		dws = f32(dw)
+	}
+	kern.Parallel(groups, 32, func(lo, hi int) {
+		var acc []float64
+		if dws != nil {
+			acc = make([]float64, n)
+		}
+		for g := lo; g < hi; g++ {
+			xr, yr, out := xs[g*n:(g+1)*n], dys[g*n:(g+1)*n], dxs[g*n:(g+1)*n]
+			var ss, gx float64
+			for i, v := range xr {
+				ss += float64(v) * float64(v)
+				gx += float64(yr[i]) * float64(ws[i]) * float64(v)
+			}
+			r := 1 / math.Sqrt(ss/float64(n)+float64(eps))
+			if acc != nil {
+				for i, v := range xr {
+					acc[i] += float64(yr[i]) * float64(v) * r
+				}
+			}
+			c3 := r * r * r * gx / float64(n)
+			for i, v := range xr {
+				out[i] = float32(r*float64(yr[i])*float64(ws[i]) - float64(v)*c3)
+			}
+		}
+		if acc != nil {
+			mu.Lock()
+			for i, v := range acc {
+				dws[i] += float32(v)
+			}
+			mu.Unlock()
+		}
+	})
+	if dw != nil {
+		written(dw)
+	}
+}
+
+// SwiGLUBackward implements TrainBackend: with s = sigmoid(g), silu(g) = g·s and
+// silu'(g) = s·(1 + g·(1-s)).
+func (c *CPU) SwiGLUBackward(dgate, dup, dout, gate, up *Tensor) {
+	dg, du, do, g, u := f32(dgate), f32(dup), f32(dout), f32(gate), f32(up)
+	kern.Parallel(len(do), 4096, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x := g[i]
+			s := 1 / (1 + expf(-x))
+			d := do[i]
+			dg[i] = d * u[i] * s * (1 + x*(1-s))
+			du[i] = d * x * s
+		}
+	})
+}
+
+// EmbeddingBackward implements TrainBackend.
+func (c *CPU) EmbeddingBackward(dtable, dx *Tensor, ids []int32) {
+	tab, xs, d := f32(dtable), f32(dx), dtable.Cols()
+	for t, id := range ids {
+		row := tab[int(id)*d : (int(id)+1)*d]
+		for i, v := range xs[t*d : (t+1)*d] {
+			row[i] += v
+		}
+	}
+	written(dtable)
+}
+
+// ScatterAddRows implements TrainBackend.
+func (c *CPU) ScatterAddRows(out, x *Tensor, rows []int32) {
+	o, xs, n := f32(out), f32(x), x.Cols()
+	for r, dst := range rows {
+		row := o[int(dst)*n : (int(dst)+1)*n]
+		for i, v := range xs[r*n : (r+1)*n] {
+			row[i] += v
+		}
+	}
+}
+
+// LogProbsBackward implements TrainBackend. With z = logits/τ, p = softmax(z), the target t
+// and H = -Σ p·log p: ∂logp_t/∂z = onehot_t - p and ∂H/∂z_i = -p_i·(log p_i + H).
+func (c *CPU) LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, dent []float32, temperature float32) {
+	ls, ds, v := f32(logits), f32(dlogits), logits.Cols()
+	inv := 1 / float64(temperature)
+	kern.Parallel(len(targets), 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			z, out := ls[r*v:(r+1)*v], ds[r*v:(r+1)*v]
+			mx := float32(math.Inf(-1))
+			for _, x := range z {
+				mx = max(mx, x)
+			}
+			// log-sum-exp and entropy of softmax(z/τ), in float64 sums.
+			var sum float64
+			for _, x := range z {
+				sum += float64(expf(float32(float64(x-mx) * inv)))
+			}
+			lse := math.Log(sum)
+			var h float64
+			for _, x := range z {
+				lp := float64(x-mx)*inv - lse
+				h -= math.Exp(lp) * lp
+			}
+			gl := float64(dlogp[r])
+			var ge float64
+			if dent != nil {
+				ge = float64(dent[r])
+			}
+			t := int(targets[r])
+			for i, x := range z {
+				lp := float64(x-mx)*inv - lse
+				p := float64(expf(float32(lp)))
+				g := -gl*p - ge*p*(lp+h)
+				if i == t {
+					g += gl
+				}
+				out[i] = float32(g * inv)
+			}
+		}
+	})
+}
+
+// SumSquares implements TrainBackend.
+func (c *CPU) SumSquares(x *Tensor) float64 {
+	xs := f32(x)
+	var mu sync.Mutex
+	var total float64
+	kern.Parallel(len(xs), 1<<15, func(lo, hi int) {
+		var s float64
+		for _, v := range xs[lo:hi] {
+			s += float64(v) * float64(v)
+		}
+		mu.Lock()
+		total += s
+		mu.Unlock()
+	})
+	return total
+}
+
+// Scale implements TrainBackend; s == 0 clears x (NaN and Inf included).
+func (c *CPU) Scale(x *Tensor, s float32) {
+	xs := f32(x)
+	if s == 0 {
+		clear(xs)
+		written(x)
+		return
+	}
+	for i := range xs {
+		xs[i] *= s
+	}
+	written(x)
+}
+
+// Copy implements TrainBackend.
+func (c *CPU) Copy(dst, src *Tensor) {
+	d, s := f32(dst), f32(src)
+	if len(d) != len(s) {
+		panic(fmt.Sprintf("engine/cpu: copy of %v into %v", src.Shape, dst.Shape))
+	}
+	copy(d, s)
+	written(dst)
+}
+
+// AdamW implements TrainBackend (element-wise, in float64).
+func (c *CPU) AdamW(p, g, m, v *Tensor, h AdamWStep) {
+	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)
+	decay := 1 - h.LR*h.WeightDecay
+	step := h.LR / h.BC1
+	sbc2 := math.Sqrt(h.BC2)
+	kern.Parallel(len(ps), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			gi := float64(gs[i])
+			mi := h.Beta1*float64(ms[i]) + (1-h.Beta1)*gi
+			vi := h.Beta2*float64(vs[i]) + (1-h.Beta2)*gi*gi
+			ms[i], vs[i] = float32(mi), float32(vi)
+			pi := float64(ps[i]) * decay
+			ps[i] = float32(pi - step*mi/(math.Sqrt(vi)/sbc2+h.Eps))
+		}
+	})
+	written(p)
+}
+
+// AttentionTrain implements TrainBackend: for every sequence, head and query row, softmax of
+// the scaled scores over the rows of the sequence up to and including it, times V.
+func (c *CPU) AttentionTrain(out, lse, q, k, v *Tensor, seqStart []int32) {
+	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
+	nh := lse.Cols()
+	dh := q.Cols() / nh
+	nkv := k.Cols() / dh
+	group := nh / nkv
+	qw, kw := nh*dh, nkv*dh
+	scale := float32(1 / math.Sqrt(float64(dh)))
+	T := q.Rows()
+	first := make([]int32, T) // first row of each row's sequence
+	for s := 0; s+1 < len(seqStart); s++ {
+		for t := seqStart[s]; t < seqStart[s+1]; t++ {
+			first[t] = seqStart[s]
+		}
+	}
+	kern.Parallel(T*nh, 1, func(lo, hi int) {
+		var scores []float32
+		for it := lo; it < hi; it++ {
+			t, h := it/nh, it%nh
+			t0 := int(first[t])
+			n := t - t0 + 1
+			if cap(scores) < n {
+				scores = make([]float32, n+64)
+			}
+			sc := scores[:n]
+			qv := qs[t*qw+h*dh : t*qw+(h+1)*dh]
+			kvh := h / group
+			mx := float32(math.Inf(-1))
+			for j := range sc {
+				r := t0 + j
+				d := kern.Dot(qv, ks[r*kw+kvh*dh:r*kw+(kvh+1)*dh]) * scale
+				sc[j] = d
+				mx = max(mx, d)
+			}
+			var sum float32
+			for j := range sc {
+				e := expf(sc[j] - mx)
+				sc[j] = e
+				sum += e
+			}
+			o := os[t*qw+h*dh : t*qw+(h+1)*dh]
+			clear(o)
+			inv := 1 / sum
+			for j := range sc {
+				r := t0 + j
+				kern.Axpy(sc[j]*inv, vs[r*kw+kvh*dh:r*kw+(kvh+1)*dh], o)
+			}
+			ls[t*nh+h] = mx + float32(math.Log(float64(sum)))
+		}
+	})
+}
+
+// AttentionBackward implements TrainBackend, parallel over (sequence, kv head) so that each
+// task owns its rows of dk, dv and of dq for the query heads of its group. With
+// p_ij = exp(s·q_i·k_j - lse_i) and D_i = dout_i·out_i: dv_j += p_ij·dout_i,
+// ds_ij = p_ij·(dout_i·v_j - D_i), dq_i += s·ds_ij·k_j, dk_j += s·ds_ij·q_i.
+func (c *CPU) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *Tensor, seqStart []int32) {
+	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
+	dqs, dks, dvs, dos := f32(dq), f32(dk), f32(dv), f32(dout)
+	clear(dqs)
+	clear(dks)
+	clear(dvs)
+	nh := lse.Cols()
+	dh := q.Cols() / nh
+	nkv := k.Cols() / dh
+	group := nh / nkv
+	qw, kw := nh*dh, nkv*dh
+	scale := float32(1 / math.Sqrt(float64(dh)))
+	nseq := len(seqStart) - 1
+	kern.Parallel(nseq*nkv, 1, func(lo, hi int) {
+		for it := lo; it < hi; it++ {
+			s, kvh := it/nkv, it%nkv
+			t0, t1 := int(seqStart[s]), int(seqStart[s+1])
+			for h := kvh * group; h < (kvh+1)*group; h++ {
+				for i := t0; i < t1; i++ {
+					qi := qs[i*qw+h*dh : i*qw+(h+1)*dh]
+					doi := dos[i*qw+h*dh : i*qw+(h+1)*dh]
+					dqi := dqs[i*qw+h*dh : i*qw+(h+1)*dh]
+					di := kern.Dot(doi, os[i*qw+h*dh:i*qw+(h+1)*dh])
+					l := ls[i*nh+h]
+					for j := t0; j <= i; j++ {
+						kj := ks[j*kw+kvh*dh : j*kw+(kvh+1)*dh]
+						vj := vs[j*kw+kvh*dh : j*kw+(kvh+1)*dh]
+						p := expf(kern.Dot(qi, kj)*scale - l)
+						kern.Axpy(p, doi, dvs[j*kw+kvh*dh:j*kw+(kvh+1)*dh])
+						ds := p * (kern.Dot(doi, vj) - di) * scale
+						kern.Axpy(ds, kj, dqi)
+						kern.Axpy(ds, qi, dks[j*kw+kvh*dh:j*kw+(kvh+1)*dh])
+					}
+				}
+			}
+		}
+	})
+}
+
+var _ TrainBackend = (*CPU)(nil)

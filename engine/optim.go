@@ -1,0 +1,220 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+)
+
+// AdamWConfig holds the optimizer's hyper-parameters, as torch.optim.AdamW names them, plus
+// global-norm clipping and the learning-rate schedule.
+type AdamWConfig struct {
+	LR          float64 // peak learning rate
+	Beta1       float64 // default 0.9
+	Beta2       float64 // default 0.999
+	Eps         float64 // default 1e-8
+	WeightDecay float64 // decoupled, default 0
+	// NoDecay1D exempts 1-D weights (norms, biases) from weight decay.
+	NoDecay1D bool
+	// ClipNorm clips the global gradient norm to this value before each step; 0 disables.
+	ClipNorm float64
+	// Schedule scales LR at each step; nil means constant.
+	Schedule Schedule
+}
+
+// Schedule returns the learning-rate multiplier for optimizer step t (0-based).
+type Schedule func(t int) float64
+
+// Constant keeps the learning rate fixed.
+func Constant() Schedule { return func(int) float64 { return 1 } }
+
+// LinearWarmup ramps the learning rate linearly from 1/warmup to 1 over the first warmup steps
+// and then keeps it constant.
+func LinearWarmup(warmup int) Schedule {
+	return func(t int) float64 {
+		if t < warmup {
+			return float64(t+1) / float64(warmup)
+		}
+		return 1
+	}
+}
+
+// Cosine warms up linearly over warmup steps, then decays along a half cosine from 1 to
+// minRatio at step total, and stays at minRatio after.
+func Cosine(warmup, total int, minRatio float64) Schedule {
+	return func(t int) float64 {
+		if t < warmup {
+			return float64(t+1) / float64(warmup)
+		}
+		if t >= total {
+			return minRatio
+		}
+		p := float64(t-warmup) / float64(max(1, total-warmup))
+		return minRatio + (1-minRatio)*0.5*(1+math.Cos(math.Pi*p))
+	}
+}
+
+type adamW struct {
+	t    *Trainer
+	cfg  AdamWConfig
+	step int
+	m, v map[string]*Tensor
+}
+
+func newAdamW(t *Trainer) *adamW {
+	cfg := t.opts.Optimizer
+	if cfg.Beta1 == 0 {
+		cfg.Beta1 = 0.9
+	}
+	if cfg.Beta2 == 0 {
+		cfg.Beta2 = 0.999
+	}
+	if cfg.Eps == 0 {
+		cfg.Eps = 1e-8
+	}
+	if cfg.Schedule == nil {
+		cfg.Schedule = Constant()
+	}
+	o := &adamW{t: t, cfg: cfg, m: map[string]*Tensor{}, v: map[string]*Tensor{}}
+	for _, name := range t.names {
+		shape := t.params[name].Shape
+		o.m[name] = t.b.Alloc(shape...)
+		o.v[name] = t.b.Alloc(shape...)
+	}
+	return o
+}
+
+func (o *adamW) check() error {
+	c := o.cfg
+	switch {
+	case !(c.LR >= 0):
+		return fmt.Errorf("adamw: lr must be >= 0, got %g", c.LR)
+	case !(c.Beta1 >= 0 && c.Beta1 < 1), !(c.Beta2 >= 0 && c.Beta2 < 1):
+		return fmt.Errorf("adamw: betas must be in [0,1), got %g, %g", c.Beta1, c.Beta2)
+	case !(c.Eps > 0):
+		return fmt.Errorf("adamw: eps must be > 0, got %g", c.Eps)
+	case !(c.WeightDecay >= 0):
+		return fmt.Errorf("adamw: weight decay must be >= 0, got %g", c.WeightDecay)
+	case !(c.ClipNorm >= 0):
+		return fmt.Errorf("adamw: clip norm must be >= 0, got %g", c.ClipNorm)
+	}
+	return nil
+}
+
+// OptStats reports one optimizer step.
+type OptStats struct {
+	Step     int     // steps taken so far, this one included
+	LR       float64 // learning rate used
+	GradNorm float64 // global gradient norm before clipping
+}
+
+// Step clips the accumulated gradients to the global norm, applies one AdamW update to every
+// trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
+// unchanged and returns an error.
+func (t *Trainer) Step() (OptStats, error) {
+	o := t.opt
+	var ss float64
+	for _, name := range t.names {
+		ss += t.b.SumSquares(t.grads[name])
+	}
+	norm := math.Sqrt(ss)
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		t.ZeroGrad()
+		return OptStats{Step: o.step, GradNorm: norm}, fmt.Errorf("adamw: gradient norm is %v; step skipped", norm)
+	}
+	if c := o.cfg.ClipNorm; c > 0 {
+		// torch.nn.utils.clip_grad_norm_: scale by c/(norm+1e-6) when that is below 1.
+		if s := c / (norm + 1e-6); s < 1 {
+			for _, name := range t.names {
+				t.b.Scale(t.grads[name], float32(s))
+			}
+		}
+	}
+	lr := o.cfg.LR * o.cfg.Schedule(o.step)
+	o.step++
+	h := AdamWStep{LR: lr, Beta1: o.cfg.Beta1, Beta2: o.cfg.Beta2, Eps: o.cfg.Eps, WeightDecay: o.cfg.WeightDecay,
+		BC1: 1 - math.Pow(o.cfg.Beta1, float64(o.step)), BC2: 1 - math.Pow(o.cfg.Beta2, float64(o.step))}
+	for _, name := range t.names {
+		hp := h
+		p := t.params[name]
+		if o.cfg.NoDecay1D && len(p.Shape) == 1 {
+			hp.WeightDecay = 0
+		}
+		t.b.AdamW(p, t.grads[name], o.m[name], o.v[name], hp)
+	}
+	t.ZeroGrad()
+	return OptStats{Step: o.step, LR: lr, GradNorm: norm}, nil
+}
+
+// OptimizerState is the AdamW state in host memory: the step count and both moments of every
+// trainable weight, by HF name (what a checkpoint stores).
+type OptimizerState struct {
+	Step int
+	M, V map[string]HostTensor
+}
+
+// OptimizerState downloads the optimizer's state.
+func (t *Trainer) OptimizerState() (*OptimizerState, error) {
+	o := t.opt
+	s := &OptimizerState{Step: o.step, M: map[string]HostTensor{}, V: map[string]HostTensor{}}
+	for _, name := range t.names {
+		for _, mv := range []struct {
+			src *Tensor
+			dst map[string]HostTensor
+		}{{o.m[name], s.M}, {o.v[name], s.V}} {
+			d := make([]float32, mv.src.Len())
+			if err := t.b.Download(mv.src, d); err != nil {
+				return nil, fmt.Errorf("optimizer state %q: %w", name, err)
+			}
+			mv.dst[name] = HostTensor{Shape: append([]int(nil), mv.src.Shape...), Data: d}
+		}
+	}
+	return s, nil
+}
+
+// LoadOptimizerState restores a saved state; every trainable weight must have both moments of
+// the right shape, and nothing changes on error.
+func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
+	o := t.opt
+	if s.Step < 0 {
+		return fmt.Errorf("optimizer state: negative step %d", s.Step)
+	}
+	for _, name := range t.names {
+		for _, h := range []map[string]HostTensor{s.M, s.V} {
+			w, ok := h[name]
+			if !ok {
+				return fmt.Errorf("optimizer state: moments of %q are missing", name)
+			}
+			if len(w.Data) != o.m[name].Len() || !equalShape(w.Shape, o.m[name].Shape) {
+				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, o.m[name].Shape)
+			}
+		}
+	}
+	for _, name := range t.names {
+		for _, mv := range []struct {
+			dst *Tensor
+			src HostTensor
+		}{{o.m[name], s.M[name]}, {o.v[name], s.V[name]}} {
+			up, err := t.b.Upload(F32, mv.src.Data, false, mv.src.Shape...)
+			if err != nil {
+				return err
+			}
+			t.b.Copy(mv.dst, up)
+			t.b.Free(up)
+		}
+	}
+	o.step = s.Step
+	return nil
+}
+
+// ResetOptimizer zeroes both moments and the step count (a reference reset does this).
+func (t *Trainer) ResetOptimizer() {
+	o := t.opt
+	for _, name := range t.names {
+		t.b.Scale(o.m[name], 0)
+		t.b.Scale(o.v[name], 0)
+	}
+	o.step = 0
+}
+
+// OptimizerStep is the number of optimizer steps taken since the last reset.
+func (t *Trainer) OptimizerStep() int { return t.opt.step }
