@@ -12,9 +12,14 @@ import (
 // Matmuls run in the SIMD kernels of package kern (AVX-512, AVX2 or pure Go, chosen from the
 // CPU's features); every other op is plain Go parallelised over rows.
 type CPU struct {
-	mu   sync.Mutex
-	pool map[int][][]float32 // free activation buffers by length
+	mu     sync.Mutex
+	pool   map[int][][]float32 // free activation buffers by length
+	pooled int64               // floats held in pool
 }
+
+// maxPooledFloats bounds the free buffers the CPU backend keeps for reuse (1 GiB): a training
+// step frees and re-allocates every activation, and reusing them avoids page faults and GC work.
+const maxPooledFloats = 1 << 28
 
 // NewCPU returns a CPU backend.
 func NewCPU() *CPU { return &CPU{pool: map[int][][]float32{}} }
@@ -41,6 +46,7 @@ func (c *CPU) Alloc(shape ...int) *Tensor {
 	if free := c.pool[n]; len(free) > 0 {
 		buf := free[len(free)-1]
 		c.pool[n] = free[:len(free)-1]
+		c.pooled -= int64(n)
 		c.mu.Unlock()
 		clear(buf)
 		t.Buf = buf
@@ -58,8 +64,9 @@ func (c *CPU) Free(t *Tensor) {
 	}
 	if buf, ok := t.Buf.([]float32); ok {
 		c.mu.Lock()
-		if len(c.pool[len(buf)]) < 8 {
+		if c.pooled+int64(len(buf)) <= maxPooledFloats {
 			c.pool[len(buf)] = append(c.pool[len(buf)], buf)
+			c.pooled += int64(len(buf))
 		}
 		c.mu.Unlock()
 	}

@@ -111,8 +111,8 @@ func (c *CPU) MatMulDX(dx, dy, w *Tensor) {
 	kern.MatMul(f32(dx), f32(dy), dy.Rows(), wt)
 }
 
-// MatMulDW implements TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMul of dYᵀ [N,M] against X
-// packed as the weight Xᵀ [K,M].
+// MatMulDW implements TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMulT of dY [M,N] (dYᵀ given
+// transposed) against X packed as the weight Xᵀ [K,M].
 func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 	m, n, k := dy.Rows(), dy.Cols(), x.Cols()
 	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
@@ -121,19 +121,9 @@ func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 	if m == 0 {
 		return
 	}
-	ys := f32(dy)
-	dyT := make([]float32, n*m) // [N, M]
-	kern.Parallel(n, 16, func(lo, hi int) {
-		for j := lo; j < hi; j++ {
-			row := dyT[j*m : (j+1)*m]
-			for i := range row {
-				row[i] = ys[i*n+j]
-			}
-		}
-	})
 	xw := kern.NewWeightF32T(f32(x), m, k) // Xᵀ [K, M]
 	tmp := make([]float32, n*k)            // [N, K]
-	kern.MatMul(tmp, dyT, n, xw)
+	kern.MatMulT(tmp, f32(dy), n, xw)      // dy is dYᵀ given transposed
 	g := f32(dw)
 	kern.Parallel(len(g), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -251,32 +241,31 @@ func (c *CPU) LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, 
 			for _, x := range z {
 				mx = max(mx, x)
 			}
-			// log-sum-exp and entropy of softmax(z/τ), in float64 sums.
-			var sum float64
-			for _, x := range z {
-				sum += float64(expf(float32(float64(x-mx) * inv)))
+			// Pass 1: s = (z-max)/τ into out (z may be out), Σe^s and Σ s·e^s in float64, so
+			// that lse = log Σe^s and H = lse - Σ s·e^s / Σe^s.
+			var sum, ses float64
+			for i, x := range z {
+				sv := float32(float64(x-mx) * inv)
+				out[i] = sv
+				e := float64(expf(sv))
+				sum += e
+				ses += float64(sv) * e
 			}
 			lse := math.Log(sum)
-			var h float64
-			for _, x := range z {
-				lp := float64(x-mx)*inv - lse
-				h -= math.Exp(lp) * lp
-			}
+			h := lse - ses/sum
 			gl := float64(dlogp[r])
 			var ge float64
 			if dent != nil {
 				ge = float64(dent[r])
 			}
-			t := int(targets[r])
-			for i, x := range z {
-				lp := float64(x-mx)*inv - lse
+			// Pass 2: the gradient, from p = e^(s-lse).
+			for i, sv := range out {
+				lp := float64(sv) - lse
 				p := float64(expf(float32(lp)))
 				g := -gl*p - ge*p*(lp+h)
-				if i == t {
-					g += gl
-				}
 				out[i] = float32(g * inv)
 			}
+			out[targets[r]] += float32(gl * inv)
 		}
 	})
 }
@@ -322,20 +311,23 @@ func (c *CPU) Copy(dst, src *Tensor) {
 	written(dst)
 }
 
-// AdamW implements TrainBackend (element-wise, in float64).
+// AdamW implements TrainBackend (element-wise in fp32, constants folded in float64).
 func (c *CPU) AdamW(p, g, m, v *Tensor, h AdamWStep) {
 	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)
-	decay := 1 - h.LR*h.WeightDecay
-	step := h.LR / h.BC1
-	sbc2 := math.Sqrt(h.BC2)
-	kern.Parallel(len(ps), 1<<14, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			gi := float64(gs[i])
-			mi := h.Beta1*float64(ms[i]) + (1-h.Beta1)*gi
-			vi := h.Beta2*float64(vs[i]) + (1-h.Beta2)*gi*gi
-			ms[i], vs[i] = float32(mi), float32(vi)
-			pi := float64(ps[i]) * decay
-			ps[i] = float32(pi - step*mi/(math.Sqrt(vi)/sbc2+h.Eps))
+	decay := float32(1 - h.LR*h.WeightDecay)
+	b1, b2 := float32(h.Beta1), float32(h.Beta2)
+	c1, c2 := float32(1-h.Beta1), float32(1-h.Beta2)
+	step := float32(h.LR / h.BC1)
+	isb2 := float32(1 / math.Sqrt(h.BC2))
+	eps := float32(h.Eps)
+	kern.Parallel(len(ps), 1<<16, func(lo, hi int) {
+		ps, gs, ms, vs := ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi]
+		for i := range ps {
+			gi := gs[i]
+			mi := b1*ms[i] + c1*gi
+			vi := b2*vs[i] + c2*gi*gi
+			ms[i], vs[i] = mi, vi
+			ps[i] = ps[i]*decay - step*mi/(float32(math.Sqrt(float64(vi)))*isb2+eps)
 		}
 	})
 	written(p)

@@ -327,3 +327,31 @@ func TestTransposedWeight(t *testing.T) {
 		}
 	}
 }
+
+// TestMatMulT checks MatMulT(xᵀ) against MatMul(x) bit for bit (same packing, same kernel)
+// on every ISA and on sizes around the register block heights.
+func TestMatMulT(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 9))
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for _, m := range []int{1, 2, 3, 13, 14, 15, 29, 64} {
+			for _, k := range []int{1, 7, 40} {
+				w := newWeight(r, 33, k, false)
+				x := randF32(r, m*k)
+				xt := make([]float32, k*m)
+				for i := 0; i < m; i++ {
+					for j := 0; j < k; j++ {
+						xt[j*m+i] = x[i*k+j]
+					}
+				}
+				want, got := make([]float32, m*33), make([]float32, m*33)
+				MatMul(want, x, m, w)
+				MatMulT(got, xt, m, w)
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("%s m=%d k=%d: MatMulT differs from MatMul", isa, m, k)
+				}
+			}
+		}
+		restore()
+	}
+}

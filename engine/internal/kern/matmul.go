@@ -18,7 +18,14 @@ const maxMR = 16
 // is); the work items are (panel of 32 columns, group of row blocks); each item streams its
 // panel once per row block (from L1/L2 after the first) with the mr×32 micro-kernel over the
 // whole of k.
-func MatMul(y, x []float32, m int, w *Weight) {
+func MatMul(y, x []float32, m int, w *Weight) { matmul(y, x, m, w, false) }
+
+// MatMulT is MatMul with x given transposed: xt is row-major [k, m] and y[m,n] = xtᵀ·Wᵀ. The
+// training path uses it for weight gradients (dW = dYᵀ·X) without materialising dYᵀ; the
+// transpose is folded into the packing MatMul does anyway.
+func MatMulT(y, xt []float32, m int, w *Weight) { matmul(y, xt, m, w, true) }
+
+func matmul(y, x []float32, m int, w *Weight, trans bool) {
 	n, k := w.n, w.k
 	if m < 0 || len(x) < m*k || len(y) < m*n {
 		panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d]", m, len(x), len(y), n, k))
@@ -35,7 +42,20 @@ func MatMul(y, x []float32, m int, w *Weight) {
 	nrb := (m + mr - 1) / mr
 
 	ap := x[:k] // packed x: row block r at offset r*mr*k, layout [k][rows of block r]
-	if m > 1 {
+	if m > 1 && trans {
+		bp := getBuf(m * k)
+		defer putBuf(bp)
+		ap = *bp
+		Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				rows := min(mr, m-r*mr)
+				dst := ap[r*mr*k : r*mr*k+rows*k]
+				for kk := 0; kk < k; kk++ {
+					copy(dst[kk*rows:kk*rows+rows], x[kk*m+r*mr:kk*m+r*mr+rows])
+				}
+			}
+		})
+	} else if m > 1 {
 		bp := getBuf(m * k)
 		defer putBuf(bp)
 		ap = *bp
