@@ -387,3 +387,53 @@ func TestTrainErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotIsFrozen: a snapshot (the reference policy) keeps its weights and logits while
+// the policy it was taken from trains, and starts out scoring exactly like it.
+func TestSnapshotIsFrozen(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Optimizer: AdamWConfig{LR: 1e-2}})
+	ref, err := tr.Model.Snapshot(F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	batch := trainBatch(rand.New(rand.NewPCG(6, 6)), g.cfg.VocabSize, 12)
+	before, err := ref.Score(ctx, batch, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := tr.Model.Score(ctx, batch, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(pol) != fmt.Sprint(before) {
+		t.Fatal("snapshot scores differ from the policy it was taken from")
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := tr.ForwardBackward(ctx, batch, CrossEntropy(0)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, _ := ref.Score(ctx, batch, 1)
+	pol2, _ := tr.Model.Score(ctx, batch, 1)
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatal("the snapshot changed while the policy trained")
+	}
+	if fmt.Sprint(pol2) == fmt.Sprint(before) {
+		t.Fatal("the policy did not change")
+	}
+	// Training scores equal the inference path's: the same log-probs from ForwardBackward.
+	st, err := tr.ForwardBackward(ctx, batch, CrossEntropy(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, v := range pol2[0].LogProbs {
+		if math.Abs(float64(v)-st.LogProb[0][j]) > 1e-5 {
+			t.Fatalf("token %d: Score %g, ForwardBackward %g", j, v, st.LogProb[0][j])
+		}
+	}
+}
