@@ -1,16 +1,20 @@
 // Command bench prints the engine's speed on this machine next to the references measured in
 // the same run: fp32 FMA peak (GFLOP/s) and STREAM-triad DRAM bandwidth (GB/s).
 //
-//	go run ./tools/bench            # matmul, prefill and decode on the ~122M Qwen2-shaped model
+//	go run ./tools/bench            # matmul, prefill, decode and training on the ~122M Qwen2-shaped model
 //	go run ./tools/bench --quick    # fewer repetitions
+//	go run ./tools/bench --torch    # also PyTorch CPU training the same model and batch (Debian python3-torch)
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,8 +27,20 @@ func main() {
 	quick := pflag.Bool("quick", false, "fewer repetitions (noisier figures)")
 	decodeSteps := pflag.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
 	promptLen := pflag.Int("prompt", 256, "prompt length of the prefill measurement")
+	train := pflag.Bool("train", true, "measure a training step (forward, backward, AdamW)")
+	torch := pflag.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio")
+	trainBatch := pflag.Int("train-batch", 4, "sequences per training step")
+	trainSeq := pflag.Int("train-seq", 128, "tokens per training sequence")
+	inference := pflag.Bool("inference", true, "measure matmul, prefill and decode")
 	pflag.Parse()
-	if err := run(*quick, *decodeSteps, *promptLen); err != nil {
+	var err error
+	if *inference {
+		err = run(*quick, *decodeSteps, *promptLen)
+	}
+	if err == nil && *train {
+		err = runTrain(*quick, *torch, *trainBatch, *trainSeq)
+	}
+	if err != nil {
 		slog.Error("bench failed", "err", err)
 		os.Exit(1)
 	}
@@ -119,6 +135,98 @@ func run(quick bool, decodeSteps, promptLen int) error {
 	}
 	w.Flush()
 	return nil
+}
+
+// runTrain times training steps of the 122M model on batch x seqLen tokens (cross-entropy on
+// every next token, AdamW with clipping), and optionally PyTorch doing the same.
+func runTrain(quick, torch bool, batch, seqLen int) error {
+	peak := engine.PeakFMA(time.Second)
+	c := engine.Bench122M()
+	steps := 3
+	if quick {
+		steps = 1
+	}
+	fmt.Printf("\ntraining: %d x %d tokens per step, forward + backward + AdamW (fp32); MFU = 6 x (layer linear weights + LM head) x tokens/s / FMA peak %.0f GFLOP/s\n\n", batch, seqLen, peak)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "engine	step s	tok/s	GFLOP/s	MFU	vs PyTorch	")
+	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
+	var ours float64
+	for _, recompute := range []bool{false, true} {
+		m, err := engine.NewModel(c, engine.NewCPU(), engine.RandomWeights(c, 1, 0.02), engine.F32)
+		if err != nil {
+			return err
+		}
+		tr, err := engine.NewTrainer(m, engine.TrainOptions{Recompute: recompute, Optimizer: engine.AdamWConfig{LR: 1e-4, ClipNorm: 1}})
+		if err != nil {
+			return err
+		}
+		var seqs []engine.ScoreRequest
+		for i := 0; i < batch; i++ {
+			toks := make([]int32, seqLen)
+			for j := range toks {
+				toks[j] = int32((i*131 + j*7919) % c.VocabSize)
+			}
+			seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
+		}
+		step := func() (float64, error) {
+			t0 := time.Now()
+			if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
+				return 0, err
+			}
+			_, err := tr.Step()
+			return time.Since(t0).Seconds(), err
+		}
+		if _, err := step(); err != nil { // warm-up
+			return err
+		}
+		sec, err := bestOf(steps, step)
+		if err != nil {
+			return err
+		}
+		toks := float64(batch * seqLen)
+		gf := flopsPerTok * toks / sec / 1e9
+		name := "prolong"
+		if recompute {
+			name += " (recompute)"
+		} else {
+			ours = toks / sec
+		}
+		fmt.Fprintf(w, "%s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", name, sec, toks/sec, gf, 100*gf/peak)
+	}
+	if torch {
+		tps, sec, err := torchTrain(c, batch, seqLen, steps)
+		if err != nil {
+			return err
+		}
+		gf := flopsPerTok * tps / 1e9
+		fmt.Fprintf(w, "pytorch %s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", "(Debian, CPU)", sec, tps, gf, 100*gf/peak)
+		fmt.Fprintf(w, "prolong / pytorch\t\t\t\t\t%.1fx\t\n", ours/tps)
+	}
+	w.Flush()
+	return nil
+}
+
+// torchTrain runs scripts/bench_torch_train.py on the same model shape and batch and returns
+// its tokens/s and seconds per step.
+func torchTrain(c *engine.Config, batch, seqLen, steps int) (tps, sec float64, err error) {
+	args := []string{"scripts/bench_torch_train.py",
+		"--vocab", fmt.Sprint(c.VocabSize), "--hidden", fmt.Sprint(c.HiddenSize), "--layers", fmt.Sprint(c.NumHiddenLayers),
+		"--heads", fmt.Sprint(c.NumAttentionHeads), "--kv-heads", fmt.Sprint(c.NumKeyValueHeads), "--head-dim", fmt.Sprint(c.HeadDim),
+		"--intermediate", fmt.Sprint(c.IntermediateSize), "--batch", fmt.Sprint(batch), "--seq", fmt.Sprint(seqLen),
+		"--steps", fmt.Sprint(steps), "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
+	out, err := exec.Command("/usr/bin/python3", args...).Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("pytorch benchmark (needs Debian python3-torch; run from the repository root): %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	var r struct {
+		TokPerS float64 `json:"tok_per_s"`
+		StepS   float64 `json:"step_s"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+		return 0, 0, fmt.Errorf("pytorch benchmark output %q: %w", lines[len(lines)-1], err)
+	}
+	return r.TokPerS, r.StepS, nil
 }
 
 func bestOf(n int, f func() (float64, error)) (float64, error) {
