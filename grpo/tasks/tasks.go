@@ -559,7 +559,9 @@ type Boolean struct {
 func (b *Boolean) Name() string { return "boolean" }
 
 // Params implements Family.
-func (b *Boolean) Params() map[string]string { return map[string]string{"depth": strconv.Itoa(b.Depth)} }
+func (b *Boolean) Params() map[string]string {
+	return map[string]string{"depth": strconv.Itoa(b.Depth)}
+}
 
 func (b *Boolean) validate() error {
 	if b.Depth < 1 || b.Depth > 6 {
