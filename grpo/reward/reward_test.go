@@ -126,7 +126,7 @@ func TestMathReward(t *testing.T) {
 	}{
 		{"<think>\nLet me compute 3/4 as a decimal... maybe \\boxed{0.8}? No.\n</think>\nThe result is $\\boxed{\\frac{3}{4}}$.", "0.75", 1},
 		{"<think>The answer is clearly \\boxed{0.75}", "0.75", 0}, // cut off in the thinking
-		{"We get \\boxed{12} or maybe \\boxed{13}", "12", 0},       // hedging: the last box counts
+		{"We get \\boxed{12} or maybe \\boxed{13}", "12", 0},      // hedging: the last box counts
 		{"Therefore, the final answer is: 1,024.", "1024", 1},
 		{"The answer is 7", "\\boxed{7}", 1},
 		{"I don't know", "7", 0},
@@ -279,7 +279,9 @@ func TestRegistry(t *testing.T) {
 	if _, err := reg.Score(ctx, "bad", "", "", nil); err == nil || !strings.Contains(err.Error(), "outside [0, 1]") {
 		t.Errorf("out-of-range score: %v", err)
 	}
-	nan := Func(func(context.Context, string, string, map[string]any) (Result, error) { return Result{Score: math.NaN()}, nil })
+	nan := Func(func(context.Context, string, string, map[string]any) (Result, error) {
+		return Result{Score: math.NaN()}, nil
+	})
 	_ = reg.Register("nan", nan)
 	if _, err := reg.Score(ctx, "nan", "", "", nil); err == nil {
 		t.Error("NaN score: no error")
