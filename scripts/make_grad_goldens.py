@@ -40,7 +40,7 @@ Output: engine/testdata/gradgolden/<model>/ for model in qwen2, llama3, qwen3:
                       "grad.<HF name>" as above, of loss (b).
                       "logp.<i>", "entropy.<i>" F32 [n_i]: logp_t and H_t of sequence i.
   adamw.safetensors   "<HF name>" F32: every weight after 10 steps of
-                      torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+                      torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
                       on loss (a) starting from model.safetensors, each step:
                       zero_grad; loss.backward(); clip_grad_norm_(params, 0.5); opt.step().
                       "loss.<k>" F32 [1], k = 0..9: loss (a) at the weights before step k's
@@ -71,7 +71,7 @@ F64 = torch.float64
 NAMES = ["qwen2", "llama3", "qwen3"]
 SEQ_LENS = [7, 13, 20]
 STARTS = [1, 4, 9]
-LR, BETAS, EPS, WD = 1e-2, (0.9, 0.95), 1e-8, 0.1
+LR, BETAS, EPS, WD = 1e-3, (0.9, 0.95), 1e-8, 0.1
 MAX_NORM = 0.5
 STEPS = 10
 
@@ -334,7 +334,7 @@ def build(name):
             "file": "adamw.safetensors",
             "loss": "sft",
             "steps": STEPS,
-            "torch": "torch.optim.AdamW(params, lr=0.01, betas=(0.9, 0.95), eps=1e-8, "
+            "torch": "torch.optim.AdamW(params, lr=0.001, betas=(0.9, 0.95), eps=1e-8, "
                      "weight_decay=0.1), one param group (decay applies to every parameter, "
                      "norms and biases included); each step: zero_grad(); loss.backward(); "
                      "g = clip_grad_norm_(params, 0.5); opt.step()",
