@@ -194,39 +194,54 @@ func runTrain(quick, torch bool, batch, seqLen int) error {
 		fmt.Fprintf(w, "%s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", name, sec, toks/sec, gf, 100*gf/peak)
 	}
 	if torch {
-		tps, sec, err := torchTrain(c, batch, seqLen, steps)
-		if err != nil {
-			return err
+		// Debian's torch links the system BLAS (the slow reference BLAS unless another is
+		// selected); OpenBLAS, when installed (libopenblas0-pthread), is the fair peer.
+		envs := []struct{ name, libdir string }{{"system BLAS", ""}}
+		if _, err := os.Stat(openBLASDir); err == nil {
+			envs = append(envs, struct{ name, libdir string }{"OpenBLAS", openBLASDir})
 		}
-		gf := flopsPerTok * tps / 1e9
-		fmt.Fprintf(w, "pytorch %s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", "(Debian, CPU)", sec, tps, gf, 100*gf/peak)
-		fmt.Fprintf(w, "prolong / pytorch\t\t\t\t\t%.1fx\t\n", ours/tps)
+		for _, e := range envs {
+			tps, sec, blas, err := torchTrain(c, batch, seqLen, steps, e.libdir)
+			if err != nil {
+				return err
+			}
+			gf := flopsPerTok * tps / 1e9
+			fmt.Fprintf(w, "pytorch, %s (%s)\t%.2f\t%.1f\t%.1f\t%.0f%%\t%.2fx\t\n", e.name, blas, sec, tps, gf, 100*gf/peak, ours/tps)
+		}
 	}
 	w.Flush()
 	return nil
 }
 
+// openBLASDir is where Debian's libopenblas0-pthread puts its libblas.so.3.
+const openBLASDir = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
+
 // torchTrain runs scripts/bench_torch_train.py on the same model shape and batch and returns
 // its tokens/s and seconds per step.
-func torchTrain(c *engine.Config, batch, seqLen, steps int) (tps, sec float64, err error) {
+func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string) (tps, sec float64, blas string, err error) {
 	args := []string{"scripts/bench_torch_train.py",
 		"--vocab", fmt.Sprint(c.VocabSize), "--hidden", fmt.Sprint(c.HiddenSize), "--layers", fmt.Sprint(c.NumHiddenLayers),
 		"--heads", fmt.Sprint(c.NumAttentionHeads), "--kv-heads", fmt.Sprint(c.NumKeyValueHeads), "--head-dim", fmt.Sprint(c.HeadDim),
 		"--intermediate", fmt.Sprint(c.IntermediateSize), "--batch", fmt.Sprint(batch), "--seq", fmt.Sprint(seqLen),
 		"--steps", fmt.Sprint(steps), "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
-	out, err := exec.Command("/usr/bin/python3", args...).Output()
+	cmd := exec.Command("/usr/bin/python3", args...)
+	if libdir != "" {
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libdir)
+	}
+	out, err := cmd.Output()
 	if err != nil {
-		return 0, 0, fmt.Errorf("pytorch benchmark (needs Debian python3-torch; run from the repository root): %w", err)
+		return 0, 0, "", fmt.Errorf("pytorch benchmark (needs Debian python3-torch; run from the repository root): %w", err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var r struct {
 		TokPerS float64 `json:"tok_per_s"`
 		StepS   float64 `json:"step_s"`
+		BLAS    string  `json:"blas"`
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
-		return 0, 0, fmt.Errorf("pytorch benchmark output %q: %w", lines[len(lines)-1], err)
+		return 0, 0, "", fmt.Errorf("pytorch benchmark output %q: %w", lines[len(lines)-1], err)
 	}
-	return r.TokPerS, r.StepS, nil
+	return r.TokPerS, r.StepS, r.BLAS, nil
 }
 
 func bestOf(n int, f func() (float64, error)) (float64, error) {
