@@ -1,0 +1,393 @@
+// Package data reads and writes RL prompt sets in the layouts verl users keep: JSONL and
+// Parquet rows with a prompt (text, or chat messages [{role, content}]), a data_source (the
+// task kind the reward routes on), a ground truth (reward_model.ground_truth or ground_truth)
+// and extra_info metadata. It splits off validation sets and streams rows in a seeded order per
+// epoch from a position that can be saved and restored on resume.
+//
+// Errors name the file and the line (JSONL) or row (Parquet) at fault.
+package data
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/prolong-rl/prolong/grpo/tasks"
+)
+
+// Message is one chat message.
+type Message struct {
+	Role    string `json:"role" parquet:"role"`
+	Content string `json:"content" parquet:"content"`
+}
+
+// Row is one prompt with what its reward needs.
+type Row struct {
+	// Prompt is the prompt text; empty when Messages is set.
+	Prompt string
+	// Messages is the prompt as chat messages; nil when Prompt is set.
+	Messages []Message
+	// DataSource is the task kind (verl's data_source) that routes the reward.
+	DataSource string
+	// GroundTruth is what the reward checks against: the string itself, or the compact JSON
+	// text of a non-string ground truth (a list of tests, a countdown puzzle).
+	GroundTruth string
+	// ExtraInfo is the row's metadata (verl's extra_info), passed to the reward.
+	ExtraInfo map[string]any
+	// Index is the row's position in its file (0-based).
+	Index int
+}
+
+// Chat returns the prompt as chat messages: Messages, or Prompt as one user message.
+func (r Row) Chat() []Message {
+	if r.Messages != nil {
+		return r.Messages
+	}
+	return []Message{{Role: "user", Content: r.Prompt}}
+}
+
+// Options tunes reading.
+type Options struct {
+	// DefaultDataSource is used for rows without a data_source; when empty such rows are errors.
+	DefaultDataSource string
+}
+
+// fieldError names the field at fault inside a row.
+type fieldError struct {
+	field string
+	err   error
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.err.Error() }
+func (e *fieldError) Unwrap() error { return e.err }
+
+func ferr(field, format string, args ...any) error {
+	return &fieldError{field: field, err: fmt.Errorf(format, args...)}
+}
+
+func typeName(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string, []byte:
+		return "string"
+	case json.Number, float64, float32, int, int32, int64:
+		return "number"
+	case bool:
+		return "boolean"
+	case []any:
+		return "list"
+	case map[string]any:
+		return "object"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// ParseJSONLRow parses one JSONL line into a Row (Index 0). Errors name the field at fault.
+func ParseJSONLRow(line []byte, opts Options) (Row, error) {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return Row{}, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if m == nil {
+		return Row{}, errors.New("not a JSON object: null")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Row{}, errors.New("text after the JSON object")
+	}
+	return rowFromMap(m, opts)
+}
+
+// rowFromMap converts a decoded row (from JSON, or from Parquet with lists and structs as
+// []any and map[string]any) to a Row.
+func rowFromMap(m map[string]any, opts Options) (Row, error) {
+	var r Row
+	p, ok := m["prompt"]
+	if !ok || p == nil {
+		if p, ok = m["messages"]; !ok || p == nil {
+			return r, ferr("prompt", "missing")
+		}
+	}
+	switch p := unwrapList(p).(type) {
+	case string:
+		if p == "" {
+			return r, ferr("prompt", "empty")
+		}
+		r.Prompt = p
+	case []byte:
+		if len(p) == 0 {
+			return r, ferr("prompt", "empty")
+		}
+		r.Prompt = string(p)
+	case []any:
+		if len(p) == 0 {
+			return r, ferr("prompt", "empty list of messages")
+		}
+		r.Messages = make([]Message, len(p))
+		for i, e := range p {
+			msg, ok := e.(map[string]any)
+			if !ok {
+				return r, ferr(fmt.Sprintf("prompt[%d]", i), "want a {role, content} object, got %s", typeName(e))
+			}
+			role, ok1 := asString(msg["role"])
+			content, ok2 := asString(msg["content"])
+			if !ok1 || role == "" {
+				return r, ferr(fmt.Sprintf("prompt[%d].role", i), "want a non-empty string, got %s", typeName(msg["role"]))
+			}
+			if !ok2 {
+				return r, ferr(fmt.Sprintf("prompt[%d].content", i), "want a string, got %s", typeName(msg["content"]))
+			}
+			r.Messages[i] = Message{Role: role, Content: content}
+		}
+	default:
+		return r, ferr("prompt", "want a string or a list of {role, content} messages, got %s", typeName(p))
+	}
+
+	switch ds := m["data_source"].(type) {
+	case nil:
+		if opts.DefaultDataSource == "" {
+			return r, ferr("data_source", "missing (set it per row or give a default)")
+		}
+		r.DataSource = opts.DefaultDataSource
+	default:
+		s, ok := asString(ds)
+		if !ok || s == "" {
+			return r, ferr("data_source", "want a non-empty string, got %s", typeName(ds))
+		}
+		r.DataSource = s
+	}
+
+	var gt any
+	gtField := "ground_truth"
+	if rm, ok := m["reward_model"]; ok && rm != nil {
+		rmm, ok := rm.(map[string]any)
+		if !ok {
+			return r, ferr("reward_model", "want an object, got %s", typeName(rm))
+		}
+		gt, gtField = rmm["ground_truth"], "reward_model.ground_truth"
+	}
+	if gt == nil {
+		gt = m["ground_truth"]
+	}
+	if gt == nil {
+		return r, ferr(gtField, "missing")
+	}
+	gt = unwrapList(gt)
+	if s, ok := asString(gt); ok {
+		r.GroundTruth = s
+	} else {
+		b, err := json.Marshal(gt)
+		if err != nil {
+			return r, ferr(gtField, "%w", err)
+		}
+		r.GroundTruth = string(b)
+	}
+
+	switch ei := m["extra_info"].(type) {
+	case nil:
+	case map[string]any:
+		r.ExtraInfo = ei
+	case string, []byte:
+		// Parquet files written by WriteParquet keep extra_info as JSON text.
+		s, _ := asString(ei)
+		if s != "" {
+			dec := json.NewDecoder(strings.NewReader(s))
+			dec.UseNumber()
+			if err := dec.Decode(&r.ExtraInfo); err != nil {
+				return r, ferr("extra_info", "JSON text that is not an object: %w", err)
+			}
+		}
+	default:
+		return r, ferr("extra_info", "want an object, got %s", typeName(ei))
+	}
+	return r, nil
+}
+
+func asString(v any) (string, bool) {
+	switch v := v.(type) {
+	case string:
+		return v, true
+	case []byte:
+		return string(v), true
+	}
+	return "", false
+}
+
+// unwrapList turns the 3-level Parquet LIST layout as some readers return it,
+// {"list": [{"element": x}, ...]}, into []any{x, ...}, recursively; other values are returned
+// as they are.
+func unwrapList(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		if l, ok := v["list"]; ok && len(v) == 1 {
+			if items, ok := l.([]any); ok {
+				out := make([]any, len(items))
+				for i, it := range items {
+					if e, ok := it.(map[string]any); ok && len(e) == 1 {
+						if x, ok := e["element"]; ok {
+							out[i] = unwrapList(x)
+							continue
+						}
+					}
+					out[i] = unwrapList(it)
+				}
+				return out
+			}
+		}
+		for k, x := range v {
+			v[k] = unwrapList(x)
+		}
+		return v
+	case []any:
+		for i, x := range v {
+			v[i] = unwrapList(x)
+		}
+		return v
+	}
+	return v
+}
+
+// maxLine bounds one JSONL line.
+const maxLine = 64 << 20
+
+// ReadJSONL reads rows from JSONL; name is used in errors ("name:line: field: problem").
+// Blank lines are skipped. ctx is checked every 1024 lines.
+func ReadJSONL(ctx context.Context, r io.Reader, name string, opts Options) ([]Row, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	var rows []Row
+	line := 0
+	for sc.Scan() {
+		line++
+		if line%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		row, err := ParseJSONLRow(b, opts)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+		}
+		row.Index = len(rows)
+		rows = append(rows, row)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", name, line+1, err)
+	}
+	return rows, nil
+}
+
+// Load reads a prompt set from a .jsonl (or .json lines) or .parquet file.
+func Load(ctx context.Context, path string, opts Options) ([]Row, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".parquet":
+		return ReadParquet(ctx, path, opts)
+	case ".jsonl", ".json", ".ndjson":
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("data: %w", err)
+		}
+		defer f.Close()
+		return ReadJSONL(ctx, f, path, opts)
+	}
+	return nil, fmt.Errorf("data: %s: unknown extension (want .jsonl or .parquet)", path)
+}
+
+// jsonRow is the JSONL layout WriteJSONL writes (verl's).
+type jsonRow struct {
+	DataSource  string         `json:"data_source"`
+	Prompt      any            `json:"prompt"`
+	RewardModel jsonReward     `json:"reward_model"`
+	ExtraInfo   map[string]any `json:"extra_info,omitempty"`
+}
+
+type jsonReward struct {
+	Style       string `json:"style"`
+	GroundTruth any    `json:"ground_truth"`
+}
+
+// WriteJSONL writes rows in verl's layout, one JSON object a line.
+func WriteJSONL(w io.Writer, rows []Row) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	for i, r := range rows {
+		jr := jsonRow{DataSource: r.DataSource, RewardModel: jsonReward{Style: "rule", GroundTruth: r.GroundTruth}, ExtraInfo: r.ExtraInfo}
+		if r.Messages != nil {
+			jr.Prompt = r.Messages
+		} else {
+			jr.Prompt = r.Prompt
+		}
+		if err := enc.Encode(jr); err != nil {
+			return fmt.Errorf("data: row %d: %w", i, err)
+		}
+	}
+	return bw.Flush()
+}
+
+// WriteFileAtomic writes a file through a temporary name in the same directory, fsyncs it and
+// renames it, so a crash never leaves a half-written file under the real name.
+func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := write(f); err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	return nil
+}
+
+// Save writes rows to a .jsonl or .parquet file (by extension), atomically.
+func Save(path string, rows []Row) error {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".parquet":
+		return WriteFileAtomic(path, func(w io.Writer) error { return WriteParquet(w, rows) })
+	case ".jsonl", ".json", ".ndjson":
+		return WriteFileAtomic(path, func(w io.Writer) error { return WriteJSONL(w, rows) })
+	}
+	return fmt.Errorf("data: %s: unknown extension (want .jsonl or .parquet)", path)
+}
+
+// FromTasks turns generated tasks into rows: the prompt text, data_source = family, the ground
+// truth, and extra_info {split, index, key, and the family's knobs}.
+func FromTasks(ts []tasks.Task) []Row {
+	rows := make([]Row, len(ts))
+	for i, t := range ts {
+		info := map[string]any{"split": string(t.Split), "index": i, "key": t.Key}
+		for k, v := range t.Meta {
+			info[k] = v
+		}
+		rows[i] = Row{Prompt: t.Prompt, DataSource: t.Family, GroundTruth: t.GroundTruth, ExtraInfo: info, Index: i}
+	}
+	return rows
+}

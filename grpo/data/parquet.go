@@ -1,0 +1,156 @@
+package data
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/parquet-go/parquet-go"
+)
+
+// Parquet goes through github.com/parquet-go/parquet-go, the maintained pure-Go Parquet library
+// (no cgo, reads the nested LIST and STRUCT columns that pyarrow writes for verl datasets).
+
+// ReadParquet reads rows from a Parquet file in verl's layout: columns prompt (string, or list
+// of {role, content}), data_source, reward_model {ground_truth, ...} or ground_truth, and an
+// optional extra_info (struct, or JSON text). Errors name the file and the row.
+func ReadParquet(ctx context.Context, path string, opts Options) (rows []Row, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	pf, err := parquet.OpenFile(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("data: %s: not a readable Parquet file: %w", path, err)
+	}
+	if !hasColumn(pf.Schema(), "prompt") && !hasColumn(pf.Schema(), "messages") {
+		return nil, fmt.Errorf("data: %s: no prompt column (columns: %v)", path, columnNames(pf.Schema()))
+	}
+	// The library reconstructs rows with reflection and may panic on shapes it does not expect;
+	// turn that into an error naming the file.
+	row := 0
+	defer func() {
+		if p := recover(); p != nil {
+			rows, err = nil, fmt.Errorf("data: %s: row %d: cannot decode: %v", path, row, p)
+		}
+	}()
+	r := parquet.NewReader(pf)
+	defer r.Close()
+	n := int(r.NumRows())
+	rows = make([]Row, 0, n)
+	for ; row < n; row++ {
+		if row%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		m := map[string]any{}
+		if err := r.Read(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, fmt.Errorf("data: %s: row %d: %w", path, row, err)
+		}
+		rw, err := rowFromMap(m, opts)
+		if err != nil {
+			return nil, fmt.Errorf("data: %s: row %d: %w", path, row, err)
+		}
+		rw.Index = len(rows)
+		rows = append(rows, rw)
+	}
+	return rows, nil
+}
+
+func hasColumn(s *parquet.Schema, name string) bool {
+	for _, f := range s.Fields() {
+		if f.Name() == name {
+			return true
+		}
+	}
+	return false
+}
+
+func columnNames(s *parquet.Schema) []string {
+	var out []string
+	for _, f := range s.Fields() {
+		out = append(out, f.Name())
+	}
+	return out
+}
+
+// The two schemas WriteParquet writes: chat prompts as list<struct<role, content>> (verl's
+// layout), text prompts as a string column. extra_info is kept as JSON text because its keys
+// vary from row to row.
+type parquetChatRow struct {
+	DataSource  string        `parquet:"data_source"`
+	Prompt      []Message     `parquet:"prompt,list"`
+	RewardModel parquetReward `parquet:"reward_model"`
+	ExtraInfo   string        `parquet:"extra_info,optional"`
+}
+
+type parquetTextRow struct {
+	DataSource  string        `parquet:"data_source"`
+	Prompt      string        `parquet:"prompt"`
+	RewardModel parquetReward `parquet:"reward_model"`
+	ExtraInfo   string        `parquet:"extra_info,optional"`
+}
+
+type parquetReward struct {
+	Style       string `parquet:"style"`
+	GroundTruth string `parquet:"ground_truth"`
+}
+
+// WriteParquet writes rows in verl's Parquet layout (zstd-compressed). All rows must have the
+// same prompt kind: all chat messages or all text.
+func WriteParquet(w io.Writer, rows []Row) error {
+	chat := len(rows) > 0 && rows[0].Messages != nil
+	extra := func(i int, r Row) (string, error) {
+		if r.ExtraInfo == nil {
+			return "", nil
+		}
+		b, err := json.Marshal(r.ExtraInfo)
+		if err != nil {
+			return "", fmt.Errorf("data: row %d: extra_info: %w", i, err)
+		}
+		return string(b), nil
+	}
+	opts := []parquet.WriterOption{parquet.Compression(&parquet.Zstd)}
+	if chat {
+		pw := parquet.NewGenericWriter[parquetChatRow](w, opts...)
+		for i, r := range rows {
+			if r.Messages == nil {
+				return fmt.Errorf("data: row %d has a text prompt, row 0 chat messages: one Parquet file holds one kind", i)
+			}
+			ei, err := extra(i, r)
+			if err != nil {
+				return err
+			}
+			if _, err := pw.Write([]parquetChatRow{{DataSource: r.DataSource, Prompt: r.Messages, RewardModel: parquetReward{"rule", r.GroundTruth}, ExtraInfo: ei}}); err != nil {
+				return fmt.Errorf("data: row %d: %w", i, err)
+			}
+		}
+		return pw.Close()
+	}
+	pw := parquet.NewGenericWriter[parquetTextRow](w, opts...)
+	for i, r := range rows {
+		if r.Messages != nil {
+			return fmt.Errorf("data: row %d has chat messages, row 0 a text prompt: one Parquet file holds one kind", i)
+		}
+		ei, err := extra(i, r)
+		if err != nil {
+			return err
+		}
+		if _, err := pw.Write([]parquetTextRow{{DataSource: r.DataSource, Prompt: r.Prompt, RewardModel: parquetReward{"rule", r.GroundTruth}, ExtraInfo: ei}}); err != nil {
+			return fmt.Errorf("data: row %d: %w", i, err)
+		}
+	}
+	return pw.Close()
+}
