@@ -160,9 +160,9 @@ func jsonOf(v any) string {
 // A Parquet file with pyarrow's layout for verl data: prompt as a LIST of structs, reward_model
 // and extra_info as structs with typed fields (not JSON text).
 type pyarrowStyleRow struct {
-	DataSource  string `parquet:"data_source"`
+	DataSource  string    `parquet:"data_source"`
 	Prompt      []Message `parquet:"prompt,list"`
-	Ability     string `parquet:"ability"`
+	Ability     string    `parquet:"ability"`
 	RewardModel struct {
 		GroundTruth string `parquet:"ground_truth"`
 		Style       string `parquet:"style"`
