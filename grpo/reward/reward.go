@@ -135,10 +135,11 @@ const (
 	KindCode   = "code"
 	KindIFEval = "ifeval"
 	KindFormat = "format"
+	KindChoice = "choice"
 )
 
 // NewDefault returns a registry with the built-in rewards: "math", "code", "ifeval",
-// "format", each grpo/tasks family under its own name ("arith", "countdown", "sort", "count",
+// "format", "choice" (also "stem": multiple choice), each grpo/tasks family under its own name ("arith", "countdown", "sort", "count",
 // "boolean") and as "logic/<name>", "logic" (which takes the family from meta["family"]), and a few data_source names common in verl
 // datasets ("openai/gsm8k", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval" -> math).
 func NewDefault(opts Options) *Registry {
@@ -151,6 +152,8 @@ func NewDefault(opts Options) *Registry {
 	r.kinds[KindCode] = &Code{Sandbox: opts.Sandbox, Options: opts.Code}
 	r.kinds[KindIFEval] = IFEval{}
 	r.kinds[KindFormat] = Format{}
+	r.kinds[KindChoice] = Choice{}
+	r.kinds["stem"] = Choice{}
 	r.kinds[KindLogic] = Logic{}
 	for _, name := range tasks.Names() {
 		f, err := tasks.New(name)

@@ -3,6 +3,7 @@ package reward
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -307,6 +308,32 @@ func TestRegistry(t *testing.T) {
 	}
 }
 
+func TestChoice(t *testing.T) {
+	reg := NewDefault(Options{})
+	cases := []struct {
+		resp, truth string
+		want        float64
+	}{
+		{"<think>B looks wrong, so C</think> The answer is (C).", "C", 1},
+		{"<think>x</think>\\boxed{C}", "(C)", 1},
+		{"<think>x</think>\\boxed{\\text{C}}", "C", 1},
+		{"<think>x</think><answer>c) ethanol</answer>", "C", 1},
+		{"<think>x</think><answer>B. methanol</answer>", "C", 0},
+		{"<think>the answer is C</think> I am not sure.", "C", 0},
+		{"<think>x</think>\\boxed{CD}", "C", 0},
+		{"<think>x</think>\\boxed{B} and then \\boxed{C}", "C", 1},
+	}
+	for _, c := range cases {
+		res, err := reg.Score(ctx, "stem", c.resp, c.truth, nil)
+		if err != nil || res.Score != c.want {
+			t.Errorf("stem(%q, %q) = %+v, %v; want %v", c.resp, c.truth, res, err, c.want)
+		}
+	}
+	if _, err := reg.Score(ctx, "choice", "\\boxed{A}", "42", nil); err == nil {
+		t.Error("numeric ground truth accepted as an option")
+	}
+}
+
 func codeReward(t *testing.T) *Code {
 	t.Helper()
 	sb := NewSandbox(SandboxConfig{Timeout: time.Second})
@@ -353,6 +380,34 @@ func TestCodeReward(t *testing.T) {
 		if _, err := c.Score(ctx, fence("print(1)"), bad, nil); err == nil || !strings.HasPrefix(err.Error(), "code:") {
 			t.Errorf("ground truth %s: error %v", bad, err)
 		}
+	}
+}
+
+// Parallel scoring through one sandbox: every result right, the slots bound the runs in flight.
+func TestCodeRewardParallel(t *testing.T) {
+	sb := NewSandbox(SandboxConfig{Timeout: 2 * time.Second, Concurrency: 2})
+	if _, err := sb.Isolation(); err != nil {
+		t.Skipf("code sandbox unavailable: %v", err)
+	}
+	reg := NewDefault(Options{Sandbox: sb})
+	resp := "```python\nprint(sum(map(int, input().split())))\n```"
+	errs := make(chan error, 6)
+	for i := 0; i < 6; i++ {
+		go func() {
+			res, err := reg.Score(ctx, "code", resp, `{"inputs": ["1 2", "3 4"], "outputs": ["3", "7"]}`, nil)
+			if err == nil && res.Score != 1 {
+				err = fmt.Errorf("score %+v", res)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 6; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if len(sb.slots) != 2 {
+		t.Errorf("%d free slots after the runs, want 2", len(sb.slots))
 	}
 }
 
