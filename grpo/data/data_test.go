@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -359,4 +360,33 @@ func FuzzParseJSONLRow(f *testing.F) {
 			t.Fatalf("round trip of %q: %+v vs %+v", line, r2, r)
 		}
 	})
+}
+
+// Damaged Parquet files are errors naming the file, never panics. (No fuzz target here:
+// fuzzing finds that parquet-go v0.32 trusts the page sizes a file declares and allocates
+// them, so a crafted file can exhaust memory; prompt files are trusted input. The row
+// converter it feeds is the one FuzzParseJSONLRow covers.)
+func TestDamagedParquet(t *testing.T) {
+	var buf bytes.Buffer
+	chat, _ := ReadJSONL(ctx, strings.NewReader(sampleJSONL), "s", Options{})
+	if err := WriteParquet(&buf, []Row{chat[0], chat[3]}); err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	damaged := map[string][]byte{"empty": {}, "magic only": []byte("PAR1PAR1")}
+	for _, cut := range []int{4, len(good) / 3, len(good) / 2, len(good) - 9, len(good) - 1} {
+		damaged[fmt.Sprintf("cut at %d", cut)] = good[:cut]
+	}
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)-5] ^= 0xff // footer length
+	damaged["bad footer length"] = flipped
+	for name, b := range damaged {
+		_, err := ReadParquetFrom(ctx, bytes.NewReader(b), int64(len(b)), "damaged.parquet", Options{})
+		if err == nil || !strings.Contains(err.Error(), "damaged.parquet") {
+			t.Errorf("%s: error %v", name, err)
+		}
+	}
+	if rows, err := ReadParquetFrom(ctx, bytes.NewReader(good), int64(len(good)), "good.parquet", Options{}); err != nil || len(rows) != 2 {
+		t.Errorf("good file: %d rows, %v", len(rows), err)
+	}
 }

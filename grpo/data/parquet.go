@@ -17,7 +17,7 @@ import (
 // ReadParquet reads rows from a Parquet file in verl's layout: columns prompt (string, or list
 // of {role, content}), data_source, reward_model {ground_truth, ...} or ground_truth, and an
 // optional extra_info (struct, or JSON text). Errors name the file and the row.
-func ReadParquet(ctx context.Context, path string, opts Options) (rows []Row, err error) {
+func ReadParquet(ctx context.Context, path string, opts Options) ([]Row, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("data: %w", err)
@@ -27,26 +27,35 @@ func ReadParquet(ctx context.Context, path string, opts Options) (rows []Row, er
 	if err != nil {
 		return nil, fmt.Errorf("data: %w", err)
 	}
-	pf, err := parquet.OpenFile(f, st.Size())
-	if err != nil {
-		return nil, fmt.Errorf("data: %s: not a readable Parquet file: %w", path, err)
-	}
-	if !hasColumn(pf.Schema(), "prompt") && !hasColumn(pf.Schema(), "messages") {
-		return nil, fmt.Errorf("data: %s: no prompt column (columns: %v)", path, columnNames(pf.Schema()))
-	}
-	// The library reconstructs rows with reflection and may panic on shapes it does not expect;
-	// turn that into an error naming the file.
-	row := 0
+	return ReadParquetFrom(ctx, f, st.Size(), path, opts)
+}
+
+// ReadParquetFrom reads rows from Parquet data of the given size; name is used in errors.
+func ReadParquetFrom(ctx context.Context, f io.ReaderAt, size int64, name string, opts Options) (rows []Row, err error) {
+	// The library decodes with reflection and may panic on data it does not expect; turn that
+	// into an error naming the file and row.
+	row := -1
 	defer func() {
 		if p := recover(); p != nil {
-			rows, err = nil, fmt.Errorf("data: %s: row %d: cannot decode: %v", path, row, p)
+			where := name
+			if row >= 0 {
+				where = fmt.Sprintf("%s: row %d", name, row)
+			}
+			rows, err = nil, fmt.Errorf("data: %s: cannot decode: %v", where, p)
 		}
 	}()
+	pf, err := parquet.OpenFile(f, size)
+	if err != nil {
+		return nil, fmt.Errorf("data: %s: not a readable Parquet file: %w", name, err)
+	}
+	if !hasColumn(pf.Schema(), "prompt") && !hasColumn(pf.Schema(), "messages") {
+		return nil, fmt.Errorf("data: %s: no prompt column (columns: %v)", name, columnNames(pf.Schema()))
+	}
 	r := parquet.NewReader(pf)
 	defer r.Close()
 	n := int(r.NumRows())
-	rows = make([]Row, 0, n)
-	for ; row < n; row++ {
+	rows = make([]Row, 0, min(n, 1<<20))
+	for row = 0; row < n; row++ {
 		if row%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -57,11 +66,11 @@ func ReadParquet(ctx context.Context, path string, opts Options) (rows []Row, er
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, fmt.Errorf("data: %s: row %d: %w", path, row, err)
+			return nil, fmt.Errorf("data: %s: row %d: %w", name, row, err)
 		}
 		rw, err := rowFromMap(m, opts)
 		if err != nil {
-			return nil, fmt.Errorf("data: %s: row %d: %w", path, row, err)
+			return nil, fmt.Errorf("data: %s: row %d: %w", name, row, err)
 		}
 		rw.Index = len(rows)
 		rows = append(rows, rw)
