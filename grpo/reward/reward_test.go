@@ -338,7 +338,7 @@ func codeReward(t *testing.T) *Code {
 	t.Helper()
 	sb := NewSandbox(SandboxConfig{Timeout: time.Second})
 	if _, err := sb.Isolation(); err != nil {
-		t.Skipf("code sandbox unavailable: %v", err)
+		skipUnlessRequired(t, "code sandbox unavailable: %v", err)
 	}
 	return &Code{Sandbox: sb}
 }
@@ -387,7 +387,7 @@ func TestCodeReward(t *testing.T) {
 func TestCodeRewardParallel(t *testing.T) {
 	sb := NewSandbox(SandboxConfig{Timeout: 2 * time.Second, Concurrency: 2})
 	if _, err := sb.Isolation(); err != nil {
-		t.Skipf("code sandbox unavailable: %v", err)
+		skipUnlessRequired(t, "code sandbox unavailable: %v", err)
 	}
 	reg := NewDefault(Options{Sandbox: sb})
 	resp := "```python\nprint(sum(map(int, input().split())))\n```"

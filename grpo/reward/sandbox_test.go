@@ -12,13 +12,23 @@ import (
 	"time"
 )
 
+// skipUnlessRequired skips a test that needs the sandbox's Python, or fails it when
+// PROLONG_REQUIRE_PYTHON=1 (CI sets it, so the sandbox is never silently untested there).
+func skipUnlessRequired(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
 func testSandbox(t *testing.T) *Sandbox {
 	t.Helper()
 	sb := NewSandbox(SandboxConfig{Timeout: 1500 * time.Millisecond, MemoryBytes: 512 << 20, MaxOutputBytes: 64 << 10})
 	iso, err := sb.Isolation()
 	if err != nil {
 		if _, statErr := os.Stat(sb.Config().Python); statErr != nil {
-			t.Skipf("no Python for the code sandbox (CI installs Debian's python3): %v", err)
+			skipUnlessRequired(t, "no Python for the code sandbox (CI installs Debian's python3): %v", err)
 		}
 		t.Fatal(err)
 	}
@@ -231,7 +241,7 @@ except OSError as e:
 func TestSandboxConcurrencyAndCancel(t *testing.T) {
 	sb := NewSandbox(SandboxConfig{Concurrency: 1, Timeout: 3 * time.Second})
 	if _, err := sb.Isolation(); err != nil {
-		t.Skip(err)
+		skipUnlessRequired(t, "code sandbox unavailable: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -223,7 +224,7 @@ func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string) (tps,
 		"--vocab", fmt.Sprint(c.VocabSize), "--hidden", fmt.Sprint(c.HiddenSize), "--layers", fmt.Sprint(c.NumHiddenLayers),
 		"--heads", fmt.Sprint(c.NumAttentionHeads), "--kv-heads", fmt.Sprint(c.NumKeyValueHeads), "--head-dim", fmt.Sprint(c.HeadDim),
 		"--intermediate", fmt.Sprint(c.IntermediateSize), "--batch", fmt.Sprint(batch), "--seq", fmt.Sprint(seqLen),
-		"--steps", fmt.Sprint(steps), "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
+		"--steps", fmt.Sprint(steps), "--warmup", "1", "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
 	cmd := exec.Command("/usr/bin/python3", args...)
 	if libdir != "" {
 		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libdir)
@@ -234,14 +235,14 @@ func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string) (tps,
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var r struct {
-		TokPerS float64 `json:"tok_per_s"`
-		StepS   float64 `json:"step_s"`
-		BLAS    string  `json:"blas"`
+		TokPerS float64  `json:"tok_per_s"`
+		StepS   float64  `json:"step_s"`
+		BLAS    []string `json:"blas"`
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
 		return 0, 0, "", fmt.Errorf("pytorch benchmark output %q: %w", lines[len(lines)-1], err)
 	}
-	return r.TokPerS, r.StepS, r.BLAS, nil
+	return r.TokPerS, r.StepS, filepath.Base(strings.Join(r.BLAS, ",")), nil
 }
 
 func bestOf(n int, f func() (float64, error)) (float64, error) {
