@@ -13,8 +13,9 @@ import (
 // CPU's features); every other op is plain Go parallelised over rows.
 type CPU struct {
 	mu     sync.Mutex
-	pool   map[int][][]float32 // free activation buffers by length
-	pooled int64               // floats held in pool
+	pool   map[int][][]float32       // free activation buffers by length
+	pooled int64                     // floats held in pool
+	wpool  map[[2]int][]*kern.Weight // scratch packed weights by [N, K] (training)
 }
 
 // maxPooledFloats bounds the free buffers the CPU backend keeps for reuse (1 GiB): a training

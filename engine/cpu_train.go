@@ -121,9 +121,12 @@ func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 	if m == 0 {
 		return
 	}
-	xw := kern.NewWeightF32T(f32(x), m, k) // Xᵀ [K, M]
-	tmp := make([]float32, n*k)            // [N, K]
-	kern.MatMulT(tmp, f32(dy), n, xw)      // dy is dYᵀ given transposed
+	xw := c.scratchWeightT(f32(x), m, k) // Xᵀ [K, M]
+	defer c.putScratchWeight(xw)
+	tt := c.Alloc(n, k) // [N, K]
+	defer c.Free(tt)
+	tmp := f32(tt)
+	kern.MatMulT(tmp, f32(dy), n, xw) // dy is dYᵀ given transposed
 	g := f32(dw)
 	kern.Parallel(len(g), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -131,6 +134,34 @@ func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 		}
 	})
 	written(dw)
+}
+
+// scratchWeightT returns a packed Xᵀ for x [m,k] from a pool of scratch weights by shape, so
+// that every training step does not fault in fresh pages for it.
+func (c *CPU) scratchWeightT(x []float32, m, k int) *kern.Weight {
+	c.mu.Lock()
+	key := [2]int{k, m}
+	if free := c.wpool[key]; len(free) > 0 {
+		w := free[len(free)-1]
+		c.wpool[key] = free[:len(free)-1]
+		c.mu.Unlock()
+		w.RepackT(x)
+		return w
+	}
+	c.mu.Unlock()
+	return kern.NewWeightF32T(x, m, k)
+}
+
+func (c *CPU) putScratchWeight(w *kern.Weight) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.wpool == nil {
+		c.wpool = map[[2]int][]*kern.Weight{}
+	}
+	key := [2]int{w.N(), w.K()}
+	if len(c.wpool[key]) < 4 {
+		c.wpool[key] = append(c.wpool[key], w)
+	}
 }
 
 // BiasDW implements TrainBackend.
