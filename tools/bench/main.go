@@ -149,7 +149,7 @@ func runTrain(quick, torch bool, batch, seqLen int) error {
 	}
 	fmt.Printf("\ntraining: %d x %d tokens per step, forward + backward + AdamW (fp32); MFU = 6 x (layer linear weights + LM head) x tokens/s / FMA peak %.0f GFLOP/s\n\n", batch, seqLen, peak)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "engine	step s	tok/s	GFLOP/s	MFU	vs PyTorch	")
+	fmt.Fprintln(w, "engine	step s	tok/s	GFLOP/s	MFU	prolong / this	")
 	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
 	var ours float64
 	for _, recompute := range []bool{false, true} {
