@@ -218,3 +218,19 @@ func (t *Trainer) ResetOptimizer() {
 
 // OptimizerStep is the number of optimizer steps taken since the last reset.
 func (t *Trainer) OptimizerStep() int { return t.opt.step }
+
+// SetOptimizer replaces the AdamW configuration (a new phase of training, such as RL after a
+// supervised warm start) and resets the optimizer state.
+func (t *Trainer) SetOptimizer(cfg AdamWConfig) error {
+	t.opts.Optimizer = cfg
+	o := newAdamW(t)
+	if err := o.check(); err != nil {
+		return err
+	}
+	for _, name := range t.names {
+		t.b.Free(t.opt.m[name])
+		t.b.Free(t.opt.v[name])
+	}
+	t.opt = o
+	return nil
+}

@@ -660,3 +660,16 @@ func (t *Trainer) LoadWeights(weights map[string]HostTensor) error {
 	}
 	return nil
 }
+
+// SetTemperature sets the temperature of the log-probs ForwardBackward hands to the loss (the
+// rollout temperature, so that they match the old and reference log-probs).
+func (t *Trainer) SetTemperature(temp float32) error {
+	if !(temp > 0) {
+		return fmt.Errorf("train: temperature must be positive, got %g", temp)
+	}
+	t.opts.Temperature = temp
+	return nil
+}
+
+// Temperature is the temperature of the log-probs ForwardBackward computes.
+func (t *Trainer) Temperature() float32 { return t.opts.Temperature }

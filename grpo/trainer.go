@@ -145,6 +145,11 @@ func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSo
 	if policy == nil || rollouts == nil || prompts == nil || reward == nil || decode == nil {
 		return nil, errors.New("grpo: policy, rollouts, prompts, reward and decode are all required")
 	}
+	// The loss compares log-probs of the same distribution: the policy's, the rollout's and the
+	// reference's, all at the rollout temperature.
+	if err := policy.SetTemperature(cfg.Temperature); err != nil {
+		return nil, err
+	}
 	t := &Trainer{Policy: policy, Rollouts: rollouts, Prompts: prompts, Reward: reward, Decode: decode, Config: cfg}
 	if cfg.Loss.KLCoef > 0 {
 		ref, err := policy.Model.Snapshot(engine.F32)

@@ -173,3 +173,21 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstUpdateIsOnPolicy: at the first micro-batch the policy is the rollout policy and the
+// reference, so the ratio is 1 and the KL 0 (whatever the temperature).
+func TestFirstUpdateIsOnPolicy(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.MiniBatches = 4, 4, 5, 1
+	cfg.Temperature = 1.3
+	cfg.DynamicSampling = false
+	tr, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	m, err := tr.Step(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.KL > 1e-6 || m.ApproxKL > 1e-6 || m.ClipFracHigh != 0 || m.ClipFracLow != 0 {
+		t.Fatalf("first update not on-policy: KL %g, approx KL %g, clip %g/%g", m.KL, m.ApproxKL, m.ClipFracLow, m.ClipFracHigh)
+	}
+}
