@@ -1,0 +1,162 @@
+package grpo
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// Record is one line of metrics.jsonl: a training step's metrics, and the held-out
+// evaluation when one ran at that step.
+type Record struct {
+	*Metrics
+	Eval *EvalResult `json:"eval,omitempty"`
+}
+
+// MetricsLog appends records to a JSON-lines file, one fsynced line per record, so a killed
+// run loses at most the line being written.
+type MetricsLog struct {
+	f *os.File
+}
+
+// OpenMetricsLog opens (creating or appending to) path.
+func OpenMetricsLog(path string) (*MetricsLog, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics log: %w", err)
+	}
+	return &MetricsLog{f: f}, nil
+}
+
+// Append writes one record.
+func (l *MetricsLog) Append(r Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("metrics log %s: %w", l.f.Name(), err)
+	}
+	if _, err := l.f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("metrics log %s: %w", l.f.Name(), err)
+	}
+	return l.f.Sync()
+}
+
+// Close closes the file.
+func (l *MetricsLog) Close() error { return l.f.Close() }
+
+// ReadMetrics reads a metrics.jsonl file; a malformed line is an error naming its number.
+func ReadMetrics(path string) ([]Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Record
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for n := 1; sc.Scan(); n++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
+		}
+		if r.Metrics == nil {
+			return nil, fmt.Errorf("%s line %d: no step metrics", path, n)
+		}
+		out = append(out, r)
+	}
+	return out, sc.Err()
+}
+
+// series is one plotted quantity.
+type series struct {
+	file, title, ylabel string
+	get                 func(Record) (float64, bool)
+}
+
+var plotSeries = []series{
+	{"reward.png", "Training reward (mean over rollouts)", "reward", func(r Record) (float64, bool) { return r.RewardMean, true }},
+	{"heldout_accuracy.png", "Held-out accuracy (pass@1)", "accuracy", func(r Record) (float64, bool) {
+		if r.Eval == nil {
+			return 0, false
+		}
+		return r.Eval.Accuracy, true
+	}},
+	{"entropy.png", "Policy entropy (per token)", "nats", func(r Record) (float64, bool) { return r.Entropy, !r.SkippedNoSignal }},
+	{"kl.png", "KL to the reference policy (k3)", "KL", func(r Record) (float64, bool) { return r.KL, !r.SkippedNoSignal }},
+	{"response_length.png", "Response length (tokens, mean)", "tokens", func(r Record) (float64, bool) { return r.ResponseLenMean, true }},
+}
+
+// PlotMetrics draws the run's curves (reward, held-out accuracy, entropy, KL, response length)
+// as PNG files in dir, with the reference resets marked, and returns their paths.
+func PlotMetrics(recs []Record, dir string) ([]string, error) {
+	sort.SliceStable(recs, func(i, j int) bool { return recs[i].Step < recs[j].Step })
+	var resets []float64
+	for _, r := range recs {
+		if r.RefReset {
+			resets = append(resets, float64(r.Step))
+		}
+	}
+	var files []string
+	for _, s := range plotSeries {
+		var pts plotter.XYs
+		lo, hi := 1e300, -1e300
+		for _, r := range recs {
+			if v, ok := s.get(r); ok {
+				pts = append(pts, plotter.XY{X: float64(r.Step), Y: v})
+				lo, hi = min(lo, v), max(hi, v)
+			}
+		}
+		if len(pts) == 0 {
+			continue
+		}
+		p := plot.New()
+		p.Title.Text = s.title
+		p.X.Label.Text = "step"
+		p.Y.Label.Text = s.ylabel
+		line, err := plotter.NewLine(pts)
+		if err != nil {
+			return nil, fmt.Errorf("plot %s: %w", s.file, err)
+		}
+		line.Width = vg.Points(1.5)
+		p.Add(line, plotter.NewGrid())
+		if len(pts) < 40 {
+			sc, err := plotter.NewScatter(pts)
+			if err == nil {
+				p.Add(sc)
+			}
+		}
+		if hi <= lo {
+			hi = lo + 1
+		}
+		for _, x := range resets {
+			rl, err := plotter.NewLine(plotter.XYs{{X: x, Y: lo}, {X: x, Y: hi}})
+			if err == nil {
+				rl.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+				p.Add(rl)
+			}
+		}
+		if len(resets) > 0 {
+			p.Legend.Add("reference reset (dashed)")
+			p.Legend.Top = true
+		}
+		path := filepath.Join(dir, s.file)
+		tmp := filepath.Join(dir, ".tmp-"+s.file) // same directory, for an atomic rename
+		if err := p.Save(7*vg.Inch, 4*vg.Inch, tmp); err != nil {
+			return nil, fmt.Errorf("plot %s: %w", path, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, fmt.Errorf("plot %s: %w", path, err)
+		}
+		files = append(files, path)
+	}
+	return files, nil
+}
