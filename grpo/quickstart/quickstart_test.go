@@ -1,0 +1,93 @@
+package quickstart
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/grpo/tasks"
+)
+
+func TestTokenizer(t *testing.T) {
+	tok := NewTokenizer()
+	if len(tok.Tokens) != ModelConfig().VocabSize {
+		t.Fatalf("vocabulary %d, model has %d", len(tok.Tokens), ModelConfig().VocabSize)
+	}
+	text := BOS + "12+7-5=19-5=14 " + AnswerOn + "14" + AnswerOff + EOS
+	ids, err := tok.Encode(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1 BOS + 15 characters + 1 + 2 + 1 + 1 EOS
+	if len(ids) != 21 || ids[0] != tok.ID(BOS) || ids[len(ids)-1] != tok.ID(EOS) {
+		t.Fatalf("ids %v", ids)
+	}
+	if got := tok.Decode(ids); got != strings.TrimSuffix(text, EOS) {
+		t.Fatalf("decode %q", got)
+	}
+	if _, err := tok.Encode("12/3"); err == nil || !strings.Contains(err.Error(), `'/'`) {
+		t.Fatalf("unknown character: %v", err)
+	}
+}
+
+func TestWorking(t *testing.T) {
+	for _, tc := range []struct{ prompt, want string }{
+		{"12+7-5=", "19-5=14 "},
+		{"3+4=", ""},
+		{"9-9-9=", "0-9=-9 "},
+		{"2*3+1=", ""}, // only + and - are worked
+	} {
+		if got := Working(tc.prompt); got != tc.want {
+			t.Errorf("Working(%q) = %q, want %q", tc.prompt, got, tc.want)
+		}
+	}
+}
+
+// TestReward: the default reward reads the answer tags and checks the value exactly.
+func TestReward(t *testing.T) {
+	tok := NewTokenizer()
+	p, err := tok.Prompt(tasks.Task{Family: "arith", Prompt: "8+7-5=", GroundTruth: "10", Key: "8+7-5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := Reward()
+	for resp, want := range map[string]float64{
+		"<answer>10</answer>":         1,
+		"15-5=10 <answer>10</answer>": 1,
+		"<answer>11</answer>":         0,
+		"10":                          0,
+	} {
+		got, err := rw(context.Background(), p, resp)
+		if err != nil || got != want {
+			t.Errorf("reward(%q) = %v, %v; want %v", resp, got, err, want)
+		}
+	}
+}
+
+// TestSFTDeterministic: the same seed gives the same weights, and a short warm start lowers
+// the loss.
+func TestSFTDeterministic(t *testing.T) {
+	cfg := SFTConfig{Seed: 3, Steps: 6, Batch: 8, LR: 3e-3, TrainSize: 100, NoiseFrac: 0.3}
+	var losses []float64
+	cfg.Progress = func(_ int, l float64) { losses = append(losses, l) }
+	a, err := SFT(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Progress = nil
+	b, err := SFT(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa, _ := a.Model.HostWeights()
+	wb, _ := b.Model.HostWeights()
+	for n, w := range wa {
+		if fmt.Sprint(w.Data) != fmt.Sprint(wb[n].Data) {
+			t.Fatalf("%s differs between two warm starts with the same seed", n)
+		}
+	}
+	if !(losses[len(losses)-1] < losses[0]) {
+		t.Fatalf("loss %v did not go down", losses)
+	}
+}

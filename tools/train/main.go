@@ -1,0 +1,241 @@
+// Command train runs the ProRL recipe. With no arguments it trains the project's default job on
+// the CPU: it builds the small default model by a seeded supervised warm start on the default
+// task (short multi-step arithmetic), then improves it with GRPO (clip-higher, k3 KL to a
+// reference policy, dynamic sampling, a reference reset), evaluating on held-out problems,
+// logging metrics.jsonl and drawing PNG plots in the run directory.
+//
+//	go run ./tools/train                    # the default job
+//	go run ./tools/train --sft              # only the supervised warm start, with its accuracy
+//	go run ./tools/train --steps 50 --seed 2 --out runs/try
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/quickstart"
+	"github.com/prolong-rl/prolong/grpo/tasks"
+)
+
+type options struct {
+	out            string
+	seed           uint64
+	steps          int
+	sftOnly        bool
+	sftSteps       int
+	sftLR          float64
+	evalEvery      int
+	evalSize       int
+	resetEvery     int
+	lr             float64
+	prompts        int
+	samples        int
+	noDynamic      bool
+	quiet          bool
+	klCoef         float64
+	clipHigh       float64
+	trainProblems  int
+	maxResponseLen int
+}
+
+func main() {
+	var o options
+	pflag.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
+	pflag.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
+	pflag.IntVar(&o.steps, "steps", 200, "GRPO steps")
+	pflag.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
+	pflag.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
+	pflag.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
+	pflag.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps")
+	pflag.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation")
+	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
+	pflag.Float64Var(&o.lr, "lr", 1e-4, "GRPO learning rate (AdamW, constant)")
+	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
+	pflag.IntVar(&o.samples, "n", 8, "samples per prompt")
+	pflag.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal")
+	pflag.Float64Var(&o.klCoef, "kl-coef", grpo.DefaultKLCoef, "weight of the k3 KL penalty to the reference")
+	pflag.Float64Var(&o.clipHigh, "clip-high", grpo.DefaultClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
+	pflag.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
+	pflag.IntVar(&o.maxResponseLen, "max-response", 16, "maximum response tokens")
+	pflag.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	pflag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		slog.Error("train failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// promptStream hands out the training prompts in a seeded order, reshuffled every epoch.
+type promptStream struct {
+	ps    []grpo.Prompt
+	order []int
+	pos   int
+	epoch uint64
+	seed  uint64
+}
+
+func (s *promptStream) Next(n int) ([]grpo.Prompt, error) {
+	out := make([]grpo.Prompt, n)
+	for i := range out {
+		if s.pos == len(s.order) || s.order == nil {
+			s.order = shuffled(len(s.ps), s.seed, s.epoch)
+			s.pos = 0
+			s.epoch++
+		}
+		out[i] = s.ps[s.order[s.pos]]
+		s.pos++
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, o options) error {
+	if o.out == "" {
+		o.out = filepath.Join("runs", time.Now().Format("20060102-150405"))
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	tok := quickstart.NewTokenizer()
+	f := quickstart.Task()
+	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
+	if err != nil {
+		return err
+	}
+	held, err := tok.Prompts(heldTasks)
+	if err != nil {
+		return err
+	}
+	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.trainProblems, Seed: o.seed + 2000})
+	if err != nil {
+		return err
+	}
+	train, err := tok.Prompts(trainTasks)
+	if err != nil {
+		return err
+	}
+
+	// 1. The default model: a seeded supervised warm start.
+	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
+		float64(quickstart.ModelConfig().NumParams())/1e6, quickstart.TaskSpec, len(train), len(held))
+	sft := quickstart.DefaultSFT()
+	sft.Seed, sft.Steps, sft.LR = o.seed, o.sftSteps, o.sftLR
+	bar := newBar(o, sft.Steps, "warm start (SFT)")
+	sft.Progress = func(step int, loss float64) {
+		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
+		bar.Add(1)
+	}
+	t0 := time.Now()
+	policy, err := quickstart.SFT(ctx, sft)
+	if err != nil {
+		return err
+	}
+	bar.Finish()
+	gen, err := engine.NewGenerator(policy.Model, engine.GeneratorOptions{})
+	if err != nil {
+		return err
+	}
+	defer gen.Close()
+
+	cfg := grpo.DefaultConfig()
+	cfg.Seed = o.seed
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt = o.prompts, o.samples
+	cfg.MaxResponseTokens = o.maxResponseLen
+	cfg.StopTokens = []int32{tok.ID(quickstart.EOS)}
+	cfg.DynamicSampling = !o.noDynamic
+	cfg.RefResetEvery = o.resetEvery
+	cfg.Loss.KLCoef = o.klCoef
+	cfg.Loss.ClipHigh = o.clipHigh
+	if err := policy.SetOptimizer(engine.AdamWConfig{LR: o.lr, Beta2: 0.99, ClipNorm: 1}); err != nil {
+		return err
+	}
+	g, err := grpo.NewTrainer(policy, grpo.EngineRollouts{Gen: gen}, &promptStream{ps: train, seed: o.seed}, quickstart.Reward(), tok.Decode, cfg)
+	if err != nil {
+		return err
+	}
+	eval := func() (*grpo.EvalResult, error) { return g.Evaluate(ctx, held, 1, 0, 1) }
+	before, err := eval()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("after the warm start (%.0fs): held-out accuracy %.1f%% (greedy)\n", time.Since(t0).Seconds(), 100*before.Accuracy)
+	if o.sftOnly {
+		return nil
+	}
+
+	// 2. GRPO.
+	log, err := grpo.OpenMetricsLog(filepath.Join(o.out, "metrics.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	if err := log.Append(grpo.Record{Metrics: &grpo.Metrics{Step: 0}, Eval: before}); err != nil {
+		return err
+	}
+	var resets []int
+	g.OnReset = func(step int) error { resets = append(resets, step); return nil }
+	bar = newBar(o, o.steps, "GRPO")
+	t1 := time.Now()
+	last := before
+	for s := 1; s <= o.steps; s++ {
+		m, err := g.Step(ctx)
+		if err != nil {
+			return err
+		}
+		rec := grpo.Record{Metrics: m}
+		if s%o.evalEvery == 0 || s == o.steps {
+			if rec.Eval, err = eval(); err != nil {
+				return err
+			}
+			last = rec.Eval
+		}
+		if err := log.Append(rec); err != nil {
+			return err
+		}
+		bar.Describe(fmt.Sprintf("GRPO reward %.2f held-out %.1f%%", m.RewardMean, 100*last.Accuracy))
+		bar.Add(1)
+	}
+	bar.Finish()
+	recs, err := grpo.ReadMetrics(filepath.Join(o.out, "metrics.jsonl"))
+	if err != nil {
+		return err
+	}
+	plots, err := grpo.PlotMetrics(recs, o.out)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nheld-out accuracy: %.1f%% -> %.1f%% after %d GRPO steps (%.0fs); reference resets at steps %v\n",
+		100*before.Accuracy, 100*last.Accuracy, o.steps, time.Since(t1).Seconds(), resets)
+	fmt.Printf("run directory %s:\n  metrics.jsonl\n", o.out)
+	for _, p := range plots {
+		fmt.Printf("  %s\n", filepath.Base(p))
+	}
+	return nil
+}
+
+func newBar(o options, n int, what string) *progressbar.ProgressBar {
+	if o.quiet {
+		return progressbar.DefaultSilent(int64(n), what)
+	}
+	return progressbar.NewOptions(n, progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(30), progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(),
+		progressbar.OptionShowElapsedTimeOnFinish())
+}
+
+// shuffled returns a seeded permutation of 0..n-1 for one epoch.
+func shuffled(n int, seed, epoch uint64) []int {
+	r := rand.New(rand.NewPCG(seed, epoch))
+	return r.Perm(n)
+}
