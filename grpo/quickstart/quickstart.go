@@ -176,7 +176,7 @@ type SFTConfig struct {
 // DefaultSFT is the warm start of the default model: short enough that the model formats its
 // answers and is right sometimes but far from always.
 func DefaultSFT() SFTConfig {
-	return SFTConfig{Seed: 1, Steps: 300, Batch: 32, LR: 3e-3, TrainSize: 3000}
+	return SFTConfig{Seed: 1, Steps: 600, Batch: 32, LR: 3e-3, TrainSize: 3000}
 }
 
 // SFT builds the default model from a seeded random initialisation and trains it by

@@ -47,18 +47,24 @@ type options struct {
 	clipHigh       float64
 	trainProblems  int
 	maxResponseLen int
+	evalTemp       float64
+	evalTopP       float64
+	evalSamples    int
 }
 
 func main() {
 	var o options
 	pflag.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
 	pflag.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
-	pflag.IntVar(&o.steps, "steps", 200, "GRPO steps")
+	pflag.IntVar(&o.steps, "steps", 300, "GRPO steps")
 	pflag.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
 	pflag.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
 	pflag.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
 	pflag.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps")
 	pflag.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation")
+	pflag.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (ProRL: 0.6; 0: greedy)")
+	pflag.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation (ProRL: 0.95)")
+	pflag.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
 	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
 	pflag.Float64Var(&o.lr, "lr", 1e-4, "GRPO learning rate (AdamW, constant)")
 	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
@@ -165,12 +171,19 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	eval := func() (*grpo.EvalResult, error) { return g.Evaluate(ctx, held, 1, 0, 1) }
+	eval := func() (*grpo.EvalResult, error) {
+		n := o.evalSamples
+		if o.evalTemp == 0 {
+			n = 1
+		}
+		return g.Evaluate(ctx, held, n, float32(o.evalTemp), float32(o.evalTopP))
+	}
 	before, err := eval()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("after the warm start (%.0fs): held-out accuracy %.1f%% (greedy)\n", time.Since(t0).Seconds(), 100*before.Accuracy)
+	fmt.Printf("after the warm start (%.0fs): held-out accuracy %.1f%% (pass@1 at temperature %g, top-p %g)\n",
+		time.Since(t0).Seconds(), 100*before.Accuracy, o.evalTemp, o.evalTopP)
 	if o.sftOnly {
 		return nil
 	}

@@ -16,7 +16,7 @@ func TestShortRun(t *testing.T) {
 	dir := t.TempDir()
 	o := options{out: dir, seed: 1, steps: 4, sftSteps: 20, sftLR: 3e-3, evalEvery: 2, evalSize: 20, resetEvery: 3,
 		lr: 1e-4, prompts: 4, samples: 4, klCoef: grpo.DefaultKLCoef, clipHigh: grpo.DefaultClipHigh,
-		trainProblems: 200, maxResponseLen: 8, quiet: true}
+		trainProblems: 200, maxResponseLen: 8, quiet: true, evalTemp: 0.6, evalTopP: 0.95, evalSamples: 2}
 	if err := run(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
