@@ -87,7 +87,10 @@ type Config struct {
 	// RefResetEvery resets the reference policy to the current policy and zeroes the
 	// optimizer state every so many steps (0: never).
 	RefResetEvery int
-	Seed          uint64
+	// RefResetOnPlateau resets the reference when the validation accuracy has not improved on
+	// its best for this many evaluations in a row (reported through AfterEval); 0: never.
+	RefResetOnPlateau int
+	Seed              uint64
 }
 
 // DefaultConfig is the ProRL recipe (clip 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling,
@@ -135,6 +138,9 @@ type Trainer struct {
 
 	step       int
 	lastResets []int
+	bestEval   float64
+	stale      int // evaluations since the best one
+	evals      int
 }
 
 // NewTrainer checks the configuration and takes the first reference snapshot.
@@ -464,6 +470,24 @@ func (t *Trainer) ResetReference(m *Metrics) error {
 		return t.OnReset(t.step)
 	}
 	return nil
+}
+
+// AfterEval records a validation result; when the accuracy has stagnated for
+// RefResetOnPlateau evaluations it resets the reference (marking m, which may be nil) and
+// reports true.
+func (t *Trainer) AfterEval(res *EvalResult, m *Metrics) (bool, error) {
+	t.evals++
+	if t.evals == 1 || res.Accuracy > t.bestEval {
+		t.bestEval, t.stale = res.Accuracy, 0
+		return false, nil
+	}
+	t.stale++
+	if p := t.Config.RefResetOnPlateau; p > 0 && t.stale >= p {
+		t.stale = 0
+		slog.Info("grpo: validation stagnated; resetting the reference", "step", t.step, "best", t.bestEval, "now", res.Accuracy)
+		return true, t.ResetReference(m)
+	}
+	return false, nil
 }
 
 // EvalResult is a held-out evaluation.

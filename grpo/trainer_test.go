@@ -191,3 +191,29 @@ func TestFirstUpdateIsOnPolicy(t *testing.T) {
 		t.Fatalf("first update not on-policy: KL %g, approx KL %g, clip %g/%g", m.KL, m.ApproxKL, m.ClipFracLow, m.ClipFracHigh)
 	}
 }
+
+// TestResetOnPlateau: a reset happens after P evaluations without a new best, and not before.
+func TestResetOnPlateau(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.RefResetOnPlateau = 2
+	tr, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	var resets int
+	tr.OnReset = func(int) error { resets++; return nil }
+	for i, tc := range []struct {
+		acc   float64
+		reset bool
+	}{{0.2, false}, {0.3, false}, {0.25, false}, {0.3, true}, {0.31, false}, {0.1, false}, {0.2, true}} {
+		m := &Metrics{}
+		got, err := tr.AfterEval(&EvalResult{Accuracy: tc.acc}, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != tc.reset || m.RefReset != tc.reset {
+			t.Errorf("evaluation %d (accuracy %v): reset %v, want %v", i, tc.acc, got, tc.reset)
+		}
+	}
+	if resets != 2 {
+		t.Errorf("%d resets, want 2", resets)
+	}
+}

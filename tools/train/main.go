@@ -50,6 +50,7 @@ type options struct {
 	evalTemp       float64
 	evalTopP       float64
 	evalSamples    int
+	resetPlateau   int
 }
 
 func main() {
@@ -66,6 +67,7 @@ func main() {
 	pflag.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation (ProRL: 0.95)")
 	pflag.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
 	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
+	pflag.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
 	pflag.Float64Var(&o.lr, "lr", 1e-4, "GRPO learning rate (AdamW, constant)")
 	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
 	pflag.IntVar(&o.samples, "n", 8, "samples per prompt")
@@ -162,6 +164,7 @@ func run(ctx context.Context, o options) error {
 	cfg.StopTokens = []int32{tok.ID(quickstart.EOS)}
 	cfg.DynamicSampling = !o.noDynamic
 	cfg.RefResetEvery = o.resetEvery
+	cfg.RefResetOnPlateau = o.resetPlateau
 	cfg.Loss.KLCoef = o.klCoef
 	cfg.Loss.ClipHigh = o.clipHigh
 	if err := policy.SetOptimizer(engine.AdamWConfig{LR: o.lr, Beta2: 0.99, ClipNorm: 1}); err != nil {
@@ -197,6 +200,9 @@ func run(ctx context.Context, o options) error {
 	if err := log.Append(grpo.Record{Metrics: &grpo.Metrics{Step: 0}, Eval: before}); err != nil {
 		return err
 	}
+	if _, err := g.AfterEval(before, nil); err != nil {
+		return err
+	}
 	var resets []int
 	g.OnReset = func(step int) error { resets = append(resets, step); return nil }
 	bar = newBar(o, o.steps, "GRPO")
@@ -213,6 +219,9 @@ func run(ctx context.Context, o options) error {
 				return err
 			}
 			last = rec.Eval
+			if _, err := g.AfterEval(rec.Eval, m); err != nil {
+				return err
+			}
 		}
 		if err := log.Append(rec); err != nil {
 			return err
