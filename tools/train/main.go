@@ -51,6 +51,7 @@ type options struct {
 	evalTopP       float64
 	evalSamples    int
 	resetPlateau   int
+	cot            bool
 }
 
 func main() {
@@ -68,6 +69,7 @@ func main() {
 	pflag.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
 	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
 	pflag.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
+	pflag.BoolVar(&o.cot, "cot", false, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
 	pflag.Float64Var(&o.lr, "lr", 1e-4, "GRPO learning rate (AdamW, constant)")
 	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
 	pflag.IntVar(&o.samples, "n", 8, "samples per prompt")
@@ -139,7 +141,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
 		float64(quickstart.ModelConfig().NumParams())/1e6, quickstart.TaskSpec, len(train), len(held))
 	sft := quickstart.DefaultSFT()
-	sft.Seed, sft.Steps, sft.LR = o.seed, o.sftSteps, o.sftLR
+	sft.Seed, sft.Steps, sft.LR, sft.CoT = o.seed, o.sftSteps, o.sftLR, o.cot
 	bar := newBar(o, sft.Steps, "warm start (SFT)")
 	sft.Progress = func(step int, loss float64) {
 		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
