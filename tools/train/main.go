@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -52,6 +53,7 @@ type options struct {
 	evalSamples    int
 	resetPlateau   int
 	cot            bool
+	cpuProfile     string
 }
 
 func main() {
@@ -79,10 +81,23 @@ func main() {
 	pflag.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
 	pflag.IntVar(&o.maxResponseLen, "max-response", 16, "maximum response tokens")
 	pflag.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	pflag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	pflag.Parse()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			slog.Error("cpu profile", "err", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, o); err != nil {
+		pprof.StopCPUProfile()
 		slog.Error("train failed", "err", err)
 		os.Exit(1)
 	}
