@@ -54,13 +54,14 @@ type options struct {
 	resetPlateau   int
 	cot            bool
 	cpuProfile     string
+	sftNoise       float64
 }
 
 func main() {
 	var o options
 	pflag.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
 	pflag.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
-	pflag.IntVar(&o.steps, "steps", 300, "GRPO steps")
+	pflag.IntVar(&o.steps, "steps", 200, "GRPO steps")
 	pflag.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
 	pflag.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
 	pflag.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
@@ -71,15 +72,16 @@ func main() {
 	pflag.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
 	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
 	pflag.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
-	pflag.BoolVar(&o.cot, "cot", false, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
-	pflag.Float64Var(&o.lr, "lr", 1e-4, "GRPO learning rate (AdamW, constant)")
+	pflag.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
+	pflag.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "share of warm-start targets whose final answer is replaced by a wrong one")
+	pflag.Float64Var(&o.lr, "lr", 5e-5, "GRPO learning rate (AdamW, constant)")
 	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
 	pflag.IntVar(&o.samples, "n", 8, "samples per prompt")
 	pflag.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal")
 	pflag.Float64Var(&o.klCoef, "kl-coef", grpo.DefaultKLCoef, "weight of the k3 KL penalty to the reference")
 	pflag.Float64Var(&o.clipHigh, "clip-high", grpo.DefaultClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
 	pflag.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
-	pflag.IntVar(&o.maxResponseLen, "max-response", 16, "maximum response tokens")
+	pflag.IntVar(&o.maxResponseLen, "max-response", 24, "maximum response tokens")
 	pflag.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	pflag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	pflag.Parse()
@@ -156,7 +158,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
 		float64(quickstart.ModelConfig().NumParams())/1e6, quickstart.TaskSpec, len(train), len(held))
 	sft := quickstart.DefaultSFT()
-	sft.Seed, sft.Steps, sft.LR, sft.CoT = o.seed, o.sftSteps, o.sftLR, o.cot
+	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.seed, o.sftSteps, o.sftLR, o.cot, o.sftNoise
 	bar := newBar(o, sft.Steps, "warm start (SFT)")
 	sft.Progress = func(step int, loss float64) {
 		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
