@@ -1,0 +1,497 @@
+// Package onnx reads and writes decoder language models in the ONNX format: Export writes an
+// engine model as an ONNX decoder graph with KV-cache inputs and outputs in Hugging Face
+// optimum's convention, and Import reads such a file back into a config and HF-named weights.
+//
+// The exported graph (opset 17, standard ops only) has
+//
+//	inputs:  input_ids                 int64   [batch_size, sequence_length]
+//	         attention_mask            int64   [batch_size, total_sequence_length]
+//	         position_ids              int64   [batch_size, sequence_length]
+//	         past_key_values.{i}.key   float32 [batch_size, num_key_value_heads, past_sequence_length, head_dim]
+//	         past_key_values.{i}.value float32 (same)
+//	outputs: logits                    float32 [batch_size, sequence_length, vocab_size]
+//	         present.{i}.key           float32 [batch_size, num_key_value_heads, total_sequence_length, head_dim]
+//	         present.{i}.value         float32 (same)
+//
+// where total_sequence_length = past_sequence_length + sequence_length. The first call takes
+// empty past tensors (past_sequence_length 0); later calls feed the present tensors back.
+//
+// Weights are graph initializers under their Hugging Face names, in the Hugging Face layout
+// (linear weights [out, in]); every linear layer is a Gemm node with transB=1 on the flattened
+// hidden states [batch*seq, hidden], so no transposed copies exist and import is a plain lookup.
+// The RoPE inverse frequencies are a Constant node (computed from the config, rope scaling
+// included), cos/sin are computed in the graph from position_ids. The engine config is stored
+// as JSON in the model's metadata_props under the key "prolong.config".
+package onnx
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/onnx/onnxpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Opset is the ONNX operator set version of exported graphs.
+const Opset = 17
+
+// IRVersion is the ONNX IR version of exported files (ONNX 1.12 and later read it).
+const IRVersion = 8
+
+// ConfigKey is the metadata_props key under which Export stores the engine config as JSON.
+const ConfigKey = "prolong.config"
+
+// maxInlineBytes is the most weight data Export keeps inside the .onnx file: a protobuf
+// message cannot exceed 2 GiB, so above this the weights go to an external data file.
+const maxInlineBytes = 1<<31 - 64<<20
+
+// dataAlign is the alignment of every tensor's offset in an external data file (a page, so
+// readers can map tensors directly).
+const dataAlign = 4096
+
+// ExportOptions control how Export writes a model.
+type ExportOptions struct {
+	// ExternalData stores every weight in a side file (ONNX external data: location, offset
+	// and length in each initializer) instead of inside the .onnx file. Export does this
+	// anyway when the weights exceed what one protobuf message can hold (2 GiB).
+	ExternalData bool
+	// DataFile is the side file's name, relative to the model's directory. Empty means the
+	// model's file name plus ".data" (model.onnx -> model.onnx.data).
+	DataFile string
+}
+
+// Export writes the decoder described by cfg and weights (Hugging Face names, as
+// engine.WeightNames lists them) to path as an ONNX model. The file, and the external data
+// file when there is one, are written to temporary names, synced and renamed, so a crash never
+// leaves a half-written file under the real name.
+func Export(path string, cfg *engine.Config, weights map[string]engine.HostTensor, opts ExportOptions) error {
+	names, err := checkWeights(cfg, weights)
+	if err != nil {
+		return fmt.Errorf("onnx: export %s: %w", path, err)
+	}
+	var total int64
+	for _, n := range names {
+		total += 4 * int64(len(weights[n].Data))
+	}
+	external := opts.ExternalData || total > maxInlineBytes
+	m, err := buildModel(cfg)
+	if err != nil {
+		return fmt.Errorf("onnx: export %s: %w", path, err)
+	}
+	if !external {
+		for _, n := range names {
+			m.Graph.Initializer = append(m.Graph.Initializer, inlineTensor(n, weights[n]))
+		}
+	} else {
+		loc := opts.DataFile
+		if loc == "" {
+			loc = filepath.Base(path) + ".data"
+		}
+		if err := checkLocation(loc); err != nil {
+			return fmt.Errorf("onnx: export %s: data file: %w", path, err)
+		}
+		dataPath := filepath.Join(filepath.Dir(path), loc)
+		err := writeAtomic(dataPath, func(w io.Writer) error {
+			var off int64
+			for _, n := range names {
+				t := weights[n]
+				if pad := (dataAlign - off%dataAlign) % dataAlign; pad > 0 {
+					if _, err := w.Write(make([]byte, pad)); err != nil {
+						return err
+					}
+					off += pad
+				}
+				length := 4 * int64(len(t.Data))
+				if err := writeFloats(w, t.Data); err != nil {
+					return fmt.Errorf("tensor %s: %w", n, err)
+				}
+				tp := &onnxpb.TensorProto{Name: proto.String(n), Dims: dims64(t.Shape),
+					DataType:     proto.Int32(int32(onnxpb.TensorProto_FLOAT)),
+					DataLocation: onnxpb.TensorProto_EXTERNAL.Enum(),
+					ExternalData: []*onnxpb.StringStringEntryProto{
+						{Key: proto.String("location"), Value: proto.String(loc)},
+						{Key: proto.String("offset"), Value: proto.String(strconv.FormatInt(off, 10))},
+						{Key: proto.String("length"), Value: proto.String(strconv.FormatInt(length, 10))},
+					}}
+				m.Graph.Initializer = append(m.Graph.Initializer, tp)
+				off += length
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("onnx: export %s: %w", dataPath, err)
+		}
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("onnx: export %s: marshal: %w", path, err)
+	}
+	if err := writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+		return fmt.Errorf("onnx: export %s: %w", path, err)
+	}
+	return nil
+}
+
+// Write writes the model with all weights inline to w (no external data; an error when the
+// weights exceed the 2 GiB a protobuf message can hold: use Export for those).
+func Write(w io.Writer, cfg *engine.Config, weights map[string]engine.HostTensor) error {
+	m, err := Build(cfg, weights)
+	if err != nil {
+		return err
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("onnx: marshal: %w", err)
+	}
+	if _, err := w.Write(data); err != nil {
+		return fmt.Errorf("onnx: write: %w", err)
+	}
+	return nil
+}
+
+// Build returns the ONNX model of the decoder with all weights inline as raw_data
+// initializers.
+func Build(cfg *engine.Config, weights map[string]engine.HostTensor) (*onnxpb.ModelProto, error) {
+	names, err := checkWeights(cfg, weights)
+	if err != nil {
+		return nil, fmt.Errorf("onnx: export: %w", err)
+	}
+	var total int64
+	for _, n := range names {
+		total += 4 * int64(len(weights[n].Data))
+	}
+	if total > maxInlineBytes {
+		return nil, fmt.Errorf("onnx: export: %d bytes of weights do not fit in one protobuf message; use Export with external data", total)
+	}
+	m, err := buildModel(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("onnx: export: %w", err)
+	}
+	for _, n := range names {
+		m.Graph.Initializer = append(m.Graph.Initializer, inlineTensor(n, weights[n]))
+	}
+	return m, nil
+}
+
+// checkWeights validates cfg and checks that weights holds exactly the weights of cfg with the
+// right shapes; it returns their names in engine.WeightNames order.
+func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) ([]string, error) {
+	if cfg == nil {
+		return nil, errors.New("nil config")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	names := engine.WeightNames(cfg)
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+		t, ok := weights[n]
+		if !ok {
+			return nil, fmt.Errorf("tensor %s: missing", n)
+		}
+		shape, _ := engine.WeightShape(cfg, n)
+		if !equalInts(shape, t.Shape) {
+			return nil, fmt.Errorf("tensor %s: shape %v, config wants %v", n, t.Shape, shape)
+		}
+		if len(t.Data) != numel(shape) {
+			return nil, fmt.Errorf("tensor %s: %d values for shape %v", n, len(t.Data), shape)
+		}
+	}
+	for n := range weights {
+		if !want[n] && !strings.HasSuffix(n, "rotary_emb.inv_freq") {
+			return nil, fmt.Errorf("tensor %s: not a weight of a %s model with this config", n, cfg.ModelType)
+		}
+	}
+	return names, nil
+}
+
+func inlineTensor(name string, t engine.HostTensor) *onnxpb.TensorProto {
+	return &onnxpb.TensorProto{Name: proto.String(name), Dims: dims64(t.Shape),
+		DataType: proto.Int32(int32(onnxpb.TensorProto_FLOAT)), RawData: float32Bytes(t.Data)}
+}
+
+// buildModel makes the model proto (graph, opset, metadata) without initializers.
+func buildModel(cfg *engine.Config) (*onnxpb.ModelProto, error) {
+	cj, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return &onnxpb.ModelProto{
+		IrVersion:    proto.Int64(IRVersion),
+		OpsetImport:  []*onnxpb.OperatorSetIdProto{{Domain: proto.String(""), Version: proto.Int64(Opset)}},
+		ProducerName: proto.String("prolong"),
+		Graph:        decoderGraph(cfg),
+		MetadataProps: []*onnxpb.StringStringEntryProto{
+			{Key: proto.String(ConfigKey), Value: proto.String(string(cj))},
+		},
+	}, nil
+}
+
+// decoderGraph builds the nodes, inputs and outputs of the decoder (no initializers).
+func decoderGraph(c *engine.Config) *onnxpb.GraphProto {
+	b := newBuilder("prolong_" + c.ModelType)
+	g := b.g
+	const (
+		f32 = onnxpb.TensorProto_FLOAT
+		i64 = onnxpb.TensorProto_INT64
+	)
+	heads, kvHeads, hd := c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim
+	group := heads / kvHeads
+	g.Input = append(g.Input,
+		valueInfo("input_ids", i64, "batch_size", "sequence_length"),
+		valueInfo("attention_mask", i64, "batch_size", "total_sequence_length"),
+		valueInfo("position_ids", i64, "batch_size", "sequence_length"))
+	g.Output = append(g.Output, valueInfo("logits", f32, "batch_size", "sequence_length", c.VocabSize))
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		for _, kv := range []string{"key", "value"} {
+			g.Input = append(g.Input, valueInfo(fmt.Sprintf("past_key_values.%d.%s", i, kv), f32,
+				"batch_size", kvHeads, "past_sequence_length", hd))
+			g.Output = append(g.Output, valueInfo(fmt.Sprintf("present.%d.%s", i, kv), f32,
+				"batch_size", kvHeads, "total_sequence_length", hd))
+		}
+	}
+
+	s := "/model"
+	bs := b.op(s, "Shape", []string{"input_ids"}) // [2] = (B, S)
+	shapeQ := b.op(s, "Concat", []string{bs, b.ints(s, int64(heads), int64(hd))}, attrInt("axis", 0))
+	shapeKV := b.op(s, "Concat", []string{bs, b.ints(s, int64(kvHeads), int64(hd))}, attrInt("axis", 0))
+	shapeLogits := b.op(s, "Concat", []string{bs, b.ints(s, int64(c.VocabSize))}, attrInt("axis", 0))
+
+	// Embedding: the residual stream x is [N, D] with N = B*S rows, batch-major.
+	e := "/model/embed_tokens"
+	ids := b.op(e, "Reshape", []string{"input_ids", b.ints(e, -1)})                        // [N]
+	x := b.op(e, "Gather", []string{"model.embed_tokens.weight", ids}, attrInt("axis", 0)) // [N, D]
+
+	// RoPE tables from position_ids: angle[b,s,j] = pos[b,s] * inv_freq[j], j < Dh/2, and the
+	// rotate-half layout repeats the Dh/2 angles twice.
+	r := "/model/rotary_emb"
+	inv64 := c.InvFreq()
+	inv := make([]float32, len(inv64))
+	for i, v := range inv64 {
+		inv[i] = float32(v)
+	}
+	pos := b.op(r, "Cast", []string{"position_ids"}, attrInt("to", int64(f32)))           // [B, S]
+	pos = b.op(r, "Unsqueeze", []string{pos, b.ints(r, 2)})                               // [B, S, 1]
+	freqs := b.op(r, "Mul", []string{pos, b.floats(r, []int64{int64(len(inv))}, inv...)}) // [B, S, Dh/2]
+	emb := b.op(r, "Concat", []string{freqs, freqs}, attrInt("axis", -1))                 // [B, S, Dh]
+	cos := b.op(r, "Unsqueeze", []string{b.op(r, "Cos", []string{emb}), b.ints(r, 1)})    // [B, 1, S, Dh]
+	sin := b.op(r, "Unsqueeze", []string{b.op(r, "Sin", []string{emb}), b.ints(r, 1)})    // [B, 1, S, Dh]
+
+	// Attention mask: query i (absolute position P+i) sees key j when j <= P+i and
+	// attention_mask[b, j] is 1. allowed is [B, 1, 1, S, T] (broadcast over kv heads and groups).
+	mk := "/model/attn_mask"
+	zero, one := b.scalarInt(mk, 0), b.scalarInt(mk, 1)
+	total := b.op(mk, "Gather", []string{b.op(mk, "Shape", []string{"attention_mask"}), one}, attrInt("axis", 0)) // T
+	seq := b.op(mk, "Gather", []string{bs, one}, attrInt("axis", 0))                                              // S
+	past := b.op(mk, "Sub", []string{total, seq})                                                                 // P
+	kpos := b.op(mk, "Unsqueeze", []string{b.op(mk, "Range", []string{zero, total, one}), b.ints(mk, 0)})         // [1, T]
+	qpos := b.op(mk, "Unsqueeze", []string{b.op(mk, "Range", []string{past, total, one}), b.ints(mk, 1)})         // [S, 1]
+	causal := b.op(mk, "LessOrEqual", []string{kpos, qpos})                                                       // [S, T]
+	pad := b.op(mk, "Cast", []string{"attention_mask"}, attrInt("to", int64(onnxpb.TensorProto_BOOL)))            // [B, T]
+	pad = b.op(mk, "Unsqueeze", []string{pad, b.ints(mk, 1, 2, 3)})                                               // [B, 1, 1, 1, T]
+	allowed := b.op(mk, "And", []string{causal, pad})                                                             // [B, 1, 1, S, T]
+	masked := b.floats(mk, nil, -math.MaxFloat32)
+	scale := b.floats(mk, nil, float32(1/math.Sqrt(float64(hd))))
+
+	half := int64(hd / 2)
+	rope := func(scope, t string) string { // t: [B, heads, S, Dh]
+		x1 := b.op(scope, "Slice", []string{t, b.ints(scope, 0), b.ints(scope, half), b.ints(scope, -1)})
+		x2 := b.op(scope, "Slice", []string{t, b.ints(scope, half), b.ints(scope, int64(hd)), b.ints(scope, -1)})
+		rot := b.op(scope, "Concat", []string{b.op(scope, "Neg", []string{x2}), x1}, attrInt("axis", -1))
+		return b.op(scope, "Add", []string{b.op(scope, "Mul", []string{t, cos}), b.op(scope, "Mul", []string{rot, sin})})
+	}
+	eps := float32(c.RMSNormEps)
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		p := fmt.Sprintf("/model/layers.%d", i)
+		w := fmt.Sprintf("model.layers.%d.", i)
+		a := p + "/self_attn"
+		h := rmsNorm(b, p+"/input_layernorm", x, w+"input_layernorm.weight", eps)
+		bias := func(n string) string {
+			if c.AttentionBias {
+				return w + "self_attn." + n + ".bias"
+			}
+			return ""
+		}
+		q := linear(b, a+"/q_proj", h, w+"self_attn.q_proj.weight", bias("q_proj")) // [N, H*Dh]
+		k := linear(b, a+"/k_proj", h, w+"self_attn.k_proj.weight", bias("k_proj")) // [N, KV*Dh]
+		v := linear(b, a+"/v_proj", h, w+"self_attn.v_proj.weight", bias("v_proj")) // [N, KV*Dh]
+		q = b.op(a, "Reshape", []string{q, shapeQ})                                 // [B, S, H, Dh]
+		k = b.op(a, "Reshape", []string{k, shapeKV})                                // [B, S, KV, Dh]
+		v = b.op(a, "Reshape", []string{v, shapeKV})                                // [B, S, KV, Dh]
+		if c.QKNorm {
+			q = rmsNorm(b, a+"/q_norm", q, w+"self_attn.q_norm.weight", eps)
+			k = rmsNorm(b, a+"/k_norm", k, w+"self_attn.k_norm.weight", eps)
+		}
+		perm := attrInts("perm", 0, 2, 1, 3)
+		q = rope(a+"/rotary_q", b.op(a, "Transpose", []string{q}, perm)) // [B, H, S, Dh]
+		k = rope(a+"/rotary_k", b.op(a, "Transpose", []string{k}, perm)) // [B, KV, S, Dh]
+		v = b.op(a, "Transpose", []string{v}, perm)                      // [B, KV, S, Dh]
+		presentK := fmt.Sprintf("present.%d.key", i)
+		presentV := fmt.Sprintf("present.%d.value", i)
+		b.g.Node = append(b.g.Node,
+			&onnxpb.NodeProto{Name: proto.String(a + "/present_key/Concat"), OpType: proto.String("Concat"),
+				Input: []string{fmt.Sprintf("past_key_values.%d.key", i), k}, Output: []string{presentK},
+				Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}}, // [B, KV, T, Dh]
+			&onnxpb.NodeProto{Name: proto.String(a + "/present_value/Concat"), OpType: proto.String("Concat"),
+				Input: []string{fmt.Sprintf("past_key_values.%d.value", i), v}, Output: []string{presentV},
+				Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}})
+		// Grouped-query attention without copying k/v: heads split as [KV, G] (head h uses
+		// kv head h/G), and k/v get a broadcast axis for G.
+		q5 := b.op(a, "Reshape", []string{q, b.ints(a, 0, int64(kvHeads), int64(group), -1, int64(hd))}) // [B, KV, G, S, Dh]
+		k5 := b.op(a, "Unsqueeze", []string{presentK, b.ints(a, 2)})                                     // [B, KV, 1, T, Dh]
+		v5 := b.op(a, "Unsqueeze", []string{presentV, b.ints(a, 2)})                                     // [B, KV, 1, T, Dh]
+		kT := b.op(a, "Transpose", []string{k5}, attrInts("perm", 0, 1, 2, 4, 3))                        // [B, KV, 1, Dh, T]
+		sc := b.op(a, "Mul", []string{b.op(a, "MatMul", []string{q5, kT}), scale})                       // [B, KV, G, S, T]
+		sc = b.op(a, "Where", []string{allowed, sc, masked})
+		pr := b.op(a, "Softmax", []string{sc}, attrInt("axis", -1))
+		o := b.op(a, "MatMul", []string{pr, v5})                                       // [B, KV, G, S, Dh]
+		o = b.op(a, "Reshape", []string{o, b.ints(a, 0, int64(heads), -1, int64(hd))}) // [B, H, S, Dh]
+		o = b.op(a, "Transpose", []string{o}, perm)                                    // [B, S, H, Dh]
+		o = b.op(a, "Reshape", []string{o, b.ints(a, -1, int64(heads*hd))})            // [N, H*Dh]
+		o = linear(b, a+"/o_proj", o, w+"self_attn.o_proj.weight", "")                 // [N, D]
+		x = b.op(p, "Add", []string{x, o})
+
+		m := p + "/mlp"
+		h = rmsNorm(b, p+"/post_attention_layernorm", x, w+"post_attention_layernorm.weight", eps)
+		gate := linear(b, m+"/gate_proj", h, w+"mlp.gate_proj.weight", "") // [N, I]
+		up := linear(b, m+"/up_proj", h, w+"mlp.up_proj.weight", "")       // [N, I]
+		act := b.op(m+"/act_fn", "Mul", []string{gate, b.op(m+"/act_fn", "Sigmoid", []string{gate})})
+		act = b.op(m, "Mul", []string{act, up})
+		x = b.op(p, "Add", []string{x, linear(b, m+"/down_proj", act, w+"mlp.down_proj.weight", "")})
+	}
+	x = rmsNorm(b, "/model/norm", x, "model.norm.weight", eps)
+	head := "lm_head.weight"
+	if c.TieWordEmbeddings {
+		head = "model.embed_tokens.weight"
+	}
+	lg := linear(b, "/lm_head", x, head, "") // [N, V]
+	b.g.Node = append(b.g.Node, &onnxpb.NodeProto{Name: proto.String("/lm_head/Reshape"),
+		OpType: proto.String("Reshape"), Input: []string{lg, shapeLogits}, Output: []string{"logits"}})
+	return g
+}
+
+// linear is y = x W^T (+ bias) as Gemm(transB=1); x [N, in], W [out, in] (HF layout).
+func linear(b *builder, scope, x, weight, bias string) string {
+	in := []string{x, weight}
+	if bias != "" {
+		in = append(in, bias)
+	}
+	return b.op(scope, "Gemm", in, attrInt("transB", 1))
+}
+
+// rmsNorm is x / sqrt(mean(x^2, last axis) + eps) * weight, as HF's LlamaRMSNorm.
+func rmsNorm(b *builder, scope, x, weight string, eps float32) string {
+	ms := b.op(scope, "ReduceMean", []string{b.op(scope, "Mul", []string{x, x})},
+		attrInts("axes", -1), attrInt("keepdims", 1))
+	ms = b.op(scope, "Add", []string{ms, b.floats(scope, nil, eps)})
+	r := b.op(scope, "Reciprocal", []string{b.op(scope, "Sqrt", []string{ms})})
+	return b.op(scope, "Mul", []string{b.op(scope, "Mul", []string{x, r}), weight})
+}
+
+// writeAtomic writes a file through fill into a temporary file beside path, syncs it and
+// renames it to path.
+func writeAtomic(path string, fill func(w io.Writer) error) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err = fill(bw); err != nil {
+		return err
+	}
+	if err = bw.Flush(); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// writeFloats writes v little-endian in chunks (no copy of the whole tensor).
+func writeFloats(w io.Writer, v []float32) error {
+	var buf [4096]byte
+	for len(v) > 0 {
+		n := min(len(v), len(buf)/4)
+		for i := 0; i < n; i++ {
+			binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v[i]))
+		}
+		if _, err := w.Write(buf[:4*n]); err != nil {
+			return err
+		}
+		v = v[n:]
+	}
+	return nil
+}
+
+// checkLocation rejects external-data locations that leave the model's directory.
+func checkLocation(loc string) error {
+	if loc == "" || filepath.IsAbs(loc) || strings.HasPrefix(loc, "/") {
+		return fmt.Errorf("location %q must be a relative path", loc)
+	}
+	for _, part := range strings.FieldsFunc(loc, func(r rune) bool { return r == '/' || r == '\\' }) {
+		if part == ".." {
+			return fmt.Errorf("location %q leaves the model's directory", loc)
+		}
+	}
+	return nil
+}
+
+func dims64(s []int) []int64 {
+	out := make([]int64, len(s))
+	for i, d := range s {
+		out[i] = int64(d)
+	}
+	return out
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func numel(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
