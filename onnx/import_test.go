@@ -1,0 +1,302 @@
+package onnx
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/onnx/onnxpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// sameWeights reports the first difference between two weight sets, comparing bits.
+func sameWeights(t *testing.T, got, want map[string]engine.HostTensor) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%d weights, want %d", len(got), len(want))
+	}
+	for n, w := range want {
+		g, ok := got[n]
+		if !ok {
+			t.Errorf("tensor %s: missing after import", n)
+			continue
+		}
+		if !equalInts(g.Shape, w.Shape) || len(g.Data) != len(w.Data) {
+			t.Errorf("tensor %s: shape %v, want %v", n, g.Shape, w.Shape)
+			continue
+		}
+		for i := range w.Data {
+			if math.Float32bits(g.Data[i]) != math.Float32bits(w.Data[i]) {
+				t.Errorf("tensor %s[%d]: %v, want %v", n, i, g.Data[i], w.Data[i])
+				break
+			}
+		}
+	}
+}
+
+// TestImportRoundTrip checks import(export(m)) == m bit for bit, inline and with external
+// data, with the config from the metadata, from config.json beside the model, and passed in.
+func TestImportRoundTrip(t *testing.T) {
+	for _, g := range loadGoldens(t) {
+		t.Run(g.name, func(t *testing.T) {
+			for _, ext := range []bool{false, true} {
+				dir := t.TempDir()
+				path := filepath.Join(dir, "model.onnx")
+				if err := Export(path, g.cfg, g.weights, ExportOptions{ExternalData: ext}); err != nil {
+					t.Fatal(err)
+				}
+				cfg, w, err := Import(path, ImportOptions{})
+				if err != nil {
+					t.Fatalf("external %v: %v", ext, err)
+				}
+				sameConfig(t, cfg, g.cfg)
+				sameWeights(t, w, g.weights)
+
+				// config.json beside the model wins over the metadata.
+				cj, _ := os.ReadFile(filepath.Join(g.dir, "config.json"))
+				if err := os.WriteFile(filepath.Join(dir, "config.json"), cj, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				cfg2, w2, err := Import(path, ImportOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				sameConfig(t, cfg2, g.cfg)
+				sameWeights(t, w2, g.weights)
+				cfg3, w3, err := Import(path, ImportOptions{Config: g.cfg})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg3 != g.cfg {
+					t.Errorf("a passed config is not the one used")
+				}
+				sameWeights(t, w3, g.weights)
+			}
+		})
+	}
+}
+
+func sameConfig(t *testing.T, got, want *engine.Config) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("config %+v, want %+v", got, want)
+	}
+}
+
+// TestImportErrors checks that broken files give errors naming the file, tensor or node.
+func TestImportErrors(t *testing.T) {
+	g := loadGoldens(t)[0]
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	if err := Export(path, g.cfg, g.weights, ExportOptions{ExternalData: true}); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	expectErr := func(what, path string, opts ImportOptions, wants ...string) {
+		t.Helper()
+		_, _, err := Import(path, opts)
+		if err == nil {
+			t.Errorf("%s: no error", what)
+			return
+		}
+		for _, w := range wants {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not name %q", what, err, w)
+			}
+		}
+	}
+	expectErr("truncated", write("trunc.onnx", data[:len(data)/2]), ImportOptions{}, "trunc.onnx")
+	expectErr("wrong magic", write("magic.onnx", append([]byte("PK\x03\x04garbage"), data[:100]...)), ImportOptions{}, "magic.onnx")
+	expectErr("empty", write("empty.onnx", nil), ImportOptions{}, "empty.onnx")
+	expectErr("missing file", filepath.Join(dir, "nope.onnx"), ImportOptions{}, "nope.onnx")
+
+	// Truncated external data file, then a missing one.
+	dataPath := path + ".data"
+	full, err := os.ReadFile(dataPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dataPath, full[:len(full)-100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	expectErr("truncated external data", path, ImportOptions{}, "model.onnx.data", "model.layers.1.mlp.down_proj.weight", "beyond")
+	if err := os.Remove(dataPath); err != nil {
+		t.Fatal(err)
+	}
+	expectErr("missing external data", path, ImportOptions{}, "model.onnx.data", "model.embed_tokens.weight")
+
+	// Edited models.
+	m, err := Build(g.cfg, g.weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(name string, f func(m *onnxpb.ModelProto)) string {
+		c := proto.Clone(m).(*onnxpb.ModelProto)
+		f(c)
+		b, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return write(name, b)
+	}
+	expectErr("custom op", edit("op.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Node[3].OpType = proto.String("GroupQueryAttention")
+		m.Graph.Node[3].Domain = proto.String("com.microsoft")
+	}), ImportOptions{}, "GroupQueryAttention", m.Graph.Node[3].GetName())
+	expectErr("shape", edit("shape.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Initializer[1].Dims = []int64{3}
+	}), ImportOptions{}, m.Graph.Initializer[1].GetName(), "dims")
+	expectErr("raw_data", edit("raw.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Initializer[2].RawData = m.Graph.Initializer[2].RawData[4:]
+	}), ImportOptions{}, m.Graph.Initializer[2].GetName(), "raw_data")
+	expectErr("missing tensor", edit("miss.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Initializer = m.Graph.Initializer[1:]
+	}), ImportOptions{}, "model.embed_tokens.weight", "missing")
+	expectErr("no config", edit("nocfg.onnx", func(m *onnxpb.ModelProto) {
+		m.MetadataProps = nil
+	}), ImportOptions{}, "no config", "nocfg.onnx")
+	expectErr("escaping location", edit("esc.onnx", func(m *onnxpb.ModelProto) {
+		t := m.Graph.Initializer[0]
+		t.RawData = nil
+		t.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
+		t.ExternalData = []*onnxpb.StringStringEntryProto{{Key: proto.String("location"), Value: proto.String("../../etc/passwd")}}
+	}), ImportOptions{}, "model.embed_tokens.weight", "leaves")
+	other := *g.cfg
+	other.ModelType, other.AttentionBias = "llama", false
+	expectErr("architecture mismatch", path, ImportOptions{Config: &other}, "model.layers.0.self_attn.k_proj.bias", "not a weight of a llama model")
+}
+
+// TestTensorDecoding covers the encodings real files use: typed fields, float16, bfloat16,
+// double and int64 initializers.
+func TestTensorDecoding(t *testing.T) {
+	want := []float32{1, -2.5, 0.333251953125, 65504, 0}
+	f16 := []uint16{0x3c00, 0xc100, 0x3555, 0x7bff, 0x0000}
+	bf := []uint16{0x3f80, 0xc020, 0x3eab, 0x477f, 0}
+	bfWant := []float32{1, -2.5, 0.333984375, 65280, 0}
+	raw16 := func(v []uint16) []byte {
+		b := make([]byte, 2*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint16(b[2*i:], x)
+		}
+		return b
+	}
+	i32 := func(v []uint16) []int32 {
+		out := make([]int32, len(v))
+		for i, x := range v {
+			out[i] = int32(x)
+		}
+		return out
+	}
+	dt := func(d onnxpb.TensorProto_DataType) *int32 { return proto.Int32(int32(d)) }
+	dims := []int64{5}
+	f64 := make([]float64, 5)
+	for i, v := range want {
+		f64[i] = float64(v)
+	}
+	cases := []struct {
+		name string
+		t    *onnxpb.TensorProto
+		want []float32
+	}{
+		{"float raw", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_FLOAT), Dims: dims, RawData: float32Bytes(want)}, want},
+		{"float_data", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_FLOAT), Dims: dims, FloatData: want}, want},
+		{"float16 raw", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_FLOAT16), Dims: dims, RawData: raw16(f16)}, want},
+		{"float16 int32_data", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_FLOAT16), Dims: dims, Int32Data: i32(f16)}, want},
+		{"bfloat16 raw", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_BFLOAT16), Dims: dims, RawData: raw16(bf)}, bfWant},
+		{"bfloat16 int32_data", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_BFLOAT16), Dims: dims, Int32Data: i32(bf)}, bfWant},
+		{"double_data", &onnxpb.TensorProto{DataType: dt(onnxpb.TensorProto_DOUBLE), Dims: dims, DoubleData: f64}, want},
+	}
+	for _, c := range cases {
+		got, err := TensorFloat32(c.t, "")
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		for i := range c.want {
+			if got[i] != c.want[i] {
+				t.Errorf("%s: [%d] = %v, want %v", c.name, i, got[i], c.want[i])
+			}
+		}
+	}
+	if v := Float16ToFloat32(0x0001); v != float32(math.Ldexp(1, -24)) {
+		t.Errorf("smallest subnormal half: %v", v)
+	}
+	if v := Float16ToFloat32(0xfc00); !math.IsInf(float64(v), -1) {
+		t.Errorf("half -inf: %v", v)
+	}
+	ints := []int64{-1, 0, 1 << 40}
+	for _, tp := range []*onnxpb.TensorProto{
+		{DataType: dt(onnxpb.TensorProto_INT64), Dims: []int64{3}, RawData: int64Bytes(ints)},
+		{DataType: dt(onnxpb.TensorProto_INT64), Dims: []int64{3}, Int64Data: ints},
+	} {
+		got, err := TensorInt64(tp, "")
+		if err != nil || len(got) != 3 || got[0] != -1 || got[2] != 1<<40 {
+			t.Errorf("int64: %v %v", got, err)
+		}
+	}
+	if _, err := TensorFloat32(&onnxpb.TensorProto{Name: proto.String("w"), DataType: dt(onnxpb.TensorProto_FLOAT), Dims: []int64{1 << 30, 1 << 30}}, ""); err == nil || !strings.Contains(err.Error(), "w") {
+		t.Errorf("huge dims: %v", err)
+	}
+	if _, err := TensorFloat32(&onnxpb.TensorProto{Name: proto.String("s"), DataType: dt(onnxpb.TensorProto_STRING), Dims: []int64{1}}, ""); err == nil || !strings.Contains(err.Error(), "s") {
+		t.Errorf("string tensor: %v", err)
+	}
+}
+
+// tinyModel is a 1-layer model small enough for the fuzz corpus.
+func tinyModel(t testing.TB) (*engine.Config, []byte) {
+	t.Helper()
+	cfg, err := engine.ParseConfig([]byte(`{"model_type":"qwen3","vocab_size":8,"hidden_size":4,
+		"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":2,
+		"intermediate_size":4,"rms_norm_eps":1e-6,"rope_theta":10000,"max_position_embeddings":16,
+		"tie_word_embeddings":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, cfg, engine.RandomWeights(cfg, 1, 0.5)); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, buf.Bytes()
+}
+
+// FuzzImport feeds arbitrary bytes to the loader: it must return an error or a valid model,
+// never panic. The seed corpus (testdata/fuzz/FuzzImport) holds a tiny exported model.
+func FuzzImport(f *testing.F) {
+	cfg, model := tinyModel(f)
+	if _, _, err := ImportBytes(model, ImportOptions{}); err != nil {
+		f.Fatalf("seed model does not import: %v", err)
+	}
+	f.Add(model)
+	f.Add(model[:len(model)/3])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, opts := range []ImportOptions{{}, {Config: cfg}} {
+			c, w, err := ImportBytes(data, opts)
+			if err != nil {
+				continue
+			}
+			for _, n := range engine.WeightNames(c) {
+				shape, _ := engine.WeightShape(c, n)
+				if len(w[n].Data) != numel(shape) {
+					t.Fatalf("tensor %s: %d values for shape %v", n, len(w[n].Data), shape)
+				}
+			}
+		}
+	})
+}
