@@ -140,6 +140,11 @@ func ImportModel(m *onnxpb.ModelProto, dir string, opts ImportOptions) (*engine.
 			}
 		}
 	}
+	// Each layer has at least 9 weights: a config asking for more layers than the graph can
+	// hold is wrong (and must not make WeightNames list millions of names).
+	if cfg.NumHiddenLayers > len(tensors)/9 {
+		return nil, nil, fmt.Errorf("config field \"num_hidden_layers\" is %d but the graph holds only %d tensors", cfg.NumHiddenLayers, len(tensors))
+	}
 	names := engine.WeightNames(cfg)
 	want := map[string]bool{}
 	for _, n := range names {

@@ -80,8 +80,9 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 		return nil, fmt.Errorf("tensor %s: data type %s is not a float type", name, dt)
 	}
 	if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
-		out := make([]float32, n)
+		var out []float32
 		err := readExternal(t, dir, n*width, func(r io.Reader) error {
+			out = make([]float32, n) // only now that the file is known to hold the bytes
 			var buf [1 << 16]byte
 			per := int64(len(buf)) / width
 			for i := int64(0); i < n; i += per {
@@ -165,8 +166,12 @@ func TensorInt64(t *onnxpb.TensorProto, dir string) ([]int64, error) {
 		return out
 	}
 	if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
-		raw := make([]byte, n*width)
-		err := readExternal(t, dir, n*width, func(r io.Reader) error { _, err := io.ReadFull(r, raw); return err })
+		var raw []byte
+		err := readExternal(t, dir, n*width, func(r io.Reader) error {
+			raw = make([]byte, n*width)
+			_, err := io.ReadFull(r, raw)
+			return err
+		})
 		if err != nil {
 			return nil, err
 		}
