@@ -145,8 +145,7 @@ func PlotMetrics(recs []Record, dir string) ([]string, error) {
 			}
 		}
 		if len(resets) > 0 {
-			p.Legend.Add("reference reset (dashed)")
-			p.Legend.Top = true
+			p.Title.Text += " — dashed: reference resets"
 		}
 		path := filepath.Join(dir, s.file)
 		tmp := filepath.Join(dir, ".tmp-"+s.file) // same directory, for an atomic rename
