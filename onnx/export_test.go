@@ -98,9 +98,51 @@ func checkPrefillDecode(t *testing.T, g golden, path string, prefill, decode int
 		}
 	}
 	if st.past != prefill+decode {
-		t.Errorf("%s: present length %d after decoding, want %d", g.name, st.past, prefill+decode)
+		t.Fatalf("%s: present length %d after decoding, want %d", g.name, st.past, prefill+decode)
 	}
+	// The fed-back cache: present.{i}.key/value [B, KV, T, Dh] against a float64 reference.
+	n := g.cfg.NumKeyValueHeads * st.past * g.cfg.HeadDim
+	var worstKV float64
+	for b := 0; b < bsz; b++ {
+		rk, rv := refKV(g.cfg, g.weights, seqs[b])
+		for l := range rk {
+			for _, c := range []struct {
+				name     string
+				got, ref []float64
+			}{{"key", f64s(st.k[l][b*n : (b+1)*n]), rk[l]}, {"value", f64s(st.v[l][b*n : (b+1)*n]), rv[l]}} {
+				d := maxAbsDiff64(c.got, c.ref)
+				worstKV = max(worstKV, d)
+				if d > logitTol {
+					t.Errorf("%s: present.%d.%s sequence %d: max |diff| vs float64 reference %.3g > %g", g.name, l, c.name, b, d, logitTol)
+				}
+			}
+		}
+	}
+	t.Logf("%s: max |present KV diff| ONNX Runtime vs float64 reference: %.3g", g.name, worstKV)
 	return worst
+}
+
+func f64s(v []float32) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+func maxAbsDiff64(a, b []float64) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	var m float64
+	for i := range a {
+		d := math.Abs(a[i] - b[i])
+		if math.IsNaN(d) {
+			return math.Inf(1)
+		}
+		m = max(m, d)
+	}
+	return m
 }
 
 // TestExportMatchesORT exports every golden model, runs it in ONNX Runtime (prefill with an
