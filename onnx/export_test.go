@@ -3,6 +3,7 @@ package onnx
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -309,5 +310,63 @@ func TestExportErrors(t *testing.T) {
 	err := Export(filepath.Join(dir, "x.onnx"), g.cfg, g.weights, ExportOptions{ExternalData: true, DataFile: "../escape.bin"})
 	if err == nil || !strings.Contains(err.Error(), "escape.bin") {
 		t.Errorf("data file outside the model directory: error %v", err)
+	}
+}
+
+// TestExportLeftPadding runs a batch of two prompts of different lengths, the shorter one
+// left-padded (attention_mask 0 on the pads, positions counted from its first real token),
+// then 3 decode steps; every real token's logits must equal the engine's on the unpadded
+// sequence.
+func TestExportLeftPadding(t *testing.T) {
+	needORT(t)
+	for _, g := range loadGoldens(t)[:3] {
+		t.Run(g.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "model.onnx")
+			if err := Export(path, g.cfg, g.weights, ExportOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			v := g.cfg.VocabSize
+			const long, short, decode = 9, 5, 3
+			seqs := [][]int32{testTokens(1, long+decode, v, 11)[0], testTokens(1, short+decode, v, 12)[0]}
+			want := engineLogits(t, g, seqs)
+			s := newORTSession(t, path, g.cfg)
+			pad := long - short
+			lens := []int{long, short}
+			ids, pos, mask := make([][]int64, 2), make([][]int64, 2), make([][]int64, 2)
+			for b := range seqs {
+				for j := 0; j < long; j++ {
+					k := j - (long - lens[b]) // index into the real tokens; < 0 on pads
+					if k < 0 {
+						ids[b], pos[b], mask[b] = append(ids[b], 0), append(pos[b], 1), append(mask[b], 0)
+						continue
+					}
+					ids[b], pos[b], mask[b] = append(ids[b], int64(seqs[b][k])), append(pos[b], int64(k)), append(mask[b], 1)
+				}
+			}
+			got, st := s.stepWith(t, ids, pos, mask, kvState{})
+			var worst float64
+			check := func(what string, b int, got, want []float32) {
+				d := maxAbsDiff(got, want)
+				worst = max(worst, d)
+				if d > logitTol {
+					t.Errorf("%s: %s sequence %d: max |logit diff| %.3g > %g", g.name, what, b, d, logitTol)
+				}
+			}
+			check("prefill", 0, got[0], want[0][:long*v])
+			check("prefill", 1, got[1][pad*v:], want[1][:short*v])
+			for k := 0; k < decode; k++ {
+				for b := range seqs {
+					ids[b] = []int64{int64(seqs[b][lens[b]+k])}
+					pos[b] = []int64{int64(lens[b] + k)}
+					mask[b] = append(mask[b], 1)
+				}
+				got, st = s.stepWith(t, ids, pos, mask, st)
+				for b := range seqs {
+					p := lens[b] + k
+					check(fmt.Sprintf("decode step %d", k+1), b, got[b], want[b][p*v:(p+1)*v])
+				}
+			}
+			t.Logf("%s: left-padded batch, max |logit diff| %.3g", g.name, worst)
+		})
 	}
 }
