@@ -75,12 +75,18 @@ func importBytes(data []byte, dir string, opts ImportOptions) (*engine.Config, m
 	if err := proto.Unmarshal(data, &m); err != nil {
 		return nil, nil, fmt.Errorf("not an ONNX model (protobuf: %w)", err)
 	}
-	return ImportModel(&m, dir, opts)
+	// The parsed model is ours: drop each tensor's bytes once decoded, so the file's weights
+	// are not held twice.
+	return importModel(&m, dir, opts, true)
 }
 
 // ImportModel recovers config and weights from a parsed model; dir is the directory that
-// external data locations are relative to ("" when there is none).
+// external data locations are relative to ("" when there is none). m is not modified.
 func ImportModel(m *onnxpb.ModelProto, dir string, opts ImportOptions) (*engine.Config, map[string]engine.HostTensor, error) {
+	return importModel(m, dir, opts, false)
+}
+
+func importModel(m *onnxpb.ModelProto, dir string, opts ImportOptions, release bool) (*engine.Config, map[string]engine.HostTensor, error) {
 	g := m.GetGraph()
 	if g == nil || len(g.GetNode()) == 0 {
 		return nil, nil, errors.New("not an ONNX model: no graph or an empty graph")
@@ -179,6 +185,9 @@ func ImportModel(m *onnxpb.ModelProto, dir string, opts ImportOptions) (*engine.
 			return nil, nil, err
 		}
 		out[n] = engine.HostTensor{Shape: dims, Data: data}
+		if release {
+			t.RawData, t.FloatData, t.Int32Data, t.DoubleData = nil, nil, nil, nil
+		}
 	}
 	return cfg, out, nil
 }

@@ -300,3 +300,50 @@ func FuzzImport(f *testing.F) {
 		}
 	})
 }
+
+// TestImportConstantNodes moves weights from initializers into Constant nodes (as some
+// exporters store them): ONNX Runtime still runs the file, and Import finds every weight.
+func TestImportConstantNodes(t *testing.T) {
+	g := loadGoldens(t)[1]
+	m, err := Build(g.cfg, g.weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts []*onnxpb.NodeProto
+	for _, tp := range m.Graph.Initializer[:4] {
+		name := tp.GetName()
+		c := proto.Clone(tp).(*onnxpb.TensorProto)
+		c.Name = nil
+		consts = append(consts, &onnxpb.NodeProto{Name: proto.String("/const/" + name), OpType: proto.String("Constant"),
+			Output: []string{name}, Attribute: []*onnxpb.AttributeProto{{Name: proto.String("value"),
+				Type: onnxpb.AttributeProto_TENSOR.Enum(), T: c}}})
+	}
+	m.Graph.Initializer = m.Graph.Initializer[4:]
+	m.Graph.Node = append(consts, m.Graph.Node...)
+	data, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "model.onnx")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, w, err := Import(path, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameConfig(t, cfg, g.cfg)
+	sameWeights(t, w, g.weights)
+
+	// ImportModel leaves the caller's proto intact.
+	if _, _, err := ImportModel(m, "", ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Graph.Initializer[0].GetRawData()) == 0 {
+		t.Errorf("ImportModel dropped the caller's tensor data")
+	}
+
+	needORT(t)
+	d := checkPrefillDecode(t, g, path, 6, 2)
+	t.Logf("%s with Constant-node weights: max |logit diff| %.3g", g.name, d)
+}
