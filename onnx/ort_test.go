@@ -65,6 +65,11 @@ type ortSession struct {
 }
 
 func newORTSession(t testing.TB, path string, cfg *engine.Config) *ortSession {
+	return newORTSessionThreads(t, path, cfg, 1)
+}
+
+// newORTSessionThreads opens a session with the given intra-op thread count.
+func newORTSessionThreads(t testing.TB, path string, cfg *engine.Config, threads int) *ortSession {
 	t.Helper()
 	in := []string{"input_ids", "attention_mask", "position_ids"}
 	outs := []string{"logits"}
@@ -79,7 +84,7 @@ func newORTSession(t testing.TB, path string, cfg *engine.Config) *ortSession {
 		t.Fatal(err)
 	}
 	defer opts.Destroy()
-	if err := opts.SetIntraOpNumThreads(1); err != nil {
+	if err := opts.SetIntraOpNumThreads(threads); err != nil {
 		t.Fatal(err)
 	}
 	s, err := ort.NewDynamicAdvancedSession(path, in, outs, opts)
