@@ -59,7 +59,8 @@ const ConfigKey = "prolong.config"
 
 // maxInlineBytes is the most weight data Export keeps inside the .onnx file: a protobuf
 // message cannot exceed 2 GiB, so above this the weights go to an external data file.
-const maxInlineBytes = 1<<31 - 64<<20
+// A variable only so that tests can lower it.
+var maxInlineBytes int64 = 1<<31 - 64<<20
 
 // dataAlign is the alignment of every tensor's offset in an external data file (a page, so
 // readers can map tensors directly).

@@ -370,3 +370,32 @@ func TestExportLeftPadding(t *testing.T) {
 		})
 	}
 }
+
+// TestExportLargeGoesExternal checks that weights above the inline limit (2 GiB in
+// production, lowered here) go to external data without being asked, and that Write, which
+// cannot do that, refuses.
+func TestExportLargeGoesExternal(t *testing.T) {
+	g := loadGoldens(t)[0]
+	old := maxInlineBytes
+	maxInlineBytes = 1 << 10
+	defer func() { maxInlineBytes = old }()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	if err := Export(path, g.cfg, g.weights, ExportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + ".data"); err != nil {
+		t.Errorf("no external data file: %v", err)
+	}
+	_, w, err := Import(path, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w) != len(g.weights) {
+		t.Errorf("%d weights imported, want %d", len(w), len(g.weights))
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, g.cfg, g.weights); err == nil || !strings.Contains(err.Error(), "external data") {
+		t.Errorf("Write above the inline limit: error %v", err)
+	}
+}
