@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -27,6 +28,7 @@ import (
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/grpo/tasks"
+	"github.com/prolong-rl/prolong/onnx"
 )
 
 type options struct {
@@ -223,7 +225,18 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	var resets []int
-	g.OnReset = func(step int) error { resets = append(resets, step); return nil }
+	var exported []string
+	export := func(step int) error {
+		dir, err := exportCheckpoint(o.out, step, policy.Model)
+		if err == nil {
+			exported = append(exported, dir)
+		}
+		return err
+	}
+	g.OnReset = func(step int) error {
+		resets = append(resets, step)
+		return export(step)
+	}
 	bar = newBar(o, o.steps, "GRPO")
 	t1 := time.Now()
 	last := before
@@ -249,6 +262,11 @@ func run(ctx context.Context, o options) error {
 		bar.Add(1)
 	}
 	bar.Finish()
+	if len(resets) == 0 || resets[len(resets)-1] != o.steps {
+		if err := export(o.steps); err != nil {
+			return err
+		}
+	}
 	recs, err := grpo.ReadMetrics(filepath.Join(o.out, "metrics.jsonl"))
 	if err != nil {
 		return err
@@ -263,7 +281,36 @@ func run(ctx context.Context, o options) error {
 	for _, p := range plots {
 		fmt.Printf("  %s\n", filepath.Base(p))
 	}
+	for _, d := range exported {
+		rel, _ := filepath.Rel(o.out, d)
+		fmt.Printf("  %s/{model.onnx,config.json}\n", rel)
+	}
 	return nil
+}
+
+// exportCheckpoint writes the policy at a step as ONNX (KV-cache inputs and outputs, loadable
+// by ONNX Runtime) with its config.json, under out/checkpoints/step-NNNNNN.
+func exportCheckpoint(out string, step int, m *engine.Model) (string, error) {
+	dir := filepath.Join(out, "checkpoints", fmt.Sprintf("step-%06d", step))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	w, err := m.HostWeights()
+	if err != nil {
+		return "", err
+	}
+	if err := onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{}); err != nil {
+		return "", err
+	}
+	cfg, err := json.MarshalIndent(m.Config, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(dir, ".config.json.tmp")
+	if err := os.WriteFile(tmp, append(cfg, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	return dir, os.Rename(tmp, filepath.Join(dir, "config.json"))
 }
 
 func newBar(o options, n int, what string) *progressbar.ProgressBar {

@@ -27,7 +27,8 @@ func TestShortRun(t *testing.T) {
 	if len(recs) != 5 || recs[0].Eval == nil || recs[2].Eval == nil || recs[4].Eval == nil || !recs[3].RefReset {
 		t.Fatalf("%d records: %+v", len(recs), recs)
 	}
-	for _, f := range []string{"reward.png", "heldout_accuracy.png", "response_length.png"} {
+	for _, f := range []string{"reward.png", "heldout_accuracy.png", "response_length.png",
+		"checkpoints/step-000003/model.onnx", "checkpoints/step-000004/model.onnx", "checkpoints/step-000004/config.json"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
