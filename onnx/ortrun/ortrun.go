@@ -1,0 +1,174 @@
+//go:build cgo
+
+// Package ortrun drives an exported decoder (onnx.Export's KV-cache graph) in ONNX Runtime:
+// the independent peer that tools and tests compare the engine with. It needs cgo and ONNX
+// Runtime's shared library (scripts/setup-ort.sh fetches one).
+package ortrun
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// LibPath is where ONNX Runtime's library is looked for: $ONNXRUNTIME_LIB, or where
+// scripts/setup-ort.sh puts it.
+func LibPath() string {
+	if p := os.Getenv("ONNXRUNTIME_LIB"); p != "" {
+		return p
+	}
+	cache := os.Getenv("PROLONG_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "prolong")
+	}
+	return filepath.Join(cache, "ort-1.24.1", "package", "bin", "napi-v6", "linux", "x64", "libonnxruntime.so.1")
+}
+
+var (
+	initOnce sync.Once
+	initErr  error
+)
+
+// Init loads ONNX Runtime once (from LibPath).
+func Init() error {
+	initOnce.Do(func() {
+		p := LibPath()
+		if _, err := os.Stat(p); err != nil {
+			initErr = fmt.Errorf("ONNX Runtime library %s: %w (run scripts/setup-ort.sh or set ONNXRUNTIME_LIB)", p, err)
+			return
+		}
+		ort.SetSharedLibraryPath(p)
+		initErr = ort.InitializeEnvironment(ort.WithLogLevelError())
+	})
+	return initErr
+}
+
+// Session is one exported decoder loaded in ONNX Runtime.
+type Session struct {
+	cfg  *engine.Config
+	sess *ort.DynamicAdvancedSession
+}
+
+// Open loads model (an onnx.Export graph of config cfg).
+func Open(model string, cfg *engine.Config) (*Session, error) {
+	if err := Init(); err != nil {
+		return nil, err
+	}
+	in := []string{"input_ids", "attention_mask", "position_ids"}
+	outs := []string{"logits"}
+	for i := 0; i < cfg.NumHiddenLayers; i++ {
+		for _, kv := range []string{"key", "value"} {
+			in = append(in, fmt.Sprintf("past_key_values.%d.%s", i, kv))
+			outs = append(outs, fmt.Sprintf("present.%d.%s", i, kv))
+		}
+	}
+	opts, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, err
+	}
+	defer opts.Destroy()
+	s, err := ort.NewDynamicAdvancedSession(model, in, outs, opts)
+	if err != nil {
+		return nil, fmt.Errorf("ONNX Runtime cannot load %s: %w", model, err)
+	}
+	return &Session{cfg: cfg, sess: s}, nil
+}
+
+// Close releases the session.
+func (s *Session) Close() { s.sess.Destroy() }
+
+// Greedy decodes one sequence greedily with the KV cache fed back between calls: the prompt in
+// one call with an empty past, then one token per call, until a stop token (kept) or max new
+// tokens.
+func (s *Session) Greedy(prompt []int32, maxNew int, stop []int32) ([]int32, error) {
+	if len(prompt) == 0 {
+		return nil, errors.New("ortrun: empty prompt")
+	}
+	c := s.cfg
+	kvLen := c.NumKeyValueHeads * c.HeadDim
+	past := 0
+	kv := make([][]float32, 2*c.NumHiddenLayers) // [B=1, KV, past, Dh] each
+	ids := prompt
+	var out []int32
+	for len(out) < maxNew {
+		n := len(ids)
+		flat, pos, mask := make([]int64, n), make([]int64, n), make([]int64, past+n)
+		for j, id := range ids {
+			flat[j], pos[j] = int64(id), int64(past+j)
+		}
+		for j := range mask {
+			mask[j] = 1
+		}
+		inputs := make([]ort.Value, 0, 3+len(kv))
+		outputs := make([]ort.Value, 1+len(kv))
+		release := func() {
+			for _, v := range inputs {
+				v.Destroy()
+			}
+			for _, v := range outputs {
+				if v != nil {
+					v.Destroy()
+				}
+			}
+		}
+		add := func(v ort.Value, err error) error {
+			if err == nil {
+				inputs = append(inputs, v)
+			}
+			return err
+		}
+		errs := []error{
+			add(ort.NewTensor(ort.NewShape(1, int64(n)), flat)),
+			add(ort.NewTensor(ort.NewShape(1, int64(past+n)), mask)),
+			add(ort.NewTensor(ort.NewShape(1, int64(n)), pos)),
+		}
+		for i := range kv {
+			if kv[i] == nil {
+				kv[i] = []float32{}
+			}
+			errs = append(errs, add(ort.NewTensor(ort.NewShape(1, int64(c.NumKeyValueHeads), int64(past), int64(c.HeadDim)), kv[i])))
+		}
+		if err := errors.Join(errs...); err != nil {
+			release()
+			return nil, err
+		}
+		if err := s.sess.Run(inputs, outputs); err != nil {
+			release()
+			return nil, fmt.Errorf("ortrun: run: %w", err)
+		}
+		logits := outputs[0].(*ort.Tensor[float32]).GetData() // [1, n, V]
+		last := logits[(n-1)*c.VocabSize : n*c.VocabSize]
+		best := 0
+		for j, v := range last {
+			if v > last[best] {
+				best = j
+			}
+		}
+		for i := range kv {
+			d := outputs[1+i].(*ort.Tensor[float32]).GetData()
+			if len(d) != (past+n)*kvLen {
+				release()
+				return nil, fmt.Errorf("ortrun: present %d has %d values, want %d", i, len(d), (past+n)*kvLen)
+			}
+			kv[i] = append(kv[i][:0:0], d...)
+		}
+		release()
+		past += n
+		tok := int32(best)
+		out = append(out, tok)
+		for _, st := range stop {
+			if tok == st {
+				return out, nil
+			}
+		}
+		ids = []int32{tok}
+	}
+	return out, nil
+}
