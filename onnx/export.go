@@ -23,11 +23,10 @@
 // included), cos/sin are computed in the graph from position_ids. The engine config is stored
 // as JSON in the model's metadata_props under the key "prolong.config".
 //
-// Import reads such a file (weights inline, in an external data file, or in Constant nodes;
-// float32, float16, bfloat16 or double; raw_data or typed fields) and checks every weight's
-// name and shape against the config: from ImportOptions, config.json beside the model, or the
-// metadata, in that order. Graphs whose weights are anonymous (onnx::MatMul_N, stored
-// transposed) or fused (onnxruntime-genai qkv_proj) are not yet recognised.
+// Import reads such a file back, and also the decoders other tools write: torch.onnx.export /
+// Hugging Face optimum files (named or anonymous transposed weights, with or without
+// past_key_values) and onnxruntime-genai builder files (fused qkv_proj, GroupQueryAttention);
+// see Import.
 package onnx
 
 import (

@@ -3,10 +3,10 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
@@ -15,31 +15,71 @@ import (
 
 // ImportOptions control Import.
 type ImportOptions struct {
-	// Config, when set, is the model's configuration; otherwise Import reads config.json
-	// beside the model file, and failing that the config Export stored in the model's
-	// metadata (key ConfigKey).
+	// Config, when set, is the model's configuration. Otherwise Import reads config.json
+	// beside the model file, failing that the config Export stored in the model's metadata
+	// (key ConfigKey), and failing that infers it from the graph.
 	Config *engine.Config
+	// Hints fills, when the config is inferred from the graph, the fields a graph may not tell
+	// (max_position_embeddings when there is no cos/sin cache, a llama3 rope_scaling, token
+	// ids). Its zero fields are ignored; a non-zero field the graph also tells must agree.
+	Hints *engine.Config
 }
 
-// supportedOps are the operators a decoder graph may use: those Export writes. Import refuses
-// graphs with other ops (or ops of another domain) with an error naming the node.
+// Standard ONNX ops that decoder exports use (torch.onnx.export, optimum, onnxruntime-genai,
+// Export). Import refuses graphs with other ops, naming the node: they would compute
+// something the engine's fixed decoder does not (another activation or norm, quantized
+// weights, control flow).
 var supportedOps = map[string]bool{
-	"Add": true, "And": true, "Cast": true, "Concat": true, "Constant": true, "Cos": true,
-	"Div": true, "Gather": true, "Gemm": true, "LessOrEqual": true, "MatMul": true, "Mul": true,
-	"Neg": true, "Pow": true, "Range": true, "Reciprocal": true, "ReduceMean": true,
-	"Reshape": true, "Shape": true, "Sigmoid": true, "Sin": true, "Slice": true, "Softmax": true,
-	"Sqrt": true, "Sub": true, "Transpose": true, "Unsqueeze": true, "Where": true,
+	"Abs": true, "Add": true, "And": true, "ArgMax": true, "Cast": true, "CastLike": true,
+	"Concat": true, "Constant": true, "ConstantOfShape": true, "Cos": true, "CumSum": true,
+	"Div": true, "Equal": true, "Expand": true, "Flatten": true, "Gather": true,
+	"GatherElements": true, "GatherND": true, "Gemm": true, "Greater": true,
+	"GreaterOrEqual": true, "Identity": true, "IsInf": true, "IsNaN": true, "Less": true,
+	"LessOrEqual": true, "MatMul": true, "Max": true, "Min": true, "Mod": true, "Mul": true,
+	"Neg": true, "Not": true, "Or": true, "Pow": true, "Range": true, "Reciprocal": true,
+	"ReduceMax": true, "ReduceMean": true, "ReduceSum": true, "Reshape": true, "ScatterND": true,
+	"Shape": true, "Sigmoid": true, "Sin": true, "Size": true, "Slice": true, "Softmax": true,
+	"Split": true, "Sqrt": true, "Squeeze": true, "Sub": true, "Tile": true, "Transpose": true,
+	"Trilu": true, "Unsqueeze": true, "Where": true, "Xor": true,
+	// ONNX Runtime registers this one in the ONNX domain; onnxruntime-genai uses it.
+	"SimplifiedLayerNormalization": true,
 }
 
-// Import reads an ONNX decoder written by Export (or any Llama/Qwen2/Qwen3 graph whose
-// weights are initializers or Constant nodes under their Hugging Face names, in HF layout)
-// and returns its config and weights by HF name. External data is read from files beside
-// the model. Errors name the file, tensor or node at fault.
+// contribOps are the com.microsoft ops of onnxruntime-genai's decoder graphs (float weights).
+var contribOps = map[string]bool{
+	"GroupQueryAttention": true, "RotaryEmbedding": true, "SkipSimplifiedLayerNormalization": true,
+	"SimplifiedLayerNormalization": true,
+}
+
+// whyNot explains some refused ops.
+var whyNot = map[string]string{
+	"MatMulNBits": "quantized weights are not supported", "DequantizeLinear": "quantized weights are not supported",
+	"QuantizeLinear": "quantized weights are not supported", "MatMulInteger": "quantized weights are not supported",
+	"GatherBlockQuantized": "quantized weights are not supported", "DynamicQuantizeMatMul": "quantized weights are not supported",
+	"Gelu": "only SiLU MLPs are supported", "FastGelu": "only SiLU MLPs are supported", "Erf": "only SiLU MLPs are supported",
+	"Tanh": "only SiLU MLPs are supported", "Relu": "only SiLU MLPs are supported",
+	"LayerNormalization": "only RMSNorm is supported", "SkipLayerNormalization": "only RMSNorm is supported",
+	"Loop": "control flow is not supported", "If": "control flow is not supported", "Scan": "control flow is not supported",
+}
+
+// Import reads an ONNX decoder (Llama, Qwen2 or Qwen3 family) and returns its config and its
+// weights under Hugging Face names, in HF layout ([out, in] for linear layers). It reads
+//
+//   - files written by Export (config in the metadata);
+//   - Hugging Face optimum / torch.onnx.export files, with or without past_key_values:
+//     weights are found by their names when they have HF names, else through the graph: an
+//     anonymous initializer (onnx::MatMul_123, stored transposed [in, out]) is named after
+//     the module scope of the node that uses it (/model/layers.3/self_attn/q_proj/MatMul),
+//     or, when nodes carry no scopes, by its place in the data flow;
+//   - onnxruntime-genai builder files (model.layers.N.attn.qkv_proj.MatMul.weight, fused or
+//     split, GroupQueryAttention and SimplifiedLayerNormalization ops).
+//
+// The config comes from opts.Config, else config.json beside the model, else the model's
+// metadata, else the graph itself (see ImportOptions.Hints); a given config is checked against
+// what the graph says. External data is read from files beside the model, one tensor at a
+// time; the model file is mapped, not read, where the OS allows. Errors name the file,
+// tensor, node or config field at fault.
 func Import(path string, opts ImportOptions) (*engine.Config, map[string]engine.HostTensor, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("onnx: import: %w", err)
-	}
 	if opts.Config == nil {
 		cj := filepath.Join(filepath.Dir(path), "config.json")
 		if _, err := os.Stat(cj); err == nil {
@@ -50,7 +90,16 @@ func Import(path string, opts ImportOptions) (*engine.Config, map[string]engine.
 			opts.Config = cfg
 		}
 	}
-	cfg, w, err := importBytes(data, filepath.Dir(path), opts)
+	data, release, err := mapFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("onnx: import: %w", err)
+	}
+	m, err := parseModel(data)
+	release()
+	if err != nil {
+		return nil, nil, fmt.Errorf("onnx: import %s: %w", path, err)
+	}
+	cfg, w, err := importModel(m, filepath.Dir(path), opts, true)
 	if err != nil {
 		return nil, nil, fmt.Errorf("onnx: import %s: %w", path, err)
 	}
@@ -60,24 +109,30 @@ func Import(path string, opts ImportOptions) (*engine.Config, map[string]engine.
 // ImportBytes is Import of a model held in memory. It cannot resolve external data (there is
 // no directory to look in) nor a config.json beside the file.
 func ImportBytes(data []byte, opts ImportOptions) (*engine.Config, map[string]engine.HostTensor, error) {
-	cfg, w, err := importBytes(data, "", opts)
+	m, err := parseModel(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("onnx: import: %w", err)
+	}
+	cfg, w, err := importModel(m, "", opts, true)
 	if err != nil {
 		return nil, nil, fmt.Errorf("onnx: import: %w", err)
 	}
 	return cfg, w, nil
 }
 
-func importBytes(data []byte, dir string, opts ImportOptions) (*engine.Config, map[string]engine.HostTensor, error) {
+// parseModel unmarshals an ONNX model (the bytes are copied: data may be released after).
+func parseModel(data []byte) (*onnxpb.ModelProto, error) {
 	if len(data) == 0 {
-		return nil, nil, errors.New("empty file")
+		return nil, errors.New("empty file")
 	}
 	var m onnxpb.ModelProto
 	if err := proto.Unmarshal(data, &m); err != nil {
-		return nil, nil, fmt.Errorf("not an ONNX model (protobuf: %w)", err)
+		return nil, fmt.Errorf("not an ONNX model (protobuf: %w)", err)
 	}
-	// The parsed model is ours: drop each tensor's bytes once decoded, so the file's weights
-	// are not held twice.
-	return importModel(&m, dir, opts, true)
+	if m.GetGraph() == nil || len(m.GetGraph().GetNode()) == 0 {
+		return nil, errors.New("not an ONNX model: no graph or an empty graph")
+	}
+	return &m, nil
 }
 
 // ImportModel recovers config and weights from a parsed model; dir is the directory that
@@ -86,21 +141,38 @@ func ImportModel(m *onnxpb.ModelProto, dir string, opts ImportOptions) (*engine.
 	return importModel(m, dir, opts, false)
 }
 
+// importModel is ImportModel; with release it drops each tensor's bytes from m once decoded,
+// so the proto and the weights are not both held in full.
 func importModel(m *onnxpb.ModelProto, dir string, opts ImportOptions, release bool) (*engine.Config, map[string]engine.HostTensor, error) {
 	g := m.GetGraph()
 	if g == nil || len(g.GetNode()) == 0 {
 		return nil, nil, errors.New("not an ONNX model: no graph or an empty graph")
 	}
 	for _, op := range m.GetOpsetImport() {
-		if d := op.GetDomain(); d != "" && d != "ai.onnx" {
+		if d := op.GetDomain(); d != "" && d != "ai.onnx" && d != "com.microsoft" && d != "ai.onnx.ml" {
 			return nil, nil, fmt.Errorf("opset domain %q is not supported (standard ops only)", d)
 		}
 	}
 	for i, n := range g.GetNode() {
-		if d := n.GetDomain(); (d != "" && d != "ai.onnx") || !supportedOps[n.GetOpType()] {
-			return nil, nil, fmt.Errorf("node %d %q: op %q (domain %q) is not supported", i, n.GetName(), n.GetOpType(), d)
+		d, op := n.GetDomain(), n.GetOpType()
+		ok := ((d == "" || d == "ai.onnx") && supportedOps[op]) || (d == "com.microsoft" && contribOps[op])
+		if !ok {
+			why := whyNot[op]
+			if why == "" {
+				why = "not an op of the decoders the engine runs"
+			}
+			return nil, nil, fmt.Errorf("node %d %q: op %q (domain %q) is not supported: %s", i, n.GetName(), op, d, why)
 		}
 	}
+	gi := newGraphIndex(g)
+	placed, unnamed, err := placeWeights(gi)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := placeByDataFlow(gi, placed, unnamed); err != nil {
+		return nil, nil, err
+	}
+	facts := collectFacts(m, gi, placed)
 	cfg := opts.Config
 	if cfg == nil {
 		for _, p := range m.GetMetadataProps() {
@@ -114,85 +186,76 @@ func importModel(m *onnxpb.ModelProto, dir string, opts ImportOptions, release b
 		}
 	}
 	if cfg == nil {
-		return nil, nil, fmt.Errorf("no config: the model has no %s metadata and no config.json beside it; pass ImportOptions.Config", ConfigKey)
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("config: %w", err)
-	}
-
-	// Weights: initializers, and Constant nodes whose output carries a weight name.
-	tensors := map[string]*onnxpb.TensorProto{}
-	add := func(name string, t *onnxpb.TensorProto, what string) error {
-		if _, dup := tensors[name]; dup {
-			return fmt.Errorf("tensor %s: defined twice (%s)", name, what)
-		}
-		tensors[name] = t
-		return nil
-	}
-	for _, t := range g.GetInitializer() {
-		if err := add(t.GetName(), t, "initializer"); err != nil {
+		c, err := inferConfig(gi, placed, facts, opts.Hints, dir)
+		if err != nil {
 			return nil, nil, err
 		}
-	}
-	for _, n := range g.GetNode() {
-		if n.GetOpType() != "Constant" || len(n.GetOutput()) != 1 {
-			continue
+		if err := checkFacts(c, facts); err != nil {
+			return nil, nil, fmt.Errorf("inferred config (with hints) disagrees with the graph: %w", err)
 		}
-		for _, a := range n.GetAttribute() {
-			if a.GetName() == "value" && a.GetT() != nil && looksLikeWeight(n.GetOutput()[0]) {
-				if err := add(n.GetOutput()[0], a.GetT(), "Constant node "+n.GetName()); err != nil {
-					return nil, nil, err
-				}
-			}
+		cfg = c
+	} else {
+		if err := cfg.Validate(); err != nil {
+			return nil, nil, fmt.Errorf("config: %w", err)
+		}
+		if err := checkFacts(cfg, facts); err != nil {
+			return nil, nil, fmt.Errorf("config disagrees with the graph: %w", err)
 		}
 	}
+
 	// Each layer has at least 9 weights: a config asking for more layers than the graph can
 	// hold is wrong (and must not make WeightNames list millions of names).
-	if cfg.NumHiddenLayers > len(tensors)/9 {
-		return nil, nil, fmt.Errorf("config field \"num_hidden_layers\" is %d but the graph holds only %d tensors", cfg.NumHiddenLayers, len(tensors))
+	if cfg.NumHiddenLayers > len(placed)/9 {
+		return nil, nil, fmt.Errorf("config field \"num_hidden_layers\" is %d but the graph holds only %d weights", cfg.NumHiddenLayers, len(placed))
 	}
-	names := engine.WeightNames(cfg)
 	want := map[string]bool{}
-	for _, n := range names {
+	for _, n := range engine.WeightNames(cfg) {
 		want[n] = true
 	}
-	sorted := make([]string, 0, len(tensors))
-	for n := range tensors {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
-	for _, n := range sorted {
-		if looksLikeWeight(n) && !want[n] && !strings.HasSuffix(n, "rotary_emb.inv_freq") {
-			return nil, nil, fmt.Errorf("tensor %s: not a weight of a %s model with this config", n, cfg.ModelType)
+	extra := make([]string, 0)
+	for n := range placed {
+		if !want[n] {
+			extra = append(extra, n)
 		}
 	}
-	out := make(map[string]engine.HostTensor, len(names))
-	for _, n := range names {
-		t, ok := tensors[n]
-		if !ok {
-			return nil, nil, fmt.Errorf("tensor %s: missing from the graph", n)
+	sort.Strings(extra)
+	for _, n := range extra {
+		if n == "lm_head.weight" && cfg.TieWordEmbeddings {
+			if err := sameAsEmbedding(gi, placed, dir); err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
-		shape, _ := engine.WeightShape(cfg, n)
-		dims, _, err := TensorDims(t)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !equalInts(dims, shape) {
-			return nil, nil, fmt.Errorf("tensor %s: dims %v, config wants %v", n, dims, shape)
-		}
-		data, err := TensorFloat32(t, dir)
-		if err != nil {
-			return nil, nil, err
-		}
-		out[n] = engine.HostTensor{Shape: dims, Data: data}
-		if release {
-			t.RawData, t.FloatData, t.Int32Data, t.DoubleData = nil, nil, nil, nil
-		}
+		return nil, nil, fmt.Errorf("tensor %s (%s): not a weight of a %s model with this config", n, placed[n].src, cfg.ModelType)
 	}
-	return cfg, out, nil
+	w, err := materialize(gi, cfg, placed, dir, release)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, w, nil
 }
 
-// looksLikeWeight reports whether name is spelled like a Hugging Face weight name.
-func looksLikeWeight(name string) bool {
-	return strings.HasPrefix(name, "model.") || strings.HasPrefix(name, "lm_head.")
+// sameAsEmbedding checks that a separate lm_head tensor of a tied model holds the embedding.
+func sameAsEmbedding(gi *graphIndex, placed map[string]placement, dir string) error {
+	lm, emb := placed["lm_head.weight"], placed["model.embed_tokens.weight"]
+	if lm.src == emb.src {
+		return nil
+	}
+	a, err := decodeHF(gi.consts[lm.src], lm.transpose, dir)
+	if err != nil {
+		return err
+	}
+	b, err := decodeHF(gi.consts[emb.src], emb.transpose, dir)
+	if err != nil {
+		return err
+	}
+	if !equalInts(a.Shape, b.Shape) {
+		return fmt.Errorf("tensor lm_head.weight (%s): shape %v, but the config ties it to model.embed_tokens.weight %v", lm.src, a.Shape, b.Shape)
+	}
+	for i := range a.Data {
+		if math.Float32bits(a.Data[i]) != math.Float32bits(b.Data[i]) {
+			return fmt.Errorf("tensor lm_head.weight (%s): differs from model.embed_tokens.weight at %d, but the config ties them", lm.src, i)
+		}
+	}
+	return nil
 }

@@ -155,10 +155,16 @@ func TestImportErrors(t *testing.T) {
 		}
 		return write(name, b)
 	}
-	expectErr("custom op", edit("op.onnx", func(m *onnxpb.ModelProto) {
-		m.Graph.Node[3].OpType = proto.String("GroupQueryAttention")
+	expectErr("quantized op", edit("op.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Node[3].OpType = proto.String("MatMulNBits")
 		m.Graph.Node[3].Domain = proto.String("com.microsoft")
-	}), ImportOptions{}, "GroupQueryAttention", m.Graph.Node[3].GetName())
+	}), ImportOptions{}, "MatMulNBits", m.Graph.Node[3].GetName(), "quantized")
+	expectErr("other activation", edit("gelu.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Node[5].OpType = proto.String("Gelu")
+	}), ImportOptions{}, "Gelu", m.Graph.Node[5].GetName(), "SiLU")
+	expectErr("unknown domain", edit("dom.onnx", func(m *onnxpb.ModelProto) {
+		m.Graph.Node[4].Domain = proto.String("com.example")
+	}), ImportOptions{}, m.Graph.Node[4].GetName(), "com.example")
 	expectErr("shape", edit("shape.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Initializer[1].Dims = []int64{3}
 	}), ImportOptions{}, m.Graph.Initializer[1].GetName(), "dims")
@@ -170,7 +176,7 @@ func TestImportErrors(t *testing.T) {
 	}), ImportOptions{}, "model.embed_tokens.weight", "missing")
 	expectErr("no config", edit("nocfg.onnx", func(m *onnxpb.ModelProto) {
 		m.MetadataProps = nil
-	}), ImportOptions{}, "no config", "nocfg.onnx")
+	}), ImportOptions{}, "max_position_embeddings", "nocfg.onnx")
 	expectErr("escaping location", edit("esc.onnx", func(m *onnxpb.ModelProto) {
 		t := m.Graph.Initializer[0]
 		t.RawData = nil

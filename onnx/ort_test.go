@@ -56,11 +56,16 @@ func needORT(t testing.TB) {
 	}
 }
 
-// ortSession runs an exported decoder in ONNX Runtime.
+// ortSession runs a decoder ONNX file in ONNX Runtime. It reads the model's inputs: always
+// input_ids and attention_mask; position_ids and past_key_values.{i}.key/.value when present
+// (outputs present.{i}.key/.value then).
 type ortSession struct {
-	cfg  *engine.Config
-	sess *ort.DynamicAdvancedSession
-	outs []string
+	cfg      *engine.Config
+	sess     *ort.DynamicAdvancedSession
+	ins      []string
+	outs     []string
+	withPast bool
+	withPos  bool
 }
 
 func newORTSession(t testing.TB, path string, cfg *engine.Config) *ortSession {
@@ -70,13 +75,31 @@ func newORTSession(t testing.TB, path string, cfg *engine.Config) *ortSession {
 // newORTSessionThreads opens a session with the given intra-op thread count.
 func newORTSessionThreads(t testing.TB, path string, cfg *engine.Config, threads int) *ortSession {
 	t.Helper()
-	in := []string{"input_ids", "attention_mask", "position_ids"}
-	outs := []string{"logits"}
-	for i := 0; i < cfg.NumHiddenLayers; i++ {
-		for _, kv := range []string{"key", "value"} {
-			in = append(in, fmt.Sprintf("past_key_values.%d.%s", i, kv))
-			outs = append(outs, fmt.Sprintf("present.%d.%s", i, kv))
+	infos, _, err := ort.GetInputOutputInfo(path)
+	if err != nil {
+		t.Fatalf("ONNX Runtime cannot load %s: %v", path, err)
+	}
+	o := &ortSession{cfg: cfg}
+	have := map[string]bool{}
+	for _, in := range infos {
+		have[in.Name] = true
+	}
+	o.withPast, o.withPos = have["past_key_values.0.key"], have["position_ids"]
+	o.ins = []string{"input_ids", "attention_mask"}
+	if o.withPos {
+		o.ins = append(o.ins, "position_ids")
+	}
+	o.outs = []string{"logits"}
+	if o.withPast {
+		for i := 0; i < cfg.NumHiddenLayers; i++ {
+			for _, kv := range []string{"key", "value"} {
+				o.ins = append(o.ins, fmt.Sprintf("past_key_values.%d.%s", i, kv))
+				o.outs = append(o.outs, fmt.Sprintf("present.%d.%s", i, kv))
+			}
 		}
+	}
+	if len(o.ins) != len(infos) {
+		t.Fatalf("%s: inputs %v, expected %v", path, infos, o.ins)
 	}
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
@@ -86,12 +109,13 @@ func newORTSessionThreads(t testing.TB, path string, cfg *engine.Config, threads
 	if err := opts.SetIntraOpNumThreads(threads); err != nil {
 		t.Fatal(err)
 	}
-	s, err := ort.NewDynamicAdvancedSession(path, in, outs, opts)
+	s, err := ort.NewDynamicAdvancedSession(path, o.ins, o.outs, opts)
 	if err != nil {
 		t.Fatalf("ONNX Runtime cannot load %s: %v", path, err)
 	}
 	t.Cleanup(func() { s.Destroy() })
-	return &ortSession{cfg: cfg, sess: s, outs: outs}
+	o.sess = s
+	return o
 }
 
 // kvState is the fed-back cache: per layer key and value, [B, KV, P, Dh] row-major.
@@ -144,9 +168,11 @@ func (o *ortSession) stepWith(t testing.TB, ids, posIDs, maskRows [][]int64, st 
 	}
 	add(ort.NewTensor(ort.NewShape(int64(bsz), int64(s)), flat))
 	add(ort.NewTensor(ort.NewShape(int64(bsz), int64(total)), mask))
-	add(ort.NewTensor(ort.NewShape(int64(bsz), int64(s)), pos))
+	if o.withPos {
+		add(ort.NewTensor(ort.NewShape(int64(bsz), int64(s)), pos))
+	}
 	kvShape := ort.NewShape(int64(bsz), int64(c.NumKeyValueHeads), int64(st.past), int64(c.HeadDim))
-	for i := 0; i < c.NumHiddenLayers; i++ {
+	for i := 0; o.withPast && i < c.NumHiddenLayers; i++ {
 		k, v := []float32{}, []float32{}
 		if st.k != nil {
 			k, v = st.k[i], st.v[i]
@@ -175,6 +201,9 @@ func (o *ortSession) stepWith(t testing.TB, ids, posIDs, maskRows [][]int64, st 
 		logits[b] = append([]float32(nil), data[b*s*c.VocabSize:(b+1)*s*c.VocabSize]...)
 	}
 	next := kvState{past: total}
+	if !o.withPast {
+		return logits, next
+	}
 	wantKV := ort.NewShape(int64(bsz), int64(c.NumKeyValueHeads), int64(total), int64(c.HeadDim))
 	for i := 0; i < c.NumHiddenLayers; i++ {
 		pk := outs[1+2*i].(*ort.Tensor[float32])

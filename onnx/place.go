@@ -256,8 +256,24 @@ func nodeLabel(n *onnxpb.NodeProto) string {
 // materialize decodes the weights of cfg from their placements: transposes tensors stored
 // [in, out] and splits fused ones, checking every shape against cfg. Tensors are decoded one
 // at a time (a fused one once for all its parts).
-func materialize(gi *graphIndex, cfg *engine.Config, placed map[string]placement, dir string) (map[string]engine.HostTensor, error) {
+//
+// With release, each tensor's bytes are dropped from the proto once decoded (when no other
+// weight reads them), so the parsed file and the weights are not both held in full.
+func materialize(gi *graphIndex, cfg *engine.Config, placed map[string]placement, dir string, release bool) (map[string]engine.HostTensor, error) {
 	out := map[string]engine.HostTensor{}
+	readers := map[string]int{} // constant -> weights read from it
+	for _, name := range engine.WeightNames(cfg) {
+		if p, ok := placed[name]; ok {
+			readers[p.src]++
+		}
+	}
+	done := func(src string) {
+		readers[src]--
+		if release && readers[src] == 0 {
+			t := gi.consts[src]
+			t.RawData, t.FloatData, t.Int32Data, t.DoubleData = nil, nil, nil, nil
+		}
+	}
 	fusedCache := map[string]engine.HostTensor{}
 	for _, name := range engine.WeightNames(cfg) {
 		p, ok := placed[name]
@@ -303,6 +319,7 @@ func materialize(gi *graphIndex, cfg *engine.Config, placed map[string]placement
 			shape := append([]int{hi - lo}, full.Shape[1:]...)
 			ht = engine.HostTensor{Shape: shape, Data: full.Data[lo*row : hi*row : hi*row]}
 		}
+		done(p.src)
 		if !equalInts(ht.Shape, want) {
 			what := p.src
 			if what != name {

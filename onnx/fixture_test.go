@@ -1,0 +1,157 @@
+package onnx
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// The fixtures under testdata/ are made by scripts/make_onnx_fixtures.py from the engine's
+// golden models: torch.onnx.export of HF-style modules and an onnxruntime-genai-style graph.
+type fixture struct {
+	dir     string         // under testdata/
+	golden  string         // engine/testdata/golden/<golden> holds the source weights
+	past    bool           // has past_key_values inputs
+	hints   *engine.Config // what the graph cannot tell, when there is no config.json
+	needs   string         // without hints, Import must fail naming this field
+	how     string         // how the weights are stored, for the log
+	decodes int
+}
+
+var fixtures = []fixture{
+	{dir: "qwen2_past", golden: "qwen2", past: true, decodes: 4,
+		how: "torch.onnx.export with past, anonymous transposed MatMul weights, cos/sin cache, no config.json"},
+	{dir: "llama3_nopast", golden: "llama3",
+		how: "torch.onnx.export without past, tied embeddings (anonymous lm_head copy), config.json"},
+	{dir: "qwen3_past_ext", golden: "qwen3", past: true, decodes: 4,
+		hints: &engine.Config{MaxPositionEmbeddings: 512}, needs: "max_position_embeddings",
+		how: "torch.onnx.export with past, named weights behind Transpose, external data, no config.json"},
+	{dir: "genai_qwen2", golden: "qwen2", past: true, decodes: 4,
+		how: "onnxruntime-genai style: fused qkv [in, out], GroupQueryAttention, SkipSimplifiedLayerNormalization"},
+}
+
+func goldenByName(t *testing.T, name string) golden {
+	t.Helper()
+	for _, g := range loadGoldens(t) {
+		if g.name == name {
+			return g
+		}
+	}
+	t.Fatalf("no golden model %s", name)
+	return golden{}
+}
+
+// mathConfig drops the fields that do not change the model's function (and that a graph
+// cannot tell), for comparing an inferred config with config.json.
+func mathConfig(c *engine.Config) engine.Config {
+	m := *c
+	m.Architectures, m.BOSTokenID, m.EOSTokenIDs = nil, nil, nil
+	return m
+}
+
+// TestImportFixtures imports every fixture and checks the weights bit for bit against the
+// golden model they were made from, the config against its config.json, and then the engine
+// on the imported model against ONNX Runtime running the fixture file itself.
+func TestImportFixtures(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx.dir, func(t *testing.T) {
+			g := goldenByName(t, fx.golden)
+			path := filepath.Join("testdata", fx.dir, "model.onnx")
+			if fx.needs != "" {
+				_, _, err := Import(path, ImportOptions{})
+				if err == nil || !strings.Contains(err.Error(), fx.needs) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("without hints: error %v, want one naming %q and the file", err, fx.needs)
+				}
+			}
+			cfg, w, err := Import(path, ImportOptions{Hints: fx.hints})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := mathConfig(cfg), mathConfig(g.cfg); !reflect.DeepEqual(got, want) {
+				t.Errorf("config\n got  %+v\n want %+v", got, want)
+			}
+			sameWeights(t, w, g.weights)
+
+			needORT(t)
+			imported := golden{name: fx.dir, cfg: cfg, weights: w}
+			prefill := 9
+			if !fx.past {
+				prefill = 12
+			}
+			d := checkPrefillDecode(t, imported, path, prefill, fx.decodes)
+			t.Logf("%s (%s): weights bit-identical to %s; max |logit diff| engine vs ONNX Runtime over prefill %d + %d decode steps: %.3g",
+				fx.dir, fx.how, fx.golden, prefill, fx.decodes, d)
+		})
+	}
+}
+
+// TestImportInferenceLimits checks what an import without config.json cannot know: Llama 3
+// rope scaling (the fixture's graph has only its scaled frequencies) is refused naming
+// rope_scaling, and a wrong config.json is refused naming the field it gets wrong.
+func TestImportInferenceLimits(t *testing.T) {
+	src := filepath.Join("testdata", "llama3_nopast", "model.onnx")
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = Import(path, ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), "rope_scaling") {
+		t.Errorf("llama3 without config.json: error %v, want one naming rope_scaling", err)
+	}
+	g := goldenByName(t, "llama3")
+	cfg, w, err := Import(path, ImportOptions{Hints: &engine.Config{RopeScaling: g.cfg.RopeScaling, RopeTheta: g.cfg.RopeTheta, MaxPositionEmbeddings: 512}})
+	if err != nil {
+		t.Fatalf("llama3 with rope_scaling hint: %v", err)
+	}
+	if got, want := mathConfig(cfg), mathConfig(g.cfg); !reflect.DeepEqual(got, want) {
+		t.Errorf("config with hints\n got  %+v\n want %+v", got, want)
+	}
+	sameWeights(t, w, g.weights)
+	wrong := *g.cfg.RopeScaling
+	wrong.Factor = 4
+	_, _, err = Import(path, ImportOptions{Hints: &engine.Config{RopeScaling: &wrong, RopeTheta: g.cfg.RopeTheta, MaxPositionEmbeddings: 512}})
+	if err == nil || !strings.Contains(err.Error(), "rope_scaling") {
+		t.Errorf("wrong rope_scaling hint: error %v, want one naming rope_scaling", err)
+	}
+
+	bad := []struct {
+		edit  func(c *engine.Config)
+		field string
+	}{
+		{func(c *engine.Config) { c.RopeTheta = 10000 }, "rope_theta"},
+		{func(c *engine.Config) { c.RMSNormEps = 1e-6 }, "rms_norm_eps"},
+		{func(c *engine.Config) { c.IntermediateSize = 64 }, "mlp.gate_proj.weight"},
+		{func(c *engine.Config) { c.NumAttentionHeads, c.HeadDim = 8, 8 }, "head_dim"},
+		{func(c *engine.Config) { c.NumAttentionHeads = 2 }, "model.layers.0.self_attn.q_proj.weight"},
+	}
+	for _, b := range bad {
+		c := *g.cfg
+		b.edit(&c)
+		_, _, err := Import(path, ImportOptions{Config: &c})
+		if err == nil || !strings.Contains(err.Error(), b.field) {
+			t.Errorf("wrong config (%s): error %v, want one naming %s", b.field, err, b.field)
+		}
+	}
+	// A config that ties lm_head to the embedding of a model whose lm_head differs.
+	q := goldenByName(t, "qwen2")
+	tied := *q.cfg
+	tied.TieWordEmbeddings = true
+	_, _, err = Import(filepath.Join("testdata", "qwen2_past", "model.onnx"), ImportOptions{Config: &tied})
+	if err == nil || !strings.Contains(err.Error(), "lm_head.weight") || !strings.Contains(err.Error(), "ties") {
+		t.Errorf("tied config on an untied model: error %v, want one naming lm_head.weight", err)
+	}
+	// A hint that contradicts the graph.
+	_, _, err = Import(filepath.Join("testdata", "qwen2_past", "model.onnx"), ImportOptions{Hints: &engine.Config{HiddenSize: 32}})
+	if err == nil || !strings.Contains(err.Error(), "hidden_size") {
+		t.Errorf("contradicting hint: error %v, want one naming hidden_size", err)
+	}
+}
