@@ -12,6 +12,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -59,34 +60,46 @@ type options struct {
 	sftNoise       float64
 }
 
+// newFlags declares every flag of the program into o, with the defaults of the default job.
+func newFlags(o *options) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
+	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
+	fs.IntVar(&o.steps, "steps", 200, "GRPO steps")
+	fs.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
+	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
+	fs.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
+	fs.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps")
+	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation")
+	fs.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (ProRL: 0.6; 0: greedy)")
+	fs.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation (ProRL: 0.95)")
+	fs.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
+	fs.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
+	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
+	fs.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
+	fs.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "share of warm-start targets whose final answer is replaced by a wrong one")
+	fs.Float64Var(&o.lr, "lr", 5e-5, "GRPO learning rate (AdamW, constant)")
+	fs.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
+	fs.IntVar(&o.samples, "n", 8, "samples per prompt")
+	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal")
+	fs.Float64Var(&o.klCoef, "kl-coef", grpo.DefaultKLCoef, "weight of the k3 KL penalty to the reference")
+	fs.Float64Var(&o.clipHigh, "clip-high", grpo.DefaultClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
+	fs.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
+	fs.IntVar(&o.maxResponseLen, "max-response", 24, "maximum response tokens")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
+	return fs
+}
+
 func main() {
 	var o options
-	pflag.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
-	pflag.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
-	pflag.IntVar(&o.steps, "steps", 200, "GRPO steps")
-	pflag.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
-	pflag.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
-	pflag.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
-	pflag.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps")
-	pflag.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation")
-	pflag.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (ProRL: 0.6; 0: greedy)")
-	pflag.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation (ProRL: 0.95)")
-	pflag.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
-	pflag.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
-	pflag.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
-	pflag.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
-	pflag.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "share of warm-start targets whose final answer is replaced by a wrong one")
-	pflag.Float64Var(&o.lr, "lr", 5e-5, "GRPO learning rate (AdamW, constant)")
-	pflag.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
-	pflag.IntVar(&o.samples, "n", 8, "samples per prompt")
-	pflag.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal")
-	pflag.Float64Var(&o.klCoef, "kl-coef", grpo.DefaultKLCoef, "weight of the k3 KL penalty to the reference")
-	pflag.Float64Var(&o.clipHigh, "clip-high", grpo.DefaultClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
-	pflag.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
-	pflag.IntVar(&o.maxResponseLen, "max-response", 24, "maximum response tokens")
-	pflag.BoolVar(&o.quiet, "quiet", false, "no progress bar")
-	pflag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
-	pflag.Parse()
+	fs := newFlags(&o)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
+		os.Exit(2)
+	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err == nil {
