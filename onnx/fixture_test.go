@@ -1,6 +1,7 @@
 package onnx
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -8,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/onnx/onnxpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // The fixtures under testdata/ are made by scripts/make_onnx_fixtures.py from the engine's
@@ -153,5 +156,122 @@ func TestImportInferenceLimits(t *testing.T) {
 	_, _, err = Import(filepath.Join("testdata", "qwen2_past", "model.onnx"), ImportOptions{Hints: &engine.Config{HiddenSize: 32}})
 	if err == nil || !strings.Contains(err.Error(), "hidden_size") {
 		t.Errorf("contradicting hint: error %v, want one naming hidden_size", err)
+	}
+}
+
+// anonymize renames every value of m that is not a graph input or output to "v<N>" (weights
+// included) and clears every node name, so that nothing but the data flow tells a weight's
+// role.
+func anonymize(m *onnxpb.ModelProto) {
+	g := m.GetGraph()
+	keep := map[string]bool{"": true}
+	for _, v := range g.GetInput() {
+		keep[v.GetName()] = true
+	}
+	for _, v := range g.GetOutput() {
+		keep[v.GetName()] = true
+	}
+	names := map[string]string{}
+	rename := func(s string) string {
+		if keep[s] {
+			return s
+		}
+		if r, ok := names[s]; ok {
+			return r
+		}
+		names[s] = fmt.Sprintf("v%d", len(names))
+		return names[s]
+	}
+	for _, t := range g.GetInitializer() {
+		t.Name = proto.String(rename(t.GetName()))
+	}
+	for _, n := range g.GetNode() {
+		n.Name = proto.String("")
+		for i := range n.Input {
+			n.Input[i] = rename(n.Input[i])
+		}
+		for i := range n.Output {
+			n.Output[i] = rename(n.Output[i])
+		}
+	}
+	g.ValueInfo = nil
+}
+
+// TestImportByDataFlow strips every tensor and node name from the torch fixtures and checks
+// that Import still places every weight, bit for bit, by following the graph.
+func TestImportByDataFlow(t *testing.T) {
+	for _, fx := range fixtures {
+		if !strings.HasPrefix(fx.dir, "qwen") && !strings.HasPrefix(fx.dir, "llama") {
+			continue
+		}
+		t.Run(fx.dir, func(t *testing.T) {
+			g := goldenByName(t, fx.golden)
+			src := filepath.Join("testdata", fx.dir)
+			data, err := os.ReadFile(filepath.Join(src, "model.onnx"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m onnxpb.ModelProto
+			if err := proto.Unmarshal(data, &m); err != nil {
+				t.Fatal(err)
+			}
+			anonymize(&m)
+			for _, tp := range m.GetGraph().GetInitializer() {
+				if strings.Contains(tp.GetName(), "model.") || strings.Contains(tp.GetName(), "lm_head") {
+					t.Fatalf("initializer %s kept its name", tp.GetName())
+				}
+			}
+			dir := t.TempDir()
+			out, err := proto.Marshal(&m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "model.onnx")
+			if err := os.WriteFile(path, out, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if ext, err := os.ReadFile(filepath.Join(src, "model.onnx.data")); err == nil {
+				if err := os.WriteFile(filepath.Join(dir, "model.onnx.data"), ext, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg, w, err := Import(path, ImportOptions{Config: g.cfg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameWeights(t, w, g.weights)
+			if fx.dir == "qwen2_past" { // and with the config inferred, too
+				cfg, w, err = Import(path, ImportOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := mathConfig(cfg), mathConfig(g.cfg); !reflect.DeepEqual(got, want) {
+					t.Errorf("config\n got  %+v\n want %+v", got, want)
+				}
+				sameWeights(t, w, g.weights)
+			}
+		})
+	}
+}
+
+// TestImportExportByDataFlow does the same with Export's own graphs (Gemm layers, grouped
+// attention through 5-D reshapes).
+func TestImportExportByDataFlow(t *testing.T) {
+	for _, g := range loadGoldens(t) {
+		m, err := Build(g.cfg, g.weights)
+		if err != nil {
+			t.Fatal(err)
+		}
+		anonymize(m)
+		data, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, w, err := ImportBytes(data, ImportOptions{})
+		if err != nil {
+			t.Fatalf("%s: %v", g.name, err)
+		}
+		sameConfig(t, cfg, g.cfg)
+		sameWeights(t, w, g.weights)
 	}
 }
