@@ -11,7 +11,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +24,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
@@ -296,36 +296,31 @@ func run(ctx context.Context, o options) error {
 	}
 	for _, d := range exported {
 		rel, _ := filepath.Rel(o.out, d)
-		fmt.Printf("  %s/{model.onnx,config.json}\n", rel)
+		fmt.Printf("  %s/{model.safetensors,config.json,model.onnx}\n", rel)
 	}
 	return nil
 }
 
-// exportCheckpoint writes the policy at a step as ONNX (KV-cache inputs and outputs, loadable
-// by ONNX Runtime) with its config.json, under out/checkpoints/step-NNNNNN.
+// exportCheckpoint writes the policy at a step under out/checkpoints/step-NNNNNN as a Hugging
+// Face directory (model.safetensors, config.json, generation_config.json) and as ONNX
+// (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
 func exportCheckpoint(out string, step int, m *engine.Model) (string, error) {
 	dir := filepath.Join(out, "checkpoints", fmt.Sprintf("step-%06d", step))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
 	w, err := m.HostWeights()
 	if err != nil {
 		return "", err
 	}
-	if err := onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{}); err != nil {
+	if err := checkpoints.SaveHF(dir, m.Config, w, checkpoints.F32); err != nil {
 		return "", err
 	}
-	cfg, err := json.MarshalIndent(m.Config, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	tmp := filepath.Join(dir, ".config.json.tmp")
-	if err := os.WriteFile(tmp, append(cfg, '\n'), 0o644); err != nil {
-		return "", err
-	}
-	return dir, os.Rename(tmp, filepath.Join(dir, "config.json"))
+	return dir, onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{})
 }
 
+// shuffled returns a seeded permutation of 0..n-1 for one epoch.
+func shuffled(n int, seed, epoch uint64) []int {
+	r := rand.New(rand.NewPCG(seed, epoch))
+	return r.Perm(n)
+}
 func newBar(o options, n int, what string) *progressbar.ProgressBar {
 	if o.quiet {
 		return progressbar.DefaultSilent(int64(n), what)
@@ -333,10 +328,4 @@ func newBar(o options, n int, what string) *progressbar.ProgressBar {
 	return progressbar.NewOptions(n, progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(30), progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(),
 		progressbar.OptionShowElapsedTimeOnFinish())
-}
-
-// shuffled returns a seeded permutation of 0..n-1 for one epoch.
-func shuffled(n int, seed, epoch uint64) []int {
-	r := rand.New(rand.NewPCG(seed, epoch))
-	return r.Perm(n)
 }

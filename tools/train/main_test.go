@@ -28,7 +28,8 @@ func TestShortRun(t *testing.T) {
 		t.Fatalf("%d records: %+v", len(recs), recs)
 	}
 	for _, f := range []string{"reward.png", "heldout_accuracy.png", "response_length.png",
-		"checkpoints/step-000003/model.onnx", "checkpoints/step-000004/model.onnx", "checkpoints/step-000004/config.json"} {
+		"checkpoints/step-000003/model.onnx", "checkpoints/step-000004/model.onnx", "checkpoints/step-000004/config.json",
+		"checkpoints/step-000004/model.safetensors"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
@@ -42,6 +43,16 @@ func TestExportAnswersLikeEngine(t *testing.T) {
 	icfg, w, err := onnx.Import(filepath.Join(ck, "model.onnx"), onnx.ImportOptions{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The safetensors export holds the same weights, bit for bit.
+	_, sw, err := checkpoints.LoadHF(ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n, x := range w {
+		if fmt.Sprint(x.Data) != fmt.Sprint(sw[n].Data) {
+			t.Fatalf("%s differs between the ONNX and safetensors exports", n)
+		}
 	}
 	model, err := engine.NewModel(icfg, engine.NewCPU(), w, engine.F32)
 	if err != nil {
