@@ -199,7 +199,7 @@ func placeByDataFlow(gi *graphIndex, placed map[string]placement, unnamed []stri
 		stopAll[n] = true
 	}
 	for _, li := range lins {
-		out := li.node.GetOutput()[0]
+		out := output(li.node, 0)
 		gi.downstream(out, walkDepth, stopAll, func(u use) bool {
 			if !attn[u.node] {
 				return true
@@ -217,7 +217,7 @@ func placeByDataFlow(gi *graphIndex, placed map[string]placement, unnamed []stri
 		if li.module != "" {
 			continue
 		}
-		in := li.node.GetInput()[0]
+		in := input(li.node, 0)
 		switch {
 		case gi.upstream(in, walkDepth, stop, func(p *onnxpb.NodeProto) bool { return attn[p] || p.GetOpType() == "Softmax" }):
 			li.module = "o_proj"
@@ -276,7 +276,7 @@ func placeByDataFlow(gi *graphIndex, placed map[string]placement, unnamed []stri
 		r, n, tr := gi.useOf(c)
 		switch r {
 		case roleEmbed:
-			if fromInput(gi, n.GetInput()[1], "input_ids") {
+			if fromInput(gi, input(n, 1), "input_ids") {
 				if err := add("model.embed_tokens.weight", c, tr); err != nil {
 					return err
 				}
@@ -330,9 +330,9 @@ func fromInput(gi *graphIndex, v, name string) bool {
 func normName(gi *graphIndex, n *onnxpb.NodeProto, c string, byNode map[*onnxpb.NodeProto]*linearInfo, stop map[*onnxpb.NodeProto]bool) string {
 	if n.GetOpType() == "Mul" {
 		// The other operand must be RMS-normalised: x * rsqrt(mean(x^2) + eps).
-		other := n.GetInput()[0]
+		other := input(n, 0)
 		if other == c {
-			other = n.GetInput()[1]
+			other = input(n, 1)
 		}
 		if !gi.upstream(other, 6, stop, func(p *onnxpb.NodeProto) bool { return p.GetOpType() == "ReduceMean" }) {
 			return ""

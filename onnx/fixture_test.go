@@ -275,3 +275,105 @@ func TestImportExportByDataFlow(t *testing.T) {
 		sameWeights(t, w, g.weights)
 	}
 }
+
+// TestImportFixtureErrors damages the real-tool fixtures: each error names the file, tensor,
+// node or config field at fault.
+func TestImportFixtureErrors(t *testing.T) {
+	read := func(fx, name string) []byte {
+		b, err := os.ReadFile(filepath.Join("testdata", fx, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	expect := func(what, path string, opts ImportOptions, wants ...string) {
+		t.Helper()
+		_, _, err := Import(path, opts)
+		if err == nil {
+			t.Errorf("%s: no error", what)
+			return
+		}
+		for _, w := range wants {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not name %q", what, err, w)
+			}
+		}
+		t.Logf("%s: %v", what, err)
+	}
+	qwen2 := read("qwen2_past", "model.onnx")
+	expect("truncated", write("trunc/model.onnx", qwen2[:len(qwen2)*2/3]), ImportOptions{}, "trunc/model.onnx")
+	expect("wrong magic", write("zip/model.onnx", append([]byte("PK\x03\x04"), qwen2[4:1000]...)), ImportOptions{}, "zip/model.onnx")
+
+	// External data: the side file missing, then cut short.
+	ext := write("ext/model.onnx", read("qwen3_past_ext", "model.onnx"))
+	expect("missing external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
+		"model.onnx.data", "model.embed_tokens.weight", "no such file")
+	data := read("qwen3_past_ext", "model.onnx.data")
+	write("ext/model.onnx.data", data[:len(data)-4096])
+	expect("truncated external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
+		"model.onnx.data", "lm_head.weight", "beyond")
+
+	edit := func(name string, f func(m *onnxpb.ModelProto)) string {
+		var m onnxpb.ModelProto
+		if err := proto.Unmarshal(qwen2, &m); err != nil {
+			t.Fatal(err)
+		}
+		f(&m)
+		b, err := proto.Marshal(&m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return write(name, b)
+	}
+	findNode := func(m *onnxpb.ModelProto, name string) *onnxpb.NodeProto {
+		for _, n := range m.GetGraph().GetNode() {
+			if n.GetName() == name {
+				return n
+			}
+		}
+		t.Fatalf("no node %s", name)
+		return nil
+	}
+	expect("another activation", edit("gelu/model.onnx", func(m *onnxpb.ModelProto) {
+		findNode(m, "/layers.0/mlp/act_fn/Sigmoid").OpType = proto.String("Gelu")
+	}), ImportOptions{}, "/layers.0/mlp/act_fn/Sigmoid", "Gelu", "SiLU")
+	expect("LayerNorm", edit("ln/model.onnx", func(m *onnxpb.ModelProto) {
+		findNode(m, "/layers.0/input_layernorm/Sqrt").OpType = proto.String("LayerNormalization")
+	}), ImportOptions{}, "/layers.0/input_layernorm/Sqrt", "RMSNorm")
+
+	// q_proj's anonymous weight cut to half its outputs: named by its HF name, its initializer
+	// and the node it was placed by.
+	var qname string
+	q := goldenByName(t, "qwen2")
+	expect("mismatched shape", edit("shape/model.onnx", func(m *onnxpb.ModelProto) {
+		w := findNode(m, "/layers.0/self_attn/q_proj/MatMul").GetInput()[1]
+		qname = w
+		for _, tp := range m.GetGraph().GetInitializer() {
+			if tp.GetName() == w {
+				tp.Dims = []int64{tp.Dims[0], tp.Dims[1] / 2}
+				tp.RawData = tp.RawData[:len(tp.RawData)/2]
+			}
+		}
+	}), ImportOptions{Config: q.cfg}, "model.layers.0.self_attn.q_proj.weight", "onnx::MatMul_", "/layers.0/self_attn/q_proj/MatMul")
+	if !strings.HasPrefix(qname, "onnx::MatMul_") {
+		t.Errorf("q_proj's weight is %q, want an anonymous onnx::MatMul_ initializer", qname)
+	}
+
+	// An unsupported architecture in config.json beside the model.
+	dirBad := filepath.Join(dir, "mistral")
+	write("mistral/model.onnx", qwen2)
+	cj := strings.Replace(string(read("llama3_nopast", "config.json")), `"model_type": "llama"`, `"model_type": "mistral"`, 1)
+	write("mistral/config.json", []byte(cj))
+	expect("unsupported architecture", filepath.Join(dirBad, "model.onnx"), ImportOptions{}, "config.json", "model_type", "mistral")
+}

@@ -120,3 +120,19 @@ func (gi *graphIndex) reaches(v string, depth int, match func(*onnxpb.NodeProto)
 	}
 	return false
 }
+
+// input returns n's i-th input name, or "" when n has fewer inputs.
+func input(n *onnxpb.NodeProto, i int) string {
+	if i < len(n.GetInput()) {
+		return n.GetInput()[i]
+	}
+	return ""
+}
+
+// output returns n's i-th output name, or "" when n has fewer outputs.
+func output(n *onnxpb.NodeProto, i int) string {
+	if i < len(n.GetOutput()) {
+		return n.GetOutput()[i]
+	}
+	return ""
+}

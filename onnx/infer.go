@@ -114,7 +114,7 @@ func headDimFromReshape(gi *graphIndex, placed map[string]placement) int {
 					if u.idx != 0 {
 						continue
 					}
-					shape := u.node.GetInput()[1]
+					shape := input(u.node, 1)
 					if s := gi.constInts(shape); len(s) >= 3 && s[len(s)-1] > 0 {
 						return int(s[len(s)-1])
 					}

@@ -30,6 +30,9 @@ Output, onnx/testdata/<fixture>/:
   qwen3_past_ext  with past_key_values, RoPE from the inv_freq buffer (transformers >= 4.38),
                   constant folding off (weights keep their HF names, behind Transpose nodes),
                   saved with external data (model.onnx + model.onnx.data). No config.json.
+  fuzz/FuzzImport/torch_tiny, genai_tiny
+                  seeds for FuzzImport: a 1-layer torch export (as qwen2_past) and a genai graph
+                  (as genai_qwen2) of a vocabulary-8, width-8 model, in Go's corpus format.
   genai_qwen2     an onnxruntime-genai builder-style graph (its names: model.layers.N.attn.
                   qkv_proj.MatMul.weight fused [in, q+k+v], ...attn.o_proj.MatMul.weight,
                   ...mlp.gate_proj.MatMul.weight, SimplifiedLayerNormalization,
@@ -261,8 +264,8 @@ class ForCausalLM(torch.nn.Module):
         return logits
 
 
-def torch_export(name, golden, rope_cache, with_past, fold, external, config_json):
-    cfg, w = load_golden(golden)
+def torch_export(name, golden, rope_cache, with_past, fold, external, config_json, out=None):
+    cfg, w = load_golden(golden) if isinstance(golden, str) else golden
     m = ForCausalLM(cfg, w, rope_cache, with_past).eval()
     heads, kv, hd = mg.dims(cfg)
     L = cfg["num_hidden_layers"]
@@ -291,10 +294,11 @@ def torch_export(name, golden, rope_cache, with_past, fold, external, config_jso
     else:
         args[1] = torch.ones(b, s, dtype=torch.int64)
         axes["attention_mask"] = {0: "batch_size", 1: "sequence_length"}
-    d = os.path.join(OUT, name)
+    d = out or os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
-    for fn in os.listdir(d):
-        os.remove(os.path.join(d, fn))
+    if out is None:
+        for fn in os.listdir(d):
+            os.remove(os.path.join(d, fn))
     path = os.path.join(d, "model.onnx")
     with torch.no_grad():
         torch.onnx.export(m, tuple(args), path, input_names=in_names, output_names=out_names,
@@ -306,7 +310,9 @@ def torch_export(name, golden, rope_cache, with_past, fold, external, config_jso
     if config_json:
         mg.write_json(os.path.join(d, "config.json"), cfg)
     onnx.checker.check_model(path)
-    report(name, d)
+    if out is None:
+        report(name, d)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +322,8 @@ def torch_export(name, golden, rope_cache, with_past, fold, external, config_jso
 # seqlens_k / total_sequence_length computed from attention_mask.
 
 
-def genai_export(name, golden):
-    cfg, w = load_golden(golden)
+def genai_export(name, golden, out=None):
+    cfg, w = load_golden(golden) if isinstance(golden, str) else golden
     heads, kv, hd = mg.dims(cfg)
     H, V, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     eps = cfg["rms_norm_eps"]
@@ -449,6 +455,9 @@ def genai_export(name, golden):
     graph = helper.make_graph(nodes, "main_graph", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
                               producer_name="onnxruntime-genai", ir_version=8)
+    if out is not None:
+        onnx.save(model, out)
+        return out
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     for fn in os.listdir(d):
@@ -472,6 +481,57 @@ def genai_export(name, golden):
     report(name, d)
 
 
+# ---------------------------------------------------------------------------------------------
+# Fuzz seeds: the same kinds of graphs at a tiny size, in Go's fuzz corpus format
+# (onnx/testdata/fuzz/FuzzImport/<name>), so the fuzzer mutates torch and genai graphs too.
+
+TINY = {
+    "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 8,
+    "intermediate_size": 8, "max_position_embeddings": 8, "model_type": "qwen2",
+    "num_attention_heads": 2, "num_hidden_layers": 1, "num_key_value_heads": 1,
+    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "vocab_size": 8,
+}
+
+
+def tiny_weights(cfg):
+    g = torch.Generator().manual_seed(5)
+    heads, kv, hd = mg.dims(cfg)
+    H, V, I = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
+    shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
+    p = "model.layers.0."
+    shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
+                   p + "self_attn.q_proj.weight": (heads * hd, H), p + "self_attn.k_proj.weight": (kv * hd, H),
+                   p + "self_attn.v_proj.weight": (kv * hd, H), p + "self_attn.o_proj.weight": (H, heads * hd),
+                   p + "self_attn.q_proj.bias": (heads * hd,), p + "self_attn.k_proj.bias": (kv * hd,),
+                   p + "self_attn.v_proj.bias": (kv * hd,), p + "mlp.gate_proj.weight": (I, H),
+                   p + "mlp.up_proj.weight": (I, H), p + "mlp.down_proj.weight": (H, I)})
+    return {n: torch.randn(*s, generator=g) for n, s in sorted(shapes.items())}
+
+
+def go_fuzz_file(path, data):
+    lit = "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else "\\x%02x" % b for b in data)
+    with open(path, "w") as f:
+        f.write('go test fuzz v1\n[]byte("' + lit + '")\n')
+
+
+def fuzz_seeds():
+    import tempfile
+    d = os.path.join(OUT, "fuzz", "FuzzImport")
+    os.makedirs(d, exist_ok=True)
+    cw = (TINY, tiny_weights(TINY))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in [
+            ("torch_tiny", torch_export("", cw, rope_cache=True, with_past=True, fold=True, external=False,
+                                        config_json=False, out=tmp)),
+            ("genai_tiny", genai_export("", cw, out=os.path.join(tmp, "genai.onnx"))),
+        ]:
+            with open(path, "rb") as f:
+                data = f.read()
+            go_fuzz_file(os.path.join(d, name), data)
+            print(f"fuzz seed {name:10s} {len(data):8d} bytes")
+
+
 def report(name, d):
     files = sorted(os.listdir(d))
     size = sum(os.path.getsize(os.path.join(d, f)) for f in files)
@@ -485,6 +545,7 @@ def main():
     torch_export("qwen3_past_ext", "qwen3", rope_cache=False, with_past=True, fold=False, external=True,
                  config_json=False)
     genai_export("genai_qwen2", "qwen2")
+    fuzz_seeds()
 
 
 if __name__ == "__main__":
