@@ -377,3 +377,38 @@ func TestImportFixtureErrors(t *testing.T) {
 	write("mistral/config.json", []byte(cj))
 	expect("unsupported architecture", filepath.Join(dirBad, "model.onnx"), ImportOptions{}, "config.json", "model_type", "mistral")
 }
+
+// TestWeightNames covers the spellings of weight and scope names the importer reads.
+func TestWeightNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"model.layers.3.self_attn.q_proj.weight":           "model.layers.3.self_attn.q_proj.weight",
+		"model.layers.0.attn.qkv_proj.MatMul.weight":       "model.layers.0.self_attn.qkv_proj.weight",
+		"model.layers.0.attn.q_proj.MatMul.weight":         "model.layers.0.self_attn.q_proj.weight",
+		"model.layers.0.attn.v_proj.Add.bias":              "model.layers.0.self_attn.v_proj.bias",
+		"model.layers.12.mlp.down_proj.MatMul.weight":      "model.layers.12.mlp.down_proj.weight",
+		"model.layers.1.mlp.gate_up_proj.MatMul.weight":    "model.layers.1.mlp.gate_up_proj.weight",
+		"lm_head.MatMul.weight":                            "lm_head.weight",
+		"model.embed_tokens.weight":                        "model.embed_tokens.weight",
+		"model.model.norm.weight":                          "model.norm.weight",
+		"onnx::MatMul_1234":                                "",
+		"model.rotary_emb.inv_freq":                        "",
+		"model.layers.0.self_attn.rotary_emb.inv_freq":     "",
+		"/model/layers.0/self_attn/q_proj/MatMul_output_0": "",
+	} {
+		if got := paramFromName(in); got != want {
+			t.Errorf("paramFromName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for _, c := range []struct{ name, out, want string }{
+		{"/model/layers.3/self_attn/q_proj/MatMul", "", "model.layers.3.self_attn.q_proj"},
+		{"/layers.3/mlp/up_proj/MatMul", "", "model.layers.3.mlp.up_proj"},
+		{"/lm_head/MatMul", "logits", "lm_head"},
+		{"MatMul_17", "/model/layers.1/attn/o_proj/MatMul_output_0", "model.layers.1.self_attn.o_proj"},
+		{"MatMul_17", "123", ""},
+	} {
+		n := &onnxpb.NodeProto{Name: proto.String(c.name), Output: []string{c.out}}
+		if got := scopeOf(n); got != c.want {
+			t.Errorf("scopeOf(%q, %q) = %q, want %q", c.name, c.out, got, c.want)
+		}
+	}
+}

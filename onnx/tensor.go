@@ -286,3 +286,93 @@ func Float16ToFloat32(h uint16) float32 {
 		return math.Float32frombits(sign | (exp+127-15)<<23 | frac<<13)
 	}
 }
+
+// Float32ToFloat16 rounds v to the nearest IEEE 754 half-precision value (ties to even), as
+// ONNX Runtime's Cast does: overflow gives ±inf, NaN stays NaN.
+func Float32ToFloat16(v float32) uint16 {
+	b := math.Float32bits(v)
+	sign := uint16(b>>16) & 0x8000
+	exp := int32(b>>23) & 0xff
+	frac := b & 0x7fffff
+	if exp == 0xff { // inf, nan
+		if frac != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	}
+	e := exp - 127 + 15
+	if e >= 0x1f {
+		return sign | 0x7c00
+	}
+	if e <= 0 {
+		// Subnormal half (or zero): the value is m * 2^(e-25) with the implicit bit set.
+		if e < -10 {
+			return sign
+		}
+		m := frac | 0x800000
+		shift := uint32(14 - e)
+		half := m >> shift
+		rem := m & (1<<shift - 1)
+		mid := uint32(1) << (shift - 1)
+		if rem > mid || (rem == mid && half&1 == 1) {
+			half++
+		}
+		return sign | uint16(half)
+	}
+	half := uint32(e)<<10 | frac>>13
+	rem := frac & 0x1fff
+	if rem > 0x1000 || (rem == 0x1000 && half&1 == 1) {
+		half++ // may carry into the exponent, up to inf: that is the right rounding
+	}
+	return sign | uint16(half)
+}
+
+// Float32ToBFloat16 rounds v to the nearest bfloat16 (ties to even); NaN stays NaN.
+func Float32ToBFloat16(v float32) uint16 {
+	b := math.Float32bits(v)
+	if b&0x7fffffff > 0x7f800000 {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// NewTensor encodes data (row-major, shape dims) as an initializer of type dt (FLOAT, FLOAT16,
+// BFLOAT16 or DOUBLE) in raw_data, little-endian; narrower types round to nearest even.
+func NewTensor(name string, dims []int, data []float32, dt onnxpb.TensorProto_DataType) (*onnxpb.TensorProto, error) {
+	if n := numel(dims); n != len(data) {
+		return nil, fmt.Errorf("tensor %s: %d values for dims %v", name, len(data), dims)
+	}
+	var raw []byte
+	switch dt {
+	case onnxpb.TensorProto_FLOAT:
+		raw = float32Bytes(data)
+	case onnxpb.TensorProto_FLOAT16, onnxpb.TensorProto_BFLOAT16:
+		raw = make([]byte, 2*len(data))
+		for i, v := range data {
+			h := Float32ToBFloat16(v)
+			if dt == onnxpb.TensorProto_FLOAT16 {
+				h = Float32ToFloat16(v)
+			}
+			binary.LittleEndian.PutUint16(raw[2*i:], h)
+		}
+	case onnxpb.TensorProto_DOUBLE:
+		raw = make([]byte, 8*len(data))
+		for i, v := range data {
+			binary.LittleEndian.PutUint64(raw[8*i:], math.Float64bits(float64(v)))
+		}
+	default:
+		return nil, fmt.Errorf("tensor %s: data type %s is not a float type", name, dt)
+	}
+	dtype := int32(dt)
+	return &onnxpb.TensorProto{Name: &name, Dims: dims64(dims), DataType: &dtype, RawData: raw}, nil
+}
+
+// NewInt64Tensor encodes data (shape dims) as an INT64 initializer in raw_data.
+func NewInt64Tensor(name string, dims []int, data []int64) (*onnxpb.TensorProto, error) {
+	if n := numel(dims); n != len(data) {
+		return nil, fmt.Errorf("tensor %s: %d values for dims %v", name, len(data), dims)
+	}
+	dtype := int32(onnxpb.TensorProto_INT64)
+	return &onnxpb.TensorProto{Name: &name, Dims: dims64(dims), DataType: &dtype, RawData: int64Bytes(data)}, nil
+}
