@@ -241,6 +241,17 @@ func sameAsEmbedding(gi *graphIndex, placed map[string]placement, dir string) er
 	if lm.src == emb.src {
 		return nil
 	}
+	// Untied models differ almost everywhere: look at a few elements before decoding both.
+	if d := hfDims(gi, emb); len(d) == 2 && equalInts(d, hfDims(gi, lm)) {
+		for k := 0; k < 64; k++ {
+			r, c := (k*7919)%d[0], (k*104729)%d[1]
+			a, okA := peekHF(gi.consts[lm.src], lm.transpose, r, c)
+			b, okB := peekHF(gi.consts[emb.src], emb.transpose, r, c)
+			if okA && okB && math.Float32bits(a) != math.Float32bits(b) {
+				return fmt.Errorf("tensor lm_head.weight (%s): differs from model.embed_tokens.weight at [%d, %d], but the config ties them", lm.src, r, c)
+			}
+		}
+	}
 	a, err := decodeHF(gi.consts[lm.src], lm.transpose, dir)
 	if err != nil {
 		return err

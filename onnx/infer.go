@@ -86,7 +86,11 @@ func collectFacts(m *onnxpb.ModelProto, gi *graphIndex, placed map[string]placem
 	if f.headDim == 0 {
 		f.headDim = headDimFromReshape(gi, placed)
 	}
-	f.invFreq, f.ropeFrom, f.maxPos = ropeFromGraph(gi, f.headDim)
+	weights := map[string]bool{}
+	for _, p := range placed {
+		weights[p.src] = true
+	}
+	f.invFreq, f.ropeFrom, f.maxPos = ropeFromGraph(gi, f.headDim, weights)
 	if f.headDim == 0 && f.invFreq != nil {
 		f.headDim = 2 * len(f.invFreq)
 	}
@@ -136,11 +140,15 @@ func headDimFromReshape(gi *graphIndex, placed map[string]placement) int {
 // ropeFromGraph finds the RoPE inverse frequencies: an inv_freq constant of headDim/2 values
 // that flows into Cos/Sin, or a pair of cos/sin caches [max_pos, headDim or headDim/2]
 // (row p holds cos/sin(p * inv_freq)), whose row count it also returns.
-func ropeFromGraph(gi *graphIndex, headDim int) ([]float64, string, int) {
+// Constants in skip (the weights) are not looked at.
+func ropeFromGraph(gi *graphIndex, headDim int, skip map[string]bool) ([]float64, string, int) {
 	var cosName, sinName string
 	var cosV, sinV []float32
 	var rows, cols int
 	for name, t := range gi.consts {
+		if skip[name] {
+			continue
+		}
 		dt := onnxpb.TensorProto_DataType(t.GetDataType())
 		if dt != onnxpb.TensorProto_FLOAT && dt != onnxpb.TensorProto_DOUBLE && dt != onnxpb.TensorProto_FLOAT16 {
 			continue
@@ -167,7 +175,7 @@ func ropeFromGraph(gi *graphIndex, headDim int) ([]float64, string, int) {
 				}
 			}
 		}
-		if len(dims) == 2 && dims[0] >= 2 && (headDim == 0 || dims[1] == headDim || dims[1] == headDim/2) {
+		if len(dims) == 2 && dims[0] >= 2 && dims[1] <= 1024 && (headDim == 0 || dims[1] == headDim || dims[1] == headDim/2) {
 			v := gi.constFloats(name)
 			if v == nil {
 				continue

@@ -1,7 +1,9 @@
 package onnx
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
@@ -367,4 +369,33 @@ func decodeHF(t *onnxpb.TensorProto, transpose bool, dir string) (engine.HostTen
 		}
 	}
 	return engine.HostTensor{Shape: []int{c, r}, Data: tr}, nil
+}
+
+// peekHF returns element [r, c] of a 2-D weight in HF layout straight from an inline float32,
+// float16 or bfloat16 raw_data tensor, without decoding it; ok is false for other encodings.
+func peekHF(t *onnxpb.TensorProto, transpose bool, r, c int) (v float32, ok bool) {
+	d := t.GetDims()
+	if len(d) != 2 || t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL || t.GetRawData() == nil {
+		return 0, false
+	}
+	i := int64(r)*d[1] + int64(c)
+	if transpose {
+		i = int64(c)*d[1] + int64(r)
+	}
+	raw := t.GetRawData()
+	switch onnxpb.TensorProto_DataType(t.GetDataType()) {
+	case onnxpb.TensorProto_FLOAT:
+		if 4*i+4 <= int64(len(raw)) {
+			return math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])), true
+		}
+	case onnxpb.TensorProto_FLOAT16:
+		if 2*i+2 <= int64(len(raw)) {
+			return Float16ToFloat32(binary.LittleEndian.Uint16(raw[2*i:])), true
+		}
+	case onnxpb.TensorProto_BFLOAT16:
+		if 2*i+2 <= int64(len(raw)) {
+			return math.Float32frombits(uint32(binary.LittleEndian.Uint16(raw[2*i:])) << 16), true
+		}
+	}
+	return 0, false
 }
