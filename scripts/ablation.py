@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablation"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "ablation.md"))
     ap.add_argument("--reuse", action="store_true", help="tabulate existing runs without training")
+    ap.add_argument("--bin", help="a built tools/train binary to run instead of `go run ./tools/train`")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     rows = []
@@ -52,8 +53,10 @@ def main():
         per_seed = []
         for seed in seeds:
             out = os.path.join(a.out, name.replace(" ", "_").replace("+", "plus").replace("(", "").replace(")", ""), f"seed{seed}")
-            if not a.reuse:
-                cmd = ["go", "run", "./tools/train", "--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
+            done = os.path.exists(os.path.join(out, "checkpoints", f"step-{a.steps:06d}"))
+            if not a.reuse and not done:  # a finished run (final checkpoint exported) is kept
+                prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
+                cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
                 print("+", " ".join(cmd), file=sys.stderr, flush=True)
                 subprocess.run(cmd, cwd=ROOT, check=True)
             per_seed.append(summary(read(os.path.join(out, "metrics.jsonl")), a.steps))
