@@ -53,8 +53,9 @@ def main():
         per_seed = []
         for seed in seeds:
             out = os.path.join(a.out, name.replace(" ", "_").replace("+", "plus").replace("(", "").replace(")", ""), f"seed{seed}")
-            done = os.path.exists(os.path.join(out, "checkpoints", f"step-{a.steps:06d}"))
-            if not a.reuse and not done:  # a finished run (final checkpoint exported) is kept
+            mpath = os.path.join(out, "metrics.jsonl")
+            done = os.path.exists(mpath) and any(r["step"] == a.steps for r in read(mpath))
+            if not a.reuse and not done:  # a finished run (its last step logged) is kept
                 prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
                 cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
                 print("+", " ".join(cmd), file=sys.stderr, flush=True)
