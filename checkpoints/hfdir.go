@@ -1,110 +1,402 @@
 package checkpoints
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
 
 	"github.com/prolong-rl/prolong/engine"
+	"golang.org/x/sys/unix"
 )
 
-// architectures maps model_type to the transformers class from_pretrained instantiates.
+// File names of a Hugging Face model directory.
+const (
+	ConfigFile           = "config.json"
+	GenerationConfigFile = "generation_config.json"
+	WeightsFile          = "model.safetensors"
+	IndexFile            = "model.safetensors.index.json"
+)
+
+// architectures maps model_type to the transformers class that from_pretrained instantiates.
 var architectures = map[string]string{
 	"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
 }
 
-// SaveHF writes a Hugging Face model directory: model.safetensors (weights by HF name, as
-// dtype; no lm_head.weight when the embeddings are tied), config.json and
-// generation_config.json. Each file is written atomically.
+// torchDTypes maps a stored dtype to config.json's torch_dtype.
+var torchDTypes = map[DType]string{F32: "float32", BF16: "bfloat16", F16: "float16"}
+
+// SaveOptions tunes Save.
+type SaveOptions struct {
+	// DType is the stored element type: F32 (the default when empty), BF16 or F16.
+	DType DType
+	// ShardBytes, when positive, splits the weights into model-0000k-of-0000n.safetensors
+	// files of at most about this many bytes each (a larger tensor gets a file of its own),
+	// with model.safetensors.index.json, once they total more than it.
+	ShardBytes int64
+	// CopyFiles are files (tokenizer.json, tokenizer_config.json, ...) copied into the
+	// directory under their base names.
+	CopyFiles []string
+}
+
+// SaveHF writes a Hugging Face model directory with the weights stored as dtype; it is Save
+// with SaveOptions{DType: dtype}.
 func SaveHF(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, dtype DType) error {
+	return Save(dir, cfg, weights, SaveOptions{DType: dtype})
+}
+
+// Save writes a Hugging Face model directory that transformers' from_pretrained loads:
+// model.safetensors (or shards and model.safetensors.index.json, see SaveOptions.ShardBytes)
+// holding the weights by HF name (no lm_head.weight when the embeddings are tied),
+// config.json (with architectures, model_type, torch_dtype) and generation_config.json.
+//
+// The weights must be exactly those of cfg (engine.WeightNames) with their shapes; errors
+// name the tensor. The directory is built beside dir under a temporary name, every file
+// fsynced, then swapped in by rename: an existing dir stays intact until that moment, and a
+// failed save leaves it untouched.
+func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, opts SaveOptions) (err error) {
+	if opts.DType == "" {
+		opts.DType = F32
+	}
+	if !opts.DType.convertible() {
+		return fmt.Errorf("save %s: dtype %q is not supported (want F32, BF16 or F16)", dir, opts.DType)
+	}
 	if err := cfg.Validate(); err != nil {
-		return err
+		return fmt.Errorf("save %s: config: %w", dir, err)
 	}
-	for _, name := range engine.WeightNames(cfg) {
-		w, ok := weights[name]
-		if !ok {
-			return fmt.Errorf("save %s: weight %q is missing", dir, name)
-		}
-		want, _ := engine.WeightShape(cfg, name)
-		if fmt.Sprint(w.Shape) != fmt.Sprint(want) {
-			return fmt.Errorf("save %s: weight %q has shape %v, config wants %v", dir, name, w.Shape, want)
-		}
+	arch, ok := architectures[cfg.ModelType]
+	if !ok {
+		return fmt.Errorf("save %s: config field \"model_type\": %q is not supported", dir, cfg.ModelType)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := WriteSafetensors(filepath.Join(dir, "model.safetensors"), weights, dtype, map[string]string{"format": "pt"}); err != nil {
-		return err
-	}
-	// config.json: the engine's fields plus what transformers needs to pick the class.
-	var m map[string]any
-	b, err := json.Marshal(cfg)
+	w, err := checkWeights(cfg, weights)
 	if err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	dir = filepath.Clean(dir)
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		return fmt.Errorf("save %s: exists and is not a directory", dir)
+	}
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	tmp, err := os.MkdirTemp(parent, filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := writeWeights(tmp, w, opts); err != nil {
 		return err
 	}
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := writeJSON(filepath.Join(tmp, ConfigFile), configJSON(cfg, arch, opts.DType)); err != nil {
 		return err
 	}
-	if a, ok := architectures[cfg.ModelType]; ok && len(cfg.Architectures) == 0 {
-		m["architectures"] = []string{a}
-	}
-	m["hidden_act"] = "silu"
-	m["torch_dtype"] = map[DType]string{F32: "float32", BF16: "bfloat16", F16: "float16"}[dtype]
-	if err := writeJSON(filepath.Join(dir, "config.json"), m); err != nil {
-		return err
-	}
-	gen := map[string]any{"do_sample": true}
+	gen := map[string]any{}
 	if cfg.BOSTokenID != nil {
 		gen["bos_token_id"] = *cfg.BOSTokenID
 	}
-	if len(cfg.EOSTokenIDs) > 0 {
+	switch len(cfg.EOSTokenIDs) {
+	case 0:
+	case 1:
+		gen["eos_token_id"] = cfg.EOSTokenIDs[0]
+	default:
 		gen["eos_token_id"] = cfg.EOSTokenIDs
 	}
-	return writeJSON(filepath.Join(dir, "generation_config.json"), gen)
+	if err := writeJSON(filepath.Join(tmp, GenerationConfigFile), gen); err != nil {
+		return err
+	}
+	for _, src := range opts.CopyFiles {
+		if err := copyFile(filepath.Join(tmp, filepath.Base(src)), src); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(tmp); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	if err := swapDir(tmp, dir); err != nil {
+		return fmt.Errorf("save %s: %w", dir, err)
+	}
+	return nil
 }
 
-// LoadHF reads a Hugging Face model directory written by SaveHF or transformers'
-// save_pretrained (single-file model.safetensors): the config and every weight by HF name,
-// checked against the config (errors name the tensor).
-func LoadHF(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
-	cfg, err := engine.LoadConfig(filepath.Join(dir, "config.json"))
-	if err != nil {
-		return nil, nil, err
-	}
-	path := filepath.Join(dir, "model.safetensors")
-	ts, _, err := ReadSafetensors(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	w := map[string]engine.HostTensor{}
-	for name, t := range ts {
-		w[name] = t.HostTensor
-	}
-	if cfg.TieWordEmbeddings {
-		delete(w, "lm_head.weight") // some writers store the tied copy too
-	}
-	for _, name := range engine.WeightNames(cfg) {
-		t, ok := w[name]
+// checkWeights returns the weights Save stores: exactly cfg's names with cfg's shapes (a tied
+// lm_head.weight passed along is dropped).
+func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) (map[string]engine.HostTensor, error) {
+	names := engine.WeightNames(cfg)
+	out := make(map[string]engine.HostTensor, len(names))
+	for _, name := range names {
+		t, ok := weights[name]
 		if !ok {
-			return nil, nil, fmt.Errorf("%s: weight %q is missing", path, name)
+			return nil, fmt.Errorf("weight %q is missing", name)
 		}
 		want, _ := engine.WeightShape(cfg, name)
-		if fmt.Sprint(t.Shape) != fmt.Sprint(want) {
-			return nil, nil, fmt.Errorf("%s: weight %q has shape %v, config wants %v", path, name, t.Shape, want)
+		if !reflect.DeepEqual(t.Shape, want) {
+			return nil, fmt.Errorf("weight %q has shape %v, the config wants %v", name, t.Shape, want)
+		}
+		if len(t.Data) != numel(want) {
+			return nil, fmt.Errorf("weight %q has %d values for shape %v", name, len(t.Data), want)
+		}
+		out[name] = t
+	}
+	var extra []string
+	for name := range weights {
+		if _, ok := out[name]; !ok && !(name == "lm_head.weight" && cfg.TieWordEmbeddings) {
+			extra = append(extra, name)
 		}
 	}
-	return cfg, w, nil
+	if len(extra) > 0 {
+		sort.Strings(extra)
+		return nil, fmt.Errorf("weight %q is not part of a %s model of this config", extra[0], cfg.ModelType)
+	}
+	return out, nil
 }
 
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// writeWeights writes model.safetensors, or shards and their index, into dir.
+func writeWeights(dir string, w map[string]engine.HostTensor, opts SaveOptions) error {
+	meta := map[string]string{"format": "pt"}
+	es := dtypeSizes[string(opts.DType)]
+	names := make([]string, 0, len(w))
+	var total int64
+	for n, t := range w {
+		names = append(names, n)
+		total += int64(len(t.Data)) * es
+	}
+	if opts.ShardBytes <= 0 || total <= opts.ShardBytes {
+		return WriteSafetensors(filepath.Join(dir, WeightsFile), w, opts.DType, meta)
+	}
+	sort.Strings(names)
+	var shards []map[string]engine.HostTensor
+	var size int64
+	for _, n := range names {
+		b := int64(len(w[n].Data)) * es
+		if len(shards) == 0 || size > 0 && size+b > opts.ShardBytes {
+			shards = append(shards, map[string]engine.HostTensor{})
+			size = 0
+		}
+		shards[len(shards)-1][n] = w[n]
+		size += b
+	}
+	weightMap := map[string]string{}
+	for i, s := range shards {
+		file := fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
+		for n := range s {
+			weightMap[n] = file
+		}
+		if err := WriteSafetensors(filepath.Join(dir, file), s, opts.DType, meta); err != nil {
+			return err
+		}
+	}
+	return writeJSON(filepath.Join(dir, IndexFile), map[string]any{
+		"metadata":   map[string]int64{"total_size": total},
+		"weight_map": weightMap,
+	})
+}
+
+// configJSON is cfg as a config.json object plus what transformers needs to pick the class.
+func configJSON(cfg *engine.Config, arch string, dt DType) map[string]any {
+	b, _ := json.Marshal(cfg)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	if len(cfg.Architectures) == 0 {
+		m["architectures"] = []string{arch}
+	}
+	if len(cfg.EOSTokenIDs) == 1 {
+		m["eos_token_id"] = cfg.EOSTokenIDs[0]
+	}
+	m["hidden_act"] = "silu"
+	m["torch_dtype"] = torchDTypes[dt]
+	m["use_cache"] = true
+	return m
+}
+
+// writeJSON writes v as indented JSON (keys sorted), atomically.
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return writeAtomic(path, func(w io.Writer) error {
 		_, err := w.Write(append(b, '\n'))
 		return err
 	})
+}
+
+// copyFile copies src to dst atomically.
+func copyFile(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return writeAtomic(dst, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+}
+
+// swapDir moves the finished directory tmp to dir. Where dir exists, the two are exchanged
+// atomically (renameat2 RENAME_EXCHANGE) and the old one removed; where the kernel or file
+// system lacks exchange, the old dir is first renamed aside, so that a crash leaves it whole
+// under dir.old-*.
+func swapDir(tmp, dir string) error {
+	parent := filepath.Dir(dir)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.Rename(tmp, dir); err != nil {
+			return err
+		}
+		return syncDir(parent)
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
+	old := tmp // after the exchange, tmp holds the previous directory
+	if err != nil {
+		old = tmp + ".old"
+		if err := os.Rename(dir, old); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			os.Rename(old, dir)
+			return err
+		}
+	}
+	if err := syncDir(parent); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+// Load reads a Hugging Face model directory (written by Save or by transformers'
+// save_pretrained): config.json and the weights from model.safetensors, or from the shards
+// that model.safetensors.index.json lists. The weights are checked against the config:
+// every expected name present with its shape, nothing unexpected (a tied lm_head.weight and
+// rotary inv_freq buffers are dropped). Errors name the file and the tensor.
+func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
+	cfg, err := engine.LoadConfig(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	w := map[string]engine.HostTensor{}
+	from := map[string]string{} // tensor name -> file it came from
+	indexPath := filepath.Join(dir, IndexFile)
+	weightsAt := filepath.Join(dir, WeightsFile) // where a missing weight should have been
+	if data, err := os.ReadFile(indexPath); err == nil {
+		weightsAt = indexPath
+		files, err := parseIndex(data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", indexPath, err)
+		}
+		for _, file := range files.order {
+			path := filepath.Join(dir, file)
+			f, err := ReadSafetensors(path)
+			if err != nil {
+				return nil, nil, err
+			}
+			for n, t := range f.Tensors {
+				if files.weightMap[n] != file {
+					return nil, nil, fmt.Errorf("%s: tensor %q is not listed for this file in %s", path, n, IndexFile)
+				}
+				w[n], from[n] = t, path
+			}
+		}
+		for n, file := range files.weightMap {
+			if _, ok := w[n]; !ok {
+				return nil, nil, fmt.Errorf("%s: tensor %q, listed in %s, is missing", filepath.Join(dir, file), n, IndexFile)
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, err
+	} else {
+		path := filepath.Join(dir, WeightsFile)
+		f, err := ReadSafetensors(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		for n, t := range f.Tensors {
+			w[n], from[n] = t, path
+		}
+	}
+	for n := range w {
+		if strings.HasSuffix(n, "rotary_emb.inv_freq") || n == "lm_head.weight" && cfg.TieWordEmbeddings {
+			delete(w, n)
+		}
+	}
+	for _, name := range engine.WeightNames(cfg) {
+		t, ok := w[name]
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: weight %q is missing (config.json asks for it)", weightsAt, name)
+		}
+		want, _ := engine.WeightShape(cfg, name)
+		if !reflect.DeepEqual(t.Shape, want) {
+			return nil, nil, fmt.Errorf("%s: weight %q has shape %v, config.json wants %v", from[name], name, t.Shape, want)
+		}
+	}
+	names := make([]string, 0, len(w))
+	for n := range w {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if _, ok := engine.WeightShape(cfg, n); !ok {
+			return nil, nil, fmt.Errorf("%s: weight %q is not part of a %s model of config.json", from[n], n, cfg.ModelType)
+		}
+	}
+	return cfg, w, nil
+}
+
+// LoadHF is Load, kept for callers of the first API.
+func LoadHF(dir string) (*engine.Config, map[string]engine.HostTensor, error) { return Load(dir) }
+
+// shardIndex is a parsed model.safetensors.index.json.
+type shardIndex struct {
+	weightMap map[string]string
+	order     []string // distinct shard files, sorted
+}
+
+// parseIndex parses and checks a shard index: a weight_map of tensor names to plain file
+// names in the same directory.
+func parseIndex(data []byte) (*shardIndex, error) {
+	var idx struct {
+		Metadata  map[string]any    `json:"metadata"`
+		WeightMap map[string]string `json:"weight_map"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&idx); err != nil {
+		return nil, fmt.Errorf("bad JSON: %w", err)
+	}
+	if len(idx.WeightMap) == 0 {
+		return nil, errors.New("field \"weight_map\" is missing or empty")
+	}
+	s := &shardIndex{weightMap: idx.WeightMap}
+	seen := map[string]bool{}
+	for n, file := range idx.WeightMap {
+		if file == "" || file != filepath.Base(file) || file == "." || file == ".." || strings.ContainsAny(file, `/\`) {
+			return nil, fmt.Errorf("tensor %q: file %q is not a plain file name in the directory", n, file)
+		}
+		if !seen[file] {
+			seen[file] = true
+			s.order = append(s.order, file)
+		}
+	}
+	sort.Strings(s.order)
+	return s, nil
 }

@@ -1,11 +1,14 @@
-// Package checkpoints reads and writes what users keep: safetensors weights, Hugging Face model
-// directories (config.json beside the weights), written atomically so that a crash never
-// leaves a half-written file under its real name.
+// Package checkpoints reads and writes what users keep: safetensors weights and Hugging Face
+// model directories (config.json, generation_config.json, single-file or sharded weights),
+// written atomically so that a crash never leaves a half-written file under its real name.
 package checkpoints
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -14,196 +17,321 @@ import (
 	"sort"
 
 	"github.com/prolong-rl/prolong/engine"
+	"golang.org/x/sys/unix"
 )
 
-// DType is a safetensors element type this package converts to and from fp32.
+// DType is a safetensors element type that this package converts to and from fp32.
 type DType string
 
-// Supported element types.
+// The element types read and written (others are recognised in headers but not converted).
 const (
 	F32  DType = "F32"
 	BF16 DType = "BF16"
 	F16  DType = "F16"
 )
 
-func (d DType) size() int {
-	switch d {
-	case F32:
-		return 4
-	case BF16, F16:
-		return 2
-	}
-	return 0
+// dtypeSizes holds the element size in bytes of every dtype the safetensors format defines.
+var dtypeSizes = map[string]int64{
+	"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+	"I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+	"I32": 4, "U32": 4, "F32": 4,
+	"I64": 8, "U64": 8, "F64": 8,
 }
 
-// maxHeader bounds the JSON header (safetensors' own limit is 100 MB).
-const maxHeader = 100 << 20
+// convertible reports whether d is one of F32, BF16, F16.
+func (d DType) convertible() bool { return d == F32 || d == BF16 || d == F16 }
 
-// Tensor is one tensor of a safetensors file, converted to fp32, with its stored dtype.
-type Tensor struct {
-	engine.HostTensor
-	DType DType
+// MaxHeaderBytes bounds the JSON header of a safetensors file (the reference implementation's
+// limit is 100 MB too); a larger length is treated as corruption.
+const MaxHeaderBytes = 100 << 20
+
+// File is the content of a safetensors file: tensors converted to fp32, the dtype each was
+// stored as, and the header's __metadata__ map.
+type File struct {
+	Tensors  map[string]engine.HostTensor
+	DTypes   map[string]DType
+	Metadata map[string]string
 }
 
-type headerEntry struct {
-	DType       string   `json:"dtype"`
-	Shape       []int    `json:"shape"`
-	DataOffsets [2]int64 `json:"data_offsets"`
+// entry is one validated tensor of a header; lo and hi are offsets into the data region.
+type entry struct {
+	name   string
+	dtype  string
+	shape  []int
+	elems  int64
+	lo, hi int64
 }
 
-// ReadSafetensors reads every tensor of a safetensors file as fp32 (F32, BF16 and F16), with
-// the header's __metadata__. The header is validated strictly; errors name the file and the
-// tensor at fault. Tensors are read one at a time from the file (no second copy of it).
-func ReadSafetensors(path string) (map[string]Tensor, map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	t, meta, err := ParseSafetensors(f, st.Size())
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return t, meta, nil
+// header is a validated safetensors header.
+type header struct {
+	dataStart int64 // file offset of the data region
+	entries   []entry
+	meta      map[string]string
 }
 
-// ParseSafetensors reads a safetensors image of the given size from r (see ReadSafetensors).
-func ParseSafetensors(r io.ReaderAt, size int64) (map[string]Tensor, map[string]string, error) {
-	var lenBuf [8]byte
+// parseHeader reads and validates the header of a safetensors image of size bytes: the 8-byte
+// length against the file size and MaxHeaderBytes, the JSON object, each tensor's dtype, shape
+// and data offsets, and that the tensors tile the data region exactly (sorted by offset,
+// neither overlapping nor leaving gaps or trailing bytes).
+func parseHeader(r io.ReaderAt, size int64) (*header, error) {
 	if size < 8 {
-		return nil, nil, fmt.Errorf("safetensors: %d bytes, too short for the header length", size)
+		return nil, fmt.Errorf("file of %d bytes is too short for the 8-byte header length", size)
 	}
-	if _, err := r.ReadAt(lenBuf[:], 0); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: header length: %w", err)
+	var lb [8]byte
+	if _, err := r.ReadAt(lb[:], 0); err != nil {
+		return nil, fmt.Errorf("reading the header length: %w", err)
 	}
-	n := binary.LittleEndian.Uint64(lenBuf[:])
-	if n == 0 || n > maxHeader || int64(n) > size-8 {
-		return nil, nil, fmt.Errorf("safetensors: header length %d does not fit the file of %d bytes (limit %d)", n, size, maxHeader)
+	n := binary.LittleEndian.Uint64(lb[:])
+	if n > MaxHeaderBytes {
+		return nil, fmt.Errorf("header length %d exceeds the limit of %d bytes", n, MaxHeaderBytes)
 	}
-	hdr := make([]byte, n)
-	if _, err := r.ReadAt(hdr, 8); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: header: %w", err)
+	if int64(n) > size-8 {
+		return nil, fmt.Errorf("header length %d does not fit the file of %d bytes (truncated?)", n, size)
 	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(hdr, &raw); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: header is not a JSON object: %w", err)
+	hb := make([]byte, n)
+	if _, err := r.ReadAt(hb, 8); err != nil {
+		return nil, fmt.Errorf("reading the header: %w", err)
 	}
-	dataStart := 8 + int64(n)
-	dataLen := size - dataStart
-	meta := map[string]string{}
-	type span struct {
-		name     string
-		lo, hi   int64
-		dtype    DType
-		shape    []int
-		elements int64
+	if len(bytes.TrimSpace(hb)) == 0 || bytes.TrimLeft(hb, " \t\r\n")[0] != '{' {
+		return nil, errors.New("header is not a JSON object")
 	}
-	var spans []span
-	for name, msg := range raw {
+	h := &header{dataStart: 8 + int64(n), meta: map[string]string{}}
+	dataLen := size - h.dataStart
+
+	// Walk the top-level object by tokens to refuse duplicate names (a map would keep the last).
+	dec := json.NewDecoder(bytes.NewReader(hb))
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("header is not valid JSON: %w", err)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("header is not valid JSON: %w", err)
+		}
+		name, _ := tok.(string)
+		if seen[name] {
+			return nil, fmt.Errorf("header names %q twice", name)
+		}
+		seen[name] = true
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("header is not valid JSON at %q: %w", name, err)
+		}
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &meta); err != nil {
-				return nil, nil, fmt.Errorf("safetensors: __metadata__ must map strings to strings: %w", err)
+			if err := json.Unmarshal(raw, &h.meta); err != nil || h.meta == nil {
+				return nil, fmt.Errorf("__metadata__ must map strings to strings: %s", raw)
 			}
 			continue
 		}
-		var e headerEntry
-		if err := json.Unmarshal(msg, &e); err != nil {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q: %w", name, err)
+		e, err := parseEntry(name, raw, dataLen)
+		if err != nil {
+			return nil, err
 		}
-		dt := DType(e.DType)
-		if dt.size() == 0 {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q has dtype %q (supported: F32, BF16, F16)", name, e.DType)
-		}
-		elems := int64(1)
-		for _, d := range e.Shape {
-			if d < 0 || (d > 0 && elems > math.MaxInt64/int64(d)/8) {
-				return nil, nil, fmt.Errorf("safetensors: tensor %q has shape %v", name, e.Shape)
-			}
-			elems *= int64(d)
-		}
-		lo, hi := e.DataOffsets[0], e.DataOffsets[1]
-		if lo < 0 || hi < lo || hi > dataLen {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q has data offsets [%d, %d] outside the %d data bytes", name, lo, hi, dataLen)
-		}
-		if hi-lo != elems*int64(dt.size()) {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q: shape %v of %s needs %d bytes, offsets span %d", name, e.Shape, dt, elems*int64(dt.size()), hi-lo)
-		}
-		spans = append(spans, span{name, lo, hi, dt, e.Shape, elems})
+		h.entries = append(h.entries, e)
 	}
-	sort.Slice(spans, func(i, j int) bool {
-		return spans[i].lo < spans[j].lo || spans[i].lo == spans[j].lo && spans[i].hi < spans[j].hi
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("header is not valid JSON: %w", err)
+	}
+	if rest, _ := io.ReadAll(dec.Buffered()); len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("header has bytes after its JSON object")
+	}
+
+	sort.Slice(h.entries, func(i, j int) bool {
+		a, b := h.entries[i], h.entries[j]
+		if a.lo != b.lo {
+			return a.lo < b.lo
+		}
+		return a.hi < b.hi
 	})
-	for i := 1; i < len(spans); i++ {
-		if spans[i].lo < spans[i-1].hi {
-			return nil, nil, fmt.Errorf("safetensors: tensors %q and %q overlap", spans[i-1].name, spans[i].name)
+	var end int64
+	for i, e := range h.entries {
+		switch {
+		case e.lo < end:
+			return nil, fmt.Errorf("tensor %q (data offsets [%d, %d]) overlaps tensor %q", e.name, e.lo, e.hi, h.entries[i-1].name)
+		case e.lo > end:
+			return nil, fmt.Errorf("tensor %q starts at data offset %d, leaving a gap after offset %d", e.name, e.lo, end)
 		}
+		end = e.hi
 	}
-	out := map[string]Tensor{}
-	for _, s := range spans {
-		buf := make([]byte, s.hi-s.lo)
-		if _, err := r.ReadAt(buf, dataStart+s.lo); err != nil {
-			return nil, nil, fmt.Errorf("safetensors: tensor %q: %w", s.name, err)
+	if end != dataLen {
+		last := "(none)"
+		if len(h.entries) > 0 {
+			last = fmt.Sprintf("%q", h.entries[len(h.entries)-1].name)
 		}
-		data := make([]float32, s.elements)
-		switch s.dtype {
-		case F32:
-			for i := range data {
-				data[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*i:]))
-			}
-		case BF16:
-			for i := range data {
-				data[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(buf[2*i:])) << 16)
-			}
-		case F16:
-			for i := range data {
-				data[i] = f16ToF32(binary.LittleEndian.Uint16(buf[2*i:]))
-			}
-		}
-		out[s.name] = Tensor{HostTensor: engine.HostTensor{Shape: append([]int{}, s.shape...), Data: data}, DType: s.dtype}
+		return nil, fmt.Errorf("the last tensor %s ends at data offset %d but the data region holds %d bytes", last, end, dataLen)
 	}
-	return out, meta, nil
+	return h, nil
 }
 
-// WriteSafetensors writes tensors (names sorted, header padded with spaces to a multiple of 8
-// as the reference implementation does) as dtype, with optional metadata, atomically: a temp
-// file in the same directory, fsynced, renamed over path, and the directory fsynced.
-func WriteSafetensors(path string, tensors map[string]engine.HostTensor, dtype DType, meta map[string]string) error {
-	if dtype.size() == 0 {
-		return fmt.Errorf("safetensors %s: dtype %q not supported", path, dtype)
+// parseEntry validates one tensor's header entry against the data region's length.
+func parseEntry(name string, raw json.RawMessage, dataLen int64) (entry, error) {
+	var info struct {
+		DType       *string  `json:"dtype"`
+		Shape       *[]int64 `json:"shape"`
+		DataOffsets *[]int64 `json:"data_offsets"`
 	}
-	names := make([]string, 0, len(tensors))
-	for n := range tensors {
-		names = append(names, n)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&info); err != nil {
+		return entry{}, fmt.Errorf("tensor %q: bad header entry: %w", name, err)
 	}
-	sort.Strings(names)
-	hdr := map[string]any{}
-	if len(meta) > 0 {
-		hdr["__metadata__"] = meta
+	switch {
+	case name == "":
+		return entry{}, errors.New("a tensor has an empty name")
+	case info.DType == nil:
+		return entry{}, fmt.Errorf("tensor %q: missing field \"dtype\"", name)
+	case info.Shape == nil:
+		return entry{}, fmt.Errorf("tensor %q: missing field \"shape\"", name)
+	case info.DataOffsets == nil || len(*info.DataOffsets) != 2:
+		return entry{}, fmt.Errorf("tensor %q: field \"data_offsets\" must be two integers", name)
 	}
-	var off int64
-	for _, n := range names {
-		t := tensors[n]
-		elems := 1
-		for _, d := range t.Shape {
-			elems *= d
+	size, ok := dtypeSizes[*info.DType]
+	if !ok {
+		return entry{}, fmt.Errorf("tensor %q: unknown dtype %q", name, *info.DType)
+	}
+	e := entry{name: name, dtype: *info.DType, elems: 1, lo: (*info.DataOffsets)[0], hi: (*info.DataOffsets)[1]}
+	for _, d := range *info.Shape {
+		if d < 0 || d > math.MaxInt32 {
+			return entry{}, fmt.Errorf("tensor %q: shape %v has a bad dimension", name, *info.Shape)
 		}
-		if elems != len(t.Data) {
-			return fmt.Errorf("safetensors %s: tensor %q has %d values for shape %v", path, n, len(t.Data), t.Shape)
+		if d != 0 && e.elems > dataLen/d {
+			return entry{}, fmt.Errorf("tensor %q: shape %v holds more elements than the file has bytes", name, *info.Shape)
 		}
-		size := int64(elems * dtype.size())
-		hdr[n] = headerEntry{DType: string(dtype), Shape: append([]int{}, t.Shape...), DataOffsets: [2]int64{off, off + size}}
-		off += size
+		e.elems *= d
+		e.shape = append(e.shape, int(d))
 	}
-	hb, err := json.Marshal(hdr)
+	if e.shape == nil {
+		e.shape = []int{} // a scalar
+	}
+	if e.lo < 0 || e.hi < e.lo || e.hi > dataLen {
+		return entry{}, fmt.Errorf("tensor %q: data offsets [%d, %d] lie outside the data region of %d bytes", name, e.lo, e.hi, dataLen)
+	}
+	if want := e.elems * size; e.hi-e.lo != want {
+		return entry{}, fmt.Errorf("tensor %q: shape %v of %s needs %d bytes but data offsets [%d, %d] span %d",
+			name, *info.Shape, e.dtype, want, e.lo, e.hi, e.hi-e.lo)
+	}
+	return e, nil
+}
+
+// ParseSafetensors reads a safetensors image of size bytes from r: the header is validated
+// (see ReadSafetensors) and every tensor converted to fp32. Errors name the tensor at fault
+// but not the file; ReadSafetensors adds the path.
+func ParseSafetensors(r io.ReaderAt, size int64) (*File, error) {
+	h, err := parseHeader(r, size)
 	if err != nil {
-		return fmt.Errorf("safetensors %s: %w", path, err)
+		return nil, err
 	}
-	for len(hb)%8 != 0 {
-		hb = append(hb, ' ')
+	f := &File{Tensors: map[string]engine.HostTensor{}, DTypes: map[string]DType{}, Metadata: h.meta}
+	var mapped []byte
+	if m, ok := r.(*mappedFile); ok {
+		mapped = m.data
+	}
+	var buf []byte // streamed reads go through one chunk buffer, never the whole file
+	for _, e := range h.entries {
+		dt := DType(e.dtype)
+		if !dt.convertible() {
+			return nil, fmt.Errorf("tensor %q: dtype %s is not supported (want F32, BF16 or F16)", e.name, e.dtype)
+		}
+		data := make([]float32, e.elems)
+		es := int64(dtypeSizes[e.dtype])
+		if mapped != nil {
+			decode(dt, data, mapped[h.dataStart+e.lo:h.dataStart+e.hi])
+		} else {
+			const chunk = 1 << 20 // elements per read
+			for i := int64(0); i < e.elems; i += chunk {
+				k := min(chunk, e.elems-i)
+				if int64(cap(buf)) < k*es {
+					buf = make([]byte, k*es)
+				}
+				b := buf[:k*es]
+				if _, err := r.ReadAt(b, h.dataStart+e.lo+i*es); err != nil {
+					return nil, fmt.Errorf("tensor %q: %w", e.name, err)
+				}
+				decode(dt, data[i:i+k], b)
+			}
+		}
+		f.Tensors[e.name] = engine.HostTensor{Shape: e.shape, Data: data}
+		f.DTypes[e.name] = dt
+	}
+	return f, nil
+}
+
+// decode converts little-endian values of dtype dt in b into dst (len(b) = len(dst) x size).
+func decode(dt DType, dst []float32, b []byte) {
+	switch dt {
+	case F32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+	case BF16:
+		for i := range dst {
+			dst[i] = BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	case F16:
+		for i := range dst {
+			dst[i] = F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	}
+}
+
+// mappedFile is a read-only memory map of a file, read through io.ReaderAt or directly.
+type mappedFile struct{ data []byte }
+
+// ReadAt implements io.ReaderAt.
+func (m *mappedFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(m.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// ReadSafetensors reads a safetensors file, converting F32, BF16 and F16 tensors to fp32. The
+// file is memory-mapped (read in chunks where mapping fails), so loading never holds a second
+// copy of it. The header is validated strictly: the length against the file size, the JSON,
+// each dtype, shape and offset, and that the tensors tile the data region. Errors name the
+// file and the tensor at fault.
+func ReadSafetensors(path string) (*File, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var r io.ReaderAt = fh
+	if st.Size() >= 8 && st.Size() < math.MaxInt {
+		if data, err := unix.Mmap(int(fh.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED); err == nil {
+			defer unix.Munmap(data)
+			r = &mappedFile{data: data}
+		}
+	}
+	f, err := ParseSafetensors(r, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// testHookWriter, when set (by tests), wraps the writer of every atomically written file, to
+// inject failures midway.
+var testHookWriter func(path string, w io.Writer) io.Writer
+
+// WriteSafetensors writes tensors to path as dtype (F32, BF16 or F16; BF16 and F16 round to
+// nearest even) with optional metadata. The output is deterministic: names sorted, data in
+// that order, the header padded with spaces to a multiple of 8 bytes as the reference
+// implementation does. The file is written atomically: a temp file in the same directory,
+// fsynced, renamed over path, and the directory fsynced.
+func WriteSafetensors(path string, tensors map[string]engine.HostTensor, dtype DType, metadata map[string]string) error {
+	hb, names, err := encodeHeader(tensors, dtype, metadata)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return writeAtomic(path, func(w io.Writer) error {
 		var lb [8]byte
@@ -214,34 +342,100 @@ func WriteSafetensors(path string, tensors map[string]engine.HostTensor, dtype D
 		if _, err := w.Write(hb); err != nil {
 			return err
 		}
-		for _, n := range names {
-			d := tensors[n].Data
-			buf := make([]byte, len(d)*dtype.size())
-			for i, v := range d {
-				switch dtype {
-				case F32:
-					binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
-				case BF16:
-					binary.LittleEndian.PutUint16(buf[2*i:], f32ToBF16(v))
-				case F16:
-					binary.LittleEndian.PutUint16(buf[2*i:], f32ToF16(v))
-				}
-			}
-			if _, err := w.Write(buf); err != nil {
-				return err
-			}
-		}
-		return nil
+		return writeData(w, tensors, names, dtype)
 	})
 }
 
-// writeAtomic writes a file through fill into a temp file beside path, fsyncs it, renames it
-// over path and fsyncs the directory. On error the temp file is removed and path is untouched.
+// encodeHeader builds the padded JSON header: __metadata__ first, then tensors by sorted name.
+func encodeHeader(tensors map[string]engine.HostTensor, dtype DType, metadata map[string]string) ([]byte, []string, error) {
+	if !dtype.convertible() {
+		return nil, nil, fmt.Errorf("dtype %q is not supported for writing (want F32, BF16 or F16)", dtype)
+	}
+	names := make([]string, 0, len(tensors))
+	for n := range tensors {
+		if n == "" || n == "__metadata__" {
+			return nil, nil, fmt.Errorf("tensor name %q is not allowed", n)
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var hb bytes.Buffer
+	hb.WriteByte('{')
+	if len(metadata) > 0 {
+		m, err := json.Marshal(metadata) // keys sorted
+		if err != nil {
+			return nil, nil, err
+		}
+		hb.WriteString(`"__metadata__":`)
+		hb.Write(m)
+	}
+	es := int64(dtypeSizes[string(dtype)])
+	var off int64
+	for i, n := range names {
+		t := tensors[n]
+		elems := int64(1)
+		for _, d := range t.Shape {
+			if d < 0 {
+				return nil, nil, fmt.Errorf("tensor %q has shape %v", n, t.Shape)
+			}
+			elems *= int64(d)
+		}
+		if elems != int64(len(t.Data)) {
+			return nil, nil, fmt.Errorf("tensor %q has %d values for shape %v", n, len(t.Data), t.Shape)
+		}
+		if i > 0 || len(metadata) > 0 {
+			hb.WriteByte(',')
+		}
+		name, _ := json.Marshal(n)
+		shape := t.Shape
+		if shape == nil {
+			shape = []int{}
+		}
+		sh, _ := json.Marshal(shape)
+		fmt.Fprintf(&hb, `%s:{"dtype":"%s","shape":%s,"data_offsets":[%d,%d]}`, name, dtype, sh, off, off+elems*es)
+		off += elems * es
+	}
+	hb.WriteByte('}')
+	for hb.Len()%8 != 0 {
+		hb.WriteByte(' ')
+	}
+	return hb.Bytes(), names, nil
+}
+
+// writeData writes the tensors' values in order, converted to dtype, through a bounded buffer.
+func writeData(w io.Writer, tensors map[string]engine.HostTensor, names []string, dtype DType) error {
+	es := dtypeSizes[string(dtype)]
+	buf := make([]byte, 0, 1<<16)
+	for _, n := range names {
+		for _, v := range tensors[n].Data {
+			switch dtype {
+			case F32:
+				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+			case BF16:
+				buf = binary.LittleEndian.AppendUint16(buf, F32ToBF16(v))
+			case F16:
+				buf = binary.LittleEndian.AppendUint16(buf, F32ToF16(v))
+			}
+			if int64(len(buf))+es > int64(cap(buf)) {
+				if _, err := w.Write(buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
+			}
+		}
+	}
+	_, err := w.Write(buf)
+	return err
+}
+
+// writeAtomic writes path through fill: into a temp file beside it, flushed, fsynced, closed,
+// renamed over path, then the directory fsynced. On error the temp file is removed and path is
+// untouched. Errors name path.
 func writeAtomic(path string, fill func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	defer func() {
 		if err != nil {
@@ -249,27 +443,51 @@ func writeAtomic(path string, fill func(io.Writer) error) (err error) {
 			os.Remove(f.Name())
 		}
 	}()
-	if err = fill(f); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	var w io.Writer = f
+	if testHookWriter != nil {
+		w = testHookWriter(path, w)
 	}
-	if err = f.Sync(); err != nil {
-		return err
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err = fill(bw); err == nil {
+		err = bw.Flush()
 	}
-	if err = f.Close(); err != nil {
-		return err
+	if err == nil {
+		err = f.Chmod(0o644)
 	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
+	if err == nil {
+		err = f.Close()
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
 }
 
-// f32ToBF16 rounds to nearest even (NaN stays NaN).
-func f32ToBF16(v float32) uint16 {
+// syncDir fsyncs a directory so that renames into it are durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// BF16ToF32 widens a bfloat16 (the top 16 bits of an fp32) exactly.
+func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// F32ToBF16 rounds an fp32 to the nearest bfloat16, ties to even, as PyTorch does; NaN stays
+// a (quiet) NaN and overflow rounds to infinity.
+func F32ToBF16(v float32) uint16 {
 	b := math.Float32bits(v)
 	if b&0x7fffffff > 0x7f800000 {
 		return uint16(b>>16) | 0x40
@@ -277,36 +495,37 @@ func f32ToBF16(v float32) uint16 {
 	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
 }
 
-// f16ToF32 widens an IEEE half.
-func f16ToF32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := int(h>>10) & 0x1f
+// F16ToF32 widens an IEEE 754 half exactly (subnormals, infinities and NaN included).
+func F16ToF32(h uint16) float32 {
+	sign := uint32(h&0x8000) << 16
+	exp := uint32(h>>10) & 0x1f
 	frac := uint32(h & 0x3ff)
 	switch {
-	case exp == 0:
-		if frac == 0 {
-			return math.Float32frombits(sign)
+	case exp == 0 && frac == 0:
+		return math.Float32frombits(sign)
+	case exp == 0: // subnormal: frac x 2^-24, normalised for fp32
+		e := uint32(127 - 15 + 1)
+		for frac&0x400 == 0 {
+			frac <<= 1
+			e--
 		}
-		v := float32(frac) / 1024 / 16384 // subnormal: frac * 2^-24
-		if sign != 0 {
-			v = -v
-		}
-		return v
+		return math.Float32frombits(sign | e<<23 | (frac&0x3ff)<<13)
 	case exp == 31:
 		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
 	}
-	return math.Float32frombits(sign | uint32(exp-15+127)<<23 | frac<<13)
+	return math.Float32frombits(sign | (exp+127-15)<<23 | frac<<13)
 }
 
-// f32ToF16 rounds to the nearest IEEE half (ties to even), with overflow to infinity.
-func f32ToF16(v float32) uint16 {
+// F32ToF16 rounds an fp32 to the nearest IEEE 754 half, ties to even; values beyond the half
+// range become infinity, tiny ones a subnormal or zero; NaN stays a (quiet) NaN.
+func F32ToF16(v float32) uint16 {
 	b := math.Float32bits(v)
 	sign := uint16(b>>16) & 0x8000
 	exp := int(b>>23) & 0xff
 	frac := b & 0x7fffff
 	if exp == 0xff {
 		if frac != 0 {
-			return sign | 0x7e00
+			return sign | 0x7e00 | uint16(frac>>13)
 		}
 		return sign | 0x7c00
 	}
@@ -314,24 +533,23 @@ func f32ToF16(v float32) uint16 {
 	if e >= 31 {
 		return sign | 0x7c00
 	}
-	if e <= 0 {
+	var m uint32 // the half's bits without sign, before rounding
+	var shift uint
+	if e <= 0 { // subnormal half (or zero): value = m x 2^-24
 		if e < -10 {
-			return sign
+			return sign // below half of the smallest subnormal
 		}
-		m := frac | 0x800000
-		shift := uint32(14 - e)
-		half := uint32(1) << (shift - 1)
-		r := m >> shift
-		rem := m & (1<<shift - 1)
-		if rem > half || rem == half && r&1 == 1 {
-			r++
-		}
-		return sign | uint16(r)
+		frac |= 0x800000
+		shift = uint(14 - e)
+		m = frac >> shift
+	} else {
+		shift = 13
+		m = uint32(e)<<10 | frac>>13
 	}
-	r := uint32(e)<<10 | frac>>13
-	rem := frac & 0x1fff
-	if rem > 0x1000 || rem == 0x1000 && r&1 == 1 {
-		r++ // may carry into the exponent, which is the right rounding (up to infinity)
+	rem := frac & (1<<shift - 1)
+	half := uint32(1) << (shift - 1)
+	if rem > half || rem == half && m&1 == 1 {
+		m++ // a carry into the exponent is the right rounding (up to infinity at the top)
 	}
-	return sign | uint16(r)
+	return sign | uint16(m)
 }
