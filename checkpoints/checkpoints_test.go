@@ -729,6 +729,22 @@ func TestPythonReader(t *testing.T) {
 			t.Logf("%s %s: %s", name, opts.DType, bytes.TrimSpace(b))
 		}
 	}
+	// The script is not blind: one changed weight makes it fail, naming the tensor.
+	src := filepath.Join(goldenDir, "qwen2")
+	cfg, w, err := Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = "model.layers.0.mlp.up_proj.weight"
+	w[n].Data[5] += 1e-3
+	out := filepath.Join(t.TempDir(), "m")
+	if err := Save(out, cfg, w, SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := exec.Command(py, "../scripts/check_checkpoint.py", out, src).CombinedOutput()
+	if err == nil || !bytes.Contains(b, []byte(n)) {
+		t.Fatalf("check_checkpoint.py accepted a changed weight: %v\n%s", err, b)
+	}
 }
 
 // FuzzReadSafetensors: arbitrary bytes never panic; what parses is a consistent file that
@@ -762,6 +778,25 @@ func FuzzReadSafetensors(f *testing.F) {
 				if math.Float32bits(back.Tensors[n].Data[i]) != math.Float32bits(v) {
 					t.Fatalf("%s[%d]: %v after a round trip, was %v", n, i, back.Tensors[n].Data[i], v)
 				}
+			}
+		}
+	})
+}
+
+// FuzzParseIndex: a model.safetensors.index.json of arbitrary bytes never panics, and what
+// parses names only plain files inside the directory.
+func FuzzParseIndex(f *testing.F) {
+	f.Add([]byte(`{"metadata":{"total_size":8},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}`))
+	f.Add([]byte(`{"weight_map":{"a":"../x"}}`))
+	f.Add([]byte(`{"weight_map":{}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		idx, err := parseIndex(data)
+		if err != nil {
+			return
+		}
+		for _, file := range idx.order {
+			if file != filepath.Base(file) || strings.ContainsAny(file, `/\`) || file == ".." || file == "." {
+				t.Fatalf("index accepted file %q", file)
 			}
 		}
 	})
