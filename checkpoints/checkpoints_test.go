@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/engine"
 )
@@ -800,4 +801,85 @@ func FuzzParseIndex(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestKillDuringSave re-runs the test binary as a child that saves two alternating weight sets
+// over one directory in a loop, and SIGKILLs it at varying moments: the directory always loads
+// and holds one of the two sets, whole.
+func TestKillDuringSave(t *testing.T) {
+	if dir := os.Getenv("PROLONG_KILL_CHILD_DIR"); dir != "" {
+		killChild(dir)
+		return
+	}
+	cfg := killConfig()
+	sets := []map[string]engine.HostTensor{engine.RandomWeights(cfg, 1, 0.02), engine.RandomWeights(cfg, 2, 0.02)}
+	out := filepath.Join(t.TempDir(), "ckpt")
+	if err := Save(out, cfg, sets[0], SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	midway := 0 // kills that left a temporary directory, i.e. landed inside a save
+	for i, delay := range []int{30, 55, 80, 110, 150, 200, 260, 330} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestKillDuringSave$")
+		cmd.Env = append(os.Environ(), "PROLONG_KILL_CHILD_DIR="+out)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(delay) * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+		_, got, err := Load(out)
+		if err != nil {
+			t.Fatalf("kill %d after %d ms: the checkpoint no longer loads: %v", i, delay, err)
+		}
+		which := -1
+		for k, set := range sets {
+			same := true
+			for n, x := range set {
+				if fmt.Sprint(got[n].Data) != fmt.Sprint(x.Data) {
+					same = false
+					break
+				}
+			}
+			if same {
+				which = k
+			}
+		}
+		if which < 0 {
+			t.Fatalf("kill %d after %d ms: the checkpoint mixes the two weight sets", i, delay)
+		}
+		entries, _ := os.ReadDir(filepath.Dir(out))
+		t.Logf("killed after %d ms: set %d loads; %d leftover temporary entries", delay, which, len(entries)-1)
+		if len(entries) > 1 {
+			midway++
+		}
+	}
+	if midway == 0 {
+		t.Error("no kill landed inside a save; the test proves nothing (retune the delays)")
+	}
+	// The next save clears what the killed ones left.
+	if err := Save(out, cfg, sets[1], SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 1 {
+		t.Fatalf("stale temporary directories survive a save: %v", entries)
+	}
+}
+
+// killConfig is a model of a few MB, so that a save takes long enough to be killed midway.
+func killConfig() *engine.Config {
+	return &engine.Config{ModelType: "qwen2", VocabSize: 1024, HiddenSize: 256, NumHiddenLayers: 4,
+		NumAttentionHeads: 4, NumKeyValueHeads: 2, HeadDim: 64, IntermediateSize: 512, RMSNormEps: 1e-6,
+		RopeTheta: 10000, MaxPositionEmbeddings: 128, AttentionBias: true}
+}
+
+// killChild saves the two weight sets of TestKillDuringSave over dir until it is killed.
+func killChild(dir string) {
+	cfg := killConfig()
+	sets := []map[string]engine.HostTensor{engine.RandomWeights(cfg, 1, 0.02), engine.RandomWeights(cfg, 2, 0.02)}
+	for i := 1; ; i++ {
+		if err := Save(dir, cfg, sets[i%2], SaveOptions{ShardBytes: 2 << 20}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+	}
 }

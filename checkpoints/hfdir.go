@@ -59,7 +59,8 @@ func SaveHF(dir string, cfg *engine.Config, weights map[string]engine.HostTensor
 // The weights must be exactly those of cfg (engine.WeightNames) with their shapes; errors
 // name the tensor. The directory is built beside dir under a temporary name, every file
 // fsynced, then swapped in by rename: an existing dir stays intact until that moment, and a
-// failed save leaves it untouched.
+// failed save leaves it untouched. Temporary directories that earlier saves to dir left when
+// killed (dir.tmp-*) are removed.
 func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, opts SaveOptions) (err error) {
 	if opts.DType == "" {
 		opts.DType = F32
@@ -86,6 +87,7 @@ func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, 
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
+	removeStale(dir)
 	tmp, err := os.MkdirTemp(parent, filepath.Base(dir)+".tmp-")
 	if err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
@@ -253,6 +255,31 @@ func copyFile(dst, src string) error {
 		_, err := io.Copy(w, in)
 		return err
 	})
+}
+
+// removeStale removes the temporary directories that saves to dir killed midway left beside
+// it (dir.tmp-*). It does so only while dir exists: where it does not, a dir.tmp-*.old may be
+// the previous checkpoint itself (see swapDir), and it is kept.
+func removeStale(dir string) {
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return
+	}
+	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), globEscape(filepath.Base(dir))+".tmp-*"))
+	for _, p := range stale {
+		os.RemoveAll(p)
+	}
+}
+
+// globEscape quotes the pattern characters of a file name for filepath.Glob.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // swapDir moves the finished directory tmp to dir. Where dir exists, the two are exchanged
