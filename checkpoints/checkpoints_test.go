@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -880,6 +881,82 @@ func killChild(dir string) {
 		if err := Save(dir, cfg, sets[i%2], SaveOptions{ShardBytes: 2 << 20}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(3)
+		}
+	}
+}
+
+// TestReadMemory: reading allocates the fp32 output and little else — the file is mapped (or
+// streamed in bounded chunks), never copied whole into memory.
+func TestReadMemory(t *testing.T) {
+	const n = 4 << 20 // 16 MB of F32
+	path := filepath.Join(t.TempDir(), "big.safetensors")
+	if err := WriteSafetensors(path, map[string]engine.HostTensor{"w": {Shape: []int{n}, Data: make([]float32, n)}}, F32, nil); err != nil {
+		t.Fatal(err)
+	}
+	allocs := func(read func() error) uint64 {
+		runtime.GC()
+		var a, b runtime.MemStats
+		runtime.ReadMemStats(&a)
+		if err := read(); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&b)
+		return b.TotalAlloc - a.TotalAlloc
+	}
+	mapped := allocs(func() error { _, err := ReadSafetensors(path); return err })
+	streamed := allocs(func() error {
+		fh, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer fh.Close()
+		st, _ := fh.Stat()
+		_, err = ParseSafetensors(fh, st.Size()) // an *os.File: read through ReadAt in chunks
+		return err
+	})
+	t.Logf("output %d MB; allocated %.1f MB mapped, %.1f MB streamed", 4*n>>20, float64(mapped)/(1<<20), float64(streamed)/(1<<20))
+	if mapped > 4*n+1<<20 {
+		t.Errorf("mapped read allocated %d bytes for %d bytes of output", mapped, 4*n)
+	}
+	if streamed > 4*n+5<<20 {
+		t.Errorf("streamed read allocated %d bytes for %d bytes of output (chunks are 4 MB)", streamed, 4*n)
+	}
+}
+
+// TestByteIdentical: safetensors -> engine -> safetensors is byte for byte the file the
+// PyTorch golden script wrote (same layout rules: metadata first, names sorted, compact JSON,
+// space padding), and a BF16 file read and written again as BF16 is unchanged.
+func TestByteIdentical(t *testing.T) {
+	for _, name := range goldenModels {
+		src := filepath.Join(goldenDir, name)
+		cfg, w, err := Load(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "m")
+		if err := Save(out, cfg, w, SaveOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := os.ReadFile(filepath.Join(src, WeightsFile))
+		b, _ := os.ReadFile(filepath.Join(out, WeightsFile))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s: re-saved model.safetensors differs from PyTorch's (%d vs %d bytes)", name, len(b), len(a))
+		}
+		if err := Save(out, cfg, w, SaveOptions{DType: BF16}); err != nil {
+			t.Fatal(err)
+		}
+		_, w2, err := Load(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out2 := filepath.Join(t.TempDir(), "m")
+		if err := Save(out2, cfg, w2, SaveOptions{DType: BF16}); err != nil {
+			t.Fatal(err)
+		}
+		a, _ = os.ReadFile(filepath.Join(out, WeightsFile))
+		b, _ = os.ReadFile(filepath.Join(out2, WeightsFile))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s: a BF16 file read and re-written changed", name)
 		}
 	}
 }
