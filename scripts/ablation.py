@@ -56,6 +56,8 @@ def main():
             mpath = os.path.join(out, "metrics.jsonl")
             done = os.path.exists(mpath) and any(r["step"] == a.steps for r in read(mpath))
             if not a.reuse and not done:  # a finished run (its last step logged) is kept
+                if os.path.exists(mpath):
+                    os.remove(mpath)  # an interrupted run starts over
                 prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
                 cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
                 print("+", " ".join(cmd), file=sys.stderr, flush=True)

@@ -147,6 +147,9 @@ func run(ctx context.Context, o options) error {
 	if o.out == "" {
 		o.out = filepath.Join("runs", time.Now().Format("20060102-150405"))
 	}
+	if _, err := os.Stat(filepath.Join(o.out, "metrics.jsonl")); err == nil {
+		return fmt.Errorf("run directory %s already holds a run (metrics.jsonl); choose another --out", o.out)
+	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}

@@ -27,6 +27,9 @@ func TestShortRun(t *testing.T) {
 	if len(recs) != 5 || recs[0].Eval == nil || recs[2].Eval == nil || recs[4].Eval == nil || !recs[3].RefReset {
 		t.Fatalf("%d records: %+v", len(recs), recs)
 	}
+	if err := run(context.Background(), o); err == nil {
+		t.Error("a second run into the same directory was accepted")
+	}
 	for _, f := range []string{"reward.png", "heldout_accuracy.png", "response_length.png",
 		"checkpoints/step-000003/model.onnx", "checkpoints/step-000004/model.onnx", "checkpoints/step-000004/config.json",
 		"checkpoints/step-000004/model.safetensors"} {
