@@ -106,18 +106,7 @@ func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, 
 	if err := writeJSON(filepath.Join(tmp, ConfigFile), configJSON(cfg, arch, opts.DType)); err != nil {
 		return err
 	}
-	gen := map[string]any{}
-	if cfg.BOSTokenID != nil {
-		gen["bos_token_id"] = *cfg.BOSTokenID
-	}
-	switch len(cfg.EOSTokenIDs) {
-	case 0:
-	case 1:
-		gen["eos_token_id"] = cfg.EOSTokenIDs[0]
-	default:
-		gen["eos_token_id"] = cfg.EOSTokenIDs
-	}
-	if err := writeJSON(filepath.Join(tmp, GenerationConfigFile), gen); err != nil {
+	if err := writeJSON(filepath.Join(tmp, GenerationConfigFile), generationConfig(cfg)); err != nil {
 		return err
 	}
 	for _, src := range opts.CopyFiles {
