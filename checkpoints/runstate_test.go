@@ -42,7 +42,7 @@ func sampleState(step int64, seed uint64) *RunState {
 	pcg := rand.NewPCG(seed, 1)
 	rng, _ := pcg.MarshalBinary()
 	return &RunState{Step: step, Config: cfg, Weights: w, Reference: ref,
-		Optimizer:    &OptimizerState{Step: step - 3, Groups: map[string]map[string]engine.HostTensor{"m": m, "v": v}},
+		Optimizer:    &OptimizerState{Step: step / 2, Groups: map[string]map[string]engine.HostTensor{"m": m, "v": v}},
 		RNG:          map[string][]byte{"sampler": rng, "data": {0, 1, 2, 255}},
 		DataPosition: json.RawMessage(`{"epoch":2,"index":` + strconv.FormatInt(step*8, 10) + `}`),
 		Metrics:      json.RawMessage(`[{"step":1,"reward":0.25}]`),
