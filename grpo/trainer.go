@@ -167,6 +167,40 @@ func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSo
 	return t, nil
 }
 
+// State is what a Trainer carries from step to step besides the weights, the optimizer state
+// and the data position: enough, with those, to resume a run exactly (rollout seeds derive
+// from Config.Seed and the step).
+type State struct {
+	Step     int     `json:"step"`
+	BestEval float64 `json:"best_eval"` // best validation accuracy so far
+	Stale    int     `json:"stale"`     // evaluations since the best one
+	Evals    int     `json:"evals"`     // evaluations reported through AfterEval
+	Resets   []int   `json:"resets"`    // steps at which the reference was reset
+}
+
+// State returns the trainer's state for a checkpoint.
+func (t *Trainer) State() State {
+	return State{Step: t.step, BestEval: t.bestEval, Stale: t.stale, Evals: t.evals, Resets: append([]int(nil), t.lastResets...)}
+}
+
+// Restore puts back a state saved by State and, when the run has a reference policy, the
+// reference weights saved with it (a reset may have moved the reference away from the start).
+func (t *Trainer) Restore(s State, reference map[string]engine.HostTensor) error {
+	if t.Reference != nil {
+		if reference == nil {
+			return errors.New("grpo: restore: the run has a reference policy (KL coefficient > 0) but no reference weights were given")
+		}
+		ref, err := engine.NewModel(t.Policy.Model.Config, t.Policy.Model.Backend, reference, engine.F32)
+		if err != nil {
+			return fmt.Errorf("grpo: restore reference: %w", err)
+		}
+		t.Reference = ref
+	}
+	t.step, t.bestEval, t.stale, t.evals = s.Step, s.BestEval, s.Stale, s.Evals
+	t.lastResets = append([]int(nil), s.Resets...)
+	return nil
+}
+
 // StepNumber is the number of completed steps.
 func (t *Trainer) StepNumber() int { return t.step }
 
@@ -496,6 +530,35 @@ type EvalResult struct {
 	Reward     float64            `json:"reward"`
 	ByKind     map[string]float64 `json:"by_kind,omitempty"`
 	MeanLength float64            `json:"mean_length"`
+	// PassAtK is the unbiased pass@k estimate (Chen et al. 2021) for k = 1, 2, 4, ... up to
+	// the samples per prompt (and that number itself), averaged over prompts.
+	PassAtK map[int]float64 `json:"pass_at_k,omitempty"`
+}
+
+// PassAtK is the unbiased estimate of the chance that at least one of k samples drawn without
+// replacement from n, of which c are correct, is correct: 1 - C(n-c, k) / C(n, k), computed
+// as a product so that large n does not overflow.
+func PassAtK(n, c, k int) float64 {
+	if k < 1 || k > n || c < 0 || c > n {
+		return math.NaN()
+	}
+	if n-c < k {
+		return 1
+	}
+	fail := 1.0 // C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i)
+	for i := n - c + 1; i <= n; i++ {
+		fail *= 1 - float64(k)/float64(i)
+	}
+	return 1 - fail
+}
+
+// passKs are the k of pass@k reported for n samples per prompt.
+func passKs(n int) []int {
+	var ks []int
+	for k := 1; k < n; k *= 2 {
+		ks = append(ks, k)
+	}
+	return append(ks, n)
 }
 
 // Evaluate samples n responses per prompt (ProRL evaluates at temperature 0.6, top-p 0.95;
@@ -506,11 +569,12 @@ func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, tempera
 	if err != nil {
 		return nil, fmt.Errorf("grpo: evaluation: %w", err)
 	}
-	res := &EvalResult{ByKind: map[string]float64{}}
+	res := &EvalResult{ByKind: map[string]float64{}, PassAtK: map[int]float64{}}
 	kindN := map[string]int{}
 	var total, length float64
 	var count int
 	for i, ss := range samples {
+		correct := 0
 		for _, s := range ss {
 			r, err := t.Reward(ctx, prompts[i], t.Decode(s.Tokens))
 			if err != nil {
@@ -519,11 +583,17 @@ func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, tempera
 			if r == 1 {
 				res.Accuracy++
 				res.ByKind[prompts[i].Kind]++
+				correct++
 			}
 			kindN[prompts[i].Kind]++
 			total += r
 			length += float64(len(s.Tokens))
 			count++
+		}
+		if len(ss) > 0 {
+			for _, k := range passKs(len(ss)) {
+				res.PassAtK[k] += PassAtK(len(ss), correct, k) / float64(len(samples))
+			}
 		}
 	}
 	if count > 0 {

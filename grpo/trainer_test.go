@@ -3,6 +3,7 @@ package grpo
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -215,5 +216,89 @@ func TestResetOnPlateau(t *testing.T) {
 	}
 	if resets != 2 {
 		t.Errorf("%d resets, want 2", resets)
+	}
+}
+
+// TestPassAtK: the unbiased estimator against values worked by hand from 1 - C(n-c,k)/C(n,k).
+func TestPassAtK(t *testing.T) {
+	for _, tc := range []struct {
+		n, c, k int
+		want    float64
+	}{
+		{4, 0, 1, 0}, {4, 1, 1, 0.25}, {4, 1, 2, 0.5}, // 1 - C(3,2)/C(4,2) = 1 - 3/6
+		{4, 1, 4, 1}, {4, 2, 2, 5.0 / 6}, // 1 - C(2,2)/C(4,2) = 1 - 1/6
+		{8, 3, 4, 13.0 / 14}, // 1 - C(5,4)/C(8,4) = 1 - 5/70
+		{10, 10, 1, 1}, {10, 2, 9, 1}, // fewer wrong than k: always a correct one
+	} {
+		if got := PassAtK(tc.n, tc.c, tc.k); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("pass@%d with %d of %d correct = %v, want %v", tc.k, tc.c, tc.n, got, tc.want)
+		}
+	}
+	if !math.IsNaN(PassAtK(4, 1, 5)) {
+		t.Error("k > n accepted")
+	}
+	if fmt.Sprint(passKs(8)) != "[1 2 4 8]" || fmt.Sprint(passKs(6)) != "[1 2 4 6]" || fmt.Sprint(passKs(1)) != "[1]" {
+		t.Errorf("passKs: %v %v %v", passKs(8), passKs(6), passKs(1))
+	}
+}
+
+// TestResumeMatchesUninterrupted: a run stopped after 3 steps and resumed from its saved
+// weights, optimizer state, reference, trainer state and data position ends, after 3 more, at
+// the same weights bit for bit as a run of 6 steps (a reference reset falls in between).
+func TestResumeMatchesUninterrupted(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 3, 4, 4
+	cfg.RefResetEvery = 2
+	cfg.Loss.KLCoef = 0.05 // make the reference matter
+	ctx := context.Background()
+	steps := func(tr *Trainer, n int) {
+		for i := 0; i < n; i++ {
+			if _, err := tr.Step(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	full, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	steps(full, 6)
+	want, _ := full.Policy.Model.HostWeights()
+
+	first, gen1 := newGRPO(t, cfg, countSevens)
+	defer gen1.Close()
+	steps(first, 3)
+	w, _ := first.Policy.Model.HostWeights()
+	ref, _ := first.Reference.HostWeights()
+	opt, err := first.Policy.OptimizerState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, pos := first.State(), first.Prompts.(*fixedPrompts).pos
+
+	second, gen2 := newGRPO(t, cfg, countSevens) // fresh weights, as a new process would have
+	defer gen2.Close()
+	if err := second.Policy.LoadWeights(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Policy.LoadOptimizerState(opt); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Restore(st, ref); err != nil {
+		t.Fatal(err)
+	}
+	second.Prompts.(*fixedPrompts).pos = pos
+	steps(second, 3)
+	got, _ := second.Policy.Model.HostWeights()
+	for name, wt := range want {
+		for i, v := range wt.Data {
+			if got[name].Data[i] != v {
+				t.Fatalf("%s[%d]: resumed %v, uninterrupted %v", name, i, got[name].Data[i], v)
+			}
+		}
+	}
+	if fmt.Sprint(second.State().Resets) != "[2 4 6]" {
+		t.Errorf("resets %v, want [2 4 6]", second.State().Resets)
+	}
+	if err := second.Restore(st, nil); err == nil {
+		t.Error("restore without reference weights accepted for a run with a reference")
 	}
 }
