@@ -213,6 +213,7 @@ type Metrics struct {
 	RewardMean       float64            `json:"reward_mean"`
 	Accuracy         float64            `json:"accuracy"` // fraction of responses with reward 1
 	RewardByKind     map[string]float64 `json:"reward_by_kind,omitempty"`
+	AccuracyByKind   map[string]float64 `json:"accuracy_by_kind,omitempty"`
 	ResponseLenMean  float64            `json:"response_len_mean"`
 	ResponseLenMax   int                `json:"response_len_max"`
 	TruncatedFrac    float64            `json:"truncated_frac"`
@@ -233,6 +234,7 @@ type Metrics struct {
 	TrainSeconds     float64            `json:"train_s"`
 	RolloutTokensPS  float64            `json:"rollout_tok_per_s"`
 	TrainTokens      int                `json:"train_tokens"`
+	TrainTokensPS    float64            `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
 	SkippedNoSignal  bool               `json:"skipped_no_signal,omitempty"`
 	OptimizerUpdates int                `json:"optimizer_updates"`
 }
@@ -251,7 +253,7 @@ type rollout struct {
 // reference log-probs, MiniBatches policy updates, and a reference reset when one is due.
 func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 	cfg := t.Config
-	m := &Metrics{Step: t.step + 1, RewardByKind: map[string]float64{}}
+	m := &Metrics{Step: t.step + 1, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}
 	t0 := time.Now()
 	var groups [][]*rollout
 	var rewardsAll []float64
@@ -285,6 +287,7 @@ func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 				trunc := s.Finish == engine.FinishLength
 				if r == 1 {
 					correct++
+					m.AccuracyByKind[p.Kind]++
 				}
 				rewardsAll = append(rewardsAll, r)
 				m.RewardByKind[p.Kind] += r
@@ -316,6 +319,7 @@ func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 	m.Accuracy = float64(correct) / float64(max(1, nResp))
 	for k, n := range kindN {
 		m.RewardByKind[k] /= float64(n)
+		m.AccuracyByKind[k] /= float64(n)
 	}
 	m.ResponseLenMean = lenSum / float64(max(1, nResp))
 	m.ResponseLenMax = lenMax
@@ -416,6 +420,9 @@ func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 	}
 	agg.fill(m)
 	m.TrainSeconds = time.Since(t1).Seconds()
+	if m.TrainSeconds > 0 {
+		m.TrainTokensPS = float64(m.TrainTokens) / m.TrainSeconds
+	}
 	return m, t.maybeReset(m)
 }
 
