@@ -1,12 +1,16 @@
-// Command train runs the ProRL recipe. With no arguments it trains the project's default job on
-// the CPU: it builds the small default model by a seeded supervised warm start on the default
-// task (short multi-step arithmetic), then improves it with GRPO (clip-higher, k3 KL to a
-// reference policy, dynamic sampling, a reference reset), evaluating on held-out problems,
-// logging metrics.jsonl and drawing PNG plots in the run directory.
+// Command train runs the ProRL recipe: GRPO with clip-higher, KL to a reference policy, dynamic
+// sampling and reference resets, with held-out evaluation, metrics, plots, run states to resume
+// from and ONNX + safetensors exports.
 //
-//	go run ./tools/train                    # the default job
-//	go run ./tools/train --sft              # only the supervised warm start, with its accuracy
-//	go run ./tools/train --steps 50 --seed 2 --out runs/try
+// With no arguments it trains the project's default job on the CPU: it builds the small default
+// model by a seeded supervised warm start on the default task (short multi-step arithmetic),
+// then improves it with GRPO. With --model and --data it trains your model on your prompts.
+//
+//	go run ./tools/train                                       # the default job
+//	go run ./tools/train --sft                                 # only the supervised warm start
+//	go run ./tools/train --model DIR --data FILE --out RUNDIR  # your model and prompts
+//	go run ./tools/train --out RUNDIR --resume                 # continue a stopped run
+//	go run ./tools/train --config recipe.yaml                  # flags from a file
 package main
 
 import (
@@ -14,90 +18,190 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
-	"time"
+	"sort"
+	"strings"
+	"syscall"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
 
-	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
-	"github.com/prolong-rl/prolong/grpo/tasks"
-	"github.com/prolong-rl/prolong/onnx"
 )
 
+// options are the program's flags.
 type options struct {
-	out            string
-	seed           uint64
-	steps          int
-	sftOnly        bool
-	sftSteps       int
-	sftLR          float64
-	evalEvery      int
-	evalSize       int
-	resetEvery     int
-	lr             float64
-	prompts        int
-	samples        int
-	noDynamic      bool
-	quiet          bool
-	klCoef         float64
-	clipHigh       float64
-	trainProblems  int
-	maxResponseLen int
-	evalTemp       float64
-	evalTopP       float64
-	evalSamples    int
-	resetPlateau   int
-	cot            bool
-	cpuProfile     string
-	sftNoise       float64
+	// What to train on.
+	model, data, valData, defaultKind string
+	valFraction                       float64
+	maxPromptTokens                   int
+	noChatTemplate                    bool
+	rolloutServers                    []string
+	writeData                         string
+
+	// The run.
+	out, config, cpuProfile string
+	seed                    uint64
+	steps                   int
+	resume, quiet           bool
+	saveEvery, keep         int
+
+	// The default job's warm start.
+	sftOnly, cot           bool
+	sftSteps, trainProblems int
+	sftLR, sftNoise        float64
+
+	// Rollouts and the GRPO step.
+	prompts, samples, maxResponseLen, miniBatches, microBatchTokens, maxRounds int
+	temperature, topP, overlongPenalty                                       float64
+	noDynamic                                                                bool
+
+	// Loss and advantages.
+	clipLow, clipHigh, dualClip, klCoef, entropyCoef float64
+	klEstimator, agg, advEstimator                   string
+	noStdNorm                                        bool
+
+	// Optimizer.
+	lr, beta1, beta2, weightDecay, clipNorm float64
+	warmup                                  int
+	recompute                               bool
+	freeze                                  []string
+
+	// Reference resets.
+	resetEvery, resetPlateau int
+
+	// Evaluation.
+	evalEvery, evalSize, evalSamples int
+	evalTemp, evalTopP               float64
 }
 
-// newFlags declares every flag of the program into o, with the defaults of the default job.
+// newFlags declares every flag of the program into o. The defaults are the ProRL recipe's
+// (../shared/docs/prorl.md); the default job (no --model) scales some of them down to a
+// few-minute CPU run, see defaultJobFlags.
 func newFlags(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: go run ./tools/train [--model DIR --data FILE] [--out RUNDIR] [flags]\n\n"+
+			"Runs GRPO with the ProRL recipe. Without --model it trains the embedded default job.\n"+
+			"Flags (defaults are ProRL's; the default job's own value is given where it differs):\n")
+		fs.PrintDefaults()
+	}
+	prorl := grpo.DefaultLossConfig()
+
+	fs.StringVar(&o.model, "model", "", "model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json) or a .onnx file; empty: the default job's model")
+	fs.StringVar(&o.data, "data", "", "training prompts: JSONL or Parquet (fields prompt or messages, data_source, ground_truth / reward_model.ground_truth, extra_info)")
+	fs.StringVar(&o.valData, "val-data", "", "held-out prompts (same format); empty: --val-fraction of --data")
+	fs.Float64Var(&o.valFraction, "val-fraction", 0.02, "share of --data held out for evaluation when --val-data is not given")
+	fs.StringVar(&o.defaultKind, "default-kind", "", "task kind (reward) of rows without data_source; empty: such rows are errors")
+	fs.IntVar(&o.maxPromptTokens, "max-prompt-tokens", 1024, "prompts longer than this many tokens are dropped (counted in the log)")
+	fs.BoolVar(&o.noChatTemplate, "no-chat-template", false, "feed prompt text as is, without the tokenizer's chat template")
+	fs.StringSliceVar(&o.rolloutServers, "rollout-servers", nil, "rollout servers (URLs of tools/rollout-server) to generate with instead of the in-process engine; weights are pushed after each step")
+
 	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
-	fs.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data, sampling")
-	fs.IntVar(&o.steps, "steps", 200, "GRPO steps")
-	fs.BoolVar(&o.sftOnly, "sft", false, "run only the supervised warm start and report its held-out accuracy")
-	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "optimizer steps of the supervised warm start")
-	fs.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "peak learning rate of the supervised warm start (cosine schedule)")
-	fs.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps")
-	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation")
-	fs.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (ProRL: 0.6; 0: greedy)")
-	fs.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation (ProRL: 0.95)")
-	fs.IntVar(&o.evalSamples, "eval-samples", 4, "samples per held-out problem; accuracy is pass@1 averaged over them")
-	fs.IntVar(&o.resetEvery, "ref-reset-every", 100, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
-	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
-	fs.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
-	fs.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "share of warm-start targets whose final answer is replaced by a wrong one")
-	fs.Float64Var(&o.lr, "lr", 5e-5, "GRPO learning rate (AdamW, constant)")
-	fs.IntVar(&o.prompts, "prompts", 16, "prompts per rollout step (groups)")
-	fs.IntVar(&o.samples, "n", 8, "samples per prompt")
-	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal")
-	fs.Float64Var(&o.klCoef, "kl-coef", grpo.DefaultKLCoef, "weight of the k3 KL penalty to the reference")
-	fs.Float64Var(&o.clipHigh, "clip-high", grpo.DefaultClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
-	fs.IntVar(&o.trainProblems, "train-problems", 3000, "distinct training problems")
-	fs.IntVar(&o.maxResponseLen, "max-response", 24, "maximum response tokens")
+	fs.StringVar(&o.config, "config", "", "YAML or JSON file of flag values (keys are flag names); flags given on the command line win")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data order, sampling")
+	fs.IntVar(&o.steps, "steps", 1000, "GRPO steps in all (default job: 200)")
+	fs.BoolVar(&o.resume, "resume", false, "continue the run in --out from its latest run state (flags given now override the saved ones)")
+	fs.IntVar(&o.saveEvery, "save-every", 50, "save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end")
+	fs.IntVar(&o.keep, "keep", 2, "run states kept (the oldest are removed after a save)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
+
+	fs.BoolVar(&o.sftOnly, "sft", false, "default job: run only the supervised warm start and report its held-out accuracy")
+	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "default job: optimizer steps of the supervised warm start")
+	fs.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "default job: peak learning rate of the warm start (cosine schedule)")
+	fs.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "default job: warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
+	fs.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "default job: share of warm-start targets whose final answer is replaced by a wrong one")
+	fs.IntVar(&o.trainProblems, "train-problems", 3000, "default job: distinct training problems")
+	fs.StringVar(&o.writeData, "write-task-data", "", "write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit")
+
+	fs.IntVar(&o.prompts, "prompts", 256, "prompts (groups) per rollout step (default job: 16)")
+	fs.IntVar(&o.samples, "n", 16, "samples per prompt (default job: 8)")
+	fs.Float64Var(&o.temperature, "temperature", 1.2, "rollout temperature; the loss sees log-probs at it too")
+	fs.Float64Var(&o.topP, "top-p", 1, "rollout top-p")
+	fs.IntVar(&o.maxResponseLen, "max-response", 8192, "maximum response tokens (default job: 24)")
+	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", 0, "subtracted from the reward of a response cut at --max-response")
+	fs.IntVar(&o.miniBatches, "mini-batches", 4, "policy updates per rollout step (the rollout batch is split into this many; default job: 2)")
+	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", 4096, "tokens per forward/backward; gradients accumulate over micro-batches")
+	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
+	fs.IntVar(&o.maxRounds, "max-sampling-rounds", 4, "dynamic sampling: most rollout rounds per step to fill the batch")
+
+	fs.Float64Var(&o.clipLow, "clip-low", prorl.ClipLow, "lower clip bound eps_low: the ratio is clipped at 1-eps_low")
+	fs.Float64Var(&o.clipHigh, "clip-high", prorl.ClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
+	fs.Float64Var(&o.dualClip, "dual-clip", 0, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c, e.g. 3); 0: off")
+	fs.Float64Var(&o.klCoef, "kl-coef", prorl.KLCoef, "beta, the weight of the KL penalty to the reference in the loss; 0: no reference")
+	fs.StringVar(&o.klEstimator, "kl-estimator", string(grpo.KLK3), "KL estimator: k1, k2 (mse) or k3 (low-variance)")
+	fs.Float64Var(&o.entropyCoef, "entropy-coef", 0, "weight of an entropy bonus (ProRL: none)")
+	fs.StringVar(&o.agg, "loss-agg", string(grpo.AggTokenMean), "loss aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean")
+	fs.StringVar(&o.advEstimator, "adv-estimator", string(grpo.EstimatorGRPO), "advantage estimator: grpo, rloo or reinforce_plus_plus_baseline")
+	fs.BoolVar(&o.noStdNorm, "no-std-norm", false, "GRPO advantages without the division by the group's standard deviation (Dr. GRPO)")
+
+	fs.Float64Var(&o.lr, "lr", 2e-6, "learning rate (AdamW; constant after --warmup; default job: 5e-5)")
+	fs.IntVar(&o.warmup, "warmup", 0, "optimizer steps of linear learning-rate warm-up")
+	fs.Float64Var(&o.beta1, "beta1", 0.9, "AdamW beta1")
+	fs.Float64Var(&o.beta2, "beta2", 0.999, "AdamW beta2 (default job: 0.99)")
+	fs.Float64Var(&o.weightDecay, "weight-decay", 0.01, "AdamW decoupled weight decay (not on norms and biases; default job: 0)")
+	fs.Float64Var(&o.clipNorm, "clip-norm", 1, "global gradient-norm clipping; 0: off")
+	fs.BoolVar(&o.recompute, "recompute", false, "recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
+	fs.StringSliceVar(&o.freeze, "freeze", nil, "regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')")
+
+	fs.IntVar(&o.resetEvery, "ref-reset-every", 0, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never (default job: 100)")
+	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
+
+	fs.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps (and at the start and the end)")
+	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation (at most)")
+	fs.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (0: greedy)")
+	fs.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation")
+	fs.IntVar(&o.evalSamples, "eval-samples", 16, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k (default job: 4)")
 	return fs
 }
 
+// defaultJobFlags are the values the default job (no --model) uses where they differ from the
+// ProRL defaults: a 2.4M-parameter model, short answers, minutes on 2 cores.
+var defaultJobFlags = map[string]string{
+	"steps": "200", "prompts": "16", "n": "8", "max-response": "24", "mini-batches": "2", "lr": "5e-5",
+	"beta2": "0.99", "weight-decay": "0", "ref-reset-every": "100", "eval-samples": "4",
+}
+
+// parseOptions parses args: the command line first, then --config for flags not given there,
+// then the default job's values for flags still unset when there is no --model.
+func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
+	o := new(options)
+	fs := newFlags(o)
+	if err := fs.Parse(args); err != nil {
+		return o, fs, err
+	}
+	if fs.NArg() > 0 {
+		return o, fs, fmt.Errorf("unexpected arguments %q (every setting is a --flag)", fs.Args())
+	}
+	if o.config != "" {
+		if err := applyConfigFile(fs, o.config); err != nil {
+			return o, fs, err
+		}
+	}
+	if o.model == "" && !o.resume {
+		for name, v := range defaultJobFlags {
+			if !fs.Changed(name) {
+				if err := fs.Set(name, v); err != nil {
+					return o, fs, err
+				}
+			}
+		}
+	}
+	return o, fs, nil
+}
+
 func main() {
-	var o options
-	fs := newFlags(&o)
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	o, fs, err := parseOptions(os.Args[1:])
+	if err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return
 		}
+		fmt.Fprintln(os.Stderr, "train:", err)
 		os.Exit(2)
 	}
 	if o.cpuProfile != "" {
@@ -111,224 +215,96 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, o); err != nil {
+	if err := run(ctx, o, fs); err != nil {
 		pprof.StopCPUProfile()
 		slog.Error("train failed", "err", err)
+		if ctx.Err() != nil && o.out != "" {
+			fmt.Fprintf(os.Stderr, "interrupted: continue with  go run ./tools/train --out %s --resume\n", o.out)
+		}
 		os.Exit(1)
 	}
 }
 
-// promptStream hands out the training prompts in a seeded order, reshuffled every epoch.
-type promptStream struct {
-	ps    []grpo.Prompt
-	order []int
-	pos   int
-	epoch uint64
-	seed  uint64
+// flagValues returns every flag's value: a string, or a list of strings for list flags (what a
+// run state keeps to resume with the same settings).
+func flagValues(fs *pflag.FlagSet) map[string]any {
+	m := map[string]any{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if v, ok := f.Value.(pflag.SliceValue); ok {
+			m[f.Name] = append([]string{}, v.GetSlice()...) // [] rather than null when empty
+			return
+		}
+		m[f.Name] = f.Value.String()
+	})
+	return m
 }
 
-func (s *promptStream) Next(n int) ([]grpo.Prompt, error) {
-	out := make([]grpo.Prompt, n)
-	for i := range out {
-		if s.pos == len(s.order) || s.order == nil {
-			s.order = shuffled(len(s.ps), s.seed, s.epoch)
-			s.pos = 0
-			s.epoch++
-		}
-		out[i] = s.ps[s.order[s.pos]]
-		s.pos++
+// notFromFile are flags a config file or a saved run cannot set: they say where the run is.
+var notFromFile = map[string]bool{"config": true, "resume": true, "out": true}
+
+// applyConfigFile sets the flags not given on the command line from a YAML (or JSON) file
+// whose keys are flag names (verl-style underscores are accepted: clip_high).
+func applyConfigFile(fs *pflag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
 	}
-	return out, nil
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return applyValues(fs, m, "config file "+path)
 }
 
-func run(ctx context.Context, o options) error {
-	if o.out == "" {
-		o.out = filepath.Join("runs", time.Now().Format("20060102-150405"))
+// applyValues sets each flag named in m that the command line did not set.
+func applyValues(fs *pflag.FlagSet, m map[string]any, from string) error {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
 	}
-	if _, err := os.Stat(filepath.Join(o.out, "metrics.jsonl")); err == nil {
-		return fmt.Errorf("run directory %s already holds a run (metrics.jsonl); choose another --out", o.out)
-	}
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	tok := quickstart.NewTokenizer()
-	f := quickstart.Task()
-	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
-	if err != nil {
-		return err
-	}
-	held, err := tok.Prompts(heldTasks)
-	if err != nil {
-		return err
-	}
-	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.trainProblems, Seed: o.seed + 2000})
-	if err != nil {
-		return err
-	}
-	train, err := tok.Prompts(trainTasks)
-	if err != nil {
-		return err
-	}
-
-	// 1. The default model: a seeded supervised warm start.
-	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
-		float64(quickstart.ModelConfig().NumParams())/1e6, quickstart.TaskSpec, len(train), len(held))
-	sft := quickstart.DefaultSFT()
-	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.seed, o.sftSteps, o.sftLR, o.cot, o.sftNoise
-	bar := newBar(o, sft.Steps, "warm start (SFT)")
-	sft.Progress = func(step int, loss float64) {
-		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
-		bar.Add(1)
-	}
-	t0 := time.Now()
-	policy, err := quickstart.SFT(ctx, sft)
-	if err != nil {
-		return err
-	}
-	bar.Finish()
-	gen, err := engine.NewGenerator(policy.Model, engine.GeneratorOptions{})
-	if err != nil {
-		return err
-	}
-	defer gen.Close()
-
-	cfg := grpo.DefaultConfig()
-	cfg.Seed = o.seed
-	cfg.PromptsPerStep, cfg.SamplesPerPrompt = o.prompts, o.samples
-	cfg.MaxResponseTokens = o.maxResponseLen
-	cfg.StopTokens = []int32{tok.ID(quickstart.EOS)}
-	cfg.DynamicSampling = !o.noDynamic
-	cfg.RefResetEvery = o.resetEvery
-	cfg.RefResetOnPlateau = o.resetPlateau
-	cfg.Loss.KLCoef = o.klCoef
-	cfg.Loss.ClipHigh = o.clipHigh
-	if err := policy.SetOptimizer(engine.AdamWConfig{LR: o.lr, Beta2: 0.99, ClipNorm: 1}); err != nil {
-		return err
-	}
-	g, err := grpo.NewTrainer(policy, grpo.EngineRollouts{Gen: gen}, &promptStream{ps: train, seed: o.seed}, quickstart.Reward(), tok.Decode, cfg)
-	if err != nil {
-		return err
-	}
-	eval := func() (*grpo.EvalResult, error) {
-		n := o.evalSamples
-		if o.evalTemp == 0 {
-			n = 1
+	sort.Strings(names)
+	for _, key := range names {
+		name := strings.ReplaceAll(key, "_", "-")
+		f := fs.Lookup(name)
+		switch {
+		case f == nil:
+			return fmt.Errorf("%s: unknown setting %q (not a flag of tools/train; see --help)", from, key)
+		case notFromFile[name]:
+			return fmt.Errorf("%s: setting %q can only be given on the command line", from, key)
+		case fs.Changed(name):
+			continue
 		}
-		return g.Evaluate(ctx, held, n, float32(o.evalTemp), float32(o.evalTopP))
-	}
-	before, err := eval()
-	if err != nil {
-		return err
-	}
-	fmt.Printf("after the warm start (%.0fs): held-out accuracy %.1f%% (pass@1 at temperature %g, top-p %g)\n",
-		time.Since(t0).Seconds(), 100*before.Accuracy, o.evalTemp, o.evalTopP)
-	if o.sftOnly {
-		return nil
-	}
-
-	// 2. GRPO.
-	log, err := grpo.OpenMetricsLog(filepath.Join(o.out, "metrics.jsonl"))
-	if err != nil {
-		return err
-	}
-	defer log.Close()
-	if err := log.Append(grpo.Record{Metrics: &grpo.Metrics{Step: 0}, Eval: before}); err != nil {
-		return err
-	}
-	if _, err := g.AfterEval(before, nil); err != nil {
-		return err
-	}
-	var resets []int
-	var exported []string
-	export := func(step int) error {
-		dir, err := exportCheckpoint(o.out, step, policy.Model)
-		if err == nil {
-			exported = append(exported, dir)
+		var err error
+		switch v := m[key].(type) {
+		case nil:
+			err = errors.New("no value")
+		case []any, []string:
+			sv, ok := f.Value.(pflag.SliceValue)
+			if !ok {
+				err = errors.New("a list given to a flag that takes one value")
+				break
+			}
+			var items []string
+			if ss, ok := v.([]string); ok {
+				items = ss
+			} else {
+				for _, it := range v.([]any) {
+					items = append(items, fmt.Sprint(it))
+				}
+			}
+			if err = sv.Replace(items); err == nil {
+				f.Changed = true
+			}
+		case map[string]any:
+			err = errors.New("a mapping given to a flag")
+		default:
+			err = fs.Set(name, fmt.Sprint(v))
 		}
-		return err
-	}
-	g.OnReset = func(step int) error {
-		resets = append(resets, step)
-		return export(step)
-	}
-	bar = newBar(o, o.steps, "GRPO")
-	t1 := time.Now()
-	last := before
-	for s := 1; s <= o.steps; s++ {
-		m, err := g.Step(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: setting %q: %w", from, key, err)
 		}
-		rec := grpo.Record{Metrics: m}
-		if s%o.evalEvery == 0 || s == o.steps {
-			if rec.Eval, err = eval(); err != nil {
-				return err
-			}
-			last = rec.Eval
-			if _, err := g.AfterEval(rec.Eval, m); err != nil {
-				return err
-			}
-		}
-		if err := log.Append(rec); err != nil {
-			return err
-		}
-		bar.Describe(fmt.Sprintf("GRPO reward %.2f held-out %.1f%%", m.RewardMean, 100*last.Accuracy))
-		bar.Add(1)
-	}
-	bar.Finish()
-	if len(resets) == 0 || resets[len(resets)-1] != o.steps {
-		if err := export(o.steps); err != nil {
-			return err
-		}
-	}
-	recs, err := grpo.ReadMetrics(filepath.Join(o.out, "metrics.jsonl"))
-	if err != nil {
-		return err
-	}
-	plots, err := grpo.PlotMetrics(recs, o.out)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("\nheld-out accuracy: %.1f%% -> %.1f%% after %d GRPO steps (%.0fs); reference resets at steps %v\n",
-		100*before.Accuracy, 100*last.Accuracy, o.steps, time.Since(t1).Seconds(), resets)
-	fmt.Printf("run directory %s:\n  metrics.jsonl\n", o.out)
-	for _, p := range plots {
-		fmt.Printf("  %s\n", filepath.Base(p))
-	}
-	for _, d := range exported {
-		rel, _ := filepath.Rel(o.out, d)
-		fmt.Printf("  %s/{model.safetensors,config.json,model.onnx}\n", rel)
 	}
 	return nil
-}
-
-// exportCheckpoint writes the policy at a step under out/checkpoints/step-NNNNNN as a Hugging
-// Face directory (model.safetensors, config.json, generation_config.json) and as ONNX
-// (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
-func exportCheckpoint(out string, step int, m *engine.Model) (string, error) {
-	dir := filepath.Join(out, "checkpoints", fmt.Sprintf("step-%06d", step))
-	w, err := m.HostWeights()
-	if err != nil {
-		return "", err
-	}
-	if err := checkpoints.SaveHF(dir, m.Config, w, checkpoints.F32); err != nil {
-		return "", err
-	}
-	return dir, onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{})
-}
-
-// shuffled returns a seeded permutation of 0..n-1 for one epoch.
-func shuffled(n int, seed, epoch uint64) []int {
-	r := rand.New(rand.NewPCG(seed, epoch))
-	return r.Perm(n)
-}
-func newBar(o options, n int, what string) *progressbar.ProgressBar {
-	if o.quiet {
-		return progressbar.DefaultSilent(int64(n), what)
-	}
-	return progressbar.NewOptions(n, progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),
-		progressbar.OptionSetWidth(30), progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(),
-		progressbar.OptionShowElapsedTimeOnFinish())
 }

@@ -1,23 +1,44 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/quickstart"
+	"github.com/prolong-rl/prolong/grpo/tasks"
 )
 
+// runArgs runs the program's flags and run as main does.
+func runArgs(t *testing.T, args ...string) error {
+	t.Helper()
+	o, fs, err := parseOptions(args)
+	if err != nil {
+		return err
+	}
+	return run(context.Background(), o, fs)
+}
+
+// shortRun is a default job small enough for a test.
+var shortRun = []string{"--quiet", "--seed", "1", "--steps", "4", "--sft-steps", "20", "--sft-lr", "3e-3", "--eval-every", "2",
+	"--eval-size", "20", "--ref-reset-every", "3", "--lr", "1e-4", "--prompts", "4", "--n", "4", "--train-problems", "200",
+	"--max-response", "8", "--eval-samples", "2"}
+
 // TestShortRun runs the default job for a few steps and checks what the run directory holds:
-// a metrics line per step (plus the step-0 evaluation), held-out evaluations, a reference
-// reset, and the PNG plots.
+// a metrics line per step (plus the step-0 evaluation), held-out evaluations with pass@k, a
+// reference reset, the PNG plots, exports and a run state.
 func TestShortRun(t *testing.T) {
 	dir := t.TempDir()
-	o := options{out: dir, seed: 1, steps: 4, sftSteps: 20, sftLR: 3e-3, evalEvery: 2, evalSize: 20, resetEvery: 3,
-		lr: 1e-4, prompts: 4, samples: 4, klCoef: grpo.DefaultKLCoef, clipHigh: grpo.DefaultClipHigh,
-		trainProblems: 200, maxResponseLen: 8, quiet: true, evalTemp: 0.6, evalTopP: 0.95, evalSamples: 2}
-	if err := run(context.Background(), o); err != nil {
+	if err := runArgs(t, append(shortRun, "--out", dir)...); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := grpo.ReadMetrics(filepath.Join(dir, "metrics.jsonl"))
@@ -27,14 +48,168 @@ func TestShortRun(t *testing.T) {
 	if len(recs) != 5 || recs[0].Eval == nil || recs[2].Eval == nil || recs[4].Eval == nil || !recs[3].RefReset {
 		t.Fatalf("%d records: %+v", len(recs), recs)
 	}
-	if err := run(context.Background(), o); err == nil {
-		t.Error("a second run into the same directory was accepted")
+	if _, ok := recs[4].Eval.PassAtK[2]; !ok {
+		t.Errorf("no pass@2 in the final evaluation: %+v", recs[4].Eval)
+	}
+	if err := runArgs(t, append(shortRun, "--out", dir)...); err == nil || !strings.Contains(err.Error(), "--resume") {
+		t.Errorf("a second run into the same directory: %v", err)
 	}
 	for _, f := range []string{"reward.png", "heldout_accuracy.png", "response_length.png",
 		"checkpoints/step-000003/model.onnx", "checkpoints/step-000004/model.onnx", "checkpoints/step-000004/config.json",
-		"checkpoints/step-000004/model.safetensors"} {
+		"checkpoints/step-000004/model.safetensors", "checkpoints/step-000004/tokenizer.json", "state/latest"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// TestResume: a run of 4 steps, extended with --resume --steps 6, ends at the same weights,
+// bit for bit, as a run of 6 steps, and its metrics.jsonl holds each step once.
+func TestResume(t *testing.T) {
+	base := []string{"--quiet", "--seed", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot", "--eval-every", "3",
+		"--eval-size", "10", "--ref-reset-every", "3", "--prompts", "4", "--n", "8", "--train-problems", "100",
+		"--eval-samples", "2", "--save-every", "2"}
+	full, split := t.TempDir(), t.TempDir()
+	if err := runArgs(t, append(base, "--out", full, "--steps", "6")...); err != nil {
+		t.Fatal(err)
+	}
+	if err := runArgs(t, append(base, "--out", split, "--steps", "4")...); err != nil {
+		t.Fatal(err)
+	}
+	// A crash after step 5 was logged but before its state: the log line must go.
+	f, err := os.OpenFile(filepath.Join(split, "metrics.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"step":5,"reward_mean":0.5}` + "\n")
+	f.Close()
+	// Only the run directory and the new length: every other setting comes from the run state.
+	if err := runArgs(t, "--quiet", "--out", split, "--resume", "--steps", "6"); err != nil {
+		t.Fatal(err)
+	}
+	a, err := checkpoints.LoadRunState(filepath.Join(full, "state"), checkpoints.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := checkpoints.LoadRunState(filepath.Join(split, "state"), checkpoints.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Step != 6 || b.Step != 6 {
+		t.Fatalf("steps %d and %d, want 6", a.Step, b.Step)
+	}
+	for name, w := range a.Weights {
+		if !bytes.Equal(f32bytes(w.Data), f32bytes(b.Weights[name].Data)) {
+			t.Fatalf("%s differs between the resumed and the uninterrupted run", name)
+		}
+		if !bytes.Equal(f32bytes(a.Reference[name].Data), f32bytes(b.Reference[name].Data)) {
+			t.Fatalf("reference %s differs between the resumed and the uninterrupted run", name)
+		}
+	}
+	recs, err := grpo.ReadMetrics(filepath.Join(split, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs[5:] { // the resumed steps must train, or the comparison proves nothing
+		if r.OptimizerUpdates == 0 {
+			t.Errorf("resumed step %d made no update: %+v", r.Step, r.Metrics)
+		}
+	}
+	ra, _ := os.ReadFile(filepath.Join(full, "metrics.jsonl"))
+	rb, _ := os.ReadFile(filepath.Join(split, "metrics.jsonl"))
+	if n, m := bytes.Count(ra, []byte("\n")), bytes.Count(rb, []byte("\n")); n != 7 || m != 7 {
+		t.Errorf("metrics lines: uninterrupted %d, resumed %d; want 7 each", n, m)
+	}
+	if err := runArgs(t, "--quiet", "--out", t.TempDir(), "--resume"); err == nil || !strings.Contains(err.Error(), "--resume") {
+		t.Errorf("resume of an empty directory: %v", err)
+	}
+}
+
+// f32bytes is the bit pattern of v, so that comparisons are bit for bit (NaN included).
+func f32bytes(v []float32) []byte {
+	b := make([]byte, 0, 4*len(v))
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
+	}
+	return b
+}
+
+// TestOptions: the command line wins over --config, which wins over the default job's values,
+// which win over ProRL's; bad settings are named.
+func TestOptions(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "recipe.yaml")
+	os.WriteFile(cfg, []byte("clip_high: 0.28\nlr: 1e-5\nn: 12\nfreeze: ['^model\\.embed_tokens\\.', 'a,b']\nno-dynamic-sampling: true\n"), 0o644)
+	o, _, err := parseOptions([]string{"--config", cfg, "--n", "6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.clipHigh != 0.28 || o.lr != 1e-5 || o.samples != 6 || !o.noDynamic || len(o.freeze) != 2 || o.freeze[1] != "a,b" {
+		t.Errorf("config file: %+v", *o)
+	}
+	if o.prompts != 16 || o.steps != 200 || o.maxResponseLen != 24 { // the default job's
+		t.Errorf("default job values: prompts %d steps %d max-response %d", o.prompts, o.steps, o.maxResponseLen)
+	}
+	o, _, err = parseOptions([]string{"--model", "m", "--data", "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.prompts != 256 || o.samples != 16 || o.lr != 2e-6 || o.clipHigh != 0.4 || o.clipLow != 0.2 || o.klCoef != 1e-4 || o.temperature != 1.2 || o.miniBatches != 4 {
+		t.Errorf("ProRL defaults with --model: %+v", *o)
+	}
+	for _, tc := range []struct{ file, want string }{
+		{"clip_hgh: 0.3\n", `unknown setting "clip_hgh"`},
+		{"lr: fast\n", `setting "lr"`},
+		{"out: /tmp/x\n", `"out" can only be given on the command line`},
+		{"n: [1, 2]\n", "a list given"},
+		{"- a\n", "recipe.yaml"},
+	} {
+		os.WriteFile(cfg, []byte(tc.file), 0o644)
+		if _, _, err := parseOptions([]string{"--config", cfg}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error %v, want it to say %q", tc.file, err, tc.want)
+		}
+	}
+	if _, _, err := parseOptions([]string{"stray"}); err == nil {
+		t.Error("a stray argument was accepted")
+	}
+}
+
+// TestQuickstartTokenizerFile: the tokenizer.json written beside the default model's exports
+// encodes the default task's prompts and worked answers to the ids of the default tokenizer
+// itself, and decodes responses to the same text, so an exported step directory is the whole
+// model for tools that read Hugging Face directories (and for --model).
+func TestQuickstartTokenizerFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := quickstartTokenizerFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	hf, err := loadTokenizer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := quickstart.NewTokenizer()
+	ts, err := tasks.Generate(quickstart.Task(), tasks.GenerateConfig{Split: tasks.Train, N: 200, Seed: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range ts {
+		for _, text := range []string{quickstart.BOS + task.Prompt, quickstart.Working(task.Prompt) + quickstart.EOS} {
+			want, err := q.Encode(text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := hf.prompt(data.Row{Prompt: text}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("%q: tokenizer.json gives %v, the default tokenizer %v", text, got, want)
+			}
+			if text[0] != '<' && hf.decode(got) != q.Decode(want) {
+				t.Fatalf("%q: decoded %q and %q", text, hf.decode(got), q.Decode(want))
+			}
+		}
+	}
+	if stop := hf.stopTokens(quickstart.ModelConfig()); fmt.Sprint(stop) != fmt.Sprint([]int32{q.ID(quickstart.EOS)}) {
+		t.Errorf("stop tokens %v", stop)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/grpo/tasks"
 	"github.com/prolong-rl/prolong/onnx"
@@ -29,13 +28,12 @@ func TestExportAnswersLikeEngine(t *testing.T) {
 		t.Skip(err)
 	}
 	dir := t.TempDir()
-	o := options{out: dir, seed: 2, steps: 2, sftSteps: 40, sftLR: 3e-3, evalEvery: 2, evalSize: 10, resetEvery: 0,
-		lr: 5e-5, prompts: 4, samples: 4, klCoef: grpo.DefaultKLCoef, clipHigh: grpo.DefaultClipHigh,
-		trainProblems: 200, maxResponseLen: 24, quiet: true, evalTemp: 0.6, evalTopP: 0.95, evalSamples: 1, cot: true}
-	if err := run(context.Background(), o); err != nil {
+	if err := runArgs(t, "--quiet", "--out", dir, "--seed", "2", "--steps", "2", "--sft-steps", "40", "--sft-lr", "3e-3",
+		"--eval-every", "2", "--eval-size", "10", "--ref-reset-every", "0", "--prompts", "4", "--n", "4",
+		"--train-problems", "200", "--eval-samples", "1", "--cot"); err != nil {
 		t.Fatal(err)
 	}
-	ck := filepath.Join(dir, "checkpoints", fmt.Sprintf("step-%06d", o.steps))
+	ck := filepath.Join(dir, "checkpoints", fmt.Sprintf("step-%06d", 2))
 	cfg, err := engine.LoadConfig(filepath.Join(ck, "config.json"))
 	if err != nil {
 		t.Fatal(err)

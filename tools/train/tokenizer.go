@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/quickstart"
+)
+
+// hfTokenizer is a model directory's Hugging Face tokenizer as a custom job uses it.
+type hfTokenizer struct {
+	tok *tokenizer.Tokenizer
+	dir string
+}
+
+func loadTokenizer(dir string) (*hfTokenizer, error) {
+	t, err := tokenizer.Load(dir)
+	if err != nil {
+		return nil, fmt.Errorf("--model %s: tokenizer (a model to train needs tokenizer.json): %w", dir, err)
+	}
+	return &hfTokenizer{tok: t, dir: dir}, nil
+}
+
+func (t *hfTokenizer) vocabSize() int { return t.tok.VocabSize() }
+
+// prompt renders a data row as prompt ids: chat messages, or the text of a chat model, go
+// through the chat template with the assistant turn opened; plain text is encoded as is.
+func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, error) {
+	text := r.Prompt
+	if r.Messages != nil || (chat && t.tok.HasChatTemplate()) {
+		if !t.tok.HasChatTemplate() {
+			return nil, fmt.Errorf("chat messages, but the tokenizer in %s has no chat template", t.dir)
+		}
+		msgs := make([]tokenizer.Message, 0, len(r.Chat()))
+		for _, m := range r.Chat() {
+			msgs = append(msgs, tokenizer.Message{Role: m.Role, Content: m.Content})
+		}
+		var err error
+		if text, err = t.tok.ApplyChatTemplate(msgs, true); err != nil {
+			return nil, err
+		}
+	}
+	if text != r.Prompt || r.Messages != nil {
+		return t.tok.EncodePlain(text), nil // the template holds the special tokens it needs
+	}
+	return t.tok.Encode(text), nil
+}
+
+// decode renders a response for the reward: special tokens (end of sequence, padding) are
+// dropped, other added tokens (e.g. <answer> tags) kept.
+func (t *hfTokenizer) decode(ids []int32) string {
+	s, err := t.tok.DecodeSkipSpecial(ids)
+	if err != nil {
+		return "" // an id the tokenizer does not know: the response earns nothing
+	}
+	return s
+}
+
+// stopTokens are the model's end-of-sequence ids: config.json's eos_token_id and the
+// tokenizer's eos token.
+func (t *hfTokenizer) stopTokens(c *engine.Config) []int32 {
+	var ids []int32
+	for _, id := range c.EOSTokenIDs {
+		ids = append(ids, int32(id))
+	}
+	if id, ok := t.tok.EOS(); ok && !slices.Contains(ids, id) {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// quickstartTokenizerFiles writes the default model's character tokenizer as tokenizer.json,
+// so that its exports are whole Hugging Face model directories.
+func quickstartTokenizerFiles(dir string) error {
+	q := quickstart.NewTokenizer()
+	t, err := tokenizer.NewCharLevel(q.Tokens, []string{quickstart.Pad, quickstart.BOS, quickstart.EOS}, quickstart.EOS)
+	if err != nil {
+		return err
+	}
+	return t.Save(dir)
+}
