@@ -50,14 +50,14 @@ type options struct {
 	saveEvery, keep         int
 
 	// The default job's warm start.
-	sftOnly, cot           bool
+	sftOnly, cot            bool
 	sftSteps, trainProblems int
-	sftLR, sftNoise        float64
+	sftLR, sftNoise         float64
 
 	// Rollouts and the GRPO step.
 	prompts, samples, maxResponseLen, miniBatches, microBatchTokens, maxRounds int
-	temperature, topP, overlongPenalty                                       float64
-	noDynamic                                                                bool
+	temperature, topP, overlongPenalty                                         float64
+	noDynamic                                                                  bool
 
 	// Loss and advantages.
 	clipLow, clipHigh, dualClip, klCoef, entropyCoef float64
