@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -171,4 +172,103 @@ func (s *Session) Greedy(prompt []int32, maxNew int, stop []int32) ([]int32, err
 		ids = []int32{tok}
 	}
 	return out, nil
+}
+
+// Logits runs any decoder ONNX file in ONNX Runtime on one sequence from position 0 and returns
+// the logits of every position ([len(ids)*vocab] row-major) and the vocabulary size. It feeds
+// what the graph asks for by the names optimum, onnxruntime-genai and onnx.Export use:
+// input_ids, attention_mask, position_ids, and empty float32 past_key_values.* tensors; the
+// output is "logits".
+func Logits(model string, ids []int32) ([]float32, int, error) {
+	if err := Init(); err != nil {
+		return nil, 0, err
+	}
+	if len(ids) == 0 {
+		return nil, 0, errors.New("ortrun: empty sequence")
+	}
+	ins, outs, err := ort.GetInputOutputInfo(model)
+	if err != nil {
+		return nil, 0, fmt.Errorf("ONNX Runtime cannot read %s: %w", model, err)
+	}
+	n := int64(len(ids))
+	var names []string
+	var values []ort.Value
+	defer func() {
+		for _, v := range values {
+			v.Destroy()
+		}
+	}()
+	ints := func(f func(j int) int64) []int64 {
+		d := make([]int64, n)
+		for j := range d {
+			d[j] = f(j)
+		}
+		return d
+	}
+	for _, in := range ins {
+		var v ort.Value
+		var err error
+		switch {
+		case in.Name == "input_ids":
+			v, err = ort.NewTensor(ort.NewShape(1, n), ints(func(j int) int64 { return int64(ids[j]) }))
+		case in.Name == "attention_mask":
+			v, err = ort.NewTensor(ort.NewShape(1, n), ints(func(int) int64 { return 1 }))
+		case in.Name == "position_ids":
+			v, err = ort.NewTensor(ort.NewShape(1, n), ints(func(j int) int64 { return int64(j) }))
+		case strings.HasPrefix(in.Name, "past_key_values.") || strings.HasPrefix(in.Name, "past."):
+			if in.DataType != ort.TensorElementDataTypeFloat {
+				return nil, 0, fmt.Errorf("ortrun: %s input %s is not float32", model, in.Name)
+			}
+			// [batch, kv heads, past length, head dim]: the batch is 1, the past empty.
+			dims := append(ort.Shape(nil), in.Dimensions...)
+			seenBatch := false
+			for k, d := range dims {
+				if d < 0 {
+					if !seenBatch {
+						dims[k], seenBatch = 1, true
+					} else {
+						dims[k] = 0
+					}
+				}
+			}
+			v, err = ort.NewTensor(dims, []float32{})
+		default:
+			return nil, 0, fmt.Errorf("ortrun: %s has an input %q this runner does not know how to feed", model, in.Name)
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("ortrun: input %s: %w", in.Name, err)
+		}
+		names, values = append(names, in.Name), append(values, v)
+	}
+	hasLogits := false
+	for _, o := range outs {
+		hasLogits = hasLogits || o.Name == "logits"
+	}
+	if !hasLogits {
+		return nil, 0, fmt.Errorf("ortrun: %s has no output named logits", model)
+	}
+	opts, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer opts.Destroy()
+	sess, err := ort.NewDynamicAdvancedSession(model, names, []string{"logits"}, opts)
+	if err != nil {
+		return nil, 0, fmt.Errorf("ONNX Runtime cannot load %s: %w", model, err)
+	}
+	defer sess.Destroy()
+	out := []ort.Value{nil}
+	if err := sess.Run(values, out); err != nil {
+		return nil, 0, fmt.Errorf("ortrun: run %s: %w", model, err)
+	}
+	defer out[0].Destroy()
+	t, ok := out[0].(*ort.Tensor[float32])
+	if !ok {
+		return nil, 0, fmt.Errorf("ortrun: %s: logits are not float32", model)
+	}
+	shape := t.GetShape()
+	if len(shape) != 3 || shape[0] != 1 || shape[1] != n {
+		return nil, 0, fmt.Errorf("ortrun: %s: logits of shape %v, want [1, %d, vocab]", model, shape, n)
+	}
+	return append([]float32(nil), t.GetData()...), int(shape[2]), nil
 }

@@ -1,0 +1,240 @@
+// Package modelio is what the command-line tools share: finding and loading a model from the
+// paths users give (an ONNX file, a Hugging Face directory, a training run or one of its
+// steps), carrying the tokenizer files along, and writing an output directory all at once.
+package modelio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/onnx"
+)
+
+// TokenizerFiles are the files of a Hugging Face tokenizer, copied along with a model.
+var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"}
+
+// Model is a loaded model and where it came from.
+type Model struct {
+	Config  *engine.Config
+	Weights map[string]engine.HostTensor
+	// Kind says what the input was: "onnx", "safetensors", or "run state step N".
+	Kind string
+	// ONNX is the ONNX file when the input was one.
+	ONNX string
+	// TokenizerDir is the directory holding the model's tokenizer files ("" when none).
+	TokenizerDir string
+}
+
+// Options select what Load reads from a training run.
+type Options struct {
+	// Step picks a run state's step (checkpoints.Latest for the newest).
+	Step int64
+	// Reference loads the run state's reference policy instead of the policy.
+	Reference bool
+	// ONNX configures the import of an ONNX input (a config to use, or hints for what the graph
+	// does not tell).
+	ONNX onnx.ImportOptions
+}
+
+var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
+
+// Load reads the model at path, which may be
+//   - an .onnx file, or a directory holding model.onnx (config.json beside it is used);
+//   - a Hugging Face directory (config.json + model.safetensors or shards);
+//   - a training run directory (RUN/state/ of tools/train), a run-state directory (holding
+//     "latest"), or one step of it (step-NNNNNNNN with state.json).
+func Load(path string, opts Options) (*Model, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		if !strings.HasSuffix(path, ".onnx") {
+			return nil, fmt.Errorf("%s: not an .onnx file nor a model directory", path)
+		}
+		return loadONNX(path, opts)
+	}
+	exists := func(name string) bool { _, err := os.Stat(filepath.Join(path, name)); return err == nil }
+	switch {
+	case exists(checkpoints.StateFile): // one step of a run state
+		m := stepDirRe.FindStringSubmatch(filepath.Base(filepath.Clean(path)))
+		if m == nil {
+			return nil, fmt.Errorf("%s: holds %s but is not named step-N", path, checkpoints.StateFile)
+		}
+		step, _ := strconv.ParseInt(m[1], 10, 64)
+		if opts.Step != checkpoints.Latest && opts.Step != step {
+			return nil, fmt.Errorf("%s is step %d, but --step %d was asked for", path, step, opts.Step)
+		}
+		return loadRunState(filepath.Dir(filepath.Clean(path)), step, opts)
+	case exists(checkpoints.LatestFile):
+		return loadRunState(path, opts.Step, opts)
+	case exists(filepath.Join("state", checkpoints.LatestFile)):
+		return loadRunState(filepath.Join(path, "state"), opts.Step, opts)
+	case exists(checkpoints.ConfigFile) && (exists(checkpoints.WeightsFile) || exists(checkpoints.IndexFile)):
+		if opts.Reference || opts.Step != checkpoints.Latest {
+			return nil, fmt.Errorf("%s is a model directory: --step and --weights reference apply to training runs", path)
+		}
+		cfg, w, err := checkpoints.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		return &Model{Config: cfg, Weights: w, Kind: "safetensors", TokenizerDir: tokenizerDir(path)}, nil
+	case exists("model.onnx"):
+		return loadONNX(filepath.Join(path, "model.onnx"), opts)
+	}
+	return nil, fmt.Errorf("%s: no model here (want model.onnx, config.json with model.safetensors, or a training run's state/)", path)
+}
+
+func loadONNX(path string, opts Options) (*Model, error) {
+	cfg, w, err := onnx.Import(path, opts.ONNX)
+	if err != nil {
+		return nil, err
+	}
+	return &Model{Config: cfg, Weights: w, Kind: "onnx", ONNX: path, TokenizerDir: tokenizerDir(filepath.Dir(path))}, nil
+}
+
+func loadRunState(dir string, step int64, opts Options) (*Model, error) {
+	rs, err := checkpoints.LoadRunState(dir, step)
+	if err != nil {
+		return nil, err
+	}
+	w := rs.Weights
+	kind := fmt.Sprintf("run state step %d (policy)", rs.Step)
+	if opts.Reference {
+		if rs.Reference == nil {
+			return nil, fmt.Errorf("%s step %d has no reference weights (the run had no KL term)", dir, rs.Step)
+		}
+		w, kind = rs.Reference, fmt.Sprintf("run state step %d (reference)", rs.Step)
+	}
+	// tools/train keeps the run's tokenizer in RUN/tokenizer/ beside RUN/state/.
+	return &Model{Config: rs.Config, Weights: w, Kind: kind, TokenizerDir: tokenizerDir(filepath.Join(filepath.Dir(dir), "tokenizer"))}, nil
+}
+
+// tokenizerDir returns dir when it holds tokenizer.json.
+func tokenizerDir(dir string) string {
+	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err == nil {
+		return dir
+	}
+	return ""
+}
+
+// CopyTokenizer copies the tokenizer files of from (if any) into to.
+func CopyTokenizer(from, to string) ([]string, error) {
+	if from == "" {
+		return nil, nil
+	}
+	var copied []string
+	for _, name := range TokenizerFiles {
+		src, err := os.Open(filepath.Join(from, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		dst, err := os.Create(filepath.Join(to, name))
+		if err == nil {
+			_, err = io.Copy(dst, src)
+			if err == nil {
+				err = dst.Sync()
+			}
+			if cerr := dst.Close(); err == nil {
+				err = cerr
+			}
+		}
+		src.Close()
+		if err != nil {
+			return nil, fmt.Errorf("copy %s: %w", name, err)
+		}
+		copied = append(copied, name)
+	}
+	return copied, nil
+}
+
+// WriteDir builds an output directory in a temporary sibling and then puts it at out, so that
+// a failure leaves nothing half-written. An existing out that is not empty is refused unless
+// force, in which case it is replaced only once the new one is complete.
+func WriteDir(out string, force bool, build func(tmp string) error) error {
+	if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 && !force {
+		return fmt.Errorf("output directory %s exists and is not empty (nothing was written; --force replaces it)", out)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	parent := filepath.Dir(filepath.Clean(out))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := build(tmp); err != nil {
+		return err
+	}
+	var old string
+	if _, err := os.Stat(out); err == nil {
+		old = tmp + ".old"
+		if err := os.Rename(out, old); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		if old != "" {
+			os.Rename(old, out)
+		}
+		return err
+	}
+	if old != "" {
+		os.RemoveAll(old)
+	}
+	if d, err := os.Open(parent); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// ParseDType maps a --dtype value to the safetensors dtype.
+func ParseDType(s string) (checkpoints.DType, error) {
+	switch strings.ToLower(s) {
+	case "f32", "fp32", "float32":
+		return checkpoints.F32, nil
+	case "bf16", "bfloat16":
+		return checkpoints.BF16, nil
+	case "f16", "fp16", "float16":
+		return checkpoints.F16, nil
+	}
+	return "", fmt.Errorf("--dtype %q: want f32, bf16 or f16", s)
+}
+
+// SampleTokens is the fixed input --verify runs: ids spread over the vocabulary.
+func SampleTokens(cfg *engine.Config, n int) []int32 {
+	ids := make([]int32, n)
+	for i := range ids {
+		ids[i] = int32((i*7919 + 1) % cfg.VocabSize)
+	}
+	return ids
+}
+
+// EngineLogits runs the engine's CPU backend on ids from position 0.
+func EngineLogits(cfg *engine.Config, w map[string]engine.HostTensor, ids []int32) ([]float32, error) {
+	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	if err != nil {
+		return nil, err
+	}
+	out, err := m.Logits(context.Background(), [][]int32{ids})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
