@@ -300,6 +300,9 @@ func copyTokenizerFiles(from, to string) error {
 		if err != nil {
 			return err
 		}
+		if err := os.MkdirAll(to, 0o755); err != nil {
+			return err
+		}
 		if err := data.WriteFileAtomic(filepath.Join(to, name), func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
 			return err
 		}

@@ -91,6 +91,11 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	if err != nil {
 		return err
 	}
+	if j.tokenizerFiles != nil { // the run's tokenizer, for tools/export of its run states
+		if err := j.tokenizerFiles(filepath.Join(o.out, "tokenizer")); err != nil {
+			return fmt.Errorf("run directory %s: tokenizer: %w", o.out, err)
+		}
+	}
 	cfg, weights := j.cfg, j.weights
 	if st != nil {
 		cfg, weights = st.Config, st.Weights
