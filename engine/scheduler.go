@@ -1,0 +1,327 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Scheduler serves generation requests that arrive at any time: a goroutine runs the
+// Generator's steps, and each step admits what was submitted since the last one, so new
+// requests join the running batch between decode steps (continuous batching). Tokens are
+// streamed to each request as they are sampled. Results are the Generator's: sample j of a
+// request draws from its own stream seeded by (Seed, j), whatever else runs with it.
+//
+// Weights change with SwapModel: requests already admitted finish on the model they started
+// with; requests submitted meanwhile wait and run on the new one.
+type Scheduler struct {
+	mu      sync.Mutex
+	wake    *sync.Cond
+	g       *Generator
+	opts    SchedulerOptions
+	version uint64
+	queued  []*Job // submitted, not yet handed to the generator
+	jobs    map[*genRequest]*Job
+	swap    *pendingSwap
+	closed  bool
+	done    chan struct{}
+	stats   SchedulerStats
+}
+
+// SchedulerOptions size a Scheduler.
+type SchedulerOptions struct {
+	Generator GeneratorOptions
+	// MaxQueued bounds the requests waiting for admission (submitted or in the generator's
+	// queue); Submit returns ErrQueueFull beyond it. Default 256.
+	MaxQueued int
+}
+
+// ErrQueueFull is returned by Submit when MaxQueued requests already wait.
+var ErrQueueFull = errors.New("engine: request queue full")
+
+// ErrClosed is returned by Submit after Close.
+var ErrClosed = errors.New("engine: scheduler closed")
+
+// Event is one step of a request's progress: a token of one sample, or the end of the request.
+type Event struct {
+	Sample  int          // which of the request's N samples
+	Token   int32        // the sampled token
+	LogProb float32      // its log-prob under the distribution it was drawn from
+	Finish  FinishReason // set on the sample's last token
+	// Done is set on the request's last event, with Err when it failed (cancelled, model error).
+	Done bool
+	Err  error
+}
+
+// Job is a submitted request.
+type Job struct {
+	// Events delivers the request's tokens in order, then a final event with Done. It is
+	// buffered for the whole request, so a slow reader never holds up the batch.
+	Events <-chan Event
+	// Version is the weight version the request runs on.
+	Version uint64
+
+	events   chan Event
+	req      Request
+	ctx      context.Context
+	gr       *genRequest
+	emitted  []int // tokens sent per sample
+	finished bool
+}
+
+// SchedulerStats are a Scheduler's counters and levels, for metrics.
+type SchedulerStats struct {
+	Queued          int    // requests waiting for admission
+	Running         int    // samples being decoded
+	KVBlocksUsed    int    // KV-cache blocks in use
+	KVBlocksTotal   int    // KV-cache capacity in blocks
+	TokensGenerated uint64 // sampled tokens so far
+	Steps           uint64 // forward passes so far
+	Version         uint64 // weight version
+}
+
+type pendingSwap struct {
+	m       *Model
+	version uint64
+	done    chan error
+}
+
+// NewScheduler starts a scheduler generating with m; version numbers its weights.
+func NewScheduler(m *Model, version uint64, opts SchedulerOptions) (*Scheduler, error) {
+	if opts.MaxQueued == 0 {
+		opts.MaxQueued = 256
+	}
+	g, err := NewGenerator(m, opts.Generator)
+	if err != nil {
+		return nil, err
+	}
+	s := &Scheduler{g: g, opts: opts, version: version, jobs: map[*genRequest]*Job{}, done: make(chan struct{})}
+	s.wake = sync.NewCond(&s.mu)
+	go s.loop()
+	return s, nil
+}
+
+// Model is the model new requests run on.
+func (s *Scheduler) Model() *Model {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.swap != nil {
+		return s.swap.m
+	}
+	return s.g.model
+}
+
+// Stats returns the current counters and levels.
+func (s *Scheduler) Stats() SchedulerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Queued = len(s.queued) + len(s.g.waiting)
+	st.Running = len(s.g.running)
+	st.KVBlocksUsed = s.g.cache.Used()
+	st.KVBlocksTotal = s.g.cache.Capacity()
+	st.Version = s.version
+	return st
+}
+
+// Submit validates r and queues it. The request is cancelled when ctx is done (its KV blocks
+// are freed at the next step). A request that can never run (bad parameters, larger than the
+// KV budget) is refused here with an error saying why.
+func (s *Scheduler) Submit(ctx context.Context, r Request) (*Job, error) {
+	r.Params.StopTokens = slices.Clone(r.Params.StopTokens)
+	r.Prompt = slices.Clone(r.Prompt)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	g := s.g
+	if s.swap != nil { // validate against the model the request will run on
+		g = &Generator{model: s.swap.m, cache: s.g.cache, opts: s.g.opts}
+	}
+	blocks, err := g.validate(0, &r)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.queued)+len(s.g.waiting) >= s.opts.MaxQueued {
+		return nil, ErrQueueFull
+	}
+	ev := make(chan Event, r.Params.N*r.Params.MaxNewTokens+1)
+	j := &Job{Events: ev, events: ev, req: r, ctx: ctx, emitted: make([]int, r.Params.N)}
+	j.gr = &genRequest{req: r, blocks: blocks}
+	s.queued = append(s.queued, j)
+	s.wake.Signal()
+	return j, nil
+}
+
+// SwapModel makes m (same config) the model of new requests, as weight version version. It
+// returns once the requests admitted before it have finished and m is in use.
+func (s *Scheduler) SwapModel(m *Model, version uint64) error {
+	done := make(chan error, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if s.swap != nil {
+		s.mu.Unlock()
+		return errors.New("engine: a weight swap is already in progress")
+	}
+	s.handOver() // what was submitted before the swap runs on the old weights
+	s.swap = &pendingSwap{m: m, version: version, done: done}
+	s.wake.Signal()
+	s.mu.Unlock()
+	return <-done
+}
+
+// Close fails what is queued or running and stops the scheduler.
+func (s *Scheduler) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.wake.Signal()
+	s.mu.Unlock()
+	<-s.done
+}
+
+// loop runs steps while there is work.
+func (s *Scheduler) loop() {
+	defer close(s.done)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		for !s.closed && len(s.queued) == 0 && len(s.g.waiting) == 0 && len(s.g.running) == 0 && s.swap == nil {
+			s.wake.Wait()
+		}
+		if s.closed {
+			s.failAll(ErrClosed)
+			s.g.Close()
+			if s.swap != nil {
+				s.swap.done <- ErrClosed
+			}
+			return
+		}
+		s.dropCancelled()
+		if s.swap != nil && len(s.g.running) == 0 && len(s.g.waiting) == 0 {
+			s.applySwap()
+			continue
+		}
+		if s.swap == nil { // during a swap, new requests wait for the new model
+			s.handOver()
+		}
+		if len(s.g.waiting) == 0 && len(s.g.running) == 0 {
+			continue
+		}
+		err := s.g.step()
+		s.stats.Steps++
+		if err != nil {
+			s.failAll(fmt.Errorf("engine: generation step: %w", err))
+			s.g.abort()
+			continue
+		}
+		s.emit()
+		// Let submitters and readers in between steps.
+		s.mu.Unlock()
+		s.mu.Lock()
+	}
+}
+
+// handOver gives the submitted requests to the generator, on the current weights.
+func (s *Scheduler) handOver() {
+	for _, j := range s.queued {
+		s.g.waiting = append(s.g.waiting, j.gr)
+		s.jobs[j.gr] = j
+		j.Version = s.version
+	}
+	s.queued = s.queued[:0]
+}
+
+// applySwap replaces the generator once nothing runs on the old model.
+func (s *Scheduler) applySwap() {
+	sw := s.swap
+	g, err := NewGenerator(sw.m, s.opts.Generator)
+	if err == nil {
+		s.g.Close()
+		s.g, s.version = g, sw.version
+	}
+	s.swap = nil
+	sw.done <- err
+}
+
+// emit sends each request the tokens sampled since the last step.
+func (s *Scheduler) emit() {
+	for gr, j := range s.jobs {
+		for i := range gr.result.Samples {
+			smp := &gr.result.Samples[i]
+			for j.emitted[i] < len(smp.Tokens) {
+				k := j.emitted[i]
+				ev := Event{Sample: i, Token: smp.Tokens[k], LogProb: smp.LogProbs[k]}
+				if k == len(smp.Tokens)-1 {
+					ev.Finish = smp.Finish
+				}
+				j.events <- ev
+				j.emitted[i]++
+				s.stats.TokensGenerated++
+			}
+		}
+		if gr.done {
+			j.events <- Event{Done: true}
+			close(j.events)
+			delete(s.jobs, gr)
+		}
+	}
+}
+
+// dropCancelled removes requests whose context is done, freeing their KV blocks.
+func (s *Scheduler) dropCancelled() {
+	s.queued = slices.DeleteFunc(s.queued, func(j *Job) bool {
+		if err := j.ctx.Err(); err != nil {
+			j.events <- Event{Done: true, Err: err}
+			close(j.events)
+			return true
+		}
+		return false
+	})
+	for gr, j := range s.jobs {
+		err := j.ctx.Err()
+		if err == nil {
+			continue
+		}
+		if i := slices.Index(s.g.waiting, gr); i >= 0 {
+			s.g.waiting = slices.Delete(s.g.waiting, i, i+1)
+		} else {
+			s.g.running = slices.DeleteFunc(s.g.running, func(smp *genSample) bool {
+				if smp.r != gr {
+					return false
+				}
+				if smp.seq != nil {
+					smp.seq.Release()
+				}
+				return true
+			})
+			s.g.reserved -= gr.blocks
+		}
+		j.events <- Event{Done: true, Err: err}
+		close(j.events)
+		delete(s.jobs, gr)
+	}
+}
+
+// failAll ends every request with err.
+func (s *Scheduler) failAll(err error) {
+	for _, j := range s.queued {
+		j.events <- Event{Done: true, Err: err}
+		close(j.events)
+	}
+	s.queued = nil
+	for gr, j := range s.jobs {
+		j.events <- Event{Done: true, Err: err}
+		close(j.events)
+		delete(s.jobs, gr)
+	}
+}
