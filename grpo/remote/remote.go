@@ -1,0 +1,269 @@
+// Package remote generates GRPO rollouts on rollout servers (tools/rollout-server, or any
+// OpenAI-compatible server that returns token ids and log-probs the way vLLM does) instead of
+// the in-process engine, and pushes new weights to them after each update.
+package remote
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo"
+)
+
+// Client sends rollout requests to one or more servers. It implements grpo.RolloutSource:
+// prompt i of a call is one request with n samples and seed p.Seed + i, as grpo.EngineRollouts
+// seeds them, so a server running the same weights returns the same tokens as the engine.
+type Client struct {
+	// URLs are the servers' base addresses (http://host:port). Prompts are spread over them.
+	URLs []string
+	// APIKey is sent as a Bearer token (required by servers for weight updates).
+	APIKey string
+	// HTTP is the client used (default: one without a timeout; cancel through the context).
+	HTTP *http.Client
+	// Concurrency bounds the requests in flight per server (default 16).
+	Concurrency int
+	// MaxRetries bounds the retries of a request refused with 429 or 503 (default 20); the
+	// server's Retry-After is honoured.
+	MaxRetries int
+	// Model is the model name sent in requests (servers of one model ignore it).
+	Model string
+
+	next    atomic.Uint64
+	version atomic.Uint64
+}
+
+// New returns a client for the servers.
+func New(urls []string, apiKey string) (*Client, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("remote: no rollout server URLs")
+	}
+	for _, u := range urls {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("remote: rollout server %q: want an http:// or https:// URL", u)
+		}
+	}
+	return &Client{URLs: urls, APIKey: apiKey}, nil
+}
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+// completionRequest is the body sent: token-id prompts, vLLM's extensions.
+type completionRequest struct {
+	Model        string  `json:"model"`
+	Prompt       []int32 `json:"prompt"`
+	N            int     `json:"n"`
+	Temperature  float32 `json:"temperature"`
+	TopP         float32 `json:"top_p"`
+	TopK         int     `json:"top_k"`
+	MaxTokens    int     `json:"max_tokens"`
+	Seed         uint64  `json:"seed"`
+	StopTokenIDs []int32 `json:"stop_token_ids"`
+	Logprobs     int     `json:"logprobs"`
+	IgnoreEOS    bool    `json:"ignore_eos"`
+}
+
+type completionResponse struct {
+	Choices []struct {
+		Index        int     `json:"index"`
+		TokenIDs     []int32 `json:"token_ids"`
+		FinishReason string  `json:"finish_reason"`
+		Logprobs     *struct {
+			TokenLogprobs []float32 `json:"token_logprobs"`
+		} `json:"logprobs"`
+	} `json:"choices"`
+	WeightVersion uint64 `json:"weight_version"`
+}
+
+// Rollout implements grpo.RolloutSource. Stop tokens are exactly p.StopTokens (ignore_eos is
+// sent, so the server adds none of its own), as in the engine.
+func (c *Client) Rollout(ctx context.Context, prompts []grpo.Prompt, p engine.SamplingParams) ([][]engine.Sample, error) {
+	n := max(1, p.N)
+	conc := c.Concurrency
+	if conc <= 0 {
+		conc = 16
+	}
+	out := make([][]engine.Sample, len(prompts))
+	sem := make(chan struct{}, conc*len(c.URLs))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var once sync.Once
+	var firstErr error
+	for i, pr := range prompts {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			url := c.URLs[c.next.Add(1)%uint64(len(c.URLs))]
+			req := completionRequest{Model: c.Model, Prompt: pr.Tokens, N: n, Temperature: p.Temperature, TopP: p.TopP,
+				TopK: p.TopK, MaxTokens: p.MaxNewTokens, Seed: p.Seed + uint64(i), StopTokenIDs: p.StopTokens, Logprobs: 1, IgnoreEOS: true}
+			if req.TopP == 0 {
+				req.TopP = 1
+			}
+			samples, err := c.complete(ctx, url, req)
+			if err != nil {
+				once.Do(func() { firstErr = fmt.Errorf("remote: prompt %d on %s: %w", i, url, err); cancel() })
+				return
+			}
+			out[i] = samples
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// complete sends one request, retrying while the server is at capacity.
+func (c *Client) complete(ctx context.Context, url string, req completionRequest) ([]engine.Sample, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	retries := c.MaxRetries
+	if retries == 0 {
+		retries = 20
+	}
+	for attempt := 0; ; attempt++ {
+		hreq, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/completions", bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		hreq.Header.Set("Content-Type", "application/json")
+		if c.APIKey != "" {
+			hreq.Header.Set("Authorization", "Bearer "+c.APIKey)
+		}
+		resp, err := c.http().Do(hreq)
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		if (resp.StatusCode == 429 || resp.StatusCode == 503) && attempt < retries {
+			wait := time.Second
+			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+				wait = time.Duration(s) * time.Second
+			}
+			select {
+			case <-time.After(wait):
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if resp.StatusCode != 200 {
+			return nil, fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+		}
+		var cr completionResponse
+		if err := json.Unmarshal(data, &cr); err != nil {
+			return nil, fmt.Errorf("response: %w", err)
+		}
+		if len(cr.Choices) != req.N {
+			return nil, fmt.Errorf("response has %d choices, want n = %d", len(cr.Choices), req.N)
+		}
+		out := make([]engine.Sample, req.N)
+		for _, ch := range cr.Choices {
+			if ch.Index < 0 || ch.Index >= req.N || ch.Logprobs == nil || len(ch.Logprobs.TokenLogprobs) != len(ch.TokenIDs) {
+				return nil, fmt.Errorf("choice %d: no token ids with one log-prob each (does the server return token_ids and logprobs?)", ch.Index)
+			}
+			fin := engine.FinishLength
+			if ch.FinishReason == "stop" {
+				fin = engine.FinishStop
+			}
+			out[ch.Index] = engine.Sample{Tokens: ch.TokenIDs, LogProbs: ch.Logprobs.TokenLogprobs, Finish: fin}
+		}
+		c.version.Store(cr.WeightVersion)
+		return out, nil
+	}
+}
+
+// WeightVersion is the version the last response reported.
+func (c *Client) WeightVersion() uint64 { return c.version.Load() }
+
+// PushWeights sends weights (safetensors, F32: bit-exact) to every server as weight version
+// version and waits until each serves them.
+func (c *Client) PushWeights(ctx context.Context, weights map[string]engine.HostTensor, version uint64) error {
+	dir, err := os.MkdirTemp("", "prolong-push-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "model.safetensors")
+	if err := checkpoints.WriteSafetensors(path, weights, checkpoints.F32, nil); err != nil {
+		return err
+	}
+	body, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	errs := make([]error, len(c.URLs))
+	var wg sync.WaitGroup
+	for i, url := range c.URLs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.push(ctx, url, body, version)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *Client) push(ctx context.Context, url string, body []byte, version uint64) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/weights", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("X-Weight-Version", strconv.FormatUint(version, 10))
+	req.Header.Set("Authorization", "Bearer "+c.APIKey)
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return fmt.Errorf("remote: push weights to %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("remote: push weights to %s: HTTP %d: %s", url, resp.StatusCode, bytes.TrimSpace(data))
+	}
+	var r struct {
+		Version uint64 `json:"weight_version"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil || r.Version != version {
+		return fmt.Errorf("remote: push weights to %s: server reports version %d, want %d (%s)", url, r.Version, version, data)
+	}
+	return nil
+}

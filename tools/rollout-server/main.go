@@ -1,0 +1,187 @@
+// Command rollout-server serves a model over an OpenAI-compatible HTTP API with continuous
+// batching: what RL trainers call for samples (token ids and per-token log-probs), and what a
+// user runs to try a checkpoint.
+//
+//	go run ./tools/rollout-server --model DIR [--addr 127.0.0.1:8000] [--api-key KEY]
+//
+// Endpoints: POST /v1/completions, POST /v1/chat/completions (stream: server-sent events),
+// GET /v1/models, GET /health, GET /metrics (Prometheus), POST /v1/weights (new weights, API key
+// required). See docs/rollout-server.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/tools/internal/modelio"
+)
+
+type options struct {
+	model, addr, apiKey, name, dtype string
+	maxN, maxTokens, maxPrompts      int
+	maxConcurrent, maxQueued         int
+	maxSeqs, maxBatchTokens          int
+	kvMiB                            int64
+	maxBodyKiB, maxWeightsMiB        int64
+	shutdownTimeout                  time.Duration
+}
+
+func newFlags(o *options) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("rollout-server", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: go run ./tools/rollout-server --model DIR [--addr 127.0.0.1:8000] [flags]
+
+Serves a model with an OpenAI-compatible API (completions, chat completions, streaming, token
+ids and log-probs), continuous batching on the engine, Prometheus metrics and live weight
+updates. Binds to loopback unless an API key is set.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.model, "model", "", "model to serve: a Hugging Face directory (config.json, safetensors, tokenizer.json), a model.onnx, or a training run (required)")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8000", "address to listen on; a non-loopback address needs --api-key")
+	fs.StringVar(&o.apiKey, "api-key", os.Getenv("PROLONG_API_KEY"), "API key clients send as 'Authorization: Bearer KEY' (default $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
+	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name)")
+	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (compute is fp32)")
+	fs.IntVar(&o.maxN, "max-n", 64, "largest n (samples per prompt) a request may ask")
+	fs.IntVar(&o.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
+	fs.IntVar(&o.maxPrompts, "max-prompts", 64, "most prompts in one completions request")
+	fs.IntVar(&o.maxConcurrent, "max-concurrent", 256, "requests served at once; more get 429 with Retry-After")
+	fs.IntVar(&o.maxQueued, "max-queued", 256, "requests waiting for KV-cache room; more get 429 with Retry-After")
+	fs.IntVar(&o.maxSeqs, "max-seqs", 256, "samples decoded together in one batch")
+	fs.IntVar(&o.maxBatchTokens, "max-batch-tokens", 4096, "prompt tokens prefilled in one step")
+	fs.Int64Var(&o.kvMiB, "kv-cache-mib", 1024, "KV-cache budget in MiB: requests are admitted when their worst case fits")
+	fs.Int64Var(&o.maxBodyKiB, "max-body-kib", 1024, "largest request body of the generation endpoints, in KiB (413 above)")
+	fs.Int64Var(&o.maxWeightsMiB, "max-weights-mib", 16384, "largest safetensors body of POST /v1/weights, in MiB")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish before they are cancelled")
+	return fs
+}
+
+func main() {
+	var o options
+	fs := newFlags(&o)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
+		os.Exit(2)
+	}
+	if err := serve(o); err != nil {
+		slog.Error("rollout-server", "err", err)
+		os.Exit(1)
+	}
+}
+
+// isLoopback reports whether addr's host only accepts local connections.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// newServer loads the model and builds the server.
+func newServer(o options) (*server, error) {
+	if o.model == "" {
+		return nil, errors.New("--model is required (see --help)")
+	}
+	if !isLoopback(o.addr) && o.apiKey == "" {
+		return nil, fmt.Errorf("--addr %s is not a loopback address: set --api-key (or PROLONG_API_KEY) to serve beyond this machine", o.addr)
+	}
+	dt := engine.F32
+	switch o.dtype {
+	case "f32":
+	case "bf16":
+		dt = engine.BF16
+	default:
+		return nil, fmt.Errorf("--dtype %q: want f32 or bf16", o.dtype)
+	}
+	m, err := modelio.Load(o.model, modelio.Options{Step: checkpoints.Latest})
+	if err != nil {
+		return nil, fmt.Errorf("--model %s: %w", o.model, err)
+	}
+	var tok *tokenizer.Tokenizer
+	if m.TokenizerDir != "" {
+		if tok, err = tokenizer.Load(m.TokenizerDir); err != nil {
+			return nil, fmt.Errorf("--model %s: %w", o.model, err)
+		}
+	} else {
+		slog.Warn("no tokenizer.json beside the model: prompts must be token ids", "model", o.model)
+	}
+	model, err := engine.NewModel(m.Config, engine.NewCPU(), m.Weights, dt)
+	if err != nil {
+		return nil, err
+	}
+	sched, err := engine.NewScheduler(model, 1, engine.SchedulerOptions{MaxQueued: o.maxQueued,
+		Generator: engine.GeneratorOptions{KVBudgetBytes: o.kvMiB << 20, MaxSeqs: o.maxSeqs, MaxBatchTokens: o.maxBatchTokens}})
+	if err != nil {
+		return nil, err
+	}
+	name := o.name
+	if name == "" {
+		name = filepath.Base(filepath.Clean(o.model))
+	}
+	s := &server{sched: sched, cfg: m.Config, tok: tok, name: name, apiKey: o.apiKey,
+		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
+		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
+		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched)}
+	s.version.Store(1)
+	return s, nil
+}
+
+// serve runs until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
+// (up to --shutdown-timeout, then cancels them) and returns nil.
+func serve(o options) error {
+	s, err := newServer(o)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	slog.Info("serving", "addr", ln.Addr().String(), "model", s.name, "params_m", float64(s.cfg.NumParams())/1e6, "tokenizer", s.tok != nil)
+	fmt.Printf("rollout-server listening on http://%s\n", ln.Addr())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	slog.Info("shutting down: finishing in-flight requests", "timeout", o.shutdownTimeout)
+	s.draining.Store(true)
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	s.sched.Close() // cancels whatever did not finish in time
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	slog.Info("stopped")
+	return nil
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// metrics are the server's Prometheus metrics (GET /metrics), with the process's own (memory,
+// CPU, file descriptors) and the Go runtime's.
+type metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	ttft     prometheus.Histogram
+}
+
+func newMetrics(sched *engine.Scheduler) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "prolong_requests_total",
+		Help: "Generation requests served, by endpoint and HTTP status."}, []string{"endpoint", "code"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "prolong_request_duration_seconds",
+		Help: "Time from request to last byte, by endpoint.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}, []string{"endpoint"})
+	m.ttft = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "prolong_time_to_first_token_seconds",
+		Help: "Time from submission to the first sampled token.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)})
+	stat := func(f func(engine.SchedulerStats) float64) func() float64 {
+		return func() float64 { return f(sched.Stats()) }
+	}
+	var rateMu sync.Mutex
+	lastT, lastN := time.Now(), uint64(0)
+	m.reg.MustRegister(m.requests, m.latency, m.ttft,
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector(),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_queue_depth", Help: "Requests waiting for admission."},
+			stat(func(s engine.SchedulerStats) float64 { return float64(s.Queued) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_running_sequences", Help: "Samples being decoded."},
+			stat(func(s engine.SchedulerStats) float64 { return float64(s.Running) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_kv_cache_usage_ratio", Help: "Share of the KV-cache budget in use."},
+			stat(func(s engine.SchedulerStats) float64 {
+				return float64(s.KVBlocksUsed) / float64(max(1, s.KVBlocksTotal))
+			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_weight_version", Help: "Version of the weights new requests run on."},
+			stat(func(s engine.SchedulerStats) float64 { return float64(s.Version) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "prolong_generated_tokens_total", Help: "Tokens sampled."},
+			stat(func(s engine.SchedulerStats) float64 { return float64(s.TokensGenerated) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "prolong_engine_steps_total", Help: "Forward passes of the batch."},
+			stat(func(s engine.SchedulerStats) float64 { return float64(s.Steps) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_generation_tokens_per_second",
+			Help: "Tokens sampled per second since the previous scrape (rate(prolong_generated_tokens_total) over longer windows)."},
+			func() float64 {
+				rateMu.Lock()
+				defer rateMu.Unlock()
+				now, n := time.Now(), sched.Stats().TokensGenerated
+				r := float64(n-lastN) / max(1e-9, now.Sub(lastT).Seconds())
+				lastT, lastN = now, n
+				return r
+			}),
+	)
+	return m
+}
+
+func (m *metrics) handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }

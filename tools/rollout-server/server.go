@@ -1,0 +1,736 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// server is the HTTP front of an engine.Scheduler.
+type server struct {
+	sched     *engine.Scheduler
+	cfg       *engine.Config
+	tok       *tokenizer.Tokenizer // nil: prompts must be token ids
+	name      string
+	lim       limits
+	apiKey    string
+	maxBody   int64
+	maxWeight int64
+	slots     chan struct{} // bounds the requests being served at once
+	metrics   *metrics
+	draining  atomic.Bool
+
+	// swapMu: requests hold it shared while they submit their prompts, a weight update
+	// exclusively, so that all prompts of one request run on one weight version.
+	swapMu  sync.RWMutex
+	version atomic.Uint64
+}
+
+// routes is the server's HTTP handler.
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.health)
+	mux.HandleFunc("GET /v1/models", s.auth(s.models))
+	mux.HandleFunc("POST /v1/completions", s.auth(s.observe("completions", s.completions)))
+	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.observe("chat", s.chat)))
+	mux.HandleFunc("POST /v1/weights", s.weights)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{Status: 404, Type: "invalid_request_error", Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // "<answer>" as is
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	if e.Status == 429 || e.Status == 503 {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, e.Status, map[string]any{"error": e})
+}
+
+// bearer checks the Authorization header against key.
+func bearer(r *http.Request, key string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(key)) == 1
+}
+
+// auth requires the API key, when the server has one.
+func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.apiKey != "" && !bearer(r, s.apiKey) {
+			writeError(w, &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"})
+			return
+		}
+		h(w, r)
+	}
+}
+
+// statusWriter remembers the status code for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// observe counts requests by code and times them.
+func (s *server) observe(endpoint string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		h(sw, r)
+		s.metrics.requests.WithLabelValues(endpoint, strconv.Itoa(sw.code)).Inc()
+		s.metrics.latency.WithLabelValues(endpoint).Observe(time.Since(t0).Seconds())
+	}
+}
+
+func (s *server) health(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeError(w, &apiError{Status: 503, Type: "server_error", Message: "shutting down"})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"status": "ok", "weight_version": s.version.Load()})
+}
+
+func (s *server) models(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, map[string]any{"object": "list", "data": []any{map[string]any{
+		"id": s.name, "object": "model", "created": 0, "owned_by": "prolong",
+		"max_model_len": s.cfg.MaxPositionEmbeddings, "weight_version": s.version.Load(),
+	}}})
+}
+
+// readBody reads a request body within the size limit.
+func (s *server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, &apiError{Status: 413, Type: "invalid_request_error", Message: fmt.Sprintf("request body over %d bytes", limit)}
+		}
+		return nil, badRequest("", "reading the body: %v", err)
+	}
+	return body, nil
+}
+
+// acquire takes a serving slot, or refuses with 429 (at capacity) or 503 (shutting down).
+func (s *server) acquire() *apiError {
+	if s.draining.Load() {
+		return &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	default:
+		return &apiError{Status: 429, Type: "rate_limit_error", Code: "too_many_requests", Message: "server at capacity; retry after a second"}
+	}
+}
+
+func (s *server) release() { <-s.slots }
+
+// prompt is one prompt to complete, tokenized.
+type prompt struct {
+	ids  []int32
+	text string // for echo
+}
+
+// generation is a request's submitted prompts.
+type generation struct {
+	jobs    []*engine.Job
+	prompts []prompt
+	smp     sampling
+	version uint64
+	cancel  context.CancelFunc
+}
+
+// submit queues every prompt of a request on one weight version.
+func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*generation, *apiError) {
+	ctx, cancel := context.WithCancel(ctx)
+	g := &generation{prompts: prompts, smp: smp, cancel: cancel}
+	seed := uint64(0)
+	if smp.seed != nil {
+		seed = uint64(*smp.seed)
+	} else {
+		var b [8]byte
+		rand.Read(b[:])
+		seed = binary.LittleEndian.Uint64(b[:])
+	}
+	stop := append([]int32(nil), smp.stopIDs...)
+	if !smp.ignoreEOS {
+		stop = append(stop, s.eosIDs()...)
+	}
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	for i, p := range prompts {
+		j, err := s.sched.Submit(ctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
+			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
+			MaxNewTokens: smp.maxTokens, StopTokens: stop, Seed: seed + uint64(i)}})
+		if err != nil {
+			cancel()
+			switch {
+			case errors.Is(err, engine.ErrQueueFull):
+				return nil, &apiError{Status: 429, Type: "rate_limit_error", Code: "queue_full", Message: "request queue full; retry after a second"}
+			case errors.Is(err, engine.ErrClosed):
+				return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+			}
+			return nil, badRequest("", "prompt %d: %s", i, strings.TrimPrefix(err.Error(), "request 0: "))
+		}
+		g.jobs = append(g.jobs, j)
+	}
+	g.version = s.version.Load()
+	return g, nil
+}
+
+// eosIDs are the model's end-of-sequence tokens.
+func (s *server) eosIDs() []int32 {
+	var ids []int32
+	for _, id := range s.cfg.EOSTokenIDs {
+		ids = append(ids, int32(id))
+	}
+	if s.tok != nil {
+		if id, ok := s.tok.EOS(); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// choiceState follows one sample: its tokens and text so far.
+type choiceState struct {
+	index    int
+	ids      []int32
+	lps      []float32
+	text     string // decoded text up to the last complete character
+	sent     int    // bytes of text already streamed
+	finish   string
+	promptID int
+}
+
+// decode renders tokens as text: the tokenizer's (special tokens dropped), or token_id:N
+// without one (vLLM's return_tokens_as_token_ids).
+func (s *server) decode(ids []int32) string {
+	if s.tok == nil {
+		var b strings.Builder
+		for _, id := range ids {
+			fmt.Fprintf(&b, "token_id:%d", id)
+		}
+		return b.String()
+	}
+	t, err := s.tok.DecodeSkipSpecial(ids)
+	if err != nil {
+		return ""
+	}
+	return t
+}
+
+// tokenString is one token as text (for logprobs).
+func (s *server) tokenString(id int32) string {
+	if s.tok == nil {
+		return fmt.Sprintf("token_id:%d", id)
+	}
+	t, _ := s.tok.Decode([]int32{id})
+	return t
+}
+
+// run drains the jobs, calling onToken for each sampled token (after stop strings are
+// applied); it returns the choices, in order (prompt i, sample j -> index i*n+j).
+func (s *server) run(g *generation, onToken func(c *choiceState, delta string, id int32, lp float32) error) ([]*choiceState, *apiError) {
+	defer g.cancel()
+	n := g.smp.n
+	choices := make([]*choiceState, len(g.jobs)*n)
+	for i := range choices {
+		choices[i] = &choiceState{index: i, promptID: i / n}
+	}
+	first := true
+	t0 := time.Now()
+	for pi, j := range g.jobs {
+		open := n
+		for ev := range j.Events {
+			if ev.Done {
+				if ev.Err != nil && open > 0 {
+					if errors.Is(ev.Err, context.Canceled) {
+						return choices, &apiError{Status: 499, Type: "server_error", Message: "request cancelled"}
+					}
+					return choices, &apiError{Status: 500, Type: "server_error", Message: ev.Err.Error()}
+				}
+				break
+			}
+			if first {
+				s.metrics.ttft.Observe(time.Since(t0).Seconds())
+				first = false
+			}
+			c := choices[pi*n+ev.Sample]
+			if c.finish != "" {
+				continue // ended by a stop string; the engine runs it out
+			}
+			c.ids = append(c.ids, ev.Token)
+			c.lps = append(c.lps, ev.LogProb)
+			delta := ""
+			full := s.decode(c.ids)
+			// Hold back an incomplete UTF-8 character until its last byte arrives.
+			for len(full) > 0 {
+				r, size := utf8.DecodeLastRuneInString(full)
+				if r != utf8.RuneError || size != 1 {
+					break
+				}
+				full = full[:len(full)-1]
+			}
+			if cut, ok := applyStop(full, g.smp.stopStrings); ok {
+				full, c.finish = cut, "stop"
+			}
+			if len(full) >= c.sent {
+				delta = full[c.sent:]
+				c.text, c.sent = full, len(full)
+			}
+			if c.finish == "" && ev.Finish != "" {
+				c.finish = string(ev.Finish)
+				if ev.Finish == engine.FinishStop {
+					c.finish = "stop"
+				}
+			}
+			if c.finish != "" {
+				open--
+			}
+			if err := onToken(c, delta, ev.Token, ev.LogProb); err != nil {
+				return choices, &apiError{Status: 499, Type: "server_error", Message: "client went away"}
+			}
+			if open == 0 {
+				g.cancel() // every sample ended (stop strings): free the cache now
+			}
+		}
+	}
+	return choices, nil
+}
+
+// applyStop cuts text at the first stop string.
+func applyStop(text string, stops []string) (string, bool) {
+	cut := -1
+	for _, st := range stops {
+		if i := strings.Index(text, st); i >= 0 && (cut < 0 || i < cut) {
+			cut = i
+		}
+	}
+	if cut < 0 {
+		return text, false
+	}
+	return text[:cut], true
+}
+
+// sse writes server-sent events.
+type sse struct {
+	w http.ResponseWriter
+	f http.Flusher
+}
+
+func newSSE(w http.ResponseWriter) *sse {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(200)
+	f, _ := w.(http.Flusher)
+	return &sse{w, f}
+}
+
+func (e *sse) send(v any) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(e.w, "data: %s\n\n", bytes.TrimSpace(b.Bytes())); err != nil {
+		return err
+	}
+	if e.f != nil {
+		e.f.Flush()
+	}
+	return nil
+}
+
+func (e *sse) done() {
+	fmt.Fprint(e.w, "data: [DONE]\n\n")
+	if e.f != nil {
+		e.f.Flush()
+	}
+}
+
+func newID(prefix string) string {
+	var b [12]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s-%x", prefix, b)
+}
+
+func strp(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// completions serves POST /v1/completions.
+func (s *server) completions(w http.ResponseWriter, r *http.Request) {
+	body, e := s.readBody(w, r, s.maxBody)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	var req completionRequest
+	if e := decodeStrict(body, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	smp, e := req.validate(s.lim, s.cfg.VocabSize)
+	if e == nil && req.Logprobs != nil && (*req.Logprobs < 0 || *req.Logprobs > 1) {
+		e = badRequest("logprobs", "logprobs must be 0 or 1: the server returns the log-prob of each sampled token, not of alternatives")
+	}
+	if e == nil && req.Suffix != nil {
+		e = badRequest("suffix", "suffix is not supported")
+	}
+	if e == nil && len(smp.stopStrings) > 0 && s.tok == nil {
+		e = badRequest("stop", "stop strings need a tokenizer, and this model directory has none: use stop_token_ids")
+	}
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	texts, idLists, e := parsePrompts(req.Prompt, s.cfg.VocabSize, s.lim.MaxPrompts)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	var prompts []prompt
+	for _, t := range texts {
+		if s.tok == nil {
+			writeError(w, badRequest("prompt", "this model directory has no tokenizer.json: send the prompt as token ids"))
+			return
+		}
+		ids := s.tok.Encode(t)
+		if len(ids) == 0 {
+			writeError(w, badRequest("prompt", "the prompt encodes to no tokens"))
+			return
+		}
+		prompts = append(prompts, prompt{ids: ids, text: t})
+	}
+	for _, ids := range idLists {
+		prompts = append(prompts, prompt{ids: ids, text: s.decode(ids)})
+	}
+	if e := s.acquire(); e != nil {
+		writeError(w, e)
+		return
+	}
+	defer s.release()
+	g, e := s.submit(r.Context(), prompts, smp)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	id, created := newID("cmpl"), time.Now().Unix()
+	withLP := req.Logprobs != nil
+	lpFor := func(c *choiceState, ids []int32, lps []float32, offset int) *completionLogprobs {
+		if !withLP {
+			return nil
+		}
+		out := &completionLogprobs{}
+		for k, tid := range ids {
+			tok := s.tokenString(tid)
+			out.Tokens = append(out.Tokens, tok)
+			out.TokenLogprobs = append(out.TokenLogprobs, lps[k])
+			out.TextOffset = append(out.TextOffset, offset)
+			if *req.Logprobs > 0 {
+				out.TopLogprobs = append(out.TopLogprobs, map[string]float32{tok: lps[k]})
+			}
+			offset += len(tok)
+		}
+		return out
+	}
+	if req.Stream {
+		ev := newSSE(w)
+		if req.Echo {
+			for i, p := range prompts {
+				for k := 0; k < smp.n; k++ {
+					ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
+						Choices: []completionChoice{{Index: i*smp.n + k, Text: p.text, PromptTokenIDs: p.ids, TokenIDs: []int32{}}}})
+				}
+			}
+		}
+		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
+			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
+				Choices: []completionChoice{{Index: c.index, Text: delta, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
+					Logprobs: lpFor(c, []int32{tid}, []float32{lp}, len(c.text)-len(delta))}}})
+		})
+		if e != nil {
+			ev.send(map[string]any{"error": e})
+		} else if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
+			ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
+				Choices: []completionChoice{}, Usage: usageOf(prompts, choices)})
+		}
+		ev.done()
+		return
+	}
+	choices, e := s.run(g, func(*choiceState, string, int32, float32) error { return nil })
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version}
+	for _, c := range choices {
+		p := prompts[c.promptID]
+		text := c.text
+		ch := completionChoice{Index: c.index, FinishReason: strp(c.finish), TokenIDs: c.ids, PromptTokenIDs: p.ids}
+		if c.ids == nil {
+			ch.TokenIDs = []int32{}
+		}
+		ch.Logprobs = lpFor(c, c.ids, c.lps, 0)
+		if req.Echo {
+			text = p.text + text
+			if ch.Logprobs != nil {
+				ch.Logprobs.TextOffset = nil
+				pre := lpFor(c, p.ids, make([]float32, len(p.ids)), 0)
+				ch.Logprobs.Tokens = append(pre.Tokens, ch.Logprobs.Tokens...)
+				ch.Logprobs.TokenLogprobs = append(pre.TokenLogprobs, ch.Logprobs.TokenLogprobs...)
+			}
+		}
+		ch.Text = text
+		resp.Choices = append(resp.Choices, ch)
+	}
+	resp.Usage = usageOf(prompts, choices)
+	writeJSON(w, 200, resp)
+}
+
+// usageOf counts a request's tokens.
+func usageOf(prompts []prompt, choices []*choiceState) *usage {
+	u := &usage{}
+	for _, p := range prompts {
+		u.PromptTokens += len(p.ids)
+	}
+	for _, c := range choices {
+		u.CompletionTokens += len(c.ids)
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+// chat serves POST /v1/chat/completions.
+func (s *server) chat(w http.ResponseWriter, r *http.Request) {
+	body, e := s.readBody(w, r, s.maxBody)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	var req chatRequest
+	if e := decodeStrict(body, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	smp, e := req.validate(s.lim, s.cfg.VocabSize)
+	switch {
+	case e != nil:
+	case s.tok == nil || !s.tok.HasChatTemplate():
+		e = badRequest("messages", "this model directory has no tokenizer with a chat template: use /v1/completions with token ids")
+	case len(req.Messages) == 0:
+		e = badRequest("messages", "messages is required")
+	case req.TopLogprobs != nil && *req.TopLogprobs != 0:
+		e = badRequest("top_logprobs", "top_logprobs must be 0: the server returns the log-prob of each sampled token, not of alternatives")
+	case len(req.Tools) > 0:
+		e = badRequest("tools", "tools are not supported")
+	}
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	msgs := make([]tokenizer.Message, len(req.Messages))
+	for i, m := range req.Messages {
+		text, e := messageText(i, m)
+		if e != nil {
+			writeError(w, e)
+			return
+		}
+		msgs[i] = tokenizer.Message{Role: m.Role, Content: text}
+	}
+	text, err := s.tok.ApplyChatTemplate(msgs, true)
+	if err != nil {
+		writeError(w, badRequest("messages", "%v", err))
+		return
+	}
+	p := prompt{ids: s.tok.EncodePlain(text), text: text}
+	if e := s.acquire(); e != nil {
+		writeError(w, e)
+		return
+	}
+	defer s.release()
+	g, e := s.submit(r.Context(), []prompt{p}, smp)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	id, created := newID("chatcmpl"), time.Now().Unix()
+	lpEntries := func(ids []int32, lps []float32) *struct {
+		Content []chatLogprob `json:"content"`
+	} {
+		if !req.Logprobs {
+			return nil
+		}
+		out := &struct {
+			Content []chatLogprob `json:"content"`
+		}{Content: []chatLogprob{}}
+		for k, tid := range ids {
+			t := s.tokenString(tid)
+			bs := make([]int, len(t))
+			for i := range t {
+				bs[i] = int(t[i])
+			}
+			out.Content = append(out.Content, chatLogprob{Token: t, Logprob: lps[k], Bytes: bs, TopLogprobs: []any{}})
+		}
+		return out
+	}
+	if req.Stream {
+		ev := newSSE(w)
+		for k := 0; k < smp.n; k++ {
+			ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.name, WeightVersion: g.version,
+				Choices: []chatChoice{{Index: k, Delta: &chatOut{Role: "assistant"}, TokenIDs: []int32{}}}})
+		}
+		_, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
+			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.name, WeightVersion: g.version,
+				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: delta}, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
+					Logprobs: lpEntries([]int32{tid}, []float32{lp})}}})
+		})
+		if e != nil {
+			ev.send(map[string]any{"error": e})
+		}
+		ev.done()
+		return
+	}
+	choices, e := s.run(g, func(*choiceState, string, int32, float32) error { return nil })
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: s.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
+	for _, c := range choices {
+		ids := c.ids
+		if ids == nil {
+			ids = []int32{}
+		}
+		resp.Choices = append(resp.Choices, chatChoice{Index: c.index, Message: &chatOut{Role: "assistant", Content: c.text},
+			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps)})
+	}
+	writeJSON(w, 200, resp)
+}
+
+// weights serves POST /v1/weights: new weights from a checkpoint directory on the server's
+// machine ({"path": DIR}) or a safetensors body. Requests in flight finish on the weights they
+// started with; requests arriving meanwhile wait and run on the new ones. The API key is
+// always required here.
+func (s *server) weights(w http.ResponseWriter, r *http.Request) {
+	if s.apiKey == "" {
+		writeError(w, &apiError{Status: 403, Type: "permission_error", Message: "weight updates are disabled: start the server with --api-key (or PROLONG_API_KEY)"})
+		return
+	}
+	if !bearer(r, s.apiKey) {
+		writeError(w, &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"})
+		return
+	}
+	body, e := s.readBody(w, r, s.maxWeight)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	var tensors map[string]engine.HostTensor
+	source := "request body"
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		var req struct {
+			Path string `json:"path"`
+		}
+		if e := decodeStrict(body, &req); e != nil {
+			writeError(w, e)
+			return
+		}
+		if req.Path == "" {
+			writeError(w, badRequest("path", "path is required (a model directory with config.json and safetensors)"))
+			return
+		}
+		cfg, wts, err := checkpoints.Load(req.Path)
+		if err != nil {
+			writeError(w, badRequest("path", "%v", err))
+			return
+		}
+		if e := sameArch(s.cfg, cfg); e != nil {
+			writeError(w, e)
+			return
+		}
+		tensors, source = wts, req.Path
+	} else {
+		f, err := checkpoints.ParseSafetensors(bytes.NewReader(body), int64(len(body)))
+		if err != nil {
+			writeError(w, badRequest("", "safetensors body: %v", err))
+			return
+		}
+		tensors = f.Tensors
+	}
+	cur := s.sched.Model()
+	m, err := engine.NewModel(s.cfg, cur.Backend, tensors, cur.WeightDType)
+	if err != nil {
+		writeError(w, badRequest("", "weights from %s: %v", source, err))
+		return
+	}
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
+	v := s.version.Load() + 1
+	if h := r.Header.Get("X-Weight-Version"); h != "" {
+		n, err := strconv.ParseUint(h, 10, 64)
+		if err != nil || n <= s.version.Load() {
+			writeError(w, badRequest("X-Weight-Version", "X-Weight-Version %q must be an integer above the current version %d", h, s.version.Load()))
+			return
+		}
+		v = n
+	}
+	t0 := time.Now()
+	if err := s.sched.SwapModel(m, v); err != nil {
+		writeError(w, &apiError{Status: 503, Type: "server_error", Message: err.Error()})
+		return
+	}
+	s.version.Store(v)
+	slog.Info("weights updated", "version", v, "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
+	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors)})
+}
+
+// sameArch refuses weights of another architecture.
+func sameArch(a, b *engine.Config) *apiError {
+	ka, kb := *a, *b
+	ka.EOSTokenIDs, kb.EOSTokenIDs, ka.BOSTokenID, kb.BOSTokenID, ka.Architectures, kb.Architectures = nil, nil, nil, nil, nil, nil
+	ja, _ := json.Marshal(ka)
+	jb, _ := json.Marshal(kb)
+	if !bytes.Equal(ja, jb) {
+		return badRequest("path", "config.json describes another model: %s, the server runs %s", jb, ja)
+	}
+	return nil
+}

@@ -1,0 +1,480 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// charTokens is a small character vocabulary (the default model's kind).
+var charTokens = []string{"<pad>", "<bos>", "<eos>", "<answer>", "</answer>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
+	"+", "-", "*", "=", "(", ")", " ", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+
+func tinyConfig(vocab int) *engine.Config {
+	return &engine.Config{ModelType: "qwen2", VocabSize: vocab, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
+		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
+		MaxPositionEmbeddings: 256, AttentionBias: true, EOSTokenIDs: []int{2}}
+}
+
+// modelDir writes a random tiny model (with the character tokenizer when tok) to a directory.
+func modelDir(t testing.TB, seed uint64, tok bool) (string, *engine.Config, map[string]engine.HostTensor) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := tinyConfig(len(charTokens))
+	w := engine.RandomWeights(cfg, seed, 0.3)
+	if err := checkpoints.Save(dir, cfg, w, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if tok {
+		tk, err := tokenizer.NewCharLevel(charTokens, []string{"<pad>", "<bos>", "<eos>"}, "<eos>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tk.Save(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, cfg, w
+}
+
+func testOptions(dir string) options {
+	var o options
+	fs := newFlags(&o)
+	fs.Parse([]string{"--model", dir, "--api-key", "sekret"})
+	return o
+}
+
+// startServer serves a model dir in-process.
+func startServer(t testing.TB, o options) (*server, *httptest.Server) {
+	t.Helper()
+	s, err := newServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.routes())
+	t.Cleanup(func() { ts.Close(); s.sched.Close() })
+	return s, ts
+}
+
+// post sends a JSON body with the API key and decodes the JSON answer.
+func post(t testing.TB, url, body string) (int, map[string]any, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sekret")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var v map[string]any
+	if err := json.Unmarshal(data, &v); err != nil {
+		t.Fatalf("%s: not JSON: %s", url, data)
+	}
+	return resp.StatusCode, v, resp.Header
+}
+
+type choice struct {
+	Index        int     `json:"index"`
+	Text         string  `json:"text"`
+	TokenIDs     []int32 `json:"token_ids"`
+	FinishReason string  `json:"finish_reason"`
+	Logprobs     struct {
+		TokenLogprobs []float32 `json:"token_logprobs"`
+	} `json:"logprobs"`
+}
+
+func completion(t testing.TB, url, body string) ([]choice, uint64) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sekret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("HTTP %d: %s", resp.StatusCode, data)
+	}
+	var r struct {
+		Choices []choice `json:"choices"`
+		Version uint64   `json:"weight_version"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Choices, r.Version
+}
+
+// direct generates with the engine itself.
+func direct(t testing.TB, cfg *engine.Config, w map[string]engine.HostTensor, r engine.Request) engine.Result {
+	t.Helper()
+	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	res, err := g.Generate(context.Background(), []engine.Request{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res[0]
+}
+
+func sameSamples(t testing.TB, what string, got []choice, want engine.Result) {
+	t.Helper()
+	if len(got) != len(want.Samples) {
+		t.Fatalf("%s: %d choices, want %d", what, len(got), len(want.Samples))
+	}
+	for k, s := range want.Samples {
+		c := got[k]
+		if !slices.Equal(c.TokenIDs, s.Tokens) || !slices.Equal(c.Logprobs.TokenLogprobs, s.LogProbs) || c.FinishReason != string(s.Finish) {
+			t.Fatalf("%s sample %d: served %v %v %s, engine %v %v %s", what, k, c.TokenIDs, c.Logprobs.TokenLogprobs, c.FinishReason, s.Tokens, s.LogProbs, s.Finish)
+		}
+	}
+}
+
+// TestServedEqualsEngine: token ids and log-probs served, for requests sent one by one and
+// sixteen at once, are the engine's own for the same seed.
+func TestServedEqualsEngine(t *testing.T) {
+	dir, cfg, w := modelDir(t, 1, false)
+	_, ts := startServer(t, testOptions(dir))
+	req := func(i int) (string, engine.Request) {
+		prompt := []int32{1, int32(5 + i%10), 15, int32(5 + (i*3)%10), 18}
+		r := engine.Request{Prompt: prompt, Params: engine.SamplingParams{N: 1 + i%3, Temperature: 0.8 + 0.1*float32(i%4), TopP: 0.95, TopK: i % 5,
+			MaxNewTokens: 10 + i, Seed: uint64(100 + i), StopTokens: []int32{2}}}
+		ids, _ := json.Marshal(prompt)
+		body := fmt.Sprintf(`{"prompt": %s, "n": %d, "temperature": %g, "top_p": 0.95, "top_k": %d, "max_tokens": %d, "seed": %d, "logprobs": 1}`,
+			ids, r.Params.N, r.Params.Temperature, r.Params.TopK, r.Params.MaxNewTokens, r.Params.Seed)
+		return body, r
+	}
+	for i := 0; i < 3; i++ {
+		body, r := req(i)
+		got, v := completion(t, ts.URL, body)
+		sameSamples(t, fmt.Sprintf("request %d", i), got, direct(t, cfg, w, r))
+		if v != 1 {
+			t.Errorf("weight version %d", v)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, r := req(i)
+			got, _ := completion(t, ts.URL, body)
+			sameSamples(t, fmt.Sprintf("concurrent request %d", i), got, direct(t, cfg, w, r))
+		}()
+	}
+	wg.Wait()
+}
+
+// TestStreamEqualsNonStream: the server-sent events of a streamed completion add up to the
+// non-streamed answer, and end with [DONE].
+func TestStreamEqualsNonStream(t *testing.T) {
+	dir, _, _ := modelDir(t, 2, true)
+	_, ts := startServer(t, testOptions(dir))
+	body := `{"prompt": "<bos>1+2=", "n": 2, "max_tokens": 12, "seed": 5, "temperature": 1, "logprobs": 1}`
+	want, _ := completion(t, ts.URL, body)
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
+	req.Header.Set("Authorization", "Bearer sekret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	got := make([]choice, 2)
+	sc := bufio.NewScanner(resp.Body)
+	done := false
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		if line == "[DONE]" {
+			done = true
+			break
+		}
+		var chunk struct{ Choices []choice }
+		if err := json.Unmarshal([]byte(line), &chunk); err != nil {
+			t.Fatal(err, line)
+		}
+		for _, c := range chunk.Choices {
+			g := &got[c.Index]
+			g.Text += c.Text
+			g.TokenIDs = append(g.TokenIDs, c.TokenIDs...)
+			g.Logprobs.TokenLogprobs = append(g.Logprobs.TokenLogprobs, c.Logprobs.TokenLogprobs...)
+			if c.FinishReason != "" {
+				g.FinishReason = c.FinishReason
+			}
+		}
+	}
+	if !done {
+		t.Fatal("no [DONE]")
+	}
+	for k := range want {
+		if got[k].Text != want[k].Text || !slices.Equal(got[k].TokenIDs, want[k].TokenIDs) || got[k].FinishReason != want[k].FinishReason ||
+			!slices.Equal(got[k].Logprobs.TokenLogprobs, want[k].Logprobs.TokenLogprobs) {
+			t.Errorf("choice %d: streamed %+v, whole %+v", k, got[k], want[k])
+		}
+	}
+}
+
+// TestBadRequests: each malformed or out-of-bounds request gets a 400 (413 for a body over
+// the limit) with an OpenAI error object naming the field, and the server keeps serving.
+func TestBadRequests(t *testing.T) {
+	dir, _, _ := modelDir(t, 3, false)
+	o := testOptions(dir)
+	o.maxN, o.maxTokens, o.maxBodyKiB = 4, 32, 1
+	_, ts := startServer(t, o)
+	for _, tc := range []struct{ body, param string }{
+		{`{"prompt": [1, 2`, ""},
+		{`not json`, ""},
+		{`{"prompt": [1, 2]} {"x": 1}`, ""},
+		{`{"prompt": [1, 2], "n": "two"}`, "n"},
+		{`{"prompt": [1, 2], "temperature": "hot"}`, "temperature"},
+		{`{"prompt": [1, 2], "n": 5}`, "n"},
+		{`{"prompt": [1, 2], "n": 0}`, "n"},
+		{`{"prompt": [1, 2], "max_tokens": 33}`, "max_tokens"},
+		{`{"prompt": [1, 2], "temperature": -0.5}`, "temperature"},
+		{`{"prompt": [1, 2], "top_p": 0}`, "top_p"},
+		{`{"prompt": [1, 2], "top_k": -3}`, "top_k"},
+		{`{"prompt": [1, 32]}`, "prompt"},
+		{`{"prompt": [1, -1]}`, "prompt"},
+		{`{"prompt": [[1], [2, 99]]}`, "prompt[1]"},
+		{`{"prompt": [1, 2], "stop_token_ids": [40]}`, "stop_token_ids"},
+		{`{"prompt": "hello"}`, "prompt"}, // no tokenizer: ids only
+		{`{"prompt": [1.5]}`, "prompt"},
+		{`{"prompt": {}}`, "prompt"},
+		{`{}`, "prompt"},
+		{`{"prompt": [1, 2], "logprobs": 5}`, "logprobs"},
+		{`{"prompt": [1, 2], "presence_penalty": 1}`, "presence_penalty"},
+		{`{"prompt": [1, 2], "stop": "x"}`, "stop"},
+		{`{"prompt": [1, 2], "max_tokens": 30, "n": 1, "best_of": 3}`, "best_of"},
+	} {
+		code, v, _ := post(t, ts.URL+"/v1/completions", tc.body)
+		e, _ := v["error"].(map[string]any)
+		if code != 400 || e == nil || e["message"] == "" || e["type"] != "invalid_request_error" || (tc.param != "" && e["param"] != tc.param) {
+			t.Errorf("%s: HTTP %d %v, want 400 naming %q", tc.body, code, v, tc.param)
+		}
+	}
+	big := `{"prompt": [` + strings.Repeat("1,", 1000) + `1]}`
+	if code, v, _ := post(t, ts.URL+"/v1/completions", big); code != 413 || v["error"] == nil {
+		t.Errorf("oversize body: HTTP %d %v", code, v)
+	}
+	if code, v, _ := post(t, ts.URL+"/v1/chat/completions", `{"messages": [{"role": "user", "content": "hi"}]}`); code != 400 || !strings.Contains(fmt.Sprint(v), "chat template") {
+		t.Errorf("chat without a template: HTTP %d %v", code, v)
+	}
+	// Still serving.
+	if got, _ := completion(t, ts.URL, `{"prompt": [1, 2], "max_tokens": 3}`); len(got) != 1 || len(got[0].TokenIDs) == 0 {
+		t.Errorf("after the bad requests: %+v", got)
+	}
+}
+
+// TestAuthAndCapacity: the API key guards the API, the weights endpoint needs it always, and
+// a request beyond --max-concurrent gets 429 with Retry-After.
+func TestAuthAndCapacity(t *testing.T) {
+	dir, _, _ := modelDir(t, 4, false)
+	o := testOptions(dir)
+	o.maxConcurrent = 1
+	_, ts := startServer(t, o)
+	resp, _ := http.Post(ts.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt": [1]}`))
+	if resp.StatusCode != 401 {
+		t.Errorf("no key: HTTP %d", resp.StatusCode)
+	}
+	resp.Body.Close()
+	// One long streamed request holds the only slot.
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "max_tokens": 200, "stream": true, "stop_token_ids": [], "ignore_eos": true}`))
+	req.Header.Set("Authorization", "Bearer sekret")
+	long, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufio.NewReader(long.Body).ReadString('\n') // it has started
+	code, v, h := post(t, ts.URL+"/v1/completions", `{"prompt": [1], "max_tokens": 2}`)
+	if code != 429 || h.Get("Retry-After") == "" || v["error"] == nil {
+		t.Errorf("over capacity: HTTP %d %v Retry-After %q", code, v, h.Get("Retry-After"))
+	}
+	long.Body.Close()
+
+	noKey := testOptions(dir)
+	noKey.apiKey = ""
+	_, ts2 := startServer(t, noKey)
+	if code, _, _ := post(t, ts2.URL+"/v1/weights", `{"path": "x"}`); code != 403 {
+		t.Errorf("weights without a configured key: HTTP %d", code)
+	}
+	noKey.addr = "0.0.0.0:0"
+	if _, err := newServer(noKey); err == nil || !strings.Contains(err.Error(), "api-key") {
+		t.Errorf("non-loopback without a key: %v", err)
+	}
+}
+
+// TestWeightUpdate: weights pushed as a safetensors body become version 2; a request in flight
+// during the update finishes on version 1 with version 1's tokens; later ones use the new
+// weights, as the engine does with them.
+func TestWeightUpdate(t *testing.T) {
+	dir, cfg, w1 := modelDir(t, 5, false)
+	_, ts := startServer(t, testOptions(dir))
+	w2 := engine.RandomWeights(cfg, 77, 0.3)
+	r := engine.Request{Prompt: []int32{1, 6, 15}, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 60, Seed: 9, StopTokens: []int32{2}}}
+	body := `{"prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 60, "seed": 9, "logprobs": 1}`
+	// The request in flight: streamed, and running (its first token read) before the push.
+	sreq, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
+	sreq.Header.Set("Authorization", "Bearer sekret")
+	stream, err := http.DefaultClient.Do(sreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	events := bufio.NewScanner(stream.Body)
+	events.Scan()
+	st := filepath.Join(t.TempDir(), "w.safetensors")
+	if err := checkpoints.WriteSafetensors(st, w2, checkpoints.F32, nil); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(st)
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/weights", bytes.NewReader(data))
+	req.Header.Set("Authorization", "Bearer sekret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(msg), `"weight_version":2`) {
+		t.Fatalf("push: HTTP %d %s", resp.StatusCode, msg)
+	}
+	old := make([]choice, 2)
+	for line := events.Text(); ; line = events.Text() {
+		if data, ok := strings.CutPrefix(line, "data: "); ok && data != "[DONE]" {
+			var chunk struct {
+				Choices []choice
+				Version uint64 `json:"weight_version"`
+			}
+			if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+				t.Fatal(err)
+			}
+			if chunk.Version != 1 {
+				t.Fatalf("in-flight chunk of version %d", chunk.Version)
+			}
+			for _, c := range chunk.Choices {
+				o := &old[c.Index]
+				o.TokenIDs = append(o.TokenIDs, c.TokenIDs...)
+				o.Logprobs.TokenLogprobs = append(o.Logprobs.TokenLogprobs, c.Logprobs.TokenLogprobs...)
+				if c.FinishReason != "" {
+					o.FinishReason = c.FinishReason
+				}
+			}
+		}
+		if !events.Scan() {
+			break
+		}
+	}
+	sameSamples(t, "in flight during the update", old, direct(t, cfg, w1, r))
+	now, v := completion(t, ts.URL, body)
+	if v != 2 {
+		t.Errorf("after the update: version %d", v)
+	}
+	sameSamples(t, "after the update", now, direct(t, cfg, w2, r))
+	// A directory of another shape is refused, naming it.
+	other, _, _ := modelDir(t, 6, false)
+	c2 := tinyConfig(len(charTokens))
+	c2.NumHiddenLayers = 3
+	checkpoints.Save(other, c2, engine.RandomWeights(c2, 1, 0.1), checkpoints.SaveOptions{})
+	if code, v, _ := post(t, ts.URL+"/v1/weights", fmt.Sprintf(`{"path": %q}`, other)); code != 400 || !strings.Contains(fmt.Sprint(v), "another model") {
+		t.Errorf("weights of another model: HTTP %d %v", code, v)
+	}
+	if code, _, _ := post(t, ts.URL+"/v1/weights", `{"path": "/nonexistent"}`); code != 400 {
+		t.Errorf("missing path: HTTP %d", code)
+	}
+}
+
+// TestEndpoints: /health, /v1/models and /metrics.
+func TestEndpoints(t *testing.T) {
+	dir, _, _ := modelDir(t, 7, true)
+	_, ts := startServer(t, testOptions(dir))
+	completion(t, ts.URL, `{"prompt": "<bos>1+1=", "max_tokens": 4}`)
+	for path, want := range map[string]string{
+		"/health":    `"status":"ok"`,
+		"/metrics":   "prolong_generated_tokens_total",
+		"/v1/models": `"max_model_len":256`,
+	} {
+		req, _ := http.NewRequest("GET", ts.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer sekret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("%s: HTTP %d, want %q in\n%.400s", path, resp.StatusCode, want, b)
+		}
+		if path == "/metrics" {
+			for _, m := range []string{"prolong_queue_depth", "prolong_running_sequences", "prolong_kv_cache_usage_ratio",
+				"prolong_request_duration_seconds_bucket", "prolong_generation_tokens_per_second", "process_resident_memory_bytes"} {
+				if !strings.Contains(string(b), m) {
+					t.Errorf("/metrics lacks %s", m)
+				}
+			}
+		}
+	}
+}
+
+// FuzzCompletionRequest: whatever the body, the server answers 200, 400 or 413 with JSON, and
+// never panics.
+func FuzzCompletionRequest(f *testing.F) {
+	dir, _, _ := modelDir(f, 8, true)
+	o := testOptions(dir)
+	o.maxN, o.maxTokens = 2, 3
+	s, err := newServer(o)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer s.sched.Close()
+	h := s.routes()
+	for _, seed := range []string{`{"prompt": [1, 2], "max_tokens": 2}`, `{"prompt": "<bos>1+", "n": 2, "stream": true}`,
+		`{"prompt": [[1], [2]], "stop": ["1"], "echo": true, "logprobs": 1}`, `{"prompt": "x", "temperature": 1e308}`, `[]`, `{"prompt": [1], "top_k": -1}`} {
+		f.Add(seed, false)
+		f.Add(seed, true)
+	}
+	f.Fuzz(func(t *testing.T, body string, chat bool) {
+		path := "/v1/completions"
+		if chat {
+			path = "/v1/chat/completions"
+		}
+		req := httptest.NewRequest("POST", path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer sekret")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 200, 400, 413:
+		default:
+			t.Fatalf("%s %q: HTTP %d %s", path, body, rec.Code, rec.Body.String())
+		}
+	})
+}
