@@ -1,0 +1,127 @@
+package remote
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo"
+)
+
+// startServers builds tools/rollout-server and starts count of them on free ports, serving
+// the model in dir, as a user would start them.
+func startServers(t *testing.T, dir string, count int) []string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "rollout-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../tools/rollout-server").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var urls []string
+	for i := 0; i < count; i++ {
+		cmd := exec.Command(bin, "--model", dir, "--addr", "127.0.0.1:0", "--api-key", "k", "--max-concurrent", "4")
+		out, _ := cmd.StdoutPipe()
+		cmd.Stderr = io.Discard
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
+		if !ok {
+			t.Fatalf("server said %q", line)
+		}
+		go io.Copy(io.Discard, out)
+		urls = append(urls, url)
+	}
+	return urls
+}
+
+// TestRemoteEqualsEngine: rollouts from two rollout servers equal the in-process engine's for
+// the same seed, token for token and log-prob for log-prob (the client retries through 429s:
+// each server serves only 4 requests at once); after PushWeights they equal the engine's on
+// the new weights.
+func TestRemoteEqualsEngine(t *testing.T) {
+	cfg := &engine.Config{ModelType: "qwen2", VocabSize: 24, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
+		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
+		MaxPositionEmbeddings: 128, AttentionBias: true}
+	w1 := engine.RandomWeights(cfg, 1, 0.3)
+	dir := t.TempDir()
+	if err := checkpoints.Save(dir, cfg, w1, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(startServers(t, dir, 2), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prompts []grpo.Prompt
+	for i := 0; i < 12; i++ {
+		prompts = append(prompts, grpo.Prompt{Tokens: []int32{1, int32(2 + i%20), int32(3 + (7*i)%20)}})
+	}
+	p := engine.SamplingParams{N: 4, Temperature: 1.2, TopP: 1, MaxNewTokens: 12, StopTokens: []int32{5}, Seed: 99}
+	engineRollouts := func(w map[string]engine.HostTensor) [][]engine.Sample {
+		m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		out, err := grpo.EngineRollouts{Gen: g}.Rollout(context.Background(), prompts, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	check := func(what string, got, want [][]engine.Sample) {
+		for i := range want {
+			for j := range want[i] {
+				a, b := got[i][j], want[i][j]
+				if !slices.Equal(a.Tokens, b.Tokens) || !slices.Equal(a.LogProbs, b.LogProbs) || a.Finish != b.Finish {
+					t.Fatalf("%s: prompt %d sample %d: remote %v %v %s, engine %v %v %s", what, i, j, a.Tokens, a.LogProbs, a.Finish, b.Tokens, b.LogProbs, b.Finish)
+				}
+			}
+		}
+	}
+	got, err := c.Rollout(context.Background(), prompts, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("version 1", got, engineRollouts(w1))
+
+	w2 := engine.RandomWeights(cfg, 2, 0.3)
+	if err := c.PushWeights(context.Background(), w2, 7); err != nil {
+		t.Fatal(err)
+	}
+	got, err = c.Rollout(context.Background(), prompts, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("after the push", got, engineRollouts(w2))
+	if c.WeightVersion() != 7 {
+		t.Errorf("weight version %d, want 7", c.WeightVersion())
+	}
+	// Errors name the server and the prompt.
+	bad := &Client{URLs: []string{c.URLs[0]}, APIKey: "k"}
+	_, err = bad.Rollout(context.Background(), []grpo.Prompt{{Tokens: []int32{1, 500}}}, p)
+	if err == nil || !strings.Contains(err.Error(), "prompt 0 on http://") || !strings.Contains(err.Error(), "HTTP 400") {
+		t.Errorf("bad prompt: %v", err)
+	}
+	if err := (&Client{URLs: c.URLs, APIKey: "wrong"}).PushWeights(context.Background(), w1, 8); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("push with a wrong key: %v", err)
+	}
+	if _, err := New([]string{"localhost:8000"}, ""); err == nil {
+		t.Error("a URL without a scheme was accepted")
+	}
+}
