@@ -213,8 +213,8 @@ func (c *Client) complete(ctx context.Context, url string, req completionRequest
 // WeightVersion is the version the last response reported.
 func (c *Client) WeightVersion() uint64 { return c.version.Load() }
 
-// PushWeights sends weights (safetensors, F32: bit-exact) to every server as weight version
-// version and waits until each serves them.
+// PushWeights sends weights (safetensors, F32: bit-exact) to every server and waits until each
+// serves them: as weight version version, or, when version is 0, as each server's next one.
 func (c *Client) PushWeights(ctx context.Context, weights map[string]engine.HostTensor, version uint64) error {
 	dir, err := os.MkdirTemp("", "prolong-push-")
 	if err != nil {
@@ -248,7 +248,9 @@ func (c *Client) push(ctx context.Context, url string, body []byte, version uint
 		return err
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set("X-Weight-Version", strconv.FormatUint(version, 10))
+	if version != 0 {
+		req.Header.Set("X-Weight-Version", strconv.FormatUint(version, 10))
+	}
 	req.Header.Set("Authorization", "Bearer "+c.APIKey)
 	resp, err := c.http().Do(req)
 	if err != nil {
@@ -262,7 +264,7 @@ func (c *Client) push(ctx context.Context, url string, body []byte, version uint
 	var r struct {
 		Version uint64 `json:"weight_version"`
 	}
-	if err := json.Unmarshal(data, &r); err != nil || r.Version != version {
+	if err := json.Unmarshal(data, &r); err != nil || (version != 0 && r.Version != version) {
 		return fmt.Errorf("remote: push weights to %s: server reports version %d, want %d (%s)", url, r.Version, version, data)
 	}
 	return nil

@@ -1,17 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/data"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
@@ -211,5 +215,56 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 	}
 	if stop := hf.stopTokens(quickstart.ModelConfig()); fmt.Sprint(stop) != fmt.Sprint([]int32{q.ID(quickstart.EOS)}) {
 		t.Errorf("stop tokens %v", stop)
+	}
+}
+
+// TestRolloutServers: the default job with --rollout-servers generates on a real
+// tools/rollout-server (weights pushed before the first step and after each) and logs the
+// same metrics, step for step, as the same run with in-process rollouts.
+func TestRolloutServers(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "rollout-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "../rollout-server").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	// The server starts from any model of the right shape: the trainer pushes its weights.
+	modelDir := t.TempDir()
+	if err := checkpoints.Save(modelDir, quickstart.ModelConfig(), engine.RandomWeights(quickstart.ModelConfig(), 1, 0.02), checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--model", modelDir, "--addr", "127.0.0.1:0", "--api-key", "k")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := strings.TrimPrefix(strings.TrimSpace(line), "rollout-server listening on ")
+	go io.Copy(io.Discard, stdout)
+	t.Setenv("PROLONG_API_KEY", "k")
+	args := []string{"--quiet", "--seed", "4", "--steps", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot", "--eval-every", "3",
+		"--eval-size", "10", "--prompts", "4", "--n", "8", "--train-problems", "100", "--eval-samples", "2"}
+	local, served := t.TempDir(), t.TempDir()
+	if err := runArgs(t, append(args, "--out", local)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := runArgs(t, append(args, "--out", served, "--rollout-servers", url)...); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := grpo.ReadMetrics(filepath.Join(local, "metrics.jsonl"))
+	b, _ := grpo.ReadMetrics(filepath.Join(served, "metrics.jsonl"))
+	if len(a) != 4 || len(b) != 4 {
+		t.Fatalf("%d and %d records", len(a), len(b))
+	}
+	for i := range a {
+		if i > 0 && (a[i].RewardMean != b[i].RewardMean || a[i].Loss != b[i].Loss || a[i].ResponseLenMean != b[i].ResponseLenMean) {
+			t.Errorf("step %d: in-process reward %v loss %v len %v, served reward %v loss %v len %v", i,
+				a[i].RewardMean, a[i].Loss, a[i].ResponseLenMean, b[i].RewardMean, b[i].Loss, b[i].ResponseLenMean)
+		}
+	}
+	if a[3].Eval.Accuracy != b[3].Eval.Accuracy {
+		t.Errorf("held-out accuracy %v in process, %v served", a[3].Eval.Accuracy, b[3].Eval.Accuracy)
 	}
 }
