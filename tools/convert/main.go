@@ -11,12 +11,13 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -47,13 +48,30 @@ func newFlags(o *options, stderr io.Writer) *pflag.FlagSet {
 		fmt.Fprint(fs.Output(), `Usage: go run ./tools/convert -i INPUT -o OUTDIR [--to safetensors|onnx] [flags]
 
 Converts a Llama / Qwen2 / Qwen3 decoder between ONNX and Hugging Face safetensors.
-INPUT is an .onnx file, a directory holding model.onnx (config.json beside it is used when
-present; otherwise the config is read from the graph), or a Hugging Face directory
-(config.json + model.safetensors or shards). Tokenizer files beside the input are copied.
+
+INPUT is
+  - an .onnx file (optimum / torch.onnx.export with or without past_key_values, an
+    onnxruntime-genai model, or one written by this project), or a directory holding
+    model.onnx; config.json beside it is used when present, otherwise the config is read from
+    the graph's metadata or the graph itself (see --config, --max-position-embeddings);
+  - with --to onnx: a Hugging Face directory (config.json + model.safetensors or shards).
+generation_config.json and tokenizer files (tokenizer.json, tokenizer_config.json, ...) beside
+the input are copied into OUTDIR.
+
+ONNX -> safetensors writes OUTDIR/model.safetensors (Hugging Face tensor names; shards with
+model.safetensors.index.json when large), config.json and generation_config.json.
+safetensors -> ONNX writes OUTDIR/model.onnx (optimum's KV-cache inputs and outputs; weights in
+model.onnx.data beside it when over 2 GiB), config.json and generation_config.json.
+
+OUTDIR is built under a temporary name and renamed when complete: a failed conversion leaves
+nothing behind. An existing non-empty OUTDIR is an error unless --force. The exit status is 0
+on success and 1 on any error (the error names the file, tensor, field or flag at fault).
 
 Examples:
-  go run ./tools/convert -i model.onnx -o hf/                   ONNX -> safetensors
-  go run ./tools/convert -i hf/ -o onnx/ --to onnx --verify     safetensors -> ONNX, checked in ONNX Runtime
+  go run ./tools/convert -i model.onnx -o hf/                     ONNX -> safetensors (f32)
+  go run ./tools/convert -i onnx-dir/ -o hf/ --dtype bf16 --verify  bf16, checked in ONNX Runtime
+  go run ./tools/convert -i hf/ -o onnx/ --to onnx --verify       safetensors -> ONNX
+  go run ./tools/convert -i model.onnx -o hf/ --force             replace an existing hf/
 
 Flags:
 `)
@@ -65,10 +83,10 @@ Flags:
 	fs.StringVar(&o.config, "config", "", "config.json to use for an ONNX input that has none beside it (otherwise the config is read from the graph)")
 	fs.IntVar(&o.maxPositions, "max-position-embeddings", 0, "for an ONNX input without config.json whose graph does not tell it: the model's max_position_embeddings")
 	fs.StringVar(&o.dtype, "dtype", "f32", "element type of the safetensors written: f32, bf16 or f16 (the ONNX output is always f32)")
-	fs.Int64Var(&o.shardBytes, "shard-size", 0, "split safetensors into shards of about this many bytes with model.safetensors.index.json (0: one file up to 4 GiB, then shards)")
+	fs.Int64Var(&o.shardBytes, "shard-size", modelio.DefaultShardBytes, "largest safetensors file in bytes: bigger models are split into shards of at most this size with model.safetensors.index.json, as transformers' save_pretrained does (0: always one file)")
 	fs.BoolVar(&o.verify, "verify", false, "run ONNX Runtime on the ONNX side and the engine on the weights on a sample input and print the max |logit difference|; fail above --tolerance")
 	fs.IntVar(&o.verifyTokens, "verify-tokens", 16, "length of the sample input of --verify")
-	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts (in f32; bf16/f16 outputs are checked on what was written)")
+	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts; bf16/f16 outputs are checked as written, so their rounding counts (expect about 1e-2 there)")
 	fs.BoolVar(&o.force, "force", false, "replace a non-empty output directory (only once the new one is complete)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	return fs
@@ -108,9 +126,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.to == "onnx" && dtype != checkpoints.F32 {
 		return errors.New("--dtype applies to safetensors output; the ONNX written is f32")
 	}
-	bar := newBar(o.quiet, stderr)
 	t0 := time.Now()
-	bar.Describe("reading " + o.in)
 	lo := modelio.Options{Step: checkpoints.Latest}
 	if o.config != "" {
 		if lo.ONNX.Config, err = engine.LoadConfig(o.config); err != nil {
@@ -120,18 +136,30 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.maxPositions > 0 {
 		lo.ONNX.Hints = &engine.Config{MaxPositionEmbeddings: o.maxPositions}
 	}
+	if !o.quiet {
+		fmt.Fprintf(stderr, "reading %s\n", o.in)
+	}
 	m, err := modelio.Load(o.in, lo)
 	if err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
-	bar.Add(1)
 	if m.Kind == "onnx" && o.to == "onnx" {
 		return fmt.Errorf("-i %s is ONNX already; --to onnx converts from safetensors", o.in)
 	}
-	if m.Kind == "safetensors" && o.to == "safetensors" {
-		return fmt.Errorf("-i %s is safetensors already; use --to onnx (or tools/export to change dtype)", o.in)
+	if m.Kind != "onnx" && o.to == "safetensors" {
+		return fmt.Errorf("-i %s is safetensors already (%s); use --to onnx, or tools/export to change its dtype", o.in, m.Kind)
 	}
-	var written []string
+	// One step per tensor (checked before anything is written), then one per stage.
+	stages := 2
+	if o.verify {
+		stages++
+	}
+	bar := newBar(o.quiet, stderr, len(m.Weights)+stages)
+	bar.Describe("checking tensors")
+	if err := modelio.CheckWeights(m.Weights, dtype, func(string) { bar.Add(1) }); err != nil {
+		return fmt.Errorf("-i %s: %w", o.in, err)
+	}
+	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
 		bar.Describe("writing " + o.to)
 		if o.to == "safetensors" {
@@ -142,28 +170,24 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
 				return err
 			}
-			cfgJSON, err := json.MarshalIndent(m.Config, "", "  ")
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(tmp, checkpoints.ConfigFile), append(cfgJSON, '\n'), 0o644); err != nil {
+			if err := modelio.WriteConfigs(tmp, m.Config); err != nil {
 				return err
 			}
 		}
 		bar.Add(1)
-		if _, err := modelio.CopyTokenizer(m.TokenizerDir, tmp); err != nil {
+		bar.Describe("copying tokenizer files")
+		copied, err := modelio.CopySideFiles(m.FilesDir, tmp)
+		if err != nil {
 			return err
 		}
+		noTokenizer = !slices.Contains(copied, "tokenizer.json")
+		bar.Add(1)
 		if o.verify {
 			bar.Describe("verifying in ONNX Runtime")
 			if err := verify(o, m, tmp, stdout); err != nil {
 				return err
 			}
-		}
-		bar.Add(1)
-		entries, _ := os.ReadDir(tmp)
-		for _, e := range entries {
-			written = append(written, e.Name())
+			bar.Add(1)
 		}
 		return nil
 	})
@@ -171,9 +195,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "converted %s (%s, %s, %.1fM parameters) to %s in %s: %v (%.1fs)\n", o.in, m.Kind, m.Config.ModelType,
-		float64(m.Config.NumParams())/1e6, o.to, o.out, written, time.Since(t0).Seconds())
-	return nil
+	if noTokenizer {
+		slog.New(slog.NewTextHandler(stderr, nil)).Warn("no tokenizer.json beside the input: the output has no tokenizer (copy one in to use it with transformers)", "input", o.in)
+	}
+	fmt.Fprintf(stdout, "converted %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
+		modelio.HumanCount(m.Config.NumParams()), o.to, time.Since(t0).Seconds())
+	return modelio.Summarize(stdout, o.out)
 }
 
 // verify compares ONNX Runtime on the ONNX side of the conversion with the engine on the
@@ -200,10 +227,11 @@ func verify(o options, m *modelio.Model, tmp string, stdout io.Writer) error {
 	return nil
 }
 
-func newBar(quiet bool, w io.Writer) *progressbar.ProgressBar {
+// newBar is the progress bar on stderr: one step per tensor and per stage.
+func newBar(quiet bool, w io.Writer, steps int) *progressbar.ProgressBar {
 	if quiet {
-		return progressbar.DefaultSilent(3, "")
+		return progressbar.DefaultSilent(int64(steps), "")
 	}
-	return progressbar.NewOptions(3, progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(20),
-		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false))
+	return progressbar.NewOptions(steps, progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(20),
+		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false), progressbar.OptionThrottle(100*time.Millisecond))
 }

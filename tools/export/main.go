@@ -13,12 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
 	"github.com/prolong-rl/prolong/checkpoints"
@@ -30,8 +31,9 @@ type options struct {
 	in, out, weights, dtype string
 	formats                 []string
 	step                    int64
-	force, verify           bool
+	force, verify, quiet    bool
 	tolerance               float64
+	shardBytes              int64
 }
 
 func newFlags(o *options, stderr io.Writer) *pflag.FlagSet {
@@ -39,18 +41,32 @@ func newFlags(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: go run ./tools/export -i CHECKPOINT -o OUTDIR [--format onnx,safetensors] [flags]
+		fmt.Fprint(fs.Output(), `Usage: go run ./tools/export -i CHECKPOINT -o OUTDIR [--format onnx,safetensors] [--step N] [--weights policy|reference] [flags]
 
-Exports a checkpoint to ONNX (model.onnx, optimum's KV-cache convention, ONNX Runtime loads it)
-and to a Hugging Face directory (model.safetensors, config.json, generation_config.json,
-tokenizer files). CHECKPOINT is a training run directory of tools/train (its latest run state,
-or --step), a run-state step directory (RUN/state/step-NNNNNNNN), or a plain model directory
-(config.json + safetensors) or ONNX file.
+Exports a checkpoint to one directory that both ONNX Runtime and Hugging Face transformers load:
+  model.onnx              the decoder in optimum's KV-cache convention (input_ids,
+                          attention_mask, position_ids, past_key_values.N.key/value -> logits,
+                          present.N.key/value); f32; weights in model.onnx.data when over 2 GiB
+  model.safetensors       the weights under Hugging Face names (shards + index when large)
+  config.json, generation_config.json, and the tokenizer files of the run or model
+
+CHECKPOINT is
+  - a training run directory of tools/train (RUN/, holding RUN/state/ and RUN/tokenizer/) or
+    its run-state directory (RUN/state/): the latest step, or the one --step names;
+  - one step of a run state (RUN/state/step-NNNNNNNN);
+  - a plain model directory (config.json + model.safetensors or shards) or an .onnx file.
+--weights reference exports a run state's reference policy (the KL anchor) instead of the
+policy.
+
+OUTDIR is built under a temporary name and renamed when complete: a failed export leaves nothing
+behind. An existing non-empty OUTDIR is an error unless --force. The exit status is 0 on success
+and 1 on any error (the error names the file, tensor, field or flag at fault).
 
 Examples:
-  go run ./tools/export -i runs/mine -o release/                     latest step, both formats
-  go run ./tools/export -i runs/mine -o ref/ --step 100 --weights reference
-  go run ./tools/export -i runs/mine -o hf/ --format safetensors --dtype bf16
+  go run ./tools/export -i runs/mine -o release/ --verify           latest step, both formats, checked in ONNX Runtime
+  go run ./tools/export -i runs/mine -o old/ --step 100 --format onnx
+  go run ./tools/export -i runs/mine -o ref/ --weights reference --format safetensors
+  go run ./tools/export -i release/ -o release-bf16/ --format safetensors --dtype bf16
 
 Flags:
 `)
@@ -58,13 +74,15 @@ Flags:
 	}
 	fs.StringVarP(&o.in, "input", "i", "", "checkpoint: a training run, a run-state step directory, or a model directory / .onnx file (required)")
 	fs.StringVarP(&o.out, "output", "o", "", "output directory (required); must not exist or be empty unless --force")
-	fs.StringSliceVar(&o.formats, "format", []string{"onnx", "safetensors"}, "formats to write: onnx, safetensors, or both")
-	fs.Int64Var(&o.step, "step", checkpoints.Latest, "training step to export (default: the latest run state)")
-	fs.StringVar(&o.weights, "weights", "policy", "from a run state: policy (the trained weights) or reference (the KL reference)")
-	fs.StringVar(&o.dtype, "dtype", "f32", "element type of model.safetensors: f32, bf16 or f16 (model.onnx is f32)")
-	fs.BoolVar(&o.verify, "verify", false, "run the exported model.onnx in ONNX Runtime and the engine on the weights on a sample input; fail if the logits differ by more than --tolerance")
+	fs.StringSliceVar(&o.formats, "format", []string{"onnx", "safetensors"}, "formats to write, comma-separated: onnx, safetensors, or both")
+	fs.Int64Var(&o.step, "step", checkpoints.Latest, "training step to export from a run (default: the latest saved step)")
+	fs.StringVar(&o.weights, "weights", "policy", "from a run state: policy (the trained weights) or reference (the KL reference policy)")
+	fs.StringVar(&o.dtype, "dtype", "f32", "element type of model.safetensors: f32, bf16 or f16 (model.onnx is always f32)")
+	fs.Int64Var(&o.shardBytes, "shard-size", modelio.DefaultShardBytes, "largest safetensors file in bytes: bigger models are split into shards of at most this size with model.safetensors.index.json, as transformers' save_pretrained does (0: always one file)")
+	fs.BoolVar(&o.verify, "verify", false, "run the exported model.onnx in ONNX Runtime and the engine on the weights on a sample input, print the max |logit difference|, and fail above --tolerance (needs onnx in --format)")
 	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts")
 	fs.BoolVar(&o.force, "force", false, "replace a non-empty output directory (only once the new one is complete)")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	return fs
 }
 
@@ -94,6 +112,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--weights %q: want policy or reference", o.weights)
 	case len(o.formats) == 0:
 		return errors.New("--format: give onnx, safetensors or both")
+	case o.step < checkpoints.Latest:
+		return fmt.Errorf("--step %d: want a step number of the run (0 or more)", o.step)
 	}
 	for _, f := range o.formats {
 		if f != "onnx" && f != "safetensors" {
@@ -108,57 +128,75 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	t0 := time.Now()
+	if !o.quiet {
+		fmt.Fprintf(stderr, "reading %s\n", o.in)
+	}
 	m, err := modelio.Load(o.in, modelio.Options{Step: o.step, Reference: o.weights == "reference"})
 	if err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
-	var written []string
+	// One step per tensor (checked before anything is written), then one per stage.
+	bar := newBar(o.quiet, stderr, len(m.Weights)+len(o.formats)+1)
+	bar.Describe("checking tensors")
+	if err := modelio.CheckWeights(m.Weights, dtype, func(string) { bar.Add(1) }); err != nil {
+		return fmt.Errorf("-i %s: %w", o.in, err)
+	}
+	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
 		if slices.Contains(o.formats, "safetensors") {
-			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype}); err != nil {
+			bar.Describe("writing model.safetensors")
+			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
 				return err
 			}
+			bar.Add(1)
+		} else if err := modelio.WriteConfigs(tmp, m.Config); err != nil { // config.json travels with the ONNX too
+			return err
 		}
 		if slices.Contains(o.formats, "onnx") {
+			bar.Describe("writing model.onnx")
 			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
 				return err
 			}
-			if !slices.Contains(o.formats, "safetensors") { // config.json travels with the ONNX too
-				if err := checkpoints.Save(tmp+".cfg", m.Config, m.Weights, checkpoints.SaveOptions{}); err != nil {
-					return err
-				}
-				defer os.RemoveAll(tmp + ".cfg")
-				for _, f := range []string{checkpoints.ConfigFile, checkpoints.GenerationConfigFile} {
-					if err := os.Rename(filepath.Join(tmp+".cfg", f), filepath.Join(tmp, f)); err != nil {
-						return err
-					}
-				}
-			}
+			bar.Add(1)
 		}
-		if _, err := modelio.CopyTokenizer(m.TokenizerDir, tmp); err != nil {
+		copied, err := modelio.CopySideFiles(m.FilesDir, tmp)
+		if err != nil {
 			return err
 		}
+		noTokenizer = !slices.Contains(copied, "tokenizer.json")
 		if o.verify {
+			bar.Describe("verifying in ONNX Runtime")
 			ids := modelio.SampleTokens(m.Config, 16)
 			d, err := modelio.Verify(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, ids)
 			if err != nil {
 				return fmt.Errorf("--verify: %w", err)
 			}
-			fmt.Fprintf(stdout, "verify: max |logit difference| ONNX Runtime vs engine: %.3g (tolerance %g)\n", d, o.tolerance)
+			fmt.Fprintf(stdout, "verify: max |logit difference| ONNX Runtime vs engine over %d positions x %d vocab: %.3g (tolerance %g)\n", len(ids), m.Config.VocabSize, d, o.tolerance)
 			if d > o.tolerance {
 				return fmt.Errorf("--verify: logits differ by %.3g, more than --tolerance %g (nothing was written)", d, o.tolerance)
 			}
 		}
-		entries, _ := os.ReadDir(tmp)
-		for _, e := range entries {
-			written = append(written, e.Name())
-		}
+		bar.Add(1)
 		return nil
 	})
+	bar.Finish()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "exported %s (%s, %s, %.1fM parameters) to %s: %s (%.1fs)\n", o.in, m.Kind, m.Config.ModelType,
-		float64(m.Config.NumParams())/1e6, o.out, strings.Join(written, ", "), time.Since(t0).Seconds())
-	return nil
+	if noTokenizer {
+		slog.New(slog.NewTextHandler(stderr, nil)).Warn("no tokenizer files found with the checkpoint: the export has no tokenizer", "input", o.in)
+	}
+	fmt.Fprintf(stdout, "exported %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
+		modelio.HumanCount(m.Config.NumParams()), o.out, time.Since(t0).Seconds())
+	return modelio.Summarize(stdout, o.out)
+}
+
+// newBar is the progress bar on stderr: one step per tensor and per stage.
+func newBar(quiet bool, w io.Writer, steps int) *progressbar.ProgressBar {
+	if quiet {
+		return progressbar.DefaultSilent(int64(steps), "")
+	}
+	return progressbar.NewOptions(steps, progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(20),
+		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false),
+		progressbar.OptionThrottle(100*time.Millisecond))
 }

@@ -22,6 +22,11 @@ import (
 // TokenizerFiles are the files of a Hugging Face tokenizer, copied along with a model.
 var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"}
 
+// SideFiles are the files that travel with a model when it is converted or exported: the
+// tokenizer's, and generation_config.json (a user's sampling defaults; it replaces the one
+// checkpoints.Save derives from the config).
+var SideFiles = append([]string{checkpoints.GenerationConfigFile}, TokenizerFiles...)
+
 // Model is a loaded model and where it came from.
 type Model struct {
 	Config  *engine.Config
@@ -30,8 +35,11 @@ type Model struct {
 	Kind string
 	// ONNX is the ONNX file when the input was one.
 	ONNX string
-	// TokenizerDir is the directory holding the model's tokenizer files ("" when none).
+	// TokenizerDir is the directory holding the model's tokenizer.json ("" when none).
 	TokenizerDir string
+	// FilesDir is the directory whose SideFiles travel with the model: the input's own
+	// directory, or a training run's RUN/tokenizer/.
+	FilesDir string
 }
 
 // Options select what Load reads from a training run.
@@ -87,7 +95,7 @@ func Load(path string, opts Options) (*Model, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Model{Config: cfg, Weights: w, Kind: "safetensors", TokenizerDir: tokenizerDir(path)}, nil
+		return &Model{Config: cfg, Weights: w, Kind: "safetensors", TokenizerDir: tokenizerDir(path), FilesDir: path}, nil
 	case exists("model.onnx"):
 		return loadONNX(filepath.Join(path, "model.onnx"), opts)
 	}
@@ -99,7 +107,7 @@ func loadONNX(path string, opts Options) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Model{Config: cfg, Weights: w, Kind: "onnx", ONNX: path, TokenizerDir: tokenizerDir(filepath.Dir(path))}, nil
+	return &Model{Config: cfg, Weights: w, Kind: "onnx", ONNX: path, TokenizerDir: tokenizerDir(filepath.Dir(path)), FilesDir: filepath.Dir(path)}, nil
 }
 
 func loadRunState(dir string, step int64, opts Options) (*Model, error) {
@@ -116,7 +124,8 @@ func loadRunState(dir string, step int64, opts Options) (*Model, error) {
 		w, kind = rs.Reference, fmt.Sprintf("run state step %d (reference)", rs.Step)
 	}
 	// tools/train keeps the run's tokenizer in RUN/tokenizer/ beside RUN/state/.
-	return &Model{Config: rs.Config, Weights: w, Kind: kind, TokenizerDir: tokenizerDir(filepath.Join(filepath.Dir(dir), "tokenizer"))}, nil
+	tok := filepath.Join(filepath.Dir(dir), "tokenizer")
+	return &Model{Config: rs.Config, Weights: w, Kind: kind, TokenizerDir: tokenizerDir(tok), FilesDir: tok}, nil
 }
 
 // tokenizerDir returns dir when it holds tokenizer.json.
@@ -129,11 +138,21 @@ func tokenizerDir(dir string) string {
 
 // CopyTokenizer copies the tokenizer files of from (if any) into to.
 func CopyTokenizer(from, to string) ([]string, error) {
+	return copyFiles(from, to, TokenizerFiles)
+}
+
+// CopySideFiles copies the SideFiles that exist in from (none when from is "") into to,
+// replacing files of the same name there, and returns their names.
+func CopySideFiles(from, to string) ([]string, error) {
+	return copyFiles(from, to, SideFiles)
+}
+
+func copyFiles(from, to string, names []string) ([]string, error) {
 	if from == "" {
 		return nil, nil
 	}
 	var copied []string
-	for _, name := range TokenizerFiles {
+	for _, name := range names {
 		src, err := os.Open(filepath.Join(from, name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -153,7 +172,7 @@ func CopyTokenizer(from, to string) ([]string, error) {
 		}
 		src.Close()
 		if err != nil {
-			return nil, fmt.Errorf("copy %s: %w", name, err)
+			return nil, fmt.Errorf("copy %s: %w", filepath.Join(from, name), err)
 		}
 		copied = append(copied, name)
 	}

@@ -30,3 +30,12 @@ func Verify(onnxPath string, cfg *engine.Config, w map[string]engine.HostTensor,
 	}
 	return d, nil
 }
+
+// InitORT loads ONNX Runtime (from $ONNXRUNTIME_LIB or where scripts/setup-ort.sh puts it).
+func InitORT() error { return ortrun.Init() }
+
+// ORTLogits runs ONNX Runtime on the decoder file on ids from position 0 and returns the
+// logits of every position ([len(ids)*vocab] row-major) and the vocabulary size.
+func ORTLogits(onnxPath string, ids []int32) ([]float32, int, error) {
+	return ortrun.Logits(onnxPath, ids)
+}

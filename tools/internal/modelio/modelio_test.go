@@ -1,0 +1,135 @@
+package modelio
+
+import (
+	"bytes"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+)
+
+func tiny(modelType string) *engine.Config {
+	return &engine.Config{ModelType: modelType, VocabSize: 24, HiddenSize: 16, NumHiddenLayers: 1, NumAttentionHeads: 2,
+		NumKeyValueHeads: 1, HeadDim: 8, IntermediateSize: 32, RMSNormEps: 1e-6, RopeTheta: 10000,
+		MaxPositionEmbeddings: 64, AttentionBias: modelType == "qwen2", QKNorm: modelType == "qwen3"}
+}
+
+// TestWriteConfigsMatchesSave: the config files written beside an ONNX-only output are
+// byte-identical to those checkpoints.Save writes for the same config in f32.
+func TestWriteConfigsMatchesSave(t *testing.T) {
+	one, two := 1, 2
+	llama := tiny("llama")
+	llama.RopeScaling = &engine.RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 32}
+	llama.BOSTokenID, llama.EOSTokenIDs = &one, []int{2, 3}
+	qwen3 := tiny("qwen3")
+	qwen3.EOSTokenIDs, qwen3.TieWordEmbeddings = []int{two}, true
+	qwen2 := tiny("qwen2")
+	qwen2.Architectures = []string{"Qwen2Model"}
+	for _, cfg := range []*engine.Config{tiny("qwen2"), qwen2, llama, qwen3} {
+		t.Run(cfg.ModelType, func(t *testing.T) {
+			a, b := t.TempDir(), filepath.Join(t.TempDir(), "hf")
+			if err := WriteConfigs(a, cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := checkpoints.Save(b, cfg, engine.RandomWeights(cfg, 1, 0.1), checkpoints.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{checkpoints.ConfigFile, checkpoints.GenerationConfigFile} {
+				x, err := os.ReadFile(filepath.Join(a, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				y, err := os.ReadFile(filepath.Join(b, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(x, y) {
+					t.Errorf("%s differs from checkpoints.Save's:\n%s\nwant\n%s", f, x, y)
+				}
+			}
+		})
+	}
+	if err := WriteConfigs(t.TempDir(), tiny("gpt2")); err == nil || !strings.Contains(err.Error(), `"gpt2"`) {
+		t.Errorf("model_type gpt2: %v", err)
+	}
+}
+
+// TestCheckWeights: damaged values and values a narrower dtype cannot hold are refused, naming
+// the tensor and the element; everything else passes, with one progress call per tensor.
+func TestCheckWeights(t *testing.T) {
+	w := func(v float32) map[string]engine.HostTensor {
+		return map[string]engine.HostTensor{
+			"a.weight": {Shape: []int{2, 3}, Data: []float32{1, 2, 3, 4, 5, 6}},
+			"b.weight": {Shape: []int{2, 2}, Data: []float32{0, 0, 0, v}},
+		}
+	}
+	nan := float32(math.NaN())
+	for _, tc := range []struct {
+		v     float32
+		dtype checkpoints.DType
+		want  string // "" when accepted
+	}{
+		{0.5, checkpoints.F32, ""},
+		{0.5, checkpoints.F16, ""},
+		{65504, checkpoints.F16, ""}, // the largest half
+		{65520, checkpoints.F16, "b.weight[1,1] = 65520 does not fit in f16 (it would become infinite): use --dtype f32 or bf16"}, // rounds up to infinity
+		{65520, checkpoints.BF16, ""},
+		{3e38, checkpoints.BF16, ""},
+		{math.MaxFloat32, checkpoints.BF16, "b.weight[1,1] = 3.4028235e+38 does not fit in bf16 (it would become infinite): use --dtype f32"},
+		{math.MaxFloat32, checkpoints.F32, ""},
+		{nan, checkpoints.F32, "tensor b.weight[1,1] is NaN"},
+		{float32(math.Inf(-1)), checkpoints.BF16, "tensor b.weight[1,1] is -Inf"},
+	} {
+		var seen []string
+		err := CheckWeights(w(tc.v), tc.dtype, func(name string) { seen = append(seen, name) })
+		if tc.want == "" {
+			if err != nil || len(seen) != 2 || seen[0] != "a.weight" || seen[1] != "b.weight" {
+				t.Errorf("%g as %s: %v, progress %v", tc.v, tc.dtype, err, seen)
+			}
+		} else if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%g as %s: error %v, want %q", tc.v, tc.dtype, err, tc.want)
+		}
+	}
+}
+
+// TestCopySideFiles: generation_config.json and the tokenizer files present are copied (and
+// replace what is there); other files are not.
+func TestCopySideFiles(t *testing.T) {
+	from, to := t.TempDir(), t.TempDir()
+	for name, body := range map[string]string{"tokenizer.json": "tok", "generation_config.json": `{"temperature": 0.6}`, "notes.txt": "no"} {
+		os.WriteFile(filepath.Join(from, name), []byte(body), 0o644)
+	}
+	os.WriteFile(filepath.Join(to, "generation_config.json"), []byte("{}"), 0o644)
+	got, err := CopySideFiles(from, to)
+	if err != nil || strings.Join(got, " ") != "generation_config.json tokenizer.json" {
+		t.Fatalf("copied %v, %v", got, err)
+	}
+	for name, want := range map[string]string{"tokenizer.json": "tok", "generation_config.json": `{"temperature": 0.6}`} {
+		if b, _ := os.ReadFile(filepath.Join(to, name)); string(b) != want {
+			t.Errorf("%s = %q, want %q", name, b, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(to, "notes.txt")); !os.IsNotExist(err) {
+		t.Error("notes.txt was copied")
+	}
+	if got, err := CopySideFiles("", to); got != nil || err != nil {
+		t.Errorf("from \"\": %v %v", got, err)
+	}
+}
+
+func TestHuman(t *testing.T) {
+	for _, tc := range []struct {
+		got, want string
+	}{
+		{HumanBytes(512), "512 B"}, {HumanBytes(1536), "1.5 KiB"}, {HumanBytes(3 << 30), "3.0 GiB"},
+		{HumanCount(999), "999"}, {HumanCount(6144), "6.1K"}, {HumanCount(494_032_768), "494.0M"}, {HumanCount(7_615_616_512), "7.6B"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
