@@ -2,10 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -79,5 +81,65 @@ func TestRecipeDoc(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(tmp, f)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestTrainDoc runs every command of docs/train.md's ```sh blocks, in order, from the
+// repository root, made small: flags that shrink the run are appended (the last value of a
+// flag wins), runs/ goes to a temporary directory, and the placeholders DIR and prompts.jsonl
+// name a model and a prompt file made here (the default model's export and the default task).
+func TestTrainDoc(t *testing.T) {
+	page, err := os.ReadFile("../../docs/train.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	small := []string{"--quiet", "--sft-steps", "10", "--eval-size", "8", "--eval-samples", "2", "--train-problems", "50",
+		"--eval-every", "2", "--prompts", "4", "--n", "4", "--max-response", "8", "--save-every", "1"}
+	base := filepath.Join(tmp, "base")
+	if err := runArgs(t, append(small, "--out", base, "--steps", "1")...); err != nil {
+		t.Fatal(err)
+	}
+	if err := runArgs(t, "--write-task-data", filepath.Join(tmp, "data"), "--train-problems", "60", "--eval-size", "10"); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir("../..")
+	n := 0
+	for _, b := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(page), -1) {
+		for _, line := range strings.Split(strings.TrimSpace(b[1]), "\n") {
+			if i := strings.Index(line, "#"); i >= 0 {
+				line = line[:i]
+			}
+			args, ok := strings.CutPrefix(strings.TrimSpace(line), "go run ./tools/train")
+			if !ok {
+				t.Fatalf("docs/train.md: a command the test cannot run: %q", line)
+			}
+			args = strings.ReplaceAll(args, "runs/", tmp+"/")
+			args = strings.ReplaceAll(args, "DIR", filepath.Join(base, "checkpoints", "step-000001"))
+			args = strings.ReplaceAll(args, "prompts.jsonl", filepath.Join(tmp, "data", "train.jsonl"))
+			fields := strings.Fields(args)
+			switch {
+			case slices.Contains(fields, "--resume"):
+				fields = append(fields, "--quiet", "--steps", "4")
+			default:
+				fields = append(fields, small...)
+				fields = append(fields, "--steps", "2")
+				if !slices.Contains(fields, "--out") {
+					fields = append(fields, "--out", filepath.Join(tmp, fmt.Sprintf("auto%d", n)))
+				}
+			}
+			t.Logf("go run ./tools/train %s", strings.Join(fields, " "))
+			if err := runArgs(t, fields...); err != nil {
+				t.Fatalf("docs/train.md: `%s`: %v", strings.TrimSpace(line), err)
+			}
+			n++
+		}
+	}
+	if n != 11 {
+		t.Fatalf("ran %d commands, want the page's 11", n)
+	}
+	recs, err := grpo.ReadMetrics(filepath.Join(tmp, "mine", "metrics.jsonl"))
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("runs/mine after the resumes: %d records, %v", len(recs), err)
 	}
 }
