@@ -75,7 +75,7 @@ Flags:
 	fs.StringVarP(&o.in, "input", "i", "", "checkpoint: a training run, a run-state step directory, or a model directory / .onnx file (required)")
 	fs.StringVarP(&o.out, "output", "o", "", "output directory (required); must not exist or be empty unless --force")
 	fs.StringSliceVar(&o.formats, "format", []string{"onnx", "safetensors"}, "formats to write, comma-separated: onnx, safetensors, or both")
-	fs.Int64Var(&o.step, "step", checkpoints.Latest, "training step to export from a run (default: the latest saved step)")
+	fs.Int64Var(&o.step, "step", checkpoints.Latest, "training step to export from a run (-1: the latest saved step)")
 	fs.StringVar(&o.weights, "weights", "policy", "from a run state: policy (the trained weights) or reference (the KL reference policy)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "element type of model.safetensors: f32, bf16 or f16 (model.onnx is always f32)")
 	fs.Int64Var(&o.shardBytes, "shard-size", modelio.DefaultShardBytes, "largest safetensors file in bytes: bigger models are split into shards of at most this size with model.safetensors.index.json, as transformers' save_pretrained does (0: always one file)")

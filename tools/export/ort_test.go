@@ -1,5 +1,3 @@
-//go:build cgo
-
 package main
 
 import (
@@ -7,96 +5,176 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/onnx"
-	"github.com/prolong-rl/prolong/onnx/ortrun"
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
-func needORT(t *testing.T) {
+// maxDiff is max_i |a_i - b_i| and max_i |b_i|.
+func maxDiff(t *testing.T, a, b []float32) (d, scale float64) {
 	t.Helper()
-	if err := ortrun.Init(); err != nil {
-		if os.Getenv("PROLONG_REQUIRE_ORT") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+	if len(a) != len(b) || len(a) == 0 {
+		t.Fatalf("%d and %d logits", len(a), len(b))
 	}
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
+		scale = math.Max(scale, math.Abs(float64(b[i])))
+	}
+	return d, scale
 }
 
-// TestExportForORT: a run state exported to ONNX runs in ONNX Runtime with the engine's logits
-// (--verify), and ONNX -> safetensors (as tools/convert writes) -> export -> ONNX gives, in
-// ONNX Runtime, the original file's logits.
+// engineVsORT is the bound on |logit difference| between ONNX Runtime on an exported
+// model.onnx and the engine on the same f32 weights: two implementations summing in different
+// orders (measured: under 1e-6 on these models, logits of magnitude ~1).
+const engineVsORT = 1e-5
+
+// TestExportForORT: the latest step, an older step and the reference policy of a run state,
+// exported to ONNX, give in ONNX Runtime the logits the engine computes on the weights the
+// fixture was made from.
 func TestExportForORT(t *testing.T) {
 	needORT(t)
-	run, _, _ := makeRun(t)
-	out := filepath.Join(t.TempDir(), "rel")
-	o, err := export(t, "-i", run, "-o", out, "--verify")
-	if err != nil || !strings.Contains(o, "verify: max |logit difference|") {
-		t.Fatalf("%v\n%s", err, o)
+	ids := []int32{1, 5, 39, 0, 12, 7, 7, 22, 3, 38, 14, 2}
+	out := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want map[string]engine.HostTensor
+	}{
+		{"latest", nil, fixturePolicy(4)},
+		{"step2", []string{"--step", "2"}, fixturePolicy(2)},
+		{"reference", []string{"--weights", "reference"}, fixtureReference(4)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dst := filepath.Join(out, tc.name)
+			o := mustExport(t, append([]string{"-i", fixtureRun, "-o", dst, "--verify"}, tc.args...)...)
+			if !strings.Contains(o, "verify: max |logit difference| ONNX Runtime vs engine") {
+				t.Errorf("--verify printed nothing:\n%s", o)
+			}
+			got, vocab, err := modelio.ORTLogits(filepath.Join(dst, "model.onnx"), ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vocab != fixtureConfig().VocabSize {
+				t.Fatalf("vocab %d", vocab)
+			}
+			d, scale := maxDiff(t, got, engineLogits(t, fixtureConfig(), tc.want, ids))
+			t.Logf("%s: ONNX Runtime vs engine: max |logit difference| %.3g (max |logit| %.3g)", tc.name, d, scale)
+			if d > engineVsORT {
+				t.Errorf("logits differ by %.3g > %g", d, engineVsORT)
+			}
+		})
 	}
-	t.Log(strings.TrimSpace(o))
-
-	src := "../../onnx/testdata/llama3_nopast/model.onnx"
-	cfg, w, err := onnx.Import(src, onnx.ImportOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hf := filepath.Join(t.TempDir(), "hf")
-	if err := checkpoints.Save(hf, cfg, w, checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	back := filepath.Join(t.TempDir(), "onnx")
-	if o, err := export(t, "-i", hf, "-o", back, "--format", "onnx"); err != nil {
-		t.Fatal(err, o)
-	}
-	ids := modelio.SampleTokens(cfg, 10)
-	want, _, err := ortrun.Logits(src, ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _, err := ortrun.Logits(filepath.Join(back, "model.onnx"), ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d float64
-	for i := range want {
-		d = math.Max(d, math.Abs(float64(got[i]-want[i])))
-	}
-	t.Logf("ONNX -> safetensors -> export -> ONNX: ONNX Runtime logits differ from the original's by %.3g", d)
-	if d > 1e-4 {
-		t.Fatalf("logits differ by %.3g", d)
+	// The three exports are different models: the comparison can tell them apart.
+	a, _, _ := modelio.ORTLogits(filepath.Join(out, "latest", "model.onnx"), ids)
+	b, _, _ := modelio.ORTLogits(filepath.Join(out, "step2", "model.onnx"), ids)
+	if d, _ := maxDiff(t, a, b); d < 1e-2 {
+		t.Errorf("step 4 and step 2 give logits within %.3g", d)
 	}
 }
 
-// TestDocs runs docs/export.md from the repository root: tools/train makes the run (with the
-// go command, as the page says), then the export commands.
-func TestDocs(t *testing.T) {
+// TestConvertThenExport: an ONNX file from outside (the torch.onnx / optimum-style fixtures)
+// -> tools/convert (the real binary) -> safetensors -> tools/export -> ONNX gives, in ONNX
+// Runtime, the original file's logits (within roundTripTolerance), and a second round from
+// there is bit-exact.
+func TestConvertThenExport(t *testing.T) {
 	needORT(t)
+	convert := buildBinary(t, "../convert", "convert")
+	for _, fx := range []string{"qwen2_past", "llama3_nopast", "qwen3_past_ext", "genai_qwen2"} {
+		t.Run(fx, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join("../../onnx/testdata", fx, "model.onnx")
+			hf, back := filepath.Join(dir, "hf"), filepath.Join(dir, "onnx")
+			if out, err := exec.Command(convert, "-i", src, "-o", hf, "--max-position-embeddings", "512", "--quiet").CombinedOutput(); err != nil {
+				t.Fatalf("convert: %v\n%s", err, out)
+			}
+			mustExport(t, "-i", hf, "-o", back, "--format", "onnx")
+			cfg, err := engine.LoadConfig(filepath.Join(back, "config.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := modelio.SampleTokens(cfg, 12)
+			want, _, err := modelio.ORTLogits(src, ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _, err := modelio.ORTLogits(filepath.Join(back, "model.onnx"), ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, scale := maxDiff(t, got, want)
+			t.Logf("%s: ONNX Runtime on the original vs after convert + export: max |logit difference| %.3g (max |logit| %.3g)", fx, d, scale)
+			if d > roundTripTolerance {
+				t.Errorf("logits differ by %.3g > %g", d, roundTripTolerance)
+			}
+
+			// A file this project wrote goes round exactly: convert + export of our model.onnx
+			// gives the same bytes, hence the same logits bit for bit.
+			hf2, back2 := filepath.Join(dir, "hf2"), filepath.Join(dir, "onnx2")
+			if out, err := exec.Command(convert, "-i", back, "-o", hf2, "--quiet").CombinedOutput(); err != nil {
+				t.Fatalf("convert: %v\n%s", err, out)
+			}
+			sameFile(t, filepath.Join(hf, "model.safetensors"), filepath.Join(hf2, "model.safetensors"))
+			mustExport(t, "-i", hf2, "-o", back2, "--format", "onnx")
+			sameFile(t, filepath.Join(back, "model.onnx"), filepath.Join(back2, "model.onnx"))
+			again, _, err := modelio.ORTLogits(filepath.Join(back2, "model.onnx"), ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := maxDiff(t, again, got); d != 0 {
+				t.Errorf("second round trip: logits differ by %.3g", d)
+			}
+		})
+	}
+}
+
+// roundTripTolerance bounds |logit difference| in ONNX Runtime between a model file from
+// outside and our re-export of its weights: the weights are bit-identical, but the graphs
+// differ (fused ops, another summation order), so the logits differ in the last few bits.
+// Measured: at most 1.27e-5 on logits of magnitude up to 12, where an f32 ulp is 9.5e-7, so
+// about 13 ulp (1e-6 relative): within 2e-5 absolute, not within 1e-5.
+const roundTripTolerance = 2e-5
+
+// TestDocs runs the ```sh commands of docs/export.md from the repository root, in order (out/
+// pointed at a temporary directory), and checks that they wrote what the page says. Without
+// ONNX Runtime the --verify checks are left out (and the test says so); with
+// PROLONG_REQUIRE_ORT=1 they are required.
+func TestDocs(t *testing.T) {
+	ort := haveORT(t)
 	page, err := os.ReadFile("../../docs/export.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmp := t.TempDir()
 	cmds, others := modelio.DocCommands(string(page), "export", tmp)
-	if len(cmds) != 4 || len(others) != 1 || !strings.HasPrefix(others[0], "go run ./tools/train ") {
-		t.Fatalf("docs/export.md: %d export commands, others %q", len(cmds), others)
+	if len(others) > 0 || len(cmds) != 5 {
+		t.Fatalf("docs/export.md: %d export commands (want 5), and commands the test cannot run: %q", len(cmds), others)
 	}
 	t.Chdir("../..")
-	train := strings.Fields(strings.ReplaceAll(others[0], "out/", tmp+"/"))
-	if out, err := exec.Command(train[0], train[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", others[0], err, out)
-	}
 	for _, args := range cmds {
-		if o, err := export(t, args...); err != nil {
+		if !ort && slices.Contains(args, "--verify") {
+			args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--verify" })
+			t.Logf("no ONNX Runtime: running without --verify: %s", strings.Join(args, " "))
+		}
+		o, err := export(t, args...)
+		if err != nil {
 			t.Fatalf("docs/export.md: go run ./tools/export %s: %v\n%s", strings.Join(args, " "), err, o)
 		}
+		if ort && slices.Contains(args, "--verify") && !strings.Contains(o, "verify: max |logit difference|") {
+			t.Errorf("--verify printed nothing:\n%s", o)
+		}
 	}
-	for _, f := range []string{"release/model.onnx", "release/model.safetensors", "release/tokenizer.json", "step2/model.onnx", "ref4/model.safetensors", "release-bf16/model.safetensors"} {
+	for _, f := range []string{"release/model.onnx", "release/model.safetensors", "release/config.json", "release/tokenizer.json",
+		"step2/model.onnx", "step2/config.json", "ref4/model.safetensors", "release-bf16/model.safetensors", "release-bf16/tokenizer.json"} {
 		if _, err := os.Stat(filepath.Join(tmp, f)); err != nil {
 			t.Error(err)
+		}
+	}
+	for _, f := range []string{"step2/model.safetensors", "ref4/model.onnx"} {
+		if _, err := os.Stat(filepath.Join(tmp, f)); !os.IsNotExist(err) {
+			t.Errorf("%s: want no such file (%v)", f, err)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -111,6 +112,19 @@ func loadONNX(path string, opts Options) (*Model, error) {
 }
 
 func loadRunState(dir string, step int64, opts Options) (*Model, error) {
+	if step != checkpoints.Latest {
+		steps, err := checkpoints.ListSteps(dir)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(steps, step) {
+			saved := make([]string, len(steps))
+			for i, s := range steps {
+				saved[i] = strconv.FormatInt(s, 10)
+			}
+			return nil, fmt.Errorf("%s has no step %d (%s missing; steps saved: %s)", dir, step, checkpoints.StepDirName(step), strings.Join(saved, ", "))
+		}
+	}
 	rs, err := checkpoints.LoadRunState(dir, step)
 	if err != nil {
 		return nil, err
