@@ -86,7 +86,7 @@ Flags:
 	fs.Int64Var(&o.shardBytes, "shard-size", modelio.DefaultShardBytes, "largest safetensors file in bytes: bigger models are split into shards of at most this size with model.safetensors.index.json, as transformers' save_pretrained does (0: always one file)")
 	fs.BoolVar(&o.verify, "verify", false, "run ONNX Runtime on the ONNX side and the engine on the weights on a sample input and print the max |logit difference|; fail above --tolerance")
 	fs.IntVar(&o.verifyTokens, "verify-tokens", 16, "length of the sample input of --verify")
-	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts; bf16/f16 outputs are checked as written, so their rounding counts (expect about 1e-2 there)")
+	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts; bf16/f16 outputs are checked as written, so their rounding counts (raise it for them: 0.2 on the test models)")
 	fs.BoolVar(&o.force, "force", false, "replace a non-empty output directory (only once the new one is complete)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	return fs
@@ -146,8 +146,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if m.Kind == "onnx" && o.to == "onnx" {
 		return fmt.Errorf("-i %s is ONNX already; --to onnx converts from safetensors", o.in)
 	}
+	if m.Kind == "safetensors" && o.to == "safetensors" {
+		return fmt.Errorf("-i %s is a safetensors model already; use --to onnx, or tools/export to change its dtype", o.in)
+	}
 	if m.Kind != "onnx" && o.to == "safetensors" {
-		return fmt.Errorf("-i %s is safetensors already (%s); use --to onnx, or tools/export to change its dtype", o.in, m.Kind)
+		return fmt.Errorf("-i %s is a training run (%s); tools/export writes its safetensors", o.in, m.Kind)
 	}
 	// One step per tensor (checked before anything is written), then one per stage.
 	stages := 2

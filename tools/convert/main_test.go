@@ -2,153 +2,390 @@ package main
 
 import (
 	"bytes"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
-// convert runs the program's run with args; it returns stdout and the error.
+// fixtures are the ONNX files of onnx/testdata (scripts/make_onnx_fixtures.py): torch.onnx /
+// optimum-style exports with and without past_key_values, one with external data, and an
+// onnxruntime-genai-style graph.
+var fixtures = []string{"qwen2_past", "llama3_nopast", "qwen3_past_ext", "genai_qwen2"}
+
+func fixture(name string) string { return filepath.Join("../../onnx/testdata", name, "model.onnx") }
+
+// convert runs the program with args (progress bar off) and returns its output and error.
 func convert(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err := run(args, &out, &errOut)
+	err := run(append(args, "--quiet"), &out, &errOut)
 	return out.String() + errOut.String(), err
 }
 
-// TestSafetensorsRoundTrip: safetensors -> engine -> ONNX -> engine -> safetensors gives the
-// same file contents, tensor for tensor, bit for bit (no ONNX Runtime needed).
-func TestSafetensorsRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	hf, onnxDir, back := filepath.Join(dir, "hf"), filepath.Join(dir, "onnx"), filepath.Join(dir, "back")
-	for _, args := range [][]string{
-		{"-i", "../../onnx/testdata/qwen3_past_ext/model.onnx", "-o", hf, "--max-position-embeddings", "512", "--quiet"},
-		{"-i", hf, "-o", onnxDir, "--to", "onnx", "--quiet"},
-		{"-i", onnxDir, "-o", back, "--quiet"},
-	} {
-		if out, err := convert(t, args...); err != nil {
-			t.Fatalf("convert %v: %v\n%s", args, err, out)
-		}
+func mustConvert(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := convert(t, args...)
+	if err != nil {
+		t.Fatalf("convert %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	a, err := checkpoints.ReadSafetensors(filepath.Join(hf, "model.safetensors"))
+	return out
+}
+
+func sameFile(t *testing.T, a, b string) {
+	t.Helper()
+	x, err := os.ReadFile(a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := checkpoints.ReadSafetensors(filepath.Join(back, "model.safetensors"))
+	y, err := os.ReadFile(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Tensors) != len(b.Tensors) || len(a.Tensors) == 0 {
-		t.Fatalf("%d tensors, then %d", len(a.Tensors), len(b.Tensors))
-	}
-	for name, x := range a.Tensors {
-		y := b.Tensors[name]
-		if len(x.Data) != len(y.Data) {
-			t.Fatalf("%s: %d values, then %d", name, len(x.Data), len(y.Data))
-		}
-		for i := range x.Data {
-			if x.Data[i] != y.Data[i] {
-				t.Fatalf("%s[%d]: %v, then %v", name, i, x.Data[i], y.Data[i])
-			}
-		}
-	}
-	ca, _ := os.ReadFile(filepath.Join(hf, "config.json"))
-	cb, _ := os.ReadFile(filepath.Join(back, "config.json"))
-	if !bytes.Equal(ca, cb) {
-		t.Errorf("config.json changed in the round trip:\n%s\n%s", ca, cb)
+	if !bytes.Equal(x, y) {
+		t.Errorf("%s and %s differ (%d and %d bytes)", a, b, len(x), len(y))
 	}
 }
 
-// TestBadInput: each mistake is refused with an error naming what is wrong, and an existing
-// output directory is left as it was.
+// TestSafetensorsRoundTrip: ONNX -> safetensors, then safetensors -> ONNX -> safetensors and
+// safetensors -> engine -> safetensors, give byte-identical model.safetensors and config.json
+// (no ONNX Runtime needed).
+func TestSafetensorsRoundTrip(t *testing.T) {
+	for _, fx := range fixtures {
+		t.Run(fx, func(t *testing.T) {
+			dir := t.TempDir()
+			hf, onnxDir, back := filepath.Join(dir, "hf"), filepath.Join(dir, "onnx"), filepath.Join(dir, "back")
+			mustConvert(t, "-i", fixture(fx), "-o", hf, "--max-position-embeddings", "512")
+			mustConvert(t, "-i", hf, "-o", onnxDir, "--to", "onnx")
+			mustConvert(t, "-i", onnxDir, "-o", back)
+			for _, f := range []string{"model.safetensors", "config.json", "generation_config.json"} {
+				sameFile(t, filepath.Join(hf, f), filepath.Join(back, f))
+			}
+
+			cfg, w, err := checkpoints.Load(hf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hw, err := m.HostWeights()
+			if err != nil {
+				t.Fatal(err)
+			}
+			viaEngine := filepath.Join(dir, "engine")
+			if err := checkpoints.Save(viaEngine, cfg, hw, checkpoints.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			sameFile(t, filepath.Join(hf, "model.safetensors"), filepath.Join(viaEngine, "model.safetensors"))
+		})
+	}
+}
+
+// TestDTypes: --dtype stores every tensor in that type, each value the f32 weight rounded to
+// nearest even; values an f16 cannot hold are refused with the tensor named, and nothing is
+// written.
+func TestDTypes(t *testing.T) {
+	dir := t.TempDir()
+	src := fixture("qwen2_past")
+	mustConvert(t, "-i", src, "-o", dir+"/ref")
+	ref, err := checkpoints.ReadSafetensors(dir + "/ref/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		flag  string
+		dtype checkpoints.DType
+		round func(float32) float32
+	}{
+		{"bf16", checkpoints.BF16, func(v float32) float32 { return checkpoints.BF16ToF32(checkpoints.F32ToBF16(v)) }},
+		{"f16", checkpoints.F16, func(v float32) float32 { return checkpoints.F16ToF32(checkpoints.F32ToF16(v)) }},
+		{"f32", checkpoints.F32, func(v float32) float32 { return v }},
+	} {
+		out := filepath.Join(dir, tc.flag)
+		mustConvert(t, "-i", src, "-o", out, "--dtype", tc.flag)
+		f, err := checkpoints.ReadSafetensors(filepath.Join(out, "model.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rounded := 0
+		for name, x := range ref.Tensors {
+			if f.DTypes[name] != tc.dtype {
+				t.Fatalf("--dtype %s: %s stored as %s", tc.flag, name, f.DTypes[name])
+			}
+			for i, v := range x.Data {
+				if got, want := f.Tensors[name].Data[i], tc.round(v); math.Float32bits(got) != math.Float32bits(want) {
+					t.Fatalf("--dtype %s: %s[%d] = %v, want %v rounded = %v", tc.flag, name, i, got, v, want)
+				}
+				if tc.round(v) != v {
+					rounded++
+				}
+			}
+		}
+		if tc.dtype != checkpoints.F32 && rounded == 0 {
+			t.Errorf("--dtype %s changed no value: the test compares nothing", tc.flag)
+		}
+		cfg, _ := os.ReadFile(filepath.Join(out, "config.json"))
+		if want := map[string]string{"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[tc.flag]; !bytes.Contains(cfg, []byte(`"torch_dtype": "`+want+`"`)) {
+			t.Errorf("--dtype %s: config.json has no torch_dtype %s", tc.flag, want)
+		}
+	}
+
+	// A weight beyond the f16 range: fine in f32 and bf16, refused in f16.
+	cfg, w, err := checkpoints.Load(dir + "/ref")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w["model.layers.1.mlp.up_proj.weight"].Data[5] = 1e5
+	if err := checkpoints.Save(dir+"/big", cfg, w, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustConvert(t, "-i", dir+"/big", "-o", dir+"/big-onnx", "--to", "onnx")
+	mustConvert(t, "-i", dir+"/big-onnx", "-o", dir+"/big-bf16", "--dtype", "bf16")
+	_, err = convert(t, "-i", dir+"/big-onnx", "-o", dir+"/big-f16", "--dtype", "f16")
+	if err == nil || !strings.Contains(err.Error(), "model.layers.1.mlp.up_proj.weight[0,5] = 100000 does not fit in f16") {
+		t.Errorf("f16 overflow: %v", err)
+	}
+	if _, err := os.Stat(dir + "/big-f16"); !os.IsNotExist(err) {
+		t.Error("a refused conversion left its output behind")
+	}
+}
+
+// TestSideFiles: generation_config.json and the tokenizer files beside the input come along,
+// both ways.
+func TestSideFiles(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in")
+	os.MkdirAll(in, 0o755)
+	sameFileCopy(t, fixture("qwen2_past"), filepath.Join(in, "model.onnx"))
+	side := map[string]string{
+		"tokenizer.json":         `{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}`,
+		"tokenizer_config.json":  `{"eos_token": "a"}`,
+		"generation_config.json": `{"do_sample": true, "temperature": 0.6, "top_p": 0.95}`,
+	}
+	for name, body := range side {
+		os.WriteFile(filepath.Join(in, name), []byte(body), 0o644)
+	}
+	os.WriteFile(filepath.Join(in, "notes.txt"), []byte("mine"), 0o644)
+	out := mustConvert(t, "-i", in, "-o", dir+"/hf")
+	mustConvert(t, "-i", dir+"/hf", "-o", dir+"/onnx", "--to", "onnx")
+	for _, o := range []string{"hf", "onnx"} {
+		for name, body := range side {
+			if b, err := os.ReadFile(filepath.Join(dir, o, name)); err != nil || string(b) != body {
+				t.Errorf("%s/%s = %q, %v; want the input's", o, name, b, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, o, "notes.txt")); !os.IsNotExist(err) {
+			t.Errorf("%s/notes.txt was copied", o)
+		}
+	}
+	if !strings.Contains(out, filepath.Join(dir, "hf", "tokenizer.json")) {
+		t.Errorf("the summary does not list tokenizer.json:\n%s", out)
+	}
+	// Without a tokenizer the output says so.
+	if out := mustConvert(t, "-i", fixture("qwen2_past"), "-o", dir+"/bare"); !strings.Contains(out, "no tokenizer.json beside the input") {
+		t.Errorf("no warning about the missing tokenizer:\n%s", out)
+	}
+}
+
+func sameFileCopy(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestShards: --shard-size splits the weights with an index; the sharded directory converts
+// to the same model.onnx as the single file.
+func TestShards(t *testing.T) {
+	dir := t.TempDir()
+	mustConvert(t, "-i", fixture("qwen2_past"), "-o", dir+"/one")
+	mustConvert(t, "-i", fixture("qwen2_past"), "-o", dir+"/sharded", "--shard-size", "100000")
+	shards, _ := filepath.Glob(dir + "/sharded/model-*-of-*.safetensors")
+	if len(shards) < 3 {
+		t.Fatalf("%d shards", len(shards))
+	}
+	if _, err := os.Stat(dir + "/sharded/model.safetensors.index.json"); err != nil {
+		t.Fatal(err)
+	}
+	mustConvert(t, "-i", dir+"/one", "-o", dir+"/one-onnx", "--to", "onnx")
+	mustConvert(t, "-i", dir+"/sharded", "-o", dir+"/sharded-onnx", "--to", "onnx")
+	sameFile(t, dir+"/one-onnx/model.onnx", dir+"/sharded-onnx/model.onnx")
+}
+
+// TestBadInput: each mistake exits with an error naming the file, tensor or flag at fault and
+// writes nothing: an existing output keeps its contents, and no temporary directory stays.
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	hf := filepath.Join(dir, "hf")
-	if out, err := convert(t, "-i", "../../onnx/testdata/qwen2_past/model.onnx", "-o", hf, "--quiet"); err != nil {
-		t.Fatal(err, out)
-	}
-	// A corrupt copy: model.safetensors truncated.
-	corrupt := filepath.Join(dir, "corrupt")
-	os.MkdirAll(corrupt, 0o755)
+	mustConvert(t, "-i", fixture("qwen2_past"), "-o", hf)
 	st, _ := os.ReadFile(filepath.Join(hf, "model.safetensors"))
 	cfg, _ := os.ReadFile(filepath.Join(hf, "config.json"))
-	os.WriteFile(filepath.Join(corrupt, "model.safetensors"), st[:len(st)/2], 0o644)
-	os.WriteFile(filepath.Join(corrupt, "config.json"), cfg, 0o644)
-	// A config that does not match the weights.
-	wrong := filepath.Join(dir, "wrong")
-	os.MkdirAll(wrong, 0o755)
-	os.WriteFile(filepath.Join(wrong, "model.safetensors"), st, 0o644)
-	os.WriteFile(filepath.Join(wrong, "config.json"), bytes.Replace(cfg, []byte(`"num_hidden_layers": 2`), []byte(`"num_hidden_layers": 3`), 1), 0o644)
-	if bytes.Equal(cfg, bytes.Replace(cfg, []byte(`"num_hidden_layers": 2`), []byte(`"num_hidden_layers": 3`), 1)) {
-		t.Fatalf("fixture config changed shape: %s", cfg)
+	model := func(name string, files map[string][]byte) string {
+		d := filepath.Join(dir, name)
+		os.MkdirAll(d, 0o755)
+		for f, b := range files {
+			os.WriteFile(filepath.Join(d, f), b, 0o644)
+		}
+		return d
 	}
-	// An existing output directory with a file in it.
-	existing := filepath.Join(dir, "existing")
+	truncated := model("truncated", map[string][]byte{"model.safetensors": st[:len(st)/2], "config.json": cfg})
+	lying := append([]byte(nil), st...)
+	copy(lying[8:], bytes.Replace(lying[8:200], []byte(`"dtype":"F32"`), []byte(`"dtype":"I64"`), 1))
+	if bytes.Equal(lying, st) {
+		t.Fatalf("no F32 dtype in the header: %q", st[8:200])
+	}
+	lyingDType := model("lying", map[string][]byte{"model.safetensors": lying, "config.json": cfg})
+	moreLayers := bytes.Replace(cfg, []byte(`"num_hidden_layers": 2`), []byte(`"num_hidden_layers": 3`), 1)
+	if bytes.Equal(moreLayers, cfg) {
+		t.Fatalf("the fixture's config.json changed:\n%s", cfg)
+	}
+	wrongConfig := model("wrong", map[string][]byte{"model.safetensors": st, "config.json": moreLayers})
+	badJSON := model("badjson", map[string][]byte{"model.safetensors": st, "config.json": []byte(`{"model_type": "qwen2",`)})
+	garbageONNX := model("garbage", map[string][]byte{"model.onnx": []byte("this is not a protobuf \xff\xff\xff")})
+	outs := filepath.Join(dir, "outs")
+	existing := filepath.Join(outs, "existing")
 	os.MkdirAll(existing, 0o755)
-	os.WriteFile(filepath.Join(existing, "keep.txt"), []byte("mine"), 0o644)
+	os.WriteFile(filepath.Join(existing, "model.safetensors"), []byte("mine"), 0o644)
 
+	x := filepath.Join(outs, "x")
 	for _, tc := range []struct {
+		name string
 		args []string
 		want string
 	}{
-		{[]string{"-o", dir + "/x"}, "-i/--input is required"},
-		{[]string{"-i", hf}, "-o/--output is required"},
-		{[]string{"-i", dir + "/nope.onnx", "-o", dir + "/x"}, "nope.onnx"},
-		{[]string{"-i", corrupt, "-o", dir + "/x", "--to", "onnx"}, "model.safetensors"},
-		{[]string{"-i", wrong, "-o", dir + "/x", "--to", "onnx"}, "model.layers.2"},
-		{[]string{"-i", hf, "-o", existing, "--to", "onnx"}, "--force"},
-		{[]string{"-i", hf, "-o", dir + "/x", "--to", "gguf"}, `--to "gguf"`},
-		{[]string{"-i", "../../onnx/testdata/qwen2_past/model.onnx", "-o", dir + "/x", "--dtype", "int4"}, `--dtype "int4"`},
-		{[]string{"-i", hf, "-o", dir + "/x"}, "safetensors already"},
+		{"no -i", []string{"-o", x}, "-i/--input is required"},
+		{"no -o", []string{"-i", hf}, "-o/--output is required"},
+		{"stray argument", []string{"-i", hf, "-o", x, "--to", "onnx", "extra"}, `unexpected arguments ["extra"]`},
+		{"missing file", []string{"-i", dir + "/nope.onnx", "-o", x}, dir + "/nope.onnx: no such file"},
+		{"not onnx", []string{"-i", filepath.Join(hf, "config.json"), "-o", x}, "config.json: not an .onnx file"},
+		{"empty dir", []string{"-i", outs + "/existing", "-o", x}, "no model here"},
+		{"garbage onnx", []string{"-i", garbageONNX, "-o", x}, filepath.Join(garbageONNX, "model.onnx")},
+		{"truncated safetensors", []string{"-i", truncated, "-o", x, "--to", "onnx"}, filepath.Join(truncated, "model.safetensors")},
+		{"header lies about dtype", []string{"-i", lyingDType, "-o", x, "--to", "onnx"}, filepath.Join(lyingDType, "model.safetensors")},
+		{"config not matching weights", []string{"-i", wrongConfig, "-o", x, "--to", "onnx"}, `"model.layers.2.`},
+		{"bad config.json", []string{"-i", badJSON, "-o", x, "--to", "onnx"}, filepath.Join(badJSON, "config.json")},
+		{"config for ONNX mismatching", []string{"-i", fixture("qwen2_past"), "-o", x, "--config", filepath.Join(wrongConfig, "config.json")}, "model.layers.2.input_layernorm.weight: missing from the graph"},
+		{"missing --config", []string{"-i", fixture("qwen2_past"), "-o", x, "--config", dir + "/none.json"}, "--config: "},
+		{"existing output", []string{"-i", hf, "-o", existing, "--to", "onnx"}, existing + " exists and is not empty"},
+		{"unknown --to", []string{"-i", hf, "-o", x, "--to", "gguf"}, `--to "gguf"`},
+		{"bad --dtype", []string{"-i", fixture("qwen2_past"), "-o", x, "--dtype", "int4"}, `--dtype "int4"`},
+		{"--dtype with --to onnx", []string{"-i", hf, "-o", x, "--to", "onnx", "--dtype", "bf16"}, "--dtype applies to safetensors"},
+		{"--verify-tokens 0", []string{"-i", hf, "-o", x, "--to", "onnx", "--verify-tokens", "0"}, "--verify-tokens 0"},
+		{"safetensors to safetensors", []string{"-i", hf, "-o", x}, "is a safetensors model already"},
+		{"onnx to onnx", []string{"-i", fixture("qwen2_past"), "-o", x, "--to", "onnx"}, "is ONNX already"},
+		{"unknown flag", []string{"-i", hf, "-o", x, "--too", "onnx"}, "unknown flag: --too"},
 	} {
-		out, err := convert(t, append(tc.args, "--quiet")...)
+		o, err := convert(t, tc.args...)
+		t.Logf("%s: %v", tc.name, err)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("convert %v: error %v, want it to mention %q\n%s", tc.args, err, tc.want, out)
+			t.Errorf("%s: convert %v: error %v, want it to mention %q\n%s", tc.name, tc.args, err, tc.want, o)
 		}
 	}
-	if b, _ := os.ReadFile(filepath.Join(existing, "keep.txt")); string(b) != "mine" {
-		t.Error("the existing output directory was touched")
+	if b, _ := os.ReadFile(filepath.Join(existing, "model.safetensors")); string(b) != "mine" {
+		t.Error("the existing output directory was overwritten")
 	}
-	if _, err := os.Stat(dir + "/x"); !os.IsNotExist(err) {
-		t.Errorf("a failed conversion left %s/x behind", dir)
+	if entries, _ := os.ReadDir(outs); len(entries) != 1 {
+		t.Errorf("failed conversions left %d entries in %s, want only existing/", len(entries), outs)
 	}
-	// --force replaces it.
-	if out, err := convert(t, "-i", hf, "-o", existing, "--to", "onnx", "--force", "--quiet"); err != nil {
-		t.Fatal(err, out)
-	}
-	if _, err := os.Stat(filepath.Join(existing, "keep.txt")); !os.IsNotExist(err) {
+	// --force replaces it, once the new one is complete.
+	mustConvert(t, "-i", hf, "-o", existing, "--to", "onnx", "--force")
+	if _, err := os.Stat(filepath.Join(existing, "model.safetensors")); !os.IsNotExist(err) {
 		t.Error("--force kept the old directory's files")
 	}
-}
-
-// TestHelp: --help names every flag and says what it does.
-func TestHelp(t *testing.T) {
-	out, _ := convert(t, "--help")
-	for _, flag := range []string{"--input", "--output", "--to", "--dtype", "--shard-size", "--config", "--max-position-embeddings", "--verify", "--verify-tokens", "--tolerance", "--force", "--quiet", "Examples"} {
-		if !strings.Contains(out, flag) {
-			t.Errorf("--help does not mention %s:\n%s", flag, out)
-		}
+	if _, err := os.Stat(filepath.Join(existing, "model.onnx")); err != nil {
+		t.Error(err)
+	}
+	if entries, _ := os.ReadDir(outs); len(entries) != 1 {
+		t.Errorf("--force left %d entries in %s", len(entries), outs)
 	}
 }
 
-// TestBinary builds the program and runs it as a user would: exit status 0 on success, 1 with
-// the error on stderr on failure.
+// TestHelp: --help shows the usage line, examples and every flag with its explanation.
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	var o options
+	fs := newFlags(&o, &out)
+	fs.Usage()
+	help := out.String()
+	for _, s := range []string{"Usage: go run ./tools/convert -i INPUT -o OUTDIR", "Examples:", "--to onnx", "--verify"} {
+		if !strings.Contains(help, s) {
+			t.Errorf("--help lacks %q", s)
+		}
+	}
+	n := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		n++
+		if f.Usage == "" || !strings.Contains(help, "--"+f.Name) || !strings.Contains(help, f.Usage) {
+			t.Errorf("--help does not explain --%s", f.Name)
+		}
+	})
+	if n < 12 {
+		t.Errorf("%d flags", n)
+	}
+}
+
+// TestBinary builds the program and runs it as a user would: exit status 0 with the summary
+// on stdout, 1 with the error on stderr, 0 for --help.
 func TestBinary(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "convert")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, "-i", "../../onnx/testdata/qwen2_past", "-o", filepath.Join(dir, "hf"), "--quiet")
-	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "converted") {
-		t.Fatalf("%v\n%s", err, out)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil || !strings.Contains(stdout.String(), "converted ../../onnx/testdata/qwen2_past (onnx, qwen2, ") {
+		t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
+	if _, _, err := checkpoints.Load(filepath.Join(dir, "hf")); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
 	cmd = exec.Command(bin, "-i", filepath.Join(dir, "missing"), "-o", filepath.Join(dir, "x"))
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "missing") {
-		t.Fatalf("bad input: %v\n%s", err, out)
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "\nconvert: -i "+filepath.Join(dir, "missing")+": ") {
+		t.Fatalf("bad input: %v\n%s", err, stderr.String())
+	}
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Usage: go run ./tools/convert") {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+}
+
+// haveORT reports whether ONNX Runtime can be loaded; under PROLONG_REQUIRE_ORT=1 (CI) its
+// absence fails the test.
+func haveORT(t *testing.T) bool {
+	t.Helper()
+	if err := modelio.InitORT(); err != nil {
+		if os.Getenv("PROLONG_REQUIRE_ORT") == "1" {
+			t.Fatalf("PROLONG_REQUIRE_ORT=1: %v", err)
+		}
+		t.Logf("ONNX Runtime unavailable: %v", err)
+		return false
+	}
+	return true
+}
+
+// needORT skips the test without ONNX Runtime (fails under PROLONG_REQUIRE_ORT=1).
+func needORT(t *testing.T) {
+	t.Helper()
+	if !haveORT(t) {
+		t.Skip("skipping: ONNX Runtime unavailable (run scripts/setup-ort.sh, or set ONNXRUNTIME_LIB)")
 	}
 }
