@@ -133,3 +133,46 @@ func TestHuman(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLoad: whatever a model directory holds, Load returns a model whose weights match its
+// config, or an error that names the directory, and never panics.
+func FuzzLoad(f *testing.F) {
+	dir := filepath.Join(f.TempDir(), "seed")
+	cfg := tiny("qwen2")
+	if err := checkpoints.Save(dir, cfg, engine.RandomWeights(cfg, 3, 0.1), checkpoints.SaveOptions{DType: checkpoints.BF16}); err != nil {
+		f.Fatal(err)
+	}
+	st, _ := os.ReadFile(filepath.Join(dir, checkpoints.WeightsFile))
+	cj, _ := os.ReadFile(filepath.Join(dir, checkpoints.ConfigFile))
+	f.Add(cj, st)
+	f.Add(cj, st[:len(st)/3])
+	f.Add([]byte(`{}`), st)
+	f.Add(cj, []byte{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '})
+	f.Fuzz(func(t *testing.T, config, weights []byte) {
+		d := t.TempDir()
+		os.WriteFile(filepath.Join(d, checkpoints.ConfigFile), config, 0o644)
+		os.WriteFile(filepath.Join(d, checkpoints.WeightsFile), weights, 0o644)
+		m, err := Load(d, Options{Step: checkpoints.Latest})
+		if err != nil {
+			if !strings.Contains(err.Error(), d) {
+				t.Fatalf("error does not name %s: %v", d, err)
+			}
+			return
+		}
+		if err := m.Config.Validate(); err != nil {
+			t.Fatalf("loaded an invalid config: %v", err)
+		}
+		if m.Kind != "safetensors" || len(m.Weights) == 0 {
+			t.Fatalf("kind %q, %d weights", m.Kind, len(m.Weights))
+		}
+		for name, w := range m.Weights {
+			n := 1
+			for _, s := range w.Shape {
+				n *= s
+			}
+			if n != len(w.Data) {
+				t.Fatalf("%s: shape %v but %d values", name, w.Shape, len(w.Data))
+			}
+		}
+	})
+}
