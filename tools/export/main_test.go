@@ -370,3 +370,32 @@ func needORT(t *testing.T) {
 		t.Skip("skipping: ONNX Runtime unavailable (run scripts/setup-ort.sh, or set ONNXRUNTIME_LIB)")
 	}
 }
+
+// TestPythonReader: an independent reader (scripts/check_checkpoint.py: struct + json + numpy,
+// rounding references from torch and numpy) reads the exports in bf16, f16 and shards and finds
+// every tensor equal to the f32 export's, rounded as PyTorch rounds.
+func TestPythonReader(t *testing.T) {
+	py := "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import numpy").Run(); err != nil {
+		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
+			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but %s with numpy is not usable: %v", py, err)
+		}
+		t.Skipf("%s with numpy is not available (apt-get install python3-numpy python3-torch): %v", py, err)
+	}
+	dir := t.TempDir()
+	ref := filepath.Join(dir, "f32")
+	mustExport(t, "-i", fixtureRun, "-o", ref, "--format", "safetensors")
+	for _, args := range [][]string{
+		{"--dtype", "f32"},
+		{"--dtype", "bf16"},
+		{"--dtype", "f16", "--shard-size", "8000"},
+	} {
+		out := filepath.Join(dir, strings.Join(args, ""))
+		mustExport(t, append([]string{"-i", fixtureRun, "-o", out, "--format", "safetensors"}, args...)...)
+		b, err := exec.Command(py, "../../scripts/check_checkpoint.py", out, ref).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: check_checkpoint.py: %v\n%s", args, err, b)
+		}
+		t.Logf("%v: %s", args, bytes.TrimSpace(b))
+	}
+}
