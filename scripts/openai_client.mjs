@@ -1,5 +1,6 @@
 // Drives tools/rollout-server with the official OpenAI client (npm openai), unchanged, as a
-// user or an RL trainer would, and checks the answers. Run by the rollout server's tests:
+// user or an RL trainer would, and checks the answers: completions with token ids and text,
+// n > 1, log-probs, streaming, chat. Run by the rollout server's tests:
 //
 //   node scripts/openai_client.mjs NODE_MODULES_PARENT_DIR BASE_URL API_KEY MODEL
 import { createRequire } from "node:module";
@@ -26,15 +27,43 @@ for (const c of ids.choices) {
 const again = await client.completions.create({ model, prompt: [1, 6, 15, 7, 18], n: 3, max_tokens: 8, temperature: 1, seed: 4, logprobs: 1 });
 assert.deepEqual(again.choices.map((c) => c.token_ids), ids.choices.map((c) => c.token_ids));
 
-// Text prompt, streamed: the chunks add up to the whole answer.
-const whole = await client.completions.create({ model, prompt: "<bos>2+3=", max_tokens: 10, temperature: 0, seed: 1 });
-let text = "";
-const stream = await client.completions.create({ model, prompt: "<bos>2+3=", max_tokens: 10, temperature: 0, seed: 1, stream: true });
-for await (const chunk of stream) text += chunk.choices[0]?.text ?? "";
-assert.equal(text, whole.choices[0].text);
+// Text prompt, n = 2, streamed: each choice's chunks add up to its whole answer.
+const textReq = { model, prompt: "<bos>2+3=", n: 2, max_tokens: 10, temperature: 1, seed: 1, logprobs: 1 };
+const whole = await client.completions.create(textReq);
+assert.equal(whole.choices.length, 2);
+const texts = ["", ""], streamed = [[], []];
+const stream = await client.completions.create({ ...textReq, stream: true });
+for await (const chunk of stream) {
+  for (const c of chunk.choices) {
+    texts[c.index] += c.text;
+    streamed[c.index].push(...c.token_ids);
+  }
+}
+for (const c of whole.choices) {
+  assert.equal(texts[c.index], c.text);
+  assert.deepEqual(streamed[c.index], c.token_ids);
+}
+
+// Chat (the model directory has a tokenizer with a ChatML template): n = 2 with log-probs,
+// then the same request streamed.
+const chatReq = { model, messages: [{ role: "user", content: "1+2=" }], n: 2, max_tokens: 8, temperature: 1, seed: 3, logprobs: true };
+const chat = await client.chat.completions.create(chatReq);
+assert.equal(chat.object, "chat.completion");
+assert.equal(chat.choices.length, 2);
+for (const c of chat.choices) {
+  assert.equal(c.message.role, "assistant");
+  assert.equal(typeof c.message.content, "string");
+  assert.equal(c.logprobs.content.length, c.token_ids.length);
+  assert.ok(c.logprobs.content.every((l) => l.logprob <= 0));
+}
+const chatText = ["", ""];
+for await (const chunk of await client.chat.completions.create({ ...chatReq, stream: true })) {
+  for (const c of chunk.choices) chatText[c.index] += c.delta.content ?? "";
+}
+assert.deepEqual(chatText, chat.choices.map((c) => c.message.content));
 
 // Bad input comes back as an OpenAI error the client raises.
 await assert.rejects(client.completions.create({ model, prompt: [1], max_tokens: 1, n: 1000 }), (e) => e.status === 400 && /n must be/.test(e.message));
 
-console.log(`ids: ${JSON.stringify(ids.choices.map((c) => c.token_ids))}; text: ${JSON.stringify(whole.choices[0].text)}`);
+console.log(`ids: ${JSON.stringify(ids.choices.map((c) => c.token_ids))}; text: ${JSON.stringify(whole.choices.map((c) => c.text))}; chat: ${JSON.stringify(chat.choices.map((c) => c.message.content))}`);
 console.log("all checks passed");

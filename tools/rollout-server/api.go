@@ -8,6 +8,8 @@ import (
 	"io"
 	"math"
 	"strings"
+
+	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 )
 
 // The OpenAI-compatible request and response bodies, with the extensions RL trainers use
@@ -348,4 +350,83 @@ type chatResponse struct {
 	Choices       []chatChoice `json:"choices"`
 	Usage         *usage       `json:"usage,omitempty"`
 	WeightVersion uint64       `json:"weight_version"`
+}
+
+// parsedCompletion is a validated /v1/completions request: its fields, its sampling
+// settings, and its prompts (texts still to tokenize, or token ids within the vocabulary).
+type parsedCompletion struct {
+	req   completionRequest
+	smp   sampling
+	texts []string
+	ids   [][]int32
+}
+
+// parseCompletionRequest decodes and checks a /v1/completions body against the limits and a
+// vocabulary of vocab tokens; hasTok says whether the model has a tokenizer (text prompts and
+// stop strings need one). Every refusal is a 400 naming the field at fault.
+func parseCompletionRequest(body []byte, lim limits, vocab int, hasTok bool) (*parsedCompletion, *apiError) {
+	p := &parsedCompletion{}
+	if e := decodeStrict(body, &p.req); e != nil {
+		return nil, e
+	}
+	smp, e := p.req.validate(lim, vocab)
+	if e != nil {
+		return nil, e
+	}
+	p.smp = smp
+	switch {
+	case p.req.Logprobs != nil && (*p.req.Logprobs < 0 || *p.req.Logprobs > 1):
+		return nil, badRequest("logprobs", "logprobs must be 0 or 1: the server returns the log-prob of each sampled token, not of alternatives")
+	case p.req.Suffix != nil:
+		return nil, badRequest("suffix", "suffix is not supported")
+	case len(smp.stopStrings) > 0 && !hasTok:
+		return nil, badRequest("stop", "stop strings need a tokenizer, and this model directory has none: use stop_token_ids")
+	}
+	if p.texts, p.ids, e = parsePrompts(p.req.Prompt, vocab, lim.MaxPrompts); e != nil {
+		return nil, e
+	}
+	if len(p.texts) > 0 && !hasTok {
+		return nil, badRequest("prompt", "this model directory has no tokenizer.json: send the prompt as token ids")
+	}
+	return p, nil
+}
+
+// parseChatRequest decodes and checks a /v1/chat/completions body; hasTemplate says whether
+// the model has a tokenizer with a chat template. It returns the messages to render.
+func parseChatRequest(body []byte, lim limits, vocab int, hasTemplate bool) (*chatRequest, sampling, []tokenizer.Message, *apiError) {
+	var req chatRequest
+	if e := decodeStrict(body, &req); e != nil {
+		return nil, sampling{}, nil, e
+	}
+	smp, e := req.validate(lim, vocab)
+	switch {
+	case e != nil:
+	case !hasTemplate:
+		e = badRequest("messages", "this model directory has no tokenizer with a chat template: use /v1/completions with token ids")
+	case len(req.Messages) == 0:
+		e = badRequest("messages", "messages is required")
+	case len(req.Messages) > lim.MaxPrompts*64:
+		e = badRequest("messages", "at most %d messages, got %d", lim.MaxPrompts*64, len(req.Messages))
+	case req.TopLogprobs != nil && *req.TopLogprobs != 0:
+		e = badRequest("top_logprobs", "top_logprobs must be 0: the server returns the log-prob of each sampled token, not of alternatives")
+	case len(req.Tools) > 0:
+		e = badRequest("tools", "tools are not supported")
+	}
+	if e != nil {
+		return nil, smp, nil, e
+	}
+	msgs := make([]tokenizer.Message, len(req.Messages))
+	for i, m := range req.Messages {
+		switch m.Role {
+		case "system", "user", "assistant":
+		default:
+			return nil, smp, nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role %q: want system, user or assistant", i, m.Role)
+		}
+		text, e := messageText(i, m)
+		if e != nil {
+			return nil, smp, nil, e
+		}
+		msgs[i] = tokenizer.Message{Role: m.Role, Content: text}
+	}
+	return &req, smp, msgs, nil
 }

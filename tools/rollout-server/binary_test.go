@@ -104,8 +104,8 @@ func TestSIGTERM(t *testing.T) {
 }
 
 // TestOpenAIClient runs the npm openai package, unchanged, against the real server
-// (scripts/openai_client.mjs): completions with ids and text, n > 1, logprobs, streaming, and
-// the models list.
+// (scripts/openai_client.mjs): completions with ids and text, n > 1, logprobs, streaming, chat
+// (plain and streamed), errors, and the models list.
 func TestOpenAIClient(t *testing.T) {
 	nodeDir := os.Getenv("PROLONG_OPENAI_DIR")
 	if nodeDir == "" {

@@ -35,7 +35,7 @@ type options struct {
 	maxN, maxTokens, maxPrompts      int
 	maxConcurrent, maxQueued         int
 	maxSeqs, maxBatchTokens          int
-	kvMiB                            int64
+	kvMiB, poolMiB                   int64
 	maxBodyKiB, maxWeightsMiB        int64
 	shutdownTimeout                  time.Duration
 }
@@ -67,6 +67,7 @@ Flags:
 	fs.IntVar(&o.maxSeqs, "max-seqs", 256, "samples decoded together in one batch")
 	fs.IntVar(&o.maxBatchTokens, "max-batch-tokens", 4096, "prompt tokens prefilled in one step")
 	fs.Int64Var(&o.kvMiB, "kv-cache-mib", 1024, "KV-cache budget in MiB: requests are admitted when their worst case fits")
+	fs.Int64Var(&o.poolMiB, "activation-pool-mib", 64, "freed activation buffers kept for reuse, in MiB (memory beyond the weights and the KV cache)")
 	fs.Int64Var(&o.maxBodyKiB, "max-body-kib", 1024, "largest request body of the generation endpoints, in KiB (413 above)")
 	fs.Int64Var(&o.maxWeightsMiB, "max-weights-mib", 16384, "largest safetensors body of POST /v1/weights, in MiB")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish before they are cancelled")
@@ -129,7 +130,7 @@ func newServer(o options) (*server, error) {
 	} else {
 		slog.Warn("no tokenizer.json beside the model: prompts must be token ids", "model", o.model)
 	}
-	model, err := engine.NewModel(m.Config, engine.NewCPU(), m.Weights, dt)
+	model, err := engine.NewModel(m.Config, newServingCPU(o.poolMiB<<20), m.Weights, dt)
 	if err != nil {
 		return nil, err
 	}

@@ -403,36 +403,14 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	var req completionRequest
-	if e := decodeStrict(body, &req); e != nil {
-		writeError(w, e)
-		return
-	}
-	smp, e := req.validate(s.lim, s.cfg.VocabSize)
-	if e == nil && req.Logprobs != nil && (*req.Logprobs < 0 || *req.Logprobs > 1) {
-		e = badRequest("logprobs", "logprobs must be 0 or 1: the server returns the log-prob of each sampled token, not of alternatives")
-	}
-	if e == nil && req.Suffix != nil {
-		e = badRequest("suffix", "suffix is not supported")
-	}
-	if e == nil && len(smp.stopStrings) > 0 && s.tok == nil {
-		e = badRequest("stop", "stop strings need a tokenizer, and this model directory has none: use stop_token_ids")
-	}
+	pc, e := parseCompletionRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	texts, idLists, e := parsePrompts(req.Prompt, s.cfg.VocabSize, s.lim.MaxPrompts)
-	if e != nil {
-		writeError(w, e)
-		return
-	}
+	req, smp := pc.req, pc.smp
 	var prompts []prompt
-	for _, t := range texts {
-		if s.tok == nil {
-			writeError(w, badRequest("prompt", "this model directory has no tokenizer.json: send the prompt as token ids"))
-			return
-		}
+	for _, t := range pc.texts {
 		ids := s.tok.Encode(t)
 		if len(ids) == 0 {
 			writeError(w, badRequest("prompt", "the prompt encodes to no tokens"))
@@ -440,7 +418,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		}
 		prompts = append(prompts, prompt{ids: ids, text: t})
 	}
-	for _, ids := range idLists {
+	for _, ids := range pc.ids {
 		prompts = append(prompts, prompt{ids: ids, text: s.decode(ids)})
 	}
 	if e := s.acquire(); e != nil {
@@ -546,35 +524,10 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	var req chatRequest
-	if e := decodeStrict(body, &req); e != nil {
-		writeError(w, e)
-		return
-	}
-	smp, e := req.validate(s.lim, s.cfg.VocabSize)
-	switch {
-	case e != nil:
-	case s.tok == nil || !s.tok.HasChatTemplate():
-		e = badRequest("messages", "this model directory has no tokenizer with a chat template: use /v1/completions with token ids")
-	case len(req.Messages) == 0:
-		e = badRequest("messages", "messages is required")
-	case req.TopLogprobs != nil && *req.TopLogprobs != 0:
-		e = badRequest("top_logprobs", "top_logprobs must be 0: the server returns the log-prob of each sampled token, not of alternatives")
-	case len(req.Tools) > 0:
-		e = badRequest("tools", "tools are not supported")
-	}
+	req, smp, msgs, e := parseChatRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil && s.tok.HasChatTemplate())
 	if e != nil {
 		writeError(w, e)
 		return
-	}
-	msgs := make([]tokenizer.Message, len(req.Messages))
-	for i, m := range req.Messages {
-		text, e := messageText(i, m)
-		if e != nil {
-			writeError(w, e)
-			return
-		}
-		msgs[i] = tokenizer.Message{Role: m.Role, Content: text}
 	}
 	text, err := s.tok.ApplyChatTemplate(msgs, true)
 	if err != nil {

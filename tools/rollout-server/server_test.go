@@ -23,7 +23,12 @@ import (
 
 // charTokens is a small character vocabulary (the default model's kind).
 var charTokens = []string{"<pad>", "<bos>", "<eos>", "<answer>", "</answer>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
-	"+", "-", "*", "=", "(", ")", " ", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+	"+", "-", "*", "=", "(", ")", " ", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
+	// For chat: the rest of the letters, newline and ChatML's markers.
+	"k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z", "\n", "<|im_start|>", "<|im_end|>"}
+
+// chatMLTemplate is Qwen2's chat template without its default system prompt.
+const chatMLTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
 func tinyConfig(vocab int) *engine.Config {
 	return &engine.Config{ModelType: "qwen2", VocabSize: vocab, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
@@ -31,7 +36,8 @@ func tinyConfig(vocab int) *engine.Config {
 		MaxPositionEmbeddings: 256, AttentionBias: true, EOSTokenIDs: []int{2}}
 }
 
-// modelDir writes a random tiny model (with the character tokenizer when tok) to a directory.
+// modelDir writes a random tiny model (with the character tokenizer and a ChatML chat template
+// when tok) to a directory.
 func modelDir(t testing.TB, seed uint64, tok bool) (string, *engine.Config, map[string]engine.HostTensor) {
 	t.Helper()
 	dir := t.TempDir()
@@ -41,11 +47,21 @@ func modelDir(t testing.TB, seed uint64, tok bool) (string, *engine.Config, map[
 		t.Fatal(err)
 	}
 	if tok {
-		tk, err := tokenizer.NewCharLevel(charTokens, []string{"<pad>", "<bos>", "<eos>"}, "<eos>")
+		tk, err := tokenizer.NewCharLevel(charTokens, []string{"<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>"}, "<eos>")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := tk.Save(dir); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, tokenizer.ConfigFile)
+		var tc map[string]any
+		if b, err := os.ReadFile(path); err != nil || json.Unmarshal(b, &tc) != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		tc["chat_template"] = chatMLTemplate
+		b, _ := json.Marshal(tc)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -244,6 +260,114 @@ func TestStreamEqualsNonStream(t *testing.T) {
 	}
 }
 
+// TestChat: a chat request is the ChatML rendering of its messages (token ids worked out by
+// hand from the vocabulary), sampled as the engine samples it; the message content is the
+// sampled tokens' text without special tokens, and the streamed chunks of n = 2 add up to it.
+func TestChat(t *testing.T) {
+	dir, cfg, w := modelDir(t, 12, true)
+	_, ts := startServer(t, testOptions(dir))
+	id := func(tok string) int32 { return int32(slices.Index(charTokens, tok)) }
+	var prompt []int32
+	for _, tok := range []string{"<|im_start|>", "u", "s", "e", "r", "\n", "1", "+", "2", "=", "<|im_end|>", "\n",
+		"<|im_start|>", "a", "s", "s", "i", "s", "t", "a", "n", "t", "\n"} {
+		prompt = append(prompt, id(tok))
+	}
+	want := direct(t, cfg, w, engine.Request{Prompt: prompt, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 10, Seed: 11, StopTokens: []int32{2}}})
+	text := func(ids []int32) string {
+		var b strings.Builder
+		for _, i := range ids {
+			if tok := charTokens[i]; !slices.Contains([]string{"<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>"}, tok) {
+				b.WriteString(tok)
+			}
+		}
+		return b.String()
+	}
+	body := `{"messages": [{"role": "user", "content": "1+2="}], "n": 2, "max_tokens": 10, "seed": 11, "temperature": 1, "logprobs": true}`
+	code, v, _ := post(t, ts.URL+"/v1/chat/completions", body)
+	if code != 200 {
+		t.Fatalf("HTTP %d %v", code, v)
+	}
+	var resp struct {
+		Object  string
+		Choices []struct {
+			Index    int
+			Message  struct{ Role, Content string }
+			TokenIDs []int32 `json:"token_ids"`
+			Logprobs struct {
+				Content []struct{ Logprob float32 }
+			}
+			FinishReason string `json:"finish_reason"`
+		}
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		}
+	}
+	b, _ := json.Marshal(v)
+	json.Unmarshal(b, &resp)
+	if resp.Object != "chat.completion" || len(resp.Choices) != 2 || resp.Usage.PromptTokens != len(prompt) {
+		t.Fatalf("response %s", b)
+	}
+	for k, c := range resp.Choices {
+		smp := want.Samples[k]
+		var lps []float32
+		for _, l := range c.Logprobs.Content {
+			lps = append(lps, l.Logprob)
+		}
+		if c.Index != k || c.Message.Role != "assistant" || c.Message.Content != text(smp.Tokens) || !slices.Equal(c.TokenIDs, smp.Tokens) ||
+			!slices.Equal(lps, smp.LogProbs) || c.FinishReason != string(smp.Finish) {
+			t.Errorf("choice %d: served %+v, engine %v %v %s (text %q)", k, c, smp.Tokens, smp.LogProbs, smp.Finish, text(smp.Tokens))
+		}
+	}
+	// Streamed.
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
+	req.Header.Set("Authorization", "Bearer sekret")
+	sresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	content, ids := make([]string, 2), make([][]int32, 2)
+	sc := bufio.NewScanner(sresp.Body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || line == "[DONE]" {
+			continue
+		}
+		var chunk struct {
+			Object  string
+			Choices []struct {
+				Index    int
+				Delta    struct{ Content string }
+				TokenIDs []int32 `json:"token_ids"`
+			}
+		}
+		if err := json.Unmarshal([]byte(line), &chunk); err != nil || chunk.Object != "chat.completion.chunk" {
+			t.Fatalf("chunk %s: %v", line, err)
+		}
+		for _, c := range chunk.Choices {
+			content[c.Index] += c.Delta.Content
+			ids[c.Index] = append(ids[c.Index], c.TokenIDs...)
+		}
+	}
+	for k, smp := range want.Samples {
+		if content[k] != text(smp.Tokens) || !slices.Equal(ids[k], smp.Tokens) {
+			t.Errorf("streamed choice %d: %q %v, engine %q %v", k, content[k], ids[k], text(smp.Tokens), smp.Tokens)
+		}
+	}
+	for _, tc := range []struct{ body, param string }{
+		{`{"messages": []}`, "messages"},
+		{`{"messages": [{"role": "robot", "content": "x"}]}`, "messages[0].role"},
+		{`{"messages": [{"role": "user", "content": 7}]}`, "messages[0].content"},
+		{`{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}`, "top_logprobs"},
+		{`{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}`, "max_tokens"},
+	} {
+		code, v, _ := post(t, ts.URL+"/v1/chat/completions", tc.body)
+		if e, _ := v["error"].(map[string]any); code != 400 || e == nil || e["param"] != tc.param {
+			t.Errorf("%s: HTTP %d %v, want 400 naming %q", tc.body, code, v, tc.param)
+		}
+	}
+}
+
 // TestBadRequests: each malformed or out-of-bounds request gets a 400 (413 for a body over
 // the limit) with an OpenAI error object naming the field, and the server keeps serving.
 func TestBadRequests(t *testing.T) {
@@ -263,10 +387,10 @@ func TestBadRequests(t *testing.T) {
 		{`{"prompt": [1, 2], "temperature": -0.5}`, "temperature"},
 		{`{"prompt": [1, 2], "top_p": 0}`, "top_p"},
 		{`{"prompt": [1, 2], "top_k": -3}`, "top_k"},
-		{`{"prompt": [1, 32]}`, "prompt"},
+		{`{"prompt": [1, 51]}`, "prompt"},
 		{`{"prompt": [1, -1]}`, "prompt"},
 		{`{"prompt": [[1], [2, 99]]}`, "prompt[1]"},
-		{`{"prompt": [1, 2], "stop_token_ids": [40]}`, "stop_token_ids"},
+		{`{"prompt": [1, 2], "stop_token_ids": [60]}`, "stop_token_ids"},
 		{`{"prompt": "hello"}`, "prompt"}, // no tokenizer: ids only
 		{`{"prompt": [1.5]}`, "prompt"},
 		{`{"prompt": {}}`, "prompt"},
