@@ -28,27 +28,34 @@ func collect(t *testing.T, j *Job, n int) (Result, error) {
 
 func schedRequests() []Request {
 	return []Request{
-		{Prompt: []int32{1, 2, 3}, Params: SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 20, Seed: 7}},
+		{Prompt: []int32{1, 2, 3}, Params: SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 300, Seed: 7}},
 		{Prompt: []int32{9, 8, 7, 6, 5}, Params: SamplingParams{N: 2, Temperature: 0.7, MaxNewTokens: 12, Seed: 1}},
 		{Prompt: []int32{4}, Params: SamplingParams{N: 1, MaxNewTokens: 16}},
 		{Prompt: []int32{5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, Params: SamplingParams{N: 4, Temperature: 1, MaxNewTokens: 8, Seed: 3}},
 	}
 }
 
-// TestSchedulerMatchesGenerate: requests submitted at staggered times, joining a running
-// batch, stream exactly the tokens and log-probs the Generator gives each one alone.
+// TestSchedulerMatchesGenerate: requests submitted while a long one runs join its batch (the
+// scheduler takes fewer forward passes than the requests need one after another) and stream
+// exactly the tokens and log-probs the Generator gives each one alone.
 func TestSchedulerMatchesGenerate(t *testing.T) {
 	g := loadGolden(t, "qwen2")
 	m := g.model(t, F32)
 	reqs := schedRequests()
 	gen := newGen(t, m, GeneratorOptions{})
 	want := make([]Result, len(reqs))
+	alone := uint64(0) // forward passes one after another: one per token of the longest sample
 	for i, r := range reqs {
 		res, err := gen.Generate(context.Background(), []Request{r})
 		if err != nil {
 			t.Fatal(err)
 		}
 		want[i] = res[0]
+		longest := 0
+		for _, smp := range res[0].Samples {
+			longest = max(longest, len(smp.Tokens))
+		}
+		alone += uint64(longest)
 	}
 	s, err := NewScheduler(m, 1, SchedulerOptions{})
 	if err != nil {
@@ -61,7 +68,12 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * 3 * time.Millisecond) // arrive while others decode
+			if i > 0 { // arrive while the first one decodes
+				for s.Stats().Running == 0 {
+					time.Sleep(100 * time.Microsecond)
+				}
+				time.Sleep(time.Duration(i) * time.Millisecond)
+			}
 			j, err := s.Submit(context.Background(), r)
 			if err != nil {
 				t.Error(err)
@@ -81,9 +93,14 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 			}
 		}
 	}
-	if st := s.Stats(); st.KVBlocksUsed != 0 || st.Running != 0 || st.TokensGenerated == 0 {
+	st := s.Stats()
+	if st.KVBlocksUsed != 0 || st.Running != 0 || st.TokensGenerated == 0 {
 		t.Errorf("after the requests: %+v", st)
 	}
+	if st.Steps >= alone {
+		t.Errorf("%d forward passes for requests needing %d one after another: no batching", st.Steps, alone)
+	}
+	t.Logf("%d forward passes (one after another: %d)", st.Steps, alone)
 }
 
 // TestSchedulerCancelAndLimits: a cancelled request ends with its context's error and frees
