@@ -24,7 +24,9 @@ import (
 	"github.com/prolong-rl/prolong/grpo"
 )
 
-// Client sends rollout requests to one or more servers. It implements grpo.RolloutSource:
+// Client sends rollout requests to one or more servers, each to the server with the fewest of
+// its requests in flight (least-loaded, ties round-robin), retrying on 429 and 503 after the
+// server's Retry-After. It implements grpo.RolloutSource:
 // prompt i of a call is one request with n samples and seed p.Seed + i, as grpo.EngineRollouts
 // seeds them, so a server running the same weights returns the same tokens as the engine.
 type Client struct {
@@ -44,6 +46,9 @@ type Client struct {
 
 	next    atomic.Uint64
 	version atomic.Uint64
+	retries atomic.Uint64
+	once    sync.Once
+	load    []atomic.Int64 // requests in flight per server
 }
 
 // New returns a client for the servers.
@@ -120,7 +125,10 @@ func (c *Client) Rollout(ctx context.Context, prompts []grpo.Prompt, p engine.Sa
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			url := c.URLs[c.next.Add(1)%uint64(len(c.URLs))]
+			k := c.pick()
+			c.load[k].Add(1)
+			defer c.load[k].Add(-1)
+			url := c.URLs[k]
 			req := completionRequest{Model: c.Model, Prompt: pr.Tokens, N: n, Temperature: p.Temperature, TopP: p.TopP,
 				TopK: p.TopK, MaxTokens: p.MaxNewTokens, Seed: p.Seed + uint64(i), StopTokenIDs: p.StopTokens, Logprobs: 1, IgnoreEOS: true}
 			if req.TopP == 0 {
@@ -143,6 +151,24 @@ func (c *Client) Rollout(ctx context.Context, prompts []grpo.Prompt, p engine.Sa
 	}
 	return out, nil
 }
+
+// pick chooses the server with the fewest of this client's requests in flight, ties going
+// round-robin.
+func (c *Client) pick() int {
+	c.once.Do(func() { c.load = make([]atomic.Int64, len(c.URLs)) })
+	n := len(c.URLs)
+	start := int(c.next.Add(1) % uint64(n))
+	best := start
+	for k := 1; k < n; k++ {
+		if i := (start + k) % n; c.load[i].Load() < c.load[best].Load() {
+			best = i
+		}
+	}
+	return best
+}
+
+// Retries is the number of requests retried so far because a server answered 429 or 503.
+func (c *Client) Retries() uint64 { return c.retries.Load() }
 
 // complete sends one request, retrying while the server is at capacity.
 func (c *Client) complete(ctx context.Context, url string, req completionRequest) ([]engine.Sample, error) {
@@ -177,6 +203,7 @@ func (c *Client) complete(ctx context.Context, url string, req completionRequest
 			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
 				wait = time.Duration(s) * time.Second
 			}
+			c.retries.Add(1)
 			select {
 			case <-time.After(wait):
 				continue

@@ -4,11 +4,17 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
@@ -46,10 +52,10 @@ func startServers(t *testing.T, dir string, count int) []string {
 	return urls
 }
 
-// TestRemoteEqualsEngine: rollouts from two rollout servers equal the in-process engine's for
-// the same seed, token for token and log-prob for log-prob (the client retries through 429s:
-// each server serves only 4 requests at once); after PushWeights they equal the engine's on
-// the new weights.
+// TestRemoteEqualsEngine: rollouts from two rollout servers (both used) equal the in-process
+// engine's for the same seed, token for token and log-prob for log-prob; after PushWeights they
+// equal the engine's on the new weights and report its version; through 429s the client waits
+// the Retry-After asked and gets the same rollouts; errors name the server and the prompt.
 func TestRemoteEqualsEngine(t *testing.T) {
 	cfg := &engine.Config{ModelType: "qwen2", VocabSize: 24, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
 		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
@@ -99,6 +105,18 @@ func TestRemoteEqualsEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("version 1", got, engineRollouts(w1))
+	// Both servers served (least-loaded spreads the prompts).
+	for _, u := range c.URLs {
+		resp, err := http.Get(u + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(m), `prolong_requests_total{code="200",endpoint="completions"}`) {
+			t.Errorf("%s served no completions", u)
+		}
+	}
 
 	w2 := engine.RandomWeights(cfg, 2, 0.3)
 	if err := c.PushWeights(context.Background(), w2, 7); err != nil {
@@ -112,6 +130,32 @@ func TestRemoteEqualsEngine(t *testing.T) {
 	if c.WeightVersion() != 7 {
 		t.Errorf("weight version %d, want 7", c.WeightVersion())
 	}
+	// Retries: a front that answers the first two completions with 429 and Retry-After: 1, as
+	// a server at capacity does, and passes the rest to the real server. The client waits the
+	// second the server asks and then gets the same rollouts.
+	target, _ := url.Parse(c.URLs[0])
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int32
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/completions" && refused.Add(1) <= 2 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(429)
+			io.WriteString(w, `{"error": {"message": "server at capacity; retry after a second", "type": "rate_limit_error", "code": "too_many_requests"}}`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	rc := &Client{URLs: []string{front.URL}, APIKey: "k", Concurrency: 1}
+	t0 := time.Now()
+	got, err = rc.Rollout(context.Background(), prompts[:3], p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(t0); rc.Retries() != 2 || waited < 2*time.Second {
+		t.Errorf("%d retries after %v, want 2 after at least the 2 s asked", rc.Retries(), waited)
+	}
+	check("through 429s", got, engineRollouts(w2)[:3])
 	// Errors name the server and the prompt.
 	bad := &Client{URLs: []string{c.URLs[0]}, APIKey: "k"}
 	_, err = bad.Rollout(context.Background(), []grpo.Prompt{{Tokens: []int32{1, 500}}}, p)
