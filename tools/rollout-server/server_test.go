@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
@@ -454,6 +455,40 @@ func TestAuthAndCapacity(t *testing.T) {
 	noKey.addr = "0.0.0.0:0"
 	if _, err := newServer(noKey); err == nil || !strings.Contains(err.Error(), "api-key") {
 		t.Errorf("non-loopback without a key: %v", err)
+	}
+}
+
+// TestDisconnectCancels: a client that goes away mid-stream has its sequences cancelled and
+// their KV blocks freed long before its max_tokens would have been generated.
+func TestDisconnectCancels(t *testing.T) {
+	dir := t.TempDir()
+	cfg := tinyConfig(len(charTokens))
+	cfg.MaxPositionEmbeddings = 8192
+	if err := checkpoints.Save(dir, cfg, engine.RandomWeights(cfg, 13, 0.3), checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(dir)
+	o.maxTokens = 8000
+	s, ts := startServer(t, o)
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "n": 2, "max_tokens": 8000, "ignore_eos": true, "stream": true}`))
+	req.Header.Set("Authorization", "Bearer sekret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufio.NewReader(resp.Body).ReadString('\n') // it runs
+	resp.Body.Close()                           // and the client leaves
+	deadline := time.Now().Add(10 * time.Second)
+	for st := s.sched.Stats(); st.Running > 0 || st.KVBlocksUsed > 0; st = s.sched.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still running 10 s after the client left: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := s.sched.Stats(); st.TokensGenerated >= 16000 {
+		t.Errorf("all %d tokens generated: the disconnect did not cancel", st.TokensGenerated)
+	} else {
+		t.Logf("cancelled after %d of 16000 tokens", st.TokensGenerated)
 	}
 }
 
