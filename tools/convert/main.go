@@ -126,6 +126,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.to == "onnx" && dtype != checkpoints.F32 {
 		return errors.New("--dtype applies to safetensors output; the ONNX written is f32")
 	}
+	if err := checkOutput(o.in, o.out, o.force); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	lo := modelio.Options{Step: checkpoints.Latest}
 	if o.config != "" {
@@ -151,6 +154,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if m.Kind != "onnx" && o.to == "safetensors" {
 		return fmt.Errorf("-i %s is a training run (%s); tools/export writes its safetensors", o.in, m.Kind)
+	}
+	if o.verify && o.verifyTokens > m.Config.MaxPositionEmbeddings {
+		return fmt.Errorf("--verify-tokens %d: more than the model's max_position_embeddings %d", o.verifyTokens, m.Config.MaxPositionEmbeddings)
 	}
 	// One step per tensor (checked before anything is written), then one per stage.
 	stages := 2
@@ -192,7 +198,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			bar.Add(1)
 		}
-		return nil
+		return shareable(tmp)
 	})
 	bar.Finish()
 	if err != nil {

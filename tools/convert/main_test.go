@@ -288,6 +288,10 @@ func TestBadInput(t *testing.T) {
 		{"safetensors to safetensors", []string{"-i", hf, "-o", x}, "is a safetensors model already"},
 		{"onnx to onnx", []string{"-i", fixture("qwen2_past"), "-o", x, "--to", "onnx"}, "is ONNX already"},
 		{"unknown flag", []string{"-i", hf, "-o", x, "--too", "onnx"}, "unknown flag: --too"},
+		{"output is a file", []string{"-i", hf, "-o", filepath.Join(existing, "model.safetensors"), "--to", "onnx"}, "-o " + filepath.Join(existing, "model.safetensors") + " exists and is not a directory"},
+		{"--force onto the input", []string{"-i", hf, "-o", hf, "--to", "onnx", "--force"}, "-o " + hf + " holds the input " + hf},
+		{"--force onto the input's directory", []string{"-i", filepath.Join(existing, "..", "..", "hf"), "-o", dir, "--to", "onnx", "--force"}, "-o " + dir + " holds the input"},
+		{"--verify-tokens past the model", []string{"-i", hf, "-o", x, "--to", "onnx", "--verify", "--verify-tokens", "5000"}, "--verify-tokens 5000: more than the model's max_position_embeddings 512"},
 	} {
 		o, err := convert(t, tc.args...)
 		t.Logf("%s: %v", tc.name, err)
@@ -297,6 +301,9 @@ func TestBadInput(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(existing, "model.safetensors")); string(b) != "mine" {
 		t.Error("the existing output directory was overwritten")
+	}
+	if b, _ := os.ReadFile(filepath.Join(hf, "model.safetensors")); !bytes.Equal(b, st) {
+		t.Error("a refused --force onto the input changed the input")
 	}
 	if entries, _ := os.ReadDir(outs); len(entries) != 1 {
 		t.Errorf("failed conversions left %d entries in %s, want only existing/", len(entries), outs)
@@ -311,6 +318,39 @@ func TestBadInput(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(outs); len(entries) != 1 {
 		t.Errorf("--force left %d entries in %s", len(entries), outs)
+	}
+}
+
+// TestModes: the output directory and its files get the modes new ones get under the umask
+// (as checkpoints.Save's do), not the owner-only modes of the temporary directory.
+func TestModes(t *testing.T) {
+	dir := t.TempDir()
+	probe := filepath.Join(dir, "probe")
+	if err := os.Mkdir(probe, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(probe)
+	wantDir := st.Mode().Perm()
+	if f, err := os.Create(filepath.Join(probe, "f")); err == nil {
+		f.Close()
+	}
+	st, _ = os.Stat(filepath.Join(probe, "f"))
+	wantFile := st.Mode().Perm()
+	mustConvert(t, "-i", fixture("qwen3_past_ext"), "-o", dir+"/hf", "--max-position-embeddings", "512")
+	mustConvert(t, "-i", dir+"/hf", "-o", dir+"/onnx", "--to", "onnx")
+	for _, out := range []string{"hf", "onnx"} {
+		entries, _ := os.ReadDir(filepath.Join(dir, out))
+		if len(entries) < 3 {
+			t.Fatalf("%s: %d files", out, len(entries))
+		}
+		if st, _ := os.Stat(filepath.Join(dir, out)); st.Mode().Perm() != wantDir {
+			t.Errorf("%s/ has mode %v, want %v", out, st.Mode().Perm(), wantDir)
+		}
+		for _, e := range entries {
+			if info, _ := e.Info(); info.Mode().Perm() != wantFile {
+				t.Errorf("%s/%s has mode %v, want %v", out, e.Name(), info.Mode().Perm(), wantFile)
+			}
+		}
 	}
 }
 

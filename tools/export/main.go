@@ -127,6 +127,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkOutput(o.in, o.out, o.force); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	if !o.quiet {
 		fmt.Fprintf(stderr, "reading %s\n", o.in)
@@ -166,7 +169,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		noTokenizer = !slices.Contains(copied, "tokenizer.json")
 		if o.verify {
 			bar.Describe("verifying in ONNX Runtime")
-			ids := modelio.SampleTokens(m.Config, 16)
+			ids := modelio.SampleTokens(m.Config, min(16, m.Config.MaxPositionEmbeddings))
 			d, err := modelio.Verify(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, ids)
 			if err != nil {
 				return fmt.Errorf("--verify: %w", err)
@@ -177,7 +180,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		bar.Add(1)
-		return nil
+		return shareable(tmp)
 	})
 	bar.Finish()
 	if err != nil {

@@ -247,6 +247,8 @@ func TestBadInput(t *testing.T) {
 		{"step of another dir", []string{"-i", filepath.Join(fixtureRun, "state", checkpoints.StepDirName(2)), "-o", x, "--step", "4"}, "--step 4"},
 		{"step of a model dir", []string{"-i", hf, "-o", x, "--step", "2"}, "is a model directory"},
 		{"verify without onnx", []string{"-i", fixtureRun, "-o", x, "--format", "safetensors", "--verify"}, "add onnx to --format"},
+		{"output is a file", []string{"-i", fixtureRun, "-o", filepath.Join(existing, "model.safetensors")}, "-o " + filepath.Join(existing, "model.safetensors") + " exists and is not a directory"},
+		{"--force onto the input", []string{"-i", hf, "-o", hf, "--dtype", "bf16", "--force"}, "-o " + hf + " holds the input " + hf},
 	} {
 		o, err := export(t, tc.args...)
 		t.Logf("%s: %v", tc.name, err)
@@ -256,6 +258,9 @@ func TestBadInput(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(existing, "model.safetensors")); string(b) != "mine" {
 		t.Error("the existing output directory was overwritten")
+	}
+	if b, _ := os.ReadFile(filepath.Join(hf, "model.safetensors")); !bytes.Equal(b, st) {
+		t.Error("a refused --force onto the input changed the input")
 	}
 	entries, _ := os.ReadDir(outs)
 	if len(entries) != 1 {
@@ -268,6 +273,36 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameWeights(t, "--force", w, fixturePolicy(4))
+}
+
+// TestModes: the output directory and its files get the modes new ones get under the umask,
+// not the owner-only modes of the temporary directory (nor model.onnx's as onnx.Export makes it).
+func TestModes(t *testing.T) {
+	dir := t.TempDir()
+	probe := filepath.Join(dir, "probe")
+	if err := os.Mkdir(probe, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(probe)
+	wantDir := st.Mode().Perm()
+	if f, err := os.Create(filepath.Join(probe, "f")); err == nil {
+		f.Close()
+	}
+	st, _ = os.Stat(filepath.Join(probe, "f"))
+	wantFile := st.Mode().Perm()
+	for _, format := range []string{"onnx", "safetensors", "onnx,safetensors"} {
+		out := filepath.Join(dir, strings.ReplaceAll(format, ",", "+"))
+		mustExport(t, "-i", fixtureRun, "-o", out, "--format", format)
+		if st, _ := os.Stat(out); st.Mode().Perm() != wantDir {
+			t.Errorf("--format %s: the directory has mode %v, want %v", format, st.Mode().Perm(), wantDir)
+		}
+		entries, _ := os.ReadDir(out)
+		for _, e := range entries {
+			if info, _ := e.Info(); info.Mode().Perm() != wantFile {
+				t.Errorf("--format %s: %s has mode %v, want %v", format, e.Name(), info.Mode().Perm(), wantFile)
+			}
+		}
+	}
 }
 
 // TestHelp: --help shows the usage line, examples and every flag with its explanation.
