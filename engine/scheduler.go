@@ -28,6 +28,10 @@ type Scheduler struct {
 	closed  bool
 	done    chan struct{}
 	stats   SchedulerStats
+
+	// betweenSteps, when set (by tests), runs after each step with the step count, while the
+	// lock is released: a test holds the loop there to submit or cancel at a known step.
+	betweenSteps func(step uint64)
 }
 
 // SchedulerOptions size a Scheduler.
@@ -226,7 +230,11 @@ func (s *Scheduler) loop() {
 		}
 		s.emit()
 		// Let submitters and readers in between steps.
+		hook, step := s.betweenSteps, s.stats.Steps
 		s.mu.Unlock()
+		if hook != nil {
+			hook(step)
+		}
 		s.mu.Lock()
 	}
 }

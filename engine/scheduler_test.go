@@ -35,9 +35,26 @@ func schedRequests() []Request {
 	}
 }
 
-// TestSchedulerMatchesGenerate: requests submitted while a long one runs join its batch (the
-// scheduler takes fewer forward passes than the requests need one after another) and stream
-// exactly the tokens and log-probs the Generator gives each one alone.
+// holdAt makes the scheduler's loop stop after the given steps: each time it reaches one, it
+// sends the step on the returned channel and waits for a value on resume. Submissions made
+// while it waits join the batch at the next step, whatever the machine's speed.
+func holdAt(s *Scheduler, steps ...uint64) (at <-chan uint64, resume chan<- struct{}) {
+	atc, res := make(chan uint64), make(chan struct{})
+	s.mu.Lock()
+	s.betweenSteps = func(step uint64) {
+		if slices.Contains(steps, step) {
+			atc <- step
+			<-res
+		}
+	}
+	s.mu.Unlock()
+	return atc, res
+}
+
+// TestSchedulerMatchesGenerate: requests submitted while a long one runs (after its 1st, 4th
+// and 9th forward pass) join its batch (the scheduler takes fewer forward passes than the
+// requests need one after another) and stream exactly the tokens and log-probs the Generator
+// gives each one alone.
 func TestSchedulerMatchesGenerate(t *testing.T) {
 	g := loadGolden(t, "qwen2")
 	m := g.model(t, F32)
@@ -57,32 +74,35 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 		}
 		alone += uint64(longest)
 	}
+	if n := len(want[0].Samples[0].Tokens); n != 300 {
+		t.Fatalf("the first request stops after %d tokens: it must outlast the others' arrival", n)
+	}
 	s, err := NewScheduler(m, 1, SchedulerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	at, resume := holdAt(s, 1, 4, 9)
 	var wg sync.WaitGroup
 	got := make([]Result, len(reqs))
-	for i, r := range reqs {
+	submit := func(i int) {
+		j, err := s.Submit(context.Background(), reqs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if i > 0 { // arrive while the first one decodes
-				for s.Stats().Running == 0 {
-					time.Sleep(100 * time.Microsecond)
-				}
-				time.Sleep(time.Duration(i) * time.Millisecond)
-			}
-			j, err := s.Submit(context.Background(), r)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if got[i], err = collect(t, j, max(1, r.Params.N)); err != nil {
+			if got[i], err = collect(t, j, max(1, reqs[i].Params.N)); err != nil {
 				t.Error(err)
 			}
 		}()
+	}
+	submit(0)
+	for i := 1; i < len(reqs); i++ { // arrive while the first one decodes
+		<-at
+		submit(i)
+		resume <- struct{}{}
 	}
 	wg.Wait()
 	for i := range reqs {
@@ -97,14 +117,16 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 	if st.KVBlocksUsed != 0 || st.Running != 0 || st.TokensGenerated == 0 {
 		t.Errorf("after the requests: %+v", st)
 	}
-	if st.Steps >= alone {
-		t.Errorf("%d forward passes for requests needing %d one after another: no batching", st.Steps, alone)
+	// The first request alone takes 300 passes; the others, joining it, add none.
+	if st.Steps != 300 || st.Steps >= alone {
+		t.Errorf("%d forward passes for requests needing %d one after another (want 300: the later ones ride in the first one's batch)", st.Steps, alone)
 	}
 	t.Logf("%d forward passes (one after another: %d)", st.Steps, alone)
 }
 
-// TestSchedulerCancelAndLimits: a cancelled request ends with its context's error and frees
-// its KV blocks; the queue bound and bad requests are refused at Submit.
+// TestSchedulerCancelAndLimits: a request cancelled while it runs ends with its context's
+// error and frees its KV blocks, and the request queued behind it then runs; the queue bound
+// and bad requests are refused at Submit.
 func TestSchedulerCancelAndLimits(t *testing.T) {
 	g := loadGolden(t, "qwen2")
 	m := g.model(t, F32)
@@ -113,41 +135,38 @@ func TestSchedulerCancelAndLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	at, resume := holdAt(s, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	long := Request{Prompt: []int32{1, 2}, Params: SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 60, Seed: 1}}
 	j, err := s.Submit(ctx, long)
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-j.Events // it runs
-	// It holds both sequences: the next request waits in the generator's queue, and the one
-	// after that finds the queue full.
+	<-at // it has run one step and holds both sequences
 	waiting, err := s.Submit(context.Background(), Request{Prompt: []int32{3}, Params: SamplingParams{MaxNewTokens: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for s.Stats().Queued == 0 {
-		time.Sleep(time.Millisecond)
+	if st := s.Stats(); st.Queued != 1 || st.Running != 2 || st.KVBlocksUsed == 0 {
+		t.Errorf("with one request running and one queued: %+v", st)
 	}
-	deadline := time.Now().Add(time.Second)
-	for {
-		_, err = s.Submit(context.Background(), Request{Prompt: []int32{3}, Params: SamplingParams{MaxNewTokens: 2}})
-		if errors.Is(err, ErrQueueFull) || time.Now().After(deadline) {
-			break
-		}
-	}
-	if !errors.Is(err, ErrQueueFull) {
+	if _, err = s.Submit(context.Background(), Request{Prompt: []int32{3}, Params: SamplingParams{MaxNewTokens: 2}}); !errors.Is(err, ErrQueueFull) {
 		t.Errorf("third request: %v, want ErrQueueFull", err)
 	}
 	cancel()
-	if _, err := collect(t, j, 2); !errors.Is(err, context.Canceled) {
+	resume <- struct{}{}
+	res, err := collect(t, j, 2)
+	if !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled request ended with %v", err)
 	}
-	if _, err := collect(t, waiting, 1); err != nil {
-		t.Errorf("the waiting request: %v", err)
+	if n := len(res.Samples[0].Tokens); n != 1 {
+		t.Errorf("cancelled after one step, the request streamed %d tokens", n)
 	}
-	if st := s.Stats(); st.KVBlocksUsed != 0 {
-		t.Errorf("KV blocks still used after cancel: %+v", st)
+	if r, err := collect(t, waiting, 1); err != nil || len(r.Samples[0].Tokens) != 2 {
+		t.Errorf("the waiting request: %v, %v", r, err)
+	}
+	if st := s.Stats(); st.KVBlocksUsed != 0 || st.Queued != 0 || st.Running != 0 {
+		t.Errorf("KV blocks or requests left after cancel: %+v", st)
 	}
 	if _, err := s.Submit(context.Background(), Request{Prompt: []int32{1, 1 << 20}, Params: SamplingParams{MaxNewTokens: 2}}); err == nil {
 		t.Error("token id out of range accepted")
