@@ -63,9 +63,11 @@ model.safetensors.index.json when large), config.json and generation_config.json
 safetensors -> ONNX writes OUTDIR/model.onnx (optimum's KV-cache inputs and outputs; weights in
 model.onnx.data beside it when over 2 GiB), config.json and generation_config.json.
 
-OUTDIR is built under a temporary name and renamed when complete: a failed conversion leaves
-nothing behind. An existing non-empty OUTDIR is an error unless --force. The exit status is 0
-on success and 1 on any error (the error names the file, tensor, field or flag at fault).
+OUTDIR is built under a temporary name and renamed when complete: a failed or interrupted
+(Ctrl-C, SIGTERM) conversion leaves nothing behind. An existing non-empty OUTDIR is an error
+unless --force, which replaces it only once the new one is complete (and refuses an OUTDIR that
+holds the input). The exit status is 0 on success, 1 on any error (the error names the file,
+tensor, field or flag at fault), and 130 or 143 when stopped by SIGINT or SIGTERM.
 
 Examples:
   go run ./tools/convert -i model.onnx -o hf/                     ONNX -> safetensors (f32)
@@ -93,7 +95,11 @@ Flags:
 }
 
 func main() {
+	removeOnSignal("convert")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if stopping.Load() {
+			select {} // the signal handler exits
+		}
 		if !errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "convert:", err)
 			os.Exit(1)
@@ -170,6 +176,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
+		startBuild(tmp)
 		bar.Describe("writing " + o.to)
 		if o.to == "safetensors" {
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
@@ -198,8 +205,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			bar.Add(1)
 		}
-		return shareable(tmp)
+		if err := shareable(tmp); err != nil {
+			return err
+		}
+		endBuild()
+		return nil
 	})
+	doneBuild()
 	bar.Finish()
 	if err != nil {
 		return err

@@ -58,9 +58,11 @@ CHECKPOINT is
 --weights reference exports a run state's reference policy (the KL anchor) instead of the
 policy.
 
-OUTDIR is built under a temporary name and renamed when complete: a failed export leaves nothing
-behind. An existing non-empty OUTDIR is an error unless --force. The exit status is 0 on success
-and 1 on any error (the error names the file, tensor, field or flag at fault).
+OUTDIR is built under a temporary name and renamed when complete: a failed or interrupted
+(Ctrl-C, SIGTERM) export leaves nothing behind. An existing non-empty OUTDIR is an error
+unless --force, which replaces it only once the new one is complete (and refuses an OUTDIR that
+holds the input). The exit status is 0 on success, 1 on any error (the error names the file,
+tensor, field or flag at fault), and 130 or 143 when stopped by SIGINT or SIGTERM.
 
 Examples:
   go run ./tools/export -i runs/mine -o release/ --verify           latest step, both formats, checked in ONNX Runtime
@@ -87,7 +89,11 @@ Flags:
 }
 
 func main() {
+	removeOnSignal("export")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if stopping.Load() {
+			select {} // the signal handler exits
+		}
 		if !errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "export:", err)
 			os.Exit(1)
@@ -146,6 +152,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
+		startBuild(tmp)
 		if slices.Contains(o.formats, "safetensors") {
 			bar.Describe("writing model.safetensors")
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
@@ -180,8 +187,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		bar.Add(1)
-		return shareable(tmp)
+		if err := shareable(tmp); err != nil {
+			return err
+		}
+		endBuild()
+		return nil
 	})
+	doneBuild()
 	bar.Finish()
 	if err != nil {
 		return err
