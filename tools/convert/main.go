@@ -156,7 +156,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-i %s is ONNX already; --to onnx converts from safetensors", o.in)
 	}
 	if m.Kind == "safetensors" && o.to == "safetensors" {
-		return fmt.Errorf("-i %s is a safetensors model already; use --to onnx, or tools/export to change its dtype", o.in)
+		hint := "use --to onnx, or tools/export to change its dtype"
+		if _, err := os.Stat(filepath.Join(o.in, "model.onnx")); err == nil {
+			hint = "to convert the model.onnx beside it, give -i " + filepath.Join(o.in, "model.onnx")
+		}
+		return fmt.Errorf("-i %s is a safetensors model already; %s", o.in, hint)
 	}
 	if m.Kind != "onnx" && o.to == "safetensors" {
 		return fmt.Errorf("-i %s is a training run (%s); tools/export writes its safetensors", o.in, m.Kind)

@@ -255,6 +255,7 @@ func TestBadInput(t *testing.T) {
 	}
 	wrongConfig := model("wrong", map[string][]byte{"model.safetensors": st, "config.json": moreLayers})
 	badJSON := model("badjson", map[string][]byte{"model.safetensors": st, "config.json": []byte(`{"model_type": "qwen2",`)})
+	both := model("both", map[string][]byte{"model.safetensors": st, "config.json": cfg, "model.onnx": []byte("not read")})
 	garbageONNX := model("garbage", map[string][]byte{"model.onnx": []byte("this is not a protobuf \xff\xff\xff")})
 	outs := filepath.Join(dir, "outs")
 	existing := filepath.Join(outs, "existing")
@@ -286,6 +287,7 @@ func TestBadInput(t *testing.T) {
 		{"--dtype with --to onnx", []string{"-i", hf, "-o", x, "--to", "onnx", "--dtype", "bf16"}, "--dtype applies to safetensors"},
 		{"--verify-tokens 0", []string{"-i", hf, "-o", x, "--to", "onnx", "--verify-tokens", "0"}, "--verify-tokens 0"},
 		{"safetensors to safetensors", []string{"-i", hf, "-o", x}, "is a safetensors model already"},
+		{"both formats in -i", []string{"-i", both, "-o", x}, "to convert the model.onnx beside it, give -i " + filepath.Join(both, "model.onnx")},
 		{"onnx to onnx", []string{"-i", fixture("qwen2_past"), "-o", x, "--to", "onnx"}, "is ONNX already"},
 		{"unknown flag", []string{"-i", hf, "-o", x, "--too", "onnx"}, "unknown flag: --too"},
 		{"output is a file", []string{"-i", hf, "-o", filepath.Join(existing, "model.safetensors"), "--to", "onnx"}, "-o " + filepath.Join(existing, "model.safetensors") + " exists and is not a directory"},

@@ -144,6 +144,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
+	if m.Kind == "onnx" && (o.step != checkpoints.Latest || o.weights != "policy") {
+		return fmt.Errorf("-i %s is an ONNX model: --step and --weights reference apply to training runs", o.in)
+	}
 	// One step per tensor (checked before anything is written), then one per stage.
 	bar := newBar(o.quiet, stderr, len(m.Weights)+len(o.formats)+1)
 	bar.Describe("checking tensors")
