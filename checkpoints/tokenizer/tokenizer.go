@@ -17,8 +17,6 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
-
-	"golang.org/x/text/unicode/norm"
 )
 
 // File names of a Hugging Face tokenizer in a model directory.
@@ -35,19 +33,23 @@ type Message struct {
 
 // Tokenizer encodes text to token ids and back. It is safe for concurrent use.
 type Tokenizer struct {
-	vocab        map[string]int32
-	tokens       []string // id -> token (vocabulary and added tokens)
-	ranks        map[[2]string]int
-	byteLevel    bool // GPT-2 byte alphabet: split words, map bytes, byte-level decode
-	maxDigits    int  // 1 (Qwen) or 3 (Llama 3); 0: no split pre-tokenizer
+	vocab        map[string]int32 // model.vocab and added tokens
+	modelVocab   map[string]int32 // model.vocab
+	tokens       []string         // id -> token (vocabulary and added tokens)
+	merges       map[[2]int32]merge
+	byteLevel    bool       // GPT-2 byte alphabet: map bytes, byte-level decode
+	byteIDs      [256]int32 // byte-level: the id of each byte's token, -1 if absent
+	maxDigits    int        // 1 (Qwen) or 3 (Llama 3); 0: no split pre-tokenizer
 	nfc          bool
 	ignoreMerges bool
+	fuseUnk      bool
 	unk          int32 // -1: unknown characters are dropped (as tokenizers does without unk_token)
 
-	added    []addedToken // longest first
-	special  map[int32]bool
-	addedIDs map[int32]bool
-	prefix   []int32 // post-processor tokens before the text (Llama 3's <|begin_of_text|>)
+	added        []addedToken // longest first
+	addedByFirst [256][]int   // first byte -> indices into added, longest first
+	special      map[int32]bool
+	addedIDs     map[int32]bool
+	prefix       []int32 // post-processor tokens before the text (Llama 3's <|begin_of_text|>)
 
 	chatTemplate string
 	chatFamily   chatFamily
@@ -69,9 +71,12 @@ type addedToken struct {
 // tokenizerJSON is the part of tokenizer.json this package reads.
 type tokenizerJSON struct {
 	AddedTokens []struct {
-		ID      int32  `json:"id"`
-		Content string `json:"content"`
-		Special bool   `json:"special"`
+		ID         int32  `json:"id"`
+		Content    string `json:"content"`
+		Special    bool   `json:"special"`
+		SingleWord bool   `json:"single_word"`
+		LStrip     bool   `json:"lstrip"`
+		RStrip     bool   `json:"rstrip"`
 	} `json:"added_tokens"`
 	Normalizer    json.RawMessage `json:"normalizer"`
 	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
@@ -83,6 +88,7 @@ type tokenizerJSON struct {
 		Merges       json.RawMessage  `json:"merges"`
 		UnkToken     *string          `json:"unk_token"`
 		IgnoreMerges bool             `json:"ignore_merges"`
+		FuseUnk      bool             `json:"fuse_unk"`
 		ByteFallback bool             `json:"byte_fallback"`
 		Dropout      *float64         `json:"dropout"`
 		Prefix       string           `json:"continuing_subword_prefix"`
@@ -111,57 +117,97 @@ type component struct {
 	} `json:"single"`
 }
 
-// Load reads dir/tokenizer.json and, when present, dir/tokenizer_config.json.
-func Load(dir string) (*Tokenizer, error) {
-	data, err := os.ReadFile(filepath.Join(dir, TokenizerFile))
+// Load reads dir/tokenizer.json and, when present, dir/tokenizer_config.json (chat template,
+// bos and eos tokens).
+func Load(dir string) (*Tokenizer, error) { return LoadFile(filepath.Join(dir, TokenizerFile)) }
+
+// LoadFile reads a tokenizer.json at path and, when present, the tokenizer_config.json beside
+// it.
+func LoadFile(path string) (*Tokenizer, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	cfg, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	cfgPath := filepath.Join(filepath.Dir(path), ConfigFile)
+	cfg, err := os.ReadFile(cfgPath)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	t, err := Parse(data, cfg)
+	t, err := parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, TokenizerFile), err)
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if cfg != nil {
+		if err := t.parseConfig(cfg); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfgPath, err)
+		}
 	}
 	return t, nil
 }
 
-// Parse builds a tokenizer from the bytes of tokenizer.json and of tokenizer_config.json
-// (nil when there is none).
-func Parse(tokenizerJSONBytes, configJSON []byte) (*Tokenizer, error) {
+// Parse builds a tokenizer from the bytes of a tokenizer.json (no chat template, no eos
+// token: those are in tokenizer_config.json, see ParseWithConfig).
+func Parse(tokenizerJSON []byte) (*Tokenizer, error) {
+	t, err := parse(tokenizerJSON)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer.json: %w", err)
+	}
+	return t, nil
+}
+
+// ParseWithConfig builds a tokenizer from the bytes of tokenizer.json and of
+// tokenizer_config.json (nil when there is none).
+func ParseWithConfig(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
+	t, err := Parse(tokenizerJSON)
+	if err != nil {
+		return nil, err
+	}
+	if configJSON != nil {
+		if err := t.parseConfig(configJSON); err != nil {
+			return nil, fmt.Errorf("tokenizer_config.json: %w", err)
+		}
+	}
+	return t, nil
+}
+
+// parse reads tokenizer.json; its errors name the field at fault, not the file.
+func parse(tokenizerJSONBytes []byte) (*Tokenizer, error) {
 	var f tokenizerJSON
 	if err := json.Unmarshal(tokenizerJSONBytes, &f); err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %w", err)
+		return nil, err
 	}
 	m := f.Model
 	switch {
 	case m.Type != "BPE" && m.Type != "":
-		return nil, fmt.Errorf("tokenizer.json: model.type %q is not supported (only BPE)", m.Type)
+		return nil, fmt.Errorf("model.type %q is not supported (only BPE)", m.Type)
 	case m.Type == "" && m.Vocab == nil:
-		return nil, errors.New("tokenizer.json: no model")
+		return nil, errors.New("no model")
 	case m.ByteFallback:
-		return nil, errors.New("tokenizer.json: model.byte_fallback (SentencePiece-style BPE, Llama 2) is not supported")
+		return nil, errors.New("model.byte_fallback (SentencePiece-style BPE, Llama 2) is not supported")
 	case m.Dropout != nil && *m.Dropout != 0:
-		return nil, errors.New("tokenizer.json: model.dropout is not supported")
+		return nil, errors.New("model.dropout is not supported")
 	case m.Prefix != "" || m.Suffix != "":
-		return nil, errors.New("tokenizer.json: model.continuing_subword_prefix / end_of_word_suffix are not supported")
+		return nil, errors.New("model.continuing_subword_prefix / end_of_word_suffix are not supported")
 	}
-	t := &Tokenizer{vocab: map[string]int32{}, ranks: map[[2]string]int{}, special: map[int32]bool{}, addedIDs: map[int32]bool{}, unk: -1,
-		ignoreMerges: m.IgnoreMerges, cache: map[string][]int32{}}
+	t := &Tokenizer{vocab: map[string]int32{}, modelVocab: map[string]int32{}, merges: map[[2]int32]merge{},
+		special: map[int32]bool{}, addedIDs: map[int32]bool{}, unk: -1,
+		ignoreMerges: m.IgnoreMerges, fuseUnk: m.FuseUnk, cache: map[string][]int32{}}
 	t.raw = append([]byte(nil), tokenizerJSONBytes...)
 	maxID := int32(-1)
 	for s, id := range m.Vocab {
 		if id < 0 || id > 1<<24 {
-			return nil, fmt.Errorf("tokenizer.json: model.vocab[%q] = %d is out of range", s, id)
+			return nil, fmt.Errorf("model.vocab[%q] = %d is out of range", s, id)
 		}
 		t.vocab[s] = id
+		t.modelVocab[s] = id
 		maxID = max(maxID, id)
 	}
 	for i, a := range f.AddedTokens {
 		if a.Content == "" || a.ID < 0 || a.ID > 1<<24 {
-			return nil, fmt.Errorf("tokenizer.json: added_tokens[%d]: empty content or id %d out of range", i, a.ID)
+			return nil, fmt.Errorf("added_tokens[%d]: empty content or id %d out of range", i, a.ID)
+		}
+		if a.SingleWord || a.LStrip || a.RStrip {
+			return nil, fmt.Errorf("added_tokens[%d] %q: single_word, lstrip and rstrip are not supported", i, a.Content)
 		}
 		t.vocab[a.Content] = a.ID
 		t.added = append(t.added, addedToken{a.Content, a.ID, a.Special})
@@ -171,10 +217,13 @@ func Parse(tokenizerJSONBytes, configJSON []byte) (*Tokenizer, error) {
 		maxID = max(maxID, a.ID)
 	}
 	sort.SliceStable(t.added, func(i, j int) bool { return len(t.added[i].content) > len(t.added[j].content) })
+	for k, a := range t.added {
+		t.addedByFirst[a.content[0]] = append(t.addedByFirst[a.content[0]], k)
+	}
 	t.tokens = make([]string, maxID+1)
 	for s, id := range m.Vocab {
 		if t.tokens[id] != "" {
-			return nil, fmt.Errorf("tokenizer.json: model.vocab gives id %d to both %q and %q", id, t.tokens[id], s)
+			return nil, fmt.Errorf("model.vocab gives id %d to both %q and %q", id, t.tokens[id], s)
 		}
 		t.tokens[id] = s
 	}
@@ -185,12 +234,19 @@ func Parse(tokenizerJSONBytes, configJSON []byte) (*Tokenizer, error) {
 	if m.UnkToken != nil {
 		id, ok := t.vocab[*m.UnkToken]
 		if !ok {
-			return nil, fmt.Errorf("tokenizer.json: model.unk_token %q is not in the vocabulary", *m.UnkToken)
+			return nil, fmt.Errorf("model.unk_token %q is not in the vocabulary", *m.UnkToken)
 		}
 		t.unk = id
 	}
 	if err := t.parseMerges(m.Merges); err != nil {
 		return nil, err
+	}
+	for b := range t.byteIDs {
+		id, ok := t.modelVocab[string(byteToRune[b])]
+		t.byteIDs[b] = -1
+		if ok {
+			t.byteIDs[b] = id
+		}
 	}
 	if err := t.parseNormalizer(f.Normalizer); err != nil {
 		return nil, err
@@ -204,11 +260,6 @@ func Parse(tokenizerJSONBytes, configJSON []byte) (*Tokenizer, error) {
 	if err := t.parseDecoder(f.Decoder); err != nil {
 		return nil, err
 	}
-	if configJSON != nil {
-		if err := t.parseConfig(configJSON); err != nil {
-			return nil, err
-		}
-	}
 	return t, nil
 }
 
@@ -218,7 +269,7 @@ func (t *Tokenizer) parseMerges(raw json.RawMessage) error {
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(raw, &list); err != nil {
-		return fmt.Errorf("tokenizer.json: model.merges: %w", err)
+		return fmt.Errorf("model.merges: %w", err)
 	}
 	for i, item := range list {
 		var pair [2]string
@@ -226,18 +277,26 @@ func (t *Tokenizer) parseMerges(raw json.RawMessage) error {
 		if err := json.Unmarshal(item, &s); err == nil {
 			a, b, ok := strings.Cut(s, " ")
 			if !ok || a == "" || b == "" {
-				return fmt.Errorf("tokenizer.json: model.merges[%d] = %q is not two tokens separated by a space", i, s)
+				return fmt.Errorf("model.merges[%d] = %q is not two tokens separated by a space", i, s)
 			}
 			pair = [2]string{a, b}
 		} else {
 			var p []string
-			if err := json.Unmarshal(item, &p); err != nil || len(p) != 2 {
-				return fmt.Errorf("tokenizer.json: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]", i)
+			if err := json.Unmarshal(item, &p); err != nil || len(p) != 2 || p[0] == "" || p[1] == "" {
+				return fmt.Errorf("model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]", i)
 			}
 			pair = [2]string{p[0], p[1]}
 		}
-		if _, dup := t.ranks[pair]; !dup {
-			t.ranks[pair] = i
+		var ids [3]int32
+		for k, s := range [3]string{pair[0], pair[1], pair[0] + pair[1]} {
+			id, ok := t.modelVocab[s]
+			if !ok {
+				return fmt.Errorf("model.merges[%d] %q: %q is not in model.vocab", i, pair, s)
+			}
+			ids[k] = id
+		}
+		if _, dup := t.merges[[2]int32{ids[0], ids[1]}]; !dup {
+			t.merges[[2]int32{ids[0], ids[1]}] = merge{rank: int32(i), result: ids[2]}
 		}
 	}
 	return nil
@@ -251,7 +310,7 @@ func (t *Tokenizer) parseNormalizer(raw json.RawMessage) error {
 	}
 	var c component
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer.json: normalizer: %w", err)
+		return fmt.Errorf("normalizer: %w", err)
 	}
 	list := []component{c}
 	if c.Type == "Sequence" {
@@ -259,7 +318,7 @@ func (t *Tokenizer) parseNormalizer(raw json.RawMessage) error {
 	}
 	for _, n := range list {
 		if n.Type != "NFC" {
-			return fmt.Errorf("tokenizer.json: normalizer type %q is not supported (only NFC)", n.Type)
+			return fmt.Errorf("normalizer type %q is not supported (only NFC)", n.Type)
 		}
 		t.nfc = true
 	}
@@ -272,7 +331,7 @@ func (t *Tokenizer) parsePreTokenizer(raw json.RawMessage) error {
 	}
 	var c component
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer.json: pre_tokenizer: %w", err)
+		return fmt.Errorf("pre_tokenizer: %w", err)
 	}
 	list := []component{c}
 	if c.Type == "Sequence" {
@@ -286,30 +345,30 @@ func (t *Tokenizer) parsePreTokenizer(raw json.RawMessage) error {
 				Regex *string `json:"Regex"`
 			}
 			if err := json.Unmarshal(p.Pattern, &pat); err != nil || pat.Regex == nil {
-				return fmt.Errorf("tokenizer.json: %s.pattern: want {\"Regex\": ...}", field)
+				return fmt.Errorf("%s.pattern: want {\"Regex\": ...}", field)
 			}
 			d, ok := splitPatterns[*pat.Regex]
 			if !ok {
-				return fmt.Errorf("tokenizer.json: %s.pattern.Regex %q is not supported (Qwen2/Qwen3 and Llama 3 patterns are)", field, *pat.Regex)
+				return fmt.Errorf("%s.pattern.Regex %q is not supported (Qwen2/Qwen3 and Llama 3 patterns are)", field, *pat.Regex)
 			}
 			if p.Behavior != "Isolated" || p.Invert {
-				return fmt.Errorf("tokenizer.json: %s: behavior %q invert %v is not supported (Isolated, false)", field, p.Behavior, p.Invert)
+				return fmt.Errorf("%s: behavior %q invert %v is not supported (Isolated, false)", field, p.Behavior, p.Invert)
 			}
 			t.maxDigits = d
 		case "ByteLevel":
 			if p.AddPrefix {
-				return fmt.Errorf("tokenizer.json: %s.add_prefix_space is not supported", field)
+				return fmt.Errorf("%s.add_prefix_space is not supported", field)
 			}
 			if p.UseRegex == nil || *p.UseRegex {
-				return fmt.Errorf("tokenizer.json: %s.use_regex (GPT-2's own split) is not supported", field)
+				return fmt.Errorf("%s.use_regex (GPT-2's own split) is not supported", field)
 			}
 			t.byteLevel = true
 		default:
-			return fmt.Errorf("tokenizer.json: %s.type %q is not supported", field, p.Type)
+			return fmt.Errorf("%s.type %q is not supported", field, p.Type)
 		}
 	}
 	if t.maxDigits > 0 && !t.byteLevel {
-		return errors.New("tokenizer.json: pre_tokenizer: a Split without ByteLevel is not supported")
+		return errors.New("pre_tokenizer: a Split without ByteLevel is not supported")
 	}
 	return nil
 }
@@ -320,7 +379,7 @@ func (t *Tokenizer) parsePostProcessor(raw json.RawMessage) error {
 	}
 	var c component
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer.json: post_processor: %w", err)
+		return fmt.Errorf("post_processor: %w", err)
 	}
 	list := []component{c}
 	if c.Type == "Sequence" {
@@ -336,10 +395,10 @@ func (t *Tokenizer) parsePostProcessor(raw json.RawMessage) error {
 				case piece.SpecialToken != nil:
 					id, ok := t.vocab[piece.SpecialToken.ID]
 					if !ok {
-						return fmt.Errorf("tokenizer.json: post_processor: special token %q is not in the vocabulary", piece.SpecialToken.ID)
+						return fmt.Errorf("post_processor: special token %q is not in the vocabulary", piece.SpecialToken.ID)
 					}
 					if seen {
-						return errors.New("tokenizer.json: post_processor: tokens after the text are not supported")
+						return errors.New("post_processor: tokens after the text are not supported")
 					}
 					t.prefix = append(t.prefix, id)
 				case piece.Sequence != nil:
@@ -347,7 +406,7 @@ func (t *Tokenizer) parsePostProcessor(raw json.RawMessage) error {
 				}
 			}
 		default:
-			return fmt.Errorf("tokenizer.json: post_processor type %q is not supported", p.Type)
+			return fmt.Errorf("post_processor type %q is not supported", p.Type)
 		}
 	}
 	return nil
@@ -356,19 +415,19 @@ func (t *Tokenizer) parsePostProcessor(raw json.RawMessage) error {
 func (t *Tokenizer) parseDecoder(raw json.RawMessage) error {
 	if isNull(raw) {
 		if t.byteLevel {
-			return errors.New("tokenizer.json: a byte-level tokenizer without a ByteLevel decoder")
+			return errors.New("a byte-level tokenizer without a ByteLevel decoder")
 		}
 		return nil
 	}
 	var c component
 	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer.json: decoder: %w", err)
+		return fmt.Errorf("decoder: %w", err)
 	}
 	switch {
 	case c.Type == "ByteLevel" && t.byteLevel, c.Type == "Fuse" && !t.byteLevel:
 		return nil
 	}
-	return fmt.Errorf("tokenizer.json: decoder type %q is not supported with this pre-tokenizer", c.Type)
+	return fmt.Errorf("decoder type %q is not supported with this pre-tokenizer", c.Type)
 }
 
 // tokenizerConfig is the part of tokenizer_config.json read here.
@@ -395,13 +454,13 @@ func tokenString(raw json.RawMessage) string {
 func (t *Tokenizer) parseConfig(data []byte) error {
 	var c tokenizerConfig
 	if err := json.Unmarshal(data, &c); err != nil {
-		return fmt.Errorf("tokenizer_config.json: %w", err)
+		return err
 	}
 	t.rawConfig = append([]byte(nil), data...)
 	t.eos, t.bos = tokenString(c.EOS), tokenString(c.BOS)
 	if t.eos != "" {
 		if _, ok := t.vocab[t.eos]; !ok {
-			return fmt.Errorf("tokenizer_config.json: eos_token %q is not in the vocabulary", t.eos)
+			return fmt.Errorf("eos_token %q is not in the vocabulary", t.eos)
 		}
 	}
 	if !isNull(c.ChatTemplate) {
@@ -409,7 +468,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 		if err := json.Unmarshal(c.ChatTemplate, &s); err != nil {
 			var named []struct{ Name, Template string }
 			if err := json.Unmarshal(c.ChatTemplate, &named); err != nil {
-				return errors.New("tokenizer_config.json: chat_template is neither a string nor a list of {name, template}")
+				return errors.New("chat_template is neither a string nor a list of {name, template}")
 			}
 			for _, n := range named {
 				if n.Name == "default" {
@@ -432,6 +491,14 @@ func (t *Tokenizer) TokenID(s string) (int32, bool) {
 	return id, ok
 }
 
+// BOS returns the beginning-of-sequence token of tokenizer_config.json.
+func (t *Tokenizer) BOS() (int32, bool) {
+	if t.bos == "" {
+		return 0, false
+	}
+	return t.TokenID(t.bos)
+}
+
 // EOS returns the end-of-sequence token of tokenizer_config.json.
 func (t *Tokenizer) EOS() (int32, bool) {
 	if t.eos == "" {
@@ -442,120 +509,6 @@ func (t *Tokenizer) EOS() (int32, bool) {
 
 // IsSpecial reports whether id is a special added token (skipped by DecodeSkipSpecial).
 func (t *Tokenizer) IsSpecial(id int32) bool { return t.special[id] }
-
-// Encode turns text into ids as Hugging Face's tokenizer(text) does by default: added tokens
-// (special ones included) are recognised in the text, and the post-processor's tokens (Llama
-// 3's <|begin_of_text|>) are put in front.
-func (t *Tokenizer) Encode(text string) []int32 {
-	return append(append([]int32(nil), t.prefix...), t.EncodePlain(text)...)
-}
-
-// EncodePlain encodes without the post-processor's tokens (add_special_tokens=False), as
-// apply_chat_template(tokenize=True) does: the template already holds them.
-func (t *Tokenizer) EncodePlain(text string) []int32 {
-	var out []int32
-	for len(text) > 0 {
-		// The next added token, leftmost, longest at its position.
-		pos, tok := -1, addedToken{}
-		for _, a := range t.added {
-			if i := strings.Index(text, a.content); i >= 0 && (pos < 0 || i < pos) {
-				pos, tok = i, a
-			}
-		}
-		if pos < 0 {
-			return t.encodeText(text, out)
-		}
-		out = t.encodeText(text[:pos], out)
-		out = append(out, tok.id)
-		text = text[pos+len(tok.content):]
-	}
-	return out
-}
-
-// encodeText encodes a stretch of text without added tokens.
-func (t *Tokenizer) encodeText(text string, out []int32) []int32 {
-	if text == "" {
-		return out
-	}
-	if t.nfc {
-		text = norm.NFC.String(text)
-	}
-	if !t.byteLevel {
-		return t.bpe(text, out)
-	}
-	var words []string
-	if t.maxDigits > 0 {
-		words = splitWords(text, t.maxDigits, nil)
-	} else {
-		words = []string{text}
-	}
-	var b strings.Builder
-	for _, w := range words {
-		b.Reset()
-		for i := 0; i < len(w); i++ {
-			b.WriteRune(byteToRune[w[i]])
-		}
-		out = t.bpe(b.String(), out)
-	}
-	return out
-}
-
-// bpe encodes one pre-token: its characters merged pair by pair, lowest merge rank first.
-func (t *Tokenizer) bpe(word string, out []int32) []int32 {
-	t.mu.Lock()
-	ids, ok := t.cache[word]
-	t.mu.Unlock()
-	if ok {
-		return append(out, ids...)
-	}
-	if id, ok := t.vocab[word]; ok && (t.ignoreMerges || utf8.RuneCountInString(word) == 1) {
-		ids = []int32{id}
-	} else {
-		syms := make([]string, 0, len(word))
-		for _, r := range word {
-			syms = append(syms, string(r))
-		}
-		for len(syms) > 1 {
-			best, at := -1, -1
-			for i := 0; i+1 < len(syms); i++ {
-				if r, ok := t.ranks[[2]string{syms[i], syms[i+1]}]; ok && (best < 0 || r < best) {
-					best, at = r, i
-				}
-			}
-			if at < 0 {
-				break
-			}
-			// Merge every occurrence of the best pair, left to right.
-			a, b := syms[at], syms[at+1]
-			merged := syms[:0:0]
-			for i := 0; i < len(syms); i++ {
-				if i+1 < len(syms) && syms[i] == a && syms[i+1] == b {
-					merged = append(merged, a+b)
-					i++
-				} else {
-					merged = append(merged, syms[i])
-				}
-			}
-			syms = merged
-		}
-		for _, s := range syms {
-			if id, ok := t.vocab[s]; ok {
-				ids = append(ids, id)
-			} else if t.unk >= 0 {
-				ids = append(ids, t.unk)
-			}
-		}
-	}
-	if len(word) <= 256 {
-		t.mu.Lock()
-		if len(t.cache) > 1<<16 {
-			clear(t.cache)
-		}
-		t.cache[word] = ids
-		t.mu.Unlock()
-	}
-	return append(out, ids...)
-}
 
 // Decode turns ids into text; added tokens (special ones included) appear as their text.
 func (t *Tokenizer) Decode(ids []int32) (string, error) { return t.decode(ids, false) }
@@ -688,5 +641,5 @@ func NewCharLevel(tokens []string, special []string, eos string) (*Tokenizer, er
 	if err != nil {
 		return nil, err
 	}
-	return Parse(bytes.TrimSpace(raw), cfg)
+	return ParseWithConfig(bytes.TrimSpace(raw), cfg)
 }

@@ -193,7 +193,7 @@ const tinyJSON = `{
 
 // TestTiny: pre-tokenization, byte mapping, merges by rank and added tokens, worked by hand.
 func TestTiny(t *testing.T) {
-	tok, err := Parse([]byte(tinyJSON), []byte(`{"eos_token": "<|end|>"}`))
+	tok, err := ParseWithConfig([]byte(tinyJSON), []byte(`{"eos_token": "<|end|>"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,13 +301,13 @@ func TestParseErrors(t *testing.T) {
 		if bad == tinyJSON {
 			t.Fatalf("edit %q not applied", tc.edit)
 		}
-		if _, err := Parse([]byte(bad), nil); err == nil {
+		if _, err := Parse([]byte(bad)); err == nil {
 			t.Errorf("accepted with %s", tc.want)
 		} else {
 			t.Logf("%s: %v", tc.want, err)
 		}
 	}
-	if _, err := Parse([]byte(tinyJSON), []byte(`{"eos_token": "<nope>"}`)); err == nil || !strings.Contains(err.Error(), "eos_token") {
+	if _, err := ParseWithConfig([]byte(tinyJSON), []byte(`{"eos_token": "<nope>"}`)); err == nil || !strings.Contains(err.Error(), "eos_token") {
 		t.Errorf("unknown eos: %v", err)
 	}
 }
@@ -317,7 +317,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(tinyJSON), "ab 12\n")
 	f.Add([]byte(`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}`), "aa")
 	f.Fuzz(func(t *testing.T, data []byte, text string) {
-		tok, err := Parse(data, nil)
+		tok, err := Parse(data)
 		if err != nil {
 			return
 		}
@@ -341,7 +341,7 @@ func FuzzEncodeDecode(f *testing.F) {
 		}
 	}
 	full, _ := json.Marshal(doc)
-	tok, err := Parse(full, nil)
+	tok, err := Parse(full)
 	if err != nil {
 		f.Fatal(err)
 	}
