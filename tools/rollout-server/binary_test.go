@@ -69,9 +69,9 @@ func launch(t *testing.T, args ...string) (*exec.Cmd, string) {
 // TestSIGTERM: on SIGTERM the server stops accepting, lets the request in flight finish, and
 // exits with status 0.
 func TestSIGTERM(t *testing.T) {
-	dir, _, _ := modelDir(t, 9, false)
+	dir, _, _ := longModelDir(t, 9) // the request takes about a second: in flight at SIGTERM
 	cmd, url := launch(t, "--model", dir)
-	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(`{"prompt": [1, 2], "max_tokens": 200, "ignore_eos": true, "stream": true}`))
+	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(`{"prompt": [1, 2], "max_tokens": 3000, "ignore_eos": true, "stream": true}`))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +85,9 @@ func TestSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	rest, _ := io.ReadAll(r)
+	if n := strings.Count(string(rest), "data: {"); n != 2999 {
+		t.Errorf("after SIGTERM the in-flight request streamed %d more tokens, want the other 2999", n)
+	}
 	if !strings.Contains(string(rest), `"finish_reason":"length"`) || !strings.HasSuffix(strings.TrimSpace(string(rest)), "data: [DONE]") {
 		t.Errorf("the in-flight request did not finish:\n%.300s", rest)
 	}

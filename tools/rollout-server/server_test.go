@@ -69,6 +69,20 @@ func modelDir(t testing.TB, seed uint64, tok bool) (string, *engine.Config, map[
 	return dir, cfg, w
 }
 
+// longModelDir writes a random tiny model without a tokenizer whose 8192 positions let a
+// request run for seconds: long enough to still be in flight when a test acts on it.
+func longModelDir(t testing.TB, seed uint64) (string, *engine.Config, map[string]engine.HostTensor) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := tinyConfig(len(charTokens))
+	cfg.MaxPositionEmbeddings = 8192
+	w := engine.RandomWeights(cfg, seed, 0.3)
+	if err := checkpoints.Save(dir, cfg, w, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return dir, cfg, w
+}
+
 func testOptions(dir string) options {
 	var o options
 	fs := newFlags(&o)
@@ -423,9 +437,9 @@ func TestBadRequests(t *testing.T) {
 // TestAuthAndCapacity: the API key guards the API, the weights endpoint needs it always, and
 // a request beyond --max-concurrent gets 429 with Retry-After.
 func TestAuthAndCapacity(t *testing.T) {
-	dir, _, _ := modelDir(t, 4, false)
+	dir, _, _ := longModelDir(t, 4)
 	o := testOptions(dir)
-	o.maxConcurrent = 1
+	o.maxConcurrent, o.maxTokens = 1, 8000
 	_, ts := startServer(t, o)
 	resp, _ := http.Post(ts.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt": [1]}`))
 	if resp.StatusCode != 401 {
@@ -433,7 +447,7 @@ func TestAuthAndCapacity(t *testing.T) {
 	}
 	resp.Body.Close()
 	// One long streamed request holds the only slot.
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "max_tokens": 200, "stream": true, "stop_token_ids": [], "ignore_eos": true}`))
+	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "max_tokens": 8000, "stream": true, "stop_token_ids": [], "ignore_eos": true}`))
 	req.Header.Set("Authorization", "Bearer sekret")
 	long, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -461,12 +475,7 @@ func TestAuthAndCapacity(t *testing.T) {
 // TestDisconnectCancels: a client that goes away mid-stream has its sequences cancelled and
 // their KV blocks freed long before its max_tokens would have been generated.
 func TestDisconnectCancels(t *testing.T) {
-	dir := t.TempDir()
-	cfg := tinyConfig(len(charTokens))
-	cfg.MaxPositionEmbeddings = 8192
-	if err := checkpoints.Save(dir, cfg, engine.RandomWeights(cfg, 13, 0.3), checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dir, _, _ := longModelDir(t, 13)
 	o := testOptions(dir)
 	o.maxTokens = 8000
 	s, ts := startServer(t, o)
@@ -492,17 +501,22 @@ func TestDisconnectCancels(t *testing.T) {
 	}
 }
 
-// TestWeightUpdate: weights pushed as a safetensors body become version 2; a request in flight
-// during the update finishes on version 1 with version 1's tokens; later ones use the new
-// weights, as the engine does with them.
+// TestWeightUpdate: weights pushed as a safetensors body become version 2. A request in flight
+// during the update (still running when the swap is pending) finishes on version 1 with
+// version 1's tokens, and the update answers once it has; a request sent while the update
+// waits, and later ones, run on the new weights, as the engine does with them.
 func TestWeightUpdate(t *testing.T) {
-	dir, cfg, w1 := modelDir(t, 5, false)
-	_, ts := startServer(t, testOptions(dir))
+	dir, cfg, w1 := longModelDir(t, 5)
+	o := testOptions(dir)
+	o.maxTokens = 8000
+	s, ts := startServer(t, o)
 	w2 := engine.RandomWeights(cfg, 77, 0.3)
+	long := engine.Request{Prompt: []int32{1, 6, 15}, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 1500, Seed: 9}}
 	r := engine.Request{Prompt: []int32{1, 6, 15}, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 60, Seed: 9, StopTokens: []int32{2}}}
 	body := `{"prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 60, "seed": 9, "logprobs": 1}`
 	// The request in flight: streamed, and running (its first token read) before the push.
-	sreq, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
+	sreq, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(
+		`{"stream": true, "prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 1500, "seed": 9, "logprobs": 1, "ignore_eos": true}`))
 	sreq.Header.Set("Authorization", "Bearer sekret")
 	stream, err := http.DefaultClient.Do(sreq)
 	if err != nil {
@@ -516,17 +530,35 @@ func TestWeightUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(st)
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/weights", bytes.NewReader(data))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	m1 := s.sched.Model()
+	pushed := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", ts.URL+"/v1/weights", bytes.NewReader(data))
+		req.Header.Set("Authorization", "Bearer sekret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			pushed <- err.Error()
+			return
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		pushed <- fmt.Sprintf("HTTP %d %s", resp.StatusCode, bytes.TrimSpace(msg))
+	}()
+	for s.sched.Model() == m1 { // the swap is pending
+		time.Sleep(100 * time.Microsecond)
 	}
-	msg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(msg), `"weight_version":2`) {
-		t.Fatalf("push: HTTP %d %s", resp.StatusCode, msg)
+	if st := s.sched.Stats(); st.Running != 2 {
+		t.Fatalf("the long request is not running while the update waits: %+v", st)
 	}
+	during := make(chan []choice, 1)
+	go func() {
+		var c []choice
+		defer func() { during <- c }()
+		var v uint64
+		if c, v = completion(t, ts.URL, body); v != 2 {
+			t.Errorf("request sent during the update: version %d, want 2", v)
+		}
+	}()
 	old := make([]choice, 2)
 	for line := events.Text(); ; line = events.Text() {
 		if data, ok := strings.CutPrefix(line, "data: "); ok && data != "[DONE]" {
@@ -553,7 +585,11 @@ func TestWeightUpdate(t *testing.T) {
 			break
 		}
 	}
-	sameSamples(t, "in flight during the update", old, direct(t, cfg, w1, r))
+	sameSamples(t, "in flight during the update", old, direct(t, cfg, w1, long))
+	if msg := <-pushed; msg != `HTTP 200 {"tensors":27,"weight_version":2}` {
+		t.Fatalf("push: %s", msg)
+	}
+	sameSamples(t, "sent during the update", <-during, direct(t, cfg, w2, r))
 	now, v := completion(t, ts.URL, body)
 	if v != 2 {
 		t.Errorf("after the update: version %d", v)
