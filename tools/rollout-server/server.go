@@ -167,6 +167,7 @@ type prompt struct {
 // generation is a request's submitted prompts.
 type generation struct {
 	jobs    []*engine.Job
+	stops   []context.CancelFunc // per job: ends one prompt's samples (stop strings)
 	prompts []prompt
 	smp     sampling
 	version uint64
@@ -192,10 +193,12 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 	s.swapMu.RLock()
 	defer s.swapMu.RUnlock()
 	for i, p := range prompts {
-		j, err := s.sched.Submit(ctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
+		jctx, end := context.WithCancel(ctx)
+		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
 			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
 			MaxNewTokens: smp.maxTokens, StopTokens: stop, Seed: seed + uint64(i)}})
 		if err != nil {
+			end()
 			cancel()
 			switch {
 			case errors.Is(err, engine.ErrQueueFull):
@@ -206,6 +209,7 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 			return nil, badRequest("", "prompt %d: %s", i, strings.TrimPrefix(err.Error(), "request 0: "))
 		}
 		g.jobs = append(g.jobs, j)
+		g.stops = append(g.stops, end)
 	}
 	g.version = s.version.Load()
 	return g, nil
@@ -325,7 +329,7 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 				return choices, &apiError{Status: 499, Type: "server_error", Message: "client went away"}
 			}
 			if open == 0 {
-				g.cancel() // every sample ended (stop strings): free the cache now
+				g.stops[pi]() // every sample of this prompt ended (stop strings): free its cache now
 			}
 		}
 	}

@@ -673,3 +673,51 @@ func FuzzCompletionRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestStopStringsManyPrompts: with stop strings, each choice of a request with several
+// prompts is the engine's sample for its prompt cut before the first stop string (its token
+// ids up to the token that completed it, finish_reason "stop"); samples of one prompt ending
+// early on a stop string leave the other prompts running.
+func TestStopStringsManyPrompts(t *testing.T) {
+	dir, cfg, w := modelDir(t, 14, true)
+	_, ts := startServer(t, testOptions(dir))
+	id := func(tok string) int32 { return int32(slices.Index(charTokens, tok)) }
+	texts := []string{"1+2=", "3*4=", "9-5=", "(7)"}
+	stops := []string{"3", "="}
+	body, _ := json.Marshal(map[string]any{"prompt": texts, "n": 2, "max_tokens": 200, "seed": 40, "temperature": 1, "stop": stops, "ignore_eos": true, "logprobs": 1})
+	got, _ := completion(t, ts.URL, string(body))
+	if len(got) != 2*len(texts) {
+		t.Fatalf("%d choices, want %d", len(got), 2*len(texts))
+	}
+	cut := 0
+	for i, text := range texts {
+		var prompt []int32
+		for _, r := range text {
+			prompt = append(prompt, id(string(r)))
+		}
+		want := direct(t, cfg, w, engine.Request{Prompt: prompt, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 200, Seed: 40 + uint64(i)}})
+		for k, smp := range want.Samples {
+			// Cut by hand: single-character stop strings end the text at the first such token.
+			end, finish, text := len(smp.Tokens), string(smp.Finish), ""
+			for p, tid := range smp.Tokens {
+				if s := charTokens[tid]; slices.Contains(stops, s) {
+					end, finish = p+1, "stop"
+					break
+				} else if !slices.Contains([]string{"<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>"}, s) {
+					text += s
+				}
+			}
+			if end < len(smp.Tokens) {
+				cut++
+			}
+			c := got[i*2+k]
+			if c.Index != i*2+k || c.Text != text || c.FinishReason != finish || !slices.Equal(c.TokenIDs, smp.Tokens[:end]) ||
+				!slices.Equal(c.Logprobs.TokenLogprobs, smp.LogProbs[:end]) {
+				t.Errorf("prompt %d sample %d: served %q %v %s, engine cut %q %v %s", i, k, c.Text, c.TokenIDs, c.FinishReason, text, smp.Tokens[:end], finish)
+			}
+		}
+	}
+	if cut < 4 {
+		t.Errorf("only %d of 8 samples ended on a stop string: the test needs more", cut)
+	}
+}
