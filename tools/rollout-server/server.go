@@ -312,15 +312,15 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 			if cut, ok := applyStop(full, g.smp.stopStrings); ok {
 				full, c.finish = cut, "stop"
 			}
-			if len(full) >= c.sent {
-				delta = full[c.sent:]
-				c.text, c.sent = full, len(full)
-			}
 			if c.finish == "" && ev.Finish != "" {
 				c.finish = string(ev.Finish)
-				if ev.Finish == engine.FinishStop {
-					c.finish = "stop"
-				}
+			}
+			c.text = full
+			// While the sample runs, hold back an ending that may grow into a stop string, so
+			// that streamed text never shows what the whole answer cuts.
+			if ready := len(full) - stopPrefix(full, g.smp.stopStrings, c.finish != ""); ready > c.sent {
+				delta = full[c.sent:ready]
+				c.sent = ready
 			}
 			if c.finish != "" {
 				open--
@@ -334,6 +334,24 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 		}
 	}
 	return choices, nil
+}
+
+// stopPrefix is the length of the longest ending of text that begins a stop string (0 once
+// the sample has finished).
+func stopPrefix(text string, stops []string, finished bool) int {
+	if finished {
+		return 0
+	}
+	n := 0
+	for _, st := range stops {
+		for k := min(len(st)-1, len(text)); k > n; k-- {
+			if strings.HasSuffix(text, st[:k]) {
+				n = k
+				break
+			}
+		}
+	}
+	return n
 }
 
 // applyStop cuts text at the first stop string.
@@ -467,7 +485,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
 			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
 				Choices: []completionChoice{{Index: c.index, Text: delta, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
-					Logprobs: lpFor(c, []int32{tid}, []float32{lp}, len(c.text)-len(delta))}}})
+					Logprobs: lpFor(c, []int32{tid}, []float32{lp}, c.sent-len(delta))}}})
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})

@@ -221,14 +221,11 @@ func TestServedEqualsEngine(t *testing.T) {
 	wg.Wait()
 }
 
-// TestStreamEqualsNonStream: the server-sent events of a streamed completion add up to the
-// non-streamed answer, and end with [DONE].
-func TestStreamEqualsNonStream(t *testing.T) {
-	dir, _, _ := modelDir(t, 2, true)
-	_, ts := startServer(t, testOptions(dir))
-	body := `{"prompt": "<bos>1+2=", "n": 2, "max_tokens": 12, "seed": 5, "temperature": 1, "logprobs": 1}`
-	want, _ := completion(t, ts.URL, body)
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
+// streamCompletion sends body with stream set and adds up each choice's chunks; it fails
+// without the final [DONE].
+func streamCompletion(t *testing.T, url, body string, n int) []choice {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
 	req.Header.Set("Authorization", "Bearer sekret")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -238,17 +235,15 @@ func TestStreamEqualsNonStream(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
 	}
-	got := make([]choice, 2)
+	got := make([]choice, n)
 	sc := bufio.NewScanner(resp.Body)
-	done := false
 	for sc.Scan() {
 		line, ok := strings.CutPrefix(sc.Text(), "data: ")
 		if !ok {
 			continue
 		}
 		if line == "[DONE]" {
-			done = true
-			break
+			return got
 		}
 		var chunk struct{ Choices []choice }
 		if err := json.Unmarshal([]byte(line), &chunk); err != nil {
@@ -264,13 +259,36 @@ func TestStreamEqualsNonStream(t *testing.T) {
 			}
 		}
 	}
-	if !done {
-		t.Fatal("no [DONE]")
+	t.Fatal("no [DONE]")
+	return nil
+}
+
+// TestStreamEqualsNonStream: the server-sent events of a streamed completion add up to the
+// non-streamed answer, and end with [DONE]; with a two-character stop string taken from the
+// middle of an answer, the streamed text never shows the stop string's first character.
+func TestStreamEqualsNonStream(t *testing.T) {
+	dir, _, _ := modelDir(t, 2, true)
+	_, ts := startServer(t, testOptions(dir))
+	body := `{"prompt": "<bos>1+2=", "n": 2, "max_tokens": 40, "seed": 5, "temperature": 1, "logprobs": 1, "ignore_eos": true}`
+	first, _ := completion(t, ts.URL, body)
+	text := []rune(first[0].Text)
+	if len(text) < 10 {
+		t.Fatalf("answer %q too short to take a stop string from", first[0].Text)
 	}
-	for k := range want {
-		if got[k].Text != want[k].Text || !slices.Equal(got[k].TokenIDs, want[k].TokenIDs) || got[k].FinishReason != want[k].FinishReason ||
-			!slices.Equal(got[k].Logprobs.TokenLogprobs, want[k].Logprobs.TokenLogprobs) {
-			t.Errorf("choice %d: streamed %+v, whole %+v", k, got[k], want[k])
+	stop := string(text[len(text)/2 : len(text)/2+2])
+	cut := strings.Index(first[0].Text, stop)
+	withStop := strings.Replace(body, "{", fmt.Sprintf(`{"stop": [%q, "zzz"],`, stop), 1)
+	for _, b := range []string{body, withStop} {
+		want, _ := completion(t, ts.URL, b)
+		got := streamCompletion(t, ts.URL, b, 2)
+		for k := range want {
+			if got[k].Text != want[k].Text || !slices.Equal(got[k].TokenIDs, want[k].TokenIDs) || got[k].FinishReason != want[k].FinishReason ||
+				!slices.Equal(got[k].Logprobs.TokenLogprobs, want[k].Logprobs.TokenLogprobs) {
+				t.Errorf("%s choice %d: streamed %+v, whole %+v", b, k, got[k], want[k])
+			}
+		}
+		if b == withStop && (want[0].Text != first[0].Text[:cut] || want[0].FinishReason != "stop") {
+			t.Errorf("stop %q: text %q (%s), want %q", stop, want[0].Text, want[0].FinishReason, first[0].Text[:cut])
 		}
 	}
 }
