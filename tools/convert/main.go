@@ -20,12 +20,12 @@ import (
 	"slices"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/tools/convert/outdir"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -95,9 +95,9 @@ Flags:
 }
 
 func main() {
-	removeOnSignal("convert")
+	outdir.HandleSignals("convert")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if stopping.Load() {
+		if outdir.Stopping() {
 			select {} // the signal handler exits
 		}
 		if !errors.Is(err, pflag.ErrHelp) {
@@ -132,7 +132,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.to == "onnx" && dtype != checkpoints.F32 {
 		return errors.New("--dtype applies to safetensors output; the ONNX written is f32")
 	}
-	if err := checkOutput(o.in, o.out, o.force); err != nil {
+	if err := outdir.Check(o.in, o.out, o.force); err != nil {
 		return err
 	}
 	t0 := time.Now()
@@ -145,9 +145,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.maxPositions > 0 {
 		lo.ONNX.Hints = &engine.Config{MaxPositionEmbeddings: o.maxPositions}
 	}
-	if !o.quiet {
-		fmt.Fprintf(stderr, "reading %s\n", o.in)
-	}
+	p := outdir.NewProgress(stderr, o.quiet)
+	defer p.Finish()
+	p.Stage("reading " + o.in)
 	m, err := modelio.Load(o.in, lo)
 	if err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
@@ -168,25 +168,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.verify && o.verifyTokens > m.Config.MaxPositionEmbeddings {
 		return fmt.Errorf("--verify-tokens %d: more than the model's max_position_embeddings %d", o.verifyTokens, m.Config.MaxPositionEmbeddings)
 	}
-	// One step per tensor (checked before anything is written), then one per stage.
-	stages := 2
-	if o.verify {
-		stages++
-	}
-	bar := newBar(o.quiet, stderr, len(m.Weights)+stages)
-	bar.Describe("checking tensors")
-	if err := modelio.CheckWeights(m.Weights, dtype, func(string) { bar.Add(1) }); err != nil {
+	p.Tensors(len(m.Weights))
+	if err := modelio.CheckWeights(m.Weights, dtype, p.Tensor); err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
 	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
-		startBuild(tmp)
-		bar.Describe("writing " + o.to)
+		outdir.Begin(tmp)
 		if o.to == "safetensors" {
+			p.Writing(tmp, "writing model.safetensors", outdir.WeightBytes(m.Weights, outdir.DTypeSize(dtype)))
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
 				return err
 			}
 		} else {
+			p.Writing(tmp, "writing model.onnx", outdir.WeightBytes(m.Weights, 4))
 			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
 				return err
 			}
@@ -194,29 +189,26 @@ func run(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		bar.Add(1)
-		bar.Describe("copying tokenizer files")
+		p.Stage("copying tokenizer files")
 		copied, err := modelio.CopySideFiles(m.FilesDir, tmp)
 		if err != nil {
 			return err
 		}
 		noTokenizer = !slices.Contains(copied, "tokenizer.json")
-		bar.Add(1)
 		if o.verify {
-			bar.Describe("verifying in ONNX Runtime")
+			p.Stage("verifying in ONNX Runtime")
 			if err := verify(o, m, tmp, stdout); err != nil {
 				return err
 			}
-			bar.Add(1)
 		}
-		if err := shareable(tmp); err != nil {
+		if err := outdir.Shareable(tmp); err != nil {
 			return err
 		}
-		endBuild()
+		outdir.Complete()
 		return nil
 	})
-	doneBuild()
-	bar.Finish()
+	outdir.End()
+	p.Finish()
 	if err != nil {
 		return err
 	}
@@ -250,13 +242,4 @@ func verify(o options, m *modelio.Model, tmp string, stdout io.Writer) error {
 		return fmt.Errorf("--verify: logits differ by %.3g, more than --tolerance %g (nothing was written)", d, o.tolerance)
 	}
 	return nil
-}
-
-// newBar is the progress bar on stderr: one step per tensor and per stage.
-func newBar(quiet bool, w io.Writer, steps int) *progressbar.ProgressBar {
-	if quiet {
-		return progressbar.DefaultSilent(int64(steps), "")
-	}
-	return progressbar.NewOptions(steps, progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(20),
-		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false), progressbar.OptionThrottle(100*time.Millisecond))
 }

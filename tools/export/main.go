@@ -19,11 +19,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/tools/convert/outdir"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -89,9 +89,9 @@ Flags:
 }
 
 func main() {
-	removeOnSignal("export")
+	outdir.HandleSignals("export")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if stopping.Load() {
+		if outdir.Stopping() {
 			select {} // the signal handler exits
 		}
 		if !errors.Is(err, pflag.ErrHelp) {
@@ -133,13 +133,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := checkOutput(o.in, o.out, o.force); err != nil {
+	if err := outdir.Check(o.in, o.out, o.force); err != nil {
 		return err
 	}
 	t0 := time.Now()
-	if !o.quiet {
-		fmt.Fprintf(stderr, "reading %s\n", o.in)
-	}
+	p := outdir.NewProgress(stderr, o.quiet)
+	defer p.Finish()
+	p.Stage("reading " + o.in)
 	m, err := modelio.Load(o.in, modelio.Options{Step: o.step, Reference: o.weights == "reference"})
 	if err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
@@ -147,38 +147,35 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if m.Kind == "onnx" && (o.step != checkpoints.Latest || o.weights != "policy") {
 		return fmt.Errorf("-i %s is an ONNX model: --step and --weights reference apply to training runs", o.in)
 	}
-	// One step per tensor (checked before anything is written), then one per stage.
-	bar := newBar(o.quiet, stderr, len(m.Weights)+len(o.formats)+1)
-	bar.Describe("checking tensors")
-	if err := modelio.CheckWeights(m.Weights, dtype, func(string) { bar.Add(1) }); err != nil {
+	p.Tensors(len(m.Weights))
+	if err := modelio.CheckWeights(m.Weights, dtype, p.Tensor); err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
 	noTokenizer := false
 	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
-		startBuild(tmp)
+		outdir.Begin(tmp)
 		if slices.Contains(o.formats, "safetensors") {
-			bar.Describe("writing model.safetensors")
+			p.Writing(tmp, "writing model.safetensors", outdir.WeightBytes(m.Weights, outdir.DTypeSize(dtype)))
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
 				return err
 			}
-			bar.Add(1)
 		} else if err := modelio.WriteConfigs(tmp, m.Config); err != nil { // config.json travels with the ONNX too
 			return err
 		}
 		if slices.Contains(o.formats, "onnx") {
-			bar.Describe("writing model.onnx")
+			p.Writing(tmp, "writing model.onnx", outdir.WeightBytes(m.Weights, 4))
 			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
 				return err
 			}
-			bar.Add(1)
 		}
+		p.Stage("copying tokenizer files")
 		copied, err := modelio.CopySideFiles(m.FilesDir, tmp)
 		if err != nil {
 			return err
 		}
 		noTokenizer = !slices.Contains(copied, "tokenizer.json")
 		if o.verify {
-			bar.Describe("verifying in ONNX Runtime")
+			p.Stage("verifying in ONNX Runtime")
 			ids := modelio.SampleTokens(m.Config, min(16, m.Config.MaxPositionEmbeddings))
 			d, err := modelio.Verify(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, ids)
 			if err != nil {
@@ -189,15 +186,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 				return fmt.Errorf("--verify: logits differ by %.3g, more than --tolerance %g (nothing was written)", d, o.tolerance)
 			}
 		}
-		bar.Add(1)
-		if err := shareable(tmp); err != nil {
+		if err := outdir.Shareable(tmp); err != nil {
 			return err
 		}
-		endBuild()
+		outdir.Complete()
 		return nil
 	})
-	doneBuild()
-	bar.Finish()
+	outdir.End()
+	p.Finish()
 	if err != nil {
 		return err
 	}
@@ -207,14 +203,4 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "exported %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
 		modelio.HumanCount(m.Config.NumParams()), o.out, time.Since(t0).Seconds())
 	return modelio.Summarize(stdout, o.out)
-}
-
-// newBar is the progress bar on stderr: one step per tensor and per stage.
-func newBar(quiet bool, w io.Writer, steps int) *progressbar.ProgressBar {
-	if quiet {
-		return progressbar.DefaultSilent(int64(steps), "")
-	}
-	return progressbar.NewOptions(steps, progressbar.OptionSetWriter(w), progressbar.OptionSetWidth(20),
-		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false),
-		progressbar.OptionThrottle(100*time.Millisecond))
 }

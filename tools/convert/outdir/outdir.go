@@ -1,4 +1,8 @@
-package main
+// Package outdir is what tools/convert and tools/export do around the output directory they
+// build with modelio.WriteDir: refuse a bad output before any model is read, give the finished
+// files the modes the user's umask asks for, remove the unfinished output when the program is
+// interrupted, and show the progress of a long write.
+package outdir
 
 import (
 	"errors"
@@ -14,10 +18,10 @@ import (
 	"time"
 )
 
-// checkOutput refuses, before any model is read, an output that cannot be written: a path that
-// is a file, a non-empty directory without --force, and (with --force) a directory that is the
-// input or holds it, which the replacement would delete.
-func checkOutput(in, out string, force bool) error {
+// Check refuses, before any model is read, an output that cannot be written: a path that is a
+// file, a non-empty directory without force, and (with force) a directory that is the input or
+// holds it, which the replacement would delete. Errors name the -o path.
+func Check(in, out string, force bool) error {
 	st, err := os.Stat(out)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -49,10 +53,10 @@ func checkOutput(in, out string, force bool) error {
 	return nil
 }
 
-// shareable gives dir, built under a private temporary name, and everything in it the modes a
+// Shareable gives dir, built under a private temporary name, and everything in it the modes a
 // new directory and a new file get under the user's umask: os.MkdirTemp makes directories only
 // the owner can read, and some writers make files so too.
-func shareable(dir string) error {
+func Shareable(dir string) error {
 	probe := filepath.Join(dir, ".mode-probe")
 	if err := os.Mkdir(probe, 0o777); err != nil {
 		return err
@@ -80,43 +84,48 @@ func shareable(dir string) error {
 	})
 }
 
-// building is the temporary directory the output is being built in, while it is ("" before and
-// after); mu guards it, and is held from the end of the build until the output is in place, so
-// that a signal either removes an unfinished output or waits for the finished one.
+// The output being built: mu guards building (its temporary directory, "" when none), and is
+// held from Complete to End, so that a signal either removes an unfinished output or waits
+// until the finished one is in place.
 var (
 	mu       sync.Mutex
 	building string
-	// stopping is set when a signal arrives: the failure the removal causes in the writing
+	// stopping is set when a signal arrives: the failure its removal causes in the writing
 	// goroutine must not win the race to exit with its own message.
 	stopping atomic.Bool
 )
 
-// startBuild records tmp as the output being built.
-func startBuild(tmp string) {
+// Begin records tmp as the output being built (call it first thing in WriteDir's build).
+func Begin(tmp string) {
 	mu.Lock()
 	building = tmp
 	mu.Unlock()
 }
 
-// endBuild is called when tmp is complete: from then until doneBuild, a signal waits.
-func endBuild() {
+// Complete is called when tmp is complete (last thing in WriteDir's build): from then until
+// End, a signal waits.
+func Complete() {
 	mu.Lock()
 	building = ""
 }
 
-// doneBuild is called once the output is in place (or its build failed).
-func doneBuild() {
-	if mu.TryLock() { // the build failed, so endBuild did not run
+// End is called when WriteDir has returned: the output is in place, or its build failed.
+func End() {
+	if mu.TryLock() { // the build failed, so Complete did not run
 		building = ""
 	}
 	mu.Unlock()
 }
 
-// removeOnSignal makes SIGINT (Ctrl-C) and SIGTERM remove the output being built, including the
-// temporary directory checkpoints.Save makes beside it, and exit with 128 + the signal's number:
-// an interrupted run leaves nothing behind, as a failed one does. A signal that comes once the
-// output is complete lets it be put in place first.
-func removeOnSignal(prog string) {
+// Stopping reports whether a signal is being handled: the program's main then waits for the
+// handler to exit rather than reporting the error the interruption caused.
+func Stopping() bool { return stopping.Load() }
+
+// HandleSignals makes SIGINT (Ctrl-C) and SIGTERM remove the output being built, including
+// the temporary directory checkpoints.Save makes beside it, and exit with 128 + the signal's
+// number: an interrupted run leaves nothing behind, as a failed one does. A signal that comes
+// once the output is complete lets it be put in place first. prog prefixes the message.
+func HandleSignals(prog string) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -142,15 +151,11 @@ func removeOnSignal(prog string) {
 // its directory in place after a first removal: the removal is repeated, Save's directories
 // first, until none is left (for at most half a second).
 func removeTemp(tmp string) {
-	parent, prefix := filepath.Dir(tmp), filepath.Base(tmp)+".tmp-"
 	for range 50 {
 		left := false
-		entries, _ := os.ReadDir(parent)
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), prefix) {
-				os.RemoveAll(filepath.Join(parent, e.Name()))
-				left = true
-			}
+		for _, p := range besides(tmp) {
+			os.RemoveAll(p)
+			left = true
 		}
 		if _, err := os.Lstat(tmp); err == nil {
 			os.RemoveAll(tmp)
@@ -161,4 +166,17 @@ func removeTemp(tmp string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// besides lists the tmp.tmp-* paths beside tmp (checkpoints.Save's temporaries for tmp).
+func besides(tmp string) []string {
+	parent, prefix := filepath.Dir(tmp), filepath.Base(tmp)+".tmp-"
+	entries, _ := os.ReadDir(parent)
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, filepath.Join(parent, e.Name()))
+		}
+	}
+	return out
 }
