@@ -90,7 +90,7 @@ Flags:
 	fs.IntVar(&o.verifyTokens, "verify-tokens", 16, "length of the sample input of --verify")
 	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts; bf16/f16 outputs are checked as written, so their rounding counts (raise it for them: 0.2 on the test models)")
 	fs.BoolVar(&o.force, "force", false, "replace a non-empty output directory (only once the new one is complete)")
-	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar (on stderr: the tensors as they are checked, then the bytes as they are written)")
 	return fs
 }
 

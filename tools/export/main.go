@@ -84,7 +84,7 @@ Flags:
 	fs.BoolVar(&o.verify, "verify", false, "run the exported model.onnx in ONNX Runtime and the engine on the weights on a sample input, print the max |logit difference|, and fail above --tolerance (needs onnx in --format)")
 	fs.Float64Var(&o.tolerance, "tolerance", 1e-3, "largest |logit difference| --verify accepts")
 	fs.BoolVar(&o.force, "force", false, "replace a non-empty output directory (only once the new one is complete)")
-	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar (on stderr: the tensors as they are checked, then the bytes as they are written)")
 	return fs
 }
 
