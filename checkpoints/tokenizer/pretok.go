@@ -52,10 +52,9 @@ func matchAt(s string, maxDigits int) int {
 	c0, n0 := at(s, 0)
 	// (?i:'s|'t|'re|'ve|'m|'ll|'d)
 	if c0 == '\'' {
-		rest := s[1:]
 		for _, suf := range []string{"s", "t", "re", "ve", "m", "ll", "d"} {
-			if len(rest) >= len(suf) && equalFoldASCII(rest[:len(suf)], suf) {
-				return 1 + len(suf)
+			if n := foldPrefix(s[1:], suf); n > 0 {
+				return 1 + n
 			}
 		}
 	}
@@ -140,17 +139,31 @@ func letters(s string) int {
 	}
 }
 
-func equalFoldASCII(a, b string) bool {
-	for i := 0; i < len(a); i++ {
-		x := a[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
+// foldPrefix returns the length in bytes of the prefix of s that equals the lower-case ASCII
+// word under Unicode simple case folding (so "'ſ", with U+017F, is a contraction too, as the
+// regex engines find), or 0.
+func foldPrefix(s, word string) int {
+	n := 0
+	for i := 0; i < len(word); i++ {
+		r, w := at(s, n)
+		if w == 0 || !foldsTo(r, rune(word[i])) {
+			return 0
 		}
-		if x != b[i] {
+		n += w
+	}
+	return n
+}
+
+// foldsTo reports whether r is in the case-folding orbit of the ASCII letter c.
+func foldsTo(r, c rune) bool {
+	for f := c; ; {
+		if f == r {
+			return true
+		}
+		if f = unicode.SimpleFold(f); f == c {
 			return false
 		}
 	}
-	return true
 }
 
 // byteToRune is GPT-2's byte-level alphabet: printable bytes stand for themselves, the others

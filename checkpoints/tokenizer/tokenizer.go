@@ -52,8 +52,7 @@ type Tokenizer struct {
 	prefix       []int32 // post-processor tokens before the text (Llama 3's <|begin_of_text|>)
 
 	chatTemplate string
-	chatFamily   chatFamily
-	defaultSys   string
+	chat         chatFormat
 	eos, bos     string
 
 	raw, rawConfig []byte // the files as read, written back unchanged by Save
@@ -271,9 +270,15 @@ func (t *Tokenizer) parseMerges(raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &list); err != nil {
 		return fmt.Errorf("model.merges: %w", err)
 	}
+	pairs := false // the form of merges[0]: Hugging Face tokenizers reads one form or the other
 	for i, item := range list {
 		var pair [2]string
 		var s string
+		if i == 0 {
+			pairs = len(item) > 0 && item[0] == '['
+		} else if isPair := len(item) > 0 && item[0] == '['; isPair != pairs {
+			return fmt.Errorf("model.merges[%d]: the list mixes \"a b\" strings and [\"a\", \"b\"] pairs", i)
+		}
 		if err := json.Unmarshal(item, &s); err == nil {
 			a, b, ok := strings.Cut(s, " ")
 			if !ok || a == "" || b == "" {
@@ -477,7 +482,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 			}
 		}
 		t.chatTemplate = s
-		t.chatFamily, t.defaultSys = detectChat(s)
+		t.chat = detectChat(s)
 	}
 	return nil
 }
