@@ -61,18 +61,65 @@ type Event struct {
 
 // Job is a submitted request.
 type Job struct {
-	// Events delivers the request's tokens in order, then a final event with Done. It is
-	// buffered for the whole request, so a slow reader never holds up the batch.
+	// Events delivers the request's tokens in order, then a final event with Done, and is
+	// then closed. A slow reader never holds up the batch: the scheduler queues events for
+	// it as they come (memory grows with the tokens sampled, not with the request's worst
+	// case). A reader must read until Done or cancel the request's context: once the context
+	// is done and the reader falls behind, Events may close without the final event.
 	Events <-chan Event
 	// Version is the weight version the request runs on.
 	Version uint64
 
-	events   chan Event
-	req      Request
-	ctx      context.Context
-	gr       *genRequest
-	emitted  []int // tokens sent per sample
-	finished bool
+	events  chan Event
+	req     Request
+	ctx     context.Context
+	gr      *genRequest
+	emitted []int // tokens sent per sample
+
+	mu     sync.Mutex
+	outbox []Event       // events posted by the scheduler, not yet forwarded to Events
+	ready  chan struct{} // signals a non-empty outbox
+}
+
+// eventBuffer is the capacity of a Job's Events channel.
+const eventBuffer = 64
+
+// post queues an event for the job's reader; it never blocks.
+func (j *Job) post(ev Event) {
+	j.mu.Lock()
+	j.outbox = append(j.outbox, ev)
+	j.mu.Unlock()
+	select {
+	case j.ready <- struct{}{}:
+	default:
+	}
+}
+
+// forward moves posted events to Events until the final one, or until the context is done
+// while the reader does not take them.
+func (j *Job) forward() {
+	defer close(j.events)
+	var batch []Event
+	for {
+		<-j.ready
+		j.mu.Lock()
+		batch, j.outbox = j.outbox, batch[:0]
+		j.mu.Unlock()
+		for _, ev := range batch {
+			select {
+			case j.events <- ev:
+			default: // the buffer is full: wait for the reader, unless it has cancelled
+				select {
+				case j.events <- ev:
+				case <-j.ctx.Done():
+					return
+				}
+			}
+			if ev.Done {
+				return
+			}
+		}
+	}
 }
 
 // SchedulerStats are a Scheduler's counters and levels, for metrics.
@@ -152,9 +199,10 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (*Job, error) {
 	if len(s.queued)+len(s.g.waiting) >= s.opts.MaxQueued {
 		return nil, ErrQueueFull
 	}
-	ev := make(chan Event, r.Params.N*r.Params.MaxNewTokens+1)
-	j := &Job{Events: ev, events: ev, req: r, ctx: ctx, emitted: make([]int, r.Params.N)}
+	ev := make(chan Event, eventBuffer)
+	j := &Job{Events: ev, events: ev, req: r, ctx: ctx, emitted: make([]int, r.Params.N), ready: make(chan struct{}, 1)}
 	j.gr = &genRequest{req: r, blocks: blocks}
+	go j.forward()
 	s.queued = append(s.queued, j)
 	s.wake.Signal()
 	return j, nil
@@ -272,14 +320,13 @@ func (s *Scheduler) emit() {
 				if k == len(smp.Tokens)-1 {
 					ev.Finish = smp.Finish
 				}
-				j.events <- ev
+				j.post(ev)
 				j.emitted[i]++
 				s.stats.TokensGenerated++
 			}
 		}
 		if gr.done {
-			j.events <- Event{Done: true}
-			close(j.events)
+			j.post(Event{Done: true})
 			delete(s.jobs, gr)
 		}
 	}
@@ -289,8 +336,7 @@ func (s *Scheduler) emit() {
 func (s *Scheduler) dropCancelled() {
 	s.queued = slices.DeleteFunc(s.queued, func(j *Job) bool {
 		if err := j.ctx.Err(); err != nil {
-			j.events <- Event{Done: true, Err: err}
-			close(j.events)
+			j.post(Event{Done: true, Err: err})
 			return true
 		}
 		return false
@@ -314,8 +360,7 @@ func (s *Scheduler) dropCancelled() {
 			})
 			s.g.reserved -= gr.blocks
 		}
-		j.events <- Event{Done: true, Err: err}
-		close(j.events)
+		j.post(Event{Done: true, Err: err})
 		delete(s.jobs, gr)
 	}
 }
@@ -323,13 +368,11 @@ func (s *Scheduler) dropCancelled() {
 // failAll ends every request with err.
 func (s *Scheduler) failAll(err error) {
 	for _, j := range s.queued {
-		j.events <- Event{Done: true, Err: err}
-		close(j.events)
+		j.post(Event{Done: true, Err: err})
 	}
 	s.queued = nil
 	for gr, j := range s.jobs {
-		j.events <- Event{Done: true, Err: err}
-		close(j.events)
+		j.post(Event{Done: true, Err: err})
 		delete(s.jobs, gr)
 	}
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -228,4 +229,72 @@ func TestSchedulerSwap(t *testing.T) {
 			t.Fatalf("sample %d: before swap %v (want %v), after %v (want %v)", k, a.Samples[k].Tokens, old.Samples[k].Tokens, b.Samples[k].Tokens, neu.Samples[k].Tokens)
 		}
 	}
+}
+
+// TestSchedulerEventsMemory: Submit allocates the same whatever a request's worst case (n x
+// max_new_tokens events are not reserved up front: a request of 64 x 500 would take 1.8 MB),
+// and a reader that waits holds up neither the batch nor its own tokens: a request read only
+// after another finished still streams all of its 400 tokens, equal to the Generator's.
+func TestSchedulerEventsMemory(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	m := g.model(t, F32)
+	slow := Request{Prompt: []int32{7, 3}, Params: SamplingParams{N: 1, Temperature: 1, MaxNewTokens: 400, Seed: 2}}
+	quick := Request{Prompt: []int32{4}, Params: SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 20, Seed: 3}}
+	want, err := newGen(t, m, GeneratorOptions{}).Generate(context.Background(), []Request{slow, quick})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewScheduler(m, 1, SchedulerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	at, resume := holdAt(s, 1, 30)
+	js, err := s.Submit(context.Background(), slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-at // the loop waits: nothing else allocates while Submit is measured
+	allocated := func(r Request) uint64 {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		if _, err := s.Submit(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&m1)
+		return m1.TotalAlloc - m0.TotalAlloc
+	}
+	small := allocated(Request{Prompt: []int32{1}, Params: SamplingParams{N: 64, MaxNewTokens: 1}})
+	big := allocated(Request{Prompt: []int32{1}, Params: SamplingParams{N: 64, MaxNewTokens: 500}})
+	if big > small+1024 || big > 16<<10 {
+		t.Errorf("Submit allocates %d bytes for n=64 x 500 tokens, %d for n=64 x 1", big, small)
+	}
+	jq, err := s.Submit(context.Background(), quick)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resume <- struct{}{}
+	q, err := collect(t, jq, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-at // step 30: the quick request (steps 2 to 21) is done, the slow one unread
+	if st := s.Stats(); st.Running != 1 {
+		t.Errorf("after the quick request, %d samples run, want the slow one's", st.Running)
+	}
+	resume <- struct{}{}
+	sl, err := collect(t, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, got := range []Result{sl, q} {
+		for k, w := range want[i].Samples {
+			if g := got.Samples[k]; !slices.Equal(g.Tokens, w.Tokens) || !slices.Equal(g.LogProbs, w.LogProbs) {
+				t.Errorf("request %d sample %d: %d tokens streamed, generator %d (or other values)", i, k, len(g.Tokens), len(w.Tokens))
+			}
+		}
+	}
+	t.Logf("Submit: %d bytes (n=64 x 1), %d bytes (n=64 x 500)", small, big)
 }

@@ -278,9 +278,10 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 	first := true
 	t0 := time.Now()
 	for pi, j := range g.jobs {
-		open := n
+		open, ended := n, false
 		for ev := range j.Events {
 			if ev.Done {
+				ended = true
 				if ev.Err != nil && open > 0 {
 					if errors.Is(ev.Err, context.Canceled) {
 						return choices, &apiError{Status: 499, Type: "server_error", Message: "request cancelled"}
@@ -331,6 +332,9 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 			if open == 0 {
 				g.stops[pi]() // every sample of this prompt ended (stop strings): free its cache now
 			}
+		}
+		if !ended && open > 0 { // closed early: the request was cancelled (client gone)
+			return choices, &apiError{Status: 499, Type: "server_error", Message: "request cancelled"}
 		}
 	}
 	return choices, nil
