@@ -624,6 +624,34 @@ func TestWeightUpdate(t *testing.T) {
 	if code, _, _ := post(t, ts.URL+"/v1/weights", `{"path": "/nonexistent"}`); code != 400 {
 		t.Errorf("missing path: HTTP %d", code)
 	}
+	// Bodies that are not safetensors, or hold another model's tensors, are refused, and the
+	// server keeps version 2.
+	wrong := filepath.Join(t.TempDir(), "wrong.safetensors")
+	if err := checkpoints.WriteSafetensors(wrong, engine.RandomWeights(c2, 1, 0.1), checkpoints.F32, nil); err != nil {
+		t.Fatal(err)
+	}
+	wrongData, _ := os.ReadFile(wrong)
+	for _, tc := range []struct {
+		what string
+		body []byte
+		want string
+	}{{"garbage", []byte("not a safetensors file"), "safetensors body"}, {"3 layers", wrongData, "weights from request body"}} {
+		req, _ := http.NewRequest("POST", ts.URL+"/v1/weights", bytes.NewReader(tc.body))
+		req.Header.Set("Authorization", "Bearer sekret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Logf("%s body: %s", tc.what, bytes.TrimSpace(msg))
+		if resp.StatusCode != 400 || !strings.Contains(string(msg), tc.want) {
+			t.Errorf("%s body: HTTP %d %s, want 400 with %q", tc.what, resp.StatusCode, msg, tc.want)
+		}
+	}
+	if _, v := completion(t, ts.URL, body); v != 2 {
+		t.Errorf("after refused updates: version %d, want 2", v)
+	}
 }
 
 // TestEndpoints: /health, /v1/models and /metrics.
