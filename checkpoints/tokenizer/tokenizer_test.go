@@ -3,6 +3,8 @@ package tokenizer
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,9 +21,9 @@ var tinyCases = []struct {
 	{" ab", []int32{5}},      // " ab" is one word: Ġ a b -> Ġ ab -> Ġab
 	{"ab ab", []int32{4, 5}}, // words "ab", " ab"
 	{"12", []int32{6, 7}},    // digits split one by one
-	{"ab<|end|>c", []int32{4, 9, 2}},
-	{"<ans>1<ans>", []int32{10, 6, 10}},
-	{"a\n\nb", []int32{0, 12, 1}}, // "\n\n" one word: Ċ Ċ -> ĊĊ
+	{"ab<|end|>c", []int32{4, 12, 2}},
+	{"<ans>1<ans>", []int32{13, 6, 13}},
+	{"a\n\nb", []int32{0, 10, 1}}, // "\n\n" one word: Ċ Ċ -> ĊĊ
 	{"ba", []int32{1, 0}},         // no merge "b a" (and ignore_merges is off)
 	{"cab", []int32{2, 4}},        // c, then a b -> ab
 	{"", nil},
@@ -44,20 +46,20 @@ func TestTiny(t *testing.T) {
 			t.Errorf("Decode(Encode(%q)) = %q, %v", tc.text, dec, err)
 		}
 	}
-	if s, _ := tok.DecodeSkipSpecial([]int32{4, 9, 10}); s != "ab<ans>" {
+	if s, _ := tok.DecodeSkipSpecial([]int32{4, 12, 13}); s != "ab<ans>" {
 		t.Errorf("skip special: %q", s)
 	}
 	if _, err := tok.Decode([]int32{4, 99}); err == nil || !strings.Contains(err.Error(), "id 99 at position 1") {
 		t.Errorf("out-of-range id: %v", err)
 	}
-	if id, ok := tok.EOS(); !ok || id != 9 {
+	if id, ok := tok.EOS(); !ok || id != 12 {
 		t.Errorf("EOS = %d, %v", id, ok)
 	}
 	if tok.VocabSize() != 14 {
 		t.Errorf("vocab size %d, want 14", tok.VocabSize())
 	}
-	if id, ok := tok.TokenID("<ans>"); !ok || id != 10 || tok.IsSpecial(10) || !tok.IsSpecial(9) {
-		t.Errorf("TokenID(<ans>) = %d, %v; special 9 %v 10 %v", id, ok, tok.IsSpecial(9), tok.IsSpecial(10))
+	if id, ok := tok.TokenID("<ans>"); !ok || id != 13 || tok.IsSpecial(13) || !tok.IsSpecial(12) {
+		t.Errorf("TokenID(<ans>) = %d, %v; special 12 %v 13 %v", id, ok, tok.IsSpecial(12), tok.IsSpecial(13))
 	}
 }
 
@@ -79,23 +81,27 @@ func TestTinyVariants(t *testing.T) {
 	}
 	bos := edit(`"post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}`,
 		`"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|end|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]}`)
-	if got := bos.Encode("ab"); !slices.Equal(got, []int32{9, 4}) {
-		t.Errorf("TemplateProcessing: Encode(ab) = %v, want [9 4]", got)
+	if got := bos.Encode("ab"); !slices.Equal(got, []int32{12, 4}) {
+		t.Errorf("TemplateProcessing: Encode(ab) = %v, want [12 4]", got)
 	}
 	if got := bos.EncodePlain("ab"); !slices.Equal(got, []int32{4}) {
 		t.Errorf("TemplateProcessing: EncodePlain(ab) = %v, want [4]", got)
 	}
 	// "ba" is in the vocabulary but no merge makes it: ignore_merges takes it whole.
 	ign := edit(`"ignore_merges": false`, `"ignore_merges": true`)
-	if got := ign.Encode("ba ab"); !slices.Equal(got, []int32{13, 5}) {
-		t.Errorf("ignore_merges: Encode(ba ab) = %v, want [13 5]", got)
+	if got := ign.Encode("ba ab"); !slices.Equal(got, []int32{11, 5}) {
+		t.Errorf("ignore_merges: Encode(ba ab) = %v, want [11 5]", got)
 	}
 	// A byte the vocabulary lacks ("d"): dropped without an unknown token, as tokenizers does.
 	plain := edit(`"ignore_merges": false`, `"ignore_merges": false`+" ")
 	if got := plain.Encode("dab"); !slices.Equal(got, []int32{4}) {
 		t.Errorf("Encode(dab) = %v, want [4]", got)
 	}
-	none := edit(`"2": 7,`, ``)
+	none, err := Parse([]byte(strings.NewReplacer(`"2": 7, "abc": 8, "Ċ": 9, "ĊĊ": 10, "ba": 11`, `"abc": 7, "Ċ": 8, "ĊĊ": 9, "ba": 10`,
+		`"id": 12`, `"id": 11`, `"id": 13`, `"id": 12`).Replace(base)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got := none.Encode("a2b2"); !slices.Equal(got, []int32{0, 1}) {
 		t.Errorf("no 2 in the vocabulary: Encode(a2b2) = %v, want [0 1]", got)
 	}
@@ -177,23 +183,35 @@ func TestCharLevel(t *testing.T) {
 // TestParseErrors: unsupported or broken files are refused naming the field.
 func TestParseErrors(t *testing.T) {
 	tiny := string(tinyJSON(t))
-	for _, tc := range []struct{ edit, want string }{
-		{`"type": "BPE"`, `"type": "WordPiece"`},
-		{`"merges": ["a b"`, `"merges": ["ab"`},
-		{`"Ġ ab"`, `["Ġ", "ab"]`},
-		{`"ab c"`, `"ab d"`},
-		{`"Regex": "(?i:`, `"Regex": "(?x:`},
-		{`"use_regex": false}]}`, `"use_regex": true}]}`},
+	for _, tc := range []struct{ edit, want, field string }{
+		{`"type": "BPE"`, `"type": "WordPiece"`, "model.type"},
+		{`"merges": ["a b"`, `"merges": ["ab"`, "model.merges[0]"},
+		{`"Ġ ab"`, `["Ġ", "ab"]`, "model.merges[1]"},
+		{`"ab c"`, `"ab d"`, "model.merges[2]"},
+		{`"id": 13`, `"id": 14`, "added_tokens[1]"}, // tokenizers would number it 13
+		{`"single_word": false`, `"single_word": true`, "added_tokens[0]"},
+		{`"Regex": "(?i:`, `"Regex": "(?x:`, "pre_tokenizer[0].pattern.Regex"},
+		{`"use_regex": false}]}`, `"use_regex": true}]}`, "pre_tokenizer[1].use_regex"},
+		{`"normalizer": {"type": "NFC"}`, `"normalizer": {"type": "NFKC"}`, "normalizer type"},
+		{`"decoder": {"type": "ByteLevel"`, `"decoder": {"type": "Fuse"`, "decoder type"},
+		{`"dropout": null`, `"dropout": 0.1`, "model.dropout"},
 	} {
 		bad := strings.Replace(tiny, tc.edit, tc.want, 1)
 		if bad == tiny {
 			t.Fatalf("edit %q not applied", tc.edit)
 		}
-		if _, err := Parse([]byte(bad)); err == nil {
-			t.Errorf("accepted with %s", tc.want)
-		} else {
-			t.Logf("%s: %v", tc.want, err)
+		_, err := Parse([]byte(bad))
+		if err == nil || !strings.Contains(err.Error(), "tokenizer.json: "+tc.field) {
+			t.Errorf("with %s: error %v, want one naming %s", tc.want, err, tc.field)
 		}
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, TokenizerFile)
+	if err := os.WriteFile(path, []byte(strings.Replace(tiny, `"type": "BPE"`, `"type": "Unigram"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), path+": model.type") {
+		t.Errorf("Load: %v, want the path and the field", err)
 	}
 	if _, err := ParseWithConfig([]byte(tiny), []byte(`{"eos_token": "<nope>"}`)); err == nil || !strings.Contains(err.Error(), "eos_token") {
 		t.Errorf("unknown eos: %v", err)
@@ -225,8 +243,11 @@ func FuzzEncodeDecode(f *testing.F) {
 	vocab := doc["model"].(map[string]any)["vocab"].(map[string]any)
 	for b := 0; b < 256; b++ {
 		if _, ok := vocab[string(byteToRune[b])]; !ok {
-			vocab[string(byteToRune[b])] = 100 + b
+			vocab[string(byteToRune[b])] = len(vocab)
 		}
+	}
+	for i, a := range doc["added_tokens"].([]any) { // after the vocabulary, as tokenizers numbers them
+		a.(map[string]any)["id"] = len(vocab) + i
 	}
 	full, _ := json.Marshal(doc)
 	tok, err := Parse(full)
