@@ -1,13 +1,16 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // tinyCases are texts for testdata/tiny/tokenizer.json, a hand-made byte-level BPE tokenizer
@@ -271,14 +274,79 @@ func FuzzEncodeDecode(f *testing.F) {
 	})
 }
 
-// BenchmarkEncode measures encoding speed on the corpus (repeated 20 times) with Qwen3's
-// tokenizer, in MB/s of text; transformers.js's speed on the same text, measured by the
-// reference script in the same run, is printed beside it when node is there.
+// BenchmarkEncode measures encoding speed on the corpus (joined, 20 times over) with Qwen3's
+// tokenizer, in MB/s of text, and, when node is there, Hugging Face tokenizers' speed on the same
+// text measured by scripts/tokenizer_ref.mjs in the same run (ref-MB/s, and the ratio x-ref).
 func BenchmarkEncode(b *testing.B) {
 	tok := families(b)["qwen3"]
-	text := strings.Repeat(strings.Join(corpus(b), "\n"), 20)
+	text := strings.Repeat(strings.Join(corpus(b), "\n")+"\n", 20)
+	text = text[:len(text)-1]
 	b.SetBytes(int64(len(text)))
+	start := time.Now()
+	n := 0
 	for b.Loop() {
 		tok.Encode(text)
+		n++
+	}
+	goMBs := float64(len(text)*n) / time.Since(start).Seconds() / 1e6
+	if _, err := exec.LookPath("node"); err != nil {
+		return
+	}
+	dir, _ := refAvailable()
+	cmd := exec.Command("node", "../../scripts/tokenizer_ref.mjs", "bench", dir, packageModels(dir, "tokenizer-qwen3"))
+	cmd.Stdin = bytes.NewReader(readFile(b, "testdata/corpus.jsonl"))
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("reference bench: %v", err)
+	}
+	var ref struct {
+		MBPerS float64 `json:"mb_per_s"`
+	}
+	if err := json.Unmarshal(out, &ref); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(ref.MBPerS, "ref-MB/s")
+	b.ReportMetric(goMBs/ref.MBPerS, "x-ref")
+}
+
+// TestSave: Save writes the files as read (so tokenizers and transformers load them as they
+// loaded the originals), readable by all, with no temporary file left, and fails naming the
+// path when it cannot write.
+func TestSave(t *testing.T) {
+	tok, err := Load("testdata/tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "a", "b")
+	if err := tok.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{TokenizerFile, ConfigFile} {
+		got := readFile(t, filepath.Join(dir, name))
+		if want := readFile(t, filepath.Join("testdata", "tiny", name)); string(got) != string(want) {
+			t.Errorf("%s differs from the file read", name)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: mode %v, %v", name, fi.Mode(), err)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("%d files in the directory, want 2", len(entries))
+	}
+	back, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tinyCases {
+		if got := back.Encode(tc.text); !slices.Equal(got, tc.want) {
+			t.Errorf("saved: Encode(%q) = %v, want %v", tc.text, got, tc.want)
+		}
+	}
+	blocked := filepath.Join(t.TempDir(), TokenizerFile)
+	if err := os.Mkdir(filepath.Join(blocked), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Save(filepath.Dir(blocked)); err == nil || !strings.Contains(err.Error(), blocked) {
+		t.Errorf("Save over a directory: %v", err)
 	}
 }
