@@ -16,6 +16,8 @@
 // checkpoints/tokenizer/testdata and writes into the output directory:
 //   qwen3_golden.jsonl, llama3_golden.jsonl: per text, {"ids": encode(text) (special tokens in
 //     the text recognised, the post-processor's added), "decoded": decode(ids)};
+//   decode_golden.jsonl: {"tokenizer", "ids", "decoded", "skip_special"} for id sequences made
+//     to test decoding (bytes that are not UTF-8, seeded random sequences);
 //   chat_golden.jsonl: per template, conversation and add_generation_prompt, {"template",
 //     "conversation", "add_generation_prompt", "text": the rendered template, "ids":
 //     encode(text, add_special_tokens=False)} with the family's tokenizer.
@@ -101,6 +103,56 @@ async function encodeLines(tok, texts, check) {
   return out;
 }
 
+// decodeLines decodes id sequences that byte-level decoding must get right: bytes that are not
+// UTF-8 (decoded lossily), characters split by added tokens, and seeded random sequences of
+// byte tokens, vocabulary tokens and added tokens, with and without skip_special_tokens.
+async function decodeLines(name, tok) {
+  const vocab = tok.rust.getVocab(true);
+  const byteToken = byteAlphabet();
+  const byteID = (b) => vocab[byteToken[b]];
+  const added = Object.values(vocab).filter((id) => id >= tok.rust.getVocabSize(false));
+  const size = tok.rust.getVocabSize(true);
+  const seqs = [
+    [0xff, 0xfe].map(byteID),
+    [0xe4, 0xb8].map(byteID),
+    [byteID(0xe4), added[0], byteID(0xb8), byteID(0xad)],
+    [0xf0, 0x9f, 0x98, 0x41].map(byteID),
+    [0xed, 0xa0, 0x80].map(byteID),
+    [0xc0, 0x80, 0xf4, 0x90, 0x80, 0x80, 0xe0, 0x80].map(byteID),
+  ];
+  let seed = 12345;
+  const rand = (n) => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed % n;
+  };
+  for (let i = 0; i < 60; i++) {
+    const seq = [];
+    for (let k = 1 + rand(12); k > 0; k--) {
+      const kind = rand(10);
+      seq.push(kind < 5 ? byteID(rand(256)) : kind < 8 ? rand(size - added.length) : added[rand(added.length)]);
+    }
+    seqs.push(seq);
+  }
+  const out = [];
+  for (const ids of seqs) {
+    const decoded = await tok.rust.decode(ids, false);
+    const skipped = await tok.rust.decode(ids, true);
+    out.push(JSON.stringify({ tokenizer: name, ids, decoded, skip_special: skipped }));
+  }
+  return out;
+}
+
+// byteAlphabet is GPT-2's byte-to-character table of byte-level tokenizers.
+function byteAlphabet() {
+  const bs = [];
+  for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) bs.push(b);
+  const table = {};
+  for (const b of bs) table[b] = String.fromCharCode(b);
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (!(b in table)) table[b] = String.fromCharCode(256 + n++);
+  return table;
+}
+
 const writeJSONL = (path, lines) => writeFileSync(path, lines.join("\n") + "\n");
 
 if (mode === "encode") {
@@ -126,6 +178,10 @@ if (mode === "encode") {
   const llama = load(packageDir("tokenizer-llama3"));
   writeJSONL(join(arg, "qwen3_golden.jsonl"), await encodeLines(qwen, texts, false));
   writeJSONL(join(arg, "llama3_golden.jsonl"), await encodeLines(llama, texts, false));
+  writeJSONL(join(arg, "decode_golden.jsonl"), [
+    ...(await decodeLines("qwen3", qwen)),
+    ...(await decodeLines("llama3", llama)),
+  ]);
 
   // Chat templates: the packages' own, and the hand-written ones of testdata/templates (the
   // family's tokenizer from the file name's prefix).

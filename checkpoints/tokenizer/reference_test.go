@@ -198,6 +198,36 @@ func TestLlama3Golden(t *testing.T) {
 	}
 }
 
+// checkDecode compares Decode and DecodeSkipSpecial with tokenizers' decode on the id sequences
+// of a decode golden file (bytes that are not UTF-8, random sequences with added tokens).
+func checkDecode(t *testing.T, goldenPath string) {
+	t.Helper()
+	lines := readJSONL[struct {
+		Tokenizer   string  `json:"tokenizer"`
+		IDs         []int32 `json:"ids"`
+		Decoded     string  `json:"decoded"`
+		SkipSpecial string  `json:"skip_special"`
+	}](t, goldenPath)
+	if len(lines) == 0 {
+		t.Fatalf("%s is empty", goldenPath)
+	}
+	for _, g := range lines {
+		tok := families(t)[g.Tokenizer]
+		if tok == nil {
+			t.Fatalf("%s: tokenizer %q", goldenPath, g.Tokenizer)
+		}
+		if got, err := tok.Decode(g.IDs); err != nil || got != g.Decoded {
+			t.Errorf("%s Decode(%v) = %q, %v; tokenizers %q", g.Tokenizer, g.IDs, got, err, g.Decoded)
+		}
+		if got, err := tok.DecodeSkipSpecial(g.IDs); err != nil || got != g.SkipSpecial {
+			t.Errorf("%s DecodeSkipSpecial(%v) = %q, %v; tokenizers %q", g.Tokenizer, g.IDs, got, err, g.SkipSpecial)
+		}
+	}
+}
+
+// TestDecodeGolden: decoding as Hugging Face tokenizers decodes.
+func TestDecodeGolden(t *testing.T) { checkDecode(t, "testdata/decode_golden.jsonl") }
+
 // chatTokenizer is the tokenizer a chat golden line is rendered with: the family's own (its
 // template, or a hand-written one of testdata/templates put in its tokenizer_config.json), or,
 // without the reference files, the tiny tokenizer with the hand-written template (text only).
@@ -358,6 +388,7 @@ func TestLiveReference(t *testing.T) {
 	runRef(t, nil, "golden", nodeDir, out)
 	t.Run("qwen3", func(t *testing.T) { checkCorpus(t, families(t)["qwen3"], filepath.Join(out, "qwen3_golden.jsonl")) })
 	t.Run("llama3", func(t *testing.T) { checkCorpus(t, families(t)["llama3"], filepath.Join(out, "llama3_golden.jsonl")) })
+	t.Run("decode", func(t *testing.T) { checkDecode(t, filepath.Join(out, "decode_golden.jsonl")) })
 	t.Run("chat", func(t *testing.T) { checkChat(t, filepath.Join(out, "chat_golden.jsonl"), true) })
 	t.Run("tiny", func(t *testing.T) {
 		tok, err := Load("testdata/tiny")

@@ -541,19 +541,17 @@ func (t *Tokenizer) EOS() (int32, bool) {
 // IsSpecial reports whether id is a special added token (skipped by DecodeSkipSpecial).
 func (t *Tokenizer) IsSpecial(id int32) bool { return t.special[id] }
 
-// Decode turns ids into text; added tokens (special ones included) appear as their text.
+// Decode turns ids into text as Hugging Face tokenizers does: every token, added ones included,
+// through the decoder (byte-level: characters back to bytes, a token outside the byte alphabet
+// as its UTF-8), invalid UTF-8 replaced by U+FFFD per maximal ill-formed subsequence. Special
+// tokens stay; clean_up_tokenization_spaces is not applied (the text comes back exactly).
 func (t *Tokenizer) Decode(ids []int32) (string, error) { return t.decode(ids, false) }
 
 // DecodeSkipSpecial decodes without the special tokens (skip_special_tokens=True).
 func (t *Tokenizer) DecodeSkipSpecial(ids []int32) (string, error) { return t.decode(ids, true) }
 
 func (t *Tokenizer) decode(ids []int32, skipSpecial bool) (string, error) {
-	var out strings.Builder
-	var pending []byte
-	flush := func() {
-		out.WriteString(strings.ToValidUTF8(string(pending), "\uFFFD"))
-		pending = pending[:0]
-	}
+	var buf []byte
 	for i, id := range ids {
 		if id < 0 || int(id) >= len(t.tokens) || t.tokens[id] == "" {
 			return "", fmt.Errorf("tokenizer: id %d at position %d is not in the vocabulary (size %d)", id, i, len(t.tokens))
@@ -562,21 +560,73 @@ func (t *Tokenizer) decode(ids []int32, skipSpecial bool) (string, error) {
 			continue
 		}
 		s := t.tokens[id]
-		if t.addedIDs[id] || !t.byteLevel {
-			flush()
-			out.WriteString(s)
+		if !t.byteLevel {
+			buf = append(buf, s...)
 			continue
 		}
+		start := len(buf)
 		for _, r := range s {
 			b, ok := runeToByte[r]
 			if !ok {
-				return "", fmt.Errorf("tokenizer: token %d %q is not in the byte-level alphabet", id, s)
+				buf = append(buf[:start], s...)
+				break
 			}
-			pending = append(pending, b)
+			buf = append(buf, b)
 		}
 	}
-	flush()
-	return out.String(), nil
+	return lossyUTF8(buf), nil
+}
+
+// lossyUTF8 is Rust's String::from_utf8_lossy (and the WHATWG decoder): each maximal
+// ill-formed subsequence becomes one U+FFFD.
+func lossyUTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	var out strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if r != utf8.RuneError || n > 1 {
+			out.Write(b[:n])
+			b = b[n:]
+			continue
+		}
+		out.WriteRune(utf8.RuneError)
+		b = b[maximalSubpart(b):]
+	}
+	return out.String()
+}
+
+// maximalSubpart is the length of the ill-formed sequence at the start of b: its lead byte and
+// the continuation bytes that could still begin a valid character (Unicode table 3-7).
+func maximalSubpart(b []byte) int {
+	lo, hi := byte(0x80), byte(0xBF) // the second byte's range
+	var size int
+	switch c := b[0]; {
+	case 0xC2 <= c && c <= 0xDF:
+		size = 2
+	case c == 0xE0:
+		size, lo = 3, 0xA0
+	case c == 0xED:
+		size, hi = 3, 0x9F
+	case 0xE1 <= c && c <= 0xEF:
+		size = 3
+	case c == 0xF0:
+		size, lo = 4, 0x90
+	case c == 0xF4:
+		size, hi = 4, 0x8F
+	case 0xF1 <= c && c <= 0xF3:
+		size = 4
+	default:
+		return 1
+	}
+	n := 1
+	for ; n < size && n < len(b); n++ {
+		if x := b[n]; (n == 1 && (x < lo || x > hi)) || (n > 1 && (x < 0x80 || x > 0xBF)) {
+			return n
+		}
+	}
+	return n
 }
 
 // Save writes tokenizer.json (and tokenizer_config.json when there is one) into dir, each

@@ -120,6 +120,28 @@ func TestTinyVariants(t *testing.T) {
 	}
 }
 
+// TestLossyUTF8: one U+FFFD per maximal ill-formed subsequence (Unicode table 3-7; what Rust's
+// from_utf8_lossy and the WHATWG decoder give).
+func TestLossyUTF8(t *testing.T) {
+	const r = "\uFFFD"
+	for _, tc := range []struct{ in, want string }{
+		{"ok é", "ok é"},
+		{"\xff\xfe", r + r},
+		{"\xe4\xb8", r},                // a truncated 3-byte character: one subpart
+		{"\xe4\xb8x\xad", r + "x" + r}, // cut by a character
+		{"\xf0\x9f\x98A", r + "A"},
+		{"\xed\xa0\x80", r + r + r}, // a surrogate: ED takes only 80..9F
+		{"\xe0\x80", r + r},         // overlong: E0 takes only A0..BF
+		{"\xf4\x90\x80\x80", r + r + r + r},
+		{"\xc0\x80", r + r},
+		{"\xef\xbf\xbd", r}, // U+FFFD itself is valid
+	} {
+		if got := lossyUTF8([]byte(tc.in)); got != tc.want {
+			t.Errorf("lossyUTF8(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 // TestSplitWords: the pre-tokenizer's pieces against the regex worked by hand, including the
 // look-ahead cases Go's regexp cannot express.
 func TestSplitWords(t *testing.T) {
