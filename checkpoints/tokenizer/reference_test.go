@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -390,6 +391,12 @@ func TestLiveReference(t *testing.T) {
 	t.Run("llama3", func(t *testing.T) { checkCorpus(t, families(t)["llama3"], filepath.Join(out, "llama3_golden.jsonl")) })
 	t.Run("decode", func(t *testing.T) { checkDecode(t, filepath.Join(out, "decode_golden.jsonl")) })
 	t.Run("chat", func(t *testing.T) { checkChat(t, filepath.Join(out, "chat_golden.jsonl"), true) })
+	for _, fam := range []string{"qwen3", "llama3"} {
+		t.Run("random-"+fam, func(t *testing.T) {
+			pkg := map[string]string{"qwen3": "tokenizer-qwen3", "llama3": "tokenizer-llama3"}[fam]
+			compareEncode(t, families(t)[fam], packageModels(nodeDir, pkg), nodeDir, randomTexts(400, 5))
+		})
+	}
 	t.Run("tiny", func(t *testing.T) {
 		tok, err := Load("testdata/tiny")
 		if err != nil {
@@ -405,6 +412,27 @@ func TestLiveReference(t *testing.T) {
 		tok, dir := quickstartTokenizer(t)
 		compareEncode(t, tok, dir, nodeDir, quickstartCorpus(t))
 	})
+}
+
+// randomTexts are seeded random strings over pieces that exercise the split regex and the
+// merges: letters of several scripts, digits, contractions, white space of every kind (but
+// U+0085 and U+FEFF, where JavaScript's \s differs), punctuation, combining marks, emoji and
+// special tokens.
+func randomTexts(n int, seed uint64) []string {
+	pieces := []string{"a", "b", "Z", "the", " the", "hello", "é", "e\u0301", "\u0301", "ß", "ſ", "中", "文字", "ا", "ש", "क", "्",
+		"0", "1", "7", "42", "٣", "½", "'", "'s", "'T", "'re", "'LL", "'d", " ", " ", "  ", "\t", "\n", "\r\n", "\r", "\v", "\f",
+		"\u00a0", "\u2009", "\u3000", "\u2028", ".", ",", "!", "?", "(", ")", "{", "}", "+", "-", "=", "*", "/", "\\", "\"",
+		"<", ">", "|", "😀", "👍🏽", "\u200d", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>", "<think>"}
+	rng := rand.New(rand.NewPCG(seed, 1))
+	texts := make([]string, n)
+	for i := range texts {
+		var b strings.Builder
+		for range rng.IntN(30) {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		texts[i] = b.String()
+	}
+	return texts
 }
 
 // compareEncode encodes texts with the reference on the tokenizer files in dir and compares.

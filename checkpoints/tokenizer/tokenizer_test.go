@@ -243,17 +243,24 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-// FuzzParse: tokenizer.json parsing never panics, and what parses encodes and decodes.
+// FuzzParse: parsing tokenizer.json and tokenizer_config.json never panics, and what parses
+// encodes, decodes and renders its chat template without panicking.
 func FuzzParse(f *testing.F) {
-	f.Add(tinyJSON(f), "ab 12\n")
-	f.Add([]byte(`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}`), "aa")
-	f.Fuzz(func(t *testing.T, data []byte, text string) {
-		tok, err := Parse(data)
+	f.Add(tinyJSON(f), []byte(`{"eos_token": "<|end|>", "chat_template": "{{ '<|im_start|>system\\nYou are x.<|im_end|>\\n' }}"}`), "ab 12\n")
+	f.Add([]byte(`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}`), []byte(`{"bos_token": {"content": "a"}}`), "aa")
+	f.Add(tinyJSON(f), []byte(`{"chat_template": [{"name": "default", "template": "<|start_header_id|>"}]}`), "<|end|>")
+	f.Fuzz(func(t *testing.T, data, config []byte, text string) {
+		if len(config) == 0 {
+			config = nil // no tokenizer_config.json
+		}
+		tok, err := ParseWithConfig(data, config)
 		if err != nil {
 			return
 		}
 		ids := tok.Encode(text)
 		_, _ = tok.Decode(ids)
+		_, _ = tok.DecodeSkipSpecial(append(ids, 0, int32(tok.VocabSize()-1)))
+		_, _ = tok.ApplyChatTemplate([]Message{{"system", text}, {"assistant", text}}, true)
 	})
 }
 
