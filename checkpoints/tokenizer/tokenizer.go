@@ -4,6 +4,16 @@
 // merges, added and special tokens, the post-processor's BOS), character-level BPE as the
 // project's default model uses, and the family's chat template (ChatML for Qwen, header
 // blocks for Llama 3), so that a checkpoint directory is a whole model.
+//
+// The reference is Hugging Face tokenizers itself (the Rust library transformers runs): ids,
+// decoded text and the ids of added tokens follow it, including where transformers.js differs
+// (U+0085 and U+FEFF in the split regex, added tokens in byte-level decoding). The split regex,
+// which needs look-ahead that Go's regexp lacks, is matched by hand (pretok.go). Chat templates
+// are recognised, not run: a template that is not one of the known families is reported as
+// such, never rendered approximately.
+//
+// Encoding is about 30 MB/s on one core (BenchmarkEncode; tokenizers' Node addon measured in
+// the same run did about 1.5 MB/s on the same 2-core machine).
 package tokenizer
 
 import (
