@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/prolong-rl/prolong/grpo/reward"
 	"github.com/prolong-rl/prolong/grpo/tasks"
 	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
 // job is what a GRPO run trains on: the starting model, the prompts, and how responses are
@@ -153,7 +153,13 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &job{tokenizerFiles: func(out string) error { return copyTokenizerFiles(dir, out) }}
+	j := &job{tokenizerFiles: func(out string) error {
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return err
+		}
+		_, err := modelio.CopyTokenizer(dir, out)
+		return err
+	}}
 	if strings.HasSuffix(o.model, ".onnx") {
 		j.cfg, j.weights, err = onnx.Import(o.model, onnx.ImportOptions{})
 	} else {
@@ -288,26 +294,6 @@ func grpoConfig(o options, stop []int32) (grpo.Config, error) {
 	}
 	cfg.Advantage.NoStdNorm = o.noStdNorm
 	return cfg, nil
-}
-
-// copyTokenizerFiles copies the tokenizer files of a model directory into an export.
-func copyTokenizerFiles(from, to string) error {
-	for _, name := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"} {
-		b, err := os.ReadFile(filepath.Join(from, name))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(to, 0o755); err != nil {
-			return err
-		}
-		if err := data.WriteFileAtomic(filepath.Join(to, name), func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // writeTaskData writes the default task's prompts as --data files: the prompt text (with the
