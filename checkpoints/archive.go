@@ -184,29 +184,8 @@ func UnpackArchive(in, out string) (err error) {
 		return fmt.Errorf("unpack: %w", err)
 	}
 	defer fh.Close()
-	parent := filepath.Dir(out)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("unpack %s: %w", in, err)
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".tmp-")
+	err = ReplaceDir(out, "."+filepath.Base(out)+".tmp-", func(tmp string) error { return extract(fh, tmp) })
 	if err != nil {
-		return fmt.Errorf("unpack %s: %w", in, err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("unpack %s: %w", in, err)
-	}
-	if err := extract(fh, tmp); err != nil {
-		return fmt.Errorf("unpack %s: %w", in, err)
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		return fmt.Errorf("unpack %s: %w", in, err)
-	}
-	if err := syncDir(parent); err != nil {
 		return fmt.Errorf("unpack %s: %w", in, err)
 	}
 	return nil

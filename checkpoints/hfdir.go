@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/prolong-rl/prolong/engine"
-	"golang.org/x/sys/unix"
 )
 
 // File names of a Hugging Face model directory.
@@ -58,8 +57,8 @@ func SaveHF(dir string, cfg *engine.Config, weights map[string]engine.HostTensor
 //
 // The weights must be exactly those of cfg (engine.WeightNames) with their shapes; errors
 // name the tensor. The directory is built beside dir under a temporary name, every file
-// fsynced, then swapped in by rename: an existing dir stays intact until that moment, and a
-// failed save leaves it untouched. Temporary directories that earlier saves to dir left when
+// fsynced, then swapped in (see ReplaceDir): an existing dir stays intact until that moment,
+// and a failed save leaves it untouched. Temporary directories that earlier saves to dir left when
 // killed (dir.tmp-*) are removed.
 func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, opts SaveOptions) (err error) {
 	if opts.DType == "" {
@@ -83,41 +82,22 @@ func Save(dir string, cfg *engine.Config, weights map[string]engine.HostTensor, 
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
 		return fmt.Errorf("save %s: exists and is not a directory", dir)
 	}
-	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("save %s: %w", dir, err)
-	}
 	removeStale(dir)
-	tmp, err := os.MkdirTemp(parent, filepath.Base(dir)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("save %s: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("save %s: %w", dir, err)
-	}
-	if err := writeWeights(tmp, w, opts); err != nil {
-		return err
-	}
-	if err := writeJSON(filepath.Join(tmp, ConfigFile), configJSON(cfg, arch, opts.DType)); err != nil {
-		return err
-	}
-	if err := writeJSON(filepath.Join(tmp, GenerationConfigFile), generationConfig(cfg)); err != nil {
-		return err
-	}
-	for _, src := range opts.CopyFiles {
-		if err := copyFile(filepath.Join(tmp, filepath.Base(src)), src); err != nil {
+	err = ReplaceDir(dir, filepath.Base(dir)+".tmp-", func(tmp string) error {
+		if err := writeWeights(tmp, w, opts); err != nil {
 			return err
 		}
-	}
-	if err := syncDir(tmp); err != nil {
-		return fmt.Errorf("save %s: %w", dir, err)
-	}
-	if err := swapDir(tmp, dir); err != nil {
+		if err := writeConfigs(tmp, cfg, arch, opts.DType); err != nil {
+			return err
+		}
+		for _, src := range opts.CopyFiles {
+			if err := copyFile(filepath.Join(tmp, filepath.Base(src)), src); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("save %s: %w", dir, err)
 	}
 	return nil
@@ -221,6 +201,35 @@ func configJSON(cfg *engine.Config, arch string, dt DType) map[string]any {
 	return m
 }
 
+// WriteConfig writes config.json and generation_config.json into the existing directory dir,
+// each atomically and byte for byte as Save writes them for weights stored as dtype (F32 when
+// empty): what an output that holds the model in another form, such as model.onnx, carries
+// beside it. config.json's "architectures" is cfg.Architectures, or else the transformers
+// class of cfg.ModelType; a model_type without a known class is then an error. Errors name
+// the file and the field at fault.
+func WriteConfig(dir string, cfg *engine.Config, dtype DType) error {
+	if dtype == "" {
+		dtype = F32
+	}
+	path := filepath.Join(dir, ConfigFile)
+	if !dtype.convertible() {
+		return fmt.Errorf("%s: dtype %q is not supported (want F32, BF16 or F16)", path, dtype)
+	}
+	arch, ok := architectures[cfg.ModelType]
+	if !ok && len(cfg.Architectures) == 0 {
+		return fmt.Errorf("%s: config field \"model_type\": %q is not supported", path, cfg.ModelType)
+	}
+	return writeConfigs(dir, cfg, arch, dtype)
+}
+
+// writeConfigs writes config.json (see configJSON) and generation_config.json into dir.
+func writeConfigs(dir string, cfg *engine.Config, arch string, dt DType) error {
+	if err := writeJSON(filepath.Join(dir, ConfigFile), configJSON(cfg, arch, dt)); err != nil {
+		return err
+	}
+	return writeJSON(filepath.Join(dir, GenerationConfigFile), generationConfig(cfg))
+}
+
 // writeJSON writes v as indented JSON (keys sorted), atomically.
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -248,7 +257,7 @@ func copyFile(dst, src string) error {
 
 // removeStale removes the temporary directories that saves to dir killed midway left beside
 // it (dir.tmp-*). It does so only while dir exists: where it does not, a dir.tmp-*.old may be
-// the previous checkpoint itself (see swapDir), and it is kept.
+// the previous checkpoint itself (see ReplaceDir), and it is kept.
 func removeStale(dir string) {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return
@@ -269,36 +278,6 @@ func globEscape(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
-}
-
-// swapDir moves the finished directory tmp to dir. Where dir exists, the two are exchanged
-// atomically (renameat2 RENAME_EXCHANGE) and the old one removed; where the kernel or file
-// system lacks exchange, the old dir is first renamed aside, so that a crash leaves it whole
-// under dir.old-*.
-func swapDir(tmp, dir string) error {
-	parent := filepath.Dir(dir)
-	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.Rename(tmp, dir); err != nil {
-			return err
-		}
-		return syncDir(parent)
-	}
-	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
-	old := tmp // after the exchange, tmp holds the previous directory
-	if err != nil {
-		old = tmp + ".old"
-		if err := os.Rename(dir, old); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, dir); err != nil {
-			os.Rename(old, dir)
-			return err
-		}
-	}
-	if err := syncDir(parent); err != nil {
-		return err
-	}
-	return os.RemoveAll(old)
 }
 
 // Load reads a Hugging Face model directory (written by Save or by transformers'

@@ -174,18 +174,6 @@ func SaveRunState(dir string, st *RunState, opts SaveRunOptions) (err error) {
 	name := StepDirName(st.Step)
 	final := filepath.Join(dir, name)
 	removeStaleSteps(dir)
-	tmp, err := os.MkdirTemp(dir, "."+name+".tmp-")
-	if err != nil {
-		return fmt.Errorf("save run state %s: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("save run state %s: %w", dir, err)
-	}
 	hook := func(file string) error {
 		if testHookRunState != nil {
 			return testHookRunState(file)
@@ -219,30 +207,30 @@ func SaveRunState(dir string, st *RunState, opts SaveRunOptions) (err error) {
 		s := st.Optimizer.Step
 		state.OptimizerSt = &s
 	}
-	for _, s := range steps {
-		p := filepath.Join(tmp, s.file)
-		if err := s.write(p); err != nil {
-			return fmt.Errorf("save run state %s: %w", dir, err)
+	err = ReplaceDir(final, "."+name+".tmp-", func(tmp string) error {
+		for _, s := range steps {
+			p := filepath.Join(tmp, s.file)
+			if err := s.write(p); err != nil {
+				return err
+			}
+			d, err := digestFile(p)
+			if err != nil {
+				return err
+			}
+			state.Files[s.file] = d
+			if err := hook(s.file); err != nil {
+				return fmt.Errorf("after %s: %w", s.file, err)
+			}
 		}
-		d, err := digestFile(p)
-		if err != nil {
-			return fmt.Errorf("save run state %s: %w", dir, err)
+		if err := writeJSON(filepath.Join(tmp, StateFile), state); err != nil {
+			return err
 		}
-		state.Files[s.file] = d
-		if err := hook(s.file); err != nil {
-			return fmt.Errorf("save run state %s: after %s: %w", dir, s.file, err)
+		if err := hook(StateFile); err != nil {
+			return fmt.Errorf("after %s: %w", StateFile, err)
 		}
-	}
-	if err := writeJSON(filepath.Join(tmp, StateFile), state); err != nil {
-		return fmt.Errorf("save run state %s: %w", dir, err)
-	}
-	if err := hook(StateFile); err != nil {
-		return fmt.Errorf("save run state %s: after %s: %w", dir, StateFile, err)
-	}
-	if err := syncDir(tmp); err != nil {
-		return fmt.Errorf("save run state %s: %w", dir, err)
-	}
-	if err := swapDir(tmp, final); err != nil {
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("save run state %s: %w", dir, err)
 	}
 	if err := hook("rename"); err != nil {

@@ -4,7 +4,6 @@
 package checkpoints
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -319,10 +317,6 @@ func ReadSafetensors(path string) (*File, error) {
 	return f, nil
 }
 
-// testHookWriter, when set (by tests), wraps the writer of every atomically written file, to
-// inject failures midway.
-var testHookWriter func(path string, w io.Writer) io.Writer
-
 // WriteSafetensors writes tensors to path as dtype (F32, BF16 or F16; BF16 and F16 round to
 // nearest even) with optional metadata. The output is deterministic: names sorted, data in
 // that order, the header padded with spaces to a multiple of 8 bytes as the reference
@@ -426,130 +420,4 @@ func writeData(w io.Writer, tensors map[string]engine.HostTensor, names []string
 	}
 	_, err := w.Write(buf)
 	return err
-}
-
-// writeAtomic writes path through fill: into a temp file beside it, flushed, fsynced, closed,
-// renamed over path, then the directory fsynced. On error the temp file is removed and path is
-// untouched. Errors name path.
-func writeAtomic(path string, fill func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	var w io.Writer = f
-	if testHookWriter != nil {
-		w = testHookWriter(path, w)
-	}
-	bw := bufio.NewWriterSize(w, 1<<20)
-	if err = fill(bw); err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Close()
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
-}
-
-// syncDir fsyncs a directory so that renames into it are durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// BF16ToF32 widens a bfloat16 (the top 16 bits of an fp32) exactly.
-func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
-
-// F32ToBF16 rounds an fp32 to the nearest bfloat16, ties to even, as PyTorch does; NaN stays
-// a (quiet) NaN and overflow rounds to infinity.
-func F32ToBF16(v float32) uint16 {
-	b := math.Float32bits(v)
-	if b&0x7fffffff > 0x7f800000 {
-		return uint16(b>>16) | 0x40
-	}
-	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
-}
-
-// F16ToF32 widens an IEEE 754 half exactly (subnormals, infinities and NaN included).
-func F16ToF32(h uint16) float32 {
-	sign := uint32(h&0x8000) << 16
-	exp := uint32(h>>10) & 0x1f
-	frac := uint32(h & 0x3ff)
-	switch {
-	case exp == 0 && frac == 0:
-		return math.Float32frombits(sign)
-	case exp == 0: // subnormal: frac x 2^-24, normalised for fp32
-		e := uint32(127 - 15 + 1)
-		for frac&0x400 == 0 {
-			frac <<= 1
-			e--
-		}
-		return math.Float32frombits(sign | e<<23 | (frac&0x3ff)<<13)
-	case exp == 31:
-		return math.Float32frombits(sign | 0x7f800000 | frac<<13)
-	}
-	return math.Float32frombits(sign | (exp+127-15)<<23 | frac<<13)
-}
-
-// F32ToF16 rounds an fp32 to the nearest IEEE 754 half, ties to even; values beyond the half
-// range become infinity, tiny ones a subnormal or zero; NaN stays a (quiet) NaN.
-func F32ToF16(v float32) uint16 {
-	b := math.Float32bits(v)
-	sign := uint16(b>>16) & 0x8000
-	exp := int(b>>23) & 0xff
-	frac := b & 0x7fffff
-	if exp == 0xff {
-		if frac != 0 {
-			return sign | 0x7e00 | uint16(frac>>13)
-		}
-		return sign | 0x7c00
-	}
-	e := exp - 127 + 15
-	if e >= 31 {
-		return sign | 0x7c00
-	}
-	var m uint32 // the half's bits without sign, before rounding
-	var shift uint
-	if e <= 0 { // subnormal half (or zero): value = m x 2^-24
-		if e < -10 {
-			return sign // below half of the smallest subnormal
-		}
-		frac |= 0x800000
-		shift = uint(14 - e)
-		m = frac >> shift
-	} else {
-		shift = 13
-		m = uint32(e)<<10 | frac>>13
-	}
-	rem := frac & (1<<shift - 1)
-	half := uint32(1) << (shift - 1)
-	if rem > half || rem == half && m&1 == 1 {
-		m++ // a carry into the exponent is the right rounding (up to infinity at the top)
-	}
-	return sign | uint16(m)
 }
