@@ -21,12 +21,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/prolong-rl/prolong/checkpoints"
 )
 
 // File names of a Hugging Face tokenizer in a model directory.
@@ -639,9 +642,12 @@ func maximalSubpart(b []byte) int {
 	return n
 }
 
-// Save writes tokenizer.json (and tokenizer_config.json when there is one) into dir, each
-// atomically (temporary file, fsync, rename).
+// Save writes tokenizer.json (and tokenizer_config.json when there is one) into dir, made if
+// need be, each atomically and readable by all (checkpoints.WriteFileAtomic, mode 0644).
 func (t *Tokenizer) Save(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("tokenizer: %w", err)
+	}
 	if err := writeAtomic(filepath.Join(dir, TokenizerFile), t.raw); err != nil {
 		return err
 	}
@@ -651,35 +657,14 @@ func (t *Tokenizer) Save(dir string) error {
 	return nil
 }
 
+// writeAtomic writes data to path with checkpoints.WriteFileAtomic.
 func writeAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	err := checkpoints.WriteFileAtomic(path, 0o644, func(w io.Writer) error {
+		_, err := w.Write(data)
 		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	})
 	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o644) // CreateTemp's 0600 would hide the tokenizer from other users
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("tokenizer: write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
+		return fmt.Errorf("tokenizer: %w", err)
 	}
 	return nil
 }
