@@ -6,5 +6,12 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 )
 
-// TestCPU runs the conformance suite on the CPU backend.
-func TestCPU(t *testing.T) { RunOps(t, engine.NewCPU()) }
+// TestCPU runs the conformance suite on the CPU backend against another CPU backend, with
+// fp32 and with bf16 model weights: it must pass exactly, and it shows the plumbing works.
+func TestCPU(t *testing.T) {
+	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
+		t.Run(dt.String(), func(t *testing.T) {
+			Run(t, engine.NewCPU(), Options{Reference: engine.NewCPU(), WeightDType: dt, Short: testing.Short()})
+		})
+	}
+}

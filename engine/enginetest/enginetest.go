@@ -1,351 +1,481 @@
-// Package enginetest is the conformance suite every engine backend runs: each training op's
-// backward against central finite differences of the backend's own forward, and the AdamW
-// step against its formula worked in float64. The CPU backend runs it in this package's
-// tests; a GPU backend runs the same RunOps from its own.
+// Package enginetest is the conformance suite every engine backend runs, in the spirit of
+// ggml's test-backend-ops: one call runs every op of engine.Backend and engine.TrainBackend,
+// whole tiny models (logits, cached against uncached generation, greedy tokens, the sampling
+// distribution) and training (every weight's gradient, ten AdamW steps) on the backend under
+// test and on a reference backend (the CPU backend unless told otherwise), with the same
+// random inputs, and compares the two.
 //
-// Finite differences are taken in the backend's fp32 with step h = 1e-2 on a loss
-// L = Σ r·op(x) with fixed random r, accumulated in float64. The truncation error is
-// O(h²·L”') and the rounding error about 1e-7·|L|/h, so an analytic gradient g passes when
-// |g - fd| <= 2e-3·(1 + |fd|): loose enough for fp32, tight enough to catch a wrong term
-// (a dropped factor or sign moves a typical entry by far more). The float64 reference
-// (engine.RefModel) is checked against finite differences at 1e-6 in package engine.
+//	results := enginetest.Check(b, enginetest.Options{WeightDType: engine.BF16}) // any program
+//	enginetest.Run(t, b, enginetest.Options{})                                 // a test
+//
+// Check returns one Result per comparison (a plain binary can write them as JSON); Run turns
+// them into subtests and adds RunOps, which checks every backward op against finite
+// differences of the backend's own forward.
+//
+// # Metric
+//
+// Outputs are compared by the normalised mean squared error
+//
+//	NMSE = Σ(got-want)² / Σwant²
+//
+// over all elements of an output (Σ(got-want)² alone when want is all zeros, as after
+// Scale by 0). A NaN or Inf in got always fails. A few comparisons are not NMSE and say so in
+// Result.Metric: SumSquares uses the relative error, Sample the fraction of rows whose ids
+// differ, the sampling distribution a chi-square statistic, greedy generation the number of
+// differing tokens.
+//
+// Inputs are fresh random normal values (never zeros, so that a kernel that skips work or
+// reads an unwritten buffer shows), and every op's inputs are made on the host or by the
+// reference, so that a broken op fails its own cases and not those of the ops around it;
+// only the model and training cases chain ops.
+//
+// # Tolerances
+//
+// Two correct fp32 implementations differ by rounding: a relative error per element of a few
+// ulp (2⁻²⁴ ≈ 6e-8) times √K for a K-term sum in another order, or a fast exp/rsqrt (about
+// 2⁻²¹), which is an NMSE of 1e-14..1e-11. A real bug (a dropped term, an off-by-one position,
+// a wrong scale, an overwrite instead of an accumulation) moves the output by far more than
+// 1e-3 relative, an NMSE above 1e-6. The defaults sit between, with room for a GPU's
+// reduction order:
+//
+//   - elementwise and row ops, log-probs, AdamW: 1e-9;
+//   - matmuls with fp32 weights or parameters, attention, other backward ops: 1e-8 (TF32
+//     tensor cores, about 2⁻¹¹ relative, give 1e-7..1e-6 and fail on purpose: fp32 means fp32);
+//   - matmuls with bf16 weights: 1e-4. Both backends get the same bf16-rounded weights, but a
+//     GPU also rounds the activations to bf16 for the tensor cores: 2⁻⁹ relative per
+//     element, an NMSE of about 3e-6, and a margin of 30;
+//   - whole-model logits and log-probs: 1e-7 with fp32 weights (errors grow through the
+//     layers and the final norm), 1e-3 with bf16 weights (the bf16 activation rounding of
+//     every matmul compounds over the layers);
+//   - model gradients and AdamW weight updates: 1e-6 (the backward passes through twice the
+//     ops; Adam's update m/√v amplifies the relative error of small gradients);
+//   - SumSquares: relative error 1e-5;
+//   - Sample: at most 2% of the sampled rows may pick another id (only rows whose U lies
+//     within rounding of a CDF boundary may), greedy rows none.
+//
+// The package's own tests check both sides of that choice: a CPU backend whose matmul,
+// attention and norm outputs are jittered by fp32 rounding noise (and whose bf16 matmuls
+// round their activations to bf16) passes every case, and a CPU backend with one op
+// perturbed by 1e-3 fails exactly the cases of that op (and the model cases that use it).
 package enginetest
 
 import (
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
 	"math"
 	"math/rand/v2"
-	"sort"
+	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/engine"
 )
 
-// op is one case: input shapes, a forward returning the output on the host, and a backward
-// returning the gradient of every input given the output gradient dy (host data, the
-// output's shape).
-type op struct {
-	name   string
-	shapes map[string][]int
-	fwd    func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32
-	bwd    func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32
+// Options configure a conformance run.
+type Options struct {
+	// Reference is the backend compared against; nil means engine.NewCPU().
+	Reference engine.TrainBackend
+	// WeightDType is the dtype of inference (linear) weights uploaded to both backends for
+	// the model tests (F32 or BF16). The MatMul cases run both dtypes whatever it says.
+	WeightDType engine.DType
+	// Tol holds the thresholds; zero fields take the defaults for WeightDType
+	// (DefaultTolerances).
+	Tol Tolerances
+	// Short runs fewer and smaller cases.
+	Short bool
 }
 
-// RunOps checks every backward op of b against finite differences, and AdamW against its
-// formula.
-func RunOps(t *testing.T, b engine.TrainBackend) {
-	for _, o := range ops() {
-		t.Run(o.name, func(t *testing.T) { checkOp(t, b, o) })
+// Tolerances are the thresholds of the comparisons, NMSE unless said otherwise. The package
+// doc explains the defaults.
+type Tolerances struct {
+	// Elementwise covers Embedding, AddBias, RMSNorm, RoPE, SwiGLU, Add, GatherRows, Copy,
+	// Scale, ScatterAddRows, EmbeddingBackward, BiasDW.
+	Elementwise float64
+	// MatMul covers MatMul with fp32 weights or parameters, MatMulDX and MatMulDW.
+	MatMul float64
+	// MatMulBF16 covers MatMul with bf16 weights.
+	MatMulBF16 float64
+	// Attention covers Attention, AttentionTrain and AttentionBackward.
+	Attention float64
+	// Backward covers RMSNormBackward, SwiGLUBackward and LogProbsBackward.
+	Backward float64
+	// LogProbs covers LogProbs and the log-probs Sample returns.
+	LogProbs float64
+	// AdamW covers the parameter and moments after ten AdamW steps.
+	AdamW float64
+	// SumSquares is a relative error.
+	SumSquares float64
+	// Model covers whole-model logits and log-probs (prefill against the reference, cached
+	// against uncached on the backend under test).
+	Model float64
+	// Train covers the gradient of every weight of a tiny model and the change of every
+	// weight over ten AdamW steps.
+	Train float64
+	// SampleMismatch is the fraction of sampled (non-greedy) rows allowed to pick another id
+	// than the reference for the same U.
+	SampleMismatch float64
+}
+
+// DefaultTolerances returns the thresholds for models with weights of dtype dt.
+func DefaultTolerances(dt engine.DType) Tolerances {
+	t := Tolerances{
+		Elementwise: 1e-9, MatMul: 1e-8, MatMulBF16: 1e-4, Attention: 1e-8, Backward: 1e-8,
+		LogProbs: 1e-9, AdamW: 1e-9, SumSquares: 1e-5, Model: 1e-7, Train: 1e-6, SampleMismatch: 0.02,
 	}
-	t.Run("AdamW", func(t *testing.T) { checkAdamW(t, b) })
+	if dt == engine.BF16 {
+		t.Model = 1e-3
+	}
+	return t
 }
 
-func upload(t *testing.T, b engine.TrainBackend, data []float32, shape []int) *engine.Tensor {
+// withDefaults fills the zero fields of t from d.
+func (t Tolerances) withDefaults(d Tolerances) Tolerances {
+	fill := func(v *float64, def float64) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	fill(&t.Elementwise, d.Elementwise)
+	fill(&t.MatMul, d.MatMul)
+	fill(&t.MatMulBF16, d.MatMulBF16)
+	fill(&t.Attention, d.Attention)
+	fill(&t.Backward, d.Backward)
+	fill(&t.LogProbs, d.LogProbs)
+	fill(&t.AdamW, d.AdamW)
+	fill(&t.SumSquares, d.SumSquares)
+	fill(&t.Model, d.Model)
+	fill(&t.Train, d.Train)
+	fill(&t.SampleMismatch, d.SampleMismatch)
+	return t
+}
+
+// Metrics of a Result.
+const (
+	MetricNMSE     = "nmse"     // Σ(got-want)²/Σwant²
+	MetricRelErr   = "relerr"   // |got-want|/|want| of a scalar
+	MetricMismatch = "mismatch" // fraction of rows (or tokens) that differ
+	MetricChi2     = "chi2"     // chi-square statistic of sampled counts against the probabilities
+)
+
+// Result is one comparison of the backend under test against the reference.
+type Result struct {
+	// Name is the op (or model), the shape and the variant, e.g.
+	// "MatMul/M=3,K=67,N=129/bf16" or "Train/qwen3/grad/model.norm.weight".
+	Name string `json:"name"`
+	// Metric is how Error is measured (MetricNMSE unless the case says otherwise).
+	Metric string `json:"metric"`
+	// Error is the measured error; Tol the threshold it must not exceed.
+	Error float64 `json:"error"`
+	Tol   float64 `json:"tol"`
+	// Pass reports Error <= Tol with every value finite.
+	Pass bool `json:"pass"`
+	// BadIndex is, for a failing comparison, the first element that is not finite or whose
+	// squared error alone exceeds Tol·mean(want²); -1 when there is none. Got and Want are
+	// its values.
+	BadIndex int     `json:"bad_index"`
+	Got      float64 `json:"got"`
+	Want     float64 `json:"want"`
+	// Detail says more: a panic of the backend, a mismatch count, a near tie.
+	Detail string `json:"detail,omitempty"`
+	// Duration is the time of the case that produced the result (both backends).
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// MarshalJSON writes non-finite numbers (a NaN result is what a report must show) as the
+// strings "NaN", "+Inf" and "-Inf", which encoding/json refuses as numbers.
+func (r Result) MarshalJSON() ([]byte, error) {
+	num := func(v float64) any {
+		switch {
+		case math.IsNaN(v):
+			return "NaN"
+		case math.IsInf(v, 1):
+			return "+Inf"
+		case math.IsInf(v, -1):
+			return "-Inf"
+		}
+		return v
+	}
+	return json.Marshal(struct {
+		Name     string `json:"name"`
+		Metric   string `json:"metric"`
+		Error    any    `json:"error"`
+		Tol      any    `json:"tol"`
+		Pass     bool   `json:"pass"`
+		BadIndex int    `json:"bad_index"`
+		Got      any    `json:"got"`
+		Want     any    `json:"want"`
+		Detail   string `json:"detail,omitempty"`
+		Duration int64  `json:"duration_ns"`
+	}{r.Name, r.Metric, num(r.Error), num(r.Tol), r.Pass, r.BadIndex, num(r.Got), num(r.Want), r.Detail, int64(r.Duration)})
+}
+
+func (r Result) String() string {
+	s := fmt.Sprintf("%s: %s %.3g (tol %.3g)", r.Name, r.Metric, r.Error, r.Tol)
+	if r.BadIndex >= 0 {
+		s += fmt.Sprintf("; first bad element %d: got %.9g, want %.9g", r.BadIndex, r.Got, r.Want)
+	}
+	if r.Detail != "" {
+		s += "; " + r.Detail
+	}
+	return s
+}
+
+// Check runs every case on b and on o.Reference and returns the results. It never stops
+// early: a case whose backend panics gives a failing Result naming the panic, and the run goes
+// on. Usable from a plain binary.
+func Check(b engine.TrainBackend, o Options) []Result {
+	if o.Reference == nil {
+		o.Reference = engine.NewCPU()
+	}
+	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
+	var out []Result
+	for _, tc := range cases(o) {
+		out = append(out, runCase(b, o, tc)...)
+	}
+	return out
+}
+
+// Run calls Check and reports every failing Result with t.Errorf, each result as a subtest
+// named after it, and then runs RunOps (finite differences) on b.
+func Run(t *testing.T, b engine.TrainBackend, o Options) {
 	t.Helper()
-	x, err := b.UploadParam(data, shape...)
-	if err != nil {
-		t.Fatal(err)
+	results := Check(b, o)
+	for _, r := range results {
+		t.Run(r.Name, func(t *testing.T) {
+			if !r.Pass {
+				t.Error(r.String())
+			}
+		})
 	}
-	return x
+	t.Run("FiniteDifferences", func(t *testing.T) { RunOps(t, b) })
 }
 
-func download(b engine.TrainBackend, x *engine.Tensor) []float32 {
-	out := make([]float32, x.Len())
-	if err := b.Download(x, out); err != nil {
+// testCase is one case of the suite: a name (op and shape) and a body that compares the two
+// backends through its caseCtx.
+type testCase struct {
+	name string
+	run  func(c *caseCtx)
+}
+
+// caseCtx is what a case body sees: both backends, the tolerances, a random source seeded
+// by the case's name (so a case's inputs do not depend on which cases ran before), and the
+// results so far.
+type caseCtx struct {
+	name    string
+	b, ref  engine.TrainBackend
+	o       Options
+	tol     Tolerances
+	rng     *rand.Rand
+	results []Result
+}
+
+func runCase(b engine.TrainBackend, o Options, tc testCase) (res []Result) {
+	h := fnv.New64a()
+	h.Write([]byte(tc.name))
+	c := &caseCtx{name: tc.name, b: b, ref: o.Reference, o: o, tol: o.Tol, rng: rand.New(rand.NewPCG(h.Sum64(), 7))}
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			c.results = append(c.results, Result{Name: tc.name, Metric: MetricNMSE, Error: math.Inf(1), BadIndex: -1,
+				Detail: fmt.Sprintf("panic: %v\n%s", p, debug.Stack())})
+		}
+		d := time.Since(start)
+		for i := range c.results {
+			c.results[i].Duration = d
+		}
+		res = c.results
+	}()
+	tc.run(c)
+	return
+}
+
+// sub returns the name of a part of the case.
+func (c *caseCtx) sub(part string) string {
+	if part == "" {
+		return c.name
+	}
+	return c.name + "/" + part
+}
+
+// nmse appends the NMSE comparison of got against want.
+func (c *caseCtx) nmse(part string, got, want []float32, tol float64) {
+	c.results = append(c.results, compareNMSE(c.sub(part), got, want, tol))
+}
+
+// add appends a result made by the case itself.
+func (c *caseCtx) add(r Result) {
+	r.Name = c.sub(r.Name)
+	c.results = append(c.results, r)
+}
+
+// compareNMSE is the suite's metric; see the package doc.
+func compareNMSE(name string, got, want []float32, tol float64) Result {
+	r := Result{Name: name, Metric: MetricNMSE, Tol: tol, BadIndex: -1}
+	if len(got) != len(want) {
+		r.Error = math.Inf(1)
+		r.Detail = fmt.Sprintf("got %d values, want %d", len(got), len(want))
+		return r
+	}
+	var num, den float64
+	bad := -1
+	for i := range want {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			if bad < 0 {
+				bad = i
+			}
+			continue
+		}
+		num += (g - w) * (g - w)
+		den += w * w
+	}
+	switch {
+	case bad >= 0:
+		r.Error = math.NaN()
+	case den == 0:
+		r.Error = num
+	default:
+		r.Error = num / den
+	}
+	r.Pass = bad < 0 && r.Error <= tol
+	if !r.Pass && bad < 0 && len(want) > 0 {
+		lim := tol * den / float64(len(want))
+		if den == 0 {
+			lim = tol
+		}
+		for i := range want {
+			d := float64(got[i]) - float64(want[i])
+			if d*d > lim {
+				bad = i
+				break
+			}
+		}
+	}
+	if !r.Pass && bad >= 0 {
+		r.BadIndex, r.Got, r.Want = bad, float64(got[bad]), float64(want[bad])
+	}
+	return r
+}
+
+// output is one named output of an op, downloaded to the host.
+type output struct {
+	name string
+	data []float32
+}
+
+// both runs f on the backend under test and on the reference, each with its own env (freed
+// afterwards), and compares every output by NMSE with tolerance tol.
+func (c *caseCtx) both(tol float64, f func(e *env) []output) {
+	got, want := c.pair(f)
+	for i := range want {
+		c.nmse(want[i].name, got[i].data, want[i].data, tol)
+	}
+}
+
+// pair runs f on both backends and returns the outputs of each.
+func (c *caseCtx) pair(f func(e *env) []output) (got, want []output) {
+	want = withEnv(c.ref, f)
+	got = withEnv(c.b, f)
+	if len(got) != len(want) {
+		panic(fmt.Sprintf("case %s: %d outputs on the backend, %d on the reference", c.name, len(got), len(want)))
+	}
+	return got, want
+}
+
+func withEnv(b engine.TrainBackend, f func(e *env) []output) []output {
+	e := &env{b: b}
+	defer e.free()
+	return f(e)
+}
+
+// env wraps a backend for one run of a case: tensors it makes are freed at the end.
+type env struct {
+	b     engine.TrainBackend
+	owned []*engine.Tensor
+	kvs   []engine.KVStore
+}
+
+func (e *env) free() {
+	for _, t := range e.owned {
+		e.b.Free(t)
+	}
+	for _, s := range e.kvs {
+		s.Free()
+	}
+}
+
+func (e *env) keep(t *engine.Tensor, err error) *engine.Tensor {
+	if err != nil {
+		panic(err)
+	}
+	e.owned = append(e.owned, t)
+	return t
+}
+
+// up uploads an fp32 activation.
+func (e *env) up(data []float32, shape ...int) *engine.Tensor {
+	return e.keep(e.b.Upload(engine.F32, data, false, shape...))
+}
+
+// weight uploads a linear weight [N, K] of dtype dt.
+func (e *env) weight(dt engine.DType, data []float32, shape ...int) *engine.Tensor {
+	return e.keep(e.b.Upload(dt, data, true, shape...))
+}
+
+// param uploads a trainable parameter.
+func (e *env) param(data []float32, shape ...int) *engine.Tensor {
+	return e.keep(e.b.UploadParam(data, shape...))
+}
+
+// alloc returns a zeroed fp32 tensor.
+func (e *env) alloc(shape ...int) *engine.Tensor { return e.keep(e.b.Alloc(shape...), nil) }
+
+// down downloads a tensor.
+func (e *env) down(t *engine.Tensor) []float32 {
+	out := make([]float32, t.Len())
+	if err := e.b.Download(t, out); err != nil {
 		panic(err)
 	}
 	return out
 }
 
-func tensorFrom(b engine.TrainBackend, data []float32, shape ...int) *engine.Tensor {
-	x, err := b.Upload(engine.F32, data, false, shape...)
+// kv makes a KV store freed at the end.
+func (e *env) kv(layers, kvHeads, blockSize, headDim, blocks int) engine.KVStore {
+	s, err := e.b.NewKVStore(layers, kvHeads, blockSize, headDim, blocks)
 	if err != nil {
 		panic(err)
 	}
-	return x
+	e.kvs = append(e.kvs, s)
+	return s
 }
 
-func checkOp(t *testing.T, b engine.TrainBackend, o op) {
-	rng := rand.New(rand.NewPCG(11, uint64(len(o.name))))
-	names := make([]string, 0, len(o.shapes))
-	for n := range o.shapes {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	host := map[string][]float32{}
-	for _, n := range names {
-		s := o.shapes[n]
-		l := 1
-		for _, d := range s {
-			l *= d
-		}
-		host[n] = make([]float32, l)
-		for i := range host[n] {
-			host[n][i] = float32(rng.NormFloat64())
+// randn returns n values ~ N(0, scale²), none of them zero.
+func randn(r *rand.Rand, n int, scale float64) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		for out[i] == 0 {
+			out[i] = float32(r.NormFloat64() * scale)
 		}
 	}
-	run := func() []float32 {
-		in := map[string]*engine.Tensor{}
-		for _, n := range names {
-			in[n] = upload(t, b, host[n], o.shapes[n])
-		}
-		y := o.fwd(b, in)
-		for _, x := range in {
-			b.Free(x)
-		}
-		return y
-	}
-	y := run()
-	r := make([]float32, len(y))
-	for i := range r {
-		r[i] = float32(rng.NormFloat64())
-	}
-	loss := func() float64 {
-		var l float64
-		for i, v := range run() {
-			l += float64(r[i]) * float64(v)
-		}
-		return l
-	}
-	in := map[string]*engine.Tensor{}
-	for _, n := range names {
-		in[n] = upload(t, b, host[n], o.shapes[n])
-	}
-	grads := o.bwd(b, in, r)
-	const h = 1e-2
-	for _, n := range names {
-		g, ok := grads[n]
-		if !ok {
-			continue
-		}
-		x := host[n]
-		if len(g) != len(x) {
-			t.Fatalf("%s: gradient of %s has %d values, input has %d", o.name, n, len(g), len(x))
-		}
-		for trial := 0; trial < min(len(x), 64); trial++ {
-			j := trial // every entry of small inputs, 64 random ones of larger
-			if len(x) > 64 {
-				j = rng.IntN(len(x))
-			}
-			old := x[j]
-			x[j] = old + h
-			lp := loss()
-			x[j] = old - h
-			lm := loss()
-			x[j] = old
-			fd := (lp - lm) / (2 * h)
-			if d := math.Abs(float64(g[j]) - fd); d > 2e-3*(1+math.Abs(fd)) || math.IsNaN(float64(g[j])) {
-				t.Errorf("%s: d/d%s[%d] = %.6g, finite difference %.6g", o.name, n, j, g[j], fd)
-			}
-		}
-	}
+	return out
 }
 
-func ops() []op {
-	const T, H, KV, Dh = 7, 4, 2, 6
-	seqStart := []int32{0, 3, 7}
-	pos := []int32{0, 1, 2, 0, 1, 2, 3}
-	return []op{
-		{
-			name:   "MatMul",
-			shapes: map[string][]int{"x": {5, 7}, "w": {6, 7}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				y := b.Alloc(5, 6)
-				b.MatMul(y, in["x"], in["w"])
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				d := tensorFrom(b, dy, 5, 6)
-				dx, dw := b.Alloc(5, 7), b.Alloc(6, 7)
-				b.MatMulDX(dx, d, in["w"])
-				b.MatMulDW(dw, d, in["x"])
-				return map[string][]float32{"x": download(b, dx), "w": download(b, dw)}
-			},
-		},
-		{
-			name:   "AddBias",
-			shapes: map[string][]int{"x": {4, 6}, "bias": {6}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				y := b.Alloc(4, 6)
-				b.Copy(y, in["x"])
-				b.AddBias(y, in["bias"])
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				db := b.Alloc(6)
-				b.BiasDW(db, tensorFrom(b, dy, 4, 6))
-				return map[string][]float32{"x": dy, "bias": download(b, db)}
-			},
-		},
-		rmsnormOp("RMSNorm", 8),
-		rmsnormOp("RMSNormGroups", 4),
-		{
-			name:   "RoPE",
-			shapes: map[string][]int{"x": {T, 2 * Dh}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				cos, sin := ropeTables(b, 1)
-				y := b.Alloc(T, 2*Dh)
-				b.Copy(y, in["x"])
-				b.RoPE(y, Dh, pos, cos, sin)
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				cos, nsin := ropeTables(b, -1)
-				d := tensorFrom(b, dy, T, 2*Dh)
-				b.RoPE(d, Dh, pos, cos, nsin)
-				return map[string][]float32{"x": download(b, d)}
-			},
-		},
-		{
-			name:   "Attention",
-			shapes: map[string][]int{"q": {T, H * Dh}, "k": {T, KV * Dh}, "v": {T, KV * Dh}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				out, lse := b.Alloc(T, H*Dh), b.Alloc(T, H)
-				b.AttentionTrain(out, lse, in["q"], in["k"], in["v"], seqStart)
-				return download(b, out)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				out, lse := b.Alloc(T, H*Dh), b.Alloc(T, H)
-				b.AttentionTrain(out, lse, in["q"], in["k"], in["v"], seqStart)
-				dq, dk, dv := b.Alloc(T, H*Dh), b.Alloc(T, KV*Dh), b.Alloc(T, KV*Dh)
-				b.AttentionBackward(dq, dk, dv, tensorFrom(b, dy, T, H*Dh), in["q"], in["k"], in["v"], out, lse, seqStart)
-				return map[string][]float32{"q": download(b, dq), "k": download(b, dk), "v": download(b, dv)}
-			},
-		},
-		{
-			name:   "SwiGLU",
-			shapes: map[string][]int{"gate": {3, 5}, "up": {3, 5}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				y := b.Alloc(3, 5)
-				b.SwiGLU(y, in["gate"], in["up"])
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				dg, du := b.Alloc(3, 5), b.Alloc(3, 5)
-				b.SwiGLUBackward(dg, du, tensorFrom(b, dy, 3, 5), in["gate"], in["up"])
-				return map[string][]float32{"gate": download(b, dg), "up": download(b, du)}
-			},
-		},
-		{
-			name:   "Embedding",
-			shapes: map[string][]int{"table": {6, 4}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				y := b.Alloc(5, 4)
-				b.Embedding(y, in["table"], []int32{1, 3, 1, 5, 0})
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				dt := b.Alloc(6, 4)
-				b.EmbeddingBackward(dt, tensorFrom(b, dy, 5, 4), []int32{1, 3, 1, 5, 0})
-				return map[string][]float32{"table": download(b, dt)}
-			},
-		},
-		{
-			name:   "GatherRows",
-			shapes: map[string][]int{"x": {5, 3}},
-			fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-				y := b.Alloc(3, 3)
-				b.GatherRows(y, in["x"], []int32{4, 0, 2})
-				return download(b, y)
-			},
-			bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-				dx := b.Alloc(5, 3)
-				b.ScatterAddRows(dx, tensorFrom(b, dy, 3, 3), []int32{4, 0, 2})
-				return map[string][]float32{"x": download(b, dx)}
-			},
-		},
-		logProbsOp(),
+// ids returns n token ids below v, with repeats when n is large enough.
+func randIDs(r *rand.Rand, n, v int) []int32 {
+	out := make([]int32, n)
+	for i := range out {
+		out[i] = int32(r.IntN(v))
 	}
+	return out
 }
 
-// rmsnormOp normalises groups of n elements of x [3, 8].
-func rmsnormOp(name string, n int) op {
-	return op{
-		name:   name,
-		shapes: map[string][]int{"x": {3, 8}, "w": {n}},
-		fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-			y := b.Alloc(3, 8)
-			b.RMSNorm(y, in["x"], in["w"], 1e-5)
-			return download(b, y)
-		},
-		bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-			dx, dw := b.Alloc(3, 8), b.Alloc(n)
-			b.RMSNormBackward(dx, dw, tensorFrom(b, dy, 3, 8), in["x"], in["w"], 1e-5)
-			return map[string][]float32{"x": download(b, dx), "w": download(b, dw)}
-		},
-	}
-}
-
-// ropeTables returns cos and sign·sin tables [8, 3] for head dim 6 and theta 100.
-func ropeTables(b engine.TrainBackend, sign float64) (cos, sin *engine.Tensor) {
-	const P, half = 8, 3
-	c, s := make([]float32, P*half), make([]float32, P*half)
-	for p := 0; p < P; p++ {
-		for i := 0; i < half; i++ {
-			a := float64(p) * math.Pow(100, -float64(2*i)/float64(2*half))
-			c[p*half+i], s[p*half+i] = float32(math.Cos(a)), float32(sign*math.Sin(a))
-		}
-	}
-	return tensorFrom(b, c, P, half), tensorFrom(b, s, P, half)
-}
-
-// logProbsOp checks LogProbsBackward: the "output" is the vector of log-probs followed by the
-// entropies of 3 rows of logits at temperature 0.7, so dy holds dlogp then dent.
-func logProbsOp() op {
-	const R, V = 3, 7
-	targets := []int32{2, 6, 0}
-	const temp = 0.7
-	return op{
-		name:   "LogProbs",
-		shapes: map[string][]int{"logits": {R, V}},
-		fwd: func(b engine.TrainBackend, in map[string]*engine.Tensor) []float32 {
-			lp, ent, err := b.LogProbs(in["logits"], targets, temp)
-			if err != nil {
-				panic(err)
-			}
-			return append(lp, ent...)
-		},
-		bwd: func(b engine.TrainBackend, in map[string]*engine.Tensor, dy []float32) map[string][]float32 {
-			d := b.Alloc(R, V)
-			b.LogProbsBackward(d, in["logits"], targets, dy[:R], dy[R:], temp)
-			return map[string][]float32{"logits": download(b, d)}
-		},
-	}
-}
-
-// checkAdamW runs three AdamW steps on random data and compares with torch.optim.AdamW's
-// formula worked in float64.
-func checkAdamW(t *testing.T, b engine.TrainBackend) {
-	rng := rand.New(rand.NewPCG(3, 1))
-	const n = 1000
-	p, m, v := make([]float64, n), make([]float64, n), make([]float64, n)
-	pf := make([]float32, n)
-	for i := range p {
-		pf[i] = float32(rng.NormFloat64())
-		p[i] = float64(pf[i])
-	}
-	pt := upload(t, b, pf, []int{n})
-	mt, vt := b.Alloc(n), b.Alloc(n)
-	const lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
-	for step := 1; step <= 3; step++ {
-		g := make([]float32, n)
-		for i := range g {
-			g[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(5)-3)))
-		}
-		h := engine.AdamWStep{LR: lr, Beta1: b1, Beta2: b2, Eps: eps, WeightDecay: wd,
-			BC1: 1 - math.Pow(b1, float64(step)), BC2: 1 - math.Pow(b2, float64(step))}
-		b.AdamW(pt, tensorFrom(b, g, n), mt, vt, h)
-		for i := range p {
-			gi := float64(g[i])
-			p[i] *= 1 - lr*wd
-			m[i] = b1*m[i] + (1-b1)*gi
-			v[i] = b2*v[i] + (1-b2)*gi*gi
-			p[i] -= lr / h.BC1 * m[i] / (math.Sqrt(v[i])/math.Sqrt(h.BC2) + eps)
-		}
-	}
-	got := download(b, pt)
-	for i := range p {
-		if d := math.Abs(float64(got[i]) - p[i]); d > 1e-6*(1+math.Abs(p[i])) {
-			t.Fatalf("AdamW p[%d] = %.9g, formula %.9g", i, got[i], p[i])
-		}
-	}
+// cases lists the suite.
+func cases(o Options) []testCase {
+	var cs []testCase
+	cs = append(cs, forwardCases(o)...)
+	cs = append(cs, trainOpCases(o)...)
+	cs = append(cs, modelCases(o)...)
+	cs = append(cs, trainCases(o)...)
+	return cs
 }

@@ -1,0 +1,124 @@
+package enginetest
+
+import (
+	"context"
+	"math/rand/v2"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// Training of the tiny models with engine.Trainer on both backends.
+
+func trainCases(o Options) []testCase {
+	var cs []testCase
+	for _, cfg := range tinyConfigs() {
+		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg) }})
+	}
+	return cs
+}
+
+// trainBatch returns sequences of the given lengths, each scored from a random start.
+func trainBatch(r *rand.Rand, vocab int, lens ...int) []engine.ScoreRequest {
+	var out []engine.ScoreRequest
+	for _, s := range randSeqs(r, vocab, lens...) {
+		out = append(out, engine.ScoreRequest{Tokens: s, Start: 1 + r.IntN(len(s)-1)})
+	}
+	return out
+}
+
+// coefs returns random per-token coefficients shaped like the batch's scored tokens.
+func coefs(r *rand.Rand, b []engine.ScoreRequest) [][]float64 {
+	var out [][]float64
+	for _, s := range b {
+		row := make([]float64, len(s.Tokens)-s.Start)
+		for i := range row {
+			row[i] = r.NormFloat64()
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// trainRun is what one backend's training produced.
+type trainRun struct {
+	names []string
+	grads map[string][]float32 // after two micro-batches
+	delta map[string][]float32 // weight change over ten optimizer steps
+	loss  []float32            // loss of every ForwardBackward
+}
+
+// trainModel accumulates the gradient of two micro-batches (SFT cross-entropy over a ragged
+// batch, then a weighted log-prob + entropy loss, so weight gradients must add up) and compares
+// every weight's gradient; then takes ten AdamW steps (clipping, weight decay except on 1-D
+// weights, warmup), each on a fresh micro-batch, and compares every weight's change.
+func trainModel(c *caseCtx, cfg *engine.Config) {
+	steps := 10
+	b1 := trainBatch(c.rng, cfg.VocabSize, 7, 13, 20)
+	b2 := trainBatch(c.rng, cfg.VocabSize, 2, 17)
+	w2, e2 := coefs(c.rng, b2), coefs(c.rng, b2)
+	var later [][]engine.ScoreRequest
+	for i := 1; i < steps; i++ {
+		later = append(later, trainBatch(c.rng, cfg.VocabSize, 3+c.rng.IntN(20), 3+c.rng.IntN(20)))
+	}
+	run := func(b engine.TrainBackend) *trainRun {
+		w := tinyWeights(cfg)
+		m, err := engine.NewModel(cfg, b, w, engine.F32)
+		if err != nil {
+			panic(err)
+		}
+		defer freeModel(m)
+		tr, err := engine.NewTrainer(m, engine.TrainOptions{Temperature: 0.9, MaxLogitRows: 16,
+			Optimizer: engine.AdamWConfig{LR: 3e-3, WeightDecay: 0.05, NoDecay1D: true, ClipNorm: 1,
+				Schedule: engine.LinearWarmup(3)}})
+		if err != nil {
+			panic(err)
+		}
+		r := &trainRun{names: tr.TrainableNames(), grads: map[string][]float32{}, delta: map[string][]float32{}}
+		fb := func(batch []engine.ScoreRequest, loss engine.LossFunc) {
+			st, err := tr.ForwardBackward(context.Background(), batch, loss)
+			if err != nil {
+				panic(err)
+			}
+			r.loss = append(r.loss, float32(st.Loss))
+		}
+		n := 0
+		for _, s := range append(b1, b2...) {
+			n += len(s.Tokens) - s.Start
+		}
+		fb(b1, engine.CrossEntropy(float64(n)))
+		fb(b2, engine.WeightedLogProb(w2, e2))
+		for _, name := range r.names {
+			if r.grads[name], err = tr.Grad(name); err != nil {
+				panic(err)
+			}
+		}
+		for i := 0; i < steps; i++ {
+			if i > 0 {
+				fb(later[i-1], engine.CrossEntropy(0))
+			}
+			if _, err := tr.Step(); err != nil {
+				panic(err)
+			}
+		}
+		after, err := m.HostWeights()
+		if err != nil {
+			panic(err)
+		}
+		for _, name := range r.names {
+			d := after[name].Data
+			for i, v := range w[name].Data {
+				d[i] -= v
+			}
+			r.delta[name] = d
+		}
+		return r
+	}
+	want, got := run(c.ref), run(c.b)
+	c.nmse("loss", got.loss, want.loss, c.tol.Train)
+	for _, name := range want.names {
+		c.nmse("grad/"+name, got.grads[name], want.grads[name], c.tol.Train)
+	}
+	for _, name := range want.names {
+		c.nmse("adamw10/"+name, got.delta[name], want.delta[name], c.tol.Train)
+	}
+}

@@ -1,0 +1,264 @@
+package enginetest
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// Training ops of engine.TrainBackend. Gradients an op writes start from random values (an
+// op must overwrite them); gradients an op accumulates into start from random values too (it
+// must add to them).
+
+func trainOpCases(o Options) []testCase {
+	var cs []testCase
+	for _, s := range attnShapes(o) {
+		lens := []int{1, 7, 20}
+		if !o.Short {
+			lens = append(lens, 70)
+		}
+		seqStart := []int32{0}
+		for _, n := range lens {
+			seqStart = append(seqStart, seqStart[len(seqStart)-1]+int32(n))
+		}
+		T := int(seqStart[len(seqStart)-1])
+		shape := fmt.Sprintf("%s,lens=%v", s, lens)
+		qw, kw := s.h*s.dh, s.kv*s.dh
+		cs = append(cs, testCase{"AttentionTrain/" + shape, func(c *caseCtx) {
+			q, k, v := randn(c.rng, T*qw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*kw, 1)
+			initO, initL := randn(c.rng, T*qw, 1), randn(c.rng, T*s.h, 1)
+			c.both(c.tol.Attention, func(e *env) []output {
+				out, lse := e.up(initO, T, qw), e.up(initL, T, s.h)
+				e.b.AttentionTrain(out, lse, e.up(q, T, qw), e.up(k, T, kw), e.up(v, T, kw), seqStart)
+				return []output{{"out", e.down(out)}, {"lse", e.down(lse)}}
+			})
+		}})
+		cs = append(cs, testCase{"AttentionBackward/" + shape, func(c *caseCtx) {
+			q, k, v, dout := randn(c.rng, T*qw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*qw, 1)
+			// out and lse come from the reference, so that only the backward is under test.
+			var out, lse []float32
+			withEnv(c.ref, func(e *env) []output {
+				ot, lt := e.alloc(T, qw), e.alloc(T, s.h)
+				e.b.AttentionTrain(ot, lt, e.up(q, T, qw), e.up(k, T, kw), e.up(v, T, kw), seqStart)
+				out, lse = e.down(ot), e.down(lt)
+				return nil
+			})
+			init := [][]float32{randn(c.rng, T*qw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*kw, 1)}
+			c.both(c.tol.Attention, func(e *env) []output {
+				dq, dk, dv := e.up(init[0], T, qw), e.up(init[1], T, kw), e.up(init[2], T, kw)
+				e.b.AttentionBackward(dq, dk, dv, e.up(dout, T, qw), e.up(q, T, qw), e.up(k, T, kw), e.up(v, T, kw),
+					e.up(out, T, qw), e.up(lse, T, s.h), seqStart)
+				return []output{{"dq", e.down(dq)}, {"dk", e.down(dk)}, {"dv", e.down(dv)}}
+			})
+		}})
+	}
+	for _, s := range matmulShapes(o) {
+		for _, kind := range []string{"param", "f32"} {
+			cs = append(cs, testCase{"MatMulDX/" + s.String() + "/" + kind, func(c *caseCtx) {
+				dy, w, init := randn(c.rng, s.m*s.n, 1), randn(c.rng, s.n*s.k, 1/math.Sqrt(float64(s.n))), randn(c.rng, s.m*s.k, 1)
+				c.both(c.tol.MatMul, func(e *env) []output {
+					wt := e.param(w, s.n, s.k)
+					if kind == "f32" {
+						wt = e.weight(engine.F32, w, s.n, s.k)
+					}
+					dx := e.up(init, s.m, s.k)
+					e.b.MatMulDX(dx, e.up(dy, s.m, s.n), wt)
+					return []output{{"", e.down(dx)}}
+				})
+			}})
+		}
+		cs = append(cs, testCase{"MatMulDW/" + s.String(), func(c *caseCtx) {
+			dy, x, dw0 := randn(c.rng, s.m*s.n, 1), randn(c.rng, s.m*s.k, 1), randn(c.rng, s.n*s.k, 1)
+			c.both(c.tol.MatMul, func(e *env) []output {
+				dw := e.param(dw0, s.n, s.k) // accumulates
+				e.b.MatMulDW(dw, e.up(dy, s.m, s.n), e.up(x, s.m, s.k))
+				return []output{{"", e.down(dw)}}
+			})
+		}})
+	}
+	cs = append(cs, testCase{"BiasDW/M=17,N=129", func(c *caseCtx) {
+		dy, db0 := randn(c.rng, 17*129, 1), randn(c.rng, 129, 1)
+		c.both(c.tol.Elementwise, func(e *env) []output {
+			db := e.param(db0, 129)
+			e.b.BiasDW(db, e.up(dy, 17, 129))
+			return []output{{"", e.down(db)}}
+		})
+	}})
+	for _, n := range []struct {
+		rows, groups, size int
+		dw                 bool
+	}{{5, 1, 257, true}, {5, 1, 257, false}, {7, 4, 24, true}, {3, 2, 128, false}} {
+		name := fmt.Sprintf("RMSNormBackward/rows=%d,heads=%d,Dh=%d", n.rows, n.groups, n.size)
+		if n.groups == 1 {
+			name = fmt.Sprintf("RMSNormBackward/rows=%d,D=%d", n.rows, n.size)
+		}
+		if !n.dw {
+			name += "/nodw"
+		}
+		cs = append(cs, testCase{name, func(c *caseCtx) {
+			width := n.groups * n.size
+			x, w, dy := randn(c.rng, n.rows*width, 2), randn(c.rng, n.size, 1), randn(c.rng, n.rows*width, 1)
+			init, dw0 := randn(c.rng, n.rows*width, 1), randn(c.rng, n.size, 1)
+			c.both(c.tol.Backward, func(e *env) []output {
+				dx := e.up(init, n.rows, width)
+				var dw *engine.Tensor
+				if n.dw {
+					dw = e.param(dw0, n.size)
+				}
+				e.b.RMSNormBackward(dx, dw, e.up(dy, n.rows, width), e.up(x, n.rows, width), e.up(w, n.size), 1e-6)
+				outs := []output{{"dx", e.down(dx)}}
+				if n.dw {
+					outs = append(outs, output{"dw", e.down(dw)})
+				}
+				return outs
+			})
+		}})
+	}
+	cs = append(cs, testCase{"SwiGLUBackward/M=17,N=129", func(c *caseCtx) {
+		g, u, d := randn(c.rng, 17*129, 2), randn(c.rng, 17*129, 1), randn(c.rng, 17*129, 1)
+		i1, i2 := randn(c.rng, 17*129, 1), randn(c.rng, 17*129, 1)
+		c.both(c.tol.Backward, func(e *env) []output {
+			dg, du := e.up(i1, 17, 129), e.up(i2, 17, 129)
+			e.b.SwiGLUBackward(dg, du, e.up(d, 17, 129), e.up(g, 17, 129), e.up(u, 17, 129))
+			return []output{{"dgate", e.down(dg)}, {"dup", e.down(du)}}
+		})
+	}})
+	cs = append(cs, testCase{"EmbeddingBackward/V=31,D=67,T=40", func(c *caseCtx) {
+		dx, dt0, ids := randn(c.rng, 40*67, 1), randn(c.rng, 31*67, 1), randIDs(c.rng, 40, 31) // 40 ids of 31: repeats
+		c.both(c.tol.Elementwise, func(e *env) []output {
+			dt := e.param(dt0, 31, 67)
+			e.b.EmbeddingBackward(dt, e.up(dx, 40, 67), ids)
+			return []output{{"", e.down(dt)}}
+		})
+	}})
+	cs = append(cs, testCase{"ScatterAddRows/R=9,C=67", func(c *caseCtx) {
+		x, out0 := randn(c.rng, 9*67, 1), randn(c.rng, 23*67, 1)
+		rows := []int32{22, 0, 5, 5, 17, 0, 3, 22, 22}
+		c.both(c.tol.Elementwise, func(e *env) []output {
+			out := e.up(out0, 23, 67)
+			e.b.ScatterAddRows(out, e.up(x, 9, 67), rows)
+			return []output{{"", e.down(out)}}
+		})
+	}})
+	for _, v := range []struct {
+		dent, alias bool
+		temp        float32
+	}{{true, true, 0.7}, {false, true, 1}, {true, false, 1.3}, {false, false, 1}} {
+		name := fmt.Sprintf("LogProbsBackward/R=13,V=257/T=%g", v.temp)
+		if v.dent {
+			name += ",dent"
+		}
+		if v.alias {
+			name += ",inplace"
+		}
+		cs = append(cs, testCase{name, func(c *caseCtx) {
+			const R, V = 13, 257
+			logits, targets, init := randn(c.rng, R*V, 3), randIDs(c.rng, R, V), randn(c.rng, R*V, 1)
+			dlogp, dent := randn(c.rng, R, 1), randn(c.rng, R, 1)
+			if !v.dent {
+				dent = nil
+			}
+			c.both(c.tol.Backward, func(e *env) []output {
+				lt := e.up(logits, R, V)
+				d := lt
+				if !v.alias {
+					d = e.up(init, R, V)
+				}
+				e.b.LogProbsBackward(d, lt, targets, dlogp, dent, v.temp)
+				return []output{{"", e.down(d)}}
+			})
+		}})
+	}
+	for _, n := range []int{1, 1000, 70001} {
+		cs = append(cs, testCase{fmt.Sprintf("SumSquares/n=%d", n), func(c *caseCtx) {
+			x := randn(c.rng, n, 3)
+			var got, want float64
+			withEnv(c.ref, func(e *env) []output { want = e.b.SumSquares(e.up(x, n)); return nil })
+			withEnv(c.b, func(e *env) []output { got = e.b.SumSquares(e.up(x, n)); return nil })
+			rel := math.Abs(got-want) / want
+			r := Result{Metric: MetricRelErr, Error: rel, Tol: c.tol.SumSquares, Pass: rel <= c.tol.SumSquares, BadIndex: -1}
+			if !r.Pass {
+				r.BadIndex, r.Got, r.Want = 0, got, want
+			}
+			c.add(r)
+		}})
+	}
+	for _, s := range []float32{0.37, -2, 0} {
+		cs = append(cs, testCase{fmt.Sprintf("Scale/n=1001/s=%g", s), func(c *caseCtx) {
+			x := randn(c.rng, 1001, 1)
+			if s == 0 { // clearing must clear NaN and Inf too
+				x[3], x[500], x[1000] = float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))
+			}
+			c.both(c.tol.Elementwise, func(e *env) []output {
+				xt, p := e.up(x, 1001), e.param(x, 7, 143)
+				e.b.Scale(xt, s)
+				e.b.Scale(p, s)
+				return []output{{"tensor", e.down(xt)}, {"param", e.down(p)}}
+			})
+		}})
+	}
+	cs = append(cs, testCase{"Copy/N=129,K=67/param", func(c *caseCtx) {
+		// Copy into a parameter must be seen by the next MatMul with it.
+		src, p0, x := randn(c.rng, 129*67, 1), randn(c.rng, 129*67, 1), randn(c.rng, 3*67, 1)
+		got, want := c.pair(func(e *env) []output {
+			p := e.param(p0, 129, 67)
+			out := e.alloc(3, 129)
+			xt := e.up(x, 3, 67)
+			e.b.MatMul(out, xt, p) // the backend may cache p's matmul layout here
+			e.b.Copy(p, e.up(src, 129, 67))
+			e.b.MatMul(out, xt, p)
+			dst := e.alloc(129, 67)
+			e.b.Copy(dst, p)
+			return []output{{"param", e.down(p)}, {"tensor", e.down(dst)}, {"matmul", e.down(out)}}
+		})
+		for i, tol := range []float64{c.tol.Elementwise, c.tol.Elementwise, c.tol.MatMul} {
+			c.nmse(want[i].name, got[i].data, want[i].data, tol)
+		}
+	}})
+	cs = append(cs, testCase{"AdamW/N=129,K=67/10steps", adamWCase})
+	return cs
+}
+
+// adamWCase runs ten AdamW steps with changing hyper-parameters and gradients of mixed
+// magnitudes on a 2-D parameter, then compares the parameter, both moments and a MatMul
+// with the parameter (which must see the updates).
+func adamWCase(c *caseCtx) {
+	const N, K = 129, 67
+	p0, x := randn(c.rng, N*K, 1), randn(c.rng, 3*K, 1)
+	var grads [][]float32
+	var steps []engine.AdamWStep
+	for step := 1; step <= 10; step++ {
+		g := randn(c.rng, N*K, 1)
+		for i := range g {
+			g[i] *= float32(math.Pow(10, float64(c.rng.IntN(5)-3)))
+		}
+		grads = append(grads, g)
+		b1, b2 := 0.9, 0.95
+		steps = append(steps, engine.AdamWStep{LR: 1e-2 / float64(step), Beta1: b1, Beta2: b2, Eps: 1e-8,
+			WeightDecay: 0.1 * float64(step%2), BC1: 1 - math.Pow(b1, float64(step)), BC2: 1 - math.Pow(b2, float64(step))})
+	}
+	got, want := c.pair(func(e *env) []output {
+		p := e.param(p0, N, K)
+		m, v := e.alloc(N, K), e.alloc(N, K)
+		xt, out := e.up(x, 3, K), e.alloc(3, N)
+		for i, h := range steps {
+			e.b.MatMul(out, xt, p)
+			e.b.AdamW(p, e.up(grads[i], N, K), m, v, h)
+		}
+		e.b.MatMul(out, xt, p)
+		return []output{{"p", e.down(p)}, {"m", e.down(m)}, {"v", e.down(v)}, {"matmul", e.down(out)}}
+	})
+	// The change of p, not p itself: the updates are small against p, and a wrong update
+	// must not hide behind the unchanged part.
+	for _, o := range []output{got[0], want[0]} {
+		o.data = o.data[:len(p0)]
+		for i := range o.data {
+			o.data[i] -= p0[i]
+		}
+	}
+	got[0].name, want[0].name = "dp", "dp"
+	for i, tol := range []float64{c.tol.AdamW, c.tol.AdamW, c.tol.AdamW, c.tol.MatMul} {
+		c.nmse(want[i].name, got[i].data, want[i].data, tol)
+	}
+}
