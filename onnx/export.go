@@ -30,18 +30,17 @@
 package onnx
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 	"google.golang.org/protobuf/proto"
@@ -405,44 +404,9 @@ func rmsNorm(b *builder, scope, x, weight string, eps float32) string {
 	return b.op(scope, "Mul", []string{b.op(scope, "Mul", []string{x, r}), weight})
 }
 
-// writeAtomic writes a file through fill into a temporary file beside path, syncs it and
-// renames it to path.
-func writeAtomic(path string, fill func(w io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = fill(bw); err != nil {
-		return err
-	}
-	if err = bw.Flush(); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+// writeAtomic writes a file that users keep with checkpoints.WriteFileAtomic (mode 0644).
+func writeAtomic(path string, fill func(w io.Writer) error) error {
+	return checkpoints.WriteFileAtomic(path, 0o644, fill)
 }
 
 // writeFloats writes v little-endian in chunks (no copy of the whole tensor).

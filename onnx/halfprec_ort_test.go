@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 	ort "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/proto"
@@ -46,7 +47,7 @@ func TestHalfConversionsMatchORT(t *testing.T) {
 		// Random bit patterns cover every exponent; random halves' midpoints cover the ties.
 		xs = append(xs, math.Float32frombits(r.Uint32()))
 		h := uint16(r.Uint32())
-		lo, hi := Float16ToFloat32(h), Float16ToFloat32(h+1)
+		lo, hi := checkpoints.F16ToF32(h), checkpoints.F16ToF32(h+1)
 		xs = append(xs, float32((float64(lo)+float64(hi))/2))
 		xs = append(xs, math.Float32frombits(r.Uint32()&0xffff8000|0x8000))
 	}
@@ -69,8 +70,8 @@ func TestHalfConversionsMatchORT(t *testing.T) {
 	y16, ybf := outs[0].(*ort.Tensor[float32]).GetData(), outs[1].(*ort.Tensor[float32]).GetData()
 	bad := 0
 	for i, x := range xs {
-		g16 := Float16ToFloat32(Float32ToFloat16(x))
-		gbf := math.Float32frombits(uint32(Float32ToBFloat16(x)) << 16)
+		g16 := checkpoints.F16ToF32(checkpoints.F32ToF16(x))
+		gbf := checkpoints.BF16ToF32(checkpoints.F32ToBF16(x))
 		same := func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) || (a != a && b != b) }
 		if !same(g16, y16[i]) || !same(gbf, ybf[i]) {
 			bad++

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 	"google.golang.org/protobuf/proto"
@@ -240,10 +241,10 @@ func TestTensorDecoding(t *testing.T) {
 			}
 		}
 	}
-	if v := Float16ToFloat32(0x0001); v != float32(math.Ldexp(1, -24)) {
+	if v := checkpoints.F16ToF32(0x0001); v != float32(math.Ldexp(1, -24)) {
 		t.Errorf("smallest subnormal half: %v", v)
 	}
-	if v := Float16ToFloat32(0xfc00); !math.IsInf(float64(v), -1) {
+	if v := checkpoints.F16ToF32(0xfc00); !math.IsInf(float64(v), -1) {
 		t.Errorf("half -inf: %v", v)
 	}
 	ints := []int64{-1, 0, 1 << 40}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 )
@@ -390,11 +391,11 @@ func peekHF(t *onnxpb.TensorProto, transpose bool, r, c int) (v float32, ok bool
 		}
 	case onnxpb.TensorProto_FLOAT16:
 		if 2*i+2 <= int64(len(raw)) {
-			return Float16ToFloat32(binary.LittleEndian.Uint16(raw[2*i:])), true
+			return checkpoints.F16ToF32(binary.LittleEndian.Uint16(raw[2*i:])), true
 		}
 	case onnxpb.TensorProto_BFLOAT16:
 		if 2*i+2 <= int64(len(raw)) {
-			return math.Float32frombits(uint32(binary.LittleEndian.Uint16(raw[2*i:])) << 16), true
+			return checkpoints.BF16ToF32(binary.LittleEndian.Uint16(raw[2*i:])), true
 		}
 	}
 	return 0, false

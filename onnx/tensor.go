@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 )
 
@@ -59,14 +60,14 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 		width = 2
 		conv = func(b []byte, out []float32) {
 			for i := range out {
-				out[i] = Float16ToFloat32(binary.LittleEndian.Uint16(b[2*i:]))
+				out[i] = checkpoints.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
 			}
 		}
 	case onnxpb.TensorProto_BFLOAT16:
 		width = 2
 		conv = func(b []byte, out []float32) {
 			for i := range out {
-				out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
+				out[i] = checkpoints.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
 			}
 		}
 	case onnxpb.TensorProto_DOUBLE:
@@ -121,9 +122,9 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 		}
 		for _, v := range t.GetInt32Data() {
 			if dt == onnxpb.TensorProto_FLOAT16 {
-				out = append(out, Float16ToFloat32(uint16(v)))
+				out = append(out, checkpoints.F16ToF32(uint16(v)))
 			} else {
-				out = append(out, math.Float32frombits(uint32(uint16(v))<<16))
+				out = append(out, checkpoints.BF16ToF32(uint16(v)))
 			}
 		}
 	case onnxpb.TensorProto_DOUBLE:
@@ -264,79 +265,6 @@ func readExternal(t *onnxpb.TensorProto, dir string, size int64, read func(io.Re
 	return nil
 }
 
-// Float16ToFloat32 converts IEEE 754 half-precision bits to float32 (exactly).
-func Float16ToFloat32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	frac := uint32(h) & 0x3ff
-	switch {
-	case exp == 0x1f: // inf, nan
-		return math.Float32frombits(sign | 0xff<<23 | frac<<13)
-	case exp == 0:
-		if frac == 0 {
-			return math.Float32frombits(sign)
-		}
-		// Subnormal: frac * 2^-24.
-		v := float32(frac) * (1.0 / (1 << 24))
-		if sign != 0 {
-			v = -v
-		}
-		return v
-	default:
-		return math.Float32frombits(sign | (exp+127-15)<<23 | frac<<13)
-	}
-}
-
-// Float32ToFloat16 rounds v to the nearest IEEE 754 half-precision value (ties to even), as
-// ONNX Runtime's Cast does: overflow gives ±inf, NaN stays NaN.
-func Float32ToFloat16(v float32) uint16 {
-	b := math.Float32bits(v)
-	sign := uint16(b>>16) & 0x8000
-	exp := int32(b>>23) & 0xff
-	frac := b & 0x7fffff
-	if exp == 0xff { // inf, nan
-		if frac != 0 {
-			return sign | 0x7e00
-		}
-		return sign | 0x7c00
-	}
-	e := exp - 127 + 15
-	if e >= 0x1f {
-		return sign | 0x7c00
-	}
-	if e <= 0 {
-		// Subnormal half (or zero): the value is m * 2^(e-25) with the implicit bit set.
-		if e < -10 {
-			return sign
-		}
-		m := frac | 0x800000
-		shift := uint32(14 - e)
-		half := m >> shift
-		rem := m & (1<<shift - 1)
-		mid := uint32(1) << (shift - 1)
-		if rem > mid || (rem == mid && half&1 == 1) {
-			half++
-		}
-		return sign | uint16(half)
-	}
-	half := uint32(e)<<10 | frac>>13
-	rem := frac & 0x1fff
-	if rem > 0x1000 || (rem == 0x1000 && half&1 == 1) {
-		half++ // may carry into the exponent, up to inf: that is the right rounding
-	}
-	return sign | uint16(half)
-}
-
-// Float32ToBFloat16 rounds v to the nearest bfloat16 (ties to even); NaN stays NaN.
-func Float32ToBFloat16(v float32) uint16 {
-	b := math.Float32bits(v)
-	if b&0x7fffffff > 0x7f800000 {
-		return uint16(b>>16) | 0x40
-	}
-	b += 0x7fff + (b>>16)&1
-	return uint16(b >> 16)
-}
-
 // NewTensor encodes data (row-major, shape dims) as an initializer of type dt (FLOAT, FLOAT16,
 // BFLOAT16 or DOUBLE) in raw_data, little-endian; narrower types round to nearest even.
 func NewTensor(name string, dims []int, data []float32, dt onnxpb.TensorProto_DataType) (*onnxpb.TensorProto, error) {
@@ -350,9 +278,9 @@ func NewTensor(name string, dims []int, data []float32, dt onnxpb.TensorProto_Da
 	case onnxpb.TensorProto_FLOAT16, onnxpb.TensorProto_BFLOAT16:
 		raw = make([]byte, 2*len(data))
 		for i, v := range data {
-			h := Float32ToBFloat16(v)
+			h := checkpoints.F32ToBF16(v)
 			if dt == onnxpb.TensorProto_FLOAT16 {
-				h = Float32ToFloat16(v)
+				h = checkpoints.F32ToF16(v)
 			}
 			binary.LittleEndian.PutUint16(raw[2*i:], h)
 		}
