@@ -1,0 +1,278 @@
+package enginetest
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// Backends that wrap the CPU backend, to show that the suite catches a broken op and that
+// its tolerances leave room for a correct backend that rounds differently.
+
+// wrapped is the CPU backend unchanged behind another type: it must pass everything.
+type wrapped struct{ *engine.CPU }
+
+// rmsnormOff scales RMSNorm's output by 1+1e-3 (a wrong eps or a mean over the wrong count
+// does about that).
+type rmsnormOff struct{ *engine.CPU }
+
+func (b rmsnormOff) RMSNorm(out, x, w *engine.Tensor, eps float32) {
+	b.CPU.RMSNorm(out, x, w, eps)
+	b.CPU.Scale(out, 1+1e-3)
+}
+
+// attnMissesSelf is paged attention with the causal mask off by one for sequences that have
+// a cached context: every new token ignores its own key and value (a strict "<" for "<=").
+// Prefill of a fresh sequence is right.
+type attnMissesSelf struct{ *engine.CPU }
+
+func (b attnMissesSelf) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore, layer int, ab *engine.AttnBatch) {
+	bad := *ab
+	bad.CtxLen = append([]int32(nil), ab.CtxLen...)
+	for s := range bad.CtxLen {
+		if n := ab.SeqStart[s+1] - ab.SeqStart[s]; bad.CtxLen[s] > n {
+			bad.CtxLen[s]--
+		}
+	}
+	b.CPU.Attention(out, q, k, v, kv, layer, &bad)
+}
+
+// matmulDWOverwrites writes the weight gradient instead of adding to it.
+type matmulDWOverwrites struct{ *engine.CPU }
+
+func (b matmulDWOverwrites) MatMulDW(dw, dy, x *engine.Tensor) {
+	b.CPU.Scale(dw, 0)
+	b.CPU.MatMulDW(dw, dy, x)
+}
+
+// group is the op or model a result belongs to: the first element of its name.
+func group(name string) string { return name[:strings.IndexByte(name, '/')] }
+
+// TestPerturbedOpFails runs the suite on a CPU backend with one op perturbed against a clean
+// CPU backend: the failing results must be exactly that op's cases (but for the parts the
+// perturbation does not touch, listed) and the whole-model cases that go through the op.
+func TestPerturbedOpFails(t *testing.T) {
+	tests := []struct {
+		name    string
+		b       engine.TrainBackend
+		op      string   // the op's group
+		unhit   []string // parts of the op's cases the perturbation leaves exact
+		models  []string // model-level cases that must fail (substrings); others of Model/Train may
+		untouch []string // model-level cases that must pass
+	}{
+		{"RMSNorm", rmsnormOff{engine.NewCPU()}, "RMSNorm", nil,
+			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits", "Train/qwen3/grad/"}, nil},
+		{"Attention", attnMissesSelf{engine.NewCPU()}, "Attention", []string{"/step1"},
+			[]string{"Model/qwen2/cached", "Model/qwen3/cached", "Model/llama/cached"},
+			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits", "Model/qwen2/score", "Train/"}},
+		{"MatMulDW", matmulDWOverwrites{engine.NewCPU()}, "MatMulDW", nil,
+			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
+			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			results := Check(tt.b, Options{Short: testing.Short()})
+			failed := map[string]bool{}
+			var nOp, nFail int
+			for _, r := range results {
+				if !r.Pass {
+					nFail++
+					failed[r.Name] = true
+				}
+				g := group(r.Name)
+				switch {
+				case g == tt.op:
+					nOp++
+					want := true
+					for _, u := range tt.unhit {
+						if strings.Contains(r.Name, u) {
+							want = false
+						}
+					}
+					if r.Pass == want {
+						t.Errorf("%s: pass = %v, want %v: %s", r.Name, r.Pass, !want, r)
+					}
+				case g == "Model" || g == "Train":
+					for _, u := range tt.untouch {
+						if strings.Contains(r.Name, u) && !r.Pass {
+							t.Errorf("%s fails, but does not go through the perturbed path: %s", r.Name, r)
+						}
+					}
+				default:
+					if !r.Pass {
+						t.Errorf("%s fails, but only %s is perturbed: %s", r.Name, tt.op, r)
+					}
+				}
+			}
+			for _, m := range tt.models {
+				found := false
+				for name := range failed {
+					found = found || strings.Contains(name, m)
+				}
+				if !found {
+					t.Errorf("no failing result matches %q", m)
+				}
+			}
+			if nOp == 0 {
+				t.Fatalf("no case of %s ran", tt.op)
+			}
+			byGroup := map[string]int{}
+			for name := range failed {
+				g := group(name)
+				if g == "Model" || g == "Train" {
+					g = name[:strings.IndexByte(name[len(g)+1:], '/')+len(g)+1]
+				}
+				byGroup[g]++
+			}
+			keys := slices.Sorted(maps.Keys(byGroup))
+			var parts []string
+			for _, k := range keys {
+				parts = append(parts, fmt.Sprintf("%s %d", k, byGroup[k]))
+			}
+			t.Logf("%d of %d results fail (%d results of %s): %s", nFail, len(results), nOp, tt.op, strings.Join(parts, ", "))
+		})
+	}
+}
+
+// TestWrappedCPUPasses: the CPU backend behind another type passes every case (the suite does
+// not depend on the concrete type).
+func TestWrappedCPUPasses(t *testing.T) {
+	for _, r := range Check(wrapped{engine.NewCPU()}, Options{Short: testing.Short()}) {
+		if !r.Pass {
+			t.Error(r)
+		}
+	}
+}
+
+// noisy is a correct backend that rounds differently: the outputs of its matmuls, attention,
+// norms and SwiGLU get a relative error of up to 2⁻²² (a few fp32 ulp, as another summation
+// order or a fast exp gives), and its bf16 matmuls round their activations to bf16 first, as
+// tensor cores do. It must pass every case at the default tolerances.
+type noisy struct {
+	*engine.CPU
+	rng *rand.Rand
+}
+
+func newNoisy() *noisy { return &noisy{engine.NewCPU(), rand.New(rand.NewPCG(5, 5))} }
+
+// jitter multiplies every element of t by 1 + u·2⁻²², u uniform in [-1, 1].
+func (b *noisy) jitter(t *engine.Tensor) {
+	d := make([]float32, t.Len())
+	if err := b.CPU.Download(t, d); err != nil {
+		panic(err)
+	}
+	for i := range d {
+		d[i] *= float32(1 + (2*b.rng.Float64()-1)*math.Ldexp(1, -22))
+	}
+	tmp, err := b.CPU.Upload(engine.F32, d, false, t.Shape...)
+	if err != nil {
+		panic(err)
+	}
+	b.CPU.Copy(t, tmp)
+	b.CPU.Free(tmp)
+}
+
+func (b *noisy) MatMul(out, x, w *engine.Tensor) {
+	if w.DType == engine.BF16 {
+		d := make([]float32, x.Len())
+		if err := b.CPU.Download(x, d); err != nil {
+			panic(err)
+		}
+		for i, v := range d {
+			d[i] = roundBF16(v)
+		}
+		xr, err := b.CPU.Upload(engine.F32, d, false, x.Shape...)
+		if err != nil {
+			panic(err)
+		}
+		defer b.CPU.Free(xr)
+		x = xr
+	}
+	b.CPU.MatMul(out, x, w)
+	b.jitter(out)
+}
+
+func (b *noisy) MatMulDX(dx, dy, w *engine.Tensor) { b.CPU.MatMulDX(dx, dy, w); b.jitter(dx) }
+
+func (b *noisy) MatMulDW(dw, dy, x *engine.Tensor) { b.CPU.MatMulDW(dw, dy, x); b.jitter(dw) }
+
+func (b *noisy) RMSNorm(out, x, w *engine.Tensor, eps float32) {
+	b.CPU.RMSNorm(out, x, w, eps)
+	b.jitter(out)
+}
+
+func (b *noisy) SwiGLU(out, gate, up *engine.Tensor) { b.CPU.SwiGLU(out, gate, up); b.jitter(out) }
+
+func (b *noisy) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore, layer int, ab *engine.AttnBatch) {
+	b.CPU.Attention(out, q, k, v, kv, layer, ab)
+	b.jitter(out)
+}
+
+func (b *noisy) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
+	b.CPU.AttentionTrain(out, lse, q, k, v, seqStart)
+	b.jitter(out)
+	b.jitter(lse)
+}
+
+func (b *noisy) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
+	b.CPU.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seqStart)
+	b.jitter(dq)
+	b.jitter(dk)
+	b.jitter(dv)
+}
+
+// roundBF16 rounds to the nearest bf16 value, ties to even.
+func roundBF16(v float32) float32 {
+	u := math.Float32bits(v)
+	u += 0x7fff + (u>>16)&1
+	return math.Float32frombits(u &^ 0xffff)
+}
+
+// TestNoisyBackendPasses: the default tolerances are not tighter than honest rounding, for
+// fp32 and bf16 model weights.
+func TestNoisyBackendPasses(t *testing.T) {
+	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
+		t.Run(dt.String(), func(t *testing.T) {
+			worst := map[string]Result{}
+			for _, r := range Check(newNoisy(), Options{WeightDType: dt, Short: testing.Short()}) {
+				if !r.Pass {
+					t.Error(r)
+				}
+				g := group(r.Name)
+				if r.Metric == MetricNMSE && r.Error/r.Tol >= worst[g].Error/math.Max(worst[g].Tol, 1e-300) {
+					worst[g] = r
+				}
+			}
+			for _, g := range slices.Sorted(maps.Keys(worst)) {
+				r := worst[g]
+				t.Logf("%-18s worst %.2g (tol %.0g): %s", g, r.Error, r.Tol, r.Name)
+			}
+		})
+	}
+}
+
+// TestResultJSON: results marshal to JSON, non-finite numbers included.
+func TestResultJSON(t *testing.T) {
+	r := compareNMSE("X/n=2", []float32{1, float32(math.NaN())}, []float32{1, 2}, 1e-9)
+	if r.Pass || r.BadIndex != 1 || !math.IsNaN(r.Got) {
+		t.Fatalf("NaN result: %+v", r)
+	}
+	b, err := json.Marshal([]Result{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"got":"NaN"`) || !strings.Contains(string(b), `"name":"X/n=2"`) {
+		t.Errorf("json: %s", b)
+	}
+	r = compareNMSE("Y", []float32{1, 2.1, 3}, []float32{1, 2, 3}, 1e-6)
+	if r.Pass || r.BadIndex != 1 || r.Got != float64(float32(2.1)) || r.Want != 2 {
+		t.Errorf("first bad element: %+v", r)
+	}
+}
