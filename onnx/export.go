@@ -106,7 +106,7 @@ func Export(path string, cfg *engine.Config, weights map[string]engine.HostTenso
 			return fmt.Errorf("onnx: export %s: data file: %w", path, err)
 		}
 		dataPath := filepath.Join(filepath.Dir(path), loc)
-		err := writeAtomic(dataPath, func(w io.Writer) error {
+		err := checkpoints.WriteFileAtomic(dataPath, 0o644, func(w io.Writer) error {
 			var off int64
 			for _, n := range names {
 				t := weights[n]
@@ -141,7 +141,7 @@ func Export(path string, cfg *engine.Config, weights map[string]engine.HostTenso
 	if err != nil {
 		return fmt.Errorf("onnx: export %s: marshal: %w", path, err)
 	}
-	if err := writeAtomic(path, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
+	if err := checkpoints.WriteFileAtomic(path, 0o644, func(w io.Writer) error { _, err := w.Write(data); return err }); err != nil {
 		return fmt.Errorf("onnx: export %s: %w", path, err)
 	}
 	return nil
@@ -402,11 +402,6 @@ func rmsNorm(b *builder, scope, x, weight string, eps float32) string {
 	ms = b.op(scope, "Add", []string{ms, b.floats(scope, nil, eps)})
 	r := b.op(scope, "Reciprocal", []string{b.op(scope, "Sqrt", []string{ms})})
 	return b.op(scope, "Mul", []string{b.op(scope, "Mul", []string{x, r}), weight})
-}
-
-// writeAtomic writes a file that users keep with checkpoints.WriteFileAtomic (mode 0644).
-func writeAtomic(path string, fill func(w io.Writer) error) error {
-	return checkpoints.WriteFileAtomic(path, 0o644, fill)
 }
 
 // writeFloats writes v little-endian in chunks (no copy of the whole tensor).
