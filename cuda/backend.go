@@ -1,0 +1,422 @@
+package cuda
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// Options configure a CUDA backend.
+type Options struct {
+	// Device is the GPU ordinal.
+	Device int
+	// BF16Matmul runs the matmuls of fp32 tensors (trainable parameters and fp32 weights) with
+	// bf16 operands and fp32 accumulation, as autocast does; a parameter keeps a bf16 copy that
+	// is refreshed after every write. Off: exact fp32 GEMMs (the conformance suite's finite
+	// differences need them). Weights uploaded as BF16 always use bf16 GEMMs.
+	BF16Matmul bool
+}
+
+// Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
+// kernels/ compiled by NVRTC. Ops are enqueued on the stream; Download, Sample, LogProbs and
+// SumSquares wait for it. The CUDA context is made current on the calling OS thread for each
+// op (the goroutine is locked to its thread for the op), so any goroutine may drive it; ops
+// are serialised by a mutex.
+//
+// A device failure inside an op that returns no error (an out-of-memory in Alloc, a failed
+// launch) is kept and returned by the next call that returns an error, as CUDA's own sticky
+// errors are; ops after it do nothing.
+type Backend struct {
+	opts  Options
+	drv   *driver
+	comp  *nvrtc
+	blas  *cublas
+	name  string
+	arch  string
+	sms   int
+	ctx   uintptr
+	strm  uintptr
+	hblas uintptr
+	fns   map[string]uintptr
+	alloc *allocator
+
+	mu  sync.Mutex
+	err error // sticky
+	// per-op scratch freed at the end of the op
+	scratch []uint64
+}
+
+// buf is a tensor's device storage. A trainable parameter (param) keeps a bf16 copy for
+// BF16Matmul, valid while bfVer == ver.
+type buf struct {
+	ptr   uint64
+	bytes uint64
+	param bool
+	ver   int
+	bf    uint64
+	bfVer int
+}
+
+func devBuf(t *engine.Tensor) *buf {
+	b, ok := t.Buf.(*buf)
+	if !ok {
+		panic(fmt.Sprintf("cuda: tensor %v is not on the CUDA backend (%T)", t.Shape, t.Buf))
+	}
+	return b
+}
+
+func ptr(t *engine.Tensor) dptr { return dptr(devBuf(t).ptr) }
+
+// touched marks a tensor as written (a parameter's bf16 copy is then stale).
+func touched(t *engine.Tensor) {
+	if b, ok := t.Buf.(*buf); ok {
+		b.ver++
+	}
+}
+
+var (
+	openMu sync.Mutex
+	opened = map[Options]*Backend{}
+)
+
+// Open returns the backend of a device, loading the driver, NVRTC and cuBLAS and compiling the
+// kernels on first use. Backends are cached per Options.
+func Open(o Options) (*Backend, error) {
+	openMu.Lock()
+	defer openMu.Unlock()
+	if b := opened[o]; b != nil {
+		return b, nil
+	}
+	b, err := open(o)
+	if err != nil {
+		return nil, err
+	}
+	opened[o] = b
+	return b, nil
+}
+
+func open(o Options) (*Backend, error) {
+	drv, err := loadDriver()
+	if err != nil {
+		return nil, err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := drv.check("cuInit", call(drv.init, 0)); err != nil {
+		return nil, err
+	}
+	var count int32
+	if err := drv.check("cuDeviceGetCount", call(drv.deviceGetCount, uintptr(unsafe.Pointer(&count)))); err != nil {
+		return nil, err
+	}
+	if o.Device < 0 || o.Device >= int(count) {
+		return nil, fmt.Errorf("cuda: device %d asked for, %d present", o.Device, count)
+	}
+	var dev int32
+	if err := drv.check("cuDeviceGet", call(drv.deviceGet, uintptr(unsafe.Pointer(&dev)), uintptr(o.Device))); err != nil {
+		return nil, err
+	}
+	nameBuf := make([]byte, 256)
+	call(drv.deviceGetName, uintptr(unsafe.Pointer(&nameBuf[0])), 256, uintptr(dev))
+	major, err := drv.attribute(int(dev), attrComputeCapabilityMajor)
+	if err != nil {
+		return nil, err
+	}
+	minor, _ := drv.attribute(int(dev), attrComputeCapabilityMinor)
+	sms, _ := drv.attribute(int(dev), attrMultiprocessorCount)
+	b := &Backend{opts: o, drv: drv, sms: sms, fns: map[string]uintptr{},
+		arch: fmt.Sprintf("compute_%d%d", major, minor)}
+	b.name = fmt.Sprintf("cuda (%s, sm_%d%d)", gostr(uintptr(unsafe.Pointer(&nameBuf[0]))), major, minor)
+	if err := drv.check("cuDevicePrimaryCtxRetain", call(drv.primaryCtxRetain, uintptr(unsafe.Pointer(&b.ctx)), uintptr(dev))); err != nil {
+		return nil, err
+	}
+	if err := drv.check("cuCtxSetCurrent", call(drv.ctxSetCurrent, b.ctx)); err != nil {
+		return nil, err
+	}
+	if err := drv.check("cuStreamCreate", call(drv.streamCreate, uintptr(unsafe.Pointer(&b.strm)), 1)); err != nil {
+		return nil, err
+	}
+	b.alloc = newAllocator(func(n uint64) (uint64, error) {
+		var p uint64
+		err := drv.check("cuMemAlloc", call(drv.memAlloc, uintptr(unsafe.Pointer(&p)), uintptr(n)))
+		return p, err
+	}, func(p uint64) error { return drv.check("cuMemFree", call(drv.memFree, uintptr(p))) })
+
+	if b.comp, err = loadNVRTC(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	ptx, cached, err := compileKernels(b.comp, b.arch)
+	if err != nil {
+		return nil, err
+	}
+	var mod uintptr
+	if err := drv.check("cuModuleLoadData", call(drv.moduleLoadData, uintptr(unsafe.Pointer(&mod)), uintptr(unsafe.Pointer(&ptx[0])))); err != nil {
+		return nil, err
+	}
+	runtime.KeepAlive(ptx)
+	for _, n := range KernelNames() {
+		var f uintptr
+		if err := drv.check("cuModuleGetFunction "+n, call(drv.moduleGetFunction, uintptr(unsafe.Pointer(&f)), mod, uintptr(unsafe.Pointer(cstr(n))))); err != nil {
+			return nil, err
+		}
+		b.fns[n] = f
+	}
+	slog.Debug("cuda kernels ready", "arch", b.arch, "from_cache", cached, "took", time.Since(start))
+
+	if b.blas, err = loadCublas(); err != nil {
+		return nil, err
+	}
+	if err := b.blas.check("cublasCreate", call(b.blas.create, uintptr(unsafe.Pointer(&b.hblas)))); err != nil {
+		return nil, err
+	}
+	if err := b.blas.check("cublasSetStream", call(b.blas.setStream, b.hblas, b.strm)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// enter locks the backend and makes its context current on this OS thread.
+func (b *Backend) enter() bool {
+	b.mu.Lock()
+	runtime.LockOSThread()
+	if b.err != nil {
+		return false
+	}
+	if r := call(b.drv.ctxSetCurrent, b.ctx); r != 0 {
+		b.err = b.drv.check("cuCtxSetCurrent", r)
+		return false
+	}
+	return true
+}
+
+// leave frees the op's scratch and unlocks.
+func (b *Backend) leave() {
+	for _, p := range b.scratch {
+		b.alloc.Free(p)
+	}
+	b.scratch = b.scratch[:0]
+	runtime.UnlockOSThread()
+	b.mu.Unlock()
+}
+
+// fail records the first device error.
+func (b *Backend) fail(err error) {
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+}
+
+// Err returns the sticky error, if any.
+func (b *Backend) Err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// Name implements engine.Backend.
+func (b *Backend) Name() string { return b.name }
+
+// MemoryStats reports device bytes in use by tensors, cached by the allocator, and the peak in use.
+func (b *Backend) MemoryStats() (inUse, cached, peak uint64) { return b.alloc.Stats() }
+
+// devAlloc allocates bytes of device memory (no zeroing).
+func (b *Backend) devAlloc(bytes uint64) uint64 {
+	p, err := b.alloc.Alloc(bytes)
+	if err != nil {
+		b.fail(fmt.Errorf("cuda: %w", err))
+		return 0
+	}
+	return p
+}
+
+// tmp allocates scratch device memory freed when the op ends.
+func (b *Backend) tmp(bytes uint64) uint64 {
+	p := b.devAlloc(bytes)
+	if p != 0 {
+		b.scratch = append(b.scratch, p)
+	}
+	return p
+}
+
+// upload copies host memory into a new scratch buffer.
+func (b *Backend) upload(src unsafe.Pointer, bytes uint64) dptr {
+	if bytes == 0 {
+		return 0
+	}
+	p := b.tmp(bytes)
+	if p == 0 {
+		return 0
+	}
+	b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(src), uintptr(bytes), b.strm)))
+	return dptr(p)
+}
+
+func (b *Backend) ints(v []int32) dptr {
+	if len(v) == 0 {
+		return 0
+	}
+	return b.upload(unsafe.Pointer(&v[0]), uint64(4*len(v)))
+}
+
+func (b *Backend) floats(v []float32) dptr {
+	if len(v) == 0 {
+		return 0
+	}
+	return b.upload(unsafe.Pointer(&v[0]), uint64(4*len(v)))
+}
+
+// download copies device memory to host memory and waits.
+func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
+	if bytes == 0 || b.err != nil {
+		return
+	}
+	b.fail(b.drv.check("cuMemcpyDtoHAsync", call(b.drv.memcpyDtoHAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
+	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+}
+
+// launch enqueues kernel name on a grid of blocks of threads.
+func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
+	if b.err != nil {
+		return
+	}
+	if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
+		return
+	}
+	f, ok := b.fns[name]
+	if !ok {
+		panic("cuda: no kernel " + name)
+	}
+	k, err := packArgs(args...)
+	if err != nil {
+		panic(err)
+	}
+	r := call(b.drv.launchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
+		uintptr(threads), 1, 1, 0, b.strm, uintptr(k.params()), 0)
+	runtime.KeepAlive(k)
+	if r != 0 {
+		b.fail(b.drv.check(fmt.Sprintf("launch %s grid %v block %d", name, grid, threads), r))
+	}
+}
+
+// gridFor is the 1-D grid of a grid-stride loop over n elements with 256 threads.
+func (b *Backend) gridFor(n int64) [3]int {
+	g := (n + 255) / 256
+	g = min(g, int64(b.sms)*32)
+	return [3]int{int(max(g, 1)), 1, 1}
+}
+
+// Alloc implements engine.Backend: a zeroed F32 tensor.
+func (b *Backend) Alloc(shape ...int) *engine.Tensor {
+	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
+	n := uint64(t.Len()) * 4
+	bf := &buf{bytes: n}
+	t.Buf = bf
+	if !b.enter() {
+		b.leave()
+		return t
+	}
+	defer b.leave()
+	bf.ptr = b.devAlloc(max(n, 4))
+	if bf.ptr != 0 && n > 0 {
+		b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
+	}
+	return t
+}
+
+// Free implements engine.Backend.
+func (b *Backend) Free(t *engine.Tensor) {
+	if t == nil || t.Buf == nil {
+		return
+	}
+	bf, ok := t.Buf.(*buf)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	b.alloc.Free(bf.ptr)
+	b.alloc.Free(bf.bf)
+	b.mu.Unlock()
+	t.Buf = nil
+}
+
+// Upload implements engine.Backend. Linear BF16 weights are stored as bf16 (converted on the
+// device, round to nearest even); everything else as fp32.
+func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...int) (*engine.Tensor, error) {
+	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
+	if t.Len() != len(data) {
+		return nil, fmt.Errorf("cuda: upload: %d values for shape %v", len(data), shape)
+	}
+	if linear && len(shape) != 2 {
+		return nil, fmt.Errorf("cuda: upload: linear weight must be 2-D, got shape %v", shape)
+	}
+	if dt != engine.F32 && dt != engine.BF16 {
+		return nil, fmt.Errorf("cuda: upload: dtype %v not supported", dt)
+	}
+	if !b.enter() {
+		b.leave()
+		return nil, b.Err()
+	}
+	defer b.leave()
+	n := uint64(len(data)) * 4
+	if linear && dt == engine.BF16 {
+		t.DType = engine.BF16
+		p := b.devAlloc(max(n/2, 4))
+		if p != 0 && len(data) > 0 {
+			src := b.floats(data)
+			b.launch("f32_to_bf16_kernel", b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
+		}
+		t.Buf = &buf{ptr: p, bytes: n / 2}
+	} else {
+		p := b.devAlloc(max(n, 4))
+		if p != 0 && n > 0 {
+			b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
+		}
+		t.Buf = &buf{ptr: p, bytes: n}
+	}
+	// The host slice may be reused by the caller as soon as we return: pageable copies are
+	// staged before cuMemcpyHtoDAsync returns.
+	return t, b.err
+}
+
+// Download implements engine.Backend.
+func (b *Backend) Download(t *engine.Tensor, dst []float32) error {
+	if len(dst) != t.Len() {
+		return fmt.Errorf("cuda: download: destination has %d values, tensor %v has %d", len(dst), t.Shape, t.Len())
+	}
+	if !b.enter() {
+		b.leave()
+		return b.Err()
+	}
+	defer b.leave()
+	bf := devBuf(t)
+	if len(dst) == 0 {
+		return b.err
+	}
+	if t.DType == engine.BF16 {
+		bits := make([]uint16, len(dst))
+		b.download(unsafe.Pointer(&bits[0]), bf.ptr, uint64(2*len(dst)))
+		for i, v := range bits {
+			dst[i] = bf16ToF32(v)
+		}
+		return b.err
+	}
+	b.download(unsafe.Pointer(&dst[0]), bf.ptr, uint64(4*len(dst)))
+	return b.err
+}
+
+// Sync waits for all enqueued work and returns the sticky error.
+func (b *Backend) Sync() error {
+	if !b.enter() {
+		b.leave()
+		return b.Err()
+	}
+	defer b.leave()
+	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+	return b.err
+}

@@ -1,0 +1,70 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// cublas holds the cuBLAS entry points: one handle per backend, bound to its stream.
+type cublas struct {
+	path                                   string
+	create, setStream, gemmEx, setMathMode uintptr
+}
+
+// cuBLAS and CUDA data-type constants (cublas_api.h, library_types.h).
+const (
+	opN = 0
+	opT = 1
+
+	dtF32  = 0  // CUDA_R_32F
+	dtBF16 = 14 // CUDA_R_16BF
+
+	computeF32         = 68         // CUBLAS_COMPUTE_32F
+	computeF32FastTF32 = 77         // CUBLAS_COMPUTE_32F_FAST_TF32
+	algoDefault        = 0xFFFFFFFF // CUBLAS_GEMM_DEFAULT (-1) as the low 32 bits of a register
+)
+
+func loadCublas() (*cublas, error) {
+	h, path, err := specCublas.open()
+	if err != nil {
+		return nil, err
+	}
+	c := &cublas{path: path}
+	err = symbols(h, path, map[string]*uintptr{
+		"cublasCreate_v2": &c.create, "cublasSetStream_v2": &c.setStream, "cublasGemmEx": &c.gemmEx,
+		"cublasSetMathMode": &c.setMathMode,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *cublas) check(what string, r int) error {
+	if r == 0 {
+		return nil
+	}
+	return fmt.Errorf("cuda: %s: cuBLAS status %d", what, r)
+}
+
+// gemm is one column-major cublasGemmEx: C[m,n] = alpha·op(A)·op(B) + beta·C with fp32 scalars.
+type gemm struct {
+	transA, transB int
+	m, n, k        int
+	a              uint64
+	aType, lda     int
+	b              uint64
+	bType, ldb     int
+	beta           float32
+	c              uint64
+	cType, ldc     int
+	compute        int
+}
+
+// args packs the 19 arguments of cublasGemmEx (alpha and beta by host pointer).
+func (g *gemm) args(handle uintptr, alpha, beta *float32) []uintptr {
+	return []uintptr{handle, uintptr(g.transA), uintptr(g.transB), uintptr(g.m), uintptr(g.n), uintptr(g.k),
+		uintptr(unsafe.Pointer(alpha)), uintptr(g.a), uintptr(g.aType), uintptr(g.lda),
+		uintptr(g.b), uintptr(g.bType), uintptr(g.ldb), uintptr(unsafe.Pointer(beta)),
+		uintptr(g.c), uintptr(g.cType), uintptr(g.ldc), uintptr(g.compute), uintptr(algoDefault)}
+}

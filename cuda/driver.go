@@ -1,0 +1,71 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// driver holds the CUDA driver API entry points the backend uses (the _v2 ABI where one
+// exists). Every call returns a CUresult; check turns a non-zero one into an error.
+type driver struct {
+	lib, path string
+
+	init, driverGetVersion, deviceGet, deviceGetCount, deviceGetName, deviceGetAttribute uintptr
+	primaryCtxRetain, ctxSetCurrent, ctxSynchronize                                      uintptr
+	streamCreate, streamSynchronize                                                      uintptr
+	memAlloc, memFree, memGetInfo                                                        uintptr
+	memcpyHtoDAsync, memcpyDtoHAsync, memcpyDtoDAsync, memsetD32Async                    uintptr
+	moduleLoadData, moduleGetFunction, launchKernel                                      uintptr
+	eventCreate, eventRecord, eventSynchronize, eventElapsedTime                         uintptr
+	getErrorName, getErrorString                                                         uintptr
+}
+
+func loadDriver() (*driver, error) {
+	h, path, err := specDriver.open()
+	if err != nil {
+		return nil, err
+	}
+	d := &driver{path: path}
+	err = symbols(h, path, map[string]*uintptr{
+		"cuInit": &d.init, "cuDriverGetVersion": &d.driverGetVersion, "cuDeviceGet": &d.deviceGet,
+		"cuDeviceGetCount": &d.deviceGetCount, "cuDeviceGetName": &d.deviceGetName,
+		"cuDeviceGetAttribute": &d.deviceGetAttribute, "cuDevicePrimaryCtxRetain": &d.primaryCtxRetain,
+		"cuCtxSetCurrent": &d.ctxSetCurrent, "cuCtxSynchronize": &d.ctxSynchronize,
+		"cuStreamCreate": &d.streamCreate, "cuStreamSynchronize": &d.streamSynchronize,
+		"cuMemAlloc_v2": &d.memAlloc, "cuMemFree_v2": &d.memFree, "cuMemGetInfo_v2": &d.memGetInfo,
+		"cuMemcpyHtoDAsync_v2": &d.memcpyHtoDAsync, "cuMemcpyDtoHAsync_v2": &d.memcpyDtoHAsync,
+		"cuMemcpyDtoDAsync_v2": &d.memcpyDtoDAsync, "cuMemsetD32Async": &d.memsetD32Async,
+		"cuModuleLoadData": &d.moduleLoadData, "cuModuleGetFunction": &d.moduleGetFunction,
+		"cuLaunchKernel": &d.launchKernel, "cuEventCreate": &d.eventCreate, "cuEventRecord": &d.eventRecord,
+		"cuEventSynchronize": &d.eventSynchronize, "cuEventElapsedTime": &d.eventElapsedTime,
+		"cuGetErrorName": &d.getErrorName, "cuGetErrorString": &d.getErrorString,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// check turns a CUresult into an error naming the call.
+func (d *driver) check(what string, r int) error {
+	if r == 0 {
+		return nil
+	}
+	var name, desc uintptr
+	call(d.getErrorName, uintptr(r), uintptr(unsafe.Pointer(&name)))
+	call(d.getErrorString, uintptr(r), uintptr(unsafe.Pointer(&desc)))
+	return fmt.Errorf("cuda: %s: %s (%d): %s", what, gostr(name), r, gostr(desc))
+}
+
+// Device attributes (CUdevice_attribute).
+const (
+	attrMultiprocessorCount    = 16
+	attrComputeCapabilityMajor = 75
+	attrComputeCapabilityMinor = 76
+)
+
+func (d *driver) attribute(dev, attr int) (int, error) {
+	var v int32
+	err := d.check("cuDeviceGetAttribute", call(d.deviceGetAttribute, uintptr(unsafe.Pointer(&v)), uintptr(attr), uintptr(dev)))
+	return int(v), err
+}

@@ -1,0 +1,71 @@
+package cuda
+
+import (
+	"encoding/json"
+	"os"
+	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/enginetest"
+)
+
+// openGPU opens the backend, skipping without a GPU unless PROLONG_REQUIRE_CUDA=1 (the GPU
+// check), where a missing GPU fails.
+func openGPU(t *testing.T, o Options) *Backend {
+	t.Helper()
+	b, err := Open(o)
+	if err != nil {
+		if os.Getenv("PROLONG_REQUIRE_CUDA") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip("no GPU: ", err)
+	}
+	t.Logf("backend %s", b.Name())
+	return b
+}
+
+// TestConformance runs the engine's conformance suite on the GPU against the CPU backend:
+// exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
+// then bf16 matmuls for parameters too with bf16 tolerances. With PROLONG_CONFORMANCE_JSON set,
+// every result is written there.
+func TestConformance(t *testing.T) {
+	type run struct {
+		name string
+		opts Options
+		eo   enginetest.Options
+	}
+	bf16Tol := enginetest.DefaultTolerances(engine.BF16)
+	bf16Tol.MatMul = 1e-4
+	bf16Tol.Train = 1e-3
+	bf16Tol.AdamW = 1e-3
+	runs := []run{
+		{"fp32", Options{}, enginetest.Options{WeightDType: engine.F32}},
+		{"bf16-weights", Options{}, enginetest.Options{WeightDType: engine.BF16}},
+		{"bf16-matmul", Options{BF16Matmul: true}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
+	}
+	report := map[string][]enginetest.Result{}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			b := openGPU(t, r.opts)
+			res := enginetest.Check(b, r.eo)
+			report[r.name] = res
+			fails := 0
+			for _, x := range res {
+				if !x.Pass {
+					fails++
+					t.Error(x.String())
+				}
+			}
+			t.Logf("%d cases, %d failed", len(res), fails)
+			if r.name == "fp32" {
+				t.Run("FiniteDifferences", func(t *testing.T) { enginetest.RunOps(t, b) })
+			}
+		})
+	}
+	if p := os.Getenv("PROLONG_CONFORMANCE_JSON"); p != "" && len(report) > 0 {
+		data, _ := json.MarshalIndent(report, "", " ")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -1,0 +1,226 @@
+package cuda
+
+import (
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+// TestLibrarySearchError: a library that is not there gives one error naming what was searched
+// and the variable that overrides the search.
+func TestLibrarySearchError(t *testing.T) {
+	t.Setenv("PROLONG_CUBLAS", "/nonexistent/libcublas.so.13")
+	_, _, err := specCublas.open()
+	if err == nil {
+		t.Fatal("opened a library that does not exist")
+	}
+	for _, want := range []string{"cuBLAS", "PROLONG_CUBLAS", "/nonexistent/libcublas.so.13"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	// Without the override every soname is tried, by the loader's search and in the usual dirs.
+	t.Setenv("PROLONG_CUBLAS", "")
+	t.Setenv("CUDA_HOME", "/opt/mycuda")
+	c := specCublas.candidates()
+	for _, want := range []string{"libcublas.so.13", "/opt/mycuda/lib64/libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.12"} {
+		if !contains(c, want) {
+			t.Errorf("candidates %v lack %s", c, want)
+		}
+	}
+	spec := libSpec{"a test library", "PROLONG_TEST_LIB", []string{"libprolong-does-not-exist.so.9"}}
+	_, _, err = spec.open()
+	if err == nil || !strings.Contains(err.Error(), "libprolong-does-not-exist.so.9") || !strings.Contains(err.Error(), "set PROLONG_TEST_LIB") {
+		t.Fatalf("error does not say what was searched and how to override: %v", err)
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, v := range l {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSizeClass: classes cover the request, waste at most 25% above 2 KiB, and are monotone.
+func TestSizeClass(t *testing.T) {
+	for _, tc := range []struct{ n, want uint64 }{
+		{0, 512}, {1, 512}, {512, 512}, {513, 1024}, {2048, 2048}, {2049, 2560}, {4096, 4096},
+		{4097, 5120}, {5121, 6144}, {7169, 8192}, {1 << 30, 1 << 30}, {1<<30 + 1, 1<<30 + 1<<28},
+	} {
+		if got := sizeClass(tc.n); got != tc.want {
+			t.Errorf("sizeClass(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+	prev := uint64(0)
+	for n := uint64(1); n < 1<<22; n = n*9/8 + 1 {
+		c := sizeClass(n)
+		if c < n || c < prev || (n > 2048 && float64(c) > 1.25*float64(n)+512) {
+			t.Fatalf("sizeClass(%d) = %d (previous %d)", n, c, prev)
+		}
+		prev = c
+	}
+}
+
+// TestAllocator checks the caching allocator's bookkeeping with a fake driver.
+func TestAllocator(t *testing.T) {
+	var next uint64 = 0x1000
+	live := map[uint64]uint64{}
+	limit := uint64(1 << 20)
+	used := uint64(0)
+	mallocs := 0
+	a := newAllocator(func(n uint64) (uint64, error) {
+		if used+n > limit {
+			return 0, errors.New("CUDA_ERROR_OUT_OF_MEMORY")
+		}
+		mallocs++
+		p := next
+		next += n
+		live[p] = n
+		used += n
+		return p, nil
+	}, func(p uint64) error {
+		used -= live[p]
+		delete(live, p)
+		return nil
+	})
+	p1, err := a.Alloc(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Free(p1)
+	p2, _ := a.Alloc(900) // same class: reused, no driver call
+	if p2 != p1 || mallocs != 1 {
+		t.Fatalf("block not reused: %#x vs %#x, %d mallocs", p2, p1, mallocs)
+	}
+	inUse, cached, peak := a.Stats()
+	if inUse != 1024 || cached != 0 || peak != 1024 {
+		t.Fatalf("stats %d %d %d", inUse, cached, peak)
+	}
+	a.Free(p2)
+	// Out of memory with cached blocks: they are released and the allocation retried.
+	big, err := a.Alloc(limit - 512)
+	if err != nil {
+		t.Fatalf("retry after releasing the cache failed: %v", err)
+	}
+	if _, cached, _ := a.Stats(); cached != 0 || len(live) != 1 {
+		t.Fatalf("cache not released: cached %d, live %v", cached, live)
+	}
+	// Out of memory with nothing cached: an error naming the size.
+	if _, err := a.Alloc(4096); err == nil || !strings.Contains(err.Error(), "OUT_OF_MEMORY") || !strings.Contains(err.Error(), "4096") {
+		t.Fatalf("want an out-of-memory error, got %v", err)
+	}
+	a.Free(big)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("double free not caught")
+		}
+	}()
+	a.Free(big)
+}
+
+// TestPackArgs checks the kernel parameter layout: one 8-byte slot per argument, the value in
+// its low bytes, and a pointer to each slot.
+func TestPackArgs(t *testing.T) {
+	k, err := packArgs(dptr(0xdeadbeef00), int32(-2), float32(1.5), int64(1<<40), float64(-0.25), uint32(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []uint64{0xdeadbeef00, 0xfffffffe, uint64(math.Float32bits(1.5)), 1 << 40, math.Float64bits(-0.25), 7}
+	for i, w := range want {
+		if k.vals[i] != w {
+			t.Errorf("arg %d = %#x, want %#x", i, k.vals[i], w)
+		}
+		if k.ptrs[i] != unsafe.Pointer(&k.vals[i]) {
+			t.Errorf("pointer %d does not point at its slot", i)
+		}
+	}
+	if *(*int32)(k.ptrs[1]) != -2 || *(*float32)(k.ptrs[2]) != 1.5 {
+		t.Error("4-byte values not readable as their C type through their pointer")
+	}
+	if _, err := packArgs(5); err == nil {
+		t.Error("Go int accepted as a kernel argument (its C width would be a guess)")
+	}
+}
+
+// TestKernelCache: the key changes with the source, the architecture and the compiler version;
+// stored PTX reads back; a missing entry is nil.
+func TestKernelCache(t *testing.T) {
+	src := KernelSource()
+	k := cacheKey(src, "compute_90", "13.0")
+	for _, other := range []string{cacheKey(src+" ", "compute_90", "13.0"), cacheKey(src, "compute_80", "13.0"), cacheKey(src, "compute_90", "12.8")} {
+		if other == k {
+			t.Fatal("cache key does not change with its inputs")
+		}
+	}
+	if cacheKey(src, "compute_90", "13.0") != k {
+		t.Fatal("cache key not deterministic")
+	}
+	dir := t.TempDir()
+	t.Setenv("PROLONG_CUDA_CACHE", dir)
+	d, err := cacheDir()
+	if err != nil || d != dir {
+		t.Fatalf("cacheDir = %q, %v", d, err)
+	}
+	if cachedPTX(dir, k) != nil {
+		t.Fatal("empty cache returned PTX")
+	}
+	if err := storePTX(dir, k, []byte(".version 8.0")); err != nil {
+		t.Fatal(err)
+	}
+	if string(cachedPTX(dir, k)) != ".version 8.0" {
+		t.Fatal("stored PTX not read back")
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
+	if len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+}
+
+// TestLaunchedKernelsExist: every kernel name the Go code launches is an entry point of the
+// embedded source (a typo would otherwise only show on a GPU).
+func TestLaunchedKernelsExist(t *testing.T) {
+	names := map[string]bool{}
+	for _, n := range KernelNames() {
+		names[n] = true
+	}
+	files, _ := filepath.Glob("*.go")
+	re := regexp.MustCompile(`b\.launch\("(\w+)"`)
+	found := 0
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+			found++
+			if !names[m[1]] {
+				t.Errorf("%s launches %q, which kernels/ does not define", f, m[1])
+			}
+		}
+	}
+	if found < 20 {
+		t.Fatalf("found only %d launches: the pattern is stale", found)
+	}
+}
+
+// TestScatterMeta: destinations grouped ascending, sources in order within each.
+func TestScatterMeta(t *testing.T) {
+	meta, u := scatterMeta([]int32{5, 2, 5, 7, 2, 5})
+	want := []int32{2, 5, 7 /* starts */, 0, 2, 5, 6 /* order */, 1, 4, 0, 2, 5, 3}
+	if u != 3 || len(meta) != len(want) {
+		t.Fatalf("meta %v (u %d), want %v", meta, u, want)
+	}
+	for i := range want {
+		if meta[i] != want[i] {
+			t.Fatalf("meta %v, want %v", meta, want)
+		}
+	}
+}

@@ -1,0 +1,214 @@
+// Attention, causal with grouped-query heads (head h reads key/value head h / (H/KV)).
+// Launch: grid (T, heads), block ATT_WARPS*32 threads. Each warp walks every ATT_WARPS-th key
+// position with an online softmax (running max m, sum l, accumulator acc); lane L holds head
+// dims L, L+32, ... (head_dim <= 32*ATT_MAXD); the warps' partial results are merged at the end.
+// Scores are (q·k)·scale, softmax and weighted sums in fp32, exp by expf.
+
+#define ATT_WARPS 4
+#define ATT_MAXD 8
+
+// merge_warps combines the warps' (m, l, acc) and writes out[dh] = acc/l; returns m + log(l)
+// (the log-sum-exp of the scores) to every thread.
+__device__ float merge_warps(float m, float l, const float* acc, float* out, int dh) {
+	__shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+	__shared__ float sacc[ATT_WARPS][32 * ATT_MAXD];
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	if (lane == 0) {
+		sm[w] = m;
+		sl[w] = l;
+	}
+	for (int j = 0; j < ATT_MAXD; j++) {
+		int d = lane + 32 * j;
+		if (d < dh) sacc[w][d] = acc[j];
+	}
+	__syncthreads();
+	float M = sm[0];
+	for (int i = 1; i < ATT_WARPS; i++) M = fmaxf(M, sm[i]);
+	float L = 0, f[ATT_WARPS];
+	for (int i = 0; i < ATT_WARPS; i++) {
+		f[i] = sl[i] == 0.0f ? 0.0f : expf(sm[i] - M);
+		L += sl[i] * f[i];
+	}
+	for (int d = threadIdx.x; d < dh; d += blockDim.x) {
+		float o = 0;
+		for (int i = 0; i < ATT_WARPS; i++) o += sacc[i][d] * f[i];
+		out[d] = o / L;
+	}
+	return M + logf(L);
+}
+
+// attn_row runs one (query row, head): keys/values at key(p) for p in 0..n-1.
+// Paged: position p of the sequence lives in cache block table[p/bs] at offset p%bs, layout
+// [blocks, KV, BS, Dh]. Contiguous: position p is row t0+p of k, v [T, KV*Dh].
+__device__ float attn_row(float* out, const float* qr, const float* kbuf, const float* vbuf, int n, int dh,
+                          float scale, bool paged, const int* table, int bs, int nkv, int kvh, int t0) {
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	float qv[ATT_MAXD], acc[ATT_MAXD];
+	for (int j = 0; j < ATT_MAXD; j++) {
+		int d = lane + 32 * j;
+		qv[j] = d < dh ? qr[d] : 0.0f;
+		acc[j] = 0.0f;
+	}
+	float m = -INFINITY, l = 0.0f;
+	for (int p = w; p < n; p += ATT_WARPS) {
+		i64 base = paged ? ((((i64)table[p / bs] * nkv + kvh) * bs + p % bs) * dh)
+		                 : ((i64)(t0 + p) * nkv * dh + (i64)kvh * dh);
+		float s = 0.0f;
+		for (int j = 0; j < ATT_MAXD; j++) {
+			int d = lane + 32 * j;
+			if (d < dh) s += qv[j] * kbuf[base + d];
+		}
+		s = warp_sum(s) * scale;
+		float mn = fmaxf(m, s);
+		float corr = expf(m - mn);
+		float e = expf(s - mn);
+		l = l * corr + e;
+		for (int j = 0; j < ATT_MAXD; j++) {
+			int d = lane + 32 * j;
+			if (d < dh) acc[j] = acc[j] * corr + e * vbuf[base + d];
+		}
+		m = mn;
+	}
+	return merge_warps(m, l, acc, out, dh);
+}
+
+// Attention of new tokens over the paged KV cache of one layer. q, out [T, H*Dh];
+// kc, vc [blocks, KV, BS, Dh]. meta[2t] = offset in meta of token t's block table, meta[2t+1] =
+// its position (it attends to positions 0..pos).
+extern "C" __global__ void attn_paged(float* out, const float* q, const float* kc, const float* vc,
+                                      const int* meta, int nh, int nkv, int dh, int bs, float scale) {
+	int t = blockIdx.x, h = blockIdx.y;
+	int kvh = h / (nh / nkv);
+	i64 row = ((i64)t * nh + h) * dh;
+	attn_row(out + row, q + row, kc, vc, meta[2 * t + 1] + 1, dh, scale, true, meta + meta[2 * t], bs, nkv, kvh,
+	         0);
+}
+
+// Attention within each sequence of a packed batch (training). q, out [T, H*Dh]; k, v [T, KV*Dh];
+// lse [T, H]; meta[t] = first row of token t's sequence.
+extern "C" __global__ void attn_train(float* out, float* lse, const float* q, const float* k, const float* v,
+                                      const int* meta, int nh, int nkv, int dh, float scale) {
+	int t = blockIdx.x, h = blockIdx.y;
+	int kvh = h / (nh / nkv);
+	int t0 = meta[t];
+	i64 row = ((i64)t * nh + h) * dh;
+	float L = attn_row(out + row, q + row, k, v, t - t0 + 1, dh, scale, false, 0, 0, nkv, kvh, t0);
+	if (threadIdx.x == 0) lse[(i64)t * nh + h] = L;
+}
+
+// Backward, part 1: dq of row i, head h, and D[i,h] = dout_i·out_i for part 2. With
+// p_j = exp(scale·q_i·k_j - lse_i): ds_j = p_j·(dout_i·v_j - D)·scale, dq_i = Σ_j ds_j·k_j.
+// Grid (T, H). meta = [first[T] | end[T]] (the sequence's first row and one past its last).
+extern "C" __global__ void attn_bwd_dq(float* dq, float* Dbuf, const float* dout, const float* q, const float* k,
+                                       const float* v, const float* out, const float* lse, const int* meta, int nh,
+                                       int nkv, int dh, float scale) {
+	int i = blockIdx.x, h = blockIdx.y;
+	int kvh = h / (nh / nkv);
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	int t0 = meta[i];
+	i64 row = ((i64)i * nh + h) * dh;
+	float qv[ATT_MAXD], dov[ATT_MAXD], acc[ATT_MAXD];
+	float D = 0;
+	for (int j = 0; j < ATT_MAXD; j++) {
+		int d = lane + 32 * j;
+		qv[j] = d < dh ? q[row + d] : 0.0f;
+		dov[j] = d < dh ? dout[row + d] : 0.0f;
+		D += d < dh ? dov[j] * out[row + d] : 0.0f;
+		acc[j] = 0.0f;
+	}
+	D = warp_sum(D);
+	float L = lse[(i64)i * nh + h];
+	for (int p = w; p < i - t0 + 1; p += ATT_WARPS) {
+		i64 base = (i64)(t0 + p) * nkv * dh + (i64)kvh * dh;
+		float s = 0, dp = 0;
+		for (int j = 0; j < ATT_MAXD; j++) {
+			int d = lane + 32 * j;
+			if (d < dh) {
+				s += qv[j] * k[base + d];
+				dp += dov[j] * v[base + d];
+			}
+		}
+		s = warp_sum(s);
+		dp = warp_sum(dp);
+		float pr = expf(s * scale - L);
+		float ds = pr * (dp - D) * scale;
+		for (int j = 0; j < ATT_MAXD; j++) {
+			int d = lane + 32 * j;
+			if (d < dh) acc[j] += ds * k[base + d];
+		}
+	}
+	__shared__ float sacc[ATT_WARPS][32 * ATT_MAXD];
+	for (int j = 0; j < ATT_MAXD; j++) {
+		int d = lane + 32 * j;
+		if (d < dh) sacc[w][d] = acc[j];
+	}
+	__syncthreads();
+	for (int d = threadIdx.x; d < dh; d += blockDim.x) {
+		float o = 0;
+		for (int x = 0; x < ATT_WARPS; x++) o += sacc[x][d];
+		dq[row + d] = o;
+	}
+	if (threadIdx.x == 0) Dbuf[(i64)i * nh + h] = D;
+}
+
+// Backward, part 2: dk, dv of key row j, head kvh, summed over the query heads of its group and
+// the rows i >= j of its sequence: dv_j = Σ p·dout_i, dk_j = Σ ds·q_i. Grid (T, KV).
+extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout, const float* q, const float* k,
+                                        const float* v, const float* lse, const float* Dbuf, const int* meta, int T,
+                                        int nh, int nkv, int dh, float scale) {
+	int j = blockIdx.x, kvh = blockIdx.y;
+	int group = nh / nkv;
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	int end = meta[T + j];
+	i64 krow = (i64)j * nkv * dh + (i64)kvh * dh;
+	float kv_[ATT_MAXD], vv[ATT_MAXD], dka[ATT_MAXD], dva[ATT_MAXD];
+	for (int x = 0; x < ATT_MAXD; x++) {
+		int d = lane + 32 * x;
+		kv_[x] = d < dh ? k[krow + d] : 0.0f;
+		vv[x] = d < dh ? v[krow + d] : 0.0f;
+		dka[x] = 0.0f;
+		dva[x] = 0.0f;
+	}
+	for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+		for (int i = j + w; i < end; i += ATT_WARPS) {
+			i64 row = ((i64)i * nh + h) * dh;
+			float s = 0, dp = 0;
+			for (int x = 0; x < ATT_MAXD; x++) {
+				int d = lane + 32 * x;
+				if (d < dh) {
+					s += q[row + d] * kv_[x];
+					dp += dout[row + d] * vv[x];
+				}
+			}
+			s = warp_sum(s);
+			dp = warp_sum(dp);
+			float pr = expf(s * scale - lse[(i64)i * nh + h]);
+			float ds = pr * (dp - Dbuf[(i64)i * nh + h]) * scale;
+			for (int x = 0; x < ATT_MAXD; x++) {
+				int d = lane + 32 * x;
+				if (d < dh) {
+					dva[x] += pr * dout[row + d];
+					dka[x] += ds * q[row + d];
+				}
+			}
+		}
+	}
+	__shared__ float sk[ATT_WARPS][32 * ATT_MAXD], sv[ATT_WARPS][32 * ATT_MAXD];
+	for (int x = 0; x < ATT_MAXD; x++) {
+		int d = lane + 32 * x;
+		if (d < dh) {
+			sk[w][d] = dka[x];
+			sv[w][d] = dva[x];
+		}
+	}
+	__syncthreads();
+	for (int d = threadIdx.x; d < dh; d += blockDim.x) {
+		float a = 0, b = 0;
+		for (int x = 0; x < ATT_WARPS; x++) {
+			a += sk[x][d];
+			b += sv[x][d];
+		}
+		dk[krow + d] = a;
+		dv[krow + d] = b;
+	}
+}

@@ -1,0 +1,346 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// bf16ToF32 widens bf16 bits.
+func bf16ToF32(v uint16) float32 { return math.Float32frombits(uint32(v) << 16) }
+
+// Embedding implements engine.Backend.
+func (b *Backend) Embedding(out, table *engine.Tensor, ids []int32) { b.GatherRows(out, table, ids) }
+
+// GatherRows implements engine.Backend.
+func (b *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	b.launch("gather_rows", [3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
+}
+
+// bf16Of returns a bf16 copy of an fp32 tensor in scratch memory.
+func (b *Backend) bf16Of(t *engine.Tensor) dptr {
+	n := int64(t.Len())
+	p := b.tmp(uint64(max(2*n, 4)))
+	b.launch("f32_to_bf16_kernel", b.gridFor(n), 256, dptr(p), ptr(t), n)
+	return dptr(p)
+}
+
+// weightBF16 returns the bf16 storage of a matmul weight: its own for a BF16 weight, the
+// refreshed bf16 copy for an fp32 one.
+func (b *Backend) weightBF16(w *engine.Tensor) dptr {
+	bf := devBuf(w)
+	if w.DType == engine.BF16 {
+		return dptr(bf.ptr)
+	}
+	if bf.bf == 0 {
+		bf.bf = b.devAlloc(uint64(max(2*w.Len(), 4)))
+		bf.bfVer = bf.ver - 1
+	}
+	if bf.bfVer != bf.ver {
+		b.launch("f32_to_bf16_kernel", b.gridFor(int64(w.Len())), 256, dptr(bf.bf), dptr(bf.ptr), int64(w.Len()))
+		bf.bfVer = bf.ver
+	}
+	return dptr(bf.bf)
+}
+
+// useBF16 says whether a matmul with weight w runs on bf16 operands.
+func (b *Backend) useBF16(w *engine.Tensor) bool { return w.DType == engine.BF16 || b.opts.BF16Matmul }
+
+func (b *Backend) gemm(what string, g gemm) {
+	if b.err != nil || g.m == 0 || g.n == 0 {
+		return
+	}
+	alpha, beta := new(float32), new(float32)
+	*alpha, *beta = 1, g.beta
+	if g.k == 0 {
+		// cuBLAS leaves C untouched for k = 0 with beta 1; with beta 0 C must become 0.
+		if g.beta == 0 {
+			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(g.c), 0, uintptr(g.m*g.n), b.strm)))
+		}
+		return
+	}
+	r := call(b.blas.gemmEx, g.args(b.hblas, alpha, beta)...)
+	if r != 0 {
+		b.fail(b.blas.check(fmt.Sprintf("%s (m=%d n=%d k=%d)", what, g.m, g.n, g.k), r))
+	}
+}
+
+// MatMul implements engine.Backend: out[M,N] = x[M,K]·w[N,K]ᵀ. Row-major matrices are
+// column-major transposes, so cuBLAS computes outᵀ[N,M] = W[N,K]·xᵀ[K,M] with A = w (op T).
+func (b *Backend) MatMul(out, x, w *engine.Tensor) {
+	m, k, n := x.Rows(), x.Cols(), w.Shape[0]
+	if w.Shape[1] != k || out.Cols() != n || out.Rows() != m {
+		panic(fmt.Sprintf("cuda: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
+	}
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
+	if b.useBF16(w) {
+		g.a, g.aType = uint64(b.weightBF16(w)), dtBF16
+		g.b, g.bType = uint64(b.bf16Of(x)), dtBF16
+	} else {
+		g.a, g.aType = uint64(ptr(w)), dtF32
+		g.b, g.bType = uint64(ptr(x)), dtF32
+	}
+	b.gemm("MatMul", g)
+}
+
+// AddBias implements engine.Backend.
+func (b *Backend) AddBias(x, bias *engine.Tensor) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	n := int64(x.Len())
+	b.launch("add_bias", b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
+	touched(x)
+}
+
+// RMSNorm implements engine.Backend.
+func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	n := w.Len()
+	b.launch("rmsnorm", [3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
+}
+
+// RoPE implements engine.Backend.
+func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	pairs := int64(len(pos)) * int64(x.Cols()/2)
+	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.ints(pos), ptr(cos), ptr(sin),
+		int32(len(pos)), int32(x.Cols()), int32(headDim))
+}
+
+// SwiGLU implements engine.Backend.
+func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	n := int64(out.Len())
+	b.launch("swiglu", b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
+}
+
+// Add implements engine.Backend.
+func (b *Backend) Add(out, x, y *engine.Tensor) {
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	n := int64(out.Len())
+	b.launch("add", b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
+	touched(out)
+}
+
+// kvStore is the paged KV cache on the device: per layer one buffer of keys and one of values,
+// each [blocks, KV, BS, Dh] fp32.
+type kvStore struct {
+	b                                   *Backend
+	layers, kvHeads, blockSize, headDim int
+	blocks                              int
+	k, v                                []uint64
+}
+
+// NewKVStore implements engine.Backend.
+func (b *Backend) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (engine.KVStore, error) {
+	s := &kvStore{b: b, layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim,
+		k: make([]uint64, layers), v: make([]uint64, layers)}
+	return s, s.Grow(blocks)
+}
+
+func (s *kvStore) per() uint64 { return uint64(s.kvHeads * s.blockSize * s.headDim * 4) }
+
+func (s *kvStore) NumBlocks() int { return s.blocks }
+
+// Grow reallocates every layer's buffers and copies the blocks already there.
+func (s *kvStore) Grow(n int) error {
+	if n <= s.blocks {
+		return nil
+	}
+	b := s.b
+	if !b.enter() {
+		b.leave()
+		return b.Err()
+	}
+	defer b.leave()
+	for l := 0; l < s.layers; l++ {
+		for _, bufs := range [][]uint64{s.k, s.v} {
+			p := b.devAlloc(uint64(n) * s.per())
+			if p == 0 {
+				return b.err
+			}
+			if bufs[l] != 0 {
+				b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
+				b.alloc.Free(bufs[l])
+			}
+			bufs[l] = p
+		}
+	}
+	s.blocks = n
+	return b.err
+}
+
+func (s *kvStore) CopyBlock(dst, src int) {
+	b := s.b
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	per := s.per()
+	for l := 0; l < s.layers; l++ {
+		for _, p := range []uint64{s.k[l], s.v[l]} {
+			b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)))
+		}
+	}
+}
+
+func (s *kvStore) Free() {
+	b := s.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for l := range s.k {
+		b.alloc.Free(s.k[l])
+		b.alloc.Free(s.v[l])
+	}
+	s.k, s.v, s.blocks = nil, nil, 0
+}
+
+// Attention implements engine.Backend: the new keys and values go to their slots, then
+// attn_paged runs one block per (token, head). Its metadata is one int32 array: per token the
+// offset of its sequence's block table and its position, then the block tables.
+func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
+	s := store.(*kvStore)
+	T := q.Rows()
+	dh := s.headDim
+	nh := q.Cols() / dh
+	if dh > maxHeadDim {
+		panic(fmt.Sprintf("cuda: head_dim %d above the attention kernels' 256", dh))
+	}
+	meta := make([]int32, 2*T, 2*T+T)
+	for sq := range ab.CtxLen {
+		off := int32(len(meta))
+		meta = append(meta, ab.Blocks[sq]...)
+		nNew := ab.SeqStart[sq+1] - ab.SeqStart[sq]
+		for t := ab.SeqStart[sq]; t < ab.SeqStart[sq+1]; t++ {
+			meta[2*t] = off
+			meta[2*t+1] = ab.CtxLen[sq] - nNew + (t - ab.SeqStart[sq])
+		}
+	}
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+		b.ints(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+	scale := float32(1 / math.Sqrt(float64(dh)))
+	b.launch("attn_paged", [3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+		b.ints(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+}
+
+// deviceSampled reports whether the device samples a row: greedy rows and rows with only a
+// temperature. Top-k / top-p rows are sampled on the host from their downloaded logits by
+// engine.SampleLogits (the reference), until a device top-k/top-p lands.
+func deviceSampled(r engine.SampleRow, v int) bool {
+	if r.Temperature <= 0 {
+		return true
+	}
+	return (r.TopK <= 0 || r.TopK >= v) && (r.TopP <= 0 || r.TopP >= 1)
+}
+
+// Sample implements engine.Backend.
+func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int32, []float32, error) {
+	R, V := logits.Rows(), logits.Cols()
+	if len(rows) != R {
+		return nil, nil, fmt.Errorf("cuda: sample: %d rows of parameters for %d rows of logits", len(rows), R)
+	}
+	ids := make([]int32, R)
+	lps := make([]float32, R)
+	var dev, host []int32
+	var temps []float32
+	var us []float64
+	for r, p := range rows {
+		if deviceSampled(p, V) {
+			dev = append(dev, int32(r))
+			temps = append(temps, p.Temperature)
+			us = append(us, p.U)
+		} else {
+			host = append(host, int32(r))
+		}
+	}
+	if !b.enter() {
+		b.leave()
+		return nil, nil, b.Err()
+	}
+	defer b.leave()
+	if len(dev) > 0 {
+		n := len(dev)
+		dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
+		b.launch("sample_rows", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(dev),
+			b.floats(temps), b.upload(unsafe.Pointer(&us[0]), uint64(8*n)), int32(V))
+		gotIDs, gotLps := make([]int32, n), make([]float32, n)
+		b.download(unsafe.Pointer(&gotIDs[0]), dIDs, uint64(4*n))
+		b.download(unsafe.Pointer(&gotLps[0]), dLps, uint64(4*n))
+		for i, r := range dev {
+			ids[r], lps[r] = gotIDs[i], gotLps[i]
+		}
+	}
+	row := make([]float32, V)
+	for _, r := range host {
+		b.download(unsafe.Pointer(&row[0]), uint64(ptr(logits))+uint64(r)*uint64(4*V), uint64(4*V))
+		ids[r], lps[r] = engine.SampleLogits(row, rows[r])
+	}
+	return ids, lps, b.err
+}
+
+// LogProbs implements engine.Backend.
+func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
+	R, V := logits.Rows(), logits.Cols()
+	if len(targets) != R {
+		return nil, nil, fmt.Errorf("cuda: logprobs: %d targets for %d rows of logits", len(targets), R)
+	}
+	if !(temperature > 0) {
+		return nil, nil, fmt.Errorf("cuda: logprobs: temperature must be positive, got %g", temperature)
+	}
+	for i, t := range targets {
+		if t < 0 || int(t) >= V {
+			return nil, nil, fmt.Errorf("cuda: logprobs: target %d of row %d outside the vocabulary of %d", t, i, V)
+		}
+	}
+	lp, ent := make([]float32, R), make([]float32, R)
+	if R == 0 {
+		return lp, ent, nil
+	}
+	if !b.enter() {
+		b.leave()
+		return nil, nil, b.Err()
+	}
+	defer b.leave()
+	dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
+	b.launch("logprobs", [3]int{R, 1, 1}, 256, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
+	b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
+	b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
+	return lp, ent, b.err
+}
