@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -148,12 +151,16 @@ func PlotMetrics(recs []Record, dir string) ([]string, error) {
 			p.Title.Text += " — dashed: reference resets"
 		}
 		path := filepath.Join(dir, s.file)
-		tmp := filepath.Join(dir, ".tmp-"+s.file) // same directory, for an atomic rename
-		if err := p.Save(7*vg.Inch, 4*vg.Inch, tmp); err != nil {
-			return nil, fmt.Errorf("plot %s: %w", path, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return nil, fmt.Errorf("plot %s: %w", path, err)
+		err = checkpoints.WriteFileAtomic(path, 0o644, func(w io.Writer) error {
+			c, err := p.WriterTo(7*vg.Inch, 4*vg.Inch, strings.TrimPrefix(filepath.Ext(s.file), "."))
+			if err != nil {
+				return err
+			}
+			_, err = c.WriteTo(w)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("plot: %w", err) // the error names path
 		}
 		files = append(files, path)
 	}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/grpo/tasks"
 )
 
@@ -340,42 +341,31 @@ func WriteJSONL(w io.Writer, rows []Row) error {
 
 // WriteFileAtomic writes a file through a temporary name in the same directory, fsyncs it and
 // renames it, so a crash never leaves a half-written file under the real name.
-func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("data: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := write(f); err != nil {
-		return fmt.Errorf("data: %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("data: %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("data: %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
+//
+// Deprecated: use checkpoints.WriteFileAtomic, which this calls with mode 0644.
+func WriteFileAtomic(path string, write func(io.Writer) error) error {
+	if err := checkpoints.WriteFileAtomic(path, 0o644, write); err != nil {
 		return fmt.Errorf("data: %w", err)
 	}
 	return nil
 }
 
-// Save writes rows to a .jsonl or .parquet file (by extension), atomically.
+// Save writes rows to a .jsonl or .parquet file (by extension), atomically
+// (checkpoints.WriteFileAtomic, mode 0644).
 func Save(path string, rows []Row) error {
+	var write func(io.Writer) error
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".parquet":
-		return WriteFileAtomic(path, func(w io.Writer) error { return WriteParquet(w, rows) })
+		write = func(w io.Writer) error { return WriteParquet(w, rows) }
 	case ".jsonl", ".json", ".ndjson":
-		return WriteFileAtomic(path, func(w io.Writer) error { return WriteJSONL(w, rows) })
+		write = func(w io.Writer) error { return WriteJSONL(w, rows) }
+	default:
+		return fmt.Errorf("data: %s: unknown extension (want .jsonl or .parquet)", path)
 	}
-	return fmt.Errorf("data: %s: unknown extension (want .jsonl or .parquet)", path)
+	if err := checkpoints.WriteFileAtomic(path, 0o644, write); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	return nil
 }
 
 // FromTasks turns generated tasks into rows: the prompt text, data_source = family, the ground
