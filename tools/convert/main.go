@@ -25,8 +25,8 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx"
-	"github.com/prolong-rl/prolong/tools/convert/outdir"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/outdir"
 )
 
 type options struct {
@@ -185,7 +185,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
 				return err
 			}
-			if err := modelio.WriteConfigs(tmp, m.Config); err != nil {
+			if err := checkpoints.WriteConfig(tmp, m.Config, checkpoints.F32); err != nil {
 				return err
 			}
 		}

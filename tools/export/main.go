@@ -23,8 +23,8 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/onnx"
-	"github.com/prolong-rl/prolong/tools/convert/outdir"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/outdir"
 )
 
 type options struct {
@@ -159,7 +159,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
 				return err
 			}
-		} else if err := modelio.WriteConfigs(tmp, m.Config); err != nil { // config.json travels with the ONNX too
+		} else if err := checkpoints.WriteConfig(tmp, m.Config, checkpoints.F32); err != nil { // config.json travels with the ONNX too
 			return err
 		}
 		if slices.Contains(o.formats, "onnx") {

@@ -161,6 +161,8 @@ func CopySideFiles(from, to string) ([]string, error) {
 	return copyFiles(from, to, SideFiles)
 }
 
+// copyFiles copies the files names that exist in from into to, each atomically
+// (checkpoints.WriteFileAtomic, mode 0644), and returns the names copied.
 func copyFiles(from, to string, names []string) ([]string, error) {
 	if from == "" {
 		return nil, nil
@@ -174,16 +176,10 @@ func copyFiles(from, to string, names []string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		dst, err := os.Create(filepath.Join(to, name))
-		if err == nil {
-			_, err = io.Copy(dst, src)
-			if err == nil {
-				err = dst.Sync()
-			}
-			if cerr := dst.Close(); err == nil {
-				err = cerr
-			}
-		}
+		err = checkpoints.WriteFileAtomic(filepath.Join(to, name), 0o644, func(w io.Writer) error {
+			_, err := io.Copy(w, src)
+			return err
+		})
 		src.Close()
 		if err != nil {
 			return nil, fmt.Errorf("copy %s: %w", filepath.Join(from, name), err)
@@ -194,47 +190,16 @@ func copyFiles(from, to string, names []string) ([]string, error) {
 }
 
 // WriteDir builds an output directory in a temporary sibling and then puts it at out, so that
-// a failure leaves nothing half-written. An existing out that is not empty is refused unless
-// force, in which case it is replaced only once the new one is complete.
+// a failure leaves nothing half-written (checkpoints.ReplaceDir). An existing out that is not
+// empty is refused unless force, in which case it is replaced only once the new one is
+// complete.
 func WriteDir(out string, force bool, build func(tmp string) error) error {
 	if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 && !force {
 		return fmt.Errorf("output directory %s exists and is not empty (nothing was written; --force replaces it)", out)
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	parent := filepath.Dir(filepath.Clean(out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(out)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	if err := build(tmp); err != nil {
-		return err
-	}
-	var old string
-	if _, err := os.Stat(out); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(out, old); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		if old != "" {
-			os.Rename(old, out)
-		}
-		return err
-	}
-	if old != "" {
-		os.RemoveAll(old)
-	}
-	if d, err := os.Open(parent); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return checkpoints.ReplaceDir(out, "."+filepath.Base(filepath.Clean(out))+".tmp-", build)
 }
 
 // ParseDType maps a --dtype value to the safetensors dtype.

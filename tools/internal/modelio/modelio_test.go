@@ -1,7 +1,6 @@
 package modelio
 
 import (
-	"bytes"
 	"math"
 	"os"
 	"path/filepath"
@@ -16,46 +15,6 @@ func tiny(modelType string) *engine.Config {
 	return &engine.Config{ModelType: modelType, VocabSize: 24, HiddenSize: 16, NumHiddenLayers: 1, NumAttentionHeads: 2,
 		NumKeyValueHeads: 1, HeadDim: 8, IntermediateSize: 32, RMSNormEps: 1e-6, RopeTheta: 10000,
 		MaxPositionEmbeddings: 64, AttentionBias: modelType == "qwen2", QKNorm: modelType == "qwen3"}
-}
-
-// TestWriteConfigsMatchesSave: the config files written beside an ONNX-only output are
-// byte-identical to those checkpoints.Save writes for the same config in f32.
-func TestWriteConfigsMatchesSave(t *testing.T) {
-	one, two := 1, 2
-	llama := tiny("llama")
-	llama.RopeScaling = &engine.RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 32}
-	llama.BOSTokenID, llama.EOSTokenIDs = &one, []int{2, 3}
-	qwen3 := tiny("qwen3")
-	qwen3.EOSTokenIDs, qwen3.TieWordEmbeddings = []int{two}, true
-	qwen2 := tiny("qwen2")
-	qwen2.Architectures = []string{"Qwen2Model"}
-	for _, cfg := range []*engine.Config{tiny("qwen2"), qwen2, llama, qwen3} {
-		t.Run(cfg.ModelType, func(t *testing.T) {
-			a, b := t.TempDir(), filepath.Join(t.TempDir(), "hf")
-			if err := WriteConfigs(a, cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := checkpoints.Save(b, cfg, engine.RandomWeights(cfg, 1, 0.1), checkpoints.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range []string{checkpoints.ConfigFile, checkpoints.GenerationConfigFile} {
-				x, err := os.ReadFile(filepath.Join(a, f))
-				if err != nil {
-					t.Fatal(err)
-				}
-				y, err := os.ReadFile(filepath.Join(b, f))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(x, y) {
-					t.Errorf("%s differs from checkpoints.Save's:\n%s\nwant\n%s", f, x, y)
-				}
-			}
-		})
-	}
-	if err := WriteConfigs(t.TempDir(), tiny("gpt2")); err == nil || !strings.Contains(err.Error(), `"gpt2"`) {
-		t.Errorf("model_type gpt2: %v", err)
-	}
 }
 
 // TestCheckWeights: damaged values and values a narrower dtype cannot hold are refused, naming

@@ -1,7 +1,6 @@
 package modelio
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -17,78 +16,6 @@ import (
 // DefaultShardBytes is the --shard-size of the tools: transformers' save_pretrained default
 // (max_shard_size "5GB").
 const DefaultShardBytes = 5_000_000_000
-
-// architectures maps model_type to the transformers class, as checkpoints.Save writes it.
-var architectures = map[string]string{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
-
-// WriteConfigs writes config.json and generation_config.json into dir as checkpoints.Save
-// writes them for f32 weights, without writing the weights: what an ONNX-only output carries
-// beside model.onnx. (checkpoints exports no config-only writer; a test checks that the
-// files are byte-identical to Save's.)
-func WriteConfigs(dir string, cfg *engine.Config) error {
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		return err
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return err
-	}
-	if len(cfg.Architectures) == 0 {
-		arch, ok := architectures[cfg.ModelType]
-		if !ok {
-			return fmt.Errorf("config field \"model_type\": %q is not supported", cfg.ModelType)
-		}
-		m["architectures"] = []string{arch}
-	}
-	if len(cfg.EOSTokenIDs) == 1 {
-		m["eos_token_id"] = cfg.EOSTokenIDs[0]
-	}
-	m["hidden_act"] = "silu"
-	m["torch_dtype"] = "float32"
-	m["use_cache"] = true
-	gen := map[string]any{}
-	if cfg.BOSTokenID != nil {
-		gen["bos_token_id"] = *cfg.BOSTokenID
-	}
-	switch len(cfg.EOSTokenIDs) {
-	case 0:
-	case 1:
-		gen["eos_token_id"] = cfg.EOSTokenIDs[0]
-	default:
-		gen["eos_token_id"] = cfg.EOSTokenIDs
-	}
-	for name, v := range map[string]any{checkpoints.ConfigFile: m, checkpoints.GenerationConfigFile: gen} {
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := writeSynced(filepath.Join(dir, name), append(b, '\n')); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// writeSynced writes a file and fsyncs it (the directory it goes into is renamed into place
-// afterwards, so no temporary name is needed here).
-func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
 
 // CheckWeights looks at every tensor of w once, in name order, before anything is written:
 // each value must be finite, and must stay finite when stored as dtype (an f16 holds at most
