@@ -48,6 +48,10 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 	dt := onnxpb.TensorProto_DataType(t.GetDataType())
 	var width int64
 	var conv func(b []byte, out []float32)
+	widen := checkpoints.F16ToF32 // the 16-bit types' widening
+	if dt == onnxpb.TensorProto_BFLOAT16 {
+		widen = checkpoints.BF16ToF32
+	}
 	switch dt {
 	case onnxpb.TensorProto_FLOAT:
 		width = 4
@@ -56,18 +60,11 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 				out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 			}
 		}
-	case onnxpb.TensorProto_FLOAT16:
+	case onnxpb.TensorProto_FLOAT16, onnxpb.TensorProto_BFLOAT16:
 		width = 2
 		conv = func(b []byte, out []float32) {
 			for i := range out {
-				out[i] = checkpoints.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-			}
-		}
-	case onnxpb.TensorProto_BFLOAT16:
-		width = 2
-		conv = func(b []byte, out []float32) {
-			for i := range out {
-				out[i] = checkpoints.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+				out[i] = widen(binary.LittleEndian.Uint16(b[2*i:]))
 			}
 		}
 	case onnxpb.TensorProto_DOUBLE:
@@ -121,11 +118,7 @@ func TensorFloat32(t *onnxpb.TensorProto, dir string) ([]float32, error) {
 			return nil, fmt.Errorf("tensor %s: int32_data has %d values, dims %v need %d", name, len(t.GetInt32Data()), t.GetDims(), n)
 		}
 		for _, v := range t.GetInt32Data() {
-			if dt == onnxpb.TensorProto_FLOAT16 {
-				out = append(out, checkpoints.F16ToF32(uint16(v)))
-			} else {
-				out = append(out, checkpoints.BF16ToF32(uint16(v)))
-			}
+			out = append(out, widen(uint16(v)))
 		}
 	case onnxpb.TensorProto_DOUBLE:
 		if int64(len(t.GetDoubleData())) != n {
