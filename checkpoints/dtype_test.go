@@ -201,52 +201,50 @@ func refRound(f halfFormat, x float32) float64 {
 	return r
 }
 
-// TestHalfTable checks both formats on hand-worked values, NaNs included, in both directions.
+// TestHalfTable checks both formats on hand-worked values, NaNs included: "=" pairs convert
+// both ways, "->" only narrowing, "<-" only widening.
 func TestHalfTable(t *testing.T) {
+	bf16, f16 := halfFormats[0], halfFormats[1]
 	for _, tc := range []struct {
-		enc  func(float32) uint16
-		in   uint32 // fp32 bits
-		want uint16
+		f    halfFormat
+		f32  uint32 // fp32 bits
+		dir  string
+		half uint16
 		why  string
 	}{
-		{F32ToF16, 0x7FC00000, 0x7E00, "f16: the quiet NaN"},
-		{F32ToF16, 0xFFC00000, 0xFE00, "f16: a negative NaN keeps its sign"},
-		{F32ToF16, 0x7F800001, 0x7E00, "f16: a signalling NaN whose payload is below f16's stays NaN (quiet)"},
-		{F32ToF16, 0x7FA00000, 0x7F00, "f16: the top payload bits are kept"},
-		{F32ToF16, 0x7F800000, 0x7C00, "f16: +inf"},
-		{F32ToF16, 0x38800000, 0x0400, "f16: 2^-14, the smallest normal"},
-		{F32ToF16, 0x387FE000, 0x0400, "f16: 2^-14 - 2^-25 rounds up across the subnormal boundary (tie, 0x3ff odd)"},
-		{F32ToF16, 0x33000001, 0x0001, "f16: just above half the smallest subnormal"},
-		{F32ToF16, 0x80000001, 0x8000, "f16: the smallest fp32 subnormal underflows to -0"},
-		{F32ToBF16, 0xFFC00001, 0xFFC0, "bf16: a negative NaN keeps its sign"},
-		{F32ToBF16, 0x7F810000, 0x7FC1, "bf16: a signalling NaN becomes quiet, payload kept"},
-		{F32ToBF16, 0x7F7F7FFF, 0x7F7F, "bf16: just below the overflow tie stays finite"},
-		{F32ToBF16, 0x7F7F8000, 0x7F80, "bf16: the overflow tie rounds to +inf (0x7f7f odd)"},
-		{F32ToBF16, 0x00800000, 0x0080, "bf16: the smallest normal"},
-		{F32ToBF16, 0x007FFFFF, 0x0080, "bf16: the largest subnormal rounds up into the normals"},
+		{f16, 0x7FC00000, "=", 0x7E00, "the quiet NaN"},
+		{f16, 0xFFC00000, "=", 0xFE00, "a negative NaN keeps its sign"},
+		{f16, 0x7F800001, "->", 0x7E00, "a signalling NaN whose payload is below f16's stays NaN (quiet)"},
+		{f16, 0x7FA00000, "->", 0x7F00, "the top payload bits are kept"},
+		{f16, 0x7F802000, "<-", 0x7C01, "a signalling NaN widens with its payload"},
+		{f16, 0x7F800000, "=", 0x7C00, "+inf"},
+		{f16, 0xFF800000, "=", 0xFC00, "-inf"},
+		{f16, 0x477FE000, "=", 0x7BFF, "65504, the largest half"},
+		{f16, 0x38800000, "=", 0x0400, "2^-14, the smallest normal"},
+		{f16, 0x387FC000, "=", 0x03FF, "the largest subnormal, 1023 x 2^-24"},
+		{f16, 0x387FE000, "->", 0x0400, "2^-14 - 2^-25 rounds up across the subnormal boundary (tie, 0x3ff odd)"},
+		{f16, 0x33800000, "=", 0x0001, "2^-24, the smallest subnormal"},
+		{f16, 0x33000001, "->", 0x0001, "just above half the smallest subnormal"},
+		{f16, 0x80000000, "=", 0x8000, "-0"},
+		{f16, 0x80000001, "->", 0x8000, "the smallest fp32 subnormal underflows to -0"},
+		{bf16, 0xFFC00001, "->", 0xFFC0, "a negative NaN keeps its sign"},
+		{bf16, 0x7F810000, "->", 0x7FC1, "a signalling NaN becomes quiet, payload kept"},
+		{bf16, 0xFF800000, "=", 0xFF80, "-inf"},
+		{bf16, 0x7F7F7FFF, "->", 0x7F7F, "just below the overflow tie stays finite"},
+		{bf16, 0x7F7F8000, "->", 0x7F80, "the overflow tie rounds to +inf (0x7f7f odd)"},
+		{bf16, 0x00800000, "=", 0x0080, "the smallest normal"},
+		{bf16, 0x007FFFFF, "->", 0x0080, "the largest subnormal rounds up into the normals"},
+		{bf16, 0x00010000, "=", 0x0001, "the smallest subnormal"},
 	} {
-		if got := tc.enc(math.Float32frombits(tc.in)); got != tc.want {
-			t.Errorf("%#08x: %#04x, want %#04x (%s)", tc.in, got, tc.want, tc.why)
+		if tc.dir != "<-" {
+			if got := tc.f.enc(math.Float32frombits(tc.f32)); got != tc.half {
+				t.Errorf("%s: %#08x narrows to %#04x, want %#04x (%s)", tc.f.name, tc.f32, got, tc.half, tc.why)
+			}
 		}
-	}
-	for _, tc := range []struct {
-		dec  func(uint16) float32
-		in   uint16
-		want uint32 // fp32 bits
-		why  string
-	}{
-		{F16ToF32, 0x0001, 0x33800000, "f16: 2^-24"},
-		{F16ToF32, 0x03FF, 0x387FC000, "f16: the largest subnormal, 1023 x 2^-24"},
-		{F16ToF32, 0x8000, 0x80000000, "f16: -0"},
-		{F16ToF32, 0x7BFF, 0x477FE000, "f16: 65504"},
-		{F16ToF32, 0xFC00, 0xFF800000, "f16: -inf"},
-		{F16ToF32, 0x7E00, 0x7FC00000, "f16: the quiet NaN"},
-		{F16ToF32, 0x7C01, 0x7F802000, "f16: a signalling NaN widens with its payload"},
-		{BF16ToF32, 0x0001, 0x00010000, "bf16: the smallest subnormal"},
-		{BF16ToF32, 0xFF80, 0xFF800000, "bf16: -inf"},
-	} {
-		if got := math.Float32bits(tc.dec(tc.in)); got != tc.want {
-			t.Errorf("%#04x: %#08x, want %#08x (%s)", tc.in, got, tc.want, tc.why)
+		if tc.dir != "->" {
+			if got := math.Float32bits(tc.f.dec(tc.half)); got != tc.f32 {
+				t.Errorf("%s: %#04x widens to %#08x, want %#08x (%s)", tc.f.name, tc.half, got, tc.f32, tc.why)
+			}
 		}
 	}
 }
