@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -49,6 +50,17 @@ type Backend struct {
 	err error // sticky
 	// per-op scratch freed at the end of the op
 	scratch []uint64
+	// recent small metadata uploads, reused when the same values come again (the positions,
+	// slots and block tables of one step are the same for every layer)
+	meta     [8]metaEntry
+	metaNext int
+}
+
+// metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
+// cached, so work already enqueued that reads it stays correct when it is evicted and reused.
+type metaEntry struct {
+	host []int32
+	dev  uint64
 }
 
 // buf is a tensor's device storage. A trainable parameter (param) keeps a bf16 copy for
@@ -262,6 +274,33 @@ func (b *Backend) ints(v []int32) dptr {
 		return 0
 	}
 	return b.upload(unsafe.Pointer(&v[0]), uint64(4*len(v)))
+}
+
+// constInts is ints for metadata that repeats across ops: the same values return the same
+// device buffer without a copy.
+func (b *Backend) constInts(v []int32) dptr {
+	if len(v) == 0 {
+		return 0
+	}
+	for i := range b.meta {
+		if e := &b.meta[i]; e.dev != 0 && slices.Equal(e.host, v) {
+			return dptr(e.dev)
+		}
+	}
+	e := &b.meta[b.metaNext]
+	b.metaNext = (b.metaNext + 1) % len(b.meta)
+	if e.dev != 0 {
+		b.alloc.Free(e.dev)
+		e.dev = 0
+	}
+	p := b.devAlloc(uint64(4 * len(v)))
+	if p == 0 {
+		return 0
+	}
+	b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&v[0])), uintptr(4*len(v)), b.strm)))
+	e.host = append(e.host[:0], v...)
+	e.dev = p
+	return dptr(p)
 }
 
 func (b *Backend) floats(v []float32) dptr {

@@ -34,10 +34,17 @@ func TestConformance(t *testing.T) {
 		opts Options
 		eo   enginetest.Options
 	}
+	// bf16 matmuls for parameters round every activation and gradient operand to bf16 (2⁻⁹
+	// relative) in the forward and the backward; the reference computes in fp32. Measured on
+	// an H200 (tiny models of the suite): op-level matmuls NMSE <= 4e-6, gradients of every
+	// weight 1e-3..4e-3, the change of every weight over ten AdamW steps 1e-3..3e-2 (Adam's
+	// m/√v turns small gradient differences into sign flips of small updates). The exact
+	// check of the same code paths is the fp32 run above (tolerance 1e-6 there); this run
+	// checks the bf16 plumbing (a stale bf16 copy of a parameter fails the Copy and AdamW
+	// op cases, which a MatMul follows, at 1e-4).
 	bf16Tol := enginetest.DefaultTolerances(engine.BF16)
 	bf16Tol.MatMul = 1e-4
-	bf16Tol.Train = 1e-3
-	bf16Tol.AdamW = 1e-3
+	bf16Tol.Train = 5e-2
 	runs := []run{
 		{"fp32", Options{}, enginetest.Options{WeightDType: engine.F32}},
 		{"bf16-weights", Options{}, enginetest.Options{WeightDType: engine.BF16}},

@@ -126,7 +126,7 @@ func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 	}
 	defer b.leave()
 	pairs := int64(len(pos)) * int64(x.Cols()/2)
-	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.ints(pos), ptr(cos), ptr(sin),
+	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
 		int32(len(pos)), int32(x.Cols()), int32(headDim))
 }
 
@@ -254,10 +254,10 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	}
 	defer b.leave()
 	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
-		b.ints(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
 	scale := float32(1 / math.Sqrt(float64(dh)))
 	b.launch("attn_paged", [3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
-		b.ints(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+		b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 }
 
 // deviceSampled reports whether the device samples a row: greedy rows and rows with only a

@@ -262,7 +262,7 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 		return
 	}
 	defer b.leave()
-	b.launch("attn_train", [3]int{T, nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.ints(meta),
+	b.launch("attn_train", [3]int{T, nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
 		int32(nh), int32(nkv), int32(dh), float32(1/math.Sqrt(float64(dh))))
 }
 
@@ -280,7 +280,7 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 	}
 	defer b.leave()
 	scale := float32(1 / math.Sqrt(float64(dh)))
-	md := b.ints(meta)
+	md := b.constInts(meta)
 	D := dptr(b.tmp(uint64(4 * max(T*nh, 1))))
 	b.launch("attn_bwd_dq", [3]int{T, nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
 		int32(nh), int32(nkv), int32(dh), scale)

@@ -33,8 +33,22 @@ func main() {
 	trainBatch := pflag.Int("train-batch", 4, "sequences per training step")
 	trainSeq := pflag.Int("train-seq", 128, "tokens per training sequence")
 	inference := pflag.Bool("inference", true, "measure matmul, prefill and decode")
+	device := pflag.String("device", "cpu", "cpu, or cuda: the GPU table on the 1.5B Qwen2 shape (decode, rollouts, training)")
+	jsonPath := pflag.String("json", "", "with --device cuda: also write the figures as JSON to this file")
+	rolloutTokens := pflag.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
 	pflag.Parse()
 	var err error
+	if *device == "cuda" {
+		if err := runGPU(*quick, *jsonPath, *rolloutTokens); err != nil {
+			slog.Error("bench failed", "err", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *device != "cpu" {
+		slog.Error("bench: --device must be cpu or cuda", "device", *device)
+		os.Exit(2)
+	}
 	if *inference {
 		err = run(*quick, *decodeSteps, *promptLen)
 	}

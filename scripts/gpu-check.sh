@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the CUDA backend's GPU check into DIR: self-contained static binaries (CGO_ENABLED=0)
+# and DIR/run.sh, so that the check runs from any copy of DIR on any Linux x86-64 machine with
+# an NVIDIA GPU and its driver, cuBLAS and NVRTC (libcuda.so.1, libcublas.so.13|12,
+# libnvrtc.so.13|12) — no repository, no Go, no network needed there.
+#
+#   scripts/gpu-check.sh DIR        # here
+#   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
+#
+# run.sh runs, each under its own time limit (8 minutes in all at most):
+#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, three
+#      settings (fp32; bf16 weights; bf16 matmuls), with finite differences -> conformance.json
+#      (every case: error, tolerance, first bad index, got/want) and conformance.log;
+#   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
+#      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
+#      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
+#      memory) -> bench.json, bench.log;
+#   3. the default GRPO job (tools/train) with --device cuda -> train.log, train-metrics.jsonl;
+# then merges them into report.json with nvidia-smi's view of the GPU.
+set -euo pipefail
+dir="${1:?usage: scripts/gpu-check.sh DIR}"
+cd "$(dirname "$0")/.."
+mkdir -p "$dir"
+export CGO_ENABLED=0 GOOS=linux GOARCH=amd64
+go test -c -o "$dir/cuda.test" ./cuda
+go build -o "$dir/bench" ./tools/bench
+go build -o "$dir/train" ./tools/train
+go build -o "$dir/gpureport" ./scripts/gpureport
+cat >"$dir/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend; see scripts/gpu-check.sh in the repository.
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here}"
+mkdir -p "$out"
+export PROLONG_CUDA_CACHE="$out/kernel-cache"
+# cuBLAS and NVRTC also live in Python's nvidia wheels; let the loader find them there too.
+for d in /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib /usr/lib/python3*/site-packages/nvidia/cu13/lib; do
+	[ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >"$out/nvidia-smi.csv" 2>&1
+t0=$(date +%s)
+echo "== conformance"
+PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
+	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile' -test.v >"$out/conformance.log" 2>&1
+echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
+echo "== bench"
+timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+echo "== default job on the GPU"
+(cd "$out" && timeout 60 "$here/train" --device cuda --out "$out/train-run" >"$out/train.log" 2>&1)
+echo "train exit $? after $(( $(date +%s) - t0 )) s"; tail -3 "$out/train.log"
+"$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
+RUN
+chmod +x "$dir/run.sh"
+du -sh "$dir"

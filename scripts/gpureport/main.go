@@ -1,0 +1,73 @@
+// Command gpureport merges the pieces of a GPU check (scripts/gpu-check.sh) in DIR —
+// nvidia-smi.csv, conformance.json and .log, bench.json, train.log — into one JSON report on
+// stdout, with a summary: conformance cases passed and failed (and the failures themselves).
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: gpureport DIR")
+		os.Exit(2)
+	}
+	dir := os.Args[1]
+	rep := map[string]any{}
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			rep["missing_"+strings.ReplaceAll(name, ".", "_")] = err.Error()
+		}
+		return b
+	}
+	if b := read("nvidia-smi.csv"); b != nil {
+		rep["nvidia_smi"] = strings.TrimSpace(string(b))
+	}
+	if b := read("conformance.json"); b != nil {
+		var conf map[string][]map[string]any
+		if err := json.Unmarshal(b, &conf); err != nil {
+			rep["conformance_error"] = err.Error()
+		} else {
+			summary := map[string]any{}
+			for setting, results := range conf {
+				var failed []map[string]any
+				for _, r := range results {
+					if p, _ := r["pass"].(bool); !p {
+						failed = append(failed, r)
+					}
+				}
+				summary[setting] = map[string]any{"cases": len(results), "failed": len(failed), "failures": failed}
+			}
+			rep["conformance"] = summary
+		}
+	}
+	if b := read("conformance.log"); b != nil {
+		var fails []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "--- FAIL") || strings.Contains(l, "panic") {
+				fails = append(fails, strings.TrimSpace(l))
+			}
+		}
+		if len(fails) > 40 {
+			fails = append(fails[:40], fmt.Sprintf("... %d more", len(fails)-40))
+		}
+		rep["conformance_log_failures"] = fails
+	}
+	if b := read("bench.json"); b != nil {
+		var v any
+		if json.Unmarshal(b, &v) == nil {
+			rep["bench"] = v
+		}
+	}
+	if b := read("train.log"); b != nil {
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		rep["train_log_tail"] = lines[max(0, len(lines)-15):]
+	}
+	out, _ := json.MarshalIndent(rep, "", " ")
+	fmt.Println(string(out))
+}

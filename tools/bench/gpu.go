@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prolong-rl/prolong/cuda"
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// Qwen15B is the DeepSeek-R1-Distill-Qwen-1.5B shape (Qwen2.5-Math-1.5B): the model the GPU
+// figures of issue 16 and its transformers peers are measured on.
+func Qwen15B() *engine.Config {
+	return &engine.Config{ModelType: "qwen2", VocabSize: 151936, HiddenSize: 1536, NumHiddenLayers: 28,
+		NumAttentionHeads: 12, NumKeyValueHeads: 2, HeadDim: 128, IntermediateSize: 8960,
+		RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 131072, AttentionBias: true}
+}
+
+// gpuReport is what --device cuda measures, written as JSON by --json.
+type gpuReport struct {
+	Device          string   `json:"device"`
+	CopyGBs         float64  `json:"copy_gb_s"`          // device-to-device copy, read+write
+	GemmTFLOPs      float64  `json:"gemm_bf16_tflop_s"`  // cublasGemmEx bf16 8192³
+	Model           string   `json:"model"`              // shape
+	Params          int64    `json:"params"`             //
+	WeightBytes     int64    `json:"weight_bytes"`       // bf16 linear weights streamed per decode step
+	Decode1TokS     float64  `json:"decode_b1_tok_s"`    // batch 1, 32-token prompt, greedy
+	Decode1Roofline float64  `json:"decode_b1_roofline"` // fraction of copy-bandwidth floor
+	Rollout         []roll   `json:"rollout"`            //
+	TrainTokS       float64  `json:"train_tok_s"`        // 8 x 1024 tokens, CE, AdamW
+	TrainStepS      float64  `json:"train_step_s"`       //
+	TrainMFU        float64  `json:"train_mfu"`          // vs 989 TFLOP/s dense bf16 (datasheet)
+	TrainMFUMeas    float64  `json:"train_mfu_measured"` // vs the GEMM rate measured above
+	PeakMemGiB      float64  `json:"peak_mem_gib"`       // allocator peak in use
+	Errors          []string `json:"errors,omitempty"`
+}
+
+type roll struct {
+	Batch     int     `json:"batch"`
+	NewTokens int     `json:"new_tokens"`
+	Seconds   float64 `json:"seconds"`
+	TokS      float64 `json:"tok_s"`
+	Roofline  float64 `json:"roofline_fraction"` // HBM floor (weights + KV read per step at the measured copy rate) / time
+}
+
+// randomWeights fills the model's weights as engine.RandomWeights does (normal 0.02 for
+// matrices, 1±0.1 for norms, 0.1 for biases), in parallel chunks: 1.8B values in seconds.
+func randomWeights(c *engine.Config, seed uint64) map[string]engine.HostTensor {
+	out := map[string]engine.HostTensor{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for ti, name := range engine.WeightNames(c) {
+		shape, _ := engine.WeightShape(c, name)
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		d := make([]float32, n)
+		mu.Lock()
+		out[name] = engine.HostTensor{Shape: shape, Data: d}
+		mu.Unlock()
+		const chunk = 1 << 20
+		for lo := 0; lo < n; lo += chunk {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(ti, lo int) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				r := rand.New(rand.NewPCG(seed, uint64(ti)<<32|uint64(lo/chunk)))
+				hi := min(n, lo+chunk)
+				for i := lo; i < hi; i++ {
+					switch {
+					case len(shape) == 2:
+						d[i] = float32(r.NormFloat64()) * 0.02
+					case len(name) > 5 && name[len(name)-5:] == ".bias":
+						d[i] = float32(r.NormFloat64()) * 0.1
+					default:
+						d[i] = 1 + float32(r.NormFloat64())*0.1
+					}
+				}
+			}(ti, lo)
+		}
+	}
+	wg.Wait()
+	return out
+}
+
+// genTime runs batch prompts of promptLen tokens for newTokens tokens each and returns seconds.
+func genTime(m *engine.Model, batch, promptLen, newTokens int, temp float32, kvBytes int64) (float64, error) {
+	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{KVBudgetBytes: kvBytes, MaxBatchTokens: max(4096, batch*promptLen), MaxSeqs: max(256, batch)})
+	if err != nil {
+		return 0, err
+	}
+	defer gen.Close()
+	var rs []engine.Request
+	for i := 0; i < batch; i++ {
+		p := make([]int32, promptLen)
+		for j := range p {
+			p[j] = int32((i*131 + j*7) % m.Config.VocabSize)
+		}
+		rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens, Temperature: temp, Seed: uint64(i + 1)}})
+	}
+	t0 := time.Now()
+	_, err = gen.Generate(context.Background(), rs)
+	return time.Since(t0).Seconds(), err
+}
+
+// runGPU measures the CUDA backend on the 1.5B shape: the device's copy bandwidth and bf16 GEMM
+// rate as references, batch-1 decode, rollouts at batch 64 and 256, and a training step.
+func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
+	b, err := cuda.Open(cuda.Options{BF16Matmul: true})
+	if err != nil {
+		return err
+	}
+	rep := &gpuReport{Device: b.Name()}
+	defer func() {
+		if jsonPath != "" {
+			data, _ := json.MarshalIndent(rep, "", " ")
+			_ = os.WriteFile(jsonPath, data, 0o644)
+		}
+	}()
+	bw, err := b.CopyBandwidth(4<<30, 5)
+	if err != nil {
+		return err
+	}
+	peak, err := b.GemmPeak(8192, 5)
+	if err != nil {
+		return err
+	}
+	rep.CopyGBs, rep.GemmTFLOPs = bw/1e9, peak/1e12
+	fmt.Printf("device: %s\nreference: copy %.0f GB/s (read+write), bf16 GEMM 8192³ %.0f TFLOP/s\n\n", b.Name(), bw/1e9, peak/1e12)
+
+	c := Qwen15B()
+	rep.Model = fmt.Sprintf("qwen2 1.5B shape: hidden %d, %d layers, %d/%d heads, head_dim %d, ffn %d, vocab %d",
+		c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize, c.VocabSize)
+	rep.Params = c.NumParams()
+	t0 := time.Now()
+	weights := randomWeights(c, 1)
+	fmt.Printf("model: %s, %.2fB parameters (random weights in %.1fs)\n\n", rep.Model, float64(rep.Params)/1e9, time.Since(t0).Seconds())
+	m, err := engine.NewModel(c, b, weights, engine.BF16)
+	if err != nil {
+		return err
+	}
+	rep.WeightBytes = m.LinearBytes()
+	kvPerTok := float64(c.NumHiddenLayers * 2 * c.KVDim() * 4)
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "phase\tbatch\tnew tokens\tseconds\ttok/s\t% of HBM roofline\t")
+	// Batch-1 decode: the difference of 1+N and 1 new tokens removes prefill.
+	n1 := 256
+	if quick {
+		n1 = 64
+	}
+	if _, err := genTime(m, 1, 32, 8, 0, 1<<30); err != nil { // warm-up
+		return err
+	}
+	ta, err := genTime(m, 1, 32, 1, 0, 1<<30)
+	if err != nil {
+		return err
+	}
+	tb, err := genTime(m, 1, 32, n1+1, 0, 1<<30)
+	if err != nil {
+		return err
+	}
+	sec := tb - ta
+	rep.Decode1TokS = float64(n1) / sec
+	floor := 0.0
+	for s := 0; s < n1; s++ {
+		floor += (float64(rep.WeightBytes) + float64(32+s)*kvPerTok) / bw
+	}
+	rep.Decode1Roofline = floor / sec
+	fmt.Fprintf(w, "decode\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n1, sec, rep.Decode1TokS, 100*rep.Decode1Roofline)
+	for _, batch := range []int{64, 256} {
+		kv := int64(float64(batch)*float64(32+rolloutTokens+32)*kvPerTok) + 1<<30
+		sec, err := genTime(m, batch, 32, rolloutTokens, 1, kv)
+		if err != nil {
+			return fmt.Errorf("rollout batch %d: %w", batch, err)
+		}
+		floor := 0.0
+		for s := 0; s < rolloutTokens; s++ {
+			floor += (float64(rep.WeightBytes) + float64(batch)*float64(32+s)*kvPerTok) / bw
+		}
+		r := roll{Batch: batch, NewTokens: rolloutTokens, Seconds: sec, TokS: float64(batch*rolloutTokens) / sec, Roofline: floor / sec}
+		rep.Rollout = append(rep.Rollout, r)
+		fmt.Fprintf(w, "rollout\t%d\t%d\t%.2f\t%.0f\t%.1f%%\t\n", batch, rolloutTokens, sec, r.TokS, 100*r.Roofline)
+	}
+	w.Flush()
+
+	// Training: 8 x 1024 tokens, cross-entropy on every next token, AdamW with clipping.
+	mt, err := engine.NewModel(c, b, weights, engine.F32)
+	if err != nil {
+		return err
+	}
+	weights = nil
+	tr, err := engine.NewTrainer(mt, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}})
+	if err != nil {
+		return err
+	}
+	batch, seqLen := 8, 1024
+	var seqs []engine.ScoreRequest
+	for i := 0; i < batch; i++ {
+		toks := make([]int32, seqLen)
+		for j := range toks {
+			toks[j] = int32((i*131 + j*7919) % c.VocabSize)
+		}
+		seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
+	}
+	step := func() (float64, error) {
+		t0 := time.Now()
+		if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
+			return 0, err
+		}
+		if _, err := tr.Step(); err != nil {
+			return 0, err
+		}
+		if err := b.Sync(); err != nil {
+			return 0, err
+		}
+		return time.Since(t0).Seconds(), nil
+	}
+	if _, err := step(); err != nil {
+		return fmt.Errorf("training warm-up: %w", err)
+	}
+	steps := 3
+	if quick {
+		steps = 1
+	}
+	sec, err = bestOf(steps, step)
+	if err != nil {
+		return err
+	}
+	toks := float64(batch * seqLen)
+	flops := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize)) * toks / sec
+	rep.TrainStepS, rep.TrainTokS = sec, toks/sec
+	rep.TrainMFU, rep.TrainMFUMeas = flops/989e12, flops/peak
+	_, _, pk := b.MemoryStats()
+	rep.PeakMemGiB = float64(pk) / (1 << 30)
+	fmt.Printf("\ntraining %dx%d tokens: %.2f s/step, %.0f tok/s, %.1f TFLOP/s = %.1f%% MFU of 989 (%.1f%% of the measured GEMM rate); allocator peak %.1f GiB\n",
+		batch, seqLen, sec, toks/sec, flops/1e12, 100*rep.TrainMFU, 100*rep.TrainMFUMeas, rep.PeakMemGiB)
+	return nil
+}
