@@ -72,6 +72,9 @@ func (b *Backend) gemm(what string, g gemm) {
 	}
 }
 
+// gemvMaxRows is the most rows of x the matrix-vector kernels take (GEMV_MAXM in gemv.cu).
+const gemvMaxRows = 8
+
 // MatMul implements engine.Backend: out[M,N] = x[M,K]·w[N,K]ᵀ. Row-major matrices are
 // column-major transposes, so cuBLAS computes outᵀ[N,M] = W[N,K]·xᵀ[K,M] with A = w (op T).
 func (b *Backend) MatMul(out, x, w *engine.Tensor) {
@@ -84,6 +87,16 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 		return
 	}
 	defer b.leave()
+	if m <= gemvMaxRows && k%8 == 0 {
+		// Decoding: a matrix-vector kernel reads the weight once, x stays fp32.
+		grid := [3]int{(n + 7) / 8, 1, 1}
+		if b.useBF16(w) {
+			b.launch("gemv_bf16", grid, 256, ptr(out), ptr(x), b.weightBF16(w), int32(m), int32(n), int32(k))
+		} else {
+			b.launch("gemv_f32", grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k))
+		}
+		return
+	}
 	g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
 	if b.useBF16(w) {
 		g.a, g.aType = uint64(b.weightBF16(w)), dtBF16
@@ -227,6 +240,13 @@ func (s *kvStore) Free() {
 	s.k, s.v, s.blocks = nil, nil, 0
 }
 
+// The grouped attention kernel's limits (GQ_MAXG, 32*GQ_MAXD in attention.cu); other shapes
+// take the per-head kernel.
+const (
+	gqaMaxGroup   = 8
+	gqaMaxHeadDim = 128
+)
+
 // Attention implements engine.Backend: the new keys and values go to their slots, then
 // attn_paged runs one block per (token, head). Its metadata is one int32 array: per token the
 // offset of its sequence's block table and its position, then the block tables.
@@ -256,6 +276,11 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
 		b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
 	scale := float32(1 / math.Sqrt(float64(dh)))
+	if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
+		b.launch("attn_paged_gqa", [3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+			b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+		return
+	}
 	b.launch("attn_paged", [3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 		b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 }

@@ -212,3 +212,76 @@ extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout,
 		dv[krow + d] = b;
 	}
 }
+
+// Grouped-query attention over the paged cache: one block per (token, key/value head) computes
+// all G = H/KV query heads of the group, so each key and value is read once per group instead
+// of once per query head. G <= GQ_MAXG, head_dim <= 32*GQ_MAXD. Grid (T, KV), block
+// GQ_WARPS*32; metadata as attn_paged.
+#define GQ_WARPS 8
+#define GQ_MAXG 8
+#define GQ_MAXD 4
+extern "C" __global__ void attn_paged_gqa(float* out, const float* q, const float* kc, const float* vc,
+                                          const int* meta, int nh, int nkv, int dh, int bs, float scale) {
+	__shared__ float sm[GQ_WARPS][GQ_MAXG], sl[GQ_WARPS][GQ_MAXG];
+	__shared__ float sacc[GQ_WARPS][GQ_MAXG][32 * GQ_MAXD];
+	int t = blockIdx.x, kvh = blockIdx.y;
+	int G = nh / nkv;
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	const int* table = meta + meta[2 * t];
+	int n = meta[2 * t + 1] + 1;
+	float qv[GQ_MAXG][GQ_MAXD], acc[GQ_MAXG][GQ_MAXD], m[GQ_MAXG], l[GQ_MAXG];
+	for (int g = 0; g < GQ_MAXG; g++) {
+		for (int j = 0; j < GQ_MAXD; j++) {
+			int d = lane + 32 * j;
+			qv[g][j] = (g < G && d < dh) ? q[((i64)t * nh + kvh * G + g) * dh + d] : 0.0f;
+			acc[g][j] = 0.0f;
+		}
+		m[g] = -INFINITY;
+		l[g] = 0.0f;
+	}
+	for (int p = w; p < n; p += GQ_WARPS) {
+		i64 base = (((i64)table[p / bs] * nkv + kvh) * bs + p % bs) * dh;
+		float kk[GQ_MAXD], vv[GQ_MAXD];
+		for (int j = 0; j < GQ_MAXD; j++) {
+			int d = lane + 32 * j;
+			kk[j] = d < dh ? kc[base + d] : 0.0f;
+			vv[j] = d < dh ? vc[base + d] : 0.0f;
+		}
+		for (int g = 0; g < GQ_MAXG; g++) {
+			if (g >= G) break;
+			float s = 0.0f;
+			for (int j = 0; j < GQ_MAXD; j++) s += qv[g][j] * kk[j];
+			s = warp_sum(s) * scale;
+			float mn = fmaxf(m[g], s);
+			float corr = expf(m[g] - mn);
+			float e = expf(s - mn);
+			l[g] = l[g] * corr + e;
+			for (int j = 0; j < GQ_MAXD; j++) acc[g][j] = acc[g][j] * corr + e * vv[j];
+			m[g] = mn;
+		}
+	}
+	for (int g = 0; g < GQ_MAXG; g++) {
+		if (g >= G) break;
+		if (lane == 0) {
+			sm[w][g] = m[g];
+			sl[w][g] = l[g];
+		}
+		for (int j = 0; j < GQ_MAXD; j++) {
+			int d = lane + 32 * j;
+			if (d < dh) sacc[w][g][d] = acc[g][j];
+		}
+	}
+	__syncthreads();
+	for (int i = threadIdx.x; i < G * dh; i += blockDim.x) {
+		int g = i / dh, d = i % dh;
+		float M = sm[0][g];
+		for (int x = 1; x < GQ_WARPS; x++) M = fmaxf(M, sm[x][g]);
+		float L = 0, o = 0;
+		for (int x = 0; x < GQ_WARPS; x++) {
+			float f = sl[x][g] == 0.0f ? 0.0f : expf(sm[x][g] - M);
+			L += sl[x][g] * f;
+			o += sacc[x][g][d] * f;
+		}
+		out[((i64)t * nh + kvh * G + g) * dh + d] = o / L;
+	}
+}

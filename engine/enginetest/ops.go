@@ -16,10 +16,14 @@ type matmulShape struct{ m, k, n int }
 
 func (s matmulShape) String() string { return fmt.Sprintf("M=%d,K=%d,N=%d", s.m, s.k, s.n) }
 
-// matmulShapes are odd sizes around tile edges, plus one larger product (in full runs) so
-// that a GPU's tiled paths run.
+// matmulShapes are odd sizes around tile edges, decode-sized products (a few rows, K a
+// multiple of 8, as a GPU's matrix-vector kernel takes them), plus one larger product (in full
+// runs) so that a GPU's tiled paths run.
 func matmulShapes(o Options) []matmulShape {
-	s := []matmulShape{{1, 67, 129}, {3, 129, 257}, {17, 257, 67}}
+	s := []matmulShape{{1, 67, 129}, {3, 129, 257}, {17, 257, 67}, {1, 256, 200}, {5, 512, 129}}
+	if !o.Short {
+		s = append(s, matmulShape{8, 1536, 72})
+	}
 	if !o.Short {
 		s = append(s, matmulShape{64, 512, 1024})
 	}
@@ -31,12 +35,14 @@ type attnShape struct{ h, kv, dh int }
 
 func (s attnShape) String() string { return fmt.Sprintf("H=%d,KV=%d,Dh=%d", s.h, s.kv, s.dh) }
 
-// attnShapes cover GQA groups H/KV of 1, 2 and 6 and head dims 8, 24, 64 and 128.
+// attnShapes cover GQA groups H/KV of 1, 2, 6, 7 and 12 and head dims 8, 24, 64, 128 and 256
+// (a GPU's grouped kernel holds up to 8 heads of up to 128 dims; the others take its general
+// kernel).
 func attnShapes(o Options) []attnShape {
 	if o.Short {
 		return []attnShape{{4, 2, 24}, {6, 1, 64}}
 	}
-	return []attnShape{{3, 3, 8}, {4, 2, 24}, {6, 1, 64}, {4, 2, 128}}
+	return []attnShape{{3, 3, 8}, {4, 2, 24}, {6, 1, 64}, {4, 2, 128}, {14, 2, 128}, {12, 1, 32}, {2, 1, 256}}
 }
 
 func forwardCases(o Options) []testCase {

@@ -39,6 +39,7 @@ type gpuReport struct {
 	TrainMFU        float64  `json:"train_mfu"`          // vs 989 TFLOP/s dense bf16 (datasheet)
 	TrainMFUMeas    float64  `json:"train_mfu_measured"` // vs the GEMM rate measured above
 	PeakMemGiB      float64  `json:"peak_mem_gib"`       // allocator peak in use
+	HostOpUs        float64  `json:"host_us_per_op"`     // enqueue cost of one tiny op (Scale of 1 element)
 	Errors          []string `json:"errors,omitempty"`
 }
 
@@ -136,13 +137,26 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		return err
 	}
 	rep.CopyGBs, rep.GemmTFLOPs = bw/1e9, peak/1e12
-	fmt.Printf("device: %s\nreference: copy %.0f GB/s (read+write), bf16 GEMM 8192³ %.0f TFLOP/s\n\n", b.Name(), bw/1e9, peak/1e12)
+	// The host's cost of one op (lock, context, argument packing, cuLaunchKernel): what bounds
+	// batch-1 decoding, which launches ~20 kernels per layer.
+	tiny := b.Alloc(1)
+	const nops = 20000
+	t0 := time.Now()
+	for i := 0; i < nops; i++ {
+		b.Scale(tiny, 1)
+	}
+	if err := b.Sync(); err != nil {
+		return err
+	}
+	rep.HostOpUs = time.Since(t0).Seconds() / nops * 1e6
+	b.Free(tiny)
+	fmt.Printf("device: %s\nreference: copy %.0f GB/s (read+write), bf16 GEMM 8192³ %.0f TFLOP/s; %.2f µs host time per op\n\n", b.Name(), bw/1e9, peak/1e12, rep.HostOpUs)
 
 	c := Qwen15B()
 	rep.Model = fmt.Sprintf("qwen2 1.5B shape: hidden %d, %d layers, %d/%d heads, head_dim %d, ffn %d, vocab %d",
 		c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize, c.VocabSize)
 	rep.Params = c.NumParams()
-	t0 := time.Now()
+	t0 = time.Now()
 	weights := randomWeights(c, 1)
 	fmt.Printf("model: %s, %.2fB parameters (random weights in %.1fs)\n\n", rep.Model, float64(rep.Params)/1e9, time.Since(t0).Seconds())
 	m, err := engine.NewModel(c, b, weights, engine.BF16)
