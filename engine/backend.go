@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -172,4 +173,45 @@ func OpenBackend(name string) (Backend, error) {
 
 func init() {
 	RegisterBackend("cpu", func() (Backend, error) { return NewCPU(), nil })
+}
+
+// OpenDevice opens the backend a program's --device flag names: "cpu", a registered backend
+// such as "cuda" (a program registers it by importing its package), or "auto": the first
+// registered accelerator that opens, else the CPU. The returned line says which backend was
+// chosen and, for auto, why, for the program to log.
+func OpenDevice(name string) (Backend, string, error) {
+	switch name {
+	case "", "cpu":
+		b := NewCPU()
+		return b, b.Name(), nil
+	case "auto":
+		backendsMu.Lock()
+		var accel []string
+		for n := range backends {
+			if n != "cpu" {
+				accel = append(accel, n)
+			}
+		}
+		backendsMu.Unlock()
+		sort.Strings(accel)
+		if len(accel) == 0 {
+			b := NewCPU()
+			return b, b.Name() + " (auto: this program has no accelerator backend built in)", nil
+		}
+		var why []string
+		for _, n := range accel {
+			b, err := OpenBackend(n)
+			if err == nil {
+				return b, b.Name() + " (auto: " + n + " opened)", nil
+			}
+			why = append(why, err.Error())
+		}
+		b := NewCPU()
+		return b, b.Name() + " (auto: " + strings.Join(why, "; ") + ")", nil
+	}
+	b, err := OpenBackend(name)
+	if err != nil {
+		return nil, "", fmt.Errorf("--device %s: %w", name, err)
+	}
+	return b, b.Name(), nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/prolong-rl/prolong/cuda"
 	"github.com/prolong-rl/prolong/engine"
 )
 
@@ -33,11 +34,23 @@ func main() {
 	trainBatch := pflag.Int("train-batch", 4, "sequences per training step")
 	trainSeq := pflag.Int("train-seq", 128, "tokens per training sequence")
 	inference := pflag.Bool("inference", true, "measure matmul, prefill and decode")
-	device := pflag.String("device", "cpu", "cpu, or cuda: the GPU table on the 1.5B Qwen2 shape (decode, rollouts, training)")
+	device := pflag.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
 	jsonPath := pflag.String("json", "", "with --device cuda: also write the figures as JSON to this file")
 	rolloutTokens := pflag.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
 	pflag.Parse()
 	var err error
+	if *device == "auto" {
+		b, line, err := engine.OpenDevice("auto")
+		if err != nil {
+			slog.Error("bench failed", "err", err)
+			os.Exit(1)
+		}
+		fmt.Println("device:", line)
+		*device = "cpu"
+		if _, ok := b.(*cuda.Backend); ok {
+			*device = "cuda"
+		}
+	}
 	if *device == "cuda" {
 		if err := runGPU(*quick, *jsonPath, *rolloutTokens); err != nil {
 			slog.Error("bench failed", "err", err)
@@ -46,7 +59,7 @@ func main() {
 		return
 	}
 	if *device != "cpu" {
-		slog.Error("bench: --device must be cpu or cuda", "device", *device)
+		slog.Error("bench: --device must be cpu, cuda or auto", "device", *device)
 		os.Exit(2)
 	}
 	if *inference {

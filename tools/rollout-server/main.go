@@ -26,12 +26,14 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
+	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
 type options struct {
 	model, addr, apiKey, name, dtype string
+	device                           string
 	maxN, maxTokens, maxPrompts      int
 	maxConcurrent, maxQueued         int
 	maxSeqs, maxBatchTokens          int
@@ -59,6 +61,7 @@ Flags:
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("PROLONG_API_KEY"), "API key clients send as 'Authorization: Bearer KEY' (default $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
 	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (compute is fp32)")
+	fs.StringVar(&o.device, "device", "auto", "where the model runs: auto (the GPU when one is there, else the CPU), cpu or cuda")
 	fs.IntVar(&o.maxN, "max-n", 64, "largest n (samples per prompt) a request may ask")
 	fs.IntVar(&o.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
 	fs.IntVar(&o.maxPrompts, "max-prompts", 64, "most prompts in one completions request")
@@ -130,7 +133,18 @@ func newServer(o options) (*server, error) {
 	} else {
 		slog.Warn("no tokenizer.json beside the model: prompts must be token ids", "model", o.model)
 	}
-	model, err := engine.NewModel(m.Config, newServingCPU(o.poolMiB<<20), m.Weights, dt)
+	var backend engine.Backend = newServingCPU(o.poolMiB << 20)
+	if o.device != "cpu" {
+		b, chosen, err := engine.OpenDevice(o.device)
+		if err != nil {
+			return nil, err
+		}
+		slog.Info("device", "backend", chosen)
+		if b.Name() != engine.NewCPU().Name() {
+			backend = b
+		}
+	}
+	model, err := engine.NewModel(m.Config, backend, m.Weights, dt)
 	if err != nil {
 		return nil, err
 	}
