@@ -21,6 +21,11 @@ type Options struct {
 	// is refreshed after every write. Off: exact fp32 GEMMs (the conformance suite's finite
 	// differences need them). Weights uploaded as BF16 always use bf16 GEMMs.
 	BF16Matmul bool
+	// AttnGEMMMinLen is the sequence length from which training attention runs on batched
+	// matmuls (scores, softmax, probabilities times values, and their backward) instead of the
+	// row kernels; 0 means 128. The matmuls are fp32, or TF32 on the tensor cores with
+	// BF16Matmul.
+	AttnGEMMMinLen int
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
@@ -54,6 +59,8 @@ type Backend struct {
 	// slots and block tables of one step are the same for every layer)
 	meta     [8]metaEntry
 	metaNext int
+	prof     *profiler // nil unless profiling
+	events   []uintptr // CUDA events of the profiler
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
@@ -335,9 +342,11 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
 	if err != nil {
 		panic(err)
 	}
+	ev := b.profStart()
 	r := call(b.drv.launchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 		uintptr(threads), 1, 1, 0, b.strm, uintptr(k.params()), 0)
 	runtime.KeepAlive(k)
+	b.profEnd(name, ev)
 	if r != 0 {
 		b.fail(b.drv.check(fmt.Sprintf("launch %s grid %v block %d", name, grid, threads), r))
 	}

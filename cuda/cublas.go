@@ -7,8 +7,8 @@ import (
 
 // cublas holds the cuBLAS entry points: one handle per backend, bound to its stream.
 type cublas struct {
-	path                                   string
-	create, setStream, gemmEx, setMathMode uintptr
+	path                                                       string
+	create, setStream, gemmEx, gemmStridedBatched, setMathMode uintptr
 }
 
 // cuBLAS and CUDA data-type constants (cublas_api.h, library_types.h).
@@ -32,7 +32,8 @@ func loadCublas() (*cublas, error) {
 	c := &cublas{path: path}
 	err = symbols(h, path, map[string]*uintptr{
 		"cublasCreate_v2": &c.create, "cublasSetStream_v2": &c.setStream, "cublasGemmEx": &c.gemmEx,
-		"cublasSetMathMode": &c.setMathMode,
+		"cublasGemmStridedBatchedEx": &c.gemmStridedBatched,
+		"cublasSetMathMode":          &c.setMathMode,
 	})
 	if err != nil {
 		return nil, err
@@ -47,22 +48,34 @@ func (c *cublas) check(what string, r int) error {
 	return fmt.Errorf("cuda: %s: cuBLAS status %d", what, r)
 }
 
-// gemm is one column-major cublasGemmEx: C[m,n] = alpha·op(A)·op(B) + beta·C with fp32 scalars.
+// gemm is one column-major cublasGemmEx: C[m,n] = alpha·op(A)·op(B) + beta·C with fp32 scalars
+// (alpha 0 means 1), or, with batch > 0, cublasGemmStridedBatchedEx over batch products whose
+// matrices are strideA, strideB, strideC elements apart.
 type gemm struct {
-	transA, transB int
-	m, n, k        int
-	a              uint64
-	aType, lda     int
-	b              uint64
-	bType, ldb     int
-	beta           float32
-	c              uint64
-	cType, ldc     int
-	compute        int
+	transA, transB            int
+	m, n, k                   int
+	a                         uint64
+	aType, lda                int
+	b                         uint64
+	bType, ldb                int
+	alpha, beta               float32
+	c                         uint64
+	cType, ldc                int
+	compute                   int
+	batch                     int
+	strideA, strideB, strideC int64
 }
 
-// args packs the 19 arguments of cublasGemmEx (alpha and beta by host pointer).
+// args packs the 19 arguments of cublasGemmEx, or the 23 of cublasGemmStridedBatchedEx (alpha
+// and beta by host pointer).
 func (g *gemm) args(handle uintptr, alpha, beta *float32) []uintptr {
+	if g.batch > 0 {
+		return []uintptr{handle, uintptr(g.transA), uintptr(g.transB), uintptr(g.m), uintptr(g.n), uintptr(g.k),
+			uintptr(unsafe.Pointer(alpha)), uintptr(g.a), uintptr(g.aType), uintptr(g.lda), uintptr(g.strideA),
+			uintptr(g.b), uintptr(g.bType), uintptr(g.ldb), uintptr(g.strideB), uintptr(unsafe.Pointer(beta)),
+			uintptr(g.c), uintptr(g.cType), uintptr(g.ldc), uintptr(g.strideC), uintptr(g.batch),
+			uintptr(g.compute), uintptr(algoDefault)}
+	}
 	return []uintptr{handle, uintptr(g.transA), uintptr(g.transB), uintptr(g.m), uintptr(g.n), uintptr(g.k),
 		uintptr(unsafe.Pointer(alpha)), uintptr(g.a), uintptr(g.aType), uintptr(g.lda),
 		uintptr(g.b), uintptr(g.bType), uintptr(g.ldb), uintptr(unsafe.Pointer(beta)),

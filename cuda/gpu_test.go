@@ -45,10 +45,15 @@ func TestConformance(t *testing.T) {
 	bf16Tol := enginetest.DefaultTolerances(engine.BF16)
 	bf16Tol.MatMul = 1e-4
 	bf16Tol.Train = 5e-2
+	// TF32 attention matmuls (10-bit mantissas): NMSE about 1e-7..1e-6.
+	bf16Tol.Attention = 1e-5
 	runs := []run{
 		{"fp32", Options{}, enginetest.Options{WeightDType: engine.F32}},
+		// Every training sequence on the attention matmul path (by default only those of 128
+		// tokens or more), exact fp32.
+		{"fp32-attention-matmul", Options{AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.F32}},
 		{"bf16-weights", Options{}, enginetest.Options{WeightDType: engine.BF16}},
-		{"bf16-matmul", Options{BF16Matmul: true}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
+		{"bf16-matmul", Options{BF16Matmul: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {
@@ -64,7 +69,7 @@ func TestConformance(t *testing.T) {
 				}
 			}
 			t.Logf("%d cases, %d failed", len(res), fails)
-			if r.name == "fp32" {
+			if r.name == "fp32" || r.name == "fp32-attention-matmul" {
 				t.Run("FiniteDifferences", func(t *testing.T) { enginetest.RunOps(t, b) })
 			}
 		})

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"unsafe"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -59,14 +60,27 @@ func (b *Backend) gemm(what string, g gemm) {
 	}
 	alpha, beta := new(float32), new(float32)
 	*alpha, *beta = 1, g.beta
+	if g.alpha != 0 {
+		*alpha = g.alpha
+	}
 	if g.k == 0 {
 		// cuBLAS leaves C untouched for k = 0 with beta 1; with beta 0 C must become 0.
-		if g.beta == 0 {
+		if g.beta == 0 && g.batch == 0 {
 			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(g.c), 0, uintptr(g.m*g.n), b.strm)))
 		}
 		return
 	}
-	r := call(b.blas.gemmEx, g.args(b.hblas, alpha, beta)...)
+	ev := b.profStart()
+	fn := b.blas.gemmEx
+	if g.batch > 0 {
+		fn = b.blas.gemmStridedBatched
+	}
+	r := call(fn, g.args(b.hblas, alpha, beta)...)
+	runtime.KeepAlive(alpha)
+	runtime.KeepAlive(beta)
+	if ev != 0 {
+		b.profEnd(fmt.Sprintf("cublas %s %s", what, map[int]string{dtF32: "f32", dtBF16: "bf16"}[g.aType]), ev)
+	}
 	if r != 0 {
 		b.fail(b.blas.check(fmt.Sprintf("%s (m=%d n=%d k=%d)", what, g.m, g.n, g.k), r))
 	}

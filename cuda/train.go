@@ -235,57 +235,184 @@ func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	touched(p)
 }
 
-// trainMeta is [first[T] | end[T]]: each row's sequence's first row and one past its last.
-func trainMeta(T int, seqStart []int32) []int32 {
+// trainMeta is [first[T] | end[T]]: each row's sequence's first row and one past its last; the
+// rows of sequences in skip get first = -1 (the row kernels leave them to the matmul path).
+func trainMeta(T int, seqStart []int32, skip map[int]bool) []int32 {
 	meta := make([]int32, 2*T)
 	for s := 0; s+1 < len(seqStart); s++ {
 		for t := seqStart[s]; t < seqStart[s+1]; t++ {
 			meta[t] = seqStart[s]
+			if skip[s] {
+				meta[t] = -1
+			}
 			meta[int32(T)+t] = seqStart[s+1]
 		}
 	}
 	return meta
 }
 
-// AttentionTrain implements engine.TrainBackend.
-func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
+// attnShape is the head layout of a training attention call.
+type attnShape struct{ T, nh, nkv, dh, group int }
+
+func trainShape(lse, q, k *engine.Tensor) attnShape {
 	nh := lse.Cols()
 	dh := q.Cols() / nh
 	nkv := k.Cols() / dh
-	T := q.Rows()
 	if dh > maxHeadDim {
 		panic(fmt.Sprintf("cuda: head_dim %d above the attention kernels' %d", dh, maxHeadDim))
 	}
-	meta := trainMeta(T, seqStart)
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	b.launch("attn_train", [3]int{T, nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
-		int32(nh), int32(nkv), int32(dh), float32(1/math.Sqrt(float64(dh))))
+	return attnShape{T: q.Rows(), nh: nh, nkv: nkv, dh: dh, group: nh / nkv}
 }
 
-// AttentionBackward implements engine.TrainBackend: dq (and D = dout·out) per (row, head),
-// then dk, dv per (row, kv head); each block writes only its own rows.
-func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
-	nh := lse.Cols()
-	dh := q.Cols() / nh
-	nkv := k.Cols() / dh
-	T := q.Rows()
-	meta := trainMeta(T, seqStart)
+// longSeqs picks the sequences that run attention on matmuls: at least AttnGEMMMinLen rows
+// (default 128), and scores of at most 1 GiB per key/value head. It returns them and the
+// longest length.
+func (b *Backend) longSeqs(seqStart []int32, group int) (map[int]bool, int) {
+	minLen := b.opts.AttnGEMMMinLen
+	if minLen <= 0 {
+		minLen = 128
+	}
+	long := map[int]bool{}
+	maxL := 0
+	for s := 0; s+1 < len(seqStart); s++ {
+		L := int(seqStart[s+1] - seqStart[s])
+		if L >= minLen && int64(group)*int64(L)*int64(L)*4 <= 1<<30 {
+			long[s] = true
+			maxL = max(maxL, L)
+		}
+	}
+	return long, maxL
+}
+
+// attnCompute is the compute type of the attention matmuls.
+func (b *Backend) attnCompute() int {
+	if b.opts.BF16Matmul {
+		return computeF32FastTF32
+	}
+	return computeF32
+}
+
+// offset returns the device address of element (row, col) of a row-major [*, width] tensor.
+func offset(t *engine.Tensor, row, col, width int) uint64 {
+	return uint64(ptr(t)) + 4*uint64(row*width+col)
+}
+
+// scores enqueues S[i] = scale·Q_iK_jᵀ for the group's query heads i (row-major [L, L] each,
+// S at s): in column-major terms Sᵀ = K·Qᵀ, K read through op T, the heads' Q columns Dh apart.
+func (b *Backend) scores(S uint64, q, k *engine.Tensor, sh attnShape, t0, L, j int, scale float32) {
+	b.gemm("attention scores", gemm{transA: opT, transB: opN, m: L, n: L, k: sh.dh, alpha: scale,
+		a: offset(k, t0, j*sh.dh, sh.nkv*sh.dh), aType: dtF32, lda: sh.nkv * sh.dh,
+		b: offset(q, t0, j*sh.group*sh.dh, sh.nh*sh.dh), bType: dtF32, ldb: sh.nh * sh.dh, strideB: int64(sh.dh),
+		c: S, cType: dtF32, ldc: L, strideC: int64(L) * int64(L), batch: sh.group, compute: b.attnCompute()})
+}
+
+// AttentionTrain implements engine.TrainBackend: short sequences on the row kernel, long ones
+// on batched matmuls per (sequence, key/value head): S = scale·QKᵀ, causal softmax, O = PV.
+func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
+	sh := trainShape(lse, q, k)
+	long, maxL := b.longSeqs(seqStart, sh.group)
+	meta := trainMeta(sh.T, seqStart, long)
 	if !b.enter() {
 		b.leave()
 		return
 	}
 	defer b.leave()
-	scale := float32(1 / math.Sqrt(float64(dh)))
-	md := b.constInts(meta)
-	D := dptr(b.tmp(uint64(4 * max(T*nh, 1))))
-	b.launch("attn_bwd_dq", [3]int{T, nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
-		int32(nh), int32(nkv), int32(dh), scale)
-	b.launch("attn_bwd_dkv", [3]int{T, nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
-		int32(T), int32(nh), int32(nkv), int32(dh), scale)
+	scale := float32(1 / math.Sqrt(float64(sh.dh)))
+	if len(long) < len(seqStart)-1 {
+		b.launch("attn_train", [3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
+			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
+	}
+	if len(long) == 0 {
+		return
+	}
+	S := b.tmp(uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4)
+	for s := 0; s+1 < len(seqStart); s++ {
+		if !long[s] {
+			continue
+		}
+		t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
+		for j := 0; j < sh.nkv; j++ {
+			h0 := j * sh.group
+			b.scores(S, q, k, sh, t0, L, j, scale)
+			b.launch("attn_softmax_causal", [3]int{L, sh.group, 1}, 256, dptr(S), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+			// Oᵀ[Dh, L] = Vᵀ[Dh, L]·Pᵀ (P row-major is Pᵀ column-major).
+			b.gemm("attention PV", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
+				a: offset(v, t0, j*sh.dh, sh.nkv*sh.dh), aType: dtF32, lda: sh.nkv * sh.dh,
+				b: S, bType: dtF32, ldb: L, strideB: int64(L) * int64(L),
+				c: offset(out, t0, h0*sh.dh, sh.nh*sh.dh), cType: dtF32, ldc: sh.nh * sh.dh, strideC: int64(sh.dh),
+				batch: sh.group, compute: b.attnCompute()})
+		}
+	}
+}
+
+// AttentionBackward implements engine.TrainBackend. Row kernels (short sequences): dq (and
+// D = dout·out) per (row, head), then dk, dv per (row, kv head), each block writing only its
+// rows. Matmul path (long sequences), per (sequence, kv head): P recomputed from S and lse,
+// dP = dO·Vᵀ, dS = P⊙(dP - D)·scale, dQ = dS·K, dK = Σ_i dS_iᵀ·Q_i, dV = Σ_i P_iᵀ·dO_i.
+func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
+	sh := trainShape(lse, q, k)
+	long, maxL := b.longSeqs(seqStart, sh.group)
+	meta := trainMeta(sh.T, seqStart, long)
+	if !b.enter() {
+		b.leave()
+		return
+	}
+	defer b.leave()
+	scale := float32(1 / math.Sqrt(float64(sh.dh)))
+	D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))
+	b.launch("attn_rowdot", [3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))
+	if len(long) < len(seqStart)-1 {
+		md := b.constInts(meta)
+		b.launch("attn_bwd_dq", [3]int{sh.T, sh.nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
+			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
+		b.launch("attn_bwd_dkv", [3]int{sh.T, sh.nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
+			int32(sh.T), int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
+	}
+	if len(long) == 0 {
+		return
+	}
+	size := uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4
+	P, dP := b.tmp(size), b.tmp(size)
+	qw, kw := sh.nh*sh.dh, sh.nkv*sh.dh
+	for s := 0; s+1 < len(seqStart); s++ {
+		if !long[s] {
+			continue
+		}
+		t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
+		LL := int64(L) * int64(L)
+		for j := 0; j < sh.nkv; j++ {
+			h0 := j * sh.group
+			b.scores(P, q, k, sh, t0, L, j, scale)
+			b.launch("attn_probs", [3]int{L, sh.group, 1}, 256, dptr(P), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+			// dP = dO·Vᵀ, as the scores with dO for Q and V for K.
+			b.gemm("attention dP", gemm{transA: opT, transB: opN, m: L, n: L, k: sh.dh,
+				a: offset(v, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
+				b: offset(dout, t0, h0*sh.dh, qw), bType: dtF32, ldb: qw, strideB: int64(sh.dh),
+				c: dP, cType: dtF32, ldc: L, strideC: LL, batch: sh.group, compute: b.attnCompute()})
+			b.launch("attn_dsoftmax", [3]int{L, sh.group, 1}, 256, dptr(dP), dptr(P), D, scale, int32(L), int32(t0), int32(sh.nh), int32(h0))
+			// dQᵀ[Dh, L] = Kᵀ[Dh, L]·dSᵀ.
+			b.gemm("attention dQ", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
+				a: offset(k, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
+				b: dP, bType: dtF32, ldb: L, strideB: LL,
+				c: offset(dq, t0, h0*sh.dh, qw), cType: dtF32, ldc: qw, strideC: int64(sh.dh),
+				batch: sh.group, compute: b.attnCompute()})
+			// dKᵀ[Dh, L] = Σ_i Q_iᵀ·dS_i and dVᵀ = Σ_i dO_iᵀ·P_i, summed over the group's heads.
+			for i := 0; i < sh.group; i++ {
+				beta := float32(1)
+				if i == 0 {
+					beta = 0
+				}
+				b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: L,
+					a: offset(q, t0, (h0+i)*sh.dh, qw), aType: dtF32, lda: qw,
+					b: dP + uint64(int64(i)*LL*4), bType: dtF32, ldb: L, beta: beta,
+					c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+				b.gemm("attention dV", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: L,
+					a: offset(dout, t0, (h0+i)*sh.dh, qw), aType: dtF32, lda: qw,
+					b: P + uint64(int64(i)*LL*4), bType: dtF32, ldb: L, beta: beta,
+					c: offset(dv, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+			}
+		}
+	}
 }
 
 var _ engine.TrainBackend = (*Backend)(nil)

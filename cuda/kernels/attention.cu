@@ -85,12 +85,13 @@ extern "C" __global__ void attn_paged(float* out, const float* q, const float* k
 }
 
 // Attention within each sequence of a packed batch (training). q, out [T, H*Dh]; k, v [T, KV*Dh];
-// lse [T, H]; meta[t] = first row of token t's sequence.
+// lse [T, H]; meta[t] = first row of token t's sequence (-1: skip the row).
 extern "C" __global__ void attn_train(float* out, float* lse, const float* q, const float* k, const float* v,
                                       const int* meta, int nh, int nkv, int dh, float scale) {
 	int t = blockIdx.x, h = blockIdx.y;
 	int kvh = h / (nh / nkv);
 	int t0 = meta[t];
+	if (t0 < 0) return; // a long sequence's row: the matmul path computes it
 	i64 row = ((i64)t * nh + h) * dh;
 	float L = attn_row(out + row, q + row, k, v, t - t0 + 1, dh, scale, false, 0, 0, nkv, kvh, t0);
 	if (threadIdx.x == 0) lse[(i64)t * nh + h] = L;
@@ -106,6 +107,7 @@ extern "C" __global__ void attn_bwd_dq(float* dq, float* Dbuf, const float* dout
 	int kvh = h / (nh / nkv);
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 	int t0 = meta[i];
+	if (t0 < 0) return;
 	i64 row = ((i64)i * nh + h) * dh;
 	float qv[ATT_MAXD], dov[ATT_MAXD], acc[ATT_MAXD];
 	float D = 0;
@@ -159,6 +161,7 @@ extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout,
 	int j = blockIdx.x, kvh = blockIdx.y;
 	int group = nh / nkv;
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	if (meta[j] < 0) return;
 	int end = meta[T + j];
 	i64 krow = (i64)j * nkv * dh + (i64)kvh * dh;
 	float kv_[ATT_MAXD], vv[ATT_MAXD], dka[ATT_MAXD], dva[ATT_MAXD];
@@ -284,4 +287,55 @@ extern "C" __global__ void attn_paged_gqa(float* out, const float* q, const floa
 		}
 		out[((i64)t * nh + kvh * G + g) * dh + d] = o / L;
 	}
+}
+
+// ---- Training attention on matmuls (long sequences): for one sequence and one key/value
+// head, the G query heads' scores S [G, L, L] come from a batched GEMM (already scaled), these
+// kernels turn them into probabilities and back, and batched GEMMs do the rest. Row b of head
+// i keeps keys 0..b (causal). Grid (L, G), block 256. lse and D are [T, H] at rows t0.., heads
+// h0...
+
+// S -> P = softmax over keys 0..b (0 beyond), lse = log-sum-exp of the kept scores.
+extern "C" __global__ void attn_softmax_causal(float* S, float* lse, int L, int t0, int nh, int h0) {
+	__shared__ float shf[32];
+	__shared__ double shd[32];
+	int b = blockIdx.x, i = blockIdx.y;
+	float* row = S + ((i64)i * L + b) * L;
+	float mx = -INFINITY;
+	for (int a = threadIdx.x; a <= b; a += blockDim.x) mx = fmaxf(mx, row[a]);
+	mx = block_max(mx, shf);
+	double s = 0;
+	for (int a = threadIdx.x; a <= b; a += blockDim.x) s += (double)expf(row[a] - mx);
+	s = block_sum_d(s, shd);
+	float inv = (float)(1.0 / s);
+	for (int a = threadIdx.x; a < L; a += blockDim.x) row[a] = a <= b ? expf(row[a] - mx) * inv : 0.0f;
+	if (threadIdx.x == 0) lse[(i64)(t0 + b) * nh + h0 + i] = mx + (float)log(s);
+}
+
+// S -> P = exp(S - lse) over keys 0..b, 0 beyond (the backward's recomputation).
+extern "C" __global__ void attn_probs(float* S, const float* lse, int L, int t0, int nh, int h0) {
+	int b = blockIdx.x, i = blockIdx.y;
+	float* row = S + ((i64)i * L + b) * L;
+	float l = lse[(i64)(t0 + b) * nh + h0 + i];
+	for (int a = threadIdx.x; a < L; a += blockDim.x) row[a] = a <= b ? expf(row[a] - l) : 0.0f;
+}
+
+// dP -> dS = P ⊙ (dP - D_b) · scale over keys 0..b, 0 beyond.
+extern "C" __global__ void attn_dsoftmax(float* dP, const float* P, const float* D, float scale, int L, int t0,
+                                         int nh, int h0) {
+	int b = blockIdx.x, i = blockIdx.y;
+	i64 off = ((i64)i * L + b) * L;
+	float d = D[(i64)(t0 + b) * nh + h0 + i];
+	for (int a = threadIdx.x; a < L; a += blockDim.x) dP[off + a] = a <= b ? P[off + a] * (dP[off + a] - d) * scale : 0.0f;
+}
+
+// D[t, h] = dout[t, h, :] · out[t, h, :]. One warp per (t, h); grid (ceil(T*H/8)), block 256.
+extern "C" __global__ void attn_rowdot(float* D, const float* dout, const float* out, int rows, int dh) {
+	int r = blockIdx.x * 8 + (threadIdx.x >> 5);
+	if (r >= rows) return;
+	int lane = threadIdx.x & 31;
+	float s = 0;
+	for (int d = lane; d < dh; d += 32) s += dout[(i64)r * dh + d] * out[(i64)r * dh + d];
+	s = warp_sum(s);
+	if (lane == 0) D[r] = s;
 }

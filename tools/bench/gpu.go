@@ -25,22 +25,23 @@ func Qwen15B() *engine.Config {
 
 // gpuReport is what --device cuda measures, written as JSON by --json.
 type gpuReport struct {
-	Device          string   `json:"device"`
-	CopyGBs         float64  `json:"copy_gb_s"`          // device-to-device copy, read+write
-	GemmTFLOPs      float64  `json:"gemm_bf16_tflop_s"`  // cublasGemmEx bf16 8192³
-	Model           string   `json:"model"`              // shape
-	Params          int64    `json:"params"`             //
-	WeightBytes     int64    `json:"weight_bytes"`       // bf16 linear weights streamed per decode step
-	Decode1TokS     float64  `json:"decode_b1_tok_s"`    // batch 1, 32-token prompt, greedy
-	Decode1Roofline float64  `json:"decode_b1_roofline"` // fraction of copy-bandwidth floor
-	Rollout         []roll   `json:"rollout"`            //
-	TrainTokS       float64  `json:"train_tok_s"`        // 8 x 1024 tokens, CE, AdamW
-	TrainStepS      float64  `json:"train_step_s"`       //
-	TrainMFU        float64  `json:"train_mfu"`          // vs 989 TFLOP/s dense bf16 (datasheet)
-	TrainMFUMeas    float64  `json:"train_mfu_measured"` // vs the GEMM rate measured above
-	PeakMemGiB      float64  `json:"peak_mem_gib"`       // allocator peak in use
-	HostOpUs        float64  `json:"host_us_per_op"`     // enqueue cost of one tiny op (Scale of 1 element)
-	Errors          []string `json:"errors,omitempty"`
+	Device          string                   `json:"device"`
+	CopyGBs         float64                  `json:"copy_gb_s"`          // device-to-device copy, read+write
+	GemmTFLOPs      float64                  `json:"gemm_bf16_tflop_s"`  // cublasGemmEx bf16 8192³
+	Model           string                   `json:"model"`              // shape
+	Params          int64                    `json:"params"`             //
+	WeightBytes     int64                    `json:"weight_bytes"`       // bf16 linear weights streamed per decode step
+	Decode1TokS     float64                  `json:"decode_b1_tok_s"`    // batch 1, 32-token prompt, greedy
+	Decode1Roofline float64                  `json:"decode_b1_roofline"` // fraction of copy-bandwidth floor
+	Rollout         []roll                   `json:"rollout"`            //
+	TrainTokS       float64                  `json:"train_tok_s"`        // 8 x 1024 tokens, CE, AdamW
+	TrainStepS      float64                  `json:"train_step_s"`       //
+	TrainMFU        float64                  `json:"train_mfu"`          // vs 989 TFLOP/s dense bf16 (datasheet)
+	TrainMFUMeas    float64                  `json:"train_mfu_measured"` // vs the GEMM rate measured above
+	PeakMemGiB      float64                  `json:"peak_mem_gib"`       // allocator peak in use
+	HostOpUs        float64                  `json:"host_us_per_op"`     // enqueue cost of one tiny op (Scale of 1 element)
+	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"` // GPU time per kernel
+	Errors          []string                 `json:"errors,omitempty"`
 }
 
 type roll struct {
@@ -112,6 +113,37 @@ func genTime(m *engine.Model, batch, promptLen, newTokens int, temp float32, kvB
 	t0 := time.Now()
 	_, err = gen.Generate(context.Background(), rs)
 	return time.Since(t0).Seconds(), err
+}
+
+// profile runs f with every op timed by CUDA events and prints the kernels that took most of
+// the GPU's time.
+func profile(b *cuda.Backend, rep *gpuReport, name string, f func() error) error {
+	if err := b.StartProfile(60000); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	ferr := f()
+	p, err := b.StopProfile()
+	wall := time.Since(t0)
+	if ferr != nil {
+		return ferr
+	}
+	if err != nil {
+		return err
+	}
+	if rep.Profiles == nil {
+		rep.Profiles = map[string]*cuda.Profile{}
+	}
+	rep.Profiles[name] = p
+	fmt.Printf("\nprofile %s: %d ops, GPU busy %.1f ms of a %.1f ms span (wall %.1f ms, events included)\n", name, p.Ops,
+		float64(p.Sum)/1e6, float64(p.Span)/1e6, float64(wall)/1e6)
+	for i, k := range p.Kernels {
+		if i == 8 {
+			break
+		}
+		fmt.Printf("  %-28s %7d calls %9.2f ms %5.1f%%\n", k.Name, k.Calls, float64(k.Total)/1e6, 100*float64(k.Total)/float64(max(p.Sum, 1)))
+	}
+	return nil
 }
 
 // runGPU measures the CUDA backend on the 1.5B shape: the device's copy bandwidth and bf16 GEMM
@@ -207,6 +239,15 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		fmt.Fprintf(w, "rollout\t%d\t%d\t%.2f\t%.0f\t%.1f%%\t\n", batch, rolloutTokens, sec, r.TokS, 100*r.Roofline)
 	}
 	w.Flush()
+	if err := profile(b, rep, "decode b1 x 32", func() error { _, err := genTime(m, 1, 32, 32, 0, 1<<30); return err }); err != nil {
+		return err
+	}
+	if err := profile(b, rep, "rollout b256 x 64", func() error {
+		_, err := genTime(m, 256, 32, 64, 1, 8<<30)
+		return err
+	}); err != nil {
+		return err
+	}
 
 	// Training: 8 x 1024 tokens, cross-entropy on every next token, AdamW with clipping.
 	mt, err := engine.NewModel(c, b, weights, engine.F32)
@@ -255,6 +296,9 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	flops := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize)) * toks / sec
 	rep.TrainStepS, rep.TrainTokS = sec, toks/sec
 	rep.TrainMFU, rep.TrainMFUMeas = flops/989e12, flops/peak
+	if err := profile(b, rep, "train step 8x1024", func() error { _, err := step(); return err }); err != nil {
+		return err
+	}
 	_, _, pk := b.MemoryStats()
 	rep.PeakMemGiB = float64(pk) / (1 << 30)
 	fmt.Printf("\ntraining %dx%d tokens: %.2f s/step, %.0f tok/s, %.1f TFLOP/s = %.1f%% MFU of 989 (%.1f%% of the measured GEMM rate); allocator peak %.1f GiB\n",
