@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/rand/v2"
-	"time"
 
 	"github.com/prolong-rl/prolong/engine"
 )
@@ -93,12 +91,14 @@ type Config struct {
 	Seed              uint64
 }
 
-// DefaultConfig is the ProRL recipe (clip 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling,
-// temperature 1.2, 4 updates per rollout step) at a size for small models.
+// DefaultConfig is the ProRL recipe: 256 prompts x 16 samples per step,
+// temperature 1.2, top-p 1, responses up to 8192 tokens, 4 updates per rollout step, clip
+// 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling over at most 4 rounds, no scheduled
+// reference reset. tools/train's flags take their defaults from it (through DefaultRunConfig).
 func DefaultConfig() Config {
 	return Config{
-		PromptsPerStep: 16, SamplesPerPrompt: 8, Temperature: 1.2, TopP: 1, MaxResponseTokens: 64,
-		MiniBatches: 2, MicroBatchTokens: 4096, Loss: DefaultLossConfig(),
+		PromptsPerStep: 256, SamplesPerPrompt: 16, Temperature: 1.2, TopP: 1, MaxResponseTokens: 8192,
+		MiniBatches: 4, MicroBatchTokens: 4096, Loss: DefaultLossConfig(), Advantage: AdvantageConfig{Estimator: EstimatorGRPO},
 		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 0, Seed: 1,
 	}
 }
@@ -237,250 +237,6 @@ type Metrics struct {
 	TrainTokensPS    float64            `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
 	SkippedNoSignal  bool               `json:"skipped_no_signal,omitempty"`
 	OptimizerUpdates int                `json:"optimizer_updates"`
-}
-
-// rollout is one sampled response with what the update needs.
-type rollout struct {
-	prompt    *Prompt
-	tokens    []int32 // response tokens
-	truncated bool
-	reward    float64
-	adv       float64
-	old, ref  []float64 // per response token
-}
-
-// Step runs one GRPO step: rollouts (with dynamic sampling), rewards, advantages, old and
-// reference log-probs, MiniBatches policy updates, and a reference reset when one is due.
-func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
-	cfg := t.Config
-	m := &Metrics{Step: t.step + 1, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}
-	t0 := time.Now()
-	var groups [][]*rollout
-	var rewardsAll []float64
-	kindN := map[string]int{}
-	var genTokens, lenMax, truncated, nResp, correct int
-	var lenSum float64
-	for round := 0; ; round++ {
-		need := cfg.PromptsPerStep - len(groups)
-		prompts, err := t.Prompts.Next(need)
-		if err != nil {
-			return nil, fmt.Errorf("grpo: step %d: prompts: %w", m.Step, err)
-		}
-		sp := engine.SamplingParams{N: cfg.SamplesPerPrompt, Temperature: cfg.Temperature, TopP: cfg.TopP,
-			MaxNewTokens: cfg.MaxResponseTokens, StopTokens: cfg.StopTokens,
-			Seed: cfg.Seed*1_000_003 + uint64(t.step)*10_007 + uint64(round)*101}
-		samples, err := t.Rollouts.Rollout(ctx, prompts, sp)
-		if err != nil {
-			return nil, fmt.Errorf("grpo: step %d: rollout: %w", m.Step, err)
-		}
-		m.SamplingRounds++
-		for i := range prompts {
-			p := &prompts[i]
-			g := make([]*rollout, len(samples[i]))
-			rs := make([]float64, len(g))
-			for j, s := range samples[i] {
-				text := t.Decode(s.Tokens)
-				r, err := t.Reward(ctx, *p, text)
-				if err != nil {
-					return nil, fmt.Errorf("grpo: step %d: reward of prompt %d sample %d (%s): %w", m.Step, i, j, p.Kind, err)
-				}
-				trunc := s.Finish == engine.FinishLength
-				if r == 1 {
-					correct++
-					m.AccuracyByKind[p.Kind]++
-				}
-				rewardsAll = append(rewardsAll, r)
-				m.RewardByKind[p.Kind] += r
-				kindN[p.Kind]++
-				if trunc {
-					truncated++
-					r -= cfg.OverlongPenalty
-				}
-				g[j] = &rollout{prompt: p, tokens: s.Tokens, truncated: trunc, reward: r}
-				rs[j] = r
-				genTokens += len(s.Tokens)
-				lenSum += float64(len(s.Tokens))
-				lenMax = max(lenMax, len(s.Tokens))
-				nResp++
-			}
-			if cfg.DynamicSampling && UniformGroups([][]float64{rs}, 1e-9)[0] {
-				m.GroupsDropped++
-				continue
-			}
-			groups = append(groups, g)
-		}
-		if !cfg.DynamicSampling || len(groups) >= cfg.PromptsPerStep || round+1 >= cfg.MaxSamplingRounds {
-			break
-		}
-	}
-	m.RolloutSeconds = time.Since(t0).Seconds()
-	m.RolloutTokensPS = float64(genTokens) / m.RolloutSeconds
-	m.RewardMean = mean(rewardsAll)
-	m.Accuracy = float64(correct) / float64(max(1, nResp))
-	for k, n := range kindN {
-		m.RewardByKind[k] /= float64(n)
-		m.AccuracyByKind[k] /= float64(n)
-	}
-	m.ResponseLenMean = lenSum / float64(max(1, nResp))
-	m.ResponseLenMax = lenMax
-	m.TruncatedFrac = float64(truncated) / float64(max(1, nResp))
-	m.GroupsKept = len(groups)
-	t.step++
-	if len(groups) == 0 {
-		m.SkippedNoSignal = true
-		slog.Info("grpo: no group with a reward signal; update skipped", "step", m.Step)
-		return m, t.maybeReset(m)
-	}
-
-	// Advantages per group.
-	rewards := make([][]float64, len(groups))
-	for i, g := range groups {
-		for _, r := range g {
-			rewards[i] = append(rewards[i], r.reward)
-		}
-	}
-	advCfg := cfg.Advantage
-	if advCfg.Estimator == EstimatorReinforcePPBaseline {
-		advCfg.TokenCounts = make([][]int, len(groups))
-		for i, g := range groups {
-			for _, r := range g {
-				advCfg.TokenCounts[i] = append(advCfg.TokenCounts[i], len(r.tokens))
-			}
-		}
-	}
-	adv, err := Advantages(rewards, advCfg)
-	if err != nil {
-		return nil, fmt.Errorf("grpo: step %d: advantages: %w", m.Step, err)
-	}
-	var all []*rollout
-	for i, g := range groups {
-		for j, r := range g {
-			r.adv = adv[i][j]
-			if len(r.tokens) > 0 {
-				all = append(all, r)
-			}
-		}
-	}
-
-	// Old and reference log-probs, recomputed with the training forward's numerics.
-	t1 := time.Now()
-	reqs := make([]engine.ScoreRequest, len(all))
-	for i, r := range all {
-		reqs[i] = engine.ScoreRequest{Tokens: append(append([]int32(nil), r.prompt.Tokens...), r.tokens...), Start: len(r.prompt.Tokens)}
-	}
-	old, err := t.Policy.Model.Score(ctx, reqs, cfg.Temperature)
-	if err != nil {
-		return nil, fmt.Errorf("grpo: step %d: old log-probs: %w", m.Step, err)
-	}
-	var ref []engine.ScoreResult
-	if t.Reference != nil {
-		if ref, err = t.Reference.Score(ctx, reqs, cfg.Temperature); err != nil {
-			return nil, fmt.Errorf("grpo: step %d: reference log-probs: %w", m.Step, err)
-		}
-	}
-	for i, r := range all {
-		r.old = f64(old[i].LogProbs)
-		if ref != nil {
-			r.ref = f64(ref[i].LogProbs)
-		}
-	}
-
-	// Policy updates: shuffle, split into mini-batches, each into micro-batches.
-	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(t.step)))
-	rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
-	var agg lossAgg
-	for mb := 0; mb < cfg.MiniBatches; mb++ {
-		part := all[mb*len(all)/cfg.MiniBatches : (mb+1)*len(all)/cfg.MiniBatches]
-		if len(part) == 0 {
-			continue
-		}
-		lc := cfg.Loss
-		for _, r := range part {
-			lc.TokenNorm += float64(len(r.tokens))
-		}
-		lc.SeqNorm = float64(len(part))
-		for lo := 0; lo < len(part); {
-			hi, toks := lo, 0
-			for hi < len(part) && (hi == lo || toks+len(part[hi].prompt.Tokens)+len(part[hi].tokens) <= cfg.MicroBatchTokens) {
-				toks += len(part[hi].prompt.Tokens) + len(part[hi].tokens)
-				hi++
-			}
-			if err := t.microStep(ctx, part[lo:hi], lc, &agg); err != nil {
-				return nil, fmt.Errorf("grpo: step %d: update: %w", m.Step, err)
-			}
-			m.TrainTokens += toks
-			lo = hi
-		}
-		st, err := t.Policy.Step()
-		if err != nil {
-			return nil, fmt.Errorf("grpo: step %d: optimizer: %w", m.Step, err)
-		}
-		m.GradNorm, m.LR = st.GradNorm, st.LR
-		m.OptimizerUpdates++
-	}
-	agg.fill(m)
-	m.TrainSeconds = time.Since(t1).Seconds()
-	if m.TrainSeconds > 0 {
-		m.TrainTokensPS = float64(m.TrainTokens) / m.TrainSeconds
-	}
-	return m, t.maybeReset(m)
-}
-
-// lossAgg sums loss metrics over micro-batches (weighted by tokens).
-type lossAgg struct {
-	loss, pg, kl, ent, clo, chi, akl float64
-	tokens                           float64
-}
-
-func (a *lossAgg) add(out LossOutput) {
-	n := float64(out.Metrics.Tokens)
-	a.loss += out.Loss
-	a.pg += out.Metrics.PGLoss
-	a.kl += out.Metrics.RefKL * n
-	a.ent += out.Metrics.EntropyMean * n
-	a.clo += out.Metrics.ClipFracLow * n
-	a.chi += out.Metrics.ClipFracHigh * n
-	a.akl += out.Metrics.ApproxKL * n
-	a.tokens += n
-}
-
-func (a *lossAgg) fill(m *Metrics) {
-	n := math.Max(1, a.tokens)
-	m.Loss, m.PGLoss = a.loss, a.pg
-	m.KL, m.Entropy = a.kl/n, a.ent/n
-	m.ClipFracLow, m.ClipFracHigh, m.ApproxKL = a.clo/n, a.chi/n, a.akl/n
-}
-
-// microStep runs forward+backward of the policy loss on one micro-batch.
-func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig, agg *lossAgg) error {
-	reqs := make([]engine.ScoreRequest, len(part))
-	for i, r := range part {
-		reqs[i] = engine.ScoreRequest{Tokens: append(append([]int32(nil), r.prompt.Tokens...), r.tokens...), Start: len(r.prompt.Tokens)}
-	}
-	loss := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
-		in := LossInput{LogProbs: logp, Entropy: ent, OldLogProbs: make([][]float64, len(part)), Advantages: make([][]float64, len(part))}
-		if t.Reference != nil {
-			in.RefLogProbs = make([][]float64, len(part))
-		}
-		for i, r := range part {
-			in.OldLogProbs[i] = r.old
-			if in.RefLogProbs != nil {
-				in.RefLogProbs[i] = r.ref
-			}
-			in.Advantages[i] = make([]float64, len(r.tokens))
-			for j := range in.Advantages[i] {
-				in.Advantages[i][j] = r.adv
-			}
-		}
-		out, err := PolicyLoss(in, lc)
-		if err != nil {
-			return 0, nil, nil, err
-		}
-		agg.add(out)
-		return out.Loss, out.DLogProbs, out.DEntropy, nil
-	}
-	_, err := t.Policy.ForwardBackward(ctx, reqs, loss)
-	return err
 }
 
 // maybeReset performs the scheduled reference reset.

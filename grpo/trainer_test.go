@@ -58,6 +58,13 @@ func countSevens(ids []int32) float64 {
 	return float64(n) / float64(len(ids))
 }
 
+// smallConfig is the ProRL recipe at the size of the tests' tiny model.
+func smallConfig() Config {
+	c := DefaultConfig()
+	c.PromptsPerStep, c.SamplesPerPrompt, c.MaxResponseTokens, c.MiniBatches = 16, 8, 64, 2
+	return c
+}
+
 func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*Trainer, *engine.Generator) {
 	t.Helper()
 	pol := tinyPolicy(t, 3e-2)
@@ -92,7 +99,7 @@ func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*Trainer, 
 // TestGRPOLearnsToyReward: the whole loop (rollouts, rewards, advantages, old/ref log-probs,
 // clipped loss, AdamW) raises a verifiable reward on a tiny random model.
 func TestGRPOLearnsToyReward(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := smallConfig()
 	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 6, 8, 6
 	cfg.Temperature = 1
 	cfg.RefResetEvery = 10
@@ -135,7 +142,7 @@ func TestGRPOLearnsToyReward(t *testing.T) {
 // TestDynamicSampling: groups with equal rewards are dropped, more rounds are sampled, and a
 // step without any signal skips the update.
 func TestDynamicSampling(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := smallConfig()
 	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.MaxSamplingRounds = 3, 4, 3, 3
 	tr, gen := newGRPO(t, cfg, func([]int32) float64 { return 1 })
 	defer gen.Close()
@@ -178,7 +185,7 @@ func TestConfigErrors(t *testing.T) {
 // TestFirstUpdateIsOnPolicy: at the first micro-batch the policy is the rollout policy and the
 // reference, so the ratio is 1 and the KL 0 (whatever the temperature).
 func TestFirstUpdateIsOnPolicy(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := smallConfig()
 	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.MiniBatches = 4, 4, 5, 1
 	cfg.Temperature = 1.3
 	cfg.DynamicSampling = false
@@ -195,7 +202,7 @@ func TestFirstUpdateIsOnPolicy(t *testing.T) {
 
 // TestResetOnPlateau: a reset happens after P evaluations without a new best, and not before.
 func TestResetOnPlateau(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := smallConfig()
 	cfg.RefResetOnPlateau = 2
 	tr, gen := newGRPO(t, cfg, countSevens)
 	defer gen.Close()
@@ -246,7 +253,7 @@ func TestPassAtK(t *testing.T) {
 // weights, optimizer state, reference, trainer state and data position ends, after 3 more, at
 // the same weights bit for bit as a run of 6 steps (a reference reset falls in between).
 func TestResumeMatchesUninterrupted(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := smallConfig()
 	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 3, 4, 4
 	cfg.RefResetEvery = 2
 	cfg.Loss.KLCoef = 0.05 // make the reference matter
@@ -300,5 +307,57 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 	}
 	if err := second.Restore(st, nil); err == nil {
 		t.Error("restore without reference weights accepted for a run with a reference")
+	}
+}
+
+// TestStepStages: Rollout leaves the step count and the policy alone, Update takes only the
+// batch of the next step, and the two together are Step, bit for bit.
+func TestStepStages(t *testing.T) {
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 3, 4, 4
+	ctx := context.Background()
+	staged, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	whole, gen2 := newGRPO(t, cfg, countSevens)
+	defer gen2.Close()
+	for s := 1; s <= 3; s++ {
+		before, _ := staged.Policy.Model.HostWeights()
+		b, err := staged.Rollout(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after, _ := staged.Policy.Model.HostWeights()
+		if b.Step != s || staged.StepNumber() != s-1 || fmt.Sprint(before) != fmt.Sprint(after) {
+			t.Fatalf("rollout of step %d: batch for step %d, step count %d, weights changed %v", s, b.Step, staged.StepNumber(), fmt.Sprint(before) != fmt.Sprint(after))
+		}
+		stale := &RolloutBatch{Step: s + 1, Metrics: &Metrics{}}
+		if _, err := staged.Update(ctx, stale); err == nil {
+			t.Fatalf("an update for step %d accepted after step %d", s+1, s-1)
+		}
+		got, err := staged.Update(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := whole.Step(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Loss != want.Loss || got.RewardMean != want.RewardMean || got.GradNorm != want.GradNorm {
+			t.Fatalf("step %d: staged loss %v reward %v grad norm %v, Step %v %v %v", s, got.Loss, got.RewardMean, got.GradNorm, want.Loss, want.RewardMean, want.GradNorm)
+		}
+		if _, err := staged.Update(ctx, b); err == nil {
+			t.Fatalf("step %d: the same batch updated twice", s)
+		}
+	}
+}
+
+// TestDefaultConfigValid: the ProRL recipe passes its own checks.
+func TestDefaultConfigValid(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.PromptsPerStep != 256 || c.SamplesPerPrompt != 16 || c.MiniBatches != 4 || c.Temperature != 1.2 {
+		t.Errorf("not ProRL's recipe: %+v", c)
 	}
 }

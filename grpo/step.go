@@ -1,0 +1,386 @@
+package grpo
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// A GRPO step has two stages. The rollout stage (Rollout) samples and scores responses with
+// the current policy; the update stage (Update) turns them into advantages, recomputes old and
+// reference log-probs and updates the policy. Step runs one after the other; they are separate
+// so that the rollouts of step s+1 can later overlap the update of step s.
+
+// rollout is one sampled response with what the update needs.
+type rollout struct {
+	prompt    *Prompt
+	tokens    []int32 // response tokens
+	truncated bool
+	reward    float64
+	adv       float64
+	old, ref  []float64 // per response token
+}
+
+// RolloutBatch is what the rollout stage hands the update stage: the groups of scored
+// responses kept for one step, and the step's metrics as far as the rollouts go.
+type RolloutBatch struct {
+	// Step is the step the batch is for (1-based).
+	Step int
+	// Metrics holds the rollout half of the step's metrics; Update fills in the rest.
+	Metrics *Metrics
+	groups  [][]*rollout // [group][sample]
+}
+
+// Step runs one GRPO step: Rollout, then Update.
+func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
+	b, err := t.Rollout(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return t.Update(ctx, b)
+}
+
+// Rollout runs the rollout stage of the next step: SamplesPerPrompt responses to each of
+// PromptsPerStep prompts, rewarded; with dynamic sampling, groups whose rewards are all equal
+// are dropped and more prompts are sampled, for at most MaxSamplingRounds rounds. It changes
+// neither the policy nor the step count.
+func (t *Trainer) Rollout(ctx context.Context) (*RolloutBatch, error) {
+	cfg := t.Config
+	step := t.step + 1
+	b := &RolloutBatch{Step: step, Metrics: &Metrics{Step: step, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}}
+	st := rolloutStats{kindN: map[string]int{}}
+	t0 := time.Now()
+	for round := 0; ; round++ {
+		if err := t.sampleRound(ctx, b, round, &st); err != nil {
+			return nil, err
+		}
+		if !cfg.DynamicSampling || len(b.groups) >= cfg.PromptsPerStep || round+1 >= cfg.MaxSamplingRounds {
+			break
+		}
+	}
+	st.fill(b.Metrics, time.Since(t0))
+	b.Metrics.GroupsKept = len(b.groups)
+	return b, nil
+}
+
+// rolloutParams are the sampling parameters of one rollout round of a step; the seed derives
+// from Config.Seed, the step and the round, so a resumed run samples what it would have.
+func (t *Trainer) rolloutParams(step, round int) engine.SamplingParams {
+	cfg := t.Config
+	return engine.SamplingParams{N: cfg.SamplesPerPrompt, Temperature: cfg.Temperature, TopP: cfg.TopP,
+		MaxNewTokens: cfg.MaxResponseTokens, StopTokens: cfg.StopTokens,
+		Seed: cfg.Seed*1_000_003 + uint64(step-1)*10_007 + uint64(round)*101}
+}
+
+// sampleRound draws the prompts still missing from the batch, samples and scores their
+// groups, and keeps those with a reward signal (all of them without dynamic sampling).
+func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, st *rolloutStats) error {
+	cfg, m := t.Config, b.Metrics
+	prompts, err := t.Prompts.Next(cfg.PromptsPerStep - len(b.groups))
+	if err != nil {
+		return fmt.Errorf("grpo: step %d: prompts: %w", m.Step, err)
+	}
+	samples, err := t.Rollouts.Rollout(ctx, prompts, t.rolloutParams(b.Step, round))
+	if err != nil {
+		return fmt.Errorf("grpo: step %d: rollout: %w", m.Step, err)
+	}
+	m.SamplingRounds++
+	for i := range prompts {
+		g, rs, err := t.scoreGroup(ctx, &prompts[i], i, samples[i], m, st)
+		if err != nil {
+			return err
+		}
+		if cfg.DynamicSampling && UniformGroups([][]float64{rs}, 1e-9)[0] {
+			m.GroupsDropped++
+			continue
+		}
+		b.groups = append(b.groups, g)
+	}
+	return nil
+}
+
+// scoreGroup rewards the samples of prompt i and records them in the step's statistics. It
+// returns the group and its rewards (after the overlong penalty).
+func (t *Trainer) scoreGroup(ctx context.Context, p *Prompt, i int, samples []engine.Sample, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
+	g := make([]*rollout, len(samples))
+	rs := make([]float64, len(g))
+	for j, s := range samples {
+		r, err := t.Reward(ctx, *p, t.Decode(s.Tokens))
+		if err != nil {
+			return nil, nil, fmt.Errorf("grpo: step %d: reward of prompt %d sample %d (%s): %w", m.Step, i, j, p.Kind, err)
+		}
+		trunc := s.Finish == engine.FinishLength
+		st.add(m, p.Kind, r, len(s.Tokens), trunc)
+		r = t.overlong(r, trunc)
+		g[j] = &rollout{prompt: p, tokens: s.Tokens, truncated: trunc, reward: r}
+		rs[j] = r
+	}
+	return g, rs, nil
+}
+
+// overlong applies Config.OverlongPenalty to the reward of a response cut at
+// MaxResponseTokens (finish reason "length").
+//
+// This is not reward.OverlongPenalty(len, MaxResponseTokens, 0) on purpose: that one also
+// penalises a response whose stop token is its MaxResponseTokens-th token, which this does not.
+// Issue 19 changes the overlong behaviour deliberately; until then the arithmetic stays.
+func (t *Trainer) overlong(r float64, truncated bool) float64 {
+	if truncated {
+		r -= t.Config.OverlongPenalty
+	}
+	return r
+}
+
+// rolloutStats gathers a step's rollout metrics over its sampling rounds.
+type rolloutStats struct {
+	rewards                                  []float64 // every sampled response's reward, before the overlong penalty
+	kindN                                    map[string]int
+	genTokens, lenMax, truncated, n, correct int
+	lenSum                                   float64
+}
+
+// add records one response: its reward r (before the overlong penalty), length and whether it
+// was cut at the length limit.
+func (st *rolloutStats) add(m *Metrics, kind string, r float64, length int, truncated bool) {
+	if r == 1 {
+		st.correct++
+		m.AccuracyByKind[kind]++
+	}
+	st.rewards = append(st.rewards, r)
+	m.RewardByKind[kind] += r
+	st.kindN[kind]++
+	if truncated {
+		st.truncated++
+	}
+	st.genTokens += length
+	st.lenSum += float64(length)
+	st.lenMax = max(st.lenMax, length)
+	st.n++
+}
+
+// fill writes the rollout metrics of a step whose rollouts took d.
+func (st *rolloutStats) fill(m *Metrics, d time.Duration) {
+	m.RolloutSeconds = d.Seconds()
+	m.RolloutTokensPS = float64(st.genTokens) / m.RolloutSeconds
+	m.RewardMean = mean(st.rewards)
+	m.Accuracy = float64(st.correct) / float64(max(1, st.n))
+	for k, n := range st.kindN {
+		m.RewardByKind[k] /= float64(n)
+		m.AccuracyByKind[k] /= float64(n)
+	}
+	m.ResponseLenMean = st.lenSum / float64(max(1, st.n))
+	m.ResponseLenMax = st.lenMax
+	m.TruncatedFrac = float64(st.truncated) / float64(max(1, st.n))
+}
+
+// Update runs the update stage of the step b was sampled for (the one after the last
+// completed step): group advantages, old and reference log-probs recomputed with the training
+// forward's numerics, MiniBatches policy updates, and the reference reset when one is due. A
+// batch without any group is a step without an update (SkippedNoSignal). It returns the
+// step's metrics, b.Metrics completed.
+func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error) {
+	if b == nil || b.Step != t.step+1 {
+		return nil, fmt.Errorf("grpo: update: the batch is not for step %d, the next one", t.step+1)
+	}
+	m := b.Metrics
+	t.step++
+	if len(b.groups) == 0 {
+		m.SkippedNoSignal = true
+		slog.Info("grpo: no group with a reward signal; update skipped", "step", m.Step)
+		return m, t.maybeReset(m)
+	}
+	all, err := t.advantages(b.groups)
+	if err != nil {
+		return nil, fmt.Errorf("grpo: step %d: advantages: %w", m.Step, err)
+	}
+	t1 := time.Now()
+	if err := t.logProbs(ctx, all); err != nil {
+		return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
+	}
+	if err := t.policyUpdates(ctx, all, m); err != nil {
+		return nil, err
+	}
+	m.TrainSeconds = time.Since(t1).Seconds()
+	if m.TrainSeconds > 0 {
+		m.TrainTokensPS = float64(m.TrainTokens) / m.TrainSeconds
+	}
+	return m, t.maybeReset(m)
+}
+
+// advantages sets each response's advantage within its group and returns the responses that
+// have tokens (the only ones the loss sees), in group order.
+func (t *Trainer) advantages(groups [][]*rollout) ([]*rollout, error) {
+	rewards := make([][]float64, len(groups))
+	for i, g := range groups {
+		for _, r := range g {
+			rewards[i] = append(rewards[i], r.reward)
+		}
+	}
+	advCfg := t.Config.Advantage
+	if advCfg.Estimator == EstimatorReinforcePPBaseline {
+		advCfg.TokenCounts = make([][]int, len(groups))
+		for i, g := range groups {
+			for _, r := range g {
+				advCfg.TokenCounts[i] = append(advCfg.TokenCounts[i], len(r.tokens))
+			}
+		}
+	}
+	adv, err := Advantages(rewards, advCfg)
+	if err != nil {
+		return nil, err
+	}
+	var all []*rollout
+	for i, g := range groups {
+		for j, r := range g {
+			r.adv = adv[i][j]
+			if len(r.tokens) > 0 {
+				all = append(all, r)
+			}
+		}
+	}
+	return all, nil
+}
+
+// scoreRequests are the sequences (prompt + response) of rs, scored from the response on.
+func scoreRequests(rs []*rollout) []engine.ScoreRequest {
+	reqs := make([]engine.ScoreRequest, len(rs))
+	for i, r := range rs {
+		reqs[i] = engine.ScoreRequest{Tokens: append(append([]int32(nil), r.prompt.Tokens...), r.tokens...), Start: len(r.prompt.Tokens)}
+	}
+	return reqs
+}
+
+// logProbs sets the old (current policy) and reference log-probs of each response, at the
+// rollout temperature.
+func (t *Trainer) logProbs(ctx context.Context, all []*rollout) error {
+	reqs := scoreRequests(all)
+	old, err := t.Policy.Model.Score(ctx, reqs, t.Config.Temperature)
+	if err != nil {
+		return fmt.Errorf("old log-probs: %w", err)
+	}
+	var ref []engine.ScoreResult
+	if t.Reference != nil {
+		if ref, err = t.Reference.Score(ctx, reqs, t.Config.Temperature); err != nil {
+			return fmt.Errorf("reference log-probs: %w", err)
+		}
+	}
+	for i, r := range all {
+		r.old = f64(old[i].LogProbs)
+		if ref != nil {
+			r.ref = f64(ref[i].LogProbs)
+		}
+	}
+	return nil
+}
+
+// policyUpdates shuffles the responses (seeded by Config.Seed and the step) and makes one
+// optimizer step per mini-batch.
+func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics) error {
+	cfg := t.Config
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(m.Step)))
+	rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	var agg lossAgg
+	for mb := 0; mb < cfg.MiniBatches; mb++ {
+		part := all[mb*len(all)/cfg.MiniBatches : (mb+1)*len(all)/cfg.MiniBatches]
+		if len(part) == 0 {
+			continue
+		}
+		if err := t.miniBatch(ctx, part, m, &agg); err != nil {
+			return err
+		}
+	}
+	agg.fill(m)
+	return nil
+}
+
+// miniBatch accumulates the gradient of one mini-batch over micro-batches of at most
+// MicroBatchTokens tokens (one sequence at least) and makes an optimizer step.
+func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, m *Metrics, agg *lossAgg) error {
+	cfg := t.Config
+	lc := cfg.Loss
+	for _, r := range part {
+		lc.TokenNorm += float64(len(r.tokens))
+	}
+	lc.SeqNorm = float64(len(part))
+	for lo := 0; lo < len(part); {
+		hi, toks := lo, 0
+		for hi < len(part) && (hi == lo || toks+len(part[hi].prompt.Tokens)+len(part[hi].tokens) <= cfg.MicroBatchTokens) {
+			toks += len(part[hi].prompt.Tokens) + len(part[hi].tokens)
+			hi++
+		}
+		if err := t.microStep(ctx, part[lo:hi], lc, agg); err != nil {
+			return fmt.Errorf("grpo: step %d: update: %w", m.Step, err)
+		}
+		m.TrainTokens += toks
+		lo = hi
+	}
+	st, err := t.Policy.Step()
+	if err != nil {
+		return fmt.Errorf("grpo: step %d: optimizer: %w", m.Step, err)
+	}
+	m.GradNorm, m.LR = st.GradNorm, st.LR
+	m.OptimizerUpdates++
+	return nil
+}
+
+// microStep runs forward+backward of the policy loss on one micro-batch.
+func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig, agg *lossAgg) error {
+	perSeq, lengths := make([]float64, len(part)), make([]int, len(part))
+	for i, r := range part {
+		perSeq[i], lengths[i] = r.adv, len(r.tokens)
+	}
+	adv, err := BroadcastAdvantages(perSeq, lengths)
+	if err != nil {
+		return err
+	}
+	loss := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
+		in := LossInput{LogProbs: logp, Entropy: ent, OldLogProbs: make([][]float64, len(part)), Advantages: adv}
+		if t.Reference != nil {
+			in.RefLogProbs = make([][]float64, len(part))
+		}
+		for i, r := range part {
+			in.OldLogProbs[i] = r.old
+			if in.RefLogProbs != nil {
+				in.RefLogProbs[i] = r.ref
+			}
+		}
+		out, err := PolicyLoss(in, lc)
+		if err != nil {
+			return 0, nil, nil, err
+		}
+		agg.add(out)
+		return out.Loss, out.DLogProbs, out.DEntropy, nil
+	}
+	_, err = t.Policy.ForwardBackward(ctx, scoreRequests(part), loss)
+	return err
+}
+
+// lossAgg sums loss metrics over micro-batches (weighted by tokens).
+type lossAgg struct {
+	loss, pg, kl, ent, clo, chi, akl float64
+	tokens                           float64
+}
+
+func (a *lossAgg) add(out LossOutput) {
+	n := float64(out.Metrics.Tokens)
+	a.loss += out.Loss
+	a.pg += out.Metrics.PGLoss
+	a.kl += out.Metrics.RefKL * n
+	a.ent += out.Metrics.EntropyMean * n
+	a.clo += out.Metrics.ClipFracLow * n
+	a.chi += out.Metrics.ClipFracHigh * n
+	a.akl += out.Metrics.ApproxKL * n
+	a.tokens += n
+}
+
+func (a *lossAgg) fill(m *Metrics) {
+	n := math.Max(1, a.tokens)
+	m.Loss, m.PGLoss = a.loss, a.pg
+	m.KL, m.Entropy = a.kl/n, a.ent/n
+	m.ClipFracLow, m.ClipFracHigh, m.ApproxKL = a.clo/n, a.chi/n, a.akl/n
+}
