@@ -91,10 +91,16 @@ func devBuf(t *engine.Tensor) *buf {
 
 func ptr(t *engine.Tensor) dptr { return dptr(devBuf(t).ptr) }
 
-// touched marks a tensor as written (a parameter's bf16 copy is then stale).
-func touched(t *engine.Tensor) {
-	if b, ok := t.Buf.(*buf); ok {
-		b.ver++
+// touched marks tensors as written: their bf16 copies, if any, are stale. Every op calls it
+// on what it writes.
+func touched(ts ...*engine.Tensor) {
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		if b, ok := t.Buf.(*buf); ok {
+			b.ver++
+		}
 	}
 }
 

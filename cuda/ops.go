@@ -22,20 +22,15 @@ func (b *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
 		return
 	}
 	defer b.leave()
+	touched(out)
 	b.launch("gather_rows", [3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
 }
 
-// bf16Of returns a bf16 copy of an fp32 tensor in scratch memory.
-func (b *Backend) bf16Of(t *engine.Tensor) dptr {
-	n := int64(t.Len())
-	p := b.tmp(uint64(max(2*n, 4)))
-	b.launch("f32_to_bf16_kernel", b.gridFor(n), 256, dptr(p), ptr(t), n)
-	return dptr(p)
-}
-
-// weightBF16 returns the bf16 storage of a matmul weight: its own for a BF16 weight, the
-// refreshed bf16 copy for an fp32 one.
-func (b *Backend) weightBF16(w *engine.Tensor) dptr {
+// bf16Copy returns the bf16 storage of a matmul operand: its own for a BF16 weight, else a
+// bf16 copy kept beside the tensor and made again only after the tensor was written (every op
+// marks what it writes with touched), so that an activation feeding several matmuls (q, k, v
+// and gate, up read one normed input; dX and dW read one dY) is converted once.
+func (b *Backend) bf16Copy(w *engine.Tensor) dptr {
 	bf := devBuf(w)
 	if w.DType == engine.BF16 {
 		return dptr(bf.ptr)
@@ -101,20 +96,26 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 		return
 	}
 	defer b.leave()
+	touched(out)
 	if m <= gemvMaxRows && k%8 == 0 {
-		// Decoding: a matrix-vector kernel reads the weight once, x stays fp32.
-		grid := [3]int{(n + 7) / 8, 1, 1}
+		// Decoding: a matrix-vector kernel reads the weight once, x stays fp32. Rows of 4096 and
+		// more are split over 2-8 warps.
+		wpr := 1
+		for wpr < 8 && k >= 4096*wpr {
+			wpr *= 2
+		}
+		grid := [3]int{(n + 8/wpr - 1) / (8 / wpr), 1, 1}
 		if b.useBF16(w) {
-			b.launch("gemv_bf16", grid, 256, ptr(out), ptr(x), b.weightBF16(w), int32(m), int32(n), int32(k))
+			b.launch("gemv_bf16", grid, 256, ptr(out), ptr(x), b.bf16Copy(w), int32(m), int32(n), int32(k), int32(wpr))
 		} else {
-			b.launch("gemv_f32", grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k))
+			b.launch("gemv_f32", grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k), int32(wpr))
 		}
 		return
 	}
 	g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
 	if b.useBF16(w) {
-		g.a, g.aType = uint64(b.weightBF16(w)), dtBF16
-		g.b, g.bType = uint64(b.bf16Of(x)), dtBF16
+		g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
+		g.b, g.bType = uint64(b.bf16Copy(x)), dtBF16
 	} else {
 		g.a, g.aType = uint64(ptr(w)), dtF32
 		g.b, g.bType = uint64(ptr(x)), dtF32
@@ -141,6 +142,7 @@ func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 		return
 	}
 	defer b.leave()
+	touched(out)
 	n := w.Len()
 	b.launch("rmsnorm", [3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
 }
@@ -152,6 +154,7 @@ func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 		return
 	}
 	defer b.leave()
+	touched(x)
 	pairs := int64(len(pos)) * int64(x.Cols()/2)
 	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
 		int32(len(pos)), int32(x.Cols()), int32(headDim))
@@ -164,6 +167,7 @@ func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 		return
 	}
 	defer b.leave()
+	touched(out)
 	n := int64(out.Len())
 	b.launch("swiglu", b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
 }
@@ -287,6 +291,7 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		return
 	}
 	defer b.leave()
+	touched(out)
 	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
 		b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
 	scale := float32(1 / math.Sqrt(float64(dh)))
@@ -378,7 +383,7 @@ func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature f
 	}
 	defer b.leave()
 	dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
-	b.launch("logprobs", [3]int{R, 1, 1}, 256, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
+	b.launch("logprobs", [3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
 	b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
 	b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
 	return lp, ent, b.err

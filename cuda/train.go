@@ -35,10 +35,11 @@ func (b *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
 		return
 	}
 	defer b.leave()
+	touched(dx)
 	g := gemm{transA: opN, transB: opN, m: k, n: m, k: n, lda: k, ldb: n, c: uint64(ptr(dx)), cType: dtF32, ldc: k, compute: computeF32}
 	if b.useBF16(w) {
-		g.a, g.aType = uint64(b.weightBF16(w)), dtBF16
-		g.b, g.bType = uint64(b.bf16Of(dy)), dtBF16
+		g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
+		g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
 	} else {
 		g.a, g.aType = uint64(ptr(w)), dtF32
 		g.b, g.bType = uint64(ptr(dy)), dtF32
@@ -60,8 +61,8 @@ func (b *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	defer b.leave()
 	g := gemm{transA: opN, transB: opT, m: k, n: n, k: m, lda: k, ldb: n, beta: 1, c: uint64(ptr(dw)), cType: dtF32, ldc: k, compute: computeF32}
 	if b.opts.BF16Matmul {
-		g.a, g.aType = uint64(b.bf16Of(x)), dtBF16
-		g.b, g.bType = uint64(b.bf16Of(dy)), dtBF16
+		g.a, g.aType = uint64(b.bf16Copy(x)), dtBF16
+		g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
 	} else {
 		g.a, g.aType = uint64(ptr(x)), dtF32
 		g.b, g.bType = uint64(ptr(dy)), dtF32
@@ -70,7 +71,16 @@ func (b *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	touched(dw)
 }
 
-// BiasDW implements engine.TrainBackend.
+// colSplits is how many partial sums a column reduction over rows is split into (the Z of
+// bias_dw_part and rmsnorm_bwd_dw_part): enough blocks to fill the GPU, each summing at least
+// 32 rows.
+func (b *Backend) colSplits(rows, cols int) int {
+	colBlocks := (cols + 255) / 256
+	z := max(1, 4*b.sms/colBlocks)
+	return max(1, min(z, rows/32))
+}
+
+// BiasDW implements engine.TrainBackend: partial column sums in double, added in order.
 func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 	if !b.enter() {
 		b.leave()
@@ -78,12 +88,16 @@ func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 	}
 	defer b.leave()
 	n := db.Len()
-	b.launch("bias_dw", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), ptr(dy), int32(dy.Len()/n), int32(n))
+	m := dy.Len() / n
+	z := b.colSplits(m, n)
+	part := dptr(b.tmp(uint64(8 * z * n)))
+	b.launch("bias_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, ptr(dy), int32(m), int32(n))
+	b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), part, int32(z), int32(n))
 	touched(db)
 }
 
-// RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (column sums
-// over groups in order), then dx (which may alias dy, so it comes last).
+// RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (partial
+// column sums over groups, added in order), then dx (which may alias dy, so it comes last).
 func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
 	if !b.enter() {
 		b.leave()
@@ -95,11 +109,15 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 	stats := dptr(b.tmp(uint64(16 * max(groups, 1))))
 	b.launch("rmsnorm_bwd_stats", [3]int{groups, 1, 1}, 256, stats, ptr(dy), ptr(x), ptr(w), int32(n), eps)
 	if dw != nil {
-		b.launch("rmsnorm_bwd_dw", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), stats, ptr(dy), ptr(x), int32(groups), int32(n))
+		z := b.colSplits(groups, n)
+		part := dptr(b.tmp(uint64(8 * z * n)))
+		b.launch("rmsnorm_bwd_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, stats, ptr(dy), ptr(x), int32(groups), int32(n))
+		b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), part, int32(z), int32(n))
 		touched(dw)
 	}
 	total := int64(x.Len())
 	b.launch("rmsnorm_bwd_dx", b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
+	touched(dx)
 }
 
 // SwiGLUBackward implements engine.TrainBackend.
@@ -109,6 +127,7 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 		return
 	}
 	defer b.leave()
+	touched(dgate, dup)
 	n := int64(dout.Len())
 	b.launch("swiglu_bwd", b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
 }
@@ -164,11 +183,12 @@ func (b *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 		return
 	}
 	defer b.leave()
+	touched(dlogits)
 	var de dptr
 	if dent != nil {
 		de = b.floats(dent)
 	}
-	b.launch("logprobs_bwd", [3]int{R, 1, 1}, 256, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
+	b.launch("logprobs_bwd", [3]int{R, 1, 1}, 1024, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
 		int32(V), temperature)
 }
 
@@ -228,6 +248,7 @@ func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 		return
 	}
 	defer b.leave()
+	touched(m, v)
 	n := int64(p.Len())
 	b.launch("adamw", b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
 		float32(1-h.LR*h.WeightDecay), float32(h.Beta1), float32(h.Beta2), float32(1-h.Beta1), float32(1-h.Beta2),
@@ -317,6 +338,7 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 		return
 	}
 	defer b.leave()
+	touched(out, lse)
 	scale := float32(1 / math.Sqrt(float64(sh.dh)))
 	if len(long) < len(seqStart)-1 {
 		b.launch("attn_train", [3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
@@ -358,6 +380,7 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 		return
 	}
 	defer b.leave()
+	touched(dq, dk, dv)
 	scale := float32(1 / math.Sqrt(float64(sh.dh)))
 	D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))
 	b.launch("attn_rowdot", [3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))

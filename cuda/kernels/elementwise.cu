@@ -36,13 +36,14 @@ extern "C" __global__ void add_bias(float* x, const float* b, i64 n, int N) {
 		x[i] += b[i % N];
 }
 
-// db[N] += sum over rows of dy[M, N], rows in order. One thread per column.
-extern "C" __global__ void bias_dw(float* db, const float* dy, int M, int N) {
+// Partial column sums for db: block (c, z) sums rows z, z+Z, ... of dy[M, N] for columns
+// 256c..256c+255 into part[z][N] (double); colsum_add (norm.cu) adds them into db in order.
+extern "C" __global__ void bias_dw_part(double* part, const float* dy, int M, int N) {
 	int c = blockIdx.x * blockDim.x + threadIdx.x;
 	if (c >= N) return;
-	float acc = db[c];
-	for (int r = 0; r < M; r++) acc += dy[(i64)r * N + c];
-	db[c] = acc;
+	double acc = 0;
+	for (int r = blockIdx.y; r < M; r += gridDim.y) acc += dy[(i64)r * N + c];
+	part[(i64)blockIdx.y * N + c] = acc;
 }
 
 // out = a + b.

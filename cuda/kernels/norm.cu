@@ -35,13 +35,25 @@ extern "C" __global__ void rmsnorm_bwd_stats(double* stats, const float* dy, con
 	}
 }
 
-// dw[n] += Σ_groups dy·x·r, one thread per column, groups in order (deterministic).
-extern "C" __global__ void rmsnorm_bwd_dw(float* dw, const double* stats, const float* dy, const float* x,
-                                          int groups, int n) {
+// Partial column sums of dy·x·r for dw: block (c, z) sums groups z, z+Z, ... for columns
+// 256c..256c+255 into part[z][n] (double). rmsnorm_bwd_dw_sum then adds the Z partials in
+// order: deterministic, and Z blocks deep enough to keep the GPU busy. Grid (ceil(n/256), Z).
+extern "C" __global__ void rmsnorm_bwd_dw_part(double* part, const double* stats, const float* dy, const float* x,
+                                               int groups, int n) {
 	int i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= n) return;
 	double acc = 0;
-	for (int g = 0; g < groups; g++) acc += (double)dy[(i64)g * n + i] * x[(i64)g * n + i] * stats[2 * g];
+	for (int g = blockIdx.y; g < groups; g += gridDim.y)
+		acc += (double)dy[(i64)g * n + i] * x[(i64)g * n + i] * stats[2 * g];
+	part[(i64)blockIdx.y * n + i] = acc;
+}
+
+// dw[n] += Σ_z part[z][n], z in order. One thread per column.
+extern "C" __global__ void colsum_add(float* dw, const double* part, int Z, int n) {
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= n) return;
+	double acc = 0;
+	for (int z = 0; z < Z; z++) acc += part[(i64)z * n + i];
 	dw[i] += (float)acc;
 }
 

@@ -22,7 +22,7 @@ func (s matmulShape) String() string { return fmt.Sprintf("M=%d,K=%d,N=%d", s.m,
 func matmulShapes(o Options) []matmulShape {
 	s := []matmulShape{{1, 67, 129}, {3, 129, 257}, {17, 257, 67}, {1, 256, 200}, {5, 512, 129}}
 	if !o.Short {
-		s = append(s, matmulShape{8, 1536, 72})
+		s = append(s, matmulShape{8, 1536, 72}, matmulShape{3, 8960, 40})
 	}
 	if !o.Short {
 		s = append(s, matmulShape{64, 512, 1024})

@@ -255,7 +255,7 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		return err
 	}
 	weights = nil
-	tr, err := engine.NewTrainer(mt, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}})
+	tr, err := engine.NewTrainer(mt, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}, MaxLogitRows: 1024})
 	if err != nil {
 		return err
 	}
