@@ -304,17 +304,17 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 }
 
-// deviceSampled reports whether the device samples a row: greedy rows and rows with only a
-// temperature. Top-k / top-p rows are sampled on the host from their downloaded logits by
-// engine.SampleLogits (the reference), until a device top-k/top-p lands.
-func deviceSampled(r engine.SampleRow, v int) bool {
+// plainSampled reports whether a row needs no top-k / top-p (sample_rows draws it; the others
+// go to sample_topkp): greedy rows, and rows with only a temperature.
+func plainSampled(r engine.SampleRow, v int) bool {
 	if r.Temperature <= 0 {
 		return true
 	}
 	return (r.TopK <= 0 || r.TopK >= v) && (r.TopP <= 0 || r.TopP >= 1)
 }
 
-// Sample implements engine.Backend.
+// Sample implements engine.Backend: every row is drawn on the device, by the same rules as
+// engine.SampleLogits; only the ids and log-probs come back.
 func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int32, []float32, error) {
 	R, V := logits.Rows(), logits.Cols()
 	if len(rows) != R {
@@ -322,16 +322,12 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	}
 	ids := make([]int32, R)
 	lps := make([]float32, R)
-	var dev, host []int32
-	var temps []float32
-	var us []float64
+	var plain, filtered []int32
 	for r, p := range rows {
-		if deviceSampled(p, V) {
-			dev = append(dev, int32(r))
-			temps = append(temps, p.Temperature)
-			us = append(us, p.U)
+		if plainSampled(p, V) {
+			plain = append(plain, int32(r))
 		} else {
-			host = append(host, int32(r))
+			filtered = append(filtered, int32(r))
 		}
 	}
 	if !b.enter() {
@@ -339,22 +335,32 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 		return nil, nil, b.Err()
 	}
 	defer b.leave()
-	if len(dev) > 0 {
-		n := len(dev)
+	for si, set := range [][]int32{plain, filtered} {
+		n := len(set)
+		if n == 0 {
+			continue
+		}
+		temps, us := make([]float32, n), make([]float64, n)
+		topks, topps := make([]int32, n), make([]float32, n)
+		for i, r := range set {
+			temps[i], us[i] = rows[r].Temperature, rows[r].U
+			topks[i], topps[i] = int32(rows[r].TopK), rows[r].TopP
+		}
 		dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
-		b.launch("sample_rows", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(dev),
-			b.floats(temps), b.upload(unsafe.Pointer(&us[0]), uint64(8*n)), int32(V))
+		du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
+		if si == 0 {
+			b.launch("sample_rows", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+				b.floats(temps), du, int32(V))
+		} else {
+			b.launch("sample_topkp", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+				b.floats(temps), b.ints(topks), b.floats(topps), du, int32(V))
+		}
 		gotIDs, gotLps := make([]int32, n), make([]float32, n)
 		b.download(unsafe.Pointer(&gotIDs[0]), dIDs, uint64(4*n))
 		b.download(unsafe.Pointer(&gotLps[0]), dLps, uint64(4*n))
-		for i, r := range dev {
+		for i, r := range set {
 			ids[r], lps[r] = gotIDs[i], gotLps[i]
 		}
-	}
-	row := make([]float32, V)
-	for _, r := range host {
-		b.download(unsafe.Pointer(&row[0]), uint64(ptr(logits))+uint64(r)*uint64(4*V), uint64(4*V))
-		ids[r], lps[r] = engine.SampleLogits(row, rows[r])
 	}
 	return ids, lps, b.err
 }

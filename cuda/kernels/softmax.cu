@@ -152,3 +152,182 @@ extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits
 		lps[b] = (float)log(exp((double)x[p] * inv - m) / z);
 	}
 }
+
+// ---- Top-k / top-p sampling, as engine.SampleLogits: logits / temperature, keep the top-k by
+// rank (probability descending, lower id first on ties), then the smallest prefix in rank order
+// whose mass reaches top_p of what top-k kept, then draw by inverse CDF over the kept ids in
+// increasing id order. Rank by probability is rank by logit (exp is monotone), so the kept set
+// is "key > T, or key == T and id <= tieCut" for an order-preserving integer key of the logit;
+// T is found by binary search over keys (32 passes), each pass a block reduction.
+
+__device__ __forceinline__ u32 order_key(float f) {
+	u32 u = __float_as_uint(f);
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// count_ge returns #{i : key(x_i) >= t} to every thread.
+__device__ int count_ge(const float* x, int V, u32 t, double* sh) {
+	double c = 0;
+	for (int i = threadIdx.x; i < V; i += blockDim.x) c += order_key(x[i]) >= t ? 1.0 : 0.0;
+	return (int)block_sum_d(c, sh);
+}
+
+// mass_ge returns Σ_{key(x_i) >= t} exp(x_i·inv - m) to every thread (t = 0: all).
+__device__ double mass_ge(const float* x, int V, u32 t, double inv, double m, double* sh) {
+	double s = 0;
+	for (int i = threadIdx.x; i < V; i += blockDim.x)
+		if (order_key(x[i]) >= t) s += exp((double)x[i] * inv - m);
+	return block_sum_d(s, sh);
+}
+
+// max_key_where returns the largest key t with pred(t) true, pred non-increasing in t and
+// pred(0) true (binary search over all 2^32 keys).
+#define MAX_KEY_WHERE(result, pred)                                \
+	{                                                              \
+		u32 lo_ = 0, hi_ = 0xffffffffu;                            \
+		while (lo_ < hi_) {                                        \
+			u32 mid = lo_ + (u32)(((unsigned long long)hi_ - lo_ + 1) / 2); \
+			if (pred) lo_ = mid;                                   \
+			else hi_ = mid - 1;                                    \
+		}                                                          \
+		result = lo_;                                              \
+	}
+
+// tie_scan: thread 0 walks the ids with key == t in increasing order, adding their mass to base
+// until it reaches need or n ties are taken; returns (through shared memory) the id of the
+// last tie taken. Ties of equal logits are rare: one thread is enough.
+__device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double need, double inv, double m) {
+	__shared__ int cut;
+	if (threadIdx.x == 0) {
+		int taken = 0, last = -1;
+		double acc = base;
+		for (int i = 0; i < V && taken < n; i++) {
+			if (order_key(x[i]) != t) continue;
+			last = i;
+			taken++;
+			acc += exp((double)x[i] * inv - m);
+			if (acc >= need) break;
+		}
+		cut = last;
+	}
+	__syncthreads();
+	return cut;
+}
+
+// Grid (B), block 1024. Rows as sample_rows, each with its top-k (0: off) and top-p (0 or 1: off).
+extern "C" __global__ void sample_topkp(int* ids, float* lps, const float* logits, const int* rows,
+                                        const float* temps, const int* topks, const float* topps,
+                                        const double* us, int V) {
+	__shared__ double pre[SAMPLE_THREADS];
+	__shared__ double shd[32];
+	__shared__ float shv[32];
+	__shared__ int pick;
+	__shared__ double total;
+	int b = blockIdx.x, tid = threadIdx.x;
+	const float* x = logits + (i64)rows[b] * V;
+	double inv = 1.0 / (double)temps[b];
+	float mx = -INFINITY;
+	for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
+	mx = block_max(mx, shv);
+	double m = (double)mx * inv;
+
+	// Top-k: T = largest key with at least K keys >= it; the first K - #(key > T) ties.
+	u32 T = 0;
+	int tieCut = V; // ids of key == T up to tieCut are kept
+	int K = topks[b];
+	bool topk = K > 0 && K < V;
+	if (topk) {
+		MAX_KEY_WHERE(T, count_ge(x, V, mid, shd) >= K);
+		int above = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd);
+		int ties = count_ge(x, V, T, shd) - above;
+		if (above + ties > K) tieCut = tie_cut(x, V, T, K - above, 0.0, INFINITY, inv, m);
+	}
+	// Top-p over what top-k kept: need = p · mass(kept).
+	float P = topps[b];
+	if (P > 0.0f && P < 1.0f) {
+		double keptMass;
+		if (topk) {
+			keptMass = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd);
+			double s = 0;
+			for (int i = tid; i < V; i += blockDim.x)
+				if (order_key(x[i]) == T && i <= tieCut) s += exp((double)x[i] * inv - m);
+			keptMass += block_sum_d(s, shd);
+		} else {
+			keptMass = mass_ge(x, V, 0, inv, m, shd);
+		}
+		double need = (double)P * keptMass;
+		u32 Tp;
+		MAX_KEY_WHERE(Tp, mass_ge(x, V, mid, inv, m, shd) >= need);
+		// The nucleus is a prefix in rank order: when it ends above the top-k boundary it is
+		// what it is; at the boundary it takes ties only up to what top-k kept; below, the
+		// mass is not reached (rounding) and top-k's set stays.
+		if (!topk || Tp > T) {
+			double above = Tp == 0xffffffffu ? 0.0 : mass_ge(x, V, Tp + 1, inv, m, shd);
+			int na = Tp == 0xffffffffu ? 0 : count_ge(x, V, Tp + 1, shd);
+			int ties = count_ge(x, V, Tp, shd) - na;
+			int cut = ties > 1 ? tie_cut(x, V, Tp, ties, above, need, inv, m) : V;
+			if (mass_ge(x, V, Tp, inv, m, shd) >= need || !topk) {
+				T = Tp;
+				tieCut = cut;
+			}
+		} else if (Tp == T) {
+			double above = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd);
+			int na = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd);
+			int ties = count_ge(x, V, T, shd) - na;
+			int allowed = ties;
+			if (tieCut < V) { // top-k kept only some ties: count them
+				double c = 0;
+				for (int i = tid; i < V; i += blockDim.x) c += (order_key(x[i]) == T && i <= tieCut) ? 1.0 : 0.0;
+				allowed = (int)block_sum_d(c, shd);
+			}
+			if (ties > 1 || allowed < ties) tieCut = tie_cut(x, V, T, allowed, above, need, inv, m);
+		}
+	}
+	// Inverse CDF over kept ids in increasing id order (as sample_rows, with the kept test).
+	int chunk = (V + blockDim.x - 1) / blockDim.x;
+	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
+	double s = 0;
+	for (int i = c0; i < c1; i++) {
+		u32 k = order_key(x[i]);
+		if (k > T || (k == T && i <= tieCut)) s += exp((double)x[i] * inv - m);
+	}
+	pre[tid] = s;
+	if (tid == 0) pick = -1;
+	__syncthreads();
+	if (tid == 0) {
+		double acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) {
+			double v = pre[i];
+			pre[i] = acc;
+			acc += v;
+		}
+		total = acc;
+	}
+	__syncthreads();
+	double z = total;
+	double u = us[b] * z;
+	double c = pre[tid];
+	if (c0 < c1 && s > 0 && c <= u && u < c + s) {
+		int p = -1;
+		for (int i = c0; i < c1; i++) {
+			u32 k = order_key(x[i]);
+			if (!(k > T || (k == T && i <= tieCut))) continue;
+			p = i;
+			c += exp((double)x[i] * inv - m);
+			if (u < c) break;
+		}
+		pick = p;
+	}
+	__syncthreads();
+	if (tid == 0) {
+		int p = pick;
+		if (p < 0) { // u at the very top (rounding): the last kept id
+			for (int i = V - 1; i >= 0; i--) {
+				u32 k = order_key(x[i]);
+				if (k > T || (k == T && i <= tieCut)) { p = i; break; }
+			}
+		}
+		ids[b] = p;
+		lps[b] = (float)log(exp((double)x[p] * inv - m) / z);
+	}
+}

@@ -297,67 +297,16 @@ func sampleCases(o Options) []testCase {
 	if o.Short {
 		rows = 32
 	}
-	cs := []testCase{{fmt.Sprintf("Sample/R=%d,V=257", rows), func(c *caseCtx) {
-		const V = 257
-		logits := randn(c.rng, rows*V, 3)
-		params := make([]engine.SampleRow, rows)
-		kinds := []engine.SampleRow{{}, {Temperature: 1}, {Temperature: 0.7, TopK: 20}, {Temperature: 1.3, TopP: 0.9},
-			{Temperature: 0.9, TopK: 50, TopP: 0.8}, {Temperature: 1, TopK: 1}}
-		for i := range params {
-			params[i] = kinds[i%len(kinds)]
-			if params[i].Temperature > 0 {
-				params[i].U = c.rng.Float64()
-			}
+	// The second variant rounds the logits to halves: many tokens tie, and top-k and top-p
+	// must break the ties by the lower id, as the reference does.
+	var cs []testCase
+	for _, ties := range []bool{false, true} {
+		name := fmt.Sprintf("Sample/R=%d,V=257", rows)
+		if ties {
+			name += "/ties"
 		}
-		type res struct {
-			ids []int32
-			lp  []float32
-		}
-		run := func(b engine.TrainBackend) res {
-			var r res
-			withEnv(b, func(e *env) []output {
-				ids, lp, err := e.b.Sample(e.up(logits, rows, V), params)
-				if err != nil {
-					panic(err)
-				}
-				r = res{ids, lp}
-				return nil
-			})
-			return r
-		}
-		want, got := run(c.ref), run(c.b)
-		var greedyBad, sampled, sampledBad int
-		var gl, wl []float32
-		first := -1
-		for i, p := range params {
-			if got.ids[i] == want.ids[i] {
-				gl, wl = append(gl, got.lp[i]), append(wl, want.lp[i])
-				continue
-			}
-			if first < 0 {
-				first = i
-			}
-			if p.Temperature == 0 {
-				greedyBad++
-			} else {
-				sampledBad++
-			}
-		}
-		for _, p := range params {
-			if p.Temperature > 0 {
-				sampled++
-			}
-		}
-		frac := float64(sampledBad) / float64(sampled)
-		r := Result{Name: "ids", Metric: MetricMismatch, Error: frac, Tol: c.tol.SampleMismatch,
-			Pass: greedyBad == 0 && frac <= c.tol.SampleMismatch, BadIndex: -1,
-			Detail: fmt.Sprintf("%d of %d greedy rows and %d of %d sampled rows differ", greedyBad, rows-sampled, sampledBad, sampled)}
-		if first >= 0 {
-			r.BadIndex, r.Got, r.Want = first, float64(got.ids[first]), float64(want.ids[first])
-		}
-		c.add(r)
-		c.nmse("logprobs", gl, wl, c.tol.LogProbs)
-	}}}
+		cs = append(cs, testCase{name, func(c *caseCtx) { sampleIDs(c, rows, ties) }})
+	}
 	n := 20000
 	if o.Short {
 		n = 5000
@@ -485,4 +434,73 @@ func exactProbs(logits []float32, p engine.SampleRow) []float64 {
 		probs[id] = z[id] / total
 	}
 	return probs
+}
+
+// sampleIDs compares the ids and log-probs of Sample on rows of every kind (greedy, temperature,
+// top-k, top-p, both, top-k 1) with the same U values.
+func sampleIDs(c *caseCtx, rows int, ties bool) {
+	const V = 257
+	logits := randn(c.rng, rows*V, 3)
+	if ties {
+		for i, v := range logits {
+			logits[i] = float32(math.Round(float64(v)*2) / 2)
+		}
+	}
+	params := make([]engine.SampleRow, rows)
+	kinds := []engine.SampleRow{{}, {Temperature: 1}, {Temperature: 0.7, TopK: 20}, {Temperature: 1.3, TopP: 0.9},
+		{Temperature: 0.9, TopK: 50, TopP: 0.8}, {Temperature: 1, TopK: 1}}
+	for i := range params {
+		params[i] = kinds[i%len(kinds)]
+		if params[i].Temperature > 0 {
+			params[i].U = c.rng.Float64()
+		}
+	}
+	type res struct {
+		ids []int32
+		lp  []float32
+	}
+	run := func(b engine.TrainBackend) res {
+		var r res
+		withEnv(b, func(e *env) []output {
+			ids, lp, err := e.b.Sample(e.up(logits, rows, V), params)
+			if err != nil {
+				panic(err)
+			}
+			r = res{ids, lp}
+			return nil
+		})
+		return r
+	}
+	want, got := run(c.ref), run(c.b)
+	var greedyBad, sampled, sampledBad int
+	var gl, wl []float32
+	first := -1
+	for i, p := range params {
+		if got.ids[i] == want.ids[i] {
+			gl, wl = append(gl, got.lp[i]), append(wl, want.lp[i])
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		if p.Temperature == 0 {
+			greedyBad++
+		} else {
+			sampledBad++
+		}
+	}
+	for _, p := range params {
+		if p.Temperature > 0 {
+			sampled++
+		}
+	}
+	frac := float64(sampledBad) / float64(sampled)
+	r := Result{Name: "ids", Metric: MetricMismatch, Error: frac, Tol: c.tol.SampleMismatch,
+		Pass: greedyBad == 0 && frac <= c.tol.SampleMismatch, BadIndex: -1,
+		Detail: fmt.Sprintf("%d of %d greedy rows and %d of %d sampled rows differ", greedyBad, rows-sampled, sampledBad, sampled)}
+	if first >= 0 {
+		r.BadIndex, r.Got, r.Want = first, float64(got.ids[first]), float64(want.ids[first])
+	}
+	c.add(r)
+	c.nmse("logprobs", gl, wl, c.tol.LogProbs)
 }
