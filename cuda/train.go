@@ -370,7 +370,8 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 // AttentionBackward implements engine.TrainBackend. Row kernels (short sequences): dq (and
 // D = dout·out) per (row, head), then dk, dv per (row, kv head), each block writing only its
 // rows. Matmul path (long sequences), per (sequence, kv head): P recomputed from S and lse,
-// dP = dO·Vᵀ, dS = P⊙(dP - D)·scale, dQ = dS·K, dK = Σ_i dS_iᵀ·Q_i, dV = Σ_i P_iᵀ·dO_i.
+// dP = dO·Vᵀ, dS = P⊙(dP - D)·scale, dQ = dS·K, dK = Σ_i dS_iᵀ·Q_i, dV = Σ_i P_iᵀ·dO_i (the
+// sums over the group's heads i as one matmul over the heads stacked).
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
 	sh := trainShape(lse, q, k)
 	long, maxL := b.longSeqs(seqStart, sh.group)
@@ -397,6 +398,8 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 	size := uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4
 	P, dP := b.tmp(size), b.tmp(size)
 	qw, kw := sh.nh*sh.dh, sh.nkv*sh.dh
+	stack := uint64(sh.group) * uint64(maxL) * uint64(sh.dh) * 4
+	stackQ, stackO := b.tmp(stack), b.tmp(stack)
 	for s := 0; s+1 < len(seqStart); s++ {
 		if !long[s] {
 			continue
@@ -419,21 +422,17 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 				b: dP, bType: dtF32, ldb: L, strideB: LL,
 				c: offset(dq, t0, h0*sh.dh, qw), cType: dtF32, ldc: qw, strideC: int64(sh.dh),
 				batch: sh.group, compute: b.attnCompute()})
-			// dKᵀ[Dh, L] = Σ_i Q_iᵀ·dS_i and dVᵀ = Σ_i dO_iᵀ·P_i, summed over the group's heads.
-			for i := 0; i < sh.group; i++ {
-				beta := float32(1)
-				if i == 0 {
-					beta = 0
-				}
-				b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: L,
-					a: offset(q, t0, (h0+i)*sh.dh, qw), aType: dtF32, lda: qw,
-					b: dP + uint64(int64(i)*LL*4), bType: dtF32, ldb: L, beta: beta,
-					c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
-				b.gemm("attention dV", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: L,
-					a: offset(dout, t0, (h0+i)*sh.dh, qw), aType: dtF32, lda: qw,
-					b: P + uint64(int64(i)*LL*4), bType: dtF32, ldb: L, beta: beta,
-					c: offset(dv, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
-			}
+			// dK = Σ_i dS_iᵀ·Q_i and dV = Σ_i P_iᵀ·dO_i over the group's heads, as one matmul
+			// each over the heads stacked: dKᵀ[Dh, L] = Q_stackedᵀ[Dh, G·L]·dS_stacked[G·L, L].
+			n := int64(sh.group) * int64(L) * int64(sh.dh)
+			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackQ), ptr(q), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackO), ptr(dout), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+			b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
+				a: stackQ, aType: dtF32, lda: sh.dh, b: dP, bType: dtF32, ldb: L,
+				c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+			b.gemm("attention dV", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
+				a: stackO, aType: dtF32, lda: sh.dh, b: P, bType: dtF32, ldb: L,
+				c: offset(dv, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
 		}
 	}
 }

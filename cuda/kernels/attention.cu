@@ -339,3 +339,15 @@ extern "C" __global__ void attn_rowdot(float* D, const float* dout, const float*
 	s = warp_sum(s);
 	if (lane == 0) D[r] = s;
 }
+
+// Stacks the G heads h0..h0+G-1 of rows t0..t0+L-1 of x [T, width] into dst [G, L, Dh]
+// (contiguous), so that sums over a group's heads become one matmul. One thread per value.
+extern "C" __global__ void stack_heads(float* dst, const float* x, int L, int G, int dh, int width, int t0, int h0) {
+	i64 n = (i64)G * L * dh;
+	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+		int g = (int)(i / ((i64)L * dh));
+		int r = (int)(i / dh % L);
+		int d = (int)(i % dh);
+		dst[i] = x[(i64)(t0 + r) * width + (i64)(h0 + g) * dh + d];
+	}
+}
