@@ -15,6 +15,8 @@ type allocator struct {
 	mu      sync.Mutex
 	malloc  func(bytes uint64) (uint64, error)
 	release func(ptr uint64) error
+	reclaim func()              // optional: frees what unreachable tensors hold (runs with mu unlocked)
+	sync    func()              // optional: waits for enqueued work before cached blocks go back to the driver
 	free    map[uint64][]uint64 // size class -> cached blocks
 	size    map[uint64]uint64   // live block -> its size class
 	inUse   uint64              // bytes handed out
@@ -58,6 +60,15 @@ func (a *allocator) Alloc(n uint64) (uint64, error) {
 		a.releaseCached()
 		p, err = a.malloc(c)
 	}
+	if err != nil && a.reclaim != nil {
+		// Tensors dropped without Free give their memory back through cleanups, which run
+		// only after a garbage collection: collect, let the cleanups run, try once more.
+		a.mu.Unlock()
+		a.reclaim()
+		a.mu.Lock()
+		a.releaseCached()
+		p, err = a.malloc(c)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("allocate %d bytes (%.1f MiB in use, peak %.1f MiB): %w", c,
 			float64(a.inUse)/(1<<20), float64(a.peak)/(1<<20), err)
@@ -89,8 +100,12 @@ func (a *allocator) Free(p uint64) {
 	a.cached += c
 }
 
-// releaseCached returns every cached block to the driver. a.mu is held.
+// releaseCached returns every cached block to the driver, after the enqueued work that may
+// still read them. a.mu is held.
 func (a *allocator) releaseCached() {
+	if a.cached > 0 && a.sync != nil {
+		a.sync()
+	}
 	for c, l := range a.free {
 		for _, p := range l {
 			_ = a.release(p)

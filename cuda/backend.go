@@ -70,15 +70,34 @@ type metaEntry struct {
 	dev  uint64
 }
 
-// buf is a tensor's device storage. A trainable parameter (param) keeps a bf16 copy for
-// BF16Matmul, valid while bfVer == ver.
+// buf is a tensor's device storage. A matmul operand may keep a bf16 copy (bf), valid while
+// bfVer == ver.
 type buf struct {
-	ptr   uint64
-	bytes uint64
-	param bool
-	ver   int
-	bf    uint64
-	bfVer int
+	*devMem
+	bytes   uint64
+	param   bool
+	ver     int
+	bfVer   int
+	cleanup runtime.Cleanup
+}
+
+// devMem is the device memory a buf holds, apart from the buf so that a cleanup can free it
+// when a tensor is dropped without Free (the engine frees activations, but a replaced model's
+// weights are simply dropped: the rollout server loads a new model at every weight update).
+type devMem struct {
+	ptr, bf uint64
+}
+
+// newBuf makes a buf whose memory returns to the allocator when it becomes unreachable.
+func (b *Backend) newBuf(ptr, bytes uint64) *buf {
+	m := &devMem{ptr: ptr}
+	bf := &buf{devMem: m, bytes: bytes}
+	alloc := b.alloc
+	bf.cleanup = runtime.AddCleanup(bf, func(m *devMem) {
+		alloc.Free(m.ptr)
+		alloc.Free(m.bf)
+	}, m)
+	return bf
 }
 
 func devBuf(t *engine.Tensor) *buf {
@@ -171,6 +190,11 @@ func open(o Options) (*Backend, error) {
 		err := drv.check("cuMemAlloc", call(drv.memAlloc, uintptr(unsafe.Pointer(&p)), uintptr(n)))
 		return p, err
 	}, func(p uint64) error { return drv.check("cuMemFree", call(drv.memFree, uintptr(p))) })
+	b.alloc.sync = func() { call(drv.streamSynchronize, b.strm) }
+	b.alloc.reclaim = func() {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond) // cleanups run on their own goroutine
+	}
 
 	if b.comp, err = loadNVRTC(); err != nil {
 		return nil, err
@@ -369,14 +393,14 @@ func (b *Backend) gridFor(n int64) [3]int {
 func (b *Backend) Alloc(shape ...int) *engine.Tensor {
 	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := uint64(t.Len()) * 4
-	bf := &buf{bytes: n}
-	t.Buf = bf
 	if !b.enter() {
 		b.leave()
+		t.Buf = &buf{devMem: &devMem{}, bytes: n}
 		return t
 	}
 	defer b.leave()
-	bf.ptr = b.devAlloc(max(n, 4))
+	bf := b.newBuf(b.devAlloc(max(n, 4)), n)
+	t.Buf = bf
 	if bf.ptr != 0 && n > 0 {
 		b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
 	}
@@ -392,10 +416,10 @@ func (b *Backend) Free(t *engine.Tensor) {
 	if !ok {
 		return
 	}
-	b.mu.Lock()
+	bf.cleanup.Stop()
 	b.alloc.Free(bf.ptr)
 	b.alloc.Free(bf.bf)
-	b.mu.Unlock()
+	bf.ptr, bf.bf = 0, 0
 	t.Buf = nil
 }
 
@@ -425,13 +449,13 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 			src := b.floats(data)
 			b.launch("f32_to_bf16_kernel", b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
 		}
-		t.Buf = &buf{ptr: p, bytes: n / 2}
+		t.Buf = b.newBuf(p, n/2)
 	} else {
 		p := b.devAlloc(max(n, 4))
 		if p != 0 && n > 0 {
 			b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
 		}
-		t.Buf = &buf{ptr: p, bytes: n}
+		t.Buf = b.newBuf(p, n)
 	}
 	// The host slice may be reused by the caller as soon as we return: pageable copies are
 	// staged before cuMemcpyHtoDAsync returns.

@@ -3,7 +3,9 @@ package cuda
 import (
 	"encoding/json"
 	"os"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/enginetest"
@@ -80,4 +82,28 @@ func TestConformance(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// TestDroppedTensorReclaimed: a tensor dropped without Free gives its device memory back once
+// the garbage collector has run its cleanup.
+func TestDroppedTensorReclaimed(t *testing.T) {
+	b := openGPU(t, Options{})
+	before, _, _ := b.MemoryStats()
+	x := b.Alloc(1<<20, 16) // 64 MiB
+	if err := b.Download(x, make([]float32, x.Len())); err != nil {
+		t.Fatal(err)
+	}
+	if in, _, _ := b.MemoryStats(); in < before+64<<20 {
+		t.Fatalf("64 MiB tensor not counted: %d -> %d", before, in)
+	}
+	x = nil
+	for i := 0; i < 50; i++ {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+		if in, _, _ := b.MemoryStats(); in <= before {
+			return
+		}
+	}
+	in, _, _ := b.MemoryStats()
+	t.Fatalf("dropped tensor not reclaimed: %d bytes in use before, %d after", before, in)
 }

@@ -224,3 +224,40 @@ func TestScatterMeta(t *testing.T) {
 		}
 	}
 }
+
+// TestAllocatorReclaim: out of memory with nothing cached, the allocator asks for unreachable
+// tensors to be reclaimed (a garbage collection runs their cleanups, which Free their blocks),
+// waits for enqueued work before returning cached blocks to the driver, and retries.
+func TestAllocatorReclaim(t *testing.T) {
+	used, limit := uint64(0), uint64(4096)
+	var events []string
+	a := newAllocator(func(n uint64) (uint64, error) {
+		if used+n > limit {
+			events = append(events, "oom")
+			return 0, errors.New("CUDA_ERROR_OUT_OF_MEMORY")
+		}
+		used += n
+		events = append(events, "malloc")
+		return 0x1000 + used, nil
+	}, func(p uint64) error {
+		used -= 4096
+		events = append(events, "release")
+		return nil
+	})
+	dropped, err := a.Alloc(4096) // a tensor that will be dropped without Free
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.sync = func() { events = append(events, "sync") }
+	a.reclaim = func() {
+		events = append(events, "reclaim")
+		a.Free(dropped) // what the cleanup does
+	}
+	if _, err := a.Alloc(4096); err != nil {
+		t.Fatalf("allocation after reclaim failed: %v", err)
+	}
+	want := "malloc oom reclaim sync release malloc"
+	if got := strings.Join(events, " "); got != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+}
