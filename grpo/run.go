@@ -1,0 +1,625 @@
+package grpo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/onnx"
+)
+
+// A run directory holds:
+//
+//	metrics.jsonl                 one line per step (+ the step-0 evaluation)
+//	*.png                         plots, redrawn at every evaluation
+//	tokenizer/                    the run's tokenizer (Job.TokenizerFiles)
+//	checkpoints/step-NNNNNN/      exports after each reference reset and at the end:
+//	                              model.safetensors, config.json, generation_config.json,
+//	                              tokenizer files, model.onnx
+//	state/                        run states to resume from (checkpoints.SaveRunState)
+const (
+	// MetricsFile is the run directory's metrics log.
+	MetricsFile = "metrics.jsonl"
+	// StateDir is the run directory's folder of run states.
+	StateDir = "state"
+)
+
+// Keys of what a run state carries besides weights, optimizer and data position.
+const (
+	settingsKey = "flags" // RunConfig.Settings (the name is tools/train's, which saved its flags there)
+	trainerKey  = "trainer"
+)
+
+// ErrRunExists is returned by Run for a new run in a directory that already holds one.
+var ErrRunExists = errors.New("the run directory already holds a run")
+
+// RunConfig is everything a training run needs besides its Job: the GRPO step, the policy's
+// optimizer, the run's length, held-out evaluation, and where and how often it saves.
+// DefaultRunConfig is the ProRL recipe; tools/train's flags take their defaults from it.
+type RunConfig struct {
+	// Dir is the run directory.
+	Dir string
+	// Resume continues the run saved in Dir (LoadResumePoint); nil starts a new run there.
+	Resume *ResumePoint
+	// Steps is the number of GRPO steps in all; a resumed run continues up to it.
+	Steps int
+	// Trainer is the GRPO step; its rollout temperature is also the policy's log-prob
+	// temperature. Its StopTokens are replaced by the job's when the job has some.
+	Trainer Config
+	// Optimizer is the policy's AdamW. WarmupSteps > 0 replaces its schedule by a linear
+	// warm-up over that many optimizer steps.
+	Optimizer   engine.AdamWConfig
+	WarmupSteps int
+	// Freeze lists regular expressions over HF weight names not to train.
+	Freeze []string
+	// Recompute recomputes each layer's activations in the backward pass.
+	Recompute bool
+	// Backend holds the policy (and the reference); required.
+	Backend engine.Backend
+	// Eval is the held-out evaluation.
+	Eval EvalConfig
+	// SaveEvery saves a run state every so many steps and at the end; 0: only at the end.
+	SaveEvery int
+	// Keep is the number of run states kept (checkpoints.SaveRunOptions).
+	Keep int
+	// EvalOnly evaluates the starting model and stops: no GRPO step, no metrics, no run state.
+	EvalOnly bool
+	// Settings are saved (as JSON) with every run state, for the program to resume with the
+	// same settings (ResumePoint.Settings).
+	Settings any
+	// Rollouts makes the rollout source for the policy; nil: the engine's continuous-batching
+	// generator on the policy itself. A source that is a WeightSync gets the policy's weights
+	// before the first evaluation and after every step.
+	Rollouts func(ctx context.Context, policy *engine.Model) (RolloutSource, func(), error)
+	// Hooks let a program follow the run (progress, printing); each may be nil.
+	Hooks RunHooks
+}
+
+// EvalConfig is the held-out evaluation of a run.
+type EvalConfig struct {
+	// Every evaluates every so many steps (and at the start and the end).
+	Every int
+	// Samples per held-out prompt: pass@1 is averaged over them, pass@k goes up to them.
+	// Temperature 0 (greedy) takes one.
+	Samples int
+	// Temperature and TopP of the evaluation's sampling (ProRL: 0.6, 0.95).
+	Temperature, TopP float32
+}
+
+// RunHooks are callbacks through which a program follows a run.
+type RunHooks struct {
+	// Evaluated is called after each held-out evaluation; step 0 is the starting model.
+	Evaluated func(step int, res *EvalResult)
+	// Training is called before the first GRPO step of this session with the steps it runs.
+	Training func(first, last int)
+	// Stepped is called after each step is logged (and saved): its metrics and the latest
+	// held-out evaluation (nil without held-out prompts).
+	Stepped func(m *Metrics, lastEval *EvalResult)
+}
+
+// DefaultRunConfig is the ProRL recipe (DefaultConfig for the step; AdamW at 2e-6, betas
+// 0.9/0.999, weight decay 0.01 off norms and biases, gradient norm clipped at 1) for 1000
+// steps, evaluating every 25 with 16 samples at temperature 0.6, top-p 0.95, saving every 50
+// and keeping 2 run states.
+func DefaultRunConfig() RunConfig {
+	return RunConfig{
+		Steps:     1000,
+		Trainer:   DefaultConfig(),
+		Optimizer: engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1},
+		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95},
+		SaveEvery: 50,
+		Keep:      2,
+	}
+}
+
+func (c *RunConfig) validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("grpo: run: RunConfig.Dir is empty")
+	case c.Backend == nil:
+		return errors.New("grpo: run: RunConfig.Backend is nil")
+	case c.Eval.Every < 1:
+		return fmt.Errorf("grpo: run: Eval.Every = %d, want >= 1", c.Eval.Every)
+	case c.SaveEvery < 0:
+		return fmt.Errorf("grpo: run: SaveEvery = %d, want >= 0", c.SaveEvery)
+	}
+	return c.Trainer.validate()
+}
+
+// Job is what a run trains on: the starting model, the prompts, and how responses are
+// decoded and rewarded.
+type Job struct {
+	Model   *engine.Config
+	Weights map[string]engine.HostTensor // starting weights (not needed when resuming)
+	// Train are the training prompts, streamed in a seeded order reshuffled every epoch
+	// (grpo/data.Stream, seeded by Trainer.Seed); Held the held-out ones (none: no evaluation).
+	Train, Held []Prompt
+	Reward      RewardFunc
+	Decode      func([]int32) string
+	// StopTokens end a response (the model's end-of-sequence ids).
+	StopTokens []int32
+	// TokenizerFiles writes the tokenizer into a directory: the run's tokenizer/ and every
+	// export, so that each is a whole Hugging Face model directory. nil: none.
+	TokenizerFiles func(dir string) error
+}
+
+// JobFunc builds a run's job once Run has checked the run directory; resuming says that the
+// weights will come from the run state (a job need not make them).
+type JobFunc func(ctx context.Context, resuming bool) (*Job, error)
+
+// RunResult is what a run ends with.
+type RunResult struct {
+	// First and Last are the held-out evaluations of the starting model and the latest one
+	// (nil without held-out prompts).
+	First, Last *EvalResult
+	// Step is the last completed step; Resets the steps at which the reference was reset.
+	Step   int
+	Resets []int
+	// Exports are the checkpoint directories written in this session, by step.
+	Exports map[int]string
+}
+
+// WeightSync is a RolloutSource that generates with its own copy of the weights (rollout
+// servers): Run sends it the policy's weights before the first evaluation and after each step.
+type WeightSync interface {
+	SyncWeights(ctx context.Context, policy *engine.Model) error
+}
+
+// ResumePoint is the latest run state of a run directory, to continue from.
+type ResumePoint struct {
+	// Step is the step the state was saved at.
+	Step int
+	// Settings are the RunConfig.Settings saved with it (JSON).
+	Settings json.RawMessage
+	state    *checkpoints.RunState
+}
+
+// LoadResumePoint reads the latest run state of the run directory dir.
+func LoadResumePoint(dir string) (*ResumePoint, error) {
+	st, err := checkpoints.LoadRunState(filepath.Join(dir, StateDir), checkpoints.Latest)
+	if err != nil {
+		return nil, err
+	}
+	return &ResumePoint{Step: int(st.Step), Settings: st.Extra[settingsKey], state: st}, nil
+}
+
+// savedEvals are the evaluations a run state carries for the summary.
+type savedEvals struct {
+	First *EvalResult `json:"first"`
+	Last  *EvalResult `json:"last"`
+}
+
+// runSession is a run in progress.
+type runSession struct {
+	cfg      RunConfig
+	job      *Job
+	policy   *engine.Trainer
+	rollouts RolloutSource
+	trainer  *Trainer
+	stream   *promptStream
+	evals    savedEvals
+	exported map[int]string
+}
+
+// Run trains: a new run in cfg.Dir, or (cfg.Resume) the continuation of the one there. It
+// checks the directory, builds the job with newJob, evaluates the starting model, then runs
+// GRPO steps up to cfg.Steps, evaluating every Eval.Every steps and at the end, logging
+// metrics.jsonl and its plots, saving a run state every SaveEvery steps and at the end, and
+// exporting the policy after each reference reset and at the end.
+func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Resume == nil {
+		if _, err := os.Stat(filepath.Join(cfg.Dir, MetricsFile)); err == nil {
+			return nil, fmt.Errorf("%w: %s holds %s", ErrRunExists, cfg.Dir, MetricsFile)
+		}
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	job, err := newJob(ctx, cfg.Resume != nil)
+	if err != nil {
+		return nil, err
+	}
+	r, closeRollouts, err := newRunSession(ctx, cfg, job)
+	if err != nil {
+		return nil, err
+	}
+	defer closeRollouts()
+	if cfg.Resume == nil {
+		if err := r.evaluateStart(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.EvalOnly {
+		if err := r.train(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return &RunResult{First: r.evals.First, Last: r.evals.Last, Step: r.trainer.StepNumber(), Resets: r.trainer.State().Resets, Exports: r.exported}, nil
+}
+
+// newRunSession puts the job's model (or the run state's) on the backend as the policy and
+// builds the rollout source and the trainer, restored to the run state when resuming.
+func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, func(), error) {
+	if job.TokenizerFiles != nil { // the run's tokenizer, for tools/export of its run states
+		if err := job.TokenizerFiles(filepath.Join(cfg.Dir, "tokenizer")); err != nil {
+			return nil, nil, fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
+		}
+	}
+	r := &runSession{cfg: cfg, job: job, exported: map[int]string{}}
+	var err error
+	if r.policy, err = newPolicy(cfg, job); err != nil {
+		return nil, nil, err
+	}
+	closeRollouts := func() {}
+	if r.rollouts, closeRollouts, err = newRolloutSource(ctx, cfg, r.policy.Model); err != nil {
+		return nil, nil, err
+	}
+	if err := r.newTrainer(); err != nil {
+		closeRollouts()
+		return nil, nil, err
+	}
+	if cfg.Resume != nil {
+		if err := r.restore(cfg.Resume.state); err != nil {
+			closeRollouts()
+			return nil, nil, fmt.Errorf("resume: run state of step %d: %w", cfg.Resume.Step, err)
+		}
+	}
+	return r, closeRollouts, nil
+}
+
+// newPolicy makes the starting weights (the run state's when resuming) trainable on the
+// backend, with the run's optimizer (and its saved state when resuming).
+func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
+	mc, weights := job.Model, job.Weights
+	if cfg.Resume != nil {
+		mc, weights = cfg.Resume.state.Config, cfg.Resume.state.Weights
+	}
+	m, err := engine.NewModel(mc, cfg.Backend, weights, engine.F32)
+	if err != nil {
+		return nil, err
+	}
+	opt := cfg.Optimizer
+	if cfg.WarmupSteps > 0 {
+		opt.Schedule = engine.LinearWarmup(cfg.WarmupSteps)
+	}
+	// The log-prob temperature is the rollout temperature: NewTrainer sets it from Trainer.
+	policy, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: opt, Freeze: cfg.Freeze, Recompute: cfg.Recompute})
+	if err != nil {
+		return nil, err
+	}
+	if s := cfg.Resume; s != nil && s.state.Optimizer != nil {
+		o := s.state.Optimizer
+		if err := policy.LoadOptimizerState(&engine.OptimizerState{Step: int(o.Step), M: o.Groups["m"], V: o.Groups["v"]}); err != nil {
+			return nil, fmt.Errorf("resume: optimizer state: %w", err)
+		}
+	}
+	return policy, nil
+}
+
+// newRolloutSource makes the run's rollout source and gives it the policy's weights.
+func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model) (RolloutSource, func(), error) {
+	if cfg.Rollouts == nil {
+		gen, err := engine.NewGenerator(policy, engine.GeneratorOptions{})
+		if err != nil {
+			return nil, nil, err
+		}
+		return EngineRollouts{Gen: gen}, gen.Close, nil
+	}
+	rs, closeRollouts, err := cfg.Rollouts(ctx, policy)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := syncWeights(ctx, rs, policy); err != nil { // the servers start from the policy
+		closeRollouts()
+		return nil, nil, err
+	}
+	return rs, closeRollouts, nil
+}
+
+// syncWeights sends the policy's weights to a rollout source that keeps its own.
+func syncWeights(ctx context.Context, rs RolloutSource, policy *engine.Model) error {
+	if ws, ok := rs.(WeightSync); ok {
+		return ws.SyncWeights(ctx, policy)
+	}
+	return nil
+}
+
+// newTrainer builds the GRPO trainer on the job's prompts, streamed by grpo/data.Stream.
+func (r *runSession) newTrainer() error {
+	tc := r.cfg.Trainer
+	if len(r.job.StopTokens) > 0 {
+		tc.StopTokens = r.job.StopTokens
+	}
+	var err error
+	if r.stream, err = newPromptStream(r.job.Train, tc.Seed); err != nil {
+		return err
+	}
+	if r.trainer, err = NewTrainer(r.policy, r.rollouts, r.stream, r.job.Reward, r.job.Decode, tc); err != nil {
+		return err
+	}
+	r.trainer.OnReset = r.export
+	return nil
+}
+
+// restore puts back the trainer's state, the reference, the data position and the
+// evaluations of a run state.
+func (r *runSession) restore(st *checkpoints.RunState) error {
+	var ts State
+	if err := errors.Join(json.Unmarshal(st.Extra[trainerKey], &ts), json.Unmarshal(st.Metrics, &r.evals)); err != nil {
+		return err
+	}
+	if err := r.trainer.Restore(ts, st.Reference); err != nil {
+		return err
+	}
+	return r.stream.restore(st.DataPosition)
+}
+
+// evaluateStart evaluates the starting model (step 0).
+func (r *runSession) evaluateStart(ctx context.Context) error {
+	res, err := r.evaluate(ctx, 0)
+	r.evals.First, r.evals.Last = res, res
+	return err
+}
+
+// evaluate runs the held-out evaluation (nil without held-out prompts) after step.
+func (r *runSession) evaluate(ctx context.Context, step int) (*EvalResult, error) {
+	if len(r.job.Held) == 0 {
+		return nil, nil
+	}
+	e := r.cfg.Eval
+	n := e.Samples
+	if e.Temperature == 0 {
+		n = 1
+	}
+	res, err := r.trainer.Evaluate(ctx, r.job.Held, n, e.Temperature, e.TopP)
+	if err == nil && r.cfg.Hooks.Evaluated != nil {
+		r.cfg.Hooks.Evaluated(step, res)
+	}
+	return res, err
+}
+
+// train runs the GRPO steps of this session and the final export.
+func (r *runSession) train(ctx context.Context) error {
+	mpath := filepath.Join(r.cfg.Dir, MetricsFile)
+	if r.cfg.Resume != nil {
+		// Steps logged after the run state was saved are run again: drop their lines.
+		if err := truncateMetrics(mpath, r.cfg.Resume.Step); err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+	}
+	log, err := OpenMetricsLog(mpath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	if r.cfg.Resume == nil {
+		if err := r.logStart(log); err != nil {
+			return err
+		}
+	}
+	first, last := r.trainer.StepNumber()+1, r.cfg.Steps
+	if r.cfg.Hooks.Training != nil {
+		r.cfg.Hooks.Training(first, last)
+	}
+	for s := first; s <= last; s++ {
+		if err := r.step(ctx, log, s); err != nil {
+			return err
+		}
+	}
+	if _, ok := r.exported[last]; !ok && first <= last {
+		if err := r.export(last); err != nil {
+			return err
+		}
+	}
+	return r.plot()
+}
+
+// logStart logs the step-0 record (the starting model's evaluation).
+func (r *runSession) logStart(log *MetricsLog) error {
+	if err := log.Append(Record{Metrics: &Metrics{Step: 0}, Eval: r.evals.First}); err != nil {
+		return err
+	}
+	if r.evals.First != nil {
+		if _, err := r.trainer.AfterEval(r.evals.First, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step runs GRPO step s, evaluates when due, logs it and saves a run state when due.
+func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
+	m, err := r.trainer.Step(ctx)
+	if err != nil {
+		return err
+	}
+	if err := syncWeights(ctx, r.rollouts, r.policy.Model); err != nil {
+		return err
+	}
+	rec := Record{Metrics: m}
+	if s%r.cfg.Eval.Every == 0 || s == r.cfg.Steps {
+		if rec.Eval, err = r.evaluate(ctx, s); err != nil {
+			return err
+		}
+		if rec.Eval != nil {
+			r.evals.Last = rec.Eval
+			if _, err := r.trainer.AfterEval(rec.Eval, m); err != nil {
+				return err
+			}
+		}
+	}
+	if err := log.Append(rec); err != nil {
+		return err
+	}
+	if rec.Eval != nil {
+		if err := r.plot(); err != nil {
+			return err
+		}
+	}
+	if (r.cfg.SaveEvery > 0 && s%r.cfg.SaveEvery == 0) || s == r.cfg.Steps {
+		if err := r.save(); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Hooks.Stepped != nil {
+		r.cfg.Hooks.Stepped(m, r.evals.Last)
+	}
+	return nil
+}
+
+// plot redraws the run directory's plots from metrics.jsonl.
+func (r *runSession) plot() error {
+	recs, err := ReadMetrics(filepath.Join(r.cfg.Dir, MetricsFile))
+	if err == nil {
+		_, err = PlotMetrics(recs, r.cfg.Dir)
+	}
+	return err
+}
+
+// save writes a run state: what resuming needs.
+func (r *runSession) save() error {
+	w, err := r.policy.Model.HostWeights()
+	if err != nil {
+		return err
+	}
+	var ref map[string]engine.HostTensor
+	if r.trainer.Reference != nil {
+		if ref, err = r.trainer.Reference.HostWeights(); err != nil {
+			return err
+		}
+	}
+	opt, err := r.policy.OptimizerState()
+	if err != nil {
+		return err
+	}
+	marshal := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
+	st := &checkpoints.RunState{
+		Step: int64(r.trainer.StepNumber()), Config: r.policy.Model.Config, Weights: w, Reference: ref,
+		Optimizer:    &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}},
+		DataPosition: marshal(r.stream.s.State()), Metrics: marshal(r.evals),
+		Extra: map[string]json.RawMessage{settingsKey: marshal(r.cfg.Settings), trainerKey: marshal(r.trainer.State())},
+	}
+	return checkpoints.SaveRunState(filepath.Join(r.cfg.Dir, StateDir), st, checkpoints.SaveRunOptions{Keep: r.cfg.Keep})
+}
+
+// export writes the policy at a step under Dir/checkpoints/step-NNNNNN as a Hugging Face
+// directory (model.safetensors, config.json, generation_config.json, tokenizer files) and as
+// ONNX (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
+func (r *runSession) export(step int) error {
+	dir := filepath.Join(r.cfg.Dir, "checkpoints", fmt.Sprintf("step-%06d", step))
+	m := r.policy.Model
+	w, err := m.HostWeights()
+	if err != nil {
+		return err
+	}
+	if err := checkpoints.SaveHF(dir, m.Config, w, checkpoints.F32); err != nil {
+		return err
+	}
+	if r.job.TokenizerFiles != nil {
+		if err := r.job.TokenizerFiles(dir); err != nil {
+			return fmt.Errorf("export %s: tokenizer: %w", dir, err)
+		}
+	}
+	if err := onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{}); err != nil {
+		return err
+	}
+	r.exported[step] = dir
+	return nil
+}
+
+// truncateMetrics keeps the lines of metrics.jsonl up to step (atomically).
+func truncateMetrics(path string, step int) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var keep bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for n := 1; sc.Scan(); n++ {
+		var rec struct {
+			Step *int `json:"step"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil || rec.Step == nil {
+			return fmt.Errorf("%s line %d: not a metrics record", path, n)
+		}
+		if *rec.Step <= step {
+			keep.Write(sc.Bytes())
+			keep.WriteByte('\n')
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return checkpoints.WriteFileAtomic(path, 0o644, func(w io.Writer) error { _, err := w.Write(keep.Bytes()); return err })
+}
+
+// promptStream hands the trainer prompts in grpo/data.Stream's order: the stream runs over
+// one placeholder row per prompt, whose Index is the prompt's.
+type promptStream struct {
+	prompts []Prompt
+	s       *data.Stream
+}
+
+func newPromptStream(prompts []Prompt, seed uint64) (*promptStream, error) {
+	rows := make([]data.Row, len(prompts))
+	for i := range rows {
+		rows[i].Index = i
+	}
+	s, err := data.NewStream(rows, data.StreamConfig{Seed: seed})
+	if err != nil {
+		return nil, fmt.Errorf("grpo: training prompts: %w", err)
+	}
+	return &promptStream{prompts: prompts, s: s}, nil
+}
+
+// Next implements PromptSource.
+func (p *promptStream) Next(n int) ([]Prompt, error) {
+	rows, err := p.s.NextN(n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Prompt, len(rows))
+	for i, r := range rows {
+		out[i] = p.prompts[r.Index]
+	}
+	return out, nil
+}
+
+// legacyPosition is the data position of run states written before the run moved into grpo
+// (tools/train's own stream): Epoch counted the epochs started.
+type legacyPosition struct {
+	Epoch   int  `json:"epoch"`
+	Pos     int  `json:"pos"`
+	Prompts *int `json:"prompts"`
+}
+
+// restore moves the stream to a saved data position (a data.StreamState, or the legacy form).
+func (p *promptStream) restore(raw json.RawMessage) error {
+	var old legacyPosition
+	if err := json.Unmarshal(raw, &old); err != nil {
+		return fmt.Errorf("data position: %w", err)
+	}
+	st := p.s.State()
+	if old.Prompts != nil {
+		st.Size, st.Epoch, st.Pos = *old.Prompts, max(0, old.Epoch-1), old.Pos
+	} else if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Errorf("data position: %w", err)
+	}
+	if st.Size != len(p.prompts) {
+		return fmt.Errorf("the run state was saved with %d training prompts, the data now gives %d", st.Size, len(p.prompts))
+	}
+	return p.s.Restore(st)
+}
