@@ -78,9 +78,9 @@ type options struct {
 	evalTemp, evalTopP               float64
 }
 
-// newFlags declares every flag of the program into o. The defaults are the ProRL recipe's
-// (../shared/docs/prorl.md); the default job (no --model) scales some of them down to a
-// few-minute CPU run, see defaultJobFlags.
+// newFlags declares every flag of the program into o. The defaults of the run's flags are
+// grpo.DefaultRunConfig's, the ProRL recipe (../shared/docs/prorl.md); the default job (no
+// --model) scales some of them down to a few-minute CPU run, see defaultJobFlags.
 func newFlags(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
 	fs.SortFlags = false
@@ -90,7 +90,8 @@ func newFlags(o *options) *pflag.FlagSet {
 			"Flags (defaults are ProRL's; the default job's own value is given where it differs):\n")
 		fs.PrintDefaults()
 	}
-	prorl := grpo.DefaultLossConfig()
+	d := grpo.DefaultRunConfig() // every default of the run is grpo's
+	prorl := d.Trainer
 
 	fs.StringVar(&o.model, "model", "", "model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json) or a .onnx file; empty: the default job's model")
 	fs.StringVar(&o.data, "data", "", "training prompts: JSONL or Parquet (fields prompt or messages, data_source, ground_truth / reward_model.ground_truth, extra_info)")
@@ -103,11 +104,11 @@ func newFlags(o *options) *pflag.FlagSet {
 
 	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
 	fs.StringVar(&o.config, "config", "", "YAML or JSON file of flag values (keys are flag names); flags given on the command line win")
-	fs.Uint64Var(&o.seed, "seed", 1, "seed of everything: model init, data order, sampling")
-	fs.IntVar(&o.steps, "steps", 1000, "GRPO steps in all (default job: 200)")
+	fs.Uint64Var(&o.seed, "seed", prorl.Seed, "seed of everything: model init, data order, sampling")
+	fs.IntVar(&o.steps, "steps", d.Steps, "GRPO steps in all (default job: 200)")
 	fs.BoolVar(&o.resume, "resume", false, "continue the run in --out from its latest run state (flags given now override the saved ones)")
-	fs.IntVar(&o.saveEvery, "save-every", 50, "save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end")
-	fs.IntVar(&o.keep, "keep", 2, "run states kept (the oldest are removed after a save)")
+	fs.IntVar(&o.saveEvery, "save-every", d.SaveEvery, "save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end")
+	fs.IntVar(&o.keep, "keep", d.Keep, "run states kept (the oldest are removed after a save)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 
@@ -119,44 +120,44 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.IntVar(&o.trainProblems, "train-problems", 3000, "default job: distinct training problems")
 	fs.StringVar(&o.writeData, "write-task-data", "", "write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit")
 
-	fs.IntVar(&o.prompts, "prompts", 256, "prompts (groups) per rollout step (default job: 16)")
-	fs.IntVar(&o.samples, "n", 16, "samples per prompt (default job: 8)")
-	fs.Float64Var(&o.temperature, "temperature", 1.2, "rollout temperature; the loss sees log-probs at it too")
-	fs.Float64Var(&o.topP, "top-p", 1, "rollout top-p")
-	fs.IntVar(&o.maxResponseLen, "max-response", 8192, "maximum response tokens (default job: 24)")
-	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", 0, "subtracted from the reward of a response cut at --max-response")
-	fs.IntVar(&o.miniBatches, "mini-batches", 4, "policy updates per rollout step (the rollout batch is split into this many; default job: 2)")
-	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", 4096, "tokens per forward/backward; gradients accumulate over micro-batches")
-	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", false, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
-	fs.IntVar(&o.maxRounds, "max-sampling-rounds", 4, "dynamic sampling: most rollout rounds per step to fill the batch")
+	fs.IntVar(&o.prompts, "prompts", prorl.PromptsPerStep, "prompts (groups) per rollout step (default job: 16)")
+	fs.IntVar(&o.samples, "n", prorl.SamplesPerPrompt, "samples per prompt (default job: 8)")
+	fs.Float64Var(&o.temperature, "temperature", flagDefault(prorl.Temperature), "rollout temperature; the loss sees log-probs at it too")
+	fs.Float64Var(&o.topP, "top-p", flagDefault(prorl.TopP), "rollout top-p")
+	fs.IntVar(&o.maxResponseLen, "max-response", prorl.MaxResponseTokens, "maximum response tokens (default job: 24)")
+	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", prorl.OverlongPenalty, "subtracted from the reward of a response cut at --max-response")
+	fs.IntVar(&o.miniBatches, "mini-batches", prorl.MiniBatches, "policy updates per rollout step (the rollout batch is split into this many; default job: 2)")
+	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", prorl.MicroBatchTokens, "tokens per forward/backward; gradients accumulate over micro-batches")
+	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", !prorl.DynamicSampling, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
+	fs.IntVar(&o.maxRounds, "max-sampling-rounds", prorl.MaxSamplingRounds, "dynamic sampling: most rollout rounds per step to fill the batch")
 
-	fs.Float64Var(&o.clipLow, "clip-low", prorl.ClipLow, "lower clip bound eps_low: the ratio is clipped at 1-eps_low")
-	fs.Float64Var(&o.clipHigh, "clip-high", prorl.ClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
-	fs.Float64Var(&o.dualClip, "dual-clip", 0, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c, e.g. 3); 0: off")
-	fs.Float64Var(&o.klCoef, "kl-coef", prorl.KLCoef, "beta, the weight of the KL penalty to the reference in the loss; 0: no reference")
-	fs.StringVar(&o.klEstimator, "kl-estimator", string(grpo.KLK3), "KL estimator: k1, k2 (mse) or k3 (low-variance)")
-	fs.Float64Var(&o.entropyCoef, "entropy-coef", 0, "weight of an entropy bonus (ProRL: none)")
-	fs.StringVar(&o.agg, "loss-agg", string(grpo.AggTokenMean), "loss aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean")
-	fs.StringVar(&o.advEstimator, "adv-estimator", string(grpo.EstimatorGRPO), "advantage estimator: grpo, rloo or reinforce_plus_plus_baseline")
-	fs.BoolVar(&o.noStdNorm, "no-std-norm", false, "GRPO advantages without the division by the group's standard deviation (Dr. GRPO)")
+	fs.Float64Var(&o.clipLow, "clip-low", prorl.Loss.ClipLow, "lower clip bound eps_low: the ratio is clipped at 1-eps_low")
+	fs.Float64Var(&o.clipHigh, "clip-high", prorl.Loss.ClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
+	fs.Float64Var(&o.dualClip, "dual-clip", prorl.Loss.DualClip, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c, e.g. 3); 0: off")
+	fs.Float64Var(&o.klCoef, "kl-coef", prorl.Loss.KLCoef, "beta, the weight of the KL penalty to the reference in the loss; 0: no reference")
+	fs.StringVar(&o.klEstimator, "kl-estimator", string(prorl.Loss.KL), "KL estimator: k1, k2 (mse) or k3 (low-variance)")
+	fs.Float64Var(&o.entropyCoef, "entropy-coef", prorl.Loss.EntropyCoef, "weight of an entropy bonus (ProRL: none)")
+	fs.StringVar(&o.agg, "loss-agg", string(prorl.Loss.Agg), "loss aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean")
+	fs.StringVar(&o.advEstimator, "adv-estimator", string(prorl.Advantage.Estimator), "advantage estimator: grpo, rloo or reinforce_plus_plus_baseline")
+	fs.BoolVar(&o.noStdNorm, "no-std-norm", prorl.Advantage.NoStdNorm, "GRPO advantages without the division by the group's standard deviation (Dr. GRPO)")
 
-	fs.Float64Var(&o.lr, "lr", 2e-6, "learning rate (AdamW; constant after --warmup; default job: 5e-5)")
-	fs.IntVar(&o.warmup, "warmup", 0, "optimizer steps of linear learning-rate warm-up")
-	fs.Float64Var(&o.beta1, "beta1", 0.9, "AdamW beta1")
-	fs.Float64Var(&o.beta2, "beta2", 0.999, "AdamW beta2 (default job: 0.99)")
-	fs.Float64Var(&o.weightDecay, "weight-decay", 0.01, "AdamW decoupled weight decay (not on norms and biases; default job: 0)")
-	fs.Float64Var(&o.clipNorm, "clip-norm", 1, "global gradient-norm clipping; 0: off")
-	fs.BoolVar(&o.recompute, "recompute", false, "recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
+	fs.Float64Var(&o.lr, "lr", d.Optimizer.LR, "learning rate (AdamW; constant after --warmup; default job: 5e-5)")
+	fs.IntVar(&o.warmup, "warmup", d.WarmupSteps, "optimizer steps of linear learning-rate warm-up")
+	fs.Float64Var(&o.beta1, "beta1", d.Optimizer.Beta1, "AdamW beta1")
+	fs.Float64Var(&o.beta2, "beta2", d.Optimizer.Beta2, "AdamW beta2 (default job: 0.99)")
+	fs.Float64Var(&o.weightDecay, "weight-decay", d.Optimizer.WeightDecay, "AdamW decoupled weight decay (not on norms and biases; default job: 0)")
+	fs.Float64Var(&o.clipNorm, "clip-norm", d.Optimizer.ClipNorm, "global gradient-norm clipping; 0: off")
+	fs.BoolVar(&o.recompute, "recompute", d.Recompute, "recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
 	fs.StringSliceVar(&o.freeze, "freeze", nil, "regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')")
 
-	fs.IntVar(&o.resetEvery, "ref-reset-every", 0, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never (default job: 100)")
-	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", 0, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
+	fs.IntVar(&o.resetEvery, "ref-reset-every", prorl.RefResetEvery, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never (default job: 100)")
+	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", prorl.RefResetOnPlateau, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
 
-	fs.IntVar(&o.evalEvery, "eval-every", 25, "held-out evaluation every so many steps (and at the start and the end)")
+	fs.IntVar(&o.evalEvery, "eval-every", d.Eval.Every, "held-out evaluation every so many steps (and at the start and the end)")
 	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation (at most)")
-	fs.Float64Var(&o.evalTemp, "eval-temperature", 0.6, "sampling temperature of held-out evaluation (0: greedy)")
-	fs.Float64Var(&o.evalTopP, "eval-top-p", 0.95, "top-p of held-out evaluation")
-	fs.IntVar(&o.evalSamples, "eval-samples", 16, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k (default job: 4)")
+	fs.Float64Var(&o.evalTemp, "eval-temperature", flagDefault(d.Eval.Temperature), "sampling temperature of held-out evaluation (0: greedy)")
+	fs.Float64Var(&o.evalTopP, "eval-top-p", flagDefault(d.Eval.TopP), "top-p of held-out evaluation")
+	fs.IntVar(&o.evalSamples, "eval-samples", d.Eval.Samples, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k (default job: 4)")
 	return fs
 }
 

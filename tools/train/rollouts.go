@@ -10,11 +10,14 @@ import (
 	"github.com/prolong-rl/prolong/grpo/remote"
 )
 
-// newRollouts is where rollouts come from: the engine's continuous-batching generator on the
-// policy itself (it always sees the latest weights), or --rollout-servers, which get the
-// policy's weights now and after every step.
-func newRollouts(ctx context.Context, o options, policy *engine.Trainer) (grpo.RolloutSource, func(), error) {
-	if len(o.rolloutServers) > 0 {
+// remoteRolloutSource is where rollouts come from with --rollout-servers: the servers, which
+// get the policy's weights from grpo.Run before the first evaluation and after every step.
+// Without --rollout-servers it is nil: grpo.Run generates with the engine on the policy itself.
+func remoteRolloutSource(o options) func(context.Context, *engine.Model) (grpo.RolloutSource, func(), error) {
+	if len(o.rolloutServers) == 0 {
+		return nil
+	}
+	return func(context.Context, *engine.Model) (grpo.RolloutSource, func(), error) {
 		c, err := remote.New(o.rolloutServers, os.Getenv("PROLONG_API_KEY"))
 		if err != nil {
 			return nil, nil, fmt.Errorf("--rollout-servers: %w", err)
@@ -22,30 +25,16 @@ func newRollouts(ctx context.Context, o options, policy *engine.Trainer) (grpo.R
 		if c.APIKey == "" {
 			return nil, nil, fmt.Errorf("--rollout-servers: set PROLONG_API_KEY to the servers' --api-key (weight updates need it)")
 		}
-		r := &remoteRollouts{c}
-		if err := pushWeights(ctx, r, policy); err != nil { // the servers start from the policy
-			return nil, nil, err
-		}
-		return r, func() {}, nil
+		return &remoteRollouts{c}, func() {}, nil
 	}
-	gen, err := engine.NewGenerator(policy.Model, engine.GeneratorOptions{})
-	if err != nil {
-		return nil, nil, err
-	}
-	return grpo.EngineRollouts{Gen: gen}, gen.Close, nil
 }
 
 // remoteRollouts are rollout servers.
 type remoteRollouts struct{ *remote.Client }
 
-// pushWeights sends the policy's new weights to rollout servers after a step (the in-process
-// engine shares the policy's weights and needs nothing).
-func pushWeights(ctx context.Context, rs grpo.RolloutSource, policy *engine.Trainer) error {
-	r, ok := rs.(*remoteRollouts)
-	if !ok {
-		return nil
-	}
-	w, err := policy.Model.HostWeights()
+// SyncWeights implements grpo.WeightSync: it sends the policy's weights to the servers.
+func (r *remoteRollouts) SyncWeights(ctx context.Context, policy *engine.Model) error {
+	w, err := policy.HostWeights()
 	if err != nil {
 		return err
 	}
