@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -266,5 +267,29 @@ func TestRolloutServers(t *testing.T) {
 	}
 	if a[3].Eval.Accuracy != b[3].Eval.Accuracy {
 		t.Errorf("held-out accuracy %v in process, %v served", a[3].Eval.Accuracy, b[3].Eval.Accuracy)
+	}
+}
+
+// TestFlagDefaultsAreGRPOs: with --model the flags describe grpo.DefaultRunConfig exactly (the
+// defaults are defined once, in grpo), and each value the default job changes is the one its
+// flag's help text gives.
+func TestFlagDefaultsAreGRPOs(t *testing.T) {
+	o, fs, err := parseOptions([]string{"--model", "m", "--data", "d", "--out", "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := runConfig(*o, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := grpo.DefaultRunConfig()
+	want.Dir, want.Backend, want.Settings = got.Dir, got.Backend, got.Settings
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("flags give\n%+v\ngrpo.DefaultRunConfig is\n%+v", got, want)
+	}
+	for name, v := range defaultJobFlags {
+		if f := fs.Lookup(name); f == nil || !strings.Contains(f.Usage, "default job: "+v) {
+			t.Errorf("--%s: the default job's %s is not in its help text", name, v)
+		}
 	}
 }
