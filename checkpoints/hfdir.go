@@ -124,7 +124,7 @@ func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) (map
 	}
 	var extra []string
 	for name := range weights {
-		if _, ok := out[name]; !ok && !(name == "lm_head.weight" && cfg.TieWordEmbeddings) {
+		if _, ok := out[name]; !ok && !(name == engine.LMHeadWeight && cfg.TieWordEmbeddings) {
 			extra = append(extra, name)
 		}
 	}
@@ -331,7 +331,7 @@ func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
 		}
 	}
 	for n := range w {
-		if strings.HasSuffix(n, "rotary_emb.inv_freq") || n == "lm_head.weight" && cfg.TieWordEmbeddings {
+		if strings.HasSuffix(n, "rotary_emb.inv_freq") || n == engine.LMHeadWeight && cfg.TieWordEmbeddings {
 			delete(w, n)
 		}
 	}

@@ -13,25 +13,6 @@ type HostTensor struct {
 	Data  []float32
 }
 
-// Layer holds one decoder layer's weights; the tag gives the Hugging Face name under
-// model.layers.N.
-type Layer struct {
-	InputNorm *Tensor `hf:"input_layernorm.weight"`          // [D]
-	Q         *Tensor `hf:"self_attn.q_proj.weight"`         // [H*Dh, D]
-	K         *Tensor `hf:"self_attn.k_proj.weight"`         // [KV*Dh, D]
-	V         *Tensor `hf:"self_attn.v_proj.weight"`         // [KV*Dh, D]
-	QBias     *Tensor `hf:"self_attn.q_proj.bias"`           // [H*Dh] (attention bias)
-	KBias     *Tensor `hf:"self_attn.k_proj.bias"`           // [KV*Dh]
-	VBias     *Tensor `hf:"self_attn.v_proj.bias"`           // [KV*Dh]
-	QNorm     *Tensor `hf:"self_attn.q_norm.weight"`         // [Dh] (qk-norm)
-	KNorm     *Tensor `hf:"self_attn.k_norm.weight"`         // [Dh]
-	O         *Tensor `hf:"self_attn.o_proj.weight"`         // [D, H*Dh]
-	PostNorm  *Tensor `hf:"post_attention_layernorm.weight"` // [D]
-	Gate      *Tensor `hf:"mlp.gate_proj.weight"`            // [I, D]
-	Up        *Tensor `hf:"mlp.up_proj.weight"`              // [I, D]
-	Down      *Tensor `hf:"mlp.down_proj.weight"`            // [D, I]
-}
-
 // Model is a decoder on a backend: weights addressed by their Hugging Face names.
 type Model struct {
 	Config  *Config
@@ -39,84 +20,14 @@ type Model struct {
 	// WeightDType is the dtype of the linear weights (F32 or BF16); norms, biases and the
 	// embedding table stay fp32.
 	WeightDType DType
+	// WeightSet holds the weights as the weight table lays them out (Embed, Norm, LMHead,
+	// Layers); LMHead is a BF16/F32 linear copy of the embedding when tied.
+	WeightSet
 
-	Embed  *Tensor // [V, D] lookup table, model.embed_tokens.weight
-	Layers []Layer
-	Norm   *Tensor // [D] model.norm.weight
-	LMHead *Tensor // [V, D] linear weight: lm_head.weight, or the embedding when tied
-
+	table    *WeightTable
 	weights  map[string]*Tensor
 	cos, sin *Tensor // [P, Dh/2] RoPE tables
 	ropeLen  int
-}
-
-// weightSpec is one expected weight: its name, shape, whether it is a linear (matmul) weight,
-// and where it goes.
-type weightSpec struct {
-	name   string
-	shape  []int
-	linear bool
-	dst    **Tensor
-}
-
-func (m *Model) specs() []weightSpec {
-	c := m.Config
-	d, q, kv, in, v := c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize, c.VocabSize
-	specs := []weightSpec{
-		{"model.embed_tokens.weight", []int{v, d}, false, &m.Embed},
-		{"model.norm.weight", []int{d}, false, &m.Norm},
-	}
-	if !c.TieWordEmbeddings {
-		specs = append(specs, weightSpec{"lm_head.weight", []int{v, d}, true, &m.LMHead})
-	}
-	for i := range m.Layers {
-		l := &m.Layers[i]
-		p := fmt.Sprintf("model.layers.%d.", i)
-		add := func(suffix string, linear bool, dst **Tensor, shape ...int) {
-			specs = append(specs, weightSpec{p + suffix, shape, linear, dst})
-		}
-		add("input_layernorm.weight", false, &l.InputNorm, d)
-		add("self_attn.q_proj.weight", true, &l.Q, q, d)
-		add("self_attn.k_proj.weight", true, &l.K, kv, d)
-		add("self_attn.v_proj.weight", true, &l.V, kv, d)
-		if c.AttentionBias {
-			add("self_attn.q_proj.bias", false, &l.QBias, q)
-			add("self_attn.k_proj.bias", false, &l.KBias, kv)
-			add("self_attn.v_proj.bias", false, &l.VBias, kv)
-		}
-		if c.QKNorm {
-			add("self_attn.q_norm.weight", false, &l.QNorm, c.HeadDim)
-			add("self_attn.k_norm.weight", false, &l.KNorm, c.HeadDim)
-		}
-		add("self_attn.o_proj.weight", true, &l.O, d, q)
-		add("post_attention_layernorm.weight", false, &l.PostNorm, d)
-		add("mlp.gate_proj.weight", true, &l.Gate, in, d)
-		add("mlp.up_proj.weight", true, &l.Up, in, d)
-		add("mlp.down_proj.weight", true, &l.Down, d, in)
-	}
-	return specs
-}
-
-// WeightNames lists the Hugging Face names of the weights a model of config c has, in a
-// fixed order (embedding, final norm, LM head if untied, then layer by layer).
-func WeightNames(c *Config) []string {
-	m := &Model{Config: c, Layers: make([]Layer, c.NumHiddenLayers)}
-	var names []string
-	for _, s := range m.specs() {
-		names = append(names, s.name)
-	}
-	return names
-}
-
-// WeightShape returns the shape of the named weight in a model of config c.
-func WeightShape(c *Config, name string) ([]int, bool) {
-	m := &Model{Config: c, Layers: make([]Layer, c.NumHiddenLayers)}
-	for _, s := range m.specs() {
-		if s.name == name {
-			return s.shape, true
-		}
-	}
-	return nil, false
 }
 
 // NewModel uploads host weights (HF names) to backend b. Linear weights are stored as dt (F32
@@ -126,40 +37,30 @@ func NewModel(c *Config, b Backend, weights map[string]HostTensor, dt DType) (*M
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Model{Config: c, Backend: b, WeightDType: dt, Layers: make([]Layer, c.NumHiddenLayers),
-		weights: map[string]*Tensor{}}
-	seen := map[string]bool{}
-	for _, s := range m.specs() {
-		w, ok := weights[s.name]
+	m := &Model{Config: c, Backend: b, WeightDType: dt, WeightSet: WeightSet{Layers: make([]Layer, c.NumHiddenLayers)},
+		table: NewWeightTable(c), weights: map[string]*Tensor{}}
+	for _, s := range m.table.Specs {
+		w, ok := weights[s.Name]
 		if !ok {
-			return nil, fmt.Errorf("weight %q is missing", s.name)
+			return nil, fmt.Errorf("weight %q is missing", s.Name)
 		}
-		if !equalShape(w.Shape, s.shape) {
-			return nil, fmt.Errorf("weight %q has shape %v, config wants %v", s.name, w.Shape, s.shape)
-		}
-		if len(w.Data) != prod(s.shape) {
-			return nil, fmt.Errorf("weight %q has %d values for shape %v", s.name, len(w.Data), s.shape)
-		}
-		for _, v := range w.Data {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, fmt.Errorf("weight %q holds NaN or Inf", s.name)
-			}
+		if err := checkHost(s, w); err != nil {
+			return nil, err
 		}
 		wdt := F32
-		if s.linear {
+		if s.Role == RoleLinear {
 			wdt = dt
 		}
-		t, err := b.Upload(wdt, w.Data, s.linear, s.shape...)
+		t, err := b.Upload(wdt, w.Data, s.Role == RoleLinear, s.Shape...)
 		if err != nil {
-			return nil, fmt.Errorf("weight %q: %w", s.name, err)
+			return nil, fmt.Errorf("weight %q: %w", s.Name, err)
 		}
-		*s.dst = t
-		m.weights[s.name] = t
-		seen[s.name] = true
+		*s.In(&m.WeightSet) = t
+		m.weights[s.Name] = t
 	}
 	var extra []string
 	for name := range weights {
-		if !seen[name] && !strings.HasSuffix(name, "rotary_emb.inv_freq") {
+		if !m.table.Has(name) && !strings.HasSuffix(name, "rotary_emb.inv_freq") {
 			extra = append(extra, name)
 		}
 	}
@@ -168,7 +69,7 @@ func NewModel(c *Config, b Backend, weights map[string]HostTensor, dt DType) (*M
 		return nil, fmt.Errorf("unexpected weight(s) for this config: %s", strings.Join(extra, ", "))
 	}
 	if c.TieWordEmbeddings {
-		e := weights["model.embed_tokens.weight"]
+		e := weights[EmbedWeight]
 		t, err := b.Upload(dt, e.Data, true, e.Shape...)
 		if err != nil {
 			return nil, fmt.Errorf("tied lm head: %w", err)
@@ -176,6 +77,22 @@ func NewModel(c *Config, b Backend, weights map[string]HostTensor, dt DType) (*M
 		m.LMHead = t
 	}
 	return m, nil
+}
+
+// checkHost checks a host weight against its row of the table: shape, length, finite values.
+func checkHost(s WeightSpec, w HostTensor) error {
+	if !equalShape(w.Shape, s.Shape) {
+		return fmt.Errorf("weight %q has shape %v, config wants %v", s.Name, w.Shape, s.Shape)
+	}
+	if len(w.Data) != prod(s.Shape) {
+		return fmt.Errorf("weight %q has %d values for shape %v", s.Name, len(w.Data), s.Shape)
+	}
+	for _, v := range w.Data {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("weight %q holds NaN or Inf", s.Name)
+		}
+	}
+	return nil
 }
 
 // Weight returns the named weight tensor (HF name), or nil.
@@ -251,29 +168,47 @@ func (m *Model) forward(steps []step, logitRows []int32, chunk int, onLogits fun
 	if T == 0 {
 		return nil
 	}
-	ids := make([]int32, 0, T)
-	pos := make([]int32, 0, T)
-	ab := &AttnBatch{SeqStart: make([]int32, 1, len(steps)+1)}
+	ids, pos, ab, err := m.packSteps(steps, T)
+	if err != nil {
+		return err
+	}
+	a, free := newScratchActs(b, c, T)
+	defer free()
+	b.Embedding(a.x, m.Embed, ids)
+	p := layerPass{b: b, c: c, pos: pos, cos: m.cos, sin: m.sin,
+		attn: pagedAttention{b: b, kv: m.cache(steps), batch: ab}}
+	for li := range m.Layers {
+		p.forward(li, &m.Layers[li], a)
+	}
+	return m.headLogits(a.x, logitRows, chunk, onLogits)
+}
+
+// packSteps checks a batch of T new tokens, grows the RoPE tables, reserves cache slots
+// (rolling every sequence back on failure) and returns the token ids [T], positions [T] and
+// the attention batch.
+func (m *Model) packSteps(steps []step, T int) (ids, pos []int32, ab *AttnBatch, err error) {
+	c := m.Config
 	maxPos := 0
 	for i, s := range steps {
 		if s.seq.cache != steps[0].seq.cache {
-			return fmt.Errorf("sequence %d: all sequences of a batch must share one KV cache", i)
+			return nil, nil, nil, fmt.Errorf("sequence %d: all sequences of a batch must share one KV cache", i)
 		}
 		for _, id := range s.tokens {
 			if id < 0 || int(id) >= c.VocabSize {
-				return fmt.Errorf("sequence %d: token id %d outside vocabulary [0,%d)", i, id, c.VocabSize)
+				return nil, nil, nil, fmt.Errorf("sequence %d: token id %d outside vocabulary [0,%d)", i, id, c.VocabSize)
 			}
 		}
 		start := s.seq.Len()
 		if start+len(s.tokens) > c.MaxPositionEmbeddings {
-			return fmt.Errorf("sequence %d: %d positions exceed max_position_embeddings %d", i, start+len(s.tokens), c.MaxPositionEmbeddings)
+			return nil, nil, nil, fmt.Errorf("sequence %d: %d positions exceed max_position_embeddings %d", i, start+len(s.tokens), c.MaxPositionEmbeddings)
 		}
 		maxPos = max(maxPos, start+len(s.tokens))
 	}
 	if err := m.ensureRope(maxPos); err != nil {
-		return err
+		return nil, nil, nil, err
 	}
-	// Reserve cache slots; roll back every sequence on failure.
+	ids, pos = make([]int32, 0, T), make([]int32, 0, T)
+	ab = &AttnBatch{SeqStart: make([]int32, 1, len(steps)+1)}
 	for i, s := range steps {
 		start := s.seq.Len()
 		slots, err := s.seq.reserve(len(s.tokens))
@@ -281,7 +216,7 @@ func (m *Model) forward(steps []step, logitRows []int32, chunk int, onLogits fun
 			for j := 0; j < i; j++ {
 				steps[j].seq.truncate(steps[j].seq.Len() - len(steps[j].tokens))
 			}
-			return fmt.Errorf("sequence %d: %w", i, err)
+			return nil, nil, nil, fmt.Errorf("sequence %d: %w", i, err)
 		}
 		ids = append(ids, s.tokens...)
 		for j := range s.tokens {
@@ -292,55 +227,19 @@ func (m *Model) forward(steps []step, logitRows []int32, chunk int, onLogits fun
 		ab.CtxLen = append(ab.CtxLen, int32(s.seq.Len()))
 		ab.Blocks = append(ab.Blocks, s.seq.blocks)
 	}
+	return ids, pos, ab, nil
+}
 
-	d, eps := c.HiddenSize, float32(c.RMSNormEps)
-	x := b.Alloc(T, d)                  // [T, D] residual stream
-	h := b.Alloc(T, d)                  // [T, D] normed input
-	q := b.Alloc(T, c.QDim())           // [T, H*Dh]
-	k := b.Alloc(T, c.KVDim())          // [T, KV*Dh]
-	v := b.Alloc(T, c.KVDim())          // [T, KV*Dh]
-	att := b.Alloc(T, c.QDim())         // [T, H*Dh]
-	g := b.Alloc(T, c.IntermediateSize) // [T, I]
-	u := b.Alloc(T, c.IntermediateSize) // [T, I]
-	defer func() {
-		for _, t := range []*Tensor{x, h, q, k, v, att, g, u} {
-			b.Free(t)
-		}
-	}()
-	b.Embedding(x, m.Embed, ids)
-	for li := range m.Layers {
-		l := &m.Layers[li]
-		b.RMSNorm(h, x, l.InputNorm, eps)
-		b.MatMul(q, h, l.Q)
-		b.MatMul(k, h, l.K)
-		b.MatMul(v, h, l.V)
-		if l.QBias != nil {
-			b.AddBias(q, l.QBias)
-			b.AddBias(k, l.KBias)
-			b.AddBias(v, l.VBias)
-		}
-		if l.QNorm != nil {
-			b.RMSNorm(q, q, l.QNorm, eps)
-			b.RMSNorm(k, k, l.KNorm, eps)
-		}
-		b.RoPE(q, c.HeadDim, pos, m.cos, m.sin)
-		b.RoPE(k, c.HeadDim, pos, m.cos, m.sin)
-		b.Attention(att, q, k, v, m.cache(steps), li, ab)
-		b.MatMul(h, att, l.O)
-		b.Add(x, x, h)
-		b.RMSNorm(h, x, l.PostNorm, eps)
-		b.MatMul(g, h, l.Gate)
-		b.MatMul(u, h, l.Up)
-		b.SwiGLU(g, g, u)
-		b.MatMul(h, g, l.Down)
-		b.Add(x, x, h)
-	}
+// headLogits runs the final norm and the LM head on the rows of x [T, D] listed in logitRows,
+// chunk rows at a time, handing each chunk's logits to onLogits.
+func (m *Model) headLogits(x *Tensor, logitRows []int32, chunk int, onLogits func(first int, logits *Tensor) error) error {
+	c, b := m.Config, m.Backend
 	for first := 0; first < len(logitRows); first += chunk {
 		rows := logitRows[first:min(first+chunk, len(logitRows))]
-		xr := b.Alloc(len(rows), d)               // [R, D]
+		xr := b.Alloc(len(rows), c.HiddenSize)    // [R, D]
 		logits := b.Alloc(len(rows), c.VocabSize) // [R, V]
 		b.GatherRows(xr, x, rows)
-		b.RMSNorm(xr, xr, m.Norm, eps)
+		b.RMSNorm(xr, xr, m.Norm, float32(c.RMSNormEps))
 		b.MatMul(logits, xr, m.LMHead)
 		err := onLogits(first, logits)
 		b.Free(xr)

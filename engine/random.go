@@ -5,20 +5,19 @@ import (
 )
 
 // RandomWeights makes a full set of weights for config c, seeded: linear weights and the
-// embedding ~ N(0, std²), norm weights 1 + N(0, 0.01), biases N(0, 0.01). Used for benchmarks
+// embedding ~ N(0, std²), norm weights 1 + N(0, 0.1²), biases N(0, 0.1²). Used for benchmarks
 // and tests that need a model of a given shape but no trained weights.
 func RandomWeights(c *Config, seed uint64, std float32) map[string]HostTensor {
 	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	out := map[string]HostTensor{}
-	for _, name := range WeightNames(c) {
-		shape, _ := WeightShape(c, name)
-		d := make([]float32, prod(shape))
-		switch {
-		case len(shape) == 2:
+	for _, s := range NewWeightTable(c).Specs {
+		d := make([]float32, prod(s.Shape))
+		switch s.Role {
+		case RoleEmbedding, RoleLinear:
 			for i := range d {
 				d[i] = float32(r.NormFloat64()) * std
 			}
-		case len(name) > 5 && name[len(name)-5:] == ".bias":
+		case RoleBias:
 			for i := range d {
 				d[i] = float32(r.NormFloat64()) * 0.1
 			}
@@ -27,7 +26,7 @@ func RandomWeights(c *Config, seed uint64, std float32) map[string]HostTensor {
 				d[i] = 1 + float32(r.NormFloat64())*0.1
 			}
 		}
-		out[name] = HostTensor{Shape: shape, Data: d}
+		out[s.Name] = HostTensor{Shape: s.Shape, Data: d}
 	}
 	return out
 }

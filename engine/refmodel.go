@@ -77,7 +77,7 @@ func (r *RefModel) ForwardBackward(seqs [][]int32, pos [][]int, targets [][]int3
 			st.acts = append(st.acts, a)
 		}
 		st.xf = x
-		st.hf, st.rf = rmsnormFwd(x, r.W["model.norm.weight"], c.RMSNormEps)
+		st.hf, st.rf = rmsnormFwd(x, r.W[NormWeight], c.RMSNormEps)
 		head := r.lmHead()
 		for i, p := range pos[s] {
 			logits := matvecT(st.hf[p*c.HiddenSize:(p+1)*c.HiddenSize], head, c.VocabSize)
@@ -106,10 +106,7 @@ func (r *RefModel) ForwardBackward(seqs [][]int32, pos [][]int, targets [][]int3
 		L, D, V := len(ids), c.HiddenSize, c.VocabSize
 		dhf := make([]float64, L*D)
 		head := r.lmHead()
-		dhead := grads["lm_head.weight"]
-		if c.TieWordEmbeddings {
-			dhead = grads["model.embed_tokens.weight"]
-		}
+		dhead := grads[HeadWeight(c)]
 		for i, p := range pos[s] {
 			pr := st.probs[i]
 			// d logp / d z = onehot - p;  d H / d z_j = -p_j (log p_j + H).
@@ -133,11 +130,11 @@ func (r *RefModel) ForwardBackward(seqs [][]int32, pos [][]int, targets [][]int3
 			}
 			k++
 		}
-		dx := rmsnormBwd(dhf, st.xf, st.rf, r.W["model.norm.weight"], grads["model.norm.weight"])
+		dx := rmsnormBwd(dhf, st.xf, st.rf, r.W[NormWeight], grads[NormWeight])
 		for l := c.NumHiddenLayers - 1; l >= 0; l-- {
 			dx = r.layerBackward(l, dx, L, &st.acts[l], grads)
 		}
-		demb := grads["model.embed_tokens.weight"]
+		demb := grads[EmbedWeight]
 		for t, id := range ids {
 			for d := 0; d < D; d++ {
 				demb[int(id)*D+d] += dx[t*D+d]
@@ -147,17 +144,12 @@ func (r *RefModel) ForwardBackward(seqs [][]int32, pos [][]int, targets [][]int3
 	return lossV, grads
 }
 
-func (r *RefModel) lmHead() []float64 {
-	if r.Config.TieWordEmbeddings {
-		return r.W["model.embed_tokens.weight"]
-	}
-	return r.W["lm_head.weight"]
-}
+func (r *RefModel) lmHead() []float64 { return r.W[HeadWeight(r.Config)] }
 
 func (r *RefModel) embed(ids []int32) []float64 {
 	D := r.Config.HiddenSize
 	x := make([]float64, len(ids)*D)
-	e := r.W["model.embed_tokens.weight"]
+	e := r.W[EmbedWeight]
 	for t, id := range ids {
 		copy(x[t*D:(t+1)*D], e[int(id)*D:(int(id)+1)*D])
 	}
@@ -172,7 +164,7 @@ func (r *RefModel) Logits(ids []int32) []float64 {
 		var a refLayerActs
 		x = r.layerForward(l, x, len(ids), &a)
 	}
-	h, _ := rmsnormFwd(x, r.W["model.norm.weight"], c.RMSNormEps)
+	h, _ := rmsnormFwd(x, r.W[NormWeight], c.RMSNormEps)
 	var out []float64
 	for t := range ids {
 		out = append(out, matvecT(h[t*c.HiddenSize:(t+1)*c.HiddenSize], r.lmHead(), c.VocabSize)...)
@@ -181,7 +173,7 @@ func (r *RefModel) Logits(ids []int32) []float64 {
 }
 
 func (r *RefModel) lw(l int, suffix string) []float64 {
-	return r.W[fmt.Sprintf("model.layers.%d.%s", l, suffix)]
+	return r.W[LayerWeight(l, suffix)]
 }
 
 // layerForward: x [L,D] -> [L,D], filling a.
@@ -189,14 +181,14 @@ func (r *RefModel) layerForward(l int, x []float64, L int, a *refLayerActs) []fl
 	c := r.Config
 	D, H, KV, Dh, I := c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize
 	a.x = x
-	a.h1, a.r1 = rmsnormFwd(x, r.lw(l, "input_layernorm.weight"), c.RMSNormEps)
-	a.qb = linear(a.h1, L, D, r.lw(l, "self_attn.q_proj.weight"), H*Dh, r.lw(l, "self_attn.q_proj.bias"))
-	a.kb = linear(a.h1, L, D, r.lw(l, "self_attn.k_proj.weight"), KV*Dh, r.lw(l, "self_attn.k_proj.bias"))
-	a.v = linear(a.h1, L, D, r.lw(l, "self_attn.v_proj.weight"), KV*Dh, r.lw(l, "self_attn.v_proj.bias"))
+	a.h1, a.r1 = rmsnormFwd(x, r.lw(l, InputNormWeight), c.RMSNormEps)
+	a.qb = linear(a.h1, L, D, r.lw(l, QProjWeight), H*Dh, r.lw(l, QProjBias))
+	a.kb = linear(a.h1, L, D, r.lw(l, KProjWeight), KV*Dh, r.lw(l, KProjBias))
+	a.v = linear(a.h1, L, D, r.lw(l, VProjWeight), KV*Dh, r.lw(l, VProjBias))
 	a.qn, a.kn = a.qb, a.kb
-	if c.QKNorm {
-		a.qn, a.rq = rmsnormFwd(a.qb, r.lw(l, "self_attn.q_norm.weight"), c.RMSNormEps)
-		a.kn, a.rk = rmsnormFwd(a.kb, r.lw(l, "self_attn.k_norm.weight"), c.RMSNormEps)
+	if qn := r.lw(l, QNormWeight); qn != nil { // the table has q/k norms for qk-norm configs
+		a.qn, a.rq = rmsnormFwd(a.qb, qn, c.RMSNormEps)
+		a.kn, a.rk = rmsnormFwd(a.kb, r.lw(l, KNormWeight), c.RMSNormEps)
 	}
 	inv := c.InvFreq()
 	a.q = ropeApply(a.qn, L, Dh, inv, 1)
@@ -231,19 +223,19 @@ func (r *RefModel) layerForward(l int, x []float64, L int, a *refLayerActs) []fl
 			}
 		}
 	}
-	o := linear(a.a, L, H*Dh, r.lw(l, "self_attn.o_proj.weight"), D, nil)
+	o := linear(a.a, L, H*Dh, r.lw(l, OProjWeight), D, nil)
 	a.xm = make([]float64, L*D)
 	for i := range o {
 		a.xm[i] = x[i] + o[i]
 	}
-	a.h2, a.r2 = rmsnormFwd(a.xm, r.lw(l, "post_attention_layernorm.weight"), c.RMSNormEps)
-	a.g = linear(a.h2, L, D, r.lw(l, "mlp.gate_proj.weight"), I, nil)
-	a.u = linear(a.h2, L, D, r.lw(l, "mlp.up_proj.weight"), I, nil)
+	a.h2, a.r2 = rmsnormFwd(a.xm, r.lw(l, PostNormWeight), c.RMSNormEps)
+	a.g = linear(a.h2, L, D, r.lw(l, GateProjWeight), I, nil)
+	a.u = linear(a.h2, L, D, r.lw(l, UpProjWeight), I, nil)
 	a.mm = make([]float64, L*I)
 	for i := range a.mm {
 		a.mm[i] = a.g[i] / (1 + math.Exp(-a.g[i])) * a.u[i]
 	}
-	dn := linear(a.mm, L, I, r.lw(l, "mlp.down_proj.weight"), D, nil)
+	dn := linear(a.mm, L, I, r.lw(l, DownProjWeight), D, nil)
 	out := make([]float64, L*D)
 	for i := range out {
 		out[i] = a.xm[i] + dn[i]
@@ -256,9 +248,9 @@ func (r *RefModel) layerForward(l int, x []float64, L int, a *refLayerActs) []fl
 func (r *RefModel) layerBackward(l int, dout []float64, L int, a *refLayerActs, grads map[string][]float64) []float64 {
 	c := r.Config
 	D, H, KV, Dh, I := c.HiddenSize, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize
-	g := func(suffix string) []float64 { return grads[fmt.Sprintf("model.layers.%d.%s", l, suffix)] }
+	g := func(suffix string) []float64 { return grads[LayerWeight(l, suffix)] }
 	// MLP: out = xm + down(silu(g)*u)
-	dmm := linearBwd(dout, a.mm, L, I, r.lw(l, "mlp.down_proj.weight"), D, g("mlp.down_proj.weight"), nil)
+	dmm := linearBwd(dout, a.mm, L, I, r.lw(l, DownProjWeight), D, g(DownProjWeight), nil)
 	dg := make([]float64, L*I)
 	du := make([]float64, L*I)
 	for i := range dmm {
@@ -267,17 +259,17 @@ func (r *RefModel) layerBackward(l int, dout []float64, L int, a *refLayerActs, 
 		du[i] = dmm[i] * silu
 		dg[i] = dmm[i] * a.u[i] * (sg + a.g[i]*sg*(1-sg))
 	}
-	dh2 := linearBwd(dg, a.h2, L, D, r.lw(l, "mlp.gate_proj.weight"), I, g("mlp.gate_proj.weight"), nil)
-	dh2b := linearBwd(du, a.h2, L, D, r.lw(l, "mlp.up_proj.weight"), I, g("mlp.up_proj.weight"), nil)
+	dh2 := linearBwd(dg, a.h2, L, D, r.lw(l, GateProjWeight), I, g(GateProjWeight), nil)
+	dh2b := linearBwd(du, a.h2, L, D, r.lw(l, UpProjWeight), I, g(UpProjWeight), nil)
 	for i := range dh2 {
 		dh2[i] += dh2b[i]
 	}
-	dxm := rmsnormBwd(dh2, a.xm, a.r2, r.lw(l, "post_attention_layernorm.weight"), g("post_attention_layernorm.weight"))
+	dxm := rmsnormBwd(dh2, a.xm, a.r2, r.lw(l, PostNormWeight), g(PostNormWeight))
 	for i := range dxm {
 		dxm[i] += dout[i]
 	}
 	// attention: xm = x + o(att)
-	da := linearBwd(dxm, a.a, L, H*Dh, r.lw(l, "self_attn.o_proj.weight"), D, g("self_attn.o_proj.weight"), nil)
+	da := linearBwd(dxm, a.a, L, H*Dh, r.lw(l, OProjWeight), D, g(OProjWeight), nil)
 	scale := 1 / math.Sqrt(float64(Dh))
 	dq := make([]float64, L*H*Dh)
 	dk := make([]float64, L*KV*Dh)
@@ -307,22 +299,21 @@ func (r *RefModel) layerBackward(l int, dout []float64, L int, a *refLayerActs, 
 	inv := c.InvFreq()
 	dq = ropeApply(dq, L, Dh, inv, -1) // the transpose of a rotation is the opposite rotation
 	dk = ropeApply(dk, L, Dh, inv, -1)
-	if c.QKNorm {
-		dq = rmsnormBwd(dq, a.qb, a.rq, r.lw(l, "self_attn.q_norm.weight"), g("self_attn.q_norm.weight"))
-		dk = rmsnormBwd(dk, a.kb, a.rk, r.lw(l, "self_attn.k_norm.weight"), g("self_attn.k_norm.weight"))
+	if r.lw(l, QNormWeight) != nil {
+		dq = rmsnormBwd(dq, a.qb, a.rq, r.lw(l, QNormWeight), g(QNormWeight))
+		dk = rmsnormBwd(dk, a.kb, a.rk, r.lw(l, KNormWeight), g(KNormWeight))
 	}
-	dh1 := linearBwd(dq, a.h1, L, D, r.lw(l, "self_attn.q_proj.weight"), H*Dh, g("self_attn.q_proj.weight"), g("self_attn.q_proj.bias"))
+	dh1 := linearBwd(dq, a.h1, L, D, r.lw(l, QProjWeight), H*Dh, g(QProjWeight), g(QProjBias))
 	for _, part := range []struct {
-		dy []float64
-		n  string
-	}{{dk, "k_proj"}, {dv, "v_proj"}} {
-		d := linearBwd(part.dy, a.h1, L, D, r.lw(l, "self_attn."+part.n+".weight"), KV*Dh,
-			g("self_attn."+part.n+".weight"), g("self_attn."+part.n+".bias"))
+		dy           []float64
+		weight, bias string
+	}{{dk, KProjWeight, KProjBias}, {dv, VProjWeight, VProjBias}} {
+		d := linearBwd(part.dy, a.h1, L, D, r.lw(l, part.weight), KV*Dh, g(part.weight), g(part.bias))
 		for i := range dh1 {
 			dh1[i] += d[i]
 		}
 	}
-	dx := rmsnormBwd(dh1, a.x, a.r1, r.lw(l, "input_layernorm.weight"), g("input_layernorm.weight"))
+	dx := rmsnormBwd(dh1, a.x, a.r1, r.lw(l, InputNormWeight), g(InputNormWeight))
 	for i := range dx {
 		dx[i] += dxm[i]
 	}

@@ -94,6 +94,7 @@ type Trainer struct {
 	names  []string           // trainable parameter names, fixed order
 	params map[string]*Tensor // by HF name (tied lm head: only the embedding)
 	grads  map[string]*Tensor // trainable ones only
+	gw     WeightSet          // the same gradients as the model lays out its weights (nil: frozen)
 	frozen map[string]bool
 	negSin *Tensor // -sin table for the RoPE backward
 	opt    *adamW
@@ -120,29 +121,11 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 		}
 		res = append(res, re)
 	}
-	t := &Trainer{Model: m, b: b, opts: opts, params: map[string]*Tensor{}, grads: map[string]*Tensor{}, frozen: map[string]bool{}}
-	for _, s := range m.specs() {
-		old := *s.dst
-		host := make([]float32, old.Len())
-		if err := b.Download(old, host); err != nil {
-			return nil, fmt.Errorf("train: weight %q: %w", s.name, err)
-		}
-		p, err := b.UploadParam(host, s.shape...)
-		if err != nil {
-			return nil, fmt.Errorf("train: weight %q: %w", s.name, err)
-		}
-		b.Free(old)
-		*s.dst = p
-		m.weights[s.name] = p
-		t.params[s.name] = p
-		for _, re := range res {
-			if re.MatchString(s.name) {
-				t.frozen[s.name] = true
-			}
-		}
-		if !t.frozen[s.name] {
-			t.names = append(t.names, s.name)
-			t.grads[s.name] = b.Alloc(s.shape...)
+	t := &Trainer{Model: m, b: b, opts: opts, params: map[string]*Tensor{}, grads: map[string]*Tensor{}, frozen: map[string]bool{},
+		gw: WeightSet{Layers: make([]Layer, len(m.Layers))}}
+	for _, s := range m.table.Specs {
+		if err := t.addParam(s, res); err != nil {
+			return nil, err
 		}
 	}
 	if len(res) > 0 && len(t.frozen) == 0 {
@@ -151,6 +134,7 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 	if m.Config.TieWordEmbeddings {
 		b.Free(m.LMHead)
 		m.LMHead = m.Embed
+		t.gw.LMHead = t.gw.Embed
 	}
 	m.WeightDType = F32
 	t.opt = newAdamW(t)
@@ -158,6 +142,37 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// addParam turns the model's weight s into a trainable parameter, with a gradient unless a
+// freeze pattern matches its name.
+func (t *Trainer) addParam(s WeightSpec, freeze []*regexp.Regexp) error {
+	b, m := t.b, t.Model
+	old := *s.In(&m.WeightSet)
+	host := make([]float32, old.Len())
+	if err := b.Download(old, host); err != nil {
+		return fmt.Errorf("train: weight %q: %w", s.Name, err)
+	}
+	p, err := b.UploadParam(host, s.Shape...)
+	if err != nil {
+		return fmt.Errorf("train: weight %q: %w", s.Name, err)
+	}
+	b.Free(old)
+	*s.In(&m.WeightSet) = p
+	m.weights[s.Name] = p
+	t.params[s.Name] = p
+	for _, re := range freeze {
+		if re.MatchString(s.Name) {
+			t.frozen[s.Name] = true
+		}
+	}
+	if !t.frozen[s.Name] {
+		g := b.Alloc(s.Shape...)
+		t.names = append(t.names, s.Name)
+		t.grads[s.Name] = g
+		*s.In(&t.gw) = g
+	}
+	return nil
 }
 
 // TrainableNames lists the names of the parameters that receive gradients.
@@ -177,33 +192,6 @@ func (t *Trainer) Grad(name string) ([]float32, error) {
 func (t *Trainer) ZeroGrad() {
 	for _, g := range t.grads {
 		t.b.Scale(g, 0)
-	}
-}
-
-// layerActs are one layer's activations kept for its backward pass (shapes per comment).
-type layerActs struct {
-	x       *Tensor // [T, D] layer input
-	h1      *Tensor // [T, D] input_layernorm(x)
-	qb, kb  *Tensor // [T, H*Dh], [T, KV*Dh] projections before qk-norm (qk-norm only)
-	q, k, v *Tensor // [T, H*Dh], [T, KV*Dh] x2: after qk-norm and RoPE (v as projected)
-	a       *Tensor // [T, H*Dh] attention output
-	lse     *Tensor // [T, H] log-sum-exp of attention scores
-	xm      *Tensor // [T, D] residual after attention
-	h2      *Tensor // [T, D] post_attention_layernorm(xm)
-	g, u    *Tensor // [T, I] gate and up projections
-	mm      *Tensor // [T, I] silu(g)*u
-}
-
-func (a *layerActs) free(b Backend, keepInput bool) {
-	for _, p := range []**Tensor{&a.h1, &a.qb, &a.kb, &a.q, &a.k, &a.v, &a.a, &a.lse, &a.xm, &a.h2, &a.g, &a.u, &a.mm} {
-		if *p != nil {
-			b.Free(*p)
-			*p = nil
-		}
-	}
-	if !keepInput && a.x != nil {
-		b.Free(a.x)
-		a.x = nil
 	}
 }
 
@@ -244,125 +232,6 @@ func (m *Model) packBatch(seqs []ScoreRequest) (*batchMeta, error) {
 	return bm, nil
 }
 
-// layerForward runs decoder layer li on x [T, D], filling acts (which keeps x), and returns
-// the layer's output [T, D].
-func (t *Trainer) layerForward(li int, x *Tensor, bm *batchMeta, acts *layerActs) *Tensor {
-	m, b, c := t.Model, t.b, t.Model.Config
-	l := &m.Layers[li]
-	T, eps := x.Rows(), float32(c.RMSNormEps)
-	acts.x = x
-	acts.h1 = b.Alloc(T, c.HiddenSize)
-	b.RMSNorm(acts.h1, x, l.InputNorm, eps)
-	acts.q, acts.k, acts.v = b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim()), b.Alloc(T, c.KVDim())
-	b.MatMul(acts.q, acts.h1, l.Q)
-	b.MatMul(acts.k, acts.h1, l.K)
-	b.MatMul(acts.v, acts.h1, l.V)
-	if l.QBias != nil {
-		b.AddBias(acts.q, l.QBias)
-		b.AddBias(acts.k, l.KBias)
-		b.AddBias(acts.v, l.VBias)
-	}
-	if l.QNorm != nil {
-		acts.qb, acts.kb = b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim())
-		t.b.Copy(acts.qb, acts.q)
-		t.b.Copy(acts.kb, acts.k)
-		b.RMSNorm(acts.q, acts.qb, l.QNorm, eps)
-		b.RMSNorm(acts.k, acts.kb, l.KNorm, eps)
-	}
-	b.RoPE(acts.q, c.HeadDim, bm.pos, m.cos, m.sin)
-	b.RoPE(acts.k, c.HeadDim, bm.pos, m.cos, m.sin)
-	acts.a, acts.lse = b.Alloc(T, c.QDim()), b.Alloc(T, c.NumAttentionHeads)
-	b.AttentionTrain(acts.a, acts.lse, acts.q, acts.k, acts.v, bm.seqStart)
-	acts.xm = b.Alloc(T, c.HiddenSize)
-	b.MatMul(acts.xm, acts.a, l.O)
-	b.Add(acts.xm, acts.xm, x)
-	acts.h2 = b.Alloc(T, c.HiddenSize)
-	b.RMSNorm(acts.h2, acts.xm, l.PostNorm, eps)
-	acts.g, acts.u = b.Alloc(T, c.IntermediateSize), b.Alloc(T, c.IntermediateSize)
-	b.MatMul(acts.g, acts.h2, l.Gate)
-	b.MatMul(acts.u, acts.h2, l.Up)
-	acts.mm = b.Alloc(T, c.IntermediateSize)
-	b.SwiGLU(acts.mm, acts.g, acts.u)
-	out := b.Alloc(T, c.HiddenSize)
-	b.MatMul(out, acts.mm, l.Down)
-	b.Add(out, out, acts.xm)
-	return out
-}
-
-// grad returns the gradient tensor of a layer weight, or nil when it is frozen.
-func (t *Trainer) grad(name string) *Tensor { return t.grads[name] }
-
-// matmulBack backpropagates out = x·Wᵀ: dx = dy·W (when dx is not nil) and dW += dyᵀ·x.
-func (t *Trainer) matmulBack(dx, dy, x, w *Tensor, name string) {
-	if dx != nil {
-		t.b.MatMulDX(dx, dy, w)
-	}
-	if g := t.grad(name); g != nil {
-		t.b.MatMulDW(g, dy, x)
-	}
-}
-
-// layerBackward takes dy = ∂L/∂(layer output) [T, D] and returns ∂L/∂x [T, D] (freeing dy),
-// accumulating the layer's weight gradients.
-func (t *Trainer) layerBackward(li int, dy *Tensor, bm *batchMeta, a *layerActs) *Tensor {
-	m, b, c := t.Model, t.b, t.Model.Config
-	l := &m.Layers[li]
-	T, eps := dy.Rows(), float32(c.RMSNormEps)
-	p := fmt.Sprintf("model.layers.%d.", li)
-	// MLP: out = xm + down(silu(gate(h2)) * up(h2)).
-	dmm := b.Alloc(T, c.IntermediateSize)
-	t.matmulBack(dmm, dy, a.mm, l.Down, p+"mlp.down_proj.weight")
-	dg, du := b.Alloc(T, c.IntermediateSize), b.Alloc(T, c.IntermediateSize)
-	b.SwiGLUBackward(dg, du, dmm, a.g, a.u)
-	b.Free(dmm)
-	dh := b.Alloc(T, c.HiddenSize)
-	tmp := b.Alloc(T, c.HiddenSize)
-	t.matmulBack(dh, dg, a.h2, l.Gate, p+"mlp.gate_proj.weight")
-	t.matmulBack(tmp, du, a.h2, l.Up, p+"mlp.up_proj.weight")
-	b.Add(dh, dh, tmp)
-	b.Free(dg)
-	b.Free(du)
-	b.RMSNormBackward(tmp, t.grad(p+"post_attention_layernorm.weight"), dh, a.xm, l.PostNorm, eps)
-	dxm := dy // the residual passes dy through
-	b.Add(dxm, dxm, tmp)
-	// Attention: xm = x + o_proj(attn(rope(q), rope(k), v)).
-	da := b.Alloc(T, c.QDim())
-	t.matmulBack(da, dxm, a.a, l.O, p+"self_attn.o_proj.weight")
-	dq, dk, dv := b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim()), b.Alloc(T, c.KVDim())
-	b.AttentionBackward(dq, dk, dv, da, a.q, a.k, a.v, a.a, a.lse, bm.seqStart)
-	b.Free(da)
-	// RoPE is a rotation: its backward rotates by the opposite angle.
-	b.RoPE(dq, c.HeadDim, bm.pos, m.cos, t.negSin)
-	b.RoPE(dk, c.HeadDim, bm.pos, m.cos, t.negSin)
-	if l.QNorm != nil {
-		b.RMSNormBackward(dq, t.grad(p+"self_attn.q_norm.weight"), dq, a.qb, l.QNorm, eps)
-		b.RMSNormBackward(dk, t.grad(p+"self_attn.k_norm.weight"), dk, a.kb, l.KNorm, eps)
-	}
-	if l.QBias != nil {
-		for _, bb := range []struct {
-			d    *Tensor
-			name string
-		}{{dq, "q"}, {dk, "k"}, {dv, "v"}} {
-			if g := t.grad(p + "self_attn." + bb.name + "_proj.bias"); g != nil {
-				b.BiasDW(g, bb.d)
-			}
-		}
-	}
-	t.matmulBack(dh, dq, a.h1, l.Q, p+"self_attn.q_proj.weight")
-	t.matmulBack(tmp, dk, a.h1, l.K, p+"self_attn.k_proj.weight")
-	b.Add(dh, dh, tmp)
-	t.matmulBack(tmp, dv, a.h1, l.V, p+"self_attn.v_proj.weight")
-	b.Add(dh, dh, tmp)
-	b.Free(dq)
-	b.Free(dk)
-	b.Free(dv)
-	b.RMSNormBackward(tmp, t.grad(p+"input_layernorm.weight"), dh, a.x, l.InputNorm, eps)
-	b.Add(dxm, dxm, tmp)
-	b.Free(dh)
-	b.Free(tmp)
-	return dxm
-}
-
 // StepStats reports one ForwardBackward call.
 type StepStats struct {
 	Loss    float64
@@ -377,12 +246,11 @@ type StepStats struct {
 // gradient of every trainable weight (call ZeroGrad between optimizer steps). Sequences are
 // packed without padding; attention stays within each sequence.
 func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss LossFunc) (*StepStats, error) {
-	m, b, c := t.Model, t.b, t.Model.Config
-	bm, err := m.packBatch(seqs)
+	b := t.b
+	bm, err := t.Model.packBatch(seqs)
 	if err != nil {
 		return nil, err
 	}
-	T := len(bm.ids)
 	maxLen := 0
 	for _, s := range seqs {
 		maxLen = max(maxLen, len(s.Tokens))
@@ -393,14 +261,35 @@ func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	// Forward, keeping every layer's activations (or only its input, with Recompute).
-	acts := make([]layerActs, c.NumHiddenLayers)
+	acts := make([]layerActs, t.Model.Config.NumHiddenLayers)
 	defer func() {
 		for i := range acts {
 			acts[i].free(b, false)
 		}
 	}()
-	x := b.Alloc(T, c.HiddenSize)
+	xf := t.forwardLayers(bm, acts) // [T, D] final residual
+	defer b.Free(xf)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h := t.newHead(xf, bm)
+	defer h.free()
+	st, dlp, dent, err := h.forward(loss)
+	if err != nil {
+		return nil, err
+	}
+	dx := h.backward(dlp, dent) // [T, D] ∂L/∂(final residual)
+	if err := t.backwardLayers(ctx, dx, bm, acts); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// forwardLayers embeds the batch and runs every layer, keeping each layer's activations in
+// acts (or only its input, with Recompute); it returns the final residual [T, D].
+func (t *Trainer) forwardLayers(bm *batchMeta, acts []layerActs) *Tensor {
+	m, b := t.Model, t.b
+	x := b.Alloc(len(bm.ids), m.Config.HiddenSize) // [T, D] residual stream
 	b.Embedding(x, m.Embed, bm.ids)
 	for li := range acts {
 		out := t.layerForward(li, x, bm, &acts[li])
@@ -409,49 +298,88 @@ func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 		}
 		x = out
 	}
-	xf := x // [T, D] final residual
-	defer b.Free(xf)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	return x
+}
 
-	// Head: log-probs of the scored rows, in chunks of rows.
-	R := len(bm.rows)
-	chunk := t.opts.MaxLogitRows
-	if chunk <= 0 {
-		chunk = max(1, min(1024, (64<<20)/(4*c.VocabSize)))
-	}
-	xr := b.Alloc(R, c.HiddenSize) // [R, D] scored rows of the final residual
-	defer b.Free(xr)
-	b.GatherRows(xr, xf, bm.rows)
-	hn := b.Alloc(R, c.HiddenSize) // [R, D] after the final norm
-	defer b.Free(hn)
-	b.RMSNorm(hn, xr, m.Norm, float32(c.RMSNormEps))
-	lp := make([]float32, 0, R)
-	ent := make([]float32, 0, R)
-	var kept []*Tensor // logits chunks kept for the backward when they are few
-	keep := R*c.VocabSize <= 32<<20
-	defer func() {
-		for _, l := range kept {
-			b.Free(l)
+// backwardLayers backpropagates dx [T, D] (freed) through the layers, last to first, and into
+// the embedding.
+func (t *Trainer) backwardLayers(ctx context.Context, dx *Tensor, bm *batchMeta, acts []layerActs) error {
+	b := t.b
+	for li := len(acts) - 1; li >= 0; li-- {
+		if err := ctx.Err(); err != nil {
+			b.Free(dx)
+			return err
 		}
-	}()
-	for r0 := 0; r0 < R; r0 += chunk {
-		r1 := min(R, r0+chunk)
-		logits := t.chunkLogits(hn, r0, r1)
+		if t.opts.Recompute {
+			out := t.layerForward(li, acts[li].x, bm, &acts[li])
+			b.Free(out)
+		}
+		dx = t.layerBackward(li, dx, bm, &acts[li])
+		acts[li].free(b, false)
+	}
+	if g := t.gw.Embed; g != nil {
+		b.EmbeddingBackward(g, dx, bm.ids)
+	}
+	b.Free(dx)
+	return nil
+}
+
+// trainHead is the LM head of a training micro-batch: the final norm and the log-probs of the
+// scored rows, logits computed chunk rows at a time.
+type trainHead struct {
+	t      *Trainer
+	bm     *batchMeta
+	xr, hn *Tensor   // [R, D] scored rows of the final residual; after the final norm
+	chunk  int       // logits rows at a time
+	keep   bool      // keep the logits chunks for the backward (when they are few)
+	kept   []*Tensor // [chunk, V] each
+}
+
+// newHead gathers the scored rows of xf [T, D] and applies the final norm.
+func (t *Trainer) newHead(xf *Tensor, bm *batchMeta) *trainHead {
+	b, c := t.b, t.Model.Config
+	R := len(bm.rows)
+	h := &trainHead{t: t, bm: bm, chunk: t.opts.MaxLogitRows, keep: R*c.VocabSize <= 32<<20}
+	if h.chunk <= 0 {
+		h.chunk = max(1, min(1024, (64<<20)/(4*c.VocabSize)))
+	}
+	h.xr = b.Alloc(R, c.HiddenSize)
+	b.GatherRows(h.xr, xf, bm.rows)
+	h.hn = b.Alloc(R, c.HiddenSize)
+	b.RMSNorm(h.hn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
+	return h
+}
+
+func (h *trainHead) free() {
+	for _, l := range h.kept {
+		h.t.b.Free(l)
+	}
+	h.t.b.Free(h.hn)
+	h.t.b.Free(h.xr)
+}
+
+// forward computes the scored rows' log-probs and entropies, evaluates loss on them and
+// returns the stats with the loss's derivatives flattened to rows ([R]; dent may be nil).
+func (h *trainHead) forward(loss LossFunc) (st *StepStats, dlp, dent []float32, err error) {
+	t, b, bm := h.t, h.t.b, h.bm
+	R := len(bm.rows)
+	lp, ent := make([]float32, 0, R), make([]float32, 0, R)
+	for r0 := 0; r0 < R; r0 += h.chunk {
+		r1 := min(R, r0+h.chunk)
+		logits := t.chunkLogits(h.hn, r0, r1)
 		l, e, err := b.LogProbs(logits, bm.targets[r0:r1], t.opts.Temperature)
 		if err != nil {
 			b.Free(logits)
-			return nil, err
+			return nil, nil, nil, err
 		}
 		lp, ent = append(lp, l...), append(ent, e...)
-		if keep {
-			kept = append(kept, logits)
+		if h.keep {
+			h.kept = append(h.kept, logits)
 		} else {
 			b.Free(logits)
 		}
 	}
-	st := &StepStats{Tokens: T, Scored: R}
+	st = &StepStats{Tokens: len(bm.ids), Scored: R}
 	off := 0
 	for _, n := range bm.nScored {
 		sl, se := make([]float64, n), make([]float64, n)
@@ -461,83 +389,72 @@ func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 		st.LogProb, st.Entropy = append(st.LogProb, sl), append(st.Entropy, se)
 		off += n
 	}
-	lossV, dlp, dent, err := loss(st.LogProb, st.Entropy)
+	dlp, dent, err = st.evalLoss(loss, bm.nScored)
+	return st, dlp, dent, err
+}
+
+// evalLoss evaluates loss on the stats' log-probs and entropies, records it, and returns its
+// derivatives flattened over the scored rows.
+func (st *StepStats) evalLoss(loss LossFunc, nScored []int) (dlp, dent []float32, err error) {
+	lossV, dl, de, err := loss(st.LogProb, st.Entropy)
 	if err != nil {
-		return nil, fmt.Errorf("train: loss: %w", err)
+		return nil, nil, fmt.Errorf("train: loss: %w", err)
 	}
 	if math.IsNaN(lossV) || math.IsInf(lossV, 0) {
-		return nil, fmt.Errorf("train: loss is %v", lossV)
+		return nil, nil, fmt.Errorf("train: loss is %v", lossV)
 	}
 	st.Loss = lossV
-	dlpf, err := flatten(dlp, bm.nScored, "dLogp")
-	if err != nil {
-		return nil, err
+	if dlp, err = flatten(dl, nScored, "dLogp"); err != nil {
+		return nil, nil, err
 	}
-	var dentf []float32
-	if dent != nil {
-		if dentf, err = flatten(dent, bm.nScored, "dEntropy"); err != nil {
-			return nil, err
+	if de != nil {
+		if dent, err = flatten(de, nScored, "dEntropy"); err != nil {
+			return nil, nil, err
 		}
 	}
+	return dlp, dent, nil
+}
 
-	// Backward through the head, chunk by chunk.
+// backward backpropagates the loss's derivatives through the head, chunk by chunk, and
+// returns ∂L/∂(final residual) [T, D].
+func (h *trainHead) backward(dlp, dent []float32) *Tensor {
+	t, b, bm, c := h.t, h.t.b, h.bm, h.t.Model.Config
+	R := len(bm.rows)
 	dhn := b.Alloc(R, c.HiddenSize) // [R, D]
 	defer b.Free(dhn)
-	headName := "lm_head.weight"
-	if c.TieWordEmbeddings {
-		headName = "model.embed_tokens.weight"
-	}
-	for i, r0 := 0, 0; r0 < R; i, r0 = i+1, r0+chunk {
-		r1 := min(R, r0+chunk)
-		var logits *Tensor
-		if keep {
-			logits = kept[i]
+	for i, r0 := 0, 0; r0 < R; i, r0 = i+1, r0+h.chunk {
+		r1 := min(R, r0+h.chunk)
+		var logits *Tensor // [r1-r0, V]
+		if h.keep {
+			logits = h.kept[i]
 		} else {
-			logits = t.chunkLogits(hn, r0, r1)
+			logits = t.chunkLogits(h.hn, r0, r1)
 		}
 		var de []float32
-		if dentf != nil {
-			de = dentf[r0:r1]
+		if dent != nil {
+			de = dent[r0:r1]
 		}
-		b.LogProbsBackward(logits, logits, bm.targets[r0:r1], dlpf[r0:r1], de, t.opts.Temperature)
-		dpart := b.Alloc(r1-r0, c.HiddenSize)
-		b.MatMulDX(dpart, logits, m.LMHead)
-		if g := t.grad(headName); g != nil {
-			hpart := b.Alloc(r1-r0, c.HiddenSize)
-			b.GatherRows(hpart, hn, seqRange(r0, r1))
+		b.LogProbsBackward(logits, logits, bm.targets[r0:r1], dlp[r0:r1], de, t.opts.Temperature)
+		dpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
+		b.MatMulDX(dpart, logits, t.Model.LMHead)
+		if g := t.gw.LMHead; g != nil {
+			hpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
+			b.GatherRows(hpart, h.hn, seqRange(r0, r1))
 			b.MatMulDW(g, logits, hpart)
 			b.Free(hpart)
 		}
 		b.ScatterAddRows(dhn, dpart, seqRange(r0, r1))
 		b.Free(dpart)
-		if !keep {
+		if !h.keep {
 			b.Free(logits)
 		}
 	}
-	dxr := b.Alloc(R, c.HiddenSize)
-	b.RMSNormBackward(dxr, t.grad("model.norm.weight"), dhn, xr, m.Norm, float32(c.RMSNormEps))
-	dx := b.Alloc(T, c.HiddenSize) // [T, D] ∂L/∂(final residual)
+	dxr := b.Alloc(R, c.HiddenSize) // [R, D]
+	b.RMSNormBackward(dxr, t.gw.Norm, dhn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
+	dx := b.Alloc(len(bm.ids), c.HiddenSize) // [T, D]
 	b.ScatterAddRows(dx, dxr, bm.rows)
 	b.Free(dxr)
-
-	// Layers, last to first.
-	for li := len(acts) - 1; li >= 0; li-- {
-		if err := ctx.Err(); err != nil {
-			b.Free(dx)
-			return nil, err
-		}
-		if t.opts.Recompute {
-			out := t.layerForward(li, acts[li].x, bm, &acts[li])
-			b.Free(out)
-		}
-		dx = t.layerBackward(li, dx, bm, &acts[li])
-		acts[li].free(b, false)
-	}
-	if g := t.grad("model.embed_tokens.weight"); g != nil {
-		b.EmbeddingBackward(g, dx, bm.ids)
-	}
-	b.Free(dx)
-	return st, nil
+	return dx
 }
 
 // chunkLogits returns the logits [r1-r0, V] of rows r0..r1-1 of hn.
@@ -606,13 +523,13 @@ func (t *Trainer) ensureRope(n int) error {
 // HostWeights downloads every weight of m by HF name (the tied LM head is not listed).
 func (m *Model) HostWeights() (map[string]HostTensor, error) {
 	out := map[string]HostTensor{}
-	for _, s := range m.specs() {
-		w := *s.dst
+	for _, s := range m.table.Specs {
+		w := *s.In(&m.WeightSet)
 		data := make([]float32, w.Len())
 		if err := m.Backend.Download(w, data); err != nil {
-			return nil, fmt.Errorf("weight %q: %w", s.name, err)
+			return nil, fmt.Errorf("weight %q: %w", s.Name, err)
 		}
-		out[s.name] = HostTensor{Shape: append([]int(nil), s.shape...), Data: data}
+		out[s.Name] = HostTensor{Shape: append([]int(nil), s.Shape...), Data: data}
 	}
 	return out, nil
 }

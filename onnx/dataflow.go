@@ -1,9 +1,9 @@
 package onnx
 
 import (
-	"fmt"
 	"sort"
 
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 )
 
@@ -255,13 +255,13 @@ func placeByDataFlow(gi *graphIndex, placed map[string]placement, unnamed []stri
 		case "lm_head":
 			return "lm_head." + kind
 		case "q_proj", "k_proj", "v_proj", "o_proj":
-			return fmt.Sprintf("model.layers.%d.self_attn.%s.%s", li.layer, li.module, kind)
+			return engine.LayerWeight(li.layer, "self_attn."+li.module+"."+kind)
 		default:
-			return fmt.Sprintf("model.layers.%d.mlp.%s.%s", li.layer, li.module, kind)
+			return engine.LayerWeight(li.layer, "mlp."+li.module+"."+kind)
 		}
 	}
 	add := func(name, c string, tr bool) error {
-		if _, ok := placed[name]; ok || !(isUnnamed[c] || name == "lm_head.weight") {
+		if _, ok := placed[name]; ok || !(isUnnamed[c] || name == engine.LMHeadWeight) {
 			return nil
 		}
 		return addPlacement(placed, name, placement{src: c, transpose: tr, how: "data flow"})
@@ -277,7 +277,7 @@ func placeByDataFlow(gi *graphIndex, placed map[string]placement, unnamed []stri
 		switch r {
 		case roleEmbed:
 			if fromInput(gi, input(n, 1), "input_ids") {
-				if err := add("model.embed_tokens.weight", c, tr); err != nil {
+				if err := add(engine.EmbedWeight, c, tr); err != nil {
 					return err
 				}
 			}
@@ -339,7 +339,7 @@ func normName(gi *graphIndex, n *onnxpb.NodeProto, c string, byNode map[*onnxpb.
 		}
 		for _, p := range gi.upstreamNodes(other, walkDepth, stop) {
 			if li := byNode[p]; li != nil && (li.module == "q_proj" || li.module == "k_proj") {
-				return fmt.Sprintf("model.layers.%d.self_attn.%s_norm.weight", li.layer, li.module[:1])
+				return engine.LayerWeight(li.layer, "self_attn."+li.module[:1]+"_norm.weight")
 			}
 		}
 	}
@@ -359,11 +359,11 @@ func normName(gi *graphIndex, n *onnxpb.NodeProto, c string, byNode map[*onnxpb.
 	for _, li := range fed {
 		switch li.module {
 		case "q_proj", "k_proj", "v_proj":
-			return fmt.Sprintf("model.layers.%d.input_layernorm.weight", li.layer)
+			return engine.LayerWeight(li.layer, engine.InputNormWeight)
 		case "gate_proj", "up_proj":
-			return fmt.Sprintf("model.layers.%d.post_attention_layernorm.weight", li.layer)
+			return engine.LayerWeight(li.layer, engine.PostNormWeight)
 		case "lm_head":
-			return "model.norm.weight"
+			return engine.NormWeight
 		}
 	}
 	return ""

@@ -197,27 +197,25 @@ func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) ([]s
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	names := engine.WeightNames(cfg)
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-		t, ok := weights[n]
+	tbl := engine.NewWeightTable(cfg)
+	for _, s := range tbl.Specs {
+		t, ok := weights[s.Name]
 		if !ok {
-			return nil, fmt.Errorf("tensor %s: missing", n)
+			return nil, fmt.Errorf("tensor %s: missing", s.Name)
 		}
-		shape, _ := engine.WeightShape(cfg, n)
-		if !equalInts(shape, t.Shape) {
-			return nil, fmt.Errorf("tensor %s: shape %v, config wants %v", n, t.Shape, shape)
+		if !equalInts(s.Shape, t.Shape) {
+			return nil, fmt.Errorf("tensor %s: shape %v, config wants %v", s.Name, t.Shape, s.Shape)
 		}
-		if len(t.Data) != numel(shape) {
-			return nil, fmt.Errorf("tensor %s: %d values for shape %v", n, len(t.Data), shape)
+		if len(t.Data) != numel(s.Shape) {
+			return nil, fmt.Errorf("tensor %s: %d values for shape %v", s.Name, len(t.Data), s.Shape)
 		}
 	}
 	for n := range weights {
-		if !want[n] && !strings.HasSuffix(n, "rotary_emb.inv_freq") {
+		if !tbl.Has(n) && !strings.HasSuffix(n, "rotary_emb.inv_freq") {
 			return nil, fmt.Errorf("tensor %s: not a weight of a %s model with this config", n, cfg.ModelType)
 		}
 	}
+	names := tbl.Names()
 	return names, nil
 }
 
@@ -246,13 +244,39 @@ func buildModel(cfg *engine.Config) (*onnxpb.ModelProto, error) {
 // decoderGraph builds the nodes, inputs and outputs of the decoder (no initializers).
 func decoderGraph(c *engine.Config) *onnxpb.GraphProto {
 	b := newBuilder("prolong_" + c.ModelType)
-	g := b.g
+	graphIO(b.g, c)
+	heads, kvHeads, hd := c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim
+	s := "/model"
+	bs := b.op(s, "Shape", []string{"input_ids"}) // [2] = (B, S)
+	lg := &layerGraph{b: b, c: c, tbl: engine.NewWeightTable(c)}
+	lg.shapeQ = b.op(s, "Concat", []string{bs, b.ints(s, int64(heads), int64(hd))}, attrInt("axis", 0))
+	lg.shapeKV = b.op(s, "Concat", []string{bs, b.ints(s, int64(kvHeads), int64(hd))}, attrInt("axis", 0))
+	shapeLogits := b.op(s, "Concat", []string{bs, b.ints(s, int64(c.VocabSize))}, attrInt("axis", 0))
+
+	// Embedding: the residual stream x is [N, D] with N = B*S rows, batch-major.
+	e := "/model/embed_tokens"
+	ids := b.op(e, "Reshape", []string{"input_ids", b.ints(e, -1)})               // [N]
+	x := b.op(e, "Gather", []string{engine.EmbedWeight, ids}, attrInt("axis", 0)) // [N, D]
+	lg.cos, lg.sin = ropeTables(b, c)
+	lg.allowed = attentionMask(b, bs)
+	lg.masked = b.floats("/model/attn_mask", nil, -math.MaxFloat32)
+	lg.scale = b.floats("/model/attn_mask", nil, float32(1/math.Sqrt(float64(hd))))
+	for i := 0; i < c.NumHiddenLayers; i++ {
+		x = lg.layer(i, x)
+	}
+	x = rmsNorm(b, "/model/norm", x, engine.NormWeight, float32(c.RMSNormEps))
+	logits := linear(b, "/lm_head", x, engine.HeadWeight(c), "") // [N, V]
+	b.g.Node = append(b.g.Node, &onnxpb.NodeProto{Name: proto.String("/lm_head/Reshape"),
+		OpType: proto.String("Reshape"), Input: []string{logits, shapeLogits}, Output: []string{"logits"}})
+	return b.g
+}
+
+// graphIO declares the graph's inputs and outputs (see the package comment).
+func graphIO(g *onnxpb.GraphProto, c *engine.Config) {
 	const (
 		f32 = onnxpb.TensorProto_FLOAT
 		i64 = onnxpb.TensorProto_INT64
 	)
-	heads, kvHeads, hd := c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim
-	group := heads / kvHeads
 	g.Input = append(g.Input,
 		valueInfo("input_ids", i64, "batch_size", "sequence_length"),
 		valueInfo("attention_mask", i64, "batch_size", "total_sequence_length"),
@@ -261,40 +285,36 @@ func decoderGraph(c *engine.Config) *onnxpb.GraphProto {
 	for i := 0; i < c.NumHiddenLayers; i++ {
 		for _, kv := range []string{"key", "value"} {
 			g.Input = append(g.Input, valueInfo(fmt.Sprintf("past_key_values.%d.%s", i, kv), f32,
-				"batch_size", kvHeads, "past_sequence_length", hd))
+				"batch_size", c.NumKeyValueHeads, "past_sequence_length", c.HeadDim))
 			g.Output = append(g.Output, valueInfo(fmt.Sprintf("present.%d.%s", i, kv), f32,
-				"batch_size", kvHeads, "total_sequence_length", hd))
+				"batch_size", c.NumKeyValueHeads, "total_sequence_length", c.HeadDim))
 		}
 	}
+}
 
-	s := "/model"
-	bs := b.op(s, "Shape", []string{"input_ids"}) // [2] = (B, S)
-	shapeQ := b.op(s, "Concat", []string{bs, b.ints(s, int64(heads), int64(hd))}, attrInt("axis", 0))
-	shapeKV := b.op(s, "Concat", []string{bs, b.ints(s, int64(kvHeads), int64(hd))}, attrInt("axis", 0))
-	shapeLogits := b.op(s, "Concat", []string{bs, b.ints(s, int64(c.VocabSize))}, attrInt("axis", 0))
-
-	// Embedding: the residual stream x is [N, D] with N = B*S rows, batch-major.
-	e := "/model/embed_tokens"
-	ids := b.op(e, "Reshape", []string{"input_ids", b.ints(e, -1)})                        // [N]
-	x := b.op(e, "Gather", []string{"model.embed_tokens.weight", ids}, attrInt("axis", 0)) // [N, D]
-
-	// RoPE tables from position_ids: angle[b,s,j] = pos[b,s] * inv_freq[j], j < Dh/2, and the
-	// rotate-half layout repeats the Dh/2 angles twice.
+// ropeTables computes the RoPE tables cos, sin [B, 1, S, Dh] from position_ids:
+// angle[b,s,j] = pos[b,s] * inv_freq[j], j < Dh/2, and the rotate-half layout repeats the Dh/2
+// angles twice.
+func ropeTables(b *builder, c *engine.Config) (cos, sin string) {
 	r := "/model/rotary_emb"
 	inv64 := c.InvFreq()
 	inv := make([]float32, len(inv64))
 	for i, v := range inv64 {
 		inv[i] = float32(v)
 	}
-	pos := b.op(r, "Cast", []string{"position_ids"}, attrInt("to", int64(f32)))           // [B, S]
-	pos = b.op(r, "Unsqueeze", []string{pos, b.ints(r, 2)})                               // [B, S, 1]
-	freqs := b.op(r, "Mul", []string{pos, b.floats(r, []int64{int64(len(inv))}, inv...)}) // [B, S, Dh/2]
-	emb := b.op(r, "Concat", []string{freqs, freqs}, attrInt("axis", -1))                 // [B, S, Dh]
-	cos := b.op(r, "Unsqueeze", []string{b.op(r, "Cos", []string{emb}), b.ints(r, 1)})    // [B, 1, S, Dh]
-	sin := b.op(r, "Unsqueeze", []string{b.op(r, "Sin", []string{emb}), b.ints(r, 1)})    // [B, 1, S, Dh]
+	pos := b.op(r, "Cast", []string{"position_ids"}, attrInt("to", int64(onnxpb.TensorProto_FLOAT))) // [B, S]
+	pos = b.op(r, "Unsqueeze", []string{pos, b.ints(r, 2)})                                          // [B, S, 1]
+	freqs := b.op(r, "Mul", []string{pos, b.floats(r, []int64{int64(len(inv))}, inv...)})            // [B, S, Dh/2]
+	emb := b.op(r, "Concat", []string{freqs, freqs}, attrInt("axis", -1))                            // [B, S, Dh]
+	cos = b.op(r, "Unsqueeze", []string{b.op(r, "Cos", []string{emb}), b.ints(r, 1)})                // [B, 1, S, Dh]
+	sin = b.op(r, "Unsqueeze", []string{b.op(r, "Sin", []string{emb}), b.ints(r, 1)})                // [B, 1, S, Dh]
+	return cos, sin
+}
 
-	// Attention mask: query i (absolute position P+i) sees key j when j <= P+i and
-	// attention_mask[b, j] is 1. allowed is [B, 1, 1, S, T] (broadcast over kv heads and groups).
+// attentionMask returns allowed [B, 1, 1, S, T] (broadcast over kv heads and groups): query i
+// (absolute position P+i) sees key j when j <= P+i and attention_mask[b, j] is 1. bs is the
+// shape (B, S) of input_ids.
+func attentionMask(b *builder, bs string) string {
 	mk := "/model/attn_mask"
 	zero, one := b.scalarInt(mk, 0), b.scalarInt(mk, 1)
 	total := b.op(mk, "Gather", []string{b.op(mk, "Shape", []string{"attention_mask"}), one}, attrInt("axis", 0)) // T
@@ -305,85 +325,100 @@ func decoderGraph(c *engine.Config) *onnxpb.GraphProto {
 	causal := b.op(mk, "LessOrEqual", []string{kpos, qpos})                                                       // [S, T]
 	pad := b.op(mk, "Cast", []string{"attention_mask"}, attrInt("to", int64(onnxpb.TensorProto_BOOL)))            // [B, T]
 	pad = b.op(mk, "Unsqueeze", []string{pad, b.ints(mk, 1, 2, 3)})                                               // [B, 1, 1, 1, T]
-	allowed := b.op(mk, "And", []string{causal, pad})                                                             // [B, 1, 1, S, T]
-	masked := b.floats(mk, nil, -math.MaxFloat32)
-	scale := b.floats(mk, nil, float32(1/math.Sqrt(float64(hd))))
+	return b.op(mk, "And", []string{causal, pad})                                                                 // [B, 1, 1, S, T]
+}
 
-	half := int64(hd / 2)
-	rope := func(scope, t string) string { // t: [B, heads, S, Dh]
-		x1 := b.op(scope, "Slice", []string{t, b.ints(scope, 0), b.ints(scope, half), b.ints(scope, -1)})
-		x2 := b.op(scope, "Slice", []string{t, b.ints(scope, half), b.ints(scope, int64(hd)), b.ints(scope, -1)})
-		rot := b.op(scope, "Concat", []string{b.op(scope, "Neg", []string{x2}), x1}, attrInt("axis", -1))
-		return b.op(scope, "Add", []string{b.op(scope, "Mul", []string{t, cos}), b.op(scope, "Mul", []string{rot, sin})})
-	}
-	eps := float32(c.RMSNormEps)
-	for i := 0; i < c.NumHiddenLayers; i++ {
-		p := fmt.Sprintf("/model/layers.%d", i)
-		w := fmt.Sprintf("model.layers.%d.", i)
-		a := p + "/self_attn"
-		h := rmsNorm(b, p+"/input_layernorm", x, w+"input_layernorm.weight", eps)
-		bias := func(n string) string {
-			if c.AttentionBias {
-				return w + "self_attn." + n + ".bias"
-			}
-			return ""
-		}
-		q := linear(b, a+"/q_proj", h, w+"self_attn.q_proj.weight", bias("q_proj")) // [N, H*Dh]
-		k := linear(b, a+"/k_proj", h, w+"self_attn.k_proj.weight", bias("k_proj")) // [N, KV*Dh]
-		v := linear(b, a+"/v_proj", h, w+"self_attn.v_proj.weight", bias("v_proj")) // [N, KV*Dh]
-		q = b.op(a, "Reshape", []string{q, shapeQ})                                 // [B, S, H, Dh]
-		k = b.op(a, "Reshape", []string{k, shapeKV})                                // [B, S, KV, Dh]
-		v = b.op(a, "Reshape", []string{v, shapeKV})                                // [B, S, KV, Dh]
-		if c.QKNorm {
-			q = rmsNorm(b, a+"/q_norm", q, w+"self_attn.q_norm.weight", eps)
-			k = rmsNorm(b, a+"/k_norm", k, w+"self_attn.k_norm.weight", eps)
-		}
-		perm := attrInts("perm", 0, 2, 1, 3)
-		q = rope(a+"/rotary_q", b.op(a, "Transpose", []string{q}, perm)) // [B, H, S, Dh]
-		k = rope(a+"/rotary_k", b.op(a, "Transpose", []string{k}, perm)) // [B, KV, S, Dh]
-		v = b.op(a, "Transpose", []string{v}, perm)                      // [B, KV, S, Dh]
-		presentK := fmt.Sprintf("present.%d.key", i)
-		presentV := fmt.Sprintf("present.%d.value", i)
-		b.g.Node = append(b.g.Node,
-			&onnxpb.NodeProto{Name: proto.String(a + "/present_key/Concat"), OpType: proto.String("Concat"),
-				Input: []string{fmt.Sprintf("past_key_values.%d.key", i), k}, Output: []string{presentK},
-				Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}}, // [B, KV, T, Dh]
-			&onnxpb.NodeProto{Name: proto.String(a + "/present_value/Concat"), OpType: proto.String("Concat"),
-				Input: []string{fmt.Sprintf("past_key_values.%d.value", i), v}, Output: []string{presentV},
-				Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}})
-		// Grouped-query attention without copying k/v: heads split as [KV, G] (head h uses
-		// kv head h/G), and k/v get a broadcast axis for G.
-		q5 := b.op(a, "Reshape", []string{q, b.ints(a, 0, int64(kvHeads), int64(group), -1, int64(hd))}) // [B, KV, G, S, Dh]
-		k5 := b.op(a, "Unsqueeze", []string{presentK, b.ints(a, 2)})                                     // [B, KV, 1, T, Dh]
-		v5 := b.op(a, "Unsqueeze", []string{presentV, b.ints(a, 2)})                                     // [B, KV, 1, T, Dh]
-		kT := b.op(a, "Transpose", []string{k5}, attrInts("perm", 0, 1, 2, 4, 3))                        // [B, KV, 1, Dh, T]
-		sc := b.op(a, "Mul", []string{b.op(a, "MatMul", []string{q5, kT}), scale})                       // [B, KV, G, S, T]
-		sc = b.op(a, "Where", []string{allowed, sc, masked})
-		pr := b.op(a, "Softmax", []string{sc}, attrInt("axis", -1))
-		o := b.op(a, "MatMul", []string{pr, v5})                                       // [B, KV, G, S, Dh]
-		o = b.op(a, "Reshape", []string{o, b.ints(a, 0, int64(heads), -1, int64(hd))}) // [B, H, S, Dh]
-		o = b.op(a, "Transpose", []string{o}, perm)                                    // [B, S, H, Dh]
-		o = b.op(a, "Reshape", []string{o, b.ints(a, -1, int64(heads*hd))})            // [N, H*Dh]
-		o = linear(b, a+"/o_proj", o, w+"self_attn.o_proj.weight", "")                 // [N, D]
-		x = b.op(p, "Add", []string{x, o})
+// layerGraph builds the decoder layers into the graph, the same layer as the engine's (see
+// engine/layer.go), with weights named by the engine's weight table.
+type layerGraph struct {
+	b       *builder
+	c       *engine.Config
+	tbl     *engine.WeightTable
+	shapeQ  string // [4] = (B, S, H, Dh)
+	shapeKV string // [4] = (B, S, KV, Dh)
+	cos     string // [B, 1, S, Dh]
+	sin     string // [B, 1, S, Dh]
+	allowed string // [B, 1, 1, S, T] attention mask
+	masked  string // scalar score of masked keys
+	scale   string // scalar 1/sqrt(Dh)
+}
 
-		m := p + "/mlp"
-		h = rmsNorm(b, p+"/post_attention_layernorm", x, w+"post_attention_layernorm.weight", eps)
-		gate := linear(b, m+"/gate_proj", h, w+"mlp.gate_proj.weight", "") // [N, I]
-		up := linear(b, m+"/up_proj", h, w+"mlp.up_proj.weight", "")       // [N, I]
-		act := b.op(m+"/act_fn", "Mul", []string{gate, b.op(m+"/act_fn", "Sigmoid", []string{gate})})
-		act = b.op(m, "Mul", []string{act, up})
-		x = b.op(p, "Add", []string{x, linear(b, m+"/down_proj", act, w+"mlp.down_proj.weight", "")})
+// layer adds decoder layer i on the residual stream x [N, D] and returns its output [N, D].
+func (l *layerGraph) layer(i int, x string) string {
+	b, eps := l.b, float32(l.c.RMSNormEps)
+	p := fmt.Sprintf("/model/layers.%d", i)
+	w := func(suffix string) string { return engine.LayerWeight(i, suffix) }
+	opt := func(suffix string) string { // "" when the config has no such weight
+		if l.tbl.Has(w(suffix)) {
+			return w(suffix)
+		}
+		return ""
 	}
-	x = rmsNorm(b, "/model/norm", x, "model.norm.weight", eps)
-	head := "lm_head.weight"
-	if c.TieWordEmbeddings {
-		head = "model.embed_tokens.weight"
+	a := p + "/self_attn"
+	h := rmsNorm(b, p+"/input_layernorm", x, w(engine.InputNormWeight), eps)
+	q := linear(b, a+"/q_proj", h, w(engine.QProjWeight), opt(engine.QProjBias)) // [N, H*Dh]
+	k := linear(b, a+"/k_proj", h, w(engine.KProjWeight), opt(engine.KProjBias)) // [N, KV*Dh]
+	v := linear(b, a+"/v_proj", h, w(engine.VProjWeight), opt(engine.VProjBias)) // [N, KV*Dh]
+	q = b.op(a, "Reshape", []string{q, l.shapeQ})                                // [B, S, H, Dh]
+	k = b.op(a, "Reshape", []string{k, l.shapeKV})                               // [B, S, KV, Dh]
+	v = b.op(a, "Reshape", []string{v, l.shapeKV})                               // [B, S, KV, Dh]
+	if qn := opt(engine.QNormWeight); qn != "" {
+		q = rmsNorm(b, a+"/q_norm", q, qn, eps)
+		k = rmsNorm(b, a+"/k_norm", k, w(engine.KNormWeight), eps)
 	}
-	lg := linear(b, "/lm_head", x, head, "") // [N, V]
-	b.g.Node = append(b.g.Node, &onnxpb.NodeProto{Name: proto.String("/lm_head/Reshape"),
-		OpType: proto.String("Reshape"), Input: []string{lg, shapeLogits}, Output: []string{"logits"}})
-	return g
+	o := l.attention(a, i, q, k, v)                          // [N, H*Dh]
+	o = linear(b, a+"/o_proj", o, w(engine.OProjWeight), "") // [N, D]
+	x = b.op(p, "Add", []string{x, o})
+
+	m := p + "/mlp"
+	h = rmsNorm(b, p+"/post_attention_layernorm", x, w(engine.PostNormWeight), eps)
+	gate := linear(b, m+"/gate_proj", h, w(engine.GateProjWeight), "") // [N, I]
+	up := linear(b, m+"/up_proj", h, w(engine.UpProjWeight), "")       // [N, I]
+	act := b.op(m+"/act_fn", "Mul", []string{gate, b.op(m+"/act_fn", "Sigmoid", []string{gate})})
+	act = b.op(m, "Mul", []string{act, up})
+	return b.op(p, "Add", []string{x, linear(b, m+"/down_proj", act, w(engine.DownProjWeight), "")})
+}
+
+// attention applies RoPE to q [B, S, H, Dh] and k [B, S, KV, Dh], appends k and v to layer
+// i's past (the present outputs) and returns the attention output [N, H*Dh].
+func (l *layerGraph) attention(a string, i int, q, k, v string) string {
+	b, heads, kvHeads, hd := l.b, l.c.NumAttentionHeads, l.c.NumKeyValueHeads, l.c.HeadDim
+	perm := attrInts("perm", 0, 2, 1, 3)
+	q = l.rope(a+"/rotary_q", b.op(a, "Transpose", []string{q}, perm)) // [B, H, S, Dh]
+	k = l.rope(a+"/rotary_k", b.op(a, "Transpose", []string{k}, perm)) // [B, KV, S, Dh]
+	v = b.op(a, "Transpose", []string{v}, perm)                        // [B, KV, S, Dh]
+	presentK := fmt.Sprintf("present.%d.key", i)
+	presentV := fmt.Sprintf("present.%d.value", i)
+	b.g.Node = append(b.g.Node,
+		&onnxpb.NodeProto{Name: proto.String(a + "/present_key/Concat"), OpType: proto.String("Concat"),
+			Input: []string{fmt.Sprintf("past_key_values.%d.key", i), k}, Output: []string{presentK},
+			Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}}, // [B, KV, T, Dh]
+		&onnxpb.NodeProto{Name: proto.String(a + "/present_value/Concat"), OpType: proto.String("Concat"),
+			Input: []string{fmt.Sprintf("past_key_values.%d.value", i), v}, Output: []string{presentV},
+			Attribute: []*onnxpb.AttributeProto{attrInt("axis", 2)}})
+	// Grouped-query attention without copying k/v: heads split as [KV, G] (head h uses
+	// kv head h/G), and k/v get a broadcast axis for G.
+	q5 := b.op(a, "Reshape", []string{q, b.ints(a, 0, int64(kvHeads), int64(heads/kvHeads), -1, int64(hd))}) // [B, KV, G, S, Dh]
+	k5 := b.op(a, "Unsqueeze", []string{presentK, b.ints(a, 2)})                                             // [B, KV, 1, T, Dh]
+	v5 := b.op(a, "Unsqueeze", []string{presentV, b.ints(a, 2)})                                             // [B, KV, 1, T, Dh]
+	kT := b.op(a, "Transpose", []string{k5}, attrInts("perm", 0, 1, 2, 4, 3))                                // [B, KV, 1, Dh, T]
+	sc := b.op(a, "Mul", []string{b.op(a, "MatMul", []string{q5, kT}), l.scale})                             // [B, KV, G, S, T]
+	sc = b.op(a, "Where", []string{l.allowed, sc, l.masked})
+	pr := b.op(a, "Softmax", []string{sc}, attrInt("axis", -1))
+	o := b.op(a, "MatMul", []string{pr, v5})                                       // [B, KV, G, S, Dh]
+	o = b.op(a, "Reshape", []string{o, b.ints(a, 0, int64(heads), -1, int64(hd))}) // [B, H, S, Dh]
+	o = b.op(a, "Transpose", []string{o}, perm)                                    // [B, S, H, Dh]
+	return b.op(a, "Reshape", []string{o, b.ints(a, -1, int64(heads*hd))})         // [N, H*Dh]
+}
+
+// rope rotates t [B, heads, S, Dh] by the RoPE tables (rotate-half convention).
+func (l *layerGraph) rope(scope, t string) string {
+	b, hd := l.b, int64(l.c.HeadDim)
+	half := hd / 2
+	x1 := b.op(scope, "Slice", []string{t, b.ints(scope, 0), b.ints(scope, half), b.ints(scope, -1)})
+	x2 := b.op(scope, "Slice", []string{t, b.ints(scope, half), b.ints(scope, hd), b.ints(scope, -1)})
+	rot := b.op(scope, "Concat", []string{b.op(scope, "Neg", []string{x2}), x1}, attrInt("axis", -1))
+	return b.op(scope, "Add", []string{b.op(scope, "Mul", []string{t, l.cos}), b.op(scope, "Mul", []string{rot, l.sin})})
 }
 
 // linear is y = x W^T (+ bias) as Gemm(transB=1); x [N, in], W [out, in] (HF layout).

@@ -220,7 +220,7 @@ func importModel(m *onnxpb.ModelProto, dir string, opts ImportOptions, release b
 	}
 	sort.Strings(extra)
 	for _, n := range extra {
-		if n == "lm_head.weight" && cfg.TieWordEmbeddings {
+		if n == engine.LMHeadWeight && cfg.TieWordEmbeddings {
 			if err := sameAsEmbedding(gi, placed, dir); err != nil {
 				return nil, nil, err
 			}
@@ -237,7 +237,7 @@ func importModel(m *onnxpb.ModelProto, dir string, opts ImportOptions, release b
 
 // sameAsEmbedding checks that a separate lm_head tensor of a tied model holds the embedding.
 func sameAsEmbedding(gi *graphIndex, placed map[string]placement, dir string) error {
-	lm, emb := placed["lm_head.weight"], placed["model.embed_tokens.weight"]
+	lm, emb := placed[engine.LMHeadWeight], placed[engine.EmbedWeight]
 	if lm.src == emb.src {
 		return nil
 	}

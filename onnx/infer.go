@@ -41,7 +41,7 @@ var layerIndex = regexp.MustCompile(`^model\.layers\.(\d+)\.`)
 func collectFacts(m *onnxpb.ModelProto, gi *graphIndex, placed map[string]placement) graphFacts {
 	var f graphFacts
 	g := m.GetGraph()
-	if p, ok := placed["model.layers.0.self_attn.q_norm.weight"]; ok {
+	if p, ok := placed[engine.LayerWeight(0, engine.QNormWeight)]; ok {
 		if d := hfDims(gi, p); len(d) == 1 {
 			f.headDim = d[0]
 		}
@@ -100,7 +100,7 @@ func collectFacts(m *onnxpb.ModelProto, gi *graphIndex, placed map[string]placem
 // headDimFromReshape finds the head size in the Reshape that splits k_proj's output into heads
 // ([batch, seq, -1 or kv_heads, head_dim]: its last entry is a constant).
 func headDimFromReshape(gi *graphIndex, placed map[string]placement) int {
-	p, ok := placed["model.layers.0.self_attn.k_proj.weight"]
+	p, ok := placed[engine.LayerWeight(0, engine.KProjWeight)]
 	if !ok {
 		return 0
 	}
@@ -266,7 +266,7 @@ func ropeParams(inv []float64, headDim int) (theta float64, scaling *engine.Rope
 // ids, a llama3 rope_scaling); where both speak they must agree.
 func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hints *engine.Config, dir string) (*engine.Config, error) {
 	c := &engine.Config{}
-	embed, ok := placed["model.embed_tokens.weight"]
+	embed, ok := placed[engine.EmbedWeight]
 	if !ok {
 		return nil, errors.New("cannot infer the config: no embedding table (model.embed_tokens.weight) found in the graph; put config.json beside the model")
 	}
@@ -280,7 +280,7 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 			}
 		}
 	}
-	if p, ok := placed["model.layers.0.mlp.gate_proj.weight"]; ok {
+	if p, ok := placed[engine.LayerWeight(0, engine.GateProjWeight)]; ok {
 		if d := hfDims(gi, p); len(d) == 2 {
 			c.IntermediateSize = d[0]
 			if p.fused != "" {
@@ -288,8 +288,8 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 			}
 		}
 	}
-	_, c.AttentionBias = placed["model.layers.0.self_attn.q_proj.bias"]
-	_, c.QKNorm = placed["model.layers.0.self_attn.q_norm.weight"]
+	_, c.AttentionBias = placed[engine.LayerWeight(0, engine.QProjBias)]
+	_, c.QKNorm = placed[engine.LayerWeight(0, engine.QNormWeight)]
 	switch {
 	case c.QKNorm:
 		c.ModelType, c.Architectures = "qwen3", []string{"Qwen3ForCausalLM"}
@@ -302,11 +302,11 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 	if hints != nil && c.HeadDim == 0 {
 		c.HeadDim = hints.HeadDim
 	}
-	if q, ok := placed["model.layers.0.self_attn.q_proj.weight"]; ok && c.HeadDim > 0 {
+	if q, ok := placed[engine.LayerWeight(0, engine.QProjWeight)]; ok && c.HeadDim > 0 {
 		d := hfDims(gi, q)
 		if q.fused == "" && len(d) == 2 {
 			c.NumAttentionHeads = d[0] / c.HeadDim
-			if k := hfDims(gi, placed["model.layers.0.self_attn.k_proj.weight"]); len(k) == 2 {
+			if k := hfDims(gi, placed[engine.LayerWeight(0, engine.KProjWeight)]); len(k) == 2 {
 				c.NumKeyValueHeads = k[0] / c.HeadDim
 			}
 		} else if len(d) == 2 && c.NumKeyValueHeads > 0 && c.NumAttentionHeads == 0 {
@@ -322,7 +322,7 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 		}
 		c.RopeTheta, c.RopeScaling = theta, rs
 	}
-	lm, hasLM := placed["lm_head.weight"]
+	lm, hasLM := placed[engine.LMHeadWeight]
 	// A tied model may still carry lm_head as a (transposed) copy of the embedding.
 	c.TieWordEmbeddings = !hasLM || lm.src == embed.src || sameAsEmbedding(gi, placed, dir) == nil
 	if hints != nil {
