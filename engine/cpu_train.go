@@ -2,7 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/prolong-rl/prolong/engine/internal/kern"
@@ -181,8 +183,11 @@ func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
 	dxs, dys, xs, ws := f32(dx), f32(dy), f32(x), f32(w)
 	n := len(ws)
 	groups := len(xs) / n
+	// Each chunk's dw partial is kept by its first group and added in order afterwards, so
+	// that the sum does not depend on which thread finishes first (seeded determinism).
 	var mu sync.Mutex
 	var dws []float32
+	partials := map[int][]float64{}
 	if dw != nil {
 		dws = f32(dw)
 	}
@@ -211,13 +216,16 @@ func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
 		}
 		if acc != nil {
 			mu.Lock()
-			for i, v := range acc {
-				dws[i] += float32(v)
-			}
+			partials[lo] = acc
 			mu.Unlock()
 		}
 	})
 	if dw != nil {
+		for _, lo := range slices.Sorted(maps.Keys(partials)) {
+			for i, v := range partials[lo] {
+				dws[i] += float32(v)
+			}
+		}
 		written(dw)
 	}
 }
@@ -305,16 +313,20 @@ func (c *CPU) LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, 
 func (c *CPU) SumSquares(x *Tensor) float64 {
 	xs := f32(x)
 	var mu sync.Mutex
-	var total float64
+	partials := map[int]float64{} // by chunk start, added in order: deterministic
 	kern.Parallel(len(xs), 1<<15, func(lo, hi int) {
 		var s float64
 		for _, v := range xs[lo:hi] {
 			s += float64(v) * float64(v)
 		}
 		mu.Lock()
-		total += s
+		partials[lo] = s
 		mu.Unlock()
 	})
+	var total float64
+	for _, lo := range slices.Sorted(maps.Keys(partials)) {
+		total += partials[lo]
+	}
 	return total
 }
 
