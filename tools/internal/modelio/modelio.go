@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/checkpoints/hub"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx"
 )
@@ -52,6 +53,8 @@ type Options struct {
 	// ONNX configures the import of an ONNX input (a config to use, or hints for what the graph
 	// does not tell).
 	ONNX onnx.ImportOptions
+	// Hub configures how a model id is resolved (see Resolve); nil: from the environment.
+	Hub *hub.Options
 }
 
 var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
@@ -60,8 +63,14 @@ var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
 //   - an .onnx file, or a directory holding model.onnx (config.json beside it is used);
 //   - a Hugging Face directory (config.json + model.safetensors or shards);
 //   - a training run directory (RUN/state/ of tools/train), a run-state directory (holding
-//     "latest"), or one step of it (step-NNNNNNNN with state.json).
+//     "latest"), or one step of it (step-NNNNNNNN with state.json);
+//   - a Hugging Face model id (ORG/NAME[@REVISION]) that is not a local path: its snapshot in
+//     the Hugging Face cache, downloaded from the Hub when not cached (see Resolve).
 func Load(path string, opts Options) (*Model, error) {
+	path, err := Resolve(context.Background(), path, opts.Hub)
+	if err != nil {
+		return nil, err
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
