@@ -25,6 +25,7 @@ type Scheduler struct {
 	queued  []*Job // submitted, not yet handed to the generator
 	jobs    map[*genRequest]*Job
 	swap    *pendingSwap
+	scores  []*scoreTask // Score calls waiting for the loop
 	closed  bool
 	done    chan struct{}
 	stats   SchedulerStats
@@ -247,7 +248,7 @@ func (s *Scheduler) loop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		for !s.closed && len(s.queued) == 0 && len(s.g.waiting) == 0 && len(s.g.running) == 0 && s.swap == nil {
+		for !s.closed && len(s.queued) == 0 && len(s.g.waiting) == 0 && len(s.g.running) == 0 && s.swap == nil && len(s.scores) == 0 {
 			s.wake.Wait()
 		}
 		if s.closed {
@@ -256,8 +257,12 @@ func (s *Scheduler) loop() {
 			if s.swap != nil {
 				s.swap.done <- ErrClosed
 			}
+			for _, t := range s.scores {
+				t.done <- scoreAnswer{err: ErrClosed}
+			}
 			return
 		}
+		s.runScores()
 		s.dropCancelled()
 		if s.swap != nil && len(s.g.running) == 0 && len(s.g.waiting) == 0 {
 			s.applySwap()
@@ -285,6 +290,57 @@ func (s *Scheduler) loop() {
 		}
 		s.mu.Lock()
 	}
+}
+
+type scoreTask struct {
+	ctx         context.Context
+	reqs        []ScoreRequest
+	temperature float32
+	done        chan scoreAnswer // buffered
+}
+
+type scoreAnswer struct {
+	res     []ScoreResult
+	version uint64
+	err     error
+}
+
+// Score is Model.Score run by the scheduler between two generation steps, on the weights that
+// new requests get now, so that it never races the generation (a GPU backend is driven from
+// the scheduler's goroutine only). It also returns the weight version that computed it.
+func (s *Scheduler) Score(ctx context.Context, reqs []ScoreRequest, temperature float32) ([]ScoreResult, uint64, error) {
+	t := &scoreTask{ctx: ctx, reqs: reqs, temperature: temperature, done: make(chan scoreAnswer, 1)}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, 0, ErrClosed
+	}
+	s.scores = append(s.scores, t)
+	s.wake.Signal()
+	s.mu.Unlock()
+	select {
+	case a := <-t.done:
+		return a.res, a.version, a.err
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+}
+
+// runScores answers the waiting Score calls (the lock is held). While a swap is pending the
+// new weights are not in use yet, so scores wait for it.
+func (s *Scheduler) runScores() {
+	if s.swap != nil {
+		return
+	}
+	for _, t := range s.scores {
+		if t.ctx.Err() != nil {
+			t.done <- scoreAnswer{err: t.ctx.Err()}
+			continue
+		}
+		res, err := s.g.model.Score(t.ctx, t.reqs, t.temperature)
+		t.done <- scoreAnswer{res: res, version: s.version, err: err}
+	}
+	s.scores = s.scores[:0]
 }
 
 // handOver gives the submitted requests to the generator, on the current weights.

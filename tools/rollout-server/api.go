@@ -293,8 +293,8 @@ type usage struct {
 
 type completionLogprobs struct {
 	Tokens        []string             `json:"tokens"`
-	TokenLogprobs []float32            `json:"token_logprobs"`
-	TopLogprobs   []map[string]float32 `json:"top_logprobs"`
+	TokenLogprobs []*float32           `json:"token_logprobs"` // null for an echoed prompt's first token
+	TopLogprobs   []map[string]float32 `json:"top_logprobs"`   // null there too
 	TextOffset    []int                `json:"text_offset"`
 }
 

@@ -56,10 +56,10 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&o.model, "model", "", "model to serve: a Hugging Face directory (config.json, safetensors, tokenizer.json), a model.onnx, or a training run (required)")
+	fs.StringVar(&o.model, "model", "", "model to serve: a Hugging Face directory (config.json, safetensors, tokenizer.json), a model.onnx, a training run, or a Hugging Face model id ORG/NAME[@REVISION] (from the Hugging Face cache, downloaded when not there; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply) (required)")
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8000", "address to listen on; a non-loopback address needs --api-key")
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("PROLONG_API_KEY"), "API key clients send as 'Authorization: Bearer KEY' (default $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
-	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name)")
+	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name or model id, then the name of the directory each /v1/weights update loads)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (compute is fp32)")
 	fs.StringVar(&o.device, "device", "auto", "where the model runs: auto (the GPU when one is there, else the CPU), cpu or cuda")
 	fs.IntVar(&o.maxN, "max-n", 64, "largest n (samples per prompt) a request may ask")
@@ -156,11 +156,15 @@ func newServer(o options) (*server, error) {
 	name := o.name
 	if name == "" {
 		name = filepath.Base(filepath.Clean(o.model))
+		if modelio.IsModelID(o.model) {
+			name = o.model // a Hub id is served under the id, as vLLM does
+		}
 	}
-	s := &server{sched: sched, cfg: m.Config, tok: tok, name: name, apiKey: o.apiKey,
+	s := &server{sched: sched, cfg: m.Config, tok: tok, fixedName: o.name != "", apiKey: o.apiKey,
 		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
 		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
 		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched)}
+	s.name.Store(&name)
 	s.version.Store(1)
 	return s, nil
 }
@@ -181,7 +185,7 @@ func serve(o options) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	slog.Info("serving", "addr", ln.Addr().String(), "model", s.name, "params_m", float64(s.cfg.NumParams())/1e6, "tokenizer", s.tok != nil)
+	slog.Info("serving", "addr", ln.Addr().String(), "model", s.modelName(), "params_m", float64(s.cfg.NumParams())/1e6, "tokenizer", s.tok != nil)
 	fmt.Printf("rollout-server listening on http://%s\n", ln.Addr())
 	select {
 	case err := <-errc:

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,8 +29,9 @@ import (
 type server struct {
 	sched     *engine.Scheduler
 	cfg       *engine.Config
-	tok       *tokenizer.Tokenizer // nil: prompts must be token ids
-	name      string
+	tok       *tokenizer.Tokenizer   // nil: prompts must be token ids
+	name      atomic.Pointer[string] // the served model name; follows weight updates
+	fixedName bool                   // --served-model-name was given: updates keep it
 	lim       limits
 	apiKey    string
 	maxBody   int64
@@ -125,7 +127,7 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) models(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"object": "list", "data": []any{map[string]any{
-		"id": s.name, "object": "model", "created": 0, "owned_by": "prolong",
+		"id": s.modelName(), "object": "model", "created": 0, "owned_by": "prolong",
 		"max_model_len": s.cfg.MaxPositionEmbeddings, "weight_version": s.version.Load(),
 	}}})
 }
@@ -171,6 +173,7 @@ type generation struct {
 	prompts []prompt
 	smp     sampling
 	version uint64
+	name    string // the served model name of that version
 	cancel  context.CancelFunc
 }
 
@@ -211,9 +214,12 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 		g.jobs = append(g.jobs, j)
 		g.stops = append(g.stops, end)
 	}
-	g.version = s.version.Load()
+	g.version, g.name = s.version.Load(), s.modelName()
 	return g, nil
 }
+
+// modelName is the name the server reports for its current weights.
+func (s *server) modelName() string { return *s.name.Load() }
 
 // eosIDs are the model's end-of-sequence tokens.
 func (s *server) eosIDs() []int32 {
@@ -452,13 +458,26 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release()
+	withLP := req.Logprobs != nil
+	var promptLPs [][]float32 // echo: each prompt's log-probs from its second token on
+	var scoredVersion uint64
+	if req.Echo && withLP {
+		if promptLPs, scoredVersion, e = s.promptLogprobs(r.Context(), prompts); e != nil {
+			writeError(w, e)
+			return
+		}
+	}
 	g, e := s.submit(r.Context(), prompts, smp)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
+	if promptLPs != nil && g.version != scoredVersion {
+		g.cancel()
+		writeError(w, &apiError{Status: 503, Type: "server_error", Code: "weights_updated", Message: "the weights were updated while the prompt was scored; retry"})
+		return
+	}
 	id, created := newID("cmpl"), time.Now().Unix()
-	withLP := req.Logprobs != nil
 	lpFor := func(c *choiceState, ids []int32, lps []float32, offset int) *completionLogprobs {
 		if !withLP {
 			return nil
@@ -467,7 +486,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		for k, tid := range ids {
 			tok := s.tokenString(tid)
 			out.Tokens = append(out.Tokens, tok)
-			out.TokenLogprobs = append(out.TokenLogprobs, lps[k])
+			out.TokenLogprobs = append(out.TokenLogprobs, &lps[k])
 			out.TextOffset = append(out.TextOffset, offset)
 			if *req.Logprobs > 0 {
 				out.TopLogprobs = append(out.TopLogprobs, map[string]float32{tok: lps[k]})
@@ -481,20 +500,30 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		if req.Echo {
 			for i, p := range prompts {
 				for k := 0; k < smp.n; k++ {
-					ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
-						Choices: []completionChoice{{Index: i*smp.n + k, Text: p.text, PromptTokenIDs: p.ids, TokenIDs: []int32{}}}})
+					var lp *completionLogprobs
+					if promptLPs != nil {
+						lp = lpFor(nil, p.ids[1:], promptLPs[i], 0)
+						lp.Tokens = append([]string{s.tokenString(p.ids[0])}, lp.Tokens...)
+						lp.TokenLogprobs = append([]*float32{nil}, lp.TokenLogprobs...)
+						lp.TextOffset = nil
+						if lp.TopLogprobs != nil {
+							lp.TopLogprobs = append([]map[string]float32{nil}, lp.TopLogprobs...)
+						}
+					}
+					ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
+						Choices: []completionChoice{{Index: i*smp.n + k, Text: p.text, PromptTokenIDs: p.ids, TokenIDs: []int32{}, Logprobs: lp}}})
 				}
 			}
 		}
 		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
-			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
+			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
 				Choices: []completionChoice{{Index: c.index, Text: delta, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
 					Logprobs: lpFor(c, []int32{tid}, []float32{lp}, c.sent-len(delta))}}})
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})
 		} else if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-			ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version,
+			ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
 				Choices: []completionChoice{}, Usage: usageOf(prompts, choices)})
 		}
 		ev.done()
@@ -505,7 +534,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: s.name, WeightVersion: g.version}
+	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version}
 	for _, c := range choices {
 		p := prompts[c.promptID]
 		text := c.text
@@ -518,9 +547,14 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 			text = p.text + text
 			if ch.Logprobs != nil {
 				ch.Logprobs.TextOffset = nil
-				pre := lpFor(c, p.ids, make([]float32, len(p.ids)), 0)
-				ch.Logprobs.Tokens = append(pre.Tokens, ch.Logprobs.Tokens...)
-				ch.Logprobs.TokenLogprobs = append(pre.TokenLogprobs, ch.Logprobs.TokenLogprobs...)
+				// The prompt's own log-probs (engine.Score on the weights that generated);
+				// its first token has none: null, as vLLM and OpenAI answer.
+				pre := lpFor(c, p.ids[1:], promptLPs[c.promptID], 0)
+				ch.Logprobs.Tokens = append(append([]string{s.tokenString(p.ids[0])}, pre.Tokens...), ch.Logprobs.Tokens...)
+				ch.Logprobs.TokenLogprobs = append(append([]*float32{nil}, pre.TokenLogprobs...), ch.Logprobs.TokenLogprobs...)
+				if pre.TopLogprobs != nil || ch.Logprobs.TopLogprobs != nil {
+					ch.Logprobs.TopLogprobs = append(append([]map[string]float32{nil}, pre.TopLogprobs...), ch.Logprobs.TopLogprobs...)
+				}
 			}
 		}
 		ch.Text = text
@@ -528,6 +562,29 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	resp.Usage = usageOf(prompts, choices)
 	writeJSON(w, 200, resp)
+}
+
+// promptLogprobs scores each prompt's tokens after the first (engine.Score at temperature 1,
+// between two generation steps) and returns the weight version that scored them.
+func (s *server) promptLogprobs(ctx context.Context, prompts []prompt) ([][]float32, uint64, *apiError) {
+	reqs := make([]engine.ScoreRequest, len(prompts))
+	for i, p := range prompts {
+		reqs[i] = engine.ScoreRequest{Tokens: p.ids, Start: 1}
+	}
+	s.swapMu.RLock()
+	defer s.swapMu.RUnlock()
+	res, version, err := s.sched.Score(ctx, reqs, 1)
+	if err != nil {
+		if errors.Is(err, engine.ErrClosed) {
+			return nil, 0, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+		}
+		return nil, 0, &apiError{Status: 500, Type: "server_error", Message: fmt.Sprintf("scoring the prompt for echo: %v", err)}
+	}
+	out := make([][]float32, len(res))
+	for i, r := range res {
+		out[i] = r.LogProbs
+	}
+	return out, version, nil
 }
 
 // usageOf counts a request's tokens.
@@ -594,11 +651,11 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 	if req.Stream {
 		ev := newSSE(w)
 		for k := 0; k < smp.n; k++ {
-			ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.name, WeightVersion: g.version,
+			ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
 				Choices: []chatChoice{{Index: k, Delta: &chatOut{Role: "assistant"}, TokenIDs: []int32{}}}})
 		}
 		_, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
-			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.name, WeightVersion: g.version,
+			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
 				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: delta}, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
 					Logprobs: lpEntries([]int32{tid}, []float32{lp})}}})
 		})
@@ -613,7 +670,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: s.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
+	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: g.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
 	for _, c := range choices {
 		ids := c.ids
 		if ids == nil {
@@ -644,7 +701,7 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var tensors map[string]engine.HostTensor
-	source := "request body"
+	source, path := "request body", ""
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 		var req struct {
 			Path string `json:"path"`
@@ -666,7 +723,7 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 			writeError(w, e)
 			return
 		}
-		tensors, source = wts, req.Path
+		tensors, source, path = wts, req.Path, req.Path
 	} else {
 		f, err := checkpoints.ParseSafetensors(bytes.NewReader(body), int64(len(body)))
 		if err != nil {
@@ -698,14 +755,31 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.version.Store(v)
-	slog.Info("weights updated", "version", v, "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
-	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors)})
+	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
+		s.name.Store(&name)
+	}
+	slog.Info("weights updated", "version", v, "model", s.modelName(), "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
+	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors), "model": s.modelName()})
+}
+
+// updatedName is the served name of weights loaded from path (its directory's name, a
+// training run's step-NNNNNNNN included) or sent in the body with an X-Served-Model-Name
+// header; "" keeps the current name.
+func updatedName(path, header string) string {
+	if h := strings.TrimSpace(header); h != "" {
+		return h
+	}
+	if path == "" {
+		return ""
+	}
+	return filepath.Base(filepath.Clean(path))
 }
 
 // sameArch refuses weights of another architecture.
 func sameArch(a, b *engine.Config) *apiError {
 	ka, kb := *a, *b
 	ka.EOSTokenIDs, kb.EOSTokenIDs, ka.BOSTokenID, kb.BOSTokenID, ka.Architectures, kb.Architectures = nil, nil, nil, nil, nil, nil
+	ka.PadTokenID, kb.PadTokenID = nil, nil
 	ja, _ := json.Marshal(ka)
 	jb, _ := json.Marshal(kb)
 	if !bytes.Equal(ja, jb) {

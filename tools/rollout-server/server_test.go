@@ -604,7 +604,7 @@ func TestWeightUpdate(t *testing.T) {
 		}
 	}
 	sameSamples(t, "in flight during the update", old, direct(t, cfg, w1, long))
-	if msg := <-pushed; msg != `HTTP 200 {"tensors":27,"weight_version":2}` {
+	if msg := <-pushed; msg != `HTTP 200 {"model":"001","tensors":27,"weight_version":2}` {
 		t.Fatalf("push: %s", msg)
 	}
 	sameSamples(t, "sent during the update", <-during, direct(t, cfg, w2, r))
