@@ -262,6 +262,9 @@ func generationConfig(cfg *engine.Config) map[string]any {
 	default:
 		gen["eos_token_id"] = cfg.EOSTokenIDs
 	}
+	if cfg.PadTokenID != nil {
+		gen["pad_token_id"] = *cfg.PadTokenID
+	}
 	return gen
 }
 
