@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 )
@@ -296,7 +297,8 @@ type scoreTask struct {
 	ctx         context.Context
 	reqs        []ScoreRequest
 	temperature float32
-	done        chan scoreAnswer // buffered
+	run         func(m *Model) error // instead of Score (TopLogProbs)
+	done        chan scoreAnswer     // buffered
 }
 
 type scoreAnswer struct {
@@ -309,7 +311,11 @@ type scoreAnswer struct {
 // new requests get now, so that it never races the generation (a GPU backend is driven from
 // the scheduler's goroutine only). It also returns the weight version that computed it.
 func (s *Scheduler) Score(ctx context.Context, reqs []ScoreRequest, temperature float32) ([]ScoreResult, uint64, error) {
-	t := &scoreTask{ctx: ctx, reqs: reqs, temperature: temperature, done: make(chan scoreAnswer, 1)}
+	return s.queueScore(ctx, &scoreTask{ctx: ctx, reqs: reqs, temperature: temperature, done: make(chan scoreAnswer, 1)})
+}
+
+// queueScore hands t to the loop and waits for its answer.
+func (s *Scheduler) queueScore(ctx context.Context, t *scoreTask) ([]ScoreResult, uint64, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -326,6 +332,116 @@ func (s *Scheduler) Score(ctx context.Context, reqs []ScoreRequest, temperature 
 	}
 }
 
+// TopRequest asks for the most likely tokens at positions Start.. of Tokens: position t's row
+// is the distribution of the token there given Tokens[:t], under Row's temperature, top-k and
+// top-p, the distribution SampleLogits draws from (Temperature 0: the plain softmax, as
+// greedy tokens report). Row.U is ignored.
+type TopRequest struct {
+	Tokens []int32
+	Start  int
+	Row    SampleRow
+}
+
+// TopResult holds, for each scored position, the K most likely token ids (most likely first,
+// ties to the lower id) and their log-probs; a token that Row's top-k or top-p excludes has
+// -Inf, as the sampler never draws it.
+type TopResult struct {
+	IDs      [][]int32   // [len(Tokens)-Start][K]
+	LogProbs [][]float32 // [len(Tokens)-Start][K]
+}
+
+// TopLogProbs computes the k most likely tokens at each requested position (OpenAI's
+// top_logprobs) in one batched forward pass over a scratch KV cache, run like Score between
+// two generation steps on the weights new requests get now; it also returns their version.
+// Only the requested rows' logits are computed, a bounded chunk at a time.
+func (s *Scheduler) TopLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]TopResult, uint64, error) {
+	var out []TopResult
+	run := func(m *Model) (err error) { out, err = m.topLogProbs(ctx, reqs, k); return err }
+	_, v, err := s.queueScore(ctx, &scoreTask{ctx: ctx, run: run, done: make(chan scoreAnswer, 1)})
+	return out, v, err
+}
+
+func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]TopResult, error) {
+	c := m.Config
+	V := c.VocabSize
+	if k < 1 {
+		return nil, fmt.Errorf("top log-probs: k must be >= 1, got %d", k)
+	}
+	k = min(k, V)
+	blocks := 1
+	for i, r := range reqs {
+		if r.Start < 1 || r.Start > len(r.Tokens) {
+			return nil, fmt.Errorf("top log-probs request %d: start %d outside [1,%d]", i, r.Start, len(r.Tokens))
+		}
+		blocks += (len(r.Tokens) + DefaultBlockSize - 1) / DefaultBlockSize
+	}
+	cache, err := NewKVCache(m, int64(blocks)*int64(c.NumHiddenLayers)*2*int64(c.KVDim())*DefaultBlockSize*4)
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Free()
+	steps, out := make([]step, len(reqs)), make([]TopResult, len(reqs))
+	var rows, owner []int32
+	off := int32(0)
+	for i, r := range reqs {
+		steps[i] = step{seq: cache.NewSeq(), tokens: r.Tokens}
+		for t := r.Start; t < len(r.Tokens); t++ {
+			rows, owner = append(rows, off+int32(t-1)), append(owner, int32(i))
+		}
+		off += int32(len(r.Tokens))
+	}
+	chunk := max(1, min(256, (64<<20)/(4*V))) // <= 64 MiB of logits on the host at a time
+	buf, rank := make([]float32, min(chunk, len(rows))*V), make([]int32, V)
+	err = m.forward(steps, rows, chunk, func(first int, logits *Tensor) error {
+		if err := m.Backend.Download(logits, buf[:logits.Rows()*V]); err != nil {
+			return err
+		}
+		for i := range logits.Rows() {
+			o := &out[owner[first+i]]
+			ids, lps := topRow(buf[i*V:(i+1)*V], reqs[owner[first+i]].Row, k, rank)
+			o.IDs, o.LogProbs = append(o.IDs, ids), append(o.LogProbs, lps)
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// topRow returns the k most likely tokens of a row of logits [V] and their log-probs under the
+// distribution SampleLogits draws from with r; rank [V] is scratch.
+func topRow(logits []float32, r SampleRow, k int, rank []int32) ([]int32, []float32) {
+	if r.Temperature <= 0 {
+		r = SampleRow{Temperature: 1}
+	}
+	s := scratchPool.Get().(*sampleScratch)
+	defer scratchPool.Put(s)
+	kept, p, z := candidates(logits, r, s) // kept: the best len(kept) tokens under before
+	before := func(a, b int32) bool { return p[a] > p[b] || (p[a] == p[b] && a < b) }
+	for i := range rank {
+		rank[i] = int32(i)
+	}
+	if k < len(rank) {
+		selectTop(rank, k, before)
+	}
+	top := slices.Clone(rank[:k])
+	slices.SortFunc(top, func(a, b int32) int {
+		if before(a, b) {
+			return -1
+		}
+		return 1
+	})
+	lps := make([]float32, k)
+	for i, id := range top {
+		lps[i] = float32(math.Inf(-1))
+		if i < len(kept) {
+			lps[i] = float32(math.Log(p[id] / z))
+		}
+	}
+	return top, lps
+}
+
 // runScores answers the waiting Score calls (the lock is held). While a swap is pending the
 // new weights are not in use yet, so scores wait for it.
 func (s *Scheduler) runScores() {
@@ -335,6 +451,10 @@ func (s *Scheduler) runScores() {
 	for _, t := range s.scores {
 		if t.ctx.Err() != nil {
 			t.done <- scoreAnswer{err: t.ctx.Err()}
+			continue
+		}
+		if t.run != nil {
+			t.done <- scoreAnswer{version: s.version, err: t.run(s.g.model)}
 			continue
 		}
 		res, err := s.g.model.Score(t.ctx, t.reqs, t.temperature)
