@@ -1,6 +1,7 @@
 // Drives tools/rollout-server with the official OpenAI client (npm openai), unchanged, as a
 // user or an RL trainer would, and checks the answers: completions with token ids and text,
-// n > 1, log-probs, streaming, chat. Run by the rollout server's tests:
+// n > 1, log-probs and top log-probs (echoed prompts' too, printed as "echo logprobs: [...]"
+// for the caller to compare), streaming, chat. Run by the rollout server's tests:
 //
 //   node scripts/openai_client.mjs NODE_MODULES_PARENT_DIR BASE_URL API_KEY MODEL
 import { createRequire } from "node:module";
@@ -61,6 +62,33 @@ for await (const chunk of await client.chat.completions.create({ ...chatReq, str
   for (const c of chunk.choices) chatText[c.index] += c.delta.content ?? "";
 }
 assert.deepEqual(chatText, chat.choices.map((c) => c.message.content));
+
+// Top log-probs (vLLM's logprobs k): each position lists the chosen token first, then the k
+// most likely; with echo the prompt comes back with its own log-probs (null for its first
+// token), printed for the Go test to compare with engine.Score.
+const echoPrompt = [1, 6, 15, 7, 18];
+const top = await client.completions.create({ model, prompt: echoPrompt, max_tokens: 4, temperature: 0.7, top_k: 5, seed: 2, logprobs: 3, echo: true });
+const tl = top.choices[0].logprobs;
+assert.equal(tl.token_logprobs.length, echoPrompt.length + top.choices[0].token_ids.length);
+assert.equal(tl.token_logprobs[0], null);
+assert.equal(tl.top_logprobs[0], null);
+for (let i = 1; i < tl.token_logprobs.length; i++) {
+  const entries = Object.entries(tl.top_logprobs[i]);
+  assert.ok(entries.length >= 3 && entries.length <= 4, `position ${i}: ${entries.length} entries`);
+  assert.equal(tl.top_logprobs[i][tl.tokens[i]], tl.token_logprobs[i]); // (JavaScript reorders digit keys)
+  assert.ok(entries.every(([, lp]) => lp <= 0 && lp >= -9999));
+}
+let streamedTop = [];
+for await (const chunk of await client.completions.create({ model, prompt: echoPrompt, max_tokens: 4, temperature: 0.7, top_k: 5, seed: 2, logprobs: 3, echo: true, stream: true })) {
+  for (const c of chunk.choices) streamedTop.push(...(c.logprobs?.top_logprobs ?? []));
+}
+assert.deepEqual(streamedTop.slice(1).map((o) => Object.keys(o).sort()), tl.top_logprobs.slice(1).map((o) => Object.keys(o).sort()));
+const chatTop = await client.chat.completions.create({ ...chatReq, n: 1, logprobs: true, top_logprobs: 3 });
+for (const l of chatTop.choices[0].logprobs.content) {
+  assert.equal(l.top_logprobs.length, 3);
+  assert.ok(l.top_logprobs[0].logprob >= l.top_logprobs[1].logprob && l.top_logprobs[1].logprob >= l.top_logprobs[2].logprob);
+}
+console.log(`echo logprobs: ${JSON.stringify(tl.token_logprobs.slice(0, echoPrompt.length))}`);
 
 // Bad input comes back as an OpenAI error the client raises.
 await assert.rejects(client.completions.create({ model, prompt: [1], max_tokens: 1, n: 1000 }), (e) => e.status === 400 && /n must be/.test(e.message));

@@ -79,6 +79,9 @@ type chatRequest struct {
 	Tools       []any         `json:"tools"`
 }
 
+// maxTopLogprobs bounds completions' logprobs and chat's top_logprobs, as OpenAI and vLLM do.
+const maxTopLogprobs = 20
+
 // limits are the server's bounds on a request (flags).
 type limits struct {
 	MaxN, MaxTokens, MaxPrompts int
@@ -292,10 +295,61 @@ type usage struct {
 }
 
 type completionLogprobs struct {
-	Tokens        []string             `json:"tokens"`
-	TokenLogprobs []*float32           `json:"token_logprobs"` // null for an echoed prompt's first token
-	TopLogprobs   []map[string]float32 `json:"top_logprobs"`   // null there too
-	TextOffset    []int                `json:"text_offset"`
+	Tokens        []string     `json:"tokens"`
+	TokenLogprobs []*float32   `json:"token_logprobs"` // null for an echoed prompt's first token
+	TopLogprobs   []topLogprob `json:"top_logprobs"`   // null there too
+	TextOffset    []int        `json:"text_offset"`
+}
+
+// topLogprob is one position's entry of a completion's top_logprobs: a JSON object from token
+// text to log-prob, written in vLLM's order (the chosen token first, then the most likely
+// tokens by rank) with each token text once; a nil one is null.
+type topLogprob []tokenLogprob
+
+// tokenLogprob is a token's text and log-prob.
+type tokenLogprob struct {
+	Token   string
+	Logprob float32
+}
+
+// MarshalJSON writes the entries as one object, in order.
+func (t topLogprob) MarshalJSON() ([]byte, error) {
+	if t == nil {
+		return []byte("null"), nil
+	}
+	var b bytes.Buffer
+	b.WriteByte('{')
+	seen := map[string]bool{}
+	for _, e := range t {
+		if seen[e.Token] {
+			continue
+		}
+		seen[e.Token] = true
+		if len(seen) > 1 {
+			b.WriteByte(',')
+		}
+		k, err := marshalNoEscape(e.Token)
+		if err != nil {
+			return nil, err
+		}
+		v, _ := json.Marshal(e.Logprob)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// marshalNoEscape is json.Marshal without HTML escaping (as writeJSON encodes).
+func marshalNoEscape(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 type completionChoice struct {
@@ -320,10 +374,17 @@ type completionResponse struct {
 }
 
 type chatLogprob struct {
-	Token       string  `json:"token"`
-	Logprob     float32 `json:"logprob"`
-	Bytes       []int   `json:"bytes"`
-	TopLogprobs []any   `json:"top_logprobs"`
+	Token       string       `json:"token"`
+	Logprob     float32      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []chatTopAlt `json:"top_logprobs"`
+}
+
+// chatTopAlt is one of a position's most likely tokens in a chat answer's top_logprobs.
+type chatTopAlt struct {
+	Token   string  `json:"token"`
+	Logprob float32 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
 }
 
 type chatChoice struct {
@@ -375,8 +436,8 @@ func parseCompletionRequest(body []byte, lim limits, vocab int, hasTok bool) (*p
 	}
 	p.smp = smp
 	switch {
-	case p.req.Logprobs != nil && (*p.req.Logprobs < 0 || *p.req.Logprobs > 1):
-		return nil, badRequest("logprobs", "logprobs must be 0 or 1: the server returns the log-prob of each sampled token, not of alternatives")
+	case p.req.Logprobs != nil && (*p.req.Logprobs < 0 || *p.req.Logprobs > maxTopLogprobs):
+		return nil, badRequest("logprobs", "logprobs must be between 0 and %d, got %d", maxTopLogprobs, *p.req.Logprobs)
 	case p.req.Suffix != nil:
 		return nil, badRequest("suffix", "suffix is not supported")
 	case len(smp.stopStrings) > 0 && !hasTok:
@@ -407,8 +468,10 @@ func parseChatRequest(body []byte, lim limits, vocab int, hasTemplate bool) (*ch
 		e = badRequest("messages", "messages is required")
 	case len(req.Messages) > lim.MaxPrompts*64:
 		e = badRequest("messages", "at most %d messages, got %d", lim.MaxPrompts*64, len(req.Messages))
-	case req.TopLogprobs != nil && *req.TopLogprobs != 0:
-		e = badRequest("top_logprobs", "top_logprobs must be 0: the server returns the log-prob of each sampled token, not of alternatives")
+	case req.TopLogprobs != nil && (*req.TopLogprobs < 0 || *req.TopLogprobs > maxTopLogprobs):
+		e = badRequest("top_logprobs", "top_logprobs must be between 0 and %d, got %d", maxTopLogprobs, *req.TopLogprobs)
+	case req.TopLogprobs != nil && *req.TopLogprobs > 0 && !req.Logprobs:
+		e = badRequest("top_logprobs", "top_logprobs needs logprobs: true")
 	case len(req.Tools) > 0:
 		e = badRequest("tools", "tools are not supported")
 	}

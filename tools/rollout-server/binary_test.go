@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 var (
@@ -123,7 +127,7 @@ func TestOpenAIClient(t *testing.T) {
 		}
 		t.Skipf("node or the npm openai package is missing (scripts/setup-openai.sh): %v %v", errNode, errPkg)
 	}
-	dir, _, _ := modelDir(t, 10, true)
+	dir, cfg, w := modelDir(t, 10, true)
 	_, url := launch(t, "--model", dir, "--api-key", "sekret", "--served-model-name", "tiny")
 	cmd := exec.Command("node", "../../scripts/openai_client.mjs", nodeDir, url+"/v1", "sekret", "tiny")
 	out, err := cmd.CombinedOutput()
@@ -133,5 +137,25 @@ func TestOpenAIClient(t *testing.T) {
 	t.Logf("%s", out)
 	if !strings.Contains(string(out), "all checks passed") {
 		t.Fatalf("client output:\n%s", out)
+	}
+	// The echoed prompt's log-probs, as the client read them, are engine.Score's.
+	_, line, ok := strings.Cut(string(out), "echo logprobs: ")
+	line, _, _ = strings.Cut(line, "\n")
+	var echo []*float32
+	if err := json.Unmarshal([]byte(line), &echo); !ok || err != nil || len(echo) != 5 || echo[0] != nil {
+		t.Fatalf("echo log-probs %q: %v", line, err)
+	}
+	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := m.Score(context.Background(), []engine.ScoreRequest{{Tokens: []int32{1, 6, 15, 7, 18}, Start: 1}}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, lp := range sc[0].LogProbs {
+		if *echo[i+1] != lp {
+			t.Errorf("echo log-prob %d through the openai client %g, engine.Score %g", i+1, *echo[i+1], lp)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,7 +178,16 @@ type generation struct {
 	cancel  context.CancelFunc
 }
 
-// submit queues every prompt of a request on one weight version.
+// hold keeps the weights as they are until release is called: a weight update waits for it,
+// so that what a request scores and generates in between runs on one weight version. Release
+// may be called more than once.
+func (s *server) hold() (release func()) {
+	s.swapMu.RLock()
+	var once sync.Once
+	return func() { once.Do(s.swapMu.RUnlock) }
+}
+
+// submit queues every prompt of a request; the caller holds the weights (hold).
 func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*generation, *apiError) {
 	ctx, cancel := context.WithCancel(ctx)
 	g := &generation{prompts: prompts, smp: smp, cancel: cancel}
@@ -193,8 +203,6 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 	if !smp.ignoreEOS {
 		stop = append(stop, s.eosIDs()...)
 	}
-	s.swapMu.RLock()
-	defer s.swapMu.RUnlock()
 	for i, p := range prompts {
 		jctx, end := context.WithCancel(ctx)
 		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
@@ -244,6 +252,50 @@ type choiceState struct {
 	sent     int    // bytes of text already streamed
 	finish   string
 	promptID int
+	pending  []pendingToken // streamed with top log-probs: tokens waiting for them
+}
+
+// pendingToken is a streamed token held back until its top log-probs are known.
+type pendingToken struct {
+	delta, finish string
+	id            int32
+	lp            float32
+	offset        int
+}
+
+// alt is one of a position's most likely tokens and its log-prob.
+type alt struct {
+	id int32
+	lp float32
+}
+
+// samplingRow is the distribution a request's tokens are drawn from.
+func samplingRow(smp sampling) engine.SampleRow {
+	return engine.SampleRow{Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP)}
+}
+
+// topAlts computes the k most likely tokens at each position of reqs (engine TopLogProbs,
+// through the scheduler) and checks they come from weight version want.
+func (s *server) topAlts(ctx context.Context, reqs []engine.TopRequest, k int, want uint64) ([][][]alt, *apiError) {
+	res, version, err := s.sched.TopLogProbs(ctx, reqs, k)
+	switch {
+	case errors.Is(err, engine.ErrClosed):
+		return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+	case err != nil:
+		return nil, &apiError{Status: 500, Type: "server_error", Message: fmt.Sprintf("computing the top log-probs: %v", err)}
+	case version != want:
+		return nil, &apiError{Status: 503, Type: "server_error", Code: "weights_updated", Message: "the weights were updated while the top log-probs were computed; retry"}
+	}
+	out := make([][][]alt, len(res))
+	for i, r := range res {
+		out[i] = make([][]alt, len(r.IDs))
+		for t, ids := range r.IDs {
+			for j, id := range ids {
+				out[i][t] = append(out[i][t], alt{id, r.LogProbs[t][j]})
+			}
+		}
+	}
+	return out, nil
 }
 
 // decode renders tokens as text: the tokenizer's (special tokens dropped), or token_id:N
@@ -333,6 +385,10 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 				open--
 			}
 			if err := onToken(c, delta, ev.Token, ev.LogProb); err != nil {
+				var ae *apiError
+				if errors.As(err, &ae) {
+					return choices, ae
+				}
 				return choices, &apiError{Status: 499, Type: "server_error", Message: "client went away"}
 			}
 			if open == 0 {
@@ -442,10 +498,14 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	req, smp := pc.req, pc.smp
 	var prompts []prompt
-	for _, t := range pc.texts {
-		ids := s.tok.Encode(t)
-		if len(ids) == 0 {
-			writeError(w, badRequest("prompt", "the prompt encodes to no tokens"))
+	for i, t := range pc.texts {
+		label := "prompt"
+		if pc.req.Prompt[0] == '[' {
+			label = fmt.Sprintf("prompt[%d]", i)
+		}
+		ids, e := s.encodeText(label, t)
+		if e != nil {
+			writeError(w, e)
 			return
 		}
 		prompts = append(prompts, prompt{ids: ids, text: t})
@@ -459,66 +519,96 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.release()
 	withLP := req.Logprobs != nil
+	k := 0 // alternatives per position (vLLM's logprobs)
+	if withLP {
+		k = *req.Logprobs
+	}
+	ctx := r.Context()
+	release := s.hold()
+	defer release()
 	var promptLPs [][]float32 // echo: each prompt's log-probs from its second token on
-	var scoredVersion uint64
+	var promptTops [][][]alt  // and its k most likely tokens there
 	if req.Echo && withLP {
-		if promptLPs, scoredVersion, e = s.promptLogprobs(r.Context(), prompts); e != nil {
+		if promptLPs, promptTops, e = s.promptLogprobs(ctx, prompts, k); e != nil {
 			writeError(w, e)
 			return
 		}
 	}
-	g, e := s.submit(r.Context(), prompts, smp)
+	g, e := s.submit(ctx, prompts, smp)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	if promptLPs != nil && g.version != scoredVersion {
-		g.cancel()
-		writeError(w, &apiError{Status: 503, Type: "server_error", Code: "weights_updated", Message: "the weights were updated while the prompt was scored; retry"})
-		return
+	if k == 0 {
+		release() // nothing more is computed on these weights
 	}
 	id, created := newID("cmpl"), time.Now().Unix()
-	lpFor := func(c *choiceState, ids []int32, lps []float32, offset int) *completionLogprobs {
-		if !withLP {
-			return nil
-		}
-		out := &completionLogprobs{}
-		for k, tid := range ids {
+	// lpFor renders tokens ids with their log-probs lps (nil: null) and, with k > 0, each
+	// position's k most likely tokens tops, starting at text offset offset.
+	lpFor := func(ids []int32, lps []*float32, tops [][]alt, offset int) *completionLogprobs {
+		out := &completionLogprobs{Tokens: []string{}, TokenLogprobs: []*float32{}, TopLogprobs: []topLogprob{}, TextOffset: []int{}}
+		for i, tid := range ids {
 			tok := s.tokenString(tid)
 			out.Tokens = append(out.Tokens, tok)
-			out.TokenLogprobs = append(out.TokenLogprobs, &lps[k])
+			out.TokenLogprobs = append(out.TokenLogprobs, lps[i])
 			out.TextOffset = append(out.TextOffset, offset)
-			if *req.Logprobs > 0 {
-				out.TopLogprobs = append(out.TopLogprobs, map[string]float32{tok: lps[k]})
-			}
 			offset += len(tok)
+			if lps[i] == nil {
+				out.TopLogprobs = append(out.TopLogprobs, nil)
+				continue
+			}
+			top := topLogprob{{tok, *lps[i]}} // the chosen token first, then the k most likely
+			if k > 0 {
+				for _, a := range tops[i] {
+					if a.id != tid {
+						top = append(top, tokenLogprob{s.tokenString(a.id), finiteLogprob(a.lp)})
+					}
+				}
+			}
+			out.TopLogprobs = append(out.TopLogprobs, top)
 		}
 		return out
+	}
+	ptrs := func(lps []float32) []*float32 {
+		out := make([]*float32, len(lps))
+		for i := range lps {
+			out[i] = &lps[i]
+		}
+		return out
+	}
+	// echoLP is prompt i's log-probs: its first token has none (null), as vLLM and OpenAI answer.
+	echoLP := func(i int) *completionLogprobs {
+		var tops [][]alt
+		if k > 0 {
+			tops = append([][]alt{nil}, promptTops[i]...)
+		}
+		return lpFor(prompts[i].ids, append([]*float32{nil}, ptrs(promptLPs[i])...), tops, 0)
 	}
 	if req.Stream {
 		ev := newSSE(w)
 		if req.Echo {
 			for i, p := range prompts {
-				for k := 0; k < smp.n; k++ {
+				for j := 0; j < smp.n; j++ {
 					var lp *completionLogprobs
-					if promptLPs != nil {
-						lp = lpFor(nil, p.ids[1:], promptLPs[i], 0)
-						lp.Tokens = append([]string{s.tokenString(p.ids[0])}, lp.Tokens...)
-						lp.TokenLogprobs = append([]*float32{nil}, lp.TokenLogprobs...)
+					if withLP {
+						lp = echoLP(i)
 						lp.TextOffset = nil
-						if lp.TopLogprobs != nil {
-							lp.TopLogprobs = append([]map[string]float32{nil}, lp.TopLogprobs...)
-						}
 					}
 					ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
-						Choices: []completionChoice{{Index: i*smp.n + k, Text: p.text, PromptTokenIDs: p.ids, TokenIDs: []int32{}, Logprobs: lp}}})
+						Choices: []completionChoice{{Index: i*smp.n + j, Text: p.text, PromptTokenIDs: p.ids, TokenIDs: []int32{}, Logprobs: lp}}})
 				}
 			}
 		}
-		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
+		send := func(c *choiceState, pt pendingToken, tops []alt) error {
+			var lp *completionLogprobs
+			if withLP {
+				lp = lpFor([]int32{pt.id}, []*float32{&pt.lp}, [][]alt{tops}, pt.offset)
+			}
 			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
-				Choices: []completionChoice{{Index: c.index, Text: delta, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
-					Logprobs: lpFor(c, []int32{tid}, []float32{lp}, c.sent-len(delta))}}})
+				Choices: []completionChoice{{Index: c.index, Text: pt.delta, FinishReason: strp(pt.finish), TokenIDs: []int32{pt.id}, Logprobs: lp}}})
+		}
+		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
+			return s.streamToken(ctx, g, c, pendingToken{delta: delta, finish: c.finish, id: tid, lp: lp, offset: c.sent - len(delta)}, k, send)
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})
@@ -534,27 +624,38 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	var tops [][][]alt
+	if k > 0 {
+		if tops, e = s.choiceTops(ctx, g, choices, k); e != nil {
+			writeError(w, e)
+			return
+		}
+	}
+	release()
 	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version}
-	for _, c := range choices {
+	for i, c := range choices {
 		p := prompts[c.promptID]
 		text := c.text
 		ch := completionChoice{Index: c.index, FinishReason: strp(c.finish), TokenIDs: c.ids, PromptTokenIDs: p.ids}
 		if c.ids == nil {
 			ch.TokenIDs = []int32{}
 		}
-		ch.Logprobs = lpFor(c, c.ids, c.lps, 0)
+		if withLP {
+			var ct [][]alt
+			if tops != nil {
+				ct = tops[i]
+			}
+			ch.Logprobs = lpFor(c.ids, ptrs(c.lps), ct, 0)
+		}
 		if req.Echo {
 			text = p.text + text
 			if ch.Logprobs != nil {
-				ch.Logprobs.TextOffset = nil
-				// The prompt's own log-probs (engine.Score on the weights that generated);
-				// its first token has none: null, as vLLM and OpenAI answer.
-				pre := lpFor(c, p.ids[1:], promptLPs[c.promptID], 0)
-				ch.Logprobs.Tokens = append(append([]string{s.tokenString(p.ids[0])}, pre.Tokens...), ch.Logprobs.Tokens...)
-				ch.Logprobs.TokenLogprobs = append(append([]*float32{nil}, pre.TokenLogprobs...), ch.Logprobs.TokenLogprobs...)
-				if pre.TopLogprobs != nil || ch.Logprobs.TopLogprobs != nil {
-					ch.Logprobs.TopLogprobs = append(append([]map[string]float32{nil}, pre.TopLogprobs...), ch.Logprobs.TopLogprobs...)
-				}
+				pre := echoLP(c.promptID)
+				pre.Tokens = append(pre.Tokens, ch.Logprobs.Tokens...)
+				pre.TokenLogprobs = append(pre.TokenLogprobs, ch.Logprobs.TokenLogprobs...)
+				pre.TopLogprobs = append(pre.TopLogprobs, ch.Logprobs.TopLogprobs...)
+				pre.TextOffset = nil
+				ch.Logprobs = pre
 			}
 		}
 		ch.Text = text
@@ -564,27 +665,89 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, resp)
 }
 
+// finiteLogprob is lp, or -9999 for a token the sampler excludes (-Inf), as OpenAI and vLLM
+// write it: JSON has no infinity.
+func finiteLogprob(lp float32) float32 {
+	return max(lp, -9999)
+}
+
+// streamToken sends a sampled token with send, or, when the request asks for k > 0 top
+// log-probs, holds it until its sample has finished and then sends the sample's held tokens
+// with their top log-probs (one scoring pass per sample).
+func (s *server) streamToken(ctx context.Context, g *generation, c *choiceState, pt pendingToken, k int, send func(*choiceState, pendingToken, []alt) error) error {
+	if k == 0 {
+		return send(c, pt, nil)
+	}
+	c.pending = append(c.pending, pt)
+	if c.finish == "" {
+		return nil
+	}
+	tops, e := s.choiceTops(ctx, g, []*choiceState{c}, k)
+	if e != nil {
+		return e
+	}
+	for i, p := range c.pending {
+		if err := send(c, p, tops[0][i]); err != nil {
+			return err
+		}
+	}
+	c.pending = nil
+	return nil
+}
+
+// choiceTops computes the k most likely tokens at each sampled position of choices, under the
+// distribution they were drawn from, on the weights that sampled them.
+func (s *server) choiceTops(ctx context.Context, g *generation, choices []*choiceState, k int) ([][][]alt, *apiError) {
+	reqs := make([]engine.TopRequest, len(choices))
+	for i, c := range choices {
+		p := g.prompts[c.promptID].ids
+		reqs[i] = engine.TopRequest{Tokens: append(slices.Clone(p), c.ids...), Start: len(p), Row: samplingRow(g.smp)}
+	}
+	return s.topAlts(ctx, reqs, k, g.version)
+}
+
+// encodeText tokenizes a text prompt, refusing a character the tokenizer cannot represent
+// (one its vocabulary lacks, without an unknown token): dropping it would change the prompt
+// silently. label names the field (prompt, or prompt[i] of a list).
+func (s *server) encodeText(label, text string) ([]int32, *apiError) {
+	if err := s.tok.Check(text); err != nil {
+		return nil, badRequest("prompt", "%s: %v", label, err)
+	}
+	ids := s.tok.Encode(text)
+	if len(ids) == 0 {
+		return nil, badRequest("prompt", "%s encodes to no tokens", label)
+	}
+	return ids, nil
+}
+
 // promptLogprobs scores each prompt's tokens after the first (engine.Score at temperature 1,
-// between two generation steps) and returns the weight version that scored them.
-func (s *server) promptLogprobs(ctx context.Context, prompts []prompt) ([][]float32, uint64, *apiError) {
+// between two generation steps) and, with k > 0, finds each position's k most likely tokens;
+// the caller holds the weights (hold) until it has submitted the generation.
+func (s *server) promptLogprobs(ctx context.Context, prompts []prompt, k int) ([][]float32, [][][]alt, *apiError) {
 	reqs := make([]engine.ScoreRequest, len(prompts))
 	for i, p := range prompts {
 		reqs[i] = engine.ScoreRequest{Tokens: p.ids, Start: 1}
 	}
-	s.swapMu.RLock()
-	defer s.swapMu.RUnlock()
 	res, version, err := s.sched.Score(ctx, reqs, 1)
 	if err != nil {
 		if errors.Is(err, engine.ErrClosed) {
-			return nil, 0, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+			return nil, nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
 		}
-		return nil, 0, &apiError{Status: 500, Type: "server_error", Message: fmt.Sprintf("scoring the prompt for echo: %v", err)}
+		return nil, nil, &apiError{Status: 500, Type: "server_error", Message: fmt.Sprintf("scoring the prompt for echo: %v", err)}
 	}
 	out := make([][]float32, len(res))
 	for i, r := range res {
 		out[i] = r.LogProbs
 	}
-	return out, version, nil
+	if k == 0 {
+		return out, nil, nil
+	}
+	treqs := make([]engine.TopRequest, len(prompts))
+	for i, p := range prompts {
+		treqs[i] = engine.TopRequest{Tokens: p.ids, Start: 1, Row: engine.SampleRow{Temperature: 1}}
+	}
+	tops, e := s.topAlts(ctx, treqs, k, version)
+	return out, tops, e
 }
 
 // usageOf counts a request's tokens.
@@ -612,9 +775,20 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	for i, m := range msgs {
+		if err := s.tok.Check(m.Content); err != nil {
+			param := fmt.Sprintf("messages[%d].content", i)
+			writeError(w, badRequest(param, "%s: %v", param, err))
+			return
+		}
+	}
 	text, err := s.tok.ApplyChatTemplate(msgs, true)
 	if err != nil {
 		writeError(w, badRequest("messages", "%v", err))
+		return
+	}
+	if err := s.tok.Check(text); err != nil {
+		writeError(w, badRequest("messages", "the chat template's rendering: %v", err))
 		return
 	}
 	p := prompt{ids: s.tok.EncodePlain(text), text: text}
@@ -623,13 +797,32 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release()
-	g, e := s.submit(r.Context(), []prompt{p}, smp)
+	k := 0 // top_logprobs
+	if req.Logprobs && req.TopLogprobs != nil {
+		k = *req.TopLogprobs
+	}
+	ctx := r.Context()
+	release := s.hold()
+	defer release()
+	g, e := s.submit(ctx, []prompt{p}, smp)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
+	if k == 0 {
+		release()
+	}
 	id, created := newID("chatcmpl"), time.Now().Unix()
-	lpEntries := func(ids []int32, lps []float32) *struct {
+	byteList := func(t string) []int {
+		bs := make([]int, len(t))
+		for i := range t {
+			bs[i] = int(t[i])
+		}
+		return bs
+	}
+	// lpEntries renders tokens ids with their log-probs lps and, with k > 0, each position's k
+	// most likely tokens tops (the sampled token's own log-prob where it is one of them).
+	lpEntries := func(ids []int32, lps []float32, tops [][]alt) *struct {
 		Content []chatLogprob `json:"content"`
 	} {
 		if !req.Logprobs {
@@ -638,26 +831,36 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		out := &struct {
 			Content []chatLogprob `json:"content"`
 		}{Content: []chatLogprob{}}
-		for k, tid := range ids {
+		for i, tid := range ids {
 			t := s.tokenString(tid)
-			bs := make([]int, len(t))
-			for i := range t {
-				bs[i] = int(t[i])
+			e := chatLogprob{Token: t, Logprob: lps[i], Bytes: byteList(t), TopLogprobs: []chatTopAlt{}}
+			if k > 0 {
+				for _, a := range tops[i] {
+					lp := finiteLogprob(a.lp)
+					if a.id == tid {
+						lp = lps[i]
+					}
+					at := s.tokenString(a.id)
+					e.TopLogprobs = append(e.TopLogprobs, chatTopAlt{Token: at, Logprob: lp, Bytes: byteList(at)})
+				}
 			}
-			out.Content = append(out.Content, chatLogprob{Token: t, Logprob: lps[k], Bytes: bs, TopLogprobs: []any{}})
+			out.Content = append(out.Content, e)
 		}
 		return out
 	}
 	if req.Stream {
 		ev := newSSE(w)
-		for k := 0; k < smp.n; k++ {
+		for j := 0; j < smp.n; j++ {
 			ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
-				Choices: []chatChoice{{Index: k, Delta: &chatOut{Role: "assistant"}, TokenIDs: []int32{}}}})
+				Choices: []chatChoice{{Index: j, Delta: &chatOut{Role: "assistant"}, TokenIDs: []int32{}}}})
+		}
+		send := func(c *choiceState, pt pendingToken, tops []alt) error {
+			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
+				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: pt.delta}, FinishReason: strp(pt.finish), TokenIDs: []int32{pt.id},
+					Logprobs: lpEntries([]int32{pt.id}, []float32{pt.lp}, [][]alt{tops})}}})
 		}
 		_, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
-			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
-				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: delta}, FinishReason: strp(c.finish), TokenIDs: []int32{tid},
-					Logprobs: lpEntries([]int32{tid}, []float32{lp})}}})
+			return s.streamToken(ctx, g, c, pendingToken{delta: delta, finish: c.finish, id: tid, lp: lp}, k, send)
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})
@@ -670,14 +873,26 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	var tops [][][]alt
+	if k > 0 {
+		if tops, e = s.choiceTops(ctx, g, choices, k); e != nil {
+			writeError(w, e)
+			return
+		}
+	}
+	release()
 	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: g.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
-	for _, c := range choices {
+	for i, c := range choices {
 		ids := c.ids
 		if ids == nil {
 			ids = []int32{}
 		}
+		var ct [][]alt
+		if tops != nil {
+			ct = tops[i]
+		}
 		resp.Choices = append(resp.Choices, chatChoice{Index: c.index, Message: &chatOut{Role: "assistant", Content: c.text},
-			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps)})
+			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, ct)})
 	}
 	writeJSON(w, 200, resp)
 }

@@ -391,7 +391,9 @@ func TestChat(t *testing.T) {
 		{`{"messages": []}`, "messages"},
 		{`{"messages": [{"role": "robot", "content": "x"}]}`, "messages[0].role"},
 		{`{"messages": [{"role": "user", "content": 7}]}`, "messages[0].content"},
-		{`{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}`, "top_logprobs"},
+		{`{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}`, "top_logprobs"}, // without logprobs
+		{`{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21}`, "top_logprobs"},
+		{`{"messages": [{"role": "user", "content": "x\u00e9"}]}`, "messages[0].content"}, // é is not in the vocabulary
 		{`{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}`, "max_tokens"},
 	} {
 		code, v, _ := post(t, ts.URL+"/v1/chat/completions", tc.body)
@@ -428,7 +430,8 @@ func TestBadRequests(t *testing.T) {
 		{`{"prompt": [1.5]}`, "prompt"},
 		{`{"prompt": {}}`, "prompt"},
 		{`{}`, "prompt"},
-		{`{"prompt": [1, 2], "logprobs": 5}`, "logprobs"},
+		{`{"prompt": [1, 2], "logprobs": 21}`, "logprobs"},
+		{`{"prompt": [1, 2], "logprobs": -1}`, "logprobs"},
 		{`{"prompt": [1, 2], "presence_penalty": 1}`, "presence_penalty"},
 		{`{"prompt": [1, 2], "stop": "x"}`, "stop"},
 		{`{"prompt": [1, 2], "max_tokens": 30, "n": 1, "best_of": 3}`, "best_of"},
@@ -532,9 +535,10 @@ func TestWeightUpdate(t *testing.T) {
 	long := engine.Request{Prompt: []int32{1, 6, 15}, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 1500, Seed: 9}}
 	r := engine.Request{Prompt: []int32{1, 6, 15}, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 60, Seed: 9, StopTokens: []int32{2}}}
 	body := `{"prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 60, "seed": 9, "logprobs": 1}`
-	// The request in flight: streamed, and running (its first token read) before the push.
+	// The request in flight: streamed, and running (its first token read) before the push; with
+	// logprobs 0 (the sampled tokens' own log-probs) its tokens stream as they are sampled.
 	sreq, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(
-		`{"stream": true, "prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 1500, "seed": 9, "logprobs": 1, "ignore_eos": true}`))
+		`{"stream": true, "prompt": [1, 6, 15], "n": 2, "temperature": 1, "max_tokens": 1500, "seed": 9, "logprobs": 0, "ignore_eos": true}`))
 	sreq.Header.Set("Authorization", "Bearer sekret")
 	stream, err := http.DefaultClient.Do(sreq)
 	if err != nil {
