@@ -190,7 +190,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		p.Stage("copying tokenizer files")
-		copied, err := modelio.CopySideFiles(m.FilesDir, tmp)
+		copied, err := modelio.WriteSideFiles(m, tmp)
 		if err != nil {
 			return err
 		}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -161,8 +163,9 @@ func TestDTypes(t *testing.T) {
 	}
 }
 
-// TestSideFiles: generation_config.json and the tokenizer files beside the input come along,
-// both ways.
+// TestSideFiles: the tokenizer files beside the input come along, both ways, and so does
+// generation_config.json with its sampling defaults, completed with the end-of-sequence id that
+// the ONNX input does not know (the tokenizer's eos_token), which config.json carries too.
 func TestSideFiles(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in")
@@ -181,9 +184,21 @@ func TestSideFiles(t *testing.T) {
 	mustConvert(t, "-i", dir+"/hf", "-o", dir+"/onnx", "--to", "onnx")
 	for _, o := range []string{"hf", "onnx"} {
 		for name, body := range side {
+			if name == "generation_config.json" {
+				continue
+			}
 			if b, err := os.ReadFile(filepath.Join(dir, o, name)); err != nil || string(b) != body {
 				t.Errorf("%s/%s = %q, %v; want the input's", o, name, b, err)
 			}
+		}
+		var gen, cfg map[string]any
+		readJSON(t, filepath.Join(dir, o, "generation_config.json"), &gen)
+		readJSON(t, filepath.Join(dir, o, "config.json"), &cfg)
+		if want := map[string]any{"do_sample": true, "temperature": 0.6, "top_p": 0.95, "eos_token_id": 0.0}; !reflect.DeepEqual(gen, want) {
+			t.Errorf("%s/generation_config.json = %v, want %v", o, gen, want)
+		}
+		if cfg["eos_token_id"] != 0.0 {
+			t.Errorf("%s/config.json eos_token_id = %v, want the tokenizer's 0", o, cfg["eos_token_id"])
 		}
 		if _, err := os.Stat(filepath.Join(dir, o, "notes.txt")); !os.IsNotExist(err) {
 			t.Errorf("%s/notes.txt was copied", o)
@@ -195,6 +210,17 @@ func TestSideFiles(t *testing.T) {
 	// Without a tokenizer the output says so.
 	if out := mustConvert(t, "-i", fixture("qwen2_past"), "-o", dir+"/bare"); !strings.Contains(out, "no tokenizer.json beside the input") {
 		t.Errorf("no warning about the missing tokenizer:\n%s", out)
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(b, v)
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 }
 

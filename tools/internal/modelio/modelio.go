@@ -66,7 +66,21 @@ var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
 //     "latest"), or one step of it (step-NNNNNNNN with state.json);
 //   - a Hugging Face model id (ORG/NAME[@REVISION]) that is not a local path: its snapshot in
 //     the Hugging Face cache, downloaded from the Hub when not cached (see Resolve).
+//
+// Special token ids the model's config lacks (an ONNX import knows none) are taken from the
+// generation_config.json beside it or from its tokenizer (see fillTokenIDs).
 func Load(path string, opts Options) (*Model, error) {
+	m, err := load(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := fillTokenIDs(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func load(path string, opts Options) (*Model, error) {
 	path, err := Resolve(context.Background(), path, opts.Hub)
 	if err != nil {
 		return nil, err
