@@ -201,3 +201,45 @@ func readSafetensors(path string) (map[string][]float32, map[string][]int32, err
 	}
 	return f32, i32, nil
 }
+
+// Check runs logits (a causal forward pass from position 0, logits [len(seq) * vocab]) on the
+// fixture's sequences and greedy prompts: it returns the largest |logit difference| from
+// PyTorch's, and an error when that is over tol or a greedy continuation differs from
+// PyTorch's.
+func (f *Fixture) Check(vocab int, tol float64, logits func(seq []int32) ([]float32, error)) (float64, error) {
+	worst := 0.0
+	for i, seq := range f.Seqs {
+		got, err := logits(seq)
+		if err != nil {
+			return worst, err
+		}
+		d := MaxAbsDiff(got, f.Logits[i])
+		worst = max(worst, d)
+		if d > tol {
+			return worst, fmt.Errorf("%s sequence %d: max |logit difference| from PyTorch %.3g > %g", f.Name, i, d, tol)
+		}
+	}
+	for i, p := range f.Prompts {
+		seq := append([]int32(nil), p...)
+		for range f.MaxNewTokens {
+			lg, err := logits(seq)
+			if err != nil {
+				return worst, err
+			}
+			last, best := lg[len(lg)-vocab:], 0
+			for j, v := range last {
+				if v > last[best] {
+					best = j
+				}
+			}
+			seq = append(seq, int32(best))
+		}
+		if got := seq[len(p):]; fmt.Sprint(got) != fmt.Sprint(f.Continuations[i]) {
+			return worst, fmt.Errorf("%s prompt %d: greedy %v, PyTorch %v", f.Name, i, got, f.Continuations[i])
+		}
+	}
+	return worst, nil
+}
+
+// VocabSize is the vocabulary size of the fixture's logits.
+func (f *Fixture) VocabSize() int { return len(f.Logits[0]) / len(f.Seqs[0]) }
