@@ -15,7 +15,9 @@
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
 #      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
 #      memory) -> bench.json, bench.log;
-#   3. the default GRPO job (tools/train) with --device cuda -> train.log, train-metrics.jsonl;
+#   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
+#      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
+#      (held-out accuracy of each), train-metrics.jsonl (seed 1);
 # then merges them into report.json with nvidia-smi's view of the GPU.
 set -euo pipefail
 dir="${1:?usage: scripts/gpu-check.sh DIR}"
@@ -47,8 +49,20 @@ echo "== bench"
 timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 echo "== default job on the GPU"
-(cd "$out" && timeout 60 "$here/train" --device cuda --out "$out/train-run" >"$out/train.log" 2>&1)
-echo "train exit $? after $(( $(date +%s) - t0 )) s"; tail -3 "$out/train.log"
+# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
+# same weights?), and seed 1 with exact fp32 matmuls (--device cuda-fp32), side by side: the
+# model is tiny, the GPU has room for all five.
+(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32"; do
+	set -- $run
+	timeout 170 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
+done; wait)
+echo "train runs done after $(( $(date +%s) - t0 )) s"
+for r in s1 s2 s3 s1-again s1-fp32; do
+	echo "$r: $(grep -h 'held-out accuracy:' "$out/train-$r.log" || tail -1 "$out/train-$r.log")"
+done | tee "$out/train.log"
+a="$out/train-s1/checkpoints/step-000200/model.safetensors"; b="$out/train-s1-again/checkpoints/step-000200/model.safetensors"
+if cmp -s "$a" "$b"; then echo "seed 1 twice: identical final weights"; else echo "seed 1 twice: final weights DIFFER"; fi | tee -a "$out/train.log"
+cp "$out/train-s1/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
 "$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
 RUN
 chmod +x "$dir/run.sh"

@@ -171,6 +171,8 @@ type SFTConfig struct {
 	CoT bool
 	// Progress, when set, is called after every step.
 	Progress func(step int, loss float64)
+	// Backend trains the model; nil means the CPU.
+	Backend engine.TrainBackend
 }
 
 // DefaultSFT is the warm start of the default model: worked answers, half of them ending in a
@@ -187,7 +189,11 @@ func DefaultSFT() SFTConfig {
 func SFT(ctx context.Context, cfg SFTConfig) (*engine.Trainer, error) {
 	tok := NewTokenizer()
 	c := ModelConfig()
-	m, err := engine.NewModel(c, engine.NewCPU(), engine.RandomWeights(c, cfg.Seed, 0.02), engine.F32)
+	var backend engine.Backend = engine.NewCPU()
+	if cfg.Backend != nil {
+		backend = cfg.Backend
+	}
+	m, err := engine.NewModel(c, backend, engine.RandomWeights(c, cfg.Seed, 0.02), engine.F32)
 	if err != nil {
 		return nil, err
 	}

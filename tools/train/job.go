@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/data"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
@@ -21,7 +22,7 @@ import (
 
 // defaultJob is the embedded default: arithmetic problems, the character-level default model
 // built by a seeded supervised warm start (skipped on resume: the run state has the weights).
-func defaultJob(ctx context.Context, o options, warmStart bool) (*grpo.Job, error) {
+func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStart bool) (*grpo.Job, error) {
 	tok := quickstart.NewTokenizer()
 	f := quickstart.Task()
 	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
@@ -52,6 +53,9 @@ func defaultJob(ctx context.Context, o options, warmStart bool) (*grpo.Job, erro
 	}
 	sft := quickstart.DefaultSFT()
 	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.seed, o.sftSteps, o.sftLR, o.cot, o.sftNoise
+	if tb, ok := backend.(engine.TrainBackend); ok {
+		sft.Backend = tb // the warm start runs where the run does
+	}
 	bar := newBar(o, sft.Steps, "warm start (SFT)")
 	sft.Progress = func(step int, loss float64) {
 		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
@@ -74,7 +78,7 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	if o.model == "" || o.data == "" {
 		return nil, errors.New("--model and --data go together: give both (or neither, for the default job)")
 	}
-	j, tok, err := loadModel(o, loadWeights)
+	j, tok, err := loadModel(ctx, o, loadWeights)
 	if err != nil {
 		return nil, err
 	}
@@ -109,12 +113,17 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	return j, nil
 }
 
-// loadModel reads --model (a Hugging Face directory or an .onnx file beside its tokenizer):
-// its config, its weights when loadWeights, and its tokenizer, which exports copy.
-func loadModel(o options, loadWeights bool) (*grpo.Job, *hfTokenizer, error) {
-	dir := o.model
-	if strings.HasSuffix(o.model, ".onnx") {
-		dir = filepath.Dir(o.model)
+// loadModel reads --model (a Hugging Face directory, an .onnx file beside its tokenizer, or a
+// Hugging Face model id ORG/NAME[@REV] from the cache or the Hub): its config, its weights when
+// loadWeights, and its tokenizer, which exports copy.
+func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hfTokenizer, error) {
+	path, err := modelio.Resolve(ctx, o.model, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--model %s: %w", o.model, err)
+	}
+	dir := path
+	if strings.HasSuffix(path, ".onnx") {
+		dir = filepath.Dir(path)
 	}
 	tok, err := loadTokenizer(dir)
 	if err != nil {
@@ -127,10 +136,10 @@ func loadModel(o options, loadWeights bool) (*grpo.Job, *hfTokenizer, error) {
 		_, err := modelio.CopyTokenizer(dir, out)
 		return err
 	}}
-	if strings.HasSuffix(o.model, ".onnx") {
-		j.Model, j.Weights, err = onnx.Import(o.model, onnx.ImportOptions{})
+	if strings.HasSuffix(path, ".onnx") {
+		j.Model, j.Weights, err = onnx.Import(path, onnx.ImportOptions{})
 	} else {
-		j.Model, j.Weights, err = checkpoints.Load(o.model)
+		j.Model, j.Weights, err = checkpoints.Load(path)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("--model: %w", err)

@@ -44,6 +44,7 @@ type options struct {
 
 	// The run.
 	out, config, cpuProfile string
+	device                  string
 	seed                    uint64
 	steps                   int
 	resume, quiet           bool
@@ -93,7 +94,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	d := grpo.DefaultRunConfig() // every default of the run is grpo's
 	prorl := d.Trainer
 
-	fs.StringVar(&o.model, "model", "", "model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json) or a .onnx file; empty: the default job's model")
+	fs.StringVar(&o.model, "model", "", "model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json), a .onnx file, or a Hugging Face model id ORG/NAME[@REVISION] (from the Hugging Face cache, downloaded when missing; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); empty: the default job's model")
 	fs.StringVar(&o.data, "data", "", "training prompts: JSONL or Parquet (fields prompt or messages, data_source, ground_truth / reward_model.ground_truth, extra_info)")
 	fs.StringVar(&o.valData, "val-data", "", "held-out prompts (same format); empty: --val-fraction of --data")
 	fs.Float64Var(&o.valFraction, "val-fraction", 0.02, "share of --data held out for evaluation when --val-data is not given")
@@ -111,6 +112,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.IntVar(&o.keep, "keep", d.Keep, "run states kept (the oldest are removed after a save)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
+	fs.StringVar(&o.device, "device", "auto", "where the policy trains and generates: auto (the GPU when one is there, else the CPU), cpu or cuda")
 
 	fs.BoolVar(&o.sftOnly, "sft", false, "default job: run only the supervised warm start and report its held-out accuracy")
 	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "default job: optimizer steps of the supervised warm start")

@@ -13,6 +13,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
+	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 )
@@ -50,7 +51,7 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	res, err := grpo.Run(ctx, cfg, func(ctx context.Context, resuming bool) (*grpo.Job, error) {
 		rep.start = time.Now()
 		if o.model == "" {
-			return defaultJob(ctx, *o, !resuming)
+			return defaultJob(ctx, *o, cfg.Backend, !resuming)
 		}
 		return customJob(ctx, *o, !resuming)
 	})
@@ -88,11 +89,21 @@ func resumeFlags(dir string, fs *pflag.FlagSet) (*grpo.ResumePoint, error) {
 func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	cfg := grpo.DefaultRunConfig()
 	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Keep, cfg.EvalOnly = o.out, o.steps, o.saveEvery, o.keep, o.sftOnly
-	cfg.Backend = engine.NewCPU()
+	backend, chosen, err := engine.OpenDevice(o.device)
+	if err != nil {
+		return cfg, err
+	}
+	tb, ok := backend.(engine.TrainBackend)
+	if !ok {
+		return cfg, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
+	}
+	fmt.Printf("device: %s\n", chosen)
+	cfg.Backend = tb
 	cfg.Rollouts = remoteRolloutSource(o)
 	settings := flagValues(fs) // what a run state keeps to resume with the same flags
 	delete(settings, "quiet")
 	delete(settings, "cpuprofile")
+	delete(settings, "device") // a resumed run may continue on another machine's device
 	cfg.Settings = settings
 
 	cfg.Optimizer.LR, cfg.Optimizer.Beta1, cfg.Optimizer.Beta2 = o.lr, o.beta1, o.beta2
