@@ -13,6 +13,8 @@ var parseSeeds = []string{
 	`{"prompt": "x", "temperature": 1e308}`,
 	`{"prompt": [1], "top_k": -1, "max_completion_tokens": 3}`,
 	`{"messages": [{"role": "user", "content": "1+2="}], "n": 2, "logprobs": true}`,
+	`{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 20}`,
+	`{"prompt": [1, 2], "logprobs": 20, "echo": true}`,
 	`{"messages": [{"role": "system", "content": [{"type": "text", "text": "hi"}]}, {"role": "user", "content": "x"}]}`,
 	`{"prompt": [1, 2], "n": "two"}`,
 	`[]`, `{"prompt": [1, 2]} x`, `{"prompt": [1.5]}`,
@@ -65,6 +67,9 @@ func FuzzParseCompletionRequest(f *testing.F) {
 			return
 		}
 		checkSampling(t, string(body), p.smp, lim, vocab)
+		if lp := p.req.Logprobs; lp != nil && (*lp < 0 || *lp > maxTopLogprobs) {
+			t.Fatalf("%q: logprobs %d accepted", body, *lp)
+		}
 		if n := len(p.texts) + len(p.ids); n < 1 || n > lim.MaxPrompts || (!hasTok && len(p.texts) > 0) {
 			t.Fatalf("%q: %d texts, %d id prompts", body, len(p.texts), len(p.ids))
 		}
@@ -91,12 +96,15 @@ func FuzzParseChatRequest(f *testing.F) {
 	lim := limits{MaxN: 4, MaxTokens: 32, MaxPrompts: 3}
 	const vocab = 40
 	f.Fuzz(func(t *testing.T, body []byte, hasTemplate bool) {
-		_, smp, msgs, e := parseChatRequest(body, lim, vocab, hasTemplate)
+		req, smp, msgs, e := parseChatRequest(body, lim, vocab, hasTemplate)
 		if e != nil {
 			checkParseError(t, string(body), e)
 			return
 		}
 		checkSampling(t, string(body), smp, lim, vocab)
+		if k := req.TopLogprobs; k != nil && (*k < 0 || *k > maxTopLogprobs || *k > 0 && !req.Logprobs) {
+			t.Fatalf("%q: top_logprobs %d accepted (logprobs %v)", body, *k, req.Logprobs)
+		}
 		if !hasTemplate || len(msgs) == 0 {
 			t.Fatalf("%q: accepted (template %v, %d messages)", body, hasTemplate, len(msgs))
 		}
