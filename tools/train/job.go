@@ -108,6 +108,11 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	if len(j.StopTokens) == 0 {
 		return nil, fmt.Errorf("--model %s: no end-of-sequence token (eos_token_id in config.json or generation_config.json, or the tokenizer's eos_token)", o.model)
 	}
+	if len(j.Model.EOSTokenIDs) == 0 { // exports' config.json and generation_config.json name it
+		for _, id := range j.StopTokens {
+			j.Model.EOSTokenIDs = append(j.Model.EOSTokenIDs, int(id))
+		}
+	}
 	fmt.Printf("model %s: %s, %.1fM parameters; data %s (train %d, held-out %d prompts)\n",
 		o.model, j.Model.ModelType, float64(j.Model.NumParams())/1e6, o.data, len(j.Train), len(j.Held))
 	return j, nil
@@ -129,13 +134,16 @@ func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hf
 	if err != nil {
 		return nil, nil, err
 	}
-	j := &grpo.Job{TokenizerFiles: func(out string) error {
+	j := &grpo.Job{}
+	j.TokenizerFiles = func(out string) error {
 		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
 		}
-		_, err := modelio.CopyTokenizer(dir, out)
+		// The tokenizer files and the source's generation_config.json (its sampling defaults,
+		// with the model's token ids where it has none), replacing the one SaveHF derives.
+		_, err := modelio.WriteSideFiles(&modelio.Model{Config: j.Model, FilesDir: dir}, out)
 		return err
-	}}
+	}
 	if strings.HasSuffix(path, ".onnx") {
 		j.Model, j.Weights, err = onnx.Import(path, onnx.ImportOptions{})
 	} else {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -291,5 +292,53 @@ func TestFlagDefaultsAreGRPOs(t *testing.T) {
 		if f := fs.Lookup(name); f == nil || !strings.Contains(f.Usage, "default job: "+v) {
 			t.Errorf("--%s: the default job's %s is not in its help text", name, v)
 		}
+	}
+}
+
+// TestModelRunCarriesGenerationConfig: a --model run's exports carry the source model's
+// generation_config.json (its sampling defaults) with the model's token ids, and model.onnx is
+// written 0644 like every other file.
+func TestModelRunCarriesGenerationConfig(t *testing.T) {
+	src, dataDir, out := t.TempDir(), t.TempDir(), t.TempDir()
+	c := quickstart.ModelConfig()
+	if err := checkpoints.Save(src, c, engine.RandomWeights(c, 1, 0.02), checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := quickstartTokenizerFiles(src); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "generation_config.json"), []byte(`{"temperature": 0.6, "top_p": 0.95, "do_sample": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := runArgs(t, "--write-task-data", dataDir, "--train-problems", "40", "--eval-size", "8"); err != nil {
+		t.Fatal(err)
+	}
+	err := runArgs(t, "--quiet", "--device", "cpu", "--model", src, "--data", filepath.Join(dataDir, "train.jsonl"),
+		"--steps", "1", "--prompts", "2", "--n", "2", "--max-response", "8", "--eval-every", "1", "--eval-samples", "1", "--out", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(out, "checkpoints", "step-*"))
+	if len(dirs) == 0 {
+		t.Fatal("no export")
+	}
+	b, err := os.ReadFile(filepath.Join(dirs[len(dirs)-1], "generation_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gen map[string]any
+	if err := json.Unmarshal(b, &gen); err != nil {
+		t.Fatal(err)
+	}
+	if gen["temperature"] != 0.6 || gen["top_p"] != 0.95 || gen["do_sample"] != true || gen["eos_token_id"] == nil {
+		t.Errorf("export's generation_config.json lost the source's defaults or the eos id: %s", b)
+	}
+	cb, err := os.ReadFile(filepath.Join(dirs[len(dirs)-1], "config.json"))
+	if err != nil || !strings.Contains(string(cb), `"eos_token_id"`) {
+		t.Errorf("export's config.json has no eos_token_id (%v): %s", err, cb)
+	}
+	fi, err := os.Stat(filepath.Join(dirs[len(dirs)-1], "model.onnx"))
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("model.onnx: %v, mode %v", err, fi.Mode().Perm())
 	}
 }
