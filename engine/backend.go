@@ -198,13 +198,17 @@ func OpenDevice(name string) (Backend, string, error) {
 			b := NewCPU()
 			return b, b.Name() + " (auto: this program has no accelerator backend built in)", nil
 		}
-		var why []string
+		var why []string // one line per distinct reason (backends of one package fail alike)
+		seen := map[string]bool{}
 		for _, n := range accel {
 			b, err := OpenBackend(n)
 			if err == nil {
 				return b, b.Name() + " (auto: " + n + " opened)", nil
 			}
-			why = append(why, err.Error())
+			if !seen[err.Error()] {
+				seen[err.Error()] = true
+				why = append(why, err.Error())
+			}
 		}
 		b := NewCPU()
 		return b, b.Name() + " (auto: " + strings.Join(why, "; ") + ")", nil

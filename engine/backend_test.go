@@ -31,6 +31,11 @@ func TestOpenDevice(t *testing.T) {
 	if err != nil || !strings.HasPrefix(b.Name(), "cpu") || !strings.Contains(line, "libgpu.so.1 not found (set GPU_LIB)") {
 		t.Fatalf("auto with a failing accelerator: %q %v", line, err)
 	}
+	register("gpu-a2", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	_, line, _ = OpenDevice("auto")
+	if strings.Count(line, "libgpu.so.1") != 1 {
+		t.Fatalf("the same reason twice: %q", line)
+	}
 	register("gpu-b", func() (Backend, error) { return renamed{NewCPU(), "gpu-b device"}, nil })
 	b, line, err = OpenDevice("auto")
 	if err != nil || b.Name() != "gpu-b device" || !strings.Contains(line, "auto: gpu-b opened") {
