@@ -66,7 +66,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"gelu", `{` + base + `,"hidden_act":"gelu"}`, `"hidden_act"`},
 		{"sliding window", `{` + base + `,"use_sliding_window":true}`, `"use_sliding_window"`},
 		{"dynamic rope", `{` + base + `,"rope_scaling":{"rope_type":"dynamic","factor":4}}`, `"rope_scaling.rope_type"`},
-		{"yarn attention factor", `{` + base + `,"rope_scaling":{"rope_type":"yarn","factor":4}}`, `yarn's attention factor 1.13`},
+		{"yarn attention factor", `{` + base + `,"rope_scaling":{"rope_type":"yarn","factor":4,"attention_factor":-1}}`, `"rope_scaling.attention_factor" must be positive`},
 		{"rope key", `{` + base + `,"rope_scaling":{"type":"linear","factor":2,"long_factor":[3]}}`, `unsupported key "long_factor"`},
 		{"rope_parameters key", `{` + base + `,"rope_parameters":{"rope_type":"longrope","rope_theta":1e4,"short_factor":[1]}}`, `"rope_parameters": unsupported key "short_factor"`},
 		{"rope_parameters type", `{` + base + `,"rope_parameters":{"rope_type":"dynamic","rope_theta":1e4,"factor":2}}`, `"rope_scaling.rope_type": "dynamic" is not supported`},
@@ -187,8 +187,20 @@ func TestYarnInvFreq(t *testing.T) {
 	if a := c.RopeAttentionFactor(); math.Abs(a-(0.1*math.Log(4)+1)) > 1e-15 {
 		t.Errorf("attention factor %g", a)
 	}
-	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "attention factor") {
-		t.Errorf("yarn with attention factor %g validated: %v", c.RopeAttentionFactor(), err)
+	if err := c.Validate(); err != nil { // the model, the reference and the export apply it
+		t.Errorf("yarn with attention factor %g: %v", c.RopeAttentionFactor(), err)
+	}
+	cos, sin := c.RopeTables(3)
+	for p := 0; p < 3; p++ {
+		for i, f := range got {
+			a := 0.1*math.Log(4) + 1
+			if w := float32(math.Cos(float64(p)*f) * a); cos[p*4+i] != w {
+				t.Errorf("cos[%d,%d] = %g, want %g (scaled by the attention factor)", p, i, cos[p*4+i], w)
+			}
+			if w := float32(math.Sin(float64(p)*f) * a); sin[p*4+i] != w {
+				t.Errorf("sin[%d,%d] = %g, want %g", p, i, sin[p*4+i], w)
+			}
+		}
 	}
 	c.RopeScaling.AttentionFactor = &one
 	if err := c.Validate(); err != nil {
@@ -205,7 +217,7 @@ func TestYarnInvFreq(t *testing.T) {
 	if got := c.InvFreq()[1]; math.Abs(got-0.1*((1-r)+r/4)) > 1e-15 {
 		t.Errorf("untruncated inv_freq[1] = %g, want %g", got, 0.1*((1-r)+r/4))
 	}
-	cos, sin := c.RopeTables(3)
+	cos, sin = c.RopeTables(3)
 	if len(cos) != 12 || cos[0] != float32(c.RopeAttentionFactor()) || sin[0] != 0 {
 		t.Errorf("RopeTables: cos %v sin %v", cos, sin)
 	}

@@ -126,15 +126,7 @@ func (m *Model) ensureRope(n int) error {
 	}
 	size := max(n, 2*m.ropeLen, 256)
 	half := m.Config.HeadDim / 2
-	inv := m.Config.InvFreq()
-	cos := make([]float32, size*half)
-	sin := make([]float32, size*half)
-	for p := 0; p < size; p++ {
-		for i, f := range inv {
-			s, c := math.Sincos(float64(p) * f)
-			cos[p*half+i], sin[p*half+i] = float32(c), float32(s)
-		}
-	}
+	cos, sin := m.Config.RopeTables(size) // [size, Dh/2] each, yarn's attention factor included
 	ct, err := m.Backend.Upload(F32, cos, false, size, half)
 	if err != nil {
 		return err

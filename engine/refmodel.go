@@ -191,8 +191,8 @@ func (r *RefModel) layerForward(l int, x []float64, L int, a *refLayerActs) []fl
 		a.kn, a.rk = rmsnormFwd(a.kb, r.lw(l, KNormWeight), c.RMSNormEps)
 	}
 	inv := c.InvFreq()
-	a.q = ropeApply(a.qn, L, Dh, inv, 1)
-	a.k = ropeApply(a.kn, L, Dh, inv, 1)
+	a.q = ropeApply(a.qn, L, Dh, inv, 1, r.Config.RopeAttentionFactor())
+	a.k = ropeApply(a.kn, L, Dh, inv, 1, r.Config.RopeAttentionFactor())
 	// attention
 	scale := 1 / math.Sqrt(float64(Dh))
 	a.p = make([]float64, H*L*L)
@@ -297,8 +297,8 @@ func (r *RefModel) layerBackward(l int, dout []float64, L int, a *refLayerActs, 
 		}
 	}
 	inv := c.InvFreq()
-	dq = ropeApply(dq, L, Dh, inv, -1) // the transpose of a rotation is the opposite rotation
-	dk = ropeApply(dk, L, Dh, inv, -1)
+	dq = ropeApply(dq, L, Dh, inv, -1, r.Config.RopeAttentionFactor()) // the transpose of a rotation is the opposite rotation
+	dk = ropeApply(dk, L, Dh, inv, -1, r.Config.RopeAttentionFactor())
 	if r.lw(l, QNormWeight) != nil {
 		dq = rmsnormBwd(dq, a.qb, a.rq, r.lw(l, QNormWeight), g(QNormWeight))
 		dk = rmsnormBwd(dk, a.kb, a.rk, r.lw(l, KNormWeight), g(KNormWeight))
@@ -429,7 +429,7 @@ func softmax64(z []float64) ([]float64, float64) {
 
 // ropeApply rotates x [L, heads*Dh] (rotate-half convention) by +angle (dir 1) or -angle
 // (dir -1); token t sits at position t.
-func ropeApply(x []float64, L, dh int, inv []float64, dir float64) []float64 {
+func ropeApply(x []float64, L, dh int, inv []float64, dir, scale float64) []float64 {
 	half := dh / 2
 	width := len(x) / L
 	out := make([]float64, len(x))
@@ -439,7 +439,8 @@ func ropeApply(x []float64, L, dh int, inv []float64, dir float64) []float64 {
 			o := out[t*width+h : t*width+h+dh]
 			for i := 0; i < half; i++ {
 				sn, cs := math.Sincos(float64(t) * inv[i])
-				sn *= dir
+				sn *= dir * scale
+				cs *= scale
 				o[i] = row[i]*cs - row[i+half]*sn
 				o[i+half] = row[i+half]*cs + row[i]*sn
 			}

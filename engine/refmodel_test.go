@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -31,9 +32,13 @@ func TestRefModelFiniteDifferences(t *testing.T) {
 		{ModelType: "llama", VocabSize: 10, HiddenSize: 8, NumHiddenLayers: 1, NumAttentionHeads: 2, NumKeyValueHeads: 2,
 			HeadDim: 4, IntermediateSize: 6, RMSNormEps: 1e-5, RopeTheta: 500000, MaxPositionEmbeddings: 64, TieWordEmbeddings: true,
 			RopeScaling: &RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 8}},
+		// yarn: its attention factor (0.1·ln 4 + 1) scales the rotation, forward and backward.
+		{ModelType: "qwen2", VocabSize: 11, HiddenSize: 8, NumHiddenLayers: 1, NumAttentionHeads: 2, NumKeyValueHeads: 1,
+			HeadDim: 8, IntermediateSize: 12, RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 64, AttentionBias: true,
+			RopeScaling: &RopeScaling{Type: "yarn", Factor: 4, OriginalMaxPositionEmbeddings: 16}},
 	}
-	for _, c := range tests {
-		t.Run(c.ModelType, func(t *testing.T) {
+	for i, c := range tests {
+		t.Run(fmt.Sprintf("%d-%s", i, c.ModelType), func(t *testing.T) {
 			r, err := NewRefModel(c, RandomWeights(c, 5, 0.5))
 			if err != nil {
 				t.Fatal(err)

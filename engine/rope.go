@@ -2,23 +2,14 @@ package engine
 
 import (
 	"errors"
-	"fmt"
 	"math"
 )
 
 // This file holds the RoPE pieces that yarn scaling adds: its inverse frequencies (used by
-// Config.InvFreq) and its attention factor, which multiplies the cos and sin tables.
+// Config.InvFreq) and its attention factor, which multiplies the cos and sin tables: the
+// model's tables (RopeTables), the float64 reference (RefModel) and the ONNX export (a Mul
+// after Cos and Sin) all apply it.
 //
-// NOTE for the owners of model.go, refmodel.go and onnx/export.go: yarn's attention factor
-// (RopeAttentionFactor, 1 for every other rope type) is not applied by them yet. Until it is,
-// Config.Validate refuses a yarn config whose attention factor is not 1 (naming the field), so
-// that no model silently computes wrong logits. To finish yarn:
-//   - engine/model.go ensureRope: build the tables with c.RopeTables(size) (below);
-//   - engine/refmodel.go ropeApply: multiply cos and sin by c.RopeAttentionFactor();
-//   - onnx/export.go /model/rotary_emb: multiply the Cos and Sin outputs by it (a Mul by a
-//     constant), and onnx/infer.go read it back;
-//   - then delete the check in RopeScaling.validateYarn marked "attention factor".
-
 // RopeAttentionFactor is the factor the RoPE cos and sin tables are multiplied by: 1 except
 // for yarn, where it is rope_scaling's attention_factor or, when absent, HF's default
 // 0.1 ln(factor) + 1 (or mscale's ratio form when mscale and mscale_all_dim are both given).
@@ -91,10 +82,6 @@ func (rs *RopeScaling) validateYarn(c *Config) error {
 	}
 	if rs.AttentionFactor != nil && !(*rs.AttentionFactor > 0) {
 		return errors.New("field \"rope_scaling.attention_factor\" must be positive")
-	}
-	// attention factor: see the note at the top of this file.
-	if a := c.RopeAttentionFactor(); a != 1 {
-		return fmt.Errorf("field \"rope_scaling\": yarn's attention factor %g (attention_factor, or 0.1·ln(factor)+1 when absent) is not applied by this engine yet; only yarn with \"attention_factor\": 1.0 is supported", a)
 	}
 	return nil
 }

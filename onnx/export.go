@@ -306,8 +306,13 @@ func ropeTables(b *builder, c *engine.Config) (cos, sin string) {
 	pos = b.op(r, "Unsqueeze", []string{pos, b.ints(r, 2)})                                          // [B, S, 1]
 	freqs := b.op(r, "Mul", []string{pos, b.floats(r, []int64{int64(len(inv))}, inv...)})            // [B, S, Dh/2]
 	emb := b.op(r, "Concat", []string{freqs, freqs}, attrInt("axis", -1))                            // [B, S, Dh]
-	cos = b.op(r, "Unsqueeze", []string{b.op(r, "Cos", []string{emb}), b.ints(r, 1)})                // [B, 1, S, Dh]
-	sin = b.op(r, "Unsqueeze", []string{b.op(r, "Sin", []string{emb}), b.ints(r, 1)})                // [B, 1, S, Dh]
+	cosE, sinE := b.op(r, "Cos", []string{emb}), b.op(r, "Sin", []string{emb})                       // [B, S, Dh]
+	if a := c.RopeAttentionFactor(); a != 1 {                                                        // yarn scales the tables (no node otherwise)
+		f := b.floats(r, nil, float32(a))
+		cosE, sinE = b.op(r, "Mul", []string{cosE, f}), b.op(r, "Mul", []string{sinE, f})
+	}
+	cos = b.op(r, "Unsqueeze", []string{cosE, b.ints(r, 1)}) // [B, 1, S, Dh]
+	sin = b.op(r, "Unsqueeze", []string{sinE, b.ints(r, 1)}) // [B, 1, S, Dh]
 	return cos, sin
 }
 

@@ -299,6 +299,12 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def rope_scale(cfg):
+    """The factor the cos and sin tables are multiplied by: 1 (yarn's attention factor is
+    added by make_hf_fixtures.py)."""
+    return 1.0
+
+
 def forward(cfg, w, ids):
     """Logits [L, vocab] (float64) of one sequence, positions 0..L-1, causal."""
     eps = cfg["rms_norm_eps"]
@@ -309,7 +315,7 @@ def forward(cfg, w, ids):
 
     freqs = torch.outer(torch.arange(L, dtype=F64), inv_freq(cfg))  # [L, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()  # [L, hd]
+    cos, sin = emb.cos() * rope_scale(cfg), emb.sin() * rope_scale(cfg)  # [L, hd]
     mask = torch.triu(torch.ones(L, L, dtype=torch.bool), diagonal=1)
     group = heads // kv
 

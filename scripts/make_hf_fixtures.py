@@ -30,7 +30,7 @@ Output: checkpoints/testdata/hf/<model>/ for each model below:
 
 Models: qwen2 (untied lm_head), qwen2-tied, qwen3-headdim (head_dim 16 with hidden 32 and 4
 heads, so head_dim != hidden/heads), llama3 (llama3 rope scaling, tied) and qwen2-yarn (yarn
-with "attention_factor": 1.0; the engine does not apply other attention factors yet).
+with "attention_factor": 1.0) and qwen2-yarn-af (yarn with HF's default attention factor).
 """
 
 import math
@@ -100,9 +100,34 @@ MODELS = {
                                                 rope_scaling={"attention_factor": 1.0, "factor": 4.0,
                                                               "original_max_position_embeddings": 256,
                                                               "rope_type": "yarn"})),
+    # yarn with HF's default attention factor, 0.1·ln(factor) + 1, on the cos and sin tables
+    "qwen2-yarn-af": dict(seed=2006, config=common("qwen2", "Qwen2ForCausalLM", num_attention_heads=2,
+                                                   num_key_value_heads=1,
+                                                   rope_scaling={"factor": 4.0,
+                                                                 "original_max_position_embeddings": 256,
+                                                                 "rope_type": "yarn"})),
 }
 
 base_inv_freq = mg.inv_freq
+
+
+def yarn_mscale(scale, mscale=1.0):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_scale(cfg):
+    """yarn's attention factor (transformers' _compute_yarn_parameters), else 1."""
+    rs = cfg.get("rope_scaling")
+    if not rs or rs.get("rope_type", rs.get("type")) != "yarn":
+        return 1.0
+    if rs.get("attention_factor") is not None:
+        return rs["attention_factor"]
+    if rs.get("mscale") and rs.get("mscale_all_dim"):
+        return yarn_mscale(rs["factor"], rs["mscale"]) / yarn_mscale(rs["factor"], rs["mscale_all_dim"])
+    return yarn_mscale(rs["factor"])
+
+
+mg.rope_scale = rope_scale  # forward() looks it up at call time
 
 
 def inv_freq(cfg):
@@ -110,7 +135,6 @@ def inv_freq(cfg):
     rs = cfg.get("rope_scaling")
     if not rs or rs.get("rope_type", rs.get("type")) != "yarn":
         return base_inv_freq(cfg)
-    assert rs.get("attention_factor") == 1.0, "yarn fixtures keep attention_factor 1.0"
     _, _, dim = mg.dims(cfg)
     base = cfg["rope_theta"]
     factor = rs["factor"]

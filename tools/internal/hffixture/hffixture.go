@@ -19,7 +19,7 @@ import (
 )
 
 // Names are the fixture models.
-var Names = []string{"qwen2", "qwen2-tied", "qwen3-headdim", "llama3", "qwen2-yarn"}
+var Names = []string{"qwen2", "qwen2-tied", "qwen3-headdim", "llama3", "qwen2-yarn", "qwen2-yarn-af"}
 
 // Forms are the config.json forms: "tf5" (config.json as transformers 5 writes it) and "tf4"
 // (config.tf4.json, as transformers 4 wrote it).
