@@ -160,6 +160,26 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 			_ = os.WriteFile(jsonPath, data, 0o644)
 		}
 	}()
+	if err := gpuReferences(b, rep); err != nil {
+		return err
+	}
+	c := Qwen15B()
+	rep.Model = fmt.Sprintf("qwen2 1.5B shape: hidden %d, %d layers, %d/%d heads, head_dim %d, ffn %d, vocab %d",
+		c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize, c.VocabSize)
+	rep.Params = c.NumParams()
+	t0 := time.Now()
+	weights := randomWeights(c, 1)
+	fmt.Printf("model: %s, %.2fB parameters (random weights in %.1fs)\n\n", rep.Model, float64(rep.Params)/1e9, time.Since(t0).Seconds())
+	if err := gpuGeneration(b, rep, c, weights, quick, rolloutTokens); err != nil {
+		return err
+	}
+	return gpuTraining(b, rep, c, weights, quick)
+}
+
+// gpuReferences measures the ceilings the table is read against: copy bandwidth, the bf16
+// GEMM rate, and the host's cost of one op (lock, context, argument packing, cuLaunchKernel),
+// which bounds batch-1 decoding (about 20 kernels per layer).
+func gpuReferences(b *cuda.Backend, rep *gpuReport) error {
 	bw, err := b.CopyBandwidth(4<<30, 5)
 	if err != nil {
 		return err
@@ -169,8 +189,6 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		return err
 	}
 	rep.CopyGBs, rep.GemmTFLOPs = bw/1e9, peak/1e12
-	// The host's cost of one op (lock, context, argument packing, cuLaunchKernel): what bounds
-	// batch-1 decoding, which launches ~20 kernels per layer.
 	tiny := b.Alloc(1)
 	const nops = 20000
 	t0 := time.Now()
@@ -183,21 +201,27 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	rep.HostOpUs = time.Since(t0).Seconds() / nops * 1e6
 	b.Free(tiny)
 	fmt.Printf("device: %s\nreference: copy %.0f GB/s (read+write), bf16 GEMM 8192³ %.0f TFLOP/s; %.2f µs host time per op\n\n", b.Name(), bw/1e9, peak/1e12, rep.HostOpUs)
+	return nil
+}
 
-	c := Qwen15B()
-	rep.Model = fmt.Sprintf("qwen2 1.5B shape: hidden %d, %d layers, %d/%d heads, head_dim %d, ffn %d, vocab %d",
-		c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.IntermediateSize, c.VocabSize)
-	rep.Params = c.NumParams()
-	t0 = time.Now()
-	weights := randomWeights(c, 1)
-	fmt.Printf("model: %s, %.2fB parameters (random weights in %.1fs)\n\n", rep.Model, float64(rep.Params)/1e9, time.Since(t0).Seconds())
+// gpuGeneration times batch-1 decoding and rollouts with bf16 weights, with their fraction of
+// the HBM roofline (weights plus the KV cache read once per step at the measured copy rate),
+// and profiles both.
+func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor, quick bool, rolloutTokens int) error {
 	m, err := engine.NewModel(c, b, weights, engine.BF16)
 	if err != nil {
 		return err
 	}
 	rep.WeightBytes = m.LinearBytes()
+	bw := rep.CopyGBs * 1e9
 	kvPerTok := float64(c.NumHiddenLayers * 2 * c.KVDim() * 4)
-
+	floor := func(batch, steps int) float64 { // seconds the HBM roofline allows
+		f := 0.0
+		for s := 0; s < steps; s++ {
+			f += (float64(rep.WeightBytes) + float64(batch)*float64(32+s)*kvPerTok) / bw
+		}
+		return f
+	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "phase\tbatch\tnew tokens\tseconds\ttok/s\t% of HBM roofline\t")
 	// Batch-1 decode: the difference of 1+N and 1 new tokens removes prefill.
@@ -217,12 +241,7 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		return err
 	}
 	sec := tb - ta
-	rep.Decode1TokS = float64(n1) / sec
-	floor := 0.0
-	for s := 0; s < n1; s++ {
-		floor += (float64(rep.WeightBytes) + float64(32+s)*kvPerTok) / bw
-	}
-	rep.Decode1Roofline = floor / sec
+	rep.Decode1TokS, rep.Decode1Roofline = float64(n1)/sec, floor(1, n1)/sec
 	fmt.Fprintf(w, "decode\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n1, sec, rep.Decode1TokS, 100*rep.Decode1Roofline)
 	for _, batch := range []int{64, 256} {
 		kv := int64(float64(batch)*float64(32+rolloutTokens+32)*kvPerTok) + 1<<30
@@ -230,11 +249,7 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		if err != nil {
 			return fmt.Errorf("rollout batch %d: %w", batch, err)
 		}
-		floor := 0.0
-		for s := 0; s < rolloutTokens; s++ {
-			floor += (float64(rep.WeightBytes) + float64(batch)*float64(32+s)*kvPerTok) / bw
-		}
-		r := roll{Batch: batch, NewTokens: rolloutTokens, Seconds: sec, TokS: float64(batch*rolloutTokens) / sec, Roofline: floor / sec}
+		r := roll{Batch: batch, NewTokens: rolloutTokens, Seconds: sec, TokS: float64(batch*rolloutTokens) / sec, Roofline: floor(batch, rolloutTokens) / sec}
 		rep.Rollout = append(rep.Rollout, r)
 		fmt.Fprintf(w, "rollout\t%d\t%d\t%.2f\t%.0f\t%.1f%%\t\n", batch, rolloutTokens, sec, r.TokS, 100*r.Roofline)
 	}
@@ -242,19 +257,19 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	if err := profile(b, rep, "decode b1 x 32", func() error { _, err := genTime(m, 1, 32, 32, 0, 1<<30); return err }); err != nil {
 		return err
 	}
-	if err := profile(b, rep, "rollout b256 x 64", func() error {
+	return profile(b, rep, "rollout b256 x 64", func() error {
 		_, err := genTime(m, 256, 32, 64, 1, 8<<30)
 		return err
-	}); err != nil {
-		return err
-	}
+	})
+}
 
-	// Training: 8 x 1024 tokens, cross-entropy on every next token, AdamW with clipping.
+// gpuTraining times a training step of 8 x 1024 tokens (cross-entropy on every next token,
+// AdamW with clipping; fp32 master weights, bf16 matmuls) and profiles one.
+func gpuTraining(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor, quick bool) error {
 	mt, err := engine.NewModel(c, b, weights, engine.F32)
 	if err != nil {
 		return err
 	}
-	weights = nil
 	tr, err := engine.NewTrainer(mt, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}, MaxLogitRows: 1024})
 	if err != nil {
 		return err
@@ -288,14 +303,14 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	if quick {
 		steps = 1
 	}
-	sec, err = bestOf(steps, step)
+	sec, err := bestOf(steps, step)
 	if err != nil {
 		return err
 	}
 	toks := float64(batch * seqLen)
 	flops := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize)) * toks / sec
 	rep.TrainStepS, rep.TrainTokS = sec, toks/sec
-	rep.TrainMFU, rep.TrainMFUMeas = flops/989e12, flops/peak
+	rep.TrainMFU, rep.TrainMFUMeas = flops/989e12, flops/(rep.GemmTFLOPs*1e12)
 	if err := profile(b, rep, "train step 8x1024", func() error { _, err := step(); return err }); err != nil {
 		return err
 	}
