@@ -355,3 +355,57 @@ func TestMatMulT(t *testing.T) {
 		restore()
 	}
 }
+
+// TestThreads: Threads(t).Parallel splits into at most t chunks (t may exceed GOMAXPROCS), and
+// every Threads method gives the same bits as the package-level function: a matmul output does
+// not depend on the split, and packing only moves data.
+func TestThreads(t *testing.T) {
+	for _, thr := range []Threads{1, 2, 3, 7} {
+		var chunks atomic.Int32
+		thr.Parallel(1000, 1, func(lo, hi int) { chunks.Add(1) })
+		if got := chunks.Load(); got > int32(thr) || (thr > 1 && got < 2) {
+			t.Errorf("Threads(%d).Parallel: %d chunks", thr, got)
+		}
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	const m, n, k = 37, 70, 45
+	a, x, xt := randF32(r, n*k), randF32(r, m*k), randF32(r, k*m)
+	bits := make([]uint16, n*k)
+	F32ToBF16(bits, a)
+	for _, thr := range []Threads{1, 2, 3, 7} {
+		for _, c := range []struct {
+			name     string
+			ref, got *Weight
+		}{
+			{name: "f32", ref: NewWeightF32(a, n, k), got: thr.NewWeightF32(a, n, k)},
+			{name: "bf16", ref: NewWeightBF16(bits, n, k), got: thr.NewWeightBF16(bits, n, k)},
+			{name: "f32T", ref: NewWeightF32T(a, k, n), got: thr.NewWeightF32T(a, k, n)},
+			{name: "repack", ref: NewWeightF32(a, n, k), got: func() *Weight {
+				w := thr.NewWeightF32(make([]float32, n*k), n, k)
+				thr.Repack(w, a)
+				return w
+			}()},
+			{name: "repackT", ref: NewWeightF32T(a, k, n), got: func() *Weight {
+				w := thr.NewWeightF32T(make([]float32, n*k), k, n)
+				thr.RepackT(w, a)
+				return w
+			}()},
+		} {
+			want, got := make([]float32, m*n), make([]float32, m*n)
+			MatMul(want, x, m, c.ref)
+			thr.MatMul(got, x, m, c.got)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("Threads(%d) %s: MatMul y[%d] = %g, want %g", thr, c.name, i, got[i], want[i])
+				}
+			}
+			MatMulT(want, xt, m, c.ref)
+			thr.MatMulT(got, xt, m, c.got)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("Threads(%d) %s: MatMulT y[%d] = %g, want %g", thr, c.name, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}

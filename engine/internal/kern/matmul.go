@@ -2,7 +2,6 @@ package kern
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
 )
 
@@ -18,14 +17,20 @@ const maxMR = 16
 // is); the work items are (panel of 32 columns, group of row blocks); each item streams its
 // panel once per row block (from L1/L2 after the first) with the mr×32 micro-kernel over the
 // whole of k.
-func MatMul(y, x []float32, m int, w *Weight) { matmul(y, x, m, w, false) }
+func MatMul(y, x []float32, m int, w *Weight) { Threads(0).MatMul(y, x, m, w) }
+
+// MatMul is the package-level MatMul on at most t chunks of work at a time.
+func (t Threads) MatMul(y, x []float32, m int, w *Weight) { t.matmul(y, x, m, w, false) }
 
 // MatMulT is MatMul with x given transposed: xt is row-major [k, m] and y[m,n] = xtᵀ·Wᵀ. The
 // training path uses it for weight gradients (dW = dYᵀ·X) without materialising dYᵀ; the
 // transpose is folded into the packing MatMul does anyway.
-func MatMulT(y, xt []float32, m int, w *Weight) { matmul(y, xt, m, w, true) }
+func MatMulT(y, xt []float32, m int, w *Weight) { Threads(0).MatMulT(y, xt, m, w) }
 
-func matmul(y, x []float32, m int, w *Weight, trans bool) {
+// MatMulT is the package-level MatMulT on at most t chunks of work at a time.
+func (t Threads) MatMulT(y, xt []float32, m int, w *Weight) { t.matmul(y, xt, m, w, true) }
+
+func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 	n, k := w.n, w.k
 	if m < 0 || len(x) < m*k || len(y) < m*n {
 		panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d]", m, len(x), len(y), n, k))
@@ -46,7 +51,7 @@ func matmul(y, x []float32, m int, w *Weight, trans bool) {
 		bp := getBuf(m * k)
 		defer putBuf(bp)
 		ap = *bp
-		Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
+		t.Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
 			for r := lo; r < hi; r++ {
 				rows := min(mr, m-r*mr)
 				dst := ap[r*mr*k : r*mr*k+rows*k]
@@ -59,7 +64,7 @@ func matmul(y, x []float32, m int, w *Weight, trans bool) {
 		bp := getBuf(m * k)
 		defer putBuf(bp)
 		ap = *bp
-		Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
+		t.Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
 			for r := lo; r < hi; r++ {
 				rows := min(mr, m-r*mr)
 				dst := ap[r*mr*k : r*mr*k+rows*k]
@@ -75,13 +80,13 @@ func matmul(y, x []float32, m int, w *Weight, trans bool) {
 	}
 
 	// Split rows into groups only when there are too few panels to keep every core busy.
-	p := runtime.GOMAXPROCS(0)
+	p := t.count()
 	nrg := 1
 	if w.np < 4*p && nrb > 1 {
 		nrg = min(nrb, (4*p+w.np-1)/w.np)
 	}
 	edge := n % nr // valid columns of the last panel, 0 if full
-	Parallel(w.np*nrg, 1, func(lo, hi int) {
+	t.Parallel(w.np*nrg, 1, func(lo, hi int) {
 		var tile [maxMR * nr]float32 // [mr][32] output tile for the partial last panel
 		var wide *[]float32
 		for it := lo; it < hi; it++ {

@@ -54,18 +54,35 @@ func ensureWorkers(want int) chan *pjob {
 	return pool.ch
 }
 
+// Threads caps how many contiguous chunks a kernel splits its work into, and so how many
+// cores it keeps busy at once: 0 (or less) means runtime.GOMAXPROCS(0), read at each call. The
+// package-level functions (Parallel, MatMul, NewWeightF32, ...) are the Threads(0) methods.
+// Reductions whose partial sums follow the chunks give the same bits for the same Threads.
+type Threads int
+
+// count is the number of chunks t allows.
+func (t Threads) count() int {
+	if t > 0 {
+		return int(t)
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
 // Parallel runs fn over [0,n) split into at most GOMAXPROCS contiguous, near-equal chunks of at
 // least grain items (one chunk when n < 2·grain) on the persistent worker pool; the caller
 // runs chunks too. It returns when every chunk is done. Safe for concurrent use; nested calls
 // (fn calling Parallel) run inline when no worker is free and never deadlock.
-func Parallel(n, grain int, fn func(lo, hi int)) {
+func Parallel(n, grain int, fn func(lo, hi int)) { Threads(0).Parallel(n, grain, fn) }
+
+// Parallel is the package-level Parallel with at most t chunks (GOMAXPROCS when t is 0).
+func (t Threads) Parallel(n, grain int, fn func(lo, hi int)) {
 	if n <= 0 {
 		return
 	}
 	if grain < 1 {
 		grain = 1
 	}
-	p := runtime.GOMAXPROCS(0)
+	p := t.count()
 	chunks := min(p, n/grain)
 	if chunks <= 1 {
 		fn(0, n)

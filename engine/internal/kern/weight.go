@@ -25,21 +25,27 @@ type Weight struct {
 }
 
 // NewWeightF32 packs the row-major fp32 matrix w[n,k] (copied) into a Weight.
-func NewWeightF32(w []float32, n, k int) *Weight {
+func NewWeightF32(w []float32, n, k int) *Weight { return Threads(0).NewWeightF32(w, n, k) }
+
+// NewWeightF32 is the package-level NewWeightF32 packing on at most t chunks at a time.
+func (t Threads) NewWeightF32(w []float32, n, k int) *Weight {
 	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
 	wt.f32 = make([]float32, wt.np*k*nr)
-	packPanels(wt.f32, w, n, k)
+	packPanels(t, wt.f32, w, n, k)
 	return wt
 }
 
 // NewWeightBF16 packs the row-major bf16 matrix w[n,k] (bit patterns, copied) into a Weight that
 // keeps bf16 in memory.
-func NewWeightBF16(w []uint16, n, k int) *Weight {
+func NewWeightBF16(w []uint16, n, k int) *Weight { return Threads(0).NewWeightBF16(w, n, k) }
+
+// NewWeightBF16 is the package-level NewWeightBF16 packing on at most t chunks at a time.
+func (t Threads) NewWeightBF16(w []uint16, n, k int) *Weight {
 	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
 	wt.b16 = make([]uint16, wt.np*k*nr)
-	packPanels(wt.b16, w, n, k)
+	packPanels(t, wt.b16, w, n, k)
 	return wt
 }
 
@@ -50,8 +56,8 @@ func checkShape(l, n, k int) {
 }
 
 // packPanels writes row-major src[n,k] into dst [ceil(n/nr)][k][nr] (dst pre-zeroed).
-func packPanels[T float32 | uint16](dst, src []T, n, k int) {
-	Parallel(n, 64, func(lo, hi int) {
+func packPanels[T float32 | uint16](t Threads, dst, src []T, n, k int) {
+	t.Parallel(n, 64, func(lo, hi int) {
 		for j := lo; j < hi; j++ {
 			p, jj := j/nr, j%nr
 			row := src[j*k : j*k+k]
@@ -106,33 +112,42 @@ func (w *Weight) Unpack(dst []float32) {
 // [n,k] (W = aᵀ), without materialising the transpose: panel rows are contiguous runs of a.
 // The training path uses it for x·Wᵀ products whose right operand is an activation or a
 // weight read the other way round (dX = dY·W, dW = dYᵀ·X).
-func NewWeightF32T(a []float32, k, n int) *Weight {
+func NewWeightF32T(a []float32, k, n int) *Weight { return Threads(0).NewWeightF32T(a, k, n) }
+
+// NewWeightF32T is the package-level NewWeightF32T packing on at most t chunks at a time.
+func (t Threads) NewWeightF32T(a []float32, k, n int) *Weight {
 	checkShape(len(a), k, n)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
 	wt.f32 = make([]float32, wt.np*k*nr)
-	wt.RepackT(a)
+	t.RepackT(wt, a)
 	return wt
 }
 
 // Repack overwrites an fp32 Weight [n,k] with the row-major matrix w[n,k] (same shape),
 // reusing its storage. It must not run concurrently with a MatMul reading the weight.
-func (w *Weight) Repack(src []float32) {
+func (w *Weight) Repack(src []float32) { Threads(0).Repack(w, src) }
+
+// Repack is w.Repack(src) packing on at most t chunks at a time.
+func (t Threads) Repack(w *Weight, src []float32) {
 	if w.f32 == nil {
 		panic("kern: Repack of a bf16 weight")
 	}
 	checkShape(len(src), w.n, w.k)
-	packPanels(w.f32, src, w.n, w.k)
+	packPanels(t, w.f32, src, w.n, w.k)
 }
 
 // RepackT overwrites an fp32 Weight [n,k] with the transpose of the row-major matrix a[k,n],
 // reusing its storage (see NewWeightF32T).
-func (w *Weight) RepackT(a []float32) {
+func (w *Weight) RepackT(a []float32) { Threads(0).RepackT(w, a) }
+
+// RepackT is w.RepackT(a) packing on at most t chunks at a time.
+func (t Threads) RepackT(w *Weight, a []float32) {
 	if w.f32 == nil {
 		panic("kern: RepackT of a bf16 weight")
 	}
 	n, k := w.n, w.k
 	checkShape(len(a), k, n)
-	Parallel(w.np*k, 256, func(lo, hi int) {
+	t.Parallel(w.np*k, 256, func(lo, hi int) {
 		for it := lo; it < hi; it++ {
 			p, kk := it/k, it%k
 			j0 := p * nr
