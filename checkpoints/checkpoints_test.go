@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 const goldenDir = "../engine/testdata/golden"
@@ -138,7 +139,7 @@ func goldenLogits(t *testing.T, path string) (seqs [][]int32, logits [][]float32
 // checkLogits runs the engine on weights and compares with PyTorch's logits.
 func checkLogits(t *testing.T, what string, cfg *engine.Config, w map[string]engine.HostTensor, seqs [][]int32, want [][]float32, tol float64) {
 	t.Helper()
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}

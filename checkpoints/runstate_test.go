@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // tinyConfig is a small Qwen2-style model: saves take milliseconds, training steps too.
@@ -322,7 +323,7 @@ func trainRun(t testing.TB, dir string) map[string]engine.HostTensor {
 		}
 		opt = &engine.OptimizerState{Step: int(st.Optimizer.Step), M: st.Optimizer.Groups["m"], V: st.Optimizer.Groups["v"]}
 	}
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

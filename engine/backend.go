@@ -148,14 +148,18 @@ var (
 )
 
 // RegisterBackend makes a backend available by name (database/sql style), so that the engine
-// never imports a backend package: package cuda registers itself in its init.
+// never imports a backend package: package engine/cpu registers "cpu" and package cuda "cuda"
+// in their init functions, and a program makes them available by importing those packages.
 func RegisterBackend(name string, open func() (Backend, error)) {
 	backendsMu.Lock()
 	defer backendsMu.Unlock()
 	backends[name] = open
 }
 
-// OpenBackend opens a registered backend by name ("cpu" is always there).
+// cpuPackage is the import path that registers the "cpu" backend, for error messages.
+const cpuPackage = "github.com/prolong-rl/prolong/engine/cpu"
+
+// OpenBackend opens a registered backend by name.
 func OpenBackend(name string) (Backend, error) {
 	backendsMu.Lock()
 	open, ok := backends[name]
@@ -166,23 +170,26 @@ func OpenBackend(name string) (Backend, error) {
 	backendsMu.Unlock()
 	if !ok {
 		sort.Strings(names)
+		if name == "cpu" {
+			return nil, fmt.Errorf("backend %q is not available (have %v): the program must import %s", name, names, cpuPackage)
+		}
 		return nil, fmt.Errorf("backend %q is not available (have %v)", name, names)
 	}
 	return open()
 }
 
-func init() {
-	RegisterBackend("cpu", func() (Backend, error) { return NewCPU(), nil })
-}
-
 // OpenDevice opens the backend a program's --device flag names: "cpu", a registered backend
 // such as "cuda" (a program registers it by importing its package), or "auto": the first
 // registered accelerator that opens, else the CPU. The returned line says which backend was
-// chosen and, for auto, why, for the program to log.
+// chosen and, for auto, why, for the program to log. The CPU backend comes from the registry
+// too: a program that opens a device imports package engine/cpu (if only for its init).
 func OpenDevice(name string) (Backend, string, error) {
 	switch name {
 	case "", "cpu":
-		b := NewCPU()
+		b, err := OpenBackend("cpu")
+		if err != nil {
+			return nil, "", fmt.Errorf("--device cpu: %w", err)
+		}
 		return b, b.Name(), nil
 	case "auto":
 		backendsMu.Lock()
@@ -194,10 +201,6 @@ func OpenDevice(name string) (Backend, string, error) {
 		}
 		backendsMu.Unlock()
 		sort.Strings(accel)
-		if len(accel) == 0 {
-			b := NewCPU()
-			return b, b.Name() + " (auto: this program has no accelerator backend built in)", nil
-		}
 		var why []string // one line per distinct reason (backends of one package fail alike)
 		seen := map[string]bool{}
 		for _, n := range accel {
@@ -210,8 +213,15 @@ func OpenDevice(name string) (Backend, string, error) {
 				why = append(why, err.Error())
 			}
 		}
-		b := NewCPU()
-		return b, b.Name() + " (auto: " + strings.Join(why, "; ") + ")", nil
+		reason := "this program has no accelerator backend built in"
+		if len(why) > 0 {
+			reason = strings.Join(why, "; ")
+		}
+		b, err := OpenBackend("cpu")
+		if err != nil {
+			return nil, "", fmt.Errorf("--device auto: no accelerator opened (%s) and %w", reason, err)
+		}
+		return b, b.Name() + " (auto: " + reason + ")", nil
 	}
 	b, err := OpenBackend(name)
 	if err != nil {

@@ -2,41 +2,61 @@ package engine
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 )
 
-// TestOpenDevice: cpu and auto without accelerators give the CPU; auto falls back to the CPU
-// naming why each accelerator did not open; auto takes an accelerator that opens; an unknown
-// name is an error naming the flag and the backends there are.
+// stubBackend is a Backend that only has a name: OpenDevice's choice is all these tests look at.
+type stubBackend struct {
+	Backend
+	name string
+}
+
+func (s stubBackend) Name() string { return s.name }
+
+// withRegistry runs the test against a registry holding only the given backends and restores
+// the real one (which holds engine/cpu's "cpu" when the external tests import it) afterwards.
+func withRegistry(t *testing.T, reg map[string]func() (Backend, error)) {
+	backendsMu.Lock()
+	saved := backends
+	backends = maps.Clone(reg)
+	backendsMu.Unlock()
+	t.Cleanup(func() {
+		backendsMu.Lock()
+		backends = saved
+		backendsMu.Unlock()
+	})
+}
+
+// TestOpenDevice: cpu and auto without accelerators give the registered CPU; auto falls back to
+// the CPU naming why each accelerator did not open; auto takes an accelerator that opens; an
+// unknown name is an error naming the flag and the backends there are.
 func TestOpenDevice(t *testing.T) {
+	cpu := stubBackend{name: "cpu (stub)"}
+	withRegistry(t, map[string]func() (Backend, error){"cpu": func() (Backend, error) { return cpu, nil }})
 	b, line, err := OpenDevice("cpu")
-	if err != nil || b.Name() != NewCPU().Name() || line != b.Name() {
+	if err != nil || b != Backend(cpu) || line != "cpu (stub)" {
 		t.Fatalf("cpu: %v %q %v", b, line, err)
 	}
+	if b, line, err = OpenDevice(""); err != nil || b != Backend(cpu) || line != "cpu (stub)" {
+		t.Fatalf("empty name: %v %q %v", b, line, err)
+	}
 	b, line, err = OpenDevice("auto")
-	if err != nil || !strings.HasPrefix(b.Name(), "cpu") || !strings.Contains(line, "no accelerator backend") {
+	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: this program has no accelerator backend built in)" {
 		t.Fatalf("auto without accelerators: %q %v", line, err)
 	}
-	register := func(name string, open func() (Backend, error)) {
-		RegisterBackend(name, open)
-		t.Cleanup(func() {
-			backendsMu.Lock()
-			delete(backends, name)
-			backendsMu.Unlock()
-		})
-	}
-	register("gpu-a", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	RegisterBackend("gpu-a", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
 	b, line, err = OpenDevice("auto")
-	if err != nil || !strings.HasPrefix(b.Name(), "cpu") || !strings.Contains(line, "libgpu.so.1 not found (set GPU_LIB)") {
+	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: gpu-a: libgpu.so.1 not found (set GPU_LIB))" {
 		t.Fatalf("auto with a failing accelerator: %q %v", line, err)
 	}
-	register("gpu-a2", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	RegisterBackend("gpu-a2", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
 	_, line, _ = OpenDevice("auto")
 	if strings.Count(line, "libgpu.so.1") != 1 {
 		t.Fatalf("the same reason twice: %q", line)
 	}
-	register("gpu-b", func() (Backend, error) { return renamed{NewCPU(), "gpu-b device"}, nil })
+	RegisterBackend("gpu-b", func() (Backend, error) { return stubBackend{name: "gpu-b device"}, nil })
 	b, line, err = OpenDevice("auto")
 	if err != nil || b.Name() != "gpu-b device" || !strings.Contains(line, "auto: gpu-b opened") {
 		t.Fatalf("auto with a working accelerator: %q %v", line, err)
@@ -46,9 +66,19 @@ func TestOpenDevice(t *testing.T) {
 	}
 }
 
-type renamed struct {
-	*CPU
-	name string
+// TestOpenDeviceWithoutCPU: a program that did not import engine/cpu gets an error that says
+// so, for cpu and for auto when no accelerator opens, rather than a silent failure.
+func TestOpenDeviceWithoutCPU(t *testing.T) {
+	withRegistry(t, map[string]func() (Backend, error){
+		"gpu-a": func() (Backend, error) { return nil, errors.New("gpu-a: no device") },
+	})
+	for _, name := range []string{"cpu", "auto"} {
+		_, _, err := OpenDevice(name)
+		if err == nil || !strings.Contains(err.Error(), "--device "+name) || !strings.Contains(err.Error(), cpuPackage) {
+			t.Errorf("%s without engine/cpu: %v", name, err)
+		}
+	}
+	if _, _, err := OpenDevice("auto"); err == nil || !strings.Contains(err.Error(), "gpu-a: no device") {
+		t.Errorf("auto without engine/cpu does not say why gpu-a failed: %v", err)
+	}
 }
-
-func (r renamed) Name() string { return r.name }

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
@@ -15,7 +17,7 @@ var (
 	benchPeak float64 // GFLOP/s
 	benchBW   float64 // GB/s
 	benchMu   sync.Mutex
-	benchMods = map[DType]*Model{}
+	benchMods = map[engine.DType]*engine.Model{}
 )
 
 func benchRefs() (peak, bw float64) {
@@ -26,14 +28,14 @@ func benchRefs() (peak, bw float64) {
 	return benchPeak, benchBW
 }
 
-func benchModel(b *testing.B, dt DType) *Model {
+func benchModel(b *testing.B, dt engine.DType) *engine.Model {
 	benchMu.Lock()
 	defer benchMu.Unlock()
 	if m := benchMods[dt]; m != nil {
 		return m
 	}
-	c := Bench122M()
-	m, err := NewModel(c, NewCPU(), RandomWeights(c, 1, 0.02), dt)
+	c := engine.Bench122M()
+	m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), dt)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -46,23 +48,23 @@ func benchModel(b *testing.B, dt DType) *Model {
 // the machine's triad bandwidth measured in the same run.
 func BenchmarkDecode(b *testing.B) {
 	_, bw := benchRefs()
-	for _, dt := range []DType{F32, BF16} {
+	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
 		for _, batch := range []int{1, 16} {
 			b.Run(fmt.Sprintf("%v/batch=%d", dt, batch), func(b *testing.B) {
 				m := benchModel(b, dt)
-				gen, err := NewGenerator(m, GeneratorOptions{})
+				gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer gen.Close()
-				reqs := func(n int) []Request {
-					var rs []Request
+				reqs := func(n int) []engine.Request {
+					var rs []engine.Request
 					for i := 0; i < batch; i++ {
 						p := make([]int32, 32)
 						for j := range p {
 							p[j] = int32((i*131 + j*7) % 32000)
 						}
-						rs = append(rs, Request{Prompt: p, Params: SamplingParams{MaxNewTokens: n, Temperature: 1, Seed: uint64(i)}})
+						rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: n, Temperature: 1, Seed: uint64(i)}})
 					}
 					return rs
 				}
@@ -95,19 +97,19 @@ func BenchmarkPrefill(b *testing.B) {
 	peak, _ := benchRefs()
 	for _, batch := range []int{1, 16} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			m := benchModel(b, F32)
-			gen, err := NewGenerator(m, GeneratorOptions{MaxBatchTokens: 1 << 16})
+			m := benchModel(b, engine.F32)
+			gen, err := engine.NewGenerator(m, engine.GeneratorOptions{MaxBatchTokens: 1 << 16})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer gen.Close()
-			var rs []Request
+			var rs []engine.Request
 			for i := 0; i < batch; i++ {
 				p := make([]int32, 256)
 				for j := range p {
 					p[j] = int32((i*131 + j*7) % 32000)
 				}
-				rs = append(rs, Request{Prompt: p, Params: SamplingParams{MaxNewTokens: 1}})
+				rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: 1}})
 			}
 			for b.Loop() {
 				if _, err := gen.Generate(context.Background(), rs); err != nil {
@@ -132,26 +134,26 @@ func BenchmarkTrain(b *testing.B) {
 	peak, _ := benchRefs()
 	for _, recompute := range []bool{false, true} {
 		b.Run(fmt.Sprintf("recompute=%v", recompute), func(b *testing.B) {
-			c := Bench122M()
-			m, err := NewModel(c, NewCPU(), RandomWeights(c, 1, 0.02), F32)
+			c := engine.Bench122M()
+			m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), engine.F32)
 			if err != nil {
 				b.Fatal(err)
 			}
-			tr, err := NewTrainer(m, TrainOptions{Recompute: recompute, Optimizer: AdamWConfig{LR: 1e-5, ClipNorm: 1}})
+			tr, err := engine.NewTrainer(m, engine.TrainOptions{Recompute: recompute, Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}})
 			if err != nil {
 				b.Fatal(err)
 			}
 			const batch, seqLen = 4, 128
-			var seqs []ScoreRequest
+			var seqs []engine.ScoreRequest
 			for i := 0; i < batch; i++ {
 				toks := make([]int32, seqLen)
 				for j := range toks {
 					toks[j] = int32((i*131 + j*7919) % c.VocabSize)
 				}
-				seqs = append(seqs, ScoreRequest{Tokens: toks, Start: 1})
+				seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
 			}
 			for b.Loop() {
-				if _, err := tr.ForwardBackward(context.Background(), seqs, CrossEntropy(0)); err != nil {
+				if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
 					b.Fatal(err)
 				}
 				if _, err := tr.Step(); err != nil {

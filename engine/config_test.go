@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"math"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -226,7 +227,7 @@ func TestYarnInvFreq(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	for _, name := range []string{"deepseek-r1-distill-qwen-1.5b.json", "llama-3.1-8b.json", "qwen3-0.6b.json",
 		"qwen3-0.6b.tf5.json", "llama-3.2-1b.tf5.json"} {
-		data, err := readFile("testdata/configs/" + name)
+		data, err := os.ReadFile("testdata/configs/" + name)
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"encoding/binary"
@@ -9,11 +9,14 @@ import (
 	"path/filepath"
 	"sort"
 	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // readSafetensors is a minimal reader for the golden fixtures (F32 and I32 tensors). The real
 // safetensors support lives in package checkpoints.
-func readSafetensors(path string) (map[string]HostTensor, map[string][]int32, error) {
+func readSafetensors(path string) (map[string]engine.HostTensor, map[string][]int32, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
@@ -30,7 +33,7 @@ func readSafetensors(path string) (map[string]HostTensor, map[string][]int32, er
 		return nil, nil, fmt.Errorf("%s: header: %w", path, err)
 	}
 	body := data[8+n:]
-	fl := map[string]HostTensor{}
+	fl := map[string]engine.HostTensor{}
 	ints := map[string][]int32{}
 	for name, raw := range hdr {
 		if name == "__metadata__" {
@@ -51,7 +54,7 @@ func readSafetensors(path string) (map[string]HostTensor, map[string][]int32, er
 			for i := range v {
 				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 			}
-			fl[name] = HostTensor{Shape: info.Shape, Data: v}
+			fl[name] = engine.HostTensor{Shape: info.Shape, Data: v}
 		case "I32":
 			v := make([]int32, len(b)/4)
 			for i := range v {
@@ -69,8 +72,8 @@ func readSafetensors(path string) (map[string]HostTensor, map[string][]int32, er
 type golden struct {
 	name    string
 	dir     string
-	cfg     *Config
-	weights map[string]HostTensor
+	cfg     *engine.Config
+	weights map[string]engine.HostTensor
 	seqs    [][]int32   // ragged sequences
 	logits  [][]float32 // [len*V] for each sequence
 	greedy  struct {
@@ -97,7 +100,7 @@ func loadGolden(t testing.TB, name string) *golden {
 	t.Helper()
 	g := &golden{name: name, dir: filepath.Join("testdata/golden", name)}
 	var err error
-	if g.cfg, err = LoadConfig(filepath.Join(g.dir, "config.json")); err != nil {
+	if g.cfg, err = engine.LoadConfig(filepath.Join(g.dir, "config.json")); err != nil {
 		t.Fatal(err)
 	}
 	if g.weights, _, err = readSafetensors(filepath.Join(g.dir, "model.safetensors")); err != nil {
@@ -125,13 +128,11 @@ func loadGolden(t testing.TB, name string) *golden {
 	return g
 }
 
-func (g *golden) model(t testing.TB, dt DType) *Model {
+func (g *golden) model(t testing.TB, dt engine.DType) *engine.Model {
 	t.Helper()
-	m, err := NewModel(g.cfg, NewCPU(), g.weights, dt)
+	m, err := engine.NewModel(g.cfg, cpu.New(), g.weights, dt)
 	if err != nil {
 		t.Fatalf("%s: %v", g.name, err)
 	}
 	return m
 }
-
-func readFile(path string) ([]byte, error) { return os.ReadFile(path) }

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
@@ -30,7 +32,7 @@ func TestGoldenLogits(t *testing.T) {
 			t.Run(isa+"/"+name, func(t *testing.T) {
 				defer kern.SetISA(isa)()
 				g := loadGolden(t, name)
-				m := g.model(t, F32)
+				m := g.model(t, engine.F32)
 				got, err := m.Logits(context.Background(), g.seqs)
 				if err != nil {
 					t.Fatal(err)
@@ -52,15 +54,15 @@ func TestGoldenGreedy(t *testing.T) {
 	for _, name := range goldenNames(t) {
 		t.Run(name, func(t *testing.T) {
 			g := loadGolden(t, name)
-			m := g.model(t, F32)
-			gen, err := NewGenerator(m, GeneratorOptions{})
+			m := g.model(t, engine.F32)
+			gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer gen.Close()
-			var reqs []Request
+			var reqs []engine.Request
 			for _, p := range g.greedy.Prompts {
-				reqs = append(reqs, Request{Prompt: p, Params: SamplingParams{MaxNewTokens: g.greedy.MaxNewTokens}})
+				reqs = append(reqs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: g.greedy.MaxNewTokens}})
 			}
 			res, err := gen.Generate(context.Background(), reqs)
 			if err != nil {
@@ -82,23 +84,23 @@ func TestGoldenGreedy(t *testing.T) {
 // rounded to bf16 on the host.
 func TestBF16Weights(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	rounded := map[string]HostTensor{}
+	rounded := map[string]engine.HostTensor{}
 	c := g.cfg
 	for name, w := range g.weights {
-		shape, _ := WeightShape(c, name)
+		shape, _ := engine.WeightShape(c, name)
 		d := slices.Clone(w.Data)
 		if len(shape) == 2 && (name != "model.embed_tokens.weight" || c.TieWordEmbeddings) {
 			bits := make([]uint16, len(d))
 			kern.F32ToBF16(bits, d)
 			kern.BF16ToF32(d, bits)
 		}
-		rounded[name] = HostTensor{Shape: w.Shape, Data: d}
+		rounded[name] = engine.HostTensor{Shape: w.Shape, Data: d}
 	}
-	ref, err := NewModel(c, NewCPU(), rounded, F32)
+	ref, err := engine.NewModel(c, cpu.New(), rounded, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := g.model(t, BF16)
+	m := g.model(t, engine.BF16)
 	want, _ := ref.Logits(context.Background(), g.seqs)
 	got, err := m.Logits(context.Background(), g.seqs)
 	if err != nil {
@@ -120,13 +122,13 @@ func TestCachedEqualsUncached(t *testing.T) {
 	for _, name := range goldenNames(t) {
 		t.Run(name, func(t *testing.T) {
 			g := loadGolden(t, name)
-			m := g.model(t, F32)
+			m := g.model(t, engine.F32)
 			seq := g.seqs[len(g.seqs)-1]
 			full, err := m.Logits(context.Background(), [][]int32{seq})
 			if err != nil {
 				t.Fatal(err)
 			}
-			cache, err := NewKVCache(m, 1<<20)
+			cache, err := engine.NewKVCache(m, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,7 +140,7 @@ func TestCachedEqualsUncached(t *testing.T) {
 				if p == 0 {
 					n = 3
 				}
-				err := m.forward([]step{{seq: s, tokens: seq[p : p+n]}}, []int32{int32(n - 1)}, 8, func(_ int, l *Tensor) error {
+				err := engine.ForwardSeq(m, s, seq[p:p+n], func(l *engine.Tensor) error {
 					got := make([]float32, v)
 					if err := m.Backend.Download(l, got); err != nil {
 						return err
@@ -158,9 +160,9 @@ func TestCachedEqualsUncached(t *testing.T) {
 	}
 }
 
-func newGen(t *testing.T, m *Model, opts GeneratorOptions) *Generator {
+func newGen(t *testing.T, m *engine.Model, opts engine.GeneratorOptions) *engine.Generator {
 	t.Helper()
-	g, err := NewGenerator(m, opts)
+	g, err := engine.NewGenerator(m, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,26 +175,26 @@ func newGen(t *testing.T, m *Model, opts GeneratorOptions) *Generator {
 // prompts ending inside a block and exactly at a block boundary (copy on write).
 func TestForkedSamples(t *testing.T) {
 	g := loadGolden(t, "qwen3")
-	m := g.model(t, F32)
-	gen := newGen(t, m, GeneratorOptions{})
+	m := g.model(t, engine.F32)
+	gen := newGen(t, m, engine.GeneratorOptions{})
 	r := rand.New(rand.NewPCG(1, 2))
-	var reqs []Request
+	var reqs []engine.Request
 	for _, n := range []int{5, 16, 21} {
 		prompt := make([]int32, n)
 		for i := range prompt {
 			prompt[i] = int32(r.IntN(g.cfg.VocabSize))
 		}
-		reqs = append(reqs, Request{Prompt: prompt, Params: SamplingParams{N: 4, Temperature: 1, MaxNewTokens: 20, Seed: uint64(n)}})
+		reqs = append(reqs, engine.Request{Prompt: prompt, Params: engine.SamplingParams{N: 4, Temperature: 1, MaxNewTokens: 20, Seed: uint64(n)}})
 	}
 	res, err := gen.Generate(context.Background(), reqs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var score []ScoreRequest
+	var score []engine.ScoreRequest
 	for i, rs := range res {
 		distinct := map[string]bool{}
 		for _, s := range rs.Samples {
-			score = append(score, ScoreRequest{Tokens: append(slices.Clone(reqs[i].Prompt), s.Tokens...), Start: len(reqs[i].Prompt)})
+			score = append(score, engine.ScoreRequest{Tokens: append(slices.Clone(reqs[i].Prompt), s.Tokens...), Start: len(reqs[i].Prompt)})
 			distinct[fmt.Sprint(s.Tokens)] = true
 		}
 		if len(distinct) < 2 {
@@ -214,7 +216,7 @@ func TestForkedSamples(t *testing.T) {
 	}
 	// Greedy forks all equal the single greedy continuation.
 	p := g.greedy.Prompts[1]
-	res, err = gen.Generate(context.Background(), []Request{{Prompt: p, Params: SamplingParams{N: 3, MaxNewTokens: 16}}})
+	res, err = gen.Generate(context.Background(), []engine.Request{{Prompt: p, Params: engine.SamplingParams{N: 3, MaxNewTokens: 16}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,15 +234,15 @@ func TestForkedSamples(t *testing.T) {
 // other tokens; stop tokens end a sample and are kept.
 func TestSeededSampling(t *testing.T) {
 	g := loadGolden(t, "llama3")
-	m := g.model(t, F32)
-	gen := newGen(t, m, GeneratorOptions{})
-	a := Request{Prompt: []int32{1, 2, 3}, Params: SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 24, Seed: 7}}
-	b := Request{Prompt: []int32{9, 8, 7, 6, 5}, Params: SamplingParams{N: 2, Temperature: 0.7, MaxNewTokens: 10, Seed: 1}}
-	alone, err := gen.Generate(context.Background(), []Request{a})
+	m := g.model(t, engine.F32)
+	gen := newGen(t, m, engine.GeneratorOptions{})
+	a := engine.Request{Prompt: []int32{1, 2, 3}, Params: engine.SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 24, Seed: 7}}
+	b := engine.Request{Prompt: []int32{9, 8, 7, 6, 5}, Params: engine.SamplingParams{N: 2, Temperature: 0.7, MaxNewTokens: 10, Seed: 1}}
+	alone, err := gen.Generate(context.Background(), []engine.Request{a})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mixed, err := gen.Generate(context.Background(), []Request{b, a})
+	mixed, err := gen.Generate(context.Background(), []engine.Request{b, a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +252,7 @@ func TestSeededSampling(t *testing.T) {
 		}
 	}
 	a.Params.Seed = 8
-	other, _ := gen.Generate(context.Background(), []Request{a})
+	other, _ := gen.Generate(context.Background(), []engine.Request{a})
 	if slices.Equal(other[0].Samples[0].Tokens, alone[0].Samples[0].Tokens) {
 		t.Error("a different seed gave the same tokens")
 	}
@@ -258,12 +260,12 @@ func TestSeededSampling(t *testing.T) {
 	stop := alone[0].Samples[0].Tokens[4]
 	a.Params.Seed = 7
 	a.Params.StopTokens = []int32{stop}
-	res, _ := gen.Generate(context.Background(), []Request{a})
+	res, _ := gen.Generate(context.Background(), []engine.Request{a})
 	s := res[0].Samples[0]
-	if i := slices.Index(alone[0].Samples[0].Tokens, stop); len(s.Tokens) != i+1 || s.Finish != FinishStop || s.Tokens[i] != stop {
+	if i := slices.Index(alone[0].Samples[0].Tokens, stop); len(s.Tokens) != i+1 || s.Finish != engine.FinishStop || s.Tokens[i] != stop {
 		t.Errorf("stop token %d: got %v (%s)", stop, s.Tokens, s.Finish)
 	}
-	if alone[0].Samples[0].Finish != FinishLength || len(alone[0].Samples[0].Tokens) != 24 {
+	if alone[0].Samples[0].Finish != engine.FinishLength || len(alone[0].Samples[0].Tokens) != 24 {
 		t.Errorf("max tokens: %d tokens, finish %s", len(alone[0].Samples[0].Tokens), alone[0].Samples[0].Finish)
 	}
 }
@@ -272,17 +274,17 @@ func TestSeededSampling(t *testing.T) {
 // requests that only fit one at a time all complete.
 func TestKVBudget(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
+	m := g.model(t, engine.F32)
 	c := g.cfg
-	block := int64(c.NumHiddenLayers * 2 * c.KVDim() * DefaultBlockSize * 4)
-	gen := newGen(t, m, GeneratorOptions{KVBudgetBytes: 8 * block}) // one request of the second batch at a time
-	_, err := gen.Generate(context.Background(), []Request{{Prompt: make([]int32, 40), Params: SamplingParams{N: 4, MaxNewTokens: 40}}})
-	if !errors.Is(err, ErrKVBudget) || !strings.Contains(err.Error(), "request 0") {
+	block := int64(c.NumHiddenLayers * 2 * c.KVDim() * engine.DefaultBlockSize * 4)
+	gen := newGen(t, m, engine.GeneratorOptions{KVBudgetBytes: 8 * block}) // one request of the second batch at a time
+	_, err := gen.Generate(context.Background(), []engine.Request{{Prompt: make([]int32, 40), Params: engine.SamplingParams{N: 4, MaxNewTokens: 40}}})
+	if !errors.Is(err, engine.ErrKVBudget) || !strings.Contains(err.Error(), "request 0") {
 		t.Fatalf("err = %v, want a KV budget error naming request 0", err)
 	}
-	var reqs []Request
+	var reqs []engine.Request
 	for i := 0; i < 5; i++ {
-		reqs = append(reqs, Request{Prompt: []int32{int32(i), 1, 2}, Params: SamplingParams{N: 2, MaxNewTokens: 20, Temperature: 1, Seed: uint64(i)}})
+		reqs = append(reqs, engine.Request{Prompt: []int32{int32(i), 1, 2}, Params: engine.SamplingParams{N: 2, MaxNewTokens: 20, Temperature: 1, Seed: uint64(i)}})
 	}
 	res, err := gen.Generate(context.Background(), reqs)
 	if err != nil {
@@ -296,9 +298,9 @@ func TestKVBudget(t *testing.T) {
 		}
 	}
 	// the low-level cache refuses to grow past its budget, naming it.
-	cache, _ := NewKVCache(m, 2*block)
+	cache, _ := engine.NewKVCache(m, 2*block)
 	s := cache.NewSeq()
-	if _, err := s.reserve(3 * DefaultBlockSize); !errors.Is(err, ErrKVBudget) {
+	if _, err := s.Reserve(3 * engine.DefaultBlockSize); !errors.Is(err, engine.ErrKVBudget) {
 		t.Errorf("reserve beyond budget: %v", err)
 	}
 	if cache.Used() != 0 || s.Len() != 0 {
@@ -308,34 +310,34 @@ func TestKVBudget(t *testing.T) {
 
 func TestBadRequests(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
-	gen := newGen(t, m, GeneratorOptions{})
+	m := g.model(t, engine.F32)
+	gen := newGen(t, m, engine.GeneratorOptions{})
 	tests := []struct {
-		r    Request
+		r    engine.Request
 		want string
 	}{
-		{Request{Prompt: nil, Params: SamplingParams{MaxNewTokens: 1}}, "empty prompt"},
-		{Request{Prompt: []int32{1}, Params: SamplingParams{}}, "max_new_tokens"},
-		{Request{Prompt: []int32{1000}, Params: SamplingParams{MaxNewTokens: 1}}, "token id 1000"},
-		{Request{Prompt: []int32{1}, Params: SamplingParams{MaxNewTokens: 1, TopP: 2}}, "top_p"},
-		{Request{Prompt: []int32{1}, Params: SamplingParams{MaxNewTokens: 600}}, "max_position_embeddings"},
+		{engine.Request{Prompt: nil, Params: engine.SamplingParams{MaxNewTokens: 1}}, "empty prompt"},
+		{engine.Request{Prompt: []int32{1}, Params: engine.SamplingParams{}}, "max_new_tokens"},
+		{engine.Request{Prompt: []int32{1000}, Params: engine.SamplingParams{MaxNewTokens: 1}}, "token id 1000"},
+		{engine.Request{Prompt: []int32{1}, Params: engine.SamplingParams{MaxNewTokens: 1, TopP: 2}}, "top_p"},
+		{engine.Request{Prompt: []int32{1}, Params: engine.SamplingParams{MaxNewTokens: 600}}, "max_position_embeddings"},
 	}
 	for _, tt := range tests {
-		_, err := gen.Generate(context.Background(), []Request{{Prompt: []int32{1}, Params: SamplingParams{MaxNewTokens: 1}}, tt.r})
+		_, err := gen.Generate(context.Background(), []engine.Request{{Prompt: []int32{1}, Params: engine.SamplingParams{MaxNewTokens: 1}}, tt.r})
 		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "request 1") {
 			t.Errorf("err = %v, want request 1 and %q", err, tt.want)
 		}
 	}
-	bad := map[string]HostTensor{}
+	bad := map[string]engine.HostTensor{}
 	for k, v := range g.weights {
 		bad[k] = v
 	}
 	delete(bad, "model.layers.1.mlp.up_proj.weight")
-	if _, err := NewModel(g.cfg, NewCPU(), bad, F32); err == nil || !strings.Contains(err.Error(), "model.layers.1.mlp.up_proj.weight") {
+	if _, err := engine.NewModel(g.cfg, cpu.New(), bad, engine.F32); err == nil || !strings.Contains(err.Error(), "model.layers.1.mlp.up_proj.weight") {
 		t.Errorf("missing weight: %v", err)
 	}
-	bad["model.layers.1.mlp.up_proj.weight"] = HostTensor{Shape: []int{3, 3}, Data: make([]float32, 9)}
-	if _, err := NewModel(g.cfg, NewCPU(), bad, F32); err == nil || !strings.Contains(err.Error(), "shape [3 3]") {
+	bad["model.layers.1.mlp.up_proj.weight"] = engine.HostTensor{Shape: []int{3, 3}, Data: make([]float32, 9)}
+	if _, err := engine.NewModel(g.cfg, cpu.New(), bad, engine.F32); err == nil || !strings.Contains(err.Error(), "shape [3 3]") {
 		t.Errorf("bad shape: %v", err)
 	}
 }

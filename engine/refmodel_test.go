@@ -1,15 +1,17 @@
-package engine
+package engine_test
 
 import (
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // weightedLoss is sum_i c_i logp_i + e_i H_i with fixed coefficients: a token-weighted
 // log-prob objective with an entropy term.
-func weightedLoss(c, e []float64) RefLoss {
+func weightedLoss(c, e []float64) engine.RefLoss {
 	return func(logp, ent []float64) (float64, []float64, []float64) {
 		var l float64
 		for i := range logp {
@@ -23,23 +25,23 @@ func weightedLoss(c, e []float64) RefLoss {
 // the float64 reference against central finite differences, for configs covering GQA, q/k/v
 // bias, qk-norm, tied and untied heads and both RoPE scalings.
 func TestRefModelFiniteDifferences(t *testing.T) {
-	tests := []*Config{
+	tests := []*engine.Config{
 		{ModelType: "qwen2", VocabSize: 11, HiddenSize: 8, NumHiddenLayers: 2, NumAttentionHeads: 4, NumKeyValueHeads: 2,
 			HeadDim: 2, IntermediateSize: 12, RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 64, AttentionBias: true},
 		{ModelType: "qwen3", VocabSize: 9, HiddenSize: 8, NumHiddenLayers: 1, NumAttentionHeads: 2, NumKeyValueHeads: 1,
 			HeadDim: 6, IntermediateSize: 10, RMSNormEps: 1e-6, RopeTheta: 1e6, MaxPositionEmbeddings: 64, QKNorm: true,
-			TieWordEmbeddings: true, RopeScaling: &RopeScaling{Type: "linear", Factor: 2}},
+			TieWordEmbeddings: true, RopeScaling: &engine.RopeScaling{Type: "linear", Factor: 2}},
 		{ModelType: "llama", VocabSize: 10, HiddenSize: 8, NumHiddenLayers: 1, NumAttentionHeads: 2, NumKeyValueHeads: 2,
 			HeadDim: 4, IntermediateSize: 6, RMSNormEps: 1e-5, RopeTheta: 500000, MaxPositionEmbeddings: 64, TieWordEmbeddings: true,
-			RopeScaling: &RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 8}},
+			RopeScaling: &engine.RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 8}},
 		// yarn: its attention factor (0.1·ln 4 + 1) scales the rotation, forward and backward.
 		{ModelType: "qwen2", VocabSize: 11, HiddenSize: 8, NumHiddenLayers: 1, NumAttentionHeads: 2, NumKeyValueHeads: 1,
 			HeadDim: 8, IntermediateSize: 12, RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 64, AttentionBias: true,
-			RopeScaling: &RopeScaling{Type: "yarn", Factor: 4, OriginalMaxPositionEmbeddings: 16}},
+			RopeScaling: &engine.RopeScaling{Type: "yarn", Factor: 4, OriginalMaxPositionEmbeddings: 16}},
 	}
 	for i, c := range tests {
 		t.Run(fmt.Sprintf("%d-%s", i, c.ModelType), func(t *testing.T) {
-			r, err := NewRefModel(c, RandomWeights(c, 5, 0.5))
+			r, err := engine.NewRefModel(c, engine.RandomWeights(c, 5, 0.5))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -53,7 +55,7 @@ func TestRefModelFiniteDifferences(t *testing.T) {
 			}
 			loss := weightedLoss(coef, ecoef)
 			_, grads := r.ForwardBackward(seqs, pos, targets, loss)
-			for _, name := range WeightNames(c) {
+			for _, name := range engine.WeightNames(c) {
 				w := r.W[name]
 				for trial := 0; trial < 3; trial++ {
 					i := rng.IntN(len(w))
@@ -82,7 +84,7 @@ func TestRefModelFiniteDifferences(t *testing.T) {
 func TestRefModelGolden(t *testing.T) {
 	for _, name := range goldenNames(t) {
 		g := loadGolden(t, name)
-		r, err := NewRefModel(g.cfg, g.weights)
+		r, err := engine.NewRefModel(g.cfg, g.weights)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,7 +31,7 @@ func SampleLogits(logits []float32, r SampleRow) (int32, float32) {
 				best = i
 			}
 		}
-		lp, _ := logProbEntropy(logits, best, 1)
+		lp, _ := LogProbEntropy(logits, best, 1)
 		return int32(best), lp
 	}
 	s := scratchPool.Get().(*sampleScratch)
@@ -183,9 +183,10 @@ func nucleus(ids []int32, p []float64, need float64, before func(a, b int32) boo
 	return ids[:hi]
 }
 
-// logProbEntropy returns log softmax(logits/t)[target] and the entropy of softmax(logits/t),
-// in float64 internally.
-func logProbEntropy(logits []float32, target int, t float32) (float32, float32) {
+// LogProbEntropy returns log softmax(logits/t)[target] and the entropy of softmax(logits/t),
+// computed in float64: the host reference for Backend.LogProbs (the CPU backend's LogProbs is
+// this function on each row).
+func LogProbEntropy(logits []float32, target int, t float32) (float32, float32) {
 	inv := 1 / float64(t)
 	m := math.Inf(-1)
 	for _, l := range logits {

@@ -116,13 +116,13 @@ func TestGreedyAndLogProbs(t *testing.T) {
 	if id != 2 || math.Abs(float64(lp)-math.Log(0.5)) > 1e-6 {
 		t.Errorf("greedy: %d %g", id, lp)
 	}
-	lp, ent := logProbEntropy(l, 0, 1)
+	lp, ent := LogProbEntropy(l, 0, 1)
 	wantEnt := -(1.0/6*math.Log(1.0/6) + 2.0/6*math.Log(2.0/6) + 3.0/6*math.Log(3.0/6))
 	if math.Abs(float64(lp)-math.Log(1.0/6)) > 1e-6 || math.Abs(float64(ent)-wantEnt) > 1e-6 {
 		t.Errorf("logprob %g entropy %g, want %g %g", lp, ent, math.Log(1.0/6), wantEnt)
 	}
 	// temperature 0.5 squares the probabilities: [1, 4, 9]/14.
-	lp, _ = logProbEntropy(l, 1, 0.5)
+	lp, _ = LogProbEntropy(l, 1, 0.5)
 	if math.Abs(float64(lp)-math.Log(4.0/14)) > 1e-6 {
 		t.Errorf("tempered logprob %g, want %g", lp, math.Log(4.0/14))
 	}

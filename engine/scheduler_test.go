@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -8,12 +8,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // collect reads a job's events into a Result.
-func collect(t *testing.T, j *Job, n int) (Result, error) {
+func collect(t *testing.T, j *engine.Job, n int) (engine.Result, error) {
 	t.Helper()
-	res := Result{Samples: make([]Sample, n)}
+	res := engine.Result{Samples: make([]engine.Sample, n)}
 	for ev := range j.Events {
 		if ev.Done {
 			return res, ev.Err
@@ -27,28 +29,26 @@ func collect(t *testing.T, j *Job, n int) (Result, error) {
 	return res, nil
 }
 
-func schedRequests() []Request {
-	return []Request{
-		{Prompt: []int32{1, 2, 3}, Params: SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 300, Seed: 7}},
-		{Prompt: []int32{9, 8, 7, 6, 5}, Params: SamplingParams{N: 2, Temperature: 0.7, MaxNewTokens: 12, Seed: 1}},
-		{Prompt: []int32{4}, Params: SamplingParams{N: 1, MaxNewTokens: 16}},
-		{Prompt: []int32{5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, Params: SamplingParams{N: 4, Temperature: 1, MaxNewTokens: 8, Seed: 3}},
+func schedRequests() []engine.Request {
+	return []engine.Request{
+		{Prompt: []int32{1, 2, 3}, Params: engine.SamplingParams{N: 3, Temperature: 1.2, TopP: 0.95, TopK: 50, MaxNewTokens: 300, Seed: 7}},
+		{Prompt: []int32{9, 8, 7, 6, 5}, Params: engine.SamplingParams{N: 2, Temperature: 0.7, MaxNewTokens: 12, Seed: 1}},
+		{Prompt: []int32{4}, Params: engine.SamplingParams{N: 1, MaxNewTokens: 16}},
+		{Prompt: []int32{5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, Params: engine.SamplingParams{N: 4, Temperature: 1, MaxNewTokens: 8, Seed: 3}},
 	}
 }
 
 // holdAt makes the scheduler's loop stop after the given steps: each time it reaches one, it
 // sends the step on the returned channel and waits for a value on resume. Submissions made
 // while it waits join the batch at the next step, whatever the machine's speed.
-func holdAt(s *Scheduler, steps ...uint64) (at <-chan uint64, resume chan<- struct{}) {
+func holdAt(s *engine.Scheduler, steps ...uint64) (at <-chan uint64, resume chan<- struct{}) {
 	atc, res := make(chan uint64), make(chan struct{})
-	s.mu.Lock()
-	s.betweenSteps = func(step uint64) {
+	engine.SetBetweenSteps(s, func(step uint64) {
 		if slices.Contains(steps, step) {
 			atc <- step
 			<-res
 		}
-	}
-	s.mu.Unlock()
+	})
 	return atc, res
 }
 
@@ -58,13 +58,13 @@ func holdAt(s *Scheduler, steps ...uint64) (at <-chan uint64, resume chan<- stru
 // gives each one alone.
 func TestSchedulerMatchesGenerate(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
+	m := g.model(t, engine.F32)
 	reqs := schedRequests()
-	gen := newGen(t, m, GeneratorOptions{})
-	want := make([]Result, len(reqs))
+	gen := newGen(t, m, engine.GeneratorOptions{})
+	want := make([]engine.Result, len(reqs))
 	alone := uint64(0) // forward passes one after another: one per token of the longest sample
 	for i, r := range reqs {
-		res, err := gen.Generate(context.Background(), []Request{r})
+		res, err := gen.Generate(context.Background(), []engine.Request{r})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,14 +78,14 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 	if n := len(want[0].Samples[0].Tokens); n != 300 {
 		t.Fatalf("the first request stops after %d tokens: it must outlast the others' arrival", n)
 	}
-	s, err := NewScheduler(m, 1, SchedulerOptions{})
+	s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	at, resume := holdAt(s, 1, 4, 9)
 	var wg sync.WaitGroup
-	got := make([]Result, len(reqs))
+	got := make([]engine.Result, len(reqs))
 	submit := func(i int) {
 		j, err := s.Submit(context.Background(), reqs[i])
 		if err != nil {
@@ -130,28 +130,28 @@ func TestSchedulerMatchesGenerate(t *testing.T) {
 // and bad requests are refused at Submit.
 func TestSchedulerCancelAndLimits(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
-	s, err := NewScheduler(m, 1, SchedulerOptions{MaxQueued: 1, Generator: GeneratorOptions{MaxSeqs: 2}})
+	m := g.model(t, engine.F32)
+	s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{MaxQueued: 1, Generator: engine.GeneratorOptions{MaxSeqs: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	at, resume := holdAt(s, 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	long := Request{Prompt: []int32{1, 2}, Params: SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 60, Seed: 1}}
+	long := engine.Request{Prompt: []int32{1, 2}, Params: engine.SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 60, Seed: 1}}
 	j, err := s.Submit(ctx, long)
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-at // it has run one step and holds both sequences
-	waiting, err := s.Submit(context.Background(), Request{Prompt: []int32{3}, Params: SamplingParams{MaxNewTokens: 2}})
+	waiting, err := s.Submit(context.Background(), engine.Request{Prompt: []int32{3}, Params: engine.SamplingParams{MaxNewTokens: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st := s.Stats(); st.Queued != 1 || st.Running != 2 || st.KVBlocksUsed == 0 {
 		t.Errorf("with one request running and one queued: %+v", st)
 	}
-	if _, err = s.Submit(context.Background(), Request{Prompt: []int32{3}, Params: SamplingParams{MaxNewTokens: 2}}); !errors.Is(err, ErrQueueFull) {
+	if _, err = s.Submit(context.Background(), engine.Request{Prompt: []int32{3}, Params: engine.SamplingParams{MaxNewTokens: 2}}); !errors.Is(err, engine.ErrQueueFull) {
 		t.Errorf("third request: %v, want ErrQueueFull", err)
 	}
 	cancel()
@@ -169,7 +169,7 @@ func TestSchedulerCancelAndLimits(t *testing.T) {
 	if st := s.Stats(); st.KVBlocksUsed != 0 || st.Queued != 0 || st.Running != 0 {
 		t.Errorf("KV blocks or requests left after cancel: %+v", st)
 	}
-	if _, err := s.Submit(context.Background(), Request{Prompt: []int32{1, 1 << 20}, Params: SamplingParams{MaxNewTokens: 2}}); err == nil {
+	if _, err := s.Submit(context.Background(), engine.Request{Prompt: []int32{1, 1 << 20}, Params: engine.SamplingParams{MaxNewTokens: 2}}); err == nil {
 		t.Error("token id out of range accepted")
 	}
 }
@@ -178,21 +178,21 @@ func TestSchedulerCancelAndLimits(t *testing.T) {
 // submitted after runs on the new weights, as a Generator over them gives it.
 func TestSchedulerSwap(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
-	m2, err := NewModel(m.Config, m.Backend, RandomWeights(m.Config, 42, 0.2), F32)
+	m := g.model(t, engine.F32)
+	m2, err := engine.NewModel(m.Config, m.Backend, engine.RandomWeights(m.Config, 42, 0.2), engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Request{Prompt: []int32{1, 2, 3}, Params: SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 30, Seed: 5}}
-	want := func(m *Model) Result {
-		res, err := newGen(t, m, GeneratorOptions{}).Generate(context.Background(), []Request{r})
+	r := engine.Request{Prompt: []int32{1, 2, 3}, Params: engine.SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 30, Seed: 5}}
+	want := func(m *engine.Model) engine.Result {
+		res, err := newGen(t, m, engine.GeneratorOptions{}).Generate(context.Background(), []engine.Request{r})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res[0]
 	}
 	old, neu := want(m), want(m2)
-	s, err := NewScheduler(m, 1, SchedulerOptions{})
+	s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,14 +237,14 @@ func TestSchedulerSwap(t *testing.T) {
 // after another finished still streams all of its 400 tokens, equal to the Generator's.
 func TestSchedulerEventsMemory(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	m := g.model(t, F32)
-	slow := Request{Prompt: []int32{7, 3}, Params: SamplingParams{N: 1, Temperature: 1, MaxNewTokens: 400, Seed: 2}}
-	quick := Request{Prompt: []int32{4}, Params: SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 20, Seed: 3}}
-	want, err := newGen(t, m, GeneratorOptions{}).Generate(context.Background(), []Request{slow, quick})
+	m := g.model(t, engine.F32)
+	slow := engine.Request{Prompt: []int32{7, 3}, Params: engine.SamplingParams{N: 1, Temperature: 1, MaxNewTokens: 400, Seed: 2}}
+	quick := engine.Request{Prompt: []int32{4}, Params: engine.SamplingParams{N: 2, Temperature: 1, MaxNewTokens: 20, Seed: 3}}
+	want, err := newGen(t, m, engine.GeneratorOptions{}).Generate(context.Background(), []engine.Request{slow, quick})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewScheduler(m, 1, SchedulerOptions{})
+	s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,7 @@ func TestSchedulerEventsMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-at // the loop waits: nothing else allocates while Submit is measured
-	allocated := func(r Request) uint64 {
+	allocated := func(r engine.Request) uint64 {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		var m0, m1 runtime.MemStats
@@ -266,8 +266,8 @@ func TestSchedulerEventsMemory(t *testing.T) {
 		runtime.ReadMemStats(&m1)
 		return m1.TotalAlloc - m0.TotalAlloc
 	}
-	small := allocated(Request{Prompt: []int32{1}, Params: SamplingParams{N: 64, MaxNewTokens: 1}})
-	big := allocated(Request{Prompt: []int32{1}, Params: SamplingParams{N: 64, MaxNewTokens: 500}})
+	small := allocated(engine.Request{Prompt: []int32{1}, Params: engine.SamplingParams{N: 64, MaxNewTokens: 1}})
+	big := allocated(engine.Request{Prompt: []int32{1}, Params: engine.SamplingParams{N: 64, MaxNewTokens: 500}})
 	if big > small+1024 || big > 16<<10 {
 		t.Errorf("Submit allocates %d bytes for n=64 x 500 tokens, %d for n=64 x 1", big, small)
 	}
@@ -289,7 +289,7 @@ func TestSchedulerEventsMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, got := range []Result{sl, q} {
+	for i, got := range []engine.Result{sl, q} {
 		for k, w := range want[i].Samples {
 			if g := got.Samples[k]; !slices.Equal(g.Tokens, w.Tokens) || !slices.Equal(g.LogProbs, w.LogProbs) {
 				t.Errorf("request %d sample %d: %d tokens streamed, generator %d (or other values)", i, k, len(g.Tokens), len(w.Tokens))

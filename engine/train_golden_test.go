@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // gradGolden is one model's PyTorch training fixture (scripts/make_grad_goldens.py).
@@ -42,22 +44,22 @@ func TestTrainGoldenPyTorch(t *testing.T) {
 			if err := json.Unmarshal(data, &gg); err != nil {
 				t.Fatal(err)
 			}
-			var batch []ScoreRequest
+			var batch []engine.ScoreRequest
 			for i, s := range gg.Seqs {
-				batch = append(batch, ScoreRequest{Tokens: s, Start: gg.Starts[i]})
+				batch = append(batch, engine.ScoreRequest{Tokens: s, Start: gg.Starts[i]})
 			}
 			for _, tc := range []struct {
 				file string
-				loss LossFunc
+				loss engine.LossFunc
 			}{
-				{"sft.safetensors", CrossEntropy(0)},
-				{"weighted.safetensors", WeightedLogProb(gg.TokenWeights, gg.EntropyWeights)},
+				{"sft.safetensors", engine.CrossEntropy(0)},
+				{"weighted.safetensors", engine.WeightedLogProb(gg.TokenWeights, gg.EntropyWeights)},
 			} {
 				want, _, err := readSafetensors(filepath.Join(dir, tc.file))
 				if err != nil {
 					t.Fatal(err)
 				}
-				tr := newTrainer(t, g.cfg, g.weights, TrainOptions{})
+				tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{})
 				st, err := tr.ForwardBackward(context.Background(), batch, tc.loss)
 				if err != nil {
 					t.Fatal(err)
@@ -75,7 +77,7 @@ func TestTrainGoldenPyTorch(t *testing.T) {
 					}
 				}
 				var worstGrad float64
-				for _, wn := range WeightNames(g.cfg) {
+				for _, wn := range engine.WeightNames(g.cfg) {
 					got, err := tr.Grad(wn)
 					if err != nil {
 						t.Fatal(err)
@@ -102,10 +104,10 @@ func TestTrainGoldenPyTorch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Optimizer: AdamWConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.95,
+			tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.95,
 				Eps: 1e-8, WeightDecay: 0.1, ClipNorm: 0.5}})
 			for k := 0; k < 10; k++ {
-				st, err := tr.ForwardBackward(context.Background(), batch, CrossEntropy(0))
+				st, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -126,7 +128,7 @@ func TestTrainGoldenPyTorch(t *testing.T) {
 			}
 			var worst float64
 			var worstName string
-			for _, wn := range WeightNames(g.cfg) {
+			for _, wn := range engine.WeightNames(g.cfg) {
 				for i, v := range got[wn].Data {
 					if d := math.Abs(float64(v) - float64(want[wn].Data[i])); d > worst || math.IsNaN(d) {
 						worst, worstName = d, fmt.Sprintf("%s[%d]", wn, i)

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -6,23 +6,26 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // trainBatch makes a ragged batch of sequences (lengths lens) with random tokens and starts.
-func trainBatch(r *rand.Rand, vocab int, lens ...int) []ScoreRequest {
-	var s []ScoreRequest
+func trainBatch(r *rand.Rand, vocab int, lens ...int) []engine.ScoreRequest {
+	var s []engine.ScoreRequest
 	for _, n := range lens {
 		toks := make([]int32, n)
 		for i := range toks {
 			toks[i] = int32(r.IntN(vocab))
 		}
-		s = append(s, ScoreRequest{Tokens: toks, Start: 1 + r.IntN(n-1)})
+		s = append(s, engine.ScoreRequest{Tokens: toks, Start: 1 + r.IntN(n-1)})
 	}
 	return s
 }
 
 // refArgs converts a batch into the float64 reference's (seqs, pos, targets) form.
-func refArgs(b []ScoreRequest) (seqs [][]int32, pos [][]int, targets [][]int32) {
+func refArgs(b []engine.ScoreRequest) (seqs [][]int32, pos [][]int, targets [][]int32) {
 	for _, s := range b {
 		seqs = append(seqs, s.Tokens)
 		var p []int
@@ -51,7 +54,7 @@ func relErr(got []float32, want []float64) float64 {
 }
 
 // randomCoefs returns per-token coefficients shaped like the batch's scored tokens.
-func randomCoefs(r *rand.Rand, b []ScoreRequest) [][]float64 {
+func randomCoefs(r *rand.Rand, b []engine.ScoreRequest) [][]float64 {
 	var c [][]float64
 	for _, s := range b {
 		row := make([]float64, len(s.Tokens)-s.Start)
@@ -71,13 +74,13 @@ func flat(c [][]float64) []float64 {
 	return f
 }
 
-func newTrainer(t testing.TB, c *Config, w map[string]HostTensor, opts TrainOptions) *Trainer {
+func newTrainer(t testing.TB, c *engine.Config, w map[string]engine.HostTensor, opts engine.TrainOptions) *engine.Trainer {
 	t.Helper()
-	m, err := NewModel(c, NewCPU(), w, F32)
+	m, err := engine.NewModel(c, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := NewTrainer(m, opts)
+	tr, err := engine.NewTrainer(m, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +98,7 @@ func TestTrainGradsVsReference(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/recompute=%v", name, recompute), func(t *testing.T) {
 				r := rand.New(rand.NewPCG(3, 4))
 				batch := trainBatch(r, g.cfg.VocabSize, 7, 13, 20, 2)
-				ref, err := NewRefModel(g.cfg, g.weights)
+				ref, err := engine.NewRefModel(g.cfg, g.weights)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -103,10 +106,10 @@ func TestTrainGradsVsReference(t *testing.T) {
 				w, e := randomCoefs(r, batch), randomCoefs(r, batch)
 				for _, tc := range []struct {
 					name string
-					loss LossFunc
-					ref  RefLoss
+					loss engine.LossFunc
+					ref  engine.RefLoss
 				}{
-					{"sft", CrossEntropy(0), func(lp, _ []float64) (float64, []float64, []float64) {
+					{"sft", engine.CrossEntropy(0), func(lp, _ []float64) (float64, []float64, []float64) {
 						d := make([]float64, len(lp))
 						var l float64
 						for i, v := range lp {
@@ -115,9 +118,9 @@ func TestTrainGradsVsReference(t *testing.T) {
 						}
 						return l, d, make([]float64, len(lp))
 					}},
-					{"weighted", WeightedLogProb(w, e), weightedLoss(flat(w), flat(e))},
+					{"weighted", engine.WeightedLogProb(w, e), weightedLoss(flat(w), flat(e))},
 				} {
-					tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Recompute: recompute, MaxLogitRows: 5})
+					tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Recompute: recompute, MaxLogitRows: 5})
 					st, err := tr.ForwardBackward(context.Background(), batch, tc.loss)
 					if err != nil {
 						t.Fatal(err)
@@ -151,13 +154,13 @@ func TestGradAccumulation(t *testing.T) {
 	for _, s := range batch {
 		n += len(s.Tokens) - s.Start
 	}
-	big := newTrainer(t, g.cfg, g.weights, TrainOptions{})
-	if _, err := big.ForwardBackward(context.Background(), batch, CrossEntropy(0)); err != nil {
+	big := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{})
+	if _, err := big.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
 		t.Fatal(err)
 	}
-	small := newTrainer(t, g.cfg, g.weights, TrainOptions{})
-	for _, mb := range [][]ScoreRequest{batch[:2], batch[2:3], batch[3:]} {
-		if _, err := small.ForwardBackward(context.Background(), mb, CrossEntropy(float64(n))); err != nil {
+	small := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{})
+	for _, mb := range [][]engine.ScoreRequest{batch[:2], batch[2:3], batch[3:]} {
+		if _, err := small.ForwardBackward(context.Background(), mb, engine.CrossEntropy(float64(n))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -181,8 +184,8 @@ func TestRecomputeIdentical(t *testing.T) {
 	batch := trainBatch(rand.New(rand.NewPCG(1, 1)), g.cfg.VocabSize, 12, 30)
 	var grads [2]map[string][]float32
 	for i, rc := range []bool{false, true} {
-		tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Recompute: rc})
-		if _, err := tr.ForwardBackward(context.Background(), batch, CrossEntropy(0)); err != nil {
+		tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Recompute: rc})
+		if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
 			t.Fatal(err)
 		}
 		grads[i] = map[string][]float32{}
@@ -201,15 +204,15 @@ func TestRecomputeIdentical(t *testing.T) {
 
 // TestOverfit: a tiny model learns a fixed sequence to near-zero loss with AdamW.
 func TestOverfit(t *testing.T) {
-	c := &Config{ModelType: "qwen2", VocabSize: 32, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
+	c := &engine.Config{ModelType: "qwen2", VocabSize: 32, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
 		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
 		MaxPositionEmbeddings: 64, AttentionBias: true}
-	tr := newTrainer(t, c, RandomWeights(c, 1, 0.1), TrainOptions{Optimizer: AdamWConfig{LR: 1e-2, ClipNorm: 1}})
+	tr := newTrainer(t, c, engine.RandomWeights(c, 1, 0.1), engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2, ClipNorm: 1}})
 	seq := []int32{1, 5, 9, 2, 7, 7, 3, 30, 12, 4, 19, 8, 0, 25, 6, 11}
-	batch := []ScoreRequest{{Tokens: seq, Start: 1}}
+	batch := []engine.ScoreRequest{{Tokens: seq, Start: 1}}
 	var first, last float64
 	for step := 0; step < 150; step++ {
-		st, err := tr.ForwardBackward(context.Background(), batch, CrossEntropy(0))
+		st, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,12 +228,12 @@ func TestOverfit(t *testing.T) {
 		t.Fatalf("loss went from %.4g to %.4g; want from ~ln(32)=3.47 to below 0.01", first, last)
 	}
 	// The trained policy generates the sequence greedily through the KV-cache path.
-	gen, err := NewGenerator(tr.Model, GeneratorOptions{})
+	gen, err := engine.NewGenerator(tr.Model, engine.GeneratorOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer gen.Close()
-	res, err := gen.Generate(context.Background(), []Request{{Prompt: seq[:1], Params: SamplingParams{MaxNewTokens: len(seq) - 1}}})
+	res, err := gen.Generate(context.Background(), []engine.Request{{Prompt: seq[:1], Params: engine.SamplingParams{MaxNewTokens: len(seq) - 1}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +245,8 @@ func TestOverfit(t *testing.T) {
 // TestFreeze: frozen weights get no gradient and do not move; the others do.
 func TestFreeze(t *testing.T) {
 	g := loadGolden(t, "llama3")
-	tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Freeze: []string{`^model\.layers\.0\.`, `norm`},
-		Optimizer: AdamWConfig{LR: 1e-2, WeightDecay: 0.1}})
+	tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Freeze: []string{`^model\.layers\.0\.`, `norm`},
+		Optimizer: engine.AdamWConfig{LR: 1e-2, WeightDecay: 0.1}})
 	for _, n := range tr.TrainableNames() {
 		if n == "model.layers.0.mlp.up_proj.weight" || n == "model.norm.weight" {
 			t.Fatalf("%s is trainable despite the freeze patterns", n)
@@ -253,7 +256,7 @@ func TestFreeze(t *testing.T) {
 		t.Fatal("frozen weight has a gradient")
 	}
 	batch := trainBatch(rand.New(rand.NewPCG(2, 2)), g.cfg.VocabSize, 10)
-	if _, err := tr.ForwardBackward(context.Background(), batch, CrossEntropy(0)); err != nil {
+	if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tr.Step(); err != nil {
@@ -271,17 +274,17 @@ func TestFreeze(t *testing.T) {
 		}
 		return false
 	}
-	for _, name := range WeightNames(g.cfg) {
+	for _, name := range engine.WeightNames(g.cfg) {
 		frozen := name == "model.norm.weight" || len(name) > 15 && name[:15] == "model.layers.0." ||
 			name == "model.layers.1.input_layernorm.weight" || name == "model.layers.1.post_attention_layernorm.weight"
 		if moved(name) == frozen {
 			t.Errorf("%s: moved=%v, frozen=%v", name, moved(name), frozen)
 		}
 	}
-	if _, err := NewTrainer(g.model(t, F32), TrainOptions{Freeze: []string{"nothing-matches"}}); err == nil {
+	if _, err := engine.NewTrainer(g.model(t, engine.F32), engine.TrainOptions{Freeze: []string{"nothing-matches"}}); err == nil {
 		t.Error("a freeze pattern matching nothing was accepted")
 	}
-	if _, err := NewTrainer(g.model(t, F32), TrainOptions{Freeze: []string{"("}}); err == nil {
+	if _, err := engine.NewTrainer(g.model(t, engine.F32), engine.TrainOptions{Freeze: []string{"("}}); err == nil {
 		t.Error("a bad freeze pattern was accepted")
 	}
 }
@@ -289,10 +292,10 @@ func TestFreeze(t *testing.T) {
 // TestOptimizerState: saving and loading the state resumes bit-exactly; a reset zeroes it.
 func TestOptimizerState(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	opts := TrainOptions{Optimizer: AdamWConfig{LR: 1e-2, Beta2: 0.95, WeightDecay: 0.1, ClipNorm: 0.5}}
+	opts := engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2, Beta2: 0.95, WeightDecay: 0.1, ClipNorm: 0.5}}
 	batch := trainBatch(rand.New(rand.NewPCG(4, 4)), g.cfg.VocabSize, 9, 14)
-	step := func(tr *Trainer) {
-		if _, err := tr.ForwardBackward(context.Background(), batch, CrossEntropy(0)); err != nil {
+	step := func(tr *engine.Trainer) {
+		if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := tr.Step(); err != nil {
@@ -321,7 +324,7 @@ func TestOptimizerState(t *testing.T) {
 			t.Fatalf("%s differs after resuming from saved optimizer state", n)
 		}
 	}
-	bad := &OptimizerState{Step: 1, M: st.M, V: map[string]HostTensor{}}
+	bad := &engine.OptimizerState{Step: 1, M: st.M, V: map[string]engine.HostTensor{}}
 	if err := b.LoadOptimizerState(bad); err == nil {
 		t.Error("optimizer state without second moments was accepted")
 	}
@@ -343,19 +346,19 @@ func TestOptimizerState(t *testing.T) {
 func TestSchedules(t *testing.T) {
 	tests := []struct {
 		name string
-		s    Schedule
+		s    engine.Schedule
 		t    int
 		want float64
 	}{
-		{"constant", Constant(), 7, 1},
-		{"warmup first", LinearWarmup(4), 0, 0.25},
-		{"warmup mid", LinearWarmup(4), 2, 0.75},
-		{"warmup after", LinearWarmup(4), 10, 1},
-		{"cosine warmup", Cosine(2, 12, 0.1), 0, 0.5},
-		{"cosine start", Cosine(2, 12, 0.1), 2, 1},
-		{"cosine middle", Cosine(2, 12, 0.1), 7, 0.55},
-		{"cosine end", Cosine(2, 12, 0.1), 12, 0.1},
-		{"cosine after", Cosine(2, 12, 0.1), 50, 0.1},
+		{"constant", engine.Constant(), 7, 1},
+		{"warmup first", engine.LinearWarmup(4), 0, 0.25},
+		{"warmup mid", engine.LinearWarmup(4), 2, 0.75},
+		{"warmup after", engine.LinearWarmup(4), 10, 1},
+		{"cosine warmup", engine.Cosine(2, 12, 0.1), 0, 0.5},
+		{"cosine start", engine.Cosine(2, 12, 0.1), 2, 1},
+		{"cosine middle", engine.Cosine(2, 12, 0.1), 7, 0.55},
+		{"cosine end", engine.Cosine(2, 12, 0.1), 12, 0.1},
+		{"cosine after", engine.Cosine(2, 12, 0.1), 50, 0.1},
 	}
 	for _, tc := range tests {
 		if got := tc.s(tc.t); math.Abs(got-tc.want) > 1e-12 {
@@ -367,17 +370,17 @@ func TestSchedules(t *testing.T) {
 // TestTrainErrors: bad batches and losses give errors naming what is wrong.
 func TestTrainErrors(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	tr := newTrainer(t, g.cfg, g.weights, TrainOptions{})
+	tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{})
 	ctx := context.Background()
 	bad := []struct {
 		name  string
-		batch []ScoreRequest
-		loss  LossFunc
+		batch []engine.ScoreRequest
+		loss  engine.LossFunc
 	}{
-		{"start 0", []ScoreRequest{{Tokens: []int32{1, 2}, Start: 0}}, CrossEntropy(0)},
-		{"token out of vocabulary", []ScoreRequest{{Tokens: []int32{1, 9999}, Start: 1}}, CrossEntropy(0)},
-		{"wrong gradient length", []ScoreRequest{{Tokens: []int32{1, 2, 3}, Start: 1}}, WeightedLogProb([][]float64{{1}}, nil)},
-		{"NaN gradient", []ScoreRequest{{Tokens: []int32{1, 2}, Start: 1}}, WeightedLogProb([][]float64{{math.NaN()}}, nil)},
+		{"start 0", []engine.ScoreRequest{{Tokens: []int32{1, 2}, Start: 0}}, engine.CrossEntropy(0)},
+		{"token out of vocabulary", []engine.ScoreRequest{{Tokens: []int32{1, 9999}, Start: 1}}, engine.CrossEntropy(0)},
+		{"wrong gradient length", []engine.ScoreRequest{{Tokens: []int32{1, 2, 3}, Start: 1}}, engine.WeightedLogProb([][]float64{{1}}, nil)},
+		{"NaN gradient", []engine.ScoreRequest{{Tokens: []int32{1, 2}, Start: 1}}, engine.WeightedLogProb([][]float64{{math.NaN()}}, nil)},
 	}
 	for _, tc := range bad {
 		if _, err := tr.ForwardBackward(ctx, tc.batch, tc.loss); err == nil {
@@ -392,8 +395,8 @@ func TestTrainErrors(t *testing.T) {
 // the policy it was taken from trains, and starts out scoring exactly like it.
 func TestSnapshotIsFrozen(t *testing.T) {
 	g := loadGolden(t, "qwen2")
-	tr := newTrainer(t, g.cfg, g.weights, TrainOptions{Optimizer: AdamWConfig{LR: 1e-2}})
-	ref, err := tr.Model.Snapshot(F32)
+	tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2}})
+	ref, err := tr.Model.Snapshot(engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +414,7 @@ func TestSnapshotIsFrozen(t *testing.T) {
 		t.Fatal("snapshot scores differ from the policy it was taken from")
 	}
 	for i := 0; i < 3; i++ {
-		if _, err := tr.ForwardBackward(ctx, batch, CrossEntropy(0)); err != nil {
+		if _, err := tr.ForwardBackward(ctx, batch, engine.CrossEntropy(0)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := tr.Step(); err != nil {
@@ -427,7 +430,7 @@ func TestSnapshotIsFrozen(t *testing.T) {
 		t.Fatal("the policy did not change")
 	}
 	// Training scores equal the inference path's: the same log-probs from ForwardBackward.
-	st, err := tr.ForwardBackward(ctx, batch, CrossEntropy(0))
+	st, err := tr.ForwardBackward(ctx, batch, engine.CrossEntropy(0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,13 +12,14 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // tinyRun is a run of the tests' tiny model on three digit prompts rewarded for sevens.
 func tinyRun(t *testing.T, dir string, steps int) (RunConfig, JobFunc) {
 	t.Helper()
 	cfg := DefaultRunConfig()
-	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Backend = dir, steps, 2, engine.NewCPU()
+	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Backend = dir, steps, 2, cpu.New()
 	cfg.Trainer = smallConfig()
 	cfg.Trainer.PromptsPerStep, cfg.Trainer.SamplesPerPrompt, cfg.Trainer.MaxResponseTokens = 2, 4, 4
 	cfg.Trainer.RefResetEvery, cfg.Trainer.Loss.KLCoef = 3, 0.05

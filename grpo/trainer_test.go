@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // fixedPrompts cycles through a fixed list of prompts.
@@ -29,7 +30,7 @@ func tinyPolicy(t *testing.T, lr float64) *engine.Trainer {
 	c := &engine.Config{ModelType: "qwen2", VocabSize: 12, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
 		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
 		MaxPositionEmbeddings: 64, AttentionBias: true}
-	m, err := engine.NewModel(c, engine.NewCPU(), engine.RandomWeights(c, 3, 0.1), engine.F32)
+	m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 3, 0.1), engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // BenchmarkPrefillVsORT times a 64-token prefill of a small random Qwen3-style model in the
@@ -27,7 +28,7 @@ func BenchmarkPrefillVsORT(b *testing.B) {
 	if err := Export(path, cfg, w, ExportOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		b.Fatal(err)
 	}

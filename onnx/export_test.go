@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -47,7 +48,7 @@ func maxAbsDiff(a, b []float32) float64 {
 
 func engineLogits(t testing.TB, g golden, seqs [][]int32) [][]float32 {
 	t.Helper()
-	m, err := engine.NewModel(g.cfg, engine.NewCPU(), g.weights, engine.F32)
+	m, err := engine.NewModel(g.cfg, cpu.New(), g.weights, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // TestCPU runs the conformance suite on the CPU backend against another CPU backend, with
@@ -11,7 +12,7 @@ import (
 func TestCPU(t *testing.T) {
 	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
 		t.Run(dt.String(), func(t *testing.T) {
-			Run(t, engine.NewCPU(), Options{Reference: engine.NewCPU(), WeightDType: dt, Short: testing.Short()})
+			Run(t, cpu.New(), Options{Reference: cpu.New(), WeightDType: dt, Short: testing.Short()})
 		})
 	}
 }

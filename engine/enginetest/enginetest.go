@@ -73,11 +73,12 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // Options configure a conformance run.
 type Options struct {
-	// Reference is the backend compared against; nil means engine.NewCPU().
+	// Reference is the backend compared against; nil means cpu.New().
 	Reference engine.TrainBackend
 	// WeightDType is the dtype of inference (linear) weights uploaded to both backends for
 	// the model tests (F32 or BF16). The MatMul cases run both dtypes whatever it says.
@@ -229,7 +230,7 @@ func (r Result) String() string {
 // on. Usable from a plain binary.
 func Check(b engine.TrainBackend, o Options) []Result {
 	if o.Reference == nil {
-		o.Reference = engine.NewCPU()
+		o.Reference = cpu.New()
 	}
 	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
 	var out []Result

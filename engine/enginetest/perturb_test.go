@@ -11,27 +11,28 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // Backends that wrap the CPU backend, to show that the suite catches a broken op and that
 // its tolerances leave room for a correct backend that rounds differently.
 
 // wrapped is the CPU backend unchanged behind another type: it must pass everything.
-type wrapped struct{ *engine.CPU }
+type wrapped struct{ *cpu.Backend }
 
 // rmsnormOff scales RMSNorm's output by 1+1e-3 (a wrong eps or a mean over the wrong count
 // does about that).
-type rmsnormOff struct{ *engine.CPU }
+type rmsnormOff struct{ *cpu.Backend }
 
 func (b rmsnormOff) RMSNorm(out, x, w *engine.Tensor, eps float32) {
-	b.CPU.RMSNorm(out, x, w, eps)
-	b.CPU.Scale(out, 1+1e-3)
+	b.Backend.RMSNorm(out, x, w, eps)
+	b.Backend.Scale(out, 1+1e-3)
 }
 
 // attnMissesSelf is paged attention with the causal mask off by one for sequences that have
 // a cached context: every new token ignores its own key and value (a strict "<" for "<=").
 // Prefill of a fresh sequence is right.
-type attnMissesSelf struct{ *engine.CPU }
+type attnMissesSelf struct{ *cpu.Backend }
 
 func (b attnMissesSelf) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore, layer int, ab *engine.AttnBatch) {
 	bad := *ab
@@ -41,15 +42,15 @@ func (b attnMissesSelf) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore
 			bad.CtxLen[s]--
 		}
 	}
-	b.CPU.Attention(out, q, k, v, kv, layer, &bad)
+	b.Backend.Attention(out, q, k, v, kv, layer, &bad)
 }
 
 // matmulDWOverwrites writes the weight gradient instead of adding to it.
-type matmulDWOverwrites struct{ *engine.CPU }
+type matmulDWOverwrites struct{ *cpu.Backend }
 
 func (b matmulDWOverwrites) MatMulDW(dw, dy, x *engine.Tensor) {
-	b.CPU.Scale(dw, 0)
-	b.CPU.MatMulDW(dw, dy, x)
+	b.Backend.Scale(dw, 0)
+	b.Backend.MatMulDW(dw, dy, x)
 }
 
 // group is the op or model a result belongs to: the first element of its name.
@@ -67,12 +68,12 @@ func TestPerturbedOpFails(t *testing.T) {
 		models  []string // model-level cases that must fail (substrings); others of Model/Train may
 		untouch []string // model-level cases that must pass
 	}{
-		{"RMSNorm", rmsnormOff{engine.NewCPU()}, "RMSNorm", nil,
+		{"RMSNorm", rmsnormOff{cpu.New()}, "RMSNorm", nil,
 			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits", "Train/qwen3/grad/"}, nil},
-		{"Attention", attnMissesSelf{engine.NewCPU()}, "Attention", []string{"/step1"},
+		{"Attention", attnMissesSelf{cpu.New()}, "Attention", []string{"/step1"},
 			[]string{"Model/qwen2/cached", "Model/qwen3/cached", "Model/llama/cached"},
 			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits", "Model/qwen2/score", "Train/"}},
-		{"MatMulDW", matmulDWOverwrites{engine.NewCPU()}, "MatMulDW", nil,
+		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
 	}
@@ -144,7 +145,7 @@ func TestPerturbedOpFails(t *testing.T) {
 // TestWrappedCPUPasses: the CPU backend behind another type passes every case (the suite does
 // not depend on the concrete type).
 func TestWrappedCPUPasses(t *testing.T) {
-	for _, r := range Check(wrapped{engine.NewCPU()}, Options{Short: testing.Short()}) {
+	for _, r := range Check(wrapped{cpu.New()}, Options{Short: testing.Short()}) {
 		if !r.Pass {
 			t.Error(r)
 		}
@@ -156,73 +157,73 @@ func TestWrappedCPUPasses(t *testing.T) {
 // order or a fast exp gives), and its bf16 matmuls round their activations to bf16 first, as
 // tensor cores do. It must pass every case at the default tolerances.
 type noisy struct {
-	*engine.CPU
+	*cpu.Backend
 	rng *rand.Rand
 }
 
-func newNoisy() *noisy { return &noisy{engine.NewCPU(), rand.New(rand.NewPCG(5, 5))} }
+func newNoisy() *noisy { return &noisy{cpu.New(), rand.New(rand.NewPCG(5, 5))} }
 
 // jitter multiplies every element of t by 1 + u·2⁻²², u uniform in [-1, 1].
 func (b *noisy) jitter(t *engine.Tensor) {
 	d := make([]float32, t.Len())
-	if err := b.CPU.Download(t, d); err != nil {
+	if err := b.Backend.Download(t, d); err != nil {
 		panic(err)
 	}
 	for i := range d {
 		d[i] *= float32(1 + (2*b.rng.Float64()-1)*math.Ldexp(1, -22))
 	}
-	tmp, err := b.CPU.Upload(engine.F32, d, false, t.Shape...)
+	tmp, err := b.Backend.Upload(engine.F32, d, false, t.Shape...)
 	if err != nil {
 		panic(err)
 	}
-	b.CPU.Copy(t, tmp)
-	b.CPU.Free(tmp)
+	b.Backend.Copy(t, tmp)
+	b.Backend.Free(tmp)
 }
 
 func (b *noisy) MatMul(out, x, w *engine.Tensor) {
 	if w.DType == engine.BF16 {
 		d := make([]float32, x.Len())
-		if err := b.CPU.Download(x, d); err != nil {
+		if err := b.Backend.Download(x, d); err != nil {
 			panic(err)
 		}
 		for i, v := range d {
 			d[i] = roundBF16(v)
 		}
-		xr, err := b.CPU.Upload(engine.F32, d, false, x.Shape...)
+		xr, err := b.Backend.Upload(engine.F32, d, false, x.Shape...)
 		if err != nil {
 			panic(err)
 		}
-		defer b.CPU.Free(xr)
+		defer b.Backend.Free(xr)
 		x = xr
 	}
-	b.CPU.MatMul(out, x, w)
+	b.Backend.MatMul(out, x, w)
 	b.jitter(out)
 }
 
-func (b *noisy) MatMulDX(dx, dy, w *engine.Tensor) { b.CPU.MatMulDX(dx, dy, w); b.jitter(dx) }
+func (b *noisy) MatMulDX(dx, dy, w *engine.Tensor) { b.Backend.MatMulDX(dx, dy, w); b.jitter(dx) }
 
-func (b *noisy) MatMulDW(dw, dy, x *engine.Tensor) { b.CPU.MatMulDW(dw, dy, x); b.jitter(dw) }
+func (b *noisy) MatMulDW(dw, dy, x *engine.Tensor) { b.Backend.MatMulDW(dw, dy, x); b.jitter(dw) }
 
 func (b *noisy) RMSNorm(out, x, w *engine.Tensor, eps float32) {
-	b.CPU.RMSNorm(out, x, w, eps)
+	b.Backend.RMSNorm(out, x, w, eps)
 	b.jitter(out)
 }
 
-func (b *noisy) SwiGLU(out, gate, up *engine.Tensor) { b.CPU.SwiGLU(out, gate, up); b.jitter(out) }
+func (b *noisy) SwiGLU(out, gate, up *engine.Tensor) { b.Backend.SwiGLU(out, gate, up); b.jitter(out) }
 
 func (b *noisy) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore, layer int, ab *engine.AttnBatch) {
-	b.CPU.Attention(out, q, k, v, kv, layer, ab)
+	b.Backend.Attention(out, q, k, v, kv, layer, ab)
 	b.jitter(out)
 }
 
 func (b *noisy) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
-	b.CPU.AttentionTrain(out, lse, q, k, v, seqStart)
+	b.Backend.AttentionTrain(out, lse, q, k, v, seqStart)
 	b.jitter(out)
 	b.jitter(lse)
 }
 
 func (b *noisy) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
-	b.CPU.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seqStart)
+	b.Backend.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seqStart)
 	b.jitter(dq)
 	b.jitter(dk)
 	b.jitter(dv)

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/reward"
 	"github.com/prolong-rl/prolong/grpo/tasks"
@@ -189,7 +190,7 @@ func DefaultSFT() SFTConfig {
 func SFT(ctx context.Context, cfg SFTConfig) (*engine.Trainer, error) {
 	tok := NewTokenizer()
 	c := ModelConfig()
-	var backend engine.Backend = engine.NewCPU()
+	var backend engine.Backend = cpu.New()
 	if cfg.Backend != nil {
 		backend = cfg.Backend
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/grpo"
 )
 
@@ -75,7 +76,7 @@ func TestRemoteEqualsEngine(t *testing.T) {
 	}
 	p := engine.SamplingParams{N: 4, Temperature: 1.2, TopP: 1, MaxNewTokens: 12, StopTokens: []int32{5}, Seed: 99}
 	engineRollouts := func(w map[string]engine.HostTensor) [][]engine.Sample {
-		m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+		m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 		if err != nil {
 			t.Fatal(err)
 		}

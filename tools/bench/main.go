@@ -23,6 +23,7 @@ import (
 
 	"github.com/prolong-rl/prolong/cuda"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 func main() {
@@ -79,9 +80,9 @@ func run(quick bool, decodeSteps, promptLen int) error {
 	if quick {
 		reps = 1
 	}
-	peak := engine.PeakFMA(time.Second)
-	bw := engine.TriadBandwidth(2 * time.Second)
-	fmt.Printf("machine: %s, %d threads, kernels %s\n", runtime.GOARCH, runtime.GOMAXPROCS(0), engine.KernelISA())
+	peak := cpu.PeakFMA(time.Second)
+	bw := cpu.TriadBandwidth(2 * time.Second)
+	fmt.Printf("machine: %s, %d threads, kernels %s\n", runtime.GOARCH, runtime.GOMAXPROCS(0), cpu.KernelISA())
 	fmt.Printf("reference: fp32 FMA peak %.0f GFLOP/s, triad bandwidth %.1f GB/s\n\n", peak, bw)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -91,16 +92,16 @@ func run(quick bool, decodeSteps, promptLen int) error {
 		{16, 2048, 768}, {1, 2048, 768}, {1, 32000, 768},
 	} {
 		for _, dt := range []engine.DType{engine.F32, engine.BF16} {
-			cpu := engine.NewCPU()
+			cb := cpu.New()
 			wd := make([]float32, s.n*s.k)
 			for i := range wd {
 				wd[i] = float32(i%7) * 0.01
 			}
-			wt, err := cpu.Upload(dt, wd, true, s.n, s.k)
+			wt, err := cb.Upload(dt, wd, true, s.n, s.k)
 			if err != nil {
 				return err
 			}
-			x, y := cpu.Alloc(s.m, s.k), cpu.Alloc(s.m, s.n)
+			x, y := cb.Alloc(s.m, s.k), cb.Alloc(s.m, s.n)
 			name := dt.String()
 			bytes := float64(s.n * s.k * 4)
 			if dt == engine.BF16 {
@@ -111,7 +112,7 @@ func run(quick bool, decodeSteps, promptLen int) error {
 			for r := 0; r < reps; r++ {
 				t0 := time.Now()
 				for i := 0; i < iters; i++ {
-					cpu.MatMul(y, x, wt)
+					cb.MatMul(y, x, wt)
 				}
 				best = min(best, time.Since(t0)/time.Duration(iters))
 			}
@@ -129,7 +130,7 @@ func run(quick bool, decodeSteps, promptLen int) error {
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "weights\tphase\tbatch\ttok/s\tGFLOP/s\t% of peak\tweight GB/s\t% of triad\t")
 	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
-		m, err := engine.NewModel(c, engine.NewCPU(), engine.RandomWeights(c, 1, 0.02), dt)
+		m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), dt)
 		if err != nil {
 			return err
 		}
@@ -168,7 +169,7 @@ func run(quick bool, decodeSteps, promptLen int) error {
 // runTrain times training steps of the 122M model on batch x seqLen tokens (cross-entropy on
 // every next token, AdamW with clipping), and optionally PyTorch doing the same.
 func runTrain(quick, torch bool, batch, seqLen int) error {
-	peak := engine.PeakFMA(time.Second)
+	peak := cpu.PeakFMA(time.Second)
 	c := engine.Bench122M()
 	steps := 3
 	if quick {
@@ -180,7 +181,7 @@ func runTrain(quick, torch bool, batch, seqLen int) error {
 	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
 	var ours float64
 	for _, recompute := range []bool{false, true} {
-		m, err := engine.NewModel(c, engine.NewCPU(), engine.RandomWeights(c, 1, 0.02), engine.F32)
+		m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), engine.F32)
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/hffixture"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
@@ -50,7 +51,7 @@ func TestConvertHFFixtures(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+				m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -87,7 +88,7 @@ func TestONNXRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			d, scale := maxDiff(t, got, want)
-			m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+			m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -123,7 +124,7 @@ func TestSafetensorsBitExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +377,7 @@ func TestBinary(t *testing.T) {
 // engineLogits runs the engine's CPU backend on ids.
 func engineLogits(t *testing.T, cfg *engine.Config, w map[string]engine.HostTensor, ids []int32) []float32 {
 	t.Helper()
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 var (
@@ -145,7 +146,7 @@ func TestOpenAIClient(t *testing.T) {
 	if err := json.Unmarshal([]byte(line), &echo); !ok || err != nil || len(echo) != 5 || echo[0] != nil {
 		t.Fatalf("echo log-probs %q: %v", line, err)
 	}
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -133,14 +134,17 @@ func newServer(o options) (*server, error) {
 	} else {
 		slog.Warn("no tokenizer.json beside the model: prompts must be token ids", "model", o.model)
 	}
-	var backend engine.Backend = newServingCPU(o.poolMiB << 20)
+	// On the CPU a server keeps a small pool of freed activation buffers: its batches change
+	// size at every step, so a training-sized pool (cpu.DefaultPoolLimit) would fill with buffers
+	// of sizes that rarely come back and the process would grow towards it under load.
+	var backend engine.Backend = cpu.New(cpu.WithPoolLimit(o.poolMiB << 20))
 	if o.device != "cpu" {
 		b, chosen, err := engine.OpenDevice(o.device)
 		if err != nil {
 			return nil, err
 		}
 		slog.Info("device", "backend", chosen)
-		if b.Name() != engine.NewCPU().Name() {
+		if _, isCPU := b.(*cpu.Backend); !isCPU {
 			backend = b
 		}
 	}

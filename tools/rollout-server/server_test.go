@@ -20,6 +20,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // charTokens is a small character vocabulary (the default model's kind).
@@ -157,7 +158,7 @@ func completion(t testing.TB, url, body string) ([]choice, uint64) {
 // direct generates with the engine itself.
 func direct(t testing.TB, cfg *engine.Config, w map[string]engine.HostTensor, r engine.Request) engine.Result {
 	t.Helper()
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

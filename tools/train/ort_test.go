@@ -11,6 +11,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/grpo/tasks"
 	"github.com/prolong-rl/prolong/onnx"
@@ -52,7 +53,7 @@ func TestExportAnswersLikeEngine(t *testing.T) {
 			t.Fatalf("%s differs between the ONNX and safetensors exports", n)
 		}
 	}
-	model, err := engine.NewModel(icfg, engine.NewCPU(), w, engine.F32)
+	model, err := engine.NewModel(icfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
+	_ "github.com/prolong-rl/prolong/engine/cpu" // registers --device cpu, auto's fallback
 	"github.com/prolong-rl/prolong/grpo"
 )
 

@@ -18,6 +18,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/hub"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/onnx"
 )
 
@@ -249,7 +250,7 @@ func SampleTokens(cfg *engine.Config, n int) []int32 {
 
 // EngineLogits runs the engine's CPU backend on ids from position 0.
 func EngineLogits(cfg *engine.Config, w map[string]engine.HostTensor, ids []int32) ([]float32, error) {
-	m, err := engine.NewModel(cfg, engine.NewCPU(), w, engine.F32)
+	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 	if err != nil {
 		return nil, err
 	}

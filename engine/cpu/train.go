@@ -1,4 +1,4 @@
-package engine
+package cpu
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
@@ -29,7 +30,7 @@ func (p *cpuParam) touch() {
 	p.mu.Unlock()
 }
 
-func (p *cpuParam) packedW() *kern.Weight {
+func (p *cpuParam) packedW(thr kern.Threads) *kern.Weight {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.n == 0 {
@@ -37,22 +38,22 @@ func (p *cpuParam) packedW() *kern.Weight {
 	}
 	switch {
 	case p.fwd == nil:
-		p.fwd = kern.NewWeightF32(p.data, p.n, p.k)
+		p.fwd = thr.NewWeightF32(p.data, p.n, p.k)
 	case p.fwdVer != p.ver:
-		p.fwd.Repack(p.data)
+		thr.Repack(p.fwd, p.data)
 	}
 	p.fwdVer = p.ver
 	return p.fwd
 }
 
-func (p *cpuParam) packedWT() *kern.Weight {
+func (p *cpuParam) packedWT(thr kern.Threads) *kern.Weight {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
 	case p.bwd == nil:
-		p.bwd = kern.NewWeightF32T(p.data, p.n, p.k)
+		p.bwd = thr.NewWeightF32T(p.data, p.n, p.k)
 	case p.bwdVer != p.ver:
-		p.bwd.RepackT(p.data)
+		thr.RepackT(p.bwd, p.data)
 	}
 	p.bwdVer = p.ver
 	return p.bwd
@@ -60,32 +61,32 @@ func (p *cpuParam) packedWT() *kern.Weight {
 
 // packed returns the matmul layout of a weight: an inference weight as uploaded, or a
 // parameter's packed copy.
-func packed(w *Tensor) *kern.Weight {
+func packed(thr kern.Threads, w *engine.Tensor) *kern.Weight {
 	switch b := w.Buf.(type) {
 	case *kern.Weight:
 		return b
 	case *cpuParam:
-		return b.packedW()
+		return b.packedW(thr)
 	}
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
 
 // packedT returns Wᵀ [K,N] packed for dX = dY·W.
-func packedT(w *Tensor) *kern.Weight {
+func packedT(thr kern.Threads, w *engine.Tensor) *kern.Weight {
 	switch b := w.Buf.(type) {
 	case *kern.Weight:
 		full := make([]float32, b.N()*b.K())
 		b.Unpack(full)
-		return kern.NewWeightF32T(full, b.N(), b.K())
+		return thr.NewWeightF32T(full, b.N(), b.K())
 	case *cpuParam:
-		return b.packedWT()
+		return b.packedWT(thr)
 	}
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
 
-// UploadParam implements TrainBackend.
-func (c *CPU) UploadParam(data []float32, shape ...int) (*Tensor, error) {
-	t := &Tensor{Shape: append([]int(nil), shape...), DType: F32}
+// UploadParam implements engine.TrainBackend.
+func (c *Backend) UploadParam(data []float32, shape ...int) (*engine.Tensor, error) {
+	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	if t.Len() != len(data) {
 		return nil, fmt.Errorf("upload param: %d values for shape %v", len(data), shape)
 	}
@@ -98,24 +99,24 @@ func (c *CPU) UploadParam(data []float32, shape ...int) (*Tensor, error) {
 }
 
 // written marks a parameter as changed so its packed copies are rebuilt.
-func written(t *Tensor) {
+func written(t *engine.Tensor) {
 	if p, ok := t.Buf.(*cpuParam); ok {
 		p.touch()
 	}
 }
 
-// MatMulDX implements TrainBackend.
-func (c *CPU) MatMulDX(dx, dy, w *Tensor) {
-	wt := packedT(w) // [K, N]
+// MatMulDX implements engine.TrainBackend.
+func (c *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
+	wt := packedT(c.thr, w) // [K, N]
 	if dy.Cols() != wt.K() || dx.Cols() != wt.N() || dx.Rows() != dy.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
 	}
-	kern.MatMul(f32(dx), f32(dy), dy.Rows(), wt)
+	c.thr.MatMul(f32(dx), f32(dy), dy.Rows(), wt)
 }
 
-// MatMulDW implements TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMulT of dY [M,N] (dYᵀ given
+// MatMulDW implements engine.TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMulT of dY [M,N] (dYᵀ given
 // transposed) against X packed as the weight Xᵀ [K,M].
-func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
+func (c *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	m, n, k := dy.Rows(), dy.Cols(), x.Cols()
 	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
 		panic(fmt.Sprintf("engine/cpu: matmul dw shapes dw %v dy %v x %v", dw.Shape, dy.Shape, x.Shape))
@@ -128,9 +129,9 @@ func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 	tt := c.Alloc(n, k) // [N, K]
 	defer c.Free(tt)
 	tmp := f32(tt)
-	kern.MatMulT(tmp, f32(dy), n, xw) // dy is dYᵀ given transposed
+	c.thr.MatMulT(tmp, f32(dy), n, xw) // dy is dYᵀ given transposed
 	g := f32(dw)
-	kern.Parallel(len(g), 1<<14, func(lo, hi int) {
+	c.thr.Parallel(len(g), 1<<14, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			g[i] += tmp[i]
 		}
@@ -140,21 +141,21 @@ func (c *CPU) MatMulDW(dw, dy, x *Tensor) {
 
 // scratchWeightT returns a packed Xᵀ for x [m,k] from a pool of scratch weights by shape, so
 // that every training step does not fault in fresh pages for it.
-func (c *CPU) scratchWeightT(x []float32, m, k int) *kern.Weight {
+func (c *Backend) scratchWeightT(x []float32, m, k int) *kern.Weight {
 	c.mu.Lock()
 	key := [2]int{k, m}
 	if free := c.wpool[key]; len(free) > 0 {
 		w := free[len(free)-1]
 		c.wpool[key] = free[:len(free)-1]
 		c.mu.Unlock()
-		w.RepackT(x)
+		c.thr.RepackT(w, x)
 		return w
 	}
 	c.mu.Unlock()
-	return kern.NewWeightF32T(x, m, k)
+	return c.thr.NewWeightF32T(x, m, k)
 }
 
-func (c *CPU) putScratchWeight(w *kern.Weight) {
+func (c *Backend) putScratchWeight(w *kern.Weight) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.wpool == nil {
@@ -166,8 +167,8 @@ func (c *CPU) putScratchWeight(w *kern.Weight) {
 	}
 }
 
-// BiasDW implements TrainBackend.
-func (c *CPU) BiasDW(db, dy *Tensor) {
+// BiasDW implements engine.TrainBackend.
+func (c *Backend) BiasDW(db, dy *engine.Tensor) {
 	b, ys, n := f32(db), f32(dy), db.Len()
 	for r := 0; r < len(ys); r += n {
 		for i, v := range ys[r : r+n] {
@@ -177,9 +178,9 @@ func (c *CPU) BiasDW(db, dy *Tensor) {
 	written(db)
 }
 
-// RMSNormBackward implements TrainBackend. With r = 1/sqrt(mean(x²)+eps) and g = dy·w:
+// RMSNormBackward implements engine.TrainBackend. With r = 1/sqrt(mean(x²)+eps) and g = dy·w:
 // dx = r·g - x·r³·Σ(g·x)/n, dw += Σ_groups dy·x·r. dx may alias dy.
-func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
+func (c *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
 	dxs, dys, xs, ws := f32(dx), f32(dy), f32(x), f32(w)
 	n := len(ws)
 	groups := len(xs) / n
@@ -191,7 +192,7 @@ func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
 	if dw != nil {
 		dws = f32(dw)
 	}
-	kern.Parallel(groups, 32, func(lo, hi int) {
+	c.thr.Parallel(groups, 32, func(lo, hi int) {
 		var acc []float64
 		if dws != nil {
 			acc = make([]float64, n)
@@ -230,11 +231,11 @@ func (c *CPU) RMSNormBackward(dx, dw, dy, x, w *Tensor, eps float32) {
 	}
 }
 
-// SwiGLUBackward implements TrainBackend: with s = sigmoid(g), silu(g) = g·s and
+// SwiGLUBackward implements engine.TrainBackend: with s = sigmoid(g), silu(g) = g·s and
 // silu'(g) = s·(1 + g·(1-s)).
-func (c *CPU) SwiGLUBackward(dgate, dup, dout, gate, up *Tensor) {
+func (c *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	dg, du, do, g, u := f32(dgate), f32(dup), f32(dout), f32(gate), f32(up)
-	kern.Parallel(len(do), 4096, func(lo, hi int) {
+	c.thr.Parallel(len(do), 4096, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			x := g[i]
 			s := 1 / (1 + expf(-x))
@@ -245,8 +246,8 @@ func (c *CPU) SwiGLUBackward(dgate, dup, dout, gate, up *Tensor) {
 	})
 }
 
-// EmbeddingBackward implements TrainBackend.
-func (c *CPU) EmbeddingBackward(dtable, dx *Tensor, ids []int32) {
+// EmbeddingBackward implements engine.TrainBackend.
+func (c *Backend) EmbeddingBackward(dtable, dx *engine.Tensor, ids []int32) {
 	tab, xs, d := f32(dtable), f32(dx), dtable.Cols()
 	for t, id := range ids {
 		row := tab[int(id)*d : (int(id)+1)*d]
@@ -257,8 +258,8 @@ func (c *CPU) EmbeddingBackward(dtable, dx *Tensor, ids []int32) {
 	written(dtable)
 }
 
-// ScatterAddRows implements TrainBackend.
-func (c *CPU) ScatterAddRows(out, x *Tensor, rows []int32) {
+// ScatterAddRows implements engine.TrainBackend.
+func (c *Backend) ScatterAddRows(out, x *engine.Tensor, rows []int32) {
 	o, xs, n := f32(out), f32(x), x.Cols()
 	for r, dst := range rows {
 		row := o[int(dst)*n : (int(dst)+1)*n]
@@ -268,12 +269,12 @@ func (c *CPU) ScatterAddRows(out, x *Tensor, rows []int32) {
 	}
 }
 
-// LogProbsBackward implements TrainBackend. With z = logits/τ, p = softmax(z), the target t
+// LogProbsBackward implements engine.TrainBackend. With z = logits/τ, p = softmax(z), the target t
 // and H = -Σ p·log p: ∂logp_t/∂z = onehot_t - p and ∂H/∂z_i = -p_i·(log p_i + H).
-func (c *CPU) LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, dent []float32, temperature float32) {
+func (c *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int32, dlogp, dent []float32, temperature float32) {
 	ls, ds, v := f32(logits), f32(dlogits), logits.Cols()
 	inv := 1 / float64(temperature)
-	kern.Parallel(len(targets), 1, func(lo, hi int) {
+	c.thr.Parallel(len(targets), 1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			z, out := ls[r*v:(r+1)*v], ds[r*v:(r+1)*v]
 			mx := float32(math.Inf(-1))
@@ -309,12 +310,12 @@ func (c *CPU) LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, 
 	})
 }
 
-// SumSquares implements TrainBackend.
-func (c *CPU) SumSquares(x *Tensor) float64 {
+// SumSquares implements engine.TrainBackend.
+func (c *Backend) SumSquares(x *engine.Tensor) float64 {
 	xs := f32(x)
 	var mu sync.Mutex
 	partials := map[int]float64{} // by chunk start, added in order: deterministic
-	kern.Parallel(len(xs), 1<<15, func(lo, hi int) {
+	c.thr.Parallel(len(xs), 1<<15, func(lo, hi int) {
 		var s float64
 		for _, v := range xs[lo:hi] {
 			s += float64(v) * float64(v)
@@ -330,8 +331,8 @@ func (c *CPU) SumSquares(x *Tensor) float64 {
 	return total
 }
 
-// Scale implements TrainBackend; s == 0 clears x (NaN and Inf included).
-func (c *CPU) Scale(x *Tensor, s float32) {
+// Scale implements engine.TrainBackend; s == 0 clears x (NaN and Inf included).
+func (c *Backend) Scale(x *engine.Tensor, s float32) {
 	xs := f32(x)
 	if s == 0 {
 		clear(xs)
@@ -344,8 +345,8 @@ func (c *CPU) Scale(x *Tensor, s float32) {
 	written(x)
 }
 
-// Copy implements TrainBackend.
-func (c *CPU) Copy(dst, src *Tensor) {
+// Copy implements engine.TrainBackend.
+func (c *Backend) Copy(dst, src *engine.Tensor) {
 	d, s := f32(dst), f32(src)
 	if len(d) != len(s) {
 		panic(fmt.Sprintf("engine/cpu: copy of %v into %v", src.Shape, dst.Shape))
@@ -354,8 +355,8 @@ func (c *CPU) Copy(dst, src *Tensor) {
 	written(dst)
 }
 
-// AdamW implements TrainBackend (element-wise in fp32, constants folded in float64).
-func (c *CPU) AdamW(p, g, m, v *Tensor, h AdamWStep) {
+// AdamW implements engine.TrainBackend (element-wise in fp32, constants folded in float64).
+func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)
 	decay := float32(1 - h.LR*h.WeightDecay)
 	b1, b2 := float32(h.Beta1), float32(h.Beta2)
@@ -363,7 +364,7 @@ func (c *CPU) AdamW(p, g, m, v *Tensor, h AdamWStep) {
 	step := float32(h.LR / h.BC1)
 	isb2 := float32(1 / math.Sqrt(h.BC2))
 	eps := float32(h.Eps)
-	kern.Parallel(len(ps), 1<<16, func(lo, hi int) {
+	c.thr.Parallel(len(ps), 1<<16, func(lo, hi int) {
 		ps, gs, ms, vs := ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi]
 		for i := range ps {
 			gi := gs[i]
@@ -376,9 +377,9 @@ func (c *CPU) AdamW(p, g, m, v *Tensor, h AdamWStep) {
 	written(p)
 }
 
-// AttentionTrain implements TrainBackend: for every sequence, head and query row, softmax of
+// AttentionTrain implements engine.TrainBackend: for every sequence, head and query row, softmax of
 // the scaled scores over the rows of the sequence up to and including it, times V.
-func (c *CPU) AttentionTrain(out, lse, q, k, v *Tensor, seqStart []int32) {
+func (c *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
 	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
 	nh := lse.Cols()
 	dh := q.Cols() / nh
@@ -393,7 +394,7 @@ func (c *CPU) AttentionTrain(out, lse, q, k, v *Tensor, seqStart []int32) {
 			first[t] = seqStart[s]
 		}
 	}
-	kern.Parallel(T*nh, 1, func(lo, hi int) {
+	c.thr.Parallel(T*nh, 1, func(lo, hi int) {
 		var scores []float32
 		for it := lo; it < hi; it++ {
 			t, h := it/nh, it%nh
@@ -430,11 +431,11 @@ func (c *CPU) AttentionTrain(out, lse, q, k, v *Tensor, seqStart []int32) {
 	})
 }
 
-// AttentionBackward implements TrainBackend, parallel over (sequence, kv head) so that each
+// AttentionBackward implements engine.TrainBackend, parallel over (sequence, kv head) so that each
 // task owns its rows of dk, dv and of dq for the query heads of its group. With
 // p_ij = exp(s·q_i·k_j - lse_i) and D_i = dout_i·out_i: dv_j += p_ij·dout_i,
 // ds_ij = p_ij·(dout_i·v_j - D_i), dq_i += s·ds_ij·k_j, dk_j += s·ds_ij·q_i.
-func (c *CPU) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *Tensor, seqStart []int32) {
+func (c *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
 	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
 	dqs, dks, dvs, dos := f32(dq), f32(dk), f32(dv), f32(dout)
 	clear(dqs)
@@ -447,7 +448,7 @@ func (c *CPU) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *Tensor, seq
 	qw, kw := nh*dh, nkv*dh
 	scale := float32(1 / math.Sqrt(float64(dh)))
 	nseq := len(seqStart) - 1
-	kern.Parallel(nseq*nkv, 1, func(lo, hi int) {
+	c.thr.Parallel(nseq*nkv, 1, func(lo, hi int) {
 		for it := lo; it < hi; it++ {
 			s, kvh := it/nkv, it%nkv
 			t0, t1 := int(seqStart[s]), int(seqStart[s+1])
@@ -473,4 +474,4 @@ func (c *CPU) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *Tensor, seq
 	})
 }
 
-var _ TrainBackend = (*CPU)(nil)
+var _ engine.TrainBackend = (*Backend)(nil)

@@ -1,35 +1,70 @@
-package engine
+package cpu
 
 import (
 	"fmt"
 	"math"
 	"sync"
 
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
-// CPU is the reference backend: fp32 compute, weights in fp32 or bf16, all cores used.
-// Matmuls run in the SIMD kernels of package kern (AVX-512, AVX2 or pure Go, chosen from the
-// CPU's features); every other op is plain Go parallelised over rows.
-type CPU struct {
+// Backend is the reference backend: fp32 compute, weights in fp32 or bf16, all cores used
+// (or as many as WithThreads allows). Matmuls run in the SIMD kernels of package kern (AVX-512,
+// AVX2 or pure Go, chosen from the CPU's features); every other op is plain Go parallelised
+// over rows. A Backend is safe for concurrent use.
+type Backend struct {
+	thr       kern.Threads // chunks per op; 0: GOMAXPROCS at each call
+	poolLimit int64        // bytes of free buffers kept for reuse
+
 	mu     sync.Mutex
 	pool   map[int][][]float32       // free activation buffers by length
-	pooled int64                     // floats held in pool
+	pooled int64                     // bytes held in pool
 	wpool  map[[2]int][]*kern.Weight // scratch packed weights by [N, K] (training)
 }
 
-// maxPooledFloats bounds the free buffers the CPU backend keeps for reuse (1 GiB): a training
-// step frees and re-allocates every activation, and reusing them avoids page faults and GC work.
-const maxPooledFloats = 1 << 28
+// DefaultPoolLimit is the default bound on the free buffers a Backend keeps for reuse (1 GiB):
+// a training step frees and re-allocates every activation, and reusing them avoids page faults
+// and GC work.
+const DefaultPoolLimit = 1 << 30
 
-// NewCPU returns a CPU backend.
-func NewCPU() *CPU { return &CPU{pool: map[int][][]float32{}} }
+// Option configures a Backend made by New.
+type Option func(*Backend)
 
-// Name implements Backend.
-func (c *CPU) Name() string { return "cpu (" + kern.ISA() + ")" }
+// WithPoolLimit bounds the free activation buffers the backend keeps for reuse, keyed by their
+// exact size, to bytes in all (DefaultPoolLimit if not given; 0 keeps none, leaving every freed
+// buffer to the GC). A server, whose batches change size at every step, wants a small pool: a
+// large one fills with buffers of sizes that rarely come back.
+func WithPoolLimit(bytes int64) Option {
+	return func(c *Backend) { c.poolLimit = max(bytes, 0) }
+}
+
+// WithThreads caps how many parts every op is split into, and so how many cores it keeps busy
+// at once; n <= 0 (the default) means runtime.GOMAXPROCS(0), read at each op. The split decides
+// the order in which some reductions (RMSNorm's weight gradient, SumSquares) add their partial
+// sums, so results are bit-identical for the same thread count, on any machine.
+func WithThreads(n int) Option {
+	return func(c *Backend) { c.thr = kern.Threads(max(n, 0)) }
+}
+
+// New returns a CPU backend configured by opts.
+func New(opts ...Option) *Backend {
+	c := &Backend{poolLimit: DefaultPoolLimit, pool: map[int][][]float32{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+func init() {
+	engine.RegisterBackend("cpu", func() (engine.Backend, error) { return New(), nil })
+}
+
+// Name implements engine.Backend: "cpu" and the matmul kernels in use.
+func (c *Backend) Name() string { return "cpu (" + kern.ISA() + ")" }
 
 // f32 returns the fp32 row-major storage of an activation or a trainable parameter.
-func f32(t *Tensor) []float32 {
+func f32(t *engine.Tensor) []float32 {
 	switch b := t.Buf.(type) {
 	case []float32:
 		return b
@@ -39,15 +74,15 @@ func f32(t *Tensor) []float32 {
 	panic(fmt.Sprintf("engine/cpu: tensor %v of dtype %v is not fp32 row-major (%T)", t.Shape, t.DType, t.Buf))
 }
 
-// Alloc implements Backend. Buffers are recycled through Free.
-func (c *CPU) Alloc(shape ...int) *Tensor {
-	t := &Tensor{Shape: append([]int(nil), shape...), DType: F32}
+// Alloc implements engine.Backend. Buffers are recycled through Free.
+func (c *Backend) Alloc(shape ...int) *engine.Tensor {
+	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := t.Len()
 	c.mu.Lock()
 	if free := c.pool[n]; len(free) > 0 {
 		buf := free[len(free)-1]
 		c.pool[n] = free[:len(free)-1]
-		c.pooled -= int64(n)
+		c.pooled -= 4 * int64(n)
 		c.mu.Unlock()
 		clear(buf)
 		t.Buf = buf
@@ -58,31 +93,31 @@ func (c *CPU) Alloc(shape ...int) *Tensor {
 	return t
 }
 
-// Free implements Backend.
-func (c *CPU) Free(t *Tensor) {
+// Free implements engine.Backend.
+func (c *Backend) Free(t *engine.Tensor) {
 	if t == nil {
 		return
 	}
 	if buf, ok := t.Buf.([]float32); ok {
 		c.mu.Lock()
-		if c.pooled+int64(len(buf)) <= maxPooledFloats {
+		if c.pooled+4*int64(len(buf)) <= c.poolLimit {
 			c.pool[len(buf)] = append(c.pool[len(buf)], buf)
-			c.pooled += int64(len(buf))
+			c.pooled += 4 * int64(len(buf))
 		}
 		c.mu.Unlock()
 	}
 	t.Buf = nil
 }
 
-// Upload implements Backend. Linear weights become packed kern.Weights (bf16 ones keep half
+// Upload implements engine.Backend. Linear weights become packed kern.Weights (bf16 ones keep half
 // the bytes); other tensors are fp32 whatever dt says, since only matmul reads bf16.
-func (c *CPU) Upload(dt DType, data []float32, linear bool, shape ...int) (*Tensor, error) {
-	t := &Tensor{Shape: append([]int(nil), shape...), DType: dt}
+func (c *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...int) (*engine.Tensor, error) {
+	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: dt}
 	if t.Len() != len(data) {
 		return nil, fmt.Errorf("upload: %d values for shape %v", len(data), shape)
 	}
 	if !linear {
-		t.DType = F32
+		t.DType = engine.F32
 		t.Buf = append([]float32(nil), data...)
 		return t, nil
 	}
@@ -90,20 +125,20 @@ func (c *CPU) Upload(dt DType, data []float32, linear bool, shape ...int) (*Tens
 		return nil, fmt.Errorf("upload: linear weight must be 2-D, got shape %v", shape)
 	}
 	switch dt {
-	case F32:
-		t.Buf = kern.NewWeightF32(data, shape[0], shape[1])
-	case BF16:
+	case engine.F32:
+		t.Buf = c.thr.NewWeightF32(data, shape[0], shape[1])
+	case engine.BF16:
 		bits := make([]uint16, len(data))
 		kern.F32ToBF16(bits, data)
-		t.Buf = kern.NewWeightBF16(bits, shape[0], shape[1])
+		t.Buf = c.thr.NewWeightBF16(bits, shape[0], shape[1])
 	default:
 		return nil, fmt.Errorf("upload: dtype %v not supported", dt)
 	}
 	return t, nil
 }
 
-// Download implements Backend.
-func (c *CPU) Download(t *Tensor, dst []float32) error {
+// Download implements engine.Backend.
+func (c *Backend) Download(t *engine.Tensor, dst []float32) error {
 	if len(dst) != t.Len() {
 		return fmt.Errorf("download: destination has %d values, tensor %v has %d", len(dst), t.Shape, t.Len())
 	}
@@ -120,25 +155,25 @@ func (c *CPU) Download(t *Tensor, dst []float32) error {
 	return nil
 }
 
-// Embedding implements Backend.
-func (c *CPU) Embedding(out, table *Tensor, ids []int32) {
+// Embedding implements engine.Backend.
+func (c *Backend) Embedding(out, table *engine.Tensor, ids []int32) {
 	o, tab, d := f32(out), f32(table), table.Cols()
 	for t, id := range ids {
 		copy(o[t*d:(t+1)*d], tab[int(id)*d:(int(id)+1)*d])
 	}
 }
 
-// MatMul implements Backend.
-func (c *CPU) MatMul(out, x, w *Tensor) {
-	wt := packed(w)
+// MatMul implements engine.Backend.
+func (c *Backend) MatMul(out, x, w *engine.Tensor) {
+	wt := packed(c.thr, w)
 	if x.Cols() != wt.K() || out.Cols() != wt.N() || out.Rows() != x.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
 	}
-	kern.MatMul(f32(out), f32(x), x.Rows(), wt)
+	c.thr.MatMul(f32(out), f32(x), x.Rows(), wt)
 }
 
-// AddBias implements Backend.
-func (c *CPU) AddBias(x, b *Tensor) {
+// AddBias implements engine.Backend.
+func (c *Backend) AddBias(x, b *engine.Tensor) {
 	xs, bs := f32(x), f32(b)
 	n := len(bs)
 	for r := 0; r < len(xs); r += n {
@@ -149,12 +184,12 @@ func (c *CPU) AddBias(x, b *Tensor) {
 	}
 }
 
-// RMSNorm implements Backend.
-func (c *CPU) RMSNorm(out, x, w *Tensor, eps float32) {
+// RMSNorm implements engine.Backend.
+func (c *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 	o, xs, ws := f32(out), f32(x), f32(w)
 	n := len(ws)
 	groups := len(xs) / n
-	kern.Parallel(groups, 64, func(lo, hi int) {
+	c.thr.Parallel(groups, 64, func(lo, hi int) {
 		for g := lo; g < hi; g++ {
 			row, dst := xs[g*n:(g+1)*n], o[g*n:(g+1)*n]
 			var ss float64
@@ -169,12 +204,12 @@ func (c *CPU) RMSNorm(out, x, w *Tensor, eps float32) {
 	})
 }
 
-// RoPE implements Backend.
-func (c *CPU) RoPE(x *Tensor, headDim int, pos []int32, cos, sin *Tensor) {
+// RoPE implements engine.Backend.
+func (c *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
 	xs, cs, sn := f32(x), f32(cos), f32(sin)
 	half := headDim / 2
 	width := x.Cols()
-	kern.Parallel(len(pos), 16, func(lo, hi int) {
+	c.thr.Parallel(len(pos), 16, func(lo, hi int) {
 		for t := lo; t < hi; t++ {
 			p := int(pos[t])
 			cr, sr := cs[p*half:(p+1)*half], sn[p*half:(p+1)*half]
@@ -191,26 +226,26 @@ func (c *CPU) RoPE(x *Tensor, headDim int, pos []int32, cos, sin *Tensor) {
 	})
 }
 
-// SwiGLU implements Backend.
-func (c *CPU) SwiGLU(out, gate, up *Tensor) {
+// SwiGLU implements engine.Backend.
+func (c *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 	o, g, u := f32(out), f32(gate), f32(up)
-	kern.Parallel(len(o), 4096, func(lo, hi int) {
+	c.thr.Parallel(len(o), 4096, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			o[i] = silu(g[i]) * u[i]
 		}
 	})
 }
 
-// Add implements Backend.
-func (c *CPU) Add(out, a, b *Tensor) {
+// Add implements engine.Backend.
+func (c *Backend) Add(out, a, b *engine.Tensor) {
 	o, as, bs := f32(out), f32(a), f32(b)
 	for i := range o {
 		o[i] = as[i] + bs[i]
 	}
 }
 
-// GatherRows implements Backend.
-func (c *CPU) GatherRows(out, x *Tensor, rows []int32) {
+// GatherRows implements engine.Backend.
+func (c *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
 	o, xs, n := f32(out), f32(x), x.Cols()
 	for r, src := range rows {
 		copy(o[r*n:(r+1)*n], xs[int(src)*n:(int(src)+1)*n])
@@ -223,8 +258,8 @@ type cpuKV struct {
 	k, v                                [][][]float32 // [layer][block] -> [kvHeads*blockSize*headDim]
 }
 
-// NewKVStore implements Backend.
-func (c *CPU) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (KVStore, error) {
+// NewKVStore implements engine.Backend.
+func (c *Backend) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (engine.KVStore, error) {
 	s := &cpuKV{layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim,
 		k: make([][][]float32, layers), v: make([][][]float32, layers)}
 	return s, s.Grow(blocks)
@@ -252,9 +287,9 @@ func (s *cpuKV) CopyBlock(dst, src int) {
 
 func (s *cpuKV) Free() { s.k, s.v = nil, nil }
 
-// Attention implements Backend: store the new keys/values, then for every query token and
+// Attention implements engine.Backend: store the new keys/values, then for every query token and
 // head, softmax(q·K/sqrt(Dh)) V over positions 0..pos of its sequence (causal).
-func (c *CPU) Attention(out, q, k, v *Tensor, store KVStore, layer int, b *AttnBatch) {
+func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, b *engine.AttnBatch) {
 	s := store.(*cpuKV)
 	bs, dh, nkv := s.blockSize, s.headDim, s.kvHeads
 	kv, qs, ks, vs, os := s, f32(q), f32(k), f32(v), f32(out)
@@ -281,7 +316,7 @@ func (c *CPU) Attention(out, q, k, v *Tensor, store KVStore, layer int, b *AttnB
 			seqOf[t] = int32(sq)
 		}
 	}
-	kern.Parallel(T*nh, 1, func(lo, hi int) {
+	c.thr.Parallel(T*nh, 1, func(lo, hi int) {
 		var scores []float32
 		for i := lo; i < hi; i++ {
 			t, h := i/nh, i%nh
@@ -324,24 +359,24 @@ func (c *CPU) Attention(out, q, k, v *Tensor, store KVStore, layer int, b *AttnB
 	})
 }
 
-// Sample implements Backend.
-func (c *CPU) Sample(logits *Tensor, rows []SampleRow) ([]int32, []float32, error) {
+// Sample implements engine.Backend.
+func (c *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int32, []float32, error) {
 	ls, v := f32(logits), logits.Cols()
 	if len(rows) != logits.Rows() {
 		return nil, nil, fmt.Errorf("sample: %d rows of parameters for %d rows of logits", len(rows), logits.Rows())
 	}
 	ids := make([]int32, len(rows))
 	lps := make([]float32, len(rows))
-	kern.Parallel(len(rows), 1, func(lo, hi int) {
+	c.thr.Parallel(len(rows), 1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			ids[r], lps[r] = SampleLogits(ls[r*v:(r+1)*v], rows[r])
+			ids[r], lps[r] = engine.SampleLogits(ls[r*v:(r+1)*v], rows[r])
 		}
 	})
 	return ids, lps, nil
 }
 
-// LogProbs implements Backend.
-func (c *CPU) LogProbs(logits *Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
+// LogProbs implements engine.Backend.
+func (c *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
 	ls, v := f32(logits), logits.Cols()
 	if len(targets) != logits.Rows() {
 		return nil, nil, fmt.Errorf("logprobs: %d targets for %d rows of logits", len(targets), logits.Rows())
@@ -351,9 +386,9 @@ func (c *CPU) LogProbs(logits *Tensor, targets []int32, temperature float32) ([]
 	}
 	lp := make([]float32, len(targets))
 	ent := make([]float32, len(targets))
-	kern.Parallel(len(targets), 1, func(lo, hi int) {
+	c.thr.Parallel(len(targets), 1, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			lp[r], ent[r] = logProbEntropy(ls[r*v:(r+1)*v], int(targets[r]), temperature)
+			lp[r], ent[r] = engine.LogProbEntropy(ls[r*v:(r+1)*v], int(targets[r]), temperature)
 		}
 	})
 	return lp, ent, nil

@@ -1,10 +1,12 @@
-package engine
+package cpu
 
 import (
 	"math"
 	"math/rand/v2"
 	"runtime"
 	"testing"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // TestCPUReductionsDeterministic: RMSNormBackward's weight gradient and SumSquares add their
@@ -15,7 +17,7 @@ func TestCPUReductionsDeterministic(t *testing.T) {
 	if runtime.GOMAXPROCS(0) < 2 {
 		t.Skip("one thread: nothing to race")
 	}
-	c := NewCPU()
+	c := New()
 	rng := rand.New(rand.NewPCG(3, 4))
 	const groups, n = 4096, 64
 	data := func(k int) []float32 {
@@ -31,9 +33,9 @@ func TestCPUReductionsDeterministic(t *testing.T) {
 	var firstDW []float32
 	var firstSS float64
 	for it := 0; it < 100; it++ {
-		x, _ := c.Upload(F32, xh, false, groups, n)
-		dy, _ := c.Upload(F32, dyh, false, groups, n)
-		w, _ := c.Upload(F32, wh, false, n)
+		x, _ := c.Upload(engine.F32, xh, false, groups, n)
+		dy, _ := c.Upload(engine.F32, dyh, false, groups, n)
+		w, _ := c.Upload(engine.F32, wh, false, n)
 		dx := c.Alloc(groups, n)
 		dw, _ := c.UploadParam(dwh, n)
 		c.RMSNormBackward(dx, dw, dy, x, w, 1e-6)

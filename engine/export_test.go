@@ -1,0 +1,21 @@
+package engine
+
+// Test hooks into unexported parts of the engine for the external tests (package engine_test),
+// which need the CPU backend and so cannot be internal tests: engine/cpu imports engine.
+
+// SetBetweenSteps makes s call f after each step with the step count, while its loop waits.
+func SetBetweenSteps(s *Scheduler, f func(step uint64)) {
+	s.mu.Lock()
+	s.betweenSteps = f
+	s.mu.Unlock()
+}
+
+// ForwardSeq runs the model over tokens appended to seq (through its KV cache) and passes the
+// logits of the last token to onLogits.
+func ForwardSeq(m *Model, seq *Seq, tokens []int32, onLogits func(logits *Tensor) error) error {
+	return m.forward([]step{{seq: seq, tokens: tokens}}, []int32{int32(len(tokens) - 1)}, 8,
+		func(_ int, l *Tensor) error { return onLogits(l) })
+}
+
+// Reserve is s.reserve: room for k more tokens.
+func (s *Seq) Reserve(k int) ([]int32, error) { return s.reserve(k) }
