@@ -83,19 +83,36 @@ func ReadMetrics(path string) ([]Record, error) {
 type series struct {
 	file, title, ylabel string
 	get                 func(Record) (float64, bool)
+	evalOnly            bool // drawn from the evaluations, step 0's included
 }
 
 var plotSeries = []series{
-	{"reward.png", "Training reward (mean over rollouts)", "reward", func(r Record) (float64, bool) { return r.RewardMean, true }},
+	{"reward.png", "Training reward (mean over rollouts)", "reward", func(r Record) (float64, bool) { return r.RewardMean, true }, false},
 	{"heldout_accuracy.png", "Held-out accuracy (pass@1)", "accuracy", func(r Record) (float64, bool) {
 		if r.Eval == nil {
 			return 0, false
 		}
 		return r.Eval.Accuracy, true
-	}},
-	{"entropy.png", "Policy entropy (per token)", "nats", func(r Record) (float64, bool) { return r.Entropy, !r.SkippedNoSignal }},
-	{"kl.png", "KL to the reference policy (k3)", "KL", func(r Record) (float64, bool) { return r.KL, !r.SkippedNoSignal }},
-	{"response_length.png", "Response length (tokens, mean)", "tokens", func(r Record) (float64, bool) { return r.ResponseLenMean, true }},
+	}, true},
+	{"entropy.png", "Policy entropy (per token)", "nats", func(r Record) (float64, bool) { return r.Entropy, !r.SkippedNoSignal }, false},
+	{"kl.png", "KL to the reference policy (k3)", "KL", func(r Record) (float64, bool) { return r.KL, !r.SkippedNoSignal }, false},
+	{"response_length.png", "Response length (tokens, mean)", "tokens", func(r Record) (float64, bool) { return r.ResponseLenMean, true }, false},
+}
+
+// seriesPoints are the points of one curve: a (step, value) per record that has the value.
+// A row without a training step (step 0, the starting model's evaluation) has only the
+// held-out accuracy; the training curves leave it out instead of drawing it as 0.
+func seriesPoints(recs []Record, s series) plotter.XYs {
+	var pts plotter.XYs
+	for _, r := range recs {
+		if r.Step == 0 && !s.evalOnly {
+			continue
+		}
+		if v, ok := s.get(r); ok {
+			pts = append(pts, plotter.XY{X: float64(r.Step), Y: v})
+		}
+	}
+	return pts
 }
 
 // PlotMetrics draws the run's curves (reward, held-out accuracy, entropy, KL, response length)
@@ -110,13 +127,10 @@ func PlotMetrics(recs []Record, dir string) ([]string, error) {
 	}
 	var files []string
 	for _, s := range plotSeries {
-		var pts plotter.XYs
+		pts := seriesPoints(recs, s)
 		lo, hi := 1e300, -1e300
-		for _, r := range recs {
-			if v, ok := s.get(r); ok {
-				pts = append(pts, plotter.XY{X: float64(r.Step), Y: v})
-				lo, hi = min(lo, v), max(hi, v)
-			}
+		for _, p := range pts {
+			lo, hi = min(lo, p.Y), max(hi, p.Y)
 		}
 		if len(pts) == 0 {
 			continue

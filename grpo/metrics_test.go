@@ -61,3 +61,34 @@ func TestMetricsLogAndPlots(t *testing.T) {
 		t.Fatalf("malformed line: %v", err)
 	}
 }
+
+// TestPlotSeriesSkipEvalOnlyRow: the step-0 row (the starting model's evaluation, no training
+// step) is no point of the reward, entropy, KL and length curves, and is one of the held-out
+// accuracy curve.
+func TestPlotSeriesSkipEvalOnlyRow(t *testing.T) {
+	recs := []Record{{Metrics: &Metrics{Step: 0}, Eval: &EvalResult{Accuracy: 0.25}}}
+	for s := 1; s <= 4; s++ {
+		r := Record{Metrics: &Metrics{Step: s, RewardMean: 0.5, Entropy: 0.7, KL: 0.01, ResponseLenMean: 30}}
+		if s == 4 {
+			r.Eval = &EvalResult{Accuracy: 0.5}
+		}
+		recs = append(recs, r)
+	}
+	for _, s := range plotSeries {
+		pts := seriesPoints(recs, s)
+		if s.file == "heldout_accuracy.png" {
+			if len(pts) != 2 || pts[0].X != 0 || pts[0].Y != 0.25 || pts[1].X != 4 {
+				t.Errorf("%s: %v, want steps 0 and 4", s.file, pts)
+			}
+			continue
+		}
+		if len(pts) != 4 {
+			t.Errorf("%s: %d points %v, want 4 (steps 1-4)", s.file, len(pts), pts)
+		}
+		for _, p := range pts {
+			if p.X == 0 {
+				t.Errorf("%s: a point at step 0 (%v), the evaluation-only row", s.file, p.Y)
+			}
+		}
+	}
+}
