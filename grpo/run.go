@@ -25,12 +25,20 @@ import (
 //	checkpoints/step-NNNNNN/      exports after each reference reset and at the end:
 //	                              model.safetensors, config.json, generation_config.json,
 //	                              tokenizer files, model.onnx
+//	checkpoints/best/             the same export of the policy at the held-out evaluation that
+//	                              scored best (above the starting model's), replaced atomically
+//	                              by each better one, with best.json (BestFile) naming its step
 //	state/                        run states to resume from (checkpoints.SaveRunState)
 const (
 	// MetricsFile is the run directory's metrics log.
 	MetricsFile = "metrics.jsonl"
 	// StateDir is the run directory's folder of run states.
 	StateDir = "state"
+	// BestDir is the folder, under the run directory's checkpoints/, of the export of the
+	// best-scoring evaluation's policy.
+	BestDir = "best"
+	// BestFile is the file in BestDir that names its step and accuracy (a BestEval).
+	BestFile = "best.json"
 )
 
 // Keys of what a run state carries besides weights, optimizer and data position.
@@ -166,6 +174,16 @@ type RunResult struct {
 	Resets []int
 	// Exports are the checkpoint directories written in this session, by step.
 	Exports map[int]string
+	// Best is the held-out evaluation with the highest accuracy so far (the first of equals;
+	// nil without held-out prompts). When its step is above 0, its policy is exported under
+	// checkpoints/best.
+	Best *BestEval
+}
+
+// BestEval names the best-scoring held-out evaluation of a run: the contents of best.json.
+type BestEval struct {
+	Step     int     `json:"step"`
+	Accuracy float64 `json:"accuracy"`
 }
 
 // WeightSync is a RolloutSource that generates with its own copy of the weights (rollout
@@ -196,6 +214,7 @@ func LoadResumePoint(dir string) (*ResumePoint, error) {
 type savedEvals struct {
 	First *EvalResult `json:"first"`
 	Last  *EvalResult `json:"last"`
+	Best  *BestEval   `json:"best,omitempty"`
 }
 
 // runSession is a run in progress.
@@ -246,7 +265,7 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 			return nil, err
 		}
 	}
-	return &RunResult{First: r.evals.First, Last: r.evals.Last, Step: r.trainer.StepNumber(), Resets: r.trainer.State().Resets, Exports: r.exported}, nil
+	return &RunResult{First: r.evals.First, Last: r.evals.Last, Step: r.trainer.StepNumber(), Resets: r.trainer.State().Resets, Exports: r.exported, Best: r.evals.Best}, nil
 }
 
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
@@ -370,6 +389,9 @@ func (r *runSession) restore(st *checkpoints.RunState) error {
 func (r *runSession) evaluateStart(ctx context.Context) error {
 	res, err := r.evaluate(ctx, 0)
 	r.evals.First, r.evals.Last = res, res
+	if res != nil {
+		r.evals.Best = &BestEval{Step: 0, Accuracy: res.Accuracy} // the starting model: not exported
+	}
 	return err
 }
 
@@ -455,6 +477,13 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 		}
 		if rec.Eval != nil {
 			r.evals.Last = rec.Eval
+			if b := r.evals.Best; b == nil || rec.Eval.Accuracy > b.Accuracy {
+				best := &BestEval{Step: s, Accuracy: rec.Eval.Accuracy}
+				if err := r.exportBest(best); err != nil {
+					return err
+				}
+				r.evals.Best = best
+			}
 			if _, err := r.trainer.AfterEval(rec.Eval, m); err != nil {
 				return err
 			}
@@ -519,6 +548,35 @@ func (r *runSession) save() error {
 // ONNX (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
 func (r *runSession) export(step int) error {
 	dir := filepath.Join(r.cfg.Dir, "checkpoints", fmt.Sprintf("step-%06d", step))
+	if err := r.writeExport(dir); err != nil {
+		return err
+	}
+	r.exported[step] = dir
+	return nil
+}
+
+// exportBest writes the policy, as export does, to Dir/checkpoints/best with best.json naming
+// the evaluation: built under a temporary name and swapped in for the previous best at once
+// (checkpoints.ReplaceDir), so that a crash leaves one whole best export.
+func (r *runSession) exportBest(b *BestEval) error {
+	dir := filepath.Join(r.cfg.Dir, "checkpoints", BestDir)
+	return checkpoints.ReplaceDir(dir, "."+BestDir+".tmp-", func(tmp string) error {
+		if err := r.writeExport(tmp); err != nil {
+			return err
+		}
+		j, err := json.MarshalIndent(b, "", "  ")
+		if err != nil {
+			return err
+		}
+		return checkpoints.WriteFileAtomic(filepath.Join(tmp, BestFile), 0o644, func(w io.Writer) error {
+			_, err := w.Write(append(j, '\n'))
+			return err
+		})
+	})
+}
+
+// writeExport writes the policy into dir: the Hugging Face files, the tokenizer's and model.onnx.
+func (r *runSession) writeExport(dir string) error {
 	m := r.policy.Model
 	w, err := m.HostWeights()
 	if err != nil {
@@ -532,11 +590,7 @@ func (r *runSession) export(step int) error {
 			return fmt.Errorf("export %s: tokenizer: %w", dir, err)
 		}
 	}
-	if err := onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{}); err != nil {
-		return err
-	}
-	r.exported[step] = dir
-	return nil
+	return onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{})
 }
 
 // truncateMetrics keeps the lines of metrics.jsonl up to step (atomically).

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 )
@@ -122,5 +124,72 @@ func TestPromptStreamLegacyPosition(t *testing.T) {
 	}
 	if err := s.restore(json.RawMessage(`{"epoch":2,"pos":3,"prompts":8}`)); err == nil {
 		t.Error("a position for another prompt count accepted")
+	}
+}
+
+// TestRunBestExport: the evaluation that beats every earlier one has its policy exported to
+// checkpoints/best (replacing an earlier best), with best.json naming its step. The reward is
+// rigged by step: evaluations score 0 at steps 0 and 5, 0.5 at step 2 and 1 at step 4.
+func TestRunBestExport(t *testing.T) {
+	dir := t.TempDir()
+	cfg, job := tinyRun(t, dir, 5)
+	var cur atomic.Int64 // the step being run (and evaluated)
+	cfg.Hooks.Stepped = func(m *Metrics, _ *EvalResult) { cur.Store(int64(m.Step) + 1) }
+	cfg.Hooks.Training = func(first, _ int) { cur.Store(int64(first)) }
+	rigged := func(ctx context.Context, resuming bool) (*Job, error) {
+		j, err := job(ctx, resuming)
+		if err != nil {
+			return nil, err
+		}
+		j.Reward = func(_ context.Context, p Prompt, _ string) (float64, error) {
+			switch cur.Load() {
+			case 2:
+				if p.Tokens[0] == 1 {
+					return 1, nil
+				}
+			case 4:
+				return 1, nil
+			}
+			return 0, nil
+		}
+		return j, nil
+	}
+	res, err := Run(context.Background(), cfg, rigged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Best == nil || res.Best.Step != 4 || res.Best.Accuracy != 1 {
+		t.Fatalf("best evaluation %+v, want step 4 at accuracy 1", res.Best)
+	}
+	best := filepath.Join(dir, "checkpoints", BestDir)
+	for _, f := range []string{"model.safetensors", "config.json", "model.onnx", BestFile} {
+		if _, err := os.Stat(filepath.Join(best, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var be BestEval
+	if b, err := os.ReadFile(filepath.Join(best, BestFile)); err != nil || json.Unmarshal(b, &be) != nil || be != (BestEval{Step: 4, Accuracy: 1}) {
+		t.Fatalf("%s: %+v (%v)", BestFile, be, err)
+	}
+	_, got, err := checkpoints.Load(best)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := checkpoints.LoadRunState(filepath.Join(dir, StateDir), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, w := range st.Weights {
+		if fmt.Sprint(got[name].Data) != fmt.Sprint(w.Data) {
+			t.Fatalf("best/ %s differs from the policy of step 4", name)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, "checkpoints"))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if fmt.Sprint(names) != "[best step-000003 step-000005]" {
+		t.Fatalf("checkpoints/ holds %v", names)
 	}
 }
