@@ -52,7 +52,9 @@ Exports a checkpoint to one directory that both ONNX Runtime and Hugging Face tr
 
 CHECKPOINT is
   - a training run directory of tools/train (RUN/, holding RUN/state/ and RUN/tokenizer/) or
-    its run-state directory (RUN/state/): the latest step, or the one --step names;
+    its run-state directory (RUN/state/): the latest step, or the one --step names (from a
+    training run, a step with no run state is taken from its exported checkpoint
+    RUN/checkpoints/step-NNNNNN, which holds the policy only);
   - one step of a run state (RUN/state/step-NNNNNNNN);
   - a plain model directory (config.json + model.safetensors or shards) or an .onnx file.
 --weights reference exports a run state's reference policy (the KL anchor) instead of the

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -243,7 +244,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown format in list", []string{"-i", fixtureRun, "-o", x, "--format", "onnx,gguf"}, `--format "gguf"`},
 		{"bad dtype", []string{"-i", fixtureRun, "-o", x, "--dtype", "q8"}, `--dtype "q8"`},
 		{"bad weights", []string{"-i", fixtureRun, "-o", x, "--weights", "old"}, `--weights "old"`},
-		{"missing step", []string{"-i", fixtureRun, "-o", x, "--step", "3"}, "no step 3 (step-00000003 missing; steps saved: 2, 4)"},
+		{"missing step", []string{"-i", fixtureRun, "-o", x, "--step", "3"}, "no step 3 (run states in state/: 2, 4; exported checkpoints in checkpoints/: none)"},
 		{"negative step", []string{"-i", fixtureRun, "-o", x, "--step", "-5"}, "--step -5"},
 		{"step of another dir", []string{"-i", filepath.Join(fixtureRun, "state", checkpoints.StepDirName(2)), "-o", x, "--step", "4"}, "--step 4"},
 		{"step of a model dir", []string{"-i", hf, "-o", x, "--step", "2"}, "is a model directory"},
@@ -436,5 +437,48 @@ func TestPythonReader(t *testing.T) {
 			t.Fatalf("%v: check_checkpoint.py: %v\n%s", args, err, b)
 		}
 		t.Logf("%v: %s", args, bytes.TrimSpace(b))
+	}
+}
+
+// TestExportStepOfExportedCheckpoint: --step N of a run finds the exported checkpoint
+// RUN/checkpoints/step-NNNNNN when no run state has that step, prefers the run state when both
+// have it, and, when neither has it, says which steps each kind holds.
+func TestExportStepOfExportedCheckpoint(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	if err := os.CopyFS(run, os.DirFS(fixtureRun)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		step int64
+		w    map[string]engine.HostTensor
+	}{{3, fixturePolicy(3)}, {2, fixturePolicy(102)}} { // step 2 also has a run state
+		dir := filepath.Join(run, "checkpoints", fmt.Sprintf("step-%06d", e.step))
+		if err := checkpoints.SaveHF(dir, fixtureConfig(), e.w, checkpoints.F32); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := t.TempDir()
+	for _, tc := range []struct {
+		step string
+		want map[string]engine.HostTensor
+	}{{"3", fixturePolicy(3)}, {"2", fixturePolicy(2)}} {
+		dst := filepath.Join(out, tc.step)
+		mustExport(t, "-i", run, "-o", dst, "--format", "safetensors", "--step", tc.step)
+		_, w, err := checkpoints.Load(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameWeights(t, "--step "+tc.step, w, tc.want)
+	}
+	for _, tc := range []struct{ args, want []string }{
+		{[]string{"--step", "5"}, []string{"no step 5", "run states", "2, 4", "exported checkpoints", "2, 3"}},
+		{[]string{"--step", "3", "--weights", "reference"}, []string{"step-000003", "reference"}},
+	} {
+		_, err := export(t, append([]string{"-i", run, "-o", filepath.Join(out, "x")}, tc.args...)...)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("export %v: error %v, want it to mention %q", tc.args, err, w)
+			}
+		}
 	}
 }

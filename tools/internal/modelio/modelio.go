@@ -111,6 +111,9 @@ func load(path string, opts Options) (*Model, error) {
 	case exists(checkpoints.LatestFile):
 		return loadRunState(path, opts.Step, opts)
 	case exists(filepath.Join("state", checkpoints.LatestFile)):
+		if opts.Step != checkpoints.Latest {
+			return loadRunStep(path, opts)
+		}
 		return loadRunState(filepath.Join(path, "state"), opts.Step, opts)
 	case exists(checkpoints.ConfigFile) && (exists(checkpoints.WeightsFile) || exists(checkpoints.IndexFile)):
 		if opts.Reference || opts.Step != checkpoints.Latest {
@@ -133,6 +136,81 @@ func loadONNX(path string, opts Options) (*Model, error) {
 		return nil, err
 	}
 	return &Model{Config: cfg, Weights: w, Kind: "onnx", ONNX: path, TokenizerDir: tokenizerDir(filepath.Dir(path)), FilesDir: filepath.Dir(path)}, nil
+}
+
+// exportDirRe names the exported checkpoints of a run (RUN/checkpoints/step-NNNNNN).
+var exportDirRe = regexp.MustCompile(`^step-(\d+)$`)
+
+// loadRunStep loads step opts.Step of the training run run: its run state (RUN/state/) when
+// one has that step, else its exported checkpoint (RUN/checkpoints/step-NNNNNN, the policy
+// only). When neither has it, the error lists the steps of both.
+func loadRunStep(run string, opts Options) (*Model, error) {
+	state := filepath.Join(run, "state")
+	steps, err := checkpoints.ListSteps(state)
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(steps, opts.Step) {
+		return loadRunState(state, opts.Step, opts)
+	}
+	exports, err := exportedSteps(run)
+	if err != nil {
+		return nil, err
+	}
+	if dir, ok := exports[opts.Step]; ok {
+		if opts.Reference {
+			return nil, fmt.Errorf("%s has step %d only as the exported checkpoint %s, which holds the policy, not the reference weights", run, opts.Step, dir)
+		}
+		cfg, w, err := checkpoints.Load(dir)
+		if err != nil {
+			return nil, err
+		}
+		return &Model{Config: cfg, Weights: w, Kind: fmt.Sprintf("exported checkpoint step %d", opts.Step), TokenizerDir: tokenizerDir(dir), FilesDir: dir}, nil
+	}
+	list := func(s []int64) string {
+		if len(s) == 0 {
+			return "none"
+		}
+		out := make([]string, len(s))
+		for i, v := range s {
+			out[i] = strconv.FormatInt(v, 10)
+		}
+		return strings.Join(out, ", ")
+	}
+	var ex []int64
+	for s := range exports {
+		ex = append(ex, s)
+	}
+	slices.Sort(ex)
+	return nil, fmt.Errorf("%s has no step %d (run states in state/: %s; exported checkpoints in checkpoints/: %s)", run, opts.Step, list(steps), list(ex))
+}
+
+// exportedSteps returns the exported checkpoints of the training run run by step: the
+// directories RUN/checkpoints/step-N that hold config.json (none when there is no checkpoints/).
+func exportedSteps(run string) (map[int64]string, error) {
+	dir := filepath.Join(run, "checkpoints")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[int64]string{}
+	for _, e := range entries {
+		m := exportDirRe.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		s, err := strconv.ParseInt(m[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), checkpoints.ConfigFile)); err == nil {
+			out[s] = filepath.Join(dir, e.Name())
+		}
+	}
+	return out, nil
 }
 
 func loadRunState(dir string, step int64, opts Options) (*Model, error) {
