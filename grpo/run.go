@@ -233,7 +233,8 @@ type runSession struct {
 // checks the directory, builds the job with newJob, evaluates the starting model, then runs
 // GRPO steps up to cfg.Steps, evaluating every Eval.Every steps and at the end, logging
 // metrics.jsonl and its plots, saving a run state every SaveEvery steps and at the end, and
-// exporting the policy after each reference reset and at the end.
+// exporting the policy after each reference reset and at the end, and to checkpoints/best
+// after each evaluation that beats every earlier one.
 func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -560,7 +561,12 @@ func (r *runSession) export(step int) error {
 // (checkpoints.ReplaceDir), so that a crash leaves one whole best export.
 func (r *runSession) exportBest(b *BestEval) error {
 	dir := filepath.Join(r.cfg.Dir, "checkpoints", BestDir)
-	return checkpoints.ReplaceDir(dir, "."+BestDir+".tmp-", func(tmp string) error {
+	prefix := "." + BestDir + ".tmp-"
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), prefix+"*")) // what a killed export left
+	for _, p := range left {
+		os.RemoveAll(p)
+	}
+	return checkpoints.ReplaceDir(dir, prefix, func(tmp string) error {
 		if err := r.writeExport(tmp); err != nil {
 			return err
 		}
