@@ -275,14 +275,7 @@ func gpuTraining(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[
 		return err
 	}
 	batch, seqLen := 8, 1024
-	var seqs []engine.ScoreRequest
-	for i := 0; i < batch; i++ {
-		toks := make([]int32, seqLen)
-		for j := range toks {
-			toks[j] = int32((i*131 + j*7919) % c.VocabSize)
-		}
-		seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
-	}
+	seqs := trainBatch(c, batch, seqLen)
 	step := func() (float64, error) {
 		t0 := time.Now()
 		if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {

@@ -209,14 +209,7 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 		if err != nil {
 			return err
 		}
-		var seqs []engine.ScoreRequest
-		for i := 0; i < batch; i++ {
-			toks := make([]int32, seqLen)
-			for j := range toks {
-				toks[j] = int32((i*131 + j*7919) % c.VocabSize)
-			}
-			seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
-		}
+		seqs := trainBatch(c, batch, seqLen)
 		step := func() (float64, error) {
 			t0 := time.Now()
 			if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
@@ -260,6 +253,20 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 	}
 	w.Flush()
 	return nil
+}
+
+// trainBatch is the training benchmarks' batch: batch sequences of seqLen fixed pseudo-random
+// tokens, every next token a target (Start 1).
+func trainBatch(c *engine.Config, batch, seqLen int) []engine.ScoreRequest {
+	var seqs []engine.ScoreRequest
+	for i := 0; i < batch; i++ {
+		toks := make([]int32, seqLen)
+		for j := range toks {
+			toks[j] = int32((i*131 + j*7919) % c.VocabSize)
+		}
+		seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
+	}
+	return seqs
 }
 
 // openBLASDir is where Debian's libopenblas0-pthread puts its libblas.so.3.
