@@ -236,7 +236,6 @@ func TestGoldenModels(t *testing.T) {
 	}
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func countTensors(t *testing.T, path string) int {
 	f, err := ReadSafetensors(path)

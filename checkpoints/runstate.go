@@ -22,8 +22,9 @@ import (
 // A run directory holds one subdirectory per saved step and a pointer to the newest:
 //
 //	RUN/
-//	  latest                     "step-00000120\n", replaced atomically after each save
-//	  step-00000100/             one whole checkpoint (written as .step-00000100.tmp-*, renamed)
+//	  latest                     "step-000120\n", replaced atomically after each save
+//	  step-000100/               one whole checkpoint (written as .step-000100.tmp-*, renamed;
+//	                             older runs: step-00000100/, still read)
 //	    config.json              the model's config.json  } also a Hugging Face model directory:
 //	    generation_config.json                            } checkpoints.Load(step dir) reads it
 //	    model.safetensors        policy weights, F32      }
@@ -110,16 +111,35 @@ type fileDigest struct {
 
 const stateFormat = "prolong-run-state"
 
-// StepDirName is the name of step's directory in a run directory ("step-00000120").
-func StepDirName(step int64) string { return fmt.Sprintf("step-%08d", step) }
+// StepDirName is the name of step's directory in a run directory ("step-000120"): the width of
+// the exports' checkpoints/step-NNNNNN names.
+func StepDirName(step int64) string { return fmt.Sprintf("step-%06d", step) }
 
-var stepDirRE = regexp.MustCompile(`^step-([0-9]{8,19})$`)
+// legacyStepDirName is the name run states were saved under before they took the exports'
+// width ("step-00000120"); such run directories still resume.
+func legacyStepDirName(step int64) string { return fmt.Sprintf("step-%08d", step) }
+
+// stepDir is the path of step's directory in the run directory dir: StepDirName, or the legacy
+// name where only that exists.
+func stepDir(dir string, step int64) string {
+	p := filepath.Join(dir, StepDirName(step))
+	if _, err := os.Stat(p); err != nil {
+		if old := filepath.Join(dir, legacyStepDirName(step)); fileExists(old) {
+			return old
+		}
+	}
+	return p
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+var stepDirRE = regexp.MustCompile(`^step-([0-9]{6,19})$`)
 
 // testHookRunState, when set (by tests), runs after each file of a step directory is written;
 // an error it returns aborts the save as a crash would.
 var testHookRunState func(file string) error
 
-// SaveRunState writes st as the step directory RUN/step-NNNNNNNN and then points RUN/latest
+// SaveRunState writes st as the step directory RUN/step-NNNNNN and then points RUN/latest
 // at it. The step directory is complete or absent: it is built under a temporary name and
 // renamed once every file is fsynced, so a crash or an error at any point leaves the previous
 // checkpoints and the latest pointer intact. Saving a step that already exists replaces it
@@ -345,8 +365,8 @@ func pruneSteps(dir string, keep int, saved int64) {
 		}
 		// Rename first, so that a crash mid-removal never leaves a half-deleted step under
 		// its real name.
-		p := filepath.Join(dir, StepDirName(s))
-		gone := filepath.Join(dir, "."+StepDirName(s)+".tmp-pruned")
+		p := stepDir(dir, s)
+		gone := filepath.Join(dir, "."+filepath.Base(p)+".tmp-pruned")
 		if err := os.Rename(p, gone); err != nil {
 			slog.Warn("checkpoints: pruning an old step", "dir", p, "err", err)
 			continue
@@ -432,7 +452,7 @@ func LoadRunState(dir string, step int64) (*RunState, error) {
 	if step < 0 {
 		return nil, fmt.Errorf("load run state %s: bad step %d", dir, step)
 	}
-	sd := filepath.Join(dir, StepDirName(step))
+	sd := stepDir(dir, step)
 	statePath := filepath.Join(sd, StateFile)
 	raw, err := os.ReadFile(statePath)
 	if err != nil {

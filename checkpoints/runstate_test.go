@@ -417,3 +417,40 @@ func TestKillAndResume(t *testing.T) {
 		t.Fatalf("resumed run differs from the uninterrupted one: %v", err)
 	}
 }
+
+// TestRunStateStepNames: run states are saved as step-NNNNNN, the exports' width, and run
+// directories saved under the former eight-digit names still list, load and prune.
+func TestRunStateStepNames(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	for _, s := range []int64{3, 4} {
+		if err := SaveRunState(dir, sampleState(s, 1), SaveRunOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "step-000004", StateFile)); err != nil {
+		t.Fatalf("step 4 not saved as step-000004: %v", err)
+	}
+	// The former layout: eight digits, latest naming them.
+	for _, s := range []int64{3, 4} {
+		if err := os.Rename(filepath.Join(dir, StepDirName(s)), filepath.Join(dir, fmt.Sprintf("step-%08d", s))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, LatestFile), []byte("step-00000004\n"), 0o644)
+	if steps, err := ListSteps(dir); err != nil || fmt.Sprint(steps) != "[3 4]" {
+		t.Fatalf("ListSteps of the former layout: %v %v", steps, err)
+	}
+	got, err := LoadRunState(dir, Latest)
+	if err != nil || got.Step != 4 {
+		t.Fatalf("LoadRunState of the former layout: %v", err)
+	}
+	if err := SaveRunState(dir, sampleState(5, 1), SaveRunOptions{Keep: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if steps, _ := ListSteps(dir); fmt.Sprint(steps) != "[4 5]" {
+		t.Fatalf("after pruning with a former-layout step: %v", steps)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "step-00000003")); !os.IsNotExist(err) {
+		t.Fatalf("former-layout step 3 not pruned: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -47,8 +48,31 @@ const (
 	trainerKey  = "trainer"
 )
 
-// ErrRunExists is returned by Run for a new run in a directory that already holds one.
-var ErrRunExists = errors.New("the run directory already holds a run")
+// Errors of starting and resuming runs, for a program to say what to do (errors.Is).
+var (
+	// ErrRunExists is returned by Run for a new run in a directory that holds a saved run
+	// state (a directory whose earlier run stopped before its first save is started again).
+	ErrRunExists = errors.New("the run directory already holds a run")
+	// ErrNoRun is returned by LoadResumePoint for a directory that does not exist.
+	ErrNoRun = errors.New("no run directory")
+	// ErrNoRunState is returned by LoadResumePoint for a run directory without a saved run
+	// state: its run stopped before its first save.
+	ErrNoRunState = errors.New("no saved run state")
+)
+
+// RunStateError is LoadResumePoint's error for a run state that cannot be loaded; Kept lists
+// the other steps saved in the run directory, which ResumeFrom can still continue from.
+type RunStateError struct {
+	Step int
+	Kept []int
+	Err  error
+}
+
+func (e *RunStateError) Error() string {
+	return fmt.Sprintf("run state of step %d: %v", e.Step, e.Err)
+}
+
+func (e *RunStateError) Unwrap() error { return e.Err }
 
 // RunConfig is everything a training run needs besides its Job: the GRPO step, the policy's
 // optimizer, the run's length, held-out evaluation, and where and how often it saves.
@@ -201,11 +225,37 @@ type ResumePoint struct {
 	state    *checkpoints.RunState
 }
 
-// LoadResumePoint reads the latest run state of the run directory dir.
+// LoadResumePoint reads the latest run state of the run directory dir. A directory that does
+// not exist is ErrNoRun, one without a saved state ErrNoRunState, a state that cannot be
+// loaded a *RunStateError listing the other steps kept.
 func LoadResumePoint(dir string) (*ResumePoint, error) {
-	st, err := checkpoints.LoadRunState(filepath.Join(dir, StateDir), checkpoints.Latest)
+	return ResumeFrom(dir, int(checkpoints.Latest))
+}
+
+// ResumeFrom reads the run state of step (checkpoints.Latest: the latest) of the run
+// directory dir, with LoadResumePoint's errors.
+func ResumeFrom(dir string, step int) (*ResumePoint, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("%w %s: %w", ErrNoRun, dir, err)
+	}
+	sd := filepath.Join(dir, StateDir)
+	steps, _ := checkpoints.ListSteps(sd)
+	if len(steps) == 0 {
+		return nil, fmt.Errorf("%s: %w (its run stopped before its first save)", dir, ErrNoRunState)
+	}
+	st, err := checkpoints.LoadRunState(sd, int64(step))
 	if err != nil {
-		return nil, err
+		if step == int(checkpoints.Latest) {
+			latest, _ := checkpoints.LatestStep(sd)
+			step = int(latest)
+		}
+		e := &RunStateError{Step: step, Err: err}
+		for _, s := range steps {
+			if int(s) != step {
+				e.Kept = append(e.Kept, int(s))
+			}
+		}
+		return nil, e
 	}
 	return &ResumePoint{Step: int(st.Step), Settings: st.Extra[settingsKey], state: st}, nil
 }
@@ -240,8 +290,8 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 		return nil, err
 	}
 	if cfg.Resume == nil {
-		if _, err := os.Stat(filepath.Join(cfg.Dir, MetricsFile)); err == nil {
-			return nil, fmt.Errorf("%w: %s holds %s", ErrRunExists, cfg.Dir, MetricsFile)
+		if err := startOver(cfg.Dir); err != nil {
+			return nil, err
 		}
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -267,6 +317,21 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 		}
 	}
 	return &RunResult{First: r.evals.First, Last: r.evals.Last, Step: r.trainer.StepNumber(), Resets: r.trainer.State().Resets, Exports: r.exported, Best: r.evals.Best}, nil
+}
+
+// startOver checks that a new run may start in dir: a directory with a saved run state is
+// ErrRunExists; one whose earlier run stopped before its first save (metrics.jsonl, no run
+// state) is started again, its metrics log removed.
+func startOver(dir string) error {
+	mpath := filepath.Join(dir, MetricsFile)
+	if _, err := os.Stat(mpath); err != nil {
+		return nil
+	}
+	if steps, _ := checkpoints.ListSteps(filepath.Join(dir, StateDir)); len(steps) > 0 {
+		return fmt.Errorf("%w: %s holds run states up to step %d", ErrRunExists, dir, steps[len(steps)-1])
+	}
+	slog.Warn("the run directory holds a run that stopped before its first save: starting it again", "dir", dir)
+	return os.Remove(mpath)
 }
 
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
@@ -446,7 +511,8 @@ func (r *runSession) train(ctx context.Context) error {
 			return err
 		}
 	}
-	return r.plot()
+	r.plot()
+	return nil
 }
 
 // logStart logs the step-0 record (the starting model's evaluation).
@@ -493,15 +559,13 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 	if err := log.Append(rec); err != nil {
 		return err
 	}
-	if rec.Eval != nil {
-		if err := r.plot(); err != nil {
-			return err
-		}
-	}
 	if (r.cfg.SaveEvery > 0 && s%r.cfg.SaveEvery == 0) || s == r.cfg.Steps {
 		if err := r.save(); err != nil {
 			return err
 		}
+	}
+	if rec.Eval != nil {
+		r.plot() // after the save: a plot that fails loses no state
 	}
 	if r.cfg.Hooks.Stepped != nil {
 		r.cfg.Hooks.Stepped(m, r.evals.Last)
@@ -509,13 +573,16 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 	return nil
 }
 
-// plot redraws the run directory's plots from metrics.jsonl.
-func (r *runSession) plot() error {
+// plot redraws the run directory's plots from metrics.jsonl. A plot is not worth a run: a
+// failure is logged and the run goes on.
+func (r *runSession) plot() {
 	recs, err := ReadMetrics(filepath.Join(r.cfg.Dir, MetricsFile))
 	if err == nil {
 		_, err = PlotMetrics(recs, r.cfg.Dir)
 	}
-	return err
+	if err != nil {
+		slog.Warn("plots not redrawn", "dir", r.cfg.Dir, "err", err)
+	}
 }
 
 // save writes a run state: what resuming needs.

@@ -77,8 +77,8 @@ func TestRunResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The run state of step 3 is lost (a crash): resume from step 2, whose line 3 must go.
-	os.RemoveAll(filepath.Join(splitDir, StateDir, "step-00000003"))
-	os.WriteFile(filepath.Join(splitDir, StateDir, "latest"), []byte("step-00000002"), 0o644)
+	os.RemoveAll(filepath.Join(splitDir, StateDir, checkpoints.StepDirName(3)))
+	os.WriteFile(filepath.Join(splitDir, StateDir, "latest"), []byte(checkpoints.StepDirName(2)), 0o644)
 	rp, err := LoadResumePoint(splitDir)
 	if err != nil {
 		t.Fatal(err)
@@ -191,5 +191,79 @@ func TestRunBestExport(t *testing.T) {
 	}
 	if fmt.Sprint(names) != "[best step-000003 step-000005]" {
 		t.Fatalf("checkpoints/ holds %v", names)
+	}
+}
+
+// TestRunStartsAgain: a run directory whose run stopped before its first save (metrics.jsonl,
+// no run state) is started again by a new run; one with a run state is ErrRunExists; resuming
+// a missing directory is ErrNoRun, one without a state ErrNoRunState.
+func TestRunStartsAgain(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := LoadResumePoint(filepath.Join(dir, "nothing")); !errors.Is(err, ErrNoRun) {
+		t.Errorf("resume of a missing directory: %v, want ErrNoRun", err)
+	}
+	os.WriteFile(filepath.Join(dir, MetricsFile), []byte(`{"step":0}`+"\n"), 0o644)
+	if _, err := LoadResumePoint(dir); !errors.Is(err, ErrNoRunState) {
+		t.Errorf("resume without a run state: %v, want ErrNoRunState", err)
+	}
+	cfg, job := tinyRun(t, dir, 2)
+	if _, err := Run(ctx, cfg, job); err != nil {
+		t.Fatalf("a run in a directory without a run state: %v", err)
+	}
+	recs, err := ReadMetrics(filepath.Join(dir, MetricsFile))
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("metrics after starting again: %d records, %v", len(recs), err)
+	}
+	if _, err := Run(ctx, cfg, job); !errors.Is(err, ErrRunExists) {
+		t.Errorf("a new run over a saved one: %v, want ErrRunExists", err)
+	}
+}
+
+// TestResumeCorruptState: a corrupted latest run state is a RunStateError naming the other
+// steps kept, and ResumeFrom continues from one of them.
+func TestResumeCorruptState(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg, job := tinyRun(t, dir, 4)
+	cfg.Keep = 3
+	if _, err := Run(ctx, cfg, job); err != nil {
+		t.Fatal(err)
+	}
+	w := filepath.Join(dir, StateDir, checkpoints.StepDirName(4), checkpoints.WeightsFile)
+	b, _ := os.ReadFile(w)
+	b[len(b)-1] ^= 0xff
+	os.WriteFile(w, b, 0o644)
+	_, err := LoadResumePoint(dir)
+	var se *RunStateError
+	if !errors.As(err, &se) || se.Step != 4 || fmt.Sprint(se.Kept) != "[2]" || !strings.Contains(err.Error(), w) {
+		t.Fatalf("corrupted latest state: %v (%+v)", err, se)
+	}
+	rp, err := ResumeFrom(dir, 2)
+	if err != nil || rp.Step != 2 {
+		t.Fatalf("ResumeFrom the older step: %v", err)
+	}
+	cfg.Resume = rp
+	if _, err := Run(ctx, cfg, job); err != nil {
+		t.Fatalf("run resumed from the older step: %v", err)
+	}
+	if rp, err := LoadResumePoint(dir); err != nil || rp.Step != 4 {
+		t.Fatalf("after the resumed run: %v", err)
+	}
+}
+
+// TestPlotFailureKeepsSave: a plot that cannot be written (a directory in its place) does not
+// stop the run or lose its run states.
+func TestPlotFailureKeepsSave(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "reward.png"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, job := tinyRun(t, dir, 2)
+	if _, err := Run(context.Background(), cfg, job); err != nil {
+		t.Fatalf("a failing plot stopped the run: %v", err)
+	}
+	if rp, err := LoadResumePoint(dir); err != nil || rp.Step != 2 {
+		t.Fatalf("run state after a failing plot: %v", err)
 	}
 }

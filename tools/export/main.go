@@ -55,7 +55,7 @@ CHECKPOINT is
     its run-state directory (RUN/state/): the latest step, or the one --step names (from a
     training run, a step with no run state is taken from its exported checkpoint
     RUN/checkpoints/step-NNNNNN, which holds the policy only);
-  - one step of a run state (RUN/state/step-NNNNNNNN);
+  - one step of a run state (RUN/state/step-NNNNNN);
   - a plain model directory (config.json + model.safetensors or shards) or an .onnx file.
 --weights reference exports a run state's reference policy (the KL anchor) instead of the
 policy.

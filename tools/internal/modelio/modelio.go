@@ -64,7 +64,7 @@ var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
 //   - an .onnx file, or a directory holding model.onnx (config.json beside it is used);
 //   - a Hugging Face directory (config.json + model.safetensors or shards);
 //   - a training run directory (RUN/state/ of tools/train), a run-state directory (holding
-//     "latest"), or one step of it (step-NNNNNNNN with state.json);
+//     "latest"), or one step of it (step-NNNNNN with state.json);
 //   - a Hugging Face model id (ORG/NAME[@REVISION]) that is not a local path: its snapshot in
 //     the Hugging Face cache, downloaded from the Hub when not cached (see Resolve).
 //
