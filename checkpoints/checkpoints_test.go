@@ -236,7 +236,6 @@ func TestGoldenModels(t *testing.T) {
 	}
 }
 
-
 func countTensors(t *testing.T, path string) int {
 	f, err := ReadSafetensors(path)
 	if err != nil {
