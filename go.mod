@@ -12,6 +12,7 @@ require (
 	github.com/yalue/onnxruntime_go v1.27.0
 	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/sys v0.50.0
+	golang.org/x/term v0.44.0
 	golang.org/x/text v0.42.0
 	gonum.org/v1/plot v0.15.0
 	google.golang.org/protobuf v1.36.12
@@ -41,5 +42,4 @@ require (
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/twpayne/go-geom v1.6.1 // indirect
 	golang.org/x/image v0.21.0 // indirect
-	golang.org/x/term v0.44.0 // indirect
 )

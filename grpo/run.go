@@ -179,6 +179,9 @@ type Job struct {
 	Decode      func([]int32) string
 	// StopTokens end a response (the model's end-of-sequence ids).
 	StopTokens []int32
+	// MaxResponseTokens, when above 0, replaces the run's Trainer.MaxResponseTokens (a job
+	// that fits responses into the model's context).
+	MaxResponseTokens int
 	// TokenizerFiles writes the tokenizer into a directory: the run's tokenizer/ and every
 	// export, so that each is a whole Hugging Face model directory. nil: none.
 	TokenizerFiles func(dir string) error
@@ -426,6 +429,9 @@ func (r *runSession) newTrainer() error {
 	tc := r.cfg.Trainer
 	if len(r.job.StopTokens) > 0 {
 		tc.StopTokens = r.job.StopTokens
+	}
+	if r.job.MaxResponseTokens > 0 {
+		tc.MaxResponseTokens = r.job.MaxResponseTokens
 	}
 	var err error
 	if r.stream, err = newPromptStream(r.job.Train, tc.Seed); err != nil {

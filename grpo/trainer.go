@@ -93,13 +93,15 @@ type Config struct {
 
 // DefaultConfig is the ProRL recipe: 256 prompts x 16 samples per step,
 // temperature 1.2, top-p 1, responses up to 8192 tokens, 4 updates per rollout step, clip
-// 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling over at most 4 rounds, no scheduled
-// reference reset. tools/train's flags take their defaults from it (through DefaultRunConfig).
+// 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling over at most 4 rounds, a reference reset
+// every 100 steps (ProRL resets when validation stagnates, every few hundred steps; 100 is
+// the default job's, which resets twice in its 200 steps). tools/train's flags take their
+// defaults from it (through DefaultRunConfig).
 func DefaultConfig() Config {
 	return Config{
 		PromptsPerStep: 256, SamplesPerPrompt: 16, Temperature: 1.2, TopP: 1, MaxResponseTokens: 8192,
 		MiniBatches: 4, MicroBatchTokens: 4096, Loss: DefaultLossConfig(), Advantage: AdvantageConfig{Estimator: EstimatorGRPO},
-		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 0, Seed: 1,
+		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 100, Seed: 1,
 	}
 }
 

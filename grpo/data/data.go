@@ -42,8 +42,24 @@ type Row struct {
 	GroundTruth string
 	// ExtraInfo is the row's metadata (verl's extra_info), passed to the reward.
 	ExtraInfo map[string]any
-	// Index is the row's position in its file (0-based).
+	// Index is the row's position in its file (0-based), for programs; people read Line.
 	Index int
+	// Line is where the row is in its file, counted from 1: its line in a JSONL file (blank
+	// lines count), its row in a Parquet file. 0 for rows not read from a file.
+	Line int
+}
+
+// At names the row in file for messages: "file:LINE" for JSONL, "file row N" for Parquet,
+// both counted from 1.
+func (r Row) At(file string) string {
+	n := r.Line
+	if n == 0 {
+		n = r.Index + 1
+	}
+	if strings.EqualFold(filepath.Ext(file), ".parquet") {
+		return fmt.Sprintf("%s row %d", file, n)
+	}
+	return fmt.Sprintf("%s:%d", file, n)
 }
 
 // Chat returns the prompt as chat messages: Messages, or Prompt as one user message.
@@ -282,7 +298,7 @@ func ReadJSONL(ctx context.Context, r io.Reader, name string, opts Options) ([]R
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, line, err)
 		}
-		row.Index = len(rows)
+		row.Index, row.Line = len(rows), line
 		rows = append(rows, row)
 	}
 	if err := sc.Err(); err != nil {
@@ -333,7 +349,7 @@ func WriteJSONL(w io.Writer, rows []Row) error {
 			jr.Prompt = r.Prompt
 		}
 		if err := enc.Encode(jr); err != nil {
-			return fmt.Errorf("data: row %d: %w", i, err)
+			return fmt.Errorf("data: row %d: %w", i+1, err)
 		}
 	}
 	return bw.Flush()

@@ -221,7 +221,7 @@ func TestParquetStructColumns(t *testing.T) {
 	_, _ = w2.Write([]noTruth{{"math", "x"}})
 	_ = w2.Close()
 	_ = os.WriteFile(bad, b2.Bytes(), 0o644)
-	if _, err := Load(ctx, bad, Options{}); err == nil || !strings.Contains(err.Error(), "bad.parquet: row 0: ground_truth: missing") {
+	if _, err := Load(ctx, bad, Options{}); err == nil || !strings.Contains(err.Error(), "bad.parquet: row 1: ground_truth: missing") {
 		t.Errorf("parquet error: %v", err)
 	}
 	junk := filepath.Join(t.TempDir(), "junk.parquet")
@@ -388,5 +388,27 @@ func TestDamagedParquet(t *testing.T) {
 	}
 	if rows, err := ReadParquetFrom(ctx, bytes.NewReader(good), int64(len(good)), "good.parquet", Options{}); err != nil || len(rows) != 2 {
 		t.Errorf("good file: %d rows, %v", len(rows), err)
+	}
+}
+
+// TestRowLines: rows know their line (JSONL, blank lines counted) and Parquet row, counted
+// from 1, and At names them so.
+func TestRowLines(t *testing.T) {
+	in := "\n" + `{"data_source":"a","prompt":"p1","reward_model":{"ground_truth":"1"}}` + "\n\n" +
+		`{"data_source":"a","prompt":"p2","reward_model":{"ground_truth":"2"}}` + "\n"
+	rows, err := ReadJSONL(context.Background(), strings.NewReader(in), "x.jsonl", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"x.jsonl:2", "x.jsonl:4"} {
+		if got := rows[i].At("x.jsonl"); got != want {
+			t.Errorf("row %d At = %q, want %q", i, got, want)
+		}
+	}
+	if got := (Row{Line: 3}).At("d/y.parquet"); got != "d/y.parquet row 3" {
+		t.Errorf("parquet At = %q", got)
+	}
+	if got := (Row{Index: 4}).At("gen.jsonl"); got != "gen.jsonl:5" {
+		t.Errorf("row not from a file: At = %q", got)
 	}
 }

@@ -39,7 +39,7 @@ func ReadParquetFrom(ctx context.Context, f io.ReaderAt, size int64, name string
 		if p := recover(); p != nil {
 			where := name
 			if row >= 0 {
-				where = fmt.Sprintf("%s: row %d", name, row)
+				where = fmt.Sprintf("%s: row %d", name, row+1)
 			}
 			rows, err = nil, fmt.Errorf("data: %s: cannot decode: %v", where, p)
 		}
@@ -66,13 +66,13 @@ func ReadParquetFrom(ctx context.Context, f io.ReaderAt, size int64, name string
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return nil, fmt.Errorf("data: %s: row %d: %w", name, row, err)
+			return nil, fmt.Errorf("data: %s: row %d: %w", name, row+1, err)
 		}
 		rw, err := rowFromMap(m, opts)
 		if err != nil {
-			return nil, fmt.Errorf("data: %s: row %d: %w", name, row, err)
+			return nil, fmt.Errorf("data: %s: row %d: %w", name, row+1, err)
 		}
-		rw.Index = len(rows)
+		rw.Index, rw.Line = len(rows), row+1
 		rows = append(rows, rw)
 	}
 	return rows, nil
@@ -127,7 +127,7 @@ func WriteParquet(w io.Writer, rows []Row) error {
 		}
 		b, err := json.Marshal(r.ExtraInfo)
 		if err != nil {
-			return "", fmt.Errorf("data: row %d: extra_info: %w", i, err)
+			return "", fmt.Errorf("data: row %d: extra_info: %w", i+1, err)
 		}
 		return string(b), nil
 	}
@@ -136,14 +136,14 @@ func WriteParquet(w io.Writer, rows []Row) error {
 		pw := parquet.NewGenericWriter[parquetChatRow](w, opts...)
 		for i, r := range rows {
 			if r.Messages == nil {
-				return fmt.Errorf("data: row %d has a text prompt, row 0 chat messages: one Parquet file holds one kind", i)
+				return fmt.Errorf("data: row %d has a text prompt, row 1 chat messages: one Parquet file holds one kind", i+1)
 			}
 			ei, err := extra(i, r)
 			if err != nil {
 				return err
 			}
 			if _, err := pw.Write([]parquetChatRow{{DataSource: r.DataSource, Prompt: r.Messages, RewardModel: parquetReward{"rule", r.GroundTruth}, ExtraInfo: ei}}); err != nil {
-				return fmt.Errorf("data: row %d: %w", i, err)
+				return fmt.Errorf("data: row %d: %w", i+1, err)
 			}
 		}
 		return pw.Close()
@@ -151,14 +151,14 @@ func WriteParquet(w io.Writer, rows []Row) error {
 	pw := parquet.NewGenericWriter[parquetTextRow](w, opts...)
 	for i, r := range rows {
 		if r.Messages != nil {
-			return fmt.Errorf("data: row %d has chat messages, row 0 a text prompt: one Parquet file holds one kind", i)
+			return fmt.Errorf("data: row %d has chat messages, row 1 a text prompt: one Parquet file holds one kind", i+1)
 		}
 		ei, err := extra(i, r)
 		if err != nil {
 			return err
 		}
 		if _, err := pw.Write([]parquetTextRow{{DataSource: r.DataSource, Prompt: r.Prompt, RewardModel: parquetReward{"rule", r.GroundTruth}, ExtraInfo: ei}}); err != nil {
-			return fmt.Errorf("data: row %d: %w", i, err)
+			return fmt.Errorf("data: row %d: %w", i+1, err)
 		}
 	}
 	return pw.Close()

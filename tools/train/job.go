@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints"
@@ -56,11 +58,8 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 	if tb, ok := backend.(engine.TrainBackend); ok {
 		sft.Backend = tb // the warm start runs where the run does
 	}
-	bar := newBar(o, sft.Steps, "warm start (SFT)")
-	sft.Progress = func(step int, loss float64) {
-		bar.Describe(fmt.Sprintf("warm start (SFT) loss %.3f", loss))
-		bar.Add(1)
-	}
+	bar := newProgress(o, sft.Steps, "warm start (SFT)")
+	sft.Progress = func(step int, loss float64) { bar.Step(fmt.Sprintf("loss %.3f", loss)) }
 	policy, err := quickstart.SFT(ctx, sft)
 	if err != nil {
 		return nil, err
@@ -92,7 +91,7 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	}
 	valFile := o.valData
 	if valFile == "" {
-		valFile = o.data + " (held-out share)"
+		valFile = o.data
 	}
 	if len(val) > 0 {
 		if j.Held, err = toPrompts(o, reg, tok, val, valFile); err != nil {
@@ -115,7 +114,96 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	}
 	fmt.Printf("model %s: %s, %.1fM parameters; data %s (train %d, held-out %d prompts)\n",
 		o.model, j.Model.ModelType, float64(j.Model.NumParams())/1e6, o.data, len(j.Train), len(j.Held))
+	printRewardRoutes(reg, j.Train, j.Held)
+	warnDataSize(o, len(j.Train), len(j.Held))
+	if j.MaxResponseTokens, err = fitResponses(o, j); err != nil {
+		return nil, err
+	}
 	return j, nil
+}
+
+// rewardName names the built-in reward rw and says in a few words what it reads in a response.
+func rewardName(rw reward.Reward) (name, reads string) {
+	switch r := rw.(type) {
+	case *reward.Math:
+		return reward.KindMath, `the final answer in \boxed{} (or after "the answer is"), compared as math`
+	case reward.TaskReward:
+		return reward.KindLogic + "/" + r.Family.Name(), "the <answer>...</answer> tag, checked against the puzzle"
+	case reward.Logic:
+		return reward.KindLogic, "the <answer>...</answer> tag, checked against extra_info's puzzle family"
+	case *reward.Code:
+		return reward.KindCode, "a Python code block, run against the tests in a sandbox"
+	case reward.IFEval:
+		return reward.KindIFEval, "the response, checked against the instruction's constraints"
+	case reward.Format:
+		return reward.KindFormat, "the <think>/<answer> format"
+	case reward.Choice:
+		return reward.KindChoice, "the chosen option letter"
+	}
+	return fmt.Sprintf("%T", rw), "the response"
+}
+
+// printRewardRoutes says which reward each data_source of the prompts gets, with the number of
+// training and held-out prompts, so that a mis-routed data set shows before the run.
+func printRewardRoutes(reg *reward.Registry, train, held []grpo.Prompt) {
+	counts := map[string]*[2]int{}
+	for i, ps := range [][]grpo.Prompt{train, held} {
+		for _, p := range ps {
+			if counts[p.Kind] == nil {
+				counts[p.Kind] = new([2]int)
+			}
+			counts[p.Kind][i]++
+		}
+	}
+	kinds := slices.Sorted(maps.Keys(counts))
+	fmt.Println("rewards by data_source (train / held-out prompts):")
+	for _, k := range kinds {
+		rw, _, _ := reg.Lookup(k)
+		name, reads := rewardName(rw)
+		fmt.Printf("  %-20s -> %-16s %5d / %-5d reads %s\n", k, name, counts[k][0], counts[k][1], reads)
+	}
+}
+
+// smallHeldOut is the held-out size below which accuracy moves in steps too coarse to follow.
+const smallHeldOut = 50
+
+// warnDataSize warns about data too small for the run's settings: no or few held-out prompts,
+// and training prompts reused within one step.
+func warnDataSize(o options, train, held int) {
+	switch {
+	case held == 0:
+		slog.Warn("no held-out prompts: no evaluation and no best checkpoint; give --val-data, or a --val-fraction of --data that leaves some", "val-fraction", o.valFraction)
+	case held < smallHeldOut:
+		slog.Warn(fmt.Sprintf("only %d held-out prompts: accuracy moves in steps of %.1f%%", held, 100/float64(held)), "want at least", smallHeldOut)
+	}
+	if o.prompts > train {
+		slog.Warn(fmt.Sprintf("--prompts %d per step from %d training prompts: each is used about %.0f times per step", o.prompts, train, float64(o.prompts)/float64(train)),
+			"hint", "lower --prompts or give more data")
+	}
+}
+
+// fitResponses returns the response budget that fits the model's context: --max-response,
+// lowered (and said so) to what max_position_embeddings leaves after the longest prompt; an
+// error when not even one token fits.
+func fitResponses(o options, j *grpo.Job) (int, error) {
+	longest := 0
+	for _, ps := range [][]grpo.Prompt{j.Train, j.Held} {
+		for _, p := range ps {
+			longest = max(longest, len(p.Tokens))
+		}
+	}
+	ctxLen := j.Model.MaxPositionEmbeddings
+	room := ctxLen - longest
+	if room < 1 {
+		return 0, fmt.Errorf("--max-prompt-tokens %d: the longest prompt kept has %d tokens, which leaves no room for a response in the model's context of %d tokens (max_position_embeddings); lower --max-prompt-tokens",
+			o.maxPromptTokens, longest, ctxLen)
+	}
+	if o.maxResponseLen <= room {
+		return o.maxResponseLen, nil
+	}
+	slog.Warn(fmt.Sprintf("--max-response %d does not fit: the model's context is %d tokens (max_position_embeddings) and the longest prompt %d; responses are limited to %d tokens",
+		o.maxResponseLen, ctxLen, longest, room))
+	return room, nil
 }
 
 // loadModel reads --model (a Hugging Face directory, an .onnx file beside its tokenizer, or a
@@ -184,17 +272,18 @@ func loadRows(ctx context.Context, o options) (train, val []data.Row, err error)
 }
 
 // toPrompts tokenizes the rows of file as prompts; rows longer than --max-prompt-tokens are
-// dropped (and counted in the log), a row whose data_source has no reward is an error.
+// dropped (and counted in the log). A row whose data_source has no reward, or whose prompt
+// holds a character the tokenizer cannot represent, is an error naming its line.
 func toPrompts(o options, reg *reward.Registry, tok *hfTokenizer, rows []data.Row, file string) ([]grpo.Prompt, error) {
 	var ps []grpo.Prompt
 	dropped := 0
 	for _, r := range rows {
 		if _, _, ok := reg.Lookup(r.DataSource); !ok {
-			return nil, fmt.Errorf("%s row %d: no reward for data_source %q (built in: %s)", file, r.Index, r.DataSource, strings.Join(reg.Kinds(), ", "))
+			return nil, fmt.Errorf("%s: no reward for data_source %q (built in: %s)", r.At(file), r.DataSource, strings.Join(reg.Kinds(), ", "))
 		}
 		ids, err := tok.prompt(r, !o.noChatTemplate)
 		if err != nil {
-			return nil, fmt.Errorf("%s row %d: %w", file, r.Index, err)
+			return nil, fmt.Errorf("%s: prompt: %w", r.At(file), err)
 		}
 		if len(ids) > o.maxPromptTokens {
 			dropped++

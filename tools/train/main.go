@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
 
 // options are the program's flags.
@@ -48,6 +50,8 @@ type options struct {
 	seed                    uint64
 	steps                   int
 	resume, quiet           bool
+	resumeStep              int
+	terminal                bool // stderr is a terminal: progress bars (else plain progress lines)
 	saveEvery, keep         int
 
 	// The default job's warm start.
@@ -85,12 +89,8 @@ type options struct {
 func newFlags(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
 	fs.SortFlags = false
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: go run ./tools/train [--model DIR --data FILE] [--out RUNDIR] [flags]\n\n"+
-			"Runs GRPO with the ProRL recipe. Without --model it trains the embedded default job.\n"+
-			"Flags (defaults are ProRL's; the default job's own value is given where it differs):\n")
-		fs.PrintDefaults()
-	}
+	fs.SetOutput(io.Discard) // main prints --help (on stdout) and errors (on stderr) itself
+	fs.Usage = func() {}
 	d := grpo.DefaultRunConfig() // every default of the run is grpo's
 	prorl := d.Trainer
 
@@ -106,8 +106,9 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
 	fs.StringVar(&o.config, "config", "", "YAML or JSON file of flag values (keys are flag names); flags given on the command line win")
 	fs.Uint64Var(&o.seed, "seed", prorl.Seed, "seed of everything: model init, data order, sampling")
-	fs.IntVar(&o.steps, "steps", d.Steps, "GRPO steps in all (default job: 200)")
+	fs.IntVar(&o.steps, "steps", d.Steps, "GRPO steps in all")
 	fs.BoolVar(&o.resume, "resume", false, "continue the run in --out from its latest run state (flags given now override the saved ones)")
+	fs.IntVar(&o.resumeStep, "resume-step", -1, "with --resume: continue from this saved step instead of the latest (an older run state kept by --keep)")
 	fs.IntVar(&o.saveEvery, "save-every", d.SaveEvery, "save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end")
 	fs.IntVar(&o.keep, "keep", d.Keep, "run states kept (the oldest are removed after a save)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
@@ -122,13 +123,13 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.IntVar(&o.trainProblems, "train-problems", 3000, "default job: distinct training problems")
 	fs.StringVar(&o.writeData, "write-task-data", "", "write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit")
 
-	fs.IntVar(&o.prompts, "prompts", prorl.PromptsPerStep, "prompts (groups) per rollout step (default job: 16)")
-	fs.IntVar(&o.samples, "n", prorl.SamplesPerPrompt, "samples per prompt (default job: 8)")
+	fs.IntVar(&o.prompts, "prompts", prorl.PromptsPerStep, "prompts (groups) per rollout step")
+	fs.IntVar(&o.samples, "n", prorl.SamplesPerPrompt, "samples per prompt")
 	fs.Float64Var(&o.temperature, "temperature", flagDefault(prorl.Temperature), "rollout temperature; the loss sees log-probs at it too")
 	fs.Float64Var(&o.topP, "top-p", flagDefault(prorl.TopP), "rollout top-p")
-	fs.IntVar(&o.maxResponseLen, "max-response", prorl.MaxResponseTokens, "maximum response tokens (default job: 24)")
+	fs.IntVar(&o.maxResponseLen, "max-response", prorl.MaxResponseTokens, "maximum response tokens")
 	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", prorl.OverlongPenalty, "subtracted from the reward of a response cut at --max-response")
-	fs.IntVar(&o.miniBatches, "mini-batches", prorl.MiniBatches, "policy updates per rollout step (the rollout batch is split into this many; default job: 2)")
+	fs.IntVar(&o.miniBatches, "mini-batches", prorl.MiniBatches, "policy updates per rollout step (the rollout batch is split into this many)")
 	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", prorl.MicroBatchTokens, "tokens per forward/backward; gradients accumulate over micro-batches")
 	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", !prorl.DynamicSampling, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
 	fs.IntVar(&o.maxRounds, "max-sampling-rounds", prorl.MaxSamplingRounds, "dynamic sampling: most rollout rounds per step to fill the batch")
@@ -143,23 +144,23 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.advEstimator, "adv-estimator", string(prorl.Advantage.Estimator), "advantage estimator: grpo, rloo or reinforce_plus_plus_baseline")
 	fs.BoolVar(&o.noStdNorm, "no-std-norm", prorl.Advantage.NoStdNorm, "GRPO advantages without the division by the group's standard deviation (Dr. GRPO)")
 
-	fs.Float64Var(&o.lr, "lr", d.Optimizer.LR, "learning rate (AdamW; constant after --warmup; default job: 5e-5)")
+	fs.Float64Var(&o.lr, "lr", d.Optimizer.LR, "learning rate (AdamW; constant after --warmup)")
 	fs.IntVar(&o.warmup, "warmup", d.WarmupSteps, "optimizer steps of linear learning-rate warm-up")
 	fs.Float64Var(&o.beta1, "beta1", d.Optimizer.Beta1, "AdamW beta1")
-	fs.Float64Var(&o.beta2, "beta2", d.Optimizer.Beta2, "AdamW beta2 (default job: 0.99)")
-	fs.Float64Var(&o.weightDecay, "weight-decay", d.Optimizer.WeightDecay, "AdamW decoupled weight decay (not on norms and biases; default job: 0)")
+	fs.Float64Var(&o.beta2, "beta2", d.Optimizer.Beta2, "AdamW beta2")
+	fs.Float64Var(&o.weightDecay, "weight-decay", d.Optimizer.WeightDecay, "AdamW decoupled weight decay (not on norms and biases)")
 	fs.Float64Var(&o.clipNorm, "clip-norm", d.Optimizer.ClipNorm, "global gradient-norm clipping; 0: off")
 	fs.BoolVar(&o.recompute, "recompute", d.Recompute, "recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
 	fs.StringSliceVar(&o.freeze, "freeze", nil, "regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')")
 
-	fs.IntVar(&o.resetEvery, "ref-reset-every", prorl.RefResetEvery, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never (default job: 100)")
+	fs.IntVar(&o.resetEvery, "ref-reset-every", prorl.RefResetEvery, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
 	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", prorl.RefResetOnPlateau, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
 
 	fs.IntVar(&o.evalEvery, "eval-every", d.Eval.Every, "held-out evaluation every so many steps (and at the start and the end)")
 	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation (at most)")
 	fs.Float64Var(&o.evalTemp, "eval-temperature", flagDefault(d.Eval.Temperature), "sampling temperature of held-out evaluation (0: greedy)")
 	fs.Float64Var(&o.evalTopP, "eval-top-p", flagDefault(d.Eval.TopP), "top-p of held-out evaluation")
-	fs.IntVar(&o.evalSamples, "eval-samples", d.Eval.Samples, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k (default job: 4)")
+	fs.IntVar(&o.evalSamples, "eval-samples", d.Eval.Samples, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k")
 	return fs
 }
 
@@ -167,7 +168,26 @@ func newFlags(o *options) *pflag.FlagSet {
 // ProRL defaults: a 2.4M-parameter model, short answers, minutes on 2 cores.
 var defaultJobFlags = map[string]string{
 	"steps": "200", "prompts": "16", "n": "8", "max-response": "24", "mini-batches": "2", "lr": "5e-5",
-	"beta2": "0.99", "weight-decay": "0", "ref-reset-every": "100", "eval-samples": "4",
+	"beta2": "0.99", "weight-decay": "0", "eval-samples": "4",
+}
+
+// usage writes --help: what the program does and each flag with one default, the default
+// job's own value beside it where that differs.
+func usage(w io.Writer, fs *pflag.FlagSet) {
+	fmt.Fprint(w, "Usage: go run ./tools/train [--model DIR --data FILE] [--out RUNDIR] [flags]\n\n"+
+		"Runs GRPO with the ProRL recipe. Without --model it trains the embedded default job.\n"+
+		"Flags (defaults are ProRL's; the default job's own value follows where it differs):\n")
+	saved := map[string]string{}
+	for name, v := range defaultJobFlags {
+		if f := fs.Lookup(name); f != nil {
+			saved[name] = f.DefValue
+			f.DefValue += "; default job: " + v
+		}
+	}
+	fmt.Fprint(w, fs.FlagUsages())
+	for name, v := range saved {
+		fs.Lookup(name).DefValue = v
+	}
 }
 
 // parseOptions parses args: the command line first, then --config for flags not given there,
@@ -199,21 +219,24 @@ func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
 }
 
 func main() {
+	terminal := clilog.Setup("train")
 	o, fs, err := parseOptions(os.Args[1:])
+	if errors.Is(err, pflag.ErrHelp) {
+		usage(os.Stdout, fs)
+		return
+	}
 	if err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return
-		}
-		fmt.Fprintln(os.Stderr, "train:", err)
+		slog.Error(err.Error() + " (see --help)")
 		os.Exit(2)
 	}
+	o.terminal = terminal
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err == nil {
 			err = pprof.StartCPUProfile(f)
 		}
 		if err != nil {
-			slog.Error("cpu profile", "err", err)
+			slog.Error("--cpuprofile", "err", err)
 			os.Exit(1)
 		}
 		defer pprof.StopCPUProfile()
@@ -222,9 +245,9 @@ func main() {
 	defer stop()
 	if err := run(ctx, o, fs); err != nil {
 		pprof.StopCPUProfile()
-		slog.Error("train failed", "err", err)
+		slog.Error(err.Error())
 		if ctx.Err() != nil && o.out != "" {
-			fmt.Fprintf(os.Stderr, "interrupted: continue with  go run ./tools/train --out %s --resume\n", o.out)
+			slog.Info(fmt.Sprintf("interrupted: continue with  go run ./tools/train --out %s --resume", o.out))
 		}
 		os.Exit(1)
 	}
@@ -245,7 +268,7 @@ func flagValues(fs *pflag.FlagSet) map[string]any {
 }
 
 // notFromFile are flags a config file or a saved run cannot set: they say where the run is.
-var notFromFile = map[string]bool{"config": true, "resume": true, "out": true}
+var notFromFile = map[string]bool{"config": true, "resume": true, "resume-step": true, "out": true}
 
 // applyConfigFile sets the flags not given on the command line from a YAML (or JSON) file
 // whose keys are flag names (verl-style underscores are accepted: clip_high).

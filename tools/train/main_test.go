@@ -288,10 +288,25 @@ func TestFlagDefaultsAreGRPOs(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("flags give\n%+v\ngrpo.DefaultRunConfig is\n%+v", got, want)
 	}
-	for name, v := range defaultJobFlags {
-		if f := fs.Lookup(name); f == nil || !strings.Contains(f.Usage, "default job: "+v) {
-			t.Errorf("--%s: the default job's %s is not in its help text", name, v)
+	var help bytes.Buffer
+	usage(&help, fs)
+	lines := map[string]string{}
+	for _, l := range strings.Split(help.String(), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "--") {
+			lines[strings.TrimPrefix(f[0], "--")] = l
 		}
+		if strings.Count(l, "(default") > 1 {
+			t.Errorf("two defaults on one line of --help: %s", l)
+		}
+	}
+	for name, v := range defaultJobFlags {
+		f := fs.Lookup(name)
+		if want := "(default " + f.DefValue + "; default job: " + v + ")"; !strings.Contains(lines[name], want) {
+			t.Errorf("--%s in --help: %q, want %q", name, lines[name], want)
+		}
+	}
+	if f := fs.Lookup("steps"); f.DefValue != "1000" {
+		t.Errorf("usage changed --steps's default to %q", f.DefValue)
 	}
 }
 

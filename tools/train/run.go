@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/pflag"
 
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
@@ -35,10 +35,12 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	var resume *grpo.ResumePoint
 	if o.resume {
 		var err error
-		if resume, err = resumeFlags(o.out, fs); err != nil {
+		if resume, err = resumeFlags(o.out, o.resumeStep, fs); err != nil {
 			return err
 		}
 		fmt.Printf("resuming %s at step %d\n", o.out, resume.Step)
+	} else if fs.Changed("resume-step") {
+		return errors.New("--resume-step goes with --resume")
 	} else if o.model != "" && o.sftOnly {
 		return errors.New("--sft builds the default job's model; it does not apply with --model")
 	}
@@ -68,9 +70,18 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 
 // resumeFlags loads the latest run state in dir and sets the flags not given on the command
 // line to the values saved with it.
-func resumeFlags(dir string, fs *pflag.FlagSet) (*grpo.ResumePoint, error) {
-	rp, err := grpo.LoadResumePoint(dir)
-	if err != nil {
+func resumeFlags(dir string, step int, fs *pflag.FlagSet) (*grpo.ResumePoint, error) {
+	rp, err := grpo.ResumeFrom(dir, step)
+	var se *grpo.RunStateError
+	switch {
+	case errors.Is(err, grpo.ErrNoRun):
+		return nil, fmt.Errorf("--resume: there is no run in %s: start one there without --resume", dir)
+	case errors.Is(err, grpo.ErrNoRunState):
+		return nil, fmt.Errorf("--resume: %s has no saved run state (its run stopped before its first save; --save-every sets how often runs save): start it again without --resume", dir)
+	case errors.As(err, &se) && len(se.Kept) > 0:
+		return nil, fmt.Errorf("--resume: %w; older run states kept: steps %s: continue from one with --resume --resume-step %d",
+			err, strings.Trim(strings.Join(strings.Fields(fmt.Sprint(se.Kept)), ", "), "[]"), se.Kept[len(se.Kept)-1])
+	case err != nil:
 		return nil, fmt.Errorf("--resume: %w", err)
 	}
 	var saved map[string]any
@@ -152,13 +163,18 @@ func flagDefault(v float32) float64 {
 	return f
 }
 
-// report prints what a run does: the starting model's held-out accuracy, a progress bar over
-// the GRPO steps, and where everything is at the end.
+// report prints what a run does: the starting model's held-out accuracy, progress over the
+// GRPO steps, and where everything is at the end.
 type report struct {
 	o            options
 	start, train time.Time // the job's start, GRPO's start
-	bar          *progressbar.ProgressBar
+	bar          *progress
+	zeroSteps    int // steps so far whose every reward was 0
 }
+
+// zeroWarnAfter is the number of steps in a row without any reward after which the run warns
+// that the rewards may not fit the model's responses.
+const zeroWarnAfter = 5
 
 func (r *report) hooks() grpo.RunHooks {
 	return grpo.RunHooks{
@@ -170,16 +186,33 @@ func (r *report) hooks() grpo.RunHooks {
 		},
 		Training: func(first, last int) {
 			r.train = time.Now()
-			r.bar = newBar(r.o, last-first+1, "GRPO")
+			r.bar = newProgress(r.o, last-first+1, "GRPO")
 		},
 		Stepped: func(m *grpo.Metrics, last *grpo.EvalResult) {
-			desc := fmt.Sprintf("GRPO reward %.2f", m.RewardMean)
+			desc := fmt.Sprintf("reward %.2f", m.RewardMean)
 			if last != nil {
 				desc += fmt.Sprintf(" held-out %.1f%%", 100*last.Accuracy)
 			}
-			r.bar.Describe(desc)
-			r.bar.Add(1)
+			r.bar.Step(desc)
+			r.noticeZeroRewards(m)
 		},
+	}
+}
+
+// noticeZeroRewards warns, once, when the first steps of a run earn no reward at all: the
+// rewards routed to the data (printed at the start) do not find what they read in the model's
+// responses, and GRPO has nothing to learn from.
+func (r *report) noticeZeroRewards(m *grpo.Metrics) {
+	if r.zeroSteps < 0 {
+		return
+	}
+	if m.RewardMean != 0 {
+		r.zeroSteps = -1
+		return
+	}
+	if r.zeroSteps++; r.zeroSteps == zeroWarnAfter {
+		slog.Warn(fmt.Sprintf("no response has earned any reward in %d steps: GRPO has nothing to learn from; check that the model writes what its data_source's reward reads (listed at the start), e.g. math reads \\boxed{}", zeroWarnAfter))
+		r.zeroSteps = -1
 	}
 }
 
@@ -215,13 +248,4 @@ func passAtKText(r *grpo.EvalResult) string {
 		}
 	}
 	return s
-}
-
-func newBar(o options, n int, what string) *progressbar.ProgressBar {
-	if o.quiet {
-		return progressbar.DefaultSilent(int64(n), what)
-	}
-	return progressbar.NewOptions(n, progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),
-		progressbar.OptionSetWidth(30), progressbar.OptionSetWriter(os.Stderr), progressbar.OptionClearOnFinish(),
-		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionSetPredictTime(true))
 }

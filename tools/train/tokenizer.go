@@ -43,6 +43,9 @@ func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, error) {
 			return nil, err
 		}
 	}
+	if err := t.tok.Check(text); err != nil { // a character Encode would drop
+		return nil, err
+	}
 	if text != r.Prompt || r.Messages != nil {
 		return t.tok.EncodePlain(text), nil // the template holds the special tokens it needs
 	}
