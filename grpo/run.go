@@ -21,6 +21,7 @@ import (
 // A run directory holds:
 //
 //	metrics.jsonl                 one line per step (+ the step-0 evaluation)
+//	events.out.tfevents.*         the same numbers for TensorBoard, a file per session (OpenRunLog)
 //	*.png                         plots, redrawn at every evaluation
 //	tokenizer/                    the run's tokenizer (Job.TokenizerFiles)
 //	checkpoints/step-NNNNNN/      exports after each reference reset and at the end:
@@ -487,7 +488,7 @@ func (r *runSession) train(ctx context.Context) error {
 			return fmt.Errorf("resume: %w", err)
 		}
 	}
-	log, err := OpenMetricsLog(mpath)
+	log, err := OpenRunLog(r.cfg.Dir, r.trainer.StepNumber()+1)
 	if err != nil {
 		return err
 	}

@@ -71,6 +71,7 @@ func TestRunResume(t *testing.T) {
 	if _, err := Run(ctx, cfg, job); !errors.Is(err, ErrRunExists) {
 		t.Fatalf("a second run into the same directory: %v", err)
 	}
+	checkRunEvents(t, fullDir, 1)
 
 	cfg, job = tinyRun(t, splitDir, 3)
 	if _, err := Run(ctx, cfg, job); err != nil {
@@ -102,6 +103,7 @@ func TestRunResume(t *testing.T) {
 	if err != nil || len(recs) != 6 || recs[5].Step != 5 || split.First == nil || split.First.Accuracy != full.First.Accuracy {
 		t.Fatalf("resumed run: %d records (%v), first evaluation %+v", len(recs), err, split.First)
 	}
+	checkRunEvents(t, splitDir, 2)
 }
 
 // TestPromptStreamLegacyPosition: a data position saved by tools/train's former stream

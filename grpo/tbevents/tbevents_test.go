@@ -211,11 +211,15 @@ func TestDamagedFile(t *testing.T) {
 // file written here, and checks that it rejects a damaged one.
 func TestIndependentReader(t *testing.T) {
 	py := "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import google.protobuf, crc32c").Run(); err != nil {
+	err := exec.Command(py, "-c", "import google.protobuf, crc32c").Run()
+	if _, perr := exec.LookPath("protoc"); err == nil {
+		err = perr
+	}
+	if err != nil {
 		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
-			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but %s lacks protobuf or crc32c: %v", py, err)
+			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but %s with protobuf and crc32c, or protoc, is missing: %v", py, err)
 		}
-		t.Skipf("%s lacks protobuf or crc32c (apt-get install python3-protobuf python3-crc32c protobuf-compiler): %v", py, err)
+		t.Skipf("%s with protobuf and crc32c, or protoc, is missing (apt-get install python3-protobuf python3-crc32c protobuf-compiler): %v", py, err)
 	}
 	path, want := writeTestFile(t)
 	out, err := exec.Command(py, "testdata/read_events.py", path).CombinedOutput()

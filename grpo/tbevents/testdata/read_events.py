@@ -30,12 +30,12 @@ PROTO = os.path.join(HERE, "proto")
 
 def load_event_class():
     """Compiles TensorBoard's protos into a temporary folder and returns tensorboard.Event."""
-    out = tempfile.mkdtemp(prefix="tbproto-")
     src = os.path.join(PROTO, "tensorboard", "compat", "proto")
     files = [os.path.join(src, f) for f in sorted(os.listdir(src)) if f.endswith(".proto")]
-    subprocess.run(["protoc", "-I", PROTO, "--python_out", out] + files, check=True)
-    sys.path.insert(0, out)
-    return importlib.import_module("tensorboard.compat.proto.event_pb2").Event
+    with tempfile.TemporaryDirectory(prefix="tbproto-") as out:
+        subprocess.run(["protoc", "-I", PROTO, "--python_out", out] + files, check=True)
+        sys.path.insert(0, out)
+        return importlib.import_module("tensorboard.compat.proto.event_pb2").Event
 
 
 def masked_crc(data):
