@@ -136,8 +136,8 @@ type Writer struct {
 }
 
 // Create starts a new event file in dir (created if missing), named
-// events.out.tfevents.<unix seconds>.<hostname> (with .1, .2, ... added when a file of that
-// name exists), holding the file-version event and a SessionLog START at step start: the step
+// events.out.tfevents.<unix seconds>.<hostname> (with .1 to .9 added when a file of that name
+// exists), holding the file-version event and a SessionLog START at step start: the step
 // this session logs from.
 func Create(dir string, start int64) (*Writer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -149,14 +149,10 @@ func Create(dir string, start int64) (*Writer, error) {
 	}
 	now := time.Now()
 	base := filepath.Join(dir, fmt.Sprintf("events.out.tfevents.%d.%s", now.Unix(), host))
-	name := base
-	var f *os.File
-	for i := 1; ; i++ {
-		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-		if !errors.Is(err, fs.ErrExist) || i > 1000 {
-			break
-		}
-		name = fmt.Sprintf("%s.%d", base, i)
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	f, err := os.OpenFile(base, flags, 0o644)
+	for i := 1; errors.Is(err, fs.ErrExist) && i < 10; i++ {
+		f, err = os.OpenFile(fmt.Sprintf("%s.%d", base, i), flags, 0o644)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tbevents: %w", err)
