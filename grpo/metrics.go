@@ -57,6 +57,16 @@ func OpenRunLog(dir string, first int) (*MetricsLog, error) {
 	return l, nil
 }
 
+// removeRunLog removes the metrics log of the run directory dir and its TensorBoard event files.
+func removeRunLog(dir string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "events.out.tfevents.*"))
+	files = append(files, filepath.Join(dir, MetricsFile))
+	for _, f := range files {
+		err = errors.Join(err, os.Remove(f))
+	}
+	return err
+}
+
 // Append writes one record, and its scalars to the event file (tensorBoardScalars).
 func (l *MetricsLog) Append(r Record) error {
 	b, err := json.Marshal(r)

@@ -322,7 +322,7 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 
 // startOver checks that a new run may start in dir: a directory with a saved run state is
 // ErrRunExists; one whose earlier run stopped before its first save (metrics.jsonl, no run
-// state) is started again, its metrics log removed.
+// state) is started again, its metrics log and event files removed.
 func startOver(dir string) error {
 	mpath := filepath.Join(dir, MetricsFile)
 	if _, err := os.Stat(mpath); err != nil {
@@ -332,7 +332,7 @@ func startOver(dir string) error {
 		return fmt.Errorf("%w: %s holds run states up to step %d", ErrRunExists, dir, steps[len(steps)-1])
 	}
 	slog.Warn("the run directory holds a run that stopped before its first save: starting it again", "dir", dir)
-	return os.Remove(mpath)
+	return removeRunLog(dir)
 }
 
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and

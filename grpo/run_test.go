@@ -206,6 +206,7 @@ func TestRunStartsAgain(t *testing.T) {
 		t.Errorf("resume of a missing directory: %v, want ErrNoRun", err)
 	}
 	os.WriteFile(filepath.Join(dir, MetricsFile), []byte(`{"step":0}`+"\n"), 0o644)
+	staleEvents(t, dir)
 	if _, err := LoadResumePoint(dir); !errors.Is(err, ErrNoRunState) {
 		t.Errorf("resume without a run state: %v, want ErrNoRunState", err)
 	}
@@ -217,6 +218,7 @@ func TestRunStartsAgain(t *testing.T) {
 	if err != nil || len(recs) != 3 {
 		t.Fatalf("metrics after starting again: %d records, %v", len(recs), err)
 	}
+	checkRunEvents(t, dir, 1) // the earlier run's event file is gone
 	if _, err := Run(ctx, cfg, job); !errors.Is(err, ErrRunExists) {
 		t.Errorf("a new run over a saved one: %v, want ErrRunExists", err)
 	}

@@ -1,6 +1,7 @@
 package grpo
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -99,6 +100,18 @@ func checkRunEvents(t *testing.T, dir string, sessions int) {
 				t.Fatalf("line %d (step %d): %s = %v, want %v (listed: %v)", i+1, r.Step, s.Tag, s.Value, w, ok)
 			}
 		}
+	}
+}
+
+// staleEvents leaves in dir the event file of a run that stopped at step 1 before any save.
+func staleEvents(t *testing.T, dir string) {
+	t.Helper()
+	w, err := tbevents.Create(dir, 1)
+	if err == nil {
+		err = errors.Join(w.WriteScalars(1, []tbevents.Scalar{{Tag: "train/reward_mean", Value: 9}}), w.Close())
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
