@@ -3,6 +3,7 @@ package grpo
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/grpo/tbevents"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -24,9 +26,11 @@ type Record struct {
 }
 
 // MetricsLog appends records to a JSON-lines file, one fsynced line per record, so a killed
-// run loses at most the line being written.
+// run loses at most the line being written; opened by OpenRunLog, it also writes each record's
+// numbers to a TensorBoard event file.
 type MetricsLog struct {
-	f *os.File
+	f      *os.File
+	events *tbevents.Writer // nil: no event file
 }
 
 // OpenMetricsLog opens (creating or appending to) path.
@@ -38,7 +42,32 @@ func OpenMetricsLog(path string) (*MetricsLog, error) {
 	return &MetricsLog{f: f}, nil
 }
 
-// Append writes one record.
+// OpenRunLog opens the metrics log of the run directory dir (metrics.jsonl, appended to) and
+// starts a new TensorBoard event file in dir for this session, whose first training step is
+// first (TensorBoard then drops what a killed session logged for step first and later).
+func OpenRunLog(dir string, first int) (*MetricsLog, error) {
+	l, err := OpenMetricsLog(filepath.Join(dir, MetricsFile))
+	if err != nil {
+		return nil, err
+	}
+	if l.events, err = tbevents.Create(dir, int64(first)); err != nil {
+		l.f.Close()
+		return nil, fmt.Errorf("metrics log: %w", err)
+	}
+	return l, nil
+}
+
+// removeRunLog removes the metrics log of the run directory dir and its TensorBoard event files.
+func removeRunLog(dir string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "events.out.tfevents.*"))
+	files = append(files, filepath.Join(dir, MetricsFile))
+	for _, f := range files {
+		err = errors.Join(err, os.Remove(f))
+	}
+	return err
+}
+
+// Append writes one record, and its scalars to the event file (tensorBoardScalars).
 func (l *MetricsLog) Append(r Record) error {
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -47,11 +76,75 @@ func (l *MetricsLog) Append(r Record) error {
 	if _, err := l.f.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("metrics log %s: %w", l.f.Name(), err)
 	}
-	return l.f.Sync()
+	if err := l.f.Sync(); err != nil || l.events == nil {
+		return err
+	}
+	scalars, err := tensorBoardScalars(b)
+	if err == nil {
+		err = l.events.WriteScalars(int64(r.Step), scalars)
+	}
+	if err != nil {
+		return fmt.Errorf("metrics log: step %d: %w", r.Step, err)
+	}
+	return nil
 }
 
-// Close closes the file.
-func (l *MetricsLog) Close() error { return l.f.Close() }
+// Close closes the files.
+func (l *MetricsLog) Close() error {
+	err := l.f.Close()
+	if l.events != nil {
+		err = errors.Join(err, l.events.Close())
+	}
+	return err
+}
+
+// tensorBoardScalars are the numbers of a metrics.jsonl line, as TensorBoard scalars: every
+// number (and boolean, as 1 or 0) in the JSON object but the step, tagged with its path, in key
+// order: train/<key> for the step's metrics (train/reward_by_kind/<kind> inside a map),
+// eval/<key> for the held-out evaluation (eval/pass_at_k/<k>). The step-0 line (the starting
+// model's evaluation, no training step) gives only its eval/ scalars.
+func tensorBoardScalars(line []byte) ([]tbevents.Scalar, error) {
+	var row map[string]any
+	if err := json.Unmarshal(line, &row); err != nil {
+		return nil, err
+	}
+	ev, _ := row["eval"].(map[string]any)
+	var out []tbevents.Scalar
+	if step, _ := row["step"].(float64); step > 0 {
+		delete(row, "step")
+		delete(row, "eval")
+		out = appendScalars(out, "train", row)
+	}
+	return appendScalars(out, "eval", ev), nil
+}
+
+// boolValue is 1 for true, 0 for false.
+func boolValue(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// appendScalars appends the numeric leaves of v, tagged with their paths under tag.
+func appendScalars(out []tbevents.Scalar, tag string, v any) []tbevents.Scalar {
+	switch v := v.(type) {
+	case float64:
+		out = append(out, tbevents.Scalar{Tag: tag, Value: float32(v)})
+	case bool:
+		out = append(out, tbevents.Scalar{Tag: tag, Value: float32(boolValue(v))})
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			out = appendScalars(out, tag+"/"+k, v[k])
+		}
+	}
+	return out
+}
 
 // ReadMetrics reads a metrics.jsonl file; a malformed line is an error naming its number.
 func ReadMetrics(path string) ([]Record, error) {

@@ -21,6 +21,7 @@ import (
 // A run directory holds:
 //
 //	metrics.jsonl                 one line per step (+ the step-0 evaluation)
+//	events.out.tfevents.*         the same numbers for TensorBoard, a file per session (OpenRunLog)
 //	*.png                         plots, redrawn at every evaluation
 //	tokenizer/                    the run's tokenizer (Job.TokenizerFiles)
 //	checkpoints/step-NNNNNN/      exports after each reference reset and at the end:
@@ -324,7 +325,7 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 
 // startOver checks that a new run may start in dir: a directory with a saved run state is
 // ErrRunExists; one whose earlier run stopped before its first save (metrics.jsonl, no run
-// state) is started again, its metrics log removed.
+// state) is started again, its metrics log and event files removed.
 func startOver(dir string) error {
 	mpath := filepath.Join(dir, MetricsFile)
 	if _, err := os.Stat(mpath); err != nil {
@@ -334,7 +335,7 @@ func startOver(dir string) error {
 		return fmt.Errorf("%w: %s holds run states up to step %d", ErrRunExists, dir, steps[len(steps)-1])
 	}
 	slog.Warn("the run directory holds a run that stopped before its first save: starting it again", "dir", dir)
-	return os.Remove(mpath)
+	return removeRunLog(dir)
 }
 
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
@@ -493,7 +494,7 @@ func (r *runSession) train(ctx context.Context) error {
 			return fmt.Errorf("resume: %w", err)
 		}
 	}
-	log, err := OpenMetricsLog(mpath)
+	log, err := OpenRunLog(r.cfg.Dir, r.trainer.StepNumber()+1)
 	if err != nil {
 		return err
 	}

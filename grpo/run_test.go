@@ -71,6 +71,7 @@ func TestRunResume(t *testing.T) {
 	if _, err := Run(ctx, cfg, job); !errors.Is(err, ErrRunExists) {
 		t.Fatalf("a second run into the same directory: %v", err)
 	}
+	checkRunEvents(t, fullDir, 1)
 
 	cfg, job = tinyRun(t, splitDir, 3)
 	if _, err := Run(ctx, cfg, job); err != nil {
@@ -102,6 +103,7 @@ func TestRunResume(t *testing.T) {
 	if err != nil || len(recs) != 6 || recs[5].Step != 5 || split.First == nil || split.First.Accuracy != full.First.Accuracy {
 		t.Fatalf("resumed run: %d records (%v), first evaluation %+v", len(recs), err, split.First)
 	}
+	checkRunEvents(t, splitDir, 2)
 }
 
 // TestPromptStreamLegacyPosition: a data position saved by tools/train's former stream
@@ -204,6 +206,7 @@ func TestRunStartsAgain(t *testing.T) {
 		t.Errorf("resume of a missing directory: %v, want ErrNoRun", err)
 	}
 	os.WriteFile(filepath.Join(dir, MetricsFile), []byte(`{"step":0}`+"\n"), 0o644)
+	staleEvents(t, dir)
 	if _, err := LoadResumePoint(dir); !errors.Is(err, ErrNoRunState) {
 		t.Errorf("resume without a run state: %v, want ErrNoRunState", err)
 	}
@@ -215,6 +218,7 @@ func TestRunStartsAgain(t *testing.T) {
 	if err != nil || len(recs) != 3 {
 		t.Fatalf("metrics after starting again: %d records, %v", len(recs), err)
 	}
+	checkRunEvents(t, dir, 1) // the earlier run's event file is gone
 	if _, err := Run(ctx, cfg, job); !errors.Is(err, ErrRunExists) {
 		t.Errorf("a new run over a saved one: %v, want ErrRunExists", err)
 	}
