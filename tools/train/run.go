@@ -227,6 +227,9 @@ func (r *report) finish(res *grpo.RunResult) {
 			100*res.First.Accuracy, 100*res.Last.Accuracy, o.steps, time.Since(r.train).Seconds(), passAtKText(res.Last), res.Resets)
 	}
 	fmt.Printf("run directory %s:\n  %s\n", o.out, grpo.MetricsFile)
+	if evs, _ := filepath.Glob(filepath.Join(o.out, "events.out.tfevents.*")); len(evs) > 0 {
+		fmt.Printf("  %s (TensorBoard: tensorboard --logdir %s)\n", filepath.Base(evs[len(evs)-1]), filepath.Dir(o.out))
+	}
 	pngs, _ := filepath.Glob(filepath.Join(o.out, "*.png"))
 	for _, p := range pngs {
 		fmt.Printf("  %s\n", filepath.Base(p))
