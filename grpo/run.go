@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
@@ -341,11 +343,10 @@ func startOver(dir string) error {
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
 // builds the rollout source and the trainer, restored to the run state when resuming.
 func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, func(), error) {
-	if job.TokenizerFiles != nil { // the run's tokenizer, for tools/export of its run states
-		if err := job.TokenizerFiles(filepath.Join(cfg.Dir, "tokenizer")); err != nil {
-			return nil, nil, fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
-		}
+	if err := runTokenizer(cfg, job); err != nil {
+		return nil, nil, err
 	}
+	removeStaleExports(cfg.Dir)
 	r := &runSession{cfg: cfg, job: job, exported: map[int]string{}}
 	var err error
 	if r.policy, err = newPolicy(cfg, job); err != nil {
@@ -366,6 +367,65 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, f
 		}
 	}
 	return r, closeRollouts, nil
+}
+
+// runTokenizer writes the job's tokenizer into the run directory's tokenizer/ (for tools/export
+// of its run states), whole or not at all. A resumed run keeps the one it has: a job whose
+// tokenizer differs from it (another --model) is an error, and the run's is left as it was.
+func runTokenizer(cfg RunConfig, job *Job) error {
+	if job.TokenizerFiles == nil {
+		return nil
+	}
+	dir := filepath.Join(cfg.Dir, "tokenizer")
+	if _, err := os.Stat(dir); cfg.Resume == nil || err != nil {
+		if err := checkpoints.ReplaceDir(dir, ".tokenizer.tmp-", job.TokenizerFiles); err != nil {
+			return fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
+		}
+		return nil
+	}
+	tmp, err := os.MkdirTemp(cfg.Dir, ".tokenizer.tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := job.TokenizerFiles(tmp); err != nil {
+		return fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
+	}
+	if f, ok := sameFiles(dir, tmp); !ok {
+		return fmt.Errorf("resume: the model's tokenizer differs from the run's (%s in %s): a run continues with the tokenizer it started with", f, dir)
+	}
+	return nil
+}
+
+// sameFiles reports whether directories a and b hold the same files with the same bytes, and
+// otherwise names the first file that differs.
+func sameFiles(a, b string) (string, bool) {
+	ea, _ := os.ReadDir(a)
+	eb, _ := os.ReadDir(b)
+	names := map[string]bool{}
+	for _, e := range append(ea, eb...) {
+		names[e.Name()] = true
+	}
+	for _, n := range slices.Sorted(maps.Keys(names)) {
+		x, errA := os.ReadFile(filepath.Join(a, n))
+		y, errB := os.ReadFile(filepath.Join(b, n))
+		if errA != nil || errB != nil || !bytes.Equal(x, y) {
+			return n, false
+		}
+	}
+	return "", true
+}
+
+// exportTmpPrefix is the prefix of the temporary directory an export is built in.
+func exportTmpPrefix(name string) string { return "." + name + ".tmp-" }
+
+// removeStaleExports removes the temporary export directories a killed run left in the run
+// directory's checkpoints/ (exports are built under a temporary name, then swapped in).
+func removeStaleExports(dir string) {
+	left, _ := filepath.Glob(filepath.Join(dir, "checkpoints", exportTmpPrefix("*")+"*"))
+	for _, p := range left {
+		os.RemoveAll(p)
+	}
 }
 
 // newPolicy makes the starting weights (the run state's when resuming) trainable on the
@@ -513,7 +573,9 @@ func (r *runSession) train(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, ok := r.exported[last]; !ok && first <= last {
+	// The final export, unless a reset just wrote it; a resumed run that has nothing left to
+	// train writes it when it is missing (a run killed while exporting it).
+	if _, ok := r.exported[last]; !ok && (first <= last || !fileExists(filepath.Join(r.exportDir(last), "model.onnx"))) {
 		if err := r.export(last); err != nil {
 			return err
 		}
@@ -621,26 +683,31 @@ func (r *runSession) save() error {
 // export writes the policy at a step under Dir/checkpoints/step-NNNNNN as a Hugging Face
 // directory (model.safetensors, config.json, generation_config.json, tokenizer files) and as
 // ONNX (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
+//
+// The directory is built under a temporary name and swapped in whole (checkpoints.ReplaceDir):
+// a run killed while exporting leaves the previous state of the directory.
 func (r *runSession) export(step int) error {
-	dir := filepath.Join(r.cfg.Dir, "checkpoints", fmt.Sprintf("step-%06d", step))
-	if err := r.writeExport(dir); err != nil {
+	dir := r.exportDir(step)
+	if err := checkpoints.ReplaceDir(dir, exportTmpPrefix(filepath.Base(dir)), r.writeExport); err != nil {
 		return err
 	}
 	r.exported[step] = dir
 	return nil
 }
 
+// exportDir is the export directory of step: Dir/checkpoints/step-NNNNNN.
+func (r *runSession) exportDir(step int) string {
+	return filepath.Join(r.cfg.Dir, "checkpoints", checkpoints.StepDirName(int64(step)))
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
 // exportBest writes the policy, as export does, to Dir/checkpoints/best with best.json naming
 // the evaluation: built under a temporary name and swapped in for the previous best at once
 // (checkpoints.ReplaceDir), so that a crash leaves one whole best export.
 func (r *runSession) exportBest(b *BestEval) error {
 	dir := filepath.Join(r.cfg.Dir, "checkpoints", BestDir)
-	prefix := "." + BestDir + ".tmp-"
-	left, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), prefix+"*")) // what a killed export left
-	for _, p := range left {
-		os.RemoveAll(p)
-	}
-	return checkpoints.ReplaceDir(dir, prefix, func(tmp string) error {
+	return checkpoints.ReplaceDir(dir, exportTmpPrefix(BestDir), func(tmp string) error {
 		if err := r.writeExport(tmp); err != nil {
 			return err
 		}

@@ -91,10 +91,22 @@ func resumeFlags(dir string, step int, fs *pflag.FlagSet) (*grpo.ResumePoint, er
 	for name := range notFromFile {
 		delete(saved, name)
 	}
+	if m, ok := saved["model"].(string); ok && fs.Changed("model") && fs.Lookup("model").Value.String() != m {
+		return nil, fmt.Errorf("--resume: --model %s, but the run in %s trains %s: a run continues its own model (start another run with a new --out)",
+			fs.Lookup("model").Value.String(), dir, orDefaultJob(m))
+	}
 	if err := applyValues(fs, saved, fmt.Sprintf("run state %s step %d", dir, rp.Step)); err != nil {
 		return nil, err
 	}
 	return rp, nil
+}
+
+// orDefaultJob names a --model value, "" being the default job's model.
+func orDefaultJob(model string) string {
+	if model == "" {
+		return "the default job's model"
+	}
+	return model
 }
 
 // runConfig is the run the flags describe.
