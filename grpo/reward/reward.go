@@ -101,13 +101,14 @@ func (r *Registry) Lookup(kind string) (Reward, string, bool) {
 }
 
 // Score routes to the kind's Reward and checks what it returns: an unknown kind, an error of the
-// reward, or a score outside [0, 1] (or NaN) is an error naming the kind.
+// reward, or a score outside [0, 1] (or NaN) is an error naming the kind. A BatchReward gets a
+// batch of one request, with kind as its data_source.
 func (r *Registry) Score(ctx context.Context, kind, response, groundTruth string, meta map[string]any) (Result, error) {
 	rw, matched, ok := r.Lookup(kind)
 	if !ok {
 		return Result{}, fmt.Errorf("reward: no reward for kind %q (registered: %s)", kind, strings.Join(r.Kinds(), ", "))
 	}
-	res, err := rw.Score(ctx, response, groundTruth, meta)
+	res, err := scoreOne(ctx, rw, Request{Kind: kind, Response: response, GroundTruth: groundTruth, Meta: meta})
 	if err != nil {
 		return res, fmt.Errorf("reward: kind %q: %w", matched, err)
 	}
@@ -115,6 +116,23 @@ func (r *Registry) Score(ctx context.Context, kind, response, groundTruth string
 		return res, fmt.Errorf("reward: kind %q returned score %v, outside [0, 1]", matched, res.Score)
 	}
 	return res, nil
+}
+
+// scoreOne scores q with rw: a BatchReward gets a batch of one, so that a reward program sees
+// the data_source.
+func scoreOne(ctx context.Context, rw Reward, q Request) (Result, error) {
+	br, ok := rw.(BatchReward)
+	if !ok {
+		return rw.Score(ctx, q.Response, q.GroundTruth, q.Meta)
+	}
+	rs, err := br.ScoreBatch(ctx, []Request{q})
+	if err != nil {
+		return Result{}, err
+	}
+	if len(rs) != 1 {
+		return Result{}, fmt.Errorf("%d results for a batch of 1", len(rs))
+	}
+	return rs[0], nil
 }
 
 // Options configures the built-in rewards of NewDefault.
