@@ -200,7 +200,9 @@ func startProcess(cfg ProgramConfig, log *slog.Logger) (*process, error) {
 	cmd.Dir = cfg.Dir
 	// Python block-buffers a piped stdout; unbuffered, a forgotten flush cannot hang a batch.
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the forking OS thread ends, which for a long-lived child
+	// would be a kill out of the blue. If we die, the program sees its stdin end instead.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

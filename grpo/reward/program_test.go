@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -17,6 +18,9 @@ import (
 // sets PROLONG_REQUIRE_PYTHON=1).
 func python3(t *testing.T) string {
 	t.Helper()
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
 	py, err := exec.LookPath("python3")
 	if err != nil {
 		skipUnlessRequired(t, "no python3 for the reward program tests: %v", err)
@@ -42,13 +46,21 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
+func newTextLogger(b *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
 // testProgram starts testdata/program.py with the given timeout, logging into the returned
 // buffer, and closes it at the end of the test.
 func testProgram(t *testing.T, timeout time.Duration) (*Program, *logBuffer) {
 	t.Helper()
+	return testCommand(t, python3(t)+" testdata/program.py", timeout)
+}
+
+// testCommand is testProgram with another command line.
+func testCommand(t *testing.T, command string, timeout time.Duration) (*Program, *logBuffer) {
+	t.Helper()
 	logs := &logBuffer{}
-	p, err := NewProgram(ProgramConfig{Command: python3(t) + " testdata/program.py", Timeout: timeout,
-		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	p, err := NewProgram(ProgramConfig{Command: command, Timeout: timeout,
+		Logger: newTextLogger(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,10 +154,23 @@ func TestProgramCrashRestart(t *testing.T) {
 	}
 }
 
-// TestProgramTimeout: a program that hangs is killed at the timeout (an error naming the batch)
-// and the next batch runs on a new process.
+// alive says whether process pid still runs (neither gone nor a zombie) 5 s on: a killed
+// process takes a moment to die.
+func alive(pid float64) bool {
+	for t0 := time.Now(); time.Since(t0) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", int(pid)))
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			return false
+		}
+	}
+	return true
+}
+
+// TestProgramTimeout: a program that hangs is killed at the timeout (an error naming the batch),
+// children of the shell included, and the next batch runs on a new process.
 func TestProgramTimeout(t *testing.T) {
-	p, _ := testProgram(t, 2*time.Second)
+	// "; exit 0" keeps the shell from exec-ing Python: Python is the shell's child.
+	p, _ := testCommand(t, python3(t)+" testdata/program.py; exit 0", 2*time.Second)
 	pid := pidOf(t, mustScore(t, p, rows("ok"))) // started: the timeout is not spent on Python's start
 	t0 := time.Now()
 	_, err := p.ScoreBatch(context.Background(), rows("ok", "hang", "ok"))
@@ -155,6 +180,9 @@ func TestProgramTimeout(t *testing.T) {
 	}
 	if d := time.Since(t0); d > 10*time.Second {
 		t.Errorf("the timeout took %v", d)
+	}
+	if alive(pid) {
+		t.Errorf("the hung program (pid %v) is still running", pid)
 	}
 	res := mustScore(t, p, rows("ok"))
 	if res[0].Score != 1 || pidOf(t, res) == pid {

@@ -4,6 +4,21 @@
 // subprocess), instruction-following constraints, and a format check. Users plug in their own
 // functions with Registry.Register.
 //
+// Users' programs score too, in batches (docs/reward-programs.md): a Program is a long-lived
+// child process, an Endpoint an HTTP reward server. Both speak the same JSON: one request
+//
+//	{"batch": [{"data_source": ..., "prompt": ..., "response": ..., "ground_truth": ..., "extra_info": {...}}, ...]}
+//
+// (one line on the program's stdin, or the body of a POST) is answered by
+//
+//	{"results": [{"score": 0.5, ...other fields, kept in Result.Details}, ...]}
+//
+// (one line on its stdout, or the body of a 2xx response), one result per row in order, each
+// score a number in [0, 1]. A wrong answer is an error naming the row (its index in the batch
+// and its data_source) or the batch. A program that crashes, hangs past the timeout or writes
+// a line that is not an answer is killed and started again on the next batch; its stderr
+// goes to the log. Registry.ScoreBatch gives each BatchReward the rows of its kinds in one call.
+//
 // A reward is a number in [0, 1]. A wrong or malformed response is a low score, not an error;
 // errors are kept for what the user must fix (a malformed ground truth, a sandbox that cannot
 // run) and name the kind and field at fault.
