@@ -1,6 +1,7 @@
 package reward
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -114,7 +115,8 @@ func scoreGroup(ctx context.Context, kind string, rw Reward, reqs []Request, idx
 // The wire format shared by Program and Endpoint: one request is {"batch": [Request...]}, one
 // answer {"results": [{"score": x, ...}...]}, the same count in the same order.
 
-// encodeBatch renders reqs as one request line (without the newline).
+// encodeBatch renders reqs as one request line, ending in a newline; "<" and ">" of chat
+// templates are kept as they are.
 func encodeBatch(reqs []Request) ([]byte, error) {
 	wire := make([]Request, len(reqs))
 	for i, q := range reqs {
@@ -123,13 +125,15 @@ func encodeBatch(reqs []Request) ([]byte, error) {
 			wire[i].Meta = map[string]any{} // {} rather than null for the user's program
 		}
 	}
-	b, err := json.Marshal(struct {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(struct {
 		Batch []Request `json:"batch"`
-	}{wire})
-	if err != nil {
+	}{wire}); err != nil {
 		return nil, fmt.Errorf("encoding the batch: %w", err)
 	}
-	return b, nil
+	return b.Bytes(), nil
 }
 
 // errUnparsed marks an answer that is not the JSON object {"results": [...]} at all (after

@@ -284,7 +284,7 @@ func (pr *process) readStderr(r *os.File, log *slog.Logger) {
 func (pr *process) roundTrip(ctx context.Context, line []byte, timeout time.Duration) ([]byte, error) {
 	written := make(chan error, 1)
 	go func() {
-		_, err := pr.stdin.Write(append(line, '\n'))
+		_, err := pr.stdin.Write(line)
 		written <- err
 	}()
 	timer := time.NewTimer(timeout)

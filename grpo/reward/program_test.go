@@ -111,10 +111,14 @@ func TestProgramBatch(t *testing.T) {
 	p, _ := testProgram(t, 10*time.Second)
 	reqs := rows("ok", "no", "ok", "")
 	reqs[3].Meta = nil
+	reqs[2].Prompt = "<|im_start|>user\nIs 1 < 2 & 3 > 2? Ünïcödé<|im_end|>"
 	res := mustScore(t, p, reqs)
+	if res[2].Details["prompt"] != reqs[2].Prompt || res[2].Details["raw_prompt_in_line"] != true {
+		t.Errorf("the prompt as the program saw it: %+v", res[2].Details)
+	}
 	for i, want := range []float64{1, 0, 1, 0} {
 		d := res[i].Details
-		if res[i].Score != want || d["data_source"] != reqs[i].Kind || d["prompt"] != fmt.Sprintf("prompt %d", i) || d["batch_size"] != 4.0 {
+		if res[i].Score != want || d["data_source"] != reqs[i].Kind || d["prompt"] != reqs[i].Prompt || d["batch_size"] != 4.0 {
 			t.Errorf("row %d: %+v, want score %v", i, res[i], want)
 		}
 	}

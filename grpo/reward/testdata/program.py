@@ -22,7 +22,8 @@ for line in sys.stdin:
             print(r[len("stderr:"):], file=sys.stderr)
         res = {"score": 1.0 if r == row["ground_truth"] else 0.0, "pid": os.getpid(),
                "data_source": row["data_source"], "prompt": row["prompt"],
-               "extra_info": row["extra_info"], "batch_size": len(batch)}
+               "extra_info": row["extra_info"], "batch_size": len(batch),
+               "raw_prompt_in_line": json.dumps(row["prompt"], ensure_ascii=False)[1:-1] in line}
         if r == "abc":
             res["score"] = "abc"
         elif r == "two":
