@@ -34,6 +34,7 @@ type RowError struct {
 	Err        error
 }
 
+// Error says which row and what is wrong.
 func (e *RowError) Error() string {
 	return fmt.Sprintf("row %d (data_source %q): %v", e.Row, e.DataSource, e.Err)
 }
