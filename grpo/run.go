@@ -178,7 +178,10 @@ type Job struct {
 	// Train are the training prompts, streamed in a seeded order reshuffled every epoch
 	// (grpo/data.Stream, seeded by Trainer.Seed); Held the held-out ones (none: no evaluation).
 	Train, Held []Prompt
+	// Reward scores one response; BatchReward, when set, scores a whole rollout round or
+	// evaluation in one call and is used instead (one of the two is needed).
 	Reward      RewardFunc
+	BatchReward BatchRewardFunc
 	Decode      func([]int32) string
 	// StopTokens end a response (the model's end-of-sequence ids).
 	StopTokens []int32
@@ -498,9 +501,13 @@ func (r *runSession) newTrainer() error {
 	if r.stream, err = newPromptStream(r.job.Train, tc.Seed); err != nil {
 		return err
 	}
+	if r.job.Reward == nil && r.job.BatchReward == nil {
+		return errors.New("grpo: the job has neither a Reward nor a BatchReward")
+	}
 	if r.trainer, err = NewTrainer(r.policy, r.rollouts, r.stream, r.job.Reward, r.job.Decode, tc); err != nil {
 		return err
 	}
+	r.trainer.BatchReward = r.job.BatchReward
 	r.trainer.OnReset = r.export
 	return nil
 }

@@ -271,3 +271,53 @@ func TestPlotFailureKeepsSave(t *testing.T) {
 		t.Fatalf("run state after a failing plot: %v", err)
 	}
 }
+
+// TestRunBatchReward: a job with only a BatchReward runs and ends at the weights of the same
+// job rewarded one response at a time; a job with neither reward is refused.
+func TestRunBatchReward(t *testing.T) {
+	ctx := context.Background()
+	cfg, job := tinyRun(t, t.TempDir(), 3)
+	want, err := Run(ctx, cfg, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	cfg, job = tinyRun(t, t.TempDir(), 3)
+	batchJob := func(ctx context.Context, resuming bool) (*Job, error) {
+		j, err := job(ctx, resuming)
+		if err != nil {
+			return nil, err
+		}
+		rw := j.Reward
+		j.Reward = nil
+		j.BatchReward = func(ctx context.Context, reqs []RewardRequest) ([]float64, error) {
+			calls++
+			out := make([]float64, len(reqs))
+			for i, q := range reqs {
+				out[i], _ = rw(ctx, q.Prompt, q.Response)
+			}
+			return out, nil
+		}
+		return j, nil
+	}
+	got, err := Run(ctx, cfg, batchJob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(filepath.Join(want.Exports[3], "model.safetensors"))
+	b, _ := os.ReadFile(filepath.Join(got.Exports[3], "model.safetensors"))
+	if len(a) == 0 || string(a) != string(b) || calls < 3+3 { // a round per step at least, and 3 evaluations
+		t.Fatalf("batched run: %d calls; same weights %v", calls, len(a) > 0 && string(a) == string(b))
+	}
+	cfg, job = tinyRun(t, t.TempDir(), 3)
+	noReward := func(ctx context.Context, resuming bool) (*Job, error) {
+		j, err := job(ctx, resuming)
+		if j != nil {
+			j.Reward = nil
+		}
+		return j, err
+	}
+	if _, err := Run(ctx, cfg, noReward); err == nil || !strings.Contains(err.Error(), "neither a Reward nor a BatchReward") {
+		t.Fatalf("a job without a reward: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package grpo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -90,11 +91,12 @@ func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, s
 		return fmt.Errorf("grpo: step %d: rollout: %w", m.Step, err)
 	}
 	m.SamplingRounds++
+	rewards, err := t.rewards(ctx, prompts, samples)
+	if err != nil {
+		return fmt.Errorf("grpo: step %d: %w", m.Step, err)
+	}
 	for i := range prompts {
-		g, rs, err := t.scoreGroup(ctx, &prompts[i], i, samples[i], m, st)
-		if err != nil {
-			return err
-		}
+		g, rs := t.group(&prompts[i], samples[i], rewards[i], m, st)
 		if cfg.DynamicSampling && UniformGroups([][]float64{rs}, 1e-9)[0] {
 			m.GroupsDropped++
 			continue
@@ -104,23 +106,58 @@ func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, s
 	return nil
 }
 
-// scoreGroup rewards the samples of prompt i and records them in the step's statistics. It
-// returns the group and its rewards (after the overlong penalty).
-func (t *Trainer) scoreGroup(ctx context.Context, p *Prompt, i int, samples []engine.Sample, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
+// rewards scores the samples of each prompt ([prompt][sample]): in one call of BatchReward
+// when it is set, else one call of Reward per sample. An error names the prompt and sample.
+func (t *Trainer) rewards(ctx context.Context, prompts []Prompt, samples [][]engine.Sample) ([][]float64, error) {
+	out := make([][]float64, len(samples))
+	if t.BatchReward == nil && t.Reward == nil {
+		return nil, errors.New("the trainer has neither a Reward nor a BatchReward")
+	}
+	if t.BatchReward == nil {
+		for i, ss := range samples {
+			out[i] = make([]float64, len(ss))
+			for j, s := range ss {
+				r, err := t.Reward(ctx, prompts[i], t.Decode(s.Tokens))
+				if err != nil {
+					return nil, fmt.Errorf("reward of prompt %d sample %d (%s): %w", i, j, prompts[i].Kind, err)
+				}
+				out[i][j] = r
+			}
+		}
+		return out, nil
+	}
+	var reqs []RewardRequest
+	for i, ss := range samples {
+		for _, s := range ss {
+			reqs = append(reqs, RewardRequest{Prompt: prompts[i], Response: t.Decode(s.Tokens)})
+		}
+	}
+	rs, err := t.BatchReward(ctx, reqs)
+	if err != nil {
+		return nil, fmt.Errorf("rewards of %d responses to %d prompts (in order: prompt by prompt, sample by sample): %w", len(reqs), len(prompts), err)
+	}
+	if len(rs) != len(reqs) {
+		return nil, fmt.Errorf("the batch reward gave %d rewards for %d responses", len(rs), len(reqs))
+	}
+	for i, ss := range samples {
+		out[i], rs = rs[:len(ss):len(ss)], rs[len(ss):]
+	}
+	return out, nil
+}
+
+// group makes the group of prompt p from its samples and their rewards, and records them in
+// the step's statistics. It returns the group and its rewards after the overlong penalty.
+func (t *Trainer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64) {
 	g := make([]*rollout, len(samples))
 	rs := make([]float64, len(g))
 	for j, s := range samples {
-		r, err := t.Reward(ctx, *p, t.Decode(s.Tokens))
-		if err != nil {
-			return nil, nil, fmt.Errorf("grpo: step %d: reward of prompt %d sample %d (%s): %w", m.Step, i, j, p.Kind, err)
-		}
 		trunc := s.Finish == engine.FinishLength
-		st.add(m, p.Kind, r, len(s.Tokens), trunc)
-		r = t.overlong(r, trunc)
+		st.add(m, p.Kind, rewards[j], len(s.Tokens), trunc)
+		r := t.overlong(rewards[j], trunc)
 		g[j] = &rollout{prompt: p, tokens: s.Tokens, truncated: trunc, reward: r}
 		rs[j] = r
 	}
-	return g, rs, nil
+	return g, rs
 }
 
 // overlong applies Config.OverlongPenalty to the reward of a response cut at

@@ -20,10 +20,23 @@ type Prompt struct {
 	Kind        string // task kind (data_source): routes the reward
 	GroundTruth string
 	Meta        map[string]any
+	// Text is the prompt as text (chat template applied), for rewards that read it (reward
+	// programs get it as "prompt"); it may be empty.
+	Text string
 }
 
 // RewardFunc scores one response (its decoded text) to a prompt in [0, 1].
 type RewardFunc func(ctx context.Context, p Prompt, response string) (float64, error)
+
+// RewardRequest is one response (its decoded text) to score, with its prompt.
+type RewardRequest struct {
+	Prompt   Prompt
+	Response string
+}
+
+// BatchRewardFunc scores many responses in one call: one reward in [0, 1] per request, in
+// order. A reward program or server scores a whole rollout round this way.
+type BatchRewardFunc func(ctx context.Context, reqs []RewardRequest) ([]float64, error)
 
 // PromptSource hands out training prompts in a reproducible order.
 type PromptSource interface {
@@ -133,8 +146,11 @@ type Trainer struct {
 	Rollouts  RolloutSource
 	Prompts   PromptSource
 	Reward    RewardFunc
-	Decode    func([]int32) string
-	Config    Config
+	// BatchReward, when set, scores all the responses of a rollout round (or an evaluation) in
+	// one call, instead of Reward one by one.
+	BatchReward BatchRewardFunc
+	Decode      func([]int32) string
+	Config      Config
 	// OnReset is called after each reference reset (export a checkpoint there).
 	OnReset func(step int) error
 
@@ -145,13 +161,14 @@ type Trainer struct {
 	evals      int
 }
 
-// NewTrainer checks the configuration and takes the first reference snapshot.
+// NewTrainer checks the configuration and takes the first reference snapshot. reward may be
+// nil when a BatchReward is set on the trainer before its first step.
 func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSource, reward RewardFunc, decode func([]int32) string, cfg Config) (*Trainer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if policy == nil || rollouts == nil || prompts == nil || reward == nil || decode == nil {
-		return nil, errors.New("grpo: policy, rollouts, prompts, reward and decode are all required")
+	if policy == nil || rollouts == nil || prompts == nil || decode == nil {
+		return nil, errors.New("grpo: policy, rollouts, prompts and decode are all required")
 	}
 	// The loss compares log-probs of the same distribution: the policy's, the rollout's and the
 	// reference's, all at the rollout temperature.
@@ -334,17 +351,18 @@ func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, tempera
 	if err != nil {
 		return nil, fmt.Errorf("grpo: evaluation: %w", err)
 	}
+	rewards, err := t.rewards(ctx, prompts, samples)
+	if err != nil {
+		return nil, fmt.Errorf("grpo: evaluation %w", err)
+	}
 	res := &EvalResult{ByKind: map[string]float64{}, PassAtK: map[int]float64{}}
 	kindN := map[string]int{}
 	var total, length float64
 	var count int
 	for i, ss := range samples {
 		correct := 0
-		for _, s := range ss {
-			r, err := t.Reward(ctx, prompts[i], t.Decode(s.Tokens))
-			if err != nil {
-				return nil, fmt.Errorf("grpo: evaluation reward of prompt %d: %w", i, err)
-			}
+		for j, s := range ss {
+			r := rewards[i][j]
 			if r == 1 {
 				res.Accuracy++
 				res.ByKind[prompts[i].Kind]++

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -59,6 +60,23 @@ func countSevens(ids []int32) float64 {
 	return float64(n) / float64(len(ids))
 }
 
+// parseDigits reads back the token ids of decodeDigits' text.
+func parseDigits(text string) []int32 {
+	var ids []int32
+	var cur int32
+	in := false
+	for _, ch := range text {
+		if ch >= '0' && ch <= '9' {
+			cur = cur*10 + int32(ch-'0')
+			in = true
+		} else if in {
+			ids = append(ids, cur)
+			cur, in = 0, false
+		}
+	}
+	return ids
+}
+
 // smallConfig is the ProRL recipe at the size of the tests' tiny model.
 func smallConfig() Config {
 	c := DefaultConfig()
@@ -76,19 +94,7 @@ func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*Trainer, 
 	prompts := &fixedPrompts{ps: []Prompt{{Tokens: []int32{1, 2}, Kind: "toy"}, {Tokens: []int32{3}, Kind: "toy"}, {Tokens: []int32{4, 4, 5}, Kind: "toy"}}}
 	// The reward sees tokens through the decoded text: parse it back.
 	rw := func(_ context.Context, _ Prompt, text string) (float64, error) {
-		var ids []int32
-		var cur int32
-		in := false
-		for _, ch := range text {
-			if ch >= '0' && ch <= '9' {
-				cur = cur*10 + int32(ch-'0')
-				in = true
-			} else if in {
-				ids = append(ids, cur)
-				cur, in = 0, false
-			}
-		}
-		return reward(ids), nil
+		return reward(parseDigits(text)), nil
 	}
 	tr, err := NewTrainer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
 	if err != nil {
@@ -360,5 +366,84 @@ func TestDefaultConfigValid(t *testing.T) {
 	}
 	if c.PromptsPerStep != 256 || c.SamplesPerPrompt != 16 || c.MiniBatches != 4 || c.Temperature != 1.2 {
 		t.Errorf("not ProRL's recipe: %+v", c)
+	}
+}
+
+// TestBatchReward: with a BatchReward, each rollout round's responses (and an evaluation's)
+// are scored in one call, prompt by prompt, and the steps, the evaluation and the weights are
+// those of the per-sample Reward, bit for bit.
+func TestBatchReward(t *testing.T) {
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.MaxSamplingRounds = 3, 4, 3, 3
+	ctx := context.Background()
+	single, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	batched, gen2 := newGRPO(t, cfg, countSevens)
+	defer gen2.Close()
+	var sizes []int
+	var kinds []string
+	batched.Reward = nil
+	batched.BatchReward = func(_ context.Context, reqs []RewardRequest) ([]float64, error) {
+		sizes = append(sizes, len(reqs))
+		out := make([]float64, len(reqs))
+		for i, q := range reqs {
+			out[i] = countSevens(parseDigits(q.Response))
+			if i%cfg.SamplesPerPrompt == 0 {
+				kinds = append(kinds, fmt.Sprint(q.Prompt.Tokens))
+			}
+		}
+		return out, nil
+	}
+	rounds := 0
+	var wantKinds []string
+	for s := 1; s <= 4; s++ {
+		before := batched.Prompts.(*fixedPrompts).pos
+		want, err := single.Step(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := batched.Step(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := before; i < batched.Prompts.(*fixedPrompts).pos; i++ {
+			wantKinds = append(wantKinds, fmt.Sprint(batched.Prompts.(*fixedPrompts).ps[i%3].Tokens))
+		}
+		rounds += got.SamplingRounds
+		got.RolloutSeconds, got.RolloutTokensPS, got.TrainSeconds, got.TrainTokensPS = 0, 0, 0, 0
+		want.RolloutSeconds, want.RolloutTokensPS, want.TrainSeconds, want.TrainTokensPS = 0, 0, 0, 0
+		if fmt.Sprintf("%+v", *got) != fmt.Sprintf("%+v", *want) {
+			t.Fatalf("step %d: batched %+v\nper sample %+v", s, *got, *want)
+		}
+	}
+	if len(sizes) != rounds || rounds <= 4 || fmt.Sprint(kinds) != fmt.Sprint(wantKinds) {
+		t.Fatalf("%d batch calls of sizes %v for %d rounds; prompts %v, want %v", len(sizes), sizes, rounds, kinds, wantKinds)
+	}
+	for _, n := range sizes {
+		if n%cfg.SamplesPerPrompt != 0 {
+			t.Errorf("a batch of %d responses: not whole groups", n)
+		}
+	}
+	a, _ := single.Policy.Model.HostWeights()
+	b, _ := batched.Policy.Model.HostWeights()
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Error("batched rewards end at other weights")
+	}
+	held := []Prompt{{Tokens: []int32{1, 2}, Kind: "toy"}, {Tokens: []int32{3}, Kind: "toy"}}
+	calls := len(sizes)
+	we, err := single.Evaluate(ctx, held, 4, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ge, err := batched.Evaluate(ctx, held, 4, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%+v", *ge) != fmt.Sprintf("%+v", *we) || len(sizes) != calls+1 || sizes[calls] != 8 {
+		t.Fatalf("evaluation: batched %+v, per sample %+v; batch sizes %v", *ge, *we, sizes[calls:])
+	}
+	batched.BatchReward = func(context.Context, []RewardRequest) ([]float64, error) { return []float64{1}, nil }
+	if _, err := batched.Step(ctx); err == nil || !strings.Contains(err.Error(), "gave 1 rewards for 12 responses") {
+		t.Errorf("a short answer: %v", err)
 	}
 }

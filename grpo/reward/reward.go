@@ -4,6 +4,21 @@
 // subprocess), instruction-following constraints, and a format check. Users plug in their own
 // functions with Registry.Register.
 //
+// Users' programs score too, in batches (docs/reward-programs.md): a Program is a long-lived
+// child process, an Endpoint an HTTP reward server. Both speak the same JSON: one request
+//
+//	{"batch": [{"data_source": ..., "prompt": ..., "response": ..., "ground_truth": ..., "extra_info": {...}}, ...]}
+//
+// (one line on the program's stdin, or the body of a POST) is answered by
+//
+//	{"results": [{"score": 0.5, ...other fields, kept in Result.Details}, ...]}
+//
+// (one line on its stdout, or the body of a 2xx response), one result per row in order, each
+// score a number in [0, 1]. A wrong answer is an error naming the row (its index in the batch
+// and its data_source) or the batch. A program that crashes, hangs past the timeout or writes
+// a line that is not an answer is killed and started again on the next batch; its stderr
+// goes to the log. Registry.ScoreBatch gives each BatchReward the rows of its kinds in one call.
+//
 // A reward is a number in [0, 1]. A wrong or malformed response is a low score, not an error;
 // errors are kept for what the user must fix (a malformed ground truth, a sandbox that cannot
 // run) and name the kind and field at fault.
@@ -101,13 +116,14 @@ func (r *Registry) Lookup(kind string) (Reward, string, bool) {
 }
 
 // Score routes to the kind's Reward and checks what it returns: an unknown kind, an error of the
-// reward, or a score outside [0, 1] (or NaN) is an error naming the kind.
+// reward, or a score outside [0, 1] (or NaN) is an error naming the kind. A BatchReward gets a
+// batch of one request, with kind as its data_source.
 func (r *Registry) Score(ctx context.Context, kind, response, groundTruth string, meta map[string]any) (Result, error) {
 	rw, matched, ok := r.Lookup(kind)
 	if !ok {
 		return Result{}, fmt.Errorf("reward: no reward for kind %q (registered: %s)", kind, strings.Join(r.Kinds(), ", "))
 	}
-	res, err := rw.Score(ctx, response, groundTruth, meta)
+	res, err := scoreOne(ctx, rw, Request{Kind: kind, Response: response, GroundTruth: groundTruth, Meta: meta})
 	if err != nil {
 		return res, fmt.Errorf("reward: kind %q: %w", matched, err)
 	}
@@ -115,6 +131,23 @@ func (r *Registry) Score(ctx context.Context, kind, response, groundTruth string
 		return res, fmt.Errorf("reward: kind %q returned score %v, outside [0, 1]", matched, res.Score)
 	}
 	return res, nil
+}
+
+// scoreOne scores q with rw: a BatchReward gets a batch of one, so that a reward program sees
+// the data_source.
+func scoreOne(ctx context.Context, rw Reward, q Request) (Result, error) {
+	br, ok := rw.(BatchReward)
+	if !ok {
+		return rw.Score(ctx, q.Response, q.GroundTruth, q.Meta)
+	}
+	rs, err := br.ScoreBatch(ctx, []Request{q})
+	if err != nil {
+		return Result{}, err
+	}
+	if len(rs) != 1 {
+		return Result{}, fmt.Errorf("%d results for a batch of 1", len(rs))
+	}
+	return rs[0], nil
 }
 
 // Options configures the built-in rewards of NewDefault.
