@@ -188,6 +188,8 @@ type Job struct {
 	// MaxResponseTokens, when above 0, replaces the run's Trainer.MaxResponseTokens (a job
 	// that fits responses into the model's context).
 	MaxResponseTokens int
+	// Close, when set, is called when the run ends (a reward program's process).
+	Close func() error
 	// TokenizerFiles writes the tokenizer into a directory: the run's tokenizer/ and every
 	// export, so that each is a whole Hugging Face model directory. nil: none.
 	TokenizerFiles func(dir string) error
@@ -309,6 +311,9 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 	job, err := newJob(ctx, cfg.Resume != nil)
 	if err != nil {
 		return nil, err
+	}
+	if job.Close != nil {
+		defer job.Close()
 	}
 	r, closeRollouts, err := newRunSession(ctx, cfg, job)
 	if err != nil {

@@ -73,7 +73,7 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 
 // customJob is the user's model (--model) on the user's prompts (--data), rewarded by the
 // built-in verifiable rewards routed by each row's data_source.
-func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, error) {
+func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, err error) {
 	if o.model == "" || o.data == "" {
 		return nil, errors.New("--model and --data go together: give both (or neither, for the default job)")
 	}
@@ -86,6 +86,14 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 		return nil, err
 	}
 	reg := reward.NewDefault(reward.Options{})
+	if j.Close, err = rewardProgram(o, reg, append(rows, val...)); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && j.Close != nil {
+			j.Close()
+		}
+	}()
 	if j.Train, err = toPrompts(o, reg, tok, rows, o.data); err != nil {
 		return nil, err
 	}
@@ -101,6 +109,9 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	j.Reward = func(ctx context.Context, p grpo.Prompt, response string) (float64, error) {
 		r, err := reg.Score(ctx, p.Kind, response, p.GroundTruth, p.Meta)
 		return r.Score, err
+	}
+	if j.Close != nil { // a reward program: a round's responses in one batch
+		j.BatchReward = batchReward(reg)
 	}
 	j.Decode = tok.decode
 	j.StopTokens = tok.stopTokens(j.Model)
@@ -122,6 +133,70 @@ func customJob(ctx context.Context, o options, loadWeights bool) (*grpo.Job, err
 	return j, nil
 }
 
+// rewardProgram starts --reward-cmd (or connects --reward-url) and routes to it the
+// data_sources of --reward-for, or every data_source of rows; it returns what ends it (nil
+// without a reward program).
+func rewardProgram(o options, reg *reward.Registry, rows []data.Row) (func() error, error) {
+	var rw reward.Reward
+	closeFn := func() error { return nil }
+	switch {
+	case o.rewardCmd != "" && o.rewardURL != "":
+		return nil, errors.New("--reward-cmd and --reward-url: give one")
+	case o.rewardCmd != "":
+		p, err := reward.NewProgram(reward.ProgramConfig{Command: o.rewardCmd, Timeout: o.rewardTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("--reward-cmd: %w", err)
+		}
+		rw, closeFn = p, p.Close
+	case o.rewardURL != "":
+		e, err := reward.NewEndpoint(reward.EndpointConfig{URL: o.rewardURL, Timeout: o.rewardTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("--reward-url: %w", err)
+		}
+		rw = e
+	default:
+		if len(o.rewardFor) > 0 {
+			return nil, errors.New("--reward-for names the data_sources of --reward-cmd or --reward-url: give one of them")
+		}
+		return nil, nil
+	}
+	kinds := o.rewardFor
+	if len(kinds) == 0 {
+		for _, r := range rows {
+			if !slices.Contains(kinds, r.DataSource) {
+				kinds = append(kinds, r.DataSource)
+			}
+		}
+	}
+	for _, k := range kinds {
+		if err := reg.Register(k, rw); err != nil {
+			closeFn()
+			return nil, fmt.Errorf("--reward-for: %w", err)
+		}
+	}
+	return closeFn, nil
+}
+
+// batchReward scores a round's responses with reg in one call (reward programs get them as
+// one batch).
+func batchReward(reg *reward.Registry) grpo.BatchRewardFunc {
+	return func(ctx context.Context, qs []grpo.RewardRequest) ([]float64, error) {
+		reqs := make([]reward.Request, len(qs))
+		for i, q := range qs {
+			reqs[i] = reward.Request{Kind: q.Prompt.Kind, Prompt: q.Prompt.Text, Response: q.Response, GroundTruth: q.Prompt.GroundTruth, Meta: q.Prompt.Meta}
+		}
+		res, err := reg.ScoreBatch(ctx, reqs)
+		if err != nil {
+			return nil, err
+		}
+		scores := make([]float64, len(res))
+		for i, r := range res {
+			scores[i] = r.Score
+		}
+		return scores, nil
+	}
+}
+
 // rewardName names the built-in reward rw and says in a few words what it reads in a response.
 func rewardName(rw reward.Reward) (name, reads string) {
 	switch r := rw.(type) {
@@ -139,6 +214,10 @@ func rewardName(rw reward.Reward) (name, reads string) {
 		return reward.KindFormat, "the <think>/<answer> format"
 	case reward.Choice:
 		return reward.KindChoice, "the chosen option letter"
+	case *reward.Program:
+		return "--reward-cmd", "what your program reads"
+	case *reward.Endpoint:
+		return "--reward-url", "what your server reads"
 	}
 	return fmt.Sprintf("%T", rw), "the response"
 }
@@ -281,7 +360,7 @@ func toPrompts(o options, reg *reward.Registry, tok *hfTokenizer, rows []data.Ro
 		if _, _, ok := reg.Lookup(r.DataSource); !ok {
 			return nil, fmt.Errorf("%s: no reward for data_source %q (built in: %s)", r.At(file), r.DataSource, strings.Join(reg.Kinds(), ", "))
 		}
-		ids, err := tok.prompt(r, !o.noChatTemplate)
+		ids, text, err := tok.prompt(r, !o.noChatTemplate)
 		if err != nil {
 			return nil, fmt.Errorf("%s: prompt: %w", r.At(file), err)
 		}
@@ -289,7 +368,7 @@ func toPrompts(o options, reg *reward.Registry, tok *hfTokenizer, rows []data.Ro
 			dropped++
 			continue
 		}
-		ps = append(ps, grpo.Prompt{Tokens: ids, Kind: r.DataSource, GroundTruth: r.GroundTruth, Meta: r.ExtraInfo})
+		ps = append(ps, grpo.Prompt{Tokens: ids, Text: text, Kind: r.DataSource, GroundTruth: r.GroundTruth, Meta: r.ExtraInfo})
 	}
 	if dropped > 0 {
 		slog.Warn("prompts longer than --max-prompt-tokens dropped", "file", file, "dropped", dropped, "kept", len(ps))

@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -43,6 +44,11 @@ type options struct {
 	noChatTemplate                    bool
 	rolloutServers                    []string
 	writeData                         string
+
+	// A reward program or server (instead of the built-in rewards).
+	rewardCmd, rewardURL string
+	rewardFor            []string
+	rewardTimeout        time.Duration
 
 	// The run.
 	out, config, cpuProfile string
@@ -101,6 +107,10 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.defaultKind, "default-kind", "", "task kind (reward) of rows without data_source; empty: such rows are errors")
 	fs.IntVar(&o.maxPromptTokens, "max-prompt-tokens", 1024, "prompts longer than this many tokens are dropped (counted in the log)")
 	fs.BoolVar(&o.noChatTemplate, "no-chat-template", false, "feed prompt text as is, without the tokenizer's chat template")
+	fs.StringVar(&o.rewardCmd, "reward-cmd", "", "a reward program, run by /bin/sh -c, that scores responses: JSON lines on its stdin and stdout, a batch a line (docs/reward-programs.md)")
+	fs.StringVar(&o.rewardURL, "reward-url", "", "a reward server that scores responses: each batch POSTed as JSON (docs/reward-programs.md)")
+	fs.StringSliceVar(&o.rewardFor, "reward-for", nil, "data_sources that --reward-cmd or --reward-url scores (empty: every data_source of the data; the built-in rewards score the others)")
+	fs.DurationVar(&o.rewardTimeout, "reward-timeout", time.Minute, "time a reward program or server has to answer one batch")
 	fs.StringSliceVar(&o.rolloutServers, "rollout-servers", nil, "rollout servers (URLs of tools/rollout-server) to generate with instead of the in-process engine; weights are pushed after each step")
 
 	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")

@@ -203,7 +203,7 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := hf.prompt(data.Row{Prompt: text}, true)
+			got, _, err := hf.prompt(data.Row{Prompt: text}, true)
 			if err != nil {
 				t.Fatal(err)
 			}

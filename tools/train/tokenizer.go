@@ -26,13 +26,14 @@ func loadTokenizer(dir string) (*hfTokenizer, error) {
 
 func (t *hfTokenizer) vocabSize() int { return t.tok.VocabSize() }
 
-// prompt renders a data row as prompt ids: chat messages, or the text of a chat model, go
-// through the chat template with the assistant turn opened; plain text is encoded as is.
-func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, error) {
+// prompt renders a data row as prompt ids and the text they encode: chat messages, or the text
+// of a chat model, go through the chat template with the assistant turn opened; plain text is
+// encoded as is.
+func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, string, error) {
 	text := r.Prompt
 	if r.Messages != nil || (chat && t.tok.HasChatTemplate()) {
 		if !t.tok.HasChatTemplate() {
-			return nil, fmt.Errorf("chat messages, but the tokenizer in %s has no chat template", t.dir)
+			return nil, "", fmt.Errorf("chat messages, but the tokenizer in %s has no chat template", t.dir)
 		}
 		msgs := make([]tokenizer.Message, 0, len(r.Chat()))
 		for _, m := range r.Chat() {
@@ -40,16 +41,16 @@ func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, error) {
 		}
 		var err error
 		if text, err = t.tok.ApplyChatTemplate(msgs, true); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	if err := t.tok.Check(text); err != nil { // a character Encode would drop
-		return nil, err
+		return nil, "", err
 	}
 	if text != r.Prompt || r.Messages != nil {
-		return t.tok.EncodePlain(text), nil // the template holds the special tokens it needs
+		return t.tok.EncodePlain(text), text, nil // the template holds the special tokens it needs
 	}
-	return t.tok.Encode(text), nil
+	return t.tok.Encode(text), text, nil
 }
 
 // decode renders a response for the reward: special tokens (end of sequence, padding) are
