@@ -86,14 +86,16 @@ func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, e
 		return nil, err
 	}
 	reg := reward.NewDefault(reward.Options{})
-	if j.Close, err = rewardProgram(o, reg, append(rows, val...)); err != nil {
+	closeReward, err := rewardProgram(o, reg, append(rows, val...))
+	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		if err != nil && j.Close != nil {
-			j.Close()
+		if err != nil && closeReward != nil {
+			closeReward() // the run will not start: end the program
 		}
 	}()
+	j.Close = closeReward
 	if j.Train, err = toPrompts(o, reg, tok, rows, o.data); err != nil {
 		return nil, err
 	}
@@ -110,7 +112,7 @@ func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, e
 		r, err := reg.Score(ctx, p.Kind, response, p.GroundTruth, p.Meta)
 		return r.Score, err
 	}
-	if j.Close != nil { // a reward program: a round's responses in one batch
+	if closeReward != nil { // a reward program: a round's responses in one batch
 		j.BatchReward = batchReward(reg)
 	}
 	j.Decode = tok.decode
