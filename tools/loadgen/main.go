@@ -74,7 +74,7 @@ func main() {
 	var o options
 	fs := pflag.NewFlagSet("loadgen", pflag.ContinueOnError)
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8000", "rollout server base URL")
-	fs.StringVar(&o.apiKey, "api-key", os.Getenv("PROLONG_API_KEY"), "API key (default $PROLONG_API_KEY)")
+	fs.StringVar(&o.apiKey, "api-key", "", "API key (default: $PROLONG_API_KEY)")
 	fs.IntVar(&o.clients, "clients", 64, "concurrent clients of the load phase")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "length of the load phase")
 	fs.DurationVar(&o.singleDuration, "single-duration", 10*time.Second, "length of the single-client phase (0: skip)")
@@ -83,11 +83,16 @@ func main() {
 	fs.IntVar(&o.maxTokens, "max-tokens", 24, "max_tokens of each request (ignore_eos: every request generates this many per sample)")
 	fs.IntVar(&o.n, "n", 1, "samples per request")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the prompts")
+	fs.SetOutput(os.Stdout) // --help
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return
 		}
+		fmt.Fprintf(os.Stderr, "loadgen: %v (see --help)\n", err)
 		os.Exit(2)
+	}
+	if !fs.Changed("api-key") { // read after parsing: the usage never shows the key
+		o.apiKey = os.Getenv("PROLONG_API_KEY")
 	}
 	if err := run(o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)

@@ -49,12 +49,28 @@ func serverBinary(t *testing.T) string {
 // launch starts the real server on a free port and returns its URL once it listens.
 func launch(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(serverBinary(t), append([]string{"--addr", "127.0.0.1:0"}, args...)...)
+	return start(t, exec.Command(serverBinary(t), append([]string{"--addr", "127.0.0.1:0"}, args...)...))
+}
+
+// launchUnder is launch with shell commands run first (ulimit), in the shell that then
+// becomes the server; stderr receives the server's log.
+func launchUnder(t *testing.T, shell string, stderr io.Writer, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command("sh", append([]string{"-c", shell + ` && exec "$0" "$@"`, serverBinary(t), "--addr", "127.0.0.1:0"}, args...)...)
+	cmd.Stderr = stderr
+	return start(t, cmd)
+}
+
+// start runs the server command and returns its URL once it listens.
+func start(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, string) {
+	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,6 +41,10 @@ type options struct {
 	maxSeqs, maxBatchTokens          int
 	kvMiB, poolMiB                   int64
 	maxBodyKiB, maxWeightsMiB        int64
+	maxConns                         int
+	headerTimeout, bodyTimeout       time.Duration
+	writeTimeout, idleTimeout        time.Duration
+	weightsMiBps                     float64
 	shutdownTimeout                  time.Duration
 }
 
@@ -59,7 +64,7 @@ Flags:
 	}
 	fs.StringVar(&o.model, "model", "", "model to serve: a Hugging Face directory (config.json, safetensors, tokenizer.json), a model.onnx, a training run, or a Hugging Face model id ORG/NAME[@REVISION] (from the Hugging Face cache, downloaded when not there; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply) (required)")
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8000", "address to listen on; a non-loopback address needs --api-key")
-	fs.StringVar(&o.apiKey, "api-key", os.Getenv("PROLONG_API_KEY"), "API key clients send as 'Authorization: Bearer KEY' (default $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
+	fs.StringVar(&o.apiKey, "api-key", "", "API key clients send as 'Authorization: Bearer KEY' (default: $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
 	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name or model id, then the name of the directory each /v1/weights update loads)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (compute is fp32)")
 	fs.StringVar(&o.device, "device", "auto", "where the model runs: auto (the GPU when one is there, else the CPU), cpu or cuda")
@@ -74,23 +79,45 @@ Flags:
 	fs.Int64Var(&o.poolMiB, "activation-pool-mib", 64, "freed activation buffers kept for reuse, in MiB (memory beyond the weights and the KV cache)")
 	fs.Int64Var(&o.maxBodyKiB, "max-body-kib", 1024, "largest request body of the generation endpoints, in KiB (413 above)")
 	fs.Int64Var(&o.maxWeightsMiB, "max-weights-mib", 16384, "largest safetensors body of POST /v1/weights, in MiB")
+	fs.IntVar(&o.maxConns, "max-connections", 1024, "connections served at once (lowered to fit the open-file limit); a few more are accepted for GET /health and GET /metrics only, the rest closed at once")
+	fs.DurationVar(&o.headerTimeout, "header-timeout", 10*time.Second, "time a client has to send a request's headers")
+	fs.DurationVar(&o.bodyTimeout, "body-timeout", 30*time.Second, "time a client has to send a request's body, from its headers on (POST /v1/weights: more, see --weights-min-mibps); 408 after it")
+	fs.Float64Var(&o.weightsMiBps, "weights-min-mibps", 4, "slowest POST /v1/weights body accepted, in MiB/s: it must arrive within --body-timeout plus its size at this rate")
+	fs.DurationVar(&o.writeTimeout, "write-timeout", 60*time.Second, "time a client has to take a response (a whole response, or each streamed chunk); the connection is closed after it")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "how long an idle keep-alive connection stays open")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish before they are cancelled")
 	return fs
 }
 
 func main() {
-	var o options
-	fs := newFlags(&o)
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return
-		}
+	o, err := parseArgs(os.Args[1:], os.Stdout)
+	if errors.Is(err, pflag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "rollout-server: %v (see --help)\n", err)
 		os.Exit(2)
 	}
 	if err := serve(o); err != nil {
 		slog.Error("rollout-server", "err", err)
 		os.Exit(1)
 	}
+}
+
+// parseArgs reads the command line; --help prints the usage on stdout and returns
+// pflag.ErrHelp. The API key comes from PROLONG_API_KEY unless --api-key is given: it is read
+// after parsing so that the usage never shows it.
+func parseArgs(args []string, stdout io.Writer) (options, error) {
+	var o options
+	fs := newFlags(&o)
+	fs.SetOutput(stdout)
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if !fs.Changed("api-key") {
+		o.apiKey = os.Getenv("PROLONG_API_KEY")
+	}
+	return o, nil
 }
 
 // isLoopback reports whether addr's host only accepts local connections.
@@ -106,10 +133,32 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// checkLimits refuses connection and time limits that would serve nothing.
+func checkLimits(o options) error {
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"header-timeout", o.headerTimeout}, {"body-timeout", o.bodyTimeout}, {"write-timeout", o.writeTimeout}, {"idle-timeout", o.idleTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("--%s %v: want a positive duration", d.flag, d.v)
+		}
+	}
+	if o.maxConns < 1 || o.maxConcurrent < 1 {
+		return fmt.Errorf("--max-connections %d, --max-concurrent %d: want at least 1", o.maxConns, o.maxConcurrent)
+	}
+	if !(o.weightsMiBps > 0) {
+		return fmt.Errorf("--weights-min-mibps %g: want a positive rate", o.weightsMiBps)
+	}
+	return nil
+}
+
 // newServer loads the model and builds the server.
 func newServer(o options) (*server, error) {
 	if o.model == "" {
 		return nil, errors.New("--model is required (see --help)")
+	}
+	if err := checkLimits(o); err != nil {
+		return nil, err
 	}
 	if !isLoopback(o.addr) && o.apiKey == "" {
 		return nil, fmt.Errorf("--addr %s is not a loopback address: set --api-key (or PROLONG_API_KEY) to serve beyond this machine", o.addr)
@@ -167,10 +216,28 @@ func newServer(o options) (*server, error) {
 	s := &server{sched: sched, cfg: m.Config, tok: tok, fixedName: o.name != "", apiKey: o.apiKey,
 		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
 		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
+		bodyTimeout: o.bodyTimeout, writeTimeout: o.writeTimeout, weightsRate: o.weightsMiBps * (1 << 20),
 		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched)}
+	s.metrics.watchRequests(s.slots)
 	s.name.Store(&name)
 	s.version.Store(1)
 	return s, nil
+}
+
+// listen opens the address, serving at most --max-connections connections at once (fitted to
+// the open-file limit) and a few more for health checks.
+func listen(o options, m *metrics) (net.Listener, error) {
+	max, err := fitConnections(o.maxConns)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return nil, err
+	}
+	l := newConnLimiter(ln, max, m.connsRefused.Inc)
+	m.watchConns(l)
+	return l, nil
 }
 
 // serve runs until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
@@ -180,11 +247,11 @@ func serve(o options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", o.addr)
+	ln, err := listen(o, s.metrics)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: o.headerTimeout, IdleTimeout: o.idleTimeout, ConnContext: connContext}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	errc := make(chan error, 1)

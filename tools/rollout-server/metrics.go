@@ -19,6 +19,9 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	ttft     prometheus.Histogram
+	// connsRefused counts connections closed at accept: beyond --max-connections and the
+	// health-check reserve.
+	connsRefused prometheus.Counter
 }
 
 func newMetrics(sched *engine.Scheduler) *metrics {
@@ -29,12 +32,14 @@ func newMetrics(sched *engine.Scheduler) *metrics {
 		Help: "Time from request to last byte, by endpoint.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}, []string{"endpoint"})
 	m.ttft = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "prolong_time_to_first_token_seconds",
 		Help: "Time from submission to the first sampled token.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)})
+	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "prolong_connections_refused_total",
+		Help: "Connections closed at accept: beyond --max-connections and the few kept for health checks."})
 	stat := func(f func(engine.SchedulerStats) float64) func() float64 {
 		return func() float64 { return f(sched.Stats()) }
 	}
 	var rateMu sync.Mutex
 	lastT, lastN := time.Now(), uint64(0)
-	m.reg.MustRegister(m.requests, m.latency, m.ttft,
+	m.reg.MustRegister(m.requests, m.latency, m.ttft, m.connsRefused,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_queue_depth", Help: "Requests waiting for admission."},
 			stat(func(s engine.SchedulerStats) float64 { return float64(s.Queued) })),
@@ -62,6 +67,20 @@ func newMetrics(sched *engine.Scheduler) *metrics {
 			}),
 	)
 	return m
+}
+
+// watchRequests adds the number of requests holding a serving slot (at most --max-concurrent).
+func (m *metrics) watchRequests(slots chan struct{}) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_requests_running",
+		Help: "Generation requests being served (at most --max-concurrent)."},
+		func() float64 { return float64(len(slots)) }))
+}
+
+// watchConns adds the number of open connections of l.
+func (m *metrics) watchConns(l *connLimiter) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_connections_open",
+		Help: "Connections being served (at most --max-connections, plus a few for health checks)."},
+		func() float64 { return float64(l.open()) }))
 }
 
 func (m *metrics) handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }

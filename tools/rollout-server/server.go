@@ -10,9 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,7 +19,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	"github.com/prolong-rl/prolong/engine"
 )
@@ -37,9 +34,13 @@ type server struct {
 	apiKey    string
 	maxBody   int64
 	maxWeight int64
-	slots     chan struct{} // bounds the requests being served at once
-	metrics   *metrics
-	draining  atomic.Bool
+	// bodyTimeout, writeTimeout and weightsRate: --body-timeout, --write-timeout and
+	// --weights-min-mibps (in bytes/s); see guard.
+	bodyTimeout, writeTimeout time.Duration
+	weightsRate               float64
+	slots                     chan struct{} // bounds the requests being served at once
+	metrics                   *metrics
+	draining                  atomic.Bool
 
 	// swapMu: requests hold it shared while they submit their prompts, a weight update
 	// exclusively, so that all prompts of one request run on one weight version.
@@ -57,9 +58,9 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/weights", s.weights)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &apiError{Status: 404, Type: "invalid_request_error", Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+		refuse(w, r, &apiError{Status: 404, Type: "invalid_request_error", Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
 	})
-	return mux
+	return s.guard(mux)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -77,6 +78,15 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	writeJSON(w, e.Status, map[string]any{"error": e})
 }
 
+// refuse answers a request without reading its body: the connection closes after the answer
+// rather than wait for a body that may never come.
+func refuse(w http.ResponseWriter, r *http.Request, e *apiError) {
+	if r.Body != nil && r.Body != http.NoBody {
+		w.Header().Set("Connection", "close")
+	}
+	writeError(w, e)
+}
+
 // bearer checks the Authorization header against key.
 func bearer(r *http.Request, key string) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -87,7 +97,7 @@ func bearer(r *http.Request, key string) bool {
 func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.apiKey != "" && !bearer(r, s.apiKey) {
-			writeError(w, &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"})
+			refuse(w, r, &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"})
 			return
 		}
 		h(w, r)
@@ -137,29 +147,26 @@ func (s *server) models(w http.ResponseWriter, r *http.Request) {
 func (s *server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, &apiError{Status: 413, Type: "invalid_request_error", Message: fmt.Sprintf("request body over %d bytes", limit)}
-		}
-		return nil, badRequest("", "reading the body: %v", err)
+		return nil, bodyError(w, err, fmt.Sprintf("--body-timeout (%v)", s.bodyTimeout))
 	}
 	return body, nil
 }
 
 // acquire takes a serving slot, or refuses with 429 (at capacity) or 503 (shutting down).
-func (s *server) acquire() *apiError {
+// The slot is given back by release, which may be called more than once: a request gives it
+// back when its generation is done, before the client has taken its response.
+func (s *server) acquire() (release func(), e *apiError) {
 	if s.draining.Load() {
-		return &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
+		return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
 	}
 	select {
 	case s.slots <- struct{}{}:
-		return nil
+		var once sync.Once
+		return func() { once.Do(func() { <-s.slots }) }, nil
 	default:
-		return &apiError{Status: 429, Type: "rate_limit_error", Code: "too_many_requests", Message: "server at capacity; retry after a second"}
+		return nil, &apiError{Status: 429, Type: "rate_limit_error", Code: "too_many_requests", Message: "server at capacity; retry after a second"}
 	}
 }
-
-func (s *server) release() { <-s.slots }
 
 // prompt is one prompt to complete, tokenized.
 type prompt struct {
@@ -513,11 +520,12 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 	for _, ids := range pc.ids {
 		prompts = append(prompts, prompt{ids: ids, text: s.decode(ids)})
 	}
-	if e := s.acquire(); e != nil {
+	free, e := s.acquire()
+	if e != nil {
 		writeError(w, e)
 		return
 	}
-	defer s.release()
+	defer free()
 	withLP := req.Logprobs != nil
 	k := 0 // alternatives per position (vLLM's logprobs)
 	if withLP {
@@ -632,6 +640,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	release()
+	free() // the generation is done: the slot does not wait for the client to take the answer
 	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version}
 	for i, c := range choices {
 		p := prompts[c.promptID]
@@ -792,11 +801,12 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := prompt{ids: s.tok.EncodePlain(text), text: text}
-	if e := s.acquire(); e != nil {
+	free, e := s.acquire()
+	if e != nil {
 		writeError(w, e)
 		return
 	}
-	defer s.release()
+	defer free()
 	k := 0 // top_logprobs
 	if req.Logprobs && req.TopLogprobs != nil {
 		k = *req.TopLogprobs
@@ -881,6 +891,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	release()
+	free()
 	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: g.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
 	for i, c := range choices {
 		ids := c.ids
@@ -895,110 +906,4 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, ct)})
 	}
 	writeJSON(w, 200, resp)
-}
-
-// weights serves POST /v1/weights: new weights from a checkpoint directory on the server's
-// machine ({"path": DIR}) or a safetensors body. Requests in flight finish on the weights they
-// started with; requests arriving meanwhile wait and run on the new ones. The API key is
-// always required here.
-func (s *server) weights(w http.ResponseWriter, r *http.Request) {
-	if s.apiKey == "" {
-		writeError(w, &apiError{Status: 403, Type: "permission_error", Message: "weight updates are disabled: start the server with --api-key (or PROLONG_API_KEY)"})
-		return
-	}
-	if !bearer(r, s.apiKey) {
-		writeError(w, &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"})
-		return
-	}
-	body, e := s.readBody(w, r, s.maxWeight)
-	if e != nil {
-		writeError(w, e)
-		return
-	}
-	var tensors map[string]engine.HostTensor
-	source, path := "request body", ""
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
-		var req struct {
-			Path string `json:"path"`
-		}
-		if e := decodeStrict(body, &req); e != nil {
-			writeError(w, e)
-			return
-		}
-		if req.Path == "" {
-			writeError(w, badRequest("path", "path is required (a model directory with config.json and safetensors)"))
-			return
-		}
-		cfg, wts, err := checkpoints.Load(req.Path)
-		if err != nil {
-			writeError(w, badRequest("path", "%v", err))
-			return
-		}
-		if e := sameArch(s.cfg, cfg); e != nil {
-			writeError(w, e)
-			return
-		}
-		tensors, source, path = wts, req.Path, req.Path
-	} else {
-		f, err := checkpoints.ParseSafetensors(bytes.NewReader(body), int64(len(body)))
-		if err != nil {
-			writeError(w, badRequest("", "safetensors body: %v", err))
-			return
-		}
-		tensors = f.Tensors
-	}
-	cur := s.sched.Model()
-	m, err := engine.NewModel(s.cfg, cur.Backend, tensors, cur.WeightDType)
-	if err != nil {
-		writeError(w, badRequest("", "weights from %s: %v", source, err))
-		return
-	}
-	s.swapMu.Lock()
-	defer s.swapMu.Unlock()
-	v := s.version.Load() + 1
-	if h := r.Header.Get("X-Weight-Version"); h != "" {
-		n, err := strconv.ParseUint(h, 10, 64)
-		if err != nil || n <= s.version.Load() {
-			writeError(w, badRequest("X-Weight-Version", "X-Weight-Version %q must be an integer above the current version %d", h, s.version.Load()))
-			return
-		}
-		v = n
-	}
-	t0 := time.Now()
-	if err := s.sched.SwapModel(m, v); err != nil {
-		writeError(w, &apiError{Status: 503, Type: "server_error", Message: err.Error()})
-		return
-	}
-	s.version.Store(v)
-	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
-		s.name.Store(&name)
-	}
-	slog.Info("weights updated", "version", v, "model", s.modelName(), "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
-	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors), "model": s.modelName()})
-}
-
-// updatedName is the served name of weights loaded from path (its directory's name, a
-// training run's step-NNNNNNNN included) or sent in the body with an X-Served-Model-Name
-// header; "" keeps the current name.
-func updatedName(path, header string) string {
-	if h := strings.TrimSpace(header); h != "" {
-		return h
-	}
-	if path == "" {
-		return ""
-	}
-	return filepath.Base(filepath.Clean(path))
-}
-
-// sameArch refuses weights of another architecture.
-func sameArch(a, b *engine.Config) *apiError {
-	ka, kb := *a, *b
-	ka.EOSTokenIDs, kb.EOSTokenIDs, ka.BOSTokenID, kb.BOSTokenID, ka.Architectures, kb.Architectures = nil, nil, nil, nil, nil, nil
-	ka.PadTokenID, kb.PadTokenID = nil, nil
-	ja, _ := json.Marshal(ka)
-	jb, _ := json.Marshal(kb)
-	if !bytes.Equal(ja, jb) {
-		return badRequest("path", "config.json describes another model: %s, the server runs %s", jb, ja)
-	}
-	return nil
 }

@@ -640,7 +640,7 @@ func TestWeightUpdate(t *testing.T) {
 		what string
 		body []byte
 		want string
-	}{{"garbage", []byte("not a safetensors file"), "safetensors body"}, {"3 layers", wrongData, "weights from request body"}} {
+	}{{"garbage", []byte("not a safetensors file"), "not a safetensors file"}, {"3 layers", wrongData, `tensor \"model.layers.2.`}} {
 		req, _ := http.NewRequest("POST", ts.URL+"/v1/weights", bytes.NewReader(tc.body))
 		req.Header.Set("Authorization", "Bearer sekret")
 		resp, err := http.DefaultClient.Do(req)

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// maxVersion is the highest weight version, 2^53-1: exact as a JSON number read by
+// JavaScript and in the Prometheus gauge (a float64).
+const maxVersion = 1<<53 - 1
+
+// weights serves POST /v1/weights: new weights from a checkpoint directory on the server's
+// machine ({"path": DIR}) or a safetensors body. Requests in flight finish on the weights they
+// started with; requests arriving meanwhile wait and run on the new ones. The API key is
+// always required here, and the version header is checked before the body is read.
+func (s *server) weights(w http.ResponseWriter, r *http.Request) {
+	if e := s.mayUpdate(r); e != nil {
+		refuse(w, r, e)
+		return
+	}
+	tensors, source, path, e := s.newWeights(w, r)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	cur := s.sched.Model()
+	m, err := engine.NewModel(s.cfg, cur.Backend, tensors, cur.WeightDType)
+	if err != nil {
+		writeError(w, badRequest("", "weights from %s: %v", source, err))
+		return
+	}
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
+	v, e := nextVersion(r.Header.Get("X-Weight-Version"), s.version.Load())
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	t0 := time.Now()
+	if err := s.sched.SwapModel(m, v); err != nil {
+		writeError(w, &apiError{Status: 503, Type: "server_error", Message: err.Error()})
+		return
+	}
+	s.version.Store(v)
+	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
+		s.name.Store(&name)
+	}
+	slog.Info("weights updated", "version", v, "model", s.modelName(), "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
+	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors), "model": s.modelName()})
+}
+
+// mayUpdate checks what an update needs before its body is read: a configured API key, the
+// client's, and a usable X-Weight-Version.
+func (s *server) mayUpdate(r *http.Request) *apiError {
+	if s.apiKey == "" {
+		return &apiError{Status: 403, Type: "permission_error", Message: "weight updates are disabled: start the server with --api-key (or PROLONG_API_KEY)"}
+	}
+	if !bearer(r, s.apiKey) {
+		return &apiError{Status: 401, Type: "authentication_error", Code: "invalid_api_key", Message: "missing or wrong API key (Authorization: Bearer KEY)"}
+	}
+	_, e := nextVersion(r.Header.Get("X-Weight-Version"), s.version.Load())
+	return e
+}
+
+// nextVersion is the version of an update from version cur: the X-Weight-Version header's,
+// which must lie above cur and not above maxVersion, or cur+1 without one.
+func nextVersion(header string, cur uint64) (uint64, *apiError) {
+	if header == "" {
+		if cur >= maxVersion {
+			return 0, badRequest("X-Weight-Version", "the weight version %d is the highest there is (2^53-1)", cur)
+		}
+		return cur + 1, nil
+	}
+	v, err := strconv.ParseUint(header, 10, 64)
+	if err != nil || v <= cur || v > maxVersion {
+		return 0, badRequest("X-Weight-Version", "X-Weight-Version %q: want an integer above the current version %d and at most %d (2^53-1)", header, cur, uint64(maxVersion))
+	}
+	return v, nil
+}
+
+// newWeights reads an update's weights: from the directory a JSON body names, or from a
+// safetensors body, which must keep arriving at --weights-min-mibps.
+func (s *server) newWeights(w http.ResponseWriter, r *http.Request) (tensors map[string]engine.HostTensor, source, path string, e *apiError) {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		return s.weightsFromPath(w, r)
+	}
+	body := &pacedBody{r: r.Body, rc: http.NewResponseController(w), start: time.Now(), base: s.bodyTimeout, rate: s.weightsRate}
+	tensors, err := s.readSafetensors(body, r.ContentLength)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, "", "", bodyError(w, err, fmt.Sprintf("--body-timeout (%v) plus its size at --weights-min-mibps (%g MiB/s)", s.bodyTimeout, s.weightsRate/(1<<20)))
+	case err != nil:
+		w.Header().Set("Connection", "close") // the rest of the body is not read
+		return nil, "", "", badRequest("", "safetensors body: %v", err)
+	}
+	return tensors, "request body", "", nil
+}
+
+// weightsFromPath loads the checkpoint directory a JSON body names ({"path": DIR}).
+func (s *server) weightsFromPath(w http.ResponseWriter, r *http.Request) (map[string]engine.HostTensor, string, string, *apiError) {
+	body, e := s.readBody(w, r, s.maxBody)
+	if e != nil {
+		return nil, "", "", e
+	}
+	var req struct {
+		Path string `json:"path"`
+	}
+	if e := decodeStrict(body, &req); e != nil {
+		return nil, "", "", e
+	}
+	if req.Path == "" {
+		return nil, "", "", badRequest("path", "path is required (a model directory with config.json and safetensors)")
+	}
+	cfg, wts, err := checkpoints.Load(req.Path)
+	if err != nil {
+		return nil, "", "", badRequest("path", "%v", err)
+	}
+	if e := sameArch(s.cfg, cfg); e != nil {
+		return nil, "", "", e
+	}
+	return wts, req.Path, req.Path, nil
+}
+
+// readSafetensors reads a safetensors body of size bytes (-1: unknown) without trusting it:
+// the 8-byte header length and the header's first byte first, then the header against the
+// served model (checkHeader), and only then the data the header describes, into one buffer of
+// that size. A body that is not this model's safetensors is refused after its first bytes.
+func (s *server) readSafetensors(body io.Reader, size int64) (map[string]engine.HostTensor, error) {
+	var lead [9]byte // the header length, and the header's first byte
+	if _, err := io.ReadFull(body, lead[:]); err != nil {
+		return nil, fmt.Errorf("reading the header length: %w", err)
+	}
+	n := binary.LittleEndian.Uint64(lead[:8])
+	switch {
+	case n > checkpoints.MaxHeaderBytes:
+		return nil, fmt.Errorf("header length %d (the first 8 bytes, little-endian) is over the limit of %d bytes: not a safetensors file", n, checkpoints.MaxHeaderBytes)
+	case size >= 0 && int64(n) > size-8:
+		return nil, fmt.Errorf("header length %d does not fit the body of %d bytes", n, size)
+	case n == 0 || lead[8] != '{':
+		return nil, errors.New("the header does not start with '{': not a safetensors file")
+	}
+	rest, err := io.ReadAll(io.LimitReader(body, int64(n)-1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the header: %w", err)
+	}
+	hdr := append([]byte{'{'}, rest...)
+	if uint64(len(hdr)) != n {
+		return nil, fmt.Errorf("the body ends inside its header of %d bytes", n)
+	}
+	dataLen, err := s.checkHeader(hdr)
+	if err != nil {
+		return nil, err
+	}
+	total := 8 + int64(n) + dataLen
+	switch {
+	case size >= 0 && total != size:
+		return nil, fmt.Errorf("the header describes %d bytes, the body has %d (Content-Length)", total, size)
+	case total > s.maxWeight:
+		return nil, fmt.Errorf("the header describes %d bytes, over --max-weights-mib", total)
+	}
+	buf := make([]byte, total)
+	copy(buf, lead[:8])
+	copy(buf[8:], hdr)
+	if _, err := io.ReadFull(body, buf[8+n:]); err != nil {
+		return nil, fmt.Errorf("reading the %d bytes of tensor data: %w", dataLen, err)
+	}
+	if k, _ := io.ReadFull(body, lead[:1]); k != 0 {
+		return nil, fmt.Errorf("the body goes on past the %d bytes its header describes", total)
+	}
+	f, err := checkpoints.ParseSafetensors(bytes.NewReader(buf), total)
+	if err != nil {
+		return nil, err
+	}
+	return f.Tensors, nil
+}
+
+// floatSizes are the bytes per value of the dtypes a weight may have.
+var floatSizes = map[string]int64{"F32": 4, "BF16": 2, "F16": 2}
+
+// headerEntry is one tensor of a safetensors header.
+type headerEntry struct {
+	DType   string  `json:"dtype"`
+	Shape   []int   `json:"shape"`
+	Offsets []int64 `json:"data_offsets"`
+}
+
+// checkHeader checks a safetensors header against the served model (every tensor one of its
+// weights, with its shape and a float dtype; none missing; the data region exactly their
+// size) and returns the data region's size, which is thereby bounded by the model's.
+// checkpoints.ParseSafetensors checks the rest once the data is there.
+func (s *server) checkHeader(hdr []byte) (int64, error) {
+	var entries map[string]json.RawMessage
+	if err := json.Unmarshal(hdr, &entries); err != nil {
+		return 0, fmt.Errorf("header is not a JSON object: %w", err)
+	}
+	table := engine.NewWeightTable(s.cfg)
+	var need, end int64
+	for name, raw := range entries {
+		if name == "__metadata__" {
+			continue
+		}
+		var e headerEntry
+		if err := json.Unmarshal(raw, &e); err != nil || len(e.Offsets) != 2 {
+			return 0, fmt.Errorf("tensor %q: bad header entry %.200s", name, raw)
+		}
+		nb, err := s.entryBytes(table, name, e)
+		if err != nil {
+			return 0, err
+		}
+		need += nb
+		end = max(end, e.Offsets[1])
+	}
+	for _, spec := range table.Specs {
+		if _, ok := entries[spec.Name]; !ok {
+			return 0, fmt.Errorf("weight %q is missing", spec.Name)
+		}
+	}
+	if end != need {
+		return 0, fmt.Errorf("the data offsets end at %d, but the tensors hold %d bytes", end, need)
+	}
+	return need, nil
+}
+
+// entryBytes is the size of a header's tensor, which must be one of the model's weights (or a
+// rotary inv_freq buffer, ignored) with a float dtype.
+func (s *server) entryBytes(table *engine.WeightTable, name string, e headerEntry) (int64, error) {
+	size, ok := floatSizes[e.DType]
+	if !ok {
+		return 0, fmt.Errorf("tensor %q: dtype %q (want F32, BF16 or F16)", name, e.DType)
+	}
+	spec, ok := table.Lookup(name)
+	switch {
+	case ok && !slices.Equal(e.Shape, spec.Shape):
+		return 0, fmt.Errorf("tensor %q has shape %v, the served model's %v", name, e.Shape, spec.Shape)
+	case !ok && (!strings.HasSuffix(name, "rotary_emb.inv_freq") || len(e.Shape) != 1 || e.Shape[0] < 0 || e.Shape[0] > s.cfg.HeadDim):
+		return 0, fmt.Errorf("tensor %q is not a weight of the served model", name)
+	}
+	elems := int64(1)
+	for _, d := range e.Shape {
+		elems *= int64(d)
+	}
+	return elems * size, nil
+}
+
+// updatedName is the served name of weights loaded from path (its directory's name, a
+// training run's step-NNNNNNNN included) or sent in the body with an X-Served-Model-Name
+// header; "" keeps the current name.
+func updatedName(path, header string) string {
+	if h := strings.TrimSpace(header); h != "" {
+		return h
+	}
+	if path == "" {
+		return ""
+	}
+	return filepath.Base(filepath.Clean(path))
+}
+
+// sameArch refuses weights of another architecture.
+func sameArch(a, b *engine.Config) *apiError {
+	ka, kb := *a, *b
+	ka.EOSTokenIDs, kb.EOSTokenIDs, ka.BOSTokenID, kb.BOSTokenID, ka.Architectures, kb.Architectures = nil, nil, nil, nil, nil, nil
+	ka.PadTokenID, kb.PadTokenID = nil, nil
+	ja, _ := json.Marshal(ka)
+	jb, _ := json.Marshal(kb)
+	if !bytes.Equal(ja, jb) {
+		return badRequest("path", "config.json describes another model: %s, the server runs %s", jb, ja)
+	}
+	return nil
+}
