@@ -24,9 +24,11 @@ import (
 	"github.com/prolong-rl/prolong/cuda"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
 
 func main() {
+	clilog.Setup("bench")
 	quick := pflag.Bool("quick", false, "fewer repetitions (noisier figures)")
 	decodeSteps := pflag.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
 	promptLen := pflag.Int("prompt", 256, "prompt length of the prefill measurement")
@@ -53,7 +55,7 @@ Usage: go run ./tools/bench [flags]`)
 	if *device == "auto" {
 		b, line, err := engine.OpenDevice("auto")
 		if err != nil {
-			slog.Error("bench failed", "err", err)
+			slog.Error(err.Error())
 			os.Exit(1)
 		}
 		fmt.Println("device:", line)
@@ -64,13 +66,13 @@ Usage: go run ./tools/bench [flags]`)
 	}
 	if *device == "cuda" {
 		if err := runGPU(*quick, *jsonPath, *rolloutTokens); err != nil {
-			slog.Error("bench failed", "err", err)
+			slog.Error(err.Error())
 			os.Exit(1)
 		}
 		return
 	}
 	if *device != "cpu" {
-		slog.Error("bench: --device must be cpu, cuda or auto", "device", *device)
+		slog.Error("--device must be cpu, cuda or auto", "device", *device)
 		os.Exit(2)
 	}
 	// The ceilings, measured once: every ratio of the run is against the same figures.
@@ -85,7 +87,7 @@ Usage: go run ./tools/bench [flags]`)
 		err = runTrain(*quick, *torch, *trainBatch, *trainSeq, peak)
 	}
 	if err != nil {
-		slog.Error("bench failed", "err", err)
+		slog.Error(err.Error())
 		os.Exit(1)
 	}
 }

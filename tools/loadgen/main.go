@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
 
 type options struct {
@@ -71,6 +74,7 @@ func (s *stats) percentile(p float64) time.Duration {
 }
 
 func main() {
+	clilog.Setup("loadgen")
 	var o options
 	fs := pflag.NewFlagSet("loadgen", pflag.ContinueOnError)
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8000", "rollout server base URL")
@@ -88,14 +92,14 @@ func main() {
 		if errors.Is(err, pflag.ErrHelp) {
 			return
 		}
-		fmt.Fprintf(os.Stderr, "loadgen: %v (see --help)\n", err)
+		slog.Error(err.Error() + " (see --help)")
 		os.Exit(2)
 	}
 	if !fs.Changed("api-key") { // read after parsing: the usage never shows the key
 		o.apiKey = os.Getenv("PROLONG_API_KEY")
 	}
 	if err := run(o, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		slog.Error(err.Error())
 		os.Exit(1)
 	}
 }

@@ -25,6 +25,8 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
+
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
@@ -90,16 +92,17 @@ Flags:
 }
 
 func main() {
+	clilog.Setup("rollout-server")
 	o, err := parseArgs(os.Args[1:], os.Stdout)
 	if errors.Is(err, pflag.ErrHelp) {
 		return
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "rollout-server: %v (see --help)\n", err)
+		slog.Error(err.Error() + " (see --help)")
 		os.Exit(2)
 	}
 	if err := serve(o); err != nil {
-		slog.Error("rollout-server", "err", err)
+		slog.Error(err.Error())
 		os.Exit(1)
 	}
 }
