@@ -149,7 +149,7 @@ func TestSandboxMemoryHog(t *testing.T) {
 func TestSandboxNoNetwork(t *testing.T) {
 	sb := testSandbox(t)
 	iso, _ := sb.Isolation()
-	if !iso.Network {
+	if !iso.Namespaces {
 		t.Fatalf("no network namespace on this machine: %+v", iso)
 	}
 	// A server of our own on loopback: reachable from here, not from inside the sandbox,
