@@ -247,10 +247,15 @@ func (s *Sandbox) Run(ctx context.Context, files map[string]string, stdin []byte
 		return RunResult{}, ctx.Err()
 	}
 	defer func() { s.slots <- slot }()
-	return s.run(ctx, slot, files, stdin)
+	res, err := s.run(ctx, slot, files, stdin)
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("sandbox: %w", err)
+	}
+	return res, err
 }
 
 // run makes one run in slot, isolated or (under AllowUnsandboxed, when isolation failed) not.
+// Its errors are not prefixed; Run and probe say that they come from the sandbox.
 func (s *Sandbox) run(ctx context.Context, slot int, files map[string]string, stdin []byte) (RunResult, error) {
 	cpu := int64((s.cfg.Timeout + time.Second - 1) / time.Second)
 	code := fmt.Sprintf(prelude, s.cfg.MemoryBytes, cpu, s.cfg.MaxProcs, s.cfg.MaxFileBytes)
@@ -262,14 +267,17 @@ func (s *Sandbox) run(ctx context.Context, slot int, files map[string]string, st
 	}
 	cmd, finish, err := command(runCtx, slot, code, files)
 	if err != nil {
-		return RunResult{}, fmt.Errorf("sandbox: %w", err)
+		return RunResult{}, err
 	}
 	res, err := s.execute(ctx, runCtx, cmd, stdin)
 	if ferr := finish(); ferr != nil {
 		return res, ferr
 	}
-	if err != nil && cmd.ProcessState == nil && ctx.Err() == nil && s.iso.Namespaces {
-		err = fmt.Errorf("%w: %s", err, namespaceHint("/proc/sys", os.Geteuid() == 0))
+	if err != nil && cmd.ProcessState == nil && ctx.Err() == nil {
+		if s.iso.Namespaces {
+			return res, fmt.Errorf("making the run's namespaces: %w (%s)", err, namespaceHint("/proc/sys", os.Geteuid() == 0))
+		}
+		return res, fmt.Errorf("starting %s: %w", s.cfg.Python, err)
 	}
 	return res, err
 }
@@ -309,7 +317,7 @@ func (s *Sandbox) isolatedCommand(ctx context.Context, slot int, code string, fi
 		filesFile.Close()
 		defer statusR.Close()
 		if msg, _ := io.ReadAll(io.LimitReader(statusR, 4096)); len(msg) > 0 {
-			return fmt.Errorf("sandbox: setting up the run: %s", msg)
+			return fmt.Errorf("setting up the run: %s", msg)
 		}
 		return nil
 	}
@@ -408,7 +416,8 @@ func sandboxEnv(home, tmp string) []string {
 }
 
 // execute runs cmd with stdin under runCtx's time limit, capturing limited output; ctx is the
-// caller's context (its end is an error, not a time-out).
+// caller's context (its end is an error, not a time-out). An error from starting cmd is
+// returned as it is (cmd.ProcessState is nil then).
 func (s *Sandbox) execute(ctx, runCtx context.Context, cmd *exec.Cmd, stdin []byte) (RunResult, error) {
 	cmd.Stdin = bytes.NewReader(stdin)
 	var res RunResult
@@ -438,7 +447,7 @@ func (s *Sandbox) execute(ctx, runCtx context.Context, cmd *exec.Cmd, stdin []by
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		return res, fmt.Errorf("sandbox: start %s: %w", cmd.Path, err)
+		return res, err
 	}
 	// Without a PID namespace, kill the group in case something was left running.
 	if !s.iso.Namespaces && cmd.Process != nil {
@@ -464,7 +473,7 @@ func (s *Sandbox) execute(ctx, runCtx context.Context, cmd *exec.Cmd, stdin []by
 	}
 	var exitErr *exec.ExitError
 	if err != nil && !errors.As(err, &exitErr) && !res.TimedOut && !res.OutputLimited && !errors.Is(err, exec.ErrWaitDelay) {
-		return res, fmt.Errorf("sandbox: run: %w", err)
+		return res, fmt.Errorf("run: %w", err)
 	}
 	return res, nil
 }

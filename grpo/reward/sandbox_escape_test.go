@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -272,9 +273,9 @@ func TestSandboxFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := filepath.Join(dir, "ran")
-	files := map[string]string{"main.py": fmt.Sprintf("open(%q, 'w').write('x')\nprint('ran')", mark)}
+	files := map[string]string{"main.py": fmt.Sprintf("import os\nopen(%q, 'w').write('x')\nprint('ran', os.getcwd())", mark)}
 
-	sb := NewSandbox(SandboxConfig{Python: python})
+	sb := NewSandbox(SandboxConfig{Python: python, BaseUID: testBaseUID})
 	_, err = sb.Run(context.Background(), files, nil)
 	for _, want := range []string{"cannot isolate", "exec " + python, "AllowUnsandboxed"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -285,10 +286,14 @@ func TestSandboxFailsClosed(t *testing.T) {
 		t.Error("the model's code ran although the sandbox failed")
 	}
 
-	sb = NewSandbox(SandboxConfig{Python: python, AllowUnsandboxed: true})
+	sb = NewSandbox(SandboxConfig{Python: python, AllowUnsandboxed: true, BaseUID: testBaseUID})
 	r, err := sb.Run(context.Background(), files, nil)
-	if iso, _ := sb.Isolation(); err != nil || iso.Namespaces || strings.TrimSpace(string(r.Stdout)) != "ran" {
+	ran, dir, _ := strings.Cut(strings.TrimSpace(string(r.Stdout)), " ")
+	if iso, _ := sb.Isolation(); err != nil || iso.Namespaces || ran != "ran" {
 		t.Errorf("opt-out: isolation %+v, run %+v %s, err %v", iso, r, r.Stderr, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) || !strings.HasPrefix(dir, os.TempDir()) {
+		t.Errorf("opt-out: the run's directory %q left behind (%v)", dir, err)
 	}
 	if _, err := os.Stat(mark); err != nil {
 		t.Errorf("opt-out: the unisolated run did not write %s on the host: %v", mark, err)
@@ -323,5 +328,38 @@ func TestNamespaceHint(t *testing.T) {
 				t.Errorf("hint %q, want it to mention %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSandboxFailsClosedWithoutNamespaces runs this test again, in a user namespace of its own
+// whose user.max_user_namespaces is 0, as on a machine that forbids namespaces: there the
+// sandbox must refuse model code and say how to enable them.
+func TestSandboxFailsClosedWithoutNamespaces(t *testing.T) {
+	if os.Getenv("PROLONG_SANDBOX_TEST_NO_USERNS") == "1" {
+		if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+		_, err := NewSandbox(SandboxConfig{}).Run(context.Background(), map[string]string{"main.py": "print('ran')"}, nil)
+		t.Logf("error: %v", err)
+		for _, want := range []string{"cannot isolate", "sysctl -w user.max_user_namespaces=", "AllowUnsandboxed"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("error %v, want one that says %q", err, want)
+			}
+		}
+		return
+	}
+	testSandbox(t)
+	cmd := exec.Command("/proc/self/exe", "-test.run=^TestSandboxFailsClosedWithoutNamespaces$", "-test.v")
+	cmd.Env = append(os.Environ(), "PROLONG_SANDBOX_TEST_NO_USERNS=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Credential:  &syscall.Credential{NoSetGroups: true},
+	}
+	out, err := cmd.CombinedOutput()
+	t.Logf("in a namespace without user namespaces:\n%s", out)
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestSandboxFailsClosedWithoutNamespaces") {
+		t.Errorf("the sandbox did not fail closed without namespaces: %v", err)
 	}
 }
