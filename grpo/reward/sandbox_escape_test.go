@@ -134,7 +134,7 @@ print(json.dumps({"root": sorted(os.listdir("/")), "passwd": read("/etc/passwd")
 		t.Fatal(err)
 	}
 	t.Logf("inside: %+v; writes %v", got, writes)
-	allowed := []string{"bin", "dev", "lib", "lib32", "lib64", "libx32", "proc", "sandbox", "sbin", "tmp", "usr"}
+	allowed := []string{"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sandbox", "sbin", "tmp", "usr"}
 	for _, name := range got.Root {
 		if !slices.Contains(allowed, name) {
 			t.Errorf("/%s visible in the sandbox (root %v)", name, got.Root)
@@ -361,5 +361,37 @@ func TestSandboxFailsClosedWithoutNamespaces(t *testing.T) {
 	t.Logf("in a namespace without user namespaces:\n%s", out)
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestSandboxFailsClosedWithoutNamespaces") {
 		t.Errorf("the sandbox did not fail closed without namespaces: %v", err)
+	}
+}
+
+// TestSandboxRuntime: what solutions commonly use still works in the private root: C extension
+// modules, a multiprocessing pool (/dev/shm), a shell from subprocess, temporary files, and
+// numpy when the host has it (CI installs python3-numpy; its BLAS is found through
+// /etc/alternatives).
+func TestSandboxRuntime(t *testing.T) {
+	sb := testSandbox(t)
+	src := `import decimal, fractions, heapq, json, multiprocessing, subprocess, sys, tempfile
+def sq(x):
+    return x * x
+if __name__ == "__main__":
+    with multiprocessing.Pool(2) as p:
+        print(p.map(sq, range(4)))
+    print(subprocess.run(["sh", "-c", "echo shell"], capture_output=True, text=True).stdout.strip())
+    with tempfile.TemporaryFile() as f:
+        f.write(b"x")
+    print(decimal.Decimal("0.1") + decimal.Decimal("0.2"), fractions.Fraction(1, 3) * 3)
+    try:
+        import numpy
+        print(numpy.linalg.inv(numpy.eye(2)).sum())
+    except ImportError as e:
+        print("numpy:", e)
+`
+	r := run(t, sb, src, "")
+	want := "[0, 1, 4, 9]\nshell\n0.3 1\nnumpy: "
+	if exec.Command(sb.Config().Python, "-c", "import numpy").Run() == nil {
+		want = "[0, 1, 4, 9]\nshell\n0.3 1\n2.0\n"
+	}
+	if r.ExitCode != 0 || !strings.HasPrefix(string(r.Stdout), want) {
+		t.Errorf("runtime: exit %d stdout %q, want %q; stderr %s", r.ExitCode, r.Stdout, want, r.Stderr)
 	}
 }

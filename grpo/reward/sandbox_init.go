@@ -31,8 +31,9 @@ const (
 )
 
 // runtimeDirs are the host directories bound read-only into the sandbox (those that exist; a
-// symbolic link, as /bin -> usr/bin on merged-/usr systems, is copied as a link).
-var runtimeDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"}
+// symbolic link, as /bin -> usr/bin on merged-/usr systems, is copied as a link). Debian's
+// /etc/alternatives holds only links, which libraries such as numpy's BLAS are found through.
+var runtimeDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/alternatives"}
 
 // devNodes are the host devices bound into the sandbox's /dev.
 var devNodes = []string{"null", "zero", "full", "random", "urandom"}
@@ -103,6 +104,7 @@ func buildRoot(root string, tmpfsBytes int64, files map[string]string) error {
 			return unix.Mount("prolong-sandbox", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV,
 				fmt.Sprintf("size=%d,nr_inodes=4096,mode=0755", tmpfsBytes))
 		}},
+		{"setting the host name", func() error { return unix.Sethostname([]byte("sandbox")) }},
 		{"binding the runtime", func() error { return bindRuntime(root) }},
 		{"making directories", func() error { return makeDirs(root) }},
 		{"mounting /proc", func() error {
@@ -130,6 +132,9 @@ func bindRuntime(root string) error {
 		case fi.Mode()&os.ModeSymlink != 0:
 			target, err := os.Readlink(dir)
 			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(root, dir)), 0o755); err != nil {
 				return err
 			}
 			if err := os.Symlink(target, filepath.Join(root, dir)); err != nil {
