@@ -106,8 +106,9 @@ type Isolation struct {
 // own user, mount, PID, network (a down loopback only), IPC, UTS and cgroup namespaces. Its
 // root is a size-limited tmpfs holding the run's directory /sandbox (its files, cwd and HOME),
 // /tmp and /dev/shm, a fresh /proc that shows only the run's processes, /dev/null, zero, full,
-// random and urandom, and the host's /usr (with /bin, /lib, /lib64 ...) bound read-only, nosuid:
-// nothing else of the host is there (no /etc, /home, /var, /root or the run's own files). The
+// random and urandom, and the host's /usr (with /bin, /lib, /lib64 ... and /etc/alternatives)
+// bound read-only, nosuid: nothing else of the host is there (no /etc/passwd, /home, /var, /root
+// or the run's own files). Its host name is "sandbox". The
 // program runs as root of its user namespace with no capabilities (bounding set empty,
 // no_new_privs, SECBIT_NOROOT locked), mapped to host uid BaseUID+slot when this process is
 // root. Nothing it writes survives the run, and no process outlives it: Python is PID 1 of the
@@ -236,7 +237,7 @@ func (s *Sandbox) Run(ctx context.Context, files map[string]string, stdin []byte
 		return RunResult{}, errors.New("sandbox: Run needs a main.py")
 	}
 	for name := range files {
-		if name != filepath.Base(name) || name == "." || name == ".." {
+		if !plainFileName(name) {
 			return RunResult{}, fmt.Errorf("sandbox: file name %q is not a plain name", name)
 		}
 	}
@@ -252,6 +253,11 @@ func (s *Sandbox) Run(ctx context.Context, files map[string]string, stdin []byte
 		err = fmt.Errorf("sandbox: %w", err)
 	}
 	return res, err
+}
+
+// plainFileName reports whether name names a file in the run's directory (no path).
+func plainFileName(name string) bool {
+	return name == filepath.Base(name) && name != "." && name != ".." && name != "/"
 }
 
 // run makes one run in slot, isolated or (under AllowUnsandboxed, when isolation failed) not.

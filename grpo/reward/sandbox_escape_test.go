@@ -369,7 +369,9 @@ func TestSandboxFailsClosedWithoutNamespaces(t *testing.T) {
 // numpy when the host has it (CI installs python3-numpy; its BLAS is found through
 // /etc/alternatives).
 func TestSandboxRuntime(t *testing.T) {
-	sb := testSandbox(t)
+	testSandbox(t) // skips without Python
+	// Time enough for a pool and numpy on a loaded machine.
+	sb := NewSandbox(SandboxConfig{Timeout: 20 * time.Second, BaseUID: testBaseUID})
 	src := `import decimal, fractions, heapq, json, multiprocessing, subprocess, sys, tempfile
 def sq(x):
     return x * x

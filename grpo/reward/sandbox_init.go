@@ -207,7 +207,7 @@ func populateDev(dev string) error {
 
 func writeRunFiles(dir string, files map[string]string) error {
 	for name, content := range files {
-		if name != filepath.Base(name) || name == "." || name == ".." {
+		if !plainFileName(name) {
 			return fmt.Errorf("file name %q is not a plain name", name)
 		}
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
