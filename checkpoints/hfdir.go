@@ -284,9 +284,12 @@ func globEscape(s string) string {
 // save_pretrained): config.json and the weights from model.safetensors, or from the shards
 // that model.safetensors.index.json lists. The weights are checked against the config:
 // every expected name present with its shape, nothing unexpected (a tied lm_head.weight and
-// rotary inv_freq buffers are dropped). Errors name the file and the tensor.
+// rotary inv_freq buffers are dropped). Every file must be a regular file inside dir, or, for
+// a snapshot of the Hugging Face cache, inside its repository folder (see OpenModelFile): a
+// symlink out of the directory or a named pipe is an error. Errors name the file and the
+// tensor.
 func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
-	cfg, err := engine.LoadConfig(filepath.Join(dir, ConfigFile))
+	cfg, err := loadConfig(dir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -294,7 +297,7 @@ func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
 	from := map[string]string{} // tensor name -> file it came from
 	indexPath := filepath.Join(dir, IndexFile)
 	weightsAt := filepath.Join(dir, WeightsFile) // where a missing weight should have been
-	if data, err := os.ReadFile(indexPath); err == nil {
+	if data, err := ReadModelFile(dir, IndexFile); err == nil {
 		weightsAt = indexPath
 		files, err := parseIndex(data)
 		if err != nil {
@@ -302,7 +305,7 @@ func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
 		}
 		for _, file := range files.order {
 			path := filepath.Join(dir, file)
-			f, err := ReadSafetensors(path)
+			f, err := readModelSafetensors(dir, file)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -322,7 +325,7 @@ func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
 		return nil, nil, err
 	} else {
 		path := filepath.Join(dir, WeightsFile)
-		f, err := ReadSafetensors(path)
+		f, err := readModelSafetensors(dir, WeightsFile)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -356,6 +359,29 @@ func Load(dir string) (*engine.Config, map[string]engine.HostTensor, error) {
 		}
 	}
 	return cfg, w, nil
+}
+
+// loadConfig reads dir's config.json (see OpenModelFile); errors name the file.
+func loadConfig(dir string) (*engine.Config, error) {
+	data, err := ReadModelFile(dir, ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := engine.ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+	}
+	return cfg, nil
+}
+
+// readModelSafetensors reads the safetensors file name of the model directory dir (see
+// OpenModelFile and ReadSafetensors).
+func readModelSafetensors(dir, name string) (*File, error) {
+	f, err := OpenModelFile(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	return readSafetensors(f, filepath.Join(dir, name))
 }
 
 // LoadHF is Load, kept for callers of the first API.

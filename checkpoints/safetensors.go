@@ -293,11 +293,17 @@ func (m *mappedFile) ReadAt(p []byte, off int64) (int, error) {
 // copy of it. The header is validated strictly: the length against the file size, the JSON,
 // each dtype, shape and offset, and that the tensors tile the data region. Errors name the
 // file and the tensor at fault.
+// A path that is not a regular file (a named pipe would block forever) is refused.
 func ReadSafetensors(path string) (*File, error) {
-	fh, err := os.Open(path)
+	fh, err := OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
+	return readSafetensors(fh, path)
+}
+
+// readSafetensors is ReadSafetensors of the open file fh, named path in errors; it closes fh.
+func readSafetensors(fh *os.File, path string) (*File, error) {
 	defer fh.Close()
 	st, err := fh.Stat()
 	if err != nil {
