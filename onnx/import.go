@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 	"google.golang.org/protobuf/proto"
@@ -77,17 +78,22 @@ var whyNot = map[string]string{
 // The config comes from opts.Config, else config.json beside the model, else the model's
 // metadata, else the graph itself (see ImportOptions.Hints); a given config is checked against
 // what the graph says. External data is read from files beside the model, one tensor at a
-// time; the model file is mapped, not read, where the OS allows. Errors name the file,
+// time; the model file is mapped, not read, where the OS allows. The files the model names
+// (external data, config.json) must be regular files inside its directory, or, for a snapshot
+// of the Hugging Face cache, inside its repository folder (checkpoints.OpenModelFile): a
+// symlink out of the directory is an error, as is a named pipe. Errors name the file,
 // tensor, node or config field at fault.
 func Import(path string, opts ImportOptions) (*engine.Config, map[string]engine.HostTensor, error) {
 	if opts.Config == nil {
-		cj := filepath.Join(filepath.Dir(path), "config.json")
-		if _, err := os.Stat(cj); err == nil {
-			cfg, err := engine.LoadConfig(cj)
+		b, err := checkpoints.ReadModelFile(filepath.Dir(path), "config.json")
+		if err == nil {
+			opts.Config, err = engine.ParseConfig(b)
 			if err != nil {
-				return nil, nil, fmt.Errorf("onnx: import %s: %w", path, err)
+				err = fmt.Errorf("%s: %w", filepath.Join(filepath.Dir(path), "config.json"), err)
 			}
-			opts.Config = cfg
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("onnx: import %s: %w", path, err)
 		}
 	}
 	data, release, err := mapFile(path)

@@ -23,16 +23,38 @@ type graphFacts struct {
 }
 
 // hfDims returns the HF-layout dims of a placed weight without decoding it (for a fused
-// tensor, the dims of the whole fused tensor).
+// tensor, the dims of the whole fused tensor); nil when they are not valid.
 func hfDims(gi *graphIndex, p placement) []int {
+	d, _ := placedDims(gi, p)
+	return d
+}
+
+// placedDims is hfDims with the error of dims that are not valid (negative, or too many
+// elements), which names the graph's tensor and the dimension.
+func placedDims(gi *graphIndex, p placement) ([]int, error) {
 	d, _, err := TensorDims(gi.consts[p.src])
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	if p.transpose && len(d) == 2 {
 		d = []int{d[1], d[0]}
 	}
-	return d
+	return d, nil
+}
+
+// shapeFor returns the HF-layout dims of the placed weight name, which the config is read
+// from: they must be valid and of the given rank. Errors name the weight and the graph's
+// tensor.
+func shapeFor(gi *graphIndex, placed map[string]placement, name string, rank int) ([]int, error) {
+	p := placed[name]
+	d, err := placedDims(gi, p)
+	if err != nil {
+		return nil, fmt.Errorf("cannot infer the config from %s: %w", name, err)
+	}
+	if len(d) != rank {
+		return nil, fmt.Errorf("cannot infer the config from %s: its tensor %s has dims %v, want %d of them", name, p.src, d, rank)
+	}
+	return d, nil
 }
 
 var layerIndex = regexp.MustCompile(`^model\.layers\.(\d+)\.`)
@@ -270,9 +292,11 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 	if !ok {
 		return nil, errors.New("cannot infer the config: no embedding table (model.embed_tokens.weight) found in the graph; put config.json beside the model")
 	}
-	if d := hfDims(gi, embed); len(d) == 2 {
-		c.VocabSize, c.HiddenSize = d[0], d[1]
+	d, err := shapeFor(gi, placed, engine.EmbedWeight, 2)
+	if err != nil {
+		return nil, err
 	}
+	c.VocabSize, c.HiddenSize = d[0], d[1]
 	for name := range placed {
 		if m := layerIndex.FindStringSubmatch(name); m != nil {
 			if i, _ := strconv.Atoi(m[1]); i+1 > c.NumHiddenLayers {
@@ -281,11 +305,13 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 		}
 	}
 	if p, ok := placed[engine.LayerWeight(0, engine.GateProjWeight)]; ok {
-		if d := hfDims(gi, p); len(d) == 2 {
-			c.IntermediateSize = d[0]
-			if p.fused != "" {
-				c.IntermediateSize /= 2
-			}
+		d, err := shapeFor(gi, placed, engine.LayerWeight(0, engine.GateProjWeight), 2)
+		if err != nil {
+			return nil, err
+		}
+		c.IntermediateSize = d[0]
+		if p.fused != "" {
+			c.IntermediateSize /= 2
 		}
 	}
 	_, c.AttentionBias = placed[engine.LayerWeight(0, engine.QProjBias)]
@@ -303,13 +329,20 @@ func inferConfig(gi *graphIndex, placed map[string]placement, f graphFacts, hint
 		c.HeadDim = hints.HeadDim
 	}
 	if q, ok := placed[engine.LayerWeight(0, engine.QProjWeight)]; ok && c.HeadDim > 0 {
-		d := hfDims(gi, q)
-		if q.fused == "" && len(d) == 2 {
+		d, err := shapeFor(gi, placed, engine.LayerWeight(0, engine.QProjWeight), 2)
+		if err != nil {
+			return nil, err
+		}
+		if q.fused == "" {
 			c.NumAttentionHeads = d[0] / c.HeadDim
-			if k := hfDims(gi, placed[engine.LayerWeight(0, engine.KProjWeight)]); len(k) == 2 {
+			if _, ok := placed[engine.LayerWeight(0, engine.KProjWeight)]; ok {
+				k, err := shapeFor(gi, placed, engine.LayerWeight(0, engine.KProjWeight), 2)
+				if err != nil {
+					return nil, err
+				}
 				c.NumKeyValueHeads = k[0] / c.HeadDim
 			}
-		} else if len(d) == 2 && c.NumKeyValueHeads > 0 && c.NumAttentionHeads == 0 {
+		} else if c.NumKeyValueHeads > 0 && c.NumAttentionHeads == 0 {
 			c.NumAttentionHeads = d[0]/c.HeadDim - 2*c.NumKeyValueHeads
 		}
 	}

@@ -2,10 +2,20 @@
 
 package onnx
 
-import "os"
+import (
+	"io"
 
-// mapFile reads the whole file (no mmap on this platform); release is a no-op.
+	"github.com/prolong-rl/prolong/checkpoints"
+)
+
+// mapFile reads the whole file (no mmap on this platform); release is a no-op. A path that is
+// not a regular file is refused.
 func mapFile(path string) (data []byte, release func(), err error) {
-	data, err = os.ReadFile(path)
+	f, err := checkpoints.OpenRegular(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	data, err = io.ReadAll(f)
 	return data, func() {}, err
 }

@@ -4,14 +4,17 @@ package onnx
 
 import (
 	"fmt"
-	"os"
+	"io"
 	"syscall"
+
+	"github.com/prolong-rl/prolong/checkpoints"
 )
 
 // mapFile maps a file read-only into memory (its pages stay in the page cache instead of
-// being copied onto the heap); release unmaps it. Empty files map to nil.
+// being copied onto the heap); release unmaps it. Empty files map to nil. A path that is not a
+// regular file is refused (a named pipe would block forever).
 func mapFile(path string) (data []byte, release func(), err error) {
-	f, err := os.Open(path)
+	f, err := checkpoints.OpenRegular(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -24,8 +27,8 @@ func mapFile(path string) (data []byte, release func(), err error) {
 	if size == 0 {
 		return nil, func() {}, nil
 	}
-	if size != int64(int(size)) || !fi.Mode().IsRegular() {
-		data, err := os.ReadFile(path)
+	if size != int64(int(size)) {
+		data, err := io.ReadAll(f)
 		return data, func() {}, err
 	}
 	data, err = syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -28,7 +27,7 @@ func TensorDims(t *onnxpb.TensorProto) ([]int, int64, error) {
 			return nil, 0, fmt.Errorf("tensor %s: negative dim %d", t.GetName(), d)
 		}
 		if d > 0 && n > maxElements/d {
-			return nil, 0, fmt.Errorf("tensor %s: dims %v too large", t.GetName(), t.GetDims())
+			return nil, 0, fmt.Errorf("tensor %s: dims %v too large: dim %d (%d) takes it past %d elements", t.GetName(), t.GetDims(), i, d, int64(maxElements))
 		}
 		n *= d
 		dims[i] = int(d)
@@ -237,7 +236,7 @@ func readExternal(t *onnxpb.TensorProto, dir string, size int64, read func(io.Re
 	if ref.Length >= 0 && ref.Length != size {
 		return fmt.Errorf("tensor %s: external data length %d, dims %v need %d bytes", t.GetName(), ref.Length, t.GetDims(), size)
 	}
-	f, err := os.Open(path)
+	f, err := checkpoints.OpenModelFile(dir, ref.Location)
 	if err != nil {
 		return fmt.Errorf("tensor %s: external data: %w", t.GetName(), err)
 	}
