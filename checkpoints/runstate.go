@@ -311,12 +311,17 @@ func flattenOptimizer(o *OptimizerState) (map[string]engine.HostTensor, error) {
 	return out, nil
 }
 
-// digestFile returns the size and sha256 of the file at path.
+// digestFile returns the size and sha256 of the file at path, a regular file (OpenRegular).
 func digestFile(path string) (fileDigest, error) {
-	f, err := os.Open(path)
+	f, err := OpenRegular(path)
 	if err != nil {
 		return fileDigest{}, err
 	}
+	return digest(f, path)
+}
+
+// digest returns the size and sha256 of f, named path in errors, and closes it.
+func digest(f *os.File, path string) (fileDigest, error) {
 	defer f.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, f)
@@ -404,7 +409,7 @@ func ListSteps(dir string) ([]int64, error) {
 // readLatest returns the step that RUN/latest names.
 func readLatest(dir string) (int64, error) {
 	p := filepath.Join(dir, LatestFile)
-	b, err := os.ReadFile(p)
+	b, err := ReadModelFile(dir, LatestFile)
 	if err != nil {
 		return 0, err
 	}
@@ -441,6 +446,7 @@ const Latest int64 = -1
 // LoadRunState reads the step directory of step (or of the newest step, for Latest) from the
 // run directory dir. Every file is checked against the size and sha256 that state.json
 // records, and the weights against the config; errors name the file and tensor at fault.
+// Every file must be a regular file inside its directory (see OpenModelFile).
 func LoadRunState(dir string, step int64) (*RunState, error) {
 	if step == Latest {
 		s, err := LatestStep(dir)
@@ -454,7 +460,7 @@ func LoadRunState(dir string, step int64) (*RunState, error) {
 	}
 	sd := stepDir(dir, step)
 	statePath := filepath.Join(sd, StateFile)
-	raw, err := os.ReadFile(statePath)
+	raw, err := ReadModelFile(sd, StateFile)
 	if err != nil {
 		return nil, fmt.Errorf("load run state: %w", err)
 	}
@@ -477,7 +483,11 @@ func LoadRunState(dir string, step int64) (*RunState, error) {
 	sort.Strings(names)
 	for _, f := range names {
 		want := state.Files[f]
-		got, err := digestFile(filepath.Join(sd, f))
+		fh, err := OpenModelFile(sd, f)
+		if err != nil {
+			return nil, fmt.Errorf("load run state: %w", err)
+		}
+		got, err := digest(fh, filepath.Join(sd, f))
 		if err != nil {
 			return nil, fmt.Errorf("load run state: %w", err)
 		}
