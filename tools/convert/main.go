@@ -173,8 +173,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
 	noTokenizer := false
-	err = modelio.WriteDir(o.out, o.force, func(tmp string) error {
-		outdir.Begin(tmp)
+	err = outdir.Write(o.out, o.force, func(tmp string) error {
 		if o.to == "safetensors" {
 			p.Writing(tmp, "writing model.safetensors", outdir.WeightBytes(m.Weights, outdir.DTypeSize(dtype)))
 			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
@@ -201,13 +200,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		if err := outdir.Shareable(tmp); err != nil {
-			return err
-		}
-		outdir.Complete()
 		return nil
 	})
-	outdir.End()
 	p.Finish()
 	if err != nil {
 		return err

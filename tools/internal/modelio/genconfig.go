@@ -20,7 +20,7 @@ func readGenerationConfig(dir string) (map[string]any, error) {
 		return nil, nil
 	}
 	path := filepath.Join(dir, checkpoints.GenerationConfigFile)
-	b, err := os.ReadFile(path)
+	b, err := checkpoints.ReadModelFile(dir, checkpoints.GenerationConfigFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -95,9 +95,8 @@ func fillTokenIDs(m *Model) error {
 		return ids, nil
 	}
 	var tok *tokenizer.Tokenizer
-	// Only a regular tokenizer.json is read here (not, say, a pipe the copy will read).
-	if st, err := os.Stat(filepath.Join(m.TokenizerDir, "tokenizer.json")); m.TokenizerDir != "" && err == nil && st.Mode().IsRegular() &&
-		(len(c.EOSTokenIDs) == 0 || c.BOSTokenID == nil) {
+	// Load has checked the tokenizer's files (checkSideFiles): regular, inside the directory.
+	if m.TokenizerDir != "" && (len(c.EOSTokenIDs) == 0 || c.BOSTokenID == nil) {
 		if tok, err = tokenizer.Load(m.TokenizerDir); err != nil {
 			tok = nil // a tokenizer this package cannot read leaves the ids unknown
 		}

@@ -1,6 +1,6 @@
 // Package modelio is what the command-line tools share: finding and loading a model from the
 // paths users give (an ONNX file, a Hugging Face directory, a training run or one of its
-// steps), carrying the tokenizer files along, and writing an output directory all at once.
+// steps), and carrying the tokenizer files along (package outdir writes the output).
 package modelio
 
 import (
@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -70,9 +71,18 @@ var stepDirRe = regexp.MustCompile(`^step-(\d+)$`)
 //
 // Special token ids the model's config lacks (an ONNX import knows none) are taken from the
 // generation_config.json beside it or from its tokenizer (see fillTokenIDs).
+//
+// Every file a model directory names (weights, external data, config, the SideFiles that
+// travel with it) must be a regular file that resolves inside that directory, or, for a
+// snapshot of the Hugging Face cache, inside its repository folder (see
+// checkpoints.OpenModelFile): a symlink that leads elsewhere, or a named pipe, is an error
+// naming the file, and is refused before anything is written.
 func Load(path string, opts Options) (*Model, error) {
 	m, err := load(path, opts)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkSideFiles(m.FilesDir); err != nil {
 		return nil, err
 	}
 	if err := fillTokenIDs(m); err != nil {
@@ -96,7 +106,15 @@ func load(path string, opts Options) (*Model, error) {
 		}
 		return loadONNX(path, opts)
 	}
-	exists := func(name string) bool { _, err := os.Stat(filepath.Join(path, name)); return err == nil }
+	// A directory this process may not look into is not "no model here".
+	var denied error
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(path, name))
+		if errors.Is(err, fs.ErrPermission) && denied == nil {
+			denied = err
+		}
+		return err == nil
+	}
 	switch {
 	case exists(checkpoints.StateFile): // one step of a run state
 		m := stepDirRe.FindStringSubmatch(filepath.Base(filepath.Clean(path)))
@@ -125,7 +143,15 @@ func load(path string, opts Options) (*Model, error) {
 		}
 		return &Model{Config: cfg, Weights: w, Kind: "safetensors", TokenizerDir: tokenizerDir(path), FilesDir: path}, nil
 	case exists("model.onnx"):
+		f, err := checkpoints.OpenModelFile(path, "model.onnx")
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
 		return loadONNX(filepath.Join(path, "model.onnx"), opts)
+	}
+	if denied != nil {
+		return nil, fmt.Errorf("%s: cannot look inside the directory: %w", path, denied)
 	}
 	return nil, fmt.Errorf("%s: no model here (want model.onnx, config.json with model.safetensors, or a training run's state/)", path)
 }
@@ -263,15 +289,36 @@ func CopySideFiles(from, to string) ([]string, error) {
 	return copyFiles(from, to, SideFiles)
 }
 
+// checkSideFiles refuses SideFiles of dir ("" for none) that exist but cannot be read as
+// model files (see checkpoints.OpenModelFile): the copy would fail after the weights are
+// written, and the token ids read from them now could come from elsewhere.
+func checkSideFiles(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	for _, name := range SideFiles {
+		f, err := checkpoints.OpenModelFile(dir, name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	return nil
+}
+
 // copyFiles copies the files names that exist in from into to, each atomically
-// (checkpoints.WriteFileAtomic, mode 0644), and returns the names copied.
+// (checkpoints.WriteFileAtomic, mode 0644), and returns the names copied. Each must be a
+// regular file inside from (see checkpoints.OpenModelFile).
 func copyFiles(from, to string, names []string) ([]string, error) {
 	if from == "" {
 		return nil, nil
 	}
 	var copied []string
 	for _, name := range names {
-		src, err := os.Open(filepath.Join(from, name))
+		src, err := checkpoints.OpenModelFile(from, name)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -289,19 +336,6 @@ func copyFiles(from, to string, names []string) ([]string, error) {
 		copied = append(copied, name)
 	}
 	return copied, nil
-}
-
-// WriteDir builds an output directory in a temporary sibling and then puts it at out, so that
-// a failure leaves nothing half-written (checkpoints.ReplaceDir). An existing out that is not
-// empty is refused unless force, in which case it is replaced only once the new one is
-// complete.
-func WriteDir(out string, force bool, build func(tmp string) error) error {
-	if entries, err := os.ReadDir(out); err == nil && len(entries) > 0 && !force {
-		return fmt.Errorf("output directory %s exists and is not empty (nothing was written; --force replaces it)", out)
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return checkpoints.ReplaceDir(out, "."+filepath.Base(filepath.Clean(out))+".tmp-", build)
 }
 
 // ParseDType maps a --dtype value to the safetensors dtype.

@@ -1,10 +1,12 @@
 package modelio
 
 import (
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/prolong-rl/prolong/checkpoints"
@@ -94,7 +96,10 @@ func TestHuman(t *testing.T) {
 }
 
 // FuzzLoad: whatever a model directory holds, Load returns a model whose weights match its
-// config, or an error that names the directory, and never panics.
+// config, or an error that names the directory, and never panics nor blocks. The weights file
+// is a regular file, a relative symlink to one inside the directory (which loads as the file
+// would), a symlink to one outside (refused: checkpoints.ErrOutsideModel), or a named pipe
+// (refused: checkpoints.ErrNotRegular), as place picks.
 func FuzzLoad(f *testing.F) {
 	dir := filepath.Join(f.TempDir(), "seed")
 	cfg := tiny("qwen2")
@@ -103,20 +108,46 @@ func FuzzLoad(f *testing.F) {
 	}
 	st, _ := os.ReadFile(filepath.Join(dir, checkpoints.WeightsFile))
 	cj, _ := os.ReadFile(filepath.Join(dir, checkpoints.ConfigFile))
-	f.Add(cj, st)
-	f.Add(cj, st[:len(st)/3])
-	f.Add([]byte(`{}`), st)
-	f.Add(cj, []byte{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '})
-	f.Fuzz(func(t *testing.T, config, weights []byte) {
-		d := t.TempDir()
+	for place := range byte(4) {
+		f.Add(cj, st, place)
+	}
+	f.Add(cj, st[:len(st)/3], byte(0))
+	f.Add([]byte(`{}`), st, byte(1))
+	f.Add(cj, []byte{8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '}, byte(0))
+	f.Fuzz(func(t *testing.T, config, weights []byte, place byte) {
+		d := filepath.Join(t.TempDir(), "model")
+		os.Mkdir(d, 0o755)
 		os.WriteFile(filepath.Join(d, checkpoints.ConfigFile), config, 0o644)
-		os.WriteFile(filepath.Join(d, checkpoints.WeightsFile), weights, 0o644)
+		wf := filepath.Join(d, checkpoints.WeightsFile)
+		var want error
+		switch place % 4 {
+		case 0:
+			os.WriteFile(wf, weights, 0o644)
+		case 1:
+			os.WriteFile(filepath.Join(d, "w.bin"), weights, 0o644)
+			os.Symlink("w.bin", wf)
+		case 2:
+			os.WriteFile(filepath.Join(d, "..", "w.bin"), weights, 0o644)
+			os.Symlink("../w.bin", wf)
+			want = checkpoints.ErrOutsideModel
+		case 3:
+			if err := syscall.Mkfifo(wf, 0o644); err != nil {
+				t.Skip(err)
+			}
+			want = checkpoints.ErrNotRegular
+		}
 		m, err := Load(d, Options{Step: checkpoints.Latest})
 		if err != nil {
 			if !strings.Contains(err.Error(), d) {
 				t.Fatalf("error does not name %s: %v", d, err)
 			}
+			if want != nil && !errors.Is(err, want) && !strings.Contains(err.Error(), checkpoints.ConfigFile) {
+				t.Fatalf("weights placed %d: %v, want %v", place%4, err, want)
+			}
 			return
+		}
+		if want != nil {
+			t.Fatalf("weights placed %d: loaded, want %v", place%4, want)
 		}
 		if err := m.Config.Validate(); err != nil {
 			t.Fatalf("loaded an invalid config: %v", err)

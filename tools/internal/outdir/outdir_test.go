@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
@@ -85,23 +88,94 @@ func TestShareable(t *testing.T) {
 	}
 }
 
+// names lists dir's entries.
+func names(dir string) string {
+	entries, _ := os.ReadDir(dir)
+	var n []string
+	for _, e := range entries {
+		n = append(n, e.Name())
+	}
+	return strings.Join(n, " ")
+}
+
 func TestRemoveTemp(t *testing.T) {
 	parent := t.TempDir()
-	tmp := filepath.Join(parent, ".out.tmp-123")
-	for _, d := range []string{tmp + "/a", tmp + ".tmp-456/b", tmp + ".tmp-456.old"} {
+	prefix := filepath.Join(parent, ".out.tmp-123-")
+	for _, d := range []string{prefix + "9/a", prefix + "9.tmp-456/b", prefix + "9.tmp-456.old"} {
 		os.MkdirAll(d, 0o755)
 		os.WriteFile(filepath.Join(d, "f"), []byte("x"), 0o644)
 	}
-	os.MkdirAll(filepath.Join(parent, ".out.tmp-1234"), 0o755) // another run's
+	os.MkdirAll(filepath.Join(parent, ".out.tmp-1234-9"), 0o755) // another run's
 	os.MkdirAll(filepath.Join(parent, "out"), 0o755)
-	removeTemp(tmp)
-	entries, _ := os.ReadDir(parent)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
+	if !removeTemp(prefix) {
+		t.Error("removeTemp says there was nothing to remove")
 	}
-	if strings.Join(names, " ") != ".out.tmp-1234 out" {
-		t.Errorf("left %q, want only another run's temporary and out", names)
+	if got := names(parent); got != ".out.tmp-1234-9 out" {
+		t.Errorf("left %q, want only another run's temporary and out", got)
+	}
+	if removeTemp(prefix) {
+		t.Error("removeTemp says it removed something the second time")
+	}
+}
+
+// TestWriteRemovesStale: Write removes the temporary names of runs whose lock file nobody
+// holds (a killed run's), keeps those of a run that holds its lock (here this test, through
+// another open file description), those without a lock file, and a dead run's .old while the
+// output does not exist (it may be the previous output); a later Write, with the output in
+// place, removes that .old too. The build works under a name of its own token, beside its
+// lock file, and leaves neither behind.
+func TestWriteRemovesStale(t *testing.T) {
+	parent := t.TempDir()
+	out := filepath.Join(parent, "out")
+	mk := func(names ...string) {
+		for _, n := range names {
+			p := filepath.Join(parent, n)
+			if strings.HasSuffix(n, ".lock") {
+				os.WriteFile(p, nil, 0o600)
+			} else {
+				os.MkdirAll(filepath.Join(p, "sub"), 0o755)
+			}
+		}
+	}
+	mk(".out.tmp-111.lock", ".out.tmp-111-5", ".out.tmp-111-5.tmp-7", // dead
+		".out.tmp-222.lock", ".out.tmp-222-5", ".out.tmp-222-5.tmp-7", // live
+		".out.tmp-333",                            // no lock file
+		".out.tmp-444.lock", ".out.tmp-444-5.old", // dead, cut off while swapping
+		".other.tmp-555.lock", ".other.tmp-555-5") // another output's
+	live, err := os.Open(filepath.Join(parent, ".out.tmp-222.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := unix.Flock(int(live.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	kept := ".other.tmp-555-5 .other.tmp-555.lock .out.tmp-222-5 .out.tmp-222-5.tmp-7 .out.tmp-222.lock .out.tmp-333"
+	old := " .out.tmp-444-5.old .out.tmp-444.lock"
+	var during string
+	build := func(tmp string) error {
+		during = names(parent)
+		return os.WriteFile(filepath.Join(tmp, "model.onnx"), []byte("x"), 0o644)
+	}
+	if err := Write(out, false, build); err != nil {
+		t.Fatal(err)
+	}
+	// Sorted, this build's names (.out.tmp-T-N, .out.tmp-T.lock) come among the others.
+	m := regexp.MustCompile(`\.out\.tmp-(\d+)-\d+ \.out\.tmp-(\d+)\.lock`).FindStringSubmatchIndex(during)
+	if m == nil || during[m[2]:m[3]] != during[m[4]:m[5]] || strings.Join(strings.Fields(during[:m[0]]+during[m[1]:]), " ") != kept+old {
+		t.Errorf("while building, %s held %q", parent, during)
+	}
+	if got := names(parent); got != kept+old+" out" {
+		t.Errorf("after the first write, %s holds %q", parent, got)
+	}
+	if err := Write(out, true, build); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(parent); got != kept+" out" {
+		t.Errorf("after the second write, %s holds %q", parent, got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "model.onnx")); string(b) != "x" {
+		t.Errorf("out/model.onnx = %q", b)
 	}
 }
 

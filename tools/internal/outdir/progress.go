@@ -86,8 +86,10 @@ func (p *Progress) Writing(dir, what string, total int64) {
 	}(p.stop, p.done)
 }
 
-// Stage shows what the program does now, without a measure.
+// Stage shows what the program does now, without a measure. (A program built with -tags
+// testhold may stop here for good: see holdAt.)
 func (p *Progress) Stage(what string) {
+	holdAt(what)
 	if p.quiet {
 		return
 	}
