@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
@@ -49,7 +50,7 @@ func TestModelFiles(t *testing.T) {
 		replace(filepath.Join(d, file))
 		return d
 	}
-	step := filepath.Join("state", "step-00000004", "model.safetensors")
+	step := filepath.Join("state", checkpoints.StepDirName(4), "model.safetensors")
 	for _, tc := range []struct {
 		name string
 		in   string
