@@ -25,6 +25,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 	"github.com/prolong-rl/prolong/tools/internal/outdir"
 )
@@ -95,13 +96,14 @@ Flags:
 }
 
 func main() {
+	clilog.Setup("convert")
 	outdir.HandleSignals("convert")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if outdir.Stopping() {
 			select {} // the signal handler exits
 		}
 		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "convert:", err)
+			slog.Error(err.Error())
 			os.Exit(1)
 		}
 	}
@@ -109,8 +111,12 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlags(&o, stderr)
+	fs := newFlags(&o, io.Discard) // --help on stdout; errors are main's to print
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+		}
 		return err
 	}
 	switch {
@@ -207,7 +213,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if noTokenizer {
-		slog.New(slog.NewTextHandler(stderr, nil)).Warn("no tokenizer.json beside the input: the output has no tokenizer (copy one in to use it with transformers)", "input", o.in)
+		clilog.Logger(stderr, "convert").Warn("no tokenizer.json beside the input: the output has no tokenizer (copy one in to use it with transformers)", "input", o.in)
 	}
 	fmt.Fprintf(stdout, "converted %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
 		modelio.HumanCount(m.Config.NumParams()), o.to, time.Since(t0).Seconds())

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 	"github.com/prolong-rl/prolong/tools/internal/outdir"
 )
@@ -91,13 +92,14 @@ Flags:
 }
 
 func main() {
+	clilog.Setup("export")
 	outdir.HandleSignals("export")
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if outdir.Stopping() {
 			select {} // the signal handler exits
 		}
 		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "export:", err)
+			slog.Error(err.Error())
 			os.Exit(1)
 		}
 	}
@@ -105,8 +107,12 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlags(&o, stderr)
+	fs := newFlags(&o, io.Discard) // --help on stdout; errors are main's to print
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+		}
 		return err
 	}
 	switch {
@@ -194,7 +200,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if noTokenizer {
-		slog.New(slog.NewTextHandler(stderr, nil)).Warn("no tokenizer files found with the checkpoint: the export has no tokenizer", "input", o.in)
+		clilog.Logger(stderr, "export").Warn("no tokenizer files found with the checkpoint: the export has no tokenizer", "input", o.in)
 	}
 	fmt.Fprintf(stdout, "exported %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
 		modelio.HumanCount(m.Config.NumParams()), o.out, time.Since(t0).Seconds())

@@ -53,6 +53,13 @@ func Setup(prog string) (terminal bool) {
 	return terminal
 }
 
+// Logger returns a logger in the programs' style on w for prog (a terminal one when w is a
+// terminal): for code that writes to a stderr it was given.
+func Logger(w io.Writer, prog string) *slog.Logger {
+	f, ok := w.(*os.File)
+	return slog.New(New(w, prog, slog.LevelInfo, ok && IsTerminal(f)))
+}
+
 // IsTerminal reports whether f is a terminal.
 func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
