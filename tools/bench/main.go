@@ -9,7 +9,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -29,28 +31,36 @@ import (
 
 func main() {
 	clilog.Setup("bench")
-	quick := pflag.Bool("quick", false, "fewer repetitions (noisier figures)")
-	decodeSteps := pflag.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
-	promptLen := pflag.Int("prompt", 256, "prompt length of the prefill measurement")
-	train := pflag.Bool("train", true, "measure a training step (forward, backward, AdamW)")
-	torch := pflag.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio")
-	trainBatch := pflag.Int("train-batch", 4, "sequences per training step")
-	trainSeq := pflag.Int("train-seq", 128, "tokens per training sequence")
-	inference := pflag.Bool("inference", true, "measure matmul, prefill and decode")
-	device := pflag.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
-	jsonPath := pflag.String("json", "", "with --device cuda: also write the figures as JSON to this file")
-	rolloutTokens := pflag.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
-	pflag.CommandLine.SetOutput(os.Stdout) // --help is asked for: it goes to stdout
-	pflag.Usage = func() {
+	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard) // --help is printed on stdout below; errors are logged
+	quick := fs.Bool("quick", false, "fewer repetitions (noisier figures)")
+	decodeSteps := fs.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
+	promptLen := fs.Int("prompt", 256, "prompt length of the prefill measurement")
+	train := fs.Bool("train", true, "measure a training step (forward, backward, AdamW)")
+	torch := fs.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio")
+	trainBatch := fs.Int("train-batch", 4, "sequences per training step")
+	trainSeq := fs.Int("train-seq", 128, "tokens per training sequence")
+	inference := fs.Bool("inference", true, "measure matmul, prefill and decode")
+	device := fs.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
+	jsonPath := fs.String("json", "", "with --device cuda: also write the figures as JSON to this file")
+	rolloutTokens := fs.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
+	usage := func() {
 		fmt.Println(`bench prints the engine's speed on this machine as ratios of ceilings measured in the
 same run: on the CPU, the fp32 FMA peak and the DRAM triad bandwidth (matmuls, prefill, decode,
 training on a ~122M Qwen2-shaped model; --torch adds PyTorch); on a GPU (--device cuda), the
 device's copy bandwidth and bf16 GEMM rate (decode, rollouts and training on a 1.5B shape).
 
 Usage: go run ./tools/bench [flags]`)
-		pflag.PrintDefaults()
+		fmt.Print(fs.FlagUsages())
 	}
-	pflag.Parse()
+	switch err := fs.Parse(os.Args[1:]); {
+	case errors.Is(err, pflag.ErrHelp):
+		usage() // on stdout
+		return
+	case err != nil:
+		slog.Error(err.Error() + " (see --help)")
+		os.Exit(2)
+	}
 	var err error
 	if *device == "auto" {
 		b, line, err := engine.OpenDevice("auto")

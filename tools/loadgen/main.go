@@ -87,9 +87,13 @@ func main() {
 	fs.IntVar(&o.maxTokens, "max-tokens", 24, "max_tokens of each request (ignore_eos: every request generates this many per sample)")
 	fs.IntVar(&o.n, "n", 1, "samples per request")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the prompts")
-	fs.SetOutput(os.Stdout) // --help
+	fs.SetOutput(io.Discard) // --help is printed below, on stdout; errors are logged
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Print("Usage: go run ./tools/loadgen [--url http://127.0.0.1:8000] [flags]\n\n" +
+				"Drives a rollout server on localhost: one client at a time, then many concurrent clients for a\n" +
+				"bounded time, and prints throughput, the speed-up over single-request serving, latency\n" +
+				"percentiles, failures, 429s and the server's peak resident memory.\n\nFlags:\n" + fs.FlagUsages())
 			return
 		}
 		slog.Error(err.Error() + " (see --help)")
