@@ -429,7 +429,7 @@ func TestBinary(t *testing.T) {
 	cmd = exec.Command(bin, "-i", filepath.Join(dir, "missing"), "-o", filepath.Join(dir, "x"))
 	cmd.Stderr = &stderr
 	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !regexp.MustCompile(`(^|[\r\n])convert: -i `+regexp.QuoteMeta(filepath.Join(dir, "missing"))+`: `).MatchString(stderr.String()) {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !regexp.MustCompile(`(^|[\r\n]|ERROR )convert: -i `+regexp.QuoteMeta(filepath.Join(dir, "missing"))+`: `).MatchString(stderr.String()) {
 		t.Fatalf("bad input: %v\n%s", err, stderr.String())
 	}
 	out, err := exec.Command(bin, "--help").CombinedOutput()

@@ -3,6 +3,7 @@ package outdir
 import (
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
 
 // Progress is a tool's progress bar on stderr: the tensors counted as they are checked, then
@@ -25,7 +27,15 @@ type Progress struct {
 }
 
 // NewProgress returns a Progress writing to w (nothing when quiet).
-func NewProgress(w io.Writer, quiet bool) *Progress { return &Progress{w: w, quiet: quiet} }
+//
+// Where w is a file that is not a terminal (stderr redirected to a log file or a pipe), no bar
+// is drawn: its redraw frames would fill the log.
+func NewProgress(w io.Writer, quiet bool) *Progress {
+	if f, ok := w.(*os.File); ok && !clilog.IsTerminal(f) {
+		quiet = true
+	}
+	return &Progress{w: w, quiet: quiet}
+}
 
 // pollInterval is how often a Writing stage measures the output.
 const pollInterval = 200 * time.Millisecond
