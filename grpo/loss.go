@@ -1,26 +1,38 @@
 package grpo
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"sort"
 )
 
 // The policy loss of GRPO with the ProRL changes, as a pure function of per-token log-probs.
 // The engine computes the per-token quantities (log-prob of the sampled token under the current
 // policy, its entropy), calls PolicyLoss, and backpropagates the returned per-token gradients
 // dLoss/dLogp and dLoss/dEntropy through the model. The formulas follow verl's core_algos.py
-// (compute_policy_loss with clip_ratio_low/high and clip_ratio_c, agg_loss, kl_penalty) so that a
-// run here is comparable with a verl run; scripts/make_loss_goldens.py implements them with
-// PyTorch autograd and grpo/testdata/loss_golden.json holds its values and gradients.
+// (compute_policy_loss_vanilla / _gspo / _clip_cov / _kl_cov, agg_loss, kl_penalty, and the
+// truncated importance-sampling weights of its rollout correction) so that a run here is
+// comparable with a verl run; scripts/make_loss_goldens.py implements them with PyTorch autograd
+// and grpo/testdata/loss_golden.json holds its values and gradients.
 //
-// Per token t of a sequence, with rho = exp(clamp(logp - oldLogp, -20, 20)) and advantage A:
+// Per token t of a sequence, with lr = clamp(logp - oldLogp, -20, 20), rho = exp(lr) and
+// advantage A, the policy-gradient term of the default mode (PolicyGRPO) is
 //
 //	pg    = max(-A*rho, -A*clip(rho, 1-ClipLow, 1+ClipHigh))   (clipped surrogate, clip-higher)
 //	pg    = min(pg, -A*DualClip)   when A < 0 and DualClip > 0 (dual clip)
+//
+// PolicyGSPO, PolicyClipCov and PolicyKLCov replace it (see PolicyLossMode). With TISCap > 0
+// each token's pg is weighted by min(exp(clamp(oldLogp - rolloutLogp, -20, 20)), TISCap), a
+// constant (truncated importance sampling: the rollout engine's distribution differs from the
+// trainer's). Then
+//
 //	kl    = estimator(logp, refLogp)                           (k1, k2 or k3)
 //	token = pg + KLCoef*kl - EntropyCoef*entropy
 //
-// and the loss aggregates token over the valid (masked-in) tokens with AggMode.
+// and the loss aggregates token over the valid (masked-in) tokens with AggMode (the pg term of
+// GSPO always with AggSeqMeanTokenMean, as verl does).
 
 // AggMode is how per-token losses are reduced to one scalar; the names are verl's
 // loss_agg_mode values.
@@ -65,23 +77,90 @@ func ParseKLEstimator(name string) (KLEstimator, error) {
 	return "", fmt.Errorf("grpo: unknown KL estimator %q (want k1/kl, k2/mse or k3/low_var_kl)", name)
 }
 
-// ProRL defaults for LossConfig.
+// PolicyLossMode chooses the policy-gradient term; the names follow verl's
+// actor.policy_loss.loss_mode (ParsePolicyLossMode accepts verl's spellings too).
+type PolicyLossMode string
+
+// The policy-gradient terms.
+const (
+	// PolicyGRPO is the token-level clipped surrogate with clip-higher and dual clip (verl
+	// "vanilla"; the default).
+	PolicyGRPO PolicyLossMode = "grpo"
+	// PolicyGSPO is GSPO-token (Zheng et al. 2025, arXiv 2507.18071): the ratio of every token
+	// of a sequence is the sequence's length-normalised ratio
+	// s = exp(mean_t(logp - oldLogp)) in value, with the gradient of s*logp (s_t = sg[s] *
+	// pi(y_t)/sg[pi(y_t)]); it is clipped to [1-GSPOClipLow, 1+GSPOClipHigh] and the pg term
+	// is aggregated seq-mean-token-mean. verl bounds log s at 10; dual clip does not apply.
+	PolicyGSPO PolicyLossMode = "gspo"
+	// PolicyClipCov is PolicyGRPO with Clip-Cov (Cui et al. 2025, arXiv 2505.22617): of the
+	// tokens not already clipped whose covariance term cov = (A - mean A)*(logp - mean logp)
+	// (means over the call's valid tokens) lies in (ClipCovLow, ClipCovHigh), a random
+	// max(1, floor(ClipCovRatio * tokens)) are dropped from the pg term (value and gradient),
+	// chosen with LossInput.Seed.
+	PolicyClipCov PolicyLossMode = "clip-cov"
+	// PolicyKLCov is KL-Cov (the same paper): the unclipped surrogate -A*rho for every token,
+	// plus KLCovCoef*|logp - oldLogp| for the max(1, floor(KLCovRatio * tokens)) tokens of
+	// largest cov.
+	PolicyKLCov PolicyLossMode = "kl-cov"
+)
+
+// ParsePolicyLossMode maps a user's name for a policy loss (grpo/vanilla, gspo,
+// clip-cov/clip_cov, kl-cov/kl_cov) to a PolicyLossMode.
+func ParsePolicyLossMode(name string) (PolicyLossMode, error) {
+	switch name {
+	case "grpo", "vanilla":
+		return PolicyGRPO, nil
+	case "gspo":
+		return PolicyGSPO, nil
+	case "clip-cov", "clip_cov":
+		return PolicyClipCov, nil
+	case "kl-cov", "kl_cov":
+		return PolicyKLCov, nil
+	}
+	return "", fmt.Errorf("grpo: unknown policy loss %q (want grpo, gspo, clip-cov or kl-cov)", name)
+}
+
+// ProRL defaults for LossConfig, and the defaults of the other policy losses' knobs (used
+// only in their mode).
 const (
 	DefaultClipLow  = 0.2
 	DefaultClipHigh = 0.4
 	DefaultKLCoef   = 1e-4
-	// DefaultDualClip is verl's clip_ratio_c, used when a user turns dual clip on.
+	// DefaultDualClip is verl's clip_ratio_c, which verl always applies.
 	DefaultDualClip = 3.0
+	// DefaultGSPOClipLow and DefaultGSPOClipHigh are verl's GSPO recipe's clip_ratio_low/high
+	// (the paper uses 3e-4 and 4e-4).
+	DefaultGSPOClipLow, DefaultGSPOClipHigh = 3e-4, 4e-4
+	// DefaultClipCovRatio, DefaultClipCovLow and DefaultClipCovHigh are verl's and the
+	// paper's clip_cov_ratio, clip_cov_lb and clip_cov_ub.
+	DefaultClipCovRatio, DefaultClipCovLow, DefaultClipCovHigh = 2e-4, 1.0, 5.0
+	// DefaultKLCovRatio is the paper's k for its 7B runs (verl's default is 2e-4, the paper's
+	// 32B value); DefaultKLCovCoef is verl's ppo_kl_coef.
+	DefaultKLCovRatio, DefaultKLCovCoef = 2e-3, 1.0
 )
 
 // LossConfig holds the knobs of PolicyLoss. Start from DefaultLossConfig.
 type LossConfig struct {
-	// ClipLow and ClipHigh are the decoupled clip bounds: rho is clipped to
-	// [1-ClipLow, 1+ClipHigh].
+	// Mode is the policy-gradient term; empty means PolicyGRPO.
+	Mode PolicyLossMode
+	// ClipLow and ClipHigh are the decoupled clip bounds of the token-level modes: rho is
+	// clipped to [1-ClipLow, 1+ClipHigh].
 	ClipLow, ClipHigh float64
 	// DualClip, when > 0, bounds the loss of a token with negative advantage by -A*DualClip
-	// (dual-clip PPO; verl's clip_ratio_c, usually 3). It must be > 1. 0 turns it off.
+	// (dual-clip PPO; verl's clip_ratio_c, 3 by default). It must be > 1. 0 turns it off. It
+	// applies to PolicyGRPO and PolicyClipCov.
 	DualClip float64
+	// GSPOClipLow and GSPOClipHigh clip GSPO's sequence ratio to [1-GSPOClipLow,
+	// 1+GSPOClipHigh].
+	GSPOClipLow, GSPOClipHigh float64
+	// ClipCovRatio, ClipCovLow and ClipCovHigh are Clip-Cov's fraction of tokens and
+	// covariance window (PolicyClipCov).
+	ClipCovRatio, ClipCovLow, ClipCovHigh float64
+	// KLCovRatio and KLCovCoef are KL-Cov's fraction of tokens and penalty weight (PolicyKLCov).
+	KLCovRatio, KLCovCoef float64
+	// TISCap, when > 0, weights each token's pg term by the truncated importance ratio
+	// min(pi_old/pi_rollout, TISCap); LossInput.RolloutLogProbs is then required. 0: off.
+	TISCap float64
 	// Agg is the aggregation mode; empty means AggTokenMean.
 	Agg AggMode
 	// KLCoef is beta, the weight of the KL penalty to the reference policy; 0 turns it off
@@ -99,17 +178,30 @@ type LossConfig struct {
 	TokenNorm, SeqNorm float64
 }
 
-// DefaultLossConfig returns the ProRL recipe: clip bounds 0.2/0.4, no dual clip, token-mean,
-// k3 KL with beta 1e-4, no entropy bonus.
+// DefaultLossConfig returns the ProRL recipe: the GRPO token-level loss, clip bounds 0.2/0.4,
+// dual clip at 3 (as verl), token-mean, k3 KL with beta 1e-4, no entropy bonus, no TIS; the
+// other modes' knobs at their papers' values.
 func DefaultLossConfig() LossConfig {
 	return LossConfig{
-		ClipLow:  DefaultClipLow,
-		ClipHigh: DefaultClipHigh,
-		Agg:      AggTokenMean,
-		KLCoef:   DefaultKLCoef,
-		KL:       KLK3,
+		Mode:         PolicyGRPO,
+		ClipLow:      DefaultClipLow,
+		ClipHigh:     DefaultClipHigh,
+		DualClip:     DefaultDualClip,
+		GSPOClipLow:  DefaultGSPOClipLow,
+		GSPOClipHigh: DefaultGSPOClipHigh,
+		ClipCovRatio: DefaultClipCovRatio,
+		ClipCovLow:   DefaultClipCovLow,
+		ClipCovHigh:  DefaultClipCovHigh,
+		KLCovRatio:   DefaultKLCovRatio,
+		KLCovCoef:    DefaultKLCovCoef,
+		Agg:          AggTokenMean,
+		KLCoef:       DefaultKLCoef,
+		KL:           KLK3,
 	}
 }
+
+// finite reports whether v is neither NaN nor infinite.
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 // Validate reports the first knob of c that is out of range.
 func (c LossConfig) Validate() error {
@@ -122,10 +214,15 @@ func (c LossConfig) Validate() error {
 		return fmt.Errorf("grpo: LossConfig.DualClip = %v, want 0 (off) or a finite value > 1", c.DualClip)
 	case !(c.KLCoef >= 0) || math.IsInf(c.KLCoef, 0):
 		return fmt.Errorf("grpo: LossConfig.KLCoef = %v, want a finite value >= 0", c.KLCoef)
-	case math.IsNaN(c.EntropyCoef) || math.IsInf(c.EntropyCoef, 0):
+	case !finite(c.EntropyCoef):
 		return fmt.Errorf("grpo: LossConfig.EntropyCoef = %v, want a finite value", c.EntropyCoef)
 	case !(c.TokenNorm >= 0) || !(c.SeqNorm >= 0):
 		return fmt.Errorf("grpo: LossConfig.TokenNorm/SeqNorm = %v/%v, want values >= 0", c.TokenNorm, c.SeqNorm)
+	case !(c.TISCap >= 0) || math.IsInf(c.TISCap, 0):
+		return fmt.Errorf("grpo: LossConfig.TISCap = %v, want 0 (off) or a finite value > 0", c.TISCap)
+	}
+	if err := c.validateMode(); err != nil {
+		return err
 	}
 	switch c.Agg {
 	case "", AggTokenMean, AggSeqMeanTokenSum, AggSeqMeanTokenMean:
@@ -140,14 +237,40 @@ func (c LossConfig) Validate() error {
 	return nil
 }
 
+// validateMode checks the knobs of the chosen policy loss (only those: the others are unused).
+func (c LossConfig) validateMode() error {
+	switch c.Mode {
+	case "", PolicyGRPO:
+	case PolicyGSPO:
+		if !(c.GSPOClipLow >= 0 && c.GSPOClipLow < 1) || !(c.GSPOClipHigh >= 0) || math.IsInf(c.GSPOClipHigh, 0) {
+			return fmt.Errorf("grpo: LossConfig.GSPOClipLow/GSPOClipHigh = %v/%v, want 0 <= low < 1 and a finite high >= 0", c.GSPOClipLow, c.GSPOClipHigh)
+		}
+	case PolicyClipCov:
+		if !(c.ClipCovRatio > 0 && c.ClipCovRatio <= 1) || !finite(c.ClipCovLow) || !finite(c.ClipCovHigh) || !(c.ClipCovLow < c.ClipCovHigh) {
+			return fmt.Errorf("grpo: LossConfig.ClipCovRatio/ClipCovLow/ClipCovHigh = %v/%v/%v, want 0 < ratio <= 1 and finite low < high", c.ClipCovRatio, c.ClipCovLow, c.ClipCovHigh)
+		}
+	case PolicyKLCov:
+		if !(c.KLCovRatio > 0 && c.KLCovRatio <= 1) || !(c.KLCovCoef >= 0) || math.IsInf(c.KLCovCoef, 0) {
+			return fmt.Errorf("grpo: LossConfig.KLCovRatio/KLCovCoef = %v/%v, want 0 < ratio <= 1 and a finite coef >= 0", c.KLCovRatio, c.KLCovCoef)
+		}
+	default:
+		return fmt.Errorf("grpo: LossConfig.Mode = %q, want %q, %q, %q or %q", c.Mode, PolicyGRPO, PolicyGSPO, PolicyClipCov, PolicyKLCov)
+	}
+	return nil
+}
+
 // LossInput holds the per-token inputs of one (micro-)batch. Every field is indexed
 // [sequence][token] over the response tokens only and all present fields have the same shape;
 // sequences may have different lengths (no padding needed).
 type LossInput struct {
 	// LogProbs [seq][tok]: log-prob of the sampled token under the policy being trained.
 	LogProbs [][]float64
-	// OldLogProbs [seq][tok]: the same under the policy that generated the rollout.
+	// OldLogProbs [seq][tok]: the same under the policy that generated the rollout, as the
+	// trainer computes it.
 	OldLogProbs [][]float64
+	// RolloutLogProbs [seq][tok]: the same as the rollout engine reported it while sampling;
+	// required when TISCap > 0, else unused.
+	RolloutLogProbs [][]float64
 	// RefLogProbs [seq][tok]: the same under the reference policy; may be nil when KLCoef is 0.
 	RefLogProbs [][]float64
 	// Advantages [seq][tok]: the advantage of each token (the response's advantage repeated;
@@ -158,6 +281,8 @@ type LossInput struct {
 	Entropy [][]float64
 	// Mask [seq][tok]: true for tokens that count; nil means every token counts.
 	Mask [][]bool
+	// Seed seeds the random choices of PolicyClipCov: the same seed gives the same choice.
+	Seed uint64
 }
 
 // LossMetrics are the diagnostics of one PolicyLoss call. The fractions and means are over the
@@ -167,20 +292,26 @@ type LossMetrics struct {
 	// (before KLCoef) and entropy (before EntropyCoef). Loss = PGLoss + KLCoef*KLLoss -
 	// EntropyCoef*EntropyLoss.
 	PGLoss, KLLoss, EntropyLoss float64
-	// ClipFracLow is the fraction of tokens clipped at the low bound (A < 0, rho < 1-ClipLow),
-	// ClipFracHigh at the high bound (A > 0, rho > 1+ClipHigh); their gradient is zero.
+	// ClipFracLow is the fraction of tokens clipped at the low bound (A < 0, ratio below
+	// 1-ClipLow), ClipFracHigh at the high bound (A > 0, ratio above 1+ClipHigh); their
+	// gradient is zero. Their sum is verl's pg_clipfrac.
 	ClipFracLow, ClipFracHigh float64
-	// DualClipFrac is the fraction of tokens bounded by the dual clip (A < 0, rho > DualClip).
+	// DualClipFrac is the fraction of tokens bounded by the dual clip (A < 0, rho > DualClip):
+	// verl's pg_clipfrac_lower.
 	DualClipFrac float64
-	// ApproxKL is the mean of oldLogp - logp: how far the update has moved the policy
-	// (verl's ppo_kl).
+	// ClipCovFrac is the fraction of tokens Clip-Cov dropped, KLCovFrac the fraction KL-Cov
+	// penalised.
+	ClipCovFrac, KLCovFrac float64
+	// ApproxKL is the mean of -lr = oldLogp - logp with the log ratio clamped to [-20, 20] as
+	// in the loss: how far the update has moved the policy (verl's ppo_kl).
 	ApproxKL float64
 	// RefKL is the mean of the KL estimator against the reference policy (0 without
 	// RefLogProbs).
 	RefKL float64
 	// EntropyMean is the mean entropy (0 without Entropy).
 	EntropyMean float64
-	// RatioMax is the largest rho over the valid tokens.
+	// RatioMax is the largest importance ratio over the valid tokens (rho; GSPO: the
+	// sequence ratio).
 	RatioMax float64
 	// Tokens and Seqs count the valid tokens and the sequences with at least one of them.
 	Tokens, Seqs int
@@ -227,6 +358,7 @@ func (in *LossInput) check(cfg LossConfig) error {
 		{"OldLogProbs", in.OldLogProbs, true},
 		{"Advantages", in.Advantages, true},
 		{"RefLogProbs", in.RefLogProbs, cfg.KLCoef != 0},
+		{"RolloutLogProbs", in.RolloutLogProbs, cfg.TISCap > 0},
 		{"Entropy", in.Entropy, cfg.EntropyCoef != 0},
 	}
 	for _, f := range fields {
@@ -263,17 +395,13 @@ func (in *LossInput) check(cfg LossConfig) error {
 			if in.Mask != nil && !in.Mask[s][t] {
 				continue
 			}
-			vals := [...]float64{in.LogProbs[s][t], in.OldLogProbs[s][t], in.Advantages[s][t]}
-			for k, v := range vals {
-				if math.IsNaN(v) || math.IsInf(v, 0) {
-					return fmt.Errorf("grpo: LossInput.%s[%d][%d] is %v", [...]string{"LogProbs", "OldLogProbs", "Advantages"}[k], s, t, v)
+			if !finite(in.LogProbs[s][t]) {
+				return fmt.Errorf("grpo: LossInput.LogProbs[%d][%d] is %v", s, t, in.LogProbs[s][t])
+			}
+			for _, f := range fields {
+				if f.v != nil && !finite(f.v[s][t]) {
+					return fmt.Errorf("grpo: LossInput.%s[%d][%d] is %v", f.name, s, t, f.v[s][t])
 				}
-			}
-			if in.RefLogProbs != nil && (math.IsNaN(in.RefLogProbs[s][t]) || math.IsInf(in.RefLogProbs[s][t], 0)) {
-				return fmt.Errorf("grpo: LossInput.RefLogProbs[%d][%d] is %v", s, t, in.RefLogProbs[s][t])
-			}
-			if in.Entropy != nil && (math.IsNaN(in.Entropy[s][t]) || math.IsInf(in.Entropy[s][t], 0)) {
-				return fmt.Errorf("grpo: LossInput.Entropy[%d][%d] is %v", s, t, in.Entropy[s][t])
 			}
 		}
 	}
@@ -312,10 +440,196 @@ func klValueGrad(est KLEstimator, logp, ref float64) (v, d float64) {
 	}
 }
 
-// PolicyLoss computes the GRPO/ProRL policy loss of one (micro-)batch, its gradient with respect
-// to every token's log-prob and entropy, and the metrics a run logs. It returns an error when
-// the config is out of range or the inputs' shapes disagree. A batch with no valid token has
-// loss 0 and zero gradients.
+// gspoLogRatioMax is verl's bound on GSPO's sequence log ratio.
+const gspoLogRatioMax = 10
+
+// clampedLogRatio is lr = clamp(logp - old, -20, 20) and d lr / d logp.
+func clampedLogRatio(logp, old float64) (lr, dlr float64) {
+	lr = logp - old
+	if lr > clampLogRatio || lr < -clampLogRatio {
+		return math.Max(-clampLogRatio, math.Min(clampLogRatio, lr)), 0
+	}
+	return lr, 1
+}
+
+// clipKind says how a token's pg term was clipped.
+type clipKind uint8
+
+const (
+	notClipped  clipKind = iota
+	clippedLow           // A < 0, ratio below the low bound
+	clippedHigh          // A > 0, ratio above the high bound
+	clippedDual          // A < 0, bounded by the dual clip
+)
+
+// tokenPG is one token's policy-gradient term before the TIS weight: its value v, dv/dlogp,
+// its importance ratio and how it was clipped.
+type tokenPG struct {
+	v, d, ratio float64
+	clip        clipKind
+}
+
+// clippedSurrogate is max(-A*r, -A*clip(r, 1-lo, 1+hi)) and its derivative with respect to
+// logp, given dr, the derivative of r in its unclipped branch.
+func clippedSurrogate(adv, r, dr, lo, hi float64) tokenPG {
+	l1 := -adv * r
+	l2 := -adv * math.Max(1-lo, math.Min(1+hi, r))
+	if l2 > l1 {
+		k := clippedHigh
+		if adv < 0 {
+			k = clippedLow
+		}
+		return tokenPG{v: l2, ratio: r, clip: k}
+	}
+	return tokenPG{v: l1, d: -adv * dr, ratio: r}
+}
+
+// grpoToken is the PolicyGRPO term of one token: the clipped surrogate, then the dual clip.
+func grpoToken(logp, old, adv float64, cfg LossConfig) tokenPG {
+	lr, dlr := clampedLogRatio(logp, old)
+	rho := math.Exp(lr)
+	p := clippedSurrogate(adv, rho, rho*dlr, cfg.ClipLow, cfg.ClipHigh)
+	if l3 := -adv * cfg.DualClip; cfg.DualClip > 0 && adv < 0 && p.v > l3 {
+		return tokenPG{v: l3, ratio: rho, clip: clippedDual}
+	}
+	return p
+}
+
+// gspoToken is the GSPO-token term of a token of a sequence whose mean log ratio is seqLR:
+// the value uses s = exp(seqLR) and the gradient is s (d s_t/d logp_t with s_t = sg[s] *
+// pi/sg[pi]), 0 where log s is bounded at 10.
+func gspoToken(seqLR, adv float64, cfg LossConfig) tokenPG {
+	ds := 1.0
+	if seqLR > gspoLogRatioMax {
+		seqLR, ds = gspoLogRatioMax, 0
+	}
+	s := math.Exp(seqLR)
+	return clippedSurrogate(adv, s, s*ds, cfg.GSPOClipLow, cfg.GSPOClipHigh)
+}
+
+// policyTerms computes every valid token's pg term in the chosen mode (Clip-Cov and KL-Cov
+// then adjust some of them).
+func policyTerms(in *LossInput, cfg LossConfig, mode PolicyLossMode, valid func(s, t int) bool) [][]tokenPG {
+	out := make([][]tokenPG, len(in.LogProbs))
+	for s := range in.LogProbs {
+		out[s] = make([]tokenPG, len(in.LogProbs[s]))
+		var seqLR float64 // GSPO: mean log ratio of the sequence (verl does not clamp tokens)
+		if mode == PolicyGSPO {
+			n := 0
+			for t := range in.LogProbs[s] {
+				if valid(s, t) {
+					seqLR += in.LogProbs[s][t] - in.OldLogProbs[s][t]
+					n++
+				}
+			}
+			seqLR /= float64(max(n, 1))
+		}
+		for t := range in.LogProbs[s] {
+			if !valid(s, t) {
+				continue
+			}
+			logp, old, adv := in.LogProbs[s][t], in.OldLogProbs[s][t], in.Advantages[s][t]
+			switch mode {
+			case PolicyGSPO:
+				out[s][t] = gspoToken(seqLR, adv, cfg)
+			case PolicyKLCov: // no clipping at all
+				lr, dlr := clampedLogRatio(logp, old)
+				rho := math.Exp(lr)
+				out[s][t] = tokenPG{v: -adv * rho, d: -adv * rho * dlr, ratio: rho}
+			default:
+				out[s][t] = grpoToken(logp, old, adv, cfg)
+			}
+		}
+	}
+	return out
+}
+
+// tokenIndex is the position of a token: sequence s, token t.
+type tokenIndex struct{ s, t int }
+
+// covariances returns the valid tokens and, for each, Clip-Cov's and KL-Cov's
+// cov = (A - mean A) * (logp - mean logp), the means over the valid tokens.
+func covariances(in *LossInput, valid func(s, t int) bool) ([]tokenIndex, []float64) {
+	var idx []tokenIndex
+	var sumA, sumL float64
+	for s := range in.LogProbs {
+		for t := range in.LogProbs[s] {
+			if valid(s, t) {
+				idx = append(idx, tokenIndex{s, t})
+				sumA += in.Advantages[s][t]
+				sumL += in.LogProbs[s][t]
+			}
+		}
+	}
+	n := float64(len(idx))
+	cov := make([]float64, len(idx))
+	for i, k := range idx {
+		cov[i] = (in.Advantages[k.s][k.t] - sumA/n) * (in.LogProbs[k.s][k.t] - sumL/n)
+	}
+	return idx, cov
+}
+
+// covCount is Clip-Cov's and KL-Cov's number of tokens: max(1, floor(ratio * tokens)).
+func covCount(ratio float64, tokens int) int { return max(1, int(ratio*float64(tokens))) }
+
+// clipCovStream is the PCG stream of Clip-Cov's random choice ("clipcov").
+const clipCovStream = 0x636c6970636f76
+
+// clipCov drops from the pg term (value and gradient) a random choice, seeded by in.Seed, of
+// covCount(ClipCovRatio) tokens among the unclipped ones whose cov lies in (ClipCovLow,
+// ClipCovHigh), and returns how many it dropped.
+func clipCov(in *LossInput, cfg LossConfig, pg [][]tokenPG, valid func(s, t int) bool) int {
+	idx, cov := covariances(in, valid)
+	var cand []tokenIndex
+	for i, k := range idx {
+		if pg[k.s][k.t].clip == notClipped && cov[i] > cfg.ClipCovLow && cov[i] < cfg.ClipCovHigh {
+			cand = append(cand, k)
+		}
+	}
+	n := min(covCount(cfg.ClipCovRatio, len(idx)), len(cand))
+	rng := rand.New(rand.NewPCG(in.Seed, clipCovStream))
+	for _, i := range rng.Perm(len(cand))[:n] {
+		k := cand[i]
+		pg[k.s][k.t] = tokenPG{ratio: pg[k.s][k.t].ratio}
+	}
+	return n
+}
+
+// klCov adds KLCovCoef*|lr| (lr the clamped log ratio) to the pg term of the covCount(KLCovRatio)
+// tokens of largest cov (ties: the earlier token first) and returns how many it penalised.
+func klCov(in *LossInput, cfg LossConfig, pg [][]tokenPG, valid func(s, t int) bool) int {
+	idx, cov := covariances(in, valid)
+	order := make([]int, len(idx))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return cov[order[a]] > cov[order[b]] })
+	n := min(covCount(cfg.KLCovRatio, len(idx)), len(idx))
+	for _, i := range order[:n] {
+		k := idx[i]
+		lr, dlr := clampedLogRatio(in.LogProbs[k.s][k.t], in.OldLogProbs[k.s][k.t])
+		sign := 0.0 // d|x|/dx, 0 at 0 as in torch
+		if lr > 0 {
+			sign = 1
+		} else if lr < 0 {
+			sign = -1
+		}
+		pg[k.s][k.t].v += cfg.KLCovCoef * math.Abs(lr)
+		pg[k.s][k.t].d += cfg.KLCovCoef * sign * dlr
+	}
+	return n
+}
+
+// tisWeight is the truncated importance weight min(exp(clamp(old - rollout, -20, 20)), cap).
+func tisWeight(old, rollout, cap float64) float64 {
+	lr := math.Max(-clampLogRatio, math.Min(clampLogRatio, old-rollout))
+	return math.Min(math.Exp(lr), cap)
+}
+
+// PolicyLoss computes the policy loss of one (micro-)batch, its gradient with respect to every
+// token's log-prob and entropy, and the metrics a run logs. It returns an error when the config
+// is out of range or the inputs' shapes disagree. A batch with no valid token has loss 0 and
+// zero gradients.
 func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 	if err := cfg.Validate(); err != nil {
 		return LossOutput{}, err
@@ -323,13 +637,10 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 	if err := in.check(cfg); err != nil {
 		return LossOutput{}, err
 	}
-	agg := cfg.Agg
-	if agg == "" {
-		agg = AggTokenMean
-	}
-	est := cfg.KL
-	if est == "" {
-		est = KLK3
+	agg, est, mode := cmp.Or(cfg.Agg, AggTokenMean), cmp.Or(cfg.KL, KLK3), cmp.Or(cfg.Mode, PolicyGRPO)
+	pgAgg := agg
+	if mode == PolicyGSPO {
+		pgAgg = AggSeqMeanTokenMean
 	}
 	valid := func(s, t int) bool { return in.Mask == nil || in.Mask[s][t] }
 
@@ -369,8 +680,8 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 	if cfg.SeqNorm > 0 {
 		seqNorm = cfg.SeqNorm
 	}
-	weight := func(s int) float64 {
-		switch agg {
+	weight := func(a AggMode, s int) float64 {
+		switch a {
 		case AggSeqMeanTokenSum:
 			return 1 / seqNorm
 		case AggSeqMeanTokenMean:
@@ -380,50 +691,37 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 		}
 	}
 
-	var nLow, nHigh, nDual int
+	pg := policyTerms(&in, cfg, mode, valid)
+	n := float64(m.Tokens)
+	switch mode {
+	case PolicyClipCov:
+		m.ClipCovFrac = float64(clipCov(&in, cfg, pg, valid)) / n
+	case PolicyKLCov:
+		m.KLCovFrac = float64(klCov(&in, cfg, pg, valid)) / n
+	}
+	var nClip [4]int // by clipKind
 	var sumApproxKL, sumRefKL, sumEnt float64
 	m.RatioMax = math.Inf(-1)
 	for s := range in.LogProbs {
 		if seqTokens[s] == 0 {
 			continue
 		}
-		w := weight(s)
+		w, wpg := weight(agg, s), weight(pgAgg, s)
 		for t := range in.LogProbs[s] {
 			if !valid(s, t) {
 				continue
 			}
-			logp, old, adv := in.LogProbs[s][t], in.OldLogProbs[s][t], in.Advantages[s][t]
-			lr := logp - old
-			dlr := 1.0 // d lr / d logp
-			if lr > clampLogRatio || lr < -clampLogRatio {
-				lr = math.Max(-clampLogRatio, math.Min(clampLogRatio, lr))
-				dlr = 0
+			logp, p := in.LogProbs[s][t], pg[s][t]
+			nClip[p.clip]++
+			m.RatioMax = math.Max(m.RatioMax, p.ratio)
+			lr, _ := clampedLogRatio(logp, in.OldLogProbs[s][t])
+			sumApproxKL -= lr
+			wt := wpg
+			if cfg.TISCap > 0 {
+				wt *= tisWeight(in.OldLogProbs[s][t], in.RolloutLogProbs[s][t], cfg.TISCap)
 			}
-			rho := math.Exp(lr)
-			m.RatioMax = math.Max(m.RatioMax, rho)
-			sumApproxKL += old - logp
-
-			// Clipped surrogate. The unclipped branch carries the gradient -A*rho; the clipped
-			// branch is constant in logp.
-			l1 := -adv * rho
-			l2 := -adv * math.Max(1-cfg.ClipLow, math.Min(1+cfg.ClipHigh, rho))
-			pg, dpg := l1, -adv*rho*dlr
-			if l2 > l1 {
-				pg, dpg = l2, 0
-				if adv < 0 {
-					nLow++
-				} else {
-					nHigh++
-				}
-			}
-			if cfg.DualClip > 0 && adv < 0 {
-				if l3 := -adv * cfg.DualClip; pg > l3 {
-					pg, dpg = l3, 0
-					nDual++
-				}
-			}
-			m.PGLoss += w * pg
-			out.DLogProbs[s][t] = w * dpg
+			m.PGLoss += wt * p.v
+			out.DLogProbs[s][t] = wt * p.d
 
 			if in.RefLogProbs != nil {
 				kl, dkl := klValueGrad(est, logp, in.RefLogProbs[s][t])
@@ -441,10 +739,9 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 			}
 		}
 	}
-	n := float64(m.Tokens)
-	m.ClipFracLow = float64(nLow) / n
-	m.ClipFracHigh = float64(nHigh) / n
-	m.DualClipFrac = float64(nDual) / n
+	m.ClipFracLow = float64(nClip[clippedLow]) / n
+	m.ClipFracHigh = float64(nClip[clippedHigh]) / n
+	m.DualClipFrac = float64(nClip[clippedDual]) / n
 	m.ApproxKL = sumApproxKL / n
 	m.RefKL = sumRefKL / n
 	m.EntropyMean = sumEnt / n

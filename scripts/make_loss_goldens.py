@@ -12,6 +12,11 @@ It re-implements, with autograd, the formulas of verl's trainer/ppo/core_algos.p
                         dual clip: where(A < 0, min(-A*c, pg), pg)
   kl_penalty            "kl" (k1) logp-ref, "mse" (k2) 0.5*(logp-ref)^2,
                         "low_var_kl" (k3) clamp(exp(d) - d - 1, -10, 10), d = clamp(ref-logp, -20, 20)
+  compute_policy_loss_gspo
+                        GSPO-token: log s_t = sg[mean_t(logp - old)] + logp - sg[logp], bounded
+                        above at 10; pg = max(-A*s_t, -A*clip(s_t, 1-lo, 1+hi)), aggregated
+                        seq-mean-token-mean whatever the loss_agg_mode
+  rollout correction    TIS: pg *= min(exp(clamp(old - rollout, -20, 20)), cap), detached
   agg_loss              token-mean, seq-mean-token-sum, seq-mean-token-mean
   actor loss            pg_loss + kl_coef * kl_loss - entropy_coeff * entropy_loss
 and writes, per case, the inputs ([B, T] padded with a response mask), the loss and its parts,
@@ -74,10 +79,28 @@ def policy_loss(old, logp, adv, mask, lo, hi, dual, mode):
         clip2 = torch.min(l3, clip1)
         frac_dual = masked_mean(torch.gt(clip1, l3).double() * (adv < 0).double(), mask)
         pg = torch.where(adv < 0, clip2, clip1)
-    return agg_loss(pg, mask, mode), frac_low, frac_high, frac_dual, ppo_kl, ratio
+    return pg, frac_low, frac_high, frac_dual, ppo_kl, ratio
 
 
-def make_case(name, mode, kl_kind, kl_coef, dual, ent_coef, B=3, T=6, scale=1.0):
+def gspo_loss(old, logp, adv, mask, lo, hi):
+    neg_kl = logp - old
+    seq_lr = torch.sum(neg_kl * mask, dim=-1) / torch.sum(mask, dim=-1).clamp(min=1)
+    log_s = torch.clamp(logp - logp.detach() + seq_lr.detach().unsqueeze(-1), max=10.0)
+    s = torch.exp(log_s)
+    l1 = -adv * s
+    l2 = -adv * torch.clamp(s, 1 - lo, 1 + hi)
+    clipped = torch.gt(l2, l1).double()
+    frac_low = masked_mean(clipped * (adv < 0).double(), mask)
+    frac_high = masked_mean(clipped * (adv > 0).double(), mask)
+    ppo_kl = masked_mean(-torch.clamp(neg_kl, min=-20.0, max=20.0), mask)
+    return torch.maximum(l1, l2), frac_low, frac_high, torch.zeros(()), ppo_kl, s
+
+
+def tis_weights(old, rollout, cap):
+    return torch.clamp(torch.exp(torch.clamp(old - rollout, min=-20.0, max=20.0)), max=cap).detach()
+
+
+def make_case(name, mode, kl_kind, kl_coef, dual, ent_coef, B=3, T=6, scale=1.0, policy="grpo", tis_cap=0.0):
     lengths = torch.randint(1, T + 1, (B,))
     mask = torch.zeros(B, T)
     for b in range(B):
@@ -93,7 +116,21 @@ def make_case(name, mode, kl_kind, kl_coef, dual, ent_coef, B=3, T=6, scale=1.0)
     logp.requires_grad_(True)
     ent.requires_grad_(True)
     lo, hi = 0.2, 0.4
-    pg_loss, frac_low, frac_high, frac_dual, ppo_kl, ratio = policy_loss(old, logp, adv, mask, lo, hi, dual, mode)
+    # GSPO's clip range is tiny (verl's recipe: 3e-4 / 4e-4); the sequence ratios of a case are
+    # spread over a few per mille so that some are clipped and some are not.
+    glo, ghi = 3e-4, 4e-4
+    if policy == "gspo":
+        old = logp.detach() + torch.randn(B, T) * 2e-3 * scale
+        pg, frac_low, frac_high, frac_dual, ppo_kl, ratio = gspo_loss(old, logp, adv, mask, glo, ghi)
+        pg_mode = "seq-mean-token-mean"
+    else:
+        pg, frac_low, frac_high, frac_dual, ppo_kl, ratio = policy_loss(old, logp, adv, mask, lo, hi, dual, mode)
+        pg_mode = mode
+    rollout = None
+    if tis_cap > 0:  # the rollout engine's log-probs, off the trainer's by up to a few tenths
+        rollout = old + torch.randn(B, T) * 0.6 * min(scale, 2.0)
+        pg = pg * tis_weights(old, rollout, tis_cap)
+    pg_loss = agg_loss(pg, mask, pg_mode)
     kld = kl_penalty(logp, ref, kl_kind)
     kl_loss = agg_loss(kld, mask, mode)
     ent_loss = agg_loss(ent, mask, mode)
@@ -102,6 +139,7 @@ def make_case(name, mode, kl_kind, kl_coef, dual, ent_coef, B=3, T=6, scale=1.0)
     r = lambda t: [[float(v) for v in row] for row in t.detach()]
     return {
         "name": name,
+        "policy_loss": policy,
         "agg": mode,
         "kl": kl_kind,
         "kl_coef": kl_coef,
@@ -109,6 +147,10 @@ def make_case(name, mode, kl_kind, kl_coef, dual, ent_coef, B=3, T=6, scale=1.0)
         "entropy_coef": ent_coef,
         "clip_low": lo,
         "clip_high": hi,
+        "gspo_clip_low": glo,
+        "gspo_clip_high": ghi,
+        "tis_cap": tis_cap,
+        "rollout_logp": r(rollout) if rollout is not None else None,
         "logp": r(logp),
         "old_logp": r(old),
         "ref_logp": r(ref),
@@ -143,6 +185,16 @@ def main():
                 scale = 12.0 if i % 3 == 2 else 1.0
                 cases.append(make_case(f"{mode}/{kl_kind}/{rep}", mode, kl_kind, kl_coef, dual, ent_coef, scale=scale))
                 i += 1
+    # GSPO (its pg term is seq-mean-token-mean whatever the mode; KL and entropy follow the
+    # mode) and TIS on GRPO and on GSPO, caps 2 and 1.5.
+    for j, mode in enumerate(["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]):
+        for rep in range(2):
+            scale = [0.3, 1.0][rep]
+            tis = [0.0, 2.0][rep]
+            cases.append(make_case(f"gspo/{mode}/{rep}", mode, "k3", [0.0, 0.05][rep], 0.0, [0.0, 0.01][rep], scale=scale, policy="gspo", tis_cap=tis))
+    for j, mode in enumerate(["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]):
+        dual = 3.0 if j != 1 else 0.0
+        cases.append(make_case(f"tis/{mode}", mode, "k3", 1e-4, dual, 0.0, scale=[1.0, 12.0, 3.0][j], tis_cap=[2.0, 1.5, 2.0][j]))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump({"generator": "scripts/make_loss_goldens.py", "torch": torch.__version__.split("+")[0], "cases": cases}, f, indent=None)
