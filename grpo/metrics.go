@@ -146,7 +146,59 @@ func appendScalars(out []tbevents.Scalar, tag string, v any) []tbevents.Scalar {
 	return out
 }
 
-// ReadMetrics reads a metrics.jsonl file; a malformed line is an error naming its number.
+// legacyMetricNames maps the metrics.jsonl names of runs logged before the names became
+// verl's to the current ones; ReadMetrics reads both.
+var legacyMetricNames = map[string]string{
+	"reward_mean":       "critic/score/mean",
+	"response_len_mean": "response_length/mean",
+	"response_len_max":  "response_length/max",
+	"truncated_frac":    "response_length/clip_ratio",
+	"pg_loss":           "actor/pg_loss",
+	"kl":                "actor/kl_loss",
+	"entropy":           "actor/entropy",
+	"clip_frac_low":     "actor/pg_clipfrac_clip_low",
+	"clip_frac_high":    "actor/pg_clipfrac_clip_high",
+	"approx_kl":         "actor/ppo_kl",
+	"grad_norm":         "actor/grad_norm",
+	"lr":                "actor/lr",
+	"rollout_s":         "timing_s/gen",
+}
+
+// parseMetricsLine parses one line of metrics.jsonl, written under the current names or the
+// legacy ones. A legacy line's pg_clipfrac, which it did not log, is the sum of its parts.
+func parseMetricsLine(line []byte) (Record, error) {
+	var row map[string]json.RawMessage
+	if err := json.Unmarshal(line, &row); err != nil {
+		return Record{}, err
+	}
+	legacy := false
+	for old, cur := range legacyMetricNames {
+		if v, ok := row[old]; ok {
+			if _, ok := row[cur]; !ok {
+				row[cur] = v
+			}
+			delete(row, old)
+			legacy = true
+		}
+	}
+	if legacy {
+		var err error
+		if line, err = json.Marshal(row); err != nil {
+			return Record{}, err
+		}
+	}
+	var r Record
+	if err := json.Unmarshal(line, &r); err != nil {
+		return Record{}, err
+	}
+	if legacy && r.Metrics != nil {
+		r.ClipFrac = r.ClipFracLow + r.ClipFracHigh
+	}
+	return r, nil
+}
+
+// ReadMetrics reads a metrics.jsonl file (of this version or an earlier one: see
+// legacyMetricNames); a malformed line is an error naming its number.
 func ReadMetrics(path string) ([]Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -160,8 +212,8 @@ func ReadMetrics(path string) ([]Record, error) {
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
-		var r Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		r, err := parseMetricsLine(sc.Bytes())
+		if err != nil {
 			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
 		}
 		if r.Metrics == nil {

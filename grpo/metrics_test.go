@@ -1,9 +1,11 @@
 package grpo
 
 import (
+	"errors"
 	"image/png"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -90,5 +92,65 @@ func TestPlotSeriesSkipEvalOnlyRow(t *testing.T) {
 				t.Errorf("%s: a point at step 0 (%v), the evaluation-only row", s.file, p.Y)
 			}
 		}
+	}
+}
+
+// TestReadMetricsLegacyNames: a metrics.jsonl line of a run logged before the names became
+// verl's (every name that changed, as that version wrote them) reads into the same fields as
+// the current names; its pg_clipfrac, not logged then, is the sum of its two parts.
+func TestReadMetricsLegacyNames(t *testing.T) {
+	old := `{"step":7,"reward_mean":0.5,"accuracy":0.25,"reward_by_kind":{"math":0.5},"response_len_mean":12.5,` +
+		`"response_len_max":24,"truncated_frac":0.125,"groups_kept":16,"groups_dropped":2,"sampling_rounds":2,` +
+		`"loss":-0.01,"pg_loss":-0.02,"kl":0.003,"entropy":0.9,"clip_frac_low":0.01,"clip_frac_high":0.02,` +
+		`"approx_kl":0.0004,"grad_norm":0.7,"lr":5e-05,"rollout_s":3.5,"train_s":2.5,"rollout_tok_per_s":100,` +
+		`"train_tokens":4000,"train_tok_per_s":1600,"optimizer_updates":2,"eval":{"accuracy":0.5}}`
+	want := Metrics{Step: 7, RewardMean: 0.5, Accuracy: 0.25, RewardByKind: map[string]float64{"math": 0.5},
+		ResponseLenMean: 12.5, ResponseLenMax: 24, TruncatedFrac: 0.125, GroupsKept: 16, GroupsDropped: 2,
+		SamplingRounds: 2, Loss: -0.01, PGLoss: -0.02, KL: 0.003, Entropy: 0.9, ClipFrac: 0.01 + 0.02,
+		ClipFracLow: 0.01, ClipFracHigh: 0.02, ApproxKL: 0.0004, GradNorm: 0.7, LR: 5e-5, RolloutSeconds: 3.5,
+		TrainSeconds: 2.5, RolloutTokensPS: 100, TrainTokens: 4000, TrainTokensPS: 1600, OptimizerUpdates: 2}
+	path := filepath.Join(t.TempDir(), "metrics.jsonl")
+	if err := os.WriteFile(path, []byte(`{"step":0,"eval":{"accuracy":0.25}}`+"\n"+old+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ReadMetrics(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || !reflect.DeepEqual(*recs[1].Metrics, want) || recs[1].Eval.Accuracy != 0.5 || recs[0].Eval.Accuracy != 0.25 {
+		t.Errorf("legacy line read as\n%+v\nwant\n%+v", *recs[1].Metrics, want)
+	}
+}
+
+// TestMetricsRoundTrip: every field of Metrics, each set to its own value, comes back from
+// metrics.jsonl as written (no two fields share a JSON name, none is lost).
+func TestMetricsRoundTrip(t *testing.T) {
+	var m Metrics
+	v := reflect.ValueOf(&m).Elem()
+	for i := range v.NumField() {
+		switch f := v.Field(i); f.Kind() {
+		case reflect.Float64:
+			f.SetFloat(float64(i) + 0.5)
+		case reflect.Int:
+			f.SetInt(int64(i) + 1)
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Map:
+			f.Set(reflect.ValueOf(map[string]float64{"k": float64(i)}))
+		default:
+			t.Fatalf("field %s of kind %s: extend the test", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	path := filepath.Join(t.TempDir(), "metrics.jsonl")
+	l, err := OpenMetricsLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(l.Append(Record{Metrics: &m}), l.Close()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ReadMetrics(path)
+	if err != nil || len(recs) != 1 || !reflect.DeepEqual(*recs[0].Metrics, m) {
+		t.Errorf("read back %+v (%v), wrote %+v", recs, err, m)
 	}
 }

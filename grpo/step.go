@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo/reward"
 )
 
 // A GRPO step has two stages. The rollout stage (Rollout) samples and scores responses with
@@ -22,9 +23,10 @@ type rollout struct {
 	prompt    *Prompt
 	tokens    []int32 // response tokens
 	truncated bool
-	reward    float64
+	reward    float64 // after the overlong shaping
 	adv       float64
 	old, ref  []float64 // per response token
+	rollout   []float64 // per response token, as the rollout source reported them; nil if it did not
 }
 
 // RolloutBatch is what the rollout stage hands the update stage: the groups of scored
@@ -96,7 +98,10 @@ func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, s
 		return fmt.Errorf("grpo: step %d: %w", m.Step, err)
 	}
 	for i := range prompts {
-		g, rs := t.group(&prompts[i], samples[i], rewards[i], m, st)
+		g, rs, err := t.group(&prompts[i], samples[i], rewards[i], m, st)
+		if err != nil {
+			return fmt.Errorf("grpo: step %d: rollout of prompt %d: %w", m.Step, i, err)
+		}
 		if cfg.DynamicSampling && UniformGroups([][]float64{rs}, 1e-9)[0] {
 			m.GroupsDropped++
 			continue
@@ -146,49 +151,65 @@ func (t *Trainer) rewards(ctx context.Context, prompts []Prompt, samples [][]eng
 }
 
 // group makes the group of prompt p from its samples and their rewards, and records them in
-// the step's statistics. It returns the group and its rewards after the overlong penalty.
-func (t *Trainer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64) {
+// the step's statistics. It returns the group and its rewards after the overlong shaping; a
+// sample whose log-probs do not match its tokens is an error.
+func (t *Trainer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
 	g := make([]*rollout, len(samples))
 	rs := make([]float64, len(g))
 	for j, s := range samples {
 		trunc := s.Finish == engine.FinishLength
-		st.add(m, p.Kind, rewards[j], len(s.Tokens), trunc)
-		r := t.overlong(rewards[j], trunc)
+		r := rewards[j] + t.overlong(len(s.Tokens), trunc)
+		st.add(m, p.Kind, rewards[j], r, len(s.Tokens), trunc)
 		g[j] = &rollout{prompt: p, tokens: s.Tokens, truncated: trunc, reward: r}
+		switch len(s.LogProbs) {
+		case len(s.Tokens):
+			g[j].rollout = f64(s.LogProbs)
+		case 0:
+		default:
+			return nil, nil, fmt.Errorf("sample %d has %d log-probs for %d tokens", j, len(s.LogProbs), len(s.Tokens))
+		}
 		rs[j] = r
 	}
-	return g, rs
+	return g, rs, nil
 }
 
-// overlong applies Config.OverlongPenalty to the reward of a response cut at
-// MaxResponseTokens (finish reason "length").
-//
-// This is not reward.OverlongPenalty(len, MaxResponseTokens, 0) on purpose: that one also
-// penalises a response whose stop token is its MaxResponseTokens-th token, which this does not.
-// Issue 19 changes the overlong behaviour deliberately; until then the arithmetic stays.
-func (t *Trainer) overlong(r float64, truncated bool) float64 {
-	if truncated {
-		r -= t.Config.OverlongPenalty
+// overlong is the reward shaping of a response of length tokens (truncated: cut at
+// MaxResponseTokens) with OverlongPenalty = p and OverlongBuffer = b. With b > 0 it is DAPO's
+// soft overlong punishment, p * reward.OverlongPenalty(length, MaxResponseTokens, b): 0 up to
+// MaxResponseTokens-b tokens, then falling linearly to -p at MaxResponseTokens. With b = 0 it
+// is the flat penalty of runs before it: -p for a truncated response, 0 otherwise (a response
+// whose stop token is its MaxResponseTokens-th token is not penalised).
+func (t *Trainer) overlong(length int, truncated bool) float64 {
+	c := t.Config
+	switch {
+	case c.OverlongPenalty == 0:
+		return 0
+	case c.OverlongBuffer > 0:
+		return c.OverlongPenalty * reward.OverlongPenalty(length, c.MaxResponseTokens, c.OverlongBuffer)
+	case truncated:
+		return -c.OverlongPenalty
 	}
-	return r
+	return 0
 }
 
 // rolloutStats gathers a step's rollout metrics over its sampling rounds.
 type rolloutStats struct {
-	rewards                                  []float64 // every sampled response's reward, before the overlong penalty
+	rewards                                  []float64 // every sampled response's reward, before the overlong shaping
+	shapedSum                                float64   // the sum of the rewards after it
 	kindN                                    map[string]int
 	genTokens, lenMax, truncated, n, correct int
 	lenSum                                   float64
 }
 
-// add records one response: its reward r (before the overlong penalty), length and whether it
-// was cut at the length limit.
-func (st *rolloutStats) add(m *Metrics, kind string, r float64, length int, truncated bool) {
+// add records one response: its reward r (before the overlong shaping) and shaped (after it),
+// length and whether it was cut at the length limit.
+func (st *rolloutStats) add(m *Metrics, kind string, r, shaped float64, length int, truncated bool) {
 	if r == 1 {
 		st.correct++
 		m.AccuracyByKind[kind]++
 	}
 	st.rewards = append(st.rewards, r)
+	st.shapedSum += shaped
 	m.RewardByKind[kind] += r
 	st.kindN[kind]++
 	if truncated {
@@ -205,6 +226,7 @@ func (st *rolloutStats) fill(m *Metrics, d time.Duration) {
 	m.RolloutSeconds = d.Seconds()
 	m.RolloutTokensPS = float64(st.genTokens) / m.RolloutSeconds
 	m.RewardMean = mean(st.rewards)
+	m.ShapedRewardMean = st.shapedSum / float64(max(1, st.n))
 	m.Accuracy = float64(st.correct) / float64(max(1, st.n))
 	for k, n := range st.kindN {
 		m.RewardByKind[k] /= float64(n)
@@ -235,8 +257,15 @@ func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error)
 	if err != nil {
 		return nil, fmt.Errorf("grpo: step %d: advantages: %w", m.Step, err)
 	}
+	if len(all) == 0 {
+		slog.Info("grpo: no response for the loss (all empty, or truncated and masked); update skipped", "step", m.Step)
+		return m, t.maybeReset(m)
+	}
 	t1 := time.Now()
 	if err := t.logProbs(ctx, all); err != nil {
+		return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
+	}
+	if err := rolloutMismatch(all, t.Config.Loss.TISCap, m); err != nil {
 		return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
 	}
 	if err := t.policyUpdates(ctx, all, m); err != nil {
@@ -249,8 +278,9 @@ func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error)
 	return m, t.maybeReset(m)
 }
 
-// advantages sets each response's advantage within its group and returns the responses that
-// have tokens (the only ones the loss sees), in group order.
+// advantages sets each response's advantage within its group and returns the responses the
+// loss sees, in group order: those with tokens, less the truncated ones with MaskTruncated
+// (DAPO's overlong filtering: they count in their group's advantages, not in the loss).
 func (t *Trainer) advantages(groups [][]*rollout) ([]*rollout, error) {
 	rewards := make([][]float64, len(groups))
 	for i, g := range groups {
@@ -275,7 +305,7 @@ func (t *Trainer) advantages(groups [][]*rollout) ([]*rollout, error) {
 	for i, g := range groups {
 		for j, r := range g {
 			r.adv = adv[i][j]
-			if len(r.tokens) > 0 {
+			if len(r.tokens) > 0 && !(t.Config.MaskTruncated && r.truncated) {
 				all = append(all, r)
 			}
 		}
@@ -315,6 +345,47 @@ func (t *Trainer) logProbs(ctx context.Context, all []*rollout) error {
 	return nil
 }
 
+// rolloutMismatch logs how far the trainer's log-probs (old) are from the rollout source's
+// (verl's rollout_corr/kl and k3_kl, training/rollout_probs_diff_mean and _max, over the tokens
+// of the responses that report them) and, with TIS (tisCap > 0), its weights' mean before
+// truncation and the fraction truncated; TIS needs every response's rollout log-probs.
+func rolloutMismatch(all []*rollout, tisCap float64, m *Metrics) error {
+	var n, k1, k3, diff, diffMax, wSum float64
+	var above int
+	for i, r := range all {
+		if r.rollout == nil {
+			if tisCap > 0 {
+				return fmt.Errorf("TIS (cap %g) needs the rollout log-probs, and the rollout source gave none for response %d (prompt kind %q)", tisCap, i, r.prompt.Kind)
+			}
+			continue
+		}
+		for k, old := range r.old {
+			lr := old - r.rollout[k] // log(pi_trainer / pi_rollout)
+			w := math.Exp(math.Max(-clampLogRatio, math.Min(clampLogRatio, lr)))
+			k1 -= lr
+			k3 += w - math.Log(w) - 1
+			d := math.Abs(math.Exp(old) - math.Exp(r.rollout[k]))
+			diff += d
+			diffMax = max(diffMax, d)
+			if tisCap > 0 {
+				wSum += w
+				if w > tisCap {
+					above++
+				}
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	m.RolloutKL, m.RolloutK3KL, m.RolloutProbsDiffMean, m.RolloutProbsDiffMax = k1/n, k3/n, diff/n, diffMax
+	if tisCap > 0 {
+		m.TISWeightMean, m.TISFracTruncated = wSum/n, float64(above)/n
+	}
+	return nil
+}
+
 // policyUpdates shuffles the responses (seeded by Config.Seed and the step) and makes one
 // optimizer step per mini-batch.
 func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics) error {
@@ -327,7 +398,7 @@ func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics)
 		if len(part) == 0 {
 			continue
 		}
-		if err := t.miniBatch(ctx, part, m, &agg); err != nil {
+		if err := t.miniBatch(ctx, part, mb, m, &agg); err != nil {
 			return err
 		}
 	}
@@ -335,22 +406,24 @@ func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics)
 	return nil
 }
 
-// miniBatch accumulates the gradient of one mini-batch over micro-batches of at most
+// miniBatch accumulates the gradient of mini-batch mb over micro-batches of at most
 // MicroBatchTokens tokens (one sequence at least) and makes an optimizer step.
-func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, m *Metrics, agg *lossAgg) error {
+func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, mb int, m *Metrics, agg *lossAgg) error {
 	cfg := t.Config
 	lc := cfg.Loss
 	for _, r := range part {
 		lc.TokenNorm += float64(len(r.tokens))
 	}
 	lc.SeqNorm = float64(len(part))
-	for lo := 0; lo < len(part); {
+	for lo, micro := 0, 0; lo < len(part); micro++ {
 		hi, toks := lo, 0
 		for hi < len(part) && (hi == lo || toks+len(part[hi].prompt.Tokens)+len(part[hi].tokens) <= cfg.MicroBatchTokens) {
 			toks += len(part[hi].prompt.Tokens) + len(part[hi].tokens)
 			hi++
 		}
-		if err := t.microStep(ctx, part[lo:hi], lc, agg); err != nil {
+		// Clip-Cov's random choice: seeded by the run, the step, the mini- and micro-batch.
+		seed := cfg.Seed*1_000_003 + uint64(m.Step)*10_007 + uint64(mb)*101 + uint64(micro)
+		if err := t.microStep(ctx, part[lo:hi], lc, seed, agg); err != nil {
 			return fmt.Errorf("grpo: step %d: update: %w", m.Step, err)
 		}
 		m.TrainTokens += toks
@@ -360,13 +433,14 @@ func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, m *Metrics, ag
 	if err != nil {
 		return fmt.Errorf("grpo: step %d: optimizer: %w", m.Step, err)
 	}
-	m.GradNorm, m.LR = st.GradNorm, st.LR
+	agg.gradNorm += st.GradNorm
+	m.LR = st.LR
 	m.OptimizerUpdates++
 	return nil
 }
 
 // microStep runs forward+backward of the policy loss on one micro-batch.
-func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig, agg *lossAgg) error {
+func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig, seed uint64, agg *lossAgg) error {
 	perSeq, lengths := make([]float64, len(part)), make([]int, len(part))
 	for i, r := range part {
 		perSeq[i], lengths[i] = r.adv, len(r.tokens)
@@ -376,14 +450,20 @@ func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig,
 		return err
 	}
 	loss := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
-		in := LossInput{LogProbs: logp, Entropy: ent, OldLogProbs: make([][]float64, len(part)), Advantages: adv}
+		in := LossInput{LogProbs: logp, Entropy: ent, OldLogProbs: make([][]float64, len(part)), Advantages: adv, Seed: seed}
 		if t.Reference != nil {
 			in.RefLogProbs = make([][]float64, len(part))
+		}
+		if lc.TISCap > 0 {
+			in.RolloutLogProbs = make([][]float64, len(part))
 		}
 		for i, r := range part {
 			in.OldLogProbs[i] = r.old
 			if in.RefLogProbs != nil {
 				in.RefLogProbs[i] = r.ref
+			}
+			if in.RolloutLogProbs != nil {
+				in.RolloutLogProbs[i] = r.rollout
 			}
 		}
 		out, err := PolicyLoss(in, lc)
@@ -397,27 +477,37 @@ func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig,
 	return err
 }
 
-// lossAgg sums loss metrics over micro-batches (weighted by tokens).
+// lossAgg sums loss metrics over micro-batches (weighted by tokens) and the gradient norms of
+// the optimizer steps.
 type lossAgg struct {
-	loss, pg, kl, ent, clo, chi, akl float64
-	tokens                           float64
+	loss, pg, kl, ent, clo, chi, dual, ccov, kcov, akl float64
+	tokens, gradNorm                                   float64
 }
 
 func (a *lossAgg) add(out LossOutput) {
-	n := float64(out.Metrics.Tokens)
+	lm := out.Metrics
+	n := float64(lm.Tokens)
 	a.loss += out.Loss
-	a.pg += out.Metrics.PGLoss
-	a.kl += out.Metrics.RefKL * n
-	a.ent += out.Metrics.EntropyMean * n
-	a.clo += out.Metrics.ClipFracLow * n
-	a.chi += out.Metrics.ClipFracHigh * n
-	a.akl += out.Metrics.ApproxKL * n
+	a.pg += lm.PGLoss
+	a.kl += lm.RefKL * n
+	a.ent += lm.EntropyMean * n
+	a.clo += lm.ClipFracLow * n
+	a.chi += lm.ClipFracHigh * n
+	a.dual += lm.DualClipFrac * n
+	a.ccov += lm.ClipCovFrac * n
+	a.kcov += lm.KLCovFrac * n
+	a.akl += lm.ApproxKL * n
 	a.tokens += n
 }
 
+// fill writes the step's loss metrics: sums over its mini-batches for the losses (as verl),
+// means over its tokens for the rest, the mean gradient norm over its optimizer steps.
 func (a *lossAgg) fill(m *Metrics) {
 	n := math.Max(1, a.tokens)
 	m.Loss, m.PGLoss = a.loss, a.pg
 	m.KL, m.Entropy = a.kl/n, a.ent/n
-	m.ClipFracLow, m.ClipFracHigh, m.ApproxKL = a.clo/n, a.chi/n, a.akl/n
+	m.ClipFracLow, m.ClipFracHigh, m.DualClipFrac = a.clo/n, a.chi/n, a.dual/n
+	m.ClipFrac = m.ClipFracLow + m.ClipFracHigh
+	m.ClipCovFrac, m.KLCovFrac, m.ApproxKL = a.ccov/n, a.kcov/n, a.akl/n
+	m.GradNorm = a.gradNorm / float64(max(1, m.OptimizerUpdates))
 }

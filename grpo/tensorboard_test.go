@@ -19,16 +19,25 @@ func expectedScalars(r Record) map[string]float64 {
 	if m := r.Metrics; m.Step > 0 {
 		b := func(v bool) float64 { return float64(boolValue(v)) }
 		for tag, v := range map[string]float64{
-			"reward_mean": m.RewardMean, "accuracy": m.Accuracy, "response_len_mean": m.ResponseLenMean,
-			"response_len_max": float64(m.ResponseLenMax), "truncated_frac": m.TruncatedFrac,
-			"groups_kept": float64(m.GroupsKept), "groups_dropped": float64(m.GroupsDropped),
-			"sampling_rounds": float64(m.SamplingRounds), "loss": m.Loss, "pg_loss": m.PGLoss, "kl": m.KL,
-			"entropy": m.Entropy, "clip_frac_low": m.ClipFracLow, "clip_frac_high": m.ClipFracHigh,
-			"approx_kl": m.ApproxKL, "grad_norm": m.GradNorm, "lr": m.LR, "rollout_s": m.RolloutSeconds,
-			"train_s": m.TrainSeconds, "rollout_tok_per_s": m.RolloutTokensPS, "train_tokens": float64(m.TrainTokens),
-			"train_tok_per_s": m.TrainTokensPS, "optimizer_updates": float64(m.OptimizerUpdates),
+			"critic/score/mean": m.RewardMean, "critic/rewards/mean": m.ShapedRewardMean, "accuracy": m.Accuracy,
+			"response_length/mean": m.ResponseLenMean, "response_length/max": float64(m.ResponseLenMax),
+			"response_length/clip_ratio": m.TruncatedFrac, "groups_kept": float64(m.GroupsKept),
+			"groups_dropped": float64(m.GroupsDropped), "sampling_rounds": float64(m.SamplingRounds), "loss": m.Loss,
+			"actor/pg_loss": m.PGLoss, "actor/kl_loss": m.KL, "actor/entropy": m.Entropy, "actor/pg_clipfrac": m.ClipFrac,
+			"actor/pg_clipfrac_clip_low": m.ClipFracLow, "actor/pg_clipfrac_clip_high": m.ClipFracHigh,
+			"actor/pg_clipfrac_lower": m.DualClipFrac, "actor/ppo_kl": m.ApproxKL, "actor/grad_norm": m.GradNorm,
+			"actor/lr": m.LR, "rollout_corr/kl": m.RolloutKL, "rollout_corr/k3_kl": m.RolloutK3KL,
+			"training/rollout_probs_diff_mean": m.RolloutProbsDiffMean, "training/rollout_probs_diff_max": m.RolloutProbsDiffMax,
+			"timing_s/gen": m.RolloutSeconds, "train_s": m.TrainSeconds, "rollout_tok_per_s": m.RolloutTokensPS,
+			"train_tokens": float64(m.TrainTokens), "train_tok_per_s": m.TrainTokensPS, "optimizer_updates": float64(m.OptimizerUpdates),
 		} {
 			want["train/"+tag] = v
+		}
+		for tag, v := range map[string]float64{"actor/clip_cov_frac": m.ClipCovFrac, "actor/kl_cov_frac": m.KLCovFrac,
+			"rollout_corr/rollout_is_mean": m.TISWeightMean, "rollout_corr/rollout_is_ratio_fraction_high": m.TISFracTruncated} {
+			if v != 0 { // omitted when 0
+				want["train/"+tag] = v
+			}
 		}
 		if m.RefReset {
 			want["train/ref_reset"] = b(m.RefReset)
@@ -119,8 +128,8 @@ func staleEvents(t *testing.T, dir string) {
 // gives only its evaluation.
 func TestTensorBoardScalars(t *testing.T) {
 	for _, tc := range []struct{ line, want string }{
-		{`{"step":3,"reward_mean":0.5,"reward_by_kind":{"math":1,"code":0.25},"ref_reset":true,"eval":{"accuracy":0.125,"pass_at_k":{"1":0.125,"2":0.2}}}`,
-			"train/ref_reset=1 train/reward_by_kind/code=0.25 train/reward_by_kind/math=1 train/reward_mean=0.5 eval/accuracy=0.125 eval/pass_at_k/1=0.125 eval/pass_at_k/2=0.2"},
+		{`{"step":3,"critic/score/mean":0.5,"actor/pg_clipfrac":0.25,"reward_by_kind":{"math":1,"code":0.25},"ref_reset":true,"eval":{"accuracy":0.125,"pass_at_k":{"1":0.125,"2":0.2}}}`,
+			"train/actor/pg_clipfrac=0.25 train/critic/score/mean=0.5 train/ref_reset=1 train/reward_by_kind/code=0.25 train/reward_by_kind/math=1 eval/accuracy=0.125 eval/pass_at_k/1=0.125 eval/pass_at_k/2=0.2"},
 		{`{"step":0,"reward_mean":0,"kl":0,"eval":{"accuracy":0.75}}`, "eval/accuracy=0.75"},
 		{`{"step":0,"reward_mean":0}`, ""},
 		{`{"step":2,"lr":2e-06,"skipped_no_signal":false}`, "train/lr=2e-06 train/skipped_no_signal=0"},

@@ -93,8 +93,18 @@ type Config struct {
 	// PromptsPerStep informative groups are found or MaxSamplingRounds rounds are spent.
 	DynamicSampling   bool
 	MaxSamplingRounds int
-	// OverlongPenalty is subtracted from the reward of a response cut at MaxResponseTokens.
+	// OverlongPenalty is the overlong shaping's penalty factor: with OverlongBuffer > 0, DAPO's
+	// soft overlong punishment, OverlongPenalty * reward.OverlongPenalty(length,
+	// MaxResponseTokens, OverlongBuffer) added to the reward (0 up to MaxResponseTokens -
+	// OverlongBuffer tokens, falling linearly to -OverlongPenalty at MaxResponseTokens); with
+	// OverlongBuffer 0, subtracted from the reward of a response cut at MaxResponseTokens (the
+	// flat penalty of runs saved before the buffer existed). 0: no shaping.
 	OverlongPenalty float64
+	// OverlongBuffer is DAPO's L_cache, in tokens (< MaxResponseTokens); 0: the flat penalty.
+	OverlongBuffer int
+	// MaskTruncated leaves the responses cut at MaxResponseTokens out of the loss (DAPO's
+	// overlong filtering); they still count in their group's advantages.
+	MaskTruncated bool
 	// RefResetEvery resets the reference policy to the current policy and zeroes the
 	// optimizer state every so many steps (0: never).
 	RefResetEvery int
@@ -134,6 +144,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("grpo: MicroBatchTokens = %d, want >= 1", c.MicroBatchTokens)
 	case c.DynamicSampling && c.MaxSamplingRounds < 1:
 		return fmt.Errorf("grpo: MaxSamplingRounds = %d, want >= 1 with dynamic sampling", c.MaxSamplingRounds)
+	case !(c.OverlongPenalty >= 0) || math.IsInf(c.OverlongPenalty, 0):
+		return fmt.Errorf("grpo: OverlongPenalty = %v, want a finite value >= 0", c.OverlongPenalty)
+	case c.OverlongBuffer < 0 || c.OverlongBuffer >= c.MaxResponseTokens:
+		return fmt.Errorf("grpo: OverlongBuffer = %d, want 0 (flat penalty) to MaxResponseTokens-1 = %d", c.OverlongBuffer, c.MaxResponseTokens-1)
 	}
 	return c.Loss.Validate()
 }
@@ -226,36 +240,62 @@ func (t *Trainer) StepNumber() int { return t.step }
 // SetStep restores the step counter (when resuming).
 func (t *Trainer) SetStep(s int) { t.step = s }
 
-// Metrics of one GRPO step (what a run logs and plots).
+// Metrics of one GRPO step (what a run logs and plots). The JSON names are verl's where the
+// quantity is the same (docs/train.md lists them); ReadMetrics also reads the names of runs
+// logged before (legacyMetricNames).
 type Metrics struct {
-	Step             int                `json:"step"`
-	RewardMean       float64            `json:"reward_mean"`
+	Step int `json:"step"`
+	// RewardMean is the mean reward of the step's responses before the overlong shaping,
+	// ShapedRewardMean after it.
+	RewardMean       float64            `json:"critic/score/mean"`
+	ShapedRewardMean float64            `json:"critic/rewards/mean"`
 	Accuracy         float64            `json:"accuracy"` // fraction of responses with reward 1
 	RewardByKind     map[string]float64 `json:"reward_by_kind,omitempty"`
 	AccuracyByKind   map[string]float64 `json:"accuracy_by_kind,omitempty"`
-	ResponseLenMean  float64            `json:"response_len_mean"`
-	ResponseLenMax   int                `json:"response_len_max"`
-	TruncatedFrac    float64            `json:"truncated_frac"`
+	ResponseLenMean  float64            `json:"response_length/mean"`
+	ResponseLenMax   int                `json:"response_length/max"`
+	TruncatedFrac    float64            `json:"response_length/clip_ratio"` // responses cut at MaxResponseTokens
 	GroupsKept       int                `json:"groups_kept"`
 	GroupsDropped    int                `json:"groups_dropped"`
 	SamplingRounds   int                `json:"sampling_rounds"`
 	Loss             float64            `json:"loss"`
-	PGLoss           float64            `json:"pg_loss"`
-	KL               float64            `json:"kl"`
-	Entropy          float64            `json:"entropy"`
-	ClipFracLow      float64            `json:"clip_frac_low"`
-	ClipFracHigh     float64            `json:"clip_frac_high"`
-	ApproxKL         float64            `json:"approx_kl"`
-	GradNorm         float64            `json:"grad_norm"`
-	LR               float64            `json:"lr"`
-	RefReset         bool               `json:"ref_reset,omitempty"`
-	RolloutSeconds   float64            `json:"rollout_s"`
-	TrainSeconds     float64            `json:"train_s"`
-	RolloutTokensPS  float64            `json:"rollout_tok_per_s"`
-	TrainTokens      int                `json:"train_tokens"`
-	TrainTokensPS    float64            `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
-	SkippedNoSignal  bool               `json:"skipped_no_signal,omitempty"`
-	OptimizerUpdates int                `json:"optimizer_updates"`
+	PGLoss           float64            `json:"actor/pg_loss"`
+	KL               float64            `json:"actor/kl_loss"` // the KL estimator to the reference, mean over the step's tokens
+	Entropy          float64            `json:"actor/entropy"`
+	// ClipFrac is the fraction of tokens clipped by the ratio's bounds, ClipFracLow and
+	// ClipFracHigh its parts at the low and the high bound; DualClipFrac is the fraction
+	// bounded by the dual clip (verl's pg_clipfrac_lower).
+	ClipFrac     float64 `json:"actor/pg_clipfrac"`
+	ClipFracLow  float64 `json:"actor/pg_clipfrac_clip_low"`
+	ClipFracHigh float64 `json:"actor/pg_clipfrac_clip_high"`
+	DualClipFrac float64 `json:"actor/pg_clipfrac_lower"`
+	// ClipCovFrac and KLCovFrac are the fractions of tokens Clip-Cov dropped and KL-Cov
+	// penalised (absent in the other modes).
+	ClipCovFrac float64 `json:"actor/clip_cov_frac,omitempty"`
+	KLCovFrac   float64 `json:"actor/kl_cov_frac,omitempty"`
+	ApproxKL    float64 `json:"actor/ppo_kl"`
+	GradNorm    float64 `json:"actor/grad_norm"` // mean over the step's optimizer steps
+	LR          float64 `json:"actor/lr"`
+	// RolloutKL and RolloutK3KL estimate KL(rollout || trainer) from the log-probs the rollout
+	// source reported and the trainer's (k1 and k3), RolloutProbsDiffMean and
+	// RolloutProbsDiffMax the mean and largest |p_trainer - p_rollout| of the sampled tokens;
+	// 0 when the rollout source reports no log-probs.
+	RolloutKL            float64 `json:"rollout_corr/kl"`
+	RolloutK3KL          float64 `json:"rollout_corr/k3_kl"`
+	RolloutProbsDiffMean float64 `json:"training/rollout_probs_diff_mean"`
+	RolloutProbsDiffMax  float64 `json:"training/rollout_probs_diff_max"`
+	// TISWeightMean is the mean of the TIS weights before their truncation, TISFracTruncated
+	// the fraction truncated at the cap (absent without TIS).
+	TISWeightMean    float64 `json:"rollout_corr/rollout_is_mean,omitempty"`
+	TISFracTruncated float64 `json:"rollout_corr/rollout_is_ratio_fraction_high,omitempty"`
+	RefReset         bool    `json:"ref_reset,omitempty"`
+	RolloutSeconds   float64 `json:"timing_s/gen"`
+	TrainSeconds     float64 `json:"train_s"`
+	RolloutTokensPS  float64 `json:"rollout_tok_per_s"`
+	TrainTokens      int     `json:"train_tokens"`
+	TrainTokensPS    float64 `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
+	SkippedNoSignal  bool    `json:"skipped_no_signal,omitempty"`
+	OptimizerUpdates int     `json:"optimizer_updates"`
 }
 
 // maybeReset performs the scheduled reference reset.

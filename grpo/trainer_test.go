@@ -447,3 +447,189 @@ func TestBatchReward(t *testing.T) {
 		t.Errorf("a short answer: %v", err)
 	}
 }
+
+// TestOverlongShaping: the reward shaping worked by hand with MaxResponseTokens 20 and
+// penalty factor 0.5. Buffer 0 is the flat penalty of earlier runs (only a response cut at the
+// limit); buffer 8 is DAPO's: 0 up to 20-8 = 12 tokens, (12 - len)/8 * 0.5 beyond, -0.5 at 20
+// whether or not the response was cut there.
+func TestOverlongShaping(t *testing.T) {
+	cases := []struct {
+		penalty   float64
+		buffer    int
+		length    int
+		truncated bool
+		want      float64
+	}{
+		{0.5, 0, 20, true, -0.5},
+		{0.5, 0, 20, false, 0}, // stop token as the 20th token
+		{0.5, 0, 10, false, 0},
+		{0.5, 8, 12, false, 0},
+		{0.5, 8, 13, false, (12 - 13) / 8.0 * 0.5},
+		{0.5, 8, 16, false, -0.25},
+		{0.5, 8, 20, true, -0.5},
+		{0.5, 8, 20, false, -0.5},
+		{0, 8, 20, true, 0},
+	}
+	for _, c := range cases {
+		tr := &Trainer{Config: Config{MaxResponseTokens: 20, OverlongPenalty: c.penalty, OverlongBuffer: c.buffer}}
+		if got := tr.overlong(c.length, c.truncated); !near(got, c.want, 1e-15) {
+			t.Errorf("penalty %v buffer %d length %d truncated %v: %v, want %v", c.penalty, c.buffer, c.length, c.truncated, got, c.want)
+		}
+	}
+	for _, mod := range []func(*Config){
+		func(c *Config) { c.OverlongBuffer = c.MaxResponseTokens },
+		func(c *Config) { c.OverlongBuffer = -1 },
+		func(c *Config) { c.OverlongPenalty = math.NaN() },
+	} {
+		c := smallConfig()
+		mod(&c)
+		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "Overlong") {
+			t.Errorf("config %d/%v accepted (%v)", c.OverlongBuffer, c.OverlongPenalty, err)
+		}
+	}
+}
+
+// TestRolloutMismatchByHand: the mismatch metrics of two responses worked by hand. Response
+// 0: trainer log-probs (-1, -2), rollout's (-1.5, -2): log ratios trainer/rollout 0.5 and 0.
+// k1 = mean(rollout - trainer) = -0.25; k3 = mean(e^lr - lr - 1) = (e^0.5 - 1.5)/2;
+// |p - p'| = |e^-1 - e^-1.5| and 0; TIS cap 1.5: weights e^0.5 (truncated) and 1.
+// Response 1 has no rollout log-probs: left out, but an error with TIS.
+func TestRolloutMismatchByHand(t *testing.T) {
+	p := &Prompt{Kind: "toy"}
+	all := []*rollout{{prompt: p, old: []float64{-1, -2}, rollout: []float64{-1.5, -2}}, {prompt: p, old: []float64{-3}}}
+	var m Metrics
+	if err := rolloutMismatch(all, 0, &m); err != nil {
+		t.Fatal(err)
+	}
+	d := math.Exp(-1) - math.Exp(-1.5)
+	if !near(m.RolloutKL, -0.25, 1e-15) || !near(m.RolloutK3KL, (math.Exp(0.5)-1.5)/2, 1e-15) ||
+		!near(m.RolloutProbsDiffMean, d/2, 1e-15) || !near(m.RolloutProbsDiffMax, d, 1e-15) || m.TISWeightMean != 0 {
+		t.Errorf("mismatch metrics %+v", m)
+	}
+	if err := rolloutMismatch(all, 1.5, &m); err == nil || !strings.Contains(err.Error(), "response 1") {
+		t.Errorf("TIS without rollout log-probs: %v", err)
+	}
+	m = Metrics{}
+	if err := rolloutMismatch(all[:1], 1.5, &m); err != nil || !near(m.TISWeightMean, (math.Exp(0.5)+1)/2, 1e-15) || m.TISFracTruncated != 0.5 {
+		t.Errorf("TIS metrics %v %v (%v)", m.TISWeightMean, m.TISFracTruncated, err)
+	}
+}
+
+// stripLogProbs is a rollout source whose samples carry no log-probs (or n of them).
+type stripLogProbs struct {
+	src RolloutSource
+	n   int
+}
+
+func (s stripLogProbs) Rollout(ctx context.Context, prompts []Prompt, p engine.SamplingParams) ([][]engine.Sample, error) {
+	out, err := s.src.Rollout(ctx, prompts, p)
+	for _, ss := range out {
+		for j := range ss {
+			ss[j].LogProbs = ss[j].LogProbs[:min(s.n, len(ss[j].LogProbs))]
+		}
+	}
+	return out, err
+}
+
+// TestStepLogsMismatchAndTIS: with the engine's rollouts the trainer logs the rollout/trainer
+// mismatch (the engine's sampling and the training forward compute the same log-probs up to
+// float32 rounding) and, with TIS on, weights near 1; without rollout log-probs TIS is an
+// error, and log-probs that do not match the tokens are one in any case. The dual-clip
+// fraction and pg_clipfrac are logged.
+func TestStepLogsMismatchAndTIS(t *testing.T) {
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 3, 4, 5
+	cfg.Loss.TISCap = 2
+	ctx := context.Background()
+	tr, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	for s := 1; s <= 3; s++ {
+		m, err := tr.Step(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.SkippedNoSignal {
+			continue
+		}
+		if math.Abs(m.RolloutKL) > 1e-4 || m.RolloutK3KL > 1e-6 || m.RolloutProbsDiffMax > 1e-4 || math.Abs(m.TISWeightMean-1) > 1e-4 || m.TISFracTruncated != 0 {
+			t.Errorf("step %d: mismatch k1 %g k3 %g diff max %g, TIS mean %g truncated %g", s, m.RolloutKL, m.RolloutK3KL, m.RolloutProbsDiffMax, m.TISWeightMean, m.TISFracTruncated)
+		}
+		if m.ClipFrac != m.ClipFracLow+m.ClipFracHigh || m.DualClipFrac < 0 || m.DualClipFrac > 1 {
+			t.Errorf("step %d: clip fractions %v = %v + %v, dual %v", s, m.ClipFrac, m.ClipFracLow, m.ClipFracHigh, m.DualClipFrac)
+		}
+	}
+	tr.Rollouts = stripLogProbs{src: tr.Rollouts}
+	if _, err := tr.Step(ctx); err == nil || !strings.Contains(err.Error(), "TIS (cap 2) needs the rollout log-probs") {
+		t.Errorf("TIS without rollout log-probs: %v", err)
+	}
+	tr.Rollouts = stripLogProbs{src: tr.Rollouts.(stripLogProbs).src, n: 1}
+	if _, err := tr.Step(ctx); err == nil || !strings.Contains(err.Error(), "log-probs for") {
+		t.Errorf("short log-probs: %v", err)
+	}
+}
+
+// TestMaskTruncated: with MaskTruncated, the responses cut at MaxResponseTokens are left out of
+// the loss: the tokens trained are those of the others (prompt and response), while all count
+// in the step's reward and length metrics.
+func TestMaskTruncated(t *testing.T) {
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.MiniBatches = 3, 8, 3, 1
+	cfg.DynamicSampling, cfg.MaskTruncated = false, true
+	cfg.StopTokens = []int32{7}
+	ctx := context.Background()
+	tr, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	b, err := tr.Rollout(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, truncated := 0, 0
+	for _, g := range b.groups {
+		for _, r := range g {
+			if r.truncated {
+				truncated++
+			} else {
+				want += len(r.prompt.Tokens) + len(r.tokens)
+			}
+		}
+	}
+	if truncated == 0 || truncated == 24 {
+		t.Fatalf("%d of 24 responses truncated: the test needs some of each", truncated)
+	}
+	m, err := tr.Update(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.TrainTokens != want || m.TruncatedFrac != float64(truncated)/24 {
+		t.Errorf("trained %d tokens, want %d (the untruncated responses); truncated fraction %v", m.TrainTokens, want, m.TruncatedFrac)
+	}
+}
+
+// TestClipCovRunIsSeeded: a Clip-Cov run that drops tokens is the same run twice with the same
+// seed (weights bit for bit), and another run with another seed.
+func TestClipCovRunIsSeeded(t *testing.T) {
+	run := func(seed uint64) (string, float64) {
+		cfg := smallConfig()
+		cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 3, 4, 5
+		cfg.DynamicSampling, cfg.Seed = false, seed
+		cfg.Loss.Mode, cfg.Loss.ClipCovRatio, cfg.Loss.ClipCovLow, cfg.Loss.ClipCovHigh = PolicyClipCov, 0.2, -10, 10
+		tr, gen := newGRPO(t, cfg, countSevens)
+		defer gen.Close()
+		var frac float64
+		for range 2 {
+			m, err := tr.Step(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			frac += m.ClipCovFrac
+		}
+		w, _ := tr.Policy.Model.HostWeights()
+		return fmt.Sprint(w), frac
+	}
+	a, fa := run(1)
+	b, _ := run(1)
+	c, _ := run(2)
+	if fa == 0 || a != b || a == c {
+		t.Errorf("clip-cov fraction %v; same seed same weights %v; other seed other weights %v", fa, a == b, a != c)
+	}
+}
