@@ -33,8 +33,10 @@ def read(path):
 
 def summary(recs, steps):
     evals = {r["step"]: r["eval"]["accuracy"] for r in recs if r.get("eval")}
-    ent = [r["entropy"] for r in recs if r["step"] > steps - 25 and not r.get("skipped_no_signal") and r["step"] > 0]
-    kl = [r["kl"] for r in recs if r["step"] > steps - 25 and r["step"] > 0]
+    # metrics.jsonl names: verl's (actor/entropy, actor/kl_loss), or those of older runs.
+    get = lambda r, name, old: r[name] if name in r else r[old]
+    ent = [get(r, "actor/entropy", "entropy") for r in recs if r["step"] > steps - 25 and not r.get("skipped_no_signal") and r["step"] > 0]
+    kl = [get(r, "actor/kl_loss", "kl") for r in recs if r["step"] > steps - 25 and r["step"] > 0]
     return evals.get(0), evals.get(steps // 2), evals.get(steps), sum(ent) / max(1, len(ent)), sum(kl) / max(1, len(kl))
 
 

@@ -135,8 +135,8 @@ func TestTrainDoc(t *testing.T) {
 			n++
 		}
 	}
-	if n != 11 {
-		t.Fatalf("ran %d commands, want the page's 11", n)
+	if n != 13 {
+		t.Fatalf("ran %d commands, want the page's 13", n)
 	}
 	recs, err := grpo.ReadMetrics(filepath.Join(tmp, "mine", "metrics.jsonl"))
 	if err != nil || len(recs) != 5 {

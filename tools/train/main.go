@@ -68,12 +68,15 @@ type options struct {
 	// Rollouts and the GRPO step.
 	prompts, samples, maxResponseLen, miniBatches, microBatchTokens, maxRounds int
 	temperature, topP, overlongPenalty                                         float64
-	noDynamic                                                                  bool
+	overlongBuffer                                                             int
+	noDynamic, maskTruncated                                                   bool
 
 	// Loss and advantages.
-	clipLow, clipHigh, dualClip, klCoef, entropyCoef float64
-	klEstimator, agg, advEstimator                   string
-	noStdNorm                                        bool
+	clipLow, clipHigh, dualClip, klCoef, entropyCoef, tisCap  float64
+	gspoClipLow, gspoClipHigh                                 float64
+	clipCovRatio, clipCovLB, clipCovUB, klCovRatio, klCovCoef float64
+	policyLoss, klEstimator, agg, advEstimator                string
+	noStdNorm                                                 bool
 
 	// Optimizer.
 	lr, beta1, beta2, weightDecay, clipNorm float64
@@ -138,15 +141,26 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.Float64Var(&o.temperature, "temperature", flagDefault(prorl.Temperature), "rollout temperature; the loss sees log-probs at it too")
 	fs.Float64Var(&o.topP, "top-p", flagDefault(prorl.TopP), "rollout top-p")
 	fs.IntVar(&o.maxResponseLen, "max-response", prorl.MaxResponseTokens, "maximum response tokens")
-	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", prorl.OverlongPenalty, "subtracted from the reward of a response cut at --max-response")
+	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", prorl.OverlongPenalty, "overlong penalty factor: with --overlong-buffer > 0, DAPO's soft overlong punishment (0 up to --max-response minus the buffer, then falling linearly to minus this at --max-response) added to the reward; with --overlong-buffer 0, subtracted from the reward of a response cut at --max-response; 0: none")
+	fs.IntVar(&o.overlongBuffer, "overlong-buffer", prorl.OverlongBuffer, "DAPO's overlong buffer L_cache in tokens (verl overlong_buffer.len), below --max-response; 0: the flat penalty of --overlong-penalty")
+	fs.BoolVar(&o.maskTruncated, "mask-truncated", prorl.MaskTruncated, "leave responses cut at --max-response out of the loss (DAPO's overlong filtering; they still count in their group's advantages)")
 	fs.IntVar(&o.miniBatches, "mini-batches", prorl.MiniBatches, "policy updates per rollout step (the rollout batch is split into this many)")
 	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", prorl.MicroBatchTokens, "tokens per forward/backward; gradients accumulate over micro-batches")
 	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", !prorl.DynamicSampling, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
 	fs.IntVar(&o.maxRounds, "max-sampling-rounds", prorl.MaxSamplingRounds, "dynamic sampling: most rollout rounds per step to fill the batch")
 
+	fs.StringVar(&o.policyLoss, "policy-loss", string(prorl.Loss.Mode), "policy loss (verl policy_loss.loss_mode): grpo (token-level clipped surrogate), gspo (sequence-level ratio, arXiv 2507.18071; its policy term is seq-mean-token-mean whatever --loss-agg), clip-cov or kl-cov (grpo's loss with the entropy-preserving Clip-Cov / KL-Cov updates, arXiv 2505.22617)")
 	fs.Float64Var(&o.clipLow, "clip-low", prorl.Loss.ClipLow, "lower clip bound eps_low: the ratio is clipped at 1-eps_low")
 	fs.Float64Var(&o.clipHigh, "clip-high", prorl.Loss.ClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
-	fs.Float64Var(&o.dualClip, "dual-clip", prorl.Loss.DualClip, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c, e.g. 3); 0: off")
+	fs.Float64Var(&o.dualClip, "dual-clip", prorl.Loss.DualClip, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c); with --policy-loss grpo and clip-cov; 0: off")
+	fs.Float64Var(&o.gspoClipLow, "gspo-clip-low", prorl.Loss.GSPOClipLow, "--policy-loss gspo: the sequence ratio is clipped at 1 minus this")
+	fs.Float64Var(&o.gspoClipHigh, "gspo-clip-high", prorl.Loss.GSPOClipHigh, "--policy-loss gspo: the sequence ratio is clipped at 1 plus this")
+	fs.Float64Var(&o.clipCovRatio, "clip-cov-ratio", prorl.Loss.ClipCovRatio, "--policy-loss clip-cov: fraction of tokens whose gradient is dropped (at least one per micro-batch)")
+	fs.Float64Var(&o.clipCovLB, "clip-cov-lb", prorl.Loss.ClipCovLow, "--policy-loss clip-cov: the dropped tokens are drawn from those whose covariance (A - mean A)(logp - mean logp) is above this")
+	fs.Float64Var(&o.clipCovUB, "clip-cov-ub", prorl.Loss.ClipCovHigh, "--policy-loss clip-cov: ... and below this")
+	fs.Float64Var(&o.klCovRatio, "kl-cov-ratio", prorl.Loss.KLCovRatio, "--policy-loss kl-cov: fraction of tokens (those of largest covariance; at least one per micro-batch) penalised by --kl-cov-coef * |logp - old logp|")
+	fs.Float64Var(&o.klCovCoef, "kl-cov-coef", prorl.Loss.KLCovCoef, "--policy-loss kl-cov: weight of its penalty (verl ppo_kl_coef)")
+	fs.Float64Var(&o.tisCap, "tis-cap", prorl.Loss.TISCap, "truncated importance sampling: the policy term of each token is weighted by min(p_trainer / p_rollout, this), correcting for the rollout engine's other numbers (verl rollout_is_threshold, e.g. 2); 0: off")
 	fs.Float64Var(&o.klCoef, "kl-coef", prorl.Loss.KLCoef, "beta, the weight of the KL penalty to the reference in the loss; 0: no reference")
 	fs.StringVar(&o.klEstimator, "kl-estimator", string(prorl.Loss.KL), "KL estimator: k1, k2 (mse) or k3 (low-variance)")
 	fs.Float64Var(&o.entropyCoef, "entropy-coef", prorl.Loss.EntropyCoef, "weight of an entropy bonus (ProRL: none)")

@@ -142,10 +142,18 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	t.MaxResponseTokens = o.maxResponseLen
 	t.MiniBatches, t.MicroBatchTokens = o.miniBatches, o.microBatchTokens
 	t.DynamicSampling, t.MaxSamplingRounds = !o.noDynamic, o.maxRounds
-	t.OverlongPenalty = o.overlongPenalty
+	t.OverlongPenalty, t.OverlongBuffer, t.MaskTruncated = o.overlongPenalty, o.overlongBuffer, o.maskTruncated
 	t.RefResetEvery, t.RefResetOnPlateau = o.resetEvery, o.resetPlateau
 	t.Loss.ClipLow, t.Loss.ClipHigh, t.Loss.DualClip = o.clipLow, o.clipHigh, o.dualClip
-	t.Loss.KLCoef, t.Loss.EntropyCoef = o.klCoef, o.entropyCoef
+	t.Loss.KLCoef, t.Loss.EntropyCoef, t.Loss.TISCap = o.klCoef, o.entropyCoef, o.tisCap
+	t.Loss.GSPOClipLow, t.Loss.GSPOClipHigh = o.gspoClipLow, o.gspoClipHigh
+	t.Loss.ClipCovRatio, t.Loss.ClipCovLow, t.Loss.ClipCovHigh = o.clipCovRatio, o.clipCovLB, o.clipCovUB
+	t.Loss.KLCovRatio, t.Loss.KLCovCoef = o.klCovRatio, o.klCovCoef
+	mode, err := grpo.ParsePolicyLossMode(o.policyLoss)
+	if err != nil {
+		return cfg, fmt.Errorf("--policy-loss: %w", err)
+	}
+	t.Loss.Mode = mode
 	kl, err := grpo.ParseKLEstimator(o.klEstimator)
 	if err != nil {
 		return cfg, fmt.Errorf("--kl-estimator: %w", err)
