@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 )
 
 // SamplingParams control generation for one prompt.
@@ -27,7 +30,14 @@ type SamplingParams struct {
 	// Seed makes sampling reproducible: sample j of a request draws from its own stream
 	// seeded by (Seed, j), whatever else runs in the batch.
 	Seed uint64
+	// TopLogProbs (0 to MaxTopLogProbs) asks for the TopLogProbs most likely tokens of each
+	// step's sampling distribution (as Scheduler.TopLogProbs computes them) with every
+	// token; 0 costs nothing.
+	TopLogProbs int
 }
+
+// MaxTopLogProbs bounds SamplingParams.TopLogProbs (OpenAI's and vLLM's default limit).
+const MaxTopLogProbs = 20
 
 // Request is one prompt to complete.
 type Request struct {
@@ -48,7 +58,12 @@ const (
 type Sample struct {
 	Tokens   []int32   // sampled token ids
 	LogProbs []float32 // log-prob of each token under the distribution it was drawn from
-	Finish   FinishReason
+	// TopIDs and TopLogProbs hold, with SamplingParams.TopLogProbs k > 0, the k most likely
+	// tokens of each token's sampling distribution (most likely first, ties to the lower id)
+	// and their log-probs there, -Inf for a token top-k or top-p cuts (see TopResult).
+	TopIDs      [][]int32   // [len(Tokens)][k]
+	TopLogProbs [][]float32 // [len(Tokens)][k]
+	Finish      FinishReason
 }
 
 // Result holds the N samples of one request.
@@ -79,6 +94,8 @@ type Generator struct {
 	waiting  []*genRequest
 	running  []*genSample
 	reserved int // KV blocks reserved by admitted requests
+
+	topBuf []float32 // [rows, V] logits read back for top log-probs
 }
 
 type genRequest struct {
@@ -140,6 +157,8 @@ func (g *Generator) validate(i int, r *Request) (int, error) {
 		return 0, fmt.Errorf("request %d: top_k must be >= 0, got %d", i, p.TopK)
 	case p.TopP < 0 || p.TopP > 1:
 		return 0, fmt.Errorf("request %d: top_p must be in [0,1], got %g", i, p.TopP)
+	case p.TopLogProbs < 0 || p.TopLogProbs > MaxTopLogProbs:
+		return 0, fmt.Errorf("request %d: top_logprobs must be in [0,%d], got %d", i, MaxTopLogProbs, p.TopLogProbs)
 	case len(r.Prompt)+p.MaxNewTokens > c.MaxPositionEmbeddings:
 		return 0, fmt.Errorf("request %d: prompt (%d) + max_new_tokens (%d) exceed max_position_embeddings (%d)",
 			i, len(r.Prompt), p.MaxNewTokens, c.MaxPositionEmbeddings)
@@ -282,6 +301,7 @@ func (g *Generator) step() error {
 	}
 	ids := make([]int32, len(rows))
 	lps := make([]float32, len(rows))
+	tops := make([]topList, len(rows))
 	err := g.model.forward(steps, rows, 256, func(first int, logits *Tensor) error {
 		sr := make([]SampleRow, logits.Rows())
 		for i := range sr {
@@ -292,9 +312,12 @@ func (g *Generator) step() error {
 			}
 		}
 		id, lp, err := g.model.Backend.Sample(logits, sr)
+		if err != nil {
+			return err
+		}
 		copy(ids[first:], id)
 		copy(lps[first:], lp)
-		return err
+		return g.topLists(logits, samples[first:first+len(sr)], sr, tops[first:])
 	})
 	if err != nil {
 		return err
@@ -315,6 +338,9 @@ func (g *Generator) step() error {
 		out := &s.r.result.Samples[s.idx]
 		out.Tokens = append(out.Tokens, ids[i])
 		out.LogProbs = append(out.LogProbs, lps[i])
+		if tops[i].ids != nil {
+			out.TopIDs, out.TopLogProbs = append(out.TopIDs, tops[i].ids), append(out.TopLogProbs, tops[i].lps)
+		}
 		s.next = ids[i]
 		p := s.r.req.Params
 		switch {
@@ -335,5 +361,54 @@ func (g *Generator) step() error {
 		}
 	}
 	g.running = slices.DeleteFunc(g.running, func(s *genSample) bool { return !s.active })
+	return nil
+}
+
+// topList is one step's most likely tokens of a sample's distribution.
+type topList struct {
+	ids []int32
+	lps []float32
+}
+
+// topLists computes, for the rows of logits [R, V] whose sample asks for top log-probs, the
+// most likely tokens under that row's sampling distribution sr, into tops. Only those rows are
+// read back to the host; when none asks, nothing is.
+func (g *Generator) topLists(logits *Tensor, samples []*genSample, sr []SampleRow, tops []topList) error {
+	var ask []int32
+	for i, s := range samples {
+		if s.r.req.Params.TopLogProbs > 0 {
+			ask = append(ask, int32(i))
+		}
+	}
+	if len(ask) == 0 {
+		return nil
+	}
+	b, V := g.model.Backend, logits.Cols()
+	src := logits
+	if len(ask) < len(samples) {
+		src = b.Alloc(len(ask), V) // [A, V]
+		defer b.Free(src)
+		b.GatherRows(src, logits, ask)
+	}
+	if cap(g.topBuf) < len(ask)*V {
+		g.topBuf = make([]float32, len(ask)*V)
+	}
+	host := g.topBuf[:len(ask)*V]
+	if err := b.Download(src, host); err != nil {
+		return fmt.Errorf("top log-probs: %w", err)
+	}
+	// The rows are independent: spread them over the host's cores.
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(ask), runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for a := int(next.Add(1) - 1); a < len(ask); a = int(next.Add(1) - 1) {
+				i := ask[a]
+				k := min(samples[i].r.req.Params.TopLogProbs, V)
+				tops[i].ids, tops[i].lps = topRow(host[a*V:(a+1)*V], sr[i], k)
+			}
+		})
+	}
+	wg.Wait()
 	return nil
 }

@@ -52,10 +52,14 @@ var ErrClosed = errors.New("engine: scheduler closed")
 
 // Event is one step of a request's progress: a token of one sample, or the end of the request.
 type Event struct {
-	Sample  int          // which of the request's N samples
-	Token   int32        // the sampled token
-	LogProb float32      // its log-prob under the distribution it was drawn from
-	Finish  FinishReason // set on the sample's last token
+	Sample  int     // which of the request's N samples
+	Token   int32   // the sampled token
+	LogProb float32 // its log-prob under the distribution it was drawn from
+	// TopIDs and TopLogProbs are, with SamplingParams.TopLogProbs k > 0, the k most likely
+	// tokens of that distribution and their log-probs (as in Sample).
+	TopIDs      []int32
+	TopLogProbs []float32
+	Finish      FinishReason // set on the sample's last token
 	// Done is set on the request's last event, with Err when it failed (cancelled, model error).
 	Done bool
 	Err  error
@@ -350,10 +354,11 @@ type TopResult struct {
 	LogProbs [][]float32 // [len(Tokens)-Start][K]
 }
 
-// TopLogProbs computes the k most likely tokens at each requested position (OpenAI's
-// top_logprobs) in one batched forward pass over a scratch KV cache, run like Score between
-// two generation steps on the weights new requests get now; it also returns their version.
-// Only the requested rows' logits are computed, a bounded chunk at a time.
+// TopLogProbs computes the k (1 to MaxTopLogProbs) most likely tokens at each requested
+// position (OpenAI's top_logprobs) in one batched forward pass over a scratch KV cache, run
+// like Score between two generation steps on the weights new requests get now; it also
+// returns their version. Only the requested rows' logits are computed, a bounded chunk at a
+// time. (Generation gives the same lists as it samples: SamplingParams.TopLogProbs.)
 func (s *Scheduler) TopLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]TopResult, uint64, error) {
 	var out []TopResult
 	run := func(m *Model) (err error) { out, err = m.topLogProbs(ctx, reqs, k); return err }
@@ -364,8 +369,8 @@ func (s *Scheduler) TopLogProbs(ctx context.Context, reqs []TopRequest, k int) (
 func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]TopResult, error) {
 	c := m.Config
 	V := c.VocabSize
-	if k < 1 {
-		return nil, fmt.Errorf("top log-probs: k must be >= 1, got %d", k)
+	if k < 1 || k > MaxTopLogProbs {
+		return nil, fmt.Errorf("top log-probs: k must be in [1,%d], got %d", MaxTopLogProbs, k)
 	}
 	k = min(k, V)
 	blocks := 1
@@ -391,14 +396,14 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 		off += int32(len(r.Tokens))
 	}
 	chunk := max(1, min(256, (64<<20)/(4*V))) // <= 64 MiB of logits on the host at a time
-	buf, rank := make([]float32, min(chunk, len(rows))*V), make([]int32, V)
+	buf := make([]float32, min(chunk, len(rows))*V)
 	err = m.forward(steps, rows, chunk, func(first int, logits *Tensor) error {
 		if err := m.Backend.Download(logits, buf[:logits.Rows()*V]); err != nil {
 			return err
 		}
 		for i := range logits.Rows() {
 			o := &out[owner[first+i]]
-			ids, lps := topRow(buf[i*V:(i+1)*V], reqs[owner[first+i]].Row, k, rank)
+			ids, lps := topRow(buf[i*V:(i+1)*V], reqs[owner[first+i]].Row, k)
 			o.IDs, o.LogProbs = append(o.IDs, ids), append(o.LogProbs, lps)
 		}
 		return ctx.Err()
@@ -409,9 +414,9 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 	return out, nil
 }
 
-// topRow returns the k most likely tokens of a row of logits [V] and their log-probs under the
-// distribution SampleLogits draws from with r; rank [V] is scratch.
-func topRow(logits []float32, r SampleRow, k int, rank []int32) ([]int32, []float32) {
+// topRow returns the k most likely tokens of a row of logits [V] (most likely first, ties to
+// the lower id) and their log-probs under the distribution SampleLogits draws from with r.
+func topRow(logits []float32, r SampleRow, k int) ([]int32, []float32) {
 	if r.Temperature <= 0 {
 		r = SampleRow{Temperature: 1}
 	}
@@ -419,19 +424,21 @@ func topRow(logits []float32, r SampleRow, k int, rank []int32) ([]int32, []floa
 	defer scratchPool.Put(s)
 	kept, p, z := candidates(logits, r, s) // kept: the best len(kept) tokens under before
 	before := func(a, b int32) bool { return p[a] > p[b] || (p[a] == p[b] && a < b) }
-	for i := range rank {
-		rank[i] = int32(i)
-	}
-	if k < len(rank) {
-		selectTop(rank, k, before)
-	}
-	top := slices.Clone(rank[:k])
-	slices.SortFunc(top, func(a, b int32) int {
-		if before(a, b) {
-			return -1
+	// One pass keeping the best k in order: most tokens lose to the k-th at once.
+	top := make([]int32, 0, k)
+	for id := range int32(len(logits)) {
+		if len(top) == k && !before(id, top[k-1]) {
+			continue
 		}
-		return 1
-	})
+		if len(top) < k {
+			top = append(top, id)
+		}
+		i := len(top) - 1
+		for ; i > 0 && before(id, top[i-1]); i-- {
+			top[i] = top[i-1]
+		}
+		top[i] = id
+	}
 	lps := make([]float32, k)
 	for i, id := range top {
 		lps[i] = float32(math.Inf(-1))
@@ -493,6 +500,9 @@ func (s *Scheduler) emit() {
 			for j.emitted[i] < len(smp.Tokens) {
 				k := j.emitted[i]
 				ev := Event{Sample: i, Token: smp.Tokens[k], LogProb: smp.LogProbs[k]}
+				if smp.TopIDs != nil {
+					ev.TopIDs, ev.TopLogProbs = smp.TopIDs[k], smp.TopLogProbs[k]
+				}
 				if k == len(smp.Tokens)-1 {
 					ev.Finish = smp.Finish
 				}

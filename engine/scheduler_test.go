@@ -3,13 +3,20 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"reflect"
 	"runtime"
 	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // collect reads a job's events into a Result.
@@ -23,6 +30,9 @@ func collect(t *testing.T, j *engine.Job, n int) (engine.Result, error) {
 		s := &res.Samples[ev.Sample]
 		s.Tokens = append(s.Tokens, ev.Token)
 		s.LogProbs = append(s.LogProbs, ev.LogProb)
+		if ev.TopIDs != nil {
+			s.TopIDs, s.TopLogProbs = append(s.TopIDs, ev.TopIDs), append(s.TopLogProbs, ev.TopLogProbs)
+		}
 		s.Finish = ev.Finish
 	}
 	t.Fatal("events closed without a final event")
@@ -297,4 +307,157 @@ func TestSchedulerEventsMemory(t *testing.T) {
 		}
 	}
 	t.Logf("Submit: %d bytes (n=64 x 1), %d bytes (n=64 x 500)", small, big)
+}
+
+// refTop is the direct reference for top log-probs: the k most likely tokens of a row of
+// logits [V] (ties to the lower id) and their log-probs in float64 under the distribution the
+// sampler draws from: softmax(logits/T) cut to the TopK most likely, then to the smallest set
+// whose mass reaches TopP, renormalised (T = 0: the plain softmax); -Inf for tokens cut.
+func refTop(row []float32, r engine.SampleRow, k int) ([]int32, []float64) {
+	if r.Temperature <= 0 {
+		r = engine.SampleRow{Temperature: 1}
+	}
+	p, order := make([]float64, len(row)), make([]int32, len(row))
+	m := math.Inf(-1)
+	for _, l := range row {
+		m = max(m, float64(l)/float64(r.Temperature))
+	}
+	for i, l := range row {
+		p[i], order[i] = math.Exp(float64(l)/float64(r.Temperature)-m), int32(i)
+	}
+	sort.SliceStable(order, func(a, b int) bool { return p[order[a]] > p[order[b]] })
+	kept := len(row)
+	if r.TopK > 0 {
+		kept = min(kept, r.TopK)
+	}
+	if r.TopP > 0 && r.TopP < 1 {
+		var mass, cum float64
+		for _, id := range order[:kept] {
+			mass += p[id]
+		}
+		for i, id := range order[:kept] {
+			if cum += p[id]; cum >= float64(r.TopP)*mass {
+				kept = i + 1
+				break
+			}
+		}
+	}
+	var z float64
+	for _, id := range order[:kept] {
+		z += p[id]
+	}
+	lps := make([]float64, k)
+	for i, id := range order[:k] {
+		lps[i] = math.Inf(-1)
+		if i < kept {
+			lps[i] = math.Log(p[id] / z)
+		}
+	}
+	return order[:k], lps
+}
+
+// twinModel is the golden qwen2 model with lm_head rows 128..255 copies of rows 0..127: every
+// token's logit has an exact twin, so every top list is made of ties.
+func twinModel(t *testing.T, g *golden) *engine.Model {
+	w := maps.Clone(g.weights)
+	head := w["lm_head.weight"]
+	data := slices.Clone(head.Data)
+	D := head.Shape[1]
+	copy(data[128*D:256*D], data[:128*D])
+	w["lm_head.weight"] = engine.HostTensor{Shape: head.Shape, Data: data}
+	m, err := engine.NewModel(g.cfg, cpu.New(), w, engine.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestSamplingTopLogProbs: a request with TopLogProbs k streams, with each token, the k most
+// likely tokens of the distribution it was drawn from, bit for bit those Scheduler.TopLogProbs
+// computes afterwards on the same tokens, and within 1e-5 of a direct float64 softmax of the
+// model's logits (ids equal, -Inf where top-k or top-p cuts), for greedy, plain, top-k, top-p
+// and both, on the golden model and on one whose logits all come in exact ties. The same
+// request without TopLogProbs, in one batch with it and another prompt (only the asking rows,
+// not the batch's first, are read back), samples the same tokens with the same log-probs and
+// carries no top lists. More than MaxTopLogProbs is refused.
+func TestSamplingTopLogProbs(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	models := map[string]*engine.Model{"golden": g.model(t, engine.F32), "twins": twinModel(t, g)}
+	prompt := []int32{1, 9, 4, 17, 3}
+	bad := engine.Request{Prompt: prompt, Params: engine.SamplingParams{MaxNewTokens: 1, TopLogProbs: engine.MaxTopLogProbs + 1}}
+	if _, err := newGen(t, models["golden"], engine.GeneratorOptions{}).Generate(context.Background(), []engine.Request{bad}); err == nil || !strings.Contains(err.Error(), "top_logprobs must be in [0,20], got 21") {
+		t.Errorf("top_logprobs 21: %v", err)
+	}
+	for _, name := range []string{"golden", "twins"} {
+		m := models[name]
+		V := m.Config.VocabSize
+		for _, p := range []engine.SamplingParams{
+			{N: 2, MaxNewTokens: 12, TopLogProbs: 5},
+			{N: 2, Temperature: 1, MaxNewTokens: 12, Seed: 1, TopLogProbs: 20},
+			{N: 3, Temperature: 0.7, TopK: 6, MaxNewTokens: 12, Seed: 2, TopLogProbs: 10},
+			{N: 2, Temperature: 1.3, TopP: 0.8, MaxNewTokens: 12, Seed: 3, TopLogProbs: 8},
+			{N: 2, Temperature: 0.9, TopK: 9, TopP: 0.9, MaxNewTokens: 12, Seed: 4, TopLogProbs: 20},
+		} {
+			what := fmt.Sprintf("%s %+v", name, p)
+			plain := p
+			plain.TopLogProbs = 0
+			mixed, err := newGen(t, m, engine.GeneratorOptions{}).Generate(context.Background(), []engine.Request{{Prompt: []int32{2, 8}, Params: plain}, {Prompt: prompt, Params: plain}, {Prompt: prompt, Params: p}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j, err := s.Submit(context.Background(), engine.Request{Prompt: prompt, Params: p})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := collect(t, j, p.N)
+			if err != nil {
+				t.Fatal(err)
+			}
+			row := engine.SampleRow{Temperature: p.Temperature, TopK: p.TopK, TopP: p.TopP}
+			for k, smp := range got.Samples {
+				if w := mixed[1].Samples[k]; !slices.Equal(smp.Tokens, w.Tokens) || !slices.Equal(smp.LogProbs, w.LogProbs) || w.TopIDs != nil {
+					t.Fatalf("%s sample %d: with top log-probs %v %v, without %v %v (top lists %v)", what, k, smp.Tokens, smp.LogProbs, w.Tokens, w.LogProbs, w.TopIDs)
+				}
+				if w := mixed[2].Samples[k]; !reflect.DeepEqual(smp, w) {
+					t.Fatalf("%s sample %d: the scheduler's events %+v, the generator's sample %+v", what, k, smp, w)
+				}
+				seq := append(slices.Clone(prompt), smp.Tokens...)
+				after, _, err := s.TopLogProbs(context.Background(), []engine.TopRequest{{Tokens: seq, Start: len(prompt), Row: row}}, p.TopLogProbs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lg, err := m.Logits(context.Background(), [][]int32{seq})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(smp.TopIDs) != len(smp.Tokens) || len(smp.TopLogProbs) != len(smp.Tokens) {
+					t.Fatalf("%s sample %d: %d top lists for %d tokens", what, k, len(smp.TopIDs), len(smp.Tokens))
+				}
+				for i := range smp.Tokens {
+					at := fmt.Sprintf("%s sample %d token %d", what, k, i)
+					if !slices.Equal(smp.TopIDs[i], after[0].IDs[i]) || !slices.Equal(smp.TopLogProbs[i], after[0].LogProbs[i]) {
+						t.Fatalf("%s: at sampling %v %v, Scheduler.TopLogProbs %v %v", at, smp.TopIDs[i], smp.TopLogProbs[i], after[0].IDs[i], after[0].LogProbs[i])
+					}
+					if top := smp.TopIDs[i]; name == "twins" && top[1] != top[0]+128 {
+						t.Fatalf("%s: top ids %v do not begin with a tie", at, top)
+					}
+					pos := len(prompt) + i - 1
+					ids, lps := refTop(lg[0][pos*V:(pos+1)*V], row, p.TopLogProbs)
+					if !slices.Equal(smp.TopIDs[i], ids) {
+						t.Fatalf("%s: top ids %v, softmax %v", at, smp.TopIDs[i], ids)
+					}
+					for r, lp := range smp.TopLogProbs[i] {
+						if d := math.Abs(float64(lp) - lps[r]); !(d <= 1e-5) && !(math.IsInf(lps[r], -1) && math.IsInf(float64(lp), -1)) {
+							t.Errorf("%s: rank %d (token %d) log-prob %g, softmax %g", at, r, ids[r], lp, lps[r])
+						}
+					}
+				}
+			}
+			s.Close()
+		}
+	}
 }
