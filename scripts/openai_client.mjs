@@ -78,16 +78,39 @@ for (let i = 1; i < tl.token_logprobs.length; i++) {
   assert.equal(tl.top_logprobs[i][tl.tokens[i]], tl.token_logprobs[i]); // (JavaScript reorders digit keys)
   assert.ok(entries.every(([, lp]) => lp <= 0 && lp >= -9999));
 }
+// Streamed, every sampled token's chunk carries its own log-prob and top log-probs, equal to
+// the whole answer's.
 let streamedTop = [];
 for await (const chunk of await client.completions.create({ model, prompt: echoPrompt, max_tokens: 4, temperature: 0.7, top_k: 5, seed: 2, logprobs: 3, echo: true, stream: true })) {
-  for (const c of chunk.choices) streamedTop.push(...(c.logprobs?.top_logprobs ?? []));
+  for (const c of chunk.choices) {
+    if (c.token_ids.length > 0) assert.equal(c.logprobs?.top_logprobs?.length, 1, `chunk ${JSON.stringify(c)}`);
+    streamedTop.push(...(c.logprobs?.top_logprobs ?? []));
+  }
 }
-assert.deepEqual(streamedTop.slice(1).map((o) => Object.keys(o).sort()), tl.top_logprobs.slice(1).map((o) => Object.keys(o).sort()));
+assert.deepEqual(streamedTop, tl.top_logprobs);
+// ... as the tokens are generated: with n = 2, token t of both choices before token t+1 of either.
+const seen = [0, 0];
+for await (const chunk of await client.completions.create({ model, prompt: echoPrompt, n: 2, max_tokens: 6, temperature: 1, seed: 5, logprobs: 2, ignore_eos: true, stream: true })) {
+  for (const c of chunk.choices) {
+    assert.equal(c.logprobs.top_logprobs.length, 1);
+    assert.ok(seen[c.index] <= Math.min(...seen), `choice ${c.index}'s token ${seen[c.index]} streamed after the other's ${Math.min(...seen)}`);
+    seen[c.index]++;
+  }
+}
+assert.deepEqual(seen, [6, 6]);
 const chatTop = await client.chat.completions.create({ ...chatReq, n: 1, logprobs: true, top_logprobs: 3 });
 for (const l of chatTop.choices[0].logprobs.content) {
   assert.equal(l.top_logprobs.length, 3);
   assert.ok(l.top_logprobs[0].logprob >= l.top_logprobs[1].logprob && l.top_logprobs[1].logprob >= l.top_logprobs[2].logprob);
 }
+const chatStreamed = [];
+for await (const chunk of await client.chat.completions.create({ ...chatReq, n: 1, logprobs: true, top_logprobs: 3, stream: true })) {
+  for (const c of chunk.choices) {
+    if (c.token_ids.length > 0) assert.equal(c.logprobs?.content?.length, 1, `chunk ${JSON.stringify(c)}`);
+    chatStreamed.push(...(c.logprobs?.content ?? []));
+  }
+}
+assert.deepEqual(chatStreamed, chatTop.choices[0].logprobs.content);
 console.log(`echo logprobs: ${JSON.stringify(tl.token_logprobs.slice(0, echoPrompt.length))}`);
 
 // Bad input comes back as an OpenAI error the client raises.

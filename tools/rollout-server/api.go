@@ -95,6 +95,7 @@ type sampling struct {
 	stopStrings        []string
 	stopIDs            []int32
 	ignoreEOS          bool
+	topLogprobs        int // the most likely tokens sent with each token (logprobs, top_logprobs)
 }
 
 // decodeStrict decodes a JSON body into v, naming the field of a type error.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,7 +213,7 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 		jctx, end := context.WithCancel(ctx)
 		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
 			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
-			MaxNewTokens: smp.maxTokens, StopTokens: stop, Seed: seed + uint64(i)}})
+			MaxNewTokens: smp.maxTokens, StopTokens: stop, Seed: seed + uint64(i), TopLogProbs: smp.topLogprobs}})
 		if err != nil {
 			end()
 			cancel()
@@ -255,19 +254,11 @@ type choiceState struct {
 	index    int
 	ids      []int32
 	lps      []float32
-	text     string // decoded text up to the last complete character
-	sent     int    // bytes of text already streamed
+	tops     [][]alt // with top log-probs: each token's most likely tokens
+	text     string  // decoded text up to the last complete character
+	sent     int     // bytes of text already streamed
 	finish   string
 	promptID int
-	pending  []pendingToken // streamed with top log-probs: tokens waiting for them
-}
-
-// pendingToken is a streamed token held back until its top log-probs are known.
-type pendingToken struct {
-	delta, finish string
-	id            int32
-	lp            float32
-	offset        int
 }
 
 // alt is one of a position's most likely tokens and its log-prob.
@@ -276,9 +267,13 @@ type alt struct {
 	lp float32
 }
 
-// samplingRow is the distribution a request's tokens are drawn from.
-func samplingRow(smp sampling) engine.SampleRow {
-	return engine.SampleRow{Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP)}
+// alts are the most likely tokens an event carries (nil without top log-probs).
+func alts(ev engine.Event) []alt {
+	var out []alt
+	for i, id := range ev.TopIDs {
+		out = append(out, alt{id, ev.TopLogProbs[i]})
+	}
+	return out
 }
 
 // topAlts computes the k most likely tokens at each position of reqs (engine TopLogProbs,
@@ -331,9 +326,10 @@ func (s *server) tokenString(id int32) string {
 	return t
 }
 
-// run drains the jobs, calling onToken for each sampled token (after stop strings are
-// applied); it returns the choices, in order (prompt i, sample j -> index i*n+j).
-func (s *server) run(g *generation, onToken func(c *choiceState, delta string, id int32, lp float32) error) ([]*choiceState, *apiError) {
+// run drains the jobs, calling onToken for each sampled token's event with the text it adds
+// (after stop strings are applied); it returns the choices, in order (prompt i, sample j ->
+// index i*n+j).
+func (s *server) run(g *generation, onToken func(c *choiceState, delta string, ev engine.Event) error) ([]*choiceState, *apiError) {
 	defer g.cancel()
 	n := g.smp.n
 	choices := make([]*choiceState, len(g.jobs)*n)
@@ -365,6 +361,9 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 			}
 			c.ids = append(c.ids, ev.Token)
 			c.lps = append(c.lps, ev.LogProb)
+			if ev.TopIDs != nil {
+				c.tops = append(c.tops, alts(ev))
+			}
 			delta := ""
 			full := s.decode(c.ids)
 			// Hold back an incomplete UTF-8 character until its last byte arrives.
@@ -391,7 +390,7 @@ func (s *server) run(g *generation, onToken func(c *choiceState, delta string, i
 			if c.finish != "" {
 				open--
 			}
-			if err := onToken(c, delta, ev.Token, ev.LogProb); err != nil {
+			if err := onToken(c, delta, ev); err != nil {
 				var ae *apiError
 				if errors.As(err, &ae) {
 					return choices, ae
@@ -542,14 +541,13 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	smp.topLogprobs = k
 	g, e := s.submit(ctx, prompts, smp)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	if k == 0 {
-		release() // nothing more is computed on these weights
-	}
+	release() // the top log-probs come with the tokens: nothing more is computed on these weights
 	id, created := newID("cmpl"), time.Now().Unix()
 	// lpFor renders tokens ids with their log-probs lps (nil: null) and, with k > 0, each
 	// position's k most likely tokens tops, starting at text offset offset.
@@ -607,16 +605,14 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 		}
-		send := func(c *choiceState, pt pendingToken, tops []alt) error {
+		// Each chunk carries its token's log-probs, as vLLM streams them.
+		choices, e := s.run(g, func(c *choiceState, delta string, tok engine.Event) error {
 			var lp *completionLogprobs
 			if withLP {
-				lp = lpFor([]int32{pt.id}, []*float32{&pt.lp}, [][]alt{tops}, pt.offset)
+				lp = lpFor([]int32{tok.Token}, []*float32{&tok.LogProb}, [][]alt{alts(tok)}, c.sent-len(delta))
 			}
 			return ev.send(completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version,
-				Choices: []completionChoice{{Index: c.index, Text: pt.delta, FinishReason: strp(pt.finish), TokenIDs: []int32{pt.id}, Logprobs: lp}}})
-		}
-		choices, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
-			return s.streamToken(ctx, g, c, pendingToken{delta: delta, finish: c.finish, id: tid, lp: lp, offset: c.sent - len(delta)}, k, send)
+				Choices: []completionChoice{{Index: c.index, Text: delta, FinishReason: strp(c.finish), TokenIDs: []int32{tok.Token}, Logprobs: lp}}})
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})
@@ -627,22 +623,14 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		ev.done()
 		return
 	}
-	choices, e := s.run(g, func(*choiceState, string, int32, float32) error { return nil })
+	choices, e := s.run(g, func(*choiceState, string, engine.Event) error { return nil })
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	var tops [][][]alt
-	if k > 0 {
-		if tops, e = s.choiceTops(ctx, g, choices, k); e != nil {
-			writeError(w, e)
-			return
-		}
-	}
-	release()
 	free() // the generation is done: the slot does not wait for the client to take the answer
 	resp := completionResponse{ID: id, Object: "text_completion", Created: created, Model: g.name, WeightVersion: g.version}
-	for i, c := range choices {
+	for _, c := range choices {
 		p := prompts[c.promptID]
 		text := c.text
 		ch := completionChoice{Index: c.index, FinishReason: strp(c.finish), TokenIDs: c.ids, PromptTokenIDs: p.ids}
@@ -650,11 +638,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 			ch.TokenIDs = []int32{}
 		}
 		if withLP {
-			var ct [][]alt
-			if tops != nil {
-				ct = tops[i]
-			}
-			ch.Logprobs = lpFor(c.ids, ptrs(c.lps), ct, 0)
+			ch.Logprobs = lpFor(c.ids, ptrs(c.lps), c.tops, 0)
 		}
 		if req.Echo {
 			text = p.text + text
@@ -678,41 +662,6 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 // write it: JSON has no infinity.
 func finiteLogprob(lp float32) float32 {
 	return max(lp, -9999)
-}
-
-// streamToken sends a sampled token with send, or, when the request asks for k > 0 top
-// log-probs, holds it until its sample has finished and then sends the sample's held tokens
-// with their top log-probs (one scoring pass per sample).
-func (s *server) streamToken(ctx context.Context, g *generation, c *choiceState, pt pendingToken, k int, send func(*choiceState, pendingToken, []alt) error) error {
-	if k == 0 {
-		return send(c, pt, nil)
-	}
-	c.pending = append(c.pending, pt)
-	if c.finish == "" {
-		return nil
-	}
-	tops, e := s.choiceTops(ctx, g, []*choiceState{c}, k)
-	if e != nil {
-		return e
-	}
-	for i, p := range c.pending {
-		if err := send(c, p, tops[0][i]); err != nil {
-			return err
-		}
-	}
-	c.pending = nil
-	return nil
-}
-
-// choiceTops computes the k most likely tokens at each sampled position of choices, under the
-// distribution they were drawn from, on the weights that sampled them.
-func (s *server) choiceTops(ctx context.Context, g *generation, choices []*choiceState, k int) ([][][]alt, *apiError) {
-	reqs := make([]engine.TopRequest, len(choices))
-	for i, c := range choices {
-		p := g.prompts[c.promptID].ids
-		reqs[i] = engine.TopRequest{Tokens: append(slices.Clone(p), c.ids...), Start: len(p), Row: samplingRow(g.smp)}
-	}
-	return s.topAlts(ctx, reqs, k, g.version)
 }
 
 // encodeText tokenizes a text prompt, refusing a character the tokenizer cannot represent
@@ -814,14 +763,13 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	release := s.hold()
 	defer release()
+	smp.topLogprobs = k
 	g, e := s.submit(ctx, []prompt{p}, smp)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	if k == 0 {
-		release()
-	}
+	release()
 	id, created := newID("chatcmpl"), time.Now().Unix()
 	byteList := func(t string) []int {
 		bs := make([]int, len(t))
@@ -864,13 +812,10 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 			ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
 				Choices: []chatChoice{{Index: j, Delta: &chatOut{Role: "assistant"}, TokenIDs: []int32{}}}})
 		}
-		send := func(c *choiceState, pt pendingToken, tops []alt) error {
+		_, e := s.run(g, func(c *choiceState, delta string, tok engine.Event) error {
 			return ev.send(chatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: g.name, WeightVersion: g.version,
-				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: pt.delta}, FinishReason: strp(pt.finish), TokenIDs: []int32{pt.id},
-					Logprobs: lpEntries([]int32{pt.id}, []float32{pt.lp}, [][]alt{tops})}}})
-		}
-		_, e := s.run(g, func(c *choiceState, delta string, tid int32, lp float32) error {
-			return s.streamToken(ctx, g, c, pendingToken{delta: delta, finish: c.finish, id: tid, lp: lp}, k, send)
+				Choices: []chatChoice{{Index: c.index, Delta: &chatOut{Content: delta}, FinishReason: strp(c.finish), TokenIDs: []int32{tok.Token},
+					Logprobs: lpEntries([]int32{tok.Token}, []float32{tok.LogProb}, [][]alt{alts(tok)})}}})
 		})
 		if e != nil {
 			ev.send(map[string]any{"error": e})
@@ -878,32 +823,20 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		ev.done()
 		return
 	}
-	choices, e := s.run(g, func(*choiceState, string, int32, float32) error { return nil })
+	choices, e := s.run(g, func(*choiceState, string, engine.Event) error { return nil })
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	var tops [][][]alt
-	if k > 0 {
-		if tops, e = s.choiceTops(ctx, g, choices, k); e != nil {
-			writeError(w, e)
-			return
-		}
-	}
-	release()
 	free()
 	resp := chatResponse{ID: id, Object: "chat.completion", Created: created, Model: g.name, WeightVersion: g.version, Usage: usageOf([]prompt{p}, choices)}
-	for i, c := range choices {
+	for _, c := range choices {
 		ids := c.ids
 		if ids == nil {
 			ids = []int32{}
 		}
-		var ct [][]alt
-		if tops != nil {
-			ct = tops[i]
-		}
 		resp.Choices = append(resp.Choices, chatChoice{Index: c.index, Message: &chatOut{Role: "assistant", Content: c.text},
-			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, ct)})
+			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, c.tops)})
 	}
 	writeJSON(w, 200, resp)
 }

@@ -113,7 +113,9 @@ type topChoice struct {
 }
 
 // postTop posts a completions request and returns its choices; with stream set it adds up the
-// streamed chunks of each of n choices.
+// streamed chunks of each of n choices, checks that every chunk of a sampled token carries that
+// token's log-prob and top_logprobs, and checks that they come as the tokens are generated:
+// token t of every sample before token t+1 of any (n samples decode in step).
 func postTop(t *testing.T, url, body string, stream bool, n int) []topChoice {
 	t.Helper()
 	if stream {
@@ -135,6 +137,7 @@ func postTop(t *testing.T, url, body string, stream bool, n int) []topChoice {
 		return r.Choices
 	}
 	got := make([]topChoice, n)
+	last := 0 // the latest token position streamed
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -148,6 +151,13 @@ func postTop(t *testing.T, url, body string, stream bool, n int) []topChoice {
 		}
 		for _, c := range chunk.Choices {
 			g := &got[c.Index]
+			if lp := c.Logprobs; len(c.TokenIDs) > 0 && (len(c.TokenIDs) != 1 || len(lp.TokenLogprobs) != 1 || len(lp.TopLogprobs) != 1 || string(lp.TopLogprobs[0]) == "null") {
+				t.Errorf("%s: the chunk of choice %d token %d has %d tokens, %d log-probs, top_logprobs %s: want one of each", body, c.Index, len(g.TokenIDs), len(c.TokenIDs), len(lp.TokenLogprobs), lp.TopLogprobs)
+			}
+			if len(c.TokenIDs) > 0 && len(g.TokenIDs) < last {
+				t.Errorf("%s: choice %d's token %d streamed after another choice's token %d", body, c.Index, len(g.TokenIDs), last)
+			}
+			last = max(last, len(g.TokenIDs))
 			g.TokenIDs = append(g.TokenIDs, c.TokenIDs...)
 			g.Logprobs.TokenLogprobs = append(g.Logprobs.TokenLogprobs, c.Logprobs.TokenLogprobs...)
 			g.Logprobs.TopLogprobs = append(g.Logprobs.TopLogprobs, c.Logprobs.TopLogprobs...)
@@ -161,7 +171,8 @@ func postTop(t *testing.T, url, body string, stream bool, n int) []topChoice {
 // token_logprob, then the k most likely tokens under the distribution the token was drawn from
 // (a direct softmax of the engine's logits with temperature, top_k and top_p; -9999 for tokens
 // they cut), and the echoed prompt's under the plain softmax, its token_logprobs equal to
-// engine.Score's and its first token's null.
+// engine.Score's and its first token's null. Streamed, every token's chunk carries its own
+// log-probs as it is generated (postTop), equal to the unstreamed answer's.
 func TestTopLogprobs(t *testing.T) {
 	dir, _, _ := modelDir(t, 21, false)
 	s, ts := startServer(t, testOptions(dir))
@@ -231,14 +242,14 @@ func TestTopLogprobs(t *testing.T) {
 					}
 				}
 			}
-			// Streamed: the same tokens, log-probs and top log-probs.
+			// Streamed: the same tokens, log-probs and top log-probs, bit for bit.
 			st := streamed[ci]
 			if !slices.Equal(st.TokenIDs, c.TokenIDs) || len(st.Logprobs.TopLogprobs) != len(seq) {
 				t.Fatalf("%s streamed choice %d: tokens %v (%d top entries), whole %v", body, ci, st.TokenIDs, len(st.Logprobs.TopLogprobs), c.TokenIDs)
 			}
 			for pos := 1; pos < len(seq); pos++ {
 				a, b := parseTop(t, st.Logprobs.TopLogprobs[pos]), parseTop(t, tops[pos])
-				if !slices.Equal(a.ids, b.ids) || !slices.EqualFunc(a.lps, b.lps, func(x, y float64) bool { return math.Abs(x-y) <= 1e-5 }) {
+				if !slices.Equal(a.ids, b.ids) || !slices.Equal(a.lps, b.lps) {
 					t.Errorf("%s streamed choice %d position %d: %s, whole %s", body, ci, pos, st.Logprobs.TopLogprobs[pos], tops[pos])
 				}
 			}
@@ -248,7 +259,7 @@ func TestTopLogprobs(t *testing.T) {
 
 // TestChatTopLogprobs: chat's top_logprobs are the k most likely tokens under the sampling
 // distribution (a direct softmax of the engine's logits), the sampled token's entry carrying
-// its own log-prob; streamed, the same.
+// its own log-prob; streamed, the same in every token's chunk, as the tokens are generated.
 func TestChatTopLogprobs(t *testing.T) {
 	dir, _, _ := modelDir(t, 22, true)
 	s, ts := startServer(t, testOptions(dir))
@@ -292,10 +303,12 @@ func TestChatTopLogprobs(t *testing.T) {
 		} else {
 			lines = []string{string(data)}
 		}
+		last := 0 // the latest token position streamed
 		for _, l := range lines {
 			var r struct {
 				Choices []struct {
 					Index    int
+					TokenIDs []int32 `json:"token_ids"`
 					Logprobs *struct{ Content []content }
 				}
 			}
@@ -303,6 +316,15 @@ func TestChatTopLogprobs(t *testing.T) {
 				t.Fatalf("HTTP %d: %s", resp.StatusCode, l)
 			}
 			for _, c := range r.Choices {
+				if stream && len(c.TokenIDs) > 0 {
+					if c.Logprobs == nil || len(c.Logprobs.Content) != 1 || len(c.Logprobs.Content[0].TopLogprobs) != 4 {
+						t.Errorf("streamed chunk %s: want its token's log-prob with 4 top log-probs", l)
+					}
+					if len(out[c.Index]) < last {
+						t.Errorf("choice %d's token %d streamed after another choice's token %d", c.Index, len(out[c.Index]), last)
+					}
+					last = max(last, len(out[c.Index]))
+				}
 				if c.Logprobs != nil {
 					out[c.Index] = append(out[c.Index], c.Logprobs.Content...)
 				}
@@ -337,7 +359,7 @@ func TestChatTopLogprobs(t *testing.T) {
 				if e.Token == c.Token && e.Logprob != c.Logprob {
 					t.Errorf("choice %d token %d: the sampled token's top entry %g differs from its log-prob %g", ci, i, e.Logprob, c.Logprob)
 				}
-				if sc := streamed[ci][i].TopLogprobs[j]; sc.Token != e.Token || math.Abs(sc.Logprob-e.Logprob) > 1e-5 {
+				if sc := streamed[ci][i].TopLogprobs[j]; sc != e {
 					t.Errorf("choice %d token %d: streamed top %d %q %g, whole %q %g", ci, i, j, sc.Token, sc.Logprob, e.Token, e.Logprob)
 				}
 			}
