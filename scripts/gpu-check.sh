@@ -18,6 +18,8 @@
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
+#   4. the seed-1 run's final and best exports loaded by the machine's transformers and checked
+#      against ONNX Runtime on model.onnx (scripts/check_transformers.py) -> transformers.jsonl;
 # then merges them into report.json with nvidia-smi's view of the GPU.
 set -euo pipefail
 dir="${1:?usage: scripts/gpu-check.sh DIR}"
@@ -28,6 +30,7 @@ go test -c -o "$dir/cuda.test" ./cuda
 go build -o "$dir/bench" ./tools/bench
 go build -o "$dir/train" ./tools/train
 go build -o "$dir/gpureport" ./scripts/gpureport
+cp scripts/check_transformers.py "$dir/"
 cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # The GPU check of the CUDA backend; see scripts/gpu-check.sh in the repository.
@@ -63,6 +66,11 @@ done | tee "$out/train.log"
 a="$out/train-s1/checkpoints/step-000200/model.safetensors"; b="$out/train-s1-again/checkpoints/step-000200/model.safetensors"
 if cmp -s "$a" "$b"; then echo "seed 1 twice: identical final weights"; else echo "seed 1 twice: final weights DIFFER"; fi | tee -a "$out/train.log"
 cp "$out/train-s1/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
+echo "== our exports in transformers and ONNX Runtime (the machine's python3)"
+cp "$here/check_transformers.py" "$out/" 2>/dev/null
+timeout 120 python3 "$here/check_transformers.py" "$out/train-s1/checkpoints/step-000200" "$out/train-s1/checkpoints/best" \
+	2>"$out/transformers.err" | tee "$out/transformers.jsonl"
+echo "transformers check exit ${PIPESTATUS[0]}"
 "$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
 RUN
 chmod +x "$dir/run.sh"

@@ -1,5 +1,5 @@
 // Command gpureport merges the pieces of a GPU check (scripts/gpu-check.sh) in DIR —
-// nvidia-smi.csv, conformance.json and .log, bench.json, train.log — into one JSON report on
+// nvidia-smi.csv, conformance.json and .log, bench.json, train.log, transformers.jsonl — into one JSON report on
 // stdout, with a summary: conformance cases passed and failed (and the failures themselves).
 package main
 
@@ -67,6 +67,20 @@ func main() {
 	if b := read("train.log"); b != nil {
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		rep["train_log_tail"] = lines[max(0, len(lines)-15):]
+	}
+	if b := read("transformers.jsonl"); b != nil { // scripts/check_transformers.py, a line per export
+		var checks []any
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var v any
+			if json.Unmarshal([]byte(l), &v) == nil {
+				checks = append(checks, v)
+			}
+		}
+		rep["transformers"] = checks
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "transformers.err")); err == nil && len(b) > 0 {
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		rep["transformers_stderr_tail"] = lines[max(0, len(lines)-10):]
 	}
 	out, _ := json.MarshalIndent(rep, "", " ")
 	fmt.Println(string(out))
