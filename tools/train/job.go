@@ -255,7 +255,7 @@ func warnDataSize(o options, train, held int) {
 	case held == 0:
 		slog.Warn("no held-out prompts: no evaluation and no best checkpoint; give --val-data, or a --val-fraction of --data that leaves some", "val-fraction", o.valFraction)
 	case held < smallHeldOut:
-		slog.Warn(fmt.Sprintf("only %d held-out prompts: accuracy moves in steps of %.1f%%", held, 100/float64(held)), "want at least", smallHeldOut)
+		slog.Warn(fmt.Sprintf("only %d held-out prompts: accuracy moves in steps of %.1f%%", held, 100/float64(held)), "recommended", smallHeldOut)
 	}
 	if o.prompts > train {
 		slog.Warn(fmt.Sprintf("--prompts %d per step from %d training prompts: each is used about %.0f times per step", o.prompts, train, float64(o.prompts)/float64(train)),
