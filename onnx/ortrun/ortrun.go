@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -92,86 +93,135 @@ func (s *Session) Greedy(prompt []int32, maxNew int, stop []int32) ([]int32, err
 	if len(prompt) == 0 {
 		return nil, errors.New("ortrun: empty prompt")
 	}
-	c := s.cfg
-	kvLen := c.NumKeyValueHeads * c.HeadDim
-	past := 0
-	kv := make([][]float32, 2*c.NumHiddenLayers) // [B=1, KV, past, Dh] each
-	ids := prompt
+	d := s.newDecode(1)
+	ids := [][]int32{prompt}
 	var out []int32
 	for len(out) < maxNew {
-		n := len(ids)
-		flat, pos, mask := make([]int64, n), make([]int64, n), make([]int64, past+n)
-		for j, id := range ids {
-			flat[j], pos[j] = int64(id), int64(past+j)
-		}
-		for j := range mask {
-			mask[j] = 1
-		}
-		inputs := make([]ort.Value, 0, 3+len(kv))
-		outputs := make([]ort.Value, 1+len(kv))
-		release := func() {
-			for _, v := range inputs {
-				v.Destroy()
-			}
-			for _, v := range outputs {
-				if v != nil {
-					v.Destroy()
-				}
-			}
-		}
-		add := func(v ort.Value, err error) error {
-			if err == nil {
-				inputs = append(inputs, v)
-			}
-			return err
-		}
-		errs := []error{
-			add(ort.NewTensor(ort.NewShape(1, int64(n)), flat)),
-			add(ort.NewTensor(ort.NewShape(1, int64(past+n)), mask)),
-			add(ort.NewTensor(ort.NewShape(1, int64(n)), pos)),
-		}
-		for i := range kv {
-			if kv[i] == nil {
-				kv[i] = []float32{}
-			}
-			errs = append(errs, add(ort.NewTensor(ort.NewShape(1, int64(c.NumKeyValueHeads), int64(past), int64(c.HeadDim)), kv[i])))
-		}
-		if err := errors.Join(errs...); err != nil {
-			release()
+		next, err := d.step(ids)
+		if err != nil {
 			return nil, err
 		}
-		if err := s.sess.Run(inputs, outputs); err != nil {
-			release()
-			return nil, fmt.Errorf("ortrun: run: %w", err)
+		tok := next[0]
+		out = append(out, tok)
+		if slices.Contains(stop, tok) {
+			break
 		}
-		logits := outputs[0].(*ort.Tensor[float32]).GetData() // [1, n, V]
-		last := logits[(n-1)*c.VocabSize : n*c.VocabSize]
+		ids = [][]int32{{tok}}
+	}
+	return out, nil
+}
+
+// GreedyBatch decodes prompts of one length together, as one batch of the graph (batch_size =
+// len(prompts)): the prompts in one call, then maxNew-1 calls of one token per sequence, with
+// no stop tokens. It returns each sequence's maxNew tokens.
+func (s *Session) GreedyBatch(prompts [][]int32, maxNew int) ([][]int32, error) {
+	if len(prompts) == 0 || len(prompts[0]) == 0 {
+		return nil, errors.New("ortrun: empty batch or prompt")
+	}
+	for i, p := range prompts {
+		if len(p) != len(prompts[0]) {
+			return nil, fmt.Errorf("ortrun: prompt %d has %d tokens, prompt 0 %d: one length per batch", i, len(p), len(prompts[0]))
+		}
+	}
+	d := s.newDecode(len(prompts))
+	out := make([][]int32, len(prompts))
+	ids := prompts
+	for step := 0; step < maxNew; step++ {
+		next, err := d.step(ids)
+		if err != nil {
+			return nil, err
+		}
+		ids = make([][]int32, len(next))
+		for i, tok := range next {
+			out[i] = append(out[i], tok)
+			ids[i] = []int32{tok}
+		}
+	}
+	return out, nil
+}
+
+// decode is a batch of sequences in progress: their KV cache, fed back between calls.
+type decode struct {
+	s     *Session
+	batch int
+	past  int
+	kv    [][]float32 // per layer key, value: [batch, KV heads, past, head dim]
+}
+
+func (s *Session) newDecode(batch int) *decode {
+	kv := make([][]float32, 2*s.cfg.NumHiddenLayers)
+	for i := range kv {
+		kv[i] = []float32{}
+	}
+	return &decode{s: s, batch: batch, kv: kv}
+}
+
+// step runs ids (batch rows of one length) after the cached past and returns each row's
+// greedy next token; the cache grows by the rows.
+func (d *decode) step(ids [][]int32) ([]int32, error) {
+	c := d.s.cfg
+	b, n := int64(d.batch), int64(len(ids[0]))
+	flat, pos, mask := make([]int64, 0, b*n), make([]int64, 0, b*n), make([]int64, b*(int64(d.past)+n))
+	for _, row := range ids {
+		for j, id := range row {
+			flat, pos = append(flat, int64(id)), append(pos, int64(d.past+j))
+		}
+	}
+	for j := range mask {
+		mask[j] = 1
+	}
+	inputs := make([]ort.Value, 0, 3+len(d.kv))
+	outputs := make([]ort.Value, 1+len(d.kv))
+	defer func() {
+		for _, v := range append(inputs, outputs...) {
+			if v != nil {
+				v.Destroy()
+			}
+		}
+	}()
+	add := func(v ort.Value, err error) error {
+		if err == nil {
+			inputs = append(inputs, v)
+		}
+		return err
+	}
+	errs := []error{
+		add(ort.NewTensor(ort.NewShape(b, n), flat)),
+		add(ort.NewTensor(ort.NewShape(b, int64(d.past)+n), mask)),
+		add(ort.NewTensor(ort.NewShape(b, n), pos)),
+	}
+	for i := range d.kv {
+		errs = append(errs, add(ort.NewTensor(ort.NewShape(b, int64(c.NumKeyValueHeads), int64(d.past), int64(c.HeadDim)), d.kv[i])))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := d.s.sess.Run(inputs, outputs); err != nil {
+		return nil, fmt.Errorf("ortrun: run: %w", err)
+	}
+	logits := outputs[0].(*ort.Tensor[float32]).GetData() // [batch, n, V]
+	V := c.VocabSize
+	next := make([]int32, d.batch)
+	for i := range next {
+		row := logits[(int64(i)*n+n-1)*int64(V):][:V]
 		best := 0
-		for j, v := range last {
-			if v > last[best] {
+		for j, v := range row {
+			if v > row[best] {
 				best = j
 			}
 		}
-		for i := range kv {
-			d := outputs[1+i].(*ort.Tensor[float32]).GetData()
-			if len(d) != (past+n)*kvLen {
-				release()
-				return nil, fmt.Errorf("ortrun: present %d has %d values, want %d", i, len(d), (past+n)*kvLen)
-			}
-			kv[i] = append(kv[i][:0:0], d...)
-		}
-		release()
-		past += n
-		tok := int32(best)
-		out = append(out, tok)
-		for _, st := range stop {
-			if tok == st {
-				return out, nil
-			}
-		}
-		ids = []int32{tok}
+		next[i] = int32(best)
 	}
-	return out, nil
+	want := d.batch * (d.past + int(n)) * c.NumKeyValueHeads * c.HeadDim
+	for i := range d.kv {
+		data := outputs[1+i].(*ort.Tensor[float32]).GetData()
+		if len(data) != want {
+			return nil, fmt.Errorf("ortrun: present %d has %d values, want %d", i, len(data), want)
+		}
+		d.kv[i] = append(d.kv[i][:0:0], data...)
+	}
+	d.past += int(n)
+	return next, nil
 }
 
 // Logits runs any decoder ONNX file in ONNX Runtime on one sequence from position 0 and returns

@@ -44,6 +44,7 @@ func main() {
 	device := fs.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
 	jsonPath := fs.String("json", "", "with --device cuda: also write the figures as JSON to this file")
 	rolloutTokens := fs.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
+	withORT := fs.Bool("ort", false, "also run the engine's ONNX export of the model in ONNX Runtime (fp32, all cores; scripts/setup-ort.sh or $ONNXRUNTIME_LIB) and print the engine's rates as ratios of its")
 	usage := func() {
 		fmt.Println(`bench prints the engine's speed on this machine as ratios of ceilings measured in the
 same run: on the CPU, the fp32 FMA peak and the DRAM triad bandwidth (matmuls, prefill, decode,
@@ -91,7 +92,7 @@ Usage: go run ./tools/bench [flags]`)
 	fmt.Printf("machine: %s, %d threads, kernels %s\n", runtime.GOARCH, runtime.GOMAXPROCS(0), cpu.KernelISA())
 	fmt.Printf("reference: fp32 FMA peak %.0f GFLOP/s, triad bandwidth %.1f GB/s\n\n", peak, bw)
 	if *inference {
-		err = run(*quick, *decodeSteps, *promptLen, peak, bw)
+		err = run(*quick, *withORT, *decodeSteps, *promptLen, peak, bw)
 	}
 	if err == nil && *train {
 		err = runTrain(*quick, *torch, *trainBatch, *trainSeq, peak)
@@ -106,7 +107,7 @@ Usage: go run ./tools/bench [flags]`)
 // (the last-level caches of the machines we run on hold 32 MiB): smaller ones get no triad ratio.
 const cacheBytes = 24 << 20
 
-func run(quick bool, decodeSteps, promptLen int, peak, bw float64) error {
+func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) error {
 	reps := 3
 	if quick {
 		reps = 1
@@ -162,8 +163,10 @@ func run(quick bool, decodeSteps, promptLen int, peak, bw float64) error {
 		float64(c.NumParams())/1e6, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.VocabSize)
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "weights\tphase\tbatch\ttok/s\tGFLOP/s\t% of peak\tweight GB/s\t% of triad\t")
+	weights := engine.RandomWeights(c, 1, 0.02)
+	ours := map[engine.DType]map[string]float64{engine.F32: {}, engine.BF16: {}} // tok/s by row
 	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
-		m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), dt)
+		m, err := engine.NewModel(c, cpu.New(), weights, dt)
 		if err != nil {
 			return err
 		}
@@ -176,6 +179,9 @@ func run(quick bool, decodeSteps, promptLen int, peak, bw float64) error {
 			toks := float64(batch * promptLen)
 			gf := layerFlops * toks / sec / 1e9
 			fmt.Fprintf(w, "%v\tprefill %d\t%d\t%.0f\t%.1f\t%.0f%%\t\t\t\n", dt, promptLen, batch, toks/sec, gf, 100*gf/peak)
+			if batch == 1 {
+				ours[dt][prefillRow(promptLen)] = toks / sec
+			}
 		}
 		for _, batch := range []int{1, 16} {
 			sec, err := bestOf(reps, func() (float64, error) {
@@ -193,11 +199,34 @@ func run(quick bool, decodeSteps, promptLen int, peak, bw float64) error {
 			gb := float64(m.LinearBytes()) * float64(decodeSteps) / sec / 1e9
 			gf := (layerFlops + 2*float64(c.VocabSize*c.HiddenSize)) * toks / sec / 1e9
 			fmt.Fprintf(w, "%v\tdecode\t%d\t%.1f\t%.1f\t%.0f%%\t%.1f\t%.0f%%\t\n", dt, batch, toks/sec, gf, 100*gf/peak, gb, 100*gb/bw)
+			ours[dt][decodeRow(batch)] = toks / sec
 		}
+	}
+	w.Flush()
+	if !withORT {
+		return nil
+	}
+	theirs, err := ortRates(c, weights, reps, promptLen, decodeSteps)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nONNX Runtime on the engine's export of the same weights (fp32, all cores), measured in this run:\n\n")
+	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "phase\tbatch\tONNX Runtime tok/s\tprolong fp32 / ORT\tprolong bf16 weights / ORT\t")
+	for _, row := range []struct {
+		phase, key string
+		batch      int
+	}{{prefillRow(promptLen), prefillRow(promptLen), 1}, {"decode", decodeRow(1), 1}, {"decode", decodeRow(16), 16}} {
+		t := theirs[row.key]
+		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.2fx\t%.2fx\t\n", row.phase, row.batch, t, ours[engine.F32][row.key]/t, ours[engine.BF16][row.key]/t)
 	}
 	w.Flush()
 	return nil
 }
+
+// prefillRow and decodeRow name the rows the engine and ONNX Runtime are compared on.
+func prefillRow(promptLen int) string { return fmt.Sprintf("prefill %d", promptLen) }
+func decodeRow(batch int) string      { return fmt.Sprintf("decode %d", batch) }
 
 // runTrain times training steps of the 122M model on batch x seqLen tokens (cross-entropy on
 // every next token, AdamW with clipping), and optionally PyTorch doing the same.
