@@ -355,6 +355,11 @@ type EvalResult struct {
 	// PassAtK is the unbiased pass@k estimate (Chen et al. 2021) for k = 1, 2, 4, ... up to
 	// the samples per prompt (and that number itself), averaged over prompts.
 	PassAtK map[int]float64 `json:"pass_at_k,omitempty"`
+	// PassAtKByKind is PassAtK per prompt kind (a suite's "arith/in", "arith/above", ...),
+	// averaged over that kind's prompts.
+	PassAtKByKind map[string]map[int]float64 `json:"pass_at_k_by_kind,omitempty"`
+	// LengthByKind is the mean response length (tokens) per prompt kind.
+	LengthByKind map[string]float64 `json:"length_by_kind,omitempty"`
 }
 
 // PassAtK is the unbiased estimate of the chance that at least one of k samples drawn without
@@ -395,28 +400,44 @@ func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, tempera
 	if err != nil {
 		return nil, fmt.Errorf("grpo: evaluation %w", err)
 	}
-	res := &EvalResult{ByKind: map[string]float64{}, PassAtK: map[int]float64{}}
-	kindN := map[string]int{}
+	return evalResult(prompts, samples, rewards), nil
+}
+
+// evalResult summarises an evaluation's samples and rewards: accuracy, reward, length and
+// pass@k, overall and per prompt kind.
+func evalResult(prompts []Prompt, samples [][]engine.Sample, rewards [][]float64) *EvalResult {
+	res := &EvalResult{ByKind: map[string]float64{}, PassAtK: map[int]float64{},
+		PassAtKByKind: map[string]map[int]float64{}, LengthByKind: map[string]float64{}}
+	kindN, kindPrompts := map[string]int{}, map[string]int{}
 	var total, length float64
 	var count int
 	for i, ss := range samples {
+		kind := prompts[i].Kind
 		correct := 0
 		for j, s := range ss {
 			r := rewards[i][j]
 			if r == 1 {
 				res.Accuracy++
-				res.ByKind[prompts[i].Kind]++
+				res.ByKind[kind]++
 				correct++
 			}
-			kindN[prompts[i].Kind]++
+			kindN[kind]++
 			total += r
 			length += float64(len(s.Tokens))
+			res.LengthByKind[kind] += float64(len(s.Tokens))
 			count++
 		}
-		if len(ss) > 0 {
-			for _, k := range passKs(len(ss)) {
-				res.PassAtK[k] += PassAtK(len(ss), correct, k) / float64(len(samples))
-			}
+		if len(ss) == 0 {
+			continue
+		}
+		kindPrompts[kind]++
+		if res.PassAtKByKind[kind] == nil {
+			res.PassAtKByKind[kind] = map[int]float64{}
+		}
+		for _, k := range passKs(len(ss)) {
+			p := PassAtK(len(ss), correct, k)
+			res.PassAtK[k] += p / float64(len(samples))
+			res.PassAtKByKind[kind][k] += p
 		}
 	}
 	if count > 0 {
@@ -426,8 +447,14 @@ func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, tempera
 	}
 	for k, n := range kindN {
 		res.ByKind[k] /= float64(n)
+		res.LengthByKind[k] /= float64(n)
 	}
-	return res, nil
+	for kind, byK := range res.PassAtKByKind {
+		for k := range byK {
+			byK[k] /= float64(kindPrompts[kind])
+		}
+	}
+	return res
 }
 
 func mean(s []float64) float64 {

@@ -147,11 +147,12 @@ func (t *Tokenizer) Prompts(ts []tasks.Task) ([]grpo.Prompt, error) {
 }
 
 // Reward returns the GRPO reward: the grpo/reward registry's verifier for the prompt's task
-// kind (the answer inside <answer> tags, checked exactly).
+// family (the answer inside <answer> tags, checked exactly); a suite's held-out kind
+// ("arith/above") is scored as its family.
 func Reward() grpo.RewardFunc {
 	reg := reward.NewDefault(reward.Options{})
 	return func(ctx context.Context, p grpo.Prompt, response string) (float64, error) {
-		r, err := reg.Score(ctx, p.Kind, response, p.GroundTruth, p.Meta)
+		r, err := reg.Score(ctx, tasks.KindFamily(p.Kind), response, p.GroundTruth, p.Meta)
 		return r.Score, err
 	}
 }
@@ -170,6 +171,8 @@ type SFTConfig struct {
 	// CoT makes the targets show their work: "12+7-5=" is answered "19-5=14 <answer>14</answer>",
 	// one reduction per step, left to right.
 	CoT bool
+	// Families are the tasks trained on, TrainSize/len(Families) problems each; nil means Task().
+	Families []tasks.Family
 	// Progress, when set, is called after every step.
 	Progress func(step int, loss float64)
 	// Backend trains the model; nil means the CPU.
@@ -203,42 +206,9 @@ func SFT(ctx context.Context, cfg SFTConfig) (*engine.Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := Task()
-	train, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: cfg.TrainSize, Seed: cfg.Seed})
+	seqs, err := sftSequences(tok, cfg)
 	if err != nil {
 		return nil, err
-	}
-	seqs := make([]engine.ScoreRequest, len(train))
-	noise := rand.New(rand.NewPCG(cfg.Seed, 7))
-	for i, task := range train {
-		ans, err := f.Solve(task.GroundTruth)
-		if err != nil {
-			return nil, err
-		}
-		if noise.Float64() < cfg.NoiseFrac {
-			v, err := strconv.Atoi(ans)
-			if err != nil {
-				return nil, fmt.Errorf("task %q: noisy target needs an integer answer: %w", task.Key, err)
-			}
-			off := 1 + noise.IntN(3)
-			if noise.IntN(2) == 0 {
-				off = -off
-			}
-			ans = strconv.Itoa(v + off)
-		}
-		p, err := tok.Encode(BOS + task.Prompt)
-		if err != nil {
-			return nil, err
-		}
-		target := tasks.Target(ans)
-		if cfg.CoT {
-			target = Working(task.Prompt) + target
-		}
-		r, err := tok.Encode(target + EOS)
-		if err != nil {
-			return nil, err
-		}
-		seqs[i] = engine.ScoreRequest{Tokens: append(p, r...), Start: len(p)}
 	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 42))
 	for step := 0; step < cfg.Steps; step++ {
@@ -262,6 +232,100 @@ func SFT(ctx context.Context, cfg SFTConfig) (*engine.Trainer, error) {
 	}
 	slog.Debug("quickstart: sft done", "steps", cfg.Steps)
 	return tr, nil
+}
+
+// sftSequences tokenizes the warm start's training sequences: each family's train-split
+// problems with their reference answers (worked, with CoT; a NoiseFrac share of the integer
+// answers made wrong).
+func sftSequences(tok *Tokenizer, cfg SFTConfig) ([]engine.ScoreRequest, error) {
+	fams := cfg.Families
+	if fams == nil {
+		fams = []tasks.Family{Task()}
+	}
+	var seqs []engine.ScoreRequest
+	noise := rand.New(rand.NewPCG(cfg.Seed, 7))
+	for _, f := range fams {
+		train, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: cfg.TrainSize / len(fams), Seed: cfg.Seed})
+		if err != nil {
+			return nil, err
+		}
+		for _, task := range train {
+			ans, err := f.Solve(task.GroundTruth)
+			if err != nil {
+				return nil, err
+			}
+			if noise.Float64() < cfg.NoiseFrac {
+				ans = noisy(ans, noise)
+			}
+			p, err := tok.Encode(BOS + task.Prompt)
+			if err != nil {
+				return nil, err
+			}
+			target := tasks.Target(ans)
+			if cfg.CoT {
+				target = Working(task.Prompt) + target
+			}
+			r, err := tok.Encode(target + EOS)
+			if err != nil {
+				return nil, err
+			}
+			seqs = append(seqs, engine.ScoreRequest{Tokens: append(p, r...), Start: len(p)})
+		}
+	}
+	return seqs, nil
+}
+
+// noisy returns an integer answer off by 1 to 3; an answer that is not an integer (a countdown
+// expression) is kept.
+func noisy(ans string, noise *rand.Rand) string {
+	v, err := strconv.Atoi(ans)
+	if err != nil {
+		return ans
+	}
+	off := 1 + noise.IntN(3)
+	if noise.IntN(2) == 0 {
+		off = -off
+	}
+	return strconv.Itoa(v + off)
+}
+
+// Suite is the task suite for prolonged RL on the default model (docs/prolonged.md): families
+// whose prompts and answers fit the default tokenizer's alphabet, each trained at a difficulty
+// the warm start solves sometimes and evaluated there ("/in") and above it ("/above").
+func Suite() []tasks.SuiteFamily {
+	return []tasks.SuiteFamily{
+		{Name: "arith", Train: "arith:max=9,min_terms=3,terms=4", Above: "arith:max=9,min_terms=5,terms=6"},
+		{Name: "countdown", Train: "countdown:max=9,max_target=40,numbers=3,ops=+-*,terse=1", Above: "countdown:max=9,max_target=40,numbers=4,ops=+-*,terse=1"},
+	}
+}
+
+// SuiteFamilies returns the suite's training families, in order.
+func SuiteFamilies() ([]tasks.Family, error) {
+	var fs []tasks.Family
+	for _, sf := range Suite() {
+		f, err := tasks.New(sf.Train)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, f)
+	}
+	return fs, nil
+}
+
+// SetPrompts tokenizes a suite's sets, each prompt's Kind the set's kind ("arith/in").
+func (t *Tokenizer) SetPrompts(sets []tasks.SuiteSet) ([]grpo.Prompt, error) {
+	var out []grpo.Prompt
+	for _, set := range sets {
+		ps, err := t.Prompts(set.Tasks)
+		if err != nil {
+			return nil, fmt.Errorf("suite set %s: %w", set.Kind, err)
+		}
+		for i := range ps {
+			ps[i].Kind = set.Kind
+		}
+		out = append(out, ps...)
+	}
+	return out, nil
 }
 
 // Working writes the left-to-right reduction of an arithmetic prompt of + and - ("12+7-5=")

@@ -91,3 +91,45 @@ func TestSFTDeterministic(t *testing.T) {
 		t.Fatalf("loss %v did not go down", losses)
 	}
 }
+
+// TestSuiteFits: every suite prompt, at and above the training difficulty, and its worked
+// reference answer encode with the default tokenizer and fit the model's context with a
+// 48-token response budget (--task suite's --max-response).
+func TestSuiteFits(t *testing.T) {
+	tok := NewTokenizer()
+	_, held, err := tasks.GenerateSuite(Suite(), tasks.SuiteConfig{TrainN: 200, HeldN: 200, TrainSeed: 1, HeldSeed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, set := range held {
+		f, err := tasks.New(Suite()[i/2].Above) // held sets go in, above per family; same solver knobs
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range set.Tasks {
+			ans, err := f.Solve(task.GroundTruth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := tok.Encode(BOS + task.Prompt)
+			if err != nil {
+				t.Fatalf("%s: %v", set.Kind, err)
+			}
+			r, err := tok.Encode(Working(task.Prompt) + tasks.Target(ans) + EOS)
+			if err != nil {
+				t.Fatalf("%s: %v", set.Kind, err)
+			}
+			if len(r) > 48 || len(p)+48 > ModelConfig().MaxPositionEmbeddings {
+				t.Fatalf("%s: %q: prompt %d + answer %d tokens", set.Kind, task.Prompt, len(p), len(r))
+			}
+		}
+	}
+	fams, err := SuiteFamilies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs, err := sftSequences(tok, SFTConfig{Seed: 1, TrainSize: 400, CoT: true, NoiseFrac: 0.5, Families: fams})
+	if err != nil || len(seqs) != 400 {
+		t.Fatalf("%d warm-start sequences, %v; want 400", len(seqs), err)
+	}
+}

@@ -19,6 +19,12 @@ type Countdown struct {
 	Numbers   int // how many numbers, 2..6
 	MaxNumber int // numbers are drawn in [1, MaxNumber]
 	MaxTarget int // targets are positive integers <= MaxTarget
+	// Ops are the operators puzzles are built and solved with, a subset of "+-*/" (knob ops;
+	// empty means all four). The verifier accepts any of the four.
+	Ops string
+	// Terse writes the prompt in digits, spaces and "=" only ("3 4 5=12" for "use 3 4 5 to
+	// make 12"), for character-level tokenizers without letters (knob terse=1).
+	Terse bool
 }
 
 // CountdownTruth is the ground truth of a countdown puzzle.
@@ -32,7 +38,14 @@ func (c *Countdown) Name() string { return "countdown" }
 
 // Params implements Family.
 func (c *Countdown) Params() map[string]string {
-	return map[string]string{"numbers": strconv.Itoa(c.Numbers), "max": strconv.Itoa(c.MaxNumber), "max_target": strconv.Itoa(c.MaxTarget)}
+	p := map[string]string{"numbers": strconv.Itoa(c.Numbers), "max": strconv.Itoa(c.MaxNumber), "max_target": strconv.Itoa(c.MaxTarget)}
+	if c.Terse {
+		p["terse"] = "1"
+	}
+	if c.Ops != "" {
+		p["ops"] = c.Ops
+	}
+	return p
 }
 
 func (c *Countdown) validate() error {
@@ -41,6 +54,9 @@ func (c *Countdown) validate() error {
 	}
 	if c.MaxNumber < 1 || c.MaxNumber > 1000 {
 		return fmt.Errorf("countdown: max = %d, want 1..1000", c.MaxNumber)
+	}
+	if strings.Trim(c.Ops, "+-*/") != "" {
+		return fmt.Errorf("countdown: ops = %q, want a subset of \"+-*/\"", c.Ops)
 	}
 	if c.MaxTarget < 1 {
 		return fmt.Errorf("countdown: max_target = %d, want >= 1", c.MaxTarget)
@@ -67,7 +83,8 @@ func (c *Countdown) Sample(rng *rand.Rand) Problem {
 			if j >= i {
 				j++
 			}
-			r, ok := applyOp(vals[i], vals[j], "+-*/"[rng.IntN(4)])
+			ops := c.ops()
+			r, ok := applyOp(vals[i], vals[j], ops[rng.IntN(len(ops))])
 			if !ok {
 				break
 			}
@@ -93,8 +110,19 @@ func (c *Countdown) Sample(rng *rand.Rand) Problem {
 			list[i] = strconv.FormatInt(n, 10)
 		}
 		prompt := fmt.Sprintf("use %s to make %d", strings.Join(list, " "), truth.Target)
+		if c.Terse {
+			prompt = fmt.Sprintf("%s=%d", strings.Join(list, " "), truth.Target)
+		}
 		return Problem{Prompt: prompt, GroundTruth: string(gt), Key: prompt}
 	}
+}
+
+// ops returns the operators puzzles use.
+func (c *Countdown) ops() string {
+	if c.Ops == "" {
+		return "+-*/"
+	}
+	return c.Ops
 }
 
 func applyOp(a, b *big.Rat, op byte) (*big.Rat, bool) {
@@ -138,7 +166,7 @@ func (c *Countdown) Solve(groundTruth string) (string, error) {
 		items[i] = cdItem{new(big.Rat).SetInt64(n), strconv.FormatInt(n, 10), 0}
 	}
 	target := new(big.Rat).SetInt64(t.Target)
-	if s, ok := solveCountdown(items, target); ok {
+	if s, ok := solveCountdown(items, target, c.ops()); ok {
 		return s, nil
 	}
 	return "", fmt.Errorf("tasks: countdown %s has no solution", groundTruth)
@@ -159,7 +187,7 @@ func wrap(it cdItem, need int, right bool) string {
 	return it.s
 }
 
-func solveCountdown(items []cdItem, target *big.Rat) (string, bool) {
+func solveCountdown(items []cdItem, target *big.Rat, ops string) (string, bool) {
 	if len(items) == 1 {
 		return items[0].s, items[0].v.Cmp(target) == 0
 	}
@@ -175,7 +203,7 @@ func solveCountdown(items []cdItem, target *big.Rat) (string, bool) {
 				}
 			}
 			a, b := items[i], items[j]
-			for _, op := range "+-*/" {
+			for _, op := range ops {
 				if (op == '+' || op == '*') && i > j {
 					continue // commutative: one order suffices
 				}
@@ -188,7 +216,7 @@ func solveCountdown(items []cdItem, target *big.Rat) (string, bool) {
 					prec = 2
 				}
 				s := wrap(a, prec, false) + string(op) + wrap(b, prec, op == '-' || op == '/')
-				if got, ok := solveCountdown(append(rest, cdItem{v, s, prec}), target); ok {
+				if got, ok := solveCountdown(append(rest, cdItem{v, s, prec}), target, ops); ok {
 					return got, true
 				}
 			}

@@ -202,7 +202,7 @@ func New(spec string) (Family, error) {
 	case "arith":
 		f = &Arith{MinTerms: p.int("min_terms", 2), MaxTerms: p.int("terms", 3), MaxOperand: p.int("max", 20), Ops: p.str("ops", "+-")}
 	case "countdown":
-		f = &Countdown{Numbers: p.int("numbers", 4), MaxNumber: p.int("max", 20), MaxTarget: p.int("max_target", 100)}
+		f = &Countdown{Numbers: p.int("numbers", 4), MaxNumber: p.int("max", 20), MaxTarget: p.int("max_target", 100), Terse: p.flag("terse"), Ops: p.str("ops", "")}
 	case "sort":
 		f = &Sort{MinLen: p.int("min_len", 3), MaxLen: p.int("len", 6), MaxValue: p.int("max", 99)}
 	case "count":
@@ -254,6 +254,15 @@ func (k *knobs) int(name string, def int) int {
 		k.err = fmt.Errorf("tasks: spec %q: knob %s=%q is not an integer", k.spec, name, v)
 	}
 	return n
+}
+
+// flag reads a 0/1 knob (absent: 0).
+func (k *knobs) flag(name string) bool {
+	n := k.int(name, 0)
+	if n != 0 && n != 1 && k.err == nil {
+		k.err = fmt.Errorf("tasks: spec %q: knob %s=%d, want 0 or 1", k.spec, name, n)
+	}
+	return n == 1
 }
 
 func (k *knobs) str(name, def string) string {
