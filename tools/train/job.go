@@ -26,20 +26,7 @@ import (
 // built by a seeded supervised warm start (skipped on resume: the run state has the weights).
 func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStart bool) (*grpo.Job, error) {
 	tok := quickstart.NewTokenizer()
-	f := quickstart.Task()
-	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
-	if err != nil {
-		return nil, err
-	}
-	held, err := tok.Prompts(heldTasks)
-	if err != nil {
-		return nil, err
-	}
-	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.trainProblems, Seed: o.seed + 2000})
-	if err != nil {
-		return nil, err
-	}
-	train, err := tok.Prompts(trainTasks)
+	train, held, err := defaultPrompts(o, tok)
 	if err != nil {
 		return nil, err
 	}
@@ -48,13 +35,22 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 		Reward: quickstart.Reward(), Decode: tok.Decode, StopTokens: []int32{tok.ID(quickstart.EOS)},
 		TokenizerFiles: quickstartTokenizerFiles,
 	}
+	spec := quickstart.TaskSpec
+	if o.task == taskSuite {
+		spec = "suite"
+	}
 	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
-		float64(quickstart.ModelConfig().NumParams())/1e6, quickstart.TaskSpec, len(train), len(held))
+		float64(quickstart.ModelConfig().NumParams())/1e6, spec, len(train), len(held))
 	if !warmStart {
 		return j, nil
 	}
 	sft := quickstart.DefaultSFT()
 	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.seed, o.sftSteps, o.sftLR, o.cot, o.sftNoise
+	if o.task == taskSuite {
+		if sft.Families, err = quickstart.SuiteFamilies(); err != nil {
+			return nil, err
+		}
+	}
 	if tb, ok := backend.(engine.TrainBackend); ok {
 		sft.Backend = tb // the warm start runs where the run does
 	}
@@ -69,6 +65,37 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 		return nil, err
 	}
 	return j, nil
+}
+
+// defaultPrompts are the default job's training and held-out prompts: the default task's, or
+// with --task suite the suite's training mix and its held-out sets (--eval-size problems each).
+func defaultPrompts(o options, tok *quickstart.Tokenizer) (train, held []grpo.Prompt, err error) {
+	if o.task == taskSuite {
+		trainSets, heldSets, err := tasks.GenerateSuite(quickstart.Suite(), tasks.SuiteConfig{
+			TrainN: o.trainProblems / len(quickstart.Suite()), HeldN: o.evalSize, TrainSeed: o.seed + 2000, HeldSeed: o.seed + 1000})
+		if err != nil {
+			return nil, nil, fmt.Errorf("--task suite: %w", err)
+		}
+		if train, err = tok.SetPrompts(trainSets); err != nil {
+			return nil, nil, err
+		}
+		held, err = tok.SetPrompts(heldSets)
+		return train, held, err
+	}
+	f := quickstart.Task()
+	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
+	if err != nil {
+		return nil, nil, err
+	}
+	if held, err = tok.Prompts(heldTasks); err != nil {
+		return nil, nil, err
+	}
+	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.trainProblems, Seed: o.seed + 2000})
+	if err != nil {
+		return nil, nil, err
+	}
+	train, err = tok.Prompts(trainTasks)
+	return train, held, err
 }
 
 // customJob is the user's model (--model) on the user's prompts (--data), rewarded by the

@@ -64,6 +64,7 @@ type options struct {
 	sftOnly, cot            bool
 	sftSteps, trainProblems int
 	sftLR, sftNoise         float64
+	task                    string // "default" or "suite" (quickstart.Suite)
 
 	// Rollouts and the GRPO step.
 	prompts, samples, maxResponseLen, miniBatches, microBatchTokens, maxRounds int
@@ -134,6 +135,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "default job: warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
 	fs.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "default job: share of warm-start targets whose final answer is replaced by a wrong one")
 	fs.IntVar(&o.trainProblems, "train-problems", 3000, "default job: distinct training problems")
+	fs.StringVar(&o.task, "task", taskDefault, "default job: the tasks: default ("+quickstart.TaskSpec+") or suite (arithmetic chains and countdown, held out at and above the training difficulty, per family: docs/prolonged.md; --eval-size is per held-out set)")
 	fs.StringVar(&o.writeData, "write-task-data", "", "write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit")
 
 	fs.IntVar(&o.prompts, "prompts", prorl.PromptsPerStep, "prompts (groups) per rollout step")
@@ -238,8 +240,40 @@ func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
 				}
 			}
 		}
+		if err := setSuiteFlags(o, fs); err != nil {
+			return o, fs, err
+		}
 	}
 	return o, fs, nil
+}
+
+// The --task values.
+const (
+	taskDefault = "default"
+	taskSuite   = "suite"
+)
+
+// suiteJobFlags are the values --task suite uses where they differ from the default job's:
+// room for the worked answers of longer chains.
+var suiteJobFlags = map[string]string{"max-response": "48"}
+
+// setSuiteFlags checks --task and, for the suite, sets the flags of suiteJobFlags not given.
+func setSuiteFlags(o *options, fs *pflag.FlagSet) error {
+	switch o.task {
+	case taskDefault:
+		return nil
+	case taskSuite:
+	default:
+		return fmt.Errorf("--task %q: want %s or %s", o.task, taskDefault, taskSuite)
+	}
+	for name, v := range suiteJobFlags {
+		if !fs.Changed(name) {
+			if err := fs.Set(name, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func main() {
