@@ -101,7 +101,7 @@ def write_doc(a, runs):
         f.write(f"The default model, warm-started on the task suite (`--task suite`), trained {a.steps} steps of {a.prompts} prompts x {a.n} samples, "
                 f"seeds {a.seeds}. Held-out sets: each family at its training difficulty (`/in`) and above it (`/above`), "
                 f"{a.eval_size} problems each, {a.eval_samples} samples per problem at temperature 0.6, top-p 0.95; "
-                "pass@k by the unbiased estimator. Values are means over seeds, (lowest–highest) in brackets.\n\n")
+                "pass@k by the unbiased estimator. Values are means over seeds, (lowest–highest seed) in parentheses.\n\n")
         f.write("| configuration | flags |\n| --- | --- |\n")
         for name, flags in CONFIGS:
             f.write(f"| {name} | `{' '.join(flags) or '(defaults)'}` |\n")

@@ -233,15 +233,15 @@ func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
 		}
 	}
 	if o.model == "" && !o.resume {
+		if err := setSuiteFlags(o, fs); err != nil { // first: they win over defaultJobFlags
+			return o, fs, err
+		}
 		for name, v := range defaultJobFlags {
 			if !fs.Changed(name) {
 				if err := fs.Set(name, v); err != nil {
 					return o, fs, err
 				}
 			}
-		}
-		if err := setSuiteFlags(o, fs); err != nil {
-			return o, fs, err
 		}
 	}
 	return o, fs, nil
