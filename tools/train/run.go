@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -202,6 +204,7 @@ func (r *report) hooks() grpo.RunHooks {
 			if step == 0 {
 				fmt.Printf("before GRPO (%.0fs): held-out accuracy %.1f%% (pass@1 at temperature %g, top-p %g)%s\n",
 					time.Since(r.start).Seconds(), 100*res.Accuracy, r.o.evalTemp, r.o.evalTopP, passAtKText(res))
+				printByKind(res)
 			}
 		},
 		Training: func(first, last int) {
@@ -271,4 +274,17 @@ func passAtKText(r *grpo.EvalResult) string {
 		}
 	}
 	return s
+}
+
+// printByKind writes an evaluation's pass@1, pass@k and response length per held-out kind,
+// when there is more than one kind (--task suite's sets).
+func printByKind(r *grpo.EvalResult) {
+	if len(r.PassAtKByKind) < 2 {
+		return
+	}
+	for _, kind := range slices.Sorted(maps.Keys(r.PassAtKByKind)) {
+		byK := r.PassAtKByKind[kind]
+		fmt.Printf("  %-16s pass@1 %.1f%%%s, mean length %.1f tokens\n", kind, 100*byK[1],
+			passAtKText(&grpo.EvalResult{PassAtK: byK}), r.LengthByKind[kind])
+	}
 }
