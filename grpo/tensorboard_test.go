@@ -60,6 +60,14 @@ func expectedScalars(r Record) map[string]float64 {
 		for k, v := range e.PassAtK {
 			want[fmt.Sprintf("eval/pass_at_k/%d", k)] = v
 		}
+		for kind, byK := range e.PassAtKByKind {
+			for k, v := range byK {
+				want[fmt.Sprintf("eval/pass_at_k_by_kind/%s/%d", kind, k)] = v
+			}
+		}
+		for k, v := range e.LengthByKind {
+			want["eval/length_by_kind/"+k] = v
+		}
 	}
 	return want
 }
