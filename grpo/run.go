@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
@@ -112,8 +113,16 @@ type RunConfig struct {
 	// same settings (ResumePoint.Settings).
 	Settings any
 	// Rollouts makes the rollout source for the policy; nil: the engine's continuous-batching
-	// generator on the policy itself. A source that is a WeightSync gets the policy's weights
-	// before the first evaluation and after every step.
+	// generator on the policy itself (on a copy, SnapshotRollouts, with Trainer.Overlap). A
+	// source that is a WeightSync gets the policy's weights before the first evaluation and
+	// after every step.
+	//
+	// With Trainer.Overlap the rollouts of step s+1 are generated during the update of step s
+	// (Trainer.StepAhead), except after the last step and after a step that saves a run
+	// state: the step after a save generates its rollouts on that step's weights, so that a
+	// run resumed from the save goes on exactly as the uninterrupted run (a run resumed from
+	// its final state with more Steps goes on as if that step had been a save in the longer
+	// run).
 	Rollouts func(ctx context.Context, policy *engine.Model) (RolloutSource, func(), error)
 	// Hooks let a program follow the run (progress, printing); each may be nil.
 	Hooks RunHooks
@@ -467,16 +476,23 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 
 // newRolloutSource makes the run's rollout source and gives it the policy's weights.
 func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model) (RolloutSource, func(), error) {
-	if cfg.Rollouts == nil {
+	var rs RolloutSource
+	var closeRollouts func()
+	switch {
+	case cfg.Rollouts != nil:
+		var err error
+		if rs, closeRollouts, err = cfg.Rollouts(ctx, policy); err != nil {
+			return nil, nil, err
+		}
+	case cfg.Trainer.Overlap: // the engine generates on its own copy while the policy trains
+		s := &SnapshotRollouts{}
+		rs, closeRollouts = s, s.Close
+	default:
 		gen, err := engine.NewGenerator(policy, engine.GeneratorOptions{})
 		if err != nil {
 			return nil, nil, err
 		}
 		return EngineRollouts{Gen: gen}, gen.Close, nil
-	}
-	rs, closeRollouts, err := cfg.Rollouts(ctx, policy)
-	if err != nil {
-		return nil, nil, err
 	}
 	if err := syncWeights(ctx, rs, policy); err != nil { // the servers start from the policy
 		closeRollouts()
@@ -611,13 +627,19 @@ func (r *runSession) logStart(log *MetricsLog) error {
 
 // step runs GRPO step s, evaluates when due, logs it and saves a run state when due.
 func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
-	m, err := r.trainer.Step(ctx)
+	t0 := time.Now()
+	stepFn := r.trainer.Step
+	if r.cfg.Trainer.Overlap && s < r.cfg.Steps && !r.saveDue(s) {
+		stepFn = r.trainer.StepAhead
+	}
+	m, err := stepFn(ctx)
 	if err != nil {
 		return err
 	}
 	if err := syncWeights(ctx, r.rollouts, r.policy.Model); err != nil {
 		return err
 	}
+	m.StepSeconds = time.Since(t0).Seconds()
 	rec := Record{Metrics: m}
 	if s%r.cfg.Eval.Every == 0 || s == r.cfg.Steps {
 		if rec.Eval, err = r.evaluate(ctx, s); err != nil {
@@ -640,7 +662,7 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 	if err := log.Append(rec); err != nil {
 		return err
 	}
-	if (r.cfg.SaveEvery > 0 && s%r.cfg.SaveEvery == 0) || s == r.cfg.Steps {
+	if r.saveDue(s) {
 		if err := r.save(); err != nil {
 			return err
 		}
@@ -652,6 +674,11 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 		r.cfg.Hooks.Stepped(m, r.evals.Last)
 	}
 	return nil
+}
+
+// saveDue reports whether a run state is saved after step s.
+func (r *runSession) saveDue(s int) bool {
+	return (r.cfg.SaveEvery > 0 && s%r.cfg.SaveEvery == 0) || s == r.cfg.Steps
 }
 
 // plot redraws the run directory's plots from metrics.jsonl. A plot is not worth a run: a

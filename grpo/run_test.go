@@ -321,3 +321,149 @@ func TestRunBatchReward(t *testing.T) {
 		t.Fatalf("a job without a reward: %v", err)
 	}
 }
+
+// weightsRecorder is a rollout source on its own copy of the weights (SnapshotRollouts) that
+// records, for each training rollout round (by its seed), which step's weights generated it.
+type weightsRecorder struct {
+	SnapshotRollouts
+	trainTemp float32
+	syncs     int            // SyncWeights calls: the first sends the starting weights (step 0)
+	used      map[uint64]int // rollout seed -> weights step
+}
+
+func (w *weightsRecorder) SyncWeights(ctx context.Context, p *engine.Model) error {
+	w.syncs++
+	return w.SnapshotRollouts.SyncWeights(ctx, p)
+}
+
+func (w *weightsRecorder) Rollout(ctx context.Context, ps []Prompt, p engine.SamplingParams) ([][]engine.Sample, error) {
+	if p.Temperature == w.trainTemp {
+		w.used[p.Seed] = w.syncs - 1
+	}
+	return w.SnapshotRollouts.Rollout(ctx, ps, p)
+}
+
+// TestRunOverlap: with Trainer.Overlap the rollouts of step s+1 are generated during the
+// update of step s on the weights of step s-1 (checked by a source that records which weights
+// each rollout round saw), except after a save (every 2 steps here) and the last step; the
+// staleness and the rollout/trainer mismatch are logged each step; the run differs from the
+// synchronous one, and a run stopped after 3 steps and resumed from its state at 2 ends at
+// the uninterrupted overlapped run's weights, bit for bit.
+func TestRunOverlap(t *testing.T) {
+	ctx := context.Background()
+	overlapped := func(dir string, steps int) (RunConfig, JobFunc, *weightsRecorder) {
+		cfg, job := tinyRun(t, dir, steps)
+		cfg.Trainer.Overlap, cfg.Trainer.Loss.TISCap = true, 2
+		rec := &weightsRecorder{trainTemp: cfg.Trainer.Temperature, used: map[uint64]int{}}
+		cfg.Rollouts = func(context.Context, *engine.Model) (RolloutSource, func(), error) { return rec, rec.Close, nil }
+		return cfg, job, rec
+	}
+	fullDir, splitDir, syncDir := t.TempDir(), t.TempDir(), t.TempDir()
+	cfg, job, rec := overlapped(fullDir, 5)
+	full, err := Run(ctx, cfg, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Step s's rollout rounds have seeds from rolloutParams(s, 0) on; each used the weights of
+	// step want[s-1].
+	want := []int{0, 0, 2, 2, 4}
+	for seed, used := range rec.used {
+		var tc Trainer
+		tc.Config = cfg.Trainer
+		s := int((seed-tc.rolloutParams(1, 0).Seed)/10_007) + 1
+		if s < 1 || s > 5 || used != want[s-1] {
+			t.Errorf("a rollout round of step %d (seed %d) used the weights of step %d, want %v by step", s, seed, used, want)
+		}
+	}
+	if len(rec.used) < 5 {
+		t.Errorf("%d rollout rounds recorded, want one per step at least", len(rec.used))
+	}
+	recs, err := ReadMetrics(filepath.Join(fullDir, MetricsFile))
+	if err != nil || len(recs) != 6 {
+		t.Fatalf("%d records (%v)", len(recs), err)
+	}
+	for s, r := range recs[1:] {
+		// The copy generates with the trainer's numerics: fresh rollouts match its log-probs
+		// exactly, stale ones do not (and TIS weighs them).
+		if r.Staleness != s-want[s] || r.StepSeconds <= 0 || (r.RolloutK3KL > 0) != (r.Staleness == 1) || r.TISWeightMean <= 0 {
+			t.Errorf("step %d: staleness %d, step time %v s, rollout k3 KL %g, TIS weight mean %g; want staleness %d, the KL above 0 when stale only",
+				s+1, r.Staleness, r.StepSeconds, r.RolloutK3KL, r.TISWeightMean, s-want[s])
+		}
+	}
+
+	cfg, job = tinyRun(t, syncDir, 5)
+	sync, err := Run(ctx, cfg, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(filepath.Join(full.Exports[5], "model.safetensors"))
+	c, _ := os.ReadFile(filepath.Join(sync.Exports[5], "model.safetensors"))
+	if len(a) == 0 || string(a) == string(c) {
+		t.Fatal("the overlapped run ends at the synchronous run's weights: its rollouts were not stale")
+	}
+
+	cfg, job, _ = overlapped(splitDir, 3)
+	if _, err := Run(ctx, cfg, job); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(splitDir, StateDir, checkpoints.StepDirName(3)))
+	os.WriteFile(filepath.Join(splitDir, StateDir, "latest"), []byte(checkpoints.StepDirName(2)), 0o644)
+	rp, err := LoadResumePoint(splitDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, job, _ = overlapped(splitDir, 5)
+	cfg.Resume = rp
+	split, err := Run(ctx, cfg, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(split.Exports[5], "model.safetensors"))
+	if string(a) != string(b) {
+		t.Fatal("the resumed overlapped run ends at other weights than the uninterrupted one")
+	}
+}
+
+// TestStepAheadErrors: overlapped rollouts are refused on a source that generates on the
+// policy itself, and without Overlap; MaxStaleness is 0 or 1, Overlap needs 1; a batch more
+// stale than MaxStaleness is not trained on.
+func TestStepAheadErrors(t *testing.T) {
+	ctx := context.Background()
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens = 2, 4, 4
+	tr, gen := newGRPO(t, cfg, countSevens)
+	defer gen.Close()
+	if _, err := tr.StepAhead(ctx); err == nil || !strings.Contains(err.Error(), "needs Config.Overlap") {
+		t.Errorf("StepAhead without Overlap: %v", err)
+	}
+	tr.Config.Overlap = true
+	if _, err := tr.StepAhead(ctx); err == nil || !strings.Contains(err.Error(), "grpo.EngineRollouts generates on the policy being trained") {
+		t.Errorf("StepAhead on the policy's own generator: %v", err)
+	}
+	for _, c := range []struct {
+		overlap bool
+		s       int
+		want    string
+	}{{false, 2, "MaxStaleness = 2, want 0 or 1"}, {false, -1, "MaxStaleness = -1"}, {true, 0, "Overlap needs MaxStaleness 1"}} {
+		cfg.Overlap, cfg.MaxStaleness = c.overlap, c.s
+		if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Overlap %v, MaxStaleness %d: %v, want %q", c.overlap, c.s, err, c.want)
+		}
+	}
+	snap := &SnapshotRollouts{}
+	defer snap.Close()
+	if _, err := snap.Rollout(ctx, nil, engine.SamplingParams{}); err == nil || !strings.Contains(err.Error(), "SyncWeights first") {
+		t.Errorf("snapshot rollouts before any weights: %v", err)
+	}
+	if err := snap.SyncWeights(ctx, tr.Policy.Model); err != nil {
+		t.Fatal(err)
+	}
+	tr.Rollouts = snap
+	if _, err := tr.StepAhead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.Config.MaxStaleness = 0 // the batch of step 2 was generated on the weights of step 0
+	if _, err := tr.Step(ctx); err == nil || !strings.Contains(err.Error(), "the batch for step 2 was generated with the weights of step 0: 1 steps stale, want 0 to MaxStaleness = 0") {
+		t.Errorf("a batch beyond MaxStaleness: %v", err)
+	}
+}

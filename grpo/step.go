@@ -14,9 +14,10 @@ import (
 )
 
 // A GRPO step has two stages. The rollout stage (Rollout) samples and scores responses with
-// the current policy; the update stage (Update) turns them into advantages, recomputes old and
-// reference log-probs and updates the policy. Step runs one after the other; they are separate
-// so that the rollouts of step s+1 can later overlap the update of step s.
+// the rollout source's weights; the update stage (Update) turns them into advantages,
+// recomputes old and reference log-probs and updates the policy. Step runs one after the
+// other; StepAhead also runs the next step's rollout stage during the update (overlapped
+// rollouts, one step stale).
 
 // rollout is one sampled response with what the update needs.
 type rollout struct {
@@ -34,6 +35,10 @@ type rollout struct {
 type RolloutBatch struct {
 	// Step is the step the batch is for (1-based).
 	Step int
+	// WeightsStep is the step whose weights generated the batch: the trainer's step count when
+	// its rollout stage started (the rollout source holds the latest weights then: Run sends a
+	// WeightSync source the policy's weights after every step).
+	WeightsStep int
 	// Metrics holds the rollout half of the step's metrics; Update fills in the rest.
 	Metrics *Metrics
 	groups  [][]*rollout // [group][sample]
@@ -48,14 +53,67 @@ func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 	return t.Update(ctx, b)
 }
 
-// Rollout runs the rollout stage of the next step: SamplesPerPrompt responses to each of
-// PromptsPerStep prompts, rewarded; with dynamic sampling, groups whose rewards are all equal
-// are dropped and more prompts are sampled, for at most MaxSamplingRounds rounds. It changes
-// neither the policy nor the step count.
+// StepAhead runs one GRPO step as Step does and, while its update runs, the rollout stage of
+// the step after it, on the weights the rollout source holds now (those of the last completed
+// step: one step stale when trained on). It returns once both are done, so that the caller
+// can then send the source the new weights; the next Step, StepAhead or Rollout takes that
+// batch. The rollout source must generate from its own copy of the weights (a WeightSync),
+// not from the policy being trained, and Config.Overlap must be set.
+func (t *Trainer) StepAhead(ctx context.Context) (*Metrics, error) {
+	if !t.Config.Overlap {
+		return nil, errors.New("grpo: StepAhead needs Config.Overlap")
+	}
+	if _, ok := t.Rollouts.(WeightSync); !ok {
+		return nil, fmt.Errorf("grpo: overlapped rollouts need a rollout source with its own weights (a WeightSync); %T generates on the policy being trained", t.Rollouts)
+	}
+	b, err := t.Rollout(ctx)
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		b   *RolloutBatch
+		err error
+	}
+	next := make(chan result, 1)
+	go func(step, weights int) {
+		nb, err := t.rollout(actx, step, weights)
+		next <- result{nb, err}
+	}(t.step+2, t.step)
+	m, err := t.Update(ctx, b)
+	if err != nil {
+		cancel()
+	}
+	r := <-next
+	if err != nil {
+		return nil, err
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	t.ahead = r.b
+	return m, nil
+}
+
+// Rollout runs the rollout stage of the next step (or hands out the batch StepAhead generated
+// for it): SamplesPerPrompt responses to each of PromptsPerStep prompts, rewarded; with
+// dynamic sampling, groups whose rewards are all equal are dropped and more prompts are
+// sampled, for at most MaxSamplingRounds rounds. It changes neither the policy nor the step
+// count.
 func (t *Trainer) Rollout(ctx context.Context) (*RolloutBatch, error) {
+	if b := t.ahead; b != nil {
+		t.ahead = nil
+		return b, nil
+	}
+	return t.rollout(ctx, t.step+1, t.step)
+}
+
+// rollout runs the rollout stage of step on the rollout source's weights of step weights. It
+// reads no state that Update changes, so it may run during an update.
+func (t *Trainer) rollout(ctx context.Context, step, weights int) (*RolloutBatch, error) {
 	cfg := t.Config
-	step := t.step + 1
-	b := &RolloutBatch{Step: step, Metrics: &Metrics{Step: step, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}}
+	b := &RolloutBatch{Step: step, WeightsStep: weights, Metrics: &Metrics{Step: step, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}}
 	st := rolloutStats{kindN: map[string]int{}}
 	t0 := time.Now()
 	for round := 0; ; round++ {
@@ -247,6 +305,9 @@ func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error)
 		return nil, fmt.Errorf("grpo: update: the batch is not for step %d, the next one", t.step+1)
 	}
 	m := b.Metrics
+	if m.Staleness = t.step - b.WeightsStep; m.Staleness < 0 || m.Staleness > t.Config.MaxStaleness {
+		return nil, fmt.Errorf("grpo: update: the batch for step %d was generated with the weights of step %d: %d steps stale, want 0 to MaxStaleness = %d", b.Step, b.WeightsStep, m.Staleness, t.Config.MaxStaleness)
+	}
 	t.step++
 	if len(b.groups) == 0 {
 		m.SkippedNoSignal = true

@@ -30,6 +30,7 @@ func expectedScalars(r Record) map[string]float64 {
 			"training/rollout_probs_diff_mean": m.RolloutProbsDiffMean, "training/rollout_probs_diff_max": m.RolloutProbsDiffMax,
 			"timing_s/gen": m.RolloutSeconds, "train_s": m.TrainSeconds, "rollout_tok_per_s": m.RolloutTokensPS,
 			"train_tokens": float64(m.TrainTokens), "train_tok_per_s": m.TrainTokensPS, "optimizer_updates": float64(m.OptimizerUpdates),
+			"rollout/staleness": float64(m.Staleness), "timing_s/step": m.StepSeconds,
 		} {
 			want["train/"+tag] = v
 		}

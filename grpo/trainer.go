@@ -74,6 +74,45 @@ func (e EngineRollouts) Rollout(ctx context.Context, prompts []Prompt, p engine.
 	return out, nil
 }
 
+// SnapshotRollouts generates with the engine's continuous-batching generator on its own copy
+// of the policy's weights, replaced by each SyncWeights: the in-process rollout source that
+// can generate while the policy trains (Config.Overlap). Close frees its generator.
+type SnapshotRollouts struct {
+	gen *engine.Generator
+}
+
+// Rollout implements RolloutSource as EngineRollouts does, on the weights of the last
+// SyncWeights.
+func (s *SnapshotRollouts) Rollout(ctx context.Context, prompts []Prompt, p engine.SamplingParams) ([][]engine.Sample, error) {
+	if s.gen == nil {
+		return nil, errors.New("grpo: snapshot rollouts: no weights yet (SyncWeights first)")
+	}
+	return EngineRollouts{Gen: s.gen}.Rollout(ctx, prompts, p)
+}
+
+// SyncWeights implements WeightSync: the generator moves to a copy of the policy's weights.
+func (s *SnapshotRollouts) SyncWeights(_ context.Context, policy *engine.Model) error {
+	m, err := policy.Snapshot(engine.F32)
+	if err != nil {
+		return fmt.Errorf("grpo: snapshot rollouts: %w", err)
+	}
+	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+	if err != nil {
+		return fmt.Errorf("grpo: snapshot rollouts: %w", err)
+	}
+	s.Close()
+	s.gen = gen
+	return nil
+}
+
+// Close frees the generator.
+func (s *SnapshotRollouts) Close() {
+	if s.gen != nil {
+		s.gen.Close()
+		s.gen = nil
+	}
+}
+
 // Config holds the knobs of a GRPO run; DefaultConfig gives the ProRL recipe scaled down.
 type Config struct {
 	PromptsPerStep    int     // B: groups per rollout step
@@ -111,7 +150,16 @@ type Config struct {
 	// RefResetOnPlateau resets the reference when the validation accuracy has not improved on
 	// its best for this many evaluations in a row (reported through AfterEval); 0: never.
 	RefResetOnPlateau int
-	Seed              uint64
+	// Overlap generates the rollouts of step s+1 while step s trains, on the weights the
+	// rollout source held when step s started: one step stale, which the trainer's old
+	// log-probs (recomputed at update time) and TIS (Loss.TISCap) correct for. The rollout
+	// source must generate from its own copy of the weights (a WeightSync: rollout servers, or
+	// SnapshotRollouts, which Run uses for the in-process engine). Needs MaxStaleness 1.
+	Overlap bool
+	// MaxStaleness bounds how many steps behind the policy a rollout batch's weights may be
+	// when it is trained on: 0 or 1, since rollouts run at most one step ahead.
+	MaxStaleness int
+	Seed         uint64
 }
 
 // DefaultConfig is the ProRL recipe: 256 prompts x 16 samples per step,
@@ -124,7 +172,7 @@ func DefaultConfig() Config {
 	return Config{
 		PromptsPerStep: 256, SamplesPerPrompt: 16, Temperature: 1.2, TopP: 1, MaxResponseTokens: 8192,
 		MiniBatches: 4, MicroBatchTokens: 4096, Loss: DefaultLossConfig(), Advantage: AdvantageConfig{Estimator: EstimatorGRPO},
-		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 100, Seed: 1,
+		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 100, MaxStaleness: 1, Seed: 1,
 	}
 }
 
@@ -148,6 +196,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("grpo: OverlongPenalty = %v, want a finite value >= 0", c.OverlongPenalty)
 	case c.OverlongBuffer < 0 || c.OverlongBuffer >= c.MaxResponseTokens:
 		return fmt.Errorf("grpo: OverlongBuffer = %d, want 0 (flat penalty) to MaxResponseTokens-1 = %d", c.OverlongBuffer, c.MaxResponseTokens-1)
+	case c.MaxStaleness < 0 || c.MaxStaleness > 1:
+		return fmt.Errorf("grpo: MaxStaleness = %d, want 0 or 1 (rollouts run at most one step ahead)", c.MaxStaleness)
+	case c.Overlap && c.MaxStaleness < 1:
+		return errors.New("grpo: Overlap needs MaxStaleness 1: overlapped rollouts are one step stale")
 	}
 	return c.Loss.Validate()
 }
@@ -169,6 +221,7 @@ type Trainer struct {
 	OnReset func(step int) error
 
 	step       int
+	ahead      *RolloutBatch // the batch StepAhead generated for the next step
 	lastResets []int
 	bestEval   float64
 	stale      int // evaluations since the best one
@@ -288,8 +341,15 @@ type Metrics struct {
 	// the fraction truncated at the cap (absent without TIS).
 	TISWeightMean    float64 `json:"rollout_corr/rollout_is_mean,omitempty"`
 	TISFracTruncated float64 `json:"rollout_corr/rollout_is_ratio_fraction_high,omitempty"`
-	RefReset         bool    `json:"ref_reset,omitempty"`
-	RolloutSeconds   float64 `json:"timing_s/gen"`
+	// Staleness is how many steps behind the policy the weights that generated the step's
+	// rollouts were (0, or 1 with Config.Overlap).
+	Staleness      int     `json:"rollout/staleness"`
+	RefReset       bool    `json:"ref_reset,omitempty"`
+	RolloutSeconds float64 `json:"timing_s/gen"`
+	// StepSeconds is the step's wall time in Run: its rollouts (with Config.Overlap: the wait
+	// for those of the next step, generated during the update), its update and the weights
+	// sent to the rollout source; not the evaluation.
+	StepSeconds      float64 `json:"timing_s/step"`
 	TrainSeconds     float64 `json:"train_s"`
 	RolloutTokensPS  float64 `json:"rollout_tok_per_s"`
 	TrainTokens      int     `json:"train_tokens"`
