@@ -43,6 +43,8 @@ type options struct {
 	maxPromptTokens                   int
 	noChatTemplate                    bool
 	rolloutServers                    []string
+	overlap                           string
+	maxStaleness                      int
 	writeData                         string
 
 	// A reward program or server (instead of the built-in rewards).
@@ -116,6 +118,8 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringSliceVar(&o.rewardFor, "reward-for", nil, "data_sources that --reward-cmd or --reward-url scores (empty: every data_source of the data; the built-in rewards score the others)")
 	fs.DurationVar(&o.rewardTimeout, "reward-timeout", time.Minute, "time a reward program or server has to answer one batch")
 	fs.StringSliceVar(&o.rolloutServers, "rollout-servers", nil, "rollout servers (URLs of tools/rollout-server) to generate with instead of the in-process engine; weights are pushed after each step")
+	fs.StringVar(&o.overlap, "overlap", "auto", "overlapped rollouts: generate step s+1's rollouts while step s trains, on weights one step stale (corrected by --tis-cap, 2 unless given): on, off, or auto (on with --rollout-servers and --max-staleness 1; the in-process engine cannot gain on the CPU)")
+	fs.IntVar(&o.maxStaleness, "max-staleness", prorl.MaxStaleness, "most steps the rollouts' weights may be behind the policy's: 1 allows --overlap, 0 forbids it")
 
 	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
 	fs.StringVar(&o.config, "config", "", "YAML or JSON file of flag values (keys are flag names); flags given on the command line win")

@@ -220,9 +220,9 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 	}
 }
 
-// TestRolloutServers: the default job with --rollout-servers generates on a real
-// tools/rollout-server (weights pushed before the first step and after each) and logs the
-// same metrics, step for step, as the same run with in-process rollouts.
+// TestRolloutServers: the default job with --rollout-servers (not overlapped) generates on a
+// real tools/rollout-server (weights pushed before the first step and after each) and logs
+// the same metrics, step for step, as the same run with in-process rollouts.
 func TestRolloutServers(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "rollout-server")
 	if out, err := exec.Command("go", "build", "-o", bin, "../rollout-server").CombinedOutput(); err != nil {
@@ -252,7 +252,7 @@ func TestRolloutServers(t *testing.T) {
 	if err := runArgs(t, append(args, "--out", local)...); err != nil {
 		t.Fatal(err)
 	}
-	if err := runArgs(t, append(args, "--out", served, "--rollout-servers", url)...); err != nil {
+	if err := runArgs(t, append(args, "--out", served, "--rollout-servers", url, "--overlap", "off")...); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := grpo.ReadMetrics(filepath.Join(local, "metrics.jsonl"))

@@ -126,6 +126,16 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	fmt.Printf("device: %s\n", chosen)
 	cfg.Backend = tb
 	cfg.Rollouts = remoteRolloutSource(o)
+	overlap, err := overlapOn(o)
+	if err != nil {
+		return cfg, err
+	}
+	if overlap && !fs.Changed("tis-cap") { // a flag value, saved with the run and resumed as such
+		if err := fs.Set("tis-cap", strconv.FormatFloat(overlapTISCap, 'g', -1, 64)); err != nil {
+			return cfg, err
+		}
+		o.tisCap = overlapTISCap
+	}
 	settings := flagValues(fs) // what a run state keeps to resume with the same flags
 	delete(settings, "quiet")
 	delete(settings, "cpuprofile")
@@ -146,6 +156,7 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	t.DynamicSampling, t.MaxSamplingRounds = !o.noDynamic, o.maxRounds
 	t.OverlongPenalty, t.OverlongBuffer, t.MaskTruncated = o.overlongPenalty, o.overlongBuffer, o.maskTruncated
 	t.RefResetEvery, t.RefResetOnPlateau = o.resetEvery, o.resetPlateau
+	t.Overlap, t.MaxStaleness = overlap, o.maxStaleness
 	t.Loss.ClipLow, t.Loss.ClipHigh, t.Loss.DualClip = o.clipLow, o.clipHigh, o.dualClip
 	t.Loss.KLCoef, t.Loss.EntropyCoef, t.Loss.TISCap = o.klCoef, o.entropyCoef, o.tisCap
 	t.Loss.GSPOClipLow, t.Loss.GSPOClipHigh = o.gspoClipLow, o.gspoClipHigh
@@ -175,6 +186,30 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	}
 	t.Advantage.NoStdNorm = o.noStdNorm
 	return cfg, nil
+}
+
+// overlapTISCap is --tis-cap's value with --overlap when it is not given (verl's example
+// rollout_is_threshold).
+const overlapTISCap = 2
+
+// overlapOn resolves --overlap: auto is on with --rollout-servers (they generate from their own
+// weights while the policy trains) and --max-staleness 1, off otherwise.
+func overlapOn(o options) (bool, error) {
+	if o.maxStaleness < 0 || o.maxStaleness > 1 {
+		return false, fmt.Errorf("--max-staleness %d: want 0 or 1 (rollouts run at most one step ahead)", o.maxStaleness)
+	}
+	switch o.overlap {
+	case "on":
+		if o.maxStaleness < 1 {
+			return false, fmt.Errorf("--overlap on needs --max-staleness 1 (overlapped rollouts are one step stale); --max-staleness is %d", o.maxStaleness)
+		}
+		return true, nil
+	case "off":
+		return false, nil
+	case "auto":
+		return len(o.rolloutServers) > 0 && o.maxStaleness >= 1, nil
+	}
+	return false, fmt.Errorf("--overlap %q: want auto, on or off", o.overlap)
 }
 
 // flagDefault renders a float32 default of grpo's as the float64 a flag holds: the shortest
