@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -138,10 +139,48 @@ func TestOverlappedRolloutServers(t *testing.T) {
 			t.Errorf("%s served no completions", u)
 		}
 	}
+	checkLegacyResume(t, dirs[0])
 	if weights(dirs[0]) != weights(dirs[1]) {
 		t.Error("two overlapped runs with one seed end at different weights")
 	}
 	if weights(dirs[0]) == weights(dirs[2]) {
 		t.Error("the overlapped run ends at the synchronous run's weights: its rollouts were not stale")
+	}
+}
+
+// checkLegacyResume: resuming the run in dir (saved with --overlap auto) keeps auto; the same
+// run state saved without the overlap setting (a run from before --overlap, which ran
+// synchronously) resumes with --overlap off.
+func checkLegacyResume(t *testing.T, dir string) {
+	t.Helper()
+	overlapOnResume := func(dir string) string {
+		_, fs, err := parseOptions([]string{"--out", dir, "--resume"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := resumeFlags(dir, -1, fs); err != nil {
+			t.Fatal(err)
+		}
+		return fs.Lookup("overlap").Value.String()
+	}
+	if got := overlapOnResume(dir); got != "auto" {
+		t.Errorf("resumed with --overlap %s, saved auto", got)
+	}
+	st, err := checkpoints.LoadRunState(filepath.Join(dir, grpo.StateDir), checkpoints.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags map[string]any
+	if err := json.Unmarshal(st.Extra["flags"], &flags); err != nil || flags["overlap"] != "auto" {
+		t.Fatalf("saved flags %s (%v)", st.Extra["flags"], err)
+	}
+	delete(flags, "overlap")
+	st.Extra["flags"], _ = json.Marshal(flags)
+	old := t.TempDir()
+	if err := checkpoints.SaveRunState(filepath.Join(old, grpo.StateDir), st, checkpoints.SaveRunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := overlapOnResume(old); got != "off" {
+		t.Errorf("a run saved before --overlap resumed with --overlap %s, want off", got)
 	}
 }

@@ -97,6 +97,9 @@ func resumeFlags(dir string, step int, fs *pflag.FlagSet) (*grpo.ResumePoint, er
 		return nil, fmt.Errorf("--resume: --model %s, but the run in %s trains %s: a run continues its own model (start another run with a new --out)",
 			fs.Lookup("model").Value.String(), dir, orDefaultJob(m))
 	}
+	if _, ok := saved["overlap"]; !ok {
+		saved["overlap"] = "off" // a run saved before --overlap goes on as it ran: synchronous
+	}
 	if err := applyValues(fs, saved, fmt.Sprintf("run state %s step %d", dir, rp.Step)); err != nil {
 		return nil, err
 	}
