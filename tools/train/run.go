@@ -300,6 +300,9 @@ func (r *report) finish(res *grpo.RunResult) {
 		rel, _ := filepath.Rel(o.out, d)
 		fmt.Printf("  %s/{model.safetensors,config.json,model.onnx}\n", rel)
 	}
+	if b := res.Best; b != nil && b.Step > 0 {
+		fmt.Printf("  checkpoints/%s/ (the best held-out evaluation: step %d, %.1f%%)\n", grpo.BestDir, b.Step, 100*b.Accuracy)
+	}
 	fmt.Printf("  %s/ (run state of step %d: continue with --out %s --resume --steps N)\n", grpo.StateDir, o.steps, o.out)
 }
 
