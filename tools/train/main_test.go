@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -224,27 +221,7 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 // real tools/rollout-server (weights pushed before the first step and after each) and logs
 // the same metrics, step for step, as the same run with in-process rollouts.
 func TestRolloutServers(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "rollout-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "../rollout-server").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	// The server starts from any model of the right shape: the trainer pushes its weights.
-	modelDir := t.TempDir()
-	if err := checkpoints.Save(modelDir, quickstart.ModelConfig(), engine.RandomWeights(quickstart.ModelConfig(), 1, 0.02), checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--model", modelDir, "--addr", "127.0.0.1:0", "--api-key", "k")
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := strings.TrimPrefix(strings.TrimSpace(line), "rollout-server listening on ")
-	go io.Copy(io.Discard, stdout)
+	url := startRolloutServers(t, 1)[0] // the trainer pushes its weights before the first step
 	t.Setenv("PROLONG_API_KEY", "k")
 	args := []string{"--quiet", "--seed", "4", "--steps", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot", "--eval-every", "3",
 		"--eval-size", "10", "--prompts", "4", "--n", "8", "--train-problems", "100", "--eval-samples", "2"}
