@@ -1,6 +1,7 @@
 package grpo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ func (t *Trainer) Rollout(ctx context.Context) (*RolloutBatch, error) {
 func (t *Trainer) rollout(ctx context.Context, step, weights int) (*RolloutBatch, error) {
 	cfg := t.Config
 	b := &RolloutBatch{Step: step, WeightsStep: weights, Metrics: &Metrics{Step: step, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}}
-	st := rolloutStats{kindN: map[string]int{}}
+	st := rolloutStats{kindN: map[string]int{}, lenByKind: map[string]float64{}}
 	t0 := time.Now()
 	for round := 0; ; round++ {
 		if err := t.sampleRound(ctx, b, round, &st); err != nil {
@@ -255,6 +256,7 @@ type rolloutStats struct {
 	rewards                                  []float64 // every sampled response's reward, before the overlong shaping
 	shapedSum                                float64   // the sum of the rewards after it
 	kindN                                    map[string]int
+	lenByKind                                map[string]float64
 	genTokens, lenMax, truncated, n, correct int
 	lenSum                                   float64
 }
@@ -270,6 +272,7 @@ func (st *rolloutStats) add(m *Metrics, kind string, r, shaped float64, length i
 	st.shapedSum += shaped
 	m.RewardByKind[kind] += r
 	st.kindN[kind]++
+	st.lenByKind[kind] += float64(length)
 	if truncated {
 		st.truncated++
 	}
@@ -286,9 +289,11 @@ func (st *rolloutStats) fill(m *Metrics, d time.Duration) {
 	m.RewardMean = mean(st.rewards)
 	m.ShapedRewardMean = st.shapedSum / float64(max(1, st.n))
 	m.Accuracy = float64(st.correct) / float64(max(1, st.n))
+	m.ResponseLenByKind = map[string]float64{}
 	for k, n := range st.kindN {
 		m.RewardByKind[k] /= float64(n)
 		m.AccuracyByKind[k] /= float64(n)
+		m.ResponseLenByKind[k] = st.lenByKind[k] / float64(n)
 	}
 	m.ResponseLenMean = st.lenSum / float64(max(1, st.n))
 	m.ResponseLenMax = st.lenMax
@@ -532,6 +537,7 @@ func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig,
 			return 0, nil, nil, err
 		}
 		agg.add(out)
+		agg.addByKind(part, logp, ent, lc.KL)
 		return out.Loss, out.DLogProbs, out.DEntropy, nil
 	}
 	_, err = t.Policy.ForwardBackward(ctx, scoreRequests(part), loss)
@@ -543,6 +549,32 @@ func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig,
 type lossAgg struct {
 	loss, pg, kl, ent, clo, chi, dual, ccov, kcov, akl float64
 	tokens, gradNorm                                   float64
+	// per prompt kind: token count, entropy and reference-KL sums
+	kindTokens, kindEnt, kindKL map[string]float64
+	hasRef, hasEnt              bool
+}
+
+// addByKind adds the entropies and reference KLs of a micro-batch's response tokens to their
+// prompt kinds' sums (every response token, with the loss's KL estimator est).
+func (a *lossAgg) addByKind(part []*rollout, logp, ent [][]float64, est KLEstimator) {
+	if a.kindTokens == nil {
+		a.kindTokens, a.kindEnt, a.kindKL = map[string]float64{}, map[string]float64{}, map[string]float64{}
+	}
+	for i, r := range part {
+		kind := r.prompt.Kind
+		a.kindTokens[kind] += float64(len(logp[i]))
+		for t := range logp[i] {
+			if ent != nil {
+				a.hasEnt = true
+				a.kindEnt[kind] += ent[i][t]
+			}
+			if r.ref != nil {
+				a.hasRef = true
+				kl, _ := klValueGrad(cmp.Or(est, KLK3), logp[i][t], r.ref[t])
+				a.kindKL[kind] += kl
+			}
+		}
+	}
 }
 
 func (a *lossAgg) add(out LossOutput) {
@@ -571,4 +603,21 @@ func (a *lossAgg) fill(m *Metrics) {
 	m.ClipFrac = m.ClipFracLow + m.ClipFracHigh
 	m.ClipCovFrac, m.KLCovFrac, m.ApproxKL = a.ccov/n, a.kcov/n, a.akl/n
 	m.GradNorm = a.gradNorm / float64(max(1, m.OptimizerUpdates))
+	for kind, n := range a.kindTokens {
+		if n == 0 {
+			continue
+		}
+		if a.hasEnt {
+			if m.EntropyByKind == nil {
+				m.EntropyByKind = map[string]float64{}
+			}
+			m.EntropyByKind[kind] = a.kindEnt[kind] / n
+		}
+		if a.hasRef {
+			if m.KLByKind == nil {
+				m.KLByKind = map[string]float64{}
+			}
+			m.KLByKind[kind] = a.kindKL[kind] / n
+		}
+	}
 }

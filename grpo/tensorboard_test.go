@@ -52,6 +52,12 @@ func expectedScalars(r Record) map[string]float64 {
 		for k, v := range m.AccuracyByKind {
 			want["train/accuracy_by_kind/"+k] = v
 		}
+		for tag, byKind := range map[string]map[string]float64{"actor/entropy_by_kind": m.EntropyByKind,
+			"actor/kl_loss_by_kind": m.KLByKind, "response_length/mean_by_kind": m.ResponseLenByKind} {
+			for k, v := range byKind {
+				want["train/"+tag+"/"+k] = v
+			}
+		}
 	}
 	if e := r.Eval; e != nil {
 		want["eval/accuracy"], want["eval/reward"], want["eval/mean_length"] = e.Accuracy, e.Reward, e.MeanLength

@@ -315,6 +315,12 @@ type Metrics struct {
 	PGLoss           float64            `json:"actor/pg_loss"`
 	KL               float64            `json:"actor/kl_loss"` // the KL estimator to the reference, mean over the step's tokens
 	Entropy          float64            `json:"actor/entropy"`
+	// EntropyByKind, KLByKind and ResponseLenByKind are Entropy, KL and ResponseLenMean per
+	// prompt kind (a suite's families): the means over the kind's response tokens of the
+	// step's updates, and over its sampled responses. KLByKind is absent without a reference.
+	EntropyByKind     map[string]float64 `json:"actor/entropy_by_kind,omitempty"`
+	KLByKind          map[string]float64 `json:"actor/kl_loss_by_kind,omitempty"`
+	ResponseLenByKind map[string]float64 `json:"response_length/mean_by_kind,omitempty"`
 	// ClipFrac is the fraction of tokens clipped by the ratio's bounds, ClipFracLow and
 	// ClipFracHigh its parts at the low and the high bound; DualClipFrac is the fraction
 	// bounded by the dual clip (verl's pg_clipfrac_lower).

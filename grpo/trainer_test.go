@@ -633,3 +633,52 @@ func TestClipCovRunIsSeeded(t *testing.T) {
 		t.Errorf("clip-cov fraction %v; same seed same weights %v; other seed other weights %v", fa, a == b, a != c)
 	}
 }
+
+// TestMetricsByKind: the per-kind entropy, reference KL and response length of a step with
+// prompts of two kinds average, weighted by each kind's tokens and responses, to the step's
+// own Entropy, KL and ResponseLenMean (computed apart, by the loss and the rollout stats).
+func TestMetricsByKind(t *testing.T) {
+	cfg := smallConfig()
+	cfg.PromptsPerStep, cfg.SamplesPerPrompt, cfg.MaxResponseTokens, cfg.DynamicSampling = 4, 4, 6, false
+	cfg.Loss.KLCoef = 0.05
+	pol := tinyPolicy(t, 3e-2)
+	gen, err := engine.NewGenerator(pol.Model, engine.GeneratorOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gen.Close()
+	prompts := &fixedPrompts{ps: []Prompt{{Tokens: []int32{1, 2}, Kind: "a"}, {Tokens: []int32{3}, Kind: "b"}}}
+	rw := func(_ context.Context, _ Prompt, text string) (float64, error) {
+		return countSevens(parseDigits(text)), nil
+	}
+	tr, err := NewTrainer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perKind := float64(cfg.PromptsPerStep / 2 * cfg.SamplesPerPrompt) // responses of each kind per step
+	for s := 1; s <= 3; s++ {
+		m, err := tr.Step(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.EntropyByKind) != 2 || len(m.KLByKind) != 2 || len(m.ResponseLenByKind) != 2 {
+			t.Fatalf("step %d: by kind: entropy %v, KL %v, length %v; want kinds a and b in each", s, m.EntropyByKind, m.KLByKind, m.ResponseLenByKind)
+		}
+		var tokens, ent, kl float64
+		for _, k := range []string{"a", "b"} {
+			n := m.ResponseLenByKind[k] * perKind
+			tokens += n
+			ent += n * m.EntropyByKind[k]
+			kl += n * m.KLByKind[k]
+		}
+		if got := tokens / (2 * perKind); math.Abs(got-m.ResponseLenMean) > 1e-12 {
+			t.Errorf("step %d: response length by kind averages %v, step mean %v", s, got, m.ResponseLenMean)
+		}
+		if math.Abs(ent/tokens-m.Entropy) > 1e-9 || math.Abs(kl/tokens-m.KL) > 1e-9 {
+			t.Errorf("step %d: by kind: entropy %v KL %v; the step's: %v %v", s, ent/tokens, kl/tokens, m.Entropy, m.KL)
+		}
+		if s > 1 && m.KL == 0 {
+			t.Errorf("step %d: KL to the reference 0 after an update", s)
+		}
+	}
+}

@@ -149,13 +149,13 @@ def main():
         p = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + a.argv, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         print(f"running in the background as process {p.pid}; log: {log.name}")
         return
-    runs = []
-    for name, flags in CONFIGS:
-        # Configurations without resets pass --ref-reset-every 0 after the common flags.
-        dirs = [os.path.join(a.out, slug(name), f"seed{seed}") for seed in a.seeds.split(",")]
-        for seed, out in zip(a.seeds.split(","), dirs):
-            train(a, int(seed), flags, out)
-        runs.append((name, dirs))
+    seeds = a.seeds.split(",")
+    runs = [(name, [os.path.join(a.out, slug(name), f"seed{seed}") for seed in seeds]) for name, _ in CONFIGS]
+    # Seed by seed, every configuration: a grid stopped early still compares them all.
+    # Configurations without resets pass --ref-reset-every 0 after the common flags.
+    for i, seed in enumerate(seeds):
+        for (_, flags), (_, dirs) in zip(CONFIGS, runs):
+            train(a, int(seed), flags, dirs[i])
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
     write_doc(a, runs)
     print(f"wrote {a.doc}", file=sys.stderr)
