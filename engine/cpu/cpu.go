@@ -230,9 +230,7 @@ func (c *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 func (c *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 	o, g, u := f32(out), f32(gate), f32(up)
 	c.thr.Parallel(len(o), 4096, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			o[i] = silu(g[i]) * u[i]
-		}
+		kern.SwiGLU(o[lo:hi], g[lo:hi], u[lo:hi])
 	})
 }
 
@@ -322,8 +320,7 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			t, h := i/nh, i%nh
 			sq := int(seqOf[t])
 			nNew := int(b.SeqStart[sq+1] - b.SeqStart[sq])
-			pos := int(b.CtxLen[sq]) - nNew + (t - int(b.SeqStart[sq]))
-			n := pos + 1
+			n := int(b.CtxLen[sq]) - nNew + (t - int(b.SeqStart[sq])) + 1 // positions 0..pos
 			if cap(scores) < n {
 				scores = make([]float32, n+64)
 			}
@@ -331,29 +328,27 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			qv := qs[t*nh*dh+h*dh : t*nh*dh+(h+1)*dh]
 			kvh := h / group
 			blocks := b.Blocks[sq]
-			maxv := float32(math.Inf(-1))
-			for p := 0; p < n; p++ {
-				kb := kv.k[layer][blocks[p/bs]]
-				off := (kvh*bs + p%bs) * dh
-				d := kern.Dot(qv, kb[off:off+dh]) * scale
-				sc[p] = d
-				if d > maxv {
-					maxv = d
-				}
+			// Scores block by block: a block holds a head's keys one after another.
+			for p0 := 0; p0 < n; p0 += bs {
+				p1 := min(n, p0+bs)
+				off := kvh * bs * dh
+				kern.Dots(qv, kv.k[layer][blocks[p0/bs]][off:off+(p1-p0)*dh], sc[p0:p1])
 			}
-			var sum float32
-			for p := range sc {
-				e := expf(sc[p] - maxv)
-				sc[p] = e
-				sum += e
+			maxv := sc[0]
+			for _, d := range sc[1:] {
+				maxv = max(maxv, d)
 			}
+			sum := kern.ExpShift(sc, maxv, scale) // e^((q·k - max)/sqrt(Dh))
 			o := os[t*nh*dh+h*dh : t*nh*dh+(h+1)*dh]
 			clear(o)
+			for p0 := 0; p0 < n; p0 += bs {
+				p1 := min(n, p0+bs)
+				off := kvh * bs * dh
+				kern.AxpyRows(sc[p0:p1], kv.v[layer][blocks[p0/bs]][off:off+(p1-p0)*dh], o)
+			}
 			inv := 1 / sum
-			for p := 0; p < n; p++ {
-				vb := kv.v[layer][blocks[p/bs]]
-				off := (kvh*bs + p%bs) * dh
-				kern.Axpy(sc[p]*inv, vb[off:off+dh], o)
+			for j := range o {
+				o[j] *= inv
 			}
 		}
 	})

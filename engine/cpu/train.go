@@ -231,14 +231,14 @@ func (c *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 	}
 }
 
-// SwiGLUBackward implements engine.TrainBackend: with s = sigmoid(g), silu(g) = g·s and
+// SwiGLUBackward implements engine.TrainBackend: with s = sigmoid(g), kern.Silu(g) = g·s and
 // silu'(g) = s·(1 + g·(1-s)).
 func (c *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	dg, du, do, g, u := f32(dgate), f32(dup), f32(dout), f32(gate), f32(up)
 	c.thr.Parallel(len(do), 4096, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			x := g[i]
-			s := 1 / (1 + expf(-x))
+			s := 1 / (1 + kern.Expf(-x))
 			d := do[i]
 			dg[i] = d * u[i] * s * (1 + x*(1-s))
 			du[i] = d * x * s
@@ -287,7 +287,7 @@ func (c *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 			for i, x := range z {
 				sv := float32(float64(x-mx) * inv)
 				out[i] = sv
-				e := float64(expf(sv))
+				e := float64(kern.Expf(sv))
 				sum += e
 				ses += float64(sv) * e
 			}
@@ -301,7 +301,7 @@ func (c *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 			// Pass 2: the gradient, from p = e^(s-lse).
 			for i, sv := range out {
 				lp := float64(sv) - lse
-				p := float64(expf(float32(lp)))
+				p := float64(kern.Expf(float32(lp)))
 				g := -gl*p - ge*p*(lp+h)
 				out[i] = float32(g * inv)
 			}
@@ -415,7 +415,7 @@ func (c *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 			}
 			var sum float32
 			for j := range sc {
-				e := expf(sc[j] - mx)
+				e := kern.Expf(sc[j] - mx)
 				sc[j] = e
 				sum += e
 			}
@@ -462,7 +462,7 @@ func (c *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 					for j := t0; j <= i; j++ {
 						kj := ks[j*kw+kvh*dh : j*kw+(kvh+1)*dh]
 						vj := vs[j*kw+kvh*dh : j*kw+(kvh+1)*dh]
-						p := expf(kern.Dot(qi, kj)*scale - l)
+						p := kern.Expf(kern.Dot(qi, kj)*scale - l)
 						kern.Axpy(p, doi, dvs[j*kw+kvh*dh:j*kw+(kvh+1)*dh])
 						ds := p * (kern.Dot(doi, vj) - di) * scale
 						kern.Axpy(ds, kj, dqi)

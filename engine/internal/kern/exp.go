@@ -1,11 +1,11 @@
-package cpu
+package kern
 
 import "math"
 
-// expf is e^x in float32 (Cephes' expf: range reduction to 2^n·e^r with |r| <= ln2/2 and a
+// Expf is e^x in float32 (Cephes' expf: range reduction to 2^n·e^r with |r| <= ln2/2 and a
 // degree-7 polynomial), within 2 ulp of math.Exp over the float32 range and several times
 // faster. Results below the normal range flush to zero.
-func expf(x float32) float32 {
+func Expf(x float32) float32 {
 	switch {
 	case x != x:
 		return x
@@ -27,5 +27,5 @@ func expf(x float32) float32 {
 	return y * math.Float32frombits(uint32(int32(n)+127)<<23)
 }
 
-// silu is x·sigmoid(x).
-func silu(x float32) float32 { return x / (1 + expf(-x)) }
+// Silu is x·sigmoid(x) = x / (1 + e^-x).
+func Silu(x float32) float32 { return x / (1 + Expf(-x)) }

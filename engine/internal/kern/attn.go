@@ -1,0 +1,79 @@
+package kern
+
+import "fmt"
+
+// Row kernels of attention and the MLP. Each has an AVX2 path (attn_amd64.s) and a Go one;
+// the AVX2 exponentials equal Expf bit for bit, the sums may differ in the last bits.
+
+// ExpShift sets x[i] = e^((x[i]-m)·s) (Expf) and returns Σ x[i]: a softmax's numerators with
+// m its row maximum and s the logits' scale.
+func ExpShift(x []float32, m, s float32) float32 {
+	n := 0
+	var sum float32
+	if useVec() {
+		n = len(x) &^ 7
+		if n > 0 {
+			sum = expShiftVec(x[:n], m, s)
+		}
+	}
+	for i := n; i < len(x); i++ {
+		x[i] = Expf((x[i] - m) * s)
+		sum += x[i]
+	}
+	return sum
+}
+
+// SwiGLU sets out[i] = Silu(g[i])·u[i] (len(g), len(u) >= len(out)).
+func SwiGLU(out, g, u []float32) {
+	if len(g) < len(out) || len(u) < len(out) {
+		panic(fmt.Sprintf("kern: SwiGLU of %d outputs with %d gates and %d ups", len(out), len(g), len(u)))
+	}
+	n := 0
+	if useVec() {
+		n = len(out) &^ 7
+		if n > 0 {
+			swigluVec(out[:n], g[:n], u[:n])
+		}
+	}
+	for i := n; i < len(out); i++ {
+		out[i] = Silu(g[i]) * u[i]
+	}
+}
+
+// Dots sets out[p] = q·k[p*dh : (p+1)*dh] for p < len(out), dh = len(q): a query's scores
+// against rows of keys stored one after another.
+func Dots(q, k, out []float32) {
+	dh := len(q)
+	if len(k) < len(out)*dh {
+		panic(fmt.Sprintf("kern: Dots of %d rows of %d with %d keys' values", len(out), dh, len(k)))
+	}
+	n := 0
+	if useVec() && dh > 0 && dh%8 == 0 {
+		n = len(out) &^ 3
+		if n > 0 {
+			dotsVec(q, k[:n*dh], out[:n])
+		}
+	}
+	for p := n; p < len(out); p++ {
+		out[p] = Dot(q, k[p*dh:(p+1)*dh])
+	}
+}
+
+// AxpyRows adds Σ_p w[p]·v[p*dh : (p+1)*dh] to o, dh = len(o): probability-weighted value
+// rows stored one after another.
+func AxpyRows(w, v, o []float32) {
+	dh := len(o)
+	if len(v) < len(w)*dh {
+		panic(fmt.Sprintf("kern: AxpyRows of %d rows of %d with %d values", len(w), dh, len(v)))
+	}
+	if len(w) == 0 {
+		return
+	}
+	if useVec() && dh%8 == 0 {
+		axpyRowsVec(w, v[:len(w)*dh], o)
+		return
+	}
+	for p, wp := range w {
+		Axpy(wp, v[p*dh:(p+1)*dh], o)
+	}
+}

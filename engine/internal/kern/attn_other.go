@@ -1,0 +1,13 @@
+//go:build !amd64
+
+package kern
+
+func useVec() bool { return false }
+
+func expShiftVec(x []float32, m, s float32) float32 { panic("kern: no vector kernels") }
+
+func swigluVec(out, g, u []float32) { panic("kern: no vector kernels") }
+
+func dotsVec(q, k, out []float32) { panic("kern: no vector kernels") }
+
+func axpyRowsVec(w, v, o []float32) { panic("kern: no vector kernels") }

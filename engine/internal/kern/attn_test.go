@@ -1,0 +1,114 @@
+package kern
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestExpShiftSwiGLU: on every ISA path, ExpShift's and SwiGLU's values equal Expf's and
+// Silu's bit for bit (the AVX2 exponential runs Expf's steps), edge inputs included (under- and
+// overflow, ±0, NaN), with the sum of ExpShift checked against float64; lengths 0..40 cover the
+// vector body and the scalar tail, and nothing past the end is written.
+func TestExpShiftSwiGLU(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	edges := []float32{0, float32(math.Copysign(0, -1)), -87.3, -87.4, -100, 88.7, 88.8, 100, 1, -1,
+		float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))}
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for n := 0; n <= 40; n++ {
+			x := make([]float32, n+1)
+			for i := range x {
+				x[i] = float32(r.NormFloat64() * 30)
+				if i < len(edges) && n > 20 {
+					x[i] = edges[i]
+				}
+			}
+			const m, s = 1.5, 0.125
+			want := make([]float32, n)
+			var wantSum float64
+			for i := range want {
+				want[i] = Expf((x[i] - m) * s)
+				wantSum += float64(want[i])
+			}
+			last := x[n]
+			got := append([]float32(nil), x...)
+			sum := ExpShift(got[:n], m, s)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%s ExpShift n=%d [%d]: e^((%v-m)s) = %v, Expf %v", isa, n, i, x[i], got[i], want[i])
+				}
+			}
+			if got[n] != last {
+				t.Fatalf("%s ExpShift n=%d wrote past the end", isa, n)
+			}
+			if !math.IsNaN(wantSum) && math.Abs(float64(sum)-wantSum) > 1e-6*math.Abs(wantSum) {
+				t.Fatalf("%s ExpShift n=%d: sum %v, want %v", isa, n, sum, wantSum)
+			}
+
+			g, u := x, randF32(r, n+1)
+			out := randF32(r, n+1)
+			end := out[n]
+			SwiGLU(out[:n], g, u)
+			for i := 0; i < n; i++ {
+				w := Silu(g[i]) * u[i]
+				if math.Float32bits(out[i]) != math.Float32bits(w) && !(math.IsNaN(float64(w)) && math.IsNaN(float64(out[i]))) {
+					t.Fatalf("%s SwiGLU n=%d [%d]: silu(%v)·%v = %v, want %v", isa, n, i, g[i], u[i], out[i], w)
+				}
+			}
+			if out[n] != end {
+				t.Fatalf("%s SwiGLU n=%d wrote past the end", isa, n)
+			}
+		}
+		restore()
+	}
+}
+
+// TestDotsAxpyRows: Dots and AxpyRows against float64 sums for head sizes with and without a
+// vector path (8..136 and 5) and row counts 0..9 (the 4-row body and its tail).
+func TestDotsAxpyRows(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for _, dh := range []int{5, 8, 16, 24, 64, 72, 128, 136} {
+			for n := 0; n <= 9; n++ {
+				q, k := randF32(r, dh), randF32(r, n*dh)
+				out := randF32(r, n+1)
+				end := out[n]
+				Dots(q, k, out[:n])
+				for p := 0; p < n; p++ {
+					var want, mag float64
+					for d := range q {
+						want += float64(q[d]) * float64(k[p*dh+d])
+						mag += math.Abs(float64(q[d]) * float64(k[p*dh+d]))
+					}
+					if math.Abs(float64(out[p])-want) > 1e-6*(mag+1) {
+						t.Fatalf("%s Dots dh=%d n=%d [%d] = %v, want %v", isa, dh, n, p, out[p], want)
+					}
+				}
+				if out[n] != end {
+					t.Fatalf("%s Dots dh=%d n=%d wrote past the end", isa, dh, n)
+				}
+
+				w := randF32(r, n)
+				o := randF32(r, dh+1)
+				o0 := append([]float32(nil), o...)
+				AxpyRows(w, k, o[:dh])
+				for d := 0; d < dh; d++ {
+					want, mag := float64(o0[d]), math.Abs(float64(o0[d]))
+					for p := range w {
+						want += float64(w[p]) * float64(k[p*dh+d])
+						mag += math.Abs(float64(w[p]) * float64(k[p*dh+d]))
+					}
+					if math.Abs(float64(o[d])-want) > 1e-6*(mag+1) {
+						t.Fatalf("%s AxpyRows dh=%d n=%d [%d] = %v, want %v", isa, dh, n, d, o[d], want)
+					}
+				}
+				if o[dh] != o0[dh] {
+					t.Fatalf("%s AxpyRows dh=%d n=%d wrote past the end", isa, dh, n)
+				}
+			}
+		}
+		restore()
+	}
+}
