@@ -358,21 +358,11 @@ func (c *Backend) Copy(dst, src *engine.Tensor) {
 // AdamW implements engine.TrainBackend (element-wise in fp32, constants folded in float64).
 func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)
-	decay := float32(1 - h.LR*h.WeightDecay)
-	b1, b2 := float32(h.Beta1), float32(h.Beta2)
 	c1, c2 := float32(1-h.Beta1), float32(1-h.Beta2)
-	step := float32(h.LR / h.BC1)
-	isb2 := float32(1 / math.Sqrt(h.BC2))
-	eps := float32(h.Eps)
+	k := kern.AdamWConsts{Decay: float32(1 - h.LR*h.WeightDecay), B1: float32(h.Beta1), B2: float32(h.Beta2), C1: c1, C2: c2,
+		Step: float32(h.LR / h.BC1), InvSqrtBC2: float32(1 / math.Sqrt(h.BC2)), Eps: float32(h.Eps)}
 	c.thr.Parallel(len(ps), 1<<16, func(lo, hi int) {
-		ps, gs, ms, vs := ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi]
-		for i := range ps {
-			gi := gs[i]
-			mi := b1*ms[i] + c1*gi
-			vi := b2*vs[i] + c2*gi*gi
-			ms[i], vs[i] = mi, vi
-			ps[i] = ps[i]*decay - step*mi/(float32(math.Sqrt(float64(vi)))*isb2+eps)
-		}
+		kern.AdamW(ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi], k)
 	})
 	written(p)
 }

@@ -33,3 +33,10 @@ func swigluVec(out, g, u []float32) { swigluAVX2(&out[0], &g[0], &u[0], len(out)
 func dotsVec(q, k, out []float32) { dotsAVX2(&q[0], &k[0], &out[0], len(out), len(q)) }
 
 func axpyRowsVec(w, v, o []float32) { axpyRowsAVX2(&w[0], &v[0], &o[0], len(w), len(o)) }
+
+//go:noescape
+func adamwAVX2(p, grad, m, v *float32, n int, c *AdamWConsts)
+
+func adamwVec(p, g, m, v []float32, c *AdamWConsts) {
+	adamwAVX2(&p[0], &g[0], &m[0], &v[0], len(p), c)
+}

@@ -343,3 +343,49 @@ axr_p8:
 axr_done:
 	VZEROUPPER
 	RET
+
+// func adamwAVX2(p, grad, m, v *float32, n int, c *AdamWConsts)
+// AdamW's update (adamw.go) on n parameters, n a multiple of 8, n > 0; every operation in
+// adamwGo's order, without FMA, so the bits equal it.
+TEXT ·adamwAVX2(SB), NOSPLIT, $0-48
+	MOVQ p+0(FP), DI
+	MOVQ grad+8(FP), SI
+	MOVQ m+16(FP), R8
+	MOVQ v+24(FP), R9
+	MOVQ n+32(FP), CX
+	MOVQ c+40(FP), AX
+	VBROADCASTSS 0(AX), Y8   // Decay
+	VBROADCASTSS 4(AX), Y9   // B1
+	VBROADCASTSS 8(AX), Y10  // B2
+	VBROADCASTSS 12(AX), Y11 // C1
+	VBROADCASTSS 16(AX), Y12 // C2
+	VBROADCASTSS 20(AX), Y13 // Step
+	VBROADCASTSS 24(AX), Y14 // InvSqrtBC2
+	VBROADCASTSS 28(AX), Y15 // Eps
+adamw_loop:
+	VMOVUPS (SI), Y0
+	VMULPS (R8), Y9, Y1
+	VMULPS Y0, Y11, Y2
+	VADDPS Y2, Y1, Y1
+	VMOVUPS Y1, (R8)
+	VMULPS (R9), Y10, Y2
+	VMULPS Y0, Y12, Y3
+	VMULPS Y0, Y3, Y3
+	VADDPS Y3, Y2, Y2
+	VMOVUPS Y2, (R9)
+	VSQRTPS Y2, Y2
+	VMULPS Y14, Y2, Y2
+	VADDPS Y15, Y2, Y2
+	VMULPS Y13, Y1, Y1
+	VDIVPS Y2, Y1, Y1
+	VMULPS (DI), Y8, Y3
+	VSUBPS Y1, Y3, Y3
+	VMOVUPS Y3, (DI)
+	ADDQ $32, DI
+	ADDQ $32, SI
+	ADDQ $32, R8
+	ADDQ $32, R9
+	SUBQ $8, CX
+	JNZ adamw_loop
+	VZEROUPPER
+	RET

@@ -11,3 +11,5 @@ func swigluVec(out, g, u []float32) { panic("kern: no vector kernels") }
 func dotsVec(q, k, out []float32) { panic("kern: no vector kernels") }
 
 func axpyRowsVec(w, v, o []float32) { panic("kern: no vector kernels") }
+
+func adamwVec(p, g, m, v []float32, c *AdamWConsts) { panic("kern: no vector kernels") }

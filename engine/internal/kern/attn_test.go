@@ -112,3 +112,46 @@ func TestDotsAxpyRows(t *testing.T) {
 		restore()
 	}
 }
+
+// TestAdamW: the AdamW update on every ISA path equals, bit for bit, the formula evaluated in
+// float64 and rounded op by op (tiny, huge and zero gradients and moments included), for
+// lengths covering the vector body and its tail.
+func TestAdamW(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	c := AdamWConsts{Decay: 1 - 1e-3*0.01, B1: 0.9, B2: 0.999, C1: 0.1, C2: 0.001, Step: 1e-3 / 0.1, InvSqrtBC2: 1 / 0.0447, Eps: 1e-8}
+	f := func(x float64) float64 { return float64(float32(x)) } // round to float32
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for n := 0; n <= 27; n++ {
+			p, g, m, v := randF32(r, n), randF32(r, n), randF32(r, n), randF32(r, n)
+			for i := range v {
+				v[i] = v[i] * v[i]
+				if i == 3 {
+					g[i], m[i], v[i] = 0, 0, 0
+				}
+				if i == 5 {
+					g[i] = 1e-30
+				}
+				if i == 6 {
+					g[i] = 3e18
+				}
+			}
+			wp, wm, wv := make([]float32, n), make([]float32, n), make([]float32, n)
+			for i := range p {
+				gi := float64(g[i])
+				mi := f(f(float64(c.B1)*float64(m[i])) + f(float64(c.C1)*gi))
+				vi := f(f(float64(c.B2)*float64(v[i])) + f(f(float64(c.C2)*gi)*gi))
+				d := f(f(f(math.Sqrt(vi))*float64(c.InvSqrtBC2)) + float64(c.Eps))
+				wm[i], wv[i] = float32(mi), float32(vi)
+				wp[i] = float32(f(float64(p[i])*float64(c.Decay)) - f(f(float64(c.Step)*mi)/d))
+			}
+			AdamW(p, g, m, v, c)
+			for i := range p {
+				if math.Float32bits(p[i]) != math.Float32bits(wp[i]) || m[i] != wm[i] || v[i] != wv[i] {
+					t.Fatalf("%s n=%d [%d]: p %v m %v v %v, want %v %v %v", isa, n, i, p[i], m[i], v[i], wp[i], wm[i], wv[i])
+				}
+			}
+		}
+		restore()
+	}
+}

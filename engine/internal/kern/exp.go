@@ -29,3 +29,6 @@ func Expf(x float32) float32 {
 
 // Silu is x·sigmoid(x) = x / (1 + e^-x).
 func Silu(x float32) float32 { return x / (1 + Expf(-x)) }
+
+// Sqrtf is the correctly rounded float32 square root (through float64: exact for float32).
+func Sqrtf(x float32) float32 { return float32(math.Sqrt(float64(x))) }
