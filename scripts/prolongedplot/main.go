@@ -19,7 +19,6 @@ import (
 	"image/color"
 	"log/slog"
 	"maps"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +30,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // config is one configuration of the grid: its name and its seeds' metrics.
@@ -119,7 +120,7 @@ func drawAll(cfgs []config, out string, smooth int) ([]string, error) {
 			continue
 		}
 		path := filepath.Join(out, ps.file)
-		if err := draw(cfgs, ps, path); err != nil {
+		if err := drawPlot(cfgs, ps, path); err != nil {
 			return files, err
 		}
 		files = append(files, path)
@@ -298,60 +299,90 @@ func movingAverage(pts []point, half int) []point {
 	return out
 }
 
-// draw plots ps for every configuration: the seed mean as a line, the seed range as a band.
-func draw(cfgs []config, ps plotSpec, path string) error {
+// drawPlot plots ps for every configuration: the seed mean as a line, the seed range as a band,
+// with the legend in two columns below the plot.
+func drawPlot(cfgs []config, ps plotSpec, path string) error {
 	p := plot.New()
 	p.Title.Text = ps.title + " — mean over seeds, band: lowest to highest seed"
 	if ps.smooth > 0 {
 		p.Title.Text += fmt.Sprintf("\neach seed averaged over ±%d steps", ps.smooth)
 	}
+	p.Title.Padding = vg.Points(6)
 	p.X.Label.Text = "step"
 	p.Y.Label.Text = ps.ylabel
-	p.Y.Tick.Marker = fourDigits{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = fourDigits{}, fourDigits{}
 	p.Add(plotter.NewGrid())
-	lo, hi := math.Inf(1), math.Inf(-1)
+	legends := [2]plot.Legend{plot.NewLegend(), plot.NewLegend()}
 	for i, c := range cfgs {
 		s := seedSpread(c, ps.m, ps.smooth)
-		for j := range s.lo {
-			lo, hi = min(lo, s.lo[j].Y), max(hi, s.hi[j].Y)
-		}
 		if len(s.mean) == 0 {
 			continue
 		}
-		col := plotutil.Color(i)
-		if len(s.mean) > 1 {
-			band := append(slices.Clone(s.hi), reversed(s.lo)...)
-			poly, err := plotter.NewPolygon(band)
-			if err != nil {
-				return fmt.Errorf("%s: %s: %w", path, c.name, err)
-			}
-			r, g, b, _ := col.RGBA()
-			poly.Color = color.NRGBA{R: uint8(r >> 8), G: uint8(g >> 8), B: uint8(b >> 8), A: 60}
-			poly.LineStyle.Width = 0
-			p.Add(poly)
-		}
-		line, err := plotter.NewLine(s.mean)
+		thumbs, err := curve(p, s, plotutil.Color(i))
 		if err != nil {
 			return fmt.Errorf("%s: %s: %w", path, c.name, err)
 		}
-		line.Color = col
-		line.Width = vg.Points(1.5)
-		p.Add(line)
-		if len(s.mean) <= maxMarked {
-			points, _ := plotter.NewScatter(s.mean) // the same values NewLine took
-			points.Color = col
-			p.Add(points)
-		}
-		p.Legend.Add(c.name, line)
+		legends[2*i/len(cfgs)].Add(c.name, thumbs...)
 	}
-	p.Legend.Top = true
 	if ps.fraction {
-		lo, hi = 0, max(hi, 0.1)
+		p.Y.Min, p.Y.Max = 0, max(p.Y.Max, 0.1)
 	}
-	// Room above the curves for the legend, about a third of the height.
-	p.Y.Min, p.Y.Max = lo, hi+max(hi-lo, math.Abs(hi)*0.01, 1e-9)*0.5
-	p.Title.Padding = vg.Points(6)
-	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
+	return save(p, legends, path)
+}
+
+// curve adds a configuration's spread to p in colour col: the band (where it has more than one
+// step) and the mean, marked at each step where there are few; it returns the legend's thumbnails.
+func curve(p *plot.Plot, s spread, col color.Color) ([]plot.Thumbnailer, error) {
+	var thumbs []plot.Thumbnailer
+	if len(s.mean) > 1 {
+		poly, err := plotter.NewPolygon(append(slices.Clone(s.hi), reversed(s.lo)...))
+		if err != nil {
+			return nil, err
+		}
+		r, g, b, _ := col.RGBA()
+		poly.Color = color.NRGBA{R: uint8(r >> 8), G: uint8(g >> 8), B: uint8(b >> 8), A: 60}
+		poly.LineStyle.Width = 0
+		p.Add(poly)
+		thumbs = append(thumbs, poly)
+	}
+	line, err := plotter.NewLine(s.mean)
+	if err != nil {
+		return nil, err
+	}
+	line.Color = col
+	line.Width = vg.Points(1.5)
+	p.Add(line)
+	if len(s.mean) <= maxMarked {
+		points, err := plotter.NewScatter(s.mean)
+		if err != nil {
+			return nil, err
+		}
+		points.Color = col
+		p.Add(points)
+	}
+	return append(thumbs, line), nil
+}
+
+// save writes p as a PNG at path with legends side by side in a strip below it.
+func save(p *plot.Plot, legends [2]plot.Legend, path string) error {
+	w, h := 8*vg.Inch, 5*vg.Inch
+	c := vgimg.New(w, h)
+	dc := draw.New(c)
+	strip := legends[0].Rectangle(dc).Size().Y + vg.Points(12)
+	p.Draw(draw.Crop(dc, 0, 0, strip, 0))
+	for i, l := range legends {
+		l.Top, l.Left = true, true
+		l.Draw(draw.Crop(dc, vg.Length(i)*w/2+vg.Points(40), -(vg.Length(1-i) * w / 2), 0, -(h - strip + vg.Points(4))))
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: c}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
 }
 
 // fourDigits labels gonum's default ticks with up to four significant digits (its own labels
