@@ -127,6 +127,13 @@ def compare(a, b):
     return "above" if a[1] > b[2] else "below" if a[2] < b[1] else "within"
 
 
+def span(steps, first):
+    """The first or the last tenth of the steps in words: "steps 191–200" (or "step 10")."""
+    w = max(1, steps // 10)
+    lo, hi = (1, w) if first else (steps - w + 1, steps)
+    return f"step {lo}" if lo == hi else f"steps {lo}–{hi}"
+
+
 def say(s, fmt):
     return "-" if s is None else f"{fmt.format(s[0])} [{fmt.format(s[1])}, {fmt.format(s[2])}] (n={s[3]})"
 
@@ -134,6 +141,12 @@ def say(s, fmt):
 PLAIN, FULL = CONFIGS[0][0], CONFIGS[-1][0]
 WORDS = {"above": "**above** plain GRPO's beyond the seed spread", "below": "**below** plain GRPO's beyond the seed spread",
          "within": "within the seed spread (the ranges overlap)", None: "not judged (fewer than 2 seeds with a value)"}
+
+
+RULE = ("(The verdict is computed: yes where the full recipe's final pass@k at the largest k is above plain GRPO's beyond the "
+        "seed spread on at least one held-out set and below it on none, and its entropy over the last tenth of the steps is "
+        "above plain GRPO's beyond the spread; no where its pass@k is above on no held-out set; mixed otherwise. Beyond the "
+        "seed spread means the ranges over seeds do not overlap.)\n")
 
 
 def verdict(summaries, sets, steps, k):
@@ -156,8 +169,8 @@ def verdict(summaries, sets, steps, k):
         a, b = (spread([p["last"].get(key) for p in ps]) for ps in (full, plain))
         f0, p0 = (spread([p["first"].get(key) for p in ps]) for ps in (full, plain))
         ent[key] = compare(a, b)
-        lines.append(f"- {key}, mean over the last {max(1, steps // 10)} steps: full recipe {say(a, '{:.3f}')} vs plain GRPO "
-                     f"{say(b, '{:.3f}')}: {WORDS[ent[key]]} (over the first steps: {say(f0, '{:.3f}')} vs {say(p0, '{:.3f}')}).")
+        lines.append(f"- {key}, mean over {span(steps, False)}: full recipe {say(a, '{:.3f}')} vs plain GRPO {say(b, '{:.3f}')}: "
+                     f"{WORDS[ent[key]]} (over {span(steps, True)}: {say(f0, '{:.3f}')} vs {say(p0, '{:.3f}')}).")
     up = [s for s in sets if got[s, k] == "above"]
     down = [s for s in sets if got[s, k] == "below"]
     head = (f"On {len(up)} of {len(sets)} held-out sets ({', '.join(up) or 'none'}) the full recipe's final pass@{k} is above "
@@ -172,7 +185,7 @@ def verdict(summaries, sets, steps, k):
                  f"{len(full)} of the full recipe, {steps} steps each; the figures and plots below show what happened.")
     else:
         word = "mixed"
-    return f"**Verdict: {word}.** {head}\n\n" + "\n".join(lines) + "\n"
+    return f"**Verdict: {word}.** {head}\n\n" + "\n".join(lines) + "\n\n" + RULE
 
 
 def write_doc(a, runs):
@@ -208,7 +221,7 @@ def write_doc(a, runs):
                 g = lambda when, kk: [p[when].get(s, {}).get(kk) for p in per]
                 f.write(f"| {name} | {len(per)} | {cell(g('start', '1'), '{:.1%}')} | {cell(g('end', '1'), '{:.1%}')} | "
                         f"{cell(g('start', k), '{:.1%}')} | {cell(g('end', k), '{:.1%}')} |\n")
-        f.write(f"\n## Entropy and KL\n\nMeans over the last {max(1, a.steps // 10)} steps (entropy and KL per token of the "
+        f.write(f"\n## Entropy and KL\n\nMeans over {span(a.steps, False)} (entropy and KL per token of the "
                 "training samples; per family: that family's tokens).\n\n")
         f.write("| configuration | n | entropy | KL to the reference |" + "".join(f" {x} |" for x in fams) + "\n")
         f.write("| --- " * (4 + len(fams)) + "|\n")

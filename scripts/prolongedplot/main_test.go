@@ -242,7 +242,7 @@ func TestVerdict(t *testing.T) {
 	}
 	plainLines := []string{
 		"- arith/above, pass@1 at step 10: full recipe 0.5% [0.0%, 1.0%] (n=2) vs plain GRPO 2.0% [1.0%, 3.0%] (n=3): within the seed spread (the ranges overlap).",
-		"- entropy countdown, mean over the last 1 steps: full recipe ",
+		"- entropy countdown, mean over step 10: full recipe ",
 		"- + clip-higher, seed1: not started\n- + clip-higher, seed2: not started\n- + clip-higher, seed3: not started\n" +
 			"- + KL and reference resets, seed2: not started\n- + KL and reference resets, seed3: not started\n" +
 			"- full recipe (+ dynamic sampling), seed3: logged up to step 6\n",
@@ -263,8 +263,8 @@ func TestVerdict(t *testing.T) {
 			"- arith/in, pass@8 at step 10: full recipe 67.5% [65.0%, 70.0%] (n=2) vs plain GRPO 55.0% [50.0%, 60.0%] (n=3): **above** plain GRPO's beyond the seed spread.",
 			"- arith/in, pass@1 at step 10: full recipe 25.0% [22.0%, 28.0%] (n=2) vs plain GRPO 25.0% [20.0%, 30.0%] (n=3): within the seed spread (the ranges overlap).",
 			"- arith/above, pass@8 at step 10: full recipe 2.5% [0.0%, 5.0%] (n=2) vs plain GRPO 20.0% [10.0%, 30.0%] (n=3): **below** plain GRPO's beyond the seed spread.",
-			"- entropy, mean over the last 1 steps: full recipe 0.850 [0.800, 0.900] (n=2) vs plain GRPO 0.550 [0.500, 0.600] (n=3): **above** plain GRPO's beyond the seed spread " +
-				"(over the first steps: 1.000 [1.000, 1.000] (n=2) vs 1.000 [1.000, 1.000] (n=3)).",
+			"- entropy, mean over step 10: full recipe 0.850 [0.800, 0.900] (n=2) vs plain GRPO 0.550 [0.500, 0.600] (n=3): **above** plain GRPO's beyond the seed spread " +
+				"(over step 1: 1.000 [1.000, 1.000] (n=2) vs 1.000 [1.000, 1.000] (n=3)).",
 		}},
 		{"yes", []fakeRun{
 			{map[string][2]float64{"arith/in": {0.28, 0.70}, "arith/above": {0.00, 0.25}}, 1, 0.90},
