@@ -60,7 +60,7 @@ func archImpls() []*impl {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 		s = append(s, &impl{
 			name:    "avx2",
-			mr:      3,
+			mr:      6,
 			f32:     gemmF32AVX2,
 			b16:     gemmBF16AVX2,
 			widen:   widenAVX2,

@@ -131,6 +131,41 @@ func TestBatchIndependence(t *testing.T) {
 	}
 }
 
+// TestRowBlockEdges runs every row count 1..2·mr+1 of each ISA (so every register-block body
+// and the split into near-equal blocks) with k around the k-loop unrolling (every remainder,
+// k=1 included) and a partial last panel: each row is close to the oracle and bit-identical to
+// the same row computed alone.
+func TestRowBlockEdges(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for _, bf := range []bool{false, true} {
+			for _, k := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 37} {
+				const n = 45 // one full panel, one of 13 columns
+				w := newWeight(r, n, k, bf)
+				for m := 1; m <= 2*cur.mr+1; m++ {
+					name := fmt.Sprintf("%s bf16=%v m=%d k=%d", isa, bf, m, k)
+					x := randF32(r, m*k)
+					got, want := make([]float32, m*n), make([]float32, m*n)
+					MatMul(got, x, m, w)
+					MatMulRef(want, x, m, w)
+					checkClose(t, name, got, want, x, m, w)
+					y1 := make([]float32, n)
+					for i := 0; i < m; i++ {
+						MatMul(y1, x[i*k:(i+1)*k], 1, w)
+						for j, v := range y1 {
+							if math.Float32bits(v) != math.Float32bits(got[i*n+j]) {
+								t.Fatalf("%s: y[%d,%d] = %v in the batch, %v alone", name, i, j, got[i*n+j], v)
+							}
+						}
+					}
+				}
+			}
+		}
+		restore()
+	}
+}
+
 func TestUnpackBytes(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	w := randF32(r, 33*5)
