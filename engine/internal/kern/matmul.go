@@ -13,8 +13,8 @@ const maxMR = 16
 // result does not depend on m or on how the work is split across threads (it may differ in
 // the last bits between ISA paths).
 //
-// Plan: x is packed into blocks of mr rows ([ceil(m/mr)] blocks of [k][rows], m == 1 uses x as
-// is); the work items are (panel of 32 columns, group of row blocks); each item streams its
+// Plan: x is packed into ceil(m/mr) blocks of near-equal height <= mr rows (each [k][rows],
+// m == 1 uses x as is); the work items are (panel of 32 columns, group of row blocks); each item streams its
 // panel once per row block (from L1/L2 after the first) with the mr×32 micro-kernel over the
 // whole of k.
 func MatMul(y, x []float32, m int, w *Weight) { Threads(0).MatMul(y, x, m, w) }
@@ -43,38 +43,19 @@ func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 		return
 	}
 	im := cur
-	mr := im.mr
-	nrb := (m + mr - 1) / mr
+	nrb := (m + im.mr - 1) / im.mr
+	// Row block r holds rows [first(r), first(r+1)): near-equal heights of at most mr, so m=16 on
+	// mr=6 runs blocks of 6,5,5 rather than 6,6,4 (and m=7 runs 4,3 rather than 6,1).
+	first := func(r int) int { return r * m / nrb }
 
-	ap := x[:k] // packed x: row block r at offset r*mr*k, layout [k][rows of block r]
-	if m > 1 && trans {
+	ap := x[:k] // packed x: row block r at offset first(r)*k, layout [k][rows of block r]
+	if m > 1 {
 		bp := getBuf(m * k)
 		defer putBuf(bp)
 		ap = *bp
-		t.Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				rows := min(mr, m-r*mr)
-				dst := ap[r*mr*k : r*mr*k+rows*k]
-				for kk := 0; kk < k; kk++ {
-					copy(dst[kk*rows:kk*rows+rows], x[kk*m+r*mr:kk*m+r*mr+rows])
-				}
-			}
-		})
-	} else if m > 1 {
-		bp := getBuf(m * k)
-		defer putBuf(bp)
-		ap = *bp
-		t.Parallel(nrb, max(1, 16384/(mr*k)), func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				rows := min(mr, m-r*mr)
-				dst := ap[r*mr*k : r*mr*k+rows*k]
-				src := x[r*mr*k : r*mr*k+rows*k]
-				for i := 0; i < rows; i++ {
-					xi := src[i*k : i*k+k]
-					for kk, v := range xi {
-						dst[kk*rows+i] = v
-					}
-				}
+		t.Parallel(nrb, max(1, 16384/(im.mr*k)), func(r0, r1 int) {
+			for r := r0; r < r1; r++ {
+				packRows(ap, x, first(r), first(r+1), m, k, trans)
 			}
 		})
 	}
@@ -108,12 +89,12 @@ func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 				bf = &w.f32[pn*k*nr]
 			}
 			for r := rb0; r < rb1; r++ {
-				rows := min(mr, m-r*mr)
-				a := &ap[r*mr*k]
+				r0, rows := first(r), first(r+1)-first(r)
+				a := &ap[r0*k]
 				c, ldc := &tile[0], nr
 				last := edge != 0 && pn == w.np-1
 				if !last {
-					c, ldc = &y[r*mr*n+pn*nr], n
+					c, ldc = &y[r0*n+pn*nr], n
 				}
 				if bh != nil {
 					im.b16(a, bh, c, k, rows, ldc)
@@ -122,13 +103,31 @@ func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 				}
 				if last {
 					for i := 0; i < rows; i++ {
-						row := (r*mr + i) * n
+						row := (r0 + i) * n
 						copy(y[row+pn*nr:row+n], tile[i*nr:i*nr+edge])
 					}
 				}
 			}
 		}
 	})
+}
+
+// packRows writes rows [r0, r1) of x [m][k] (or of xᵀ, x given as [k][m], when trans) into
+// ap[r0*k:r1*k] as [k][r1-r0].
+func packRows(ap, x []float32, r0, r1, m, k int, trans bool) {
+	rows := r1 - r0
+	dst := ap[r0*k : r1*k]
+	if trans {
+		for kk := 0; kk < k; kk++ {
+			copy(dst[kk*rows:kk*rows+rows], x[kk*m+r0:kk*m+r1])
+		}
+		return
+	}
+	for i := 0; i < rows; i++ {
+		for kk, v := range x[(r0+i)*k : (r0+i)*k+k] {
+			dst[kk*rows+i] = v
+		}
+	}
 }
 
 var bufPool sync.Pool // *[]float32 scratch
