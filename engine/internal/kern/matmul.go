@@ -13,10 +13,10 @@ const maxMR = 16
 // result does not depend on m or on how the work is split across threads (it may differ in
 // the last bits between ISA paths).
 //
-// Plan: x is packed into ceil(m/mr) blocks of near-equal height <= mr rows (each [k][rows],
-// m == 1 uses x as is); the work items are (panel of 32 columns, group of row blocks); each item streams its
-// panel once per row block (from L1/L2 after the first) with the mr×32 micro-kernel over the
-// whole of k.
+// Plan: x is packed into ceil(m/mr) blocks of near-equal height, at most mr rows (each
+// [k][rows]; m == 1 uses x as is); the work items are (panel of 32 columns, group of row
+// blocks); each item streams its panel once per row block (from L1/L2 after the first) with
+// the rows×32 micro-kernel over the whole of k.
 func MatMul(y, x []float32, m int, w *Weight) { Threads(0).MatMul(y, x, m, w) }
 
 // MatMul is the package-level MatMul on at most t chunks of work at a time.
