@@ -444,3 +444,30 @@ func TestThreads(t *testing.T) {
 		}
 	}
 }
+
+// TestParallelFine: every index is run exactly once, in at most threads·chunksPerThread
+// chunks (exactly that many when n allows).
+func TestParallelFine(t *testing.T) {
+	for _, threads := range []Threads{1, 2, 3} {
+		for _, per := range []int{0, 1, 4} {
+			for _, n := range []int{0, 1, 5, 12, 1000} {
+				hits := make([]int32, n)
+				var chunks atomic.Int32
+				threads.ParallelFine(n, per, func(lo, hi int) {
+					chunks.Add(1)
+					for i := lo; i < hi; i++ {
+						atomic.AddInt32(&hits[i], 1)
+					}
+				})
+				for i, h := range hits {
+					if h != 1 {
+						t.Fatalf("threads %d, %d per thread, n=%d: index %d run %d times", threads, per, n, i, h)
+					}
+				}
+				if want := min(n, int(threads)*max(1, per)); int(chunks.Load()) != want {
+					t.Errorf("threads %d, %d per thread, n=%d: %d chunks, want %d", threads, per, n, chunks.Load(), want)
+				}
+			}
+		}
+	}
+}

@@ -68,6 +68,13 @@ func (t Threads) count() int {
 	return runtime.GOMAXPROCS(0)
 }
 
+// ParallelFine is Parallel with up to chunksPerThread chunks per thread, claimed by whichever
+// thread is free first: for work whose result does not depend on the split (each item written
+// by one chunk), so that a thread started late or slowed by other load takes fewer chunks.
+func (t Threads) ParallelFine(n, chunksPerThread int, fn func(lo, hi int)) {
+	t.parallel(n, 1, max(1, chunksPerThread), fn)
+}
+
 // Parallel runs fn over [0,n) split into at most GOMAXPROCS contiguous, near-equal chunks of at
 // least grain items (one chunk when n < 2·grain) on the persistent worker pool; the caller
 // runs chunks too. It returns when every chunk is done. Safe for concurrent use; nested calls
@@ -75,7 +82,9 @@ func (t Threads) count() int {
 func Parallel(n, grain int, fn func(lo, hi int)) { Threads(0).Parallel(n, grain, fn) }
 
 // Parallel is the package-level Parallel with at most t chunks (GOMAXPROCS when t is 0).
-func (t Threads) Parallel(n, grain int, fn func(lo, hi int)) {
+func (t Threads) Parallel(n, grain int, fn func(lo, hi int)) { t.parallel(n, grain, 1, fn) }
+
+func (t Threads) parallel(n, grain, perThread int, fn func(lo, hi int)) {
 	if n <= 0 {
 		return
 	}
@@ -83,7 +92,7 @@ func (t Threads) Parallel(n, grain int, fn func(lo, hi int)) {
 		grain = 1
 	}
 	p := t.count()
-	chunks := min(p, n/grain)
+	chunks := min(p*perThread, n/grain)
 	if chunks <= 1 {
 		fn(0, n)
 		return
@@ -92,7 +101,7 @@ func (t Threads) Parallel(n, grain int, fn func(lo, hi int)) {
 	j := &pjob{fn: fn, n: n, chunks: chunks}
 	j.wg.Add(chunks)
 offer:
-	for i := 0; i < chunks-1; i++ {
+	for i := 0; i < min(chunks, p)-1; i++ {
 		select {
 		case ch <- j:
 		default:
