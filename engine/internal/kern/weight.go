@@ -3,7 +3,10 @@
 // helpers, bf16 conversion, a persistent worker pool, and machine peak measurements.
 package kern
 
-import "fmt"
+import (
+	"fmt"
+	"unsafe"
+)
 
 // nr is the panel width: the number of W rows (= output columns) packed side by side. Every ISA
 // uses the same packed layout, so SetISA can switch paths on existing weights.
@@ -32,6 +35,9 @@ func (t Threads) NewWeightF32(w []float32, n, k int) *Weight {
 	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
 	wt.f32 = make([]float32, wt.np*k*nr)
+	if len(wt.f32) > 0 {
+		adviseHuge(unsafe.Pointer(&wt.f32[0]), 4*len(wt.f32))
+	}
 	packPanels(t, wt.f32, w, n, k)
 	return wt
 }
@@ -45,6 +51,9 @@ func (t Threads) NewWeightBF16(w []uint16, n, k int) *Weight {
 	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
 	wt.b16 = make([]uint16, wt.np*k*nr)
+	if len(wt.b16) > 0 {
+		adviseHuge(unsafe.Pointer(&wt.b16[0]), 2*len(wt.b16))
+	}
 	packPanels(t, wt.b16, w, n, k)
 	return wt
 }
