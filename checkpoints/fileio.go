@@ -25,7 +25,15 @@ var testHookWriter func(path string, w io.Writer) io.Writer
 // fsynced, closed and renamed over path, and the directory is fsynced so that the rename is
 // durable. On any error (write's included) the temporary file is removed and an existing file
 // at path is left as it was. The directory must exist. Errors name path.
+//
+// A path that is a character device or a named pipe (/dev/null, /dev/stdout, a FIFO) is
+// written straight through, as cp would: renaming over it would replace the device node
+// itself (as root, /dev/null would become a regular file). A path that is a directory or
+// another kind of special file is an error.
 func WriteFileAtomic(path string, perm os.FileMode, write func(io.Writer) error) (err error) {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return writeSpecial(path, fi, write)
+	}
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -59,6 +67,34 @@ func WriteFileAtomic(path string, perm os.FileMode, write func(io.Writer) error)
 	}
 	if err == nil {
 		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// writeSpecial writes to the existing non-regular file path (fi): through, when it is a
+// character device or a named pipe; an error otherwise.
+func writeSpecial(path string, fi os.FileInfo, write func(io.Writer) error) error {
+	m := fi.Mode()
+	if m&(os.ModeCharDevice|os.ModeNamedPipe) == 0 {
+		what := "not a regular file"
+		if m.IsDir() {
+			what = "a directory"
+		}
+		return fmt.Errorf("writing %s: it is %s (want a file name)", path, what)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err = write(bw); err == nil {
+		err = bw.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)

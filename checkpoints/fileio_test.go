@@ -202,3 +202,44 @@ func TestWriteConfigMatchesSave(t *testing.T) {
 		t.Errorf("dtype F64: %v", err)
 	}
 }
+
+// TestWriteFileAtomicSpecial: a character device (/dev/null) or a named pipe is written
+// straight through and stays what it was (renaming over /dev/null would, as root, make it a
+// regular file); a directory is refused with an error naming it.
+func TestWriteFileAtomicSpecial(t *testing.T) {
+	body := func(w io.Writer) error { _, err := w.Write([]byte("hello")); return err }
+	if err := WriteFileAtomic(os.DevNull, 0o644, body); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(os.DevNull); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Fatalf("%s after WriteFileAtomic: %v, %v", os.DevNull, fi.Mode(), err)
+	}
+	if names, _ := filepath.Glob("/dev/.null.tmp-*"); len(names) > 0 {
+		t.Errorf("temporary files left in /dev: %v", names)
+	}
+
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscallMkfifo(fifo); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		b, _ := os.ReadFile(fifo)
+		got <- string(b)
+	}()
+	if err := WriteFileAtomic(fifo, 0o644, body); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "hello" {
+		t.Errorf("the pipe's reader got %q", s)
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Errorf("the pipe after WriteFileAtomic: %v, %v", fi.Mode(), err)
+	}
+
+	err := WriteFileAtomic(dir, 0o644, body)
+	if err == nil || !strings.Contains(err.Error(), dir+": it is a directory") {
+		t.Errorf("WriteFileAtomic onto a directory: %v", err)
+	}
+}
