@@ -314,7 +314,8 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			seqOf[t] = int32(sq)
 		}
 	}
-	c.thr.Parallel(T*nh, 1, func(lo, hi int) {
+	// Four chunks per thread: causal rows differ in cost, and a late worker takes fewer.
+	c.thr.ParallelFine(T*nh, 4, func(lo, hi int) {
 		var scores []float32
 		for i := lo; i < hi; i++ {
 			t, h := i/nh, i%nh
