@@ -35,9 +35,10 @@ func AdamW(p, g, m, v []float32, c AdamWConsts) {
 func adamwGo(p, g, m, v []float32, c AdamWConsts) {
 	for i := range p {
 		gi := g[i]
-		mi := c.B1*m[i] + c.C1*gi
-		vi := c.B2*v[i] + c.C2*gi*gi
+		// Products rounded on their own (no FMA fusion), as the AVX2 kernel computes them.
+		mi := float32(c.B1*m[i]) + float32(c.C1*gi)
+		vi := float32(c.B2*v[i]) + float32(float32(c.C2*gi)*gi)
 		m[i], v[i] = mi, vi
-		p[i] = p[i]*c.Decay - c.Step*mi/(Sqrtf(vi)*c.InvSqrtBC2+c.Eps)
+		p[i] = float32(p[i]*c.Decay) - float32(c.Step*mi)/(float32(Sqrtf(vi)*c.InvSqrtBC2)+c.Eps)
 	}
 }

@@ -14,16 +14,18 @@ func Expf(x float32) float32 {
 	case x < -87.33654:
 		return 0
 	}
-	n := float32(math.Floor(float64(x*1.44269504088896341 + 0.5)))
-	r := x - n*0.693359375
-	r -= n * -2.12194440e-4
+	// Each product is rounded on its own (float32(...)), so that no compiler fuses it into an
+	// FMA: the AVX2 kernels (attn_amd64.s) repeat these steps and must give the same bits.
+	n := float32(math.Floor(float64(float32(x*1.44269504088896341) + 0.5)))
+	r := x - float32(n*0.693359375)
+	r -= float32(n * -2.12194440e-4)
 	p := float32(1.9875691500e-4)
-	p = p*r + 1.3981999507e-3
-	p = p*r + 8.3334519073e-3
-	p = p*r + 4.1665795894e-2
-	p = p*r + 1.6666665459e-1
-	p = p*r + 5.0000001201e-1
-	y := p*r*r + r + 1
+	p = float32(p*r) + 1.3981999507e-3
+	p = float32(p*r) + 8.3334519073e-3
+	p = float32(p*r) + 4.1665795894e-2
+	p = float32(p*r) + 1.6666665459e-1
+	p = float32(p*r) + 5.0000001201e-1
+	y := float32(float32(p*r)*r) + r + 1
 	return y * math.Float32frombits(uint32(int32(n)+127)<<23)
 }
 
