@@ -49,10 +49,7 @@ func WriteFileAtomic(path string, perm os.FileMode, write func(io.Writer) error)
 	if testHookWriter != nil {
 		w = testHookWriter(path, w)
 	}
-	bw := bufio.NewWriterSize(w, 1<<20)
-	if err = write(bw); err == nil {
-		err = bw.Flush()
-	}
+	err = writeBuffered(w, write)
 	if err == nil {
 		err = f.Chmod(perm) // CreateTemp makes 0600: a kept file is for others to read too
 	}
@@ -89,10 +86,7 @@ func writeSpecial(path string, fi os.FileInfo, write func(io.Writer) error) erro
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = write(bw); err == nil {
-		err = bw.Flush()
-	}
+	err = writeBuffered(f, write)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -100,6 +94,15 @@ func writeSpecial(path string, fi os.FileInfo, write func(io.Writer) error) erro
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeBuffered runs write through a 1 MiB buffer on w and flushes it.
+func writeBuffered(w io.Writer, write func(io.Writer) error) error {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err := write(bw); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 // writeAtomic is WriteFileAtomic with mode 0644, what every file of a checkpoint gets.

@@ -327,12 +327,10 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			}
 			sc := scores[:n]
 			qv := qs[t*nh*dh+h*dh : t*nh*dh+(h+1)*dh]
-			kvh := h / group
+			off := h / group * bs * dh // the KV head's keys (values) in each block, one after another
 			blocks := b.Blocks[sq]
-			// Scores block by block: a block holds a head's keys one after another.
 			for p0 := 0; p0 < n; p0 += bs {
 				p1 := min(n, p0+bs)
-				off := kvh * bs * dh
 				kern.Dots(qv, kv.k[layer][blocks[p0/bs]][off:off+(p1-p0)*dh], sc[p0:p1])
 			}
 			maxv := sc[0]
@@ -344,7 +342,6 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			clear(o)
 			for p0 := 0; p0 < n; p0 += bs {
 				p1 := min(n, p0+bs)
-				off := kvh * bs * dh
 				kern.AxpyRows(sc[p0:p1], kv.v[layer][blocks[p0/bs]][off:off+(p1-p0)*dh], o)
 			}
 			inv := 1 / sum
