@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func randF32(r *rand.Rand, n int) []float32 {
@@ -283,26 +284,71 @@ func TestBF16(t *testing.T) {
 }
 
 func TestParallel(t *testing.T) {
-	for _, n := range []int{0, 1, 2, 3, 7, 100, 1000, 12345} {
-		for _, grain := range []int{0, 1, 3, 64, 5000} {
-			hits := make([]int32, n)
-			Parallel(n, grain, func(lo, hi int) {
-				if lo >= hi && n > 0 {
-					t.Errorf("empty chunk [%d,%d)", lo, hi)
-				}
-				if grain > 1 && hi-lo < grain && hi != n {
-					t.Errorf("chunk [%d,%d) below grain %d", lo, hi, grain)
-				}
-				for i := lo; i < hi; i++ {
-					atomic.AddInt32(&hits[i], 1)
-				}
-			})
-			for i, h := range hits {
-				if h != 1 {
-					t.Fatalf("n=%d grain=%d: index %d hit %d times", n, grain, i, h)
-				}
+	defer SetSpinWait(SpinWait())
+	for _, wait := range []time.Duration{0, DefaultSpinWait, time.Second} {
+		SetSpinWait(wait)
+		for _, n := range []int{0, 1, 2, 3, 7, 100, 1000, 12345} {
+			for _, grain := range []int{0, 1, 3, 64, 5000} {
+				checkParallel(t, n, grain)
 			}
 		}
+	}
+}
+
+// checkParallel runs Parallel(n, grain) and checks every index is run exactly once, in chunks
+// of at least grain.
+func checkParallel(t *testing.T, n, grain int) {
+	t.Helper()
+	hits := make([]int32, n)
+	Parallel(n, grain, func(lo, hi int) {
+		if lo >= hi && n > 0 {
+			t.Errorf("empty chunk [%d,%d)", lo, hi)
+		}
+		if grain > 1 && hi-lo < grain && hi != n {
+			t.Errorf("chunk [%d,%d) below grain %d", lo, hi, grain)
+		}
+		for i := lo; i < hi; i++ {
+			atomic.AddInt32(&hits[i], 1)
+		}
+	})
+	for i, h := range hits {
+		if h != 1 {
+			t.Fatalf("n=%d grain=%d: index %d hit %d times", n, grain, i, h)
+		}
+	}
+}
+
+// TestSpin: spin returns true as soon as ready does, polls once and gives up at a spin wait of
+// 0, and gives up after about the spin wait otherwise.
+func TestSpin(t *testing.T) {
+	defer SetSpinWait(SpinWait())
+	for _, tc := range []struct {
+		wait    time.Duration
+		readyAt int // poll that first returns true; 0: never
+		want    bool
+		polls   int // exact poll count expected, 0: not checked
+	}{
+		{0, 1, true, 1},
+		{0, 0, false, 1},
+		{0, 2, false, 1},
+		{time.Second, 1, true, 1},
+		{time.Second, 1000, true, 1000},
+		{20 * time.Millisecond, 0, false, 0},
+	} {
+		SetSpinWait(tc.wait)
+		polls := 0
+		t0 := time.Now()
+		got := spin(func() bool { polls++; return polls == tc.readyAt })
+		took := time.Since(t0)
+		if got != tc.want || (tc.polls > 0 && polls != tc.polls) {
+			t.Errorf("wait %v ready at poll %d: spin = %v after %d polls, want %v after %d", tc.wait, tc.readyAt, got, polls, tc.want, tc.polls)
+		}
+		if !tc.want && tc.wait > 0 && (took < tc.wait || took > tc.wait+time.Second) {
+			t.Errorf("wait %v: gave up after %v", tc.wait, took)
+		}
+	}
+	if SetSpinWait(-time.Second); SpinWait() != 0 {
+		t.Errorf("SetSpinWait(-1s): SpinWait() = %v, want 0", SpinWait())
 	}
 }
 
