@@ -142,6 +142,25 @@ type Backend interface {
 	LogProbs(logits *Tensor, targets []int32, temperature float32) (logp, entropy []float32, err error)
 }
 
+// MatMulsBackend is implemented by a backend that runs several projections of one input in one
+// pass: outs[i][M,N_i] = x[M,K]·ws[i][N_i,K]ᵀ, each as MatMul would give it. The CPU backend
+// does (one dispatch over the cores for Q, K and V, one for gate and up); the engine falls back
+// to one MatMul per weight on other backends.
+type MatMulsBackend interface {
+	MatMuls(outs []*Tensor, x *Tensor, ws []*Tensor)
+}
+
+// matMuls runs outs[i] = x·ws[i]ᵀ through b's MatMuls where it has one, else one MatMul each.
+func matMuls(b Backend, outs []*Tensor, x *Tensor, ws ...*Tensor) {
+	if mb, ok := b.(MatMulsBackend); ok {
+		mb.MatMuls(outs, x, ws)
+		return
+	}
+	for i, w := range ws {
+		b.MatMul(outs[i], x, w)
+	}
+}
+
 var (
 	backendsMu sync.Mutex
 	backends   = map[string]func() (Backend, error){}

@@ -81,9 +81,7 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	if a.qb != nil {
 		qp, kp = a.qb, a.kb
 	}
-	b.MatMul(qp, a.h1, l.Q)
-	b.MatMul(kp, a.h1, l.K)
-	b.MatMul(a.v, a.h1, l.V)
+	matMuls(b, []*Tensor{qp, kp, a.v}, a.h1, l.Q, l.K, l.V)
 	if l.QBias != nil {
 		b.AddBias(qp, l.QBias)
 		b.AddBias(kp, l.KBias)
@@ -99,8 +97,7 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	b.MatMul(a.o, a.a, l.O)
 	b.Add(a.xm, a.x, a.o)
 	b.RMSNorm(a.h2, a.xm, l.PostNorm, eps)
-	b.MatMul(a.g, a.h2, l.Gate)
-	b.MatMul(a.u, a.h2, l.Up)
+	matMuls(b, []*Tensor{a.g, a.u}, a.h2, l.Gate, l.Up)
 	b.SwiGLU(a.mm, a.g, a.u)
 	b.MatMul(a.dn, a.mm, l.Down)
 	b.Add(a.out, a.xm, a.dn)

@@ -126,3 +126,49 @@ func TestThreads(t *testing.T) {
 		}
 	}
 }
+
+// TestMatMuls: the one-pass projections of an input through an inference weight (fp32 and
+// bf16) and a trainable parameter give each output the bits of its own MatMul, whose values
+// TestMatMul checks against a float64 oracle; mismatched shapes panic naming them.
+func TestMatMuls(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	data := func(n int) []float32 {
+		d := make([]float32, n)
+		for i := range d {
+			d[i] = float32(r.NormFloat64())
+		}
+		return d
+	}
+	const m, k = 3, 96
+	ns := []int{64, 40, 33}
+	c := New()
+	x, _ := c.Upload(engine.F32, data(m*k), false, m, k)
+	w0, _ := c.Upload(engine.F32, data(ns[0]*k), true, ns[0], k)
+	w1, _ := c.Upload(engine.BF16, data(ns[1]*k), true, ns[1], k)
+	w2, _ := c.UploadParam(data(ns[2]*k), ns[2], k)
+	ws := []*engine.Tensor{w0, w1, w2}
+	outs := []*engine.Tensor{c.Alloc(m, ns[0]), c.Alloc(m, ns[1]), c.Alloc(m, ns[2])}
+	c.MatMuls(outs, x, ws)
+	for i, w := range ws {
+		alone := c.Alloc(m, ns[i])
+		c.MatMul(alone, x, w)
+		got, want := make([]float32, m*ns[i]), make([]float32, m*ns[i])
+		if err := c.Download(outs[i], got); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Download(alone, want); err != nil {
+			t.Fatal(err)
+		}
+		for j := range got {
+			if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+				t.Fatalf("weight %d: y[%d] = %g, MatMul gives %g", i, j, got[j], want[j])
+			}
+		}
+	}
+	defer func() {
+		if p := recover(); p == nil || !strings.Contains(p.(string), "[3 40]") {
+			t.Errorf("MatMuls with a [3,40] output for a [33,96] weight: panic %v, want one naming the shapes", p)
+		}
+	}()
+	c.MatMuls([]*engine.Tensor{outs[1]}, x, []*engine.Tensor{w2})
+}

@@ -194,6 +194,23 @@ func (c *Backend) MatMul(out, x, w *engine.Tensor) {
 	c.thr.MatMul(f32(out), f32(x), x.Rows(), wt)
 }
 
+// MatMuls implements engine.MatMulsBackend: the weights' panels are one list of work for the
+// cores, x packed once.
+func (c *Backend) MatMuls(outs []*engine.Tensor, x *engine.Tensor, ws []*engine.Tensor) {
+	if len(outs) != len(ws) {
+		panic(fmt.Sprintf("engine/cpu: matmuls with %d outputs for %d weights", len(outs), len(ws)))
+	}
+	ys, wts := make([][]float32, len(ws)), make([]*kern.Weight, len(ws))
+	for i, w := range ws {
+		wts[i] = packed(c.thr, w)
+		if x.Cols() != wts[i].K() || outs[i].Cols() != wts[i].N() || outs[i].Rows() != x.Rows() {
+			panic(fmt.Sprintf("engine/cpu: matmuls shapes out %v x %v w %v", outs[i].Shape, x.Shape, w.Shape))
+		}
+		ys[i] = f32(outs[i])
+	}
+	c.thr.MatMuls(ys, f32(x), x.Rows(), wts)
+}
+
 // AddBias implements engine.Backend.
 func (c *Backend) AddBias(x, b *engine.Tensor) {
 	xs, bs := f32(x), f32(b)

@@ -83,6 +83,58 @@ func TestMatMul(t *testing.T) {
 	}
 }
 
+// TestMatMuls: several weights of one k in one call, mixed fp32 and bf16, with partial last
+// panels and an empty weight: each output close to the float64 oracle and bit-identical to
+// its own MatMul call, on every ISA and thread count.
+func TestMatMuls(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, isa := range ISAs() {
+		restore := SetISA(isa)
+		for _, tc := range []struct {
+			k   int
+			ns  []int
+			bfs []bool
+		}{
+			{64, []int{96, 32, 32}, []bool{false, false, false}},
+			{100, []int{33, 0, 7, 64}, []bool{false, true, false, true}},
+			{17, []int{1}, []bool{true}},
+			{300, []int{200, 45}, []bool{true, false}},
+		} {
+			ws := make([]*Weight, len(tc.ns))
+			for i, n := range tc.ns {
+				ws[i] = newWeight(r, n, tc.k, tc.bfs[i])
+			}
+			for _, m := range []int{1, 5, 16, 33} {
+				for _, thr := range []Threads{1, 2, 3} {
+					x := randF32(r, m*tc.k)
+					ys := make([][]float32, len(ws))
+					for i, w := range ws {
+						ys[i] = make([]float32, m*w.N())
+						for j := range ys[i] {
+							ys[i][j] = float32(math.NaN()) // must be overwritten
+						}
+					}
+					thr.MatMuls(ys, x, m, ws)
+					for i, w := range ws {
+						name := fmt.Sprintf("%s k=%d weight %d [%d] m=%d threads %d", isa, tc.k, i, w.N(), m, thr)
+						want := make([]float32, m*w.N())
+						MatMulRef(want, x, m, w)
+						checkClose(t, name, ys[i], want, x, m, w)
+						alone := make([]float32, m*w.N())
+						thr.MatMul(alone, x, m, w)
+						for j := range alone {
+							if math.Float32bits(alone[j]) != math.Float32bits(ys[i][j]) {
+								t.Fatalf("%s: y[%d] = %v, MatMul alone gives %v", name, j, ys[i][j], alone[j])
+							}
+						}
+					}
+				}
+			}
+		}
+		restore()
+	}
+}
+
 // TestMatMulShapes covers the model shapes at a few m on the active ISA.
 func TestMatMulShapes(t *testing.T) {
 	if testing.Short() {

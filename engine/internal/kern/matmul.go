@@ -20,7 +20,7 @@ const maxMR = 16
 func MatMul(y, x []float32, m int, w *Weight) { Threads(0).MatMul(y, x, m, w) }
 
 // MatMul is the package-level MatMul on at most t chunks of work at a time.
-func (t Threads) MatMul(y, x []float32, m int, w *Weight) { t.matmul(y, x, m, w, false) }
+func (t Threads) MatMul(y, x []float32, m int, w *Weight) { t.matmul1(y, x, m, w, false) }
 
 // MatMulT is MatMul with x given transposed: xt is row-major [k, m] and y[m,n] = xtᵀ·Wᵀ. The
 // training path uses it for weight gradients (dW = dYᵀ·X) without materialising dYᵀ; the
@@ -28,18 +28,38 @@ func (t Threads) MatMul(y, x []float32, m int, w *Weight) { t.matmul(y, x, m, w,
 func MatMulT(y, xt []float32, m int, w *Weight) { Threads(0).MatMulT(y, xt, m, w) }
 
 // MatMulT is the package-level MatMulT on at most t chunks of work at a time.
-func (t Threads) MatMulT(y, xt []float32, m int, w *Weight) { t.matmul(y, xt, m, w, true) }
+func (t Threads) MatMulT(y, xt []float32, m int, w *Weight) { t.matmul1(y, xt, m, w, true) }
 
-func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
-	n, k := w.n, w.k
-	if m < 0 || len(x) < m*k || len(y) < m*n {
-		panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d]", m, len(x), len(y), n, k))
+// MatMuls computes ys[i][m,n_i] = x[m,k]·W_iᵀ for several weights of the same k in one pass
+// over the cores: x is packed once and the panels of all the weights are one list of work
+// items, so the projections of one input (Q, K, V; gate and up) cost one dispatch and one
+// wait rather than one each. Each ys[i] gets the bits MatMul(ys[i], x, m, ws[i]) gives.
+func (t Threads) MatMuls(ys [][]float32, x []float32, m int, ws []*Weight) {
+	if len(ys) != len(ws) {
+		panic(fmt.Sprintf("kern: MatMuls with %d outputs for %d weights", len(ys), len(ws)))
 	}
-	if m == 0 || n == 0 {
+	t.matmul(ys, x, m, ws, false)
+}
+
+func (t Threads) matmul1(y, x []float32, m int, w *Weight, trans bool) {
+	t.matmul([][]float32{y}, x, m, []*Weight{w}, trans)
+}
+
+func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans bool) {
+	k, np := ws[0].k, 0
+	for i, w := range ws {
+		if m < 0 || w.k != k || len(x) < m*k || len(ys[i]) < m*w.n {
+			panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d] (k %d)", m, len(x), len(ys[i]), w.n, w.k, k))
+		}
+		np += w.np
+	}
+	if m == 0 || np == 0 {
 		return
 	}
 	if k == 0 {
-		clear(y[:m*n])
+		for i, w := range ws {
+			clear(ys[i][:m*w.n])
+		}
 		return
 	}
 	im := cur
@@ -63,15 +83,20 @@ func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 	// Split rows into groups only when there are too few panels to keep every core busy.
 	p := t.count()
 	nrg := 1
-	if w.np < 4*p && nrb > 1 {
-		nrg = min(nrb, (4*p+w.np-1)/w.np)
+	if np < 4*p && nrb > 1 {
+		nrg = min(nrb, (4*p+np-1)/np)
 	}
-	edge := n % nr // valid columns of the last panel, 0 if full
-	t.ParallelFine(w.np*nrg, chunksPerThread, func(lo, hi int) {
+	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
 		var tile [maxMR * nr]float32 // [mr][32] output tile for the partial last panel
 		var wide *[]float32
 		for it := lo; it < hi; it++ {
 			pn, g := it/nrg, it%nrg
+			wi := 0 // the weight of global panel pn, and pn within it
+			for pn >= ws[wi].np {
+				pn -= ws[wi].np
+				wi++
+			}
+			w, y, n := ws[wi], ys[wi], ws[wi].n
 			rb0, rb1 := g*nrb/nrg, (g+1)*nrb/nrg
 			var bf *float32
 			var bh *uint16
@@ -88,11 +113,12 @@ func (t Threads) matmul(y, x []float32, m int, w *Weight, trans bool) {
 			} else {
 				bf = &w.f32[pn*k*nr]
 			}
+			edge := n % nr // valid columns of the last panel, 0 if full
+			last := edge != 0 && pn == w.np-1
 			for r := rb0; r < rb1; r++ {
 				r0, rows := first(r), first(r+1)-first(r)
 				a := &ap[r0*k]
 				c, ldc := &tile[0], nr
-				last := edge != 0 && pn == w.np-1
 				if !last {
 					c, ldc = &y[r0*n+pn*nr], n
 				}
