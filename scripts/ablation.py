@@ -6,20 +6,25 @@ time — plain GRPO (symmetric clip 0.2, no dynamic sampling, no reference reset
 (eps_high 0.4), + dynamic sampling, + reference reset (every 100 steps: the default job) — then
 the default job with one option each of what practitioners add to GRPO (GSPO, Clip-Cov, KL-Cov,
 an entropy bonus, DAPO's soft overlong punishment, masking truncated responses, TIS, overlapped
-rollouts), and tabulates held-out accuracy, policy entropy and KL at equal steps from each run's
-metrics.jsonl.
+rollouts), then the default job on two local rollout servers, synchronous and overlapped (the
+script starts the servers), and tabulates held-out accuracy, policy entropy and KL (for the
+servers: step, rollout and update times, and the rollout/trainer mismatch) at equal steps from
+each run's metrics.jsonl.
 
-    python3 scripts/ablation.py [--seeds 1,2] [--steps 200] [--out runs/ablation] [--reuse]
+    python3 scripts/ablation.py [--seeds 1,2] [--steps 200] [--sections recipe,options,servers] [--out runs/ablation] [--reuse]
 
 Runs go seed by seed (every row of seed 1 first); a finished run is kept, so a stopped
 ablation continues where it stopped. --reuse tabulates what has run (rows not run yet show -).
 Standard library only (no numpy); takes about 5-8 minutes per run on 2 cores.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +47,14 @@ OPTIONS = [
     ("TIS (cap 2)", ["--tis-cap", "2"]),
     ("overlapped rollouts (in-process)", ["--overlap", "on"]),
 ]
+
+# The default job generating on two local rollout servers (tools/rollout-server, started by this
+# script for each run), waiting for each weight update or overlapped with it.
+SERVERS = [
+    ("synchronous", ["--overlap", "off"]),
+    ("overlapped", ["--overlap", "on"]),
+]
+SERVER_KEY = "ablation"
 
 
 def run_dir(out, section, name, seed):
@@ -67,6 +80,75 @@ def summary(recs, steps):
     return evals.get(0), evals.get(steps // 2), evals.get(steps), sum(ent) / max(1, len(ent)), sum(kl) / max(1, len(kl))
 
 
+def train(a, tmp, section, name, flags, seed):
+    """Runs one row's seed unless it has finished (an interrupted run starts over); the servers
+    section's runs get two fresh rollout servers each."""
+    out = run_dir(a.out, section, name, seed)
+    mpath = os.path.join(out, "metrics.jsonl")
+    if finished(mpath, a.steps):
+        return
+    if os.path.exists(mpath):
+        os.remove(mpath)
+    prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
+    cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
+    env = dict(os.environ)
+    with contextlib.ExitStack() as stack:
+        if section == "servers":
+            server_setup(a, tmp)
+            urls = stack.enter_context(rollout_servers(a))
+            cmd += ["--rollout-servers", ",".join(urls)]
+            env["PROLONG_API_KEY"] = SERVER_KEY
+        print("+", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+
+
+def timing(recs):
+    """Means over the steps after the first of timing_s/step, timing_s/gen, train_s and
+    rollout_corr/kl, and the step's time as a share of its rollouts plus its update."""
+    rs = [r for r in recs if r["step"] > 1]
+    mean = lambda key: sum(r.get(key, 0) for r in rs) / max(1, len(rs))
+    step, gen, train = mean("timing_s/step"), mean("timing_s/gen"), mean("train_s")
+    return step, gen, train, step / (gen + train) if gen + train else None, mean("rollout_corr/kl")
+
+
+@contextlib.contextmanager
+def rollout_servers(a, count=2):
+    """Starts count tools/rollout-server processes on free loopback ports with the key
+    SERVER_KEY, serving a.server_model (the trainer sends its own weights before the first
+    rollout); yields their URLs and stops them."""
+    procs, urls = [], []
+    try:
+        for _ in range(count):
+            p = subprocess.Popen([a.server_bin, "--model", a.server_model, "--addr", "127.0.0.1:0", "--api-key", SERVER_KEY, "--device", "cpu"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            procs.append(p)
+            for line in p.stdout:
+                if line.startswith("rollout-server listening on "):
+                    urls.append(line.split()[-1])
+                    threading.Thread(target=p.stdout.read, daemon=True).start()  # drain the rest
+                    break
+            else:
+                sys.exit(f"ablation: {a.server_bin} exited before listening (model {a.server_model})")
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+
+
+def server_setup(a, tmp):
+    """Builds tools/rollout-server and, unless --server-model is given, a model of the default
+    job's shape for the servers to start from (a 1-step run's checkpoint)."""
+    a.server_bin = a.server_bin or os.path.join(tmp, "rollout-server")
+    if not os.path.exists(a.server_bin):
+        subprocess.run(["go", "build", "-o", a.server_bin, "./tools/rollout-server"], cwd=ROOT, check=True)
+    if not a.server_model:
+        out = os.path.join(tmp, "server-model")
+        prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
+        subprocess.run(prog + ["--quiet", "--sft-steps", "1", "--steps", "1", "--eval-size", "1", "--out", out], cwd=ROOT, check=True)
+        a.server_model = os.path.join(out, "checkpoints", "step-000001")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="1")
@@ -74,28 +156,23 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablation"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "ablation.md"))
     ap.add_argument("--reuse", action="store_true", help="tabulate existing runs without training")
-    ap.add_argument("--sections", default="recipe,options",
-                    help="which tables to run and write: recipe (one ingredient at a time), options (the default job with one option); "
-                         "a table left out keeps its text in the existing --doc")
+    ap.add_argument("--sections", default="recipe,options,servers",
+                    help="which tables to run and write: recipe (one ingredient at a time), options (the default job with one option), "
+                         "servers (synchronous and overlapped rollouts on two rollout servers); a table left out keeps its text in the existing --doc")
     ap.add_argument("--bin", help="a built tools/train binary to run instead of `go run ./tools/train`")
+    ap.add_argument("--server-bin", help="servers section: a built tools/rollout-server binary (default: built into a temporary directory)")
+    ap.add_argument("--server-model", help="servers section: the model the servers start from (default: a 1-step run of the default job)")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     chosen = a.sections.split(",")
-    sections = [(sec, cfgs) for name, sec, cfgs in [("recipe", "", CONFIGS), ("options", "options", OPTIONS)] if name in chosen]
+    sections = [(sec, cfgs) for name, sec, cfgs in [("recipe", "", CONFIGS), ("options", "options", OPTIONS), ("servers", "servers", SERVERS)]
+                if name in chosen]
     if not a.reuse:
-        for seed in seeds:  # seed by seed: a stopped ablation still compares every row
-            for section, configs in sections:
-                for name, flags in configs:
-                    out = run_dir(a.out, section, name, seed)
-                    mpath = os.path.join(out, "metrics.jsonl")
-                    if finished(mpath, a.steps):  # a finished run is kept
-                        continue
-                    if os.path.exists(mpath):
-                        os.remove(mpath)  # an interrupted run starts over
-                    prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
-                    cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
-                    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-                    subprocess.run(cmd, cwd=ROOT, check=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in seeds:  # seed by seed: a stopped ablation still compares every row
+                for section, configs in sections:
+                    for name, flags in configs:
+                        train(a, tmp, section, name, flags, seed)
     tables = {}
     for section, configs in sections:
         rows = []
@@ -103,47 +180,91 @@ def main():
             per_seed = []
             for seed in seeds:
                 mpath = os.path.join(run_dir(a.out, section, name, seed), "metrics.jsonl")
-                per_seed.append(summary(read(mpath), a.steps) if finished(mpath, a.steps) else (None,) * 5)
+                done = finished(mpath, a.steps)
+                row = summary(read(mpath), a.steps) if done else (None,) * 5
+                if section == "servers":
+                    row = row[:3] + (timing(read(mpath)) if done else (None,) * 5)
+                per_seed.append(row)
             rows.append((name, flags, per_seed))
         tables[section or "recipe"] = rows
     os.makedirs(os.path.dirname(a.doc), exist_ok=True)
-    heading = "\n## Options on top of the default job\n"
-    old = open(a.doc).read() if os.path.exists(a.doc) else ""
+    old = split_doc(open(a.doc).read() if os.path.exists(a.doc) else "")
+    text = {"recipe": recipe_text, "options": options_text, "servers": servers_text}
     with open(a.doc, "w") as f:
-        if "recipe" not in tables:  # keep the recipe table's text as it was
-            f.write(old.split(heading)[0])
-        else:
-            f.write("# Ablation: what each ProRL ingredient does on the default job\n\n")
-            f.write(f"Regenerate with `python3 scripts/ablation.py --seeds {a.seeds} --steps {a.steps}` (about 5-8 minutes per run and seed on 2 cores).\n")
-            f.write("Each row adds one ingredient to the row above; everything else is the default job (`go run ./tools/train`).\n")
-            f.write("Held-out accuracy is pass@1 at temperature 0.6, top-p 0.95, averaged over 4 samples of 200 held-out problems;\n")
-            f.write(f"entropy and KL are means over the last 25 of {a.steps} steps. Seeds: {a.seeds} (mean; per-seed values in brackets).\n\n")
-        def cell(vals, fmt):
-            vals = [v for v in vals if v is not None]
-            if not vals:
-                return "-"
-            m = sum(vals) / len(vals)
-            if len(vals) == 1:
-                return fmt.format(m)
-            return fmt.format(m) + " [" + ", ".join(fmt.format(v) for v in vals) + "]"
-
-        def table(rows, head):
-            f.write(f"| {head} | flags | accuracy at 0 | at {a.steps // 2} | at {a.steps} | entropy | KL to ref |\n")
-            f.write("| --- | --- | --- | --- | --- | --- | --- |\n")
-            for name, flags, per in rows:
-                cols = list(zip(*per))
-                f.write(f"| {name} | `{' '.join(flags) or '(defaults)'}` | {cell(cols[0], '{:.1%}')} | {cell(cols[1], '{:.1%}')} | "
-                        f"{cell(cols[2], '{:.1%}')} | {cell(cols[3], '{:.3f}')} | {cell(cols[4], '{:.4f}')} |\n")
-
-        if "recipe" in tables:
-            table(tables["recipe"], "recipe")
-        if "options" in tables:
-            f.write(heading + "\n")
-            f.write(f"Each row is the default job with one option, seeds {a.seeds}, {a.steps} steps (today's defaults, dual clip 3\n")
-            f.write("among them: the default job row is run again with them). `-`: not run yet; a value without brackets: one seed.\n")
-            f.write(f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n\n")
-            table(tables["options"], "option")
+        for part in ("recipe", "options", "servers"):  # a table not chosen keeps its text as it was
+            f.write(text[part](a, tables[part]) if part in tables else old.get(part, ""))
     print(open(a.doc).read())
+
+
+HEADINGS = {"options": "\n## Options on top of the default job\n", "servers": "\n## Overlapped rollouts on two rollout servers\n"}
+
+
+def split_doc(doc):
+    """Splits an existing ablation.md into its recipe, options and servers parts."""
+    parts = {}
+    for part in ("servers", "options"):
+        if HEADINGS[part] in doc:
+            doc, parts[part] = doc.split(HEADINGS[part], 1)
+            parts[part] = HEADINGS[part] + parts[part]
+    parts["recipe"] = doc
+    return parts
+
+
+def cell(vals, fmt):
+    """The mean of the values given (None: not run), then each seed's value in brackets."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return fmt.format(m)
+    return fmt.format(m) + " [" + ", ".join(fmt.format(v) for v in vals) + "]"
+
+
+def table(a, rows, head):
+    out = f"| {head} | flags | accuracy at 0 | at {a.steps // 2} | at {a.steps} | entropy | KL to ref |\n"
+    out += "| --- | --- | --- | --- | --- | --- | --- |\n"
+    for name, flags, per in rows:
+        cols = list(zip(*per))
+        out += (f"| {name} | `{' '.join(flags) or '(defaults)'}` | {cell(cols[0], '{:.1%}')} | {cell(cols[1], '{:.1%}')} | "
+                f"{cell(cols[2], '{:.1%}')} | {cell(cols[3], '{:.3f}')} | {cell(cols[4], '{:.4f}')} |\n")
+    return out
+
+
+def recipe_text(a, rows):
+    return ("# Ablation: what each ProRL ingredient does on the default job\n\n"
+            f"Regenerate with `python3 scripts/ablation.py --seeds {a.seeds} --steps {a.steps}` (about 5-8 minutes per run and seed on 2 cores).\n"
+            "Each row adds one ingredient to the row above; everything else is the default job (`go run ./tools/train`).\n"
+            "Held-out accuracy is pass@1 at temperature 0.6, top-p 0.95, averaged over 4 samples of 200 held-out problems;\n"
+            f"entropy and KL are means over the last 25 of {a.steps} steps. Seeds: {a.seeds} (mean; per-seed values in brackets).\n\n"
+            + table(a, rows, "recipe"))
+
+
+def options_text(a, rows):
+    return (HEADINGS["options"] + "\n"
+            f"Each row is the default job with one option, seeds {a.seeds}, {a.steps} steps (today's defaults, dual clip 3\n"
+            "among them: the default job row is run again with them). `-`: not run yet; a value without brackets: one seed.\n"
+            f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n\n"
+            + table(a, rows, "option"))
+
+
+def servers_text(a, rows):
+    out = (HEADINGS["servers"] + "\n"
+           f"The default job generating on two local `tools/rollout-server`s (started by the script for each run, on the\n"
+           f"same cores as the trainer), seeds {a.seeds}, {a.steps} steps: synchronous (each step waits for its rollouts, then\n"
+           "for the weight update to reach the servers) or overlapped (step s+1's rollouts generated on the servers while\n"
+           "step s trains, one step stale, TIS cap 2). Times are means over the steps after the first: the step's wall time,\n"
+           "its rollouts (`timing_s/gen`) and its update (`train_s`), and the step as a share of rollouts plus update, which\n"
+           "does not move with the machine's load as much as the seconds do; `rollout_corr/kl` is the logged mismatch\n"
+           "between the rollouts' and the trainer's log-probs. Regenerate with\n"
+           f"`python3 scripts/ablation.py --sections servers --seeds {a.seeds} --steps {a.steps}`.\n\n"
+           f"| rollouts | flags | accuracy at 0 | at {a.steps // 2} | at {a.steps} | `timing_s/step` | `timing_s/gen` | `train_s` | step / (gen + train) | `rollout_corr/kl` |\n"
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    for name, flags, per in rows:
+        cols = list(zip(*per))
+        fmts = ["{:.1%}"] * 3 + ["{:.2f} s"] * 3 + ["{:.2f}", "{:.1e}"]
+        out += f"| {name} | `{' '.join(flags)}` | " + " | ".join(cell(c, fm) for c, fm in zip(cols, fmts)) + " |\n"
+    return out
 
 
 if __name__ == "__main__":
