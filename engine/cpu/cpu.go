@@ -72,7 +72,7 @@ func init() {
 }
 
 // SpinWaitEnv names the environment variable that sets the spin wait of the process (a Go
-// duration: "0" sleeps at once; default 100µs): see SetSpinWait.
+// duration: "0" sleeps at once; default 30µs): see SetSpinWait.
 const SpinWaitEnv = "PROLONG_SPIN_WAIT"
 
 // SetSpinWait sets, for the whole process, how long a thread of the CPU backend that has no
