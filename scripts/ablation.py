@@ -90,7 +90,7 @@ def train(a, tmp, section, name, flags, seed):
     if os.path.exists(mpath):
         os.remove(mpath)
     prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
-    cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + flags
+    cmd = prog + ["--quiet", "--seed", str(seed), "--steps", str(a.steps), "--out", out] + a.extra + flags
     env = dict(os.environ)
     with contextlib.ExitStack() as stack:
         if section == "servers":
@@ -145,7 +145,8 @@ def server_setup(a, tmp):
     if not a.server_model:
         out = os.path.join(tmp, "server-model")
         prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
-        subprocess.run(prog + ["--quiet", "--sft-steps", "1", "--steps", "1", "--eval-size", "1", "--out", out], cwd=ROOT, check=True)
+        subprocess.run(prog + ["--quiet", "--sft-steps", "1", "--steps", "1", "--prompts", "2", "--n", "2", "--eval-size", "1", "--out", out],
+                       cwd=ROOT, check=True)
         a.server_model = os.path.join(out, "checkpoints", "step-000001")
 
 
@@ -162,7 +163,9 @@ def main():
     ap.add_argument("--bin", help="a built tools/train binary to run instead of `go run ./tools/train`")
     ap.add_argument("--server-bin", help="servers section: a built tools/rollout-server binary (default: built into a temporary directory)")
     ap.add_argument("--server-model", help="servers section: the model the servers start from (default: a 1-step run of the default job)")
+    ap.add_argument("--extra", default="", help="more tools/train flags for every run, space-separated (e.g. '--eval-size 20')")
     a = ap.parse_args()
+    a.extra = a.extra.split()
     seeds = [int(s) for s in a.seeds.split(",")]
     chosen = a.sections.split(",")
     sections = [(sec, cfgs) for name, sec, cfgs in [("recipe", "", CONFIGS), ("options", "options", OPTIONS), ("servers", "servers", SERVERS)]
