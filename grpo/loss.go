@@ -327,6 +327,11 @@ type LossOutput struct {
 	DEntropy [][]float64
 	// Metrics are the diagnostics.
 	Metrics LossMetrics
+	// SeqTokens, SeqRefKL and SeqEntropy are per-sequence sums over the tokens in the loss
+	// (those the mask keeps): their count, the reference KL by the config's estimator (nil
+	// without RefLogProbs) and the entropy (nil without Entropy), for metrics by group.
+	SeqTokens            []int
+	SeqRefKL, SeqEntropy []float64
 }
 
 // BroadcastAdvantages repeats each sequence's advantage over its tokens: the result has
@@ -659,6 +664,13 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 			m.Seqs++
 		}
 	}
+	out.SeqTokens = seqTokens
+	if in.RefLogProbs != nil {
+		out.SeqRefKL = make([]float64, len(in.LogProbs))
+	}
+	if in.Entropy != nil {
+		out.SeqEntropy = make([]float64, len(in.LogProbs))
+	}
 	out.DLogProbs = make([][]float64, len(in.LogProbs))
 	if cfg.EntropyCoef != 0 {
 		out.DEntropy = make([][]float64, len(in.LogProbs))
@@ -726,12 +738,14 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 			if in.RefLogProbs != nil {
 				kl, dkl := klValueGrad(est, logp, in.RefLogProbs[s][t])
 				sumRefKL += kl
+				out.SeqRefKL[s] += kl
 				m.KLLoss += w * kl
 				out.DLogProbs[s][t] += w * cfg.KLCoef * dkl
 			}
 			if in.Entropy != nil {
 				h := in.Entropy[s][t]
 				sumEnt += h
+				out.SeqEntropy[s] += h
 				m.EntropyLoss += w * h
 			}
 			if out.DEntropy != nil {

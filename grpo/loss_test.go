@@ -278,6 +278,39 @@ func TestKLEstimatorsByHand(t *testing.T) {
 	}
 }
 
+// TestSeqSumsByHand: the per-sequence sums PolicyLoss returns for metrics by group count only
+// the tokens the mask keeps. k1 KL = logp - ref: sequence 0 has tokens (ln 0.5 vs ln 0.25, kept)
+// and (ln 0.5 vs ln 0.125, masked), so 1 token, KL ln 2, entropy 0.3; sequence 1 has two kept
+// tokens at ln 0.25 vs ln 0.5 (KL -ln 2 each) with entropies 0.1 and 0.2.
+func TestSeqSumsByHand(t *testing.T) {
+	l := math.Log
+	in := LossInput{
+		LogProbs:    [][]float64{{l(0.5), l(0.5)}, {l(0.25), l(0.25)}},
+		OldLogProbs: [][]float64{{l(0.5), l(0.5)}, {l(0.25), l(0.25)}},
+		RefLogProbs: [][]float64{{l(0.25), l(0.125)}, {l(0.5), l(0.5)}},
+		Entropy:     [][]float64{{0.3, 9}, {0.1, 0.2}},
+		Advantages:  [][]float64{{1, 1}, {-1, -1}},
+		Mask:        [][]bool{{true, false}, {true, true}},
+	}
+	out, err := PolicyLoss(in, LossConfig{ClipLow: 0.2, ClipHigh: 0.2, KLCoef: 0.1, KL: KLK1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := struct {
+		tok     []int
+		kl, ent []float64
+	}{[]int{1, 2}, []float64{math.Ln2, -2 * math.Ln2}, []float64{0.3, 0.3}}
+	for s := range 2 {
+		if out.SeqTokens[s] != want.tok[s] || !near(out.SeqRefKL[s], want.kl[s], 1e-12) || !near(out.SeqEntropy[s], want.ent[s], 1e-12) {
+			t.Errorf("sequence %d: tokens %d, KL %v, entropy %v; want %d, %v, %v", s, out.SeqTokens[s], out.SeqRefKL[s], out.SeqEntropy[s], want.tok[s], want.kl[s], want.ent[s])
+		}
+	}
+	in.RefLogProbs, in.Entropy = nil, nil
+	if out, _ := PolicyLoss(in, LossConfig{ClipLow: 0.2, ClipHigh: 0.2}); out.SeqRefKL != nil || out.SeqEntropy != nil {
+		t.Errorf("without reference and entropy: sums %v %v, want nil", out.SeqRefKL, out.SeqEntropy)
+	}
+}
+
 // Aggregation modes worked by hand: two sequences, losses per token -A*rho with rho = 1:
 // seq 0 has 1 token with A = 1 (token loss -1), seq 1 has 3 tokens with A = -1 (loss +1 each).
 func TestAggregationByHand(t *testing.T) {

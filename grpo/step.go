@@ -1,7 +1,6 @@
 package grpo
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -537,7 +536,7 @@ func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig,
 			return 0, nil, nil, err
 		}
 		agg.add(out)
-		agg.addByKind(part, logp, ent, lc.KL)
+		agg.addByKind(part, out)
 		return out.Loss, out.DLogProbs, out.DEntropy, nil
 	}
 	_, err = t.Policy.ForwardBackward(ctx, scoreRequests(part), loss)
@@ -554,25 +553,22 @@ type lossAgg struct {
 	hasRef, hasEnt              bool
 }
 
-// addByKind adds the entropies and reference KLs of a micro-batch's response tokens to their
-// prompt kinds' sums (every response token, with the loss's KL estimator est).
-func (a *lossAgg) addByKind(part []*rollout, logp, ent [][]float64, est KLEstimator) {
+// addByKind adds a micro-batch's per-sequence sums of entropy and reference KL (over the
+// tokens in the loss, as the step's own means) to their prompt kinds' sums.
+func (a *lossAgg) addByKind(part []*rollout, out LossOutput) {
 	if a.kindTokens == nil {
 		a.kindTokens, a.kindEnt, a.kindKL = map[string]float64{}, map[string]float64{}, map[string]float64{}
 	}
+	a.hasEnt = a.hasEnt || out.SeqEntropy != nil
+	a.hasRef = a.hasRef || out.SeqRefKL != nil
 	for i, r := range part {
 		kind := r.prompt.Kind
-		a.kindTokens[kind] += float64(len(logp[i]))
-		for t := range logp[i] {
-			if ent != nil {
-				a.hasEnt = true
-				a.kindEnt[kind] += ent[i][t]
-			}
-			if r.ref != nil {
-				a.hasRef = true
-				kl, _ := klValueGrad(cmp.Or(est, KLK3), logp[i][t], r.ref[t])
-				a.kindKL[kind] += kl
-			}
+		a.kindTokens[kind] += float64(out.SeqTokens[i])
+		if out.SeqEntropy != nil {
+			a.kindEnt[kind] += out.SeqEntropy[i]
+		}
+		if out.SeqRefKL != nil {
+			a.kindKL[kind] += out.SeqRefKL[i]
 		}
 	}
 }
