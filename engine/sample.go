@@ -4,6 +4,8 @@ import (
 	"math"
 	"slices"
 	"sync"
+
+	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
 // Sampling on the host, shared by the CPU backend and by tests as the reference.
@@ -14,9 +16,14 @@ import (
 // function of (logits, parameters, U). Ties in probability are broken by the lower id.
 
 type sampleScratch struct {
-	p   []float64 // [V] unnormalised probabilities exp(z - max)
+	z   []float64 // [V] tempered logits minus their max
+	p   []float64 // [V] unnormalised probabilities exp(z)
 	idx []int32   // [V] candidate ids
 }
+
+// The exponentials of a row are math.Exp's, bit for bit, computed four at a time
+// (kern.Exps): the sampler's log-probs and LogProbEntropy's stay equal, and a 32000-token row
+// samples in a fraction of the time math.Exp per value took.
 
 var scratchPool = sync.Pool{New: func() any { return new(sampleScratch) }}
 
@@ -56,19 +63,22 @@ func SampleLogits(logits []float32, r SampleRow) (int32, float32) {
 func candidates(logits []float32, r SampleRow, s *sampleScratch) ([]int32, []float64, float64) {
 	v := len(logits)
 	if cap(s.p) < v {
+		s.z = make([]float64, v)
 		s.p = make([]float64, v)
 		s.idx = make([]int32, v)
 	}
-	p, idx := s.p[:v], s.idx[:v]
+	zs, p, idx := s.z[:v], s.p[:v], s.idx[:v]
 	inv := 1 / float64(r.Temperature)
 	m := math.Inf(-1)
 	for _, l := range logits {
 		m = max(m, float64(l)*inv)
 	}
-	var total float64
 	for i, l := range logits {
-		e := math.Exp(float64(l)*inv - m)
-		p[i] = e
+		zs[i] = float64(l)*inv - m
+	}
+	kern.Exps(p, zs)
+	var total float64
+	for i, e := range p {
 		total += e
 		idx[i] = int32(i)
 	}
@@ -192,12 +202,20 @@ func LogProbEntropy(logits []float32, target int, t float32) (float32, float32) 
 	for _, l := range logits {
 		m = max(m, float64(l)*inv)
 	}
+	sc := scratchPool.Get().(*sampleScratch)
+	defer scratchPool.Put(sc)
+	if cap(sc.p) < len(logits) {
+		sc.z, sc.p, sc.idx = make([]float64, len(logits)), make([]float64, len(logits)), make([]int32, len(logits))
+	}
+	zs, es := sc.z[:len(logits)], sc.p[:len(logits)]
+	for i, l := range logits {
+		zs[i] = float64(l)*inv - m
+	}
+	kern.Exps(es, zs)
 	var s, sz float64
-	for _, l := range logits {
-		z := float64(l)*inv - m
-		e := math.Exp(z)
+	for i, e := range es {
 		s += e
-		sz += e * z
+		sz += e * zs[i]
 	}
 	lse := math.Log(s)
 	lp := float64(logits[target])*inv - m - lse

@@ -131,3 +131,53 @@ func TestGreedyAndLogProbs(t *testing.T) {
 		t.Errorf("inverse CDF picked %d, want 1", id)
 	}
 }
+
+// TestSamplingExpsBits: with the row's exponentials from kern.Exps, the sampler draws the same
+// token with the same log-prob bits as an inverse CDF over math.Exp's values computed here one
+// by one, and LogProbEntropy gives the bits of the same formulas over math.Exp (rows with and
+// without tokens far below the maximum, where math.Exp leaves its fast path).
+func TestSamplingExpsBits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	for row := 0; row < 200; row++ {
+		logits := make([]float32, 1+rng.IntN(3000))
+		for i := range logits {
+			logits[i] = float32(rng.NormFloat64() * 4)
+			if row%5 == 0 && i%7 == 0 {
+				logits[i] = -1e4 // e^(z - max) underflows
+			}
+		}
+		temp := float32(0.3 + rng.Float64())
+		inv := 1 / float64(temp)
+		m := math.Inf(-1)
+		for _, l := range logits {
+			m = max(m, float64(l)*inv)
+		}
+		p := make([]float64, len(logits))
+		var total, sz float64
+		for i, l := range logits {
+			z := float64(l)*inv - m
+			p[i] = math.Exp(z)
+			total += p[i]
+			sz += p[i] * z
+		}
+		u := rng.Float64()
+		want, c := int32(len(p)-1), 0.0
+		for i, e := range p {
+			if c += e; u*total < c {
+				want = int32(i)
+				break
+			}
+		}
+		id, lp := SampleLogits(logits, SampleRow{Temperature: temp, U: u})
+		wantLp := float32(math.Log(p[want] / total))
+		if id != want || math.Float32bits(lp) != math.Float32bits(wantLp) {
+			t.Fatalf("row %d: drew %d (log-prob %v), math.Exp's inverse CDF %d (%v)", row, id, lp, want, wantLp)
+		}
+		lse := math.Log(total)
+		target := rng.IntN(len(logits))
+		gotLp, gotEnt := LogProbEntropy(logits, target, temp)
+		if wl, we := float32(float64(logits[target])*inv-m-lse), float32(lse-sz/total); math.Float32bits(gotLp) != math.Float32bits(wl) || math.Float32bits(gotEnt) != math.Float32bits(we) {
+			t.Fatalf("row %d: LogProbEntropy %v %v, with math.Exp %v %v", row, gotLp, gotEnt, wl, we)
+		}
+	}
+}

@@ -40,3 +40,8 @@ func adamwAVX2(p, grad, m, v *float32, n int, c *AdamWConsts)
 func adamwVec(p, g, m, v []float32, c *AdamWConsts) {
 	adamwAVX2(&p[0], &g[0], &m[0], &v[0], len(p), c)
 }
+
+//go:noescape
+func expsAVX2(dst, src *float64, n int) (outside int)
+
+func expsVec(dst, src []float64) int { return expsAVX2(&dst[0], &src[0], len(src)) }
