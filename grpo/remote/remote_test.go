@@ -1,15 +1,12 @@
 package remote
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -20,38 +17,8 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/remote/remotetest"
 )
-
-// startServers builds tools/rollout-server and starts count of them on free ports, serving
-// the model in dir, as a user would start them.
-func startServers(t *testing.T, dir string, count int) []string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "rollout-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../tools/rollout-server").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	var urls []string
-	for i := 0; i < count; i++ {
-		cmd := exec.Command(bin, "--model", dir, "--addr", "127.0.0.1:0", "--api-key", "k", "--max-concurrent", "4")
-		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = io.Discard
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
-		if !ok {
-			t.Fatalf("server said %q", line)
-		}
-		go io.Copy(io.Discard, out)
-		urls = append(urls, url)
-	}
-	return urls
-}
 
 // TestRemoteEqualsEngine: rollouts from two rollout servers (both used) equal the in-process
 // engine's for the same seed, token for token and log-prob for log-prob; after PushWeights they
@@ -66,7 +33,7 @@ func TestRemoteEqualsEngine(t *testing.T) {
 	if err := checkpoints.Save(dir, cfg, w1, checkpoints.SaveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := New(startServers(t, dir, 2), "k")
+	c, err := New(remotetest.Start(t, dir, 2, "--max-concurrent", "4"), "k")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +13,7 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
+	"github.com/prolong-rl/prolong/grpo/remote/remotetest"
 )
 
 // TestOverlapFlags: --overlap auto is on with --rollout-servers and off without; on brings
@@ -55,38 +54,15 @@ func TestOverlapFlags(t *testing.T) {
 	}
 }
 
-// startRolloutServers builds tools/rollout-server and starts count of them on free ports with
-// a random model of the default job's shape (the trainer pushes its weights).
+// startRolloutServers starts count rollout servers with a random model of the default job's
+// shape (the trainer pushes its weights).
 func startRolloutServers(t *testing.T, count int) []string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "rollout-server")
-	if out, err := exec.Command("go", "build", "-o", bin, "../rollout-server").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	modelDir := t.TempDir()
 	if err := checkpoints.Save(modelDir, quickstart.ModelConfig(), engine.RandomWeights(quickstart.ModelConfig(), 1, 0.02), checkpoints.SaveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var urls []string
-	for range count {
-		cmd := exec.Command(bin, "--model", modelDir, "--addr", "127.0.0.1:0", "--api-key", "k")
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
-		if !ok {
-			t.Fatalf("server said %q", line)
-		}
-		go io.Copy(io.Discard, stdout)
-		urls = append(urls, url)
-	}
-	return urls
+	return remotetest.Start(t, modelDir, count)
 }
 
 // TestOverlappedRolloutServers: the default job on two real rollout servers, overlapped by
