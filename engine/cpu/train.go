@@ -236,13 +236,7 @@ func (c *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 func (c *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	dg, du, do, g, u := f32(dgate), f32(dup), f32(dout), f32(gate), f32(up)
 	c.thr.Parallel(len(do), 4096, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			x := g[i]
-			s := 1 / (1 + kern.Expf(-x))
-			d := do[i]
-			dg[i] = d * u[i] * s * (1 + x*(1-s))
-			du[i] = d * x * s
-		}
+		kern.SwiGLUBackward(dg[lo:hi], du[lo:hi], do[lo:hi], g[lo:hi], u[lo:hi])
 	})
 }
 

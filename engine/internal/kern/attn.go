@@ -40,6 +40,30 @@ func SwiGLU(out, g, u []float32) {
 	}
 }
 
+// SwiGLUBackward sets, from the output gradient do of out = Silu(g)·u, with s = sigmoid(g[i]):
+// dg[i] = do[i]·u[i]·s·(1 + g[i]·(1-s)) and du[i] = do[i]·g[i]·s, for i < len(do). The AVX2
+// path gives the Go loop's bits (each product rounded on its own, s through Expf); an output
+// may alias the input of the same index.
+func SwiGLUBackward(dg, du, do, g, u []float32) {
+	n := len(do)
+	if len(dg) < n || len(du) < n || len(g) < n || len(u) < n {
+		panic(fmt.Sprintf("kern: SwiGLUBackward of %d values with dg %d, du %d, g %d, u %d", n, len(dg), len(du), len(g), len(u)))
+	}
+	v := 0
+	if useVec() {
+		v = n &^ 7
+		if v > 0 {
+			swigluBackVec(dg[:v], du[:v], do[:v], g[:v], u[:v])
+		}
+	}
+	for i := v; i < n; i++ {
+		x, d := g[i], do[i]
+		s := 1 / (1 + Expf(-x))
+		dg[i] = float32(float32(d*u[i])*s) * (1 + float32(x*(1-s)))
+		du[i] = float32(d*x) * s
+	}
+}
+
 // Dots sets out[p] = q·k[p*dh : (p+1)*dh] for p < len(out), dh = len(q): a query's scores
 // against rows of keys stored one after another.
 func Dots(q, k, out []float32) {

@@ -30,6 +30,13 @@ func expShiftVec(x []float32, m, s float32) float32 {
 
 func swigluVec(out, g, u []float32) { swigluAVX2(&out[0], &g[0], &u[0], len(out)) }
 
+//go:noescape
+func swigluBackAVX2(dg, du, dout, gate, up *float32, n int)
+
+func swigluBackVec(dg, du, do, g, u []float32) {
+	swigluBackAVX2(&dg[0], &du[0], &do[0], &g[0], &u[0], len(do))
+}
+
 func dotsVec(q, k, out []float32) { dotsAVX2(&q[0], &k[0], &out[0], len(out), len(q)) }
 
 func axpyRowsVec(w, v, o []float32) { axpyRowsAVX2(&w[0], &v[0], &o[0], len(w), len(o)) }

@@ -244,6 +244,47 @@ swiglu_done:
 	VZEROUPPER
 	RET
 
+// func swigluBackAVX2(dg, du, dout, gate, up *float32, n int)
+// s = 1/(1+e^-g): du = (do·g)·s, dg = ((do·u)·s)·(1 + g·(1-s)) for i < n (n a multiple of 8).
+TEXT ·swigluBackAVX2(SB), NOSPLIT, $0-48
+	MOVQ dg+0(FP), DI
+	MOVQ du+8(FP), R8
+	MOVQ dout+16(FP), R9
+	MOVQ gate+24(FP), SI
+	MOVQ up+32(FP), DX
+	MOVQ n+40(FP), CX
+	TESTQ CX, CX
+	JZ swigluback_done
+swigluback_loop:
+	VMOVUPS (SI), Y4
+	VXORPS expc<>+SIGN(SB), Y4, Y0
+	EXP8
+	VADDPS expc<>+ONE(SB), Y0, Y0
+	VMOVUPS expc<>+ONE(SB), Y7
+	VDIVPS Y0, Y7, Y7
+	VMOVUPS (R9), Y8
+	VMULPS (DX), Y8, Y11
+	VMULPS Y4, Y8, Y9
+	VMULPS Y7, Y9, Y9
+	VMOVUPS expc<>+ONE(SB), Y10
+	VSUBPS Y7, Y10, Y10
+	VMULPS Y10, Y4, Y10
+	VADDPS expc<>+ONE(SB), Y10, Y10
+	VMULPS Y7, Y11, Y11
+	VMULPS Y10, Y11, Y11
+	VMOVUPS Y9, (R8)
+	VMOVUPS Y11, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DX
+	ADDQ $32, R9
+	ADDQ $32, R8
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JNZ swigluback_loop
+swigluback_done:
+	VZEROUPPER
+	RET
+
 // func dotsAVX2(q, k, out *float32, n, dh int)
 // out[p] = Σ_d q[d]·k[p*dh+d] for p < n (n a multiple of 4, dh a multiple of 8, both > 0):
 // four rows of k at a time, one accumulator each, reduced together.

@@ -15,3 +15,5 @@ func axpyRowsVec(w, v, o []float32) { panic("kern: no vector kernels") }
 func adamwVec(p, g, m, v []float32, c *AdamWConsts) { panic("kern: no vector kernels") }
 
 func expsVec(dst, src []float64) int { panic("kern: no vector kernels") }
+
+func swigluBackVec(dg, du, do, g, u []float32) { panic("kern: no vector kernels") }

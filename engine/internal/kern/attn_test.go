@@ -155,3 +155,63 @@ func TestAdamW(t *testing.T) {
 		restore()
 	}
 }
+
+// TestSwiGLUBackward: on every ISA path, SwiGLUBackward's outputs are the pure-Go path's bits
+// (edge inputs included), close to the float64 formula, whose gate derivative
+// s·(1 + g·(1-s)) of silu is checked against central finite differences of silu itself;
+// lengths 0..40 cover the vector body and the tail, and nothing past the end is written.
+func TestSwiGLUBackward(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	silu := func(x float64) float64 { return x / (1 + math.Exp(-x)) }
+	for _, x := range []float64{-6, -1.3, -0.2, 0, 0.7, 2.5, 9} {
+		s := 1 / (1 + math.Exp(-x))
+		const h = 1e-5
+		if fd, an := (silu(x+h)-silu(x-h))/(2*h), s*(1+x*(1-s)); math.Abs(fd-an) > 1e-8 {
+			t.Fatalf("silu'(%v): finite differences %v, formula %v", x, fd, an)
+		}
+	}
+	edges := []float32{0, float32(math.Copysign(0, -1)), -87.4, -100, 88.8, 100, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))}
+	for n := 0; n <= 40; n++ {
+		g, u, do := randF32(r, n), randF32(r, n), randF32(r, n)
+		for i := range g {
+			g[i] *= 4
+			if i < len(edges) && n > 20 {
+				g[i] = edges[i]
+			}
+		}
+		var ref [2][]float32
+		for _, isa := range append([]string{"generic"}, ISAs()...) {
+			restore := SetISA(isa)
+			dg, du := make([]float32, n+1), make([]float32, n+1)
+			dg[n], du[n] = 7, 7
+			SwiGLUBackward(dg[:n], du[:n], do, g, u)
+			restore()
+			if dg[n] != 7 || du[n] != 7 {
+				t.Fatalf("%s n=%d wrote past the end", isa, n)
+			}
+			if ref[0] == nil {
+				ref = [2][]float32{dg, du}
+				for i := 0; i < n; i++ {
+					x := float64(g[i])
+					if math.IsNaN(x) || math.IsInf(x, 0) || math.Abs(x) > 80 {
+						continue
+					}
+					s := 1 / (1 + math.Exp(-x))
+					wg, wu := float64(do[i])*float64(u[i])*s*(1+x*(1-s)), float64(do[i])*x*s
+					if math.Abs(float64(dg[i])-wg) > 1e-5*(1+math.Abs(wg)) || math.Abs(float64(du[i])-wu) > 1e-5*(1+math.Abs(wu)) {
+						t.Fatalf("n=%d [%d]: g %v: dg %v du %v, float64 %v %v", n, i, x, dg[i], du[i], wg, wu)
+					}
+				}
+				continue
+			}
+			for i := 0; i < n; i++ {
+				for k, got := range [][]float32{dg, du} {
+					want := ref[k][i]
+					if math.Float32bits(got[i]) != math.Float32bits(want) && !(math.IsNaN(float64(want)) && math.IsNaN(float64(got[i]))) {
+						t.Fatalf("%s n=%d [%d] output %d: %v, pure Go %v (g %v)", isa, n, i, k, got[i], want, g[i])
+					}
+				}
+			}
+		}
+	}
+}
