@@ -137,15 +137,17 @@ def rollout_servers(a, count=2):
 
 
 def server_setup(a, tmp):
-    """Builds tools/rollout-server and, unless --server-model is given, a model of the default
-    job's shape for the servers to start from (a 1-step run's checkpoint)."""
+    """Builds tools/rollout-server and, unless --server-model is given, a model of the runs' shape
+    for the servers to start from (a 1-step run's checkpoint, with the --extra flags)."""
     a.server_bin = a.server_bin or os.path.join(tmp, "rollout-server")
     if not os.path.exists(a.server_bin):
         subprocess.run(["go", "build", "-o", a.server_bin, "./tools/rollout-server"], cwd=ROOT, check=True)
     if not a.server_model:
         out = os.path.join(tmp, "server-model")
         prog = [a.bin] if a.bin else ["go", "run", "./tools/train"]
-        subprocess.run(prog + ["--quiet", "--sft-steps", "1", "--steps", "1", "--prompts", "2", "--n", "2", "--eval-size", "1", "--out", out],
+        # --extra first (it may choose the task, and so the vocabulary), then the flags that
+        # keep this run short.
+        subprocess.run(prog + a.extra + ["--quiet", "--sft-steps", "1", "--steps", "1", "--prompts", "2", "--n", "2", "--eval-size", "1", "--out", out],
                        cwd=ROOT, check=True)
         a.server_model = os.path.join(out, "checkpoints", "step-000001")
 
