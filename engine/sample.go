@@ -21,9 +21,26 @@ type sampleScratch struct {
 	idx []int32   // [V] candidate ids
 }
 
-// The exponentials of a row are math.Exp's, bit for bit, computed four at a time
-// (kern.Exps): the sampler's log-probs and LogProbEntropy's stay equal, and a 32000-token row
-// samples in a fraction of the time math.Exp per value took.
+// expRow fills the scratch with a row's tempered logits minus their maximum m (z) and their
+// exponentials (e): math.Exp's values bit for bit, four at a time (kern.Exps), so that the
+// sampler's log-probs and LogProbEntropy's stay equal while a 32000-token row takes a fraction
+// of the time math.Exp per value took.
+func (s *sampleScratch) expRow(logits []float32, inv float64) (z, e []float64, m float64) {
+	v := len(logits)
+	if cap(s.p) < v {
+		s.z, s.p, s.idx = make([]float64, v), make([]float64, v), make([]int32, v)
+	}
+	z, e = s.z[:v], s.p[:v]
+	m = math.Inf(-1)
+	for _, l := range logits {
+		m = max(m, float64(l)*inv)
+	}
+	for i, l := range logits {
+		z[i] = float64(l)*inv - m
+	}
+	kern.Exps(e, z)
+	return z, e, m
+}
 
 var scratchPool = sync.Pool{New: func() any { return new(sampleScratch) }}
 
@@ -62,21 +79,8 @@ func SampleLogits(logits []float32, r SampleRow) (int32, float32) {
 // the unnormalised probabilities of all tokens, and the mass of the kept ones.
 func candidates(logits []float32, r SampleRow, s *sampleScratch) ([]int32, []float64, float64) {
 	v := len(logits)
-	if cap(s.p) < v {
-		s.z = make([]float64, v)
-		s.p = make([]float64, v)
-		s.idx = make([]int32, v)
-	}
-	zs, p, idx := s.z[:v], s.p[:v], s.idx[:v]
-	inv := 1 / float64(r.Temperature)
-	m := math.Inf(-1)
-	for _, l := range logits {
-		m = max(m, float64(l)*inv)
-	}
-	for i, l := range logits {
-		zs[i] = float64(l)*inv - m
-	}
-	kern.Exps(p, zs)
+	_, p, _ := s.expRow(logits, 1/float64(r.Temperature))
+	idx := s.idx[:v]
 	var total float64
 	for i, e := range p {
 		total += e
@@ -198,20 +202,9 @@ func nucleus(ids []int32, p []float64, need float64, before func(a, b int32) boo
 // this function on each row).
 func LogProbEntropy(logits []float32, target int, t float32) (float32, float32) {
 	inv := 1 / float64(t)
-	m := math.Inf(-1)
-	for _, l := range logits {
-		m = max(m, float64(l)*inv)
-	}
 	sc := scratchPool.Get().(*sampleScratch)
 	defer scratchPool.Put(sc)
-	if cap(sc.p) < len(logits) {
-		sc.z, sc.p, sc.idx = make([]float64, len(logits)), make([]float64, len(logits)), make([]int32, len(logits))
-	}
-	zs, es := sc.z[:len(logits)], sc.p[:len(logits)]
-	for i, l := range logits {
-		zs[i] = float64(l)*inv - m
-	}
-	kern.Exps(es, zs)
+	zs, es, m := sc.expRow(logits, inv)
 	var s, sz float64
 	for i, e := range es {
 		s += e
