@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prolong-rl/prolong/grpo/remote/remotetest"
+
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 )
@@ -61,30 +63,14 @@ func launchUnder(t *testing.T, shell string, stderr io.Writer, args ...string) (
 	return start(t, cmd)
 }
 
-// start runs the server command and returns its URL once it listens.
+// start runs the server command and returns its URL once it listens (stderr: the test's, unless
+// set).
 func start(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, string) {
 	t.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("server did not start: %v", err)
-	}
-	url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
-	if !ok {
-		t.Fatalf("server said %q", line)
-	}
-	go io.Copy(io.Discard, out)
-	return cmd, url
+	return cmd, remotetest.Listen(t, cmd)
 }
 
 // TestSIGTERM: on SIGTERM the server stops accepting, lets the request in flight finish, and

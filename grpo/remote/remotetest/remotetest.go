@@ -29,27 +29,34 @@ func Start(t testing.TB, modelDir string, count int, args ...string) []string {
 	var urls []string
 	for range count {
 		cmd := exec.Command(bin, append([]string{"--model", modelDir, "--addr", "127.0.0.1:0", "--api-key", Key}, args...)...)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
 		cmd.Stderr = io.Discard
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			t.Fatalf("rollout-server exited before listening: %v", err)
-		}
-		url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
-		if !ok {
-			t.Fatalf("rollout-server said %q, want its listening line", line)
-		}
-		go io.Copy(io.Discard, stdout)
-		urls = append(urls, url)
+		urls = append(urls, Listen(t, cmd))
 	}
 	return urls
+}
+
+// Listen starts a rollout-server command (stderr as the caller set it; the server's log) and
+// returns its URL once its "listening on" line is out; the server is killed when the test ends.
+func Listen(t testing.TB, cmd *exec.Cmd) string {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("rollout-server exited before listening: %v", err)
+	}
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "rollout-server listening on ")
+	if !ok {
+		t.Fatalf("rollout-server said %q, want its listening line", line)
+	}
+	go io.Copy(io.Discard, stdout)
+	return url
 }
 
 // moduleRoot is the nearest folder above the working directory holding go.mod.
