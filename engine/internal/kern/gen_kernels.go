@@ -27,6 +27,8 @@ func main() {
 	avx512(true)
 	avx2(false)
 	avx2(true)
+	avx512Dot()
+	avx512CvtBF16()
 	if err := os.WriteFile("gemm_amd64.s", out.Bytes(), 0o644); err != nil {
 		panic(err)
 	}
@@ -222,4 +224,88 @@ func avx2Step(bf bool, mr, g, u int) {
 			p("\tVFMADD231PS Y15, Y%d, Y%d", 15-mr+i, g*i+j)
 		}
 	}
+}
+
+// evex returns the bytes of an EVEX.512 register-form instruction of map 0F38, W0, with the
+// given opcode and mandatory prefix pp (1: 66, 2: F3, 3: F2): dst = op(src1, src2). The Go
+// assembler does not know the AVX512_BF16 instructions, so they are written as bytes.
+func evex(opcode, pp, dst, src1, src2 int, asm string) string {
+	inv := func(b int) int { return 1 - b }
+	p0 := inv(dst>>3&1)<<7 | inv(src2>>4&1)<<6 | inv(src2>>3&1)<<5 | inv(dst>>4&1)<<4 | 0b10 // R X B R' 0 0 mm=0F38
+	p1 := (^src1&15)<<3 | 1<<2 | pp                                                            // W=0 vvvv 1 pp
+	p2 := 0b10<<5 | inv(src1>>4&1)<<3                                                          // z=0 L'L=512 b=0 V' aaa=0
+	modrm := 0b11<<6 | (dst&7)<<3 | src2&7
+	return fmt.Sprintf("BYTE $0x62; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x // %s",
+		p0, p1, p2, opcode, modrm, asm)
+}
+
+// vdpbf16ps: Z(dst) += pairwise bf16 dot products of Z(src1) and Z(src2), per fp32 lane.
+func vdpbf16ps(dst, src1, src2 int) string {
+	return evex(0x52, 2, dst, src1, src2, fmt.Sprintf("VDPBF16PS Z%d, Z%d, Z%d", src2, src1, dst))
+}
+
+// avx512Dot: the bf16 dot-product kernel (AVX512_BF16). Same register plan as avx512: rows i <
+// mr <= 14 accumulate in Z(2i), Z(2i+1); one k pair of the panel (32 columns x 2 bf16) in Z28,
+// Z29; the broadcast pair of x in Z30/Z31. Each VDPBF16PS adds the odd k's product, then the
+// even one's, to each lane (one fp32 chain per output over k in order, from zero).
+func avx512Dot() {
+	name := "gemmDotBF16AVX512"
+	header(name, fmt.Sprintf(`// func %s(a *uint32, b *uint32, c *float32, k, mr, ldc int)
+// c[i*ldc + j] = Σ_kk a[kk*mr + i] · b[kk*32 + j] over k pairs of bf16 (VDPBF16PS), i < mr <= 14, j < 32.
+// a: SI, packed x rows [k][mr] of bf16 pairs; b: BX, panel [k][32] of bf16 pairs; c: DI, row
+// stride DX bytes; CX = k. Z0-Z27: accumulators; Z28, Z29: B pair row; Z30, Z31: broadcast a.`, name), 14)
+	for mr := 14; mr >= 1; mr-- {
+		p("mr%d:", mr)
+		for r := 0; r < 2*mr; r++ {
+			p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		}
+		p("loop%d:", mr)
+		p("\tVMOVDQU32 (BX), Z28")
+		p("\tVMOVDQU32 64(BX), Z29")
+		for i := 0; i < mr; i++ {
+			bc := 30 + i%2
+			p("\tVPBROADCASTD %d(SI), Z%d", 4*i, bc)
+			p("\t%s", vdpbf16ps(2*i, bc, 28))
+			p("\t%s", vdpbf16ps(2*i+1, bc, 29))
+		}
+		p("\tADDQ $%d, SI", 4*mr)
+		p("\tADDQ $128, BX")
+		p("\tDECQ CX")
+		p("\tJNZ loop%d", mr)
+		for i := 0; i < mr; i++ {
+			p("\tVMOVUPS Z%d, (DI)", 2*i)
+			p("\tVMOVUPS Z%d, 64(DI)", 2*i+1)
+			if i < mr-1 {
+				p("\tADDQ DX, DI")
+			}
+		}
+		p("\tVZEROUPPER")
+		p("\tRET")
+	}
+}
+
+// avx512CvtBF16: n fp32 values (n a multiple of 32) to bf16, 32 per VCVTNE2PS2BF16 (round to
+// nearest even, denormal inputs as zero).
+func avx512CvtBF16() {
+	p("")
+	p("// func cvtBF16AVX512(dst *uint16, src *float32, n int)")
+	p("// dst[i] = bf16(src[i]) for i < n (n %% 32 == 0): VCVTNE2PS2BF16, low half from the first 16.")
+	p("TEXT ·cvtBF16AVX512(SB), NOSPLIT, $0-24")
+	p("\tMOVQ dst+0(FP), DI")
+	p("\tMOVQ src+8(FP), SI")
+	p("\tMOVQ n+16(FP), CX")
+	p("\tSHRQ $5, CX")
+	p("\tJZ cvtdone")
+	p("cvtloop:")
+	p("\tVMOVUPS (SI), Z0")
+	p("\tVMOVUPS 64(SI), Z1")
+	p("\t%s", evex(0x72, 3, 2, 1, 0, "VCVTNE2PS2BF16 Z0, Z1, Z2"))
+	p("\tVMOVDQU32 Z2, (DI)")
+	p("\tADDQ $128, SI")
+	p("\tADDQ $64, DI")
+	p("\tDECQ CX")
+	p("\tJNZ cvtloop")
+	p("cvtdone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
 }

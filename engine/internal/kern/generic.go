@@ -10,6 +10,8 @@ var genericImpl = impl{
 	f32:     kernelF32Go,
 	b16:     kernelBF16Go,
 	widen:   widenGo,
+	dotk:    kernelDotGo,
+	dmr:     4,
 	dot:     dotGo,
 	axpy:    axpyGo,
 	fmaLoop: fmaLoopGo,

@@ -14,6 +14,13 @@ type impl struct {
 	b16 func(a *float32, b *uint16, c *float32, k, mr, ldc int)
 	// widen converts n bf16 values to fp32 (n multiple of 32).
 	widen func(dst *float32, src *uint16, n int)
+	// dotk is the bf16 dot-product kernel (see dot.go): f32 over k2 pairs of bf16, a: packed
+	// pairs of x [k2][mr'] (mr' <= dmr), b: one panel of pairs [k2][32].
+	dotk  func(a, b *uint32, c *float32, k2, mr, ldc int)
+	dmr   int
+	dotHW bool // dotk runs VDPBF16PS (else the Go emulation)
+	// cvt rounds n fp32 values to bf16 as bf16Of does (n multiple of 32); nil: use bf16Of.
+	cvt func(dst *uint16, src *float32, n int)
 	dot   func(a, b []float32) float32
 	axpy  func(alpha float32, x, y []float32)
 	// fmaLoop runs iters iterations of independent FMAs; returns the flops per iteration.

@@ -18,6 +18,12 @@ func gemmBF16AVX512(a *float32, b *uint16, c *float32, k, mr, ldc int)
 func gemmF32AVX2(a, b, c *float32, k, mr, ldc int)
 
 //go:noescape
+func gemmDotBF16AVX512(a, b *uint32, c *float32, k, mr, ldc int) // k: pairs
+
+//go:noescape
+func cvtBF16AVX512(dst *uint16, src *float32, n int)
+
+//go:noescape
 func gemmBF16AVX2(a *float32, b *uint16, c *float32, k, mr, ldc int)
 
 // Vector helpers (vec_amd64.s).
@@ -54,7 +60,8 @@ func triadAsm(a, b, c []float32, s float32) {
 	triadGo(a[n:], b[n:len(a)], c[n:len(a)], s)
 }
 
-// archImpls returns the AVX2+FMA and AVX-512 (F+BW) paths when the CPU has them.
+// archImpls returns the AVX2+FMA and AVX-512 (F+BW) paths when the CPU has them; the AVX-512
+// path runs bf16 dot-product weights on VDPBF16PS when the CPU has AVX512_BF16.
 func archImpls() []*impl {
 	var s []*impl
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
@@ -64,23 +71,31 @@ func archImpls() []*impl {
 			f32:     gemmF32AVX2,
 			b16:     gemmBF16AVX2,
 			widen:   widenAVX2,
+			dotk:    kernelDotGo,
+			dmr:     4,
 			dot:     dotAVX2,
 			axpy:    axpyAVX2,
 			fmaLoop: fmaAVX2,
 			triad:   triadAsm,
 		})
 		if cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW {
-			s = append(s, &impl{
+			im := &impl{
 				name:    "avx512",
 				mr:      14,
 				f32:     gemmF32AVX512,
 				b16:     gemmBF16AVX512,
 				widen:   widenAVX2,
+				dotk:    kernelDotGo,
+				dmr:     4,
 				dot:     dotAVX512,
 				axpy:    axpyAVX512,
 				fmaLoop: fmaAVX512,
 				triad:   triadAsm,
-			})
+			}
+			if cpu.X86.HasAVX512BF16 {
+				im.dotk, im.dmr, im.dotHW, im.cvt = gemmDotBF16AVX512, 14, true, cvtBF16AVX512
+			}
+			s = append(s, im)
 		}
 	}
 	return s

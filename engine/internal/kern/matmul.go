@@ -51,6 +51,9 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 		if m < 0 || w.k != k || len(x) < m*k || len(ys[i]) < m*w.n {
 			panic(fmt.Sprintf("kern: MatMul m=%d with len(x)=%d len(y)=%d for weight [%d,%d] (k %d)", m, len(x), len(ys[i]), w.n, w.k, k))
 		}
+		if (w.dp == nil) != (ws[0].dp == nil) {
+			panic("kern: MatMuls mixing bf16 dot-product weights with others")
+		}
 		np += w.np
 	}
 	if m == 0 || np == 0 {
@@ -60,6 +63,10 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 		for i, w := range ws {
 			clear(ys[i][:m*w.n])
 		}
+		return
+	}
+	if ws[0].dp != nil {
+		t.matmulDot(ys, x, m, ws, trans)
 		return
 	}
 	im := cur

@@ -25,6 +25,7 @@ type Weight struct {
 	np   int       // number of panels, ceil(n/nr)
 	f32  []float32 // [np][k][nr] or nil
 	b16  []uint16  // [np][k][nr] or nil
+	dp   []uint32  // bf16 dot-product layout [np][ceil(k/2)][nr] (see dot.go) or nil
 }
 
 // NewWeightF32 packs the row-major fp32 matrix w[n,k] (copied) into a Weight.
@@ -84,13 +85,17 @@ func (w *Weight) N() int { return w.n }
 // K is the number of input features (columns of W).
 func (w *Weight) K() int { return w.k }
 
-// BF16 reports whether the weight is stored as bf16.
-func (w *Weight) BF16() bool { return w.b16 != nil }
+// BF16 reports whether the weight is stored as bf16 (widened to fp32 in the kernel, or a bf16
+// dot-product weight).
+func (w *Weight) BF16() bool { return w.b16 != nil || w.dp != nil }
 
 // Bytes is the number of bytes of weight storage MatMul streams per call (padding included).
 func (w *Weight) Bytes() int64 {
-	if w.b16 != nil {
+	switch {
+	case w.b16 != nil:
 		return int64(len(w.b16)) * 2
+	case w.dp != nil:
+		return int64(len(w.dp)) * 4
 	}
 	return int64(len(w.f32)) * 4
 }
@@ -105,7 +110,13 @@ func (w *Weight) Unpack(dst []float32) {
 		p, jj := j/nr, j%nr
 		base := p*k*nr + jj
 		row := dst[j*k : j*k+k]
-		if w.b16 != nil {
+		if w.dp != nil {
+			base = p*w.k2()*nr + jj
+			for kk := range row {
+				pair := w.dp[base+kk/2*nr]
+				row[kk] = bf16ToF32(uint16(pair >> (16 * (kk % 2))))
+			}
+		} else if w.b16 != nil {
 			for kk := range row {
 				row[kk] = bf16ToF32(w.b16[base+kk*nr])
 			}
@@ -132,30 +143,39 @@ func (t Threads) NewWeightF32T(a []float32, k, n int) *Weight {
 	return wt
 }
 
-// Repack overwrites an fp32 Weight [n,k] with the row-major matrix w[n,k] (same shape),
-// reusing its storage. It must not run concurrently with a MatMul reading the weight.
+// Repack overwrites an fp32 or bf16 dot-product Weight [n,k] with the row-major matrix w[n,k]
+// (same shape), reusing its storage. It must not run concurrently with a MatMul reading the
+// weight.
 func (w *Weight) Repack(src []float32) { Threads(0).Repack(w, src) }
 
 // Repack is w.Repack(src) packing on at most t chunks at a time.
 func (t Threads) Repack(w *Weight, src []float32) {
-	if w.f32 == nil {
+	checkShape(len(src), w.n, w.k)
+	switch {
+	case w.dp != nil:
+		t.repackDot(w, src)
+	case w.f32 != nil:
+		packPanels(t, w.f32, src, w.n, w.k)
+	default:
 		panic("kern: Repack of a bf16 weight")
 	}
-	checkShape(len(src), w.n, w.k)
-	packPanels(t, w.f32, src, w.n, w.k)
 }
 
-// RepackT overwrites an fp32 Weight [n,k] with the transpose of the row-major matrix a[k,n],
+// RepackT overwrites an fp32 or bf16 dot-product Weight [n,k] with the transpose of the row-major matrix a[k,n],
 // reusing its storage (see NewWeightF32T).
 func (w *Weight) RepackT(a []float32) { Threads(0).RepackT(w, a) }
 
 // RepackT is w.RepackT(a) packing on at most t chunks at a time.
 func (t Threads) RepackT(w *Weight, a []float32) {
+	n, k := w.n, w.k
+	checkShape(len(a), k, n)
+	if w.dp != nil {
+		t.repackDotT(w, a)
+		return
+	}
 	if w.f32 == nil {
 		panic("kern: RepackT of a bf16 weight")
 	}
-	n, k := w.n, w.k
-	checkShape(len(a), k, n)
 	t.Parallel(w.np*k, 256, func(lo, hi int) {
 		for it := lo; it < hi; it++ {
 			p, kk := it/k, it%k

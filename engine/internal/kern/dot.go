@@ -1,0 +1,265 @@
+package kern
+
+import (
+	"math"
+	"unsafe"
+)
+
+// bf16 dot-product weights: both operands of the matmul in bf16, products summed in fp32 — the
+// arithmetic of AVX512_BF16's VDPBF16PS, which does two multiply-adds per fp32 lane where an
+// fp32 FMA does one. A dot Weight holds W rounded to bf16 in panels of bf16 pairs:
+//
+//	panel p, element (kk2, j) = bf16(W[p*32+j, 2*kk2]) | bf16(W[p*32+j, 2*kk2+1])<<16
+//	at index (p*k2 + kk2)*32 + j, k2 = ceil(K/2)   ([ceil(N/32)][k2][32] uint32, zero padded)
+//
+// and MatMul with it rounds x to bf16 the same way (pairs along k) before the kernel. The
+// result of each output is defined bit for bit by dotStep, in k order from zero: the hardware
+// kernel (HasBF16Dot) and the Go emulation every other CPU runs give the same bits.
+
+// HasBF16Dot reports whether the CPU runs the bf16 dot-product kernel in hardware (AVX512_BF16,
+// on the avx512 path). Without it, dot weights still work through an exact Go emulation that is
+// far slower than the fp32 path: callers choose dot weights only when this is true.
+func HasBF16Dot() bool { return cur.dotHW }
+
+// NewWeightDot packs the row-major fp32 matrix w[n,k] as a bf16 dot-product Weight (values
+// rounded to the nearest bf16, ties to even, denormals to zero).
+func (t Threads) NewWeightDot(w []float32, n, k int) *Weight {
+	checkShape(len(w), n, k)
+	wt := newDot(n, k)
+	t.Repack(wt, w)
+	return wt
+}
+
+// NewWeightDotT packs the transpose of the row-major fp32 matrix a[k,n] as a bf16 dot-product
+// Weight of shape [n,k] (see NewWeightF32T).
+func (t Threads) NewWeightDotT(a []float32, k, n int) *Weight {
+	checkShape(len(a), k, n)
+	wt := newDot(n, k)
+	t.RepackT(wt, a)
+	return wt
+}
+
+// NewWeightDotBF16 packs the row-major bf16 matrix w[n,k] (bit patterns; denormals become zero)
+// as a bf16 dot-product Weight.
+func (t Threads) NewWeightDotBF16(w []uint16, n, k int) *Weight {
+	checkShape(len(w), n, k)
+	wt := newDot(n, k)
+	k2 := wt.k2()
+	t.Parallel(n, 64, func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			row := w[j*k : j*k+k]
+			base := (j/nr*k2)*nr + j%nr
+			for kk2 := 0; kk2 < k2; kk2++ {
+				var pair uint32 = uint32(bf16DAZ(row[2*kk2]))
+				if 2*kk2+1 < k {
+					pair |= uint32(bf16DAZ(row[2*kk2+1])) << 16
+				}
+				wt.dp[base+kk2*nr] = pair
+			}
+		}
+	})
+	return wt
+}
+
+func newDot(n, k int) *Weight {
+	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
+	wt.dp = make([]uint32, wt.np*wt.k2()*nr)
+	if len(wt.dp) > 0 {
+		adviseHuge(unsafe.Pointer(&wt.dp[0]), 4*len(wt.dp))
+	}
+	return wt
+}
+
+// Dot reports whether w is a bf16 dot-product weight.
+func (w *Weight) Dot() bool { return w.dp != nil }
+
+// k2 is the number of k pairs of a dot weight.
+func (w *Weight) k2() int { return (w.k + 1) / 2 }
+
+// repackDot fills a dot weight from row-major src[n,k].
+func (t Threads) repackDot(w *Weight, src []float32) {
+	n, k, k2 := w.n, w.k, w.k2()
+	t.Parallel(n, 64, func(lo, hi int) {
+		row := make([]uint16, 2*k2) // one row in bf16, padded to pairs
+		pairs := unsafe.Slice((*uint32)(unsafe.Pointer(&row[0])), k2)
+		for j := lo; j < hi; j++ {
+			cvtRow(row[:k], src[j*k:j*k+k])
+			base := (j/nr*k2)*nr + j%nr
+			for kk2, v := range pairs {
+				w.dp[base+kk2*nr] = v
+			}
+		}
+	})
+}
+
+// repackDotT fills a dot weight [n,k] from the transpose, row-major a[k,n].
+func (t Threads) repackDotT(w *Weight, a []float32) {
+	n, k, k2 := w.n, w.k, w.k2()
+	t.Parallel(k2, 8, func(lo, hi int) {
+		r0, r1 := make([]uint16, n), make([]uint16, n) // rows 2*kk2 and 2*kk2+1 of a in bf16
+		for kk2 := lo; kk2 < hi; kk2++ {
+			cvtRow(r0, a[2*kk2*n:2*kk2*n+n])
+			if 2*kk2+1 < k {
+				cvtRow(r1, a[(2*kk2+1)*n:(2*kk2+1)*n+n])
+			} else {
+				clear(r1)
+			}
+			for p := 0; p < w.np; p++ {
+				j0 := p * nr
+				dst := w.dp[(p*k2+kk2)*nr : (p*k2+kk2+1)*nr]
+				cols := min(nr, n-j0)
+				for jj := 0; jj < cols; jj++ {
+					dst[jj] = uint32(r0[j0+jj]) | uint32(r1[j0+jj])<<16
+				}
+				clear(dst[cols:])
+			}
+		}
+	})
+}
+
+// cvtRow rounds src to bf16 into dst (len(dst) == len(src)): the active path's vector
+// conversion on the 32-multiple prefix where it has one, bf16Of on the rest (same bits).
+func cvtRow(dst []uint16, src []float32) {
+	n := 0
+	if cur.cvt != nil {
+		n = len(src) &^ 31
+		if n > 0 {
+			cur.cvt(&dst[0], &src[0], n)
+		}
+	}
+	for i := n; i < len(src); i++ {
+		dst[i] = bf16Of(src[i])
+	}
+}
+
+// bf16Of rounds v to bf16 as VCVTNE2PS2BF16 does: to nearest, ties to even; denormals to a
+// zero of their sign; NaN stays a quiet NaN.
+func bf16Of(v float32) uint16 {
+	b := math.Float32bits(v)
+	if b&0x7f800000 == 0 {
+		return uint16(b>>16) & 0x8000
+	}
+	return f32ToBF16(v)
+}
+
+// bf16DAZ is a bf16 value as the dot kernel reads it: denormals as a zero of their sign.
+func bf16DAZ(v uint16) uint16 {
+	if v&0x7f80 == 0 {
+		return v & 0x8000
+	}
+	return v
+}
+
+// dotStep is one VDPBF16PS lane: acc + a.hi·b.hi, rounded to fp32, then + a.lo·b.lo, rounded,
+// where a and b are pairs of bf16 (lo: the even k, hi: the odd k). bf16 inputs that are denormal
+// count as zero, each product is exact, and each sum is flushed to zero when denormal (checked
+// bit for bit against the hardware by TestDotEmulation).
+func dotStep(acc float32, a, b uint32) float32 {
+	hi := float64(bf16ToF32(bf16DAZ(uint16(a>>16)))) * float64(bf16ToF32(bf16DAZ(uint16(b>>16))))
+	lo := float64(bf16ToF32(bf16DAZ(uint16(a)))) * float64(bf16ToF32(bf16DAZ(uint16(b))))
+	acc = ftz(float32(float64(acc) + hi))
+	return ftz(float32(float64(acc) + lo))
+}
+
+// ftz flushes a denormal fp32 to a zero of its sign.
+func ftz(v float32) float32 {
+	if b := math.Float32bits(v); b&0x7f800000 == 0 {
+		return math.Float32frombits(b & 0x80000000)
+	}
+	return v
+}
+
+// kernelDotGo is the Go emulation of the bf16 dot-product micro-kernel: a [k2][mr] packed pairs
+// of x rows, b [k2][32] one panel of pairs, c[i*ldc+j] for i < mr <= 4, j < 32.
+func kernelDotGo(a, b *uint32, c *float32, k2, mr, ldc int) {
+	as := unsafe.Slice(a, k2*mr)
+	bs := unsafe.Slice(b, k2*nr)
+	var acc [4][nr]float32
+	for kk := 0; kk < k2; kk++ {
+		br := (*[nr]uint32)(bs[kk*nr:])
+		for i := 0; i < mr; i++ {
+			av := as[kk*mr+i]
+			ai := &acc[i]
+			for j := range ai {
+				ai[j] = dotStep(ai[j], av, br[j])
+			}
+		}
+	}
+	cs := unsafe.Slice(c, (mr-1)*ldc+nr)
+	for i := 0; i < mr; i++ {
+		copy(cs[i*ldc:i*ldc+nr], acc[i][:])
+	}
+}
+
+// matmulDot is matmul for dot weights (all of ws): x is rounded to bf16 pairs and packed per row
+// block as [k2][rows], then every (panel, row group) item runs the dot kernel over all of k.
+func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, trans bool) {
+	k, np := ws[0].k, 0
+	for _, w := range ws {
+		np += w.np
+	}
+	k2 := ws[0].k2()
+	im := cur
+	mr := im.dmr
+	nrb := (m + mr - 1) / mr
+	first := func(r int) int { return r * m / nrb }
+
+	bp := getBuf(m * k2)
+	defer putBuf(bp)
+	ap := unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2) // row block r at first(r)*k2: [k2][rows]
+	t.Parallel(nrb, max(1, 16384/(mr*k)), func(r0, r1 int) {
+		row := make([]uint16, 2*k2)
+		pairs := unsafe.Slice((*uint32)(unsafe.Pointer(&row[0])), k2)
+		for r := r0; r < r1; r++ {
+			lo, hi := first(r), first(r+1)
+			rows := hi - lo
+			dst := ap[lo*k2 : hi*k2]
+			for i := 0; i < rows; i++ {
+				if trans { // x is [k][m]: gather column lo+i
+					for kk := 0; kk < k; kk++ {
+						row[kk] = bf16Of(x[kk*m+lo+i])
+					}
+				} else {
+					cvtRow(row[:k], x[(lo+i)*k:(lo+i)*k+k])
+				}
+				for kk2, v := range pairs {
+					dst[kk2*rows+i] = v
+				}
+			}
+		}
+	})
+
+	p := t.count()
+	nrg := 1
+	if np < 4*p && nrb > 1 {
+		nrg = min(nrb, (4*p+np-1)/np)
+	}
+	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
+		var tile [maxMR * nr]float32
+		for it := lo; it < hi; it++ {
+			pn, g := it/nrg, it%nrg
+			wi := 0
+			for pn >= ws[wi].np {
+				pn -= ws[wi].np
+				wi++
+			}
+			w, y, n := ws[wi], ys[wi], ws[wi].n
+			b := &w.dp[pn*k2*nr]
+			last := n%nr != 0 && pn == w.np-1
+			for r := g * nrb / nrg; r < (g+1)*nrb/nrg; r++ {
+				r0, rows := first(r), first(r+1)-first(r)
+				c, ldc := &tile[0], nr
+				if !last {
+					c, ldc = &y[r0*n+pn*nr], n
+				}
+				im.dotk(&ap[r0*k2], b, c, k2, rows, ldc)
+				if last {
+					for i := 0; i < rows; i++ {
+						row := (r0 + i) * n
+						copy(y[row+pn*nr:row+n], tile[i*nr:i*nr+n%nr])
+					}
+				}
+			}
+		}
+	})
+}
