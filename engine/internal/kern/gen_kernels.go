@@ -232,8 +232,8 @@ func avx2Step(bf bool, mr, g, u int) {
 func evex(opcode, pp, dst, src1, src2 int, asm string) string {
 	inv := func(b int) int { return 1 - b }
 	p0 := inv(dst>>3&1)<<7 | inv(src2>>4&1)<<6 | inv(src2>>3&1)<<5 | inv(dst>>4&1)<<4 | 0b10 // R X B R' 0 0 mm=0F38
-	p1 := (^src1&15)<<3 | 1<<2 | pp                                                            // W=0 vvvv 1 pp
-	p2 := 0b10<<5 | inv(src1>>4&1)<<3                                                          // z=0 L'L=512 b=0 V' aaa=0
+	p1 := (^src1&15)<<3 | 1<<2 | pp                                                          // W=0 vvvv 1 pp
+	p2 := 0b10<<5 | inv(src1>>4&1)<<3                                                        // z=0 L'L=512 b=0 V' aaa=0
 	modrm := 0b11<<6 | (dst&7)<<3 | src2&7
 	return fmt.Sprintf("BYTE $0x62; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x; BYTE $0x%02x // %s",
 		p0, p1, p2, opcode, modrm, asm)

@@ -20,9 +20,9 @@ type impl struct {
 	dmr   int
 	dotHW bool // dotk runs VDPBF16PS (else the Go emulation)
 	// cvt rounds n fp32 values to bf16 as bf16Of does (n multiple of 32); nil: use bf16Of.
-	cvt func(dst *uint16, src *float32, n int)
-	dot   func(a, b []float32) float32
-	axpy  func(alpha float32, x, y []float32)
+	cvt  func(dst *uint16, src *float32, n int)
+	dot  func(a, b []float32) float32
+	axpy func(alpha float32, x, y []float32)
 	// fmaLoop runs iters iterations of independent FMAs; returns the flops per iteration.
 	fmaLoop func(iters int) int
 	// triad computes a[i] = b[i] + s*c[i].
