@@ -68,7 +68,7 @@ func TestRegistered(t *testing.T) {
 	if _, ok := b.(*Backend); err != nil || !ok || line != b.Name()+" (auto: this program has no accelerator backend built in)" {
 		t.Fatalf("auto: %T %q %v", b, line, err)
 	}
-	if b.Name() != "cpu ("+KernelISA()+")" {
+	if b.Name() != "cpu ("+KernelISA()+")" && b.Name() != "cpu ("+KernelISA()+", bf16 dot)" {
 		t.Fatalf("name %q", b.Name())
 	}
 }

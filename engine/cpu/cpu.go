@@ -24,7 +24,60 @@ type Backend struct {
 	pool   map[int][][]float32       // free activation buffers by length
 	pooled int64                     // bytes held in pool
 	wpool  map[[2]int][]*kern.Weight // scratch packed weights by [N, K] (training)
+
+	prec Precision // matmul arithmetic; set before the first upload or matmul
 }
+
+// Precision chooses the arithmetic of the CPU backend's matmuls.
+type Precision int
+
+const (
+	// PrecisionAuto (the default): fp32 weights multiply in fp32; bf16 weights multiply as bf16
+	// dot products (x rounded to bf16 too, products summed in fp32: AVX512_BF16's VDPBF16PS, about
+	// twice the fp32 rate) where the CPU has AVX512_BF16, else widened to fp32. Training matmuls
+	// are fp32.
+	PrecisionAuto Precision = iota
+	// PrecisionFP32: every matmul in fp32 (bf16 weights widened), on any CPU.
+	PrecisionFP32
+	// PrecisionBF16: as PrecisionAuto, and the training matmuls too (forward and backward, the
+	// trainable weights and the activations rounded to bf16, products summed in fp32), like
+	// PyTorch's autocast to bf16: parameters, gradients and the optimizer stay fp32. Meant for CPUs
+	// with AVX512_BF16 (HasBF16Dot); elsewhere it runs an exact but slow emulation.
+	PrecisionBF16
+)
+
+// String names the precision as the --matmul-precision flags spell it.
+func (p Precision) String() string {
+	return [...]string{"auto", "fp32", "bf16"}[p]
+}
+
+// ParsePrecision reads a precision named by String.
+func ParsePrecision(s string) (Precision, error) {
+	for p := PrecisionAuto; p <= PrecisionBF16; p++ {
+		if p.String() == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("matmul precision %q: want auto, fp32 or bf16", s)
+}
+
+// HasBF16Dot reports whether this CPU multiplies bf16 dot products in hardware (AVX512_BF16).
+func HasBF16Dot() bool { return kern.HasBF16Dot() }
+
+// WithMatMulPrecision sets the arithmetic of the backend's matmuls (PrecisionAuto if not given).
+func WithMatMulPrecision(p Precision) Option {
+	return func(c *Backend) { c.prec = p }
+}
+
+// SetMatMulPrecision is WithMatMulPrecision for a backend already made (one from
+// engine.OpenDevice): call it before the first upload or matmul.
+func (c *Backend) SetMatMulPrecision(p Precision) { c.prec = p }
+
+// dotWeights reports whether bf16 inference weights are kept as bf16 dot-product weights.
+func (c *Backend) dotWeights() bool { return c.prec != PrecisionFP32 && kern.HasBF16Dot() }
+
+// trainDot reports whether trainable parameters and activations multiply as bf16 dot products.
+func (c *Backend) trainDot() bool { return c.prec == PrecisionBF16 }
 
 // DefaultPoolLimit is the default bound on the free buffers a Backend keeps for reuse (1 GiB):
 // a training step frees and re-allocates every activation, and reusing them avoids page faults
@@ -82,8 +135,18 @@ const SpinWaitEnv = "PROLONG_SPIN_WAIT"
 // machines shared with other busy processes. Results do not depend on it.
 func SetSpinWait(d time.Duration) { kern.SetSpinWait(d) }
 
-// Name implements engine.Backend: "cpu" and the matmul kernels in use.
-func (c *Backend) Name() string { return "cpu (" + kern.ISA() + ")" }
+// Name implements engine.Backend: "cpu", the matmul kernels in use, and "bf16 dot" where bf16
+// weights multiply as bf16 dot products (and "bf16 training matmuls" with PrecisionBF16).
+func (c *Backend) Name() string {
+	s := "cpu (" + kern.ISA()
+	switch {
+	case c.trainDot():
+		s += ", bf16 training matmuls"
+	case c.dotWeights():
+		s += ", bf16 dot"
+	}
+	return s + ")"
+}
 
 // f32 returns the fp32 row-major storage of an activation or a trainable parameter.
 func f32(t *engine.Tensor) []float32 {
@@ -152,7 +215,11 @@ func (c *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 	case engine.BF16:
 		bits := make([]uint16, len(data))
 		kern.F32ToBF16(bits, data)
-		t.Buf = c.thr.NewWeightBF16(bits, shape[0], shape[1])
+		if c.dotWeights() || c.prec == PrecisionBF16 {
+			t.Buf = c.thr.NewWeightDotBF16(bits, shape[0], shape[1])
+		} else {
+			t.Buf = c.thr.NewWeightBF16(bits, shape[0], shape[1])
+		}
 	default:
 		return nil, fmt.Errorf("upload: dtype %v not supported", dt)
 	}
@@ -187,7 +254,7 @@ func (c *Backend) Embedding(out, table *engine.Tensor, ids []int32) {
 
 // MatMul implements engine.Backend.
 func (c *Backend) MatMul(out, x, w *engine.Tensor) {
-	wt := packed(c.thr, w)
+	wt := c.packed(w)
 	if x.Cols() != wt.K() || out.Cols() != wt.N() || out.Rows() != x.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
 	}
@@ -202,7 +269,7 @@ func (c *Backend) MatMuls(outs []*engine.Tensor, x *engine.Tensor, ws []*engine.
 	}
 	ys, wts := make([][]float32, len(ws)), make([]*kern.Weight, len(ws))
 	for i, w := range ws {
-		wts[i] = packed(c.thr, w)
+		wts[i] = c.packed(w)
 		if x.Cols() != wts[i].K() || outs[i].Cols() != wts[i].N() || outs[i].Rows() != x.Rows() {
 			panic(fmt.Sprintf("engine/cpu: matmuls shapes out %v x %v w %v", outs[i].Shape, x.Shape, w.Shape))
 		}

@@ -30,13 +30,15 @@ func (p *cpuParam) touch() {
 	p.mu.Unlock()
 }
 
-func (p *cpuParam) packedW(thr kern.Threads) *kern.Weight {
+func (p *cpuParam) packedW(thr kern.Threads, dot bool) *kern.Weight {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.n == 0 {
 		panic("engine/cpu: matmul with a parameter that is not 2-D")
 	}
 	switch {
+	case p.fwd == nil && dot:
+		p.fwd = thr.NewWeightDot(p.data, p.n, p.k)
 	case p.fwd == nil:
 		p.fwd = thr.NewWeightF32(p.data, p.n, p.k)
 	case p.fwdVer != p.ver:
@@ -46,10 +48,12 @@ func (p *cpuParam) packedW(thr kern.Threads) *kern.Weight {
 	return p.fwd
 }
 
-func (p *cpuParam) packedWT(thr kern.Threads) *kern.Weight {
+func (p *cpuParam) packedWT(thr kern.Threads, dot bool) *kern.Weight {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
+	case p.bwd == nil && dot:
+		p.bwd = thr.NewWeightDotT(p.data, p.n, p.k)
 	case p.bwd == nil:
 		p.bwd = thr.NewWeightF32T(p.data, p.n, p.k)
 	case p.bwdVer != p.ver:
@@ -60,26 +64,29 @@ func (p *cpuParam) packedWT(thr kern.Threads) *kern.Weight {
 }
 
 // packed returns the matmul layout of a weight: an inference weight as uploaded, or a
-// parameter's packed copy.
-func packed(thr kern.Threads, w *engine.Tensor) *kern.Weight {
+// parameter's packed copy (bf16 dot-product with PrecisionBF16).
+func (c *Backend) packed(w *engine.Tensor) *kern.Weight {
 	switch b := w.Buf.(type) {
 	case *kern.Weight:
 		return b
 	case *cpuParam:
-		return b.packedW(thr)
+		return b.packedW(c.thr, c.trainDot())
 	}
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
 
 // packedT returns Wᵀ [K,N] packed for dX = dY·W.
-func packedT(thr kern.Threads, w *engine.Tensor) *kern.Weight {
+func (c *Backend) packedT(w *engine.Tensor) *kern.Weight {
 	switch b := w.Buf.(type) {
 	case *kern.Weight:
 		full := make([]float32, b.N()*b.K())
 		b.Unpack(full)
-		return thr.NewWeightF32T(full, b.N(), b.K())
+		if b.Dot() || c.trainDot() {
+			return c.thr.NewWeightDotT(full, b.N(), b.K())
+		}
+		return c.thr.NewWeightF32T(full, b.N(), b.K())
 	case *cpuParam:
-		return b.packedWT(thr)
+		return b.packedWT(c.thr, c.trainDot())
 	}
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
@@ -107,7 +114,7 @@ func written(t *engine.Tensor) {
 
 // MatMulDX implements engine.TrainBackend.
 func (c *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
-	wt := packedT(c.thr, w) // [K, N]
+	wt := c.packedT(w) // [K, N]
 	if dy.Cols() != wt.K() || dx.Cols() != wt.N() || dx.Rows() != dy.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
 	}
@@ -152,6 +159,9 @@ func (c *Backend) scratchWeightT(x []float32, m, k int) *kern.Weight {
 		return w
 	}
 	c.mu.Unlock()
+	if c.trainDot() {
+		return c.thr.NewWeightDotT(x, m, k)
+	}
 	return c.thr.NewWeightF32T(x, m, k)
 }
 

@@ -78,7 +78,8 @@ import (
 
 // Options configure a conformance run.
 type Options struct {
-	// Reference is the backend compared against; nil means cpu.New().
+	// Reference is the backend compared against; nil means the CPU backend with fp32 matmuls
+	// (bf16 weights widened to fp32).
 	Reference engine.TrainBackend
 	// WeightDType is the dtype of inference (linear) weights uploaded to both backends for
 	// the model tests (F32 or BF16). The MatMul cases run both dtypes whatever it says.
@@ -230,7 +231,7 @@ func (r Result) String() string {
 // on. Usable from a plain binary.
 func Check(b engine.TrainBackend, o Options) []Result {
 	if o.Reference == nil {
-		o.Reference = cpu.New()
+		o.Reference = cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32))
 	}
 	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
 	var out []Result

@@ -207,6 +207,15 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 	bp := getBuf(m * k2)
 	defer putBuf(bp)
 	ap := unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2) // row block r at first(r)*k2: [k2][rows]
+	var xt []uint16                                                // trans: all of x [k][m] in bf16
+	if trans {
+		tp := getBuf((m*k + 1) / 2)
+		defer putBuf(tp)
+		xt = unsafe.Slice((*uint16)(unsafe.Pointer(&(*tp)[0])), m*k)
+		t.Parallel(k, max(1, 16384/m), func(lo, hi int) {
+			cvtRow(xt[lo*m:hi*m], x[lo*m:hi*m])
+		})
+	}
 	t.Parallel(nrb, max(1, 16384/(mr*k)), func(r0, r1 int) {
 		row := make([]uint16, 2*k2)
 		pairs := unsafe.Slice((*uint32)(unsafe.Pointer(&row[0])), k2)
@@ -214,14 +223,25 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 			lo, hi := first(r), first(r+1)
 			rows := hi - lo
 			dst := ap[lo*k2 : hi*k2]
-			for i := 0; i < rows; i++ {
-				if trans { // x is [k][m]: gather column lo+i
-					for kk := 0; kk < k; kk++ {
-						row[kk] = bf16Of(x[kk*m+lo+i])
+			if trans { // pairs of rows 2kk2, 2kk2+1 of xt, columns lo..hi
+				for kk2 := 0; kk2 < k2; kk2++ {
+					e := xt[2*kk2*m+lo : 2*kk2*m+hi]
+					d := dst[kk2*rows : kk2*rows+rows]
+					if 2*kk2+1 == k {
+						for i, v := range e {
+							d[i] = uint32(v)
+						}
+						continue
 					}
-				} else {
-					cvtRow(row[:k], x[(lo+i)*k:(lo+i)*k+k])
+					o := xt[(2*kk2+1)*m+lo : (2*kk2+1)*m+hi]
+					for i, v := range e {
+						d[i] = uint32(v) | uint32(o[i])<<16
+					}
 				}
+				continue
+			}
+			for i := 0; i < rows; i++ {
+				cvtRow(row[:k], x[(lo+i)*k:(lo+i)*k+k])
 				for kk2, v := range pairs {
 					dst[kk2*rows+i] = v
 				}

@@ -34,11 +34,28 @@ func (t Threads) MatMulT(y, xt []float32, m int, w *Weight) { t.matmul1(y, xt, m
 // over the cores: x is packed once and the panels of all the weights are one list of work
 // items, so the projections of one input (Q, K, V; gate and up) cost one dispatch and one
 // wait rather than one each. Each ys[i] gets the bits MatMul(ys[i], x, m, ws[i]) gives.
+// Bf16 dot-product weights mixed with others run as a second pass.
 func (t Threads) MatMuls(ys [][]float32, x []float32, m int, ws []*Weight) {
 	if len(ys) != len(ws) {
 		panic(fmt.Sprintf("kern: MatMuls with %d outputs for %d weights", len(ys), len(ws)))
 	}
-	t.matmul(ys, x, m, ws, false)
+	var dys, oys [][]float32
+	var dws, ows []*Weight
+	for i, w := range ws {
+		if w.dp != nil {
+			dys, dws = append(dys, ys[i]), append(dws, w)
+		} else {
+			oys, ows = append(oys, ys[i]), append(ows, w)
+		}
+	}
+	for _, g := range []struct {
+		ys [][]float32
+		ws []*Weight
+	}{{oys, ows}, {dys, dws}} {
+		if len(g.ws) > 0 {
+			t.matmul(g.ys, x, m, g.ws, false)
+		}
+	}
 }
 
 func (t Threads) matmul1(y, x []float32, m int, w *Weight, trans bool) {
