@@ -119,8 +119,9 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 		{512, 2048, 768}, {512, 768, 2048}, {256, 768, 768}, {64, 2048, 768},
 		{16, 2048, 768}, {1, 2048, 768}, {1, 32000, 768},
 	} {
-		for _, dt := range []engine.DType{engine.F32, engine.BF16} {
-			cb := cpu.New()
+		for _, v := range matmulVariants() {
+			dt := v.dt
+			cb := cpu.New(cpu.WithMatMulPrecision(v.prec))
 			wd := make([]float32, s.n*s.k)
 			for i := range wd {
 				wd[i] = float32(i%7) * 0.01
@@ -130,7 +131,7 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 				return err
 			}
 			x, y := cb.Alloc(s.m, s.k), cb.Alloc(s.m, s.n)
-			name := dt.String()
+			name := v.name
 			bytes := float64(s.n * s.k * 4)
 			if dt == engine.BF16 {
 				bytes /= 2
@@ -170,6 +171,10 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 		if err != nil {
 			return err
 		}
+		label := dt.String()
+		if dt == engine.BF16 {
+			label = bf16Label()
+		}
 		layerFlops := 2 * float64(c.LayerMatmulParams()) // per token, linear layers only
 		for _, batch := range []int{1, 16} {
 			sec, err := bestOf(reps, func() (float64, error) { return timeGen(m, batch, promptLen, 1) })
@@ -178,7 +183,7 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 			}
 			toks := float64(batch * promptLen)
 			gf := layerFlops * toks / sec / 1e9
-			fmt.Fprintf(w, "%v\tprefill %d\t%d\t%.0f\t%.1f\t%.0f%%\t\t\t\n", dt, promptLen, batch, toks/sec, gf, 100*gf/peak)
+			fmt.Fprintf(w, "%v\tprefill %d\t%d\t%.0f\t%.1f\t%.0f%%\t\t\t\n", label, promptLen, batch, toks/sec, gf, 100*gf/peak)
 			if batch == 1 {
 				ours[dt][prefillRow(promptLen)] = toks / sec
 			}
@@ -198,7 +203,7 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 			toks := float64(batch * decodeSteps)
 			gb := float64(m.LinearBytes()) * float64(decodeSteps) / sec / 1e9
 			gf := (layerFlops + 2*float64(c.VocabSize*c.HiddenSize)) * toks / sec / 1e9
-			fmt.Fprintf(w, "%v\tdecode\t%d\t%.1f\t%.1f\t%.0f%%\t%.1f\t%.0f%%\t\n", dt, batch, toks/sec, gf, 100*gf/peak, gb, 100*gb/bw)
+			fmt.Fprintf(w, "%v\tdecode\t%d\t%.1f\t%.1f\t%.0f%%\t%.1f\t%.0f%%\t\n", label, batch, toks/sec, gf, 100*gf/peak, gb, 100*gb/bw)
 			ours[dt][decodeRow(batch)] = toks / sec
 		}
 	}
@@ -212,7 +217,7 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	}
 	fmt.Printf("\nONNX Runtime on the engine's export of the same weights (fp32, all cores), measured in this run:\n\n")
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "phase\tbatch\tONNX Runtime tok/s\tprolong fp32 / ORT\tprolong bf16 weights / ORT\t")
+	fmt.Fprintf(w, "phase\tbatch\tONNX Runtime tok/s\tprolong fp32 / ORT\tprolong %s / ORT\t\n", bf16Label())
 	for _, row := range []struct {
 		phase, key string
 		batch      int
@@ -222,6 +227,31 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	}
 	w.Flush()
 	return nil
+}
+
+// matmulVariant is one kind of weight of the matmul table.
+type matmulVariant struct {
+	name string
+	dt   engine.DType
+	prec cpu.Precision
+}
+
+// matmulVariants: fp32 weights, bf16 weights widened to fp32, and, where the CPU has
+// AVX512_BF16, bf16 weights as bf16 dot products (what a bf16 model runs there by default).
+func matmulVariants() []matmulVariant {
+	vs := []matmulVariant{{"f32", engine.F32, cpu.PrecisionFP32}, {"bf16 widened", engine.BF16, cpu.PrecisionFP32}}
+	if cpu.HasBF16Dot() {
+		vs = append(vs, matmulVariant{"bf16 dot", engine.BF16, cpu.PrecisionAuto})
+	}
+	return vs
+}
+
+// bf16Label names what the bf16 model rows run: dot products where the CPU has AVX512_BF16.
+func bf16Label() string {
+	if cpu.HasBF16Dot() {
+		return "bf16 dot"
+	}
+	return "bf16"
 }
 
 // prefillRow and decodeRow name the rows the engine and ONNX Runtime are compared on.
@@ -236,13 +266,22 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 	if quick {
 		steps = 1
 	}
-	fmt.Printf("\ntraining: %d x %d tokens per step, forward + backward + AdamW (fp32); MFU = 6 x (layer linear weights + LM head) x tokens/s / FMA peak %.0f GFLOP/s\n\n", batch, seqLen, peak)
+	fmt.Printf("\ntraining: %d x %d tokens per step, forward + backward + AdamW (fp32 parameters and optimizer; bf16: matmuls as bf16 dot products); MFU = 6 x (layer linear weights + LM head) x tokens/s / FMA peak %.0f GFLOP/s\n\n", batch, seqLen, peak)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "engine	step s	tok/s	GFLOP/s	MFU	prolong / this	")
 	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
 	var ours float64
-	for _, recompute := range []bool{false, true} {
-		m, err := engine.NewModel(c, cpu.New(), engine.RandomWeights(c, 1, 0.02), engine.F32)
+	type variant struct {
+		recompute bool
+		prec      cpu.Precision
+	}
+	variants := []variant{{false, cpu.PrecisionFP32}, {true, cpu.PrecisionFP32}}
+	if cpu.HasBF16Dot() {
+		variants = append(variants, variant{false, cpu.PrecisionBF16})
+	}
+	for _, v := range variants {
+		recompute := v.recompute
+		m, err := engine.NewModel(c, cpu.New(cpu.WithMatMulPrecision(v.prec)), engine.RandomWeights(c, 1, 0.02), engine.F32)
 		if err != nil {
 			return err
 		}
@@ -269,9 +308,12 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 		toks := float64(batch * seqLen)
 		gf := flopsPerTok * toks / sec / 1e9
 		name := "prolong"
-		if recompute {
+		switch {
+		case recompute:
 			name += " (recompute)"
-		} else {
+		case v.prec == cpu.PrecisionBF16:
+			name += " (bf16 matmuls)"
+		default:
 			ours = toks / sec
 		}
 		fmt.Fprintf(w, "%s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", name, sec, toks/sec, gf, 100*gf/peak)

@@ -55,6 +55,7 @@ type options struct {
 	// The run.
 	out, config, cpuProfile string
 	device                  string
+	matmulPrecision         string
 	seed                    uint64
 	steps                   int
 	resume, quiet           bool
@@ -132,6 +133,7 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	fs.StringVar(&o.device, "device", "auto", "where the policy trains and generates: auto (the GPU when one is there, else the CPU), cpu or cuda")
+	fs.StringVar(&o.matmulPrecision, "matmul-precision", "auto", "CPU matmuls: auto or fp32 (fp32 training), or bf16 (training and rollout matmuls as bf16 dot products with fp32 sums, like autocast; needs a CPU with AVX512_BF16)")
 
 	fs.BoolVar(&o.sftOnly, "sft", false, "default job: run only the supervised warm start and report its held-out accuracy")
 	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "default job: optimizer steps of the supervised warm start")

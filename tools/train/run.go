@@ -17,7 +17,7 @@ import (
 
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
-	_ "github.com/prolong-rl/prolong/engine/cpu" // registers --device cpu, auto's fallback
+	"github.com/prolong-rl/prolong/engine/cpu" // also registers --device cpu, auto's fallback
 	"github.com/prolong-rl/prolong/grpo"
 )
 
@@ -125,6 +125,9 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	tb, ok := backend.(engine.TrainBackend)
 	if !ok {
 		return cfg, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
+	}
+	if err := setMatMulPrecision(backend, o.matmulPrecision); err != nil {
+		return cfg, err
 	}
 	fmt.Printf("device: %s\n", chosen)
 	cfg.Backend = tb
@@ -328,4 +331,26 @@ func printByKind(r *grpo.EvalResult) {
 		fmt.Printf("  %-16s pass@1 %.1f%%%s, mean length %.1f tokens\n", kind, 100*byK[1],
 			passAtKText(&grpo.EvalResult{PassAtK: byK}), r.LengthByKind[kind])
 	}
+}
+
+// setMatMulPrecision applies --matmul-precision to the CPU backend (before any weight reaches
+// it); bf16 needs the CPU's AVX512_BF16, where the emulation elsewhere would be far slower than
+// fp32, and the CPU backend.
+func setMatMulPrecision(b engine.Backend, name string) error {
+	p, err := cpu.ParsePrecision(name)
+	if err != nil {
+		return fmt.Errorf("--matmul-precision: %w", err)
+	}
+	cb, isCPU := b.(*cpu.Backend)
+	switch {
+	case p != cpu.PrecisionBF16:
+	case !isCPU:
+		return fmt.Errorf("--matmul-precision bf16 applies to the CPU backend, not %s", b.Name())
+	case !cpu.HasBF16Dot():
+		return errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 (bf16 dot products would run in a slow emulation); use auto")
+	}
+	if isCPU {
+		cb.SetMatMulPrecision(p)
+	}
+	return nil
 }
