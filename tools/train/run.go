@@ -126,10 +126,11 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	if !ok {
 		return cfg, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
 	}
+	name := backend.Name()
 	if err := setMatMulPrecision(backend, o.matmulPrecision); err != nil {
 		return cfg, err
 	}
-	fmt.Printf("device: %s\n", chosen)
+	fmt.Printf("device: %s\n", strings.Replace(chosen, name, backend.Name(), 1)) // the precision shows in the name
 	cfg.Backend = tb
 	cfg.Rollouts = remoteRolloutSource(o)
 	overlap, err := overlapOn(o)
