@@ -68,7 +68,7 @@ Flags:
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:8000", "address to listen on; a non-loopback address needs --api-key")
 	fs.StringVar(&o.apiKey, "api-key", "", "API key clients send as 'Authorization: Bearer KEY' (default: $PROLONG_API_KEY); required for /v1/weights and for non-loopback addresses")
 	fs.StringVar(&o.name, "served-model-name", "", "model name in responses and /v1/models (default: the --model directory's name or model id, then the name of the directory each /v1/weights update loads)")
-	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (compute is fp32)")
+	fs.StringVar(&o.dtype, "dtype", "f32", "weights in memory: f32 or bf16 (bf16 multiplies as bf16 dot products with fp32 sums where the CPU has AVX512_BF16, else widened to fp32)")
 	fs.StringVar(&o.device, "device", "auto", "where the model runs: auto (the GPU when one is there, else the CPU), cpu or cuda")
 	fs.IntVar(&o.maxN, "max-n", 64, "largest n (samples per prompt) a request may ask")
 	fs.IntVar(&o.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
