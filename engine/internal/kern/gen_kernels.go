@@ -64,26 +64,34 @@ func avx512(bf bool) {
 // a: SI, packed x rows [k][mr]; b: BX, %s; c: DI, row stride DX bytes; CX = k.
 // Z0-Z27: accumulators (row i in Z(2i), Z(2i+1)); Z28, Z29: B row; Z30, Z31: broadcast a.`,
 		name, map[bool]string{false: "float32", true: "uint16"}[bf], btype), 14)
+	loadB := []string{"VMOVUPS (BX), Z28", "VMOVUPS 64(BX), Z29"}
+	if bf {
+		loadB = []string{"VPMOVZXWD (BX), Z28", "VPMOVZXWD 32(BX), Z29", "VPSLLD $16, Z28, Z28", "VPSLLD $16, Z29, Z29"}
+	}
+	fma := func(acc, bc, b int) string { return fmt.Sprintf("VFMADD231PS Z%d, Z%d, Z%d", b, bc, acc) }
+	avx512Rows(loadB, "VBROADCASTSS", fma, bstep)
+}
+
+// avx512Rows emits the bodies for mr = 14..1 of a kernel of the avx512 register plan: zero
+// Z0..Z(2mr-1); per k step, the loadB instructions (B into Z28, Z29), then per row i a broadcast
+// (bcast from 4i(SI)) into Z30/Z31 and op(acc, bc, b) for the accumulators Z(2i), Z(2i+1)
+// against Z28, Z29; advance SI by a row of mr values and BX by bstep; at the end, store row i
+// to DI + i·DX.
+func avx512Rows(loadB []string, bcast string, op func(acc, bc, b int) string, bstep int) {
 	for mr := 14; mr >= 1; mr-- {
 		p("mr%d:", mr)
 		for r := 0; r < 2*mr; r++ {
 			p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
 		}
 		p("loop%d:", mr)
-		if bf {
-			p("\tVPMOVZXWD (BX), Z28")
-			p("\tVPMOVZXWD 32(BX), Z29")
-			p("\tVPSLLD $16, Z28, Z28")
-			p("\tVPSLLD $16, Z29, Z29")
-		} else {
-			p("\tVMOVUPS (BX), Z28")
-			p("\tVMOVUPS 64(BX), Z29")
+		for _, in := range loadB {
+			p("\t%s", in)
 		}
 		for i := 0; i < mr; i++ {
 			bc := 30 + i%2
-			p("\tVBROADCASTSS %d(SI), Z%d", 4*i, bc)
-			p("\tVFMADD231PS Z28, Z%d, Z%d", bc, 2*i)
-			p("\tVFMADD231PS Z29, Z%d, Z%d", bc, 2*i+1)
+			p("\t%s %d(SI), Z%d", bcast, 4*i, bc)
+			p("\t%s", op(2*i, bc, 28))
+			p("\t%s", op(2*i+1, bc, 29))
 		}
 		p("\tADDQ $%d, SI", 4*mr)
 		p("\tADDQ $%d, BX", bstep)
@@ -254,34 +262,8 @@ func avx512Dot() {
 // c[i*ldc + j] = Σ_kk a[kk*mr + i] · b[kk*32 + j] over k pairs of bf16 (VDPBF16PS), i < mr <= 14, j < 32.
 // a: SI, packed x rows [k][mr] of bf16 pairs; b: BX, panel [k][32] of bf16 pairs; c: DI, row
 // stride DX bytes; CX = k. Z0-Z27: accumulators; Z28, Z29: B pair row; Z30, Z31: broadcast a.`, name), 14)
-	for mr := 14; mr >= 1; mr-- {
-		p("mr%d:", mr)
-		for r := 0; r < 2*mr; r++ {
-			p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
-		}
-		p("loop%d:", mr)
-		p("\tVMOVDQU32 (BX), Z28")
-		p("\tVMOVDQU32 64(BX), Z29")
-		for i := 0; i < mr; i++ {
-			bc := 30 + i%2
-			p("\tVPBROADCASTD %d(SI), Z%d", 4*i, bc)
-			p("\t%s", vdpbf16ps(2*i, bc, 28))
-			p("\t%s", vdpbf16ps(2*i+1, bc, 29))
-		}
-		p("\tADDQ $%d, SI", 4*mr)
-		p("\tADDQ $128, BX")
-		p("\tDECQ CX")
-		p("\tJNZ loop%d", mr)
-		for i := 0; i < mr; i++ {
-			p("\tVMOVUPS Z%d, (DI)", 2*i)
-			p("\tVMOVUPS Z%d, 64(DI)", 2*i+1)
-			if i < mr-1 {
-				p("\tADDQ DX, DI")
-			}
-		}
-		p("\tVZEROUPPER")
-		p("\tRET")
-	}
+	loadB := []string{"VMOVDQU32 (BX), Z28", "VMOVDQU32 64(BX), Z29"}
+	avx512Rows(loadB, "VPBROADCASTD", vdpbf16ps, 128)
 }
 
 // avx512CvtBF16: n fp32 values (n a multiple of 32) to bf16, 32 per VCVTNE2PS2BF16 (round to
