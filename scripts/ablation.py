@@ -102,6 +102,19 @@ def train(a, tmp, section, name, flags, seed):
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
 
+def plot(a, runs):
+    """Draws the servers section's plots of runs [(name, dirs)] with scripts/prolongedplot into
+    DOC's folder/ablation: held-out pass@k, the step's wall time and the rollout/trainer mismatch
+    against the step; returns their paths relative to the document."""
+    if not runs:
+        return []
+    plots = os.path.join(os.path.dirname(a.doc), "ablation")
+    prog = [a.plot_bin] if a.plot_bin else ["go", "run", "./scripts/prolongedplot"]
+    cmd = prog + ["-out", plots, "-smooth", "5", "-plots", "passk,timing,mismatch"] + [f"-run={name}={','.join(dirs)}" for name, dirs in runs]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    return [os.path.relpath(p, os.path.dirname(a.doc)) for p in out]
+
+
 def timing(recs):
     """Means over the steps after the first of timing_s/step, timing_s/gen, train_s and
     rollout_corr/kl, and the step's time as a share of its rollouts plus its update."""
@@ -165,9 +178,13 @@ def main():
     ap.add_argument("--bin", help="a built tools/train binary to run instead of `go run ./tools/train`")
     ap.add_argument("--server-bin", help="servers section: a built tools/rollout-server binary (default: built into a temporary directory)")
     ap.add_argument("--server-model", help="servers section: the model the servers start from (default: a 1-step run of the default job)")
+    ap.add_argument("--plot-bin", help="servers section: a built scripts/prolongedplot binary instead of `go run`")
+    ap.add_argument("--machine", default=cpu_kind(),
+                    help="the CPU the tables' runs ran on, as their text names it (default: this machine's, from /proc/cpuinfo)")
     ap.add_argument("--extra", default="", help="more tools/train flags for every run, space-separated (e.g. '--eval-size 20')")
     a = ap.parse_args()
     a.extra = a.extra.split()
+    a.server_plots = []
     seeds = [int(s) for s in a.seeds.split(",")]
     chosen = a.sections.split(",")
     sections = [(sec, cfgs) for name, sec, cfgs in [("recipe", "", CONFIGS), ("options", "options", OPTIONS), ("servers", "servers", SERVERS)]
@@ -178,7 +195,7 @@ def main():
                 for section, configs in sections:
                     for name, flags in configs:
                         train(a, tmp, section, name, flags, seed)
-    tables = {}
+    tables, done_dirs = {}, {}
     for section, configs in sections:
         rows = []
         for name, flags in configs:
@@ -186,12 +203,16 @@ def main():
             for seed in seeds:
                 mpath = os.path.join(run_dir(a.out, section, name, seed), "metrics.jsonl")
                 done = finished(mpath, a.steps)
+                if done:
+                    done_dirs.setdefault((section, name), []).append(os.path.dirname(mpath))
                 row = summary(read(mpath), a.steps) if done else (None,) * 5
                 if section == "servers":
                     row = row[:3] + (timing(read(mpath)) if done else (None,) * 5)
                 per_seed.append(row)
             rows.append((name, flags, per_seed))
         tables[section or "recipe"] = rows
+    if "servers" in tables:
+        a.server_plots = plot(a, [(name, done_dirs[("servers", name)]) for name, _ in SERVERS if ("servers", name) in done_dirs])
     os.makedirs(os.path.dirname(a.doc), exist_ok=True)
     old = split_doc(open(a.doc).read() if os.path.exists(a.doc) else "")
     text = {"recipe": recipe_text, "options": options_text, "servers": servers_text}
@@ -202,6 +223,20 @@ def main():
 
 
 HEADINGS = {"options": "\n## Options on top of the default job\n", "servers": "\n## Overlapped rollouts on two rollout servers\n"}
+
+
+def cpu_kind():
+    """AVX-512 or AVX2: the CPU kernels' path on this machine, which decides their rounding."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return "an unknown CPU"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "neither AVX-512 nor AVX2"
+
+
+def machine_text(a):
+    return (f"Run on a CPU with {a.machine}: the CPU kernels' AVX-512 and AVX2 paths round differently, so one seed's\n"
+            "run differs between the two machine types; compare rows within one table.\n")
 
 
 def split_doc(doc):
@@ -241,7 +276,8 @@ def recipe_text(a, rows):
             f"Regenerate with `python3 scripts/ablation.py --seeds {a.seeds} --steps {a.steps}` (about 5-8 minutes per run and seed on 2 cores).\n"
             "Each row adds one ingredient to the row above; everything else is the default job (`go run ./tools/train`).\n"
             "Held-out accuracy is pass@1 at temperature 0.6, top-p 0.95, averaged over 4 samples of 200 held-out problems;\n"
-            f"entropy and KL are means over the last 25 of {a.steps} steps. Seeds: {a.seeds} (mean; per-seed values in brackets).\n\n"
+            f"entropy and KL are means over the last 25 of {a.steps} steps. Seeds: {a.seeds} (mean; per-seed values in brackets).\n"
+            + machine_text(a) + "\n"
             + table(a, rows, "recipe"))
 
 
@@ -249,7 +285,8 @@ def options_text(a, rows):
     return (HEADINGS["options"] + "\n"
             f"Each row is the default job with one option, seeds {a.seeds}, {a.steps} steps (today's defaults, dual clip 3\n"
             "among them: the default job row is run again with them). `-`: not run yet; a value without brackets: one seed.\n"
-            f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n\n"
+            f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n"
+            + machine_text(a) + "\n"
             + table(a, rows, "option"))
 
 
@@ -262,13 +299,18 @@ def servers_text(a, rows):
            "its rollouts (`timing_s/gen`) and its update (`train_s`), and the step as a share of rollouts plus update, which\n"
            "does not move with the machine's load as much as the seconds do; `rollout_corr/kl` is the logged mismatch\n"
            "between the rollouts' and the trainer's log-probs. Regenerate with\n"
-           f"`python3 scripts/ablation.py --sections servers --seeds {a.seeds} --steps {a.steps}`.\n\n"
+           f"`python3 scripts/ablation.py --sections servers --seeds {a.seeds} --steps {a.steps}`.\n"
+           + machine_text(a) + "\n"
            f"| rollouts | flags | accuracy at 0 | at {a.steps // 2} | at {a.steps} | `timing_s/step` | `timing_s/gen` | `train_s` | step / (gen + train) | `rollout_corr/kl` |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     for name, flags, per in rows:
         cols = list(zip(*per))
         fmts = ["{:.1%}"] * 3 + ["{:.2f} s"] * 3 + ["{:.2f}", "{:.1e}"]
         out += f"| {name} | `{' '.join(flags)}` | " + " | ".join(cell(c, fm) for c, fm in zip(cols, fmts)) + " |\n"
+    if a.server_plots:
+        out += ("\nThe same runs against the step (mean over seeds, band from the lowest to the highest seed; training curves\n"
+                "averaged over ±5 steps):\n\n")
+        out += "".join(f"![{os.path.splitext(os.path.basename(p))[0]}]({p})\n" for p in a.server_plots)
     return out
 
 

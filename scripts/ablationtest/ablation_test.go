@@ -3,9 +3,12 @@ package ablationtest
 
 import (
 	"encoding/json"
+	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -16,7 +19,9 @@ import (
 // each run and stops them. It checks that both runs finished, that the synchronous run's
 // rollouts were never stale and logged no rollout/trainer mismatch while the overlapped run's
 // steps 2 and 3 were one step stale with a positive mismatch, that the table carries every
-// figure but the step-1 accuracy (not evaluated), and that no server outlives the script.
+// figure but the step-1 accuracy (not evaluated), that the text names the CPU and links the
+// plots (pass@1 and pass@2 held out, step time, mismatch) as readable PNGs, and that no server
+// outlives the script.
 func TestServersSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds tools/train and tools/rollout-server and trains 2 tiny runs")
@@ -30,7 +35,8 @@ func TestServersSmoke(t *testing.T) {
 	}
 	dir := t.TempDir()
 	root, _ := filepath.Abs("../..")
-	bins := map[string]string{"./tools/train": filepath.Join(dir, "train"), "./tools/rollout-server": filepath.Join(dir, "rollout-server")}
+	bins := map[string]string{"./tools/train": filepath.Join(dir, "train"), "./tools/rollout-server": filepath.Join(dir, "rollout-server"),
+		"./scripts/prolongedplot": filepath.Join(dir, "plot")}
 	for pkg, out := range bins {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = root
@@ -41,7 +47,8 @@ func TestServersSmoke(t *testing.T) {
 	doc, runs := filepath.Join(dir, "ablation.md"), filepath.Join(dir, "runs")
 	cmd := exec.Command(py, filepath.Join(root, "scripts", "ablation.py"), "--sections", "servers", "--seeds", "1", "--steps", "3",
 		"--extra", "--sft-steps 40 --sft-lr 3e-3 --cot --prompts 4 --n 8 --train-problems 100 --lr 1e-3 --eval-size 10 --eval-samples 2 --eval-every 3", "--out", runs, "--doc", doc,
-		"--bin", bins["./tools/train"], "--server-bin", bins["./tools/rollout-server"])
+		"--bin", bins["./tools/train"], "--server-bin", bins["./tools/rollout-server"],
+		"--plot-bin", bins["./scripts/prolongedplot"])
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ablation.py: %v\n%s", err, b)
@@ -78,6 +85,24 @@ func TestServersSmoke(t *testing.T) {
 	text, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(string(text), "Run on a CPU with ") {
+		t.Errorf("the table's text does not name the CPU it ran on:\n%s", text)
+	}
+	var plots []string
+	for _, l := range regexp.MustCompile(`!\[[^]]*\]\(([^)]+)\)`).FindAllStringSubmatch(string(text), -1) {
+		plots = append(plots, l[1])
+		f, err := os.Open(filepath.Join(dir, l[1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(f); err != nil {
+			t.Errorf("%s: %v", l[1], err)
+		}
+		f.Close()
+	}
+	if want := []string{"ablation/passk_arith_at1.png", "ablation/passk_arith_at2.png", "ablation/step_time.png", "ablation/rollout_kl.png"}; !slices.Equal(plots, want) {
+		t.Errorf("plots linked %v, want %v", plots, want)
 	}
 	for _, row := range []string{"| synchronous | `--overlap off` |", "| overlapped | `--overlap on` |"} {
 		i := strings.Index(string(text), row)

@@ -9,7 +9,10 @@
 //	go run ./scripts/prolongedplot -out DIR [-smooth 5] -run 'plain GRPO=runs/a/seed1,runs/a/seed2' -run ...
 //
 // It writes DIR/passk_<set>_at<k>.png, DIR/entropy.png and DIR/{entropy,kl,length}_<family>.png
-// (a plot without any value is left out) and prints each file's path.
+// (a plot without any value is left out) and prints each file's path. -plots chooses the groups
+// of plots drawn: passk, entropy and family (the default, for scripts/prolonged.py), timing (the
+// step's wall time, DIR/step_time.png) and mismatch (the rollout/trainer mismatch KL,
+// DIR/rollout_kl.png), which scripts/ablation.py draws for its rollout-server runs.
 package main
 
 import (
@@ -50,17 +53,26 @@ func main() {
 	var runs runFlags
 	out := flag.String("out", ".", "directory for the PNG files")
 	smooth := flag.Int("smooth", 0, "average each seed's training curves over the steps within this many steps of each step (0: none)")
+	groups := flag.String("plots", "passk,entropy,family", "groups of plots to draw, comma-separated: "+strings.Join(plotGroups, ", "))
 	flag.Var(&runs, "run", "a configuration: NAME=RUNDIR,RUNDIR,... (one run directory per seed, each with metrics.jsonl); repeat per configuration")
 	flag.Parse()
-	if err := run(runs, *out, *smooth); err != nil {
+	if err := run(runs, *out, *smooth, strings.Split(*groups, ",")); err != nil {
 		slog.Error("prolongedplot", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs []string, out string, smooth int) error {
+// plotGroups are the groups of plots -plots chooses from.
+var plotGroups = []string{"passk", "entropy", "family", "timing", "mismatch"}
+
+func run(runs []string, out string, smooth int, groups []string) error {
 	if len(runs) == 0 {
 		return errors.New("no -run given")
+	}
+	for _, g := range groups {
+		if !slices.Contains(plotGroups, g) {
+			return fmt.Errorf("-plots: no group %q (want some of %s)", g, strings.Join(plotGroups, ", "))
+		}
 	}
 	if smooth < 0 {
 		return fmt.Errorf("-smooth %d: want 0 or more steps", smooth)
@@ -76,7 +88,7 @@ func run(runs []string, out string, smooth int) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	files, err := drawAll(cfgs, out, smooth)
+	files, err := drawAll(cfgs, out, smooth, groups)
 	for _, f := range files {
 		fmt.Println(f)
 	}
@@ -103,20 +115,21 @@ func load(spec string) (config, error) {
 // metric reads one value of a record; ok is false where the record has none.
 type metric func(grpo.Record) (float64, bool)
 
-// plotSpec is one plot: its file name, title, y-axis label, metric, the half-width of the
-// moving average over steps (0: none), and whether it is a fraction (its axis starts at 0).
+// plotSpec is one plot: its group (of plotGroups), file name, title, y-axis label, metric, the
+// half-width of the moving average over steps (0: none), and whether it is a fraction (its axis
+// starts at 0).
 type plotSpec struct {
-	file, title, ylabel string
-	m                   metric
-	smooth              int
-	fraction            bool
+	group, file, title, ylabel string
+	m                          metric
+	smooth                     int
+	fraction                   bool
 }
 
-// drawAll draws every plot that has a value and returns the files written.
-func drawAll(cfgs []config, out string, smooth int) ([]string, error) {
+// drawAll draws every plot of the groups given that has a value and returns the files written.
+func drawAll(cfgs []config, out string, smooth int, groups []string) ([]string, error) {
 	var files []string
 	for _, ps := range plotSpecs(cfgs, smooth) {
-		if !hasValue(cfgs, ps.m) {
+		if !slices.Contains(groups, ps.group) || !hasValue(cfgs, ps.m) {
 			continue
 		}
 		path := filepath.Join(out, ps.file)
@@ -128,30 +141,44 @@ func drawAll(cfgs []config, out string, smooth int) ([]string, error) {
 	return files, nil
 }
 
-// plotSpecs lists the plots: pass@1 and pass@k per held-out set, the entropy, and per training
-// family its entropy, KL to the reference and response length.
+// plotSpecs lists the plots: pass@1 and pass@k per held-out set, the entropy, per training
+// family its entropy, KL to the reference and response length, the step's wall time and the
+// rollout/trainer mismatch.
 func plotSpecs(cfgs []config, smooth int) []plotSpec {
 	sets, maxK := heldSets(cfgs)
 	var specs []plotSpec
 	for _, set := range sets {
 		for _, k := range slices.Compact([]int{1, maxK}) {
-			specs = append(specs, plotSpec{file: fmt.Sprintf("passk_%s_at%d.png", fileName(set), k),
+			specs = append(specs, plotSpec{group: "passk", file: fmt.Sprintf("passk_%s_at%d.png", fileName(set), k),
 				title: fmt.Sprintf("Held-out %s: pass@%d", set, k), ylabel: fmt.Sprintf("pass@%d", k), m: passAt(set, k), fraction: true})
 		}
 	}
 	entropy := func(r grpo.Record) (float64, bool) {
 		return r.Entropy, r.Metrics != nil && r.Step > 0 && !r.SkippedNoSignal
 	}
-	specs = append(specs, plotSpec{file: "entropy.png", title: "Policy entropy (per token)", ylabel: "nats", m: entropy, smooth: smooth})
+	specs = append(specs, plotSpec{group: "entropy", file: "entropy.png", title: "Policy entropy (per token)", ylabel: "nats", m: entropy, smooth: smooth})
 	for _, fam := range families(cfgs) {
 		specs = append(specs,
-			plotSpec{file: "entropy_" + fileName(fam) + ".png", title: fam + ": policy entropy (per token)", ylabel: "nats",
+			plotSpec{group: "family", file: "entropy_" + fileName(fam) + ".png", title: fam + ": policy entropy (per token)", ylabel: "nats",
 				m: byKind(func(m *grpo.Metrics) map[string]float64 { return m.EntropyByKind }, fam), smooth: smooth},
-			plotSpec{file: "kl_" + fileName(fam) + ".png", title: fam + ": KL to the reference (per token)", ylabel: "KL estimate",
+			plotSpec{group: "family", file: "kl_" + fileName(fam) + ".png", title: fam + ": KL to the reference (per token)", ylabel: "KL estimate",
 				m: byKind(func(m *grpo.Metrics) map[string]float64 { return m.KLByKind }, fam), smooth: smooth},
-			plotSpec{file: "length_" + fileName(fam) + ".png", title: fam + ": mean response length (training samples)", ylabel: "tokens",
+			plotSpec{group: "family", file: "length_" + fileName(fam) + ".png", title: fam + ": mean response length (training samples)", ylabel: "tokens",
 				m: byKind(func(m *grpo.Metrics) map[string]float64 { return m.ResponseLenByKind }, fam), smooth: smooth})
 	}
+	trained := func(get func(*grpo.Metrics) float64) metric {
+		return func(r grpo.Record) (float64, bool) {
+			if r.Metrics == nil || r.Step == 0 {
+				return 0, false
+			}
+			return get(r.Metrics), true
+		}
+	}
+	specs = append(specs,
+		plotSpec{group: "timing", file: "step_time.png", title: "Step wall time (timing_s/step: rollouts, update, weights out)", ylabel: "seconds",
+			m: trained(func(m *grpo.Metrics) float64 { return m.StepSeconds }), smooth: smooth},
+		plotSpec{group: "mismatch", file: "rollout_kl.png", title: "Rollout/trainer mismatch (rollout_corr/kl)", ylabel: "KL estimate",
+			m: trained(func(m *grpo.Metrics) float64 { return m.RolloutKL }), smooth: smooth})
 	return specs
 }
 

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"gonum.org/v1/plot/plotter"
 )
 
 // TestGridSmoke runs scripts/prolonged.py end to end on a tiny setting (one seed, two steps,
@@ -304,5 +306,81 @@ func TestVerdict(t *testing.T) {
 			}
 			checkPlots(t, doc, text, nil)
 		})
+	}
+}
+
+// TestPlotGroups draws only the groups -plots names: timing and mismatch from two hand-made
+// seeds (step times 1, 2, 3 and 3, 4, 5 s; mismatch KL 0 and 0.5 per step), checks the files
+// written and that they are readable PNGs, the seed spread of the step time against the
+// hand-worked mean, lowest and highest (2, 1, 3 at step 1), and that an unknown group is refused
+// with its name.
+func TestPlotGroups(t *testing.T) {
+	dir := t.TempDir()
+	var specs []string
+	for seed, base := range []float64{1, 3} {
+		var lines []string
+		for step := 0; step <= 3; step++ {
+			r := map[string]any{"step": step}
+			if step == 0 {
+				r["eval"] = map[string]any{"pass_at_k_by_kind": map[string]any{"arith": map[string]float64{"1": 0.5}}}
+			} else {
+				r["timing_s/step"] = base + float64(step-1)
+				r["rollout_corr/kl"] = 0.5 * float64(seed)
+				r["actor/entropy"] = 0.3
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, string(b))
+		}
+		run := filepath.Join(dir, "runs", fmt.Sprintf("seed%d", seed+1))
+		if err := os.MkdirAll(run, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(run, "metrics.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		specs = append(specs, run)
+	}
+	spec := "overlapped=" + strings.Join(specs, ",")
+	out := filepath.Join(dir, "plots")
+	if err := run([]string{spec}, out, 0, []string{"timing", "mismatch"}); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+		f, err := os.Open(filepath.Join(out, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(f); err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+		}
+		f.Close()
+	}
+	if want := []string{"rollout_kl.png", "step_time.png"}; !slices.Equal(got, want) {
+		t.Errorf("files %v, want %v (no pass@k or entropy plots)", got, want)
+	}
+	c, err := load(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ps := range plotSpecs([]config{c}, 0) {
+		if ps.file != "step_time.png" {
+			continue
+		}
+		s := seedSpread(c, ps.m, 0)
+		if len(s.mean) != 3 || s.mean[0] != (plotter.XY{X: 1, Y: 2}) || s.lo[0].Y != 1 || s.hi[0].Y != 3 || s.mean[2].Y != 4 {
+			t.Errorf("step time spread: mean %v, lo %v, hi %v; want mean 2, 3, 4 at steps 1-3, 1 and 3 at step 1", s.mean, s.lo, s.hi)
+		}
+	}
+	if err := run([]string{spec}, out, 0, []string{"timing", "speed"}); err == nil || !strings.Contains(err.Error(), `"speed"`) {
+		t.Errorf("unknown group: error %v, want one naming \"speed\"", err)
 	}
 }
