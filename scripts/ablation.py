@@ -287,7 +287,29 @@ def options_text(a, rows):
             "among them: the default job row is run again with them). `-`: not run yet; a value without brackets: one seed.\n"
             f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n"
             + machine_text(a) + "\n"
-            + table(a, rows, "option"))
+            + table(a, rows, "option") + "\n" + options_verdict(a, rows)
+            + "TIS (cap 2) alone is the default job bit for bit: rollouts generated in process on the current weights have\n"
+            "the trainer's log-probs exactly, so every TIS weight is 1; TIS acts on stale or foreign rollouts (overlapped\n"
+            "rollouts, rollout servers: the table below).\n")
+
+
+def options_verdict(a, rows):
+    """Compares each option's held-out accuracy at the last step with the default job's (the
+    first row): within the seed spread where their ranges over seeds overlap."""
+    def final(per):
+        return [r[2] for r in per if r[2] is not None]
+    base = final(rows[0][2])
+    if len(base) < 2:
+        return "The comparison with the default job needs at least 2 finished seeds of it.\n\n"
+    within, above, below = [], [], []
+    for name, _, per in rows[1:]:
+        vals = final(per)
+        if len(vals) < 2:
+            continue
+        (above if min(vals) > max(base) else below if max(vals) < min(base) else within).append(name)
+    say = lambda names: ", ".join(names) or "none"
+    return (f"At step {a.steps}, against the default job's seeds [{min(base):.1%}, {max(base):.1%}]: within the seed spread "
+            f"(the ranges overlap): {say(within)}; above it: {say(above)}; below it: {say(below)}.\n")
 
 
 def servers_text(a, rows):

@@ -3,6 +3,7 @@ package ablationtest
 
 import (
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -117,5 +118,70 @@ func TestServersSmoke(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", bins["./tools/rollout-server"]).Output(); len(out) > 0 {
 		t.Errorf("rollout servers still running after the script: pids %s", out)
+	}
+}
+
+// TestOptionsVerdict tabulates hand-made runs of the options section (--reuse, 10 steps, seeds
+// 1-2: the default job ends at 60% and 64%; GSPO at 50% and 55%, below its range; Clip-Cov at
+// 62% and 70%, overlapping; KL-Cov at 66% and 70%, above; entropy bonus with one seed only, left
+// out) and checks the verdict line and the rows' means against the hand-worked values.
+func TestOptionsVerdict(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
+			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but python3 is missing: %v", err)
+		}
+		t.Skip("python3 not found")
+	}
+	dir := t.TempDir()
+	runs := map[string][]float64{"default_job": {0.60, 0.64}, "GSPO": {0.50, 0.55}, "Clip-Cov": {0.62, 0.70}, "KL-Cov": {0.66, 0.70},
+		"entropy_bonus_0.001": {0.61}}
+	for name, finals := range runs {
+		for i, final := range finals {
+			var lines []string
+			for step := 0; step <= 10; step++ {
+				r := map[string]any{"step": step}
+				if step > 0 {
+					r["actor/entropy"], r["actor/kl_loss"] = 0.2, 0.01
+				}
+				if step%5 == 0 {
+					r["eval"] = map[string]any{"accuracy": 0.3 + (final-0.3)*float64(step)/10}
+				}
+				b, err := json.Marshal(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lines = append(lines, string(b))
+			}
+			run := filepath.Join(dir, "runs", "options", name, fmt.Sprintf("seed%d", i+1))
+			if err := os.MkdirAll(run, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(run, "metrics.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	root, _ := filepath.Abs("../..")
+	doc := filepath.Join(dir, "ablation.md")
+	cmd := exec.Command(py, filepath.Join(root, "scripts", "ablation.py"), "--reuse", "--sections", "options", "--seeds", "1,2", "--steps", "10",
+		"--out", filepath.Join(dir, "runs"), "--doc", doc, "--machine", "AVX-512")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ablation.py: %v\n%s", err, b)
+	}
+	text, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"At step 10, against the default job's seeds [60.0%, 64.0%]: within the seed spread (the ranges overlap): Clip-Cov; above it: KL-Cov; below it: GSPO.\n",
+		"| GSPO | `--policy-loss gspo` | 30.0% [30.0%, 30.0%] | 41.2% [40.0%, 42.5%] | 52.5% [50.0%, 55.0%] |",
+		"| entropy bonus 0.001 | `--entropy-coef 0.001` | 30.0% | 45.5% | 61.0% |",
+		"| mask truncated | `--mask-truncated` | - | - | - | - | - |",
+		"Run on a CPU with AVX-512:",
+	} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("document lacks %q:\n%s", want, text)
+		}
 	}
 }
