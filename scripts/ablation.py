@@ -288,9 +288,9 @@ def options_text(a, rows):
             f"Regenerate with `python3 scripts/ablation.py --sections options --seeds {a.seeds} --steps {a.steps}`.\n"
             + machine_text(a) + "\n"
             + table(a, rows, "option") + "\n" + options_verdict(a, rows)
-            + "TIS (cap 2) alone is the default job bit for bit: rollouts generated in process on the current weights have\n"
-            "the trainer's log-probs exactly, so every TIS weight is 1; TIS acts on stale or foreign rollouts (overlapped\n"
-            "rollouts, rollout servers: the table below).\n")
+            + "TIS (cap 2) alone ends with the default job's weights: rollouts generated in process on the current weights\n"
+            "have the trainer's log-probs to the last bit or within rounding, so every TIS weight is 1 or within rounding of\n"
+            "it; TIS acts on stale or foreign rollouts (overlapped rollouts, rollout servers: the table below).\n")
 
 
 def options_verdict(a, rows):
