@@ -60,7 +60,7 @@ func SampleLogits(logits []float32, r SampleRow) (int32, float32) {
 	}
 	s := scratchPool.Get().(*sampleScratch)
 	defer scratchPool.Put(s)
-	ids, p, z := candidates(logits, r, s)
+	ids, zs, p, z := candidates(logits, r, s)
 	// Inverse CDF over the kept ids in increasing id order.
 	u := r.U * z
 	var c float64
@@ -72,14 +72,22 @@ func SampleLogits(logits []float32, r SampleRow) (int32, float32) {
 			break
 		}
 	}
-	return pick, float32(math.Log(p[pick] / z))
+	return pick, logProb(zs[pick], z)
 }
 
+// logProb is the log-prob of a token whose tempered logit minus the row's maximum is z, in a
+// distribution of unnormalised mass mass: z - log(mass), LogProbEntropy's own formula, so that
+// without top-k and top-p (the whole row kept, its mass summed in the same order) the sampler's
+// log-probs are the trainer's bit for bit. (log(e^z / mass) is the same number in exact
+// arithmetic, but its float64 round trip lands on another float32 now and then.)
+func logProb(z, mass float64) float32 { return float32(z - math.Log(mass)) }
+
 // candidates applies temperature, top-k and top-p. It returns the kept ids sorted ascending,
-// the unnormalised probabilities of all tokens, and the mass of the kept ones.
-func candidates(logits []float32, r SampleRow, s *sampleScratch) ([]int32, []float64, float64) {
+// the tempered logits minus their maximum and the unnormalised probabilities of all tokens, and
+// the mass of the kept ones.
+func candidates(logits []float32, r SampleRow, s *sampleScratch) ([]int32, []float64, []float64, float64) {
 	v := len(logits)
-	_, p, _ := s.expRow(logits, 1/float64(r.Temperature))
+	zs, p, _ := s.expRow(logits, 1/float64(r.Temperature))
 	idx := s.idx[:v]
 	var total float64
 	for i, e := range p {
@@ -112,7 +120,7 @@ func candidates(logits []float32, r SampleRow, s *sampleScratch) ([]int32, []flo
 			z += p[id]
 		}
 	}
-	return kept, p, z
+	return kept, zs, p, z
 }
 
 // partition reorders ids around a median-of-three pivot under the strict order before and

@@ -152,10 +152,11 @@ func TestSamplingExpsBits(t *testing.T) {
 		for _, l := range logits {
 			m = max(m, float64(l)*inv)
 		}
-		p := make([]float64, len(logits))
+		p, zs := make([]float64, len(logits)), make([]float64, len(logits))
 		var total, sz float64
 		for i, l := range logits {
 			z := float64(l)*inv - m
+			zs[i] = z
 			p[i] = math.Exp(z)
 			total += p[i]
 			sz += p[i] * z
@@ -169,7 +170,7 @@ func TestSamplingExpsBits(t *testing.T) {
 			}
 		}
 		id, lp := SampleLogits(logits, SampleRow{Temperature: temp, U: u})
-		wantLp := float32(math.Log(p[want] / total))
+		wantLp := float32(zs[want] - math.Log(total))
 		if id != want || math.Float32bits(lp) != math.Float32bits(wantLp) {
 			t.Fatalf("row %d: drew %d (log-prob %v), math.Exp's inverse CDF %d (%v)", row, id, lp, want, wantLp)
 		}
@@ -178,6 +179,32 @@ func TestSamplingExpsBits(t *testing.T) {
 		gotLp, gotEnt := LogProbEntropy(logits, target, temp)
 		if wl, we := float32(float64(logits[target])*inv-m-lse), float32(lse-sz/total); math.Float32bits(gotLp) != math.Float32bits(wl) || math.Float32bits(gotEnt) != math.Float32bits(we) {
 			t.Fatalf("row %d: LogProbEntropy %v %v, with math.Exp %v %v", row, gotLp, gotEnt, wl, we)
+		}
+	}
+}
+
+// TestSampledLogProbIsTrainers: without top-k and top-p the sampler's log-prob of the token it
+// draws is LogProbEntropy's bits at the same temperature — the value the trainer recomputes —
+// so that rollouts on the current weights carry no rollout/trainer mismatch at all. Rows with
+// one dominant logit make the drawn token's log-prob small (near 0), where float32's spacing is
+// fine enough that a float64 exp-then-log round trip (log(e^z / s) instead of z - log s) lands
+// on another float32 in a measurable share of rows.
+func TestSampledLogProbIsTrainers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for row := 0; row < 20000; row++ {
+		logits := make([]float32, 2+rng.IntN(64))
+		for i := range logits {
+			logits[i] = float32(rng.NormFloat64())
+		}
+		logits[rng.IntN(len(logits))] += float32(6 + 10*rng.Float64()) // p of the top token near 1
+		temp := float32(0.5 + rng.Float64())
+		for _, r := range []SampleRow{{Temperature: temp, U: rng.Float64()}, {Temperature: temp, TopP: 1, U: rng.Float64()}} {
+			id, lp := SampleLogits(logits, r)
+			want, _ := LogProbEntropy(logits, int(id), temp)
+			if math.Float32bits(lp) != math.Float32bits(want) {
+				t.Fatalf("row %d (%d logits, temperature %v): drew %d with log-prob %v (%#x), LogProbEntropy %v (%#x)",
+					row, len(logits), temp, id, lp, math.Float32bits(lp), want, math.Float32bits(want))
+			}
 		}
 	}
 }

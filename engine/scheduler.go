@@ -422,7 +422,7 @@ func topRow(logits []float32, r SampleRow, k int) ([]int32, []float32) {
 	}
 	s := scratchPool.Get().(*sampleScratch)
 	defer scratchPool.Put(s)
-	kept, p, z := candidates(logits, r, s) // kept: the best len(kept) tokens under before
+	kept, zs, p, z := candidates(logits, r, s) // kept: the best len(kept) tokens under before
 	before := func(a, b int32) bool { return p[a] > p[b] || (p[a] == p[b] && a < b) }
 	// One pass keeping the best k in order: most tokens lose to the k-th at once.
 	top := make([]int32, 0, k)
@@ -443,7 +443,7 @@ func topRow(logits []float32, r SampleRow, k int) ([]int32, []float32) {
 	for i, id := range top {
 		lps[i] = float32(math.Inf(-1))
 		if i < len(kept) {
-			lps[i] = float32(math.Log(p[id] / z))
+			lps[i] = logProb(zs[id], z)
 		}
 	}
 	return top, lps

@@ -289,8 +289,8 @@ def options_text(a, rows):
             + machine_text(a) + "\n"
             + table(a, rows, "option") + "\n" + options_verdict(a, rows)
             + "TIS (cap 2) alone ends with the default job's weights: rollouts generated in process on the current weights\n"
-            "have the trainer's log-probs to the last bit or within rounding, so every TIS weight is 1 or within rounding of\n"
-            "it; TIS acts on stale or foreign rollouts (overlapped rollouts, rollout servers: the table below).\n")
+            "have the trainer's log-probs to the last bit, so every TIS weight is 1; TIS acts on stale or foreign rollouts\n"
+            "(overlapped rollouts, rollout servers: the table below).\n")
 
 
 def options_verdict(a, rows):
