@@ -27,13 +27,7 @@ func TestServersSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds tools/train and tools/rollout-server and trains 2 tiny runs")
 	}
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
-			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but python3 is missing: %v", err)
-		}
-		t.Skip("python3 not found")
-	}
+	py := python(t)
 	dir := t.TempDir()
 	root, _ := filepath.Abs("../..")
 	bins := map[string]string{"./tools/train": filepath.Join(dir, "train"), "./tools/rollout-server": filepath.Join(dir, "rollout-server"),
@@ -126,13 +120,7 @@ func TestServersSmoke(t *testing.T) {
 // 62% and 70%, overlapping; KL-Cov at 66% and 70%, above; entropy bonus with one seed only, left
 // out) and checks the verdict line and the rows' means against the hand-worked values.
 func TestOptionsVerdict(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
-			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but python3 is missing: %v", err)
-		}
-		t.Skip("python3 not found")
-	}
+	py := python(t)
 	dir := t.TempDir()
 	runs := map[string][]float64{"default_job": {0.60, 0.64}, "GSPO": {0.50, 0.55}, "Clip-Cov": {0.62, 0.70}, "KL-Cov": {0.66, 0.70},
 		"entropy_bonus_0.001": {0.61}}
@@ -184,4 +172,16 @@ func TestOptionsVerdict(t *testing.T) {
 			t.Errorf("document lacks %q:\n%s", want, text)
 		}
 	}
+}
+
+// python finds python3, skipping the test without it unless PROLONG_REQUIRE_PYTHON=1.
+func python(t *testing.T) string {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("PROLONG_REQUIRE_PYTHON") == "1" {
+			t.Fatalf("PROLONG_REQUIRE_PYTHON=1 but python3 is missing: %v", err)
+		}
+		t.Skip("python3 not found")
+	}
+	return py
 }
