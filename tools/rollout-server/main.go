@@ -222,7 +222,7 @@ func newServer(o options) (*server, error) {
 		bodyTimeout: o.bodyTimeout, writeTimeout: o.writeTimeout, weightsRate: o.weightsMiBps * (1 << 20),
 		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched)}
 	s.metrics.watchRequests(s.slots)
-	s.name.Store(&name)
+	s.setModelName(name)
 	s.version.Store(1)
 	return s, nil
 }

@@ -29,6 +29,8 @@ type server struct {
 	tok       *tokenizer.Tokenizer   // nil: prompts must be token ids
 	name      atomic.Pointer[string] // the served model name; follows weight updates
 	fixedName bool                   // --served-model-name was given: updates keep it
+	namesMu   sync.Mutex
+	names     map[string]bool // every name served so far (requests may name any of them)
 	lim       limits
 	apiKey    string
 	maxBody   int64
@@ -210,6 +212,13 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 		stop = append(stop, s.eosIDs()...)
 	}
 	for i, p := range prompts {
+		if e := s.checkContext(i, len(prompts), len(p.ids), smp.maxTokens); e != nil {
+			cancel()
+			for _, end := range g.stops {
+				end()
+			}
+			return nil, e
+		}
 		jctx, end := context.WithCancel(ctx)
 		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
 			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
@@ -234,6 +243,50 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 
 // modelName is the name the server reports for its current weights.
 func (s *server) modelName() string { return *s.name.Load() }
+
+// setModelName makes name the served name; the names served before stay accepted in requests,
+// so that a client started before a weight update keeps working.
+func (s *server) setModelName(name string) {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	if s.names == nil {
+		s.names = map[string]bool{}
+	}
+	s.names[name] = true
+	s.name.Store(&name)
+}
+
+// checkModel answers a request's "model" field as vLLM does: empty (the one model served) or a
+// name this server serves or has served is fine; any other is 404 model_not_found.
+func (s *server) checkModel(model string) *apiError {
+	if model == "" {
+		return nil
+	}
+	s.namesMu.Lock()
+	known := s.names[model]
+	s.namesMu.Unlock()
+	if known {
+		return nil
+	}
+	return &apiError{Status: 404, Type: "invalid_request_error", Param: "model", Code: "model_not_found",
+		Message: fmt.Sprintf("the model %q does not exist: this server serves %q (GET /v1/models)", model, s.modelName())}
+}
+
+// checkContext refuses prompt i of n when its tokens plus max_tokens exceed the model's
+// context, in the request's own terms (the engine says max_new_tokens).
+func (s *server) checkContext(i, n, promptLen, maxTokens int) *apiError {
+	ctxLen := s.cfg.MaxPositionEmbeddings
+	if promptLen+maxTokens <= ctxLen {
+		return nil
+	}
+	which := "the prompt"
+	if n > 1 {
+		which = fmt.Sprintf("prompt %d", i)
+	}
+	return &apiError{Status: 400, Type: "invalid_request_error", Param: "max_tokens", Code: "context_length_exceeded",
+		Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %s has %d tokens and max_tokens is %d (%d > %d): shorten the prompt or lower max_tokens",
+			ctxLen, which, promptLen, maxTokens, promptLen+maxTokens, ctxLen)}
+}
 
 // eosIDs are the model's end-of-sequence tokens.
 func (s *server) eosIDs() []int32 {
@@ -498,6 +551,9 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pc, e := parseCompletionRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil)
+	if e == nil {
+		e = s.checkModel(pc.req.Model)
+	}
 	if e != nil {
 		writeError(w, e)
 		return
@@ -729,6 +785,9 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, smp, msgs, e := parseChatRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil && s.tok.HasChatTemplate())
+	if e == nil {
+		e = s.checkModel(req.Model)
+	}
 	if e != nil {
 		writeError(w, e)
 		return

@@ -772,3 +772,57 @@ func TestStopStringsManyPrompts(t *testing.T) {
 		t.Errorf("only %d of 8 samples ended on a stop string: the test needs more", cut)
 	}
 }
+
+// TestModelAndContextErrors: a request naming a model the server does not serve is 404
+// model_not_found (vLLM's answer), on both endpoints; no name, the served name and a name served
+// before a weight update are fine; a prompt that leaves no room for max_tokens is a 400 naming
+// max_tokens, the request's field (the engine's own word is max_new_tokens).
+func TestModelAndContextErrors(t *testing.T) {
+	dir, cfg, _ := modelDir(t, 3, true)
+	s, ts := startServer(t, testOptions(dir))
+	served := s.modelName()
+	for _, tc := range []struct {
+		path, body string
+		code       int
+	}{
+		{"/v1/completions", `{"model": "gpt-4", "prompt": [1, 2], "max_tokens": 2}`, 404},
+		{"/v1/chat/completions", `{"model": "gpt-4", "messages": [{"role": "user", "content": "1+2="}], "max_tokens": 2}`, 404},
+		{"/v1/completions", `{"prompt": [1, 2], "max_tokens": 2}`, 200},
+		{"/v1/completions", `{"model": "` + served + `", "prompt": [1, 2], "max_tokens": 2}`, 200},
+		{"/v1/chat/completions", `{"model": "` + served + `", "messages": [{"role": "user", "content": "1+2="}], "max_tokens": 2}`, 200},
+	} {
+		code, v, _ := post(t, ts.URL+tc.path, tc.body)
+		if code != tc.code {
+			t.Errorf("%s %s: HTTP %d %v, want %d", tc.path, tc.body, code, v, tc.code)
+			continue
+		}
+		if code == 404 {
+			e, _ := v["error"].(map[string]any)
+			if e["code"] != "model_not_found" || e["param"] != "model" || !strings.Contains(fmt.Sprint(e["message"]), `"gpt-4"`) || !strings.Contains(fmt.Sprint(e["message"]), served) {
+				t.Errorf("%s: error %v, want model_not_found naming gpt-4 and %s", tc.path, e, served)
+			}
+		}
+	}
+	// After an update under another name, the old name still works: a client started before
+	// the trainer's push keeps going.
+	s.setModelName("step-000100")
+	if code, v, _ := post(t, ts.URL+"/v1/completions", `{"model": "`+served+`", "prompt": [1, 2], "max_tokens": 2}`); code != 200 {
+		t.Errorf("the name served before an update: HTTP %d %v", code, v)
+	}
+	if code, _, _ := post(t, ts.URL+"/v1/completions", `{"model": "step-000099", "prompt": [1, 2], "max_tokens": 2}`); code != 404 {
+		t.Errorf("a name never served: HTTP %d, want 404", code)
+	}
+
+	long := make([]int, cfg.MaxPositionEmbeddings-4)
+	for i := range long {
+		long[i] = 1 + i%5
+	}
+	body, _ := json.Marshal(map[string]any{"prompt": long, "max_tokens": 10})
+	code, v, _ := post(t, ts.URL+"/v1/completions", string(body))
+	e, _ := v["error"].(map[string]any)
+	msg := fmt.Sprint(e["message"])
+	if code != 400 || e["param"] != "max_tokens" || strings.Contains(msg, "max_new_tokens") || !strings.Contains(msg, "max_tokens is 10") ||
+		!strings.Contains(msg, fmt.Sprintf("context length is %d", cfg.MaxPositionEmbeddings)) {
+		t.Errorf("context overflow: HTTP %d %v", code, v)
+	}
+}

@@ -58,7 +58,7 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 	}
 	s.version.Store(v)
 	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
-		s.name.Store(&name)
+		s.setModelName(name)
 	}
 	slog.Info("weights updated", "version", v, "model", s.modelName(), "from", source, "tensors", len(tensors), "wait_s", time.Since(t0).Seconds())
 	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors), "model": s.modelName()})
