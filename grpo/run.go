@@ -18,7 +18,6 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo/data"
-	"github.com/prolong-rl/prolong/onnx"
 )
 
 // A run directory holds:
@@ -433,18 +432,6 @@ func sameFiles(a, b string) (string, bool) {
 	return "", true
 }
 
-// exportTmpPrefix is the prefix of the temporary directory an export is built in.
-func exportTmpPrefix(name string) string { return "." + name + ".tmp-" }
-
-// removeStaleExports removes the temporary export directories a killed run left in the run
-// directory's checkpoints/ (exports are built under a temporary name, then swapped in).
-func removeStaleExports(dir string) {
-	left, _ := filepath.Glob(filepath.Join(dir, "checkpoints", exportTmpPrefix("*")+"*"))
-	for _, p := range left {
-		os.RemoveAll(p)
-	}
-}
-
 // newPolicy makes the starting weights (the run state's when resuming) trainable on the
 // backend, with the run's optimizer (and its saved state when resuming).
 func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
@@ -719,65 +706,7 @@ func (r *runSession) save() error {
 	return checkpoints.SaveRunState(filepath.Join(r.cfg.Dir, StateDir), st, checkpoints.SaveRunOptions{Keep: r.cfg.Keep})
 }
 
-// export writes the policy at a step under Dir/checkpoints/step-NNNNNN as a Hugging Face
-// directory (model.safetensors, config.json, generation_config.json, tokenizer files) and as
-// ONNX (model.onnx, KV-cache inputs and outputs, loadable by ONNX Runtime).
-//
-// The directory is built under a temporary name and swapped in whole (checkpoints.ReplaceDir):
-// a run killed while exporting leaves the previous state of the directory.
-func (r *runSession) export(step int) error {
-	dir := r.exportDir(step)
-	if err := checkpoints.ReplaceDir(dir, exportTmpPrefix(filepath.Base(dir)), r.writeExport); err != nil {
-		return err
-	}
-	r.exported[step] = dir
-	return nil
-}
-
-// exportDir is the export directory of step: Dir/checkpoints/step-NNNNNN.
-func (r *runSession) exportDir(step int) string {
-	return filepath.Join(r.cfg.Dir, "checkpoints", checkpoints.StepDirName(int64(step)))
-}
-
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// exportBest writes the policy, as export does, to Dir/checkpoints/best with best.json naming
-// the evaluation: built under a temporary name and swapped in for the previous best at once
-// (checkpoints.ReplaceDir), so that a crash leaves one whole best export.
-func (r *runSession) exportBest(b *BestEval) error {
-	dir := filepath.Join(r.cfg.Dir, "checkpoints", BestDir)
-	return checkpoints.ReplaceDir(dir, exportTmpPrefix(BestDir), func(tmp string) error {
-		if err := r.writeExport(tmp); err != nil {
-			return err
-		}
-		j, err := json.MarshalIndent(b, "", "  ")
-		if err != nil {
-			return err
-		}
-		return checkpoints.WriteFileAtomic(filepath.Join(tmp, BestFile), 0o644, func(w io.Writer) error {
-			_, err := w.Write(append(j, '\n'))
-			return err
-		})
-	})
-}
-
-// writeExport writes the policy into dir: the Hugging Face files, the tokenizer's and model.onnx.
-func (r *runSession) writeExport(dir string) error {
-	m := r.policy.Model
-	w, err := m.HostWeights()
-	if err != nil {
-		return err
-	}
-	if err := checkpoints.SaveHF(dir, m.Config, w, checkpoints.F32); err != nil {
-		return err
-	}
-	if r.job.TokenizerFiles != nil {
-		if err := r.job.TokenizerFiles(dir); err != nil {
-			return fmt.Errorf("export %s: tokenizer: %w", dir, err)
-		}
-	}
-	return onnx.Export(filepath.Join(dir, "model.onnx"), m.Config, w, onnx.ExportOptions{})
-}
 
 // truncateMetrics keeps the lines of metrics.jsonl up to step (atomically).
 func truncateMetrics(path string, step int) error {

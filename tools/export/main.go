@@ -22,7 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/onnx"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 	"github.com/prolong-rl/prolong/tools/internal/clilog"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 	"github.com/prolong-rl/prolong/tools/internal/outdir"
@@ -161,22 +161,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	noTokenizer := false
 	err = outdir.Write(o.out, o.force, func(tmp string) error {
-		if slices.Contains(o.formats, "safetensors") {
-			p.Writing(tmp, "writing model.safetensors", outdir.WeightBytes(m.Weights, outdir.DTypeSize(dtype)))
-			if err := checkpoints.Save(tmp, m.Config, m.Weights, checkpoints.SaveOptions{DType: dtype, ShardBytes: o.shardBytes}); err != nil {
-				return err
-			}
-		} else if err := checkpoints.WriteConfig(tmp, m.Config, checkpoints.F32); err != nil { // config.json travels with the ONNX too
-			return err
-		}
-		if slices.Contains(o.formats, "onnx") {
-			p.Writing(tmp, "writing model.onnx", outdir.WeightBytes(m.Weights, 4))
-			if err := onnx.Export(filepath.Join(tmp, "model.onnx"), m.Config, m.Weights, onnx.ExportOptions{}); err != nil {
-				return err
-			}
-		}
-		p.Stage("copying tokenizer files")
-		copied, err := modelio.WriteSideFiles(m, tmp)
+		// The trainer's checkpoints (RUN/checkpoints/step-NNNNNN) are written by the same
+		// modeldir.Write: the same step exports to the same bytes either way.
+		copied, err := modeldir.Write(tmp, m.Config, m.Weights, modeldir.Options{
+			FilesDir:    m.FilesDir,
+			Safetensors: slices.Contains(o.formats, "safetensors"), DType: dtype, ShardBytes: o.shardBytes,
+			ONNX: slices.Contains(o.formats, "onnx"),
+			Stage: func(part string) {
+				switch part {
+				case checkpoints.WeightsFile:
+					p.Writing(tmp, "writing model.safetensors", outdir.WeightBytes(m.Weights, outdir.DTypeSize(dtype)))
+				case modeldir.ONNXFile:
+					p.Writing(tmp, "writing model.onnx", outdir.WeightBytes(m.Weights, 4))
+				default:
+					p.Stage("copying tokenizer files")
+				}
+			},
+		})
 		if err != nil {
 			return err
 		}

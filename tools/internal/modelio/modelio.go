@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,16 +19,17 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints/hub"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 	"github.com/prolong-rl/prolong/onnx"
 )
 
-// TokenizerFiles are the files of a Hugging Face tokenizer, copied along with a model.
-var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"}
+// TokenizerFiles are the files of a Hugging Face tokenizer, copied along with a model
+// (modeldir.TokenizerFiles).
+var TokenizerFiles = modeldir.TokenizerFiles
 
 // SideFiles are the files that travel with a model when it is converted or exported: the
-// tokenizer's, and generation_config.json (a user's sampling defaults; it replaces the one
-// checkpoints.Save derives from the config).
-var SideFiles = append([]string{checkpoints.GenerationConfigFile}, TokenizerFiles...)
+// tokenizer's, and generation_config.json (modeldir.SideFiles).
+var SideFiles = modeldir.SideFiles
 
 // Model is a loaded model and where it came from.
 type Model struct {
@@ -82,7 +82,7 @@ func Load(path string, opts Options) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSideFiles(m.FilesDir); err != nil {
+	if err := modeldir.CheckSideFiles(m.FilesDir); err != nil {
 		return nil, err
 	}
 	if err := fillTokenIDs(m); err != nil {
@@ -280,62 +280,13 @@ func tokenizerDir(dir string) string {
 
 // CopyTokenizer copies the tokenizer files of from (if any) into to.
 func CopyTokenizer(from, to string) ([]string, error) {
-	return copyFiles(from, to, TokenizerFiles)
+	return modeldir.CopyFiles(from, to, TokenizerFiles)
 }
 
 // CopySideFiles copies the SideFiles that exist in from (none when from is "") into to,
 // replacing files of the same name there, and returns their names.
 func CopySideFiles(from, to string) ([]string, error) {
-	return copyFiles(from, to, SideFiles)
-}
-
-// checkSideFiles refuses SideFiles of dir ("" for none) that exist but cannot be read as
-// model files (see checkpoints.OpenModelFile): the copy would fail after the weights are
-// written, and the token ids read from them now could come from elsewhere.
-func checkSideFiles(dir string) error {
-	if dir == "" {
-		return nil
-	}
-	for _, name := range SideFiles {
-		f, err := checkpoints.OpenModelFile(dir, name)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		f.Close()
-	}
-	return nil
-}
-
-// copyFiles copies the files names that exist in from into to, each atomically
-// (checkpoints.WriteFileAtomic, mode 0644), and returns the names copied. Each must be a
-// regular file inside from (see checkpoints.OpenModelFile).
-func copyFiles(from, to string, names []string) ([]string, error) {
-	if from == "" {
-		return nil, nil
-	}
-	var copied []string
-	for _, name := range names {
-		src, err := checkpoints.OpenModelFile(from, name)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		err = checkpoints.WriteFileAtomic(filepath.Join(to, name), 0o644, func(w io.Writer) error {
-			_, err := io.Copy(w, src)
-			return err
-		})
-		src.Close()
-		if err != nil {
-			return nil, fmt.Errorf("copy %s: %w", filepath.Join(from, name), err)
-		}
-		copied = append(copied, name)
-	}
-	return copied, nil
+	return modeldir.CopyFiles(from, to, SideFiles)
 }
 
 // ParseDType maps a --dtype value to the safetensors dtype.

@@ -10,7 +10,7 @@ import (
 
 // Verify needs ONNX Runtime, whose Go binding needs cgo: this build has none.
 func Verify(string, *engine.Config, map[string]engine.HostTensor, []int32) (float64, error) {
-	return 0, errors.New("--verify needs ONNX Runtime, and this program was built without cgo (CGO_ENABLED=0)")
+	return 0, errNoCgo
 }
 
 var errNoCgo = errors.New("ONNX Runtime needs cgo, and this program was built without it (CGO_ENABLED=0)")
