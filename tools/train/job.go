@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -51,7 +50,7 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 	if tb, ok := backend.(engine.TrainBackend); ok {
 		sft.Backend = tb // the warm start runs where the run does
 	}
-	bar := newProgress(o, sft.Steps, "warm start (SFT)")
+	bar := newProgress(o, 0, sft.Steps, "warm start (SFT)")
 	sft.Progress = func(step int, loss float64) { bar.Step(fmt.Sprintf("loss %.3f", loss)) }
 	policy, err := quickstart.SFT(ctx, sft)
 	if err != nil {
@@ -98,9 +97,6 @@ func defaultPrompts(o options, tok *quickstart.Tokenizer) (train, held []grpo.Pr
 // customJob is the user's model (--model) on the user's prompts (--data), rewarded by the
 // built-in verifiable rewards routed by each row's data_source.
 func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, err error) {
-	if o.model == "" || o.data == "" {
-		return nil, errors.New("--model and --data go together: give both (or neither, for the default job)")
-	}
 	j, tok, err := loadModel(ctx, o, loadWeights)
 	if err != nil {
 		return nil, err
