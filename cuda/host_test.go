@@ -47,8 +47,19 @@ func TestLibrarySearchError(t *testing.T) {
 // the search for --device cuda; a driver named by PROLONG_LIBCUDA that does not load is a real
 // error.
 func TestNoDriverIsNoDevice(t *testing.T) {
-	saved := specDriver
-	t.Cleanup(func() { specDriver = saved })
+	// A machine with a GPU has one: the search is pointed at a library that is nowhere, and
+	// the backends opened by earlier tests are set aside (Open returns those).
+	savedSpec := specDriver
+	openMu.Lock()
+	savedOpened := opened
+	opened = map[Options]*Backend{}
+	openMu.Unlock()
+	t.Cleanup(func() {
+		specDriver = savedSpec
+		openMu.Lock()
+		opened = savedOpened
+		openMu.Unlock()
+	})
 	specDriver.names = []string{"libprolong-no-cuda.so.1"}
 	t.Setenv("PROLONG_LIBCUDA", "")
 	_, err := Open(Options{})
