@@ -285,6 +285,10 @@ func TestProgressSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A bad flag given to a resumed run is refused before it goes on, as for a new run.
+	if _, _, err := captured(t, "--out", dir, "--resume", "--steps", "6", "--eval-every", "0"); err == nil || err.Error() != "--eval-every: must be >= 1, got 0" {
+		t.Errorf("--resume --eval-every 0: %v", err)
+	}
 	_, log2, err := captured(t, "--out", dir, "--resume", "--steps", "6")
 	if err != nil {
 		t.Fatal(err)
