@@ -230,8 +230,10 @@ func TestFirstRunMessages(t *testing.T) {
 	if err == nil || err.Error() != "--model "+empty+noModelHere {
 		t.Errorf("--model of an empty directory:\n got %v\nwant --model %s%s", err, empty, noModelHere)
 	}
-	if strings.HasPrefix(stdout, "device: cuda (") {
-		t.Logf("this machine has a GPU: %q", stdout) // the line of a machine without one is checked in engine and cuda
+	if strings.HasPrefix(stdout, "device: cuda (") { // a GPU machine: the line without one is checked in engine and cuda too
+		if !strings.HasSuffix(stdout, " (auto: cuda opened)\n") {
+			t.Errorf("device line on a GPU machine: %q", stdout)
+		}
 	} else {
 		b, err := engine.OpenBackend("cpu")
 		if err != nil {
