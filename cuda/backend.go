@@ -151,12 +151,17 @@ func open(o Options) (*Backend, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if err := drv.check("cuInit", call(drv.init, 0)); err != nil {
+	if r := call(drv.init, 0); r == cudaErrorNoDevice {
+		return nil, noDevice{drv.check("cuInit", r)}
+	} else if err := drv.check("cuInit", r); err != nil {
 		return nil, err
 	}
 	var count int32
 	if err := drv.check("cuDeviceGetCount", call(drv.deviceGetCount, uintptr(unsafe.Pointer(&count)))); err != nil {
 		return nil, err
+	}
+	if count == 0 {
+		return nil, noDevice{fmt.Errorf("cuda: no GPU present (cuDeviceGetCount: 0)")}
 	}
 	if o.Device < 0 || o.Device >= int(count) {
 		return nil, fmt.Errorf("cuda: device %d asked for, %d present", o.Device, count)

@@ -2,7 +2,10 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // driver holds the CUDA driver API entry points the backend uses (the _v2 ABI where one
@@ -20,10 +23,23 @@ type driver struct {
 	getErrorName, getErrorString                                                         uintptr
 }
 
+// noDevice marks an error of Open as "there is no GPU here" (engine.ErrNoDevice): --device
+// auto then falls back to the CPU without reporting it, while --device cuda shows it whole.
+type noDevice struct{ error }
+
+func (e noDevice) Is(target error) bool { return target == engine.ErrNoDevice }
+func (e noDevice) Unwrap() error        { return e.error }
+
+// cudaErrorNoDevice is CUDA_ERROR_NO_DEVICE, cuInit's answer where the driver sees no GPU.
+const cudaErrorNoDevice = 100
+
 func loadDriver() (*driver, error) {
 	h, path, err := specDriver.open()
 	if err != nil {
-		return nil, err
+		if os.Getenv(specDriver.env) == "" { // the search found no driver: no GPU here
+			return nil, noDevice{err}
+		}
+		return nil, err // the driver the user named did not load: that is a real error
 	}
 	d := &driver{path: path}
 	err = symbols(h, path, map[string]*uintptr{

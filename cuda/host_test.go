@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
 )
 
 // TestLibrarySearchError: a library that is not there gives one error naming what was searched
@@ -37,6 +39,44 @@ func TestLibrarySearchError(t *testing.T) {
 	_, _, err = spec.open()
 	if err == nil || !strings.Contains(err.Error(), "libprolong-does-not-exist.so.9") || !strings.Contains(err.Error(), "set PROLONG_TEST_LIB") {
 		t.Fatalf("error does not say what was searched and how to override: %v", err)
+	}
+}
+
+// TestNoDriverIsNoDevice: a driver the search does not find means no GPU here
+// (engine.ErrNoDevice: --device auto falls back to the CPU in a few words) and the error keeps
+// the search for --device cuda; a driver named by PROLONG_LIBCUDA that does not load is a real
+// error.
+func TestNoDriverIsNoDevice(t *testing.T) {
+	// A machine with a GPU has one: the search is pointed at a library that is nowhere, and
+	// the backends opened by earlier tests are set aside (Open returns those).
+	savedSpec := specDriver
+	openMu.Lock()
+	savedOpened := opened
+	opened = map[Options]*Backend{}
+	openMu.Unlock()
+	t.Cleanup(func() {
+		specDriver = savedSpec
+		openMu.Lock()
+		opened = savedOpened
+		openMu.Unlock()
+	})
+	specDriver.names = []string{"libprolong-no-cuda.so.1"}
+	t.Setenv("PROLONG_LIBCUDA", "")
+	_, err := Open(Options{})
+	if !errors.Is(err, engine.ErrNoDevice) || !strings.Contains(err.Error(), "the CUDA driver not found (tried libprolong-no-cuda.so.1, also under") {
+		t.Errorf("no driver: %v (ErrNoDevice: %v)", err, errors.Is(err, engine.ErrNoDevice))
+	}
+	// (The CPU backend is registered in this test binary by engine/enginetest's import.)
+	if b, line, err := engine.OpenDevice("auto"); err != nil || line != b.Name()+", no GPU found" || !strings.HasPrefix(line, "cpu (") {
+		t.Errorf("auto: %q %v", line, err)
+	}
+	_, err = engine.OpenBackend("cuda")
+	if !errors.Is(err, engine.ErrNoDevice) {
+		t.Errorf("registered cuda: %v", err)
+	}
+	t.Setenv("PROLONG_LIBCUDA", "/nonexistent/libcuda.so.1")
+	if _, err := Open(Options{}); err == nil || errors.Is(err, engine.ErrNoDevice) || !strings.Contains(err.Error(), "PROLONG_LIBCUDA=/nonexistent/libcuda.so.1") {
+		t.Errorf("PROLONG_LIBCUDA that does not load: %v (ErrNoDevice: %v)", err, errors.Is(err, engine.ErrNoDevice))
 	}
 }
 

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -175,6 +176,12 @@ func RegisterBackend(name string, open func() (Backend, error)) {
 	backends[name] = open
 }
 
+// ErrNoDevice is what a backend's open function wraps when the machine has no such device at
+// all (for CUDA: no driver library on the loader's search path, or a driver that sees no GPU),
+// as opposed to a device that is there but fails to open. OpenDevice("auto") falls back to the
+// CPU quietly for the first and says why for the second.
+var ErrNoDevice = errors.New("no device")
+
 // cpuPackage is the import path that registers the "cpu" backend, for error messages.
 const cpuPackage = "github.com/prolong-rl/prolong/engine/cpu"
 
@@ -200,8 +207,11 @@ func OpenBackend(name string) (Backend, error) {
 // OpenDevice opens the backend a program's --device flag names: "cpu", a registered backend
 // such as "cuda" (a program registers it by importing its package), or "auto": the first
 // registered accelerator that opens, else the CPU. The returned line says which backend was
-// chosen and, for auto, why, for the program to log. The CPU backend comes from the registry
-// too: a program that opens a device imports package engine/cpu (if only for its init).
+// chosen and, for auto, why, for the program to log: "cpu (avx2), no GPU found" when no
+// accelerator is present (every one failed with ErrNoDevice; --device cuda says where it
+// looked), the reasons when one is present but did not open. The CPU backend comes from the
+// registry too: a program that opens a device imports package engine/cpu (if only for its
+// init).
 func OpenDevice(name string) (Backend, string, error) {
 	switch name {
 	case "", "cpu":
@@ -220,25 +230,33 @@ func OpenDevice(name string) (Backend, string, error) {
 		}
 		backendsMu.Unlock()
 		sort.Strings(accel)
-		var why []string // one line per distinct reason (backends of one package fail alike)
+		// One line per distinct reason (backends of one package fail alike); a device that is
+		// not there is no reason to report.
+		var why []string
 		seen := map[string]bool{}
 		for _, n := range accel {
 			b, err := OpenBackend(n)
 			if err == nil {
 				return b, b.Name() + " (auto: " + n + " opened)", nil
 			}
-			if !seen[err.Error()] {
+			if !seen[err.Error()] && !errors.Is(err, ErrNoDevice) {
 				seen[err.Error()] = true
 				why = append(why, err.Error())
 			}
 		}
 		reason := "this program has no accelerator backend built in"
-		if len(why) > 0 {
+		switch {
+		case len(why) > 0:
 			reason = strings.Join(why, "; ")
+		case len(accel) > 0:
+			reason = "no GPU found"
 		}
 		b, err := OpenBackend("cpu")
 		if err != nil {
 			return nil, "", fmt.Errorf("--device auto: no accelerator opened (%s) and %w", reason, err)
+		}
+		if len(accel) > 0 && len(why) == 0 {
+			return b, b.Name() + ", no GPU found", nil
 		}
 		return b, b.Name() + " (auto: " + reason + ")", nil
 	}

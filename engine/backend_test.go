@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"strings"
 	"testing"
@@ -63,6 +64,32 @@ func TestOpenDevice(t *testing.T) {
 	}
 	if _, _, err := OpenDevice("tpu"); err == nil || !strings.Contains(err.Error(), "--device tpu") || !strings.Contains(err.Error(), "gpu-a") {
 		t.Fatalf("unknown device: %v", err)
+	}
+}
+
+// TestOpenDeviceNoGPU: auto on a machine without the accelerator (its open fails with
+// ErrNoDevice) says so in a few words, not with the library search of the error (issue 30: it
+// read as a failure on every CPU run); naming the backend keeps that search in its error. An
+// accelerator that is there but fails is still reported, alone.
+func TestOpenDeviceNoGPU(t *testing.T) {
+	cpu := stubBackend{name: "cpu (stub)"}
+	search := "gpu-a: the driver not found (tried libgpu.so.1, libgpu.so, also under /usr/lib64; set GPU_LIB to its path)"
+	withRegistry(t, map[string]func() (Backend, error){
+		"cpu":    func() (Backend, error) { return cpu, nil },
+		"gpu-a":  func() (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
+		"gpu-a2": func() (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
+	})
+	b, line, err := OpenDevice("auto")
+	if err != nil || b != Backend(cpu) || line != "cpu (stub), no GPU found" {
+		t.Fatalf("auto without a GPU: %q %v", line, err)
+	}
+	if _, _, err := OpenDevice("gpu-a"); err == nil || err.Error() != "--device gpu-a: "+search+": no device" {
+		t.Fatalf("--device gpu-a without a GPU: %v", err)
+	}
+	RegisterBackend("gpu-b", func() (Backend, error) { return nil, errors.New("gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER") })
+	_, line, _ = OpenDevice("auto")
+	if line != "cpu (stub) (auto: gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER)" {
+		t.Fatalf("auto with a GPU that fails: %q", line)
 	}
 }
 

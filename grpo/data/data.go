@@ -172,7 +172,7 @@ func rowFromMap(m map[string]any, opts Options) (Row, error) {
 	switch ds := m["data_source"].(type) {
 	case nil:
 		if opts.DefaultDataSource == "" {
-			return r, ferr("data_source", "missing (set it per row or give a default)")
+			return r, ferr("data_source", "missing: set it in each row, or give rows without one a default kind (tools/train --default-kind KIND)")
 		}
 		r.DataSource = opts.DefaultDataSource
 	default:

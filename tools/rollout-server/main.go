@@ -174,9 +174,9 @@ func newServer(o options) (*server, error) {
 	default:
 		return nil, fmt.Errorf("--dtype %q: want f32 or bf16", o.dtype)
 	}
-	m, err := modelio.Load(o.model, modelio.Options{Step: checkpoints.Latest})
+	m, err := modelio.LoadFlag(context.Background(), o.model, modelio.Options{Step: checkpoints.Latest})
 	if err != nil {
-		return nil, fmt.Errorf("--model %s: %w", o.model, err)
+		return nil, err
 	}
 	var tok *tokenizer.Tokenizer
 	if m.TokenizerDir != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -214,6 +215,22 @@ func TestBinaryHelpAndPlainProgress(t *testing.T) {
 		!strings.Contains(stdout.String(), "--steps int") {
 		t.Errorf("--help: %v\nstdout %q\nstderr %q", err, stdout.String(), stderr.String())
 	}
+	// A bad flag: one line naming it, exit status 2 as for a flag that does not parse, no run
+	// directory.
+	runDir := filepath.Join(t.TempDir(), "run")
+	stdout.Reset()
+	stderr.Reset()
+	cmd = exec.Command(bin, "--lr", "-5e-5", "--out", runDir)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || stdout.Len() != 0 ||
+		!strings.HasSuffix(stderr.String(), " ERROR train: --lr: must be a finite value >= 0, got -5e-05 (see --help)\n") {
+		t.Errorf("--lr -5e-5: %v\nstdout %q\nstderr %q", err, stdout.String(), stderr.String())
+	}
+	if _, err := os.Stat(runDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("--lr -5e-5 created the run directory: %v", err)
+	}
 	var args []string
 	for _, a := range shortRun {
 		if a != "--quiet" {
@@ -231,6 +248,9 @@ func TestBinaryHelpAndPlainProgress(t *testing.T) {
 	f.Close()
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out)
+	}
+	if !bytes.HasPrefix(out, []byte("device: cpu (")) && !bytes.HasPrefix(out, []byte("device: cuda (")) || bytes.Contains(out, []byte("tried")) {
+		t.Errorf("the device line: %.200q", out)
 	}
 	log, _ := os.ReadFile(logFile)
 	if bytes.ContainsAny(log, "\r\x1b") {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/grpo/reward"
 	"github.com/prolong-rl/prolong/grpo/tasks"
-	"github.com/prolong-rl/prolong/onnx"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -52,7 +50,7 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 	if tb, ok := backend.(engine.TrainBackend); ok {
 		sft.Backend = tb // the warm start runs where the run does
 	}
-	bar := newProgress(o, sft.Steps, "warm start (SFT)")
+	bar := newProgress(o, 0, sft.Steps, "warm start (SFT)")
 	sft.Progress = func(step int, loss float64) { bar.Step(fmt.Sprintf("loss %.3f", loss)) }
 	policy, err := quickstart.SFT(ctx, sft)
 	if err != nil {
@@ -99,9 +97,6 @@ func defaultPrompts(o options, tok *quickstart.Tokenizer) (train, held []grpo.Pr
 // customJob is the user's model (--model) on the user's prompts (--data), rewarded by the
 // built-in verifiable rewards routed by each row's data_source.
 func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, err error) {
-	if o.model == "" || o.data == "" {
-		return nil, errors.New("--model and --data go together: give both (or neither, for the default job)")
-	}
 	j, tok, err := loadModel(ctx, o, loadWeights)
 	if err != nil {
 		return nil, err
@@ -202,39 +197,28 @@ func fitResponses(o options, j *grpo.Job) (int, error) {
 	return room, nil
 }
 
-// loadModel reads --model (a Hugging Face directory, an .onnx file beside its tokenizer, or a
-// Hugging Face model id ORG/NAME[@REV] from the cache or the Hub): its config, its weights when
-// loadWeights, and its tokenizer, which exports copy.
+// loadModel reads --model (a Hugging Face directory, an .onnx file or a directory holding
+// model.onnx, beside its tokenizer, a training run, or a Hugging Face model id ORG/NAME[@REV]
+// from the cache or the Hub) as tools/rollout-server does (modelio.LoadFlag): its config, its
+// weights when loadWeights, and its tokenizer, which exports copy.
 func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hfTokenizer, error) {
-	path, err := modelio.Resolve(ctx, o.model, nil)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--model %s: %w", o.model, err)
-	}
-	dir := path
-	if strings.HasSuffix(path, ".onnx") {
-		dir = filepath.Dir(path)
-	}
-	tok, err := loadTokenizer(dir)
+	m, err := modelio.LoadFlag(ctx, o.model, modelio.Options{Step: checkpoints.Latest})
 	if err != nil {
 		return nil, nil, err
 	}
-	j := &grpo.Job{}
+	tok, err := loadTokenizer(m.FilesDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	j := &grpo.Job{Model: m.Config, Weights: m.Weights}
 	j.TokenizerFiles = func(out string) error {
 		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
 		}
 		// The tokenizer files and the source's generation_config.json (its sampling defaults,
 		// with the model's token ids where it has none), replacing the one SaveHF derives.
-		_, err := modelio.WriteSideFiles(&modelio.Model{Config: j.Model, FilesDir: dir}, out)
+		_, err := modelio.WriteSideFiles(&modelio.Model{Config: j.Model, FilesDir: m.FilesDir}, out)
 		return err
-	}
-	if strings.HasSuffix(path, ".onnx") {
-		j.Model, j.Weights, err = onnx.Import(path, onnx.ImportOptions{})
-	} else {
-		j.Model, j.Weights, err = checkpoints.Load(path)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("--model: %w", err)
 	}
 	if !loadWeights {
 		j.Weights = nil

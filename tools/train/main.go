@@ -309,6 +309,10 @@ func main() {
 	defer stop()
 	if err := run(ctx, o, fs); err != nil {
 		pprof.StopCPUProfile()
+		if errors.As(err, new(usageError)) {
+			slog.Error(err.Error() + " (see --help)")
+			os.Exit(2)
+		}
 		slog.Error(err.Error())
 		if ctx.Err() != nil && o.out != "" {
 			slog.Info(fmt.Sprintf("interrupted: continue with  go run ./tools/train --out %s --resume", o.out))

@@ -25,10 +25,17 @@ import (
 // itself (steps, evaluation, metrics, run states, exports; the run directory's layout) is
 // grpo.Run's; run turns the flags into its configuration and reports.
 func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
-	if o.out == "" {
-		if o.resume {
-			return errors.New("--resume needs --out, the run directory to continue")
+	switch {
+	case o.resume && o.out == "":
+		return usageError{errors.New("--resume needs --out, the run directory to continue")}
+	case !o.resume && fs.Changed("resume-step"):
+		return usageError{errors.New("--resume-step goes with --resume")}
+	case !o.resume:
+		if err := validate(o); err != nil { // before any work: nothing is read or written
+			return err
 		}
+	}
+	if o.out == "" {
 		o.out = filepath.Join("runs", time.Now().Format("20060102-150405"))
 	}
 	if o.writeData != "" {
@@ -40,11 +47,11 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 		if resume, err = resumeFlags(o.out, o.resumeStep, fs); err != nil {
 			return err
 		}
+		// The flags are the saved ones and those given now: checked before the run goes on.
+		if err := validate(o); err != nil {
+			return err
+		}
 		fmt.Printf("resuming %s at step %d\n", o.out, resume.Step)
-	} else if fs.Changed("resume-step") {
-		return errors.New("--resume-step goes with --resume")
-	} else if o.model != "" && o.sftOnly {
-		return errors.New("--sft builds the default job's model; it does not apply with --model")
 	}
 	cfg, err := runConfig(*o, fs)
 	if err != nil {
@@ -114,41 +121,50 @@ func orDefaultJob(model string) string {
 	return model
 }
 
-// runConfig is the run the flags describe.
+// runConfig is the run the flags describe, on the device --device opens.
 func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
-	cfg := grpo.DefaultRunConfig()
-	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Keep, cfg.EvalOnly = o.out, o.steps, o.saveEvery, o.keep, o.sftOnly
 	backend, chosen, err := engine.OpenDevice(o.device)
 	if err != nil {
-		return cfg, err
+		return grpo.RunConfig{}, err
 	}
 	tb, ok := backend.(engine.TrainBackend)
 	if !ok {
-		return cfg, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
+		return grpo.RunConfig{}, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
 	}
 	name := backend.Name()
 	if err := setMatMulPrecision(backend, o.matmulPrecision); err != nil {
-		return cfg, err
+		return grpo.RunConfig{}, err
 	}
 	fmt.Printf("device: %s\n", strings.Replace(chosen, name, backend.Name(), 1)) // the precision shows in the name
-	cfg.Backend = tb
-	cfg.Rollouts = remoteRolloutSource(o)
 	overlap, err := overlapOn(o)
 	if err != nil {
-		return cfg, err
+		return grpo.RunConfig{}, err
 	}
 	if overlap && !fs.Changed("tis-cap") { // a flag value, saved with the run and resumed as such
 		if err := fs.Set("tis-cap", strconv.FormatFloat(overlapTISCap, 'g', -1, 64)); err != nil {
-			return cfg, err
+			return grpo.RunConfig{}, err
 		}
 		o.tisCap = overlapTISCap
 	}
+	cfg, err := flagsConfig(o, overlap)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Backend = tb
+	cfg.Rollouts = remoteRolloutSource(o)
 	settings := flagValues(fs) // what a run state keeps to resume with the same flags
 	delete(settings, "quiet")
 	delete(settings, "cpuprofile")
 	delete(settings, "device") // a resumed run may continue on another machine's device
 	cfg.Settings = settings
+	return cfg, nil
+}
 
+// flagsConfig is the run the flags describe, without its backend, rollout source and saved
+// settings; overlap is --overlap resolved (overlapOn).
+func flagsConfig(o options, overlap bool) (grpo.RunConfig, error) {
+	cfg := grpo.DefaultRunConfig()
+	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Keep, cfg.EvalOnly = o.out, o.steps, o.saveEvery, o.keep, o.sftOnly
 	cfg.Optimizer.LR, cfg.Optimizer.Beta1, cfg.Optimizer.Beta2 = o.lr, o.beta1, o.beta2
 	cfg.Optimizer.WeightDecay, cfg.Optimizer.ClipNorm = o.weightDecay, o.clipNorm
 	cfg.WarmupSteps, cfg.Freeze, cfg.Recompute = o.warmup, o.freeze, o.recompute
@@ -234,6 +250,10 @@ type report struct {
 	start, train time.Time // the job's start, GRPO's start
 	bar          *progress
 	zeroSteps    int // steps so far whose every reward was 0
+	// The latest held-out evaluation of this session and its step: the progress shows it with
+	// its step, not as if it were measured at every step since.
+	eval     *grpo.EvalResult
+	evalStep int
 }
 
 // zeroWarnAfter is the number of steps in a row without any reward after which the run warns
@@ -243,25 +263,37 @@ const zeroWarnAfter = 5
 func (r *report) hooks() grpo.RunHooks {
 	return grpo.RunHooks{
 		Evaluated: func(step int, res *grpo.EvalResult) {
+			r.eval, r.evalStep = res, step
 			if step == 0 {
 				fmt.Printf("before GRPO (%.0fs): held-out accuracy %.1f%% (pass@1 at temperature %g, top-p %g)%s\n",
 					time.Since(r.start).Seconds(), 100*res.Accuracy, r.o.evalTemp, r.o.evalTopP, passAtKText(res))
 				printByKind(res)
 			}
 		},
-		Training: func(first, last int) {
+		Training: func(first, last int) { // a resumed run counts on from its step: GRPO 41/50
 			r.train = time.Now()
-			r.bar = newProgress(r.o, last-first+1, "GRPO")
+			r.bar = newProgress(r.o, first-1, last, "GRPO")
 		},
-		Stepped: func(m *grpo.Metrics, last *grpo.EvalResult) {
-			desc := fmt.Sprintf("reward %.2f", m.RewardMean)
-			if last != nil {
-				desc += fmt.Sprintf(" held-out %.1f%%", 100*last.Accuracy)
-			}
-			r.bar.Step(desc)
+		Stepped: func(m *grpo.Metrics, _ *grpo.EvalResult) {
+			r.bar.Step(r.stepText(m))
 			r.noticeZeroRewards(m)
 		},
 	}
+}
+
+// stepText is what the progress says of a step: its mean reward and the latest held-out
+// accuracy of this session, with the step it was measured at unless that is this step
+// ("reward 0.41 held-out 61.0% @ step 175"). A resumed run shows none until it evaluates.
+func (r *report) stepText(m *grpo.Metrics) string {
+	s := fmt.Sprintf("reward %.2f", m.RewardMean)
+	switch {
+	case r.eval == nil:
+	case r.evalStep == m.Step:
+		s += fmt.Sprintf(" held-out %.1f%%", 100*r.eval.Accuracy)
+	default:
+		s += fmt.Sprintf(" held-out %.1f%% @ step %d", 100*r.eval.Accuracy, r.evalStep)
+	}
+	return s
 }
 
 // noticeZeroRewards warns, once, when the first steps of a run earn no reward at all: the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints/hub"
 )
@@ -42,4 +43,22 @@ func IsModelID(path string) bool {
 	}
 	_, _, ok := hub.ParseID(path)
 	return ok
+}
+
+// LoadFlag is Load of what a program's --model flag gave (a path or a model id, resolved with
+// ctx), its errors naming the flag: the one way tools/train and tools/rollout-server load
+// --model, so that both say the same of a directory without a model ("--model DIR: no model
+// here (want model.onnx, config.json with model.safetensors, or a training run's state/)").
+func LoadFlag(ctx context.Context, model string, opts Options) (*Model, error) {
+	path, err := Resolve(ctx, model, opts.Hub)
+	if err == nil {
+		var m *Model
+		if m, err = Load(path, opts); err == nil {
+			return m, nil
+		}
+	}
+	if strings.HasPrefix(err.Error(), model+": ") { // the error names the path already
+		return nil, fmt.Errorf("--model %w", err)
+	}
+	return nil, fmt.Errorf("--model %s: %w", model, err)
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/hub"
 	"github.com/prolong-rl/prolong/checkpoints/hub/hubtest"
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/onnx"
 	"github.com/prolong-rl/prolong/tools/internal/hffixture"
 )
 
@@ -72,5 +74,34 @@ func TestLoadModelID(t *testing.T) {
 	}
 	if p, err := Resolve(context.Background(), "org/local", o); err != nil || p != "org/local" || IsModelID("org/local") {
 		t.Errorf("local dir resolved to %q, %v", p, err)
+	}
+}
+
+// TestLoadFlag: a directory holding model.onnx and no config.json loads (tools/train said
+// "lstat DIR/config.json: no such file or directory" of it, issue 30); a directory without a
+// model, or with config.json alone, gets the one message both programs give, naming the flag
+// and what a model directory holds; a missing path names the flag once.
+func TestLoadFlag(t *testing.T) {
+	ctx := context.Background()
+	onnxDir := t.TempDir()
+	c := tiny("qwen2")
+	if err := onnx.Export(filepath.Join(onnxDir, "model.onnx"), c, engine.RandomWeights(c, 1, 0.02), onnx.ExportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := LoadFlag(ctx, onnxDir, Options{Step: checkpoints.Latest})
+	if err != nil || m.Kind != "onnx" || m.Config.HiddenSize != 16 {
+		t.Fatalf("model.onnx without config.json: %v", err)
+	}
+	empty, configOnly := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(configOnly, "config.json"), []byte(`{"model_type": "qwen2"}`), 0o644)
+	missing := filepath.Join(empty, "none")
+	for _, tc := range []struct{ path, want string }{
+		{empty, "--model " + empty + ": no model here (want model.onnx, config.json with model.safetensors, or a training run's state/)"},
+		{configOnly, "--model " + configOnly + ": no model here (want model.onnx, config.json with model.safetensors, or a training run's state/)"},
+		{missing, "--model " + missing + ": stat " + missing + ": no such file or directory"},
+	} {
+		if _, err := LoadFlag(ctx, tc.path, Options{Step: checkpoints.Latest}); err == nil || err.Error() != tc.want {
+			t.Errorf("%s:\n got %v\nwant %s", tc.path, err, tc.want)
+		}
 	}
 }
