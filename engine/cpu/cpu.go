@@ -88,10 +88,11 @@ const DefaultPoolLimit = 1 << 30
 // Option configures a Backend made by New.
 type Option func(*Backend)
 
-// WithPoolLimit bounds the free activation buffers the backend keeps for reuse, keyed by their
-// exact size, to bytes in all (DefaultPoolLimit if not given; 0 keeps none, leaving every freed
-// buffer to the GC). A server, whose batches change size at every step, wants a small pool: a
-// large one fills with buffers of sizes that rarely come back.
+// WithPoolLimit bounds the free activation buffers the backend keeps for reuse, by size class
+// (at most 25% above the lengths they serve), to bytes in all (DefaultPoolLimit if not given; 0
+// keeps none, leaving every freed buffer to the GC). Batches whose sizes change at every step
+// share a few classes, so the pool holds about one step's buffers per phase (training,
+// generation, scoring) well below the limit; a server may still want a smaller one.
 func WithPoolLimit(bytes int64) Option {
 	return func(c *Backend) { c.poolLimit = max(bytes, 0) }
 }
