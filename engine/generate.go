@@ -73,7 +73,9 @@ type Result struct {
 
 // GeneratorOptions size the scheduler.
 type GeneratorOptions struct {
-	// KVBudgetBytes bounds the KV cache (default 1 GiB).
+	// KVBudgetBytes bounds the KV cache; 0: DefaultKVBudget of the model's config and MaxSeqs
+	// (room for MaxSeqs sequences of max_position_embeddings positions, at most
+	// KVMemoryFraction of the machine's memory). The cache's storage grows on demand up to it.
 	KVBudgetBytes int64
 	// MaxBatchTokens bounds the prompt tokens prefilled in one step (default 4096); a longer
 	// prompt is still admitted alone.
@@ -100,7 +102,8 @@ type Generator struct {
 
 type genRequest struct {
 	req     Request
-	blocks  int // reservation
+	blocks  int // reservation: the prompt's blocks and N times sampleBlocks
+	held    int // blocks of the reservation still held (admitted: blocks less those of finished samples)
 	seq     *Seq
 	result  Result
 	pending int // samples still running
@@ -118,14 +121,14 @@ type genSample struct {
 
 // NewGenerator creates a generator with its own KV cache.
 func NewGenerator(m *Model, opts GeneratorOptions) (*Generator, error) {
-	if opts.KVBudgetBytes == 0 {
-		opts.KVBudgetBytes = 1 << 30
-	}
 	if opts.MaxBatchTokens == 0 {
 		opts.MaxBatchTokens = 4096
 	}
 	if opts.MaxSeqs == 0 {
 		opts.MaxSeqs = 256
+	}
+	if opts.KVBudgetBytes == 0 {
+		opts.KVBudgetBytes = DefaultKVBudget(m.Config, opts.MaxSeqs)
 	}
 	cache, err := NewKVCache(m, opts.KVBudgetBytes)
 	if err != nil {
@@ -174,14 +177,19 @@ func (g *Generator) validate(i int, r *Request) (int, error) {
 	if p.N > g.opts.MaxSeqs {
 		return 0, fmt.Errorf("request %d: n=%d exceeds the %d sequences decoded together", i, p.N, g.opts.MaxSeqs)
 	}
-	// Each sample may copy the shared last prompt block and grows by MaxNewTokens.
-	blocks := g.cache.BlocksFor(len(r.Prompt)) + p.N*(g.cache.BlocksFor(p.MaxNewTokens)+1)
+	blocks := g.cache.BlocksFor(len(r.Prompt)) + p.N*g.sampleBlocks(p)
 	if blocks > g.cache.Capacity() {
 		mib := func(b int) float64 { return float64(int64(b)*g.cache.blockBytes) / (1 << 20) }
 		return 0, fmt.Errorf("request %d: needs up to %.1f MiB of KV cache (%d blocks), more than the budget of %.1f MiB: %w",
 			i, mib(blocks), blocks, mib(g.cache.Capacity()), ErrKVBudget)
 	}
 	return blocks, nil
+}
+
+// sampleBlocks is the share of a request's reservation that each of its samples holds until it
+// ends: the blocks of MaxNewTokens positions and a copy of the shared last prompt block.
+func (g *Generator) sampleBlocks(p *SamplingParams) int {
+	return g.cache.BlocksFor(p.MaxNewTokens) + 1
 }
 
 // Generate completes every request and returns their results in order. Requests that do not
@@ -265,6 +273,7 @@ func (g *Generator) step() error {
 		}
 		g.waiting = g.waiting[1:]
 		g.reserved += r.blocks
+		r.held = r.blocks
 		running += n
 		prefill += len(r.req.Prompt)
 		r.seq = g.cache.NewSeq()
@@ -355,13 +364,22 @@ func (g *Generator) step() error {
 		s.seq.Release()
 		s.seq = nil
 		s.r.pending--
+		// The sample's share of the reservation goes back now, the prompt's with the last sample:
+		// the blocks reserved are then at most MaxSeqs times those of one sample and its prompt.
+		g.unreserve(s.r, g.sampleBlocks(&p))
 		if s.r.pending == 0 {
 			s.r.done = true
-			g.reserved -= s.r.blocks
+			g.unreserve(s.r, s.r.held)
 		}
 	}
 	g.running = slices.DeleteFunc(g.running, func(s *genSample) bool { return !s.active })
 	return nil
+}
+
+// unreserve gives n blocks of r's reservation back.
+func (g *Generator) unreserve(r *genRequest, n int) {
+	r.held -= n
+	g.reserved -= n
 }
 
 // topList is one step's most likely tokens of a sample's distribution.

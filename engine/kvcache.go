@@ -2,6 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -26,12 +29,71 @@ type KVCache struct {
 // ErrKVBudget is wrapped by errors returned when the KV-cache memory budget is exhausted.
 var ErrKVBudget = fmt.Errorf("KV-cache memory budget exhausted")
 
+// kvBlockBytes is the size of one cache block of a model of config c: keys and values (2) of
+// DefaultBlockSize positions, num_key_value_heads × head_dim each, in every layer, fp32 (4 bytes).
+func kvBlockBytes(c *Config) int64 {
+	return int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * DefaultBlockSize * 4
+}
+
+// KVBudget is the KV-cache budget in bytes that lets a Generator run seqs samples of up to
+// seqLen positions (prompt and response) each at once: seqs × (ceil(seqLen/DefaultBlockSize) + 2)
+// blocks of kvBlockBytes. The two blocks more than the positions need are the margin of the
+// scheduler's reservations: a sample's prompt and response are rounded up to blocks separately
+// (one block more at most), and a sample may copy its prompt's shared last block.
+func KVBudget(c *Config, seqs, seqLen int) int64 {
+	blocks := (seqLen+DefaultBlockSize-1)/DefaultBlockSize + 2
+	return int64(seqs) * int64(blocks) * kvBlockBytes(c)
+}
+
+// KVMemoryFraction is the share of the machine's memory that DefaultKVBudget allows the KV
+// cache at most.
+const KVMemoryFraction = 0.25
+
+// DefaultKVBudget is a Generator's KV budget when GeneratorOptions leave it 0: KVBudget of
+// maxSeqs samples of the model's max_position_embeddings positions (the most the generator can
+// reserve, so the budget never holds back a request that MaxSeqs lets in), and at most
+// KVMemoryFraction of the machine's memory (MemTotal, or the cgroup's limit where lower; 4 GiB
+// assumed where neither can be read), and at least one block.
+func DefaultKVBudget(c *Config, maxSeqs int) int64 {
+	need := KVBudget(c, maxSeqs, c.MaxPositionEmbeddings)
+	mem := systemMemory()
+	if mem <= 0 {
+		mem = 4 << 30
+	}
+	return max(min(need, int64(float64(mem)*KVMemoryFraction)), kvBlockBytes(c))
+}
+
+// systemMemory is the memory this process may use: the host's MemTotal (/proc/meminfo), or the
+// cgroup's memory limit where lower; 0 if unknown.
+func systemMemory() int64 {
+	var mem int64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				if kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64); err == nil {
+					mem = kb << 10
+				}
+			}
+		}
+	}
+	for _, f := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if lim, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && lim > 0 && (mem == 0 || lim < mem) {
+			mem = lim // "max" (no limit) does not parse
+		}
+	}
+	return mem
+}
+
 // NewKVCache creates a cache for model m holding at most budgetBytes of keys and values
 // (fp32). It allocates storage lazily.
 func NewKVCache(m *Model, budgetBytes int64) (*KVCache, error) {
 	c := m.Config
 	bs := DefaultBlockSize
-	blockBytes := int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * int64(bs) * 4
+	blockBytes := kvBlockBytes(c)
 	maxBlocks := int(budgetBytes / blockBytes)
 	if maxBlocks < 1 {
 		return nil, fmt.Errorf("KV cache: budget of %d bytes is below one block (%d bytes)", budgetBytes, blockBytes)

@@ -380,7 +380,7 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 		}
 		blocks += (len(r.Tokens) + DefaultBlockSize - 1) / DefaultBlockSize
 	}
-	cache, err := NewKVCache(m, int64(blocks)*int64(c.NumHiddenLayers)*2*int64(c.KVDim())*DefaultBlockSize*4)
+	cache, err := NewKVCache(m, int64(blocks)*kvBlockBytes(c))
 	if err != nil {
 		return nil, err
 	}
@@ -544,7 +544,7 @@ func (s *Scheduler) dropCancelled() {
 				}
 				return true
 			})
-			s.g.reserved -= gr.blocks
+			s.g.unreserve(gr, gr.held)
 		}
 		j.post(Event{Done: true, Err: err})
 		delete(s.jobs, gr)

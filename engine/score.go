@@ -43,7 +43,7 @@ func (m *Model) Score(ctx context.Context, reqs []ScoreRequest, temperature floa
 		blocks += probe.BlocksFor(len(r.Tokens))
 	}
 	c := m.Config
-	blockBytes := int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * DefaultBlockSize * 4
+	blockBytes := kvBlockBytes(c)
 	cache, err := NewKVCache(m, int64(blocks+1)*blockBytes)
 	if err != nil {
 		return nil, err
@@ -96,7 +96,7 @@ func (m *Model) Logits(ctx context.Context, seqs [][]int32) ([][]float32, error)
 		blocks += (len(s) + DefaultBlockSize - 1) / DefaultBlockSize
 	}
 	c := m.Config
-	blockBytes := int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * DefaultBlockSize * 4
+	blockBytes := kvBlockBytes(c)
 	cache, err := NewKVCache(m, int64(blocks+1)*blockBytes)
 	if err != nil {
 		return nil, err

@@ -9,42 +9,64 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 )
 
-// TestPoolLimit: freed buffers are reused (same storage, zeroed) while the pool holds at most
-// its limit in bytes; beyond it buffers are dropped (the rollout server's small pool).
+// TestSizeClass: lengths round up to m·2^e with m in 4..8 (worked by hand), at most 25% more.
+func TestSizeClass(t *testing.T) {
+	for _, c := range []struct{ n, want int }{
+		{1, 1}, {8, 8}, {9, 10}, {10, 10}, {11, 12}, {16, 16}, {17, 20}, {100, 112}, {112, 112},
+		{113, 128}, {1000, 1024}, {1025, 1280}, {1280, 1280}, {1281, 1536},
+		{4096 * 192, 4096 * 192}, // 3·2^18 = 6·2^17
+		{960 * 512, 1 << 19},     // 491520 = 7.5·2^16
+	} {
+		if got := sizeClass(c.n); got != c.want {
+			t.Errorf("sizeClass(%d) = %d, want %d", c.n, got, c.want)
+		}
+	}
+	for n := 1; n < 1<<16; n++ {
+		if c := sizeClass(n); c < n || 4*c > 5*n+4*8 || sizeClass(c) != c {
+			t.Fatalf("sizeClass(%d) = %d: below it, over 25%% above it, or not a class", n, c)
+		}
+	}
+}
+
+// TestPoolLimit: freed buffers are reused (same storage, zeroed) by any length of their size
+// class while the pool holds at most its limit in bytes; beyond it buffers are dropped (the
+// rollout server's small pool).
 func TestPoolLimit(t *testing.T) {
 	c := New(WithPoolLimit(1000)) // 250 floats
-	a := c.Alloc(10, 10)          // 400 bytes
+	a := c.Alloc(10, 10)          // 100 floats, class 112: 448 bytes
 	buf := a.Buf.([]float32)
 	buf[3] = 7
 	c.Free(a)
-	if c.pooled != 400 || a.Buf != nil {
+	if c.pooled != 448 || a.Buf != nil {
 		t.Fatalf("after one free: pooled %d", c.pooled)
 	}
-	b := c.Alloc(4, 25) // same size: the same storage, cleared
-	if got := b.Buf.([]float32); &got[0] != &buf[0] || got[3] != 0 || c.pooled != 0 {
-		t.Fatalf("not reused or not cleared: %v, pooled %d", got[3], c.pooled)
+	b := c.Alloc(5, 21) // 105 floats, the same class: the same storage, cleared
+	if got := b.Buf.([]float32); &got[0] != &buf[0] || got[3] != 0 || len(got) != 105 || c.pooled != 0 {
+		t.Fatalf("not reused or not cleared: %v, len %d, pooled %d", got[3], len(got), c.pooled)
 	}
-	for _, shape := range [][]int{{10, 10}, {5, 10}, {20, 10}, {3, 3}} {
+	for _, shape := range [][]int{{10, 10}, {5, 10}, {20, 10}, {3, 3}} { // classes 112, 56, 224, 10
 		c.Free(c.Alloc(shape...))
 		if c.pooled > c.poolLimit {
 			t.Fatalf("pool %d bytes over its %d limit", c.pooled, c.poolLimit)
 		}
 	}
-	// 400 + 200 + 36 bytes kept, the 800-byte buffer dropped.
-	if c.pooled != 636 || len(c.pool[200]) != 0 {
-		t.Fatalf("pooled %d bytes, %d buffers of 200 floats", c.pooled, len(c.pool[200]))
+	// 448 + 224 + 40 bytes kept, the 896-byte buffer dropped.
+	if c.pooled != 712 || len(c.pool[224]) != 0 {
+		t.Fatalf("pooled %d bytes, %d buffers of 224 floats", c.pooled, len(c.pool[224]))
 	}
 	c.Free(b)
-	if c.pooled != 636 { // no room for 400 more
+	if c.pooled != 712 { // no room for 448 more
 		t.Fatalf("pooled %d", c.pooled)
 	}
-	// Parameters and packed weights are not pooled.
+	// Parameters, packed weights and uploaded tensors are not pooled.
 	p, _ := c.UploadParam(make([]float32, 4), 2, 2)
 	w, _ := c.Upload(engine.F32, make([]float32, 4), true, 2, 2)
+	u, _ := c.Upload(engine.F32, make([]float32, 9), false, 9)
 	c.Free(p)
 	c.Free(w)
-	if c.pooled != 636 || p.Buf != nil || w.Buf != nil {
-		t.Fatalf("after freeing a parameter and a weight: pooled %d", c.pooled)
+	c.Free(u)
+	if c.pooled != 712 || p.Buf != nil || w.Buf != nil || u.Buf != nil {
+		t.Fatalf("after freeing a parameter, a weight and an upload: pooled %d", c.pooled)
 	}
 
 	if d := New(); d.poolLimit != DefaultPoolLimit || DefaultPoolLimit != 1<<30 || d.thr != 0 {
@@ -54,6 +76,55 @@ func TestPoolLimit(t *testing.T) {
 	z.Free(z.Alloc(3))
 	if z.pooled != 0 {
 		t.Fatalf("pool limit 0 kept %d bytes", z.pooled)
+	}
+}
+
+// TestPoolVaryingLengths: a training step's activations [T, D] for token counts T that change at
+// every step (as packed batches' do) are served by a few buffers, not one per T: the pool used to
+// keep buffers by exact length and so filled up to its 1 GiB limit with lengths that rarely came
+// back (the default job's warm start held 1 GiB of them, 3.9 GB resident in all).
+func TestPoolVaryingLengths(t *testing.T) {
+	c := New()
+	seen := map[*float32]bool{}
+	for T := 900; T <= 1100; T++ {
+		x := c.Alloc(T, 192)
+		seen[&x.Buf.([]float32)[0]] = true
+		c.Free(x)
+	}
+	// T·192 runs over 172800..211200: classes 196608 (6·2^15) up to 196608, then 229376 (7·2^15).
+	if len(seen) != 2 || c.pooled != 4*(196608+229376) {
+		t.Fatalf("%d buffers made, %d bytes pooled; want 2 and %d", len(seen), c.pooled, 4*(196608+229376))
+	}
+}
+
+// TestScratchWeightsBounded: the backward pass's packed Xᵀ scratch weights, whose shape [K, T]
+// follows the micro-batch's token count T, are kept for reuse only up to maxScratchWeights (they
+// used to be kept by shape without bound: 150 MB of them after the default job's warm start).
+func TestScratchWeightsBounded(t *testing.T) {
+	c := New()
+	const n, k = 8, 64
+	dw, err := c.UploadParam(make([]float32, n*k), n, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := 100; m < 200; m++ {
+		dy, x := c.Alloc(m, n), c.Alloc(m, k)
+		c.MatMulDW(dw, dy, x)
+		c.Free(dy)
+		c.Free(x)
+	}
+	if len(c.wpool) != maxScratchWeights {
+		t.Fatalf("%d scratch weights kept, want %d", len(c.wpool), maxScratchWeights)
+	}
+	// The most recent shapes are kept, and a kept shape is reused.
+	last := c.wpool[len(c.wpool)-1]
+	if last.K() != 199 || last.N() != k {
+		t.Fatalf("last kept scratch weight [%d, %d], want [%d, 199]", last.N(), last.K(), k)
+	}
+	dy, x := c.Alloc(199, n), c.Alloc(199, k)
+	c.MatMulDW(dw, dy, x)
+	if len(c.wpool) != maxScratchWeights || c.wpool[len(c.wpool)-1] != last {
+		t.Fatal("the scratch weight of shape [64, 199] was not reused")
 	}
 }
 

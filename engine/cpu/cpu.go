@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/bits"
 	"os"
 	"sync"
 	"time"
@@ -21,9 +22,9 @@ type Backend struct {
 	poolLimit int64        // bytes of free buffers kept for reuse
 
 	mu     sync.Mutex
-	pool   map[int][][]float32       // free activation buffers by length
-	pooled int64                     // bytes held in pool
-	wpool  map[[2]int][]*kern.Weight // scratch packed weights by [N, K] (training)
+	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)
+	pooled int64               // bytes held in pool
+	wpool  []*kern.Weight      // free scratch packed weights (training), the most recently freed last
 
 	prec Precision // matmul arithmetic; set before the first upload or matmul
 }
@@ -87,10 +88,11 @@ const DefaultPoolLimit = 1 << 30
 // Option configures a Backend made by New.
 type Option func(*Backend)
 
-// WithPoolLimit bounds the free activation buffers the backend keeps for reuse, keyed by their
-// exact size, to bytes in all (DefaultPoolLimit if not given; 0 keeps none, leaving every freed
-// buffer to the GC). A server, whose batches change size at every step, wants a small pool: a
-// large one fills with buffers of sizes that rarely come back.
+// WithPoolLimit bounds the free activation buffers the backend keeps for reuse, by size class
+// (at most 25% above the lengths they serve), to bytes in all (DefaultPoolLimit if not given; 0
+// keeps none, leaving every freed buffer to the GC). Batches whose sizes change at every step
+// share a few classes, so the pool holds about one step's buffers per phase (training,
+// generation, scoring) well below the limit; a server may still want a smaller one.
 func WithPoolLimit(bytes int64) Option {
 	return func(c *Backend) { c.poolLimit = max(bytes, 0) }
 }
@@ -159,35 +161,53 @@ func f32(t *engine.Tensor) []float32 {
 	panic(fmt.Sprintf("engine/cpu: tensor %v of dtype %v is not fp32 row-major (%T)", t.Shape, t.DType, t.Buf))
 }
 
-// Alloc implements engine.Backend. Buffers are recycled through Free.
+// sizeClass rounds a buffer length up to its size class: n itself up to 8, above that the
+// least m·2^e >= n with m in 4..8, so a class is at most 25% above its lengths. Activations of
+// batches whose token counts differ a little (every training and decode step's) fall into the same
+// few classes and reuse each other's buffers; a pool keyed by exact length would fill up with
+// lengths that rarely come back.
+func sizeClass(n int) int {
+	if n <= 8 {
+		return n
+	}
+	s := bits.Len(uint(n)) - 3 // n>>s is in 4..7
+	return ((n-1)>>s + 1) << s
+}
+
+// Alloc implements engine.Backend. Buffers are recycled through Free: a buffer's capacity is the
+// size class of its length, and any freed buffer of that class serves it.
 func (c *Backend) Alloc(shape ...int) *engine.Tensor {
 	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := t.Len()
+	class := sizeClass(n)
 	c.mu.Lock()
-	if free := c.pool[n]; len(free) > 0 {
+	if free := c.pool[class]; len(free) > 0 {
 		buf := free[len(free)-1]
-		c.pool[n] = free[:len(free)-1]
-		c.pooled -= 4 * int64(n)
+		c.pool[class] = free[:len(free)-1]
+		c.pooled -= 4 * int64(class)
 		c.mu.Unlock()
+		buf = buf[:n]
 		clear(buf)
 		t.Buf = buf
 		return t
 	}
 	c.mu.Unlock()
-	t.Buf = make([]float32, n)
+	t.Buf = make([]float32, n, class)
 	return t
 }
 
-// Free implements engine.Backend.
+// Free implements engine.Backend. Buffers made by Alloc go back to the pool while it holds less
+// than its limit; others (uploaded tensors, parameters, packed weights) are left to the GC.
 func (c *Backend) Free(t *engine.Tensor) {
 	if t == nil {
 		return
 	}
-	if buf, ok := t.Buf.([]float32); ok {
+	if buf, ok := t.Buf.([]float32); ok && cap(buf) == sizeClass(len(buf)) {
+		class := cap(buf)
 		c.mu.Lock()
-		if c.pooled+4*int64(len(buf)) <= c.poolLimit {
-			c.pool[len(buf)] = append(c.pool[len(buf)], buf)
-			c.pooled += 4 * int64(len(buf))
+		if c.pooled+4*int64(class) <= c.poolLimit {
+			c.pool[class] = append(c.pool[class], buf[:class])
+			c.pooled += 4 * int64(class)
 		}
 		c.mu.Unlock()
 	}

@@ -146,17 +146,22 @@ func (c *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	written(dw)
 }
 
-// scratchWeightT returns a packed Xᵀ for x [m,k] from a pool of scratch weights by shape, so
+// maxScratchWeights bounds the free scratch weights a Backend keeps: a backward pass packs
+// activations of a few shapes ([K, T] for the few widths K of the model's inputs to matmuls, T the
+// micro-batch's tokens), one at a time.
+const maxScratchWeights = 8
+
+// scratchWeightT returns a packed Xᵀ for x [m,k], reusing a free scratch weight of that shape, so
 // that every training step does not fault in fresh pages for it.
 func (c *Backend) scratchWeightT(x []float32, m, k int) *kern.Weight {
 	c.mu.Lock()
-	key := [2]int{k, m}
-	if free := c.wpool[key]; len(free) > 0 {
-		w := free[len(free)-1]
-		c.wpool[key] = free[:len(free)-1]
-		c.mu.Unlock()
-		c.thr.RepackT(w, x)
-		return w
+	for i := len(c.wpool) - 1; i >= 0; i-- {
+		if w := c.wpool[i]; w.N() == k && w.K() == m {
+			c.wpool = slices.Delete(c.wpool, i, i+1)
+			c.mu.Unlock()
+			c.thr.RepackT(w, x)
+			return w
+		}
 	}
 	c.mu.Unlock()
 	if c.trainDot() {
@@ -165,15 +170,15 @@ func (c *Backend) scratchWeightT(x []float32, m, k int) *kern.Weight {
 	return c.thr.NewWeightF32T(x, m, k)
 }
 
+// putScratchWeight frees a scratch weight: it joins the free ones, and the least recently freed
+// beyond maxScratchWeights is dropped. Weights of a shape that no longer comes back (the token
+// count of a past micro-batch) so leave the pool instead of filling it.
 func (c *Backend) putScratchWeight(w *kern.Weight) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wpool == nil {
-		c.wpool = map[[2]int][]*kern.Weight{}
-	}
-	key := [2]int{w.N(), w.K()}
-	if len(c.wpool[key]) < 4 {
-		c.wpool[key] = append(c.wpool[key], w)
+	c.wpool = append(c.wpool, w)
+	if len(c.wpool) > maxScratchWeights {
+		c.wpool = slices.Delete(c.wpool, 0, 1)
 	}
 }
 
