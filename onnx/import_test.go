@@ -443,3 +443,43 @@ func TestWriteBadDimsSeed(t *testing.T) {
 		t.Errorf("seed: error %v", err)
 	}
 }
+
+// TestExternalOffsetOverflow: an external_data offset near 2^63 is refused naming the tensor,
+// its size and the offset (the message used to print the range's end overflowed, negative).
+func TestExternalOffsetOverflow(t *testing.T) {
+	g := loadGoldens(t)[0]
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	if err := Export(path, g.cfg, g.weights, ExportOptions{ExternalData: true}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range m.Graph.Initializer {
+		if it.GetName() != engine.EmbedWeight {
+			continue
+		}
+		for _, e := range it.ExternalData {
+			if e.GetKey() == "offset" {
+				e.Value = proto.String("9223372036854775800")
+			}
+		}
+	}
+	if b, err = proto.Marshal(&m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	size := 4 * g.cfg.VocabSize * g.cfg.HiddenSize
+	want := fmt.Sprintf("tensor model.embed_tokens.weight: external data %s: %d bytes at offset 9223372036854775800, beyond its", path+".data", size)
+	if _, _, err := Import(path, ImportOptions{}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want %q", err, want)
+	}
+}

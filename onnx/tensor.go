@@ -290,7 +290,7 @@ func readExternal(t *onnxpb.TensorProto, dir string, size int64, read func(io.Re
 		return fmt.Errorf("tensor %s: external data: %w", t.GetName(), err)
 	}
 	if ref.Offset > fi.Size() || size > fi.Size()-ref.Offset {
-		return fmt.Errorf("tensor %s: external data %s: bytes [%d, %d) beyond its %d bytes", t.GetName(), path, ref.Offset, ref.Offset+size, fi.Size())
+		return fmt.Errorf("tensor %s: external data %s: %d bytes at offset %d, beyond its %d bytes", t.GetName(), path, size, ref.Offset, fi.Size())
 	}
 	if err := read(io.NewSectionReader(f, ref.Offset, size)); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
