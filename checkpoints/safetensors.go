@@ -189,14 +189,21 @@ func parseEntry(name string, raw json.RawMessage, dataLen int64) (entry, error) 
 		return entry{}, fmt.Errorf("tensor %q: unknown dtype %q", name, *info.DType)
 	}
 	e := entry{name: name, dtype: *info.DType, elems: 1, lo: (*info.DataOffsets)[0], hi: (*info.DataOffsets)[1]}
-	for _, d := range *info.Shape {
-		if d < 0 || d > math.MaxInt32 {
-			return entry{}, fmt.Errorf("tensor %q: shape %v has a bad dimension", name, *info.Shape)
+	for i, d := range *info.Shape {
+		switch {
+		case d < 0:
+			return entry{}, fmt.Errorf("tensor %q: shape %v: dimension %d is negative", name, *info.Shape, i)
+		case d > math.MaxInt32:
+			return entry{}, fmt.Errorf("tensor %q: shape %v: dimension %d is over 2^31-1", name, *info.Shape, i)
 		}
+	}
+	for _, d := range *info.Shape {
 		if d != 0 && e.elems > dataLen/d {
-			return entry{}, fmt.Errorf("tensor %q: shape %v holds more elements than the file has bytes", name, *info.Shape)
+			return entry{}, fmt.Errorf("tensor %q: shape %v holds more elements than the data region has bytes (%d)", name, *info.Shape, dataLen)
 		}
 		e.elems *= d
+	}
+	for _, d := range *info.Shape {
 		e.shape = append(e.shape, int(d))
 	}
 	if e.shape == nil {

@@ -3,10 +3,12 @@ package onnx
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -353,4 +355,131 @@ func TestImportConstantNodes(t *testing.T) {
 	needORT(t)
 	d := checkPrefillDecode(t, g, path, 6, 2)
 	t.Logf("%s with Constant-node weights: max |logit diff| %.3g", g.name, d)
+}
+
+// TestImportBadDims (issue 30): an initializer whose dims are negative, overflow, exceed what a
+// tensor may hold, or have a rank no weight has, is refused with its name, its dims and why
+// (it used to be skipped, and then reported "missing from the graph").
+func TestImportBadDims(t *testing.T) {
+	g := loadGoldens(t)[0]
+	m, err := Build(g.cfg, g.weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, h := int64(g.cfg.VocabSize), int64(g.cfg.HiddenSize)
+	raw := fmt.Sprintf("%d bytes of raw_data", 4*v*h)
+	cases := []struct {
+		name string
+		dims []int64
+		want string
+	}{
+		{"product overflows", []int64{1 << 32, 1 << 32, 1 << 32}, "tensor model.embed_tokens.weight: dims [4294967296 4294967296 4294967296]: their product overflows 64 bits (its data: " + raw + ")"},
+		{"product overflows, 2 dims", []int64{1 << 62, 4}, "dims [4611686018427387904 4]: their product overflows 64 bits"},
+		{"over 2^34 elements", []int64{1 << 20, 1 << 20}, "tensor model.embed_tokens.weight: dims [1048576 1048576]: over 2^34 elements, more than a tensor may hold (its data: " + raw + ")"},
+		{"negative", []int64{-1, h}, fmt.Sprintf("tensor model.embed_tokens.weight: dims [-1 %d]: dim 0 is negative", h)},
+		{"rank 3", []int64{v, h, 1}, fmt.Sprintf("tensor model.embed_tokens.weight: dims [%d %d 1]: a weight has 1 or 2 dims", v, h)},
+		{"rank 0", []int64{}, "tensor model.embed_tokens.weight: dims []: a weight has 1 or 2 dims"},
+		{"more than the data", []int64{2 * v, h}, fmt.Sprintf("tensor model.embed_tokens.weight: raw_data has %d bytes, dims [%d %d] of FLOAT need %d", 4*v*h, 2*v, h, 8*v*h)},
+		{"at 2^34 elements", []int64{1 << 17, 1 << 17}, fmt.Sprintf("raw_data has %d bytes, dims [131072 131072] of FLOAT need %d", 4*v*h, int64(1)<<36)},
+	}
+	for _, c := range cases {
+		e := proto.Clone(m).(*onnxpb.ModelProto)
+		found := false
+		for _, it := range e.Graph.Initializer {
+			if it.GetName() == engine.EmbedWeight {
+				it.Dims, found = c.dims, true
+			}
+		}
+		if !found {
+			t.Fatal("no model.embed_tokens.weight initializer")
+		}
+		if _, _, err := ImportModel(e, "", ImportOptions{}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+	// An unnamed constant the graph does not use is checked too.
+	e := proto.Clone(m).(*onnxpb.ModelProto)
+	e.Graph.Initializer = append(e.Graph.Initializer, &onnxpb.TensorProto{Name: proto.String("onnx::Extra_1"), Dims: []int64{3, -2},
+		DataType: proto.Int32(int32(onnxpb.TensorProto_FLOAT)), RawData: make([]byte, 24)})
+	if _, _, err := ImportModel(e, "", ImportOptions{}); err == nil || !strings.Contains(err.Error(), "tensor onnx::Extra_1: dims [3 -2]: dim 1 is negative") {
+		t.Errorf("unused constant with a negative dim: error %v", err)
+	}
+}
+
+// TestWriteBadDimsSeed writes the fuzz seed testdata/fuzz/FuzzImport/overflow_dims (the tiny
+// model with model.embed_tokens.weight's dims [2^32, 2^32, 2^32]) when PROLONG_WRITE_SEEDS=1,
+// and otherwise checks that the committed seed is refused naming them.
+func TestWriteBadDimsSeed(t *testing.T) {
+	path := filepath.Join("testdata", "fuzz", "FuzzImport", "overflow_dims")
+	if os.Getenv("PROLONG_WRITE_SEEDS") == "1" {
+		_, model := tinyModel(t)
+		var m onnxpb.ModelProto
+		if err := proto.Unmarshal(model, &m); err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range m.Graph.Initializer {
+			if it.GetName() == engine.EmbedWeight {
+				it.Dims = []int64{1 << 32, 1 << 32, 1 << 32}
+			}
+		}
+		b, err := proto.Marshal(&m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("go test fuzz v1\n[]byte("+strconv.Quote(string(b))+")\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seed, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lit := strings.TrimSuffix(strings.TrimPrefix(string(seed), "go test fuzz v1\n[]byte("), ")\n")
+	b, err := strconv.Unquote(lit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ImportBytes([]byte(b), ImportOptions{}); err == nil || !strings.Contains(err.Error(), "tensor model.embed_tokens.weight: dims [4294967296 4294967296 4294967296]: their product overflows 64 bits") {
+		t.Errorf("seed: error %v", err)
+	}
+}
+
+// TestExternalOffsetOverflow: an external_data offset near 2^63 is refused naming the tensor,
+// its size and the offset (the message used to print the range's end overflowed, negative).
+func TestExternalOffsetOverflow(t *testing.T) {
+	g := loadGoldens(t)[0]
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.onnx")
+	if err := Export(path, g.cfg, g.weights, ExportOptions{ExternalData: true}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m onnxpb.ModelProto
+	if err := proto.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range m.Graph.Initializer {
+		if it.GetName() != engine.EmbedWeight {
+			continue
+		}
+		for _, e := range it.ExternalData {
+			if e.GetKey() == "offset" {
+				e.Value = proto.String("9223372036854775800")
+			}
+		}
+	}
+	if b, err = proto.Marshal(&m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	size := 4 * g.cfg.VocabSize * g.cfg.HiddenSize
+	want := fmt.Sprintf("tensor model.embed_tokens.weight: external data %s: %d bytes at offset 9223372036854775800, beyond its", path+".data", size)
+	if _, _, err := Import(path, ImportOptions{}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want %q", err, want)
+	}
 }

@@ -200,7 +200,13 @@ func placeWeights(gi *graphIndex) (placed map[string]placement, unnamed []string
 		default:
 			continue
 		}
+		if _, _, err := TensorDims(t); err != nil {
+			return nil, nil, err
+		}
 		if len(t.GetDims()) == 0 || len(t.GetDims()) > 2 {
+			if paramFromName(c) != "" { // named as a weight, but no weight has this shape
+				return nil, nil, fmt.Errorf("tensor %s: dims %v: a weight has 1 or 2 dims", c, t.GetDims())
+			}
 			continue
 		}
 		r, n, tr := gi.useOf(c)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"path/filepath"
 	"strconv"
 
@@ -18,21 +19,64 @@ import (
 const maxElements = 1 << 34
 
 // TensorDims returns the dims of t as ints, checking that none is negative and that the
-// element count fits. Errors name the tensor.
+// element count fits. Errors name the tensor, its dims, and why they are refused.
 func TensorDims(t *onnxpb.TensorProto) ([]int, int64, error) {
 	n := int64(1)
 	dims := make([]int, len(t.GetDims()))
 	for i, d := range t.GetDims() {
 		if d < 0 {
-			return nil, 0, fmt.Errorf("tensor %s: negative dim %d", t.GetName(), d)
+			return nil, 0, fmt.Errorf("tensor %s: dims %v: dim %d is negative", t.GetName(), t.GetDims(), i)
 		}
-		if d > 0 && n > maxElements/d {
-			return nil, 0, fmt.Errorf("tensor %s: dims %v too large: dim %d (%d) takes it past %d elements", t.GetName(), t.GetDims(), i, d, int64(maxElements))
-		}
-		n *= d
 		dims[i] = int(d)
 	}
+	for _, d := range t.GetDims() {
+		if d > 0 && n > maxElements/d {
+			why := "over 2^34 elements, more than a tensor may hold"
+			if dimsOverflow(t.GetDims()) {
+				why = "their product overflows 64 bits"
+			}
+			return nil, 0, fmt.Errorf("tensor %s: dims %v: %s (its data: %s)", t.GetName(), t.GetDims(), why, dataSize(t))
+		}
+		n *= d
+	}
 	return dims, n, nil
+}
+
+// dimsOverflow reports whether the product of dims (none negative) overflows an int64.
+func dimsOverflow(dims []int64) bool {
+	p := uint64(1)
+	for _, d := range dims {
+		if d == 0 {
+			return false
+		}
+	}
+	for _, d := range dims {
+		hi, lo := bits.Mul64(p, uint64(d))
+		if hi != 0 || lo > math.MaxInt64 {
+			return true
+		}
+		p = lo
+	}
+	return false
+}
+
+// dataSize says how much data a tensor holds, for messages.
+func dataSize(t *onnxpb.TensorProto) string {
+	switch {
+	case t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL:
+		return "external"
+	case len(t.GetRawData()) > 0:
+		return fmt.Sprintf("%d bytes of raw_data", len(t.GetRawData()))
+	case len(t.GetFloatData()) > 0:
+		return fmt.Sprintf("%d values of float_data", len(t.GetFloatData()))
+	case len(t.GetInt32Data()) > 0:
+		return fmt.Sprintf("%d values of int32_data", len(t.GetInt32Data()))
+	case len(t.GetInt64Data()) > 0:
+		return fmt.Sprintf("%d values of int64_data", len(t.GetInt64Data()))
+	case len(t.GetDoubleData()) > 0:
+		return fmt.Sprintf("%d values of double_data", len(t.GetDoubleData()))
+	}
+	return "none"
 }
 
 // TensorFloat32 decodes a float tensor (FLOAT, FLOAT16, BFLOAT16 or DOUBLE; raw_data, the
@@ -246,7 +290,7 @@ func readExternal(t *onnxpb.TensorProto, dir string, size int64, read func(io.Re
 		return fmt.Errorf("tensor %s: external data: %w", t.GetName(), err)
 	}
 	if ref.Offset > fi.Size() || size > fi.Size()-ref.Offset {
-		return fmt.Errorf("tensor %s: external data %s: bytes [%d, %d) beyond its %d bytes", t.GetName(), path, ref.Offset, ref.Offset+size, fi.Size())
+		return fmt.Errorf("tensor %s: external data %s: %d bytes at offset %d, beyond its %d bytes", t.GetName(), path, size, ref.Offset, fi.Size())
 	}
 	if err := read(io.NewSectionReader(f, ref.Offset, size)); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {

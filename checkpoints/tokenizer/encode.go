@@ -25,19 +25,32 @@ func (t *Tokenizer) Encode(text string) []int32 {
 func (t *Tokenizer) EncodePlain(text string) []int32 { return t.encode(text, nil) }
 
 func (t *Tokenizer) encode(text string, out []int32) []int32 {
+	out, _ = t.encodeAtMost(text, out, -1)
+	return out
+}
+
+// encodeAtMost is encode that gives up, returning false, as soon as it knows the ids number
+// more than limit (limit < 0: no bound).
+func (t *Tokenizer) encodeAtMost(text string, out []int32, limit int) ([]int32, bool) {
 	start := 0 // the text not yet encoded begins here
+	ok := true
 	for i := 0; i < len(text); {
-		a, ok := t.addedAt(text, i)
-		if !ok {
+		a, found := t.addedAt(text, i)
+		if !found {
 			i++
 			continue
 		}
-		out = t.encodeText(text[start:i], out)
+		if out, ok = t.encodeText(text[start:i], out, limit); !ok {
+			return nil, false
+		}
 		out = append(out, a.id)
+		if limit >= 0 && len(out) > limit {
+			return nil, false
+		}
 		i += len(a.content)
 		start = i
 	}
-	return t.encodeText(text[start:], out)
+	return t.encodeText(text[start:], out, limit)
 }
 
 // addedAt returns the longest added token that text holds at byte offset i.
@@ -51,23 +64,36 @@ func (t *Tokenizer) addedAt(text string, i int) (addedToken, bool) {
 }
 
 // encodeText encodes a stretch of text without added tokens: normalizer, pre-tokenizer, BPE
-// of each piece.
-func (t *Tokenizer) encodeText(text string, out []int32) []int32 {
+// of each piece. With limit >= 0 it stops, returning false, once the ids number more than limit,
+// or before a piece that is sure to take them past it (see fits).
+func (t *Tokenizer) encodeText(text string, out []int32, limit int) ([]int32, bool) {
 	if text == "" {
-		return out
+		return out, true
 	}
 	if t.nfc {
 		text = norm.NFC.String(text)
 	}
 	if t.maxDigits == 0 {
-		return t.bpeCached(text, out)
+		if !t.fits(text, len(out), limit) {
+			return nil, false
+		}
+		if out = t.bpeCached(text, out); limit >= 0 && len(out) > limit {
+			return nil, false
+		}
+		return out, true
 	}
 	for i := 0; i < len(text); {
 		n := matchAt(text[i:], t.maxDigits)
+		if !t.fits(text[i:i+n], len(out), limit) {
+			return nil, false
+		}
 		out = t.bpeCached(text[i:i+n], out)
+		if limit >= 0 && len(out) > limit {
+			return nil, false
+		}
 		i += n
 	}
-	return out
+	return out, true
 }
 
 // maxCachedWord is the longest pre-token (bytes) whose ids are kept; maxCacheEntries bounds the
@@ -160,7 +186,7 @@ func (h *pairHeap) pop() pair {
 // then the pair of lowest merge rank (leftmost among equals) is merged until none is left, as
 // Hugging Face tokenizers does. It runs in O(n log n) for a word of n characters.
 func (t *Tokenizer) bpe(word string, out []int32) []int32 {
-	if t.ignoreMerges {
+	if span, _ := t.spans(); t.ignoreMerges && int64(len(word)) <= span { // no longer token
 		if id, ok := t.wholeWord(word); ok {
 			return append(out, id)
 		}
@@ -226,7 +252,9 @@ func (t *Tokenizer) wholeWord(word string) (int32, bool) {
 // character. A character the vocabulary lacks becomes the unknown token (consecutive ones
 // fused with fuse_unk) or, without one, is dropped, as Hugging Face tokenizers does.
 func (t *Tokenizer) symbols(word string) []symbol {
-	syms := make([]symbol, 0, len(word))
+	// Room for every character of a short word; a long one may be mostly dropped or fused
+	// unknown characters (EncodeAtMost counts on not allocating for those).
+	syms := make([]symbol, 0, min(len(word), maxCachedWord))
 	add := func(id int32, ok bool, size int) {
 		if !ok {
 			if t.unk < 0 {

@@ -72,6 +72,9 @@ type Tokenizer struct {
 
 	mu    sync.Mutex
 	cache map[string][]int32 // BPE of a pre-token
+
+	spanOnce      sync.Once
+	span, unkSpan int // the most weight one token covers, the unknown token's (limit.go)
 }
 
 type addedToken struct {

@@ -265,7 +265,7 @@ func FuzzParse(f *testing.F) {
 }
 
 // FuzzEncodeDecode: on the byte-level tokenizer every valid UTF-8 text survives the round trip
-// (NFC-normalised).
+// (NFC-normalised), and EncodeAtMost agrees with Encode.
 func FuzzEncodeDecode(f *testing.F) {
 	// The tiny tokenizer with every byte in its vocabulary, as real byte-level ones have.
 	var doc map[string]any
@@ -293,9 +293,17 @@ func FuzzEncodeDecode(f *testing.F) {
 		if !utf8Valid(text) {
 			return
 		}
-		dec, err := tok.Decode(tok.Encode(text))
+		ids := tok.Encode(text)
+		dec, err := tok.Decode(ids)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// EncodeAtMost agrees at the length and refuses one below it.
+		if got, ok := tok.EncodeAtMost(text, len(ids)); !ok || !slices.Equal(got, ids) {
+			t.Fatalf("EncodeAtMost(%q, %d) = %v, %v; Encode gives %v", text, len(ids), got, ok, ids)
+		}
+		if got, ok := tok.EncodeAtMost(text, len(ids)-1); ok {
+			t.Fatalf("EncodeAtMost(%q, %d) = %v, true; Encode gives %v", text, len(ids)-1, got, ids)
 		}
 		if want := nfc(text); dec != want {
 			t.Fatalf("round trip of %q gave %q", want, dec)

@@ -70,10 +70,40 @@ func (r Row) Chat() []Message {
 	return []Message{{Role: "user", Content: r.Prompt}}
 }
 
+// DefaultMaxLineBytes is the longest JSONL line (and the most string bytes of one Parquet row)
+// read when Options.MaxLineBytes is 0: 8 MiB, room for a long-context prompt with a large
+// ground truth (a code task's tests), while one line never costs more than a small multiple
+// of it, however long it is in the file.
+const DefaultMaxLineBytes = 8 << 20
+
 // Options tunes reading.
 type Options struct {
 	// DefaultDataSource is used for rows without a data_source; when empty such rows are errors.
 	DefaultDataSource string
+	// MaxLineBytes bounds one JSONL line (its bytes before the newline) and the strings of one
+	// Parquet row (their bytes together); 0 means DefaultMaxLineBytes. A longer JSONL line is
+	// not held in memory: reading keeps at most MaxLineBytes of it and passes over the rest.
+	MaxLineBytes int
+	// SkipLong, when set, is told of each line (Parquet row) over MaxLineBytes, counted from
+	// 1, with its length in bytes, and the line is skipped. When nil, such a line is an error.
+	SkipLong func(line int, size int64)
+}
+
+func (o Options) maxLine() int {
+	if o.MaxLineBytes > 0 {
+		return o.MaxLineBytes
+	}
+	return DefaultMaxLineBytes
+}
+
+// skipLong reports a line (row) over the limit to SkipLong and says whether it did: without
+// SkipLong the line is an error.
+func (o Options) skipLong(line int, size int64) bool {
+	if o.SkipLong == nil {
+		return false
+	}
+	o.SkipLong(line, size)
+	return true
 }
 
 // fieldError names the field at fault inside a row.
@@ -273,38 +303,73 @@ func unwrapList(v any) any {
 	return v
 }
 
-// maxLine bounds one JSONL line.
-const maxLine = 64 << 20
+// utf8BOM is the byte-order mark some editors and Windows tools put at the start of a UTF-8
+// file (Python reads it away with encoding="utf-8-sig").
+var utf8BOM = []byte("\xef\xbb\xbf")
 
 // ReadJSONL reads rows from JSONL; name is used in errors ("name:line: field: problem").
-// Blank lines are skipped. ctx is checked every 1024 lines.
+// Blank lines are skipped, as is a UTF-8 byte-order mark at the start. A line longer than
+// opts.MaxLineBytes is passed over without being held whole (see Options.SkipLong). ctx is
+// checked every 1024 lines.
 func ReadJSONL(ctx context.Context, r io.Reader, name string, opts Options) ([]Row, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	limit := opts.maxLine()
+	br := bufio.NewReaderSize(r, 64<<10)
 	var rows []Row
-	line := 0
-	for sc.Scan() {
-		line++
+	var buf []byte // the line being read, never more than limit bytes
+	for line := 1; ; line++ {
 		if line%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 		}
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
+		buf = buf[:0]
+		size, eof := int64(0), false // the line's length without its newline
+		for {
+			chunk, err := br.ReadSlice('\n')
+			if err == nil {
+				chunk = chunk[:len(chunk)-1]
+			}
+			if line == 1 && size == 0 && bytes.HasPrefix(chunk, utf8BOM) {
+				chunk = chunk[len(utf8BOM):]
+			}
+			size += int64(len(chunk))
+			if size <= int64(limit) {
+				if len(buf)+len(chunk) > cap(buf) { // grow by doubling, to limit at most
+					nb := make([]byte, len(buf), min(max(2*cap(buf), len(buf)+len(chunk)), limit))
+					copy(nb, buf)
+					buf = nb
+				}
+				buf = append(buf, chunk...)
+			}
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err == io.EOF {
+				eof = true
+			} else if err != nil {
+				return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+			}
+			break
 		}
-		row, err := ParseJSONLRow(b, opts)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+		if eof && size == 0 {
+			return rows, nil
 		}
-		row.Index, row.Line = len(rows), line
-		rows = append(rows, row)
+		if size > int64(limit) {
+			if !opts.skipLong(line, size) {
+				return nil, fmt.Errorf("%s:%d: line of %d bytes, over the limit of %d bytes per line", name, line, size, limit)
+			}
+		} else if b := bytes.TrimSpace(buf); len(b) > 0 {
+			row, err := ParseJSONLRow(b, opts)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+			}
+			row.Index, row.Line = len(rows), line
+			rows = append(rows, row)
+		}
+		if eof {
+			return rows, nil
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s:%d: %w", name, line+1, err)
-	}
-	return rows, nil
 }
 
 // Load reads a prompt set from a .jsonl (or .json lines) or .parquet file.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -411,4 +412,246 @@ func TestRowLines(t *testing.T) {
 	if got := (Row{Index: 4}).At("gen.jsonl"); got != "gen.jsonl:5" {
 		t.Errorf("row not from a file: At = %q", got)
 	}
+}
+
+// okRow is a valid row of exactly n bytes (n >= 60), its prompt padded with x.
+func okRow(n int) string {
+	const head, tail = `{"data_source":"m","ground_truth":"1","prompt":"`, `"}`
+	return head + strings.Repeat("x", n-len(head)-len(tail)) + tail
+}
+
+// TestLongLines: a line over MaxLineBytes (its bytes before the newline; a \r counts) is an
+// error naming file:line and its length, or, with SkipLong, skipped and reported; a line of
+// exactly the limit is read. Sizes worked by hand from okRow.
+func TestLongLines(t *testing.T) {
+	type skip struct {
+		line int
+		size int64
+	}
+	cases := []struct {
+		name    string
+		in      string
+		lines   []int  // lines of the rows read
+		skipped []skip // with SkipLong
+		err     string // without SkipLong
+	}{
+		{"at the limit", okRow(64) + "\n" + okRow(60) + "\n", []int{1, 2}, nil, ""},
+		{"one over", okRow(60) + "\n" + okRow(65) + "\n" + okRow(64), []int{1, 3}, []skip{{2, 65}}, "long.jsonl:2: line of 65 bytes, over the limit of 64 bytes per line"},
+		{"CRLF counts the CR", okRow(64) + "\r\n" + okRow(63) + "\r\n", []int{2}, []skip{{1, 65}}, "long.jsonl:1: line of 65 bytes"},
+		{"last line without newline", "\n" + okRow(60) + "\n" + okRow(100), []int{2}, []skip{{3, 100}}, "long.jsonl:3: line of 100 bytes"},
+		{"longer than the read buffer", okRow(200<<10) + "\n\n" + okRow(61) + "\n" + okRow(70) + "\n", []int{3}, []skip{{1, 200 << 10}, {4, 70}}, "long.jsonl:1: line of 204800 bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var got []skip
+			opts := Options{MaxLineBytes: 64, SkipLong: func(line int, size int64) { got = append(got, skip{line, size}) }}
+			rows, err := ReadJSONL(ctx, strings.NewReader(c.in), "long.jsonl", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lines []int
+			for i, r := range rows {
+				lines = append(lines, r.Line)
+				if r.Index != i {
+					t.Errorf("row %d has Index %d", i, r.Index)
+				}
+			}
+			if !reflect.DeepEqual(lines, c.lines) || !reflect.DeepEqual(got, c.skipped) {
+				t.Errorf("rows at lines %v, skipped %v; want %v, %v", lines, got, c.lines, c.skipped)
+			}
+			_, err = ReadJSONL(ctx, strings.NewReader(c.in), "long.jsonl", Options{MaxLineBytes: 64})
+			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+				t.Errorf("without SkipLong: error %v, want %q", err, c.err)
+			}
+		})
+	}
+}
+
+// letters reads n bytes a, b, ..., z, a, ... made as they are read.
+type letters struct{ off, n int64 }
+
+func (l *letters) Read(p []byte) (int, error) {
+	if l.off == l.n {
+		return 0, io.EOF
+	}
+	k := int(min(int64(len(p)), l.n-l.off))
+	for i := range k {
+		p[i] = 'a' + byte((l.off+int64(i))%26)
+	}
+	l.off += int64(k)
+	return k, nil
+}
+
+// newHugeLine reads a JSONL file whose second of three lines is a valid row with an n-byte
+// prompt, made as it is read (the test holds no copy of it).
+func newHugeLine(n int64) io.Reader {
+	row := `{"data_source":"m","ground_truth":"1","prompt":"p"}` + "\n"
+	return io.MultiReader(strings.NewReader(row+`{"data_source":"m","ground_truth":"1","prompt":"`), &letters{n: n},
+		strings.NewReader(`"}`+"\n"+row))
+}
+
+// allocated is the bytes f allocates on the heap.
+func allocated(f func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&a)
+	f()
+	runtime.ReadMemStats(&b)
+	return b.TotalAlloc - a.TotalAlloc
+}
+
+// TestHugeLineCost: a valid 50 MB line costs reading at most twice the limit per line, not
+// its size: it is passed over without being held (issue 30: it cost 58 times its size in the
+// trainer; bufio.Scanner alone grew a 64 MiB buffer for it).
+func TestHugeLineCost(t *testing.T) {
+	// The reader itself, checked on a small line.
+	b, err := io.ReadAll(newHugeLine(5))
+	if err != nil || string(b) != "{\"data_source\":\"m\",\"ground_truth\":\"1\",\"prompt\":\"p\"}\n{\"data_source\":\"m\",\"ground_truth\":\"1\",\"prompt\":\"abcde\"}\n{\"data_source\":\"m\",\"ground_truth\":\"1\",\"prompt\":\"p\"}\n" {
+		t.Fatalf("hugeLine(5) reads %q, %v", b, err)
+	}
+	const n = 50 << 20
+	base := allocated(func() { ReadJSONL(ctx, newHugeLine(5), "small.jsonl", Options{}) })
+	var skipped []int
+	var rows []Row
+	got := allocated(func() {
+		rows, err = ReadJSONL(ctx, newHugeLine(n), "huge.jsonl", Options{SkipLong: func(line int, size int64) {
+			skipped = append(skipped, line, int(size))
+		}})
+	})
+	if err != nil || len(rows) != 2 || rows[1].Line != 3 {
+		t.Fatalf("%d rows (want 2, the second at line 3), %v", len(rows), err)
+	}
+	if want := []int{2, n + 50}; !reflect.DeepEqual(skipped, want) {
+		t.Errorf("skipped (line, size) %v, want %v", skipped, want)
+	}
+	if bound := base + 2*DefaultMaxLineBytes + 1<<20; got > bound {
+		t.Errorf("reading a file with a %d-byte line allocated %d bytes (%d for the file without it), want at most %d", n, got, base, bound)
+	}
+	t.Logf("allocated %.1f MiB (%.2f MiB without the long line)", float64(got)/(1<<20), float64(base)/(1<<20))
+}
+
+// TestByteOrderMark: a UTF-8 byte-order mark at the start of a file is read away (Python's
+// utf-8-sig); one elsewhere is an error as before.
+func TestByteOrderMark(t *testing.T) {
+	row := `{"data_source":"m","ground_truth":"1","prompt":"p"}`
+	for _, c := range []struct{ name, in, err string }{
+		{"BOM then a row", "\xef\xbb\xbf" + row + "\n" + row + "\n", ""},
+		{"BOM, CRLF", "\xef\xbb\xbf" + row + "\r\n", ""},
+		{"BOM then a blank line", "\xef\xbb\xbf\n" + row, ""},
+		{"BOM on line 2", row + "\n\xef\xbb\xbf" + row, "bom.jsonl:2: not a JSON object"},
+		{"two BOMs", "\xef\xbb\xbf\xef\xbb\xbf" + row, "bom.jsonl:1: not a JSON object"},
+	} {
+		rows, err := ReadJSONL(ctx, strings.NewReader(c.in), "bom.jsonl", Options{})
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: error %v, want %q", c.name, err, c.err)
+			}
+			continue
+		}
+		if err != nil || len(rows) == 0 || rows[0].Prompt != "p" {
+			t.Errorf("%s: %+v, %v", c.name, rows, err)
+		}
+	}
+	// A file saved with a BOM loads.
+	p := filepath.Join(t.TempDir(), "bom.jsonl")
+	if err := os.WriteFile(p, []byte("\xef\xbb\xbf"+row+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := Load(ctx, p, Options{}); err != nil || len(rows) != 1 || rows[0].Line != 1 {
+		t.Errorf("Load of a file with a BOM: %+v, %v", rows, err)
+	}
+}
+
+// TestParquetLongRow: a Parquet row whose strings hold more than MaxLineBytes is skipped with
+// SkipLong, or an error naming the file and row. Row 2's strings: "m" + 200 x + "rule" + "1"
+// = 206 bytes (extra_info is empty).
+func TestParquetLongRow(t *testing.T) {
+	rows := []Row{{Prompt: "a", DataSource: "m", GroundTruth: "1"}, {Prompt: strings.Repeat("x", 200), DataSource: "m", GroundTruth: "1"},
+		{Prompt: "c", DataSource: "m", GroundTruth: "1"}}
+	var buf bytes.Buffer
+	if err := WriteParquet(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	var skipped []int64
+	got, err := ReadParquetFrom(ctx, bytes.NewReader(b), int64(len(b)), "p.parquet", Options{MaxLineBytes: 205,
+		SkipLong: func(line int, size int64) { skipped = append(skipped, int64(line), size) }})
+	if err != nil || len(got) != 2 || got[0].Prompt != "a" || got[1].Prompt != "c" || got[1].Line != 3 || got[1].Index != 1 {
+		t.Fatalf("rows %+v, %v", got, err)
+	}
+	if want := []int64{2, 206}; !reflect.DeepEqual(skipped, want) {
+		t.Errorf("skipped %v, want %v", skipped, want)
+	}
+	_, err = ReadParquetFrom(ctx, bytes.NewReader(b), int64(len(b)), "p.parquet", Options{MaxLineBytes: 205})
+	if want := "p.parquet: row 2: 206 bytes of text, over the limit of 205 bytes per row"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want %q", err, want)
+	}
+	if got, err := ReadParquetFrom(ctx, bytes.NewReader(b), int64(len(b)), "p.parquet", Options{MaxLineBytes: 206}); err != nil || len(got) != 3 {
+		t.Errorf("at the limit: %d rows, %v", len(got), err)
+	}
+}
+
+// FuzzReadJSONL checks the line reader against the simplest one: split the file at \n, drop a
+// leading byte-order mark, and parse each line up to the limit with ParseJSONLRow. Rows, their
+// lines, the lines skipped as too long, and whether the file is an error must agree.
+func FuzzReadJSONL(f *testing.F) {
+	f.Add([]byte(sampleJSONL), 64)
+	f.Add([]byte("\xef\xbb\xbf"+okRow(60)+"\r\n\n"+okRow(70)+"\n"+okRow(61)), 64)
+	f.Add([]byte(okRow(64)+"\n"+okRow(65)), 64)
+	f.Add([]byte("\n\n  \n"), 1)
+	f.Add([]byte(`{"prompt":"x","data_source":"m","ground_truth":1}`+"\n[1]\n"), 100)
+	f.Fuzz(func(t *testing.T, in []byte, limit int) {
+		if limit <= 0 || limit > 1<<20 {
+			return
+		}
+		type skip struct {
+			line int
+			size int64
+		}
+		var got []skip
+		rows, err := ReadJSONL(ctx, bytes.NewReader(in), "f.jsonl", Options{MaxLineBytes: limit,
+			SkipLong: func(line int, size int64) { got = append(got, skip{line, size}) }})
+
+		var want []skip
+		var wantRows []Row
+		var wantErr error
+		text := bytes.TrimPrefix(in, utf8BOM)
+		lines := bytes.Split(text, []byte("\n"))
+		if len(lines[len(lines)-1]) == 0 {
+			lines = lines[:len(lines)-1] // the newline ends the last line
+		}
+		for i, l := range lines {
+			if len(l) > limit {
+				want = append(want, skip{i + 1, int64(len(l))})
+				continue
+			}
+			if l = bytes.TrimSpace(l); len(l) == 0 {
+				continue
+			}
+			r, err := ParseJSONLRow(l, Options{})
+			if err != nil {
+				wantErr = fmt.Errorf("f.jsonl:%d: %w", i+1, err)
+				break
+			}
+			r.Index, r.Line = len(wantRows), i+1
+			wantRows = append(wantRows, r)
+		}
+		if (err == nil) != (wantErr == nil) || err != nil && err.Error() != wantErr.Error() {
+			t.Fatalf("error %v, want %v", err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("skipped %v, want %v", got, want)
+		}
+		if len(rows) != len(wantRows) {
+			t.Fatalf("%d rows, want %d", len(rows), len(wantRows))
+		}
+		for i := range rows {
+			if !reflect.DeepEqual(rows[i], wantRows[i]) {
+				t.Fatalf("row %d: %+v, want %+v", i, rows[i], wantRows[i])
+			}
+		}
+	})
 }

@@ -16,7 +16,10 @@ import (
 
 // ReadParquet reads rows from a Parquet file in verl's layout: columns prompt (string, or list
 // of {role, content}), data_source, reward_model {ground_truth, ...} or ground_truth, and an
-// optional extra_info (struct, or JSON text). Errors name the file and the row.
+// optional extra_info (struct, or JSON text). Errors name the file and the row. A row whose
+// strings hold more than opts.MaxLineBytes is skipped (Options.SkipLong) or an error before it
+// is converted; the library has decoded it by then, so that bounds the work after reading,
+// not the reading itself.
 func ReadParquet(ctx context.Context, path string, opts Options) ([]Row, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -68,6 +71,12 @@ func ReadParquetFrom(ctx context.Context, f io.ReaderAt, size int64, name string
 			}
 			return nil, fmt.Errorf("data: %s: row %d: %w", name, row+1, err)
 		}
+		if size := stringBytes(m); size > int64(opts.maxLine()) {
+			if !opts.skipLong(row+1, size) {
+				return nil, fmt.Errorf("data: %s: row %d: %d bytes of text, over the limit of %d bytes per row", name, row+1, size, opts.maxLine())
+			}
+			continue
+		}
 		rw, err := rowFromMap(m, opts)
 		if err != nil {
 			return nil, fmt.Errorf("data: %s: row %d: %w", name, row+1, err)
@@ -76,6 +85,29 @@ func ReadParquetFrom(ctx context.Context, f io.ReaderAt, size int64, name string
 		rows = append(rows, rw)
 	}
 	return rows, nil
+}
+
+// stringBytes is the length of the string values in a decoded row, nested ones included.
+func stringBytes(v any) int64 {
+	switch v := v.(type) {
+	case string:
+		return int64(len(v))
+	case []byte:
+		return int64(len(v))
+	case map[string]any:
+		n := int64(0)
+		for _, x := range v {
+			n += stringBytes(x)
+		}
+		return n
+	case []any:
+		n := int64(0)
+		for _, x := range v {
+			n += stringBytes(x)
+		}
+		return n
+	}
+	return 0
 }
 
 func hasColumn(s *parquet.Schema, name string) bool {

@@ -232,12 +232,25 @@ func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hf
 // loadRows reads --data and the held-out rows: --val-data, or a seeded --val-fraction of
 // --data; at most --eval-size of them.
 func loadRows(ctx context.Context, o options) (train, val []data.Row, err error) {
-	opts := data.Options{DefaultDataSource: o.defaultKind}
-	if train, err = data.Load(ctx, o.data, opts); err != nil {
+	if o.maxLineBytes < 1 {
+		return nil, nil, fmt.Errorf("--max-line-bytes %d: want at least 1", o.maxLineBytes)
+	}
+	load := func(file string) ([]data.Row, error) {
+		var long []string
+		opts := data.Options{DefaultDataSource: o.defaultKind, MaxLineBytes: o.maxLineBytes, SkipLong: func(line int, size int64) {
+			long = append(long, fmt.Sprintf("%s (%d bytes)", data.Row{Line: line}.At(file), size))
+		}}
+		rows, err := data.Load(ctx, file, opts)
+		if len(long) > 0 && err == nil {
+			slog.Warn("data lines longer than --max-line-bytes skipped", "file", file, "skipped", len(long), "at", firstFew(long), "max-line-bytes", o.maxLineBytes)
+		}
+		return rows, err
+	}
+	if train, err = load(o.data); err != nil {
 		return nil, nil, err
 	}
 	if o.valData != "" {
-		if val, err = data.Load(ctx, o.valData, opts); err != nil {
+		if val, err = load(o.valData); err != nil {
 			return nil, nil, err
 		}
 	} else if o.valFraction > 0 {
@@ -252,32 +265,42 @@ func loadRows(ctx context.Context, o options) (train, val []data.Row, err error)
 }
 
 // toPrompts tokenizes the rows of file as prompts; rows longer than --max-prompt-tokens are
-// dropped (and counted in the log). A row whose data_source has no reward, or whose prompt
-// holds a character the tokenizer cannot represent, is an error naming its line.
+// dropped (named in the log; tokenizing one stops once it passes the limit). A row whose
+// data_source has no reward, or whose prompt holds a character the tokenizer cannot
+// represent, is an error naming its line.
 func toPrompts(o options, reg *reward.Registry, tok *hfTokenizer, rows []data.Row, file string) ([]grpo.Prompt, error) {
 	var ps []grpo.Prompt
-	dropped := 0
+	var dropped []string
 	for _, r := range rows {
 		if _, _, ok := reg.Lookup(r.DataSource); !ok {
 			return nil, fmt.Errorf("%s: no reward for data_source %q (built in: %s)", r.At(file), r.DataSource, strings.Join(reg.Kinds(), ", "))
 		}
-		ids, text, err := tok.prompt(r, !o.noChatTemplate)
+		ids, text, err := tok.prompt(r, !o.noChatTemplate, o.maxPromptTokens)
 		if err != nil {
 			return nil, fmt.Errorf("%s: prompt: %w", r.At(file), err)
 		}
-		if len(ids) > o.maxPromptTokens {
-			dropped++
+		if ids == nil {
+			dropped = append(dropped, r.At(file))
 			continue
 		}
 		ps = append(ps, grpo.Prompt{Tokens: ids, Text: text, Kind: r.DataSource, GroundTruth: r.GroundTruth, Meta: r.ExtraInfo})
 	}
-	if dropped > 0 {
-		slog.Warn("prompts longer than --max-prompt-tokens dropped", "file", file, "dropped", dropped, "kept", len(ps))
+	if len(dropped) > 0 {
+		slog.Warn("prompts longer than --max-prompt-tokens dropped", "file", file, "dropped", len(dropped), "kept", len(ps), "at", firstFew(dropped))
 	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("%s: no prompts left", file)
 	}
 	return ps, nil
+}
+
+// firstFew joins the first five of names, and says how many more there are.
+func firstFew(names []string) string {
+	const few = 5
+	if len(names) <= few {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:few], ", "), len(names)-few)
 }
 
 // writeTaskData writes the default task's prompts as --data files: the prompt text (with the

@@ -31,6 +31,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/data"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
@@ -40,7 +41,7 @@ type options struct {
 	// What to train on.
 	model, data, valData, defaultKind string
 	valFraction                       float64
-	maxPromptTokens                   int
+	maxPromptTokens, maxLineBytes     int
 	noChatTemplate                    bool
 	rolloutServers                    []string
 	overlap                           string
@@ -112,7 +113,8 @@ func newFlags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.valData, "val-data", "", "held-out prompts (same format); empty: --val-fraction of --data")
 	fs.Float64Var(&o.valFraction, "val-fraction", 0.02, "share of --data held out for evaluation when --val-data is not given")
 	fs.StringVar(&o.defaultKind, "default-kind", "", "task kind (reward) of rows without data_source; empty: such rows are errors")
-	fs.IntVar(&o.maxPromptTokens, "max-prompt-tokens", 1024, "prompts longer than this many tokens are dropped (counted in the log)")
+	fs.IntVar(&o.maxPromptTokens, "max-prompt-tokens", 1024, "prompts longer than this many tokens are dropped (named in the log)")
+	fs.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "data lines (Parquet rows) longer than this many bytes are skipped unread (named in the log)")
 	fs.BoolVar(&o.noChatTemplate, "no-chat-template", false, "feed prompt text as is, without the tokenizer's chat template")
 	fs.StringVar(&o.rewardCmd, "reward-cmd", "", "a reward program, run by /bin/sh -c, that scores responses: JSON lines on its stdin and stdout, a batch a line (docs/reward-programs.md)")
 	fs.StringVar(&o.rewardURL, "reward-url", "", "a reward server that scores responses: each batch POSTed as JSON (docs/reward-programs.md)")

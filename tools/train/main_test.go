@@ -200,7 +200,7 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, _, err := hf.prompt(data.Row{Prompt: text}, true)
+			got, _, err := hf.prompt(data.Row{Prompt: text}, true, 1<<30)
 			if err != nil {
 				t.Fatal(err)
 			}

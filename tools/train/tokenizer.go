@@ -28,8 +28,9 @@ func (t *hfTokenizer) vocabSize() int { return t.tok.VocabSize() }
 
 // prompt renders a data row as prompt ids and the text they encode: chat messages, or the text
 // of a chat model, go through the chat template with the assistant turn opened; plain text is
-// encoded as is.
-func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, string, error) {
+// encoded as is. A prompt of more than maxTokens ids gives nil ids, its encoding stopped
+// early.
+func (t *hfTokenizer) prompt(r data.Row, chat bool, maxTokens int) ([]int32, string, error) {
 	text := r.Prompt
 	if r.Messages != nil || (chat && t.tok.HasChatTemplate()) {
 		if !t.tok.HasChatTemplate() {
@@ -47,10 +48,17 @@ func (t *hfTokenizer) prompt(r data.Row, chat bool) ([]int32, string, error) {
 	if err := t.tok.Check(text); err != nil { // a character Encode would drop
 		return nil, "", err
 	}
+	encode := t.tok.EncodeAtMost
 	if text != r.Prompt || r.Messages != nil {
-		return t.tok.EncodePlain(text), text, nil // the template holds the special tokens it needs
+		encode = t.tok.EncodePlainAtMost // the template holds the special tokens it needs
 	}
-	return t.tok.Encode(text), text, nil
+	if ids, ok := encode(text, maxTokens); ok {
+		if ids == nil {
+			ids = []int32{} // nil says dropped
+		}
+		return ids, text, nil
+	}
+	return nil, text, nil
 }
 
 // decode renders a response for the reward: special tokens (end of sequence, padding) are
