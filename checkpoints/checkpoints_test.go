@@ -41,7 +41,7 @@ func TestRoundTrip(t *testing.T) {
 		if n == "scalar" {
 			x.Data = []float32{-3.25}
 		}
-		for i := 0; i < numel(x.Shape) && n != "scalar"; i++ {
+		for i := 0; i < engine.NumElements(x.Shape) && n != "scalar"; i++ {
 			x.Data = append(x.Data, float32(r.NormFloat64()*math.Pow(10, float64(r.IntN(7)-3))))
 		}
 		in[n] = x
@@ -622,7 +622,7 @@ func FuzzReadSafetensors(f *testing.F) {
 			return
 		}
 		for n, x := range st.Tensors {
-			if numel(x.Shape) != len(x.Data) || !st.DTypes[n].convertible() {
+			if engine.NumElements(x.Shape) != len(x.Data) || !st.DTypes[n].convertible() {
 				t.Fatalf("%q: shape %v with %d values, dtype %s", n, x.Shape, len(x.Data), st.DTypes[n])
 			}
 		}

@@ -117,7 +117,7 @@ func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) (map
 		if !reflect.DeepEqual(t.Shape, want) {
 			return nil, fmt.Errorf("weight %q has shape %v, the config wants %v", name, t.Shape, want)
 		}
-		if len(t.Data) != numel(want) {
+		if len(t.Data) != engine.NumElements(want) {
 			return nil, fmt.Errorf("weight %q has %d values for shape %v", name, len(t.Data), want)
 		}
 		out[name] = t
@@ -133,14 +133,6 @@ func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) (map
 		return nil, fmt.Errorf("weight %q is not part of a %s model of this config", extra[0], cfg.ModelType)
 	}
 	return out, nil
-}
-
-func numel(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
 }
 
 // writeWeights writes model.safetensors, or shards and their index, into dir.

@@ -302,7 +302,7 @@ func flattenOptimizer(o *OptimizerState) (map[string]engine.HostTensor, error) {
 			if n == "" {
 				return nil, fmt.Errorf("optimizer group %q: a tensor has an empty name", g)
 			}
-			if numel(t.Shape) != len(t.Data) {
+			if engine.NumElements(t.Shape) != len(t.Data) {
 				return nil, fmt.Errorf("optimizer tensor %q of group %q has %d values for shape %v", n, g, len(t.Data), t.Shape)
 			}
 			out[g+"/"+n] = t

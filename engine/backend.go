@@ -38,9 +38,14 @@ type Tensor struct {
 }
 
 // Len is the number of elements.
-func (t *Tensor) Len() int {
+func (t *Tensor) Len() int { return NumElements(t.Shape) }
+
+// NumElements is the number of elements of a tensor of this shape: the product of its
+// dimensions (1 for a scalar's empty shape). It does not check for overflow or negative
+// dimensions: callers that read shapes from files check those first.
+func NumElements(shape []int) int {
 	n := 1
-	for _, d := range t.Shape {
+	for _, d := range shape {
 		n *= d
 	}
 	return n

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -81,7 +82,7 @@ func NewModel(c *Config, b Backend, weights map[string]HostTensor, dt DType) (*M
 
 // checkHost checks a host weight against its row of the table: shape, length, finite values.
 func checkHost(s WeightSpec, w HostTensor) error {
-	if !equalShape(w.Shape, s.Shape) {
+	if !slices.Equal(w.Shape, s.Shape) {
 		return fmt.Errorf("weight %q has shape %v, config wants %v", s.Name, w.Shape, s.Shape)
 	}
 	if len(w.Data) != prod(s.Shape) {
@@ -97,18 +98,6 @@ func checkHost(s WeightSpec, w HostTensor) error {
 
 // Weight returns the named weight tensor (HF name), or nil.
 func (m *Model) Weight(name string) *Tensor { return m.weights[name] }
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
 
 func prod(s []int) int {
 	n := 1

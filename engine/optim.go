@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math"
+	"slices"
 )
 
 // AdamWConfig holds the optimizer's hyper-parameters, as torch.optim.AdamW names them, plus
@@ -184,7 +185,7 @@ func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 			if !ok {
 				return fmt.Errorf("optimizer state: moments of %q are missing", name)
 			}
-			if len(w.Data) != o.m[name].Len() || !equalShape(w.Shape, o.m[name].Shape) {
+			if len(w.Data) != o.m[name].Len() || !slices.Equal(w.Shape, o.m[name].Shape) {
 				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, o.m[name].Shape)
 			}
 		}

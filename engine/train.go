@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -553,7 +554,7 @@ func (t *Trainer) LoadWeights(weights map[string]HostTensor) error {
 		if !ok {
 			return fmt.Errorf("load weights: weight %q is missing", name)
 		}
-		if !equalShape(w.Shape, t.params[name].Shape) || len(w.Data) != t.params[name].Len() {
+		if !slices.Equal(w.Shape, t.params[name].Shape) || len(w.Data) != t.params[name].Len() {
 			return fmt.Errorf("load weights: weight %q has shape %v, want %v", name, w.Shape, t.params[name].Shape)
 		}
 	}

@@ -37,6 +37,7 @@ import (
 	"io"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -203,10 +204,10 @@ func checkWeights(cfg *engine.Config, weights map[string]engine.HostTensor) ([]s
 		if !ok {
 			return nil, fmt.Errorf("tensor %s: missing", s.Name)
 		}
-		if !equalInts(s.Shape, t.Shape) {
+		if !slices.Equal(s.Shape, t.Shape) {
 			return nil, fmt.Errorf("tensor %s: shape %v, config wants %v", s.Name, t.Shape, s.Shape)
 		}
-		if len(t.Data) != numel(s.Shape) {
+		if len(t.Data) != engine.NumElements(s.Shape) {
 			return nil, fmt.Errorf("tensor %s: %d values for shape %v", s.Name, len(t.Data), s.Shape)
 		}
 	}
@@ -479,24 +480,4 @@ func dims64(s []int) []int64 {
 		out[i] = int64(d)
 	}
 	return out
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func numel(s []int) int {
-	n := 1
-	for _, d := range s {
-		n *= d
-	}
-	return n
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -246,7 +247,7 @@ func TestExportProtoRoundTrip(t *testing.T) {
 					t.Fatalf("initializer %d is %q, want %q", i, tp.GetName(), names[i])
 				}
 				w := g.weights[names[i]]
-				if !equalInts(w.Shape, intsOf(tp.GetDims())) {
+				if !slices.Equal(w.Shape, intsOf(tp.GetDims())) {
 					t.Errorf("%s: dims %v, want %v", names[i], tp.GetDims(), w.Shape)
 				}
 				if !bytes.Equal(tp.GetRawData(), float32Bytes(w.Data)) {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/prolong-rl/prolong/checkpoints"
@@ -248,7 +249,7 @@ func sameAsEmbedding(gi *graphIndex, placed map[string]placement, dir string) er
 		return nil
 	}
 	// Untied models differ almost everywhere: look at a few elements before decoding both.
-	if d := hfDims(gi, emb); len(d) == 2 && equalInts(d, hfDims(gi, lm)) {
+	if d := hfDims(gi, emb); len(d) == 2 && slices.Equal(d, hfDims(gi, lm)) {
 		for k := 0; k < 64; k++ {
 			r, c := (k*7919)%d[0], (k*104729)%d[1]
 			a, okA := peekHF(gi.consts[lm.src], lm.transpose, r, c)
@@ -266,7 +267,7 @@ func sameAsEmbedding(gi *graphIndex, placed map[string]placement, dir string) er
 	if err != nil {
 		return err
 	}
-	if !equalInts(a.Shape, b.Shape) {
+	if !slices.Equal(a.Shape, b.Shape) {
 		return fmt.Errorf("tensor lm_head.weight (%s): shape %v, but the config ties it to model.embed_tokens.weight %v", lm.src, a.Shape, b.Shape)
 	}
 	for i := range a.Data {

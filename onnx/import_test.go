@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,7 +31,7 @@ func sameWeights(t *testing.T, got, want map[string]engine.HostTensor) {
 			t.Errorf("tensor %s: missing after import", n)
 			continue
 		}
-		if !equalInts(g.Shape, w.Shape) || len(g.Data) != len(w.Data) {
+		if !slices.Equal(g.Shape, w.Shape) || len(g.Data) != len(w.Data) {
 			t.Errorf("tensor %s: shape %v, want %v", n, g.Shape, w.Shape)
 			continue
 		}
@@ -302,7 +303,7 @@ func FuzzImport(f *testing.F) {
 			}
 			for _, n := range engine.WeightNames(c) {
 				shape, _ := engine.WeightShape(c, n)
-				if len(w[n].Data) != numel(shape) {
+				if len(w[n].Data) != engine.NumElements(shape) {
 					t.Fatalf("tensor %s: %d values for shape %v", n, len(w[n].Data), shape)
 				}
 			}

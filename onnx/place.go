@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -329,7 +330,7 @@ func materialize(gi *graphIndex, cfg *engine.Config, placed map[string]placement
 			ht = engine.HostTensor{Shape: shape, Data: full.Data[lo*row : hi*row : hi*row]}
 		}
 		done(p.src)
-		if !equalInts(ht.Shape, want) {
+		if !slices.Equal(ht.Shape, want) {
 			what := p.src
 			if what != name {
 				what = fmt.Sprintf("%s (from %s, %s)", name, p.src, p.how)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/prolong-rl/prolong/checkpoints"
+	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/onnx/onnxpb"
 )
 
@@ -304,7 +305,7 @@ func readExternal(t *onnxpb.TensorProto, dir string, size int64, read func(io.Re
 // NewTensor encodes data (row-major, shape dims) as an initializer of type dt (FLOAT, FLOAT16,
 // BFLOAT16 or DOUBLE) in raw_data, little-endian; narrower types round to nearest even.
 func NewTensor(name string, dims []int, data []float32, dt onnxpb.TensorProto_DataType) (*onnxpb.TensorProto, error) {
-	if n := numel(dims); n != len(data) {
+	if n := engine.NumElements(dims); n != len(data) {
 		return nil, fmt.Errorf("tensor %s: %d values for dims %v", name, len(data), dims)
 	}
 	var raw []byte
@@ -334,7 +335,7 @@ func NewTensor(name string, dims []int, data []float32, dt onnxpb.TensorProto_Da
 
 // NewInt64Tensor encodes data (shape dims) as an INT64 initializer in raw_data.
 func NewInt64Tensor(name string, dims []int, data []int64) (*onnxpb.TensorProto, error) {
-	if n := numel(dims); n != len(data) {
+	if n := engine.NumElements(dims); n != len(data) {
 		return nil, fmt.Errorf("tensor %s: %d values for dims %v", name, len(data), dims)
 	}
 	dtype := int32(onnxpb.TensorProto_INT64)
