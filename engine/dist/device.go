@@ -28,6 +28,9 @@ type Device interface {
 	Do(f func() error) error
 	// Synchronize waits until the work queued on Stream is done.
 	Synchronize() error
+	// Scratch is device memory of at least bytes, owned by the Device and reused across calls
+	// (the nccl backend's barrier all-reduces 4 bytes in it).
+	Scratch(bytes int) (uintptr, error)
 }
 
 // DeviceOpener opens the Device of a local rank; a GPU backend registers one.

@@ -132,16 +132,16 @@ func loadMPI(l Launch) (*mpiLib, error) {
 func (m *mpiLib) libraryVersion() string {
 	buf := make([]byte, 8192+1) // MPICH's MPI_MAX_LIBRARY_VERSION_STRING; Open MPI's is 256
 	var n int32
-	if mpiCall(m.fn.getLibraryVersion, uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n))) != 0 || n <= 0 {
+	if ccall(m.fn.getLibraryVersion, uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n))) != 0 || n <= 0 {
 		return ""
 	}
 	return strings.TrimRight(string(buf[:n]), "\x00\n ")
 }
 
-// mpiCall calls an MPI function that returns an error code.
+// ccall calls a C function (MPI, NCCL) that returns an int status code.
 //
 //go:uintptrescapes
-func mpiCall(fn uintptr, args ...uintptr) int {
+func ccall(fn uintptr, args ...uintptr) int {
 	r, _, _ := purego.SyscallN(fn, args...)
 	return int(int32(r))
 }
@@ -202,15 +202,15 @@ func (c *mpiComm) serve(ready chan<- error) {
 	runtime.LockOSThread() // MPI's calls stay on the thread that initialised it; never unlocked
 	provided := new(int32)
 	rank, size := new(int32), new(int32)
-	if rc := mpiCall(c.lib.fn.initThread, 0, 0, c.lib.abi.threadSerialized, uintptr(unsafe.Pointer(provided))); rc != 0 {
+	if rc := ccall(c.lib.fn.initThread, 0, 0, c.lib.abi.threadSerialized, uintptr(unsafe.Pointer(provided))); rc != 0 {
 		ready <- fmt.Errorf("dist: MPI_Init_thread (%s) failed with code %d", c.lib.path, rc)
 		return
 	}
 	if uintptr(*provided) < c.lib.abi.threadSerialized {
 		slog.Debug("dist: MPI granted a thread level below MPI_THREAD_SERIALIZED; calls stay on one thread", "provided", *provided)
 	}
-	mpiCall(c.lib.fn.commRank, c.lib.abi.comm, uintptr(unsafe.Pointer(rank)))
-	mpiCall(c.lib.fn.commSize, c.lib.abi.comm, uintptr(unsafe.Pointer(size)))
+	ccall(c.lib.fn.commRank, c.lib.abi.comm, uintptr(unsafe.Pointer(rank)))
+	ccall(c.lib.fn.commSize, c.lib.abi.comm, uintptr(unsafe.Pointer(size)))
 	c.rank, c.size = int(*rank), int(*size)
 	ready <- nil
 	for r := range c.reqs {
@@ -262,7 +262,7 @@ func (c *mpiComm) Abort(reason string) {
 		time.Sleep(10 * time.Second)
 		os.Exit(134)
 	}()
-	mpiCall(c.lib.fn.abort, c.lib.abi.comm, 134)
+	ccall(c.lib.fn.abort, c.lib.abi.comm, 134)
 	time.Sleep(11 * time.Second)
 	os.Exit(134)
 }
@@ -271,7 +271,7 @@ func (c *mpiComm) Close() error {
 	if c.closed {
 		return nil
 	}
-	err := c.run("finalize", func() int { return mpiCall(c.lib.fn.finalize) })
+	err := c.run("finalize", func() int { return ccall(c.lib.fn.finalize) })
 	c.closed = true
 	close(c.reqs)
 	return err
@@ -342,7 +342,7 @@ func (c *mpiComm) AllReduce(buf Buffer) error {
 	err := c.run(fmt.Sprintf("%s of %v×%d", op, buf.DType(), buf.Len()), func() int {
 		for off := 0; off < len(f); off += math.MaxInt32 {
 			n := min(len(f)-off, math.MaxInt32)
-			if rc := mpiCall(c.lib.fn.allreduce, a.inPlace, uintptr(unsafe.Add(p, 4*off)), uintptr(n), a.f32, a.sum, a.comm); rc != 0 {
+			if rc := ccall(c.lib.fn.allreduce, a.inPlace, uintptr(unsafe.Add(p, 4*off)), uintptr(n), a.f32, a.sum, a.comm); rc != 0 {
 				return rc
 			}
 		}
@@ -372,7 +372,7 @@ func (c *mpiComm) ReduceScatter(send, recv Buffer) error {
 	}
 	ps, pr, a := ptr(fs), ptr(fr), c.lib.abi
 	err := c.run(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), func() int {
-		return mpiCall(c.lib.fn.reduceScatterBlock, uintptr(ps), uintptr(pr), uintptr(len(fr)), a.f32, a.sum, a.comm)
+		return ccall(c.lib.fn.reduceScatterBlock, uintptr(ps), uintptr(pr), uintptr(len(fr)), a.f32, a.sum, a.comm)
 	})
 	if err == nil && recv.DType() == BFloat16 {
 		store(recv, 0, fr)
@@ -393,7 +393,7 @@ func (c *mpiComm) AllGather(send, recv Buffer) error {
 	}
 	ps, pr, t, n := ptr(send), ptr(recv), c.bits(send), send.Len()
 	return c.run(fmt.Sprintf("%s of %v×%d", op, send.DType(), n), func() int {
-		return mpiCall(c.lib.fn.allgather, uintptr(ps), uintptr(n), t, uintptr(pr), uintptr(n), t, c.lib.abi.comm)
+		return ccall(c.lib.fn.allgather, uintptr(ps), uintptr(n), t, uintptr(pr), uintptr(n), t, c.lib.abi.comm)
 	})
 }
 
@@ -412,7 +412,7 @@ func (c *mpiComm) Broadcast(buf Buffer, root int) error {
 	return c.run(fmt.Sprintf("%s of %v×%d from rank %d", op, buf.DType(), n, root), func() int {
 		for off := 0; off < n; off += math.MaxInt32 {
 			k := min(n-off, math.MaxInt32)
-			if rc := mpiCall(c.lib.fn.bcast, uintptr(unsafe.Add(p, es*off)), uintptr(k), t, uintptr(root), c.lib.abi.comm); rc != 0 {
+			if rc := ccall(c.lib.fn.bcast, uintptr(unsafe.Add(p, es*off)), uintptr(k), t, uintptr(root), c.lib.abi.comm); rc != 0 {
 				return rc
 			}
 		}
@@ -421,7 +421,7 @@ func (c *mpiComm) Broadcast(buf Buffer, root int) error {
 }
 
 func (c *mpiComm) Barrier() error {
-	return c.run("barrier", func() int { return mpiCall(c.lib.fn.barrier, c.lib.abi.comm) })
+	return c.run("barrier", func() int { return ccall(c.lib.fn.barrier, c.lib.abi.comm) })
 }
 
 // MPIVersion is the loaded MPI library's version string and path, for logs ("" before NewMPI
