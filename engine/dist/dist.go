@@ -21,8 +21,9 @@
 //     ranks of send[r*n:(r+1)*n]. Even split only (as NCCL): pad the last shard.
 //   - AllGather(send, recv): send has n elements, recv Size()*n; recv[r*n:(r+1)*n] is rank r's send.
 //   - Broadcast(buf, root): buf on every rank becomes root's.
-//   - bf16 sums are computed in fp32 and rounded to bf16 once, to nearest even: the result is
-//     the bf16 rounding of the fp32 sum (exact for sums fp32 represents exactly).
+//   - bf16 sums (local and mpi) are computed in fp32 and rounded to bf16 once, to nearest even:
+//     the result is the bf16 rounding of the fp32 sum. nccl uses NCCL's bf16 sum, which rounds
+//     partial sums, so its bf16 results may differ in the last bits.
 //   - A collective that does not complete within Options.Timeout fails: the local backend
 //     returns an error wrapping ErrTimeout; the mpi backend aborts the whole job (MPI_Abort),
 //     because a rank stuck inside an MPI collective cannot be got back.

@@ -213,29 +213,32 @@ func bench(c dist.Comm) error {
 	if c.Rank() == 0 {
 		mb := memBandwidth()
 		fmt.Printf("memory copy bandwidth (rank 0 alone, read+write): %.2f GB/s\n", mb/1e9)
-		fmt.Printf("%12s %8s %10s %10s %10s\n", "bytes", "iters", "time(us)", "algbw GB/s", "busbw GB/s")
+		fmt.Printf("%12s %8s %10s %10s %10s\n", "bytes", "iters", "best(us)", "algbw GB/s", "busbw GB/s")
 	}
-	for _, elems := range []int{1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24} {
+	for _, elems := range []int{1 << 10, 1 << 14, 1 << 18, 1 << 20, 1 << 22} {
 		buf := make(dist.HostF32, elems)
-		iters := max(5, min(200, (1<<26)/elems))
+		iters := max(3, min(100, (1<<24)/elems))
 		if err := c.AllReduce(buf); err != nil { // warm-up
 			return err
 		}
-		if err := c.Barrier(); err != nil {
-			return err
-		}
-		t0 := time.Now()
-		for range iters {
-			if err := c.AllReduce(buf); err != nil {
+		best := math.Inf(1) // the best of three timed blocks: other processes share the cores
+		for range 3 {
+			if err := c.Barrier(); err != nil {
 				return err
 			}
+			t0 := time.Now()
+			for range iters {
+				if err := c.AllReduce(buf); err != nil {
+					return err
+				}
+			}
+			best = min(best, time.Since(t0).Seconds()/float64(iters))
 		}
-		dt := time.Since(t0).Seconds() / float64(iters)
 		bytes := float64(4 * elems)
-		alg := bytes / dt
+		alg := bytes / best
 		bus := alg * 2 * float64(n-1) / float64(n)
 		if c.Rank() == 0 {
-			fmt.Printf("%12d %8d %10.1f %10.2f %10.2f\n", 4*elems, iters, dt*1e6, alg/1e9, bus/1e9)
+			fmt.Printf("%12d %8d %10.1f %10.2f %10.2f\n", 4*elems, iters, best*1e6, alg/1e9, bus/1e9)
 		}
 	}
 	return nil
