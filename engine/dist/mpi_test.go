@@ -163,3 +163,31 @@ func TestMPITimeoutAborts(t *testing.T) {
 		})
 	}
 }
+
+// TestTorchrunStyleRendezvous starts three processes as torchrun would (RANK, WORLD_SIZE,
+// LOCAL_RANK, MASTER_ADDR, MASTER_PORT; rank 0 last, so the others retry) and checks that rank
+// 0's 128 bytes reach each of them over TCP. No MPI involved.
+func TestTorchrunStyleRendezvous(t *testing.T) {
+	bin := buildMPITest(t)
+	port := freePort(t)
+	const size = 3
+	outs := make([][]byte, size)
+	errs := make([]error, size)
+	var wg sync.WaitGroup
+	for r := size - 1; r >= 0; r-- {
+		cmd := exec.Command(bin, "-mode", "rendezvous", "-timeout", "60s")
+		cmd.Env = append(os.Environ(), "RANK="+itoa(r), "WORLD_SIZE="+itoa(size), "LOCAL_RANK="+itoa(r),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+itoa(port))
+		wg.Go(func() { outs[r], errs[r] = cmd.CombinedOutput() })
+		if r > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	wg.Wait()
+	for r := range size {
+		want := "rank " + itoa(r) + " of 3: 128 bytes, first 3, last " + itoa((127*7+3)&0xff) + "\n"
+		if errs[r] != nil || string(outs[r]) != want {
+			t.Errorf("rank %d: %v, output %q, want %q", r, errs[r], outs[r], want)
+		}
+	}
+}

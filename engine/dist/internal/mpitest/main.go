@@ -8,6 +8,8 @@
 //
 // Mode check prints "rank R: ok N checks" and exits 0, or names the first mismatch and exits 1.
 // Mode timeout: rank 1 never joins rank 0's all-reduce, so rank 0's watchdog aborts the job.
+// Mode detect prints what dist.DetectEnv found and exits, without MPI; mode rendezvous shares
+// 128 bytes from rank 0 over TCP at MASTER_ADDR:MASTER_PORT (torchrun-style variables).
 package main
 
 import (
@@ -22,12 +24,30 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "check", "check, timeout or bench")
+	mode := flag.String("mode", "check", "check, timeout, bench, detect or rendezvous")
 	timeout := flag.Duration("timeout", time.Minute, "collective timeout")
 	flag.Parse()
 	l, err := dist.DetectEnv()
 	if err != nil {
 		fail(err)
+	}
+	switch *mode {
+	case "detect": // what the launcher told this process, without MPI
+		fmt.Printf("%v (mpi %v)\n", l, l.MPI)
+		return
+	case "rendezvous": // rank 0's 128 bytes reach every rank over TCP (torchrun-style), without MPI
+		var id []byte
+		if l.Rank == 0 {
+			for i := range 128 {
+				id = append(id, byte(i*7+3))
+			}
+		}
+		got, err := dist.ShareFromRank0(l, "nccl-unique-id", id, *timeout)
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("rank %d of %d: %d bytes, first %d, last %d\n", l.Rank, l.Size, len(got), got[0], got[127])
+		return
 	}
 	c, err := dist.NewMPI(l, dist.Options{Timeout: *timeout})
 	if err != nil {
