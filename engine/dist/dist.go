@@ -12,8 +12,9 @@
 //   - "nccl": device buffers through libnccl.so.2, loaded the same way. Device memory belongs to
 //     a GPU backend that registers itself (RegisterDevice), so this package never imports it.
 //
-// Launch detects how the job was started (mpirun, srun, torchrun-style variables) and Open picks
-// a backend from a Mode (--dist auto|off|mpi|nccl).
+// Detect (DetectEnv) finds how the job was started (mpirun, MPICH's mpiexec, srun,
+// torchrun-style variables) and Open makes the communicator a Mode (--dist auto|off|mpi|nccl)
+// asks for.
 //
 // Semantics shared by every backend:
 //   - AllReduce(buf): buf on every rank becomes the element-wise sum over ranks.
@@ -44,6 +45,7 @@ const (
 	BFloat16                  // bf16 bit patterns (the top half of an fp32), stored as uint16
 )
 
+// String is "fp32" or "bf16".
 func (d DType) String() string {
 	switch d {
 	case Float32:

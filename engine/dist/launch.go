@@ -40,6 +40,7 @@ type Launch struct {
 // Distributed reports whether the job has more than one rank (or an MPI launcher that knows).
 func (l Launch) Distributed() bool { return l.Size > 1 || (l.Size == 0 && l.MPI) }
 
+// String says who this process is and which variables said so, for messages.
 func (l Launch) String() string {
 	if l.Launcher == LaunchNone {
 		return "a single process (no launcher variables)"

@@ -108,6 +108,7 @@ func (c *localComm) Abort(reason string) {
 	}
 }
 
+// Close makes this rank's later calls fail with ErrClosed.
 func (c *localComm) Close() error { c.closed = true; return nil }
 
 // do joins this rank's call to the current round and waits for the round's result.

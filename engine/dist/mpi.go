@@ -267,6 +267,7 @@ func (c *mpiComm) Abort(reason string) {
 	os.Exit(134)
 }
 
+// Close calls MPI_Finalize on the MPI goroutine, which then ends.
 func (c *mpiComm) Close() error {
 	if c.closed {
 		return nil

@@ -1,6 +1,7 @@
 package dist
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -134,6 +135,7 @@ func cString(p uintptr) string {
 type ncclComm struct {
 	lib                   *ncclLib
 	dev                   Device
+	host                  Comm // the MPI communicator the unique id came over, closed with this one; or nil
 	comm                  uintptr
 	rank, size, localRank int
 	timeout               time.Duration
@@ -148,7 +150,7 @@ func NewNCCL(l Launch, dev Device, host Comm, opts Options) (Comm, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &ncclComm{lib: lib, dev: dev, rank: l.Rank, size: l.Size, localRank: l.LocalRank, timeout: opts.timeout()}
+	c := &ncclComm{lib: lib, dev: dev, host: host, rank: l.Rank, size: l.Size, localRank: l.LocalRank, timeout: opts.timeout()}
 	if host != nil {
 		c.rank, c.size = host.Rank(), host.Size()
 	}
@@ -337,17 +339,22 @@ func (c *ncclComm) Abort(reason string) {
 	os.Exit(134)
 }
 
+// Close destroys the NCCL communicator, then closes the MPI communicator it was made over.
 func (c *ncclComm) Close() error {
 	if c.closed {
 		return nil
 	}
 	c.closed = true
-	return c.dev.Do(func() error {
+	err := c.dev.Do(func() error {
 		if rc := ccall(c.lib.fn.commDestroy, c.comm); rc != 0 {
 			return fmt.Errorf("dist: ncclCommDestroy: %s", c.lib.errString(rc))
 		}
 		return nil
 	})
+	if c.host != nil {
+		err = errors.Join(err, c.host.Close())
+	}
+	return err
 }
 
 // NCCLVersion is the loaded NCCL's version code and path ("" for another backend).
