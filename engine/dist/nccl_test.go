@@ -1,11 +1,14 @@
 package dist
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -71,11 +74,7 @@ func TestNCCLCallsMatchNCCLHeader(t *testing.T) {
 		return out
 	}
 	// The id ncclGetUniqueId wrote (bytes 3i+1) reached ncclCommInitRank by value.
-	var sum uint64
-	for i := range 128 {
-		sum = sum*31 + uint64(byte(i*3+1))
-	}
-	if got, want := last(), [8]int64{1, 1, 0, int64(sum), 1, (127*3 + 1) & 0xff}; got != want {
+	if got, want := last(), [8]int64{1, 1, 0, int64(fakeIDSum()), 1, (127*3 + 1) & 0xff}; got != want {
 		t.Fatalf("ncclCommInitRank saw (call, nranks, rank, id checksum, id[0], id[127]) = %v, want %v", got[:6], want[:6])
 	}
 	send, recv := devF32{HostF32{1, 2, 3}}, devF32{HostF32{0, 0, 0}}
@@ -111,6 +110,59 @@ func TestNCCLCallsMatchNCCLHeader(t *testing.T) {
 	}
 	if got := last(); got[0] != 7 || got[1] != 1 {
 		t.Errorf("Close: the library saw %v, want ncclCommDestroy of the communicator", got[:2])
+	}
+}
+
+// fakeIDSum is the stand-in's checksum of the id its ncclGetUniqueId writes (bytes 3i+1).
+func fakeIDSum() uint64 {
+	var sum uint64
+	for i := range 128 {
+		sum = sum*31 + uint64(byte(i*3+1))
+	}
+	return sum
+}
+
+// TestNCCLUniqueIDOverMPI: under mpirun, rank 0's unique id reaches every rank's
+// ncclCommInitRank over MPI (ranks 1 and 2 never call ncclGetUniqueId, so without the broadcast
+// their id would be zeros).
+func TestNCCLUniqueIDOverMPI(t *testing.T) {
+	path := need(t, "mpirun", "PROLONG_REQUIRE_MPI", "apt-get install openmpi-bin libopenmpi-dev")
+	so := fakeNCCL(t)
+	bin := buildMPITest(t)
+	t.Setenv("PROLONG_NCCL", so)
+	code, out, _ := runJob(t, 3*time.Minute, path, "--allow-run-as-root", "--oversubscribe", "-x", "PROLONG_NCCL", "-np", "3", bin, "-mode", "ncclinit")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	for r := range 3 {
+		want := fmt.Sprintf("rank %d of 3: ncclCommInitRank(nranks 3, rank %d), id checksum %d\n", r, r, fakeIDSum())
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestNCCLUniqueIDOverTCP: without MPI (torchrun-style variables), rank 0's unique id reaches
+// every rank's ncclCommInitRank over the TCP rendezvous; rank 0 starts last.
+func TestNCCLUniqueIDOverTCP(t *testing.T) {
+	so := fakeNCCL(t)
+	bin := buildMPITest(t)
+	port := freePort(t)
+	outs, errs := make([][]byte, 3), make([]error, 3)
+	var wg sync.WaitGroup
+	for r := 2; r >= 0; r-- {
+		cmd := exec.Command(bin, "-mode", "ncclinit", "-timeout", "60s")
+		cmd.Env = append(os.Environ(), "PROLONG_NCCL="+so, fmt.Sprintf("RANK=%d", r), "WORLD_SIZE=3",
+			fmt.Sprintf("LOCAL_RANK=%d", r), "MASTER_ADDR=127.0.0.1", fmt.Sprintf("MASTER_PORT=%d", port))
+		wg.Go(func() { outs[r], errs[r] = cmd.CombinedOutput() })
+		time.Sleep(50 * time.Millisecond)
+	}
+	wg.Wait()
+	for r := range 3 {
+		want := fmt.Sprintf("rank %d of 3: ncclCommInitRank(nranks 3, rank %d), id checksum %d\n", r, r, fakeIDSum())
+		if errs[r] != nil || string(outs[r]) != want {
+			t.Errorf("rank %d: %v, output %q, want %q", r, errs[r], outs[r], want)
+		}
 	}
 }
 

@@ -27,7 +27,7 @@ int ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
 	the_comm.nranks = nranks; the_comm.rank = rank; the_comm.idsum = s;
 	*comm = &the_comm;
 	rec(1, nranks, rank, (long)s, (unsigned char)id.internal[0], (unsigned char)id.internal[127]);
-	return nranks == 1 && rank == 0 ? 0 : 5;
+	return rank >= 0 && rank < nranks ? 0 : 5;
 }
 
 int ncclAllReduce(const void *s, void *r, size_t n, int t, int op, ncclComm_t c, cudaStream_t st) {

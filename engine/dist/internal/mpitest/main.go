@@ -9,7 +9,10 @@
 // Mode check prints "rank R: ok N checks" and exits 0, or names the first mismatch and exits 1.
 // Mode timeout: rank 1 never joins rank 0's all-reduce, so rank 0's watchdog aborts the job.
 // Mode detect prints what dist.DetectEnv found and exits, without MPI; mode rendezvous shares
-// 128 bytes from rank 0 over TCP at MASTER_ADDR:MASTER_PORT (torchrun-style variables).
+// 128 bytes from rank 0 over TCP at MASTER_ADDR:MASTER_PORT (torchrun-style variables); mode
+// ncclinit makes the nccl communicator over the stand-in library of nccl_test.go (PROLONG_NCCL)
+// and prints the checksum of the unique id ncclCommInitRank received, which came from rank 0
+// over MPI under an MPI launcher and over TCP otherwise.
 package main
 
 import (
@@ -19,12 +22,14 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
+	"github.com/ebitengine/purego"
 	"github.com/prolong-rl/prolong/engine/dist"
 )
 
 func main() {
-	mode := flag.String("mode", "check", "check, timeout, bench, detect or rendezvous")
+	mode := flag.String("mode", "check", "check, timeout, bench, detect, rendezvous or ncclinit")
 	timeout := flag.Duration("timeout", time.Minute, "collective timeout")
 	flag.Parse()
 	l, err := dist.DetectEnv()
@@ -47,6 +52,12 @@ func main() {
 			fail(err)
 		}
 		fmt.Printf("rank %d of %d: %d bytes, first %d, last %d\n", l.Rank, l.Size, len(got), got[0], got[127])
+		return
+	}
+	if *mode == "ncclinit" {
+		if err := ncclInit(l, *timeout); err != nil {
+			fail(err)
+		}
 		return
 	}
 	c, err := dist.NewMPI(l, dist.Options{Timeout: *timeout})
@@ -279,4 +290,41 @@ func memBandwidth() float64 {
 		best = min(best, time.Since(t0).Seconds())
 	}
 	return 2 * float64(len(src)) / best
+}
+
+// hostDevice is a Device over host memory, for the stand-in NCCL library.
+type hostDevice struct{ scratch [1]float32 }
+
+func (*hostDevice) Ordinal() int            { return 0 }
+func (*hostDevice) Stream() uintptr         { return 0 }
+func (*hostDevice) Do(f func() error) error { return f() }
+func (*hostDevice) Synchronize() error      { return nil }
+func (d *hostDevice) Scratch(int) (uintptr, error) {
+	return uintptr(unsafe.Pointer(&d.scratch[0])), nil
+}
+
+func ncclInit(l dist.Launch, timeout time.Duration) error {
+	var host dist.Comm
+	if l.MPI {
+		var err error
+		if host, err = dist.NewMPI(l, dist.Options{Timeout: timeout}); err != nil {
+			return err
+		}
+	}
+	c, err := dist.NewNCCL(l, &hostDevice{}, host, dist.Options{Timeout: timeout})
+	if err != nil {
+		return err
+	}
+	lib, err := purego.Dlopen(os.Getenv("PROLONG_NCCL"), purego.RTLD_NOW)
+	if err != nil {
+		return err
+	}
+	last, err := purego.Dlsym(lib, "fake_last")
+	if err != nil {
+		return fmt.Errorf("PROLONG_NCCL is not the stand-in library: %w", err)
+	}
+	var rec [8]int64
+	purego.SyscallN(last, uintptr(unsafe.Pointer(&rec[0])))
+	fmt.Printf("rank %d of %d: ncclCommInitRank(nranks %d, rank %d), id checksum %d\n", c.Rank(), c.Size(), rec[1], rec[2], uint64(rec[3]))
+	return c.Close()
 }
