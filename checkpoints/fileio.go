@@ -11,9 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The file helpers below are the one implementation of house rule 12 (files that users keep
-// are written to a temporary name, fsynced and renamed) for every package of the module:
-// checkpoints itself, onnx, grpo and the tools. engine keeps none of its own.
+// The file helpers below are the one implementation, for every package of the module
+// (checkpoints itself, onnx, grpo and the tools; engine keeps none of its own), of the rule
+// that files users keep (checkpoints, exports, run logs) are written to a temporary name,
+// fsynced and renamed: a crash never leaves a half-written file under the real name.
 
 // testHookWriter, when set (by tests), wraps the writer of every atomically written file, to
 // inject failures midway.
