@@ -12,9 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // python3 finds the Python that runs the test reward programs (CI installs Debian's python3 and
@@ -346,8 +347,10 @@ func TestRegistryScoreBatch(t *testing.T) {
 	}
 }
 
-// spawnOrphan has the program start `sleep 777` in a session of its own and returns its pid
-// (a response "spawn:FILE"); the test kills it at the end, should it have outlived the program.
+// spawnOrphan has the program start `sleep 777` in a session of its own (a response
+// "spawn:FILE") and returns a pidfd of it: unlike its pid, which this busy machine may give to
+// another process once it has died, the pidfd names that process alone. The test kills it at the
+// end, should it have outlived the program.
 func spawnOrphan(t *testing.T, p BatchReward, dir, name string) int {
 	t.Helper()
 	file := filepath.Join(dir, name)
@@ -360,11 +363,41 @@ func spawnOrphan(t *testing.T, p BatchReward, dir, name string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); string(cmd) != "sleep\x00777\x00" {
-		t.Fatalf("control: process %d is %q, want sleep 777 running", pid, cmd)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("control: process %d: %v", pid, err)
 	}
-	return pid
+	t.Cleanup(func() {
+		unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		unix.Close(fd)
+	})
+	// Popen returns once the child has begun its exec; its command line shows a moment later.
+	// The process is running (the pidfd was opened), so its pid is still its own.
+	for t0 := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if string(cmd) == "sleep\x00777\x00" {
+			break
+		}
+		if time.Since(t0) > 5*time.Second {
+			t.Fatalf("control: process %d is %q, want sleep 777 running", pid, cmd)
+		}
+	}
+	if exited(fd, 0) {
+		t.Fatalf("control: process %d has exited", pid)
+	}
+	return fd
+}
+
+// exited says whether the process of pidfd fd exits within wait (a pidfd becomes readable when
+// its process has exited, whether or not it has been reaped yet).
+func exited(fd int, wait time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(wait/time.Millisecond))
+		if err != unix.EINTR {
+			return n == 1 && err == nil
+		}
+	}
 }
 
 // TestProgramDescendantsDie: a process that the reward program starts in a session of its own
@@ -377,15 +410,15 @@ func TestProgramDescendantsDie(t *testing.T) {
 	if _, err := p.ScoreBatch(context.Background(), rows("crash")); err == nil {
 		t.Fatal("crash: no error")
 	}
-	if alive(float64(orphan)) {
-		t.Errorf("process %d, started by the program, outlived its crash", orphan)
+	if !exited(orphan, 5*time.Second) {
+		t.Error("the process started by the program outlived its crash")
 	}
 	orphan = spawnOrphan(t, p, dir, "second") // on the restarted program
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if alive(float64(orphan)) {
-		t.Errorf("process %d, started by the program, outlived Close", orphan)
+	if !exited(orphan, 5*time.Second) {
+		t.Error("the process started by the program outlived Close")
 	}
 	if l := logs.String(); strings.Contains(l, "reaper") {
 		t.Errorf("the reaper complained:\n%s", l)
@@ -426,14 +459,24 @@ func TestProgramDescendantsDieWithTrainer(t *testing.T) {
 		}
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "pid"))
-	orphan, err := strconv.Atoi(string(b))
+	pid, err := strconv.Atoi(string(b))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(orphan, syscall.SIGKILL) })
+	orphan, err := unix.PidfdOpen(pid, 0) // the helper is alive, and so is its program's sleep
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.PidfdSendSignal(orphan, unix.SIGKILL, nil, 0)
+		unix.Close(orphan)
+	})
+	if exited(orphan, 0) {
+		t.Fatalf("control: process %d has exited before the trainer", pid)
+	}
 	trainer.Process.Kill()
 	trainer.Wait()
-	if alive(float64(orphan)) {
-		t.Errorf("process %d, started by the reward program, outlived the trainer", orphan)
+	if !exited(orphan, 5*time.Second) {
+		t.Errorf("process %d, started by the reward program, outlived the trainer", pid)
 	}
 }
