@@ -38,7 +38,9 @@ type ProgramConfig struct {
 // for concurrent use, and concurrent calls wait their turn.
 //
 // A program that crashes, times out, is cancelled or writes a line that is not an answer is
-// killed, and started again on the next call (the restart is logged). Close ends it.
+// killed, and started again on the next call (the restart is logged). Close ends it. Nothing the
+// program starts outlives it, even in a session of its own: it runs under a reaper
+// (program_reaper.go) that kills what it left when it exits, is killed, or the trainer dies.
 type Program struct {
 	cfg  ProgramConfig
 	log  *slog.Logger
@@ -169,7 +171,7 @@ func (p *Program) Close() error {
 		proc.kill()
 		return fmt.Errorf("reward program %q: still running %v after its stdin was closed; killed", p.cfg.Command, p.cfg.Grace)
 	}
-	proc.kill() // reaps the rest of its process group, if any
+	proc.kill() // ends what it left behind, if anything
 	if proc.waitErr != nil {
 		return fmt.Errorf("reward program %q: at exit: %w%s", p.cfg.Command, proc.waitErr, proc.stderrHint())
 	}
@@ -179,6 +181,7 @@ func (p *Program) Close() error {
 // process is one run of a reward program.
 type process struct {
 	cmd        *exec.Cmd
+	reaped     bool // cmd is the reaper of the program (program_reaper.go)
 	stdin      io.WriteCloser
 	lines      chan stdoutLine // lines of stdout, then the error that ended it
 	quit       chan struct{}   // closed by kill: the stdout reader stops
@@ -193,28 +196,53 @@ type stdoutLine struct {
 	err  error
 }
 
-// startProcess starts cfg.Command in its own process group (so that kill reaches its
-// children too), with its stdout and stderr read by goroutines.
+// startProcess starts cfg.Command under its reaper (program_reaper.go), which takes every
+// process the command leaves behind with it, in its own process group, with its stdout and
+// stderr read by goroutines. Where this binary cannot be started as the reaper, the command runs
+// without one (logged): then only its process group is killed.
 func startProcess(cfg ProgramConfig, log *slog.Logger) (*process, error) {
+	pr, err := startCommand(cfg, log, true)
+	if err != nil {
+		log.Warn("reward program: cannot start its reaper; running it without one, so processes it starts in a session of their own may outlive it", "err", err)
+		pr, err = startCommand(cfg, log, false)
+	}
+	return pr, err
+}
+
+// startCommand starts cfg.Command, under the reaper when reaped.
+func startCommand(cfg ProgramConfig, log *slog.Logger, reaped bool) (*process, error) {
 	cmd := exec.Command("/bin/sh", "-c", cfg.Command)
+	var lifeR, lifeW *os.File
+	if reaped {
+		var err error
+		if lifeR, lifeW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		defer lifeR.Close()
+		cmd = exec.Command("/proc/self/exe", "/bin/sh", "-c", cfg.Command)
+		cmd.Args[0] = programReaperName
+		cmd.ExtraFiles = []*os.File{lifeR}
+	}
 	cmd.Dir = cfg.Dir
 	// Python block-buffers a piped stdout; unbuffered, a forgotten flush cannot hang a batch.
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	// No Pdeathsig: it fires when the forking OS thread ends, which for a long-lived child
-	// would be a kill out of the blue. If we die, the program sees its stdin end instead.
+	// would be a kill out of the blue. If we die, the reaper sees its lifeline end, and the
+	// program its stdin.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
+		closeAll(lifeW)
 		return nil, err
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
+		closeAll(lifeW, stdin)
 		return nil, err
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		outR.Close()
-		outW.Close()
+		closeAll(lifeW, stdin, outR, outW)
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
@@ -222,19 +250,26 @@ func startProcess(cfg ProgramConfig, log *slog.Logger) (*process, error) {
 	outW.Close() // the child has its own copies; EOF comes when it exits
 	errW.Close()
 	if err != nil {
-		outR.Close()
-		errR.Close()
+		closeAll(lifeW, outR, errR)
 		return nil, fmt.Errorf("starting it: %w", err)
 	}
-	pr := &process{cmd: cmd, stdin: stdin, lines: make(chan stdoutLine), quit: make(chan struct{}),
+	pr := &process{cmd: cmd, stdin: stdin, reaped: reaped, lines: make(chan stdoutLine), quit: make(chan struct{}),
 		exited: make(chan struct{}), stderrDone: make(chan struct{})}
 	go pr.readStdout(outR)
 	go pr.readStderr(errR, log.With("pid", cmd.Process.Pid))
 	go func() {
 		pr.waitErr = cmd.Wait()
+		closeAll(lifeW) // held open until the reaper has exited
 		close(pr.exited)
 	}()
 	return pr, nil
+}
+
+// closeAll closes each closer (a nil *os.File answers ErrInvalid).
+func closeAll(cs ...io.Closer) {
+	for _, c := range cs {
+		_ = c.Close()
+	}
 }
 
 func (pr *process) pid() int { return pr.cmd.Process.Pid }
@@ -333,12 +368,27 @@ func (pr *process) stderrHint() string {
 	return fmt.Sprintf("; its last stderr line: %q", pr.lastStderr)
 }
 
-// kill ends the process's whole group and waits for the process to be reaped.
+// kill ends the program and every process it started, and waits for it to be reaped: its
+// reaper, told by SIGTERM, kills them all; without a reaper (or if it does not exit in time),
+// its process group is killed.
 func (pr *process) kill() {
 	select {
 	case <-pr.quit:
 	default:
 		close(pr.quit)
+	}
+	if pr.reaped {
+		select {
+		case <-pr.exited: // the reaper has taken every process of the program with it
+			return
+		default:
+		}
+		_ = pr.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-pr.exited:
+			return
+		case <-time.After(2 * reaperGrace):
+		}
 	}
 	_ = syscall.Kill(-pr.pid(), syscall.SIGKILL)
 	<-pr.exited

@@ -8,10 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // python3 finds the Python that runs the test reward programs (CI installs Debian's python3 and
@@ -340,5 +344,139 @@ func TestRegistryScoreBatch(t *testing.T) {
 	one, err := reg.Score(context.Background(), "prog/x", "ok", "ok", nil)
 	if err != nil || one.Score != 1 || one.Details["data_source"] != "prog/x" {
 		t.Errorf("Registry.Score through a program: %+v, %v", one, err)
+	}
+}
+
+// spawnOrphan has the program start `sleep 777` in a session of its own (a response
+// "spawn:FILE") and returns a pidfd of it: unlike its pid, which this busy machine may give to
+// another process once it has died, the pidfd names that process alone. The test kills it at the
+// end, should it have outlived the program.
+func spawnOrphan(t *testing.T, p BatchReward, dir, name string) int {
+	t.Helper()
+	file := filepath.Join(dir, name)
+	mustScore(t, p, rows("spawn:"+file))
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("control: process %d: %v", pid, err)
+	}
+	t.Cleanup(func() {
+		unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		unix.Close(fd)
+	})
+	// Popen returns once the child has begun its exec; its command line shows a moment later.
+	// The process is running (the pidfd was opened), so its pid is still its own.
+	for t0 := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if string(cmd) == "sleep\x00777\x00" {
+			break
+		}
+		if time.Since(t0) > 5*time.Second {
+			t.Fatalf("control: process %d is %q, want sleep 777 running", pid, cmd)
+		}
+	}
+	if exited(fd, 0) {
+		t.Fatalf("control: process %d has exited", pid)
+	}
+	return fd
+}
+
+// exited says whether the process of pidfd fd exits within wait (a pidfd becomes readable when
+// its process has exited, whether or not it has been reaped yet).
+func exited(fd int, wait time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(wait/time.Millisecond))
+		if err != unix.EINTR {
+			return n == 1 && err == nil
+		}
+	}
+}
+
+// TestProgramDescendantsDie: a process that the reward program starts in a session of its own
+// (out of reach of its process group) ends with the program: when the program crashes and is
+// restarted, and when it is closed.
+func TestProgramDescendantsDie(t *testing.T) {
+	p, logs := testProgram(t, 10*time.Second)
+	dir := t.TempDir()
+	orphan := spawnOrphan(t, p, dir, "first")
+	if _, err := p.ScoreBatch(context.Background(), rows("crash")); err == nil {
+		t.Fatal("crash: no error")
+	}
+	if !exited(orphan, 5*time.Second) {
+		t.Error("the process started by the program outlived its crash")
+	}
+	orphan = spawnOrphan(t, p, dir, "second") // on the restarted program
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !exited(orphan, 5*time.Second) {
+		t.Error("the process started by the program outlived Close")
+	}
+	if l := logs.String(); strings.Contains(l, "reaper") {
+		t.Errorf("the reaper complained:\n%s", l)
+	}
+}
+
+// TestProgramDescendantsDieWithTrainer: when the trainer dies without closing its reward
+// program (killed), what the program started in a session of its own ends too. The trainer is
+// this test binary, run again as a helper that starts the program and waits to be killed.
+func TestProgramDescendantsDieWithTrainer(t *testing.T) {
+	if dir := os.Getenv("PROLONG_PROGRAM_TEST_TRAINER"); dir != "" {
+		p, err := NewProgram(ProgramConfig{Command: python3(t) + " testdata/program.py"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spawnOrphan(t, p, dir, "pid")
+		os.WriteFile(filepath.Join(dir, "ready"), nil, 0o644)
+		time.Sleep(time.Minute)
+		return
+	}
+	python3(t)
+	dir := t.TempDir()
+	trainer := exec.Command("/proc/self/exe", "-test.run=^TestProgramDescendantsDieWithTrainer$")
+	trainer.Env = append(os.Environ(), "PROLONG_PROGRAM_TEST_TRAINER="+dir)
+	var out bytes.Buffer
+	trainer.Stdout, trainer.Stderr = &out, &out
+	if err := trainer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for t0 := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			trainer.Process.Kill()
+			trainer.Wait()
+			t.Fatalf("the helper trainer did not start its program:\n%s", out.String())
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "pid"))
+	pid, err := strconv.Atoi(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := unix.PidfdOpen(pid, 0) // the helper is alive, and so is its program's sleep
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.PidfdSendSignal(orphan, unix.SIGKILL, nil, 0)
+		unix.Close(orphan)
+	})
+	if exited(orphan, 0) {
+		t.Fatalf("control: process %d has exited before the trainer", pid)
+	}
+	trainer.Process.Kill()
+	trainer.Wait()
+	if !exited(orphan, 5*time.Second) {
+		t.Errorf("process %d, started by the reward program, outlived the trainer", pid)
 	}
 }

@@ -47,8 +47,9 @@ type SandboxConfig struct {
 	Concurrency int
 	// AllowUnsandboxed is the opt-out: when the namespaces cannot be made (a container whose
 	// seccomp or AppArmor profile forbids them, user namespaces disabled by a sysctl), runs go
-	// ahead as plain subprocesses with only the limits above, a directory of their own and, as
-	// root, a user of their own. Model code can then read this machine's world-readable files,
+	// ahead as plain subprocesses with only the limits above, a directory of their own, as
+	// root a user of their own, and the seccomp filter where the kernel allows it
+	// (Isolation.Seccomp). Model code can then read this machine's world-readable files,
 	// see its processes and reach its network: use it only on a throwaway machine. By default
 	// the sandbox refuses to run model code it cannot isolate, and says what to enable.
 	AllowUnsandboxed bool
@@ -97,6 +98,11 @@ type Isolation struct {
 	// Namespaces: each run has its own user, mount, PID, network, IPC, UTS and cgroup
 	// namespaces and a private root (see Sandbox). False only under AllowUnsandboxed.
 	Namespaces bool `json:"namespaces"`
+	// Seccomp: a run's system calls pass the sandbox's seccomp filter (sandbox_seccomp.go: no
+	// namespaces, mounts, tracing, BPF, perf events, keys, kernel modules, io_uring, raw, packet
+	// or netlink sockets). Always true with Namespaces; without them (AllowUnsandboxed), true
+	// where this kernel lets the filter be installed.
+	Seccomp bool `json:"seccomp"`
 	// OwnUser: a run's processes are host user BaseUID+slot (the process is root); false means
 	// this process's user (without the capabilities of root, when Namespaces is true).
 	OwnUser bool `json:"own_user"`
@@ -111,7 +117,11 @@ type Isolation struct {
 // or the run's own files). Its host name is "sandbox". The
 // program runs as root of its user namespace with no capabilities (bounding set empty,
 // no_new_privs, SECBIT_NOROOT locked), mapped to host uid BaseUID+slot when this process is
-// root. Nothing it writes survives the run, and no process outlives it: Python is PID 1 of the
+// root. It can make no namespaces of its own (which would give it every capability there): its
+// user namespace allows none (user.max_user_namespaces and the other limits are 0), and a
+// seccomp filter denies unshare, setns, clone with namespace flags, mount, ptrace, bpf,
+// perf_event_open, keyctl, kernel modules, io_uring, and raw, packet and netlink sockets
+// (sandbox_seccomp.go). Nothing it writes survives the run, and no process outlives it: Python is PID 1 of the
 // run's PID namespace, whose end kills every process left in it. Limits: a wall-clock and CPU
 // time limit, address space, processes and file size (setrlimit, applied by a prelude before
 // the program runs), the tmpfs size, captured output, and an empty environment.
@@ -153,18 +163,15 @@ func (s *Sandbox) Isolation() (Isolation, error) {
 }
 
 // probe runs an empty program in the sandbox; if that fails, the sandbox refuses model code
-// unless AllowUnsandboxed is set.
+// unless AllowUnsandboxed is set. Without namespaces, runs keep the seccomp filter where it can be
+// installed.
 func (s *Sandbox) probe() {
 	if _, err := os.Stat(s.cfg.Python); err != nil {
 		s.isoErr = fmt.Errorf("sandbox: Python interpreter %s: %w (install Debian's python3)", s.cfg.Python, err)
 		return
 	}
-	s.iso = Isolation{Namespaces: true, OwnUser: os.Geteuid() == 0}
-	r, err := s.run(context.Background(), 0, map[string]string{"main.py": ""}, nil)
-	if err == nil && r.ExitCode != 0 {
-		err = fmt.Errorf("an empty program exited with status %d: %s", r.ExitCode, bytes.TrimSpace(r.Stderr))
-	}
-	if err != nil {
+	s.iso = Isolation{Namespaces: true, Seccomp: true, OwnUser: os.Geteuid() == 0}
+	if err := s.runEmpty(); err != nil {
 		if !s.cfg.AllowUnsandboxed {
 			s.isoErr = fmt.Errorf("sandbox: cannot isolate model code, so it will not run it: %w; "+
 				"set SandboxConfig.AllowUnsandboxed to run it without isolation (unsafe)", err)
@@ -172,8 +179,22 @@ func (s *Sandbox) probe() {
 		}
 		s.iso.Namespaces = false
 		s.cfg.Logger.Warn("reward: code sandbox unavailable; running model code WITHOUT isolation (AllowUnsandboxed)", "err", err)
+		if err := s.runEmpty(); err != nil {
+			s.iso.Seccomp = false
+			s.cfg.Logger.Warn("reward: seccomp filter unavailable too; model code runs unfiltered (AllowUnsandboxed)", "err", err)
+		}
 	}
-	s.cfg.Logger.Info("reward: code sandbox", "python", s.cfg.Python, "namespaces", s.iso.Namespaces, "own_user", s.iso.OwnUser)
+	s.cfg.Logger.Info("reward: code sandbox", "python", s.cfg.Python, "namespaces", s.iso.Namespaces,
+		"seccomp", s.iso.Seccomp, "own_user", s.iso.OwnUser)
+}
+
+// runEmpty runs an empty program with the isolation of s.iso.
+func (s *Sandbox) runEmpty() error {
+	r, err := s.run(context.Background(), 0, map[string]string{"main.py": ""}, nil)
+	if err == nil && r.ExitCode != 0 {
+		err = fmt.Errorf("an empty program exited with status %d: %s", r.ExitCode, bytes.TrimSpace(r.Stderr))
+	}
+	return err
 }
 
 // RunResult is the outcome of one sandboxed run.
@@ -372,7 +393,8 @@ func namespaceHint(procSys string, root bool) string {
 }
 
 // hostCommand returns the command of an unisolated run (AllowUnsandboxed): Python in a fresh
-// host directory, as user BaseUID+slot when this process is root. finish removes the directory.
+// host directory, as user BaseUID+slot when this process is root, under the seccomp filter when
+// s.iso.Seccomp. finish removes the directory.
 func (s *Sandbox) hostCommand(ctx context.Context, slot int, code string, files map[string]string) (*exec.Cmd, func() error, error) {
 	dir, err := os.MkdirTemp("", "prolong-sandbox-")
 	if err != nil {
@@ -389,10 +411,22 @@ func (s *Sandbox) hostCommand(ctx context.Context, slot int, code string, files 
 		return nil, nil, err
 	}
 	cmd := exec.CommandContext(ctx, s.cfg.Python, "-I", "-B", "-c", code)
+	if s.iso.Seccomp {
+		cmd = filteredCommand(ctx, s.cfg.Python, "-I", "-B", "-c", code)
+	}
 	cmd.Dir = dir
 	cmd.Env = sandboxEnv(dir, dir)
 	cmd.SysProcAttr = attr
 	return cmd, finish, nil
+}
+
+// filteredCommand returns the command that runs name with args under the sandbox's seccomp
+// filter: this binary, started as the filter's init (sandboxFilterName), installs the filter and
+// execs name.
+func filteredCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "/proc/self/exe", append([]string{name}, args...)...)
+	cmd.Args[0] = sandboxFilterName
+	return cmd
 }
 
 // writeHostFiles writes the run's files into dir, owned by the run's user when it has one.

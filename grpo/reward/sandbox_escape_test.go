@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The payloads of issue 20's adversarial probe, run through the real sandbox: each must stay
@@ -298,6 +301,14 @@ func TestSandboxFailsClosed(t *testing.T) {
 	if _, err := os.Stat(mark); err != nil {
 		t.Errorf("opt-out: the unisolated run did not write %s on the host: %v", mark, err)
 	}
+	// Without namespaces, runs still pass the seccomp filter: no user namespace of their own.
+	r, err = sb.Run(context.Background(), map[string]string{"main.py": `import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+print(st["Seccomp"].strip(), libc.unshare(0x10000000), errno.errorcode.get(ctypes.get_errno()))`}, nil)
+	if iso, _ := sb.Isolation(); err != nil || !iso.Seccomp || string(r.Stdout) != "2 -1 EPERM\n" {
+		t.Errorf("opt-out: isolation %+v, run %q %s (%v); want seccomp mode 2 and unshare failing with EPERM", iso, r.Stdout, r.Stderr, err)
+	}
 }
 
 func TestNamespaceHint(t *testing.T) {
@@ -395,5 +406,161 @@ if __name__ == "__main__":
 	}
 	if r.ExitCode != 0 || !strings.HasPrefix(string(r.Stdout), want) {
 		t.Errorf("runtime: exit %d stdout %q, want %q; stderr %s", r.ExitCode, r.Stdout, want, r.Stderr)
+	}
+}
+
+// escapeProbe is the payload of issue 30's probe: gain() takes a user namespace of its own (the
+// raw unshare(2) call, then its uid and gid maps) and, inside it, new mount, network and UTS
+// namespaces, as a program that wants capabilities would; call() runs one system call through
+// ctypes and gives [return value, errno name]. nr holds this machine's system call numbers.
+// The probe runs after gain(), or before it when early is True (a clone with CLONE_NEWUSER,
+// which works only before: the maps of a user namespace made by unshare do not map the uid of
+// the one above).
+const escapeProbe = `import ctypes, errno, json, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+nr = json.loads(%q)
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x20000, 0x04000000, 0x10000000, 0x40000000, 17
+def call(f, *args):
+    ctypes.set_errno(0)
+    r = f(*args)
+    return [r, errno.errorcode.get(ctypes.get_errno(), "") if r == -1 else ""]
+def gain():
+    out = [call(libc.unshare, CLONE_NEWUSER)]
+    for p, s in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", "0 0 1"), ("/proc/self/gid_map", "0 0 1")):
+        try:
+            with open(p, "w") as f:
+                f.write(s)
+            out.append("wrote " + p)
+        except OSError as e:
+            out.append(p + ": " + errno.errorcode[e.errno])
+    out.append(call(libc.unshare, CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS))
+    return out
+def fork_call(r):
+    # A raw clone returns 0 in the child, which must not run the rest of this program.
+    if r == 0:
+        os._exit(0)
+    if r > 0:
+        os.waitpid(r, 0)
+        return [r, ""]
+    return [r, errno.errorcode.get(ctypes.get_errno(), "")]
+def clone(flags):
+    ctypes.set_errno(0)
+    return fork_call(libc.syscall(nr["clone"], flags | SIGCHLD, 0, 0, 0, 0))
+def clone3(flags):
+    args = ctypes.create_string_buffer(struct.pack("11Q", flags, 0, 0, 0, SIGCHLD, 0, 0, 0, 0, 0, 0), 88)
+    ctypes.set_errno(0)
+    return fork_call(libc.syscall(nr["clone3"], args, 88))
+def bpf_map():
+    attr = ctypes.create_string_buffer(struct.pack("4I", 2, 4, 4, 1), 72)  # BPF_MAP_CREATE of an array
+    return call(libc.syscall, nr["bpf"], 0, attr, 72)
+def perf():
+    attr = ctypes.create_string_buffer(128)  # a software CPU clock of this process, user space only
+    struct.pack_into("IIQ", attr, 0, 1, 128, 0)
+    struct.pack_into("Q", attr, 40, 1 | 1 << 5 | 1 << 6)
+    return call(libc.syscall, nr["perf_event_open"], attr, 0, -1, -1, 0)
+def status():
+    st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+    try:
+        userns = open("/proc/sys/user/max_user_namespaces").read().strip()
+    except OSError as e:
+        userns = errno.errorcode[e.errno]
+    return {"capeff": st["CapEff"].strip(), "seccomp": st["Seccomp"].strip(), "max_user_namespaces": userns}
+early = %s
+if early:
+    probe = %s
+print(json.dumps({"gain": gain(), "status": status()}), flush=True)
+if not early:
+    probe = %[3]s
+print(json.dumps({"probe": probe, "status": status()}), flush=True)
+`
+
+// escapeSyscalls are the system call numbers the probe needs (this machine's, from x/sys).
+func escapeSyscalls() string {
+	b, _ := json.Marshal(map[string]uintptr{"clone": unix.SYS_CLONE, "clone3": unix.SYS_CLONE3, "bpf": unix.SYS_BPF,
+		"perf_event_open": unix.SYS_PERF_EVENT_OPEN, "keyctl": unix.SYS_KEYCTL, "init_module": unix.SYS_INIT_MODULE,
+		"unshare": unix.SYS_UNSHARE})
+	return string(b)
+}
+
+// TestSandboxNoNestedNamespaces: issue 30's probe. Model code must not make a user namespace of
+// its own (which gives it every capability there, and with them the kernel's namespace, mount,
+// netfilter and raw-socket code), nor reach the other system calls that container escapes go
+// through. Each row first tries to gain capabilities that way (which must fail), then makes its
+// call (which must fail with the errno given, from the seccomp filter); the program's effective
+// capabilities stay empty, its seccomp mode is 2 (filter) and it may make no user namespaces.
+func TestSandboxNoNestedNamespaces(t *testing.T) {
+	testSandbox(t) // skips without Python
+	// Time enough for ctypes on a loaded machine.
+	sb := NewSandbox(SandboxConfig{Timeout: 10 * time.Second, BaseUID: testBaseUID})
+	type row struct {
+		name, probe, want string // want: the errno name, or "killed" (by the filter, SIGSYS)
+		early             bool   // the probe runs before gain()
+	}
+	rows := []row{
+		{"unshare user", "call(libc.unshare, CLONE_NEWUSER)", "EPERM", false},
+		{"unshare mount", "call(libc.unshare, CLONE_NEWNS)", "EPERM", false},
+		{"unshare net", "call(libc.unshare, CLONE_NEWNET)", "EPERM", false},
+		{"setns", `call(libc.setns, os.open("/proc/self/ns/uts", os.O_RDONLY), CLONE_NEWUTS)`, "EPERM", false},
+		{"mount", `call(libc.mount, b"none", b"/tmp", b"tmpfs", 0, None)`, "EPERM", false},
+		{"ptrace", "call(libc.ptrace, 0, 0, None, None)", "EPERM", false}, // PTRACE_TRACEME
+		{"bpf", "bpf_map()", "EPERM", false},
+		{"perf_event_open", "perf()", "EPERM", false},
+		{"keyctl", `call(libc.syscall, nr["keyctl"], 1, None)`, "EPERM", false}, // KEYCTL_JOIN_SESSION_KEYRING
+		{"AF_PACKET", "call(libc.socket, 17, 3, 0x0300)", "EPERM", false},       // SOCK_RAW, htons(ETH_P_ALL)
+		{"AF_NETLINK", "call(libc.socket, 16, 3, 12)", "EPERM", false},          // NETLINK_NETFILTER
+		{"SOCK_RAW", "call(libc.socket, 2, 3, 1)", "EPERM", false},              // AF_INET, IPPROTO_ICMP
+		{"init_module", `call(libc.syscall, nr["init_module"], None, 0, b"")`, "EPERM", false},
+		{"clone CLONE_NEWUSER", "clone(CLONE_NEWUSER)", "EPERM", true},
+		{"clone3 CLONE_NEWUSER", "clone3(CLONE_NEWUSER)", "ENOSYS", true}, // libc then falls back to clone
+	}
+	if runtime.GOARCH == "amd64" {
+		// The x32 ABI (the syscall number's bit 30) would bypass a filter that checks numbers only.
+		rows = append(rows, row{"x32 unshare", `call(libc.syscall, 0x40000000 | nr["unshare"], CLONE_NEWUSER)`, "killed", false})
+	}
+	for _, tc := range rows {
+		t.Run(tc.name, func(t *testing.T) {
+			early := map[bool]string{false: "False", true: "True"}[tc.early]
+			r := run(t, sb, fmt.Sprintf(escapeProbe, escapeSyscalls(), early, tc.probe), "")
+			lines := strings.Split(strings.TrimSpace(string(r.Stdout)), "\n")
+			type status struct {
+				CapEff, Seccomp string
+				UserNS          string `json:"max_user_namespaces"`
+			}
+			var first struct {
+				Gain   []json.RawMessage
+				Status status
+			}
+			if err := json.Unmarshal([]byte(lines[0]), &first); err != nil || len(first.Gain) != 5 {
+				t.Fatalf("payload failed: exit %d (timed out: %v) stdout %q stderr %s", r.ExitCode, r.TimedOut, r.Stdout, r.Stderr)
+			}
+			t.Logf("%s", lines[0])
+			var unshare []any
+			if json.Unmarshal(first.Gain[0], &unshare) != nil || fmt.Sprint(unshare) != "[-1 EPERM]" {
+				t.Errorf("unshare(CLONE_NEWUSER) = %s, want [-1 EPERM]", first.Gain[0])
+			}
+			want := status{CapEff: "0000000000000000", Seccomp: "2", UserNS: "0"}
+			if first.Status != want {
+				t.Errorf("after trying to gain capabilities: %+v, want %+v", first.Status, want)
+			}
+			if tc.want == "killed" {
+				if r.ExitCode != -1 || r.TimedOut || len(lines) != 1 {
+					t.Errorf("%s: exit %d, stdout %q; want the program killed by the filter", tc.probe, r.ExitCode, r.Stdout)
+				}
+				return
+			}
+			var second struct {
+				Probe  []any
+				Status status
+			}
+			if len(lines) != 2 || json.Unmarshal([]byte(lines[1]), &second) != nil {
+				t.Fatalf("payload failed: exit %d stdout %q stderr %s", r.ExitCode, r.Stdout, r.Stderr)
+			}
+			if got := fmt.Sprint(second.Probe); got != fmt.Sprintf("[-1 %s]", tc.want) {
+				t.Errorf("%s = %s, want [-1 %s]", tc.probe, got, tc.want)
+			}
+			if second.Status != want {
+				t.Errorf("after the call: %+v, want %+v", second.Status, want)
+			}
+		})
 	}
 }

@@ -16,13 +16,19 @@ import (
 // sandboxInitName, in new user, mount, PID, network, IPC, UTS and cgroup namespaces, as root of
 // its user namespace. Package initialisation hands over to sandboxInit before main (or the test
 // runner) starts, so every binary that links this package, test binaries included, can be the
-// sandbox's init. The init builds a private root, drops every privilege and execs Python, which
+// sandbox's init. The init builds a private root, forbids nested namespaces, drops every
+// privilege, installs the seccomp filter (sandbox_seccomp.go) and execs Python, which
 // becomes PID 1 of the run's PID namespace: when it exits, the kernel kills whatever it left.
 //
 // Its command line is: sandboxInitName TMPFS-BYTES PROGRAM ARGS...; fd 3 holds the run's files
 // as a JSON object (name -> content), fd 4 takes the text of an error when set-up fails (it is
 // closed by a successful exec, so the program never holds it).
 const sandboxInitName = "prolong-sandbox-init"
+
+// sandboxFilterName is argv[0] of the filter's own init, for runs without namespaces
+// (AllowUnsandboxed): it installs the seccomp filter (sandbox_seccomp.go) and execs its
+// command line, PROGRAM ARGS... Its set-up error goes to stderr, after "prolong-sandbox-filter: ".
+const sandboxFilterName = "prolong-sandbox-filter"
 
 // Paths inside the sandbox.
 const (
@@ -42,6 +48,20 @@ func init() {
 	if len(os.Args) > 0 && os.Args[0] == sandboxInitName {
 		sandboxInit()
 	}
+	if len(os.Args) > 1 && os.Args[0] == sandboxFilterName {
+		sandboxFilter()
+	}
+}
+
+// sandboxFilter installs the seccomp filter and execs os.Args[1:]; it returns only by exiting.
+func sandboxFilter() {
+	runtime.LockOSThread()
+	err := installSeccomp()
+	if err == nil {
+		err = syscall.Exec(os.Args[1], os.Args[1:], os.Environ())
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", sandboxFilterName, err)
+	os.Exit(127)
 }
 
 // sandboxInit sets the sandbox up and execs the program; it returns only by exiting.
@@ -51,6 +71,10 @@ func sandboxInit() {
 	status := os.NewFile(4, "status")
 	syscall.CloseOnExec(4)
 	err := enterSandbox(os.Args[1:])
+	if err == nil {
+		// Last, as it forbids mount(2): the filter (sandbox_seccomp.go), for Python and all it starts.
+		err = installSeccomp()
+	}
 	if err == nil {
 		err = syscall.Exec(os.Args[2], os.Args[2:], os.Environ())
 		err = fmt.Errorf("exec %s: %w (the interpreter must lie under %v, the sandbox's read-only runtime)", os.Args[2], err, runtimeDirs)
@@ -76,6 +100,9 @@ func enterSandbox(args []string) error {
 		return err
 	}
 	if err := pivotInto(stagingDir); err != nil {
+		return err
+	}
+	if err := forbidNamespaces("/proc/sys/user"); err != nil {
 		return err
 	}
 	return dropPrivileges()
@@ -230,6 +257,25 @@ func pivotInto(root string) error {
 		return fmt.Errorf("detaching the host's root: %w", err)
 	}
 	return unix.Chdir(sandboxDir)
+}
+
+// nestedNamespaceLimits are the sysctls (under /proc/sys/user) that bound how many namespaces of
+// each kind the run's user namespace and those below it may make.
+var nestedNamespaceLimits = []string{"max_user_namespaces", "max_mnt_namespaces", "max_pid_namespaces",
+	"max_net_namespaces", "max_ipc_namespaces", "max_uts_namespaces", "max_cgroup_namespaces", "max_time_namespaces"}
+
+// forbidNamespaces sets every limit of nestedNamespaceLimits to 0 in the run's own user
+// namespace (they are per user namespace; the run's init holds CAP_SYS_RESOURCE there until its
+// exec, the program never does, so it cannot raise them again). With them, a run can make no
+// namespace even where the seccomp filter would let it; a limit the kernel lacks is skipped.
+func forbidNamespaces(dir string) error {
+	for _, name := range nestedNamespaceLimits {
+		err := os.WriteFile(filepath.Join(dir, name), []byte("0"), 0)
+		if err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("forbidding nested namespaces: %w", err)
+		}
+	}
+	return nil
 }
 
 // dropPrivileges leaves the program no capabilities, even as root of its user namespace: it

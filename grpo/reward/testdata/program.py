@@ -2,6 +2,7 @@
 # responses make it misbehave on purpose. Score: 1 when the response equals the ground truth.
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -18,6 +19,12 @@ for line in sys.stdin:
         if r == "badjson":
             print("this is not json")
             break
+        if r.startswith("spawn:"):
+            # A process in a session of its own, out of reach of a kill of the program's
+            # process group; its pid goes to the file named.
+            child = subprocess.Popen(["sleep", "777"], start_new_session=True)
+            with open(r[len("spawn:"):], "w") as f:
+                f.write(str(child.pid))
         if r.startswith("stderr:"):
             print(r[len("stderr:"):], file=sys.stderr)
         res = {"score": 1.0 if r == row["ground_truth"] else 0.0, "pid": os.getpid(),
