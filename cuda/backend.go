@@ -361,8 +361,9 @@ func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
 	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
 }
 
-// launch enqueues kernel name on a grid of blocks of threads.
-func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
+// launch enqueues kernel name on a grid of blocks of threads, its arguments in their 8-byte
+// slots (args.go). Only the typed launchers of launchers_gen.go call it.
+func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) {
 	if b.err != nil {
 		return
 	}
@@ -373,10 +374,7 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
 	if !ok {
 		panic("cuda: no kernel " + name)
 	}
-	k, err := packArgs(args...)
-	if err != nil {
-		panic(err)
-	}
+	k := packArgs(args)
 	ev := b.profStart()
 	r := call(b.drv.launchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 		uintptr(threads), 1, 1, 0, b.strm, uintptr(k.params()), 0)
@@ -452,7 +450,7 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 		p := b.devAlloc(max(n/2, 4))
 		if p != 0 && len(data) > 0 {
 			src := b.floats(data)
-			b.launch("f32_to_bf16_kernel", b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
+			b.launchF32ToBf16Kernel(b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
 		}
 		t.Buf = b.newBuf(p, n/2)
 	} else {

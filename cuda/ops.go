@@ -23,7 +23,7 @@ func (b *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
 	}
 	defer b.leave()
 	touched(out)
-	b.launch("gather_rows", [3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
+	b.launchGatherRows([3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
 }
 
 // bf16Copy returns the bf16 storage of a matmul operand: its own for a BF16 weight, else a
@@ -40,7 +40,7 @@ func (b *Backend) bf16Copy(w *engine.Tensor) dptr {
 		bf.bfVer = bf.ver - 1
 	}
 	if bf.bfVer != bf.ver {
-		b.launch("f32_to_bf16_kernel", b.gridFor(int64(w.Len())), 256, dptr(bf.bf), dptr(bf.ptr), int64(w.Len()))
+		b.launchF32ToBf16Kernel(b.gridFor(int64(w.Len())), 256, dptr(bf.bf), dptr(bf.ptr), int64(w.Len()))
 		bf.bfVer = bf.ver
 	}
 	return dptr(bf.bf)
@@ -106,9 +106,9 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 		}
 		grid := [3]int{(n + 8/wpr - 1) / (8 / wpr), 1, 1}
 		if b.useBF16(w) {
-			b.launch("gemv_bf16", grid, 256, ptr(out), ptr(x), b.bf16Copy(w), int32(m), int32(n), int32(k), int32(wpr))
+			b.launchGemvBf16(grid, 256, ptr(out), ptr(x), b.bf16Copy(w), int32(m), int32(n), int32(k), int32(wpr))
 		} else {
-			b.launch("gemv_f32", grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k), int32(wpr))
+			b.launchGemvF32(grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k), int32(wpr))
 		}
 		return
 	}
@@ -131,7 +131,7 @@ func (b *Backend) AddBias(x, bias *engine.Tensor) {
 	}
 	defer b.leave()
 	n := int64(x.Len())
-	b.launch("add_bias", b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
+	b.launchAddBias(b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
 	touched(x)
 }
 
@@ -144,7 +144,7 @@ func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 	defer b.leave()
 	touched(out)
 	n := w.Len()
-	b.launch("rmsnorm", [3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
+	b.launchRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
 }
 
 // RoPE implements engine.Backend.
@@ -156,7 +156,7 @@ func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 	defer b.leave()
 	touched(x)
 	pairs := int64(len(pos)) * int64(x.Cols()/2)
-	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
+	b.launchRope(b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
 		int32(len(pos)), int32(x.Cols()), int32(headDim))
 }
 
@@ -169,7 +169,7 @@ func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 	defer b.leave()
 	touched(out)
 	n := int64(out.Len())
-	b.launch("swiglu", b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
+	b.launchSwiglu(b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
 }
 
 // Add implements engine.Backend.
@@ -180,7 +180,7 @@ func (b *Backend) Add(out, x, y *engine.Tensor) {
 	}
 	defer b.leave()
 	n := int64(out.Len())
-	b.launch("add", b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
+	b.launchAdd(b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
 	touched(out)
 }
 
@@ -292,15 +292,15 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	}
 	defer b.leave()
 	touched(out)
-	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+	b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
 		b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
 	scale := float32(1 / math.Sqrt(float64(dh)))
 	if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
-		b.launch("attn_paged_gqa", [3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+		b.launchAttnPagedGqa([3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 			b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 		return
 	}
-	b.launch("attn_paged", [3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+	b.launchAttnPaged([3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 		b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 }
 
@@ -349,10 +349,10 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 		dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
 		du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
 		if si == 0 {
-			b.launch("sample_rows", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+			b.launchSampleRows([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
 				b.floats(temps), du, int32(V))
 		} else {
-			b.launch("sample_topkp", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+			b.launchSampleTopkp([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
 				b.floats(temps), b.ints(topks), b.floats(topps), du, int32(V))
 		}
 		gotIDs, gotLps := make([]int32, n), make([]float32, n)
@@ -389,7 +389,7 @@ func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature f
 	}
 	defer b.leave()
 	dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
-	b.launch("logprobs", [3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
+	b.launchLogprobs([3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
 	b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
 	b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
 	return lp, ent, b.err

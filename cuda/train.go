@@ -91,8 +91,8 @@ func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 	m := dy.Len() / n
 	z := b.colSplits(m, n)
 	part := dptr(b.tmp(uint64(8 * z * n)))
-	b.launch("bias_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, ptr(dy), int32(m), int32(n))
-	b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), part, int32(z), int32(n))
+	b.launchBiasDwPart([3]int{(n + 255) / 256, z, 1}, 256, part, ptr(dy), int32(m), int32(n))
+	b.launchColsumAdd([3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), part, int32(z), int32(n))
 	touched(db)
 }
 
@@ -107,16 +107,16 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 	n := w.Len()
 	groups := x.Len() / n
 	stats := dptr(b.tmp(uint64(16 * max(groups, 1))))
-	b.launch("rmsnorm_bwd_stats", [3]int{groups, 1, 1}, 256, stats, ptr(dy), ptr(x), ptr(w), int32(n), eps)
+	b.launchRmsnormBwdStats([3]int{groups, 1, 1}, 256, stats, ptr(dy), ptr(x), ptr(w), int32(n), eps)
 	if dw != nil {
 		z := b.colSplits(groups, n)
 		part := dptr(b.tmp(uint64(8 * z * n)))
-		b.launch("rmsnorm_bwd_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, stats, ptr(dy), ptr(x), int32(groups), int32(n))
-		b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), part, int32(z), int32(n))
+		b.launchRmsnormBwdDwPart([3]int{(n + 255) / 256, z, 1}, 256, part, stats, ptr(dy), ptr(x), int32(groups), int32(n))
+		b.launchColsumAdd([3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), part, int32(z), int32(n))
 		touched(dw)
 	}
 	total := int64(x.Len())
-	b.launch("rmsnorm_bwd_dx", b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
+	b.launchRmsnormBwdDx(b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
 	touched(dx)
 }
 
@@ -129,7 +129,7 @@ func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	defer b.leave()
 	touched(dgate, dup)
 	n := int64(dout.Len())
-	b.launch("swiglu_bwd", b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
+	b.launchSwigluBwd(b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
 }
 
 // scatterMeta groups rows by destination: [uniq[U] | starts[U+1] | order[R]], destinations
@@ -168,7 +168,7 @@ func (b *Backend) ScatterAddRows(out, x *engine.Tensor, rows []int32) {
 		return
 	}
 	defer b.leave()
-	b.launch("scatter_add_rows", [3]int{u, 1, 1}, 256, ptr(out), ptr(x), b.ints(meta), int32(u), int32(x.Cols()))
+	b.launchScatterAddRows([3]int{u, 1, 1}, 256, ptr(out), ptr(x), b.ints(meta), int32(u), int32(x.Cols()))
 	touched(out)
 }
 
@@ -188,7 +188,7 @@ func (b *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 	if dent != nil {
 		de = b.floats(dent)
 	}
-	b.launch("logprobs_bwd", [3]int{R, 1, 1}, 1024, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
+	b.launchLogprobsBwd([3]int{R, 1, 1}, 1024, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
 		int32(V), temperature)
 }
 
@@ -202,7 +202,7 @@ func (b *Backend) SumSquares(x *engine.Tensor) float64 {
 	n := int64(x.Len())
 	grid := b.gridFor(n)
 	part := b.tmp(uint64(8 * grid[0]))
-	b.launch("sumsq_partial", grid, 256, dptr(part), ptr(x), n)
+	b.launchSumsqPartial(grid, 256, dptr(part), ptr(x), n)
 	host := make([]float64, grid[0])
 	b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))
 	if b.err != nil {
@@ -223,7 +223,7 @@ func (b *Backend) Scale(x *engine.Tensor, s float32) {
 	}
 	defer b.leave()
 	n := int64(x.Len())
-	b.launch("scale", b.gridFor(n), 256, ptr(x), s, n)
+	b.launchScale(b.gridFor(n), 256, ptr(x), s, n)
 	touched(x)
 }
 
@@ -250,7 +250,7 @@ func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	defer b.leave()
 	touched(m, v)
 	n := int64(p.Len())
-	b.launch("adamw", b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
+	b.launchAdamw(b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
 		float32(1-h.LR*h.WeightDecay), float32(h.Beta1), float32(h.Beta2), float32(1-h.Beta1), float32(1-h.Beta2),
 		float32(h.LR/h.BC1), float32(1/math.Sqrt(h.BC2)), float32(h.Eps))
 	touched(p)
@@ -341,7 +341,7 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 	touched(out, lse)
 	scale := float32(1 / math.Sqrt(float64(sh.dh)))
 	if len(long) < len(seqStart)-1 {
-		b.launch("attn_train", [3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
+		b.launchAttnTrain([3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
 			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
 	}
 	if len(long) == 0 {
@@ -356,7 +356,7 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 		for j := 0; j < sh.nkv; j++ {
 			h0 := j * sh.group
 			b.scores(S, q, k, sh, t0, L, j, scale)
-			b.launch("attn_softmax_causal", [3]int{L, sh.group, 1}, 256, dptr(S), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+			b.launchAttnSoftmaxCausal([3]int{L, sh.group, 1}, 256, dptr(S), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
 			// Oᵀ[Dh, L] = Vᵀ[Dh, L]·Pᵀ (P row-major is Pᵀ column-major).
 			b.gemm("attention PV", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
 				a: offset(v, t0, j*sh.dh, sh.nkv*sh.dh), aType: dtF32, lda: sh.nkv * sh.dh,
@@ -384,12 +384,12 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 	touched(dq, dk, dv)
 	scale := float32(1 / math.Sqrt(float64(sh.dh)))
 	D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))
-	b.launch("attn_rowdot", [3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))
+	b.launchAttnRowdot([3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))
 	if len(long) < len(seqStart)-1 {
 		md := b.constInts(meta)
-		b.launch("attn_bwd_dq", [3]int{sh.T, sh.nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
+		b.launchAttnBwdDq([3]int{sh.T, sh.nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
 			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
-		b.launch("attn_bwd_dkv", [3]int{sh.T, sh.nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
+		b.launchAttnBwdDkv([3]int{sh.T, sh.nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
 			int32(sh.T), int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
 	}
 	if len(long) == 0 {
@@ -409,13 +409,13 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 		for j := 0; j < sh.nkv; j++ {
 			h0 := j * sh.group
 			b.scores(P, q, k, sh, t0, L, j, scale)
-			b.launch("attn_probs", [3]int{L, sh.group, 1}, 256, dptr(P), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+			b.launchAttnProbs([3]int{L, sh.group, 1}, 256, dptr(P), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
 			// dP = dO·Vᵀ, as the scores with dO for Q and V for K.
 			b.gemm("attention dP", gemm{transA: opT, transB: opN, m: L, n: L, k: sh.dh,
 				a: offset(v, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
 				b: offset(dout, t0, h0*sh.dh, qw), bType: dtF32, ldb: qw, strideB: int64(sh.dh),
 				c: dP, cType: dtF32, ldc: L, strideC: LL, batch: sh.group, compute: b.attnCompute()})
-			b.launch("attn_dsoftmax", [3]int{L, sh.group, 1}, 256, dptr(dP), dptr(P), D, scale, int32(L), int32(t0), int32(sh.nh), int32(h0))
+			b.launchAttnDsoftmax([3]int{L, sh.group, 1}, 256, dptr(dP), dptr(P), D, scale, int32(L), int32(t0), int32(sh.nh), int32(h0))
 			// dQᵀ[Dh, L] = Kᵀ[Dh, L]·dSᵀ.
 			b.gemm("attention dQ", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
 				a: offset(k, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
@@ -425,8 +425,8 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 			// dK = Σ_i dS_iᵀ·Q_i and dV = Σ_i P_iᵀ·dO_i over the group's heads, as one matmul
 			// each over the heads stacked: dKᵀ[Dh, L] = Q_stackedᵀ[Dh, G·L]·dS_stacked[G·L, L].
 			n := int64(sh.group) * int64(L) * int64(sh.dh)
-			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackQ), ptr(q), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
-			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackO), ptr(dout), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+			b.launchStackHeads(b.gridFor(n), 256, dptr(stackQ), ptr(q), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+			b.launchStackHeads(b.gridFor(n), 256, dptr(stackO), ptr(dout), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
 			b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
 				a: stackQ, aType: dtF32, lda: sh.dh, b: dP, bType: dtF32, ldb: L,
 				c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
