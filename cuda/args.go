@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"fmt"
 	"math"
 	"unsafe"
 )
@@ -11,38 +10,30 @@ type dptr uint64
 
 // kernelArgs packs kernel arguments for cuLaunchKernel, whose kernelParams is an array of
 // pointers, one per parameter, each to a value of the parameter's size. Every value gets an
-// 8-byte slot (little-endian: a 4-byte parameter reads the low half). Go types map to CUDA
-// parameter types one to one: dptr -> T*, int32 -> int, int64 -> long long, float32 -> float,
-// float64 -> double, uint32 -> unsigned. Go's int is refused, so that no width is guessed.
+// 8-byte slot (little-endian: a 4-byte parameter reads the low half). The typed launchers of
+// launchers_gen.go fill the slots with the argX functions below, one per Go type, which map to
+// the C parameter types one to one: dptr -> T*, int32 -> int, uint32 -> unsigned, int64 ->
+// long long, uint64 -> unsigned long long, float32 -> float, float64 -> double.
 type kernelArgs struct {
 	vals []uint64
 	ptrs []unsafe.Pointer
 }
 
-func packArgs(args ...any) (*kernelArgs, error) {
-	k := &kernelArgs{vals: make([]uint64, len(args)), ptrs: make([]unsafe.Pointer, len(args))}
-	for i, a := range args {
-		switch v := a.(type) {
-		case dptr:
-			k.vals[i] = uint64(v)
-		case int32:
-			k.vals[i] = uint64(uint32(v))
-		case uint32:
-			k.vals[i] = uint64(v)
-		case int64:
-			k.vals[i] = uint64(v)
-		case float32:
-			k.vals[i] = uint64(math.Float32bits(v))
-		case float64:
-			k.vals[i] = math.Float64bits(v)
-		default:
-			return nil, fmt.Errorf("cuda: kernel argument %d has unsupported type %T", i, a)
-		}
-	}
+func argPtr(v dptr) uint64    { return uint64(v) }
+func argI32(v int32) uint64   { return uint64(uint32(v)) }
+func argU32(v uint32) uint64  { return uint64(v) }
+func argI64(v int64) uint64   { return uint64(v) }
+func argU64(v uint64) uint64  { return v }
+func argF32(v float32) uint64 { return uint64(math.Float32bits(v)) }
+func argF64(v float64) uint64 { return math.Float64bits(v) }
+
+// packArgs points a kernelArgs at the slots vals.
+func packArgs(vals []uint64) *kernelArgs {
+	k := &kernelArgs{vals: vals, ptrs: make([]unsafe.Pointer, len(vals))}
 	for i := range k.vals {
 		k.ptrs[i] = unsafe.Pointer(&k.vals[i])
 	}
-	return k, nil
+	return k
 }
 
 // params is the void** cuLaunchKernel takes (nil for a kernel without parameters).

@@ -259,6 +259,28 @@ func (b *Backend) leave() {
 	b.mu.Unlock()
 }
 
+// op runs body as one op of the backend: entered (locked, its context current on this OS
+// thread) before, left (the op's scratch freed, unlocked) after, also when body panics. After a
+// device error body does not run: the error stays sticky for the next call that returns one.
+func (b *Backend) op(body func()) {
+	ok := b.enter()
+	defer b.leave()
+	if ok {
+		body()
+	}
+}
+
+// opErr is op for an op that returns an error: body's, or the sticky error when body does not
+// run.
+func (b *Backend) opErr(body func() error) error {
+	ok := b.enter()
+	defer b.leave()
+	if !ok {
+		return b.err
+	}
+	return body()
+}
+
 // fail records the first device error.
 func (b *Backend) fail(err error) {
 	if err != nil && b.err == nil {
@@ -361,8 +383,9 @@ func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
 	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
 }
 
-// launch enqueues kernel name on a grid of blocks of threads.
-func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
+// launch enqueues kernel name on a grid of blocks of threads, its arguments in their 8-byte
+// slots (args.go). Only the typed launchers of launchers_gen.go call it.
+func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) {
 	if b.err != nil {
 		return
 	}
@@ -373,10 +396,7 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...any) {
 	if !ok {
 		panic("cuda: no kernel " + name)
 	}
-	k, err := packArgs(args...)
-	if err != nil {
-		panic(err)
-	}
+	k := packArgs(args)
 	ev := b.profStart()
 	r := call(b.drv.launchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 		uintptr(threads), 1, 1, 0, b.strm, uintptr(k.params()), 0)
@@ -398,16 +418,15 @@ func (b *Backend) gridFor(n int64) [3]int {
 func (b *Backend) Alloc(shape ...int) *engine.Tensor {
 	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := uint64(t.Len()) * 4
-	if !b.enter() {
-		b.leave()
+	b.op(func() {
+		bf := b.newBuf(b.devAlloc(max(n, 4)), n)
+		t.Buf = bf
+		if bf.ptr != 0 && n > 0 {
+			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
+		}
+	})
+	if t.Buf == nil { // after a device error: a tensor without memory
 		t.Buf = &buf{devMem: &devMem{}, bytes: n}
-		return t
-	}
-	defer b.leave()
-	bf := b.newBuf(b.devAlloc(max(n, 4)), n)
-	t.Buf = bf
-	if bf.ptr != 0 && n > 0 {
-		b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
 	}
 	return t
 }
@@ -441,30 +460,30 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 	if dt != engine.F32 && dt != engine.BF16 {
 		return nil, fmt.Errorf("cuda: upload: dtype %v not supported", dt)
 	}
-	if !b.enter() {
-		b.leave()
-		return nil, b.Err()
-	}
-	defer b.leave()
-	n := uint64(len(data)) * 4
-	if linear && dt == engine.BF16 {
-		t.DType = engine.BF16
-		p := b.devAlloc(max(n/2, 4))
-		if p != 0 && len(data) > 0 {
-			src := b.floats(data)
-			b.launch("f32_to_bf16_kernel", b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
+	var res *engine.Tensor // nil when the op does not run
+	err := b.opErr(func() error {
+		n := uint64(len(data)) * 4
+		if linear && dt == engine.BF16 {
+			t.DType = engine.BF16
+			p := b.devAlloc(max(n/2, 4))
+			if p != 0 && len(data) > 0 {
+				src := b.floats(data)
+				b.launchF32ToBf16Kernel(b.gridFor(int64(len(data))), 256, dptr(p), src, int64(len(data)))
+			}
+			t.Buf = b.newBuf(p, n/2)
+		} else {
+			p := b.devAlloc(max(n, 4))
+			if p != 0 && n > 0 {
+				b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
+			}
+			t.Buf = b.newBuf(p, n)
 		}
-		t.Buf = b.newBuf(p, n/2)
-	} else {
-		p := b.devAlloc(max(n, 4))
-		if p != 0 && n > 0 {
-			b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
-		}
-		t.Buf = b.newBuf(p, n)
-	}
-	// The host slice may be reused by the caller as soon as we return: pageable copies are
-	// staged before cuMemcpyHtoDAsync returns.
-	return t, b.err
+		// The host slice may be reused by the caller as soon as we return: pageable copies are
+		// staged before cuMemcpyHtoDAsync returns.
+		res = t
+		return b.err
+	})
+	return res, err
 }
 
 // Download implements engine.Backend.
@@ -472,34 +491,28 @@ func (b *Backend) Download(t *engine.Tensor, dst []float32) error {
 	if len(dst) != t.Len() {
 		return fmt.Errorf("cuda: download: destination has %d values, tensor %v has %d", len(dst), t.Shape, t.Len())
 	}
-	if !b.enter() {
-		b.leave()
-		return b.Err()
-	}
-	defer b.leave()
-	bf := devBuf(t)
-	if len(dst) == 0 {
-		return b.err
-	}
-	if t.DType == engine.BF16 {
-		bits := make([]uint16, len(dst))
-		b.download(unsafe.Pointer(&bits[0]), bf.ptr, uint64(2*len(dst)))
-		for i, v := range bits {
-			dst[i] = bf16ToF32(v)
+	return b.opErr(func() error {
+		bf := devBuf(t)
+		if len(dst) == 0 {
+			return b.err
 		}
+		if t.DType == engine.BF16 {
+			bits := make([]uint16, len(dst))
+			b.download(unsafe.Pointer(&bits[0]), bf.ptr, uint64(2*len(dst)))
+			for i, v := range bits {
+				dst[i] = bf16ToF32(v)
+			}
+			return b.err
+		}
+		b.download(unsafe.Pointer(&dst[0]), bf.ptr, uint64(4*len(dst)))
 		return b.err
-	}
-	b.download(unsafe.Pointer(&dst[0]), bf.ptr, uint64(4*len(dst)))
-	return b.err
+	})
 }
 
 // Sync waits for all enqueued work and returns the sticky error.
 func (b *Backend) Sync() error {
-	if !b.enter() {
-		b.leave()
-		return b.Err()
-	}
-	defer b.leave()
-	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-	return b.err
+	return b.opErr(func() error {
+		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+		return b.err
+	})
 }

@@ -10,25 +10,24 @@ import (
 // CopyBandwidth measures device memory bandwidth in bytes/s: a device-to-device copy of bytes
 // bytes, counting bytes read plus bytes written, best of reps after a warm-up.
 func (b *Backend) CopyBandwidth(bytes uint64, reps int) (float64, error) {
-	if !b.enter() {
-		b.leave()
-		return 0, b.Err()
-	}
-	src, dst := b.tmp(bytes), b.tmp(bytes)
-	b.launch("scale", b.gridFor(int64(bytes/4)), 256, dptr(src), float32(0), int64(bytes/4))
-	best := time.Duration(1 << 62)
-	for r := 0; r <= reps; r++ {
-		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-		t0 := time.Now()
-		b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
-		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-		if r > 0 {
-			best = min(best, time.Since(t0))
+	var rate float64 // 0 when the op does not run
+	err := b.opErr(func() error {
+		src, dst := b.tmp(bytes), b.tmp(bytes)
+		b.launchScale(b.gridFor(int64(bytes/4)), 256, dptr(src), float32(0), int64(bytes/4))
+		best := time.Duration(1 << 62)
+		for r := 0; r <= reps; r++ {
+			b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+			t0 := time.Now()
+			b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
+			b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+			if r > 0 {
+				best = min(best, time.Since(t0))
+			}
 		}
-	}
-	err := b.err
-	b.leave()
-	return 2 * float64(bytes) / best.Seconds(), err
+		rate = 2 * float64(bytes) / best.Seconds()
+		return b.err
+	})
+	return rate, err
 }
 
 // GemmPeak measures the bf16 matmul rate in FLOP/s: n×n×n cublasGemmEx with bf16 operands
@@ -50,25 +49,25 @@ func (b *Backend) GemmPeak(n, reps int) (float64, error) {
 	defer b.Free(x)
 	out := b.Alloc(n, n)
 	defer b.Free(out)
-	if !b.enter() {
-		b.leave()
-		return 0, b.Err()
-	}
-	defer b.leave()
-	g := gemm{transA: opT, transB: opN, m: n, n: n, k: n, a: uint64(ptr(w)), aType: dtBF16, lda: n,
-		b: uint64(ptr(x)), bType: dtBF16, ldb: n, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
-	best := time.Duration(1 << 62)
-	for r := 0; r <= reps; r++ {
-		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-		t0 := time.Now()
-		b.gemm("GemmPeak", g)
-		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-		if r > 0 {
-			best = min(best, time.Since(t0))
+	var rate float64 // 0 unless the op succeeds
+	err = b.opErr(func() error {
+		g := gemm{transA: opT, transB: opN, m: n, n: n, k: n, a: uint64(ptr(w)), aType: dtBF16, lda: n,
+			b: uint64(ptr(x)), bType: dtBF16, ldb: n, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
+		best := time.Duration(1 << 62)
+		for r := 0; r <= reps; r++ {
+			b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+			t0 := time.Now()
+			b.gemm("GemmPeak", g)
+			b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+			if r > 0 {
+				best = min(best, time.Since(t0))
+			}
 		}
-	}
-	if b.err != nil {
-		return 0, fmt.Errorf("gemm peak: %w", b.err)
-	}
-	return 2 * float64(n) * float64(n) * float64(n) / best.Seconds(), nil
+		if b.err != nil {
+			return fmt.Errorf("gemm peak: %w", b.err)
+		}
+		rate = 2 * float64(n) * float64(n) * float64(n) / best.Seconds()
+		return nil
+	})
+	return rate, err
 }

@@ -17,13 +17,10 @@ func (b *Backend) Embedding(out, table *engine.Tensor, ids []int32) { b.GatherRo
 
 // GatherRows implements engine.Backend.
 func (b *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out)
-	b.launch("gather_rows", [3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
+	b.op(func() {
+		touched(out)
+		b.launchGatherRows([3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
+	})
 }
 
 // bf16Copy returns the bf16 storage of a matmul operand: its own for a BF16 weight, else a
@@ -40,7 +37,7 @@ func (b *Backend) bf16Copy(w *engine.Tensor) dptr {
 		bf.bfVer = bf.ver - 1
 	}
 	if bf.bfVer != bf.ver {
-		b.launch("f32_to_bf16_kernel", b.gridFor(int64(w.Len())), 256, dptr(bf.bf), dptr(bf.ptr), int64(w.Len()))
+		b.launchF32ToBf16Kernel(b.gridFor(int64(w.Len())), 256, dptr(bf.bf), dptr(bf.ptr), int64(w.Len()))
 		bf.bfVer = bf.ver
 	}
 	return dptr(bf.bf)
@@ -91,97 +88,79 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 	if w.Shape[1] != k || out.Cols() != n || out.Rows() != m {
 		panic(fmt.Sprintf("cuda: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out)
-	if m <= gemvMaxRows && k%8 == 0 {
-		// Decoding: a matrix-vector kernel reads the weight once, x stays fp32. Rows of 4096 and
-		// more are split over 2-8 warps.
-		wpr := 1
-		for wpr < 8 && k >= 4096*wpr {
-			wpr *= 2
+	b.op(func() {
+		touched(out)
+		if m <= gemvMaxRows && k%8 == 0 {
+			// Decoding: a matrix-vector kernel reads the weight once, x stays fp32. Rows of 4096 and
+			// more are split over 2-8 warps.
+			wpr := 1
+			for wpr < 8 && k >= 4096*wpr {
+				wpr *= 2
+			}
+			grid := [3]int{(n + 8/wpr - 1) / (8 / wpr), 1, 1}
+			if b.useBF16(w) {
+				b.launchGemvBf16(grid, 256, ptr(out), ptr(x), b.bf16Copy(w), int32(m), int32(n), int32(k), int32(wpr))
+			} else {
+				b.launchGemvF32(grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k), int32(wpr))
+			}
+			return
 		}
-		grid := [3]int{(n + 8/wpr - 1) / (8 / wpr), 1, 1}
+		g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
 		if b.useBF16(w) {
-			b.launch("gemv_bf16", grid, 256, ptr(out), ptr(x), b.bf16Copy(w), int32(m), int32(n), int32(k), int32(wpr))
+			g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
+			g.b, g.bType = uint64(b.bf16Copy(x)), dtBF16
 		} else {
-			b.launch("gemv_f32", grid, 256, ptr(out), ptr(x), ptr(w), int32(m), int32(n), int32(k), int32(wpr))
+			g.a, g.aType = uint64(ptr(w)), dtF32
+			g.b, g.bType = uint64(ptr(x)), dtF32
 		}
-		return
-	}
-	g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
-	if b.useBF16(w) {
-		g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
-		g.b, g.bType = uint64(b.bf16Copy(x)), dtBF16
-	} else {
-		g.a, g.aType = uint64(ptr(w)), dtF32
-		g.b, g.bType = uint64(ptr(x)), dtF32
-	}
-	b.gemm("MatMul", g)
+		b.gemm("MatMul", g)
+	})
 }
 
 // AddBias implements engine.Backend.
 func (b *Backend) AddBias(x, bias *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	n := int64(x.Len())
-	b.launch("add_bias", b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
-	touched(x)
+	b.op(func() {
+		n := int64(x.Len())
+		b.launchAddBias(b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
+		touched(x)
+	})
 }
 
 // RMSNorm implements engine.Backend.
 func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out)
-	n := w.Len()
-	b.launch("rmsnorm", [3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
+	b.op(func() {
+		touched(out)
+		n := w.Len()
+		b.launchRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
+	})
 }
 
 // RoPE implements engine.Backend.
 func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(x)
-	pairs := int64(len(pos)) * int64(x.Cols()/2)
-	b.launch("rope", b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
-		int32(len(pos)), int32(x.Cols()), int32(headDim))
+	b.op(func() {
+		touched(x)
+		pairs := int64(len(pos)) * int64(x.Cols()/2)
+		b.launchRope(b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
+			int32(len(pos)), int32(x.Cols()), int32(headDim))
+	})
 }
 
 // SwiGLU implements engine.Backend.
 func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out)
-	n := int64(out.Len())
-	b.launch("swiglu", b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
+	b.op(func() {
+		touched(out)
+		n := int64(out.Len())
+		b.launchSwiglu(b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
+	})
 }
 
 // Add implements engine.Backend.
 func (b *Backend) Add(out, x, y *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	n := int64(out.Len())
-	b.launch("add", b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
-	touched(out)
+	b.op(func() {
+		n := int64(out.Len())
+		b.launchAdd(b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
+		touched(out)
+	})
 }
 
 // kvStore is the paged KV cache on the device: per layer one buffer of keys and one of values,
@@ -210,41 +189,35 @@ func (s *kvStore) Grow(n int) error {
 		return nil
 	}
 	b := s.b
-	if !b.enter() {
-		b.leave()
-		return b.Err()
-	}
-	defer b.leave()
-	for l := 0; l < s.layers; l++ {
-		for _, bufs := range [][]uint64{s.k, s.v} {
-			p := b.devAlloc(uint64(n) * s.per())
-			if p == 0 {
-				return b.err
+	return b.opErr(func() error {
+		for l := 0; l < s.layers; l++ {
+			for _, bufs := range [][]uint64{s.k, s.v} {
+				p := b.devAlloc(uint64(n) * s.per())
+				if p == 0 {
+					return b.err
+				}
+				if bufs[l] != 0 {
+					b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
+					b.alloc.Free(bufs[l])
+				}
+				bufs[l] = p
 			}
-			if bufs[l] != 0 {
-				b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
-				b.alloc.Free(bufs[l])
-			}
-			bufs[l] = p
 		}
-	}
-	s.blocks = n
-	return b.err
+		s.blocks = n
+		return b.err
+	})
 }
 
 func (s *kvStore) CopyBlock(dst, src int) {
 	b := s.b
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	per := s.per()
-	for l := 0; l < s.layers; l++ {
-		for _, p := range []uint64{s.k[l], s.v[l]} {
-			b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)))
+	b.op(func() {
+		per := s.per()
+		for l := 0; l < s.layers; l++ {
+			for _, p := range []uint64{s.k[l], s.v[l]} {
+				b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)))
+			}
 		}
-	}
+	})
 }
 
 func (s *kvStore) Free() {
@@ -286,22 +259,19 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			meta[2*t+1] = ab.CtxLen[sq] - nNew + (t - ab.SeqStart[sq])
 		}
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out)
-	b.launch("kv_write", b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
-		b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
-	scale := float32(1 / math.Sqrt(float64(dh)))
-	if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
-		b.launch("attn_paged_gqa", [3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+	b.op(func() {
+		touched(out)
+		b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		scale := float32(1 / math.Sqrt(float64(dh)))
+		if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
+			b.launchAttnPagedGqa([3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+				b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+			return
+		}
+		b.launchAttnPaged([3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 			b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
-		return
-	}
-	b.launch("attn_paged", [3]int{T, nh, 1}, 128, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
-		b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+	})
 }
 
 // plainSampled reports whether a row needs no top-k / top-p (sample_rows draws it; the others
@@ -320,8 +290,6 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	if len(rows) != R {
 		return nil, nil, fmt.Errorf("cuda: sample: %d rows of parameters for %d rows of logits", len(rows), R)
 	}
-	ids := make([]int32, R)
-	lps := make([]float32, R)
 	var plain, filtered []int32
 	for r, p := range rows {
 		if plainSampled(p, V) {
@@ -330,39 +298,40 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 			filtered = append(filtered, int32(r))
 		}
 	}
-	if !b.enter() {
-		b.leave()
-		return nil, nil, b.Err()
-	}
-	defer b.leave()
-	for si, set := range [][]int32{plain, filtered} {
-		n := len(set)
-		if n == 0 {
-			continue
+	var ids []int32 // nil when the op does not run
+	var lps []float32
+	err := b.opErr(func() error {
+		ids, lps = make([]int32, R), make([]float32, R)
+		for si, set := range [][]int32{plain, filtered} {
+			n := len(set)
+			if n == 0 {
+				continue
+			}
+			temps, us := make([]float32, n), make([]float64, n)
+			topks, topps := make([]int32, n), make([]float32, n)
+			for i, r := range set {
+				temps[i], us[i] = rows[r].Temperature, rows[r].U
+				topks[i], topps[i] = int32(rows[r].TopK), rows[r].TopP
+			}
+			dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
+			du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
+			if si == 0 {
+				b.launchSampleRows([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+					b.floats(temps), du, int32(V))
+			} else {
+				b.launchSampleTopkp([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
+					b.floats(temps), b.ints(topks), b.floats(topps), du, int32(V))
+			}
+			gotIDs, gotLps := make([]int32, n), make([]float32, n)
+			b.download(unsafe.Pointer(&gotIDs[0]), dIDs, uint64(4*n))
+			b.download(unsafe.Pointer(&gotLps[0]), dLps, uint64(4*n))
+			for i, r := range set {
+				ids[r], lps[r] = gotIDs[i], gotLps[i]
+			}
 		}
-		temps, us := make([]float32, n), make([]float64, n)
-		topks, topps := make([]int32, n), make([]float32, n)
-		for i, r := range set {
-			temps[i], us[i] = rows[r].Temperature, rows[r].U
-			topks[i], topps[i] = int32(rows[r].TopK), rows[r].TopP
-		}
-		dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
-		du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
-		if si == 0 {
-			b.launch("sample_rows", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
-				b.floats(temps), du, int32(V))
-		} else {
-			b.launch("sample_topkp", [3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
-				b.floats(temps), b.ints(topks), b.floats(topps), du, int32(V))
-		}
-		gotIDs, gotLps := make([]int32, n), make([]float32, n)
-		b.download(unsafe.Pointer(&gotIDs[0]), dIDs, uint64(4*n))
-		b.download(unsafe.Pointer(&gotLps[0]), dLps, uint64(4*n))
-		for i, r := range set {
-			ids[r], lps[r] = gotIDs[i], gotLps[i]
-		}
-	}
-	return ids, lps, b.err
+		return b.err
+	})
+	return ids, lps, err
 }
 
 // LogProbs implements engine.Backend.
@@ -379,18 +348,17 @@ func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature f
 			return nil, nil, fmt.Errorf("cuda: logprobs: target %d of row %d outside the vocabulary of %d", t, i, V)
 		}
 	}
-	lp, ent := make([]float32, R), make([]float32, R)
 	if R == 0 {
-		return lp, ent, nil
+		return make([]float32, 0), make([]float32, 0), nil
 	}
-	if !b.enter() {
-		b.leave()
-		return nil, nil, b.Err()
-	}
-	defer b.leave()
-	dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
-	b.launch("logprobs", [3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
-	b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
-	b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
-	return lp, ent, b.err
+	var lp, ent []float32 // nil when the op does not run
+	err := b.opErr(func() error {
+		lp, ent = make([]float32, R), make([]float32, R)
+		dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
+		b.launchLogprobs([3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
+		b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
+		b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
+		return b.err
+	})
+	return lp, ent, err
 }

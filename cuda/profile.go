@@ -38,22 +38,19 @@ type profEntry struct {
 // StartProfile times every op enqueued from now on with a pair of CUDA events, up to maxOps.
 // Events cost host time: profile to see where GPU time goes, not to measure throughput.
 func (b *Backend) StartProfile(maxOps int) error {
-	if !b.enter() {
-		b.leave()
-		return b.Err()
-	}
-	defer b.leave()
-	p := &profiler{max: maxOps}
-	for len(b.events) < 2*maxOps { // events are kept for the next profile
-		var ev uintptr
-		if err := b.drv.check("cuEventCreate", call(b.drv.eventCreate, uintptr(unsafe.Pointer(&ev)), 0)); err != nil {
-			return err
+	return b.opErr(func() error {
+		p := &profiler{max: maxOps}
+		for len(b.events) < 2*maxOps { // events are kept for the next profile
+			var ev uintptr
+			if err := b.drv.check("cuEventCreate", call(b.drv.eventCreate, uintptr(unsafe.Pointer(&ev)), 0)); err != nil {
+				return err
+			}
+			b.events = append(b.events, ev)
 		}
-		b.events = append(b.events, ev)
-	}
-	p.free = b.events
-	b.prof = p
-	return nil
+		p.free = b.events
+		b.prof = p
+		return nil
+	})
 }
 
 // profStart records the start event of an op; profEnd its end. No-ops unless profiling.
@@ -79,45 +76,45 @@ func (b *Backend) profEnd(name string, start uintptr) {
 
 // StopProfile waits for the stream and returns the per-kernel times, largest first.
 func (b *Backend) StopProfile() (*Profile, error) {
-	if !b.enter() {
-		b.leave()
-		return nil, b.Err()
-	}
-	defer b.leave()
-	p := b.prof
-	b.prof = nil
-	if p == nil {
-		return nil, fmt.Errorf("cuda: StopProfile without StartProfile")
-	}
-	if err := b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)); err != nil {
-		return nil, err
-	}
-	elapsed := func(a, c uintptr) time.Duration {
-		var ms float32
-		if call(b.drv.eventElapsedTime, uintptr(unsafe.Pointer(&ms)), a, c) != 0 {
-			return 0
+	var res *Profile // nil unless the op succeeds
+	err := b.opErr(func() error {
+		p := b.prof
+		b.prof = nil
+		if p == nil {
+			return fmt.Errorf("cuda: StopProfile without StartProfile")
 		}
-		return time.Duration(float64(ms) * 1e6)
-	}
-	byName := map[string]*KernelTime{}
-	out := &Profile{Ops: len(p.entries)}
-	for _, e := range p.entries {
-		k := byName[e.name]
-		if k == nil {
-			k = &KernelTime{Name: e.name}
-			byName[e.name] = k
+		if err := b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)); err != nil {
+			return err
 		}
-		d := elapsed(e.start, e.end)
-		k.Calls++
-		k.Total += d
-		out.Sum += d
-	}
-	if n := len(p.entries); n > 0 {
-		out.Span = elapsed(p.entries[0].start, p.entries[n-1].end)
-	}
-	for _, k := range byName {
-		out.Kernels = append(out.Kernels, *k)
-	}
-	sort.Slice(out.Kernels, func(i, j int) bool { return out.Kernels[i].Total > out.Kernels[j].Total })
-	return out, nil
+		elapsed := func(a, c uintptr) time.Duration {
+			var ms float32
+			if call(b.drv.eventElapsedTime, uintptr(unsafe.Pointer(&ms)), a, c) != 0 {
+				return 0
+			}
+			return time.Duration(float64(ms) * 1e6)
+		}
+		byName := map[string]*KernelTime{}
+		out := &Profile{Ops: len(p.entries)}
+		for _, e := range p.entries {
+			k := byName[e.name]
+			if k == nil {
+				k = &KernelTime{Name: e.name}
+				byName[e.name] = k
+			}
+			d := elapsed(e.start, e.end)
+			k.Calls++
+			k.Total += d
+			out.Sum += d
+		}
+		if n := len(p.entries); n > 0 {
+			out.Span = elapsed(p.entries[0].start, p.entries[n-1].end)
+		}
+		for _, k := range byName {
+			out.Kernels = append(out.Kernels, *k)
+		}
+		sort.Slice(out.Kernels, func(i, j int) bool { return out.Kernels[i].Total > out.Kernels[j].Total })
+		res = out
+		return nil
+	})
+	return res, err
 }

@@ -30,21 +30,18 @@ func (b *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
 	if w.Shape[0] != n || dx.Cols() != k || dx.Rows() != m {
 		panic(fmt.Sprintf("cuda: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(dx)
-	g := gemm{transA: opN, transB: opN, m: k, n: m, k: n, lda: k, ldb: n, c: uint64(ptr(dx)), cType: dtF32, ldc: k, compute: computeF32}
-	if b.useBF16(w) {
-		g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
-		g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
-	} else {
-		g.a, g.aType = uint64(ptr(w)), dtF32
-		g.b, g.bType = uint64(ptr(dy)), dtF32
-	}
-	b.gemm("MatMulDX", g)
+	b.op(func() {
+		touched(dx)
+		g := gemm{transA: opN, transB: opN, m: k, n: m, k: n, lda: k, ldb: n, c: uint64(ptr(dx)), cType: dtF32, ldc: k, compute: computeF32}
+		if b.useBF16(w) {
+			g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
+			g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
+		} else {
+			g.a, g.aType = uint64(ptr(w)), dtF32
+			g.b, g.bType = uint64(ptr(dy)), dtF32
+		}
+		b.gemm("MatMulDX", g)
+	})
 }
 
 // MatMulDW implements engine.TrainBackend: dw[N,K] += dy[M,N]ᵀ·x[M,K]; column-major
@@ -54,21 +51,18 @@ func (b *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
 		panic(fmt.Sprintf("cuda: matmul dw shapes dw %v dy %v x %v", dw.Shape, dy.Shape, x.Shape))
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	g := gemm{transA: opN, transB: opT, m: k, n: n, k: m, lda: k, ldb: n, beta: 1, c: uint64(ptr(dw)), cType: dtF32, ldc: k, compute: computeF32}
-	if b.opts.BF16Matmul {
-		g.a, g.aType = uint64(b.bf16Copy(x)), dtBF16
-		g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
-	} else {
-		g.a, g.aType = uint64(ptr(x)), dtF32
-		g.b, g.bType = uint64(ptr(dy)), dtF32
-	}
-	b.gemm("MatMulDW", g)
-	touched(dw)
+	b.op(func() {
+		g := gemm{transA: opN, transB: opT, m: k, n: n, k: m, lda: k, ldb: n, beta: 1, c: uint64(ptr(dw)), cType: dtF32, ldc: k, compute: computeF32}
+		if b.opts.BF16Matmul {
+			g.a, g.aType = uint64(b.bf16Copy(x)), dtBF16
+			g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
+		} else {
+			g.a, g.aType = uint64(ptr(x)), dtF32
+			g.b, g.bType = uint64(ptr(dy)), dtF32
+		}
+		b.gemm("MatMulDW", g)
+		touched(dw)
+	})
 }
 
 // colSplits is how many partial sums a column reduction over rows is split into (the Z of
@@ -82,54 +76,45 @@ func (b *Backend) colSplits(rows, cols int) int {
 
 // BiasDW implements engine.TrainBackend: partial column sums in double, added in order.
 func (b *Backend) BiasDW(db, dy *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	n := db.Len()
-	m := dy.Len() / n
-	z := b.colSplits(m, n)
-	part := dptr(b.tmp(uint64(8 * z * n)))
-	b.launch("bias_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, ptr(dy), int32(m), int32(n))
-	b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), part, int32(z), int32(n))
-	touched(db)
+	b.op(func() {
+		n := db.Len()
+		m := dy.Len() / n
+		z := b.colSplits(m, n)
+		part := dptr(b.tmp(uint64(8 * z * n)))
+		b.launchBiasDwPart([3]int{(n + 255) / 256, z, 1}, 256, part, ptr(dy), int32(m), int32(n))
+		b.launchColsumAdd([3]int{(n + 255) / 256, 1, 1}, 256, ptr(db), part, int32(z), int32(n))
+		touched(db)
+	})
 }
 
 // RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (partial
 // column sums over groups, added in order), then dx (which may alias dy, so it comes last).
 func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	n := w.Len()
-	groups := x.Len() / n
-	stats := dptr(b.tmp(uint64(16 * max(groups, 1))))
-	b.launch("rmsnorm_bwd_stats", [3]int{groups, 1, 1}, 256, stats, ptr(dy), ptr(x), ptr(w), int32(n), eps)
-	if dw != nil {
-		z := b.colSplits(groups, n)
-		part := dptr(b.tmp(uint64(8 * z * n)))
-		b.launch("rmsnorm_bwd_dw_part", [3]int{(n + 255) / 256, z, 1}, 256, part, stats, ptr(dy), ptr(x), int32(groups), int32(n))
-		b.launch("colsum_add", [3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), part, int32(z), int32(n))
-		touched(dw)
-	}
-	total := int64(x.Len())
-	b.launch("rmsnorm_bwd_dx", b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
-	touched(dx)
+	b.op(func() {
+		n := w.Len()
+		groups := x.Len() / n
+		stats := dptr(b.tmp(uint64(16 * max(groups, 1))))
+		b.launchRmsnormBwdStats([3]int{groups, 1, 1}, 256, stats, ptr(dy), ptr(x), ptr(w), int32(n), eps)
+		if dw != nil {
+			z := b.colSplits(groups, n)
+			part := dptr(b.tmp(uint64(8 * z * n)))
+			b.launchRmsnormBwdDwPart([3]int{(n + 255) / 256, z, 1}, 256, part, stats, ptr(dy), ptr(x), int32(groups), int32(n))
+			b.launchColsumAdd([3]int{(n + 255) / 256, 1, 1}, 256, ptr(dw), part, int32(z), int32(n))
+			touched(dw)
+		}
+		total := int64(x.Len())
+		b.launchRmsnormBwdDx(b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
+		touched(dx)
+	})
 }
 
 // SwiGLUBackward implements engine.TrainBackend.
 func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(dgate, dup)
-	n := int64(dout.Len())
-	b.launch("swiglu_bwd", b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
+	b.op(func() {
+		touched(dgate, dup)
+		n := int64(dout.Len())
+		b.launchSwigluBwd(b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
+	})
 }
 
 // scatterMeta groups rows by destination: [uniq[U] | starts[U+1] | order[R]], destinations
@@ -163,13 +148,10 @@ func (b *Backend) ScatterAddRows(out, x *engine.Tensor, rows []int32) {
 		return
 	}
 	meta, u := scatterMeta(rows)
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	b.launch("scatter_add_rows", [3]int{u, 1, 1}, 256, ptr(out), ptr(x), b.ints(meta), int32(u), int32(x.Cols()))
-	touched(out)
+	b.op(func() {
+		b.launchScatterAddRows([3]int{u, 1, 1}, 256, ptr(out), ptr(x), b.ints(meta), int32(u), int32(x.Cols()))
+		touched(out)
+	})
 }
 
 // LogProbsBackward implements engine.TrainBackend.
@@ -178,53 +160,45 @@ func (b *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 	if R == 0 {
 		return
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(dlogits)
-	var de dptr
-	if dent != nil {
-		de = b.floats(dent)
-	}
-	b.launch("logprobs_bwd", [3]int{R, 1, 1}, 1024, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
-		int32(V), temperature)
+	b.op(func() {
+		touched(dlogits)
+		var de dptr
+		if dent != nil {
+			de = b.floats(dent)
+		}
+		b.launchLogprobsBwd([3]int{R, 1, 1}, 1024, ptr(dlogits), ptr(logits), b.ints(targets), b.floats(dlogp), de,
+			int32(V), temperature)
+	})
 }
 
 // SumSquares implements engine.TrainBackend: block partials in double, added on the host in order.
 func (b *Backend) SumSquares(x *engine.Tensor) float64 {
-	if !b.enter() {
-		b.leave()
-		return math.NaN()
-	}
-	defer b.leave()
-	n := int64(x.Len())
-	grid := b.gridFor(n)
-	part := b.tmp(uint64(8 * grid[0]))
-	b.launch("sumsq_partial", grid, 256, dptr(part), ptr(x), n)
-	host := make([]float64, grid[0])
-	b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))
-	if b.err != nil {
-		return math.NaN()
-	}
-	var s float64
-	for _, v := range host {
-		s += v
-	}
+	s := math.NaN() // after a device error
+	b.op(func() {
+		n := int64(x.Len())
+		grid := b.gridFor(n)
+		part := b.tmp(uint64(8 * grid[0]))
+		b.launchSumsqPartial(grid, 256, dptr(part), ptr(x), n)
+		host := make([]float64, grid[0])
+		b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))
+		if b.err != nil {
+			return
+		}
+		s = 0
+		for _, v := range host {
+			s += v
+		}
+	})
 	return s
 }
 
 // Scale implements engine.TrainBackend.
 func (b *Backend) Scale(x *engine.Tensor, s float32) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	n := int64(x.Len())
-	b.launch("scale", b.gridFor(n), 256, ptr(x), s, n)
-	touched(x)
+	b.op(func() {
+		n := int64(x.Len())
+		b.launchScale(b.gridFor(n), 256, ptr(x), s, n)
+		touched(x)
+	})
 }
 
 // Copy implements engine.TrainBackend.
@@ -232,28 +206,22 @@ func (b *Backend) Copy(dst, src *engine.Tensor) {
 	if dst.Len() != src.Len() {
 		panic(fmt.Sprintf("cuda: copy of %v into %v", src.Shape, dst.Shape))
 	}
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(ptr(dst)), uintptr(ptr(src)), uintptr(4*src.Len()), b.strm)))
-	touched(dst)
+	b.op(func() {
+		b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(ptr(dst)), uintptr(ptr(src)), uintptr(4*src.Len()), b.strm)))
+		touched(dst)
+	})
 }
 
 // AdamW implements engine.TrainBackend, with the constants folded as the CPU backend folds them.
 func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(m, v)
-	n := int64(p.Len())
-	b.launch("adamw", b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
-		float32(1-h.LR*h.WeightDecay), float32(h.Beta1), float32(h.Beta2), float32(1-h.Beta1), float32(1-h.Beta2),
-		float32(h.LR/h.BC1), float32(1/math.Sqrt(h.BC2)), float32(h.Eps))
-	touched(p)
+	b.op(func() {
+		touched(m, v)
+		n := int64(p.Len())
+		b.launchAdamw(b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
+			float32(1-h.LR*h.WeightDecay), float32(h.Beta1), float32(h.Beta2), float32(1-h.Beta1), float32(1-h.Beta2),
+			float32(h.LR/h.BC1), float32(1/math.Sqrt(h.BC2)), float32(h.Eps))
+		touched(p)
+	})
 }
 
 // trainMeta is [first[T] | end[T]]: each row's sequence's first row and one past its last; the
@@ -333,38 +301,35 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 	sh := trainShape(lse, q, k)
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(out, lse)
-	scale := float32(1 / math.Sqrt(float64(sh.dh)))
-	if len(long) < len(seqStart)-1 {
-		b.launch("attn_train", [3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
-			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
-	}
-	if len(long) == 0 {
-		return
-	}
-	S := b.tmp(uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4)
-	for s := 0; s+1 < len(seqStart); s++ {
-		if !long[s] {
-			continue
+	b.op(func() {
+		touched(out, lse)
+		scale := float32(1 / math.Sqrt(float64(sh.dh)))
+		if len(long) < len(seqStart)-1 {
+			b.launchAttnTrain([3]int{sh.T, sh.nh, 1}, 128, ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), b.constInts(meta),
+				int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
 		}
-		t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
-		for j := 0; j < sh.nkv; j++ {
-			h0 := j * sh.group
-			b.scores(S, q, k, sh, t0, L, j, scale)
-			b.launch("attn_softmax_causal", [3]int{L, sh.group, 1}, 256, dptr(S), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
-			// Oᵀ[Dh, L] = Vᵀ[Dh, L]·Pᵀ (P row-major is Pᵀ column-major).
-			b.gemm("attention PV", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
-				a: offset(v, t0, j*sh.dh, sh.nkv*sh.dh), aType: dtF32, lda: sh.nkv * sh.dh,
-				b: S, bType: dtF32, ldb: L, strideB: int64(L) * int64(L),
-				c: offset(out, t0, h0*sh.dh, sh.nh*sh.dh), cType: dtF32, ldc: sh.nh * sh.dh, strideC: int64(sh.dh),
-				batch: sh.group, compute: b.attnCompute()})
+		if len(long) == 0 {
+			return
 		}
-	}
+		S := b.tmp(uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4)
+		for s := 0; s+1 < len(seqStart); s++ {
+			if !long[s] {
+				continue
+			}
+			t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
+			for j := 0; j < sh.nkv; j++ {
+				h0 := j * sh.group
+				b.scores(S, q, k, sh, t0, L, j, scale)
+				b.launchAttnSoftmaxCausal([3]int{L, sh.group, 1}, 256, dptr(S), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+				// Oᵀ[Dh, L] = Vᵀ[Dh, L]·Pᵀ (P row-major is Pᵀ column-major).
+				b.gemm("attention PV", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
+					a: offset(v, t0, j*sh.dh, sh.nkv*sh.dh), aType: dtF32, lda: sh.nkv * sh.dh,
+					b: S, bType: dtF32, ldb: L, strideB: int64(L) * int64(L),
+					c: offset(out, t0, h0*sh.dh, sh.nh*sh.dh), cType: dtF32, ldc: sh.nh * sh.dh, strideC: int64(sh.dh),
+					batch: sh.group, compute: b.attnCompute()})
+			}
+		}
+	})
 }
 
 // AttentionBackward implements engine.TrainBackend. Row kernels (short sequences): dq (and
@@ -376,65 +341,62 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 	sh := trainShape(lse, q, k)
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
-	if !b.enter() {
-		b.leave()
-		return
-	}
-	defer b.leave()
-	touched(dq, dk, dv)
-	scale := float32(1 / math.Sqrt(float64(sh.dh)))
-	D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))
-	b.launch("attn_rowdot", [3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))
-	if len(long) < len(seqStart)-1 {
-		md := b.constInts(meta)
-		b.launch("attn_bwd_dq", [3]int{sh.T, sh.nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
-			int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
-		b.launch("attn_bwd_dkv", [3]int{sh.T, sh.nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
-			int32(sh.T), int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
-	}
-	if len(long) == 0 {
-		return
-	}
-	size := uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4
-	P, dP := b.tmp(size), b.tmp(size)
-	qw, kw := sh.nh*sh.dh, sh.nkv*sh.dh
-	stack := uint64(sh.group) * uint64(maxL) * uint64(sh.dh) * 4
-	stackQ, stackO := b.tmp(stack), b.tmp(stack)
-	for s := 0; s+1 < len(seqStart); s++ {
-		if !long[s] {
-			continue
+	b.op(func() {
+		touched(dq, dk, dv)
+		scale := float32(1 / math.Sqrt(float64(sh.dh)))
+		D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))
+		b.launchAttnRowdot([3]int{(sh.T*sh.nh + 7) / 8, 1, 1}, 256, D, ptr(dout), ptr(out), int32(sh.T*sh.nh), int32(sh.dh))
+		if len(long) < len(seqStart)-1 {
+			md := b.constInts(meta)
+			b.launchAttnBwdDq([3]int{sh.T, sh.nh, 1}, 128, ptr(dq), D, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), md,
+				int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
+			b.launchAttnBwdDkv([3]int{sh.T, sh.nkv, 1}, 128, ptr(dk), ptr(dv), ptr(dout), ptr(q), ptr(k), ptr(v), ptr(lse), D, md,
+				int32(sh.T), int32(sh.nh), int32(sh.nkv), int32(sh.dh), scale)
 		}
-		t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
-		LL := int64(L) * int64(L)
-		for j := 0; j < sh.nkv; j++ {
-			h0 := j * sh.group
-			b.scores(P, q, k, sh, t0, L, j, scale)
-			b.launch("attn_probs", [3]int{L, sh.group, 1}, 256, dptr(P), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
-			// dP = dO·Vᵀ, as the scores with dO for Q and V for K.
-			b.gemm("attention dP", gemm{transA: opT, transB: opN, m: L, n: L, k: sh.dh,
-				a: offset(v, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
-				b: offset(dout, t0, h0*sh.dh, qw), bType: dtF32, ldb: qw, strideB: int64(sh.dh),
-				c: dP, cType: dtF32, ldc: L, strideC: LL, batch: sh.group, compute: b.attnCompute()})
-			b.launch("attn_dsoftmax", [3]int{L, sh.group, 1}, 256, dptr(dP), dptr(P), D, scale, int32(L), int32(t0), int32(sh.nh), int32(h0))
-			// dQᵀ[Dh, L] = Kᵀ[Dh, L]·dSᵀ.
-			b.gemm("attention dQ", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
-				a: offset(k, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
-				b: dP, bType: dtF32, ldb: L, strideB: LL,
-				c: offset(dq, t0, h0*sh.dh, qw), cType: dtF32, ldc: qw, strideC: int64(sh.dh),
-				batch: sh.group, compute: b.attnCompute()})
-			// dK = Σ_i dS_iᵀ·Q_i and dV = Σ_i P_iᵀ·dO_i over the group's heads, as one matmul
-			// each over the heads stacked: dKᵀ[Dh, L] = Q_stackedᵀ[Dh, G·L]·dS_stacked[G·L, L].
-			n := int64(sh.group) * int64(L) * int64(sh.dh)
-			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackQ), ptr(q), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
-			b.launch("stack_heads", b.gridFor(n), 256, dptr(stackO), ptr(dout), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
-			b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
-				a: stackQ, aType: dtF32, lda: sh.dh, b: dP, bType: dtF32, ldb: L,
-				c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
-			b.gemm("attention dV", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
-				a: stackO, aType: dtF32, lda: sh.dh, b: P, bType: dtF32, ldb: L,
-				c: offset(dv, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+		if len(long) == 0 {
+			return
 		}
-	}
+		size := uint64(sh.group) * uint64(maxL) * uint64(maxL) * 4
+		P, dP := b.tmp(size), b.tmp(size)
+		qw, kw := sh.nh*sh.dh, sh.nkv*sh.dh
+		stack := uint64(sh.group) * uint64(maxL) * uint64(sh.dh) * 4
+		stackQ, stackO := b.tmp(stack), b.tmp(stack)
+		for s := 0; s+1 < len(seqStart); s++ {
+			if !long[s] {
+				continue
+			}
+			t0, L := int(seqStart[s]), int(seqStart[s+1]-seqStart[s])
+			LL := int64(L) * int64(L)
+			for j := 0; j < sh.nkv; j++ {
+				h0 := j * sh.group
+				b.scores(P, q, k, sh, t0, L, j, scale)
+				b.launchAttnProbs([3]int{L, sh.group, 1}, 256, dptr(P), ptr(lse), int32(L), int32(t0), int32(sh.nh), int32(h0))
+				// dP = dO·Vᵀ, as the scores with dO for Q and V for K.
+				b.gemm("attention dP", gemm{transA: opT, transB: opN, m: L, n: L, k: sh.dh,
+					a: offset(v, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
+					b: offset(dout, t0, h0*sh.dh, qw), bType: dtF32, ldb: qw, strideB: int64(sh.dh),
+					c: dP, cType: dtF32, ldc: L, strideC: LL, batch: sh.group, compute: b.attnCompute()})
+				b.launchAttnDsoftmax([3]int{L, sh.group, 1}, 256, dptr(dP), dptr(P), D, scale, int32(L), int32(t0), int32(sh.nh), int32(h0))
+				// dQᵀ[Dh, L] = Kᵀ[Dh, L]·dSᵀ.
+				b.gemm("attention dQ", gemm{transA: opN, transB: opN, m: sh.dh, n: L, k: L,
+					a: offset(k, t0, j*sh.dh, kw), aType: dtF32, lda: kw,
+					b: dP, bType: dtF32, ldb: L, strideB: LL,
+					c: offset(dq, t0, h0*sh.dh, qw), cType: dtF32, ldc: qw, strideC: int64(sh.dh),
+					batch: sh.group, compute: b.attnCompute()})
+				// dK = Σ_i dS_iᵀ·Q_i and dV = Σ_i P_iᵀ·dO_i over the group's heads, as one matmul
+				// each over the heads stacked: dKᵀ[Dh, L] = Q_stackedᵀ[Dh, G·L]·dS_stacked[G·L, L].
+				n := int64(sh.group) * int64(L) * int64(sh.dh)
+				b.launchStackHeads(b.gridFor(n), 256, dptr(stackQ), ptr(q), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+				b.launchStackHeads(b.gridFor(n), 256, dptr(stackO), ptr(dout), int32(L), int32(sh.group), int32(sh.dh), int32(qw), int32(t0), int32(h0))
+				b.gemm("attention dK", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
+					a: stackQ, aType: dtF32, lda: sh.dh, b: dP, bType: dtF32, ldb: L,
+					c: offset(dk, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+				b.gemm("attention dV", gemm{transA: opN, transB: opT, m: sh.dh, n: L, k: sh.group * L,
+					a: stackO, aType: dtF32, lda: sh.dh, b: P, bType: dtF32, ldb: L,
+					c: offset(dv, t0, j*sh.dh, kw), cType: dtF32, ldc: kw, compute: b.attnCompute()})
+			}
+		}
+	})
 }
 
 var _ engine.TrainBackend = (*Backend)(nil)

@@ -70,18 +70,75 @@ extern "C" __global__ void logprobs_bwd(float* dlogits, const float* logits, con
 	if (threadIdx.x == 0) out[targets[r]] += (float)(gl * inv);
 }
 
+#define SAMPLE_THREADS 1024
+
+// sample_walk draws one id among those keep(i, x[i]) admits, by inverse CDF at u·Z over
+// exp(x_i·inv - m) walked in increasing id order (Z: the kept ids' sum); every thread of the
+// block calls it. Each thread sums its chunk of ids, thread 0 turns the chunk sums into
+// exclusive prefix sums in thread order, and the thread whose chunk holds u·Z walks it. When
+// rounding leaves u·Z at or past the end, the last kept id. Thread 0 writes the id to *id and
+// its log-prob, log(exp(x_id·inv - m) / Z), to *lp. sample_rows keeps every id, sample_topkp
+// those top-k / top-p kept.
+template <typename Keep>
+__device__ void sample_walk(const float* x, int V, double inv, double m, double u01, Keep keep, int* id, float* lp) {
+	__shared__ double pre[SAMPLE_THREADS];
+	__shared__ int pick;
+	__shared__ double total;
+	int tid = threadIdx.x;
+	int chunk = (V + blockDim.x - 1) / blockDim.x;
+	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
+	double s = 0;
+	for (int i = c0; i < c1; i++) {
+		if (keep(i, x[i])) s += exp((double)x[i] * inv - m);
+	}
+	pre[tid] = s;
+	if (tid == 0) pick = -1;
+	__syncthreads();
+	if (tid == 0) {
+		double acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) {
+			double v = pre[i];
+			pre[i] = acc;
+			acc += v;
+		}
+		total = acc;
+	}
+	__syncthreads();
+	double z = total;
+	double u = u01 * z;
+	double c = pre[tid];
+	if (c0 < c1 && s > 0 && c <= u && u < c + s) {
+		int p = -1;
+		for (int i = c0; i < c1; i++) {
+			if (!keep(i, x[i])) continue;
+			p = i;
+			c += exp((double)x[i] * inv - m);
+			if (u < c) break;
+		}
+		pick = p;
+	}
+	__syncthreads();
+	if (tid == 0) {
+		int p = pick;
+		if (p < 0) { // u at the very top (rounding): the last kept id
+			for (int i = V - 1; i >= 0; i--) {
+				if (keep(i, x[i])) { p = i; break; }
+			}
+		}
+		*id = p;
+		*lp = (float)log(exp((double)x[p] * inv - m) / z);
+	}
+}
+
 // Draws one token from each listed row. rows[b] is the logits row; temps[b] <= 0 means greedy
 // (argmax, lowest id on ties, log-prob under the plain softmax); otherwise the token is drawn
 // by inverse CDF at us[b] over exp(x/τ - max) walked in increasing id order, as
 // engine.SampleLogits does without top-k/top-p. Grid (B), block 1024 (SAMPLE_THREADS).
-#define SAMPLE_THREADS 1024
 extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits, const int* rows,
                                        const float* temps, const double* us, int V) {
-	__shared__ double pre[SAMPLE_THREADS];
 	__shared__ float shv[32];
 	__shared__ int shi[32];
 	__shared__ int pick;
-	__shared__ double total;
 	int b = blockIdx.x, tid = threadIdx.x;
 	const float* x = logits + (i64)rows[b] * V;
 	float temp = temps[b];
@@ -117,40 +174,7 @@ extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits
 	for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
 	mx = block_max(mx, shv);
 	double m = (double)mx * inv;
-	int chunk = (V + blockDim.x - 1) / blockDim.x;
-	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
-	double s = 0;
-	for (int i = c0; i < c1; i++) s += exp((double)x[i] * inv - m);
-	pre[tid] = s;
-	if (tid == 0) pick = -1;
-	__syncthreads();
-	if (tid == 0) {
-		double acc = 0;
-		for (int i = 0; i < (int)blockDim.x; i++) {
-			double v = pre[i];
-			pre[i] = acc;
-			acc += v;
-		}
-		total = acc;
-	}
-	__syncthreads();
-	double z = total;
-	double u = us[b] * z;
-	double c = pre[tid];
-	if (c0 < c1 && c <= u && u < c + s) {
-		int p = c1 - 1;
-		for (int i = c0; i < c1; i++) {
-			c += exp((double)x[i] * inv - m);
-			if (u < c) { p = i; break; }
-		}
-		pick = p;
-	}
-	__syncthreads();
-	if (tid == 0) {
-		int p = pick < 0 ? V - 1 : pick;
-		ids[b] = p;
-		lps[b] = (float)log(exp((double)x[p] * inv - m) / z);
-	}
+	sample_walk(x, V, inv, m, us[b], [](int, float) { return true; }, ids + b, lps + b);
 }
 
 // ---- Top-k / top-p sampling, as engine.SampleLogits: logits / temperature, keep the top-k by
@@ -218,11 +242,8 @@ __device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double 
 extern "C" __global__ void sample_topkp(int* ids, float* lps, const float* logits, const int* rows,
                                         const float* temps, const int* topks, const float* topps,
                                         const double* us, int V) {
-	__shared__ double pre[SAMPLE_THREADS];
 	__shared__ double shd[32];
 	__shared__ float shv[32];
-	__shared__ int pick;
-	__shared__ double total;
 	int b = blockIdx.x, tid = threadIdx.x;
 	const float* x = logits + (i64)rows[b] * V;
 	double inv = 1.0 / (double)temps[b];
@@ -283,51 +304,9 @@ extern "C" __global__ void sample_topkp(int* ids, float* lps, const float* logit
 			if (ties > 1 || allowed < ties) tieCut = tie_cut(x, V, T, allowed, above, need, inv, m);
 		}
 	}
-	// Inverse CDF over kept ids in increasing id order (as sample_rows, with the kept test).
-	int chunk = (V + blockDim.x - 1) / blockDim.x;
-	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
-	double s = 0;
-	for (int i = c0; i < c1; i++) {
-		u32 k = order_key(x[i]);
-		if (k > T || (k == T && i <= tieCut)) s += exp((double)x[i] * inv - m);
-	}
-	pre[tid] = s;
-	if (tid == 0) pick = -1;
-	__syncthreads();
-	if (tid == 0) {
-		double acc = 0;
-		for (int i = 0; i < (int)blockDim.x; i++) {
-			double v = pre[i];
-			pre[i] = acc;
-			acc += v;
-		}
-		total = acc;
-	}
-	__syncthreads();
-	double z = total;
-	double u = us[b] * z;
-	double c = pre[tid];
-	if (c0 < c1 && s > 0 && c <= u && u < c + s) {
-		int p = -1;
-		for (int i = c0; i < c1; i++) {
-			u32 k = order_key(x[i]);
-			if (!(k > T || (k == T && i <= tieCut))) continue;
-			p = i;
-			c += exp((double)x[i] * inv - m);
-			if (u < c) break;
-		}
-		pick = p;
-	}
-	__syncthreads();
-	if (tid == 0) {
-		int p = pick;
-		if (p < 0) { // u at the very top (rounding): the last kept id
-			for (int i = V - 1; i >= 0; i--) {
-				u32 k = order_key(x[i]);
-				if (k > T || (k == T && i <= tieCut)) { p = i; break; }
-			}
-		}
-		ids[b] = p;
-		lps[b] = (float)log(exp((double)x[p] * inv - m) / z);
-	}
+	// Inverse CDF over the kept ids in increasing id order.
+	sample_walk(x, V, inv, m, us[b], [=](int i, float xi) {
+		u32 k = order_key(xi);
+		return k > T || (k == T && i <= tieCut);
+	}, ids + b, lps + b);
 }
