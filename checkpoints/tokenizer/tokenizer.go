@@ -2,15 +2,15 @@
 // tokenizer_config.json) of the model families the engine runs: byte-level BPE as Qwen2 /
 // Qwen2.5 / Qwen3 and Llama 3 ship it (NFC normalizer, the split regex, GPT-2's byte alphabet,
 // merges, added and special tokens, the post-processor's BOS), character-level BPE as the
-// project's default model uses, and the family's chat template (ChatML for Qwen, header
-// blocks for Llama 3), so that a checkpoint directory is a whole model.
+// project's default model uses, and the chat template of tokenizer_config.json (a Jinja program,
+// run by a Jinja engine as transformers runs it), so that a checkpoint directory is a whole model.
 //
 // The reference is Hugging Face tokenizers itself (the Rust library transformers runs): ids,
 // decoded text and the ids of added tokens follow it, including where transformers.js differs
 // (U+0085 and U+FEFF in the split regex, added tokens in byte-level decoding). The split regex,
 // which needs look-ahead that Go's regexp lacks, is matched by hand (pretok.go). Chat templates
-// are recognised, not run: a template that is not one of the known families is reported as
-// such, never rendered approximately.
+// are run by gonja, a Go Jinja engine, set up as transformers sets up Python's Jinja2 (chat.go);
+// a template gonja cannot compile is reported as such, never rendered approximately.
 //
 // Encoding is about 30 MB/s on one core (BenchmarkEncode; tokenizers' Node addon measured in
 // the same run did about 1.5 MB/s on the same 2-core machine).
@@ -64,9 +64,11 @@ type Tokenizer struct {
 	addedIDs     map[int32]bool
 	prefix       []int32 // post-processor tokens before the text (Llama 3's <|begin_of_text|>)
 
-	chatTemplate string
-	chat         chatFormat
-	eos, bos     string
+	chatTemplate  string
+	chat          *ChatTemplate     // nil: no template, or chatErr
+	chatErr       error             // why chat_template did not compile
+	specialTokens map[string]string // bos_token, eos_token, pad_token, unk_token of tokenizer_config.json
+	eos, bos      string
 
 	raw, rawConfig []byte // the files as read, written back unchanged by Save
 
@@ -479,6 +481,8 @@ type tokenizerConfig struct {
 	ChatTemplate json.RawMessage `json:"chat_template"`
 	EOS          json.RawMessage `json:"eos_token"`
 	BOS          json.RawMessage `json:"bos_token"`
+	PAD          json.RawMessage `json:"pad_token"`
+	UNK          json.RawMessage `json:"unk_token"`
 }
 
 func tokenString(raw json.RawMessage) string {
@@ -502,6 +506,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 	}
 	t.rawConfig = append([]byte(nil), data...)
 	t.eos, t.bos = tokenString(c.EOS), tokenString(c.BOS)
+	t.specialTokens = map[string]string{"bos_token": t.bos, "eos_token": t.eos, "pad_token": tokenString(c.PAD), "unk_token": tokenString(c.UNK)}
 	if t.eos != "" {
 		if _, ok := t.vocab[t.eos]; !ok {
 			return fmt.Errorf("eos_token %q is not in the vocabulary", t.eos)
@@ -521,7 +526,14 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 			}
 		}
 		t.chatTemplate = s
-		t.chat = detectChat(s)
+		if s != "" {
+			// A template that does not compile leaves the tokenizer usable for plain text;
+			// ApplyChatTemplate and ChatTemplateProblem say why chat is unavailable.
+			t.chat, t.chatErr = ParseChatTemplate(s)
+			if t.chatErr != nil {
+				t.chatErr = fmt.Errorf("%s: chat_template: %w", ConfigFile, t.chatErr)
+			}
+		}
 	}
 	return nil
 }
