@@ -294,6 +294,19 @@ func (c *ChatTemplate) Render(msgs []Message, addGenerationPrompt bool, specialT
 	return out, nil
 }
 
+// setChatTemplate compiles src as the chat template; where names its source in errors. A
+// template that does not compile leaves the tokenizer usable for plain text: ApplyChatTemplate
+// and ChatTemplateProblem say why chat is unavailable.
+func (t *Tokenizer) setChatTemplate(src, where string) {
+	t.chatTemplate, t.chat, t.chatErr = src, nil, nil
+	if src == "" {
+		return
+	}
+	if t.chat, t.chatErr = ParseChatTemplate(src); t.chatErr != nil {
+		t.chatErr = fmt.Errorf("%s: %w", where, t.chatErr)
+	}
+}
+
 // HasChatTemplate reports whether tokenizer_config.json has a chat template this package can
 // render.
 func (t *Tokenizer) HasChatTemplate() bool { return t.chat != nil }

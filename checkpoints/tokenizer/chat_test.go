@@ -258,3 +258,32 @@ func TestWithConfig(t *testing.T) {
 		t.Errorf("%s: %v, %v", ConfigFile, cfg, err)
 	}
 }
+
+// TestChatTemplateFile: a chat_template.jinja beside tokenizer.json, as transformers 4.43 and
+// later save it, is the template, in place of tokenizer_config.json's.
+func TestChatTemplateFile(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{TokenizerFile: string(tinyJSON(t)), ConfigFile: `{"chat_template": "from the config"}`,
+		ChatTemplateFile: "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tok.ApplyChatTemplate([]Message{{"user", "x"}}, true); err != nil || got != "[user]x" {
+		t.Errorf("got %q, %v", got, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ChatTemplateFile), []byte("{% if %}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err = Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.ChatTemplateProblem(); err == nil || !strings.HasPrefix(err.Error(), ChatTemplateFile+": ") {
+		t.Errorf("a broken %s: %v", ChatTemplateFile, err)
+	}
+}

@@ -34,8 +34,9 @@ import (
 
 // File names of a Hugging Face tokenizer in a model directory.
 const (
-	TokenizerFile = "tokenizer.json"
-	ConfigFile    = "tokenizer_config.json"
+	TokenizerFile    = "tokenizer.json"
+	ConfigFile       = "tokenizer_config.json"
+	ChatTemplateFile = "chat_template.jinja" // the chat template, where it is not in ConfigFile
 )
 
 // Message is one chat message.
@@ -132,7 +133,7 @@ type component struct {
 }
 
 // Load reads dir/tokenizer.json and, when present, dir/tokenizer_config.json (chat template,
-// bos and eos tokens).
+// bos and eos tokens) and dir/chat_template.jinja.
 func Load(dir string) (*Tokenizer, error) { return LoadFile(filepath.Join(dir, TokenizerFile)) }
 
 // LoadFile reads a tokenizer.json at path and, when present, the tokenizer_config.json beside
@@ -155,6 +156,14 @@ func LoadFile(path string) (*Tokenizer, error) {
 		if err := t.parseConfig(cfg); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfgPath, err)
 		}
+	}
+	// transformers 4.43 and later may save the template beside, as chat_template.jinja; it then
+	// takes the place of tokenizer_config.json's.
+	tmplPath := filepath.Join(filepath.Dir(path), ChatTemplateFile)
+	if tmpl, err := os.ReadFile(tmplPath); err == nil {
+		t.setChatTemplate(string(tmpl), ChatTemplateFile)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
 	return t, nil
 }
@@ -525,15 +534,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 				}
 			}
 		}
-		t.chatTemplate = s
-		if s != "" {
-			// A template that does not compile leaves the tokenizer usable for plain text;
-			// ApplyChatTemplate and ChatTemplateProblem say why chat is unavailable.
-			t.chat, t.chatErr = ParseChatTemplate(s)
-			if t.chatErr != nil {
-				t.chatErr = fmt.Errorf("%s: chat_template: %w", ConfigFile, t.chatErr)
-			}
-		}
+		t.setChatTemplate(s, ConfigFile+": chat_template")
 	}
 	return nil
 }
