@@ -287,3 +287,40 @@ func TestChatTemplateFile(t *testing.T) {
 		t.Errorf("a broken %s: %v", ChatTemplateFile, err)
 	}
 }
+
+// TestChatConcurrent: one compiled template renders from many goroutines at once (the server
+// renders requests concurrently) with the same results as one at a time. Run it under -race.
+func TestChatConcurrent(t *testing.T) {
+	specs := readTemplateSpecs(t)
+	chats := readJSONL[struct{ Messages []Message }](t, filepath.Join(chatTemplateDir, "chats.jsonl"))
+	name := "llama-3.1-8b-instruct"
+	tmpl, err := ParseChatTemplate(string(readFile(t, filepath.Join(chatTemplateDir, specs[name]["file"]))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	special := map[string]string{"bos_token": specs[name]["bos_token"], "eos_token": specs[name]["eos_token"]}
+	want := make([]string, len(chats))
+	for i, c := range chats {
+		if want[i], err = tmpl.Render(c.Messages, true, special); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for k := range 3 * len(chats) {
+				i := (g + k) % len(chats)
+				if got, err := tmpl.Render(chats[i].Messages, true, special); err != nil || got != want[i] {
+					errs <- fmt.Errorf("goroutine %d conversation %d: %q, %v", g, i, got, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
