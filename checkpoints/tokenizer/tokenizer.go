@@ -2,15 +2,15 @@
 // tokenizer_config.json) of the model families the engine runs: byte-level BPE as Qwen2 /
 // Qwen2.5 / Qwen3 and Llama 3 ship it (NFC normalizer, the split regex, GPT-2's byte alphabet,
 // merges, added and special tokens, the post-processor's BOS), character-level BPE as the
-// project's default model uses, and the family's chat template (ChatML for Qwen, header
-// blocks for Llama 3), so that a checkpoint directory is a whole model.
+// project's default model uses, and the chat template of tokenizer_config.json (a Jinja program,
+// run by a Jinja engine as transformers runs it), so that a checkpoint directory is a whole model.
 //
 // The reference is Hugging Face tokenizers itself (the Rust library transformers runs): ids,
 // decoded text and the ids of added tokens follow it, including where transformers.js differs
 // (U+0085 and U+FEFF in the split regex, added tokens in byte-level decoding). The split regex,
 // which needs look-ahead that Go's regexp lacks, is matched by hand (pretok.go). Chat templates
-// are recognised, not run: a template that is not one of the known families is reported as
-// such, never rendered approximately.
+// are run by gonja, a Go Jinja engine, set up as transformers sets up Python's Jinja2 (chat.go);
+// a template gonja cannot compile is reported as such, never rendered approximately.
 //
 // Encoding is about 30 MB/s on one core (BenchmarkEncode; tokenizers' Node addon measured in
 // the same run did about 1.5 MB/s on the same 2-core machine).
@@ -34,8 +34,9 @@ import (
 
 // File names of a Hugging Face tokenizer in a model directory.
 const (
-	TokenizerFile = "tokenizer.json"
-	ConfigFile    = "tokenizer_config.json"
+	TokenizerFile    = "tokenizer.json"
+	ConfigFile       = "tokenizer_config.json"
+	ChatTemplateFile = "chat_template.jinja" // the chat template, where it is not in ConfigFile
 )
 
 // Message is one chat message.
@@ -64,9 +65,11 @@ type Tokenizer struct {
 	addedIDs     map[int32]bool
 	prefix       []int32 // post-processor tokens before the text (Llama 3's <|begin_of_text|>)
 
-	chatTemplate string
-	chat         chatFormat
-	eos, bos     string
+	chatTemplate  string
+	chat          *ChatTemplate     // nil: no template, or chatErr
+	chatErr       error             // why chat_template did not compile
+	specialTokens map[string]string // bos_token, eos_token, pad_token, unk_token of tokenizer_config.json
+	eos, bos      string
 
 	raw, rawConfig []byte // the files as read, written back unchanged by Save
 
@@ -133,7 +136,7 @@ type component struct {
 }
 
 // Load reads dir/tokenizer.json and, when present, dir/tokenizer_config.json (chat template,
-// bos and eos tokens).
+// bos and eos tokens) and dir/chat_template.jinja.
 func Load(dir string) (*Tokenizer, error) { return LoadFile(filepath.Join(dir, TokenizerFile)) }
 
 // LoadFile reads a tokenizer.json at path and, when present, the tokenizer_config.json beside
@@ -156,6 +159,14 @@ func LoadFile(path string) (*Tokenizer, error) {
 		if err := t.parseConfig(cfg); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfgPath, err)
 		}
+	}
+	// transformers 4.43 and later may save the template beside, as chat_template.jinja; it then
+	// takes the place of tokenizer_config.json's.
+	tmplPath := filepath.Join(filepath.Dir(path), ChatTemplateFile)
+	if tmpl, err := os.ReadFile(tmplPath); err == nil {
+		t.setChatTemplate(string(tmpl), ChatTemplateFile)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
 	return t, nil
 }
@@ -482,6 +493,8 @@ type tokenizerConfig struct {
 	ChatTemplate json.RawMessage `json:"chat_template"`
 	EOS          json.RawMessage `json:"eos_token"`
 	BOS          json.RawMessage `json:"bos_token"`
+	PAD          json.RawMessage `json:"pad_token"`
+	UNK          json.RawMessage `json:"unk_token"`
 }
 
 func tokenString(raw json.RawMessage) string {
@@ -505,6 +518,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 	}
 	t.rawConfig = append([]byte(nil), data...)
 	t.eos, t.bos = tokenString(c.EOS), tokenString(c.BOS)
+	t.specialTokens = map[string]string{"bos_token": t.bos, "eos_token": t.eos, "pad_token": tokenString(c.PAD), "unk_token": tokenString(c.UNK)}
 	if t.eos != "" {
 		if _, ok := t.vocab[t.eos]; !ok {
 			return fmt.Errorf("eos_token %q is not in the vocabulary", t.eos)
@@ -523,8 +537,7 @@ func (t *Tokenizer) parseConfig(data []byte) error {
 				}
 			}
 		}
-		t.chatTemplate = s
-		t.chat = detectChat(s)
+		t.setChatTemplate(s, ConfigFile+": chat_template")
 	}
 	return nil
 }

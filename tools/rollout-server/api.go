@@ -396,7 +396,9 @@ type chatChoice struct {
 		Content []chatLogprob `json:"content"`
 	} `json:"logprobs"`
 	FinishReason *string `json:"finish_reason"`
-	TokenIDs     []int32 `json:"token_ids"`
+	// Extensions, as in completions: the rendered prompt's token ids and the sampled ones.
+	PromptTokenIDs []int32 `json:"prompt_token_ids,omitempty"`
+	TokenIDs       []int32 `json:"token_ids"`
 }
 
 type chatOut struct {
@@ -453,9 +455,10 @@ func parseCompletionRequest(body []byte, lim limits, vocab int, hasTok bool) (*p
 	return p, nil
 }
 
-// parseChatRequest decodes and checks a /v1/chat/completions body; hasTemplate says whether
-// the model has a tokenizer with a chat template. It returns the messages to render.
-func parseChatRequest(body []byte, lim limits, vocab int, hasTemplate bool) (*chatRequest, sampling, []tokenizer.Message, *apiError) {
+// parseChatRequest decodes and checks a /v1/chat/completions body; noChat says why the model
+// cannot render chat messages (no tokenizer, no chat template, a template that does not
+// compile), nil when it can. It returns the messages to render.
+func parseChatRequest(body []byte, lim limits, vocab int, noChat error) (*chatRequest, sampling, []tokenizer.Message, *apiError) {
 	var req chatRequest
 	if e := decodeStrict(body, &req); e != nil {
 		return nil, sampling{}, nil, e
@@ -463,8 +466,8 @@ func parseChatRequest(body []byte, lim limits, vocab int, hasTemplate bool) (*ch
 	smp, e := req.validate(lim, vocab)
 	switch {
 	case e != nil:
-	case !hasTemplate:
-		e = badRequest("messages", "this model directory has no tokenizer with a chat template: use /v1/completions with token ids")
+	case noChat != nil:
+		e = badRequest("messages", "messages need a chat template and this model has none it can render (%v): use /v1/completions", noChat)
 	case len(req.Messages) == 0:
 		e = badRequest("messages", "messages is required")
 	case len(req.Messages) > lim.MaxPrompts*64:

@@ -79,7 +79,7 @@ func TestDocs(t *testing.T) {
 			}
 		}
 	}
-	if ran["server"] != 1 || ran["curl"] != 6 || ran["go"] != 2 {
+	if ran["server"] != 1 || ran["curl"] != 7 || ran["go"] != 2 {
 		t.Fatalf("ran %v", ran)
 	}
 	server.Process.Signal(syscall.SIGTERM)

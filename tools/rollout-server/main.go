@@ -60,6 +60,16 @@ Serves a model with an OpenAI-compatible API (completions, chat completions, str
 ids and log-probs), continuous batching on the engine, Prometheus metrics and live weight
 updates. Binds to loopback unless an API key is set.
 
+Chat completions render messages with the chat_template of the model's tokenizer_config.json
+as transformers' apply_chat_template does: the template is a Jinja program, run by a Go Jinja2
+engine (gonja) with trim_blocks and lstrip_blocks, messages, add_generation_prompt=true,
+tools=None, the tokenizer's bos_token/eos_token/pad_token/unk_token, and transformers'
+raise_exception and strftime_now. Qwen2.5/Qwen3, Llama 3.x, DeepSeek-R1(-Distill), Mistral and
+Gemma templates render as Python's Jinja2 renders them. Messages are text (system, user,
+assistant; no tools or images). A template the engine cannot compile disables chat: the
+server logs why at startup and /v1/chat/completions answers 400 naming the problem; a
+template that raises (e.g. Gemma on a system message) answers 400 with its message.
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -183,8 +193,13 @@ func newServer(o options) (*server, error) {
 		if tok, err = tokenizer.Load(m.TokenizerDir); err != nil {
 			return nil, fmt.Errorf("--model %s: %w", o.model, err)
 		}
+		if err := tok.ChatTemplateProblem(); err != nil {
+			slog.Warn("chat completions disabled: /v1/chat/completions answers 400", "model", o.model, "reason", err.Error())
+		} else {
+			slog.Info("chat completions: the model's chat template compiled", "model", o.model)
+		}
 	} else {
-		slog.Warn("no tokenizer.json beside the model: prompts must be token ids", "model", o.model)
+		slog.Warn("no tokenizer.json beside the model: prompts must be token ids; chat completions disabled", "model", o.model)
 	}
 	// On the CPU a server keeps a small pool of freed activation buffers: its batches change
 	// size at every step, so a training-sized pool (cpu.DefaultPoolLimit) would fill with buffers

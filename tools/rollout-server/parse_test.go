@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 )
 
@@ -96,7 +97,11 @@ func FuzzParseChatRequest(f *testing.F) {
 	lim := limits{MaxN: 4, MaxTokens: 32, MaxPrompts: 3}
 	const vocab = 40
 	f.Fuzz(func(t *testing.T, body []byte, hasTemplate bool) {
-		req, smp, msgs, e := parseChatRequest(body, lim, vocab, hasTemplate)
+		var noChat error
+		if !hasTemplate {
+			noChat = errors.New("no chat_template in tokenizer_config.json")
+		}
+		req, smp, msgs, e := parseChatRequest(body, lim, vocab, noChat)
 		if e != nil {
 			checkParseError(t, string(body), e)
 			return

@@ -777,6 +777,15 @@ func usageOf(prompts []prompt, choices []*choiceState) *usage {
 	return u
 }
 
+// chatProblem says why chat messages cannot be rendered: no tokenizer.json, no chat_template,
+// or one the Jinja engine cannot compile. Nil when they can.
+func (s *server) chatProblem() error {
+	if s.tok == nil {
+		return errors.New("the model directory has no tokenizer.json")
+	}
+	return s.tok.ChatTemplateProblem()
+}
+
 // chat serves POST /v1/chat/completions.
 func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 	body, e := s.readBody(w, r, s.maxBody)
@@ -784,7 +793,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	req, smp, msgs, e := parseChatRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil && s.tok.HasChatTemplate())
+	req, smp, msgs, e := parseChatRequest(body, s.lim, s.cfg.VocabSize, s.chatProblem())
 	if e == nil {
 		e = s.checkModel(req.Model)
 	}
@@ -895,7 +904,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 			ids = []int32{}
 		}
 		resp.Choices = append(resp.Choices, chatChoice{Index: c.index, Message: &chatOut{Role: "assistant", Content: c.text},
-			FinishReason: strp(c.finish), TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, c.tops)})
+			FinishReason: strp(c.finish), PromptTokenIDs: p.ids, TokenIDs: ids, Logprobs: lpEntries(c.ids, c.lps, c.tops)})
 	}
 	writeJSON(w, 200, resp)
 }

@@ -200,7 +200,9 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, _, err := hf.prompt(data.Row{Prompt: text}, true, 1<<30)
+			// A prompt goes through the chat template (which keeps "<bos>8+7-5=" as is); an
+			// answer is plain text.
+			got, _, err := hf.prompt(data.Row{Prompt: text}, strings.HasPrefix(text, quickstart.BOS), 1<<30)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -210,6 +212,14 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 			if text[0] != '<' && hf.decode(got) != q.Decode(want) {
 				t.Fatalf("%q: decoded %q and %q", text, hf.decode(got), q.Decode(want))
 			}
+		}
+	}
+	// A question without BOS, as a chat client sends it, gets the BOS the model was trained with.
+	for _, row := range []data.Row{{Prompt: "8+7-5="}, {Messages: []data.Message{{Role: "user", Content: "8+7-5="}}}} {
+		got, text, err := hf.prompt(row, true, 1<<30)
+		want, _ := q.Encode(quickstart.BOS + "8+7-5=")
+		if err != nil || text != quickstart.BOS+"8+7-5=" || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%+v: %q %v, %v; want %v", row, text, got, err, want)
 		}
 	}
 	if stop := hf.stopTokens(quickstart.ModelConfig()); fmt.Sprint(stop) != fmt.Sprint([]int32{q.ID(quickstart.EOS)}) {

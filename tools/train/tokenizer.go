@@ -33,8 +33,8 @@ func (t *hfTokenizer) vocabSize() int { return t.tok.VocabSize() }
 func (t *hfTokenizer) prompt(r data.Row, chat bool, maxTokens int) ([]int32, string, error) {
 	text := r.Prompt
 	if r.Messages != nil || (chat && t.tok.HasChatTemplate()) {
-		if !t.tok.HasChatTemplate() {
-			return nil, "", fmt.Errorf("chat messages, but the tokenizer in %s has no chat template", t.dir)
+		if err := t.tok.ChatTemplateProblem(); err != nil {
+			return nil, "", fmt.Errorf("chat messages, but the tokenizer in %s cannot render them: %w", t.dir, err)
 		}
 		msgs := make([]tokenizer.Message, 0, len(r.Chat()))
 		for _, m := range r.Chat() {
@@ -85,11 +85,16 @@ func (t *hfTokenizer) stopTokens(c *engine.Config) []int32 {
 }
 
 // quickstartTokenizerFiles writes the default model's character tokenizer as tokenizer.json,
-// so that its exports are whole Hugging Face model directories.
+// with tokenizer_config.json's chat template (quickstart.ChatTemplate: a user message is a
+// question, as the model's prompts are), so that its exports are whole Hugging Face model
+// directories that /v1/chat/completions serves.
 func quickstartTokenizerFiles(dir string) error {
 	q := quickstart.NewTokenizer()
 	t, err := tokenizer.NewCharLevel(q.Tokens, []string{quickstart.Pad, quickstart.BOS, quickstart.EOS}, quickstart.EOS)
 	if err != nil {
+		return err
+	}
+	if t, err = t.WithConfig(quickstart.TokenizerConfig()); err != nil {
 		return err
 	}
 	return t.Save(dir)
