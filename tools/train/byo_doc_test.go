@@ -62,6 +62,10 @@ func TestBYODoc(t *testing.T) {
 	if len(outputs) != 7 {
 		t.Fatalf("ran %d commands, want the page's 7", len(outputs))
 	}
+	row := regexp.MustCompile("(?s)holds rows like\n\n```json\n(.*?)\n```").FindStringSubmatch(string(page))
+	if row == nil || !strings.Contains(outputs[2], row[1]) {
+		t.Errorf("head -n 2 data/train.jsonl printed:\n%s\nthe page shows %q", outputs[2], row)
+	}
 	answer := regexp.MustCompile("It answers `([^`]*)`").FindStringSubmatch(string(page))
 	if answer == nil || !strings.Contains(outputs[3], answer[1]) {
 		t.Errorf("the reward program answered %q; the page says %q", outputs[3], answer)
