@@ -83,7 +83,8 @@ func (s *summary) add(e event, w io.Writer) {
 	case e.Test == "":
 		// Package-level lines: "ok  pkg 1.2s", "FAIL pkg", "? pkg [no test files]", and the
 		// output of a package that failed outside any test (a panic in TestMain, say).
-		if e.Action == "output" {
+		// "PASS" and "testing: warning: no tests to run" are what go test prints only with -v.
+		if e.Action == "output" && e.Output != "PASS\n" && !strings.HasPrefix(e.Output, "testing: warning: no tests to run") {
 			fmt.Fprint(w, e.Output)
 		}
 		if e.Action == "fail" && s.failedIn[e.Package] == 0 {
