@@ -388,14 +388,17 @@ type chatTopAlt struct {
 	Bytes   []int   `json:"bytes"`
 }
 
+// chatLogprobs is a chat choice's logprobs: one entry a token.
+type chatLogprobs struct {
+	Content []chatLogprob `json:"content"`
+}
+
 type chatChoice struct {
-	Index    int      `json:"index"`
-	Message  *chatOut `json:"message,omitempty"`
-	Delta    *chatOut `json:"delta,omitempty"`
-	Logprobs *struct {
-		Content []chatLogprob `json:"content"`
-	} `json:"logprobs"`
-	FinishReason *string `json:"finish_reason"`
+	Index        int           `json:"index"`
+	Message      *chatOut      `json:"message,omitempty"`
+	Delta        *chatOut      `json:"delta,omitempty"`
+	Logprobs     *chatLogprobs `json:"logprobs"`
+	FinishReason *string       `json:"finish_reason"`
 	// Extensions, as in completions: the rendered prompt's token ids and the sampled ones.
 	PromptTokenIDs []int32 `json:"prompt_token_ids,omitempty"`
 	TokenIDs       []int32 `json:"token_ids"`
