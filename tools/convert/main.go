@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,37 +94,14 @@ Flags:
 	return fs
 }
 
-func main() {
-	clilog.Setup("convert")
-	outdir.HandleSignals("convert")
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if outdir.Stopping() {
-			select {} // the signal handler exits
-		}
-		if !errors.Is(err, pflag.ErrHelp) {
-			slog.Error(err.Error())
-			os.Exit(1)
-		}
-	}
-}
+func main() { modelio.Main("convert", run) }
 
 func run(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlags(&o, io.Discard) // --help on stdout; errors are main's to print
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-		}
+	if err := modelio.ParseInOut(newFlags(&o, io.Discard), args, stdout, &o.in, &o.out); err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments %q (use -i and -o)", fs.Args())
-	case o.in == "":
-		return errors.New("-i/--input is required (see --help)")
-	case o.out == "":
-		return errors.New("-o/--output is required (see --help)")
 	case o.to != "safetensors" && o.to != "onnx":
 		return fmt.Errorf("--to %q: want safetensors or onnx", o.to)
 	case o.verifyTokens < 1:

@@ -15,9 +15,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
 // fixtures are the ONNX files of onnx/testdata (scripts/make_onnx_fixtures.py): torch.onnx /
@@ -44,20 +43,8 @@ func mustConvert(t *testing.T, args ...string) string {
 	return out
 }
 
-func sameFile(t *testing.T, a, b string) {
-	t.Helper()
-	x, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(x, y) {
-		t.Errorf("%s and %s differ (%d and %d bytes)", a, b, len(x), len(y))
-	}
-}
+// sameFile fails t unless a and b hold the same bytes.
+func sameFile(t *testing.T, a, b string) { t.Helper(); tooltest.SameFile(t, a, b) }
 
 // TestSafetensorsRoundTrip: ONNX -> safetensors, then safetensors -> ONNX -> safetensors and
 // safetensors -> engine -> safetensors, give byte-identical model.safetensors and config.json
@@ -74,22 +61,7 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 				sameFile(t, filepath.Join(hf, f), filepath.Join(back, f))
 			}
 
-			cfg, w, err := checkpoints.Load(hf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
-			if err != nil {
-				t.Fatal(err)
-			}
-			hw, err := m.HostWeights()
-			if err != nil {
-				t.Fatal(err)
-			}
-			viaEngine := filepath.Join(dir, "engine")
-			if err := checkpoints.Save(viaEngine, cfg, hw, checkpoints.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			viaEngine := tooltest.ThroughEngine(t, hf, dir)
 			sameFile(t, filepath.Join(hf, "model.safetensors"), filepath.Join(viaEngine, "model.safetensors"))
 		})
 	}

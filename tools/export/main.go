@@ -13,8 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -91,37 +89,14 @@ Flags:
 	return fs
 }
 
-func main() {
-	clilog.Setup("export")
-	outdir.HandleSignals("export")
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if outdir.Stopping() {
-			select {} // the signal handler exits
-		}
-		if !errors.Is(err, pflag.ErrHelp) {
-			slog.Error(err.Error())
-			os.Exit(1)
-		}
-	}
-}
+func main() { modelio.Main("export", run) }
 
 func run(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlags(&o, io.Discard) // --help on stdout; errors are main's to print
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-		}
+	if err := modelio.ParseInOut(newFlags(&o, io.Discard), args, stdout, &o.in, &o.out); err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected arguments %q (use -i and -o)", fs.Args())
-	case o.in == "":
-		return errors.New("-i/--input is required (see --help)")
-	case o.out == "":
-		return errors.New("-o/--output is required (see --help)")
 	case o.weights != "policy" && o.weights != "reference":
 		return fmt.Errorf("--weights %q: want policy or reference", o.weights)
 	case len(o.formats) == 0:

@@ -16,6 +16,7 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
 // export runs the program with args (progress bar off) and returns its output and error.
@@ -54,20 +55,8 @@ func sameWeights(t *testing.T, what string, got, want map[string]engine.HostTens
 	}
 }
 
-func sameFile(t *testing.T, a, b string) {
-	t.Helper()
-	x, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(x, y) {
-		t.Errorf("%s and %s differ (%d and %d bytes)", a, b, len(x), len(y))
-	}
-}
+// sameFile fails t unless a and b hold the same bytes.
+func sameFile(t *testing.T, a, b string) { t.Helper(); tooltest.SameFile(t, a, b) }
 
 // TestExportRunState: each way of naming a run state exports exactly the weights stored for
 // it (compared with the seeded weights the fixture was made from), with the run's tokenizer.
@@ -121,22 +110,7 @@ func TestSafetensorsBitExact(t *testing.T) {
 	}
 
 	// Through the engine: the model built on the CPU backend gives back the same weights.
-	cfg, w, err := checkpoints.Load(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hw, err := m.HostWeights()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := filepath.Join(dir, "engine")
-	if err := checkpoints.Save(c, cfg, hw, checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c := tooltest.ThroughEngine(t, a, dir)
 	sameFile(t, filepath.Join(a, "model.safetensors"), filepath.Join(c, "model.safetensors"))
 	sameFile(t, filepath.Join(a, "config.json"), filepath.Join(c, "config.json"))
 
