@@ -9,15 +9,16 @@ import (
 // AdamWConfig holds the optimizer's hyper-parameters, as torch.optim.AdamW names them, plus
 // global-norm clipping and the learning-rate schedule.
 type AdamWConfig struct {
-	LR          float64 // peak learning rate
-	Beta1       float64 // default 0.9
-	Beta2       float64 // default 0.999
+	// The tags name the knobs' flags in tools/train, their ranges and help (package grpo/knob).
+	LR          float64 `flag:"lr" check:">=0" help:"learning rate (AdamW; constant after --warmup)"` // peak learning rate
+	Beta1       float64 `flag:"beta1" check:"[0,1)" help:"AdamW beta1"`                               // default 0.9
+	Beta2       float64 `flag:"beta2" check:"[0,1)" help:"AdamW beta2"`                               // default 0.999
 	Eps         float64 // default 1e-8
-	WeightDecay float64 // decoupled, default 0
+	WeightDecay float64 `flag:"weight-decay" check:">=0" help:"AdamW decoupled weight decay (not on norms and biases)"` // decoupled, default 0
 	// NoDecay1D exempts 1-D weights (norms, biases) from weight decay.
 	NoDecay1D bool
 	// ClipNorm clips the global gradient norm to this value before each step; 0 disables.
-	ClipNorm float64
+	ClipNorm float64 `flag:"clip-norm" check:">=0" help:"global gradient-norm clipping; 0: off"`
 	// Schedule scales LR at each step; nil means constant.
 	Schedule Schedule
 }

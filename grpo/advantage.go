@@ -35,17 +35,38 @@ const DefaultAdvantageEps = 1e-6
 const whitenEps = 1e-8
 
 // AdvantageConfig selects and tunes an estimator for Advantages.
+//
+// Its knobs' flag names (tools/train), defaults and help are their tags (package grpo/knob).
 type AdvantageConfig struct {
 	// Estimator is the estimator to use; empty means EstimatorGRPO.
-	Estimator Estimator
+	Estimator Estimator `flag:"adv-estimator" default:"grpo" help:"advantage estimator: grpo, rloo or reinforce_plus_plus_baseline"`
 	// Eps is added to the group standard deviation in GRPO; 0 means DefaultAdvantageEps.
 	Eps float64
 	// NoStdNorm drops the division by the group standard deviation in GRPO (Dr. GRPO).
-	NoStdNorm bool
+	NoStdNorm bool `flag:"no-std-norm" help:"GRPO advantages without the division by the group's standard deviation (Dr. GRPO)"`
 	// TokenCounts, used only by EstimatorReinforcePPBaseline, weights each response by its
 	// number of response tokens in the batch whitening, as verl's token-level masked_whiten
 	// does. Same shape as the rewards; nil weighs every response once.
 	TokenCounts [][]int
+}
+
+// CheckKnobs reports an unknown Estimator, naming its flag (knob.Checker).
+func (c *AdvantageConfig) CheckKnobs() error {
+	switch c.Estimator {
+	case "", EstimatorGRPO, EstimatorRLOO, EstimatorReinforcePPBaseline:
+		return nil
+	}
+	return fmt.Errorf("--adv-estimator %q: want grpo, rloo or reinforce_plus_plus_baseline", c.Estimator)
+}
+
+// UnmarshalText sets e from an estimator's name.
+func (e *Estimator) UnmarshalText(b []byte) error {
+	switch v := Estimator(b); v {
+	case EstimatorGRPO, EstimatorRLOO, EstimatorReinforcePPBaseline:
+		*e = v
+		return nil
+	}
+	return fmt.Errorf("grpo: unknown advantage estimator %q (want grpo, rloo or reinforce_plus_plus_baseline)", b)
 }
 
 // Advantages computes one advantage per response with the estimator cfg selects.

@@ -2,10 +2,13 @@ package grpo
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"sort"
+
+	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
 // The policy loss of GRPO with the ProRL changes, as a pure function of per-token log-probs.
@@ -120,57 +123,49 @@ func ParsePolicyLossMode(name string) (PolicyLossMode, error) {
 	return "", fmt.Errorf("grpo: unknown policy loss %q (want grpo, gspo, clip-cov or kl-cov)", name)
 }
 
-// ProRL defaults for LossConfig, and the defaults of the other policy losses' knobs (used
-// only in their mode).
-const (
-	DefaultClipLow  = 0.2
-	DefaultClipHigh = 0.4
-	DefaultKLCoef   = 1e-4
-	// DefaultDualClip is verl's clip_ratio_c, which verl always applies.
-	DefaultDualClip = 3.0
-	// DefaultGSPOClipLow and DefaultGSPOClipHigh are verl's GSPO recipe's clip_ratio_low/high
-	// (the paper uses 3e-4 and 4e-4).
-	DefaultGSPOClipLow, DefaultGSPOClipHigh = 3e-4, 4e-4
-	// DefaultClipCovRatio, DefaultClipCovLow and DefaultClipCovHigh are verl's and the
-	// paper's clip_cov_ratio, clip_cov_lb and clip_cov_ub.
-	DefaultClipCovRatio, DefaultClipCovLow, DefaultClipCovHigh = 2e-4, 1.0, 5.0
-	// DefaultKLCovRatio is the paper's k for its 7B runs (verl's default is 2e-4, the paper's
-	// 32B value); DefaultKLCovCoef is verl's ppo_kl_coef.
-	DefaultKLCovRatio, DefaultKLCovCoef = 2e-3, 1.0
-)
-
-// LossConfig holds the knobs of PolicyLoss. Start from DefaultLossConfig.
+// LossConfig holds the knobs of PolicyLoss. Start from DefaultLossConfig. Each knob's flag
+// name (tools/train), default, range and help are its tags (package grpo/knob); the knobs of
+// one policy loss are checked only in its Mode.
 type LossConfig struct {
 	// Mode is the policy-gradient term; empty means PolicyGRPO.
-	Mode PolicyLossMode
+	Mode PolicyLossMode `flag:"policy-loss" default:"grpo" help:"policy loss (verl policy_loss.loss_mode): grpo (token-level clipped surrogate), gspo (sequence-level ratio, arXiv 2507.18071; its policy term is seq-mean-token-mean whatever --loss-agg), clip-cov or kl-cov (grpo's loss with the entropy-preserving Clip-Cov / KL-Cov updates, arXiv 2505.22617)"`
 	// ClipLow and ClipHigh are the decoupled clip bounds of the token-level modes: rho is
-	// clipped to [1-ClipLow, 1+ClipHigh].
-	ClipLow, ClipHigh float64
+	// clipped to [1-ClipLow, 1+ClipHigh] (ProRL: 0.2, 0.4).
+	ClipLow  float64 `flag:"clip-low" default:"0.2" check:"[0,1)" want:"must be in [0, 1) (the ratio is clipped at 1 - clip-low)" help:"lower clip bound eps_low: the ratio is clipped at 1-eps_low"`
+	ClipHigh float64 `flag:"clip-high" default:"0.4" check:">=0" help:"upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)"`
 	// DualClip, when > 0, bounds the loss of a token with negative advantage by -A*DualClip
-	// (dual-clip PPO; verl's clip_ratio_c, 3 by default). It must be > 1. 0 turns it off. It
-	// applies to PolicyGRPO and PolicyClipCov.
-	DualClip float64
+	// (dual-clip PPO; verl's clip_ratio_c, 3 by default, which verl always applies). It must be
+	// > 1. 0 turns it off. It applies to PolicyGRPO and PolicyClipCov.
+	DualClip float64 `flag:"dual-clip" default:"3" check:"0|>1" help:"dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c); with --policy-loss grpo and clip-cov; 0: off"`
 	// GSPOClipLow and GSPOClipHigh clip GSPO's sequence ratio to [1-GSPOClipLow,
-	// 1+GSPOClipHigh].
-	GSPOClipLow, GSPOClipHigh float64
+	// 1+GSPOClipHigh]; the defaults are verl's GSPO recipe's clip_ratio_low/high (the paper
+	// uses 3e-4 and 4e-4).
+	GSPOClipLow  float64 `flag:"gspo-clip-low" default:"3e-4" check:"[0,1)" when:"Mode=gspo" help:"--policy-loss gspo: the sequence ratio is clipped at 1 minus this"`
+	GSPOClipHigh float64 `flag:"gspo-clip-high" default:"4e-4" check:">=0" when:"Mode=gspo" help:"--policy-loss gspo: the sequence ratio is clipped at 1 plus this"`
 	// ClipCovRatio, ClipCovLow and ClipCovHigh are Clip-Cov's fraction of tokens and
-	// covariance window (PolicyClipCov).
-	ClipCovRatio, ClipCovLow, ClipCovHigh float64
-	// KLCovRatio and KLCovCoef are KL-Cov's fraction of tokens and penalty weight (PolicyKLCov).
-	KLCovRatio, KLCovCoef float64
+	// covariance window (PolicyClipCov); the defaults are verl's and the paper's clip_cov_ratio,
+	// clip_cov_lb and clip_cov_ub.
+	ClipCovRatio float64 `flag:"clip-cov-ratio" default:"2e-4" check:"(0,1]" when:"Mode=clip-cov" help:"--policy-loss clip-cov: fraction of tokens whose gradient is dropped (at least one per micro-batch)"`
+	ClipCovLow   float64 `flag:"clip-cov-lb" default:"1" check:"finite" when:"Mode=clip-cov" help:"--policy-loss clip-cov: the dropped tokens are drawn from those whose covariance (A - mean A)(logp - mean logp) is above this"`
+	ClipCovHigh  float64 `flag:"clip-cov-ub" default:"5" want:"must be a finite value above --clip-cov-lb" when:"Mode=clip-cov" help:"--policy-loss clip-cov: ... and below this"`
+	// KLCovRatio and KLCovCoef are KL-Cov's fraction of tokens and penalty weight
+	// (PolicyKLCov); the ratio's default is the paper's k for its 7B runs (verl's default is
+	// 2e-4, the paper's 32B value), the weight's verl's ppo_kl_coef.
+	KLCovRatio float64 `flag:"kl-cov-ratio" default:"2e-3" check:"(0,1]" when:"Mode=kl-cov" help:"--policy-loss kl-cov: fraction of tokens (those of largest covariance; at least one per micro-batch) penalised by --kl-cov-coef * |logp - old logp|"`
+	KLCovCoef  float64 `flag:"kl-cov-coef" default:"1" check:">=0" when:"Mode=kl-cov" help:"--policy-loss kl-cov: weight of its penalty (verl ppo_kl_coef)"`
 	// TISCap, when > 0, weights each token's pg term by the truncated importance ratio
 	// min(pi_old/pi_rollout, TISCap); LossInput.RolloutLogProbs is then required. 0: off.
-	TISCap float64
-	// Agg is the aggregation mode; empty means AggTokenMean.
-	Agg AggMode
+	TISCap float64 `flag:"tis-cap" check:">=0" help:"truncated importance sampling: the policy term of each token is weighted by min(p_trainer / p_rollout, this), correcting for the rollout engine's other numbers (verl rollout_is_threshold, e.g. 2); 0: off"`
 	// KLCoef is beta, the weight of the KL penalty to the reference policy; 0 turns it off
 	// (and RefLogProbs may then be nil).
-	KLCoef float64
+	KLCoef float64 `flag:"kl-coef" default:"1e-4" check:">=0" help:"beta, the weight of the KL penalty to the reference in the loss; 0: no reference"`
 	// KL is the estimator; empty means KLK3.
-	KL KLEstimator
+	KL KLEstimator `flag:"kl-estimator" default:"k3" help:"KL estimator: k1, k2 (mse) or k3 (low-variance)"`
 	// EntropyCoef weights an entropy bonus (loss -= EntropyCoef * aggregated entropy); ProRL
 	// uses 0. When it is not 0 the input must carry Entropy.
-	EntropyCoef float64
+	EntropyCoef float64 `flag:"entropy-coef" check:"finite" help:"weight of an entropy bonus (ProRL: none)"`
+	// Agg is the aggregation mode; empty means AggTokenMean.
+	Agg AggMode `flag:"loss-agg" default:"token-mean" help:"loss aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean"`
 	// TokenNorm, when > 0, replaces the number of valid tokens as the divisor of AggTokenMean,
 	// and SeqNorm, when > 0, replaces the number of sequences in the seq-mean modes. Set them to
 	// the counts of the whole mini-batch when it is processed as several micro-batches whose
@@ -178,83 +173,84 @@ type LossConfig struct {
 	TokenNorm, SeqNorm float64
 }
 
-// DefaultLossConfig returns the ProRL recipe: the GRPO token-level loss, clip bounds 0.2/0.4,
-// dual clip at 3 (as verl), token-mean, k3 KL with beta 1e-4, no entropy bonus, no TIS; the
-// other modes' knobs at their papers' values.
+// DefaultLossConfig returns the ProRL recipe (the default tags of LossConfig): the GRPO
+// token-level loss, clip bounds 0.2/0.4, dual clip at 3 (as verl), token-mean, k3 KL with beta
+// 1e-4, no entropy bonus, no TIS; the other modes' knobs at their papers' values.
 func DefaultLossConfig() LossConfig {
-	return LossConfig{
-		Mode:         PolicyGRPO,
-		ClipLow:      DefaultClipLow,
-		ClipHigh:     DefaultClipHigh,
-		DualClip:     DefaultDualClip,
-		GSPOClipLow:  DefaultGSPOClipLow,
-		GSPOClipHigh: DefaultGSPOClipHigh,
-		ClipCovRatio: DefaultClipCovRatio,
-		ClipCovLow:   DefaultClipCovLow,
-		ClipCovHigh:  DefaultClipCovHigh,
-		KLCovRatio:   DefaultKLCovRatio,
-		KLCovCoef:    DefaultKLCovCoef,
-		Agg:          AggTokenMean,
-		KLCoef:       DefaultKLCoef,
-		KL:           KLK3,
-	}
+	var c LossConfig
+	knob.Defaults(&c)
+	return c
 }
 
 // finite reports whether v is neither NaN nor infinite.
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
-// Validate reports the first knob of c that is out of range.
-func (c LossConfig) Validate() error {
-	switch {
-	case !(c.ClipLow >= 0 && c.ClipLow < 1):
-		return fmt.Errorf("grpo: LossConfig.ClipLow = %v, want 0 <= ClipLow < 1", c.ClipLow)
-	case !(c.ClipHigh >= 0) || math.IsInf(c.ClipHigh, 0):
-		return fmt.Errorf("grpo: LossConfig.ClipHigh = %v, want a finite value >= 0", c.ClipHigh)
-	case c.DualClip != 0 && !(c.DualClip > 1) || math.IsInf(c.DualClip, 0):
-		return fmt.Errorf("grpo: LossConfig.DualClip = %v, want 0 (off) or a finite value > 1", c.DualClip)
-	case !(c.KLCoef >= 0) || math.IsInf(c.KLCoef, 0):
-		return fmt.Errorf("grpo: LossConfig.KLCoef = %v, want a finite value >= 0", c.KLCoef)
-	case !finite(c.EntropyCoef):
-		return fmt.Errorf("grpo: LossConfig.EntropyCoef = %v, want a finite value", c.EntropyCoef)
-	case !(c.TokenNorm >= 0) || !(c.SeqNorm >= 0):
-		return fmt.Errorf("grpo: LossConfig.TokenNorm/SeqNorm = %v/%v, want values >= 0", c.TokenNorm, c.SeqNorm)
-	case !(c.TISCap >= 0) || math.IsInf(c.TISCap, 0):
-		return fmt.Errorf("grpo: LossConfig.TISCap = %v, want 0 (off) or a finite value > 0", c.TISCap)
+// UnmarshalText sets m from a user's name for a policy loss (ParsePolicyLossMode).
+func (m *PolicyLossMode) UnmarshalText(b []byte) error {
+	v, err := ParsePolicyLossMode(string(b))
+	if err == nil {
+		*m = v
 	}
-	if err := c.validateMode(); err != nil {
-		return err
-	}
-	switch c.Agg {
-	case "", AggTokenMean, AggSeqMeanTokenSum, AggSeqMeanTokenMean:
-	default:
-		return fmt.Errorf("grpo: LossConfig.Agg = %q, want %q, %q or %q", c.Agg, AggTokenMean, AggSeqMeanTokenSum, AggSeqMeanTokenMean)
-	}
-	switch c.KL {
-	case "", KLK1, KLK2, KLK3:
-	default:
-		return fmt.Errorf("grpo: LossConfig.KL = %q, want %q, %q or %q", c.KL, KLK1, KLK2, KLK3)
-	}
-	return nil
+	return err
 }
 
-// validateMode checks the knobs of the chosen policy loss (only those: the others are unused).
-func (c LossConfig) validateMode() error {
-	switch c.Mode {
-	case "", PolicyGRPO:
-	case PolicyGSPO:
-		if !(c.GSPOClipLow >= 0 && c.GSPOClipLow < 1) || !(c.GSPOClipHigh >= 0) || math.IsInf(c.GSPOClipHigh, 0) {
-			return fmt.Errorf("grpo: LossConfig.GSPOClipLow/GSPOClipHigh = %v/%v, want 0 <= low < 1 and a finite high >= 0", c.GSPOClipLow, c.GSPOClipHigh)
+// UnmarshalText sets e from a user's name for a KL estimator (ParseKLEstimator).
+func (e *KLEstimator) UnmarshalText(b []byte) error {
+	v, err := ParseKLEstimator(string(b))
+	if err == nil {
+		*e = v
+	}
+	return err
+}
+
+// UnmarshalText sets a from an aggregation mode's name.
+func (a *AggMode) UnmarshalText(b []byte) error {
+	switch v := AggMode(b); v {
+	case AggTokenMean, AggSeqMeanTokenSum, AggSeqMeanTokenMean:
+		*a = v
+		return nil
+	}
+	return fmt.Errorf("grpo: unknown loss aggregation %q (want token-mean, seq-mean-token-sum or seq-mean-token-mean)", b)
+}
+
+// CheckKnobs checks every knob of c (its range tags, and the rules between knobs) and returns
+// all those out of range, each error naming its flag (knob.Checker).
+func (c *LossConfig) CheckKnobs() error {
+	errs := []error{knob.Check(c)}
+	if c.Mode == PolicyClipCov && !(finite(c.ClipCovHigh) && c.ClipCovHigh > c.ClipCovLow) {
+		errs = append(errs, &knob.Error{Flag: "clip-cov-ub", Want: fmt.Sprintf("must be a finite value above --clip-cov-lb %v", c.ClipCovLow), Got: c.ClipCovHigh})
+	}
+	if c.Mode != "" {
+		if m, err := ParsePolicyLossMode(string(c.Mode)); err != nil {
+			errs = append(errs, fmt.Errorf("--policy-loss: %w", err))
+		} else if m != c.Mode {
+			errs = append(errs, fmt.Errorf("--policy-loss %q: want its name %q", c.Mode, m))
 		}
-	case PolicyClipCov:
-		if !(c.ClipCovRatio > 0 && c.ClipCovRatio <= 1) || !finite(c.ClipCovLow) || !finite(c.ClipCovHigh) || !(c.ClipCovLow < c.ClipCovHigh) {
-			return fmt.Errorf("grpo: LossConfig.ClipCovRatio/ClipCovLow/ClipCovHigh = %v/%v/%v, want 0 < ratio <= 1 and finite low < high", c.ClipCovRatio, c.ClipCovLow, c.ClipCovHigh)
+	}
+	if c.KL != "" {
+		if e, err := ParseKLEstimator(string(c.KL)); err != nil {
+			errs = append(errs, fmt.Errorf("--kl-estimator: %w", err))
+		} else if e != c.KL {
+			errs = append(errs, fmt.Errorf("--kl-estimator %q: want its name %q", c.KL, e))
 		}
-	case PolicyKLCov:
-		if !(c.KLCovRatio > 0 && c.KLCovRatio <= 1) || !(c.KLCovCoef >= 0) || math.IsInf(c.KLCovCoef, 0) {
-			return fmt.Errorf("grpo: LossConfig.KLCovRatio/KLCovCoef = %v/%v, want 0 < ratio <= 1 and a finite coef >= 0", c.KLCovRatio, c.KLCovCoef)
+	}
+	if c.Agg != "" {
+		if err := new(AggMode).UnmarshalText([]byte(c.Agg)); err != nil {
+			errs = append(errs, fmt.Errorf("--loss-agg %q: want token-mean, seq-mean-token-sum or seq-mean-token-mean", c.Agg))
 		}
-	default:
-		return fmt.Errorf("grpo: LossConfig.Mode = %q, want %q, %q, %q or %q", c.Mode, PolicyGRPO, PolicyGSPO, PolicyClipCov, PolicyKLCov)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate reports the knobs of c that are out of range (CheckKnobs) and negative
+// TokenNorm/SeqNorm.
+func (c LossConfig) Validate() error {
+	err := c.CheckKnobs()
+	if !(c.TokenNorm >= 0) || !(c.SeqNorm >= 0) {
+		err = errors.Join(err, fmt.Errorf("LossConfig.TokenNorm/SeqNorm = %v/%v, want values >= 0", c.TokenNorm, c.SeqNorm))
+	}
+	if err != nil {
+		return fmt.Errorf("grpo: %w", err)
 	}
 	return nil
 }

@@ -454,27 +454,27 @@ func TestPolicyLossErrors(t *testing.T) {
 		mod     func(*LossInput, *LossConfig)
 		wantErr string
 	}{
-		{"clip low", func(_ *LossInput, c *LossConfig) { c.ClipLow = 1 }, "ClipLow = 1"},
-		{"clip high", func(_ *LossInput, c *LossConfig) { c.ClipHigh = -0.1 }, "ClipHigh = -0.1"},
-		{"dual", func(_ *LossInput, c *LossConfig) { c.DualClip = 0.5 }, "DualClip = 0.5"},
-		{"agg", func(_ *LossInput, c *LossConfig) { c.Agg = "token-sum" }, `Agg = "token-sum"`},
-		{"kl", func(_ *LossInput, c *LossConfig) { c.KL = "kl" }, `KL = "kl"`},
-		{"kl coef", func(_ *LossInput, c *LossConfig) { c.KLCoef = math.NaN() }, "KLCoef = NaN"},
+		{"clip low", func(_ *LossInput, c *LossConfig) { c.ClipLow = 1 }, "--clip-low: must be in [0, 1) (the ratio is clipped at 1 - clip-low), got 1"},
+		{"clip high", func(_ *LossInput, c *LossConfig) { c.ClipHigh = -0.1 }, "--clip-high: must be a finite value >= 0, got -0.1"},
+		{"dual", func(_ *LossInput, c *LossConfig) { c.DualClip = 0.5 }, "--dual-clip: must be 0 (off) or a finite value > 1, got 0.5"},
+		{"agg", func(_ *LossInput, c *LossConfig) { c.Agg = "token-sum" }, `--loss-agg "token-sum": want token-mean, seq-mean-token-sum or seq-mean-token-mean`},
+		{"kl", func(_ *LossInput, c *LossConfig) { c.KL = "kl" }, `--kl-estimator "kl": want its name "k1"`},
+		{"kl coef", func(_ *LossInput, c *LossConfig) { c.KLCoef = math.NaN() }, "--kl-coef: must be a finite value >= 0, got NaN"},
 		{"ref missing", func(in *LossInput, _ *LossConfig) { in.RefLogProbs = nil }, "RefLogProbs is nil"},
 		{"entropy missing", func(_ *LossInput, c *LossConfig) { c.EntropyCoef = 0.01 }, "Entropy is nil"},
 		{"old short", func(in *LossInput, _ *LossConfig) { in.OldLogProbs = [][]float64{{-1}} }, "OldLogProbs sequence 0 has 1 tokens, LogProbs 2"},
 		{"adv seqs", func(in *LossInput, _ *LossConfig) { in.Advantages = nil }, "Advantages is nil"},
 		{"mask", func(in *LossInput, _ *LossConfig) { in.Mask = [][]bool{{true}} }, "Mask sequence 0 has 1 tokens"},
 		{"nan", func(in *LossInput, _ *LossConfig) { in.OldLogProbs = [][]float64{{-1, math.Inf(-1)}} }, "OldLogProbs[0][1] is -Inf"},
-		{"mode", func(_ *LossInput, c *LossConfig) { c.Mode = "ppo" }, `Mode = "ppo"`},
-		{"tis cap", func(_ *LossInput, c *LossConfig) { c.TISCap = -1 }, "TISCap = -1"},
+		{"mode", func(_ *LossInput, c *LossConfig) { c.Mode = "ppo" }, `--policy-loss: grpo: unknown policy loss "ppo"`},
+		{"tis cap", func(_ *LossInput, c *LossConfig) { c.TISCap = -1 }, "--tis-cap: must be a finite value >= 0, got -1"},
 		{"rollout missing", func(_ *LossInput, c *LossConfig) { c.TISCap = 2 }, "RolloutLogProbs is nil"},
 		{"rollout nan", func(in *LossInput, c *LossConfig) {
 			c.TISCap, in.RolloutLogProbs = 2, [][]float64{{math.NaN(), -1}}
 		}, "RolloutLogProbs[0][0] is NaN"},
-		{"gspo clip", func(_ *LossInput, c *LossConfig) { c.Mode, c.GSPOClipLow = PolicyGSPO, 1 }, "GSPOClipLow/GSPOClipHigh = 1/"},
-		{"clip-cov window", func(_ *LossInput, c *LossConfig) { c.Mode, c.ClipCovLow = PolicyClipCov, 9 }, "ClipCovRatio/ClipCovLow/ClipCovHigh = 0.0002/9/5"},
-		{"kl-cov ratio", func(_ *LossInput, c *LossConfig) { c.Mode, c.KLCovRatio = PolicyKLCov, 0 }, "KLCovRatio/KLCovCoef = 0/1"},
+		{"gspo clip", func(_ *LossInput, c *LossConfig) { c.Mode, c.GSPOClipLow = PolicyGSPO, 1 }, "--gspo-clip-low: must be in [0, 1), got 1"},
+		{"clip-cov window", func(_ *LossInput, c *LossConfig) { c.Mode, c.ClipCovLow = PolicyClipCov, 9 }, "--clip-cov-ub: must be a finite value above --clip-cov-lb 9, got 5"},
+		{"kl-cov ratio", func(_ *LossInput, c *LossConfig) { c.Mode, c.KLCovRatio = PolicyKLCov, 0 }, "--kl-cov-ratio: must be in (0, 1], got 0"},
 	}
 	for _, c := range cases {
 		in := ok

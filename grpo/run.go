@@ -18,6 +18,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
 // A run directory holds:
@@ -79,33 +80,36 @@ func (e *RunStateError) Unwrap() error { return e.Err }
 
 // RunConfig is everything a training run needs besides its Job: the GRPO step, the policy's
 // optimizer, the run's length, held-out evaluation, and where and how often it saves.
-// DefaultRunConfig is the ProRL recipe; tools/train's flags take their defaults from it.
+// DefaultRunConfig gives the ProRL recipe. Each knob (here and in the nested configurations) is
+// defined once, by its tags (package grpo/knob): its flag name, default, range and help;
+// tools/train's flags, config-file keys, saved flags and --help are derived from them.
 type RunConfig struct {
 	// Dir is the run directory.
 	Dir string
 	// Resume continues the run saved in Dir (LoadResumePoint); nil starts a new run there.
 	Resume *ResumePoint
 	// Steps is the number of GRPO steps in all; a resumed run continues up to it.
-	Steps int
+	Steps int `flag:"steps" default:"1000" check:">=0" help:"GRPO steps in all"`
+	// SaveEvery saves a run state every so many steps and at the end; 0: only at the end.
+	SaveEvery int `flag:"save-every" default:"50" check:">=0" help:"save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end"`
+	// Keep is the number of run states kept (checkpoints.SaveRunOptions).
+	Keep int `flag:"keep" default:"2" check:">=0" help:"run states kept (the oldest are removed after a save)"`
 	// Trainer is the GRPO step; its rollout temperature is also the policy's log-prob
 	// temperature. Its StopTokens are replaced by the job's when the job has some.
 	Trainer Config
-	// Optimizer is the policy's AdamW. WarmupSteps > 0 replaces its schedule by a linear
-	// warm-up over that many optimizer steps.
+	// Optimizer is the policy's AdamW (its knobs' tags are in package engine; their defaults
+	// are DefaultRunConfig's). WarmupSteps > 0 replaces its schedule by a linear warm-up over
+	// that many optimizer steps.
 	Optimizer   engine.AdamWConfig
-	WarmupSteps int
-	// Freeze lists regular expressions over HF weight names not to train.
-	Freeze []string
+	WarmupSteps int `flag:"warmup" check:">=0" help:"optimizer steps of linear learning-rate warm-up"`
 	// Recompute recomputes each layer's activations in the backward pass.
-	Recompute bool
-	// Backend holds the policy (and the reference); required.
-	Backend engine.Backend
+	Recompute bool `flag:"recompute" help:"recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)"`
+	// Freeze lists regular expressions over HF weight names not to train.
+	Freeze []string `flag:"freeze" help:"regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')"`
 	// Eval is the held-out evaluation.
 	Eval EvalConfig
-	// SaveEvery saves a run state every so many steps and at the end; 0: only at the end.
-	SaveEvery int
-	// Keep is the number of run states kept (checkpoints.SaveRunOptions).
-	Keep int
+	// Backend holds the policy (and the reference); required.
+	Backend engine.Backend
 	// EvalOnly evaluates the starting model and stops: no GRPO step, no metrics, no run state.
 	EvalOnly bool
 	// Settings are saved (as JSON) with every run state, for the program to resume with the
@@ -127,15 +131,17 @@ type RunConfig struct {
 	Hooks RunHooks
 }
 
-// EvalConfig is the held-out evaluation of a run.
+// EvalConfig is the held-out evaluation of a run; its knobs are defined by their tags
+// (package grpo/knob).
 type EvalConfig struct {
 	// Every evaluates every so many steps (and at the start and the end).
-	Every int
+	Every int `flag:"eval-every" default:"25" check:">=1" help:"held-out evaluation every so many steps (and at the start and the end)"`
+	// Temperature and TopP of the evaluation's sampling (ProRL: 0.6, 0.95).
+	Temperature float32 `flag:"eval-temperature" default:"0.6" check:">=0" help:"sampling temperature of held-out evaluation (0: greedy)"`
+	TopP        float32 `flag:"eval-top-p" default:"0.95" check:"[0,1]" want:"must be in [0, 1] (0: off)" help:"top-p of held-out evaluation"`
 	// Samples per held-out prompt: pass@1 is averaged over them, pass@k goes up to them.
 	// Temperature 0 (greedy) takes one.
-	Samples int
-	// Temperature and TopP of the evaluation's sampling (ProRL: 0.6, 0.95).
-	Temperature, TopP float32
+	Samples int `flag:"eval-samples" default:"16" check:">=1" help:"samples per held-out problem: pass@1 is averaged over them, pass@k up to this k"`
 }
 
 // RunHooks are callbacks through which a program follows a run.
@@ -149,20 +155,21 @@ type RunHooks struct {
 	Stepped func(m *Metrics, lastEval *EvalResult)
 }
 
-// DefaultRunConfig is the ProRL recipe (DefaultConfig for the step; AdamW at 2e-6, betas
-// 0.9/0.999, weight decay 0.01 off norms and biases, gradient norm clipped at 1) for 1000
-// steps, evaluating every 25 with 16 samples at temperature 0.6, top-p 0.95, saving every 50
-// and keeping 2 run states.
+// DefaultRunConfig is the ProRL recipe, the default tags of RunConfig's knobs (DefaultConfig
+// for the step; 1000 steps, evaluating every 25 with 16 samples at temperature 0.6, top-p 0.95,
+// saving every 50 and keeping 2 run states) and AdamW at 2e-6, betas 0.9/0.999, weight decay
+// 0.01 off norms and biases, gradient norm clipped at 1.
 func DefaultRunConfig() RunConfig {
-	return RunConfig{
-		Steps:     1000,
-		Trainer:   DefaultConfig(),
-		Optimizer: engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1},
-		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95},
-		SaveEvery: 50,
-		Keep:      2,
-	}
+	var c RunConfig
+	knob.Defaults(&c)
+	c.Optimizer = engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1}
+	return c
 }
+
+// CheckKnobs checks every knob of c and of its nested configurations (their range tags, and
+// the rules between knobs) and returns all those out of range, each error naming its flag
+// (knob.Checker): "--eval-every: must be >= 1, got 0".
+func (c *RunConfig) CheckKnobs() error { return knob.Check(c) }
 
 func (c *RunConfig) validate() error {
 	switch {
@@ -170,12 +177,11 @@ func (c *RunConfig) validate() error {
 		return errors.New("grpo: run: RunConfig.Dir is empty")
 	case c.Backend == nil:
 		return errors.New("grpo: run: RunConfig.Backend is nil")
-	case c.Eval.Every < 1:
-		return fmt.Errorf("grpo: run: Eval.Every = %d, want >= 1", c.Eval.Every)
-	case c.SaveEvery < 0:
-		return fmt.Errorf("grpo: run: SaveEvery = %d, want >= 0", c.SaveEvery)
 	}
-	return c.Trainer.validate()
+	if err := c.CheckKnobs(); err != nil {
+		return fmt.Errorf("grpo: run: %w", err)
+	}
+	return nil
 }
 
 // Job is what a run trains on: the starting model, the prompts, and how responses are

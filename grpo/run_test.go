@@ -444,7 +444,7 @@ func TestStepAheadErrors(t *testing.T) {
 		overlap bool
 		s       int
 		want    string
-	}{{false, 2, "MaxStaleness = 2, want 0 or 1"}, {false, -1, "MaxStaleness = -1"}, {true, 0, "Overlap needs MaxStaleness 1"}} {
+	}{{false, 2, "--max-staleness 2: want 0 or 1 (rollouts run at most one step ahead)"}, {false, -1, "--max-staleness -1: want 0 or 1"}, {true, 0, "--overlap needs --max-staleness 1"}} {
 		cfg.Overlap, cfg.MaxStaleness = c.overlap, c.s
 		if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Overlap %v, MaxStaleness %d: %v, want %q", c.overlap, c.s, err, c.want)
@@ -465,5 +465,51 @@ func TestStepAheadErrors(t *testing.T) {
 	tr.Config.MaxStaleness = 0 // the batch of step 2 was generated on the weights of step 0
 	if _, err := tr.Step(ctx); err == nil || !strings.Contains(err.Error(), "the batch for step 2 was generated with the weights of step 0: 1 steps stale, want 0 to MaxStaleness = 0") {
 		t.Errorf("a batch beyond MaxStaleness: %v", err)
+	}
+}
+
+// TestRunConfigErrorsNameFlags: a RunConfig out of range is refused with every knob at fault,
+// each named by its flag (the knob's one definition, its tags), not by its Go field.
+func TestRunConfigErrorsNameFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*RunConfig)
+		want string
+	}{
+		{"eval every", func(c *RunConfig) { c.Eval.Every = 0 }, "grpo: run: --eval-every: must be >= 1, got 0"},
+		{"save every", func(c *RunConfig) { c.SaveEvery = -1 }, "grpo: run: --save-every: must be >= 0, got -1"},
+		{"top-p", func(c *RunConfig) { c.Trainer.TopP = 2 }, "grpo: run: --top-p: must be in [0, 1] (0: off), got 2"},
+		{"samples", func(c *RunConfig) { c.Trainer.SamplesPerPrompt = 1 }, "grpo: run: --n: must be >= 2 (group advantages need a group), got 1"},
+		{"lr", func(c *RunConfig) { c.Optimizer.LR = -1 }, "grpo: run: --lr: must be a finite value >= 0, got -1"},
+		{"several", func(c *RunConfig) { c.Steps, c.Trainer.Loss.KLCoef, c.Eval.Samples = -1, -2, 0 },
+			"grpo: run: --steps: must be >= 0, got -1\n--kl-coef: must be a finite value >= 0, got -2\n--eval-samples: must be >= 1, got 0"},
+		{"mode's knobs only", func(c *RunConfig) { c.Trainer.Loss.GSPOClipLow = 5 }, ""},
+		{"gspo", func(c *RunConfig) { c.Trainer.Loss.Mode, c.Trainer.Loss.GSPOClipLow = PolicyGSPO, 5 }, "grpo: run: --gspo-clip-low: must be in [0, 1), got 5"},
+		{"estimator", func(c *RunConfig) { c.Trainer.Advantage.Estimator = "ppo" }, `grpo: run: --adv-estimator "ppo": want grpo, rloo or reinforce_plus_plus_baseline`},
+	} {
+		cfg := DefaultRunConfig()
+		cfg.Dir, cfg.Backend = t.TempDir(), cpu.New()
+		tc.mod(&cfg)
+		err := cfg.validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || err.Error() != tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestDefaultRunConfigIsProRL: the default tags give the ProRL recipe, worked out by hand from
+// ../shared/docs/prorl.md and verl's defaults.
+func TestDefaultRunConfigIsProRL(t *testing.T) {
+	got := DefaultRunConfig()
+	want := RunConfig{Steps: 1000, SaveEvery: 50, Keep: 2,
+		Trainer: Config{Seed: 1, PromptsPerStep: 256, SamplesPerPrompt: 16, Temperature: 1.2, TopP: 1, MaxResponseTokens: 8192,
+			MiniBatches: 4, MicroBatchTokens: 4096, DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 100, MaxStaleness: 1,
+			Loss: LossConfig{Mode: PolicyGRPO, ClipLow: 0.2, ClipHigh: 0.4, DualClip: 3, GSPOClipLow: 3e-4, GSPOClipHigh: 4e-4,
+				ClipCovRatio: 2e-4, ClipCovLow: 1, ClipCovHigh: 5, KLCovRatio: 2e-3, KLCovCoef: 1, KLCoef: 1e-4, KL: KLK3, Agg: AggTokenMean},
+			Advantage: AdvantageConfig{Estimator: EstimatorGRPO}},
+		Optimizer: engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1},
+		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("DefaultRunConfig\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
 // Prompt is one RL prompt, tokenized (chat template already applied), with what its reward
@@ -110,43 +111,51 @@ func (s *SnapshotRollouts) Close() {
 	}
 }
 
-// Config holds the knobs of a GRPO run; DefaultConfig gives the ProRL recipe scaled down.
+// Config holds the knobs of a GRPO run; DefaultConfig gives the ProRL recipe. Each knob's
+// flag name (tools/train), default, range and help are its tags (package grpo/knob).
 type Config struct {
-	PromptsPerStep    int     // B: groups per rollout step
-	SamplesPerPrompt  int     // n: responses per prompt
-	Temperature       float32 // rollout temperature (ProRL 1.2); log-probs are taken at it too
-	TopP              float32
-	MaxResponseTokens int
+	// Seed seeds everything: model init, data order, sampling.
+	Seed uint64 `flag:"seed" default:"1" help:"seed of everything: model init, data order, sampling"`
+	// PromptsPerStep (B) is the number of groups per rollout step.
+	PromptsPerStep int `flag:"prompts" default:"256" check:">=1" help:"prompts (groups) per rollout step"`
+	// SamplesPerPrompt (n) is the number of responses per prompt.
+	SamplesPerPrompt int `flag:"n" default:"16" check:">=2" want:"must be >= 2 (group advantages need a group)" help:"samples per prompt"`
+	// Temperature is the rollout temperature (ProRL 1.2); log-probs are taken at it too.
+	Temperature float32 `flag:"temperature" default:"1.2" check:">0" help:"rollout temperature; the loss sees log-probs at it too"`
+	// TopP is the rollout top-p.
+	TopP float32 `flag:"top-p" default:"1" check:"[0,1]" want:"must be in [0, 1] (0: off)" help:"rollout top-p"`
+	// MaxResponseTokens bounds a response.
+	MaxResponseTokens int `flag:"max-response" default:"8192" check:">=1" help:"maximum response tokens"`
 	StopTokens        []int32
-	// MiniBatches is the number of policy updates per rollout step (the rollout batch is
-	// split into this many mini-batches).
-	MiniBatches int
-	// MicroBatchTokens bounds the tokens of one forward/backward; gradients accumulate.
-	MicroBatchTokens int
-	Loss             LossConfig
-	Advantage        AdvantageConfig
-	// DynamicSampling drops groups whose rewards are all equal and samples more prompts until
-	// PromptsPerStep informative groups are found or MaxSamplingRounds rounds are spent.
-	DynamicSampling   bool
-	MaxSamplingRounds int
 	// OverlongPenalty is the overlong shaping's penalty factor: with OverlongBuffer > 0, DAPO's
 	// soft overlong punishment, OverlongPenalty * reward.OverlongPenalty(length,
 	// MaxResponseTokens, OverlongBuffer) added to the reward (0 up to MaxResponseTokens -
 	// OverlongBuffer tokens, falling linearly to -OverlongPenalty at MaxResponseTokens); with
 	// OverlongBuffer 0, subtracted from the reward of a response cut at MaxResponseTokens (the
 	// flat penalty of runs saved before the buffer existed). 0: no shaping.
-	OverlongPenalty float64
+	OverlongPenalty float64 `flag:"overlong-penalty" check:">=0" help:"overlong penalty factor: with --overlong-buffer > 0, DAPO's soft overlong punishment (0 up to --max-response minus the buffer, then falling linearly to minus this at --max-response) added to the reward; with --overlong-buffer 0, subtracted from the reward of a response cut at --max-response; 0: none"`
 	// OverlongBuffer is DAPO's L_cache, in tokens (< MaxResponseTokens); 0: the flat penalty.
-	OverlongBuffer int
+	OverlongBuffer int `flag:"overlong-buffer" want:"must be in [0, --max-response)" help:"DAPO's overlong buffer L_cache in tokens (verl overlong_buffer.len), below --max-response; 0: the flat penalty of --overlong-penalty"`
 	// MaskTruncated leaves the responses cut at MaxResponseTokens out of the loss (DAPO's
 	// overlong filtering); they still count in their group's advantages.
-	MaskTruncated bool
+	MaskTruncated bool `flag:"mask-truncated" help:"leave responses cut at --max-response out of the loss (DAPO's overlong filtering; they still count in their group's advantages)"`
+	// MiniBatches is the number of policy updates per rollout step (the rollout batch is
+	// split into this many mini-batches).
+	MiniBatches int `flag:"mini-batches" default:"4" check:">=1" help:"policy updates per rollout step (the rollout batch is split into this many)"`
+	// MicroBatchTokens bounds the tokens of one forward/backward; gradients accumulate.
+	MicroBatchTokens int `flag:"micro-batch-tokens" default:"4096" check:">=1" help:"tokens per forward/backward; gradients accumulate over micro-batches"`
+	// DynamicSampling drops groups whose rewards are all equal and samples more prompts until
+	// PromptsPerStep informative groups are found or MaxSamplingRounds rounds are spent.
+	DynamicSampling   bool `flag:"no-dynamic-sampling,negate" default:"false" help:"keep groups whose rewards are all equal (ProRL drops them and samples more)"`
+	MaxSamplingRounds int  `flag:"max-sampling-rounds" default:"4" check:">=1" when:"DynamicSampling=true" want:"must be >= 1 with dynamic sampling" help:"dynamic sampling: most rollout rounds per step to fill the batch"`
+	Loss              LossConfig
+	Advantage         AdvantageConfig
 	// RefResetEvery resets the reference policy to the current policy and zeroes the
 	// optimizer state every so many steps (0: never).
-	RefResetEvery int
+	RefResetEvery int `flag:"ref-reset-every" default:"100" check:">=0" help:"reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never"`
 	// RefResetOnPlateau resets the reference when the validation accuracy has not improved on
 	// its best for this many evaluations in a row (reported through AfterEval); 0: never.
-	RefResetOnPlateau int
+	RefResetOnPlateau int `flag:"ref-reset-on-plateau" check:">=0" help:"also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never"`
 	// Overlap generates the rollouts of step s+1 while step s trains, on the weights the
 	// rollout source held when step s started: one step stale, which the trainer's old
 	// log-probs (recomputed at update time) and TIS (Loss.TISCap) correct for. The rollout
@@ -155,50 +164,41 @@ type Config struct {
 	Overlap bool
 	// MaxStaleness bounds how many steps behind the policy a rollout batch's weights may be
 	// when it is trained on: 0 or 1, since rollouts run at most one step ahead.
-	MaxStaleness int
-	Seed         uint64
+	MaxStaleness int `flag:"max-staleness" default:"1" want:"must be 0 or 1" help:"most steps the rollouts' weights may be behind the policy's: 1 allows --overlap, 0 forbids it"`
 }
 
-// DefaultConfig is the ProRL recipe: 256 prompts x 16 samples per step,
-// temperature 1.2, top-p 1, responses up to 8192 tokens, 4 updates per rollout step, clip
+// DefaultConfig is the ProRL recipe (the default tags of Config): 256 prompts x 16 samples per
+// step, temperature 1.2, top-p 1, responses up to 8192 tokens, 4 updates per rollout step, clip
 // 0.2/0.4, k3 KL 1e-4, token-mean, dynamic sampling over at most 4 rounds, a reference reset
 // every 100 steps (ProRL resets when validation stagnates, every few hundred steps; 100 is
 // the default job's, which resets twice in its 200 steps). tools/train's flags take their
 // defaults from it (through DefaultRunConfig).
 func DefaultConfig() Config {
-	return Config{
-		PromptsPerStep: 256, SamplesPerPrompt: 16, Temperature: 1.2, TopP: 1, MaxResponseTokens: 8192,
-		MiniBatches: 4, MicroBatchTokens: 4096, Loss: DefaultLossConfig(), Advantage: AdvantageConfig{Estimator: EstimatorGRPO},
-		DynamicSampling: true, MaxSamplingRounds: 4, RefResetEvery: 100, MaxStaleness: 1, Seed: 1,
+	var c Config
+	knob.Defaults(&c)
+	return c
+}
+
+// CheckKnobs checks every knob of c (its range tags, and the rules between knobs) and returns
+// all those out of range, each error naming its flag (knob.Checker).
+func (c *Config) CheckKnobs() error {
+	var errs []error
+	if c.OverlongBuffer < 0 || c.OverlongBuffer >= c.MaxResponseTokens && c.MaxResponseTokens >= 1 {
+		errs = append(errs, &knob.Error{Flag: "overlong-buffer", Want: fmt.Sprintf("must be in [0, --max-response %d)", c.MaxResponseTokens), Got: c.OverlongBuffer})
 	}
+	if c.MaxStaleness < 0 || c.MaxStaleness > 1 {
+		errs = append(errs, fmt.Errorf("--max-staleness %d: want 0 or 1 (rollouts run at most one step ahead)", c.MaxStaleness))
+	} else if c.Overlap && c.MaxStaleness < 1 {
+		errs = append(errs, errors.New("--overlap needs --max-staleness 1: overlapped rollouts are one step stale"))
+	}
+	return errors.Join(append([]error{knob.Check(c)}, errs...)...)
 }
 
 func (c *Config) validate() error {
-	switch {
-	case c.PromptsPerStep < 1:
-		return fmt.Errorf("grpo: PromptsPerStep = %d, want >= 1", c.PromptsPerStep)
-	case c.SamplesPerPrompt < 2:
-		return fmt.Errorf("grpo: SamplesPerPrompt = %d, want >= 2 (group advantages need a group)", c.SamplesPerPrompt)
-	case !(c.Temperature > 0):
-		return fmt.Errorf("grpo: Temperature = %v, want > 0", c.Temperature)
-	case c.MaxResponseTokens < 1:
-		return fmt.Errorf("grpo: MaxResponseTokens = %d, want >= 1", c.MaxResponseTokens)
-	case c.MiniBatches < 1:
-		return fmt.Errorf("grpo: MiniBatches = %d, want >= 1", c.MiniBatches)
-	case c.MicroBatchTokens < 1:
-		return fmt.Errorf("grpo: MicroBatchTokens = %d, want >= 1", c.MicroBatchTokens)
-	case c.DynamicSampling && c.MaxSamplingRounds < 1:
-		return fmt.Errorf("grpo: MaxSamplingRounds = %d, want >= 1 with dynamic sampling", c.MaxSamplingRounds)
-	case !(c.OverlongPenalty >= 0) || math.IsInf(c.OverlongPenalty, 0):
-		return fmt.Errorf("grpo: OverlongPenalty = %v, want a finite value >= 0", c.OverlongPenalty)
-	case c.OverlongBuffer < 0 || c.OverlongBuffer >= c.MaxResponseTokens:
-		return fmt.Errorf("grpo: OverlongBuffer = %d, want 0 (flat penalty) to MaxResponseTokens-1 = %d", c.OverlongBuffer, c.MaxResponseTokens-1)
-	case c.MaxStaleness < 0 || c.MaxStaleness > 1:
-		return fmt.Errorf("grpo: MaxStaleness = %d, want 0 or 1 (rollouts run at most one step ahead)", c.MaxStaleness)
-	case c.Overlap && c.MaxStaleness < 1:
-		return errors.New("grpo: Overlap needs MaxStaleness 1: overlapped rollouts are one step stale")
+	if err := c.CheckKnobs(); err != nil {
+		return fmt.Errorf("grpo: %w", err)
 	}
-	return c.Loss.Validate()
+	return nil
 }
 
 // Trainer is a GRPO run in progress: the policy being trained, the frozen reference, and the

@@ -483,7 +483,7 @@ func TestOverlongShaping(t *testing.T) {
 	} {
 		c := smallConfig()
 		mod(&c)
-		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "Overlong") {
+		if err := c.validate(); err == nil || !strings.Contains(err.Error(), "--overlong-") {
 			t.Errorf("config %d/%v accepted (%v)", c.OverlongBuffer, c.OverlongPenalty, err)
 		}
 	}

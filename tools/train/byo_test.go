@@ -168,8 +168,8 @@ func TestModelRecipeDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.resetEvery != 100 {
-		t.Errorf("--model run: --ref-reset-every %d, want the recipe's 100", o.resetEvery)
+	if o.Run.Trainer.RefResetEvery != 100 {
+		t.Errorf("--model run: --ref-reset-every %d, want the recipe's 100", o.Run.Trainer.RefResetEvery)
 	}
 	if fs.Lookup("ref-reset-every").DefValue != "100" {
 		t.Errorf("--ref-reset-every default %s", fs.Lookup("ref-reset-every").DefValue)

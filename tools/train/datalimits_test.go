@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prolong-rl/prolong/grpo/data"
 	"github.com/prolong-rl/prolong/grpo/reward"
 	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
@@ -88,8 +89,16 @@ func TestConfigByteOrderMark(t *testing.T) {
 			t.Fatal(err)
 		}
 		o, _, err := parseOptions([]string{"--config", cfg})
-		if err != nil || o.samples != 12 || o.lr != 1e-5 {
-			t.Errorf("%s with a BOM: n %d lr %v, %v", name, o.samples, o.lr, err)
+		if err != nil || o.Run.Trainer.SamplesPerPrompt != 12 || o.Run.Optimizer.LR != 1e-5 {
+			t.Errorf("%s with a BOM: n %d lr %v, %v", name, o.Run.Trainer.SamplesPerPrompt, o.Run.Optimizer.LR, err)
 		}
+	}
+}
+
+// TestMaxLineBytesDefault: --max-line-bytes defaults to grpo/data's own limit (a tag holds the
+// number, so it is checked here).
+func TestMaxLineBytesDefault(t *testing.T) {
+	if o := newOptions(); o.MaxLineBytes != data.DefaultMaxLineBytes {
+		t.Errorf("--max-line-bytes defaults to %d, grpo/data's limit is %d", o.MaxLineBytes, data.DefaultMaxLineBytes)
 	}
 }

@@ -189,7 +189,7 @@ func TestFlagRangesCoverGRPO(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				o.out = filepath.Join(dir, strconv.Itoa(runs))
+				o.Out = filepath.Join(dir, strconv.Itoa(runs))
 				runs++
 				cfg, err := flagsConfig(*o, overlap)
 				if err != nil {

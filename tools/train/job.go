@@ -32,7 +32,7 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 		TokenizerFiles: quickstartTokenizerFiles,
 	}
 	spec := quickstart.TaskSpec
-	if o.task == taskSuite {
+	if o.Task == taskSuite {
 		spec = "suite"
 	}
 	fmt.Printf("default model: Qwen2-shaped, %.2fM parameters; task %s (train %d, held-out %d problems)\n",
@@ -41,8 +41,8 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 		return j, nil
 	}
 	sft := quickstart.DefaultSFT()
-	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.seed, o.sftSteps, o.sftLR, o.cot, o.sftNoise
-	if o.task == taskSuite {
+	sft.Seed, sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac = o.Run.Trainer.Seed, o.SFTSteps, o.SFTLR, o.CoT, o.SFTNoise
+	if o.Task == taskSuite {
 		if sft.Families, err = quickstart.SuiteFamilies(); err != nil {
 			return nil, err
 		}
@@ -66,9 +66,9 @@ func defaultJob(ctx context.Context, o options, backend engine.Backend, warmStar
 // defaultPrompts are the default job's training and held-out prompts: the default task's, or
 // with --task suite the suite's training mix and its held-out sets (--eval-size problems each).
 func defaultPrompts(o options, tok *quickstart.Tokenizer) (train, held []grpo.Prompt, err error) {
-	if o.task == taskSuite {
+	if o.Task == taskSuite {
 		trainSets, heldSets, err := tasks.GenerateSuite(quickstart.Suite(), tasks.SuiteConfig{
-			TrainN: o.trainProblems / len(quickstart.Suite()), HeldN: o.evalSize, TrainSeed: o.seed + 2000, HeldSeed: o.seed + 1000})
+			TrainN: o.TrainProblems / len(quickstart.Suite()), HeldN: o.EvalSize, TrainSeed: o.Run.Trainer.Seed + 2000, HeldSeed: o.Run.Trainer.Seed + 1000})
 		if err != nil {
 			return nil, nil, fmt.Errorf("--task suite: %w", err)
 		}
@@ -79,14 +79,14 @@ func defaultPrompts(o options, tok *quickstart.Tokenizer) (train, held []grpo.Pr
 		return train, held, err
 	}
 	f := quickstart.Task()
-	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.evalSize, Seed: o.seed + 1000})
+	heldTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.HeldOut, N: o.EvalSize, Seed: o.Run.Trainer.Seed + 1000})
 	if err != nil {
 		return nil, nil, err
 	}
 	if held, err = tok.Prompts(heldTasks); err != nil {
 		return nil, nil, err
 	}
-	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.trainProblems, Seed: o.seed + 2000})
+	trainTasks, err := tasks.Generate(f, tasks.GenerateConfig{Split: tasks.Train, N: o.TrainProblems, Seed: o.Run.Trainer.Seed + 2000})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -116,12 +116,12 @@ func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, e
 		}
 	}()
 	j.Close = closeReward
-	if j.Train, err = toPrompts(o, reg, tok, rows, o.data); err != nil {
+	if j.Train, err = toPrompts(o, reg, tok, rows, o.Data); err != nil {
 		return nil, err
 	}
-	valFile := o.valData
+	valFile := o.ValData
 	if valFile == "" {
-		valFile = o.data
+		valFile = o.Data
 	}
 	if len(val) > 0 {
 		if j.Held, err = toPrompts(o, reg, tok, val, valFile); err != nil {
@@ -138,7 +138,7 @@ func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, e
 	j.Decode = tok.decode
 	j.StopTokens = tok.stopTokens(j.Model)
 	if len(j.StopTokens) == 0 {
-		return nil, fmt.Errorf("--model %s: no end-of-sequence token (eos_token_id in config.json or generation_config.json, or the tokenizer's eos_token)", o.model)
+		return nil, fmt.Errorf("--model %s: no end-of-sequence token (eos_token_id in config.json or generation_config.json, or the tokenizer's eos_token)", o.Model)
 	}
 	if len(j.Model.EOSTokenIDs) == 0 { // exports' config.json and generation_config.json name it
 		for _, id := range j.StopTokens {
@@ -146,7 +146,7 @@ func customJob(ctx context.Context, o options, loadWeights bool) (j *grpo.Job, e
 		}
 	}
 	fmt.Printf("model %s: %s, %.1fM parameters; data %s (train %d, held-out %d prompts)\n",
-		o.model, j.Model.ModelType, float64(j.Model.NumParams())/1e6, o.data, len(j.Train), len(j.Held))
+		o.Model, j.Model.ModelType, float64(j.Model.NumParams())/1e6, o.Data, len(j.Train), len(j.Held))
 	printRewardRoutes(reg, j.Train, j.Held)
 	warnDataSize(o, len(j.Train), len(j.Held))
 	if j.MaxResponseTokens, err = fitResponses(o, j); err != nil {
@@ -163,12 +163,12 @@ const smallHeldOut = 50
 func warnDataSize(o options, train, held int) {
 	switch {
 	case held == 0:
-		slog.Warn("no held-out prompts: no evaluation and no best checkpoint; give --val-data, or a --val-fraction of --data that leaves some", "val-fraction", o.valFraction)
+		slog.Warn("no held-out prompts: no evaluation and no best checkpoint; give --val-data, or a --val-fraction of --data that leaves some", "val-fraction", o.ValFraction)
 	case held < smallHeldOut:
 		slog.Warn(fmt.Sprintf("only %d held-out prompts: accuracy moves in steps of %.1f%%", held, 100/float64(held)), "recommended", smallHeldOut)
 	}
-	if o.prompts > train {
-		slog.Warn(fmt.Sprintf("--prompts %d per step from %d training prompts: each is used about %.0f times per step", o.prompts, train, float64(o.prompts)/float64(train)),
+	if o.Run.Trainer.PromptsPerStep > train {
+		slog.Warn(fmt.Sprintf("--prompts %d per step from %d training prompts: each is used about %.0f times per step", o.Run.Trainer.PromptsPerStep, train, float64(o.Run.Trainer.PromptsPerStep)/float64(train)),
 			"hint", "lower --prompts or give more data")
 	}
 }
@@ -187,13 +187,13 @@ func fitResponses(o options, j *grpo.Job) (int, error) {
 	room := ctxLen - longest
 	if room < 1 {
 		return 0, fmt.Errorf("--max-prompt-tokens %d: the longest prompt kept has %d tokens, which leaves no room for a response in the model's context of %d tokens (max_position_embeddings); lower --max-prompt-tokens",
-			o.maxPromptTokens, longest, ctxLen)
+			o.MaxPromptTokens, longest, ctxLen)
 	}
-	if o.maxResponseLen <= room {
-		return o.maxResponseLen, nil
+	if o.Run.Trainer.MaxResponseTokens <= room {
+		return o.Run.Trainer.MaxResponseTokens, nil
 	}
 	slog.Warn(fmt.Sprintf("--max-response %d does not fit: the model's context is %d tokens (max_position_embeddings) and the longest prompt %d; responses are limited to %d tokens",
-		o.maxResponseLen, ctxLen, longest, room))
+		o.Run.Trainer.MaxResponseTokens, ctxLen, longest, room))
 	return room, nil
 }
 
@@ -202,7 +202,7 @@ func fitResponses(o options, j *grpo.Job) (int, error) {
 // from the cache or the Hub) as tools/rollout-server does (modelio.LoadFlag): its config, its
 // weights when loadWeights, and its tokenizer, which exports copy.
 func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hfTokenizer, error) {
-	m, err := modelio.LoadFlag(ctx, o.model, modelio.Options{Step: checkpoints.Latest})
+	m, err := modelio.LoadFlag(ctx, o.Model, modelio.Options{Step: checkpoints.Latest})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -224,7 +224,7 @@ func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hf
 		j.Weights = nil
 	}
 	if tok.vocabSize() > j.Model.VocabSize {
-		return nil, nil, fmt.Errorf("--model %s: the tokenizer has %d tokens but config.json's vocab_size is %d", o.model, tok.vocabSize(), j.Model.VocabSize)
+		return nil, nil, fmt.Errorf("--model %s: the tokenizer has %d tokens but config.json's vocab_size is %d", o.Model, tok.vocabSize(), j.Model.VocabSize)
 	}
 	return j, tok, nil
 }
@@ -232,34 +232,31 @@ func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hf
 // loadRows reads --data and the held-out rows: --val-data, or a seeded --val-fraction of
 // --data; at most --eval-size of them.
 func loadRows(ctx context.Context, o options) (train, val []data.Row, err error) {
-	if o.maxLineBytes < 1 {
-		return nil, nil, fmt.Errorf("--max-line-bytes %d: want at least 1", o.maxLineBytes)
-	}
 	load := func(file string) ([]data.Row, error) {
 		var long []string
-		opts := data.Options{DefaultDataSource: o.defaultKind, MaxLineBytes: o.maxLineBytes, SkipLong: func(line int, size int64) {
+		opts := data.Options{DefaultDataSource: o.DefaultKind, MaxLineBytes: o.MaxLineBytes, SkipLong: func(line int, size int64) {
 			long = append(long, fmt.Sprintf("%s (%d bytes)", data.Row{Line: line}.At(file), size))
 		}}
 		rows, err := data.Load(ctx, file, opts)
 		if len(long) > 0 && err == nil {
-			slog.Warn("data lines longer than --max-line-bytes skipped", "file", file, "skipped", len(long), "at", firstFew(long), "max-line-bytes", o.maxLineBytes)
+			slog.Warn("data lines longer than --max-line-bytes skipped", "file", file, "skipped", len(long), "at", firstFew(long), "max-line-bytes", o.MaxLineBytes)
 		}
 		return rows, err
 	}
-	if train, err = load(o.data); err != nil {
+	if train, err = load(o.Data); err != nil {
 		return nil, nil, err
 	}
-	if o.valData != "" {
-		if val, err = load(o.valData); err != nil {
+	if o.ValData != "" {
+		if val, err = load(o.ValData); err != nil {
 			return nil, nil, err
 		}
-	} else if o.valFraction > 0 {
-		if train, val, err = data.SplitValidation(train, o.valFraction, o.seed); err != nil {
+	} else if o.ValFraction > 0 {
+		if train, val, err = data.SplitValidation(train, o.ValFraction, o.Run.Trainer.Seed); err != nil {
 			return nil, nil, err
 		}
 	}
-	if len(val) > o.evalSize {
-		val = val[:o.evalSize]
+	if len(val) > o.EvalSize {
+		val = val[:o.EvalSize]
 	}
 	return train, val, nil
 }
@@ -275,7 +272,7 @@ func toPrompts(o options, reg *reward.Registry, tok *hfTokenizer, rows []data.Ro
 		if _, _, ok := reg.Lookup(r.DataSource); !ok {
 			return nil, fmt.Errorf("%s: no reward for data_source %q (built in: %s)", r.At(file), r.DataSource, strings.Join(reg.Kinds(), ", "))
 		}
-		ids, text, err := tok.prompt(r, !o.noChatTemplate, o.maxPromptTokens)
+		ids, text, err := tok.prompt(r, !o.NoChatTemplate, o.MaxPromptTokens)
 		if err != nil {
 			return nil, fmt.Errorf("%s: prompt: %w", r.At(file), err)
 		}
@@ -312,7 +309,7 @@ func writeTaskData(o options, dir string) error {
 		split tasks.Split
 		n     int
 		seed  uint64
-	}{{"train.jsonl", tasks.Train, o.trainProblems, o.seed + 2000}, {"heldout.jsonl", tasks.HeldOut, o.evalSize, o.seed + 1000}} {
+	}{{"train.jsonl", tasks.Train, o.TrainProblems, o.Run.Trainer.Seed + 2000}, {"heldout.jsonl", tasks.HeldOut, o.EvalSize, o.Run.Trainer.Seed + 1000}} {
 		ts, err := tasks.Generate(f, tasks.GenerateConfig{Split: part.split, N: part.n, Seed: part.seed})
 		if err != nil {
 			return err

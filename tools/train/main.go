@@ -31,170 +31,82 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/prolong-rl/prolong/grpo"
-	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/knob"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 	"github.com/prolong-rl/prolong/tools/internal/clilog"
 )
 
-// options are the program's flags.
+// options are the program's flags. Each is defined once, by the tags of its field (package
+// grpo/knob): its flag name, default, range and help. The run's own knobs are those of
+// grpo.RunConfig (Run), tagged there; the fields here are the program's: what to train on,
+// where the run is, the default job.
 type options struct {
 	// What to train on.
-	model, data, valData, defaultKind string
-	valFraction                       float64
-	maxPromptTokens, maxLineBytes     int
-	noChatTemplate                    bool
-	rolloutServers                    []string
-	overlap                           string
-	maxStaleness                      int
-	writeData                         string
-
-	// A reward program or server (instead of the built-in rewards).
-	rewardCmd, rewardURL string
-	rewardFor            []string
-	rewardTimeout        time.Duration
+	Model           string        `flag:"model" help:"model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json), a .onnx file, or a Hugging Face model id ORG/NAME[@REVISION] (from the Hugging Face cache, downloaded when missing; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); empty: the default job's model"`
+	Data            string        `flag:"data" help:"training prompts: JSONL or Parquet (fields prompt or messages, data_source, ground_truth / reward_model.ground_truth, extra_info)"`
+	ValData         string        `flag:"val-data" help:"held-out prompts (same format); empty: --val-fraction of --data"`
+	ValFraction     float64       `flag:"val-fraction" default:"0.02" check:"[0,1)" help:"share of --data held out for evaluation when --val-data is not given"`
+	DefaultKind     string        `flag:"default-kind" help:"task kind (reward) of rows without data_source; empty: such rows are errors"`
+	MaxPromptTokens int           `flag:"max-prompt-tokens" default:"1024" check:">=1" help:"prompts longer than this many tokens are dropped (named in the log)"`
+	MaxLineBytes    int           `flag:"max-line-bytes" default:"8388608" check:">=1" help:"data lines (Parquet rows) longer than this many bytes are skipped unread (named in the log)"`
+	NoChatTemplate  bool          `flag:"no-chat-template" help:"feed prompt text as is, without the tokenizer's chat template"`
+	RewardCmd       string        `flag:"reward-cmd" help:"a reward program, run by /bin/sh -c, that scores responses: JSON lines on its stdin and stdout, a batch a line (docs/reward-programs.md)"`
+	RewardURL       string        `flag:"reward-url" help:"a reward server that scores responses: each batch POSTed as JSON (docs/reward-programs.md)"`
+	RewardFor       []string      `flag:"reward-for" help:"data_sources that --reward-cmd or --reward-url scores (empty: every data_source of the data; the built-in rewards score the others)"`
+	RewardTimeout   time.Duration `flag:"reward-timeout" default:"1m" check:">0" help:"time a reward program or server has to answer one batch"`
+	RolloutServers  []string      `flag:"rollout-servers" help:"rollout servers (URLs of tools/rollout-server) to generate with instead of the in-process engine; weights are pushed after each step"`
+	Overlap         string        `flag:"overlap" default:"auto" help:"overlapped rollouts: generate step s+1's rollouts while step s trains, on weights one step stale (corrected by --tis-cap, 2 unless given): on, off, or auto (on with --rollout-servers and --max-staleness 1; the in-process engine cannot gain on the CPU)"`
 
 	// The run.
-	out, config, cpuProfile string
-	device                  string
-	matmulPrecision         string
-	seed                    uint64
-	steps                   int
-	resume, quiet           bool
-	resumeStep              int
-	terminal                bool // stderr is a terminal: progress bars (else plain progress lines)
-	saveEvery, keep         int
+	Out             string `flag:"out" help:"run directory (default runs/<date-time>)"`
+	Config          string `flag:"config" help:"YAML or JSON file of flag values (keys are flag names); flags given on the command line win"`
+	Resume          bool   `flag:"resume" help:"continue the run in --out from its latest run state (flags given now override the saved ones)"`
+	ResumeStep      int    `flag:"resume-step" default:"-1" check:">=-1" want:"must be a saved step (>= 0), or -1 for the latest" help:"with --resume: continue from this saved step instead of the latest (an older run state kept by --keep)"`
+	Quiet           bool   `flag:"quiet" help:"no progress bar"`
+	CPUProfile      string `flag:"cpuprofile" help:"write a CPU profile (go tool pprof) to this file"`
+	Device          string `flag:"device" default:"auto" help:"where the policy trains and generates: auto (the GPU when one is there, else the CPU), cpu or cuda"`
+	MatmulPrecision string `flag:"matmul-precision" default:"auto" help:"CPU matmuls: auto or fp32 (fp32 training), or bf16 (training and rollout matmuls as bf16 dot products with fp32 sums, like autocast; needs a CPU with AVX512_BF16)"`
+	terminal        bool   // stderr is a terminal: progress bars (else plain progress lines)
 
-	// The default job's warm start.
-	sftOnly, cot            bool
-	sftSteps, trainProblems int
-	sftLR, sftNoise         float64
-	task                    string // "default" or "suite" (quickstart.Suite)
+	// The default job's warm start (defaults: quickstart.DefaultSFT's).
+	SFTOnly       bool    `flag:"sft" help:"default job: run only the supervised warm start and report its held-out accuracy"`
+	SFTSteps      int     `flag:"sft-steps" check:">=1" help:"default job: optimizer steps of the supervised warm start"`
+	SFTLR         float64 `flag:"sft-lr" check:">0" help:"default job: peak learning rate of the warm start (cosine schedule)"`
+	CoT           bool    `flag:"cot" help:"default job: warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")"`
+	SFTNoise      float64 `flag:"sft-noise" check:"[0,1]" help:"default job: share of warm-start targets whose final answer is replaced by a wrong one"`
+	TrainProblems int     `flag:"train-problems" default:"3000" check:">=1" help:"default job: distinct training problems"`
+	Task          string  `flag:"task" default:"default" help:"default job: the tasks: default ({TaskSpec}) or suite (arithmetic chains and countdown, held out at and above the training difficulty, per family: docs/prolonged.md; --eval-size is per held-out set)"`
+	WriteData     string  `flag:"write-task-data" help:"write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit"`
 
-	// Rollouts and the GRPO step.
-	prompts, samples, maxResponseLen, miniBatches, microBatchTokens, maxRounds int
-	temperature, topP, overlongPenalty                                         float64
-	overlongBuffer                                                             int
-	noDynamic, maskTruncated                                                   bool
+	// Run is the run's configuration: every knob of GRPO, the optimizer and the evaluation.
+	Run grpo.RunConfig
 
-	// Loss and advantages.
-	clipLow, clipHigh, dualClip, klCoef, entropyCoef, tisCap  float64
-	gspoClipLow, gspoClipHigh                                 float64
-	clipCovRatio, clipCovLB, clipCovUB, klCovRatio, klCovCoef float64
-	policyLoss, klEstimator, agg, advEstimator                string
-	noStdNorm                                                 bool
-
-	// Optimizer.
-	lr, beta1, beta2, weightDecay, clipNorm float64
-	warmup                                  int
-	recompute                               bool
-	freeze                                  []string
-
-	// Reference resets.
-	resetEvery, resetPlateau int
-
-	// Evaluation.
-	evalEvery, evalSize, evalSamples int
-	evalTemp, evalTopP               float64
+	// EvalSize is the held-out set's size.
+	EvalSize int `flag:"eval-size" default:"200" check:">=1" help:"held-out problems per evaluation (at most)"`
 }
 
-// newFlags declares every flag of the program into o. The defaults of the run's flags are
-// grpo.DefaultRunConfig's, the ProRL recipe (../shared/docs/prorl.md); the default job (no
+// newOptions returns the options at their defaults: the default tags, grpo.DefaultRunConfig
+// (the ProRL recipe, docs/recipe.md) and quickstart.DefaultSFT. The default job (no
 // --model) scales some of them down to a few-minute CPU run, see defaultJobFlags.
+func newOptions() *options {
+	o := new(options)
+	knob.Defaults(o)
+	o.Run = grpo.DefaultRunConfig()
+	sft := quickstart.DefaultSFT()
+	o.SFTSteps, o.SFTLR, o.CoT, o.SFTNoise = sft.Steps, sft.LR, sft.CoT, sft.NoiseFrac
+	return o
+}
+
+// newFlags declares every flag of the program, bound to the fields of o (knob.Bind), with
+// their current values as defaults.
 func newFlags(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard) // main prints --help (on stdout) and errors (on stderr) itself
 	fs.Usage = func() {}
-	d := grpo.DefaultRunConfig() // every default of the run is grpo's
-	prorl := d.Trainer
-
-	fs.StringVar(&o.model, "model", "", "model to train: a Hugging Face directory (config.json, *.safetensors, tokenizer.json), a .onnx file, or a Hugging Face model id ORG/NAME[@REVISION] (from the Hugging Face cache, downloaded when missing; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply); empty: the default job's model")
-	fs.StringVar(&o.data, "data", "", "training prompts: JSONL or Parquet (fields prompt or messages, data_source, ground_truth / reward_model.ground_truth, extra_info)")
-	fs.StringVar(&o.valData, "val-data", "", "held-out prompts (same format); empty: --val-fraction of --data")
-	fs.Float64Var(&o.valFraction, "val-fraction", 0.02, "share of --data held out for evaluation when --val-data is not given")
-	fs.StringVar(&o.defaultKind, "default-kind", "", "task kind (reward) of rows without data_source; empty: such rows are errors")
-	fs.IntVar(&o.maxPromptTokens, "max-prompt-tokens", 1024, "prompts longer than this many tokens are dropped (named in the log)")
-	fs.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "data lines (Parquet rows) longer than this many bytes are skipped unread (named in the log)")
-	fs.BoolVar(&o.noChatTemplate, "no-chat-template", false, "feed prompt text as is, without the tokenizer's chat template")
-	fs.StringVar(&o.rewardCmd, "reward-cmd", "", "a reward program, run by /bin/sh -c, that scores responses: JSON lines on its stdin and stdout, a batch a line (docs/reward-programs.md)")
-	fs.StringVar(&o.rewardURL, "reward-url", "", "a reward server that scores responses: each batch POSTed as JSON (docs/reward-programs.md)")
-	fs.StringSliceVar(&o.rewardFor, "reward-for", nil, "data_sources that --reward-cmd or --reward-url scores (empty: every data_source of the data; the built-in rewards score the others)")
-	fs.DurationVar(&o.rewardTimeout, "reward-timeout", time.Minute, "time a reward program or server has to answer one batch")
-	fs.StringSliceVar(&o.rolloutServers, "rollout-servers", nil, "rollout servers (URLs of tools/rollout-server) to generate with instead of the in-process engine; weights are pushed after each step")
-	fs.StringVar(&o.overlap, "overlap", "auto", "overlapped rollouts: generate step s+1's rollouts while step s trains, on weights one step stale (corrected by --tis-cap, 2 unless given): on, off, or auto (on with --rollout-servers and --max-staleness 1; the in-process engine cannot gain on the CPU)")
-	fs.IntVar(&o.maxStaleness, "max-staleness", prorl.MaxStaleness, "most steps the rollouts' weights may be behind the policy's: 1 allows --overlap, 0 forbids it")
-
-	fs.StringVar(&o.out, "out", "", "run directory (default runs/<date-time>)")
-	fs.StringVar(&o.config, "config", "", "YAML or JSON file of flag values (keys are flag names); flags given on the command line win")
-	fs.Uint64Var(&o.seed, "seed", prorl.Seed, "seed of everything: model init, data order, sampling")
-	fs.IntVar(&o.steps, "steps", d.Steps, "GRPO steps in all")
-	fs.BoolVar(&o.resume, "resume", false, "continue the run in --out from its latest run state (flags given now override the saved ones)")
-	fs.IntVar(&o.resumeStep, "resume-step", -1, "with --resume: continue from this saved step instead of the latest (an older run state kept by --keep)")
-	fs.IntVar(&o.saveEvery, "save-every", d.SaveEvery, "save a run state (weights, reference, optimizer, data position) every so many steps and at the end; 0: only at the end")
-	fs.IntVar(&o.keep, "keep", d.Keep, "run states kept (the oldest are removed after a save)")
-	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
-	fs.StringVar(&o.device, "device", "auto", "where the policy trains and generates: auto (the GPU when one is there, else the CPU), cpu or cuda")
-	fs.StringVar(&o.matmulPrecision, "matmul-precision", "auto", "CPU matmuls: auto or fp32 (fp32 training), or bf16 (training and rollout matmuls as bf16 dot products with fp32 sums, like autocast; needs a CPU with AVX512_BF16)")
-
-	fs.BoolVar(&o.sftOnly, "sft", false, "default job: run only the supervised warm start and report its held-out accuracy")
-	fs.IntVar(&o.sftSteps, "sft-steps", quickstart.DefaultSFT().Steps, "default job: optimizer steps of the supervised warm start")
-	fs.Float64Var(&o.sftLR, "sft-lr", quickstart.DefaultSFT().LR, "default job: peak learning rate of the warm start (cosine schedule)")
-	fs.BoolVar(&o.cot, "cot", quickstart.DefaultSFT().CoT, "default job: warm start on worked answers (\"8+7-5=\" -> \"15-5=10 <answer>10</answer>\")")
-	fs.Float64Var(&o.sftNoise, "sft-noise", quickstart.DefaultSFT().NoiseFrac, "default job: share of warm-start targets whose final answer is replaced by a wrong one")
-	fs.IntVar(&o.trainProblems, "train-problems", 3000, "default job: distinct training problems")
-	fs.StringVar(&o.task, "task", taskDefault, "default job: the tasks: default ("+quickstart.TaskSpec+") or suite (arithmetic chains and countdown, held out at and above the training difficulty, per family: docs/prolonged.md; --eval-size is per held-out set)")
-	fs.StringVar(&o.writeData, "write-task-data", "", "write the default task's training and held-out prompts to DIR/train.jsonl and DIR/heldout.jsonl (the --data format) and exit")
-
-	fs.IntVar(&o.prompts, "prompts", prorl.PromptsPerStep, "prompts (groups) per rollout step")
-	fs.IntVar(&o.samples, "n", prorl.SamplesPerPrompt, "samples per prompt")
-	fs.Float64Var(&o.temperature, "temperature", flagDefault(prorl.Temperature), "rollout temperature; the loss sees log-probs at it too")
-	fs.Float64Var(&o.topP, "top-p", flagDefault(prorl.TopP), "rollout top-p")
-	fs.IntVar(&o.maxResponseLen, "max-response", prorl.MaxResponseTokens, "maximum response tokens")
-	fs.Float64Var(&o.overlongPenalty, "overlong-penalty", prorl.OverlongPenalty, "overlong penalty factor: with --overlong-buffer > 0, DAPO's soft overlong punishment (0 up to --max-response minus the buffer, then falling linearly to minus this at --max-response) added to the reward; with --overlong-buffer 0, subtracted from the reward of a response cut at --max-response; 0: none")
-	fs.IntVar(&o.overlongBuffer, "overlong-buffer", prorl.OverlongBuffer, "DAPO's overlong buffer L_cache in tokens (verl overlong_buffer.len), below --max-response; 0: the flat penalty of --overlong-penalty")
-	fs.BoolVar(&o.maskTruncated, "mask-truncated", prorl.MaskTruncated, "leave responses cut at --max-response out of the loss (DAPO's overlong filtering; they still count in their group's advantages)")
-	fs.IntVar(&o.miniBatches, "mini-batches", prorl.MiniBatches, "policy updates per rollout step (the rollout batch is split into this many)")
-	fs.IntVar(&o.microBatchTokens, "micro-batch-tokens", prorl.MicroBatchTokens, "tokens per forward/backward; gradients accumulate over micro-batches")
-	fs.BoolVar(&o.noDynamic, "no-dynamic-sampling", !prorl.DynamicSampling, "keep groups whose rewards are all equal (ProRL drops them and samples more)")
-	fs.IntVar(&o.maxRounds, "max-sampling-rounds", prorl.MaxSamplingRounds, "dynamic sampling: most rollout rounds per step to fill the batch")
-
-	fs.StringVar(&o.policyLoss, "policy-loss", string(prorl.Loss.Mode), "policy loss (verl policy_loss.loss_mode): grpo (token-level clipped surrogate), gspo (sequence-level ratio, arXiv 2507.18071; its policy term is seq-mean-token-mean whatever --loss-agg), clip-cov or kl-cov (grpo's loss with the entropy-preserving Clip-Cov / KL-Cov updates, arXiv 2505.22617)")
-	fs.Float64Var(&o.clipLow, "clip-low", prorl.Loss.ClipLow, "lower clip bound eps_low: the ratio is clipped at 1-eps_low")
-	fs.Float64Var(&o.clipHigh, "clip-high", prorl.Loss.ClipHigh, "upper clip bound eps_high (clip-higher; 0.2 is plain PPO/GRPO)")
-	fs.Float64Var(&o.dualClip, "dual-clip", prorl.Loss.DualClip, "dual-clip constant c > 1 bounding the loss of negative-advantage tokens (verl clip_ratio_c); with --policy-loss grpo and clip-cov; 0: off")
-	fs.Float64Var(&o.gspoClipLow, "gspo-clip-low", prorl.Loss.GSPOClipLow, "--policy-loss gspo: the sequence ratio is clipped at 1 minus this")
-	fs.Float64Var(&o.gspoClipHigh, "gspo-clip-high", prorl.Loss.GSPOClipHigh, "--policy-loss gspo: the sequence ratio is clipped at 1 plus this")
-	fs.Float64Var(&o.clipCovRatio, "clip-cov-ratio", prorl.Loss.ClipCovRatio, "--policy-loss clip-cov: fraction of tokens whose gradient is dropped (at least one per micro-batch)")
-	fs.Float64Var(&o.clipCovLB, "clip-cov-lb", prorl.Loss.ClipCovLow, "--policy-loss clip-cov: the dropped tokens are drawn from those whose covariance (A - mean A)(logp - mean logp) is above this")
-	fs.Float64Var(&o.clipCovUB, "clip-cov-ub", prorl.Loss.ClipCovHigh, "--policy-loss clip-cov: ... and below this")
-	fs.Float64Var(&o.klCovRatio, "kl-cov-ratio", prorl.Loss.KLCovRatio, "--policy-loss kl-cov: fraction of tokens (those of largest covariance; at least one per micro-batch) penalised by --kl-cov-coef * |logp - old logp|")
-	fs.Float64Var(&o.klCovCoef, "kl-cov-coef", prorl.Loss.KLCovCoef, "--policy-loss kl-cov: weight of its penalty (verl ppo_kl_coef)")
-	fs.Float64Var(&o.tisCap, "tis-cap", prorl.Loss.TISCap, "truncated importance sampling: the policy term of each token is weighted by min(p_trainer / p_rollout, this), correcting for the rollout engine's other numbers (verl rollout_is_threshold, e.g. 2); 0: off")
-	fs.Float64Var(&o.klCoef, "kl-coef", prorl.Loss.KLCoef, "beta, the weight of the KL penalty to the reference in the loss; 0: no reference")
-	fs.StringVar(&o.klEstimator, "kl-estimator", string(prorl.Loss.KL), "KL estimator: k1, k2 (mse) or k3 (low-variance)")
-	fs.Float64Var(&o.entropyCoef, "entropy-coef", prorl.Loss.EntropyCoef, "weight of an entropy bonus (ProRL: none)")
-	fs.StringVar(&o.agg, "loss-agg", string(prorl.Loss.Agg), "loss aggregation: token-mean, seq-mean-token-sum or seq-mean-token-mean")
-	fs.StringVar(&o.advEstimator, "adv-estimator", string(prorl.Advantage.Estimator), "advantage estimator: grpo, rloo or reinforce_plus_plus_baseline")
-	fs.BoolVar(&o.noStdNorm, "no-std-norm", prorl.Advantage.NoStdNorm, "GRPO advantages without the division by the group's standard deviation (Dr. GRPO)")
-
-	fs.Float64Var(&o.lr, "lr", d.Optimizer.LR, "learning rate (AdamW; constant after --warmup)")
-	fs.IntVar(&o.warmup, "warmup", d.WarmupSteps, "optimizer steps of linear learning-rate warm-up")
-	fs.Float64Var(&o.beta1, "beta1", d.Optimizer.Beta1, "AdamW beta1")
-	fs.Float64Var(&o.beta2, "beta2", d.Optimizer.Beta2, "AdamW beta2")
-	fs.Float64Var(&o.weightDecay, "weight-decay", d.Optimizer.WeightDecay, "AdamW decoupled weight decay (not on norms and biases)")
-	fs.Float64Var(&o.clipNorm, "clip-norm", d.Optimizer.ClipNorm, "global gradient-norm clipping; 0: off")
-	fs.BoolVar(&o.recompute, "recompute", d.Recompute, "recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
-	fs.StringSliceVar(&o.freeze, "freeze", nil, "regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')")
-
-	fs.IntVar(&o.resetEvery, "ref-reset-every", prorl.RefResetEvery, "reference reset (reference := policy, optimizer state zeroed) every so many steps; 0: never")
-	fs.IntVar(&o.resetPlateau, "ref-reset-on-plateau", prorl.RefResetOnPlateau, "also reset the reference when held-out accuracy has not improved for this many evaluations; 0: never")
-
-	fs.IntVar(&o.evalEvery, "eval-every", d.Eval.Every, "held-out evaluation every so many steps (and at the start and the end)")
-	fs.IntVar(&o.evalSize, "eval-size", 200, "held-out problems per evaluation (at most)")
-	fs.Float64Var(&o.evalTemp, "eval-temperature", flagDefault(d.Eval.Temperature), "sampling temperature of held-out evaluation (0: greedy)")
-	fs.Float64Var(&o.evalTopP, "eval-top-p", flagDefault(d.Eval.TopP), "top-p of held-out evaluation")
-	fs.IntVar(&o.evalSamples, "eval-samples", d.Eval.Samples, "samples per held-out problem: pass@1 is averaged over them, pass@k up to this k")
+	knob.Bind(fs, o)
+	task := fs.Lookup("task")
+	task.Usage = strings.ReplaceAll(task.Usage, "{TaskSpec}", quickstart.TaskSpec)
 	return fs
 }
 
@@ -227,7 +139,7 @@ func usage(w io.Writer, fs *pflag.FlagSet) {
 // parseOptions parses args: the command line first, then --config for flags not given there,
 // then the default job's values for flags still unset when there is no --model.
 func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
-	o := new(options)
+	o := newOptions()
 	fs := newFlags(o)
 	if err := fs.Parse(args); err != nil {
 		return o, fs, err
@@ -235,12 +147,12 @@ func parseOptions(args []string) (*options, *pflag.FlagSet, error) {
 	if fs.NArg() > 0 {
 		return o, fs, fmt.Errorf("unexpected arguments %q (every setting is a --flag)", fs.Args())
 	}
-	if o.config != "" {
-		if err := applyConfigFile(fs, o.config); err != nil {
+	if o.Config != "" {
+		if err := applyConfigFile(fs, o.Config); err != nil {
 			return o, fs, err
 		}
 	}
-	if o.model == "" && !o.resume {
+	if o.Model == "" && !o.Resume {
 		if err := setSuiteFlags(o, fs); err != nil { // first: they win over defaultJobFlags
 			return o, fs, err
 		}
@@ -267,12 +179,12 @@ var suiteJobFlags = map[string]string{"max-response": "48"}
 
 // setSuiteFlags checks --task and, for the suite, sets the flags of suiteJobFlags not given.
 func setSuiteFlags(o *options, fs *pflag.FlagSet) error {
-	switch o.task {
+	switch o.Task {
 	case taskDefault:
 		return nil
 	case taskSuite:
 	default:
-		return fmt.Errorf("--task %q: want %s or %s", o.task, taskDefault, taskSuite)
+		return fmt.Errorf("--task %q: want %s or %s", o.Task, taskDefault, taskSuite)
 	}
 	for name, v := range suiteJobFlags {
 		if !fs.Changed(name) {
@@ -296,8 +208,8 @@ func main() {
 		os.Exit(2)
 	}
 	o.terminal = terminal
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
 		if err == nil {
 			err = pprof.StartCPUProfile(f)
 		}
@@ -316,8 +228,8 @@ func main() {
 			os.Exit(2)
 		}
 		slog.Error(err.Error())
-		if ctx.Err() != nil && o.out != "" {
-			slog.Info(fmt.Sprintf("interrupted: continue with  go run ./tools/train --out %s --resume", o.out))
+		if ctx.Err() != nil && o.Out != "" {
+			slog.Info(fmt.Sprintf("interrupted: continue with  go run ./tools/train --out %s --resume", o.Out))
 		}
 		os.Exit(1)
 	}

@@ -146,17 +146,17 @@ func TestOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.clipHigh != 0.28 || o.lr != 1e-5 || o.samples != 6 || !o.noDynamic || len(o.freeze) != 2 || o.freeze[1] != "a,b" {
+	if o.Run.Trainer.Loss.ClipHigh != 0.28 || o.Run.Optimizer.LR != 1e-5 || o.Run.Trainer.SamplesPerPrompt != 6 || o.Run.Trainer.DynamicSampling || len(o.Run.Freeze) != 2 || o.Run.Freeze[1] != "a,b" {
 		t.Errorf("config file: %+v", *o)
 	}
-	if o.prompts != 16 || o.steps != 200 || o.maxResponseLen != 24 { // the default job's
-		t.Errorf("default job values: prompts %d steps %d max-response %d", o.prompts, o.steps, o.maxResponseLen)
+	if o.Run.Trainer.PromptsPerStep != 16 || o.Run.Steps != 200 || o.Run.Trainer.MaxResponseTokens != 24 { // the default job's
+		t.Errorf("default job values: prompts %d steps %d max-response %d", o.Run.Trainer.PromptsPerStep, o.Run.Steps, o.Run.Trainer.MaxResponseTokens)
 	}
 	o, _, err = parseOptions([]string{"--model", "m", "--data", "d"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.prompts != 256 || o.samples != 16 || o.lr != 2e-6 || o.clipHigh != 0.4 || o.clipLow != 0.2 || o.klCoef != 1e-4 || o.temperature != 1.2 || o.miniBatches != 4 {
+	if o.Run.Trainer.PromptsPerStep != 256 || o.Run.Trainer.SamplesPerPrompt != 16 || o.Run.Optimizer.LR != 2e-6 || o.Run.Trainer.Loss.ClipHigh != 0.4 || o.Run.Trainer.Loss.ClipLow != 0.2 || o.Run.Trainer.Loss.KLCoef != 1e-4 || o.Run.Trainer.Temperature != 1.2 || o.Run.Trainer.MiniBatches != 4 {
 		t.Errorf("ProRL defaults with --model: %+v", *o)
 	}
 	for _, tc := range []struct{ file, want string }{

@@ -39,7 +39,7 @@ func TestMatMulPrecision(t *testing.T) {
 	if err := runArgs(t, bf16...); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := grpo.ReadMetrics(filepath.Join(o.out, "metrics.jsonl"))
+	recs, err := grpo.ReadMetrics(filepath.Join(o.Out, "metrics.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}

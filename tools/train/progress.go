@@ -39,8 +39,8 @@ func newProgress(o options, start, n int, what string) *progress {
 // newProgressTo is newProgress drawing its bar on w.
 func newProgressTo(w io.Writer, o options, start, n int, what string) *progress {
 	now := time.Now()
-	p := &progress{what: what, start: start, n: n, done: start, every: max(1, n/10), quiet: o.quiet, began: now, lastLogged: now}
-	if o.quiet || !o.terminal {
+	p := &progress{what: what, start: start, n: n, done: start, every: max(1, n/10), quiet: o.Quiet, began: now, lastLogged: now}
+	if o.Quiet || !o.terminal {
 		return p
 	}
 	p.bar = progressbar.NewOptions(n, progressbar.OptionSetDescription(what), progressbar.OptionShowCount(),

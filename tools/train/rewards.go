@@ -23,27 +23,27 @@ func rewardProgram(o options, reg *reward.Registry, rows []data.Row) (func() err
 	var rw reward.Reward
 	closeFn := func() error { return nil }
 	switch {
-	case o.rewardCmd != "" && o.rewardURL != "":
+	case o.RewardCmd != "" && o.RewardURL != "":
 		return nil, errors.New("--reward-cmd and --reward-url: give one")
-	case o.rewardCmd != "":
-		p, err := reward.NewProgram(reward.ProgramConfig{Command: o.rewardCmd, Timeout: o.rewardTimeout})
+	case o.RewardCmd != "":
+		p, err := reward.NewProgram(reward.ProgramConfig{Command: o.RewardCmd, Timeout: o.RewardTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("--reward-cmd: %w", err)
 		}
 		rw, closeFn = p, p.Close
-	case o.rewardURL != "":
-		e, err := reward.NewEndpoint(reward.EndpointConfig{URL: o.rewardURL, Timeout: o.rewardTimeout})
+	case o.RewardURL != "":
+		e, err := reward.NewEndpoint(reward.EndpointConfig{URL: o.RewardURL, Timeout: o.RewardTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("--reward-url: %w", err)
 		}
 		rw = e
 	default:
-		if len(o.rewardFor) > 0 {
+		if len(o.RewardFor) > 0 {
 			return nil, errors.New("--reward-for names the data_sources of --reward-cmd or --reward-url: give one of them")
 		}
 		return nil, nil
 	}
-	kinds := o.rewardFor
+	kinds := o.RewardFor
 	if len(kinds) == 0 {
 		for _, r := range rows {
 			if !slices.Contains(kinds, r.DataSource) {

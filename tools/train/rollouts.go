@@ -14,11 +14,11 @@ import (
 // get the policy's weights from grpo.Run before the first evaluation and after every step.
 // Without --rollout-servers it is nil: grpo.Run generates with the engine on the policy itself.
 func remoteRolloutSource(o options) func(context.Context, *engine.Model) (grpo.RolloutSource, func(), error) {
-	if len(o.rolloutServers) == 0 {
+	if len(o.RolloutServers) == 0 {
 		return nil
 	}
 	return func(context.Context, *engine.Model) (grpo.RolloutSource, func(), error) {
-		c, err := remote.New(o.rolloutServers, os.Getenv("PROLONG_API_KEY"))
+		c, err := remote.New(o.RolloutServers, os.Getenv("PROLONG_API_KEY"))
 		if err != nil {
 			return nil, nil, fmt.Errorf("--rollout-servers: %w", err)
 		}

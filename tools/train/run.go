@@ -21,37 +21,37 @@ import (
 	"github.com/prolong-rl/prolong/grpo"
 )
 
-// run trains: a new run in o.out, or (o.resume) the continuation of the one there. The run
+// run trains: a new run in o.Out, or (o.Resume) the continuation of the one there. The run
 // itself (steps, evaluation, metrics, run states, exports; the run directory's layout) is
 // grpo.Run's; run turns the flags into its configuration and reports.
 func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	switch {
-	case o.resume && o.out == "":
+	case o.Resume && o.Out == "":
 		return usageError{errors.New("--resume needs --out, the run directory to continue")}
-	case !o.resume && fs.Changed("resume-step"):
+	case !o.Resume && fs.Changed("resume-step"):
 		return usageError{errors.New("--resume-step goes with --resume")}
-	case !o.resume:
+	case !o.Resume:
 		if err := validate(o); err != nil { // before any work: nothing is read or written
 			return err
 		}
 	}
-	if o.out == "" {
-		o.out = filepath.Join("runs", time.Now().Format("20060102-150405"))
+	if o.Out == "" {
+		o.Out = filepath.Join("runs", time.Now().Format("20060102-150405"))
 	}
-	if o.writeData != "" {
-		return writeTaskData(*o, o.writeData)
+	if o.WriteData != "" {
+		return writeTaskData(*o, o.WriteData)
 	}
 	var resume *grpo.ResumePoint
-	if o.resume {
+	if o.Resume {
 		var err error
-		if resume, err = resumeFlags(o.out, o.resumeStep, fs); err != nil {
+		if resume, err = resumeFlags(o.Out, o.ResumeStep, fs); err != nil {
 			return err
 		}
 		// The flags are the saved ones and those given now: checked before the run goes on.
 		if err := validate(o); err != nil {
 			return err
 		}
-		fmt.Printf("resuming %s at step %d\n", o.out, resume.Step)
+		fmt.Printf("resuming %s at step %d\n", o.Out, resume.Step)
 	}
 	cfg, err := runConfig(*o, fs)
 	if err != nil {
@@ -62,7 +62,7 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	cfg.Hooks = rep.hooks()
 	res, err := grpo.Run(ctx, cfg, func(ctx context.Context, resuming bool) (*grpo.Job, error) {
 		rep.start = time.Now()
-		if o.model == "" {
+		if o.Model == "" {
 			return defaultJob(ctx, *o, cfg.Backend, !resuming)
 		}
 		return customJob(ctx, *o, !resuming)
@@ -70,7 +70,7 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	if errors.Is(err, grpo.ErrRunExists) {
 		return fmt.Errorf("%w; continue it with --resume or choose another --out", err)
 	}
-	if err != nil || o.sftOnly {
+	if err != nil || o.SFTOnly {
 		return err
 	}
 	rep.finish(res)
@@ -123,16 +123,16 @@ func orDefaultJob(model string) string {
 
 // runConfig is the run the flags describe, on the device --device opens.
 func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
-	backend, chosen, err := engine.OpenDevice(o.device)
+	backend, chosen, err := engine.OpenDevice(o.Device)
 	if err != nil {
 		return grpo.RunConfig{}, err
 	}
 	tb, ok := backend.(engine.TrainBackend)
 	if !ok {
-		return grpo.RunConfig{}, fmt.Errorf("--device %s: backend %s cannot train", o.device, backend.Name())
+		return grpo.RunConfig{}, fmt.Errorf("--device %s: backend %s cannot train", o.Device, backend.Name())
 	}
 	name := backend.Name()
-	if err := setMatMulPrecision(backend, o.matmulPrecision); err != nil {
+	if err := setMatMulPrecision(backend, o.MatmulPrecision); err != nil {
 		return grpo.RunConfig{}, err
 	}
 	fmt.Printf("device: %s\n", strings.Replace(chosen, name, backend.Name(), 1)) // the precision shows in the name
@@ -144,7 +144,7 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 		if err := fs.Set("tis-cap", strconv.FormatFloat(overlapTISCap, 'g', -1, 64)); err != nil {
 			return grpo.RunConfig{}, err
 		}
-		o.tisCap = overlapTISCap
+		o.Run.Trainer.Loss.TISCap = overlapTISCap // o is a copy: fs.Set reached the caller's
 	}
 	cfg, err := flagsConfig(o, overlap)
 	if err != nil {
@@ -160,55 +160,14 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	return cfg, nil
 }
 
-// flagsConfig is the run the flags describe, without its backend, rollout source and saved
-// settings; overlap is --overlap resolved (overlapOn).
+// flagsConfig is the run the flags describe (the flags are bound to o.Run's knobs), without
+// its backend, rollout source and saved settings, checked (grpo.RunConfig.CheckKnobs); overlap
+// is --overlap resolved (overlapOn).
 func flagsConfig(o options, overlap bool) (grpo.RunConfig, error) {
-	cfg := grpo.DefaultRunConfig()
-	cfg.Dir, cfg.Steps, cfg.SaveEvery, cfg.Keep, cfg.EvalOnly = o.out, o.steps, o.saveEvery, o.keep, o.sftOnly
-	cfg.Optimizer.LR, cfg.Optimizer.Beta1, cfg.Optimizer.Beta2 = o.lr, o.beta1, o.beta2
-	cfg.Optimizer.WeightDecay, cfg.Optimizer.ClipNorm = o.weightDecay, o.clipNorm
-	cfg.WarmupSteps, cfg.Freeze, cfg.Recompute = o.warmup, o.freeze, o.recompute
-	cfg.Eval = grpo.EvalConfig{Every: o.evalEvery, Samples: o.evalSamples, Temperature: float32(o.evalTemp), TopP: float32(o.evalTopP)}
-
-	t := &cfg.Trainer
-	t.Seed = o.seed
-	t.PromptsPerStep, t.SamplesPerPrompt = o.prompts, o.samples
-	t.Temperature, t.TopP = float32(o.temperature), float32(o.topP)
-	t.MaxResponseTokens = o.maxResponseLen
-	t.MiniBatches, t.MicroBatchTokens = o.miniBatches, o.microBatchTokens
-	t.DynamicSampling, t.MaxSamplingRounds = !o.noDynamic, o.maxRounds
-	t.OverlongPenalty, t.OverlongBuffer, t.MaskTruncated = o.overlongPenalty, o.overlongBuffer, o.maskTruncated
-	t.RefResetEvery, t.RefResetOnPlateau = o.resetEvery, o.resetPlateau
-	t.Overlap, t.MaxStaleness = overlap, o.maxStaleness
-	t.Loss.ClipLow, t.Loss.ClipHigh, t.Loss.DualClip = o.clipLow, o.clipHigh, o.dualClip
-	t.Loss.KLCoef, t.Loss.EntropyCoef, t.Loss.TISCap = o.klCoef, o.entropyCoef, o.tisCap
-	t.Loss.GSPOClipLow, t.Loss.GSPOClipHigh = o.gspoClipLow, o.gspoClipHigh
-	t.Loss.ClipCovRatio, t.Loss.ClipCovLow, t.Loss.ClipCovHigh = o.clipCovRatio, o.clipCovLB, o.clipCovUB
-	t.Loss.KLCovRatio, t.Loss.KLCovCoef = o.klCovRatio, o.klCovCoef
-	mode, err := grpo.ParsePolicyLossMode(o.policyLoss)
-	if err != nil {
-		return cfg, fmt.Errorf("--policy-loss: %w", err)
-	}
-	t.Loss.Mode = mode
-	kl, err := grpo.ParseKLEstimator(o.klEstimator)
-	if err != nil {
-		return cfg, fmt.Errorf("--kl-estimator: %w", err)
-	}
-	t.Loss.KL = kl
-	switch a := grpo.AggMode(o.agg); a {
-	case grpo.AggTokenMean, grpo.AggSeqMeanTokenSum, grpo.AggSeqMeanTokenMean:
-		t.Loss.Agg = a
-	default:
-		return cfg, fmt.Errorf("--loss-agg %q: want token-mean, seq-mean-token-sum or seq-mean-token-mean", o.agg)
-	}
-	switch e := grpo.Estimator(o.advEstimator); e {
-	case grpo.EstimatorGRPO, grpo.EstimatorRLOO, grpo.EstimatorReinforcePPBaseline:
-		t.Advantage.Estimator = e
-	default:
-		return cfg, fmt.Errorf("--adv-estimator %q: want grpo, rloo or reinforce_plus_plus_baseline", o.advEstimator)
-	}
-	t.Advantage.NoStdNorm = o.noStdNorm
-	return cfg, nil
+	cfg := o.Run
+	cfg.Dir, cfg.EvalOnly = o.Out, o.SFTOnly
+	cfg.Trainer.Overlap = overlap
+	return cfg, cfg.CheckKnobs()
 }
 
 // overlapTISCap is --tis-cap's value with --overlap when it is not given (verl's example
@@ -217,30 +176,20 @@ const overlapTISCap = 2
 
 // overlapOn resolves --overlap: auto is on with --rollout-servers (they generate from their own
 // weights while the policy trains) and --max-staleness 1, off otherwise.
+// (--max-staleness's range is grpo's: Config.CheckKnobs.)
 func overlapOn(o options) (bool, error) {
-	if o.maxStaleness < 0 || o.maxStaleness > 1 {
-		return false, fmt.Errorf("--max-staleness %d: want 0 or 1 (rollouts run at most one step ahead)", o.maxStaleness)
-	}
-	switch o.overlap {
+	switch o.Overlap {
 	case "on":
-		if o.maxStaleness < 1 {
-			return false, fmt.Errorf("--overlap on needs --max-staleness 1 (overlapped rollouts are one step stale); --max-staleness is %d", o.maxStaleness)
+		if o.Run.Trainer.MaxStaleness < 1 {
+			return false, fmt.Errorf("--overlap on needs --max-staleness 1 (overlapped rollouts are one step stale); --max-staleness is %d", o.Run.Trainer.MaxStaleness)
 		}
 		return true, nil
 	case "off":
 		return false, nil
 	case "auto":
-		return len(o.rolloutServers) > 0 && o.maxStaleness >= 1, nil
+		return len(o.RolloutServers) > 0 && o.Run.Trainer.MaxStaleness >= 1, nil
 	}
-	return false, fmt.Errorf("--overlap %q: want auto, on or off", o.overlap)
-}
-
-// flagDefault renders a float32 default of grpo's as the float64 a flag holds: the shortest
-// decimal that is the float32 (1.2, not 1.2000000476837158), so --help and saved runs read as
-// before and converting back gives the same float32.
-func flagDefault(v float32) float64 {
-	f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(v), 'g', -1, 32), 64)
-	return f
+	return false, fmt.Errorf("--overlap %q: want auto, on or off", o.Overlap)
 }
 
 // report prints what a run does: the starting model's held-out accuracy, progress over the
@@ -266,7 +215,7 @@ func (r *report) hooks() grpo.RunHooks {
 			r.eval, r.evalStep = res, step
 			if step == 0 {
 				fmt.Printf("before GRPO (%.0fs): held-out accuracy %.1f%% (pass@1 at temperature %g, top-p %g)%s\n",
-					time.Since(r.start).Seconds(), 100*res.Accuracy, r.o.evalTemp, r.o.evalTopP, passAtKText(res))
+					time.Since(r.start).Seconds(), 100*res.Accuracy, r.o.Run.Eval.Temperature, r.o.Run.Eval.TopP, passAtKText(res))
 				printByKind(res)
 			}
 		},
@@ -321,25 +270,25 @@ func (r *report) finish(res *grpo.RunResult) {
 	o := r.o
 	if res.First != nil && res.Last != nil {
 		fmt.Printf("\nheld-out accuracy: %.1f%% -> %.1f%% after %d GRPO steps (%.0fs this session)%s; reference resets at steps %v\n",
-			100*res.First.Accuracy, 100*res.Last.Accuracy, o.steps, time.Since(r.train).Seconds(), passAtKText(res.Last), res.Resets)
+			100*res.First.Accuracy, 100*res.Last.Accuracy, o.Run.Steps, time.Since(r.train).Seconds(), passAtKText(res.Last), res.Resets)
 	}
-	fmt.Printf("run directory %s:\n  %s\n", o.out, grpo.MetricsFile)
-	if evs, _ := filepath.Glob(filepath.Join(o.out, "events.out.tfevents.*")); len(evs) > 0 {
-		fmt.Printf("  %s (TensorBoard: tensorboard --logdir %s)\n", filepath.Base(evs[len(evs)-1]), filepath.Dir(o.out))
+	fmt.Printf("run directory %s:\n  %s\n", o.Out, grpo.MetricsFile)
+	if evs, _ := filepath.Glob(filepath.Join(o.Out, "events.out.tfevents.*")); len(evs) > 0 {
+		fmt.Printf("  %s (TensorBoard: tensorboard --logdir %s)\n", filepath.Base(evs[len(evs)-1]), filepath.Dir(o.Out))
 	}
-	pngs, _ := filepath.Glob(filepath.Join(o.out, "*.png"))
+	pngs, _ := filepath.Glob(filepath.Join(o.Out, "*.png"))
 	for _, p := range pngs {
 		fmt.Printf("  %s\n", filepath.Base(p))
 	}
-	dirs, _ := filepath.Glob(filepath.Join(o.out, "checkpoints", "step-*"))
+	dirs, _ := filepath.Glob(filepath.Join(o.Out, "checkpoints", "step-*"))
 	for _, d := range dirs {
-		rel, _ := filepath.Rel(o.out, d)
+		rel, _ := filepath.Rel(o.Out, d)
 		fmt.Printf("  %s/{model.safetensors,config.json,model.onnx}\n", rel)
 	}
 	if b := res.Best; b != nil && b.Step > 0 {
 		fmt.Printf("  checkpoints/%s/ (the best held-out evaluation: step %d, %.1f%%)\n", grpo.BestDir, b.Step, 100*b.Accuracy)
 	}
-	fmt.Printf("  %s/ (run state of step %d: continue with --out %s --resume --steps N)\n", grpo.StateDir, o.steps, o.out)
+	fmt.Printf("  %s/ (run state of step %d: continue with --out %s --resume --steps N)\n", grpo.StateDir, o.Run.Steps, o.Out)
 }
 
 // passAtKText renders an evaluation's pass@k beyond k = 1.

@@ -26,8 +26,8 @@ func TestTaskFlag(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", tc.args, err)
 		}
-		if o.maxResponseLen != tc.want {
-			t.Errorf("%v: --max-response %d, want %d", tc.args, o.maxResponseLen, tc.want)
+		if o.Run.Trainer.MaxResponseTokens != tc.want {
+			t.Errorf("%v: --max-response %d, want %d", tc.args, o.Run.Trainer.MaxResponseTokens, tc.want)
 		}
 	}
 	if _, _, err := parseOptions([]string{"--task", "chess"}); err == nil || !strings.Contains(err.Error(), `--task "chess"`) {
