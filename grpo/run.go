@@ -1,23 +1,14 @@
 package grpo
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
-	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/grpo/data"
 	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
@@ -64,20 +55,6 @@ var (
 	ErrNoRunState = errors.New("no saved run state")
 )
 
-// RunStateError is LoadResumePoint's error for a run state that cannot be loaded; Kept lists
-// the other steps saved in the run directory, which ResumeFrom can still continue from.
-type RunStateError struct {
-	Step int
-	Kept []int
-	Err  error
-}
-
-func (e *RunStateError) Error() string {
-	return fmt.Sprintf("run state of step %d: %v", e.Step, e.Err)
-}
-
-func (e *RunStateError) Unwrap() error { return e.Err }
-
 // RunConfig is everything a training run needs besides its Job: the GRPO step, the policy's
 // optimizer, the run's length, held-out evaluation, and where and how often it saves.
 // DefaultRunConfig gives the ProRL recipe. Each knob (here and in the nested configurations) is
@@ -121,7 +98,7 @@ type RunConfig struct {
 	// after every step.
 	//
 	// With Trainer.Overlap the rollouts of step s+1 are generated during the update of step s
-	// (Trainer.StepAhead), except after the last step and after a step that saves a run
+	// (PolicyOptimizer.StepAhead), except after the last step and after a step that saves a run
 	// state: the step after a save generates its rollouts on that step's weights, so that a
 	// run resumed from the save goes on exactly as the uninterrupted run (a run resumed from
 	// its final state with more Steps goes on as if that step had been a save in the longer
@@ -129,19 +106,6 @@ type RunConfig struct {
 	Rollouts func(ctx context.Context, policy *engine.Model) (RolloutSource, func(), error)
 	// Hooks let a program follow the run (progress, printing); each may be nil.
 	Hooks RunHooks
-}
-
-// EvalConfig is the held-out evaluation of a run; its knobs are defined by their tags
-// (package grpo/knob).
-type EvalConfig struct {
-	// Every evaluates every so many steps (and at the start and the end).
-	Every int `flag:"eval-every" default:"25" check:">=1" help:"held-out evaluation every so many steps (and at the start and the end)"`
-	// Temperature and TopP of the evaluation's sampling (ProRL: 0.6, 0.95).
-	Temperature float32 `flag:"eval-temperature" default:"0.6" check:">=0" help:"sampling temperature of held-out evaluation (0: greedy)"`
-	TopP        float32 `flag:"eval-top-p" default:"0.95" check:"[0,1]" want:"must be in [0, 1] (0: off)" help:"top-p of held-out evaluation"`
-	// Samples per held-out prompt: pass@1 is averaged over them, pass@k goes up to them.
-	// Temperature 0 (greedy) takes one.
-	Samples int `flag:"eval-samples" default:"16" check:">=1" help:"samples per held-out problem: pass@1 is averaged over them, pass@k up to this k"`
 }
 
 // RunHooks are callbacks through which a program follows a run.
@@ -229,67 +193,10 @@ type RunResult struct {
 	Best *BestEval
 }
 
-// BestEval names the best-scoring held-out evaluation of a run: the contents of best.json.
-type BestEval struct {
-	Step     int     `json:"step"`
-	Accuracy float64 `json:"accuracy"`
-}
-
 // WeightSync is a RolloutSource that generates with its own copy of the weights (rollout
 // servers): Run sends it the policy's weights before the first evaluation and after each step.
 type WeightSync interface {
 	SyncWeights(ctx context.Context, policy *engine.Model) error
-}
-
-// ResumePoint is the latest run state of a run directory, to continue from.
-type ResumePoint struct {
-	// Step is the step the state was saved at.
-	Step int
-	// Settings are the RunConfig.Settings saved with it (JSON).
-	Settings json.RawMessage
-	state    *checkpoints.RunState
-}
-
-// LoadResumePoint reads the latest run state of the run directory dir. A directory that does
-// not exist is ErrNoRun, one without a saved state ErrNoRunState, a state that cannot be
-// loaded a *RunStateError listing the other steps kept.
-func LoadResumePoint(dir string) (*ResumePoint, error) {
-	return ResumeFrom(dir, int(checkpoints.Latest))
-}
-
-// ResumeFrom reads the run state of step (checkpoints.Latest: the latest) of the run
-// directory dir, with LoadResumePoint's errors.
-func ResumeFrom(dir string, step int) (*ResumePoint, error) {
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("%w %s: %w", ErrNoRun, dir, err)
-	}
-	sd := filepath.Join(dir, StateDir)
-	steps, _ := checkpoints.ListSteps(sd)
-	if len(steps) == 0 {
-		return nil, fmt.Errorf("%s: %w (its run stopped before its first save)", dir, ErrNoRunState)
-	}
-	st, err := checkpoints.LoadRunState(sd, int64(step))
-	if err != nil {
-		if step == int(checkpoints.Latest) {
-			latest, _ := checkpoints.LatestStep(sd)
-			step = int(latest)
-		}
-		e := &RunStateError{Step: step, Err: err}
-		for _, s := range steps {
-			if int(s) != step {
-				e.Kept = append(e.Kept, int(s))
-			}
-		}
-		return nil, e
-	}
-	return &ResumePoint{Step: int(st.Step), Settings: st.Extra[settingsKey], state: st}, nil
-}
-
-// savedEvals are the evaluations a run state carries for the summary.
-type savedEvals struct {
-	First *EvalResult `json:"first"`
-	Last  *EvalResult `json:"last"`
-	Best  *BestEval   `json:"best,omitempty"`
 }
 
 // runSession is a run in progress.
@@ -298,7 +205,7 @@ type runSession struct {
 	job      *Job
 	policy   *engine.Trainer
 	rollouts RolloutSource
-	trainer  *Trainer
+	trainer  *PolicyOptimizer
 	stream   *promptStream
 	evals    savedEvals
 	exported map[int]string
@@ -347,21 +254,6 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 	return &RunResult{First: r.evals.First, Last: r.evals.Last, Step: r.trainer.StepNumber(), Resets: r.trainer.State().Resets, Exports: r.exported, Best: r.evals.Best}, nil
 }
 
-// startOver checks that a new run may start in dir: a directory with a saved run state is
-// ErrRunExists; one whose earlier run stopped before its first save (metrics.jsonl, no run
-// state) is started again, its metrics log and event files removed.
-func startOver(dir string) error {
-	mpath := filepath.Join(dir, MetricsFile)
-	if _, err := os.Stat(mpath); err != nil {
-		return nil
-	}
-	if steps, _ := checkpoints.ListSteps(filepath.Join(dir, StateDir)); len(steps) > 0 {
-		return fmt.Errorf("%w: %s holds run states up to step %d", ErrRunExists, dir, steps[len(steps)-1])
-	}
-	slog.Warn("the run directory holds a run that stopped before its first save: starting it again", "dir", dir)
-	return removeRunLog(dir)
-}
-
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
 // builds the rollout source and the trainer, restored to the run state when resuming.
 func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, func(), error) {
@@ -391,53 +283,6 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, f
 	return r, closeRollouts, nil
 }
 
-// runTokenizer writes the job's tokenizer into the run directory's tokenizer/ (for tools/export
-// of its run states), whole or not at all. A resumed run keeps the one it has: a job whose
-// tokenizer differs from it (another --model) is an error, and the run's is left as it was.
-func runTokenizer(cfg RunConfig, job *Job) error {
-	if job.TokenizerFiles == nil {
-		return nil
-	}
-	dir := filepath.Join(cfg.Dir, "tokenizer")
-	if _, err := os.Stat(dir); cfg.Resume == nil || err != nil {
-		if err := checkpoints.ReplaceDir(dir, ".tokenizer.tmp-", job.TokenizerFiles); err != nil {
-			return fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
-		}
-		return nil
-	}
-	tmp, err := os.MkdirTemp(cfg.Dir, ".tokenizer.tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	if err := job.TokenizerFiles(tmp); err != nil {
-		return fmt.Errorf("run directory %s: tokenizer: %w", cfg.Dir, err)
-	}
-	if f, ok := sameFiles(dir, tmp); !ok {
-		return fmt.Errorf("resume: the model's tokenizer differs from the run's (%s in %s): a run continues with the tokenizer it started with", f, dir)
-	}
-	return nil
-}
-
-// sameFiles reports whether directories a and b hold the same files with the same bytes, and
-// otherwise names the first file that differs.
-func sameFiles(a, b string) (string, bool) {
-	ea, _ := os.ReadDir(a)
-	eb, _ := os.ReadDir(b)
-	names := map[string]bool{}
-	for _, e := range append(ea, eb...) {
-		names[e.Name()] = true
-	}
-	for _, n := range slices.Sorted(maps.Keys(names)) {
-		x, errA := os.ReadFile(filepath.Join(a, n))
-		y, errB := os.ReadFile(filepath.Join(b, n))
-		if errA != nil || errB != nil || !bytes.Equal(x, y) {
-			return n, false
-		}
-	}
-	return "", true
-}
-
 // newPolicy makes the starting weights (the run state's when resuming) trainable on the
 // backend, with the run's optimizer (and its saved state when resuming).
 func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
@@ -453,7 +298,7 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 	if cfg.WarmupSteps > 0 {
 		opt.Schedule = engine.LinearWarmup(cfg.WarmupSteps)
 	}
-	// The log-prob temperature is the rollout temperature: NewTrainer sets it from Trainer.
+	// The log-prob temperature is the rollout temperature: NewPolicyOptimizer sets it from Trainer.
 	policy, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: opt, Freeze: cfg.Freeze, Recompute: cfg.Recompute})
 	if err != nil {
 		return nil, err
@@ -518,52 +363,12 @@ func (r *runSession) newTrainer() error {
 	if r.job.Reward == nil && r.job.BatchReward == nil {
 		return errors.New("grpo: the job has neither a Reward nor a BatchReward")
 	}
-	if r.trainer, err = NewTrainer(r.policy, r.rollouts, r.stream, r.job.Reward, r.job.Decode, tc); err != nil {
+	if r.trainer, err = NewPolicyOptimizer(r.policy, r.rollouts, r.stream, r.job.Reward, r.job.Decode, tc); err != nil {
 		return err
 	}
 	r.trainer.BatchReward = r.job.BatchReward
 	r.trainer.OnReset = r.export
 	return nil
-}
-
-// restore puts back the trainer's state, the reference, the data position and the
-// evaluations of a run state.
-func (r *runSession) restore(st *checkpoints.RunState) error {
-	var ts State
-	if err := errors.Join(json.Unmarshal(st.Extra[trainerKey], &ts), json.Unmarshal(st.Metrics, &r.evals)); err != nil {
-		return err
-	}
-	if err := r.trainer.Restore(ts, st.Reference); err != nil {
-		return err
-	}
-	return r.stream.restore(st.DataPosition)
-}
-
-// evaluateStart evaluates the starting model (step 0).
-func (r *runSession) evaluateStart(ctx context.Context) error {
-	res, err := r.evaluate(ctx, 0)
-	r.evals.First, r.evals.Last = res, res
-	if res != nil {
-		r.evals.Best = &BestEval{Step: 0, Accuracy: res.Accuracy} // the starting model: not exported
-	}
-	return err
-}
-
-// evaluate runs the held-out evaluation (nil without held-out prompts) after step.
-func (r *runSession) evaluate(ctx context.Context, step int) (*EvalResult, error) {
-	if len(r.job.Held) == 0 {
-		return nil, nil
-	}
-	e := r.cfg.Eval
-	n := e.Samples
-	if e.Temperature == 0 {
-		n = 1
-	}
-	res, err := r.trainer.Evaluate(ctx, r.job.Held, n, e.Temperature, e.TopP)
-	if err == nil && r.cfg.Hooks.Evaluated != nil {
-		r.cfg.Hooks.Evaluated(step, res)
-	}
-	return res, err
 }
 
 // train runs the GRPO steps of this session and the final export.
@@ -667,134 +472,4 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 		r.cfg.Hooks.Stepped(m, r.evals.Last)
 	}
 	return nil
-}
-
-// saveDue reports whether a run state is saved after step s.
-func (r *runSession) saveDue(s int) bool {
-	return (r.cfg.SaveEvery > 0 && s%r.cfg.SaveEvery == 0) || s == r.cfg.Steps
-}
-
-// plot redraws the run directory's plots from metrics.jsonl. A plot is not worth a run: a
-// failure is logged and the run goes on.
-func (r *runSession) plot() {
-	recs, err := ReadMetrics(filepath.Join(r.cfg.Dir, MetricsFile))
-	if err == nil {
-		_, err = PlotMetrics(recs, r.cfg.Dir)
-	}
-	if err != nil {
-		slog.Warn("plots not redrawn", "dir", r.cfg.Dir, "err", err)
-	}
-}
-
-// save writes a run state: what resuming needs.
-func (r *runSession) save() error {
-	w, err := r.policy.Model.HostWeights()
-	if err != nil {
-		return err
-	}
-	var ref map[string]engine.HostTensor
-	if r.trainer.Reference != nil {
-		if ref, err = r.trainer.Reference.HostWeights(); err != nil {
-			return err
-		}
-	}
-	opt, err := r.policy.OptimizerState()
-	if err != nil {
-		return err
-	}
-	marshal := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
-	st := &checkpoints.RunState{
-		Step: int64(r.trainer.StepNumber()), Config: r.policy.Model.Config, Weights: w, Reference: ref,
-		Optimizer:    &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}},
-		DataPosition: marshal(r.stream.s.State()), Metrics: marshal(r.evals),
-		Extra: map[string]json.RawMessage{settingsKey: marshal(r.cfg.Settings), trainerKey: marshal(r.trainer.State())},
-	}
-	return checkpoints.SaveRunState(filepath.Join(r.cfg.Dir, StateDir), st, checkpoints.SaveRunOptions{Keep: r.cfg.Keep})
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// truncateMetrics keeps the lines of metrics.jsonl up to step (atomically).
-func truncateMetrics(path string, step int) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var keep bytes.Buffer
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	for n := 1; sc.Scan(); n++ {
-		var rec struct {
-			Step *int `json:"step"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil || rec.Step == nil {
-			return fmt.Errorf("%s line %d: not a metrics record", path, n)
-		}
-		if *rec.Step <= step {
-			keep.Write(sc.Bytes())
-			keep.WriteByte('\n')
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return checkpoints.WriteFileAtomic(path, 0o644, func(w io.Writer) error { _, err := w.Write(keep.Bytes()); return err })
-}
-
-// promptStream hands the trainer prompts in grpo/data.Stream's order: the stream runs over
-// one placeholder row per prompt, whose Index is the prompt's.
-type promptStream struct {
-	prompts []Prompt
-	s       *data.Stream
-}
-
-func newPromptStream(prompts []Prompt, seed uint64) (*promptStream, error) {
-	rows := make([]data.Row, len(prompts))
-	for i := range rows {
-		rows[i].Index = i
-	}
-	s, err := data.NewStream(rows, data.StreamConfig{Seed: seed})
-	if err != nil {
-		return nil, fmt.Errorf("grpo: training prompts: %w", err)
-	}
-	return &promptStream{prompts: prompts, s: s}, nil
-}
-
-// Next implements PromptSource.
-func (p *promptStream) Next(n int) ([]Prompt, error) {
-	rows, err := p.s.NextN(n)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Prompt, len(rows))
-	for i, r := range rows {
-		out[i] = p.prompts[r.Index]
-	}
-	return out, nil
-}
-
-// legacyPosition is the data position of run states written before the run moved into grpo
-// (tools/train's own stream): Epoch counted the epochs started.
-type legacyPosition struct {
-	Epoch   int  `json:"epoch"`
-	Pos     int  `json:"pos"`
-	Prompts *int `json:"prompts"`
-}
-
-// restore moves the stream to a saved data position (a data.StreamState, or the legacy form).
-func (p *promptStream) restore(raw json.RawMessage) error {
-	var old legacyPosition
-	if err := json.Unmarshal(raw, &old); err != nil {
-		return fmt.Errorf("data position: %w", err)
-	}
-	st := p.s.State()
-	if old.Prompts != nil {
-		st.Size, st.Epoch, st.Pos = *old.Prompts, max(0, old.Epoch-1), old.Pos
-	} else if err := json.Unmarshal(raw, &st); err != nil {
-		return fmt.Errorf("data position: %w", err)
-	}
-	if st.Size != len(p.prompts) {
-		return fmt.Errorf("the run state was saved with %d training prompts, the data now gives %d", st.Size, len(p.prompts))
-	}
-	return p.s.Restore(st)
 }

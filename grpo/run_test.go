@@ -368,7 +368,7 @@ func TestRunOverlap(t *testing.T) {
 	// step want[s-1].
 	want := []int{0, 0, 2, 2, 4}
 	for seed, used := range rec.used {
-		var tc Trainer
+		var tc PolicyOptimizer
 		tc.Config = cfg.Trainer
 		s := int((seed-tc.rolloutParams(1, 0).Seed)/10_007) + 1
 		if s < 1 || s > 5 || used != want[s-1] {

@@ -45,7 +45,7 @@ type RolloutBatch struct {
 }
 
 // Step runs one GRPO step: Rollout, then Update.
-func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
+func (t *PolicyOptimizer) Step(ctx context.Context) (*Metrics, error) {
 	b, err := t.Rollout(ctx)
 	if err != nil {
 		return nil, err
@@ -59,7 +59,7 @@ func (t *Trainer) Step(ctx context.Context) (*Metrics, error) {
 // can then send the source the new weights; the next Step, StepAhead or Rollout takes that
 // batch. The rollout source must generate from its own copy of the weights (a WeightSync),
 // not from the policy being trained, and Config.Overlap must be set.
-func (t *Trainer) StepAhead(ctx context.Context) (*Metrics, error) {
+func (t *PolicyOptimizer) StepAhead(ctx context.Context) (*Metrics, error) {
 	if !t.Config.Overlap {
 		return nil, errors.New("grpo: StepAhead needs Config.Overlap")
 	}
@@ -101,7 +101,7 @@ func (t *Trainer) StepAhead(ctx context.Context) (*Metrics, error) {
 // dynamic sampling, groups whose rewards are all equal are dropped and more prompts are
 // sampled, for at most MaxSamplingRounds rounds. It changes neither the policy nor the step
 // count.
-func (t *Trainer) Rollout(ctx context.Context) (*RolloutBatch, error) {
+func (t *PolicyOptimizer) Rollout(ctx context.Context) (*RolloutBatch, error) {
 	if b := t.ahead; b != nil {
 		t.ahead = nil
 		return b, nil
@@ -111,7 +111,7 @@ func (t *Trainer) Rollout(ctx context.Context) (*RolloutBatch, error) {
 
 // rollout runs the rollout stage of step on the rollout source's weights of step weights. It
 // reads no state that Update changes, so it may run during an update.
-func (t *Trainer) rollout(ctx context.Context, step, weights int) (*RolloutBatch, error) {
+func (t *PolicyOptimizer) rollout(ctx context.Context, step, weights int) (*RolloutBatch, error) {
 	cfg := t.Config
 	b := &RolloutBatch{Step: step, WeightsStep: weights, Metrics: &Metrics{Step: step, RewardByKind: map[string]float64{}, AccuracyByKind: map[string]float64{}}}
 	st := rolloutStats{kindN: map[string]int{}, lenByKind: map[string]float64{}}
@@ -131,7 +131,7 @@ func (t *Trainer) rollout(ctx context.Context, step, weights int) (*RolloutBatch
 
 // rolloutParams are the sampling parameters of one rollout round of a step; the seed derives
 // from Config.Seed, the step and the round, so a resumed run samples what it would have.
-func (t *Trainer) rolloutParams(step, round int) engine.SamplingParams {
+func (t *PolicyOptimizer) rolloutParams(step, round int) engine.SamplingParams {
 	cfg := t.Config
 	return engine.SamplingParams{N: cfg.SamplesPerPrompt, Temperature: cfg.Temperature, TopP: cfg.TopP,
 		MaxNewTokens: cfg.MaxResponseTokens, StopTokens: cfg.StopTokens,
@@ -140,7 +140,7 @@ func (t *Trainer) rolloutParams(step, round int) engine.SamplingParams {
 
 // sampleRound draws the prompts still missing from the batch, samples and scores their
 // groups, and keeps those with a reward signal (all of them without dynamic sampling).
-func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, st *rolloutStats) error {
+func (t *PolicyOptimizer) sampleRound(ctx context.Context, b *RolloutBatch, round int, st *rolloutStats) error {
 	cfg, m := t.Config, b.Metrics
 	prompts, err := t.Prompts.Next(cfg.PromptsPerStep - len(b.groups))
 	if err != nil {
@@ -171,7 +171,7 @@ func (t *Trainer) sampleRound(ctx context.Context, b *RolloutBatch, round int, s
 
 // rewards scores the samples of each prompt ([prompt][sample]): in one call of BatchReward
 // when it is set, else one call of Reward per sample. An error names the prompt and sample.
-func (t *Trainer) rewards(ctx context.Context, prompts []Prompt, samples [][]engine.Sample) ([][]float64, error) {
+func (t *PolicyOptimizer) rewards(ctx context.Context, prompts []Prompt, samples [][]engine.Sample) ([][]float64, error) {
 	out := make([][]float64, len(samples))
 	if t.BatchReward == nil && t.Reward == nil {
 		return nil, errors.New("the trainer has neither a Reward nor a BatchReward")
@@ -211,7 +211,7 @@ func (t *Trainer) rewards(ctx context.Context, prompts []Prompt, samples [][]eng
 // group makes the group of prompt p from its samples and their rewards, and records them in
 // the step's statistics. It returns the group and its rewards after the overlong shaping; a
 // sample whose log-probs do not match its tokens is an error.
-func (t *Trainer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
+func (t *PolicyOptimizer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
 	g := make([]*rollout, len(samples))
 	rs := make([]float64, len(g))
 	for j, s := range samples {
@@ -237,7 +237,7 @@ func (t *Trainer) group(p *Prompt, samples []engine.Sample, rewards []float64, m
 // MaxResponseTokens-b tokens, then falling linearly to -p at MaxResponseTokens. With b = 0 it
 // is the flat penalty of runs before it: -p for a truncated response, 0 otherwise (a response
 // whose stop token is its MaxResponseTokens-th token is not penalised).
-func (t *Trainer) overlong(length int, truncated bool) float64 {
+func (t *PolicyOptimizer) overlong(length int, truncated bool) float64 {
 	c := t.Config
 	switch {
 	case c.OverlongPenalty == 0:
@@ -304,7 +304,7 @@ func (st *rolloutStats) fill(m *Metrics, d time.Duration) {
 // forward's numerics, MiniBatches policy updates, and the reference reset when one is due. A
 // batch without any group is a step without an update (SkippedNoSignal). It returns the
 // step's metrics, b.Metrics completed.
-func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error) {
+func (t *PolicyOptimizer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error) {
 	if b == nil || b.Step != t.step+1 {
 		return nil, fmt.Errorf("grpo: update: the batch is not for step %d, the next one", t.step+1)
 	}
@@ -346,7 +346,7 @@ func (t *Trainer) Update(ctx context.Context, b *RolloutBatch) (*Metrics, error)
 // advantages sets each response's advantage within its group and returns the responses the
 // loss sees, in group order: those with tokens, less the truncated ones with MaskTruncated
 // (DAPO's overlong filtering: they count in their group's advantages, not in the loss).
-func (t *Trainer) advantages(groups [][]*rollout) ([]*rollout, error) {
+func (t *PolicyOptimizer) advantages(groups [][]*rollout) ([]*rollout, error) {
 	rewards := make([][]float64, len(groups))
 	for i, g := range groups {
 		for _, r := range g {
@@ -389,7 +389,7 @@ func scoreRequests(rs []*rollout) []engine.ScoreRequest {
 
 // logProbs sets the old (current policy) and reference log-probs of each response, at the
 // rollout temperature.
-func (t *Trainer) logProbs(ctx context.Context, all []*rollout) error {
+func (t *PolicyOptimizer) logProbs(ctx context.Context, all []*rollout) error {
 	reqs := scoreRequests(all)
 	old, err := t.Policy.Model.Score(ctx, reqs, t.Config.Temperature)
 	if err != nil {
@@ -453,7 +453,7 @@ func rolloutMismatch(all []*rollout, tisCap float64, m *Metrics) error {
 
 // policyUpdates shuffles the responses (seeded by Config.Seed and the step) and makes one
 // optimizer step per mini-batch.
-func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics) error {
+func (t *PolicyOptimizer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics) error {
 	cfg := t.Config
 	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(m.Step)))
 	rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
@@ -473,7 +473,7 @@ func (t *Trainer) policyUpdates(ctx context.Context, all []*rollout, m *Metrics)
 
 // miniBatch accumulates the gradient of mini-batch mb over micro-batches of at most
 // MicroBatchTokens tokens (one sequence at least) and makes an optimizer step.
-func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, mb int, m *Metrics, agg *lossAgg) error {
+func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int, m *Metrics, agg *lossAgg) error {
 	cfg := t.Config
 	lc := cfg.Loss
 	for _, r := range part {
@@ -505,7 +505,7 @@ func (t *Trainer) miniBatch(ctx context.Context, part []*rollout, mb int, m *Met
 }
 
 // microStep runs forward+backward of the policy loss on one micro-batch.
-func (t *Trainer) microStep(ctx context.Context, part []*rollout, lc LossConfig, seed uint64, agg *lossAgg) error {
+func (t *PolicyOptimizer) microStep(ctx context.Context, part []*rollout, lc LossConfig, seed uint64, agg *lossAgg) error {
 	perSeq, lengths := make([]float64, len(part)), make([]int, len(part))
 	for i, r := range part {
 		perSeq[i], lengths[i] = r.adv, len(r.tokens)

@@ -84,7 +84,7 @@ func smallConfig() Config {
 	return c
 }
 
-func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*Trainer, *engine.Generator) {
+func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*PolicyOptimizer, *engine.Generator) {
 	t.Helper()
 	pol := tinyPolicy(t, 3e-2)
 	gen, err := engine.NewGenerator(pol.Model, engine.GeneratorOptions{})
@@ -96,7 +96,7 @@ func newGRPO(t *testing.T, cfg Config, reward func([]int32) float64) (*Trainer, 
 	rw := func(_ context.Context, _ Prompt, text string) (float64, error) {
 		return reward(parseDigits(text)), nil
 	}
-	tr, err := NewTrainer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
+	tr, err := NewPolicyOptimizer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 	cfg.RefResetEvery = 2
 	cfg.Loss.KLCoef = 0.05 // make the reference matter
 	ctx := context.Background()
-	steps := func(tr *Trainer, n int) {
+	steps := func(tr *PolicyOptimizer, n int) {
 		for i := 0; i < n; i++ {
 			if _, err := tr.Step(ctx); err != nil {
 				t.Fatal(err)
@@ -471,7 +471,7 @@ func TestOverlongShaping(t *testing.T) {
 		{0, 8, 20, true, 0},
 	}
 	for _, c := range cases {
-		tr := &Trainer{Config: Config{MaxResponseTokens: 20, OverlongPenalty: c.penalty, OverlongBuffer: c.buffer}}
+		tr := &PolicyOptimizer{Config: Config{MaxResponseTokens: 20, OverlongPenalty: c.penalty, OverlongBuffer: c.buffer}}
 		if got := tr.overlong(c.length, c.truncated); !near(got, c.want, 1e-15) {
 			t.Errorf("penalty %v buffer %d length %d truncated %v: %v, want %v", c.penalty, c.buffer, c.length, c.truncated, got, c.want)
 		}
@@ -651,7 +651,7 @@ func TestMetricsByKind(t *testing.T) {
 	rw := func(_ context.Context, _ Prompt, text string) (float64, error) {
 		return countSevens(parseDigits(text)), nil
 	}
-	tr, err := NewTrainer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
+	tr, err := NewPolicyOptimizer(pol, EngineRollouts{Gen: gen}, prompts, rw, decodeDigits, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

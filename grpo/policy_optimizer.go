@@ -201,9 +201,9 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Trainer is a GRPO run in progress: the policy being trained, the frozen reference, and the
+// PolicyOptimizer is a GRPO run in progress: the policy being trained, the frozen reference, and the
 // rollout source, reward and prompts.
-type Trainer struct {
+type PolicyOptimizer struct {
 	Policy    *engine.Trainer
 	Reference *engine.Model // nil when the KL coefficient is 0
 	Rollouts  RolloutSource
@@ -225,9 +225,9 @@ type Trainer struct {
 	evals      int
 }
 
-// NewTrainer checks the configuration and takes the first reference snapshot. reward may be
+// NewPolicyOptimizer checks the configuration and takes the first reference snapshot. reward may be
 // nil when a BatchReward is set on the trainer before its first step.
-func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSource, reward RewardFunc, decode func([]int32) string, cfg Config) (*Trainer, error) {
+func NewPolicyOptimizer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSource, reward RewardFunc, decode func([]int32) string, cfg Config) (*PolicyOptimizer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -239,7 +239,7 @@ func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSo
 	if err := policy.SetTemperature(cfg.Temperature); err != nil {
 		return nil, err
 	}
-	t := &Trainer{Policy: policy, Rollouts: rollouts, Prompts: prompts, Reward: reward, Decode: decode, Config: cfg}
+	t := &PolicyOptimizer{Policy: policy, Rollouts: rollouts, Prompts: prompts, Reward: reward, Decode: decode, Config: cfg}
 	if cfg.Loss.KLCoef > 0 {
 		ref, err := policy.Model.Snapshot(engine.F32)
 		if err != nil {
@@ -250,7 +250,7 @@ func NewTrainer(policy *engine.Trainer, rollouts RolloutSource, prompts PromptSo
 	return t, nil
 }
 
-// State is what a Trainer carries from step to step besides the weights, the optimizer state
+// State is what a PolicyOptimizer carries from step to step besides the weights, the optimizer state
 // and the data position: enough, with those, to resume a run exactly (rollout seeds derive
 // from Config.Seed and the step).
 type State struct {
@@ -262,13 +262,13 @@ type State struct {
 }
 
 // State returns the trainer's state for a checkpoint.
-func (t *Trainer) State() State {
+func (t *PolicyOptimizer) State() State {
 	return State{Step: t.step, BestEval: t.bestEval, Stale: t.stale, Evals: t.evals, Resets: append([]int(nil), t.lastResets...)}
 }
 
 // Restore puts back a state saved by State and, when the run has a reference policy, the
 // reference weights saved with it (a reset may have moved the reference away from the start).
-func (t *Trainer) Restore(s State, reference map[string]engine.HostTensor) error {
+func (t *PolicyOptimizer) Restore(s State, reference map[string]engine.HostTensor) error {
 	if t.Reference != nil {
 		if reference == nil {
 			return errors.New("grpo: restore: the run has a reference policy (KL coefficient > 0) but no reference weights were given")
@@ -285,10 +285,10 @@ func (t *Trainer) Restore(s State, reference map[string]engine.HostTensor) error
 }
 
 // StepNumber is the number of completed steps.
-func (t *Trainer) StepNumber() int { return t.step }
+func (t *PolicyOptimizer) StepNumber() int { return t.step }
 
 // SetStep restores the step counter (when resuming).
-func (t *Trainer) SetStep(s int) { t.step = s }
+func (t *PolicyOptimizer) SetStep(s int) { t.step = s }
 
 // Metrics of one GRPO step (what a run logs and plots). The JSON names are verl's where the
 // quantity is the same (docs/train.md lists them); ReadMetrics also reads the names of runs
@@ -362,7 +362,7 @@ type Metrics struct {
 }
 
 // maybeReset performs the scheduled reference reset.
-func (t *Trainer) maybeReset(m *Metrics) error {
+func (t *PolicyOptimizer) maybeReset(m *Metrics) error {
 	if t.Config.RefResetEvery <= 0 || t.step%t.Config.RefResetEvery != 0 {
 		return nil
 	}
@@ -371,7 +371,7 @@ func (t *Trainer) maybeReset(m *Metrics) error {
 
 // ResetReference makes the current policy the new reference and zeroes the optimizer state
 // (ProRL's hard reset), then calls OnReset.
-func (t *Trainer) ResetReference(m *Metrics) error {
+func (t *PolicyOptimizer) ResetReference(m *Metrics) error {
 	if t.Reference != nil {
 		ref, err := t.Policy.Model.Snapshot(engine.F32)
 		if err != nil {
@@ -394,7 +394,7 @@ func (t *Trainer) ResetReference(m *Metrics) error {
 // AfterEval records a validation result; when the accuracy has stagnated for
 // RefResetOnPlateau evaluations it resets the reference (marking m, which may be nil) and
 // reports true.
-func (t *Trainer) AfterEval(res *EvalResult, m *Metrics) (bool, error) {
+func (t *PolicyOptimizer) AfterEval(res *EvalResult, m *Metrics) (bool, error) {
 	t.evals++
 	if t.evals == 1 || res.Accuracy > t.bestEval {
 		t.bestEval, t.stale = res.Accuracy, 0
@@ -453,7 +453,7 @@ func passKs(n int) []int {
 
 // Evaluate samples n responses per prompt (ProRL evaluates at temperature 0.6, top-p 0.95;
 // temperature 0 is greedy) and reports pass@1 and the mean reward.
-func (t *Trainer) Evaluate(ctx context.Context, prompts []Prompt, n int, temperature, topP float32) (*EvalResult, error) {
+func (t *PolicyOptimizer) Evaluate(ctx context.Context, prompts []Prompt, n int, temperature, topP float32) (*EvalResult, error) {
 	samples, err := t.Rollouts.Rollout(ctx, prompts, engine.SamplingParams{N: n, Temperature: temperature, TopP: topP,
 		MaxNewTokens: t.Config.MaxResponseTokens, StopTokens: t.Config.StopTokens, Seed: t.Config.Seed + 7})
 	if err != nil {
