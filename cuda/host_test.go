@@ -66,8 +66,8 @@ func TestNoDriverIsNoDevice(t *testing.T) {
 		t.Errorf("no driver: %v (ErrNoDevice: %v)", err, errors.Is(err, engine.ErrNoDevice))
 	}
 	// (The CPU backend is registered in this test binary by engine/enginetest's import.)
-	if b, line, err := engine.OpenDevice("auto"); err != nil || line != b.Name()+", no GPU found" || !strings.HasPrefix(line, "cpu (") {
-		t.Errorf("auto: %q %v", line, err)
+	if d, err := engine.OpenDevice("auto", engine.DeviceOptions{}); err != nil || d.Chosen != d.Name()+", no GPU found" || !strings.HasPrefix(d.Chosen, "cpu (") || d.Info.Kind != "cpu" {
+		t.Errorf("auto: %+v %v", d, err)
 	}
 	_, err = engine.OpenBackend("cuda")
 	if !errors.Is(err, engine.ErrNoDevice) {

@@ -1,11 +1,39 @@
 package cuda
 
-import "github.com/prolong-rl/prolong/engine"
+import (
+	"fmt"
+
+	"github.com/prolong-rl/prolong/engine"
+)
 
 func init() {
-	// "cuda" is device 0 with bf16 matmuls (fp32 accumulation, fp32 master weights), the
-	// setting for speed; "cuda-fp32" keeps every matmul in exact fp32, for comparisons with the
-	// CPU and for models whose training needs it.
-	engine.RegisterBackend("cuda", func() (engine.Backend, error) { return Open(Options{BF16Matmul: true}) })
-	engine.RegisterBackend("cuda-fp32", func() (engine.Backend, error) { return Open(Options{}) })
+	// "cuda" is the GPU of DeviceOptions.Index with bf16 matmuls (fp32 accumulation, fp32 master
+	// weights), the setting for speed, unless the options ask for fp32; "cuda-fp32" keeps every
+	// matmul in exact fp32, for comparisons with the CPU and for models whose training needs it.
+	engine.RegisterBackend("cuda", func(o engine.DeviceOptions) (engine.Backend, error) {
+		switch o.MatMulPrecision {
+		case "", "auto", "bf16":
+			return Open(Options{Device: o.Index, BF16Matmul: true})
+		case "fp32":
+			return Open(Options{Device: o.Index})
+		}
+		return nil, fmt.Errorf("--matmul-precision %q: want auto, fp32 or bf16", o.MatMulPrecision)
+	})
+	engine.RegisterBackend("cuda-fp32", func(o engine.DeviceOptions) (engine.Backend, error) {
+		if o.MatMulPrecision == "bf16" {
+			return nil, fmt.Errorf("--device cuda-fp32 runs exact fp32 matmuls: --matmul-precision bf16 is --device cuda")
+		}
+		return Open(Options{Device: o.Index})
+	})
 }
+
+// Info implements engine.Describer. Memory is not read yet (cuMemGetInfo is loaded but not
+// called: that comes with the KV budget from free device memory, issue 33, on a GPU).
+func (b *Backend) Info() engine.DeviceInfo {
+	return engine.DeviceInfo{Kind: "cuda", Name: b.Name(), BF16: true, MatMulPrecisions: []string{"auto", "fp32", "bf16"}}
+}
+
+// Close implements engine.Backend. Open hands out one Backend per Options for the whole
+// process (its primary context, stream, modules and allocator cache are shared by every
+// caller), so Close releases nothing: the GPU is released when the process exits.
+func (b *Backend) Close() error { return nil }

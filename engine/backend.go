@@ -104,6 +104,9 @@ type KVStore interface {
 type Backend interface {
 	// Name identifies the backend ("cpu", "cuda").
 	Name() string
+	// Close releases what the backend holds for itself (pooled buffers); tensors it made must
+	// not be used afterwards. A second Close does nothing.
+	Close() error
 	// Alloc returns a zeroed F32 tensor.
 	Alloc(shape ...int) *Tensor
 	// Upload copies host data into a new tensor of the given dtype. For a 2-D weight that
@@ -169,13 +172,14 @@ func matMuls(b Backend, outs []*Tensor, x *Tensor, ws ...*Tensor) {
 
 var (
 	backendsMu sync.Mutex
-	backends   = map[string]func() (Backend, error){}
+	backends   = map[string]func(DeviceOptions) (Backend, error){}
 )
 
 // RegisterBackend makes a backend available by name (database/sql style), so that the engine
 // never imports a backend package: package engine/cpu registers "cpu" and package cuda "cuda"
 // in their init functions, and a program makes them available by importing those packages.
-func RegisterBackend(name string, open func() (Backend, error)) {
+// open makes the backend with the options of OpenDevice.
+func RegisterBackend(name string, open func(DeviceOptions) (Backend, error)) {
 	backendsMu.Lock()
 	defer backendsMu.Unlock()
 	backends[name] = open
@@ -190,8 +194,12 @@ var ErrNoDevice = errors.New("no device")
 // cpuPackage is the import path that registers the "cpu" backend, for error messages.
 const cpuPackage = "github.com/prolong-rl/prolong/engine/cpu"
 
-// OpenBackend opens a registered backend by name.
-func OpenBackend(name string) (Backend, error) {
+// OpenBackend opens a registered backend by name with its default options (OpenDevice is
+// what programs call).
+func OpenBackend(name string) (Backend, error) { return openBackend(name, DeviceOptions{}) }
+
+// openBackend opens a registered backend by name with opts.
+func openBackend(name string, opts DeviceOptions) (Backend, error) {
 	backendsMu.Lock()
 	open, ok := backends[name]
 	var names []string
@@ -206,10 +214,10 @@ func OpenBackend(name string) (Backend, error) {
 		}
 		return nil, fmt.Errorf("backend %q is not available (have %v)", name, names)
 	}
-	return open()
+	return open(opts)
 }
 
-// OpenDevice opens the backend a program's --device flag names: "cpu", a registered backend
+// openDevice opens the backend a program's --device flag names: "cpu", a registered backend
 // such as "cuda" (a program registers it by importing its package), or "auto": the first
 // registered accelerator that opens, else the CPU. The returned line says which backend was
 // chosen and, for auto, why, for the program to log: "cpu (avx2), no GPU found" when no
@@ -217,10 +225,10 @@ func OpenBackend(name string) (Backend, error) {
 // looked), the reasons when one is present but did not open. The CPU backend comes from the
 // registry too: a program that opens a device imports package engine/cpu (if only for its
 // init).
-func OpenDevice(name string) (Backend, string, error) {
+func openDevice(name string, opts DeviceOptions) (Backend, string, error) {
 	switch name {
 	case "", "cpu":
-		b, err := OpenBackend("cpu")
+		b, err := openBackend("cpu", opts)
 		if err != nil {
 			return nil, "", fmt.Errorf("--device cpu: %w", err)
 		}
@@ -240,7 +248,7 @@ func OpenDevice(name string) (Backend, string, error) {
 		var why []string
 		seen := map[string]bool{}
 		for _, n := range accel {
-			b, err := OpenBackend(n)
+			b, err := openBackend(n, opts)
 			if err == nil {
 				return b, b.Name() + " (auto: " + n + " opened)", nil
 			}
@@ -256,7 +264,7 @@ func OpenDevice(name string) (Backend, string, error) {
 		case len(accel) > 0:
 			reason = "no GPU found"
 		}
-		b, err := OpenBackend("cpu")
+		b, err := openBackend("cpu", opts)
 		if err != nil {
 			return nil, "", fmt.Errorf("--device auto: no accelerator opened (%s) and %w", reason, err)
 		}
@@ -265,7 +273,7 @@ func OpenDevice(name string) (Backend, string, error) {
 		}
 		return b, b.Name() + " (auto: " + reason + ")", nil
 	}
-	b, err := OpenBackend(name)
+	b, err := openBackend(name, opts)
 	if err != nil {
 		return nil, "", fmt.Errorf("--device %s: %w", name, err)
 	}

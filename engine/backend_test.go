@@ -18,7 +18,7 @@ func (s stubBackend) Name() string { return s.name }
 
 // withRegistry runs the test against a registry holding only the given backends and restores
 // the real one (which holds engine/cpu's "cpu" when the external tests import it) afterwards.
-func withRegistry(t *testing.T, reg map[string]func() (Backend, error)) {
+func withRegistry(t *testing.T, reg map[string]func(DeviceOptions) (Backend, error)) {
 	backendsMu.Lock()
 	saved := backends
 	backends = maps.Clone(reg)
@@ -35,34 +35,34 @@ func withRegistry(t *testing.T, reg map[string]func() (Backend, error)) {
 // unknown name is an error naming the flag and the backends there are.
 func TestOpenDevice(t *testing.T) {
 	cpu := stubBackend{name: "cpu (stub)"}
-	withRegistry(t, map[string]func() (Backend, error){"cpu": func() (Backend, error) { return cpu, nil }})
-	b, line, err := OpenDevice("cpu")
+	withRegistry(t, map[string]func(DeviceOptions) (Backend, error){"cpu": func(DeviceOptions) (Backend, error) { return cpu, nil }})
+	b, line, err := openDev("cpu")
 	if err != nil || b != Backend(cpu) || line != "cpu (stub)" {
 		t.Fatalf("cpu: %v %q %v", b, line, err)
 	}
-	if b, line, err = OpenDevice(""); err != nil || b != Backend(cpu) || line != "cpu (stub)" {
+	if b, line, err = openDev(""); err != nil || b != Backend(cpu) || line != "cpu (stub)" {
 		t.Fatalf("empty name: %v %q %v", b, line, err)
 	}
-	b, line, err = OpenDevice("auto")
+	b, line, err = openDev("auto")
 	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: this program has no accelerator backend built in)" {
 		t.Fatalf("auto without accelerators: %q %v", line, err)
 	}
-	RegisterBackend("gpu-a", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
-	b, line, err = OpenDevice("auto")
+	RegisterBackend("gpu-a", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	b, line, err = openDev("auto")
 	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: gpu-a: libgpu.so.1 not found (set GPU_LIB))" {
 		t.Fatalf("auto with a failing accelerator: %q %v", line, err)
 	}
-	RegisterBackend("gpu-a2", func() (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
-	_, line, _ = OpenDevice("auto")
+	RegisterBackend("gpu-a2", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	_, line, _ = openDev("auto")
 	if strings.Count(line, "libgpu.so.1") != 1 {
 		t.Fatalf("the same reason twice: %q", line)
 	}
-	RegisterBackend("gpu-b", func() (Backend, error) { return stubBackend{name: "gpu-b device"}, nil })
-	b, line, err = OpenDevice("auto")
+	RegisterBackend("gpu-b", func(DeviceOptions) (Backend, error) { return stubBackend{name: "gpu-b device"}, nil })
+	b, line, err = openDev("auto")
 	if err != nil || b.Name() != "gpu-b device" || !strings.Contains(line, "auto: gpu-b opened") {
 		t.Fatalf("auto with a working accelerator: %q %v", line, err)
 	}
-	if _, _, err := OpenDevice("tpu"); err == nil || !strings.Contains(err.Error(), "--device tpu") || !strings.Contains(err.Error(), "gpu-a") {
+	if _, _, err := openDev("tpu"); err == nil || !strings.Contains(err.Error(), "--device tpu") || !strings.Contains(err.Error(), "gpu-a") {
 		t.Fatalf("unknown device: %v", err)
 	}
 }
@@ -74,20 +74,20 @@ func TestOpenDevice(t *testing.T) {
 func TestOpenDeviceNoGPU(t *testing.T) {
 	cpu := stubBackend{name: "cpu (stub)"}
 	search := "gpu-a: the driver not found (tried libgpu.so.1, libgpu.so, also under /usr/lib64; set GPU_LIB to its path)"
-	withRegistry(t, map[string]func() (Backend, error){
-		"cpu":    func() (Backend, error) { return cpu, nil },
-		"gpu-a":  func() (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
-		"gpu-a2": func() (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
+	withRegistry(t, map[string]func(DeviceOptions) (Backend, error){
+		"cpu":    func(DeviceOptions) (Backend, error) { return cpu, nil },
+		"gpu-a":  func(DeviceOptions) (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
+		"gpu-a2": func(DeviceOptions) (Backend, error) { return nil, fmt.Errorf("%s: %w", search, ErrNoDevice) },
 	})
-	b, line, err := OpenDevice("auto")
+	b, line, err := openDev("auto")
 	if err != nil || b != Backend(cpu) || line != "cpu (stub), no GPU found" {
 		t.Fatalf("auto without a GPU: %q %v", line, err)
 	}
-	if _, _, err := OpenDevice("gpu-a"); err == nil || err.Error() != "--device gpu-a: "+search+": no device" {
+	if _, _, err := openDev("gpu-a"); err == nil || err.Error() != "--device gpu-a: "+search+": no device" {
 		t.Fatalf("--device gpu-a without a GPU: %v", err)
 	}
-	RegisterBackend("gpu-b", func() (Backend, error) { return nil, errors.New("gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER") })
-	_, line, _ = OpenDevice("auto")
+	RegisterBackend("gpu-b", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER") })
+	_, line, _ = openDev("auto")
 	if line != "cpu (stub) (auto: gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER)" {
 		t.Fatalf("auto with a GPU that fails: %q", line)
 	}
@@ -96,16 +96,25 @@ func TestOpenDeviceNoGPU(t *testing.T) {
 // TestOpenDeviceWithoutCPU: a program that did not import engine/cpu gets an error that says
 // so, for cpu and for auto when no accelerator opens, rather than a silent failure.
 func TestOpenDeviceWithoutCPU(t *testing.T) {
-	withRegistry(t, map[string]func() (Backend, error){
-		"gpu-a": func() (Backend, error) { return nil, errors.New("gpu-a: no device") },
+	withRegistry(t, map[string]func(DeviceOptions) (Backend, error){
+		"gpu-a": func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-a: no device") },
 	})
 	for _, name := range []string{"cpu", "auto"} {
-		_, _, err := OpenDevice(name)
+		_, _, err := openDev(name)
 		if err == nil || !strings.Contains(err.Error(), "--device "+name) || !strings.Contains(err.Error(), cpuPackage) {
 			t.Errorf("%s without engine/cpu: %v", name, err)
 		}
 	}
-	if _, _, err := OpenDevice("auto"); err == nil || !strings.Contains(err.Error(), "gpu-a: no device") {
+	if _, _, err := openDev("auto"); err == nil || !strings.Contains(err.Error(), "gpu-a: no device") {
 		t.Errorf("auto without engine/cpu does not say why gpu-a failed: %v", err)
 	}
+}
+
+// openDev is OpenDevice with default options, as (backend, chosen line, error).
+func openDev(name string) (Backend, string, error) {
+	d, err := OpenDevice(name, DeviceOptions{})
+	if err != nil {
+		return nil, "", err
+	}
+	return d.Backend, d.Chosen, nil
 }

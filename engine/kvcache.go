@@ -56,16 +56,16 @@ const KVMemoryFraction = 0.25
 // assumed where neither can be read), and at least one block.
 func DefaultKVBudget(c *Config, maxSeqs int) int64 {
 	need := KVBudget(c, maxSeqs, c.MaxPositionEmbeddings)
-	mem := systemMemory()
+	mem := SystemMemory()
 	if mem <= 0 {
 		mem = 4 << 30
 	}
 	return max(min(need, int64(float64(mem)*KVMemoryFraction)), kvBlockBytes(c))
 }
 
-// systemMemory is the memory this process may use: the host's MemTotal (/proc/meminfo), or the
+// SystemMemory is the memory this process may use: the host's MemTotal (/proc/meminfo), or the
 // cgroup's memory limit where lower; 0 if unknown.
-func systemMemory() int64 {
+func SystemMemory() int64 {
 	var mem int64
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for line := range strings.Lines(string(b)) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
 // TestSizeClass: lengths round up to m·2^e with m in 4..8 (worked by hand), at most 25% more.
@@ -131,16 +132,67 @@ func TestScratchWeightsBounded(t *testing.T) {
 // TestRegistered: importing the package registers "cpu", which engine.OpenDevice opens for
 // "cpu" and, in a program without accelerators, for "auto".
 func TestRegistered(t *testing.T) {
-	b, line, err := engine.OpenDevice("cpu")
-	if _, ok := b.(*Backend); err != nil || !ok || line != b.Name() || !strings.HasPrefix(line, "cpu (") {
-		t.Fatalf("cpu: %T %q %v", b, line, err)
+	d, err := engine.OpenDevice("cpu", engine.DeviceOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, line, err = engine.OpenDevice("auto")
-	if _, ok := b.(*Backend); err != nil || !ok || line != b.Name()+" (auto: this program has no accelerator backend built in)" {
-		t.Fatalf("auto: %T %q %v", b, line, err)
+	if _, ok := d.Backend.(*Backend); !ok || d.Chosen != d.Name() || !strings.HasPrefix(d.Chosen, "cpu (") {
+		t.Fatalf("cpu: %T %q", d.Backend, d.Chosen)
 	}
-	if b.Name() != "cpu ("+KernelISA()+")" && b.Name() != "cpu ("+KernelISA()+", bf16 dot)" {
-		t.Fatalf("name %q", b.Name())
+	if d.Info.Kind != "cpu" || d.Info.Name != d.Name() || d.Info.BF16 != HasBF16Dot() || d.Info.MemoryBytes <= 0 {
+		t.Errorf("cpu: info %+v", d.Info)
+	}
+	d, err = engine.OpenDevice("auto", engine.DeviceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.Backend.(*Backend); !ok || d.Chosen != d.Name()+" (auto: this program has no accelerator backend built in)" {
+		t.Fatalf("auto: %T %q", d.Backend, d.Chosen)
+	}
+	if d.Name() != "cpu ("+KernelISA()+")" && d.Name() != "cpu ("+KernelISA()+", bf16 dot)" {
+		t.Fatalf("name %q", d.Name())
+	}
+}
+
+// TestDeviceOptions: the options of engine.OpenDevice reach the CPU backend as data — matmul
+// precision (bf16 only where the CPU has AVX512_BF16), threads, pool limit — and a bad one is
+// refused naming its flag; Close empties the pool.
+func TestDeviceOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opts    engine.DeviceOptions
+		prec    Precision
+		thr     kern.Threads
+		pool    int64
+		wantErr string
+	}{
+		{engine.DeviceOptions{}, PrecisionAuto, 0, DefaultPoolLimit, ""},
+		{engine.DeviceOptions{MatMulPrecision: "fp32", Threads: 3, PoolLimitBytes: 1 << 20}, PrecisionFP32, 3, 1 << 20, ""},
+		{engine.DeviceOptions{MatMulPrecision: "auto", PoolLimitBytes: -1}, PrecisionAuto, 0, 0, ""},
+		{engine.DeviceOptions{MatMulPrecision: "fp16"}, 0, 0, 0, `--matmul-precision "fp16": want auto, fp32 or bf16`},
+		{engine.DeviceOptions{MatMulPrecision: "bf16"}, PrecisionBF16, 0, DefaultPoolLimit, map[bool]string{true: "", false: "this CPU has no AVX512_BF16"}[HasBF16Dot()]},
+	} {
+		d, err := engine.OpenDevice("cpu", tc.opts)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%+v: %v, want an error with %q", tc.opts, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%+v: %v", tc.opts, err)
+		}
+		c := d.Backend.(*Backend)
+		if c.prec != tc.prec || c.thr != tc.thr || c.poolLimit != tc.pool {
+			t.Errorf("%+v: precision %v threads %v pool %d, want %v %v %d", tc.opts, c.prec, c.thr, c.poolLimit, tc.prec, tc.thr, tc.pool)
+		}
+		x := c.Alloc(1000)
+		c.Free(x)
+		if tc.pool > 0 && c.pooled == 0 {
+			t.Errorf("%+v: a freed buffer was not pooled", tc.opts)
+		}
+		if err := d.Close(); err != nil || c.pooled != 0 || len(c.pool) != 0 {
+			t.Errorf("%+v: after Close: %v, %d bytes pooled", tc.opts, err, c.pooled)
+		}
 	}
 }
 

@@ -115,7 +115,7 @@ func New(opts ...Option) *Backend {
 }
 
 func init() {
-	engine.RegisterBackend("cpu", func() (engine.Backend, error) { return New(), nil })
+	engine.RegisterBackend("cpu", open)
 	if v, ok := os.LookupEnv(SpinWaitEnv); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {

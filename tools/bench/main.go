@@ -23,7 +23,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/prolong-rl/prolong/cuda"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/clilog"
@@ -64,16 +63,14 @@ Usage: go run ./tools/bench [flags]`)
 	}
 	var err error
 	if *device == "auto" {
-		b, line, err := engine.OpenDevice("auto")
+		d, err := engine.OpenDevice("auto", engine.DeviceOptions{})
 		if err != nil {
 			slog.Error(err.Error())
 			os.Exit(1)
 		}
-		fmt.Println("device:", line)
-		*device = "cpu"
-		if _, ok := b.(*cuda.Backend); ok {
-			*device = "cuda"
-		}
+		fmt.Println("device:", d.Chosen)
+		*device = d.Info.Kind // the GPU path below opens its own backends (fp32 and bf16 matmuls)
+		d.Close()
 	}
 	if *device == "cuda" {
 		if err := runGPU(*quick, *jsonPath, *rolloutTokens); err != nil {

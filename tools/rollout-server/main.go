@@ -31,7 +31,6 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
 )
 
@@ -204,17 +203,16 @@ func newServer(o options) (*server, error) {
 	// On the CPU a server keeps a small pool of freed activation buffers: its batches change
 	// size at every step, so a training-sized pool (cpu.DefaultPoolLimit) would fill with buffers
 	// of sizes that rarely come back and the process would grow towards it under load.
-	var backend engine.Backend = cpu.New(cpu.WithPoolLimit(o.poolMiB << 20))
-	if o.device != "cpu" {
-		b, chosen, err := engine.OpenDevice(o.device)
-		if err != nil {
-			return nil, err
-		}
-		slog.Info("device", "backend", chosen)
-		if _, isCPU := b.(*cpu.Backend); !isCPU {
-			backend = b
-		}
+	opts := engine.DeviceOptions{PoolLimitBytes: o.poolMiB << 20}
+	if o.poolMiB <= 0 {
+		opts.PoolLimitBytes = -1 // none kept
 	}
+	dev, err := engine.OpenDevice(o.device, opts)
+	if err != nil {
+		return nil, err
+	}
+	slog.Info("device", "backend", dev.Chosen)
+	backend := dev.Backend
 	model, err := engine.NewModel(m.Config, backend, m.Weights, dt)
 	if err != nil {
 		return nil, err
@@ -231,7 +229,7 @@ func newServer(o options) (*server, error) {
 			name = o.model // a Hub id is served under the id, as vLLM does
 		}
 	}
-	s := &server{sched: sched, cfg: m.Config, tok: tok, fixedName: o.name != "", apiKey: o.apiKey,
+	s := &server{sched: sched, dev: dev, cfg: m.Config, tok: tok, fixedName: o.name != "", apiKey: o.apiKey,
 		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
 		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
 		bodyTimeout: o.bodyTimeout, writeTimeout: o.writeTimeout, weightsRate: o.weightsMiBps * (1 << 20),
@@ -287,6 +285,7 @@ func serve(o options) error {
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	s.sched.Close() // cancels whatever did not finish in time
+	s.dev.Close()
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 // server is the HTTP front of an engine.Scheduler.
 type server struct {
 	sched     *engine.Scheduler
+	dev       *engine.Device // what sched runs on; closed at shutdown
 	cfg       *engine.Config
 	tok       *tokenizer.Tokenizer   // nil: prompts must be token ids
 	name      atomic.Pointer[string] // the served model name; follows weight updates

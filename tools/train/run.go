@@ -16,8 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
-	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/engine/cpu" // also registers --device cpu, auto's fallback
+	"github.com/prolong-rl/prolong/engine" // also registers --device cpu, auto's fallback
 	"github.com/prolong-rl/prolong/grpo"
 )
 
@@ -123,19 +122,16 @@ func orDefaultJob(model string) string {
 
 // runConfig is the run the flags describe, on the device --device opens.
 func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
-	backend, chosen, err := engine.OpenDevice(o.Device)
+	dev, err := engine.OpenDevice(o.Device, engine.DeviceOptions{MatMulPrecision: o.MatmulPrecision})
 	if err != nil {
 		return grpo.RunConfig{}, err
 	}
-	tb, ok := backend.(engine.TrainBackend)
+	tb, ok := dev.Backend.(engine.TrainBackend)
 	if !ok {
-		return grpo.RunConfig{}, fmt.Errorf("--device %s: backend %s cannot train", o.Device, backend.Name())
+		dev.Close()
+		return grpo.RunConfig{}, fmt.Errorf("--device %s: backend %s cannot train", o.Device, dev.Info.Name)
 	}
-	name := backend.Name()
-	if err := setMatMulPrecision(backend, o.MatmulPrecision); err != nil {
-		return grpo.RunConfig{}, err
-	}
-	fmt.Printf("device: %s\n", strings.Replace(chosen, name, backend.Name(), 1)) // the precision shows in the name
+	fmt.Printf("device: %s\n", dev.Chosen)
 	overlap, err := overlapOn(o)
 	if err != nil {
 		return grpo.RunConfig{}, err
@@ -313,26 +309,4 @@ func printByKind(r *grpo.EvalResult) {
 		fmt.Printf("  %-16s pass@1 %.1f%%%s, mean length %.1f tokens\n", kind, 100*byK[1],
 			passAtKText(&grpo.EvalResult{PassAtK: byK}), r.LengthByKind[kind])
 	}
-}
-
-// setMatMulPrecision applies --matmul-precision to the CPU backend (before any weight reaches
-// it); bf16 needs the CPU's AVX512_BF16, where the emulation elsewhere would be far slower than
-// fp32, and the CPU backend.
-func setMatMulPrecision(b engine.Backend, name string) error {
-	p, err := cpu.ParsePrecision(name)
-	if err != nil {
-		return fmt.Errorf("--matmul-precision: %w", err)
-	}
-	cb, isCPU := b.(*cpu.Backend)
-	switch {
-	case p != cpu.PrecisionBF16:
-	case !isCPU:
-		return fmt.Errorf("--matmul-precision bf16 applies to the CPU backend, not %s", b.Name())
-	case !cpu.HasBF16Dot():
-		return errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 (bf16 dot products would run in a slow emulation); use auto")
-	}
-	if isCPU {
-		cb.SetMatMulPrecision(p)
-	}
-	return nil
 }
