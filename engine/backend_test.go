@@ -47,12 +47,16 @@ func TestOpenDevice(t *testing.T) {
 	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: this program has no accelerator backend built in)" {
 		t.Fatalf("auto without accelerators: %q %v", line, err)
 	}
-	RegisterBackend("gpu-a", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	RegisterBackend("gpu-a", func(DeviceOptions) (Backend, error) {
+		return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)")
+	})
 	b, line, err = openDev("auto")
 	if err != nil || b != Backend(cpu) || line != "cpu (stub) (auto: gpu-a: libgpu.so.1 not found (set GPU_LIB))" {
 		t.Fatalf("auto with a failing accelerator: %q %v", line, err)
 	}
-	RegisterBackend("gpu-a2", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)") })
+	RegisterBackend("gpu-a2", func(DeviceOptions) (Backend, error) {
+		return nil, errors.New("gpu-a: libgpu.so.1 not found (set GPU_LIB)")
+	})
 	_, line, _ = openDev("auto")
 	if strings.Count(line, "libgpu.so.1") != 1 {
 		t.Fatalf("the same reason twice: %q", line)
@@ -86,7 +90,9 @@ func TestOpenDeviceNoGPU(t *testing.T) {
 	if _, _, err := openDev("gpu-a"); err == nil || err.Error() != "--device gpu-a: "+search+": no device" {
 		t.Fatalf("--device gpu-a without a GPU: %v", err)
 	}
-	RegisterBackend("gpu-b", func(DeviceOptions) (Backend, error) { return nil, errors.New("gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER") })
+	RegisterBackend("gpu-b", func(DeviceOptions) (Backend, error) {
+		return nil, errors.New("gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER")
+	})
 	_, line, _ = openDev("auto")
 	if line != "cpu (stub) (auto: gpu-b: cuInit: CUDA_ERROR_INSUFFICIENT_DRIVER)" {
 		t.Fatalf("auto with a GPU that fails: %q", line)
