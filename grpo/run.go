@@ -401,7 +401,8 @@ func (r *runSession) train(ctx context.Context) error {
 	}
 	// The final export, unless a reset just wrote it; a resumed run that has nothing left to
 	// train writes it when it is missing (a run killed while exporting it).
-	if _, ok := r.exported[last]; !ok && (first <= last || !fileExists(filepath.Join(r.exportDir(last), "model.onnx"))) {
+	_, statErr := os.Stat(filepath.Join(r.exportDir(last), "model.onnx"))
+	if _, ok := r.exported[last]; !ok && (first <= last || statErr != nil) {
 		if err := r.export(last); err != nil {
 			return err
 		}

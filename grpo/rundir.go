@@ -85,5 +85,3 @@ func (r *runSession) plot() {
 		slog.Warn("plots not redrawn", "dir", r.cfg.Dir, "err", err)
 	}
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
