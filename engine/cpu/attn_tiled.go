@@ -24,7 +24,7 @@ const attnTile = 64
 // AttentionBackward take the tiled path (a call takes it when its longest sequence is at least
 // this long): below it the per-row path is as fast or faster on the machine it was measured on
 // (docs/train.md, "Long sequences").
-const DefaultTiledAttentionFrom = 256
+const DefaultTiledAttentionFrom = 1024
 
 // tiledAttention reports whether a training attention call over seqStart runs tiled.
 func (c *Backend) tiledAttention(seqStart []int32) bool {
@@ -161,9 +161,8 @@ func probTile(sc *attnScratch, qs, ks, vs, dos, ls, dd []float32, d attnDims, h,
 			valid = i + 1
 		}
 		l, di := ls[(r0+i)*d.nh+h], dd[(r0+i)*d.nh+h]
-		for j := range row[:valid] {
-			p := kern.Expf(row[j]*d.scale - l)
-			row[j] = p
+		kern.ExpShift(row[:valid], l/d.scale, d.scale) // e^((x - lse/scale)·scale), vectorised
+		for j, p := range row[:valid] {
 			drow[j] = p * (drow[j] - di) * d.scale
 		}
 		clear(row[valid:])
