@@ -20,6 +20,7 @@ import (
 type Backend struct {
 	thr       kern.Threads // chunks per op; 0: GOMAXPROCS at each call
 	poolLimit int64        // bytes of free buffers kept for reuse
+	attnTiled int          // training attention runs tiled from this sequence length; 0: DefaultTiledAttentionFrom
 
 	mu     sync.Mutex
 	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)
@@ -103,6 +104,14 @@ func WithPoolLimit(bytes int64) Option {
 // sums, so results are bit-identical for the same thread count, on any machine.
 func WithThreads(n int) Option {
 	return func(c *Backend) { c.thr = kern.Threads(max(n, 0)) }
+}
+
+// WithTiledAttentionFrom makes AttentionTrain and AttentionBackward take the tiled path for calls
+// whose longest sequence has at least n rows (DefaultTiledAttentionFrom if not given or n <= 0);
+// tests use 1 to run the tiled path on short sequences. Both paths give the same values up to
+// fp32 rounding; each is deterministic on its own.
+func WithTiledAttentionFrom(n int) Option {
+	return func(c *Backend) { c.attnTiled = max(n, 0) }
 }
 
 // New returns a CPU backend configured by opts.

@@ -376,9 +376,30 @@ func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	written(p)
 }
 
+// maxSeqLen is the length of the longest sequence of seqStart.
+func maxSeqLen(seqStart []int32) int {
+	n := 0
+	for s := 0; s+1 < len(seqStart); s++ {
+		n = max(n, int(seqStart[s+1]-seqStart[s]))
+	}
+	return n
+}
+
 // AttentionTrain implements engine.TrainBackend: for every sequence, head and query row, softmax of
-// the scaled scores over the rows of the sequence up to and including it, times V.
+// the scaled scores over the rows of the sequence up to and including it, times V. Calls whose
+// longest sequence has at least WithTiledAttentionFrom's rows run the tiled path (attn_tiled.go), the
+// others the per-row one.
 func (c *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
+	if c.tiledAttention(seqStart) {
+		c.attentionTrainTiled(f32(out), f32(lse), f32(q), f32(k), f32(v), newAttnDims(q.Cols(), k.Cols(), lse.Cols()), seqStart)
+		return
+	}
+	c.attentionTrainRows(out, lse, q, k, v, seqStart)
+}
+
+// attentionTrainRows is AttentionTrain one (row, head) at a time, one dot product per key: the
+// oracle of the tiled path.
+func (c *Backend) attentionTrainRows(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
 	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
 	nh := lse.Cols()
 	dh := q.Cols() / nh
@@ -430,11 +451,22 @@ func (c *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 	})
 }
 
-// AttentionBackward implements engine.TrainBackend, parallel over (sequence, kv head) so that each
+// AttentionBackward implements engine.TrainBackend: the tiled path (attn_tiled.go) when the
+// longest sequence has at least WithTiledAttentionFrom's rows, else attentionBackwardRows.
+func (c *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
+	if c.tiledAttention(seqStart) {
+		c.attentionBackwardTiled(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), f32(out), f32(lse),
+			newAttnDims(q.Cols(), k.Cols(), lse.Cols()), seqStart)
+		return
+	}
+	c.attentionBackwardRows(dq, dk, dv, dout, q, k, v, out, lse, seqStart)
+}
+
+// attentionBackwardRows is AttentionBackward parallel over (sequence, kv head) so that each
 // task owns its rows of dk, dv and of dq for the query heads of its group. With
 // p_ij = exp(s·q_i·k_j - lse_i) and D_i = dout_i·out_i: dv_j += p_ij·dout_i,
 // ds_ij = p_ij·(dout_i·v_j - D_i), dq_i += s·ds_ij·k_j, dk_j += s·ds_ij·q_i.
-func (c *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
+func (c *Backend) attentionBackwardRows(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
 	qs, ks, vs, os, ls := f32(q), f32(k), f32(v), f32(out), f32(lse)
 	dqs, dks, dvs, dos := f32(dq), f32(dk), f32(dv), f32(dout)
 	clear(dqs)

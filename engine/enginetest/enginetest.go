@@ -231,7 +231,7 @@ func (r Result) String() string {
 // on. Usable from a plain binary.
 func Check(b engine.TrainBackend, o Options) []Result {
 	if o.Reference == nil {
-		o.Reference = cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32))
+		o.Reference = cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32), cpu.WithTiledAttentionFrom(math.MaxInt))
 	}
 	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
 	var out []Result

@@ -13,11 +13,25 @@ import (
 
 func trainOpCases(o Options) []testCase {
 	var cs []testCase
+	type attnCase struct {
+		s    attnShape
+		lens []int
+	}
+	var acs []attnCase
 	for _, s := range attnShapes(o) {
 		lens := []int{1, 7, 20}
 		if !o.Short {
 			lens = append(lens, 70)
 		}
+		acs = append(acs, attnCase{s, lens})
+	}
+	if !o.Short {
+		// Long sequences (the CPU's tiled path from 1024 rows): odd lengths around its 64-row
+		// tiles, GQA groups, packed sequences, 4k tokens.
+		acs = append(acs, attnCase{attnShape{4, 2, 24}, []int{1, 1025, 333}}, attnCase{attnShape{6, 1, 64}, []int{4097}})
+	}
+	for _, ac := range acs {
+		s, lens := ac.s, ac.lens
 		seqStart := []int32{0}
 		for _, n := range lens {
 			seqStart = append(seqStart, seqStart[len(seqStart)-1]+int32(n))
