@@ -177,6 +177,18 @@ func writeWeights(dir string, w map[string]engine.HostTensor, opts SaveOptions) 
 }
 
 // configJSON is cfg as a config.json object plus what transformers needs to pick the class.
+// EOSValue is eos_token_id as Hugging Face writes it: one id as a number, several as a list;
+// nil for none.
+func EOSValue(ids []int) any {
+	switch len(ids) {
+	case 0:
+		return nil
+	case 1:
+		return ids[0]
+	}
+	return ids
+}
+
 func configJSON(cfg *engine.Config, arch string, dt DType) map[string]any {
 	b, _ := json.Marshal(cfg)
 	var m map[string]any
@@ -184,8 +196,8 @@ func configJSON(cfg *engine.Config, arch string, dt DType) map[string]any {
 	if len(cfg.Architectures) == 0 {
 		m["architectures"] = []string{arch}
 	}
-	if len(cfg.EOSTokenIDs) == 1 {
-		m["eos_token_id"] = cfg.EOSTokenIDs[0]
+	if v := EOSValue(cfg.EOSTokenIDs); v != nil {
+		m["eos_token_id"] = v
 	}
 	m["hidden_act"] = "silu"
 	m["torch_dtype"] = torchDTypes[dt]

@@ -275,12 +275,8 @@ func generationConfig(cfg *engine.Config) map[string]any {
 	if cfg.BOSTokenID != nil {
 		gen["bos_token_id"] = *cfg.BOSTokenID
 	}
-	switch len(cfg.EOSTokenIDs) {
-	case 0:
-	case 1:
-		gen["eos_token_id"] = cfg.EOSTokenIDs[0]
-	default:
-		gen["eos_token_id"] = cfg.EOSTokenIDs
+	if v := EOSValue(cfg.EOSTokenIDs); v != nil {
+		gen["eos_token_id"] = v
 	}
 	if cfg.PadTokenID != nil {
 		gen["pad_token_id"] = *cfg.PadTokenID

@@ -43,8 +43,7 @@ func (m *Model) Score(ctx context.Context, reqs []ScoreRequest, temperature floa
 		blocks += probe.BlocksFor(len(r.Tokens))
 	}
 	c := m.Config
-	blockBytes := kvBlockBytes(c)
-	cache, err := NewKVCache(m, int64(blocks+1)*blockBytes)
+	cache, err := scratchCache(m, blocks)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +95,7 @@ func (m *Model) Logits(ctx context.Context, seqs [][]int32) ([][]float32, error)
 		blocks += (len(s) + DefaultBlockSize - 1) / DefaultBlockSize
 	}
 	c := m.Config
-	blockBytes := kvBlockBytes(c)
-	cache, err := NewKVCache(m, int64(blocks+1)*blockBytes)
+	cache, err := scratchCache(m, blocks)
 	if err != nil {
 		return nil, err
 	}
@@ -130,4 +128,10 @@ func (m *Model) Logits(ctx context.Context, seqs [][]int32) ([][]float32, error)
 		return nil, err
 	}
 	return out, nil
+}
+
+// scratchCache is a KV cache of its own for one scoring call: room for blocks blocks, and one
+// more.
+func scratchCache(m *Model, blocks int) (*KVCache, error) {
+	return NewKVCache(m, int64(blocks+1)*kvBlockBytes(m.Config))
 }

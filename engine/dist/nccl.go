@@ -276,14 +276,7 @@ func (c *ncclComm) AllReduce(buf Buffer) error {
 
 func (c *ncclComm) ReduceScatter(send, recv Buffer) error {
 	const op = "reduce-scatter"
-	if err := checkPair(op, send, recv, c.size, false); err != nil {
-		return err
-	}
-	ps, err := devPtr(op, "send", send)
-	if err != nil {
-		return err
-	}
-	pr, err := devPtr(op, "recv", recv)
+	ps, pr, err := c.pair(op, send, recv, false)
 	if err != nil {
 		return err
 	}
@@ -293,19 +286,27 @@ func (c *ncclComm) ReduceScatter(send, recv Buffer) error {
 
 func (c *ncclComm) AllGather(send, recv Buffer) error {
 	const op = "all-gather"
-	if err := checkPair(op, send, recv, c.size, true); err != nil {
-		return err
-	}
-	ps, err := devPtr(op, "send", send)
-	if err != nil {
-		return err
-	}
-	pr, err := devPtr(op, "recv", recv)
+	ps, pr, err := c.pair(op, send, recv, true)
 	if err != nil {
 		return err
 	}
 	return c.enqueue(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), c.lib.fn.allGather,
 		ps, pr, uintptr(send.Len()), ncclType(send.DType()), c.comm, c.dev.Stream())
+}
+
+// pair checks the buffers of a reduce-scatter or (gather) an all-gather and returns their device
+// pointers.
+func (c *ncclComm) pair(op string, send, recv Buffer, gather bool) (ps, pr uintptr, err error) {
+	if err := checkPair(op, send, recv, c.size, gather); err != nil {
+		return 0, 0, err
+	}
+	if ps, err = devPtr(op, "send", send); err != nil {
+		return 0, 0, err
+	}
+	if pr, err = devPtr(op, "recv", recv); err != nil {
+		return 0, 0, err
+	}
+	return ps, pr, nil
 }
 
 func (c *ncclComm) Broadcast(buf Buffer, root int) error {

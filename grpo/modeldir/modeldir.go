@@ -277,13 +277,9 @@ func GenerationConfig(cfg *engine.Config, filesDir string) (map[string]any, erro
 	if _, ok := gen["bos_token_id"]; !ok && cfg.BOSTokenID != nil {
 		gen["bos_token_id"] = *cfg.BOSTokenID
 	}
-	if _, ok := gen["eos_token_id"]; !ok {
-		switch len(cfg.EOSTokenIDs) {
-		case 0:
-		case 1:
-			gen["eos_token_id"] = cfg.EOSTokenIDs[0]
-		default:
-			gen["eos_token_id"] = cfg.EOSTokenIDs
+	if v := checkpoints.EOSValue(cfg.EOSTokenIDs); v != nil {
+		if _, ok := gen["eos_token_id"]; !ok {
+			gen["eos_token_id"] = v
 		}
 	}
 	if _, ok := gen["pad_token_id"]; !ok && cfg.PadTokenID != nil {
