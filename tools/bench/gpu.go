@@ -97,22 +97,8 @@ func randomWeights(c *engine.Config, seed uint64) map[string]engine.HostTensor {
 
 // genTime runs batch prompts of promptLen tokens for newTokens tokens each and returns seconds.
 func genTime(m *engine.Model, batch, promptLen, newTokens int, temp float32, kvBytes int64) (float64, error) {
-	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{KVBudgetBytes: kvBytes, MaxBatchTokens: max(4096, batch*promptLen), MaxSeqs: max(256, batch)})
-	if err != nil {
-		return 0, err
-	}
-	defer gen.Close()
-	var rs []engine.Request
-	for i := 0; i < batch; i++ {
-		p := make([]int32, promptLen)
-		for j := range p {
-			p[j] = int32((i*131 + j*7) % m.Config.VocabSize)
-		}
-		rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens, Temperature: temp, Seed: uint64(i + 1)}})
-	}
-	t0 := time.Now()
-	_, err = gen.Generate(context.Background(), rs)
-	return time.Since(t0).Seconds(), err
+	return timeGenerate(m, engine.GeneratorOptions{KVBudgetBytes: kvBytes, MaxBatchTokens: max(4096, batch*promptLen), MaxSeqs: max(256, batch)},
+		benchRequests(m.Config.VocabSize, batch, promptLen, newTokens, temp, 1))
 }
 
 // profile runs f with every op timed by CUDA events and prints the kernels that took most of

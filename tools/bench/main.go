@@ -398,19 +398,30 @@ func bestOf(n int, f func() (float64, error)) (float64, error) {
 
 // timeGen generates newTokens tokens for batch prompts of promptLen tokens and returns seconds.
 func timeGen(m *engine.Model, batch, promptLen, newTokens int) (float64, error) {
-	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{MaxBatchTokens: batch * promptLen})
-	if err != nil {
-		return 0, err
-	}
-	defer gen.Close()
+	return timeGenerate(m, engine.GeneratorOptions{MaxBatchTokens: batch * promptLen}, benchRequests(m.Config.VocabSize, batch, promptLen, newTokens, 1, 0))
+}
+
+// benchRequests are batch prompts of promptLen made-up tokens (of a vocabulary of vocab), each
+// asking for newTokens tokens at temperature temp; prompt i samples with seed seed0+i.
+func benchRequests(vocab, batch, promptLen, newTokens int, temp float32, seed0 uint64) []engine.Request {
 	var rs []engine.Request
 	for i := 0; i < batch; i++ {
 		p := make([]int32, promptLen)
 		for j := range p {
-			p[j] = int32((i*131 + j*7) % m.Config.VocabSize)
+			p[j] = int32((i*131 + j*7) % vocab)
 		}
-		rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens, Temperature: 1, Seed: uint64(i)}})
+		rs = append(rs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens, Temperature: temp, Seed: seed0 + uint64(i)}})
 	}
+	return rs
+}
+
+// timeGenerate generates rs on a generator of m with opts and returns the seconds it took.
+func timeGenerate(m *engine.Model, opts engine.GeneratorOptions, rs []engine.Request) (float64, error) {
+	gen, err := engine.NewGenerator(m, opts)
+	if err != nil {
+		return 0, err
+	}
+	defer gen.Close()
 	t0 := time.Now()
 	_, err = gen.Generate(context.Background(), rs)
 	return time.Since(t0).Seconds(), err
