@@ -1,8 +1,11 @@
+//go:build amd64 || arm64
+
 package reward
 
 import "golang.org/x/sys/unix"
 
-// hostSyscalls are x/sys's numbers of the calls in seccompARM64.
+// hostSyscalls are x/sys's numbers of the calls in this architecture's filter table
+// (seccompAMD64, seccompARM64); the amd64-only calls are added in sandbox_seccomp_amd64_test.go.
 var hostSyscalls = map[string]uintptr{
 	"unshare": unix.SYS_UNSHARE, "setns": unix.SYS_SETNS, "mount": unix.SYS_MOUNT, "umount2": unix.SYS_UMOUNT2,
 	"pivot_root": unix.SYS_PIVOT_ROOT, "chroot": unix.SYS_CHROOT, "open_tree": unix.SYS_OPEN_TREE,
