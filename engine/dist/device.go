@@ -67,8 +67,9 @@ func Devices() []string {
 	return names
 }
 
-// OpenDevice opens the registered device backend name for localRank.
-func OpenDevice(name string, localRank int) (Device, error) {
+// OpenCommDevice opens the registered device backend name for localRank: the GPU side of a
+// communicator (its buffers and stream), not engine.OpenDevice's compute device.
+func OpenCommDevice(name string, localRank int) (Device, error) {
 	devMu.Lock()
 	open := devices[name]
 	devMu.Unlock()

@@ -37,7 +37,7 @@ func Open(mode Mode, l Launch, device string, opts Options) (Comm, error) {
 		if !gpu {
 			return nil, fmt.Errorf("dist: --dist nccl moves device buffers, but the device is %q: use a GPU device or --dist mpi", device)
 		}
-		dev, err := OpenDevice(device, l.LocalRank)
+		dev, err := OpenCommDevice(device, l.LocalRank)
 		if err != nil {
 			return nil, err
 		}

@@ -40,9 +40,9 @@ type nopDev struct{ hostDev }
 
 func TestRegisterDevice(t *testing.T) {
 	RegisterDevice("test-gpu", func(localRank int) (Device, error) { return &nopDev{}, nil })
-	d, err := OpenDevice("test-gpu", 3)
+	d, err := OpenCommDevice("test-gpu", 3)
 	if err != nil || d == nil {
-		t.Fatalf("OpenDevice: %v", err)
+		t.Fatalf("OpenCommDevice: %v", err)
 	}
 	defer func() {
 		if recover() == nil {
