@@ -180,3 +180,13 @@ func checkRoot(op string, root, size int) error {
 	}
 	return nil
 }
+
+// deadline is a channel that fires once d has passed (never, for d <= 0: a collective's
+// timeout off) and the function that stops its timer.
+func deadline(d time.Duration) (<-chan time.Time, func()) {
+	if d <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTimer(d)
+	return t.C, func() { t.Stop() }
+}

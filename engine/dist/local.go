@@ -152,12 +152,8 @@ func (c *localComm) do(cl *call) error {
 	}
 	g.mu.Unlock()
 
-	var timer <-chan time.Time
-	if g.timeout > 0 {
-		t := time.NewTimer(g.timeout)
-		defer t.Stop()
-		timer = t.C
-	}
+	timer, stop := deadline(g.timeout)
+	defer stop()
 	start := time.Now()
 	select {
 	case <-r.done:

@@ -231,12 +231,8 @@ func (c *mpiComm) run(op string, fn func() int) error {
 	req := mpiReq{fn: fn, done: make(chan int, 1)}
 	start := time.Now()
 	c.reqs <- req
-	var timer <-chan time.Time
-	if c.timeout > 0 {
-		t := time.NewTimer(c.timeout)
-		defer t.Stop()
-		timer = t.C
-	}
+	timer, stop := deadline(c.timeout)
+	defer stop()
 	select {
 	case rc := <-req.done:
 		if rc != 0 {

@@ -218,12 +218,8 @@ func (c *ncclComm) wait(op string, f func() error, sync bool) error {
 			return nil
 		})
 	}()
-	var timer <-chan time.Time
-	if c.timeout > 0 {
-		t := time.NewTimer(c.timeout)
-		defer t.Stop()
-		timer = t.C
-	}
+	timer, stop := deadline(c.timeout)
+	defer stop()
 	select {
 	case err := <-done:
 		return err
