@@ -212,14 +212,13 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 	if !smp.ignoreEOS {
 		stop = append(stop, s.eosIDs()...)
 	}
-	for i, p := range prompts {
+	for i, p := range prompts { // every prompt fits, or none is submitted
 		if e := s.checkContext(i, len(prompts), len(p.ids), smp.maxTokens); e != nil {
 			cancel()
-			for _, end := range g.stops {
-				end()
-			}
 			return nil, e
 		}
+	}
+	for i, p := range prompts {
 		jctx, end := context.WithCancel(ctx)
 		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
 			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
