@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -472,12 +474,7 @@ func LoadRunState(dir string, step int64) (*RunState, error) {
 			return nil, fmt.Errorf("load run state: %s: field \"files\" does not list %s", statePath, f)
 		}
 	}
-	names := make([]string, 0, len(state.Files))
-	for f := range state.Files {
-		names = append(names, f)
-	}
-	sort.Strings(names)
-	for _, f := range names {
+	for _, f := range slices.Sorted(maps.Keys(state.Files)) {
 		want := state.Files[f]
 		fh, err := OpenModelFile(sd, f)
 		if err != nil {

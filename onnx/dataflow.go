@@ -55,84 +55,78 @@ func (gi *graphIndex) isPV(n *onnxpb.NodeProto) bool {
 // upstream reports whether a node matching match produces v or one of its ancestors within
 // depth steps, not looking past the nodes in stop.
 func (gi *graphIndex) upstream(v string, depth int, stop map[*onnxpb.NodeProto]bool, match func(*onnxpb.NodeProto) bool) bool {
-	seen := map[string]bool{v: true}
-	frontier := []string{v}
-	for d := 0; d < depth && len(frontier) > 0; d++ {
-		var next []string
-		for _, x := range frontier {
-			p := gi.producer[x]
-			if p == nil || stop[p] || shapeOnly[p.GetOpType()] {
-				continue
-			}
-			if match(p) {
-				return true
-			}
-			for _, in := range p.GetInput() {
-				if in != "" && !seen[in] {
-					seen[in] = true
-					next = append(next, in)
-				}
-			}
+	found := false
+	walk(v, depth, func(x string) ([]string, bool) {
+		p := gi.producer[x]
+		if p == nil || stop[p] || shapeOnly[p.GetOpType()] {
+			return nil, true
 		}
-		frontier = next
-	}
-	return false
+		if match(p) {
+			found = true
+			return nil, false
+		}
+		return p.GetInput(), true
+	})
+	return found
 }
 
 // downstream walks from v over the nodes that read it (not past the nodes in stop, which
 // are reported to hit) and calls hit for every node reached, with the input slot it was
 // reached by; hit returns false to end the walk.
 func (gi *graphIndex) downstream(v string, depth int, stop map[*onnxpb.NodeProto]bool, hit func(u use) bool) {
-	seen := map[string]bool{v: true}
-	frontier := []string{v}
-	for d := 0; d < depth && len(frontier) > 0; d++ {
+	walk(v, depth, func(x string) ([]string, bool) {
 		var next []string
-		for _, x := range frontier {
-			for _, u := range gi.users[x] {
-				if !hit(u) {
-					return
-				}
-				if stop[u.node] || shapeOnly[u.node.GetOpType()] {
-					continue
-				}
-				for _, o := range u.node.GetOutput() {
-					if o != "" && !seen[o] {
-						seen[o] = true
-						next = append(next, o)
-					}
-				}
+		for _, u := range gi.users[x] {
+			if !hit(u) {
+				return nil, false
+			}
+			if !stop[u.node] && !shapeOnly[u.node.GetOpType()] {
+				next = append(next, u.node.GetOutput()...)
 			}
 		}
-		frontier = next
-	}
+		return next, true
+	})
 }
 
 // upstreamNodes returns the nodes in stop reached going up from v (not past them).
 func (gi *graphIndex) upstreamNodes(v string, depth int, stop map[*onnxpb.NodeProto]bool) []*onnxpb.NodeProto {
 	var out []*onnxpb.NodeProto
+	walk(v, depth, func(x string) ([]string, bool) {
+		p := gi.producer[x]
+		switch {
+		case p == nil || shapeOnly[p.GetOpType()]:
+			return nil, true
+		case stop[p]:
+			out = append(out, p)
+			return nil, true
+		}
+		return p.GetInput(), true
+	})
+	return out
+}
+
+// walk visits the values of a graph breadth first from v, at most depth steps away, each
+// once: visit(x) returns the values x leads to (empty names are skipped), and false to end
+// the walk at once.
+func walk(v string, depth int, visit func(x string) (next []string, more bool)) {
 	seen := map[string]bool{v: true}
 	frontier := []string{v}
 	for d := 0; d < depth && len(frontier) > 0; d++ {
 		var next []string
 		for _, x := range frontier {
-			p := gi.producer[x]
-			if p == nil || shapeOnly[p.GetOpType()] {
-				continue
+			leads, more := visit(x)
+			if !more {
+				return
 			}
-			if stop[p] {
-				out = append(out, p)
-				continue
-			}
-			for _, in := range p.GetInput() {
-				if in != "" && !seen[in] {
-					seen[in] = true
-					next = append(next, in)
+			for _, y := range leads {
+				if y != "" && !seen[y] {
+					seen[y] = true
+					next = append(next, y)
 				}
 			}
 		}
 		frontier = next
 	}
-	return out
 }
 
 // shapeOnly ops turn a tensor into metadata (its shape): the walks do not follow them, as the

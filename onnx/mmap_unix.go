@@ -5,20 +5,13 @@ package onnx
 import (
 	"fmt"
 	"io"
+	"os"
 	"syscall"
-
-	"github.com/prolong-rl/prolong/checkpoints"
 )
 
-// mapFile maps a file read-only into memory (its pages stay in the page cache instead of
-// being copied onto the heap); release unmaps it. Empty files map to nil. A path that is not a
-// regular file is refused (a named pipe would block forever).
-func mapFile(path string) (data []byte, release func(), err error) {
-	f, err := checkpoints.OpenRegular(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
+// mapOpen maps the open file f read-only into memory; release unmaps it. Empty files map to
+// nil; a file larger than the address space is read instead.
+func mapOpen(f *os.File) (data []byte, release func(), err error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, nil, err
@@ -33,7 +26,7 @@ func mapFile(path string) (data []byte, release func(), err error) {
 	}
 	data, err = syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: mmap: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: mmap: %w", f.Name(), err)
 	}
 	return data, func() { syscall.Munmap(data) }, nil
 }

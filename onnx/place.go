@@ -3,10 +3,10 @@ package onnx
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/prolong-rl/prolong/checkpoints"
@@ -189,12 +189,7 @@ func (gi *graphIndex) followUse(u use, rank int) (role, *onnxpb.NodeProto, bool)
 // it cannot name are returned in unnamed (sorted) for placement by data flow.
 func placeWeights(gi *graphIndex) (placed map[string]placement, unnamed []string, err error) {
 	placed = map[string]placement{}
-	names := make([]string, 0, len(gi.consts))
-	for n := range gi.consts {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, c := range names {
+	for _, c := range slices.Sorted(maps.Keys(gi.consts)) {
 		t := gi.consts[c]
 		switch onnxpb.TensorProto_DataType(t.GetDataType()) {
 		case onnxpb.TensorProto_FLOAT, onnxpb.TensorProto_FLOAT16, onnxpb.TensorProto_BFLOAT16, onnxpb.TensorProto_DOUBLE:

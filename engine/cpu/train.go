@@ -18,10 +18,15 @@ type cpuParam struct {
 	data []float32 // row-major, the tensor's shape
 	n, k int       // [N, K] when 2-D, else 0
 
-	mu             sync.Mutex
-	ver            int // bumped by every write
-	fwdVer, bwdVer int
-	fwd, bwd       *kern.Weight // packed W [N,K] and Wᵀ [K,N]
+	mu       sync.Mutex
+	ver      int        // bumped by every write
+	fwd, bwd packedCopy // packed W [N,K] and Wᵀ [K,N]
+}
+
+// packedCopy is a packed copy of a parameter and the parameter's version it was packed at.
+type packedCopy struct {
+	w   *kern.Weight
+	ver int
 }
 
 func (p *cpuParam) touch() {
@@ -30,37 +35,40 @@ func (p *cpuParam) touch() {
 	p.mu.Unlock()
 }
 
+// packedW is W packed for the forward (bf16 dot-product layout with dot).
 func (p *cpuParam) packedW(thr kern.Threads, dot bool) *kern.Weight {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.n == 0 {
 		panic("engine/cpu: matmul with a parameter that is not 2-D")
 	}
-	switch {
-	case p.fwd == nil && dot:
-		p.fwd = thr.NewWeightDot(p.data, p.n, p.k)
-	case p.fwd == nil:
-		p.fwd = thr.NewWeightF32(p.data, p.n, p.k)
-	case p.fwdVer != p.ver:
-		thr.Repack(p.fwd, p.data)
+	pack := thr.NewWeightF32
+	if dot {
+		pack = thr.NewWeightDot
 	}
-	p.fwdVer = p.ver
-	return p.fwd
+	return p.packed(&p.fwd, pack, thr.Repack)
 }
 
+// packedWT is Wᵀ packed for the input gradient (bf16 dot-product layout with dot).
 func (p *cpuParam) packedWT(thr kern.Threads, dot bool) *kern.Weight {
+	pack := thr.NewWeightF32T
+	if dot {
+		pack = thr.NewWeightDotT
+	}
+	return p.packed(&p.bwd, pack, thr.RepackT)
+}
+
+// packed returns the copy c of the parameter, packed by pack at first use and by repack
+// whenever the parameter was written since.
+func (p *cpuParam) packed(c *packedCopy, pack func([]float32, int, int) *kern.Weight, repack func(*kern.Weight, []float32)) *kern.Weight {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
-	case p.bwd == nil && dot:
-		p.bwd = thr.NewWeightDotT(p.data, p.n, p.k)
-	case p.bwd == nil:
-		p.bwd = thr.NewWeightF32T(p.data, p.n, p.k)
-	case p.bwdVer != p.ver:
-		thr.RepackT(p.bwd, p.data)
+	case c.w == nil:
+		c.w = pack(p.data, p.n, p.k)
+	case c.ver != p.ver:
+		repack(c.w, p.data)
 	}
-	p.bwdVer = p.ver
-	return p.bwd
+	c.ver = p.ver
+	return c.w
 }
 
 // packed returns the matmul layout of a weight: an inference weight as uploaded, or a

@@ -144,20 +144,12 @@ func modelCached(c *caseCtx, cfg *engine.Config) {
 	}
 	m := newModel(cfg, c.b, c.o.WeightDType)
 	defer freeModel(m)
-	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
-	if err != nil {
-		panic(err)
-	}
-	defer gen.Close()
 	var reqs []engine.Request
 	for i, p := range randSeqs(c.rng, cfg.VocabSize, 5, 16, 21) {
 		reqs = append(reqs, engine.Request{Prompt: p, Params: engine.SamplingParams{N: 3, Temperature: 1,
 			MaxNewTokens: newTokens, Seed: uint64(i + 1)}})
 	}
-	res, err := gen.Generate(context.Background(), reqs)
-	if err != nil {
-		panic(err)
-	}
+	res := generate(m, reqs)
 	var score []engine.ScoreRequest
 	var cached []float32
 	for i, r := range res {
@@ -177,6 +169,21 @@ func modelCached(c *caseCtx, cfg *engine.Config) {
 	c.nmse("", cached, full, c.tol.Model)
 }
 
+// generate runs reqs through a fresh generator of m (default options) and returns the results;
+// an error panics, as the cases report.
+func generate(m *engine.Model, reqs []engine.Request) []engine.Result {
+	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+	if err != nil {
+		panic(err)
+	}
+	defer gen.Close()
+	res, err := gen.Generate(context.Background(), reqs)
+	if err != nil {
+		panic(err)
+	}
+	return res
+}
+
 // modelGreedy compares greedy generation (fp32 weights) token by token with the reference.
 // Where the tokens part, the reference's logits there must not be a near tie (the two
 // tokens' logits within 1e-4 of the row's scale); a near tie passes, with a note.
@@ -186,21 +193,12 @@ func modelGreedy(c *caseCtx, cfg *engine.Config) {
 	run := func(b engine.TrainBackend) [][]int32 {
 		m := newModel(cfg, b, engine.F32)
 		defer freeModel(m)
-		gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
-		if err != nil {
-			panic(err)
-		}
-		defer gen.Close()
 		var reqs []engine.Request
 		for _, p := range prompts {
 			reqs = append(reqs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens}})
 		}
-		res, err := gen.Generate(context.Background(), reqs)
-		if err != nil {
-			panic(err)
-		}
 		var out [][]int32
-		for _, r := range res {
+		for _, r := range generate(m, reqs) {
 			out = append(out, r.Samples[0].Tokens)
 		}
 		return out

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"math"
 	"os"
 	"os/exec"
@@ -12,10 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
-
 	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/tools/internal/modelio"
 	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
@@ -26,21 +22,13 @@ var fixtures = []string{"qwen2_past", "llama3_nopast", "qwen3_past_ext", "genai_
 
 func fixture(name string) string { return filepath.Join("../../onnx/testdata", name, "model.onnx") }
 
-// convert runs the program with args (progress bar off) and returns its output and error.
-func convert(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	err := run(append(args, "--quiet"), &out, &errOut)
-	return out.String() + errOut.String(), err
-}
+// convert runs the program in process with args (progress bar off) and returns its output and
+// error.
+func convert(t *testing.T, args ...string) (string, error) { return tooltest.Main(run).Run(args...) }
 
 func mustConvert(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := convert(t, args...)
-	if err != nil {
-		t.Fatalf("convert %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
+	return tooltest.Main(run).Must(t, "convert", args...)
 }
 
 // sameFile fails t unless a and b hold the same bytes.
@@ -165,8 +153,8 @@ func TestSideFiles(t *testing.T) {
 			}
 		}
 		var gen, cfg map[string]any
-		readJSON(t, filepath.Join(dir, o, "generation_config.json"), &gen)
-		readJSON(t, filepath.Join(dir, o, "config.json"), &cfg)
+		tooltest.ReadJSON(t, filepath.Join(dir, o, "generation_config.json"), &gen)
+		tooltest.ReadJSON(t, filepath.Join(dir, o, "config.json"), &cfg)
 		if want := map[string]any{"do_sample": true, "temperature": 0.6, "top_p": 0.95, "eos_token_id": 0.0}; !reflect.DeepEqual(gen, want) {
 			t.Errorf("%s/generation_config.json = %v, want %v", o, gen, want)
 		}
@@ -183,17 +171,6 @@ func TestSideFiles(t *testing.T) {
 	// Without a tokenizer the output says so.
 	if out := mustConvert(t, "-i", fixture("qwen2_past"), "-o", dir+"/bare"); !strings.Contains(out, "no tokenizer.json beside the input") {
 		t.Errorf("no warning about the missing tokenizer:\n%s", out)
-	}
-}
-
-func readJSON(t *testing.T, path string, v any) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err == nil {
-		err = json.Unmarshal(b, v)
-	}
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
 	}
 }
 
@@ -327,32 +304,14 @@ func TestBadInput(t *testing.T) {
 // (as checkpoints.Save's do), not the owner-only modes of the temporary directory.
 func TestModes(t *testing.T) {
 	dir := t.TempDir()
-	probe := filepath.Join(dir, "probe")
-	if err := os.Mkdir(probe, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Stat(probe)
-	wantDir := st.Mode().Perm()
-	if f, err := os.Create(filepath.Join(probe, "f")); err == nil {
-		f.Close()
-	}
-	st, _ = os.Stat(filepath.Join(probe, "f"))
-	wantFile := st.Mode().Perm()
+	wantDir, wantFile := tooltest.UmaskModes(t, dir)
 	mustConvert(t, "-i", fixture("qwen3_past_ext"), "-o", dir+"/hf", "--max-position-embeddings", "512")
 	mustConvert(t, "-i", dir+"/hf", "-o", dir+"/onnx", "--to", "onnx")
 	for _, out := range []string{"hf", "onnx"} {
-		entries, _ := os.ReadDir(filepath.Join(dir, out))
-		if len(entries) < 3 {
+		if entries, _ := os.ReadDir(filepath.Join(dir, out)); len(entries) < 3 {
 			t.Fatalf("%s: %d files", out, len(entries))
 		}
-		if st, _ := os.Stat(filepath.Join(dir, out)); st.Mode().Perm() != wantDir {
-			t.Errorf("%s/ has mode %v, want %v", out, st.Mode().Perm(), wantDir)
-		}
-		for _, e := range entries {
-			if info, _ := e.Info(); info.Mode().Perm() != wantFile {
-				t.Errorf("%s/%s has mode %v, want %v", out, e.Name(), info.Mode().Perm(), wantFile)
-			}
-		}
+		tooltest.CheckModes(t, out, filepath.Join(dir, out), wantDir, wantFile)
 	}
 }
 
@@ -362,32 +321,14 @@ func TestHelp(t *testing.T) {
 	var o options
 	fs := newFlags(&o, &out)
 	fs.Usage()
-	help := out.String()
-	for _, s := range []string{"Usage: go run ./tools/convert -i INPUT -o OUTDIR", "Examples:", "--to onnx", "--verify"} {
-		if !strings.Contains(help, s) {
-			t.Errorf("--help lacks %q", s)
-		}
-	}
-	n := 0
-	fs.VisitAll(func(f *pflag.Flag) {
-		n++
-		if f.Usage == "" || !strings.Contains(help, "--"+f.Name) || !strings.Contains(help, f.Usage) {
-			t.Errorf("--help does not explain --%s", f.Name)
-		}
-	})
-	if n < 12 {
-		t.Errorf("%d flags", n)
-	}
+	tooltest.CheckHelp(t, fs, out.String(), []string{"Usage: go run ./tools/convert -i INPUT -o OUTDIR", "Examples:", "--to onnx", "--verify"}, 12)
 }
 
 // TestBinary builds the program and runs it as a user would: exit status 0 with the summary
 // on stdout, 1 with the error on stderr, 0 for --help.
 func TestBinary(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "convert")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := tooltest.Build(t, ".", false)
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, "-i", "../../onnx/testdata/qwen2_past", "-o", filepath.Join(dir, "hf"), "--quiet")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -407,27 +348,5 @@ func TestBinary(t *testing.T) {
 	out, err := exec.Command(bin, "--help").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "Usage: go run ./tools/convert") {
 		t.Fatalf("--help: %v\n%s", err, out)
-	}
-}
-
-// haveORT reports whether ONNX Runtime can be loaded; under PROLONG_REQUIRE_ORT=1 (CI) its
-// absence fails the test.
-func haveORT(t *testing.T) bool {
-	t.Helper()
-	if err := modelio.InitORT(); err != nil {
-		if os.Getenv("PROLONG_REQUIRE_ORT") == "1" {
-			t.Fatalf("PROLONG_REQUIRE_ORT=1: %v", err)
-		}
-		t.Logf("ONNX Runtime unavailable: %v", err)
-		return false
-	}
-	return true
-}
-
-// needORT skips the test without ONNX Runtime (fails under PROLONG_REQUIRE_ORT=1).
-func needORT(t *testing.T) {
-	t.Helper()
-	if !haveORT(t) {
-		t.Skip("skipping: ONNX Runtime unavailable (run scripts/setup-ort.sh, or set ONNXRUNTIME_LIB)")
 	}
 }

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,20 +13,8 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
-
-// maxDiff is max_i |a_i - b_i| and max_i |b_i|.
-func maxDiff(t *testing.T, a, b []float32) (d, scale float64) {
-	t.Helper()
-	if len(a) != len(b) || len(a) == 0 {
-		t.Fatalf("%d and %d logits", len(a), len(b))
-	}
-	for i := range a {
-		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
-		scale = math.Max(scale, math.Abs(float64(b[i])))
-	}
-	return d, scale
-}
 
 // Bounds on |logit difference|, from measurements on these fixtures (logits up to ~12 in
 // magnitude, where an f32 ulp is 9.5e-7):
@@ -65,7 +51,7 @@ func verified(t *testing.T, out string, positions int) float64 {
 // --to onnx gives a model on which ONNX Runtime computes the original file's logits, and the
 // engine on the converted weights computes them too; a second round is bit-exact.
 func TestONNXRoundTrip(t *testing.T) {
-	needORT(t)
+	tooltest.NeedORT(t)
 	for _, fx := range fixtures {
 		t.Run(fx, func(t *testing.T) {
 			dir := t.TempDir()
@@ -79,15 +65,8 @@ func TestONNXRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			ids := modelio.SampleTokens(cfg, 12)
-			want, _, err := modelio.ORTLogits(src, ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _, err := modelio.ORTLogits(filepath.Join(back, "model.onnx"), ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, scale := maxDiff(t, got, want)
+			want, got := tooltest.ORTLogits(t, src, ids), tooltest.ORTLogits(t, filepath.Join(back, "model.onnx"), ids)
+			d, scale := tooltest.MaxDiff(t, got, want)
 			m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
 			if err != nil {
 				t.Fatal(err)
@@ -96,7 +75,7 @@ func TestONNXRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			de, _ := maxDiff(t, eng[0], want)
+			de, _ := tooltest.MaxDiff(t, eng[0], want)
 			t.Logf("%s: ONNX Runtime, original vs round trip: %.3g; engine vs original: %.3g (max |logit| %.3g); --verify printed %.3g and %.3g", fx, d, de, scale, d1, d2)
 			if d > roundTripTolerance || de > engineTolerance {
 				t.Errorf("logits differ: round trip by %.3g (bound %g), engine by %.3g (bound %g)", d, roundTripTolerance, de, engineTolerance)
@@ -116,7 +95,7 @@ func TestONNXRoundTrip(t *testing.T) {
 // TestVerifyFails: --verify fails above --tolerance, and then nothing is written; bf16 output
 // is checked as written, so its rounding shows.
 func TestVerifyFails(t *testing.T) {
-	needORT(t)
+	tooltest.NeedORT(t)
 	dir := t.TempDir()
 	src := fixture("llama3_nopast")
 	_, err := convert(t, "-i", src, "-o", dir+"/strict", "--verify", "--tolerance", "1e-9")
@@ -142,30 +121,7 @@ func TestVerifyFails(t *testing.T) {
 // ONNX Runtime the --verify checks are left out (and the test says so); with
 // PROLONG_REQUIRE_ORT=1 they are required.
 func TestDocs(t *testing.T) {
-	ort := haveORT(t)
-	page, err := os.ReadFile("../../docs/convert.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := t.TempDir()
-	cmds, others := modelio.DocCommands(string(page), "convert", tmp)
-	if len(others) > 0 || len(cmds) != 4 {
-		t.Fatalf("docs/convert.md: %d convert commands (want 4), and commands the test cannot run: %q", len(cmds), others)
-	}
-	t.Chdir("../..")
-	for _, args := range cmds {
-		if !ort && slices.Contains(args, "--verify") {
-			args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--verify" })
-			t.Logf("no ONNX Runtime: running without --verify: %s", strings.Join(args, " "))
-		}
-		o, err := convert(t, args...)
-		if err != nil {
-			t.Fatalf("docs/convert.md: go run ./tools/convert %s: %v\n%s", strings.Join(args, " "), err, o)
-		}
-		if ort && slices.Contains(args, "--verify") && !strings.Contains(o, "verify: max |logit difference|") {
-			t.Errorf("--verify printed nothing:\n%s", o)
-		}
-	}
+	tmp := tooltest.RunDocs(t, "convert", 4, func(args ...string) (string, error) { return convert(t, args...) })
 	for _, f := range []string{"qwen2-hf/model.safetensors", "qwen2-hf/config.json", "qwen2-hf/generation_config.json",
 		"llama3-hf/model.safetensors", "qwen2-onnx/model.onnx", "qwen2-onnx/config.json", "qwen3-hf/model.safetensors"} {
 		if _, err := os.Stat(filepath.Join(tmp, f)); err != nil {

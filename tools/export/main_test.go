@@ -10,30 +10,19 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
-
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
-	"github.com/prolong-rl/prolong/tools/internal/modelio"
 	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
-// export runs the program with args (progress bar off) and returns its output and error.
-func export(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	err := run(append(args, "--quiet"), &out, &errOut)
-	return out.String() + errOut.String(), err
-}
+// export runs the program in process with args (progress bar off) and returns its output and
+// error.
+func export(t *testing.T, args ...string) (string, error) { return tooltest.Main(run).Run(args...) }
 
 func mustExport(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := export(t, args...)
-	if err != nil {
-		t.Fatalf("export %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
+	return tooltest.Main(run).Must(t, "export", args...)
 }
 
 // sameWeights fails unless got holds want's tensors with the same shapes and the same bits.
@@ -258,29 +247,11 @@ func TestBadInput(t *testing.T) {
 // not the owner-only modes of the temporary directory (nor model.onnx's as onnx.Export makes it).
 func TestModes(t *testing.T) {
 	dir := t.TempDir()
-	probe := filepath.Join(dir, "probe")
-	if err := os.Mkdir(probe, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Stat(probe)
-	wantDir := st.Mode().Perm()
-	if f, err := os.Create(filepath.Join(probe, "f")); err == nil {
-		f.Close()
-	}
-	st, _ = os.Stat(filepath.Join(probe, "f"))
-	wantFile := st.Mode().Perm()
+	wantDir, wantFile := tooltest.UmaskModes(t, dir)
 	for _, format := range []string{"onnx", "safetensors", "onnx,safetensors"} {
 		out := filepath.Join(dir, strings.ReplaceAll(format, ",", "+"))
 		mustExport(t, "-i", fixtureRun, "-o", out, "--format", format)
-		if st, _ := os.Stat(out); st.Mode().Perm() != wantDir {
-			t.Errorf("--format %s: the directory has mode %v, want %v", format, st.Mode().Perm(), wantDir)
-		}
-		entries, _ := os.ReadDir(out)
-		for _, e := range entries {
-			if info, _ := e.Info(); info.Mode().Perm() != wantFile {
-				t.Errorf("--format %s: %s has mode %v, want %v", format, e.Name(), info.Mode().Perm(), wantFile)
-			}
-		}
+		tooltest.CheckModes(t, "--format "+format, out, wantDir, wantFile)
 	}
 }
 
@@ -290,42 +261,16 @@ func TestHelp(t *testing.T) {
 	var o options
 	fs := newFlags(&o, &out)
 	fs.Usage()
-	help := out.String()
-	for _, s := range []string{"Usage: go run ./tools/export -i CHECKPOINT -o OUTDIR", "Examples:"} {
-		if !strings.Contains(help, s) {
-			t.Errorf("--help lacks %q", s)
-		}
-	}
-	n := 0
-	fs.VisitAll(func(f *pflag.Flag) {
-		n++
-		if f.Usage == "" || !strings.Contains(help, "--"+f.Name) || !strings.Contains(help, f.Usage) {
-			t.Errorf("--help does not explain --%s", f.Name)
-		}
-	})
-	if n < 10 {
-		t.Errorf("%d flags", n)
-	}
+	tooltest.CheckHelp(t, fs, out.String(), []string{"Usage: go run ./tools/export -i CHECKPOINT -o OUTDIR", "Examples:"}, 10)
 	if _, err := export(t, "--help"); err == nil || !strings.Contains(err.Error(), "help requested") {
 		t.Errorf("--help: %v", err)
 	}
 }
 
-// buildBinary compiles the program in dir (a package path relative to this one) into a
-// temporary directory.
-func buildBinary(t *testing.T, pkg, name string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
-
 // TestBinary runs the real program as a user would: exit status 0 with the summary on stdout,
 // 1 with the error on stderr.
 func TestBinary(t *testing.T) {
-	bin := buildBinary(t, ".", "export")
+	bin := tooltest.Build(t, ".", false)
 	out := filepath.Join(t.TempDir(), "release")
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, "-i", fixtureRun, "-o", out, "--format", "safetensors", "--step", "2")
@@ -361,28 +306,6 @@ func engineLogits(t *testing.T, cfg *engine.Config, w map[string]engine.HostTens
 		t.Fatal(err)
 	}
 	return out[0]
-}
-
-// haveORT reports whether ONNX Runtime can be loaded; under PROLONG_REQUIRE_ORT=1 (CI) its
-// absence fails the test.
-func haveORT(t *testing.T) bool {
-	t.Helper()
-	if err := modelio.InitORT(); err != nil {
-		if os.Getenv("PROLONG_REQUIRE_ORT") == "1" {
-			t.Fatalf("PROLONG_REQUIRE_ORT=1: %v", err)
-		}
-		t.Logf("ONNX Runtime unavailable: %v", err)
-		return false
-	}
-	return true
-}
-
-// needORT skips the test without ONNX Runtime (fails under PROLONG_REQUIRE_ORT=1).
-func needORT(t *testing.T) {
-	t.Helper()
-	if !haveORT(t) {
-		t.Skip("skipping: ONNX Runtime unavailable (run scripts/setup-ort.sh, or set ONNXRUNTIME_LIB)")
-	}
 }
 
 // TestPythonReader: an independent reader (scripts/check_checkpoint.py: struct + json + numpy,

@@ -1,30 +1,16 @@
 package main
 
 import (
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/tools/internal/modelio"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
-
-// maxDiff is max_i |a_i - b_i| and max_i |b_i|.
-func maxDiff(t *testing.T, a, b []float32) (d, scale float64) {
-	t.Helper()
-	if len(a) != len(b) || len(a) == 0 {
-		t.Fatalf("%d and %d logits", len(a), len(b))
-	}
-	for i := range a {
-		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
-		scale = math.Max(scale, math.Abs(float64(b[i])))
-	}
-	return d, scale
-}
 
 // engineVsORT is the bound on |logit difference| between ONNX Runtime on an exported
 // model.onnx and the engine on the same f32 weights: two implementations summing in different
@@ -35,7 +21,7 @@ const engineVsORT = 1e-5
 // exported to ONNX, give in ONNX Runtime the logits the engine computes on the weights the
 // fixture was made from.
 func TestExportForORT(t *testing.T) {
-	needORT(t)
+	tooltest.NeedORT(t)
 	ids := []int32{1, 5, 39, 0, 12, 7, 7, 22, 3, 38, 14, 2}
 	out := t.TempDir()
 	for _, tc := range []struct {
@@ -60,7 +46,7 @@ func TestExportForORT(t *testing.T) {
 			if vocab != fixtureConfig().VocabSize {
 				t.Fatalf("vocab %d", vocab)
 			}
-			d, scale := maxDiff(t, got, engineLogits(t, fixtureConfig(), tc.want, ids))
+			d, scale := tooltest.MaxDiff(t, got, engineLogits(t, fixtureConfig(), tc.want, ids))
 			t.Logf("%s: ONNX Runtime vs engine: max |logit difference| %.3g (max |logit| %.3g)", tc.name, d, scale)
 			if d > engineVsORT {
 				t.Errorf("logits differ by %.3g > %g", d, engineVsORT)
@@ -70,7 +56,7 @@ func TestExportForORT(t *testing.T) {
 	// The three exports are different models: the comparison can tell them apart.
 	a, _, _ := modelio.ORTLogits(filepath.Join(out, "latest", "model.onnx"), ids)
 	b, _, _ := modelio.ORTLogits(filepath.Join(out, "step2", "model.onnx"), ids)
-	if d, _ := maxDiff(t, a, b); d < 1e-2 {
+	if d, _ := tooltest.MaxDiff(t, a, b); d < 1e-2 {
 		t.Errorf("step 4 and step 2 give logits within %.3g", d)
 	}
 }
@@ -80,8 +66,8 @@ func TestExportForORT(t *testing.T) {
 // Runtime, the original file's logits (within roundTripTolerance), and a second round from
 // there is bit-exact.
 func TestConvertThenExport(t *testing.T) {
-	needORT(t)
-	convert := buildBinary(t, "../convert", "convert")
+	tooltest.NeedORT(t)
+	convert := tooltest.Build(t, "../convert", false)
 	for _, fx := range []string{"qwen2_past", "llama3_nopast", "qwen3_past_ext", "genai_qwen2"} {
 		t.Run(fx, func(t *testing.T) {
 			dir := t.TempDir()
@@ -96,15 +82,8 @@ func TestConvertThenExport(t *testing.T) {
 				t.Fatal(err)
 			}
 			ids := modelio.SampleTokens(cfg, 12)
-			want, _, err := modelio.ORTLogits(src, ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _, err := modelio.ORTLogits(filepath.Join(back, "model.onnx"), ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, scale := maxDiff(t, got, want)
+			want, got := tooltest.ORTLogits(t, src, ids), tooltest.ORTLogits(t, filepath.Join(back, "model.onnx"), ids)
+			d, scale := tooltest.MaxDiff(t, got, want)
 			t.Logf("%s: ONNX Runtime on the original vs after convert + export: max |logit difference| %.3g (max |logit| %.3g)", fx, d, scale)
 			if d > roundTripTolerance {
 				t.Errorf("logits differ by %.3g > %g", d, roundTripTolerance)
@@ -123,7 +102,7 @@ func TestConvertThenExport(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d, _ := maxDiff(t, again, got); d != 0 {
+			if d, _ := tooltest.MaxDiff(t, again, got); d != 0 {
 				t.Errorf("second round trip: logits differ by %.3g", d)
 			}
 		})
@@ -142,30 +121,7 @@ const roundTripTolerance = 2e-5
 // ONNX Runtime the --verify checks are left out (and the test says so); with
 // PROLONG_REQUIRE_ORT=1 they are required.
 func TestDocs(t *testing.T) {
-	ort := haveORT(t)
-	page, err := os.ReadFile("../../docs/export.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := t.TempDir()
-	cmds, others := modelio.DocCommands(string(page), "export", tmp)
-	if len(others) > 0 || len(cmds) != 5 {
-		t.Fatalf("docs/export.md: %d export commands (want 5), and commands the test cannot run: %q", len(cmds), others)
-	}
-	t.Chdir("../..")
-	for _, args := range cmds {
-		if !ort && slices.Contains(args, "--verify") {
-			args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--verify" })
-			t.Logf("no ONNX Runtime: running without --verify: %s", strings.Join(args, " "))
-		}
-		o, err := export(t, args...)
-		if err != nil {
-			t.Fatalf("docs/export.md: go run ./tools/export %s: %v\n%s", strings.Join(args, " "), err, o)
-		}
-		if ort && slices.Contains(args, "--verify") && !strings.Contains(o, "verify: max |logit difference|") {
-			t.Errorf("--verify printed nothing:\n%s", o)
-		}
-	}
+	tmp := tooltest.RunDocs(t, "export", 5, func(args ...string) (string, error) { return export(t, args...) })
 	for _, f := range []string{"release/model.onnx", "release/model.safetensors", "release/config.json", "release/tokenizer.json",
 		"step2/model.onnx", "step2/config.json", "ref4/model.safetensors", "release-bf16/model.safetensors", "release-bf16/tokenizer.json"} {
 		if _, err := os.Stat(filepath.Join(tmp, f)); err != nil {

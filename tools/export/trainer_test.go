@@ -13,6 +13,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/checkpoints/tokenizer"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
 // dirFiles returns the names of the files in dir, sorted.
@@ -65,7 +66,7 @@ func TestTrainerExportIsToolsExport(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: trains two short runs")
 	}
-	train := buildBinary(t, "../train", "train")
+	train := tooltest.Build(t, "../train", false)
 	work := t.TempDir()
 	trainRun := func(args ...string) {
 		t.Helper()
@@ -127,7 +128,7 @@ func TestTrainerExportIsToolsExport(t *testing.T) {
 				}
 				for _, name := range []string{checkpoints.ConfigFile, checkpoints.GenerationConfigFile} {
 					var m map[string]any
-					readJSONFile(t, filepath.Join(trainer, name), &m)
+					tooltest.ReadJSON(t, filepath.Join(trainer, name), &m)
 					if m["eos_token_id"] != float64(eos) {
 						t.Errorf("%s: eos_token_id %v, want the tokenizer's eos token %d", filepath.Join(trainer, name), m["eos_token_id"], eos)
 					}
@@ -136,7 +137,7 @@ func TestTrainerExportIsToolsExport(t *testing.T) {
 		}
 	}
 	var gen map[string]any
-	readJSONFile(t, filepath.Join(work, "model", "checkpoints", checkpoints.StepDirName(2), checkpoints.GenerationConfigFile), &gen)
+	tooltest.ReadJSON(t, filepath.Join(work, "model", "checkpoints", checkpoints.StepDirName(2), checkpoints.GenerationConfigFile), &gen)
 	if gen["temperature"] != 0.6 || gen["top_p"] != 0.95 || gen["do_sample"] != true {
 		b, _ := json.Marshal(gen)
 		t.Errorf("the --model run's export lost the source's sampling defaults: %s", b)

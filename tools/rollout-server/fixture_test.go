@@ -6,13 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/tools/internal/hffixture"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
 
 // TestServeHFFixtures serves the transformers 5 and 4 fixture directories (tied and untied
@@ -20,48 +20,36 @@ import (
 // and echo with logprobs returns the prompt's real log-probs, equal to engine.Score's and to
 // the log-softmax of PyTorch's logits (the first token: null).
 func TestServeHFFixtures(t *testing.T) {
-	for _, name := range hffixture.Names {
-		for _, form := range hffixture.Forms {
-			t.Run(name+"/"+form, func(t *testing.T) {
-				f, err := hffixture.Load(name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				dir := filepath.Join(t.TempDir(), name)
-				if err := hffixture.WriteDir(dir, name, form); err != nil {
-					t.Fatal(err)
-				}
-				s, ts := startServer(t, testOptions(dir))
-				for i, p := range f.Prompts {
-					body := fmt.Sprintf(`{"prompt": %s, "max_tokens": %d, "temperature": 0, "ignore_eos": true}`, ids(p), f.MaxNewTokens)
-					got, _ := completion(t, ts.URL, body)
-					if !slices.Equal(got[0].TokenIDs, f.Continuations[i]) {
-						t.Errorf("greedy %v, PyTorch %v", got[0].TokenIDs, f.Continuations[i])
-					}
-				}
-				seq := f.Seqs[len(f.Seqs)-1]
-				body := fmt.Sprintf(`{"prompt": %s, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1}`, ids(seq))
-				lps := echoLogprobs(t, ts.URL, body)
-				if len(lps) != len(seq)+1 || lps[0] != nil {
-					t.Fatalf("echo: %d log-probs for %d prompt tokens + 1, first %v", len(lps), len(seq), lps[0])
-				}
-				sc, err := s.sched.Model().Score(context.Background(), []engine.ScoreRequest{{Tokens: seq, Start: 1}}, 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				V := s.cfg.VocabSize
-				for k := 1; k < len(seq); k++ {
-					if *lps[k] != sc[0].LogProbs[k-1] {
-						t.Errorf("echo log-prob %d = %g, engine.Score %g", k, *lps[k], sc[0].LogProbs[k-1])
-					}
-					ref := hffixture.LogSoftmax(f.Logits[len(f.Seqs)-1][(k-1)*V : k*V])[seq[k]]
-					if math.Abs(float64(*lps[k])-ref) > 2*hffixture.LogitsTolerance {
-						t.Errorf("echo log-prob %d = %g, PyTorch %g", k, *lps[k], ref)
-					}
-				}
-			})
+	tooltest.EachHFFixture(t, func(t *testing.T, f *hffixture.Fixture, dir string) {
+		s, ts := startServer(t, testOptions(dir))
+		for i, p := range f.Prompts {
+			body := fmt.Sprintf(`{"prompt": %s, "max_tokens": %d, "temperature": 0, "ignore_eos": true}`, ids(p), f.MaxNewTokens)
+			got, _ := completion(t, ts.URL, body)
+			if !slices.Equal(got[0].TokenIDs, f.Continuations[i]) {
+				t.Errorf("greedy %v, PyTorch %v", got[0].TokenIDs, f.Continuations[i])
+			}
 		}
-	}
+		seq := f.Seqs[len(f.Seqs)-1]
+		body := fmt.Sprintf(`{"prompt": %s, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1}`, ids(seq))
+		lps := echoLogprobs(t, ts.URL, body)
+		if len(lps) != len(seq)+1 || lps[0] != nil {
+			t.Fatalf("echo: %d log-probs for %d prompt tokens + 1, first %v", len(lps), len(seq), lps[0])
+		}
+		sc, err := s.sched.Model().Score(context.Background(), []engine.ScoreRequest{{Tokens: seq, Start: 1}}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		V := s.cfg.VocabSize
+		for k := 1; k < len(seq); k++ {
+			if *lps[k] != sc[0].LogProbs[k-1] {
+				t.Errorf("echo log-prob %d = %g, engine.Score %g", k, *lps[k], sc[0].LogProbs[k-1])
+			}
+			ref := hffixture.LogSoftmax(f.Logits[len(f.Seqs)-1][(k-1)*V : k*V])[seq[k]]
+			if math.Abs(float64(*lps[k])-ref) > 2*hffixture.LogitsTolerance {
+				t.Errorf("echo log-prob %d = %g, PyTorch %g", k, *lps[k], ref)
+			}
+		}
+	})
 }
 
 func ids(p []int32) string { b, _ := json.Marshal(p); return string(b) }
@@ -69,13 +57,7 @@ func ids(p []int32) string { b, _ := json.Marshal(p); return string(b) }
 // echoLogprobs posts a completions request and returns choice 0's token_logprobs.
 func echoLogprobs(t *testing.T, url, body string) []*float32 {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url+"/v1/completions", bytes.NewBufferString(body))
-	req.Header.Set("Authorization", "Bearer sekret")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, url+"/v1/completions", bytes.NewBufferString(body))
 	defer resp.Body.Close()
 	var out struct {
 		Choices []struct {

@@ -13,32 +13,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/tools/internal/tooltest"
 )
-
-// syncBuffer is a bytes.Buffer that a process may write while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // hostOf is the host:port of a server URL.
 func hostOf(url string) string { return strings.TrimPrefix(url, "http://") }
@@ -200,7 +182,7 @@ func TestConnectionFlood(t *testing.T) {
 		{"hard limit 200, --max-connections 1000", "ulimit -n 200", "1000", 200, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var log syncBuffer
+			var log tooltest.SyncBuffer
 			cmd, url := launchUnder(t, tc.shell, &log, "--model", dir, "--api-key", "sekret", "--header-timeout", "60s", "--max-connections", tc.maxConns)
 			pid := cmd.Process.Pid
 			soft, hard := openFileLimits(t, pid)
@@ -377,12 +359,7 @@ func waitMetric(t *testing.T, url string, ok func(map[string]float64) bool) {
 // postJSON posts a body with the API key; it returns the status code and body.
 func postJSON(t *testing.T, url, body string) (int, string, http.Header) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, url, strings.NewReader(body))
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(data), resp.Header

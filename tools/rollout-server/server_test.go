@@ -103,16 +103,23 @@ func startServer(t testing.TB, o options) (*server, *httptest.Server) {
 	return s, ts
 }
 
-// post sends a JSON body with the API key and decodes the JSON answer.
-func post(t testing.TB, url, body string) (int, map[string]any, http.Header) {
+// send posts a JSON body with the API key; a failed request ends the test.
+func send(t testing.TB, url string, body io.Reader) *http.Response {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req, _ := http.NewRequest("POST", url, body)
 	req.Header.Set("Authorization", "Bearer sekret")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return resp
+}
+
+// post sends a JSON body with the API key and decodes the JSON answer.
+func post(t testing.TB, url, body string) (int, map[string]any, http.Header) {
+	t.Helper()
+	resp := send(t, url, strings.NewReader(body))
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	var v map[string]any
@@ -294,18 +301,24 @@ func TestStreamEqualsNonStream(t *testing.T) {
 	}
 }
 
+// chatPrompt12 is the ChatML rendering of one user message "1+2=" with the assistant's turn
+// opened, as token ids of the character-level test vocabulary, worked out by hand.
+func chatPrompt12() []int32 {
+	var prompt []int32
+	for _, tok := range []string{"<|im_start|>", "u", "s", "e", "r", "\n", "1", "+", "2", "=", "<|im_end|>", "\n",
+		"<|im_start|>", "a", "s", "s", "i", "s", "t", "a", "n", "t", "\n"} {
+		prompt = append(prompt, int32(slices.Index(charTokens, tok)))
+	}
+	return prompt
+}
+
 // TestChat: a chat request is the ChatML rendering of its messages (token ids worked out by
 // hand from the vocabulary), sampled as the engine samples it; the message content is the
 // sampled tokens' text without special tokens, and the streamed chunks of n = 2 add up to it.
 func TestChat(t *testing.T) {
 	dir, cfg, w := modelDir(t, 12, true)
 	_, ts := startServer(t, testOptions(dir))
-	id := func(tok string) int32 { return int32(slices.Index(charTokens, tok)) }
-	var prompt []int32
-	for _, tok := range []string{"<|im_start|>", "u", "s", "e", "r", "\n", "1", "+", "2", "=", "<|im_end|>", "\n",
-		"<|im_start|>", "a", "s", "s", "i", "s", "t", "a", "n", "t", "\n"} {
-		prompt = append(prompt, id(tok))
-	}
+	prompt := chatPrompt12()
 	want := direct(t, cfg, w, engine.Request{Prompt: prompt, Params: engine.SamplingParams{N: 2, Temperature: 1, TopP: 1, MaxNewTokens: 10, Seed: 11, StopTokens: []int32{2}}})
 	text := func(ids []int32) string {
 		var b strings.Builder

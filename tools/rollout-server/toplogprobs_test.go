@@ -264,11 +264,7 @@ func TestChatTopLogprobs(t *testing.T) {
 	dir, _, _ := modelDir(t, 22, true)
 	s, ts := startServer(t, testOptions(dir))
 	id := func(tok string) int32 { return int32(slices.Index(charTokens, tok)) }
-	var prompt []int32
-	for _, tok := range []string{"<|im_start|>", "u", "s", "e", "r", "\n", "1", "+", "2", "=", "<|im_end|>", "\n",
-		"<|im_start|>", "a", "s", "s", "i", "s", "t", "a", "n", "t", "\n"} {
-		prompt = append(prompt, id(tok))
-	}
+	prompt := chatPrompt12()
 	body := `{"messages": [{"role": "user", "content": "1+2="}], "n": 2, "max_tokens": 8, "seed": 4, "temperature": 0.7, "top_p": 0.95, "logprobs": true, "top_logprobs": 4}`
 	type entry struct {
 		Token   string
@@ -284,12 +280,7 @@ func TestChatTopLogprobs(t *testing.T) {
 		if stream {
 			b = strings.Replace(body, "{", `{"stream": true,`, 1)
 		}
-		req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions", strings.NewReader(b))
-		req.Header.Set("Authorization", "Bearer sekret")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := send(t, ts.URL+"/v1/chat/completions", strings.NewReader(b))
 		defer resp.Body.Close()
 		data, _ := io.ReadAll(resp.Body)
 		out := make([][]content, 2)

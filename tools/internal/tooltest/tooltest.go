@@ -103,7 +103,7 @@ func exitCode(err error) int {
 // Held is a run of a -tags testhold binary, stopped at its hold stage.
 type Held struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *SyncBuffer
 	done   chan error
 }
 
@@ -114,7 +114,7 @@ func Hold(t testing.TB, bin, stage string, args ...string) *Held {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "PROLONG_TEST_HOLD="+stage)
-	h := &Held{cmd: cmd, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	h := &Held{cmd: cmd, stderr: &SyncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = h.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -150,19 +150,20 @@ func (h *Held) Signal(t testing.TB, sig syscall.Signal) Result {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer written by the process's stderr copier and read by the test.
-type lockedBuffer struct {
+// SyncBuffer is a bytes.Buffer that a process (its output copier) may write while the test
+// reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *SyncBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *SyncBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
