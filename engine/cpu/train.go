@@ -265,13 +265,7 @@ func (c *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 
 // EmbeddingBackward implements engine.TrainBackend.
 func (c *Backend) EmbeddingBackward(dtable, dx *engine.Tensor, ids []int32) {
-	tab, xs, d := f32(dtable), f32(dx), dtable.Cols()
-	for t, id := range ids {
-		row := tab[int(id)*d : (int(id)+1)*d]
-		for i, v := range xs[t*d : (t+1)*d] {
-			row[i] += v
-		}
-	}
+	c.ScatterAddRows(dtable, dx, ids)
 	written(dtable)
 }
 

@@ -123,11 +123,9 @@ func EachHFFixture(t *testing.T, f func(t *testing.T, fx *hffixture.Fixture, dir
 	}
 }
 
-// EngineMatchesFixture loads the model directory dir into the engine (CPU, f32) and checks
-// its logits and greedy continuations against the fixture's PyTorch goldens (see
-// hffixture.Fixture.Check): a mismatch is an error of the test naming what, the figure is
-// logged. It returns dir's config.
-func EngineMatchesFixture(t testing.TB, fx *hffixture.Fixture, dir, what string) *engine.Config {
+// LoadModel loads the model directory dir into the engine (CPU backend, f32 weights); an
+// error ends the test.
+func LoadModel(t testing.TB, dir string) (*engine.Config, *engine.Model) {
 	t.Helper()
 	cfg, w, err := checkpoints.Load(dir)
 	if err != nil {
@@ -137,6 +135,16 @@ func EngineMatchesFixture(t testing.TB, fx *hffixture.Fixture, dir, what string)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg, m
+}
+
+// EngineMatchesFixture loads the model directory dir into the engine (CPU, f32) and checks
+// its logits and greedy continuations against the fixture's PyTorch goldens (see
+// hffixture.Fixture.Check): a mismatch is an error of the test naming what, the figure is
+// logged. It returns dir's config.
+func EngineMatchesFixture(t testing.TB, fx *hffixture.Fixture, dir, what string) *engine.Config {
+	t.Helper()
+	cfg, m := LoadModel(t, dir)
 	d, err := fx.Check(cfg.VocabSize, hffixture.LogitsTolerance, func(seq []int32) ([]float32, error) {
 		lg, err := m.Logits(context.Background(), [][]int32{seq})
 		if err != nil {

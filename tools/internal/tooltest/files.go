@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"github.com/prolong-rl/prolong/checkpoints"
-	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/engine/cpu"
 )
 
 // SameFile fails t unless files a and b hold the same bytes.
@@ -32,14 +30,7 @@ func SameFile(t testing.TB, a, b string) {
 // what a tool wrote must come back byte for byte through the engine.
 func ThroughEngine(t testing.TB, dir, work string) string {
 	t.Helper()
-	cfg, w, err := checkpoints.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, m := LoadModel(t, dir)
 	hw, err := m.HostWeights()
 	if err != nil {
 		t.Fatal(err)
