@@ -106,15 +106,21 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 			return
 		}
 		g := gemm{transA: opT, transB: opN, m: n, n: m, k: k, lda: k, ldb: k, c: uint64(ptr(out)), cType: dtF32, ldc: n, compute: computeF32}
-		if b.useBF16(w) {
-			g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
-			g.b, g.bType = uint64(b.bf16Copy(x)), dtBF16
-		} else {
-			g.a, g.aType = uint64(ptr(w)), dtF32
-			g.b, g.bType = uint64(ptr(x)), dtF32
-		}
+		b.operands(&g, b.useBF16(w), w, x)
 		b.gemm("MatMul", g)
 	})
+}
+
+// operands sets the GEMM's A and B to the tensors a and x: their bf16 copies with bf16, else
+// the fp32 tensors themselves.
+func (b *Backend) operands(g *gemm, bf16 bool, a, x *engine.Tensor) {
+	if bf16 {
+		g.a, g.aType = uint64(b.bf16Copy(a)), dtBF16
+		g.b, g.bType = uint64(b.bf16Copy(x)), dtBF16
+		return
+	}
+	g.a, g.aType = uint64(ptr(a)), dtF32
+	g.b, g.bType = uint64(ptr(x)), dtF32
 }
 
 // AddBias implements engine.Backend.

@@ -33,13 +33,7 @@ func (b *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
 	b.op(func() {
 		touched(dx)
 		g := gemm{transA: opN, transB: opN, m: k, n: m, k: n, lda: k, ldb: n, c: uint64(ptr(dx)), cType: dtF32, ldc: k, compute: computeF32}
-		if b.useBF16(w) {
-			g.a, g.aType = uint64(b.bf16Copy(w)), dtBF16
-			g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
-		} else {
-			g.a, g.aType = uint64(ptr(w)), dtF32
-			g.b, g.bType = uint64(ptr(dy)), dtF32
-		}
+		b.operands(&g, b.useBF16(w), w, dy)
 		b.gemm("MatMulDX", g)
 	})
 }
@@ -53,13 +47,7 @@ func (b *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	}
 	b.op(func() {
 		g := gemm{transA: opN, transB: opT, m: k, n: n, k: m, lda: k, ldb: n, beta: 1, c: uint64(ptr(dw)), cType: dtF32, ldc: k, compute: computeF32}
-		if b.opts.BF16Matmul {
-			g.a, g.aType = uint64(b.bf16Copy(x)), dtBF16
-			g.b, g.bType = uint64(b.bf16Copy(dy)), dtBF16
-		} else {
-			g.a, g.aType = uint64(ptr(x)), dtF32
-			g.b, g.bType = uint64(ptr(dy)), dtF32
-		}
+		b.operands(&g, b.opts.BF16Matmul, x, dy)
 		b.gemm("MatMulDW", g)
 		touched(dw)
 	})
