@@ -141,12 +141,7 @@ type choice struct {
 
 func completion(t testing.TB, url, body string) ([]choice, uint64) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, url+"/v1/completions", strings.NewReader(body))
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
@@ -233,12 +228,7 @@ func TestServedEqualsEngine(t *testing.T) {
 // without the final [DONE].
 func streamCompletion(t *testing.T, url, body string, n int) []choice {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, url+"/v1/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
@@ -366,12 +356,7 @@ func TestChat(t *testing.T) {
 		}
 	}
 	// Streamed.
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
-	req.Header.Set("Authorization", "Bearer sekret")
-	sresp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sresp := send(t, ts.URL+"/v1/chat/completions", strings.NewReader(strings.Replace(body, "{", `{"stream": true,`, 1)))
 	defer sresp.Body.Close()
 	content, ids := make([]string, 2), make([][]int32, 2)
 	sc := bufio.NewScanner(sresp.Body)
@@ -482,12 +467,7 @@ func TestAuthAndCapacity(t *testing.T) {
 	}
 	resp.Body.Close()
 	// One long streamed request holds the only slot.
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "max_tokens": 8000, "stream": true, "stop_token_ids": [], "ignore_eos": true}`))
-	req.Header.Set("Authorization", "Bearer sekret")
-	long, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	long := send(t, ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "max_tokens": 8000, "stream": true, "stop_token_ids": [], "ignore_eos": true}`))
 	bufio.NewReader(long.Body).ReadString('\n') // it has started
 	code, v, h := post(t, ts.URL+"/v1/completions", `{"prompt": [1], "max_tokens": 2}`)
 	if code != 429 || h.Get("Retry-After") == "" || v["error"] == nil {
@@ -514,12 +494,7 @@ func TestDisconnectCancels(t *testing.T) {
 	o := testOptions(dir)
 	o.maxTokens = 8000
 	s, ts := startServer(t, o)
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "n": 2, "max_tokens": 8000, "ignore_eos": true, "stream": true}`))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, ts.URL+"/v1/completions", strings.NewReader(`{"prompt": [1], "n": 2, "max_tokens": 8000, "ignore_eos": true, "stream": true}`))
 	bufio.NewReader(resp.Body).ReadString('\n') // it runs
 	resp.Body.Close()                           // and the client leaves
 	deadline := time.Now().Add(10 * time.Second)

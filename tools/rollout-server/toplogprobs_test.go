@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -121,12 +120,7 @@ func postTop(t *testing.T, url, body string, stream bool, n int) []topChoice {
 	if stream {
 		body = strings.Replace(body, "{", `{"stream": true,`, 1)
 	}
-	req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer sekret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := send(t, url+"/v1/completions", strings.NewReader(body))
 	defer resp.Body.Close()
 	if !stream {
 		data, _ := io.ReadAll(resp.Body)
