@@ -116,7 +116,11 @@ func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
 	var ss float64
 	for _, name := range t.names {
-		ss += t.b.SumSquares(t.grads[name])
+		s, err := t.b.SumSquares(t.grads[name])
+		if err != nil {
+			return OptStats{Step: o.step}, fmt.Errorf("adamw: gradient norm of %s: %w", name, err)
+		}
+		ss += s
 	}
 	norm := math.Sqrt(ss)
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {
