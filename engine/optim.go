@@ -111,7 +111,8 @@ type OptStats struct {
 
 // Step clips the accumulated gradients to the global norm, applies one AdamW update to every
 // trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
-// unchanged and returns an error.
+// unchanged and returns an error; so does a device error computing the norm, which leaves the
+// gradients as well.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
 	var ss float64
