@@ -333,32 +333,49 @@ func readSafetensors(fh *os.File, path string) (*File, error) {
 // implementation does. The file is written atomically: a temp file in the same directory,
 // fsynced, renamed over path, and the directory fsynced.
 func WriteSafetensors(path string, tensors map[string]engine.HostTensor, dtype DType, metadata map[string]string) error {
-	hb, names, err := encodeHeader(tensors, dtype, metadata)
+	if !dtype.convertible() {
+		return fmt.Errorf("%s: dtype %q is not supported for writing (want F32, BF16 or F16)", path, dtype)
+	}
+	dtypeOf := func(string) DType { return dtype }
+	hb, names, err := encodeHeader(tensors, dtypeOf, metadata)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	return writeAtomic(path, func(w io.Writer) error {
-		var lb [8]byte
-		binary.LittleEndian.PutUint64(lb[:], uint64(len(hb)))
-		if _, err := w.Write(lb[:]); err != nil {
-			return err
-		}
-		if _, err := w.Write(hb); err != nil {
-			return err
-		}
-		return writeData(w, tensors, names, dtype)
-	})
+	return writeAtomic(path, func(w io.Writer) error { return writeSafetensors(w, hb, tensors, names, dtypeOf) })
+}
+
+// EncodeSafetensors writes tensors to w in safetensors format, each as dtypeOf(name) (F32, BF16
+// or F16; BF16 and F16 round to nearest even), deterministically as WriteSafetensors does: a
+// request body with some tensors in half precision and the others exact.
+func EncodeSafetensors(w io.Writer, tensors map[string]engine.HostTensor, dtypeOf func(name string) DType, metadata map[string]string) error {
+	hb, names, err := encodeHeader(tensors, dtypeOf, metadata)
+	if err != nil {
+		return err
+	}
+	return writeSafetensors(w, hb, tensors, names, dtypeOf)
+}
+
+func writeSafetensors(w io.Writer, hb []byte, tensors map[string]engine.HostTensor, names []string, dtypeOf func(string) DType) error {
+	var lb [8]byte
+	binary.LittleEndian.PutUint64(lb[:], uint64(len(hb)))
+	if _, err := w.Write(lb[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(hb); err != nil {
+		return err
+	}
+	return writeData(w, tensors, names, dtypeOf)
 }
 
 // encodeHeader builds the padded JSON header: __metadata__ first, then tensors by sorted name.
-func encodeHeader(tensors map[string]engine.HostTensor, dtype DType, metadata map[string]string) ([]byte, []string, error) {
-	if !dtype.convertible() {
-		return nil, nil, fmt.Errorf("dtype %q is not supported for writing (want F32, BF16 or F16)", dtype)
-	}
+func encodeHeader(tensors map[string]engine.HostTensor, dtypeOf func(string) DType, metadata map[string]string) ([]byte, []string, error) {
 	names := make([]string, 0, len(tensors))
 	for n := range tensors {
 		if n == "" || n == "__metadata__" {
 			return nil, nil, fmt.Errorf("tensor name %q is not allowed", n)
+		}
+		if d := dtypeOf(n); !d.convertible() {
+			return nil, nil, fmt.Errorf("tensor %q: dtype %q is not supported for writing (want F32, BF16 or F16)", n, d)
 		}
 		names = append(names, n)
 	}
@@ -373,10 +390,11 @@ func encodeHeader(tensors map[string]engine.HostTensor, dtype DType, metadata ma
 		hb.WriteString(`"__metadata__":`)
 		hb.Write(m)
 	}
-	es := int64(dtypeSizes[string(dtype)])
 	var off int64
 	for i, n := range names {
 		t := tensors[n]
+		dtype := dtypeOf(n)
+		es := int64(dtypeSizes[string(dtype)])
 		elems := int64(1)
 		for _, d := range t.Shape {
 			if d < 0 {
@@ -407,10 +425,11 @@ func encodeHeader(tensors map[string]engine.HostTensor, dtype DType, metadata ma
 }
 
 // writeData writes the tensors' values in order, converted to dtype, through a bounded buffer.
-func writeData(w io.Writer, tensors map[string]engine.HostTensor, names []string, dtype DType) error {
-	es := dtypeSizes[string(dtype)]
+func writeData(w io.Writer, tensors map[string]engine.HostTensor, names []string, dtypeOf func(string) DType) error {
 	buf := make([]byte, 0, 1<<16)
 	for _, n := range names {
+		dtype := dtypeOf(n)
+		es := dtypeSizes[string(dtype)]
 		for _, v := range tensors[n].Data {
 			switch dtype {
 			case F32:

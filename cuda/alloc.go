@@ -115,6 +115,14 @@ func (a *allocator) releaseCached() {
 	}
 }
 
+// Trim returns every cached block to the driver (for a library that failed to allocate memory
+// of its own, such as cuBLAS's workspace).
+func (a *allocator) Trim() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.releaseCached()
+}
+
 // Stats reports bytes in use, cached, and the peak in use.
 func (a *allocator) Stats() (inUse, cached, peak uint64) {
 	a.mu.Lock()

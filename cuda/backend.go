@@ -1,10 +1,13 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -34,16 +37,23 @@ type Options struct {
 // op (the goroutine is locked to its thread for the op), so any goroutine may drive it; ops
 // are serialised by a mutex.
 //
-// A device failure inside an op that returns no error (an out-of-memory in Alloc, a failed
-// launch) is kept and returned by the next call that returns an error, as CUDA's own sticky
-// errors are; ops after it do nothing.
+// Errors. A failure inside an op that returns no error (an out-of-memory in Alloc, a failed
+// launch) is kept, named with the op and its shapes, and returned by the next call that
+// returns an error; the ops between do nothing (their inputs may be what the failed op did not
+// write). Once returned it is cleared and the backend works again: an out-of-memory (after the
+// allocator released its cache and retried), a refused launch or matmul are recoverable. A
+// kernel fault (an illegal address, say) is not: CUDA answers every later call of the process
+// with it, so every op returns it, and Open refuses the device from then on. A fault surfaces
+// at the next synchronisation, so its error lists the ops enqueued since the last one;
+// PROLONG_CUDA_SYNC=1 synchronises after every op, and the error then names the op that
+// faulted (as CUDA_LAUNCH_BLOCKING=1 does for PyTorch).
 type Backend struct {
 	opts  Options
 	drv   *driver
-	comp  *nvrtc
+	comp  compiler
 	blas  *cublas
 	name  string
-	arch  string
+	arch  string // the target the kernels were compiled for: compute_XY (PTX) or sm_XY (cubin)
 	sms   int
 	ctx   uintptr
 	strm  uintptr
@@ -51,8 +61,14 @@ type Backend struct {
 	fns   map[string]uintptr
 	alloc *allocator
 
-	mu  sync.Mutex
-	err error // sticky
+	mu      sync.Mutex
+	pending error // the first error of ops that return none, until a call returns it
+	dead    error // a fatal error: the context is lost
+	cur     opDesc
+	recent  [16]opDesc // ring of the ops enqueued since the last synchronisation
+	nRecent int
+	// syncEach synchronises after every op (PROLONG_CUDA_SYNC=1).
+	syncEach bool
 	// per-op scratch freed at the end of the op
 	scratch []uint64
 	// recent small metadata uploads, reused when the same values come again (the positions,
@@ -126,13 +142,29 @@ func touched(ts ...*engine.Tensor) {
 var (
 	openMu sync.Mutex
 	opened = map[Options]*Backend{}
+	// lost holds, per GPU ordinal, the fatal error that lost its context in this process.
+	lost = map[int]error{}
+
+	// The libraries open loads (tests put fakes in their place).
+	loadDriverFn                            = loadDriver
+	loadCompilerFn func() (compiler, error) = func() (compiler, error) { return loadNVRTC() }
+	loadCublasFn   func() (*cublas, error)  = loadCublas
 )
 
+// minComputeCapability is the oldest GPU the backend runs on: sm_80 (Ampere), the first with
+// bf16 tensor cores, which the kernels (bf16 conversions) and the cuBLAS calls (CUDA_R_16BF
+// operands) need.
+const minComputeCapability = 80
+
 // Open returns the backend of a device, loading the driver, NVRTC and cuBLAS and compiling the
-// kernels on first use. Backends are cached per Options.
+// kernels on first use. Backends are cached per Options. A device whose context a fatal error
+// lost (a kernel fault) is refused for the rest of the process: CUDA cannot recover it.
 func Open(o Options) (*Backend, error) {
 	openMu.Lock()
 	defer openMu.Unlock()
+	if err := lost[o.Device]; err != nil {
+		return nil, fmt.Errorf("cuda: GPU %d is unusable in this process after a fatal error (CUDA cannot recover from it; restart the process): %w", o.Device, err)
+	}
 	if b := opened[o]; b != nil {
 		return b, nil
 	}
@@ -145,20 +177,20 @@ func Open(o Options) (*Backend, error) {
 }
 
 func open(o Options) (*Backend, error) {
-	drv, err := loadDriver()
+	drv, err := loadDriverFn()
 	if err != nil {
 		return nil, err
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if r := call(drv.init, 0); r == cudaErrorNoDevice {
-		return nil, noDevice{drv.check("cuInit", r)}
+		return nil, noDevice{fmt.Errorf("cuda: %w", drv.check("cuInit", r))}
 	} else if err := drv.check("cuInit", r); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	var count int32
 	if err := drv.check("cuDeviceGetCount", call(drv.deviceGetCount, uintptr(unsafe.Pointer(&count)))); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	if count == 0 {
 		return nil, noDevice{fmt.Errorf("cuda: no GPU present (cuDeviceGetCount: 0)")}
@@ -168,27 +200,31 @@ func open(o Options) (*Backend, error) {
 	}
 	var dev int32
 	if err := drv.check("cuDeviceGet", call(drv.deviceGet, uintptr(unsafe.Pointer(&dev)), uintptr(o.Device))); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	nameBuf := make([]byte, 256)
 	call(drv.deviceGetName, uintptr(unsafe.Pointer(&nameBuf[0])), 256, uintptr(dev))
+	gpu := gostr(uintptr(unsafe.Pointer(&nameBuf[0])))
 	major, err := drv.attribute(int(dev), attrComputeCapabilityMajor)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	minor, _ := drv.attribute(int(dev), attrComputeCapabilityMinor)
 	sms, _ := drv.attribute(int(dev), attrMultiprocessorCount)
-	b := &Backend{opts: o, drv: drv, sms: sms, fns: map[string]uintptr{},
-		arch: fmt.Sprintf("compute_%d%d", major, minor)}
-	b.name = fmt.Sprintf("cuda (%s, sm_%d%d)", gostr(uintptr(unsafe.Pointer(&nameBuf[0]))), major, minor)
+	cc := 10*major + minor
+	if cc < minComputeCapability {
+		return nil, fmt.Errorf("cuda: GPU %d (%s) is sm_%d; the CUDA backend needs sm_%d (Ampere) or newer: its kernels and matmuls use bf16, which older GPUs lack",
+			o.Device, gpu, cc, minComputeCapability)
+	}
+	b := &Backend{opts: o, drv: drv, sms: sms, fns: map[string]uintptr{}, syncEach: os.Getenv("PROLONG_CUDA_SYNC") == "1"}
 	if err := drv.check("cuDevicePrimaryCtxRetain", call(drv.primaryCtxRetain, uintptr(unsafe.Pointer(&b.ctx)), uintptr(dev))); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	if err := drv.check("cuCtxSetCurrent", call(drv.ctxSetCurrent, b.ctx)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	if err := drv.check("cuStreamCreate", call(drv.streamCreate, uintptr(unsafe.Pointer(&b.strm)), 1)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	b.alloc = newAllocator(func(n uint64) (uint64, error) {
 		var p uint64
@@ -201,49 +237,107 @@ func open(o Options) (*Backend, error) {
 		time.Sleep(20 * time.Millisecond) // cleanups run on their own goroutine
 	}
 
-	if b.comp, err = loadNVRTC(); err != nil {
+	if b.comp, err = loadCompilerFn(); err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	ptx, cached, err := compileKernels(b.comp, b.arch)
+	mod, err := b.loadKernels(cc)
 	if err != nil {
 		return nil, err
 	}
-	var mod uintptr
-	if err := drv.check("cuModuleLoadData", call(drv.moduleLoadData, uintptr(unsafe.Pointer(&mod)), uintptr(unsafe.Pointer(&ptx[0])))); err != nil {
-		return nil, err
-	}
-	runtime.KeepAlive(ptx)
 	for _, n := range KernelNames() {
 		var f uintptr
 		if err := drv.check("cuModuleGetFunction "+n, call(drv.moduleGetFunction, uintptr(unsafe.Pointer(&f)), mod, uintptr(unsafe.Pointer(cstr(n))))); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("cuda: %w", err)
 		}
 		b.fns[n] = f
 	}
-	slog.Debug("cuda kernels ready", "arch", b.arch, "from_cache", cached, "took", time.Since(start))
+	b.name = fmt.Sprintf("cuda (%s, sm_%d)", gpu, cc)
+	slog.Debug("cuda kernels ready", "target", b.arch, "took", time.Since(start))
 
-	if b.blas, err = loadCublas(); err != nil {
+	if b.blas, err = loadCublasFn(); err != nil {
 		return nil, err
 	}
 	if err := b.blas.check("cublasCreate", call(b.blas.create, uintptr(unsafe.Pointer(&b.hblas)))); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	if err := b.blas.check("cublasSetStream", call(b.blas.setStream, b.hblas, b.strm)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	return b, nil
 }
 
-// enter locks the backend and makes its context current on this OS thread.
+// loadKernels compiles the kernels for the GPU of compute capability cc and loads them. The
+// target is the highest architecture NVRTC supports at or below the GPU's (a GPU newer than
+// the NVRTC runs that PTX, which the driver compiles for it). When the driver refuses the PTX
+// as too new (CUDA_ERROR_UNSUPPORTED_PTX_VERSION: an NVRTC newer than the driver), the kernels
+// are compiled to a cubin for the GPU's own architecture instead, which needs no PTX
+// compilation by the driver. b.arch says which target was loaded.
+func (b *Backend) loadKernels(cc int) (uintptr, error) {
+	ver, err := b.comp.Version()
+	if err != nil {
+		return 0, err
+	}
+	target := cc
+	if archs, err := b.comp.SupportedArchs(); err == nil && len(archs) > 0 {
+		target = 0
+		for _, a := range archs {
+			if a <= cc {
+				target = max(target, a)
+			}
+		}
+		if target == 0 {
+			return 0, fmt.Errorf("cuda: NVRTC %s compiles for compute_%d to compute_%d, none at or below the GPU's sm_%d", ver, archs[0], archs[len(archs)-1], cc)
+		}
+		if target != cc {
+			slog.Info("cuda: NVRTC has no target for this GPU; compiling for the highest below it, which the driver compiles on for the GPU",
+				"gpu", fmt.Sprintf("sm_%d", cc), "nvrtc", ver, "target", fmt.Sprintf("compute_%d", target))
+		}
+	}
+	load := func(arch string) (uintptr, error) {
+		code, _, err := compileKernels(b.comp, arch)
+		if err != nil {
+			return 0, err
+		}
+		var mod uintptr
+		err = b.drv.check("cuModuleLoadData ("+arch+")", call(b.drv.moduleLoadData, uintptr(unsafe.Pointer(&mod)), uintptr(unsafe.Pointer(&code[0]))))
+		runtime.KeepAlive(code)
+		return mod, err
+	}
+	b.arch = fmt.Sprintf("compute_%d", target)
+	mod, err := load(b.arch)
+	var e *Error
+	if err == nil || !errors.As(err, &e) || e.Code != cudaErrorUnsupportedPTXVersion {
+		if err != nil {
+			return 0, fmt.Errorf("cuda: %w", err)
+		}
+		return mod, nil
+	}
+	dv := "?"
+	var v int32
+	if call(b.drv.driverGetVersion, uintptr(unsafe.Pointer(&v))) == 0 {
+		dv = fmt.Sprintf("%d.%d", v/1000, v%1000/10)
+	}
+	slog.Info("cuda: the driver refuses NVRTC's PTX as too new; loading a cubin instead", "driver", dv, "nvrtc", ver, "target", fmt.Sprintf("sm_%d", target))
+	b.arch = fmt.Sprintf("sm_%d", target)
+	mod, cerr := load(b.arch)
+	if cerr != nil {
+		return 0, fmt.Errorf("cuda: the driver (CUDA %s) refuses the PTX of NVRTC %s (%v), and the cubin for sm_%d failed too: %w; install an NVRTC no newer than the driver (PROLONG_NVRTC) or a newer driver",
+			dv, ver, err, target, cerr)
+	}
+	return mod, nil
+}
+
+// enter locks the backend and makes its context current on this OS thread; false after a
+// fatal error.
 func (b *Backend) enter() bool {
 	b.mu.Lock()
 	runtime.LockOSThread()
-	if b.err != nil {
+	if b.dead != nil {
 		return false
 	}
 	if r := call(b.drv.ctxSetCurrent, b.ctx); r != 0 {
-		b.err = b.drv.check("cuCtxSetCurrent", r)
+		b.fail(b.drv.check("cuCtxSetCurrent", r))
 		return false
 	}
 	return true
@@ -255,44 +349,139 @@ func (b *Backend) leave() {
 		b.alloc.Free(p)
 	}
 	b.scratch = b.scratch[:0]
+	b.cur = opDesc{}
 	runtime.UnlockOSThread()
 	b.mu.Unlock()
 }
 
-// op runs body as one op of the backend: entered (locked, its context current on this OS
-// thread) before, left (the op's scratch freed, unlocked) after, also when body panics. After a
-// device error body does not run: the error stays sticky for the next call that returns one.
-func (b *Backend) op(body func()) {
-	ok := b.enter()
-	defer b.leave()
-	if ok {
-		body()
+// begin records op d as the one running (errors name it) and, unless an error is pending,
+// among the ops enqueued since the last synchronisation. It reports whether the op may run: not
+// after an error not yet returned, and not on a tensor without device memory.
+func (b *Backend) begin(d opDesc) bool {
+	b.cur = d
+	if b.pending != nil || b.dead != nil {
+		return false
+	}
+	if d.missing >= 0 {
+		b.fail(fmt.Errorf("operand %d (shape %v) has no device memory: its allocation failed earlier", d.missing, d.shapes[d.missing]))
+		return false
+	}
+	b.recent[b.nRecent%len(b.recent)] = d
+	b.nRecent++
+	return true
+}
+
+// end synchronises after the op with PROLONG_CUDA_SYNC=1, so that a fault names it.
+func (b *Backend) end() {
+	if b.syncEach && b.pending == nil && b.dead == nil {
+		b.fail(b.synchronize("cuStreamSynchronize"))
 	}
 }
 
-// opErr is op for an op that returns an error: body's, or the sticky error when body does not
-// run.
-func (b *Backend) opErr(body func() error) error {
+// op runs body as one op of the backend, described by d: entered (locked, its context current
+// on this OS thread) before, left (the op's scratch freed, unlocked) after, also when body
+// panics. After an error not yet returned, body does not run.
+func (b *Backend) op(d opDesc, body func()) {
+	ok := b.enter()
+	defer b.leave()
+	if ok && b.begin(d) {
+		body()
+		b.end()
+	}
+}
+
+// opErr is op for an op that returns an error: an earlier op's error not yet returned (body
+// does not run), else body's or the first error recorded while it ran, else nil. Returning an
+// error clears it, unless it was fatal.
+func (b *Backend) opErr(d opDesc, body func() error) error {
 	ok := b.enter()
 	defer b.leave()
 	if !ok {
-		return b.err
+		return b.dead
 	}
-	return body()
+	if b.pending != nil {
+		return b.take()
+	}
+	var err error
+	if b.begin(d) {
+		err = body()
+		b.end()
+	}
+	if b.dead != nil {
+		return b.dead
+	}
+	if err == nil {
+		err = b.pending
+	}
+	b.pending = nil
+	return err
 }
 
-// fail records the first device error.
+// take returns the pending error and clears it.
+func (b *Backend) take() error {
+	err := b.pending
+	b.pending = nil
+	return err
+}
+
+// fail records the first error of an op, named with the op. A fatal one loses the backend:
+// every later op returns it, and Open refuses the device.
 func (b *Backend) fail(err error) {
-	if err != nil && b.err == nil {
-		b.err = err
+	if err == nil || b.dead != nil {
+		return
+	}
+	err = fmt.Errorf("cuda: %s: %w", b.cur, err)
+	if fatal(err) {
+		b.dead = err
+		openMu.Lock()
+		if opened[b.opts] == b {
+			delete(opened, b.opts)
+		}
+		lost[b.opts.Device] = err
+		openMu.Unlock()
+		return
+	}
+	if b.pending == nil {
+		b.pending = err
 	}
 }
 
-// Err returns the sticky error, if any.
+// failed says whether an error is pending or fatal: the rest of the op is skipped.
+func (b *Backend) failed() bool { return b.pending != nil || b.dead != nil }
+
+// synchronize waits for the stream. A kernel fault surfaces here, not at its launch: the
+// error lists the ops enqueued since the last synchronisation, the faulting one among them.
+func (b *Backend) synchronize(what string) error {
+	r := call(b.drv.streamSynchronize, b.strm)
+	n := b.nRecent
+	b.nRecent = 0
+	if r == 0 {
+		return nil
+	}
+	err := b.drv.check(what, r)
+	if !fatal(err) || n == 0 {
+		return err
+	}
+	var ops []string
+	for i := max(0, n-len(b.recent)); i < n; i++ {
+		ops = append(ops, b.recent[i%len(b.recent)].String())
+	}
+	more := ""
+	if n > len(b.recent) {
+		more = fmt.Sprintf(" (the last %d of %d)", len(b.recent), n)
+	}
+	return fmt.Errorf("%w; the fault is in one of the ops enqueued since the last synchronisation%s: %s (PROLONG_CUDA_SYNC=1 synchronises after every op and names the one)",
+		err, more, strings.Join(ops, "; "))
+}
+
+// Err returns the error an op recorded and no call has returned yet, or the fatal one.
 func (b *Backend) Err() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err
+	if b.dead != nil {
+		return b.dead
+	}
+	return b.pending
 }
 
 // Name implements engine.Backend.
@@ -305,7 +494,7 @@ func (b *Backend) MemoryStats() (inUse, cached, peak uint64) { return b.alloc.St
 func (b *Backend) devAlloc(bytes uint64) uint64 {
 	p, err := b.alloc.Alloc(bytes)
 	if err != nil {
-		b.fail(fmt.Errorf("cuda: %w", err))
+		b.fail(err)
 		return 0
 	}
 	return p
@@ -376,17 +565,17 @@ func (b *Backend) floats(v []float32) dptr {
 
 // download copies device memory to host memory and waits.
 func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
-	if bytes == 0 || b.err != nil {
+	if bytes == 0 || b.failed() {
 		return
 	}
 	b.fail(b.drv.check("cuMemcpyDtoHAsync", call(b.drv.memcpyDtoHAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
-	b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
+	b.fail(b.synchronize("cuStreamSynchronize"))
 }
 
 // launch enqueues kernel name on a grid of blocks of threads, its arguments in their 8-byte
 // slots (args.go). Only the typed launchers of launchers_gen.go call it.
 func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) {
-	if b.err != nil {
+	if b.failed() {
 		return
 	}
 	if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
@@ -418,14 +607,14 @@ func (b *Backend) gridFor(n int64) [3]int {
 func (b *Backend) Alloc(shape ...int) *engine.Tensor {
 	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := uint64(t.Len()) * 4
-	b.op(func() {
+	b.op(desc("Alloc out", t), func() {
 		bf := b.newBuf(b.devAlloc(max(n, 4)), n)
 		t.Buf = bf
 		if bf.ptr != 0 && n > 0 {
 			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
 		}
 	})
-	if t.Buf == nil { // after a device error: a tensor without memory
+	if t.Buf == nil { // after an error: a tensor without memory, which ops refuse
 		t.Buf = &buf{devMem: &devMem{}, bytes: n}
 	}
 	return t
@@ -461,7 +650,7 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 		return nil, fmt.Errorf("cuda: upload: dtype %v not supported", dt)
 	}
 	var res *engine.Tensor // nil when the op does not run
-	err := b.opErr(func() error {
+	err := b.opErr(desc("Upload out", t), func() error {
 		n := uint64(len(data)) * 4
 		if linear && dt == engine.BF16 {
 			t.DType = engine.BF16
@@ -480,8 +669,11 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 		}
 		// The host slice may be reused by the caller as soon as we return: pageable copies are
 		// staged before cuMemcpyHtoDAsync returns.
+		if b.failed() {
+			return nil
+		}
 		res = t
-		return b.err
+		return nil
 	})
 	return res, err
 }
@@ -491,10 +683,10 @@ func (b *Backend) Download(t *engine.Tensor, dst []float32) error {
 	if len(dst) != t.Len() {
 		return fmt.Errorf("cuda: download: destination has %d values, tensor %v has %d", len(dst), t.Shape, t.Len())
 	}
-	return b.opErr(func() error {
+	return b.opErr(desc("Download x", t), func() error {
 		bf := devBuf(t)
 		if len(dst) == 0 {
-			return b.err
+			return nil
 		}
 		if t.DType == engine.BF16 {
 			bits := make([]uint16, len(dst))
@@ -502,17 +694,18 @@ func (b *Backend) Download(t *engine.Tensor, dst []float32) error {
 			for i, v := range bits {
 				dst[i] = bf16ToF32(v)
 			}
-			return b.err
+			return nil
 		}
 		b.download(unsafe.Pointer(&dst[0]), bf.ptr, uint64(4*len(dst)))
-		return b.err
+		return nil
 	})
 }
 
-// Sync waits for all enqueued work and returns the sticky error.
+// Sync waits for all enqueued work and returns the first error of the ops before it (see
+// Backend).
 func (b *Backend) Sync() error {
-	return b.opErr(func() error {
-		b.fail(b.drv.check("cuStreamSynchronize", call(b.drv.streamSynchronize, b.strm)))
-		return b.err
+	return b.opErr(desc("Sync"), func() error {
+		b.fail(b.synchronize("cuStreamSynchronize"))
+		return nil
 	})
 }

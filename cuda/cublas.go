@@ -1,14 +1,16 @@
 package cuda
 
 import (
-	"fmt"
 	"unsafe"
+
+	"github.com/ebitengine/purego"
 )
 
 // cublas holds the cuBLAS entry points: one handle per backend, bound to its stream.
 type cublas struct {
 	path                                                       string
 	create, setStream, gemmEx, gemmStridedBatched, setMathMode uintptr
+	statusName, statusString                                   uintptr // 0 before cuBLAS 11.4
 }
 
 // cuBLAS and CUDA data-type constants (cublas_api.h, library_types.h).
@@ -38,14 +40,28 @@ func loadCublas() (*cublas, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Optional: cublasGetStatusName and cublasGetStatusString came with cuBLAS 11.4.
+	c.statusName, _ = purego.Dlsym(h, "cublasGetStatusName")
+	c.statusString, _ = purego.Dlsym(h, "cublasGetStatusString")
 	return c, nil
 }
 
+// check turns a cublasStatus_t into an *Error naming the call and the status (cuBLAS's own
+// name and description where it has cublasGetStatusName, else the header's name).
 func (c *cublas) check(what string, r int) error {
 	if r == 0 {
 		return nil
 	}
-	return fmt.Errorf("cuda: %s: cuBLAS status %d", what, r)
+	e := &Error{Call: what, Lib: libCublas, Code: r, Name: statusName(cublasStatusNames, libCublas, r)}
+	if c.statusName != 0 {
+		if n := gostr(callPtr(c.statusName, uintptr(r))); n != "" {
+			e.Name = n
+		}
+	}
+	if c.statusString != 0 {
+		e.Desc = gostr(callPtr(c.statusString, uintptr(r)))
+	}
+	return e
 }
 
 // gemm is one column-major cublasGemmEx: C[m,n] = alpha·op(A)·op(B) + beta·C with fp32 scalars

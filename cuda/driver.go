@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"fmt"
 	"os"
 	"unsafe"
 
@@ -62,15 +61,24 @@ func loadDriver() (*driver, error) {
 	return d, nil
 }
 
-// check turns a CUresult into an error naming the call.
+// check turns a CUresult into an *Error naming the call: the name and description from
+// cuGetErrorName and cuGetErrorString, the header's name where the driver does not know it.
 func (d *driver) check(what string, r int) error {
 	if r == 0 {
 		return nil
 	}
 	var name, desc uintptr
-	call(d.getErrorName, uintptr(r), uintptr(unsafe.Pointer(&name)))
-	call(d.getErrorString, uintptr(r), uintptr(unsafe.Pointer(&desc)))
-	return fmt.Errorf("cuda: %s: %s (%d): %s", what, gostr(name), r, gostr(desc))
+	e := &Error{Call: what, Lib: libDriver, Code: r, Fatal: driverFatal[r]}
+	if call(d.getErrorName, uintptr(r), uintptr(unsafe.Pointer(&name))) == 0 {
+		e.Name = gostr(name)
+	}
+	if call(d.getErrorString, uintptr(r), uintptr(unsafe.Pointer(&desc))) == 0 {
+		e.Desc = gostr(desc)
+	}
+	if e.Name == "" {
+		e.Name = statusName(driverErrorNames, libDriver, r)
+	}
+	return e
 }
 
 // Device attributes (CUdevice_attribute).

@@ -3,7 +3,6 @@ package cuda
 import (
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -274,13 +273,14 @@ func TestAllocatorReclaim(t *testing.T) {
 	}
 }
 
-// TestOpsAfterDeviceError: after a device error (sticky) no op touches the device: every op
-// returns at once, without running its body (the tensors here have no device memory, so a body
-// that ran would panic), releases the backend's lock, and the ops that return an error return
-// the sticky one with their zero results (Alloc: a tensor without memory; SumSquares: NaN).
-func TestOpsAfterDeviceError(t *testing.T) {
+// TestOpsAfterFatalError: after a fatal device error (a kernel fault: the context is lost) no
+// op touches the device: every op returns at once, without running its body (the tensors here
+// have no device memory, so a body that ran would panic), releases the backend's lock, and the
+// ops that return an error return the fatal one with their zero results (Alloc: a tensor
+// without memory; SumSquares: 0 and the error).
+func TestOpsAfterFatalError(t *testing.T) {
 	sticky := errors.New("CUDA_ERROR_ILLEGAL_ADDRESS (a test's)")
-	b := &Backend{err: sticky}
+	b := &Backend{dead: sticky}
 	ten := func(shape ...int) *engine.Tensor { return &engine.Tensor{Shape: shape, DType: engine.F32} }
 	x, w, lse := ten(2, 4), ten(4, 4), ten(2, 1)
 	seq := []int32{0, 2}
@@ -327,10 +327,11 @@ func TestOpsAfterDeviceError(t *testing.T) {
 			return isSticky(err)
 		}},
 		{"SumSquares", func() error {
-			if s := b.SumSquares(x); !math.IsNaN(s) {
-				return fmt.Errorf("SumSquares = %g, want NaN", s)
+			s, err := b.SumSquares(x)
+			if s != 0 {
+				return fmt.Errorf("SumSquares = %g", s)
 			}
-			return nil
+			return isSticky(err)
 		}},
 		{"StartProfile", func() error { return isSticky(b.StartProfile(4)) }},
 		{"StopProfile", func() error {

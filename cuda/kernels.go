@@ -99,9 +99,10 @@ func storePTX(dir, key string, ptx []byte) error {
 	return os.Rename(f.Name(), filepath.Join(dir, key+".ptx"))
 }
 
-// compileKernels returns the PTX of all kernels for arch, from the disk cache when there,
+// compileKernels returns the PTX (for compute_XY) or cubin (sm_XY) of all kernels for arch, from
+// the disk cache when there (the key holds the arch, so both kinds share the .ptx files),
 // else compiled by NVRTC and stored. fromCache says which.
-func compileKernels(n *nvrtc, arch string) (ptx []byte, fromCache bool, err error) {
+func compileKernels(n compiler, arch string) (ptx []byte, fromCache bool, err error) {
 	src := KernelSource()
 	ver, err := n.Version()
 	if err != nil {

@@ -85,9 +85,25 @@ func symbols(lib uintptr, libName string, syms map[string]*uintptr) error {
 //
 //go:uintptrescapes
 func call(fn uintptr, args ...uintptr) int {
+	if callHook != nil {
+		return int(int32(callHook(fn, args)))
+	}
 	r, _, _ := purego.SyscallN(fn, args...)
 	return int(int32(r))
 }
+
+// callPtr runs a C function that returns a pointer (a const char* status name).
+func callPtr(fn uintptr, args ...uintptr) uintptr {
+	if callHook != nil {
+		return callHook(fn, args)
+	}
+	r, _, _ := purego.SyscallN(fn, args...)
+	return r
+}
+
+// callHook, when set (by tests), runs every C call of the package in place of the library: a
+// fake driver, cuBLAS and NVRTC whose function addresses are the hook's own small numbers.
+var callHook func(fn uintptr, args []uintptr) uintptr
 
 // cstr returns a NUL-terminated copy of s.
 func cstr(s string) *byte {

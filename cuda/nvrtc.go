@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strings"
 	"unsafe"
 
@@ -14,6 +15,17 @@ type nvrtc struct {
 	path                                  string
 	version, create, compile, destroy     uintptr
 	logSize, log, ptxSize, ptx, errString uintptr
+	numArchs, archs, cubinSize, cubin     uintptr // 0 where this NVRTC lacks them (before 11.2)
+}
+
+// compiler is what the backend needs of NVRTC (tests put a fake in its place).
+type compiler interface {
+	// Version is NVRTC's "major.minor".
+	Version() (string, error)
+	// SupportedArchs lists the architectures it compiles for (80 for sm_80), ascending.
+	SupportedArchs() ([]int, error)
+	// Compile compiles source for arch: "compute_XY" gives PTX, "sm_XY" a cubin.
+	Compile(src, name, arch string) (code []byte, log string, err error)
 }
 
 func loadNVRTC() (*nvrtc, error) {
@@ -39,14 +51,51 @@ func loadNVRTC() (*nvrtc, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Optional: the architecture list (NVRTC 11.2) and cubins (11.1).
+	n.numArchs, _ = purego.Dlsym(h, "nvrtcGetNumSupportedArchs")
+	n.archs, _ = purego.Dlsym(h, "nvrtcGetSupportedArchs")
+	n.cubinSize, _ = purego.Dlsym(h, "nvrtcGetCUBINSize")
+	n.cubin, _ = purego.Dlsym(h, "nvrtcGetCUBIN")
 	return n, nil
 }
 
+// check turns an nvrtcResult into an *Error naming the call and the result (NVRTC's own
+// nvrtcGetErrorString, which gives the header's name, else the table's).
 func (n *nvrtc) check(what string, r int) error {
 	if r == 0 {
 		return nil
 	}
-	return fmt.Errorf("cuda: %s: nvrtc error %d", what, r)
+	e := &Error{Call: what, Lib: libNVRTC, Code: r, Name: statusName(nvrtcResultNames, libNVRTC, r)}
+	if n.errString != 0 {
+		if s := gostr(callPtr(n.errString, uintptr(r))); s != "" {
+			e.Name = s
+		}
+	}
+	return e
+}
+
+// SupportedArchs implements compiler.
+func (n *nvrtc) SupportedArchs() ([]int, error) {
+	if n.numArchs == 0 || n.archs == 0 {
+		return nil, fmt.Errorf("cuda: %s has no nvrtcGetSupportedArchs (NVRTC before 11.2)", n.path)
+	}
+	var count int32
+	if err := n.check("nvrtcGetNumSupportedArchs", call(n.numArchs, uintptr(unsafe.Pointer(&count)))); err != nil {
+		return nil, err
+	}
+	if count <= 0 {
+		return nil, nil
+	}
+	archs := make([]int32, count)
+	if err := n.check("nvrtcGetSupportedArchs", call(n.archs, uintptr(unsafe.Pointer(&archs[0])))); err != nil {
+		return nil, err
+	}
+	out := make([]int, count)
+	for i, a := range archs {
+		out[i] = int(a)
+	}
+	sort.Ints(out)
+	return out, nil
 }
 
 // Version is NVRTC's "major.minor".
@@ -64,9 +113,17 @@ func compileOptions(arch string) []string {
 	return []string{"--gpu-architecture=" + arch, "--std=c++17", "-lineinfo"}
 }
 
-// Compile compiles CUDA C source to PTX for arch. The compiler's log comes back too: a warning
-// leaves it non-empty, and the tests treat that as a failure.
-func (n *nvrtc) Compile(src, name, arch string) (ptx []byte, log string, err error) {
+// Compile compiles CUDA C source to PTX for a virtual architecture ("compute_90") or to a cubin
+// for a real one ("sm_90"). The compiler's log comes back too: a warning leaves it non-empty,
+// and the tests treat that as a failure.
+func (n *nvrtc) Compile(src, name, arch string) (code []byte, log string, err error) {
+	sizeFn, getFn, what := n.ptxSize, n.ptx, "nvrtcGetPTX"
+	if strings.HasPrefix(arch, "sm_") {
+		if n.cubinSize == 0 || n.cubin == 0 {
+			return nil, "", fmt.Errorf("cuda: %s cannot make cubins (no nvrtcGetCUBIN: NVRTC before 11.1)", n.path)
+		}
+		sizeFn, getFn, what = n.cubinSize, n.cubin, "nvrtcGetCUBIN"
+	}
 	var prog uintptr
 	if err := n.check("nvrtcCreateProgram", call(n.create, uintptr(unsafe.Pointer(&prog)),
 		uintptr(unsafe.Pointer(cstr(src))), uintptr(unsafe.Pointer(cstr(name))), 0, 0, 0)); err != nil {
@@ -86,14 +143,14 @@ func (n *nvrtc) Compile(src, name, arch string) (ptx []byte, log string, err err
 		log = strings.TrimRight(string(buf), "\x00\n ")
 	}
 	if r != 0 {
-		return nil, log, fmt.Errorf("cuda: compiling %s for %s failed (nvrtc error %d):\n%s", name, arch, r, log)
+		return nil, log, fmt.Errorf("cuda: compiling %s for %s failed: %w:\n%s", name, arch, n.check("nvrtcCompileProgram", r), log)
 	}
-	if err := n.check("nvrtcGetPTXSize", call(n.ptxSize, prog, uintptr(unsafe.Pointer(&size)))); err != nil {
+	if err := n.check(what+"Size", call(sizeFn, prog, uintptr(unsafe.Pointer(&size)))); err != nil {
 		return nil, log, err
 	}
-	ptx = make([]byte, size)
-	if err := n.check("nvrtcGetPTX", call(n.ptx, prog, uintptr(unsafe.Pointer(&ptx[0])))); err != nil {
+	code = make([]byte, size)
+	if err := n.check(what, call(getFn, prog, uintptr(unsafe.Pointer(&code[0])))); err != nil {
 		return nil, log, err
 	}
-	return ptx, log, nil
+	return code, log, nil
 }

@@ -17,7 +17,7 @@ func (b *Backend) Embedding(out, table *engine.Tensor, ids []int32) { b.GatherRo
 
 // GatherRows implements engine.Backend.
 func (b *Backend) GatherRows(out, x *engine.Tensor, rows []int32) {
-	b.op(func() {
+	b.op(desc("GatherRows out x", out, x), func() {
 		touched(out)
 		b.launchGatherRows([3]int{len(rows), 1, 1}, 256, ptr(out), ptr(x), b.ints(rows), int32(x.Cols()))
 	})
@@ -47,7 +47,7 @@ func (b *Backend) bf16Copy(w *engine.Tensor) dptr {
 func (b *Backend) useBF16(w *engine.Tensor) bool { return w.DType == engine.BF16 || b.opts.BF16Matmul }
 
 func (b *Backend) gemm(what string, g gemm) {
-	if b.err != nil || g.m == 0 || g.n == 0 {
+	if b.failed() || g.m == 0 || g.n == 0 {
 		return
 	}
 	alpha, beta := new(float32), new(float32)
@@ -63,19 +63,24 @@ func (b *Backend) gemm(what string, g gemm) {
 		return
 	}
 	ev := b.profStart()
-	fn := b.blas.gemmEx
+	fn, name := b.blas.gemmEx, "cublasGemmEx"
 	if g.batch > 0 {
-		fn = b.blas.gemmStridedBatched
+		fn, name = b.blas.gemmStridedBatched, "cublasGemmStridedBatchedEx"
 	}
 	r := call(fn, g.args(b.hblas, alpha, beta)...)
+	err := b.blas.check(fmt.Sprintf("%s %s (m=%d n=%d k=%d)", name, what, g.m, g.n, g.k), r)
+	if outOfMemory(err) {
+		// cuBLAS could not allocate its workspace: give the allocator's cache back and retry once.
+		b.alloc.Trim()
+		r = call(fn, g.args(b.hblas, alpha, beta)...)
+		err = b.blas.check(fmt.Sprintf("%s %s (m=%d n=%d k=%d, after releasing the allocator's cache)", name, what, g.m, g.n, g.k), r)
+	}
 	runtime.KeepAlive(alpha)
 	runtime.KeepAlive(beta)
 	if ev != 0 {
 		b.profEnd(fmt.Sprintf("cublas %s %s", what, map[int]string{dtF32: "f32", dtBF16: "bf16"}[g.aType]), ev)
 	}
-	if r != 0 {
-		b.fail(b.blas.check(fmt.Sprintf("%s (m=%d n=%d k=%d)", what, g.m, g.n, g.k), r))
-	}
+	b.fail(err)
 }
 
 // gemvMaxRows is the most rows of x the matrix-vector kernels take (GEMV_MAXM in gemv.cu).
@@ -88,7 +93,7 @@ func (b *Backend) MatMul(out, x, w *engine.Tensor) {
 	if w.Shape[1] != k || out.Cols() != n || out.Rows() != m {
 		panic(fmt.Sprintf("cuda: matmul shapes out %v x %v w %v", out.Shape, x.Shape, w.Shape))
 	}
-	b.op(func() {
+	b.op(desc("MatMul out x w", out, x, w), func() {
 		touched(out)
 		if m <= gemvMaxRows && k%8 == 0 {
 			// Decoding: a matrix-vector kernel reads the weight once, x stays fp32. Rows of 4096 and
@@ -125,7 +130,7 @@ func (b *Backend) operands(g *gemm, bf16 bool, a, x *engine.Tensor) {
 
 // AddBias implements engine.Backend.
 func (b *Backend) AddBias(x, bias *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("AddBias x bias", x, bias), func() {
 		n := int64(x.Len())
 		b.launchAddBias(b.gridFor(n), 256, ptr(x), ptr(bias), n, int32(bias.Len()))
 		touched(x)
@@ -134,7 +139,7 @@ func (b *Backend) AddBias(x, bias *engine.Tensor) {
 
 // RMSNorm implements engine.Backend.
 func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
-	b.op(func() {
+	b.op(desc("RMSNorm out x w", out, x, w), func() {
 		touched(out)
 		n := w.Len()
 		b.launchRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
@@ -143,7 +148,7 @@ func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 
 // RoPE implements engine.Backend.
 func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("RoPE x cos sin", x, cos, sin), func() {
 		touched(x)
 		pairs := int64(len(pos)) * int64(x.Cols()/2)
 		b.launchRope(b.gridFor(pairs), 256, ptr(x), b.constInts(pos), ptr(cos), ptr(sin),
@@ -153,7 +158,7 @@ func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 
 // SwiGLU implements engine.Backend.
 func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("SwiGLU out gate up", out, gate, up), func() {
 		touched(out)
 		n := int64(out.Len())
 		b.launchSwiglu(b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
@@ -162,7 +167,7 @@ func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 
 // Add implements engine.Backend.
 func (b *Backend) Add(out, x, y *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("Add out x y", out, x, y), func() {
 		n := int64(out.Len())
 		b.launchAdd(b.gridFor(n), 256, ptr(out), ptr(x), ptr(y), n)
 		touched(out)
@@ -195,12 +200,12 @@ func (s *kvStore) Grow(n int) error {
 		return nil
 	}
 	b := s.b
-	return b.opErr(func() error {
+	return b.opErr(desc("KVStore.Grow"), func() error {
 		for l := 0; l < s.layers; l++ {
 			for _, bufs := range [][]uint64{s.k, s.v} {
 				p := b.devAlloc(uint64(n) * s.per())
 				if p == 0 {
-					return b.err
+					return nil
 				}
 				if bufs[l] != 0 {
 					b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
@@ -209,14 +214,17 @@ func (s *kvStore) Grow(n int) error {
 				bufs[l] = p
 			}
 		}
+		if b.failed() {
+			return nil
+		}
 		s.blocks = n
-		return b.err
+		return nil
 	})
 }
 
 func (s *kvStore) CopyBlock(dst, src int) {
 	b := s.b
-	b.op(func() {
+	b.op(desc("KVStore.CopyBlock"), func() {
 		per := s.per()
 		for l := 0; l < s.layers; l++ {
 			for _, p := range []uint64{s.k[l], s.v[l]} {
@@ -265,7 +273,7 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 			meta[2*t+1] = ab.CtxLen[sq] - nNew + (t - ab.SeqStart[sq])
 		}
 	}
-	b.op(func() {
+	b.op(desc("Attention out q k v", out, q, k, v), func() {
 		touched(out)
 		b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
 			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
@@ -306,7 +314,7 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	}
 	var ids []int32 // nil when the op does not run
 	var lps []float32
-	err := b.opErr(func() error {
+	err := b.opErr(desc("Sample logits", logits), func() error {
 		ids, lps = make([]int32, R), make([]float32, R)
 		for si, set := range [][]int32{plain, filtered} {
 			n := len(set)
@@ -335,7 +343,10 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 				ids[r], lps[r] = gotIDs[i], gotLps[i]
 			}
 		}
-		return b.err
+		if b.failed() {
+			ids, lps = nil, nil
+		}
+		return nil
 	})
 	return ids, lps, err
 }
@@ -358,13 +369,16 @@ func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature f
 		return make([]float32, 0), make([]float32, 0), nil
 	}
 	var lp, ent []float32 // nil when the op does not run
-	err := b.opErr(func() error {
+	err := b.opErr(desc("LogProbs logits", logits), func() error {
 		lp, ent = make([]float32, R), make([]float32, R)
 		dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
 		b.launchLogprobs([3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
 		b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
 		b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
-		return b.err
+		if b.failed() {
+			lp, ent = nil, nil
+		}
+		return nil
 	})
 	return lp, ent, err
 }

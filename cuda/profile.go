@@ -38,7 +38,7 @@ type profEntry struct {
 // StartProfile times every op enqueued from now on with a pair of CUDA events, up to maxOps.
 // Events cost host time: profile to see where GPU time goes, not to measure throughput.
 func (b *Backend) StartProfile(maxOps int) error {
-	return b.opErr(func() error {
+	return b.opErr(desc("StartProfile"), func() error {
 		p := &profiler{max: maxOps}
 		for len(b.events) < 2*maxOps { // events are kept for the next profile
 			var ev uintptr
@@ -77,7 +77,7 @@ func (b *Backend) profEnd(name string, start uintptr) {
 // StopProfile waits for the stream and returns the per-kernel times, largest first.
 func (b *Backend) StopProfile() (*Profile, error) {
 	var res *Profile // nil unless the op succeeds
-	err := b.opErr(func() error {
+	err := b.opErr(desc("StopProfile"), func() error {
 		p := b.prof
 		b.prof = nil
 		if p == nil {

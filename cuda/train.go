@@ -30,7 +30,7 @@ func (b *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
 	if w.Shape[0] != n || dx.Cols() != k || dx.Rows() != m {
 		panic(fmt.Sprintf("cuda: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
 	}
-	b.op(func() {
+	b.op(desc("MatMulDX dx dy w", dx, dy, w), func() {
 		touched(dx)
 		g := gemm{transA: opN, transB: opN, m: k, n: m, k: n, lda: k, ldb: n, c: uint64(ptr(dx)), cType: dtF32, ldc: k, compute: computeF32}
 		b.operands(&g, b.useBF16(w), w, dy)
@@ -45,7 +45,7 @@ func (b *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
 		panic(fmt.Sprintf("cuda: matmul dw shapes dw %v dy %v x %v", dw.Shape, dy.Shape, x.Shape))
 	}
-	b.op(func() {
+	b.op(desc("MatMulDW dw dy x", dw, dy, x), func() {
 		g := gemm{transA: opN, transB: opT, m: k, n: n, k: m, lda: k, ldb: n, beta: 1, c: uint64(ptr(dw)), cType: dtF32, ldc: k, compute: computeF32}
 		b.operands(&g, b.opts.BF16Matmul, x, dy)
 		b.gemm("MatMulDW", g)
@@ -64,7 +64,7 @@ func (b *Backend) colSplits(rows, cols int) int {
 
 // BiasDW implements engine.TrainBackend: partial column sums in double, added in order.
 func (b *Backend) BiasDW(db, dy *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("BiasDW db dy", db, dy), func() {
 		n := db.Len()
 		m := dy.Len() / n
 		z := b.colSplits(m, n)
@@ -78,7 +78,7 @@ func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 // RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (partial
 // column sums over groups, added in order), then dx (which may alias dy, so it comes last).
 func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
-	b.op(func() {
+	b.op(desc("RMSNormBackward dx dw dy x w", dx, dw, dy, x, w), func() {
 		n := w.Len()
 		groups := x.Len() / n
 		stats := dptr(b.tmp(uint64(16 * max(groups, 1))))
@@ -98,7 +98,7 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 
 // SwiGLUBackward implements engine.TrainBackend.
 func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
-	b.op(func() {
+	b.op(desc("SwiGLUBackward dgate dup dout gate up", dgate, dup, dout, gate, up), func() {
 		touched(dgate, dup)
 		n := int64(dout.Len())
 		b.launchSwigluBwd(b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
@@ -136,7 +136,7 @@ func (b *Backend) ScatterAddRows(out, x *engine.Tensor, rows []int32) {
 		return
 	}
 	meta, u := scatterMeta(rows)
-	b.op(func() {
+	b.op(desc("ScatterAddRows out x", out, x), func() {
 		b.launchScatterAddRows([3]int{u, 1, 1}, 256, ptr(out), ptr(x), b.ints(meta), int32(u), int32(x.Cols()))
 		touched(out)
 	})
@@ -148,7 +148,7 @@ func (b *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 	if R == 0 {
 		return
 	}
-	b.op(func() {
+	b.op(desc("LogProbsBackward dlogits logits", dlogits, logits), func() {
 		touched(dlogits)
 		var de dptr
 		if dent != nil {
@@ -159,30 +159,31 @@ func (b *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 	})
 }
 
-// SumSquares implements engine.TrainBackend: block partials in double, added on the host in order.
-func (b *Backend) SumSquares(x *engine.Tensor) float64 {
-	s := math.NaN() // after a device error
-	b.op(func() {
+// SumSquares implements engine.TrainBackend: block partials in double, added on the host in
+// order. A device error (its own, or one an earlier op left) is returned, not a NaN.
+func (b *Backend) SumSquares(x *engine.Tensor) (float64, error) {
+	var s float64
+	err := b.opErr(desc("SumSquares x", x), func() error {
 		n := int64(x.Len())
 		grid := b.gridFor(n)
 		part := b.tmp(uint64(8 * grid[0]))
 		b.launchSumsqPartial(grid, 256, dptr(part), ptr(x), n)
 		host := make([]float64, grid[0])
 		b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))
-		if b.err != nil {
-			return
-		}
-		s = 0
 		for _, v := range host {
 			s += v
 		}
+		return nil
 	})
-	return s
+	if err != nil {
+		return 0, err
+	}
+	return s, nil
 }
 
 // Scale implements engine.TrainBackend.
 func (b *Backend) Scale(x *engine.Tensor, s float32) {
-	b.op(func() {
+	b.op(desc("Scale x", x), func() {
 		n := int64(x.Len())
 		b.launchScale(b.gridFor(n), 256, ptr(x), s, n)
 		touched(x)
@@ -194,7 +195,7 @@ func (b *Backend) Copy(dst, src *engine.Tensor) {
 	if dst.Len() != src.Len() {
 		panic(fmt.Sprintf("cuda: copy of %v into %v", src.Shape, dst.Shape))
 	}
-	b.op(func() {
+	b.op(desc("Copy dst src", dst, src), func() {
 		b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(ptr(dst)), uintptr(ptr(src)), uintptr(4*src.Len()), b.strm)))
 		touched(dst)
 	})
@@ -202,7 +203,7 @@ func (b *Backend) Copy(dst, src *engine.Tensor) {
 
 // AdamW implements engine.TrainBackend, with the constants folded as the CPU backend folds them.
 func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
-	b.op(func() {
+	b.op(desc("AdamW p g m v", p, g, m, v), func() {
 		touched(m, v)
 		n := int64(p.Len())
 		b.launchAdamw(b.gridFor(n), 256, ptr(p), ptr(g), ptr(m), ptr(v), n,
@@ -289,7 +290,7 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 	sh := trainShape(lse, q, k)
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
-	b.op(func() {
+	b.op(desc("AttentionTrain out lse q k v", out, lse, q, k, v), func() {
 		touched(out, lse)
 		scale := float32(1 / math.Sqrt(float64(sh.dh)))
 		if len(long) < len(seqStart)-1 {
@@ -329,7 +330,7 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.
 	sh := trainShape(lse, q, k)
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
-	b.op(func() {
+	b.op(desc("AttentionBackward dq dk dv dout q k v out lse", dq, dk, dv, dout, q, k, v, out, lse), func() {
 		touched(dq, dk, dv)
 		scale := float32(1 / math.Sqrt(float64(sh.dh)))
 		D := dptr(b.tmp(uint64(4 * max(sh.T*sh.nh, 1))))

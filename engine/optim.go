@@ -111,12 +111,17 @@ type OptStats struct {
 
 // Step clips the accumulated gradients to the global norm, applies one AdamW update to every
 // trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
-// unchanged and returns an error.
+// unchanged and returns an error; so does a device error computing the norm, which leaves the
+// gradients as well.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
 	var ss float64
 	for _, name := range t.names {
-		ss += t.b.SumSquares(t.grads[name])
+		s, err := t.b.SumSquares(t.grads[name])
+		if err != nil {
+			return OptStats{Step: o.step}, fmt.Errorf("adamw: gradient norm of %s: %w", name, err)
+		}
+		ss += s
 	}
 	norm := math.Sqrt(ss)
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {

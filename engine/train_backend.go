@@ -44,8 +44,9 @@ type TrainBackend interface {
 	// logits.
 	LogProbsBackward(dlogits, logits *Tensor, targets []int32, dlogp, dent []float32, temperature float32)
 
-	// SumSquares returns Σ x² (for the global gradient norm).
-	SumSquares(x *Tensor) float64
+	// SumSquares returns Σ x² (for the global gradient norm), or the device error that kept it
+	// from being computed (never a NaN standing for one).
+	SumSquares(x *Tensor) (float64, error)
 	// Scale: x *= s; s == 0 clears x (NaN and Inf included).
 	Scale(x *Tensor, s float32)
 	// Copy: dst = src, same number of elements (dst may be a parameter).

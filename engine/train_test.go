@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -437,6 +439,44 @@ func TestSnapshotIsFrozen(t *testing.T) {
 	for j, v := range pol2[0].LogProbs {
 		if math.Abs(float64(v)-st.LogProb[0][j]) > 1e-5 {
 			t.Fatalf("token %d: Score %g, ForwardBackward %g", j, v, st.LogProb[0][j])
+		}
+	}
+}
+
+// sumSquaresFails is the CPU backend with a device that fails SumSquares.
+type sumSquaresFails struct{ *cpu.Backend }
+
+func (sumSquaresFails) SumSquares(*engine.Tensor) (float64, error) {
+	return 0, fmt.Errorf("cuda: SumSquares x [4]: cuMemcpyDtoHAsync: CUDA_ERROR_INVALID_VALUE (1) (a test's)")
+}
+
+// TestStepReportsDeviceError: a device error while computing the gradient norm is the step's
+// error, naming the weight, and the weights do not move (it was a NaN gradient norm before).
+func TestStepReportsDeviceError(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	m, err := engine.NewModel(g.cfg, sumSquaresFails{cpu.New()}, g.weights, engine.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := trainBatch(rand.New(rand.NewPCG(2, 2)), g.cfg.VocabSize, 10)
+	if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tr.Step()
+	if err == nil || !strings.Contains(err.Error(), "adamw: gradient norm of ") || !strings.Contains(err.Error(), "CUDA_ERROR_INVALID_VALUE (1) (a test's)") {
+		t.Fatalf("step: %v", err)
+	}
+	after, err := tr.Model.HostWeights()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, w := range g.weights {
+		if !slices.Equal(after[name].Data, w.Data) {
+			t.Fatalf("%s moved in a failed step", name)
 		}
 	}
 }

@@ -22,6 +22,15 @@ __device__ __forceinline__ bf16 f32_to_bf16(float f) {
 	return (bf16)(u >> 16);
 }
 
+// tempered(x, inv, m) = x·inv - m in double, each operation rounded on its own, as the CPU
+// reference computes a tempered logit minus the row's maximum (engine/sample.go: the Go
+// compiler never fuses on amd64). The intrinsics keep NVRTC from contracting the two into one
+// fused multiply-add (its default, --fmad=true), whose single rounding lands on another
+// double now and then, and so, through exp, on other sums and other log-probs.
+__device__ __forceinline__ double tempered(float x, double inv, double m) {
+	return __dsub_rn(__dmul_rn((double)x, inv), m);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;

@@ -1,6 +1,8 @@
 // Log-softmax, per-token log-prob and entropy, their backward, and sampling. One block per row
 // of logits [R, V]; the row's max in fp32 and its sums of exponentials in double, as the CPU
-// reference computes them (engine/sample.go).
+// reference computes them (engine/sample.go): z = tempered(x, inv, m) (no fused multiply-add),
+// exp(z), and a token's log-prob z - log(mass), the formula of LogProbEntropy and of the
+// sampler (engine.logProb).
 
 // row_stats: m = max(x)·inv, s = Σ exp(x·inv - m), sz = Σ exp(·)·(x·inv - m), to every thread.
 __device__ void row_stats(const float* x, int V, double inv, double* m, double* s, double* sz) {
@@ -12,10 +14,10 @@ __device__ void row_stats(const float* x, int V, double inv, double* m, double* 
 	double mm = (double)mx * inv;
 	double a = 0, b = 0;
 	for (int i = threadIdx.x; i < V; i += blockDim.x) {
-		double z = (double)x[i] * inv - mm;
+		double z = tempered(x[i], inv, mm);
 		double e = exp(z);
 		a += e;
-		b += e * z;
+		b = __dadd_rn(b, __dmul_rn(e, z));
 	}
 	*m = mm;
 	*s = block_sum_d(a, shd);
@@ -30,7 +32,7 @@ extern "C" __global__ void logprobs(float* lp, float* ent, const float* logits, 
 	row_stats(x, V, inv, &m, &s, &sz);
 	if (threadIdx.x == 0) {
 		double lse = log(s);
-		lp[blockIdx.x] = (float)((double)x[targets[blockIdx.x]] * inv - m - lse);
+		lp[blockIdx.x] = (float)__dsub_rn(tempered(x[targets[blockIdx.x]], inv, m), lse);
 		ent[blockIdx.x] = (float)(lse - sz / s);
 	}
 }
@@ -77,7 +79,8 @@ extern "C" __global__ void logprobs_bwd(float* dlogits, const float* logits, con
 // block calls it. Each thread sums its chunk of ids, thread 0 turns the chunk sums into
 // exclusive prefix sums in thread order, and the thread whose chunk holds u·Z walks it. When
 // rounding leaves u·Z at or past the end, the last kept id. Thread 0 writes the id to *id and
-// its log-prob, log(exp(x_id·inv - m) / Z), to *lp. sample_rows keeps every id, sample_topkp
+// its log-prob, z_id - log(Z) with z_id = x_id·inv - m (the CPU's formula, engine.logProb), to
+// *lp. sample_rows keeps every id, sample_topkp
 // those top-k / top-p kept.
 template <typename Keep>
 __device__ void sample_walk(const float* x, int V, double inv, double m, double u01, Keep keep, int* id, float* lp) {
@@ -89,7 +92,7 @@ __device__ void sample_walk(const float* x, int V, double inv, double m, double 
 	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
 	double s = 0;
 	for (int i = c0; i < c1; i++) {
-		if (keep(i, x[i])) s += exp((double)x[i] * inv - m);
+		if (keep(i, x[i])) s += exp(tempered(x[i], inv, m));
 	}
 	pre[tid] = s;
 	if (tid == 0) pick = -1;
@@ -112,7 +115,7 @@ __device__ void sample_walk(const float* x, int V, double inv, double m, double 
 		for (int i = c0; i < c1; i++) {
 			if (!keep(i, x[i])) continue;
 			p = i;
-			c += exp((double)x[i] * inv - m);
+			c += exp(tempered(x[i], inv, m));
 			if (u < c) break;
 		}
 		pick = p;
@@ -126,7 +129,7 @@ __device__ void sample_walk(const float* x, int V, double inv, double m, double 
 			}
 		}
 		*id = p;
-		*lp = (float)log(exp((double)x[p] * inv - m) / z);
+		*lp = (float)__dsub_rn(tempered(x[p], inv, m), log(z));
 	}
 }
 
@@ -165,7 +168,7 @@ extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits
 		row_stats(x, V, 1.0, &m, &s, &sz);
 		if (tid == 0) {
 			ids[b] = pick;
-			lps[b] = (float)((double)x[pick] - m - log(s));
+			lps[b] = (float)__dsub_rn(tempered(x[pick], 1.0, m), log(s));
 		}
 		return;
 	}
@@ -200,7 +203,7 @@ __device__ int count_ge(const float* x, int V, u32 t, double* sh) {
 __device__ double mass_ge(const float* x, int V, u32 t, double inv, double m, double* sh) {
 	double s = 0;
 	for (int i = threadIdx.x; i < V; i += blockDim.x)
-		if (order_key(x[i]) >= t) s += exp((double)x[i] * inv - m);
+		if (order_key(x[i]) >= t) s += exp(tempered(x[i], inv, m));
 	return block_sum_d(s, sh);
 }
 
@@ -229,7 +232,7 @@ __device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double 
 			if (order_key(x[i]) != t) continue;
 			last = i;
 			taken++;
-			acc += exp((double)x[i] * inv - m);
+			acc += exp(tempered(x[i], inv, m));
 			if (acc >= need) break;
 		}
 		cut = last;
@@ -271,7 +274,7 @@ extern "C" __global__ void sample_topkp(int* ids, float* lps, const float* logit
 			keptMass = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd);
 			double s = 0;
 			for (int i = tid; i < V; i += blockDim.x)
-				if (order_key(x[i]) == T && i <= tieCut) s += exp((double)x[i] * inv - m);
+				if (order_key(x[i]) == T && i <= tieCut) s += exp(tempered(x[i], inv, m));
 			keptMass += block_sum_d(s, shd);
 		} else {
 			keptMass = mass_ge(x, V, 0, inv, m, shd);

@@ -221,7 +221,7 @@ func TestThreads(t *testing.T) {
 		x, _ := c.Upload(engine.F32, xh, false, m, k)
 		s, _ := c.Upload(engine.F32, big, false, len(big))
 		if threads == 1 {
-			if got := c.SumSquares(s); math.Float64bits(got) != math.Float64bits(want) {
+			if got, err := c.SumSquares(s); err != nil || math.Float64bits(got) != math.Float64bits(want) {
 				t.Fatalf("one thread: SumSquares %v, serial sum %v", got, want)
 			}
 		}

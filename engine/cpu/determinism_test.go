@@ -43,7 +43,10 @@ func TestCPUReductionsDeterministic(t *testing.T) {
 		if err := c.Download(dw, got); err != nil {
 			t.Fatal(err)
 		}
-		ss := c.SumSquares(x)
+		ss, err := c.SumSquares(x)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if it == 0 {
 			firstDW, firstSS = got, ss
 			continue

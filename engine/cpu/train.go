@@ -322,7 +322,7 @@ func (c *Backend) LogProbsBackward(dlogits, logits *engine.Tensor, targets []int
 }
 
 // SumSquares implements engine.TrainBackend.
-func (c *Backend) SumSquares(x *engine.Tensor) float64 {
+func (c *Backend) SumSquares(x *engine.Tensor) (float64, error) {
 	xs := f32(x)
 	var mu sync.Mutex
 	partials := map[int]float64{} // by chunk start, added in order: deterministic
@@ -339,7 +339,7 @@ func (c *Backend) SumSquares(x *engine.Tensor) float64 {
 	for _, lo := range slices.Sorted(maps.Keys(partials)) {
 		total += partials[lo]
 	}
-	return total
+	return total, nil
 }
 
 // Scale implements engine.TrainBackend; s == 0 clears x (NaN and Inf included).

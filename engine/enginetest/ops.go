@@ -502,5 +502,27 @@ func sampleIDs(c *caseCtx, rows int, ties bool) {
 		r.BadIndex, r.Got, r.Want = first, float64(got.ids[first]), float64(want.ids[first])
 	}
 	c.add(r)
-	c.nmse("logprobs", gl, wl, c.tol.LogProbs)
+	c.add(sampledLogProbs(gl, wl))
+}
+
+// sampledLogProbs compares the log-probs of the rows that drew the same id bit for bit: a
+// backend's sampler computes them as the reference does (z - log(mass), mass summed in id order
+// over the kept tokens), so that rollouts carry the trainer's log-probs exactly.
+func sampledLogProbs(got, want []float32) Result {
+	r := Result{Name: "logprobs", Metric: MetricMismatch, BadIndex: -1}
+	bad := 0
+	for i := range want {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			if bad == 0 {
+				r.BadIndex, r.Got, r.Want = i, float64(got[i]), float64(want[i])
+			}
+			bad++
+		}
+	}
+	if len(want) > 0 {
+		r.Error = float64(bad) / float64(len(want))
+	}
+	r.Pass = bad == 0
+	r.Detail = fmt.Sprintf("%d of %d log-probs of rows that drew the same id differ in their bits", bad, len(want))
+	return r
 }

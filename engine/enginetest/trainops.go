@@ -188,8 +188,15 @@ func trainOpCases(o Options) []testCase {
 		cs = append(cs, testCase{fmt.Sprintf("SumSquares/n=%d", n), func(c *caseCtx) {
 			x := randn(c.rng, n, 3)
 			var got, want float64
-			withEnv(c.ref, func(e *env) []output { want = e.b.SumSquares(e.up(x, n)); return nil })
-			withEnv(c.b, func(e *env) []output { got = e.b.SumSquares(e.up(x, n)); return nil })
+			sumSquares := func(e *env) float64 {
+				s, err := e.b.SumSquares(e.up(x, n))
+				if err != nil {
+					panic(err)
+				}
+				return s
+			}
+			withEnv(c.ref, func(e *env) []output { want = sumSquares(e); return nil })
+			withEnv(c.b, func(e *env) []output { got = sumSquares(e); return nil })
 			rel := math.Abs(got-want) / want
 			r := Result{Metric: MetricRelErr, Error: rel, Tol: c.tol.SumSquares, Pass: rel <= c.tol.SumSquares, BadIndex: -1}
 			if !r.Pass {

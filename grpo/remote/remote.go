@@ -10,9 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,11 +44,12 @@ type Client struct {
 	// Model is the model name sent in requests (servers of one model ignore it).
 	Model string
 
-	next    atomic.Uint64
-	version atomic.Uint64
-	retries atomic.Uint64
-	once    sync.Once
-	load    []atomic.Int64 // requests in flight per server
+	next        atomic.Uint64
+	version     atomic.Uint64
+	pushedBytes atomic.Uint64
+	retries     atomic.Uint64
+	once        sync.Once
+	load        []atomic.Int64 // requests in flight per server
 }
 
 // New returns a client for the servers.
@@ -240,33 +241,108 @@ func (c *Client) complete(ctx context.Context, url string, req completionRequest
 // WeightVersion is the version the last response reported.
 func (c *Client) WeightVersion() uint64 { return c.version.Load() }
 
-// PushWeights sends weights (safetensors, F32: bit-exact) to every server and waits until each
-// serves them: as weight version version, or, when version is 0, as each server's next one.
+// PushWeights sends weights to every server and waits until each serves them: as weight
+// version version, or, when version is 0, as each server's next one. Each weight goes as a
+// safetensors tensor in the dtype the server computes it in, which it says at GET /v1/weights:
+// a --dtype bf16 server gets its linear weights as bf16 (half the bytes; it rounds them to
+// bf16, nearest even, when it loads them anyway, so it serves the same model), every other
+// weight and server (one that does not say, too) gets F32, bit-exact.
 func (c *Client) PushWeights(ctx context.Context, weights map[string]engine.HostTensor, version uint64) error {
-	dir, err := os.MkdirTemp("", "prolong-push-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "model.safetensors")
-	if err := checkpoints.WriteSafetensors(path, weights, checkpoints.F32, nil); err != nil {
-		return err
-	}
-	body, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	errs := make([]error, len(c.URLs))
+	t0 := time.Now()
+	n := len(c.URLs)
+	dtypes := make([]map[string]string, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i, url := range c.URLs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = c.push(ctx, url, body, version)
+			dtypes[i], errs[i] = c.weightDTypes(ctx, url)
 		}()
 	}
 	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// One body per distinct set of bf16 weights (servers of one kind share it).
+	bodies := map[string][]byte{}
+	keys := make([]string, n)
+	for i := range c.URLs {
+		var bf []string
+		for name, dt := range dtypes[i] {
+			if dt == string(checkpoints.BF16) {
+				bf = append(bf, name)
+			}
+		}
+		slices.Sort(bf)
+		keys[i] = strings.Join(bf, "\x00")
+		if _, ok := bodies[keys[i]]; ok {
+			continue
+		}
+		dt := dtypes[i]
+		dtypeOf := func(name string) checkpoints.DType {
+			if dt[name] == string(checkpoints.BF16) {
+				return checkpoints.BF16
+			}
+			return checkpoints.F32
+		}
+		size := 1 << 16 // the header
+		for name, w := range weights {
+			size += len(w.Data) * map[checkpoints.DType]int{checkpoints.F32: 4, checkpoints.BF16: 2}[dtypeOf(name)]
+		}
+		buf := bytes.NewBuffer(make([]byte, 0, size))
+		err := checkpoints.EncodeSafetensors(buf, weights, dtypeOf, nil)
+		if err != nil {
+			return fmt.Errorf("remote: encoding the weights for %s: %w", c.URLs[i], err)
+		}
+		bodies[keys[i]] = buf.Bytes()
+	}
+	var sent atomic.Int64
+	for i, url := range c.URLs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := bodies[keys[i]]
+			errs[i] = c.push(ctx, url, body, version)
+			sent.Add(int64(len(body)))
+		}()
+	}
+	wg.Wait()
+	c.pushedBytes.Add(uint64(sent.Load()))
+	slog.Debug("weights pushed", "servers", n, "bytes", sent.Load(), "seconds", time.Since(t0).Seconds())
 	return errors.Join(errs...)
+}
+
+// PushedBytes is how many bytes of weights PushWeights has sent, all servers together.
+func (c *Client) PushedBytes() uint64 { return c.pushedBytes.Load() }
+
+// weightDTypes asks a server the dtype it computes each weight in (GET /v1/weights). A server
+// without that endpoint (404, 405: one from before it) gets every weight as F32.
+func (c *Client) weightDTypes(ctx context.Context, url string) (map[string]string, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", url+"/v1/weights", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.APIKey)
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("remote: asking %s for its weight dtypes: %w", url, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		return nil, nil
+	case resp.StatusCode != 200:
+		return nil, fmt.Errorf("remote: asking %s for its weight dtypes: HTTP %d: %s", url, resp.StatusCode, bytes.TrimSpace(data))
+	}
+	var r struct {
+		DTypes map[string]string `json:"dtypes"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("remote: GET %s/v1/weights: %w (%.200s)", url, err, data)
+	}
+	return r.DTypes, nil
 }
 
 func (c *Client) push(ctx context.Context, url string, body []byte, version uint64) error {

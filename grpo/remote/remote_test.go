@@ -137,3 +137,125 @@ func TestRemoteEqualsEngine(t *testing.T) {
 		t.Error("a URL without a scheme was accepted")
 	}
 }
+
+// TestPushInComputeDType: a --dtype bf16 server gets its linear weights as bf16 (GET
+// /v1/weights says which), about half the bytes, and serves exactly what it serves when pushed
+// fp32 — tokens and log-probs to the bit, both equal to the in-process engine on bf16 weights —
+// since it rounds every linear weight to bf16 as it loads it. An fp32 server, and a server that
+// does not answer GET /v1/weights (one from before it, here behind a front that answers 404),
+// get every weight as F32.
+func TestPushInComputeDType(t *testing.T) {
+	cfg := &engine.Config{ModelType: "qwen2", VocabSize: 24, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
+		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
+		MaxPositionEmbeddings: 128, AttentionBias: true}
+	w1 := engine.RandomWeights(cfg, 1, 0.3)
+	dir := t.TempDir()
+	if err := checkpoints.Save(dir, cfg, w1, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bf16 := remotetest.Start(t, dir, 2, "--dtype", "bf16")
+	f32 := remotetest.Start(t, dir, 1)
+	// The server says what it computes each weight in.
+	req, _ := http.NewRequest("GET", bf16[0]+"/v1/weights", nil)
+	req.Header.Set("Authorization", "Bearer k")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`"dtype":"bf16"`, `"model.layers.0.self_attn.q_proj.weight":"BF16"`, `"lm_head.weight":"BF16"`,
+		`"model.embed_tokens.weight":"F32"`, `"model.norm.weight":"F32"`, `"model.layers.1.self_attn.q_proj.bias":"F32"`} {
+		if !strings.Contains(string(info), want) {
+			t.Errorf("GET /v1/weights: %s lacks %s", info, want)
+		}
+	}
+	// The servers of before: GET /v1/weights is not there.
+	target, _ := url.Parse(bf16[0])
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "GET" && r.URL.Path == "/v1/weights" {
+			http.NotFound(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer old.Close()
+
+	// Data bytes of the weights in fp32, and with the linear weights in bf16.
+	var dataF32, dataBF16 int
+	for _, s := range engine.NewWeightTable(cfg).Specs {
+		n := len(w1[s.Name].Data)
+		dataF32 += 4 * n
+		dataBF16 += 4 * n
+		if s.Role == engine.RoleLinear {
+			dataBF16 -= 2 * n
+		}
+	}
+	w2 := engine.RandomWeights(cfg, 2, 0.3)
+	clients := map[string]*Client{"fp32 push": {URLs: []string{old.URL}, APIKey: "k"}, "bf16 push": {URLs: []string{bf16[1]}, APIKey: "k"},
+		"fp32 server": {URLs: f32, APIKey: "k"}}
+	wantData := map[string]int{"fp32 push": dataF32, "bf16 push": dataBF16, "fp32 server": dataF32}
+	var prompts []grpo.Prompt
+	for i := 0; i < 6; i++ {
+		prompts = append(prompts, grpo.Prompt{Tokens: []int32{1, int32(2 + i%20), int32(3 + (7*i)%20)}})
+	}
+	p := engine.SamplingParams{N: 4, Temperature: 1.2, TopP: 1, MaxNewTokens: 12, StopTokens: []int32{5}, Seed: 99}
+	got := map[string][][]engine.Sample{}
+	for name, c := range clients {
+		if err := c.PushWeights(context.Background(), w2, 0); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		header := int(c.PushedBytes()) - wantData[name]
+		if header <= 0 || header > 16<<10 {
+			t.Errorf("%s: %d bytes pushed, want the %d bytes of data and a header", name, c.PushedBytes(), wantData[name])
+		}
+		if got[name], err = c.Rollout(context.Background(), prompts, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("bytes per push: %d with fp32, %d with bf16 linear weights (%.2f)", clients["fp32 push"].PushedBytes(),
+		clients["bf16 push"].PushedBytes(), float64(clients["bf16 push"].PushedBytes())/float64(clients["fp32 push"].PushedBytes()))
+	engineOn := func(dt engine.DType) [][]engine.Sample {
+		m, err := engine.NewModel(cfg, cpu.New(), w2, dt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		out, err := grpo.EngineRollouts{Gen: g}.Rollout(context.Background(), prompts, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	bf, fp := engineOn(engine.BF16), engineOn(engine.F32)
+	for _, tc := range []struct {
+		a, b string
+		want [][]engine.Sample
+	}{{"fp32 push", "bf16 push", bf}, {"fp32 server", "fp32 server", fp}} {
+		for i := range tc.want {
+			for j := range tc.want[i] {
+				x, y, w := got[tc.a][i][j], got[tc.b][i][j], tc.want[i][j]
+				for _, s := range []engine.Sample{x, y} {
+					if !slices.Equal(s.Tokens, w.Tokens) || !slices.Equal(s.LogProbs, w.LogProbs) {
+						t.Fatalf("%s / %s: prompt %d sample %d: %v %v, engine %v %v", tc.a, tc.b, i, j, s.Tokens, s.LogProbs, w.Tokens, w.LogProbs)
+					}
+				}
+			}
+		}
+	}
+	// The bf16 server's rollouts are not the fp32 model's (else the check above proves nothing).
+	same := true
+	for i := range fp {
+		for j := range fp[i] {
+			same = same && slices.Equal(bf[i][j].LogProbs, fp[i][j].LogProbs)
+		}
+	}
+	if same {
+		t.Fatal("bf16 and fp32 weights give the same log-probs: the test cannot tell the pushes apart")
+	}
+}

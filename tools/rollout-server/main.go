@@ -6,7 +6,8 @@
 //
 // Endpoints: POST /v1/completions, POST /v1/chat/completions (stream: server-sent events),
 // GET /v1/models, GET /health, GET /metrics (Prometheus), POST /v1/weights (new weights, API key
-// required). See docs/rollout-server.md.
+// required), GET /v1/weights (the dtype each weight is computed in, API key required). See
+// docs/rollout-server.md.
 package main
 
 import (

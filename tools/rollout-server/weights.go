@@ -64,6 +64,23 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"weight_version": v, "tensors": len(tensors), "model": s.modelName()})
 }
 
+// weightInfo serves GET /v1/weights: the weight version and the dtype each weight is computed
+// in ("BF16" for the linear weights of a --dtype bf16 server, "F32" otherwise). A trainer
+// pushes each weight in its dtype: a bf16 server gets half the bytes and, since it rounds
+// every linear weight to bf16 (nearest even) as it loads it, the same model as from fp32.
+func (s *server) weightInfo(w http.ResponseWriter, r *http.Request) {
+	dt := s.sched.Model().WeightDType
+	dtypes := map[string]string{}
+	for _, spec := range engine.NewWeightTable(s.cfg).Specs {
+		dtypes[spec.Name] = "F32"
+		if spec.Role == engine.RoleLinear && dt == engine.BF16 {
+			dtypes[spec.Name] = "BF16"
+		}
+	}
+	name := map[engine.DType]string{engine.F32: "f32", engine.BF16: "bf16"}[dt]
+	writeJSON(w, 200, map[string]any{"weight_version": s.version.Load(), "dtype": name, "dtypes": dtypes})
+}
+
 // mayUpdate checks what an update needs before its body is read: a configured API key, the
 // client's, and a usable X-Weight-Version.
 func (s *server) mayUpdate(r *http.Request) *apiError {

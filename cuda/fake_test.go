@@ -1,0 +1,198 @@
+package cuda
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+// fakeGPU stands in for libcuda and cuBLAS through callHook, and for NVRTC as a compiler, so
+// that Open and the ops run on a machine without a GPU. Every function address of the fake
+// libraries is a small number that names the struct field it was put in ("memAlloc",
+// "blas.gemmEx"); results holds the status codes that calls of a function return next, in order
+// (then 0).
+type fakeGPU struct {
+	t        *testing.T
+	cc       int    // compute capability, 90 for sm_90
+	memLimit uint64 // bytes cuMemAlloc grants in all
+	used     uint64
+	next     uint64
+	blocks   map[uint64]uint64
+	results  map[string][]int
+	calls    []string // the names of the calls made, in order
+	strs     [][]byte // C strings handed out (kept alive)
+
+	// compiler
+	archs       []int // nvrtcGetSupportedArchs (nil: an error, as NVRTC before 11.2)
+	rejectPTX   bool  // cuModuleLoadData refuses PTX with CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+	rejectCubin bool  // ... and cubins with CUDA_ERROR_NO_BINARY_FOR_GPU
+	compiled    []string
+	loaded      string // the image cuModuleLoadData took
+	names       map[uintptr]string
+}
+
+// newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
+// the test's duration: Open then opens it.
+func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
+	g := &fakeGPU{t: t, cc: cc, memLimit: memLimit, next: 0x10000, blocks: map[uint64]uint64{},
+		results: map[string][]int{}, names: map[uintptr]string{}, archs: []int{75, 80, 86, 87, 89, 90}}
+	savedDrv, savedComp, savedBlas := loadDriverFn, loadCompilerFn, loadCublasFn
+	openMu.Lock()
+	savedOpened, savedLost := opened, lost
+	opened, lost = map[Options]*Backend{}, map[int]error{}
+	openMu.Unlock()
+	t.Setenv("PROLONG_CUDA_CACHE", t.TempDir())
+	t.Setenv("PROLONG_CUDA_SYNC", "")
+	loadDriverFn = func() (*driver, error) {
+		d := &driver{path: "fake libcuda"}
+		g.address(d, "")
+		return d, nil
+	}
+	loadCompilerFn = func() (compiler, error) { return g, nil }
+	loadCublasFn = func() (*cublas, error) {
+		c := &cublas{path: "fake cuBLAS"}
+		g.address(c, "blas.")
+		c.statusName, c.statusString = 0, 0 // as cuBLAS before 11.4: the header's names
+		return c, nil
+	}
+	callHook = g.call
+	t.Cleanup(func() {
+		callHook = nil
+		loadDriverFn, loadCompilerFn, loadCublasFn = savedDrv, savedComp, savedBlas
+		openMu.Lock()
+		opened, lost = savedOpened, savedLost
+		openMu.Unlock()
+	})
+	return g
+}
+
+// address gives every uintptr field of the struct at p an address naming it.
+func (g *fakeGPU) address(p any, prefix string) {
+	v := reflect.ValueOf(p).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if v.Field(i).Kind() != reflect.Uintptr {
+			continue
+		}
+		a := uintptr(len(g.names) + 1)
+		g.names[a] = prefix + v.Type().Field(i).Name
+		f := v.Field(i)
+		reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().SetUint(uint64(a)) // unexported
+	}
+}
+
+// fail makes the next calls of fn return codes.
+func (g *fakeGPU) fail(fn string, codes ...int) { g.results[fn] = append(g.results[fn], codes...) }
+
+// at is the Go view of a C pointer argument.
+func at[T any](p uintptr) *T { return (*T)(*(*unsafe.Pointer)(unsafe.Pointer(&p))) }
+
+// cString hands out a NUL-terminated string that stays alive with the fake.
+func (g *fakeGPU) cString(s string) uintptr {
+	b := append([]byte(s), 0)
+	g.strs = append(g.strs, b)
+	return uintptr(unsafe.Pointer(&b[0]))
+}
+
+var fakeErrorNames = map[int]string{1: "CUDA_ERROR_INVALID_VALUE", 2: "CUDA_ERROR_OUT_OF_MEMORY",
+	209: "CUDA_ERROR_NO_BINARY_FOR_GPU", 222: "CUDA_ERROR_UNSUPPORTED_PTX_VERSION", 700: "CUDA_ERROR_ILLEGAL_ADDRESS"}
+
+func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
+	name, ok := g.names[fn]
+	if !ok {
+		g.t.Fatalf("call of unknown function address %#x", fn)
+	}
+	g.calls = append(g.calls, name)
+	if q := g.results[name]; len(q) > 0 {
+		g.results[name] = q[1:]
+		if q[0] != 0 {
+			return uintptr(q[0])
+		}
+	}
+	switch name {
+	case "deviceGetCount":
+		*at[int32](a[0]) = 1
+	case "deviceGet":
+		*at[int32](a[0]) = 0
+	case "deviceGetName":
+		copy(unsafe.Slice(at[byte](a[0]), a[1]), "Fake GPU\x00")
+	case "deviceGetAttribute":
+		v := map[uintptr]int32{attrComputeCapabilityMajor: int32(g.cc / 10), attrComputeCapabilityMinor: int32(g.cc % 10), attrMultiprocessorCount: 4}[a[1]]
+		*at[int32](a[0]) = v
+	case "driverGetVersion":
+		*at[int32](a[0]) = 12040
+	case "primaryCtxRetain", "streamCreate", "blas.create":
+		*at[uintptr](a[0]) = 0xc0
+	case "memAlloc":
+		if g.used+uint64(a[1]) > g.memLimit {
+			return cudaErrorOutOfMemory
+		}
+		g.used += uint64(a[1])
+		g.blocks[g.next] = uint64(a[1])
+		*at[uint64](a[0]) = g.next
+		g.next += uint64(a[1])
+	case "memFree":
+		g.used -= g.blocks[uint64(a[0])]
+		delete(g.blocks, uint64(a[0]))
+	case "moduleLoadData":
+		img := unsafe.String(at[byte](a[1]), 32)
+		g.loaded = strings.TrimRight(img, "\x00 ")
+		switch {
+		case strings.HasPrefix(img, "PTX") && g.rejectPTX:
+			return cudaErrorUnsupportedPTXVersion
+		case strings.HasPrefix(img, "CUBIN") && g.rejectCubin:
+			return 209
+		}
+		*at[uintptr](a[0]) = 0xd0
+	case "moduleGetFunction":
+		*at[uintptr](a[0]) = 0xf0
+	case "getErrorName":
+		n, ok := fakeErrorNames[int(a[0])]
+		if !ok {
+			return 1 // CUDA_ERROR_INVALID_VALUE: a code the driver does not know
+		}
+		*at[uintptr](a[1]) = g.cString(n)
+	case "getErrorString":
+		if _, ok := fakeErrorNames[int(a[0])]; !ok {
+			return 1
+		}
+		*at[uintptr](a[1]) = g.cString("the fake driver's description")
+	}
+	return 0
+}
+
+// Version, SupportedArchs and Compile implement compiler.
+func (g *fakeGPU) Version() (string, error) { return "12.4", nil }
+
+func (g *fakeGPU) SupportedArchs() ([]int, error) {
+	if g.archs == nil {
+		return nil, fmt.Errorf("fake NVRTC has no nvrtcGetSupportedArchs")
+	}
+	return g.archs, nil
+}
+
+func (g *fakeGPU) Compile(src, name, arch string) ([]byte, string, error) {
+	g.compiled = append(g.compiled, arch)
+	var v int
+	kind := "PTX"
+	if _, err := fmt.Sscanf(arch, "compute_%d", &v); err != nil {
+		kind = "CUBIN"
+		fmt.Sscanf(arch, "sm_%d", &v)
+	}
+	if g.archs != nil && !contains(strings.Fields(strings.Trim(fmt.Sprint(g.archs), "[]")), fmt.Sprint(v)) {
+		return nil, "", fmt.Errorf("compiling %s for %s failed: %w", name, arch, &Error{Call: "nvrtcCompileProgram", Lib: libNVRTC, Code: nvrtcErrorInvalidOption, Name: "NVRTC_ERROR_INVALID_OPTION"})
+	}
+	return []byte(fmt.Sprintf("%-31s\x00", kind+" "+arch)), "", nil
+}
+
+// count is how many calls of fn were made.
+func (g *fakeGPU) count(fn string) int {
+	n := 0
+	for _, c := range g.calls {
+		if c == fn {
+			n++
+		}
+	}
+	return n
+}
