@@ -152,14 +152,38 @@ func bf16DAZ(v uint16) uint16 {
 
 // dotStep is one VDPBF16PS lane: acc + a.hi·b.hi, rounded to fp32, then + a.lo·b.lo, rounded,
 // where a and b are pairs of bf16 (lo: the even k, hi: the odd k). bf16 inputs that are denormal
-// count as zero, each product is exact, and each sum is flushed to zero when denormal (checked
-// bit for bit against the hardware by TestDotEmulation).
+// count as zero, each product is exact, and each sum that is tiny after rounding (below 2^-126
+// when rounded to 24 bits) is flushed to a zero of its sign (roundFTZ; checked bit for bit
+// against the hardware by TestDotEmulation and TestDotStepByHand's boundary cases).
 func dotStep(acc float32, a, b uint32) float32 {
-	hi := float64(bf16ToF32(bf16DAZ(uint16(a>>16)))) * float64(bf16ToF32(bf16DAZ(uint16(b>>16))))
-	lo := float64(bf16ToF32(bf16DAZ(uint16(a)))) * float64(bf16ToF32(bf16DAZ(uint16(b))))
-	acc = ftz(float32(float64(acc) + hi))
-	return ftz(float32(float64(acc) + lo))
+	acc = fmaFTZ(acc, uint16(a>>16), uint16(b>>16))
+	return fmaFTZ(acc, uint16(a), uint16(b))
 }
+
+// fmaFTZ is one fp32 fused multiply-add of VDPBF16PS and TDPBF16PS: acc + x·y rounded once, with x and y bf16
+// (bit patterns) read as zero when denormal and the result flushed when tiny.
+func fmaFTZ(acc float32, x, y uint16) float32 {
+	p := float64(bf16ToF32(bf16DAZ(x))) * float64(bf16ToF32(bf16DAZ(y))) // exact: 8 x 8 bits
+	return roundFTZ(float64(acc) + p)
+}
+
+// roundFTZ rounds s to fp32 to nearest even and flushes a result that is tiny after rounding
+// (below 2^-126 when rounded to 24 bits with an unbounded exponent, as x86 detects tininess) to
+// a zero of its sign. s must be the float64 sum of an fp32 value and an exact product of two
+// bf16 (or of two fp32 values): rounding it first to float64 and then to 24 bits gives the
+// correctly rounded sum, since 53 >= 2·24 + 2.
+func roundFTZ(s float64) float32 {
+	if a := math.Abs(s); a < 0x1p-126 && a != 0 {
+		if math.Abs(float64(float32(s*0x1p100))) < 0x1p-26 { // rounded with 24 bits, scaled into range
+			return float32(math.Copysign(0, s))
+		}
+		return float32(math.Copysign(0x1p-126, s)) // rounds up to the smallest normal
+	}
+	return float32(s)
+}
+
+// dazF32 reads a denormal fp32 as a zero of its sign.
+func dazF32(v float32) float32 { return ftz(v) }
 
 // ftz flushes a denormal fp32 to a zero of its sign.
 func ftz(v float32) float32 {
