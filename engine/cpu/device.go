@@ -8,7 +8,7 @@ import (
 )
 
 // open makes the CPU backend engine.OpenDevice asks for. bf16 matmul precision needs the CPU's
-// AVX512_BF16: elsewhere the exact emulation would be far slower than fp32.
+// AVX512_BF16 or AMX: elsewhere the exact emulation would be far slower than fp32.
 func open(o engine.DeviceOptions) (engine.Backend, error) {
 	name := o.MatMulPrecision
 	if name == "" {
@@ -19,7 +19,7 @@ func open(o engine.DeviceOptions) (engine.Backend, error) {
 		return nil, fmt.Errorf("--matmul-precision: %w", err)
 	}
 	if p == PrecisionBF16 && !HasBF16Dot() {
-		return nil, errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 (bf16 dot products would run in a slow emulation); use auto")
+		return nil, errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 or AMX (bf16 dot products would run in a slow emulation); use auto")
 	}
 	opts := []Option{WithMatMulPrecision(p), WithThreads(o.Threads)}
 	switch {
@@ -32,7 +32,7 @@ func open(o engine.DeviceOptions) (engine.Backend, error) {
 }
 
 // Info implements engine.Describer: the machine's memory, and bf16 where the CPU has
-// AVX512_BF16.
+// AVX512_BF16 or AMX.
 func (c *Backend) Info() engine.DeviceInfo {
 	precs := []string{"auto", "fp32"}
 	if HasBF16Dot() {
