@@ -38,9 +38,10 @@ func (c *tileConfig) colsb(t int) int { return int(binary.LittleEndian.Uint16(c[
 // rows returns the rows of tile t.
 func (c *tileConfig) rows(t int) int { return int(c[48+t]) }
 
-// amxTiles is the tile plan of the kernel: TMM0, TMM1 output rows 0-15 (columns 0-15, 16-31),
-// TMM2, TMM3 output rows 16-31, TMM4, TMM5 x rows 0-15 and 16-31, TMM6, TMM7 the two halves of
-// the panel (16 pairs x 16 columns).
+// newTileConfig returns the configuration of the kernel's tile plan for a row block of rows0
+// (x tile 0) + rows1 (x tile 1) rows: TMM0, TMM1 output rows 0-15 (columns 0-15, 16-31), TMM2,
+// TMM3 output rows 16-31, TMM4, TMM5 x rows 0-15 and 16-31 (16 pairs), TMM6, TMM7 the two halves
+// of the panel (16 pairs x 16 columns); every used tile has 64-byte rows.
 func newTileConfig(rows0, rows1 int) tileConfig {
 	var c tileConfig
 	c[0] = 1 // palette 1: 8 tiles of up to 16 rows x 64 bytes
