@@ -3,9 +3,15 @@ package cpu
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
+
+// amxWarning says once per process that AMX is there but unusable.
+var amxWarning sync.Once
 
 // open makes the CPU backend engine.OpenDevice asks for. bf16 matmul precision needs the CPU's
 // AVX512_BF16 or AMX: elsewhere the exact emulation would be far slower than fp32.
@@ -20,6 +26,11 @@ func open(o engine.DeviceOptions) (engine.Backend, error) {
 	}
 	if p == PrecisionBF16 && !HasBF16Dot() {
 		return nil, errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 or AMX (bf16 dot products would run in a slow emulation); use auto")
+	}
+	if kern.AMXRefused() {
+		amxWarning.Do(func() {
+			slog.Warn("cpu: this CPU has AMX but the process cannot use it; bf16 dot products run on VDPBF16PS", "why", kern.AMXStatus())
+		})
 	}
 	opts := []Option{WithMatMulPrecision(p), WithThreads(o.Threads)}
 	switch {

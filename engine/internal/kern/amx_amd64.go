@@ -68,3 +68,8 @@ func amxCheck(tile, bf16 bool, xcr0 func() uint64, request func() error) (bool, 
 // AMXStatus says whether the amx path is available and, if not, why (the CPU lacks AMX, the OS
 // does not enable it, or refused the permission); bf16 dot products then use VDPBF16PS.
 func AMXStatus() string { return amxWhy }
+
+// AMXRefused reports whether the CPU has AMX but the amx path is unavailable (the OS does not
+// enable the tile state or refused the permission): worth a warning, since bf16 dot products
+// then run several times slower on VDPBF16PS.
+func AMXRefused() bool { return cpu.X86.HasAMXTile && cpu.X86.HasAMXBF16 && !amxOK }
