@@ -3,7 +3,7 @@
 //
 //	go run ./tools/bench            # matmul, prefill, decode and training on the ~122M Qwen2-shaped model
 //	go run ./tools/bench --quick    # fewer repetitions
-//	go run ./tools/bench --torch    # also PyTorch CPU training the same model and batch (Debian python3-torch)
+//	go run ./tools/bench --torch    # also PyTorch CPU training the same model and batch (Debian python3-torch; bf16 autocast too where the CPU has bf16)
 package main
 
 import (
@@ -36,7 +36,7 @@ func main() {
 	decodeSteps := fs.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
 	promptLen := fs.Int("prompt", 256, "prompt length of the prefill measurement")
 	train := fs.Bool("train", true, "measure a training step (forward, backward, AdamW)")
-	torch := fs.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio")
+	torch := fs.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio (also under bf16 autocast where the CPU has bf16 dot products, beside prolong's bf16 matmuls)")
 	trainBatch := fs.Int("train-batch", 4, "sequences per training step")
 	trainSeq := fs.Int("train-seq", 128, "tokens per training sequence")
 	longSeq := fs.IntSlice("long-seq", nil, "also time one training step on one sequence of each of these lengths (e.g. 2048,4096,8192,16384): seconds, peak memory, attention's share; minutes each on a few cores")
@@ -325,7 +325,7 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "engine	matmuls on	step s	tok/s	vs fp32	GFLOP/s	MFU	prolong / this	")
 	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
-	var ours float64
+	var ours, oursBF16 float64 // prolong's fp32 and bf16-matmul tok/s
 	type variant struct {
 		recompute bool
 		prec      cpu.Precision
@@ -368,6 +368,7 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 			name += " (recompute)"
 		case v.prec == cpu.PrecisionBF16:
 			name, eng = name+" (bf16 matmuls)", cpu.BF16DotEngine()
+			oursBF16 = toks / sec
 		default:
 			ours = toks / sec
 		}
@@ -376,17 +377,28 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 	if torch {
 		// Debian's torch links the system BLAS (the slow reference BLAS unless another is
 		// selected); OpenBLAS, when installed (libopenblas0-pthread), is the fair peer.
-		envs := []struct{ name, libdir string }{{"system BLAS", ""}}
+		type env struct {
+			name, libdir string
+			bf16         bool // bf16 autocast (matmuls on oneDNN)
+		}
+		envs := []env{{"system BLAS", "", false}}
 		if _, err := os.Stat(openBLASDir); err == nil {
-			envs = append(envs, struct{ name, libdir string }{"OpenBLAS", openBLASDir})
+			envs = append(envs, env{"OpenBLAS", openBLASDir, false})
+		}
+		if cpu.HasBF16Dot() {
+			envs = append(envs, env{"bf16 autocast", "", true})
 		}
 		for _, e := range envs {
-			tps, sec, blas, err := torchTrain(c, batch, seqLen, steps, e.libdir)
+			tps, sec, blas, err := torchTrain(c, batch, seqLen, steps, e.libdir, e.bf16)
 			if err != nil {
 				return err
 			}
 			gf := flopsPerTok * tps / 1e9
-			fmt.Fprintf(w, "pytorch, %s (%s)\t%s\t%.2f\t%.1f\t%.2fx\t%.1f\t%.0f%%\t%.2fx\t\n", e.name, blas, fp32Engine, sec, tps, tps/ours, gf, 100*gf/peak, ours/tps)
+			eng, ratio := fp32Engine, ours/tps
+			if e.bf16 {
+				eng, blas, ratio = "oneDNN bf16", "oneDNN", oursBF16/tps
+			}
+			fmt.Fprintf(w, "pytorch, %s (%s)\t%s\t%.2f\t%.1f\t%.2fx\t%.1f\t%.0f%%\t%.2fx\t\n", e.name, blas, eng, sec, tps, tps/ours, gf, 100*gf/peak, ratio)
 		}
 	}
 	w.Flush()
@@ -412,12 +424,15 @@ const openBLASDir = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
 
 // torchTrain runs scripts/bench_torch_train.py on the same model shape and batch and returns
 // its tokens/s and seconds per step.
-func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string) (tps, sec float64, blas string, err error) {
+func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string, bf16 bool) (tps, sec float64, blas string, err error) {
 	args := []string{"scripts/bench_torch_train.py",
 		"--vocab", fmt.Sprint(c.VocabSize), "--hidden", fmt.Sprint(c.HiddenSize), "--layers", fmt.Sprint(c.NumHiddenLayers),
 		"--heads", fmt.Sprint(c.NumAttentionHeads), "--kv-heads", fmt.Sprint(c.NumKeyValueHeads), "--head-dim", fmt.Sprint(c.HeadDim),
 		"--intermediate", fmt.Sprint(c.IntermediateSize), "--batch", fmt.Sprint(batch), "--seq", fmt.Sprint(seqLen),
 		"--steps", fmt.Sprint(steps), "--warmup", "1", "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
+	if bf16 {
+		args = append(args, "--autocast-bf16")
+	}
 	cmd := exec.Command("/usr/bin/python3", args...)
 	if libdir != "" {
 		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libdir)
