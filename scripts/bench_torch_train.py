@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """PyTorch CPU baseline for the engine's training path: one step = forward + backward +
-(optional global-norm gradient clipping) + AdamW step of a Qwen2-shaped decoder, float32.
+(optional global-norm gradient clipping) + AdamW step of a Qwen2-shaped decoder, float32
+(--autocast-bf16: the forward under bf16 autocast, as PyTorch users train on CPUs with bf16).
 
     /usr/bin/python3 scripts/bench_torch_train.py --batch 4 --seq 128 --threads 2
 
@@ -26,6 +27,7 @@ W warmup steps are run untimed, then N timed steps. Prints ONE JSON line on stdo
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -173,6 +175,10 @@ def main():
     p.add_argument("--sdpa", action="store_true",
                    help="F.scaled_dot_product_attention (torch >= 2.0 only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autocast-bf16", action="store_true",
+                   help="run the forward and the loss under torch.autocast(\"cpu\", torch.bfloat16): "
+                   "matmuls in bf16 (oneDNN: AMX or AVX512_BF16 where the CPU has them), "
+                   "parameters, gradients and AdamW in float32")
     a = p.parse_args()
     if a.sdpa and not hasattr(F, "scaled_dot_product_attention"):
         p.error(f"--sdpa: torch {torch.__version__} has no F.scaled_dot_product_attention")
@@ -191,12 +197,18 @@ def main():
     g = torch.Generator().manual_seed(a.seed + 1)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
 
+    def autocast():
+        if a.autocast_bf16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         """One training step; returns (loss, [forward_s, backward_s, clip_s, adamw_s])."""
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = model(ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, a.vocab), ids[:, 1:].reshape(-1))
+        with autocast():
+            logits = model(ids)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, a.vocab).float(), ids[:, 1:].reshape(-1))
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -233,6 +245,7 @@ def main():
         "tied": a.tied, "clip": a.clip, "attention": "sdpa" if a.sdpa else "matmul-softmax",
         "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "blas": blas_library(),
+        "autocast": "bf16" if a.autocast_bf16 else "",
     }))
 
 

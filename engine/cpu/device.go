@@ -3,12 +3,18 @@ package cpu
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
+// amxWarning says once per process that AMX is there but unusable.
+var amxWarning sync.Once
+
 // open makes the CPU backend engine.OpenDevice asks for. bf16 matmul precision needs the CPU's
-// AVX512_BF16: elsewhere the exact emulation would be far slower than fp32.
+// AVX512_BF16 or AMX: elsewhere the exact emulation would be far slower than fp32.
 func open(o engine.DeviceOptions) (engine.Backend, error) {
 	name := o.MatMulPrecision
 	if name == "" {
@@ -19,7 +25,12 @@ func open(o engine.DeviceOptions) (engine.Backend, error) {
 		return nil, fmt.Errorf("--matmul-precision: %w", err)
 	}
 	if p == PrecisionBF16 && !HasBF16Dot() {
-		return nil, errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 (bf16 dot products would run in a slow emulation); use auto")
+		return nil, errors.New("--matmul-precision bf16: this CPU has no AVX512_BF16 or AMX (bf16 dot products would run in a slow emulation); use auto")
+	}
+	if kern.AMXRefused() {
+		amxWarning.Do(func() {
+			slog.Warn("cpu: this CPU has AMX but the process cannot use it; bf16 dot products run on VDPBF16PS", "why", kern.AMXStatus())
+		})
 	}
 	opts := []Option{WithMatMulPrecision(p), WithThreads(o.Threads)}
 	switch {
@@ -32,7 +43,7 @@ func open(o engine.DeviceOptions) (engine.Backend, error) {
 }
 
 // Info implements engine.Describer: the machine's memory, and bf16 where the CPU has
-// AVX512_BF16.
+// AVX512_BF16 or AMX.
 func (c *Backend) Info() engine.DeviceInfo {
 	precs := []string{"auto", "fp32"}
 	if HasBF16Dot() {

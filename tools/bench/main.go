@@ -3,7 +3,7 @@
 //
 //	go run ./tools/bench            # matmul, prefill, decode and training on the ~122M Qwen2-shaped model
 //	go run ./tools/bench --quick    # fewer repetitions
-//	go run ./tools/bench --torch    # also PyTorch CPU training the same model and batch (Debian python3-torch)
+//	go run ./tools/bench --torch    # also PyTorch CPU training the same model and batch (Debian python3-torch; bf16 autocast too where the CPU has bf16)
 package main
 
 import (
@@ -36,7 +36,7 @@ func main() {
 	decodeSteps := fs.Int("decode-steps", 64, "tokens generated per sequence in the decode measurement")
 	promptLen := fs.Int("prompt", 256, "prompt length of the prefill measurement")
 	train := fs.Bool("train", true, "measure a training step (forward, backward, AdamW)")
-	torch := fs.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio")
+	torch := fs.Bool("torch", false, "run scripts/bench_torch_train.py with /usr/bin/python3 on the same model and batch and print the ratio (also under bf16 autocast where the CPU has bf16 dot products, beside prolong's bf16 matmuls)")
 	trainBatch := fs.Int("train-batch", 4, "sequences per training step")
 	trainSeq := fs.Int("train-seq", 128, "tokens per training sequence")
 	longSeq := fs.IntSlice("long-seq", nil, "also time one training step on one sequence of each of these lengths (e.g. 2048,4096,8192,16384): seconds, peak memory, attention's share; minutes each on a few cores")
@@ -88,6 +88,8 @@ Usage: go run ./tools/bench [flags]`)
 	peak := cpu.PeakFMA(time.Second)
 	bw := cpu.TriadBandwidth(2 * time.Second)
 	fmt.Printf("machine: %s, %d threads, kernels %s\n", runtime.GOARCH, runtime.GOMAXPROCS(0), cpu.KernelISA())
+	fmt.Printf("matrix engines: fp32 FMA; bf16 dot products on %s (%s by the automatic choice); AMX: %s\n",
+		cpu.BF16DotEngine(), map[bool]string{true: "used", false: "not used"}[cpu.BF16DotPreferred()], cpu.AMXStatus())
 	fmt.Printf("reference: fp32 FMA peak %.0f GFLOP/s, triad bandwidth %.1f GB/s\n\n", peak, bw)
 	if *inference {
 		err = run(*quick, *withORT, *decodeSteps, *promptLen, peak, bw)
@@ -115,12 +117,20 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "matmul\tM\tN\tK\tGFLOP/s\t% of peak\tGB/s\t% of triad\t")
+	fmt.Fprintln(w, "matmul\tengine\tM\tN\tK\tGFLOP/s\t% of peak\tvs f32\tGB/s\t% of triad\t")
 	for _, s := range []struct{ m, n, k int }{
 		{512, 2048, 768}, {512, 768, 2048}, {256, 768, 768}, {64, 2048, 768},
 		{16, 2048, 768}, {1, 2048, 768}, {1, 32000, 768},
 	} {
+		var f32 float64 // the f32 row's GFLOP/s
 		for _, v := range matmulVariants() {
+			restore := func() {}
+			if v.isa != "" {
+				var err error
+				if restore, err = cpu.SetKernelISA(v.isa); err != nil {
+					return err
+				}
+			}
 			dt := v.dt
 			cb := cpu.New(cpu.WithMatMulPrecision(v.prec))
 			wd := make([]float32, s.n*s.k)
@@ -146,6 +156,7 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 				}
 				best = min(best, time.Since(t0)/time.Duration(iters))
 			}
+			restore()
 			gf := 2 * float64(s.m*s.n*s.k) / best.Seconds() / 1e9
 			gb := bytes / best.Seconds() / 1e9
 			// A weight that fits in the caches is not streamed from DRAM: a ratio to the
@@ -154,7 +165,10 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 			if bytes < cacheBytes {
 				ofTriad = "in cache"
 			}
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%.1f\t%.0f%%\t%.1f\t%s\t\n", name, s.m, s.n, s.k, gf, 100*gf/peak, gb, ofTriad)
+			if v.name == "f32" {
+				f32 = gf
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%.1f\t%.0f%%\t%.2fx\t%.1f\t%s\t\n", name, v.engine, s.m, s.n, s.k, gf, 100*gf/peak, gf/f32, gb, ofTriad)
 		}
 	}
 	w.Flush()
@@ -164,17 +178,20 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	fmt.Printf("model: Qwen2-shaped, %.1fM parameters (hidden %d, %d layers, %d/%d heads, vocab %d)\n\n",
 		float64(c.NumParams())/1e6, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.VocabSize)
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "weights\tphase\tbatch\ttok/s\tGFLOP/s\t% of peak\tweight GB/s\t% of triad\t")
+	fmt.Fprintln(w, "weights\tengine\tphase\tbatch\ttok/s\tvs F32\tGFLOP/s\t% of peak\tweight GB/s\t% of triad\t")
 	weights := engine.RandomWeights(c, 1, 0.02)
 	ours := map[engine.DType]map[string]float64{engine.F32: {}, engine.BF16: {}} // tok/s by row
-	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
-		m, err := engine.NewModel(c, cpu.New(), weights, dt)
+	for _, mv := range modelVariants() {
+		dt := mv.dt
+		m, err := engine.NewModel(c, cpu.New(cpu.WithMatMulPrecision(mv.prec)), weights, dt)
 		if err != nil {
 			return err
 		}
-		label := dt.String()
-		if dt == engine.BF16 {
-			label = bf16Label()
+		label := mv.name
+		f32 := ours[engine.F32]
+		rate := map[string]float64{} // this variant's tok/s by row
+		if mv.prec == cpu.PrecisionAuto {
+			rate = ours[dt]
 		}
 		layerFlops := 2 * float64(c.LayerMatmulParams()) // per token, linear layers only
 		for _, batch := range []int{1, 16} {
@@ -184,10 +201,9 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 			}
 			toks := float64(batch * promptLen)
 			gf := layerFlops * toks / sec / 1e9
-			fmt.Fprintf(w, "%v\tprefill %d\t%d\t%.0f\t%.1f\t%.0f%%\t\t\t\n", label, promptLen, batch, toks/sec, gf, 100*gf/peak)
-			if batch == 1 {
-				ours[dt][prefillRow(promptLen)] = toks / sec
-			}
+			row := prefillRow(promptLen, batch)
+			rate[row] = toks / sec
+			fmt.Fprintf(w, "%v\t%s\tprefill %d\t%d\t%.0f\t%.2fx\t%.1f\t%.0f%%\t\t\t\n", label, mv.engine, promptLen, batch, toks/sec, rate[row]/f32[row], gf, 100*gf/peak)
 		}
 		for _, batch := range []int{1, 16} {
 			sec, err := bestOf(reps, func() (float64, error) {
@@ -204,8 +220,9 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 			toks := float64(batch * decodeSteps)
 			gb := float64(m.LinearBytes()) * float64(decodeSteps) / sec / 1e9
 			gf := (layerFlops + 2*float64(c.VocabSize*c.HiddenSize)) * toks / sec / 1e9
-			fmt.Fprintf(w, "%v\tdecode\t%d\t%.1f\t%.1f\t%.0f%%\t%.1f\t%.0f%%\t\n", label, batch, toks/sec, gf, 100*gf/peak, gb, 100*gb/bw)
-			ours[dt][decodeRow(batch)] = toks / sec
+			row := decodeRow(batch)
+			rate[row] = toks / sec
+			fmt.Fprintf(w, "%v\t%s\tdecode\t%d\t%.1f\t%.2fx\t%.1f\t%.0f%%\t%.1f\t%.0f%%\t\n", label, mv.engine, batch, toks/sec, rate[row]/f32[row], gf, 100*gf/peak, gb, 100*gb/bw)
 		}
 	}
 	w.Flush()
@@ -218,11 +235,11 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	}
 	fmt.Printf("\nONNX Runtime on the engine's export of the same weights (fp32, all cores), measured in this run:\n\n")
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "phase\tbatch\tONNX Runtime tok/s\tprolong fp32 / ORT\tprolong %s / ORT\t\n", bf16Label())
+	fmt.Fprintf(w, "phase\tbatch\tONNX Runtime tok/s\tprolong fp32 / ORT\tprolong %s / ORT\t\n", modelVariants()[1].name)
 	for _, row := range []struct {
 		phase, key string
 		batch      int
-	}{{prefillRow(promptLen), prefillRow(promptLen), 1}, {"decode", decodeRow(1), 1}, {"decode", decodeRow(16), 16}} {
+	}{{fmt.Sprintf("prefill %d", promptLen), prefillRow(promptLen, 1), 1}, {"decode", decodeRow(1), 1}, {"decode", decodeRow(16), 16}} {
 		t := theirs[row.key]
 		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.2fx\t%.2fx\t\n", row.phase, row.batch, t, ours[engine.F32][row.key]/t, ours[engine.BF16][row.key]/t)
 	}
@@ -232,32 +249,69 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 
 // matmulVariant is one kind of weight of the matmul table.
 type matmulVariant struct {
-	name string
-	dt   engine.DType
-	prec cpu.Precision
+	name   string
+	engine string // the matrix engine that multiplies it
+	dt     engine.DType
+	prec   cpu.Precision
+	isa    string // the kernel path it runs on; "": the one in use
 }
 
-// matmulVariants: fp32 weights, bf16 weights widened to fp32, and, where the CPU has
-// AVX512_BF16, bf16 weights as bf16 dot products (what a bf16 model runs there by default).
+// matmulVariants: fp32 weights, bf16 weights widened to fp32, and, on each kernel path whose
+// bf16 dot products run in hardware (VDPBF16PS, AMX), bf16 weights as bf16 dot products.
 func matmulVariants() []matmulVariant {
-	vs := []matmulVariant{{"f32", engine.F32, cpu.PrecisionFP32}, {"bf16 widened", engine.BF16, cpu.PrecisionFP32}}
-	if cpu.HasBF16Dot() {
-		vs = append(vs, matmulVariant{"bf16 dot", engine.BF16, cpu.PrecisionAuto})
+	vs := []matmulVariant{{"f32", fp32Engine, engine.F32, cpu.PrecisionFP32, ""}, {"bf16 widened", fp32Engine, engine.BF16, cpu.PrecisionFP32, ""}}
+	for _, isa := range dotISAs() {
+		vs = append(vs, matmulVariant{"bf16 dot", isa.engine, engine.BF16, cpu.PrecisionBF16, isa.name})
 	}
 	return vs
 }
 
-// bf16Label names what the bf16 model rows run: dot products where the CPU has AVX512_BF16.
-func bf16Label() string {
-	if cpu.HasBF16Dot() {
-		return "bf16 dot"
+// fp32Engine names the matrix engine of fp32 matmuls (bf16 weights widened too).
+const fp32Engine = "fp32 FMA"
+
+type dotISA struct{ name, engine string }
+
+// dotISAs lists the kernel paths whose bf16 dot products run in hardware, and their engines.
+func dotISAs() []dotISA {
+	var s []dotISA
+	for _, isa := range cpu.KernelISAs() {
+		restore, err := cpu.SetKernelISA(isa)
+		if err != nil {
+			continue
+		}
+		if cpu.HasBF16Dot() {
+			s = append(s, dotISA{isa, cpu.BF16DotEngine()})
+		}
+		restore()
 	}
-	return "bf16"
+	return s
+}
+
+// modelVariant is one row group of the model table.
+type modelVariant struct {
+	name, engine string
+	dt           engine.DType
+	prec         cpu.Precision
+}
+
+// modelVariants: fp32 weights, bf16 weights as the automatic choice multiplies them (dot
+// products where those beat fp32 here, else widened), and where the CPU has bf16 dot products
+// that the automatic choice leaves out (Intel without AMX), bf16 weights as dot products too.
+func modelVariants() []modelVariant {
+	auto := modelVariant{"bf16 widened", fp32Engine, engine.BF16, cpu.PrecisionAuto}
+	if cpu.BF16DotPreferred() {
+		auto.name, auto.engine = "bf16 dot", cpu.BF16DotEngine()
+	}
+	vs := []modelVariant{{"F32", fp32Engine, engine.F32, cpu.PrecisionAuto}, auto}
+	if cpu.HasBF16Dot() && !cpu.BF16DotPreferred() {
+		vs = append(vs, modelVariant{"bf16 dot (not auto)", cpu.BF16DotEngine(), engine.BF16, cpu.PrecisionBF16})
+	}
+	return vs
 }
 
 // prefillRow and decodeRow name the rows the engine and ONNX Runtime are compared on.
-func prefillRow(promptLen int) string { return fmt.Sprintf("prefill %d", promptLen) }
-func decodeRow(batch int) string      { return fmt.Sprintf("decode %d", batch) }
+func prefillRow(promptLen, batch int) string { return fmt.Sprintf("prefill %d/%d", promptLen, batch) }
+func decodeRow(batch int) string             { return fmt.Sprintf("decode %d", batch) }
 
 // runTrain times training steps of the 122M model on batch x seqLen tokens (cross-entropy on
 // every next token, AdamW with clipping), and optionally PyTorch doing the same.
@@ -269,9 +323,9 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 	}
 	fmt.Printf("\ntraining: %d x %d tokens per step, forward + backward + AdamW (fp32 parameters and optimizer; bf16: matmuls as bf16 dot products); MFU = 6 x (layer linear weights + LM head) x tokens/s / FMA peak %.0f GFLOP/s\n\n", batch, seqLen, peak)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "engine	step s	tok/s	GFLOP/s	MFU	prolong / this	")
+	fmt.Fprintln(w, "engine	matmuls on	step s	tok/s	vs fp32	GFLOP/s	MFU	prolong / this	")
 	flopsPerTok := 6 * float64(c.LayerMatmulParams()+int64(c.VocabSize*c.HiddenSize))
-	var ours float64
+	var ours, oursBF16 float64 // prolong's fp32 and bf16-matmul tok/s
 	type variant struct {
 		recompute bool
 		prec      cpu.Precision
@@ -308,31 +362,43 @@ func runTrain(quick, torch bool, batch, seqLen int, peak float64) error {
 		}
 		toks := float64(batch * seqLen)
 		gf := flopsPerTok * toks / sec / 1e9
-		name := "prolong"
+		name, eng := "prolong", fp32Engine
 		switch {
 		case recompute:
 			name += " (recompute)"
 		case v.prec == cpu.PrecisionBF16:
-			name += " (bf16 matmuls)"
+			name, eng = name+" (bf16 matmuls)", cpu.BF16DotEngine()
+			oursBF16 = toks / sec
 		default:
 			ours = toks / sec
 		}
-		fmt.Fprintf(w, "%s\t%.2f\t%.1f\t%.1f\t%.0f%%\t\t\n", name, sec, toks/sec, gf, 100*gf/peak)
+		fmt.Fprintf(w, "%s\t%s\t%.2f\t%.1f\t%.2fx\t%.1f\t%.0f%%\t\t\n", name, eng, sec, toks/sec, toks/sec/ours, gf, 100*gf/peak)
 	}
 	if torch {
 		// Debian's torch links the system BLAS (the slow reference BLAS unless another is
 		// selected); OpenBLAS, when installed (libopenblas0-pthread), is the fair peer.
-		envs := []struct{ name, libdir string }{{"system BLAS", ""}}
+		type env struct {
+			name, libdir string
+			bf16         bool // bf16 autocast (matmuls on oneDNN)
+		}
+		envs := []env{{"system BLAS", "", false}}
 		if _, err := os.Stat(openBLASDir); err == nil {
-			envs = append(envs, struct{ name, libdir string }{"OpenBLAS", openBLASDir})
+			envs = append(envs, env{"OpenBLAS", openBLASDir, false})
+		}
+		if cpu.HasBF16Dot() {
+			envs = append(envs, env{"bf16 autocast", "", true})
 		}
 		for _, e := range envs {
-			tps, sec, blas, err := torchTrain(c, batch, seqLen, steps, e.libdir)
+			tps, sec, blas, err := torchTrain(c, batch, seqLen, steps, e.libdir, e.bf16)
 			if err != nil {
 				return err
 			}
 			gf := flopsPerTok * tps / 1e9
-			fmt.Fprintf(w, "pytorch, %s (%s)\t%.2f\t%.1f\t%.1f\t%.0f%%\t%.2fx\t\n", e.name, blas, sec, tps, gf, 100*gf/peak, ours/tps)
+			eng, ratio := fp32Engine, ours/tps
+			if e.bf16 {
+				eng, blas, ratio = "oneDNN bf16", "oneDNN", oursBF16/tps
+			}
+			fmt.Fprintf(w, "pytorch, %s (%s)\t%s\t%.2f\t%.1f\t%.2fx\t%.1f\t%.0f%%\t%.2fx\t\n", e.name, blas, eng, sec, tps, tps/ours, gf, 100*gf/peak, ratio)
 		}
 	}
 	w.Flush()
@@ -358,12 +424,15 @@ const openBLASDir = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
 
 // torchTrain runs scripts/bench_torch_train.py on the same model shape and batch and returns
 // its tokens/s and seconds per step.
-func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string) (tps, sec float64, blas string, err error) {
+func torchTrain(c *engine.Config, batch, seqLen, steps int, libdir string, bf16 bool) (tps, sec float64, blas string, err error) {
 	args := []string{"scripts/bench_torch_train.py",
 		"--vocab", fmt.Sprint(c.VocabSize), "--hidden", fmt.Sprint(c.HiddenSize), "--layers", fmt.Sprint(c.NumHiddenLayers),
 		"--heads", fmt.Sprint(c.NumAttentionHeads), "--kv-heads", fmt.Sprint(c.NumKeyValueHeads), "--head-dim", fmt.Sprint(c.HeadDim),
 		"--intermediate", fmt.Sprint(c.IntermediateSize), "--batch", fmt.Sprint(batch), "--seq", fmt.Sprint(seqLen),
 		"--steps", fmt.Sprint(steps), "--warmup", "1", "--threads", fmt.Sprint(runtime.GOMAXPROCS(0))}
+	if bf16 {
+		args = append(args, "--autocast-bf16")
+	}
 	cmd := exec.Command("/usr/bin/python3", args...)
 	if libdir != "" {
 		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+libdir)

@@ -51,7 +51,7 @@ func ortRates(c *engine.Config, w map[string]engine.HostTensor, reps, promptLen,
 	if err != nil {
 		return nil, err
 	}
-	rates[prefillRow(promptLen)] = float64(promptLen) / sec
+	rates[prefillRow(promptLen, 1)] = float64(promptLen) / sec
 	for _, batch := range []int{1, 16} {
 		sec, err := bestOf(reps, func() (float64, error) {
 			t1, err := timed(batch, 32, 1)

@@ -65,7 +65,7 @@ type options struct {
 	Quiet           bool   `flag:"quiet" help:"no progress bar"`
 	CPUProfile      string `flag:"cpuprofile" help:"write a CPU profile (go tool pprof) to this file"`
 	Device          string `flag:"device" default:"auto" help:"where the policy trains and generates: auto (the GPU when one is there, else the CPU), cpu or cuda"`
-	MatmulPrecision string `flag:"matmul-precision" default:"auto" help:"matmul arithmetic: auto (the CPU trains in fp32; CUDA multiplies in bf16 with fp32 sums), fp32 (exact fp32 everywhere; on CUDA as --device cuda-fp32), or bf16 (on the CPU training and rollout matmuls as bf16 dot products with fp32 sums, like autocast; needs a CPU with AVX512_BF16)"`
+	MatmulPrecision string `flag:"matmul-precision" default:"auto" help:"matmul arithmetic: auto (the CPU trains in fp32; CUDA multiplies in bf16 with fp32 sums), fp32 (exact fp32 everywhere; on CUDA as --device cuda-fp32), or bf16 (on the CPU training and rollout matmuls as bf16 dot products with fp32 sums, like autocast; needs a CPU with AVX512_BF16 or AMX)"`
 	terminal        bool   // stderr is a terminal: progress bars (else plain progress lines)
 
 	// The default job's warm start (defaults: quickstart.DefaultSFT's).

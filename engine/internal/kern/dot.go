@@ -10,16 +10,18 @@ import (
 // fp32 FMA does one. A dot Weight holds W rounded to bf16 in panels of bf16 pairs:
 //
 //	panel p, element (kk2, j) = bf16(W[p*32+j, 2*kk2]) | bf16(W[p*32+j, 2*kk2+1])<<16
-//	at index (p*k2 + kk2)*32 + j, k2 = ceil(K/2)   ([ceil(N/32)][k2][32] uint32, zero padded)
+//	at index (p*k2p + kk2)*32 + j, k2 = ceil(K/2), k2p = k2 rounded up to 16
+//	([ceil(N/32)][k2p][32] uint32, zero padded: whole AMX tiles of 16 pairs, see amx.go)
 //
 // and MatMul with it rounds x to bf16 the same way (pairs along k) before the kernel. The
 // result of each output is defined bit for bit by dotStep, in k order from zero: the hardware
-// kernel (HasBF16Dot) and the Go emulation every other CPU runs give the same bits.
+// kernel (HasBF16Dot) and the Go emulation every other CPU runs give the same bits. A path with
+// AMX computes each output in its own order (amx.go), defined bit for bit the same way.
 
-// HasBF16Dot reports whether the CPU runs the bf16 dot-product kernel in hardware (AVX512_BF16,
-// on the avx512 path). Without it, dot weights still work through an exact Go emulation that is
+// HasBF16Dot reports whether the CPU runs the bf16 dot-product kernel in hardware (AVX512_BF16
+// on the avx512 path, AMX on the amx path). Without it, dot weights still work through an exact Go emulation that is
 // far slower than the fp32 path: callers choose dot weights only when this is true.
-func HasBF16Dot() bool { return cur.dotHW }
+func HasBF16Dot() bool { return cur.dotHW || cur.amxHW }
 
 // NewWeightDot packs the row-major fp32 matrix w[n,k] as a bf16 dot-product Weight (values
 // rounded to the nearest bf16, ties to even, denormals to zero).
@@ -44,11 +46,11 @@ func (t Threads) NewWeightDotT(a []float32, k, n int) *Weight {
 func (t Threads) NewWeightDotBF16(w []uint16, n, k int) *Weight {
 	checkShape(len(w), n, k)
 	wt := newDot(n, k)
-	k2 := wt.k2()
+	k2, k2p := wt.k2(), wt.k2p()
 	t.Parallel(n, 64, func(lo, hi int) {
 		for j := lo; j < hi; j++ {
 			row := w[j*k : j*k+k]
-			base := (j/nr*k2)*nr + j%nr
+			base := (j/nr*k2p)*nr + j%nr
 			for kk2 := 0; kk2 < k2; kk2++ {
 				var pair uint32 = uint32(bf16DAZ(row[2*kk2]))
 				if 2*kk2+1 < k {
@@ -63,7 +65,7 @@ func (t Threads) NewWeightDotBF16(w []uint16, n, k int) *Weight {
 
 func newDot(n, k int) *Weight {
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
-	wt.dp = make([]uint32, wt.np*wt.k2()*nr)
+	wt.dp = make([]uint32, wt.np*wt.k2p()*nr)
 	if len(wt.dp) > 0 {
 		adviseHuge(unsafe.Pointer(&wt.dp[0]), 4*len(wt.dp))
 	}
@@ -76,15 +78,18 @@ func (w *Weight) Dot() bool { return w.dp != nil }
 // k2 is the number of k pairs of a dot weight.
 func (w *Weight) k2() int { return (w.k + 1) / 2 }
 
+// k2p is the number of k pairs of a dot weight's panels: k2 rounded up to 16 (zero pairs).
+func (w *Weight) k2p() int { return (w.k2() + 15) &^ 15 }
+
 // repackDot fills a dot weight from row-major src[n,k].
 func (t Threads) repackDot(w *Weight, src []float32) {
-	n, k, k2 := w.n, w.k, w.k2()
+	n, k, k2, k2p := w.n, w.k, w.k2(), w.k2p()
 	t.Parallel(n, 64, func(lo, hi int) {
 		row := make([]uint16, 2*k2) // one row in bf16, padded to pairs
 		pairs := unsafe.Slice((*uint32)(unsafe.Pointer(&row[0])), k2)
 		for j := lo; j < hi; j++ {
 			cvtRow(row[:k], src[j*k:j*k+k])
-			base := (j/nr*k2)*nr + j%nr
+			base := (j/nr*k2p)*nr + j%nr
 			for kk2, v := range pairs {
 				w.dp[base+kk2*nr] = v
 			}
@@ -94,7 +99,7 @@ func (t Threads) repackDot(w *Weight, src []float32) {
 
 // repackDotT fills a dot weight [n,k] from the transpose, row-major a[k,n].
 func (t Threads) repackDotT(w *Weight, a []float32) {
-	n, k, k2 := w.n, w.k, w.k2()
+	n, k, k2, k2p := w.n, w.k, w.k2(), w.k2p()
 	t.Parallel(k2, 8, func(lo, hi int) {
 		r0, r1 := make([]uint16, n), make([]uint16, n) // rows 2*kk2 and 2*kk2+1 of a in bf16
 		for kk2 := lo; kk2 < hi; kk2++ {
@@ -106,7 +111,7 @@ func (t Threads) repackDotT(w *Weight, a []float32) {
 			}
 			for p := 0; p < w.np; p++ {
 				j0 := p * nr
-				dst := w.dp[(p*k2+kk2)*nr : (p*k2+kk2+1)*nr]
+				dst := w.dp[(p*k2p+kk2)*nr : (p*k2p+kk2+1)*nr]
 				cols := min(nr, n-j0)
 				for jj := 0; jj < cols; jj++ {
 					dst[jj] = uint32(r0[j0+jj]) | uint32(r1[j0+jj])<<16
@@ -152,14 +157,38 @@ func bf16DAZ(v uint16) uint16 {
 
 // dotStep is one VDPBF16PS lane: acc + a.hi·b.hi, rounded to fp32, then + a.lo·b.lo, rounded,
 // where a and b are pairs of bf16 (lo: the even k, hi: the odd k). bf16 inputs that are denormal
-// count as zero, each product is exact, and each sum is flushed to zero when denormal (checked
-// bit for bit against the hardware by TestDotEmulation).
+// count as zero, each product is exact, and each sum that is tiny after rounding (below 2^-126
+// when rounded to 24 bits) is flushed to a zero of its sign (roundFTZ; checked bit for bit
+// against the hardware by TestDotEmulation and TestDotStepByHand's boundary cases).
 func dotStep(acc float32, a, b uint32) float32 {
-	hi := float64(bf16ToF32(bf16DAZ(uint16(a>>16)))) * float64(bf16ToF32(bf16DAZ(uint16(b>>16))))
-	lo := float64(bf16ToF32(bf16DAZ(uint16(a)))) * float64(bf16ToF32(bf16DAZ(uint16(b))))
-	acc = ftz(float32(float64(acc) + hi))
-	return ftz(float32(float64(acc) + lo))
+	acc = fmaFTZ(acc, uint16(a>>16), uint16(b>>16))
+	return fmaFTZ(acc, uint16(a), uint16(b))
 }
+
+// fmaFTZ is one fp32 fused multiply-add of VDPBF16PS and TDPBF16PS: acc + x·y rounded once, with x and y bf16
+// (bit patterns) read as zero when denormal and the result flushed when tiny.
+func fmaFTZ(acc float32, x, y uint16) float32 {
+	p := float64(bf16ToF32(bf16DAZ(x))) * float64(bf16ToF32(bf16DAZ(y))) // exact: 8 x 8 bits
+	return roundFTZ(float64(acc) + p)
+}
+
+// roundFTZ rounds s to fp32 to nearest even and flushes a result that is tiny after rounding
+// (below 2^-126 when rounded to 24 bits with an unbounded exponent, as x86 detects tininess) to
+// a zero of its sign. s must be the float64 sum of an fp32 value and an exact product of two
+// bf16 (or of two fp32 values): rounding it first to float64 and then to 24 bits gives the
+// correctly rounded sum, since 53 >= 2·24 + 2.
+func roundFTZ(s float64) float32 {
+	if a := math.Abs(s); a < 0x1p-126 && a != 0 {
+		if math.Abs(float64(float32(s*0x1p100))) < 0x1p-26 { // rounded with 24 bits, scaled into range
+			return float32(math.Copysign(0, s))
+		}
+		return float32(math.Copysign(0x1p-126, s)) // rounds up to the smallest normal
+	}
+	return float32(s)
+}
+
+// dazF32 reads a denormal fp32 as a zero of its sign.
+func dazF32(v float32) float32 { return ftz(v) }
 
 // ftz flushes a denormal fp32 to a zero of its sign.
 func ftz(v float32) float32 {
@@ -194,6 +223,10 @@ func kernelDotGo(a, b *uint32, c *float32, k2, mr, ldc int) {
 // matmulDot is matmul for dot weights (all of ws): x is rounded to bf16 pairs and packed per row
 // block as [k2][rows], then every (panel, row group) item runs the dot kernel over all of k.
 func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, trans bool) {
+	if cur.amx != nil {
+		t.matmulAMX(ys, x, m, ws, trans)
+		return
+	}
 	k, np := ws[0].k, 0
 	for _, w := range ws {
 		np += w.np
@@ -264,7 +297,7 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 				wi++
 			}
 			w, y, n := ws[wi], ys[wi], ws[wi].n
-			b := &w.dp[pn*k2*nr]
+			b := &w.dp[pn*ws[0].k2p()*nr]
 			last := n%nr != 0 && pn == w.np-1
 			for r := g * nrb / nrg; r < (g+1)*nrb/nrg; r++ {
 				r0, rows := first(r), first(r+1)-first(r)

@@ -64,6 +64,31 @@ func TestDotEmulation(t *testing.T) {
 			}
 		}
 	}
+	// Directed cases at the edge of the normal range, each two k pairs (odd k first in each):
+	// the first puts v in the sum, the second adds a product. The fp32 sum is flushed when it is
+	// tiny after rounding to 24 bits (2^-126 - 0.75·2^-150 -> 2^-126 - 2^-150: flushed), kept
+	// when it rounds up to 2^-126; a product below the normal range is not flushed on its own.
+	for _, d := range [][3]float32{ // v, then x·y
+		{0x1p-126, 1.5 * 0x1p-76, -0x1p-75},  // 2^-126 - 0.75·2^-150: flushed
+		{0x1p-126, 1.25 * 0x1p-76, -0x1p-75}, // 2^-126 - 0.625·2^-150: flushed
+		{0x1p-126, 0x1p-76, -0x1p-75},        // 2^-126 - 0.5·2^-150: a tie, up to 2^-126
+		{0x1p-126, 0.5 * 0x1p-76, -0x1p-75},  // 2^-126 - 0.25·2^-150: 2^-126
+		{0x1p-126, -0x1p-64, 0x1p-63},        // 2^-126 - 2^-127: flushed (fused)
+		{-0x1p-126, 0x1p-76, 0x1p-75},        // the same, negative: a tie, to -2^-126
+	} {
+		a := []uint32{uint32(bf16Of(1)) << 16, uint32(bf16Of(d[1])) << 16}
+		b := make([]uint32, 2*nr)
+		for j := 0; j < nr; j++ {
+			b[j] = uint32(bf16Of(d[0])) << 16
+			b[nr+j] = uint32(bf16Of(d[2])) << 16
+		}
+		got := make([]float32, nr)
+		cur.dotk(&a[0], &b[0], &got[0], 2, 1, nr)
+		want := dotStep(dotStep(0, a[0], b[0]), a[1], b[nr])
+		if math.Float32bits(got[0]) != math.Float32bits(want) {
+			t.Errorf("%g + %g·%g: %g (%#x) in hardware, %g (%#x) emulated", d[0], d[1], d[2], got[0], math.Float32bits(got[0]), want, math.Float32bits(want))
+		}
+	}
 	// The conversion: random bit patterns (every class: zeros, denormals, normals, Inf, NaN).
 	src := make([]float32, 32*1000)
 	for i := range src {
@@ -101,6 +126,11 @@ func TestDotStepByHand(t *testing.T) {
 		{"denormal sum flushed", 0, bf(0x1p-70), bf(0x1p-70), 0},
 		// 2^-63·2^-63 = 2^-126 is the smallest normal: kept.
 		{"smallest normal kept", 0, bf(0x1p-63), bf(0x1p-63), 0x1p-126},
+		// 2^-126 + (-1.5·2^-76)·2^-75 = 2^-126 - 0.75·2^-150 rounds (24 bits) to 2^-126 - 2^-150:
+		// tiny after rounding, flushed (rounding in fp32's denormal steps first would give 2^-126).
+		{"tiny after rounding", 0x1p-126, bf(1.5*0x1p-76) << 16, bf(-0x1p-75) << 16, 0},
+		// 2^-126 - 0.5·2^-150 is a tie between 2^-126 - 2^-150 (odd) and 2^-126: up, kept.
+		{"tie up to the smallest normal", 0x1p-126, bf(0x1p-76) << 16, bf(-0x1p-75) << 16, 0x1p-126},
 	} {
 		if got := dotStep(tc.acc, tc.a, tc.b); got != tc.want {
 			t.Errorf("%s: dotStep = %v, want %v", tc.name, got, tc.want)
@@ -110,11 +140,14 @@ func TestDotStepByHand(t *testing.T) {
 
 // TestMatMulDot: bf16 dot-product weights on every ISA — close to the float64 oracle on the
 // bf16-rounded operands, and the same bits on every path and thread count (the hardware kernel
-// and the emulation agree exactly); MatMulT, MatMuls, the transposed and bf16-bits
+// and the emulation agree exactly; the amx path among the AMX paths); MatMulT, MatMuls, the transposed and bf16-bits
 // constructors and Repack agree with the plain ones.
 func TestMatMulDot(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	type key struct{ m, n, k int }
+	type key struct {
+		amx     bool // the AMX paths sum in their own order (amx.go): compared among themselves
+		m, n, k int
+	}
 	first := map[key][]float32{} // bits of the first ISA's result
 	for _, isa := range ISAs() {
 		restore := SetISA(isa)
@@ -159,7 +192,7 @@ func TestMatMulDot(t *testing.T) {
 				}
 				got := make([]float32, 5*n)
 				MatMul(got, xf, 5, w)
-				kk := key{5, n, k}
+				kk := key{cur.amx != nil, 5, n, k}
 				if prev, ok := first[kk]; ok && !slices.Equal(prev, got) {
 					t.Fatalf("%s n=%d k=%d: bits differ from %s's", isa, n, k, ISAs()[0])
 				}

@@ -5494,3 +5494,74 @@ cvtloop:
 cvtdone:
 	VZEROUPPER
 	RET
+
+// func amxDotBF16(cfg *tileConfig, a, b *uint32, c *float32, kb, lda, ldc, mt int)
+// c[i*ldc + j] (bytes) = Σ over kb blocks of TDPBF16PS (see amx.go), i < rows, j < 32.
+// cfg: AX, the tile configuration (rows of tiles 0-5 as in amxConfig); a: SI, x rows of bf16
+// pairs lda bytes apart (DX), rows 16-31 from DI = SI + 16·lda; b: BX, panel [16·kb][32] pairs,
+// rows 128 bytes apart (CX); c: written from R8 at the end, ldc bytes apart; R9 = blocks left.
+TEXT ·amxDotBF16(SB), NOSPLIT, $0-64
+	MOVQ cfg+0(FP), AX
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), R8
+	MOVQ kb+32(FP), R9
+	MOVQ lda+40(FP), DX
+	MOVQ ldc+48(FP), R10
+	MOVQ mt+56(FP), R11
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x78; BYTE $0x49; BYTE $0x00 // LDTILECFG (AX)
+	MOVQ $128, CX
+	MOVQ DX, DI
+	SHLQ $4, DI
+	ADDQ SI, DI
+	CMPQ R11, $2
+	JEQ amx2
+amx1:
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xc0 // TILEZERO TMM0
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xc8 // TILEZERO TMM1
+amxloop1:
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x34; BYTE $0x0b // TILELOADD (BX)(CX*1), TMM6
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x7c; BYTE $0x0b; BYTE $0x40 // TILELOADD 64(BX)(CX*1), TMM7
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x24; BYTE $0x16 // TILELOADD (SI)(DX*1), TMM4
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x4a; BYTE $0x5c; BYTE $0xc4 // TDPBF16PS TMM6, TMM4, TMM0
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x42; BYTE $0x5c; BYTE $0xcc // TDPBF16PS TMM7, TMM4, TMM1
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $2048, BX
+	DECQ R9
+	JNZ amxloop1
+	MOVQ R8, SI
+	MOVQ R10, DX
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x04; BYTE $0x16 // TILESTORED TMM0, (SI)(DX*1)
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x4c; BYTE $0x16; BYTE $0x40 // TILESTORED TMM1, 64(SI)(DX*1)
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x78; BYTE $0x49; BYTE $0xc0 // TILERELEASE
+	RET
+amx2:
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xc0 // TILEZERO TMM0
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xc8 // TILEZERO TMM1
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xd0 // TILEZERO TMM2
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x49; BYTE $0xd8 // TILEZERO TMM3
+amxloop2:
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x34; BYTE $0x0b // TILELOADD (BX)(CX*1), TMM6
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x7c; BYTE $0x0b; BYTE $0x40 // TILELOADD 64(BX)(CX*1), TMM7
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x24; BYTE $0x16 // TILELOADD (SI)(DX*1), TMM4
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7b; BYTE $0x4b; BYTE $0x2c; BYTE $0x17 // TILELOADD (DI)(DX*1), TMM5
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x4a; BYTE $0x5c; BYTE $0xc4 // TDPBF16PS TMM6, TMM4, TMM0
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x42; BYTE $0x5c; BYTE $0xcc // TDPBF16PS TMM7, TMM4, TMM1
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x4a; BYTE $0x5c; BYTE $0xd5 // TDPBF16PS TMM6, TMM5, TMM2
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x42; BYTE $0x5c; BYTE $0xdd // TDPBF16PS TMM7, TMM5, TMM3
+	ADDQ $64, SI
+	ADDQ $64, DI
+	ADDQ $2048, BX
+	DECQ R9
+	JNZ amxloop2
+	MOVQ R8, SI
+	MOVQ R10, DX
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x04; BYTE $0x16 // TILESTORED TMM0, (SI)(DX*1)
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x4c; BYTE $0x16; BYTE $0x40 // TILESTORED TMM1, 64(SI)(DX*1)
+	SHLQ $4, R10
+	ADDQ R10, SI
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x14; BYTE $0x16 // TILESTORED TMM2, (SI)(DX*1)
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x7a; BYTE $0x4b; BYTE $0x5c; BYTE $0x16; BYTE $0x40 // TILESTORED TMM3, 64(SI)(DX*1)
+	BYTE $0xc4; BYTE $0xe2; BYTE $0x78; BYTE $0x49; BYTE $0xc0 // TILERELEASE
+	RET

@@ -29,6 +29,7 @@ func main() {
 	avx2(true)
 	avx512Dot()
 	avx512CvtBF16()
+	amxDot()
 	if err := os.WriteFile("gemm_amd64.s", out.Bytes(), 0o644); err != nil {
 		panic(err)
 	}
@@ -290,4 +291,144 @@ func avx512CvtBF16() {
 	p("cvtdone:")
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// The AMX instructions (AMX-TILE, AMX-BF16) are VEX-encoded in map 0F38, W0, L0; the Go
+// assembler does not know them either. Operands are restricted to the legacy registers AX-DI
+// (no REX-like VEX.R/X/B extension needed) and tiles TMM0-TMM7. Each line's comment is the
+// instruction in Go's operand order, which TestByteEncodings assembles with GNU as and compares.
+
+// gpr numbers the legacy registers as ModRM and SIB encode them.
+var gpr = map[string]int{"AX": 0, "CX": 1, "DX": 2, "BX": 3, "SI": 6, "DI": 7}
+
+// vex3 returns the bytes of a 3-byte VEX instruction of map 0F38, W0, L0 with prefix pp (0: none,
+// 1: 66, 2: F3, 3: F2), register vvvv (0 where unused: the field holds its complement, 1111), the opcode and the ModRM byte and its tail.
+func vex3(pp, vvvv, opcode int, tail ...int) []int {
+	return append([]int{0xc4, 0b111<<5 | 0b00010, (^vvvv&15)<<3 | pp, opcode}, tail...)
+}
+
+func byteLine(bs []int, asm string) string {
+	var b bytes.Buffer
+	for i, v := range bs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "BYTE $0x%02x", v)
+	}
+	return b.String() + " // " + asm
+}
+
+// sibmem encodes the memory operand disp(base)(index*1) as ModRM (reg field r) + SIB + disp8.
+func sibmem(r int, base, index string, disp int) []int {
+	b, okb := gpr[base]
+	x, okx := gpr[index]
+	if !okb || !okx || disp < 0 || disp > 127 {
+		panic(fmt.Sprintf("sibmem %d(%s)(%s*1): unsupported operand", disp, base, index))
+	}
+	if disp == 0 {
+		return []int{0b00<<6 | r<<3 | 0b100, x<<3 | b}
+	}
+	return []int{0b01<<6 | r<<3 | 0b100, x<<3 | b, disp}
+}
+
+func memText(base, index string, disp int) string {
+	if disp == 0 {
+		return fmt.Sprintf("(%s)(%s*1)", base, index)
+	}
+	return fmt.Sprintf("%d(%s)(%s*1)", disp, base, index)
+}
+
+// ldtilecfg: LDTILECFG (base), the 64-byte tile configuration.
+func ldtilecfg(base string) string {
+	return byteLine(vex3(0, 0, 0x49, gpr[base]), fmt.Sprintf("LDTILECFG (%s)", base))
+}
+
+// tilerelease: TILERELEASE, the tiles back to their initial (unconfigured) state.
+func tilerelease() string { return byteLine(vex3(0, 0, 0x49, 0xc0), "TILERELEASE") }
+
+// tilezero: TILEZERO TMM(t).
+func tilezero(t int) string {
+	return byteLine(vex3(3, 0, 0x49, 0xc0|t<<3), fmt.Sprintf("TILEZERO TMM%d", t))
+}
+
+// tileloadd: TILELOADD disp(base)(index*1), TMM(t): the tile's rows from base+disp, index bytes apart.
+func tileloadd(t int, base, index string, disp int) string {
+	return byteLine(vex3(3, 0, 0x4b, sibmem(t, base, index, disp)...), fmt.Sprintf("TILELOADD %s, TMM%d", memText(base, index, disp), t))
+}
+
+// tilestored: TILESTORED TMM(t), disp(base)(index*1).
+func tilestored(t int, base, index string, disp int) string {
+	return byteLine(vex3(2, 0, 0x4b, sibmem(t, base, index, disp)...), fmt.Sprintf("TILESTORED TMM%d, %s", t, memText(base, index, disp)))
+}
+
+// tdpbf16ps: TMM(dst) += TMM(a)·TMM(b) over pairs of bf16 (a: rows of x, b: pairs of W in VNNI
+// layout), fp32 sums. Go order: TDPBF16PS TMMb, TMMa, TMMdst (b in VEX.vvvv, a in ModRM.rm).
+func tdpbf16ps(dst, a, b int) string {
+	return byteLine(vex3(2, b, 0x5c, 0xc0|dst<<3|a), fmt.Sprintf("TDPBF16PS TMM%d, TMM%d, TMM%d", b, a, dst))
+}
+
+// amxDot: the AMX bf16 dot-product kernel. One call: rows [0, 16·mt) of packed x (tile rows as
+// the configuration gives them) against one panel of 32 columns over kb blocks of 16 k pairs.
+// Tiles: TMM0, TMM1 = rows 0-15 x columns 0-15, 16-31; TMM2, TMM3 = rows 16-31 (mt = 2);
+// TMM4, TMM5 = x rows 0-15, 16-31 (16 pairs each); TMM6, TMM7 = W columns 0-15, 16-31 (16 k pairs
+// x 16 columns of pairs: 64-byte rows 128 bytes apart in the panel).
+func amxDot() {
+	p("")
+	p(`// func amxDotBF16(cfg *tileConfig, a, b *uint32, c *float32, kb, lda, ldc, mt int)
+// c[i*ldc + j] (bytes) = Σ over kb blocks of TDPBF16PS (see amx.go), i < rows, j < 32.
+// cfg: AX, the tile configuration (rows of tiles 0-5 as in amxConfig); a: SI, x rows of bf16
+// pairs lda bytes apart (DX), rows 16-31 from DI = SI + 16·lda; b: BX, panel [16·kb][32] pairs,
+// rows 128 bytes apart (CX); c: written from R8 at the end, ldc bytes apart; R9 = blocks left.`)
+	p("TEXT ·amxDotBF16(SB), NOSPLIT, $0-64")
+	p("\tMOVQ cfg+0(FP), AX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ b+16(FP), BX")
+	p("\tMOVQ c+24(FP), R8")
+	p("\tMOVQ kb+32(FP), R9")
+	p("\tMOVQ lda+40(FP), DX")
+	p("\tMOVQ ldc+48(FP), R10")
+	p("\tMOVQ mt+56(FP), R11")
+	p("\t%s", ldtilecfg("AX"))
+	p("\tMOVQ $128, CX")
+	p("\tMOVQ DX, DI")
+	p("\tSHLQ $4, DI")
+	p("\tADDQ SI, DI")
+	p("\tCMPQ R11, $2")
+	p("\tJEQ amx2")
+	for mt := 1; mt <= 2; mt++ {
+		p("amx%d:", mt)
+		for t := 0; t < 2*mt; t++ {
+			p("\t%s", tilezero(t))
+		}
+		p("amxloop%d:", mt)
+		p("\t%s", tileloadd(6, "BX", "CX", 0))
+		p("\t%s", tileloadd(7, "BX", "CX", 64))
+		p("\t%s", tileloadd(4, "SI", "DX", 0))
+		if mt == 2 {
+			p("\t%s", tileloadd(5, "DI", "DX", 0))
+		}
+		p("\t%s", tdpbf16ps(0, 4, 6))
+		p("\t%s", tdpbf16ps(1, 4, 7))
+		if mt == 2 {
+			p("\t%s", tdpbf16ps(2, 5, 6))
+			p("\t%s", tdpbf16ps(3, 5, 7))
+		}
+		p("\tADDQ $64, SI")
+		p("\tADDQ $64, DI")
+		p("\tADDQ $2048, BX")
+		p("\tDECQ R9")
+		p("\tJNZ amxloop%d", mt)
+		p("\tMOVQ R8, SI")
+		p("\tMOVQ R10, DX")
+		p("\t%s", tilestored(0, "SI", "DX", 0))
+		p("\t%s", tilestored(1, "SI", "DX", 64))
+		if mt == 2 {
+			p("\tSHLQ $4, R10")
+			p("\tADDQ R10, SI")
+			p("\t%s", tilestored(2, "SI", "DX", 0))
+			p("\t%s", tilestored(3, "SI", "DX", 64))
+		}
+		p("\t%s", tilerelease())
+		p("\tRET")
+	}
 }

@@ -19,6 +19,13 @@ type impl struct {
 	dotk  func(a, b *uint32, c *float32, k2, mr, ldc int)
 	dmr   int
 	dotHW bool // dotk runs VDPBF16PS (else the Go emulation)
+	// amx, where set, multiplies dot weights instead of dotk: the AMX micro-kernel (amx.go),
+	// in hardware when amxHW (else its Go emulation, in tests).
+	amx   amxKernel
+	amxHW bool
+	// dotAuto: PrecisionAuto multiplies bf16 weights as dot products on this path because they
+	// run faster than the fp32 path here (see BF16DotPreferred).
+	dotAuto bool
 	// cvt rounds n fp32 values to bf16 as bf16Of does (n multiple of 32); nil: use bf16Of.
 	cvt  func(dst *uint16, src *float32, n int)
 	dot  func(a, b []float32) float32
@@ -31,7 +38,7 @@ type impl struct {
 
 var (
 	impls = buildImpls()
-	order = []string{"avx512", "avx2", "generic"} // best first
+	order = []string{"amx", "avx512", "avx2", "generic"} // best first
 	cur   = best()
 )
 
@@ -53,7 +60,8 @@ func best() *impl {
 	return &genericImpl
 }
 
-// ISA names the active kernel path: "avx512", "avx2" or "generic".
+// ISA names the active kernel path: "amx" (avx512 with AMX tiles for bf16 dot products),
+// "avx512", "avx2" or "generic".
 func ISA() string { return cur.name }
 
 // ISAs lists the paths this CPU supports, best first.
@@ -79,3 +87,25 @@ func SetISA(name string) (restore func()) {
 	cur = im
 	return func() { cur = prev }
 }
+
+// BF16DotEngine names what multiplies bf16 dot-product weights on the active path: "amx" (AMX
+// tiles, TDPBF16PS), "avx512-bf16" (VDPBF16PS), or "emulated" (the exact Go emulation, far
+// slower than the fp32 path; "amx-emulated" in tests).
+func BF16DotEngine() string {
+	switch {
+	case cur.amx != nil && cur.amxHW:
+		return "amx"
+	case cur.amx != nil:
+		return "amx-emulated"
+	case cur.dotHW:
+		return "avx512-bf16"
+	}
+	return "emulated"
+}
+
+// BF16DotPreferred reports whether bf16 dot products beat the fp32 path on this CPU, so that
+// the automatic choice (PrecisionAuto in engine/cpu) multiplies bf16 weights that way: with AMX,
+// and with AVX512_BF16 on AMD (VDPBF16PS at 1.3-2x the fp32 FMA rate, see docs); not on Intel
+// CPUs that have AVX512_BF16 but no usable AMX, where VDPBF16PS ran at 0.6-0.8x of the fp32 path
+// (2026-12-07), nor where the bf16 dot products are emulated.
+func BF16DotPreferred() bool { return cur.dotAuto }

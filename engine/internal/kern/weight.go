@@ -22,7 +22,7 @@ type Weight struct {
 	np   int       // number of panels, ceil(n/nr)
 	f32  []float32 // [np][k][nr] or nil
 	b16  []uint16  // [np][k][nr] or nil
-	dp   []uint32  // bf16 dot-product layout [np][ceil(k/2)][nr] (see dot.go) or nil
+	dp   []uint32  // bf16 dot-product layout [np][k2p][nr] (see dot.go) or nil
 }
 
 // NewWeightF32 packs the row-major fp32 matrix w[n,k] (copied) into a Weight.
@@ -108,7 +108,7 @@ func (w *Weight) Unpack(dst []float32) {
 		base := p*k*nr + jj
 		row := dst[j*k : j*k+k]
 		if w.dp != nil {
-			base = p*w.k2()*nr + jj
+			base = p*w.k2p()*nr + jj
 			for kk := range row {
 				pair := w.dp[base+kk/2*nr]
 				row[kk] = bf16ToF32(uint16(pair >> (16 * (kk % 2))))
