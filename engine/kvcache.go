@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -401,4 +402,28 @@ func (c *KVCache) appendBlocks(seqs []*Seq) int {
 		}
 	}
 	return n
+}
+
+// ParseBytes parses a memory size: a number of bytes with an optional unit, binary (KiB, MiB,
+// GiB, TiB) or decimal (kB, MB, GB, TB; B for bytes), case-insensitive: "512MiB", "2GiB",
+// "1.5GB", "1048576".
+func ParseBytes(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+		{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12}, {"b", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || v*mult > math.MaxInt64/2 {
+		return 0, fmt.Errorf("memory size %q: want a number of bytes with an optional unit (KiB, MiB, GiB, TiB, kB, MB, GB, TB)", s)
+	}
+	return int64(v * mult), nil
 }

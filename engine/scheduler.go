@@ -174,6 +174,13 @@ func (s *Scheduler) Model() *Model {
 	return s.g.model
 }
 
+// KVChoice says what the KV cache of the generator was given and why.
+func (s *Scheduler) KVChoice() KVChoice {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.g.choice
+}
+
 // Stats returns the current counters and levels.
 func (s *Scheduler) Stats() SchedulerStats {
 	s.mu.Lock()
