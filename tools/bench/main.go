@@ -209,6 +209,9 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 		}
 	}
 	w.Flush()
+	if err := runLongDecode(weights, reps, max(8, decodeSteps/4), bw); err != nil {
+		return err
+	}
 	if !withORT {
 		return nil
 	}
@@ -225,6 +228,41 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 	}{{prefillRow(promptLen), prefillRow(promptLen), 1}, {"decode", decodeRow(1), 1}, {"decode", decodeRow(16), 16}} {
 		t := theirs[row.key]
 		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.2fx\t%.2fx\t\n", row.phase, row.batch, t, ours[engine.F32][row.key]/t, ours[engine.BF16][row.key]/t)
+	}
+	w.Flush()
+	return nil
+}
+
+// longContexts are the contexts of the batch-1 decode rows by KV dtype.
+var longContexts = []int{256, 16384}
+
+// runLongDecode prints batch-1 decode at 256 and 16k tokens of context with fp32 and bf16 KV
+// caches (fp32 weights), steps tokens each: tok/s and the KV bytes a token reads, as GB/s and a
+// share of the triad bandwidth. The context is not prefilled (engine.TimeDecode).
+func runLongDecode(weights map[string]engine.HostTensor, reps, steps int, bw float64) error {
+	c := *engine.Bench122M()
+	c.MaxPositionEmbeddings = longContexts[len(longContexts)-1] + steps + 1
+	m, err := engine.NewModel(&c, cpu.New(), weights, engine.F32)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nbatch-1 decode at long context (fp32 weights; the context's keys and values left zero, not prefilled; attention split over chunks of %d positions, flash-decoding):\n\n", cpu.AttnChunk)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "KV\tcontext\ttok/s\tms/token\tKV MB/token\tKV GB/s\tweights+KV % of triad\t")
+	for _, ctx := range longContexts {
+		for _, kv := range []engine.KVDType{engine.KVF32, engine.KVBF16} {
+			sec, err := bestOf(reps, func() (float64, error) { return engine.TimeDecode(m, kv, ctx, steps) })
+			if err != nil {
+				return err
+			}
+			elem := 4
+			if kv == engine.KVBF16 {
+				elem = 2
+			}
+			kvBytes := float64(ctx * c.NumHiddenLayers * 2 * c.KVDim() * elem)
+			all := kvBytes + float64(m.LinearBytes())
+			fmt.Fprintf(w, "%v\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f%%\t\n", kv, ctx, 1/sec, 1e3*sec, kvBytes/1e6, kvBytes/sec/1e9, 100*all/sec/1e9/bw)
+		}
 	}
 	w.Flush()
 	return nil
