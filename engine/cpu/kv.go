@@ -149,7 +149,7 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	a := attnRun{s: s, layer: layer, b: b, qs: f32(q), os: f32(out), nh: nh, G: G, seqOf: seqOf, ctx: ctx,
 		scale: float32(1 / math.Sqrt(float64(dh)))}
 	part := G * (dh + 2) // one partial: G maxima, G sums, G rows of Dh
-	if !multi || T*nkv >= 4*c.thr.Count() {
+	if !multi || T*nkv >= 4*c.thr.Count() || !flashDecoding {
 		// Four chunks per thread: causal rows differ in cost, and a late worker takes fewer.
 		c.thr.ParallelFine(T*nkv, 4, func(lo, hi int) {
 			w := a.scratch()
@@ -211,6 +211,9 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		}
 	})
 }
+
+// flashDecoding, when false (benchmarks), keeps every row's partials on one core.
+var flashDecoding = true
 
 // chunks is the number of AttnChunk partials of a row over n positions.
 func chunks(n int32) int { return max(1, (int(n)+AttnChunk-1)/AttnChunk) }
