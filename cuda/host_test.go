@@ -355,7 +355,7 @@ func TestOpsAfterFatalError(t *testing.T) {
 			}
 			return isSticky(err)
 		}},
-		{"NewKVStore", func() error { _, err := b.NewKVStore(1, 1, 16, 4, 2); return isSticky(err) }},
+		{"NewKVStore", func() error { _, err := b.NewKVStore(1, 1, 16, 4, 2, engine.F32); return isSticky(err) }},
 		{"Grow", func() error { return isSticky(store.Grow(4)) }},
 		{"CopyBlock", func() error { store.CopyBlock(1, 0); return nil }},
 		{"GatherRows", func() error { b.GatherRows(x, w, []int32{0, 1}); return nil }},

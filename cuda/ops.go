@@ -184,7 +184,11 @@ type kvStore struct {
 }
 
 // NewKVStore implements engine.Backend.
-func (b *Backend) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (engine.KVStore, error) {
+// Its keys and values are fp32: a bf16 store (engine.KVDTyper) is not written for CUDA yet.
+func (b *Backend) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int, dt engine.DType) (engine.KVStore, error) {
+	if dt != engine.F32 {
+		return nil, fmt.Errorf("cuda: KV cache of %v not implemented (fp32 only)", dt)
+	}
 	s := &kvStore{b: b, layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim,
 		k: make([]uint64, layers), v: make([]uint64, layers)}
 	return s, s.Grow(blocks)

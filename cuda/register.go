@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/prolong-rl/prolong/engine"
 )
@@ -27,10 +28,21 @@ func init() {
 	})
 }
 
-// Info implements engine.Describer. Memory is not read yet (cuMemGetInfo is loaded but not
-// called: that comes with the KV budget from free device memory, issue 33, on a GPU).
+// Info implements engine.Describer; MemoryBytes is the GPU's total memory (cuMemGetInfo), 0
+// when it cannot be read.
 func (b *Backend) Info() engine.DeviceInfo {
-	return engine.DeviceInfo{Kind: "cuda", Name: b.Name(), BF16: true, MatMulPrecisions: []string{"auto", "fp32", "bf16"}}
+	_, total, _ := b.MemInfo()
+	return engine.DeviceInfo{Kind: "cuda", Name: b.Name(), MemoryBytes: total, BF16: true, MatMulPrecisions: []string{"auto", "fp32", "bf16"}}
+}
+
+// MemInfo implements engine.DeviceMemory: cuMemGetInfo's free and total bytes of the GPU. Memory
+// this backend's allocator keeps cached for reuse counts as used.
+func (b *Backend) MemInfo() (free, total int64, err error) {
+	var f, t uint64
+	err = b.opErr(desc("MemInfo"), func() error {
+		return b.drv.check("cuMemGetInfo", call(b.drv.memGetInfo, uintptr(unsafe.Pointer(&f)), uintptr(unsafe.Pointer(&t))))
+	})
+	return int64(f), int64(t), err
 }
 
 // Close implements engine.Backend. Open hands out one Backend per Options for the whole

@@ -139,8 +139,11 @@ type Backend interface {
 	// GatherRows: out[R,C] = x[rows[r], :].
 	GatherRows(out, x *Tensor, rows []int32)
 
-	// NewKVStore allocates KV storage for layers x blocks of [kvHeads, blockSize, headDim].
-	NewKVStore(layers, kvHeads, blockSize, headDim, blocks int) (KVStore, error)
+	// NewKVStore allocates KV storage for layers x blocks of [kvHeads, blockSize, headDim] of
+	// element type dt: F32, or BF16 on a backend that lists it (KVDTyper), which rounds the
+	// keys and values Attention writes to bf16 (to nearest even) and computes as if they were
+	// fp32 of those values. Another dt is an error.
+	NewKVStore(layers, kvHeads, blockSize, headDim, blocks int, dt DType) (KVStore, error)
 
 	// Sample draws one token from each row of logits [R, V] and returns the ids and the
 	// log-prob of each under the distribution sampled from (after temperature, top-k and

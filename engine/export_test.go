@@ -20,29 +20,30 @@ func ForwardSeq(m *Model, seq *Seq, tokens []int32, onLogits func(logits *Tensor
 // Reserve is s.reserve: room for k more tokens.
 func (s *Seq) Reserve(k int) ([]int32, error) { return s.reserve(k) }
 
-// GenerateChecked is g.Generate, calling check after every step with the KV blocks reserved and
-// the reservation of the request waiting first (0: none waits).
-func GenerateChecked(g *Generator, reqs []Request, check func(reserved, waiting int)) error {
+// GenerateChecked is g.Generate, calling check after every step with the KV blocks in use and
+// the samples preempted so far.
+func GenerateChecked(g *Generator, reqs []Request, check func(used int, preemptions uint64)) ([]Result, error) {
 	var all []*genRequest
 	for i := range reqs {
 		r := reqs[i]
-		blocks, err := g.validate(i, &r)
-		if err != nil {
-			return err
+		if _, err := g.validate(i, &r); err != nil {
+			return nil, err
 		}
-		all = append(all, &genRequest{req: r, blocks: blocks})
+		all = append(all, &genRequest{req: r})
 	}
-	g.waiting = append(g.waiting, all...)
+	for _, r := range all {
+		g.enqueue(r)
+	}
 	defer g.abort()
 	for !allDone(all) {
 		if err := g.step(); err != nil {
-			return err
+			return nil, err
 		}
-		waiting := 0
-		if len(g.waiting) > 0 {
-			waiting = g.waiting[0].blocks
-		}
-		check(g.reserved, waiting)
+		check(g.cache.Used(), g.preemptions)
 	}
-	return nil
+	out := make([]Result, len(all))
+	for i, r := range all {
+		out[i] = r.result
+	}
+	return out, nil
 }

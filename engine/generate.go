@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -73,10 +74,13 @@ type Result struct {
 
 // GeneratorOptions size the scheduler.
 type GeneratorOptions struct {
-	// KVBudgetBytes bounds the KV cache; 0: DefaultKVBudget of the model's config and MaxSeqs
-	// (room for MaxSeqs sequences of max_position_embeddings positions, at most
-	// KVMemoryFraction of the machine's memory). The cache's storage grows on demand up to it.
+	// KVBudgetBytes bounds the KV cache; 0: DefaultKVBudget of the model and MaxSeqs (room for
+	// MaxSeqs sequences of max_position_embeddings positions, at most a share of the device's
+	// free memory or of the machine's RAM). The cache's storage grows on demand up to it.
 	KVBudgetBytes int64
+	// KVDType is the element type of the cached keys and values (default KVAuto: bf16 where the
+	// model's linear weights are bf16 and the backend stores bf16, else fp32).
+	KVDType KVDType
 	// MaxBatchTokens bounds the prompt tokens prefilled in one step (default 4096); a longer
 	// prompt is still admitted alone.
 	MaxBatchTokens int
@@ -86,24 +90,48 @@ type GeneratorOptions struct {
 
 // Generator schedules generation with continuous batching: every step is one forward pass over
 // a ragged batch mixing the prompts of newly admitted requests (prefill) and one token of each
-// running sample (decode). A request is admitted when the KV blocks it may need at most (its
-// prompt plus N x MaxNewTokens) fit in the budget, so running samples never run out of cache.
+// running sample (decode). Requests are admitted, in arrival order, when the KV blocks they need
+// now fit (their prompt, and a block for each sample's first token); when the running samples'
+// next tokens do not fit, the youngest samples are preempted as in vLLM: their blocks are freed,
+// and they are recomputed later (prompt and tokens so far, in one prefill) before any new
+// request is admitted. Every row of a forward pass is computed as it would be in any other
+// batch, so a preempted sample gives exactly the tokens and log-probs it would have given
+// without preemption.
 type Generator struct {
-	model *Model
-	cache *KVCache
-	opts  GeneratorOptions
+	model  *Model
+	cache  *KVCache
+	opts   GeneratorOptions
+	choice KVChoice
 
-	waiting  []*genRequest
-	running  []*genSample
-	reserved int // KV blocks reserved by admitted requests
+	waiting     []*genRequest // submitted, not admitted, in arrival order
+	preempted   []*genSample  // preempted samples, oldest first; they resume before waiting requests
+	running     []*genSample
+	arrivals    uint64 // requests numbered so far (genRequest.arrival)
+	preemptions uint64
 
 	topBuf []float32 // [rows, V] logits read back for top log-probs
 }
 
+// KVChoice is what a Generator's KV cache was given, for a program to log.
+type KVChoice struct {
+	DType  DType  // element type of keys and values
+	Bytes  int64  // budget
+	Blocks int    // budget in blocks of DefaultBlockSize positions
+	Why    string // where the budget came from
+}
+
+func (k KVChoice) String() string {
+	dt := "fp32"
+	if k.DType == BF16 {
+		dt = "bf16"
+	}
+	return fmt.Sprintf("KV cache: %s, budget %.1f MiB (%d blocks of %d positions): %s",
+		dt, float64(k.Bytes)/(1<<20), k.Blocks, DefaultBlockSize, k.Why)
+}
+
 type genRequest struct {
 	req     Request
-	blocks  int // reservation: the prompt's blocks and N times sampleBlocks
-	held    int // blocks of the reservation still held (admitted: blocks less those of finished samples)
+	arrival uint64 // order of submission: the youngest samples are preempted first
 	seq     *Seq
 	result  Result
 	pending int // samples still running
@@ -113,10 +141,16 @@ type genRequest struct {
 type genSample struct {
 	r      *genRequest
 	idx    int
-	seq    *Seq
+	seq    *Seq // nil while preempted
 	rng    *rand.Rand
 	next   int32 // sampled token not yet in the cache
 	active bool
+}
+
+// younger reports whether sample a is younger than b: submitted later, or a later sample of the
+// same request.
+func (a *genSample) younger(b *genSample) bool {
+	return a.r.arrival > b.r.arrival || (a.r.arrival == b.r.arrival && a.idx > b.idx)
 }
 
 // NewGenerator creates a generator with its own KV cache.
@@ -127,14 +161,41 @@ func NewGenerator(m *Model, opts GeneratorOptions) (*Generator, error) {
 	if opts.MaxSeqs == 0 {
 		opts.MaxSeqs = 256
 	}
-	if opts.KVBudgetBytes == 0 {
-		opts.KVBudgetBytes = DefaultKVBudget(m.Config, opts.MaxSeqs)
-	}
-	cache, err := NewKVCache(m, opts.KVBudgetBytes)
+	dt, err := opts.KVDType.Resolve(m)
 	if err != nil {
 		return nil, err
 	}
-	return &Generator{model: m, cache: cache, opts: opts}, nil
+	why := "set by the caller (--kv-memory)"
+	if opts.KVBudgetBytes == 0 {
+		opts.KVBudgetBytes, why = DefaultKVBudget(m, dt, opts.MaxSeqs)
+	}
+	cache, err := NewKVCacheOf(m, dt, opts.KVBudgetBytes)
+	if err != nil {
+		return nil, err
+	}
+	g := &Generator{model: m, cache: cache, opts: opts}
+	g.choice = KVChoice{DType: dt, Bytes: opts.KVBudgetBytes, Blocks: cache.Capacity(), Why: why}
+	slog.Debug(g.choice.String())
+	return g, nil
+}
+
+// KVChoice says what the generator's KV cache was given and why.
+func (g *Generator) KVChoice() KVChoice { return g.choice }
+
+// Preemptions is the number of samples preempted so far (their KV blocks freed, to be
+// recomputed) because the running samples' next tokens did not fit in the KV budget.
+func (g *Generator) Preemptions() uint64 { return g.preemptions }
+
+// idle reports whether nothing waits, runs or waits to be recomputed.
+func (g *Generator) idle() bool {
+	return len(g.waiting) == 0 && len(g.running) == 0 && len(g.preempted) == 0
+}
+
+// enqueue adds r to the requests waiting for admission, numbering its arrival.
+func (g *Generator) enqueue(r *genRequest) {
+	r.arrival = g.arrivals
+	g.arrivals++
+	g.waiting = append(g.waiting, r)
 }
 
 // Close frees the KV cache.
@@ -143,7 +204,7 @@ func (g *Generator) Close() { g.cache.Free() }
 // Cache returns the generator's KV cache (for metrics and tests).
 func (g *Generator) Cache() *KVCache { return g.cache }
 
-// validate checks a request and returns the KV blocks it reserves.
+// validate checks a request and returns the KV blocks one of its samples needs at most.
 func (g *Generator) validate(i int, r *Request) (int, error) {
 	c := g.model.Config
 	p := &r.Params
@@ -177,35 +238,31 @@ func (g *Generator) validate(i int, r *Request) (int, error) {
 	if p.N > g.opts.MaxSeqs {
 		return 0, fmt.Errorf("request %d: n=%d exceeds the %d sequences decoded together", i, p.N, g.opts.MaxSeqs)
 	}
-	blocks := g.cache.BlocksFor(len(r.Prompt)) + p.N*g.sampleBlocks(p)
+	// A sample alone in the cache (the others preempted) must fit: its prompt and response.
+	blocks := g.cache.BlocksFor(len(r.Prompt) + p.MaxNewTokens)
 	if blocks > g.cache.Capacity() {
 		mib := func(b int) float64 { return float64(int64(b)*g.cache.blockBytes) / (1 << 20) }
-		return 0, fmt.Errorf("request %d: needs up to %.1f MiB of KV cache (%d blocks), more than the budget of %.1f MiB: %w",
+		return 0, fmt.Errorf("request %d: one sample needs up to %.1f MiB of KV cache (%d blocks), more than the budget of %.1f MiB: %w",
 			i, mib(blocks), blocks, mib(g.cache.Capacity()), ErrKVBudget)
 	}
 	return blocks, nil
 }
 
-// sampleBlocks is the share of a request's reservation that each of its samples holds until it
-// ends: the blocks of MaxNewTokens positions and a copy of the shared last prompt block.
-func (g *Generator) sampleBlocks(p *SamplingParams) int {
-	return g.cache.BlocksFor(p.MaxNewTokens) + 1
-}
-
 // Generate completes every request and returns their results in order. Requests that do not
-// fit in the KV budget together wait for earlier ones to finish.
+// fit in the KV budget together wait for earlier ones to finish (or preempt later ones).
 func (g *Generator) Generate(ctx context.Context, reqs []Request) ([]Result, error) {
 	all := make([]*genRequest, len(reqs))
 	for i := range reqs {
 		r := reqs[i]
 		r.Params.StopTokens = slices.Clone(r.Params.StopTokens)
-		blocks, err := g.validate(i, &r)
-		if err != nil {
+		if _, err := g.validate(i, &r); err != nil {
 			return nil, err
 		}
-		all[i] = &genRequest{req: r, blocks: blocks}
+		all[i] = &genRequest{req: r}
 	}
-	g.waiting = append(g.waiting, all...)
+	for _, r := range all {
+		g.enqueue(r)
+	}
 	defer g.abort()
 	for !allDone(all) {
 		if err := ctx.Err(); err != nil {
@@ -243,7 +300,42 @@ func (g *Generator) abort() {
 			r.seq.Release()
 		}
 	}
-	g.running, g.waiting, g.reserved = nil, nil, 0
+	g.running, g.waiting, g.preempted = nil, nil, nil
+}
+
+// decodeBlocks is the number of KV blocks the running samples' next tokens take: a fresh block
+// where the last is full, a copy where it is shared with a sample or prompt that keeps it.
+func (g *Generator) decodeBlocks() int {
+	seqs := make([]*Seq, 0, len(g.running))
+	for _, s := range g.running {
+		if s.active {
+			seqs = append(seqs, s.seq)
+		}
+	}
+	return g.cache.appendBlocks(seqs)
+}
+
+// preemptYoungest frees the KV blocks of the youngest running sample and queues it to be
+// recomputed, oldest first among the preempted.
+func (g *Generator) preemptYoungest() {
+	y := -1
+	for i, s := range g.running {
+		if s.active && (y < 0 || s.younger(g.running[y])) {
+			y = i
+		}
+	}
+	s := g.running[y]
+	g.running = slices.Delete(g.running, y, y+1)
+	s.seq.Release()
+	s.seq, s.active = nil, false
+	i, _ := slices.BinarySearchFunc(g.preempted, s, func(a, b *genSample) int {
+		if a.younger(b) {
+			return 1
+		}
+		return -1
+	})
+	g.preempted = slices.Insert(g.preempted, i, s)
+	g.preemptions++
 }
 
 // step runs one forward pass: admit what fits, prefill it, decode one token of every running
@@ -257,23 +349,54 @@ func (g *Generator) step() error {
 	}
 	var targets []target
 	var prefill int
+	// The running samples' next tokens first: preempt the youngest until they fit.
+	need := g.decodeBlocks()
+	for need > g.cache.Capacity()-g.cache.Used() {
+		g.preemptYoungest()
+		need = g.decodeBlocks()
+	}
+	free := g.cache.Capacity() - g.cache.Used() - need
 	running := 0
 	for _, s := range g.running {
 		if s.active {
 			running++
 		}
 	}
-	for len(g.waiting) > 0 {
+	// Then what fits now: preempted samples (prompt and tokens so far recomputed), oldest first,
+	// then waiting requests in arrival order (their prompt, and a block for each sample's first
+	// token unless nothing else runs).
+	var resumed []*genSample
+	for len(g.preempted) > 0 {
+		s := g.preempted[0]
+		out := s.r.result.Samples[s.idx].Tokens
+		n := len(s.r.req.Prompt) + len(out)
+		blocks := g.cache.BlocksFor(n)
+		if blocks > free || running+1 > g.opts.MaxSeqs || (prefill > 0 && prefill+n > g.opts.MaxBatchTokens) {
+			break
+		}
+		g.preempted = g.preempted[1:]
+		free -= blocks
+		running++
+		prefill += n
+		s.seq = g.cache.NewSeq()
+		steps = append(steps, step{seq: s.seq, tokens: slices.Concat(s.r.req.Prompt, out)})
+		targets = append(targets, target{s: s})
+		resumed = append(resumed, s)
+	}
+	for len(g.preempted) == 0 && len(g.waiting) > 0 {
 		r := g.waiting[0]
 		n := r.req.Params.N
-		fits := g.reserved+r.blocks <= g.cache.Capacity() && running+n <= g.opts.MaxSeqs &&
+		blocks := g.cache.BlocksFor(len(r.req.Prompt))
+		if running > 0 {
+			blocks += n
+		}
+		fits := blocks <= free && running+n <= g.opts.MaxSeqs &&
 			(prefill == 0 || prefill+len(r.req.Prompt) <= g.opts.MaxBatchTokens)
 		if !fits {
 			break
 		}
 		g.waiting = g.waiting[1:]
-		g.reserved += r.blocks
-		r.held = r.blocks
+		free -= blocks
 		running += n
 		prefill += len(r.req.Prompt)
 		r.seq = g.cache.NewSeq()
@@ -286,6 +409,10 @@ func (g *Generator) step() error {
 			steps = append(steps, step{seq: s.seq, tokens: []int32{s.next}})
 			targets = append(targets, target{s: s})
 		}
+	}
+	for _, s := range resumed { // decoded from the next step on
+		s.active = true
+		g.running = append(g.running, s)
 	}
 	if len(steps) == 0 {
 		return errors.New("generate: nothing to run (scheduler stalled)")
@@ -364,22 +491,12 @@ func (g *Generator) step() error {
 		s.seq.Release()
 		s.seq = nil
 		s.r.pending--
-		// The sample's share of the reservation goes back now, the prompt's with the last sample:
-		// the blocks reserved are then at most MaxSeqs times those of one sample and its prompt.
-		g.unreserve(s.r, g.sampleBlocks(&p))
 		if s.r.pending == 0 {
 			s.r.done = true
-			g.unreserve(s.r, s.r.held)
 		}
 	}
 	g.running = slices.DeleteFunc(g.running, func(s *genSample) bool { return !s.active })
 	return nil
-}
-
-// unreserve gives n blocks of r's reservation back.
-func (g *Generator) unreserve(r *genRequest, n int) {
-	r.held -= n
-	g.reserved -= n
 }
 
 // topList is one step's most likely tokens of a sample's distribution.

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,10 +16,12 @@ const DefaultBlockSize = 16
 // KVCache is a paged key/value cache (as in vLLM): fixed-size blocks of positions, a block
 // table per sequence, reference counts so that forked sequences share the blocks of their
 // common prefix, and copy on write when a shared, partly filled block is appended to. Storage
-// lives on the backend and grows on demand up to a memory budget.
+// lives on the backend, holds fp32 or bf16 keys and values, and grows on demand up to a memory
+// budget.
 type KVCache struct {
 	mu         sync.Mutex
 	store      KVStore
+	dtype      DType
 	blockSize  int
 	blockBytes int64 // bytes of one block over all layers, keys and values
 	maxBlocks  int   // budget
@@ -29,38 +33,146 @@ type KVCache struct {
 // ErrKVBudget is wrapped by errors returned when the KV-cache memory budget is exhausted.
 var ErrKVBudget = fmt.Errorf("KV-cache memory budget exhausted")
 
+// KVDType chooses the element type of a Generator's KV cache.
+type KVDType uint8
+
+// KV cache element types. KVAuto is bf16 where the model's linear weights are bf16 and the
+// backend's KV store holds bf16 (KVDTyper), fp32 otherwise.
+const (
+	KVAuto KVDType = iota
+	KVF32
+	KVBF16
+)
+
+func (k KVDType) String() string {
+	switch k {
+	case KVAuto:
+		return "auto"
+	case KVF32:
+		return "fp32"
+	case KVBF16:
+		return "bf16"
+	}
+	return fmt.Sprintf("KVDType(%d)", uint8(k))
+}
+
+// ParseKVDType parses a --kv-dtype value: "auto" (or ""), "fp32" or "bf16".
+func ParseKVDType(s string) (KVDType, error) {
+	switch s {
+	case "", "auto":
+		return KVAuto, nil
+	case "fp32":
+		return KVF32, nil
+	case "bf16":
+		return KVBF16, nil
+	}
+	return 0, fmt.Errorf("KV dtype %q: want auto, fp32 or bf16", s)
+}
+
+// KVDTyper is implemented by a backend whose KV store holds more element types than F32.
+type KVDTyper interface {
+	// KVDTypes lists the dtypes NewKVStore takes.
+	KVDTypes() []DType
+}
+
+// KVDTypeSupported reports whether b's KV store holds dt (every backend holds F32).
+func KVDTypeSupported(b Backend, dt DType) bool {
+	if dt == F32 {
+		return true
+	}
+	if t, ok := b.(KVDTyper); ok {
+		return slices.Contains(t.KVDTypes(), dt)
+	}
+	return false
+}
+
+// Resolve is the element type k gives a KV cache of model m: KVAuto follows m's linear weights
+// where m's backend stores that dtype; an explicit bf16 on a backend without it is an error.
+func (k KVDType) Resolve(m *Model) (DType, error) {
+	switch k {
+	case KVAuto:
+		if m.WeightDType == BF16 && KVDTypeSupported(m.Backend, BF16) {
+			return BF16, nil
+		}
+		return F32, nil
+	case KVF32:
+		return F32, nil
+	case KVBF16:
+		if !KVDTypeSupported(m.Backend, BF16) {
+			return 0, fmt.Errorf("KV dtype bf16: the %s backend's KV cache holds fp32 only", m.Backend.Name())
+		}
+		return BF16, nil
+	}
+	return 0, fmt.Errorf("KV dtype %v: unknown", k)
+}
+
+// kvElemBytes is the size of one cached key or value element of dtype dt.
+func kvElemBytes(dt DType) int64 {
+	if dt == BF16 {
+		return 2
+	}
+	return 4
+}
+
 // kvBlockBytes is the size of one cache block of a model of config c: keys and values (2) of
-// DefaultBlockSize positions, num_key_value_heads × head_dim each, in every layer, fp32 (4 bytes).
-func kvBlockBytes(c *Config) int64 {
-	return int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * DefaultBlockSize * 4
+// DefaultBlockSize positions, num_key_value_heads × head_dim each, in every layer, of dtype dt.
+func kvBlockBytes(c *Config, dt DType) int64 {
+	return int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * DefaultBlockSize * kvElemBytes(dt)
 }
 
-// KVBudget is the KV-cache budget in bytes that lets a Generator run seqs samples of up to
-// seqLen positions (prompt and response) each at once: seqs × (ceil(seqLen/DefaultBlockSize) + 2)
-// blocks of kvBlockBytes. The two blocks more than the positions need are the margin of the
-// scheduler's reservations: a sample's prompt and response are rounded up to blocks separately
-// (one block more at most), and a sample may copy its prompt's shared last block.
-func KVBudget(c *Config, seqs, seqLen int) int64 {
-	blocks := (seqLen+DefaultBlockSize-1)/DefaultBlockSize + 2
-	return int64(seqs) * int64(blocks) * kvBlockBytes(c)
+// KVBudget is the KV-cache budget in bytes that holds seqs sequences of up to seqLen positions
+// (prompt and response) each at once, keys and values of dtype dt: seqs × (ceil(seqLen/
+// DefaultBlockSize) + 1) blocks. The block more than the positions need is a sample's copy of
+// its prompt's shared last block.
+func KVBudget(c *Config, dt DType, seqs, seqLen int) int64 {
+	blocks := (seqLen+DefaultBlockSize-1)/DefaultBlockSize + 1
+	return int64(seqs) * int64(blocks) * kvBlockBytes(c, dt)
 }
 
-// KVMemoryFraction is the share of the machine's memory that DefaultKVBudget allows the KV
-// cache at most.
+// KVMemoryFraction is the share of the machine's memory (RAM) that DefaultKVBudget allows the KV
+// cache at most on a backend without device memory of its own.
 const KVMemoryFraction = 0.25
 
-// DefaultKVBudget is a Generator's KV budget when GeneratorOptions leave it 0: KVBudget of
-// maxSeqs samples of the model's max_position_embeddings positions (the most the generator can
-// reserve, so the budget never holds back a request that MaxSeqs lets in), and at most
+// KVDeviceMemoryFraction is the share of a device's free memory (DeviceMemory, read when the
+// generator is made: after the weights, and after the optimizer where the trainer made it
+// first) that DefaultKVBudget allows the KV cache at most.
+const KVDeviceMemoryFraction = 0.5
+
+// DeviceMemory is implemented by a backend with memory of its own (a GPU): what is free now and
+// in all (cuMemGetInfo).
+type DeviceMemory interface {
+	MemInfo() (free, total int64, err error)
+}
+
+// DefaultKVBudget is a Generator's KV budget when GeneratorOptions leave it 0, for model m with
+// keys and values of dtype dt: KVBudget of maxSeqs sequences of the model's
+// max_position_embeddings positions (the most the generator can ever hold), and at most
+// KVDeviceMemoryFraction of the device's free memory (DeviceMemory) or, on the CPU,
 // KVMemoryFraction of the machine's memory (MemTotal, or the cgroup's limit where lower; 4 GiB
-// assumed where neither can be read), and at least one block.
-func DefaultKVBudget(c *Config, maxSeqs int) int64 {
-	need := KVBudget(c, maxSeqs, c.MaxPositionEmbeddings)
-	mem := SystemMemory()
-	if mem <= 0 {
-		mem = 4 << 30
+// assumed where neither can be read), and at least one block. why says which bound chose it.
+func DefaultKVBudget(m *Model, dt DType, maxSeqs int) (bytes int64, why string) {
+	c := m.Config
+	need := KVBudget(c, dt, maxSeqs, c.MaxPositionEmbeddings)
+	var limit int64
+	if dm, ok := m.Backend.(DeviceMemory); ok {
+		if free, _, err := dm.MemInfo(); err == nil && free > 0 {
+			limit = int64(float64(free) * KVDeviceMemoryFraction)
+			why = fmt.Sprintf("%.0f%% of the device's %.1f GiB free", 100*KVDeviceMemoryFraction, float64(free)/(1<<30))
+		}
 	}
-	return max(min(need, int64(float64(mem)*KVMemoryFraction)), kvBlockBytes(c))
+	if limit == 0 {
+		mem := SystemMemory()
+		what := fmt.Sprintf("%.1f GiB of RAM", float64(mem)/(1<<30))
+		if mem <= 0 {
+			mem, what = 4<<30, "4 GiB assumed (RAM unknown)"
+		}
+		limit = int64(float64(mem) * KVMemoryFraction)
+		why = fmt.Sprintf("%.0f%% of %s", 100*KVMemoryFraction, what)
+	}
+	if need <= limit {
+		why = fmt.Sprintf("%d sequences of max_position_embeddings %d (below %s)", maxSeqs, c.MaxPositionEmbeddings, why)
+	}
+	return max(min(need, limit), kvBlockBytes(c, dt)), why
 }
 
 // SystemMemory is the memory this process may use: the host's MemTotal (/proc/meminfo), or the
@@ -88,22 +200,34 @@ func SystemMemory() int64 {
 	return mem
 }
 
-// NewKVCache creates a cache for model m holding at most budgetBytes of keys and values
-// (fp32). It allocates storage lazily.
+// NewKVCache creates an fp32 cache for model m holding at most budgetBytes of keys and values.
+// It allocates storage lazily.
 func NewKVCache(m *Model, budgetBytes int64) (*KVCache, error) {
+	return NewKVCacheOf(m, F32, budgetBytes)
+}
+
+// NewKVCacheOf creates a cache for model m holding at most budgetBytes of keys and values of
+// dtype dt (F32, or BF16 where m's backend stores it). It allocates storage lazily.
+func NewKVCacheOf(m *Model, dt DType, budgetBytes int64) (*KVCache, error) {
 	c := m.Config
 	bs := DefaultBlockSize
-	blockBytes := kvBlockBytes(c)
+	blockBytes := kvBlockBytes(c, dt)
 	maxBlocks := int(budgetBytes / blockBytes)
 	if maxBlocks < 1 {
 		return nil, fmt.Errorf("KV cache: budget of %d bytes is below one block (%d bytes)", budgetBytes, blockBytes)
 	}
-	store, err := m.Backend.NewKVStore(c.NumHiddenLayers, c.NumKeyValueHeads, bs, c.HeadDim, 0)
+	store, err := m.Backend.NewKVStore(c.NumHiddenLayers, c.NumKeyValueHeads, bs, c.HeadDim, 0, dt)
 	if err != nil {
 		return nil, fmt.Errorf("KV cache: %w", err)
 	}
-	return &KVCache{store: store, blockSize: bs, blockBytes: blockBytes, maxBlocks: maxBlocks}, nil
+	return &KVCache{store: store, dtype: dt, blockSize: bs, blockBytes: blockBytes, maxBlocks: maxBlocks}, nil
 }
+
+// DType is the element type of the cached keys and values.
+func (c *KVCache) DType() DType { return c.dtype }
+
+// BlockBytes is the size of one block over all layers, keys and values.
+func (c *KVCache) BlockBytes() int64 { return c.blockBytes }
 
 // BlockSize is the number of positions per block.
 func (c *KVCache) BlockSize() int { return c.blockSize }
@@ -251,4 +375,55 @@ func (s *Seq) truncate(n int) {
 	}
 	s.blocks = s.blocks[:keep]
 	s.n = n
+}
+
+// appendBlocks is the number of blocks that appending one position to each of seqs takes: a
+// fresh block for a sequence whose last block is full (or that has none), and a copy for one
+// whose partly filled last block is shared, unless every holder of that block is among seqs
+// (the last of them to append finds it no longer shared).
+func (c *KVCache) appendBlocks(seqs []*Seq) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	shared := map[int32]int32{} // partly filled, shared last block -> holders among seqs
+	for _, s := range seqs {
+		switch {
+		case s.n%c.blockSize == 0:
+			n++
+		case c.refs[s.blocks[len(s.blocks)-1]] > 1:
+			shared[s.blocks[len(s.blocks)-1]]++
+		}
+	}
+	for b, k := range shared {
+		if c.refs[b] > k {
+			n += int(k)
+		} else {
+			n += int(k) - 1
+		}
+	}
+	return n
+}
+
+// ParseBytes parses a memory size: a number of bytes with an optional unit, binary (KiB, MiB,
+// GiB, TiB) or decimal (kB, MB, GB, TB; B for bytes), case-insensitive: "512MiB", "2GiB",
+// "1.5GB", "1048576".
+func ParseBytes(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+		{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12}, {"b", 1}}
+	mult := 1.0
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || v*mult > math.MaxInt64/2 {
+		return 0, fmt.Errorf("memory size %q: want a number of bytes with an optional unit (KiB, MiB, GiB, TiB, kB, MB, GB, TB)", s)
+	}
+	return int64(v * mult), nil
 }

@@ -280,23 +280,34 @@ func TestSeededSampling(t *testing.T) {
 	}
 }
 
-// TestKVBudget: a request larger than the whole budget is refused with a clear error; many
-// requests that only fit one at a time all complete.
+// TestKVBudget: a request one of whose samples cannot fit in the whole budget is refused with a
+// clear error; a request whose samples fit only one at a time runs (they are preempted in turn;
+// it used to be refused for its worst case, N samples at once); many requests that only fit one
+// at a time all complete.
 func TestKVBudget(t *testing.T) {
 	g := loadGolden(t, "qwen2")
 	m := g.model(t, engine.F32)
 	c := g.cfg
 	block := int64(c.NumHiddenLayers * 2 * c.KVDim() * engine.DefaultBlockSize * 4)
 	gen := newGen(t, m, engine.GeneratorOptions{KVBudgetBytes: 8 * block}) // one request of the second batch at a time
-	_, err := gen.Generate(context.Background(), []engine.Request{{Prompt: make([]int32, 40), Params: engine.SamplingParams{N: 4, MaxNewTokens: 40}}})
+	// 100 + 40 positions: 9 blocks.
+	_, err := gen.Generate(context.Background(), []engine.Request{{Prompt: make([]int32, 100), Params: engine.SamplingParams{N: 4, MaxNewTokens: 40}}})
 	if !errors.Is(err, engine.ErrKVBudget) || !strings.Contains(err.Error(), "request 0") {
 		t.Fatalf("err = %v, want a KV budget error naming request 0", err)
+	}
+	// 40 + 40 positions: 5 blocks a sample, 20 for all four at once.
+	res, err := gen.Generate(context.Background(), []engine.Request{{Prompt: make([]int32, 40), Params: engine.SamplingParams{N: 4, MaxNewTokens: 40, Temperature: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gen.Preemptions() == 0 || len(res[0].Samples) != 4 || len(res[0].Samples[3].Tokens) != 40 {
+		t.Fatalf("4 samples of 80 positions in 8 blocks: %d preemptions, %d samples", gen.Preemptions(), len(res[0].Samples))
 	}
 	var reqs []engine.Request
 	for i := 0; i < 5; i++ {
 		reqs = append(reqs, engine.Request{Prompt: []int32{int32(i), 1, 2}, Params: engine.SamplingParams{N: 2, MaxNewTokens: 20, Temperature: 1, Seed: uint64(i)}})
 	}
-	res, err := gen.Generate(context.Background(), reqs)
+	res, err = gen.Generate(context.Background(), reqs)
 	if err != nil {
 		t.Fatal(err)
 	}

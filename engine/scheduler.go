@@ -30,6 +30,8 @@ type Scheduler struct {
 	closed  bool
 	done    chan struct{}
 	stats   SchedulerStats
+	// preemptions counts the preemptions of generators replaced by a weight swap.
+	preemptions uint64
 
 	// betweenSteps, when set (by tests), runs after each step with the step count, while the
 	// lock is released: a test holds the loop there to submit or cancel at a known step.
@@ -135,6 +137,8 @@ type SchedulerStats struct {
 	KVBlocksUsed    int    // KV-cache blocks in use
 	KVBlocksTotal   int    // KV-cache capacity in blocks
 	TokensGenerated uint64 // sampled tokens so far
+	Preempted       int    // samples preempted (KV blocks freed), waiting to be recomputed
+	Preemptions     uint64 // samples preempted so far
 	Steps           uint64 // forward passes so far
 	Version         uint64 // weight version
 }
@@ -170,6 +174,13 @@ func (s *Scheduler) Model() *Model {
 	return s.g.model
 }
 
+// KVChoice says what the KV cache of the generator was given and why.
+func (s *Scheduler) KVChoice() KVChoice {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.g.choice
+}
+
 // Stats returns the current counters and levels.
 func (s *Scheduler) Stats() SchedulerStats {
 	s.mu.Lock()
@@ -177,6 +188,8 @@ func (s *Scheduler) Stats() SchedulerStats {
 	st := s.stats
 	st.Queued = len(s.queued) + len(s.g.waiting)
 	st.Running = len(s.g.running)
+	st.Preempted = len(s.g.preempted)
+	st.Preemptions = s.preemptions + s.g.preemptions
 	st.KVBlocksUsed = s.g.cache.Used()
 	st.KVBlocksTotal = s.g.cache.Capacity()
 	st.Version = s.version
@@ -198,8 +211,7 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (*Job, error) {
 	if s.swap != nil { // validate against the model the request will run on
 		g = &Generator{model: s.swap.m, cache: s.g.cache, opts: s.g.opts}
 	}
-	blocks, err := g.validate(0, &r)
-	if err != nil {
+	if _, err := g.validate(0, &r); err != nil {
 		return nil, err
 	}
 	if len(s.queued)+len(s.g.waiting) >= s.opts.MaxQueued {
@@ -207,7 +219,7 @@ func (s *Scheduler) Submit(ctx context.Context, r Request) (*Job, error) {
 	}
 	ev := make(chan Event, eventBuffer)
 	j := &Job{Events: ev, events: ev, req: r, ctx: ctx, emitted: make([]int, r.Params.N), ready: make(chan struct{}, 1)}
-	j.gr = &genRequest{req: r, blocks: blocks}
+	j.gr = &genRequest{req: r}
 	go j.forward()
 	s.queued = append(s.queued, j)
 	s.wake.Signal()
@@ -253,7 +265,7 @@ func (s *Scheduler) loop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		for !s.closed && len(s.queued) == 0 && len(s.g.waiting) == 0 && len(s.g.running) == 0 && s.swap == nil && len(s.scores) == 0 {
+		for !s.closed && len(s.queued) == 0 && s.g.idle() && s.swap == nil && len(s.scores) == 0 {
 			s.wake.Wait()
 		}
 		if s.closed {
@@ -269,14 +281,14 @@ func (s *Scheduler) loop() {
 		}
 		s.runScores()
 		s.dropCancelled()
-		if s.swap != nil && len(s.g.running) == 0 && len(s.g.waiting) == 0 {
+		if s.swap != nil && s.g.idle() {
 			s.applySwap()
 			continue
 		}
 		if s.swap == nil { // during a swap, new requests wait for the new model
 			s.handOver()
 		}
-		if len(s.g.waiting) == 0 && len(s.g.running) == 0 {
+		if s.g.idle() {
 			continue
 		}
 		err := s.g.step()
@@ -380,7 +392,7 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 		}
 		blocks += (len(r.Tokens) + DefaultBlockSize - 1) / DefaultBlockSize
 	}
-	cache, err := NewKVCache(m, int64(blocks)*kvBlockBytes(c))
+	cache, err := NewKVCache(m, int64(blocks)*kvBlockBytes(c, F32))
 	if err != nil {
 		return nil, err
 	}
@@ -473,7 +485,7 @@ func (s *Scheduler) runScores() {
 // handOver gives the submitted requests to the generator, on the current weights.
 func (s *Scheduler) handOver() {
 	for _, j := range s.queued {
-		s.g.waiting = append(s.g.waiting, j.gr)
+		s.g.enqueue(j.gr)
 		s.jobs[j.gr] = j
 		j.Version = s.version
 	}
@@ -485,6 +497,7 @@ func (s *Scheduler) applySwap() {
 	sw := s.swap
 	g, err := NewGenerator(sw.m, s.opts.Generator)
 	if err == nil {
+		s.preemptions += s.g.preemptions
 		s.g.Close()
 		s.g, s.version = g, sw.version
 	}
@@ -544,7 +557,7 @@ func (s *Scheduler) dropCancelled() {
 				}
 				return true
 			})
-			s.g.unreserve(gr, gr.held)
+			s.g.preempted = slices.DeleteFunc(s.g.preempted, func(smp *genSample) bool { return smp.r == gr })
 		}
 		j.post(Event{Done: true, Err: err})
 		delete(s.jobs, gr)

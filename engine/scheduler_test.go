@@ -461,3 +461,77 @@ func TestSamplingTopLogProbs(t *testing.T) {
 		}
 	}
 }
+
+// TestSchedulerPreemption: in a KV pool too small for the requests' samples together, the
+// scheduler preempts and recomputes samples and still streams exactly what the Generator gives
+// each request alone in a large pool; a request cancelled while some of its samples wait,
+// preempted, to be recomputed ends with its context's error and leaves no blocks or samples
+// behind.
+func TestSchedulerPreemption(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	m := g.model(t, engine.F32)
+	reqs := schedRequests()
+	gen := newGen(t, m, engine.GeneratorOptions{})
+	want := make([]engine.Result, len(reqs))
+	for i, r := range reqs {
+		res, err := gen.Generate(context.Background(), []engine.Request{r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = res[0]
+	}
+	block := gen.Cache().BlockBytes()
+	const blocks = 24 // request 0: 3 samples of 303 positions, 19 blocks each
+	s, err := engine.NewScheduler(m, 1, engine.SchedulerOptions{Generator: engine.GeneratorOptions{KVBudgetBytes: blocks * block}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var wg sync.WaitGroup
+	got := make([]engine.Result, len(reqs))
+	for i, r := range reqs {
+		j, err := s.Submit(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			var err error
+			if got[i], err = collect(t, j, max(1, r.Params.N)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	for i := range reqs {
+		for k, w := range want[i].Samples {
+			g := got[i].Samples[k]
+			if !slices.Equal(g.Tokens, w.Tokens) || !sameBits(g.LogProbs, w.LogProbs) || g.Finish != w.Finish {
+				t.Errorf("request %d sample %d: preempting scheduler %v %v %s, generator %v %v %s", i, k, g.Tokens, g.LogProbs, g.Finish, w.Tokens, w.LogProbs, w.Finish)
+			}
+		}
+	}
+	st := s.Stats()
+	if st.Preemptions == 0 || st.KVBlocksUsed != 0 || st.Preempted != 0 || st.KVBlocksTotal != blocks {
+		t.Errorf("after the requests in %d blocks: %+v, want preemptions and nothing left", blocks, st)
+	}
+	t.Logf("%d preemptions, %d steps", st.Preemptions, st.Steps)
+
+	// Cancel request 0 once one of its samples is preempted.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	engine.SetBetweenSteps(s, func(uint64) {
+		if s.Stats().Preempted > 0 {
+			cancel()
+		}
+	})
+	j, err := s.Submit(ctx, reqs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := collect(t, j, reqs[0].Params.N); !errors.Is(err, context.Canceled) {
+		t.Fatalf("request cancelled while preempted: %v", err)
+	}
+	if st := s.Stats(); st.KVBlocksUsed != 0 || st.Preempted != 0 || st.Running != 0 {
+		t.Errorf("after cancelling a preempted request: %+v", st)
+	}
+}

@@ -133,5 +133,5 @@ func (m *Model) Logits(ctx context.Context, seqs [][]int32) ([][]float32, error)
 // scratchCache is a KV cache of its own for one scoring call: room for blocks blocks, and one
 // more.
 func scratchCache(m *Model, blocks int) (*KVCache, error) {
-	return NewKVCache(m, int64(blocks+1)*kvBlockBytes(m.Config))
+	return NewKVCache(m, int64(blocks+1)*kvBlockBytes(m.Config, F32))
 }

@@ -76,7 +76,11 @@ func (e EngineRollouts) Rollout(ctx context.Context, prompts []Prompt, p engine.
 // of the policy's weights, replaced by each SyncWeights: the in-process rollout source that
 // can generate while the policy trains (Config.Overlap). Close frees its generator.
 type SnapshotRollouts struct {
-	gen *engine.Generator
+	// Options are the generator's (its KV cache's dtype and budget).
+	Options engine.GeneratorOptions
+
+	gen    *engine.Generator
+	logged bool
 }
 
 // Rollout implements RolloutSource as EngineRollouts does, on the weights of the last
@@ -94,9 +98,13 @@ func (s *SnapshotRollouts) SyncWeights(_ context.Context, policy *engine.Model) 
 	if err != nil {
 		return fmt.Errorf("grpo: snapshot rollouts: %w", err)
 	}
-	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+	gen, err := engine.NewGenerator(m, s.Options)
 	if err != nil {
 		return fmt.Errorf("grpo: snapshot rollouts: %w", err)
+	}
+	if !s.logged { // once: a generator is made for every weight sync
+		slog.Info(gen.KVChoice().String())
+		s.logged = true
 	}
 	s.Close()
 	s.gen = gen

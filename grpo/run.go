@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -81,6 +82,8 @@ type RunConfig struct {
 	WarmupSteps int `flag:"warmup" check:">=0" help:"optimizer steps of linear learning-rate warm-up"`
 	// Recompute recomputes each layer's activations in the backward pass.
 	Recompute bool `flag:"recompute" help:"recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)"`
+	// KV is the KV cache of the engine's in-process rollouts.
+	KV KVConfig
 	// Freeze lists regular expressions over HF weight names not to train.
 	Freeze []string `flag:"freeze" help:"regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')"`
 	// Eval is the held-out evaluation.
@@ -323,13 +326,22 @@ func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model) 
 			return nil, nil, err
 		}
 	case cfg.Trainer.Overlap: // the engine generates on its own copy while the policy trains
-		s := &SnapshotRollouts{}
-		rs, closeRollouts = s, s.Close
-	default:
-		gen, err := engine.NewGenerator(policy, engine.GeneratorOptions{})
+		opts, err := cfg.KV.GeneratorOptions()
 		if err != nil {
 			return nil, nil, err
 		}
+		s := &SnapshotRollouts{Options: opts}
+		rs, closeRollouts = s, s.Close
+	default:
+		opts, err := cfg.KV.GeneratorOptions()
+		if err != nil {
+			return nil, nil, err
+		}
+		gen, err := engine.NewGenerator(policy, opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		slog.Info(gen.KVChoice().String())
 		return EngineRollouts{Gen: gen}, gen.Close, nil
 	}
 	if err := syncWeights(ctx, rs, policy); err != nil { // the servers start from the policy

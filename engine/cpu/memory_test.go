@@ -71,10 +71,10 @@ func TestMemoryDefaultJobShapes(t *testing.T) {
 	// (h1, xm, h2, out [D]; q, a [H·Dh]; k, v [KV·Dh]; lse [H]; g, u, mm [I]) = 4·192 + 2·192 +
 	// 2·64 + 6 + 3·512 = 2822 floats (4 bytes), over 32·40 tokens and 6 layers: 86.7 MB. The pool
 	// may hold them twice (two size classes, each up to 25% over); the KV cache holds at most its
-	// budget, 256 × 6 blocks of 48 KiB (72 MiB); weights, gradients, AdamW moments and packed
+	// default budget, 256 × 5 blocks of 48 KiB (60 MiB); weights, gradients, AdamW moments and packed
 	// copies of the 2.4M parameters (about 60 MB) fit in 64 MiB more.
 	acts := int64(batch*maxLen) * int64(cfg.NumHiddenLayers) * 2822 * 4
-	bound := 2*acts*5/4 + engine.DefaultKVBudget(cfg, 256) + 64<<20
+	bound := 2*acts*5/4 + engine.KVBudget(cfg, engine.F32, 256, cfg.MaxPositionEmbeddings) + 64<<20
 	t.Logf("live heap %.1f MiB, bound %.1f MiB, pooled %.1f MiB", float64(ms.HeapAlloc)/(1<<20), float64(bound)/(1<<20), float64(c.pooled)/(1<<20))
 	if int64(ms.HeapAlloc) > bound {
 		t.Fatalf("live heap %d bytes after the default job's shapes, over the bound %d", ms.HeapAlloc, bound)

@@ -445,9 +445,14 @@ func (e *env) down(t *engine.Tensor) []float32 {
 	return out
 }
 
-// kv makes a KV store freed at the end.
+// kv makes an fp32 KV store freed at the end.
 func (e *env) kv(layers, kvHeads, blockSize, headDim, blocks int) engine.KVStore {
-	s, err := e.b.NewKVStore(layers, kvHeads, blockSize, headDim, blocks)
+	return e.kvOf(engine.F32, layers, kvHeads, blockSize, headDim, blocks)
+}
+
+// kvOf makes a KV store of dtype dt freed at the end.
+func (e *env) kvOf(dt engine.DType, layers, kvHeads, blockSize, headDim, blocks int) engine.KVStore {
+	s, err := e.b.NewKVStore(layers, kvHeads, blockSize, headDim, blocks, dt)
 	if err != nil {
 		panic(err)
 	}

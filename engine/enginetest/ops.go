@@ -137,10 +137,12 @@ func forwardCases(o Options) []testCase {
 		}})
 	}
 	for _, s := range attnShapes(o) {
-		cs = append(cs, testCase{"Attention/" + s.String() + "/ragged", func(c *caseCtx) { pagedAttention(c, s, false) }})
+		cs = append(cs, testCase{"Attention/" + s.String() + "/ragged", func(c *caseCtx) { pagedAttention(c, s, false, engine.F32) }})
 		if !o.Short {
-			cs = append(cs, testCase{"Attention/" + s.String() + "/long", func(c *caseCtx) { pagedAttention(c, s, true) }})
+			cs = append(cs, testCase{"Attention/" + s.String() + "/long", func(c *caseCtx) { pagedAttention(c, s, true, engine.F32) }})
 		}
+		// bf16 KV stores, on the backends that have them (engine.KVDTyper).
+		cs = append(cs, testCase{"Attention/" + s.String() + "/ragged/bf16kv", func(c *caseCtx) { pagedAttention(c, s, false, engine.BF16) }})
 	}
 	for _, inplace := range []bool{false, true} {
 		name := "SwiGLU/M=17,N=129"
@@ -236,12 +238,20 @@ func attnBatch(seqs []attnSeq, bs int) *engine.AttnBatch {
 	return b
 }
 
-// pagedAttention runs two steps of attention over a paged KV store (layer 1 of 2, block size
-// engine.DefaultBlockSize) and compares both steps' outputs. Step 1 prefills two sequences;
-// then a partly filled block is copied (copy on write); step 2 mixes decode rows, a fresh
-// prefill, and two forks of the first sequence that share its full prefix blocks, one
-// extending it in its own block and one in the copied block.
-func pagedAttention(c *caseCtx, s attnShape, long bool) {
+// pagedAttention runs two steps of attention over a paged KV store of dtype kvdt (layer 1 of
+// 2, block size engine.DefaultBlockSize) and compares both steps' outputs. Step 1 prefills two
+// sequences; then a partly filled block is copied (copy on write); step 2 mixes decode rows, a
+// fresh prefill, and two forks of the first sequence that share its full prefix blocks, one
+// extending it in its own block and one in the copied block. With kvdt BF16 the backend under
+// test runs a bf16 store and the reference an fp32 store given the keys and values rounded to
+// bf16: a bf16 store must compute as if it held fp32 copies of its rounded values. A backend
+// without bf16 stores (not engine.KVDTyper) records the case as passed, saying so in Detail.
+func pagedAttention(c *caseCtx, s attnShape, long bool, kvdt engine.DType) {
+	if !engine.KVDTypeSupported(c.b, kvdt) {
+		c.add(Result{Metric: MetricNMSE, Pass: true, BadIndex: -1,
+			Detail: fmt.Sprintf("not run: the %s backend's KV store holds no %v", c.b.Name(), kvdt)})
+		return
+	}
 	const bs = engine.DefaultBlockSize
 	a := 21 // prompt of sequence A
 	if long {
@@ -270,8 +280,26 @@ func pagedAttention(c *caseCtx, s attnShape, long bool) {
 	qw, kw := s.h*s.dh, s.kv*s.dh
 	in1 := [][]float32{randn(c.rng, t1*qw, 1), randn(c.rng, t1*kw, 1), randn(c.rng, t1*kw, 1), randn(c.rng, t1*qw, 1)}
 	in2 := [][]float32{randn(c.rng, t2*qw, 1), randn(c.rng, t2*kw, 1), randn(c.rng, t2*kw, 1), randn(c.rng, t2*qw, 1)}
+	rounded := func(x []float32) []float32 { // x rounded to bf16 (to nearest even)
+		h := make([]uint16, len(x))
+		out := make([]float32, len(x))
+		for i, v := range x {
+			b := math.Float32bits(v)
+			h[i] = uint16((b + 0x7fff + (b>>16)&1) >> 16)
+			out[i] = math.Float32frombits(uint32(h[i]) << 16)
+		}
+		return out
+	}
+	in1r, in2r := slices.Clone(in1), slices.Clone(in2)
+	for _, in := range [][][]float32{in1r, in2r} {
+		in[1], in[2] = rounded(in[1]), rounded(in[2])
+	}
 	c.both(c.tol.Attention, func(e *env) []output {
-		kv := e.kv(2, s.kv, bs, s.dh, 2)
+		dt, in1, in2 := kvdt, in1, in2
+		if kvdt != engine.F32 && e.b == c.ref {
+			dt, in1, in2 = engine.F32, in1r, in2r
+		}
+		kv := e.kvOf(dt, 2, s.kv, bs, s.dh, 2)
 		if err := kv.Grow(int(next)); err != nil {
 			panic(err)
 		}

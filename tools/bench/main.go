@@ -41,6 +41,7 @@ func main() {
 	trainSeq := fs.Int("train-seq", 128, "tokens per training sequence")
 	longSeq := fs.IntSlice("long-seq", nil, "also time one training step on one sequence of each of these lengths (e.g. 2048,4096,8192,16384): seconds, peak memory, attention's share; minutes each on a few cores")
 	inference := fs.Bool("inference", true, "measure matmul, prefill and decode")
+	longDecode := fs.Bool("long-decode", true, "measure batch-1 decode at 256 and 16k tokens of context with fp32 and bf16 KV caches")
 	device := fs.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
 	jsonPath := fs.String("json", "", "with --device cuda: also write the figures as JSON to this file")
 	rolloutTokens := fs.Int("rollout-tokens", 1024, "with --device cuda: new tokens per sample in the rollout rows")
@@ -93,6 +94,13 @@ Usage: go run ./tools/bench [flags]`)
 	fmt.Printf("reference: fp32 FMA peak %.0f GFLOP/s, triad bandwidth %.1f GB/s\n\n", peak, bw)
 	if *inference {
 		err = run(*quick, *withORT, *decodeSteps, *promptLen, peak, bw)
+	}
+	if err == nil && *longDecode {
+		reps := 3
+		if *quick {
+			reps = 1
+		}
+		err = runLongDecode(reps, max(8, *decodeSteps/4), bw)
 	}
 	if err == nil && *train {
 		err = runTrain(*quick, *torch, *trainBatch, *trainSeq, peak)
@@ -244,6 +252,42 @@ func run(quick, withORT bool, decodeSteps, promptLen int, peak, bw float64) erro
 		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.2fx\t%.2fx\t\n", row.phase, row.batch, t, ours[engine.F32][row.key]/t, ours[engine.BF16][row.key]/t)
 	}
 	w.Flush()
+	return nil
+}
+
+// longContexts are the contexts of the batch-1 decode rows by KV dtype.
+var longContexts = []int{256, 16384}
+
+// runLongDecode prints batch-1 decode at 256 and 16k tokens of context with fp32 and bf16 KV
+// caches (fp32 weights), steps tokens each: tok/s and the KV bytes a token reads, as GB/s and a
+// share of the triad bandwidth. The context is not prefilled (engine.TimeDecode).
+func runLongDecode(reps, steps int, bw float64) error {
+	c := *engine.Bench122M()
+	c.MaxPositionEmbeddings = longContexts[len(longContexts)-1] + steps + 1
+	m, err := engine.NewModel(&c, cpu.New(), engine.RandomWeights(&c, 1, 0.02), engine.F32)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("batch-1 decode at long context (fp32 weights; the context's keys and values left zero, not prefilled; attention split over chunks of %d positions, flash-decoding):\n\n", cpu.AttnChunk)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "KV\tcontext\ttok/s\tms/token\tKV MB/token\tKV GB/s\tweights+KV % of triad\t")
+	for _, ctx := range longContexts {
+		for _, kv := range []engine.KVDType{engine.KVF32, engine.KVBF16} {
+			sec, err := bestOf(reps, func() (float64, error) { return engine.TimeDecode(m, kv, ctx, steps) })
+			if err != nil {
+				return err
+			}
+			elem := 4
+			if kv == engine.KVBF16 {
+				elem = 2
+			}
+			kvBytes := float64(ctx * c.NumHiddenLayers * 2 * c.KVDim() * elem)
+			all := kvBytes + float64(m.LinearBytes())
+			fmt.Fprintf(w, "%v\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f%%\t\n", kv, ctx, 1/sec, 1e3*sec, kvBytes/1e6, kvBytes/sec/1e9, 100*all/sec/1e9/bw)
+		}
+	}
+	w.Flush()
+	fmt.Println()
 	return nil
 }
 

@@ -42,6 +42,7 @@ type options struct {
 	maxConcurrent, maxQueued         int
 	maxSeqs, maxBatchTokens          int
 	kvMiB, poolMiB                   int64
+	kvMemory, kvDType                string
 	maxBodyKiB, maxWeightsMiB        int64
 	maxConns                         int
 	headerTimeout, bodyTimeout       time.Duration
@@ -87,7 +88,10 @@ Flags:
 	fs.IntVar(&o.maxQueued, "max-queued", 256, "requests waiting for KV-cache room; more get 429 with Retry-After")
 	fs.IntVar(&o.maxSeqs, "max-seqs", 256, "samples decoded together in one batch")
 	fs.IntVar(&o.maxBatchTokens, "max-batch-tokens", 4096, "prompt tokens prefilled in one step")
-	fs.Int64Var(&o.kvMiB, "kv-cache-mib", 1024, "KV-cache budget in MiB: requests are admitted when their worst case fits")
+	fs.StringVar(&o.kvMemory, "kv-memory", "auto", "memory of the KV cache: auto (room for --max-seqs sequences of the model's max_position_embeddings, at most half the GPU's free memory or a quarter of RAM), or a size such as 512MiB or 2GiB; requests are admitted when their prompts fit, and when the running samples outgrow it the youngest are preempted and recomputed later (same tokens)")
+	fs.StringVar(&o.kvDType, "kv-dtype", "auto", "element type of the KV cache: auto (bf16 where --dtype is bf16 and the device stores bf16 keys and values, the CPU; else fp32), fp32 or bf16")
+	fs.Int64Var(&o.kvMiB, "kv-cache-mib", 0, "KV-cache budget in MiB (deprecated: --kv-memory)")
+	_ = fs.MarkDeprecated("kv-cache-mib", "use --kv-memory, e.g. --kv-memory 1GiB")
 	fs.Int64Var(&o.poolMiB, "activation-pool-mib", 64, "freed activation buffers kept for reuse, in MiB (memory beyond the weights and the KV cache)")
 	fs.Int64Var(&o.maxBodyKiB, "max-body-kib", 1024, "largest request body of the generation endpoints, in KiB (413 above)")
 	fs.Int64Var(&o.maxWeightsMiB, "max-weights-mib", 16384, "largest safetensors body of POST /v1/weights, in MiB")
@@ -218,11 +222,16 @@ func newServer(o options) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	sched, err := engine.NewScheduler(model, 1, engine.SchedulerOptions{MaxQueued: o.maxQueued,
-		Generator: engine.GeneratorOptions{KVBudgetBytes: o.kvMiB << 20, MaxSeqs: o.maxSeqs, MaxBatchTokens: o.maxBatchTokens}})
+	gopts, err := kvOptions(o)
 	if err != nil {
 		return nil, err
 	}
+	gopts.MaxSeqs, gopts.MaxBatchTokens = o.maxSeqs, o.maxBatchTokens
+	sched, err := engine.NewScheduler(model, 1, engine.SchedulerOptions{MaxQueued: o.maxQueued, Generator: gopts})
+	if err != nil {
+		return nil, err
+	}
+	slog.Info(sched.KVChoice().String())
 	name := o.name
 	if name == "" {
 		name = filepath.Base(filepath.Clean(o.model))
@@ -292,4 +301,23 @@ func serve(o options) error {
 	}
 	slog.Info("stopped")
 	return nil
+}
+
+// kvOptions are the generator options of --kv-dtype and --kv-memory (or the deprecated
+// --kv-cache-mib).
+func kvOptions(o options) (engine.GeneratorOptions, error) {
+	dt, err := engine.ParseKVDType(o.kvDType)
+	if err != nil {
+		return engine.GeneratorOptions{}, fmt.Errorf("--kv-dtype: %w", err)
+	}
+	g := engine.GeneratorOptions{KVDType: dt, KVBudgetBytes: o.kvMiB << 20}
+	if o.kvMemory != "" && o.kvMemory != "auto" {
+		if g.KVBudgetBytes, err = engine.ParseBytes(o.kvMemory); err != nil {
+			return g, fmt.Errorf("--kv-memory: %w", err)
+		}
+		if g.KVBudgetBytes <= 0 {
+			return g, fmt.Errorf("--kv-memory %q: want auto or a positive size", o.kvMemory)
+		}
+	}
+	return g, nil
 }

@@ -89,6 +89,9 @@ func (t Threads) count() int {
 	return runtime.GOMAXPROCS(0)
 }
 
+// Count is the number of chunks t allows: t, or GOMAXPROCS for 0.
+func (t Threads) Count() int { return t.count() }
+
 // ParallelFine is Parallel with up to chunksPerThread chunks per thread, claimed by whichever
 // thread is free first: for work whose result does not depend on the split (each item written
 // by one chunk), so that a thread started late or slowed by other load takes fewer chunks.
