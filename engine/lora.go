@@ -115,6 +115,8 @@ type Adapters struct {
 	Config LoRAConfig
 	// Layers[i][t] is layer i's adapter on target t (LoRATargets order), nil where untargeted.
 	Layers [][numLoRATargets]*LoRAPair
+	// param: A and B are trainable parameters (else fp32 matmul weights).
+	param bool
 }
 
 // LoRASpec is one adapter tensor: its name (HF module path + ".lora_A.weight" or
@@ -251,7 +253,7 @@ func (m *Model) AttachLoRA(lc LoRAConfig, w map[string]HostTensor, param bool) e
 		return err
 	}
 	specs, _ := LoRASpecs(m.Config, lc)
-	ad := &Adapters{Config: lc, Layers: make([][numLoRATargets]*LoRAPair, m.Config.NumHiddenLayers)}
+	ad := &Adapters{Config: lc, Layers: make([][numLoRATargets]*LoRAPair, m.Config.NumHiddenLayers), param: param}
 	for _, s := range specs {
 		h := w[s.Name]
 		var t *Tensor
@@ -318,6 +320,9 @@ func (m *Model) SetAdapterWeights(w map[string]HostTensor) error {
 	lc := m.Adapters.Config
 	if err := CheckLoRA(m.Config, lc, w); err != nil {
 		return err
+	}
+	if !m.Adapters.param { // matmul weights: new ones replace them
+		return m.AttachLoRA(lc, w, false)
 	}
 	tb := m.Backend.(TrainBackend)
 	specs, _ := LoRASpecs(m.Config, lc)
