@@ -53,7 +53,7 @@ const (
 	// by the engine's names (engine.LoRASpecs), F32.
 	AdapterFile          = "adapter.safetensors"
 	ReferenceAdapterFile = "reference_adapter.safetensors"
-	OptimizerFile = "optimizer.safetensors"
+	OptimizerFile        = "optimizer.safetensors"
 )
 
 // RunState is what a training run needs to resume exactly where it stopped. The package does
