@@ -89,6 +89,10 @@ func (c LoRAConfig) loraInit(mc *engine.Config) (map[string]engine.HostTensor, e
 	return w, nil
 }
 
+// LoRAKey is the run state's extra entry (checkpoints.RunState.Extra) of a LoRA run: its
+// adapters' adapter_config.json (modeldir.AdapterConfig).
+const LoRAKey = modeldir.RunStateLoRAKey
+
 // BaseDir is the run directory's copy of a LoRA run's starting model when the job names none
 // on disk (the default job's warm-started model): the base its adapters apply to.
 const BaseDir = "base"

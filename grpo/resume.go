@@ -13,6 +13,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 )
 
 // RunStateError is LoadResumePoint's error for a run state that cannot be loaded; Kept lists
@@ -128,6 +129,10 @@ func (r *runSession) save() error {
 		Optimizer:    &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}},
 		DataPosition: marshal(r.stream.s.State()), Metrics: marshal(r.evals),
 		Extra: map[string]json.RawMessage{settingsKey: marshal(r.cfg.Settings), trainerKey: marshal(r.trainer.State())},
+	}
+	if ad != nil {
+		// What the adapters are, for programs that read the run state (tools/export).
+		st.Extra[LoRAKey] = marshal(modeldir.NewAdapterConfig(r.policy.Model.Adapters.Config, r.job.BaseModel))
 	}
 	return checkpoints.SaveRunState(filepath.Join(r.cfg.Dir, StateDir), st, checkpoints.SaveRunOptions{Keep: r.cfg.Keep})
 }

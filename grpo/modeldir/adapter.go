@@ -31,6 +31,10 @@ const (
 	AdapterWeightsFile = "adapter_model.safetensors"
 )
 
+// RunStateLoRAKey is the run-state extra entry (checkpoints.RunState.Extra) in which a LoRA
+// run saves its adapters' AdapterConfig, beside the adapters (RunState.Adapters).
+const RunStateLoRAKey = "lora"
+
 // AdapterConfig is adapter_config.json: the fields PEFT's LoraConfig writes that say what the
 // adapter is.
 type AdapterConfig struct {
@@ -53,6 +57,15 @@ type AdapterConfig struct {
 	LayersToTransform any             `json:"layers_to_transform"`
 }
 
+// NewAdapterConfig is the adapter_config.json of adapters under lc over the model base.
+func NewAdapterConfig(lc engine.LoRAConfig, base string) *AdapterConfig {
+	mods, _ := lc.TargetModules()
+	tm, _ := json.Marshal(mods)
+	return &AdapterConfig{PEFTType: "LORA", TaskType: "CAUSAL_LM", R: lc.Rank, LoRAAlpha: lc.Alpha, LoRADropout: lc.Dropout,
+		TargetModules: tm, Bias: "none", UseRSLoRA: lc.RSLoRA, InitLoRAWeights: true, InferenceMode: true, BaseModel: base,
+		RankPattern: map[string]any{}, AlphaPattern: map[string]any{}}
+}
+
 // WriteAdapter writes the PEFT adapter directory dir (created or replaced whole) for the
 // adapters w (engine.LoRASpecs names) of a model of config c under lc, naming base as
 // base_model_name_or_path.
@@ -60,12 +73,7 @@ func WriteAdapter(dir string, c *engine.Config, lc engine.LoRAConfig, w map[stri
 	if err := engine.CheckLoRA(c, lc, w); err != nil {
 		return fmt.Errorf("write adapter %s: %w", dir, err)
 	}
-	mods, _ := lc.TargetModules()
-	tm, _ := json.Marshal(mods)
-	ac := AdapterConfig{PEFTType: "LORA", TaskType: "CAUSAL_LM", R: lc.Rank, LoRAAlpha: lc.Alpha, LoRADropout: lc.Dropout,
-		TargetModules: tm, Bias: "none", UseRSLoRA: lc.RSLoRA, InitLoRAWeights: true, InferenceMode: true, BaseModel: base,
-		RankPattern: map[string]any{}, AlphaPattern: map[string]any{}}
-	cj, err := json.MarshalIndent(ac, "", "  ")
+	cj, err := json.MarshalIndent(NewAdapterConfig(lc, base), "", "  ")
 	if err != nil {
 		return err
 	}
@@ -96,50 +104,9 @@ func ReadAdapter(dir string, c *engine.Config) (engine.LoRAConfig, map[string]en
 	if err != nil {
 		return lc, nil, nil, fmt.Errorf("adapter %s: %w", dir, err)
 	}
-	var ac AdapterConfig
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&ac); err != nil {
-		return lc, nil, nil, fmt.Errorf("%s: %w", cpath, err)
-	}
-	bad := func(field string, format string, a ...any) error {
-		return fmt.Errorf("%s: field %q: %s", cpath, field, fmt.Sprintf(format, a...))
-	}
-	switch {
-	case ac.PEFTType != "LORA":
-		return lc, nil, nil, bad("peft_type", "%q is not LORA", ac.PEFTType)
-	case ac.R <= 0:
-		return lc, nil, nil, bad("r", "%d is not a positive rank", ac.R)
-	case !(ac.LoRAAlpha > 0):
-		return lc, nil, nil, bad("lora_alpha", "%g is not positive", ac.LoRAAlpha)
-	case ac.Bias != "" && ac.Bias != "none":
-		return lc, nil, nil, bad("bias", "%q: only \"none\" is supported", ac.Bias)
-	case ac.UseDoRA:
-		return lc, nil, nil, bad("use_dora", "DoRA is not supported")
-	case ac.FanInFanOut:
-		return lc, nil, nil, bad("fan_in_fan_out", "true is for Conv1D (GPT-2) layers, not this decoder's")
-	case len(ac.RankPattern) > 0:
-		return lc, nil, nil, bad("rank_pattern", "per-module ranks are not supported")
-	case len(ac.AlphaPattern) > 0:
-		return lc, nil, nil, bad("alpha_pattern", "per-module alphas are not supported")
-	case len(ac.ModulesToSave) > 0:
-		return lc, nil, nil, bad("modules_to_save", "%v: fully trained modules beside the adapter are not supported", ac.ModulesToSave)
-	}
-	var targets []string
-	var one string
-	if err := json.Unmarshal(ac.TargetModules, &targets); err != nil {
-		if err := json.Unmarshal(ac.TargetModules, &one); err != nil {
-			return lc, nil, nil, bad("target_modules", "%s is neither a list of module names nor a string", ac.TargetModules)
-		}
-		targets = []string{one}
-	}
-	lc = engine.LoRAConfig{Rank: ac.R, Alpha: ac.LoRAAlpha, RSLoRA: ac.UseRSLoRA, Dropout: ac.LoRADropout, Targets: targets}
-	if slices.Contains(targets, "all-linear") {
-		lc.Targets = nil
-	}
-	for _, t := range lc.Targets {
-		if !slices.Contains(engine.LoRATargets, t) {
-			return lc, nil, nil, bad("target_modules", "%q is not a linear layer of the decoder (have %s)", t, strings.Join(engine.LoRATargets, ", "))
-		}
+	lc, ac, err := ParseAdapterConfig(raw, cpath)
+	if err != nil {
+		return lc, nil, nil, err
 	}
 	wpath := filepath.Join(dir, AdapterWeightsFile)
 	f, err := checkpoints.ReadSafetensors(wpath)
@@ -157,5 +124,58 @@ func ReadAdapter(dir string, c *engine.Config) (engine.LoRAConfig, map[string]en
 	if err := engine.CheckLoRA(c, lc, w); err != nil {
 		return lc, nil, nil, fmt.Errorf("%s: %w", wpath, err)
 	}
-	return lc, w, &ac, nil
+	return lc, w, ac, nil
+}
+
+// ParseAdapterConfig reads the adapter_config.json raw (named cpath in errors) as the engine's
+// LoRA configuration (Seed zero), refusing what the engine cannot run (DoRA, bias other than
+// "none", per-module ranks or alphas, modules_to_save, fan_in_fan_out).
+func ParseAdapterConfig(raw []byte, cpath string) (engine.LoRAConfig, *AdapterConfig, error) {
+	var lc engine.LoRAConfig
+	var ac AdapterConfig
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&ac); err != nil {
+		return lc, nil, fmt.Errorf("%s: %w", cpath, err)
+	}
+	bad := func(field string, format string, a ...any) error {
+		return fmt.Errorf("%s: field %q: %s", cpath, field, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case ac.PEFTType != "LORA":
+		return lc, nil, bad("peft_type", "%q is not LORA", ac.PEFTType)
+	case ac.R <= 0:
+		return lc, nil, bad("r", "%d is not a positive rank", ac.R)
+	case !(ac.LoRAAlpha > 0):
+		return lc, nil, bad("lora_alpha", "%g is not positive", ac.LoRAAlpha)
+	case ac.Bias != "" && ac.Bias != "none":
+		return lc, nil, bad("bias", "%q: only \"none\" is supported", ac.Bias)
+	case ac.UseDoRA:
+		return lc, nil, bad("use_dora", "DoRA is not supported")
+	case ac.FanInFanOut:
+		return lc, nil, bad("fan_in_fan_out", "true is for Conv1D (GPT-2) layers, not this decoder's")
+	case len(ac.RankPattern) > 0:
+		return lc, nil, bad("rank_pattern", "per-module ranks are not supported")
+	case len(ac.AlphaPattern) > 0:
+		return lc, nil, bad("alpha_pattern", "per-module alphas are not supported")
+	case len(ac.ModulesToSave) > 0:
+		return lc, nil, bad("modules_to_save", "%v: fully trained modules beside the adapter are not supported", ac.ModulesToSave)
+	}
+	var targets []string
+	var one string
+	if err := json.Unmarshal(ac.TargetModules, &targets); err != nil {
+		if err := json.Unmarshal(ac.TargetModules, &one); err != nil {
+			return lc, nil, bad("target_modules", "%s is neither a list of module names nor a string", ac.TargetModules)
+		}
+		targets = []string{one}
+	}
+	lc = engine.LoRAConfig{Rank: ac.R, Alpha: ac.LoRAAlpha, RSLoRA: ac.UseRSLoRA, Dropout: ac.LoRADropout, Targets: targets}
+	if slices.Contains(targets, "all-linear") {
+		lc.Targets = nil
+	}
+	for _, t := range lc.Targets {
+		if !slices.Contains(engine.LoRATargets, t) {
+			return lc, nil, bad("target_modules", "%q is not a linear layer of the decoder (have %s)", t, strings.Join(engine.LoRATargets, ", "))
+		}
+	}
+	return lc, &ac, nil
 }
