@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -31,6 +32,9 @@ import (
 //	    generation_config.json                            } checkpoints.Load(step dir) reads it
 //	    model.safetensors        policy weights, F32      }
 //	    reference.safetensors    reference weights, F32 (when the run has them)
+//	    adapter.safetensors      a LoRA run's adapters, F32 (model.safetensors is then its
+//	                             frozen base, and reference_adapter.safetensors the
+//	                             reference's adapters over that base)
 //	    optimizer.safetensors    optimizer tensors as "group/parameter" (e.g. "m/model.norm.weight")
 //	    state.json               written last: format version, step, RNG, data position,
 //	                             metrics, and the size and sha256 of every other file
@@ -47,7 +51,11 @@ const (
 	LatestFile    = "latest"
 	StateFile     = "state.json"
 	ReferenceFile = "reference.safetensors"
-	OptimizerFile = "optimizer.safetensors"
+	// AdapterFile and ReferenceAdapterFile hold a LoRA run's adapters (policy and reference)
+	// by the engine's names (engine.LoRASpecs), F32.
+	AdapterFile          = "adapter.safetensors"
+	ReferenceAdapterFile = "reference_adapter.safetensors"
+	OptimizerFile        = "optimizer.safetensors"
 )
 
 // RunState is what a training run needs to resume exactly where it stopped. The package does
@@ -62,6 +70,10 @@ type RunState struct {
 	Weights map[string]engine.HostTensor
 	// Reference are the reference policy's weights (same names as Weights), or nil.
 	Reference map[string]engine.HostTensor
+	// Adapters and ReferenceAdapters are a LoRA run's adapters of the policy and of the
+	// reference policy (engine.LoRASpecs names), or nil. The package checks only that their
+	// values are finite: their shapes follow the run's LoRA settings, which the trainer keeps.
+	Adapters, ReferenceAdapters map[string]engine.HostTensor
 	// Optimizer is the optimizer's state, or nil.
 	Optimizer *OptimizerState
 	// RNG holds named random-number-generator states (e.g. a math/rand/v2 PCG's
@@ -216,6 +228,21 @@ func SaveRunState(dir string, st *RunState, opts SaveRunOptions) (err error) {
 			file  string
 			write func(path string) error
 		}{ReferenceFile, func(p string) error { return WriteSafetensors(p, ref, F32, meta) }})
+	}
+	for _, a := range []struct {
+		file string
+		w    map[string]engine.HostTensor
+	}{{AdapterFile, st.Adapters}, {ReferenceAdapterFile, st.ReferenceAdapters}} {
+		if a.w == nil {
+			continue
+		}
+		if err := checkFinite(a.w); err != nil {
+			return fmt.Errorf("save run state %s: %s: %w", dir, a.file, err)
+		}
+		steps = append(steps, struct {
+			file  string
+			write func(path string) error
+		}{a.file, func(p string) error { return WriteSafetensors(p, a.w, F32, meta) }})
 	}
 	if opt != nil {
 		steps = append(steps, struct {
@@ -512,6 +539,23 @@ func LoadRunState(dir string, step int64) (*RunState, error) {
 		}
 		st.Reference = f.Tensors
 	}
+	for _, a := range []struct {
+		file string
+		dst  *map[string]engine.HostTensor
+	}{{AdapterFile, &st.Adapters}, {ReferenceAdapterFile, &st.ReferenceAdapters}} {
+		if _, ok := state.Files[a.file]; !ok {
+			continue
+		}
+		p := filepath.Join(sd, a.file)
+		f, err := ReadSafetensors(p)
+		if err != nil {
+			return nil, fmt.Errorf("load run state: %w", err)
+		}
+		if err := checkFinite(f.Tensors); err != nil {
+			return nil, fmt.Errorf("load run state: %s: %w", p, err)
+		}
+		*a.dst = f.Tensors
+	}
 	if _, ok := state.Files[OptimizerFile]; ok {
 		p := filepath.Join(sd, OptimizerFile)
 		f, err := ReadSafetensors(p)
@@ -574,4 +618,20 @@ func parseState(raw []byte) (*stateJSON, error) {
 		}
 	}
 	return &s, nil
+}
+
+// checkFinite checks that every tensor's length matches its shape and that its values are
+// finite; the error names the tensor.
+func checkFinite(w map[string]engine.HostTensor) error {
+	for n, t := range w {
+		if len(t.Data) != engine.NumElements(t.Shape) {
+			return fmt.Errorf("tensor %q has %d values for shape %v", n, len(t.Data), t.Shape)
+		}
+		for _, v := range t.Data {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("tensor %q holds NaN or Inf", n)
+			}
+		}
+	}
+	return nil
 }

@@ -32,6 +32,9 @@ type layerActs struct {
 	mm      *Tensor // [T, I] silu(g)*u
 	dn      *Tensor // [T, D] down_proj(mm)
 	out     *Tensor // [T, D] layer output
+	// lu[t] is s·x·Aᵀ [T, r] of LoRA target t, kept for the backward when keepLoRA.
+	lu       [numLoRATargets]*Tensor
+	keepLoRA bool
 }
 
 // attention is the attention step of a layer: it reads a.q, a.k, a.v (after RoPE) and writes
@@ -70,6 +73,7 @@ type layerPass struct {
 	pos      []int32 // [T] position of each token
 	cos, sin *Tensor // [P, Dh/2] RoPE tables
 	attn     attention
+	ad       *Adapters // LoRA adapters, nil: none
 }
 
 // forward runs decoder layer li with weights l on a.x, writing every buffer of a; the result
@@ -82,6 +86,9 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 		qp, kp = a.qb, a.kb
 	}
 	matMuls(b, []*Tensor{qp, kp, a.v}, a.h1, l.Q, l.K, l.V)
+	p.adapt(li, tQ, qp, a.h1, a)
+	p.adapt(li, tK, kp, a.h1, a)
+	p.adapt(li, tV, a.v, a.h1, a)
 	if l.QBias != nil {
 		b.AddBias(qp, l.QBias)
 		b.AddBias(kp, l.KBias)
@@ -95,11 +102,15 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	b.RoPE(a.k, c.HeadDim, p.pos, p.cos, p.sin)
 	p.attn.attend(li, a)
 	b.MatMul(a.o, a.a, l.O)
+	p.adapt(li, tO, a.o, a.a, a)
 	b.Add(a.xm, a.x, a.o)
 	b.RMSNorm(a.h2, a.xm, l.PostNorm, eps)
 	matMuls(b, []*Tensor{a.g, a.u}, a.h2, l.Gate, l.Up)
+	p.adapt(li, tGate, a.g, a.h2, a)
+	p.adapt(li, tUp, a.u, a.h2, a)
 	b.SwiGLU(a.mm, a.g, a.u)
 	b.MatMul(a.dn, a.mm, l.Down)
+	p.adapt(li, tDown, a.dn, a.mm, a)
 	b.Add(a.out, a.xm, a.dn)
 }
 
@@ -142,6 +153,7 @@ func (t *Trainer) newActs(a *layerActs, x *Tensor) {
 	a.mm = b.Alloc(T, c.IntermediateSize)
 	a.out = b.Alloc(T, c.HiddenSize)
 	a.dn = a.out
+	a.keepLoRA = t.Model.Adapters != nil
 }
 
 // free releases training buffers from newActs except the output (the next layer's input),
@@ -151,6 +163,12 @@ func (a *layerActs) free(b Backend, keepInput bool) {
 		if *p != nil {
 			b.Free(*p)
 			*p = nil
+		}
+	}
+	for i, u := range a.lu {
+		if u != nil {
+			b.Free(u)
+			a.lu[i] = nil
 		}
 	}
 	a.o, a.dn, a.out = nil, nil, nil
@@ -165,7 +183,7 @@ func (a *layerActs) free(b Backend, keepInput bool) {
 func (t *Trainer) layerForward(li int, x *Tensor, bm *batchMeta, acts *layerActs) *Tensor {
 	m := t.Model
 	t.newActs(acts, x)
-	p := layerPass{b: t.b, c: m.Config, pos: bm.pos, cos: m.cos, sin: m.sin,
+	p := layerPass{b: t.b, c: m.Config, pos: bm.pos, cos: m.cos, sin: m.sin, ad: m.Adapters,
 		attn: packedAttention{b: t.b, seqStart: bm.seqStart}}
 	p.forward(li, &m.Layers[li], acts)
 	return acts.out
@@ -191,13 +209,16 @@ func (t *Trainer) layerBackward(li int, dy *Tensor, bm *batchMeta, a *layerActs)
 	// MLP: out = xm + down(silu(gate(h2)) * up(h2)).
 	dmm := b.Alloc(T, c.IntermediateSize) // [T, I]
 	t.matmulBack(dmm, dy, a.mm, l.Down, gl.Down)
+	t.loraBack(li, tDown, dmm, dy, a.mm, a)
 	dg, du := b.Alloc(T, c.IntermediateSize), b.Alloc(T, c.IntermediateSize) // [T, I] x2
 	b.SwiGLUBackward(dg, du, dmm, a.g, a.u)
 	b.Free(dmm)
 	dh := b.Alloc(T, c.HiddenSize)  // [T, D]
 	tmp := b.Alloc(T, c.HiddenSize) // [T, D]
 	t.matmulBack(dh, dg, a.h2, l.Gate, gl.Gate)
+	t.loraBack(li, tGate, dh, dg, a.h2, a)
 	t.matmulBack(tmp, du, a.h2, l.Up, gl.Up)
+	t.loraBack(li, tUp, tmp, du, a.h2, a)
 	b.Add(dh, dh, tmp)
 	b.Free(dg)
 	b.Free(du)
@@ -220,6 +241,7 @@ func (t *Trainer) attentionBackward(li int, dh, tmp, dxm *Tensor, bm *batchMeta,
 	T, eps := dxm.Rows(), float32(c.RMSNormEps)
 	da := b.Alloc(T, c.QDim()) // [T, H*Dh]
 	t.matmulBack(da, dxm, a.a, l.O, gl.O)
+	t.loraBack(li, tO, da, dxm, a.a, a)
 	dq, dk, dv := b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim()), b.Alloc(T, c.KVDim()) // [T, H*Dh], [T, KV*Dh] x2
 	b.AttentionBackward(dq, dk, dv, da, a.q, a.k, a.v, a.a, a.lse, bm.seqStart)
 	b.Free(da)
@@ -236,9 +258,12 @@ func (t *Trainer) attentionBackward(li int, dh, tmp, dxm *Tensor, bm *batchMeta,
 		}
 	}
 	t.matmulBack(dh, dq, a.h1, l.Q, gl.Q)
+	t.loraBack(li, tQ, dh, dq, a.h1, a)
 	t.matmulBack(tmp, dk, a.h1, l.K, gl.K)
+	t.loraBack(li, tK, tmp, dk, a.h1, a)
 	b.Add(dh, dh, tmp)
 	t.matmulBack(tmp, dv, a.h1, l.V, gl.V)
+	t.loraBack(li, tV, tmp, dv, a.h1, a)
 	b.Add(dh, dh, tmp)
 	b.Free(dq)
 	b.Free(dk)

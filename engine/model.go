@@ -24,6 +24,8 @@ type Model struct {
 	// WeightSet holds the weights as the weight table lays them out (Embed, Norm, LMHead,
 	// Layers); LMHead is a BF16/F32 linear copy of the embedding when tied.
 	WeightSet
+	// Adapters are LoRA adapters applied on top of the (then frozen) linear weights; nil: none.
+	Adapters *Adapters
 
 	table    *WeightTable
 	weights  map[string]*Tensor
@@ -156,7 +158,7 @@ func (m *Model) forward(steps []step, logitRows []int32, chunk int, onLogits fun
 	a, free := newScratchActs(b, c, T)
 	defer free()
 	b.Embedding(a.x, m.Embed, ids)
-	p := layerPass{b: b, c: c, pos: pos, cos: m.cos, sin: m.sin,
+	p := layerPass{b: b, c: c, pos: pos, cos: m.cos, sin: m.sin, ad: m.Adapters,
 		attn: pagedAttention{b: b, kv: m.cache(steps), batch: ab}}
 	for li := range m.Layers {
 		p.forward(li, &m.Layers[li], a)

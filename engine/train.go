@@ -82,6 +82,13 @@ type TrainOptions struct {
 	Temperature float32
 	// MaxLogitRows bounds the rows of [rows, vocab] logits materialised at once.
 	MaxLogitRows int
+	// LoRA, with Rank > 0, trains LoRA adapters instead of the weights: every base weight
+	// stays frozen as the model holds it (F32 or BF16), and only the adapters' A and B (fp32)
+	// get gradients and AdamW state. Freeze must be empty and Dropout 0.
+	LoRA LoRAConfig
+	// LoRAInit are the adapters to start from (names as LoRASpecs, e.g. an adapter a run
+	// exported); nil: InitLoRA from LoRA.Seed.
+	LoRAInit map[string]HostTensor
 }
 
 // Trainer trains a model in place: the model's weights become trainable fp32 parameters on a
@@ -99,6 +106,8 @@ type Trainer struct {
 	frozen map[string]bool
 	negSin *Tensor // -sin table for the RoPE backward
 	opt    *adamW
+	// lgrads are the gradients of the LoRA adapters, laid out as Model.Adapters.Layers.
+	lgrads [][numLoRATargets]*LoRAPair
 }
 
 // NewTrainer turns m's weights into trainable parameters on m's backend, which must be a
@@ -124,6 +133,9 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 	}
 	t := &Trainer{Model: m, b: b, opts: opts, params: map[string]*Tensor{}, grads: map[string]*Tensor{}, frozen: map[string]bool{},
 		gw: WeightSet{Layers: make([]Layer, len(m.Layers))}}
+	if opts.LoRA.Rank > 0 {
+		return t, t.initLoRA()
+	}
 	for _, s := range m.table.Specs {
 		if err := t.addParam(s, res); err != nil {
 			return nil, err
@@ -143,6 +155,50 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// initLoRA attaches trainable adapters to the model (TrainOptions.LoRAInit, or fresh ones) and
+// makes them the only parameters; the base weights stay as they are, frozen.
+func (t *Trainer) initLoRA() error {
+	m, lc := t.Model, t.opts.LoRA
+	switch {
+	case len(t.opts.Freeze) > 0:
+		return fmt.Errorf("train: --freeze does not apply to LoRA training (the base is frozen; choose the adapted layers with the LoRA targets)")
+	case lc.Dropout != 0:
+		return fmt.Errorf("train: lora dropout %g: only 0 is supported (dropout on the adapters' input would make the training log-probs differ from the rollout's)", lc.Dropout)
+	case m.Adapters != nil:
+		return fmt.Errorf("train: the model already has adapters")
+	}
+	w := t.opts.LoRAInit
+	if w == nil {
+		var err error
+		if w, err = InitLoRA(m.Config, lc); err != nil {
+			return fmt.Errorf("train: %w", err)
+		}
+	}
+	if err := m.AttachLoRA(lc, w, true); err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	specs, _ := LoRASpecs(m.Config, lc)
+	t.lgrads = make([][numLoRATargets]*LoRAPair, len(m.Layers))
+	for _, s := range specs {
+		g := t.b.Alloc(s.Shape...)
+		t.names = append(t.names, s.Name)
+		t.params[s.Name] = m.Adapters.tensor(s)
+		t.grads[s.Name] = g
+		gp := t.lgrads[s.Layer][s.target]
+		if gp == nil {
+			gp = &LoRAPair{}
+			t.lgrads[s.Layer][s.target] = gp
+		}
+		if s.isB {
+			gp.B = g
+		} else {
+			gp.A = g
+		}
+	}
+	t.opt = newAdamW(t)
+	return t.opt.check()
 }
 
 // addParam turns the model's weight s into a trainable parameter, with a gradient unless a
@@ -537,7 +593,20 @@ func (m *Model) HostWeights() (map[string]HostTensor, error) {
 
 // Snapshot returns an independent inference copy of m (linear weights as dt) on the same
 // backend: the frozen reference policy, sharing nothing mutable with m.
+//
+// A model with LoRA adapters shares its frozen base (as it holds it, whatever dt) with the
+// copy and copies only the adapters: the reference policy of a LoRA run costs the adapters'
+// size.
 func (m *Model) Snapshot(dt DType) (*Model, error) {
+	if m.Adapters != nil {
+		c := &Model{Config: m.Config, Backend: m.Backend, WeightDType: m.WeightDType, WeightSet: m.WeightSet,
+			table: m.table, weights: m.weights}
+		c.Layers = slices.Clone(m.Layers)
+		if err := m.snapshotAdapters(c); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	w, err := m.HostWeights()
 	if err != nil {
 		return nil, err

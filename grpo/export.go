@@ -68,15 +68,27 @@ func (r *runSession) exportBest(b *BestEval) error {
 // tokenizer files of the run's tokenizer/ (Job.TokenizerFiles wrote them there when the run
 // started), whose generation_config.json and tokenizer also name the special tokens the
 // model's config lacks (the default job's names none; its tokenizer's eos_token is <eos>).
+//
+// A LoRA run exports the merged weights W + s·B·A there, and beside them its adapters as a
+// PEFT adapter directory, adapter/ (modeldir.WriteAdapter), over the run's starting model.
 func (r *runSession) writeExport(dir string) error {
 	m := r.policy.Model
-	w, err := m.HostWeights()
+	w, err := m.MergedWeights()
 	if err != nil {
 		return err
 	}
 	_, err = modeldir.Write(dir, m.Config, w, modeldir.Options{FilesDir: r.tokenizerDir(), Safetensors: true, ONNX: true})
 	if err != nil {
 		return fmt.Errorf("export %s: %w", dir, err)
+	}
+	if m.Adapters != nil {
+		ad, err := m.AdapterWeights()
+		if err != nil {
+			return err
+		}
+		if err := modeldir.WriteAdapter(filepath.Join(dir, modeldir.AdapterDir), m.Config, m.Adapters.Config, ad, r.job.BaseModel); err != nil {
+			return fmt.Errorf("export %s: %w", dir, err)
+		}
 	}
 	return nil
 }

@@ -276,16 +276,24 @@ func (t *PolicyOptimizer) State() State {
 
 // Restore puts back a state saved by State and, when the run has a reference policy, the
 // reference weights saved with it (a reset may have moved the reference away from the start).
+// For a LoRA policy, reference holds the reference's adapters (engine.LoRASpecs names): its
+// base is the policy's.
 func (t *PolicyOptimizer) Restore(s State, reference map[string]engine.HostTensor) error {
 	if t.Reference != nil {
 		if reference == nil {
 			return errors.New("grpo: restore: the run has a reference policy (KL coefficient > 0) but no reference weights were given")
 		}
-		ref, err := engine.NewModel(t.Policy.Model.Config, t.Policy.Model.Backend, reference, engine.F32)
-		if err != nil {
-			return fmt.Errorf("grpo: restore reference: %w", err)
+		if t.Reference.Adapters != nil {
+			if err := t.Reference.SetAdapterWeights(reference); err != nil {
+				return fmt.Errorf("grpo: restore reference adapters: %w", err)
+			}
+		} else {
+			ref, err := engine.NewModel(t.Policy.Model.Config, t.Policy.Model.Backend, reference, engine.F32)
+			if err != nil {
+				return fmt.Errorf("grpo: restore reference: %w", err)
+			}
+			t.Reference = ref
 		}
-		t.Reference = ref
 	}
 	t.step, t.bestEval, t.stale, t.evals = s.Step, s.BestEval, s.Stale, s.Evals
 	t.lastResets = append([]int(nil), s.Resets...)

@@ -13,6 +13,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo/data"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 )
 
 // RunStateError is LoadResumePoint's error for a run state that cannot be loaded; Kept lists
@@ -80,7 +81,11 @@ func (r *runSession) restore(st *checkpoints.RunState) error {
 	if err := errors.Join(json.Unmarshal(st.Extra[trainerKey], &ts), json.Unmarshal(st.Metrics, &r.evals)); err != nil {
 		return err
 	}
-	if err := r.trainer.Restore(ts, st.Reference); err != nil {
+	ref := st.Reference
+	if r.policy.Model.Adapters != nil {
+		ref = st.ReferenceAdapters
+	}
+	if err := r.trainer.Restore(ts, ref); err != nil {
 		return err
 	}
 	return r.stream.restore(st.DataPosition)
@@ -93,12 +98,22 @@ func (r *runSession) saveDue(s int) bool {
 
 // save writes a run state: what resuming needs.
 func (r *runSession) save() error {
-	w, err := r.policy.Model.HostWeights()
+	w, err := r.policy.Model.HostWeights() // a LoRA run's frozen base
 	if err != nil {
 		return err
 	}
-	var ref map[string]engine.HostTensor
-	if r.trainer.Reference != nil {
+	var ref, ad, refAd map[string]engine.HostTensor
+	if r.policy.Model.Adapters != nil {
+		// The reference of a LoRA run is its own copy of the adapters over the shared base.
+		if ad, err = r.policy.Model.AdapterWeights(); err != nil {
+			return err
+		}
+		if r.trainer.Reference != nil {
+			if refAd, err = r.trainer.Reference.AdapterWeights(); err != nil {
+				return err
+			}
+		}
+	} else if r.trainer.Reference != nil {
 		if ref, err = r.trainer.Reference.HostWeights(); err != nil {
 			return err
 		}
@@ -110,9 +125,14 @@ func (r *runSession) save() error {
 	marshal := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
 	st := &checkpoints.RunState{
 		Step: int64(r.trainer.StepNumber()), Config: r.policy.Model.Config, Weights: w, Reference: ref,
+		Adapters: ad, ReferenceAdapters: refAd,
 		Optimizer:    &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}},
 		DataPosition: marshal(r.stream.s.State()), Metrics: marshal(r.evals),
 		Extra: map[string]json.RawMessage{settingsKey: marshal(r.cfg.Settings), trainerKey: marshal(r.trainer.State())},
+	}
+	if ad != nil {
+		// What the adapters are, for programs that read the run state (tools/export).
+		st.Extra[LoRAKey] = marshal(modeldir.NewAdapterConfig(r.policy.Model.Adapters.Config, r.job.BaseModel))
 	}
 	return checkpoints.SaveRunState(filepath.Join(r.cfg.Dir, StateDir), st, checkpoints.SaveRunOptions{Keep: r.cfg.Keep})
 }

@@ -84,6 +84,8 @@ type RunConfig struct {
 	Recompute bool `flag:"recompute" help:"recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)"`
 	// KV is the KV cache of the engine's in-process rollouts.
 	KV KVConfig
+	// LoRA trains adapters on a frozen base instead of every weight (LoRA.Rank > 0).
+	LoRA LoRAConfig
 	// Freeze lists regular expressions over HF weight names not to train.
 	Freeze []string `flag:"freeze" help:"regular expressions over HF weight names not to train (e.g. '^model\\.embed_tokens\\.')"`
 	// Eval is the held-out evaluation.
@@ -148,6 +150,9 @@ func (c *RunConfig) validate() error {
 	if err := c.CheckKnobs(); err != nil {
 		return fmt.Errorf("grpo: run: %w", err)
 	}
+	if err := c.LoRA.check(); err != nil {
+		return fmt.Errorf("grpo: run: %w", err)
+	}
 	return nil
 }
 
@@ -171,6 +176,12 @@ type Job struct {
 	MaxResponseTokens int
 	// Close, when set, is called when the run ends (a reward program's process).
 	Close func() error
+	// BaseModel names the starting model in a LoRA adapter's adapter_config.json
+	// (base_model_name_or_path): the --model given, a Hugging Face id or a path.
+	BaseModel string
+	// StoredBF16 says the starting model's weights were stored as bf16 (config.json's
+	// torch_dtype): a LoRA run then holds its frozen base in bf16 (LoRAConfig.BaseDType auto).
+	StoredBF16 bool
 	// TokenizerFiles writes the tokenizer into a directory: the run's tokenizer/ and every
 	// export, so that each is a whole Hugging Face model directory. nil: none.
 	TokenizerFiles func(dir string) error
@@ -269,6 +280,9 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, f
 	if r.policy, err = newPolicy(cfg, job); err != nil {
 		return nil, nil, err
 	}
+	if err := r.ensureBase(); err != nil {
+		return nil, nil, err
+	}
 	closeRollouts := func() {}
 	if r.rollouts, closeRollouts, err = newRolloutSource(ctx, cfg, r.policy.Model); err != nil {
 		return nil, nil, err
@@ -293,7 +307,7 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 	if cfg.Resume != nil {
 		mc, weights = cfg.Resume.state.Config, cfg.Resume.state.Weights
 	}
-	m, err := engine.NewModel(mc, cfg.Backend, weights, engine.F32)
+	m, err := engine.NewModel(mc, cfg.Backend, weights, cfg.LoRA.baseDType(job))
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +316,20 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 		opt.Schedule = engine.LinearWarmup(cfg.WarmupSteps)
 	}
 	// The log-prob temperature is the rollout temperature: NewPolicyOptimizer sets it from Trainer.
-	policy, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: opt, Freeze: cfg.Freeze, Recompute: cfg.Recompute})
+	topts := engine.TrainOptions{Optimizer: opt, Freeze: cfg.Freeze, Recompute: cfg.Recompute}
+	if cfg.LoRA.Rank > 0 {
+		topts.LoRA = cfg.LoRA.engineLoRA(cfg.Trainer.Seed)
+		if cfg.Resume != nil {
+			if topts.LoRAInit = cfg.Resume.state.Adapters; topts.LoRAInit == nil {
+				return nil, fmt.Errorf("resume: --lora-rank %d, but the run state holds no adapters (a full fine-tuning run)", cfg.LoRA.Rank)
+			}
+		} else if topts.LoRAInit, err = cfg.LoRA.loraInit(mc); err != nil {
+			return nil, err
+		}
+	} else if cfg.Resume != nil && cfg.Resume.state.Adapters != nil {
+		return nil, fmt.Errorf("resume: the run state holds LoRA adapters, but --lora-rank is 0")
+	}
+	policy, err := engine.NewTrainer(m, topts)
 	if err != nil {
 		return nil, err
 	}

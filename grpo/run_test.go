@@ -509,7 +509,9 @@ func TestDefaultRunConfigIsProRL(t *testing.T) {
 			Advantage: AdvantageConfig{Estimator: EstimatorGRPO}},
 		Optimizer: engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1},
 		KV:        KVConfig{DType: "auto", Memory: "auto"},
-		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}}
+		// Full fine-tuning (LoRA rank 0); PEFT's all-linear targets and a common alpha for --lora-rank.
+		LoRA: LoRAConfig{Alpha: 16, Targets: []string{"all-linear"}, BaseDType: "auto"},
+		Eval: EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Errorf("DefaultRunConfig\n got %+v\nwant %+v", got, want)
 	}

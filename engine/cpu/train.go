@@ -83,18 +83,20 @@ func (c *Backend) packed(w *engine.Tensor) *kern.Weight {
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
 
-// packedT returns Wᵀ [K,N] packed for dX = dY·W.
-func (c *Backend) packedT(w *engine.Tensor) *kern.Weight {
+// packedT returns Wᵀ [K,N] packed for dX = dY·W, and a release to call when it is no longer
+// used. A parameter keeps its own; an inference weight (a LoRA run's frozen base) is unpacked
+// and packed transposed into a pooled scratch weight (scratchWeightT) each time, so that a
+// backward pass reuses a few of them instead of leaving one W-sized copy per call to the GC.
+func (c *Backend) packedT(w *engine.Tensor) (wt *kern.Weight, release func()) {
 	switch b := w.Buf.(type) {
 	case *kern.Weight:
-		full := make([]float32, b.N()*b.K())
-		b.Unpack(full)
-		if b.Dot() || c.trainDot() {
-			return c.thr.NewWeightDotT(full, b.N(), b.K())
-		}
-		return c.thr.NewWeightF32T(full, b.N(), b.K())
+		full := c.Alloc(b.N(), b.K()) // [N, K]
+		defer c.Free(full)
+		b.Unpack(f32(full))
+		wt := c.scratchWeightT(f32(full), b.N(), b.K())
+		return wt, func() { c.putScratchWeight(wt) }
 	case *cpuParam:
-		return b.packedWT(c.thr, c.trainDot())
+		return b.packedWT(c.thr, c.trainDot()), func() {}
 	}
 	panic(fmt.Sprintf("engine/cpu: tensor %v (%T) is not a matmul weight", w.Shape, w.Buf))
 }
@@ -122,7 +124,8 @@ func written(t *engine.Tensor) {
 
 // MatMulDX implements engine.TrainBackend.
 func (c *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
-	wt := c.packedT(w) // [K, N]
+	wt, release := c.packedT(w) // [K, N]
+	defer release()
 	if dy.Cols() != wt.K() || dx.Cols() != wt.N() || dx.Rows() != dy.Rows() {
 		panic(fmt.Sprintf("engine/cpu: matmul dx shapes dx %v dy %v w %v", dx.Shape, dy.Shape, w.Shape))
 	}

@@ -3,6 +3,7 @@ package enginetest
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/prolong-rl/prolong/engine"
 )
@@ -12,7 +13,8 @@ import (
 func trainCases(o Options) []testCase {
 	var cs []testCase
 	for _, cfg := range tinyConfigs() {
-		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, false) }})
+		cs = append(cs, testCase{"TrainLoRA/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, true) }})
 	}
 	return cs
 }
@@ -50,8 +52,10 @@ type trainRun struct {
 // trainModel accumulates the gradient of two micro-batches (SFT cross-entropy over a ragged
 // batch, then a weighted log-prob + entropy loss, so weight gradients must add up) and compares
 // every weight's gradient; then takes ten AdamW steps (clipping, weight decay except on 1-D
-// weights, warmup), each on a fresh micro-batch, and compares every weight's change.
-func trainModel(c *caseCtx, cfg *engine.Config) {
+// weights, warmup), each on a fresh micro-batch, and compares every weight's change. With
+// lora, the same for rank-3 LoRA adapters on every linear layer (A from PEFT's init, B random
+// so that A's gradient is not zero) over the frozen base: the adapters' gradients and changes.
+func trainModel(c *caseCtx, cfg *engine.Config, lora bool) {
 	steps := 10
 	b1 := trainBatch(c.rng, cfg.VocabSize, 7, 13, 20)
 	b2 := trainBatch(c.rng, cfg.VocabSize, 2, 17)
@@ -59,6 +63,20 @@ func trainModel(c *caseCtx, cfg *engine.Config) {
 	var later [][]engine.ScoreRequest
 	for i := 1; i < steps; i++ {
 		later = append(later, trainBatch(c.rng, cfg.VocabSize, 3+c.rng.IntN(20), 3+c.rng.IntN(20)))
+	}
+	var lc engine.LoRAConfig
+	var adapters map[string]engine.HostTensor
+	if lora {
+		lc = engine.LoRAConfig{Rank: 3, Alpha: 6, Seed: 7}
+		var err error
+		if adapters, err = engine.InitLoRA(cfg, lc); err != nil {
+			panic(err)
+		}
+		for n, a := range adapters {
+			if strings.HasSuffix(n, ".lora_B.weight") {
+				copy(a.Data, randn(c.rng, len(a.Data), 0.1))
+			}
+		}
 	}
 	run := func(b engine.TrainBackend) *trainRun {
 		w := tinyWeights(cfg)
@@ -69,7 +87,7 @@ func trainModel(c *caseCtx, cfg *engine.Config) {
 		defer freeModel(m)
 		tr, err := engine.NewTrainer(m, engine.TrainOptions{Temperature: 0.9, MaxLogitRows: 16,
 			Optimizer: engine.AdamWConfig{LR: 3e-3, WeightDecay: 0.05, NoDecay1D: true, ClipNorm: 1,
-				Schedule: engine.LinearWarmup(3)}})
+				Schedule: engine.LinearWarmup(3)}, LoRA: lc, LoRAInit: adapters})
 		if err != nil {
 			panic(err)
 		}
@@ -101,6 +119,10 @@ func trainModel(c *caseCtx, cfg *engine.Config) {
 			}
 		}
 		after, err := m.HostWeights()
+		if lora {
+			after, err = m.AdapterWeights()
+			w = adapters
+		}
 		if err != nil {
 			panic(err)
 		}

@@ -28,6 +28,7 @@ import (
 
 type options struct {
 	in, out, weights, dtype string
+	loraForm                string
 	formats                 []string
 	step                    int64
 	force, verify, quiet    bool
@@ -57,7 +58,8 @@ CHECKPOINT is
   - one step of a run state (RUN/state/step-NNNNNN);
   - a plain model directory (config.json + model.safetensors or shards) or an .onnx file.
 --weights reference exports a run state's reference policy (the KL anchor) instead of the
-policy.
+policy. A LoRA run (tools/train --lora-rank) exports its base with the adapters merged and,
+with --lora-form both (the default) or adapter, the adapters in PEFT's format (adapter/).
 
 OUTDIR is built under a temporary name and renamed when complete: a failed or interrupted
 (Ctrl-C, SIGTERM) export leaves nothing behind. An existing non-empty OUTDIR is an error
@@ -78,6 +80,7 @@ Flags:
 	fs.StringVarP(&o.in, "input", "i", "", "checkpoint: a training run, a run-state step directory, or a model directory / .onnx file (required)")
 	fs.StringVarP(&o.out, "output", "o", "", "output directory (required); must not exist or be empty unless --force")
 	fs.StringSliceVar(&o.formats, "format", []string{"onnx", "safetensors"}, "formats to write, comma-separated: onnx, safetensors, or both")
+	fs.StringVar(&o.loraForm, "lora-form", "both", "from a LoRA run: merged (the base with the adapters merged, W + alpha/r·B·A), adapter (OUTDIR is a PEFT adapter directory: adapter_config.json + adapter_model.safetensors) or both (the merged model, with the adapter in OUTDIR/adapter/)")
 	fs.Int64Var(&o.step, "step", checkpoints.Latest, "training step to export from a run (-1: the latest saved step)")
 	fs.StringVar(&o.weights, "weights", "policy", "from a run state: policy (the trained weights) or reference (the KL reference policy)")
 	fs.StringVar(&o.dtype, "dtype", "f32", "element type of model.safetensors: f32, bf16 or f16 (model.onnx is always f32)")
@@ -101,6 +104,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--weights %q: want policy or reference", o.weights)
 	case len(o.formats) == 0:
 		return errors.New("--format: give onnx, safetensors or both")
+	case o.loraForm != "merged" && o.loraForm != "adapter" && o.loraForm != "both":
+		return fmt.Errorf("--lora-form %q: want merged, adapter or both", o.loraForm)
 	case o.step < checkpoints.Latest:
 		return fmt.Errorf("--step %d: want a step number of the run (0 or more)", o.step)
 	}
@@ -130,12 +135,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if m.Kind == "onnx" && (o.step != checkpoints.Latest || o.weights != "policy") {
 		return fmt.Errorf("-i %s is an ONNX model: --step and --weights reference apply to training runs", o.in)
 	}
+	if m.LoRA == nil && o.loraForm == "adapter" {
+		return fmt.Errorf("--lora-form adapter: -i %s holds no LoRA adapters (%s)", o.in, m.Kind)
+	}
+	if m.LoRA != nil && o.loraForm == "adapter" && o.verify {
+		return errors.New("--verify checks model.onnx, which --lora-form adapter does not write")
+	}
 	p.Tensors(len(m.Weights))
 	if err := modelio.CheckWeights(m.Weights, dtype, p.Tensor); err != nil {
 		return fmt.Errorf("-i %s: %w", o.in, err)
 	}
 	noTokenizer := false
 	err = outdir.Write(o.out, o.force, func(tmp string) error {
+		if m.LoRA != nil && o.loraForm == "adapter" {
+			p.Stage("writing the adapter")
+			return writeAdapter(tmp, m)
+		}
 		// The trainer's checkpoints (RUN/checkpoints/step-NNNNNN) are written by the same
 		// modeldir.Write: the same step exports to the same bytes either way.
 		copied, err := modeldir.Write(tmp, m.Config, m.Weights, modeldir.Options{
@@ -157,6 +172,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		noTokenizer = !slices.Contains(copied, "tokenizer.json")
+		if m.LoRA != nil && o.loraForm == "both" {
+			if err := writeAdapter(filepath.Join(tmp, modeldir.AdapterDir), m); err != nil {
+				return err
+			}
+		}
 		if o.verify {
 			p.Stage("verifying in ONNX Runtime")
 			ids := modelio.SampleTokens(m.Config, min(16, m.Config.MaxPositionEmbeddings))
@@ -181,4 +201,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "exported %s (%s, %s, %s parameters) to %s in %.1fs:\n", o.in, m.Kind, m.Config.ModelType,
 		modelio.HumanCount(m.Config.NumParams()), o.out, time.Since(t0).Seconds())
 	return modelio.Summarize(stdout, o.out)
+}
+
+// writeAdapter writes a LoRA run's adapters as the PEFT adapter directory dir.
+func writeAdapter(dir string, m *modelio.Model) error {
+	return modeldir.WriteAdapter(dir, m.Config, m.LoRA.Config, m.LoRA.Adapters, m.LoRA.BaseModel)
 }

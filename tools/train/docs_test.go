@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -67,8 +68,8 @@ func TestRecipeDoc(t *testing.T) {
 			n++
 		}
 	}
-	if n != 4 {
-		t.Fatalf("ran %d commands, want the page's 4", n)
+	if n != 5 {
+		t.Fatalf("ran %d commands, want the page's 5", n)
 	}
 	recs, err := grpo.ReadMetrics(filepath.Join(tmp, "mine", "metrics.jsonl"))
 	if err != nil {
@@ -77,10 +78,23 @@ func TestRecipeDoc(t *testing.T) {
 	if last := recs[len(recs)-1]; len(recs) != 16 || last.Step != 15 || last.Eval == nil || last.Eval.PassAtK[4] < last.Eval.Accuracy {
 		t.Errorf("runs/mine: %d records, last %+v", len(recs), last)
 	}
-	for _, f := range []string{"mine/checkpoints/step-000010/tokenizer.json", "mine/checkpoints/step-000015/model.onnx", "mine/state/latest"} {
+	for _, f := range []string{"mine/checkpoints/step-000010/tokenizer.json", "mine/checkpoints/step-000015/model.onnx", "mine/state/latest",
+		"mine-lora/checkpoints/step-000004/model.onnx", "mine-lora/checkpoints/step-000004/adapter/adapter_model.safetensors"} {
 		if _, err := os.Stat(filepath.Join(tmp, f)); err != nil {
 			t.Error(err)
 		}
+	}
+	// The LoRA run's adapter names the --model it was trained on as its base.
+	var ac struct {
+		Base string `json:"base_model_name_or_path"`
+		R    int    `json:"r"`
+	}
+	b, err := os.ReadFile(filepath.Join(tmp, "mine-lora/checkpoints/step-000004/adapter/adapter_config.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &ac)
+	}
+	if err != nil || ac.R != 8 || ac.Base != filepath.Join(tmp, "base/checkpoints/step-000004") {
+		t.Errorf("runs/mine-lora adapter_config.json: %+v (%v)", ac, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -210,7 +211,7 @@ func loadModel(ctx context.Context, o options, loadWeights bool) (*grpo.Job, *hf
 	if err != nil {
 		return nil, nil, err
 	}
-	j := &grpo.Job{Model: m.Config, Weights: m.Weights}
+	j := &grpo.Job{Model: m.Config, Weights: m.Weights, BaseModel: o.Model, StoredBF16: storedBF16(m.FilesDir)}
 	j.TokenizerFiles = func(out string) error {
 		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
@@ -328,4 +329,21 @@ func writeTaskData(o options, dir string) error {
 		fmt.Printf("wrote %s (%d prompts)\n", path, len(rows))
 	}
 	return nil
+}
+
+// storedBF16 reports whether the config.json in dir says the weights are stored as bf16
+// (torch_dtype, or transformers 5's dtype, "bfloat16"); false when there is none.
+func storedBF16(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, checkpoints.ConfigFile))
+	if err != nil {
+		return false
+	}
+	var c struct {
+		TorchDType string `json:"torch_dtype"`
+		DType      string `json:"dtype"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return false
+	}
+	return c.TorchDType == "bfloat16" || c.DType == "bfloat16"
 }

@@ -32,9 +32,10 @@ func remoteRolloutSource(o options) func(context.Context, *engine.Model) (grpo.R
 // remoteRollouts are rollout servers.
 type remoteRollouts struct{ *remote.Client }
 
-// SyncWeights implements grpo.WeightSync: it sends the policy's weights to the servers.
+// SyncWeights implements grpo.WeightSync: it sends the policy's weights to the servers (a LoRA
+// policy's merged: the servers run a plain model).
 func (r *remoteRollouts) SyncWeights(ctx context.Context, policy *engine.Model) error {
-	w, err := policy.HostWeights()
+	w, err := policy.MergedWeights()
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,15 @@ type Model struct {
 	// FilesDir is the directory whose SideFiles travel with the model: the input's own
 	// directory, or a training run's RUN/tokenizer/.
 	FilesDir string
+	// LoRA is a LoRA run's adapters (Weights are then its base with them merged); nil else.
+	LoRA *LoRA
+}
+
+// LoRA are the adapters of a LoRA run state.
+type LoRA struct {
+	Config    engine.LoRAConfig
+	Adapters  map[string]engine.HostTensor // engine.LoRASpecs names
+	BaseModel string                       // base_model_name_or_path
 }
 
 // Options select what Load reads from a training run.
@@ -259,15 +268,44 @@ func loadRunState(dir string, step int64, opts Options) (*Model, error) {
 	}
 	w := rs.Weights
 	kind := fmt.Sprintf("run state step %d (policy)", rs.Step)
+	// tools/train keeps the run's tokenizer in RUN/tokenizer/ beside RUN/state/.
+	tok := filepath.Join(filepath.Dir(dir), "tokenizer")
+	if rs.Adapters != nil {
+		return loadLoRAState(dir, rs, opts, tok)
+	}
 	if opts.Reference {
 		if rs.Reference == nil {
 			return nil, fmt.Errorf("%s step %d has no reference weights (the run had no KL term)", dir, rs.Step)
 		}
 		w, kind = rs.Reference, fmt.Sprintf("run state step %d (reference)", rs.Step)
 	}
-	// tools/train keeps the run's tokenizer in RUN/tokenizer/ beside RUN/state/.
-	tok := filepath.Join(filepath.Dir(dir), "tokenizer")
 	return &Model{Config: rs.Config, Weights: w, Kind: kind, TokenizerDir: tokenizerDir(tok), FilesDir: tok}, nil
+}
+
+// loadLoRAState loads the run state of a LoRA run: the base merged with the policy's (or the
+// reference's) adapters as Weights, and the adapters themselves.
+func loadLoRAState(dir string, rs *checkpoints.RunState, opts Options, tok string) (*Model, error) {
+	raw, ok := rs.Extra[modeldir.RunStateLoRAKey]
+	if !ok {
+		return nil, fmt.Errorf("%s step %d holds adapters but no LoRA settings (state.json extra %q)", dir, rs.Step, modeldir.RunStateLoRAKey)
+	}
+	lc, ac, err := modeldir.ParseAdapterConfig(raw, fmt.Sprintf("%s step %d: state.json extra %q", dir, rs.Step, modeldir.RunStateLoRAKey))
+	if err != nil {
+		return nil, err
+	}
+	ad, kind := rs.Adapters, fmt.Sprintf("run state step %d (policy, LoRA r%d)", rs.Step, lc.Rank)
+	if opts.Reference {
+		if rs.ReferenceAdapters == nil {
+			return nil, fmt.Errorf("%s step %d has no reference adapters (the run had no KL term)", dir, rs.Step)
+		}
+		ad, kind = rs.ReferenceAdapters, fmt.Sprintf("run state step %d (reference, LoRA r%d)", rs.Step, lc.Rank)
+	}
+	merged, err := engine.MergeLoRA(rs.Config, lc, rs.Weights, ad)
+	if err != nil {
+		return nil, fmt.Errorf("%s step %d: %w", dir, rs.Step, err)
+	}
+	return &Model{Config: rs.Config, Weights: merged, Kind: kind, TokenizerDir: tokenizerDir(tok), FilesDir: tok,
+		LoRA: &LoRA{Config: lc, Adapters: ad, BaseModel: ac.BaseModel}}, nil
 }
 
 // tokenizerDir returns dir when it holds tokenizer.json.

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"text/tabwriter"
+
+	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/cpu"
+)
+
+// heapInUse is the Go heap in use after a collection (the CPU backend keeps every tensor there).
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+// runTrainMemory measures the training memory of the 122M model on batch x seqLen tokens,
+// full fine-tuning against LoRA of the given rank (every linear layer of the decoder, fp32
+// and bf16 base): weights (with the packed matmul copies the CPU backend keeps), gradients
+// and AdamW moments (4 and 8 bytes per trainable parameter), and the activations of a step
+// (the Go heap's peak during ForwardBackward above what the model, gradients and optimizer
+// hold).
+func runTrainMemory(batch, seqLen, rank int) error {
+	c := engine.Bench122M()
+	fmt.Printf("\ntraining memory: 122M model, %d x %d tokens per step, fp32 matmuls; LoRA rank %d alpha %d on every linear layer of the decoder\n\n", batch, seqLen, rank, 2*rank)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "training\ttrainable params\tweights MiB\tgradients MiB\tAdamW MiB\tactivations MiB\tbackend caches MiB\tpeak MiB\t")
+	type variant struct {
+		name string
+		rank int
+		base engine.DType
+	}
+	mib := func(b float64) float64 { return b / (1 << 20) }
+	for _, v := range []variant{{"full fine-tuning", 0, engine.F32}, {fmt.Sprintf("LoRA r%d, fp32 base", rank), rank, engine.F32},
+		{fmt.Sprintf("LoRA r%d, bf16 base", rank), rank, engine.BF16}} {
+		h0 := heapInUse()
+		weights := engine.RandomWeights(c, 1, 0.02) // host copies, kept to the end and subtracted
+		host := 4 * float64(c.NumParams())
+		b := cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32))
+		m, err := engine.NewModel(c, b, weights, v.base)
+		if err != nil {
+			return err
+		}
+		opts := engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-4, ClipNorm: 1}}
+		if v.rank > 0 {
+			opts.LoRA = engine.LoRAConfig{Rank: v.rank, Alpha: float64(2 * v.rank), Seed: 1}
+		}
+		tr, err := engine.NewTrainer(m, opts)
+		if err != nil {
+			return err
+		}
+		var n int64
+		for _, name := range tr.TrainableNames() {
+			g, err := tr.Grad(name)
+			if err != nil {
+				return err
+			}
+			n += int64(len(g))
+		}
+		seqs := trainBatch(c, batch, seqLen)
+		step := func() (uint64, error) {
+			stop := heapPeak()
+			if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
+				stop()
+				return 0, err
+			}
+			peak := stop()
+			_, err := tr.Step()
+			return peak, err
+		}
+		if _, err := step(); err != nil { // builds the packed copies the steps keep
+			return err
+		}
+		static := heapInUse()
+		peak, err := step()
+		if err != nil {
+			return err
+		}
+		grads, opt := float64(4*n), float64(8*n)
+		// The model's tensors: its linear weights as stored (fp32 parameters, or the frozen
+		// base as uploaded), the embedding, norms and biases in fp32, and the adapters.
+		other := c.NumParams() - c.LayerMatmulParams() - int64(c.VocabSize*c.HiddenSize)
+		if c.TieWordEmbeddings {
+			other += int64(c.VocabSize * c.HiddenSize)
+		}
+		wts := float64(m.LinearBytes() + 4*other)
+		if v.rank > 0 {
+			wts += float64(4 * n)
+		}
+		caches := float64(static-h0) - host - wts - grads - opt
+		act := float64(peak) - float64(static)
+		fmt.Fprintf(w, "%s\t%d\t%.0f\t%.1f\t%.1f\t%.0f\t%.0f\t%.0f\t\n", v.name, n, mib(wts), mib(grads), mib(opt), mib(act), mib(caches), mib(float64(peak-h0)-host))
+		runtime.KeepAlive(tr)
+		runtime.KeepAlive(weights)
+	}
+	w.Flush()
+	fmt.Println("\nweights: the model's tensors as stored (fp32 parameters; a LoRA run's frozen base as uploaded, bf16 or fp32, and its fp32 adapters); backend caches: what the CPU backend holds besides after a step (the packed W and Wᵀ copies of every fp32 parameter that its matmuls read, pooled scratch buffers and transposes); activations: the Go heap's peak during forward + backward above all that; peak: the heap's peak during the step, the host copy of the weights left out")
+	return nil
+}
