@@ -97,6 +97,27 @@ func (r *runSession) save() error {
 	if err != nil {
 		return err
 	}
+	step := r.trainer.StepNumber()
+	if r.dp != nil {
+		if err := r.dp.checkSameWeights(step, w); err != nil {
+			return err
+		}
+		if r.dp.rank != 0 {
+			err = nil
+		} else {
+			err = r.saveState(w)
+		}
+		if err = r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err); err == nil && r.dp.mon != nil {
+			r.dp.mon.setSaved(step)
+		}
+		return err
+	}
+	return r.saveState(w)
+}
+
+// saveState writes the run state with the policy's weights w.
+func (r *runSession) saveState(w map[string]engine.HostTensor) error {
+	var err error
 	var ref map[string]engine.HostTensor
 	if r.trainer.Reference != nil {
 		if ref, err = r.trainer.Reference.HostWeights(); err != nil {

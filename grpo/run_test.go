@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
@@ -508,7 +509,7 @@ func TestDefaultRunConfigIsProRL(t *testing.T) {
 				ClipCovRatio: 2e-4, ClipCovLow: 1, ClipCovHigh: 5, KLCovRatio: 2e-3, KLCovCoef: 1, KLCoef: 1e-4, KL: KLK3, Agg: AggTokenMean},
 			Advantage: AdvantageConfig{Estimator: EstimatorGRPO}},
 		Optimizer: engine.AdamWConfig{LR: 2e-6, Beta1: 0.9, Beta2: 0.999, WeightDecay: 0.01, NoDecay1D: true, ClipNorm: 1},
-		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}}
+		Eval:      EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}, Dist: "auto", DistTimeout: 10 * time.Minute}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Errorf("DefaultRunConfig\n got %+v\nwant %+v", got, want)
 	}
