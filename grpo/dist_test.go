@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -188,5 +190,74 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRunDataParallel: a run of 2 ranks (the local communicator) writes one run directory, as
+// rank 0 (one metrics log with a line per step, one TensorBoard file, the exports and run
+// states), logs the 1-process run's rollouts, passes the weights checks at each save, and is
+// resumed by a single process (a run state has no per-rank part).
+func TestRunDataParallel(t *testing.T) {
+	ctx := context.Background()
+	oneDir, dpDir := t.TempDir(), t.TempDir()
+	cfg, job := tinyRun(t, oneDir, 4)
+	cfg.Trainer.PromptsPerStep = 3 // uneven over 2 ranks
+	if _, err := Run(ctx, cfg, job); err != nil {
+		t.Fatal(err)
+	}
+	comms := dist.NewLocalGroup(2, dist.Options{Timeout: time.Minute})
+	res := make([]*RunResult, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range comms {
+		cfg, job := tinyRun(t, dpDir, 4)
+		cfg.Trainer.PromptsPerStep = 3
+		cfg.Cluster = &Cluster{Comm: comms[r]}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[r], errs[r] = Run(ctx, cfg, job)
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	if evs, _ := filepath.Glob(filepath.Join(dpDir, "events.out.tfevents.*")); len(evs) != 1 {
+		t.Errorf("TensorBoard files %v: want rank 0's alone", evs)
+	}
+	one, err := ReadMetrics(filepath.Join(oneDir, MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp, err := ReadMetrics(filepath.Join(dpDir, MetricsFile))
+	if err != nil || len(dp) != 5 {
+		t.Fatalf("%d records (%v), want 5: rank 0's alone", len(dp), err)
+	}
+	if a, b := one[1].Metrics, dp[1].Metrics; a.RewardMean != b.RewardMean || a.GroupsKept != b.GroupsKept || a.ResponseLenMean != b.ResponseLenMean ||
+		math.Abs(a.Entropy-b.Entropy) > 1e-6*a.Entropy || !reflect.DeepEqual(one[0].Eval, dp[0].Eval) {
+		t.Errorf("step 1: 2 ranks %+v\n1 process %+v", b, a)
+	}
+	for _, r := range res {
+		if r.Step != 4 || len(r.Exports) != len(res[0].Exports) {
+			t.Errorf("result %+v", r)
+		}
+	}
+	for _, d := range res[0].Exports {
+		if _, err := os.Stat(filepath.Join(d, "model.safetensors")); err != nil {
+			t.Error(err)
+		}
+	}
+	rp, err := LoadResumePoint(dpDir)
+	if err != nil || rp.Step != 4 {
+		t.Fatalf("resume point %v (%v)", rp, err)
+	}
+	cfg, job = tinyRun(t, dpDir, 5)
+	cfg.Trainer.PromptsPerStep = 3
+	cfg.Resume = rp
+	if r, err := Run(ctx, cfg, job); err != nil || r.Step != 5 {
+		t.Fatalf("resumed by one process: %v (%v)", r, err)
 	}
 }
