@@ -63,7 +63,7 @@ func OpenCluster(mode dist.Mode, timeout time.Duration) (*Cluster, error) {
 		return nil, err
 	}
 	if mode == dist.ModeNCCL {
-		return nil, errors.New("--dist nccl: the trainer sums gradients in host memory; use --dist mpi (or auto) under mpirun or srun --mpi=pmix")
+		return nil, errors.New("the trainer sums gradients in host memory (also on a GPU): use --dist mpi (or auto) under mpirun or srun --mpi=pmix")
 	}
 	mon := &progress{}
 	c, err := dist.Open(mode, l, "cpu", dist.Options{Timeout: timeout, Describe: mon.describe})
