@@ -26,6 +26,8 @@ import (
 //	                              scored best (above the starting model's), replaced atomically
 //	                              by each better one, with best.json (BestFile) naming its step
 //	state/                        run states to resume from (checkpoints.SaveRunState)
+//	dist/rank-N                   data-parallel runs: each rank's heartbeat and last collective,
+//	                              read when a collective times out (docs/distributed.md)
 const (
 	// MetricsFile is the run directory's metrics log.
 	MetricsFile = "metrics.jsonl"
