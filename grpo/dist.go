@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/dist"
 )
@@ -321,10 +322,10 @@ func (d *dataParallel) checkSameWeights(step int, w map[string]engine.HostTensor
 }
 
 // progress records, in the run directory's dist/ folder, the collective each rank entered last
-// and a heartbeat (one small file per rank, rewritten in place every second), and the last step
-// saved; when a collective times out, describe reads the files and names the ranks that did not
-// arrive: those whose heartbeat stopped (dead, stopped or frozen processes) and those alive but
-// still before the collective.
+// and a heartbeat (one small file per rank, rewritten in place every second); when a collective
+// times out, describe reads the files and names the ranks that did not arrive (those whose
+// heartbeat stopped: dead, stopped or frozen processes; and those alive but still before the
+// collective), and the last run state saved in the run directory.
 type progress struct {
 	mu         sync.Mutex
 	rank, size int
@@ -332,7 +333,6 @@ type progress struct {
 	f          *os.File
 	seq        int
 	what       string
-	saved      int // the last step saved; -1: none
 	stateDir   string
 }
 
@@ -346,12 +346,11 @@ const (
 	staleAfter     = 5 * time.Second
 )
 
-// start opens this rank's file under dir/dist and starts its heartbeat; saved is the last step
-// saved (-1: none).
-func (p *progress) start(dir string, saved int) error {
+// start opens this rank's file under dir/dist and starts its heartbeat.
+func (p *progress) start(dir string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.dir, p.saved, p.stateDir = filepath.Join(dir, "dist"), saved, filepath.Join(dir, StateDir)
+	p.dir, p.stateDir = filepath.Join(dir, "dist"), filepath.Join(dir, StateDir)
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return err
 	}
@@ -369,12 +368,6 @@ func (p *progress) start(dir string, saved int) error {
 		}
 	}()
 	return nil
-}
-
-func (p *progress) setSaved(step int) {
-	p.mu.Lock()
-	p.saved = step
-	p.mu.Unlock()
 }
 
 // enter records collective number seq+1 of step.
@@ -436,10 +429,12 @@ func (p *progress) describe() string {
 	case p.dir != "":
 		s = "every rank is alive and reached this collective: one is stuck inside it; " + s
 	}
-	if p.saved >= 0 {
-		s += fmt.Sprintf("; last step saved: %d (%s): continue with --resume", p.saved, p.stateDir)
+	// The run states on disk (each written whole, then renamed): rank 0 may have saved one
+	// that the others have not heard of.
+	if steps, _ := checkpoints.ListSteps(p.stateDir); p.stateDir != "" && len(steps) > 0 {
+		s += fmt.Sprintf("; last step saved: %d (%s): continue with --resume", steps[len(steps)-1], p.stateDir)
 	} else {
-		s += "; no step saved yet: start the run again"
+		s += "; no run state saved yet: start the run again"
 	}
 	return s
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/dist"
 )
@@ -259,5 +260,41 @@ func TestRunDataParallel(t *testing.T) {
 	cfg.Resume = rp
 	if r, err := Run(ctx, cfg, job); err != nil || r.Step != 5 {
 		t.Fatalf("resumed by one process: %v (%v)", r, err)
+	}
+}
+
+// TestProgressDescribe: a timed-out collective's description names the rank whose heartbeat
+// stopped, the rank alive but not there yet, and the last run state on disk.
+func TestProgressDescribe(t *testing.T) {
+	dir := t.TempDir()
+	p := &progress{rank: 0, size: 4}
+	if err := p.start(dir); err != nil {
+		t.Fatal(err)
+	}
+	p.enter(3, "all-reduce of gradients")
+	p.enter(3, "loss metrics")
+	record := func(rank, seq int, age time.Duration, what string) {
+		rec := fmt.Sprintf("%d %d %s", seq, time.Now().Add(-age).UnixMilli(), what)
+		if err := os.WriteFile(filepath.Join(dir, "dist", fmt.Sprintf("rank-%d", rank)), []byte(rec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(1, 2, 0, "step 3: loss metrics")                      // there, alive
+	record(2, 1, time.Minute, "step 3: all-reduce of gradients") // stopped
+	record(3, 1, 0, "step 3: all-reduce of gradients")           // alive, behind
+	step2 := filepath.Join(dir, StateDir, checkpoints.StepDirName(2))
+	if err := errors.Join(os.MkdirAll(step2, 0o755), os.WriteFile(filepath.Join(step2, checkpoints.StateFile), nil, 0o644)); err != nil {
+		t.Fatal(err)
+	}
+	got := p.describe()
+	for _, want := range []string{"failed: rank 2 (no sign of life for 1m0s: dead, stopped or frozen; last in collective 1, step 3: all-reduce of gradients)",
+		"rank 3 (alive but not there yet: last in collective 1, step 3: all-reduce of gradients)",
+		"this rank waits in collective 2 (step 3: loss metrics)", "last step saved: 2"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("description %q lacks %q", got, want)
+		}
+	}
+	if strings.Contains(got, "rank 1 ") {
+		t.Errorf("description %q names rank 1, which reached the collective", got)
 	}
 }

@@ -107,10 +107,7 @@ func (r *runSession) save() error {
 		} else {
 			err = r.saveState(w)
 		}
-		if err = r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err); err == nil && r.dp.mon != nil {
-			r.dp.mon.setSaved(step)
-		}
-		return err
+		return r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err)
 	}
 	return r.saveState(w)
 }

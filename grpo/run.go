@@ -255,11 +255,7 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 	}
 	if dp != nil {
 		if err = dp.agree("starting the run directory", err); err == nil && dp.mon != nil {
-			saved := -1
-			if cfg.Resume != nil {
-				saved = cfg.Resume.Step
-			}
-			err = dp.mon.start(cfg.Dir, saved)
+			err = dp.mon.start(cfg.Dir)
 		}
 	}
 	if err != nil {
