@@ -111,10 +111,11 @@ type dataParallel struct {
 	comm       dist.Comm
 	rank, size int
 	mon        *progress // may be nil
-	// The gradient all-reduces of the current step: seconds and bytes (per rank).
-	gradSeconds float64
-	gradBytes   int
-	step        int // for progress records
+	// The gradient all-reduces of the current step: seconds waiting for the other ranks to
+	// finish their backward (a barrier), seconds summing, bytes (per rank).
+	gradWait, gradSeconds float64
+	gradBytes             int
+	step                  int // for progress records
 }
 
 func newDataParallel(c dist.Comm, mon *progress) *dataParallel {
@@ -136,15 +137,22 @@ func (d *dataParallel) enter(what string) {
 	}
 }
 
-// allReduceGrads sums the policy's accumulated gradients over the ranks.
+// allReduceGrads sums the policy's accumulated gradients over the ranks, after a barrier that
+// tells the wait for the slowest rank apart from the summing.
 func (d *dataParallel) allReduceGrads(policy *engine.Trainer) error {
 	t0 := time.Now()
+	d.enter("barrier before the gradients")
+	if err := d.comm.Barrier(); err != nil {
+		return err
+	}
+	t1 := time.Now()
+	d.gradWait += t1.Sub(t0).Seconds()
 	err := policy.ReduceGrads(gradBucketElems, func(b []float32) error {
 		d.enter(fmt.Sprintf("all-reduce of gradients (%d values)", len(b)))
 		d.gradBytes += 4 * len(b)
 		return d.comm.AllReduce(dist.HostF32(b))
 	})
-	d.gradSeconds += time.Since(t0).Seconds()
+	d.gradSeconds += time.Since(t1).Seconds()
 	return err
 }
 

@@ -367,9 +367,11 @@ type Metrics struct {
 	TrainTokensPS    float64 `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
 	SkippedNoSignal  bool    `json:"skipped_no_signal,omitempty"`
 	OptimizerUpdates int     `json:"optimizer_updates"`
-	// GradAllReduceSeconds and GradAllReduceBytes are the time this rank spent summing its
-	// gradients with the other ranks' in the step and the bytes it sent in (fp32 values, each
-	// all-reduce's buffer once); absent for a single process.
+	// GradWaitSeconds, GradAllReduceSeconds and GradAllReduceBytes are, for a data-parallel
+	// run, the time this rank waited for the others to finish their backward before each
+	// optimizer step, the time it then spent summing its gradients with theirs, and the bytes
+	// of those sums (fp32 values, each all-reduce's buffer once); absent for a single process.
+	GradWaitSeconds      float64 `json:"timing_s/grad_wait,omitempty"`
 	GradAllReduceSeconds float64 `json:"timing_s/grad_allreduce,omitempty"`
 	GradAllReduceBytes   int     `json:"perf/grad_allreduce_bytes,omitempty"`
 }

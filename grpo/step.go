@@ -332,8 +332,10 @@ func (t *PolicyOptimizer) Update(ctx context.Context, b *RolloutBatch) (*Metrics
 	}
 	t.step++
 	if d := t.dp; d != nil {
-		d.step, d.gradSeconds, d.gradBytes = m.Step, 0, 0
-		defer func() { m.GradAllReduceSeconds, m.GradAllReduceBytes = d.gradSeconds, d.gradBytes }()
+		d.step, d.gradWait, d.gradSeconds, d.gradBytes = m.Step, 0, 0, 0
+		defer func() {
+			m.GradWaitSeconds, m.GradAllReduceSeconds, m.GradAllReduceBytes = d.gradWait, d.gradSeconds, d.gradBytes
+		}()
 	}
 	if len(b.groups) == 0 {
 		m.SkippedNoSignal = true
