@@ -31,7 +31,14 @@ func removeStaleExports(dir string) {
 // a run killed while exporting leaves the previous state of the directory.
 func (r *runSession) export(step int) error {
 	dir := r.exportDir(step)
-	if err := checkpoints.ReplaceDir(dir, exportTmpPrefix(filepath.Base(dir)), r.writeExport); err != nil {
+	var err error
+	if r.writes() {
+		err = checkpoints.ReplaceDir(dir, exportTmpPrefix(filepath.Base(dir)), r.writeExport)
+	}
+	if r.dp != nil {
+		err = r.dp.agree("the export of step "+fmt.Sprint(step), err)
+	}
+	if err != nil {
 		return err
 	}
 	r.exported[step] = dir
@@ -47,6 +54,18 @@ func (r *runSession) exportDir(step int) string {
 // the evaluation: built under a temporary name and swapped in for the previous best at once
 // (checkpoints.ReplaceDir), so that a crash leaves one whole best export.
 func (r *runSession) exportBest(b *BestEval) error {
+	if r.dp == nil {
+		return r.writeBest(b)
+	}
+	var err error
+	if r.writes() {
+		err = r.writeBest(b)
+	}
+	return r.dp.agree("the export of the best policy", err)
+}
+
+// writeBest is exportBest's writing.
+func (r *runSession) writeBest(b *BestEval) error {
 	dir := filepath.Join(r.cfg.Dir, "checkpoints", BestDir)
 	return checkpoints.ReplaceDir(dir, exportTmpPrefix(BestDir), func(tmp string) error {
 		if err := r.writeExport(tmp); err != nil {

@@ -8,6 +8,7 @@ import (
 	"math"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/dist"
 	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
@@ -225,6 +226,7 @@ type PolicyOptimizer struct {
 	// OnReset is called after each reference reset (export a checkpoint there).
 	OnReset func(step int) error
 
+	dp         *dataParallel // the other ranks of a data-parallel run; nil for one process
 	step       int
 	ahead      *RolloutBatch // the batch StepAhead generated for the next step
 	lastResets []int
@@ -257,6 +259,12 @@ func NewPolicyOptimizer(policy *engine.Trainer, rollouts RolloutSource, prompts 
 	}
 	return t, nil
 }
+
+// SetComm makes the optimizer one rank of a data-parallel run over c (nil or one rank: a single
+// process): it generates, scores and trains its share of each step's prompts and sums its
+// gradients with the other ranks', which must run the same configuration on the same prompts
+// and weights. Overlapped rollouts (StepAhead) are not available then.
+func (t *PolicyOptimizer) SetComm(c dist.Comm) { t.dp = newDataParallel(c, nil) }
 
 // State is what a PolicyOptimizer carries from step to step besides the weights, the optimizer state
 // and the data position: enough, with those, to resume a run exactly (rollout seeds derive
@@ -375,6 +383,13 @@ type Metrics struct {
 	TrainTokensPS    float64 `json:"train_tok_per_s"` // tokens through forward+backward per second, all updates of the step
 	SkippedNoSignal  bool    `json:"skipped_no_signal,omitempty"`
 	OptimizerUpdates int     `json:"optimizer_updates"`
+	// GradWaitSeconds, GradAllReduceSeconds and GradAllReduceBytes are, for a data-parallel
+	// run, the time this rank waited for the others to finish their backward before each
+	// optimizer step, the time it then spent summing its gradients with theirs, and the bytes
+	// of those sums (fp32 values, each all-reduce's buffer once); absent for a single process.
+	GradWaitSeconds      float64 `json:"timing_s/grad_wait,omitempty"`
+	GradAllReduceSeconds float64 `json:"timing_s/grad_allreduce,omitempty"`
+	GradAllReduceBytes   int     `json:"perf/grad_allreduce_bytes,omitempty"`
 }
 
 // maybeReset performs the scheduled reference reset.
@@ -470,8 +485,12 @@ func passKs(n int) []int {
 // Evaluate samples n responses per prompt (ProRL evaluates at temperature 0.6, top-p 0.95;
 // temperature 0 is greedy) and reports pass@1 and the mean reward.
 func (t *PolicyOptimizer) Evaluate(ctx context.Context, prompts []Prompt, n int, temperature, topP float32) (*EvalResult, error) {
-	samples, err := t.Rollouts.Rollout(ctx, prompts, engine.SamplingParams{N: n, Temperature: temperature, TopP: topP,
-		MaxNewTokens: t.Config.MaxResponseTokens, StopTokens: t.Config.StopTokens, Seed: t.Config.Seed + 7})
+	p := engine.SamplingParams{N: n, Temperature: temperature, TopP: topP,
+		MaxNewTokens: t.Config.MaxResponseTokens, StopTokens: t.Config.StopTokens, Seed: t.Config.Seed + 7}
+	if t.dp != nil {
+		return t.evaluateDP(ctx, prompts, p)
+	}
+	samples, err := t.Rollouts.Rollout(ctx, prompts, p)
 	if err != nil {
 		return nil, fmt.Errorf("grpo: evaluation: %w", err)
 	}

@@ -102,6 +102,24 @@ func (r *runSession) save() error {
 	if err != nil {
 		return err
 	}
+	step := r.trainer.StepNumber()
+	if r.dp != nil {
+		if err := r.dp.checkSameWeights(step, w); err != nil {
+			return err
+		}
+		if r.dp.rank != 0 {
+			err = nil
+		} else {
+			err = r.saveState(w)
+		}
+		return r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err)
+	}
+	return r.saveState(w)
+}
+
+// saveState writes the run state with the policy's weights w.
+func (r *runSession) saveState(w map[string]engine.HostTensor) error {
+	var err error
 	var ref, ad, refAd map[string]engine.HostTensor
 	if r.policy.Model.Adapters != nil {
 		// The reference of a LoRA run is its own copy of the adapters over the shared base.

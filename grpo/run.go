@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/engine/dist"
 	"github.com/prolong-rl/prolong/grpo/knob"
 )
 
@@ -26,6 +27,8 @@ import (
 //	                              scored best (above the starting model's), replaced atomically
 //	                              by each better one, with best.json (BestFile) naming its step
 //	state/                        run states to resume from (checkpoints.SaveRunState)
+//	dist/rank-N                   data-parallel runs: each rank's heartbeat and last collective,
+//	                              read when a collective times out (docs/distributed.md)
 const (
 	// MetricsFile is the run directory's metrics log.
 	MetricsFile = "metrics.jsonl"
@@ -111,6 +114,14 @@ type RunConfig struct {
 	Rollouts func(ctx context.Context, policy *engine.Model) (RolloutSource, func(), error)
 	// Hooks let a program follow the run (progress, printing); each may be nil.
 	Hooks RunHooks
+	// Dist is how the ranks of a data-parallel run talk (OpenCluster); DistTimeout bounds each
+	// collective: past it every rank ends, naming the rank that is behind and the last step
+	// saved.
+	Dist        dist.Mode     `flag:"dist" default:"auto" help:"data-parallel training: auto (on under an MPI launcher: mpirun, mpiexec, srun --mpi=pmix), off, mpi; every rank trains its share of each step's prompts (docs/distributed.md)"`
+	DistTimeout time.Duration `flag:"dist-timeout" default:"10m" check:">0" help:"data-parallel training: how long a rank waits for the others in a collective before the job ends (naming the rank that is behind and the last step saved)"`
+	// Cluster is this process's place in a data-parallel run (OpenCluster); nil or one rank: a
+	// single process. Rank 0 alone writes the run directory.
+	Cluster *Cluster
 }
 
 // RunHooks are callbacks through which a program follows a run.
@@ -138,7 +149,13 @@ func DefaultRunConfig() RunConfig {
 // CheckKnobs checks every knob of c and of its nested configurations (their range tags, and
 // the rules between knobs) and returns all those out of range, each error naming its flag
 // (knob.Checker): "--eval-every: must be >= 1, got 0".
-func (c *RunConfig) CheckKnobs() error { return knob.Check(c) }
+func (c *RunConfig) CheckKnobs() error {
+	var errs []error
+	if _, err := dist.ParseMode(string(c.Dist)); err != nil && c.Dist != "" {
+		errs = append(errs, fmt.Errorf("--dist %q: want auto, off or mpi", string(c.Dist)))
+	}
+	return errors.Join(append([]error{knob.Check(c)}, errs...)...)
+}
 
 func (c *RunConfig) validate() error {
 	switch {
@@ -152,6 +169,14 @@ func (c *RunConfig) validate() error {
 	}
 	if err := c.LoRA.check(); err != nil {
 		return fmt.Errorf("grpo: run: %w", err)
+	}
+	if c.LoRA.Rank > 0 && c.Cluster.Size() > 1 {
+		// The adapters' gradients are not in ReduceGrads' buckets yet, and the weight
+		// checksum covers only the base: refused rather than letting the ranks drift apart.
+		return fmt.Errorf("grpo: run: --lora-rank %d in a data-parallel run (%d ranks) is not supported yet: train LoRA on one process", c.LoRA.Rank, c.Cluster.Size())
+	}
+	if c.Trainer.Overlap && c.Cluster.Size() > 1 {
+		return fmt.Errorf("grpo: run: overlapped rollouts (--overlap) are not available in a data-parallel run (%d ranks): use --overlap off", c.Cluster.Size())
 	}
 	return nil
 }
@@ -215,6 +240,7 @@ type WeightSync interface {
 
 // runSession is a run in progress.
 type runSession struct {
+	dp       *dataParallel // nil for a single process
 	cfg      RunConfig
 	job      *Job
 	policy   *engine.Trainer
@@ -235,23 +261,49 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Resume == nil {
-		if err := startOver(cfg.Dir); err != nil {
-			return nil, err
+	var dp *dataParallel
+	if c := cfg.Cluster; c != nil {
+		dp = newDataParallel(c.Comm, c.mon)
+	}
+	var err error
+	if cfg.Resume == nil && (dp == nil || dp.rank == 0) {
+		err = startOver(cfg.Dir)
+	}
+	if err == nil {
+		err = os.MkdirAll(cfg.Dir, 0o755)
+	}
+	if dp != nil {
+		if err = dp.agree("starting the run directory", err); err == nil && dp.mon != nil {
+			err = dp.mon.start(cfg.Dir)
 		}
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	job, err := newJob(ctx, cfg.Resume != nil)
+	// In a data-parallel run, rank 0 builds the starting weights and the others receive them.
+	job, err := newJob(ctx, cfg.Resume != nil || (dp != nil && dp.rank != 0))
+	if dp != nil {
+		err = dp.agree("building the job", err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if job.Close != nil {
 		defer job.Close()
 	}
-	r, closeRollouts, err := newRunSession(ctx, cfg, job)
+	if dp != nil && cfg.Resume == nil {
+		if job.Weights, err = dp.broadcastWeights(job.Weights); err != nil {
+			return nil, err
+		}
+	}
+	r, closeRollouts, err := newRunSession(ctx, cfg, job, dp)
+	if dp != nil {
+		err = dp.agree("starting the session", err)
+	}
 	if err != nil {
+		if closeRollouts != nil {
+			closeRollouts()
+		}
 		return nil, err
 	}
 	defer closeRollouts()
@@ -270,12 +322,14 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 
 // newRunSession puts the job's model (or the run state's) on the backend as the policy and
 // builds the rollout source and the trainer, restored to the run state when resuming.
-func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, func(), error) {
-	if err := runTokenizer(cfg, job); err != nil {
-		return nil, nil, err
+func newRunSession(ctx context.Context, cfg RunConfig, job *Job, dp *dataParallel) (*runSession, func(), error) {
+	r := &runSession{cfg: cfg, job: job, exported: map[int]string{}, dp: dp}
+	if r.writes() {
+		if err := runTokenizer(cfg, job); err != nil {
+			return nil, nil, err
+		}
+		removeStaleExports(cfg.Dir)
 	}
-	removeStaleExports(cfg.Dir)
-	r := &runSession{cfg: cfg, job: job, exported: map[int]string{}}
 	var err error
 	if r.policy, err = newPolicy(cfg, job); err != nil {
 		return nil, nil, err
@@ -284,7 +338,7 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job) (*runSession, f
 		return nil, nil, err
 	}
 	closeRollouts := func() {}
-	if r.rollouts, closeRollouts, err = newRolloutSource(ctx, cfg, r.policy.Model); err != nil {
+	if r.rollouts, closeRollouts, err = newRolloutSource(ctx, cfg, r.policy.Model, dp); err != nil {
 		return nil, nil, err
 	}
 	if err := r.newTrainer(); err != nil {
@@ -343,7 +397,7 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 }
 
 // newRolloutSource makes the run's rollout source and gives it the policy's weights.
-func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model) (RolloutSource, func(), error) {
+func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model, dp *dataParallel) (RolloutSource, func(), error) {
 	var rs RolloutSource
 	var closeRollouts func()
 	switch {
@@ -371,20 +425,33 @@ func newRolloutSource(ctx context.Context, cfg RunConfig, policy *engine.Model) 
 		slog.Info(gen.KVChoice().String())
 		return EngineRollouts{Gen: gen}, gen.Close, nil
 	}
-	if err := syncWeights(ctx, rs, policy); err != nil { // the servers start from the policy
+	if err := syncWeights(ctx, rs, policy, dp); err != nil { // the servers start from the policy
 		closeRollouts()
 		return nil, nil, err
 	}
 	return rs, closeRollouts, nil
 }
 
-// syncWeights sends the policy's weights to a rollout source that keeps its own.
-func syncWeights(ctx context.Context, rs RolloutSource, policy *engine.Model) error {
-	if ws, ok := rs.(WeightSync); ok {
+// syncWeights sends the policy's weights to a rollout source that keeps its own; in a
+// data-parallel run rank 0 sends them and the others wait until it has.
+func syncWeights(ctx context.Context, rs RolloutSource, policy *engine.Model, dp *dataParallel) error {
+	ws, ok := rs.(WeightSync)
+	if !ok {
+		return nil
+	}
+	if dp == nil {
 		return ws.SyncWeights(ctx, policy)
 	}
-	return nil
+	var err error
+	if dp.rank == 0 {
+		err = ws.SyncWeights(ctx, policy)
+	}
+	return dp.agree("the weights sent to the rollout servers", err)
 }
+
+// writes reports whether this process writes the run directory: a single process, or rank 0
+// of a data-parallel run.
+func (r *runSession) writes() bool { return r.dp == nil || r.dp.rank == 0 }
 
 // newTrainer builds the GRPO trainer on the job's prompts, streamed by grpo/data.Stream.
 func (r *runSession) newTrainer() error {
@@ -405,6 +472,7 @@ func (r *runSession) newTrainer() error {
 	if r.trainer, err = NewPolicyOptimizer(r.policy, r.rollouts, r.stream, r.job.Reward, r.job.Decode, tc); err != nil {
 		return err
 	}
+	r.trainer.dp = r.dp
 	r.trainer.BatchReward = r.job.BatchReward
 	r.trainer.OnReset = r.export
 	return nil
@@ -413,17 +481,32 @@ func (r *runSession) newTrainer() error {
 // train runs the GRPO steps of this session and the final export.
 func (r *runSession) train(ctx context.Context) error {
 	mpath := filepath.Join(r.cfg.Dir, MetricsFile)
-	if r.cfg.Resume != nil {
-		// Steps logged after the run state was saved are run again: drop their lines.
-		if err := truncateMetrics(mpath, r.cfg.Resume.Step); err != nil {
-			return fmt.Errorf("resume: %w", err)
+	var log *MetricsLog // nil on the ranks that do not write
+	var err error
+	if r.writes() {
+		if r.cfg.Resume != nil {
+			// Steps logged after the run state was saved are run again: drop their lines.
+			err = truncateMetrics(mpath, r.cfg.Resume.Step)
+		}
+		if err == nil {
+			log, err = OpenRunLog(r.cfg.Dir, r.trainer.StepNumber()+1)
+		}
+		if err != nil && r.cfg.Resume != nil {
+			err = fmt.Errorf("resume: %w", err)
 		}
 	}
-	log, err := OpenRunLog(r.cfg.Dir, r.trainer.StepNumber()+1)
+	if r.dp != nil {
+		err = r.dp.agree("opening the metrics log", err)
+	}
 	if err != nil {
+		if log != nil {
+			log.Close()
+		}
 		return err
 	}
-	defer log.Close()
+	if log != nil {
+		defer log.Close()
+	}
 	if r.cfg.Resume == nil {
 		if err := r.logStart(log); err != nil {
 			return err
@@ -441,19 +524,38 @@ func (r *runSession) train(ctx context.Context) error {
 	// The final export, unless a reset just wrote it; a resumed run that has nothing left to
 	// train writes it when it is missing (a run killed while exporting it).
 	_, statErr := os.Stat(filepath.Join(r.exportDir(last), "model.onnx"))
+	if r.dp != nil { // rank 0's view of its export decides
+		var missing int
+		if statErr != nil {
+			missing = 1
+		}
+		all, err := gather(r.dp, "the final export", missing)
+		if err != nil {
+			return err
+		}
+		if all[0] == 1 {
+			statErr = os.ErrNotExist
+		} else {
+			statErr = nil
+		}
+	}
 	if _, ok := r.exported[last]; !ok && (first <= last || statErr != nil) {
 		if err := r.export(last); err != nil {
 			return err
 		}
 	}
-	r.plot()
+	if r.writes() {
+		r.plot()
+	}
 	return nil
 }
 
 // logStart logs the step-0 record (the starting model's evaluation).
 func (r *runSession) logStart(log *MetricsLog) error {
-	if err := log.Append(Record{Metrics: &Metrics{Step: 0}, Eval: r.evals.First}); err != nil {
-		return err
+	if log != nil {
+		if err := log.Append(Record{Metrics: &Metrics{Step: 0}, Eval: r.evals.First}); err != nil {
+			return err
+		}
 	}
 	if r.evals.First != nil {
 		if _, err := r.trainer.AfterEval(r.evals.First, nil); err != nil {
@@ -474,7 +576,7 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 	if err != nil {
 		return err
 	}
-	if err := syncWeights(ctx, r.rollouts, r.policy.Model); err != nil {
+	if err := syncWeights(ctx, r.rollouts, r.policy.Model, r.dp); err != nil {
 		return err
 	}
 	m.StepSeconds = time.Since(t0).Seconds()
@@ -497,15 +599,17 @@ func (r *runSession) step(ctx context.Context, log *MetricsLog, s int) error {
 			}
 		}
 	}
-	if err := log.Append(rec); err != nil {
-		return err
+	if log != nil {
+		if err := log.Append(rec); err != nil {
+			return err
+		}
 	}
 	if r.saveDue(s) {
 		if err := r.save(); err != nil {
 			return err
 		}
 	}
-	if rec.Eval != nil {
+	if rec.Eval != nil && r.writes() {
 		r.plot() // after the save: a plot that fails loses no state
 	}
 	if r.cfg.Hooks.Stepped != nil {

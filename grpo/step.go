@@ -28,6 +28,18 @@ type rollout struct {
 	adv       float64
 	old, ref  []float64 // per response token
 	rollout   []float64 // per response token, as the rollout source reported them; nil if it did not
+	// remote marks another rank's response in a data-parallel run: its numbers (reward,
+	// truncation, n tokens) without its tokens.
+	remote bool
+	n      int
+}
+
+// length is the response's token count.
+func (r *rollout) length() int {
+	if r.remote {
+		return r.n
+	}
+	return len(r.tokens)
 }
 
 // RolloutBatch is what the rollout stage hands the update stage: the groups of scored
@@ -117,7 +129,11 @@ func (t *PolicyOptimizer) rollout(ctx context.Context, step, weights int) (*Roll
 	st := rolloutStats{kindN: map[string]int{}, lenByKind: map[string]float64{}}
 	t0 := time.Now()
 	for round := 0; ; round++ {
-		if err := t.sampleRound(ctx, b, round, &st); err != nil {
+		sample := t.sampleRound
+		if t.dp != nil {
+			sample = t.sampleRoundDP
+		}
+		if err := sample(ctx, b, round, &st); err != nil {
 			return nil, err
 		}
 		if !cfg.DynamicSampling || len(b.groups) >= cfg.PromptsPerStep || round+1 >= cfg.MaxSamplingRounds {
@@ -209,15 +225,17 @@ func (t *PolicyOptimizer) rewards(ctx context.Context, prompts []Prompt, samples
 }
 
 // group makes the group of prompt p from its samples and their rewards, and records them in
-// the step's statistics. It returns the group and its rewards after the overlong shaping; a
-// sample whose log-probs do not match its tokens is an error.
+// the step's statistics (st nil: not recorded). It returns the group and its rewards after the
+// overlong shaping; a sample whose log-probs do not match its tokens is an error.
 func (t *PolicyOptimizer) group(p *Prompt, samples []engine.Sample, rewards []float64, m *Metrics, st *rolloutStats) ([]*rollout, []float64, error) {
 	g := make([]*rollout, len(samples))
 	rs := make([]float64, len(g))
 	for j, s := range samples {
 		trunc := s.Finish == engine.FinishLength
 		r := rewards[j] + t.overlong(len(s.Tokens), trunc)
-		st.add(m, p.Kind, rewards[j], r, len(s.Tokens), trunc)
+		if st != nil {
+			st.add(m, p.Kind, rewards[j], r, len(s.Tokens), trunc)
+		}
 		g[j] = &rollout{prompt: p, tokens: s.Tokens, truncated: trunc, reward: r}
 		switch len(s.LogProbs) {
 		case len(s.Tokens):
@@ -313,6 +331,12 @@ func (t *PolicyOptimizer) Update(ctx context.Context, b *RolloutBatch) (*Metrics
 		return nil, fmt.Errorf("grpo: update: the batch for step %d was generated with the weights of step %d: %d steps stale, want 0 to MaxStaleness = %d", b.Step, b.WeightsStep, m.Staleness, t.Config.MaxStaleness)
 	}
 	t.step++
+	if d := t.dp; d != nil {
+		d.step, d.gradWait, d.gradSeconds, d.gradBytes = m.Step, 0, 0, 0
+		defer func() {
+			m.GradWaitSeconds, m.GradAllReduceSeconds, m.GradAllReduceBytes = d.gradWait, d.gradSeconds, d.gradBytes
+		}()
+	}
 	if len(b.groups) == 0 {
 		m.SkippedNoSignal = true
 		slog.Info("grpo: no group with a reward signal; update skipped", "step", m.Step)
@@ -327,12 +351,25 @@ func (t *PolicyOptimizer) Update(ctx context.Context, b *RolloutBatch) (*Metrics
 		return m, t.maybeReset(m)
 	}
 	t1 := time.Now()
-	if err := t.logProbs(ctx, all); err != nil {
+	local := all
+	if t.dp != nil {
+		local = localRollouts(all)
+	}
+	if len(local) > 0 {
+		if err := t.logProbs(ctx, local); err != nil {
+			return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
+		}
+	}
+	mis, err := mismatch(local, t.Config.Loss.TISCap)
+	if err != nil {
 		return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
 	}
-	if err := rolloutMismatch(all, t.Config.Loss.TISCap, m); err != nil {
-		return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
+	if t.dp != nil {
+		if err := t.dp.combineMismatch(&mis); err != nil {
+			return nil, fmt.Errorf("grpo: step %d: %w", m.Step, err)
+		}
 	}
+	mis.fill(t.Config.Loss.TISCap, m)
 	if err := t.policyUpdates(ctx, all, m); err != nil {
 		return nil, err
 	}
@@ -358,7 +395,7 @@ func (t *PolicyOptimizer) advantages(groups [][]*rollout) ([]*rollout, error) {
 		advCfg.TokenCounts = make([][]int, len(groups))
 		for i, g := range groups {
 			for _, r := range g {
-				advCfg.TokenCounts[i] = append(advCfg.TokenCounts[i], len(r.tokens))
+				advCfg.TokenCounts[i] = append(advCfg.TokenCounts[i], r.length())
 			}
 		}
 	}
@@ -370,7 +407,7 @@ func (t *PolicyOptimizer) advantages(groups [][]*rollout) ([]*rollout, error) {
 	for i, g := range groups {
 		for j, r := range g {
 			r.adv = adv[i][j]
-			if len(r.tokens) > 0 && !(t.Config.MaskTruncated && r.truncated) {
+			if r.length() > 0 && !(t.Config.MaskTruncated && r.truncated) {
 				all = append(all, r)
 			}
 		}
@@ -410,45 +447,67 @@ func (t *PolicyOptimizer) logProbs(ctx context.Context, all []*rollout) error {
 	return nil
 }
 
-// rolloutMismatch logs how far the trainer's log-probs (old) are from the rollout source's
-// (verl's rollout_corr/kl and k3_kl, training/rollout_probs_diff_mean and _max, over the tokens
-// of the responses that report them) and, with TIS (tisCap > 0), its weights' mean before
-// truncation and the fraction truncated; TIS needs every response's rollout log-probs.
+// mismatchSums are the sums behind the rollout-mismatch metrics over some responses' tokens.
+type mismatchSums struct {
+	N, K1, K3, Diff, DiffMax, WSum float64
+	Above                          int
+}
+
+// rolloutMismatch writes into m how far the trainer's log-probs are from the rollout source's
+// over the responses all (mismatch, then fill).
 func rolloutMismatch(all []*rollout, tisCap float64, m *Metrics) error {
-	var n, k1, k3, diff, diffMax, wSum float64
-	var above int
+	s, err := mismatch(all, tisCap)
+	if err != nil {
+		return err
+	}
+	s.fill(tisCap, m)
+	return nil
+}
+
+// mismatch sums how far the trainer's log-probs (old) are from the rollout source's over
+// the tokens of the responses that report them (for verl's rollout_corr/kl and k3_kl,
+// training/rollout_probs_diff_mean and _max) and, with TIS (tisCap > 0), its weights before
+// truncation and how many are truncated; TIS needs every response's rollout log-probs.
+func mismatch(all []*rollout, tisCap float64) (mismatchSums, error) {
+	var s mismatchSums
 	for i, r := range all {
 		if r.rollout == nil {
 			if tisCap > 0 {
-				return fmt.Errorf("TIS (cap %g) needs the rollout log-probs, and the rollout source gave none for response %d (prompt kind %q)", tisCap, i, r.prompt.Kind)
+				return s, fmt.Errorf("TIS (cap %g) needs the rollout log-probs, and the rollout source gave none for response %d (prompt kind %q)", tisCap, i, r.prompt.Kind)
 			}
 			continue
 		}
 		for k, old := range r.old {
 			lr := old - r.rollout[k] // log(pi_trainer / pi_rollout)
 			w := math.Exp(math.Max(-clampLogRatio, math.Min(clampLogRatio, lr)))
-			k1 -= lr
-			k3 += w - math.Log(w) - 1
+			s.K1 -= lr
+			s.K3 += w - math.Log(w) - 1
 			d := math.Abs(math.Exp(old) - math.Exp(r.rollout[k]))
-			diff += d
-			diffMax = max(diffMax, d)
+			s.Diff += d
+			s.DiffMax = max(s.DiffMax, d)
 			if tisCap > 0 {
-				wSum += w
+				s.WSum += w
 				if w > tisCap {
-					above++
+					s.Above++
 				}
 			}
-			n++
+			s.N++
 		}
 	}
-	if n == 0 {
-		return nil
+	return s, nil
+}
+
+// fill writes the rollout-mismatch metrics: means over the tokens, the largest difference and,
+// with TIS, its weights' mean before truncation and the fraction truncated.
+func (s mismatchSums) fill(tisCap float64, m *Metrics) {
+	if s.N == 0 {
+		return
 	}
-	m.RolloutKL, m.RolloutK3KL, m.RolloutProbsDiffMean, m.RolloutProbsDiffMax = k1/n, k3/n, diff/n, diffMax
+	n := s.N
+	m.RolloutKL, m.RolloutK3KL, m.RolloutProbsDiffMean, m.RolloutProbsDiffMax = s.K1/n, s.K3/n, s.Diff/n, s.DiffMax
 	if tisCap > 0 {
-		m.TISWeightMean, m.TISFracTruncated = wSum/n, float64(above)/n
+		m.TISWeightMean, m.TISFracTruncated = s.WSum/n, float64(s.Above)/n
 	}
-	return nil
 }
 
 // policyUpdates shuffles the responses (seeded by Config.Seed and the step) and makes one
@@ -467,6 +526,11 @@ func (t *PolicyOptimizer) policyUpdates(ctx context.Context, all []*rollout, m *
 			return err
 		}
 	}
+	if t.dp != nil {
+		if err := t.dp.combineLoss(&agg, m); err != nil {
+			return fmt.Errorf("grpo: step %d: %w", m.Step, err)
+		}
+	}
 	agg.fill(m)
 	return nil
 }
@@ -477,9 +541,12 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 	cfg := t.Config
 	lc := cfg.Loss
 	for _, r := range part {
-		lc.TokenNorm += float64(len(r.tokens))
+		lc.TokenNorm += float64(r.length())
 	}
 	lc.SeqNorm = float64(len(part))
+	if t.dp != nil { // the loss is normalised over the whole mini-batch; this rank trains its share
+		part = localRollouts(part)
+	}
 	for lo, micro := 0, 0; lo < len(part); micro++ {
 		hi, toks := lo, 0
 		for hi < len(part) && (hi == lo || toks+len(part[hi].prompt.Tokens)+len(part[hi].tokens) <= cfg.MicroBatchTokens) {
@@ -493,6 +560,11 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 		}
 		m.TrainTokens += toks
 		lo = hi
+	}
+	if t.dp != nil {
+		if err := t.dp.allReduceGrads(t.Policy); err != nil {
+			return fmt.Errorf("grpo: step %d: mini-batch %d: %w", m.Step, mb, err)
+		}
 	}
 	st, err := t.Policy.Step()
 	if err != nil {

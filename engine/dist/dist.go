@@ -122,11 +122,26 @@ type Comm interface {
 type Options struct {
 	// Timeout bounds each collective (0: DefaultTimeout; negative: none).
 	Timeout time.Duration
+	// Describe, when set, is called when a collective times out, before the error or the
+	// abort; its text (say, which rank is behind and the last step saved) is added to the
+	// message. It runs on the waiting rank's goroutine and must not call the communicator.
+	Describe func() string
 }
 
 // DefaultTimeout bounds a collective when Options.Timeout is zero. A step's gradient all-reduce
 // takes well under a second; a rank that has not joined after ten minutes is gone.
 const DefaultTimeout = 10 * time.Minute
+
+// describe is Describe's text as a suffix of a timeout's message ("" without one).
+func (o Options) describe() string {
+	if o.Describe == nil {
+		return ""
+	}
+	if s := o.Describe(); s != "" {
+		return "; " + s
+	}
+	return ""
+}
 
 func (o Options) timeout() time.Duration {
 	if o.Timeout == 0 {

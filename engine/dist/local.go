@@ -18,7 +18,7 @@ func NewLocal() Comm { return NewLocalGroup(1, Options{})[0] }
 // that called different collectives in the same round all get an error naming both calls.
 // Every rank has local rank = rank (one node). Host buffers only.
 func NewLocalGroup(n int, opts Options) []Comm {
-	g := &localGroup{size: n, timeout: opts.timeout(), rounds: map[int]*round{}, aborted: make(chan struct{})}
+	g := &localGroup{size: n, timeout: opts.timeout(), opts: opts, rounds: map[int]*round{}, aborted: make(chan struct{})}
 	cs := make([]Comm, n)
 	for r := range cs {
 		cs[r] = &localComm{g: g, rank: r}
@@ -29,6 +29,7 @@ func NewLocalGroup(n int, opts Options) []Comm {
 type localGroup struct {
 	size    int
 	timeout time.Duration
+	opts    Options
 
 	mu      sync.Mutex
 	rounds  map[int]*round
@@ -169,8 +170,8 @@ func (c *localComm) do(cl *call) error {
 		default:
 		}
 		r.failed = true
-		return fmt.Errorf("dist: %s on rank %d: %w after %v (%d of %d ranks joined)",
-			cl.op, c.rank, ErrTimeout, time.Since(start).Round(time.Millisecond), r.arrived, g.size)
+		return fmt.Errorf("dist: %s on rank %d: %w after %v (%d of %d ranks joined)%s",
+			cl.op, c.rank, ErrTimeout, time.Since(start).Round(time.Millisecond), r.arrived, g.size, g.opts.describe())
 	}
 }
 

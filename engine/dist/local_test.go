@@ -195,6 +195,16 @@ func TestLocalTimeoutIsErrTimeout(t *testing.T) {
 	}
 }
 
+// TestTimeoutDescribe: a timed-out collective's error carries what Options.Describe says (the
+// trainer names the rank that is behind and the last step saved there).
+func TestTimeoutDescribe(t *testing.T) {
+	c := NewLocalGroup(2, Options{Timeout: 10 * time.Millisecond, Describe: func() string { return "rank 1 is gone; last step saved: 4" }})[0]
+	err := c.Barrier()
+	if !errors.Is(err, ErrTimeout) || !strings.HasSuffix(err.Error(), "; rank 1 is gone; last step saved: 4") {
+		t.Fatalf("got %v, want ErrTimeout ending with the description", err)
+	}
+}
+
 type fakeDev struct{ HostF32 }
 
 func (fakeDev) DevicePtr() uintptr { return 0 }

@@ -158,6 +158,7 @@ type mpiComm struct {
 	lib                   *mpiLib
 	rank, size, localRank int
 	timeout               time.Duration
+	opts                  Options
 	reqs                  chan mpiReq
 	closed                bool
 	version               string
@@ -181,7 +182,7 @@ func NewMPI(l Launch, opts Options) (Comm, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &mpiComm{lib: lib, localRank: l.LocalRank, timeout: opts.timeout(), reqs: make(chan mpiReq), version: lib.libraryVersion()}
+	c := &mpiComm{lib: lib, localRank: l.LocalRank, timeout: opts.timeout(), opts: opts, reqs: make(chan mpiReq), version: lib.libraryVersion()}
 	ready := make(chan error)
 	go c.serve(ready)
 	if err := <-ready; err != nil {
@@ -240,8 +241,8 @@ func (c *mpiComm) run(op string, fn func() int) error {
 		}
 		return nil
 	case <-timer:
-		c.Abort(fmt.Sprintf("%s did not complete on rank %d of %d after waiting %v (timeout %v): a rank is gone or stuck",
-			op, c.rank, c.size, time.Since(start).Round(time.Millisecond), c.timeout))
+		c.Abort(fmt.Sprintf("%s did not complete on rank %d of %d after waiting %v (timeout %v): a rank is gone or stuck%s",
+			op, c.rank, c.size, time.Since(start).Round(time.Millisecond), c.timeout, c.opts.describe()))
 		return nil // not reached
 	}
 }

@@ -139,6 +139,7 @@ type ncclComm struct {
 	comm                  uintptr
 	rank, size, localRank int
 	timeout               time.Duration
+	opts                  Options
 	closed                bool
 }
 
@@ -150,7 +151,7 @@ func NewNCCL(l Launch, dev Device, host Comm, opts Options) (Comm, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &ncclComm{lib: lib, dev: dev, host: host, rank: l.Rank, size: l.Size, localRank: l.LocalRank, timeout: opts.timeout()}
+	c := &ncclComm{lib: lib, dev: dev, host: host, rank: l.Rank, size: l.Size, localRank: l.LocalRank, timeout: opts.timeout(), opts: opts}
 	if host != nil {
 		c.rank, c.size = host.Rank(), host.Size()
 	}
@@ -228,8 +229,8 @@ func (c *ncclComm) wait(op string, f func() error, sync bool) error {
 			ccall(c.lib.fn.commAbort, c.comm)
 			c.comm, c.closed = 0, true
 		}
-		return fmt.Errorf("dist: %s on rank %d of %d: %w after %v: the NCCL communicator is aborted",
-			op, c.rank, c.size, ErrTimeout, time.Since(start).Round(time.Millisecond))
+		return fmt.Errorf("dist: %s on rank %d of %d: %w after %v: the NCCL communicator is aborted%s",
+			op, c.rank, c.size, ErrTimeout, time.Since(start).Round(time.Millisecond), c.opts.describe())
 	}
 }
 

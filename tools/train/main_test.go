@@ -271,7 +271,7 @@ func TestFlagDefaultsAreGRPOs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := grpo.DefaultRunConfig()
-	want.Dir, want.Backend, want.Settings = got.Dir, got.Backend, got.Settings
+	want.Dir, want.Backend, want.Settings, want.Cluster = got.Dir, got.Backend, got.Settings, got.Cluster
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("flags give\n%+v\ngrpo.DefaultRunConfig is\n%+v", got, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	_ "github.com/prolong-rl/prolong/cuda" // registers --device cuda
 	"github.com/prolong-rl/prolong/engine" // also registers --device cpu, auto's fallback
+	"github.com/prolong-rl/prolong/engine/dist"
 	"github.com/prolong-rl/prolong/grpo"
 )
 
@@ -56,6 +58,9 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Cluster.Rank() != 0 {
+		o.Quiet = true
+	}
 	cfg.Resume = resume
 	rep := &report{o: *o}
 	cfg.Hooks = rep.hooks()
@@ -66,6 +71,17 @@ func run(ctx context.Context, o *options, fs *pflag.FlagSet) error {
 		}
 		return customJob(ctx, *o, !resuming)
 	})
+	if cfg.Cluster.Size() > 1 {
+		if err != nil { // every rank ends now, saying why (MPI_Abort does not return)
+			cfg.Cluster.Abort(fmt.Sprintf("rank %d: %v", cfg.Cluster.Rank(), err))
+		}
+		if cerr := cfg.Cluster.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("--dist: %w", cerr)
+		}
+		if cfg.Cluster.Rank() != 0 && err == nil {
+			return nil // rank 0 reports
+		}
+	}
 	if errors.Is(err, grpo.ErrRunExists) {
 		return fmt.Errorf("%w; continue it with --resume or choose another --out", err)
 	}
@@ -120,9 +136,15 @@ func orDefaultJob(model string) string {
 	return model
 }
 
-// runConfig is the run the flags describe, on the device --device opens.
+// runConfig is the run the flags describe, on the device --device opens, as one rank of a
+// data-parallel run when a launcher started this process (--dist).
 func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
-	dev, err := engine.OpenDevice(o.Device, engine.DeviceOptions{MatMulPrecision: o.MatmulPrecision})
+	cl, err := openCluster(o)
+	if err != nil {
+		return grpo.RunConfig{}, err
+	}
+	// Each rank takes the GPU of its local rank.
+	dev, err := engine.OpenDevice(o.Device, engine.DeviceOptions{MatMulPrecision: o.MatmulPrecision, Index: cl.Launch.LocalRank})
 	if err != nil {
 		return grpo.RunConfig{}, err
 	}
@@ -148,12 +170,39 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 	}
 	cfg.Backend = tb
 	cfg.Rollouts = remoteRolloutSource(o)
+	cfg.Cluster = cl
 	settings := flagValues(fs) // what a run state keeps to resume with the same flags
 	delete(settings, "quiet")
 	delete(settings, "cpuprofile")
 	delete(settings, "device") // a resumed run may continue on another machine's device
+	delete(settings, "dist")   // ... and on another number of ranks
+	delete(settings, "dist-timeout")
 	cfg.Settings = settings
 	return cfg, nil
+}
+
+// openCluster detects the launcher and opens the communicator --dist asks for, and says so: a
+// data-parallel run logs its rank and launcher on every rank, and only rank 0 prints to stdout
+// from then on.
+func openCluster(o options) (*grpo.Cluster, error) {
+	cl, err := grpo.OpenCluster(o.Run.Dist, o.Run.DistTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("--dist %s: %w", o.Run.Dist, err)
+	}
+	l := cl.Launch
+	switch {
+	case cl.Size() > 1:
+		slog.Info(fmt.Sprintf("dist: rank %d of %d (local rank %d), launched by %s (%s), backend %s", cl.Rank(), cl.Size(), l.LocalRank, l.Launcher, l.Source, cl.Comm.Backend()),
+			"pid", os.Getpid(), "mpi", strings.SplitN(dist.MPIVersion(cl.Comm), ",", 2)[0], "timeout", o.Run.DistTimeout)
+		if cl.Rank() != 0 {
+			if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
+				os.Stdout = null
+			}
+		}
+	case l.Launcher != dist.LaunchNone:
+		slog.Info(fmt.Sprintf("dist: %v: a single rank, no data parallelism", l))
+	}
+	return cl, nil
 }
 
 // flagsConfig is the run the flags describe (the flags are bound to o.Run's knobs), without
