@@ -78,9 +78,8 @@ import (
 
 // Options configure a conformance run.
 type Options struct {
-	// Reference is the backend compared against; nil means the CPU backend with fp32 matmuls and
-	// the row paths of attention
-	// (bf16 weights widened to fp32).
+	// Reference is the backend compared against; nil means the CPU backend with fp32 matmuls
+	// (bf16 weights widened to fp32) and the row paths of attention.
 	Reference engine.TrainBackend
 	// WeightDType is the dtype of inference (linear) weights uploaded to both backends for
 	// the model tests (F32 or BF16). The MatMul cases run both dtypes whatever it says.
