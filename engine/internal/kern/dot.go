@@ -304,10 +304,16 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 	if np < 4*p && nrb > 1 {
 		nrg = min(nrb, (4*p+np-1)/np)
 	}
+	if acc {
+		nrg = accGroups(nrb, nrg, mr, ws)
+	}
 	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
 		var tile [maxMR * nr]float32
 		for it := lo; it < hi; it++ {
 			pn, g := it/nrg, it%nrg
+			if acc {
+				g, pn = it/np, it%np
+			}
 			wi := 0
 			for pn >= ws[wi].np {
 				pn -= ws[wi].np

@@ -120,11 +120,17 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans,
 	if np < 4*p && nrb > 1 {
 		nrg = min(nrb, (4*p+np-1)/np)
 	}
+	if acc {
+		nrg = accGroups(nrb, nrg, im.mr, ws)
+	}
 	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
 		var tile [maxMR * nr]float32 // [mr][32] output tile for the partial last panel
 		var wide *[]float32
 		for it := lo; it < hi; it++ {
 			pn, g := it/nrg, it%nrg
+			if acc {
+				g, pn = it/np, it%np
+			}
 			wi := 0 // the weight of global panel pn, and pn within it
 			for pn >= ws[wi].np {
 				pn -= ws[wi].np
@@ -167,6 +173,19 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans,
 			}
 		}
 	})
+}
+
+// accGroups is the number of row groups of an accumulating matmul (at least nrg): groups of
+// row blocks whose rows of the outputs (over all the weights' columns) take about 256 KiB, and
+// the work items ordered group by group, so that the outputs a group reads and adds to stay in
+// the caches across its panels instead of being streamed from memory once per panel.
+func accGroups(nrb, nrg, mr int, ws []*Weight) int {
+	n := 0
+	for _, w := range ws {
+		n += w.n
+	}
+	bpg := max(1, (256<<10)/(4*n*mr)) // row blocks per group
+	return max(nrg, (nrb+bpg-1)/bpg)
 }
 
 // storeTile writes (or, when acc, adds) the rows×32 tile of panel pn, row block r0.. into y
