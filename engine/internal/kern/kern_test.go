@@ -571,12 +571,18 @@ func TestParallelFine(t *testing.T) {
 }
 
 // TestMatMulTAcc checks that MatMulTAcc adds to y exactly what MatMulT writes (one add of the
-// same FMA chain per output), for fp32, bf16 and bf16 dot-product weights, on every ISA and on
+// same FMA chain per output), for fp32, bf16 and bf16 dot-product weights, on every ISA (and the
+// AMX path, emulated) and on
 // sizes with a partial last panel and several row groups.
 func TestMatMulTAcc(t *testing.T) {
 	r := rand.New(rand.NewPCG(10, 11))
-	for _, isa := range ISAs() {
-		restore := SetISA(isa)
+	for _, isa := range append(ISAs(), "amx-emulated") {
+		var restore func()
+		if isa == "amx-emulated" {
+			restore = useAMXEmulation()
+		} else {
+			restore = SetISA(isa)
+		}
 		for _, kind := range []string{"f32", "bf16", "dot"} {
 			for _, n := range []int{1, 32, 33, 70, 1000} { // 1000: several row groups (accGroups)
 				for _, m := range []int{1, 3, 14, 15, 40, 300} {
