@@ -14,7 +14,7 @@ func trainCases(o Options) []testCase {
 	var cs []testCase
 	for _, cfg := range tinyConfigs() {
 		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, false) }})
-		cs = append(cs, testCase{"TrainLoRA/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, true) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/lora", func(c *caseCtx) { trainModel(c, cfg, true) }})
 	}
 	for _, cfg := range tinyConfigs() {
 		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/fused-head", func(c *caseCtx) { trainFusedHead(c, cfg) }})
