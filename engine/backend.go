@@ -79,6 +79,12 @@ type AttnBatch struct {
 	CtxLen   []int32   // [S] context length including the new tokens
 	Blocks   [][]int32 // [S][ceil(CtxLen/BlockSize)] block table
 	Slots    []int32   // [T] cache slot (block*BlockSize + offset) of each new token
+	// Scratch marks a pass that no decode step will extend (Score, Logits: the cache is thrown
+	// away after it). A backend may then compute the rows in another summation order than its
+	// decode rows (the CPU backend's tiled prefill of long sequences); in a generation batch it
+	// must not, since a preempted sample is recomputed by prefill and must give its decode rows'
+	// bits again.
+	Scratch bool
 }
 
 // KVStore is a backend's storage for the paged KV cache: for every layer, keys and values of

@@ -28,6 +28,7 @@ type KVCache struct {
 	refs       []int32
 	free       []int32
 	used       int
+	scratch    bool // one pass's cache, thrown away after it (AttnBatch.Scratch)
 }
 
 // ErrKVBudget is wrapped by errors returned when the KV-cache memory budget is exhausted.

@@ -191,7 +191,7 @@ func (m *Model) packSteps(steps []step, T int) (ids, pos []int32, ab *AttnBatch,
 		return nil, nil, nil, err
 	}
 	ids, pos = make([]int32, 0, T), make([]int32, 0, T)
-	ab = &AttnBatch{SeqStart: make([]int32, 1, len(steps)+1)}
+	ab = &AttnBatch{SeqStart: make([]int32, 1, len(steps)+1), Scratch: steps[0].seq.cache.scratch}
 	for i, s := range steps {
 		start := s.seq.Len()
 		slots, err := s.seq.reserve(len(s.tokens))

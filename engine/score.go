@@ -131,7 +131,12 @@ func (m *Model) Logits(ctx context.Context, seqs [][]int32) ([][]float32, error)
 }
 
 // scratchCache is a KV cache of its own for one scoring call: room for blocks blocks, and one
-// more.
+// more. Its passes are marked AttnBatch.Scratch: nothing decodes from it.
 func scratchCache(m *Model, blocks int) (*KVCache, error) {
-	return NewKVCache(m, int64(blocks+1)*kvBlockBytes(m.Config, F32))
+	kc, err := NewKVCache(m, int64(blocks+1)*kvBlockBytes(m.Config, F32))
+	if err != nil {
+		return nil, err
+	}
+	kc.scratch = true
+	return kc, nil
 }

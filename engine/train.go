@@ -68,6 +68,55 @@ func WeightedLogProb(weights, entWeights [][]float64) LossFunc {
 	}
 }
 
+// TokenLoss is a loss that adds up one term per scored token, each a function of that token's
+// own log-prob and entropy: SFT cross-entropy, or any per-token weighting whose weights are
+// known before the forward pass. Since a token's derivatives are known as soon as its log-prob
+// is, Trainer.ForwardBackwardTokens computes the LM head's gradients in the same pass as its
+// log-probs.
+type TokenLoss struct {
+	// Term returns the loss term of scored token tok of sequence seq of the micro-batch, given
+	// its log-prob and entropy, with its derivatives with respect to both.
+	Term func(seq, tok int, logp, entropy float64) (loss, dLogp, dEntropy float64)
+	// Entropy says whether Term depends on the entropy; when false its dEntropy is ignored and
+	// the entropy's backward is skipped.
+	Entropy bool
+}
+
+// LossFunc is the same loss as a LossFunc, for ForwardBackward.
+func (tl TokenLoss) LossFunc() LossFunc {
+	return func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
+		var loss float64
+		dl := make([][]float64, len(logp))
+		var de [][]float64
+		if tl.Entropy {
+			de = make([][]float64, len(logp))
+		}
+		for i, s := range logp {
+			dl[i] = make([]float64, len(s))
+			if de != nil {
+				de[i] = make([]float64, len(s))
+			}
+			for j, v := range s {
+				l, d, e := tl.Term(i, j, v, ent[i][j])
+				loss += l
+				dl[i][j] = d
+				if de != nil {
+					de[i][j] = e
+				}
+			}
+		}
+		return loss, dl, de, nil
+	}
+}
+
+// TokenCrossEntropy is CrossEntropy(norm) as a TokenLoss: -logp / norm per scored token. norm
+// must be positive (the scored-token count of the whole batch, or of the micro-batch).
+func TokenCrossEntropy(norm float64) TokenLoss {
+	return TokenLoss{Term: func(_, _ int, logp, _ float64) (float64, float64, float64) {
+		return -logp / norm, -1 / norm, 0
+	}}
+}
+
 // TrainOptions configures a Trainer.
 type TrainOptions struct {
 	// Optimizer holds the AdamW hyper-parameters, clipping and schedule.
@@ -301,8 +350,26 @@ type StepStats struct {
 // ForwardBackward runs the micro-batch seqs (each from position 0, scored on Tokens[Start:])
 // forward, evaluates loss on the per-token log-probs and entropies, and accumulates the
 // gradient of every trainable weight (call ZeroGrad between optimizer steps). Sequences are
-// packed without padding; attention stays within each sequence.
+// packed without padding; attention stays within each sequence. The LM head runs twice, chunk
+// by chunk: once for the log-probs the loss needs all at once, once for the gradients (the
+// logits are kept between the two only when they fit in a chunk's budget).
 func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss LossFunc) (*StepStats, error) {
+	return t.forwardBackward(ctx, seqs, loss, TokenLoss{})
+}
+
+// ForwardBackwardTokens is ForwardBackward for a loss of per-token terms: the LM head's
+// log-probs, entropies and gradients are computed in one pass over its chunks (one LM-head
+// GEMM per chunk fewer than ForwardBackward, and no logits kept), with the same gradients as
+// ForwardBackward given loss.LossFunc().
+func (t *Trainer) ForwardBackwardTokens(ctx context.Context, seqs []ScoreRequest, loss TokenLoss) (*StepStats, error) {
+	if loss.Term == nil {
+		return nil, fmt.Errorf("train: token loss has no Term")
+	}
+	return t.forwardBackward(ctx, seqs, nil, loss)
+}
+
+// forwardBackward is ForwardBackward with loss, or ForwardBackwardTokens with tl when loss is nil.
+func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss LossFunc, tl TokenLoss) (*StepStats, error) {
 	b := t.b
 	bm, err := t.Model.packBatch(seqs)
 	if err != nil {
@@ -331,11 +398,19 @@ func (t *Trainer) ForwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 	}
 	h := t.newHead(xf, bm)
 	defer h.free()
-	st, dlp, dent, err := h.forward(loss)
-	if err != nil {
-		return nil, err
+	var st *StepStats
+	var dx *Tensor // [T, D] ∂L/∂(final residual)
+	if loss == nil {
+		if st, dx, err = h.fused(tl); err != nil {
+			return nil, err
+		}
+	} else {
+		var dlp, dent []float32
+		if st, dlp, dent, err = h.forward(loss); err != nil {
+			return nil, err
+		}
+		dx = h.backward(dlp, dent)
 	}
-	dx := h.backward(dlp, dent) // [T, D] ∂L/∂(final residual)
 	if err := t.backwardLayers(ctx, dx, bm, acts); err != nil {
 		return nil, err
 	}
@@ -381,14 +456,24 @@ func (t *Trainer) backwardLayers(ctx context.Context, dx *Tensor, bm *batchMeta,
 	return nil
 }
 
-// trainHead is the LM head of a training micro-batch: the final norm and the log-probs of the
-// scored rows, logits computed chunk rows at a time.
+// logitBudget bounds the bytes of fp32 logits the LM head holds at once in training: a chunk of
+// rows (unless TrainOptions.MaxLogitRows says otherwise), and the logits kept from the forward
+// pass for the backward, which are kept only when they all fit in it. So the head's memory does
+// not grow with tokens × vocabulary.
+const logitBudget = 64 << 20
+
+// trainHead is the LM head of a training micro-batch: the final norm, then the log-probs and
+// entropies of the scored rows and their gradients, chunk rows at a time (a fused linear
+// log-prob: logits, log-sum-exp, the target's log-prob, the entropy, and their gradients with
+// respect to the normed hidden rows and the LM-head weight, the weight's gradient accumulated
+// in place by one MatMulDW per chunk).
 type trainHead struct {
 	t      *Trainer
 	bm     *batchMeta
 	xr, hn *Tensor   // [R, D] scored rows of the final residual; after the final norm
+	dhn    *Tensor   // [R, D] ∂L/∂hn, filled chunk by chunk
 	chunk  int       // logits rows at a time
-	keep   bool      // keep the logits chunks for the backward (when they are few)
+	keep   bool      // keep the logits chunks for the backward (when they fit in logitBudget)
 	kept   []*Tensor // [chunk, V] each
 }
 
@@ -396,9 +481,9 @@ type trainHead struct {
 func (t *Trainer) newHead(xf *Tensor, bm *batchMeta) *trainHead {
 	b, c := t.b, t.Model.Config
 	R := len(bm.rows)
-	h := &trainHead{t: t, bm: bm, chunk: t.opts.MaxLogitRows, keep: R*c.VocabSize <= 32<<20}
+	h := &trainHead{t: t, bm: bm, chunk: t.opts.MaxLogitRows, keep: 4*int64(R)*int64(c.VocabSize) <= logitBudget}
 	if h.chunk <= 0 {
-		h.chunk = max(1, min(1024, (64<<20)/(4*c.VocabSize)))
+		h.chunk = max(1, min(1024, logitBudget/(4*c.VocabSize)))
 	}
 	h.xr = b.Alloc(R, c.HiddenSize)
 	b.GatherRows(h.xr, xf, bm.rows)
@@ -411,6 +496,7 @@ func (h *trainHead) free() {
 	for _, l := range h.kept {
 		h.t.b.Free(l)
 	}
+	h.t.b.Free(h.dhn)
 	h.t.b.Free(h.hn)
 	h.t.b.Free(h.xr)
 }
@@ -423,7 +509,8 @@ func (h *trainHead) forward(loss LossFunc) (st *StepStats, dlp, dent []float32, 
 	lp, ent := make([]float32, 0, R), make([]float32, 0, R)
 	for r0 := 0; r0 < R; r0 += h.chunk {
 		r1 := min(R, r0+h.chunk)
-		logits := t.chunkLogits(h.hn, r0, r1)
+		part, logits := t.chunkLogits(h.hn, r0, r1)
+		b.Free(part)
 		l, e, err := b.LogProbs(logits, bm.targets[r0:r1], t.opts.Temperature)
 		if err != nil {
 			b.Free(logits)
@@ -436,7 +523,15 @@ func (h *trainHead) forward(loss LossFunc) (st *StepStats, dlp, dent []float32, 
 			b.Free(logits)
 		}
 	}
-	st = &StepStats{Tokens: len(bm.ids), Scored: R}
+	st = h.stats(lp, ent)
+	dlp, dent, err = st.evalLoss(loss, bm.nScored)
+	return st, dlp, dent, err
+}
+
+// stats splits the rows' log-probs and entropies by sequence.
+func (h *trainHead) stats(lp, ent []float32) *StepStats {
+	bm := h.bm
+	st := &StepStats{Tokens: len(bm.ids), Scored: len(bm.rows)}
 	off := 0
 	for _, n := range bm.nScored {
 		sl, se := make([]float64, n), make([]float64, n)
@@ -446,8 +541,7 @@ func (h *trainHead) forward(loss LossFunc) (st *StepStats, dlp, dent []float32, 
 		st.LogProb, st.Entropy = append(st.LogProb, sl), append(st.Entropy, se)
 		off += n
 	}
-	dlp, dent, err = st.evalLoss(loss, bm.nScored)
-	return st, dlp, dent, err
+	return st
 }
 
 // evalLoss evaluates loss on the stats' log-probs and entropies, records it, and returns its
@@ -472,57 +566,136 @@ func (st *StepStats) evalLoss(loss LossFunc, nScored []int) (dlp, dent []float32
 	return dlp, dent, nil
 }
 
-// backward backpropagates the loss's derivatives through the head, chunk by chunk, and
-// returns ∂L/∂(final residual) [T, D].
+// backward backpropagates the loss's derivatives through the head, chunk by chunk (the
+// logits kept by forward, or recomputed), and returns ∂L/∂(final residual) [T, D].
 func (h *trainHead) backward(dlp, dent []float32) *Tensor {
-	t, b, bm, c := h.t, h.t.b, h.bm, h.t.Model.Config
+	t, b, bm := h.t, h.t.b, h.bm
 	R := len(bm.rows)
-	dhn := b.Alloc(R, c.HiddenSize) // [R, D]
-	defer b.Free(dhn)
 	for i, r0 := 0, 0; r0 < R; i, r0 = i+1, r0+h.chunk {
 		r1 := min(R, r0+h.chunk)
-		var logits *Tensor // [r1-r0, V]
+		var part, logits *Tensor // [r1-r0, D], [r1-r0, V]
 		if h.keep {
 			logits = h.kept[i]
 		} else {
-			logits = t.chunkLogits(h.hn, r0, r1)
+			part, logits = t.chunkLogits(h.hn, r0, r1)
 		}
 		var de []float32
 		if dent != nil {
 			de = dent[r0:r1]
 		}
-		b.LogProbsBackward(logits, logits, bm.targets[r0:r1], dlp[r0:r1], de, t.opts.Temperature)
-		dpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
-		b.MatMulDX(dpart, logits, t.Model.LMHead)
-		if g := t.gw.LMHead; g != nil {
-			hpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
-			b.GatherRows(hpart, h.hn, seqRange(r0, r1))
-			b.MatMulDW(g, logits, hpart)
-			b.Free(hpart)
-		}
-		b.ScatterAddRows(dhn, dpart, seqRange(r0, r1))
-		b.Free(dpart)
+		h.chunkBackward(r0, r1, part, logits, dlp[r0:r1], de)
 		if !h.keep {
 			b.Free(logits)
 		}
 	}
+	return h.finish()
+}
+
+// fused runs the head forward and backward in one pass for a loss of per-token terms: each
+// chunk's logits give its log-probs and entropies, the loss's derivatives for them, and the
+// chunk's gradients, before the next chunk's logits are computed (one LM-head GEMM per chunk
+// where backward recomputes it). It returns the stats and ∂L/∂(final residual) [T, D].
+func (h *trainHead) fused(loss TokenLoss) (*StepStats, *Tensor, error) {
+	t, b, bm := h.t, h.t.b, h.bm
+	R := len(bm.rows)
+	seq, tok := make([]int, R), make([]int, R) // each row's sequence and scored-token index
+	for s, r := 0, 0; s < len(bm.nScored); s++ {
+		for j := 0; j < bm.nScored[s]; j, r = j+1, r+1 {
+			seq[r], tok[r] = s, j
+		}
+	}
+	lp, ent := make([]float32, 0, R), make([]float32, 0, R)
+	dlp := make([]float32, h.chunk)
+	var dent []float32
+	if loss.Entropy {
+		dent = make([]float32, h.chunk)
+	}
+	var total float64
+	for r0 := 0; r0 < R; r0 += h.chunk {
+		r1 := min(R, r0+h.chunk)
+		part, logits := t.chunkLogits(h.hn, r0, r1)
+		l, e, err := b.LogProbs(logits, bm.targets[r0:r1], t.opts.Temperature)
+		if err != nil {
+			b.Free(part)
+			b.Free(logits)
+			return nil, nil, err
+		}
+		for i := range l {
+			r := r0 + i
+			v, dl, de := loss.Term(seq[r], tok[r], float64(l[i]), float64(e[i]))
+			if bad := !finite(v) || !finite(dl) || !finite(de); bad {
+				b.Free(part)
+				b.Free(logits)
+				return nil, nil, fmt.Errorf("train: token loss of sequence %d, token %d is %v (dLogp %v, dEntropy %v)", seq[r], tok[r], v, dl, de)
+			}
+			total += v
+			dlp[i] = float32(dl)
+			if dent != nil {
+				dent[i] = float32(de)
+			}
+		}
+		lp, ent = append(lp, l...), append(ent, e...)
+		var de []float32
+		if dent != nil {
+			de = dent[:r1-r0]
+		}
+		h.chunkBackward(r0, r1, part, logits, dlp[:r1-r0], de)
+		b.Free(logits)
+	}
+	st := h.stats(lp, ent)
+	st.Loss = total
+	return st, h.finish(), nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// chunkBackward turns the logits [r1-r0, V] of rows r0..r1-1 into their gradient in place,
+// adds ∂L/∂hn of those rows to h.dhn and accumulates the LM-head weight's gradient. part holds
+// the rows of hn [r1-r0, D] (nil: gathered here); it is freed.
+func (h *trainHead) chunkBackward(r0, r1 int, part, logits *Tensor, dlp, dent []float32) {
+	t, b, c := h.t, h.t.b, h.t.Model.Config
+	if h.dhn == nil {
+		h.dhn = b.Alloc(len(h.bm.rows), c.HiddenSize) // [R, D]
+	}
+	b.LogProbsBackward(logits, logits, h.bm.targets[r0:r1], dlp, dent, t.opts.Temperature)
+	dpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
+	b.MatMulDX(dpart, logits, t.Model.LMHead)
+	if g := t.gw.LMHead; g != nil {
+		if part == nil {
+			part = b.Alloc(r1-r0, c.HiddenSize)
+			b.GatherRows(part, h.hn, seqRange(r0, r1))
+		}
+		b.MatMulDW(g, logits, part)
+	}
+	b.Free(part)
+	b.ScatterAddRows(h.dhn, dpart, seqRange(r0, r1))
+	b.Free(dpart)
+}
+
+// finish backpropagates h.dhn through the final norm and the row gather: ∂L/∂(final residual)
+// [T, D].
+func (h *trainHead) finish() *Tensor {
+	t, b, bm, c := h.t, h.t.b, h.bm, h.t.Model.Config
+	R := len(bm.rows)
+	if h.dhn == nil {
+		h.dhn = b.Alloc(R, c.HiddenSize)
+	}
 	dxr := b.Alloc(R, c.HiddenSize) // [R, D]
-	b.RMSNormBackward(dxr, t.gw.Norm, dhn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
+	b.RMSNormBackward(dxr, t.gw.Norm, h.dhn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
 	dx := b.Alloc(len(bm.ids), c.HiddenSize) // [T, D]
 	b.ScatterAddRows(dx, dxr, bm.rows)
 	b.Free(dxr)
 	return dx
 }
 
-// chunkLogits returns the logits [r1-r0, V] of rows r0..r1-1 of hn.
-func (t *Trainer) chunkLogits(hn *Tensor, r0, r1 int) *Tensor {
+// chunkLogits returns rows r0..r1-1 of hn [r1-r0, D] and their logits [r1-r0, V].
+func (t *Trainer) chunkLogits(hn *Tensor, r0, r1 int) (part, logits *Tensor) {
 	b, c := t.b, t.Model.Config
-	part := b.Alloc(r1-r0, c.HiddenSize)
+	part = b.Alloc(r1-r0, c.HiddenSize)
 	b.GatherRows(part, hn, seqRange(r0, r1))
-	logits := b.Alloc(r1-r0, c.VocabSize)
+	logits = b.Alloc(r1-r0, c.VocabSize)
 	b.MatMul(logits, part, t.Model.LMHead)
-	b.Free(part)
-	return logits
+	return part, logits
 }
 
 func seqRange(lo, hi int) []int32 {

@@ -22,6 +22,8 @@ type Backend struct {
 	poolLimit int64        // bytes of free buffers kept for reuse
 	attnTiled int          // training attention runs tiled from this sequence length; 0: DefaultTiledAttentionFrom
 
+	prefillTiled int // scoring passes' attention runs tiled from this sequence length; 0: DefaultTiledPrefillFrom
+
 	mu     sync.Mutex
 	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)
 	pooled int64               // bytes held in pool

@@ -131,6 +131,9 @@ func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	s := store.(*cpuKV)
 	s.write(layer, b.Slots, f32(k), f32(v))
 	dh, nkv := s.headDim, s.kvHeads
+	if c.tiledPrefill(out, q, k, v, dh, b) {
+		return
+	}
 	nh := q.Cols() / dh
 	G := nh / nkv
 	nseq := len(b.CtxLen)

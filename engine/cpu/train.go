@@ -132,8 +132,9 @@ func (c *Backend) MatMulDX(dx, dy, w *engine.Tensor) {
 	c.thr.MatMul(f32(dx), f32(dy), dy.Rows(), wt)
 }
 
-// MatMulDW implements engine.TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMulT of dY [M,N] (dYᵀ given
-// transposed) against X packed as the weight Xᵀ [K,M].
+// MatMulDW implements engine.TrainBackend: dW[N,K] += dYᵀ·X, as a kern.MatMulTAcc of dY [M,N]
+// (dYᵀ given transposed) against X packed as the weight Xᵀ [K,M], added into dW tile by tile:
+// no product buffer of dW's size (for an LM head, [vocab, hidden]) is written and read back.
 func (c *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	m, n, k := dy.Rows(), dy.Cols(), x.Cols()
 	if x.Rows() != m || dw.Rows() != n || dw.Cols() != k {
@@ -144,16 +145,7 @@ func (c *Backend) MatMulDW(dw, dy, x *engine.Tensor) {
 	}
 	xw := c.scratchWeightT(f32(x), m, k) // Xᵀ [K, M]
 	defer c.putScratchWeight(xw)
-	tt := c.Alloc(n, k) // [N, K]
-	defer c.Free(tt)
-	tmp := f32(tt)
-	c.thr.MatMulT(tmp, f32(dy), n, xw) // dy is dYᵀ given transposed
-	g := f32(dw)
-	c.thr.Parallel(len(g), 1<<14, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			g[i] += tmp[i]
-		}
-	})
+	c.thr.MatMulTAcc(f32(dw), f32(dy), n, xw) // dy is dYᵀ given transposed
 	written(dw)
 }
 

@@ -48,9 +48,10 @@ var bf16Tol = Tolerances{MatMul: 1e-4, Model: 1e-3, Train: 0.1}
 
 const bf16GradTol = 2e-2
 
-// TestCPUTiledAttention runs the conformance suite with every training attention call on the
-// tiled path (cpu.WithTiledAttentionFrom(1)): its forward and backward against the per-row CPU
-// path and the finite differences of its own forward.
+// TestCPUTiledAttention runs the conformance suite with every training attention call and
+// every scoring pass's attention (Score, Logits) on the tiled path (cpu.WithTiledAttentionFrom(1),
+// cpu.WithTiledPrefillFrom(1)): its forward and backward against the per-row CPU path and the
+// finite differences of its own forward, and scored log-probs against the row path's.
 func TestCPUTiledAttention(t *testing.T) {
-	Run(t, cpu.New(cpu.WithTiledAttentionFrom(1)), Options{Short: testing.Short()})
+	Run(t, cpu.New(cpu.WithTiledAttentionFrom(1), cpu.WithTiledPrefillFrom(1)), Options{Short: testing.Short()})
 }

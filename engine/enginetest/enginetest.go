@@ -79,7 +79,7 @@ import (
 // Options configure a conformance run.
 type Options struct {
 	// Reference is the backend compared against; nil means the CPU backend with fp32 matmuls
-	// (bf16 weights widened to fp32).
+	// (bf16 weights widened to fp32) and the row paths of attention.
 	Reference engine.TrainBackend
 	// WeightDType is the dtype of inference (linear) weights uploaded to both backends for
 	// the model tests (F32 or BF16). The MatMul cases run both dtypes whatever it says.
@@ -231,7 +231,7 @@ func (r Result) String() string {
 // on. Usable from a plain binary.
 func Check(b engine.TrainBackend, o Options) []Result {
 	if o.Reference == nil {
-		o.Reference = cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32), cpu.WithTiledAttentionFrom(math.MaxInt))
+		o.Reference = cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32), cpu.WithTiledAttentionFrom(math.MaxInt), cpu.WithTiledPrefillFrom(math.MaxInt))
 	}
 	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
 	var out []Result

@@ -78,6 +78,7 @@ func modelCases(o Options) []testCase {
 		p := "Model/" + cfg.ModelType + "/"
 		cs = append(cs, testCase{p + "logits/" + dt, func(c *caseCtx) { modelLogits(c, cfg) }})
 		cs = append(cs, testCase{p + "score/" + dt, func(c *caseCtx) { modelScore(c, cfg) }})
+		cs = append(cs, testCase{p + "score-long/" + dt, func(c *caseCtx) { modelScore(c, cfg, 200, 67, 131, 2) }})
 		cs = append(cs, testCase{p + "cached/" + dt, func(c *caseCtx) { modelCached(c, cfg) }})
 		if o.WeightDType == engine.F32 {
 			cs = append(cs, testCase{p + "greedy/" + dt, func(c *caseCtx) { modelGreedy(c, cfg) }})
@@ -108,10 +109,14 @@ func modelLogits(c *caseCtx, cfg *engine.Config) {
 }
 
 // modelScore compares the log-probs and entropies of Model.Score (temperature 0.8) on both
-// backends.
-func modelScore(c *caseCtx, cfg *engine.Config) {
+// backends, on a packed batch of sequences of lengths 12, 30 and 5, or lens (score-long: odd
+// lengths across the tiles of the CPU backend's tiled prefill).
+func modelScore(c *caseCtx, cfg *engine.Config, lens ...int) {
+	if len(lens) == 0 {
+		lens = []int{12, 30, 5}
+	}
 	var reqs []engine.ScoreRequest
-	for _, s := range randSeqs(c.rng, cfg.VocabSize, 12, 30, 5) {
+	for _, s := range randSeqs(c.rng, cfg.VocabSize, lens...) {
 		reqs = append(reqs, engine.ScoreRequest{Tokens: s, Start: 1 + c.rng.IntN(len(s)-1)})
 	}
 	run := func(b engine.TrainBackend) (lp, ent []float32) {

@@ -14,7 +14,10 @@ func trainCases(o Options) []testCase {
 	var cs []testCase
 	for _, cfg := range tinyConfigs() {
 		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, false) }})
-		cs = append(cs, testCase{"TrainLoRA/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, true) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/lora", func(c *caseCtx) { trainModel(c, cfg, true) }})
+	}
+	for _, cfg := range tinyConfigs() {
+		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/fused-head", func(c *caseCtx) { trainFusedHead(c, cfg) }})
 	}
 	return cs
 }
@@ -142,5 +145,50 @@ func trainModel(c *caseCtx, cfg *engine.Config, lora bool) {
 	}
 	for _, name := range want.names {
 		c.nmse("adamw10/"+name, got.delta[name], want.delta[name], c.tol.Train)
+	}
+}
+
+// trainFusedHead compares the backend's ForwardBackwardTokens (the LM head's log-probs,
+// entropies and gradients in one pass over chunks of 4 rows) with the reference backend's
+// ForwardBackward on the same per-token loss (log-prob and entropy terms, temperature 0.8):
+// the loss and every weight's gradient.
+func trainFusedHead(c *caseCtx, cfg *engine.Config) {
+	batch := trainBatch(c.rng, cfg.VocabSize, 9, 14, 3)
+	w, e := coefs(c.rng, batch), coefs(c.rng, batch)
+	tl := engine.TokenLoss{Entropy: true, Term: func(s, j int, logp, ent float64) (float64, float64, float64) {
+		return w[s][j]*logp + e[s][j]*ent, w[s][j], e[s][j]
+	}}
+	run := func(b engine.TrainBackend, fused bool) (float32, []string, map[string][]float32) {
+		m, err := engine.NewModel(cfg, b, tinyWeights(cfg), engine.F32)
+		if err != nil {
+			panic(err)
+		}
+		defer freeModel(m)
+		tr, err := engine.NewTrainer(m, engine.TrainOptions{Temperature: 0.8, MaxLogitRows: 4})
+		if err != nil {
+			panic(err)
+		}
+		var st *engine.StepStats
+		if fused {
+			st, err = tr.ForwardBackwardTokens(context.Background(), batch, tl)
+		} else {
+			st, err = tr.ForwardBackward(context.Background(), batch, tl.LossFunc())
+		}
+		if err != nil {
+			panic(err)
+		}
+		grads := map[string][]float32{}
+		for _, name := range tr.TrainableNames() {
+			if grads[name], err = tr.Grad(name); err != nil {
+				panic(err)
+			}
+		}
+		return float32(st.Loss), tr.TrainableNames(), grads
+	}
+	wantLoss, names, want := run(c.ref, false)
+	gotLoss, _, got := run(c.b, true)
+	c.nmse("loss", []float32{gotLoss}, []float32{wantLoss}, c.tol.Train)
+	for _, name := range names {
+		c.nmse("grad/"+name, got[name], want[name], c.tol.Train)
 	}
 }

@@ -222,9 +222,26 @@ func kernelDotGo(a, b *uint32, c *float32, k2, mr, ldc int) {
 
 // matmulDot is matmul for dot weights (all of ws): x is rounded to bf16 pairs and packed per row
 // block as [k2][rows], then every (panel, row group) item runs the dot kernel over all of k.
-func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, trans bool) {
+func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, trans, acc bool) {
 	if cur.amx != nil {
-		t.matmulAMX(ys, x, m, ws, trans)
+		if !acc {
+			t.matmulAMX(ys, x, m, ws, trans)
+			return
+		}
+		// The AMX kernel stores its tiles: accumulate through a product buffer.
+		prods := make([][]float32, len(ys))
+		for i, w := range ws {
+			prods[i] = make([]float32, m*w.n)
+		}
+		t.matmulAMX(prods, x, m, ws, trans)
+		for i, p := range prods {
+			y := ys[i]
+			t.Parallel(len(p), 1<<14, func(lo, hi int) {
+				for j := lo; j < hi; j++ {
+					y[j] += p[j]
+				}
+			})
+		}
 		return
 	}
 	k, np := ws[0].k, 0
@@ -287,10 +304,16 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 	if np < 4*p && nrb > 1 {
 		nrg = min(nrb, (4*p+np-1)/np)
 	}
+	if acc {
+		nrg = accGroups(nrb, nrg, mr, ws)
+	}
 	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
 		var tile [maxMR * nr]float32
 		for it := lo; it < hi; it++ {
 			pn, g := it/nrg, it%nrg
+			if acc {
+				g, pn = it/np, it%np
+			}
 			wi := 0
 			for pn >= ws[wi].np {
 				pn -= ws[wi].np
@@ -302,15 +325,12 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 			for r := g * nrb / nrg; r < (g+1)*nrb/nrg; r++ {
 				r0, rows := first(r), first(r+1)-first(r)
 				c, ldc := &tile[0], nr
-				if !last {
+				if !last && !acc {
 					c, ldc = &y[r0*n+pn*nr], n
 				}
 				im.dotk(&ap[r0*k2], b, c, k2, rows, ldc)
-				if last {
-					for i := 0; i < rows; i++ {
-						row := (r0 + i) * n
-						copy(y[row+pn*nr:row+n], tile[i*nr:i*nr+n%nr])
-					}
+				if last || acc {
+					storeTile(y, tile[:], r0, rows, n, pn, n%nr, last, acc)
 				}
 			}
 		}

@@ -569,3 +569,49 @@ func TestParallelFine(t *testing.T) {
 		}
 	}
 }
+
+// TestMatMulTAcc checks that MatMulTAcc adds to y exactly what MatMulT writes (one add of the
+// same FMA chain per output), for fp32, bf16 and bf16 dot-product weights, on every ISA (and the
+// AMX path, emulated) and on
+// sizes with a partial last panel and several row groups.
+func TestMatMulTAcc(t *testing.T) {
+	r := rand.New(rand.NewPCG(10, 11))
+	for _, isa := range append(ISAs(), "amx-emulated") {
+		var restore func()
+		if isa == "amx-emulated" {
+			restore = useAMXEmulation()
+		} else {
+			restore = SetISA(isa)
+		}
+		for _, kind := range []string{"f32", "bf16", "dot"} {
+			for _, n := range []int{1, 32, 33, 70, 1000} { // 1000: several row groups (accGroups)
+				for _, m := range []int{1, 3, 14, 15, 40, 300} {
+					k := 19
+					var w *Weight
+					switch kind {
+					case "f32":
+						w = newWeight(r, n, k, false)
+					case "bf16":
+						w = newWeight(r, n, k, true)
+					default:
+						w = Threads(0).NewWeightDot(randF32(r, n*k), n, k)
+					}
+					xt := randF32(r, k*m)
+					y0 := randF32(r, m*n)
+					prod := make([]float32, m*n)
+					MatMulT(prod, xt, m, w)
+					want := make([]float32, m*n)
+					for i := range want {
+						want[i] = y0[i] + prod[i]
+					}
+					got := append([]float32(nil), y0...)
+					Threads(0).MatMulTAcc(got, xt, m, w)
+					if fmt.Sprint(got) != fmt.Sprint(want) {
+						t.Fatalf("%s %s m=%d n=%d: MatMulTAcc is not y + MatMulT", isa, kind, m, n)
+					}
+				}
+			}
+		}
+		restore()
+	}
+}

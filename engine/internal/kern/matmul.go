@@ -30,6 +30,13 @@ func MatMulT(y, xt []float32, m int, w *Weight) { Threads(0).MatMulT(y, xt, m, w
 // MatMulT is the package-level MatMulT on at most t chunks of work at a time.
 func (t Threads) MatMulT(y, xt []float32, m int, w *Weight) { t.matmul1(y, xt, m, w, true) }
 
+// MatMulTAcc is MatMulT adding into y instead of overwriting it: y[m,n] += xtᵀ·Wᵀ. Each
+// output's product is the same FMA chain as MatMulT's, added to y once, so a weight gradient
+// accumulates in place without a product buffer of y's size.
+func (t Threads) MatMulTAcc(y, xt []float32, m int, w *Weight) {
+	t.matmul([][]float32{y}, xt, m, []*Weight{w}, true, true)
+}
+
 // MatMuls computes ys[i][m,n_i] = x[m,k]·W_iᵀ for several weights of the same k in one pass
 // over the cores: x is packed once and the panels of all the weights are one list of work
 // items, so the projections of one input (Q, K, V; gate and up) cost one dispatch and one
@@ -53,16 +60,17 @@ func (t Threads) MatMuls(ys [][]float32, x []float32, m int, ws []*Weight) {
 		ws []*Weight
 	}{{oys, ows}, {dys, dws}} {
 		if len(g.ws) > 0 {
-			t.matmul(g.ys, x, m, g.ws, false)
+			t.matmul(g.ys, x, m, g.ws, false, false)
 		}
 	}
 }
 
 func (t Threads) matmul1(y, x []float32, m int, w *Weight, trans bool) {
-	t.matmul([][]float32{y}, x, m, []*Weight{w}, trans)
+	t.matmul([][]float32{y}, x, m, []*Weight{w}, trans, false)
 }
 
-func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans bool) {
+// matmul computes ys[i] = x·ws[i]ᵀ, or adds it to ys[i] when acc.
+func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans, acc bool) {
 	k, np := ws[0].k, 0
 	for i, w := range ws {
 		if m < 0 || w.k != k || len(x) < m*k || len(ys[i]) < m*w.n {
@@ -77,13 +85,15 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 		return
 	}
 	if k == 0 {
-		for i, w := range ws {
-			clear(ys[i][:m*w.n])
+		if !acc {
+			for i, w := range ws {
+				clear(ys[i][:m*w.n])
+			}
 		}
 		return
 	}
 	if ws[0].dp != nil {
-		t.matmulDot(ys, x, m, ws, trans)
+		t.matmulDot(ys, x, m, ws, trans, acc)
 		return
 	}
 	im := cur
@@ -110,11 +120,17 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 	if np < 4*p && nrb > 1 {
 		nrg = min(nrb, (4*p+np-1)/np)
 	}
+	if acc {
+		nrg = accGroups(nrb, nrg, im.mr, ws)
+	}
 	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
 		var tile [maxMR * nr]float32 // [mr][32] output tile for the partial last panel
 		var wide *[]float32
 		for it := lo; it < hi; it++ {
 			pn, g := it/nrg, it%nrg
+			if acc {
+				g, pn = it/np, it%np
+			}
 			wi := 0 // the weight of global panel pn, and pn within it
 			for pn >= ws[wi].np {
 				pn -= ws[wi].np
@@ -143,7 +159,7 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 				r0, rows := first(r), first(r+1)-first(r)
 				a := &ap[r0*k]
 				c, ldc := &tile[0], nr
-				if !last {
+				if !last && !acc {
 					c, ldc = &y[r0*n+pn*nr], n
 				}
 				if bh != nil {
@@ -151,15 +167,45 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans 
 				} else {
 					im.f32(a, bf, c, k, rows, ldc)
 				}
-				if last {
-					for i := 0; i < rows; i++ {
-						row := (r0 + i) * n
-						copy(y[row+pn*nr:row+n], tile[i*nr:i*nr+edge])
-					}
+				if last || acc {
+					storeTile(y, tile[:], r0, rows, n, pn, edge, last, acc)
 				}
 			}
 		}
 	})
+}
+
+// accGroups is the number of row groups of an accumulating matmul (at least nrg): groups of
+// row blocks whose rows of the outputs (over all the weights' columns) take about 256 KiB, and
+// the work items ordered group by group, so that the outputs a group reads and adds to stay in
+// the caches across its panels instead of being streamed from memory once per panel.
+func accGroups(nrb, nrg, mr int, ws []*Weight) int {
+	n := 0
+	for _, w := range ws {
+		n += w.n
+	}
+	bpg := max(1, (256<<10)/(4*n*mr)) // row blocks per group
+	return max(nrg, (nrb+bpg-1)/bpg)
+}
+
+// storeTile writes (or, when acc, adds) the rows×32 tile of panel pn, row block r0.. into y
+// [m, n]: the first edge columns only when the panel is the partial last one.
+func storeTile(y, tile []float32, r0, rows, n, pn, edge int, last, acc bool) {
+	cols := nr
+	if last {
+		cols = edge
+	}
+	for i := 0; i < rows; i++ {
+		dst := y[(r0+i)*n+pn*nr : (r0+i)*n+pn*nr+cols]
+		src := tile[i*nr : i*nr+cols]
+		if !acc {
+			copy(dst, src)
+			continue
+		}
+		for j, v := range src {
+			dst[j] += v
+		}
+	}
 }
 
 // packRows writes rows [r0, r1) of x [m][k] (or of xᵀ, x given as [k][m], when trans) into
