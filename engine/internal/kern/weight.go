@@ -30,13 +30,8 @@ func NewWeightF32(w []float32, n, k int) *Weight { return Threads(0).NewWeightF3
 
 // NewWeightF32 is the package-level NewWeightF32 packing on at most t chunks at a time.
 func (t Threads) NewWeightF32(w []float32, n, k int) *Weight {
-	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
-	wt.f32 = make([]float32, wt.np*k*nr)
-	if len(wt.f32) > 0 {
-		adviseHuge(unsafe.Pointer(&wt.f32[0]), 4*len(wt.f32))
-	}
-	packPanels(t, wt.f32, w, n, k)
+	wt.f32 = newPanels(t, w, n, k)
 	return wt
 }
 
@@ -46,14 +41,21 @@ func NewWeightBF16(w []uint16, n, k int) *Weight { return Threads(0).NewWeightBF
 
 // NewWeightBF16 is the package-level NewWeightBF16 packing on at most t chunks at a time.
 func (t Threads) NewWeightBF16(w []uint16, n, k int) *Weight {
-	checkShape(len(w), n, k)
 	wt := &Weight{n: n, k: k, np: (n + nr - 1) / nr}
-	wt.b16 = make([]uint16, wt.np*k*nr)
-	if len(wt.b16) > 0 {
-		adviseHuge(unsafe.Pointer(&wt.b16[0]), 2*len(wt.b16))
-	}
-	packPanels(t, wt.b16, w, n, k)
+	wt.b16 = newPanels(t, w, n, k)
 	return wt
+}
+
+// newPanels packs the row-major matrix w[n,k] into fresh panels [ceil(n/nr)][k][nr], asking
+// for huge pages.
+func newPanels[T float32 | uint16](t Threads, w []T, n, k int) []T {
+	checkShape(len(w), n, k)
+	dst := make([]T, (n+nr-1)/nr*k*nr)
+	if len(dst) > 0 {
+		adviseHuge(unsafe.Pointer(&dst[0]), int(unsafe.Sizeof(dst[0]))*len(dst))
+	}
+	packPanels(t, dst, w, n, k)
+	return dst
 }
 
 func checkShape(l, n, k int) {
