@@ -57,6 +57,10 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.version.Store(v)
+	if err := s.rebaseAdapters(m, v); err != nil {
+		writeError(w, &apiError{Status: 500, Type: "server_error", Message: err.Error()})
+		return
+	}
 	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
 		s.setModelName(name)
 	}
