@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -192,5 +193,65 @@ func TestLoRAModelsAndFlagErrors(t *testing.T) {
 				t.Errorf("--lora %v: %v, want it to say %q", tc.loras, err, w)
 			}
 		}
+	}
+}
+
+// TestLoadUnloadLoRA: POST /v1/load_lora_adapter serves an adapter as vLLM's does (then
+// equal to the merged model), /v1/unload_lora_adapter stops it; each refuses what vLLM
+// refuses, with its status, and both need the API key.
+func TestLoadUnloadLoRA(t *testing.T) {
+	base, adapter, merged := loraFixture(t, 33)
+	url := loraServer(t, base)
+	mergedURL := loraServer(t, merged)
+	call := func(path, key, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", url+path, strings.NewReader(body))
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	gen := `{"model": "tuned", "prompt": [3, 1, 4, 1, 5], "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": true}`
+	for _, tc := range []struct {
+		what, path, key, body string
+		code                  int
+		says                  string
+	}{
+		{"no key", "/v1/load_lora_adapter", "", fmt.Sprintf(`{"lora_name": "tuned", "lora_path": %q}`, adapter), 401, "API key"},
+		{"wrong key", "/v1/unload_lora_adapter", "nope", `{"lora_name": "tuned"}`, 401, "API key"},
+		{"no path", "/v1/load_lora_adapter", "sekret", `{"lora_name": "tuned"}`, 400, "Both 'lora_name' and 'lora_path' must be provided."},
+		{"not JSON", "/v1/load_lora_adapter", "sekret", `{"lora_name": `, 400, "/v1/load_lora_adapter body"},
+		{"no adapter there", "/v1/load_lora_adapter", "sekret", fmt.Sprintf(`{"lora_name": "tuned", "lora_path": %q}`, base), 404, modeldir.AdapterConfigFile},
+		{"missing dir", "/v1/load_lora_adapter", "sekret", `{"lora_name": "tuned", "lora_path": "/nonexistent/adapter"}`, 404, "/nonexistent/adapter"},
+		{"unknown name", "/v1/unload_lora_adapter", "sekret", `{"lora_name": "tuned"}`, 404, "The lora adapter 'tuned' cannot be found."},
+		{"base name", "/v1/load_lora_adapter", "sekret", fmt.Sprintf(`{"lora_name": %q, "lora_path": %q}`, filepath.Base(base), adapter), 400, "base model"},
+		{"load", "/v1/load_lora_adapter", "sekret", fmt.Sprintf(`{"lora_name": "tuned", "lora_path": %q}`, adapter), 200, "Success: LoRA adapter 'tuned' added successfully."},
+		{"load again", "/v1/load_lora_adapter", "sekret", fmt.Sprintf(`{"lora_name": "tuned", "lora_path": %q}`, adapter), 400, "the lora adapter 'tuned' has already been loaded"},
+	} {
+		code, body := call(tc.path, tc.key, tc.body)
+		if code != tc.code || !strings.Contains(body, tc.says) {
+			t.Errorf("%s: HTTP %d %s, want %d saying %q", tc.what, code, body, tc.code, tc.says)
+		}
+	}
+	got, _ := completion(t, url, gen)
+	want, _ := completion(t, mergedURL, strings.Replace(gen, `"tuned"`, `""`, 1))
+	if !slices.Equal(got[0].TokenIDs, want[0].TokenIDs) || !closeLogprobs(got[0].Logprobs.TokenLogprobs, want[0].Logprobs.TokenLogprobs) {
+		t.Errorf("loaded adapter: %v %v, merged %v %v", got[0].TokenIDs, got[0].Logprobs.TokenLogprobs, want[0].TokenIDs, want[0].Logprobs.TokenLogprobs)
+	}
+	if code, body := call("/v1/unload_lora_adapter", "sekret", `{"lora_name": "tuned"}`); code != 200 || body != "Success: LoRA adapter 'tuned' removed successfully." {
+		t.Errorf("unload: HTTP %d %s", code, body)
+	}
+	if code, v, _ := post(t, url+"/v1/completions", gen); code != 404 || !strings.Contains(fmt.Sprint(v), "model_not_found") {
+		t.Errorf("after unload: HTTP %d %v, want 404 model_not_found", code, v)
+	}
+	if code, _ := call("/v1/unload_lora_adapter", "sekret", `{"lora_name": "tuned"}`); code != 404 {
+		t.Errorf("unload twice: HTTP %d, want 404", code)
 	}
 }

@@ -65,6 +65,8 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.observe("chat", s.chat)))
 	mux.HandleFunc("POST /v1/weights", s.weights)
 	mux.HandleFunc("GET /v1/weights", s.auth(s.weightInfo))
+	mux.HandleFunc("POST /v1/load_lora_adapter", s.loadAdapter)
+	mux.HandleFunc("POST /v1/unload_lora_adapter", s.unloadAdapter)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		refuse(w, r, &apiError{Status: 404, Type: "invalid_request_error", Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
