@@ -255,3 +255,33 @@ func TestLoadUnloadLoRA(t *testing.T) {
 		t.Errorf("unload twice: HTTP %d, want 404", code)
 	}
 }
+
+// TestLoRAFollowsWeightUpdate: after POST /v1/weights loads a new base, an adapter runs over
+// it: model NAME answers as the new base with the adapter merged, at the new weight version.
+func TestLoRAFollowsWeightUpdate(t *testing.T) {
+	base, adapter, _ := loraFixture(t, 34)
+	next, cfg, w := modelDir(t, 35, false)
+	lc, ad, _, err := modeldir.ReadAdapter(adapter, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw, err := engine.MergeLoRA(cfg, lc, w, ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged := t.TempDir()
+	if err := checkpoints.Save(merged, cfg, mw, checkpoints.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	url := loraServer(t, base, "tuned="+adapter)
+	mergedURL := loraServer(t, merged)
+	if code, v, _ := post(t, url+"/v1/weights", fmt.Sprintf(`{"path": %q}`, next)); code != 200 {
+		t.Fatalf("update: HTTP %d %v", code, v)
+	}
+	gen := `{"model": %q, "prompt": [9, 2, 6, 5], "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": true}`
+	got, version := completion(t, url, fmt.Sprintf(gen, "tuned"))
+	want, _ := completion(t, mergedURL, fmt.Sprintf(gen, ""))
+	if version != 2 || !slices.Equal(got[0].TokenIDs, want[0].TokenIDs) || !closeLogprobs(got[0].Logprobs.TokenLogprobs, want[0].Logprobs.TokenLogprobs) {
+		t.Errorf("after the update: version %d, adapter %v %v, new base merged %v %v", version, got[0].TokenIDs, got[0].Logprobs.TokenLogprobs, want[0].TokenIDs, want[0].Logprobs.TokenLogprobs)
+	}
+}
