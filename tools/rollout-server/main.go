@@ -6,7 +6,9 @@
 //
 // Endpoints: POST /v1/completions, POST /v1/chat/completions (stream: server-sent events),
 // GET /v1/models, GET /health, GET /metrics (Prometheus), POST /v1/weights (new weights, API key
-// required), GET /v1/weights (the dtype each weight is computed in, API key required). See
+// required), GET /v1/weights (the dtype each weight is computed in, API key required), POST
+// /v1/load_lora_adapter and /v1/unload_lora_adapter (PEFT LoRA adapters served under their own
+// model names, as --lora NAME=DIR does at startup; API key required). See
 // docs/rollout-server.md.
 package main
 
