@@ -452,13 +452,10 @@ func (m *Model) snapshotAdapters(dst *Model) error {
 	return dst.AttachLoRA(m.Adapters.Config, w, false)
 }
 
-// WithLoRA returns a model that shares m's weights (the base, not copied) and runs adapters
-// w under lc on top of them, as fp32 matmul weights (AttachLoRA's errors): a server's adapter
-// costs its own tensors only. m must have no adapters of its own.
+// WithLoRA returns a model that shares m's base weights (not copied) and runs adapters w under
+// lc on top of them, as fp32 matmul weights (AttachLoRA's errors): a server's adapter costs
+// its own tensors only. m's own adapters, if any, are not carried over.
 func (m *Model) WithLoRA(lc LoRAConfig, w map[string]HostTensor) (*Model, error) {
-	if m.Adapters != nil {
-		return nil, fmt.Errorf("lora: the base model already has adapters")
-	}
 	c := &Model{Config: m.Config, Backend: m.Backend, WeightDType: m.WeightDType, WeightSet: m.WeightSet,
 		table: m.table, weights: m.weights} // RoPE tables: its own (ensureRope frees the old ones)
 	c.Layers = slices.Clone(m.Layers)

@@ -285,3 +285,21 @@ func TestLoRAFollowsWeightUpdate(t *testing.T) {
 		t.Errorf("after the update: version %d, adapter %v %v, new base merged %v %v", version, got[0].TokenIDs, got[0].Logprobs.TokenLogprobs, want[0].TokenIDs, want[0].Logprobs.TokenLogprobs)
 	}
 }
+
+// TestWeightsFromAdapterDir: POST /v1/weights {"path": DIR} with a PEFT adapter directory runs
+// the adapter over the base from then on, under the base's name: the answers are the merged
+// model's.
+func TestWeightsFromAdapterDir(t *testing.T) {
+	base, adapter, merged := loraFixture(t, 36)
+	url := loraServer(t, base)
+	mergedURL := loraServer(t, merged)
+	if code, v, _ := post(t, url+"/v1/weights", fmt.Sprintf(`{"path": %q}`, adapter)); code != 200 || v["model"] != filepath.Base(base) {
+		t.Fatalf("update: HTTP %d %v", code, v)
+	}
+	gen := `{"prompt": [9, 2, 6, 5], "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": true}`
+	got, version := completion(t, url, gen)
+	want, _ := completion(t, mergedURL, gen)
+	if version != 2 || !slices.Equal(got[0].TokenIDs, want[0].TokenIDs) || !closeLogprobs(got[0].Logprobs.TokenLogprobs, want[0].Logprobs.TokenLogprobs) {
+		t.Errorf("version %d: %v %v, merged %v %v", version, got[0].TokenIDs, got[0].Logprobs.TokenLogprobs, want[0].TokenIDs, want[0].Logprobs.TokenLogprobs)
+	}
+}
