@@ -246,6 +246,8 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 			switch {
 			case errors.Is(err, engine.ErrQueueFull):
 				return nil, &apiError{Status: 429, Type: "rate_limit_error", Code: "queue_full", Message: "request queue full; retry after a second"}
+			case errors.Is(err, engine.ErrClosed) && smp.adapter != nil && !s.draining.Load():
+				return nil, &apiError{Status: 503, Type: "server_error", Message: fmt.Sprintf("the lora adapter '%s' was unloaded", smp.adapter.name)}
 			case errors.Is(err, engine.ErrClosed):
 				return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
 			}
