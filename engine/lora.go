@@ -451,3 +451,16 @@ func (m *Model) snapshotAdapters(dst *Model) error {
 	}
 	return dst.AttachLoRA(m.Adapters.Config, w, false)
 }
+
+// WithLoRA returns a model that shares m's base weights (not copied) and runs adapters w under
+// lc on top of them, as fp32 matmul weights (AttachLoRA's errors): a server's adapter costs
+// its own tensors only. m's own adapters, if any, are not carried over.
+func (m *Model) WithLoRA(lc LoRAConfig, w map[string]HostTensor) (*Model, error) {
+	c := &Model{Config: m.Config, Backend: m.Backend, WeightDType: m.WeightDType, WeightSet: m.WeightSet,
+		table: m.table, weights: m.weights} // RoPE tables: its own (ensureRope frees the old ones)
+	c.Layers = slices.Clone(m.Layers)
+	if err := c.AttachLoRA(lc, w, false); err != nil {
+		return nil, err
+	}
+	return c, nil
+}

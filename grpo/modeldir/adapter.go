@@ -31,6 +31,11 @@ const (
 	AdapterWeightsFile = "adapter_model.safetensors"
 )
 
+// AdapterMetadataKey is the safetensors __metadata__ entry in which an adapter sent as one
+// safetensors body (a LoRA run's weight push to its rollout servers) carries its
+// adapter_config.json; the tensors have PEFT's keys.
+const AdapterMetadataKey = "lora_config"
+
 // RunStateLoRAKey is the run-state extra entry (checkpoints.RunState.Extra) in which a LoRA
 // run saves its adapters' AdapterConfig, beside the adapters (RunState.Adapters).
 const RunStateLoRAKey = "lora"

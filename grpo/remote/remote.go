@@ -22,6 +22,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 )
 
 // Client sends rollout requests to one or more servers, each to the server with the fewest of
@@ -310,6 +311,40 @@ func (c *Client) PushWeights(ctx context.Context, weights map[string]engine.Host
 	wg.Wait()
 	c.pushedBytes.Add(uint64(sent.Load()))
 	slog.Debug("weights pushed", "servers", n, "bytes", sent.Load(), "seconds", time.Since(t0).Seconds())
+	return errors.Join(errs...)
+}
+
+// PushAdapters sends a LoRA policy's adapters (engine.LoRASpecs names; adapterConfig its
+// adapter_config.json) to every server, which runs them over the base model it was started
+// with from then on; version as PushWeights'. The body is one safetensors file, F32, with
+// PEFT's keys and the config in its metadata (modeldir.AdapterMetadataKey): megabytes where
+// PushWeights sends the model.
+func (c *Client) PushAdapters(ctx context.Context, adapterConfig []byte, adapters map[string]engine.HostTensor, version uint64) error {
+	t0 := time.Now()
+	keyed := make(map[string]engine.HostTensor, len(adapters))
+	size := 1 << 16
+	for n, t := range adapters {
+		keyed[engine.LoRAPrefix+n] = t
+		size += 4 * len(t.Data)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	f32 := func(string) checkpoints.DType { return checkpoints.F32 }
+	if err := checkpoints.EncodeSafetensors(buf, keyed, f32, map[string]string{modeldir.AdapterMetadataKey: string(adapterConfig)}); err != nil {
+		return fmt.Errorf("remote: encoding the adapters: %w", err)
+	}
+	body := buf.Bytes()
+	errs := make([]error, len(c.URLs))
+	var wg sync.WaitGroup
+	for i, url := range c.URLs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.push(ctx, url, body, version)
+		}()
+	}
+	wg.Wait()
+	c.pushedBytes.Add(uint64(len(body) * len(c.URLs)))
+	slog.Debug("adapters pushed", "servers", len(c.URLs), "bytes", len(body)*len(c.URLs), "seconds", time.Since(t0).Seconds())
 	return errors.Join(errs...)
 }
 

@@ -89,6 +89,7 @@ type limits struct {
 
 // sampling is a validated request's generation settings.
 type sampling struct {
+	adapter            *loraAdapter // the request's LoRA adapter (its model field); nil: the base
 	n, topK, maxTokens int
 	temperature, topP  float64
 	seed               *int64

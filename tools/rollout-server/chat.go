@@ -27,7 +27,7 @@ func (s *server) chat(w http.ResponseWriter, r *http.Request) {
 func (s *server) parseChat(body []byte) (*genRequest, *apiError) {
 	req, smp, msgs, e := parseChatRequest(body, s.lim, s.cfg.VocabSize, s.chatProblem())
 	if e == nil {
-		e = s.checkModel(req.Model)
+		smp.adapter, e = s.checkModel(req.Model)
 	}
 	if e != nil {
 		return nil, e

@@ -18,7 +18,7 @@ func (s *server) completions(w http.ResponseWriter, r *http.Request) {
 func (s *server) parseCompletions(body []byte) (*genRequest, *apiError) {
 	pc, e := parseCompletionRequest(body, s.lim, s.cfg.VocabSize, s.tok != nil)
 	if e == nil {
-		e = s.checkModel(pc.req.Model)
+		pc.smp.adapter, e = s.checkModel(pc.req.Model)
 	}
 	if e != nil {
 		return nil, e
@@ -51,7 +51,7 @@ func (s *server) parseCompletions(body []byte) (*genRequest, *apiError) {
 		}}
 	if pc.req.Echo && a.withLP {
 		g.prepare = func(ctx context.Context) (e *apiError) {
-			a.promptLPs, a.promptTops, e = s.promptLogprobs(ctx, prompts, a.k)
+			a.promptLPs, a.promptTops, e = s.promptLogprobs(ctx, s.schedOf(smp.adapter), prompts, a.k)
 			return e
 		}
 	}

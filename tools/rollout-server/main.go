@@ -6,7 +6,9 @@
 //
 // Endpoints: POST /v1/completions, POST /v1/chat/completions (stream: server-sent events),
 // GET /v1/models, GET /health, GET /metrics (Prometheus), POST /v1/weights (new weights, API key
-// required), GET /v1/weights (the dtype each weight is computed in, API key required). See
+// required), GET /v1/weights (the dtype each weight is computed in, API key required), POST
+// /v1/load_lora_adapter and /v1/unload_lora_adapter (PEFT LoRA adapters served under their own
+// model names, as --lora NAME=DIR does at startup; API key required). See
 // docs/rollout-server.md.
 package main
 
@@ -49,6 +51,7 @@ type options struct {
 	writeTimeout, idleTimeout        time.Duration
 	weightsMiBps                     float64
 	shutdownTimeout                  time.Duration
+	loras                            []string // --lora NAME=DIR
 }
 
 func newFlags(o *options) *pflag.FlagSet {
@@ -101,6 +104,7 @@ Flags:
 	fs.Float64Var(&o.weightsMiBps, "weights-min-mibps", 4, "slowest POST /v1/weights body accepted, in MiB/s: it must arrive within --body-timeout plus its size at this rate")
 	fs.DurationVar(&o.writeTimeout, "write-timeout", 60*time.Second, "time a client has to take a response (a whole response, or each streamed chunk); the connection is closed after it")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "how long an idle keep-alive connection stays open")
+	fs.StringArrayVar(&o.loras, "lora", nil, "serve a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) over the model as NAME=DIR, as vLLM's --lora-modules: requests whose model is NAME use it (repeatable); each adapter shares the base weights and has a KV cache of its own (--kv-memory)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish before they are cancelled")
 	return fs
 }
@@ -227,7 +231,8 @@ func newServer(o options) (*server, error) {
 		return nil, err
 	}
 	gopts.MaxSeqs, gopts.MaxBatchTokens = o.maxSeqs, o.maxBatchTokens
-	sched, err := engine.NewScheduler(model, 1, engine.SchedulerOptions{MaxQueued: o.maxQueued, Generator: gopts})
+	schedOpts := engine.SchedulerOptions{MaxQueued: o.maxQueued, Generator: gopts}
+	sched, err := engine.NewScheduler(model, 1, schedOpts)
 	if err != nil {
 		return nil, err
 	}
@@ -243,10 +248,21 @@ func newServer(o options) (*server, error) {
 		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
 		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
 		bodyTimeout: o.bodyTimeout, writeTimeout: o.writeTimeout, weightsRate: o.weightsMiBps * (1 << 20),
-		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched)}
+		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched), schedOpts: schedOpts}
 	s.metrics.watchRequests(s.slots)
 	s.setModelName(name)
 	s.version.Store(1)
+	for _, v := range o.loras {
+		name, dir, err := parseLoRAFlag(v)
+		if err == nil {
+			err = s.addAdapter(name, dir)
+		}
+		if err != nil {
+			s.closeAdapters()
+			sched.Close()
+			return nil, fmt.Errorf("--lora %s: %w", v, err)
+		}
+	}
 	return s, nil
 }
 
@@ -295,6 +311,7 @@ func serve(o options) error {
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	s.sched.Close() // cancels whatever did not finish in time
+	s.closeAdapters()
 	s.dev.Close()
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err

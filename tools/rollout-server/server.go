@@ -48,6 +48,12 @@ type server struct {
 	// exclusively, so that all prompts of one request run on one weight version.
 	swapMu  sync.RWMutex
 	version atomic.Uint64
+
+	// loras are the LoRA adapters served by name (lora.go); schedOpts are the options of
+	// their schedulers, the base's.
+	loraMu    sync.Mutex
+	loras     map[string]*loraAdapter
+	schedOpts engine.SchedulerOptions
 }
 
 // routes is the server's HTTP handler.
@@ -59,6 +65,8 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.observe("chat", s.chat)))
 	mux.HandleFunc("POST /v1/weights", s.weights)
 	mux.HandleFunc("GET /v1/weights", s.auth(s.weightInfo))
+	mux.HandleFunc("POST /v1/load_lora_adapter", s.loadAdapter)
+	mux.HandleFunc("POST /v1/unload_lora_adapter", s.unloadAdapter)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		refuse(w, r, &apiError{Status: 404, Type: "invalid_request_error", Message: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
@@ -139,11 +147,19 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"status": "ok", "weight_version": s.version.Load()})
 }
 
+// models lists the base model and, as vLLM does, each LoRA adapter with the base as its
+// parent and its directory as its root.
 func (s *server) models(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, 200, map[string]any{"object": "list", "data": []any{map[string]any{
-		"id": s.modelName(), "object": "model", "created": 0, "owned_by": "prolong",
+	base := s.modelName()
+	data := []any{map[string]any{
+		"id": base, "object": "model", "created": 0, "owned_by": "prolong", "root": base, "parent": nil,
 		"max_model_len": s.cfg.MaxPositionEmbeddings, "weight_version": s.version.Load(),
-	}}})
+	}}
+	for _, a := range s.adapterList() {
+		data = append(data, map[string]any{"id": a.name, "object": "model", "created": 0, "owned_by": "prolong",
+			"root": a.dir, "parent": base, "max_model_len": s.cfg.MaxPositionEmbeddings, "weight_version": s.version.Load()})
+	}
+	writeJSON(w, 200, map[string]any{"object": "list", "data": data})
 }
 
 // readBody reads a request body within the size limit.
@@ -221,7 +237,7 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 	}
 	for i, p := range prompts {
 		jctx, end := context.WithCancel(ctx)
-		j, err := s.sched.Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
+		j, err := s.schedOf(smp.adapter).Submit(jctx, engine.Request{Prompt: p.ids, Params: engine.SamplingParams{
 			N: smp.n, Temperature: float32(smp.temperature), TopK: smp.topK, TopP: float32(smp.topP),
 			MaxNewTokens: smp.maxTokens, StopTokens: stop, Seed: seed + uint64(i), TopLogProbs: smp.topLogprobs}})
 		if err != nil {
@@ -230,6 +246,8 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 			switch {
 			case errors.Is(err, engine.ErrQueueFull):
 				return nil, &apiError{Status: 429, Type: "rate_limit_error", Code: "queue_full", Message: "request queue full; retry after a second"}
+			case errors.Is(err, engine.ErrClosed) && smp.adapter != nil && !s.draining.Load():
+				return nil, &apiError{Status: 503, Type: "server_error", Message: fmt.Sprintf("the lora adapter '%s' was unloaded", smp.adapter.name)}
 			case errors.Is(err, engine.ErrClosed):
 				return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
 			}
@@ -239,6 +257,9 @@ func (s *server) submit(ctx context.Context, prompts []prompt, smp sampling) (*g
 		g.stops = append(g.stops, end)
 	}
 	g.version, g.name = s.version.Load(), s.modelName()
+	if smp.adapter != nil {
+		g.name = smp.adapter.name
+	}
 	return g, nil
 }
 
@@ -257,19 +278,23 @@ func (s *server) setModelName(name string) {
 	s.name.Store(&name)
 }
 
-// checkModel answers a request's "model" field as vLLM does: empty (the one model served) or a
-// name this server serves or has served is fine; any other is 404 model_not_found.
-func (s *server) checkModel(model string) *apiError {
+// checkModel answers a request's "model" field as vLLM does: empty (the base model) or a name
+// this server serves or has served is fine, a LoRA adapter's name gives that adapter; any
+// other is 404 model_not_found.
+func (s *server) checkModel(model string) (*loraAdapter, *apiError) {
 	if model == "" {
-		return nil
+		return nil, nil
+	}
+	if a := s.adapter(model); a != nil {
+		return a, nil
 	}
 	s.namesMu.Lock()
 	known := s.names[model]
 	s.namesMu.Unlock()
 	if known {
-		return nil
+		return nil, nil
 	}
-	return &apiError{Status: 404, Type: "invalid_request_error", Param: "model", Code: "model_not_found",
+	return nil, &apiError{Status: 404, Type: "invalid_request_error", Param: "model", Code: "model_not_found",
 		Message: fmt.Sprintf("the model %q does not exist: this server serves %q (GET /v1/models)", model, s.modelName())}
 }
 
@@ -332,8 +357,8 @@ func alts(ev engine.Event) []alt {
 
 // topAlts computes the k most likely tokens at each position of reqs (engine TopLogProbs,
 // through the scheduler) and checks they come from weight version want.
-func (s *server) topAlts(ctx context.Context, reqs []engine.TopRequest, k int, want uint64) ([][][]alt, *apiError) {
-	res, version, err := s.sched.TopLogProbs(ctx, reqs, k)
+func (s *server) topAlts(ctx context.Context, sched *engine.Scheduler, reqs []engine.TopRequest, k int, want uint64) ([][][]alt, *apiError) {
+	res, version, err := sched.TopLogProbs(ctx, reqs, k)
 	switch {
 	case errors.Is(err, engine.ErrClosed):
 		return nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
@@ -567,12 +592,12 @@ func (s *server) encodeText(label, text string) ([]int32, *apiError) {
 // promptLogprobs scores each prompt's tokens after the first (engine.Score at temperature 1,
 // between two generation steps) and, with k > 0, finds each position's k most likely tokens;
 // the caller holds the weights (hold) until it has submitted the generation.
-func (s *server) promptLogprobs(ctx context.Context, prompts []prompt, k int) ([][]float32, [][][]alt, *apiError) {
+func (s *server) promptLogprobs(ctx context.Context, sched *engine.Scheduler, prompts []prompt, k int) ([][]float32, [][][]alt, *apiError) {
 	reqs := make([]engine.ScoreRequest, len(prompts))
 	for i, p := range prompts {
 		reqs[i] = engine.ScoreRequest{Tokens: p.ids, Start: 1}
 	}
-	res, version, err := s.sched.Score(ctx, reqs, 1)
+	res, version, err := sched.Score(ctx, reqs, 1)
 	if err != nil {
 		if errors.Is(err, engine.ErrClosed) {
 			return nil, nil, &apiError{Status: 503, Type: "server_error", Message: "shutting down"}
@@ -590,7 +615,7 @@ func (s *server) promptLogprobs(ctx context.Context, prompts []prompt, k int) ([
 	for i, p := range prompts {
 		treqs[i] = engine.TopRequest{Tokens: p.ids, Start: 1, Row: engine.SampleRow{Temperature: 1}}
 	}
-	tops, e := s.topAlts(ctx, treqs, k, version)
+	tops, e := s.topAlts(ctx, sched, treqs, k, version)
 	return out, tops, e
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 )
 
 // maxVersion is the highest weight version, 2^53-1: exact as a JSON number read by
@@ -33,13 +34,19 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 		refuse(w, r, e)
 		return
 	}
-	tensors, source, path, e := s.newWeights(w, r)
+	tensors, lora, source, path, e := s.newWeights(w, r)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
 	cur := s.sched.Model()
-	m, err := engine.NewModel(s.cfg, cur.Backend, tensors, cur.WeightDType)
+	var m *engine.Model
+	var err error
+	if lora != nil { // an adapter: the base runs it from now on
+		m, err = cur.WithLoRA(*lora, tensors)
+	} else {
+		m, err = engine.NewModel(s.cfg, cur.Backend, tensors, cur.WeightDType)
+	}
 	if err != nil {
 		writeError(w, badRequest("", "weights from %s: %v", source, err))
 		return
@@ -57,6 +64,10 @@ func (s *server) weights(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.version.Store(v)
+	if err := s.rebaseAdapters(m, v); err != nil {
+		writeError(w, &apiError{Status: 500, Type: "server_error", Message: err.Error()})
+		return
+	}
 	if name := updatedName(path, r.Header.Get("X-Served-Model-Name")); name != "" && !s.fixedName {
 		s.setModelName(name)
 	}
@@ -112,98 +123,166 @@ func nextVersion(header string, cur uint64) (uint64, *apiError) {
 
 // newWeights reads an update's weights: from the directory a JSON body names, or from a
 // safetensors body, which must keep arriving at --weights-min-mibps.
-func (s *server) newWeights(w http.ResponseWriter, r *http.Request) (tensors map[string]engine.HostTensor, source, path string, e *apiError) {
+//
+// With lora non-nil the weights are a LoRA adapter (engine.LoRASpecs names) over the base
+// weights: a PEFT adapter directory ({"path": DIR} with adapter_config.json), or a safetensors
+// body with PEFT's keys whose __metadata__ holds the adapter_config.json as "lora_config"
+// (what a LoRA run's trainer pushes).
+func (s *server) newWeights(w http.ResponseWriter, r *http.Request) (tensors map[string]engine.HostTensor, lora *engine.LoRAConfig, source, path string, e *apiError) {
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 		return s.weightsFromPath(w, r)
 	}
 	body := &pacedBody{r: r.Body, rc: http.NewResponseController(w), start: time.Now(), base: s.bodyTimeout, rate: s.weightsRate}
-	tensors, err := s.readSafetensors(body, r.ContentLength)
+	tensors, lora, err := s.readSafetensors(body, r.ContentLength)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return nil, "", "", bodyError(w, err, fmt.Sprintf("--body-timeout (%v) plus its size at --weights-min-mibps (%g MiB/s)", s.bodyTimeout, s.weightsRate/(1<<20)))
+		return nil, nil, "", "", bodyError(w, err, fmt.Sprintf("--body-timeout (%v) plus its size at --weights-min-mibps (%g MiB/s)", s.bodyTimeout, s.weightsRate/(1<<20)))
 	case err != nil:
 		w.Header().Set("Connection", "close") // the rest of the body is not read
-		return nil, "", "", badRequest("", "safetensors body: %v", err)
+		return nil, nil, "", "", badRequest("", "safetensors body: %v", err)
 	}
-	return tensors, "request body", "", nil
+	return tensors, lora, "request body", "", nil
 }
 
 // weightsFromPath loads the checkpoint directory a JSON body names ({"path": DIR}).
-func (s *server) weightsFromPath(w http.ResponseWriter, r *http.Request) (map[string]engine.HostTensor, string, string, *apiError) {
+func (s *server) weightsFromPath(w http.ResponseWriter, r *http.Request) (map[string]engine.HostTensor, *engine.LoRAConfig, string, string, *apiError) {
 	body, e := s.readBody(w, r, s.maxBody)
 	if e != nil {
-		return nil, "", "", e
+		return nil, nil, "", "", e
 	}
 	var req struct {
 		Path string `json:"path"`
 	}
 	if e := decodeStrict(body, &req); e != nil {
-		return nil, "", "", e
+		return nil, nil, "", "", e
 	}
 	if req.Path == "" {
-		return nil, "", "", badRequest("path", "path is required (a model directory with config.json and safetensors)")
+		return nil, nil, "", "", badRequest("path", "path is required (a model directory with config.json and safetensors)")
+	}
+	if _, err := os.Stat(filepath.Join(req.Path, modeldir.AdapterConfigFile)); err == nil {
+		lc, ad, _, err := modeldir.ReadAdapter(req.Path, s.cfg)
+		if err != nil {
+			return nil, nil, "", "", badRequest("path", "%v", err)
+		}
+		return ad, &lc, req.Path, "", nil // the served name stays the base's
 	}
 	cfg, wts, err := checkpoints.Load(req.Path)
 	if err != nil {
-		return nil, "", "", badRequest("path", "%v", err)
+		return nil, nil, "", "", badRequest("path", "%v", err)
 	}
 	if e := sameArch(s.cfg, cfg); e != nil {
-		return nil, "", "", e
+		return nil, nil, "", "", e
 	}
-	return wts, req.Path, req.Path, nil
+	return wts, nil, req.Path, req.Path, nil
 }
 
 // readSafetensors reads a safetensors body of size bytes (-1: unknown) without trusting it:
 // the 8-byte header length and the header's first byte first, then the header against the
 // served model (checkHeader), and only then the data the header describes, into one buffer of
 // that size. A body that is not this model's safetensors is refused after its first bytes.
-func (s *server) readSafetensors(body io.Reader, size int64) (map[string]engine.HostTensor, error) {
+func (s *server) readSafetensors(body io.Reader, size int64) (map[string]engine.HostTensor, *engine.LoRAConfig, error) {
 	var lead [9]byte // the header length, and the header's first byte
 	if _, err := io.ReadFull(body, lead[:]); err != nil {
-		return nil, fmt.Errorf("reading the header length: %w", err)
+		return nil, nil, fmt.Errorf("reading the header length: %w", err)
 	}
 	n := binary.LittleEndian.Uint64(lead[:8])
 	switch {
 	case n > checkpoints.MaxHeaderBytes:
-		return nil, fmt.Errorf("header length %d (the first 8 bytes, little-endian) is over the limit of %d bytes: not a safetensors file", n, checkpoints.MaxHeaderBytes)
+		return nil, nil, fmt.Errorf("header length %d (the first 8 bytes, little-endian) is over the limit of %d bytes: not a safetensors file", n, checkpoints.MaxHeaderBytes)
 	case size >= 0 && int64(n) > size-8:
-		return nil, fmt.Errorf("header length %d does not fit the body of %d bytes", n, size)
+		return nil, nil, fmt.Errorf("header length %d does not fit the body of %d bytes", n, size)
 	case n == 0 || lead[8] != '{':
-		return nil, errors.New("the header does not start with '{': not a safetensors file")
+		return nil, nil, errors.New("the header does not start with '{': not a safetensors file")
 	}
 	rest, err := io.ReadAll(io.LimitReader(body, int64(n)-1))
 	if err != nil {
-		return nil, fmt.Errorf("reading the header: %w", err)
+		return nil, nil, fmt.Errorf("reading the header: %w", err)
 	}
 	hdr := append([]byte{'{'}, rest...)
 	if uint64(len(hdr)) != n {
-		return nil, fmt.Errorf("the body ends inside its header of %d bytes", n)
+		return nil, nil, fmt.Errorf("the body ends inside its header of %d bytes", n)
 	}
-	dataLen, err := s.checkHeader(hdr)
+	dataLen, lora, err := s.checkHeader(hdr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	total := 8 + int64(n) + dataLen
 	switch {
 	case size >= 0 && total != size:
-		return nil, fmt.Errorf("the header describes %d bytes, the body has %d (Content-Length)", total, size)
+		return nil, nil, fmt.Errorf("the header describes %d bytes, the body has %d (Content-Length)", total, size)
 	case total > s.maxWeight:
-		return nil, fmt.Errorf("the header describes %d bytes, over --max-weights-mib", total)
+		return nil, nil, fmt.Errorf("the header describes %d bytes, over --max-weights-mib", total)
 	}
 	buf := make([]byte, total)
 	copy(buf, lead[:8])
 	copy(buf[8:], hdr)
 	if _, err := io.ReadFull(body, buf[8+n:]); err != nil {
-		return nil, fmt.Errorf("reading the %d bytes of tensor data: %w", dataLen, err)
+		return nil, nil, fmt.Errorf("reading the %d bytes of tensor data: %w", dataLen, err)
 	}
 	if k, _ := io.ReadFull(body, lead[:1]); k != 0 {
-		return nil, fmt.Errorf("the body goes on past the %d bytes its header describes", total)
+		return nil, nil, fmt.Errorf("the body goes on past the %d bytes its header describes", total)
 	}
 	f, err := checkpoints.ParseSafetensors(bytes.NewReader(buf), total)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return f.Tensors, nil
+	if lora == nil {
+		return f.Tensors, nil, nil
+	}
+	ad := make(map[string]engine.HostTensor, len(f.Tensors))
+	for k, t := range f.Tensors {
+		ad[strings.TrimPrefix(k, engine.LoRAPrefix)] = t
+	}
+	return ad, lora, nil
+}
+
+// checkAdapterHeader checks the entries of a header of adapter weights against the served
+// model (checkHeader): every tensor one of the adapter's (PEFT keys), F32 or BF16, with its
+// shape, none missing. cfg is the adapter_config.json the header's metadata carries.
+func (s *server) checkAdapterHeader(entries map[string]json.RawMessage, cfg string) (int64, *engine.LoRAConfig, error) {
+	lc, _, err := modeldir.ParseAdapterConfig([]byte(cfg), "__metadata__ "+modeldir.AdapterMetadataKey)
+	if err != nil {
+		return 0, nil, err
+	}
+	specs, err := engine.LoRASpecs(s.cfg, lc)
+	if err != nil {
+		return 0, nil, err
+	}
+	want := map[string][]int{}
+	for _, sp := range specs {
+		want[engine.LoRAPrefix+sp.Name] = sp.Shape
+	}
+	var need, end int64
+	for name, raw := range entries {
+		if name == "__metadata__" {
+			continue
+		}
+		var e headerEntry
+		if err := json.Unmarshal(raw, &e); err != nil || len(e.Offsets) != 2 {
+			return 0, nil, fmt.Errorf("tensor %q: bad header entry %.200s", name, raw)
+		}
+		shape, ok := want[name]
+		size, fok := floatSizes[e.DType]
+		switch {
+		case !ok:
+			return 0, nil, fmt.Errorf("tensor %q is not an adapter tensor of the served model (rank %d, targets %v)", name, lc.Rank, lc.Targets)
+		case !fok:
+			return 0, nil, fmt.Errorf("tensor %q: dtype %q (want F32, BF16 or F16)", name, e.DType)
+		case !slices.Equal(e.Shape, shape):
+			return 0, nil, fmt.Errorf("tensor %q has shape %v, want %v", name, e.Shape, shape)
+		}
+		need += size * int64(shape[0]*shape[1])
+		end = max(end, e.Offsets[1])
+	}
+	for name := range want {
+		if _, ok := entries[name]; !ok {
+			return 0, nil, fmt.Errorf("adapter tensor %q is missing", name)
+		}
+	}
+	if end != need {
+		return 0, nil, fmt.Errorf("the data offsets end at %d, but the tensors hold %d bytes", end, need)
+	}
+	return need, &lc, nil
 }
 
 // floatSizes are the bytes per value of the dtypes a weight may have.
@@ -220,11 +299,26 @@ type headerEntry struct {
 // weights, with its shape and a float dtype; none missing; the data region exactly their
 // size) and returns the data region's size, which is thereby bounded by the model's.
 // checkpoints.ParseSafetensors checks the rest once the data is there.
-func (s *server) checkHeader(hdr []byte) (int64, error) {
+func (s *server) checkHeader(hdr []byte) (int64, *engine.LoRAConfig, error) {
 	var entries map[string]json.RawMessage
 	if err := json.Unmarshal(hdr, &entries); err != nil {
-		return 0, fmt.Errorf("header is not a JSON object: %w", err)
+		return 0, nil, fmt.Errorf("header is not a JSON object: %w", err)
 	}
+	var meta map[string]string
+	if raw, ok := entries["__metadata__"]; ok {
+		if err := json.Unmarshal(raw, &meta); err != nil {
+			return 0, nil, fmt.Errorf("__metadata__: %w", err)
+		}
+	}
+	if lc, ok := meta[modeldir.AdapterMetadataKey]; ok {
+		return s.checkAdapterHeader(entries, lc)
+	}
+	n, err := s.checkModelHeader(entries)
+	return n, nil, err
+}
+
+// checkModelHeader checks the entries of a header of model weights (checkHeader).
+func (s *server) checkModelHeader(entries map[string]json.RawMessage) (int64, error) {
 	table := engine.NewWeightTable(s.cfg)
 	var need, end int64
 	for name, raw := range entries {

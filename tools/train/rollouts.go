@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/grpo"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 	"github.com/prolong-rl/prolong/grpo/remote"
 )
 
@@ -25,17 +27,45 @@ func remoteRolloutSource(o options) func(context.Context, *engine.Model) (grpo.R
 		if c.APIKey == "" {
 			return nil, nil, fmt.Errorf("--rollout-servers: set PROLONG_API_KEY to the servers' --api-key (weight updates need it)")
 		}
-		return &remoteRollouts{c}, func() {}, nil
+		return &remoteRollouts{Client: c}, func() {}, nil
 	}
 }
 
 // remoteRollouts are rollout servers.
-type remoteRollouts struct{ *remote.Client }
+type remoteRollouts struct {
+	*remote.Client
+	baseSent bool // a LoRA run's frozen base is on the servers
+}
 
-// SyncWeights implements grpo.WeightSync: it sends the policy's weights to the servers (a LoRA
-// policy's merged: the servers run a plain model).
+// SyncWeights implements grpo.WeightSync: it sends the policy's weights to the servers. A
+// LoRA policy sends its frozen base once, at the first sync, and from then on its adapters
+// only, which the servers run over that base.
 func (r *remoteRollouts) SyncWeights(ctx context.Context, policy *engine.Model) error {
-	w, err := policy.MergedWeights()
+	if policy.Adapters != nil {
+		if !r.baseSent {
+			base, err := policy.HostWeights()
+			if err != nil {
+				return err
+			}
+			if err := r.PushWeights(ctx, base, 0); err != nil {
+				return fmt.Errorf("--rollout-servers: the frozen base: %w", err)
+			}
+			r.baseSent = true
+		}
+		ad, err := policy.AdapterWeights()
+		if err != nil {
+			return err
+		}
+		cfg, err := json.Marshal(modeldir.NewAdapterConfig(policy.Adapters.Config, ""))
+		if err != nil {
+			return err
+		}
+		if err := r.PushAdapters(ctx, cfg, ad, 0); err != nil {
+			return fmt.Errorf("--rollout-servers: %w", err)
+		}
+		return nil
+	}
+	w, err := policy.HostWeights()
 	if err != nil {
 		return err
 	}
