@@ -109,6 +109,9 @@ Usage: go run ./tools/bench [flags]`)
 	}
 	if err == nil && *loraMem > 0 {
 		err = runTrainMemory(*trainBatch, *trainSeq, *loraMem)
+		if err == nil {
+			err = trainMemory15B(*loraMem, 8*1024)
+		}
 	}
 	if err == nil && *lmHeadVocab > 0 {
 		reps := 2

@@ -102,3 +102,35 @@ func runTrainMemory(batch, seqLen, rank int) error {
 	fmt.Println("\nweights: the model's tensors as stored (fp32 parameters; a LoRA run's frozen base as uploaded, bf16 or fp32, and its fp32 adapters); backend caches: what the CPU backend holds besides after a step (the packed W and Wᵀ copies of every fp32 parameter that its matmuls read, pooled scratch buffers and transposes); activations: the Go heap's peak during forward + backward above all that; peak: the heap's peak during the step, the host copy of the weights left out")
 	return nil
 }
+
+// trainMemory15B prints the training memory of the 1.5B shape (Qwen15B), full fine-tuning
+// against LoRA of the given rank on every linear layer of the decoder, worked out from the
+// shapes (this machine does not hold it): weights, gradients, AdamW moments and the layer
+// inputs --recompute keeps for tokens tokens. Full fine-tuning keeps fp32 parameters and, on
+// CUDA, a bf16 copy of each matmul weight; LoRA a bf16 base and fp32 adapters.
+func trainMemory15B(rank, tokens int) error {
+	c := Qwen15B()
+	specs, err := engine.LoRASpecs(c, engine.LoRAConfig{Rank: rank, Alpha: float64(2 * rank), Targets: []string{"all-linear"}})
+	if err != nil {
+		return err
+	}
+	var l int64 // adapter parameters
+	for _, s := range specs {
+		l += int64(engine.NumElements(s.Shape))
+	}
+	p, lin := c.NumParams(), c.LayerMatmulParams()
+	acts := float64(tokens) * float64(c.HiddenSize) * 4 * float64(c.NumHiddenLayers)
+	gib := func(b float64) float64 { return b / (1 << 30) }
+	fmt.Printf("\ntraining memory: 1.5B shape (%d parameters), worked out from the shape, not measured; LoRA rank %d on every linear layer of the decoder (%d parameters); --recompute's layer inputs for %d tokens\n\n", p, rank, l, tokens)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "training\ttrainable params\tweights GiB\tgradients GiB\tAdamW GiB\tlayer inputs GiB\tsum GiB\t")
+	row := func(name string, n int64, weights float64) {
+		g, o := float64(4*n), float64(8*n)
+		fmt.Fprintf(w, "%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", name, n, gib(weights), gib(g), gib(o), gib(acts), gib(weights+g+o+acts))
+	}
+	row("full fine-tuning (fp32 + bf16 matmul copies)", p, float64(4*p+2*lin))
+	row(fmt.Sprintf("LoRA r%d, bf16 base", rank), l, float64(2*p+4*l))
+	w.Flush()
+	fmt.Println("\nnot counted: the logits chunk (64 MiB), one layer's activations during its recomputation, the KV cache of the rollouts, the allocator's slack")
+	return nil
+}
