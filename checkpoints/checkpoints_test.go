@@ -1,6 +1,7 @@
 package checkpoints
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -679,11 +680,7 @@ func TestKillDuringSave(t *testing.T) {
 	}
 	midway := 0 // kills that left a temporary directory, i.e. landed inside a save
 	for i, delay := range []int{30, 55, 80, 110, 150, 200, 260, 330} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillDuringSave$")
-		cmd.Env = append(os.Environ(), "PROLONG_KILL_CHILD_DIR="+out)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd := startChild(t, "TestKillDuringSave", "PROLONG_KILL_CHILD_DIR="+out)
 		time.Sleep(time.Duration(delay) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -725,6 +722,42 @@ func TestKillDuringSave(t *testing.T) {
 	}
 }
 
+// startChild runs the test named run of this test binary again as a child process, with env
+// added to its environment, and returns once the child has printed its first line (the cue
+// that its work has begun): the tests' kill delays count from there, not from the process's
+// start, which takes hundreds of milliseconds on a busy machine.
+func startChild(t *testing.T, run, env string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+run+"$")
+	cmd.Env = append(os.Environ(), env)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cue := make(chan error, 1)
+	go func() {
+		_, err := bufio.NewReader(out).ReadString('\n')
+		cue <- err
+		io.Copy(io.Discard, out)
+	}()
+	select {
+	case err := <-cue:
+		if err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("child %s ended before its cue: %v", run, err)
+		}
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child %s gave no cue in 2 minutes", run)
+	}
+	return cmd
+}
+
 // killConfig is a model of a few MB, so that a save takes long enough to be killed midway.
 func killConfig() *engine.Config {
 	return &engine.Config{ModelType: "qwen2", VocabSize: 1024, HiddenSize: 256, NumHiddenLayers: 4,
@@ -736,6 +769,7 @@ func killConfig() *engine.Config {
 func killChild(dir string) {
 	cfg := killConfig()
 	sets := []map[string]engine.HostTensor{engine.RandomWeights(cfg, 1, 0.02), engine.RandomWeights(cfg, 2, 0.02)}
+	fmt.Println("child: saving") // startChild's cue
 	for i := 1; ; i++ {
 		if err := Save(dir, cfg, sets[i%2], SaveOptions{ShardBytes: 2 << 20}); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -383,6 +382,7 @@ func trainRun(t testing.TB, dir string) map[string]engine.HostTensor {
 // weights equal, bit for bit, those of a run that was never interrupted.
 func TestKillAndResume(t *testing.T) {
 	if dir := os.Getenv("PROLONG_RESUME_CHILD_DIR"); dir != "" {
+		fmt.Println("child: training") // startChild's cue
 		trainRun(t, dir)
 		return
 	}
@@ -390,11 +390,7 @@ func TestKillAndResume(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "run")
 	var seen []int64
 	for i, delay := range []int{150, 90, 120, 80, 200, 110, 130} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillAndResume$")
-		cmd.Env = append(os.Environ(), "PROLONG_RESUME_CHILD_DIR="+dir)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd := startChild(t, "TestKillAndResume", "PROLONG_RESUME_CHILD_DIR="+dir)
 		time.Sleep(time.Duration(delay) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
