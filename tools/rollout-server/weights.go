@@ -252,35 +252,28 @@ func (s *server) checkAdapterHeader(entries map[string]json.RawMessage, cfg stri
 	for _, sp := range specs {
 		want[engine.LoRAPrefix+sp.Name] = sp.Shape
 	}
-	var need, end int64
-	for name, raw := range entries {
-		if name == "__metadata__" {
-			continue
-		}
-		var e headerEntry
-		if err := json.Unmarshal(raw, &e); err != nil || len(e.Offsets) != 2 {
-			return 0, nil, fmt.Errorf("tensor %q: bad header entry %.200s", name, raw)
-		}
+	need, err := walkHeader(entries, func(name string, e headerEntry) (int64, error) {
 		shape, ok := want[name]
 		size, fok := floatSizes[e.DType]
 		switch {
 		case !ok:
-			return 0, nil, fmt.Errorf("tensor %q is not an adapter tensor of the served model (rank %d, targets %v)", name, lc.Rank, lc.Targets)
+			return 0, fmt.Errorf("tensor %q is not an adapter tensor of the served model (rank %d, targets %v)", name, lc.Rank, lc.Targets)
 		case !fok:
-			return 0, nil, fmt.Errorf("tensor %q: dtype %q (want F32, BF16 or F16)", name, e.DType)
+			return 0, fmt.Errorf("tensor %q: dtype %q (want F32, BF16 or F16)", name, e.DType)
 		case !slices.Equal(e.Shape, shape):
-			return 0, nil, fmt.Errorf("tensor %q has shape %v, want %v", name, e.Shape, shape)
+			return 0, fmt.Errorf("tensor %q has shape %v, want %v", name, e.Shape, shape)
 		}
-		need += size * int64(shape[0]*shape[1])
-		end = max(end, e.Offsets[1])
-	}
-	for name := range want {
-		if _, ok := entries[name]; !ok {
-			return 0, nil, fmt.Errorf("adapter tensor %q is missing", name)
+		return size * int64(shape[0]*shape[1]), nil
+	}, func() error {
+		for name := range want {
+			if _, ok := entries[name]; !ok {
+				return fmt.Errorf("adapter tensor %q is missing", name)
+			}
 		}
-	}
-	if end != need {
-		return 0, nil, fmt.Errorf("the data offsets end at %d, but the tensors hold %d bytes", end, need)
+		return nil
+	})
+	if err != nil {
+		return 0, nil, err
 	}
 	return need, &lc, nil
 }
@@ -320,6 +313,23 @@ func (s *server) checkHeader(hdr []byte) (int64, *engine.LoRAConfig, error) {
 // checkModelHeader checks the entries of a header of model weights (checkHeader).
 func (s *server) checkModelHeader(entries map[string]json.RawMessage) (int64, error) {
 	table := engine.NewWeightTable(s.cfg)
+	need, err := walkHeader(entries, func(name string, e headerEntry) (int64, error) {
+		return s.entryBytes(table, name, e)
+	}, func() error {
+		for _, spec := range table.Specs {
+			if _, ok := entries[spec.Name]; !ok {
+				return fmt.Errorf("weight %q is missing", spec.Name)
+			}
+		}
+		return nil
+	})
+	return need, err
+}
+
+// walkHeader parses each tensor entry of a safetensors header (__metadata__ aside) and sums
+// the bytes entryBytes gives it; then complete checks that no tensor is missing, and the data
+// offsets must end exactly at that sum. It returns that size.
+func walkHeader(entries map[string]json.RawMessage, entryBytes func(name string, e headerEntry) (int64, error), complete func() error) (int64, error) {
 	var need, end int64
 	for name, raw := range entries {
 		if name == "__metadata__" {
@@ -329,17 +339,15 @@ func (s *server) checkModelHeader(entries map[string]json.RawMessage) (int64, er
 		if err := json.Unmarshal(raw, &e); err != nil || len(e.Offsets) != 2 {
 			return 0, fmt.Errorf("tensor %q: bad header entry %.200s", name, raw)
 		}
-		nb, err := s.entryBytes(table, name, e)
+		nb, err := entryBytes(name, e)
 		if err != nil {
 			return 0, err
 		}
 		need += nb
 		end = max(end, e.Offsets[1])
 	}
-	for _, spec := range table.Specs {
-		if _, ok := entries[spec.Name]; !ok {
-			return 0, fmt.Errorf("weight %q is missing", spec.Name)
-		}
+	if err := complete(); err != nil {
+		return 0, err
 	}
 	if end != need {
 		return 0, fmt.Errorf("the data offsets end at %d, but the tensors hold %d bytes", end, need)
