@@ -117,6 +117,12 @@ func compileOptions(arch string) []string {
 // for a real one ("sm_90"). The compiler's log comes back too: a warning leaves it non-empty,
 // and the tests treat that as a failure.
 func (n *nvrtc) Compile(src, name, arch string) (code []byte, log string, err error) {
+	return n.CompileWith(src, name, arch)
+}
+
+// CompileWith is Compile with NVRTC options after compileOptions: "--ptxas-options=-v" puts
+// ptxas's resource report (registers, spills, shared memory per kernel) in the log of a cubin.
+func (n *nvrtc) CompileWith(src, name, arch string, extra ...string) (code []byte, log string, err error) {
 	sizeFn, getFn, what := n.ptxSize, n.ptx, "nvrtcGetPTX"
 	if strings.HasPrefix(arch, "sm_") {
 		if n.cubinSize == 0 || n.cubin == 0 {
@@ -130,7 +136,7 @@ func (n *nvrtc) Compile(src, name, arch string) (code []byte, log string, err er
 		return nil, "", err
 	}
 	defer call(n.destroy, uintptr(unsafe.Pointer(&prog)))
-	opts := compileOptions(arch)
+	opts := append(compileOptions(arch), extra...)
 	cs := make([]*byte, len(opts))
 	for i, o := range opts {
 		cs[i] = cstr(o)
