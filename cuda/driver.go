@@ -20,6 +20,7 @@ type driver struct {
 	moduleLoadData, moduleGetFunction, launchKernel                                      uintptr
 	eventCreate, eventRecord, eventSynchronize, eventElapsedTime                         uintptr
 	getErrorName, getErrorString                                                         uintptr
+	graphAPI                                                                             // optional: CUDA graphs and pinned memory (graph.go)
 }
 
 // noDevice marks an error of Open as "there is no GPU here" (engine.ErrNoDevice): --device
@@ -58,6 +59,7 @@ func loadDriver() (*driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.graphAPI = loadGraphAPI(h)
 	return d, nil
 }
 

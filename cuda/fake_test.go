@@ -72,6 +72,10 @@ func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
 func (g *fakeGPU) address(p any, prefix string) {
 	v := reflect.ValueOf(p).Elem()
 	for i := 0; i < v.NumField(); i++ {
+		if f := v.Field(i); f.Kind() == reflect.Struct && v.Type().Field(i).Anonymous {
+			g.address(reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Interface(), prefix) // embedded: graphAPI
+			continue
+		}
 		if v.Field(i).Kind() != reflect.Uintptr {
 			continue
 		}

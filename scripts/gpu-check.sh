@@ -46,7 +46,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped' -test.v >"$out/conformance.log" 2>&1
+	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== bench"
 timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
