@@ -337,6 +337,9 @@ func (pr *process) roundTrip(ctx context.Context, line []byte, timeout time.Dura
 			}
 			return m.line, nil
 		case <-timer.C:
+			if ctx.Err() != nil { // both fired while this goroutine waited to run: the caller's cancel says why
+				return nil, fmt.Errorf("cancelled before the answer; the program is killed and restarted on the next call: %w", ctx.Err())
+			}
 			return nil, fmt.Errorf("no answer within %v (the timeout); the program is killed and restarted on the next call", timeout)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("cancelled before the answer; the program is killed and restarted on the next call: %w", ctx.Err())
