@@ -586,11 +586,11 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) 
 		panic("cuda: no kernel " + name)
 	}
 	k := packArgs(args)
-	ev := b.profStart()
+	ev, t0 := b.profStart()
 	r := call(b.drv.launchKernel, f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 		uintptr(threads), 1, 1, 0, b.strm, uintptr(k.params()), 0)
 	runtime.KeepAlive(k)
-	b.profEnd(name, ev)
+	b.profEnd(name, ev, t0)
 	if r != 0 {
 		b.fail(b.drv.check(fmt.Sprintf("launch %s grid %v block %d", name, grid, threads), r))
 	}

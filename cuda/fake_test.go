@@ -31,6 +31,8 @@ type fakeGPU struct {
 	compiled    []string
 	loaded      string // the image cuModuleLoadData took
 	names       map[uintptr]string
+
+	tl *fakeTimeline // when set, events and launches run on its simulated clocks (profile_test.go)
 }
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
@@ -108,6 +110,11 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		g.t.Fatalf("call of unknown function address %#x", fn)
 	}
 	g.calls = append(g.calls, name)
+	if g.tl != nil {
+		if r, ok := g.tl.call(name, a); ok {
+			return r
+		}
+	}
 	if q := g.results[name]; len(q) > 0 {
 		g.results[name] = q[1:]
 		if q[0] != 0 {

@@ -62,7 +62,7 @@ func (b *Backend) gemm(what string, g gemm) {
 		}
 		return
 	}
-	ev := b.profStart()
+	ev, t0 := b.profStart()
 	fn, name := b.blas.gemmEx, "cublasGemmEx"
 	if g.batch > 0 {
 		fn, name = b.blas.gemmStridedBatched, "cublasGemmStridedBatchedEx"
@@ -78,7 +78,7 @@ func (b *Backend) gemm(what string, g gemm) {
 	runtime.KeepAlive(alpha)
 	runtime.KeepAlive(beta)
 	if ev != 0 {
-		b.profEnd(fmt.Sprintf("cublas %s %s", what, map[int]string{dtF32: "f32", dtBF16: "bf16"}[g.aType]), ev)
+		b.profEnd(fmt.Sprintf("cublas %s %s", what, map[int]string{dtF32: "f32", dtBF16: "bf16"}[g.aType]), ev, t0)
 	}
 	b.fail(err)
 }

@@ -49,7 +49,7 @@ PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
 	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== bench"
-timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+timeout 240 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
