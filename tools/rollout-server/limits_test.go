@@ -338,22 +338,29 @@ func TestClientThatDoesNotRead(t *testing.T) {
 func waitMetric(t *testing.T, url string, ok func(map[string]float64) bool) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		resp, err := http.Get(url + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]float64{}
-		for sc := bufio.NewScanner(resp.Body); sc.Scan(); {
-			if f := strings.Fields(sc.Text()); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
-				m[f[0]], _ = strconv.ParseFloat(f[1], 64)
-			}
-		}
-		resp.Body.Close()
-		if ok(m) {
+		if ok(scrapeMetrics(t, url)) {
 			return
 		}
 	}
 	t.Fatal("/metrics: the condition did not hold within 30 s")
+}
+
+// scrapeMetrics reads GET /metrics into series → value (a series with labels is keyed as
+// written: name{label="value"}).
+func scrapeMetrics(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	for sc := bufio.NewScanner(resp.Body); sc.Scan(); {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+			m[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return m
 }
 
 // postJSON posts a body with the API key; it returns the status code and body.

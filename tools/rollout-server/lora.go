@@ -92,9 +92,48 @@ func (s *server) removeAdapter(name string) bool {
 	s.loraMu.Unlock()
 	if ok {
 		a.sched.Close()
+		st := a.sched.Stats()
+		s.loraMu.Lock() // its counters stay in the server's totals, which never go down
+		s.retired.TokensGenerated += st.TokensGenerated
+		s.retired.Preemptions += st.Preemptions
+		s.retired.Steps += st.Steps
+		s.loraMu.Unlock()
 		slog.Info("lora adapter unloaded", "name", name, "dir", a.dir)
 	}
 	return ok
+}
+
+// schedStats adds up the schedulers' figures: the base model's, every adapter's (each has its
+// own queue, batch and KV cache), and the counters of adapters unloaded before. The weight
+// version is the base's.
+func (s *server) schedStats() engine.SchedulerStats {
+	t := s.sched.Stats()
+	s.loraMu.Lock()
+	defer s.loraMu.Unlock()
+	t.TokensGenerated += s.retired.TokensGenerated
+	t.Preemptions += s.retired.Preemptions
+	t.Steps += s.retired.Steps
+	for _, a := range s.loras {
+		st := a.sched.Stats()
+		t.Queued += st.Queued
+		t.Running += st.Running
+		t.KVBlocksUsed += st.KVBlocksUsed
+		t.KVBlocksTotal += st.KVBlocksTotal
+		t.TokensGenerated += st.TokensGenerated
+		t.Preempted += st.Preempted
+		t.Preemptions += st.Preemptions
+		t.Steps += st.Steps
+	}
+	return t
+}
+
+// adapterStats is every adapter's own figures, by name.
+func (s *server) adapterStats() []adapterStat {
+	var out []adapterStat
+	for _, a := range s.adapterList() {
+		out = append(out, adapterStat{a.name, a.sched.Stats()})
+	}
+	return out
 }
 
 // adapter returns the adapter served as name, or nil.

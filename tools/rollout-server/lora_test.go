@@ -219,6 +219,7 @@ func TestLoadUnloadLoRA(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	gen := `{"model": "tuned", "prompt": [3, 1, 4, 1, 5], "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": true}`
+	m0 := scrapeMetrics(t, url)
 	for _, tc := range []struct {
 		what, path, key, body string
 		code                  int
@@ -245,8 +246,27 @@ func TestLoadUnloadLoRA(t *testing.T) {
 	if !slices.Equal(got[0].TokenIDs, want[0].TokenIDs) || !closeLogprobs(got[0].Logprobs.TokenLogprobs, want[0].Logprobs.TokenLogprobs) {
 		t.Errorf("loaded adapter: %v %v, merged %v %v", got[0].TokenIDs, got[0].Logprobs.TokenLogprobs, want[0].TokenIDs, want[0].Logprobs.TokenLogprobs)
 	}
+	// /metrics counts the adapter's scheduler in the totals, and on its own by name.
+	const tokens = "prolong_generated_tokens_total"
+	m1 := scrapeMetrics(t, url)
+	for series, want := range map[string]float64{
+		"prolong_lora_adapters_loaded": 1, `prolong_lora_generated_tokens_total{adapter="tuned"}`: 8,
+		`prolong_lora_running_sequences{adapter="tuned"}`: 0, tokens: m0[tokens] + 8,
+	} {
+		if got, ok := m1[series]; !ok || got != want {
+			t.Errorf("/metrics after 8 tokens on the adapter: %s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
 	if code, body := call("/v1/unload_lora_adapter", "sekret", `{"lora_name": "tuned"}`); code != 200 || body != "Success: LoRA adapter 'tuned' removed successfully." {
 		t.Errorf("unload: HTTP %d %s", code, body)
+	}
+	m2 := scrapeMetrics(t, url)
+	if m2["prolong_lora_adapters_loaded"] != 0 || m2[tokens] != m1[tokens] {
+		t.Errorf("/metrics after the unload: %v adapters, %v tokens in all; want 0 and still %v (a counter never goes down)",
+			m2["prolong_lora_adapters_loaded"], m2[tokens], m1[tokens])
+	}
+	if _, ok := m2[`prolong_lora_generated_tokens_total{adapter="tuned"}`]; ok {
+		t.Error("/metrics after the unload still lists the adapter's series")
 	}
 	if code, v, _ := post(t, url+"/v1/completions", gen); code != 404 || !strings.Contains(fmt.Sprint(v), "model_not_found") {
 		t.Errorf("after unload: HTTP %d %v, want 404 model_not_found", code, v)

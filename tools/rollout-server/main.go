@@ -248,8 +248,10 @@ func newServer(o options) (*server, error) {
 		lim:     limits{MaxN: o.maxN, MaxTokens: o.maxTokens, MaxPrompts: o.maxPrompts},
 		maxBody: o.maxBodyKiB << 10, maxWeight: o.maxWeightsMiB << 20,
 		bodyTimeout: o.bodyTimeout, writeTimeout: o.writeTimeout, weightsRate: o.weightsMiBps * (1 << 20),
-		slots: make(chan struct{}, o.maxConcurrent), metrics: newMetrics(sched), schedOpts: schedOpts}
+		slots: make(chan struct{}, o.maxConcurrent), schedOpts: schedOpts}
+	s.metrics = newMetrics(s.schedStats)
 	s.metrics.watchRequests(s.slots)
+	s.metrics.watchAdapters(s.adapterStats)
 	s.setModelName(name)
 	s.version.Store(1)
 	for _, v := range o.loras {

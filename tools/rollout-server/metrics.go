@@ -24,7 +24,9 @@ type metrics struct {
 	connsRefused prometheus.Counter
 }
 
-func newMetrics(sched *engine.Scheduler) *metrics {
+// newMetrics registers the metrics; stats gives the schedulers' figures (the base's and every
+// LoRA adapter's together, server.schedStats).
+func newMetrics(stats func() engine.SchedulerStats) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "prolong_requests_total",
 		Help: "Generation requests served, by endpoint and HTTP status."}, []string{"endpoint", "code"})
@@ -35,7 +37,7 @@ func newMetrics(sched *engine.Scheduler) *metrics {
 	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "prolong_connections_refused_total",
 		Help: "Connections closed at accept: beyond --max-connections and the few kept for health checks."})
 	stat := func(f func(engine.SchedulerStats) float64) func() float64 {
-		return func() float64 { return f(sched.Stats()) }
+		return func() float64 { return f(stats()) }
 	}
 	var rateMu sync.Mutex
 	lastT, lastN := time.Now(), uint64(0)
@@ -64,7 +66,7 @@ func newMetrics(sched *engine.Scheduler) *metrics {
 			func() float64 {
 				rateMu.Lock()
 				defer rateMu.Unlock()
-				now, n := time.Now(), sched.Stats().TokensGenerated
+				now, n := time.Now(), stats().TokensGenerated
 				r := float64(n-lastN) / max(1e-9, now.Sub(lastT).Seconds())
 				lastT, lastN = now, n
 				return r
@@ -78,6 +80,47 @@ func (m *metrics) watchRequests(slots chan struct{}) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prolong_requests_running",
 		Help: "Generation requests being served (at most --max-concurrent)."},
 		func() float64 { return float64(len(slots)) }))
+}
+
+// adapterStat is one LoRA adapter's scheduler figures.
+type adapterStat struct {
+	name  string
+	stats engine.SchedulerStats
+}
+
+// adapterCollector reports each LoRA adapter's own figures, labelled by its name, and how many
+// are loaded.
+type adapterCollector struct {
+	list                        func() []adapterStat
+	loaded, tokens, running, kv *prometheus.Desc
+}
+
+func (c *adapterCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.loaded
+	ch <- c.tokens
+	ch <- c.running
+	ch <- c.kv
+}
+
+func (c *adapterCollector) Collect(ch chan<- prometheus.Metric) {
+	as := c.list()
+	ch <- prometheus.MustNewConstMetric(c.loaded, prometheus.GaugeValue, float64(len(as)))
+	for _, a := range as {
+		ch <- prometheus.MustNewConstMetric(c.tokens, prometheus.CounterValue, float64(a.stats.TokensGenerated), a.name)
+		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(a.stats.Running), a.name)
+		ch <- prometheus.MustNewConstMetric(c.kv, prometheus.GaugeValue,
+			float64(a.stats.KVBlocksUsed)/float64(max(1, a.stats.KVBlocksTotal)), a.name)
+	}
+}
+
+// watchAdapters adds the per-adapter metrics of the LoRA adapters list returns.
+func (m *metrics) watchAdapters(list func() []adapterStat) {
+	m.reg.MustRegister(&adapterCollector{list: list,
+		loaded:  prometheus.NewDesc("prolong_lora_adapters_loaded", "LoRA adapters being served (--lora, POST /v1/load_lora_adapter).", nil, nil),
+		tokens:  prometheus.NewDesc("prolong_lora_generated_tokens_total", "Tokens sampled on a LoRA adapter (since it was loaded).", []string{"adapter"}, nil),
+		running: prometheus.NewDesc("prolong_lora_running_sequences", "Samples being decoded on a LoRA adapter.", []string{"adapter"}, nil),
+		kv:      prometheus.NewDesc("prolong_lora_kv_cache_usage_ratio", "Share of a LoRA adapter's own KV-cache budget in use.", []string{"adapter"}, nil),
+	})
 }
 
 // watchConns adds the number of open connections of l.

@@ -54,6 +54,9 @@ type server struct {
 	loraMu    sync.Mutex
 	loras     map[string]*loraAdapter
 	schedOpts engine.SchedulerOptions
+	// retired holds the counters (tokens, preemptions, steps) of adapters unloaded, so that
+	// the totals of /metrics never go down.
+	retired engine.SchedulerStats
 }
 
 // routes is the server's HTTP handler.
