@@ -53,8 +53,9 @@ type SandboxConfig struct {
 	// see its processes and reach its network: use it only on a throwaway machine. By default
 	// the sandbox refuses to run model code it cannot isolate, and says what to enable.
 	AllowUnsandboxed bool
-	// BaseUID: when the process runs as root, run slot i runs as host uid and gid BaseUID+i
-	// (users with no other processes and no files). Default 1000000.
+	// BaseUID: when the process runs as root, each run slot runs as a host uid and gid of its
+	// own from BaseUID up (users with no other processes and no files), claimed host-wide so
+	// that two sandboxes on one host never share one (sandbox_uid.go). Default 1000000.
 	BaseUID int
 	// Logger receives one line about the isolation found; default slog.Default().
 	Logger *slog.Logger
@@ -103,7 +104,7 @@ type Isolation struct {
 	// or netlink sockets). Always true with Namespaces; without them (AllowUnsandboxed), true
 	// where this kernel lets the filter be installed.
 	Seccomp bool `json:"seccomp"`
-	// OwnUser: a run's processes are host user BaseUID+slot (the process is root); false means
+	// OwnUser: a run's processes are a host user of the slot's own (the process is root); false means
 	// this process's user (without the capabilities of root, when Namespaces is true).
 	OwnUser bool `json:"own_user"`
 }
@@ -116,7 +117,7 @@ type Isolation struct {
 // bound read-only, nosuid: nothing else of the host is there (no /etc/passwd, /home, /var, /root
 // or the run's own files). Its host name is "sandbox". The
 // program runs as root of its user namespace with no capabilities (bounding set empty,
-// no_new_privs, SECBIT_NOROOT locked), mapped to host uid BaseUID+slot when this process is
+// no_new_privs, SECBIT_NOROOT locked), mapped to the slot's own host uid when this process is
 // root. It can make no namespaces of its own (which would give it every capability there): its
 // user namespace allows none (user.max_user_namespaces and the other limits are 0), and a
 // seccomp filter denies unshare, setns, clone with namespace flags, mount, ptrace, bpf,
@@ -140,6 +141,7 @@ type Sandbox struct {
 	once   sync.Once
 	iso    Isolation
 	isoErr error
+	uids   []int // the host user of each slot, claimed host-wide (sandbox_uid.go)
 }
 
 // NewSandbox returns a sandbox; isolation is probed on first use.
@@ -171,6 +173,7 @@ func (s *Sandbox) probe() {
 		return
 	}
 	s.iso = Isolation{Namespaces: true, Seccomp: true, OwnUser: os.Geteuid() == 0}
+	s.claimSlotUIDs()
 	if err := s.runEmpty(); err != nil {
 		if !s.cfg.AllowUnsandboxed {
 			s.isoErr = fmt.Errorf("sandbox: cannot isolate model code, so it will not run it: %w; "+
@@ -188,10 +191,17 @@ func (s *Sandbox) probe() {
 		"seccomp", s.iso.Seccomp, "own_user", s.iso.OwnUser)
 }
 
+// probeTimeout is the probe's wall-clock limit: a busy machine (a trainer using every core)
+// may take seconds to start Python, and a slow start is no reason to refuse model code.
+const probeTimeout = 60 * time.Second
+
 // runEmpty runs an empty program with the isolation of s.iso.
 func (s *Sandbox) runEmpty() error {
-	r, err := s.run(context.Background(), 0, map[string]string{"main.py": ""}, nil)
-	if err == nil && r.ExitCode != 0 {
+	r, err := s.runWithin(context.Background(), max(s.cfg.Timeout, probeTimeout), 0, map[string]string{"main.py": ""}, nil)
+	switch {
+	case err == nil && r.TimedOut:
+		err = fmt.Errorf("an empty program did not end within %v", max(s.cfg.Timeout, probeTimeout))
+	case err == nil && r.ExitCode != 0:
 		err = fmt.Errorf("an empty program exited with status %d: %s", r.ExitCode, bytes.TrimSpace(r.Stderr))
 	}
 	return err
@@ -284,9 +294,14 @@ func plainFileName(name string) bool {
 // run makes one run in slot, isolated or (under AllowUnsandboxed, when isolation failed) not.
 // Its errors are not prefixed; Run and probe say that they come from the sandbox.
 func (s *Sandbox) run(ctx context.Context, slot int, files map[string]string, stdin []byte) (RunResult, error) {
+	return s.runWithin(ctx, s.cfg.Timeout, slot, files, stdin)
+}
+
+// runWithin is run with a wall-clock limit of its own.
+func (s *Sandbox) runWithin(ctx context.Context, timeout time.Duration, slot int, files map[string]string, stdin []byte) (RunResult, error) {
 	cpu := int64((s.cfg.Timeout + time.Second - 1) / time.Second)
 	code := fmt.Sprintf(prelude, s.cfg.MemoryBytes, cpu, s.cfg.MaxProcs, s.cfg.MaxFileBytes)
-	runCtx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	command := s.hostCommand
 	if s.iso.Namespaces {
@@ -352,12 +367,12 @@ func (s *Sandbox) isolatedCommand(ctx context.Context, slot int, code string, fi
 }
 
 // namespaceAttr clones the run's init into new namespaces as root of its user namespace, which
-// is host uid BaseUID+slot when this process is root, else this process's user.
+// is the slot's own host uid when this process is root, else this process's user.
 func (s *Sandbox) namespaceAttr(slot int) *syscall.SysProcAttr {
 	root := os.Geteuid() == 0
 	uid, gid := os.Getuid(), os.Getgid()
 	if root {
-		uid, gid = s.cfg.BaseUID+slot, s.cfg.BaseUID+slot
+		uid, gid = s.uid(slot), s.uid(slot)
 	}
 	return &syscall.SysProcAttr{
 		Setpgid:   true,
@@ -393,7 +408,7 @@ func namespaceHint(procSys string, root bool) string {
 }
 
 // hostCommand returns the command of an unisolated run (AllowUnsandboxed): Python in a fresh
-// host directory, as user BaseUID+slot when this process is root, under the seccomp filter when
+// host directory, as the slot's own host user when this process is root, under the seccomp filter when
 // s.iso.Seccomp. finish removes the directory.
 func (s *Sandbox) hostCommand(ctx context.Context, slot int, code string, files map[string]string) (*exec.Cmd, func() error, error) {
 	dir, err := os.MkdirTemp("", "prolong-sandbox-")
@@ -403,7 +418,7 @@ func (s *Sandbox) hostCommand(ctx context.Context, slot int, code string, files 
 	finish := func() error { removeAll(dir); return nil }
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if os.Geteuid() == 0 {
-		id := uint32(s.cfg.BaseUID + slot)
+		id := uint32(s.uid(slot))
 		attr.Credential = &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}
 	}
 	if err := writeHostFiles(dir, files, attr.Credential); err != nil {

@@ -234,8 +234,7 @@ print("daemon started", flush=True)
 			t.Errorf("after %v: /tmp/%s on the host", wait, mark)
 		}
 	}
-	base := sb.Config().BaseUID
-	if left := processesOf(base, base+sb.Config().Concurrency); len(left) > 0 {
+	if left := processesOf(sb.slotUIDs()); len(left) > 0 {
 		t.Errorf("processes of the runs' users left: %v", left)
 	}
 	var names []string

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,8 +50,8 @@ func run(t *testing.T, sb *Sandbox, src string, stdin string) RunResult {
 	return r
 }
 
-// processesOf lists the processes whose real uid is in [lo, hi).
-func processesOf(lo, hi int) []string {
+// processesOf lists the processes whose real uid is one of uids.
+func processesOf(uids []int) []string {
 	var out []string
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -63,7 +64,7 @@ func processesOf(lo, hi int) []string {
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
-				if uid, _ := strconv.Atoi(f[1]); uid >= lo && uid < hi {
+				if uid, _ := strconv.Atoi(f[1]); slices.Contains(uids, uid) {
 					out = append(out, e.Name())
 				}
 			}
@@ -139,9 +140,8 @@ time.sleep(30)
 		t.Errorf("fork bomb took %v to stop", d)
 	}
 	if iso.OwnUser {
-		base := sb.Config().BaseUID
 		time.Sleep(100 * time.Millisecond)
-		if left := processesOf(base, base+sb.Config().Concurrency); len(left) > 0 {
+		if left := processesOf(sb.slotUIDs()); len(left) > 0 {
 			t.Errorf("processes left behind: %v", left)
 		}
 	}
