@@ -256,3 +256,37 @@ func TestDriverErrorNames(t *testing.T) {
 	b.Scale(x, 2)
 	wantIn(t, b.Sync(), "unknown CUDA driver status (12345)")
 }
+
+// TestSumSquaresManyOneRoundTrip: the gradient norm of many tensors is one launch per tensor,
+// one download and one synchronisation in all (SumSquares per tensor: one of each per tensor).
+func TestSumSquaresManyOneRoundTrip(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var xs []*engine.Tensor
+	for _, n := range []int{5, 1000, 70001, 3} {
+		xs = append(xs, b.Alloc(n))
+	}
+	l0, d0, s0 := g.count("launchKernel"), g.count("memcpyDtoHAsync"), g.count("streamSynchronize")
+	sums, err := b.SumSquaresMany(xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sums) != len(xs) {
+		t.Fatalf("%d sums for %d tensors", len(sums), len(xs))
+	}
+	if l, d, s := g.count("launchKernel")-l0, g.count("memcpyDtoHAsync")-d0, g.count("streamSynchronize")-s0; l != 4 || d != 1 || s != 1 {
+		t.Errorf("SumSquaresMany of 4 tensors: %d launches, %d downloads, %d synchronisations; want 4, 1, 1", l, d, s)
+	}
+	d0, s0 = g.count("memcpyDtoHAsync"), g.count("streamSynchronize")
+	for _, x := range xs {
+		if _, err := b.SumSquares(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, s := g.count("memcpyDtoHAsync")-d0, g.count("streamSynchronize")-s0; d != 4 || s != 4 {
+		t.Errorf("SumSquares of 4 tensors: %d downloads, %d synchronisations; want 4 each (the cost SumSquaresMany saves)", d, s)
+	}
+}

@@ -181,6 +181,43 @@ func (b *Backend) SumSquares(x *engine.Tensor) (float64, error) {
 	return s, nil
 }
 
+// SumSquaresMany implements engine.SumSquaresManyBackend: one sumsq_partial launch per tensor
+// into one buffer of partial sums, one download and one synchronisation for all. Each tensor's
+// partials are those SumSquares makes (same grid) and are added in the same order, so each
+// result equals SumSquares of that tensor bit for bit.
+func (b *Backend) SumSquaresMany(xs []*engine.Tensor) ([]float64, error) {
+	out := make([]float64, len(xs))
+	err := b.opErr(desc(fmt.Sprintf("SumSquaresMany of %d tensors", len(xs))), func() error {
+		if len(xs) == 0 {
+			return nil
+		}
+		offs := make([]int, len(xs)+1)
+		for i, x := range xs {
+			offs[i+1] = offs[i] + b.gridFor(int64(x.Len()))[0]
+		}
+		part := b.tmp(uint64(8 * offs[len(xs)]))
+		for i, x := range xs {
+			if !b.begin(desc("SumSquaresMany x", x)) {
+				return nil
+			}
+			n := int64(x.Len())
+			b.launchSumsqPartial(b.gridFor(n), 256, dptr(part+uint64(8*offs[i])), ptr(x), n)
+		}
+		host := make([]float64, offs[len(xs)])
+		b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))
+		for i := range xs {
+			for _, v := range host[offs[i]:offs[i+1]] {
+				out[i] += v
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Scale implements engine.TrainBackend.
 func (b *Backend) Scale(x *engine.Tensor, s float32) {
 	b.op(desc("Scale x", x), func() {

@@ -168,6 +168,35 @@ type MatMulsBackend interface {
 	MatMuls(outs []*Tensor, x *Tensor, ws []*Tensor)
 }
 
+// SumSquaresManyBackend is implemented by a backend that sums the squares of several tensors in
+// one pass with one synchronisation: each result is what SumSquares would give for that tensor.
+// The CUDA backend does (the optimizer's gradient norm then costs one host round trip a step,
+// not one per tensor); the engine falls back to SumSquares per tensor on other backends.
+type SumSquaresManyBackend interface {
+	SumSquaresMany(xs []*Tensor) ([]float64, error)
+}
+
+// sumSquaresMany returns SumSquares of each of xs, through b's SumSquaresMany where it has one.
+// An error names the tensor where the backend says which.
+func sumSquaresMany(b TrainBackend, xs []*Tensor, names []string) ([]float64, error) {
+	if mb, ok := b.(SumSquaresManyBackend); ok {
+		s, err := mb.SumSquaresMany(xs)
+		if err != nil {
+			return nil, fmt.Errorf("gradient norm of %d tensors (%s...): %w", len(xs), names[0], err)
+		}
+		return s, nil
+	}
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		s, err := b.SumSquares(x)
+		if err != nil {
+			return nil, fmt.Errorf("gradient norm of %s: %w", names[i], err)
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
 // matMuls runs outs[i] = x·ws[i]ᵀ through b's MatMuls where it has one, else one MatMul each.
 func matMuls(b Backend, outs []*Tensor, x *Tensor, ws ...*Tensor) {
 	if mb, ok := b.(MatMulsBackend); ok {

@@ -115,12 +115,16 @@ type OptStats struct {
 // gradients as well.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
+	gs := make([]*Tensor, len(t.names))
+	for i, name := range t.names {
+		gs[i] = t.grads[name]
+	}
+	sums, err := sumSquaresMany(t.b, gs, t.names)
+	if err != nil {
+		return OptStats{Step: o.step}, fmt.Errorf("adamw: %w", err)
+	}
 	var ss float64
-	for _, name := range t.names {
-		s, err := t.b.SumSquares(t.grads[name])
-		if err != nil {
-			return OptStats{Step: o.step}, fmt.Errorf("adamw: gradient norm of %s: %w", name, err)
-		}
+	for _, s := range sums { // in the weights' order, as one SumSquares per tensor added up
 		ss += s
 	}
 	norm := math.Sqrt(ss)

@@ -205,6 +205,7 @@ func trainOpCases(o Options) []testCase {
 			c.add(r)
 		}})
 	}
+	cs = append(cs, testCase{"SumSquaresMany/n=[1,1000,70001,3]", sumSquaresManyCase})
 	for _, s := range []float32{0.37, -2, 0} {
 		cs = append(cs, testCase{fmt.Sprintf("Scale/n=1001/s=%g", s), func(c *caseCtx) {
 			x := randn(c.rng, 1001, 1)
@@ -281,5 +282,64 @@ func adamWCase(c *caseCtx) {
 	got[0].name, want[0].name = "dp", "dp"
 	for i, tol := range []float64{c.tol.AdamW, c.tol.AdamW, c.tol.AdamW, c.tol.MatMul} {
 		c.nmse(want[i].name, got[i].data, want[i].data, tol)
+	}
+}
+
+// sumSquaresManyCase: where the backend sums several tensors' squares at once
+// (engine.SumSquaresManyBackend), each sum equals its own SumSquares of that tensor bit for bit
+// (the optimizer's norm must not depend on the path) and the reference's within the
+// SumSquares tolerance. Backends without it pass trivially.
+func sumSquaresManyCase(c *caseCtx) {
+	ns := []int{1, 1000, 70001, 3}
+	xs := make([][]float32, len(ns))
+	for i, n := range ns {
+		xs[i] = randn(c.rng, n, float64(i+1))
+	}
+	var want []float64
+	withEnv(c.ref, func(e *env) []output {
+		for i, n := range ns {
+			s, err := e.b.SumSquares(e.up(xs[i], n))
+			if err != nil {
+				panic(err)
+			}
+			want = append(want, s)
+		}
+		return nil
+	})
+	mb, ok := c.b.(engine.SumSquaresManyBackend)
+	if !ok {
+		c.add(Result{Name: "absent", Metric: MetricRelErr, Pass: true, Tol: c.tol.SumSquares, BadIndex: -1})
+		return
+	}
+	var many, single []float64
+	withEnv(c.b, func(e *env) []output {
+		ts := make([]*engine.Tensor, len(ns))
+		for i, n := range ns {
+			ts[i] = e.up(xs[i], n)
+		}
+		var err error
+		if many, err = mb.SumSquaresMany(ts); err != nil {
+			panic(err)
+		}
+		for _, x := range ts {
+			s, err := e.b.SumSquares(x)
+			if err != nil {
+				panic(err)
+			}
+			single = append(single, s)
+		}
+		return nil
+	})
+	for i := range ns {
+		rel := math.Abs(many[i]-want[i]) / want[i]
+		r := Result{Name: fmt.Sprintf("x%d", i), Metric: MetricRelErr, Error: rel, Tol: c.tol.SumSquares,
+			Pass: rel <= c.tol.SumSquares && many[i] == single[i], BadIndex: -1}
+		if !r.Pass {
+			r.BadIndex, r.Got, r.Want = 0, many[i], want[i]
+			if many[i] != single[i] {
+				r.Detail = fmt.Sprintf("SumSquaresMany gave %v, SumSquares of the same tensor %v: the norm depends on the path", many[i], single[i])
+			}
+		}
+		c.add(r)
 	}
 }
