@@ -308,11 +308,18 @@ func weightsChecksum(w map[string]engine.HostTensor) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// checkSameWeights compares this rank's weights checksum with every other rank's; a
-// difference is an error naming each rank's checksum.
-func (d *dataParallel) checkSameWeights(step int, w map[string]engine.HostTensor) error {
+// checkSameWeights compares this rank's weights checksum with every other rank's: of w and,
+// in a LoRA run (adapters not nil), of the adapters too, each logged; a difference is an error
+// naming each rank's checksums.
+func (d *dataParallel) checkSameWeights(step int, w, adapters map[string]engine.HostTensor) error {
 	sum := weightsChecksum(w)
-	slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum)
+	if adapters == nil {
+		slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum)
+	} else {
+		ad := weightsChecksum(adapters)
+		slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum, "adapters_sha256", ad)
+		sum += " adapters " + ad
+	}
 	all, err := gather(d, "the weights checksums", sum)
 	if err != nil {
 		return err
