@@ -107,8 +107,8 @@ type cluster struct {
 	node string   // the node's name: this host's short name
 }
 
-// startCluster writes a slurm.conf for one node (this host, all its CPUs) in a temporary
-// folder and starts munged, slurmctld and slurmd on it, as root (SlurmUser=root), on free
+// startCluster writes a slurm.conf for one node (this host, all its CPUs, reached on the
+// loopback address whatever the host's name resolves to) in a temporary folder and starts munged, slurmctld and slurmd on it, as root (SlurmUser=root), on free
 // ports, with no accounting; it returns once sinfo reports the node idle, or fails after two
 // minutes. The daemons are stopped at the test's end, after the cluster's jobs are cancelled.
 func startCluster(t *testing.T) *cluster {
@@ -145,7 +145,7 @@ func startCluster(t *testing.T) *cluster {
 		}
 	}
 	conf := fmt.Sprintf(`ClusterName=prolongtest
-SlurmctldHost=%[1]s
+SlurmctldHost=%[1]s(127.0.0.1)
 SlurmctldPort=%[3]d
 SlurmdPort=%[4]d
 SlurmUser=root
@@ -167,7 +167,7 @@ SlurmctldPidFile=%[2]s/slurmctld.pid
 SlurmdPidFile=%[2]s/slurmd.pid
 SlurmctldLogFile=%[2]s/slurmctld.log
 SlurmdLogFile=%[2]s/slurmd.log
-NodeName=%[1]s CPUs=%[5]d State=UNKNOWN
+NodeName=%[1]s NodeAddr=127.0.0.1 CPUs=%[5]d State=UNKNOWN
 PartitionName=test Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 `, c.node, dir, freePort(t), freePort(t), runtime.NumCPU())
 	confPath := filepath.Join(dir, "slurm.conf")
