@@ -129,6 +129,17 @@ func newDataParallel(c dist.Comm, mon *progress) *dataParallel {
 // taking one more where n does not divide evenly.
 func share(n, rank, size int) (lo, hi int) { return n * rank / size, n * (rank + 1) / size }
 
+// ServerShare is the slice [lo, hi) of n rollout servers that rank of size ranks sends its
+// prompts to: split as the prompts are (contiguous, the later ranks taking one more where n
+// does not divide evenly) when there are at least as many servers as ranks, else the one
+// server rank mod n (ranks share the servers round-robin). Weights go to every server.
+func ServerShare(n, rank, size int) (lo, hi int) {
+	if n < size {
+		return rank % n, rank%n + 1
+	}
+	return share(n, rank, size)
+}
+
 // enter records that this rank enters a collective (what, of the current step) for the
 // timeout's message.
 func (d *dataParallel) enter(what string) {

@@ -40,6 +40,29 @@ func TestShare(t *testing.T) {
 	}
 }
 
+// TestServerShare: each rank's rollout servers, worked by hand: as prompts are split when
+// there are as many servers as ranks or more, round-robin when there are fewer.
+func TestServerShare(t *testing.T) {
+	for _, c := range []struct {
+		n, size int
+		want    [][2]int
+	}{
+		{1, 1, [][2]int{{0, 1}}},
+		{3, 1, [][2]int{{0, 3}}},
+		{2, 2, [][2]int{{0, 1}, {1, 2}}},
+		{3, 2, [][2]int{{0, 1}, {1, 3}}},
+		{8, 3, [][2]int{{0, 2}, {2, 5}, {5, 8}}},
+		{1, 2, [][2]int{{0, 1}, {0, 1}}},
+		{2, 5, [][2]int{{0, 1}, {1, 2}, {0, 1}, {1, 2}, {0, 1}}},
+	} {
+		for r, w := range c.want {
+			if lo, hi := ServerShare(c.n, r, c.size); lo != w[0] || hi != w[1] {
+				t.Errorf("ServerShare(%d, %d, %d) = [%d, %d), want [%d, %d)", c.n, r, c.size, lo, hi, w[0], w[1])
+			}
+		}
+	}
+}
+
 // onRanks runs f on every rank of a local group of size ranks and returns their errors.
 func onRanks(size int, f func(d *dataParallel) error) []error {
 	comms := dist.NewLocalGroup(size, dist.Options{Timeout: time.Minute})
