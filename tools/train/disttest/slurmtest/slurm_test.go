@@ -25,7 +25,7 @@ import (
 
 // slurmPrograms are what the test runs: Debian's slurm-wlm (slurmctld, slurmd and the client
 // commands) and munge.
-var slurmPrograms = []string{"munged", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "scancel"}
+var slurmPrograms = []string{"munged", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "scancel", "squeue"}
 
 // requireSlurm fails when a program is missing and PROLONG_REQUIRE_SLURM=1 (CI sets it),
 // else skips saying what to install.
@@ -203,6 +203,15 @@ PartitionName=test Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP OverSubscri
 		out, err := c.command("scancel", "--full", "--user=root").CombinedOutput()
 		if err != nil {
 			t.Logf("scancel: %v %s", err, out)
+		}
+		if err := waitFor(30*time.Second, func() error {
+			out, err := c.command("squeue", "--noheader").Output()
+			if err == nil && len(bytes.TrimSpace(out)) > 0 {
+				err = fmt.Errorf("jobs left: %s", out)
+			}
+			return err
+		}); err != nil {
+			t.Logf("squeue after scancel: %v", err)
 		}
 	})
 	var state string
