@@ -35,7 +35,10 @@ func remoteRolloutSource(o options, rank, size int) func(context.Context, *engin
 		r := &remoteRollouts{Client: c, gen: c}
 		if size > 1 {
 			lo, hi := grpo.ServerShare(len(c.URLs), rank, size)
-			g, _ := remote.New(c.URLs[lo:hi], c.APIKey)
+			g, err := remote.New(c.URLs[lo:hi], c.APIKey)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--rollout-servers: rank %d's share: %w", rank, err)
+			}
 			g.User = fmt.Sprintf("rank %d", rank)
 			r.gen = g
 			slog.Info("dist: rollout servers", "rank", rank, "size", size, "servers", strings.Join(g.URLs, ","))
