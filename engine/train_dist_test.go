@@ -12,10 +12,39 @@ import (
 
 // TestReduceGrads: every trainable weight's gradient passes through reduce once, in
 // TrainableNames order, in buckets of at most the size asked (a bigger weight alone), and
-// what reduce leaves is the gradient after (here: doubled); an error names the bucket.
+// what reduce leaves is the gradient after (here: doubled); an error names the bucket. A LoRA
+// trainer's trainable weights are its adapters (lora_A and lora_B of every target), which the
+// buckets then hold.
 func TestReduceGrads(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts engine.TrainOptions
+	}{
+		{"full", engine.TrainOptions{}},
+		{"lora", engine.TrainOptions{LoRA: engine.LoRAConfig{Rank: 4, Alpha: 8, Seed: 3}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testReduceGrads(t, tc.opts) })
+	}
+}
+
+func testReduceGrads(t *testing.T, opts engine.TrainOptions) {
 	g := loadGolden(t, "qwen2")
-	tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{})
+	tr := newTrainer(t, g.cfg, g.weights, opts)
+	if opts.LoRA.Rank > 0 {
+		specs, err := engine.LoRASpecs(g.cfg, opts.LoRA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := tr.TrainableNames()
+		if len(names) != len(specs) || len(specs) != 2*len(engine.LoRATargets)*g.cfg.NumHiddenLayers {
+			t.Fatalf("LoRA trainer: %d trainable weights, %d adapter matrices, want %d", len(names), len(specs), 2*len(engine.LoRATargets)*g.cfg.NumHiddenLayers)
+		}
+		for i, s := range specs {
+			if names[i] != s.Name {
+				t.Fatalf("LoRA trainer: trainable weight %d is %q, want the adapter %q", i, names[i], s.Name)
+			}
+		}
+	}
 	r := rand.New(rand.NewPCG(5, 5))
 	if _, err := tr.ForwardBackward(context.Background(), trainBatch(r, g.cfg.VocabSize, 7, 5), engine.CrossEntropy(0)); err != nil {
 		t.Fatal(err)

@@ -129,6 +129,17 @@ func newDataParallel(c dist.Comm, mon *progress) *dataParallel {
 // taking one more where n does not divide evenly.
 func share(n, rank, size int) (lo, hi int) { return n * rank / size, n * (rank + 1) / size }
 
+// ServerShare is the slice [lo, hi) of n rollout servers that rank of size ranks sends its
+// prompts to: split as the prompts are (contiguous, the later ranks taking one more where n
+// does not divide evenly) when there are at least as many servers as ranks, else the one
+// server rank mod n (ranks share the servers round-robin). Weights go to every server.
+func ServerShare(n, rank, size int) (lo, hi int) {
+	if n < size {
+		return rank % n, rank%n + 1
+	}
+	return share(n, rank, size)
+}
+
 // enter records that this rank enters a collective (what, of the current step) for the
 // timeout's message.
 func (d *dataParallel) enter(what string) {
@@ -308,11 +319,18 @@ func weightsChecksum(w map[string]engine.HostTensor) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// checkSameWeights compares this rank's weights checksum with every other rank's; a
-// difference is an error naming each rank's checksum.
-func (d *dataParallel) checkSameWeights(step int, w map[string]engine.HostTensor) error {
+// checkSameWeights compares this rank's weights checksum with every other rank's: of w and,
+// in a LoRA run (adapters not nil), of the adapters too, each logged; a difference is an error
+// naming each rank's checksums.
+func (d *dataParallel) checkSameWeights(step int, w, adapters map[string]engine.HostTensor) error {
 	sum := weightsChecksum(w)
-	slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum)
+	if adapters == nil {
+		slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum)
+	} else {
+		ad := weightsChecksum(adapters)
+		slog.Info("dist: weights checksum", "rank", d.rank, "step", step, "sha256", sum, "adapters_sha256", ad)
+		sum += " adapters " + ad
+	}
 	all, err := gather(d, "the weights checksums", sum)
 	if err != nil {
 		return err

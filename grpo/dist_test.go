@@ -16,6 +16,7 @@ import (
 	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/dist"
+	"github.com/prolong-rl/prolong/grpo/modeldir"
 )
 
 // TestShare: the ranks' slices of n prompts are contiguous, cover them once, and differ in
@@ -39,6 +40,29 @@ func TestShare(t *testing.T) {
 	}
 }
 
+// TestServerShare: each rank's rollout servers, worked by hand: as prompts are split when
+// there are as many servers as ranks or more, round-robin when there are fewer.
+func TestServerShare(t *testing.T) {
+	for _, c := range []struct {
+		n, size int
+		want    [][2]int
+	}{
+		{1, 1, [][2]int{{0, 1}}},
+		{3, 1, [][2]int{{0, 3}}},
+		{2, 2, [][2]int{{0, 1}, {1, 2}}},
+		{3, 2, [][2]int{{0, 1}, {1, 3}}},
+		{8, 3, [][2]int{{0, 2}, {2, 5}, {5, 8}}},
+		{1, 2, [][2]int{{0, 1}, {0, 1}}},
+		{2, 5, [][2]int{{0, 1}, {1, 2}, {0, 1}, {1, 2}, {0, 1}}},
+	} {
+		for r, w := range c.want {
+			if lo, hi := ServerShare(c.n, r, c.size); lo != w[0] || hi != w[1] {
+				t.Errorf("ServerShare(%d, %d, %d) = [%d, %d), want [%d, %d)", c.n, r, c.size, lo, hi, w[0], w[1])
+			}
+		}
+	}
+}
+
 // onRanks runs f on every rank of a local group of size ranks and returns their errors.
 func onRanks(size int, f func(d *dataParallel) error) []error {
 	comms := dist.NewLocalGroup(size, dist.Options{Timeout: time.Minute})
@@ -57,7 +81,8 @@ func onRanks(size int, f func(d *dataParallel) error) []error {
 
 // TestGatherAgreeChecksum: gather gives every rank every rank's value (odd byte counts, an
 // empty one); agree fails on every rank when one failed, naming it; checkSameWeights fails
-// on every rank when one rank's weights differ in one bit, naming each rank's checksum.
+// on every rank when one rank's weights, or its LoRA adapters, differ in one bit, naming each
+// rank's checksum.
 func TestGatherAgreeChecksum(t *testing.T) {
 	const size = 3
 	errs := onRanks(size, func(d *dataParallel) error {
@@ -81,14 +106,25 @@ func TestGatherAgreeChecksum(t *testing.T) {
 			return fmt.Errorf("agree: %v", err)
 		}
 		w := map[string]engine.HostTensor{"a": {Shape: []int{2}, Data: []float32{1, 2}}}
-		if err := d.checkSameWeights(7, w); err != nil {
+		ad := map[string]engine.HostTensor{"a.lora_B.weight": {Shape: []int{1}, Data: []float32{3}}}
+		if err := d.checkSameWeights(7, w, nil); err != nil {
 			return fmt.Errorf("same weights: %v", err)
+		}
+		if err := d.checkSameWeights(7, w, ad); err != nil {
+			return fmt.Errorf("same weights and adapters: %v", err)
+		}
+		if d.rank == 2 { // an adapter one bit off, the base the same
+			ad["a.lora_B.weight"].Data[0] = math.Nextafter32(3, 4)
+		}
+		err = d.checkSameWeights(8, w, ad)
+		if err == nil || !strings.Contains(err.Error(), "differ at step 8") || !strings.Contains(err.Error(), "rank 2 ") {
+			return fmt.Errorf("an adapter one bit off on rank 2: %v", err)
 		}
 		if d.rank == 1 {
 			w["a"].Data[1] = math.Nextafter32(2, 3)
 		}
-		err = d.checkSameWeights(8, w)
-		if err == nil || !strings.Contains(err.Error(), "differ at step 8") || !strings.Contains(err.Error(), "rank 1 ") {
+		err = d.checkSameWeights(9, w, nil)
+		if err == nil || !strings.Contains(err.Error(), "differ at step 9") || !strings.Contains(err.Error(), "rank 1 ") {
 			return fmt.Errorf("one bit off on rank 1: %v", err)
 		}
 		return nil
@@ -196,12 +232,28 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 
 // TestRunDataParallel: a run of 2 ranks (the local communicator) writes one run directory, as
 // rank 0 (one metrics log with a line per step, one TensorBoard file, the exports and run
-// states), logs the 1-process run's rollouts, passes the weights checks at each save, and is
-// resumed by a single process (a run state has no per-rank part).
+// states), logs the 1-process run's rollouts and gradient norm, passes the weights checks at
+// each save, and is resumed by a single process (a run state has no per-rank part). The same
+// holds for a LoRA run (rank 4): the adapters' gradients are summed over the ranks, the
+// checks at each save cover the adapters, and rank 0 alone writes the base and the exports'
+// adapter/.
 func TestRunDataParallel(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, dir string, steps int) (RunConfig, JobFunc)
+	}{
+		{"full", tinyRun},
+		{"lora", func(t *testing.T, dir string, steps int) (RunConfig, JobFunc) { return loraRun(t, dir, steps, "fp32") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRunDataParallel(t, tc.run) })
+	}
+}
+
+func testRunDataParallel(t *testing.T, run func(t *testing.T, dir string, steps int) (RunConfig, JobFunc)) {
 	ctx := context.Background()
 	oneDir, dpDir := t.TempDir(), t.TempDir()
-	cfg, job := tinyRun(t, oneDir, 4)
+	cfg, job := run(t, oneDir, 4)
+	lora := cfg.LoRA.Rank > 0
 	cfg.Trainer.PromptsPerStep = 3 // uneven over 2 ranks
 	if _, err := Run(ctx, cfg, job); err != nil {
 		t.Fatal(err)
@@ -211,7 +263,7 @@ func TestRunDataParallel(t *testing.T) {
 	errs := make([]error, 2)
 	var wg sync.WaitGroup
 	for r := range comms {
-		cfg, job := tinyRun(t, dpDir, 4)
+		cfg, job := run(t, dpDir, 4)
 		cfg.Trainer.PromptsPerStep = 3
 		cfg.Cluster = &Cluster{Comm: comms[r]}
 		wg.Add(1)
@@ -238,7 +290,8 @@ func TestRunDataParallel(t *testing.T) {
 		t.Fatalf("%d records (%v), want 5: rank 0's alone", len(dp), err)
 	}
 	if a, b := one[1].Metrics, dp[1].Metrics; a.RewardMean != b.RewardMean || a.GroupsKept != b.GroupsKept || a.ResponseLenMean != b.ResponseLenMean ||
-		math.Abs(a.Entropy-b.Entropy) > 1e-6*a.Entropy || !reflect.DeepEqual(one[0].Eval, dp[0].Eval) {
+		math.Abs(a.Entropy-b.Entropy) > 1e-6*a.Entropy || math.Abs(a.GradNorm-b.GradNorm) > 1e-5*a.GradNorm || a.GradNorm == 0 ||
+		!reflect.DeepEqual(one[0].Eval, dp[0].Eval) {
 		t.Errorf("step 1: 2 ranks %+v\n1 process %+v", b, a)
 	}
 	for _, r := range res {
@@ -250,12 +303,18 @@ func TestRunDataParallel(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(d, "model.safetensors")); err != nil {
 			t.Error(err)
 		}
+		if _, err := os.Stat(filepath.Join(d, modeldir.AdapterDir, modeldir.AdapterWeightsFile)); lora && err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dpDir, BaseDir, "model.safetensors")); lora && err != nil {
+		t.Error(err)
 	}
 	rp, err := LoadResumePoint(dpDir)
 	if err != nil || rp.Step != 4 {
 		t.Fatalf("resume point %v (%v)", rp, err)
 	}
-	cfg, job = tinyRun(t, dpDir, 5)
+	cfg, job = run(t, dpDir, 5)
 	cfg.Trainer.PromptsPerStep = 3
 	cfg.Resume = rp
 	if r, err := Run(ctx, cfg, job); err != nil || r.Step != 5 {

@@ -99,7 +99,8 @@ const BaseDir = "base"
 
 // ensureBase gives a LoRA run whose job names no base model one: the frozen base as the policy
 // holds it (bf16-rounded with a bf16 base) as a Hugging Face directory RUN/base/ (written when
-// a new run starts), named by its absolute path in the adapters' adapter_config.json.
+// a new run starts, by rank 0 alone in a data-parallel run), named by its absolute path in the
+// adapters' adapter_config.json.
 func (r *runSession) ensureBase() error {
 	if r.cfg.LoRA.Rank == 0 || r.job.BaseModel != "" {
 		return nil
@@ -109,7 +110,7 @@ func (r *runSession) ensureBase() error {
 		return err
 	}
 	r.job.BaseModel = dir
-	if r.cfg.Resume != nil {
+	if r.cfg.Resume != nil || !r.writes() { // in a data-parallel run rank 0 writes it
 		return nil
 	}
 	w, err := r.policy.Model.HostWeights()

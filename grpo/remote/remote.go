@@ -44,6 +44,9 @@ type Client struct {
 	MaxRetries int
 	// Model is the model name sent in requests (servers of one model ignore it).
 	Model string
+	// User, when set, is sent as each request's OpenAI "user" field: who asks (the trainer
+	// sends "rank R" in a data-parallel run), for the servers' operators.
+	User string
 
 	next        atomic.Uint64
 	version     atomic.Uint64
@@ -86,6 +89,7 @@ type completionRequest struct {
 	StopTokenIDs []int32 `json:"stop_token_ids"`
 	Logprobs     int     `json:"logprobs"`
 	IgnoreEOS    bool    `json:"ignore_eos"`
+	User         string  `json:"user,omitempty"`
 }
 
 type completionResponse struct {
@@ -132,7 +136,7 @@ func (c *Client) Rollout(ctx context.Context, prompts []grpo.Prompt, p engine.Sa
 			defer c.load[k].Add(-1)
 			url := c.URLs[k]
 			req := completionRequest{Model: c.Model, Prompt: pr.Tokens, N: n, Temperature: p.Temperature, TopP: p.TopP,
-				TopK: p.TopK, MaxTokens: p.MaxNewTokens, Seed: p.Seed + uint64(i), StopTokenIDs: p.StopTokens, Logprobs: 1, IgnoreEOS: true}
+				TopK: p.TopK, MaxTokens: p.MaxNewTokens, Seed: p.Seed + uint64(i), StopTokenIDs: p.StopTokens, Logprobs: 1, IgnoreEOS: true, User: c.User}
 			if req.TopP == 0 {
 				req.TopP = 1
 			}

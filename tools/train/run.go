@@ -169,7 +169,7 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 		return cfg, err
 	}
 	cfg.Backend = tb
-	cfg.Rollouts = remoteRolloutSource(o)
+	cfg.Rollouts = remoteRolloutSource(o, cl.Rank(), cl.Size())
 	cfg.Cluster = cl
 	settings := flagValues(fs) // what a run state keeps to resume with the same flags
 	delete(settings, "quiet")
