@@ -71,20 +71,20 @@ func Detect(getenv func(string) string) (Launch, error) {
 		l.MPI = true
 	case e.has("PMIX_RANK"):
 		// srun --mpi=pmix sets PMIX_RANK and Slurm's variables; a bare PMIx launcher only the rank.
-		if e.has("SLURM_PROCID") && e.has("SLURM_STEP_ID") {
-			l, err = e.slurm()
-			if err == nil {
-				var pr int
-				if pr, err = e.int("PMIX_RANK", 0); err == nil && pr != l.Rank {
-					err = fmt.Errorf("dist: PMIX_RANK=%d disagrees with SLURM_PROCID=%d", pr, l.Rank)
-				}
-			}
+		if e.srunTask() {
+			l, err = e.slurmWith("PMIX_RANK")
 		} else {
 			l, err = e.family(LaunchPMIx, "PMIX_RANK", "", "", "", false)
 		}
 		l.MPI = true
 	case e.has("PMI_RANK"):
-		l, err = e.family(LaunchHydra, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true)
+		// srun --mpi=pmi2 sets PMI_RANK but no local rank (MPICH's mpiexec sets MPI_LOCALRANKID):
+		// under srun, Slurm's variables say which GPU of the node is the rank's.
+		if e.srunTask() && !e.has("MPI_LOCALRANKID") {
+			l, err = e.slurmWith("PMI_RANK")
+		} else {
+			l, err = e.family(LaunchHydra, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", true)
+		}
 		l.MPI = true
 	case e.has("SLURM_PROCID") && e.has("SLURM_STEP_ID"):
 		l, err = e.slurm()
@@ -194,6 +194,23 @@ func (e env) family(name Launcher, rankK, sizeK, localK, localSizeK string, need
 		l.Source += "/" + localK
 	}
 	return l, nil
+}
+
+// srunTask says whether the process is a task srun started (not an sbatch script's shell).
+func (e env) srunTask() bool { return e.has("SLURM_PROCID") && e.has("SLURM_STEP_ID") }
+
+// slurmWith is slurm for a task whose MPI library also got its rank from srun's PMI plug-in
+// (PMIX_RANK, PMI_RANK), which must agree with SLURM_PROCID.
+func (e env) slurmWith(rankK string) (Launch, error) {
+	l, err := e.slurm()
+	if err != nil {
+		return l, err
+	}
+	pr, err := e.int(rankK, 0)
+	if err == nil && pr != l.Rank {
+		err = fmt.Errorf("dist: %s=%d disagrees with SLURM_PROCID=%d", rankK, pr, l.Rank)
+	}
+	return l, err
 }
 
 func (e env) slurm() (Launch, error) {
