@@ -115,6 +115,7 @@ type OptStats struct {
 // gradients as well.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
+	t.dropStep, t.dropMicro = (t.dropStep+1)&(1<<32-1), 0
 	var ss float64
 	for _, name := range t.names {
 		s, err := t.b.SumSquares(t.grads[name])
