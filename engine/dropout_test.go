@@ -238,7 +238,7 @@ func TestLoRADropoutGradsFiniteDifferences(t *testing.T) {
 
 // TestLoRADropoutKeys checks the trainer's keys: every ForwardBackward draws new masks (the
 // same batch twice gives two losses), SetDropoutKey(0, 0) draws the first pass's again, so
-// does a fresh Trainer, Step moves to other masks, and an out-of-range key is refused; and
+// does a fresh Trainer, an out-of-range key is refused (only with dropout); and
 // that scoring (PEFT's eval mode) never drops: the trained model's log-probs equal those of the
 // same adapters attached without dropout.
 func TestLoRADropoutKeys(t *testing.T) {
@@ -272,9 +272,13 @@ func TestLoRADropoutKeys(t *testing.T) {
 	if again != l00 || fresh != l00 {
 		t.Error("the same key gave another loss")
 	}
+	plainTr := newTrainer(t, base.cfg, base.weights, engine.TrainOptions{LoRA: g.config(), LoRAInit: g.adapter})
 	for _, k := range [][2]uint64{{1 << 32, 0}, {0, 1 << 16}} {
 		if err := tr.SetDropoutKey(k[0], k[1]); err == nil {
 			t.Errorf("SetDropoutKey(%d, %d) accepted", k[0], k[1])
+		}
+		if err := plainTr.SetDropoutKey(k[0], k[1]); err != nil { // no dropout: the key is unused
+			t.Errorf("without dropout: %v", err)
 		}
 	}
 	// Scoring the trained model: no dropout.

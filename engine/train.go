@@ -291,9 +291,9 @@ func (t *Trainer) addParam(s WeightSpec, freeze []*regexp.Regexp) error {
 // in LoRATargets; LoRADropoutStream), so a run that sets the same keys draws the same masks,
 // resumed or not. Each ForwardBackward then moves to the next micro-batch, and Step to the
 // next step's micro-batch 0; a new Trainer starts at step 0, micro-batch 0. Without LoRA
-// dropout the key is unused.
+// dropout the key is unused and never refused.
 func (t *Trainer) SetDropoutKey(step, micro uint64) error {
-	if step >= 1<<32 || micro >= 1<<16 {
+	if ad := t.Model.Adapters; ad != nil && ad.Config.Dropout > 0 && (step >= 1<<32 || micro >= 1<<16) {
 		return fmt.Errorf("train: dropout key step %d, micro-batch %d: the step must be below 2^32 and the micro-batch below 2^16", step, micro)
 	}
 	t.dropStep, t.dropMicro = step, micro
