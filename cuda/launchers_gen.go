@@ -121,6 +121,13 @@ func (b *Backend) launchScale(grid [3]int, threads int, x dptr, s float32, n int
 	b.launch("scale", grid, threads, argPtr(x), argF32(s), argI64(n))
 }
 
+// launchDropout enqueues dropout (kernels/elementwise.cu) on a grid of blocks of threads:
+//
+//	dropout(float* out, const float* x, unsigned long long key, u32 thr, float s, i64 n)
+func (b *Backend) launchDropout(grid [3]int, threads int, out, x dptr, key uint64, thr uint32, s float32, n int64) {
+	b.launch("dropout", grid, threads, argPtr(out), argPtr(x), argU64(key), argU32(thr), argF32(s), argI64(n))
+}
+
 // launchSwiglu enqueues swiglu (kernels/elementwise.cu) on a grid of blocks of threads:
 //
 //	swiglu(float* out, const float* gate, const float* up, i64 n)

@@ -227,6 +227,21 @@ func (b *Backend) Scale(x *engine.Tensor, s float32) {
 	})
 }
 
+// Dropout implements engine.TrainBackend: the key, threshold and scale are worked out here as
+// the CPU backend does (engine.DropoutKey, DropoutThreshold, DropoutScale), the hash per
+// element in the kernel.
+func (b *Backend) Dropout(out, x *engine.Tensor, p float32, seed, stream uint64) {
+	engine.CheckDropout(p)
+	if out.Len() != x.Len() {
+		panic(fmt.Sprintf("cuda: dropout of %v into %v", x.Shape, out.Shape))
+	}
+	b.op(desc("Dropout out x", out, x), func() {
+		n := int64(x.Len())
+		b.launchDropout(b.gridFor(n), 256, ptr(out), ptr(x), engine.DropoutKey(seed, stream), engine.DropoutThreshold(p), engine.DropoutScale(p), n)
+		touched(out)
+	})
+}
+
 // Copy implements engine.TrainBackend.
 func (b *Backend) Copy(dst, src *engine.Tensor) {
 	if dst.Len() != src.Len() {

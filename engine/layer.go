@@ -73,7 +73,8 @@ type layerPass struct {
 	pos      []int32 // [T] position of each token
 	cos, sin *Tensor // [P, Dh/2] RoPE tables
 	attn     attention
-	ad       *Adapters // LoRA adapters, nil: none
+	ad       *Adapters    // LoRA adapters, nil: none
+	drop     *loraDropout // LoRA dropout of a training pass, nil: none
 }
 
 // forward runs decoder layer li with weights l on a.x, writing every buffer of a; the result
@@ -183,7 +184,7 @@ func (a *layerActs) free(b Backend, keepInput bool) {
 func (t *Trainer) layerForward(li int, x *Tensor, bm *batchMeta, acts *layerActs) *Tensor {
 	m := t.Model
 	t.newActs(acts, x)
-	p := layerPass{b: t.b, c: m.Config, pos: bm.pos, cos: m.cos, sin: m.sin, ad: m.Adapters,
+	p := layerPass{b: t.b, c: m.Config, pos: bm.pos, cos: m.cos, sin: m.sin, ad: m.Adapters, drop: t.drop,
 		attn: packedAttention{b: t.b, seqStart: bm.seqStart}}
 	p.forward(li, &m.Layers[li], acts)
 	return acts.out

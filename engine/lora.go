@@ -52,7 +52,11 @@ type LoRAConfig struct {
 	RSLoRA bool
 	// Targets are PEFT module names among LoRATargets; empty or "all-linear" means all of them.
 	Targets []string
-	// Dropout is lora_dropout; training supports only 0 (see NewTrainer).
+	// Dropout is lora_dropout, in [0, 1): in training (Trainer.ForwardBackward), each adapter's
+	// input x is replaced by dropout(x), PEFT's nn.Dropout (elements zeroed with probability
+	// Dropout, the others scaled by 1/(1-Dropout)), with masks drawn from Seed, the optimizer
+	// step, the micro-batch, the layer and the target (see Trainer.SetDropoutKey); generation
+	// and scoring never drop (PEFT's eval mode).
 	Dropout float64
 	// Seed draws the initial A matrices.
 	Seed uint64
@@ -396,8 +400,29 @@ func (m *Model) MergedWeights() (map[string]HostTensor, error) {
 	return MergeLoRA(m.Config, m.Adapters.Config, w, ad)
 }
 
+// loraDropout is the LoRA dropout of one training pass (PEFT's lora_dropout: nn.Dropout on
+// each adapter's input, in training only): probability p, the run's seed, and the optimizer
+// step and micro-batch that, with the layer and target, make each mask's stream.
+type loraDropout struct {
+	p           float32
+	seed        uint64
+	step, micro uint64
+}
+
+// apply writes into a new tensor the dropout of x [T, K] on the input of target tg of layer li
+// (Backend.Dropout under this pass's key), or applies the same mask to x in place when inPlace.
+func (d *loraDropout) apply(b TrainBackend, li int, tg loraTarget, x *Tensor, inPlace bool) *Tensor {
+	out := x
+	if !inPlace {
+		out = b.Alloc(x.Shape...)
+	}
+	b.Dropout(out, x, d.p, d.seed, dropoutStream(d.step, d.micro, li, tg))
+	return out
+}
+
 // adapt adds target tg's adapter of layer li to out [T, N] for input x [T, K]:
-// out += s·(x·Aᵀ)·Bᵀ. It keeps s·x·Aᵀ [T, r] in a.lu for the backward when a.keepLoRA.
+// out += s·(drop(x)·Aᵀ)·Bᵀ, where drop is p.drop's dropout (training with LoRA dropout) or
+// nothing. It keeps s·drop(x)·Aᵀ [T, r] in a.lu for the backward when a.keepLoRA.
 func (p *layerPass) adapt(li int, tg loraTarget, out, x *Tensor, a *layerActs) {
 	if p.ad == nil {
 		return
@@ -407,8 +432,15 @@ func (p *layerPass) adapt(li int, tg loraTarget, out, x *Tensor, a *layerActs) {
 		return
 	}
 	b := p.b
+	xin := x // [T, K]
+	if p.drop != nil {
+		xin = p.drop.apply(b.(TrainBackend), li, tg, x, false)
+	}
 	u := b.Alloc(x.Rows(), p.ad.Config.Rank) // [T, r]
-	b.MatMul(u, x, pr.A)
+	b.MatMul(u, xin, pr.A)
+	if xin != x {
+		b.Free(xin)
+	}
 	b.(TrainBackend).Scale(u, float32(p.ad.Config.Scaling()))
 	d := b.Alloc(out.Shape...) // [T, N]
 	b.MatMul(d, u, pr.B)
@@ -422,8 +454,10 @@ func (p *layerPass) adapt(li int, tg loraTarget, out, x *Tensor, a *layerActs) {
 }
 
 // loraBack backpropagates target tg's adapter of layer li: given dy [T, N] = ∂L/∂out and the
-// input x [T, K], it accumulates ∂L/∂B += dyᵀ·u (u = s·x·Aᵀ, kept by adapt), ∂L/∂A += (s·dy·B)ᵀ·x,
-// and adds (s·dy·B)·A to dx [T, K].
+// input x [T, K], it accumulates ∂L/∂B += dyᵀ·u (u = s·drop(x)·Aᵀ, kept by adapt),
+// ∂L/∂A += (s·dy·B)ᵀ·drop(x), and adds drop((s·dy·B)·A) to dx [T, K]: dropout is linear, its
+// backward applies the forward's mask and scale, drawn again from the same key (t.drop), so
+// no mask is kept between the passes.
 func (t *Trainer) loraBack(li int, tg loraTarget, dx, dy, x *Tensor, a *layerActs) {
 	ad := t.Model.Adapters
 	if ad == nil || ad.Layers[li][tg] == nil {
@@ -435,9 +469,19 @@ func (t *Trainer) loraBack(li int, tg loraTarget, dx, dy, x *Tensor, a *layerAct
 	du := b.Alloc(T, r) // [T, r]
 	b.MatMulDX(du, dy, pr.B)
 	b.Scale(du, float32(ad.Config.Scaling()))
-	b.MatMulDW(g.A, du, x)
+	xin := x // [T, K]
+	if t.drop != nil {
+		xin = t.drop.apply(b, li, tg, x, false)
+	}
+	b.MatMulDW(g.A, du, xin)
+	if xin != x {
+		b.Free(xin)
+	}
 	tmp := b.Alloc(dx.Shape...) // [T, K]
 	b.MatMulDX(tmp, du, pr.A)
+	if t.drop != nil {
+		t.drop.apply(b, li, tg, tmp, true)
+	}
 	b.Add(dx, dx, tmp)
 	b.Free(tmp)
 	b.Free(du)

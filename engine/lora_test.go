@@ -22,6 +22,8 @@ type loraGolden struct {
 	RSLoRA         bool        `json:"use_rslora"`
 	Targets        []string    `json:"target_modules"`
 	Scaling        float64     `json:"scaling"`
+	Dropout        float64     `json:"lora_dropout"`
+	DropoutSeed    uint64      `json:"dropout_seed"`
 	Seqs           [][]int32   `json:"seqs"`
 	Starts         []int       `json:"starts"`
 	TokenWeights   [][]float64 `json:"token_weights"`

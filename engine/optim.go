@@ -115,6 +115,7 @@ type OptStats struct {
 // gradients as well.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
+	t.dropStep, t.dropMicro = (t.dropStep+1)&(1<<32-1), 0
 	gs := make([]*Tensor, len(t.names))
 	for i, name := range t.names {
 		gs[i] = t.grads[name]

@@ -132,7 +132,8 @@ type TrainOptions struct {
 	MaxLogitRows int
 	// LoRA, with Rank > 0, trains LoRA adapters instead of the weights: every base weight
 	// stays frozen as the model holds it (F32 or BF16), and only the adapters' A and B (fp32)
-	// get gradients and AdamW state. Freeze must be empty and Dropout 0.
+	// get gradients and AdamW state. Freeze must be empty. With LoRA.Dropout > 0, training
+	// passes drop the adapters' inputs (see SetDropoutKey).
 	LoRA LoRAConfig
 	// LoRAInit are the adapters to start from (names as LoRASpecs, e.g. an adapter a run
 	// exported); nil: InitLoRA from LoRA.Seed.
@@ -156,6 +157,10 @@ type Trainer struct {
 	opt    *adamW
 	// lgrads are the gradients of the LoRA adapters, laid out as Model.Adapters.Layers.
 	lgrads [][numLoRATargets]*LoRAPair
+	// dropStep and dropMicro key the LoRA dropout masks of the next ForwardBackward
+	// (SetDropoutKey); drop is the dropout of the pass under way (nil: none, or no pass).
+	dropStep, dropMicro uint64
+	drop                *loraDropout
 }
 
 // NewTrainer turns m's weights into trainable parameters on m's backend, which must be a
@@ -212,8 +217,8 @@ func (t *Trainer) initLoRA() error {
 	switch {
 	case len(t.opts.Freeze) > 0:
 		return fmt.Errorf("train: --freeze does not apply to LoRA training (the base is frozen; choose the adapted layers with the LoRA targets)")
-	case lc.Dropout != 0:
-		return fmt.Errorf("train: lora dropout %g: only 0 is supported (dropout on the adapters' input would make the training log-probs differ from the rollout's)", lc.Dropout)
+	case lc.Dropout > 0 && len(m.Layers) >= 1<<12:
+		return fmt.Errorf("train: lora dropout keys masks by layer below 4096; the model has %d layers", len(m.Layers))
 	case m.Adapters != nil:
 		return fmt.Errorf("train: the model already has adapters")
 	}
@@ -278,6 +283,33 @@ func (t *Trainer) addParam(s WeightSpec, freeze []*regexp.Regexp) error {
 		*s.In(&t.gw) = g
 	}
 	return nil
+}
+
+// SetDropoutKey sets the optimizer step (< 2³²) and micro-batch (< 2¹⁶) that key the LoRA
+// dropout masks of the next ForwardBackward: layer li's adapter on target t draws its mask from
+// the run's seed (LoRAConfig.Seed) and the stream step<<32 | micro<<16 | li<<4 | t (t the index
+// in LoRATargets; LoRADropoutStream), so a run that sets the same keys draws the same masks,
+// resumed or not. Each ForwardBackward then moves to the next micro-batch, and Step to the
+// next step's micro-batch 0; a new Trainer starts at step 0, micro-batch 0. Without LoRA
+// dropout the key is unused and never refused.
+func (t *Trainer) SetDropoutKey(step, micro uint64) error {
+	if ad := t.Model.Adapters; ad != nil && ad.Config.Dropout > 0 && (step >= 1<<32 || micro >= 1<<16) {
+		return fmt.Errorf("train: dropout key step %d, micro-batch %d: the step must be below 2^32 and the micro-batch below 2^16", step, micro)
+	}
+	t.dropStep, t.dropMicro = step, micro
+	return nil
+}
+
+// passDropout returns the LoRA dropout of the next training pass and moves the key to the
+// next micro-batch; nil without LoRA dropout.
+func (t *Trainer) passDropout() *loraDropout {
+	ad := t.Model.Adapters
+	if ad == nil || ad.Config.Dropout == 0 {
+		return nil
+	}
+	d := &loraDropout{p: float32(ad.Config.Dropout), seed: ad.Config.Seed, step: t.dropStep, micro: t.dropMicro & (1<<16 - 1)}
+	t.dropMicro++
+	return d
 }
 
 // TrainableNames lists the names of the parameters that receive gradients.
@@ -370,6 +402,8 @@ func (t *Trainer) ForwardBackwardTokens(ctx context.Context, seqs []ScoreRequest
 // forwardBackward is ForwardBackward with loss, or ForwardBackwardTokens with tl when loss is nil.
 func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss LossFunc, tl TokenLoss) (*StepStats, error) {
 	b := t.b
+	t.drop = t.passDropout()
+	defer func() { t.drop = nil }()
 	bm, err := t.Model.packBatch(seqs)
 	if err != nil {
 		return nil, err

@@ -51,6 +51,11 @@ type TrainBackend interface {
 	Scale(x *Tensor, s float32)
 	// Copy: dst = src, same number of elements (dst may be a parameter).
 	Copy(dst, src *Tensor)
+	// Dropout: out[i] = x[i]·float32(1/(1-p)) where element i (row-major) is kept under
+	// (seed, stream), else 0, with the mask of engine/dropout.go (DropoutKey, DropoutBits,
+	// DropoutThreshold): the same on every backend, bit for bit, and drawn again by the same
+	// call in a backward pass. 0 <= p < 1; out may alias x.
+	Dropout(out, x *Tensor, p float32, seed, stream uint64)
 	// AdamW updates parameter p in place from gradient g and the moments m, v (fp32 tensors
 	// of p's shape), as torch.optim.AdamW: p -= lr·wd·p; m = β1·m + (1-β1)·g;
 	// v = β2·v + (1-β2)·g²; p -= lr·(m/bc1) / (sqrt(v/bc2) + eps).

@@ -17,7 +17,7 @@ type LoRAConfig struct {
 	Rank    int      `flag:"lora-rank" check:">=0" help:"LoRA: train rank-R adapters on the frozen base instead of every weight; 0: full fine-tuning"`
 	Alpha   float64  `flag:"lora-alpha" default:"16" check:">0" help:"LoRA: lora_alpha; the adapters' output is scaled by alpha/rank (alpha/sqrt(rank) with --lora-rslora)"`
 	Targets []string `flag:"lora-targets" default:"all-linear" help:"LoRA: PEFT module names to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear (every linear layer of the decoder; never the LM head)"`
-	Dropout float64  `flag:"lora-dropout" check:"[0,1)" help:"LoRA: lora_dropout written to adapter_config.json; training supports only 0 (dropout would make the training log-probs differ from the rollouts')"`
+	Dropout float64  `flag:"lora-dropout" check:"[0,1)" help:"LoRA: lora_dropout, PEFT's dropout on each adapter's input in training (elements zeroed with this probability, the rest scaled by 1/(1-p); masks seeded by --seed, the step and micro-batch); rollouts and log-prob recomputation never drop; written to adapter_config.json"`
 	RSLoRA  bool     `flag:"lora-rslora" help:"LoRA: rank-stabilised scaling alpha/sqrt(rank) (PEFT's use_rslora)"`
 	// Init starts the adapters from a PEFT adapter directory instead of fresh ones.
 	Init string `flag:"lora-init" help:"LoRA: start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors; its r, lora_alpha and target_modules must match the flags)"`
@@ -43,9 +43,6 @@ func (c LoRAConfig) check() error {
 	}
 	if err := c.engineLoRA(0).Validate(); err != nil {
 		return fmt.Errorf("--lora-targets: %w", err)
-	}
-	if c.Dropout != 0 {
-		return fmt.Errorf("--lora-dropout: only 0 is supported in training (dropout on the adapters' input would make the training log-probs differ from the rollouts'), got %g", c.Dropout)
 	}
 	return nil
 }

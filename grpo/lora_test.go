@@ -2,6 +2,7 @@ package grpo
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,13 +23,23 @@ func loraRun(t *testing.T, dir string, steps int, dtype string) (RunConfig, JobF
 // TestLoRARunResume: a LoRA run of 6 steps (reference reset at 3, KL to the reference) stopped
 // after 4 and resumed from its state of step 4, whose reference adapters are those of the
 // reset, ends at the same adapters and merged weights, bit for bit, as the uninterrupted run,
-// with an fp32 and with a bf16 base. The exports carry adapter/, the run keeps its base in
+// with an fp32 and with a bf16 base, and with LoRA dropout 0.1 (masks keyed by the run's
+// optimizer update, not the trainer's, which the reset restarts). The exports carry adapter/, the run keeps its base in
 // base/, the run state holds the base, the adapters and the reference's adapters (not a
 // second copy of the weights), and the base never changes.
 func TestLoRARunResume(t *testing.T) {
 	ctx := context.Background()
-	for _, dtype := range []string{"fp32", "bf16"} {
-		t.Run(dtype, func(t *testing.T) {
+	for _, tc := range []struct {
+		dtype   string
+		dropout float64
+	}{{"fp32", 0}, {"bf16", 0}, {"fp32", 0.1}} {
+		dtype := tc.dtype
+		loraRun := func(t *testing.T, dir string, steps int, dtype string) (RunConfig, JobFunc) {
+			cfg, job := loraRun(t, dir, steps, dtype)
+			cfg.LoRA.Dropout = tc.dropout
+			return cfg, job
+		}
+		t.Run(fmt.Sprintf("%s/dropout=%g", dtype, tc.dropout), func(t *testing.T) {
 			fullDir, splitDir := t.TempDir(), t.TempDir()
 			cfg, job := loraRun(t, fullDir, 6, dtype)
 			full, err := Run(ctx, cfg, job)

@@ -555,6 +555,10 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 		}
 		// Clip-Cov's random choice: seeded by the run, the step, the mini- and micro-batch.
 		seed := cfg.Seed*1_000_003 + uint64(m.Step)*10_007 + uint64(mb)*101 + uint64(micro)
+		// LoRA dropout's masks: keyed by the run's optimizer update and this rank's micro-batch.
+		if err := t.Policy.SetDropoutKey(dropoutKey(m.Step, mb, cfg.MiniBatches, micro, t.dp)); err != nil {
+			return fmt.Errorf("grpo: step %d: %w", m.Step, err)
+		}
 		if err := t.microStep(ctx, part[lo:hi], lc, seed, agg); err != nil {
 			return fmt.Errorf("grpo: step %d: update: %w", m.Step, err)
 		}
@@ -574,6 +578,18 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 	m.LR = st.LR
 	m.OptimizerUpdates++
 	return nil
+}
+
+// dropoutKey is the LoRA dropout key (engine.Trainer.SetDropoutKey) of micro-batch micro of
+// mini-batch mb of GRPO step (1-based): the optimizer update (step-1)·miniBatches + mb, counted
+// from the run's start (so a resumed run and a reference reset keep the sequence), and the
+// micro-batch interleaved over the data-parallel ranks (micro·size + rank).
+func dropoutKey(step, mb, miniBatches, micro int, dp *dataParallel) (uint64, uint64) {
+	rank, size := 0, 1
+	if dp != nil {
+		rank, size = dp.rank, dp.size
+	}
+	return uint64(step-1)*uint64(miniBatches) + uint64(mb), uint64(micro*size + rank)
 }
 
 // microStep runs forward+backward of the policy loss on one micro-batch.

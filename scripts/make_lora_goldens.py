@@ -32,6 +32,14 @@ Output: engine/testdata/loragolden/<model>/
                        eps=1e-8, weight_decay=0.1) over the adapters only, on the SFT loss, each
                        step: zero_grad; backward; clip_grad_norm_(adapters, 0.5); step;
                        "loss.<k>", "gradnorm.<k>" (k = 0..9)
+  dropout.safetensors  "sft.loss", "sft.grad.<name>", "weighted.loss", "weighted.grad.<name>"
+                       as in forward.safetensors, with PEFT's lora_dropout (p = lora.json's
+                       "lora_dropout") in training mode on every adapter's input: x replaced by
+                       x * keep / (1 - p), keep the engine's mask (engine/dropout.go, rebuilt
+                       here from its spec, not read from the engine) under seed lora.json's
+                       "dropout_seed", optimizer step 0, micro-batch 0: stream
+                       layer<<4 | index of the module in q,k,v,o,gate,up,down; element i of the
+                       packed batch's [T, in] input (sequences one after another)
 Everything runs in float64; central finite differences check the autograd gradients of A and B.
 """
 
@@ -40,6 +48,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +61,10 @@ MODULES = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj":
            "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
            "down_proj": "mlp.down_proj"}
 CASES = {
-    "qwen2": {"r": 4, "alpha": 8.0, "rslora": False, "targets": list(MODULES)},  # all-linear
-    "llama3": {"r": 3, "alpha": 5.0, "rslora": True, "targets": ["q_proj", "v_proj", "down_proj"]},
+    "qwen2": {"r": 4, "alpha": 8.0, "rslora": False, "targets": list(MODULES),  # all-linear
+              "dropout": 0.25, "dropout_seed": 11},
+    "llama3": {"r": 3, "alpha": 5.0, "rslora": True, "targets": ["q_proj", "v_proj", "down_proj"],
+               "dropout": 0.1, "dropout_seed": 5},
 }
 LR, BETAS, EPS, WD, MAX_NORM, STEPS = 1e-2, (0.9, 0.95), 1e-8, 0.1, 0.5, 10
 
@@ -77,6 +88,83 @@ class LoraLinear:
 
     def to(self, _dtype):
         return self
+
+
+# The engine's dropout mask (engine/dropout.go), from its spec: SplitMix64.
+M64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def mix(z):
+    """SplitMix64's finaliser of a Python int or a numpy uint64 array (wrapping mod 2^64)."""
+    if isinstance(z, int):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keep_mask(p, seed, stream, first, rows, cols):
+    """keep [rows, cols] (float64 0/1) of elements first .. first + rows*cols - 1."""
+    key = mix(seed ^ mix(stream))
+    thr = math.floor(p * (1 << 24) + 0.5)  # Go's math.Round, half away from zero
+    i = np.arange(first, first + rows * cols, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        u = mix(np.uint64(key) + (i + np.uint64(1)) * np.uint64(GAMMA)) >> np.uint64(40)
+    return torch.tensor((u >= thr).reshape(rows, cols), dtype=F64)
+
+
+class DropLoraLinearT(LoraLinearT):
+    """LoraLinearT in PEFT's training mode: h @ this = h@W.T + (drop(h)@A.T)@B.T * s, with
+    drop(h) = h * keep / (1-p), keep the engine's mask of rows off.. of the packed batch."""
+
+    def __init__(self, W, A, B, s, p, seed, stream, off):
+        super().__init__(W, A, B, s)
+        self.p, self.seed, self.stream, self.off = p, seed, stream, off
+
+    def __rmatmul__(self, h):
+        L, K = h.shape
+        keep = keep_mask(self.p, self.seed, self.stream, self.off * K, L, K)
+        hd = h * keep / (1 - self.p)
+        return h @ self.W.T + ((hd @ self.A.T) @ self.B.T) * self.s
+
+
+def adapted_drop(base, ad, s, p, seed, off):
+    """adapted() with PEFT's dropout for the sequence at row off of the packed batch (step 0,
+    micro-batch 0)."""
+    w = dict(base)
+    order = list(MODULES)
+    for n in ad:
+        if n.endswith(".lora_A.weight"):
+            m = n[: -len(".lora_A.weight")]
+            layer = int(m.split(".")[2])
+            stream = layer << 4 | order.index(m.rsplit(".", 1)[1])
+            lin = LoraLinear(base[m + ".weight"], ad[n], ad[m + ".lora_B.weight"], s)
+            lin.T = DropLoraLinearT(base[m + ".weight"], ad[n], ad[m + ".lora_B.weight"], s, p, seed, stream, off)
+            w[m + ".weight"] = lin
+    return w
+
+
+def loss_sft_drop(cfg, base, ad, s, p, seed, batch):
+    lps, off = [], 0
+    for ids, st in zip(batch["seqs"], batch["starts"]):
+        lps.append(gg.seq_stats(cfg, adapted_drop(base, ad, s, p, seed, off), ids, st)[0])
+        off += len(ids)
+    return -torch.cat(lps).mean()
+
+
+def loss_weighted_drop(cfg, base, ad, s, p, seed, batch):
+    total, off = torch.zeros((), dtype=F64), 0
+    for i, (ids, st) in enumerate(zip(batch["seqs"], batch["starts"])):
+        logp, ent = gg.seq_stats(cfg, adapted_drop(base, ad, s, p, seed, off), ids, st)
+        tw = torch.tensor(batch["token_weights"][i], dtype=F64)
+        ew = torch.tensor(batch["entropy_weights"][i], dtype=F64)
+        total = total + (tw * logp).sum() + (ew * ent).sum()
+        off += len(ids)
+    return total
 
 
 def rt32(t):
@@ -204,8 +292,25 @@ def build(name, case):
     mg.write_safetensors(os.path.join(out, "adamw.safetensors"), t)
     assert losses[-1] < losses[0], losses
 
+    # PEFT's lora_dropout in training mode, with the engine's masks; the nonzero adapters.
+    p, dseed = case["dropout"], case["dropout_seed"]
+    t = {}
+    dgen = torch.Generator().manual_seed(seed + 900)
+    for tag, fn in (("sft", loss_sft_drop), ("weighted", loss_weighted_drop)):
+        loss = fn(cfg, base, ad, s, p, dseed, batch)
+        grads = dict(zip(names, torch.autograd.grad(loss, [ad[n] for n in names])))
+        worst = max(worst, fd_check(lambda: fn(cfg, base, ad, s, p, dseed, batch), ad, grads, dgen))
+        nodrop = gg.loss_sft if tag == "sft" else gg.loss_weighted
+        with torch.no_grad():
+            moved = abs(float(loss) - float(nodrop(cfg, adapted(base, ad, s), batch)))
+        assert moved > 1e-6, (tag, moved)  # the masks change the loss
+        t[tag + ".loss"] = gg.scalar(loss)
+        t.update({f"{tag}.grad.{n}": mg.f32(grads[n]) for n in names})
+    mg.write_safetensors(os.path.join(out, "dropout.safetensors"), t)
+
     doc = {"model": name, "r": case["r"], "lora_alpha": case["alpha"], "use_rslora": case["rslora"],
            "target_modules": case["targets"], "scaling": s,
+           "lora_dropout": p, "dropout_seed": dseed,
            "seqs": batch["seqs"], "starts": batch["starts"], "n_scored": batch["n_scored"],
            "token_weights": batch["token_weights"], "entropy_weights": batch["entropy_weights"],
            "optimizer": {"lr": LR, "beta1": BETAS[0], "beta2": BETAS[1], "eps": EPS,

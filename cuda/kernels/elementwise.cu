@@ -58,6 +58,19 @@ extern "C" __global__ void scale(float* x, float s, i64 n) {
 		x[i] = s == 0.0f ? 0.0f : x[i] * s;
 }
 
+// Dropout (engine/dropout.go): u_i = SplitMix64's (i+1)-th output from key, top 24 bits;
+// out[i] = u_i >= thr ? x[i]*s : 0. key = DropoutKey(seed, stream), thr = round(p*2^24) and
+// s = float32(1/(1-p)) come from the host. out may alias x.
+extern "C" __global__ void dropout(float* out, const float* x, unsigned long long key, u32 thr, float s, i64 n) {
+	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+		unsigned long long z = key + ((unsigned long long)i + 1ull) * 0x9e3779b97f4a7c15ull;
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		z ^= z >> 31;
+		out[i] = (u32)(z >> 40) >= thr ? x[i] * s : 0.0f;
+	}
+}
+
 // out = silu(gate) * up. out may alias gate or up.
 extern "C" __global__ void swiglu(float* out, const float* gate, const float* up, i64 n) {
 	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {

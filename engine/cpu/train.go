@@ -361,6 +361,27 @@ func (c *Backend) Copy(dst, src *engine.Tensor) {
 	written(dst)
 }
 
+// Dropout implements engine.TrainBackend: the mask of engine.DropoutBits, element by element
+// (a pure function of the key and the index, so the chunks run in parallel).
+func (c *Backend) Dropout(out, x *engine.Tensor, p float32, seed, stream uint64) {
+	engine.CheckDropout(p)
+	o, xs := f32(out), f32(x)
+	if len(o) != len(xs) {
+		panic(fmt.Sprintf("engine/cpu: dropout of %v into %v", x.Shape, out.Shape))
+	}
+	key, thr, s := engine.DropoutKey(seed, stream), engine.DropoutThreshold(p), engine.DropoutScale(p)
+	c.thr.Parallel(len(o), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if engine.DropoutBits(key, uint64(i)) >= thr {
+				o[i] = xs[i] * s
+			} else {
+				o[i] = 0
+			}
+		}
+	})
+	written(out)
+}
+
 // AdamW implements engine.TrainBackend (element-wise in fp32, constants folded in float64).
 func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)

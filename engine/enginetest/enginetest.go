@@ -95,7 +95,8 @@ type Options struct {
 // doc explains the defaults.
 type Tolerances struct {
 	// Elementwise covers Embedding, AddBias, RMSNorm, RoPE, SwiGLU, Add, GatherRows, Copy,
-	// Scale, ScatterAddRows, EmbeddingBackward, BiasDW.
+	// Scale, ScatterAddRows, EmbeddingBackward, BiasDW, and the values of Dropout (its mask
+	// must equal the reference's exactly: a mismatch count, tolerance 0).
 	Elementwise float64
 	// MatMul covers MatMul with fp32 weights or parameters, MatMulDX and MatMulDW.
 	MatMul float64

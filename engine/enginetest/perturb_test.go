@@ -53,6 +53,30 @@ func (b matmulDWOverwrites) MatMulDW(dw, dy, x *engine.Tensor) {
 	b.Backend.MatMulDW(dw, dy, x)
 }
 
+// dropoutIndexOff hashes element i+1 for element i (a counter off by one): every mask is
+// another, equally random one.
+type dropoutIndexOff struct{ *cpu.Backend }
+
+func (b dropoutIndexOff) Dropout(out, x *engine.Tensor, p float32, seed, stream uint64) {
+	xs := make([]float32, x.Len())
+	if err := b.Download(x, xs); err != nil {
+		panic(err)
+	}
+	key, thr, s := engine.DropoutKey(seed, stream), engine.DropoutThreshold(p), engine.DropoutScale(p)
+	for i, v := range xs {
+		xs[i] = 0
+		if engine.DropoutBits(key, uint64(i)+1) >= thr {
+			xs[i] = v * s
+		}
+	}
+	t, err := b.Upload(engine.F32, xs, false, x.Shape...)
+	if err != nil {
+		panic(err)
+	}
+	b.Copy(out, t)
+	b.Free(t)
+}
+
 // group is the op or model a result belongs to: the first element of its name.
 func group(name string) string { return name[:strings.IndexByte(name, '/')] }
 
@@ -77,6 +101,9 @@ func TestPerturbedOpFails(t *testing.T) {
 		// gives now and then): an NMSE of 1e-14, which a tolerance lets through; the suite
 		// compares sampled log-probs bit for bit.
 		{"SampledLogProb", sampledLogProbStep{cpu.New()}, "Sample", []string{"/ids", "distribution"}, nil, []string{"Model/", "Train/"}},
+		{"Dropout", dropoutIndexOff{cpu.New()}, "Dropout", []string{"/p=0/"},
+			[]string{"Train/qwen2/lora-dropout/grad/", "Train/llama/lora-dropout/adamw10/"},
+			[]string{"Model/", "Train/qwen2/grad/", "Train/qwen2/lora/", "Train/qwen2/fused-head/"}},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},

@@ -15,8 +15,9 @@ import (
 func trainCases(o Options) []testCase {
 	var cs []testCase
 	for _, cfg := range tinyConfigs() {
-		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, false) }})
-		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/lora", func(c *caseCtx) { trainModel(c, cfg, true) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType, func(c *caseCtx) { trainModel(c, cfg, false, 0) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/lora", func(c *caseCtx) { trainModel(c, cfg, true, 0) }})
+		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/lora-dropout", func(c *caseCtx) { trainModel(c, cfg, true, 0.2) }})
 	}
 	for _, cfg := range tinyConfigs() {
 		cs = append(cs, testCase{"Train/" + cfg.ModelType + "/fused-head", func(c *caseCtx) { trainFusedHead(c, cfg) }})
@@ -59,8 +60,10 @@ type trainRun struct {
 // every weight's gradient; then takes ten AdamW steps (clipping, weight decay except on 1-D
 // weights, warmup), each on a fresh micro-batch, and compares every weight's change. With
 // lora, the same for rank-3 LoRA adapters on every linear layer (A from PEFT's init, B random
-// so that A's gradient is not zero) over the frozen base: the adapters' gradients and changes.
-func trainModel(c *caseCtx, cfg *engine.Config, lora bool) {
+// so that A's gradient is not zero) over the frozen base: the adapters' gradients and changes;
+// with dropout > 0, under LoRA dropout (Backend.Dropout's masks on the adapters' inputs, a new
+// mask for every micro-batch and step).
+func trainModel(c *caseCtx, cfg *engine.Config, lora bool, dropout float64) {
 	steps := 10
 	b1 := trainBatch(c.rng, cfg.VocabSize, 7, 13, 20)
 	b2 := trainBatch(c.rng, cfg.VocabSize, 2, 17)
@@ -72,7 +75,7 @@ func trainModel(c *caseCtx, cfg *engine.Config, lora bool) {
 	var lc engine.LoRAConfig
 	var adapters map[string]engine.HostTensor
 	if lora {
-		lc = engine.LoRAConfig{Rank: 3, Alpha: 6, Seed: 7}
+		lc = engine.LoRAConfig{Rank: 3, Alpha: 6, Seed: 7, Dropout: dropout}
 		var err error
 		if adapters, err = engine.InitLoRA(cfg, lc); err != nil {
 			panic(err)

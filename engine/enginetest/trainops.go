@@ -220,6 +220,38 @@ func trainOpCases(o Options) []testCase {
 			})
 		}})
 	}
+	for _, v := range []struct {
+		n      int
+		p      float32
+		seed   uint64
+		stream uint64
+		alias  bool
+	}{
+		{1001, 0.1, 1, 0, false}, {1001, 0.5, 7, 1<<32 | 3<<16 | 5<<4 | 6, true}, {70001, 0.25, 1 << 40, 12345, false}, {1001, 0, 3, 4, false},
+	} {
+		cs = append(cs, testCase{fmt.Sprintf("Dropout/n=%d/p=%g/stream=%#x/alias=%v", v.n, v.p, v.stream, v.alias), func(c *caseCtx) {
+			x := randn(c.rng, v.n, 1)
+			got, want := c.pair(func(e *env) []output {
+				xt := e.up(x, v.n)
+				out := xt
+				if !v.alias {
+					out = e.alloc(v.n)
+				}
+				e.b.Dropout(out, xt, v.p, v.seed, v.stream)
+				return []output{{"", e.down(out)}}
+			})
+			// The mask must be the reference's exactly (x holds no zeros): a mismatch count.
+			diff := 0
+			for i := range x {
+				if (got[0].data[i] == 0) != (want[0].data[i] == 0) {
+					diff++
+				}
+			}
+			c.add(Result{Name: "mask", Metric: MetricMismatch, Error: float64(diff) / float64(v.n), Pass: diff == 0, BadIndex: -1,
+				Detail: fmt.Sprintf("%d of %d elements kept on one backend and dropped on the other", diff, v.n)})
+			c.nmse("values", got[0].data, want[0].data, c.tol.Elementwise)
+		}})
+	}
 	cs = append(cs, testCase{"Copy/N=129,K=67/param", func(c *caseCtx) {
 		// Copy into a parameter must be seen by the next MatMul with it.
 		src, p0, x := randn(c.rng, 129*67, 1), randn(c.rng, 129*67, 1), randn(c.rng, 3*67, 1)
