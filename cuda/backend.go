@@ -29,6 +29,10 @@ type Options struct {
 	// row kernels; 0 means 128. The matmuls are fp32, or TF32 on the tensor cores with
 	// BF16Matmul.
 	AttnGEMMMinLen int
+	// FusedAddRMSNorm makes the engine use the add_rmsnorm kernel (the residual add and the next
+	// RMSNorm in one pass) in place of add then rmsnorm. Off until a GPU run of the conformance
+	// suite (AddRMSNorm cases) and the benchmark shows it passes and wins.
+	FusedAddRMSNorm bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of

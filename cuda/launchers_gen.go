@@ -191,6 +191,13 @@ func (b *Backend) launchRmsnorm(grid [3]int, threads int, out, x, w dptr, n int3
 	b.launch("rmsnorm", grid, threads, argPtr(out), argPtr(x), argPtr(w), argI32(n), argF32(eps))
 }
 
+// launchAddRmsnorm enqueues add_rmsnorm (kernels/norm.cu) on a grid of blocks of threads:
+//
+//	add_rmsnorm(float* sum, float* out, const float* x, const float* y, const float* w, int n, float eps)
+func (b *Backend) launchAddRmsnorm(grid [3]int, threads int, sum, out, x, y, w dptr, n int32, eps float32) {
+	b.launch("add_rmsnorm", grid, threads, argPtr(sum), argPtr(out), argPtr(x), argPtr(y), argPtr(w), argI32(n), argF32(eps))
+}
+
 // launchRmsnormBwdStats enqueues rmsnorm_bwd_stats (kernels/norm.cu) on a grid of blocks of threads:
 //
 //	rmsnorm_bwd_stats(double* stats, const float* dy, const float* x, const float* w, int n, float eps)

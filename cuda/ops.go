@@ -146,6 +146,18 @@ func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 	})
 }
 
+// FusesAddRMSNorm implements engine.AddRMSNormBackend: Options.FusedAddRMSNorm.
+func (b *Backend) FusesAddRMSNorm() bool { return b.opts.FusedAddRMSNorm }
+
+// AddRMSNorm implements engine.AddRMSNormBackend with add_rmsnorm, one block per row.
+func (b *Backend) AddRMSNorm(sum, normed, x, y, w *engine.Tensor, eps float32) {
+	b.op(desc("AddRMSNorm sum normed x y w", sum, normed, x, y, w), func() {
+		touched(sum, normed)
+		n := w.Len()
+		b.launchAddRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(sum), ptr(normed), ptr(x), ptr(y), ptr(w), int32(n), eps)
+	})
+}
+
 // RoPE implements engine.Backend.
 func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
 	b.op(desc("RoPE x cos sin", x, cos, sin), func() {

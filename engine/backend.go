@@ -168,6 +168,26 @@ type MatMulsBackend interface {
 	MatMuls(outs []*Tensor, x *Tensor, ws []*Tensor)
 }
 
+// AddRMSNormBackend is implemented by a backend with the residual add and the next RMSNorm
+// fused: sum = x + y, normed = RMSNorm(sum)·w in one pass over each row (sum may be x; normed
+// is neither), as Add then RMSNorm give them. FusesAddRMSNorm says whether the engine should use
+// it: a backend may have the op but keep it off until a run on its hardware verified it (the
+// conformance suite checks AddRMSNorm either way).
+type AddRMSNormBackend interface {
+	FusesAddRMSNorm() bool
+	AddRMSNorm(sum, normed, x, y, w *Tensor, eps float32)
+}
+
+// addRMSNorm runs sum = x + y, normed = RMSNorm(sum)·w, fused where b says to.
+func addRMSNorm(b Backend, sum, normed, x, y, w *Tensor, eps float32) {
+	if fb, ok := b.(AddRMSNormBackend); ok && fb.FusesAddRMSNorm() {
+		fb.AddRMSNorm(sum, normed, x, y, w, eps)
+		return
+	}
+	b.Add(sum, x, y)
+	b.RMSNorm(normed, sum, w, eps)
+}
+
 // SumSquaresManyBackend is implemented by a backend that sums the squares of several tensors in
 // one pass with one synchronisation: each result is what SumSquares would give for that tensor.
 // The CUDA backend does (the optimizer's gradient norm then costs one host round trip a step,

@@ -13,6 +13,26 @@ extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, i
 	for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = xr[i] * inv * w[i];
 }
 
+// Residual add and the next RMSNorm in one pass per row: sum = x + y, out = sum / rms(sum) * w.
+// sum may be x (in place); out must be neither. One block per row.
+extern "C" __global__ void add_rmsnorm(float* sum, float* out, const float* x, const float* y, const float* w, int n,
+                                       float eps) {
+	__shared__ double sh[32];
+	const float* xr = x + (i64)blockIdx.x * n;
+	const float* yr = y + (i64)blockIdx.x * n;
+	float* s = sum + (i64)blockIdx.x * n;
+	float* o = out + (i64)blockIdx.x * n;
+	double ss = 0;
+	for (int i = threadIdx.x; i < n; i += blockDim.x) {
+		float v = xr[i] + yr[i];
+		s[i] = v;
+		ss += (double)v * v;
+	}
+	ss = block_sum_d(ss, sh);
+	float inv = (float)(1.0 / sqrt(ss / n + (double)eps));
+	for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = s[i] * inv * w[i];
+}
+
 // First pass of the backward: per group r = 1/sqrt(mean(x²)+eps) and c3 = r³·Σ(dy·w·x)/n,
 // into stats[2*group] (double).
 extern "C" __global__ void rmsnorm_bwd_stats(double* stats, const float* dy, const float* x, const float* w,

@@ -363,6 +363,32 @@ func (c *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 	})
 }
 
+// FusesAddRMSNorm implements engine.AddRMSNormBackend: on.
+func (c *Backend) FusesAddRMSNorm() bool { return true }
+
+// AddRMSNorm implements engine.AddRMSNormBackend: per row, the sum and its sum of squares in one
+// pass, then the norm while the row is in cache; parallel over rows (Add alone is serial). The
+// arithmetic is Add's and RMSNorm's, so the results are theirs bit for bit.
+func (c *Backend) AddRMSNorm(sum, normed, x, y, w *engine.Tensor, eps float32) {
+	ss, o, xs, ys, ws := f32(sum), f32(normed), f32(x), f32(y), f32(w)
+	n := len(ws)
+	c.thr.Parallel(len(xs)/n, 64, func(lo, hi int) {
+		for g := lo; g < hi; g++ {
+			xr, yr, sr, dst := xs[g*n:(g+1)*n], ys[g*n:(g+1)*n], ss[g*n:(g+1)*n], o[g*n:(g+1)*n]
+			var sq float64
+			for i := range sr {
+				v := xr[i] + yr[i]
+				sr[i] = v
+				sq += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(sq/float64(n)+float64(eps)))
+			for i, v := range sr {
+				dst[i] = v * inv * ws[i]
+			}
+		}
+	})
+}
+
 // RoPE implements engine.Backend.
 func (c *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor) {
 	xs, cs, sn := f32(x), f32(cos), f32(sin)

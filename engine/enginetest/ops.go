@@ -113,6 +113,35 @@ func forwardCases(o Options) []testCase {
 			})
 		}})
 	}
+	for _, n := range []struct {
+		rows, size int
+		inplace    bool // sum is x, as in generation's residual stream
+	}{{5, 257, false}, {9, 128, true}} {
+		name := fmt.Sprintf("AddRMSNorm/rows=%d,D=%d", n.rows, n.size)
+		if n.inplace {
+			name += "/inplace"
+		}
+		cs = append(cs, testCase{name, func(c *caseCtx) {
+			x, y, w := randn(c.rng, n.rows*n.size, 2), randn(c.rng, n.rows*n.size, 1), randn(c.rng, n.size, 1)
+			// The backend's AddRMSNorm (also where it keeps it off: the GPU check verifies it
+			// before it becomes a default) against the reference's Add then RMSNorm.
+			c.both(c.tol.Elementwise, func(e *env) []output {
+				xt, yt, wt := e.up(x, n.rows, n.size), e.up(y, n.rows, n.size), e.up(w, n.size)
+				sum := xt
+				if !n.inplace {
+					sum = e.up(make([]float32, len(x)), n.rows, n.size)
+				}
+				normed := e.up(make([]float32, len(x)), n.rows, n.size)
+				if fb, ok := e.b.(engine.AddRMSNormBackend); ok && e.b != c.ref {
+					fb.AddRMSNorm(sum, normed, xt, yt, wt, 1e-6)
+				} else {
+					e.b.Add(sum, xt, yt)
+					e.b.RMSNorm(normed, sum, wt, 1e-6)
+				}
+				return []output{{"sum", e.down(sum)}, {"normed", e.down(normed)}}
+			})
+		}})
+	}
 	for _, r := range []struct {
 		heads, dh int
 		cfg       *engine.Config
