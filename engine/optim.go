@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -59,7 +60,9 @@ type adamW struct {
 	t    *Trainer
 	cfg  AdamWConfig
 	step int
-	m, v map[string]*Tensor
+	m, v map[string]*Tensor // empty when sharded
+	// shard holds this rank's part of a sharded optimizer (ShardOptimizer); nil: unsharded.
+	shard *shardedAdamW
 }
 
 func newAdamW(t *Trainer) *adamW {
@@ -112,9 +115,13 @@ type OptStats struct {
 // Step clips the accumulated gradients to the global norm, applies one AdamW update to every
 // trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
 // unchanged and returns an error; so does a device error computing the norm, which leaves the
-// gradients as well.
+// gradients as well. With a sharded optimizer (ShardOptimizer) Step first sums the ranks'
+// gradients itself.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
+	if o.shard != nil {
+		return t.stepSharded()
+	}
 	var ss float64
 	for _, name := range t.names {
 		s, err := t.b.SumSquares(t.grads[name])
@@ -159,9 +166,13 @@ type OptimizerState struct {
 	M, V map[string]HostTensor
 }
 
-// OptimizerState downloads the optimizer's state.
+// OptimizerState downloads the optimizer's state (of an unsharded optimizer: a sharded one
+// has OptimizerShard).
 func (t *Trainer) OptimizerState() (*OptimizerState, error) {
 	o := t.opt
+	if o.shard != nil {
+		return nil, errors.New("optimizer state: the optimizer is sharded: each rank saves its OptimizerShard")
+	}
 	s := &OptimizerState{Step: o.step, M: map[string]HostTensor{}, V: map[string]HostTensor{}}
 	for _, name := range t.names {
 		for _, mv := range []struct {
@@ -179,9 +190,13 @@ func (t *Trainer) OptimizerState() (*OptimizerState, error) {
 }
 
 // LoadOptimizerState restores a saved state; every trainable weight must have both moments of
-// the right shape, and nothing changes on error.
+// the right shape, and nothing changes on error. A sharded optimizer loads an OptimizerShard
+// instead (load a whole state before ShardOptimizer, which keeps this rank's part of it).
 func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 	o := t.opt
+	if o.shard != nil {
+		return errors.New("optimizer state: the optimizer is sharded: load the state before sharding it, or load an OptimizerShard")
+	}
 	if s.Step < 0 {
 		return fmt.Errorf("optimizer state: negative step %d", s.Step)
 	}
@@ -216,6 +231,12 @@ func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 // ResetOptimizer zeroes both moments and the step count (a reference reset does this).
 func (t *Trainer) ResetOptimizer() {
 	o := t.opt
+	if o.shard != nil {
+		for _, pc := range o.shard.pieces {
+			t.b.Scale(pc.m, 0)
+			t.b.Scale(pc.v, 0)
+		}
+	}
 	for _, name := range t.names {
 		t.b.Scale(o.m[name], 0)
 		t.b.Scale(o.v[name], 0)
@@ -234,10 +255,17 @@ func (t *Trainer) SetOptimizer(cfg AdamWConfig) error {
 	if err := o.check(); err != nil {
 		return err
 	}
+	old := t.opt
 	for _, name := range t.names {
-		t.b.Free(t.opt.m[name])
-		t.b.Free(t.opt.v[name])
+		if old.shard == nil {
+			t.b.Free(old.m[name])
+			t.b.Free(old.v[name])
+		}
 	}
 	t.opt = o
+	if old.shard != nil { // a sharded optimizer stays sharded, over the same ranks
+		old.shard.free(t.b)
+		return t.ShardOptimizer(old.shard.comm)
+	}
 	return nil
 }
