@@ -62,7 +62,8 @@ type adamW struct {
 	step int
 	m, v map[string]*Tensor // empty when sharded
 	// shard holds this rank's part of a sharded optimizer (ShardOptimizer); nil: unsharded.
-	shard *shardedAdamW
+	shard    *shardedAdamW
+	shardErr error // making shard failed (check returns it)
 }
 
 func newAdamW(t *Trainer) *adamW {
@@ -80,6 +81,10 @@ func newAdamW(t *Trainer) *adamW {
 		cfg.Schedule = Constant()
 	}
 	o := &adamW{t: t, cfg: cfg, m: map[string]*Tensor{}, v: map[string]*Tensor{}}
+	if t.opts.Shard != nil { // this rank's moments alone, never the whole
+		o.shard, o.shardErr = t.newShard(o, t.opts.Shard)
+		return o
+	}
 	for _, name := range t.names {
 		shape := t.params[name].Shape
 		o.m[name] = t.b.Alloc(shape...)
@@ -91,6 +96,8 @@ func newAdamW(t *Trainer) *adamW {
 func (o *adamW) check() error {
 	c := o.cfg
 	switch {
+	case o.shardErr != nil:
+		return o.shardErr
 	case !(c.LR >= 0):
 		return fmt.Errorf("adamw: lr must be >= 0, got %g", c.LR)
 	case !(c.Beta1 >= 0 && c.Beta1 < 1), !(c.Beta2 >= 0 && c.Beta2 < 1):
@@ -190,13 +197,10 @@ func (t *Trainer) OptimizerState() (*OptimizerState, error) {
 }
 
 // LoadOptimizerState restores a saved state; every trainable weight must have both moments of
-// the right shape, and nothing changes on error. A sharded optimizer loads an OptimizerShard
-// instead (load a whole state before ShardOptimizer, which keeps this rank's part of it).
+// the right shape, and nothing changes on error. A sharded optimizer keeps this rank's part of
+// the state (an OptimizerShard is what it saves).
 func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 	o := t.opt
-	if o.shard != nil {
-		return errors.New("optimizer state: the optimizer is sharded: load the state before sharding it, or load an OptimizerShard")
-	}
 	if s.Step < 0 {
 		return fmt.Errorf("optimizer state: negative step %d", s.Step)
 	}
@@ -206,10 +210,13 @@ func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 			if !ok {
 				return fmt.Errorf("optimizer state: moments of %q are missing", name)
 			}
-			if len(w.Data) != o.m[name].Len() || !slices.Equal(w.Shape, o.m[name].Shape) {
-				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, o.m[name].Shape)
+			if p := t.params[name]; len(w.Data) != p.Len() || !slices.Equal(w.Shape, p.Shape) {
+				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, p.Shape)
 			}
 		}
+	}
+	if o.shard != nil {
+		return t.loadShardFromState(s)
 	}
 	for _, name := range t.names {
 		for _, mv := range []struct {
@@ -236,6 +243,8 @@ func (t *Trainer) ResetOptimizer() {
 			t.b.Scale(pc.m, 0)
 			t.b.Scale(pc.v, 0)
 		}
+		o.step = 0
+		return
 	}
 	for _, name := range t.names {
 		t.b.Scale(o.m[name], 0)
@@ -251,21 +260,26 @@ func (t *Trainer) OptimizerStep() int { return t.opt.step }
 // supervised warm start) and resets the optimizer state.
 func (t *Trainer) SetOptimizer(cfg AdamWConfig) error {
 	t.opts.Optimizer = cfg
+	old := t.opt
+	if old.shard != nil { // a sharded optimizer stays sharded, over the same ranks
+		t.opts.Shard = old.shard.comm
+	}
 	o := newAdamW(t)
 	if err := o.check(); err != nil {
+		if o.shard != nil {
+			o.shard.free(t.b)
+		}
 		return err
 	}
-	old := t.opt
 	for _, name := range t.names {
 		if old.shard == nil {
 			t.b.Free(old.m[name])
 			t.b.Free(old.v[name])
 		}
 	}
-	t.opt = o
-	if old.shard != nil { // a sharded optimizer stays sharded, over the same ranks
+	if old.shard != nil {
 		old.shard.free(t.b)
-		return t.ShardOptimizer(old.shard.comm)
 	}
+	t.opt = o
 	return nil
 }

@@ -81,14 +81,31 @@ func (p ShardPlan) Range(r int) (lo, hi int) {
 // holds the AdamW moments of its shard alone (what it held of them so far is kept, the rest
 // freed), and Step sums the ranks' gradients itself (a reduce-scatter: do not all-reduce them
 // before), updates the shard and all-gathers the weights. Every rank calls it, with the same
-// trainable weights. It is an error to shard twice.
+// trainable weights. It is an error to shard twice. TrainOptions.Shard does the same from the
+// start, without ever allocating the whole moments.
 func (t *Trainer) ShardOptimizer(c ShardComm) error {
 	o := t.opt
 	if o.shard != nil {
 		return errors.New("adamw: the optimizer is already sharded")
 	}
+	s, err := t.newShard(o, c)
+	if err != nil {
+		return err
+	}
+	for _, name := range t.names {
+		t.b.Free(o.m[name])
+		t.b.Free(o.v[name])
+	}
+	o.m, o.v = map[string]*Tensor{}, map[string]*Tensor{}
+	o.shard = s
+	return nil
+}
+
+// newShard makes this rank's part of a sharded optimizer over c: each piece's moments are
+// copied from o's whole moments where o has them, else zero.
+func (t *Trainer) newShard(o *adamW, c ShardComm) (*shardedAdamW, error) {
 	if c == nil || c.Size() < 1 || c.Rank() < 0 || c.Rank() >= c.Size() {
-		return errors.New("adamw: shard: no communicator, or a rank outside 0..size-1")
+		return nil, errors.New("adamw: shard: no communicator, or a rank outside 0..size-1")
 	}
 	total := 0
 	for _, name := range t.names {
@@ -104,20 +121,23 @@ func (t *Trainer) ShardOptimizer(c ShardComm) error {
 		a, b := max(off, s.lo), min(off+p.Len(), s.hi)
 		if a < b {
 			pc := shardPiece{name: name, off: a - off, n: b - a, at: a - s.lo, decay: !(o.cfg.NoDecay1D && len(p.Shape) == 1)}
-			// The moments held so far (zeros, or a state loaded with LoadOptimizerState).
 			for _, mv := range []struct {
 				src *Tensor
 				dst **Tensor
 			}{{o.m[name], &pc.m}, {o.v[name], &pc.v}} {
+				if mv.src == nil {
+					*mv.dst = t.b.Alloc(pc.n)
+					continue
+				}
 				full := make([]float32, mv.src.Len())
 				if err := t.b.Download(mv.src, full); err != nil {
 					s.free(t.b)
-					return fmt.Errorf("adamw: shard: moments of %q: %w", name, err)
+					return nil, fmt.Errorf("adamw: shard: moments of %q: %w", name, err)
 				}
 				up, err := t.b.Upload(F32, full[pc.off:pc.off+pc.n], false, pc.n)
 				if err != nil {
 					s.free(t.b)
-					return fmt.Errorf("adamw: shard: moments of %q: %w", name, err)
+					return nil, fmt.Errorf("adamw: shard: moments of %q: %w", name, err)
 				}
 				*mv.dst = up
 			}
@@ -125,12 +145,26 @@ func (t *Trainer) ShardOptimizer(c ShardComm) error {
 		}
 		off += p.Len()
 	}
-	for _, name := range t.names {
-		t.b.Free(o.m[name])
-		t.b.Free(o.v[name])
+	return s, nil
+}
+
+// loadShardFromState loads this rank's part of a whole optimizer state (checked by
+// LoadOptimizerState) into a sharded optimizer.
+func (t *Trainer) loadShardFromState(st *OptimizerState) error {
+	for _, pc := range t.opt.shard.pieces {
+		for _, mv := range []struct {
+			dst *Tensor
+			src []float32
+		}{{pc.m, st.M[pc.name].Data[pc.off : pc.off+pc.n]}, {pc.v, st.V[pc.name].Data[pc.off : pc.off+pc.n]}} {
+			up, err := t.b.Upload(F32, mv.src, false, pc.n)
+			if err != nil {
+				return fmt.Errorf("optimizer state: moments of %q: %w", pc.name, err)
+			}
+			t.b.Copy(mv.dst, up)
+			t.b.Free(up)
+		}
 	}
-	o.m, o.v = map[string]*Tensor{}, map[string]*Tensor{}
-	o.shard = s
+	t.opt.step = st.Step
 	return nil
 }
 

@@ -74,7 +74,13 @@ func TestShardedAdamW(t *testing.T) {
 			comms := dist.NewLocalGroup(ranks, dist.Options{})
 			trs := make([]*engine.Trainer, ranks)
 			for r := range trs {
-				trs[r] = newTrainer(t, g.cfg, g.weights, opts)
+				if r%2 == 1 { // sharded from the start
+					o := opts
+					o.Shard = f32Comm{comms[r]}
+					trs[r] = newTrainer(t, g.cfg, g.weights, o)
+					continue
+				}
+				trs[r] = newTrainer(t, g.cfg, g.weights, opts) // sharded after
 				if err := trs[r].ShardOptimizer(f32Comm{comms[r]}); err != nil {
 					t.Fatal(err)
 				}
@@ -222,8 +228,9 @@ func TestShardedAdamW(t *testing.T) {
 	}
 }
 
-// TestShardKeepsLoadedState: sharding an optimizer that holds a state (loaded whole, as a
-// resume from an unsharded run does) keeps each rank's slice of it.
+// TestShardKeepsLoadedState: sharding an optimizer that holds a state (loaded whole), or
+// loading a whole state into a sharded one (a resume from an unsharded run), keeps each rank's
+// slice of it.
 func TestShardKeepsLoadedState(t *testing.T) {
 	g := loadGolden(t, "qwen2")
 	opts := engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2}}
@@ -252,13 +259,24 @@ func TestShardKeepsLoadedState(t *testing.T) {
 	for _, n := range names {
 		fm = append(fm, st.M[n].Data...)
 	}
-	for r, c := range comms {
-		tr := newTrainer(t, g.cfg, g.weights, opts)
-		if err := tr.LoadOptimizerState(st); err != nil {
-			t.Fatal(err)
-		}
-		if err := tr.ShardOptimizer(f32Comm{c}); err != nil {
-			t.Fatal(err)
+	for i := range 2 * len(comms) {
+		r, c := i%2, comms[i%2]
+		var tr *engine.Trainer
+		if i < 2 {
+			tr = newTrainer(t, g.cfg, g.weights, opts)
+			if err := tr.LoadOptimizerState(st); err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.ShardOptimizer(f32Comm{c}); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			o := opts
+			o.Shard = f32Comm{c}
+			tr = newTrainer(t, g.cfg, g.weights, o)
+			if err := tr.LoadOptimizerState(st); err != nil {
+				t.Fatal(err)
+			}
 		}
 		sh, err := tr.OptimizerShard()
 		if err != nil {
@@ -301,4 +319,59 @@ func flatWeights(t *testing.T, tr *engine.Trainer, names []string) []float32 {
 		out = append(out, w[n].Data...)
 	}
 	return out
+}
+
+// TestShardResetAndSetOptimizer: ResetOptimizer zeroes a sharded optimizer's moments and step
+// (a reference reset); SetOptimizer keeps it sharded over the same ranks, its state reset.
+func TestShardResetAndSetOptimizer(t *testing.T) {
+	g := loadGolden(t, "qwen2")
+	opts := engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-2}}
+	tr := newTrainer(t, g.cfg, g.weights, opts)
+	total := 0
+	for _, n := range tr.TrainableNames() {
+		total += len(g.weights[n].Data)
+	}
+	if err := tr.ShardOptimizer(f32Comm{dist.NewLocal()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.ShardOptimizer(f32Comm{dist.NewLocal()}); err == nil {
+		t.Error("sharding twice: no error")
+	}
+	gr := make([]float32, total)
+	for i := range gr {
+		gr[i] = float32(i%7) - 3
+	}
+	setGrads(t, tr, gr)
+	if _, err := tr.Step(); err != nil {
+		t.Fatal(err)
+	}
+	nonzero := func() (n int) {
+		sh, err := tr.OptimizerShard()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range sh.M {
+			if sh.M[i] != 0 || sh.V[i] != 0 {
+				n++
+			}
+		}
+		return n
+	}
+	if nonzero() == 0 || tr.OptimizerStep() != 1 {
+		t.Fatalf("after a step: %d moments set, step %d", nonzero(), tr.OptimizerStep())
+	}
+	tr.ResetOptimizer()
+	if n := nonzero(); n != 0 || tr.OptimizerStep() != 0 {
+		t.Fatalf("after ResetOptimizer: %d moments set, step %d", n, tr.OptimizerStep())
+	}
+	setGrads(t, tr, gr)
+	if _, err := tr.Step(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.SetOptimizer(engine.AdamWConfig{LR: 1e-3}); err != nil {
+		t.Fatal(err)
+	}
+	if !tr.OptimizerSharded() || nonzero() != 0 || tr.OptimizerStep() != 0 {
+		t.Fatalf("after SetOptimizer: sharded %v, %d moments set, step %d", tr.OptimizerSharded(), nonzero(), tr.OptimizerStep())
+	}
 }
