@@ -184,3 +184,27 @@ func TestShardDigestChecked(t *testing.T) {
 		t.Errorf("rank 0: %v", errs[0])
 	}
 }
+
+// TestShardResumeFromUnsharded: a run state saved by an unsharded 2-rank run resumes with
+// the optimizer sharded (each rank keeps its part of the whole moments) and saves shards.
+func TestShardResumeFromUnsharded(t *testing.T) {
+	a := t.TempDir()
+	for r, err := range runRanks(t, 2, a, 2, false, 0) {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(a, StateDir, checkpoints.StepDirName(2), checkpoints.OptimizerFile)); err != nil {
+		t.Fatal(err)
+	}
+	for r, err := range runRanks(t, 2, a, 3, true, 2) {
+		if err != nil {
+			t.Fatalf("resumed sharded, rank %d: %v", r, err)
+		}
+	}
+	for r := range 2 {
+		if _, err := os.Stat(filepath.Join(shardsDir(a, 3), shardName(r, 2))); err != nil {
+			t.Error(err)
+		}
+	}
+}
