@@ -228,10 +228,12 @@ func (t *Trainer) stepSharded() (OptStats, error) {
 			}
 		}
 	}
-	// This rank's weights: the part of each weight that a piece covers.
+	// This rank's weights: the part of each weight that a piece covers, downloaded through
+	// the weight's place in flat (free until the all-gather).
 	for _, pc := range s.pieces {
 		p := t.params[pc.name]
-		full := make([]float32, p.Len())
+		start := s.lo + pc.at - pc.off // the weight's first element in the flat vector
+		full := s.flat[start : start+p.Len()]
 		if err := t.b.Download(p, full); err != nil {
 			return OptStats{Step: o.step}, fmt.Errorf("adamw: weight %q: %w", pc.name, err)
 		}
