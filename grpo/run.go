@@ -365,8 +365,9 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job, dp *dataParalle
 }
 
 // newPolicy makes the starting weights (the run state's when resuming) trainable on the
-// backend, with the run's optimizer (and its saved state when resuming; sharded over dp's
-// ranks with ShardOptimizer, the shards restored by restoreShard).
+// backend, with the run's optimizer (and its saved state when resuming). With
+// --shard-optimizer the optimizer is sharded over dp's ranks from the start
+// (engine.TrainOptions.Shard); restoreShard then loads a sharded run state's shards.
 func newPolicy(cfg RunConfig, job *Job, dp *dataParallel) (*engine.Trainer, error) {
 	mc, weights := job.Model, job.Weights
 	if cfg.Resume != nil {
