@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -59,7 +60,10 @@ type adamW struct {
 	t    *Trainer
 	cfg  AdamWConfig
 	step int
-	m, v map[string]*Tensor
+	m, v map[string]*Tensor // empty when sharded
+	// shard holds this rank's part of a sharded optimizer (ShardOptimizer); nil: unsharded.
+	shard    *shardedAdamW
+	shardErr error // making shard failed (check returns it)
 }
 
 func newAdamW(t *Trainer) *adamW {
@@ -77,6 +81,10 @@ func newAdamW(t *Trainer) *adamW {
 		cfg.Schedule = Constant()
 	}
 	o := &adamW{t: t, cfg: cfg, m: map[string]*Tensor{}, v: map[string]*Tensor{}}
+	if t.opts.Shard != nil { // this rank's moments alone, never the whole
+		o.shard, o.shardErr = t.newShard(o, t.opts.Shard)
+		return o
+	}
 	for _, name := range t.names {
 		shape := t.params[name].Shape
 		o.m[name] = t.b.Alloc(shape...)
@@ -88,6 +96,8 @@ func newAdamW(t *Trainer) *adamW {
 func (o *adamW) check() error {
 	c := o.cfg
 	switch {
+	case o.shardErr != nil:
+		return o.shardErr
 	case !(c.LR >= 0):
 		return fmt.Errorf("adamw: lr must be >= 0, got %g", c.LR)
 	case !(c.Beta1 >= 0 && c.Beta1 < 1), !(c.Beta2 >= 0 && c.Beta2 < 1):
@@ -112,10 +122,14 @@ type OptStats struct {
 // Step clips the accumulated gradients to the global norm, applies one AdamW update to every
 // trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
 // unchanged and returns an error; so does a device error computing the norm, which leaves the
-// gradients as well.
+// gradients as well. With a sharded optimizer (ShardOptimizer) Step first sums the ranks'
+// gradients itself.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
 	t.dropStep, t.dropMicro = (t.dropStep+1)&(1<<32-1), 0
+	if o.shard != nil {
+		return t.stepSharded()
+	}
 	gs := make([]*Tensor, len(t.names))
 	for i, name := range t.names {
 		gs[i] = t.grads[name]
@@ -164,9 +178,13 @@ type OptimizerState struct {
 	M, V map[string]HostTensor
 }
 
-// OptimizerState downloads the optimizer's state.
+// OptimizerState downloads the optimizer's state (of an unsharded optimizer: a sharded one
+// has OptimizerShard).
 func (t *Trainer) OptimizerState() (*OptimizerState, error) {
 	o := t.opt
+	if o.shard != nil {
+		return nil, errors.New("optimizer state: the optimizer is sharded: each rank saves its OptimizerShard")
+	}
 	s := &OptimizerState{Step: o.step, M: map[string]HostTensor{}, V: map[string]HostTensor{}}
 	for _, name := range t.names {
 		for _, mv := range []struct {
@@ -184,7 +202,8 @@ func (t *Trainer) OptimizerState() (*OptimizerState, error) {
 }
 
 // LoadOptimizerState restores a saved state; every trainable weight must have both moments of
-// the right shape, and nothing changes on error.
+// the right shape, and nothing changes on error. A sharded optimizer keeps this rank's part of
+// the state (an OptimizerShard is what it saves).
 func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 	o := t.opt
 	if s.Step < 0 {
@@ -196,10 +215,13 @@ func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 			if !ok {
 				return fmt.Errorf("optimizer state: moments of %q are missing", name)
 			}
-			if len(w.Data) != o.m[name].Len() || !slices.Equal(w.Shape, o.m[name].Shape) {
-				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, o.m[name].Shape)
+			if p := t.params[name]; len(w.Data) != p.Len() || !slices.Equal(w.Shape, p.Shape) {
+				return fmt.Errorf("optimizer state: moments of %q have shape %v, want %v", name, w.Shape, p.Shape)
 			}
 		}
+	}
+	if o.shard != nil {
+		return t.loadShardFromState(s)
 	}
 	for _, name := range t.names {
 		for _, mv := range []struct {
@@ -221,6 +243,14 @@ func (t *Trainer) LoadOptimizerState(s *OptimizerState) error {
 // ResetOptimizer zeroes both moments and the step count (a reference reset does this).
 func (t *Trainer) ResetOptimizer() {
 	o := t.opt
+	if o.shard != nil {
+		for _, pc := range o.shard.pieces {
+			t.b.Scale(pc.m, 0)
+			t.b.Scale(pc.v, 0)
+		}
+		o.step = 0
+		return
+	}
 	for _, name := range t.names {
 		t.b.Scale(o.m[name], 0)
 		t.b.Scale(o.v[name], 0)
@@ -235,13 +265,25 @@ func (t *Trainer) OptimizerStep() int { return t.opt.step }
 // supervised warm start) and resets the optimizer state.
 func (t *Trainer) SetOptimizer(cfg AdamWConfig) error {
 	t.opts.Optimizer = cfg
+	old := t.opt
+	if old.shard != nil { // a sharded optimizer stays sharded, over the same ranks
+		t.opts.Shard = old.shard.comm
+	}
 	o := newAdamW(t)
 	if err := o.check(); err != nil {
+		if o.shard != nil {
+			o.shard.free(t.b)
+		}
 		return err
 	}
 	for _, name := range t.names {
-		t.b.Free(t.opt.m[name])
-		t.b.Free(t.opt.v[name])
+		if old.shard == nil {
+			t.b.Free(old.m[name])
+			t.b.Free(old.v[name])
+		}
+	}
+	if old.shard != nil {
+		old.shard.free(t.b)
 	}
 	t.opt = o
 	return nil

@@ -138,6 +138,9 @@ type TrainOptions struct {
 	// LoRAInit are the adapters to start from (names as LoRASpecs, e.g. an adapter a run
 	// exported); nil: InitLoRA from LoRA.Seed.
 	LoRAInit map[string]HostTensor
+	// Shard, when set, shards the AdamW moments over its ranks from the start (ZeRO-1, see
+	// Trainer.ShardOptimizer): this rank never holds the whole moments.
+	Shard ShardComm
 }
 
 // Trainer trains a model in place: the model's weights become trainable fp32 parameters on a

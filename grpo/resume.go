@@ -113,12 +113,22 @@ func (r *runSession) save() error {
 		if err := r.dp.checkSameWeights(step, w, ad); err != nil {
 			return err
 		}
+		r.shards = nil
+		if r.policy.OptimizerSharded() {
+			if r.shards, err = r.saveShards(step); err != nil {
+				return err
+			}
+		}
 		if r.dp.rank != 0 {
 			err = nil
 		} else {
 			err = r.saveState(w)
 		}
-		return r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err)
+		err = r.dp.agree(fmt.Sprintf("saving the run state of step %d", step), err)
+		if err == nil && r.shards != nil && r.dp.rank == 0 {
+			pruneShards(r.cfg.Dir)
+		}
+		return err
 	}
 	return r.saveState(w)
 }
@@ -142,17 +152,24 @@ func (r *runSession) saveState(w map[string]engine.HostTensor) error {
 			return err
 		}
 	}
-	opt, err := r.policy.OptimizerState()
-	if err != nil {
-		return err
+	var optState *checkpoints.OptimizerState // nil when sharded: each rank saved its shard
+	if r.shards == nil {
+		opt, err := r.policy.OptimizerState()
+		if err != nil {
+			return err
+		}
+		optState = &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}}
 	}
 	marshal := func(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
 	st := &checkpoints.RunState{
 		Step: int64(r.trainer.StepNumber()), Config: r.policy.Model.Config, Weights: w, Reference: ref,
 		Adapters: ad, ReferenceAdapters: refAd,
-		Optimizer:    &checkpoints.OptimizerState{Step: int64(opt.Step), Groups: map[string]map[string]engine.HostTensor{"m": opt.M, "v": opt.V}},
+		Optimizer:    optState,
 		DataPosition: marshal(r.stream.s.State()), Metrics: marshal(r.evals),
 		Extra: map[string]json.RawMessage{settingsKey: marshal(r.cfg.Settings), trainerKey: marshal(r.trainer.State())},
+	}
+	if r.shards != nil {
+		st.Extra[shardsKey] = marshal(r.shards)
 	}
 	if ad != nil {
 		// What the adapters are, for programs that read the run state (tools/export).

@@ -119,6 +119,9 @@ type RunConfig struct {
 	// saved.
 	Dist        dist.Mode     `flag:"dist" default:"auto" help:"data-parallel training: auto (on under an MPI launcher: mpirun, mpiexec, srun --mpi=pmix), off, mpi; every rank trains its share of each step's prompts (docs/distributed.md)"`
 	DistTimeout time.Duration `flag:"dist-timeout" default:"10m" check:">0" help:"data-parallel training: how long a rank waits for the others in a collective before the job ends (naming the rank that is behind and the last step saved)"`
+	// ShardOptimizer shards the policy's AdamW moments over the ranks of a data-parallel run
+	// (ZeRO-1, shard.go); it needs several ranks.
+	ShardOptimizer bool `flag:"shard-optimizer" help:"data-parallel training: shard the AdamW moments over the ranks (ZeRO-1: reduce-scatter the gradients, each rank updates its shard, all-gather the weights); each rank saves its own shard, and a resume needs as many ranks (docs/distributed.md)"`
 	// Cluster is this process's place in a data-parallel run (OpenCluster); nil or one rank: a
 	// single process. Rank 0 alone writes the run directory.
 	Cluster *Cluster
@@ -169,6 +172,14 @@ func (c *RunConfig) validate() error {
 	}
 	if err := c.LoRA.check(); err != nil {
 		return fmt.Errorf("grpo: run: %w", err)
+	}
+	if c.ShardOptimizer && c.Cluster.Size() < 2 {
+		return errors.New("grpo: run: --shard-optimizer shards the optimizer over the ranks of a data-parallel run, and this run has one process: start it under mpirun -np N (--dist auto or mpi), or leave out --shard-optimizer")
+	}
+	if c.ShardOptimizer && c.LoRA.Rank > 0 {
+		// The adapters' optimizer state is small (the reason for LoRA); its sharded
+		// checkpoints are not written yet.
+		return fmt.Errorf("grpo: run: --shard-optimizer with --lora-rank %d is not supported: LoRA's optimizer state is the adapters' only; leave out --shard-optimizer", c.LoRA.Rank)
 	}
 	if c.Trainer.Overlap && c.Cluster.Size() > 1 {
 		return fmt.Errorf("grpo: run: overlapped rollouts (--overlap) are not available in a data-parallel run (%d ranks): use --overlap off", c.Cluster.Size())
@@ -244,6 +255,7 @@ type runSession struct {
 	stream   *promptStream
 	evals    savedEvals
 	exported map[int]string
+	shards   *optimizerShards // the optimizer shards of the save in progress (sharded runs)
 }
 
 // Run trains: a new run in cfg.Dir, or (cfg.Resume) the continuation of the one there. It
@@ -326,10 +338,13 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job, dp *dataParalle
 		removeStaleExports(cfg.Dir)
 	}
 	var err error
-	if r.policy, err = newPolicy(cfg, job); err != nil {
+	if r.policy, err = newPolicy(cfg, job, dp); err != nil {
 		return nil, nil, err
 	}
 	if err := r.ensureBase(); err != nil {
+		return nil, nil, err
+	}
+	if err := r.restoreShard(); err != nil {
 		return nil, nil, err
 	}
 	closeRollouts := func() {}
@@ -350,8 +365,10 @@ func newRunSession(ctx context.Context, cfg RunConfig, job *Job, dp *dataParalle
 }
 
 // newPolicy makes the starting weights (the run state's when resuming) trainable on the
-// backend, with the run's optimizer (and its saved state when resuming).
-func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
+// backend, with the run's optimizer (and its saved state when resuming). With
+// --shard-optimizer the optimizer is sharded over dp's ranks from the start
+// (engine.TrainOptions.Shard); restoreShard then loads a sharded run state's shards.
+func newPolicy(cfg RunConfig, job *Job, dp *dataParallel) (*engine.Trainer, error) {
 	mc, weights := job.Model, job.Weights
 	if cfg.Resume != nil {
 		mc, weights = cfg.Resume.state.Config, cfg.Resume.state.Weights
@@ -366,6 +383,9 @@ func newPolicy(cfg RunConfig, job *Job) (*engine.Trainer, error) {
 	}
 	// The log-prob temperature is the rollout temperature: NewPolicyOptimizer sets it from Trainer.
 	topts := engine.TrainOptions{Optimizer: opt, Freeze: cfg.Freeze, Recompute: cfg.Recompute}
+	if cfg.ShardOptimizer && dp != nil {
+		topts.Shard = shardComm{dp} // ZeRO-1 (shard.go)
+	}
 	if cfg.LoRA.Rank > 0 {
 		topts.LoRA = cfg.LoRA.engineLoRA(cfg.Trainer.Seed)
 		if cfg.Resume != nil {

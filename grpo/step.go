@@ -565,7 +565,11 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 		m.TrainTokens += toks
 		lo = hi
 	}
-	if t.dp != nil {
+	if t.dp != nil && t.Policy.OptimizerSharded() { // Step reduce-scatters the gradients
+		if err := t.dp.waitGrads(); err != nil {
+			return fmt.Errorf("grpo: step %d: mini-batch %d: %w", m.Step, mb, err)
+		}
+	} else if t.dp != nil {
 		if err := t.dp.allReduceGrads(t.Policy); err != nil {
 			return fmt.Errorf("grpo: step %d: mini-batch %d: %w", m.Step, mb, err)
 		}

@@ -41,6 +41,7 @@ func main() {
 	trainSeq := fs.Int("train-seq", 128, "tokens per training sequence")
 	longSeq := fs.IntSlice("long-seq", nil, "also time one training step on one sequence of each of these lengths (e.g. 2048,4096,8192,16384): seconds, peak memory, attention's share; minutes each on a few cores")
 	loraMem := fs.Int("lora-memory", 0, "also measure the training memory (weights, gradients, AdamW, activations) of full fine-tuning against LoRA of this rank, fp32 and bf16 base, at --train-batch x --train-seq; 0: off")
+	zeroMem := fs.Bool("zero-memory", false, "also print the training memory per rank of the Qwen2.5-1.5B shape on 1, 2, 4 and 8 data-parallel ranks, AdamW moments replicated and sharded (--shard-optimizer, ZeRO-1), worked out from the shape")
 	lmHeadVocab := fs.Int("lm-head-vocab", 0, "also time a training step of the 122M model with this vocabulary (e.g. 151936) on --train-batch x --train-seq tokens through each LM head (two-pass, fused): seconds and peak memory")
 	inference := fs.Bool("inference", true, "measure matmul, prefill and decode")
 	longDecode := fs.Bool("long-decode", true, "measure batch-1 decode at 256 and 16k tokens of context with fp32 and bf16 KV caches")
@@ -112,6 +113,9 @@ Usage: go run ./tools/bench [flags]`)
 		if err == nil {
 			err = trainMemory15B(*loraMem, 8*1024)
 		}
+	}
+	if err == nil && *zeroMem {
+		err = zeroMemory15B()
 	}
 	if err == nil && *lmHeadVocab > 0 {
 		reps := 2

@@ -118,19 +118,74 @@ func trainMemory15B(rank, tokens int) error {
 	for _, s := range specs {
 		l += int64(engine.NumElements(s.Shape))
 	}
-	p, lin := c.NumParams(), c.LayerMatmulParams()
+	p := c.NumParams()
 	acts := float64(tokens) * float64(c.HiddenSize) * 4 * float64(c.NumHiddenLayers)
 	gib := func(b float64) float64 { return b / (1 << 30) }
 	fmt.Printf("\ntraining memory: 1.5B shape (%d parameters), worked out from the shape, not measured; LoRA rank %d on every linear layer of the decoder (%d parameters); --recompute's layer inputs for %d tokens\n\n", p, rank, l, tokens)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "training\ttrainable params\tweights GiB\tgradients GiB\tAdamW GiB\tlayer inputs GiB\tsum GiB\t")
-	row := func(name string, n int64, weights float64) {
-		g, o := float64(4*n), float64(8*n)
+	row := func(name string, n int64, weights, g, o float64) {
 		fmt.Fprintf(w, "%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", name, n, gib(weights), gib(g), gib(o), gib(acts), gib(weights+g+o+acts))
 	}
-	row("full fine-tuning (fp32 + bf16 matmul copies)", p, float64(4*p+2*lin))
-	row(fmt.Sprintf("LoRA r%d, bf16 base", rank), l, float64(2*p+4*l))
+	full := fullTrainBytes(c, 1, false)
+	row("full fine-tuning (fp32 + bf16 matmul copies)", p, full.master+full.copies, full.grads, full.moments)
+	row(fmt.Sprintf("LoRA r%d, bf16 base", rank), l, float64(2*p+4*l), float64(4*l), float64(8*l))
 	w.Flush()
 	fmt.Println("\nnot counted: the logits chunk (64 MiB), one layer's activations during its recomputation, the KV cache of the rollouts, the allocator's slack")
+	return nil
+}
+
+// trainBytes is the memory one rank holds to train every weight of a model (bytes): the fp32
+// master weights (the parameters the optimizer updates; the CPU backend's forward reads them
+// too), the bf16 copies of the decoder layers' matmul weights that the CUDA backend's forward
+// reads, the fp32 gradients, and AdamW's two fp32 moments.
+type trainBytes struct {
+	master, copies, grads, moments float64
+}
+
+func (b trainBytes) sum() float64 { return b.master + b.copies + b.grads + b.moments }
+
+// fullTrainBytes is trainBytes of full fine-tuning of c on one of ranks data-parallel ranks:
+// every rank holds the whole weights and gradients; the moments whole, or with shard (ZeRO-1,
+// --shard-optimizer) those of its shard of the flat parameter vector alone (engine.ShardPlan:
+// ceil(params/ranks) elements). trainMemory15B and zeroMemory15B print it.
+func fullTrainBytes(c *engine.Config, ranks int, shard bool) trainBytes {
+	p, lin := c.NumParams(), c.LayerMatmulParams()
+	own := p
+	if shard {
+		own = int64(engine.NewShardPlan(int(p), ranks).N)
+	}
+	return trainBytes{master: float64(4 * p), copies: float64(2 * lin), grads: float64(4 * p), moments: float64(8 * own)}
+}
+
+// Qwen25_15B is the Qwen2.5-1.5B shape: Qwen15B with tied embeddings (one vocab × hidden
+// matrix for the embedding and the LM head).
+func Qwen25_15B() *engine.Config {
+	c := Qwen15B()
+	c.TieWordEmbeddings = true
+	return c
+}
+
+// zeroMemory15B prints the training memory per rank of full fine-tuning of the Qwen2.5-1.5B
+// shape on 1, 2, 4 and 8 data-parallel ranks, with the AdamW moments replicated and sharded
+// (ZeRO-1), worked out from the shape (fullTrainBytes).
+func zeroMemory15B() error {
+	c := Qwen25_15B()
+	gib := func(b float64) float64 { return b / (1 << 30) }
+	fmt.Printf("\ntraining memory per rank: Qwen2.5-1.5B shape (%d parameters, tied embeddings), full fine-tuning, data-parallel, worked out from the shape, not measured\n\n", c.NumParams())
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "ranks\tAdamW moments\tbf16 matmul weights GiB\tfp32 master weights GiB\tgradients GiB\tmoments GiB\tsum GiB\t")
+	for _, n := range []int{1, 2, 4, 8} {
+		for _, shard := range []bool{false, true} {
+			b := fullTrainBytes(c, n, shard)
+			how := "replicated"
+			if shard {
+				how = "sharded (--shard-optimizer)"
+			}
+			fmt.Fprintf(w, "%d\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", n, how, gib(b.copies), gib(b.master), gib(b.grads), gib(b.moments), gib(b.sum()))
+		}
+	}
+	w.Flush()
+	fmt.Println("\nbf16 matmul weights: the copies the CUDA backend's forward reads (none on the CPU); fp32 master weights and gradients stay whole on every rank (the forward and backward use them); not counted: activations (the same with or without sharding), the KV cache of the rollouts, the host buffers the optimizer step stages through")
 	return nil
 }
