@@ -638,35 +638,10 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 	if err := in.check(cfg); err != nil {
 		return LossOutput{}, err
 	}
-	agg, est, mode := cmp.Or(cfg.Agg, AggTokenMean), cmp.Or(cfg.KL, KLK3), cmp.Or(cfg.Mode, PolicyGRPO)
-	pgAgg := agg
-	if mode == PolicyGSPO {
-		pgAgg = AggSeqMeanTokenMean
-	}
-	valid := func(s, t int) bool { return in.Mask == nil || in.Mask[s][t] }
-
-	// Count valid tokens per sequence to get each token's aggregation weight.
-	seqTokens := make([]int, len(in.LogProbs))
-	var out LossOutput
-	m := &out.Metrics
-	for s := range in.LogProbs {
-		for t := range in.LogProbs[s] {
-			if valid(s, t) {
-				seqTokens[s]++
-			}
-		}
-		m.Tokens += seqTokens[s]
-		if seqTokens[s] > 0 {
-			m.Seqs++
-		}
-	}
-	out.SeqTokens = seqTokens
-	if in.RefLogProbs != nil {
-		out.SeqRefKL = make([]float64, len(in.LogProbs))
-	}
-	if in.Entropy != nil {
-		out.SeqEntropy = make([]float64, len(in.LogProbs))
-	}
+	mode := cmp.Or(cfg.Mode, PolicyGRPO)
+	valid := in.valid
+	a := newLossAcc(&in, cfg, in.Entropy != nil)
+	out := &a.out
 	out.DLogProbs = make([][]float64, len(in.LogProbs))
 	if cfg.EntropyCoef != 0 {
 		out.DEntropy = make([][]float64, len(in.LogProbs))
@@ -677,84 +652,160 @@ func PolicyLoss(in LossInput, cfg LossConfig) (LossOutput, error) {
 			out.DEntropy[s] = make([]float64, len(in.LogProbs[s]))
 		}
 	}
-	if m.Tokens == 0 {
-		return out, nil
-	}
-	tokenNorm := float64(m.Tokens)
-	if cfg.TokenNorm > 0 {
-		tokenNorm = cfg.TokenNorm
-	}
-	seqNorm := float64(m.Seqs)
-	if cfg.SeqNorm > 0 {
-		seqNorm = cfg.SeqNorm
-	}
-	weight := func(a AggMode, s int) float64 {
-		switch a {
-		case AggSeqMeanTokenSum:
-			return 1 / seqNorm
-		case AggSeqMeanTokenMean:
-			return 1 / (seqNorm * float64(seqTokens[s]))
-		default:
-			return 1 / tokenNorm
-		}
+	if out.Metrics.Tokens == 0 {
+		return *out, nil
 	}
 
 	pg := policyTerms(&in, cfg, mode, valid)
-	n := float64(m.Tokens)
+	n := float64(out.Metrics.Tokens)
 	switch mode {
 	case PolicyClipCov:
-		m.ClipCovFrac = float64(clipCov(&in, cfg, pg, valid)) / n
+		out.Metrics.ClipCovFrac = float64(clipCov(&in, cfg, pg, valid)) / n
 	case PolicyKLCov:
-		m.KLCovFrac = float64(klCov(&in, cfg, pg, valid)) / n
+		out.Metrics.KLCovFrac = float64(klCov(&in, cfg, pg, valid)) / n
 	}
-	var nClip [4]int // by clipKind
-	var sumApproxKL, sumRefKL, sumEnt float64
-	m.RatioMax = math.Inf(-1)
 	for s := range in.LogProbs {
-		if seqTokens[s] == 0 {
+		if out.SeqTokens[s] == 0 {
 			continue
 		}
-		w, wpg := weight(agg, s), weight(pgAgg, s)
 		for t := range in.LogProbs[s] {
 			if !valid(s, t) {
 				continue
 			}
-			logp, p := in.LogProbs[s][t], pg[s][t]
-			nClip[p.clip]++
-			m.RatioMax = math.Max(m.RatioMax, p.ratio)
-			lr, _ := clampedLogRatio(logp, in.OldLogProbs[s][t])
-			sumApproxKL -= lr
-			wt := wpg
-			if cfg.TISCap > 0 {
-				wt *= tisWeight(in.OldLogProbs[s][t], in.RolloutLogProbs[s][t], cfg.TISCap)
-			}
-			m.PGLoss += wt * p.v
-			out.DLogProbs[s][t] = wt * p.d
-
-			if in.RefLogProbs != nil {
-				kl, dkl := klValueGrad(est, logp, in.RefLogProbs[s][t])
-				sumRefKL += kl
-				out.SeqRefKL[s] += kl
-				m.KLLoss += w * kl
-				out.DLogProbs[s][t] += w * cfg.KLCoef * dkl
-			}
+			var h float64
 			if in.Entropy != nil {
-				h := in.Entropy[s][t]
-				sumEnt += h
-				out.SeqEntropy[s] += h
-				m.EntropyLoss += w * h
+				h = in.Entropy[s][t]
 			}
+			dl, de, _ := a.token(&in, s, t, in.LogProbs[s][t], h, pg[s][t])
+			out.DLogProbs[s][t] = dl
 			if out.DEntropy != nil {
-				out.DEntropy[s][t] = -cfg.EntropyCoef * w
+				out.DEntropy[s][t] = de
 			}
 		}
 	}
-	m.ClipFracLow = float64(nClip[clippedLow]) / n
-	m.ClipFracHigh = float64(nClip[clippedHigh]) / n
-	m.DualClipFrac = float64(nClip[clippedDual]) / n
-	m.ApproxKL = sumApproxKL / n
-	m.RefKL = sumRefKL / n
-	m.EntropyMean = sumEnt / n
-	out.Loss = m.PGLoss + cfg.KLCoef*m.KLLoss - cfg.EntropyCoef*m.EntropyLoss
-	return out, nil
+	a.finish()
+	return *out, nil
+}
+
+// valid reports whether token t of sequence s is in the loss (the mask keeps it).
+func (in *LossInput) valid(s, t int) bool { return in.Mask == nil || in.Mask[s][t] }
+
+// lossAcc accumulates a batch's loss and metrics one valid token at a time, sequence by
+// sequence in token order: PolicyLoss and the per-token loss of the one-pass LM head
+// (TokenPolicyLoss) both go through it, so that they add the same numbers in the same order.
+type lossAcc struct {
+	cfg                LossConfig
+	agg, pgAgg         AggMode
+	est                KLEstimator
+	tokenNorm, seqNorm float64
+	out                LossOutput // Loss and Metrics set by finish
+	nClip              [4]int     // by clipKind
+	sumApproxKL        float64
+	sumRefKL, sumEnt   float64
+}
+
+// newLossAcc counts the valid tokens of in (its shape is OldLogProbs', which check requires
+// to be LogProbs') and sets each sequence's sums; hasEnt says whether the entropies will be
+// given (SeqEntropy and the entropy metrics).
+func newLossAcc(in *LossInput, cfg LossConfig, hasEnt bool) *lossAcc {
+	a := &lossAcc{cfg: cfg, agg: cmp.Or(cfg.Agg, AggTokenMean), est: cmp.Or(cfg.KL, KLK3)}
+	a.pgAgg = a.agg
+	if cmp.Or(cfg.Mode, PolicyGRPO) == PolicyGSPO {
+		a.pgAgg = AggSeqMeanTokenMean
+	}
+	n := len(in.OldLogProbs)
+	out, m := &a.out, &a.out.Metrics
+	out.SeqTokens = make([]int, n)
+	for s := range in.OldLogProbs {
+		for t := range in.OldLogProbs[s] {
+			if in.valid(s, t) {
+				out.SeqTokens[s]++
+			}
+		}
+		m.Tokens += out.SeqTokens[s]
+		if out.SeqTokens[s] > 0 {
+			m.Seqs++
+		}
+	}
+	if in.RefLogProbs != nil {
+		out.SeqRefKL = make([]float64, n)
+	}
+	if hasEnt {
+		out.SeqEntropy = make([]float64, n)
+	}
+	a.tokenNorm = float64(m.Tokens)
+	if cfg.TokenNorm > 0 {
+		a.tokenNorm = cfg.TokenNorm
+	}
+	a.seqNorm = float64(m.Seqs)
+	if cfg.SeqNorm > 0 {
+		a.seqNorm = cfg.SeqNorm
+	}
+	if m.Tokens > 0 {
+		m.RatioMax = math.Inf(-1)
+	}
+	return a
+}
+
+// weight is the aggregation weight of a valid token of sequence s under mode agg.
+func (a *lossAcc) weight(agg AggMode, s int) float64 {
+	switch agg {
+	case AggSeqMeanTokenSum:
+		return 1 / a.seqNorm
+	case AggSeqMeanTokenMean:
+		return 1 / (a.seqNorm * float64(a.out.SeqTokens[s]))
+	default:
+		return 1 / a.tokenNorm
+	}
+}
+
+// token adds valid token t of sequence s, with log-prob logp, entropy h (when the sums have
+// SeqEntropy) and pg term p, and returns dLoss/dlogp, dLoss/dentropy and its term of the loss.
+func (a *lossAcc) token(in *LossInput, s, t int, logp, h float64, p tokenPG) (dl, de, v float64) {
+	cfg, m := &a.cfg, &a.out.Metrics
+	w, wt := a.weight(a.agg, s), a.weight(a.pgAgg, s)
+	a.nClip[p.clip]++
+	m.RatioMax = math.Max(m.RatioMax, p.ratio)
+	lr, _ := clampedLogRatio(logp, in.OldLogProbs[s][t])
+	a.sumApproxKL -= lr
+	if cfg.TISCap > 0 {
+		wt *= tisWeight(in.OldLogProbs[s][t], in.RolloutLogProbs[s][t], cfg.TISCap)
+	}
+	m.PGLoss += wt * p.v
+	v = wt * p.v
+	dl = wt * p.d
+	if in.RefLogProbs != nil {
+		kl, dkl := klValueGrad(a.est, logp, in.RefLogProbs[s][t])
+		a.sumRefKL += kl
+		a.out.SeqRefKL[s] += kl
+		m.KLLoss += w * kl
+		v += cfg.KLCoef * w * kl
+		dl += w * cfg.KLCoef * dkl
+	}
+	if a.out.SeqEntropy != nil {
+		a.sumEnt += h
+		a.out.SeqEntropy[s] += h
+		m.EntropyLoss += w * h
+	}
+	if cfg.EntropyCoef != 0 {
+		v -= cfg.EntropyCoef * w * h
+		de = -cfg.EntropyCoef * w
+	}
+	return dl, de, v
+}
+
+// finish turns the sums into the fractions, the means and the loss.
+func (a *lossAcc) finish() {
+	m := &a.out.Metrics
+	if m.Tokens == 0 {
+		return
+	}
+	n := float64(m.Tokens)
+	m.ClipFracLow = float64(a.nClip[clippedLow]) / n
+	m.ClipFracHigh = float64(a.nClip[clippedHigh]) / n
+	m.DualClipFrac = float64(a.nClip[clippedDual]) / n
+	m.ApproxKL = a.sumApproxKL / n
+	m.RefKL = a.sumRefKL / n
+	m.EntropyMean = a.sumEnt / n
+	a.out.Loss = m.PGLoss + a.cfg.KLCoef*m.KLLoss - a.cfg.EntropyCoef*m.EntropyLoss
 }

@@ -233,6 +233,9 @@ type PolicyOptimizer struct {
 	bestEval   float64
 	stale      int // evaluations since the best one
 	evals      int
+	// twoPassLoss sends every policy loss through ForwardBackward and PolicyLoss, as before
+	// the one-pass LM head (tests compare the two paths).
+	twoPassLoss bool
 }
 
 // NewPolicyOptimizer checks the configuration and takes the first reference snapshot. reward may be

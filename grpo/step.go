@@ -596,7 +596,9 @@ func dropoutKey(step, mb, miniBatches, micro int, dp *dataParallel) (uint64, uin
 	return uint64(step-1)*uint64(miniBatches) + uint64(mb), uint64(micro*size + rank)
 }
 
-// microStep runs forward+backward of the policy loss on one micro-batch.
+// microStep runs forward+backward of the policy loss on one micro-batch: through the one-pass
+// LM head (ForwardBackwardTokens, TokenPolicyLoss) when the loss is a sum of per-token terms
+// (LossConfig.PerToken), else with every log-prob at once (ForwardBackward, PolicyLoss).
 func (t *PolicyOptimizer) microStep(ctx context.Context, part []*rollout, lc LossConfig, seed uint64, agg *lossAgg) error {
 	perSeq, lengths := make([]float64, len(part)), make([]int, len(part))
 	for i, r := range part {
@@ -606,23 +608,41 @@ func (t *PolicyOptimizer) microStep(ctx context.Context, part []*rollout, lc Los
 	if err != nil {
 		return err
 	}
+	in := LossInput{OldLogProbs: make([][]float64, len(part)), Advantages: adv, Seed: seed}
+	if t.Reference != nil {
+		in.RefLogProbs = make([][]float64, len(part))
+	}
+	if lc.TISCap > 0 {
+		in.RolloutLogProbs = make([][]float64, len(part))
+	}
+	for i, r := range part {
+		in.OldLogProbs[i] = r.old
+		if in.RefLogProbs != nil {
+			in.RefLogProbs[i] = r.ref
+		}
+		if in.RolloutLogProbs != nil {
+			in.RolloutLogProbs[i] = r.rollout
+		}
+	}
+	if lc.PerToken() && !t.twoPassLoss {
+		tl, err := NewTokenPolicyLoss(in, lc)
+		if err != nil {
+			return err
+		}
+		if _, err := t.Policy.ForwardBackwardTokens(ctx, scoreRequests(part), tl.TokenLoss()); err != nil {
+			return err
+		}
+		out, err := tl.Output()
+		if err != nil {
+			return err
+		}
+		agg.add(out)
+		agg.addByKind(part, out)
+		return nil
+	}
 	loss := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
-		in := LossInput{LogProbs: logp, Entropy: ent, OldLogProbs: make([][]float64, len(part)), Advantages: adv, Seed: seed}
-		if t.Reference != nil {
-			in.RefLogProbs = make([][]float64, len(part))
-		}
-		if lc.TISCap > 0 {
-			in.RolloutLogProbs = make([][]float64, len(part))
-		}
-		for i, r := range part {
-			in.OldLogProbs[i] = r.old
-			if in.RefLogProbs != nil {
-				in.RefLogProbs[i] = r.ref
-			}
-			if in.RolloutLogProbs != nil {
-				in.RolloutLogProbs[i] = r.rollout
-			}
-		}
+		in := in
+		in.LogProbs, in.Entropy = logp, ent
 		out, err := PolicyLoss(in, lc)
 		if err != nil {
 			return 0, nil, nil, err

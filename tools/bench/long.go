@@ -14,6 +14,7 @@ import (
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
+	"github.com/prolong-rl/prolong/grpo"
 )
 
 // timedAttn is the CPU backend with the time spent in training attention (forward and
@@ -67,6 +68,16 @@ func heapPeak() (stop func() uint64) {
 	}
 }
 
+// cpuSeconds is the CPU time (user and system) the process has used so far (getrusage): on a
+// shared machine a step's CPU time varies less than its wall time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 // maxRSS is the process's peak resident set so far (getrusage), in bytes.
 func maxRSS() int64 {
 	var ru syscall.Rusage
@@ -117,40 +128,47 @@ func runLongTrain(lens []int) error {
 }
 
 // runLMHead times one training step (forward, backward, AdamW) of the 122M model with its
-// vocabulary set to vocab, on batch × seqLen tokens scored by cross-entropy, through each LM
-// head: the two-pass one every loss takes (ForwardBackward: log-probs of all tokens, then the
-// gradients, logits recomputed) and the fused one of per-token losses (ForwardBackwardTokens):
-// seconds (best of reps), the Go heap's peak during the step, the process's peak RSS so far.
-func runLMHead(vocab, batch, seqLen, reps int) error {
+// vocabulary set to vocab, on batch × seqLen tokens, through each LM head: the two-pass one
+// every loss can take (ForwardBackward: log-probs of all tokens, then the gradients, logits
+// recomputed) and the one-pass one of per-token losses (ForwardBackwardTokens): seconds and CPU
+// seconds (each the best of reps, the heads' steps alternating on one trainer), the Go heap's
+// peak during the step, and the one-pass figures as ratios of the two-pass ones. The loss is
+// cross-entropy ("ce") or the GRPO policy loss of the ProRL recipe ("grpo": grpo.PolicyLoss on
+// the two-pass head, grpo.TokenPolicyLoss on the one-pass head, as the trainer chooses between
+// them) against fixed old and reference log-probs and advantages of ±1.
+func runLMHead(vocab, batch, seqLen, reps int, loss string) error {
 	c := *engine.Bench122M()
 	c.VocabSize = vocab
-	fmt.Printf("\nLM head: one training step of the 122M model with a vocabulary of %d (%.0fM parameters), %d x %d tokens, fp32\n\n",
-		vocab, float64(c.NumParams())/1e6, batch, seqLen)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "head\tstep s\theap peak GiB\tmax RSS GiB\t")
 	seqs := trainBatch(&c, batch, seqLen)
-	scored := 0
-	for _, s := range seqs {
-		scored += len(s.Tokens) - s.Start
+	onePass, twoPass, err := lmHeadLosses(loss, seqs)
+	if err != nil {
+		return err
 	}
-	for _, fused := range []bool{false, true} {
-		m, err := engine.NewModel(&c, cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32)), engine.RandomWeights(&c, 1, 0.02), engine.F32)
-		if err != nil {
-			return err
-		}
-		tr, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-4, ClipNorm: 1}})
-		if err != nil {
-			return err
-		}
-		best, peak := math.Inf(1), uint64(0)
-		for r := 0; r < reps+1; r++ { // the first is a warm-up
+	fmt.Printf("\nLM head: one training step of the 122M model with a vocabulary of %d (%.0fM parameters), %d x %d tokens, fp32, loss %s\n\n",
+		vocab, float64(c.NumParams())/1e6, batch, seqLen, loss)
+	m, err := engine.NewModel(&c, cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32)), engine.RandomWeights(&c, 1, 0.02), engine.F32)
+	if err != nil {
+		return err
+	}
+	tr, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-4, ClipNorm: 1}})
+	if err != nil {
+		return err
+	}
+	// One trainer, the heads' steps alternating, so that both see the same memory and, on a
+	// shared machine, the same load.
+	secs, cpus, peaks := [2]float64{math.Inf(1), math.Inf(1)}, [2]float64{math.Inf(1), math.Inf(1)}, [2]uint64{}
+	for r := 0; r < reps+1; r++ { // the first is a warm-up
+		for i, fused := range []bool{false, true} {
 			runtime.GC()
 			stop := heapPeak()
-			t0 := time.Now()
+			t0, c0 := time.Now(), cpuSeconds()
 			if fused {
-				_, err = tr.ForwardBackwardTokens(context.Background(), seqs, engine.TokenCrossEntropy(float64(scored)))
+				var tl engine.TokenLoss
+				if tl, err = onePass(); err == nil {
+					_, err = tr.ForwardBackwardTokens(context.Background(), seqs, tl)
+				}
 			} else {
-				_, err = tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0))
+				_, err = tr.ForwardBackward(context.Background(), seqs, twoPass)
 			}
 			if err != nil {
 				return fmt.Errorf("LM head with vocabulary %d: %w", vocab, err)
@@ -158,18 +176,65 @@ func runLMHead(vocab, batch, seqLen, reps int) error {
 			if _, err := tr.Step(); err != nil {
 				return fmt.Errorf("LM head with vocabulary %d: %w", vocab, err)
 			}
-			sec := time.Since(t0).Seconds()
-			peak = max(peak, stop())
+			sec, cpuSec := time.Since(t0).Seconds(), cpuSeconds()-c0
+			peaks[i] = max(peaks[i], stop())
 			if r > 0 {
-				best = min(best, sec)
+				secs[i], cpus[i] = min(secs[i], sec), min(cpus[i], cpuSec)
 			}
 		}
-		name := "two-pass (ForwardBackward)"
-		if fused {
-			name = "fused (ForwardBackwardTokens)"
-		}
-		fmt.Fprintf(w, "%s\t%.2f\t%.2f\t%.2f\t\n", name, best, float64(peak)/(1<<30), float64(maxRSS())/(1<<30))
-		w.Flush()
 	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "head\tstep s\tstep CPU s\theap peak GiB\t")
+	for i, name := range []string{"two-pass (ForwardBackward)", "one-pass (ForwardBackwardTokens)"} {
+		fmt.Fprintf(w, "%s\t%.2f\t%.2f\t%.2f\t\n", name, secs[i], cpus[i], float64(peaks[i])/(1<<30))
+	}
+	w.Flush()
+	fmt.Printf("one-pass / two-pass: step time %.2fx, step CPU time %.2fx, heap peak %.2fx; max RSS of the process %.2f GiB\n",
+		secs[1]/secs[0], cpus[1]/cpus[0], float64(peaks[1])/float64(peaks[0]), float64(maxRSS())/(1<<30))
 	return nil
+}
+
+// lmHeadLosses returns the loss of runLMHead for each head: a maker of the one-pass head's
+// per-token loss (a fresh one per step) and the two-pass head's loss.
+func lmHeadLosses(loss string, seqs []engine.ScoreRequest) (func() (engine.TokenLoss, error), engine.LossFunc, error) {
+	scored := 0
+	for _, s := range seqs {
+		scored += len(s.Tokens) - s.Start
+	}
+	switch loss {
+	case "ce":
+		tl := engine.TokenCrossEntropy(float64(scored))
+		return func() (engine.TokenLoss, error) { return tl, nil }, engine.CrossEntropy(0), nil
+	case "grpo":
+	default:
+		return nil, nil, fmt.Errorf("--lm-head-loss %q: want ce or grpo", loss)
+	}
+	cfg := grpo.DefaultLossConfig()
+	cfg.TokenNorm, cfg.SeqNorm = float64(scored), float64(len(seqs))
+	var in grpo.LossInput
+	for i, s := range seqs {
+		n := len(s.Tokens) - s.Start
+		old, ref, adv := make([]float64, n), make([]float64, n), make([]float64, n)
+		for j := range old {
+			// About log(1/vocab), the random model's log-probs, so that some ratios clip.
+			old[j] = -12 + 0.5*math.Sin(float64(7*i+j))
+			ref[j] = -12 + 0.3*math.Cos(float64(5*i+j))
+			adv[j] = float64(1 - 2*(i%2))
+		}
+		in.OldLogProbs, in.RefLogProbs, in.Advantages = append(in.OldLogProbs, old), append(in.RefLogProbs, ref), append(in.Advantages, adv)
+	}
+	onePass := func() (engine.TokenLoss, error) {
+		l, err := grpo.NewTokenPolicyLoss(in, cfg)
+		if err != nil {
+			return engine.TokenLoss{}, err
+		}
+		return l.TokenLoss(), nil
+	}
+	twoPass := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
+		in := in
+		in.LogProbs, in.Entropy = logp, ent
+		out, err := grpo.PolicyLoss(in, cfg)
+		return out.Loss, out.DLogProbs, out.DEntropy, err
+	}
+	return onePass, twoPass, nil
 }

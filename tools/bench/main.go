@@ -42,7 +42,8 @@ func main() {
 	longSeq := fs.IntSlice("long-seq", nil, "also time one training step on one sequence of each of these lengths (e.g. 2048,4096,8192,16384): seconds, peak memory, attention's share; minutes each on a few cores")
 	loraMem := fs.Int("lora-memory", 0, "also measure the training memory (weights, gradients, AdamW, activations) of full fine-tuning against LoRA of this rank, fp32 and bf16 base, at --train-batch x --train-seq; 0: off")
 	zeroMem := fs.Bool("zero-memory", false, "also print the training memory per rank of the Qwen2.5-1.5B shape on 1, 2, 4 and 8 data-parallel ranks, AdamW moments replicated and sharded (--shard-optimizer, ZeRO-1), worked out from the shape")
-	lmHeadVocab := fs.Int("lm-head-vocab", 0, "also time a training step of the 122M model with this vocabulary (e.g. 151936) on --train-batch x --train-seq tokens through each LM head (two-pass, fused): seconds and peak memory")
+	lmHeadVocab := fs.Int("lm-head-vocab", 0, "also time a training step of the 122M model with this vocabulary (e.g. 151936) on --train-batch x --train-seq tokens through each LM head (two-pass, one-pass): seconds and peak memory, and their ratio")
+	lmHeadLoss := fs.String("lm-head-loss", "ce", "--lm-head-vocab: the loss, ce (cross-entropy) or grpo (the GRPO policy loss of the ProRL recipe: grpo.PolicyLoss on the two-pass head, grpo.TokenPolicyLoss on the one-pass head)")
 	inference := fs.Bool("inference", true, "measure matmul, prefill and decode")
 	longDecode := fs.Bool("long-decode", true, "measure batch-1 decode at 256 and 16k tokens of context with fp32 and bf16 KV caches")
 	device := fs.String("device", "cpu", "cpu (the CPU table), cuda (the GPU table on the 1.5B Qwen2 shape: decode, rollouts, training), or auto")
@@ -122,7 +123,7 @@ Usage: go run ./tools/bench [flags]`)
 		if *quick {
 			reps = 1
 		}
-		err = runLMHead(*lmHeadVocab, *trainBatch, *trainSeq, reps)
+		err = runLMHead(*lmHeadVocab, *trainBatch, *trainSeq, reps, *lmHeadLoss)
 	}
 	if err == nil && len(*longSeq) > 0 {
 		err = runLongTrain(*longSeq)
