@@ -3,11 +3,21 @@ package engine
 import "fmt"
 
 // The fixed-buffer decode step. A generation step whose every row is one running sample's next
-// token (no prompt to prefill, nothing resumed) runs on buffers kept by the generator, one set
-// per batch-size bucket: the batch is padded to its bucket, and every step at that bucket
-// issues the same backend ops on the same tensors and the same host metadata arrays, with no
-// Alloc, Free, Upload or Download inside it (docs/cuda.md says what a CUDA graph of it still
-// needs). Steps that prefill go through Model.forward as before.
+// token (no prompt to prefill, nothing resumed) runs on buffers kept by the generator, and every
+// step of the same batch size issues the same backend ops on the same tensors and the same host
+// metadata arrays, with no Alloc, Free, Upload or Download inside it (docs/cuda.md says what a
+// CUDA graph of it still needs). On a backend that replays captured steps (DecodePadder) the
+// batch is padded to a few bucket sizes, whose buffers are all kept; elsewhere (the CPU, where a
+// padded row costs its share of the matmuls) the buffers fit the batch exactly and only the
+// current size's are kept. Steps that prefill go through Model.forward as before.
+
+// DecodePadder is implemented by a backend that wants decode batches padded to a few fixed
+// sizes (decodeBucket) with their buffers kept, as one that captures a decode step per size
+// (a CUDA graph) and replays it does.
+type DecodePadder interface {
+	// PadDecode reports whether decode batches should be padded.
+	PadDecode() bool
+}
 
 // decodeBucket is the bucket of a decode batch of n rows: the least power of two >= n, capped
 // at maxSeqs (the largest batch the generator decodes), so the buckets of MaxSeqs 256 are
@@ -21,7 +31,7 @@ func decodeBucket(n, maxSeqs int) int {
 }
 
 // decodeBufs are one bucket's buffers: P rows, of which the first B (the running samples) are
-// real and the rest padding. Padded rows decode token 0 at position 0 of their own one-token
+// real and the rest, when decode batches are padded, padding. Padded rows decode token 0 at position 0 of their own one-token
 // sequence in the cache's padding block (KVCache.padBlock): every op computes each row as it
 // would alone, so they change no real row's bits, and they stay finite.
 type decodeBufs struct {
@@ -41,12 +51,16 @@ type decodeBufs struct {
 	rows      []SampleRow // [P]
 }
 
-// newDecodeBufs allocates bucket P's buffers for model m with cache kv.
-func newDecodeBufs(m *Model, kv *KVCache, P int) (*decodeBufs, error) {
+// newDecodeBufs allocates bucket P's buffers for model m with cache kv; with padded, its rows
+// start as padding rows in the cache's padding block.
+func newDecodeBufs(m *Model, kv *KVCache, P int, padded bool) (*decodeBufs, error) {
 	c, b := m.Config, m.Backend
-	pad, err := kv.padBlock()
-	if err != nil {
-		return nil, err
+	var pad int32 // without padding every row is a sample's in every step
+	if padded {
+		var err error
+		if pad, err = kv.padBlock(); err != nil {
+			return nil, err
+		}
 	}
 	M := kv.BlocksFor(c.MaxPositionEmbeddings)
 	d := &decodeBufs{P: P, maxBlocks: M, meta: make([]int32, 5*P+1+P*M), rows: make([]SampleRow, P)}
@@ -102,11 +116,17 @@ func (g *Generator) decodeStep(samples []*genSample, ids []int32, lps []float32,
 	m, kv := g.model, g.cache
 	c, b := m.Config, m.Backend
 	B := len(samples)
-	P := decodeBucket(B, g.opts.MaxSeqs)
+	P := B
+	if g.padDecode {
+		P = decodeBucket(B, g.opts.MaxSeqs)
+	}
 	d := g.decodeBufs[P]
 	if d == nil {
+		if !g.padDecode {
+			g.releaseDecodeBufs() // one batch size's buffers at a time
+		}
 		var err error
-		if d, err = newDecodeBufs(m, kv, P); err != nil {
+		if d, err = newDecodeBufs(m, kv, P, g.padDecode); err != nil {
 			return fmt.Errorf("decode buffers for a batch of %d: %w", P, err)
 		}
 		if g.decodeBufs == nil {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/cpu"
@@ -36,7 +37,7 @@ func randPrompt(rng *rand.Rand, n, v int) []int32 {
 	return p
 }
 
-// TestFixedDecodeSameBits: decode steps on the fixed, padded buffers give the tokens, log-probs,
+// TestFixedDecodeSameBits: decode steps on the fixed buffers, padded to their bucket or not, give the tokens, log-probs,
 // finish reasons and top log-probs of decode steps through Model.forward (the path before
 // them), bit for bit, for batches of one to many rows that shrink across buckets as samples
 // finish or stop, with a MaxSeqs that is no power of two, top-k/top-p and top log-probs on some
@@ -111,29 +112,31 @@ func TestFixedDecodeSameBits(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fast := newGen(t, tt.m, tt.opts)
-			got, err := fast.Generate(context.Background(), tt.reqs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if engine.FixedDecodeSteps(slow) != 0 || engine.FixedDecodeSteps(fast) == 0 {
-				t.Fatalf("fixed decode steps: %d on the forward path, %d on the fixed one", engine.FixedDecodeSteps(slow), engine.FixedDecodeSteps(fast))
-			}
-			if tt.preempt && (fast.Preemptions() == 0 || fast.Preemptions() != slow.Preemptions()) {
-				t.Fatalf("preemptions: %d fixed, %d forward; want the same, above 0", fast.Preemptions(), slow.Preemptions())
-			}
-			if used := fast.Cache().Used(); used != 0 {
-				t.Errorf("%d KV blocks in use after Generate", used)
-			}
-			for i := range want {
-				for j, w := range want[i].Samples {
-					g := got[i].Samples[j]
-					if err := sameSample(g, w); err != nil {
-						t.Fatalf("request %d sample %d: %v", i, j, err)
+			for _, pad := range []bool{true, false} {
+				fast := newGen(t, tt.m, tt.opts)
+				engine.SetPadDecode(fast, pad)
+				got, err := fast.Generate(context.Background(), tt.reqs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if engine.FixedDecodeSteps(slow) != 0 || engine.FixedDecodeSteps(fast) == 0 {
+					t.Fatalf("padded %v: fixed decode steps: %d on the forward path, %d on the fixed one", pad, engine.FixedDecodeSteps(slow), engine.FixedDecodeSteps(fast))
+				}
+				if tt.preempt && (fast.Preemptions() == 0 || fast.Preemptions() != slow.Preemptions()) {
+					t.Fatalf("padded %v: preemptions: %d fixed, %d forward; want the same, above 0", pad, fast.Preemptions(), slow.Preemptions())
+				}
+				if used := fast.Cache().Used(); used != 0 {
+					t.Errorf("padded %v: %d KV blocks in use after Generate", pad, used)
+				}
+				for i := range want {
+					for j, w := range want[i].Samples {
+						if err := sameSample(got[i].Samples[j], w); err != nil {
+							t.Fatalf("padded %v: request %d sample %d: %v", pad, i, j, err)
+						}
 					}
 				}
+				t.Logf("padded %v: %d fixed decode steps, %d preemptions", pad, engine.FixedDecodeSteps(fast), fast.Preemptions())
 			}
-			t.Logf("%d fixed decode steps, %d preemptions", engine.FixedDecodeSteps(fast), fast.Preemptions())
 		})
 	}
 }
@@ -158,9 +161,16 @@ func sameSample(g, w engine.Sample) error {
 	return nil
 }
 
-// recordSteps generates reqs with a generator on a recording CPU backend and returns the
-// backend calls of each step.
-func recordSteps(t *testing.T, slow bool, reqs []engine.Request) [][]enginetest.Call {
+// Decode modes of recordSteps.
+const (
+	forwardPath = iota // Model.forward, the path before the fixed buffers
+	padded             // fixed buffers, batches padded to their bucket (for CUDA graphs)
+	exact              // fixed buffers of the batch's size (the CPU's default)
+)
+
+// recordSteps generates reqs with a generator on a recording CPU backend, decoding in mode, and
+// returns the backend calls of each step.
+func recordSteps(t *testing.T, mode int, reqs []engine.Request) [][]enginetest.Call {
 	t.Helper()
 	c := defaultModelConfig()
 	rec := enginetest.NewRecorder(cpu.New())
@@ -169,13 +179,24 @@ func recordSteps(t *testing.T, slow bool, reqs []engine.Request) [][]enginetest.
 		t.Fatal(err)
 	}
 	g := newGen(t, m, engine.GeneratorOptions{MaxSeqs: 8})
-	engine.SetSlowDecode(g, slow)
+	engine.SetSlowDecode(g, mode == forwardPath)
+	engine.SetPadDecode(g, mode == padded)
 	rec.Take() // the weights' uploads
 	var steps [][]enginetest.Call
 	if _, err := engine.GenerateChecked(g, reqs, func(int, uint64) { steps = append(steps, rec.Take()) }); err != nil {
 		t.Fatal(err)
 	}
 	return steps
+}
+
+// sampleRows is the number of rows a step's Sample call drew (0: none).
+func sampleRows(calls []enginetest.Call) int {
+	for _, c := range calls {
+		if c.Op == "Sample" {
+			return c.Host[0].Len
+		}
+	}
+	return 0
 }
 
 // TestDecodeStepFixedBuffers: on a recording backend, every decode step at one bucket after the
@@ -185,7 +206,8 @@ func recordSteps(t *testing.T, slow bool, reqs []engine.Request) [][]enginetest.
 // alone. The batch is 3 samples of a 15-token prompt and one of a 3-token prompt (bucket 4); the
 // short one ends after 12 tokens (3 rows, still bucket 4) and the others cross block
 // boundaries (positions 16 and 32: new blocks in their tables). The first decode step makes the
-// bucket's buffers and the RoPE tables; the prefill step goes through Model.forward.
+// bucket's buffers and the RoPE tables; the prefill step goes through Model.forward. Without
+// padding (the CPU's default) the same holds between steps of one batch size.
 //
 // Before the fixed buffers (the forward path, checked below as the recorder's own test) every
 // decode step allocated and freed its 8 activation buffers, the gathered final-norm rows and the
@@ -195,32 +217,102 @@ func TestDecodeStepFixedBuffers(t *testing.T) {
 		{Prompt: randPrompt(rand.New(rand.NewPCG(1, 2)), 15, 32), Params: engine.SamplingParams{N: 3, Temperature: 1, MaxNewTokens: 30, Seed: 1}},
 		{Prompt: []int32{5, 6, 7}, Params: engine.SamplingParams{Temperature: 1, MaxNewTokens: 12, Seed: 2}},
 	}
-	steps := recordSteps(t, false, reqs)
-	if len(steps) != 30 {
-		t.Fatalf("%d steps, want 30 (a prefill and 29 decode steps)", len(steps))
-	}
-	for i := 3; i < len(steps); i++ {
-		if err := enginetest.SameBuffers(steps[i-1], steps[i]); err != nil {
-			t.Fatalf("decode steps %d and %d: %v", i-1, i, err)
+	for _, mode := range []int{padded, exact} {
+		steps := recordSteps(t, mode, reqs)
+		if len(steps) != 30 {
+			t.Fatalf("mode %d: %d steps, want 30 (a prefill and 29 decode steps)", mode, len(steps))
 		}
-		n := enginetest.Count(steps[i])
-		for _, op := range []string{"Alloc", "Free", "Upload", "Download", "GatherRows", "NewKVStore", "LogProbs"} {
-			if n[op] != 0 {
-				t.Fatalf("decode step %d: %d %s calls", i, n[op], op)
+		compared := 0
+		for i := 3; i < len(steps); i++ {
+			if P := sampleRows(steps[i]); P != sampleRows(steps[i-1]) || P != sampleRows(steps[i-2]) {
+				continue // a new batch size: its first step makes its buffers
+			}
+			compared++
+			if err := enginetest.SameBuffers(steps[i-1], steps[i]); err != nil {
+				t.Fatalf("mode %d: decode steps %d and %d: %v", mode, i-1, i, err)
+			}
+			n := enginetest.Count(steps[i])
+			for _, op := range []string{"Alloc", "Free", "Upload", "Download", "GatherRows", "NewKVStore", "LogProbs"} {
+				if n[op] != 0 {
+					t.Fatalf("mode %d: decode step %d: %d %s calls", mode, i, n[op], op)
+				}
+			}
+			if n["Sample"] != 1 {
+				t.Fatalf("mode %d: decode step %d: %d Sample calls, want 1", mode, i, n["Sample"])
 			}
 		}
-		if n["Sample"] != 1 {
-			t.Fatalf("decode step %d: %d Sample calls, want 1", i, n["Sample"])
+		if want := map[int]int{padded: 27, exact: 25}[mode]; compared != want {
+			t.Fatalf("mode %d: %d pairs of steps compared, want %d", mode, compared, want)
 		}
+		t.Logf("mode %d: a decode step: %d calls %v", mode, len(steps[2]), enginetest.Count(steps[2]))
 	}
-	t.Logf("a decode step: %d calls %v", len(steps[2]), enginetest.Count(steps[2]))
 
 	// The recorder sees what the forward path does in every step.
-	old := recordSteps(t, true, reqs)
+	old := recordSteps(t, forwardPath, reqs)
 	if err := enginetest.SameBuffers(old[2], old[3]); err == nil {
 		t.Fatal("the forward path's decode steps 2 and 3 look the same to the recorder")
 	}
 	if n := enginetest.Count(old[3]); n["Alloc"] == 0 || n["Free"] != n["Alloc"] {
 		t.Fatalf("the forward path's decode step 3: %v, want as many Alloc as Free, above 0", n)
+	}
+}
+
+// BenchmarkFixedDecode measures decode steps of the ~122M Qwen2-shaped model (prompt of 32
+// tokens, 32 new tokens, temperature 1) on the forward path (Model.forward, the path before the
+// fixed buffers), on fixed buffers of the batch's size (the CPU's default) and on buffers
+// padded to the bucket, in turn in the same run (the order rotating), at batch 1, 16 (exact
+// buckets) and 9 (padded to 16), with fp32 and bf16 weights. It reports tokens/s of the fastest
+// decode step of each (steps after the first decode step, which makes the buffers; the
+// fastest, since the machines it runs on are shared and noisy) and the ratios to the forward path.
+func BenchmarkFixedDecode(b *testing.B) {
+	for _, dt := range []engine.DType{engine.F32, engine.BF16} {
+		m := benchModel(b, dt)
+		for _, batch := range []int{1, 9, 16} {
+			b.Run(fmt.Sprintf("%v/batch=%d", dt, batch), func(b *testing.B) {
+				var reqs []engine.Request
+				for i := range batch {
+					p := make([]int32, 32)
+					for j := range p {
+						p[j] = int32((i*131 + j*7) % 32000)
+					}
+					reqs = append(reqs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: 32, Temperature: 1, Seed: uint64(i)}})
+				}
+				modes := []int{forwardPath, exact, padded}
+				best := make([]time.Duration, len(modes))
+				gens := make([]*engine.Generator, len(modes))
+				for _, mode := range modes {
+					g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer g.Close()
+					engine.SetSlowDecode(g, mode == forwardPath)
+					engine.SetPadDecode(g, mode == padded)
+					gens[mode] = g
+				}
+				turn := 0
+				for b.Loop() {
+					for k := range modes {
+						mode := modes[(turn+k)%len(modes)]
+						step, last := 0, time.Now()
+						_, err := engine.GenerateChecked(gens[mode], reqs, func(int, uint64) {
+							now := time.Now()
+							if d := now.Sub(last); step >= 2 && (best[mode] == 0 || d < best[mode]) {
+								best[mode] = d
+							}
+							step, last = step+1, now
+						})
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					turn++
+				}
+				rate := func(mode int) float64 { return float64(batch) / best[mode].Seconds() }
+				b.ReportMetric(rate(forwardPath), "forward-tok/s")
+				b.ReportMetric(rate(exact)/rate(forwardPath), "exact/forward")
+				b.ReportMetric(rate(padded)/rate(forwardPath), "padded/forward")
+			})
+		}
 	}
 }

@@ -52,6 +52,9 @@ func GenerateChecked(g *Generator, reqs []Request, check func(used int, preempti
 // (the path before fixed decode buffers), for tests to compare against.
 func SetSlowDecode(g *Generator, slow bool) { g.slowDecode = slow }
 
+// SetPadDecode sets whether g pads its decode batches to their bucket (as for a DecodePadder).
+func SetPadDecode(g *Generator, pad bool) { g.padDecode = pad }
+
 // FixedDecodeSteps is the number of decode steps g ran on its fixed buffers.
 func FixedDecodeSteps(g *Generator) uint64 { return g.fixedSteps }
 

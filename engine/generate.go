@@ -112,8 +112,10 @@ type Generator struct {
 	topBuf []float32 // [rows, V] logits read back for top log-probs
 
 	// decodeBufs holds the buffers of fixed-buffer decode steps by bucket (decode.go), until
-	// Generate returns or Close.
+	// Generate returns or Close (without padDecode, one batch size's at a time).
 	decodeBufs map[int]*decodeBufs
+	// padDecode pads decode batches to their bucket (the backend is a DecodePadder that asks).
+	padDecode bool
 	// slowDecode sends decode steps through Model.forward like prefill steps (tests compare).
 	slowDecode bool
 	fixedSteps uint64 // decode steps run on the fixed buffers
@@ -181,6 +183,9 @@ func NewGenerator(m *Model, opts GeneratorOptions) (*Generator, error) {
 		return nil, err
 	}
 	g := &Generator{model: m, cache: cache, opts: opts}
+	if p, ok := m.Backend.(DecodePadder); ok {
+		g.padDecode = p.PadDecode()
+	}
 	g.choice = KVChoice{DType: dt, Bytes: opts.KVBudgetBytes, Blocks: cache.Capacity(), Why: why}
 	slog.Debug(g.choice.String())
 	return g, nil
