@@ -47,3 +47,16 @@ func GenerateChecked(g *Generator, reqs []Request, check func(used int, preempti
 	}
 	return out, nil
 }
+
+// SetSlowDecode, with slow, sends g's decode steps through Model.forward as its prefill steps
+// (the path before fixed decode buffers), for tests to compare against.
+func SetSlowDecode(g *Generator, slow bool) { g.slowDecode = slow }
+
+// SetPadDecode sets whether g pads its decode batches to their bucket (as for a DecodePadder).
+func SetPadDecode(g *Generator, pad bool) { g.padDecode = pad }
+
+// FixedDecodeSteps is the number of decode steps g ran on its fixed buffers.
+func FixedDecodeSteps(g *Generator) uint64 { return g.fixedSteps }
+
+// DecodeBucket is the bucket of a decode batch of n rows with MaxSeqs maxSeqs.
+func DecodeBucket(n, maxSeqs int) int { return decodeBucket(n, maxSeqs) }

@@ -110,6 +110,15 @@ type Generator struct {
 	preemptions uint64
 
 	topBuf []float32 // [rows, V] logits read back for top log-probs
+
+	// decodeBufs holds the buffers of fixed-buffer decode steps by bucket (decode.go), until
+	// Generate returns or Close (without padDecode, one batch size's at a time).
+	decodeBufs map[int]*decodeBufs
+	// padDecode pads decode batches to their bucket (the backend is a DecodePadder that asks).
+	padDecode bool
+	// slowDecode sends decode steps through Model.forward like prefill steps (tests compare).
+	slowDecode bool
+	fixedSteps uint64 // decode steps run on the fixed buffers
 }
 
 // KVChoice is what a Generator's KV cache was given, for a program to log.
@@ -174,6 +183,9 @@ func NewGenerator(m *Model, opts GeneratorOptions) (*Generator, error) {
 		return nil, err
 	}
 	g := &Generator{model: m, cache: cache, opts: opts}
+	if p, ok := m.Backend.(DecodePadder); ok {
+		g.padDecode = p.PadDecode()
+	}
 	g.choice = KVChoice{DType: dt, Bytes: opts.KVBudgetBytes, Blocks: cache.Capacity(), Why: why}
 	slog.Debug(g.choice.String())
 	return g, nil
@@ -198,8 +210,11 @@ func (g *Generator) enqueue(r *genRequest) {
 	g.waiting = append(g.waiting, r)
 }
 
-// Close frees the KV cache.
-func (g *Generator) Close() { g.cache.Free() }
+// Close frees the KV cache and the decode buffers.
+func (g *Generator) Close() {
+	g.releaseDecodeBufs()
+	g.cache.Free()
+}
 
 // Cache returns the generator's KV cache (for metrics and tests).
 func (g *Generator) Cache() *KVCache { return g.cache }
@@ -263,6 +278,7 @@ func (g *Generator) Generate(ctx context.Context, reqs []Request) ([]Result, err
 	for _, r := range all {
 		g.enqueue(r)
 	}
+	defer g.releaseDecodeBufs()
 	defer g.abort()
 	for !allDone(all) {
 		if err := ctx.Err(); err != nil {
@@ -438,6 +454,13 @@ func (g *Generator) step() error {
 	ids := make([]int32, len(rows))
 	lps := make([]float32, len(rows))
 	tops := make([]topList, len(rows))
+	if prefill == 0 && !g.slowDecode { // every row decodes one running sample's token
+		if err := g.decodeStep(samples, ids, lps, tops); err != nil {
+			return err
+		}
+		g.record(samples, ids, lps, tops)
+		return nil
+	}
 	err := g.model.forward(steps, rows, 256, func(first int, logits *Tensor) error {
 		sr := make([]SampleRow, logits.Rows())
 		for i := range sr {
@@ -458,6 +481,13 @@ func (g *Generator) step() error {
 	if err != nil {
 		return err
 	}
+	g.record(samples, ids, lps, tops)
+	return nil
+}
+
+// record forks the prefilled prompts among samples and appends each sample's new token (ids,
+// lps, tops), ending those that sampled a stop token or reached their length.
+func (g *Generator) record(samples []*genSample, ids []int32, lps []float32, tops []topList) {
 	// Fork the prefilled prompts: sample 0 keeps the prompt's sequence.
 	for _, s := range samples {
 		if s.seq == nil {
@@ -496,7 +526,6 @@ func (g *Generator) step() error {
 		}
 	}
 	g.running = slices.DeleteFunc(g.running, func(s *genSample) bool { return !s.active })
-	return nil
 }
 
 // topList is one step's most likely tokens of a sample's distribution.
@@ -520,7 +549,7 @@ func (g *Generator) topLists(logits *Tensor, samples []*genSample, sr []SampleRo
 	}
 	b, V := g.model.Backend, logits.Cols()
 	src := logits
-	if len(ask) < len(samples) {
+	if len(ask) < logits.Rows() { // some rows do not ask, or are a decode batch's padding
 		src = b.Alloc(len(ask), V) // [A, V]
 		defer b.Free(src)
 		b.GatherRows(src, logits, ask)

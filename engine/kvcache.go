@@ -29,6 +29,10 @@ type KVCache struct {
 	free       []int32
 	used       int
 	scratch    bool // one pass's cache, thrown away after it (AttnBatch.Scratch)
+	// pad is the block the padded rows of a fixed-size decode batch write to and attend over
+	// (see decodeBufs), made on first use beside the budget's blocks where hasPad.
+	pad    int32
+	hasPad bool
 }
 
 // ErrKVBudget is wrapped by errors returned when the KV-cache memory budget is exhausted.
@@ -251,16 +255,20 @@ func (c *KVCache) Free() { c.store.Free() }
 
 func (c *KVCache) alloc() (int32, error) {
 	if len(c.free) == 0 {
-		n := c.store.NumBlocks()
+		total := c.store.NumBlocks()
+		n := total // blocks of the budget made so far
+		if c.hasPad {
+			n--
+		}
 		if n >= c.maxBlocks {
 			return 0, fmt.Errorf("%w: all %d blocks (%.1f MiB) in use", ErrKVBudget, c.maxBlocks,
 				float64(int64(c.maxBlocks)*c.blockBytes)/(1<<20))
 		}
 		grow := min(max(n, 16), c.maxBlocks-n) // double, within the budget
-		if err := c.store.Grow(n + grow); err != nil {
-			return 0, fmt.Errorf("KV cache: grow to %d blocks: %w", n+grow, err)
+		if err := c.store.Grow(total + grow); err != nil {
+			return 0, fmt.Errorf("KV cache: grow to %d blocks: %w", total+grow, err)
 		}
-		for b := n + grow - 1; b >= n; b-- {
+		for b := total + grow - 1; b >= total; b-- {
 			c.free = append(c.free, int32(b))
 		}
 		c.refs = append(c.refs, make([]int32, grow)...)
@@ -270,6 +278,25 @@ func (c *KVCache) alloc() (int32, error) {
 	c.refs[b] = 1
 	c.used++
 	return b, nil
+}
+
+// padBlock returns the block that the padded rows of a fixed-size decode batch write their keys
+// and values to and attend over, so that they read nothing a sequence wrote and write nothing a
+// sequence reads. It is one block beside the budget (never counted in Used or Capacity), made
+// on first use and held until Free.
+func (c *KVCache) padBlock() (int32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hasPad {
+		return c.pad, nil
+	}
+	total := c.store.NumBlocks()
+	if err := c.store.Grow(total + 1); err != nil {
+		return 0, fmt.Errorf("KV cache: grow to %d blocks for the decode padding block: %w", total+1, err)
+	}
+	c.pad, c.hasPad = int32(total), true
+	c.refs = append(c.refs, 1) // never released
+	return c.pad, nil
 }
 
 func (c *KVCache) release(b int32) {
