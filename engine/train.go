@@ -164,6 +164,10 @@ type Trainer struct {
 	// (SetDropoutKey); drop is the dropout of the pass under way (nil: none, or no pass).
 	dropStep, dropMicro uint64
 	drop                *loraDropout
+	// layerOf is the decoder layer of each trainable weight (-1: the embedding, the final norm,
+	// the LM head); gradReady is the next pass's SetGradReady.
+	layerOf   map[string]int
+	gradReady func(group int)
 }
 
 // NewTrainer turns m's weights into trainable parameters on m's backend, which must be a
@@ -187,7 +191,7 @@ func NewTrainer(m *Model, opts TrainOptions) (*Trainer, error) {
 		}
 		res = append(res, re)
 	}
-	t := &Trainer{Model: m, b: b, opts: opts, params: map[string]*Tensor{}, grads: map[string]*Tensor{}, frozen: map[string]bool{},
+	t := &Trainer{Model: m, b: b, opts: opts, params: map[string]*Tensor{}, grads: map[string]*Tensor{}, frozen: map[string]bool{}, layerOf: map[string]int{},
 		gw: WeightSet{Layers: make([]Layer, len(m.Layers))}}
 	if opts.LoRA.Rank > 0 {
 		return t, t.initLoRA()
@@ -240,6 +244,7 @@ func (t *Trainer) initLoRA() error {
 	for _, s := range specs {
 		g := t.b.Alloc(s.Shape...)
 		t.names = append(t.names, s.Name)
+		t.layerOf[s.Name] = s.Layer
 		t.params[s.Name] = m.Adapters.tensor(s)
 		t.grads[s.Name] = g
 		gp := t.lgrads[s.Layer][s.target]
@@ -282,6 +287,7 @@ func (t *Trainer) addParam(s WeightSpec, freeze []*regexp.Regexp) error {
 	if !t.frozen[s.Name] {
 		g := b.Alloc(s.Shape...)
 		t.names = append(t.names, s.Name)
+		t.layerOf[s.Name] = s.Layer
 		t.grads[s.Name] = g
 		*s.In(&t.gw) = g
 	}
@@ -406,6 +412,8 @@ func (t *Trainer) ForwardBackwardTokens(ctx context.Context, seqs []ScoreRequest
 func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss LossFunc, tl TokenLoss) (*StepStats, error) {
 	b := t.b
 	t.drop = t.passDropout()
+	ready := t.gradReady
+	t.gradReady = nil
 	defer func() { t.drop = nil }()
 	bm, err := t.Model.packBatch(seqs)
 	if err != nil {
@@ -447,8 +455,11 @@ func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 		}
 		dx = h.backward(dlp, dent)
 	}
-	if err := t.backwardLayers(ctx, dx, bm, acts); err != nil {
+	if err := t.backwardLayers(ctx, dx, bm, acts, ready); err != nil {
 		return nil, err
+	}
+	if ready != nil {
+		ready(len(acts))
 	}
 	return st, nil
 }
@@ -470,8 +481,9 @@ func (t *Trainer) forwardLayers(bm *batchMeta, acts []layerActs) *Tensor {
 }
 
 // backwardLayers backpropagates dx [T, D] (freed) through the layers, last to first, and into
-// the embedding.
-func (t *Trainer) backwardLayers(ctx context.Context, dx *Tensor, bm *batchMeta, acts []layerActs) error {
+// the embedding, calling ready (when not nil) with each layer's GradGroups index after its
+// backward.
+func (t *Trainer) backwardLayers(ctx context.Context, dx *Tensor, bm *batchMeta, acts []layerActs, ready func(int)) error {
 	b := t.b
 	for li := len(acts) - 1; li >= 0; li-- {
 		if err := ctx.Err(); err != nil {
@@ -484,6 +496,9 @@ func (t *Trainer) backwardLayers(ctx context.Context, dx *Tensor, bm *batchMeta,
 		}
 		dx = t.layerBackward(li, dx, bm, &acts[li])
 		acts[li].free(b, false)
+		if ready != nil {
+			ready(len(acts) - 1 - li)
+		}
 	}
 	if g := t.gw.Embed; g != nil {
 		b.EmbeddingBackward(g, dx, bm.ids)

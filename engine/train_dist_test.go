@@ -3,7 +3,9 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,5 +87,119 @@ func testReduceGrads(t *testing.T, opts engine.TrainOptions) {
 	err := tr.ReduceGrads(0, func([]float32) error { return errors.New("rank 3 is gone") })
 	if err == nil || !strings.Contains(err.Error(), "rank 3 is gone") || !strings.Contains(err.Error(), tr.TrainableNames()[0]) {
 		t.Fatalf("error: %v", err)
+	}
+}
+
+// TestGradReady: GradGroups cover the trainable weights once, the last layer's first; during a
+// pass with SetGradReady, ready(g) comes for g = 0..L in order, and at that moment group g's
+// gradients already hold their values at the end of the pass (read them with ReadGrads), while
+// the next layer's do not yet; the hook lasts one pass. Full fine-tuning (a frozen layer too),
+// LoRA, and recompute.
+func TestGradReady(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts engine.TrainOptions
+	}{
+		{"full", engine.TrainOptions{}},
+		{"frozen layer 0", engine.TrainOptions{Freeze: []string{`^model\.layers\.0\.`}}},
+		{"recompute", engine.TrainOptions{Recompute: true}},
+		{"lora", engine.TrainOptions{LoRA: engine.LoRAConfig{Rank: 4, Alpha: 8, Seed: 3}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := loadGolden(t, "qwen2")
+			tr := newTrainer(t, g.cfg, g.weights, tc.opts)
+			L := g.cfg.NumHiddenLayers
+			groups := tr.GradGroups()
+			if len(groups) != L+1 {
+				t.Fatalf("%d groups, want %d", len(groups), L+1)
+			}
+			var all []string
+			for gi, names := range groups {
+				for _, name := range names {
+					if gi < L && !strings.HasPrefix(name, fmt.Sprintf("model.layers.%d.", L-1-gi)) {
+						t.Errorf("group %d holds %s, want layer %d's weights", gi, name, L-1-gi)
+					}
+					if gi == L && strings.HasPrefix(name, "model.layers.") {
+						t.Errorf("the last group holds the layer weight %s", name)
+					}
+				}
+				all = append(all, names...)
+			}
+			slices.Sort(all)
+			want := tr.TrainableNames()
+			slices.Sort(want)
+			if !slices.Equal(all, want) {
+				t.Fatalf("groups hold %d weights, the trainer trains %d", len(all), len(want))
+			}
+			if strings.Contains(tc.name, "frozen") && len(groups[L-1]) != 0 {
+				t.Errorf("frozen layer 0's group holds %v", groups[L-1])
+			}
+			batch := trainBatch(rand.New(rand.NewPCG(6, 6)), g.cfg.VocabSize, 7, 5)
+			read := func(names []string) []float32 {
+				n := 0
+				for _, name := range names {
+					n += tr.GradLen(name)
+				}
+				buf := make([]float32, n)
+				if err := tr.ReadGrads(names, buf); err != nil {
+					t.Fatal(err)
+				}
+				return buf
+			}
+			if tc.opts.LoRA.Rank > 0 { // B starts at zero: a first step makes A's gradients non-zero
+				if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tr.Step(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tr.ZeroGrad()
+			var order []int
+			seen := map[int][]float32{}
+			nextNonZero := map[int]bool{} // group g+1 (a layer) had a gradient when g was ready
+			tr.SetGradReady(func(gi int) {
+				order = append(order, gi)
+				seen[gi] = read(groups[gi])
+				if gi+1 < L && len(groups[gi+1]) > 0 {
+					nextNonZero[gi] = slices.ContainsFunc(read(groups[gi+1]), func(v float32) bool { return v != 0 })
+				}
+			})
+			if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
+				t.Fatal(err)
+			}
+			for i, gi := range order {
+				if gi != i {
+					t.Fatalf("ready called with %v, want 0..%d in order", order, L)
+				}
+			}
+			if len(order) != L+1 {
+				t.Fatalf("ready called %d times, want %d", len(order), L+1)
+			}
+			for gi, names := range groups {
+				if !slices.Equal(seen[gi], read(names)) {
+					t.Errorf("group %d's gradients changed after ready(%d)", gi, gi)
+				}
+				if len(names) > 0 && !slices.ContainsFunc(seen[gi], func(v float32) bool { return v != 0 }) {
+					t.Errorf("group %d's gradients were zero at ready(%d)", gi, gi)
+				}
+				if nextNonZero[gi] {
+					t.Errorf("group %d already had gradients when group %d was ready", gi+1, gi)
+				}
+			}
+			calls := len(order)
+			if _, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0)); err != nil {
+				t.Fatal(err)
+			}
+			if len(order) != calls {
+				t.Errorf("a second pass called ready again")
+			}
+			if err := tr.ReadGrads(groups[0], make([]float32, 3)); err == nil || !strings.Contains(err.Error(), "values") {
+				t.Errorf("ReadGrads with a short buffer: %v", err)
+			}
+			if err := tr.WriteGrads([]string{"model.nope"}, nil); err == nil || !strings.Contains(err.Error(), "model.nope") {
+				t.Errorf("WriteGrads of an unknown weight: %v", err)
+			}
+		})
 	}
 }
