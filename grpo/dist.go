@@ -34,8 +34,8 @@ import (
 //     rank keeps the same groups (dynamic sampling fills the global batch), computes the same
 //     advantages, the same shuffled mini-batches and the same loss normalisation, and logs the
 //     1-process run's rollout metrics;
-//   - sums its gradients with the others' (an all-reduce per bucket of gradBucketElems, after
-//     the mini-batch's last backward: not overlapped with it) before the optimizer step, so the
+//   - sums its gradients with the others' (an all-reduce per bucket of gradBucketElems, during
+//     the mini-batch's last backward: dist_overlap.go) before the optimizer step, so the
 //     gradient, its global norm, the clipping and the update are the 1-process run's, and the
 //     weights stay identical on every rank (checked by a checksum at each save);
 //   - adds its loss metrics to the others' (sums over tokens and micro-batches).
@@ -116,13 +116,19 @@ type dataParallel struct {
 	gradWait, gradSeconds float64
 	gradBytes             int
 	step                  int // for progress records
+	// overlap sums the gradients during the backward (RunConfig.GradOverlap, dist_overlap.go);
+	// plan and bucketBufs are its bucket layout and host buffers, kept from step to step.
+	overlap     bool
+	bucketElems int // gradBucketElems (tests make it smaller)
+	plan        *gradPlan
+	bucketBufs  [][]float32
 }
 
 func newDataParallel(c dist.Comm, mon *progress) *dataParallel {
 	if c == nil || c.Size() < 2 {
 		return nil
 	}
-	return &dataParallel{comm: c, rank: c.Rank(), size: c.Size(), mon: mon}
+	return &dataParallel{comm: c, rank: c.Rank(), size: c.Size(), mon: mon, overlap: true, bucketElems: gradBucketElems}
 }
 
 // share is rank's slice [lo, hi) of n items split over size ranks: contiguous, the later ranks
@@ -158,7 +164,7 @@ func (d *dataParallel) allReduceGrads(policy *engine.Trainer) error {
 	}
 	t1 := time.Now()
 	d.gradWait += t1.Sub(t0).Seconds()
-	err := policy.ReduceGrads(gradBucketElems, func(b []float32) error {
+	err := policy.ReduceGrads(d.bucketElems, func(b []float32) error {
 		d.enter(fmt.Sprintf("all-reduce of gradients (%d values)", len(b)))
 		d.gradBytes += 4 * len(b)
 		return d.comm.AllReduce(dist.HostF32(b))

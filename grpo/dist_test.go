@@ -158,8 +158,13 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 		t.Fatalf("the 1-process step should need several sampling rounds and update: %+v", want[0])
 	}
 	wantW, _ := one.Policy.Model.HostWeights()
-	for _, size := range []int{2, 3} {
-		t.Run(fmt.Sprintf("%d ranks", size), func(t *testing.T) {
+	serial := map[int]string{} // the weights' checksum with the all-reduce after the backward
+	for _, tc := range []struct {
+		size    int
+		overlap bool
+	}{{2, false}, {2, true}, {3, false}, {3, true}} {
+		size := tc.size
+		t.Run(fmt.Sprintf("%d ranks, overlap %v", size, tc.overlap), func(t *testing.T) {
 			comms := dist.NewLocalGroup(size, dist.Options{Timeout: time.Minute})
 			ranks := make([]*PolicyOptimizer, size)
 			for r := range ranks {
@@ -167,6 +172,7 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 				ranks[r], g = newGRPO(t, cfg, countSevens)
 				defer g.Close()
 				ranks[r].SetComm(comms[r])
+				ranks[r].dp.overlap, ranks[r].dp.bucketElems = tc.overlap, 700 // many buckets
 			}
 			got := make([][]*Metrics, size)
 			errs := make([]error, size)
@@ -218,6 +224,11 @@ func TestDataParallelMatchesOneProcess(t *testing.T) {
 				if weightsChecksum(w) != weightsChecksum(w0) {
 					t.Errorf("rank %d's weights differ from rank 0's", r)
 				}
+			}
+			if !tc.overlap {
+				serial[size] = weightsChecksum(w0)
+			} else if weightsChecksum(w0) != serial[size] {
+				t.Errorf("the weights after the all-reduce overlapped with the backward differ from those after it")
 			}
 			for name, w := range wantW {
 				for i, v := range w.Data {

@@ -547,11 +547,18 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 	if t.dp != nil { // the loss is normalised over the whole mini-batch; this rank trains its share
 		part = localRollouts(part)
 	}
+	var red *overlapReduce // the gradient all-reduce overlapped with the last backward
+	if t.dp != nil && t.dp.overlap && !t.Policy.OptimizerSharded() {
+		red = t.dp.startGradReduce(t.Policy)
+	}
 	for lo, micro := 0, 0; lo < len(part); micro++ {
 		hi, toks := lo, 0
 		for hi < len(part) && (hi == lo || toks+len(part[hi].prompt.Tokens)+len(part[hi].tokens) <= cfg.MicroBatchTokens) {
 			toks += len(part[hi].prompt.Tokens) + len(part[hi].tokens)
 			hi++
+		}
+		if red != nil && hi == len(part) {
+			t.Policy.SetGradReady(red.ready)
 		}
 		// Clip-Cov's random choice: seeded by the run, the step, the mini- and micro-batch.
 		seed := cfg.Seed*1_000_003 + uint64(m.Step)*10_007 + uint64(mb)*101 + uint64(micro)
@@ -560,12 +567,20 @@ func (t *PolicyOptimizer) miniBatch(ctx context.Context, part []*rollout, mb int
 			return fmt.Errorf("grpo: step %d: %w", m.Step, err)
 		}
 		if err := t.microStep(ctx, part[lo:hi], lc, seed, agg); err != nil {
+			t.Policy.SetGradReady(nil)
+			if red != nil {
+				red.abandon()
+			}
 			return fmt.Errorf("grpo: step %d: update: %w", m.Step, err)
 		}
 		m.TrainTokens += toks
 		lo = hi
 	}
-	if t.dp != nil && t.Policy.OptimizerSharded() { // Step reduce-scatters the gradients
+	if red != nil {
+		if err := red.finish(); err != nil {
+			return fmt.Errorf("grpo: step %d: mini-batch %d: %w", m.Step, mb, err)
+		}
+	} else if t.dp != nil && t.Policy.OptimizerSharded() { // Step reduce-scatters the gradients
 		if err := t.dp.waitGrads(); err != nil {
 			return fmt.Errorf("grpo: step %d: mini-batch %d: %w", m.Step, mb, err)
 		}
