@@ -121,7 +121,10 @@ type RunConfig struct {
 	DistTimeout time.Duration `flag:"dist-timeout" default:"10m" check:">0" help:"data-parallel training: how long a rank waits for the others in a collective before the job ends (naming the rank that is behind and the last step saved)"`
 	// ShardOptimizer shards the policy's AdamW moments over the ranks of a data-parallel run
 	// (ZeRO-1, shard.go); it needs several ranks.
-	ShardOptimizer bool `flag:"shard-optimizer" help:"data-parallel training: shard the AdamW moments over the ranks (ZeRO-1: reduce-scatter the gradients, each rank updates its shard, all-gather the weights); each rank saves its own shard, and a resume needs as many ranks (docs/distributed.md)"`
+	ShardOptimizer bool `flag:"shard-optimizer" help:"data-parallel training: shard the AdamW moments over the ranks (ZeRO-1: reduce-scatter the gradients, each rank updates its shard, all-gather the weights); each rank saves its own shard; a resume on another number of ranks re-shards (docs/distributed.md)"`
+	// GradOverlap sums the gradients over the ranks bucket by bucket during the last
+	// micro-batch's backward (dist_overlap.go) instead of after it.
+	GradOverlap bool `flag:"grad-overlap" default:"true" help:"data-parallel training: all-reduce the gradients in buckets while the backward runs (as PyTorch DDP), instead of after it; the weights are the same either way"`
 	// Cluster is this process's place in a data-parallel run (OpenCluster); nil or one rank: a
 	// single process. Rank 0 alone writes the run directory.
 	Cluster *Cluster
@@ -271,6 +274,9 @@ func Run(ctx context.Context, cfg RunConfig, newJob JobFunc) (*RunResult, error)
 	var dp *dataParallel
 	if c := cfg.Cluster; c != nil {
 		dp = newDataParallel(c.Comm, c.mon)
+		if dp != nil {
+			dp.overlap = cfg.GradOverlap
+		}
 	}
 	var err error
 	if cfg.Resume == nil && (dp == nil || dp.rank == 0) {

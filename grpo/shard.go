@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,7 +28,8 @@ import (
 // to STATE/optimizer-shards/step-NNNNNN/optimizer-rank-R-of-N.safetensors (atomically) before
 // rank 0 writes the step directory, whose state.json records under extra.optimizer_shards the
 // number of ranks and each file's size and SHA-256. A resume loads each rank's file, checked
-// against them; a resume on another number of ranks is refused, naming both.
+// against them. A resume on another number of ranks, or without --shard-optimizer, re-shards:
+// each rank reads its new range from the old shards that hold it (restoreShard).
 
 // ShardsDir is the folder of a run's state directory that holds the optimizer shards, one
 // folder per saved step.
@@ -97,10 +99,11 @@ func (d *dataParallel) waitGrads() error {
 	return err
 }
 
-// restoreShard restores this rank's optimizer shard from the run state being resumed, when
-// that state holds shards (newPolicy sharded the optimizer; a whole optimizer state, saved by
-// an unsharded run, was loaded there: each rank kept its part). A state sharded over another
-// number of ranks, or resumed without sharding, is an error naming the numbers of ranks.
+// restoreShard restores this rank's optimizer state from the run state being resumed, when
+// that state holds shards (a whole optimizer state, saved by an unsharded run, was loaded by
+// newPolicy: a sharded policy kept its part). The shards may come from a run of another number
+// of ranks: a sharded run takes the elements of its new shard from the old shards that hold
+// them, an unsharded run (or a single process) takes them all, so a resume re-shards.
 func (r *runSession) restoreShard() error {
 	rp := r.cfg.Resume
 	if rp == nil {
@@ -114,54 +117,92 @@ func (r *runSession) restoreShard() error {
 	if err := json.Unmarshal(raw, rec); err != nil {
 		return fmt.Errorf("resume: run state of step %d: %s: %w", rp.Step, shardsKey, err)
 	}
-	if !r.policy.OptimizerSharded() {
-		return fmt.Errorf("resume: the run state of step %d holds the optimizer sharded over %d ranks (--shard-optimizer), and this run does not shard it: resume with --shard-optimizer on %d ranks", rp.Step, rec.Ranks, rec.Ranks)
+	size, rank := 1, 0
+	if r.dp != nil {
+		size, rank = r.dp.size, r.dp.rank
 	}
-	if rec.Ranks != r.dp.size {
-		return fmt.Errorf("resume: the run state of step %d holds the optimizer sharded over %d ranks, and this run has %d ranks: resume it on %d ranks (re-sharding is not supported)", rp.Step, rec.Ranks, r.dp.size, rec.Ranks)
+	sharded := r.policy.OptimizerSharded()
+	lo, hi := 0, rec.Total
+	if sharded {
+		lo, hi = engine.NewShardPlan(rec.Total, size).Range(rank)
 	}
-	return r.loadShard(rec)
-}
-
-// loadShard reads this rank's shard of the run state being resumed (rec, its record) and
-// loads it into the policy's optimizer.
-func (r *runSession) loadShard(rec *optimizerShards) error {
-	step, rank := r.cfg.Resume.Step, r.dp.rank
-	if len(rec.Files) != rec.Ranks {
-		return fmt.Errorf("resume: run state of step %d: %s lists %d files for %d ranks", step, shardsKey, len(rec.Files), rec.Ranks)
-	}
-	f := rec.Files[rank]
-	path := filepath.Join(shardsDir(r.cfg.Dir, step), f.Name)
-	if f.Name != shardName(rank, rec.Ranks) {
-		return fmt.Errorf("resume: run state of step %d: rank %d's optimizer shard is named %q, want %q", step, rank, f.Name, shardName(rank, rec.Ranks))
-	}
-	d, err := digest(path)
-	if err != nil {
-		return fmt.Errorf("resume: optimizer shard: %w", err)
-	}
-	if d != f {
-		return fmt.Errorf("resume: optimizer shard %s: %d bytes with SHA-256 %s, the run state of step %d recorded %d bytes with %s", path, d.Size, d.SHA256, step, f.Size, f.SHA256)
-	}
-	st, err := checkpoints.ReadSafetensors(path)
-	if err != nil {
-		return fmt.Errorf("resume: optimizer shard: %w", err)
-	}
-	meta := func(k string) int {
-		v, perr := strconv.Atoi(st.Metadata[k])
-		if perr != nil && err == nil {
-			err = fmt.Errorf("resume: optimizer shard %s: metadata %q: %w", path, k, perr)
-		}
-		return v
-	}
-	sh := &engine.OptimizerShard{Step: meta("optimizer_step"), Rank: meta("rank"), Ranks: meta("ranks"), Lo: meta("lo"), Hi: meta("hi"),
-		Total: meta("elements"), M: st.Tensors["m"].Data, V: st.Tensors["v"].Data}
+	m, v, err := r.readShards(rec, lo, hi)
 	if err != nil {
 		return err
 	}
-	if err := r.policy.LoadOptimizerShard(sh); err != nil {
-		return fmt.Errorf("resume: %s: %w", path, err)
+	if !sharded {
+		ms, err := r.policy.SplitFlat(m)
+		if err == nil {
+			var vs map[string]engine.HostTensor
+			if vs, err = r.policy.SplitFlat(v); err == nil {
+				err = r.policy.LoadOptimizerState(&engine.OptimizerState{Step: rec.Step, M: ms, V: vs})
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("resume: the optimizer shards of step %d: %w", rp.Step, err)
+		}
+	} else if err := r.policy.LoadOptimizerShard(&engine.OptimizerShard{Step: rec.Step, Rank: rank, Ranks: size, Lo: lo, Hi: hi, Total: rec.Total, M: m, V: v}); err != nil {
+		return fmt.Errorf("resume: the optimizer shards of step %d: %w", rp.Step, err)
+	}
+	if sharded && size == rec.Ranks {
+		return nil
+	}
+	to := "an unsharded optimizer"
+	if sharded {
+		to = fmt.Sprintf("%d shards", size)
+	}
+	if r.writes() {
+		slog.Info("resume: re-sharded the optimizer state", "step", rp.Step, "from_shards", rec.Ranks, "to", to)
 	}
 	return nil
+}
+
+// readShards reads elements [lo, hi) of both AdamW moments, flat in TrainableNames order,
+// from the shards of the run state being resumed (rec, its record): from every shard file that
+// holds some of them, each checked against the size and SHA-256 the run state recorded and its
+// metadata against the split of rec.Total elements over rec.Ranks ranks.
+func (r *runSession) readShards(rec *optimizerShards, lo, hi int) (m, v []float32, err error) {
+	step := r.cfg.Resume.Step
+	if rec.Ranks < 1 || len(rec.Files) != rec.Ranks {
+		return nil, nil, fmt.Errorf("resume: run state of step %d: %s lists %d files for %d ranks", step, shardsKey, len(rec.Files), rec.Ranks)
+	}
+	plan := engine.NewShardPlan(rec.Total, rec.Ranks)
+	m, v = make([]float32, hi-lo), make([]float32, hi-lo)
+	for q, f := range rec.Files {
+		qlo, qhi := plan.Range(q)
+		if max(lo, qlo) >= min(hi, qhi) {
+			continue
+		}
+		path := filepath.Join(shardsDir(r.cfg.Dir, step), f.Name)
+		if f.Name != shardName(q, rec.Ranks) {
+			return nil, nil, fmt.Errorf("resume: run state of step %d: rank %d's optimizer shard is named %q, want %q", step, q, f.Name, shardName(q, rec.Ranks))
+		}
+		d, err := digest(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("resume: optimizer shard: %w", err)
+		}
+		if d != f {
+			return nil, nil, fmt.Errorf("resume: optimizer shard %s: %d bytes with SHA-256 %s, the run state of step %d recorded %d bytes with %s", path, d.Size, d.SHA256, step, f.Size, f.SHA256)
+		}
+		st, err := checkpoints.ReadSafetensors(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("resume: optimizer shard: %w", err)
+		}
+		want := map[string]int{"optimizer_step": rec.Step, "rank": q, "ranks": rec.Ranks, "lo": qlo, "hi": qhi, "elements": rec.Total}
+		for _, k := range slices.Sorted(maps.Keys(want)) {
+			if got, perr := strconv.Atoi(st.Metadata[k]); perr != nil || got != want[k] {
+				return nil, nil, fmt.Errorf("resume: optimizer shard %s: metadata %q is %q, want %d", path, k, st.Metadata[k], want[k])
+			}
+		}
+		sm, sv := st.Tensors["m"].Data, st.Tensors["v"].Data
+		if len(sm) != qhi-qlo || len(sv) != qhi-qlo {
+			return nil, nil, fmt.Errorf("resume: optimizer shard %s: tensors m and v have %d and %d values, want %d", path, len(sm), len(sv), qhi-qlo)
+		}
+		a, b := max(lo, qlo), min(hi, qhi)
+		copy(m[a-lo:b-lo], sm[a-qlo:b-qlo])
+		copy(v[a-lo:b-lo], sv[a-qlo:b-qlo])
+	}
+	return m, v, nil
 }
 
 // digest is the size and SHA-256 of the file at path.

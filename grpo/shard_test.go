@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,27 +139,112 @@ func TestRunShardedOptimizer(t *testing.T) {
 		t.Errorf("step 5's weights: resumed %s, uninterrupted %s", cb, ca)
 	}
 
+	// Another number of ranks, or no sharding, re-shards: each rank takes its new range from
+	// the old shards. The ranks' sums round differently, so the later steps agree to rounding.
 	for _, c := range []struct {
 		name  string
 		ranks int
 		shard bool
-		want  string
-	}{
-		{"3 ranks", 3, true, "holds the optimizer sharded over 2 ranks, and this run has 3 ranks: resume it on 2 ranks"},
-		{"unsharded", 2, false, "holds the optimizer sharded over 2 ranks (--shard-optimizer), and this run does not shard it"},
-		{"1 process", 1, true, "--shard-optimizer shards the optimizer over the ranks of a data-parallel run, and this run has one process"},
-	} {
+	}{{"3 ranks", 3, true}, {"2 ranks unsharded", 2, false}, {"1 process", 1, false}} {
 		t.Run(c.name, func(t *testing.T) {
 			d := t.TempDir()
 			if err := os.CopyFS(d, os.DirFS(a)); err != nil {
 				t.Fatal(err)
 			}
 			for r, err := range runRanks(t, c.ranks, d, 5, c.shard, 2) {
-				if err == nil || !strings.Contains(err.Error(), c.want) {
-					t.Errorf("rank %d: %v, want an error saying %q", r, err, c.want)
+				if err != nil {
+					t.Fatalf("rank %d: %v", r, err)
 				}
 			}
+			res := metricLines(t, d)
+			for s := 3; s <= 5; s++ {
+				for _, k := range []string{"actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/kl_loss"} {
+					x, y := got[s][k].(float64), res[s][k].(float64)
+					if math.Abs(x-y) > 1e-5*math.Abs(x)+1e-9 {
+						t.Errorf("step %d %s: re-sharded %.9g, uninterrupted 2 ranks %.9g", s, k, y, x)
+					}
+				}
+			}
+			saved := filepath.Join(shardsDir(d, 5), shardName(0, c.ranks)) // a has 2 ranks' shards
+			if !c.shard {
+				saved = filepath.Join(d, StateDir, checkpoints.StepDirName(5), checkpoints.OptimizerFile)
+			}
+			if _, err := os.Stat(saved); err != nil {
+				t.Errorf("step 5 saved no optimizer state: %v", err)
+			}
 		})
+	}
+	d := t.TempDir()
+	if err := os.CopyFS(d, os.DirFS(a)); err != nil {
+		t.Fatal(err)
+	}
+	want := "--shard-optimizer shards the optimizer over the ranks of a data-parallel run, and this run has one process"
+	if errs := runRanks(t, 1, d, 5, true, 2); errs[0] == nil || !strings.Contains(errs[0].Error(), want) {
+		t.Errorf("1 process with --shard-optimizer: %v, want an error saying %q", errs[0], want)
+	}
+}
+
+// TestReadShards: the elements of any range come from the shard files that hold them, as
+// saved; a shard file whose metadata does not fit the split is refused, naming it.
+func TestReadShards(t *testing.T) {
+	a := t.TempDir()
+	for r, err := range runRanks(t, 3, a, 2, true, 0) {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	rp, err := ResumeFrom(a, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &optimizerShards{}
+	if err := json.Unmarshal(rp.state.Extra[shardsKey], rec); err != nil {
+		t.Fatal(err)
+	}
+	var m, v []float32 // the shards, concatenated
+	for q := range 3 {
+		st, err := checkpoints.ReadSafetensors(filepath.Join(shardsDir(a, 2), shardName(q, 3)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, v = append(m, st.Tensors["m"].Data...), append(v, st.Tensors["v"].Data...)
+	}
+	if len(m) != rec.Total || !slices.ContainsFunc(v, func(x float32) bool { return x != 0 }) {
+		t.Fatalf("%d moments for %d elements (or all zero): the test checks nothing", len(m), rec.Total)
+	}
+	r := &runSession{cfg: RunConfig{Dir: a, Resume: rp}}
+	for _, rg := range [][2]int{{0, rec.Total}, {rec.Total/3 - 5, rec.Total/3 + 7}, {1, 2}, {rec.Total - 3, rec.Total}} {
+		gm, gv, err := r.readShards(rec, rg[0], rg[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(gm, m[rg[0]:rg[1]]) || !slices.Equal(gv, v[rg[0]:rg[1]]) {
+			t.Errorf("range %v: not the saved moments", rg)
+		}
+	}
+	bad := *rec // 2 ranks' record over 3 ranks' files
+	bad.Ranks, bad.Files = 2, rec.Files[:2]
+	if _, _, err := r.readShards(&bad, 0, rec.Total); err == nil || !strings.Contains(err.Error(), `is named "optimizer-rank-0-of-3.safetensors", want "optimizer-rank-0-of-2.safetensors"`) {
+		t.Errorf("a record of 2 ranks over 3 ranks' files: %v", err)
+	}
+	bad.Files = nil // the same files under 2 ranks' names, digests recorded: the metadata tells
+	for q := range 2 {
+		src, dst := filepath.Join(shardsDir(a, 2), shardName(q, 3)), filepath.Join(shardsDir(a, 2), shardName(q, 2))
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := digest(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad.Files = append(bad.Files, f)
+	}
+	if _, _, err := r.readShards(&bad, 0, rec.Total); err == nil || !strings.Contains(err.Error(), shardName(0, 2)+`: metadata "hi" is`) {
+		t.Errorf("3 ranks' shards read as 2 ranks': %v", err)
 	}
 }
 

@@ -1,10 +1,11 @@
 // Package shardresumetest resumes the trainer's default job run under mpirun -np 2 with the
 // optimizer sharded over the ranks (--shard-optimizer, ZeRO-1; issue 32): on as many ranks
-// bit-exactly, on another number of ranks (or unsharded, or in one process) not at all.
+// bit-exactly, on another number of ranks (or unsharded) by re-sharding the optimizer state.
 package shardresumetest
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,8 +47,9 @@ func copyDir(t *testing.T, src, dst string) {
 //   - a copy of it resumed from step 1 on 2 ranks logs step 2's metrics equal to the
 //     uninterrupted run's (every one but the timings) and ends with the same weights checksum:
 //     bit-exact;
-//   - a copy resumed from step 1 on 3 ranks is refused, naming both numbers of ranks; so is a
-//     1-process resume and a resume without --shard-optimizer.
+//   - a copy resumed from step 1 on 3 ranks, or on 2 without --shard-optimizer, re-shards the
+//     optimizer state and logs step 2 as the uninterrupted run (to rounding); a 1-process
+//     resume is refused (--shard-optimizer is saved with the run and needs several ranks).
 func TestShardResume(t *testing.T) {
 	launcher := disthelp.Mpirun(t)
 	bin := disthelp.Trainer(t)
@@ -87,26 +89,45 @@ func TestShardResume(t *testing.T) {
 		t.Logf("resumed from step 1: step 2's metrics and weights (sha256 %s) are the uninterrupted run's", wantSums["0"])
 	}
 
-	// Refused: another number of ranks, one process, no sharding.
+	// Re-sharded: on 3 ranks, and on 2 ranks without sharding. Step 2 starts from step 1's
+	// saved weights, so its rollouts and losses are the uninterrupted run's; its gradient sum
+	// rounds differently over 3 ranks.
 	for _, c := range []struct {
-		name string
-		cmd  *exec.Cmd
-		want string
+		name, shards string
+		cmd          *exec.Cmd
 	}{
-		{"3 ranks", disthelp.Command(launcher, disthelp.MPIArgs(3, bin, "--quiet", "--out", filepath.Join(tmp, "np3"), "--resume", "--resume-step", "1")...),
-			"holds the optimizer sharded over 2 ranks, and this run has 3 ranks"},
-		{"1 process", disthelp.Command(bin, "--quiet", "--out", filepath.Join(tmp, "np1"), "--resume", "--resume-step", "1"),
-			"--shard-optimizer shards the optimizer over the ranks of a data-parallel run, and this run has one process"},
-		{"unsharded", disthelp.Command(launcher, disthelp.MPIArgs(2, bin, "--quiet", "--out", filepath.Join(tmp, "unsharded"), "--resume", "--resume-step", "1", "--shard-optimizer=false")...),
-			"holds the optimizer sharded over 2 ranks (--shard-optimizer), and this run does not shard it"},
+		{"3 ranks", "optimizer-rank-2-of-3.safetensors", disthelp.Command(launcher, disthelp.MPIArgs(3, bin, "--quiet", "--out", filepath.Join(tmp, "np3"), "--resume", "--resume-step", "1")...)},
+		{"unsharded", "", disthelp.Command(launcher, disthelp.MPIArgs(2, bin, "--quiet", "--out", filepath.Join(tmp, "unsharded"), "--resume", "--resume-step", "1", "--shard-optimizer=false")...)},
 	} {
 		dir := c.cmd.Args[slices.Index(c.cmd.Args, "--out")+1]
 		copyDir(t, two, dir)
 		out, err := c.cmd.CombinedOutput()
-		if err == nil || !strings.Contains(string(out), c.want) {
-			t.Errorf("%s: %v, want an error saying %q:\n%s", c.name, err, c.want, out)
-		} else {
-			t.Logf("%s: refused: %s", c.name, c.want)
+		if err != nil || !strings.Contains(string(out), "re-sharded the optimizer state") {
+			t.Errorf("%s: %v, want a run that says it re-sharded:\n%s", c.name, err, out)
+			continue
 		}
+		got := disthelp.Metrics(t, dir)
+		for _, k := range []string{"critic/score/mean", "actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/kl_loss"} {
+			x, y := want[2][k].(float64), got[2][k].(float64)
+			if math.Abs(x-y) > 1e-5*math.Abs(x)+1e-12 {
+				t.Errorf("%s: step 2 %s: re-sharded %.9g, uninterrupted %.9g", c.name, k, y, x)
+			}
+		}
+		saved := filepath.Join(dir, "state", "optimizer-shards", "step-000002", c.shards)
+		if c.shards == "" {
+			saved = filepath.Join(dir, "state", "step-000002", "optimizer.safetensors")
+		}
+		if _, err := os.Stat(saved); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		}
+		t.Logf("%s: re-sharded from 2 shards; step 2's metrics are the uninterrupted run's to 1e-5", c.name)
+	}
+
+	// Refused: one process with --shard-optimizer (saved with the run).
+	np1 := filepath.Join(tmp, "np1")
+	copyDir(t, two, np1)
+	out, err := disthelp.Command(bin, "--quiet", "--out", np1, "--resume", "--resume-step", "1").CombinedOutput()
+	if want := "--shard-optimizer shards the optimizer over the ranks of a data-parallel run, and this run has one process"; err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("1 process: %v, want an error saying %q:\n%s", err, want, out)
 	}
 }
