@@ -112,9 +112,9 @@ func TestPerturbedOpFails(t *testing.T) {
 		{"Dropout", dropoutIndexOff{cpu.New()}, "Dropout", []string{"/p=0/"},
 			[]string{"Train/qwen2/lora-dropout/grad/", "Train/llama/lora-dropout/adamw10/"},
 			[]string{"Model/", "Train/qwen2/grad/", "Train/qwen2/lora/", "Train/qwen2/fused-head/"}},
-		// The engine's layer takes the fused op where the backend fuses (the CPU does).
+		// The engine's layer takes the fused op where the backend fuses (cpu.WithFusedMLP).
 		// Swapping both weights leaves the kept products right: only out is hit.
-		{"GateUpSwiGLU", gateUpSwapped{cpu.New()}, "GateUpSwiGLU", []string{"/gate", "/up"},
+		{"GateUpSwiGLU", gateUpSwapped{cpu.New(cpu.WithFusedMLP(true))}, "GateUpSwiGLU", []string{"/gate", "/up"},
 			[]string{"Model/qwen2/logits", "Model/llama/score/", "Train/qwen3/grad/"}, nil},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
