@@ -70,9 +70,13 @@ func (t Threads) MatMulSwiGLU(out, gy, uy, x []float32, m int, g, u *Weight) {
 		// The gate and up strips [rows][32] of up to stripRows rows of x (whole row blocks):
 		// each weight's panel is streamed over a strip's row blocks in turn, as matmul streams
 		// it, and the strips stay in L1/L2 until SwiGLU reads them.
-		sb := getBuf(2 * (stripRows + 32) * nr)
+		sr := min(m, stripRows) // rows of a strip: at most stripRows, or one row block (<= 32 rows)
+		if mr > stripRows {
+			sr = min(m, mr)
+		}
+		sb := getBuf(2 * sr * nr)
 		defer putBuf(sb)
-		strips := [2][]float32{(*sb)[:(stripRows+32)*nr], (*sb)[(stripRows+32)*nr:]}
+		strips := [2][]float32{(*sb)[:sr*nr], (*sb)[sr*nr : 2*sr*nr]}
 		var wide [2]*[]float32 // widened bf16 panels, reused for every row block of an item
 		for it := lo; it < hi; it++ {
 			pn, grp := it/nrg, it%nrg
