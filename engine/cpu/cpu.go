@@ -144,7 +144,8 @@ func WithTiledAttentionFrom(n int) Option {
 // op (GateUpSwiGLU) or as MatMuls then SwiGLU (the default); the results are the same bits
 // either way. Off by default: BenchmarkGateUpSwiGLU found the fused op no faster on the
 // machine it was written on (2 cores of an AMD EPYC with AVX512_BF16: 0.86-1.12× of the
-// unfused pair at 1 to 256 rows of the Qwen2.5-0.5B MLP, within the noise of a shared machine).
+// unfused pair's speed at 1 to 256 rows of the Qwen2.5-0.5B MLP, bf16 and fp32 weights, within the
+// noise of a machine shared with other work).
 func WithFusedMLP(on bool) Option {
 	return func(c *Backend) { c.fusedMLP = on }
 }
