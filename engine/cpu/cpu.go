@@ -143,9 +143,9 @@ func WithTiledAttentionFrom(n int) Option {
 // WithFusedMLP says whether the engine runs the MLP's gate and up projections and SwiGLU as one
 // op (GateUpSwiGLU) or as MatMuls then SwiGLU (the default); the results are the same bits
 // either way. Off by default: BenchmarkGateUpSwiGLU found the fused op no faster on the
-// machine it was written on (2 cores of an AMD EPYC with AVX512_BF16: 0.86-1.12× of the
-// unfused pair's speed at 1 to 256 rows of the Qwen2.5-0.5B MLP, bf16 and fp32 weights, within the
-// noise of a machine shared with other work).
+// machine it was written on (2 cores of an AMD EPYC with AVX512_BF16, shared with other work:
+// 0.88-1.18× the unfused pair's speed at 1 to 256 rows of the Qwen2.5-0.5B MLP, bf16 and fp32
+// weights).
 func WithFusedMLP(on bool) Option {
 	return func(c *Backend) { c.fusedMLP = on }
 }
