@@ -33,6 +33,17 @@ type Options struct {
 	// RMSNorm in one pass) in place of add then rmsnorm. Off until a GPU run of the conformance
 	// suite (AddRMSNorm cases) and the benchmark shows it passes and wins.
 	FusedAddRMSNorm bool
+	// MatMuls makes the engine run the projections of one input (Q, K, V; gate, up) through
+	// MatMuls (cuda/fused_mlp.go): one op, x converted to bf16 once, and in decoding one
+	// matrix-vector launch (gemv3) for up to three weights. Off until a GPU run of the
+	// conformance suite (MatMuls cases) and the benchmark shows it passes and wins.
+	MatMuls bool
+	// FusedMLP makes the engine run the MLP's gate and up projections with SwiGLU as one op
+	// (GateUpSwiGLU): in decoding one matrix-vector launch (gemv_swiglu) for both products and
+	// the activation, else the two GEMMs and swiglu_out_bf16, which also writes the bf16 copy
+	// the down projection reads. Off until a GPU run of the conformance suite (GateUpSwiGLU
+	// cases) and the benchmark shows it passes and wins.
+	FusedMLP bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of

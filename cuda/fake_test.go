@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
+
+	"github.com/prolong-rl/prolong/cuda/internal/kernelgen"
 )
 
 // fakeGPU stands in for libcuda and cuBLAS through callHook, and for NVRTC as a compiler, so
@@ -33,6 +36,53 @@ type fakeGPU struct {
 	names       map[uintptr]string
 
 	tl *fakeTimeline // when set, events and launches run on its simulated clocks (profile_test.go)
+
+	kernels  map[uintptr]string // function handles of cuModuleGetFunction, by kernel name
+	launches []fakeLaunch       // every cuLaunchKernel, in order
+}
+
+// fakeLaunch is one kernel launch: the kernel, its grid and block, and its arguments' 8-byte
+// slots (see kernelArgs).
+type fakeLaunch struct {
+	name  string
+	grid  [3]int
+	block int
+	args  []uint64
+}
+
+// kernelParams counts the parameters of every kernel (from the sources), so that the fake can
+// read a launch's arguments.
+var kernelParams = sync.OnceValue(func() map[string]int {
+	ks, err := kernelgen.Parse("kernels", []byte(KernelSource()))
+	if err != nil {
+		panic(err)
+	}
+	n := map[string]int{}
+	for _, k := range ks {
+		n[k.Name] = len(k.Params)
+	}
+	return n
+})
+
+// goString reads a NUL-terminated C string.
+func goString(p uintptr) string {
+	var b []byte
+	for i := uintptr(0); ; i++ {
+		c := *at[byte](p + i)
+		if c == 0 {
+			return string(b)
+		}
+		b = append(b, c)
+	}
+}
+
+// launched returns the launches since index from (of g.launches) by kernel name.
+func (g *fakeGPU) launched(from int) []string {
+	var s []string
+	for _, l := range g.launches[from:] {
+		s = append(s, l.name)
+	}
+	return s
 }
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
@@ -157,7 +207,21 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		}
 		*at[uintptr](a[0]) = 0xd0
 	case "moduleGetFunction":
-		*at[uintptr](a[0]) = 0xf0
+		if g.kernels == nil {
+			g.kernels = map[uintptr]string{}
+		}
+		h := uintptr(0x100000 + len(g.kernels))
+		g.kernels[h] = goString(a[2])
+		*at[uintptr](a[0]) = h
+	case "launchKernel":
+		l := fakeLaunch{name: g.kernels[a[0]], grid: [3]int{int(a[1]), int(a[2]), int(a[3])}, block: int(a[4])}
+		if a[9] != 0 {
+			ptrs := unsafe.Slice(at[unsafe.Pointer](a[9]), kernelParams()[l.name])
+			for _, p := range ptrs {
+				l.args = append(l.args, *(*uint64)(p))
+			}
+		}
+		g.launches = append(g.launches, l)
 	case "getErrorName":
 		n, ok := fakeErrorNames[int(a[0])]
 		if !ok {

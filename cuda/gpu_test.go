@@ -28,7 +28,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 
 // TestConformance runs the engine's conformance suite on the GPU against the CPU backend:
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
-// then bf16 matmuls for parameters too with bf16 tolerances. With PROLONG_CONFORMANCE_JSON set,
+// then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
+// layer ops that are off by default turned on. With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -56,6 +57,10 @@ func TestConformance(t *testing.T) {
 		{"fp32-attention-matmul", Options{AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.F32}},
 		{"bf16-weights", Options{}, enginetest.Options{WeightDType: engine.BF16}},
 		{"bf16-matmul", Options{BF16Matmul: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
+		// The fused paths that are off by default (their op cases run in every setting), here in
+		// the engine's layer too: the model and training cases go through them.
+		{"bf16-matmul-fused", Options{BF16Matmul: true, FusedAddRMSNorm: true, MatMuls: true, FusedMLP: true},
+			enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {

@@ -170,6 +170,41 @@ func (b *Backend) launchKvWrite(grid [3]int, threads int, kc, vc, k, v, slots dp
 	b.launch("kv_write", grid, threads, argPtr(kc), argPtr(vc), argPtr(k), argPtr(v), argPtr(slots), argI32(T), argI32(nkv), argI32(bs), argI32(dh))
 }
 
+// launchGemv3Bf16 enqueues gemv3_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
+//
+//	gemv3_bf16(float* y0, float* y1, float* y2, const float* x, const bf16* W0, const bf16* W1, const bf16* W2, int N0, int N1, int N2, int M, int K, int wpr)
+func (b *Backend) launchGemv3Bf16(grid [3]int, threads int, y0, y1, y2, x, W0, W1, W2 dptr, N0, N1, N2, M, K, wpr int32) {
+	b.launch("gemv3_bf16", grid, threads, argPtr(y0), argPtr(y1), argPtr(y2), argPtr(x), argPtr(W0), argPtr(W1), argPtr(W2), argI32(N0), argI32(N1), argI32(N2), argI32(M), argI32(K), argI32(wpr))
+}
+
+// launchGemv3F32 enqueues gemv3_f32 (kernels/fused_mlp.cu) on a grid of blocks of threads:
+//
+//	gemv3_f32(float* y0, float* y1, float* y2, const float* x, const float* W0, const float* W1, const float* W2, int N0, int N1, int N2, int M, int K, int wpr)
+func (b *Backend) launchGemv3F32(grid [3]int, threads int, y0, y1, y2, x, W0, W1, W2 dptr, N0, N1, N2, M, K, wpr int32) {
+	b.launch("gemv3_f32", grid, threads, argPtr(y0), argPtr(y1), argPtr(y2), argPtr(x), argPtr(W0), argPtr(W1), argPtr(W2), argI32(N0), argI32(N1), argI32(N2), argI32(M), argI32(K), argI32(wpr))
+}
+
+// launchGemvSwigluBf16 enqueues gemv_swiglu_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
+//
+//	gemv_swiglu_bf16(float* out, float* gate, float* up, const float* x, const bf16* Wg, const bf16* Wu, int M, int N, int K, int wpr)
+func (b *Backend) launchGemvSwigluBf16(grid [3]int, threads int, out, gate, up, x, Wg, Wu dptr, M, N, K, wpr int32) {
+	b.launch("gemv_swiglu_bf16", grid, threads, argPtr(out), argPtr(gate), argPtr(up), argPtr(x), argPtr(Wg), argPtr(Wu), argI32(M), argI32(N), argI32(K), argI32(wpr))
+}
+
+// launchGemvSwigluF32 enqueues gemv_swiglu_f32 (kernels/fused_mlp.cu) on a grid of blocks of threads:
+//
+//	gemv_swiglu_f32(float* out, float* gate, float* up, const float* x, const float* Wg, const float* Wu, int M, int N, int K, int wpr)
+func (b *Backend) launchGemvSwigluF32(grid [3]int, threads int, out, gate, up, x, Wg, Wu dptr, M, N, K, wpr int32) {
+	b.launch("gemv_swiglu_f32", grid, threads, argPtr(out), argPtr(gate), argPtr(up), argPtr(x), argPtr(Wg), argPtr(Wu), argI32(M), argI32(N), argI32(K), argI32(wpr))
+}
+
+// launchSwigluOutBf16 enqueues swiglu_out_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
+//
+//	swiglu_out_bf16(float* out, bf16* outb, const float* gate, const float* up, i64 n)
+func (b *Backend) launchSwigluOutBf16(grid [3]int, threads int, out, outb, gate, up dptr, n int64) {
+	b.launch("swiglu_out_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(gate), argPtr(up), argI64(n))
+}
+
 // launchGemvBf16 enqueues gemv_bf16 (kernels/gemv.cu) on a grid of blocks of threads:
 //
 //	gemv_bf16(float* y, const float* x, const bf16* W, int M, int N, int K, int wpr)

@@ -188,6 +188,25 @@ func addRMSNorm(b Backend, sum, normed, x, y, w *Tensor, eps float32) {
 	b.RMSNorm(normed, sum, w, eps)
 }
 
+// GateUpSwiGLUBackend is implemented by a backend with the MLP's gate and up projections and
+// SwiGLU fused: out[M,I] = silu(x[M,D]·wg[I,D]ᵀ) ⊙ (x·wu[I,D]ᵀ) in one op, as MatMuls then
+// SwiGLU give it, without the products making a round trip through memory. gate and up [M,I],
+// where not nil, receive x·wgᵀ and x·wuᵀ as well (the training forward keeps them for the
+// backward); out is none of x, gate, up. FusesGateUpSwiGLU says whether the engine should use
+// it: a backend may have the op but keep it off until a run on its hardware verified it (the
+// conformance suite checks GateUpSwiGLU either way).
+type GateUpSwiGLUBackend interface {
+	FusesGateUpSwiGLU() bool
+	GateUpSwiGLU(out, gate, up, x, wg, wu *Tensor)
+}
+
+// MatMulsSwitch is implemented by a MatMulsBackend that may keep MatMuls off until a run on its
+// hardware verified it: where FusesMatMuls is false the engine runs one MatMul per weight (the
+// conformance suite checks MatMuls either way).
+type MatMulsSwitch interface {
+	FusesMatMuls() bool
+}
+
 // SumSquaresManyBackend is implemented by a backend that sums the squares of several tensors in
 // one pass with one synchronisation: each result is what SumSquares would give for that tensor.
 // The CUDA backend does (the optimizer's gradient norm then costs one host round trip a step,
@@ -219,6 +238,9 @@ func sumSquaresMany(b TrainBackend, xs []*Tensor, names []string) ([]float64, er
 
 // matMuls runs outs[i] = x·ws[i]ᵀ through b's MatMuls where it has one, else one MatMul each.
 func matMuls(b Backend, outs []*Tensor, x *Tensor, ws ...*Tensor) {
+	if sw, ok := b.(MatMulsSwitch); ok && !sw.FusesMatMuls() {
+		b = plainMatMul{b}
+	}
 	if mb, ok := b.(MatMulsBackend); ok {
 		mb.MatMuls(outs, x, ws)
 		return
@@ -226,6 +248,25 @@ func matMuls(b Backend, outs []*Tensor, x *Tensor, ws ...*Tensor) {
 	for i, w := range ws {
 		b.MatMul(outs[i], x, w)
 	}
+}
+
+// plainMatMul hides a backend's MatMuls (its MatMulsSwitch says off).
+type plainMatMul struct{ Backend }
+
+// gateUpSwiGLU runs out = silu(x·wgᵀ)·(x·wuᵀ), fused where b says to; gate and up [M,I] receive
+// the products (they are the scratch of the unfused route, so they are written either way
+// unless the fused op runs with keep false).
+func gateUpSwiGLU(b Backend, out, gate, up, x, wg, wu *Tensor, keep bool) {
+	if fb, ok := b.(GateUpSwiGLUBackend); ok && fb.FusesGateUpSwiGLU() {
+		if keep {
+			fb.GateUpSwiGLU(out, gate, up, x, wg, wu)
+		} else {
+			fb.GateUpSwiGLU(out, nil, nil, x, wg, wu)
+		}
+		return
+	}
+	matMuls(b, []*Tensor{gate, up}, x, wg, wu)
+	b.SwiGLU(out, gate, up)
 }
 
 var (

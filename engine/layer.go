@@ -105,10 +105,16 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	b.MatMul(a.o, a.a, l.O)
 	p.adapt(li, tO, a.o, a.a, a)
 	addRMSNorm(b, a.xm, a.h2, a.x, a.o, l.PostNorm, eps)
-	matMuls(b, []*Tensor{a.g, a.u}, a.h2, l.Gate, l.Up)
-	p.adapt(li, tGate, a.g, a.h2, a)
-	p.adapt(li, tUp, a.u, a.h2, a)
-	b.SwiGLU(a.mm, a.g, a.u)
+	if p.ad == nil || (p.ad.Layers[li][tGate] == nil && p.ad.Layers[li][tUp] == nil) {
+		// gate/up and SwiGLU, one op where the backend fuses them; a training pass keeps the
+		// products for the backward (in generation mm is g's buffer and they are scratch).
+		gateUpSwiGLU(b, a.mm, a.g, a.u, a.h2, l.Gate, l.Up, a.mm != a.g)
+	} else {
+		matMuls(b, []*Tensor{a.g, a.u}, a.h2, l.Gate, l.Up)
+		p.adapt(li, tGate, a.g, a.h2, a)
+		p.adapt(li, tUp, a.u, a.h2, a)
+		b.SwiGLU(a.mm, a.g, a.u)
+	}
 	b.MatMul(a.dn, a.mm, l.Down)
 	p.adapt(li, tDown, a.dn, a.mm, a)
 	b.Add(a.out, a.xm, a.dn)

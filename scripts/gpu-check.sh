@@ -8,8 +8,9 @@
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #
 # run.sh runs, each under its own time limit (8 minutes in all at most):
-#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, three
-#      settings (fp32; bf16 weights; bf16 matmuls), with finite differences -> conformance.json
+#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, five
+#      settings (fp32; fp32 attention matmuls; bf16 weights; bf16 matmuls; bf16 matmuls with the
+#      fused layer ops that are off by default), with finite differences -> conformance.json
 #      (every case: error, tolerance, first bad index, got/want) and conformance.log;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their

@@ -55,3 +55,25 @@ const bf16GradTol = 2e-2
 func TestCPUTiledAttention(t *testing.T) {
 	Run(t, cpu.New(cpu.WithTiledAttentionFrom(1), cpu.WithTiledPrefillFrom(1)), Options{Short: testing.Short()})
 }
+
+// TestCPUFusedMLP: the CPU backend with the fused gate/up+SwiGLU op in the engine's layer
+// (cpu.WithFusedMLP) against the CPU backend without it: whole-model logits, scores, cached
+// generation, training gradients and AdamW steps are the same bits (the op is MatMuls then
+// SwiGLU bit for bit, and the training forward keeps the products the backward reads).
+func TestCPUFusedMLP(t *testing.T) {
+	ref := cpu.New(cpu.WithFusedMLP(false))
+	n := 0
+	for _, r := range Check(cpu.New(cpu.WithFusedMLP(true)), Options{Reference: ref, Short: true}) {
+		if !strings.HasPrefix(r.Name, "Model/") && !strings.HasPrefix(r.Name, "Train/") {
+			continue
+		}
+		n++
+		if r.Error != 0 || !r.Pass {
+			t.Errorf("%s: not exact: %s", r.Name, r)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no model or training case ran")
+	}
+	t.Logf("%d model and training results, all exact", n)
+}

@@ -80,6 +80,7 @@ func forwardCases(o Options) []testCase {
 			}})
 		}
 	}
+	cs = append(cs, fusedProjectionCases(o)...)
 	cs = append(cs, testCase{"AddBias/M=17,N=129", func(c *caseCtx) {
 		x, bias := randn(c.rng, 17*129, 1), randn(c.rng, 129, 1)
 		c.both(c.tol.Elementwise, func(e *env) []output {
@@ -582,4 +583,110 @@ func sampledLogProbs(got, want []float32) Result {
 	r.Pass = bad == 0
 	r.Detail = fmt.Sprintf("%d of %d log-probs of rows that drew the same id differ in their bits", bad, len(want))
 	return r
+}
+
+// fusedShapes are the M×K×N products of the fused projection cases: decode rows with K a
+// multiple of 8 (a GPU's matrix-vector kernels), odd sizes around tile edges, and (in full
+// runs) one larger product for a GPU's GEMM path.
+func fusedShapes(o Options) []matmulShape {
+	s := []matmulShape{{1, 64, 96}, {3, 256, 200}, {8, 128, 72}, {17, 257, 67}, {9, 512, 129}}
+	if !o.Short {
+		s = append(s, matmulShape{64, 512, 1024})
+	}
+	return s
+}
+
+// weightOf uploads w [n, k] as a linear weight of kind "f32" or "bf16", or as a trainable
+// parameter ("param").
+func (e *env) weightOf(kind string, w []float32, n, k int) *engine.Tensor {
+	switch kind {
+	case "f32":
+		return e.weight(engine.F32, w, n, k)
+	case "bf16":
+		return e.weight(engine.BF16, w, n, k)
+	}
+	return e.param(w, n, k)
+}
+
+// fusedProjectionCases: MatMuls (the Q/K/V and gate/up projections of one input) and
+// GateUpSwiGLU on the backend under test, whether or not it uses them by default (the GPU check
+// verifies them before they become defaults), against one MatMul per weight (and SwiGLU) on
+// the reference. A backend without the op runs what the engine runs then.
+func fusedProjectionCases(o Options) []testCase {
+	var cs []testCase
+	for _, s := range fusedShapes(o) {
+		for _, kind := range []string{"f32", "bf16", "param"} {
+			cs = append(cs, testCase{"MatMuls/" + s.String() + "/" + kind, func(c *caseCtx) {
+				ns := []int{s.n, max(1, s.n/3), 2*s.n + 5} // three widths, as Q, K, V
+				x := randn(c.rng, s.m*s.k, 1)
+				var ws, inits [][]float32
+				for _, n := range ns {
+					ws = append(ws, randn(c.rng, n*s.k, 1/math.Sqrt(float64(s.k))))
+					inits = append(inits, randn(c.rng, s.m*n, 1))
+				}
+				tol := c.tol.MatMul
+				if kind == "bf16" {
+					tol = c.tol.MatMulBF16
+				}
+				c.both(tol, func(e *env) []output {
+					xt := e.up(x, s.m, s.k)
+					var outs, wts []*engine.Tensor
+					for i, n := range ns {
+						outs = append(outs, e.up(inits[i], s.m, n))
+						wts = append(wts, e.weightOf(kind, ws[i], n, s.k))
+					}
+					if mb, ok := e.b.(engine.MatMulsBackend); ok && e.b != c.ref {
+						mb.MatMuls(outs, xt, wts)
+					} else {
+						for i := range wts {
+							e.b.MatMul(outs[i], xt, wts[i])
+						}
+					}
+					var res []output
+					for i, t := range outs {
+						res = append(res, output{fmt.Sprint("out", i), e.down(t)})
+					}
+					return res
+				})
+			}})
+			for _, keep := range []bool{false, true} {
+				name := "GateUpSwiGLU/" + s.String() + "/" + kind
+				if keep {
+					name += "/keep"
+				}
+				cs = append(cs, testCase{name, func(c *caseCtx) {
+					x := randn(c.rng, s.m*s.k, 2)
+					wg, wu := randn(c.rng, s.n*s.k, 1/math.Sqrt(float64(s.k))), randn(c.rng, s.n*s.k, 1/math.Sqrt(float64(s.k)))
+					init := randn(c.rng, 3*s.m*s.n, 1)
+					tol := c.tol.MatMul
+					if kind == "bf16" {
+						tol = c.tol.MatMulBF16
+					}
+					c.both(tol, func(e *env) []output {
+						xt := e.up(x, s.m, s.k)
+						gt, ut := e.weightOf(kind, wg, s.n, s.k), e.weightOf(kind, wu, s.n, s.k)
+						out := e.up(init[:s.m*s.n], s.m, s.n)
+						gate, up := e.up(init[s.m*s.n:2*s.m*s.n], s.m, s.n), e.up(init[2*s.m*s.n:], s.m, s.n)
+						if fb, ok := e.b.(engine.GateUpSwiGLUBackend); ok && e.b != c.ref {
+							if keep {
+								fb.GateUpSwiGLU(out, gate, up, xt, gt, ut)
+							} else {
+								fb.GateUpSwiGLU(out, nil, nil, xt, gt, ut)
+							}
+						} else {
+							e.b.MatMul(gate, xt, gt)
+							e.b.MatMul(up, xt, ut)
+							e.b.SwiGLU(out, gate, up)
+						}
+						res := []output{{"out", e.down(out)}}
+						if keep {
+							res = append(res, output{"gate", e.down(gate)}, output{"up", e.down(up)})
+						}
+						return res
+					})
+				}})
+			}
+		}
+	}
+	return cs
 }

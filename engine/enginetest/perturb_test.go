@@ -53,6 +53,14 @@ func (b matmulDWOverwrites) MatMulDW(dw, dy, x *engine.Tensor) {
 	b.Backend.MatMulDW(dw, dy, x)
 }
 
+// gateUpSwapped runs the fused MLP op with the gate and up weights swapped: silu(x·Wuᵀ)·(x·Wgᵀ),
+// a mix-up of two same-shaped weights that an unfused reference does not make.
+type gateUpSwapped struct{ *cpu.Backend }
+
+func (b gateUpSwapped) GateUpSwiGLU(out, gate, up, x, wg, wu *engine.Tensor) {
+	b.Backend.GateUpSwiGLU(out, up, gate, x, wu, wg)
+}
+
 // dropoutIndexOff hashes element i+1 for element i (a counter off by one): every mask is
 // another, equally random one.
 type dropoutIndexOff struct{ *cpu.Backend }
@@ -104,6 +112,10 @@ func TestPerturbedOpFails(t *testing.T) {
 		{"Dropout", dropoutIndexOff{cpu.New()}, "Dropout", []string{"/p=0/"},
 			[]string{"Train/qwen2/lora-dropout/grad/", "Train/llama/lora-dropout/adamw10/"},
 			[]string{"Model/", "Train/qwen2/grad/", "Train/qwen2/lora/", "Train/qwen2/fused-head/"}},
+		// The engine's layer takes the fused op where the backend fuses (cpu.WithFusedMLP).
+		// Swapping both weights leaves the kept products right: only out is hit.
+		{"GateUpSwiGLU", gateUpSwapped{cpu.New(cpu.WithFusedMLP(true))}, "GateUpSwiGLU", []string{"/gate", "/up"},
+			[]string{"Model/qwen2/logits", "Model/llama/score/", "Train/qwen3/grad/"}, nil},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},

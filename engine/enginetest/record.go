@@ -20,8 +20,9 @@ import (
 // synchronisation is not a call of its own there but part of the calls that return data
 // (Download, Sample, LogProbs).
 //
-// It forwards engine.MatMulsBackend and engine.KVDTyper when the wrapped backend has them, so
-// the engine takes the same paths as on that backend.
+// It forwards engine.MatMulsBackend (with its engine.MatMulsSwitch), engine.GateUpSwiGLUBackend
+// and engine.KVDTyper when the wrapped backend has them, so the engine takes the same paths as
+// on that backend.
 type Recorder struct {
 	B engine.Backend
 
@@ -206,6 +207,49 @@ func (r *Recorder) MatMuls(outs []*engine.Tensor, x *engine.Tensor, ws []*engine
 	for i, w := range ws {
 		r.B.MatMul(outs[i], x, w)
 	}
+}
+
+// FusesMatMuls implements engine.MatMulsSwitch: the wrapped backend's answer, true where it has
+// MatMuls without a switch.
+func (r *Recorder) FusesMatMuls() bool {
+	if sw, ok := r.B.(engine.MatMulsSwitch); ok {
+		return sw.FusesMatMuls()
+	}
+	_, ok := r.B.(engine.MatMulsBackend)
+	return ok
+}
+
+// FusesGateUpSwiGLU implements engine.GateUpSwiGLUBackend: the wrapped backend's answer, false
+// where it has no such op (the engine then records MatMuls and SwiGLU).
+func (r *Recorder) FusesGateUpSwiGLU() bool {
+	fb, ok := r.B.(engine.GateUpSwiGLUBackend)
+	return ok && fb.FusesGateUpSwiGLU()
+}
+
+// GateUpSwiGLU implements engine.GateUpSwiGLUBackend, as the wrapped backend's op where it has
+// one, else MatMuls (into gate and up, or scratch it allocates and frees) then SwiGLU.
+func (r *Recorder) GateUpSwiGLU(out, gate, up, x, wg, wu *engine.Tensor) {
+	r.add("GateUpSwiGLU", []*engine.Tensor{out, gate, up, x, wg, wu}, nil, "")
+	if fb, ok := r.B.(engine.GateUpSwiGLUBackend); ok {
+		fb.GateUpSwiGLU(out, gate, up, x, wg, wu)
+		return
+	}
+	g, u := gate, up
+	if g == nil {
+		g = r.B.Alloc(out.Shape...)
+		defer r.B.Free(g)
+	}
+	if u == nil {
+		u = r.B.Alloc(out.Shape...)
+		defer r.B.Free(u)
+	}
+	if mb, ok := r.B.(engine.MatMulsBackend); ok {
+		mb.MatMuls([]*engine.Tensor{g, u}, x, []*engine.Tensor{wg, wu})
+	} else {
+		r.B.MatMul(g, x, wg)
+		r.B.MatMul(u, x, wu)
+	}
+	r.B.SwiGLU(out, g, u)
 }
 
 // KVDTypes implements engine.KVDTyper: the wrapped backend's, F32 alone where it has none.

@@ -145,34 +145,8 @@ func (t Threads) matmulAMX(ys [][]float32, x []float32, m int, ws []*Weight, tra
 	nrb := (m + mr - 1) / mr
 	first := func(r int) int { return r * m / nrb }
 
-	bp := getBuf(m * k2p)
-	defer putBuf(bp)
-	ap := unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2p) // [m][k2p] pairs
-	if trans {
-		tp := getBuf((m*k + 1) / 2)
-		defer putBuf(tp)
-		xt := unsafe.Slice((*uint16)(unsafe.Pointer(&(*tp)[0])), m*k) // all of x [k][m] in bf16
-		t.Parallel(k, max(1, 16384/m), func(lo, hi int) {
-			cvtRow(xt[lo*m:hi*m], x[lo*m:hi*m])
-		})
-		t.Parallel(m, max(1, 16384/k2p), func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				row := unsafe.Slice((*uint16)(unsafe.Pointer(&ap[i*k2p])), 2*k2p)
-				for kk := 0; kk < k; kk++ {
-					row[kk] = xt[kk*m+i]
-				}
-				clear(row[k:])
-			}
-		})
-	} else {
-		t.Parallel(m, max(1, 16384/k2p), func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				row := unsafe.Slice((*uint16)(unsafe.Pointer(&ap[i*k2p])), 2*k2p)
-				cvtRow(row[:k], x[i*k:i*k+k])
-				clear(row[k:])
-			}
-		})
-	}
+	ap, put := t.packAMX(x, m, k, k2p, trans)
+	defer put()
 
 	p := t.count()
 	nrg := 1
@@ -212,4 +186,37 @@ func (t Threads) matmulAMX(ys [][]float32, x []float32, m int, ws []*Weight, tra
 			}
 		}
 	})
+}
+
+// packAMX rounds x [m,k] (or xᵀ given as [k,m] when trans) to bf16 and packs it row-major as
+// pairs [m][k2p] for the AMX kernel (zero pairs past k). put returns the scratch.
+func (t Threads) packAMX(x []float32, m, k, k2p int, trans bool) (ap []uint32, put func()) {
+	bp := getBuf(m * k2p)
+	ap = unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2p) // [m][k2p] pairs
+	if trans {
+		tp := getBuf((m*k + 1) / 2)
+		defer putBuf(tp)
+		xt := unsafe.Slice((*uint16)(unsafe.Pointer(&(*tp)[0])), m*k) // all of x [k][m] in bf16
+		t.Parallel(k, max(1, 16384/m), func(lo, hi int) {
+			cvtRow(xt[lo*m:hi*m], x[lo*m:hi*m])
+		})
+		t.Parallel(m, max(1, 16384/k2p), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				row := unsafe.Slice((*uint16)(unsafe.Pointer(&ap[i*k2p])), 2*k2p)
+				for kk := 0; kk < k; kk++ {
+					row[kk] = xt[kk*m+i]
+				}
+				clear(row[k:])
+			}
+		})
+	} else {
+		t.Parallel(m, max(1, 16384/k2p), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				row := unsafe.Slice((*uint16)(unsafe.Pointer(&ap[i*k2p])), 2*k2p)
+				cvtRow(row[:k], x[i*k:i*k+k])
+				clear(row[k:])
+			}
+		})
+	}
+	return ap, func() { putBuf(bp) }
 }

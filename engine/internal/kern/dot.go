@@ -254,10 +254,56 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 	nrb := (m + mr - 1) / mr
 	first := func(r int) int { return r * m / nrb }
 
+	ap, put := t.packDot(x, m, k, k2, mr, trans)
+	defer put()
+
+	p := t.count()
+	nrg := 1
+	if np < 4*p && nrb > 1 {
+		nrg = min(nrb, (4*p+np-1)/np)
+	}
+	if acc {
+		nrg = accGroups(nrb, nrg, mr, ws)
+	}
+	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
+		var tile [maxMR * nr]float32
+		for it := lo; it < hi; it++ {
+			pn, g := it/nrg, it%nrg
+			if acc {
+				g, pn = it/np, it%np
+			}
+			wi := 0
+			for pn >= ws[wi].np {
+				pn -= ws[wi].np
+				wi++
+			}
+			w, y, n := ws[wi], ys[wi], ws[wi].n
+			b := &w.dp[pn*ws[0].k2p()*nr]
+			last := n%nr != 0 && pn == w.np-1
+			for r := g * nrb / nrg; r < (g+1)*nrb/nrg; r++ {
+				r0, rows := first(r), first(r+1)-first(r)
+				c, ldc := &tile[0], nr
+				if !last && !acc {
+					c, ldc = &y[r0*n+pn*nr], n
+				}
+				im.dotk(&ap[r0*k2], b, c, k2, rows, ldc)
+				if last || acc {
+					storeTile(y, tile[:], r0, rows, n, pn, n%nr, last, acc)
+				}
+			}
+		}
+	})
+}
+
+// packDot rounds x [m,k] (or xᵀ given as [k,m] when trans) to bf16 and packs it for the dot
+// kernel: pairs along k, row block r of ceil(m/mr) near-equal blocks (rows r*m/nrb ..) at
+// offset (r*m/nrb)*k2, laid out as [k2][rows of block r]. put returns the scratch.
+func (t Threads) packDot(x []float32, m, k, k2, mr int, trans bool) (ap []uint32, put func()) {
+	nrb := (m + mr - 1) / mr
+	first := func(r int) int { return r * m / nrb }
 	bp := getBuf(m * k2)
-	defer putBuf(bp)
-	ap := unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2) // row block r at first(r)*k2: [k2][rows]
-	var xt []uint16                                                // trans: all of x [k][m] in bf16
+	ap = unsafe.Slice((*uint32)(unsafe.Pointer(&(*bp)[0])), m*k2) // row block r at first(r)*k2: [k2][rows]
+	var xt []uint16                                               // trans: all of x [k][m] in bf16
 	if trans {
 		tp := getBuf((m*k + 1) / 2)
 		defer putBuf(tp)
@@ -298,41 +344,5 @@ func (t Threads) matmulDot(ys [][]float32, x []float32, m int, ws []*Weight, tra
 			}
 		}
 	})
-
-	p := t.count()
-	nrg := 1
-	if np < 4*p && nrb > 1 {
-		nrg = min(nrb, (4*p+np-1)/np)
-	}
-	if acc {
-		nrg = accGroups(nrb, nrg, mr, ws)
-	}
-	t.ParallelFine(np*nrg, chunksPerThread, func(lo, hi int) {
-		var tile [maxMR * nr]float32
-		for it := lo; it < hi; it++ {
-			pn, g := it/nrg, it%nrg
-			if acc {
-				g, pn = it/np, it%np
-			}
-			wi := 0
-			for pn >= ws[wi].np {
-				pn -= ws[wi].np
-				wi++
-			}
-			w, y, n := ws[wi], ys[wi], ws[wi].n
-			b := &w.dp[pn*ws[0].k2p()*nr]
-			last := n%nr != 0 && pn == w.np-1
-			for r := g * nrb / nrg; r < (g+1)*nrb/nrg; r++ {
-				r0, rows := first(r), first(r+1)-first(r)
-				c, ldc := &tile[0], nr
-				if !last && !acc {
-					c, ldc = &y[r0*n+pn*nr], n
-				}
-				im.dotk(&ap[r0*k2], b, c, k2, rows, ldc)
-				if last || acc {
-					storeTile(y, tile[:], r0, rows, n, pn, n%nr, last, acc)
-				}
-			}
-		}
-	})
+	return ap, func() { putBuf(bp) }
 }

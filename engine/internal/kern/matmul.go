@@ -102,17 +102,8 @@ func (t Threads) matmul(ys [][]float32, x []float32, m int, ws []*Weight, trans,
 	// mr=6 runs blocks of 6,5,5 rather than 6,6,4 (and m=7 runs 4,3 rather than 6,1).
 	first := func(r int) int { return r * m / nrb }
 
-	ap := x[:k] // packed x: row block r at offset first(r)*k, layout [k][rows of block r]
-	if m > 1 {
-		bp := getBuf(m * k)
-		defer putBuf(bp)
-		ap = *bp
-		t.Parallel(nrb, max(1, 16384/(im.mr*k)), func(r0, r1 int) {
-			for r := r0; r < r1; r++ {
-				packRows(ap, x, first(r), first(r+1), m, k, trans)
-			}
-		})
-	}
+	ap, put := t.packF32(x, m, k, im.mr, trans)
+	defer put()
 
 	// Split rows into groups only when there are too few panels to keep every core busy.
 	p := t.count()
@@ -206,6 +197,25 @@ func storeTile(y, tile []float32, r0, rows, n, pn, edge int, last, acc bool) {
 			dst[j] += v
 		}
 	}
+}
+
+// packF32 packs x [m,k] (or xᵀ given as [k,m] when trans) for the fp32 kernels: row block r
+// of ceil(m/mr) near-equal blocks (rows r*m/nrb ..) at offset (r*m/nrb)*k, laid out as
+// [k][rows of block r]; m == 1 uses x as is. put returns the scratch.
+func (t Threads) packF32(x []float32, m, k, mr int, trans bool) (ap []float32, put func()) {
+	if m <= 1 {
+		return x[:k], func() {}
+	}
+	nrb := (m + mr - 1) / mr
+	first := func(r int) int { return r * m / nrb }
+	bp := getBuf(m * k)
+	ap = *bp
+	t.Parallel(nrb, max(1, 16384/(mr*k)), func(r0, r1 int) {
+		for r := r0; r < r1; r++ {
+			packRows(ap, x, first(r), first(r+1), m, k, trans)
+		}
+	})
+	return ap, func() { putBuf(bp) }
 }
 
 // packRows writes rows [r0, r1) of x [m][k] (or of xᵀ, x given as [k][m], when trans) into
