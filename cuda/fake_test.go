@@ -33,13 +33,23 @@ type fakeGPU struct {
 	names       map[uintptr]string
 
 	tl *fakeTimeline // when set, events and launches run on its simulated clocks (profile_test.go)
+
+	fnNames  map[uintptr]string // cuModuleGetFunction's handles: the kernel each names
+	launches []fakeLaunch       // every cuLaunchKernel, in order
+}
+
+// fakeLaunch is one kernel launch the fake driver saw.
+type fakeLaunch struct {
+	kernel string
+	grid   [3]int
+	block  int
 }
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
 // the test's duration: Open then opens it.
 func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
 	g := &fakeGPU{t: t, cc: cc, memLimit: memLimit, next: 0x10000, blocks: map[uint64]uint64{},
-		results: map[string][]int{}, names: map[uintptr]string{}, archs: []int{75, 80, 86, 87, 89, 90}}
+		results: map[string][]int{}, names: map[uintptr]string{}, fnNames: map[uintptr]string{}, archs: []int{75, 80, 86, 87, 89, 90}}
 	savedDrv, savedComp, savedBlas := loadDriverFn, loadCompilerFn, loadCublasFn
 	openMu.Lock()
 	savedOpened, savedLost := opened, lost
@@ -157,7 +167,11 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		}
 		*at[uintptr](a[0]) = 0xd0
 	case "moduleGetFunction":
-		*at[uintptr](a[0]) = 0xf0
+		h := uintptr(0xf000 + len(g.fnNames))
+		g.fnNames[h] = cStringAt(a[2])
+		*at[uintptr](a[0]) = h
+	case "launchKernel":
+		g.launches = append(g.launches, fakeLaunch{g.fnNames[a[0]], [3]int{int(a[1]), int(a[2]), int(a[3])}, int(a[4])})
 	case "getErrorName":
 		n, ok := fakeErrorNames[int(a[0])]
 		if !ok {
@@ -195,6 +209,18 @@ func (g *fakeGPU) Compile(src, name, arch string) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("compiling %s for %s failed: %w", name, arch, &Error{Call: "nvrtcCompileProgram", Lib: libNVRTC, Code: nvrtcErrorInvalidOption, Name: "NVRTC_ERROR_INVALID_OPTION"})
 	}
 	return []byte(fmt.Sprintf("%-31s\x00", kind+" "+arch)), "", nil
+}
+
+// cStringAt reads the NUL-terminated C string at p.
+func cStringAt(p uintptr) string {
+	var b []byte
+	for i := 0; ; i++ {
+		c := *at[byte](p + uintptr(i))
+		if c == 0 {
+			return string(b)
+		}
+		b = append(b, c)
+	}
 }
 
 // count is how many calls of fn were made.
