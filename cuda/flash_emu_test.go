@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"regexp"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -592,9 +593,6 @@ func emuNMSE(got, want []float32) float64 {
 // tiling, the masking, the online softmax or the fragment bookkeeping gives errors of order 1.
 // Every output row must be written: the outputs start as NaN, and a NaN left fails.
 func TestFlashEmulation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the emulation takes seconds: not in -short")
-	}
 	ref := cpu.New(cpu.WithTiledAttentionFrom(math.MaxInt))
 	for _, tc := range []struct {
 		h, kv, dh int
@@ -698,5 +696,36 @@ func TestFlashEmulation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFlashEmulationMatchesSource: the emulation's constants are the kernels' (FL_TILE, the
+// chunk sizes of the backward's template arguments, the launch's 4 warps), so that a change
+// to flash.cu without the emulation fails here.
+func TestFlashEmulationMatchesSource(t *testing.T) {
+	src, err := kernelFS.ReadFile("kernels/flash.cu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	find := func(re string) []string {
+		m := regexp.MustCompile(re).FindStringSubmatch(string(src))
+		if m == nil {
+			t.Fatalf("flash.cu has no %s", re)
+		}
+		return m[1:]
+	}
+	if m := find(`#define FL_TILE (\d+)`); m[0] != fmt.Sprint(flashTile) {
+		t.Errorf("FL_TILE %s, flashTile %d", m[0], flashTile)
+	}
+	if m := find(`#define FL_WARPS (\d+)`); m[0] != "4" {
+		t.Errorf("FL_WARPS %s, the emulation runs 4 warps", m[0])
+	}
+	for d, ch := range flashEmuChunks {
+		if m := find(fmt.Sprintf(`flash_bwd_dkv<%d, (\d+)>`, d)); m[0] != fmt.Sprint(ch[0]) {
+			t.Errorf("flash_bwd_dkv<%d, %s>, the emulation's chunk %d", d, m[0], ch[0])
+		}
+		if m := find(fmt.Sprintf(`flash_bwd_dq<%d, (\d+)>`, d)); m[0] != fmt.Sprint(ch[1]) {
+			t.Errorf("flash_bwd_dq<%d, %s>, the emulation's chunk %d", d, m[0], ch[1])
+		}
 	}
 }
