@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -44,6 +45,14 @@ type Options struct {
 	// the down projection reads. Off until a GPU run of the conformance suite (GateUpSwiGLU
 	// cases) and the benchmark shows it passes and wins.
 	FusedMLP bool
+	// TiledAttention runs training attention (forward and backward) and the attention of
+	// scoring passes over fresh sequences (engine.AttnBatch.Scratch) on the tiled tensor-core
+	// kernels of kernels/flash.cu (FlashAttention-2 style: bf16 operands, fp32 accumulation,
+	// O(T) memory, any sequence length) for head dims 64 and 128; other head dims keep the row
+	// and matmul paths. Off until a GPU run of the conformance suite (its "tiled-attention"
+	// run) and the benchmark show it passes and wins; SetTiledAttention switches it on an open
+	// backend, and PROLONG_CUDA_TILED_ATTENTION=1 turns it on for devices opened by name.
+	TiledAttention bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
@@ -75,6 +84,8 @@ type Backend struct {
 	hblas uintptr
 	fns   map[string]uintptr
 	alloc *allocator
+	// tiled is Options.TiledAttention, switchable by SetTiledAttention.
+	tiled atomic.Bool
 
 	mu      sync.Mutex
 	pending error // the first error of ops that return none, until a call returns it
@@ -232,6 +243,7 @@ func open(o Options) (*Backend, error) {
 			o.Device, gpu, cc, minComputeCapability)
 	}
 	b := &Backend{opts: o, drv: drv, sms: sms, fns: map[string]uintptr{}, syncEach: os.Getenv("PROLONG_CUDA_SYNC") == "1"}
+	b.tiled.Store(o.TiledAttention)
 	if err := drv.check("cuDevicePrimaryCtxRetain", call(drv.primaryCtxRetain, uintptr(unsafe.Pointer(&b.ctx)), uintptr(dev))); err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}

@@ -3,6 +3,7 @@ package cuda
 import (
 	"encoding/json"
 	"os"
+	"regexp"
 	"runtime"
 	"testing"
 	"time"
@@ -29,7 +30,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // TestConformance runs the engine's conformance suite on the GPU against the CPU backend:
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
 // then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
-// layer ops that are off by default turned on. With PROLONG_CONFORMANCE_JSON set,
+// layer ops that are off by default turned on, then the attention cases on the tiled kernels
+// (TiledAttention). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -50,6 +52,10 @@ func TestConformance(t *testing.T) {
 	bf16Tol.Train = 5e-2
 	// TF32 attention matmuls (10-bit mantissas): NMSE about 1e-7..1e-6.
 	bf16Tol.Attention = 1e-5
+	// The tiled attention kernels (TiledAttention, kernels/flash.cu) on the attention cases:
+	// bf16 operands against the fp32 reference. A Go emulation of the kernels
+	// (flash_emu_test.go) gives NMSE up to 8e-6 for the outputs and 2.5e-5 for the gradients.
+	tiledTol := enginetest.Tolerances{Attention: 1e-4}
 	runs := []run{
 		{"fp32", Options{}, enginetest.Options{WeightDType: engine.F32}},
 		// Every training sequence on the attention matmul path (by default only those of 128
@@ -61,12 +67,34 @@ func TestConformance(t *testing.T) {
 		// the engine's layer too: the model and training cases go through them.
 		{"bf16-matmul-fused", Options{BF16Matmul: true, FusedAddRMSNorm: true, MatMuls: true, FusedMLP: true},
 			enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
+		{"tiled-attention", Options{TiledAttention: true}, enginetest.Options{WeightDType: engine.F32, Tol: tiledTol, Cases: regexp.MustCompile(`^Attention`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {
 		t.Run(r.name, func(t *testing.T) {
 			b := openGPU(t, r.opts)
+			if r.opts.TiledAttention {
+				if err := b.StartProfile(4096); err != nil {
+					t.Fatal(err)
+				}
+			}
 			res := enginetest.Check(b, r.eo)
+			if r.opts.TiledAttention {
+				// The tiled kernels must have run (every one of them), not the row kernels alone.
+				p, err := b.StopProfile()
+				if err != nil {
+					t.Fatal(err)
+				}
+				ran := map[string]int{}
+				for _, k := range p.Kernels {
+					ran[k.Name] = k.Calls
+				}
+				for _, k := range []string{"flash_fwd_64", "flash_fwd_128", "flash_bwd_dkv_64", "flash_bwd_dkv_128", "flash_bwd_dq_64", "flash_bwd_dq_128"} {
+					if ran[k] == 0 {
+						t.Errorf("kernel %s did not run in the tiled-attention run (kernels run: %v)", k, ran)
+					}
+				}
+			}
 			report[r.name] = res
 			fails := 0
 			for _, x := range res {

@@ -170,6 +170,48 @@ func (b *Backend) launchKvWrite(grid [3]int, threads int, kc, vc, k, v, slots dp
 	b.launch("kv_write", grid, threads, argPtr(kc), argPtr(vc), argPtr(k), argPtr(v), argPtr(slots), argI32(T), argI32(nkv), argI32(bs), argI32(dh))
 }
 
+// launchFlashFwd64 enqueues flash_fwd_64 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_fwd_64(float* out, float* lse, const float* q, const float* k, const float* v, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashFwd64(grid [3]int, threads int, out, lse, q, k, v, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_fwd_64", grid, threads, argPtr(out), argPtr(lse), argPtr(q), argPtr(k), argPtr(v), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
+// launchFlashFwd128 enqueues flash_fwd_128 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_fwd_128(float* out, float* lse, const float* q, const float* k, const float* v, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashFwd128(grid [3]int, threads int, out, lse, q, k, v, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_fwd_128", grid, threads, argPtr(out), argPtr(lse), argPtr(q), argPtr(k), argPtr(v), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
+// launchFlashBwdDkv64 enqueues flash_bwd_dkv_64 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_bwd_dkv_64(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dbuf, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashBwdDkv64(grid [3]int, threads int, dk, dv, dout, q, k, v, lse, Dbuf, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_bwd_dkv_64", grid, threads, argPtr(dk), argPtr(dv), argPtr(dout), argPtr(q), argPtr(k), argPtr(v), argPtr(lse), argPtr(Dbuf), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
+// launchFlashBwdDkv128 enqueues flash_bwd_dkv_128 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_bwd_dkv_128(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dbuf, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashBwdDkv128(grid [3]int, threads int, dk, dv, dout, q, k, v, lse, Dbuf, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_bwd_dkv_128", grid, threads, argPtr(dk), argPtr(dv), argPtr(dout), argPtr(q), argPtr(k), argPtr(v), argPtr(lse), argPtr(Dbuf), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
+// launchFlashBwdDq64 enqueues flash_bwd_dq_64 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_bwd_dq_64(float* dq, const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dbuf, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashBwdDq64(grid [3]int, threads int, dq, dout, q, k, v, lse, Dbuf, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_bwd_dq_64", grid, threads, argPtr(dq), argPtr(dout), argPtr(q), argPtr(k), argPtr(v), argPtr(lse), argPtr(Dbuf), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
+// launchFlashBwdDq128 enqueues flash_bwd_dq_128 (kernels/flash.cu) on a grid of blocks of threads:
+//
+//	flash_bwd_dq_128(float* dq, const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dbuf, const int* meta, int nh, int nkv, float scale)
+func (b *Backend) launchFlashBwdDq128(grid [3]int, threads int, dq, dout, q, k, v, lse, Dbuf, meta dptr, nh, nkv int32, scale float32) {
+	b.launch("flash_bwd_dq_128", grid, threads, argPtr(dq), argPtr(dout), argPtr(q), argPtr(k), argPtr(v), argPtr(lse), argPtr(Dbuf), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
+}
+
 // launchGemv3Bf16 enqueues gemv3_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
 //
 //	gemv3_bf16(float* y0, float* y1, float* y2, const float* x, const bf16* W0, const bf16* W1, const bf16* W2, int N0, int N1, int N2, int M, int K, int wpr)

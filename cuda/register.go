@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"os"
 	"unsafe"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -14,9 +15,9 @@ func init() {
 	engine.RegisterBackend("cuda", func(o engine.DeviceOptions) (engine.Backend, error) {
 		switch o.MatMulPrecision {
 		case "", "auto", "bf16":
-			return Open(Options{Device: o.Index, BF16Matmul: true})
+			return Open(Options{Device: o.Index, BF16Matmul: true, TiledAttention: tiledFromEnv()})
 		case "fp32":
-			return Open(Options{Device: o.Index})
+			return Open(Options{Device: o.Index, TiledAttention: tiledFromEnv()})
 		}
 		return nil, fmt.Errorf("--matmul-precision %q: want auto, fp32 or bf16", o.MatMulPrecision)
 	})
@@ -24,9 +25,14 @@ func init() {
 		if o.MatMulPrecision == "bf16" {
 			return nil, fmt.Errorf("--device cuda-fp32 runs exact fp32 matmuls: --matmul-precision bf16 is --device cuda")
 		}
-		return Open(Options{Device: o.Index})
+		return Open(Options{Device: o.Index, TiledAttention: tiledFromEnv()})
 	})
 }
+
+// tiledFromEnv is Options.TiledAttention for devices opened by name: on when
+// PROLONG_CUDA_TILED_ATTENTION=1 (the switch of tools/train and tools/bench while the tiled
+// kernels are off by default).
+func tiledFromEnv() bool { return os.Getenv("PROLONG_CUDA_TILED_ATTENTION") == "1" }
 
 // Info implements engine.Describer; MemoryBytes is the GPU's total memory (cuMemGetInfo), 0
 // when it cannot be read.

@@ -338,8 +338,18 @@ func (b *Backend) scores(S uint64, q, k *engine.Tensor, sh attnShape, t0, L, j i
 
 // AttentionTrain implements engine.TrainBackend: short sequences on the row kernel, long ones
 // on batched matmuls per (sequence, key/value head): S = scale·QKᵀ, causal softmax, O = PV.
+//
+// With Options.TiledAttention and head dim 64 or 128, every sequence runs on the tiled
+// tensor-core kernel instead (flash.go).
 func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []int32) {
 	sh := trainShape(lse, q, k)
+	if b.useFlash(sh.dh) {
+		b.op(desc("AttentionTrain out lse q k v", out, lse, q, k, v), func() {
+			touched(out, lse)
+			b.flashForward(ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), seqStart, sh.nh, sh.nkv, sh.dh)
+		})
+		return
+	}
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
 	b.op(desc("AttentionTrain out lse q k v", out, lse, q, k, v), func() {
@@ -378,8 +388,17 @@ func (b *Backend) AttentionTrain(out, lse, q, k, v *engine.Tensor, seqStart []in
 // rows. Matmul path (long sequences), per (sequence, kv head): P recomputed from S and lse,
 // dP = dO·Vᵀ, dS = P⊙(dP - D)·scale, dQ = dS·K, dK = Σ_i dS_iᵀ·Q_i, dV = Σ_i P_iᵀ·dO_i (the
 // sums over the group's heads i as one matmul over the heads stacked).
+//
+// With Options.TiledAttention and head dim 64 or 128: the tiled kernels (flash.go).
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse *engine.Tensor, seqStart []int32) {
 	sh := trainShape(lse, q, k)
+	if b.useFlash(sh.dh) {
+		b.op(desc("AttentionBackward dq dk dv dout q k v out lse", dq, dk, dv, dout, q, k, v, out, lse), func() {
+			touched(dq, dk, dv)
+			b.flashBackward(dq, dk, dv, dout, q, k, v, out, lse, seqStart, sh)
+		})
+		return
+	}
 	long, maxL := b.longSeqs(seqStart, sh.group)
 	meta := trainMeta(sh.T, seqStart, long)
 	b.op(desc("AttentionBackward dq dk dv dout q k v out lse", dq, dk, dv, dout, q, k, v, out, lse), func() {

@@ -10,12 +10,16 @@
 # run.sh runs, each under its own time limit (8 minutes in all at most):
 #   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, five
 #      settings (fp32; fp32 attention matmuls; bf16 weights; bf16 matmuls; bf16 matmuls with the
-#      fused layer ops that are off by default), with finite differences -> conformance.json
-#      (every case: error, tolerance, first bad index, got/want) and conformance.log;
+#      fused layer ops that are off by default), with finite differences, then its attention
+#      cases on the tiled tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off
+#      by default: the "tiled-attention" run, which also checks that every flash_* kernel ran)
+#      -> conformance.json (every case: error, tolerance, first bad index, got/want) and
+#      conformance.log;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
 #      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
-#      memory) -> bench.json, bench.log;
+#      memory), and the same step with the tiled attention kernels switched on (its tok/s as a
+#      ratio of the default step's, and its kernel profile) -> bench.json, bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);

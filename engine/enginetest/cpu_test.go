@@ -1,6 +1,8 @@
 package enginetest
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -76,4 +78,29 @@ func TestCPUFusedMLP(t *testing.T) {
 		t.Fatal("no model or training case ran")
 	}
 	t.Logf("%d model and training results, all exact", n)
+}
+
+// TestCasesFilter: Options.Cases runs only the cases it matches, here the (short) attention
+// cases of head dims 64 and 128 (the GPU's tiled kernels' shapes), on the CPU's tiled paths
+// against its row paths. TestCPU and TestCPUTiledAttention run the long ones.
+func TestCasesFilter(t *testing.T) {
+	re := regexp.MustCompile(`^Attention.*Dh=(64|128)[,/]`)
+	res := Check(cpu.New(cpu.WithTiledAttentionFrom(1), cpu.WithTiledPrefillFrom(1)), Options{Cases: re, Short: true})
+	for _, r := range res {
+		if !re.MatchString(r.Name) {
+			t.Errorf("case %s ran, Cases is %v", r.Name, re)
+		}
+		if !r.Pass {
+			t.Error(r.String())
+		}
+	}
+	for _, w := range []string{"Attention/H=6,KV=1,Dh=64/ragged", "Attention/H=6,KV=1,Dh=64/scratch,lens=[1 130 67]",
+		"AttentionTrain/H=6,KV=1,Dh=64,lens=[1 7 20]", "AttentionBackward/H=6,KV=1,Dh=64,lens=[1 7 20]"} {
+		if !slices.ContainsFunc(res, func(r Result) bool { return strings.HasPrefix(r.Name, w) }) {
+			t.Errorf("no case %s among the %d results", w, len(res))
+		}
+	}
+	if len(res) != 2+2+1+2+3 { // ragged and bf16kv: step 1, step 2; scratch; out, lse; dq, dk, dv
+		t.Errorf("%d results, want 10", len(res))
+	}
 }

@@ -68,6 +68,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"regexp"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -89,6 +90,9 @@ type Options struct {
 	Tol Tolerances
 	// Short runs fewer and smaller cases.
 	Short bool
+	// Cases, when set, runs only the cases whose names it matches (e.g. `^Attention` for the
+	// attention ops, the run of a backend option that changes only them).
+	Cases *regexp.Regexp
 }
 
 // Tolerances are the thresholds of the comparisons, NMSE unless said otherwise. The package
@@ -237,6 +241,9 @@ func Check(b engine.TrainBackend, o Options) []Result {
 	o.Tol = o.Tol.withDefaults(DefaultTolerances(o.WeightDType))
 	var out []Result
 	for _, tc := range cases(o) {
+		if o.Cases != nil && !o.Cases.MatchString(tc.name) {
+			continue
+		}
 		out = append(out, runCase(b, o, tc)...)
 	}
 	return out

@@ -173,6 +173,13 @@ func forwardCases(o Options) []testCase {
 		}
 		// bf16 KV stores, on the backends that have them (engine.KVDTyper).
 		cs = append(cs, testCase{"Attention/" + s.String() + "/ragged/bf16kv", func(c *caseCtx) { pagedAttention(c, s, false, engine.BF16) }})
+		// A scoring pass over fresh sequences (AttnBatch.Scratch), which backends may run as the
+		// training forward (the CPU's and the GPU's tiled kernels).
+		lens := []int{1, 130, 67}
+		if !o.Short {
+			lens = append(lens, 300)
+		}
+		cs = append(cs, testCase{fmt.Sprintf("Attention/%s/scratch,lens=%v", s, lens), func(c *caseCtx) { scratchAttention(c, s, lens) }})
 	}
 	for _, inplace := range []bool{false, true} {
 		name := "SwiGLU/M=17,N=129"
@@ -345,6 +352,33 @@ func pagedAttention(c *caseCtx, s attnShape, long bool, kvdt engine.DType) {
 		kv.CopyBlock(int(bE), int(blocksA[full]))
 		o2 := run(in2, t2, b2)
 		return []output{{"step1", o1}, {"step2", o2}}
+	})
+}
+
+// scratchAttention runs one scoring pass (AttnBatch.Scratch) of fresh sequences of the given
+// lengths (no context before their tokens) over an fp32 paged store, and compares the outputs.
+func scratchAttention(c *caseCtx, s attnShape, lens []int) {
+	const bs = engine.DefaultBlockSize
+	var seqs []attnSeq
+	next := int32(0)
+	for _, n := range lens {
+		var blocks []int32
+		for i := 0; i < (n+bs-1)/bs; i++ {
+			blocks = append(blocks, next)
+			next++
+		}
+		seqs = append(seqs, attnSeq{blocks, n, n})
+	}
+	ab := attnBatch(seqs, bs)
+	ab.Scratch = true
+	T := len(ab.Slots)
+	qw, kw := s.h*s.dh, s.kv*s.dh
+	in := [][]float32{randn(c.rng, T*qw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*kw, 1), randn(c.rng, T*qw, 1)}
+	c.both(c.tol.Attention, func(e *env) []output {
+		kv := e.kv(1, s.kv, bs, s.dh, int(next))
+		out := e.up(in[3], T, qw)
+		e.b.Attention(out, e.up(in[0], T, qw), e.up(in[1], T, kw), e.up(in[2], T, kw), kv, 0, ab)
+		return []output{{"", e.down(out)}}
 	})
 }
 

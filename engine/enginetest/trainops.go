@@ -29,6 +29,10 @@ func trainOpCases(o Options) []testCase {
 		// Long sequences (the CPU's tiled path from 1024 rows): odd lengths around its 64-row
 		// tiles, GQA groups, packed sequences, 4k tokens.
 		acs = append(acs, attnCase{attnShape{4, 2, 24}, []int{1, 1025, 333}}, attnCase{attnShape{6, 1, 64}, []int{4097}})
+		// The head dims of GPU tiled kernels (64 and 128, 64-row tiles): packed sequences with
+		// odd lengths on both sides of tile edges, GQA groups 2 and 7 (the CPU takes its tiled
+		// path for the 1100-row sequence).
+		acs = append(acs, attnCase{attnShape{4, 2, 64}, []int{63, 1, 1100, 129}}, attnCase{attnShape{14, 2, 128}, []int{1, 520, 333}})
 	}
 	for _, ac := range acs {
 		s, lens := ac.s, ac.lens

@@ -26,21 +26,23 @@ func Qwen15B() *engine.Config {
 // gpuReport is what --device cuda measures, written as JSON by --json.
 type gpuReport struct {
 	Device          string                   `json:"device"`
-	CopyGBs         float64                  `json:"copy_gb_s"`          // device-to-device copy, read+write
-	GemmTFLOPs      float64                  `json:"gemm_bf16_tflop_s"`  // cublasGemmEx bf16 8192³
-	Model           string                   `json:"model"`              // shape
-	Params          int64                    `json:"params"`             //
-	WeightBytes     int64                    `json:"weight_bytes"`       // bf16 linear weights streamed per decode step
-	Decode1TokS     float64                  `json:"decode_b1_tok_s"`    // batch 1, 32-token prompt, greedy
-	Decode1Roofline float64                  `json:"decode_b1_roofline"` // fraction of copy-bandwidth floor
-	Rollout         []roll                   `json:"rollout"`            //
-	TrainTokS       float64                  `json:"train_tok_s"`        // 8 x 1024 tokens, CE, AdamW
-	TrainStepS      float64                  `json:"train_step_s"`       //
-	TrainMFU        float64                  `json:"train_mfu"`          // vs 989 TFLOP/s dense bf16 (datasheet)
-	TrainMFUMeas    float64                  `json:"train_mfu_measured"` // vs the GEMM rate measured above
-	PeakMemGiB      float64                  `json:"peak_mem_gib"`       // allocator peak in use
-	HostOpUs        float64                  `json:"host_us_per_op"`     // enqueue cost of one tiny op (Scale of 1 element)
-	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"` // GPU time per kernel
+	CopyGBs         float64                  `json:"copy_gb_s"`                              // device-to-device copy, read+write
+	GemmTFLOPs      float64                  `json:"gemm_bf16_tflop_s"`                      // cublasGemmEx bf16 8192³
+	Model           string                   `json:"model"`                                  // shape
+	Params          int64                    `json:"params"`                                 //
+	WeightBytes     int64                    `json:"weight_bytes"`                           // bf16 linear weights streamed per decode step
+	Decode1TokS     float64                  `json:"decode_b1_tok_s"`                        // batch 1, 32-token prompt, greedy
+	Decode1Roofline float64                  `json:"decode_b1_roofline"`                     // fraction of copy-bandwidth floor
+	Rollout         []roll                   `json:"rollout"`                                //
+	TrainTokS       float64                  `json:"train_tok_s"`                            // 8 x 1024 tokens, CE, AdamW
+	TrainStepS      float64                  `json:"train_step_s"`                           //
+	TrainMFU        float64                  `json:"train_mfu"`                              // vs 989 TFLOP/s dense bf16 (datasheet)
+	TrainMFUMeas    float64                  `json:"train_mfu_measured"`                     // vs the GEMM rate measured above
+	PeakMemGiB      float64                  `json:"peak_mem_gib"`                           // allocator peak in use
+	TiledTrainTokS  float64                  `json:"train_tiled_attention_tok_s,omitempty"`  // the same step with cuda.Options.TiledAttention
+	TiledTrainStepS float64                  `json:"train_tiled_attention_step_s,omitempty"` //
+	HostOpUs        float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
+	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
 	Errors          []string                 `json:"errors,omitempty"`
 }
 
@@ -300,5 +302,31 @@ func gpuTraining(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[
 	rep.PeakMemGiB = float64(pk) / (1 << 30)
 	fmt.Printf("\ntraining %dx%d tokens: %.2f s/step, %.0f tok/s, %.1f TFLOP/s = %.1f%% MFU of 989 (%.1f%% of the measured GEMM rate); allocator peak %.1f GiB\n",
 		batch, seqLen, sec, toks/sec, flops/1e12, 100*rep.TrainMFU, 100*rep.TrainMFUMeas, rep.PeakMemGiB)
+	// The same step on the tiled tensor-core attention kernels (off by default until a GPU run
+	// shows them right and faster); a failure there is reported, not fatal to the table.
+	if err := tiledTraining(b, rep, step, steps, sec, toks); err != nil {
+		rep.Errors = append(rep.Errors, "tiled attention training step: "+err.Error())
+		fmt.Println("tiled attention training step:", err)
+	}
+	return nil
+}
+
+// tiledTraining times step with cuda.Options.TiledAttention switched on (one warm-up step,
+// the best of steps), prints it beside base (seconds of the default step) and profiles one.
+func tiledTraining(b *cuda.Backend, rep *gpuReport, step func() (float64, error), steps int, base, toks float64) error {
+	b.SetTiledAttention(true)
+	defer b.SetTiledAttention(false)
+	if _, err := step(); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	sec, err := bestOf(steps, step)
+	if err != nil {
+		return err
+	}
+	rep.TiledTrainStepS, rep.TiledTrainTokS = sec, toks/sec
+	if err := profile(b, rep, "train step 8x1024 tiled attention", func() error { _, err := step(); return err }); err != nil {
+		return err
+	}
+	fmt.Printf("\ntraining with tiled attention (flash.cu): %.3f s/step, %.0f tok/s: %.2fx the default step's rate\n", sec, toks/sec, base/sec)
 	return nil
 }
