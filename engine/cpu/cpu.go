@@ -24,6 +24,8 @@ type Backend struct {
 
 	prefillTiled int // scoring passes' attention runs tiled from this sequence length; 0: DefaultTiledPrefillFrom
 
+	qkvRoPE int8 // FusesQKVRoPE: 0 DefaultFusedQKVRoPE, 1 on, -1 off
+
 	mu     sync.Mutex
 	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)
 	pooled int64               // bytes held in pool

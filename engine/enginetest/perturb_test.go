@@ -45,6 +45,17 @@ func (b attnMissesSelf) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore
 	b.Backend.Attention(out, q, k, v, kv, layer, &bad)
 }
 
+// qkvSlotsRotated is QKVRoPE writing each token's keys and values to the next token's slot
+// (the last token's to the first's): a kernel that indexes the slots off by one.
+type qkvSlotsRotated struct{ *cpu.Backend }
+
+func (b qkvSlotsRotated) QKVRoPE(q, k, v, qb, kb, vb *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor, kv engine.KVStore, layer int, slots []int32) {
+	if len(slots) > 0 {
+		slots = append(slices.Clone(slots[1:]), slots[0])
+	}
+	b.Backend.QKVRoPE(q, k, v, qb, kb, vb, headDim, pos, cos, sin, kv, layer, slots)
+}
+
 // matmulDWOverwrites writes the weight gradient instead of adding to it.
 type matmulDWOverwrites struct{ *cpu.Backend }
 
@@ -104,6 +115,8 @@ func TestPerturbedOpFails(t *testing.T) {
 		{"Dropout", dropoutIndexOff{cpu.New()}, "Dropout", []string{"/p=0/"},
 			[]string{"Train/qwen2/lora-dropout/grad/", "Train/llama/lora-dropout/adamw10/"},
 			[]string{"Model/", "Train/qwen2/grad/", "Train/qwen2/lora/", "Train/qwen2/fused-head/"}},
+		{"QKVRoPE", qkvSlotsRotated{cpu.New()}, "QKVRoPE", []string{"/nokv", "/q", "/k", "/v"},
+			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits"}, []string{"Train/"}},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
