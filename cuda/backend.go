@@ -33,6 +33,10 @@ type Options struct {
 	// RMSNorm in one pass) in place of add then rmsnorm. Off until a GPU run of the conformance
 	// suite (AddRMSNorm cases) and the benchmark shows it passes and wins.
 	FusedAddRMSNorm bool
+	// FusedQKVRoPE makes the engine use the qkv_rope kernel (the q, k, v biases, RoPE and the KV
+	// write in one pass) in place of add_bias, rope and the write inside Attention. Off until a
+	// GPU run of the conformance suite (QKVRoPE cases) and the benchmark shows it passes and wins.
+	FusedQKVRoPE bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of

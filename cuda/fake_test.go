@@ -33,6 +33,19 @@ type fakeGPU struct {
 	names       map[uintptr]string
 
 	tl *fakeTimeline // when set, events and launches run on its simulated clocks (profile_test.go)
+
+	kernels  []string       // the kernel of function handle 0xf000+i (cuModuleGetFunction)
+	arity    map[string]int // parameters of the kernels whose launch arguments launches keeps
+	launches []fakeLaunch   // every cuLaunchKernel
+}
+
+// fakeLaunch is one cuLaunchKernel: its kernel, grid, block and, for a kernel in fakeGPU.arity,
+// its argument slots.
+type fakeLaunch struct {
+	kernel string
+	grid   [3]int
+	block  int
+	args   []uint64
 }
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
@@ -157,7 +170,23 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		}
 		*at[uintptr](a[0]) = 0xd0
 	case "moduleGetFunction":
-		*at[uintptr](a[0]) = 0xf0
+		*at[uintptr](a[0]) = 0xf000 + uintptr(len(g.kernels))
+		n := 0
+		for *at[byte](a[2] + uintptr(n)) != 0 {
+			n++
+		}
+		g.kernels = append(g.kernels, unsafe.String(at[byte](a[2]), n))
+	case "launchKernel":
+		l := fakeLaunch{grid: [3]int{int(a[1]), int(a[2]), int(a[3])}, block: int(a[4])}
+		if i := int(a[0]) - 0xf000; i >= 0 && i < len(g.kernels) {
+			l.kernel = g.kernels[i]
+		}
+		if n := g.arity[l.kernel]; n > 0 {
+			for _, p := range unsafe.Slice(at[unsafe.Pointer](a[9]), n) {
+				l.args = append(l.args, *(*uint64)(p))
+			}
+		}
+		g.launches = append(g.launches, l)
 	case "getErrorName":
 		n, ok := fakeErrorNames[int(a[0])]
 		if !ok {

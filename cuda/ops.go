@@ -268,7 +268,8 @@ const (
 	gqaMaxHeadDim = 128
 )
 
-// Attention implements engine.Backend: the new keys and values go to their slots, then
+// Attention implements engine.Backend: the new keys and values go to their slots (unless
+// QKVRoPE put them there: AttnBatch.KVWritten), then
 // attn_paged runs one block per (token, head). Its metadata is one int32 array: per token the
 // offset of its sequence's block table and its position, then the block tables.
 func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
@@ -291,8 +292,10 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	}
 	b.op(desc("Attention out q k v", out, q, k, v), func() {
 		touched(out)
-		b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
-			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		if !ab.KVWritten {
+			b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+				b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		}
 		scale := float32(1 / math.Sqrt(float64(dh)))
 		if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
 			b.launchAttnPagedGqa([3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
