@@ -88,12 +88,14 @@ func addRow(x, b []float32) {
 // RoPE does.
 func ropeRow(row []float32, headDim int, cr, sr []float32) {
 	half := headDim / 2
+	cr, sr = cr[:half], sr[:half]
 	for h := 0; h < len(row); h += headDim {
 		a, b := row[h:h+half], row[h+half:h+headDim]
-		for i := range a {
-			x1, x2 := a[i], b[i]
-			a[i] = x1*cr[i] - x2*sr[i]
-			b[i] = x2*cr[i] + x1*sr[i]
+		b = b[:len(a)]
+		for i, c := range cr {
+			x1, x2, s := a[i], b[i], sr[i]
+			a[i] = x1*c - x2*s
+			b[i] = x2*c + x1*s
 		}
 	}
 }

@@ -121,6 +121,9 @@ func TestPerturbedOpFails(t *testing.T) {
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
 	}
+	// Results of other ops' cases that go through a perturbed op and may fail (substrings): the
+	// QKVRoPE cases attend over what it wrote.
+	through := map[string][]string{"Attention": {"QKVRoPE/"}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			results := Check(tt.b, Options{Short: testing.Short()})
@@ -151,7 +154,7 @@ func TestPerturbedOpFails(t *testing.T) {
 						}
 					}
 				default:
-					if !r.Pass {
+					if !r.Pass && !slices.ContainsFunc(through[tt.name], func(u string) bool { return strings.Contains(r.Name, u) }) {
 						t.Errorf("%s fails, but only %s is perturbed: %s", r.Name, tt.op, r)
 					}
 				}
