@@ -53,6 +53,10 @@ type Options struct {
 	// run) and the benchmark show it passes and wins; SetTiledAttention switches it on an open
 	// backend, and PROLONG_CUDA_TILED_ATTENTION=1 turns it on for devices opened by name.
 	TiledAttention bool
+	// FusedQKVRoPE makes the engine use the qkv_rope kernel (the q, k, v biases, RoPE and the KV
+	// write in one pass) in place of add_bias, rope and the write inside Attention. Off until a
+	// GPU run of the conformance suite (QKVRoPE cases) and the benchmark shows it passes and wins.
+	FusedQKVRoPE bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of

@@ -247,6 +247,13 @@ func (b *Backend) launchSwigluOutBf16(grid [3]int, threads int, out, outb, gate,
 	b.launch("swiglu_out_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(gate), argPtr(up), argI64(n))
 }
 
+// launchQkvRope enqueues qkv_rope (kernels/fused_qkv.cu) on a grid of blocks of threads:
+//
+//	qkv_rope(float* q, float* k, float* v, const float* qb, const float* kb, const float* vb, const int* pos, const float* cosT, const float* sinT, float* kc, float* vc, const int* slots, int qw, int kw, int dh, int bs)
+func (b *Backend) launchQkvRope(grid [3]int, threads int, q, k, v, qb, kb, vb, pos, cosT, sinT, kc, vc, slots dptr, qw, kw, dh, bs int32) {
+	b.launch("qkv_rope", grid, threads, argPtr(q), argPtr(k), argPtr(v), argPtr(qb), argPtr(kb), argPtr(vb), argPtr(pos), argPtr(cosT), argPtr(sinT), argPtr(kc), argPtr(vc), argPtr(slots), argI32(qw), argI32(kw), argI32(dh), argI32(bs))
+}
+
 // launchGemvBf16 enqueues gemv_bf16 (kernels/gemv.cu) on a grid of blocks of threads:
 //
 //	gemv_bf16(float* y, const float* x, const bf16* W, int M, int N, int K, int wpr)

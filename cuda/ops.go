@@ -268,9 +268,10 @@ const (
 	gqaMaxHeadDim = 128
 )
 
-// Attention implements engine.Backend: the new keys and values go to their slots, then
-// attn_paged runs one block per (token, head); with Options.TiledAttention, a scoring pass over
-// fresh sequences (freshScratch) runs the tiled forward on q, k, v instead. Its metadata is one int32 array: per token the
+// Attention implements engine.Backend: the new keys and values go to their slots (unless
+// QKVRoPE put them there: AttnBatch.KVWritten), then attn_paged runs one block per (token,
+// head); with Options.TiledAttention, a scoring pass over fresh sequences (freshScratch) runs
+// the tiled forward on q, k, v instead. Its metadata is one int32 array: per token the
 // offset of its sequence's block table and its position, then the block tables.
 func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
 	s := store.(*kvStore)
@@ -293,8 +294,10 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 	flash := b.useFlash(dh) && freshScratch(ab) // a scoring pass: the tiled forward over q, k, v
 	b.op(desc("Attention out q k v", out, q, k, v), func() {
 		touched(out)
-		b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
-			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		if !ab.KVWritten {
+			b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+				b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+		}
 		if flash {
 			lse := dptr(b.tmp(uint64(4 * max(T*nh, 1)))) // [T, H], not needed here
 			b.flashForward(ptr(out), lse, ptr(q), ptr(k), ptr(v), ab.SeqStart, nh, s.kvHeads, dh)

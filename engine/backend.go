@@ -85,6 +85,10 @@ type AttnBatch struct {
 	// must not, since a preempted sample is recomputed by prefill and must give its decode rows'
 	// bits again.
 	Scratch bool
+	// KVWritten says that the new tokens' keys and values are in the cache already (QKVRoPE
+	// wrote them): Attention reads k and v as given but does not write them again. The engine
+	// sets it only on a backend that fuses QKVRoPE (QKVRoPEBackend).
+	KVWritten bool
 }
 
 // KVStore is a backend's storage for the paged KV cache: for every layer, keys and values of
@@ -205,6 +209,30 @@ type GateUpSwiGLUBackend interface {
 // conformance suite checks MatMuls either way).
 type MatMulsSwitch interface {
 	FusesMatMuls() bool
+}
+
+// QKVRoPEBackend is implemented by a backend that runs what a layer does between its q, k, v
+// projections and attention in one pass over the projections' rows: the biases added, RoPE on
+// q and k, and the new keys and values written into the paged KV cache. FusesQKVRoPE says
+// whether the engine should use it (as FusesAddRMSNorm does; the conformance suite checks
+// QKVRoPE either way).
+type QKVRoPEBackend interface {
+	FusesQKVRoPE() bool
+	// QKVRoPE updates q [T, H*Dh], k and v [T, KV*Dh] in place as AddBias(q, qb), AddBias(k,
+	// kb), AddBias(v, vb) (each bias nil: none), RoPE(q, ...) and RoPE(k, ...) give them, with
+	// headDim, pos, cos and sin as RoPE takes them; then, where kv is not nil, writes k and v
+	// into layer of kv at slots [T] as Attention writes them (the caller then sets
+	// AttnBatch.KVWritten). Rows that share a slot (a fixed decode batch's padding rows) must
+	// bring equal keys and values.
+	QKVRoPE(q, k, v, qb, kb, vb *Tensor, headDim int, pos []int32, cos, sin *Tensor, kv KVStore, layer int, slots []int32)
+}
+
+// fusesQKVRoPE returns b's QKVRoPEBackend where b has one and says to use it, else nil.
+func fusesQKVRoPE(b Backend) QKVRoPEBackend {
+	if fb, ok := b.(QKVRoPEBackend); ok && fb.FusesQKVRoPE() {
+		return fb
+	}
+	return nil
 }
 
 // SumSquaresManyBackend is implemented by a backend that sums the squares of several tensors in

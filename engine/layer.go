@@ -38,9 +38,10 @@ type layerActs struct {
 }
 
 // attention is the attention step of a layer: it reads a.q, a.k, a.v (after RoPE) and writes
-// a.a (and a.lse when it keeps it).
+// a.a (and a.lse when it keeps it). written says that QKVRoPE has put a.k and a.v in the KV
+// cache already.
 type attention interface {
-	attend(layer int, a *layerActs)
+	attend(layer int, a *layerActs, written bool)
 }
 
 // pagedAttention attends over the paged KV cache, writing the new keys and values into it.
@@ -50,7 +51,8 @@ type pagedAttention struct {
 	batch *AttnBatch
 }
 
-func (p pagedAttention) attend(layer int, a *layerActs) {
+func (p pagedAttention) attend(layer int, a *layerActs, written bool) {
+	p.batch.KVWritten = written
 	p.b.Attention(a.a, a.q, a.k, a.v, p.kv, layer, p.batch)
 }
 
@@ -61,7 +63,7 @@ type packedAttention struct {
 	seqStart []int32 // [S+1]
 }
 
-func (p packedAttention) attend(_ int, a *layerActs) {
+func (p packedAttention) attend(_ int, a *layerActs, _ bool) {
 	p.b.AttentionTrain(a.a, a.lse, a.q, a.k, a.v, p.seqStart)
 }
 
@@ -80,7 +82,7 @@ type layerPass struct {
 // forward runs decoder layer li with weights l on a.x, writing every buffer of a; the result
 // is a.out.
 func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
-	b, c, eps := p.b, p.c, float32(p.c.RMSNormEps)
+	b, eps := p.b, float32(p.c.RMSNormEps)
 	b.RMSNorm(a.h1, a.x, l.InputNorm, eps)
 	qp, kp := a.q, a.k // projections, before qk-norm
 	if a.qb != nil {
@@ -90,18 +92,20 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	p.adapt(li, tQ, qp, a.h1, a)
 	p.adapt(li, tK, kp, a.h1, a)
 	p.adapt(li, tV, a.v, a.h1, a)
-	if l.QBias != nil {
-		b.AddBias(qp, l.QBias)
-		b.AddBias(kp, l.KBias)
-		b.AddBias(a.v, l.VBias)
-	}
+	qb, kb, vb := l.QBias, l.KBias, l.VBias // the biases ropeQKV adds
 	if l.QNorm != nil {
+		// qk-norm sits between the biases and RoPE: the biases go first, on their own.
+		if qb != nil {
+			b.AddBias(qp, qb)
+			b.AddBias(kp, kb)
+			b.AddBias(a.v, vb)
+			qb, kb, vb = nil, nil, nil
+		}
 		b.RMSNorm(a.q, qp, l.QNorm, eps)
 		b.RMSNorm(a.k, kp, l.KNorm, eps)
 	}
-	b.RoPE(a.q, c.HeadDim, p.pos, p.cos, p.sin)
-	b.RoPE(a.k, c.HeadDim, p.pos, p.cos, p.sin)
-	p.attn.attend(li, a)
+	written := p.ropeQKV(li, a, qb, kb, vb)
+	p.attn.attend(li, a, written)
 	b.MatMul(a.o, a.a, l.O)
 	p.adapt(li, tO, a.o, a.a, a)
 	addRMSNorm(b, a.xm, a.h2, a.x, a.o, l.PostNorm, eps)
@@ -118,6 +122,30 @@ func (p *layerPass) forward(li int, l *Layer, a *layerActs) {
 	b.MatMul(a.dn, a.mm, l.Down)
 	p.adapt(li, tDown, a.dn, a.mm, a)
 	b.Add(a.out, a.xm, a.dn)
+}
+
+// ropeQKV adds the biases qb, kb, vb (nil: none) to a.q, a.k, a.v and runs RoPE on a.q and
+// a.k: in one QKVRoPE call where the backend fuses it, which in a pass over the paged KV cache
+// also writes a.k and a.v there (and ropeQKV reports that it did), else op by op.
+func (p *layerPass) ropeQKV(li int, a *layerActs, qb, kb, vb *Tensor) (written bool) {
+	b, dh := p.b, p.c.HeadDim
+	if fb := fusesQKVRoPE(b); fb != nil {
+		var kv KVStore
+		var slots []int32
+		if pa, ok := p.attn.(pagedAttention); ok {
+			kv, slots = pa.kv, pa.batch.Slots
+		}
+		fb.QKVRoPE(a.q, a.k, a.v, qb, kb, vb, dh, p.pos, p.cos, p.sin, kv, li, slots)
+		return kv != nil
+	}
+	if qb != nil {
+		b.AddBias(a.q, qb)
+		b.AddBias(a.k, kb)
+		b.AddBias(a.v, vb)
+	}
+	b.RoPE(a.q, dh, p.pos, p.cos, p.sin)
+	b.RoPE(a.k, dh, p.pos, p.cos, p.sin)
+	return false
 }
 
 // newScratchActs allocates the buffers of a generation pass over T tokens, shared by every

@@ -25,6 +25,7 @@ type Backend struct {
 	prefillTiled int // scoring passes' attention runs tiled from this sequence length; 0: DefaultTiledPrefillFrom
 
 	fusedMLP bool // the engine runs gate/up and SwiGLU as one op (WithFusedMLP(true))
+	qkvRoPE  int8 // FusesQKVRoPE: 0 DefaultFusedQKVRoPE, 1 on, -1 off
 
 	mu     sync.Mutex
 	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)

@@ -76,20 +76,25 @@ func (s *cpuKV) Free() { s.k, s.v, s.k16, s.v16 = nil, nil, nil, nil }
 // write stores the keys and values of token rows ks, vs [T, KV*Dh] of layer at their slots,
 // rounded to bf16 (to nearest even) in a bf16 store.
 func (s *cpuKV) write(layer int, slots []int32, ks, vs []float32) {
-	bs, dh, nkv := s.blockSize, s.headDim, s.kvHeads
-	kvw := nkv * dh
+	kvw := s.kvHeads * s.headDim
 	for t, slot := range slots {
-		blk, off := int(slot)/bs, int(slot)%bs
-		for h := 0; h < nkv; h++ {
-			dst, src := (h*bs+off)*dh, t*kvw+h*dh
-			if s.dt == engine.BF16 {
-				kern.F32ToBF16(s.k16[layer][blk][dst:dst+dh], ks[src:src+dh])
-				kern.F32ToBF16(s.v16[layer][blk][dst:dst+dh], vs[src:src+dh])
-				continue
-			}
-			copy(s.k[layer][blk][dst:dst+dh], ks[src:src+dh])
-			copy(s.v[layer][blk][dst:dst+dh], vs[src:src+dh])
+		s.writeRow(layer, slot, ks[t*kvw:(t+1)*kvw], vs[t*kvw:(t+1)*kvw])
+	}
+}
+
+// writeRow stores one token's keys and values k, v [KV*Dh] of layer at slot.
+func (s *cpuKV) writeRow(layer int, slot int32, k, v []float32) {
+	bs, dh := s.blockSize, s.headDim
+	blk, off := int(slot)/bs, int(slot)%bs
+	for h := 0; h < s.kvHeads; h++ {
+		dst, src := (h*bs+off)*dh, h*dh
+		if s.dt == engine.BF16 {
+			kern.F32ToBF16(s.k16[layer][blk][dst:dst+dh], k[src:src+dh])
+			kern.F32ToBF16(s.v16[layer][blk][dst:dst+dh], v[src:src+dh])
+			continue
 		}
+		copy(s.k[layer][blk][dst:dst+dh], k[src:src+dh])
+		copy(s.v[layer][blk][dst:dst+dh], v[src:src+dh])
 	}
 }
 
@@ -121,7 +126,7 @@ func (s *cpuKV) rows(layer, blk, h, n int, val bool, buf []float32) []float32 {
 // changes is only how the partials are spread over the cores.
 const AttnChunk = 1024
 
-// Attention implements engine.Backend: store the new keys/values, then for every query token and
+// Attention implements engine.Backend: store the new keys/values (unless QKVRoPE did), then for every query token and
 // head, softmax(q·K/sqrt(Dh)) V over positions 0..pos of its sequence (causal). The work items
 // are (token, KV head): the query heads of a GQA group share each block of keys and values (read,
 // and widened from bf16, once). When there are too few of them to keep every core busy (batch-1
@@ -129,7 +134,9 @@ const AttnChunk = 1024
 // partials (flash-decoding).
 func (c *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, b *engine.AttnBatch) {
 	s := store.(*cpuKV)
-	s.write(layer, b.Slots, f32(k), f32(v))
+	if !b.KVWritten {
+		s.write(layer, b.Slots, f32(k), f32(v))
+	}
 	dh, nkv := s.headDim, s.kvHeads
 	if c.tiledPrefill(out, q, k, v, dh, b) {
 		return

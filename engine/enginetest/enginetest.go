@@ -99,14 +99,15 @@ type Options struct {
 // doc explains the defaults.
 type Tolerances struct {
 	// Elementwise covers Embedding, AddBias, RMSNorm, RoPE, SwiGLU, Add, GatherRows, Copy,
-	// Scale, ScatterAddRows, EmbeddingBackward, BiasDW, and the values of Dropout (its mask
-	// must equal the reference's exactly: a mismatch count, tolerance 0).
+	// Scale, ScatterAddRows, EmbeddingBackward, BiasDW, QKVRoPE's q, k and v, and the values of
+	// Dropout (its mask must equal the reference's exactly: a mismatch count, tolerance 0).
 	Elementwise float64
 	// MatMul covers MatMul with fp32 weights or parameters, MatMulDX and MatMulDW.
 	MatMul float64
 	// MatMulBF16 covers MatMul with bf16 weights.
 	MatMulBF16 float64
-	// Attention covers Attention, AttentionTrain and AttentionBackward.
+	// Attention covers Attention, AttentionTrain, AttentionBackward and the attention over
+	// what QKVRoPE wrote to the KV cache.
 	Attention float64
 	// Backward covers RMSNormBackward, SwiGLUBackward and LogProbsBackward.
 	Backward float64

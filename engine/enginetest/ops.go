@@ -222,6 +222,7 @@ func forwardCases(o Options) []testCase {
 			return []output{{"", e.down(out)}}
 		})
 	}})
+	cs = append(cs, qkvRoPECases(o)...)
 	cs = append(cs, sampleCases(o)...)
 	for _, temp := range []float32{1, 0.6} {
 		cs = append(cs, testCase{fmt.Sprintf("LogProbs/R=13,V=257/T=%g", temp), func(c *caseCtx) {

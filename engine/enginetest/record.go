@@ -20,9 +20,9 @@ import (
 // synchronisation is not a call of its own there but part of the calls that return data
 // (Download, Sample, LogProbs).
 //
-// It forwards engine.MatMulsBackend (with its engine.MatMulsSwitch), engine.GateUpSwiGLUBackend
-// and engine.KVDTyper when the wrapped backend has them, so the engine takes the same paths as
-// on that backend.
+// It forwards engine.MatMulsBackend (with its engine.MatMulsSwitch), engine.GateUpSwiGLUBackend,
+// engine.QKVRoPEBackend and engine.KVDTyper when the wrapped backend has them, so the engine
+// takes the same paths as on that backend.
 type Recorder struct {
 	B engine.Backend
 
@@ -278,9 +278,28 @@ func (r *Recorder) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *en
 	r.B.RoPE(x, headDim, pos, cos, sin)
 }
 
+// FusesQKVRoPE implements engine.QKVRoPEBackend: the wrapped backend's answer, false where it
+// has no QKVRoPE.
+func (r *Recorder) FusesQKVRoPE() bool {
+	fb, ok := r.B.(engine.QKVRoPEBackend)
+	return ok && fb.FusesQKVRoPE()
+}
+
+// QKVRoPE implements engine.QKVRoPEBackend through the wrapped backend's (the engine calls it
+// only where FusesQKVRoPE says so).
+func (r *Recorder) QKVRoPE(q, k, v, qb, kb, vb *engine.Tensor, headDim int, pos []int32, cos, sin *engine.Tensor, kv engine.KVStore, layer int, slots []int32) {
+	r.add("QKVRoPE", []*engine.Tensor{q, k, v, qb, kb, vb, cos, sin}, []HostRef{hostRef("pos", pos), hostRef("slots", slots)},
+		fmt.Sprintf("headDim=%d kv=%p layer=%d", headDim, kv, layer))
+	fb, ok := r.B.(engine.QKVRoPEBackend)
+	if !ok {
+		panic(fmt.Sprintf("enginetest: QKVRoPE on a recorder of the %s backend, which has none", r.B.Name()))
+	}
+	fb.QKVRoPE(q, k, v, qb, kb, vb, headDim, pos, cos, sin, kv, layer, slots)
+}
+
 // Attention implements engine.Backend.
 func (r *Recorder) Attention(out, q, k, v *engine.Tensor, kv engine.KVStore, layer int, b *engine.AttnBatch) {
-	r.add("Attention", []*engine.Tensor{out, q, k, v}, batchRefs(b), fmt.Sprintf("kv=%p layer=%d scratch=%v", kv, layer, b.Scratch))
+	r.add("Attention", []*engine.Tensor{out, q, k, v}, batchRefs(b), fmt.Sprintf("kv=%p layer=%d scratch=%v written=%v", kv, layer, b.Scratch, b.KVWritten))
 	r.B.Attention(out, q, k, v, kv, layer, b)
 }
 
