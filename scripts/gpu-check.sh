@@ -7,7 +7,9 @@
 #   scripts/gpu-check.sh DIR        # here
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #
-# run.sh runs, each under its own time limit (8 minutes in all at most):
+# run.sh runs, each under its own time limit (one GPU: 590 s in all, to fit in a 10-minute
+# call; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts
+# take seconds when they pass):
 #   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, five
 #      settings (fp32; fp32 attention matmuls; bf16 weights; bf16 matmuls; bf16 matmuls with the
 #      fused layer ops that are off by default), with finite differences, then its attention
@@ -15,6 +17,13 @@
 #      by default: the "tiled-attention" run, which also checks that every flash_* kernel ran)
 #      -> conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
+#   1b. NCCL (engine/dist's nccl backend on the CUDA backend's tensors, cuda's TestGPUNCCL):
+#      one rank, then, where nvidia-smi lists N > 1 GPUs, N ranks (mpirun -np N where mpirun
+#      is installed, else N processes with torchrun-style variables): every collective fp32
+#      and bf16 checked exactly, all-reduce bus bandwidth at 1-256 MiB -> nccl.json, nccl.log
+#      (nccl-ranks.json, nccl-ranks.log for N ranks). libnccl.so.2 is found by the loader, in
+#      pip's nvidia/nccl/lib, or where the machine's python3 has nvidia.nccl; PROLONG_NCCL
+#      overrides;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
 #      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
@@ -44,17 +53,50 @@ out="${1:-$here}"
 mkdir -p "$out"
 export PROLONG_CUDA_CACHE="$out/kernel-cache"
 # cuBLAS and NVRTC also live in Python's nvidia wheels; let the loader find them there too.
-for d in /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib /usr/lib/python3*/site-packages/nvidia/cu13/lib; do
+for d in /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib /usr/lib/python3*/site-packages/nvidia/cu13/lib \
+	/usr/local/lib/python3*/dist-packages/nvidia/nccl/lib /usr/lib/python3*/site-packages/nvidia/nccl/lib; do
 	[ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
+# NCCL (pip's nvidia-nccl-cu12/cu13, which PyTorch installs) where python3 has it elsewhere (a venv).
+if [ -z "${PROLONG_NCCL:-}" ]; then
+	d=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null) &&
+		[ -f "$d/libnccl.so.2" ] && export PROLONG_NCCL="$d/libnccl.so.2"
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >"$out/nvidia-smi.csv" 2>&1
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
 	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
+echo "== nccl, one rank"
+PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
+	timeout 60 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl.log" 2>&1
+echo "nccl exit $? after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl.log" | tail -14
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+if [ "${ngpu:-0}" -gt 1 ]; then
+	echo "== nccl, $ngpu ranks"
+	export PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl-ranks.json"
+	if command -v mpirun >/dev/null; then
+		xs=(); for v in LD_LIBRARY_PATH PROLONG_CUDA_CACHE PROLONG_NCCL PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON; do
+			[ -n "${!v:-}" ] && xs+=(-x "$v")
+		done
+		echo "launcher: mpirun -np $ngpu" >"$out/nccl-ranks.log"
+		timeout 90 mpirun --allow-run-as-root --oversubscribe -np "$ngpu" "${xs[@]}" \
+			"$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >>"$out/nccl-ranks.log" 2>&1
+	else # no MPI here: N processes with torchrun-style variables, the unique id over TCP
+		echo "launcher: $ngpu processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR (no mpirun)" >"$out/nccl-ranks.log"
+		for r in $(seq 0 $((ngpu - 1))); do
+			RANK=$r WORLD_SIZE=$ngpu LOCAL_RANK=$r LOCAL_WORLD_SIZE=$ngpu MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+				timeout 90 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl-rank-$r.log" 2>&1 &
+		done
+		wait
+		cat "$out"/nccl-rank-*.log >>"$out/nccl-ranks.log"
+	fi
+	echo "nccl $ngpu ranks done after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl-ranks.log" | tail -14
+	unset PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON
+fi
 echo "== bench"
-timeout 240 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
@@ -62,7 +104,7 @@ echo "== default job on the GPU"
 # model is tiny, the GPU has room for all five.
 (cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32"; do
 	set -- $run
-	timeout 170 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
+	timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
 done; wait)
 echo "train runs done after $(( $(date +%s) - t0 )) s"
 for r in s1 s2 s3 s1-again s1-fp32; do
@@ -73,7 +115,7 @@ if cmp -s "$a" "$b"; then echo "seed 1 twice: identical final weights"; else ech
 cp "$out/train-s1/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
 echo "== our exports in transformers and ONNX Runtime (the machine's python3)"
 cp "$here/check_transformers.py" "$out/" 2>/dev/null
-timeout 120 python3 "$here/check_transformers.py" "$out/train-s1/checkpoints/step-000200" "$out/train-s1/checkpoints/best" \
+timeout 60 python3 "$here/check_transformers.py" "$out/train-s1/checkpoints/step-000200" "$out/train-s1/checkpoints/best" \
 	2>"$out/transformers.err" | tee "$out/transformers.jsonl"
 echo "transformers check exit ${PIPESTATUS[0]}"
 "$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"

@@ -14,8 +14,10 @@ import (
 
 // UNVERIFIED: no machine this was written on has a GPU or NCCL. The loader, the calls' argument
 // order and types, the data type codes and the pass-by-value unique id are checked against a
-// stand-in library built from nccl.h's signatures (testdata/fakenccl.c); the unique-id
-// rendezvous is checked over TCP; running collectives on real GPUs is not (docs/distributed.md).
+// stand-in library built from nccl.h's signatures (testdata/fakenccl.c), also end to end with
+// the cuda package's Device on its fake driver; the unique-id rendezvous is checked over TCP.
+// cuda's TestGPUNCCL (scripts/gpu-check.sh) runs the collectives on real GPUs; it has not run
+// yet (docs/distributed.md).
 
 // NCCL's enums (nccl.h): ncclFloat32 = 7, ncclBfloat16 = 9, ncclSum = 0; a unique id is 128 bytes.
 const (

@@ -1,6 +1,7 @@
 // Command gpureport merges the pieces of a GPU check (scripts/gpu-check.sh) in DIR —
-// nvidia-smi.csv, conformance.json and .log, bench.json, train.log, transformers.jsonl — into one JSON report on
-// stdout, with a summary: conformance cases passed and failed (and the failures themselves).
+// nvidia-smi.csv, conformance.json and .log, nccl.json and .log (nccl-ranks.* where the machine has
+// several GPUs), bench.json, train.log, transformers.jsonl — into one JSON report on stdout, with
+// a summary: conformance cases passed and failed (and the failures themselves).
 package main
 
 import (
@@ -58,6 +59,7 @@ func main() {
 		}
 		rep["conformance_log_failures"] = fails
 	}
+	rep["nccl"] = ncclSection(dir)
 	if b := read("bench.json"); b != nil {
 		var v any
 		if json.Unmarshal(b, &v) == nil {
@@ -84,4 +86,41 @@ func main() {
 	}
 	out, _ := json.MarshalIndent(rep, "", " ")
 	fmt.Println(string(out))
+}
+
+// ncclSection is the NCCL check (cuda's TestGPUNCCL): per run, one rank ("one_rank") and N ranks
+// where the machine has several GPUs ("ranks"), what rank 0 wrote (checks, all-reduce bus
+// bandwidth) and the log's lines from the test (its log, failures, verdict, the launcher).
+func ncclSection(dir string) map[string]any {
+	sec := map[string]any{}
+	for key, base := range map[string]string{"one_rank": "nccl", "ranks": "nccl-ranks"} {
+		logText, err := os.ReadFile(filepath.Join(dir, base+".log"))
+		if err != nil {
+			if key == "one_rank" {
+				sec[key] = map[string]any{"missing": err.Error()}
+			}
+			continue // one GPU: no N-rank run
+		}
+		run := map[string]any{}
+		if b, err := os.ReadFile(filepath.Join(dir, base+".json")); err == nil {
+			var v any
+			if json.Unmarshal(b, &v) == nil {
+				run["result"] = v
+			}
+		}
+		var lines []string
+		for _, l := range strings.Split(string(logText), "\n") {
+			t := strings.TrimSpace(l)
+			if strings.HasPrefix(t, "--- ") || strings.HasPrefix(t, "launcher:") || strings.HasPrefix(t, "FAIL") ||
+				strings.HasPrefix(t, "PASS") || strings.Contains(t, "_test.go:") || strings.Contains(t, "panic") {
+				lines = append(lines, t)
+			}
+		}
+		if len(lines) > 40 {
+			lines = append(lines[:40], fmt.Sprintf("... %d more", len(lines)-40))
+		}
+		run["log"] = lines
+		sec[key] = run
+	}
+	return sec
 }
