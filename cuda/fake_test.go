@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/prolong-rl/prolong/cuda/internal/kernelgen"
 )
 
 // fakeGPU stands in for libcuda and cuBLAS through callHook, and for NVRTC as a compiler, so
@@ -33,6 +35,18 @@ type fakeGPU struct {
 	names       map[uintptr]string
 
 	tl *fakeTimeline // when set, events and launches run on its simulated clocks (profile_test.go)
+
+	kernels  map[uintptr]string // function handles cuModuleGetFunction gave, by kernel name
+	launches []fakeLaunch       // the kernels launched, in order
+}
+
+// fakeLaunch is one cuLaunchKernel: the kernel, its grid and block, and its arguments' 8-byte
+// slots (args.go).
+type fakeLaunch struct {
+	name  string
+	grid  [3]int
+	block int
+	args  []uint64
 }
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
@@ -157,7 +171,20 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		}
 		*at[uintptr](a[0]) = 0xd0
 	case "moduleGetFunction":
-		*at[uintptr](a[0]) = 0xf0
+		if g.kernels == nil {
+			g.kernels = map[uintptr]string{}
+		}
+		f := 0xf000 + uintptr(len(g.kernels))
+		g.kernels[f] = gostr(a[2])
+		*at[uintptr](a[0]) = f
+	case "launchKernel":
+		l := fakeLaunch{name: g.kernels[a[0]], grid: [3]int{int(a[1]), int(a[2]), int(a[3])}, block: int(a[4])}
+		if n := kernelParams[l.name]; n > 0 {
+			for _, p := range unsafe.Slice(at[*uint64](a[9]), n) {
+				l.args = append(l.args, *p)
+			}
+		}
+		g.launches = append(g.launches, l)
 	case "getErrorName":
 		n, ok := fakeErrorNames[int(a[0])]
 		if !ok {
@@ -196,6 +223,19 @@ func (g *fakeGPU) Compile(src, name, arch string) ([]byte, string, error) {
 	}
 	return []byte(fmt.Sprintf("%-31s\x00", kind+" "+arch)), "", nil
 }
+
+// kernelParams is the number of parameters of every kernel, from their source.
+var kernelParams = func() map[string]int {
+	ks, err := kernelgen.ParseDir("kernels")
+	if err != nil {
+		panic(err)
+	}
+	out := map[string]int{}
+	for _, k := range ks {
+		out[k.Name] = len(k.Params)
+	}
+	return out
+}()
 
 // count is how many calls of fn were made.
 func (g *fakeGPU) count(fn string) int {

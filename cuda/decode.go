@@ -1,0 +1,104 @@
+package cuda
+
+import (
+	"math"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// KVDTypes implements engine.KVDTyper: the KV cache holds fp32, and bf16 with Options.BF16KV.
+func (b *Backend) KVDTypes() []engine.DType {
+	if b.opts.BF16KV {
+		return []engine.DType{engine.F32, engine.BF16}
+	}
+	return []engine.DType{engine.F32}
+}
+
+// elemBytes is the size of one cached key or value element.
+func (s *kvStore) elemBytes() uint64 {
+	if s.dt == engine.BF16 {
+		return 2
+	}
+	return 4
+}
+
+// The decode_attn kernels' shape (decode_attn.cu): DA_WARPS warps per block, at most DA_MAXG
+// query heads per block, tiles of 32 positions per warp.
+const (
+	decodeThreads  = 4 * 32
+	decodeMaxGroup = 8
+	decodeTile     = 32
+	// defaultSplitKVMinPart is Options.SplitKVMinPart's default: the fewest positions a split
+	// covers, so that a split's fixed costs (its q rows, its partial) stay small beside its reads.
+	defaultSplitKVMinPart = 256
+)
+
+// decodeSplit chooses how a decode_attn launch of T query tokens, gy blocks per token (KV
+// heads × head slices) and a longest context of maxN positions is split over the context: part
+// positions per split (a multiple of decodeTile) and nsplit splits (the grid's z). Unsplit
+// (nsplit 1, part covering maxN) without Options.SplitKVDecode, and where T·gy blocks already
+// fill the GPU's SMs; else enough splits for about two blocks per SM, each of at least
+// Options.SplitKVMinPart positions.
+func (b *Backend) decodeSplit(T, gy, maxN int) (part, nsplit int) {
+	roundUp := func(n int) int { return max(decodeTile, (n+decodeTile-1)/decodeTile*decodeTile) }
+	unsplit := roundUp(maxN)
+	base := T * gy
+	if !b.opts.SplitKVDecode || base >= b.sms || maxN <= decodeTile {
+		return unsplit, 1
+	}
+	minPart := defaultSplitKVMinPart
+	if b.opts.SplitKVMinPart > 0 {
+		minPart = b.opts.SplitKVMinPart
+	}
+	want := (2*b.sms + base - 1) / base
+	part = max(roundUp((maxN+want-1)/want), roundUp(minPart))
+	nsplit = (maxN + part - 1) / part
+	if nsplit <= 1 {
+		return unsplit, 1
+	}
+	return part, nsplit
+}
+
+// decodeAttention is Attention on the decode_attn kernels (Options.BF16KV's bf16 cache, and
+// Options.SplitKVDecode): the new keys and values go to their slots (rounded to bf16 in a bf16
+// cache), then decode_attn_f32 or decode_attn_bf16 runs on a grid (T, KV·ceil(G/8), nsplit),
+// and, when split, decode_attn_combine merges the partials. meta is Attention's metadata.
+// Called inside the op.
+func (b *Backend) decodeAttention(out, q, k, v *engine.Tensor, s *kvStore, layer int, ab *engine.AttnBatch, meta []int32) {
+	T := q.Rows()
+	dh := s.headDim
+	nh := q.Cols() / dh
+	kvw := int64(T * s.kvHeads * dh)
+	if s.dt == engine.BF16 {
+		b.launchKvWriteBf16(b.gridFor(kvw), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+	} else {
+		b.launchKvWrite(b.gridFor(kvw), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
+			b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
+	}
+	maxN := 0
+	for _, n := range ab.CtxLen {
+		maxN = max(maxN, int(n))
+	}
+	group := nh / s.kvHeads
+	gy := s.kvHeads * ((group + decodeMaxGroup - 1) / decodeMaxGroup)
+	part, ns := b.decodeSplit(T, gy, maxN)
+	scale := float32(1 / math.Sqrt(float64(dh)))
+	dmeta := b.constInts(meta)
+	var pm, pl, po dptr
+	if ns > 1 {
+		rows := uint64(T * nh * ns)
+		pm, pl, po = dptr(b.tmp(4*rows)), dptr(b.tmp(4*rows)), dptr(b.tmp(4*rows*uint64(dh)))
+	}
+	grid := [3]int{T, gy, ns}
+	if s.dt == engine.BF16 {
+		b.launchDecodeAttnBf16(grid, decodeThreads, ptr(out), pm, pl, po, ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+			dmeta, int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale, int32(part), int32(ns))
+	} else {
+		b.launchDecodeAttnF32(grid, decodeThreads, ptr(out), pm, pl, po, ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+			dmeta, int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale, int32(part), int32(ns))
+	}
+	if ns > 1 {
+		b.launchDecodeAttnCombine([3]int{T, nh, 1}, decodeThreads, ptr(out), pm, pl, po, dmeta, int32(nh), int32(dh), int32(part), int32(ns))
+	}
+}
