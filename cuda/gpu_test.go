@@ -28,7 +28,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 
 // TestConformance runs the engine's conformance suite on the GPU against the CPU backend:
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
-// then bf16 matmuls for parameters too with bf16 tolerances. With PROLONG_CONFORMANCE_JSON set,
+// then bf16 matmuls for parameters too with bf16 tolerances, then the decode_attn kernels
+// (Options.BF16KV, Options.SplitKVDecode). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -56,6 +57,12 @@ func TestConformance(t *testing.T) {
 		{"fp32-attention-matmul", Options{AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.F32}},
 		{"bf16-weights", Options{}, enginetest.Options{WeightDType: engine.BF16}},
 		{"bf16-matmul", Options{BF16Matmul: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
+		// The decode_attn kernels (off by default): every paged attention on them, bf16 KV
+		// stores in the bf16kv cases (ops and greedy decoding), and the context split wherever a
+		// launch leaves SMs idle, down to 32 positions a split (the long cases: 150 positions
+		// in 5 splits; the 4k-16k decode cases in tens of splits), exact fp32 matmuls so that
+		// the differences are attention's.
+		{"decode-attn", Options{BF16KV: true, SplitKVDecode: true, SplitKVMinPart: 32}, enginetest.Options{WeightDType: engine.F32}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {
