@@ -8,13 +8,16 @@
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #
 # run.sh runs, each under its own time limit (8 minutes in all at most):
-#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, three
-#      settings (fp32; bf16 weights; bf16 matmuls), with finite differences -> conformance.json
+#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, five
+#      settings (fp32; fp32 attention matmuls; bf16 weights; bf16 matmuls; the decode_attn
+#      kernels: bf16 KV cache and split-KV decode), with finite differences -> conformance.json
 #      (every case: error, tolerance, first bad index, got/want) and conformance.log;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
-#      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
-#      memory) -> bench.json, bench.log;
+#      fraction of the HBM roofline, batch-1 decode at 4k and 16k tokens of context with an
+#      fp32 and a bf16 KV cache, split over the context or not (tok/s, attention's GPU time and
+#      KV read rate), a training step of 8 x 1024 tokens (tok/s, MFU, peak memory) ->
+#      bench.json, bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
@@ -46,7 +49,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
+	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== bench"
 timeout 240 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
