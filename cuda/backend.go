@@ -46,7 +46,7 @@ type Options struct {
 	// same kernels unsplit. Off until a GPU run shows it passes and wins.
 	SplitKVDecode bool
 	// SplitKVMinPart is the fewest context positions one split covers (rounded up to a multiple
-	// of 32); 0 means 256. Tests set it low to split short contexts.
+	// of 32); 0 means 128. Tests set it low to split short contexts.
 	SplitKVMinPart int
 }
 

@@ -29,16 +29,20 @@ const (
 	decodeMaxGroup = 8
 	decodeTile     = 32
 	// defaultSplitKVMinPart is Options.SplitKVMinPart's default: the fewest positions a split
-	// covers, so that a split's fixed costs (its q rows, its partial) stay small beside its reads.
-	defaultSplitKVMinPart = 256
+	// covers, one tile for each of a block's 4 warps, so that no warp of a split idles and a
+	// split's fixed costs (its q rows, its partial) stay small beside its reads.
+	defaultSplitKVMinPart = 128
+	// splitBlocksPerSM is how many blocks per SM a split aims at: the decode_attn blocks that
+	// fit on an SM at once (168 registers × 128 threads of 65,536 registers: 3), one wave.
+	splitBlocksPerSM = 3
 )
 
 // decodeSplit chooses how a decode_attn launch of T query tokens, gy blocks per token (KV
 // heads × head slices) and a longest context of maxN positions is split over the context: part
 // positions per split (a multiple of decodeTile) and nsplit splits (the grid's z). Unsplit
 // (nsplit 1, part covering maxN) without Options.SplitKVDecode, and where T·gy blocks already
-// fill the GPU's SMs; else enough splits for about two blocks per SM, each of at least
-// Options.SplitKVMinPart positions.
+// fill the GPU's SMs; else enough splits for about splitBlocksPerSM blocks per SM, each of at
+// least Options.SplitKVMinPart positions.
 func (b *Backend) decodeSplit(T, gy, maxN int) (part, nsplit int) {
 	roundUp := func(n int) int { return max(decodeTile, (n+decodeTile-1)/decodeTile*decodeTile) }
 	unsplit := roundUp(maxN)
@@ -50,7 +54,7 @@ func (b *Backend) decodeSplit(T, gy, maxN int) (part, nsplit int) {
 	if b.opts.SplitKVMinPart > 0 {
 		minPart = b.opts.SplitKVMinPart
 	}
-	want := (2*b.sms + base - 1) / base
+	want := (splitBlocksPerSM*b.sms + base - 1) / base
 	part = max(roundUp((maxN+want-1)/want), roundUp(minPart))
 	nsplit = (maxN + part - 1) / part
 	if nsplit <= 1 {

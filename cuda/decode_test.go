@@ -11,7 +11,7 @@ import (
 
 // TestDecodeSplit: the split-KV choice by hand: no split without Options.SplitKVDecode or
 // where the blocks already fill the SMs; else about two blocks per SM, each split at least
-// SplitKVMinPart positions (a multiple of 32), the last one partial.
+// SplitKVMinPart positions (a multiple of 32), the last one partial; worked by hand.
 func TestDecodeSplit(t *testing.T) {
 	for _, tc := range []struct {
 		opts              Options
@@ -20,15 +20,15 @@ func TestDecodeSplit(t *testing.T) {
 	}{
 		{Options{}, 132, 1, 2, 16384, 16384, 1},                                   // off: one split over the whole context
 		{Options{BF16KV: true}, 132, 1, 2, 16385, 16416, 1},                       // rounded up to a tile
-		{Options{SplitKVDecode: true}, 132, 1, 2, 16384, 256, 64},                 // want 132 splits: 125 -> 128 < 256
-		{Options{SplitKVDecode: true}, 132, 1, 2, 100000, 768, 131},               // 100000/132 = 758 -> 768
-		{Options{SplitKVDecode: true}, 132, 64, 2, 16384, 5472, 3},                // 128 blocks, below 132: 3 splits
+		{Options{SplitKVDecode: true}, 132, 1, 2, 16384, 128, 128},                // want 198 splits: 83 -> 96 < 128
+		{Options{SplitKVDecode: true}, 132, 1, 2, 100000, 512, 196},               // 100000/198 = 506 -> 512
+		{Options{SplitKVDecode: true}, 132, 64, 2, 16384, 4096, 4},                // 128 blocks, below 132: 4 splits
 		{Options{SplitKVDecode: true}, 132, 66, 2, 16384, 16384, 1},               // 132 blocks fill the SMs
-		{Options{SplitKVDecode: true}, 132, 1, 2, 300, 256, 2},                    // the minimum part, the last split partial
+		{Options{SplitKVDecode: true}, 132, 1, 2, 300, 128, 3},                    // the minimum part, the last split partial
 		{Options{SplitKVDecode: true}, 132, 1, 2, 20, 32, 1},                      // one tile
 		{Options{SplitKVDecode: true, SplitKVMinPart: 32}, 132, 1, 2, 150, 32, 5}, // tests' short splits
 		{Options{SplitKVDecode: true, SplitKVMinPart: 500}, 4, 1, 2, 1000, 512, 2},
-		{Options{SplitKVDecode: true}, 4, 1, 2, 16384, 4096, 4}, // the fake GPU: 4 SMs
+		{Options{SplitKVDecode: true}, 4, 1, 2, 16384, 2752, 6}, // the fake GPU, 4 SMs: 2731 -> 2752
 	} {
 		b := &Backend{opts: tc.opts, sms: tc.sms}
 		part, n := b.decodeSplit(tc.T, tc.gy, tc.maxN)
@@ -109,16 +109,16 @@ func TestDecodeAttentionLaunches(t *testing.T) {
 		{"fp32 KV in the bf16 setting stays on the verified kernel", Options{BF16KV: true}, engine.F32, 1, 100, 12, 2, 128,
 			[]launch{{"kv_write", [3]int{1, 1, 1}, 0, 0}, {"attn_paged_gqa", [3]int{1, 2, 1}, 0, 0}}},
 		{"bf16 KV, split", Options{BF16KV: true, SplitKVDecode: true}, engine.BF16, 1, 16384, 12, 2, 128,
-			[]launch{{"kv_write_bf16", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_bf16", [3]int{1, 2, 4}, 4096, 4},
-				{"decode_attn_combine", [3]int{1, 12, 1}, 4096, 4}}},
+			[]launch{{"kv_write_bf16", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_bf16", [3]int{1, 2, 6}, 2752, 6},
+				{"decode_attn_combine", [3]int{1, 12, 1}, 2752, 6}}},
 		{"fp32 KV, split", Options{SplitKVDecode: true}, engine.F32, 1, 5000, 12, 2, 128,
-			[]launch{{"kv_write", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_f32", [3]int{1, 2, 4}, 1280, 4},
-				{"decode_attn_combine", [3]int{1, 12, 1}, 1280, 4}}},
+			[]launch{{"kv_write", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_f32", [3]int{1, 2, 6}, 864, 6},
+				{"decode_attn_combine", [3]int{1, 12, 1}, 864, 6}}},
 		{"fp32 KV, batch fills the SMs: unsplit", Options{SplitKVDecode: true}, engine.F32, 2, 5000, 12, 2, 128,
 			[]launch{{"kv_write", [3]int{2, 1, 1}, 0, 0}, {"decode_attn_f32", [3]int{2, 2, 1}, 5024, 1}}},
 		{"G of 12 in two head slices, split", Options{SplitKVDecode: true, BF16KV: true}, engine.BF16, 1, 2000, 12, 1, 32,
-			[]launch{{"kv_write_bf16", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_bf16", [3]int{1, 2, 4}, 512, 4},
-				{"decode_attn_combine", [3]int{1, 12, 1}, 512, 4}}},
+			[]launch{{"kv_write_bf16", [3]int{1, 1, 1}, 0, 0}, {"decode_attn_bf16", [3]int{1, 2, 6}, 352, 6},
+				{"decode_attn_combine", [3]int{1, 12, 1}, 352, 6}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newFakeGPU(t, 90, 1<<30)

@@ -60,7 +60,7 @@ func TestConformance(t *testing.T) {
 		// The decode_attn kernels (off by default): every paged attention on them, bf16 KV
 		// stores in the bf16kv cases (ops and greedy decoding), and the context split wherever a
 		// launch leaves SMs idle, down to 32 positions a split (the long cases: 150 positions
-		// in 5 splits; the 4k-16k decode cases in tens of splits), exact fp32 matmuls so that
+		// in 5 splits; the 4k-16k decode cases in 53 to 171 splits), exact fp32 matmuls so that
 		// the differences are attention's.
 		{"decode-attn", Options{BF16KV: true, SplitKVDecode: true, SplitKVMinPart: 32}, enginetest.Options{WeightDType: engine.F32}},
 	}
