@@ -96,6 +96,10 @@ type Backend struct {
 	metaNext int
 	prof     *profiler // nil unless profiling
 	events   []uintptr // CUDA events of the profiler
+
+	// splitBuf holds decode_attn's partials (decode.go), kept between ops and grown on demand:
+	// the kernels run in stream order, so the next op's launches reuse it after this one's.
+	splitBuf, splitBufBytes uint64
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while

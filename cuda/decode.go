@@ -92,7 +92,18 @@ func (b *Backend) decodeAttention(out, q, k, v *engine.Tensor, s *kvStore, layer
 	var pm, pl, po dptr
 	if ns > 1 {
 		rows := uint64(T * nh * ns)
-		pm, pl, po = dptr(b.tmp(4*rows)), dptr(b.tmp(4*rows)), dptr(b.tmp(4*rows*uint64(dh)))
+		need := 4 * rows * uint64(2+dh) // pm, pl [rows], po [rows, Dh]
+		if need > b.splitBufBytes {
+			if b.splitBuf != 0 {
+				b.alloc.Free(b.splitBuf)
+			}
+			b.splitBuf, b.splitBufBytes = b.devAlloc(need), 0
+			if b.splitBuf == 0 {
+				return
+			}
+			b.splitBufBytes = need
+		}
+		pm, pl, po = dptr(b.splitBuf), dptr(b.splitBuf+4*rows), dptr(b.splitBuf+8*rows)
 	}
 	grid := [3]int{T, gy, ns}
 	if s.dt == engine.BF16 {

@@ -141,8 +141,14 @@ func TestDecodeAttentionLaunches(t *testing.T) {
 					if (x.split > 1) != (l.args[1] != 0) {
 						t.Errorf("%s: %d splits with partial buffer %#x", l.name, x.split, l.args[1])
 					}
+					if rows := uint64(tc.T * tc.H * x.split); x.split > 1 && (l.args[2]-l.args[1] != 4*rows || l.args[3]-l.args[1] != 8*rows) {
+						t.Errorf("%s: partials pm %#x pl %#x po %#x overlap for %d rows", l.name, l.args[1], l.args[2], l.args[3], rows)
+					}
 				case "decode_attn_combine":
 					x.part, x.split = int(int32(l.args[7])), int(int32(l.args[8]))
+					if attn := ls[1]; !slices.Equal(l.args[1:4], attn.args[1:4]) || l.args[0] != attn.args[0] {
+						t.Errorf("combine reads partials %#x into %#x, decode_attn wrote %#x into %#x", l.args[1:4], l.args[0], attn.args[1:4], attn.args[0])
+					}
 				}
 				got = append(got, x)
 			}
