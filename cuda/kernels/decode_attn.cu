@@ -91,7 +91,7 @@ template <typename E, int VE>
 __device__ void decode_attn(float* out, float* pm, float* pl, float* po, const float* q, const E* kc, const E* vc,
                             const int* meta, int nh, int nkv, int dh, int bs, float scale, int part, int nsplit) {
 	const int NR = DA_ACC / VE; // value vectors per lane in P·V
-	__shared__ float smem[DA_WARPS * DA_MAXG * DA_MAXD]; // q rows and e rows in the loop, then the warps' accumulators
+	__shared__ __align__(16) float smem[DA_WARPS * DA_MAXG * DA_MAXD]; // q rows and e rows in the loop, then the warps' accumulators
 	__shared__ float smx[DA_WARPS][DA_MAXG], ssum[DA_WARPS][DA_MAXG];
 	int t = blockIdx.x, z = blockIdx.z;
 	int G = nh / nkv, slices = (G + DA_MAXG - 1) / DA_MAXG;
@@ -136,8 +136,14 @@ __device__ void decode_attn(float* out, float* pm, float* pl, float* po, const f
 				da_load(krow, j, dh, al, f);
 				for (int g = 0; g < DA_MAXG; g++) {
 					if (g < ng) {
-						const float* qg = sq + g * DA_MAXD + j * VE;
-						for (int i = 0; i < VE; i++) s[g] += qg[i] * f[i];
+						const da_f4* qg = (const da_f4*)(sq + g * DA_MAXD + j * VE); // 16-byte broadcasts
+						for (int i = 0; i < VE / 4; i++) {
+							da_f4 x = qg[i];
+							s[g] += x.x * f[4 * i];
+							s[g] += x.y * f[4 * i + 1];
+							s[g] += x.z * f[4 * i + 2];
+							s[g] += x.w * f[4 * i + 3];
+						}
 					}
 				}
 			}
