@@ -76,8 +76,9 @@ func (c *emulCache) load(val bool, off, j int, f []float32) {
 func expf32(x float32) float32 { return float32(math.Exp(float64(x))) }
 
 // emulDecodeAttn runs decode_attn (decode_attn.cu) block by block, warp by warp, in fp32, then
-// decode_attn_combine when split: the kernels' partitioning, head slices, tiles and online
-// softmax, with the lanes' sums taken in one order.
+// decode_attn_combine when split: the kernels' partitioning, head slices, tiles, online
+// softmax, and the lanes' split of P·V over (key, value vector) with its shuffle reduction
+// (the scores' and the sums' lanes are summed in one order).
 func emulDecodeAttn(c *emulCache, out, q []float32, meta []int32, T, nh int, scale float32, part, nsplit int) {
 	const warps, maxG, tile = 4, decodeMaxGroup, decodeTile
 	nkv, dh, bs := c.kvh, c.dh, c.bs
@@ -112,14 +113,21 @@ func emulDecodeAttn(c *emulCache, out, q []float32, meta []int32, T, nh int, sca
 				}
 				var wm, wl [warps][maxG]float32
 				var wacc [warps][maxG][]float32
+				NVP := 1
+				for NVP < NV && NVP < 32 {
+					NVP <<= 1
+				}
+				KPW, NR := 32/NVP, 8/VE
 				for w := range warps {
 					m, l := &wm[w], &wl[w]
+					var lacc [32][maxG][8]float32 // each lane's accumulators (acc in the kernel)
 					for g := range ng {
 						m[g] = float32(math.Inf(-1))
 						wacc[w][g] = make([]float32, dh)
 					}
 					for t0 := p0 + tile*w; t0 < p1; t0 += tile * warps {
-						var s [tile][maxG]float32
+						// 1. lane i: the score of position t0+i
+						var s, e [tile][maxG]float32
 						f := make([]float32, VE)
 						for i := range tile {
 							if t0+i >= p1 {
@@ -134,6 +142,7 @@ func emulDecodeAttn(c *emulCache, out, q []float32, meta []int32, T, nh int, sca
 								}
 							}
 						}
+						// 2. online softmax
 						for g := range ng {
 							mx := float32(math.Inf(-1))
 							for i := range tile {
@@ -144,26 +153,57 @@ func emulDecodeAttn(c *emulCache, out, q []float32, meta []int32, T, nh int, sca
 							mn := max(m[g], mx)
 							cr := expf32(m[g] - mn)
 							l[g] *= cr
-							acc := wacc[w][g]
-							for d := range acc {
-								acc[d] *= cr
+							for lane := range 32 {
+								for x := range 8 {
+									lacc[lane][g][x] *= cr
+								}
 							}
 							for i := range tile {
-								if t0+i >= p1 {
-									continue
-								}
-								e := expf32(s[i][g] - mn)
-								l[g] += e
-								for j := range NV {
-									c.load(true, rowOff(t0+i, kvh), j, f)
-									for x := range VE {
-										if d := j*VE + x; d < dh {
-											acc[d] += e * f[x]
-										}
-									}
+								if t0+i < p1 {
+									e[i][g] = expf32(s[i][g] - mn)
+									l[g] += e[i][g]
 								}
 							}
 							m[g] = mn
+						}
+						// 3. lane c + NVP·kl: vector c (and c+32) of keys kl, kl+KPW, ...
+						for lane := range 32 {
+							cl, kl := lane%NVP, lane/NVP
+							for k := kl; k < tile && t0+k < p1; k += KPW {
+								var f8 [8]float32
+								for r := range NR {
+									if j := cl + 32*r; j < NV {
+										c.load(true, rowOff(t0+k, kvh), j, f8[r*VE:(r+1)*VE])
+									}
+								}
+								for g := range ng {
+									for x := range 8 {
+										lacc[lane][g][x] += e[k][g] * f8[x]
+									}
+								}
+							}
+						}
+					}
+					// The shuffle reduction over the lanes of one vector, then lanes kl = 0 write.
+					for o := NVP; o < 32; o <<= 1 {
+						prev := lacc
+						for lane := range 32 {
+							for g := range ng {
+								for x := range 8 {
+									lacc[lane][g][x] = prev[lane][g][x] + prev[lane^o][g][x]
+								}
+							}
+						}
+					}
+					for lane := range NVP {
+						for g := range ng {
+							for r := range NR {
+								for x := range VE {
+									if d := (lane+32*r)*VE + x; d < dh {
+										wacc[w][g][d] = lacc[lane][g][r*VE+x]
+									}
+								}
+							}
 						}
 					}
 				}
