@@ -57,6 +57,21 @@ type Options struct {
 	// write in one pass) in place of add_bias, rope and the write inside Attention. Off until a
 	// GPU run of the conformance suite (QKVRoPE cases) and the benchmark shows it passes and wins.
 	FusedQKVRoPE bool
+	// BF16KV lets the KV cache hold bf16 keys and values (engine.KVDTyper lists BF16; KVAuto then
+	// picks it for bf16 weights): written rounded to nearest even, as the CPU's bf16 store, and
+	// read by the decode_attn kernels (decode_attn.cu). Off: the cache is fp32 only and
+	// NewKVStore refuses BF16, as before. Off until a GPU run of the conformance suite (its
+	// bf16kv and long-context cases) shows it passes.
+	BF16KV bool
+	// SplitKVDecode runs the attention over an fp32 cache on the decode_attn kernels too (16-byte
+	// loads, 32 keys per warp iteration, all query heads of a KV group per block), and splits
+	// a launch that fills too few blocks (a small batch at long context) over the context
+	// (flash-decoding: partials, then decode_attn_combine). Without it a bf16 cache runs the
+	// same kernels unsplit. Off until a GPU run shows it passes and wins.
+	SplitKVDecode bool
+	// SplitKVMinPart is the fewest context positions one split covers (rounded up to a multiple
+	// of 32); 0 means 128. Tests set it low to split short contexts.
+	SplitKVMinPart int
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
@@ -107,6 +122,10 @@ type Backend struct {
 	metaNext int
 	prof     *profiler // nil unless profiling
 	events   []uintptr // CUDA events of the profiler
+
+	// splitBuf holds decode_attn's partials (decode.go), kept between ops and grown on demand:
+	// the kernels run in stream order, so the next op's launches reuse it after this one's.
+	splitBuf, splitBufBytes uint64
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while

@@ -31,10 +31,13 @@ func (b *Backend) QKVRoPE(q, k, v, qb, kb, vb *engine.Tensor, headDim int, pos [
 			qbp, kbp, vbp = ptr(qb), ptr(kb), ptr(vb)
 		}
 		bs := 0
-		if s != nil {
+		if s != nil && s.dt != engine.BF16 { // qkv_rope writes fp32; a bf16 store gets kv_write_bf16
 			kc, vc, sl, bs = dptr(s.k[layer]), dptr(s.v[layer]), b.constInts(slots), s.blockSize
 		}
 		b.launchQkvRope([3]int{T, 1, 1}, 256, ptr(q), ptr(k), ptr(v), qbp, kbp, vbp, b.constInts(pos), ptr(cos), ptr(sin),
 			kc, vc, sl, int32(q.Cols()), int32(k.Cols()), int32(headDim), int32(bs))
+		if s != nil && s.dt == engine.BF16 {
+			b.writeKV(s, layer, k, v, &engine.AttnBatch{Slots: slots})
+		}
 	})
 }

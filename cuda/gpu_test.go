@@ -31,7 +31,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
 // then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
 // layer ops that are off by default turned on, then the attention cases on the tiled kernels
-// (TiledAttention). With PROLONG_CONFORMANCE_JSON set,
+// (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode). With
+// PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -68,6 +69,12 @@ func TestConformance(t *testing.T) {
 		{"bf16-matmul-fused", Options{BF16Matmul: true, FusedAddRMSNorm: true, MatMuls: true, FusedMLP: true, FusedQKVRoPE: true},
 			enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
 		{"tiled-attention", Options{TiledAttention: true}, enginetest.Options{WeightDType: engine.F32, Tol: tiledTol, Cases: regexp.MustCompile(`^Attention`)}},
+		// The decode_attn kernels (off by default): every paged attention on them, bf16 KV
+		// stores in the bf16kv cases (ops and greedy decoding), and the context split wherever a
+		// launch leaves SMs idle, down to 32 positions a split (the long cases: 150 positions
+		// in 5 splits; the 4k-16k decode cases in 53 to 171 splits), exact fp32 matmuls so that
+		// the differences are attention's.
+		{"decode-attn", Options{BF16KV: true, SplitKVDecode: true, SplitKVMinPart: 32}, enginetest.Options{WeightDType: engine.F32}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {

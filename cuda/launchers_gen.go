@@ -72,6 +72,34 @@ func (b *Backend) launchStackHeads(grid [3]int, threads int, dst, x dptr, L, G, 
 	b.launch("stack_heads", grid, threads, argPtr(dst), argPtr(x), argI32(L), argI32(G), argI32(dh), argI32(width), argI32(t0), argI32(h0))
 }
 
+// launchKvWriteBf16 enqueues kv_write_bf16 (kernels/decode_attn.cu) on a grid of blocks of threads:
+//
+//	kv_write_bf16(bf16* kc, bf16* vc, const float* k, const float* v, const int* slots, int T, int nkv, int bs, int dh)
+func (b *Backend) launchKvWriteBf16(grid [3]int, threads int, kc, vc, k, v, slots dptr, T, nkv, bs, dh int32) {
+	b.launch("kv_write_bf16", grid, threads, argPtr(kc), argPtr(vc), argPtr(k), argPtr(v), argPtr(slots), argI32(T), argI32(nkv), argI32(bs), argI32(dh))
+}
+
+// launchDecodeAttnF32 enqueues decode_attn_f32 (kernels/decode_attn.cu) on a grid of blocks of threads:
+//
+//	decode_attn_f32(float* out, float* pm, float* pl, float* po, const float* q, const float* kc, const float* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale, int part, int nsplit)
+func (b *Backend) launchDecodeAttnF32(grid [3]int, threads int, out, pm, pl, po, q, kc, vc, meta dptr, nh, nkv, dh, bs int32, scale float32, part, nsplit int32) {
+	b.launch("decode_attn_f32", grid, threads, argPtr(out), argPtr(pm), argPtr(pl), argPtr(po), argPtr(q), argPtr(kc), argPtr(vc), argPtr(meta), argI32(nh), argI32(nkv), argI32(dh), argI32(bs), argF32(scale), argI32(part), argI32(nsplit))
+}
+
+// launchDecodeAttnBf16 enqueues decode_attn_bf16 (kernels/decode_attn.cu) on a grid of blocks of threads:
+//
+//	decode_attn_bf16(float* out, float* pm, float* pl, float* po, const float* q, const bf16* kc, const bf16* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale, int part, int nsplit)
+func (b *Backend) launchDecodeAttnBf16(grid [3]int, threads int, out, pm, pl, po, q, kc, vc, meta dptr, nh, nkv, dh, bs int32, scale float32, part, nsplit int32) {
+	b.launch("decode_attn_bf16", grid, threads, argPtr(out), argPtr(pm), argPtr(pl), argPtr(po), argPtr(q), argPtr(kc), argPtr(vc), argPtr(meta), argI32(nh), argI32(nkv), argI32(dh), argI32(bs), argF32(scale), argI32(part), argI32(nsplit))
+}
+
+// launchDecodeAttnCombine enqueues decode_attn_combine (kernels/decode_attn.cu) on a grid of blocks of threads:
+//
+//	decode_attn_combine(float* out, const float* pm, const float* pl, const float* po, const int* meta, int nh, int dh, int part, int nsplit)
+func (b *Backend) launchDecodeAttnCombine(grid [3]int, threads int, out, pm, pl, po, meta dptr, nh, dh, part, nsplit int32) {
+	b.launch("decode_attn_combine", grid, threads, argPtr(out), argPtr(pm), argPtr(pl), argPtr(po), argPtr(meta), argI32(nh), argI32(dh), argI32(part), argI32(nsplit))
+}
+
 // launchF32ToBf16Kernel enqueues f32_to_bf16_kernel (kernels/elementwise.cu) on a grid of blocks of threads:
 //
 //	f32_to_bf16_kernel(bf16* out, const float* in, i64 n)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -187,26 +188,30 @@ func (b *Backend) Add(out, x, y *engine.Tensor) {
 }
 
 // kvStore is the paged KV cache on the device: per layer one buffer of keys and one of values,
-// each [blocks, KV, BS, Dh] fp32.
+// each [blocks, KV, BS, Dh] of fp32, or of bf16 with Options.BF16KV.
 type kvStore struct {
 	b                                   *Backend
 	layers, kvHeads, blockSize, headDim int
+	dt                                  engine.DType
 	blocks                              int
 	k, v                                []uint64
 }
 
-// NewKVStore implements engine.Backend.
-// Its keys and values are fp32: a bf16 store (engine.KVDTyper) is not written for CUDA yet.
+// NewKVStore implements engine.Backend. Its keys and values are fp32, or bf16 with
+// Options.BF16KV (KVDTypes).
 func (b *Backend) NewKVStore(layers, kvHeads, blockSize, headDim, blocks int, dt engine.DType) (engine.KVStore, error) {
-	if dt != engine.F32 {
-		return nil, fmt.Errorf("cuda: KV cache of %v not implemented (fp32 only)", dt)
+	if !slices.Contains(b.KVDTypes(), dt) {
+		if dt == engine.BF16 {
+			return nil, fmt.Errorf("cuda: KV cache of %v: off (cuda.Options.BF16KV); the cache holds fp32", dt)
+		}
+		return nil, fmt.Errorf("cuda: KV cache of %v not implemented (fp32 or, with Options.BF16KV, bf16)", dt)
 	}
-	s := &kvStore{b: b, layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim,
+	s := &kvStore{b: b, layers: layers, kvHeads: kvHeads, blockSize: blockSize, headDim: headDim, dt: dt,
 		k: make([]uint64, layers), v: make([]uint64, layers)}
 	return s, s.Grow(blocks)
 }
 
-func (s *kvStore) per() uint64 { return uint64(s.kvHeads * s.blockSize * s.headDim * 4) }
+func (s *kvStore) per() uint64 { return uint64(s.kvHeads*s.blockSize*s.headDim) * s.elemBytes() }
 
 func (s *kvStore) NumBlocks() int { return s.blocks }
 
@@ -292,12 +297,16 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		}
 	}
 	flash := b.useFlash(dh) && freshScratch(ab) // a scoring pass: the tiled forward over q, k, v
+	if !flash && (s.dt == engine.BF16 || b.opts.SplitKVDecode) {
+		b.op(desc("Attention out q k v", out, q, k, v), func() {
+			touched(out)
+			b.decodeAttention(out, q, k, v, s, layer, ab, meta)
+		})
+		return
+	}
 	b.op(desc("Attention out q k v", out, q, k, v), func() {
 		touched(out)
-		if !ab.KVWritten {
-			b.launchKvWrite(b.gridFor(int64(T*s.kvHeads*dh)), 256, dptr(s.k[layer]), dptr(s.v[layer]), ptr(k), ptr(v),
-				b.constInts(ab.Slots), int32(T), int32(s.kvHeads), int32(s.blockSize), int32(dh))
-		}
+		b.writeKV(s, layer, k, v, ab)
 		if flash {
 			lse := dptr(b.tmp(uint64(4 * max(T*nh, 1)))) // [T, H], not needed here
 			b.flashForward(ptr(out), lse, ptr(q), ptr(k), ptr(v), ab.SeqStart, nh, s.kvHeads, dh)

@@ -7,15 +7,16 @@
 #   scripts/gpu-check.sh DIR        # here
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #
-# run.sh runs, each under its own time limit (one GPU: 590 s in all, to fit in a 10-minute
-# call; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts
-# take seconds when they pass):
-#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, five
+# run.sh runs, each under its own time limit (one GPU: 650 s in all at most, the conformance
+# and bench steps first; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts take seconds
+# when they pass):
+#   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, six
 #      settings (fp32; fp32 attention matmuls; bf16 weights; bf16 matmuls; bf16 matmuls with the
-#      fused layer ops that are off by default), with finite differences, then its attention
-#      cases on the tiled tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off
-#      by default: the "tiled-attention" run, which also checks that every flash_* kernel ran)
-#      -> conformance.json (every case: error, tolerance, first bad index, got/want) and
+#      fused layer ops that are off by default; the decode_attn kernels: bf16 KV cache and
+#      split-KV decode), with finite differences, then its attention cases on the tiled
+#      tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off by default: the
+#      "tiled-attention" run, which also checks that every flash_* kernel ran) ->
+#      conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
 #   1b. NCCL (engine/dist's nccl backend on the CUDA backend's tensors, cuda's TestGPUNCCL):
 #      one rank, then, where nvidia-smi lists N > 1 GPUs, N ranks (mpirun -np N where mpirun
@@ -26,9 +27,11 @@
 #      overrides;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
 #      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
-#      fraction of the HBM roofline, a training step of 8 x 1024 tokens (tok/s, MFU, peak
-#      memory), and the same step with the tiled attention kernels switched on (its tok/s as a
-#      ratio of the default step's, and its kernel profile) -> bench.json, bench.log;
+#      fraction of the HBM roofline, batch-1 decode at 4k and 16k tokens of context with an
+#      fp32 and a bf16 KV cache, split over the context or not (tok/s, attention's GPU time and
+#      KV read rate), a training step of 8 x 1024 tokens (tok/s, MFU, peak memory), and the
+#      same step with the tiled attention kernels switched on (its tok/s as a ratio of the
+#      default step's, and its kernel profile) -> bench.json, bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
@@ -66,7 +69,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 120 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
+	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== nccl, one rank"
 PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \

@@ -81,8 +81,11 @@ func modelCases(o Options) []testCase {
 		cs = append(cs, testCase{p + "score-long/" + dt, func(c *caseCtx) { modelScore(c, cfg, 200, 67, 131, 2) }})
 		cs = append(cs, testCase{p + "cached/" + dt, func(c *caseCtx) { modelCached(c, cfg) }})
 		if o.WeightDType == engine.F32 {
-			cs = append(cs, testCase{p + "greedy/" + dt, func(c *caseCtx) { modelGreedy(c, cfg) }})
+			cs = append(cs, testCase{p + "greedy/" + dt, func(c *caseCtx) { modelGreedy(c, cfg, engine.KVF32) }})
 		}
+		// Decoding from a bf16 KV cache on both backends (fp32 weights whatever o says), on
+		// the backends that have one.
+		cs = append(cs, testCase{p + "greedy/bf16kv", func(c *caseCtx) { modelGreedy(c, cfg, engine.KVBF16) }})
 	}
 	return cs
 }
@@ -177,7 +180,12 @@ func modelCached(c *caseCtx, cfg *engine.Config) {
 // generate runs reqs through a fresh generator of m (default options) and returns the results;
 // an error panics, as the cases report.
 func generate(m *engine.Model, reqs []engine.Request) []engine.Result {
-	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{})
+	return generateKV(m, reqs, engine.KVAuto)
+}
+
+// generateKV is generate with a KV cache of kv.
+func generateKV(m *engine.Model, reqs []engine.Request, kv engine.KVDType) []engine.Result {
+	gen, err := engine.NewGenerator(m, engine.GeneratorOptions{KVDType: kv})
 	if err != nil {
 		panic(err)
 	}
@@ -189,13 +197,20 @@ func generate(m *engine.Model, reqs []engine.Request) []engine.Result {
 	return res
 }
 
-// modelGreedy compares greedy generation (fp32 weights) token by token with the reference.
-// Where the tokens part, the reference's logits there must not be a near tie (the two
-// tokens' logits within 1e-4 of the row's scale); a near tie passes, with a note.
-func modelGreedy(c *caseCtx, cfg *engine.Config) {
+// modelGreedy compares greedy generation (fp32 weights, a KV cache of kv) token by token with
+// the reference. Where the tokens part, the reference's logits there must not be a near tie
+// (the two tokens' logits within 1e-4 of the row's scale); a near tie passes, with a note. With
+// a bf16 cache the log-probs of the tokens up to where they part are compared too (Model
+// tolerance), and a backend without bf16 caches records the case as passed, saying so.
+func modelGreedy(c *caseCtx, cfg *engine.Config, kv engine.KVDType) {
+	if kv == engine.KVBF16 && !engine.KVDTypeSupported(c.b, engine.BF16) {
+		c.add(Result{Metric: MetricMismatch, Pass: true, BadIndex: -1,
+			Detail: fmt.Sprintf("not run: the %s backend's KV store holds no bf16", c.b.Name())})
+		return
+	}
 	const newTokens = 16
 	prompts := randSeqs(c.rng, cfg.VocabSize, 3, 18)
-	run := func(b engine.TrainBackend) [][]int32 {
+	run := func(b engine.TrainBackend) ([][]int32, [][]float32) {
 		m := newModel(cfg, b, engine.F32)
 		defer freeModel(m)
 		var reqs []engine.Request
@@ -203,12 +218,24 @@ func modelGreedy(c *caseCtx, cfg *engine.Config) {
 			reqs = append(reqs, engine.Request{Prompt: p, Params: engine.SamplingParams{MaxNewTokens: newTokens}})
 		}
 		var out [][]int32
-		for _, r := range generate(m, reqs) {
+		var lps [][]float32
+		for _, r := range generateKV(m, reqs, kv) {
 			out = append(out, r.Samples[0].Tokens)
+			lps = append(lps, r.Samples[0].LogProbs)
 		}
-		return out
+		return out, lps
 	}
-	want, got := run(c.ref), run(c.b)
+	want, wantLP := run(c.ref)
+	got, gotLP := run(c.b)
+	if kv == engine.KVBF16 {
+		var g, w []float32
+		for i := range want {
+			for j := 0; j < len(want[i]) && j < len(got[i]) && want[i][j] == got[i][j]; j++ {
+				g, w = append(g, gotLP[i][j]), append(w, wantLP[i][j])
+			}
+		}
+		c.nmse("logprobs", g, w, c.tol.Model)
+	}
 	r := Result{Metric: MetricMismatch, Tol: 0, Pass: true, BadIndex: -1}
 	var differ, total int
 	for i := range want {

@@ -42,6 +42,7 @@ type gpuReport struct {
 	TiledTrainTokS  float64                  `json:"train_tiled_attention_tok_s,omitempty"`  // the same step with cuda.Options.TiledAttention
 	TiledTrainStepS float64                  `json:"train_tiled_attention_step_s,omitempty"` //
 	HostOpUs        float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
+	LongDecode      []longDecodeRow          `json:"decode_b1_long"`                         // batch 1 at 4k and 16k of context by attention path
 	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
 	Errors          []string                 `json:"errors,omitempty"`
 }
@@ -52,6 +53,17 @@ type roll struct {
 	Seconds   float64 `json:"seconds"`
 	TokS      float64 `json:"tok_s"`
 	Roofline  float64 `json:"roofline_fraction"` // HBM floor (weights + KV read per step at the measured copy rate) / time
+}
+
+// longDecodeRow is one batch-1 decode row at long context (gpuLongDecode).
+type longDecodeRow struct {
+	KV       string  `json:"kv"`        // fp32 or bf16
+	Kernel   string  `json:"kernel"`    // the attention kernel: attn_paged_gqa or decode_attn (split or not)
+	Context  int     `json:"context"`   // positions already cached
+	TokS     float64 `json:"tok_s"`     // whole decode steps
+	AttnUs   float64 `json:"attn_us"`   // attention's GPU time (KV write included) per layer and token, profiled
+	AttnGBs  float64 `json:"attn_gb_s"` // the KV bytes a layer reads over that time
+	AttnRoof float64 `json:"attn_roof"` // that rate over the measured copy rate (read+write)
 }
 
 // randomWeights fills the model's weights as engine.RandomWeights does (normal 0.02 for
@@ -161,6 +173,9 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	if err := gpuGeneration(b, rep, c, weights, quick, rolloutTokens); err != nil {
 		return err
 	}
+	if err := gpuLongDecode(b, rep, c, weights); err != nil {
+		return err
+	}
 	return gpuTraining(b, rep, c, weights, quick)
 }
 
@@ -252,6 +267,89 @@ func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights ma
 		_, err := genTime(m, 256, 32, rolloutTokens, 1, kv)
 		return err
 	})
+}
+
+// gpuLongDecode times batch-1 decode at 4k and 16k positions of context (engine.TimeDecode: the
+// context not prefilled) with bf16 weights, for the attention paths: the verified fp32 cache
+// (attn_paged_gqa, b's own), and on backends opened beside b, the decode_attn kernels over an
+// fp32 and a bf16 cache (cuda.Options.BF16KV), unsplit and split over the context
+// (cuda.Options.SplitKVDecode). A second, profiled run gives attention's GPU time per layer and
+// token, and the KV bytes it reads per second.
+func gpuLongDecode(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor) error {
+	const steps, profSteps = 32, 8
+	variants := []struct {
+		kv     engine.KVDType
+		opts   cuda.Options
+		kernel string
+	}{
+		{engine.KVF32, cuda.Options{BF16Matmul: true}, "attn_paged_gqa"},
+		{engine.KVF32, cuda.Options{BF16Matmul: true, SplitKVDecode: true}, "decode_attn split"},
+		{engine.KVBF16, cuda.Options{BF16Matmul: true, BF16KV: true}, "decode_attn"},
+		{engine.KVBF16, cuda.Options{BF16Matmul: true, BF16KV: true, SplitKVDecode: true}, "decode_attn split"},
+	}
+	attention := map[string]bool{"attn_paged_gqa": true, "attn_paged": true, "kv_write": true, "kv_write_bf16": true,
+		"decode_attn_f32": true, "decode_attn_bf16": true, "decode_attn_combine": true}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Println()
+	fmt.Fprintln(w, "decode b1\tKV\tattention\tcontext\ttok/s\tattention µs/layer\tKV GB/s\t% of copy rate\t")
+	for _, v := range variants {
+		bv := b
+		if v.opts != (cuda.Options{BF16Matmul: true}) {
+			var err error
+			if bv, err = cuda.Open(v.opts); err != nil {
+				return err
+			}
+		}
+		m, err := engine.NewModel(c, bv, weights, engine.BF16)
+		if err != nil {
+			return err
+		}
+		for _, ctx := range []int{4096, 16384} {
+			sec, err := engine.TimeDecode(m, v.kv, ctx, steps)
+			if err != nil {
+				return fmt.Errorf("decode at %d of context, %v KV, %s: %w", ctx, v.kv, v.kernel, err)
+			}
+			if err := bv.StartProfile(60000); err != nil {
+				return err
+			}
+			_, terr := engine.TimeDecode(m, v.kv, ctx, profSteps)
+			p, perr := bv.StopProfile()
+			if terr != nil || perr != nil {
+				return fmt.Errorf("profiled decode at %d of context: %v %v", ctx, terr, perr)
+			}
+			var attn time.Duration
+			for _, k := range p.Kernels {
+				if attention[k.Name] {
+					attn += k.Total
+				}
+			}
+			elem := 4
+			if v.kv == engine.KVBF16 {
+				elem = 2
+			}
+			us := attn.Seconds() * 1e6 / float64((profSteps+1)*c.NumHiddenLayers) // the warm-up step is profiled too
+			gbs := float64(2*c.KVDim()*ctx*elem) / (us * 1e-6) / 1e9
+			r := longDecodeRow{KV: v.kv.String(), Kernel: v.kernel, Context: ctx, TokS: 1 / sec, AttnUs: us, AttnGBs: gbs, AttnRoof: gbs / rep.CopyGBs}
+			rep.LongDecode = append(rep.LongDecode, r)
+			fmt.Fprintf(w, "\t%s\t%s\t%d\t%.1f\t%.1f\t%.0f\t%.0f%%\t\n", r.KV, r.Kernel, ctx, r.TokS, r.AttnUs, r.AttnGBs, 100*r.AttnRoof)
+		}
+		freeWeights(m)
+	}
+	return w.Flush()
+}
+
+// freeWeights gives a model's device memory back.
+func freeWeights(m *engine.Model) {
+	seen := map[*engine.Tensor]bool{}
+	for _, name := range engine.WeightNames(m.Config) {
+		if w := m.Weight(name); w != nil && !seen[w] {
+			seen[w] = true
+			m.Backend.Free(w)
+		}
+	}
+	if m.LMHead != nil && !seen[m.LMHead] {
+		m.Backend.Free(m.LMHead)
+	}
 }
 
 // gpuTraining times a training step of 8 x 1024 tokens (cross-entropy on every next token,
