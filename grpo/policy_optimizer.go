@@ -387,9 +387,11 @@ type Metrics struct {
 	SkippedNoSignal  bool    `json:"skipped_no_signal,omitempty"`
 	OptimizerUpdates int     `json:"optimizer_updates"`
 	// GradWaitSeconds, GradAllReduceSeconds and GradAllReduceBytes are, for a data-parallel
-	// run, the time this rank waited for the others to finish their backward before each
-	// optimizer step, the time it then spent summing its gradients with theirs, and the bytes
-	// of those sums (fp32 values, each all-reduce's buffer once); absent for a single process.
+	// run, the time this rank waited after its own backward before each optimizer step (for
+	// the others' backward and, with the all-reduce overlapped, for the sums the backward did
+	// not hide), the time spent in the collectives that sum its gradients with theirs (hidden
+	// or not), and the bytes of those sums (fp32 values, each all-reduce's buffer once); absent
+	// for a single process.
 	GradWaitSeconds      float64 `json:"timing_s/grad_wait,omitempty"`
 	GradAllReduceSeconds float64 `json:"timing_s/grad_allreduce,omitempty"`
 	GradAllReduceBytes   int     `json:"perf/grad_allreduce_bytes,omitempty"`
