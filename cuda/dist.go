@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"runtime"
+	"unsafe"
 
 	"github.com/prolong-rl/prolong/engine"
 	"github.com/prolong-rl/prolong/engine/dist"
@@ -94,6 +95,26 @@ func (d *commDevice) Synchronize() error {
 		return fmt.Errorf("cuda: %w", err)
 	}
 	return nil
+}
+
+// CopyIn implements dist.HostCopier: bytes from host memory src to device address dst, queued
+// on the stream (the stream orders it before the collective). It runs inside Do.
+func (d *commDevice) CopyIn(dst uintptr, src unsafe.Pointer, bytes int) error {
+	drv := d.b.drv
+	if err := drv.check("cuMemcpyHtoDAsync", call(drv.memcpyHtoDAsync, dst, uintptr(src), uintptr(bytes), d.b.strm)); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	return nil
+}
+
+// CopyOut implements dist.HostCopier: bytes from device address src to host memory dst, and
+// waits for the stream. It runs inside Do.
+func (d *commDevice) CopyOut(dst unsafe.Pointer, src uintptr, bytes int) error {
+	drv := d.b.drv
+	if err := drv.check("cuMemcpyDtoHAsync", call(drv.memcpyDtoHAsync, uintptr(dst), src, uintptr(bytes), d.b.strm)); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
+	return d.Synchronize()
 }
 
 // Scratch implements dist.Device: device memory of at least bytes, kept for the next call and

@@ -382,14 +382,55 @@ func TestNCCLOverFakeDriver(t *testing.T) {
 			}
 		}
 	}
+	// Host buffers are staged through the device's scratch memory (dist.HostCopier): copied
+	// in, through NCCL (which saw the same call as for device buffers), copied out.
+	var _ dist.HostCopier = (*commDevice)(nil)
+	sentinel := func() dist.HostF32 { return dist.HostF32{9, 9, 9, 9, 9, 9} }
+	hrecv, hscat, hbuf := sentinel(), sentinel(), dist.HostF32(slices.Clone(values))
+	bits := dist.HostBF16{0x3f80, 0xc000, 0x4060, 0x4b18, 0x40a0, 0x40c0}
+	hb := slices.Clone(bits)
+	hsteps := []struct {
+		name       string
+		do         func() error
+		want       [6]int64
+		got, want2 any
+	}{
+		{"host all-reduce fp32", func() error { return c.AllReduce(hbuf) }, [6]int64{2, 6, 7, 0, 1, fakeStream}, &hbuf, values},
+		{"host all-gather", func() error { return c.AllGather(dist.HostF32(values), hrecv) }, [6]int64{4, 6, 7, -1, 1, fakeStream}, &hrecv, values},
+		{"host reduce-scatter", func() error { return c.ReduceScatter(dist.HostF32(values), hscat) }, [6]int64{3, 6, 7, 0, 1, fakeStream}, &hscat, values},
+		{"host broadcast bf16", func() error { return c.Broadcast(hb, 0) }, [6]int64{5, 6, 9, 0, 1, fakeStream}, &hb, bits},
+	}
+	for _, s := range hsteps {
+		copies := g.count("memcpyHtoDAsync") + g.count("memcpyDtoHAsync")
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := last(); got != s.want {
+			t.Errorf("%s: NCCL saw %v, want %v", s.name, got, s.want)
+		}
+		if n := g.count("memcpyHtoDAsync") + g.count("memcpyDtoHAsync") - copies; n != 2 {
+			t.Errorf("%s: %d copies between host and device, want 2 (in, out)", s.name, n)
+		}
+		switch got := s.got.(type) {
+		case *dist.HostF32:
+			if !slices.Equal([]float32(*got), s.want2.([]float32)) {
+				t.Errorf("%s: the host buffer holds %v, want %v", s.name, *got, s.want2)
+			}
+		case *dist.HostBF16:
+			if !slices.Equal([]uint16(*got), []uint16(s.want2.(dist.HostBF16))) {
+				t.Errorf("%s: the host buffer holds %v, want %v", s.name, *got, s.want2)
+			}
+		}
+	}
 	// An op's error not yet returned (a failed memset in Alloc) stops the collective before
 	// NCCL sees it, and the collective returns that error.
+	prev := last()
 	g.fail("memsetD32Async", 1)
 	b.Alloc(4)
 	err = c.AllGather(dbuf(x), dbuf(gathered))
 	wantIn(t, err, "Alloc", "cuMemsetD32Async")
-	if got := last(); got[0] != 2 {
-		t.Errorf("NCCL saw call %d after the op's error, want none (the barrier's all-reduce still last)", got[0])
+	if got := last(); got != prev {
+		t.Errorf("NCCL saw call %d after the op's error, want none (call %d still last)", got[0], prev[0])
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)

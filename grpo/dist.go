@@ -54,20 +54,31 @@ type Cluster struct {
 }
 
 // OpenCluster detects the launcher (dist.DetectEnv) and opens the communicator that mode asks
-// for (dist.Open), each collective bounded by timeout. The trainer's collectives move host
-// buffers (gradients are staged through host memory on a GPU), so it refuses --dist nccl and
-// opens MPI under an MPI launcher whatever the device. A collective that times out ends the
-// job with a message naming the rank that is behind and the last step saved.
-func OpenCluster(mode dist.Mode, timeout time.Duration) (*Cluster, error) {
+// for (dist.Open), each collective bounded by timeout; device is the trainer's --device. The
+// trainer's collectives move host buffers (its gradients too, staged through host memory on a
+// GPU). Under an MPI launcher, auto opens MPI whatever the device. --dist nccl (or auto under a
+// torchrun-style launcher, which has no MPI, with a GPU device) opens NCCL on the GPU of this
+// rank's local rank, which stages the host buffers through device memory (dist.HostCopier);
+// UNVERIFIED on GPUs (docs/distributed.md). A collective that times out ends the job with a
+// message naming the rank that is behind and the last step saved.
+func OpenCluster(mode dist.Mode, timeout time.Duration, device string) (*Cluster, error) {
 	l, err := dist.DetectEnv()
 	if err != nil {
 		return nil, err
 	}
-	if mode == dist.ModeNCCL {
-		return nil, errors.New("the trainer sums gradients in host memory (also on a GPU): use --dist mpi (or auto) under mpirun or srun --mpi=pmix")
+	commDevice := "cpu"
+	gpu := device != "cpu" && device != ""
+	if mode == dist.ModeNCCL || (mode == dist.ModeAuto && !l.MPI && l.Distributed() && gpu) {
+		if !gpu {
+			return nil, errors.New("--dist nccl needs a GPU device (--device cuda)")
+		}
+		commDevice, mode = device, dist.ModeNCCL
+		if device == "auto" {
+			commDevice = "cuda"
+		}
 	}
 	mon := &progress{}
-	c, err := dist.Open(mode, l, "cpu", dist.Options{Timeout: timeout, Describe: mon.describe})
+	c, err := dist.Open(mode, l, commDevice, dist.Options{Timeout: timeout, Describe: mon.describe})
 	if err != nil {
 		return nil, err
 	}

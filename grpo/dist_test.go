@@ -368,3 +368,35 @@ func TestProgressDescribe(t *testing.T) {
 		t.Errorf("description %q names rank 1, which reached the collective", got)
 	}
 }
+
+// TestOpenClusterModes: which communicator OpenCluster opens for --dist and --device. Without
+// a launcher, auto is a world of one; --dist nccl needs a GPU device; under torchrun-style
+// variables (no MPI) auto with a GPU device goes to NCCL (here: no GPU backend is registered in
+// this test binary, which the error says), and with the CPU to MPI, which needs an MPI
+// launcher.
+func TestOpenClusterModes(t *testing.T) {
+	for _, k := range []string{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	c, err := OpenCluster(dist.ModeAuto, time.Minute, "cpu")
+	if err != nil || c.Size() != 1 {
+		t.Fatalf("no launcher: %v, size %d", err, c.Size())
+	}
+	if _, err := OpenCluster(dist.ModeNCCL, time.Minute, "cpu"); err == nil || !strings.Contains(err.Error(), "--dist nccl needs a GPU device") {
+		t.Errorf("--dist nccl on the CPU: %v", err)
+	}
+	for k, v := range map[string]string{"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"} {
+		t.Setenv(k, v)
+	}
+	for _, c := range []struct{ mode, device, want string }{
+		{"auto", "cuda", `no device backend "cuda" registered`},
+		{"auto", "auto", `no device backend "cuda" registered`},
+		{"nccl", "cuda-fp32", `no device backend "cuda-fp32" registered`},
+		{"auto", "cpu", "needs an MPI launcher"},
+	} {
+		if _, err := OpenCluster(dist.Mode(c.mode), time.Minute, c.device); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("torchrun-style, --dist %s --device %s: %v, want an error saying %q", c.mode, c.device, err, c.want)
+		}
+	}
+}

@@ -117,7 +117,7 @@ type RunConfig struct {
 	// Dist is how the ranks of a data-parallel run talk (OpenCluster); DistTimeout bounds each
 	// collective: past it every rank ends, naming the rank that is behind and the last step
 	// saved.
-	Dist        dist.Mode     `flag:"dist" default:"auto" help:"data-parallel training: auto (on under an MPI launcher: mpirun, mpiexec, srun --mpi=pmix), off, mpi; every rank trains its share of each step's prompts (docs/distributed.md)"`
+	Dist        dist.Mode     `flag:"dist" default:"auto" help:"data-parallel training: auto (MPI under an MPI launcher: mpirun, mpiexec, srun --mpi=pmix; NCCL under torchrun-style variables with a GPU device), off, mpi, nccl (NCCL on the GPU, host buffers staged through it; unverified on GPUs); every rank trains its share of each step's prompts (docs/distributed.md)"`
 	DistTimeout time.Duration `flag:"dist-timeout" default:"10m" check:">0" help:"data-parallel training: how long a rank waits for the others in a collective before the job ends (naming the rank that is behind and the last step saved)"`
 	// ShardOptimizer shards the policy's AdamW moments over the ranks of a data-parallel run
 	// (ZeRO-1, shard.go); it needs several ranks.

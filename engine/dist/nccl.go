@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -236,15 +237,89 @@ func (c *ncclComm) wait(op string, f func() error, sync bool) error {
 	}
 }
 
-func devPtr(op, name string, b Buffer) (uintptr, error) {
-	if err := checkBuf(op, name, b); err != nil {
-		return 0, err
+// HostCopier is implemented by a Device that copies between host and device memory. Its
+// methods run inside Do, on the device's thread; CopyOut returns once the bytes are in dst.
+// With it, the nccl backend takes host buffers too: each collective stages them through the
+// device's scratch memory (copy in, collective, copy out), so that a program whose other
+// collectives move host memory (the trainer's metadata, its gradient buckets) runs over NCCL
+// alone, e.g. under a torchrun-style launcher without MPI.
+type HostCopier interface {
+	CopyIn(dst uintptr, src unsafe.Pointer, bytes int) error
+	CopyOut(dst unsafe.Pointer, src uintptr, bytes int) error
+}
+
+// staging is where a collective's buffers are on the device: device buffers in place, host
+// buffers at an offset of the device's scratch memory.
+type staging struct {
+	ptrs  []uintptr
+	host  []int // indices of the host buffers
+	bytes []int // of each buffer
+}
+
+// stage finds the device address of each buffer (name[i] names bufs[i] in errors), staging the
+// host ones through the device's scratch memory when the device can copy (HostCopier).
+func (c *ncclComm) stage(op string, names []string, bufs ...Buffer) (*staging, error) {
+	st := &staging{ptrs: make([]uintptr, len(bufs)), bytes: make([]int, len(bufs))}
+	var offs []int
+	total := 0
+	for i, b := range bufs {
+		if err := checkBuf(op, names[i], b); err != nil {
+			return nil, err
+		}
+		st.bytes[i] = b.Len() * b.DType().Size()
+		if d, ok := b.(DeviceBuffer); ok {
+			st.ptrs[i] = d.DevicePtr()
+			continue
+		}
+		if _, ok := c.dev.(HostCopier); !ok {
+			return nil, fmt.Errorf("dist: %s: the nccl backend takes device buffers; %s is in host memory and the device cannot stage it (use --dist mpi)", op, names[i])
+		}
+		st.host = append(st.host, i)
+		offs = append(offs, total)
+		total += (st.bytes[i] + 255) &^ 255
 	}
-	d, ok := b.(DeviceBuffer)
-	if !ok {
-		return 0, fmt.Errorf("dist: %s: the nccl backend takes device buffers; %s is in host memory (use --dist mpi)", op, name)
+	if len(st.host) > 0 {
+		base, err := c.dev.Scratch(total)
+		if err != nil {
+			return nil, fmt.Errorf("dist: %s: staging %d bytes of host buffers: %w", op, total, err)
+		}
+		for k, i := range st.host {
+			st.ptrs[i] = base + uintptr(offs[k])
+		}
 	}
-	return d.DevicePtr(), nil
+	return st, nil
+}
+
+// run calls an NCCL collective on the device goroutine with the staged buffers: copies in the
+// host buffers listed in in, calls fn with args (in which the placeholders stagedPtr(i) stand
+// for buffer i's device address), waits for the stream and copies out the host buffers listed
+// in out.
+func (c *ncclComm) run(op string, st *staging, bufs []Buffer, in, out []int, fn uintptr, args ...uintptr) error {
+	cp, _ := c.dev.(HostCopier)
+	isHost := func(i int) bool { return slices.Contains(st.host, i) }
+	return c.wait(op, func() error {
+		for _, i := range in {
+			if isHost(i) && st.bytes[i] > 0 {
+				if err := cp.CopyIn(st.ptrs[i], ptr(bufs[i]), st.bytes[i]); err != nil {
+					return fmt.Errorf("dist: %s: staging in: %w", op, err)
+				}
+			}
+		}
+		if rc := ccall(fn, args...); rc != 0 {
+			return fmt.Errorf("dist: %s on rank %d: %s", op, c.rank, c.lib.errString(rc))
+		}
+		if err := c.dev.Synchronize(); err != nil {
+			return err
+		}
+		for _, i := range out {
+			if isHost(i) && st.bytes[i] > 0 {
+				if err := cp.CopyOut(ptr(bufs[i]), st.ptrs[i], st.bytes[i]); err != nil {
+					return fmt.Errorf("dist: %s: staging out: %w", op, err)
+				}
+			}
+		}
+		return nil
+	}, false)
 }
 
 func ncclType(d DType) uintptr {
@@ -265,58 +340,54 @@ func (c *ncclComm) enqueue(op string, fn uintptr, args ...uintptr) error {
 }
 
 func (c *ncclComm) AllReduce(buf Buffer) error {
-	p, err := devPtr("all-reduce", "buf", buf)
+	const op = "all-reduce"
+	st, err := c.stage(op, []string{"buf"}, buf)
 	if err != nil {
 		return err
 	}
-	return c.enqueue(fmt.Sprintf("all-reduce of %v×%d", buf.DType(), buf.Len()), c.lib.fn.allReduce,
+	p := st.ptrs[0]
+	return c.run(fmt.Sprintf("%s of %v×%d", op, buf.DType(), buf.Len()), st, []Buffer{buf}, []int{0}, []int{0}, c.lib.fn.allReduce,
 		p, p, uintptr(buf.Len()), ncclType(buf.DType()), ncclSum, c.comm, c.dev.Stream())
 }
 
 func (c *ncclComm) ReduceScatter(send, recv Buffer) error {
 	const op = "reduce-scatter"
-	ps, pr, err := c.pair(op, send, recv, false)
+	st, err := c.pair(op, send, recv, false)
 	if err != nil {
 		return err
 	}
-	return c.enqueue(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), c.lib.fn.reduceScatter,
-		ps, pr, uintptr(recv.Len()), ncclType(recv.DType()), ncclSum, c.comm, c.dev.Stream())
+	return c.run(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), st, []Buffer{send, recv}, []int{0}, []int{1}, c.lib.fn.reduceScatter,
+		st.ptrs[0], st.ptrs[1], uintptr(recv.Len()), ncclType(recv.DType()), ncclSum, c.comm, c.dev.Stream())
 }
 
 func (c *ncclComm) AllGather(send, recv Buffer) error {
 	const op = "all-gather"
-	ps, pr, err := c.pair(op, send, recv, true)
+	st, err := c.pair(op, send, recv, true)
 	if err != nil {
 		return err
 	}
-	return c.enqueue(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), c.lib.fn.allGather,
-		ps, pr, uintptr(send.Len()), ncclType(send.DType()), c.comm, c.dev.Stream())
+	return c.run(fmt.Sprintf("%s of %v×%d", op, send.DType(), send.Len()), st, []Buffer{send, recv}, []int{0}, []int{1}, c.lib.fn.allGather,
+		st.ptrs[0], st.ptrs[1], uintptr(send.Len()), ncclType(send.DType()), c.comm, c.dev.Stream())
 }
 
-// pair checks the buffers of a reduce-scatter or (gather) an all-gather and returns their device
-// pointers.
-func (c *ncclComm) pair(op string, send, recv Buffer, gather bool) (ps, pr uintptr, err error) {
+// pair checks the buffers of a reduce-scatter or (gather) an all-gather and stages them.
+func (c *ncclComm) pair(op string, send, recv Buffer, gather bool) (*staging, error) {
 	if err := checkPair(op, send, recv, c.size, gather); err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	if ps, err = devPtr(op, "send", send); err != nil {
-		return 0, 0, err
-	}
-	if pr, err = devPtr(op, "recv", recv); err != nil {
-		return 0, 0, err
-	}
-	return ps, pr, nil
+	return c.stage(op, []string{"send", "recv"}, send, recv)
 }
 
 func (c *ncclComm) Broadcast(buf Buffer, root int) error {
 	if err := checkRoot("broadcast", root, c.size); err != nil {
 		return err
 	}
-	p, err := devPtr("broadcast", "buf", buf)
+	st, err := c.stage("broadcast", []string{"buf"}, buf)
 	if err != nil {
 		return err
 	}
-	return c.enqueue(fmt.Sprintf("broadcast of %v×%d from rank %d", buf.DType(), buf.Len(), root), c.lib.fn.broadcast,
+	p := st.ptrs[0]
+	return c.run(fmt.Sprintf("broadcast of %v×%d from rank %d", buf.DType(), buf.Len(), root), st, []Buffer{buf}, []int{0}, []int{0}, c.lib.fn.broadcast,
 		p, p, uintptr(buf.Len()), ncclType(buf.DType()), uintptr(root), c.comm, c.dev.Stream())
 }
 

@@ -185,7 +185,7 @@ func runConfig(o options, fs *pflag.FlagSet) (grpo.RunConfig, error) {
 // data-parallel run logs its rank and launcher on every rank, and only rank 0 prints to stdout
 // from then on.
 func openCluster(o options) (*grpo.Cluster, error) {
-	cl, err := grpo.OpenCluster(o.Run.Dist, o.Run.DistTimeout)
+	cl, err := grpo.OpenCluster(o.Run.Dist, o.Run.DistTimeout, o.Device)
 	if err != nil {
 		return nil, fmt.Errorf("--dist %s: %w", o.Run.Dist, err)
 	}
