@@ -78,3 +78,15 @@ func checkRollouts(t *testing.T, what string, got, want [][]engine.Sample) {
 		}
 	}
 }
+
+// sameLogProbs reports whether every sample of a has b's log-probs.
+func sameLogProbs(a, b [][]engine.Sample) bool {
+	for i := range b {
+		for j := range b[i] {
+			if !slices.Equal(a[i][j].LogProbs, b[i][j].LogProbs) {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -186,13 +186,7 @@ func TestPushInComputeDType(t *testing.T) {
 		}
 	}
 	// The bf16 server's rollouts are not the fp32 model's (else the check above proves nothing).
-	same := true
-	for i := range fp {
-		for j := range fp[i] {
-			same = same && slices.Equal(bf[i][j].LogProbs, fp[i][j].LogProbs)
-		}
-	}
-	if same {
+	if sameLogProbs(bf, fp) {
 		t.Fatal("bf16 and fp32 weights give the same log-probs: the test cannot tell the pushes apart")
 	}
 }
