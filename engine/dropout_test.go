@@ -158,20 +158,9 @@ func TestLoRADropoutGradsPyTorch(t *testing.T) {
 					}
 					wl, l0 := float64(ref[tc.tag+".loss"].Data[0]), float64(nodrop[tc.tag+".loss"].Data[0])
 					t.Logf("%s: loss %.7g, PyTorch %.7g (without dropout %.7g)", tc.tag, st.Loss, wl, l0)
-					if math.Abs(st.Loss-wl) > 1e-5*math.Max(1, math.Abs(wl)) {
-						t.Errorf("%s: loss %.7g, PyTorch %.7g", tc.tag, st.Loss, wl)
-					}
-					var worst, moved float64
-					for _, n := range tr.TrainableNames() {
-						got, err := tr.Grad(n)
-						if err != nil {
-							t.Fatal(err)
-						}
-						e := relErr(got, f64(ref[tc.tag+".grad."+n].Data))
-						if e > 1e-4 || math.IsNaN(e) {
-							t.Errorf("%s: grad %s relative error %.3g", tc.tag, n, e)
-						}
-						worst = max(worst, e)
+					worst, grads := checkLoRAGrads(t, tr, ref, tc.tag, st.Loss)
+					var moved float64
+					for n, got := range grads {
 						moved = max(moved, relErr(got, f64(nodrop[tc.tag+".grad."+n].Data)))
 					}
 					t.Logf("%s: largest relative gradient error %.3g (dropout moves the gradients by up to %.3g)", tc.tag, worst, moved)
@@ -193,47 +182,7 @@ func TestLoRADropoutGradsFiniteDifferences(t *testing.T) {
 	g := loadLoRAGolden(t, "qwen2")
 	lc := g.config()
 	lc.Dropout, lc.Seed = 0.3, 77
-	loss := engine.WeightedLogProb(g.TokenWeights, g.EntropyWeights)
-	tr := newTrainer(t, base.cfg, base.weights, engine.TrainOptions{LoRA: lc, LoRAInit: g.adapter})
-	if _, err := tr.ForwardBackward(context.Background(), g.batch(), loss); err != nil {
-		t.Fatal(err)
-	}
-	lossAt := func(w map[string]engine.HostTensor) float64 {
-		t2 := newTrainer(t, base.cfg, base.weights, engine.TrainOptions{LoRA: lc, LoRAInit: w})
-		st, err := t2.ForwardBackward(context.Background(), g.batch(), loss)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Loss
-	}
-	names := tr.TrainableNames()
-	for _, n := range []string{names[0], names[1], names[len(names)-2], names[len(names)-1]} {
-		grad, err := tr.Grad(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		j := 0
-		for i, v := range grad {
-			if math.Abs(float64(v)) > math.Abs(float64(grad[j])) {
-				j = i
-			}
-		}
-		const h = 1e-2
-		w := map[string]engine.HostTensor{}
-		for k, v := range g.adapter {
-			w[k] = engine.HostTensor{Shape: v.Shape, Data: slices.Clone(v.Data)}
-		}
-		old := w[n].Data[j]
-		w[n].Data[j] = old + h
-		up := lossAt(w)
-		w[n].Data[j] = old - h
-		dn := lossAt(w)
-		fd, an := (up-dn)/(2*h), float64(grad[j])
-		t.Logf("%s[%d]: gradient %.6g, finite difference %.6g", n, j, an, fd)
-		if math.Abs(fd-an) > max(0.02*math.Abs(an), 1e-4) {
-			t.Errorf("%s[%d]: gradient %.6g, finite difference %.6g", n, j, an, fd)
-		}
-	}
+	checkLoRAGradsFD(t, base, g, lc)
 }
 
 // TestLoRADropoutKeys checks the trainer's keys: every ForwardBackward draws new masks (the

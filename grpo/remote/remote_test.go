@@ -13,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prolong-rl/prolong/checkpoints"
 	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/engine/cpu"
 	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/remote/remotetest"
 )
@@ -25,54 +23,20 @@ import (
 // equal the engine's on the new weights and report its version; through 429s the client waits
 // the Retry-After asked and gets the same rollouts; errors name the server and the prompt.
 func TestRemoteEqualsEngine(t *testing.T) {
-	cfg := &engine.Config{ModelType: "qwen2", VocabSize: 24, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
-		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
-		MaxPositionEmbeddings: 128, AttentionBias: true}
-	w1 := engine.RandomWeights(cfg, 1, 0.3)
-	dir := t.TempDir()
-	if err := checkpoints.Save(dir, cfg, w1, checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	cfg, w1, dir := tinyModel(t)
 	c, err := New(remotetest.Start(t, dir, 2, "--max-concurrent", "4"), "k")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var prompts []grpo.Prompt
-	for i := 0; i < 12; i++ {
-		prompts = append(prompts, grpo.Prompt{Tokens: []int32{1, int32(2 + i%20), int32(3 + (7*i)%20)}})
-	}
-	p := engine.SamplingParams{N: 4, Temperature: 1.2, TopP: 1, MaxNewTokens: 12, StopTokens: []int32{5}, Seed: 99}
+	prompts, p := testPrompts(12), testSampling()
 	engineRollouts := func(w map[string]engine.HostTensor) [][]engine.Sample {
-		m, err := engine.NewModel(cfg, cpu.New(), w, engine.F32)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g.Close()
-		out, err := grpo.EngineRollouts{Gen: g}.Rollout(context.Background(), prompts, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	check := func(what string, got, want [][]engine.Sample) {
-		for i := range want {
-			for j := range want[i] {
-				a, b := got[i][j], want[i][j]
-				if !slices.Equal(a.Tokens, b.Tokens) || !slices.Equal(a.LogProbs, b.LogProbs) || a.Finish != b.Finish {
-					t.Fatalf("%s: prompt %d sample %d: remote %v %v %s, engine %v %v %s", what, i, j, a.Tokens, a.LogProbs, a.Finish, b.Tokens, b.LogProbs, b.Finish)
-				}
-			}
-		}
+		return engineOn(t, newModel(t, cfg, w, engine.F32), prompts, p)
 	}
 	got, err := c.Rollout(context.Background(), prompts, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("version 1", got, engineRollouts(w1))
+	checkRollouts(t, "version 1", got, engineRollouts(w1))
 	// Both servers served (least-loaded spreads the prompts).
 	for _, u := range c.URLs {
 		resp, err := http.Get(u + "/metrics")
@@ -94,7 +58,7 @@ func TestRemoteEqualsEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("after the push", got, engineRollouts(w2))
+	checkRollouts(t, "after the push", got, engineRollouts(w2))
 	if c.WeightVersion() != 7 {
 		t.Errorf("weight version %d, want 7", c.WeightVersion())
 	}
@@ -123,7 +87,7 @@ func TestRemoteEqualsEngine(t *testing.T) {
 	if waited := time.Since(t0); rc.Retries() != 2 || waited < 2*time.Second {
 		t.Errorf("%d retries after %v, want 2 after at least the 2 s asked", rc.Retries(), waited)
 	}
-	check("through 429s", got, engineRollouts(w2)[:3])
+	checkRollouts(t, "through 429s", got, engineRollouts(w2)[:3])
 	// Errors name the server and the prompt.
 	bad := &Client{URLs: []string{c.URLs[0]}, APIKey: "k"}
 	_, err = bad.Rollout(context.Background(), []grpo.Prompt{{Tokens: []int32{1, 500}}}, p)
@@ -145,14 +109,7 @@ func TestRemoteEqualsEngine(t *testing.T) {
 // does not answer GET /v1/weights (one from before it, here behind a front that answers 404),
 // get every weight as F32.
 func TestPushInComputeDType(t *testing.T) {
-	cfg := &engine.Config{ModelType: "qwen2", VocabSize: 24, HiddenSize: 32, NumHiddenLayers: 2, NumAttentionHeads: 4,
-		NumKeyValueHeads: 2, HeadDim: 8, IntermediateSize: 64, RMSNormEps: 1e-6, RopeTheta: 10000,
-		MaxPositionEmbeddings: 128, AttentionBias: true}
-	w1 := engine.RandomWeights(cfg, 1, 0.3)
-	dir := t.TempDir()
-	if err := checkpoints.Save(dir, cfg, w1, checkpoints.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	cfg, w1, dir := tinyModel(t)
 	bf16 := remotetest.Start(t, dir, 2, "--dtype", "bf16")
 	f32 := remotetest.Start(t, dir, 1)
 	// The server says what it computes each weight in.
@@ -196,11 +153,7 @@ func TestPushInComputeDType(t *testing.T) {
 	clients := map[string]*Client{"fp32 push": {URLs: []string{old.URL}, APIKey: "k"}, "bf16 push": {URLs: []string{bf16[1]}, APIKey: "k"},
 		"fp32 server": {URLs: f32, APIKey: "k"}}
 	wantData := map[string]int{"fp32 push": dataF32, "bf16 push": dataBF16, "fp32 server": dataF32}
-	var prompts []grpo.Prompt
-	for i := 0; i < 6; i++ {
-		prompts = append(prompts, grpo.Prompt{Tokens: []int32{1, int32(2 + i%20), int32(3 + (7*i)%20)}})
-	}
-	p := engine.SamplingParams{N: 4, Temperature: 1.2, TopP: 1, MaxNewTokens: 12, StopTokens: []int32{5}, Seed: 99}
+	prompts, p := testPrompts(6), testSampling()
 	got := map[string][][]engine.Sample{}
 	for name, c := range clients {
 		if err := c.PushWeights(context.Background(), w2, 0); err != nil {
@@ -216,23 +169,7 @@ func TestPushInComputeDType(t *testing.T) {
 	}
 	t.Logf("bytes per push: %d with fp32, %d with bf16 linear weights (%.2f)", clients["fp32 push"].PushedBytes(),
 		clients["bf16 push"].PushedBytes(), float64(clients["bf16 push"].PushedBytes())/float64(clients["fp32 push"].PushedBytes()))
-	engineOn := func(dt engine.DType) [][]engine.Sample {
-		m, err := engine.NewModel(cfg, cpu.New(), w2, dt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, err := engine.NewGenerator(m, engine.GeneratorOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g.Close()
-		out, err := grpo.EngineRollouts{Gen: g}.Rollout(context.Background(), prompts, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	bf, fp := engineOn(engine.BF16), engineOn(engine.F32)
+	bf, fp := engineOn(t, newModel(t, cfg, w2, engine.BF16), prompts, p), engineOn(t, newModel(t, cfg, w2, engine.F32), prompts, p)
 	for _, tc := range []struct {
 		a, b string
 		want [][]engine.Sample
@@ -249,13 +186,7 @@ func TestPushInComputeDType(t *testing.T) {
 		}
 	}
 	// The bf16 server's rollouts are not the fp32 model's (else the check above proves nothing).
-	same := true
-	for i := range fp {
-		for j := range fp[i] {
-			same = same && slices.Equal(bf[i][j].LogProbs, fp[i][j].LogProbs)
-		}
-	}
-	if same {
+	if sameLogProbs(bf, fp) {
 		t.Fatal("bf16 and fp32 weights give the same log-probs: the test cannot tell the pushes apart")
 	}
 }

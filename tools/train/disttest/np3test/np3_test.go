@@ -3,7 +3,6 @@
 package np3test
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/prolong-rl/prolong/tools/train/disttest/internal/disthelp"
@@ -15,12 +14,5 @@ import (
 // gradient norm to 1e-5 relative: see disthelp.DefaultJobTolerances) and ends with the same
 // weights on every rank.
 func TestDataParallelThreeRanks(t *testing.T) {
-	launcher := disthelp.Mpirun(t)
-	bin := disthelp.Trainer(t)
-	tmp := t.TempDir()
-	one, three := filepath.Join(tmp, "one"), filepath.Join(tmp, "three")
-	args := []string{"--quiet", "--steps", "2", "--seed", "1", "--out"}
-	disthelp.Run(t, disthelp.Command(bin, append(args, one)...))
-	_, stderr := disthelp.Run(t, disthelp.Command(launcher, disthelp.MPIArgs(3, bin, append(args, three)...)...))
-	disthelp.CheckDefaultJob(t, three, 3, disthelp.Metrics(t, one), stderr, disthelp.DefaultJobTolerances(1e-5))
+	disthelp.RunDefaultJob(t, 3, 1e-5)
 }

@@ -4,7 +4,6 @@
 package shardnp3test
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/prolong-rl/prolong/tools/train/disttest/internal/disthelp"
@@ -16,12 +15,5 @@ import (
 // gradient norm to 1e-5 relative, as the unsharded 3-rank run: disthelp.DefaultJobTolerances)
 // and the same weights on every rank.
 func TestShardOptimizerThreeRanks(t *testing.T) {
-	launcher := disthelp.Mpirun(t)
-	bin := disthelp.Trainer(t)
-	tmp := t.TempDir()
-	one, three := filepath.Join(tmp, "one"), filepath.Join(tmp, "three")
-	args := []string{"--quiet", "--steps", "2", "--seed", "1", "--out"}
-	disthelp.Run(t, disthelp.Command(bin, append(args, one)...))
-	_, stderr := disthelp.Run(t, disthelp.Command(launcher, disthelp.MPIArgs(3, bin, append(args, three, "--shard-optimizer")...)...))
-	disthelp.CheckDefaultJob(t, three, 3, disthelp.Metrics(t, one), stderr, disthelp.DefaultJobTolerances(1e-5))
+	disthelp.RunDefaultJob(t, 3, 1e-5, "--shard-optimizer")
 }

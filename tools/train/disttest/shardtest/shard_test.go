@@ -18,14 +18,7 @@ import (
 // weights on every rank; each rank wrote its own optimizer shard and no whole
 // optimizer.safetensors was saved.
 func TestShardOptimizer(t *testing.T) {
-	launcher := disthelp.Mpirun(t)
-	bin := disthelp.Trainer(t)
-	tmp := t.TempDir()
-	one, two := filepath.Join(tmp, "one"), filepath.Join(tmp, "two")
-	args := []string{"--quiet", "--steps", "2", "--seed", "1", "--out"}
-	disthelp.Run(t, disthelp.Command(bin, append(args, one)...))
-	_, stderr := disthelp.Run(t, disthelp.Command(launcher, disthelp.MPIArgs(2, bin, append(args, two, "--shard-optimizer")...)...))
-	disthelp.CheckDefaultJob(t, two, 2, disthelp.Metrics(t, one), stderr, disthelp.DefaultJobTolerances(1e-6))
+	two := disthelp.RunDefaultJob(t, 2, 1e-6, "--shard-optimizer")
 	for _, f := range []string{"optimizer-rank-0-of-2.safetensors", "optimizer-rank-1-of-2.safetensors"} {
 		if _, err := os.Stat(filepath.Join(two, "state", "optimizer-shards", "step-000002", f)); err != nil {
 			t.Error(err)

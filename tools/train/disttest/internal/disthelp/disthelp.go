@@ -170,6 +170,23 @@ func CheckDefaultJob(t *testing.T, dir string, np int, ref map[int]map[string]an
 	}
 }
 
+// RunDefaultJob runs the default job `--steps 2 --seed 1` in one process and under mpirun -np
+// np with the further flags (every process through Command), checks the np-rank run against the
+// 1-process run with CheckDefaultJob and DefaultJobTolerances(pgTol), and returns the np-rank
+// run's directory.
+func RunDefaultJob(t *testing.T, np int, pgTol float64, flags ...string) string {
+	t.Helper()
+	launcher := Mpirun(t)
+	bin := Trainer(t)
+	tmp := t.TempDir()
+	one, ranks := filepath.Join(tmp, "one"), filepath.Join(tmp, fmt.Sprintf("np%d", np))
+	args := []string{"--quiet", "--steps", "2", "--seed", "1", "--out"}
+	Run(t, Command(bin, append(args, one)...))
+	_, stderr := Run(t, Command(launcher, MPIArgs(np, bin, append(append(args, ranks), flags...)...)...))
+	CheckDefaultJob(t, ranks, np, Metrics(t, one), stderr, DefaultJobTolerances(pgTol))
+	return ranks
+}
+
 // DefaultJobTolerances are the step-1 metrics compared, with how close they must be to the
 // 1-process run's. Those of the rollouts and the first update are the same to rounding; the
 // policy loss and the gradient norm sum both of the step's mini-batches, and the second one
