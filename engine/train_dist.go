@@ -156,3 +156,8 @@ func (t *Trainer) SplitFlat(flat []float32) (map[string]HostTensor, error) {
 	}
 	return out, nil
 }
+
+// GradTensor is trainable weight name's gradient tensor itself (nil for a name that is not
+// trainable), for a collective that sums it in place in the backend's memory (a device
+// communicator); like ReadGrads and WriteGrads, only once the pass has finished it.
+func (t *Trainer) GradTensor(name string) *Tensor { return t.grads[name] }

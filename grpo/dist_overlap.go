@@ -16,7 +16,9 @@ import (
 // The buckets depend on the model alone and go out in the same order on every rank (a rank
 // with no micro-batch in the mini-batch sends them all at the end), so the ranks' collectives
 // always match. Each bucket is the same sum as without overlap (the same values added over
-// the same ranks), so the weights are those of the all-reduce after the backward.
+// the same ranks), so the weights are those of the all-reduce after the backward. Over NCCL,
+// on a backend whose tensors are device buffers (cuda), each bucket's gradient tensors are
+// summed in place on the GPU, with no copy through host memory (UNVERIFIED on GPUs).
 
 // maxBucketsInFlight bounds the buckets read out of the gradients and not yet written back.
 const maxBucketsInFlight = 4
@@ -60,11 +62,19 @@ func newGradPlan(policy *engine.Trainer, bucketElems int) *gradPlan {
 	return p
 }
 
-// gradBucket is one bucket on its way: read out of the gradients, summed, written back.
+// gradBucket is one bucket on its way: read out of the gradients, summed, written back; or,
+// in place (dev), the gradient tensors themselves, summed where they are.
 type gradBucket struct {
 	k   int
 	buf []float32
+	dev []dist.Buffer
 	err error
+}
+
+// deviceBuffers is a backend whose tensors a device communicator can sum in place
+// (cuda.Backend.DistBuffer).
+type deviceBuffers interface {
+	DistBuffer(t *engine.Tensor) (dist.DeviceBuffer, error)
 }
 
 // overlapReduce sums one mini-batch's gradients over the ranks, bucket by bucket, as the
@@ -82,6 +92,9 @@ type overlapReduce struct {
 	err      error
 	busy     time.Duration // the collective goroutine's time in collectives
 	finished chan struct{}
+	// inPlace sums each gradient tensor where it is, with no copy through host memory: the
+	// communicator is NCCL and the backend's tensors are device buffers.
+	inPlace deviceBuffers
 }
 
 // startGradReduce starts the collective goroutine of one mini-batch's reduction; the caller
@@ -93,6 +106,9 @@ func (d *dataParallel) startGradReduce(policy *engine.Trainer) *overlapReduce {
 	}
 	o := &overlapReduce{d: d, policy: policy, plan: d.plan, free: d.bucketBufs,
 		todo: make(chan *gradBucket, len(d.plan.names)), done: make(chan *gradBucket, len(d.plan.names)), finished: make(chan struct{})}
+	if db, ok := policy.Model.Backend.(deviceBuffers); ok && d.comm.Backend() == "nccl" {
+		o.inPlace = db
+	}
 	go o.collectives()
 	return o
 }
@@ -102,8 +118,16 @@ func (o *overlapReduce) collectives() {
 	defer close(o.finished)
 	for b := range o.todo {
 		t0 := time.Now()
-		o.d.enter(fmt.Sprintf("all-reduce of gradient bucket %d of %d (%d values, %s..%s)", b.k+1, len(o.plan.names), len(b.buf), o.plan.names[b.k][0], o.plan.names[b.k][len(o.plan.names[b.k])-1]))
-		b.err = o.d.comm.AllReduce(dist.HostF32(b.buf))
+		o.d.enter(fmt.Sprintf("all-reduce of gradient bucket %d of %d (%d values, %s..%s)", b.k+1, len(o.plan.names), o.plan.elems[b.k], o.plan.names[b.k][0], o.plan.names[b.k][len(o.plan.names[b.k])-1]))
+		if b.dev != nil {
+			for _, x := range b.dev {
+				if b.err = o.d.comm.AllReduce(x); b.err != nil {
+					break
+				}
+			}
+		} else {
+			b.err = o.d.comm.AllReduce(dist.HostF32(b.buf))
+		}
 		o.busy += time.Since(t0)
 		o.done <- b
 	}
@@ -128,15 +152,27 @@ func (o *overlapReduce) launch() {
 		return
 	}
 	k := o.launched
-	buf := o.buffer(o.plan.elems[k])
-	if err := o.policy.ReadGrads(o.plan.names[k], buf); err != nil {
-		o.err = err
-		return
+	b := &gradBucket{k: k}
+	if o.inPlace != nil {
+		for _, name := range o.plan.names[k] {
+			x, err := o.inPlace.DistBuffer(o.policy.GradTensor(name))
+			if err != nil {
+				o.err = fmt.Errorf("gradient of %q: %w", name, err)
+				return
+			}
+			b.dev = append(b.dev, x)
+		}
+	} else {
+		b.buf = o.buffer(o.plan.elems[k])
+		if err := o.policy.ReadGrads(o.plan.names[k], b.buf); err != nil {
+			o.err = err
+			return
+		}
 	}
 	o.launched++
 	o.inFlight++
-	o.d.gradBytes += 4 * len(buf)
-	o.todo <- &gradBucket{k: k, buf: buf}
+	o.d.gradBytes += 4 * o.plan.elems[k]
+	o.todo <- b
 }
 
 // buffer is a host buffer of n values, reused from an earlier bucket where one is big enough.
@@ -173,10 +209,12 @@ func (o *overlapReduce) writeOne(b *gradBucket) {
 	case o.err != nil:
 	case b.err != nil:
 		o.err = fmt.Errorf("gradients of %s..%s: %w", names[0], names[len(names)-1], b.err)
-	default:
+	case b.dev == nil:
 		o.err = o.policy.WriteGrads(names, b.buf)
 	}
-	o.free = append(o.free, b.buf)
+	if b.buf != nil {
+		o.free = append(o.free, b.buf)
+	}
 }
 
 // finish launches the buckets still waiting (all of them on a rank without a micro-batch in
