@@ -48,7 +48,7 @@ func (b *Backend) AdamWMany(ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWSt
 	}
 	b.op(desc(fmt.Sprintf("AdamWMany of %d tensors", len(ps))), func() {
 		for i, p := range ps {
-			if d := desc("AdamWMany p g m v", p, gs[i], ms[i], vs[i]); d.missing >= 0 {
+			if d := desc(fmt.Sprintf("AdamWMany[%d] p g m v", i), p, gs[i], ms[i], vs[i]); d.missing >= 0 {
 				b.begin(d) // fails, naming the operand without memory
 				return
 			}

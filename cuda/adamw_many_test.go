@@ -1,7 +1,9 @@
 package cuda
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -198,5 +200,57 @@ func TestAdamWManyLaunch(t *testing.T) {
 	}
 	if slices.ContainsFunc(next, func(l fakeLaunch) bool { return l.name == "f32_to_bf16_kernel" }) {
 		t.Errorf("the matmul after adamw_many converted the weight again: %v", next)
+	}
+}
+
+// TestAdamWManyMissingMemory (fake GPU): a tensor without device memory (its allocation failed)
+// fails AdamWMany before any launch, the error naming the tensor and the operand, and the
+// backend works after.
+func TestAdamWManyMissingMemory(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, gs, ms, vs, hs := adamWManyParams(t, b, [][]int{{5}, {3, 2}})
+	vs[1] = &engine.Tensor{Shape: []int{3, 2}, DType: engine.F32, Buf: &buf{devMem: &devMem{}, bytes: 24}}
+	l0 := len(g.launches)
+	b.AdamWMany(ps, gs, ms, vs, hs)
+	wantIn(t, b.Sync(), "AdamWMany[1] p [3 2] g [3 2] m [3 2] v [3 2]: operand 3 (shape [3 2]) has no device memory")
+	if len(g.launches) != l0 {
+		t.Fatalf("AdamWMany launched %v with a tensor without memory", g.launched(l0))
+	}
+	vs[1] = b.Alloc(3, 2)
+	b.AdamWMany(ps, gs, ms, vs, hs)
+	if err := b.Sync(); err != nil || !slices.Equal(g.launched(l0), []string{"adamw_many"}) {
+		t.Fatalf("after the error: %v, launches %v; want nil, one adamw_many", err, g.launched(l0))
+	}
+}
+
+// TestAdamWManyShapes: AdamWMany refuses slices of different lengths and a tensor whose
+// gradient or moments differ in length from the parameter, by index and shapes.
+func TestAdamWManyShapes(t *testing.T) {
+	newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, gs, ms, vs, hs := adamWManyParams(t, b, [][]int{{5}, {3, 2}})
+	for _, tc := range []struct {
+		name string
+		call func()
+		want string
+	}{
+		{"lengths", func() { b.AdamWMany(ps, gs[:1], ms, vs, hs) }, "AdamWMany of 2 parameters, 1 gradients, 2 and 2 moments, 2 steps"},
+		{"moment shape", func() { b.AdamWMany(ps, gs, []*engine.Tensor{ms[0], ms[0]}, vs, hs) }, "AdamWMany tensor 1: parameter [3 2], gradient [3 2], moments [5] and [3 2]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func() {
+				if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), tc.want) {
+					t.Errorf("panic %v, want one with %q", p, tc.want)
+				}
+			}()
+			tc.call()
+		})
 	}
 }
