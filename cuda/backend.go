@@ -72,6 +72,13 @@ type Options struct {
 	// SplitKVMinPart is the fewest context positions one split covers (rounded up to a multiple
 	// of 32); 0 means 128. Tests set it low to split short contexts.
 	SplitKVMinPart int
+	// MultiTensorAdamW makes the optimizer update all weights through AdamWMany
+	// (engine.AdamWManySwitch): one adamw_many launch (kernels/adamw_many.cu) in place of one
+	// adamw launch per tensor, which also writes the bf16 copy of each weight that keeps one, so
+	// the next forward converts none. Off
+	// until a GPU run of the conformance suite (AdamWMany cases, and training in its
+	// "bf16-matmul-fused" run) and the benchmark shows it passes and wins.
+	MultiTensorAdamW bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of

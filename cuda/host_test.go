@@ -380,6 +380,10 @@ func TestOpsAfterFatalError(t *testing.T) {
 		{"Scale", func() error { b.Scale(x, 2); return nil }},
 		{"Copy", func() error { b.Copy(x, x); return nil }},
 		{"AdamW", func() error { b.AdamW(x, x, x, x, engine.AdamWStep{}); return nil }},
+		{"AdamWMany", func() error {
+			b.AdamWMany([]*engine.Tensor{x}, []*engine.Tensor{x}, []*engine.Tensor{x}, []*engine.Tensor{x}, []engine.AdamWStep{{}})
+			return nil
+		}},
 		{"AttentionTrain", func() error { b.AttentionTrain(x, lse, x, x, x, seq); return nil }},
 		{"AttentionBackward", func() error { b.AttentionBackward(x, x, x, x, x, x, x, x, lse, seq); return nil }},
 	} {

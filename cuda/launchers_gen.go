@@ -2,6 +2,13 @@
 
 package cuda
 
+// launchAdamwMany enqueues adamw_many (kernels/adamw_many.cu) on a grid of blocks of threads:
+//
+//	adamw_many(const AdamWTensor* ts, int nt, i64 chunks)
+func (b *Backend) launchAdamwMany(grid [3]int, threads int, ts dptr, nt int32, chunks int64) {
+	b.launch("adamw_many", grid, threads, argPtr(ts), argI32(nt), argI64(chunks))
+}
+
 // launchAttnPaged enqueues attn_paged (kernels/attention.cu) on a grid of blocks of threads:
 //
 //	attn_paged(float* out, const float* q, const float* kc, const float* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale)

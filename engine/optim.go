@@ -122,7 +122,8 @@ type OptStats struct {
 // Step clips the accumulated gradients to the global norm, applies one AdamW update to every
 // trainable weight and clears the gradients. A non-finite gradient norm leaves the weights
 // unchanged and returns an error; so does a device error computing the norm, which leaves the
-// gradients as well. With a sharded optimizer (ShardOptimizer) Step first sums the ranks'
+// gradients as well. The update of all weights is one AdamWMany call where the backend has it
+// (AdamWManyBackend). With a sharded optimizer (ShardOptimizer) Step first sums the ranks'
 // gradients itself.
 func (t *Trainer) Step() (OptStats, error) {
 	o := t.opt
@@ -159,14 +160,15 @@ func (t *Trainer) Step() (OptStats, error) {
 	o.step++
 	h := AdamWStep{LR: lr, Beta1: o.cfg.Beta1, Beta2: o.cfg.Beta2, Eps: o.cfg.Eps, WeightDecay: o.cfg.WeightDecay,
 		BC1: 1 - math.Pow(o.cfg.Beta1, float64(o.step)), BC2: 1 - math.Pow(o.cfg.Beta2, float64(o.step))}
-	for _, name := range t.names {
-		hp := h
-		p := t.params[name]
-		if o.cfg.NoDecay1D && len(p.Shape) == 1 {
-			hp.WeightDecay = 0
+	ps, ms, vs, hs := make([]*Tensor, len(t.names)), make([]*Tensor, len(t.names)), make([]*Tensor, len(t.names)), make([]AdamWStep, len(t.names))
+	for i, name := range t.names {
+		hs[i] = h
+		ps[i], ms[i], vs[i] = t.params[name], o.m[name], o.v[name]
+		if o.cfg.NoDecay1D && len(ps[i].Shape) == 1 {
+			hs[i].WeightDecay = 0
 		}
-		t.b.AdamW(p, t.grads[name], o.m[name], o.v[name], hp)
 	}
+	adamWMany(t.b, ps, gs, ms, vs, hs) // one call for all weights where the backend has AdamWMany
 	t.ZeroGrad()
 	return OptStats{Step: o.step, LR: lr, GradNorm: norm}, nil
 }

@@ -68,3 +68,33 @@ type AdamWStep struct {
 	LR, Beta1, Beta2, Eps, WeightDecay float64
 	BC1, BC2                           float64
 }
+
+// AdamWManyBackend is implemented by a TrainBackend that applies AdamW to several tensors in one
+// call: AdamWMany(ps, gs, ms, vs, hs) leaves every ps[i], ms[i], vs[i] as AdamW(ps[i], gs[i],
+// ms[i], vs[i], hs[i]) would, bit for bit (each tensor with its own hyper-parameters: the
+// weight decay differs between weights). The slices have one length. The CUDA backend has it
+// (one launch for all tensors); the optimizer falls back to AdamW per tensor on other backends,
+// and where the backend's AdamWManySwitch says so.
+type AdamWManyBackend interface {
+	AdamWMany(ps, gs, ms, vs []*Tensor, hs []AdamWStep)
+}
+
+// AdamWManySwitch is implemented by an AdamWManyBackend that may keep AdamWMany off until a run
+// on its hardware verified it: where FusesAdamWMany is false the optimizer calls AdamW per
+// tensor (the conformance suite checks AdamWMany either way).
+type AdamWManySwitch interface {
+	FusesAdamWMany() bool
+}
+
+// adamWMany applies AdamW to each tensor, through b's AdamWMany where it has one and uses it.
+func adamWMany(b TrainBackend, ps, gs, ms, vs []*Tensor, hs []AdamWStep) {
+	if sw, ok := b.(AdamWManySwitch); !ok || sw.FusesAdamWMany() {
+		if mb, ok := b.(AdamWManyBackend); ok {
+			mb.AdamWMany(ps, gs, ms, vs, hs)
+			return
+		}
+	}
+	for i, p := range ps {
+		b.AdamW(p, gs[i], ms[i], vs[i], hs[i])
+	}
+}

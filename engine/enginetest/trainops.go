@@ -275,6 +275,7 @@ func trainOpCases(o Options) []testCase {
 		}
 	}})
 	cs = append(cs, testCase{"AdamW/N=129,K=67/10steps", adamWCase})
+	cs = append(cs, testCase{"AdamWMany/n=[1,1000,70001,129x67]/3steps", adamWManyCase})
 	return cs
 }
 
@@ -378,4 +379,110 @@ func sumSquaresManyCase(c *caseCtx) {
 		}
 		c.add(r)
 	}
+}
+
+// adamWManyCase: where the backend updates several tensors in one call
+// (engine.AdamWManyBackend), three steps of AdamWMany over tensors of different sizes (one of
+// several of a GPU kernel's chunks) and weight decays leave every parameter, both moments and
+// a MatMul with the 2-D parameter (read before every step, so a bf16 copy of it must follow
+// the updates) bit for bit as AdamW per tensor leaves them on the same backend, and within the
+// AdamW tolerance of the reference's AdamW per tensor. Backends without it pass trivially.
+func adamWManyCase(c *caseCtx) {
+	shapes := [][]int{{1}, {1000}, {70001}, {129, 67}}
+	const weight, N, K = 3, 129, 67
+	p0 := make([][]float32, len(shapes))
+	for i, sh := range shapes {
+		p0[i] = randn(c.rng, sh[0]*shapeCols(sh), 1)
+	}
+	x := randn(c.rng, 3*K, 1)
+	const steps = 3
+	grads := make([][][]float32, steps)
+	hs := make([][]engine.AdamWStep, steps)
+	for s := range steps {
+		t := float64(s + 1)
+		for i := range shapes {
+			g := randn(c.rng, len(p0[i]), 1)
+			for j := range g {
+				g[j] *= float32(math.Pow(10, float64(c.rng.IntN(5)-3)))
+			}
+			grads[s] = append(grads[s], g)
+			// Every constant differs between the tensors, so that a mix-up of two tensors'
+			// constants shows (the optimizer itself varies only the weight decay).
+			fi := float64(i)
+			b1, b2 := 0.9-0.02*fi, 0.95+0.01*fi
+			hs[s] = append(hs[s], engine.AdamWStep{LR: 1e-2 / t * (1 + fi/2), Beta1: b1, Beta2: b2, Eps: 1e-8 * (1 + fi), WeightDecay: 0.1 * float64(i%3),
+				BC1: 1 - math.Pow(b1, t), BC2: 1 - math.Pow(b2, t)})
+		}
+	}
+	run := func(many bool) func(e *env) []output {
+		return func(e *env) []output {
+			var ps, ms, vs []*engine.Tensor
+			for i, sh := range shapes {
+				ps, ms, vs = append(ps, e.param(p0[i], sh...)), append(ms, e.alloc(sh...)), append(vs, e.alloc(sh...))
+			}
+			xt, out := e.up(x, 3, K), e.alloc(3, N)
+			for s := range steps {
+				e.b.MatMul(out, xt, ps[weight])
+				gs := make([]*engine.Tensor, len(shapes))
+				for i, sh := range shapes {
+					gs[i] = e.up(grads[s][i], sh...)
+				}
+				if many {
+					e.b.(engine.AdamWManyBackend).AdamWMany(ps, gs, ms, vs, hs[s])
+				} else {
+					for i := range ps {
+						e.b.AdamW(ps[i], gs[i], ms[i], vs[i], hs[s][i])
+					}
+				}
+			}
+			e.b.MatMul(out, xt, ps[weight])
+			var o []output
+			for i := range shapes {
+				dp := e.down(ps[i])
+				for j := range dp { // the change of p, as adamWCase compares it
+					dp[j] -= p0[i][j]
+				}
+				o = append(o, output{fmt.Sprintf("dp%d", i), dp}, output{fmt.Sprintf("m%d", i), e.down(ms[i])}, output{fmt.Sprintf("v%d", i), e.down(vs[i])})
+			}
+			return append(o, output{"matmul", e.down(out)})
+		}
+	}
+	if _, ok := c.b.(engine.AdamWManyBackend); !ok {
+		c.add(Result{Name: "absent", Metric: MetricMismatch, Pass: true, BadIndex: -1})
+		return
+	}
+	want := withEnv(c.ref, run(false))
+	single := withEnv(c.b, run(false))
+	got := withEnv(c.b, run(true))
+	for i := range want {
+		tol := c.tol.AdamW
+		if want[i].name == "matmul" {
+			tol = c.tol.MatMul
+		}
+		c.nmse(want[i].name, got[i].data, want[i].data, tol)
+		diff, first := 0, -1
+		for j := range got[i].data {
+			if math.Float32bits(got[i].data[j]) != math.Float32bits(single[i].data[j]) {
+				if first < 0 {
+					first = j
+				}
+				diff++
+			}
+		}
+		r := Result{Name: want[i].name + "/as-AdamW", Metric: MetricMismatch, Error: float64(diff) / float64(len(got[i].data)), Pass: diff == 0, BadIndex: first}
+		if diff > 0 {
+			r.Got, r.Want = float64(got[i].data[first]), float64(single[i].data[first])
+			r.Detail = fmt.Sprintf("%d of %d values differ from AdamW per tensor on the same backend", diff, len(got[i].data))
+		}
+		c.add(r)
+	}
+}
+
+// shapeCols is the product of a shape's dimensions after the first (1 for a vector).
+func shapeCols(sh []int) int {
+	n := 1
+	for _, d := range sh[1:] {
+		n *= d
+	}
+	return n
 }

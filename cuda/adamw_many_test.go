@@ -1,0 +1,256 @@
+package cuda
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// TestAdamWManyDescriptorLayout: adamWTensor is the 88 bytes of struct AdamWTensor (whose
+// static_assert checks the C side), with the fields at the C offsets.
+func TestAdamWManyDescriptorLayout(t *testing.T) {
+	var d adamWTensor
+	got := []uintptr{unsafe.Sizeof(d), unsafe.Offsetof(d.bf), unsafe.Offsetof(d.n), unsafe.Offsetof(d.chunk0), unsafe.Offsetof(d.decay), unsafe.Offsetof(d.eps)}
+	if want := []uintptr{88, 32, 40, 48, 56, 84}; !slices.Equal(got, want) {
+		t.Errorf("size, offsets of bf, n, chunk0, decay, eps = %v, want %v", got, want)
+	}
+}
+
+// adamWManyParams uploads parameters of the given shapes with gradients and moments, and
+// returns them with per-tensor steps whose weight decay differs between tensors.
+func adamWManyParams(t *testing.T, b *Backend, shapes [][]int) (ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWStep) {
+	t.Helper()
+	for i, sh := range shapes {
+		n := 1
+		for _, d := range sh {
+			n *= d
+		}
+		p, err := b.UploadParam(make([]float32, n), sh...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, gs, ms, vs = append(ps, p), append(gs, b.Alloc(sh...)), append(ms, b.Alloc(sh...)), append(vs, b.Alloc(sh...))
+		hs = append(hs, engine.AdamWStep{LR: 1e-3 * float64(i+1), Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1 * float64(i%2),
+			BC1: 1 - 0.9*0.9, BC2: 1 - 0.95*0.95})
+	}
+	return ps, gs, ms, vs, hs
+}
+
+// TestAdamWManyLaunch (fake GPU): AdamWMany of five tensors (one
+// empty, one of several chunks, one a weight that a bf16 matmul gave a bf16 copy) is one
+// adamw_many launch; its descriptors, uploaded in one copy, hold each tensor's pointers, length,
+// first chunk, bf16 copy (only the matmul weight's) and the constants the per-tensor adamw
+// launch gets for the same step, bit for bit; the chunks cover every element of every tensor
+// once; and the weight's bf16 copy is current after it, so the next matmul converts nothing
+// (after AdamW per tensor it converts the weight again). FusesAdamWMany is
+// Options.MultiTensorAdamW, off by default.
+func TestAdamWManyLaunch(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	type upload struct {
+		dst  uint64
+		data []byte
+	}
+	var uploads []upload
+	callHook = func(fn uintptr, a []uintptr) uintptr {
+		if g.names[fn] == "memcpyHtoDAsync" {
+			uploads = append(uploads, upload{uint64(a[0]), slices.Clone(unsafe.Slice(at[byte](a[1]), a[2]))})
+		}
+		return g.call(fn, a)
+	}
+	shapes := [][]int{{3 * adamWChunk / 2, 2}, {7}, {0}, {129, 67}, {adamWChunk}}
+	const weight = 3 // the matmul weight
+
+	// run makes the tensors on a backend of options o, gives the weight a bf16 copy through a
+	// matmul, and returns the launches of AdamWMany (many) or AdamW per tensor and of the matmul
+	// after it.
+	run := func(o Options, many bool) (step, next []fakeLaunch, ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWStep, b *Backend) {
+		b, err := Open(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, gs, ms, vs, hs = adamWManyParams(t, b, shapes)
+		x, out := b.Alloc(4, 67), b.Alloc(4, 129)
+		b.MatMul(out, x, ps[weight])
+		l0 := len(g.launches)
+		uploads = nil
+		if many {
+			b.AdamWMany(ps, gs, ms, vs, hs)
+		} else {
+			for i := range ps {
+				b.AdamW(ps[i], gs[i], ms[i], vs[i], hs[i])
+			}
+		}
+		l1 := len(g.launches)
+		b.MatMul(out, x, ps[weight])
+		if err := b.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		return g.launches[l0:l1], g.launches[l1:], ps, gs, ms, vs, hs, b
+	}
+
+	perTensor, nextPer, _, _, _, _, _, b := run(Options{BF16Matmul: true}, false)
+	if b.FusesAdamWMany() {
+		t.Error("FusesAdamWMany on by default")
+	}
+	for i, l := range perTensor {
+		if l.name != "adamw" || len(perTensor) != len(shapes) {
+			t.Fatalf("AdamW per tensor: launch %d of %d is %s, want adamw", i, len(perTensor), l.name)
+		}
+	}
+	if !slices.ContainsFunc(nextPer, func(l fakeLaunch) bool { return l.name == "f32_to_bf16_kernel" }) {
+		t.Errorf("the matmul after AdamW per tensor launched %v, want the weight converted to bf16 again", nextPer)
+	}
+
+	step, next, ps, gs, ms, vs, _, b := run(Options{BF16Matmul: true, MultiTensorAdamW: true}, true)
+	if !b.FusesAdamWMany() {
+		t.Error("FusesAdamWMany off with Options.MultiTensorAdamW")
+	}
+	if len(step) != 1 || step[0].name != "adamw_many" {
+		t.Fatalf("AdamWMany launched %v, want one adamw_many", step)
+	}
+	l := step[0]
+	var chunks []int64 // each nonempty tensor's chunks
+	var total int64
+	for _, p := range ps {
+		if n := int64(p.Len()); n > 0 {
+			chunks = append(chunks, (n+adamWChunk-1)/adamWChunk)
+			total += chunks[len(chunks)-1]
+		}
+	}
+	if want := [3]int{int(min(total, int64(32*b.sms))), 1, 1}; l.grid != want || l.block != 256 || l.args[1] != 4 || l.args[2] != uint64(total) {
+		t.Errorf("adamw_many grid %v block %d, %d tensors, %d chunks; want %v, 256, 4, %d", l.grid, l.block, l.args[1], l.args[2], want, total)
+	}
+	var descs []adamWTensor
+	for _, u := range uploads {
+		if u.dst == l.args[0] {
+			if len(descs) != 0 || len(u.data) != 4*88 {
+				t.Fatalf("descriptor uploads to %#x: another, of %d bytes (want one of 4×88)", u.dst, len(u.data))
+			}
+			descs = slices.Clone(unsafe.Slice((*adamWTensor)(unsafe.Pointer(&u.data[0])), 4))
+		}
+	}
+	if descs == nil {
+		t.Fatalf("no upload to the descriptor address %#x", l.args[0])
+	}
+	var chunk0 int64
+	di := 0
+	for i, p := range ps {
+		if p.Len() == 0 {
+			continue
+		}
+		d := descs[di]
+		var bf uint64
+		if i == weight {
+			bf = devBuf(p).bf
+			if bf == 0 {
+				t.Fatal("the matmul weight has no bf16 copy")
+			}
+		}
+		if d.p != uint64(ptr(p)) || d.g != uint64(ptr(gs[i])) || d.m != uint64(ptr(ms[i])) || d.v != uint64(ptr(vs[i])) || d.bf != bf ||
+			d.n != int64(p.Len()) || d.chunk0 != chunk0 {
+			t.Errorf("descriptor %d (tensor %d): %+v; want p %#x g %#x m %#x v %#x bf %#x n %d chunk0 %d", di, i, d,
+				ptr(p), ptr(gs[i]), ptr(ms[i]), ptr(vs[i]), bf, p.Len(), chunk0)
+		}
+		// The constants of the per-tensor adamw launch of the same tensor (slots 5-12).
+		got := []uint64{argF32(d.decay), argF32(d.b1), argF32(d.b2), argF32(d.c1), argF32(d.c2), argF32(d.step), argF32(d.isb2), argF32(d.eps)}
+		if want := perTensor[i].args[5:13]; !slices.Equal(got, want) {
+			t.Errorf("descriptor %d (tensor %d) constants %x, the adamw launch's %x", di, i, got, want)
+		}
+		chunk0 += chunks[di]
+		di++
+	}
+	// The kernel's chunk walk (grid-stride over chunks, binary search over chunk0) covers every
+	// element of every nonempty tensor exactly once.
+	cover := make([][]int, len(descs))
+	for i, d := range descs {
+		cover[i] = make([]int, d.n)
+	}
+	for blk := int64(0); blk < int64(l.grid[0]); blk++ {
+		for c := blk; c < total; c += int64(l.grid[0]) {
+			lo, hi := 0, len(descs)-1
+			for lo < hi {
+				if mid := (lo + hi + 1) >> 1; descs[mid].chunk0 <= c {
+					lo = mid
+				} else {
+					hi = mid - 1
+				}
+			}
+			start := (c - descs[lo].chunk0) * adamWChunk
+			for j := start; j < min(start+adamWChunk, descs[lo].n); j++ {
+				cover[lo][j]++
+			}
+		}
+	}
+	for i, cv := range cover {
+		if j := slices.IndexFunc(cv, func(k int) bool { return k != 1 }); j >= 0 {
+			t.Errorf("descriptor %d: element %d updated %d times", i, j, cv[j])
+		}
+	}
+	if bf := devBuf(ps[weight]); bf.bfVer != bf.ver {
+		t.Error("the weight's bf16 copy is stale after adamw_many wrote it")
+	}
+	for i, p := range ps {
+		if bf := devBuf(p); i != weight && bf.bf != 0 {
+			t.Errorf("tensor %d got a bf16 copy it had no use for", i)
+		}
+	}
+	if slices.ContainsFunc(next, func(l fakeLaunch) bool { return l.name == "f32_to_bf16_kernel" }) {
+		t.Errorf("the matmul after adamw_many converted the weight again: %v", next)
+	}
+}
+
+// TestAdamWManyMissingMemory (fake GPU): a tensor without device memory (its allocation failed)
+// fails AdamWMany before any launch, the error naming the tensor and the operand, and the
+// backend works after.
+func TestAdamWManyMissingMemory(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, gs, ms, vs, hs := adamWManyParams(t, b, [][]int{{5}, {3, 2}})
+	vs[1] = &engine.Tensor{Shape: []int{3, 2}, DType: engine.F32, Buf: &buf{devMem: &devMem{}, bytes: 24}}
+	l0 := len(g.launches)
+	b.AdamWMany(ps, gs, ms, vs, hs)
+	wantIn(t, b.Sync(), "AdamWMany[1] p [3 2] g [3 2] m [3 2] v [3 2]: operand 3 (shape [3 2]) has no device memory")
+	if len(g.launches) != l0 {
+		t.Fatalf("AdamWMany launched %v with a tensor without memory", g.launched(l0))
+	}
+	vs[1] = b.Alloc(3, 2)
+	b.AdamWMany(ps, gs, ms, vs, hs)
+	if err := b.Sync(); err != nil || !slices.Equal(g.launched(l0), []string{"adamw_many"}) {
+		t.Fatalf("after the error: %v, launches %v; want nil, one adamw_many", err, g.launched(l0))
+	}
+}
+
+// TestAdamWManyShapes: AdamWMany refuses slices of different lengths and a tensor whose
+// gradient or moments differ in length from the parameter, by index and shapes.
+func TestAdamWManyShapes(t *testing.T) {
+	newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, gs, ms, vs, hs := adamWManyParams(t, b, [][]int{{5}, {3, 2}})
+	for _, tc := range []struct {
+		name string
+		call func()
+		want string
+	}{
+		{"lengths", func() { b.AdamWMany(ps, gs[:1], ms, vs, hs) }, "AdamWMany of 2 parameters, 1 gradients, 2 and 2 moments, 2 steps"},
+		{"moment shape", func() { b.AdamWMany(ps, gs, []*engine.Tensor{ms[0], ms[0]}, vs, hs) }, "AdamWMany tensor 1: parameter [3 2], gradient [3 2], moments [5] and [3 2]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func() {
+				if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), tc.want) {
+					t.Errorf("panic %v, want one with %q", p, tc.want)
+				}
+			}()
+			tc.call()
+		})
+	}
+}

@@ -1,0 +1,58 @@
+// Multi-tensor AdamW: the update of adamw (elementwise.cu) over many tensors in one launch, as
+// PyTorch's multi_tensor_apply and apex's fused Adam do, writing the bf16 copy of each updated
+// weight that keeps one (so the next forward converts nothing).
+
+// ADAMW_CHUNK is how many elements of one tensor a block updates at a time; a tensor of n
+// elements is ceil(n / ADAMW_CHUNK) chunks, numbered from its descriptor's chunk0 on.
+#define ADAMW_CHUNK 16384
+
+// AdamWTensor describes one tensor of adamw_many: the parameter p, its gradient g and moments m,
+// v (fp32, n elements each), bf the parameter's bf16 copy or null, chunk0 the number of the
+// tensor's first chunk (the chunks of the tensors before it), and adamw's folded constants.
+// 88 bytes; cuda/adamw_many.go mirrors the layout (adamWTensor).
+struct AdamWTensor {
+	float* p;
+	const float* g;
+	float* m;
+	float* v;
+	bf16* bf;
+	i64 n;
+	i64 chunk0;
+	float decay, b1, b2, c1, c2, step, isb2, eps;
+};
+static_assert(sizeof(AdamWTensor) == 88, "AdamWTensor must match cuda/adamw_many.go's adamWTensor");
+
+// adamw_many updates nt tensors (descriptors ts, ascending chunk0, none empty) of chunks chunks
+// in all. Blocks take chunks in a grid-stride loop; a block finds its chunk's tensor by binary
+// search over chunk0. Each element is updated by adamw's expression, in adamw's order, so the
+// fp32 results are adamw's bit for bit; where bf is set, bf[i] = f32_to_bf16(p[i]) as
+// f32_to_bf16_kernel writes it. Block 256.
+extern "C" __global__ void adamw_many(const AdamWTensor* ts, int nt, i64 chunks) {
+	for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+		int lo = 0, hi = nt - 1; // the last tensor whose chunk0 <= c
+		while (lo < hi) {
+			int mid = (lo + hi + 1) >> 1;
+			if (ts[mid].chunk0 <= c) lo = mid;
+			else hi = mid - 1;
+		}
+		const AdamWTensor* t = ts + lo;
+		i64 start = (c - t->chunk0) * ADAMW_CHUNK;
+		int len = (int)min((i64)ADAMW_CHUNK, t->n - start);
+		float* p = t->p + start;
+		const float* g = t->g + start;
+		float* m = t->m + start;
+		float* v = t->v + start;
+		bf16* bf = t->bf ? t->bf + start : (bf16*)0;
+		float decay = t->decay, b1 = t->b1, b2 = t->b2, c1 = t->c1, c2 = t->c2, step = t->step, isb2 = t->isb2, eps = t->eps;
+		for (int i = threadIdx.x; i < len; i += blockDim.x) {
+			float gi = g[i];
+			float mi = b1 * m[i] + c1 * gi;
+			float vi = b2 * v[i] + c2 * gi * gi;
+			m[i] = mi;
+			v[i] = vi;
+			float pi = p[i] * decay - step * mi / (sqrtf(vi) * isb2 + eps);
+			p[i] = pi;
+			if (bf) bf[i] = f32_to_bf16(pi);
+		}
+	}
+}
