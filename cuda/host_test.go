@@ -398,3 +398,36 @@ func TestOpsAfterFatalError(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvOptions: PROLONG_CUDA_OPTIONS switches on the paths it names (all: every one), keeps
+// what the device name set, and names an unknown option with the known ones;
+// PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention.
+func TestEnvOptions(t *testing.T) {
+	all := Options{BF16Matmul: true, TiledAttention: true, BF16KV: true, SplitKVDecode: true, FusedAddRMSNorm: true,
+		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true}
+	for _, c := range []struct {
+		env, tiled string
+		want       Options
+		err        string
+	}{
+		{"", "", Options{BF16Matmul: true}, ""},
+		{"bf16-kv, split-kv", "", Options{BF16Matmul: true, BF16KV: true, SplitKVDecode: true}, ""},
+		{"fused-mlp,fused-qkv-rope,matmuls", "", Options{BF16Matmul: true, FusedMLP: true, FusedQKVRoPE: true, MatMuls: true}, ""},
+		{"multi-tensor-adamw,fused-add-rmsnorm", "1", Options{BF16Matmul: true, MultiTensorAdamW: true, FusedAddRMSNorm: true, TiledAttention: true}, ""},
+		{"all", "", all, ""},
+		{"bf16kv", "", Options{}, `PROLONG_CUDA_OPTIONS: unknown option "bf16kv" (known: tiled-attention, bf16-kv, split-kv,`},
+	} {
+		t.Setenv("PROLONG_CUDA_OPTIONS", c.env)
+		t.Setenv("PROLONG_CUDA_TILED_ATTENTION", c.tiled)
+		got, err := EnvOptions(Options{BF16Matmul: true})
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: %v, want an error saying %q", c.env, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%q: %+v, %v; want %+v", c.env, got, err, c.want)
+		}
+	}
+}

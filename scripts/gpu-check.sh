@@ -103,14 +103,16 @@ timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$ou
 echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
-# same weights?), and seed 1 with exact fp32 matmuls (--device cuda-fp32), side by side: the
-# model is tiny, the GPU has room for all five.
-(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32"; do
+# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
+# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
+# split-KV decode, the fused layer ops, multi-tensor AdamW), side by side: the model is tiny,
+# the GPU has room for all six.
+(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 	set -- $run
-	timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
+	PROLONG_CUDA_OPTIONS="${4:-}" timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
 done; wait)
 echo "train runs done after $(( $(date +%s) - t0 )) s"
-for r in s1 s2 s3 s1-again s1-fp32; do
+for r in s1 s2 s3 s1-again s1-fp32 s1-all; do
 	echo "$r: $(grep -h 'held-out accuracy:' "$out/train-$r.log" || tail -1 "$out/train-$r.log")"
 done | tee "$out/train.log"
 a="$out/train-s1/checkpoints/step-000200/model.safetensors"; b="$out/train-s1-again/checkpoints/step-000200/model.safetensors"
