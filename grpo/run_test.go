@@ -512,7 +512,7 @@ func TestDefaultRunConfigIsProRL(t *testing.T) {
 		KV:        KVConfig{DType: "auto", Memory: "auto"},
 		// Full fine-tuning (LoRA rank 0); PEFT's all-linear targets and a common alpha for --lora-rank.
 		LoRA: LoRAConfig{Alpha: 16, Targets: []string{"all-linear"}, BaseDType: "auto"},
-		Eval: EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}, Dist: "auto", DistTimeout: 10 * time.Minute}
+		Eval: EvalConfig{Every: 25, Samples: 16, Temperature: 0.6, TopP: 0.95}, Dist: "auto", DistTimeout: 10 * time.Minute, GradOverlap: true}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Errorf("DefaultRunConfig\n got %+v\nwant %+v", got, want)
 	}
