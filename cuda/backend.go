@@ -79,6 +79,13 @@ type Options struct {
 	// until a GPU run of the conformance suite (AdamWMany cases, and training in its
 	// "bf16-matmul-fused" run) and the benchmark shows it passes and wins.
 	MultiTensorAdamW bool
+	// DecodeGraphs replays the engine's fixed-buffer decode steps as CUDA graphs, one per
+	// batch-size bucket (engine.StepGraphBackend, stepgraph.go): the step's metadata goes to a
+	// per-bucket arena uploaded by one copy from pinned memory, and the step's launches are
+	// captured once and replayed with cuGraphLaunch. It also makes the engine pad decode
+	// batches to the buckets (engine.DecodePadder). Off until a GPU run of the conformance
+	// suite and the benchmark shows it passes and wins.
+	DecodeGraphs bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
@@ -133,6 +140,12 @@ type Backend struct {
 	// splitBuf holds decode_attn's partials (decode.go), kept between ops and grown on demand:
 	// the kernels run in stream order, so the next op's launches reuse it after this one's.
 	splitBuf, splitBufBytes uint64
+
+	// The decode step being recorded (nil outside BeginDecodeStep ... EndDecodeStep), the
+	// buckets' graphs, and whether an arena upload from pinned memory may still be running.
+	rec       *stepRec
+	graphs    map[int]*stepGraph
+	arenaBusy bool
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
@@ -402,6 +415,10 @@ func (b *Backend) enter() bool {
 
 // leave frees the op's scratch and unlocks.
 func (b *Backend) leave() {
+	if b.rec != nil { // the recorded launches run at EndDecodeStep, which frees it
+		b.rec.frees = append(b.rec.frees, b.scratch...)
+		b.scratch = b.scratch[:0]
+	}
 	for _, p := range b.scratch {
 		b.alloc.Free(p)
 	}
@@ -513,6 +530,7 @@ func (b *Backend) synchronize(what string) error {
 	n := b.nRecent
 	b.nRecent = 0
 	if r == 0 {
+		b.arenaBusy = false
 		return nil
 	}
 	err := b.drv.check(what, r)
@@ -549,6 +567,9 @@ func (b *Backend) MemoryStats() (inUse, cached, peak uint64) { return b.alloc.St
 
 // devAlloc allocates bytes of device memory (no zeroing).
 func (b *Backend) devAlloc(bytes uint64) uint64 {
+	if b.rec != nil {
+		b.rec.breakf("%s allocates %d bytes of device memory", b.cur, bytes)
+	}
 	p, err := b.alloc.Alloc(bytes)
 	if err != nil {
 		b.fail(err)
@@ -571,6 +592,9 @@ func (b *Backend) upload(src unsafe.Pointer, bytes uint64) dptr {
 	if bytes == 0 {
 		return 0
 	}
+	if b.rec != nil {
+		return b.put(0, src, bytes, false)
+	}
 	p := b.tmp(bytes)
 	if p == 0 {
 		return 0
@@ -591,6 +615,11 @@ func (b *Backend) ints(v []int32) dptr {
 func (b *Backend) constInts(v []int32) dptr {
 	if len(v) == 0 {
 		return 0
+	}
+	if b.rec != nil {
+		var pc [1]uintptr
+		runtime.Callers(2, pc[:])
+		return b.put(pc[0], unsafe.Pointer(&v[0]), uint64(4*len(v)), true)
 	}
 	for i := range b.meta {
 		if e := &b.meta[i]; e.dev != 0 && slices.Equal(e.host, v) {
@@ -625,6 +654,10 @@ func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
 	if bytes == 0 || b.failed() {
 		return
 	}
+	if b.rec != nil {
+		b.fail(fmt.Errorf("a download inside a recorded decode step (between BeginDecodeStep and EndDecodeStep)"))
+		return
+	}
 	b.fail(b.drv.check("cuMemcpyDtoHAsync", call(b.drv.memcpyDtoHAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
 	b.fail(b.synchronize("cuStreamSynchronize"))
 }
@@ -641,6 +674,18 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) 
 	f, ok := b.fns[name]
 	if !ok {
 		panic("cuda: no kernel " + name)
+	}
+	if b.rec != nil {
+		b.recordLaunch(name, f, grid, threads, args)
+		return
+	}
+	b.launchNow(name, f, grid, threads, args)
+}
+
+// launchNow enqueues kernel f (named name) on the stream.
+func (b *Backend) launchNow(name string, f uintptr, grid [3]int, threads int, args []uint64) {
+	if b.failed() {
+		return
 	}
 	k := packArgs(args)
 	ev, t0 := b.profStart()

@@ -51,6 +51,18 @@ func (b *Backend) gemm(what string, g gemm) {
 	if b.failed() || g.m == 0 || g.n == 0 {
 		return
 	}
+	if b.rec != nil {
+		b.recordGemm(what, g)
+		return
+	}
+	b.gemmNow(what, g)
+}
+
+// gemmNow enqueues the GEMM g on the stream.
+func (b *Backend) gemmNow(what string, g gemm) {
+	if b.failed() {
+		return
+	}
 	alpha, beta := new(float32), new(float32)
 	*alpha, *beta = 1, g.beta
 	if g.alpha != 0 {
