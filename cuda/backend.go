@@ -662,6 +662,21 @@ func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
 	b.fail(b.synchronize("cuStreamSynchronize"))
 }
 
+// enq enqueues a driver call on the stream (a copy, a memset); inside a recorded decode step it
+// is recorded among the step's actions instead, and the step runs eagerly.
+func (b *Backend) enq(what string, fn uintptr, args ...uintptr) {
+	if b.rec != nil {
+		b.rec.breakf("%s enqueues %s", b.cur, what)
+		cur := b.cur
+		b.rec.actions = append(b.rec.actions, func() {
+			b.cur = cur
+			b.fail(b.drv.check(what, call(fn, args...)))
+		})
+		return
+	}
+	b.fail(b.drv.check(what, call(fn, args...)))
+}
+
 // launch enqueues kernel name on a grid of blocks of threads, its arguments in their 8-byte
 // slots (args.go). Only the typed launchers of launchers_gen.go call it.
 func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) {
@@ -713,7 +728,7 @@ func (b *Backend) Alloc(shape ...int) *engine.Tensor {
 		bf := b.newBuf(b.devAlloc(max(n, 4)), n)
 		t.Buf = bf
 		if bf.ptr != 0 && n > 0 {
-			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
+			b.enq("cuMemsetD32Async", b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)
 		}
 	})
 	if t.Buf == nil { // after an error: a tensor without memory, which ops refuse
@@ -732,8 +747,14 @@ func (b *Backend) Free(t *engine.Tensor) {
 		return
 	}
 	bf.cleanup.Stop()
-	b.alloc.Free(bf.ptr)
-	b.alloc.Free(bf.bf)
+	b.mu.Lock()
+	if r := b.rec; r != nil { // the recorded launches that use it are enqueued at EndDecodeStep
+		r.frees = append(r.frees, bf.ptr, bf.bf)
+	} else {
+		b.alloc.Free(bf.ptr)
+		b.alloc.Free(bf.bf)
+	}
+	b.mu.Unlock()
 	bf.ptr, bf.bf = 0, 0
 	t.Buf = nil
 }
@@ -764,7 +785,10 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 			t.Buf = b.newBuf(p, n/2)
 		} else {
 			p := b.devAlloc(max(n, 4))
-			if p != 0 && n > 0 {
+			if p != 0 && n > 0 && b.rec != nil { // recorded: the copy is enqueued after Upload returns
+				src := b.put(0, unsafe.Pointer(&data[0]), n, false)
+				b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p), uintptr(src), uintptr(n), b.strm)
+			} else if p != 0 && n > 0 {
 				b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
 			}
 			t.Buf = b.newBuf(p, n)

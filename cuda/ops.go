@@ -241,7 +241,7 @@ func (s *kvStore) Grow(n int) error {
 					return nil
 				}
 				if bufs[l] != 0 {
-					b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
+					b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)
 					b.alloc.Free(bufs[l])
 				}
 				bufs[l] = p
@@ -261,7 +261,7 @@ func (s *kvStore) CopyBlock(dst, src int) {
 		per := s.per()
 		for l := 0; l < s.layers; l++ {
 			for _, p := range []uint64{s.k[l], s.v[l]} {
-				b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)))
+				b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)
 			}
 		}
 	})

@@ -279,3 +279,42 @@ func TestDecodeGraphsGenerate(t *testing.T) {
 	}
 	t.Logf("stats %+v", st)
 }
+
+// TestDecodeGraphAllocInStep: a step that allocates, zeroes and frees a tensor between its ops
+// (LoRA adapters' intermediates) is not captured and runs eagerly with the zeroing in its
+// place among the launches, the freed memory reused by nothing before them.
+func TestDecodeGraphAllocInStep(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{DecodeGraphs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newGraphStep(b)
+	for step := range 3 {
+		c0 := len(g.calls)
+		b.BeginDecodeStep(4)
+		b.GatherRows(s.x, s.table, []int32{1, 2, 3, 4})
+		tmp := b.Alloc(4, 8)
+		b.MatMul(tmp, s.x, s.w)
+		b.Free(tmp)
+		tmp2 := b.Alloc(4, 8) // may take tmp's memory: zeroed only after the MatMul into tmp
+		b.Add(s.out, tmp2, s.out)
+		b.Free(tmp2)
+		if err := b.EndDecodeStep(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range g.calls[c0:] {
+			if c == "launchKernel" || c == "memsetD32Async" || c == "streamBeginCapture" {
+				got = append(got, c)
+			}
+		}
+		want := []string{"launchKernel", "memsetD32Async", "launchKernel", "memsetD32Async", "launchKernel"}
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: %v, want %v (eager, in the ops' order)", step, got, want)
+		}
+	}
+	if st := b.DecodeGraphStats()[4]; st.Eager != 3 || st.Captures != 0 {
+		t.Fatalf("stats %+v, want 3 eager steps", st)
+	}
+}

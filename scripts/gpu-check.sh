@@ -69,7 +69,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
+	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== nccl, one rank"
 PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
