@@ -141,8 +141,11 @@ type Backend struct {
 	// the kernels run in stream order, so the next op's launches reuse it after this one's.
 	splitBuf, splitBufBytes uint64
 
-	// The decode step being recorded (nil outside BeginDecodeStep ... EndDecodeStep), the
-	// buckets' graphs, and whether an arena upload from pinned memory may still be running.
+	// The decode steps being recorded, by the OS thread their goroutine is locked to between
+	// BeginDecodeStep and EndDecodeStep (another goroutine's ops run as always meanwhile);
+	// rec is the current op's (set by enter); the buckets' graphs; whether an arena upload
+	// from pinned memory may still be running.
+	recs      map[int]*stepRec
 	rec       *stepRec
 	graphs    map[int]*stepGraph
 	arenaBusy bool
@@ -403,6 +406,10 @@ func (b *Backend) loadKernels(cc int) (uintptr, error) {
 func (b *Backend) enter() bool {
 	b.mu.Lock()
 	runtime.LockOSThread()
+	b.rec = nil
+	if len(b.recs) > 0 {
+		b.rec = b.recs[threadID()]
+	}
 	if b.dead != nil {
 		return false
 	}
@@ -418,6 +425,7 @@ func (b *Backend) leave() {
 	if b.rec != nil { // the recorded launches run at EndDecodeStep, which frees it
 		b.rec.frees = append(b.rec.frees, b.scratch...)
 		b.scratch = b.scratch[:0]
+		b.rec = nil
 	}
 	for _, p := range b.scratch {
 		b.alloc.Free(p)
@@ -748,7 +756,11 @@ func (b *Backend) Free(t *engine.Tensor) {
 	}
 	bf.cleanup.Stop()
 	b.mu.Lock()
-	if r := b.rec; r != nil { // the recorded launches that use it are enqueued at EndDecodeStep
+	var r *stepRec
+	if len(b.recs) > 0 {
+		r = b.recs[threadID()]
+	}
+	if r != nil { // the recorded launches that use it are enqueued at EndDecodeStep
 		r.frees = append(r.frees, bf.ptr, bf.bf)
 	} else {
 		b.alloc.Free(bf.ptr)

@@ -112,14 +112,17 @@ func (b *Backend) DecodeGraphs() bool { return b.opts.DecodeGraphs }
 // padded to the buckets, whose buffers (and so graphs) are kept.
 func (b *Backend) PadDecode() bool { return b.opts.DecodeGraphs }
 
-// BeginDecodeStep implements engine.StepGraphBackend: the ops until EndDecodeStep are recorded.
+// BeginDecodeStep implements engine.StepGraphBackend: the calling goroutine's ops until
+// EndDecodeStep are recorded (it stays locked to its OS thread until then).
 func (b *Backend) BeginDecodeStep(key int) {
 	if !b.opts.DecodeGraphs {
 		return
 	}
+	runtime.LockOSThread() // until EndDecodeStep
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.rec = nil
+	tid := threadID()
+	delete(b.recs, tid)
 	if b.prof != nil || b.dead != nil {
 		return // the profiler times each launch: eager
 	}
@@ -134,7 +137,10 @@ func (b *Backend) BeginDecodeStep(key int) {
 	if g.off != "" {
 		return
 	}
-	b.rec = &stepRec{g: g}
+	if b.recs == nil {
+		b.recs = map[int]*stepRec{}
+	}
+	b.recs[tid] = &stepRec{g: g}
 }
 
 // put writes bytes of host metadata at src into the arena of the step being recorded and
@@ -206,10 +212,12 @@ func (b *Backend) EndDecodeStep() error {
 	if !b.opts.DecodeGraphs {
 		return nil
 	}
+	defer runtime.UnlockOSThread() // BeginDecodeStep's
 	ok := b.enter()
 	defer b.leave()
 	r := b.rec
 	b.rec = nil
+	delete(b.recs, threadID())
 	if r != nil {
 		defer func() {
 			for _, p := range r.frees {

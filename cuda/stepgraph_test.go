@@ -318,3 +318,49 @@ func TestDecodeGraphAllocInStep(t *testing.T) {
 		t.Fatalf("stats %+v, want 3 eager steps", st)
 	}
 }
+
+// TestDecodeGraphOtherGoroutine: while one goroutine records a decode step, another's ops (a
+// trainer's, overlapped with rollouts) run at once and are not recorded into the step, which is
+// captured and replayed as before.
+func TestDecodeGraphOtherGoroutine(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{DecodeGraphs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newGraphStep(b)
+	other := b.Alloc(16, 8)
+	ids, pos := []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}
+	if err := s.run(ids, pos, s.out); err != nil {
+		t.Fatal(err)
+	}
+	for step := range 2 {
+		l0 := len(g.launches)
+		b.BeginDecodeStep(4)
+		b.GatherRows(s.x, s.table, ids)
+		done := make(chan []string)
+		go func() {
+			n := len(g.launches)
+			b.Add(other, other, other)
+			done <- g.launched(n)
+		}()
+		if got := <-done; !slices.Equal(got, []string{"add"}) {
+			t.Fatalf("step %d: the other goroutine's Add launched %v at once, want [add]", step, got)
+		}
+		for range 2 {
+			b.RoPE(s.x, 16, pos, s.cos, s.sin)
+		}
+		b.MatMul(s.out, s.x, s.w)
+		b.MatMul(s.bigOut, s.big, s.w)
+		if err := b.EndDecodeStep(); err != nil {
+			t.Fatal(err)
+		}
+		want := [][]string{{"add", "gather_rows", "rope", "rope", "gemv_f32"}, {"add"}}[step] // captured, then replayed
+		if got := g.launched(l0); !slices.Equal(got, want) {
+			t.Fatalf("step %d launched %v, want %v", step, got, want)
+		}
+	}
+	if st := b.DecodeGraphStats()[4]; st.Captures != 1 || st.Replays != 1 {
+		t.Fatalf("stats %+v, want a capture and a replay", st)
+	}
+}
