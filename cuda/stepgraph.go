@@ -86,7 +86,7 @@ type stepRec struct {
 	launches []stepLaunch
 	actions  []func() // enqueue the launches (and uploads that did not fit the arena), in order
 	cursor   int      // arena bytes taken, aligned
-	end      int      // arena bytes the step's metadata spans (the upload's length)
+	end      int      // arena bytes up to the end of the last metadata that fit (the upload's length)
 	consts   []stepUpload
 	frees    []uint64 // device memory the step allocated as scratch, freed at EndDecodeStep
 	broken   string   // why this step cannot be captured ("": it can)
@@ -159,9 +159,9 @@ func (b *Backend) put(pc uintptr, src unsafe.Pointer, n uint64, dedupe bool) dpt
 	}
 	off := r.cursor
 	r.cursor += (int(n) + arenaAlign - 1) / arenaAlign * arenaAlign
-	r.end = off + int(n)
 	var dev dptr
 	if g := r.g; off+int(n) <= g.size {
+		r.end = off + int(n)
 		copy(g.stage[off:], data)
 		dev = dptr(g.dev + uint64(off))
 	} else {
@@ -264,9 +264,7 @@ func (b *Backend) runStep(r *stepRec) {
 		slog.Debug("cuda: decode step graph dropped, the step runs eagerly", "bucket", g.key, "reason", why)
 		b.dropGraph(g)
 	}
-	if r.cursor <= g.size {
-		b.copyArena(g, r.end)
-	}
+	b.copyArena(g, r.end) // what fit, also when later metadata did not
 	if why == "" && !b.failed() {
 		err := b.capture(g, r)
 		if err == nil {

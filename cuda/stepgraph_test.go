@@ -364,3 +364,48 @@ func TestDecodeGraphOtherGoroutine(t *testing.T) {
 		t.Fatalf("stats %+v, want a capture and a replay", st)
 	}
 }
+
+// TestDecodeGraphArenaOverflow: a step whose metadata outgrows the arena part-way runs eagerly
+// with what fit uploaded from the arena and the rest from scratch, then gets a larger arena
+// and is captured at its next step.
+func TestDecodeGraphArenaOverflow(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{DecodeGraphs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newGraphStep(b)
+	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
+		t.Fatal(err)
+	}
+	size := b.graphs[4].size
+	// A step whose positions take more than the arena after its ids.
+	long := make([]int32, size/4)
+	for i := range long {
+		long[i] = int32(i)
+	}
+	c0, l0, k0 := len(g.calls), len(g.launches), len(g.copies)
+	b.BeginDecodeStep(4)
+	b.GatherRows(s.x, s.table, []int32{4, 3, 2, 1})
+	b.RoPE(s.x, 16, long, s.cos, s.sin)
+	if err := b.EndDecodeStep(); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.countSince(c0, "streamBeginCapture"); n != 0 {
+		t.Fatalf("a step past its arena was captured")
+	}
+	if n := len(g.copies) - k0; n != 1 {
+		t.Fatalf("%d uploads from the pinned arena, want 1 (the ids that fit)", n)
+	}
+	arenaCopy := &g.copies[k0]
+	if !bytes.Equal(arenaCopy.data, le32([]int32{4, 3, 2, 1})) {
+		t.Fatalf("the arena upload holds % x, want the ids", arenaCopy.data)
+	}
+	ls := g.launches[l0:]
+	if len(ls) != 2 || ls[0].args[2] != arenaCopy.dst || ls[1].args[1] < arenaCopy.dst+uint64(size) && ls[1].args[1] >= arenaCopy.dst {
+		t.Fatalf("launches %+v: want gather_rows reading the arena %#x, rope reading scratch", ls, arenaCopy.dst)
+	}
+	if got := b.graphs[4].size; got < 2*(arenaAlign+4*len(long)) {
+		t.Fatalf("arena of %d bytes after a step of %d, want twice that", got, arenaAlign+4*len(long))
+	}
+}
