@@ -79,6 +79,13 @@ type Options struct {
 	// until a GPU run of the conformance suite (AdamWMany cases, and training in its
 	// "bf16-matmul-fused" run) and the benchmark shows it passes and wins.
 	MultiTensorAdamW bool
+	// DecodeGraphs replays the engine's fixed-buffer decode steps as CUDA graphs, one per
+	// batch-size bucket (engine.StepGraphBackend, stepgraph.go): the step's metadata goes to a
+	// per-bucket arena uploaded by one copy from pinned memory, and the step's launches are
+	// captured once and replayed with cuGraphLaunch. It also makes the engine pad decode
+	// batches to the buckets (engine.DecodePadder). Off until a GPU run of the conformance
+	// suite and the benchmark shows it passes and wins.
+	DecodeGraphs bool
 }
 
 // Backend is the CUDA engine backend: one device, one stream, one cuBLAS handle, the kernels of
@@ -133,6 +140,15 @@ type Backend struct {
 	// splitBuf holds decode_attn's partials (decode.go), kept between ops and grown on demand:
 	// the kernels run in stream order, so the next op's launches reuse it after this one's.
 	splitBuf, splitBufBytes uint64
+
+	// The decode steps being recorded, by the OS thread their goroutine is locked to between
+	// BeginDecodeStep and EndDecodeStep (another goroutine's ops run as always meanwhile);
+	// rec is the current op's (set by enter); the buckets' graphs; whether an arena upload
+	// from pinned memory may still be running.
+	recs      map[int]*stepRec
+	rec       *stepRec
+	graphs    map[int]*stepGraph
+	arenaBusy bool
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
@@ -390,6 +406,10 @@ func (b *Backend) loadKernels(cc int) (uintptr, error) {
 func (b *Backend) enter() bool {
 	b.mu.Lock()
 	runtime.LockOSThread()
+	b.rec = nil
+	if len(b.recs) > 0 {
+		b.rec = b.recs[threadID()]
+	}
 	if b.dead != nil {
 		return false
 	}
@@ -402,6 +422,11 @@ func (b *Backend) enter() bool {
 
 // leave frees the op's scratch and unlocks.
 func (b *Backend) leave() {
+	if b.rec != nil { // the recorded launches run at EndDecodeStep, which frees it
+		b.rec.frees = append(b.rec.frees, b.scratch...)
+		b.scratch = b.scratch[:0]
+		b.rec = nil
+	}
 	for _, p := range b.scratch {
 		b.alloc.Free(p)
 	}
@@ -513,6 +538,7 @@ func (b *Backend) synchronize(what string) error {
 	n := b.nRecent
 	b.nRecent = 0
 	if r == 0 {
+		b.arenaBusy = false
 		return nil
 	}
 	err := b.drv.check(what, r)
@@ -549,6 +575,9 @@ func (b *Backend) MemoryStats() (inUse, cached, peak uint64) { return b.alloc.St
 
 // devAlloc allocates bytes of device memory (no zeroing).
 func (b *Backend) devAlloc(bytes uint64) uint64 {
+	if b.rec != nil {
+		b.rec.breakf("%s allocates %d bytes of device memory", b.cur, bytes)
+	}
 	p, err := b.alloc.Alloc(bytes)
 	if err != nil {
 		b.fail(err)
@@ -571,6 +600,9 @@ func (b *Backend) upload(src unsafe.Pointer, bytes uint64) dptr {
 	if bytes == 0 {
 		return 0
 	}
+	if b.rec != nil {
+		return b.put(0, src, bytes, false)
+	}
 	p := b.tmp(bytes)
 	if p == 0 {
 		return 0
@@ -591,6 +623,11 @@ func (b *Backend) ints(v []int32) dptr {
 func (b *Backend) constInts(v []int32) dptr {
 	if len(v) == 0 {
 		return 0
+	}
+	if b.rec != nil {
+		var pc [1]uintptr
+		runtime.Callers(2, pc[:])
+		return b.put(pc[0], unsafe.Pointer(&v[0]), uint64(4*len(v)), true)
 	}
 	for i := range b.meta {
 		if e := &b.meta[i]; e.dev != 0 && slices.Equal(e.host, v) {
@@ -625,8 +662,27 @@ func (b *Backend) download(dst unsafe.Pointer, src uint64, bytes uint64) {
 	if bytes == 0 || b.failed() {
 		return
 	}
+	if b.rec != nil {
+		b.fail(fmt.Errorf("a download inside a recorded decode step (between BeginDecodeStep and EndDecodeStep)"))
+		return
+	}
 	b.fail(b.drv.check("cuMemcpyDtoHAsync", call(b.drv.memcpyDtoHAsync, uintptr(dst), uintptr(src), uintptr(bytes), b.strm)))
 	b.fail(b.synchronize("cuStreamSynchronize"))
+}
+
+// enq enqueues a driver call on the stream (a copy, a memset); inside a recorded decode step it
+// is recorded among the step's actions instead, and the step runs eagerly.
+func (b *Backend) enq(what string, fn uintptr, args ...uintptr) {
+	if b.rec != nil {
+		b.rec.breakf("%s enqueues %s", b.cur, what)
+		cur := b.cur
+		b.rec.actions = append(b.rec.actions, func() {
+			b.cur = cur
+			b.fail(b.drv.check(what, call(fn, args...)))
+		})
+		return
+	}
+	b.fail(b.drv.check(what, call(fn, args...)))
 }
 
 // launch enqueues kernel name on a grid of blocks of threads, its arguments in their 8-byte
@@ -641,6 +697,18 @@ func (b *Backend) launch(name string, grid [3]int, threads int, args ...uint64) 
 	f, ok := b.fns[name]
 	if !ok {
 		panic("cuda: no kernel " + name)
+	}
+	if b.rec != nil {
+		b.recordLaunch(name, f, grid, threads, args)
+		return
+	}
+	b.launchNow(name, f, grid, threads, args)
+}
+
+// launchNow enqueues kernel f (named name) on the stream.
+func (b *Backend) launchNow(name string, f uintptr, grid [3]int, threads int, args []uint64) {
+	if b.failed() {
+		return
 	}
 	k := packArgs(args)
 	ev, t0 := b.profStart()
@@ -668,7 +736,7 @@ func (b *Backend) Alloc(shape ...int) *engine.Tensor {
 		bf := b.newBuf(b.devAlloc(max(n, 4)), n)
 		t.Buf = bf
 		if bf.ptr != 0 && n > 0 {
-			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)))
+			b.enq("cuMemsetD32Async", b.drv.memsetD32Async, uintptr(bf.ptr), 0, uintptr(n/4), b.strm)
 		}
 	})
 	if t.Buf == nil { // after an error: a tensor without memory, which ops refuse
@@ -687,8 +755,18 @@ func (b *Backend) Free(t *engine.Tensor) {
 		return
 	}
 	bf.cleanup.Stop()
-	b.alloc.Free(bf.ptr)
-	b.alloc.Free(bf.bf)
+	b.mu.Lock()
+	var r *stepRec
+	if len(b.recs) > 0 {
+		r = b.recs[threadID()]
+	}
+	if r != nil { // the recorded launches that use it are enqueued at EndDecodeStep
+		r.frees = append(r.frees, bf.ptr, bf.bf)
+	} else {
+		b.alloc.Free(bf.ptr)
+		b.alloc.Free(bf.bf)
+	}
+	b.mu.Unlock()
 	bf.ptr, bf.bf = 0, 0
 	t.Buf = nil
 }
@@ -719,7 +797,10 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 			t.Buf = b.newBuf(p, n/2)
 		} else {
 			p := b.devAlloc(max(n, 4))
-			if p != 0 && n > 0 {
+			if p != 0 && n > 0 && b.rec != nil { // recorded: the copy is enqueued after Upload returns
+				src := b.put(0, unsafe.Pointer(&data[0]), n, false)
+				b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p), uintptr(src), uintptr(n), b.strm)
+			} else if p != 0 && n > 0 {
 				b.fail(b.drv.check("cuMemcpyHtoDAsync", call(b.drv.memcpyHtoDAsync, uintptr(p), uintptr(unsafe.Pointer(&data[0])), uintptr(n), b.strm)))
 			}
 			t.Buf = b.newBuf(p, n)

@@ -39,6 +39,18 @@ type fakeGPU struct {
 
 	kernels  map[uintptr]string // function handles of cuModuleGetFunction, by kernel name
 	launches []fakeLaunch       // every cuLaunchKernel, in order
+
+	// graphs and pinned memory
+	pinned    map[uintptr][]byte // cuMemHostAlloc's buffers, by address
+	capturing bool               // between cuStreamBeginCapture and cuStreamEndCapture
+	nGraphs   int
+	copies    []fakeCopy // every cuMemcpyHtoDAsync from pinned memory, in order
+}
+
+// fakeCopy is a cuMemcpyHtoDAsync from pinned memory: where to, and the bytes at the call.
+type fakeCopy struct {
+	dst  uint64
+	data []byte
 }
 
 // fakeLaunch is one kernel launch: the kernel, its grid and block, and its arguments' 8-byte
@@ -222,6 +234,42 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 			}
 		}
 		g.launches = append(g.launches, l)
+	case "memHostAlloc":
+		if g.pinned == nil {
+			g.pinned = map[uintptr][]byte{}
+		}
+		buf := make([]byte, a[1])
+		p := uintptr(unsafe.Pointer(&buf[0]))
+		g.pinned[p] = buf
+		*at[uintptr](a[0]) = p
+	case "memHostGetDevicePtr":
+		*at[uint64](a[0]) = 0xfeed0000
+	case "memFreeHost":
+		if _, ok := g.pinned[a[0]]; !ok {
+			g.t.Errorf("cuMemFreeHost of %#x, not a pinned buffer", a[0])
+		}
+		delete(g.pinned, a[0])
+	case "memcpyHtoDAsync":
+		for p, buf := range g.pinned {
+			if a[1] >= p && a[1] < p+uintptr(len(buf)) {
+				off := a[1] - p
+				g.copies = append(g.copies, fakeCopy{dst: uint64(a[0]), data: append([]byte(nil), buf[off:off+a[2]]...)})
+			}
+		}
+	case "streamBeginCapture":
+		if g.capturing {
+			return 900 // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+		}
+		g.capturing = true
+	case "streamEndCapture":
+		if !g.capturing {
+			return 901 // CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+		}
+		g.capturing = false
+		g.nGraphs++
+		*at[uintptr](a[1]) = uintptr(0xe000 + g.nGraphs)
+	case "graphInstantiateWithFlags":
+		*at[uintptr](a[0]) = a[1] + 0x1000
 	case "getErrorName":
 		n, ok := fakeErrorNames[int(a[0])]
 		if !ok {

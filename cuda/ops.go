@@ -51,6 +51,18 @@ func (b *Backend) gemm(what string, g gemm) {
 	if b.failed() || g.m == 0 || g.n == 0 {
 		return
 	}
+	if b.rec != nil {
+		b.recordGemm(what, g)
+		return
+	}
+	b.gemmNow(what, g)
+}
+
+// gemmNow enqueues the GEMM g on the stream.
+func (b *Backend) gemmNow(what string, g gemm) {
+	if b.failed() {
+		return
+	}
 	alpha, beta := new(float32), new(float32)
 	*alpha, *beta = 1, g.beta
 	if g.alpha != 0 {
@@ -229,7 +241,7 @@ func (s *kvStore) Grow(n int) error {
 					return nil
 				}
 				if bufs[l] != 0 {
-					b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)))
+					b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p), uintptr(bufs[l]), uintptr(uint64(s.blocks)*s.per()), b.strm)
 					b.alloc.Free(bufs[l])
 				}
 				bufs[l] = p
@@ -249,7 +261,7 @@ func (s *kvStore) CopyBlock(dst, src int) {
 		per := s.per()
 		for l := 0; l < s.layers; l++ {
 			for _, p := range []uint64{s.k[l], s.v[l]} {
-				b.fail(b.drv.check("cuMemcpyDtoDAsync", call(b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)))
+				b.enq("cuMemcpyDtoDAsync", b.drv.memcpyDtoDAsync, uintptr(p+uint64(dst)*per), uintptr(p+uint64(src)*per), uintptr(per), b.strm)
 			}
 		}
 	})

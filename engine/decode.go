@@ -19,6 +19,23 @@ type DecodePadder interface {
 	PadDecode() bool
 }
 
+// StepGraphBackend is implemented by a backend that can replay a decode step as one captured
+// unit (the CUDA backend's graphs, cuda.Options.DecodeGraphs). When DecodeGraphs says it is on,
+// the generator brackets the device part of every fixed-buffer decode step (the embedding, the
+// layers, the final norm and the LM head; not Sample, whose ids come back to the host) with
+// BeginDecodeStep(key) and EndDecodeStep, key being the step's bucket (its padded batch size).
+// Between the two the backend may enqueue nothing until EndDecodeStep, which must leave the
+// step's results in its tensors exactly as the ops called between would have.
+type StepGraphBackend interface {
+	// DecodeGraphs reports whether decode steps should be bracketed.
+	DecodeGraphs() bool
+	// BeginDecodeStep starts the decode step of bucket key.
+	BeginDecodeStep(key int)
+	// EndDecodeStep ends it: the step's ops are enqueued (replayed or run) by its return. Its
+	// error is the first error of the step's ops, as the next call returning one would give.
+	EndDecodeStep() error
+}
+
 // decodeBucket is the bucket of a decode batch of n rows: the least power of two >= n, capped
 // at maxSeqs (the largest batch the generator decodes), so the buckets of MaxSeqs 256 are
 // 1, 2, 4, ..., 256 and those of MaxSeqs 6 are 1, 2, 4, 6.
@@ -170,6 +187,11 @@ func (g *Generator) decodeStep(samples []*genSample, ids []int32, lps []float32,
 		d.padRow(r, kv.pad, kv.blockSize)
 	}
 	a := d.acts
+	sg, graphs := b.(StepGraphBackend)
+	graphs = graphs && sg.DecodeGraphs()
+	if graphs {
+		sg.BeginDecodeStep(P)
+	}
 	b.Embedding(a.x, m.Embed, d.ids)
 	p := layerPass{b: b, c: c, pos: d.pos, cos: m.cos, sin: m.sin, ad: m.Adapters,
 		attn: pagedAttention{b: b, kv: kv.store, batch: &d.batch}}
@@ -178,6 +200,11 @@ func (g *Generator) decodeStep(samples []*genSample, ids []int32, lps []float32,
 	}
 	b.RMSNorm(a.h1, a.x, m.Norm, float32(c.RMSNormEps))
 	b.MatMul(d.logits, a.h1, m.LMHead)
+	if graphs {
+		if err := sg.EndDecodeStep(); err != nil {
+			return fmt.Errorf("decode step of a batch of %d: %w", P, err)
+		}
+	}
 	id, lp, err := b.Sample(d.logits, d.rows)
 	if err != nil {
 		return err

@@ -322,3 +322,112 @@ func BenchmarkFixedDecode(b *testing.B) {
 		}
 	}
 }
+
+// stepSpy is a StepGraphBackend over the CPU backend that replays nothing: it checks that
+// BeginDecodeStep and EndDecodeStep alternate and counts them.
+type stepSpy struct {
+	*cpu.Backend
+	on          bool
+	open        bool
+	begins, end int
+	err         error
+}
+
+func (s *stepSpy) DecodeGraphs() bool { return s.on }
+
+func (s *stepSpy) BeginDecodeStep(int) {
+	if s.open && s.err == nil {
+		s.err = fmt.Errorf("BeginDecodeStep inside a bracketed step")
+	}
+	s.open = true
+	s.begins++
+}
+
+func (s *stepSpy) EndDecodeStep() error {
+	if !s.open && s.err == nil {
+		s.err = fmt.Errorf("EndDecodeStep without BeginDecodeStep")
+	}
+	s.open = false
+	s.end++
+	return nil
+}
+
+// TestDecodeStepGraphHooks: on a backend that replays decode steps (engine.StepGraphBackend,
+// here a spy over the CPU), every fixed-buffer decode step brackets exactly its device part
+// with the hooks: BeginDecodeStep(bucket), then Embedding ... the LM head's MatMul into the
+// logits, then EndDecodeStep, then Sample outside; the prefill step (Model.forward) is not
+// bracketed; the generated tokens are those of the same run without the hooks; and a backend
+// whose DecodeGraphs is false is never called.
+func TestDecodeStepGraphHooks(t *testing.T) {
+	reqs := []engine.Request{
+		{Prompt: randPrompt(rand.New(rand.NewPCG(1, 2)), 15, 32), Params: engine.SamplingParams{N: 3, Temperature: 1, MaxNewTokens: 20, Seed: 1}},
+		{Prompt: []int32{5, 6, 7}, Params: engine.SamplingParams{Temperature: 1, MaxNewTokens: 8, Seed: 2}},
+	}
+	run := func(on bool) ([]engine.Result, [][]enginetest.Call, *stepSpy) {
+		c := defaultModelConfig()
+		spy := &stepSpy{Backend: cpu.New(), on: on}
+		rec := enginetest.NewRecorder(spy)
+		m, err := engine.NewModel(c, rec, engine.RandomWeights(c, 1, 0.02), engine.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := newGen(t, m, engine.GeneratorOptions{MaxSeqs: 8})
+		engine.SetPadDecode(g, true)
+		rec.Take()
+		var steps [][]enginetest.Call
+		res, err := engine.GenerateChecked(g, reqs, func(int, uint64) { steps = append(steps, rec.Take()) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spy.err != nil {
+			t.Fatal(spy.err)
+		}
+		return res, steps, spy
+	}
+	want, plain, off := run(false)
+	got, steps, spy := run(true)
+	if off.begins != 0 || off.end != 0 {
+		t.Fatalf("DecodeGraphs false: %d BeginDecodeStep, %d EndDecodeStep calls, want none", off.begins, off.end)
+	}
+	for _, st := range plain {
+		if n := enginetest.Count(st); n["BeginDecodeStep"]+n["EndDecodeStep"] != 0 {
+			t.Fatalf("DecodeGraphs false: the recorder saw %v", n)
+		}
+	}
+	if len(steps) != 20 || spy.begins != 19 || spy.end != 19 {
+		t.Fatalf("%d steps, %d BeginDecodeStep, %d EndDecodeStep; want 20 steps (a prefill, 19 decode steps), 19 of each", len(steps), spy.begins, spy.end)
+	}
+	for i, st := range steps {
+		var ops []string
+		for _, c := range st {
+			ops = append(ops, c.Op)
+		}
+		b, e := slices.Index(ops, "BeginDecodeStep"), slices.Index(ops, "EndDecodeStep")
+		if i == 0 {
+			if b >= 0 || e >= 0 {
+				t.Fatalf("the prefill step is bracketed: %v", ops)
+			}
+			continue
+		}
+		if b < 0 || e < b+2 {
+			t.Fatalf("decode step %d: no bracket around its ops: %v", i, ops)
+		}
+		if key, rows := st[b].Args, sampleRows(st); key != fmt.Sprint(rows) {
+			t.Fatalf("decode step %d: BeginDecodeStep(%s), want the bucket %d", i, key, rows)
+		}
+		logits := st[e-1]
+		if ops[b+1] != "Embedding" || logits.Op != "MatMul" || e+1 >= len(ops) || ops[e+1] != "Sample" ||
+			logits.Tensors[0].T != st[e+1].Tensors[0].T {
+			t.Fatalf("decode step %d: the bracket holds %v .. %v and is followed by %v; want Embedding .. the LM head's MatMul, then Sample of its logits",
+				i, ops[b+1], ops[e-1], ops[e+1:])
+		}
+		for _, op := range ops[b+1 : e] {
+			if slices.Contains([]string{"Sample", "Download", "Upload", "Alloc", "Free", "LogProbs", "BeginDecodeStep"}, op) {
+				t.Fatalf("decode step %d: %s inside the bracket", i, op)
+			}
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("the generation differs with the hooks:\n got %v\nwant %v", got, want)
+	}
+}

@@ -15,7 +15,8 @@
 #      fused layer ops that are off by default; the decode_attn kernels: bf16 KV cache and
 #      split-KV decode), with finite differences, then its attention cases on the tiled
 #      tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off by default: the
-#      "tiled-attention" run, which also checks that every flash_* kernel ran) ->
+#      "tiled-attention" run, which also checks that every flash_* kernel ran), and generation
+#      with decode steps replayed as CUDA graphs against eager decoding (TestGPUDecodeGraphs) ->
 #      conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
 #   1b. NCCL (engine/dist's nccl backend on the CUDA backend's tensors, cuda's TestGPUNCCL):
@@ -26,7 +27,7 @@
 #      pip's nvidia/nccl/lib, or where the machine's python3 has nvidia.nccl; PROLONG_NCCL
 #      overrides;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
-#      references, batch-1 decode, rollouts of 64 and 256 samples x 1024 new tokens with their
+#      references, batch-1 decode (also with cuda.Options.DecodeGraphs), rollouts of 64 and 256 samples x 1024 new tokens with their
 #      fraction of the HBM roofline, batch-1 decode at 4k and 16k tokens of context with an
 #      fp32 and a bf16 KV cache, split over the context or not (tok/s, attention's GPU time and
 #      KV read rate), a training step of 8 x 1024 tokens (tok/s, MFU, peak memory), and the
@@ -69,7 +70,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings' -test.v >"$out/conformance.log" 2>&1
+	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== nccl, one rank"
 PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \

@@ -340,3 +340,27 @@ func (r *Recorder) LogProbs(logits *engine.Tensor, targets []int32, temperature 
 	r.add("LogProbs", []*engine.Tensor{logits}, []HostRef{hostRef("targets", targets)}, fmt.Sprint("temperature=", temperature))
 	return r.B.LogProbs(logits, targets, temperature)
 }
+
+// DecodeGraphs implements engine.StepGraphBackend: the wrapped backend's answer (false when it
+// has none), so the engine brackets decode steps as it would on that backend.
+func (r *Recorder) DecodeGraphs() bool {
+	g, ok := r.B.(engine.StepGraphBackend)
+	return ok && g.DecodeGraphs()
+}
+
+// BeginDecodeStep implements engine.StepGraphBackend: recorded, with the key in Args.
+func (r *Recorder) BeginDecodeStep(key int) {
+	r.add("BeginDecodeStep", nil, nil, fmt.Sprint(key))
+	if g, ok := r.B.(engine.StepGraphBackend); ok {
+		g.BeginDecodeStep(key)
+	}
+}
+
+// EndDecodeStep implements engine.StepGraphBackend: recorded.
+func (r *Recorder) EndDecodeStep() error {
+	r.add("EndDecodeStep", nil, nil, "")
+	if g, ok := r.B.(engine.StepGraphBackend); ok {
+		return g.EndDecodeStep()
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -33,6 +34,8 @@ type gpuReport struct {
 	WeightBytes     int64                    `json:"weight_bytes"`                           // bf16 linear weights streamed per decode step
 	Decode1TokS     float64                  `json:"decode_b1_tok_s"`                        // batch 1, 32-token prompt, greedy
 	Decode1Roofline float64                  `json:"decode_b1_roofline"`                     // fraction of copy-bandwidth floor
+	Graph1TokS      float64                  `json:"decode_b1_graphs_tok_s,omitempty"`       // the same with cuda.Options.DecodeGraphs
+	Graph1Stats     string                   `json:"decode_b1_graphs,omitempty"`             // its DecodeGraphStats per bucket
 	Rollout         []roll                   `json:"rollout"`                                //
 	TrainTokS       float64                  `json:"train_tok_s"`                            // 8 x 1024 tokens, CE, AdamW
 	TrainStepS      float64                  `json:"train_step_s"`                           //
@@ -246,6 +249,9 @@ func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights ma
 	sec := tb - ta
 	rep.Decode1TokS, rep.Decode1Roofline = float64(n1)/sec, floor(1, n1)/sec
 	fmt.Fprintf(w, "decode\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n1, sec, rep.Decode1TokS, 100*rep.Decode1Roofline)
+	if err := gpuGraphDecode(rep, c, weights, n1, floor(1, n1), w); err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("decode with graphs: %v", err))
+	}
 	for _, batch := range []int{64, 256} {
 		kv := int64(float64(batch)*float64(32+rolloutTokens+32)*kvPerTok) + 1<<30
 		sec, err := genTime(m, batch, 32, rolloutTokens, 1, kv)
@@ -267,6 +273,37 @@ func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights ma
 		_, err := genTime(m, 256, 32, rolloutTokens, 1, kv)
 		return err
 	})
+}
+
+// gpuGraphDecode times batch-1 decoding as gpuGeneration does on a backend opened beside it
+// with cuda.Options.DecodeGraphs (each decode step replayed as a CUDA graph), and records how
+// many steps were captured, replayed and run eagerly. floor is the HBM roofline's seconds.
+func gpuGraphDecode(rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor, n int, floor float64, w io.Writer) error {
+	bg, err := cuda.Open(cuda.Options{BF16Matmul: true, DecodeGraphs: true})
+	if err != nil {
+		return err
+	}
+	m, err := engine.NewModel(c, bg, weights, engine.BF16)
+	if err != nil {
+		return err
+	}
+	if _, err := genTime(m, 1, 32, 8, 0, 1<<30); err != nil { // warm-up
+		return err
+	}
+	ta, err := genTime(m, 1, 32, 1, 0, 1<<30)
+	if err != nil {
+		return err
+	}
+	tb, err := genTime(m, 1, 32, n+1, 0, 1<<30)
+	if err != nil {
+		return err
+	}
+	sec := tb - ta
+	rep.Graph1TokS = float64(n) / sec
+	rep.Graph1Stats = fmt.Sprintf("%+v", bg.DecodeGraphStats())
+	fmt.Fprintf(w, "decode (graphs)\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n, sec, rep.Graph1TokS, 100*floor/sec)
+	fmt.Fprintf(w, "decode graphs per bucket: %s\t\t\t\t\t\t\n", rep.Graph1Stats)
+	return nil
 }
 
 // gpuLongDecode times batch-1 decode at 4k and 16k positions of context (engine.TimeDecode: the
