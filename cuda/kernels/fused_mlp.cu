@@ -1,24 +1,13 @@
 // The MLP's gate/up projections fused with SwiGLU, and several projections of one input in one
 // launch (the backend's MatMuls: Q, K, V; gate, up). Matrix-vector kernels for decoding take the
 // layout and arithmetic of gemv.cu: y[M, N] = x[M, K]·W[N, K]ᵀ with fp32 x and y,
-// M <= FM_MAXM (gemv.cu's GEMV_MAXM), K a multiple of 8; wpr warps (1, 2, 4 or 8) share one
+// M <= GEMV_MAXM (common.cuh), K a multiple of 8; wpr warps (1, 2, 4 or 8) share one
 // output column, each lane loads 16 bytes of W's row per step and dots them with every row of
 // x; sums in fp32, reduced across the warp and then across the wpr warps in order. Grid
 // (ceil(N/(8/wpr))) unless said, block 256 (8 warps).
-#define FM_MAXM 8
 
 // fm_load8 reads W[k..k+8) of a row as fp32.
-__device__ __forceinline__ void fm_load8(const bf16* w, float* w8) {
-	uint4 raw = *(const uint4*)w;
-	w8[0] = __uint_as_float(raw.x << 16);
-	w8[1] = __uint_as_float(raw.x & 0xffff0000u);
-	w8[2] = __uint_as_float(raw.y << 16);
-	w8[3] = __uint_as_float(raw.y & 0xffff0000u);
-	w8[4] = __uint_as_float(raw.z << 16);
-	w8[5] = __uint_as_float(raw.z & 0xffff0000u);
-	w8[6] = __uint_as_float(raw.w << 16);
-	w8[7] = __uint_as_float(raw.w & 0xffff0000u);
-}
+__device__ __forceinline__ void fm_load8(const bf16* w, float* w8) { bf16x8(*(const uint4*)w, w8); }
 
 __device__ __forceinline__ void fm_load8(const float* w, float* w8) {
 	float4 a = *(const float4*)w, c = *(const float4*)(w + 4);
@@ -26,22 +15,11 @@ __device__ __forceinline__ void fm_load8(const float* w, float* w8) {
 	w8[4] = c.x, w8[5] = c.y, w8[6] = c.z, w8[7] = c.w;
 }
 
-// fm_acc8 adds w8 · x[m, k..k+8) to acc[m] for every row m < M (gemv_acc8's expression).
-__device__ __forceinline__ void fm_acc8(float* acc, const float* w8, const float* x, int M, int K, int k) {
-	for (int m = 0; m < FM_MAXM; m++) {
-		if (m >= M) break;
-		const float4* xp = (const float4*)(x + (i64)m * K + k);
-		float4 a = xp[0], b = xp[1];
-		acc[m] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
-		          w8[6] * b.z + w8[7] * b.w;
-	}
-}
-
 // fm_reduce sums acc over the warp into red[warp][m]; after it (and a __syncthreads) the first
 // warp of a column adds red[w .. w+wpr) in order.
-__device__ __forceinline__ void fm_reduce(float (*red)[FM_MAXM], float* acc) {
+__device__ __forceinline__ void fm_reduce(float (*red)[GEMV_MAXM], float* acc) {
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-	for (int m = 0; m < FM_MAXM; m++) {
+	for (int m = 0; m < GEMV_MAXM; m++) {
 		float s = warp_sum(acc[m]);
 		if (lane == 0) red[w][m] = s;
 	}
@@ -50,24 +28,24 @@ __device__ __forceinline__ void fm_reduce(float (*red)[FM_MAXM], float* acc) {
 // fm_gemv is one column n of y = x·Wᵀ for the block's warp w (part w%wpr of the row), as gemv.cu.
 template <typename W>
 __device__ __forceinline__ void fm_gemv(float* y, const float* x, const W* Wt, int M, int N, int K, int wpr, int blk) {
-	__shared__ float red[8][FM_MAXM];
+	__shared__ float red[8][GEMV_MAXM];
 	int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	int n = blk * (8 / wpr) + w / wpr, part = w % wpr;
-	float acc[FM_MAXM];
-	for (int m = 0; m < FM_MAXM; m++) acc[m] = 0.0f;
+	float acc[GEMV_MAXM];
+	for (int m = 0; m < GEMV_MAXM; m++) acc[m] = 0.0f;
 	if (n < N) {
 		const W* wr = Wt + (i64)n * K;
 #pragma unroll 4
 		for (int k = (part * 32 + lane) * 8; k < K; k += wpr * 256) {
 			float w8[8];
 			fm_load8(wr + k, w8);
-			fm_acc8(acc, w8, x, M, K, k);
+			gemv_acc8(acc, w8, x, M, K, k);
 		}
 	}
 	fm_reduce(red, acc);
 	__syncthreads();
 	if (lane == 0 && w % wpr == 0 && n < N) {
-		for (int m = 0; m < FM_MAXM; m++) {
+		for (int m = 0; m < GEMV_MAXM; m++) {
 			if (m >= M) break;
 			float s = 0;
 			for (int j = 0; j < wpr; j++) s += red[w + j][m];
@@ -109,11 +87,11 @@ extern "C" __global__ void gemv3_f32(float* y0, float* y1, float* y2, const floa
 template <typename W>
 __device__ __forceinline__ void fm_gemv_swiglu(float* out, float* gate, float* up, const float* x, const W* Wg,
                                                const W* Wu, int M, int N, int K, int wpr) {
-	__shared__ float redg[8][FM_MAXM], redu[8][FM_MAXM];
+	__shared__ float redg[8][GEMV_MAXM], redu[8][GEMV_MAXM];
 	int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	int n = blockIdx.x * (8 / wpr) + w / wpr, part = w % wpr;
-	float accg[FM_MAXM], accu[FM_MAXM];
-	for (int m = 0; m < FM_MAXM; m++) accg[m] = accu[m] = 0.0f;
+	float accg[GEMV_MAXM], accu[GEMV_MAXM];
+	for (int m = 0; m < GEMV_MAXM; m++) accg[m] = accu[m] = 0.0f;
 	if (n < N) {
 		const W* gr = Wg + (i64)n * K;
 		const W* ur = Wu + (i64)n * K;
@@ -122,15 +100,15 @@ __device__ __forceinline__ void fm_gemv_swiglu(float* out, float* gate, float* u
 			float g8[8], u8[8];
 			fm_load8(gr + k, g8);
 			fm_load8(ur + k, u8);
-			fm_acc8(accg, g8, x, M, K, k);
-			fm_acc8(accu, u8, x, M, K, k);
+			gemv_acc8(accg, g8, x, M, K, k);
+			gemv_acc8(accu, u8, x, M, K, k);
 		}
 	}
 	fm_reduce(redg, accg);
 	fm_reduce(redu, accu);
 	__syncthreads();
 	if (lane == 0 && w % wpr == 0 && n < N) {
-		for (int m = 0; m < FM_MAXM; m++) {
+		for (int m = 0; m < GEMV_MAXM; m++) {
 			if (m >= M) break;
 			float g = 0, u = 0;
 			for (int j = 0; j < wpr; j++) g += redg[w + j][m];

@@ -4,29 +4,6 @@
 // n, 16 bytes per lane per load, and dots it with every row of x (x stays in L1/L2). Sums in
 // fp32, reduced across the warp and then across the wpr warps in order. Grid
 // (ceil(N/(8/wpr))), block 256 (8 warps).
-#define GEMV_MAXM 8
-
-__device__ __forceinline__ void gemv_acc8(float* acc, const float* w8, const float* x, int M, int K, int k) {
-	for (int m = 0; m < GEMV_MAXM; m++) {
-		if (m >= M) break;
-		const float4* xp = (const float4*)(x + (i64)m * K + k);
-		float4 a = xp[0], b = xp[1];
-		acc[m] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
-		          w8[6] * b.z + w8[7] * b.w;
-	}
-}
-
-__device__ __forceinline__ void bf16x8(uint4 raw, float* w8) {
-	w8[0] = __uint_as_float(raw.x << 16);
-	w8[1] = __uint_as_float(raw.x & 0xffff0000u);
-	w8[2] = __uint_as_float(raw.y << 16);
-	w8[3] = __uint_as_float(raw.y & 0xffff0000u);
-	w8[4] = __uint_as_float(raw.z << 16);
-	w8[5] = __uint_as_float(raw.z & 0xffff0000u);
-	w8[6] = __uint_as_float(raw.w << 16);
-	w8[7] = __uint_as_float(raw.w & 0xffff0000u);
-}
-
 // gemv_finish reduces acc over the warp and over the wpr warps of the column, and writes y.
 __device__ __forceinline__ void gemv_finish(float* y, float* acc, int M, int N, int n, int wpr) {
 	__shared__ float red[8][GEMV_MAXM];
