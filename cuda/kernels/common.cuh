@@ -95,3 +95,25 @@ __device__ __forceinline__ void bf16x8(uint4 raw, float* w8) {
 	w8[6] = __uint_as_float(raw.w << 16);
 	w8[7] = __uint_as_float(raw.w & 0xffff0000u);
 }
+
+// to_cache is a value as a KV cache of its type holds it: fp32 as is, bf16 rounded to nearest
+// even (as the CPU's store: engine/internal/kern F32ToBF16).
+__device__ __forceinline__ float to_cache(float x, float*) { return x; }
+__device__ __forceinline__ bf16 to_cache(float x, bf16*) { return f32_to_bf16(x); }
+
+// kv_store writes the keys and values of T new tokens into the paged cache of one layer:
+// kc, vc [blocks, KV, BS, Dh]; k, v [T, KV*Dh]; slots[t] = block*BS + offset. One thread per value.
+template <typename C>
+__device__ __forceinline__ void kv_store(C* kc, C* vc, const float* k, const float* v, const int* slots, int T, int nkv,
+                                         int bs, int dh) {
+	i64 n = (i64)T * nkv * dh;
+	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+		int t = (int)(i / (nkv * dh));
+		int r = (int)(i % (nkv * dh));
+		int h = r / dh, d = r % dh;
+		int slot = slots[t];
+		i64 dst = (((i64)(slot / bs) * nkv + h) * bs + slot % bs) * dh + d;
+		kc[dst] = to_cache(k[i], kc);
+		vc[dst] = to_cache(v[i], vc);
+	}
+}

@@ -7,20 +7,11 @@
 // attends to positions 0..pos). Partials of a split launch: pm, pl [T, H, nsplit] (maximum and
 // sum of the exponentials of a split's scores), po [T, H, nsplit, Dh] (its unnormalised output).
 
-// kv_write_bf16 is kv_write for a bf16 cache: k, v [T, KV*Dh] fp32 rounded to bf16 (to nearest
-// even, as the CPU's store rounds: engine/internal/kern F32ToBF16) at their slots.
+// kv_write_bf16 is kv_store (common.cuh) into a bf16 cache: k, v [T, KV*Dh] rounded to bf16
+// (to nearest even, as the CPU's store rounds) at their slots.
 extern "C" __global__ void kv_write_bf16(bf16* kc, bf16* vc, const float* k, const float* v, const int* slots,
                                          int T, int nkv, int bs, int dh) {
-	i64 n = (i64)T * nkv * dh;
-	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-		int t = (int)(i / (nkv * dh));
-		int r = (int)(i % (nkv * dh));
-		int h = r / dh, d = r % dh;
-		int slot = slots[t];
-		i64 dst = (((i64)(slot / bs) * nkv + h) * bs + slot % bs) * dh + d;
-		kc[dst] = f32_to_bf16(k[i]);
-		vc[dst] = f32_to_bf16(v[i]);
-	}
+	kv_store(kc, vc, k, v, slots, T, nkv, bs, dh);
 }
 
 #define DA_WARPS 4   // warps per block

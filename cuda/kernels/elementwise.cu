@@ -135,18 +135,8 @@ extern "C" __global__ void sumsq_partial(double* partial, const float* x, i64 n)
 	if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-// Writes the keys and values of T new tokens into the paged cache of one layer:
-// kc, vc [blocks, KV, BS, Dh]; k, v [T, KV*Dh]; slots[t] = block*BS + offset. One thread per value.
+// kv_write is kv_store (common.cuh) into an fp32 cache.
 extern "C" __global__ void kv_write(float* kc, float* vc, const float* k, const float* v, const int* slots,
                                     int T, int nkv, int bs, int dh) {
-	i64 n = (i64)T * nkv * dh;
-	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-		int t = (int)(i / (nkv * dh));
-		int r = (int)(i % (nkv * dh));
-		int h = r / dh, d = r % dh;
-		int slot = slots[t];
-		i64 dst = (((i64)(slot / bs) * nkv + h) * bs + slot % bs) * dh + d;
-		kc[dst] = k[i];
-		vc[dst] = v[i];
-	}
+	kv_store(kc, vc, k, v, slots, T, nkv, bs, dh);
 }
