@@ -88,8 +88,8 @@ func maxRSS() int64 {
 }
 
 // runLongTrain times one training step (forward, backward with recompute, AdamW; cross-entropy
-// through the fused LM head) of the 122M model on one sequence of each length, in the order given: seconds, the Go heap's peak during
-// the step, the process's peak RSS so far, and the share of the step spent in attention.
+// through the fused LM head) of the 122M model on one sequence of each length, in the order given: seconds, the cores kept busy (CPU seconds
+// over seconds), the Go heap's peak during the step, the process's peak RSS so far, and the share of the step spent in attention.
 func runLongTrain(lens []int) error {
 	c := *engine.Bench122M()
 	for _, l := range lens {
@@ -97,7 +97,7 @@ func runLongTrain(lens []int) error {
 	}
 	fmt.Printf("\nlong sequences: one training step on one sequence, forward + backward (recompute) + AdamW, fp32; attention tiled from %d tokens\n\n", cpu.DefaultTiledAttentionFrom)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "tokens\tstep s\tattention s\tattention share\theap peak GiB\tmax RSS GiB\t")
+	fmt.Fprintf(w, "tokens\tstep s\tcores busy (of %d)\tattention s\tattention share\theap peak GiB\tmax RSS GiB\t\n", runtime.GOMAXPROCS(0))
 	for _, l := range lens {
 		b := &timedAttn{Backend: cpu.New(cpu.WithMatMulPrecision(cpu.PrecisionFP32))}
 		m, err := engine.NewModel(&c, b, engine.RandomWeights(&c, 1, 0.02), engine.F32)
@@ -111,17 +111,17 @@ func runLongTrain(lens []int) error {
 		seqs := trainBatch(&c, 1, l)
 		runtime.GC()
 		stop := heapPeak()
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		if _, err := tr.ForwardBackwardTokens(context.Background(), seqs, engine.TokenCrossEntropy(float64(l-1))); err != nil {
 			return fmt.Errorf("long sequence of %d tokens: %w", l, err)
 		}
 		if _, err := tr.Step(); err != nil {
 			return fmt.Errorf("long sequence of %d tokens: %w", l, err)
 		}
-		sec := time.Since(t0).Seconds()
+		sec, cpuSec := time.Since(t0).Seconds(), cpuSeconds()-c0
 		peak := stop()
 		att := float64(b.ns.Load()) / 1e9
-		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.0f%%\t%.2f\t%.2f\t\n", l, sec, att, 100*att/sec, float64(peak)/(1<<30), float64(maxRSS())/(1<<30))
+		fmt.Fprintf(w, "%d\t%.1f\t%.2f\t%.1f\t%.0f%%\t%.2f\t%.2f\t\n", l, sec, cpuSec/sec, att, 100*att/sec, float64(peak)/(1<<30), float64(maxRSS())/(1<<30))
 		w.Flush()
 	}
 	return nil
