@@ -14,8 +14,9 @@ import (
 const ltWorkspaceBytes = 32 << 20
 
 // ltMaxPlans bounds the plan cache. Training shapes repeat, but prefill batches of varying
-// token counts bring new M values; past this many plans one is dropped for each new one.
-const ltMaxPlans = 4096
+// token counts bring new M values; past this many plans one is dropped for each new one (a
+// variable for tests).
+var ltMaxPlans = 4096
 
 // ltGemms is a backend's cuBLASLt state (guarded by the backend's mutex).
 type ltGemms struct {

@@ -503,3 +503,29 @@ func TestCublasLtMatmulError(t *testing.T) {
 		t.Errorf("%d matmuls recorded, want 1 (the second call)", len(g.lt.matmuls))
 	}
 }
+
+// TestCublasLtPlanCacheBound (fake GPU): past ltMaxPlans plans, each new shape drops one plan
+// and destroys its descriptors; the GEMMs still run on cuBLASLt.
+func TestCublasLtPlanCacheBound(t *testing.T) {
+	saved := ltMaxPlans
+	ltMaxPlans = 2
+	t.Cleanup(func() { ltMaxPlans = saved })
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{CublasLt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := fakeWeight(t, b, engine.F32, 24, 32)
+	for _, m := range []int{16, 17, 18, 19, 20} {
+		b.MatMul(b.Alloc(m, 24), b.Alloc(m, 32), w)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.lt.queries) != 5 || len(g.lt.matmuls) != 5 || len(g.gemms) != 0 {
+		t.Fatalf("%d queries, %d cublasLtMatmul, %d cublasGemmEx; want 5, 5, 0", len(g.lt.queries), len(g.lt.matmuls), len(g.gemms))
+	}
+	if _, _, plans, _ := b.CublasLtStats(); plans != 2 || len(g.lt.objs) != 2*5 {
+		t.Errorf("%d plans and %d cuBLASLt objects alive, want 2 and 10", plans, len(g.lt.objs))
+	}
+}
