@@ -77,6 +77,9 @@ type Backend struct {
 	rec       *stepRec
 	graphs    map[int]*stepGraph
 	arenaBusy bool
+
+	// lt is the cuBLASLt GEMM path (Options.CublasLt, ltgemm.go).
+	lt ltGemms
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
@@ -264,6 +267,9 @@ func open(o Options) (*Backend, error) {
 	}
 	if err := b.blas.check("cublasSetStream", call(b.blas.setStream, b.hblas, b.strm)); err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
+	}
+	if o.CublasLt {
+		b.lt.on = b.setupLt() == nil // else logged: the GEMMs stay on cublasGemmEx
 	}
 	return b, nil
 }

@@ -2,13 +2,15 @@ package cuda
 
 import (
 	"fmt"
+	"runtime"
 	"unsafe"
 )
 
 // Bindings for cuBLASLt (libcublasLt), the matmul API with workspaces, epilogues and a
 // heuristic choice of algorithm. Issue 35 asks whether it beats cublasGemmEx for the training
-// GEMMs; these bindings make it measurable (TestCublasLtMatchesGemmEx on a GPU). Prototypes,
+// GEMMs; these bindings make it measurable (TestGPUCublasLtMatchesGemmEx on a GPU). Prototypes,
 // enum values and struct layouts are checked against the headers (abi_test.go, testdata/abi.txt).
+// Options.CublasLt runs the backend's GEMMs through them (ltgemm.go).
 
 var specCublasLt = libSpec{"cuBLASLt", "PROLONG_CUBLASLT", []string{"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"}}
 
@@ -33,6 +35,7 @@ const (
 	ltEpilogueDefault     = 1 // CUBLASLT_EPILOGUE_DEFAULT
 	ltEpilogueBias        = 4 // CUBLASLT_EPILOGUE_BIAS
 	ltPrefMaxWorkspace    = 1 // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+	ltPrefMinAlignA       = 5 // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES (B, C, D follow: 6, 7, 8)
 	ltHeuristicCandidates = 8
 )
 
@@ -105,9 +108,20 @@ type ltPlan struct {
 	g                   gemm
 }
 
+// ptrAlign is the alignment of a device address in bytes as cuBLASLt's preferences take it:
+// the largest power of two dividing it, at most 256 (the preferences' default, which
+// cuMemAlloc's blocks meet); 256 for 0 (no address given).
+func ptrAlign(p uint64) uint32 {
+	if p == 0 || p%256 == 0 {
+		return 256
+	}
+	return uint32(p & -p)
+}
+
 // newLtPlan describes g (transposes, shapes, types, leading dimensions, compute type; no
-// batch) and asks the heuristic for the best algorithm that fits workspace bytes. C and D are
-// the same matrix.
+// batch) and asks the heuristic for the best algorithm that fits workspace bytes and the
+// alignment of g's addresses (ptrAlign: an operand at an offset inside a tensor may be aligned
+// to less than the 256 bytes cuBLASLt assumes by default). C and D are the same matrix.
 func (c *cublasLt) newLtPlan(handle uintptr, g gemm, workspace uint64) (*ltPlan, error) {
 	if g.batch > 0 {
 		return nil, fmt.Errorf("cuda: cuBLASLt plan: batched GEMMs are not described yet")
@@ -157,6 +171,12 @@ func (c *cublasLt) newLtPlan(handle uintptr, g gemm, workspace uint64) (*ltPlan,
 	if err := c.check("cublasLtMatmulPreferenceSetAttribute", call(c.prefSetAttribute, p.pref, ltPrefMaxWorkspace, uintptr(unsafe.Pointer(&ws)), 8)); err != nil {
 		return nil, err
 	}
+	align := [4]uint32{ptrAlign(g.a), ptrAlign(g.b), ptrAlign(g.c), ptrAlign(g.c)} // A, B, C, D
+	for i := range align {
+		if err := c.check("cublasLtMatmulPreferenceSetAttribute", call(c.prefSetAttribute, p.pref, uintptr(ltPrefMinAlignA+i), uintptr(unsafe.Pointer(&align[i])), 4)); err != nil {
+			return nil, err
+		}
+	}
 	var res [ltHeuristicCandidates]ltHeuristicResult
 	var n int32
 	if err := c.check("cublasLtMatmulAlgoGetHeuristic", call(c.algoGetHeuristic, handle, p.desc, p.a, p.b, p.c, p.c, p.pref,
@@ -180,9 +200,16 @@ func (p *ltPlan) run(a, b, c uint64, alpha, beta float32, ws, wsBytes uint64, st
 	if wsBytes < p.algo.WorkspaceSize {
 		return fmt.Errorf("cuda: cuBLASLt algorithm needs %d bytes of workspace, got %d", p.algo.WorkspaceSize, wsBytes)
 	}
-	return p.lt.check("cublasLtMatmul", call(p.lt.matmul, p.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
-		uintptr(a), p.a, uintptr(b), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,
+	// The scalars on the heap, kept alive over the call: a stack that grows inside call would
+	// move them away from the addresses passed.
+	al, be := new(float32), new(float32)
+	*al, *be = alpha, beta
+	err := p.lt.check("cublasLtMatmul", call(p.lt.matmul, p.handle, p.desc, uintptr(unsafe.Pointer(al)),
+		uintptr(a), p.a, uintptr(b), p.b, uintptr(unsafe.Pointer(be)), uintptr(c), p.c, uintptr(c), p.c,
 		uintptr(unsafe.Pointer(&p.algo.Algo)), uintptr(ws), uintptr(wsBytes), stream))
+	runtime.KeepAlive(al)
+	runtime.KeepAlive(be)
+	return err
 }
 
 // destroy frees the plan's descriptors (those made).

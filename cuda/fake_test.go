@@ -45,6 +45,9 @@ type fakeGPU struct {
 	capturing bool               // between cuStreamBeginCapture and cuStreamEndCapture
 	nGraphs   int
 	copies    []fakeCopy // every cuMemcpyHtoDAsync from pinned memory, in order
+
+	gemms []gemm // every cublasGemmEx, as its arguments describe it (no batch)
+	lt    fakeLt // the fake cuBLASLt (ltgemm_test.go)
 }
 
 // fakeCopy is a cuMemcpyHtoDAsync from pinned memory: where to, and the bytes at the call.
@@ -102,7 +105,7 @@ func (g *fakeGPU) launched(from int) []string {
 func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
 	g := &fakeGPU{t: t, cc: cc, memLimit: memLimit, next: 0x10000, blocks: map[uint64]uint64{},
 		results: map[string][]int{}, names: map[uintptr]string{}, archs: []int{75, 80, 86, 87, 89, 90}}
-	savedDrv, savedComp, savedBlas := loadDriverFn, loadCompilerFn, loadCublasFn
+	savedDrv, savedComp, savedBlas, savedLt := loadDriverFn, loadCompilerFn, loadCublasFn, loadCublasLtFn
 	openMu.Lock()
 	savedOpened, savedLost := opened, lost
 	opened, lost = map[Options]*Backend{}, map[int]error{}
@@ -121,10 +124,18 @@ func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
 		c.statusName, c.statusString = 0, 0 // as cuBLAS before 11.4: the header's names
 		return c, nil
 	}
+	loadCublasLtFn = func() (*cublasLt, error) {
+		if g.lt.loadErr != nil {
+			return nil, g.lt.loadErr
+		}
+		c := &cublasLt{path: "fake cuBLASLt"}
+		g.address(c, "lt.")
+		return c, nil
+	}
 	callHook = g.call
 	t.Cleanup(func() {
 		callHook = nil
-		loadDriverFn, loadCompilerFn, loadCublasFn = savedDrv, savedComp, savedBlas
+		loadDriverFn, loadCompilerFn, loadCublasFn, loadCublasLtFn = savedDrv, savedComp, savedBlas, savedLt
 		openMu.Lock()
 		opened, lost = savedOpened, savedLost
 		openMu.Unlock()
@@ -183,7 +194,15 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 			return uintptr(q[0])
 		}
 	}
+	if strings.HasPrefix(name, "lt.") {
+		return g.ltCall(name, a)
+	}
 	switch name {
+	case "blas.gemmEx":
+		g.gemms = append(g.gemms, gemm{transA: int(a[1]), transB: int(a[2]), m: int(a[3]), n: int(a[4]), k: int(a[5]),
+			alpha: *at[float32](a[6]), a: uint64(a[7]), aType: int(a[8]), lda: int(a[9]),
+			b: uint64(a[10]), bType: int(a[11]), ldb: int(a[12]), beta: *at[float32](a[13]),
+			c: uint64(a[14]), cType: int(a[15]), ldc: int(a[16]), compute: int(a[17])})
 	case "deviceGetCount":
 		*at[int32](a[0]) = 1
 	case "deviceGet":

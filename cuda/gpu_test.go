@@ -32,7 +32,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
 // then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
 // layer ops that are off by default turned on, then the attention cases on the tiled kernels
-// (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode). With
+// (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode), then
+// the cases that run GEMMs on cuBLASLt (Options.CublasLt). With
 // PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
@@ -76,6 +77,11 @@ func TestConformance(t *testing.T) {
 		// in 5 splits; the 4k-16k decode cases in 53 to 171 splits), exact fp32 matmuls so that
 		// the differences are attention's.
 		{"decode-attn", Options{BF16KV: true, SplitKVDecode: true, SplitKVMinPart: 32}, enginetest.Options{WeightDType: engine.F32}},
+		// The GEMMs on cuBLASLt (Options.CublasLt, off by default): the cases that run GEMMs,
+		// exact fp32 so that a wrong descriptor shows, every training sequence on the attention
+		// matmuls (their unbatched dK, dV products start inside tensors: alignments below 256).
+		{"cublaslt", Options{CublasLt: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.F32,
+			Cases: regexp.MustCompile(`^(MatMul|AttentionTrain|AttentionBackward|Copy|Model/[^/]+/(logits|score)|Train/)`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {
@@ -101,6 +107,13 @@ func TestConformance(t *testing.T) {
 					if ran[k] == 0 {
 						t.Errorf("kernel %s did not run in the tiled-attention run (kernels run: %v)", k, ran)
 					}
+				}
+			}
+			if r.opts.CublasLt {
+				lt, ex, plans, none := b.CublasLtStats()
+				t.Logf("cuBLASLt: %d GEMMs, %d on cublasGemmEx while on (batched, or no algorithm), %d plans, %d shapes without an algorithm", lt, ex, plans, none)
+				if lt == 0 {
+					t.Error("no GEMM ran on cuBLASLt in the cublaslt run")
 				}
 			}
 			report[r.name] = res

@@ -404,7 +404,7 @@ func TestOpsAfterFatalError(t *testing.T) {
 // PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention.
 func TestEnvOptions(t *testing.T) {
 	all := Options{BF16Matmul: true, TiledAttention: true, BF16KV: true, SplitKVDecode: true, FusedAddRMSNorm: true,
-		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true}
+		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true}
 	for _, c := range []struct {
 		env, tiled string
 		want       Options
@@ -416,6 +416,7 @@ func TestEnvOptions(t *testing.T) {
 		{"multi-tensor-adamw,fused-add-rmsnorm", "1", Options{BF16Matmul: true, MultiTensorAdamW: true, FusedAddRMSNorm: true, TiledAttention: true}, ""},
 		{"all", "", all, ""},
 		{"decode-graphs", "", Options{BF16Matmul: true, DecodeGraphs: true}, ""},
+		{"cublaslt", "", Options{BF16Matmul: true, CublasLt: true}, ""},
 		{"bf16kv", "", Options{}, `PROLONG_CUDA_OPTIONS: unknown option "bf16kv" (known: tiled-attention, bf16-kv, split-kv,`},
 	} {
 		t.Setenv("PROLONG_CUDA_OPTIONS", c.env)

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -58,7 +59,8 @@ func (b *Backend) gemm(what string, g gemm) {
 	b.gemmNow(what, g)
 }
 
-// gemmNow enqueues the GEMM g on the stream.
+// gemmNow enqueues the GEMM g on the stream: by cublasGemmEx, or with Options.CublasLt by
+// cublasLtMatmul where cuBLASLt has an algorithm for it (ltgemm.go).
 func (b *Backend) gemmNow(what string, g gemm) {
 	if b.failed() {
 		return
@@ -73,6 +75,19 @@ func (b *Backend) gemmNow(what string, g gemm) {
 		if g.beta == 0 && g.batch == 0 {
 			b.fail(b.drv.check("cuMemsetD32Async", call(b.drv.memsetD32Async, uintptr(g.c), 0, uintptr(g.m*g.n), b.strm)))
 		}
+		return
+	}
+	if p := b.ltPlanFor(what, g); p != nil { // Options.CublasLt
+		ev, t0 := b.profStart()
+		err := p.run(g.a, g.b, g.c, *alpha, *beta, b.lt.ws, ltWorkspaceBytes, b.strm)
+		if ev != 0 {
+			b.profEnd(fmt.Sprintf("cublasLt %s %s", what, map[int]string{dtF32: "f32", dtBF16: "bf16"}[g.aType]), ev, t0)
+		}
+		var e *Error
+		if errors.As(err, &e) {
+			e.Call = fmt.Sprintf("%s %s (m=%d n=%d k=%d)", e.Call, what, g.m, g.n, g.k) // as cublasGemmEx's below
+		}
+		b.fail(err)
 		return
 	}
 	ev, t0 := b.profStart()

@@ -70,4 +70,13 @@ type Options struct {
 	// batches to the buckets (engine.DecodePadder). Off until a GPU run of the conformance
 	// suite and the benchmark shows it passes and wins.
 	DecodeGraphs bool
+	// CublasLt runs the GEMMs (MatMul, MatMulDX, MatMulDW, MatMuls and the unbatched attention
+	// matmuls) through cuBLASLt (ltgemm.go) instead of cublasGemmEx: one plan per GEMM
+	// descriptor (the heuristic's algorithm, asked once per shape) and one 32 MiB workspace per
+	// backend. A shape the heuristic has no algorithm for, and the batched attention matmuls,
+	// stay on cublasGemmEx; where cuBLASLt does not load, every GEMM does (the log says why,
+	// once). Off until a GPU run (TestGPUCublasLtMatchesGemmEx, the conformance suite's
+	// "cublaslt" run and the benchmark's training step) shows it passes and wins;
+	// SetCublasLt switches it on an open backend.
+	CublasLt bool
 }

@@ -60,11 +60,12 @@ var envOptions = []envOption{
 	{"fused-qkv-rope", func(o *Options) { o.FusedQKVRoPE = true }},
 	{"multi-tensor-adamw", func(o *Options) { o.MultiTensorAdamW = true }},
 	{"decode-graphs", func(o *Options) { o.DecodeGraphs = true }},
+	{"cublaslt", func(o *Options) { o.CublasLt = true }},
 }
 
 // EnvOptions is o with the paths PROLONG_CUDA_OPTIONS names switched on: a comma-separated list
 // of tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope,
-// multi-tensor-adamw, decode-graphs, or "all". It is how the programs (tools/train, tools/rollout-server,
+// multi-tensor-adamw, decode-graphs, cublaslt, or "all". It is how the programs (tools/train, tools/rollout-server,
 // tools/bench) reach them while they are off by default. PROLONG_CUDA_TILED_ATTENTION=1 still
 // means tiled-attention. An unknown name is an error that lists the known ones.
 func EnvOptions(o Options) (Options, error) {

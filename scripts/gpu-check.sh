@@ -15,8 +15,12 @@
 #      fused layer ops that are off by default; the decode_attn kernels: bf16 KV cache and
 #      split-KV decode), with finite differences, then its attention cases on the tiled
 #      tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off by default: the
-#      "tiled-attention" run, which also checks that every flash_* kernel ran), and generation
-#      with decode steps replayed as CUDA graphs against eager decoding (TestGPUDecodeGraphs) ->
+#      "tiled-attention" run, which also checks that every flash_* kernel ran), its GEMM cases
+#      with the GEMMs on cuBLASLt (cuda.Options.CublasLt, off by default: the "cublaslt" run),
+#      generation with decode steps replayed as CUDA graphs against eager decoding
+#      (TestGPUDecodeGraphs), and the bf16 GEMMs of the 1.5B training step (8192 tokens: q/o,
+#      k/v, gate/up, down, the LM head's 1024-row chunk; forward, dX, dW) on cuBLASLt against
+#      cublasGemmEx, with both rates (TestGPUCublasLtMatchesGemmEx, after the suite) ->
 #      conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
 #   1b. NCCL (engine/dist's nccl backend on the CUDA backend's tensors, cuda's TestGPUNCCL):
@@ -32,7 +36,9 @@
 #      fp32 and a bf16 KV cache, split over the context or not (tok/s, attention's GPU time and
 #      KV read rate), a training step of 8 x 1024 tokens (tok/s, MFU, peak memory), and the
 #      same step with the tiled attention kernels switched on (its tok/s as a ratio of the
-#      default step's, and its kernel profile) -> bench.json, bench.log;
+#      default step's, and its kernel profile), and the same step with the GEMMs on cuBLASLt
+#      (cuda.Options.CublasLt: its tok/s as a ratio, the 8192³ GEMM rate on cuBLASLt, the GEMMs'
+#      GPU time in both steps' profiles) -> bench.json, bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
@@ -70,7 +76,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 t0=$(date +%s)
 echo "== conformance"
 PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs' -test.v >"$out/conformance.log" 2>&1
+	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt' -test.v >"$out/conformance.log" 2>&1
 echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 echo "== nccl, one rank"
 PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
@@ -106,7 +112,7 @@ echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 # same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 # path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-# split-KV decode, the fused layer ops, multi-tensor AdamW), side by side: the model is tiny,
+# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt), side by side: the model is tiny,
 # the GPU has room for all six.
 (cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 	set -- $run

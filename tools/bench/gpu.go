@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -44,6 +45,10 @@ type gpuReport struct {
 	PeakMemGiB      float64                  `json:"peak_mem_gib"`                           // allocator peak in use
 	TiledTrainTokS  float64                  `json:"train_tiled_attention_tok_s,omitempty"`  // the same step with cuda.Options.TiledAttention
 	TiledTrainStepS float64                  `json:"train_tiled_attention_step_s,omitempty"` //
+	LtTrainTokS     float64                  `json:"train_cublaslt_tok_s,omitempty"`         // the same step with cuda.Options.CublasLt
+	LtTrainStepS    float64                  `json:"train_cublaslt_step_s,omitempty"`        //
+	LtGemmTFLOPs    float64                  `json:"gemm_bf16_cublaslt_tflop_s,omitempty"`   // the 8192³ GEMM on cuBLASLt
+	LtStats         string                   `json:"train_cublaslt_gemms,omitempty"`         // cuda.Backend.CublasLtStats after it
 	HostOpUs        float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
 	LongDecode      []longDecodeRow          `json:"decode_b1_long"`                         // batch 1 at 4k and 16k of context by attention path
 	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
@@ -443,7 +448,61 @@ func gpuTraining(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[
 		rep.Errors = append(rep.Errors, "tiled attention training step: "+err.Error())
 		fmt.Println("tiled attention training step:", err)
 	}
+	// And with the GEMMs on cuBLASLt (off by default until a GPU run shows it right and faster).
+	if err := ltTraining(b, rep, step, steps, sec, toks); err != nil {
+		rep.Errors = append(rep.Errors, "cuBLASLt training step: "+err.Error())
+		fmt.Println("cuBLASLt training step:", err)
+	}
 	return nil
+}
+
+// ltTraining times step with cuda.Options.CublasLt switched on (the GEMMs on cublasLtMatmul
+// with a 32 MiB workspace; one warm-up step, which makes the plans, then the best of steps),
+// prints it beside base (seconds of the default step) with the 8192³ GEMM rate on cuBLASLt and
+// the GEMMs' GPU time in both steps' profiles, and profiles one step.
+func ltTraining(b *cuda.Backend, rep *gpuReport, step func() (float64, error), steps int, base, toks float64) error {
+	if err := b.SetCublasLt(true); err != nil {
+		return err
+	}
+	defer b.SetCublasLt(false)
+	peak, err := b.GemmPeak(8192, 5)
+	if err != nil {
+		return fmt.Errorf("GEMM 8192³: %w", err)
+	}
+	rep.LtGemmTFLOPs = peak / 1e12
+	if _, err := step(); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	sec, err := bestOf(steps, step)
+	if err != nil {
+		return err
+	}
+	rep.LtTrainStepS, rep.LtTrainTokS = sec, toks/sec
+	const name = "train step 8x1024 cublaslt"
+	if err := profile(b, rep, name, func() error { _, err := step(); return err }); err != nil {
+		return err
+	}
+	lt, ex, plans, none := b.CublasLtStats()
+	rep.LtStats = fmt.Sprintf("%d GEMMs on cuBLASLt, %d on cublasGemmEx (batched, or no algorithm), %d plans, %d shapes without an algorithm", lt, ex, plans, none)
+	fmt.Printf("\ntraining with the GEMMs on cuBLASLt: %.3f s/step, %.0f tok/s: %.2fx the default step's rate; bf16 GEMM 8192³ %.0f TFLOP/s (cublasGemmEx %.0f)\n",
+		sec, toks/sec, base/sec, rep.LtGemmTFLOPs, rep.GemmTFLOPs)
+	fmt.Printf("GEMM GPU time per step (profiles): cublasGemmEx %.1f ms, with cuBLASLt %.1f ms; %s\n",
+		gemmMs(rep.Profiles["train step 8x1024"]), gemmMs(rep.Profiles[name]), rep.LtStats)
+	return nil
+}
+
+// gemmMs is the GPU time of a profile's cuBLAS and cuBLASLt GEMMs in milliseconds.
+func gemmMs(p *cuda.Profile) float64 {
+	if p == nil {
+		return 0
+	}
+	var d time.Duration
+	for _, k := range p.Kernels {
+		if strings.HasPrefix(k.Name, "cublas") {
+			d += k.Total
+		}
+	}
+	return float64(d) / 1e6
 }
 
 // tiledTraining times step with cuda.Options.TiledAttention switched on (one warm-up step,
