@@ -413,34 +413,71 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	return ids, lps, err
 }
 
-// LogProbs implements engine.Backend.
-func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
-	R, V := logits.Rows(), logits.Cols()
+// checkLogProbs checks the arguments of LogProbs and LogProbsInto for logits [R, V].
+func checkLogProbs(R, V int, targets []int32, temperature float32) error {
 	if len(targets) != R {
-		return nil, nil, fmt.Errorf("cuda: logprobs: %d targets for %d rows of logits", len(targets), R)
+		return fmt.Errorf("logprobs: %d targets for %d rows of logits", len(targets), R)
 	}
 	if !(temperature > 0) {
-		return nil, nil, fmt.Errorf("cuda: logprobs: temperature must be positive, got %g", temperature)
+		return fmt.Errorf("logprobs: temperature must be positive, got %g", temperature)
 	}
 	for i, t := range targets {
 		if t < 0 || int(t) >= V {
-			return nil, nil, fmt.Errorf("cuda: logprobs: target %d of row %d outside the vocabulary of %d", t, i, V)
+			return fmt.Errorf("logprobs: target %d of row %d outside the vocabulary of %d", t, i, V)
 		}
+	}
+	return nil
+}
+
+// LogProbs implements engine.Backend: the logprobs kernel writes the log-probs and entropies
+// side by side into one scratch buffer [2, R], which comes back in one copy (one
+// synchronisation).
+func (b *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
+	R, V := logits.Rows(), logits.Cols()
+	if err := checkLogProbs(R, V, targets, temperature); err != nil {
+		return nil, nil, fmt.Errorf("cuda: %w", err)
 	}
 	if R == 0 {
 		return make([]float32, 0), make([]float32, 0), nil
 	}
 	var lp, ent []float32 // nil when the op does not run
 	err := b.opErr(desc("LogProbs logits", logits), func() error {
-		lp, ent = make([]float32, R), make([]float32, R)
-		dl, de := b.tmp(uint64(4*R)), b.tmp(uint64(4*R))
-		b.launchLogprobs([3]int{R, 1, 1}, 1024, dptr(dl), dptr(de), ptr(logits), b.ints(targets), int32(V), temperature)
-		b.download(unsafe.Pointer(&lp[0]), dl, uint64(4*R))
-		b.download(unsafe.Pointer(&ent[0]), de, uint64(4*R))
-		if b.failed() {
-			lp, ent = nil, nil
+		host := make([]float32, 2*R)
+		d := b.tmp(uint64(8 * R)) // [2, R]: log-probs, entropies
+		if d == 0 {
+			return nil
+		}
+		b.launchLogprobs([3]int{R, 1, 1}, 1024, dptr(d), dptr(d+uint64(4*R)), ptr(logits), b.ints(targets), int32(V), temperature)
+		b.download(unsafe.Pointer(&host[0]), d, uint64(8*R))
+		if !b.failed() {
+			lp, ent = host[:R:R], host[R:]
 		}
 		return nil
 	})
 	return lp, ent, err
 }
+
+// LogProbsInto implements engine.LogProbsIntoBackend: the logprobs kernel of LogProbs (same
+// launch, same arithmetic) with its outputs at columns row0.. of out [2, N], and no download. A
+// wrong argument is the error of the next op that returns one.
+func (b *Backend) LogProbsInto(out *engine.Tensor, row0 int, logits *engine.Tensor, targets []int32, temperature float32) {
+	R, V := logits.Rows(), logits.Cols()
+	b.op(desc("LogProbsInto out logits", out, logits), func() {
+		err := checkLogProbs(R, V, targets, temperature)
+		if err == nil && (len(out.Shape) != 2 || out.Shape[0] != 2 || row0 < 0 || row0+R > out.Cols()) {
+			err = fmt.Errorf("logprobs: rows %d..%d do not fit out %v (want [2, N])", row0, row0+R, out.Shape)
+		}
+		if err != nil {
+			b.fail(err)
+			return
+		}
+		if R == 0 {
+			return
+		}
+		touched(out)
+		o, n := ptr(out), dptr(out.Cols())
+		b.launchLogprobs([3]int{R, 1, 1}, 1024, o+4*dptr(row0), o+4*(n+dptr(row0)), ptr(logits), b.ints(targets), int32(V), temperature)
+	})
+}
+
+var _ engine.LogProbsIntoBackend = (*Backend)(nil)

@@ -66,20 +66,27 @@ func (m *Model) Score(ctx context.Context, reqs []ScoreRequest, temperature floa
 		off += int32(len(r.Tokens))
 	}
 	chunk := max(1, min(1024, (64<<20)/(4*c.VocabSize))) // <= 64 MiB of logits at a time
+	// On a LogProbsIntoBackend the chunks' log-probs stay on the device until the pass ends:
+	// one download for the whole call.
+	sink := newLogProbSink(m.Backend, len(rows), temperature)
+	defer sink.free()
 	err = m.forward(steps, rows, chunk, func(first int, logits *Tensor) error {
-		lp, ent, err := m.Backend.LogProbs(logits, targets[first:first+logits.Rows()], temperature)
-		if err != nil {
+		if err := sink.add(first, logits, targets[first:first+logits.Rows()]); err != nil {
 			return err
-		}
-		for i := range lp {
-			o := &out[owner[first+i]]
-			o.LogProbs = append(o.LogProbs, lp[i])
-			o.Entropy = append(o.Entropy, ent[i])
 		}
 		return ctx.Err()
 	})
 	if err != nil {
 		return nil, err
+	}
+	lp, ent, err := sink.values()
+	if err != nil {
+		return nil, err
+	}
+	for i := range lp {
+		o := &out[owner[i]]
+		o.LogProbs = append(o.LogProbs, lp[i])
+		o.Entropy = append(o.Entropy, ent[i])
 	}
 	return out, nil
 }

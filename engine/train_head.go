@@ -51,26 +51,31 @@ func (h *trainHead) free() {
 }
 
 // forward computes the scored rows' log-probs and entropies, evaluates loss on them and
-// returns the stats with the loss's derivatives flattened to rows ([R]; dent may be nil).
+// returns the stats with the loss's derivatives flattened to rows ([R]; dent may be nil). On a
+// LogProbsIntoBackend every chunk's log-probs stay on the device and come back in one download
+// (the loss needs them all at once): one synchronisation per micro-batch.
 func (h *trainHead) forward(loss LossFunc) (st *StepStats, dlp, dent []float32, err error) {
 	t, b, bm := h.t, h.t.b, h.bm
 	R := len(bm.rows)
-	lp, ent := make([]float32, 0, R), make([]float32, 0, R)
+	sink := newLogProbSink(b, R, t.opts.Temperature)
+	defer sink.free()
 	for r0 := 0; r0 < R; r0 += h.chunk {
 		r1 := min(R, r0+h.chunk)
 		part, logits := t.chunkLogits(h.hn, r0, r1)
 		b.Free(part)
-		l, e, err := b.LogProbs(logits, bm.targets[r0:r1], t.opts.Temperature)
-		if err != nil {
+		if err := sink.add(r0, logits, bm.targets[r0:r1]); err != nil {
 			b.Free(logits)
 			return nil, nil, nil, err
 		}
-		lp, ent = append(lp, l...), append(ent, e...)
 		if h.keep {
 			h.kept = append(h.kept, logits)
 		} else {
 			b.Free(logits)
 		}
+	}
+	lp, ent, err := sink.values()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	st = h.stats(lp, ent)
 	dlp, dent, err = st.evalLoss(loss, bm.nScored)

@@ -507,3 +507,30 @@ func (c *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature f
 	})
 	return lp, ent, nil
 }
+
+// LogProbsInto implements engine.LogProbsIntoBackend: LogProbs's arithmetic on each row, written
+// into out [2, N] at columns row0.. . Wrong arguments panic (the engine checks tokens first).
+func (c *Backend) LogProbsInto(out *engine.Tensor, row0 int, logits *engine.Tensor, targets []int32, temperature float32) {
+	R, v := logits.Rows(), logits.Cols()
+	switch {
+	case len(targets) != R:
+		panic(fmt.Sprintf("engine/cpu: logprobs: %d targets for %d rows of logits", len(targets), R))
+	case len(out.Shape) != 2 || out.Shape[0] != 2 || row0 < 0 || row0+R > out.Cols():
+		panic(fmt.Sprintf("engine/cpu: logprobs: rows %d..%d do not fit out %v (want [2, N])", row0, row0+R, out.Shape))
+	case !(temperature > 0):
+		panic(fmt.Sprintf("engine/cpu: logprobs: temperature must be positive, got %g", temperature))
+	}
+	for i, t := range targets {
+		if t < 0 || int(t) >= v {
+			panic(fmt.Sprintf("engine/cpu: logprobs: target %d of row %d outside the vocabulary of %d", t, i, v))
+		}
+	}
+	ls, o, n := f32(logits), f32(out), out.Cols()
+	c.thr.Parallel(R, 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			o[row0+r], o[n+row0+r] = engine.LogProbEntropy(ls[r*v:(r+1)*v], int(targets[r]), temperature)
+		}
+	})
+}
+
+var _ engine.LogProbsIntoBackend = (*Backend)(nil)

@@ -96,6 +96,28 @@ func (b dropoutIndexOff) Dropout(out, x *engine.Tensor, p float32, seed, stream 
 	b.Free(t)
 }
 
+// logProbsIntoSwapped writes each row's entropy where its log-prob belongs and the other way
+// round (the kernel's two output pointers swapped).
+type logProbsIntoSwapped struct{ *cpu.Backend }
+
+func (b logProbsIntoSwapped) LogProbsInto(out *engine.Tensor, row0 int, logits *engine.Tensor, targets []int32, temp float32) {
+	b.Backend.LogProbsInto(out, row0, logits, targets, temp)
+	n := out.Cols()
+	v := make([]float32, 2*n)
+	if err := b.Download(out, v); err != nil {
+		panic(err)
+	}
+	for r := row0; r < row0+logits.Rows(); r++ {
+		v[r], v[n+r] = v[n+r], v[r]
+	}
+	t, err := b.Upload(engine.F32, v, false, out.Shape...)
+	if err != nil {
+		panic(err)
+	}
+	b.Copy(out, t)
+	b.Free(t)
+}
+
 // group is the op or model a result belongs to: the first element of its name.
 func group(name string) string { return name[:strings.IndexByte(name, '/')] }
 
@@ -129,6 +151,11 @@ func TestPerturbedOpFails(t *testing.T) {
 			[]string{"Model/qwen2/logits", "Model/llama/score/", "Train/qwen3/grad/"}, nil},
 		{"QKVRoPE", qkvSlotsRotated{cpu.New()}, "QKVRoPE", []string{"/nokv", "/q", "/k", "/v"},
 			[]string{"Model/qwen2/logits", "Model/qwen3/logits", "Model/llama/logits"}, []string{"Train/"}},
+		// Score and the two-pass training head take LogProbsInto where the backend has it; the
+		// one-pass head (fused-head) needs each chunk's log-probs at once and calls LogProbs.
+		{"LogProbsInto", logProbsIntoSwapped{cpu.New()}, "LogProbsInto", nil,
+			[]string{"Model/qwen2/score/", "Model/llama/score-long/", "Train/qwen3/loss"},
+			[]string{"Model/qwen2/logits", "Train/qwen2/fused-head/"}},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
