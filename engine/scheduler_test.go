@@ -528,10 +528,28 @@ func TestSchedulerPreemption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := collect(t, j, reqs[0].Params.N); !errors.Is(err, context.Canceled) {
-		t.Fatalf("request cancelled while preempted: %v", err)
+	// Once the context is done, Events may close without the final event if the reader falls
+	// behind (Job.Events): on a loaded machine this reader does, so both endings are right.
+	var final *engine.Event
+	for ev := range j.Events {
+		if ev.Done {
+			final = &ev
+			break
+		}
 	}
-	if st := s.Stats(); st.KVBlocksUsed != 0 || st.Preempted != 0 || st.Running != 0 {
-		t.Errorf("after cancelling a preempted request: %+v", st)
+	if final != nil && !errors.Is(final.Err, context.Canceled) {
+		t.Fatalf("request cancelled while preempted: final event's error %v", final.Err)
+	}
+	if final == nil && ctx.Err() == nil {
+		t.Fatal("events closed without a final event while the request's context was live")
+	}
+	// The scheduler drops the request at its next step; the final event is posted after it, an
+	// early close may come before it.
+	deadline := time.Now().Add(30 * time.Second)
+	for st := s.Stats(); st.KVBlocksUsed != 0 || st.Preempted != 0 || st.Running != 0; st = s.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after cancelling a preempted request: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
