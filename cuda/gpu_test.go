@@ -32,8 +32,9 @@ func openGPU(t *testing.T, o Options) *Backend {
 // exact fp32 matmuls with fp32 tolerances (and finite differences), then bf16 model weights,
 // then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
 // layer ops that are off by default turned on, then the attention cases on the tiled kernels
-// (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode). With
-// PROLONG_CONFORMANCE_JSON set,
+// (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode), then
+// the model and training cases with the engine's uninitialised buffers full of NaN
+// (Options.UninitAlloc, Options.PoisonUninit). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -76,6 +77,11 @@ func TestConformance(t *testing.T) {
 		// in 5 splits; the 4k-16k decode cases in 53 to 171 splits), exact fp32 matmuls so that
 		// the differences are attention's.
 		{"decode-attn", Options{BF16KV: true, SplitKVDecode: true, SplitKVMinPart: 32}, enginetest.Options{WeightDType: engine.F32}},
+		// The engine's uninitialised buffers (AllocUninit, off by default: UninitAlloc) filled
+		// with NaN (PoisonUninit): whole models (logits, scores, cached and greedy generation)
+		// and training (gradients, AdamW steps), exact fp32, where a buffer read before the
+		// engine or an op writes it makes NaN, which always fails.
+		{"uninit-poison", Options{UninitAlloc: true, PoisonUninit: true}, enginetest.Options{WeightDType: engine.F32, Cases: regexp.MustCompile(`^(Model|Train)/`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {
