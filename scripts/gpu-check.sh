@@ -15,7 +15,9 @@
 #      fused layer ops that are off by default; the decode_attn kernels: bf16 KV cache and
 #      split-KV decode), with finite differences, then its attention cases on the tiled
 #      tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off by default: the
-#      "tiled-attention" run, which also checks that every flash_* kernel ran), and generation
+#      "tiled-attention" run, which also checks that every flash_* kernel ran), its model and
+#      training cases with the engine's uninitialised tensors filled with NaN
+#      (cuda.Options.UninitAlloc + PoisonUninit: the "uninit-poison" run), and generation
 #      with decode steps replayed as CUDA graphs against eager decoding (TestGPUDecodeGraphs) ->
 #      conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
@@ -106,7 +108,7 @@ echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 # same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 # path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-# split-KV decode, the fused layer ops, multi-tensor AdamW), side by side: the model is tiny,
+# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, uninit-alloc), side by side: the model is tiny,
 # the GPU has room for all six.
 (cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 	set -- $run
