@@ -17,7 +17,7 @@ import (
 // "blas.gemmEx"); results holds the status codes that calls of a function return next, in order
 // (then 0).
 type fakeGPU struct {
-	t        *testing.T
+	t        testing.TB
 	cc       int    // compute capability, 90 for sm_90
 	memLimit uint64 // bytes cuMemAlloc grants in all
 	used     uint64
@@ -46,8 +46,16 @@ type fakeGPU struct {
 	nGraphs   int
 	copies    []fakeCopy // every cuMemcpyHtoDAsync from pinned memory, in order
 
-	gemms []gemm // every cublasGemmEx, as its arguments describe it (no batch)
-	lt    fakeLt // the fake cuBLASLt (ltgemm_test.go)
+	gemms   []gemm       // every cublasGemmEx, as its arguments describe it (no batch)
+	lt      fakeLt       // the fake cuBLASLt (ltgemm_test.go)
+	memsets []fakeMemset // every cuMemsetD32Async, in order
+}
+
+// fakeMemset is a cuMemsetD32Async: where, the 32-bit value, and how many elements.
+type fakeMemset struct {
+	dst   uint64
+	value uint32
+	n     uint64
 }
 
 // fakeCopy is a cuMemcpyHtoDAsync from pinned memory: where to, and the bytes at the call.
@@ -102,7 +110,7 @@ func (g *fakeGPU) launched(from int) []string {
 
 // newFakeGPU installs a fake GPU of compute capability cc with memLimit bytes of memory for
 // the test's duration: Open then opens it.
-func newFakeGPU(t *testing.T, cc int, memLimit uint64) *fakeGPU {
+func newFakeGPU(t testing.TB, cc int, memLimit uint64) *fakeGPU {
 	g := &fakeGPU{t: t, cc: cc, memLimit: memLimit, next: 0x10000, blocks: map[uint64]uint64{},
 		results: map[string][]int{}, names: map[uintptr]string{}, archs: []int{75, 80, 86, 87, 89, 90}}
 	savedDrv, savedComp, savedBlas, savedLt := loadDriverFn, loadCompilerFn, loadCublasFn, loadCublasLtFn
@@ -253,6 +261,8 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 			}
 		}
 		g.launches = append(g.launches, l)
+	case "memsetD32Async":
+		g.memsets = append(g.memsets, fakeMemset{dst: uint64(a[0]), value: uint32(a[1]), n: uint64(a[2])})
 	case "memHostAlloc":
 		if g.pinned == nil {
 			g.pinned = map[uintptr][]byte{}

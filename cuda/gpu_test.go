@@ -33,8 +33,9 @@ func openGPU(t *testing.T, o Options) *Backend {
 // then bf16 matmuls for parameters too with bf16 tolerances, then the same with the fused
 // layer ops that are off by default turned on, then the attention cases on the tiled kernels
 // (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode), then
-// the cases that run GEMMs on cuBLASLt (Options.CublasLt). With
-// PROLONG_CONFORMANCE_JSON set,
+// the cases that run GEMMs on cuBLASLt (Options.CublasLt), and
+// the model and training cases with the engine's uninitialised buffers full of NaN
+// (Options.UninitAlloc, Options.PoisonUninit). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -82,6 +83,11 @@ func TestConformance(t *testing.T) {
 		// matmuls (their unbatched dK, dV products start inside tensors: alignments below 256).
 		{"cublaslt", Options{CublasLt: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.F32,
 			Cases: regexp.MustCompile(`^(MatMul|AttentionTrain|AttentionBackward|Copy|Model/[^/]+/(logits|score)|Train/)`)}},
+		// The engine's uninitialised buffers (AllocUninit, off by default: UninitAlloc) filled
+		// with NaN (PoisonUninit): whole models (logits, scores, cached and greedy generation)
+		// and training (gradients, AdamW steps), exact fp32, where a buffer read before the
+		// engine or an op writes it makes NaN, which always fails.
+		{"uninit-poison", Options{UninitAlloc: true, PoisonUninit: true}, enginetest.Options{WeightDType: engine.F32, Cases: regexp.MustCompile(`^(Model|Train)/`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {

@@ -399,12 +399,13 @@ func TestOpsAfterFatalError(t *testing.T) {
 	}
 }
 
-// TestEnvOptions: PROLONG_CUDA_OPTIONS switches on the paths it names (all: every one), keeps
+// TestEnvOptions: PROLONG_CUDA_OPTIONS switches on the paths it names (all: every one but the
+// debugging aid poison-uninit), keeps
 // what the device name set, and names an unknown option with the known ones;
 // PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention.
 func TestEnvOptions(t *testing.T) {
 	all := Options{BF16Matmul: true, TiledAttention: true, BF16KV: true, SplitKVDecode: true, FusedAddRMSNorm: true,
-		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true}
+		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true, UninitAlloc: true}
 	for _, c := range []struct {
 		env, tiled string
 		want       Options
@@ -417,6 +418,9 @@ func TestEnvOptions(t *testing.T) {
 		{"all", "", all, ""},
 		{"decode-graphs", "", Options{BF16Matmul: true, DecodeGraphs: true}, ""},
 		{"cublaslt", "", Options{BF16Matmul: true, CublasLt: true}, ""},
+		{"uninit-alloc", "", Options{BF16Matmul: true, UninitAlloc: true}, ""},
+		{"uninit-alloc,poison-uninit", "", Options{BF16Matmul: true, UninitAlloc: true, PoisonUninit: true}, ""},
+		{"poison", "", Options{}, `unknown option "poison" (known: tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope, multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, poison-uninit, all)`},
 		{"bf16kv", "", Options{}, `PROLONG_CUDA_OPTIONS: unknown option "bf16kv" (known: tiled-attention, bf16-kv, split-kv,`},
 	} {
 		t.Setenv("PROLONG_CUDA_OPTIONS", c.env)

@@ -79,4 +79,15 @@ type Options struct {
 	// "cublaslt" run and the benchmark's training step) shows it passes and wins;
 	// SetCublasLt switches it on an open backend.
 	CublasLt bool
+	// UninitAlloc makes AllocUninit (engine.UninitAllocator) hand out device memory without the
+	// cuMemsetD32Async that Alloc enqueues to zero it: the engine asks for it where the next op
+	// overwrites the whole tensor (activations, logits, gradients an op writes), about 65 GB of
+	// memsets a training step at the 1.5B shape. Off (AllocUninit zeroes, as Alloc) until a GPU
+	// run of the conformance suite (its "uninit-poison" run) shows it passes.
+	UninitAlloc bool
+	// PoisonUninit fills what AllocUninit hands out with NaN (a cuMemsetD32Async of 0xFFFFFFFF),
+	// whatever UninitAlloc says: a read before the write that the contract promises then makes
+	// NaN results, which the conformance suite reports. For tests; it costs what Alloc's memset
+	// costs.
+	PoisonUninit bool
 }

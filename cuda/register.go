@@ -61,13 +61,21 @@ var envOptions = []envOption{
 	{"multi-tensor-adamw", func(o *Options) { o.MultiTensorAdamW = true }},
 	{"decode-graphs", func(o *Options) { o.DecodeGraphs = true }},
 	{"cublaslt", func(o *Options) { o.CublasLt = true }},
+	{"uninit-alloc", func(o *Options) { o.UninitAlloc = true }},
+}
+
+// debugEnvOptions are names PROLONG_CUDA_OPTIONS takes that "all" leaves out: debugging aids
+// that cost speed.
+var debugEnvOptions = []envOption{
+	{"poison-uninit", func(o *Options) { o.PoisonUninit = true }},
 }
 
 // EnvOptions is o with the paths PROLONG_CUDA_OPTIONS names switched on: a comma-separated list
 // of tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope,
-// multi-tensor-adamw, decode-graphs, cublaslt, or "all". It is how the programs (tools/train, tools/rollout-server,
-// tools/bench) reach them while they are off by default. PROLONG_CUDA_TILED_ATTENTION=1 still
-// means tiled-attention. An unknown name is an error that lists the known ones.
+// multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, or "all" (all of those); and poison-uninit
+// (Options.PoisonUninit, a debugging aid that "all" leaves out). It is how the programs
+// (tools/train, tools/rollout-server, tools/bench) reach them while they are off by default.
+// PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention. An unknown name is an error that lists the known ones.
 func EnvOptions(o Options) (Options, error) {
 	if os.Getenv("PROLONG_CUDA_TILED_ATTENTION") == "1" {
 		o.TiledAttention = true
@@ -78,14 +86,17 @@ func EnvOptions(o Options) (Options, error) {
 			continue
 		}
 		i := slices.IndexFunc(envOptions, func(e envOption) bool { return e.name == name })
+		d := slices.IndexFunc(debugEnvOptions, func(e envOption) bool { return e.name == name })
 		switch {
 		case name == "all":
 			for _, e := range envOptions {
 				e.set(&o)
 			}
+		case d >= 0:
+			debugEnvOptions[d].set(&o)
 		case i < 0:
 			var known []string
-			for _, e := range envOptions {
+			for _, e := range slices.Concat(envOptions, debugEnvOptions) {
 				known = append(known, e.name)
 			}
 			return o, fmt.Errorf("PROLONG_CUDA_OPTIONS: unknown option %q (known: %s, all)", name, strings.Join(known, ", "))

@@ -117,7 +117,8 @@ type Backend interface {
 	// Close releases what the backend holds for itself (pooled buffers); tensors it made must
 	// not be used afterwards. A second Close does nothing.
 	Close() error
-	// Alloc returns a zeroed F32 tensor.
+	// Alloc returns a zeroed F32 tensor. Where the next op overwrites every element anyway,
+	// AllocUninit (the package function) saves the clearing.
 	Alloc(shape ...int) *Tensor
 	// Upload copies host data into a new tensor of the given dtype. For a 2-D weight that
 	// MatMul will use, set linear so the backend may store it in its matmul layout.
@@ -162,6 +163,28 @@ type Backend interface {
 	// LogProbs returns, for each row r of logits [R, V], log softmax(logits[r]/temperature)
 	// at targets[r] and the entropy of that distribution.
 	LogProbs(logits *Tensor, targets []int32, temperature float32) (logp, entropy []float32, err error)
+}
+
+// UninitAllocator is implemented by a backend that can hand out an F32 tensor without clearing
+// it: its contents are undefined (a reused buffer's old values, or NaN in a backend's test
+// mode), so the caller must write every element before anything reads it. The engine uses it,
+// through AllocUninit, for buffers whose first op overwrites them whole (a MatMul, RMSNorm,
+// Embedding or GatherRows output, an op's "writes" gradient), and Alloc for those an op
+// accumulates into (weight gradients, ScatterAddRows targets, optimizer moments). It saves a
+// memset per buffer on a GPU, a clear on the CPU.
+type UninitAllocator interface {
+	AllocUninit(shape ...int) *Tensor
+}
+
+// AllocUninit returns an F32 tensor of shape on b whose contents are undefined: b's
+// AllocUninit where it has one (UninitAllocator), else b.Alloc (zeroed). The caller must
+// overwrite every element before reading any, and must not pass it to an op that accumulates
+// (+=) into its output.
+func AllocUninit(b Backend, shape ...int) *Tensor {
+	if ub, ok := b.(UninitAllocator); ok {
+		return ub.AllocUninit(shape...)
+	}
+	return b.Alloc(shape...)
 }
 
 // MatMulsBackend is implemented by a backend that runs several projections of one input in one

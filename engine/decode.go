@@ -96,7 +96,7 @@ func newDecodeBufs(m *Model, kv *KVCache, P int, padded bool) (*decodeBufs, erro
 		d.padRow(r, pad, kv.blockSize)
 	}
 	d.acts, d.free = newScratchActs(b, c, P)
-	d.logits = b.Alloc(P, c.VocabSize)
+	d.logits = AllocUninit(b, P, c.VocabSize)
 	return d, nil
 }
 

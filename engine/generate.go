@@ -550,7 +550,7 @@ func (g *Generator) topLists(logits *Tensor, samples []*genSample, sr []SampleRo
 	b, V := g.model.Backend, logits.Cols()
 	src := logits
 	if len(ask) < logits.Rows() { // some rows do not ask, or are a decode batch's padding
-		src = b.Alloc(len(ask), V) // [A, V]
+		src = AllocUninit(b, len(ask), V) // [A, V]
 		defer b.Free(src)
 		b.GatherRows(src, logits, ask)
 	}

@@ -151,16 +151,17 @@ func (p *layerPass) ropeQKV(li int, a *layerActs, qb, kb, vb *Tensor) (written b
 // newScratchActs allocates the buffers of a generation pass over T tokens, shared by every
 // layer: x is the residual stream, updated in place (xm and out are x); h takes the normed
 // inputs and each sub-block's output (h1, o, h2, dn); g takes silu(g)*u (mm); qk-norm runs in
-// place on q and k. free releases them.
+// place on q and k. free releases them. They start uninitialised (AllocUninit): the pass writes
+// each before it reads it.
 func newScratchActs(b Backend, c *Config, T int) (a *layerActs, free func()) {
-	x := b.Alloc(T, c.HiddenSize)       // [T, D] residual stream
-	h := b.Alloc(T, c.HiddenSize)       // [T, D] normed input, sub-block output
-	q := b.Alloc(T, c.QDim())           // [T, H*Dh]
-	k := b.Alloc(T, c.KVDim())          // [T, KV*Dh]
-	v := b.Alloc(T, c.KVDim())          // [T, KV*Dh]
-	att := b.Alloc(T, c.QDim())         // [T, H*Dh]
-	g := b.Alloc(T, c.IntermediateSize) // [T, I]
-	u := b.Alloc(T, c.IntermediateSize) // [T, I]
+	x := AllocUninit(b, T, c.HiddenSize)       // [T, D] residual stream
+	h := AllocUninit(b, T, c.HiddenSize)       // [T, D] normed input, sub-block output
+	q := AllocUninit(b, T, c.QDim())           // [T, H*Dh]
+	k := AllocUninit(b, T, c.KVDim())          // [T, KV*Dh]
+	v := AllocUninit(b, T, c.KVDim())          // [T, KV*Dh]
+	att := AllocUninit(b, T, c.QDim())         // [T, H*Dh]
+	g := AllocUninit(b, T, c.IntermediateSize) // [T, I]
+	u := AllocUninit(b, T, c.IntermediateSize) // [T, I]
 	a = &layerActs{x: x, h1: h, q: q, k: k, v: v, a: att, o: h, xm: x, h2: h, g: g, u: u, mm: g, dn: h, out: x}
 	return a, func() {
 		for _, t := range []*Tensor{x, h, q, k, v, att, g, u} {
@@ -170,22 +171,24 @@ func newScratchActs(b Backend, c *Config, T int) (a *layerActs, free func()) {
 }
 
 // newActs allocates layer buffers for training on input x [T, D], each its own tensor (o is
-// xm and dn is out, both added to in place), with the projections kept before qk-norm.
+// xm and dn is out, both added to in place), with the projections kept before qk-norm. They
+// start uninitialised (AllocUninit): the forward writes each before it reads it (the adds into
+// o and dn follow the MatMuls that write them).
 func (t *Trainer) newActs(a *layerActs, x *Tensor) {
 	b, c, T := t.b, t.Model.Config, x.Rows()
 	a.x = x
-	a.h1 = b.Alloc(T, c.HiddenSize)
-	a.q, a.k, a.v = b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim()), b.Alloc(T, c.KVDim())
+	a.h1 = AllocUninit(b, T, c.HiddenSize)
+	a.q, a.k, a.v = AllocUninit(b, T, c.QDim()), AllocUninit(b, T, c.KVDim()), AllocUninit(b, T, c.KVDim())
 	if c.QKNorm {
-		a.qb, a.kb = b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim())
+		a.qb, a.kb = AllocUninit(b, T, c.QDim()), AllocUninit(b, T, c.KVDim())
 	}
-	a.a, a.lse = b.Alloc(T, c.QDim()), b.Alloc(T, c.NumAttentionHeads)
-	a.xm = b.Alloc(T, c.HiddenSize)
+	a.a, a.lse = AllocUninit(b, T, c.QDim()), AllocUninit(b, T, c.NumAttentionHeads)
+	a.xm = AllocUninit(b, T, c.HiddenSize)
 	a.o = a.xm
-	a.h2 = b.Alloc(T, c.HiddenSize)
-	a.g, a.u = b.Alloc(T, c.IntermediateSize), b.Alloc(T, c.IntermediateSize)
-	a.mm = b.Alloc(T, c.IntermediateSize)
-	a.out = b.Alloc(T, c.HiddenSize)
+	a.h2 = AllocUninit(b, T, c.HiddenSize)
+	a.g, a.u = AllocUninit(b, T, c.IntermediateSize), AllocUninit(b, T, c.IntermediateSize)
+	a.mm = AllocUninit(b, T, c.IntermediateSize)
+	a.out = AllocUninit(b, T, c.HiddenSize)
 	a.dn = a.out
 	a.keepLoRA = t.Model.Adapters != nil
 }
@@ -235,20 +238,21 @@ func (t *Trainer) matmulBack(dx, dy, x, w, g *Tensor) {
 }
 
 // layerBackward takes dy = ∂L/∂(layer output) [T, D] and returns ∂L/∂x [T, D] (freeing dy),
-// accumulating the layer's weight gradients.
+// accumulating the layer's weight gradients. Its scratch starts uninitialised (AllocUninit): each
+// buffer's first op writes it (MatMulDX, SwiGLUBackward, AttentionBackward).
 func (t *Trainer) layerBackward(li int, dy *Tensor, bm *batchMeta, a *layerActs) *Tensor {
 	b, c := t.b, t.Model.Config
 	l, gl := &t.Model.Layers[li], &t.gw.Layers[li]
 	T, eps := dy.Rows(), float32(c.RMSNormEps)
 	// MLP: out = xm + down(silu(gate(h2)) * up(h2)).
-	dmm := b.Alloc(T, c.IntermediateSize) // [T, I]
+	dmm := AllocUninit(b, T, c.IntermediateSize) // [T, I]
 	t.matmulBack(dmm, dy, a.mm, l.Down, gl.Down)
 	t.loraBack(li, tDown, dmm, dy, a.mm, a)
-	dg, du := b.Alloc(T, c.IntermediateSize), b.Alloc(T, c.IntermediateSize) // [T, I] x2
+	dg, du := AllocUninit(b, T, c.IntermediateSize), AllocUninit(b, T, c.IntermediateSize) // [T, I] x2
 	b.SwiGLUBackward(dg, du, dmm, a.g, a.u)
 	b.Free(dmm)
-	dh := b.Alloc(T, c.HiddenSize)  // [T, D]
-	tmp := b.Alloc(T, c.HiddenSize) // [T, D]
+	dh := AllocUninit(b, T, c.HiddenSize)  // [T, D]
+	tmp := AllocUninit(b, T, c.HiddenSize) // [T, D]
 	t.matmulBack(dh, dg, a.h2, l.Gate, gl.Gate)
 	t.loraBack(li, tGate, dh, dg, a.h2, a)
 	t.matmulBack(tmp, du, a.h2, l.Up, gl.Up)
@@ -273,10 +277,10 @@ func (t *Trainer) attentionBackward(li int, dh, tmp, dxm *Tensor, bm *batchMeta,
 	b, m, c := t.b, t.Model, t.Model.Config
 	l, gl := &m.Layers[li], &t.gw.Layers[li]
 	T, eps := dxm.Rows(), float32(c.RMSNormEps)
-	da := b.Alloc(T, c.QDim()) // [T, H*Dh]
+	da := AllocUninit(b, T, c.QDim()) // [T, H*Dh]
 	t.matmulBack(da, dxm, a.a, l.O, gl.O)
 	t.loraBack(li, tO, da, dxm, a.a, a)
-	dq, dk, dv := b.Alloc(T, c.QDim()), b.Alloc(T, c.KVDim()), b.Alloc(T, c.KVDim()) // [T, H*Dh], [T, KV*Dh] x2
+	dq, dk, dv := AllocUninit(b, T, c.QDim()), AllocUninit(b, T, c.KVDim()), AllocUninit(b, T, c.KVDim()) // [T, H*Dh], [T, KV*Dh] x2
 	b.AttentionBackward(dq, dk, dv, da, a.q, a.k, a.v, a.a, a.lse, bm.seqStart)
 	b.Free(da)
 	// RoPE is a rotation: its backward rotates by the opposite angle.

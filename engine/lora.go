@@ -414,7 +414,7 @@ type loraDropout struct {
 func (d *loraDropout) apply(b TrainBackend, li int, tg loraTarget, x *Tensor, inPlace bool) *Tensor {
 	out := x
 	if !inPlace {
-		out = b.Alloc(x.Shape...)
+		out = AllocUninit(b, x.Shape...)
 	}
 	b.Dropout(out, x, d.p, d.seed, dropoutStream(d.step, d.micro, li, tg))
 	return out
@@ -436,13 +436,13 @@ func (p *layerPass) adapt(li int, tg loraTarget, out, x *Tensor, a *layerActs) {
 	if p.drop != nil {
 		xin = p.drop.apply(b.(TrainBackend), li, tg, x, false)
 	}
-	u := b.Alloc(x.Rows(), p.ad.Config.Rank) // [T, r]
+	u := AllocUninit(b, x.Rows(), p.ad.Config.Rank) // [T, r]
 	b.MatMul(u, xin, pr.A)
 	if xin != x {
 		b.Free(xin)
 	}
 	b.(TrainBackend).Scale(u, float32(p.ad.Config.Scaling()))
-	d := b.Alloc(out.Shape...) // [T, N]
+	d := AllocUninit(b, out.Shape...) // [T, N]
 	b.MatMul(d, u, pr.B)
 	b.Add(out, out, d)
 	b.Free(d)
@@ -466,7 +466,7 @@ func (t *Trainer) loraBack(li int, tg loraTarget, dx, dy, x *Tensor, a *layerAct
 	b, pr, g := t.b, ad.Layers[li][tg], t.lgrads[li][tg]
 	T, r := dy.Rows(), ad.Config.Rank
 	b.MatMulDW(g.B, dy, a.lu[tg])
-	du := b.Alloc(T, r) // [T, r]
+	du := AllocUninit(b, T, r) // [T, r]
 	b.MatMulDX(du, dy, pr.B)
 	b.Scale(du, float32(ad.Config.Scaling()))
 	xin := x // [T, K]
@@ -477,7 +477,7 @@ func (t *Trainer) loraBack(li int, tg loraTarget, dx, dy, x *Tensor, a *layerAct
 	if xin != x {
 		b.Free(xin)
 	}
-	tmp := b.Alloc(dx.Shape...) // [T, K]
+	tmp := AllocUninit(b, dx.Shape...) // [T, K]
 	b.MatMulDX(tmp, du, pr.A)
 	if t.drop != nil {
 		t.drop.apply(b, li, tg, tmp, true)

@@ -219,8 +219,8 @@ func (m *Model) headLogits(x *Tensor, logitRows []int32, chunk int, onLogits fun
 	c, b := m.Config, m.Backend
 	for first := 0; first < len(logitRows); first += chunk {
 		rows := logitRows[first:min(first+chunk, len(logitRows))]
-		xr := b.Alloc(len(rows), c.HiddenSize)    // [R, D]
-		logits := b.Alloc(len(rows), c.VocabSize) // [R, V]
+		xr := AllocUninit(b, len(rows), c.HiddenSize)    // [R, D]
+		logits := AllocUninit(b, len(rows), c.VocabSize) // [R, V]
 		b.GatherRows(xr, x, rows)
 		b.RMSNorm(xr, xr, m.Norm, float32(c.RMSNormEps))
 		b.MatMul(logits, xr, m.LMHead)

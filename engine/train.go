@@ -468,7 +468,7 @@ func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 // acts (or only its input, with Recompute); it returns the final residual [T, D].
 func (t *Trainer) forwardLayers(bm *batchMeta, acts []layerActs) *Tensor {
 	m, b := t.Model, t.b
-	x := b.Alloc(len(bm.ids), m.Config.HiddenSize) // [T, D] residual stream
+	x := AllocUninit(b, len(bm.ids), m.Config.HiddenSize) // [T, D] residual stream
 	b.Embedding(x, m.Embed, bm.ids)
 	for li := range acts {
 		out := t.layerForward(li, x, bm, &acts[li])

@@ -34,9 +34,9 @@ func (t *Trainer) newHead(xf *Tensor, bm *batchMeta) *trainHead {
 	if h.chunk <= 0 {
 		h.chunk = max(1, min(1024, logitBudget/(4*c.VocabSize)))
 	}
-	h.xr = b.Alloc(R, c.HiddenSize)
+	h.xr = AllocUninit(b, R, c.HiddenSize)
 	b.GatherRows(h.xr, xf, bm.rows)
-	h.hn = b.Alloc(R, c.HiddenSize)
+	h.hn = AllocUninit(b, R, c.HiddenSize)
 	b.RMSNorm(h.hn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
 	return h
 }
@@ -209,14 +209,14 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 func (h *trainHead) chunkBackward(r0, r1 int, part, logits *Tensor, dlp, dent []float32) {
 	t, b, c := h.t, h.t.b, h.t.Model.Config
 	if h.dhn == nil {
-		h.dhn = b.Alloc(len(h.bm.rows), c.HiddenSize) // [R, D]
+		h.dhn = b.Alloc(len(h.bm.rows), c.HiddenSize) // [R, D], zeroed: ScatterAddRows adds into it
 	}
 	b.LogProbsBackward(logits, logits, h.bm.targets[r0:r1], dlp, dent, t.opts.Temperature)
-	dpart := b.Alloc(r1-r0, c.HiddenSize) // [r1-r0, D]
+	dpart := AllocUninit(b, r1-r0, c.HiddenSize) // [r1-r0, D]
 	b.MatMulDX(dpart, logits, t.Model.LMHead)
 	if g := t.gw.LMHead; g != nil {
 		if part == nil {
-			part = b.Alloc(r1-r0, c.HiddenSize)
+			part = AllocUninit(b, r1-r0, c.HiddenSize)
 			b.GatherRows(part, h.hn, seqRange(r0, r1))
 		}
 		b.MatMulDW(g, logits, part)
@@ -234,9 +234,9 @@ func (h *trainHead) finish() *Tensor {
 	if h.dhn == nil {
 		h.dhn = b.Alloc(R, c.HiddenSize)
 	}
-	dxr := b.Alloc(R, c.HiddenSize) // [R, D]
+	dxr := AllocUninit(b, R, c.HiddenSize) // [R, D]
 	b.RMSNormBackward(dxr, t.gw.Norm, h.dhn, h.xr, t.Model.Norm, float32(c.RMSNormEps))
-	dx := b.Alloc(len(bm.ids), c.HiddenSize) // [T, D]
+	dx := b.Alloc(len(bm.ids), c.HiddenSize) // [T, D], zeroed: ScatterAddRows adds into it (unscored rows stay 0)
 	b.ScatterAddRows(dx, dxr, bm.rows)
 	b.Free(dxr)
 	return dx
@@ -245,9 +245,9 @@ func (h *trainHead) finish() *Tensor {
 // chunkLogits returns rows r0..r1-1 of hn [r1-r0, D] and their logits [r1-r0, V].
 func (t *Trainer) chunkLogits(hn *Tensor, r0, r1 int) (part, logits *Tensor) {
 	b, c := t.b, t.Model.Config
-	part = b.Alloc(r1-r0, c.HiddenSize)
+	part = AllocUninit(b, r1-r0, c.HiddenSize)
 	b.GatherRows(part, hn, seqRange(r0, r1))
-	logits = b.Alloc(r1-r0, c.VocabSize)
+	logits = AllocUninit(b, r1-r0, c.VocabSize)
 	b.MatMul(logits, part, t.Model.LMHead)
 	return part, logits
 }

@@ -17,6 +17,8 @@
 #      tensor-core kernels (cuda.Options.TiledAttention, kernels/flash.cu, off by default: the
 #      "tiled-attention" run, which also checks that every flash_* kernel ran), its GEMM cases
 #      with the GEMMs on cuBLASLt (cuda.Options.CublasLt, off by default: the "cublaslt" run),
+#      its model and training cases with the engine's uninitialised tensors filled with NaN
+#      (cuda.Options.UninitAlloc + PoisonUninit: the "uninit-poison" run),
 #      generation with decode steps replayed as CUDA graphs against eager decoding
 #      (TestGPUDecodeGraphs), and the bf16 GEMMs of the 1.5B training step (8192 tokens: q/o,
 #      k/v, gate/up, down, the LM head's 1024-row chunk; forward, dX, dW) on cuBLASLt against
@@ -115,7 +117,7 @@ echo "== default job on the GPU"
 # Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 # same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 # path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt), side by side: the model is tiny,
+# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc), side by side: the model is tiny,
 # the GPU has room for all six.
 (cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 	set -- $run

@@ -328,3 +328,57 @@ func TestAutoPrecision(t *testing.T) {
 		t.Errorf("SetKernelISA(z80): %v", err)
 	}
 }
+
+// TestAllocUninit: AllocUninit hands out a pooled buffer as it was left (UninitAsIs), cleared
+// (UninitZero) or filled with NaN (UninitNaN, also what PROLONG_CPU_POISON=1 makes the default),
+// new buffers included; Alloc clears a buffer that AllocUninit poisoned.
+func TestAllocUninit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		env  string
+		want func(old float32) float32 // what a pooled buffer's element reads
+		new  func() float32            // what a new buffer's element reads
+	}{
+		{"as-is", nil, "", func(old float32) float32 { return old }, func() float32 { return 0 }},
+		{"zero", []Option{WithUninitFill(UninitZero)}, "", func(float32) float32 { return 0 }, func() float32 { return 0 }},
+		{"nan", []Option{WithUninitFill(UninitNaN)}, "", func(float32) float32 { return float32(math.NaN()) }, func() float32 { return float32(math.NaN()) }},
+		{"env", nil, "1", func(float32) float32 { return float32(math.NaN()) }, func() float32 { return float32(math.NaN()) }},
+		{"env, option wins", []Option{WithUninitFill(UninitAsIs)}, "1", func(old float32) float32 { return old }, func() float32 { return 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(PoisonEnv, tc.env)
+			c := New(tc.opts...)
+			same := func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) }
+			fresh := c.AllocUninit(3, 7)
+			for i, v := range f32(fresh) {
+				if !same(v, tc.new()) {
+					t.Fatalf("new buffer [%d] = %v, want %v", i, v, tc.new())
+				}
+			}
+			a := c.Alloc(4, 5) // 20 floats, class 20
+			buf := f32(a)
+			for i := range buf {
+				buf[i] = float32(i) + 0.5
+			}
+			c.Free(a)
+			b := c.AllocUninit(2, 9) // 18 floats, class 20: the same storage
+			got := f32(b)
+			if &got[0] != &buf[0] || len(got) != 18 {
+				t.Fatalf("pooled buffer not reused (len %d)", len(got))
+			}
+			for i, v := range got {
+				if want := tc.want(float32(i) + 0.5); !same(v, want) {
+					t.Fatalf("reused buffer [%d] = %v, want %v", i, v, want)
+				}
+			}
+			c.Free(b)
+			z := c.Alloc(20)
+			for i, v := range f32(z) {
+				if v != 0 {
+					t.Fatalf("Alloc after AllocUninit: [%d] = %v, want 0", i, v)
+				}
+			}
+		})
+	}
+}

@@ -27,6 +27,8 @@ type Backend struct {
 	fusedMLP bool // the engine runs gate/up and SwiGLU as one op (WithFusedMLP(true))
 	qkvRoPE  int8 // FusesQKVRoPE: 0 DefaultFusedQKVRoPE, 1 on, -1 off
 
+	uninit UninitFill // what AllocUninit leaves in a buffer (WithUninitFill)
+
 	mu     sync.Mutex
 	pool   map[int][][]float32 // free activation buffers by capacity, a size class (sizeClass)
 	pooled int64               // bytes held in pool
@@ -151,9 +153,37 @@ func WithFusedMLP(on bool) Option {
 	return func(c *Backend) { c.fusedMLP = on }
 }
 
+// UninitFill says what AllocUninit leaves in the buffers it hands out.
+type UninitFill int8
+
+const (
+	// UninitAsIs (the default) leaves a reused buffer's old values (a new one is zero).
+	UninitAsIs UninitFill = iota
+	// UninitZero clears it, as Alloc does: a reference run to compare UninitNaN's against.
+	UninitZero
+	// UninitNaN fills it with NaN, so that a read before a write (a caller that breaks
+	// AllocUninit's contract, or an op that accumulates into its output) makes NaN results.
+	UninitNaN
+)
+
+// WithUninitFill sets what AllocUninit leaves in its buffers (UninitAsIs if not given, or
+// UninitNaN where the environment variable PoisonEnv is 1). Tests set UninitNaN to prove that
+// the engine writes every uninitialised buffer before reading it.
+func WithUninitFill(f UninitFill) Option {
+	return func(c *Backend) { c.uninit = f }
+}
+
+// PoisonEnv names the environment variable that, set to 1, makes New's backends fill
+// AllocUninit's buffers with NaN (UninitNaN) unless an option says otherwise: any test or
+// program run with PROLONG_CPU_POISON=1 then checks the contract on its own paths.
+const PoisonEnv = "PROLONG_CPU_POISON"
+
 // New returns a CPU backend configured by opts.
 func New(opts ...Option) *Backend {
 	c := &Backend{poolLimit: DefaultPoolLimit, pool: map[int][][]float32{}}
+	if os.Getenv(PoisonEnv) == "1" {
+		c.uninit = UninitNaN
+	}
 	for _, o := range opts {
 		o(c)
 	}
@@ -222,23 +252,38 @@ func sizeClass(n int) int {
 
 // Alloc implements engine.Backend. Buffers are recycled through Free: a buffer's capacity is the
 // size class of its length, and any freed buffer of that class serves it.
-func (c *Backend) Alloc(shape ...int) *engine.Tensor {
+func (c *Backend) Alloc(shape ...int) *engine.Tensor { return c.alloc(UninitZero, shape) }
+
+// AllocUninit implements engine.UninitAllocator: Alloc without the clearing of a reused buffer
+// (what it holds is what WithUninitFill says).
+func (c *Backend) AllocUninit(shape ...int) *engine.Tensor { return c.alloc(c.uninit, shape) }
+
+// alloc returns a pooled or new buffer of shape, filled as fill says.
+func (c *Backend) alloc(fill UninitFill, shape []int) *engine.Tensor {
 	t := &engine.Tensor{Shape: append([]int(nil), shape...), DType: engine.F32}
 	n := t.Len()
 	class := sizeClass(n)
+	var buf []float32
 	c.mu.Lock()
 	if free := c.pool[class]; len(free) > 0 {
-		buf := free[len(free)-1]
+		buf = free[len(free)-1][:n]
 		c.pool[class] = free[:len(free)-1]
 		c.pooled -= 4 * int64(class)
 		c.mu.Unlock()
-		buf = buf[:n]
-		clear(buf)
-		t.Buf = buf
-		return t
+		if fill == UninitZero {
+			clear(buf)
+		}
+	} else {
+		c.mu.Unlock()
+		buf = make([]float32, n, class)
 	}
-	c.mu.Unlock()
-	t.Buf = make([]float32, n, class)
+	if fill == UninitNaN {
+		nan := float32(math.NaN())
+		for i := range buf {
+			buf[i] = nan
+		}
+	}
+	t.Buf = buf
 	return t
 }
 

@@ -80,6 +80,29 @@ func TestCPUFusedMLP(t *testing.T) {
 	t.Logf("%d model and training results, all exact", n)
 }
 
+// TestCPUUninitPoison: the CPU backend with AllocUninit's buffers full of NaN (cpu.UninitNaN)
+// against one whose AllocUninit clears them (cpu.UninitZero): whole-model logits, scores, cached
+// generation, training gradients and AdamW steps are the same bits, so the engine writes every
+// uninitialised buffer before reading it. (engine's TestAllocUninitPoison runs more paths:
+// generation with top log-probs, both LM-head paths, recomputation, LoRA.)
+func TestCPUUninitPoison(t *testing.T) {
+	ref := cpu.New(cpu.WithUninitFill(cpu.UninitZero))
+	n := 0
+	for _, r := range Check(cpu.New(cpu.WithUninitFill(cpu.UninitNaN)), Options{Reference: ref, Short: true}) {
+		if !strings.HasPrefix(r.Name, "Model/") && !strings.HasPrefix(r.Name, "Train/") {
+			continue
+		}
+		n++
+		if r.Error != 0 || !r.Pass {
+			t.Errorf("%s: not exact: %s", r.Name, r)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no model or training case ran")
+	}
+	t.Logf("%d model and training results, all exact", n)
+}
+
 // TestCasesFilter: Options.Cases runs only the cases it matches, here the (short) attention
 // cases of head dims 64 and 128 (the GPU's tiled kernels' shapes), on the CPU's tiled paths
 // against its row paths. TestCPU and TestCPUTiledAttention run the long ones.

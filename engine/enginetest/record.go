@@ -22,7 +22,8 @@ import (
 //
 // It forwards engine.MatMulsBackend (with its engine.MatMulsSwitch), engine.GateUpSwiGLUBackend,
 // engine.QKVRoPEBackend and engine.KVDTyper when the wrapped backend has them, so the engine
-// takes the same paths as on that backend.
+// takes the same paths as on that backend, and engine.UninitAllocator (recorded as an Alloc
+// whose Args say "uninit").
 type Recorder struct {
 	B engine.Backend
 
@@ -162,6 +163,15 @@ func (r *Recorder) Close() error { return r.B.Close() }
 func (r *Recorder) Alloc(shape ...int) *engine.Tensor {
 	t := r.B.Alloc(shape...)
 	r.add("Alloc", []*engine.Tensor{t}, nil, "")
+	return t
+}
+
+// AllocUninit implements engine.UninitAllocator: the wrapped backend's AllocUninit (its Alloc
+// where it has none), recorded as Op "Alloc" with Args "uninit", so that a count of Allocs
+// counts both.
+func (r *Recorder) AllocUninit(shape ...int) *engine.Tensor {
+	t := engine.AllocUninit(r.B, shape...)
+	r.add("Alloc", []*engine.Tensor{t}, nil, "uninit")
 	return t
 }
 
