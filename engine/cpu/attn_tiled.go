@@ -120,7 +120,7 @@ func (c *Backend) packTiles(src []float32, ld, heads, dh int, seqStart []int32, 
 		last := tasks[len(tasks)-1]
 		ntiles = last.g0 + (last.t1-last.t0+attnTile-1)/attnTile
 	}
-	p.t = c.Alloc(ntiles * heads * p.size)
+	p.t = c.AllocUninit(ntiles * heads * p.size) // every entry is packed before it is read
 	p.data = f32(p.t)
 	c.thr.Parallel(len(tasks), 8, func(lo, hi int) {
 		for _, tk := range tasks[lo:hi] {
