@@ -215,3 +215,29 @@ func TestSwiGLUBackward(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxOf: the largest of m and x, by hand, wherever it sits among the four running maxima
+// and the tail; a NaN is skipped.
+func TestMaxOf(t *testing.T) {
+	inf := float32(math.Inf(1))
+	for _, tc := range []struct {
+		x    []float32
+		m    float32
+		want float32
+	}{
+		{nil, -inf, -inf},
+		{[]float32{3}, 1, 3},
+		{[]float32{3}, 5, 5},
+		{[]float32{1, 9, 2, 3}, -inf, 9},
+		{[]float32{1, 2, 3, 8, 0}, -inf, 8},
+		{[]float32{1, 2, 3, 4, 5, 6, 7, 8, 9}, -inf, 9},
+		{[]float32{-5, -4, -3, -2, -7, -6, -8, -9, -1.5}, -inf, -1.5},
+		{[]float32{-5, -4, -3, -2}, -1, -1},
+		{[]float32{1, float32(math.NaN()), 2, 0.5, 7}, 0, 7},
+		{[]float32{1, 2, inf, 3}, 0, inf},
+	} {
+		if got := MaxOf(tc.x, tc.m); got != tc.want {
+			t.Errorf("MaxOf(%v, %g) = %g, want %g", tc.x, tc.m, got, tc.want)
+		}
+	}
+}
