@@ -19,7 +19,7 @@ var peakOnce = sync.OnceValue(func() float64 { return kern.PeakFMA(200 * time.Mi
 // the FMA peak.
 func BenchmarkAttentionTrain(b *testing.B) {
 	const h, kv, dh = 14, 2, 64
-	for _, L := range []int{64, 256, 1024, 4096} {
+	for _, L := range []int{16, 64, 128, 256, 1024, 4096} {
 		for _, path := range []string{"rows", "tiled"} {
 			b.Run(fmt.Sprintf("L%d/%s", L, path), func(b *testing.B) {
 				c := New()
