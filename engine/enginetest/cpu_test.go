@@ -63,9 +63,15 @@ func TestCPUTiledAttention(t *testing.T) {
 // generation, training gradients and AdamW steps are the same bits (the op is MatMuls then
 // SwiGLU bit for bit, and the training forward keeps the products the backward reads).
 func TestCPUFusedMLP(t *testing.T) {
-	ref := cpu.New(cpu.WithFusedMLP(false))
+	sameModelAndTrain(t, cpu.New(cpu.WithFusedMLP(true)), cpu.New(cpu.WithFusedMLP(false)))
+}
+
+// sameModelAndTrain checks that every model and training case of the short suite gives b the
+// same bits as ref.
+func sameModelAndTrain(t *testing.T, b, ref engine.TrainBackend) {
+	t.Helper()
 	n := 0
-	for _, r := range Check(cpu.New(cpu.WithFusedMLP(true)), Options{Reference: ref, Short: true}) {
+	for _, r := range Check(b, Options{Reference: ref, Short: true}) {
 		if !strings.HasPrefix(r.Name, "Model/") && !strings.HasPrefix(r.Name, "Train/") {
 			continue
 		}
@@ -86,21 +92,7 @@ func TestCPUFusedMLP(t *testing.T) {
 // uninitialised buffer before reading it. (engine's TestAllocUninitPoison runs more paths:
 // generation with top log-probs, both LM-head paths, recomputation, LoRA.)
 func TestCPUUninitPoison(t *testing.T) {
-	ref := cpu.New(cpu.WithUninitFill(cpu.UninitZero))
-	n := 0
-	for _, r := range Check(cpu.New(cpu.WithUninitFill(cpu.UninitNaN)), Options{Reference: ref, Short: true}) {
-		if !strings.HasPrefix(r.Name, "Model/") && !strings.HasPrefix(r.Name, "Train/") {
-			continue
-		}
-		n++
-		if r.Error != 0 || !r.Pass {
-			t.Errorf("%s: not exact: %s", r.Name, r)
-		}
-	}
-	if n == 0 {
-		t.Fatal("no model or training case ran")
-	}
-	t.Logf("%d model and training results, all exact", n)
+	sameModelAndTrain(t, cpu.New(cpu.WithUninitFill(cpu.UninitNaN)), cpu.New(cpu.WithUninitFill(cpu.UninitZero)))
 }
 
 // TestCasesFilter: Options.Cases runs only the cases it matches, here the (short) attention

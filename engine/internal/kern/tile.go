@@ -27,15 +27,8 @@ func Gemm(ta, tb bool, m, n, k int, a []float32, lda int, b []float32, ldb int, 
 	if m < 0 || n < 0 || k < 0 {
 		panic(fmt.Sprintf("kern: Gemm of shape m=%d n=%d k=%d", m, n, k))
 	}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		if !acc {
-			for i := 0; i < m; i++ {
-				clear(c[i*ldc : i*ldc+n])
-			}
-		}
+	if m == 0 || n == 0 || k == 0 {
+		GemmPacked(m, n, k, nil, nil, c, ldc, acc) // nothing to pack: c cleared or left as it is
 		return
 	}
 	buf.a = grow(buf.a, m*k)
