@@ -6,6 +6,7 @@
 #
 #   scripts/gpu-check.sh DIR        # here
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
+#   PROLONG_GPU_CHECK_STEPS=conformance,nccl DIR/run.sh OUT   # some steps only (see run.sh)
 #
 # run.sh runs, each under its own time limit (one GPU: 650 s in all at most, the conformance
 # and bench steps first; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts take seconds
@@ -78,63 +79,79 @@ if [ -z "${PROLONG_NCCL:-}" ]; then
 		[ -f "$d/libnccl.so.2" ] && export PROLONG_NCCL="$d/libnccl.so.2"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >"$out/nvidia-smi.csv" 2>&1
+# PROLONG_GPU_CHECK_STEPS picks steps (comma-separated, in this order whatever the list's):
+# conformance, nccl, bench, train, transformers; all by default. Where one call may run 10
+# minutes and all steps' limits add up to more, split the check over two calls into the same
+# OUTDIR, e.g. conformance,nccl then bench,train,transformers (the report reads what is there).
+steps=",${PROLONG_GPU_CHECK_STEPS:-conformance,nccl,bench,train,transformers},"
+want() { [[ "$steps" == *",$1,"* ]]; }
 t0=$(date +%s)
-echo "== conformance"
-PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-	timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt' -test.v >"$out/conformance.log" 2>&1
-echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
-echo "== nccl, one rank"
-PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
-	timeout 60 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl.log" 2>&1
-echo "nccl exit $? after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl.log" | tail -14
-ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
-if [ "${ngpu:-0}" -gt 1 ]; then
-	echo "== nccl, $ngpu ranks"
-	export PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl-ranks.json"
-	if command -v mpirun >/dev/null; then
-		xs=(); for v in LD_LIBRARY_PATH PROLONG_CUDA_CACHE PROLONG_NCCL PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON; do
-			[ -n "${!v:-}" ] && xs+=(-x "$v")
-		done
-		echo "launcher: mpirun -np $ngpu" >"$out/nccl-ranks.log"
-		timeout 90 mpirun --allow-run-as-root --oversubscribe -np "$ngpu" "${xs[@]}" \
-			"$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >>"$out/nccl-ranks.log" 2>&1
-	else # no MPI here: N processes with torchrun-style variables, the unique id over TCP
-		echo "launcher: $ngpu processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR (no mpirun)" >"$out/nccl-ranks.log"
-		for r in $(seq 0 $((ngpu - 1))); do
-			RANK=$r WORLD_SIZE=$ngpu LOCAL_RANK=$r LOCAL_WORLD_SIZE=$ngpu MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
-				timeout 90 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl-rank-$r.log" 2>&1 &
-		done
-		wait
-		cat "$out"/nccl-rank-*.log >>"$out/nccl-ranks.log"
-	fi
-	echo "nccl $ngpu ranks done after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl-ranks.log" | tail -14
-	unset PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON
+if want conformance; then
+	echo "== conformance"
+	PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
+		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt' -test.v >"$out/conformance.log" 2>&1
+	echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 fi
-echo "== bench"
-timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
-echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
-echo "== default job on the GPU"
-# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
-# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
-# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc), side by side: the model is tiny,
-# the GPU has room for all six.
-(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
-	set -- $run
-	PROLONG_CUDA_OPTIONS="${4:-}" timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
-done; wait)
-echo "train runs done after $(( $(date +%s) - t0 )) s"
-for r in s1 s2 s3 s1-again s1-fp32 s1-all; do
-	echo "$r: $(grep -h 'held-out accuracy:' "$out/train-$r.log" || tail -1 "$out/train-$r.log")"
-done | tee "$out/train.log"
-a="$out/train-s1/checkpoints/step-000200/model.safetensors"; b="$out/train-s1-again/checkpoints/step-000200/model.safetensors"
-if cmp -s "$a" "$b"; then echo "seed 1 twice: identical final weights"; else echo "seed 1 twice: final weights DIFFER"; fi | tee -a "$out/train.log"
-cp "$out/train-s1/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
-echo "== our exports in transformers and ONNX Runtime (the machine's python3)"
-cp "$here/check_transformers.py" "$out/" 2>/dev/null
-timeout 60 python3 "$here/check_transformers.py" "$out/train-s1/checkpoints/step-000200" "$out/train-s1/checkpoints/best" \
-	2>"$out/transformers.err" | tee "$out/transformers.jsonl"
-echo "transformers check exit ${PIPESTATUS[0]}"
+if want nccl; then
+	echo "== nccl, one rank"
+	PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
+		timeout 60 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl.log" 2>&1
+	echo "nccl exit $? after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl.log" | tail -14
+	ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+	if [ "${ngpu:-0}" -gt 1 ]; then
+		echo "== nccl, $ngpu ranks"
+		export PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl-ranks.json"
+		if command -v mpirun >/dev/null; then
+			xs=(); for v in LD_LIBRARY_PATH PROLONG_CUDA_CACHE PROLONG_NCCL PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON; do
+				[ -n "${!v:-}" ] && xs+=(-x "$v")
+			done
+			echo "launcher: mpirun -np $ngpu" >"$out/nccl-ranks.log"
+			timeout 90 mpirun --allow-run-as-root --oversubscribe -np "$ngpu" "${xs[@]}" \
+				"$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >>"$out/nccl-ranks.log" 2>&1
+		else # no MPI here: N processes with torchrun-style variables, the unique id over TCP
+			echo "launcher: $ngpu processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR (no mpirun)" >"$out/nccl-ranks.log"
+			for r in $(seq 0 $((ngpu - 1))); do
+				RANK=$r WORLD_SIZE=$ngpu LOCAL_RANK=$r LOCAL_WORLD_SIZE=$ngpu MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+					timeout 90 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl-rank-$r.log" 2>&1 &
+			done
+			wait
+			cat "$out"/nccl-rank-*.log >>"$out/nccl-ranks.log"
+		fi
+		echo "nccl $ngpu ranks done after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl-ranks.log" | tail -14
+		unset PROLONG_REQUIRE_CUDA PROLONG_REQUIRE_NCCL PROLONG_NCCL_JSON
+	fi
+fi
+if want bench; then
+	echo "== bench"
+	timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+	echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
+fi
+if want train; then
+	echo "== default job on the GPU"
+	# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
+	# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
+	# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
+	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc), side by side: the model is tiny,
+	# the GPU has room for all six.
+	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
+		set -- $run
+		PROLONG_CUDA_OPTIONS="${4:-}" timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
+	done; wait)
+	echo "train runs done after $(( $(date +%s) - t0 )) s"
+	for r in s1 s2 s3 s1-again s1-fp32 s1-all; do
+		echo "$r: $(grep -h 'held-out accuracy:' "$out/train-$r.log" || tail -1 "$out/train-$r.log")"
+	done | tee "$out/train.log"
+	a="$out/train-s1/checkpoints/step-000200/model.safetensors"; b="$out/train-s1-again/checkpoints/step-000200/model.safetensors"
+	if cmp -s "$a" "$b"; then echo "seed 1 twice: identical final weights"; else echo "seed 1 twice: final weights DIFFER"; fi | tee -a "$out/train.log"
+	cp "$out/train-s1/metrics.jsonl" "$out/train-metrics.jsonl" 2>/dev/null
+fi
+if want transformers; then
+	echo "== our exports in transformers and ONNX Runtime (the machine's python3)"
+	cp "$here/check_transformers.py" "$out/" 2>/dev/null
+	timeout 60 python3 "$here/check_transformers.py" "$out/train-s1/checkpoints/step-000200" "$out/train-s1/checkpoints/best" \
+		2>"$out/transformers.err" | tee "$out/transformers.jsonl"
+	echo "transformers check exit ${PIPESTATUS[0]}"
+fi
 "$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
 RUN
 chmod +x "$dir/run.sh"
