@@ -96,11 +96,18 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 	})
 }
 
-// SwiGLUBackward implements engine.TrainBackend.
+// SwiGLUBackward implements engine.TrainBackend: swiglu_bwd; with Options.FoldBF16 and bf16
+// GEMMs, swiglu_bwd_bf16, which also writes the bf16 copies of dgate and dup that the gate and
+// up projections' MatMulDX and MatMulDW read.
 func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	b.op(desc("SwiGLUBackward dgate dup dout gate up", dgate, dup, dout, gate, up), func() {
 		touched(dgate, dup)
 		n := int64(dout.Len())
+		if dgb, dub := b.foldDest(dgate), b.foldDest(dup); dgb != 0 && dub != 0 { // Options.FoldBF16 (fold_bf16.go)
+			b.launchSwigluBwdBf16(b.gridFor(n), 256, ptr(dgate), ptr(dup), dgb, dub, ptr(dout), ptr(gate), ptr(up), n)
+			b.foldWritten(dgate, dup)
+			return
+		}
 		b.launchSwigluBwd(b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
 	})
 }

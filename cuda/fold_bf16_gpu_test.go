@@ -1,0 +1,126 @@
+package cuda
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/prolong-rl/prolong/engine"
+)
+
+// bf16CopyBits returns the bits of t's bf16 copy (made by bf16Copy, converting t when the copy
+// is stale) and whether the copy was current before.
+func bf16CopyBits(t *testing.T, b *Backend, x *engine.Tensor) ([]uint16, bool) {
+	t.Helper()
+	bits := make([]uint16, x.Len())
+	var current bool
+	err := b.opErr(desc("bf16 copy x", x), func() error {
+		bf := devBuf(x)
+		current = bf.bf != 0 && bf.bfVer == bf.ver
+		p := b.bf16Copy(x)
+		b.download(unsafe.Pointer(&bits[0]), uint64(p), uint64(2*len(bits)))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bits, current
+}
+
+// TestGPUFoldBF16 (GPU): the folding kernels of Options.FoldBF16 (rmsnorm_bf16, also in place,
+// add_rmsnorm_bf16, swiglu_out_bf16, swiglu_bwd_bf16) give fp32 outputs and bf16 copies bit
+// for bit equal to the unfused kernels followed by f32_to_bf16_kernel, and their copies are
+// current without a conversion.
+func TestGPUFoldBF16(t *testing.T) {
+	unf := openGPU(t, Options{BF16Matmul: true})
+	fold := openGPU(t, Options{BF16Matmul: true, FoldBF16: true})
+	r := rand.New(rand.NewPCG(11, 13))
+	data := func(n int, scale float64) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(r.NormFloat64() * scale)
+		}
+		return v
+	}
+	up := func(b *Backend, v []float32, shape ...int) *engine.Tensor {
+		x, err := b.Upload(engine.F32, v, false, shape...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	const eps = 1e-6
+	for _, tc := range []struct {
+		name string
+		rows int
+		cols int
+		// run runs the op on b with the inputs in (in[1] the norm weight [cols], the others
+		// [rows, cols]) and returns the outputs whose copies are folded, then any others.
+		run func(b *Backend, in []*engine.Tensor) (folded, other []*engine.Tensor)
+	}{
+		{"RMSNorm", 17, 257, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			out := b.Alloc(17, 257)
+			b.RMSNorm(out, in[0], in[1], eps)
+			return []*engine.Tensor{out}, nil
+		}},
+		{"RMSNorm/inplace", 33, 1536, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			b.RMSNorm(in[0], in[0], in[1], eps)
+			return []*engine.Tensor{in[0]}, nil
+		}},
+		{"AddRMSNorm/inplace", 24, 896, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			normed := b.Alloc(24, 896)
+			b.AddRMSNorm(in[0], normed, in[0], in[2], in[1], eps)
+			return []*engine.Tensor{normed}, []*engine.Tensor{in[0]}
+		}},
+		{"SwiGLU", 40, 4864, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			out := b.Alloc(40, 4864)
+			b.SwiGLU(out, in[0], in[2])
+			return []*engine.Tensor{out}, nil
+		}},
+		{"SwiGLUBackward", 40, 4864, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			dg, du := b.Alloc(40, 4864), b.Alloc(40, 4864)
+			b.SwiGLUBackward(dg, du, in[2], in[0], in[3])
+			return []*engine.Tensor{dg, du}, nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// in[0] [rows, cols], in[1] the norm weight [cols], in[2], in[3] [rows, cols].
+			host := [][]float32{data(tc.rows*tc.cols, 3), data(tc.cols, 1), data(tc.rows*tc.cols, 2), data(tc.rows*tc.cols, 1)}
+			var res [2][][]float32
+			var copies [2][][]uint16
+			for i, b := range []*Backend{unf, fold} {
+				in := []*engine.Tensor{up(b, host[0], tc.rows, tc.cols), up(b, host[1], tc.cols), up(b, host[2], tc.rows, tc.cols), up(b, host[3], tc.rows, tc.cols)}
+				folded, other := tc.run(b, in)
+				for _, x := range append(folded, other...) {
+					v := make([]float32, x.Len())
+					if err := b.Download(x, v); err != nil {
+						t.Fatal(err)
+					}
+					res[i] = append(res[i], v)
+				}
+				for _, x := range folded {
+					bits, current := bf16CopyBits(t, b, x)
+					if b == fold && !current {
+						t.Errorf("output %v: its bf16 copy is stale after the folding kernel", x.Shape)
+					}
+					copies[i] = append(copies[i], bits)
+				}
+			}
+			for j := range res[0] {
+				for k := range res[0][j] {
+					if math.Float32bits(res[0][j][k]) != math.Float32bits(res[1][j][k]) {
+						t.Fatalf("output %d element %d: folded %g, unfused %g", j, k, res[1][j][k], res[0][j][k])
+					}
+				}
+			}
+			for j := range copies[0] {
+				for k := range copies[0][j] {
+					if copies[0][j][k] != copies[1][j][k] {
+						t.Fatalf("bf16 copy %d element %d: folded %#04x, converted %#04x", j, k, copies[1][j][k], copies[0][j][k])
+					}
+				}
+			}
+		})
+	}
+}
