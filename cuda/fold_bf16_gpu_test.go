@@ -78,6 +78,33 @@ func TestGPUFoldBF16(t *testing.T) {
 			b.SwiGLU(out, in[0], in[2])
 			return []*engine.Tensor{out}, nil
 		}},
+		{"Attention", 40, 512, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			// One sequence of 40 new tokens (a prefill), 8 query heads over 2 KV heads of 64: the
+			// paged GQA kernel; q is in[0], k and v the same random values on both backends.
+			const H, KV, dh, T = 8, 2, 64, 40
+			bs := engine.DefaultBlockSize
+			st, err := b.NewKVStore(1, KV, bs, dh, (T+bs-1)/bs, engine.F32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ab := &engine.AttnBatch{SeqStart: []int32{0, T}, CtxLen: []int32{T}}
+			var table []int32
+			for i := range (T + bs - 1) / bs {
+				table = append(table, int32(i))
+			}
+			ab.Blocks = [][]int32{table}
+			for i := range int32(T) {
+				ab.Slots = append(ab.Slots, i)
+			}
+			kr := rand.New(rand.NewPCG(5, 7))
+			kv := make([]float32, 2*T*KV*dh)
+			for i := range kv {
+				kv[i] = float32(kr.NormFloat64())
+			}
+			k, v, out := up(b, kv[:T*KV*dh], T, KV*dh), up(b, kv[T*KV*dh:], T, KV*dh), b.Alloc(T, H*dh)
+			b.Attention(out, in[0], k, v, st, 0, ab)
+			return []*engine.Tensor{out}, nil
+		}},
 		{"SwiGLUBackward", 40, 4864, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
 			dg, du := b.Alloc(40, 4864), b.Alloc(40, 4864)
 			b.SwiGLUBackward(dg, du, in[2], in[0], in[3])

@@ -66,8 +66,8 @@ func (g *fakeGPU) conversions(c0, l0, m0 int) (byWriter map[string]int, launches
 
 // foldedKernels are the producers whose outputs' conversions Options.FoldBF16 folds: the
 // unfused kernels and the folding ones.
-var foldedKernels = []string{"rmsnorm", "add_rmsnorm", "swiglu", "swiglu_bwd",
-	"rmsnorm_bf16", "add_rmsnorm_bf16", "swiglu_out_bf16", "swiglu_bwd_bf16"}
+var foldedKernels = []string{"rmsnorm", "add_rmsnorm", "swiglu", "swiglu_bwd", "attn_paged_gqa",
+	"rmsnorm_bf16", "add_rmsnorm_bf16", "swiglu_out_bf16", "swiglu_bwd_bf16", "attn_paged_gqa_bf16"}
 
 // foldTally is the conversions of one phase of foldWorkload.
 type foldTally struct {
@@ -167,8 +167,9 @@ func foldWorkload(t *testing.T, g *fakeGPU, o Options) map[string]foldTally {
 }
 
 // TestFoldBF16Conversions (fake GPU): with BF16Matmul, a training step's forward and backward,
-// a prefill and a decode step of 12 rows convert the outputs of RMSNorm, AddRMSNorm, SwiGLU and
-// SwiGLUBackward with f32_to_bf16_kernel before the GEMMs read them; with FoldBF16 too, none
+// a prefill and a decode step of 12 rows convert the outputs of RMSNorm, AddRMSNorm, SwiGLU,
+// SwiGLUBackward and the paged attention (attn_paged_gqa) with f32_to_bf16_kernel before the
+// GEMMs read them; with FoldBF16 too, none
 // (every other conversion stays), and each phase launches that many kernels fewer. The
 // conversions are told apart by the kernel that last wrote the converted address.
 func TestFoldBF16Conversions(t *testing.T) {
@@ -178,11 +179,12 @@ func TestFoldBF16Conversions(t *testing.T) {
 	off := foldWorkload(t, newFakeGPU(t, 90, 1<<34), base)
 	fold := foldWorkload(t, newFakeGPU(t, 90, 1<<34), on)
 	// Per layer (2 layers): h1 (rmsnorm), h2 (add_rmsnorm), mm (swiglu); in training also dgate
-	// and dup (swiglu_bwd); in generation the final norm's rows (rmsnorm) once per pass.
+	// and dup (swiglu_bwd); in generation the attention output (attn_paged_gqa) and once per
+	// pass the final norm's rows (rmsnorm). Training attention (attn_train) is not folded.
 	want := map[string]map[string]int{
 		"train":       {"rmsnorm": 2, "add_rmsnorm": 2, "swiglu": 2, "swiglu_bwd": 4},
-		"generate 2":  {"rmsnorm": 2*2 + 2, "add_rmsnorm": 2 * 2, "swiglu": 2 * 2},
-		"decode step": {"rmsnorm": 2 + 1, "add_rmsnorm": 2, "swiglu": 2},
+		"generate 2":  {"rmsnorm": 2*2 + 2, "add_rmsnorm": 2 * 2, "swiglu": 2 * 2, "attn_paged_gqa": 2 * 2},
+		"decode step": {"rmsnorm": 2 + 1, "add_rmsnorm": 2, "swiglu": 2, "attn_paged_gqa": 2},
 	}
 	for _, ph := range []string{"train", "generate 2", "decode step"} {
 		o, f := off[ph], fold[ph]
@@ -222,7 +224,11 @@ func names(ls []fakeLaunch) []string {
 	return s
 }
 
-// TestFoldBF16Ops (fake GPU): RMSNorm (also in place), AddRMSNorm, SwiGLU and SwiGLUBackward
+// anyArg in an expected launch argument matches any value (a metadata upload's address).
+const anyArg = ^uint64(0)
+
+// TestFoldBF16Ops (fake GPU): RMSNorm (also in place), AddRMSNorm, SwiGLU, Attention (the paged
+// GQA kernel) and SwiGLUBackward
 // with FoldBF16 and BF16Matmul launch their folding kernels with the fp32 output, its bf16
 // copy (the tensor's own, beside it), the inputs and the weight; the GEMMs that read the
 // output next (MatMul; MatMulDX and MatMulDW for the backward's) read that copy and launch no
@@ -241,6 +247,7 @@ func TestFoldBF16Ops(t *testing.T) {
 	wq := fakeWeight(t, b, engine.F32, 32, D)  // a projection of the normed rows
 	wd := fakeWeight(t, b, engine.F32, D, I)   // the down projection
 	wg := fakeWeight(t, b, engine.F32, I, D)   // the gate projection
+	wq2 := fakeWeight(t, b, engine.F32, D, 64) // o_proj
 	p := func(ts ...*engine.Tensor) []uint64 { // addresses, a tensor's bf16 copy as its pointer's bf
 		var s []uint64
 		for _, t := range ts {
@@ -258,7 +265,7 @@ func TestFoldBF16Ops(t *testing.T) {
 			}
 		})
 	}
-	warm(wq, wd, wg)
+	warm(wq, wd, wg, wq2)
 
 	type folded struct {
 		out *engine.Tensor // a folded output
@@ -296,6 +303,29 @@ func TestFoldBF16Ops(t *testing.T) {
 				func() []uint64 { return []uint64{uint64(ptr(mm)), bf(mm), uint64(ptr(gate)), uint64(ptr(up)), T * I} },
 				[]folded{{mm, func() { b.MatMul(y, mm, wd) }}}
 		}},
+		{"Attention", func() (func(), string, func() []uint64, []folded) {
+			// 12 new tokens, each its own sequence of one position; H = 4, KV = 2, Dh = 16.
+			const H, KV, dh = 4, 2, 16
+			st, err := b.NewKVStore(1, KV, engine.DefaultBlockSize, dh, T, engine.F32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ab := &engine.AttnBatch{SeqStart: []int32{0}}
+			for i := range int32(12) {
+				ab.Blocks = append(ab.Blocks, []int32{i})
+				ab.CtxLen = append(ab.CtxLen, 1)
+				ab.Slots = append(ab.Slots, i*engine.DefaultBlockSize)
+				ab.SeqStart = append(ab.SeqStart, i+1)
+			}
+			q, k, v, out, y := b.Alloc(12, H*dh), b.Alloc(12, KV*dh), b.Alloc(12, KV*dh), b.Alloc(12, H*dh), b.Alloc(12, D)
+			kv := st.(*kvStore)
+			return func() { b.Attention(out, q, k, v, st, 0, ab) }, "attn_paged_gqa_bf16",
+				func() []uint64 {
+					return []uint64{uint64(ptr(out)), bf(out), uint64(ptr(q)), kv.k[0], kv.v[0], anyArg, H, KV, dh,
+						engine.DefaultBlockSize, uint64(math.Float32bits(0.25))}
+				},
+				[]folded{{out, func() { b.MatMul(y, out, wq2) }}}
+		}},
 		{"SwiGLUBackward", func() (func(), string, func() []uint64, []folded) {
 			dg, du, dmm, gate, up := b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I)
 			h, dh, gw := b.Alloc(T, D), b.Alloc(T, D), b.Alloc(I, D)
@@ -310,10 +340,17 @@ func TestFoldBF16Ops(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			run, kernel, args, outs := tc.setup()
 			ls, _ := foldLaunches(t, g, b, run)
+			ls = slices.DeleteFunc(ls, func(l fakeLaunch) bool { return l.name == "kv_write" }) // Attention's
 			if got := names(ls); !slices.Equal(got, []string{kernel}) {
 				t.Fatalf("launches %v, want %s alone", got, kernel)
 			}
-			if want := args(); !slices.Equal(ls[0].args, want) {
+			want := args()
+			for i, a := range want {
+				if a == anyArg && i < len(ls[0].args) {
+					want[i] = ls[0].args[i]
+				}
+			}
+			if !slices.Equal(ls[0].args, want) {
 				t.Fatalf("%s args %#x, want %#x", kernel, ls[0].args, want)
 			}
 			for _, o := range outs {

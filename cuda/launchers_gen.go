@@ -268,6 +268,13 @@ func (b *Backend) launchSwigluBwdBf16(grid [3]int, threads int, dgate, dup, dgb,
 	b.launch("swiglu_bwd_bf16", grid, threads, argPtr(dgate), argPtr(dup), argPtr(dgb), argPtr(dub), argPtr(dout), argPtr(gate), argPtr(up), argI64(n))
 }
 
+// launchAttnPagedGqaBf16 enqueues attn_paged_gqa_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	attn_paged_gqa_bf16(float* out, bf16* outb, const float* q, const float* kc, const float* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale)
+func (b *Backend) launchAttnPagedGqaBf16(grid [3]int, threads int, out, outb, q, kc, vc, meta dptr, nh, nkv, dh, bs int32, scale float32) {
+	b.launch("attn_paged_gqa_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(q), argPtr(kc), argPtr(vc), argPtr(meta), argI32(nh), argI32(nkv), argI32(dh), argI32(bs), argF32(scale))
+}
+
 // launchGemv3Bf16 enqueues gemv3_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
 //
 //	gemv3_bf16(float* y0, float* y1, float* y2, const float* x, const bf16* W0, const bf16* W1, const bf16* W2, int N0, int N1, int N2, int M, int K, int wpr)

@@ -324,7 +324,8 @@ const (
 // Attention implements engine.Backend: the new keys and values go to their slots (unless
 // QKVRoPE put them there: AttnBatch.KVWritten), then attn_paged runs one block per (token,
 // head); with Options.TiledAttention, a scoring pass over fresh sequences (freshScratch) runs
-// the tiled forward on q, k, v instead. Its metadata is one int32 array: per token the
+// the tiled forward on q, k, v instead. With Options.FoldBF16, attn_paged_gqa_bf16 in place of
+// attn_paged_gqa also writes out's bf16 copy for o_proj. Its metadata is one int32 array: per token the
 // offset of its sequence's block table and its position, then the block tables.
 func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
 	s := store.(*kvStore)
@@ -362,6 +363,12 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		}
 		scale := float32(1 / math.Sqrt(float64(dh)))
 		if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
+			if ob := b.foldRowDest(out, out.Cols()); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+				b.launchAttnPagedGqaBf16([3]int{T, s.kvHeads, 1}, 256, ptr(out), ob, ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+					b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+				b.foldWritten(out)
+				return
+			}
 			b.launchAttnPagedGqa([3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 				b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 			return

@@ -63,3 +63,10 @@ extern "C" __global__ void swiglu_bwd_bf16(float* dgate, float* dup, bf16* dgb, 
 		dub[i] = f32_to_bf16(du);
 	}
 }
+
+// attn_paged_gqa (attention.cu: its body, gqa_paged), and outb = bf16(out): the attention
+// output that o_proj reads. Grid (T, KV), block GQ_WARPS*32.
+extern "C" __global__ void attn_paged_gqa_bf16(float* out, bf16* outb, const float* q, const float* kc, const float* vc,
+                                               const int* meta, int nh, int nkv, int dh, int bs, float scale) {
+	gqa_paged(out, outb, q, kc, vc, meta, nh, nkv, dh, bs, scale);
+}
