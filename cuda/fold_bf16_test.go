@@ -515,3 +515,79 @@ func TestFoldBF16Rounding(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFoldBF16Conversions counts, on the fake driver, the f32_to_bf16_kernel launches of
+// one training step at the 1.5B shape as tools/bench times it (DeepSeek-R1-Distill-Qwen-1.5B's
+// config, 8 × 1024 tokens, cross-entropy on every next token, MaxLogitRows 1024, bf16 matmuls,
+// AdamW, the other options off) with Options.FoldBF16 off and on, and the bytes they move
+// (each reads 4 and writes 2 bytes an element; a folding kernel still writes the 2). The
+// weights are all zero and share one host buffer (the fake driver copies nothing).
+//
+//	go test ./cuda -run XXX -bench FoldBF16Conversions -benchtime 1x
+func BenchmarkFoldBF16Conversions(bm *testing.B) {
+	c, err := engine.LoadConfig("../engine/testdata/configs/deepseek-r1-distill-qwen-1.5b.json")
+	if err != nil {
+		bm.Fatal(err)
+	}
+	specs := engine.NewWeightTable(c).Specs
+	biggest := 0
+	for _, s := range specs {
+		biggest = max(biggest, engine.NumElements(s.Shape))
+	}
+	zeros := make([]float32, biggest)
+	w := map[string]engine.HostTensor{}
+	for _, s := range specs {
+		w[s.Name] = engine.HostTensor{Shape: s.Shape, Data: zeros[:engine.NumElements(s.Shape)]}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	var seqs []engine.ScoreRequest
+	for range 8 {
+		toks := make([]int32, 1024)
+		for i := range toks {
+			toks[i] = int32(r.IntN(c.VocabSize))
+		}
+		seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
+	}
+	for range bm.N {
+		for _, on := range []bool{false, true} {
+			g := newFakeGPU(bm, 90, 1<<40)
+			b, err := Open(Options{BF16Matmul: true, FoldBF16: on})
+			if err != nil {
+				bm.Fatal(err)
+			}
+			m, err := engine.NewModel(c, b, w, engine.F32)
+			if err != nil {
+				bm.Fatal(err)
+			}
+			tr, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1}, MaxLogitRows: 1024})
+			if err != nil {
+				bm.Fatal(err)
+			}
+			step := func() (n int, elems int64) {
+				l0 := len(g.launches)
+				if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
+					bm.Fatal(err)
+				}
+				if _, err := tr.Step(); err != nil {
+					bm.Fatal(err)
+				}
+				if err := b.Sync(); err != nil {
+					bm.Fatal(err)
+				}
+				for _, l := range g.launches[l0:] {
+					if l.name == "f32_to_bf16_kernel" {
+						n++
+						elems += int64(l.args[2])
+					}
+				}
+				return n, elems
+			}
+			step() // the first step allocates the AdamW moments
+			n, elems := step()
+			name := map[bool]string{false: "off", true: "on"}[on]
+			bm.ReportMetric(float64(n), "conversions/step-"+name)
+			bm.ReportMetric(float64(6*elems)/1e9, "conversion-GB/step-"+name)
+			bm.Logf("fold-bf16 %s: %d f32_to_bf16_kernel launches a step, %.2f G elements, %.2f GB read and written", name, n, float64(elems)/1e9, float64(6*elems)/1e9)
+		}
+	}
+}
