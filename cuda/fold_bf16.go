@@ -11,10 +11,11 @@ import "github.com/prolong-rl/prolong/engine"
 // (RMSNorm, AddRMSNorm: the inputs of the Q/K/V, gate/up and LM-head projections), the
 // unfused SwiGLU's output (the down projection's input; GateUpSwiGLU folds it already), the
 // paged attention's output where attn_paged_gqa computes it (o_proj's input in prefill and
-// decoding over an fp32 cache), and the SwiGLU backward's dgate and dup (the inputs of the gate
-// and up projections' MatMulDX and MatMulDW). Not folded: the other attention kernels (the
+// decoding over an fp32 cache), the SwiGLU backward's dgate and dup (the inputs of the gate
+// and up projections' MatMulDX and MatMulDW), and qk-norm's backward dq and dk (RMSNormBackward
+// over heads: the Q and K projections' backward). Not folded: the other attention kernels (the
 // training forward, decode_attn, the tiled kernels) and the backward's other GEMM inputs
-// (dq, dk after RoPE, dv, the residual gradient after Add).
+// (dq, dk from RoPE without qk-norm, dv, the residual gradient after Add).
 
 // foldDest returns the storage of t's bf16 copy for a kernel that writes it beside t's fp32
 // values, or 0 where none is to be written: Options.FoldBF16 off, or no GEMM that would read

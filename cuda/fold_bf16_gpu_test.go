@@ -105,6 +105,18 @@ func TestGPUFoldBF16(t *testing.T) {
 			b.Attention(out, in[0], k, v, st, 0, ab)
 			return []*engine.Tensor{out}, nil
 		}},
+		{"RMSNormBackward/heads", 40, 1024, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
+			// qk-norm's backward in place (dx = dy = in[2]) over 8 heads of 128, as the engine
+			// calls it; the weight the same random values on both backends.
+			wr := rand.New(rand.NewPCG(9, 1))
+			wv := make([]float32, 128)
+			for i := range wv {
+				wv[i] = float32(wr.NormFloat64())
+			}
+			w, gw := up(b, wv, 128), b.Alloc(128)
+			b.RMSNormBackward(in[2], gw, in[2], in[0], w, eps)
+			return []*engine.Tensor{in[2]}, []*engine.Tensor{gw}
+		}},
 		{"SwiGLUBackward", 40, 4864, func(b *Backend, in []*engine.Tensor) ([]*engine.Tensor, []*engine.Tensor) {
 			dg, du := b.Alloc(40, 4864), b.Alloc(40, 4864)
 			b.SwiGLUBackward(dg, du, in[2], in[0], in[3])

@@ -66,8 +66,8 @@ func (g *fakeGPU) conversions(c0, l0, m0 int) (byWriter map[string]int, launches
 
 // foldedKernels are the producers whose outputs' conversions Options.FoldBF16 folds: the
 // unfused kernels and the folding ones.
-var foldedKernels = []string{"rmsnorm", "add_rmsnorm", "swiglu", "swiglu_bwd", "attn_paged_gqa",
-	"rmsnorm_bf16", "add_rmsnorm_bf16", "swiglu_out_bf16", "swiglu_bwd_bf16", "attn_paged_gqa_bf16"}
+var foldedKernels = []string{"rmsnorm", "add_rmsnorm", "swiglu", "swiglu_bwd", "attn_paged_gqa", "rmsnorm_bwd_dx",
+	"rmsnorm_bf16", "add_rmsnorm_bf16", "swiglu_out_bf16", "swiglu_bwd_bf16", "attn_paged_gqa_bf16", "rmsnorm_bwd_dx_bf16"}
 
 // foldTally is the conversions of one phase of foldWorkload.
 type foldTally struct {
@@ -100,16 +100,15 @@ func foldRequests(steps int) []engine.Request {
 	return rs
 }
 
-// foldWorkload runs on the fake GPU g with options o a training step's ForwardBackward
+// foldWorkload runs on the fake GPU g with options o and a model of config c a training step's ForwardBackward
 // (uninitBatch: 57 tokens) and two generations of foldRequests (2 and 3 new tokens: the
 // prefill and one decode step, then one more), and tallies each phase's conversions.
-func foldWorkload(t *testing.T, g *fakeGPU, o Options) map[string]foldTally {
+func foldWorkload(t *testing.T, g *fakeGPU, o Options, c *engine.Config) map[string]foldTally {
 	t.Helper()
 	b, err := Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := graphTestConfig
 	m, err := engine.NewModel(c, b, engine.RandomWeights(c, 1, 0.25), engine.F32)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +167,8 @@ func foldWorkload(t *testing.T, g *fakeGPU, o Options) map[string]foldTally {
 
 // TestFoldBF16Conversions (fake GPU): with BF16Matmul, a training step's forward and backward,
 // a prefill and a decode step of 12 rows convert the outputs of RMSNorm, AddRMSNorm, SwiGLU,
-// SwiGLUBackward and the paged attention (attn_paged_gqa) with f32_to_bf16_kernel before the
+// SwiGLUBackward, qk-norm's backward and the paged attention (attn_paged_gqa) with
+// f32_to_bf16_kernel before the
 // GEMMs read them; with FoldBF16 too, none
 // (every other conversion stays), and each phase launches that many kernels fewer. The
 // conversions are told apart by the kernel that last wrote the converted address.
@@ -176,17 +176,24 @@ func TestFoldBF16Conversions(t *testing.T) {
 	base := Options{BF16Matmul: true, FusedAddRMSNorm: true}
 	on := base
 	on.FoldBF16 = true
-	off := foldWorkload(t, newFakeGPU(t, 90, 1<<34), base)
-	fold := foldWorkload(t, newFakeGPU(t, 90, 1<<34), on)
+	off := foldWorkload(t, newFakeGPU(t, 90, 1<<34), base, graphTestConfig)
+	fold := foldWorkload(t, newFakeGPU(t, 90, 1<<34), on, graphTestConfig)
+	// Qwen3's qk-norm: its backward's dq and dk feed the Q and K projections' backward.
+	qk := *graphTestConfig
+	qk.ModelType, qk.QKNorm, qk.AttentionBias = "qwen3", true, false
+	off["train qk-norm"] = foldWorkload(t, newFakeGPU(t, 90, 1<<34), base, &qk)["train"]
+	fold["train qk-norm"] = foldWorkload(t, newFakeGPU(t, 90, 1<<34), on, &qk)["train"]
 	// Per layer (2 layers): h1 (rmsnorm), h2 (add_rmsnorm), mm (swiglu); in training also dgate
-	// and dup (swiglu_bwd); in generation the attention output (attn_paged_gqa) and once per
-	// pass the final norm's rows (rmsnorm). Training attention (attn_train) is not folded.
+	// and dup (swiglu_bwd), with qk-norm dq and dk (rmsnorm_bwd_dx); in generation the attention
+	// output (attn_paged_gqa) and once per pass the final norm's rows (rmsnorm). Training
+	// attention (attn_train) is not folded.
 	want := map[string]map[string]int{
-		"train":       {"rmsnorm": 2, "add_rmsnorm": 2, "swiglu": 2, "swiglu_bwd": 4},
-		"generate 2":  {"rmsnorm": 2*2 + 2, "add_rmsnorm": 2 * 2, "swiglu": 2 * 2, "attn_paged_gqa": 2 * 2},
-		"decode step": {"rmsnorm": 2 + 1, "add_rmsnorm": 2, "swiglu": 2, "attn_paged_gqa": 2},
+		"train":         {"rmsnorm": 2, "add_rmsnorm": 2, "swiglu": 2, "swiglu_bwd": 4},
+		"train qk-norm": {"rmsnorm": 2, "add_rmsnorm": 2, "swiglu": 2, "swiglu_bwd": 4, "rmsnorm_bwd_dx": 4},
+		"generate 2":    {"rmsnorm": 2*2 + 2, "add_rmsnorm": 2 * 2, "swiglu": 2 * 2, "attn_paged_gqa": 2 * 2},
+		"decode step":   {"rmsnorm": 2 + 1, "add_rmsnorm": 2, "swiglu": 2, "attn_paged_gqa": 2},
 	}
-	for _, ph := range []string{"train", "generate 2", "decode step"} {
+	for _, ph := range []string{"train", "train qk-norm", "generate 2", "decode step"} {
 		o, f := off[ph], fold[ph]
 		t.Logf("%s: FoldBF16 off: %d conversions (%v), %d launches; on: %d conversions (%v), %d launches",
 			ph, o.total(), o.byWriter, o.launches, f.total(), f.byWriter, f.launches)
@@ -326,6 +333,15 @@ func TestFoldBF16Ops(t *testing.T) {
 				},
 				[]folded{{out, func() { b.MatMul(y, out, wq2) }}}
 		}},
+		{"RMSNormBackward/heads", func() (func(), string, func() []uint64, []folded) {
+			// qk-norm's backward in place on dq [T, 4 heads of 16], as the engine calls it.
+			dq, qb, wn, gwn, dh := b.Alloc(T, 64), b.Alloc(T, 64), b.Alloc(16), b.Alloc(16), b.Alloc(T, 64)
+			return func() { b.RMSNormBackward(dq, gwn, dq, qb, wn, eps) }, "rmsnorm_bwd_dx_bf16",
+				func() []uint64 {
+					return []uint64{uint64(ptr(dq)), bf(dq), anyArg, uint64(ptr(dq)), uint64(ptr(qb)), uint64(ptr(wn)), T * 64, 16}
+				},
+				[]folded{{dq, func() { b.MatMulDX(dh, dq, wq2) }}}
+		}},
 		{"SwiGLUBackward", func() (func(), string, func() []uint64, []folded) {
 			dg, du, dmm, gate, up := b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I), b.Alloc(T, I)
 			h, dh, gw := b.Alloc(T, D), b.Alloc(T, D), b.Alloc(I, D)
@@ -340,7 +356,9 @@ func TestFoldBF16Ops(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			run, kernel, args, outs := tc.setup()
 			ls, _ := foldLaunches(t, g, b, run)
-			ls = slices.DeleteFunc(ls, func(l fakeLaunch) bool { return l.name == "kv_write" }) // Attention's
+			ls = slices.DeleteFunc(ls, func(l fakeLaunch) bool { // the ops' other launches
+				return slices.Contains([]string{"kv_write", "rmsnorm_bwd_stats", "rmsnorm_bwd_dw_part", "colsum_add"}, l.name)
+			})
 			if got := names(ls); !slices.Equal(got, []string{kernel}) {
 				t.Fatalf("launches %v, want %s alone", got, kernel)
 			}
@@ -388,7 +406,7 @@ func TestFoldBF16Ops(t *testing.T) {
 // FoldBF16; without bf16 GEMMs (neither BF16Matmul nor a bf16 weight, until one is uploaded);
 // for decoding rows (at most 8, which the matrix-vector kernels read in fp32); and for a norm
 // over heads (qk-norm, which RoPE rewrites next). The training backward without bf16 GEMMs
-// runs swiglu_bwd.
+// runs swiglu_bwd; RMSNormBackward folds only over heads (qk-norm's dq, dk), not over rows.
 func TestFoldBF16Unfused(t *testing.T) {
 	g := newFakeGPU(t, 90, 1<<30)
 	const eps = float32(1e-6)
@@ -424,6 +442,16 @@ func TestFoldBF16Unfused(t *testing.T) {
 			}
 			if tc.kernel == "rmsnorm" && devBuf(out).bf != 0 {
 				t.Fatalf("a bf16 copy allocated for out without a folding kernel")
+			}
+			if tc.name == "heads" || tc.name == "prefill-rows" {
+				// The backward folds the opposite way: a norm over heads (qk-norm: its dx feeds the
+				// projections' backward), not over rows (its dx goes to an Add).
+				dx, gw := b.Alloc(tc.rows, tc.width), b.Alloc(tc.wn)
+				ls, _ := foldLaunches(t, g, b, func() { b.RMSNormBackward(dx, gw, x, out, w, eps) })
+				want := map[string]string{"heads": "rmsnorm_bwd_dx_bf16", "prefill-rows": "rmsnorm_bwd_dx"}[tc.name]
+				if got := names(ls); got[len(got)-1] != want {
+					t.Fatalf("RMSNormBackward: launches %v, want %s last", got, want)
+				}
 			}
 			if tc.name == "fp32-gemms" {
 				dg, du, d := b.Alloc(16, 96), b.Alloc(16, 96), b.Alloc(16, 96)

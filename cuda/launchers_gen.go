@@ -275,6 +275,13 @@ func (b *Backend) launchAttnPagedGqaBf16(grid [3]int, threads int, out, outb, q,
 	b.launch("attn_paged_gqa_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(q), argPtr(kc), argPtr(vc), argPtr(meta), argI32(nh), argI32(nkv), argI32(dh), argI32(bs), argF32(scale))
 }
 
+// launchRmsnormBwdDxBf16 enqueues rmsnorm_bwd_dx_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	rmsnorm_bwd_dx_bf16(float* dx, bf16* dxb, const double* stats, const float* dy, const float* x, const float* w, i64 total, int n)
+func (b *Backend) launchRmsnormBwdDxBf16(grid [3]int, threads int, dx, dxb, stats, dy, x, w dptr, total int64, n int32) {
+	b.launch("rmsnorm_bwd_dx_bf16", grid, threads, argPtr(dx), argPtr(dxb), argPtr(stats), argPtr(dy), argPtr(x), argPtr(w), argI64(total), argI32(n))
+}
+
 // launchGemv3Bf16 enqueues gemv3_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
 //
 //	gemv3_bf16(float* y0, float* y1, float* y2, const float* x, const bf16* W0, const bf16* W1, const bf16* W2, int N0, int N1, int N2, int M, int K, int wpr)

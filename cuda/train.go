@@ -77,6 +77,8 @@ func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 
 // RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (partial
 // column sums over groups, added in order), then dx (which may alias dy, so it comes last).
+// With Options.FoldBF16, a norm over heads (qk-norm, whose dx the projections' backward GEMMs
+// read) runs rmsnorm_bwd_dx_bf16, which also writes dx's bf16 copy.
 func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
 	b.op(desc("RMSNormBackward dx dw dy x w", dx, dw, dy, x, w), func() {
 		n := w.Len()
@@ -91,6 +93,14 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 			touched(dw)
 		}
 		total := int64(x.Len())
+		if n < dx.Cols() { // qk-norm's backward: dx feeds the Q or K projection's backward GEMMs
+			if ob := b.foldDest(dx); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+				b.launchRmsnormBwdDxBf16(b.gridFor(total), 256, ptr(dx), ob, stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
+				touched(dx)
+				b.foldWritten(dx)
+				return
+			}
+		}
 		b.launchRmsnormBwdDx(b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
 		touched(dx)
 	})

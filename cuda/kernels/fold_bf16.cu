@@ -70,3 +70,17 @@ extern "C" __global__ void attn_paged_gqa_bf16(float* out, bf16* outb, const flo
                                                const int* meta, int nh, int nkv, int dh, int bs, float scale) {
 	gqa_paged(out, outb, q, kc, vc, meta, nh, nkv, dh, bs, scale);
 }
+
+// rmsnorm_bwd_dx (norm.cu), and dxb = bf16(dx): the backward of qk-norm, whose dx (dq, dk)
+// the Q and K projections' MatMulDX and MatMulDW read. dx may alias dy.
+extern "C" __global__ void rmsnorm_bwd_dx_bf16(float* dx, bf16* dxb, const double* stats, const float* dy,
+                                               const float* x, const float* w, i64 total, int n) {
+	for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+		i64 g = i / n;
+		int c = (int)(i % n);
+		double r = stats[2 * g], c3 = stats[2 * g + 1];
+		float v = (float)(r * dy[i] * w[c] - (double)x[i] * c3);
+		dx[i] = v;
+		dxb[i] = f32_to_bf16(v);
+	}
+}
