@@ -29,9 +29,9 @@ func bf16CopyBits(t *testing.T, b *Backend, x *engine.Tensor) ([]uint16, bool) {
 }
 
 // TestGPUFoldBF16 (GPU): the folding kernels of Options.FoldBF16 (rmsnorm_bf16, also in place,
-// add_rmsnorm_bf16, swiglu_out_bf16, swiglu_bwd_bf16) give fp32 outputs and bf16 copies bit
-// for bit equal to the unfused kernels followed by f32_to_bf16_kernel, and their copies are
-// current without a conversion.
+// add_rmsnorm_bf16, swiglu_out_bf16, attn_paged_gqa_bf16, rmsnorm_bwd_dx_bf16, swiglu_bwd_bf16)
+// give fp32 outputs and bf16 copies bit for bit equal to the unfused kernels followed by
+// f32_to_bf16_kernel, and their copies are current without a conversion.
 func TestGPUFoldBF16(t *testing.T) {
 	unf := openGPU(t, Options{BF16Matmul: true})
 	fold := openGPU(t, Options{BF16Matmul: true, FoldBF16: true})

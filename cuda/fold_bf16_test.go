@@ -235,7 +235,7 @@ func names(ls []fakeLaunch) []string {
 const anyArg = ^uint64(0)
 
 // TestFoldBF16Ops (fake GPU): RMSNorm (also in place), AddRMSNorm, SwiGLU, Attention (the paged
-// GQA kernel) and SwiGLUBackward
+// GQA kernel), RMSNormBackward over heads (qk-norm, in place) and SwiGLUBackward
 // with FoldBF16 and BF16Matmul launch their folding kernels with the fp32 output, its bf16
 // copy (the tensor's own, beside it), the inputs and the weight; the GEMMs that read the
 // output next (MatMul; MatMulDX and MatMulDW for the backward's) read that copy and launch no

@@ -324,9 +324,9 @@ const (
 // Attention implements engine.Backend: the new keys and values go to their slots (unless
 // QKVRoPE put them there: AttnBatch.KVWritten), then attn_paged runs one block per (token,
 // head); with Options.TiledAttention, a scoring pass over fresh sequences (freshScratch) runs
-// the tiled forward on q, k, v instead. With Options.FoldBF16, attn_paged_gqa_bf16 in place of
-// attn_paged_gqa also writes out's bf16 copy for o_proj. Its metadata is one int32 array: per token the
-// offset of its sequence's block table and its position, then the block tables.
+// the tiled forward on q, k, v instead; with Options.FoldBF16, attn_paged_gqa_bf16 in place of
+// attn_paged_gqa also writes out's bf16 copy for o_proj. Its metadata is one int32 array: per
+// token the offset of its sequence's block table and its position, then the block tables.
 func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
 	s := store.(*kvStore)
 	T := q.Rows()
