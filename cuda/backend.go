@@ -80,6 +80,10 @@ type Backend struct {
 
 	// lt is the cuBLASLt GEMM path (Options.CublasLt, ltgemm.go).
 	lt ltGemms
+
+	// bf16Weights says that a linear weight was uploaded as bf16: GEMMs with it multiply bf16
+	// operands, so Options.FoldBF16 writes activations' bf16 copies without BF16Matmul too.
+	bf16Weights bool
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while
@@ -742,6 +746,7 @@ func (b *Backend) Upload(dt engine.DType, data []float32, linear bool, shape ...
 		n := uint64(len(data)) * 4
 		if linear && dt == engine.BF16 {
 			t.DType = engine.BF16
+			b.bf16Weights = true
 			p := b.devAlloc(max(n/2, 4))
 			if p != 0 && len(data) > 0 {
 				src := b.floats(data)

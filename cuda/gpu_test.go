@@ -69,7 +69,9 @@ func TestConformance(t *testing.T) {
 		{"bf16-matmul", Options{BF16Matmul: true, AttnGEMMMinLen: 1}, enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
 		// The fused paths that are off by default (their op cases run in every setting), here in
 		// the engine's layer too: the model and training cases go through them.
-		{"bf16-matmul-fused", Options{BF16Matmul: true, FusedAddRMSNorm: true, MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true},
+		// FoldBF16 too: the RMSNorm, AddRMSNorm, SwiGLU and SwiGLUBackward op cases and the
+		// model and training cases on the kernels that write their outputs' bf16 copies.
+		{"bf16-matmul-fused", Options{BF16Matmul: true, FusedAddRMSNorm: true, MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, FoldBF16: true},
 			enginetest.Options{WeightDType: engine.BF16, Tol: bf16Tol}},
 		{"tiled-attention", Options{TiledAttention: true}, enginetest.Options{WeightDType: engine.F32, Tol: tiledTol, Cases: regexp.MustCompile(`^Attention`)}},
 		// The decode_attn kernels (off by default): every paged attention on them, bf16 KV

@@ -247,6 +247,41 @@ func (b *Backend) launchFlashBwdDq128(grid [3]int, threads int, dq, dout, q, k, 
 	b.launch("flash_bwd_dq_128", grid, threads, argPtr(dq), argPtr(dout), argPtr(q), argPtr(k), argPtr(v), argPtr(lse), argPtr(Dbuf), argPtr(meta), argI32(nh), argI32(nkv), argF32(scale))
 }
 
+// launchRmsnormBf16 enqueues rmsnorm_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	rmsnorm_bf16(float* out, bf16* outb, const float* x, const float* w, int n, float eps)
+func (b *Backend) launchRmsnormBf16(grid [3]int, threads int, out, outb, x, w dptr, n int32, eps float32) {
+	b.launch("rmsnorm_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(x), argPtr(w), argI32(n), argF32(eps))
+}
+
+// launchAddRmsnormBf16 enqueues add_rmsnorm_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	add_rmsnorm_bf16(float* sum, float* out, bf16* outb, const float* x, const float* y, const float* w, int n, float eps)
+func (b *Backend) launchAddRmsnormBf16(grid [3]int, threads int, sum, out, outb, x, y, w dptr, n int32, eps float32) {
+	b.launch("add_rmsnorm_bf16", grid, threads, argPtr(sum), argPtr(out), argPtr(outb), argPtr(x), argPtr(y), argPtr(w), argI32(n), argF32(eps))
+}
+
+// launchSwigluBwdBf16 enqueues swiglu_bwd_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	swiglu_bwd_bf16(float* dgate, float* dup, bf16* dgb, bf16* dub, const float* dout, const float* gate, const float* up, i64 n)
+func (b *Backend) launchSwigluBwdBf16(grid [3]int, threads int, dgate, dup, dgb, dub, dout, gate, up dptr, n int64) {
+	b.launch("swiglu_bwd_bf16", grid, threads, argPtr(dgate), argPtr(dup), argPtr(dgb), argPtr(dub), argPtr(dout), argPtr(gate), argPtr(up), argI64(n))
+}
+
+// launchAttnPagedGqaBf16 enqueues attn_paged_gqa_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	attn_paged_gqa_bf16(float* out, bf16* outb, const float* q, const float* kc, const float* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale)
+func (b *Backend) launchAttnPagedGqaBf16(grid [3]int, threads int, out, outb, q, kc, vc, meta dptr, nh, nkv, dh, bs int32, scale float32) {
+	b.launch("attn_paged_gqa_bf16", grid, threads, argPtr(out), argPtr(outb), argPtr(q), argPtr(kc), argPtr(vc), argPtr(meta), argI32(nh), argI32(nkv), argI32(dh), argI32(bs), argF32(scale))
+}
+
+// launchRmsnormBwdDxBf16 enqueues rmsnorm_bwd_dx_bf16 (kernels/fold_bf16.cu) on a grid of blocks of threads:
+//
+//	rmsnorm_bwd_dx_bf16(float* dx, bf16* dxb, const double* stats, const float* dy, const float* x, const float* w, i64 total, int n)
+func (b *Backend) launchRmsnormBwdDxBf16(grid [3]int, threads int, dx, dxb, stats, dy, x, w dptr, total int64, n int32) {
+	b.launch("rmsnorm_bwd_dx_bf16", grid, threads, argPtr(dx), argPtr(dxb), argPtr(stats), argPtr(dy), argPtr(x), argPtr(w), argI64(total), argI32(n))
+}
+
 // launchGemv3Bf16 enqueues gemv3_bf16 (kernels/fused_mlp.cu) on a grid of blocks of threads:
 //
 //	gemv3_bf16(float* y0, float* y1, float* y2, const float* x, const bf16* W0, const bf16* W1, const bf16* W2, int N0, int N1, int N2, int M, int K, int wpr)

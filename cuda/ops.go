@@ -165,24 +165,39 @@ func (b *Backend) AddBias(x, bias *engine.Tensor) {
 	})
 }
 
-// RMSNorm implements engine.Backend.
+// RMSNorm implements engine.Backend: rmsnorm, one block per group; with Options.FoldBF16,
+// rmsnorm_bf16 for a row norm that feeds bf16 GEMMs, which also writes out's bf16 copy.
 func (b *Backend) RMSNorm(out, x, w *engine.Tensor, eps float32) {
 	b.op(desc("RMSNorm out x w", out, x, w), func() {
 		touched(out)
 		n := w.Len()
-		b.launchRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
+		grid := [3]int{x.Len() / n, 1, 1}
+		if ob := b.foldRowDest(out, n); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+			b.launchRmsnormBf16(grid, 256, ptr(out), ob, ptr(x), ptr(w), int32(n), eps)
+			b.foldWritten(out)
+			return
+		}
+		b.launchRmsnorm(grid, 256, ptr(out), ptr(x), ptr(w), int32(n), eps)
 	})
 }
 
 // FusesAddRMSNorm implements engine.AddRMSNormBackend: Options.FusedAddRMSNorm.
 func (b *Backend) FusesAddRMSNorm() bool { return b.opts.FusedAddRMSNorm }
 
-// AddRMSNorm implements engine.AddRMSNormBackend with add_rmsnorm, one block per row.
+// AddRMSNorm implements engine.AddRMSNormBackend with add_rmsnorm, one block per row; with
+// Options.FoldBF16, add_rmsnorm_bf16 where normed feeds bf16 GEMMs, which also writes its bf16
+// copy.
 func (b *Backend) AddRMSNorm(sum, normed, x, y, w *engine.Tensor, eps float32) {
 	b.op(desc("AddRMSNorm sum normed x y w", sum, normed, x, y, w), func() {
 		touched(sum, normed)
 		n := w.Len()
-		b.launchAddRmsnorm([3]int{x.Len() / n, 1, 1}, 256, ptr(sum), ptr(normed), ptr(x), ptr(y), ptr(w), int32(n), eps)
+		grid := [3]int{x.Len() / n, 1, 1}
+		if ob := b.foldRowDest(normed, n); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+			b.launchAddRmsnormBf16(grid, 256, ptr(sum), ptr(normed), ob, ptr(x), ptr(y), ptr(w), int32(n), eps)
+			b.foldWritten(normed)
+			return
+		}
+		b.launchAddRmsnorm(grid, 256, ptr(sum), ptr(normed), ptr(x), ptr(y), ptr(w), int32(n), eps)
 	})
 }
 
@@ -196,11 +211,17 @@ func (b *Backend) RoPE(x *engine.Tensor, headDim int, pos []int32, cos, sin *eng
 	})
 }
 
-// SwiGLU implements engine.Backend.
+// SwiGLU implements engine.Backend: swiglu; with Options.FoldBF16, swiglu_out_bf16 where out
+// feeds a bf16 GEMM (the down projection), which also writes out's bf16 copy.
 func (b *Backend) SwiGLU(out, gate, up *engine.Tensor) {
 	b.op(desc("SwiGLU out gate up", out, gate, up), func() {
 		touched(out)
 		n := int64(out.Len())
+		if ob := b.foldRowDest(out, out.Cols()); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+			b.launchSwigluOutBf16(b.gridFor(n), 256, ptr(out), ob, ptr(gate), ptr(up), n)
+			b.foldWritten(out)
+			return
+		}
 		b.launchSwiglu(b.gridFor(n), 256, ptr(out), ptr(gate), ptr(up), n)
 	})
 }
@@ -303,8 +324,9 @@ const (
 // Attention implements engine.Backend: the new keys and values go to their slots (unless
 // QKVRoPE put them there: AttnBatch.KVWritten), then attn_paged runs one block per (token,
 // head); with Options.TiledAttention, a scoring pass over fresh sequences (freshScratch) runs
-// the tiled forward on q, k, v instead. Its metadata is one int32 array: per token the
-// offset of its sequence's block table and its position, then the block tables.
+// the tiled forward on q, k, v instead; with Options.FoldBF16, attn_paged_gqa_bf16 in place of
+// attn_paged_gqa also writes out's bf16 copy for o_proj. Its metadata is one int32 array: per
+// token the offset of its sequence's block table and its position, then the block tables.
 func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, layer int, ab *engine.AttnBatch) {
 	s := store.(*kvStore)
 	T := q.Rows()
@@ -341,6 +363,12 @@ func (b *Backend) Attention(out, q, k, v *engine.Tensor, store engine.KVStore, l
 		}
 		scale := float32(1 / math.Sqrt(float64(dh)))
 		if group := nh / s.kvHeads; group <= gqaMaxGroup && dh <= gqaMaxHeadDim {
+			if ob := b.foldRowDest(out, out.Cols()); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+				b.launchAttnPagedGqaBf16([3]int{T, s.kvHeads, 1}, 256, ptr(out), ob, ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
+					b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
+				b.foldWritten(out)
+				return
+			}
 			b.launchAttnPagedGqa([3]int{T, s.kvHeads, 1}, 256, ptr(out), ptr(q), dptr(s.k[layer]), dptr(s.v[layer]),
 				b.constInts(meta), int32(nh), int32(s.kvHeads), int32(dh), int32(s.blockSize), scale)
 			return

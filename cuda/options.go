@@ -85,6 +85,16 @@ type Options struct {
 	// memsets a training step at the 1.5B shape. Off (AllocUninit zeroes, as Alloc) until a GPU
 	// run of the conformance suite (its "uninit-poison" run) shows it passes.
 	UninitAlloc bool
+	// FoldBF16 makes the kernels that produce the inputs of bf16 GEMMs write their bf16 copies
+	// in the same pass (fold_bf16.go, kernels/fold_bf16.cu), in place of one f32_to_bf16_kernel
+	// launch per input: the normed inputs of the projections (RMSNorm, AddRMSNorm), the unfused
+	// SwiGLU's output, the paged attention's output (attn_paged_gqa), and in training the SwiGLU
+	// backward's dgate and dup and qk-norm's backward dq and dk. It acts where the GEMMs
+	// multiply in bf16 (BF16Matmul, or bf16 weights uploaded) on rows that a GEMM reads (not
+	// the decoding rows of the matrix-vector kernels); the results are bit for bit those of the
+	// unfused kernels and conversions. Off until a GPU run of the conformance suite (its
+	// "bf16-matmul-fused" run, TestGPUFoldBF16) and the benchmark shows it passes and wins.
+	FoldBF16 bool
 	// PoisonUninit fills what AllocUninit hands out with NaN (a cuMemsetD32Async of 0xFFFFFFFF),
 	// whatever UninitAlloc says: a read before the write that the contract promises then makes
 	// NaN results, which the conformance suite reports. For tests; it costs what Alloc's memset

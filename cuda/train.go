@@ -77,6 +77,8 @@ func (b *Backend) BiasDW(db, dy *engine.Tensor) {
 
 // RMSNormBackward implements engine.TrainBackend: per-group statistics, then dw (partial
 // column sums over groups, added in order), then dx (which may alias dy, so it comes last).
+// With Options.FoldBF16, a norm over heads (qk-norm, whose dx the projections' backward GEMMs
+// read) runs rmsnorm_bwd_dx_bf16, which also writes dx's bf16 copy.
 func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) {
 	b.op(desc("RMSNormBackward dx dw dy x w", dx, dw, dy, x, w), func() {
 		n := w.Len()
@@ -91,16 +93,31 @@ func (b *Backend) RMSNormBackward(dx, dw, dy, x, w *engine.Tensor, eps float32) 
 			touched(dw)
 		}
 		total := int64(x.Len())
+		if n < dx.Cols() { // qk-norm's backward: dx feeds the Q or K projection's backward GEMMs
+			if ob := b.foldDest(dx); ob != 0 { // Options.FoldBF16 (fold_bf16.go)
+				b.launchRmsnormBwdDxBf16(b.gridFor(total), 256, ptr(dx), ob, stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
+				touched(dx)
+				b.foldWritten(dx)
+				return
+			}
+		}
 		b.launchRmsnormBwdDx(b.gridFor(total), 256, ptr(dx), stats, ptr(dy), ptr(x), ptr(w), total, int32(n))
 		touched(dx)
 	})
 }
 
-// SwiGLUBackward implements engine.TrainBackend.
+// SwiGLUBackward implements engine.TrainBackend: swiglu_bwd; with Options.FoldBF16 and bf16
+// GEMMs, swiglu_bwd_bf16, which also writes the bf16 copies of dgate and dup that the gate and
+// up projections' MatMulDX and MatMulDW read.
 func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up *engine.Tensor) {
 	b.op(desc("SwiGLUBackward dgate dup dout gate up", dgate, dup, dout, gate, up), func() {
 		touched(dgate, dup)
 		n := int64(dout.Len())
+		if dgb, dub := b.foldDest(dgate), b.foldDest(dup); dgb != 0 && dub != 0 { // Options.FoldBF16 (fold_bf16.go)
+			b.launchSwigluBwdBf16(b.gridFor(n), 256, ptr(dgate), ptr(dup), dgb, dub, ptr(dout), ptr(gate), ptr(up), n)
+			b.foldWritten(dgate, dup)
+			return
+		}
 		b.launchSwigluBwd(b.gridFor(n), 256, ptr(dgate), ptr(dup), ptr(dout), ptr(gate), ptr(up), n)
 	})
 }

@@ -89,7 +89,7 @@ t0=$(date +%s)
 if want conformance; then
 	echo "== conformance"
 	PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt' -test.v >"$out/conformance.log" 2>&1
+		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16' -test.v >"$out/conformance.log" 2>&1
 	echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 fi
 if want nccl; then
@@ -131,7 +131,7 @@ if want train; then
 	# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 	# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 	# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc), side by side: the model is tiny,
+	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16), side by side: the model is tiny,
 	# the GPU has room for all six.
 	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 		set -- $run

@@ -223,7 +223,9 @@ extern "C" __global__ void attn_bwd_dkv(float* dk, float* dv, const float* dout,
 #define GQ_WARPS 8
 #define GQ_MAXG 8
 #define GQ_MAXD 4
-extern "C" __global__ void attn_paged_gqa(float* out, const float* q, const float* kc, const float* vc,
+// gqa_paged is attn_paged_gqa's body; outb, where not null, receives bf16(out) (its
+// f32_to_bf16 rounding: attn_paged_gqa_bf16 in fold_bf16.cu, Options.FoldBF16).
+__device__ __forceinline__ void gqa_paged(float* out, bf16* outb, const float* q, const float* kc, const float* vc,
                                           const int* meta, int nh, int nkv, int dh, int bs, float scale) {
 	__shared__ float sm[GQ_WARPS][GQ_MAXG], sl[GQ_WARPS][GQ_MAXG];
 	__shared__ float sacc[GQ_WARPS][GQ_MAXG][32 * GQ_MAXD];
@@ -285,8 +287,16 @@ extern "C" __global__ void attn_paged_gqa(float* out, const float* q, const floa
 			L += sl[x][g] * f;
 			o += sacc[x][g][d] * f;
 		}
-		out[((i64)t * nh + kvh * G + g) * dh + d] = o / L;
+		i64 at = ((i64)t * nh + kvh * G + g) * dh + d;
+		float v = o / L;
+		out[at] = v;
+		if (outb) outb[at] = f32_to_bf16(v);
 	}
+}
+
+extern "C" __global__ void attn_paged_gqa(float* out, const float* q, const float* kc, const float* vc,
+                                          const int* meta, int nh, int nkv, int dh, int bs, float scale) {
+	gqa_paged(out, 0, q, kc, vc, meta, nh, nkv, dh, bs, scale);
 }
 
 // ---- Training attention on matmuls (long sequences): for one sequence and one key/value
