@@ -553,29 +553,7 @@ func TestFoldBF16Rounding(t *testing.T) {
 //
 //	go test ./cuda -run XXX -bench FoldBF16Conversions -benchtime 1x
 func BenchmarkFoldBF16Conversions(bm *testing.B) {
-	c, err := engine.LoadConfig("../engine/testdata/configs/deepseek-r1-distill-qwen-1.5b.json")
-	if err != nil {
-		bm.Fatal(err)
-	}
-	specs := engine.NewWeightTable(c).Specs
-	biggest := 0
-	for _, s := range specs {
-		biggest = max(biggest, engine.NumElements(s.Shape))
-	}
-	zeros := make([]float32, biggest)
-	w := map[string]engine.HostTensor{}
-	for _, s := range specs {
-		w[s.Name] = engine.HostTensor{Shape: s.Shape, Data: zeros[:engine.NumElements(s.Shape)]}
-	}
-	r := rand.New(rand.NewPCG(1, 2))
-	var seqs []engine.ScoreRequest
-	for range 8 {
-		toks := make([]int32, 1024)
-		for i := range toks {
-			toks[i] = int32(r.IntN(c.VocabSize))
-		}
-		seqs = append(seqs, engine.ScoreRequest{Tokens: toks, Start: 1})
-	}
+	c, w, seqs := bench15B(bm)
 	for range bm.N {
 		for _, on := range []bool{false, true} {
 			g := newFakeGPU(bm, 90, 1<<40)
