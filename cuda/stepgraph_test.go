@@ -53,7 +53,21 @@ func newGraphStep(b *Backend) *graphStep {
 		bigOut: b.Alloc(16, 8), cos: b.Alloc(64, 8), sin: b.Alloc(64, 8), out: b.Alloc(4, 8), o2: b.Alloc(4, 8)}
 }
 
-func (s *graphStep) run(ids, pos []int32, out *engine.Tensor) error {
+// openGraphStep opens a backend with options o on a new fake driver (compute capability 9.0,
+// 1 GiB) and allocates a graphStep on it.
+func openGraphStep(t *testing.T, o Options) (*fakeGPU, *Backend, *graphStep) {
+	t.Helper()
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, b, newGraphStep(b)
+}
+
+// run runs the step on ids at positions pos into out, failing t on an error.
+func (s *graphStep) run(t *testing.T, ids, pos []int32, out *engine.Tensor) {
+	t.Helper()
 	b := s.b
 	b.BeginDecodeStep(4)
 	b.GatherRows(s.x, s.table, ids)
@@ -62,7 +76,9 @@ func (s *graphStep) run(ids, pos []int32, out *engine.Tensor) error {
 	}
 	b.MatMul(out, s.x, s.w)
 	b.MatMul(s.bigOut, s.big, s.w)
-	return b.EndDecodeStep()
+	if err := b.EndDecodeStep(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestDecodeGraphs: with Options.DecodeGraphs, on the fake driver, a bucket's first step runs
@@ -73,21 +89,14 @@ func (s *graphStep) run(ids, pos []int32, out *engine.Tensor) error {
 // positions; a step whose ops differ (another output tensor) destroys the graph and runs
 // eagerly, and the next such step is captured anew. Without the option no graph call is made.
 func TestDecodeGraphs(t *testing.T) {
-	g := newFakeGPU(t, 90, 1<<30)
-	b, err := Open(Options{DecodeGraphs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, b, s := openGraphStep(t, Options{DecodeGraphs: true})
 	if !b.DecodeGraphs() || !b.PadDecode() {
 		t.Fatal("DecodeGraphs or PadDecode false with Options.DecodeGraphs")
 	}
-	s := newGraphStep(b)
 
 	// Step 1: eager, then the arena.
 	c0, l0 := len(g.calls), len(g.launches)
-	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out)
 	eagerKernels := g.launched(l0)
 	if want := []string{"gather_rows", "rope", "rope", "gemv_f32"}; !slices.Equal(eagerKernels, want) {
 		t.Fatalf("step 1 launched %v, want %v", eagerKernels, want)
@@ -99,9 +108,7 @@ func TestDecodeGraphs(t *testing.T) {
 	// Step 2: captured.
 	c0, l0 = len(g.calls), len(g.launches)
 	ids2, pos2 := []int32{9, 10, 11, 12}, []int32{6, 7, 8, 9}
-	if err := s.run(ids2, pos2, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, ids2, pos2, s.out)
 	want := []string{"memcpyHtoDAsync", "streamBeginCapture", "launchKernel", "launchKernel", "launchKernel", "launchKernel",
 		"blas.gemmEx", "streamEndCapture", "graphInstantiateWithFlags", "graphLaunch"}
 	if got := g.graphCalls(c0); !slices.Equal(got, want) {
@@ -124,9 +131,7 @@ func TestDecodeGraphs(t *testing.T) {
 	// Step 3: replayed.
 	c0, l0 = len(g.calls), len(g.launches)
 	ids3, pos3 := []int32{13, 14, 15, 16}, []int32{7, 8, 9, 10}
-	if err := s.run(ids3, pos3, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, ids3, pos3, s.out)
 	if got, want := g.graphCalls(c0), []string{"memcpyHtoDAsync", "graphLaunch"}; !slices.Equal(got, want) {
 		t.Fatalf("step 3 calls %v, want %v", got, want)
 	}
@@ -141,9 +146,7 @@ func TestDecodeGraphs(t *testing.T) {
 
 	// Step 4: another output tensor: the graph is destroyed, the step runs eagerly.
 	c0, l0 = len(g.calls), len(g.launches)
-	if err := s.run(ids3, pos3, s.o2); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, ids3, pos3, s.o2)
 	got := g.graphCalls(c0)
 	if g.countSince(c0, "graphExecDestroy") != 1 || g.countSince(c0, "graphDestroy") != 1 || g.countSince(c0, "graphLaunch") != 0 ||
 		g.countSince(c0, "streamBeginCapture") != 0 || !slices.Equal(g.launched(l0), eagerKernels) {
@@ -154,9 +157,7 @@ func TestDecodeGraphs(t *testing.T) {
 	}
 	// Step 5: the new sequence is captured.
 	c0 = len(g.calls)
-	if err := s.run(ids2, pos2, s.o2); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, ids2, pos2, s.o2)
 	if g.countSince(c0, "streamBeginCapture") != 1 || g.countSince(c0, "graphLaunch") != 1 {
 		t.Fatalf("step 5 calls %v, want a new capture", g.graphCalls(c0))
 	}
@@ -166,17 +167,10 @@ func TestDecodeGraphs(t *testing.T) {
 	}
 
 	// Off: no graph call at all.
-	g = newFakeGPU(t, 90, 1<<30)
-	b, err = Open(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s = newGraphStep(b)
+	g, _, s = openGraphStep(t, Options{})
 	c0, l0 = len(g.calls), len(g.launches)
 	for range 3 {
-		if err := s.run(ids2, pos2, s.out); err != nil {
-			t.Fatal(err)
-		}
+		s.run(t, ids2, pos2, s.out)
 	}
 	for _, fn := range []string{"streamBeginCapture", "streamEndCapture", "graphLaunch", "memHostAlloc", "graphInstantiateWithFlags"} {
 		if n := g.countSince(c0, fn); n != 0 {
@@ -191,20 +185,11 @@ func TestDecodeGraphs(t *testing.T) {
 // TestDecodeGraphCaptureFails: a capture the driver refuses switches graphs off for the bucket
 // (said why) and the step still runs, eagerly, with its results.
 func TestDecodeGraphCaptureFails(t *testing.T) {
-	g := newFakeGPU(t, 90, 1<<30)
-	b, err := Open(Options{DecodeGraphs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newGraphStep(b)
-	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
-		t.Fatal(err)
-	}
+	g, b, s := openGraphStep(t, Options{DecodeGraphs: true})
+	s.run(t, []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out)
 	g.fail("streamBeginCapture", 900)
 	l0 := len(g.launches)
-	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out)
 	if got := g.launched(l0); len(got) != 4 {
 		t.Fatalf("after a refused capture the step launched %v, want its 4 kernels", got)
 	}
@@ -213,9 +198,7 @@ func TestDecodeGraphCaptureFails(t *testing.T) {
 		t.Fatalf("stats %+v: want graphs off with a reason, 2 eager steps", st)
 	}
 	c0 := len(g.calls)
-	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out)
 	if n := g.countSince(c0, "streamBeginCapture"); n != 0 {
 		t.Fatalf("graphs off: %d captures tried", n)
 	}
@@ -284,12 +267,7 @@ func TestDecodeGraphsGenerate(t *testing.T) {
 // (LoRA adapters' intermediates) is not captured and runs eagerly with the zeroing in its
 // place among the launches, the freed memory reused by nothing before them.
 func TestDecodeGraphAllocInStep(t *testing.T) {
-	g := newFakeGPU(t, 90, 1<<30)
-	b, err := Open(Options{DecodeGraphs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newGraphStep(b)
+	g, b, s := openGraphStep(t, Options{DecodeGraphs: true})
 	for step := range 3 {
 		c0 := len(g.calls)
 		b.BeginDecodeStep(4)
@@ -323,17 +301,10 @@ func TestDecodeGraphAllocInStep(t *testing.T) {
 // trainer's, overlapped with rollouts) run at once and are not recorded into the step, which is
 // captured and replayed as before.
 func TestDecodeGraphOtherGoroutine(t *testing.T) {
-	g := newFakeGPU(t, 90, 1<<30)
-	b, err := Open(Options{DecodeGraphs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newGraphStep(b)
+	g, b, s := openGraphStep(t, Options{DecodeGraphs: true})
 	other := b.Alloc(16, 8)
 	ids, pos := []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}
-	if err := s.run(ids, pos, s.out); err != nil {
-		t.Fatal(err)
-	}
+	s.run(t, ids, pos, s.out)
 	for step := range 2 {
 		l0 := len(g.launches)
 		b.BeginDecodeStep(4)
@@ -369,15 +340,8 @@ func TestDecodeGraphOtherGoroutine(t *testing.T) {
 // with what fit uploaded from the arena and the rest from scratch, then gets a larger arena
 // and is captured at its next step.
 func TestDecodeGraphArenaOverflow(t *testing.T) {
-	g := newFakeGPU(t, 90, 1<<30)
-	b, err := Open(Options{DecodeGraphs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newGraphStep(b)
-	if err := s.run([]int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out); err != nil {
-		t.Fatal(err)
-	}
+	g, b, s := openGraphStep(t, Options{DecodeGraphs: true})
+	s.run(t, []int32{1, 2, 3, 4}, []int32{5, 6, 7, 8}, s.out)
 	size := b.graphs[4].size
 	// A step whose positions take more than the arena after its ids.
 	long := make([]int32, size/4)
