@@ -94,6 +94,29 @@ func mmaEmu(c *warpC, a *warpA, b *warpB) {
 	}
 }
 
+// cToAEmu is A(kk) of flash.cu's header: the C fragments of the 8-column tiles 2kk and 2kk+1
+// of s, rounded to bf16, as the A fragment of the next product over those 16 columns.
+func cToAEmu(s []warpC, kk int) warpA {
+	var a warpA
+	for l := range a {
+		a[l] = [4]uint32{packBF16(s[2*kk][l][0], s[2*kk][l][1]), packBF16(s[2*kk][l][2], s[2*kk][l][3]),
+			packBF16(s[2*kk+1][l][0], s[2*kk+1][l][1]), packBF16(s[2*kk+1][l][2], s[2*kk+1][l][3])}
+	}
+	return a
+}
+
+// mmaAccEmu is mmaEmu into an accumulator that each lane l keeps at acc(l) (mma16816(acc[j], ...)).
+func mmaAccEmu(acc func(l int) *[4]float32, a *warpA, b *warpB) {
+	var c warpC
+	for l := range c {
+		c[l] = *acc(l)
+	}
+	mmaEmu(&c, a, b)
+	for l := range c {
+		*acc(l) = c[l]
+	}
+}
+
 // TestMMAFragmentsCover: the fragment mappings hand every element of A (16x16), B (16x8) and
 // C (16x8) to exactly one (lane, register, half).
 func TestMMAFragmentsCover(t *testing.T) {
@@ -292,23 +315,14 @@ func emuFlashFwd(D int, out, lse, q, k, v []float32, meta []int32, nh, nkv int, 
 						}
 					}
 					for kk := 0; kk < tile/16; kk++ {
-						var a warpA
-						for l := 0; l < 32; l++ {
-							a[l] = [4]uint32{packBF16(s[2*kk][l][0], s[2*kk][l][1]), packBF16(s[2*kk][l][2], s[2*kk][l][3]),
-								packBF16(s[2*kk+1][l][0], s[2*kk+1][l][1]), packBF16(s[2*kk+1][l][2], s[2*kk+1][l][3])}
-						}
+						a := cToAEmu(s[:], kk)
 						for j := 0; j < D/8; j++ {
 							var b warpB
-							var c warpC
 							for l := 0; l < 32; l++ {
 								vr := (8*j+l>>2)*(tile+8) + 16*kk + 2*(l&3)
 								b[l] = [2]uint32{ld32Emu(sVt, vr), ld32Emu(sVt, vr+8)}
-								c[l] = L[l].o[j]
 							}
-							mmaEmu(&c, &a, &b)
-							for l := 0; l < 32; l++ {
-								L[l].o[j] = c[l]
-							}
+							mmaAccEmu(func(l int) *[4]float32 { return &L[l].o[j] }, &a, &b)
 						}
 					}
 				}
@@ -413,28 +427,17 @@ func emuFlashDkv(D, BQ int, dk, dv, dout, q, k, v, lse, dd []float32, meta []int
 							}
 						}
 						for kk := 0; kk < BQ/16; kk++ {
-							var pa, da warpA
-							for l := 0; l < 32; l++ {
-								pa[l] = [4]uint32{packBF16(st[2*kk][l][0], st[2*kk][l][1]), packBF16(st[2*kk][l][2], st[2*kk][l][3]),
-									packBF16(st[2*kk+1][l][0], st[2*kk+1][l][1]), packBF16(st[2*kk+1][l][2], st[2*kk+1][l][3])}
-								da[l] = [4]uint32{packBF16(dpt[2*kk][l][0], dpt[2*kk][l][1]), packBF16(dpt[2*kk][l][2], dpt[2*kk][l][3]),
-									packBF16(dpt[2*kk+1][l][0], dpt[2*kk+1][l][1]), packBF16(dpt[2*kk+1][l][2], dpt[2*kk+1][l][3])}
-							}
+							pa, da := cToAEmu(st, kk), cToAEmu(dpt, kk)
 							for j := 0; j < D/8; j++ {
 								var bo, bq warpB
-								var cv, ck warpC
 								for l := 0; l < 32; l++ {
 									qrow, c := 16*kk+2*(l&3), 8*j+l>>2
 									o0 := qrow*(D+8) + c
 									bo[l] = [2]uint32{packHalves(sdO[o0], sdO[o0+D+8]), packHalves(sdO[o0+8*(D+8)], sdO[o0+9*(D+8)])}
 									bq[l] = [2]uint32{packHalves(sQ[o0], sQ[o0+D+8]), packHalves(sQ[o0+8*(D+8)], sQ[o0+9*(D+8)])}
-									cv[l], ck[l] = dva[w][l][j], dka[w][l][j]
 								}
-								mmaEmu(&cv, &pa, &bo)
-								mmaEmu(&ck, &da, &bq)
-								for l := 0; l < 32; l++ {
-									dva[w][l][j], dka[w][l][j] = cv[l], ck[l]
-								}
+								mmaAccEmu(func(l int) *[4]float32 { return &dva[w][l][j] }, &pa, &bo)
+								mmaAccEmu(func(l int) *[4]float32 { return &dka[w][l][j] }, &da, &bq)
 							}
 						}
 					}
@@ -527,23 +530,14 @@ func emuFlashDq(D, BN int, dq, dout, q, k, v, lse, dd []float32, meta []int32, n
 						}
 					}
 					for kk := 0; kk < BN/16; kk++ {
-						var a warpA
-						for l := 0; l < 32; l++ {
-							a[l] = [4]uint32{packBF16(dp[2*kk][l][0], dp[2*kk][l][1]), packBF16(dp[2*kk][l][2], dp[2*kk][l][3]),
-								packBF16(dp[2*kk+1][l][0], dp[2*kk+1][l][1]), packBF16(dp[2*kk+1][l][2], dp[2*kk+1][l][3])}
-						}
+						a := cToAEmu(dp, kk)
 						for j := 0; j < D/8; j++ {
 							var b warpB
-							var c warpC
 							for l := 0; l < 32; l++ {
 								k0p := (16*kk+2*(l&3))*(D+8) + 8*j + l>>2
 								b[l] = [2]uint32{packHalves(sK[k0p], sK[k0p+D+8]), packHalves(sK[k0p+8*(D+8)], sK[k0p+9*(D+8)])}
-								c[l] = L[l].acc[j]
 							}
-							mmaEmu(&c, &a, &b)
-							for l := 0; l < 32; l++ {
-								L[l].acc[j] = c[l]
-							}
+							mmaAccEmu(func(l int) *[4]float32 { return &L[l].acc[j] }, &a, &b)
 						}
 					}
 				}
