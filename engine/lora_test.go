@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -299,36 +300,12 @@ func TestLoRAAdamWGolden(t *testing.T) {
 			o := g.Optimizer
 			tr := newTrainer(t, base.cfg, base.weights, engine.TrainOptions{LoRA: g.config(), LoRAInit: init,
 				Optimizer: engine.AdamWConfig{LR: o.LR, Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, WeightDecay: o.WeightDecay, ClipNorm: o.MaxGradNorm}})
-			for k := 0; k < 10; k++ {
-				st, err := tr.ForwardBackward(context.Background(), g.batch(), engine.CrossEntropy(0))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if wl := float64(want[fmt.Sprintf("loss.%d", k)].Data[0]); math.Abs(st.Loss-wl) > 1e-4*math.Max(1, math.Abs(wl)) {
-					t.Errorf("step %d: loss %.7g, PyTorch %.7g", k, st.Loss, wl)
-				}
-				os, err := tr.Step()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if wn := float64(want[fmt.Sprintf("gradnorm.%d", k)].Data[0]); math.Abs(os.GradNorm-wn) > 1e-4*wn {
-					t.Errorf("step %d: gradient norm %.7g, PyTorch %.7g", k, os.GradNorm, wn)
-				}
-			}
+			adamWStepsGolden(t, tr, g.batch(), want, "step")
 			got, err := tr.Model.AdapterWeights()
 			if err != nil {
 				t.Fatal(err)
 			}
-			var worst float64
-			var at string
-			for n, w := range init {
-				for i, v := range got[n].Data {
-					if d := math.Abs(float64(v) - float64(want[n].Data[i])); d > worst || math.IsNaN(d) {
-						worst, at = d, fmt.Sprintf("%s[%d]", n, i)
-					}
-				}
-				_ = w
-			}
+			worst, at := largestDiff(got, want, slices.Sorted(maps.Keys(init)))
 			t.Logf("largest adapter difference after 10 AdamW steps: %.3g at %s", worst, at)
 			if worst > 1e-3 || math.IsNaN(worst) {
 				t.Errorf("adapters after 10 AdamW steps differ from PyTorch by %.3g at %s", worst, at)

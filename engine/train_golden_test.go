@@ -20,6 +20,44 @@ type gradGolden struct {
 	EntropyWeights [][]float64 `json:"entropy_weights"`
 }
 
+// adamWStepsGolden runs ten steps of tr (an AdamW trainer) on batch with the SFT loss and
+// checks each step's loss (1e-4 relative, absolute below 1) and gradient norm (1e-4 relative)
+// against PyTorch's loss.K and gradnorm.K in want; step names a step in the errors.
+func adamWStepsGolden(t *testing.T, tr *engine.Trainer, batch []engine.ScoreRequest, want map[string]engine.HostTensor, step string) {
+	t.Helper()
+	for k := 0; k < 10; k++ {
+		st, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wl := float64(want[fmt.Sprintf("loss.%d", k)].Data[0]); math.Abs(st.Loss-wl) > 1e-4*math.Max(1, math.Abs(wl)) {
+			t.Errorf("%s %d: loss %.7g, PyTorch %.7g", step, k, st.Loss, wl)
+		}
+		os, err := tr.Step()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wn := float64(want[fmt.Sprintf("gradnorm.%d", k)].Data[0]); math.Abs(os.GradNorm-wn) > 1e-4*wn {
+			t.Errorf("%s %d: gradient norm %.7g, PyTorch %.7g", step, k, os.GradNorm, wn)
+		}
+	}
+}
+
+// largestDiff is the largest absolute difference between the elements of got and want in the
+// tensors names (NaN where one is NaN), and the element where it is ("name[i]").
+func largestDiff(got, want map[string]engine.HostTensor, names []string) (float64, string) {
+	var worst float64
+	var at string
+	for _, n := range names {
+		for i, v := range got[n].Data {
+			if d := math.Abs(float64(v) - float64(want[n].Data[i])); d > worst || math.IsNaN(d) {
+				worst, at = d, fmt.Sprintf("%s[%d]", n, i)
+			}
+		}
+	}
+	return worst, at
+}
+
 // TestTrainGoldenPyTorch checks, for the tiny Qwen2, Llama 3 (tied) and Qwen3 (qk-norm)
 // models, the gradient of every parameter against PyTorch autograd (relative norm error
 // <= 1e-4 per tensor) for SFT cross-entropy and a token-weighted log-prob + entropy loss, and
@@ -106,35 +144,12 @@ func TestTrainGoldenPyTorch(t *testing.T) {
 			}
 			tr := newTrainer(t, g.cfg, g.weights, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.95,
 				Eps: 1e-8, WeightDecay: 0.1, ClipNorm: 0.5}})
-			for k := 0; k < 10; k++ {
-				st, err := tr.ForwardBackward(context.Background(), batch, engine.CrossEntropy(0))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if wl := float64(want[fmt.Sprintf("loss.%d", k)].Data[0]); math.Abs(st.Loss-wl) > 1e-4*math.Max(1, math.Abs(wl)) {
-					t.Errorf("AdamW step %d: loss %.7g, PyTorch %.7g", k, st.Loss, wl)
-				}
-				os, err := tr.Step()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if wn := float64(want[fmt.Sprintf("gradnorm.%d", k)].Data[0]); math.Abs(os.GradNorm-wn) > 1e-4*wn {
-					t.Errorf("AdamW step %d: gradient norm %.7g, PyTorch %.7g", k, os.GradNorm, wn)
-				}
-			}
+			adamWStepsGolden(t, tr, batch, want, "AdamW step")
 			got, err := tr.Model.HostWeights()
 			if err != nil {
 				t.Fatal(err)
 			}
-			var worst float64
-			var worstName string
-			for _, wn := range engine.WeightNames(g.cfg) {
-				for i, v := range got[wn].Data {
-					if d := math.Abs(float64(v) - float64(want[wn].Data[i])); d > worst || math.IsNaN(d) {
-						worst, worstName = d, fmt.Sprintf("%s[%d]", wn, i)
-					}
-				}
-			}
+			worst, worstName := largestDiff(got, want, engine.WeightNames(g.cfg))
 			t.Logf("largest weight difference after 10 AdamW steps: %.3g at %s", worst, worstName)
 			if worst > 1e-4 || math.IsNaN(worst) {
 				t.Errorf("weights after 10 AdamW steps differ from torch.optim.AdamW by %.3g at %s", worst, worstName)
