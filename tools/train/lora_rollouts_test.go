@@ -5,12 +5,10 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	neturl "net/url"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
-	"github.com/prolong-rl/prolong/grpo"
 	"github.com/prolong-rl/prolong/grpo/quickstart"
 )
 
@@ -35,30 +33,7 @@ func TestLoRARolloutServers(t *testing.T) {
 	defer front.Close()
 	url := front.URL
 	t.Setenv("PROLONG_API_KEY", "k")
-	args := []string{"--quiet", "--seed", "4", "--steps", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot", "--eval-every", "3",
-		"--eval-size", "10", "--prompts", "4", "--n", "8", "--train-problems", "100", "--eval-samples", "2",
-		"--lora-rank", "4", "--lora-alpha", "8", "--lr", "5e-3", "--lora-base-dtype", "fp32"}
-	local, served := t.TempDir(), t.TempDir()
-	if err := runArgs(t, append(args, "--out", local)...); err != nil {
-		t.Fatal(err)
-	}
-	if err := runArgs(t, append(args, "--out", served, "--rollout-servers", url, "--overlap", "off")...); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := grpo.ReadMetrics(filepath.Join(local, "metrics.jsonl"))
-	b, _ := grpo.ReadMetrics(filepath.Join(served, "metrics.jsonl"))
-	if len(a) != 4 || len(b) != 4 {
-		t.Fatalf("%d and %d records", len(a), len(b))
-	}
-	for i := range a {
-		if i > 0 && (a[i].RewardMean != b[i].RewardMean || a[i].Loss != b[i].Loss || a[i].ResponseLenMean != b[i].ResponseLenMean) {
-			t.Errorf("step %d: in-process reward %v loss %v len %v, served reward %v loss %v len %v", i,
-				a[i].RewardMean, a[i].Loss, a[i].ResponseLenMean, b[i].RewardMean, b[i].Loss, b[i].ResponseLenMean)
-		}
-	}
-	if a[3].Eval.Accuracy != b[3].Eval.Accuracy {
-		t.Errorf("held-out accuracy %v in process, %v served", a[3].Eval.Accuracy, b[3].Eval.Accuracy)
-	}
+	servedMatchesInProcess(t, url, "--lora-rank", "4", "--lora-alpha", "8", "--lr", "5e-3", "--lora-base-dtype", "fp32")
 	cfg := quickstart.ModelConfig()
 	specs, err := engine.LoRASpecs(cfg, engine.LoRAConfig{Rank: 4, Alpha: 8})
 	if err != nil {

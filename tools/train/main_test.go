@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -233,8 +234,17 @@ func TestQuickstartTokenizerFile(t *testing.T) {
 func TestRolloutServers(t *testing.T) {
 	url := startRolloutServers(t, 1)[0] // the trainer pushes its weights before the first step
 	t.Setenv("PROLONG_API_KEY", "k")
-	args := []string{"--quiet", "--seed", "4", "--steps", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot", "--eval-every", "3",
-		"--eval-size", "10", "--prompts", "4", "--n", "8", "--train-problems", "100", "--eval-samples", "2"}
+	servedMatchesInProcess(t, url)
+}
+
+// servedMatchesInProcess runs a three-step job (seed 4, evaluated at step 3) with the flags
+// extra twice, generating in process and on the rollout server at url (not overlapped), and
+// fails t unless both log the same reward, loss and response length at every step after the
+// first, and the same held-out accuracy.
+func servedMatchesInProcess(t *testing.T, url string, extra ...string) {
+	t.Helper()
+	args := slices.Clip(append([]string{"--quiet", "--seed", "4", "--steps", "3", "--sft-steps", "40", "--sft-lr", "3e-3", "--cot",
+		"--eval-every", "3", "--eval-size", "10", "--prompts", "4", "--n", "8", "--train-problems", "100", "--eval-samples", "2"}, extra...))
 	local, served := t.TempDir(), t.TempDir()
 	if err := runArgs(t, append(args, "--out", local)...); err != nil {
 		t.Fatal(err)
