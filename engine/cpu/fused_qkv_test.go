@@ -16,13 +16,7 @@ import (
 // evenly over the threads, positions that do not start at 0, and padding rows that share a slot.
 func TestQKVRoPEBitExact(t *testing.T) {
 	r := rand.New(rand.NewPCG(35, 2))
-	rnd := func(n int, s float64) []float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32(r.NormFloat64() * s)
-		}
-		return d
-	}
+	rnd := normals(r)
 	const bs, P = 16, 400
 	c := New()
 	for _, tc := range []struct {
@@ -64,13 +58,7 @@ func TestQKVRoPEBitExact(t *testing.T) {
 			copy(v[i*kw:(i+1)*kw], v[(tc.T-1)*kw:])
 		}
 		blocks := (tc.T+bs-1)/bs + 1
-		up := func(x []float32, shape ...int) *engine.Tensor {
-			tt, err := c.Upload(engine.F32, slices.Clone(x), false, shape...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return tt
-		}
+		up := f32Uploader(t, c)
 		type run struct {
 			q, k, v *engine.Tensor
 			kv      *cpuKV

@@ -11,30 +11,42 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 )
 
-// TestAddRMSNormBitExact: the fused op gives Add's and RMSNorm's results bit for bit, with sum
-// apart from x and in place (sum is x), on rows that do not split evenly over the threads.
-func TestAddRMSNormBitExact(t *testing.T) {
-	r := rand.New(rand.NewPCG(8, 8))
-	rnd := func(n int, s float64) []float32 {
+// normals returns rnd(n, s): n values drawn from r, normal with standard deviation s.
+func normals(r *rand.Rand) func(n int, s float64) []float32 {
+	return func(n int, s float64) []float32 {
 		d := make([]float32, n)
 		for i := range d {
 			d[i] = float32(r.NormFloat64() * s)
 		}
 		return d
 	}
+}
+
+// f32Uploader returns up(v, shape...): a copy of v on c as an fp32 activation of that shape,
+// failing t on an error.
+func f32Uploader(t *testing.T, c *Backend) func(v []float32, shape ...int) *engine.Tensor {
+	return func(v []float32, shape ...int) *engine.Tensor {
+		t.Helper()
+		tt, err := c.Upload(engine.F32, slices.Clone(v), false, shape...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tt
+	}
+}
+
+// TestAddRMSNormBitExact: the fused op gives Add's and RMSNorm's results bit for bit, with sum
+// apart from x and in place (sum is x), on rows that do not split evenly over the threads.
+func TestAddRMSNormBitExact(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	rnd := normals(r)
 	c := New()
 	for _, tc := range []struct {
 		rows, d int
 		inplace bool
 	}{{1, 7, false}, {130, 96, false}, {67, 257, true}, {3, 4096, true}} {
 		x, y, w := rnd(tc.rows*tc.d, 3), rnd(tc.rows*tc.d, 1), rnd(tc.d, 1)
-		up := func(v []float32, shape ...int) *engine.Tensor {
-			tt, err := c.Upload(engine.F32, slices.Clone(v), false, shape...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return tt
-		}
+		up := f32Uploader(t, c)
 		// Add then RMSNorm.
 		xa, ya, wt := up(x, tc.rows, tc.d), up(y, tc.rows, tc.d), up(w, tc.d)
 		sumA, normA := c.Alloc(tc.rows, tc.d), c.Alloc(tc.rows, tc.d)
@@ -91,13 +103,7 @@ func BenchmarkAddRMSNorm(b *testing.B) {
 // kept, on rows that split unevenly over register blocks and threads, including one decode row.
 func TestGateUpSwiGLUBitExact(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 9))
-	rnd := func(n int, s float64) []float32 {
-		d := make([]float32, n)
-		for i := range d {
-			d[i] = float32(r.NormFloat64() * s)
-		}
-		return d
-	}
+	rnd := normals(r)
 	for _, prec := range []Precision{PrecisionAuto, PrecisionFP32, PrecisionBF16} {
 		c := New(WithMatMulPrecision(prec))
 		for _, tc := range []struct{ m, k, n int }{{1, 64, 96}, {1, 896, 4864}, {7, 130, 67}, {33, 256, 200}, {130, 96, 33}} {
