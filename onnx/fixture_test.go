@@ -297,31 +297,17 @@ func TestImportFixtureErrors(t *testing.T) {
 		}
 		return p
 	}
-	expect := func(what, path string, opts ImportOptions, wants ...string) {
-		t.Helper()
-		_, _, err := Import(path, opts)
-		if err == nil {
-			t.Errorf("%s: no error", what)
-			return
-		}
-		for _, w := range wants {
-			if !strings.Contains(err.Error(), w) {
-				t.Errorf("%s: error %q does not name %q", what, err, w)
-			}
-		}
-		t.Logf("%s: %v", what, err)
-	}
 	qwen2 := read("qwen2_past", "model.onnx")
-	expect("truncated", write("trunc/model.onnx", qwen2[:len(qwen2)*2/3]), ImportOptions{}, "trunc/model.onnx")
-	expect("wrong magic", write("zip/model.onnx", append([]byte("PK\x03\x04"), qwen2[4:1000]...)), ImportOptions{}, "zip/model.onnx")
+	expectImportError(t, "truncated", write("trunc/model.onnx", qwen2[:len(qwen2)*2/3]), ImportOptions{}, "trunc/model.onnx")
+	expectImportError(t, "wrong magic", write("zip/model.onnx", append([]byte("PK\x03\x04"), qwen2[4:1000]...)), ImportOptions{}, "zip/model.onnx")
 
 	// External data: the side file missing, then cut short.
 	ext := write("ext/model.onnx", read("qwen3_past_ext", "model.onnx"))
-	expect("missing external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
+	expectImportError(t, "missing external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
 		"model.onnx.data", "model.embed_tokens.weight", "no such file")
 	data := read("qwen3_past_ext", "model.onnx.data")
 	write("ext/model.onnx.data", data[:len(data)-4096])
-	expect("truncated external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
+	expectImportError(t, "truncated external data", ext, ImportOptions{Hints: &engine.Config{MaxPositionEmbeddings: 512}},
 		"model.onnx.data", "lm_head.weight", "beyond")
 
 	edit := func(name string, f func(m *onnxpb.ModelProto)) string {
@@ -345,10 +331,10 @@ func TestImportFixtureErrors(t *testing.T) {
 		t.Fatalf("no node %s", name)
 		return nil
 	}
-	expect("another activation", edit("gelu/model.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "another activation", edit("gelu/model.onnx", func(m *onnxpb.ModelProto) {
 		findNode(m, "/layers.0/mlp/act_fn/Sigmoid").OpType = proto.String("Gelu")
 	}), ImportOptions{}, "/layers.0/mlp/act_fn/Sigmoid", "Gelu", "SiLU")
-	expect("LayerNorm", edit("ln/model.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "LayerNorm", edit("ln/model.onnx", func(m *onnxpb.ModelProto) {
 		findNode(m, "/layers.0/input_layernorm/Sqrt").OpType = proto.String("LayerNormalization")
 	}), ImportOptions{}, "/layers.0/input_layernorm/Sqrt", "RMSNorm")
 
@@ -356,7 +342,7 @@ func TestImportFixtureErrors(t *testing.T) {
 	// and the node it was placed by.
 	var qname string
 	q := goldenByName(t, "qwen2")
-	expect("mismatched shape", edit("shape/model.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "mismatched shape", edit("shape/model.onnx", func(m *onnxpb.ModelProto) {
 		w := findNode(m, "/layers.0/self_attn/q_proj/MatMul").GetInput()[1]
 		qname = w
 		for _, tp := range m.GetGraph().GetInitializer() {
@@ -375,7 +361,7 @@ func TestImportFixtureErrors(t *testing.T) {
 	write("mistral/model.onnx", qwen2)
 	cj := strings.Replace(string(read("llama3_nopast", "config.json")), `"model_type": "llama"`, `"model_type": "mistral"`, 1)
 	write("mistral/config.json", []byte(cj))
-	expect("unsupported architecture", filepath.Join(dirBad, "model.onnx"), ImportOptions{}, "config.json", "model_type", "mistral")
+	expectImportError(t, "unsupported architecture", filepath.Join(dirBad, "model.onnx"), ImportOptions{}, "config.json", "model_type", "mistral")
 }
 
 // TestWeightNames covers the spellings of weight and scope names the importer reads.

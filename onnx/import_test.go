@@ -93,6 +93,23 @@ func sameConfig(t *testing.T, got, want *engine.Config) {
 	}
 }
 
+// expectImportError fails t unless Import(path, opts) fails with an error that names every
+// one of wants (what names the case); it logs the error.
+func expectImportError(t *testing.T, what, path string, opts ImportOptions, wants ...string) {
+	t.Helper()
+	_, _, err := Import(path, opts)
+	if err == nil {
+		t.Errorf("%s: no error", what)
+		return
+	}
+	for _, w := range wants {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%s: error %q does not name %q", what, err, w)
+		}
+	}
+	t.Logf("%s: %v", what, err)
+}
+
 // TestImportErrors checks that broken files give errors naming the file, tensor or node.
 func TestImportErrors(t *testing.T) {
 	g := loadGoldens(t)[0]
@@ -112,23 +129,10 @@ func TestImportErrors(t *testing.T) {
 		}
 		return p
 	}
-	expectErr := func(what, path string, opts ImportOptions, wants ...string) {
-		t.Helper()
-		_, _, err := Import(path, opts)
-		if err == nil {
-			t.Errorf("%s: no error", what)
-			return
-		}
-		for _, w := range wants {
-			if !strings.Contains(err.Error(), w) {
-				t.Errorf("%s: error %q does not name %q", what, err, w)
-			}
-		}
-	}
-	expectErr("truncated", write("trunc.onnx", data[:len(data)/2]), ImportOptions{}, "trunc.onnx")
-	expectErr("wrong magic", write("magic.onnx", append([]byte("PK\x03\x04garbage"), data[:100]...)), ImportOptions{}, "magic.onnx")
-	expectErr("empty", write("empty.onnx", nil), ImportOptions{}, "empty.onnx")
-	expectErr("missing file", filepath.Join(dir, "nope.onnx"), ImportOptions{}, "nope.onnx")
+	expectImportError(t, "truncated", write("trunc.onnx", data[:len(data)/2]), ImportOptions{}, "trunc.onnx")
+	expectImportError(t, "wrong magic", write("magic.onnx", append([]byte("PK\x03\x04garbage"), data[:100]...)), ImportOptions{}, "magic.onnx")
+	expectImportError(t, "empty", write("empty.onnx", nil), ImportOptions{}, "empty.onnx")
+	expectImportError(t, "missing file", filepath.Join(dir, "nope.onnx"), ImportOptions{}, "nope.onnx")
 
 	// Truncated external data file, then a missing one.
 	dataPath := path + ".data"
@@ -139,11 +143,11 @@ func TestImportErrors(t *testing.T) {
 	if err := os.WriteFile(dataPath, full[:len(full)-100], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	expectErr("truncated external data", path, ImportOptions{}, "model.onnx.data", "model.layers.1.mlp.down_proj.weight", "beyond")
+	expectImportError(t, "truncated external data", path, ImportOptions{}, "model.onnx.data", "model.layers.1.mlp.down_proj.weight", "beyond")
 	if err := os.Remove(dataPath); err != nil {
 		t.Fatal(err)
 	}
-	expectErr("missing external data", path, ImportOptions{}, "model.onnx.data", "model.embed_tokens.weight")
+	expectImportError(t, "missing external data", path, ImportOptions{}, "model.onnx.data", "model.embed_tokens.weight")
 
 	// Edited models.
 	m, err := Build(g.cfg, g.weights)
@@ -159,29 +163,29 @@ func TestImportErrors(t *testing.T) {
 		}
 		return write(name, b)
 	}
-	expectErr("quantized op", edit("op.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "quantized op", edit("op.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Node[3].OpType = proto.String("MatMulNBits")
 		m.Graph.Node[3].Domain = proto.String("com.microsoft")
 	}), ImportOptions{}, "MatMulNBits", m.Graph.Node[3].GetName(), "quantized")
-	expectErr("other activation", edit("gelu.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "other activation", edit("gelu.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Node[5].OpType = proto.String("Gelu")
 	}), ImportOptions{}, "Gelu", m.Graph.Node[5].GetName(), "SiLU")
-	expectErr("unknown domain", edit("dom.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "unknown domain", edit("dom.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Node[4].Domain = proto.String("com.example")
 	}), ImportOptions{}, m.Graph.Node[4].GetName(), "com.example")
-	expectErr("shape", edit("shape.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "shape", edit("shape.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Initializer[1].Dims = []int64{3}
 	}), ImportOptions{}, m.Graph.Initializer[1].GetName(), "dims")
-	expectErr("raw_data", edit("raw.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "raw_data", edit("raw.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Initializer[2].RawData = m.Graph.Initializer[2].RawData[4:]
 	}), ImportOptions{}, m.Graph.Initializer[2].GetName(), "raw_data")
-	expectErr("missing tensor", edit("miss.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "missing tensor", edit("miss.onnx", func(m *onnxpb.ModelProto) {
 		m.Graph.Initializer = m.Graph.Initializer[1:]
 	}), ImportOptions{}, "model.embed_tokens.weight", "missing")
-	expectErr("no config", edit("nocfg.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "no config", edit("nocfg.onnx", func(m *onnxpb.ModelProto) {
 		m.MetadataProps = nil
 	}), ImportOptions{}, "max_position_embeddings", "nocfg.onnx")
-	expectErr("escaping location", edit("esc.onnx", func(m *onnxpb.ModelProto) {
+	expectImportError(t, "escaping location", edit("esc.onnx", func(m *onnxpb.ModelProto) {
 		t := m.Graph.Initializer[0]
 		t.RawData = nil
 		t.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
@@ -189,7 +193,7 @@ func TestImportErrors(t *testing.T) {
 	}), ImportOptions{}, "model.embed_tokens.weight", "leaves")
 	other := *g.cfg
 	other.ModelType, other.AttentionBias = "llama", false
-	expectErr("architecture mismatch", path, ImportOptions{Config: &other}, "model.layers.0.self_attn.k_proj.bias", "not a weight of a llama model")
+	expectImportError(t, "architecture mismatch", path, ImportOptions{Config: &other}, "model.layers.0.self_attn.k_proj.bias", "not a weight of a llama model")
 }
 
 // TestTensorDecoding covers the encodings real files use: typed fields, float16, bfloat16,
