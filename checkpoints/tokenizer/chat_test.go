@@ -242,14 +242,7 @@ func TestWithConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := tok.Save(dir); err != nil {
-		t.Fatal(err)
-	}
-	back, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, back := saveLoad(t, tok)
 	if got, err := back.ApplyChatTemplate([]Message{{"user", "x"}}, true); err != nil || got != "axb" {
 		t.Errorf("got %q, %v", got, err)
 	}

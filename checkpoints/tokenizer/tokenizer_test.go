@@ -174,14 +174,9 @@ func TestSplitWords(t *testing.T) {
 	}
 }
 
-// TestCharLevel: the default model's character tokenizer saved as tokenizer.json loads back
-// and encodes and decodes as a character table.
-func TestCharLevel(t *testing.T) {
-	toks := []string{"<pad>", "<bos>", "<eos>", "<answer>", "</answer>", "0", "1", "+", "=", " "}
-	tok, err := NewCharLevel(toks, []string{"<pad>", "<bos>", "<eos>"}, "<eos>")
-	if err != nil {
-		t.Fatal(err)
-	}
+// saveLoad saves tok into a new directory and loads it back: the directory and what Load read.
+func saveLoad(t *testing.T, tok *Tokenizer) (string, *Tokenizer) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := tok.Save(dir); err != nil {
 		t.Fatal(err)
@@ -190,6 +185,18 @@ func TestCharLevel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, back
+}
+
+// TestCharLevel: the default model's character tokenizer saved as tokenizer.json loads back
+// and encodes and decodes as a character table.
+func TestCharLevel(t *testing.T) {
+	toks := []string{"<pad>", "<bos>", "<eos>", "<answer>", "</answer>", "0", "1", "+", "=", " "}
+	tok, err := NewCharLevel(toks, []string{"<pad>", "<bos>", "<eos>"}, "<eos>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, back := saveLoad(t, tok)
 	ids := back.Encode("<bos>1+1=<answer>10</answer><eos>")
 	if fmt.Sprint(ids) != "[1 6 7 6 8 3 6 5 4 2]" {
 		t.Errorf("ids %v", ids)
