@@ -405,7 +405,8 @@ func TestOpsAfterFatalError(t *testing.T) {
 // PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention.
 func TestEnvOptions(t *testing.T) {
 	all := Options{BF16Matmul: true, TiledAttention: true, BF16KV: true, SplitKVDecode: true, FusedAddRMSNorm: true,
-		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true, UninitAlloc: true, FoldBF16: true}
+		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true, UninitAlloc: true, FoldBF16: true,
+		DeviceTopLogProbs: true}
 	for _, c := range []struct {
 		env, tiled string
 		want       Options
@@ -421,7 +422,8 @@ func TestEnvOptions(t *testing.T) {
 		{"uninit-alloc", "", Options{BF16Matmul: true, UninitAlloc: true}, ""},
 		{"uninit-alloc,poison-uninit", "", Options{BF16Matmul: true, UninitAlloc: true, PoisonUninit: true}, ""},
 		{"fold-bf16", "", Options{BF16Matmul: true, FoldBF16: true}, ""},
-		{"poison", "", Options{}, `unknown option "poison" (known: tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope, multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, fold-bf16, poison-uninit, all)`},
+		{"device-top-logprobs", "", Options{BF16Matmul: true, DeviceTopLogProbs: true}, ""},
+		{"poison", "", Options{}, `unknown option "poison" (known: tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope, multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, fold-bf16, device-top-logprobs, poison-uninit, all)`},
 		{"bf16kv", "", Options{}, `PROLONG_CUDA_OPTIONS: unknown option "bf16kv" (known: tiled-attention, bf16-kv, split-kv,`},
 	} {
 		t.Setenv("PROLONG_CUDA_OPTIONS", c.env)

@@ -407,3 +407,10 @@ func (b *Backend) launchSampleRows(grid [3]int, threads int, ids, lps, logits, r
 func (b *Backend) launchSampleTopkp(grid [3]int, threads int, ids, lps, logits, rows, temps, topks, topps, us dptr, V int32) {
 	b.launch("sample_topkp", grid, threads, argPtr(ids), argPtr(lps), argPtr(logits), argPtr(rows), argPtr(temps), argPtr(topks), argPtr(topps), argPtr(us), argI32(V))
 }
+
+// launchTopLogprobs enqueues top_logprobs (kernels/toplogprobs.cu) on a grid of blocks of threads:
+//
+//	top_logprobs(int* ids, float* lps, const float* logits, const int* rows, const float* temps, const int* topks, const float* topps, int k, int V)
+func (b *Backend) launchTopLogprobs(grid [3]int, threads int, ids, lps, logits, rows, temps, topks, topps dptr, k, V int32) {
+	b.launch("top_logprobs", grid, threads, argPtr(ids), argPtr(lps), argPtr(logits), argPtr(rows), argPtr(temps), argPtr(topks), argPtr(topps), argI32(k), argI32(V))
+}

@@ -95,6 +95,13 @@ type Options struct {
 	// unfused kernels and conversions. Off until a GPU run of the conformance suite (its
 	// "bf16-matmul-fused" run, TestGPUFoldBF16) and the benchmark shows it passes and wins.
 	FoldBF16 bool
+	// DeviceTopLogProbs ranks the tokens of top log-probs (engine.TopLogProbsBackend: sampling
+	// with SamplingParams.TopLogProbs, Scheduler.TopLogProbs) on the device
+	// (kernels/toplogprobs.cu): k ids and k log-probs a row come back instead of the row's
+	// V fp32 logits (600 KB a row at Qwen2's vocabulary). Off (the rows come back and are
+	// ranked on the host) until a GPU run of the conformance suite (its "top-logprobs" run,
+	// TestGPUTopLogProbs) shows it passes.
+	DeviceTopLogProbs bool
 	// PoisonUninit fills what AllocUninit hands out with NaN (a cuMemsetD32Async of 0xFFFFFFFF),
 	// whatever UninitAlloc says: a read before the write that the contract promises then makes
 	// NaN results, which the conformance suite reports. For tests; it costs what Alloc's memset

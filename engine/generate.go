@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 )
 
 // SamplingParams control generation for one prompt.
@@ -535,44 +532,33 @@ type topList struct {
 }
 
 // topLists computes, for the rows of logits [R, V] whose sample asks for top log-probs, the
-// most likely tokens under that row's sampling distribution sr, into tops. Only those rows are
-// read back to the host; when none asks, nothing is.
+// most likely tokens under that row's sampling distribution sr, into tops: on a
+// TopLogProbsBackend only the lists come back to the host, elsewhere those rows' logits do.
+// When no row asks, nothing is computed. The rows are ranked once with the largest k asked;
+// each sample keeps the first k of its row's list, which is the list of its own k (a prefix
+// of the same ranking, the same log-probs).
 func (g *Generator) topLists(logits *Tensor, samples []*genSample, sr []SampleRow, tops []topList) error {
 	var ask []int32
+	var askRows []SampleRow
+	k := 0
 	for i, s := range samples {
-		if s.r.req.Params.TopLogProbs > 0 {
-			ask = append(ask, int32(i))
+		if n := s.r.req.Params.TopLogProbs; n > 0 {
+			ask, askRows = append(ask, int32(i)), append(askRows, sr[i])
+			k = max(k, n)
 		}
 	}
 	if len(ask) == 0 {
 		return nil
 	}
-	b, V := g.model.Backend, logits.Cols()
-	src := logits
-	if len(ask) < logits.Rows() { // some rows do not ask, or are a decode batch's padding
-		src = AllocUninit(b, len(ask), V) // [A, V]
-		defer b.Free(src)
-		b.GatherRows(src, logits, ask)
+	k = min(k, logits.Cols())
+	ids, lps, err := topLogProbs(g.model.Backend, logits, ask, askRows, k, &g.topBuf)
+	if err != nil {
+		return err
 	}
-	if cap(g.topBuf) < len(ask)*V {
-		g.topBuf = make([]float32, len(ask)*V)
+	for a, i := range ask {
+		n := min(samples[i].r.req.Params.TopLogProbs, k)
+		tops[i].ids = ids[a*k : a*k+n : a*k+n]
+		tops[i].lps = lps[a*k : a*k+n : a*k+n]
 	}
-	host := g.topBuf[:len(ask)*V]
-	if err := b.Download(src, host); err != nil {
-		return fmt.Errorf("top log-probs: %w", err)
-	}
-	// The rows are independent: spread them over the host's cores.
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(len(ask), runtime.GOMAXPROCS(0)) {
-		wg.Go(func() {
-			for a := int(next.Add(1) - 1); a < len(ask); a = int(next.Add(1) - 1) {
-				i := ask[a]
-				k := min(samples[i].r.req.Params.TopLogProbs, V)
-				tops[i].ids, tops[i].lps = topRow(host[a*V:(a+1)*V], sr[i], k)
-			}
-		})
-	}
-	wg.Wait()
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sync"
 )
@@ -407,16 +406,21 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 		}
 		off += int32(len(r.Tokens))
 	}
-	chunk := max(1, min(256, (64<<20)/(4*V))) // <= 64 MiB of logits on the host at a time
-	buf := make([]float32, min(chunk, len(rows))*V)
+	chunk := max(1, min(256, (64<<20)/(4*V))) // <= 64 MiB of logits at a time (on the host where the backend does not rank them)
+	var buf []float32
 	err = m.forward(steps, rows, chunk, func(first int, logits *Tensor) error {
-		if err := m.Backend.Download(logits, buf[:logits.Rows()*V]); err != nil {
+		R := logits.Rows()
+		sr := make([]SampleRow, R)
+		for i := range sr {
+			sr[i] = reqs[owner[first+i]].Row
+		}
+		ids, lps, err := topLogProbs(m.Backend, logits, seqRange(0, R), sr, k, &buf)
+		if err != nil {
 			return err
 		}
-		for i := range logits.Rows() {
+		for i := range R {
 			o := &out[owner[first+i]]
-			ids, lps := topRow(buf[i*V:(i+1)*V], reqs[owner[first+i]].Row, k)
-			o.IDs, o.LogProbs = append(o.IDs, ids), append(o.LogProbs, lps)
+			o.IDs, o.LogProbs = append(o.IDs, ids[i*k:(i+1)*k:(i+1)*k]), append(o.LogProbs, lps[i*k:(i+1)*k:(i+1)*k])
 		}
 		return ctx.Err()
 	})
@@ -424,41 +428,6 @@ func (m *Model) topLogProbs(ctx context.Context, reqs []TopRequest, k int) ([]To
 		return nil, err
 	}
 	return out, nil
-}
-
-// topRow returns the k most likely tokens of a row of logits [V] (most likely first, ties to
-// the lower id) and their log-probs under the distribution SampleLogits draws from with r.
-func topRow(logits []float32, r SampleRow, k int) ([]int32, []float32) {
-	if r.Temperature <= 0 {
-		r = SampleRow{Temperature: 1}
-	}
-	s := scratchPool.Get().(*sampleScratch)
-	defer scratchPool.Put(s)
-	kept, zs, p, z := candidates(logits, r, s) // kept: the best len(kept) tokens under before
-	before := func(a, b int32) bool { return p[a] > p[b] || (p[a] == p[b] && a < b) }
-	// One pass keeping the best k in order: most tokens lose to the k-th at once.
-	top := make([]int32, 0, k)
-	for id := range int32(len(logits)) {
-		if len(top) == k && !before(id, top[k-1]) {
-			continue
-		}
-		if len(top) < k {
-			top = append(top, id)
-		}
-		i := len(top) - 1
-		for ; i > 0 && before(id, top[i-1]); i-- {
-			top[i] = top[i-1]
-		}
-		top[i] = id
-	}
-	lps := make([]float32, k)
-	for i, id := range top {
-		lps[i] = float32(math.Inf(-1))
-		if i < len(kept) {
-			lps[i] = logProb(zs[id], z)
-		}
-	}
-	return top, lps
 }
 
 // runScores answers the waiting Score calls (the lock is held). While a swap is pending the

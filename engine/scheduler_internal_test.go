@@ -24,7 +24,7 @@ func BenchmarkTopRow(b *testing.B) {
 				t0 := time.Now()
 				SampleLogits(row, r)
 				t1 := time.Now()
-				topRow(row, r, 20)
+				TopLogProbsRow(row, r, 20)
 				sample, top = sample+t1.Sub(t0), top+time.Since(t1)
 			}
 			b.ReportMetric(float64(top.Microseconds())/float64(b.N), "µs/row")

@@ -185,25 +185,35 @@ extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits
 // whose mass reaches top_p of what top-k kept, then draw by inverse CDF over the kept ids in
 // increasing id order. Rank by probability is rank by logit (exp is monotone), so the kept set
 // is "key > T, or key == T and id <= tieCut" for an order-preserving integer key of the logit;
-// T is found by binary search over keys (32 passes), each pass a block reduction.
+// T is found by binary search over keys (32 passes), each pass a block reduction. The key is a
+// functor: the sampler ranks by the logit's key (LogitKey); top log-probs (toplogprobs.cu) also
+// make every token whose probability underflows to 0 tie at key 0, as the host's ranking by
+// probability does.
 
 __device__ __forceinline__ u32 order_key(float f) {
 	u32 u = __float_as_uint(f);
 	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// LogitKey ranks by the logit alone.
+struct LogitKey {
+	__device__ __forceinline__ u32 operator()(float x) const { return order_key(x); }
+};
+
 // count_ge returns #{i : key(x_i) >= t} to every thread.
-__device__ int count_ge(const float* x, int V, u32 t, double* sh) {
+template <typename Key>
+__device__ int count_ge(const float* x, int V, u32 t, double* sh, Key key) {
 	double c = 0;
-	for (int i = threadIdx.x; i < V; i += blockDim.x) c += order_key(x[i]) >= t ? 1.0 : 0.0;
+	for (int i = threadIdx.x; i < V; i += blockDim.x) c += key(x[i]) >= t ? 1.0 : 0.0;
 	return (int)block_sum_d(c, sh);
 }
 
 // mass_ge returns Σ_{key(x_i) >= t} exp(x_i·inv - m) to every thread (t = 0: all).
-__device__ double mass_ge(const float* x, int V, u32 t, double inv, double m, double* sh) {
+template <typename Key>
+__device__ double mass_ge(const float* x, int V, u32 t, double inv, double m, double* sh, Key key) {
 	double s = 0;
 	for (int i = threadIdx.x; i < V; i += blockDim.x)
-		if (order_key(x[i]) >= t) s += exp(tempered(x[i], inv, m));
+		if (key(x[i]) >= t) s += exp(tempered(x[i], inv, m));
 	return block_sum_d(s, sh);
 }
 
@@ -223,13 +233,14 @@ __device__ double mass_ge(const float* x, int V, u32 t, double inv, double m, do
 // tie_scan: thread 0 walks the ids with key == t in increasing order, adding their mass to base
 // until it reaches need or n ties are taken; returns (through shared memory) the id of the
 // last tie taken. Ties of equal logits are rare: one thread is enough.
-__device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double need, double inv, double m) {
+template <typename Key>
+__device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double need, double inv, double m, Key key) {
 	__shared__ int cut;
 	if (threadIdx.x == 0) {
 		int taken = 0, last = -1;
 		double acc = base;
 		for (int i = 0; i < V && taken < n; i++) {
-			if (order_key(x[i]) != t) continue;
+			if (key(x[i]) != t) continue;
 			last = i;
 			taken++;
 			acc += exp(tempered(x[i], inv, m));
@@ -239,6 +250,66 @@ __device__ int tie_cut(const float* x, int V, u32 t, int n, double base, double 
 	}
 	__syncthreads();
 	return cut;
+}
+
+// kept_set finds the ids top-k K (0: off) and then top-p P (0 or 1: off) keep of a row whose
+// tempered maximum is m: key(x_i) > *T, or key(x_i) == *T and i <= *tieCut. Every thread calls
+// it and gets the same T and tieCut.
+template <typename Key>
+__device__ void kept_set(const float* x, int V, double inv, double m, int K, float P, Key key, double* shd, u32* outT,
+                         int* outCut) {
+	// Top-k: T = largest key with at least K keys >= it; the first K - #(key > T) ties.
+	u32 T = 0;
+	int tieCut = V; // ids of key == T up to tieCut are kept
+	bool topk = K > 0 && K < V;
+	if (topk) {
+		MAX_KEY_WHERE(T, count_ge(x, V, mid, shd, key) >= K);
+		int above = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd, key);
+		int ties = count_ge(x, V, T, shd, key) - above;
+		if (above + ties > K) tieCut = tie_cut(x, V, T, K - above, 0.0, INFINITY, inv, m, key);
+	}
+	// Top-p over what top-k kept: need = p · mass(kept).
+	if (P > 0.0f && P < 1.0f) {
+		double keptMass;
+		if (topk) {
+			keptMass = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd, key);
+			double s = 0;
+			for (int i = threadIdx.x; i < V; i += blockDim.x)
+				if (key(x[i]) == T && i <= tieCut) s += exp(tempered(x[i], inv, m));
+			keptMass += block_sum_d(s, shd);
+		} else {
+			keptMass = mass_ge(x, V, 0, inv, m, shd, key);
+		}
+		double need = (double)P * keptMass;
+		u32 Tp;
+		MAX_KEY_WHERE(Tp, mass_ge(x, V, mid, inv, m, shd, key) >= need);
+		// The nucleus is a prefix in rank order: when it ends above the top-k boundary it is
+		// what it is; at the boundary it takes ties only up to what top-k kept; below, the
+		// mass is not reached (rounding) and top-k's set stays.
+		if (!topk || Tp > T) {
+			double above = Tp == 0xffffffffu ? 0.0 : mass_ge(x, V, Tp + 1, inv, m, shd, key);
+			int na = Tp == 0xffffffffu ? 0 : count_ge(x, V, Tp + 1, shd, key);
+			int ties = count_ge(x, V, Tp, shd, key) - na;
+			int cut = ties > 1 ? tie_cut(x, V, Tp, ties, above, need, inv, m, key) : V;
+			if (mass_ge(x, V, Tp, inv, m, shd, key) >= need || !topk) {
+				T = Tp;
+				tieCut = cut;
+			}
+		} else if (Tp == T) {
+			double above = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd, key);
+			int na = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd, key);
+			int ties = count_ge(x, V, T, shd, key) - na;
+			int allowed = ties;
+			if (tieCut < V) { // top-k kept only some ties: count them
+				double c = 0;
+				for (int i = threadIdx.x; i < V; i += blockDim.x) c += (key(x[i]) == T && i <= tieCut) ? 1.0 : 0.0;
+				allowed = (int)block_sum_d(c, shd);
+			}
+			if (ties > 1 || allowed < ties) tieCut = tie_cut(x, V, T, allowed, above, need, inv, m, key);
+		}
+	}
+	*outT = T;
+	*outCut = tieCut;
 }
 
 // Grid (B), block 1024. Rows as sample_rows, each with its top-k (0: off) and top-p (0 or 1: off).
@@ -254,59 +325,9 @@ extern "C" __global__ void sample_topkp(int* ids, float* lps, const float* logit
 	for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
 	mx = block_max(mx, shv);
 	double m = (double)mx * inv;
-
-	// Top-k: T = largest key with at least K keys >= it; the first K - #(key > T) ties.
-	u32 T = 0;
-	int tieCut = V; // ids of key == T up to tieCut are kept
-	int K = topks[b];
-	bool topk = K > 0 && K < V;
-	if (topk) {
-		MAX_KEY_WHERE(T, count_ge(x, V, mid, shd) >= K);
-		int above = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd);
-		int ties = count_ge(x, V, T, shd) - above;
-		if (above + ties > K) tieCut = tie_cut(x, V, T, K - above, 0.0, INFINITY, inv, m);
-	}
-	// Top-p over what top-k kept: need = p · mass(kept).
-	float P = topps[b];
-	if (P > 0.0f && P < 1.0f) {
-		double keptMass;
-		if (topk) {
-			keptMass = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd);
-			double s = 0;
-			for (int i = tid; i < V; i += blockDim.x)
-				if (order_key(x[i]) == T && i <= tieCut) s += exp(tempered(x[i], inv, m));
-			keptMass += block_sum_d(s, shd);
-		} else {
-			keptMass = mass_ge(x, V, 0, inv, m, shd);
-		}
-		double need = (double)P * keptMass;
-		u32 Tp;
-		MAX_KEY_WHERE(Tp, mass_ge(x, V, mid, inv, m, shd) >= need);
-		// The nucleus is a prefix in rank order: when it ends above the top-k boundary it is
-		// what it is; at the boundary it takes ties only up to what top-k kept; below, the
-		// mass is not reached (rounding) and top-k's set stays.
-		if (!topk || Tp > T) {
-			double above = Tp == 0xffffffffu ? 0.0 : mass_ge(x, V, Tp + 1, inv, m, shd);
-			int na = Tp == 0xffffffffu ? 0 : count_ge(x, V, Tp + 1, shd);
-			int ties = count_ge(x, V, Tp, shd) - na;
-			int cut = ties > 1 ? tie_cut(x, V, Tp, ties, above, need, inv, m) : V;
-			if (mass_ge(x, V, Tp, inv, m, shd) >= need || !topk) {
-				T = Tp;
-				tieCut = cut;
-			}
-		} else if (Tp == T) {
-			double above = T == 0xffffffffu ? 0.0 : mass_ge(x, V, T + 1, inv, m, shd);
-			int na = T == 0xffffffffu ? 0 : count_ge(x, V, T + 1, shd);
-			int ties = count_ge(x, V, T, shd) - na;
-			int allowed = ties;
-			if (tieCut < V) { // top-k kept only some ties: count them
-				double c = 0;
-				for (int i = tid; i < V; i += blockDim.x) c += (order_key(x[i]) == T && i <= tieCut) ? 1.0 : 0.0;
-				allowed = (int)block_sum_d(c, shd);
-			}
-			if (ties > 1 || allowed < ties) tieCut = tie_cut(x, V, T, allowed, above, need, inv, m);
-		}
-	}
+	u32 T;
+	int tieCut;
+	kept_set(x, V, inv, m, topks[b], topps[b], LogitKey(), shd, &T, &tieCut);
 	// Inverse CDF over the kept ids in increasing id order.
 	sample_walk(x, V, inv, m, us[b], [=](int i, float xi) {
 		u32 k = order_key(xi);

@@ -534,6 +534,33 @@ func (c *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	return ids, lps, nil
 }
 
+// TopLogProbs implements engine.TopLogProbsBackend: engine.TopLogProbsRow on each listed row,
+// in place (nothing is copied), the rows spread over the cores.
+func (c *Backend) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.SampleRow, k int) ([]int32, []float32, error) {
+	ls, R, v := f32(logits), logits.Rows(), logits.Cols()
+	if len(sr) != len(rows) {
+		return nil, nil, fmt.Errorf("top log-probs: %d rows of parameters for %d rows", len(sr), len(rows))
+	}
+	if k < 1 || k > v {
+		return nil, nil, fmt.Errorf("top log-probs: k = %d outside [1, %d] (the vocabulary)", k, v)
+	}
+	for i, r := range rows {
+		if r < 0 || int(r) >= R {
+			return nil, nil, fmt.Errorf("top log-probs: row %d (entry %d) outside the %d rows of logits", r, i, R)
+		}
+	}
+	ids, lps := make([]int32, len(rows)*k), make([]float32, len(rows)*k)
+	c.thr.Parallel(len(rows), 1, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			r := int(rows[i])
+			id, lp := engine.TopLogProbsRow(ls[r*v:(r+1)*v], sr[i], k)
+			copy(ids[i*k:], id)
+			copy(lps[i*k:], lp)
+		}
+	})
+	return ids, lps, nil
+}
+
 // LogProbs implements engine.Backend.
 func (c *Backend) LogProbs(logits *engine.Tensor, targets []int32, temperature float32) ([]float32, []float32, error) {
 	ls, v := f32(logits), logits.Cols()

@@ -247,6 +247,7 @@ func forwardCases(o Options) []testCase {
 		}})
 	}
 	cs = append(cs, testCase{"LogProbsInto/R=13,V=257/T=0.6/chunks=5", logProbsIntoCase})
+	cs = append(cs, topLogProbsCases()...)
 	return cs
 }
 

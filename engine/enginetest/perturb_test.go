@@ -156,6 +156,11 @@ func TestPerturbedOpFails(t *testing.T) {
 		{"LogProbsInto", logProbsIntoSwapped{cpu.New()}, "LogProbsInto", nil,
 			[]string{"Model/qwen2/score/", "Model/llama/score-long/", "Train/qwen3/loss"},
 			[]string{"Model/qwen2/logits", "Train/qwen2/fused-head/"}},
+		// Top log-probs are compared bit for bit: one float32 step in every finite log-prob
+		// fails the log-probs and leaves the ids; ranks 0 and 1 swapped (ids with their
+		// log-probs) fail the ids, and the log-probs of the ids that still match stay exact.
+		{"TopLogProbsStep", topLogProbsOff{cpu.New(), false}, "TopLogProbs", []string{"/ids"}, nil, []string{"Model/", "Train/"}},
+		{"TopLogProbsSwap", topLogProbsOff{cpu.New(), true}, "TopLogProbs", []string{"/logprobs"}, nil, []string{"Model/", "Train/"}},
 		{"MatMulDW", matmulDWOverwrites{cpu.New()}, "MatMulDW", nil,
 			[]string{"Train/qwen2/grad/model.layers.0.mlp.up_proj.weight", "Train/llama/grad/lm_head.weight"},
 			[]string{"Model/", "Train/qwen2/grad/model.norm.weight"}},
@@ -373,6 +378,26 @@ func (b sampledLogProbStep) Sample(logits *engine.Tensor, rows []engine.SampleRo
 	for i, r := range rows {
 		if r.Temperature > 0 && lps[i] != 0 {
 			lps[i] = math.Nextafter32(lps[i], 0)
+		}
+	}
+	return ids, lps, err
+}
+
+// topLogProbsOff moves every finite top log-prob one float32 step towards zero, or (swap)
+// exchanges each list's first two entries.
+type topLogProbsOff struct {
+	*cpu.Backend
+	swap bool
+}
+
+func (b topLogProbsOff) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.SampleRow, k int) ([]int32, []float32, error) {
+	ids, lps, err := b.Backend.TopLogProbs(logits, rows, sr, k)
+	for i := 0; i < len(ids) && b.swap && k > 1; i += k {
+		ids[i], ids[i+1], lps[i], lps[i+1] = ids[i+1], ids[i], lps[i+1], lps[i]
+	}
+	for i, v := range lps {
+		if !b.swap && v != 0 && !math.IsInf(float64(v), 0) {
+			lps[i] = math.Nextafter32(v, 0)
 		}
 	}
 	return ids, lps, err

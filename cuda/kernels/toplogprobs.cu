@@ -1,0 +1,132 @@
+// Top log-probs (engine.TopLogProbsRow) on the device: for each listed row of logits, the k most
+// likely tokens of its sampling distribution (temperature, then top-k and top-p as sample_topkp
+// keeps them; a greedy row: the plain softmax) and their log-probs, so that k ids and k
+// log-probs come back to the host instead of the row. The host ranks by probability
+// exp(x·inv - m) in double, ties to the lower id; on the device tokens rank by logit (the same
+// order: exp is monotone), except that every token whose probability underflows to 0 gets
+// key 0 (ProbKey), so those tie and go by id there too.
+
+#define TOP_MAX 32 // largest k (engine.MaxTopLogProbs is 20)
+
+// ProbKey is LogitKey, but for keys below low (the smallest key of a token with a positive
+// probability: exactly the tokens whose probability underflows to 0 lie below it), 0.
+struct ProbKey {
+	u32 low;
+	__device__ __forceinline__ u32 operator()(float x) const {
+		u32 k = order_key(x);
+		return k >= low ? k : 0u;
+	}
+};
+
+// walk_mass returns, to every thread, Σ exp(x_i·inv - m) over the ids keep admits, summed as
+// sample_walk sums its total: each thread its contiguous chunk of ids in increasing order, then
+// the chunk sums in thread order. pre holds blockDim.x doubles.
+template <typename Keep>
+__device__ double walk_mass(const float* x, int V, double inv, double m, Keep keep, double* pre) {
+	__shared__ double total;
+	int tid = threadIdx.x;
+	int chunk = (V + blockDim.x - 1) / blockDim.x;
+	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
+	double s = 0;
+	for (int i = c0; i < c1; i++) {
+		if (keep(i, x[i])) s += exp(tempered(x[i], inv, m));
+	}
+	pre[tid] = s;
+	__syncthreads();
+	if (tid == 0) {
+		double acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) acc += pre[i];
+		total = acc;
+	}
+	__syncthreads();
+	return total;
+}
+
+// Grid (B), block 1024 (SAMPLE_THREADS). Row b is logits row rows[b] with temperature temps[b]
+// (<= 0: greedy), top-k topks[b] (0: off) and top-p topps[b] (0 or 1: off); 1 <= k <= min(V,
+// TOP_MAX). Writes ids[b·k + j] and lps[b·k + j], j = 0..k-1, most likely first; a token that
+// top-k or top-p leaves out has -Inf.
+extern "C" __global__ void top_logprobs(int* ids, float* lps, const float* logits, const int* rows, const float* temps,
+                                        const int* topks, const float* topps, int k, int V) {
+	__shared__ double shd[32];
+	__shared__ float shv[32];
+	__shared__ double pre[SAMPLE_THREADS];
+	__shared__ int tiePre[SAMPLE_THREADS];
+	__shared__ u32 low;
+	__shared__ int nCand;
+	__shared__ u32 candKey[TOP_MAX];
+	__shared__ int candID[TOP_MAX];
+	int b = blockIdx.x, tid = threadIdx.x;
+	const float* x = logits + (i64)rows[b] * V;
+	float temp = temps[b];
+	bool greedy = temp <= 0.0f;
+	double inv = greedy ? 1.0 : 1.0 / (double)temp;
+	int K = greedy ? 0 : topks[b];
+	float P = greedy ? 0.0f : topps[b];
+	float mx = -INFINITY;
+	for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
+	mx = block_max(mx, shv);
+	double m = (double)mx * inv;
+
+	// low: the smallest key whose probability is positive (the maximum's is 1).
+	if (tid == 0) low = 0xffffffffu, nCand = 0;
+	__syncthreads();
+	u32 mine = 0xffffffffu;
+	for (int i = tid; i < V; i += blockDim.x)
+		if (exp(tempered(x[i], inv, m)) > 0.0) mine = min(mine, order_key(x[i]));
+	atomicMin(&low, mine);
+	__syncthreads();
+	ProbKey key = {low};
+
+	u32 T;
+	int tieCut;
+	kept_set(x, V, inv, m, K, P, key, shd, &T, &tieCut);
+	auto kept = [=](int i, float xi) {
+		u32 q = key(xi);
+		return q > T || (q == T && i <= tieCut);
+	};
+	double lz = log(walk_mass(x, V, inv, m, kept, pre));
+
+	// The k best: every key above Tk (fewer than k), then the lowest ids of key Tk.
+	u32 Tk;
+	MAX_KEY_WHERE(Tk, count_ge(x, V, mid, shd, key) >= k);
+	for (int i = tid; i < V; i += blockDim.x) {
+		u32 q = key(x[i]);
+		if (q > Tk) {
+			int at = atomicAdd(&nCand, 1);
+			candKey[at] = q, candID[at] = i;
+		}
+	}
+	__syncthreads();
+	int above = nCand;
+	int chunk = (V + blockDim.x - 1) / blockDim.x;
+	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
+	int n = 0;
+	for (int i = c0; i < c1; i++) n += key(x[i]) == Tk;
+	tiePre[tid] = n;
+	__syncthreads();
+	if (tid == 0) {
+		int acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) {
+			int v = tiePre[i];
+			tiePre[i] = acc;
+			acc += v;
+		}
+	}
+	__syncthreads();
+	for (int i = c0, at = above + tiePre[tid]; i < c1 && at < k; i++) {
+		if (key(x[i]) == Tk) {
+			candKey[at] = Tk, candID[at] = i;
+			at++;
+		}
+	}
+	__syncthreads();
+	// Rank each candidate among the k: probability descending, then id ascending.
+	if (tid < k) {
+		u32 q = candKey[tid];
+		int id = candID[tid], r = 0;
+		for (int j = 0; j < k; j++) r += candKey[j] > q || (candKey[j] == q && candID[j] < id);
+		ids[(i64)b * k + r] = id;
+		lps[(i64)b * k + r] = kept(id, x[id]) ? (float)__dsub_rn(tempered(x[id], inv, m), lz) : -INFINITY;
+	}
+}
