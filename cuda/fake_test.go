@@ -49,6 +49,7 @@ type fakeGPU struct {
 	gemms   []gemm       // every cublasGemmEx, as its arguments describe it (no batch)
 	lt      fakeLt       // the fake cuBLASLt (ltgemm_test.go)
 	memsets []fakeMemset // every cuMemsetD32Async, in order
+	dtoh    uint64       // bytes of every cuMemcpyDtoHAsync
 }
 
 // fakeMemset is a cuMemsetD32Async: where, the 32-bit value, and how many elements.
@@ -261,6 +262,8 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 			}
 		}
 		g.launches = append(g.launches, l)
+	case "memcpyDtoHAsync":
+		g.dtoh += uint64(a[2])
 	case "memsetD32Async":
 		g.memsets = append(g.memsets, fakeMemset{dst: uint64(a[0]), value: uint32(a[1]), n: uint64(a[2])})
 	case "memHostAlloc":

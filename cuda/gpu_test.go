@@ -35,7 +35,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // (TiledAttention), then the decode_attn kernels (Options.BF16KV, Options.SplitKVDecode), then
 // the cases that run GEMMs on cuBLASLt (Options.CublasLt), and
 // the model and training cases with the engine's uninitialised buffers full of NaN
-// (Options.UninitAlloc, Options.PoisonUninit). With PROLONG_CONFORMANCE_JSON set,
+// (Options.UninitAlloc, Options.PoisonUninit), and the top log-probs cases on the device's
+// ranking (Options.DeviceTopLogProbs). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -90,6 +91,9 @@ func TestConformance(t *testing.T) {
 		// and training (gradients, AdamW steps), exact fp32, where a buffer read before the
 		// engine or an op writes it makes NaN, which always fails.
 		{"uninit-poison", Options{UninitAlloc: true, PoisonUninit: true}, enginetest.Options{WeightDType: engine.F32, Cases: regexp.MustCompile(`^(Model|Train)/`)}},
+		// Top log-probs ranked on the device (Options.DeviceTopLogProbs, off by default: the
+		// other runs rank the rows on the host), bit for bit the host's.
+		{"top-logprobs", Options{DeviceTopLogProbs: true}, enginetest.Options{WeightDType: engine.F32, Cases: regexp.MustCompile(`^TopLogProbs/`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {

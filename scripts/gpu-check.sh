@@ -8,7 +8,7 @@
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #   PROLONG_GPU_CHECK_STEPS=conformance,nccl DIR/run.sh OUT   # some steps only (see run.sh)
 #
-# run.sh runs, each under its own time limit (one GPU: 650 s in all at most, the conformance
+# run.sh runs, each under its own time limit (one GPU: 690 s in all at most, the conformance
 # and bench steps first; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts take seconds
 # when they pass):
 #   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, six
@@ -19,11 +19,14 @@
 #      "tiled-attention" run, which also checks that every flash_* kernel ran), its GEMM cases
 #      with the GEMMs on cuBLASLt (cuda.Options.CublasLt, off by default: the "cublaslt" run),
 #      its model and training cases with the engine's uninitialised tensors filled with NaN
-#      (cuda.Options.UninitAlloc + PoisonUninit: the "uninit-poison" run),
+#      (cuda.Options.UninitAlloc + PoisonUninit: the "uninit-poison" run), its top log-probs
+#      cases ranked on the device (cuda.Options.DeviceTopLogProbs: the "top-logprobs" run),
 #      generation with decode steps replayed as CUDA graphs against eager decoding
 #      (TestGPUDecodeGraphs), and the bf16 GEMMs of the 1.5B training step (8192 tokens: q/o,
 #      k/v, gate/up, down, the LM head's 1024-row chunk; forward, dX, dW) on cuBLASLt against
-#      cublasGemmEx, with both rates (TestGPUCublasLtMatchesGemmEx, after the suite) ->
+#      cublasGemmEx, with both rates (TestGPUCublasLtMatchesGemmEx, after the suite), and
+#      top_logprobs against the host's ranking on [64, 151936] logits and in generation, with
+#      both paths' times (TestGPUTopLogProbs) ->
 #      conformance.json (every case: error, tolerance, first bad index, got/want) and
 #      conformance.log;
 #   1b. NCCL (engine/dist's nccl backend on the CUDA backend's tensors, cuda's TestGPUNCCL):
@@ -41,7 +44,9 @@
 #      same step with the tiled attention kernels switched on (its tok/s as a ratio of the
 #      default step's, and its kernel profile), and the same step with the GEMMs on cuBLASLt
 #      (cuda.Options.CublasLt: its tok/s as a ratio, the 8192³ GEMM rate on cuBLASLt, the GEMMs'
-#      GPU time in both steps' profiles) -> bench.json, bench.log;
+#      GPU time in both steps' profiles), and last a rollout of 64 x 256 tokens asking for 20
+#      top log-probs a token, ranked on the host and on the device, as fractions of the plain
+#      rollout's rate -> bench.json, bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
@@ -89,7 +94,7 @@ t0=$(date +%s)
 if want conformance; then
 	echo "== conformance"
 	PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16' -test.v >"$out/conformance.log" 2>&1
+		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16|GPUTopLogProbs' -test.v >"$out/conformance.log" 2>&1
 	echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 fi
 if want nccl; then
@@ -123,7 +128,7 @@ if want nccl; then
 fi
 if want bench; then
 	echo "== bench"
-	timeout 200 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+	timeout 240 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 	echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 fi
 if want train; then
@@ -131,7 +136,7 @@ if want train; then
 	# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 	# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 	# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16), side by side: the model is tiny,
+	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16, device-top-logprobs), side by side: the model is tiny,
 	# the GPU has room for all six.
 	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 		set -- $run

@@ -51,6 +51,7 @@ type gpuReport struct {
 	LtStats         string                   `json:"train_cublaslt_gemms,omitempty"`         // cuda.Backend.CublasLtStats after it
 	HostOpUs        float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
 	LongDecode      []longDecodeRow          `json:"decode_b1_long"`                         // batch 1 at 4k and 16k of context by attention path
+	TopLogProbs     []topRoll                `json:"rollout_top_logprobs,omitempty"`         // 64 × 256 with 20 top log-probs a token, by where rows are ranked
 	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
 	Errors          []string                 `json:"errors,omitempty"`
 }
@@ -61,6 +62,12 @@ type roll struct {
 	Seconds   float64 `json:"seconds"`
 	TokS      float64 `json:"tok_s"`
 	Roofline  float64 `json:"roofline_fraction"` // HBM floor (weights + KV read per step at the measured copy rate) / time
+}
+
+// topRoll is one rollout of gpuTopLogProbs.
+type topRoll struct {
+	Ranked  string  `json:"ranked"` // none (no top log-probs), host or device
+	Seconds float64 `json:"seconds"`
 }
 
 // longDecodeRow is one batch-1 decode row at long context (gpuLongDecode).
@@ -184,7 +191,15 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 	if err := gpuLongDecode(b, rep, c, weights); err != nil {
 		return err
 	}
-	return gpuTraining(b, rep, c, weights, quick)
+	if err := gpuTraining(b, rep, c, weights, quick); err != nil {
+		return err
+	}
+	if !quick {
+		if err := gpuTopLogProbs(b, rep, c, weights); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("rollouts with top log-probs: %v", err))
+		}
+	}
+	return nil
 }
 
 // gpuReferences measures the ceilings the table is read against: copy bandwidth, the bf16
@@ -308,6 +323,62 @@ func gpuGraphDecode(rep *gpuReport, c *engine.Config, weights map[string]engine.
 	rep.Graph1Stats = fmt.Sprintf("%+v", bg.DecodeGraphStats())
 	fmt.Fprintf(w, "decode (graphs)\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n, sec, rep.Graph1TokS, 100*floor/sec)
 	fmt.Fprintf(w, "decode graphs per bucket: %s\t\t\t\t\t\t\n", rep.Graph1Stats)
+	return nil
+}
+
+// gpuTopLogProbs times a rollout of 64 × 256 tokens that asks for 20 top log-probs a token
+// (OpenAI's top_logprobs), the rows ranked on the host (b, the default: each step downloads
+// the 64 rows of logits) and on the device (cuda.Options.DeviceTopLogProbs, a backend opened
+// beside b), and the same rollout without top log-probs on b, and prints each one's tok/s and
+// its rate as a fraction of the plain rollout's. It runs last (tools/bench without --quick):
+// the table before it keeps its time budget.
+func gpuTopLogProbs(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor) error {
+	const batch, steps, k = 64, 256, 20
+	m, err := engine.NewModel(c, b, weights, engine.BF16)
+	if err != nil {
+		return err
+	}
+	defer freeWeights(m)
+	kvPerTok := float64(c.NumHiddenLayers * 2 * c.KVDim() * 4)
+	kv := int64(float64(batch)*float64(32+steps+32)*kvPerTok) + 1<<30
+	opts := engine.GeneratorOptions{KVBudgetBytes: kv, MaxBatchTokens: max(4096, batch*32), MaxSeqs: 256}
+	run := func(m *engine.Model, top int) (float64, error) {
+		rs := benchRequests(c.VocabSize, batch, 32, steps, 1, 1)
+		for i := range rs {
+			rs[i].Params.TopLogProbs = top
+		}
+		return timeGenerate(m, opts, rs)
+	}
+	if _, err := run(m, 0); err != nil { // warm-up
+		return err
+	}
+	plain, err := run(m, 0)
+	if err != nil {
+		return err
+	}
+	onHost, err := run(m, k)
+	if err != nil {
+		return err
+	}
+	bd, err := cuda.Open(cuda.Options{BF16Matmul: true, DeviceTopLogProbs: true})
+	if err != nil {
+		return err
+	}
+	md, err := engine.NewModel(c, bd, weights, engine.BF16)
+	if err != nil {
+		return err
+	}
+	defer freeWeights(md)
+	onDev, err := run(md, k)
+	if err != nil {
+		return err
+	}
+	rep.TopLogProbs = []topRoll{{"none", plain}, {"host", onHost}, {"device", onDev}}
+	fmt.Printf("\nrollout %d x %d tokens asking for %d top log-probs a token:\n", batch, steps, k)
+	for _, r := range rep.TopLogProbs {
+		fmt.Printf("  ranked %-7s %6.2f s %8.0f tok/s  %.2fx the plain rollout's rate\n", r.Ranked, r.Seconds,
+			float64(batch*steps)/r.Seconds, plain/r.Seconds)
+	}
 	return nil
 }
 
