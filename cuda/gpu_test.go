@@ -36,7 +36,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // the cases that run GEMMs on cuBLASLt (Options.CublasLt), and
 // the model and training cases with the engine's uninitialised buffers full of NaN
 // (Options.UninitAlloc, Options.PoisonUninit), and the top log-probs cases on the device's
-// ranking (Options.DeviceTopLogProbs). With PROLONG_CONFORMANCE_JSON set,
+// ranking (Options.DeviceTopLogProbs), and the sampling cases on the split sampler
+// (Options.SplitSample). With PROLONG_CONFORMANCE_JSON set,
 // every result is written there.
 func TestConformance(t *testing.T) {
 	type run struct {
@@ -94,6 +95,11 @@ func TestConformance(t *testing.T) {
 		// Top log-probs ranked on the device (Options.DeviceTopLogProbs, off by default: the
 		// other runs rank the rows on the host), bit for bit the host's.
 		{"top-logprobs", Options{DeviceTopLogProbs: true}, enginetest.Options{WeightDType: engine.F32, Cases: regexp.MustCompile(`^TopLogProbs/`)}},
+		// The split sampler (Options.SplitSample, off by default) with parts of 16 ids, so that
+		// the suite's vocabulary of 257 splits (96 rows: 3 parts each on 132 SMs): the Sample
+		// cases and greedy generation.
+		{"split-sample", Options{SplitSample: true, SampleSplitMinPart: 16}, enginetest.Options{WeightDType: engine.F32,
+			Cases: regexp.MustCompile(`^(Sample/|Model/[^/]+/greedy/)`)}},
 	}
 	report := map[string][]enginetest.Result{}
 	for _, r := range runs {

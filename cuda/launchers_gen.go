@@ -380,6 +380,27 @@ func (b *Backend) launchRmsnormBwdDx(grid [3]int, threads int, dx, stats, dy, x,
 	b.launch("rmsnorm_bwd_dx", grid, threads, argPtr(dx), argPtr(stats), argPtr(dy), argPtr(x), argPtr(w), argI64(total), argI32(n))
 }
 
+// launchSampleSplitMax enqueues sample_split_max (kernels/sample_split.cu) on a grid of blocks of threads:
+//
+//	sample_split_max(float* pmax, const float* logits, const int* rows, int V, int S)
+func (b *Backend) launchSampleSplitMax(grid [3]int, threads int, pmax, logits, rows dptr, V, S int32) {
+	b.launch("sample_split_max", grid, threads, argPtr(pmax), argPtr(logits), argPtr(rows), argI32(V), argI32(S))
+}
+
+// launchSampleSplitMass enqueues sample_split_mass (kernels/sample_split.cu) on a grid of blocks of threads:
+//
+//	sample_split_mass(double* pmass, int* parg, const float* pmax, const float* logits, const int* rows, const float* temps, int V, int S)
+func (b *Backend) launchSampleSplitMass(grid [3]int, threads int, pmass, parg, pmax, logits, rows, temps dptr, V, S int32) {
+	b.launch("sample_split_mass", grid, threads, argPtr(pmass), argPtr(parg), argPtr(pmax), argPtr(logits), argPtr(rows), argPtr(temps), argI32(V), argI32(S))
+}
+
+// launchSampleSplitPick enqueues sample_split_pick (kernels/sample_split.cu) on a grid of blocks of threads:
+//
+//	sample_split_pick(int* ids, float* lps, const double* pmass, const int* parg, const float* pmax, const float* logits, const int* rows, const float* temps, const double* us, int V, int S)
+func (b *Backend) launchSampleSplitPick(grid [3]int, threads int, ids, lps, pmass, parg, pmax, logits, rows, temps, us dptr, V, S int32) {
+	b.launch("sample_split_pick", grid, threads, argPtr(ids), argPtr(lps), argPtr(pmass), argPtr(parg), argPtr(pmax), argPtr(logits), argPtr(rows), argPtr(temps), argPtr(us), argI32(V), argI32(S))
+}
+
 // launchLogprobs enqueues logprobs (kernels/softmax.cu) on a grid of blocks of threads:
 //
 //	logprobs(float* lp, float* ent, const float* logits, const int* targets, int V, float temp)

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -419,7 +420,9 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 			}
 			dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
 			du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
-			if si == 0 {
+			if S := b.sampleSplits(n, V); si == 0 && S > 1 {
+				b.sampleSplit(dptr(dIDs), dptr(dLps), logits, b.ints(set), b.floats(temps), du, n, V, S)
+			} else if si == 0 {
 				b.launchSampleRows([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
 					b.floats(temps), du, int32(V))
 			} else {
@@ -439,6 +442,28 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 		return nil
 	})
 	return ids, lps, err
+}
+
+// sampleSplits is how many blocks share each of n plain rows of V logits (kernels/sample_split.cu):
+// 1 (sample_rows, a block a row) unless Options.SplitSample is on and the rows leave SMs idle;
+// then enough parts for about two blocks per SM, each of at least Options.SampleSplitMinPart ids
+// (default 2048).
+func (b *Backend) sampleSplits(n, V int) int {
+	if !b.opts.SplitSample || n >= 2*b.sms {
+		return 1
+	}
+	minPart := cmp.Or(b.opts.SampleSplitMinPart, 2048)
+	return max(1, min((2*b.sms+n-1)/n, (V+minPart-1)/minPart))
+}
+
+// sampleSplit draws the n plain rows rows of logits [R, V] (temps, us: theirs) with each row
+// split in S parts (kernels/sample_split.cu) into ids and lps [n].
+func (b *Backend) sampleSplit(ids, lps dptr, logits *engine.Tensor, rows, temps, us dptr, n, V, S int) {
+	pmax, pmass, parg := dptr(b.tmp(uint64(4*n*S))), dptr(b.tmp(uint64(8*n*S))), dptr(b.tmp(uint64(4*n*S)))
+	grid := [3]int{n, S, 1}
+	b.launchSampleSplitMax(grid, 256, pmax, ptr(logits), rows, int32(V), int32(S))
+	b.launchSampleSplitMass(grid, 256, pmass, parg, pmax, ptr(logits), rows, temps, int32(V), int32(S))
+	b.launchSampleSplitPick([3]int{n, 1, 1}, 256, ids, lps, pmass, parg, pmax, ptr(logits), rows, temps, us, int32(V), int32(S))
 }
 
 // checkLogProbs checks the arguments of LogProbs and LogProbsInto for logits [R, V].

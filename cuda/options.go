@@ -95,6 +95,17 @@ type Options struct {
 	// unfused kernels and conversions. Off until a GPU run of the conformance suite (its
 	// "bf16-matmul-fused" run, TestGPUFoldBF16) and the benchmark shows it passes and wins.
 	FoldBF16 bool
+	// SplitSample splits each row of logits over several blocks when Sample's plain rows
+	// (greedy, or temperature only) are too few to fill the GPU (kernels/sample_split.cu: part
+	// maxima, part sums, then a pick that walks only the part holding the drawn token), in place
+	// of sample_rows' one block a row: that takes about 134 µs a token at batch 1 on Qwen2's
+	// vocabulary (one SM's double exp rate). Same rules and arithmetic per token; the mass is
+	// summed part by part. Off until a GPU run of the conformance suite (its "split-sample" run)
+	// and the benchmark's "decode (split sampler)" row show it passes and wins.
+	SplitSample bool
+	// SampleSplitMinPart is the fewest ids a part of a split row gets (SplitSample); 0 means
+	// 2048. Tests set it low to split the suite's small vocabularies.
+	SampleSplitMinPart int
 	// DeviceTopLogProbs ranks the tokens of top log-probs (engine.TopLogProbsBackend: sampling
 	// with SamplingParams.TopLogProbs, Scheduler.TopLogProbs) on the device
 	// (kernels/toplogprobs.cu): k ids and k log-probs a row come back instead of the row's

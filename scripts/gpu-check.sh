@@ -21,6 +21,8 @@
 #      its model and training cases with the engine's uninitialised tensors filled with NaN
 #      (cuda.Options.UninitAlloc + PoisonUninit: the "uninit-poison" run), its top log-probs
 #      cases ranked on the device (cuda.Options.DeviceTopLogProbs: the "top-logprobs" run),
+#      its sampling cases and greedy generation on the split sampler (cuda.Options.SplitSample:
+#      the "split-sample" run),
 #      generation with decode steps replayed as CUDA graphs against eager decoding
 #      (TestGPUDecodeGraphs), and the bf16 GEMMs of the 1.5B training step (8192 tokens: q/o,
 #      k/v, gate/up, down, the LM head's 1024-row chunk; forward, dX, dW) on cuBLASLt against
@@ -37,7 +39,8 @@
 #      pip's nvidia/nccl/lib, or where the machine's python3 has nvidia.nccl; PROLONG_NCCL
 #      overrides;
 #   2. tools/bench --device cuda on the 1.5B Qwen2 shape: copy bandwidth and bf16 GEMM rate as
-#      references, batch-1 decode (also with cuda.Options.DecodeGraphs), rollouts of 64 and 256 samples x 1024 new tokens with their
+#      references, batch-1 decode (also with cuda.Options.DecodeGraphs, and with the split
+#      sampler, cuda.Options.SplitSample, as a ratio), rollouts of 64 and 256 samples x 1024 new tokens with their
 #      fraction of the HBM roofline, batch-1 decode at 4k and 16k tokens of context with an
 #      fp32 and a bf16 KV cache, split over the context or not (tok/s, attention's GPU time and
 #      KV read rate), a training step of 8 x 1024 tokens (tok/s, MFU, peak memory), and the
@@ -136,7 +139,7 @@ if want train; then
 	# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 	# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 	# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16, device-top-logprobs), side by side: the model is tiny,
+	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16, device-top-logprobs, split-sample), side by side: the model is tiny,
 	# the GPU has room for all six.
 	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 		set -- $run

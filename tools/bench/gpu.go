@@ -37,6 +37,7 @@ type gpuReport struct {
 	Decode1Roofline float64                  `json:"decode_b1_roofline"`                     // fraction of copy-bandwidth floor
 	Graph1TokS      float64                  `json:"decode_b1_graphs_tok_s,omitempty"`       // the same with cuda.Options.DecodeGraphs
 	Graph1Stats     string                   `json:"decode_b1_graphs,omitempty"`             // its DecodeGraphStats per bucket
+	Split1TokS      float64                  `json:"decode_b1_split_sample_tok_s,omitempty"` // the same with cuda.Options.SplitSample
 	Rollout         []roll                   `json:"rollout"`                                //
 	TrainTokS       float64                  `json:"train_tok_s"`                            // 8 x 1024 tokens, CE, AdamW
 	TrainStepS      float64                  `json:"train_step_s"`                           //
@@ -272,6 +273,9 @@ func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights ma
 	if err := gpuGraphDecode(rep, c, weights, n1, floor(1, n1), w); err != nil {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("decode with graphs: %v", err))
 	}
+	if err := gpuSplitSampleDecode(rep, c, weights, n1, floor(1, n1), rep.Decode1TokS, w); err != nil {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("decode with the split sampler: %v", err))
+	}
 	for _, batch := range []int{64, 256} {
 		kv := int64(float64(batch)*float64(32+rolloutTokens+32)*kvPerTok) + 1<<30
 		sec, err := genTime(m, batch, 32, rolloutTokens, 1, kv)
@@ -299,31 +303,56 @@ func gpuGeneration(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights ma
 // with cuda.Options.DecodeGraphs (each decode step replayed as a CUDA graph), and records how
 // many steps were captured, replayed and run eagerly. floor is the HBM roofline's seconds.
 func gpuGraphDecode(rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor, n int, floor float64, w io.Writer) error {
-	bg, err := cuda.Open(cuda.Options{BF16Matmul: true, DecodeGraphs: true})
+	sec, bg, err := decodeBeside(cuda.Options{BF16Matmul: true, DecodeGraphs: true}, c, weights, n)
 	if err != nil {
 		return err
 	}
-	m, err := engine.NewModel(c, bg, weights, engine.BF16)
-	if err != nil {
-		return err
-	}
-	if _, err := genTime(m, 1, 32, 8, 0, 1<<30); err != nil { // warm-up
-		return err
-	}
-	ta, err := genTime(m, 1, 32, 1, 0, 1<<30)
-	if err != nil {
-		return err
-	}
-	tb, err := genTime(m, 1, 32, n+1, 0, 1<<30)
-	if err != nil {
-		return err
-	}
-	sec := tb - ta
 	rep.Graph1TokS = float64(n) / sec
 	rep.Graph1Stats = fmt.Sprintf("%+v", bg.DecodeGraphStats())
 	fmt.Fprintf(w, "decode (graphs)\t1\t%d\t%.2f\t%.1f\t%.1f%%\t\n", n, sec, rep.Graph1TokS, 100*floor/sec)
 	fmt.Fprintf(w, "decode graphs per bucket: %s\t\t\t\t\t\t\n", rep.Graph1Stats)
 	return nil
+}
+
+// gpuSplitSampleDecode times batch-1 decoding on a backend opened beside b with
+// cuda.Options.SplitSample (each row's sampling split over several blocks) and prints the row
+// with its rate as a ratio of the default's (base tok/s).
+func gpuSplitSampleDecode(rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor, n int, floor, base float64, w io.Writer) error {
+	sec, _, err := decodeBeside(cuda.Options{BF16Matmul: true, SplitSample: true}, c, weights, n)
+	if err != nil {
+		return err
+	}
+	rep.Split1TokS = float64(n) / sec
+	fmt.Fprintf(w, "decode (split sampler)\t1\t%d\t%.2f\t%.1f\t%.1f%%\t%.2fx decode\n", n, sec, rep.Split1TokS, 100*floor/sec, rep.Split1TokS/base)
+	return nil
+}
+
+// decodeBeside opens a backend with o beside the bench's own, loads the model on it, and times
+// n batch-1 decode steps as gpuGeneration does (the difference of 1+n and 1 new tokens, after
+// a warm-up). The model's weights are freed on return (the training step after needs the
+// memory on an 80 GB GPU).
+func decodeBeside(o cuda.Options, c *engine.Config, weights map[string]engine.HostTensor, n int) (float64, *cuda.Backend, error) {
+	bg, err := cuda.Open(o)
+	if err != nil {
+		return 0, nil, err
+	}
+	m, err := engine.NewModel(c, bg, weights, engine.BF16)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer freeWeights(m)
+	if _, err := genTime(m, 1, 32, 8, 0, 1<<30); err != nil { // warm-up
+		return 0, nil, err
+	}
+	ta, err := genTime(m, 1, 32, 1, 0, 1<<30)
+	if err != nil {
+		return 0, nil, err
+	}
+	tb, err := genTime(m, 1, 32, n+1, 0, 1<<30)
+	if err != nil {
+		return 0, nil, err
+	}
+	return tb - ta, bg, nil
 }
 
 // gpuTopLogProbs times a rollout of 64 × 256 tokens that asks for 20 top log-probs a token

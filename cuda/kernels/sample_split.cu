@@ -1,0 +1,169 @@
+// Sampling with each row split over S blocks (Options.SplitSample), for batches too small to
+// fill the GPU: sample_rows gives a row one block, which at batch 1 and a 151,936-token
+// vocabulary spends about 134 µs in one SM's double exp. Here part j of a row is ids
+// [j·P, min(V, (j+1)·P)), P = ceil(V / S), and three launches draw the token by the same rules
+// as sample_rows (engine.SampleLogits without top-k/top-p; greedy rows: argmax, lowest id on
+// ties, log-prob under the plain softmax):
+//   sample_split_max   grid (B, S): part maxima -> pmax [B·S];
+//   sample_split_mass  grid (B, S): m = the row's max · inv from the S part maxima, then each
+//                      part's Σ exp(x·inv - m) -> pmass [B·S] (greedy rows: inv = 1, and the
+//                      part's argmax -> parg [B·S]);
+//   sample_split_pick  grid (B): Z = the parts' sums added in part order; greedy rows take the
+//                      first part's argmax among equal maxima, the others walk the part that
+//                      holds u·Z as sample_walk walks a row; id and log-prob z - log(Z) out.
+// A part's sum is taken in the order the walk takes it (each of the block's threads sums a
+// contiguous chunk of the part, then the chunk sums in thread order), so that the walk's
+// chunks tile the part's sum exactly. Block 256 (SPLIT_THREADS) for all three.
+
+#define SPLIT_THREADS 256
+
+// split_part returns part j's ids [lo, hi) of a row of V split in S parts.
+__device__ __forceinline__ void split_part(int V, int S, int j, int* lo, int* hi) {
+	int P = (V + S - 1) / S;
+	*lo = min(V, j * P);
+	*hi = min(V, *lo + P);
+}
+
+extern "C" __global__ void sample_split_max(float* pmax, const float* logits, const int* rows, int V, int S) {
+	__shared__ float shv[32];
+	int b = blockIdx.x, j = blockIdx.y, lo, hi;
+	split_part(V, S, j, &lo, &hi);
+	const float* x = logits + (i64)rows[b] * V;
+	float mx = -INFINITY;
+	for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) mx = fmaxf(mx, x[i]);
+	mx = block_max(mx, shv);
+	if (threadIdx.x == 0) pmax[b * S + j] = mx;
+}
+
+// part_mass returns, to every thread, Σ exp(tempered(x_i, inv, m)) over ids [lo, hi): each
+// thread sums its contiguous chunk, then thread 0 the chunk sums in thread order (into pre,
+// SPLIT_THREADS doubles, which keeps them as exclusive prefix sums for the walk).
+__device__ double part_mass(const float* x, int lo, int hi, double inv, double m, double* pre) {
+	__shared__ double total;
+	int tid = threadIdx.x;
+	int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
+	int c0 = min(hi, lo + tid * chunk), c1 = min(hi, c0 + chunk);
+	double s = 0;
+	for (int i = c0; i < c1; i++) s += exp(tempered(x[i], inv, m));
+	pre[tid] = s;
+	__syncthreads();
+	if (tid == 0) {
+		double acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) {
+			double v = pre[i];
+			pre[i] = acc;
+			acc += v;
+		}
+		total = acc;
+	}
+	__syncthreads();
+	return total;
+}
+
+extern "C" __global__ void sample_split_mass(double* pmass, int* parg, const float* pmax, const float* logits,
+                                             const int* rows, const float* temps, int V, int S) {
+	__shared__ double pre[SPLIT_THREADS];
+	__shared__ float shv[32];
+	__shared__ int shi[32];
+	int b = blockIdx.x, j = blockIdx.y, tid = threadIdx.x, lo, hi;
+	split_part(V, S, j, &lo, &hi);
+	const float* x = logits + (i64)rows[b] * V;
+	float mx = -INFINITY;
+	for (int p = 0; p < S; p++) mx = fmaxf(mx, pmax[b * S + p]);
+	float temp = temps[b];
+	double inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
+	double m = (double)mx * inv;
+	double s = part_mass(x, lo, hi, inv, m, pre);
+	if (tid == 0) pmass[b * S + j] = s;
+	if (temp > 0.0f) return;
+	// Greedy: the part's argmax, lowest id on ties (0x7fffffff: all NaN).
+	float best = -INFINITY;
+	int bi = 0x7fffffff;
+	for (int i = lo + tid; i < hi; i += blockDim.x)
+		if (x[i] > best) { best = x[i]; bi = i; }
+	for (int o = 16; o > 0; o >>= 1) {
+		float ov = __shfl_xor_sync(0xffffffffu, best, o);
+		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+	}
+	if ((tid & 31) == 0) { shv[tid >> 5] = best; shi[tid >> 5] = bi; }
+	__syncthreads();
+	if (tid == 0) {
+		for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+			if (shv[w] > best || (shv[w] == best && shi[w] < bi)) { best = shv[w]; bi = shi[w]; }
+		parg[b * S + j] = bi;
+	}
+}
+
+extern "C" __global__ void sample_split_pick(int* ids, float* lps, const double* pmass, const int* parg, const float* pmax,
+                                             const float* logits, const int* rows, const float* temps, const double* us,
+                                             int V, int S) {
+	__shared__ double pre[SPLIT_THREADS];
+	__shared__ int pick;
+	int b = blockIdx.x, tid = threadIdx.x;
+	const float* x = logits + (i64)rows[b] * V;
+	float mx = -INFINITY;
+	for (int p = 0; p < S; p++) mx = fmaxf(mx, pmax[b * S + p]);
+	float temp = temps[b];
+	double inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
+	double m = (double)mx * inv;
+	double z = 0;
+	for (int p = 0; p < S; p++) z += pmass[b * S + p];
+	if (temp <= 0.0f) {
+		if (tid == 0) {
+			int bi = 0x7fffffff;
+			float best = -INFINITY;
+			for (int p = 0; p < S; p++) {
+				int a = parg[b * S + p];
+				if (a != 0x7fffffff && (bi == 0x7fffffff || x[a] > best)) { best = x[a]; bi = a; }
+			}
+			if (bi == 0x7fffffff) bi = 0; // all NaN
+			ids[b] = bi;
+			lps[b] = (float)__dsub_rn(tempered(x[bi], 1.0, m), log(z));
+		}
+		return;
+	}
+	// The part that holds u·Z (every thread finds the same one).
+	double u = us[b] * z, c = 0;
+	int part = -1;
+	for (int p = 0; p < S; p++) {
+		double s = pmass[b * S + p];
+		if (s > 0 && u < c + s) { part = p; break; }
+		c += s;
+	}
+	if (part < 0) { // u at the very top (rounding): the last id
+		if (tid == 0) {
+			ids[b] = V - 1;
+			lps[b] = (float)__dsub_rn(tempered(x[V - 1], inv, m), log(z));
+		}
+		return;
+	}
+	// Walk part "part" at ul = u·Z - (the parts before), in the part's own sums: thread t's chunk
+	// covers [pre[t], pre[t] + cs) with pre[t] + cs the very sum that made pre[t+1], so the chunks
+	// tile the part's range with no gap and no overlap (one thread at most matches).
+	int lo, hi;
+	split_part(V, S, part, &lo, &hi);
+	part_mass(x, lo, hi, inv, m, pre);
+	if (tid == 0) pick = hi - 1; // rounding left ul at the part's end
+	__syncthreads();
+	double ul = u - c;
+	int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
+	int c0 = min(hi, lo + tid * chunk), c1 = min(hi, c0 + chunk);
+	double cs = 0;
+	for (int i = c0; i < c1; i++) cs += exp(tempered(x[i], inv, m));
+	if (c0 < c1 && cs > 0 && pre[tid] <= ul && ul < pre[tid] + cs) {
+		double acc = pre[tid];
+		int p = c1 - 1;
+		for (int i = c0; i < c1; i++) {
+			acc += exp(tempered(x[i], inv, m));
+			if (ul < acc) { p = i; break; }
+		}
+		pick = p;
+	}
+	__syncthreads();
+	if (tid == 0) {
+		int p = pick;
+		ids[b] = p;
+		lps[b] = (float)__dsub_rn(tempered(x[p], inv, m), log(z));
+	}
+}
