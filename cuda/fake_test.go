@@ -50,6 +50,7 @@ type fakeGPU struct {
 	lt      fakeLt       // the fake cuBLASLt (ltgemm_test.go)
 	memsets []fakeMemset // every cuMemsetD32Async, in order
 	dtoh    uint64       // bytes of every cuMemcpyDtoHAsync
+	uploads []fakeCopy   // every cuMemcpyHtoDAsync from Go memory (not pinned), in order
 }
 
 // fakeMemset is a cuMemsetD32Async: where, the 32-bit value, and how many elements.
@@ -282,11 +283,16 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 		}
 		delete(g.pinned, a[0])
 	case "memcpyHtoDAsync":
+		pinned := false
 		for p, buf := range g.pinned {
 			if a[1] >= p && a[1] < p+uintptr(len(buf)) {
 				off := a[1] - p
 				g.copies = append(g.copies, fakeCopy{dst: uint64(a[0]), data: append([]byte(nil), buf[off:off+a[2]]...)})
+				pinned = true
 			}
+		}
+		if !pinned && a[2] > 0 {
+			g.uploads = append(g.uploads, fakeCopy{dst: uint64(a[0]), data: append([]byte(nil), unsafe.Slice(at[byte](a[1]), a[2])...)})
 		}
 	case "streamBeginCapture":
 		if g.capturing {

@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -389,7 +390,9 @@ func plainSampled(r engine.SampleRow, v int) bool {
 }
 
 // Sample implements engine.Backend: every row is drawn on the device, by the same rules as
-// engine.SampleLogits; only the ids and log-probs come back.
+// engine.SampleLogits; only the ids and log-probs come back. The rows' parameters go up in one
+// copy and the results come back in one (one synchronisation a call): plain rows (sample_rows,
+// or the split sampler) and top-k/top-p rows (sample_topkp) each take their part of both.
 func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int32, []float32, error) {
 	R, V := logits.Rows(), logits.Cols()
 	if len(rows) != R {
@@ -406,38 +409,60 @@ func (b *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 	var ids []int32 // nil when the op does not run
 	var lps []float32
 	err := b.opErr(desc("Sample logits", logits), func() error {
-		ids, lps = make([]int32, R), make([]float32, R)
-		for si, set := range [][]int32{plain, filtered} {
+		if R == 0 {
+			ids, lps = []int32{}, []float32{}
+			return nil
+		}
+		// Parameters, set by set (plain rows first): us [n] f64 | rows [n] | temps [n] |
+		// topks [n] | topps [n], 24n bytes a set (so every set's us stays 8-byte aligned).
+		params := make([]byte, 24*R)
+		order := slices.Concat(plain, filtered)
+		type part struct{ us, rows, temps, topks, topps uint64 }
+		var parts [2]part
+		for si, off := 0, 0; si < 2; si++ {
+			set := [][]int32{plain, filtered}[si]
+			n, at := len(set), 24*off
+			parts[si] = part{uint64(at), uint64(at + 8*n), uint64(at + 12*n), uint64(at + 16*n), uint64(at + 20*n)}
+			for i, r := range set {
+				p := rows[r]
+				binary.LittleEndian.PutUint64(params[at+8*i:], math.Float64bits(p.U))
+				binary.LittleEndian.PutUint32(params[at+8*n+4*i:], uint32(r))
+				binary.LittleEndian.PutUint32(params[at+12*n+4*i:], math.Float32bits(p.Temperature))
+				binary.LittleEndian.PutUint32(params[at+16*n+4*i:], uint32(int32(p.TopK)))
+				binary.LittleEndian.PutUint32(params[at+20*n+4*i:], math.Float32bits(p.TopP))
+			}
+			off += n
+		}
+		dp := uint64(b.upload(unsafe.Pointer(&params[0]), uint64(len(params))))
+		out := b.tmp(uint64(8 * R)) // ids [R] | log-probs [R], in the order of plain then filtered
+		for si, off := 0, 0; si < 2; si++ {
+			set := [][]int32{plain, filtered}[si]
 			n := len(set)
 			if n == 0 {
 				continue
 			}
-			temps, us := make([]float32, n), make([]float64, n)
-			topks, topps := make([]int32, n), make([]float32, n)
-			for i, r := range set {
-				temps[i], us[i] = rows[r].Temperature, rows[r].U
-				topks[i], topps[i] = int32(rows[r].TopK), rows[r].TopP
+			pt := parts[si]
+			dIDs, dLps := dptr(out+uint64(4*off)), dptr(out+uint64(4*(R+off)))
+			dRows, dTemps, dUs := dptr(dp+pt.rows), dptr(dp+pt.temps), dptr(dp+pt.us)
+			switch S := b.sampleSplits(n, V); {
+			case si == 1:
+				b.launchSampleTopkp([3]int{n, 1, 1}, 1024, dIDs, dLps, ptr(logits), dRows, dTemps,
+					dptr(dp+pt.topks), dptr(dp+pt.topps), dUs, int32(V))
+			case S > 1:
+				b.sampleSplit(dIDs, dLps, logits, dRows, dTemps, dUs, n, V, S)
+			default:
+				b.launchSampleRows([3]int{n, 1, 1}, 1024, dIDs, dLps, ptr(logits), dRows, dTemps, dUs, int32(V))
 			}
-			dIDs, dLps := b.tmp(uint64(4*n)), b.tmp(uint64(4*n))
-			du := b.upload(unsafe.Pointer(&us[0]), uint64(8*n))
-			if S := b.sampleSplits(n, V); si == 0 && S > 1 {
-				b.sampleSplit(dptr(dIDs), dptr(dLps), logits, b.ints(set), b.floats(temps), du, n, V, S)
-			} else if si == 0 {
-				b.launchSampleRows([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
-					b.floats(temps), du, int32(V))
-			} else {
-				b.launchSampleTopkp([3]int{n, 1, 1}, 1024, dptr(dIDs), dptr(dLps), ptr(logits), b.ints(set),
-					b.floats(temps), b.ints(topks), b.floats(topps), du, int32(V))
-			}
-			gotIDs, gotLps := make([]int32, n), make([]float32, n)
-			b.download(unsafe.Pointer(&gotIDs[0]), dIDs, uint64(4*n))
-			b.download(unsafe.Pointer(&gotLps[0]), dLps, uint64(4*n))
-			for i, r := range set {
-				ids[r], lps[r] = gotIDs[i], gotLps[i]
-			}
+			off += n
 		}
+		host := make([]uint32, 2*R)
+		b.download(unsafe.Pointer(&host[0]), out, uint64(8*R))
 		if b.failed() {
-			ids, lps = nil, nil
+			return nil
+		}
+		ids, lps = make([]int32, R), make([]float32, R)
+		for i, r := range order {
+			ids[r], lps[r] = int32(host[i]), math.Float32frombits(host[R+i])
 		}
 		return nil
 	})

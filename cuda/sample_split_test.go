@@ -1,6 +1,9 @@
 package cuda
 
 import (
+	"encoding/binary"
+	"math"
+	"slices"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -86,4 +89,60 @@ func rep(r engine.SampleRow, n int) []engine.SampleRow {
 		out[i] = r
 	}
 	return out
+}
+
+// TestSampleOneCopyEachWay (fake driver): Sample sends every row's parameters up in one copy,
+// laid out set by set (plain rows, then top-k/top-p rows: U, row, temperature, top-k, top-p),
+// points each kernel at its set's part of it and of one output buffer (ids, then log-probs),
+// and brings the results back in one copy after one synchronisation (before: a copy up per
+// parameter array and two copies down per set, each waited for).
+func TestSampleOneCopyEachWay(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const R, V = 6, 50
+	logits := b.Alloc(R, V)
+	rows := []engine.SampleRow{{Temperature: 1, U: 0.25}, {Temperature: 0.8, TopK: 7, U: 0.5}, {},
+		{Temperature: 1.2, TopP: 0.9, U: 0.125}, {Temperature: 0.5, U: 0.75}, {Temperature: 0.9, TopK: 9, TopP: 0.8, U: 0.625}}
+	c0, l0, u0, d0 := len(g.calls), len(g.launches), len(g.uploads), g.dtoh
+	if _, _, err := b.Sample(logits, rows); err != nil {
+		t.Fatal(err)
+	}
+	syncs, copies := g.hostWaits(c0)
+	if syncs != 1 || copies != 1 || g.dtoh-d0 != 8*R || len(g.uploads)-u0 != 1 {
+		t.Fatalf("%d synchronisations, %d copies down of %d bytes, %d copies up; want 1, 1 of %d, 1", syncs, copies, g.dtoh-d0, len(g.uploads)-u0, 8*R)
+	}
+	up := g.uploads[u0]
+	if len(up.data) != 24*R {
+		t.Fatalf("parameters of %d bytes, want %d", len(up.data), 24*R)
+	}
+	le := binary.LittleEndian
+	ls := g.launches[l0:]
+	if len(ls) != 2 || ls[0].name != "sample_rows" || ls[1].name != "sample_topkp" {
+		t.Fatalf("launches %v, want sample_rows and sample_topkp", ls)
+	}
+	out := ls[0].args[0]
+	for si, set := range [][]int{{0, 2, 4}, {1, 3, 5}} {
+		n, at, off := len(set), 72*si, 3*si // byte offset of the set's parameters; its first output
+		for i, r := range set {
+			p := rows[r]
+			got := [5]uint64{le.Uint64(up.data[at+8*i:]), uint64(le.Uint32(up.data[at+8*n+4*i:])), uint64(le.Uint32(up.data[at+12*n+4*i:])),
+				uint64(le.Uint32(up.data[at+16*n+4*i:])), uint64(le.Uint32(up.data[at+20*n+4*i:]))}
+			want := [5]uint64{math.Float64bits(p.U), uint64(r), uint64(math.Float32bits(p.Temperature)), uint64(p.TopK), uint64(math.Float32bits(p.TopP))}
+			if got != want {
+				t.Errorf("set %d row %d: U, row, temperature, top-k, top-p bits %v, want %v", si, r, got, want)
+			}
+		}
+		l, dp := ls[si], up.dst+uint64(at)
+		// sample_rows(ids, lps, logits, rows, temps, us, V); sample_topkp(ids, lps, logits, rows, temps, topks, topps, us, V)
+		want := []uint64{out + uint64(4*off), out + uint64(4*(R+off)), l.args[2], dp + uint64(8*n), dp + uint64(12*n), dp, V}
+		if si == 1 {
+			want = []uint64{out + uint64(4*off), out + uint64(4*(R+off)), l.args[2], dp + uint64(8*n), dp + uint64(12*n), dp + uint64(16*n), dp + uint64(20*n), dp, V}
+		}
+		if l.grid[0] != n || !slices.Equal(l.args, want) {
+			t.Errorf("%s: grid %d, args %#x; want %d rows, %#x", l.name, l.grid[0], l.args, n, want)
+		}
+	}
 }
