@@ -406,7 +406,7 @@ func TestOpsAfterFatalError(t *testing.T) {
 func TestEnvOptions(t *testing.T) {
 	all := Options{BF16Matmul: true, TiledAttention: true, BF16KV: true, SplitKVDecode: true, FusedAddRMSNorm: true,
 		MatMuls: true, FusedMLP: true, FusedQKVRoPE: true, MultiTensorAdamW: true, DecodeGraphs: true, CublasLt: true, UninitAlloc: true, FoldBF16: true,
-		DeviceTopLogProbs: true, SplitSample: true}
+		DeviceTopLogProbs: true, SplitSample: true, LogitBudget: 1 << 30}
 	for _, c := range []struct {
 		env, tiled string
 		want       Options
@@ -424,7 +424,8 @@ func TestEnvOptions(t *testing.T) {
 		{"fold-bf16", "", Options{BF16Matmul: true, FoldBF16: true}, ""},
 		{"device-top-logprobs", "", Options{BF16Matmul: true, DeviceTopLogProbs: true}, ""},
 		{"split-sample", "", Options{BF16Matmul: true, SplitSample: true}, ""},
-		{"poison", "", Options{}, `unknown option "poison" (known: tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope, multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, fold-bf16, device-top-logprobs, split-sample, poison-uninit, all)`},
+		{"large-logit-chunks", "", Options{BF16Matmul: true, LogitBudget: 1 << 30}, ""},
+		{"poison", "", Options{}, `unknown option "poison" (known: tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope, multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, fold-bf16, device-top-logprobs, split-sample, large-logit-chunks, poison-uninit, all)`},
 		{"bf16kv", "", Options{}, `PROLONG_CUDA_OPTIONS: unknown option "bf16kv" (known: tiled-attention, bf16-kv, split-kv,`},
 	} {
 		t.Setenv("PROLONG_CUDA_OPTIONS", c.env)

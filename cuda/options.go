@@ -95,6 +95,14 @@ type Options struct {
 	// unfused kernels and conversions. Off until a GPU run of the conformance suite (its
 	// "bf16-matmul-fused" run, TestGPUFoldBF16) and the benchmark shows it passes and wins.
 	FoldBF16 bool
+	// LogitBudget bounds the bytes of fp32 logits the engine's LM head holds at once in training
+	// and scoring (engine.LogitBudgeter); 0 means engine.DefaultLogitBudget (64 MiB: chunks of
+	// 110 rows at Qwen2's vocabulary, so that every chunk's three GEMMs read the 467 MB bf16
+	// LM-head weight for 110 rows of work and the one-pass head waits for the host 75 times in
+	// 8192 rows). PROLONG_CUDA_OPTIONS=large-logit-chunks sets 1 GiB (chunks of 1024 rows, the
+	// most the engine takes). Stays 0 until a GPU run shows the larger chunks win (the bench's
+	// one-pass head rows).
+	LogitBudget int64
 	// SplitSample splits each row of logits over several blocks when Sample's plain rows
 	// (greedy, or temperature only) are too few to fill the GPU (kernels/sample_split.cu: part
 	// maxima, part sums, then a pick that walks only the part holding the drawn token), in place

@@ -65,6 +65,7 @@ var envOptions = []envOption{
 	{"fold-bf16", func(o *Options) { o.FoldBF16 = true }},
 	{"device-top-logprobs", func(o *Options) { o.DeviceTopLogProbs = true }},
 	{"split-sample", func(o *Options) { o.SplitSample = true }},
+	{"large-logit-chunks", func(o *Options) { o.LogitBudget = 1 << 30 }},
 }
 
 // debugEnvOptions are names PROLONG_CUDA_OPTIONS takes that "all" leaves out: debugging aids
@@ -76,7 +77,7 @@ var debugEnvOptions = []envOption{
 // EnvOptions is o with the paths PROLONG_CUDA_OPTIONS names switched on: a comma-separated list
 // of tiled-attention, bf16-kv, split-kv, fused-add-rmsnorm, matmuls, fused-mlp, fused-qkv-rope,
 // multi-tensor-adamw, decode-graphs, cublaslt, uninit-alloc, fold-bf16, device-top-logprobs,
-// split-sample, or "all" (all of those); and poison-uninit (Options.PoisonUninit, a debugging
+// split-sample, large-logit-chunks, or "all" (all of those); and poison-uninit (Options.PoisonUninit, a debugging
 // aid that "all" leaves out). It is how the programs
 // (tools/train, tools/rollout-server, tools/bench) reach them while they are off by default.
 // PROLONG_CUDA_TILED_ATTENTION=1 still means tiled-attention. An unknown name is an error that lists the known ones.

@@ -65,7 +65,7 @@ func (m *Model) Score(ctx context.Context, reqs []ScoreRequest, temperature floa
 		}
 		off += int32(len(r.Tokens))
 	}
-	chunk := max(1, min(1024, (64<<20)/(4*c.VocabSize))) // <= 64 MiB of logits at a time
+	chunk := logitChunk(m.Backend, c.VocabSize) // the backend's logit budget (DefaultLogitBudget: 64 MiB)
 	// On a LogProbsIntoBackend the chunks' log-probs stay on the device until the pass ends:
 	// one download for the whole call.
 	sink := newLogProbSink(m.Backend, len(rows), temperature)

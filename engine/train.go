@@ -128,7 +128,8 @@ type TrainOptions struct {
 	Recompute bool
 	// Temperature of the log-probs the loss sees (the rollout temperature); 0 means 1.
 	Temperature float32
-	// MaxLogitRows bounds the rows of [rows, vocab] logits materialised at once.
+	// MaxLogitRows bounds the rows of [rows, vocab] logits materialised at once; 0 means as many
+	// as the backend's logit budget holds (DefaultLogitBudget, or LogitBudgeter's), at most 1024.
 	MaxLogitRows int
 	// LoRA, with Rank > 0, trains LoRA adapters instead of the weights: every base weight
 	// stays frozen as the model holds it (F32 or BF16), and only the adapters' A and B (fp32)

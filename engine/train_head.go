@@ -5,11 +5,33 @@ import (
 	"math"
 )
 
-// logitBudget bounds the bytes of fp32 logits the LM head holds at once in training: a chunk of
-// rows (unless TrainOptions.MaxLogitRows says otherwise), and the logits kept from the forward
-// pass for the backward, which are kept only when they all fit in it. So the head's memory does
-// not grow with tokens × vocabulary.
-const logitBudget = 64 << 20
+// DefaultLogitBudget bounds the bytes of fp32 logits the LM head holds at once (in training and
+// in Score) on a backend that does not say otherwise (LogitBudgeter): a chunk of rows (unless
+// TrainOptions.MaxLogitRows says otherwise; at most 1024), and in training the logits kept from
+// the forward pass for the backward, which are kept only when they all fit in it. So the head's
+// memory does not grow with tokens × vocabulary. At Qwen2's vocabulary (151,936) it makes
+// chunks of 110 rows.
+const DefaultLogitBudget = 64 << 20
+
+// LogitBudgeter is implemented by a backend that sets its own bound on the bytes of fp32 logits
+// the LM head holds at once (DefaultLogitBudget elsewhere): a GPU, where a chunk of 110 rows
+// makes the head's GEMMs read the whole LM-head weight for little work (cuda.Options.LogitBudget).
+type LogitBudgeter interface {
+	LogitBudget() int64
+}
+
+// logitBudget is b's bound on the bytes of fp32 logits held at once.
+func logitBudget(b Backend) int64 {
+	if lb, ok := b.(LogitBudgeter); ok && lb.LogitBudget() > 0 {
+		return lb.LogitBudget()
+	}
+	return DefaultLogitBudget
+}
+
+// logitChunk is how many rows of logits over a vocabulary of v fit b's budget (1 to 1024).
+func logitChunk(b Backend, v int) int {
+	return int(max(1, min(1024, logitBudget(b)/(4*int64(v)))))
+}
 
 // trainHead is the LM head of a training micro-batch: the final norm, then the log-probs and
 // entropies of the scored rows and their gradients, chunk rows at a time (a fused linear
@@ -22,7 +44,7 @@ type trainHead struct {
 	xr, hn *Tensor   // [R, D] scored rows of the final residual; after the final norm
 	dhn    *Tensor   // [R, D] ∂L/∂hn, filled chunk by chunk
 	chunk  int       // logits rows at a time
-	keep   bool      // keep the logits chunks for the backward (when they fit in logitBudget)
+	keep   bool      // keep the logits chunks for the backward (when they fit in the backend's logit budget)
 	kept   []*Tensor // [chunk, V] each
 }
 
@@ -30,9 +52,9 @@ type trainHead struct {
 func (t *Trainer) newHead(xf *Tensor, bm *batchMeta) *trainHead {
 	b, c := t.b, t.Model.Config
 	R := len(bm.rows)
-	h := &trainHead{t: t, bm: bm, chunk: t.opts.MaxLogitRows, keep: 4*int64(R)*int64(c.VocabSize) <= logitBudget}
+	h := &trainHead{t: t, bm: bm, chunk: t.opts.MaxLogitRows, keep: 4*int64(R)*int64(c.VocabSize) <= logitBudget(b)}
 	if h.chunk <= 0 {
-		h.chunk = max(1, min(1024, logitBudget/(4*c.VocabSize)))
+		h.chunk = logitChunk(b, c.VocabSize)
 	}
 	h.xr = AllocUninit(b, R, c.HiddenSize)
 	b.GatherRows(h.xr, xf, bm.rows)
