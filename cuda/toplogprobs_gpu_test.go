@@ -63,12 +63,22 @@ func TestGPUTopLogProbs(t *testing.T) {
 	}
 	wantIDs, wantLps, hostTime := rank(false)
 	gotIDs, gotLps, devTime := rank(true)
-	bad := 0
+	// The ids must be the host's. The log-probs are bit for bit the host's on these rows in the
+	// kernel's Go emulation (toplogprobs_emu_test.go); the device's exp and log are faithful to
+	// 1 ulp, not always Go's, and can move a near-certain token's tiny log-prob by a float32
+	// step or two: allowed, counted and logged. A wrong mass or token moves far more.
+	bad, near := 0, 0
 	for i := range wantIDs {
-		if gotIDs[i] != wantIDs[i] || math.Float32bits(gotLps[i]) != math.Float32bits(wantLps[i]) {
+		g, w := gotLps[i], wantLps[i]
+		exact := math.Float32bits(g) == math.Float32bits(w)
+		close := !exact && math.Abs(float64(g-w)) <= max(2*ulp32(w), 1e-12)
+		if close {
+			near++
+		}
+		if gotIDs[i] != wantIDs[i] || !exact && !close {
 			if bad < 5 {
 				r := i / k
-				t.Errorf("row %d (%+v) rank %d: device %d %v, host %d %v", rows[r], sr[r], i%k, gotIDs[i], gotLps[i], wantIDs[i], wantLps[i])
+				t.Errorf("row %d (%+v) rank %d: device %d %v, host %d %v", rows[r], sr[r], i%k, gotIDs[i], g, wantIDs[i], w)
 			}
 			bad++
 		}
@@ -76,6 +86,7 @@ func TestGPUTopLogProbs(t *testing.T) {
 	if bad > 0 {
 		t.Errorf("%d of %d entries differ", bad, len(wantIDs))
 	}
+	t.Logf("%d of %d log-probs bit for bit the host's, %d within two float32 steps", len(wantIDs)-near-bad, len(wantIDs), near)
 	t.Logf("top %d of %d rows of %d logits: host %v (download and rank), device %v (%.1fx)", k, R, V, hostTime, devTime,
 		hostTime.Seconds()/devTime.Seconds())
 
@@ -111,4 +122,10 @@ func TestGPUTopLogProbs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ulp32 is the gap between |v| and the next float32 away from zero.
+func ulp32(v float32) float64 {
+	a := float32(math.Abs(float64(v)))
+	return float64(math.Nextafter32(a, float32(math.Inf(1))) - a)
 }

@@ -15,9 +15,11 @@ import (
 
 // TopLogProbsBackend is implemented by a backend that computes top log-probs without sending
 // the logits to the host. TopLogProbs returns, for each listed row rows[i] of logits [R, V], what
-// TopLogProbsRow returns for that row's logits with sr[i] and k, bit for bit: the ids in
-// ids[i*k:(i+1)*k] and their log-probs in lps[i*k:(i+1)*k]. 1 <= k <= V; every rows[i] lies in
-// [0, R); len(sr) == len(rows).
+// TopLogProbsRow returns for that row's logits with sr[i] and k: the same ids in
+// ids[i*k:(i+1)*k], and their log-probs in lps[i*k:(i+1)*k], bit for bit but for the rounding
+// of the kept mass's sum where the backend adds it in another order (the sampler's own caveat:
+// it shows in float32 only for a near-certain token's tiny log-prob). 1 <= k <= V; every
+// rows[i] lies in [0, R); len(sr) == len(rows).
 type TopLogProbsBackend interface {
 	TopLogProbs(logits *Tensor, rows []int32, sr []SampleRow, k int) (ids []int32, lps []float32, err error)
 }
