@@ -49,7 +49,9 @@
 #      (cuda.Options.CublasLt: its tok/s as a ratio, the 8192³ GEMM rate on cuBLASLt, the GEMMs'
 #      GPU time in both steps' profiles), and last a rollout of 64 x 256 tokens asking for 20
 #      top log-probs a token, ranked on the host and on the device, as fractions of the plain
-#      rollout's rate -> bench.json, bench.log;
+#      rollout's rate, and a scoring pass of 8 x 1024 tokens with the default logit budget
+#      (chunks of 110 rows) and with 1 GiB (cuda.Options.LogitBudget: 1024 rows) -> bench.json,
+#      bench.log;
 #   3. the default GRPO job (tools/train) on the GPU: seeds 1-3 (--device cuda), seed 1 again
 #      (determinism) and seed 1 with exact fp32 matmuls (--device cuda-fp32) -> train.log
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
@@ -139,7 +141,8 @@ if want train; then
 	# Seeds 1, 2 and 3 with bf16 matmuls (--device cuda), seed 1 again (same seed, same GPU: the
 	# same weights?), seed 1 with exact fp32 matmuls (--device cuda-fp32), and seed 1 with every
 	# path that is off by default switched on (PROLONG_CUDA_OPTIONS=all: tiled attention, bf16 KV,
-	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16, device-top-logprobs, split-sample), side by side: the model is tiny,
+	# split-KV decode, the fused layer ops, multi-tensor AdamW, decode graphs, cuBLASLt, uninit-alloc, fold-bf16, device-top-logprobs, split-sample,
+	# large-logit-chunks), side by side: the model is tiny,
 	# the GPU has room for all six.
 	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 		set -- $run

@@ -27,34 +27,36 @@ func Qwen15B() *engine.Config {
 
 // gpuReport is what --device cuda measures, written as JSON by --json.
 type gpuReport struct {
-	Device          string                   `json:"device"`
-	CopyGBs         float64                  `json:"copy_gb_s"`                              // device-to-device copy, read+write
-	GemmTFLOPs      float64                  `json:"gemm_bf16_tflop_s"`                      // cublasGemmEx bf16 8192³
-	Model           string                   `json:"model"`                                  // shape
-	Params          int64                    `json:"params"`                                 //
-	WeightBytes     int64                    `json:"weight_bytes"`                           // bf16 linear weights streamed per decode step
-	Decode1TokS     float64                  `json:"decode_b1_tok_s"`                        // batch 1, 32-token prompt, greedy
-	Decode1Roofline float64                  `json:"decode_b1_roofline"`                     // fraction of copy-bandwidth floor
-	Graph1TokS      float64                  `json:"decode_b1_graphs_tok_s,omitempty"`       // the same with cuda.Options.DecodeGraphs
-	Graph1Stats     string                   `json:"decode_b1_graphs,omitempty"`             // its DecodeGraphStats per bucket
-	Split1TokS      float64                  `json:"decode_b1_split_sample_tok_s,omitempty"` // the same with cuda.Options.SplitSample
-	Rollout         []roll                   `json:"rollout"`                                //
-	TrainTokS       float64                  `json:"train_tok_s"`                            // 8 x 1024 tokens, CE, AdamW
-	TrainStepS      float64                  `json:"train_step_s"`                           //
-	TrainMFU        float64                  `json:"train_mfu"`                              // vs 989 TFLOP/s dense bf16 (datasheet)
-	TrainMFUMeas    float64                  `json:"train_mfu_measured"`                     // vs the GEMM rate measured above
-	PeakMemGiB      float64                  `json:"peak_mem_gib"`                           // allocator peak in use
-	TiledTrainTokS  float64                  `json:"train_tiled_attention_tok_s,omitempty"`  // the same step with cuda.Options.TiledAttention
-	TiledTrainStepS float64                  `json:"train_tiled_attention_step_s,omitempty"` //
-	LtTrainTokS     float64                  `json:"train_cublaslt_tok_s,omitempty"`         // the same step with cuda.Options.CublasLt
-	LtTrainStepS    float64                  `json:"train_cublaslt_step_s,omitempty"`        //
-	LtGemmTFLOPs    float64                  `json:"gemm_bf16_cublaslt_tflop_s,omitempty"`   // the 8192³ GEMM on cuBLASLt
-	LtStats         string                   `json:"train_cublaslt_gemms,omitempty"`         // cuda.Backend.CublasLtStats after it
-	HostOpUs        float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
-	LongDecode      []longDecodeRow          `json:"decode_b1_long"`                         // batch 1 at 4k and 16k of context by attention path
-	TopLogProbs     []topRoll                `json:"rollout_top_logprobs,omitempty"`         // 64 × 256 with 20 top log-probs a token, by where rows are ranked
-	Profiles        map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
-	Errors          []string                 `json:"errors,omitempty"`
+	Device            string                   `json:"device"`
+	CopyGBs           float64                  `json:"copy_gb_s"`                              // device-to-device copy, read+write
+	GemmTFLOPs        float64                  `json:"gemm_bf16_tflop_s"`                      // cublasGemmEx bf16 8192³
+	Model             string                   `json:"model"`                                  // shape
+	Params            int64                    `json:"params"`                                 //
+	WeightBytes       int64                    `json:"weight_bytes"`                           // bf16 linear weights streamed per decode step
+	Decode1TokS       float64                  `json:"decode_b1_tok_s"`                        // batch 1, 32-token prompt, greedy
+	Decode1Roofline   float64                  `json:"decode_b1_roofline"`                     // fraction of copy-bandwidth floor
+	Graph1TokS        float64                  `json:"decode_b1_graphs_tok_s,omitempty"`       // the same with cuda.Options.DecodeGraphs
+	Graph1Stats       string                   `json:"decode_b1_graphs,omitempty"`             // its DecodeGraphStats per bucket
+	Split1TokS        float64                  `json:"decode_b1_split_sample_tok_s,omitempty"` // the same with cuda.Options.SplitSample
+	Rollout           []roll                   `json:"rollout"`                                //
+	TrainTokS         float64                  `json:"train_tok_s"`                            // 8 x 1024 tokens, CE, AdamW
+	TrainStepS        float64                  `json:"train_step_s"`                           //
+	TrainMFU          float64                  `json:"train_mfu"`                              // vs 989 TFLOP/s dense bf16 (datasheet)
+	TrainMFUMeas      float64                  `json:"train_mfu_measured"`                     // vs the GEMM rate measured above
+	PeakMemGiB        float64                  `json:"peak_mem_gib"`                           // allocator peak in use
+	TiledTrainTokS    float64                  `json:"train_tiled_attention_tok_s,omitempty"`  // the same step with cuda.Options.TiledAttention
+	TiledTrainStepS   float64                  `json:"train_tiled_attention_step_s,omitempty"` //
+	LtTrainTokS       float64                  `json:"train_cublaslt_tok_s,omitempty"`         // the same step with cuda.Options.CublasLt
+	LtTrainStepS      float64                  `json:"train_cublaslt_step_s,omitempty"`        //
+	LtGemmTFLOPs      float64                  `json:"gemm_bf16_cublaslt_tflop_s,omitempty"`   // the 8192³ GEMM on cuBLASLt
+	LtStats           string                   `json:"train_cublaslt_gemms,omitempty"`         // cuda.Backend.CublasLtStats after it
+	HostOpUs          float64                  `json:"host_us_per_op"`                         // enqueue cost of one tiny op (Scale of 1 element)
+	LongDecode        []longDecodeRow          `json:"decode_b1_long"`                         // batch 1 at 4k and 16k of context by attention path
+	TopLogProbs       []topRoll                `json:"rollout_top_logprobs,omitempty"`         // 64 × 256 with 20 top log-probs a token, by where rows are ranked
+	ScoreDefaultS     float64                  `json:"score_8x1024_s,omitempty"`               // Score of 8 × 1024 tokens, default logit budget
+	ScoreLargeChunksS float64                  `json:"score_8x1024_large_chunks_s,omitempty"`  // the same with cuda.Options.LogitBudget 1 GiB
+	Profiles          map[string]*cuda.Profile `json:"profiles,omitempty"`                     // GPU time per kernel
+	Errors            []string                 `json:"errors,omitempty"`
 }
 
 type roll struct {
@@ -199,7 +201,50 @@ func runGPU(quick bool, jsonPath string, rolloutTokens int) error {
 		if err := gpuTopLogProbs(b, rep, c, weights); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("rollouts with top log-probs: %v", err))
 		}
+		if err := gpuScoreChunks(b, rep, c, weights); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("scoring by logit budget: %v", err))
+		}
 	}
+	return nil
+}
+
+// gpuScoreChunks times a scoring pass over 8 × 1024 tokens (the GRPO trainer's old and
+// reference log-probs; its training head chunks the same way) with the engine's default logit
+// budget (64 MiB: chunks of 110 rows at the 1.5B shape's vocabulary, each reading the whole
+// LM-head weight) on b, and with cuda.Options.LogitBudget 1 GiB (large-logit-chunks: chunks of
+// 1024 rows) on a backend opened beside it, and prints both with their ratio.
+func gpuScoreChunks(b *cuda.Backend, rep *gpuReport, c *engine.Config, weights map[string]engine.HostTensor) error {
+	seqs := trainBatch(c, 8, 1024)
+	score := func(be *cuda.Backend) (float64, error) {
+		m, err := engine.NewModel(c, be, weights, engine.BF16)
+		if err != nil {
+			return 0, err
+		}
+		defer freeWeights(m)
+		if _, err := m.Score(context.Background(), seqs, 1); err != nil { // warm-up
+			return 0, err
+		}
+		return bestOf(3, func() (float64, error) {
+			t0 := time.Now()
+			_, err := m.Score(context.Background(), seqs, 1)
+			return time.Since(t0).Seconds(), err
+		})
+	}
+	small, err := score(b)
+	if err != nil {
+		return err
+	}
+	bl, err := cuda.Open(cuda.Options{BF16Matmul: true, LogitBudget: 1 << 30})
+	if err != nil {
+		return err
+	}
+	large, err := score(bl)
+	if err != nil {
+		return err
+	}
+	rep.ScoreDefaultS, rep.ScoreLargeChunksS = small, large
+	fmt.Printf("\nscoring 8 x 1024 tokens: %.1f ms with the default logit budget (chunks of %d rows), %.1f ms with 1 GiB (chunks of %d): %.2fx\n",
+		1e3*small, min(1024, engine.DefaultLogitBudget/(4*c.VocabSize)), 1e3*large, min(1024, (1<<30)/(4*c.VocabSize)), small/large)
 	return nil
 }
 
