@@ -10,7 +10,7 @@ import (
 )
 
 // A Go emulation of kernels/sample_split.cu (Options.SplitSample), line for line where the
-// arithmetic's order matters: the part maxima, each part's sum as part_mass takes it (SPLIT_THREADS
+// arithmetic's order matters: the part maxima, each part's sum as chunk_sums takes it (SPLIT_THREADS
 // contiguous chunks, then the chunk sums in thread order), Z as the parts' sums in part order,
 // the part holding u·Z and the walk of its chunks. Block-wide maxima and argmaxima are plain
 // loops (their results do not depend on the order).
@@ -24,7 +24,7 @@ func splitPartEmu(V, S, j int) (lo, hi int) {
 	return lo, min(V, lo+P)
 }
 
-// partMassEmu is part_mass: the part's sum and the chunks' exclusive prefix sums.
+// partMassEmu is chunk_sums over a part (keeping every id): the part's sum and the chunks' exclusive prefix sums.
 func partMassEmu(x []float32, lo, hi int, inv, m float64) (total float64, pre []float64) {
 	pre = make([]float64, splitThreadsEmu)
 	chunk := (hi - lo + splitThreadsEmu - 1) / splitThreadsEmu

@@ -14,10 +14,10 @@ import (
 
 // A Go emulation of kernels/toplogprobs.cu's top_logprobs and of the helpers of
 // kernels/softmax.cu it calls (kept_set, count_ge, mass_ge, MAX_KEY_WHERE, tie_cut) with
-// walk_mass, ProbKey and the candidate collection, line for line, one block of SAMPLE_THREADS
+// chunk_sums, ProbKey and the candidate collection, line for line, one block of SAMPLE_THREADS
 // (1024) threads: the per-thread strided partial sums and block_sum_d's warp butterfly are
 // emulated in the kernel's order (so the masses top-p compares are the device's doubles), and
-// so are the contiguous per-thread chunks of walk_mass and of the tie collection at Tk with
+// so are the contiguous per-thread chunks of chunk_sums and of the tie collection at Tk with
 // their prefix sums in thread order. Left plain: the block's maximum (fmaxf is
 // order-insensitive), atomicMin on low (a minimum), and atomicAdd's order of the candidates
 // above Tk (the final rank by counting does not depend on it; the emulation takes them in id
@@ -214,14 +214,14 @@ func emuKeptSet(r *emuRowKeys, K int, P float32) (uint32, int) {
 	return T, tieCut
 }
 
-// emuChunk is the contiguous chunk [c0, c1) of ids thread tid walks (walk_mass, the ties at Tk).
+// emuChunk is the contiguous chunk [c0, c1) of ids thread tid walks (chunk_sums, the ties at Tk).
 func emuChunk(V, tid int) (int, int) {
 	chunk := (V + emuSampleThreads - 1) / emuSampleThreads
 	c0 := min(V, tid*chunk)
 	return c0, min(V, c0+chunk)
 }
 
-// emuWalkMass is walk_mass: each thread sums its chunk in increasing id order, thread 0 the
+// emuWalkMass is chunk_sums: each thread sums its chunk in increasing id order, thread 0 the
 // chunk sums in thread order.
 func emuWalkMass(r *emuRowKeys, keep func(i int) bool) float64 {
 	var pre [emuSampleThreads]float64
@@ -711,7 +711,7 @@ func cmpF64(a, b float64) int {
 // TestTopLogProbsEmulationDominant pins down where the kernel and the host differ: a row with
 // a dominant token (probability 1 - 1e-9 or closer), whose log-prob z - log(mass) is about
 // -(mass - 1) and so shows the mass's last bits in float32. The host sums the kept mass in id
-// order one token at a time; walk_mass sums each thread's chunk of ceil(V/1024) ids, then the
+// order one token at a time; chunk_sums sums each thread's chunk of ceil(V/1024) ids, then the
 // chunk sums (docs/cuda.md, Figures: the sampler does the same). With one id per thread
 // (V <= 1024) the two orders are one and the log-probs agree bit for bit; above, the ids agree
 // and each side's log-probs are z - log of its own sum, which differ for such rows.
@@ -731,7 +731,7 @@ func TestTopLogProbsEmulationDominant(t *testing.T) {
 				ids, lps := emuTopLogProbs(x, temp, 0, 0, k, emuVariant{})
 				inv := 1 / float64(temp)
 				m := float64(slices.Max(x)) * inv
-				seq, chunked := 0.0, 0.0 // the host's order; walk_mass's
+				seq, chunked := 0.0, 0.0 // the host's order; chunk_sums's
 				for _, xi := range x {
 					seq += math.Exp(emuTempered(xi, inv, m))
 				}

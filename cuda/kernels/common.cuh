@@ -59,6 +59,40 @@ __device__ double block_sum_d(double v, double* sh) {
 	return t;
 }
 
+// chunk_sums sums exp(x_i·inv - m) over the ids of [lo, hi) that keep(i, x[i]) admits, as the
+// samplers and top log-probs add a row's mass: each thread of the block its contiguous chunk
+// [*c0, *c1) in increasing id order (its sum: *mine), then thread 0 the chunk sums in thread
+// order, leaving in pre (blockDim.x doubles) each chunk's exclusive prefix sum: chunk t covers
+// [pre[t], pre[t] + *mine), and pre[t] + *mine is the very sum that made pre[t+1], so the
+// chunks tile [0, total) with no gap and no overlap. Returns the total to every thread; every
+// thread of the block calls it.
+template <typename Keep>
+__device__ double chunk_sums(const float* x, int lo, int hi, double inv, double m, Keep keep, double* pre, double* mine,
+                             int* c0, int* c1) {
+	__shared__ double total;
+	int tid = threadIdx.x;
+	int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
+	*c0 = min(hi, lo + tid * chunk), *c1 = min(hi, *c0 + chunk);
+	double s = 0;
+	for (int i = *c0; i < *c1; i++) {
+		if (keep(i, x[i])) s += exp(tempered(x[i], inv, m));
+	}
+	pre[tid] = s;
+	*mine = s;
+	__syncthreads();
+	if (tid == 0) {
+		double acc = 0;
+		for (int i = 0; i < (int)blockDim.x; i++) {
+			double v = pre[i];
+			pre[i] = acc;
+			acc += v;
+		}
+		total = acc;
+	}
+	__syncthreads();
+	return total;
+}
+
 // block_max returns the maximum of v over the block to every thread. sh holds 32 floats.
 __device__ float block_max(float v, float* sh) {
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;

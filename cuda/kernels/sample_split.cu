@@ -11,9 +11,8 @@
 //   sample_split_pick  grid (B): Z = the parts' sums added in part order; greedy rows take the
 //                      first part's argmax among equal maxima, the others walk the part that
 //                      holds u·Z as sample_walk walks a row; id and log-prob z - log(Z) out.
-// A part's sum is taken in the order the walk takes it (each of the block's threads sums a
-// contiguous chunk of the part, then the chunk sums in thread order), so that the walk's
-// chunks tile the part's sum exactly. Block 256 (SPLIT_THREADS) for all three.
+// A part's sum is taken in the order the walk takes it (chunk_sums, common.cuh), so that the
+// walk's chunks tile the part's sum exactly. Block 256 (SPLIT_THREADS) for all three.
 
 #define SPLIT_THREADS 256
 
@@ -35,31 +34,6 @@ extern "C" __global__ void sample_split_max(float* pmax, const float* logits, co
 	if (threadIdx.x == 0) pmax[b * S + j] = mx;
 }
 
-// part_mass returns, to every thread, Σ exp(tempered(x_i, inv, m)) over ids [lo, hi): each
-// thread sums its contiguous chunk, then thread 0 the chunk sums in thread order (into pre,
-// SPLIT_THREADS doubles, which keeps them as exclusive prefix sums for the walk).
-__device__ double part_mass(const float* x, int lo, int hi, double inv, double m, double* pre) {
-	__shared__ double total;
-	int tid = threadIdx.x;
-	int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
-	int c0 = min(hi, lo + tid * chunk), c1 = min(hi, c0 + chunk);
-	double s = 0;
-	for (int i = c0; i < c1; i++) s += exp(tempered(x[i], inv, m));
-	pre[tid] = s;
-	__syncthreads();
-	if (tid == 0) {
-		double acc = 0;
-		for (int i = 0; i < (int)blockDim.x; i++) {
-			double v = pre[i];
-			pre[i] = acc;
-			acc += v;
-		}
-		total = acc;
-	}
-	__syncthreads();
-	return total;
-}
-
 extern "C" __global__ void sample_split_mass(double* pmass, int* parg, const float* pmax, const float* logits,
                                              const int* rows, const float* temps, int V, int S) {
 	__shared__ double pre[SPLIT_THREADS];
@@ -73,7 +47,9 @@ extern "C" __global__ void sample_split_mass(double* pmass, int* parg, const flo
 	float temp = temps[b];
 	double inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
 	double m = (double)mx * inv;
-	double s = part_mass(x, lo, hi, inv, m, pre);
+	double mine, s;
+	int c0, c1;
+	s = chunk_sums(x, lo, hi, inv, m, [](int, float) { return true; }, pre, &mine, &c0, &c1);
 	if (tid == 0) pmass[b * S + j] = s;
 	if (temp > 0.0f) return;
 	// Greedy: the part's argmax, lowest id on ties (0x7fffffff: all NaN).
@@ -138,19 +114,14 @@ extern "C" __global__ void sample_split_pick(int* ids, float* lps, const double*
 		}
 		return;
 	}
-	// Walk part "part" at ul = u·Z - (the parts before), in the part's own sums: thread t's chunk
-	// covers [pre[t], pre[t] + cs) with pre[t] + cs the very sum that made pre[t+1], so the chunks
-	// tile the part's range with no gap and no overlap (one thread at most matches).
-	int lo, hi;
+	// Walk part "part" at ul = u·Z - (the parts before), in the part's own sums (chunk_sums: the
+	// chunks tile the part's range, so at most one thread matches).
+	int lo, hi, c0, c1;
+	double cs;
 	split_part(V, S, part, &lo, &hi);
-	part_mass(x, lo, hi, inv, m, pre);
-	if (tid == 0) pick = hi - 1; // rounding left ul at the part's end
-	__syncthreads();
+	if (tid == 0) pick = hi - 1; // rounding left ul at the part's end (chunk_sums synchronises)
+	chunk_sums(x, lo, hi, inv, m, [](int, float) { return true; }, pre, &cs, &c0, &c1);
 	double ul = u - c;
-	int chunk = (hi - lo + blockDim.x - 1) / blockDim.x;
-	int c0 = min(hi, lo + tid * chunk), c1 = min(hi, c0 + chunk);
-	double cs = 0;
-	for (int i = c0; i < c1; i++) cs += exp(tempered(x[i], inv, m));
 	if (c0 < c1 && cs > 0 && pre[tid] <= ul && ul < pre[tid] + cs) {
 		double acc = pre[tid];
 		int p = c1 - 1;

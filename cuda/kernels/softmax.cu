@@ -75,39 +75,20 @@ extern "C" __global__ void logprobs_bwd(float* dlogits, const float* logits, con
 #define SAMPLE_THREADS 1024
 
 // sample_walk draws one id among those keep(i, x[i]) admits, by inverse CDF at u·Z over
-// exp(x_i·inv - m) walked in increasing id order (Z: the kept ids' sum); every thread of the
-// block calls it. Each thread sums its chunk of ids, thread 0 turns the chunk sums into
-// exclusive prefix sums in thread order, and the thread whose chunk holds u·Z walks it. When
-// rounding leaves u·Z at or past the end, the last kept id. Thread 0 writes the id to *id and
-// its log-prob, z_id - log(Z) with z_id = x_id·inv - m (the CPU's formula, engine.logProb), to
-// *lp. sample_rows keeps every id, sample_topkp
-// those top-k / top-p kept.
+// exp(x_i·inv - m) walked in increasing id order (Z: the kept ids' sum, chunk_sums); every
+// thread of the block calls it. The thread whose chunk holds u·Z walks it. When rounding leaves
+// u·Z at or past the end, the last kept id. Thread 0 writes the id to *id and its log-prob,
+// z_id - log(Z) with z_id = x_id·inv - m (the CPU's formula, engine.logProb), to *lp.
+// sample_rows keeps every id, sample_topkp those top-k / top-p kept.
 template <typename Keep>
 __device__ void sample_walk(const float* x, int V, double inv, double m, double u01, Keep keep, int* id, float* lp) {
 	__shared__ double pre[SAMPLE_THREADS];
 	__shared__ int pick;
-	__shared__ double total;
 	int tid = threadIdx.x;
-	int chunk = (V + blockDim.x - 1) / blockDim.x;
-	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
-	double s = 0;
-	for (int i = c0; i < c1; i++) {
-		if (keep(i, x[i])) s += exp(tempered(x[i], inv, m));
-	}
-	pre[tid] = s;
-	if (tid == 0) pick = -1;
-	__syncthreads();
-	if (tid == 0) {
-		double acc = 0;
-		for (int i = 0; i < (int)blockDim.x; i++) {
-			double v = pre[i];
-			pre[i] = acc;
-			acc += v;
-		}
-		total = acc;
-	}
-	__syncthreads();
-	double z = total;
+	if (tid == 0) pick = -1; // chunk_sums synchronises the block before anyone reads it
+	double s;
+	int c0, c1;
+	double z = chunk_sums(x, 0, V, inv, m, keep, pre, &s, &c0, &c1);
 	double u = u01 * z;
 	double c = pre[tid];
 	if (c0 < c1 && s > 0 && c <= u && u < c + s) {

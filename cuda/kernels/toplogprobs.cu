@@ -60,30 +60,6 @@ struct ProbKey {
 	}
 };
 
-// walk_mass returns, to every thread, Σ exp(x_i·inv - m) over the ids keep admits, summed as
-// sample_walk sums its total: each thread its contiguous chunk of ids in increasing order, then
-// the chunk sums in thread order. pre holds blockDim.x doubles.
-template <typename Keep>
-__device__ double walk_mass(const float* x, int V, double inv, double m, Keep keep, double* pre) {
-	__shared__ double total;
-	int tid = threadIdx.x;
-	int chunk = (V + blockDim.x - 1) / blockDim.x;
-	int c0 = min(V, tid * chunk), c1 = min(V, c0 + chunk);
-	double s = 0;
-	for (int i = c0; i < c1; i++) {
-		if (keep(i, x[i])) s += exp(tempered(x[i], inv, m));
-	}
-	pre[tid] = s;
-	__syncthreads();
-	if (tid == 0) {
-		double acc = 0;
-		for (int i = 0; i < (int)blockDim.x; i++) acc += pre[i];
-		total = acc;
-	}
-	__syncthreads();
-	return total;
-}
-
 // Grid (B), block 1024 (SAMPLE_THREADS). Row b is logits row rows[b] with temperature temps[b]
 // (<= 0: greedy), top-k topks[b] (0: off) and top-p topps[b] (0 or 1: off); 1 <= k <= min(V,
 // TOP_MAX). Writes ids[b·k + j] and lps[b·k + j], j = 0..k-1, most likely first; a token that
@@ -143,7 +119,9 @@ extern "C" __global__ void top_logprobs(int* ids, float* lps, const float* logit
 		u32 q = key(xi);
 		return q > T || (q == T && i <= tieCut);
 	};
-	double lz = log(walk_mass(x, V, inv, m, kept, pre));
+	double own; // this thread's chunk sum (unused)
+	int w0, w1;
+	double lz = log(chunk_sums(x, 0, V, inv, m, kept, pre, &own, &w0, &w1)); // the sampler's sum (sample_walk)
 
 	// The k best: every key above Tk (fewer than k), then the lowest ids of key Tk.
 	u32 Tk;
