@@ -57,7 +57,9 @@
 #      (held-out accuracy of each), train-metrics.jsonl (seed 1);
 #   4. the seed-1 run's final and best exports loaded by the machine's transformers and checked
 #      against ONNX Runtime on model.onnx (scripts/check_transformers.py) -> transformers.jsonl;
-# then merges them into report.json with nvidia-smi's view of the GPU.
+# then merges them into report.json with nvidia-smi's view of the GPU, and a verdict for each path
+# that is off by default (report.json's "options": not verified / passes and wins / passes, does
+# not win), which says which defaults to switch.
 set -euo pipefail
 dir="${1:?usage: scripts/gpu-check.sh DIR}"
 cd "$(dirname "$0")/.."

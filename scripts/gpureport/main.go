@@ -1,7 +1,8 @@
 // Command gpureport merges the pieces of a GPU check (scripts/gpu-check.sh) in DIR —
 // nvidia-smi.csv, conformance.json and .log, nccl.json and .log (nccl-ranks.* where the machine has
 // several GPUs), bench.json, train.log, transformers.jsonl — into one JSON report on stdout, with
-// a summary: conformance cases passed and failed (and the failures themselves).
+// a summary: conformance cases passed and failed (and the failures themselves), and for each
+// CUDA path that is off by default whether the check shows it passes and wins ("options").
 package main
 
 import (
@@ -29,8 +30,8 @@ func main() {
 	if b := read("nvidia-smi.csv"); b != nil {
 		rep["nvidia_smi"] = strings.TrimSpace(string(b))
 	}
+	var conf map[string][]map[string]any
 	if b := read("conformance.json"); b != nil {
-		var conf map[string][]map[string]any
 		if err := json.Unmarshal(b, &conf); err != nil {
 			rep["conformance_error"] = err.Error()
 		} else {
@@ -47,7 +48,9 @@ func main() {
 			rep["conformance"] = summary
 		}
 	}
+	var logText string
 	if b := read("conformance.log"); b != nil {
+		logText = string(b)
 		var fails []string
 		for _, l := range strings.Split(string(b), "\n") {
 			if strings.Contains(l, "--- FAIL") || strings.Contains(l, "panic") {
@@ -60,12 +63,13 @@ func main() {
 		rep["conformance_log_failures"] = fails
 	}
 	rep["nccl"] = ncclSection(dir)
+	var bench map[string]any
 	if b := read("bench.json"); b != nil {
-		var v any
-		if json.Unmarshal(b, &v) == nil {
-			rep["bench"] = v
+		if json.Unmarshal(b, &bench) == nil {
+			rep["bench"] = bench
 		}
 	}
+	rep["options"] = optionsSection(conf, logText, bench)
 	if b := read("train.log"); b != nil {
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		rep["train_log_tail"] = lines[max(0, len(lines)-15):]
