@@ -65,13 +65,17 @@ dir="${1:?usage: scripts/gpu-check.sh DIR}"
 cd "$(dirname "$0")/.."
 mkdir -p "$dir"
 export CGO_ENABLED=0 GOOS=linux GOARCH=amd64
-# Without the symbol and DWARF tables (-s -w; panics still print file:line): DIR must travel to
-# the GPU machine with the working tree, 64 MiB in all, and the four binaries took 77 MB with them.
+# DIR travels to a lent GPU machine as a carried path, 64 MiB at most: the binaries are built
+# without the symbol and DWARF tables (-s -w; panics still print file:line; 77 MB -> 60 MB) and
+# travel gzipped (about a third of that); run.sh unpacks them outside OUTDIR.
 ld=(-trimpath -ldflags='-s -w')
 go test -c "${ld[@]}" -o "$dir/cuda.test" ./cuda
 go build "${ld[@]}" -o "$dir/bench" ./tools/bench
 go build "${ld[@]}" -o "$dir/train" ./tools/train
 go build "${ld[@]}" -o "$dir/gpureport" ./scripts/gpureport
+for f in cuda.test bench train gpureport; do
+	gzip -9 -n -f "$dir/$f"
+done
 cp scripts/check_transformers.py "$dir/"
 cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -79,6 +83,14 @@ cat >"$dir/run.sh" <<'RUN'
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here}"
 mkdir -p "$out"
+# The binaries travel gzipped: unpack them into a scratch directory (not OUTDIR, which comes back).
+bin="${TMPDIR:-/tmp}/prolong-gpu-check-bin"
+mkdir -p "$bin"
+for f in cuda.test bench train gpureport; do
+	if [ ! -x "$bin/$f" ] || [ "$here/$f.gz" -nt "$bin/$f" ]; then
+		gzip -dc "$here/$f.gz" >"$bin/$f" && chmod +x "$bin/$f"
+	fi
+done
 export PROLONG_CUDA_CACHE="$out/kernel-cache"
 # cuBLAS and NVRTC also live in Python's nvidia wheels; let the loader find them there too.
 for d in /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib /usr/lib/python3*/site-packages/nvidia/cu13/lib \
@@ -101,13 +113,13 @@ t0=$(date +%s)
 if want conformance; then
 	echo "== conformance"
 	PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-		timeout 180 "$here/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16|GPUTopLogProbs' -test.v >"$out/conformance.log" 2>&1
+		timeout 180 "$bin/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16|GPUTopLogProbs' -test.v >"$out/conformance.log" 2>&1
 	echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 fi
 if want nccl; then
 	echo "== nccl, one rank"
 	PROLONG_REQUIRE_CUDA=1 PROLONG_REQUIRE_NCCL=1 PROLONG_NCCL_JSON="$out/nccl.json" \
-		timeout 60 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl.log" 2>&1
+		timeout 60 "$bin/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl.log" 2>&1
 	echo "nccl exit $? after $(( $(date +%s) - t0 )) s"; grep -E 'nccl|^(--- |ok|FAIL|PASS)' "$out/nccl.log" | tail -14
 	ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
 	if [ "${ngpu:-0}" -gt 1 ]; then
@@ -119,12 +131,12 @@ if want nccl; then
 			done
 			echo "launcher: mpirun -np $ngpu" >"$out/nccl-ranks.log"
 			timeout 90 mpirun --allow-run-as-root --oversubscribe -np "$ngpu" "${xs[@]}" \
-				"$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >>"$out/nccl-ranks.log" 2>&1
+				"$bin/cuda.test" -test.run '^TestGPUNCCL$' -test.v >>"$out/nccl-ranks.log" 2>&1
 		else # no MPI here: N processes with torchrun-style variables, the unique id over TCP
 			echo "launcher: $ngpu processes with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR (no mpirun)" >"$out/nccl-ranks.log"
 			for r in $(seq 0 $((ngpu - 1))); do
 				RANK=$r WORLD_SIZE=$ngpu LOCAL_RANK=$r LOCAL_WORLD_SIZE=$ngpu MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
-					timeout 90 "$here/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl-rank-$r.log" 2>&1 &
+					timeout 90 "$bin/cuda.test" -test.run '^TestGPUNCCL$' -test.v >"$out/nccl-rank-$r.log" 2>&1 &
 			done
 			wait
 			cat "$out"/nccl-rank-*.log >>"$out/nccl-ranks.log"
@@ -135,7 +147,7 @@ if want nccl; then
 fi
 if want bench; then
 	echo "== bench"
-	timeout 240 "$here/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+	timeout 240 "$bin/bench" --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 	echo "bench exit ${PIPESTATUS[0]} after $(( $(date +%s) - t0 )) s"
 fi
 if want train; then
@@ -148,7 +160,7 @@ if want train; then
 	# the GPU has room for all six.
 	(cd "$out" && for run in "cuda 1 s1" "cuda 2 s2" "cuda 3 s3" "cuda 1 s1-again" "cuda-fp32 1 s1-fp32" "cuda 1 s1-all all"; do
 		set -- $run
-		PROLONG_CUDA_OPTIONS="${4:-}" timeout 150 "$here/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
+		PROLONG_CUDA_OPTIONS="${4:-}" timeout 150 "$bin/train" --device "$1" --seed "$2" --quiet --out "$out/train-$3" >"$out/train-$3.log" 2>&1 &
 	done; wait)
 	echo "train runs done after $(( $(date +%s) - t0 )) s"
 	for r in s1 s2 s3 s1-again s1-fp32 s1-all; do
@@ -165,7 +177,7 @@ if want transformers; then
 		2>"$out/transformers.err" | tee "$out/transformers.jsonl"
 	echo "transformers check exit ${PIPESTATUS[0]}"
 fi
-"$here/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
+"$bin/gpureport" "$out" >"$out/report.json" && echo "report: $out/report.json"
 RUN
 chmod +x "$dir/run.sh"
 du -sh "$dir"
