@@ -84,6 +84,11 @@ type Backend struct {
 	// bf16Weights says that a linear weight was uploaded as bf16: GEMMs with it multiply bf16
 	// operands, so Options.FoldBF16 writes activations' bf16 copies without BF16Matmul too.
 	bf16Weights bool
+
+	// topBuf is the host buffer TopLogProbs downloads rows of logits into when it ranks them on
+	// the host (without Options.DeviceTopLogProbs), kept between calls; topMu guards it.
+	topMu  sync.Mutex
+	topBuf []float32
 }
 
 // metaEntry is a cached upload of int32 metadata: a device copy of host, never written while

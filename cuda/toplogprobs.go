@@ -23,7 +23,9 @@ func (b *Backend) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.S
 		return nil, nil, fmt.Errorf("cuda: %w", err)
 	}
 	if !b.opts.DeviceTopLogProbs {
-		return engine.TopLogProbsOnHost(b, logits, rows, sr, k)
+		b.topMu.Lock() // the host buffer, kept from call to call (600 KB a row at Qwen2's vocabulary)
+		defer b.topMu.Unlock()
+		return engine.TopLogProbsOnHost(b, logits, rows, sr, k, &b.topBuf)
 	}
 	n := len(rows)
 	if n == 0 {

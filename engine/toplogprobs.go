@@ -66,12 +66,11 @@ func TopLogProbsRow(logits []float32, r SampleRow, k int) ([]int32, []float32) {
 
 // TopLogProbsOnHost is TopLogProbsRow on the listed rows of logits [R, V] of backend b (each with
 // its sampling row sr[i]; 1 <= k <= V), their logits downloaded (gathered first unless rows
-// are 0..R-1) and ranked on the host's cores: ids and lps [len(rows)*k], row by row. It is what
-// the engine does on a backend without TopLogProbsBackend, and what a backend may do in its
-// TopLogProbs.
-func TopLogProbsOnHost(b Backend, logits *Tensor, rows []int32, sr []SampleRow, k int) ([]int32, []float32, error) {
-	var buf []float32
-	return topLogProbsHost(b, logits, rows, sr, k, &buf)
+// are 0..R-1) into *buf (grown as needed; the caller keeps it for the next call) and ranked on
+// the host's cores: ids and lps [len(rows)*k], row by row. It is what the engine does on a
+// backend without TopLogProbsBackend, and what a backend may do in its TopLogProbs.
+func TopLogProbsOnHost(b Backend, logits *Tensor, rows []int32, sr []SampleRow, k int, buf *[]float32) ([]int32, []float32, error) {
+	return topLogProbsHost(b, logits, rows, sr, k, buf)
 }
 
 // topLogProbs returns the k most likely tokens and their log-probs of the listed rows of

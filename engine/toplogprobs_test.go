@@ -46,10 +46,10 @@ func TestTopLogProbsPaths(t *testing.T) {
 			return b.TopLogProbs(logits, rows, sr, k)
 		}},
 		{"on host, subset", []int32{8, 2, 2, 5}, func(rows []int32, sr []engine.SampleRow) ([]int32, []float32, error) {
-			return engine.TopLogProbsOnHost(hiddenTop{b}, logits, rows, sr, k)
+			return engine.TopLogProbsOnHost(hiddenTop{b}, logits, rows, sr, k, new([]float32))
 		}},
 		{"on host, all rows", all, func(rows []int32, sr []engine.SampleRow) ([]int32, []float32, error) {
-			return engine.TopLogProbsOnHost(hiddenTop{b}, logits, rows, sr, k)
+			return engine.TopLogProbsOnHost(hiddenTop{b}, logits, rows, sr, k, new([]float32))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
