@@ -59,6 +59,29 @@ __device__ double block_sum_d(double v, double* sh) {
 	return t;
 }
 
+// block_argmax returns, in thread 0 (the others get a partial result), the index of the
+// largest of x[lo..hi), the lowest index among equal maxima, or 0x7fffffff when no value is
+// larger than -Inf (all NaN or -Inf). shv and shi hold 32 each. Every thread of the block calls it.
+__device__ int block_argmax(const float* x, int lo, int hi, float* shv, int* shi) {
+	int tid = threadIdx.x;
+	float best = -INFINITY;
+	int bi = 0x7fffffff;
+	for (int i = lo + tid; i < hi; i += blockDim.x)
+		if (x[i] > best) { best = x[i]; bi = i; }
+	for (int o = 16; o > 0; o >>= 1) {
+		float ov = __shfl_xor_sync(0xffffffffu, best, o);
+		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+	}
+	if ((tid & 31) == 0) { shv[tid >> 5] = best; shi[tid >> 5] = bi; }
+	__syncthreads();
+	if (tid == 0) {
+		for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+			if (shv[w] > best || (shv[w] == best && shi[w] < bi)) { best = shv[w]; bi = shi[w]; }
+	}
+	return bi;
+}
+
 // chunk_sums sums exp(x_i·inv - m) over the ids of [lo, hi) that keep(i, x[i]) admits, as the
 // samplers and top log-probs add a row's mass: each thread of the block its contiguous chunk
 // [*c0, *c1) in increasing id order (its sum: *mine), then thread 0 the chunk sums in thread

@@ -23,6 +23,15 @@ __device__ __forceinline__ void split_part(int V, int S, int j, int* lo, int* hi
 	*hi = min(V, *lo + P);
 }
 
+// split_row_max gives row b's inv (1 for a greedy row) and m = its maximum · inv, the maximum
+// from the row's S part maxima.
+__device__ __forceinline__ void split_row_max(const float* pmax, int b, int S, float temp, double* inv, double* m) {
+	float mx = -INFINITY;
+	for (int p = 0; p < S; p++) mx = fmaxf(mx, pmax[b * S + p]);
+	*inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
+	*m = (double)mx * *inv;
+}
+
 extern "C" __global__ void sample_split_max(float* pmax, const float* logits, const int* rows, int V, int S) {
 	__shared__ float shv[32];
 	int b = blockIdx.x, j = blockIdx.y, lo, hi;
@@ -42,33 +51,17 @@ extern "C" __global__ void sample_split_mass(double* pmass, int* parg, const flo
 	int b = blockIdx.x, j = blockIdx.y, tid = threadIdx.x, lo, hi;
 	split_part(V, S, j, &lo, &hi);
 	const float* x = logits + (i64)rows[b] * V;
-	float mx = -INFINITY;
-	for (int p = 0; p < S; p++) mx = fmaxf(mx, pmax[b * S + p]);
 	float temp = temps[b];
-	double inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
-	double m = (double)mx * inv;
+	double inv, m;
+	split_row_max(pmax, b, S, temp, &inv, &m);
 	double mine, s;
 	int c0, c1;
 	s = chunk_sums(x, lo, hi, inv, m, [](int, float) { return true; }, pre, &mine, &c0, &c1);
 	if (tid == 0) pmass[b * S + j] = s;
 	if (temp > 0.0f) return;
-	// Greedy: the part's argmax, lowest id on ties (0x7fffffff: all NaN).
-	float best = -INFINITY;
-	int bi = 0x7fffffff;
-	for (int i = lo + tid; i < hi; i += blockDim.x)
-		if (x[i] > best) { best = x[i]; bi = i; }
-	for (int o = 16; o > 0; o >>= 1) {
-		float ov = __shfl_xor_sync(0xffffffffu, best, o);
-		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-		if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-	}
-	if ((tid & 31) == 0) { shv[tid >> 5] = best; shi[tid >> 5] = bi; }
-	__syncthreads();
-	if (tid == 0) {
-		for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-			if (shv[w] > best || (shv[w] == best && shi[w] < bi)) { best = shv[w]; bi = shi[w]; }
-		parg[b * S + j] = bi;
-	}
+	// Greedy: the part's argmax, lowest id on ties (0x7fffffff: all NaN or -Inf).
+	int bi = block_argmax(x, lo, hi, shv, shi);
+	if (tid == 0) parg[b * S + j] = bi;
 }
 
 extern "C" __global__ void sample_split_pick(int* ids, float* lps, const double* pmass, const int* parg, const float* pmax,
@@ -78,11 +71,9 @@ extern "C" __global__ void sample_split_pick(int* ids, float* lps, const double*
 	__shared__ int pick;
 	int b = blockIdx.x, tid = threadIdx.x;
 	const float* x = logits + (i64)rows[b] * V;
-	float mx = -INFINITY;
-	for (int p = 0; p < S; p++) mx = fmaxf(mx, pmax[b * S + p]);
 	float temp = temps[b];
-	double inv = temp <= 0.0f ? 1.0 : 1.0 / (double)temp;
-	double m = (double)mx * inv;
+	double inv, m;
+	split_row_max(pmax, b, S, temp, &inv, &m);
 	double z = 0;
 	for (int p = 0; p < S; p++) z += pmass[b * S + p];
 	if (temp <= 0.0f) {

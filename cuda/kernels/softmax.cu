@@ -127,20 +127,8 @@ extern "C" __global__ void sample_rows(int* ids, float* lps, const float* logits
 	const float* x = logits + (i64)rows[b] * V;
 	float temp = temps[b];
 	if (temp <= 0.0f) {
-		float best = -INFINITY;
-		int bi = 0x7fffffff;
-		for (int i = tid; i < V; i += blockDim.x)
-			if (x[i] > best) { best = x[i]; bi = i; }
-		for (int o = 16; o > 0; o >>= 1) {
-			float ov = __shfl_xor_sync(0xffffffffu, best, o);
-			int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-			if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-		}
-		if ((tid & 31) == 0) { shv[tid >> 5] = best; shi[tid >> 5] = bi; }
-		__syncthreads();
+		int bi = block_argmax(x, 0, V, shv, shi);
 		if (tid == 0) {
-			for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-				if (shv[w] > best || (shv[w] == best && shi[w] < bi)) { best = shv[w]; bi = shi[w]; }
 			if (bi == 0x7fffffff) bi = 0; // all NaN
 			pick = bi;
 		}
