@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -57,5 +59,36 @@ func TestOptionsSection(t *testing.T) {
 		if v := ev.(map[string]any)["verdict"].(string); !strings.HasPrefix(v, "not verified") {
 			t.Errorf("%s with nothing run: %q", name, v)
 		}
+	}
+}
+
+// TestOptionTableCoversEnvOptions: every name PROLONG_CUDA_OPTIONS takes (cuda/register.go's
+// envOptions, read from the source) has its row in optionTable, and every row is such a name.
+func TestOptionTableCoversEnvOptions(t *testing.T) {
+	src, err := os.ReadFile("../../cuda/register.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(src)
+	i := strings.Index(body, "var envOptions = []envOption{")
+	j := strings.Index(body[i:], "\n}\n")
+	if i < 0 || j < 0 {
+		t.Fatal("cuda/register.go has no envOptions list")
+	}
+	names := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\{"([a-z0-9-]+)", func`).FindAllStringSubmatch(body[i:i+j], -1) {
+		names[m[1]] = true
+	}
+	if len(names) < 10 {
+		t.Fatalf("read %d names from envOptions: %v", len(names), names)
+	}
+	for _, o := range optionTable {
+		if !names[o.name] {
+			t.Errorf("optionTable has %q, which PROLONG_CUDA_OPTIONS does not take", o.name)
+		}
+		delete(names, o.name)
+	}
+	for n := range names {
+		t.Errorf("PROLONG_CUDA_OPTIONS takes %q, which optionTable lacks", n)
 	}
 }
