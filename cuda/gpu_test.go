@@ -37,8 +37,8 @@ func openGPU(t *testing.T, o Options) *Backend {
 // the model and training cases with the engine's uninitialised buffers full of NaN
 // (Options.UninitAlloc, Options.PoisonUninit), and the top log-probs cases on the device's
 // ranking (Options.DeviceTopLogProbs), and the sampling cases on the split sampler
-// (Options.SplitSample). With PROLONG_CONFORMANCE_JSON set,
-// every result is written there.
+// (Options.SplitSample). With PROLONG_CONFORMANCE_JSON set, every result is written there,
+// after each run (so that a check cut off by its time limit keeps the runs it finished).
 func TestConformance(t *testing.T) {
 	type run struct {
 		name string
@@ -102,6 +102,14 @@ func TestConformance(t *testing.T) {
 			Cases: regexp.MustCompile(`^(Sample/|Model/[^/]+/greedy/)`)}},
 	}
 	report := map[string][]enginetest.Result{}
+	writeReport := func() {
+		if p := os.Getenv("PROLONG_CONFORMANCE_JSON"); p != "" && len(report) > 0 {
+			data, _ := json.MarshalIndent(report, "", " ")
+			if err := os.WriteFile(p, data, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
 	for _, r := range runs {
 		t.Run(r.name, func(t *testing.T) {
 			b := openGPU(t, r.opts)
@@ -135,6 +143,7 @@ func TestConformance(t *testing.T) {
 				}
 			}
 			report[r.name] = res
+			writeReport() // after every run: a check cut off by its time limit keeps the runs done
 			fails := 0
 			for _, x := range res {
 				if !x.Pass {
@@ -147,12 +156,6 @@ func TestConformance(t *testing.T) {
 				t.Run("FiniteDifferences", func(t *testing.T) { enginetest.RunOps(t, b) })
 			}
 		})
-	}
-	if p := os.Getenv("PROLONG_CONFORMANCE_JSON"); p != "" && len(report) > 0 {
-		data, _ := json.MarshalIndent(report, "", " ")
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Error(err)
-		}
 	}
 }
 

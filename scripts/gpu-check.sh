@@ -8,7 +8,7 @@
 #   DIR/run.sh [OUTDIR]             # there; writes OUTDIR/report.json (default DIR)
 #   PROLONG_GPU_CHECK_STEPS=conformance,nccl DIR/run.sh OUT   # some steps only (see run.sh)
 #
-# run.sh runs, each under its own time limit (one GPU: 690 s in all at most, the conformance
+# run.sh runs, each under its own time limit (one GPU: 750 s in all at most, the conformance
 # and bench steps first; N > 1 GPUs add 90 s for NCCL over N ranks; NCCL's parts take seconds
 # when they pass):
 #   1. the conformance suite (engine/enginetest) on the GPU against the CPU backend, six
@@ -113,7 +113,7 @@ t0=$(date +%s)
 if want conformance; then
 	echo "== conformance"
 	PROLONG_REQUIRE_CUDA=1 PROLONG_CONFORMANCE_JSON="$out/conformance.json" \
-		timeout 180 "$bin/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16|GPUTopLogProbs' -test.v >"$out/conformance.log" 2>&1
+		timeout 240 "$bin/cuda.test" -test.run 'Conformance|Compile|Dropped|GPUBindings|GPUDecodeGraphs|GPUCublasLt|GPUFoldBF16|GPUTopLogProbs' -test.v >"$out/conformance.log" 2>&1
 	echo "conformance exit $? after $(( $(date +%s) - t0 )) s"; grep -E '^(--- |ok|FAIL|PASS)' "$out/conformance.log" | tail -5
 fi
 if want nccl; then
