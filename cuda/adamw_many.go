@@ -13,13 +13,15 @@ import (
 const adamWChunk = 16384
 
 // adamWTensor is the descriptor of one tensor that adamw_many reads (struct AdamWTensor of
-// kernels/adamw_many.cu, 88 bytes, field for field).
+// kernels/adamw_many.cu, 96 bytes, field for field).
 type adamWTensor struct {
 	p, g, m, v, bf uint64
 	n, chunk0      int64
 	decay, b1, b2  float32
 	c1, c2, step   float32
 	isb2, eps      float32
+	gscale         float32 // the gradient's scale (engine.AdamWStep.GradScale; 1: none)
+	zero           int32   // 1: leave the gradient zeros (engine.AdamWStep.ZeroGrad)
 }
 
 // adamWConsts are the constants that the adamw kernels take for h, folded as the CPU backend
@@ -34,8 +36,10 @@ func (b *Backend) FusesAdamWMany() bool { return b.opts.MultiTensorAdamW }
 
 // AdamWMany implements engine.AdamWManyBackend: one adamw_many launch for all tensors (their
 // descriptors uploaded in one copy), which also writes the bf16 copy of each parameter that
-// keeps one (a weight of a bf16 matmul), so that the next forward's matmuls convert nothing;
-// each tensor's fp32 values are AdamW's bit for bit. The optimizer uses it only with
+// keeps one (a weight of a bf16 matmul), so that the next forward's matmuls convert nothing,
+// scales each gradient as it reads it (GradScale: gradient clipping, a scale launch per tensor
+// and a pass over all gradients less; the gradients are left unscaled) and zeroes it after
+// (ZeroGrad: a launch per tensor less); each tensor's fp32 values are AdamW's bit for bit. The optimizer uses it only with
 // Options.MultiTensorAdamW (FusesAdamWMany).
 func (b *Backend) AdamWMany(ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWStep) {
 	if len(gs) != len(ps) || len(ms) != len(ps) || len(vs) != len(ps) || len(hs) != len(ps) {
@@ -62,7 +66,13 @@ func (b *Backend) AdamWMany(ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWSt
 			}
 			c := adamWConsts(hs[i])
 			d := adamWTensor{p: uint64(ptr(p)), g: uint64(ptr(gs[i])), m: uint64(ptr(ms[i])), v: uint64(ptr(vs[i])), n: n, chunk0: chunks,
-				decay: c[0], b1: c[1], b2: c[2], c1: c[3], c2: c[4], step: c[5], isb2: c[6], eps: c[7]}
+				decay: c[0], b1: c[1], b2: c[2], c1: c[3], c2: c[4], step: c[5], isb2: c[6], eps: c[7], gscale: 1}
+			if hs[i].ScalesGrad() {
+				d.gscale = float32(hs[i].GradScale)
+			}
+			if hs[i].ZeroGrad {
+				d.zero = 1
+			}
 			if p.DType == engine.F32 {
 				d.bf = devBuf(p).bf // 0 unless a bf16 matmul made the parameter a copy
 			}

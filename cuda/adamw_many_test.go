@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,13 +11,14 @@ import (
 	"github.com/prolong-rl/prolong/engine"
 )
 
-// TestAdamWManyDescriptorLayout: adamWTensor is the 88 bytes of struct AdamWTensor (whose
+// TestAdamWManyDescriptorLayout: adamWTensor is the 96 bytes of struct AdamWTensor (whose
 // static_assert checks the C side), with the fields at the C offsets.
 func TestAdamWManyDescriptorLayout(t *testing.T) {
 	var d adamWTensor
-	got := []uintptr{unsafe.Sizeof(d), unsafe.Offsetof(d.bf), unsafe.Offsetof(d.n), unsafe.Offsetof(d.chunk0), unsafe.Offsetof(d.decay), unsafe.Offsetof(d.eps)}
-	if want := []uintptr{88, 32, 40, 48, 56, 84}; !slices.Equal(got, want) {
-		t.Errorf("size, offsets of bf, n, chunk0, decay, eps = %v, want %v", got, want)
+	got := []uintptr{unsafe.Sizeof(d), unsafe.Offsetof(d.bf), unsafe.Offsetof(d.n), unsafe.Offsetof(d.chunk0), unsafe.Offsetof(d.decay),
+		unsafe.Offsetof(d.eps), unsafe.Offsetof(d.gscale), unsafe.Offsetof(d.zero)}
+	if want := []uintptr{96, 32, 40, 48, 56, 84, 88, 92}; !slices.Equal(got, want) {
+		t.Errorf("size, offsets of bf, n, chunk0, decay, eps, gscale, zero = %v, want %v", got, want)
 	}
 }
 
@@ -127,8 +129,8 @@ func TestAdamWManyLaunch(t *testing.T) {
 	var descs []adamWTensor
 	for _, u := range uploads {
 		if u.dst == l.args[0] {
-			if len(descs) != 0 || len(u.data) != 4*88 {
-				t.Fatalf("descriptor uploads to %#x: another, of %d bytes (want one of 4×88)", u.dst, len(u.data))
+			if len(descs) != 0 || len(u.data) != 4*96 {
+				t.Fatalf("descriptor uploads to %#x: another, of %d bytes (want one of 4×96)", u.dst, len(u.data))
 			}
 			descs = slices.Clone(unsafe.Slice((*adamWTensor)(unsafe.Pointer(&u.data[0])), 4))
 		}
@@ -154,6 +156,9 @@ func TestAdamWManyLaunch(t *testing.T) {
 			d.n != int64(p.Len()) || d.chunk0 != chunk0 {
 			t.Errorf("descriptor %d (tensor %d): %+v; want p %#x g %#x m %#x v %#x bf %#x n %d chunk0 %d", di, i, d,
 				ptr(p), ptr(gs[i]), ptr(ms[i]), ptr(vs[i]), bf, p.Len(), chunk0)
+		}
+		if d.gscale != 1 || d.zero != 0 {
+			t.Errorf("descriptor %d (tensor %d): gradient scale %v, zero %d; want 1, 0 (no GradScale, no ZeroGrad)", di, i, d.gscale, d.zero)
 		}
 		// The constants of the per-tensor adamw launch of the same tensor (slots 5-12).
 		got := []uint64{argF32(d.decay), argF32(d.b1), argF32(d.b2), argF32(d.c1), argF32(d.c2), argF32(d.step), argF32(d.isb2), argF32(d.eps)}
@@ -252,5 +257,96 @@ func TestAdamWManyShapes(t *testing.T) {
 			}()
 			tc.call()
 		})
+	}
+}
+
+// TestAdamWGradScale (fake GPU): a step with GradScale (gradient clipping) and ZeroGrad puts the
+// scale in the descriptor of each tensor that has one (1 elsewhere) and the zeroing flag in
+// those that ask, and launches nothing else with AdamWMany; AdamW per tensor scales the
+// gradient with a scale launch of its own first, launches adamw as without them, and zeroes the
+// gradient with a scale launch by 0 after.
+func TestAdamWGradScale(t *testing.T) {
+	g := newFakeGPU(t, 90, 1<<30)
+	b, err := Open(Options{MultiTensorAdamW: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, gs, ms, vs, hs := adamWManyParams(t, b, [][]int{{1000}, {3, 7}, {40000}})
+	hs[0].GradScale, hs[2].GradScale = 0.25, 1 // tensor 2: a scale of 1 is none
+	hs[1].ZeroGrad, hs[2].ZeroGrad = true, true
+	u0, l0 := len(g.uploads), len(g.launches)
+	b.AdamWMany(ps, gs, ms, vs, hs)
+	if ls := g.launched(l0); !slices.Equal(ls, []string{"adamw_many"}) {
+		t.Fatalf("AdamWMany with GradScale launched %v, want adamw_many alone", ls)
+	}
+	var descs []adamWTensor
+	for _, u := range g.uploads[u0:] {
+		if u.dst == g.launches[l0].args[0] {
+			descs = slices.Clone(unsafe.Slice((*adamWTensor)(unsafe.Pointer(&u.data[0])), len(u.data)/96))
+		}
+	}
+	if len(descs) != 3 || descs[0].gscale != 0.25 || descs[1].gscale != 1 || descs[2].gscale != 1 ||
+		descs[0].zero != 0 || descs[1].zero != 1 || descs[2].zero != 1 {
+		t.Fatalf("descriptors' gradient scales and zero flags %+v, want 0.25, 1, 1 and 0, 1, 1", descs)
+	}
+	l0 = len(g.launches)
+	for i := range ps {
+		b.AdamW(ps[i], gs[i], ms[i], vs[i], hs[i])
+	}
+	if ls := g.launched(l0); !slices.Equal(ls, []string{"scale", "adamw", "adamw", "scale", "adamw", "scale"}) {
+		t.Fatalf("AdamW per tensor with GradScale and ZeroGrad launched %v, want scale, adamw; adamw, scale; adamw, scale", ls)
+	}
+	if z := g.launches[l0+3]; z.args[0] != uint64(ptr(gs[1])) || z.args[1] != argF32(0) {
+		t.Errorf("scale launch of %#x by %#x, want the second gradient %#x by 0", z.args[0], z.args[1], ptr(gs[1]))
+	}
+	if s := g.launches[l0]; s.args[0] != uint64(ptr(gs[0])) || s.args[1] != argF32(0.25) {
+		t.Errorf("scale launch of %#x by %#x, want the first gradient %#x by 0.25", s.args[0], s.args[1], ptr(gs[0]))
+	}
+}
+
+// BenchmarkOptimizerTail counts, on the fake driver, what one optimizer step of the 1.5B shape
+// (bench15B, as tools/bench trains it) launches and how many gradient bytes its scale launches
+// move, with gradient clipping active (ClipNorm far below the norm: the fake driver's gradients
+// are zeros, whose norm is 0), AdamW per tensor (the default) and with Options.MultiTensorAdamW
+// (the clipping scale folded into adamw_many).
+//
+//	go test ./cuda -run XXX -bench OptimizerTail -benchtime 1x
+func BenchmarkOptimizerTail(bm *testing.B) {
+	c, w, seqs := bench15B(bm)
+	for range bm.N {
+		for _, many := range []bool{false, true} {
+			g := newFakeGPU(bm, 90, 1<<40)
+			b, err := Open(Options{BF16Matmul: true, MultiTensorAdamW: many})
+			if err != nil {
+				bm.Fatal(err)
+			}
+			m, err := engine.NewModel(c, b, w, engine.F32)
+			if err != nil {
+				bm.Fatal(err)
+			}
+			tr, err := engine.NewTrainer(m, engine.TrainOptions{Optimizer: engine.AdamWConfig{LR: 1e-5, ClipNorm: 1e-9}, MaxLogitRows: 1024})
+			if err != nil {
+				bm.Fatal(err)
+			}
+			if _, err := tr.ForwardBackward(context.Background(), seqs, engine.CrossEntropy(0)); err != nil {
+				bm.Fatal(err)
+			}
+			l0 := len(g.launches)
+			if _, err := tr.Step(); err != nil {
+				bm.Fatal(err)
+			}
+			counts := map[string]int{}
+			var scaled int64 // bytes read and written by the clipping's scale launches (not ZeroGrad's by 0)
+			for _, l := range g.launches[l0:] {
+				counts[l.name]++
+				if l.name == "scale" && l.args[1] != argF32(0) {
+					scaled += 8 * int64(l.args[2])
+				}
+			}
+			name := map[bool]string{false: "per-tensor", true: "many"}[many]
+			bm.ReportMetric(float64(len(g.launches)-l0), "launches/step-"+name)
+			bm.ReportMetric(float64(scaled)/1e9, "clip-GB/step-"+name)
+			bm.Logf("%s: %d launches (%v), the clipping's scale launches move %.2f GB", name, len(g.launches)-l0, counts, float64(scaled)/1e9)
+		}
 	}
 }

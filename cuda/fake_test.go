@@ -50,7 +50,7 @@ type fakeGPU struct {
 	lt      fakeLt       // the fake cuBLASLt (ltgemm_test.go)
 	memsets []fakeMemset // every cuMemsetD32Async, in order
 	dtoh    uint64       // bytes of every cuMemcpyDtoHAsync
-	uploads []fakeCopy   // every cuMemcpyHtoDAsync from Go memory (not pinned), in order
+	uploads []fakeCopy   // every cuMemcpyHtoDAsync of at most 64 KiB from Go memory (not pinned), in order
 }
 
 // fakeMemset is a cuMemsetD32Async: where, the 32-bit value, and how many elements.
@@ -291,7 +291,7 @@ func (g *fakeGPU) call(fn uintptr, a []uintptr) uintptr {
 				pinned = true
 			}
 		}
-		if !pinned && a[2] > 0 {
+		if !pinned && a[2] > 0 && a[2] <= 1<<16 { // parameters and descriptors, not weights
 			g.uploads = append(g.uploads, fakeCopy{dst: uint64(a[0]), data: append([]byte(nil), unsafe.Slice(at[byte](a[1]), a[2])...)})
 		}
 	case "streamBeginCapture":

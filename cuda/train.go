@@ -272,6 +272,9 @@ func (b *Backend) Copy(dst, src *engine.Tensor) {
 
 // AdamW implements engine.TrainBackend, with the constants folded as the CPU backend folds them.
 func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
+	if h.ScalesGrad() {
+		b.Scale(g, float32(h.GradScale)) // a launch of its own, as the optimizer's clipping did before
+	}
 	b.op(desc("AdamW p g m v", p, g, m, v), func() {
 		touched(m, v)
 		n := int64(p.Len())
@@ -280,6 +283,9 @@ func (b *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 			float32(h.LR/h.BC1), float32(1/math.Sqrt(h.BC2)), float32(h.Eps))
 		touched(p)
 	})
+	if h.ZeroGrad {
+		b.Scale(g, 0) // a launch of its own, as the optimizer's ZeroGrad did before
+	}
 }
 
 // trainMeta is [first[T] | end[T]]: each row's sequence's first row and one past its last; the

@@ -148,18 +148,18 @@ func (t *Trainer) Step() (OptStats, error) {
 		t.ZeroGrad()
 		return OptStats{Step: o.step, GradNorm: norm}, fmt.Errorf("adamw: gradient norm is %v; step skipped", norm)
 	}
-	if c := o.cfg.ClipNorm; c > 0 {
-		// torch.nn.utils.clip_grad_norm_: scale by c/(norm+1e-6) when that is below 1.
-		if s := c / (norm + 1e-6); s < 1 {
-			for _, name := range t.names {
-				t.b.Scale(t.grads[name], float32(s))
-			}
-		}
-	}
 	lr := o.cfg.LR * o.cfg.Schedule(o.step)
 	o.step++
 	h := AdamWStep{LR: lr, Beta1: o.cfg.Beta1, Beta2: o.cfg.Beta2, Eps: o.cfg.Eps, WeightDecay: o.cfg.WeightDecay,
-		BC1: 1 - math.Pow(o.cfg.Beta1, float64(o.step)), BC2: 1 - math.Pow(o.cfg.Beta2, float64(o.step))}
+		BC1: 1 - math.Pow(o.cfg.Beta1, float64(o.step)), BC2: 1 - math.Pow(o.cfg.Beta2, float64(o.step)),
+		ZeroGrad: true} // every gradient is a weight's: AdamW clears them all (ZeroGrad)
+	if c := o.cfg.ClipNorm; c > 0 {
+		// torch.nn.utils.clip_grad_norm_: scale by c/(norm+1e-6) when that is below 1, which
+		// AdamW does as it reads each gradient (GradScale).
+		if s := c / (norm + 1e-6); s < 1 {
+			h.GradScale = float64(float32(s))
+		}
+	}
 	ps, ms, vs, hs := make([]*Tensor, len(t.names)), make([]*Tensor, len(t.names)), make([]*Tensor, len(t.names)), make([]AdamWStep, len(t.names))
 	for i, name := range t.names {
 		hs[i] = h
@@ -168,8 +168,7 @@ func (t *Trainer) Step() (OptStats, error) {
 			hs[i].WeightDecay = 0
 		}
 	}
-	adamWMany(t.b, ps, gs, ms, vs, hs) // one call for all weights where the backend has AdamWMany
-	t.ZeroGrad()
+	adamWMany(t.b, ps, gs, ms, vs, hs) // one call for all weights where the backend has AdamWMany; it zeroes the gradients
 	return OptStats{Step: o.step, LR: lr, GradNorm: norm}, nil
 }
 

@@ -58,7 +58,9 @@ type TrainBackend interface {
 	Dropout(out, x *Tensor, p float32, seed, stream uint64)
 	// AdamW updates parameter p in place from gradient g and the moments m, v (fp32 tensors
 	// of p's shape), as torch.optim.AdamW: p -= lr·wd·p; m = β1·m + (1-β1)·g;
-	// v = β2·v + (1-β2)·g²; p -= lr·(m/bc1) / (sqrt(v/bc2) + eps).
+	// v = β2·v + (1-β2)·g²; p -= lr·(m/bc1) / (sqrt(v/bc2) + eps). With h.GradScale (not 0
+	// or 1) g is first scaled as Scale(g, float32(GradScale)) would scale it; g's contents after
+	// the call are the backend's (it may scale it in place), or zeros with h.ZeroGrad.
 	AdamW(p, g, m, v *Tensor, h AdamWStep)
 }
 
@@ -67,7 +69,17 @@ type TrainBackend interface {
 type AdamWStep struct {
 	LR, Beta1, Beta2, Eps, WeightDecay float64
 	BC1, BC2                           float64
+	// GradScale multiplies the gradient, in float32 as Scale does, before the update: gradient
+	// clipping's scale, which the optimizer hands to AdamW (and AdamWMany, one pass over all
+	// gradients less) instead of scaling every gradient first. 0 or 1: no scaling.
+	GradScale float64
+	// ZeroGrad leaves the gradient all zeros after the update (the optimizer's ZeroGrad, which
+	// AdamWMany then does in the same pass: one launch per tensor less).
+	ZeroGrad bool
 }
+
+// ScalesGrad reports whether h scales the gradient (GradScale is neither 0 nor 1).
+func (h AdamWStep) ScalesGrad() bool { return h.GradScale != 0 && h.GradScale != 1 }
 
 // AdamWManyBackend is implemented by a TrainBackend that applies AdamW to several tensors in one
 // call: AdamWMany(ps, gs, ms, vs, hs) leaves every ps[i], ms[i], vs[i] as AdamW(ps[i], gs[i],

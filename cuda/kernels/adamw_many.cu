@@ -8,24 +8,28 @@
 
 // AdamWTensor describes one tensor of adamw_many: the parameter p, its gradient g and moments m,
 // v (fp32, n elements each), bf the parameter's bf16 copy or null, chunk0 the number of the
-// tensor's first chunk (the chunks of the tensors before it), and adamw's folded constants.
-// 88 bytes; cuda/adamw_many.go mirrors the layout (adamWTensor).
+// tensor's first chunk (the chunks of the tensors before it), adamw's folded constants, and
+// gscale, the gradient's scale (gradient clipping; 1: none), applied as the scale kernel applies
+// it before adamw, and zero: 1 to leave the gradient zeros (the optimizer's ZeroGrad). 96 bytes;
+// cuda/adamw_many.go mirrors the layout (adamWTensor).
 struct AdamWTensor {
 	float* p;
-	const float* g;
+	float* g;
 	float* m;
 	float* v;
 	bf16* bf;
 	i64 n;
 	i64 chunk0;
 	float decay, b1, b2, c1, c2, step, isb2, eps;
+	float gscale;
+	int zero;
 };
-static_assert(sizeof(AdamWTensor) == 88, "AdamWTensor must match cuda/adamw_many.go's adamWTensor");
+static_assert(sizeof(AdamWTensor) == 96, "AdamWTensor must match cuda/adamw_many.go's adamWTensor");
 
 // adamw_many updates nt tensors (descriptors ts, ascending chunk0, none empty) of chunks chunks
 // in all. Blocks take chunks in a grid-stride loop; a block finds its chunk's tensor by binary
 // search over chunk0. Each element is updated by adamw's expression, in adamw's order, so the
-// fp32 results are adamw's bit for bit; where bf is set, bf[i] = f32_to_bf16(p[i]) as
+// fp32 results are scale's then adamw's bit for bit; where bf is set, bf[i] = f32_to_bf16(p[i]) as
 // f32_to_bf16_kernel writes it. Block 256.
 extern "C" __global__ void adamw_many(const AdamWTensor* ts, int nt, i64 chunks) {
 	for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
@@ -39,13 +43,16 @@ extern "C" __global__ void adamw_many(const AdamWTensor* ts, int nt, i64 chunks)
 		i64 start = (c - t->chunk0) * ADAMW_CHUNK;
 		int len = (int)min((i64)ADAMW_CHUNK, t->n - start);
 		float* p = t->p + start;
-		const float* g = t->g + start;
+		float* g = t->g + start;
 		float* m = t->m + start;
 		float* v = t->v + start;
 		bf16* bf = t->bf ? t->bf + start : (bf16*)0;
 		float decay = t->decay, b1 = t->b1, b2 = t->b2, c1 = t->c1, c2 = t->c2, step = t->step, isb2 = t->isb2, eps = t->eps;
+		float gscale = t->gscale;
+		bool zero = t->zero != 0;
 		for (int i = threadIdx.x; i < len; i += blockDim.x) {
-			float gi = g[i];
+			float gi = __fmul_rn(g[i], gscale); // scale's x·s, rounded on its own (g·1 = g)
+			if (zero) g[i] = 0.0f;
 			float mi = b1 * m[i] + c1 * gi;
 			float vi = b2 * v[i] + c2 * gi * gi;
 			m[i] = mi;

@@ -384,6 +384,9 @@ func (c *Backend) Dropout(out, x *engine.Tensor, p float32, seed, stream uint64)
 
 // AdamW implements engine.TrainBackend (element-wise in fp32, constants folded in float64).
 func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
+	if h.ScalesGrad() {
+		c.Scale(g, float32(h.GradScale)) // in place, as the optimizer's clipping did before
+	}
 	ps, gs, ms, vs := f32(p), f32(g), f32(m), f32(v)
 	c1, c2 := float32(1-h.Beta1), float32(1-h.Beta2)
 	k := kern.AdamWConsts{Decay: float32(1 - h.LR*h.WeightDecay), B1: float32(h.Beta1), B2: float32(h.Beta2), C1: c1, C2: c2,
@@ -392,6 +395,9 @@ func (c *Backend) AdamW(p, g, m, v *engine.Tensor, h engine.AdamWStep) {
 		kern.AdamW(ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi], k)
 	})
 	written(p)
+	if h.ZeroGrad {
+		c.Scale(g, 0)
+	}
 }
 
 // maxSeqLen is the length of the longest sequence of seqStart.

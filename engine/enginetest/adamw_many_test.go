@@ -38,8 +38,9 @@ func (b adamWManySkipsLast) AdamWMany(ps, gs, ms, vs []*engine.Tensor, hs []engi
 }
 
 // TestAdamWManyCase: the AdamWMany case passes a backend whose AdamWMany is AdamW per tensor,
-// and catches one that mixes up the tensors' hyper-parameters (every part fails) or skips the
-// last tensor (its parts and the matmul with it fail); a backend without AdamWMany passes as
+// and catches one that mixes up the tensors' hyper-parameters (every part fails but the zeroed
+// gradients) or skips the last tensor (its parts, its gradient left unzeroed, and the matmul
+// with it fail); a backend without AdamWMany passes as
 // "absent".
 func TestAdamWManyCase(t *testing.T) {
 	re := regexp.MustCompile(`^AdamWMany/`)
@@ -52,12 +53,13 @@ func TestAdamWManyCase(t *testing.T) {
 		{"rotated", adamWManyRotated{cpu.New()}, []string{"dp0", "dp0/as-AdamW", "m0", "m0/as-AdamW", "v0", "v0/as-AdamW",
 			"dp1", "dp1/as-AdamW", "m1", "m1/as-AdamW", "v1", "v1/as-AdamW", "dp2", "dp2/as-AdamW", "m2", "m2/as-AdamW", "v2", "v2/as-AdamW",
 			"dp3", "dp3/as-AdamW", "m3", "m3/as-AdamW", "v3", "v3/as-AdamW", "matmul", "matmul/as-AdamW"}},
-		{"skips-last", adamWManySkipsLast{cpu.New()}, []string{"dp3", "dp3/as-AdamW", "m3", "m3/as-AdamW", "v3", "v3/as-AdamW", "matmul", "matmul/as-AdamW"}},
+		{"skips-last", adamWManySkipsLast{cpu.New()}, []string{"dp3", "dp3/as-AdamW", "m3", "m3/as-AdamW", "v3", "v3/as-AdamW",
+			"g3", "g3/as-AdamW", "matmul", "matmul/as-AdamW"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := Check(tc.b, Options{Cases: re, Short: true})
-			if len(res) != 26 {
-				t.Fatalf("%d results, want 26 (parameter change, m and v of 4 tensors and a matmul; each against the reference and against AdamW per tensor): %v", len(res), res)
+			if len(res) != 34 {
+				t.Fatalf("%d results, want 34 (parameter change, m, v and the zeroed gradient of 4 tensors and a matmul; each against the reference and against AdamW per tensor): %v", len(res), res)
 			}
 			var failed []string
 			for _, r := range res {

@@ -279,9 +279,9 @@ func trainOpCases(o Options) []testCase {
 	return cs
 }
 
-// adamWCase runs ten AdamW steps with changing hyper-parameters and gradients of mixed
-// magnitudes on a 2-D parameter, then compares the parameter, both moments and a MatMul
-// with the parameter (which must see the updates).
+// adamWCase runs ten AdamW steps with changing hyper-parameters (a gradient scale every third
+// step) and gradients of mixed magnitudes on a 2-D parameter, then compares the parameter, both
+// moments and a MatMul with the parameter (which must see the updates).
 func adamWCase(c *caseCtx) {
 	const N, K = 129, 67
 	p0, x := randn(c.rng, N*K, 1), randn(c.rng, 3*K, 1)
@@ -295,18 +295,22 @@ func adamWCase(c *caseCtx) {
 		grads = append(grads, g)
 		b1, b2 := 0.9, 0.95
 		steps = append(steps, engine.AdamWStep{LR: 1e-2 / float64(step), Beta1: b1, Beta2: b2, Eps: 1e-8,
-			WeightDecay: 0.1 * float64(step%2), BC1: 1 - math.Pow(b1, float64(step)), BC2: 1 - math.Pow(b2, float64(step))})
+			WeightDecay: 0.1 * float64(step%2), BC1: 1 - math.Pow(b1, float64(step)), BC2: 1 - math.Pow(b2, float64(step)),
+			GradScale: []float64{0, 0.37, 1}[step%3]}) // clipping's scale every third step
 	}
 	got, want := c.pair(func(e *env) []output {
 		p := e.param(p0, N, K)
 		m, v := e.alloc(N, K), e.alloc(N, K)
 		xt, out := e.up(x, 3, K), e.alloc(3, N)
+		var g *engine.Tensor
 		for i, h := range steps {
 			e.b.MatMul(out, xt, p)
-			e.b.AdamW(p, e.up(grads[i], N, K), m, v, h)
+			g = e.up(grads[i], N, K)
+			h.ZeroGrad = i == len(steps)-1 // the optimizer's ZeroGrad, on the last step
+			e.b.AdamW(p, g, m, v, h)
 		}
 		e.b.MatMul(out, xt, p)
-		return []output{{"p", e.down(p)}, {"m", e.down(m)}, {"v", e.down(v)}, {"matmul", e.down(out)}}
+		return []output{{"p", e.down(p)}, {"m", e.down(m)}, {"v", e.down(v)}, {"matmul", e.down(out)}, {"g", e.down(g)}}
 	})
 	// The change of p, not p itself: the updates are small against p, and a wrong update
 	// must not hide behind the unchanged part.
@@ -317,7 +321,7 @@ func adamWCase(c *caseCtx) {
 		}
 	}
 	got[0].name, want[0].name = "dp", "dp"
-	for i, tol := range []float64{c.tol.AdamW, c.tol.AdamW, c.tol.AdamW, c.tol.MatMul} {
+	for i, tol := range []float64{c.tol.AdamW, c.tol.AdamW, c.tol.AdamW, c.tol.MatMul, 0} { // g: zeros
 		c.nmse(want[i].name, got[i].data, want[i].data, tol)
 	}
 }
@@ -383,10 +387,12 @@ func sumSquaresManyCase(c *caseCtx) {
 
 // adamWManyCase: where the backend updates several tensors in one call
 // (engine.AdamWManyBackend), three steps of AdamWMany over tensors of different sizes (one of
-// several of a GPU kernel's chunks) and weight decays leave every parameter, both moments and
-// a MatMul with the 2-D parameter (read before every step, so a bf16 copy of it must follow
-// the updates) bit for bit as AdamW per tensor leaves them on the same backend, and within the
-// AdamW tolerance of the reference's AdamW per tensor. Backends without it pass trivially.
+// several of a GPU kernel's chunks), weight decays and gradient scales (GradScale, on every
+// other tensor and step), the last step zeroing the gradients (ZeroGrad), leave every parameter,
+// both moments, the gradients and a MatMul with the 2-D parameter (read before every step, so a
+// bf16 copy of it must follow the updates) bit for bit as AdamW per tensor leaves them on the
+// same backend, and within the AdamW tolerance of the reference's AdamW per tensor. Backends
+// without it pass trivially.
 func adamWManyCase(c *caseCtx) {
 	shapes := [][]int{{1}, {1000}, {70001}, {129, 67}}
 	const weight, N, K = 3, 129, 67
@@ -411,7 +417,7 @@ func adamWManyCase(c *caseCtx) {
 			fi := float64(i)
 			b1, b2 := 0.9-0.02*fi, 0.95+0.01*fi
 			hs[s] = append(hs[s], engine.AdamWStep{LR: 1e-2 / t * (1 + fi/2), Beta1: b1, Beta2: b2, Eps: 1e-8 * (1 + fi), WeightDecay: 0.1 * float64(i%3),
-				BC1: 1 - math.Pow(b1, t), BC2: 1 - math.Pow(b2, t)})
+				BC1: 1 - math.Pow(b1, t), BC2: 1 - math.Pow(b2, t), GradScale: []float64{0, 0.3 + 0.1*fi}[(i+s)%2], ZeroGrad: s == steps-1})
 		}
 	}
 	run := func(many bool) func(e *env) []output {
@@ -421,9 +427,10 @@ func adamWManyCase(c *caseCtx) {
 				ps, ms, vs = append(ps, e.param(p0[i], sh...)), append(ms, e.alloc(sh...)), append(vs, e.alloc(sh...))
 			}
 			xt, out := e.up(x, 3, K), e.alloc(3, N)
+			var gs []*engine.Tensor
 			for s := range steps {
 				e.b.MatMul(out, xt, ps[weight])
-				gs := make([]*engine.Tensor, len(shapes))
+				gs = make([]*engine.Tensor, len(shapes))
 				for i, sh := range shapes {
 					gs[i] = e.up(grads[s][i], sh...)
 				}
@@ -442,7 +449,8 @@ func adamWManyCase(c *caseCtx) {
 				for j := range dp { // the change of p, as adamWCase compares it
 					dp[j] -= p0[i][j]
 				}
-				o = append(o, output{fmt.Sprintf("dp%d", i), dp}, output{fmt.Sprintf("m%d", i), e.down(ms[i])}, output{fmt.Sprintf("v%d", i), e.down(vs[i])})
+				o = append(o, output{fmt.Sprintf("dp%d", i), dp}, output{fmt.Sprintf("m%d", i), e.down(ms[i])}, output{fmt.Sprintf("v%d", i), e.down(vs[i])},
+					output{fmt.Sprintf("g%d", i), e.down(gs[i])}) // the last step's gradients: zeroed (ZeroGrad)
 			}
 			return append(o, output{"matmul", e.down(out)})
 		}
