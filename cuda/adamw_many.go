@@ -93,6 +93,31 @@ func (b *Backend) AdamWMany(ps, gs, ms, vs []*engine.Tensor, hs []engine.AdamWSt
 	})
 }
 
+// sumsqTensor is the descriptor of one tensor that sumsq_many reads (struct SumsqTensor of
+// kernels/adamw_many.cu, 24 bytes, field for field).
+type sumsqTensor struct {
+	x              uint64
+	n              int64
+	blocks, block0 int32
+}
+
+// sumSquaresOneLaunch enqueues the partial sums of squares of xs (SumSquaresMany, with
+// Options.MultiTensorAdamW) as one sumsq_many launch: partial[offs[i]:offs[i+1]] gets what
+// tensor i's own sumsq_partial launch of offs[i+1]-offs[i] blocks would write, bit for bit.
+// It reports false when a tensor has no memory (the op has then failed, naming it).
+func (b *Backend) sumSquaresOneLaunch(partial dptr, xs []*engine.Tensor, offs []int) bool {
+	descs := make([]sumsqTensor, 0, len(xs))
+	for i, x := range xs {
+		if !b.begin(desc("SumSquaresMany x", x)) {
+			return false
+		}
+		descs = append(descs, sumsqTensor{x: uint64(ptr(x)), n: int64(x.Len()), blocks: int32(offs[i+1] - offs[i]), block0: int32(offs[i])})
+	}
+	dev := b.upload(unsafe.Pointer(&descs[0]), uint64(len(descs))*uint64(unsafe.Sizeof(sumsqTensor{})))
+	b.launchSumsqMany([3]int{offs[len(xs)], 1, 1}, 256, partial, dev, int32(len(descs)))
+	return true
+}
+
 var (
 	_ engine.AdamWManyBackend = (*Backend)(nil)
 	_ engine.AdamWManySwitch  = (*Backend)(nil)

@@ -350,3 +350,78 @@ func BenchmarkOptimizerTail(bm *testing.B) {
 		}
 	}
 }
+
+// TestSumSquaresOneLaunch (fake GPU): with Options.MultiTensorAdamW, SumSquaresMany of three
+// tensors is one sumsq_many launch of as many blocks as their sumsq_partial launches would have
+// in all, whose descriptors (24 bytes: TestSumsqDescriptorLayout's) give each tensor's pointer,
+// length, blocks and first block; block b of the launch computes, by the kernel's binary search
+// and grid-stride walk, exactly the elements that block b - block0 of the tensor's own launch
+// sums, so each tensor's partials are SumSquares' own; and the results come back in one copy.
+// Without the option it is one sumsq_partial launch per tensor.
+func TestSumSquaresOneLaunch(t *testing.T) {
+	var d sumsqTensor
+	if got, want := []uintptr{unsafe.Sizeof(d), unsafe.Offsetof(d.n), unsafe.Offsetof(d.blocks), unsafe.Offsetof(d.block0)}, []uintptr{24, 8, 16, 20}; !slices.Equal(got, want) {
+		t.Errorf("sumsqTensor size, offsets of n, blocks, block0 = %v, want %v", got, want)
+	}
+	for _, many := range []bool{false, true} {
+		g := newFakeGPU(t, 90, 1<<30)
+		b, err := Open(Options{MultiTensorAdamW: many})
+		if err != nil {
+			t.Fatal(err)
+		}
+		xs := []*engine.Tensor{b.Alloc(1000), b.Alloc(70001), b.Alloc(5)}
+		l0, u0, c0 := len(g.launches), len(g.uploads), len(g.calls)
+		if _, err := b.SumSquaresMany(xs); err != nil {
+			t.Fatal(err)
+		}
+		ls := g.launched(l0)
+		if !many {
+			if !slices.Equal(ls, []string{"sumsq_partial", "sumsq_partial", "sumsq_partial"}) {
+				t.Errorf("without the option: launches %v, want sumsq_partial per tensor", ls)
+			}
+			continue
+		}
+		if !slices.Equal(ls, []string{"sumsq_many"}) {
+			t.Fatalf("launches %v, want one sumsq_many", ls)
+		}
+		if _, copies := g.hostWaits(c0); copies != 1 {
+			t.Errorf("%d copies down, want 1", copies)
+		}
+		l := g.launches[l0]
+		var descs []sumsqTensor
+		for _, u := range g.uploads[u0:] {
+			if u.dst == l.args[1] {
+				descs = slices.Clone(unsafe.Slice((*sumsqTensor)(unsafe.Pointer(&u.data[0])), len(u.data)/24))
+			}
+		}
+		total := 0
+		for i, x := range xs {
+			want := sumsqTensor{x: uint64(ptr(x)), n: int64(x.Len()), blocks: int32(b.gridFor(int64(x.Len()))[0]), block0: int32(total)}
+			if i >= len(descs) || descs[i] != want {
+				t.Fatalf("descriptors %+v; tensor %d wants %+v", descs, i, want)
+			}
+			total += int(want.blocks)
+		}
+		if l.grid != [3]int{total, 1, 1} || l.block != 256 || l.args[2] != 3 {
+			t.Errorf("grid %v block %d, %d tensors; want %d blocks of 256, 3 tensors", l.grid, l.block, l.args[2], total)
+		}
+		// The kernel's walk: block blk of the launch sums, for its tensor, the elements that
+		// block blk-block0 of a launch of the tensor's own blocks sums (sumsq_partial's stride).
+		for blk := 0; blk < total; blk++ {
+			lo, hi := 0, len(descs)-1
+			for lo < hi {
+				mid := (lo + hi + 1) >> 1
+				if int(descs[mid].block0) <= blk {
+					lo = mid
+				} else {
+					hi = mid - 1
+				}
+			}
+			dd := descs[lo]
+			local := blk - int(dd.block0)
+			if local < 0 || local >= int(dd.blocks) {
+				t.Fatalf("block %d: tensor %d, local block %d of %d", blk, lo, local, dd.blocks)
+			}
+		}
+	}
+}

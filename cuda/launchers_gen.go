@@ -9,6 +9,13 @@ func (b *Backend) launchAdamwMany(grid [3]int, threads int, ts dptr, nt int32, c
 	b.launch("adamw_many", grid, threads, argPtr(ts), argI32(nt), argI64(chunks))
 }
 
+// launchSumsqMany enqueues sumsq_many (kernels/adamw_many.cu) on a grid of blocks of threads:
+//
+//	sumsq_many(double* partial, const SumsqTensor* ts, int nt)
+func (b *Backend) launchSumsqMany(grid [3]int, threads int, partial, ts dptr, nt int32) {
+	b.launch("sumsq_many", grid, threads, argPtr(partial), argPtr(ts), argI32(nt))
+}
+
 // launchAttnPaged enqueues attn_paged (kernels/attention.cu) on a grid of blocks of threads:
 //
 //	attn_paged(float* out, const float* q, const float* kc, const float* vc, const int* meta, int nh, int nkv, int dh, int bs, float scale)

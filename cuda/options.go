@@ -59,7 +59,8 @@ type Options struct {
 	// MultiTensorAdamW makes the optimizer update all weights through AdamWMany
 	// (engine.AdamWManySwitch): one adamw_many launch (kernels/adamw_many.cu) in place of one
 	// adamw launch per tensor, which also writes the bf16 copy of each weight that keeps one, so
-	// the next forward converts none. Off
+	// the next forward converts none, and scales (clipping) and clears the gradients; and the
+	// gradient norm's SumSquaresMany as one sumsq_many launch, not one per tensor. Off
 	// until a GPU run of the conformance suite (AdamWMany cases, and training in its
 	// "bf16-matmul-fused" run) and the benchmark shows it passes and wins.
 	MultiTensorAdamW bool

@@ -199,9 +199,10 @@ func (b *Backend) SumSquares(x *engine.Tensor) (float64, error) {
 }
 
 // SumSquaresMany implements engine.SumSquaresManyBackend: one sumsq_partial launch per tensor
-// into one buffer of partial sums, one download and one synchronisation for all. Each tensor's
-// partials are those SumSquares makes (same grid) and are added in the same order, so each
-// result equals SumSquares of that tensor bit for bit.
+// (with Options.MultiTensorAdamW one sumsq_many launch for all) into one buffer of partial sums,
+// one download and one synchronisation for all. Each tensor's partials are those SumSquares
+// makes (same grid) and are added in the same order, so each result equals SumSquares of that
+// tensor bit for bit.
 func (b *Backend) SumSquaresMany(xs []*engine.Tensor) ([]float64, error) {
 	out := make([]float64, len(xs))
 	err := b.opErr(desc(fmt.Sprintf("SumSquaresMany of %d tensors", len(xs))), func() error {
@@ -213,12 +214,18 @@ func (b *Backend) SumSquaresMany(xs []*engine.Tensor) ([]float64, error) {
 			offs[i+1] = offs[i] + b.gridFor(int64(x.Len()))[0]
 		}
 		part := b.tmp(uint64(8 * offs[len(xs)]))
-		for i, x := range xs {
-			if !b.begin(desc("SumSquaresMany x", x)) {
+		if b.opts.MultiTensorAdamW {
+			if !b.sumSquaresOneLaunch(dptr(part), xs, offs) {
 				return nil
 			}
-			n := int64(x.Len())
-			b.launchSumsqPartial(b.gridFor(n), 256, dptr(part+uint64(8*offs[i])), ptr(x), n)
+		} else {
+			for i, x := range xs {
+				if !b.begin(desc("SumSquaresMany x", x)) {
+					return nil
+				}
+				n := int64(x.Len())
+				b.launchSumsqPartial(b.gridFor(n), 256, dptr(part+uint64(8*offs[i])), ptr(x), n)
+			}
 		}
 		host := make([]float64, offs[len(xs)])
 		b.download(unsafe.Pointer(&host[0]), part, uint64(8*len(host)))

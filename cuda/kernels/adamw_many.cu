@@ -63,3 +63,39 @@ extern "C" __global__ void adamw_many(const AdamWTensor* ts, int nt, i64 chunks)
 		}
 	}
 }
+
+// SumsqTensor describes one tensor of sumsq_many: x (n fp32 elements), the blocks its
+// sumsq_partial launch would have (gridFor(n)) and block0, the number of the tensor's first
+// block (the blocks of the tensors before it). 24 bytes; cuda/adamw_many.go mirrors the layout
+// (sumsqTensor).
+struct SumsqTensor {
+	const float* x;
+	i64 n;
+	int blocks;
+	int block0;
+};
+static_assert(sizeof(SumsqTensor) == 24, "SumsqTensor must match cuda/adamw_many.go's sumsqTensor");
+
+// sumsq_many is sumsq_partial of nt tensors in one launch: block b finds its tensor (the last
+// whose block0 <= b, by binary search) and computes the partial that block b - block0 of that
+// tensor's own sumsq_partial launch (of its own blocks) computes, the same elements in the same
+// order, into partial[b]; so the host's per-tensor sums of the partials are SumSquares' bit for
+// bit. Grid (Σ blocks), block 256.
+extern "C" __global__ void sumsq_many(double* partial, const SumsqTensor* ts, int nt) {
+	__shared__ double sh[32];
+	int lo = 0, hi = nt - 1;
+	while (lo < hi) {
+		int mid = (lo + hi + 1) >> 1;
+		if (ts[mid].block0 <= (int)blockIdx.x) lo = mid;
+		else hi = mid - 1;
+	}
+	const SumsqTensor* t = ts + lo;
+	i64 blk = (i64)blockIdx.x - t->block0, grid = t->blocks;
+	double s = 0;
+	for (i64 i = blk * blockDim.x + threadIdx.x; i < t->n; i += grid * blockDim.x) {
+		double v = t->x[i];
+		s += v * v;
+	}
+	s = block_sum_d(s, sh);
+	if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
