@@ -37,9 +37,11 @@ func (g *fakeGPU) logprobLaunches(from int) []fakeLaunch {
 // TestLogProbsHostWaits (fake GPU): the host waits for the GPU once per pass, not twice per
 // logits chunk. A training micro-batch of 23 scored tokens with 5 logits rows at a time (5
 // chunks): ForwardBackward (every log-prob at once) keeps the chunks' log-probs on the device
-// and downloads them in one copy, one synchronisation (before: 2 per chunk, 10);
-// ForwardBackwardTokens needs each chunk's log-probs on the host before that chunk's backward,
-// one copy and synchronisation per chunk (before: 2 per chunk). Score over four chunks (a
+// and downloads them in one copy, one synchronisation (before: 2 per chunk, 10); so does
+// ForwardBackwardTokens where the micro-batch's logits fit the logit budget (it keeps them and
+// runs the chunks' backward after one download); where they do not, it needs each chunk's
+// log-probs on the host before that chunk's backward, one copy and synchronisation per chunk
+// (before: 2 per chunk). Score over four chunks (a
 // vocabulary of 70000 makes its chunk 239 rows) downloads once (before: 6). Each logprobs
 // launch of the one-download paths writes row r0 of the chunk at column r0 of the pass's [2, R]
 // buffer, log-probs in its first row and entropies in its second.
@@ -83,15 +85,33 @@ func TestLogProbsHostWaits(t *testing.T) {
 			}
 		}
 	}
-	for _, pass := range []string{"ForwardBackward", "ForwardBackwardTokens"} {
+	// The same trainer on a backend whose logit budget holds 5 rows of logits: the chunks are
+	// 5 rows as before, but the micro-batch's logits no longer fit it, so the one-pass head
+	// cannot keep them and waits for each chunk's log-probs.
+	bs, err := Open(Options{LogitBudget: 4 * int64(cfg.VocabSize) * chunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := engine.NewModel(&cfg, bs, engine.RandomWeights(&cfg, 1, 0.25), engine.F32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trs, err := engine.NewTrainer(ms, engine.TrainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pass := range []string{"ForwardBackward", "ForwardBackwardTokens", "ForwardBackwardTokens, logits over the budget"} {
 		// The first call also reads the RoPE table back once (the backward's negated sines).
 		for call := range 2 {
 			c0, l0 := len(g.calls), len(g.launches)
 			var err error
-			if pass == "ForwardBackward" {
+			switch pass {
+			case "ForwardBackward":
 				_, err = tr.ForwardBackward(context.Background(), batch, loss.LossFunc())
-			} else {
+			case "ForwardBackwardTokens":
 				_, err = tr.ForwardBackwardTokens(context.Background(), batch, loss)
+			default:
+				_, err = trs.ForwardBackwardTokens(context.Background(), batch, loss)
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -101,7 +121,7 @@ func TestLogProbsHostWaits(t *testing.T) {
 			}
 			syncs, copies := g.hostWaits(c0)
 			want := 1
-			if pass == "ForwardBackwardTokens" {
+			if pass == "ForwardBackwardTokens, logits over the budget" {
 				want = (R + chunk - 1) / chunk
 			} else {
 				checkChunks(pass, l0, R, chunk)

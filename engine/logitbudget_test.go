@@ -39,7 +39,7 @@ func TestLogitBudgetChunks(t *testing.T) {
 		st    *engine.StepStats
 		grads [][]float32
 		score []engine.ScoreResult
-		into  [3]int // LogProbsInto calls of Score and the two-pass head; LogProbs calls of the one-pass head
+		into  [3]int // log-prob calls (chunks) of Score, the two-pass head and the one-pass head
 	}
 	do := func(budget int64, rows int) run {
 		b := budgetCPU{&countingCPU{Backend: cpu.New()}, budget}
@@ -70,7 +70,7 @@ func TestLogitBudgetChunks(t *testing.T) {
 		if _, err = tr.ForwardBackwardTokens(context.Background(), batch, loss); err != nil {
 			t.Fatal(err)
 		}
-		out.into[2] = b.logProbs
+		out.into[2] = b.logProbs + b.into // LogProbs a chunk, or LogProbsInto where the logits are kept
 		for _, n := range tr.TrainableNames() {
 			g, err := tr.Grad(n)
 			if err != nil {

@@ -445,11 +445,17 @@ func (t *Trainer) forwardBackward(ctx context.Context, seqs []ScoreRequest, loss
 	defer h.free()
 	var st *StepStats
 	var dx *Tensor // [T, D] ∂L/∂(final residual)
-	if loss == nil {
+	_, into := b.(LogProbsIntoBackend)
+	switch {
+	case loss == nil && h.keep && into: // the logits fit: one host wait for the micro-batch
+		if st, dx, err = h.fusedKept(tl); err != nil {
+			return nil, err
+		}
+	case loss == nil:
 		if st, dx, err = h.fused(tl); err != nil {
 			return nil, err
 		}
-	} else {
+	default:
 		var dlp, dent []float32
 		if st, dlp, dent, err = h.forward(loss); err != nil {
 			return nil, err
