@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"strings"
 	"testing"
 
@@ -39,47 +38,14 @@ func TestOnePassHeadKeptLogits(t *testing.T) {
 				}
 				loss := weightedTokens(randomCoefs(r, batch), randomCoefs(r, batch))
 				opts := engine.TrainOptions{MaxLogitRows: tc.rows, Temperature: tc.temp}
-				kept := &countingCPU{Backend: cpu.New()}
-				chunked := &chunkedCPU{countingCPU: &countingCPU{Backend: cpu.New()}}
-				var stats []*engine.StepStats
-				var trainers []*engine.Trainer
-				for _, b := range []engine.TrainBackend{kept, chunked} {
-					counts := map[engine.TrainBackend]*countingCPU{kept: kept, chunked: chunked.countingCPU}[b]
-					m, err := engine.NewModel(g.cfg, b, g.weights, engine.F32)
-					if err != nil {
-						t.Fatal(err)
-					}
-					tr, err := engine.NewTrainer(m, opts)
-					if err != nil {
-						t.Fatal(err)
-					}
-					var st *engine.StepStats
-					for range 2 { // the second micro-batch is counted (the first reads the RoPE table back once)
-						counts.reset()
-						if st, err = tr.ForwardBackwardTokens(context.Background(), batch, loss); err != nil {
-							t.Fatal(err)
-						}
-					}
-					stats, trainers = append(stats, st), append(trainers, tr)
-				}
+				kept, chunked := headPaths(t, g, opts, func(tr *engine.Trainer) (*engine.StepStats, error) {
+					return tr.ForwardBackwardTokens(context.Background(), batch, loss)
+				})
 				if kept.logProbs != 0 || kept.into != chunks || kept.downloads != 1 {
 					t.Errorf("kept logits: %d LogProbs, %d LogProbsInto, %d Downloads for %d chunks; want 0, %d, 1", kept.logProbs, kept.into, kept.downloads, chunks, chunks)
 				}
 				if chunked.logProbs != chunks || chunked.downloads != 0 {
 					t.Errorf("chunk by chunk: %d LogProbs, %d Downloads for %d chunks; want %d, 0", chunked.logProbs, chunked.downloads, chunks, chunks)
-				}
-				if stats[0].Loss != stats[1].Loss || !equalRows(stats[0].LogProb, stats[1].LogProb) || !equalRows(stats[0].Entropy, stats[1].Entropy) {
-					t.Fatalf("loss %v, log-probs or entropies differ from the chunk-by-chunk path's (loss %v)", stats[0].Loss, stats[1].Loss)
-				}
-				for _, wn := range trainers[1].TrainableNames() {
-					want, _ := trainers[1].Grad(wn)
-					got, err := trainers[0].Grad(wn)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !slices.Equal(got, want) {
-						t.Errorf("grad %s differs from the chunk-by-chunk path's (relative %.3g)", wn, relErr(got, f64s(want)))
-					}
 				}
 			})
 		}

@@ -79,31 +79,9 @@ func TestLogProbsIntoTrainHead(t *testing.T) {
 				}
 				loss := weightedTokens(randomCoefs(r, batch), randomCoefs(r, batch)).LossFunc()
 				opts := engine.TrainOptions{MaxLogitRows: tc.rows, Temperature: tc.temp}
-				newB := &countingCPU{Backend: cpu.New()}
-				oldB := &chunkedCPU{countingCPU: &countingCPU{Backend: cpu.New()}}
-				var stats []*engine.StepStats
-				var trainers []*engine.Trainer
-				for _, b := range []engine.TrainBackend{newB, oldB} {
-					counts := map[engine.TrainBackend]*countingCPU{newB: newB, oldB: oldB.countingCPU}[b]
-					m, err := engine.NewModel(g.cfg, b, g.weights, engine.F32)
-					if err != nil {
-						t.Fatal(err)
-					}
-					tr, err := engine.NewTrainer(m, opts)
-					if err != nil {
-						t.Fatal(err)
-					}
-					// The second micro-batch is counted (the first also reads the RoPE table
-					// back once, for the backward's negated sines).
-					var st *engine.StepStats
-					for range 2 {
-						counts.reset()
-						if st, err = tr.ForwardBackward(context.Background(), batch, loss); err != nil {
-							t.Fatal(err)
-						}
-					}
-					stats, trainers = append(stats, st), append(trainers, tr)
-				}
+				newB, oldB := headPaths(t, g, opts, func(tr *engine.Trainer) (*engine.StepStats, error) {
+					return tr.ForwardBackward(context.Background(), batch, loss)
+				})
 				if newB.logProbs != 0 || newB.into != chunks || newB.downloads != 1 {
 					t.Errorf("with LogProbsInto: %d LogProbs, %d LogProbsInto, %d Downloads for %d chunks; want 0, %d, 1",
 						newB.logProbs, newB.into, newB.downloads, chunks, chunks)
@@ -111,22 +89,56 @@ func TestLogProbsIntoTrainHead(t *testing.T) {
 				if oldB.logProbs != chunks || oldB.downloads != 0 {
 					t.Errorf("without LogProbsInto: %d LogProbs, %d Downloads for %d chunks; want %d, 0", oldB.logProbs, oldB.downloads, chunks, chunks)
 				}
-				if stats[0].Loss != stats[1].Loss || !equalRows(stats[0].LogProb, stats[1].LogProb) || !equalRows(stats[0].Entropy, stats[1].Entropy) {
-					t.Fatalf("loss %v, log-probs or entropies differ from the chunk-by-chunk path's (loss %v)", stats[0].Loss, stats[1].Loss)
-				}
-				for _, wn := range trainers[1].TrainableNames() {
-					want, _ := trainers[1].Grad(wn)
-					got, err := trainers[0].Grad(wn)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !slices.Equal(got, want) {
-						t.Errorf("grad %s differs from the chunk-by-chunk path's (relative %.3g)", wn, relErr(got, f64s(want)))
-					}
-				}
 			})
 		}
 	}
+}
+
+// headPaths runs pass (a training forward-backward) twice on a trainer with opts over g's
+// model on the CPU backend with LogProbsInto and on one without it (LogProbs chunk by chunk),
+// checks that the second call's loss, log-probs, entropies and every gradient agree bit for bit,
+// and returns the two backends' counts of that call.
+func headPaths(t *testing.T, g *golden, opts engine.TrainOptions, pass func(*engine.Trainer) (*engine.StepStats, error)) (into, chunked countingCPU) {
+	t.Helper()
+	intoB, chunkedB := &countingCPU{Backend: cpu.New()}, &chunkedCPU{countingCPU: &countingCPU{Backend: cpu.New()}}
+	var stats []*engine.StepStats
+	var trainers []*engine.Trainer
+	for _, b := range []engine.TrainBackend{intoB, chunkedB} {
+		counts := map[engine.TrainBackend]*countingCPU{intoB: intoB, chunkedB: chunkedB.countingCPU}[b]
+		m, err := engine.NewModel(g.cfg, b, g.weights, engine.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := engine.NewTrainer(m, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The second micro-batch is counted (the first also reads the RoPE table back once,
+		// for the backward's negated sines).
+		var st *engine.StepStats
+		for range 2 {
+			counts.reset()
+			if st, err = pass(tr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stats, trainers = append(stats, st), append(trainers, tr)
+	}
+	into, chunked = *intoB, *chunkedB.countingCPU // the counts of the second call, before Grad downloads
+	if stats[0].Loss != stats[1].Loss || !equalRows(stats[0].LogProb, stats[1].LogProb) || !equalRows(stats[0].Entropy, stats[1].Entropy) {
+		t.Fatalf("loss %v, log-probs or entropies differ from the chunk-by-chunk path's (loss %v)", stats[0].Loss, stats[1].Loss)
+	}
+	for _, wn := range trainers[1].TrainableNames() {
+		want, _ := trainers[1].Grad(wn)
+		got, err := trainers[0].Grad(wn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("grad %s differs from the chunk-by-chunk path's (relative %.3g)", wn, relErr(got, f64s(want)))
+		}
+	}
+	return into, chunked
 }
 
 // equalRows says whether a and b hold the same values, bit for bit (NaN never equals).
