@@ -47,12 +47,13 @@ type chunkedCPU struct {
 	noLogProbsInto
 }
 
-// TestLogProbsIntoTrainHead: the two-pass LM head (ForwardBackward) on a backend with
-// LogProbsInto gives the same loss, log-probs, entropies and gradients, bit for bit, as on the
-// same backend without it (LogProbs chunk by chunk), on every golden config with chunks of 1 and
-// 5 rows and all rows, kept logits or recomputed, two temperatures; and it brings the log-probs
-// to the host in one Download per micro-batch, with no LogProbs call (the fallback: one LogProbs
-// per chunk).
+// TestLogProbsIntoTrainHead: both LM heads on a backend with LogProbsInto — the two-pass head
+// (ForwardBackward), and the one-pass head (ForwardBackwardTokens), which keeps the logits where
+// they fit the logit budget (they do here) — give the same loss, log-probs, entropies and
+// gradients, bit for bit, as on the same backend without it (LogProbs chunk by chunk), on every
+// golden config with chunks of 1 and 5 rows and all rows, kept logits or recomputed, two
+// temperatures; and they bring the log-probs to the host in one Download per micro-batch, with
+// no LogProbs call (the fallback: one LogProbs per chunk).
 func TestLogProbsIntoTrainHead(t *testing.T) {
 	if _, ok := engine.Backend(cpu.New()).(engine.LogProbsIntoBackend); !ok {
 		t.Fatal("the CPU backend has no LogProbsInto")
@@ -66,30 +67,35 @@ func TestLogProbsIntoTrainHead(t *testing.T) {
 			rows int
 			temp float32
 		}{{1, 1}, {5, 0.7}, {0, 1}} {
-			t.Run(fmt.Sprintf("%s/rows=%d/temp=%g", name, tc.rows, tc.temp), func(t *testing.T) {
-				r := rand.New(rand.NewPCG(7, 8))
-				batch := trainBatch(r, g.cfg.VocabSize, 7, 13, 20, 2)
-				scored := 0
-				for _, s := range batch {
-					scored += len(s.Tokens) - s.Start
-				}
-				chunks := 1
-				if tc.rows > 0 {
-					chunks = (scored + tc.rows - 1) / tc.rows
-				}
-				loss := weightedTokens(randomCoefs(r, batch), randomCoefs(r, batch)).LossFunc()
-				opts := engine.TrainOptions{MaxLogitRows: tc.rows, Temperature: tc.temp}
-				newB, oldB := headPaths(t, g, opts, func(tr *engine.Trainer) (*engine.StepStats, error) {
-					return tr.ForwardBackward(context.Background(), batch, loss)
+			for _, head := range []string{"two-pass", "one-pass"} {
+				t.Run(fmt.Sprintf("%s/%s/rows=%d/temp=%g", name, head, tc.rows, tc.temp), func(t *testing.T) {
+					r := rand.New(rand.NewPCG(7, 8))
+					batch := trainBatch(r, g.cfg.VocabSize, 7, 13, 20, 2)
+					scored := 0
+					for _, s := range batch {
+						scored += len(s.Tokens) - s.Start
+					}
+					chunks := 1
+					if tc.rows > 0 {
+						chunks = (scored + tc.rows - 1) / tc.rows
+					}
+					loss := weightedTokens(randomCoefs(r, batch), randomCoefs(r, batch))
+					opts := engine.TrainOptions{MaxLogitRows: tc.rows, Temperature: tc.temp}
+					newB, oldB := headPaths(t, g, opts, func(tr *engine.Trainer) (*engine.StepStats, error) {
+						if head == "one-pass" {
+							return tr.ForwardBackwardTokens(context.Background(), batch, loss)
+						}
+						return tr.ForwardBackward(context.Background(), batch, loss.LossFunc())
+					})
+					if newB.logProbs != 0 || newB.into != chunks || newB.downloads != 1 {
+						t.Errorf("with LogProbsInto: %d LogProbs, %d LogProbsInto, %d Downloads for %d chunks; want 0, %d, 1",
+							newB.logProbs, newB.into, newB.downloads, chunks, chunks)
+					}
+					if oldB.logProbs != chunks || oldB.downloads != 0 {
+						t.Errorf("without LogProbsInto: %d LogProbs, %d Downloads for %d chunks; want %d, 0", oldB.logProbs, oldB.downloads, chunks, chunks)
+					}
 				})
-				if newB.logProbs != 0 || newB.into != chunks || newB.downloads != 1 {
-					t.Errorf("with LogProbsInto: %d LogProbs, %d LogProbsInto, %d Downloads for %d chunks; want 0, %d, 1",
-						newB.logProbs, newB.into, newB.downloads, chunks, chunks)
-				}
-				if oldB.logProbs != chunks || oldB.downloads != 0 {
-					t.Errorf("without LogProbsInto: %d LogProbs, %d Downloads for %d chunks; want %d, 0", oldB.logProbs, oldB.downloads, chunks, chunks)
-				}
-			})
+			}
 		}
 	}
 }
