@@ -24,25 +24,24 @@ func splitPartEmu(V, S, j int) (lo, hi int) {
 	return lo, min(V, lo+P)
 }
 
-// partMassEmu is chunk_sums over a part (keeping every id): the part's sum and the chunks' exclusive prefix sums.
-func partMassEmu(x []float32, lo, hi int, inv, m float64) (total float64, pre []float64) {
-	pre = make([]float64, splitThreadsEmu)
+// partMassEmu is chunk_sums over a part (keeping every id): the part's sum, the chunks'
+// exclusive prefix sums (pre), each thread's own chunk sum (mine) and its chunk [c0[t], c1[t]).
+func partMassEmu(x []float32, lo, hi int, inv, m float64) (total float64, pre, mine []float64, c0, c1 []int) {
+	pre, mine = make([]float64, splitThreadsEmu), make([]float64, splitThreadsEmu)
+	c0, c1 = make([]int, splitThreadsEmu), make([]int, splitThreadsEmu)
 	chunk := (hi - lo + splitThreadsEmu - 1) / splitThreadsEmu
 	for tid := range splitThreadsEmu {
-		c0 := min(hi, lo+tid*chunk)
-		c1 := min(hi, c0+chunk)
-		var s float64
-		for i := c0; i < c1; i++ {
-			s += math.Exp(float64(x[i])*inv - m)
+		c0[tid] = min(hi, lo+tid*chunk)
+		c1[tid] = min(hi, c0[tid]+chunk)
+		for i := c0[tid]; i < c1[tid]; i++ {
+			mine[tid] += math.Exp(float64(x[i])*inv - m)
 		}
-		pre[tid] = s
 	}
-	var acc float64
-	for i, v := range pre {
-		pre[i] = acc
-		acc += v
+	for i, v := range mine {
+		pre[i] = total
+		total += v
 	}
-	return acc, pre
+	return total, pre, mine, c0, c1
 }
 
 // sampleSplitEmu draws one token from x as the three kernels do with S parts; walkNext, a
@@ -74,7 +73,7 @@ func sampleSplitEmu(x []float32, temp float32, u01 float64, S int, walkNext bool
 	parg := make([]int, S)
 	for j := range S {
 		lo, hi := splitPartEmu(V, S, j)
-		pmass[j], _ = partMassEmu(x, lo, hi, inv, m)
+		pmass[j], _, _, _, _ = partMassEmu(x, lo, hi, inv, m)
 		best, bi := float32(math.Inf(-1)), math.MaxInt32
 		for i := lo; i < hi; i++ {
 			if x[i] > best {
@@ -120,17 +119,11 @@ func sampleSplitEmu(x []float32, temp float32, u01 float64, S int, walkNext bool
 		c -= pmass[part]
 	}
 	lo, hi := splitPartEmu(V, S, part)
-	_, pre := partMassEmu(x, lo, hi, inv, m)
+	_, pre, mine, c0s, c1s := partMassEmu(x, lo, hi, inv, m)
 	pick := hi - 1
 	ul := u - c
-	chunk := (hi - lo + splitThreadsEmu - 1) / splitThreadsEmu
 	for tid := range splitThreadsEmu {
-		c0 := min(hi, lo+tid*chunk)
-		c1 := min(hi, c0+chunk)
-		var cs float64
-		for i := c0; i < c1; i++ {
-			cs += math.Exp(float64(x[i])*inv - m)
-		}
+		c0, c1, cs := c0s[tid], c1s[tid], mine[tid]
 		if c0 < c1 && cs > 0 && pre[tid] <= ul && ul < pre[tid]+cs {
 			acc, p := pre[tid], c1-1
 			for i := c0; i < c1; i++ {

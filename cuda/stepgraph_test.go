@@ -222,6 +222,12 @@ func graphTestRequests() []engine.Request {
 // generateOn runs graphTestRequests on b with random weights (seed 1).
 func generateOn(t *testing.T, b engine.Backend) []engine.Result {
 	t.Helper()
+	return generateReqs(t, b, graphTestRequests())
+}
+
+// generateReqs runs reqs on b with graphTestConfig's random weights (seed 1), MaxSeqs 8.
+func generateReqs(t *testing.T, b engine.Backend, reqs []engine.Request) []engine.Result {
+	t.Helper()
 	m, err := engine.NewModel(graphTestConfig, b, engine.RandomWeights(graphTestConfig, 1, 0.25), engine.F32)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +237,7 @@ func generateOn(t *testing.T, b engine.Backend) []engine.Result {
 		t.Fatal(err)
 	}
 	defer gen.Close()
-	res, err := gen.Generate(context.Background(), graphTestRequests())
+	res, err := gen.Generate(context.Background(), reqs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ const topLogProbsMax = 32
 // engine does for backends without the op (engine.TopLogProbsOnHost).
 func (b *Backend) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.SampleRow, k int) ([]int32, []float32, error) {
 	R, V := logits.Rows(), logits.Cols()
-	if err := checkTopLogProbs(R, V, rows, sr, k); err != nil {
+	if err := engine.CheckTopLogProbs(R, V, rows, sr, k, topLogProbsMax); err != nil {
 		return nil, nil, fmt.Errorf("cuda: %w", err)
 	}
 	if !b.opts.DeviceTopLogProbs {
@@ -53,20 +53,4 @@ func (b *Backend) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.S
 		return nil
 	})
 	return ids, lps, err
-}
-
-// checkTopLogProbs checks the arguments of TopLogProbs for logits [R, V].
-func checkTopLogProbs(R, V int, rows []int32, sr []engine.SampleRow, k int) error {
-	if len(sr) != len(rows) {
-		return fmt.Errorf("top log-probs: %d rows of parameters for %d rows", len(sr), len(rows))
-	}
-	if k < 1 || k > min(V, topLogProbsMax) {
-		return fmt.Errorf("top log-probs: k = %d outside [1, %d]", k, min(V, topLogProbsMax))
-	}
-	for i, r := range rows {
-		if r < 0 || int(r) >= R {
-			return fmt.Errorf("top log-probs: row %d (entry %d) outside the %d rows of logits", r, i, R)
-		}
-	}
-	return nil
 }

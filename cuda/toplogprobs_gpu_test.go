@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"context"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -92,23 +91,7 @@ func TestGPUTopLogProbs(t *testing.T) {
 
 	// Generation with top log-probs: the same results both ways.
 	dev := openGPU(t, Options{DeviceTopLogProbs: true})
-	generate := func(b *Backend) []engine.Result {
-		m, err := engine.NewModel(graphTestConfig, b, engine.RandomWeights(graphTestConfig, 1, 0.25), engine.F32)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, err := engine.NewGenerator(m, engine.GeneratorOptions{MaxSeqs: 8})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g.Close()
-		res, err := g.Generate(context.Background(), topLogProbsRequests())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
-	want, got := generate(b), generate(dev)
+	want, got := generateReqs(t, b, topLogProbsRequests()), generateReqs(t, dev, topLogProbsRequests())
 	for i := range want {
 		for j := range want[i].Samples {
 			w, g := want[i].Samples[j], got[i].Samples[j]

@@ -13,7 +13,7 @@ import (
 
 // TestOnePassHeadBadTerm: a token loss whose term for one token is not finite fails the
 // micro-batch with an error that names the sequence and the token, on both paths of the one-pass
-// head (logits kept, and chunk by chunk).
+// head (logits kept, and chunk by chunk) and through TokenLoss.LossFunc on the two-pass head.
 func TestOnePassHeadBadTerm(t *testing.T) {
 	g := loadGolden(t, goldenNames(t)[0])
 	batch := trainBatch(rand.New(rand.NewPCG(1, 2)), g.cfg.VocabSize, 7, 9)
@@ -35,6 +35,10 @@ func TestOnePassHeadBadTerm(t *testing.T) {
 		_, err = tr.ForwardBackwardTokens(context.Background(), batch, loss)
 		if err == nil || !strings.Contains(err.Error(), "token loss of sequence 1, token 3 is NaN") {
 			t.Errorf("%T: error %v, want the NaN term of sequence 1, token 3", b, err)
+		}
+		_, err = tr.ForwardBackward(context.Background(), batch, loss.LossFunc()) // the two-pass head
+		if err == nil || !strings.Contains(err.Error(), "token loss of sequence 1, token 3 is NaN") {
+			t.Errorf("%T, two-pass head: error %v, want the NaN term of sequence 1, token 3", b, err)
 		}
 	}
 }

@@ -3,9 +3,8 @@ package engine
 import (
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
-	"sync/atomic"
+
+	"github.com/prolong-rl/prolong/engine/internal/kern"
 )
 
 // Top log-probs (OpenAI's top_logprobs): the k most likely tokens of a row's sampling
@@ -22,6 +21,27 @@ import (
 // rows[i] lies in [0, R); len(sr) == len(rows).
 type TopLogProbsBackend interface {
 	TopLogProbs(logits *Tensor, rows []int32, sr []SampleRow, k int) (ids []int32, lps []float32, err error)
+}
+
+// CheckTopLogProbs checks TopLogProbs' arguments for logits [R, V]: one sampling row per listed
+// row, every listed row in [0, R), and 1 <= k <= min(V, maxK) (maxK <= 0: V). The error names
+// the argument at fault.
+func CheckTopLogProbs(R, V int, rows []int32, sr []SampleRow, k, maxK int) error {
+	if len(sr) != len(rows) {
+		return fmt.Errorf("top log-probs: %d rows of parameters for %d rows", len(sr), len(rows))
+	}
+	if maxK <= 0 {
+		maxK = V
+	}
+	if hi := min(V, maxK); k < 1 || k > hi {
+		return fmt.Errorf("top log-probs: k = %d outside [1, %d]", k, hi)
+	}
+	for i, r := range rows {
+		if r < 0 || int(r) >= R {
+			return fmt.Errorf("top log-probs: row %d (entry %d) outside the %d rows of logits", r, i, R)
+		}
+	}
+	return nil
 }
 
 // TopLogProbsRow returns the k most likely tokens of a row of logits [V] (1 <= k <= V) and their
@@ -107,10 +127,12 @@ func topLogProbsHost(b Backend, logits *Tensor, rows []int32, sr []SampleRow, k 
 		return nil, nil, fmt.Errorf("top log-probs: %w", err)
 	}
 	ids, lps := make([]int32, len(rows)*k), make([]float32, len(rows)*k)
-	parallelRows(len(rows), func(a int) {
-		id, lp := TopLogProbsRow(host[a*V:(a+1)*V], sr[a], k)
-		copy(ids[a*k:], id)
-		copy(lps[a*k:], lp)
+	kern.Threads(0).Parallel(len(rows), 1, func(lo, hi int) { // the rows spread over the host's cores
+		for a := lo; a < hi; a++ {
+			id, lp := TopLogProbsRow(host[a*V:(a+1)*V], sr[a], k)
+			copy(ids[a*k:], id)
+			copy(lps[a*k:], lp)
+		}
 	})
 	return ids, lps, nil
 }
@@ -126,18 +148,4 @@ func isIdentity(rows []int32, n int) bool {
 		}
 	}
 	return true
-}
-
-// parallelRows calls f(a) for a in [0, n), spread over the host's cores.
-func parallelRows(n int, f func(a int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(n, runtime.GOMAXPROCS(0)) {
-		wg.Go(func() {
-			for a := int(next.Add(1) - 1); a < n; a = int(next.Add(1) - 1) {
-				f(a)
-			}
-		})
-	}
-	wg.Wait()
 }

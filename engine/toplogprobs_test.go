@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/prolong-rl/prolong/engine"
@@ -112,5 +113,37 @@ func TestTopLogProbsWithoutOp(t *testing.T) {
 	}
 	if n := len(want[1].Samples[0].TopIDs[0]); n != engine.MaxTopLogProbs {
 		t.Errorf("top list of %d, want %d", n, engine.MaxTopLogProbs)
+	}
+}
+
+// TestCheckTopLogProbs: the CPU backend's TopLogProbs refuses, naming the argument, what
+// engine.CheckTopLogProbs refuses: parameters that do not match the rows, a k outside [1, V]
+// (or the backend's own bound), a row outside the logits.
+func TestCheckTopLogProbs(t *testing.T) {
+	b := cpu.New()
+	logits := b.Alloc(4, 9)
+	one := []engine.SampleRow{{Temperature: 1}}
+	for _, c := range []struct {
+		rows    []int32
+		sr      []engine.SampleRow
+		k, maxK int
+		err     string
+		viaCPU  bool
+	}{
+		{[]int32{0, 1}, one, 3, 0, "1 rows of parameters for 2 rows", true},
+		{[]int32{0}, one, 0, 0, "k = 0 outside [1, 9]", true},
+		{[]int32{0}, one, 10, 0, "k = 10 outside [1, 9]", true},
+		{[]int32{4}, one, 3, 0, "row 4 (entry 0) outside the 4 rows of logits", true},
+		{[]int32{-1}, one, 3, 0, "row -1 (entry 0) outside the 4 rows of logits", true},
+		{[]int32{0}, one, 5, 4, "k = 5 outside [1, 4]", false},
+		{[]int32{3, 0}, append(one, one...), 9, 0, "", true},
+	} {
+		err := engine.CheckTopLogProbs(4, 9, c.rows, c.sr, c.k, c.maxK)
+		if c.viaCPU {
+			_, _, err = b.TopLogProbs(logits, c.rows, c.sr, c.k)
+		}
+		if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("rows %v, k %d (bound %d): error %v, want %q", c.rows, c.k, c.maxK, err, c.err)
+		}
 	}
 }

@@ -81,7 +81,9 @@ type TokenLoss struct {
 	Entropy bool
 }
 
-// LossFunc is the same loss as a LossFunc, for ForwardBackward.
+// LossFunc is the same loss as a LossFunc, for ForwardBackward: the terms in order (sequence
+// by sequence, token by token), summed; a term that is not finite (or its derivatives) is an
+// error naming the sequence and the token, as in ForwardBackwardTokens.
 func (tl TokenLoss) LossFunc() LossFunc {
 	return func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
 		var loss float64
@@ -97,6 +99,9 @@ func (tl TokenLoss) LossFunc() LossFunc {
 			}
 			for j, v := range s {
 				l, d, e := tl.Term(i, j, v, ent[i][j])
+				if err := checkTerm(i, j, l, d, e); err != nil {
+					return 0, nil, nil, err
+				}
 				loss += l
 				dl[i][j] = d
 				if de != nil {

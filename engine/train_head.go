@@ -199,10 +199,10 @@ func (h *trainHead) fused(loss TokenLoss) (*StepStats, *Tensor, error) {
 		for i := range l {
 			r := r0 + i
 			v, dl, de := loss.Term(seq[r], tok[r], float64(l[i]), float64(e[i]))
-			if bad := !finite(v) || !finite(dl) || !finite(de); bad {
+			if err := checkTerm(seq[r], tok[r], v, dl, de); err != nil {
 				b.Free(part)
 				b.Free(logits)
-				return nil, nil, fmt.Errorf("train: token loss of sequence %d, token %d is %v (dLogp %v, dEntropy %v)", seq[r], tok[r], v, dl, de)
+				return nil, nil, err
 			}
 			total += v
 			dlp[i] = float32(dl)
@@ -226,41 +226,24 @@ func (h *trainHead) fused(loss TokenLoss) (*StepStats, *Tensor, error) {
 // fusedKept is fused for a micro-batch whose logits all fit the backend's logit budget (h.keep)
 // on a LogProbsIntoBackend: every chunk's logits are kept and its log-probs stay on the device
 // until one download (forward), the loss's terms are evaluated in fused's order with fused's
-// checks, and the chunks' backward runs on the kept logits. The same bits as fused (the same
-// ops on the same values: each chunk's log-probs, terms and backward; only their order between
-// chunks differs), one host wait per micro-batch instead of one per chunk.
+// checks (TokenLoss.LossFunc), and the chunks' backward runs on the kept logits. The same bits
+// as fused (the same ops on the same values: each chunk's log-probs, terms and backward; only
+// their order between chunks differs), one host wait per micro-batch instead of one per chunk.
 func (h *trainHead) fusedKept(loss TokenLoss) (*StepStats, *Tensor, error) {
-	terms := func(logp, ent [][]float64) (float64, [][]float64, [][]float64, error) {
-		var total float64
-		dl := make([][]float64, len(logp))
-		var de [][]float64
-		if loss.Entropy {
-			de = make([][]float64, len(logp))
-		}
-		for s, row := range logp {
-			dl[s] = make([]float64, len(row))
-			if de != nil {
-				de[s] = make([]float64, len(row))
-			}
-			for j, lp := range row {
-				v, d, e := loss.Term(s, j, lp, ent[s][j])
-				if bad := !finite(v) || !finite(d) || !finite(e); bad {
-					return 0, nil, nil, fmt.Errorf("train: token loss of sequence %d, token %d is %v (dLogp %v, dEntropy %v)", s, j, v, d, e)
-				}
-				total += v
-				dl[s][j] = d
-				if de != nil {
-					de[s][j] = e
-				}
-			}
-		}
-		return total, dl, de, nil
-	}
-	st, dlp, dent, err := h.forward(terms)
+	st, dlp, dent, err := h.forward(loss.LossFunc())
 	if err != nil {
 		return nil, nil, err
 	}
 	return st, h.backward(dlp, dent), nil
+}
+
+// checkTerm is the error of a token-loss term (of sequence seq, token tok) or its derivatives
+// that is not finite.
+func checkTerm(seq, tok int, v, dl, de float64) error {
+	if !finite(v) || !finite(dl) || !finite(de) {
+		return fmt.Errorf("train: token loss of sequence %d, token %d is %v (dLogp %v, dEntropy %v)", seq, tok, v, dl, de)
+	}
+	return nil
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

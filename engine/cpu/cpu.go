@@ -537,17 +537,9 @@ func (c *Backend) Sample(logits *engine.Tensor, rows []engine.SampleRow) ([]int3
 // TopLogProbs implements engine.TopLogProbsBackend: engine.TopLogProbsRow on each listed row,
 // in place (nothing is copied), the rows spread over the cores.
 func (c *Backend) TopLogProbs(logits *engine.Tensor, rows []int32, sr []engine.SampleRow, k int) ([]int32, []float32, error) {
-	ls, R, v := f32(logits), logits.Rows(), logits.Cols()
-	if len(sr) != len(rows) {
-		return nil, nil, fmt.Errorf("top log-probs: %d rows of parameters for %d rows", len(sr), len(rows))
-	}
-	if k < 1 || k > v {
-		return nil, nil, fmt.Errorf("top log-probs: k = %d outside [1, %d] (the vocabulary)", k, v)
-	}
-	for i, r := range rows {
-		if r < 0 || int(r) >= R {
-			return nil, nil, fmt.Errorf("top log-probs: row %d (entry %d) outside the %d rows of logits", r, i, R)
-		}
+	ls, v := f32(logits), logits.Cols()
+	if err := engine.CheckTopLogProbs(logits.Rows(), v, rows, sr, k, 0); err != nil {
+		return nil, nil, err
 	}
 	ids, lps := make([]int32, len(rows)*k), make([]float32, len(rows)*k)
 	c.thr.Parallel(len(rows), 1, func(lo, hi int) {
